@@ -1,0 +1,21 @@
+//! rbuild: a daemonless Dockerfile image builder.
+//!
+//! The modules follow the data flow of docs/architecture.md, one per arrow:
+//! `dockerfile` (text -> AST -> typed instructions) -> `plan` (stage graph, expanded steps,
+//! cache keys) -> `exec` (cache lookup, RUN via `sandbox`, COPY/ADD via `context::copier`)
+//! -> `layer` (upperdir -> tar) -> `store` and `output`. `registry` pulls and pushes.
+//! Only `sandbox` may use `unsafe`.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod context;
+pub mod dockerfile;
+pub mod exec;
+pub mod image;
+pub mod layer;
+pub mod output;
+pub mod plan;
+pub mod registry;
+#[allow(unsafe_code)]
+pub mod sandbox;
+pub mod store;
