@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Benchmark rbuild against docker build (BuildKit and classic) and buildah, side by side.
+
+Each scenario is built by every builder in turn (A B C D, A B C D, ...) for --rounds rounds;
+every builder ends with an image tarball on disk. Prints the median wall time per builder,
+the ratio peer/rbuild and rbuild's peak RSS. Needs scripts/test-env.sh's environment (docker,
+buildah, a registry on 127.0.0.1:5000 with busybox and debian:bookworm). Run as root:
+
+    sudo bench/run.py [--rounds 3] [--scale 1.0] [--only steps,context]
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCKER = "/usr/bin/docker"
+BUSYBOX = "localhost:5000/busybox:latest"
+DEBIAN = "localhost:5000/debian:bookworm"
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=isinstance(cmd, str), check=True, **kw)
+
+
+def write_context(kind, scale, dest):
+    os.makedirs(dest, exist_ok=True)
+    df = os.path.join(dest, "Dockerfile")
+    if kind == "steps":
+        lines = [f"FROM {BUSYBOX}"] + [f"RUN echo step {i} > /step-{i}" for i in range(20)]
+    elif kind in ("biglayer", "oci"):
+        files = int(12000 * scale)
+        size = int(50 * 1024)  # ~600 MB at scale 1
+        lines = [f"FROM {BUSYBOX}",
+                 f"RUN mkdir /data && for d in $(seq 0 {files // 100 - 1}); do mkdir /data/$d; "
+                 f"for f in $(seq 0 99); do head -c {size} /dev/urandom > /data/$d/$f; done; done"]
+    elif kind in ("context", "rebuild"):
+        files = int(10000 * scale)
+        data = os.path.join(dest, "data")
+        os.makedirs(data, exist_ok=True)
+        for i in range(files):
+            sub = os.path.join(data, str(i // 100))
+            os.makedirs(sub, exist_ok=True)
+            with open(os.path.join(sub, str(i)), "wb") as f:
+                f.write(os.urandom(30 * 1024))
+        lines = [f"FROM {BUSYBOX}", "COPY data /data"]
+    elif kind == "pyapp":
+        lines = [f"FROM {DEBIAN}",
+                 "RUN apt-get update && apt-get install -y --no-install-recommends python3 && rm -rf /var/lib/apt/lists/*"]
+    else:
+        raise ValueError(kind)
+    with open(df, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def builders(kind, ctx, out, store, cached):
+    nc = [] if cached else ["--no-cache"]
+    rb_out = f"type=oci,dest={out}/rbuild.tar,compression=gzip" if kind == "oci" else f"type=docker,dest={out}/rbuild.tar"
+    tag = f"bench-{kind}:latest"
+    bud_dest = f"oci-archive:{out}/buildah.tar" if kind == "oci" else f"docker-archive:{out}/buildah.tar"
+    return {
+        "rbuild": [["rbuild", "--root", store, "--progress=plain", *nc, "-t", tag, "-o", rb_out, ctx]],
+        "buildkit": [[DOCKER, "build", "--network=host", "-q", *nc, "-t", tag, ctx],
+                     [DOCKER, "save", "-o", f"{out}/buildkit.tar", tag]],
+        "classic": [[DOCKER, "build", "--network=host", "-q", *nc, "-t", tag, ctx],
+                    [DOCKER, "save", "-o", f"{out}/classic.tar", tag]],
+        "buildah": [["buildah", "bud", "--network=host", "--tls-verify=false", "-q", *(["--layers"] if cached else ["--no-cache"]), "-t", tag, ctx],
+                    ["buildah", "push", "--tls-verify=false", "-q", tag, bud_dest]],
+    }
+
+
+def run_builder(name, cmds):
+    env = dict(os.environ, DOCKER_BUILDKIT="1" if name == "buildkit" else "0")
+    rss = None
+    start = time.monotonic()
+    for cmd in cmds:
+        if name == "rbuild":
+            cmd = ["/usr/bin/time", "-f", "%M", *cmd]
+            r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if r.returncode == 0:
+                rss = int(r.stderr.strip().splitlines()[-1]) // 1024
+        else:
+            r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            sys.exit(f"{name} failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
+    return time.monotonic() - start, rss
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--scale", type=float, default=1.0, help="scales file counts of biglayer/context")
+    ap.add_argument("--only", default="steps,biglayer,context,rebuild,pyapp,oci")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root")
+    shutil.which("rbuild") or sys.exit("rbuild is not on PATH (scripts/install.sh)")
+    shutil.which("/usr/bin/time") or sh("apt-get install -y -qq time >/dev/null")
+    work = tempfile.mkdtemp(prefix="rbuild-bench-")
+    rows = []
+    for kind in args.only.split(","):
+        ctx = os.path.join(work, kind, "ctx")
+        out = os.path.join(work, kind, "out")
+        store = os.path.join(work, kind, "store")
+        os.makedirs(out, exist_ok=True)
+        write_context(kind, args.scale, ctx)
+        cached = kind == "rebuild"
+        if cached:  # warm every builder's cache once, untimed
+            for name, cmds in builders(kind, ctx, out, store, True).items():
+                run_builder(name, cmds)
+        times = {}
+        rss = []
+        for _ in range(args.rounds):
+            for name, cmds in builders(kind, ctx, out, store, cached).items():
+                t, r = run_builder(name, cmds)
+                times.setdefault(name, []).append(t)
+                if r:
+                    rss.append(r)
+        med = {n: statistics.median(v) for n, v in times.items()}
+        rows.append((kind, med, max(rss) if rss else None))
+        print(f"{kind}: " + ", ".join(f"{n} {t:.2f}s" for n, t in med.items()), flush=True)
+    print()
+    print("| scenario | rbuild | buildkit | classic | buildah | best peer / rbuild | rbuild peak RSS |")
+    print("|---|---|---|---|---|---|---|")
+    for kind, med, rss in rows:
+        best = min(med[n] for n in ("buildkit", "classic", "buildah"))
+        print(f"| {kind} | {med['rbuild']:.2f}s | {med['buildkit']:.2f}s | {med['classic']:.2f}s | {med['buildah']:.2f}s "
+              f"| {best / med['rbuild']:.2f}x | {rss} MB |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

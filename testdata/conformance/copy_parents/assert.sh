@@ -1,0 +1,1 @@
+test -f /dst/a/b/file.txt && test -f /dst/c/file.txt

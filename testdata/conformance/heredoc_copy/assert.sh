@@ -1,0 +1,1 @@
+test "$(cat /greeting)" = "hello world" && test "$(cat /literal)" = 'hello ${NAME}' && test "$(/script.sh)" = script
