@@ -75,7 +75,10 @@ fn parse_params(s: &str) -> BTreeMap<String, String> {
 /// Credentials for one registry.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credentials {
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// An identity (refresh) token, exchanged at the token endpoint.
     IdentityToken(String),
 }
@@ -160,7 +163,10 @@ mod tests {
                 scope: None,
             })
         );
-        assert_eq!(parse_challenge(r#"Basic realm="Registry""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Bearer service=x"), None);
         assert_eq!(parse_challenge("Negotiate"), None);
     }

@@ -143,7 +143,13 @@ async fn status_cause(resp: Response) -> Cause {
     let message = serde_json::from_slice::<Errors>(&body)
         .ok()
         .and_then(|e| e.errors.into_iter().next())
-        .map(|e| if e.message.is_empty() { e.code } else { e.message })
+        .map(|e| {
+            if e.message.is_empty() {
+                e.code
+            } else {
+                e.message
+            }
+        })
         .unwrap_or_else(|| {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
             let text = text.trim();
@@ -225,7 +231,9 @@ impl Client {
             .insecure_registries
             .iter()
             .map(|h| {
-                let h = h.trim_start_matches("http://").trim_start_matches("https://");
+                let h = h
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://");
                 h.trim_end_matches('/').to_string()
             })
             .collect();
@@ -393,7 +401,7 @@ impl Client {
     // ---- transport -------------------------------------------------------------------
 
     fn scheme(&self, r: &Reference) -> &'static str {
-        if r.is_loopback() || self.insecure.iter().any(|h| *h == r.registry) {
+        if r.is_loopback() || self.insecure.contains(&r.registry) {
             "http"
         } else {
             "https"
@@ -949,7 +957,9 @@ impl Client {
         path: &Path,
     ) -> Result<(), Cause> {
         let what = || format!("reading {}", path.display());
-        let size = std::fs::metadata(path).map_err(|e| io_err(what(), e))?.len();
+        let size = std::fs::metadata(path)
+            .map_err(|e| io_err(what(), e))?
+            .len();
         if size != desc.size {
             return Err(Cause::SizeMismatch {
                 digest: desc.digest.clone(),
@@ -969,10 +979,7 @@ impl Client {
         }
         let resp = self
             .send_retry(t, &|| {
-                Ok(self
-                    .http
-                    .post(start.clone())
-                    .header(CONTENT_LENGTH, "0"))
+                Ok(self.http.post(start.clone()).header(CONTENT_LENGTH, "0"))
             })
             .await?;
         let mut location = match resp.status() {

@@ -83,10 +83,7 @@ pub enum Cause {
     #[error("registry answered {status}: {message}")]
     Status { status: u16, message: String },
     #[error("{what}: {error}")]
-    Io {
-        what: String,
-        error: std::io::Error,
-    },
+    Io { what: String, error: std::io::Error },
     #[error("reading {path}: {detail}")]
     Config { path: String, detail: String },
 }

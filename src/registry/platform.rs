@@ -104,10 +104,18 @@ mod tests {
 
     #[test]
     fn exact_and_default_variants() {
-        let specs = ["linux/amd64", "linux/arm64/v8", "linux/arm/v6", "linux/arm/v7"];
+        let specs = [
+            "linux/amd64",
+            "linux/arm64/v8",
+            "linux/arm/v6",
+            "linux/arm/v7",
+        ];
         assert_eq!(pick(&specs, "linux/amd64").unwrap(), "linux/amd64");
         assert_eq!(pick(&specs, "linux/arm64").unwrap(), "linux/arm64/v8");
-        assert_eq!(pick(&["linux/arm64"], "linux/arm64/v8").unwrap(), "linux/arm64");
+        assert_eq!(
+            pick(&["linux/arm64"], "linux/arm64/v8").unwrap(),
+            "linux/arm64"
+        );
         assert_eq!(pick(&specs, "linux/arm/v7").unwrap(), "linux/arm/v7");
         assert_eq!(pick(&specs, "linux/arm/v6").unwrap(), "linux/arm/v6");
     }
@@ -123,8 +131,11 @@ mod tests {
 
     #[test]
     fn no_match_lists_platforms_without_attestations() {
-        let err = pick(&["linux/amd64", "unknown/unknown", "linux/arm64/v8"], "linux/s390x")
-            .unwrap_err();
+        let err = pick(
+            &["linux/amd64", "unknown/unknown", "linux/arm64/v8"],
+            "linux/s390x",
+        )
+        .unwrap_err();
         assert_eq!(err, vec!["linux/amd64", "linux/arm64/v8"]);
         assert!(pick(&["windows/amd64"], "linux/amd64").is_err());
     }
