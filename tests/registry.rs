@@ -251,6 +251,21 @@ fn push_then_pull_by_tag_and_by_digest() {
     c.push_blob(&other, &img.layer, &img.path(&img.layer), Some(&r))
         .unwrap();
     assert!(c.blob_exists(&other, &img.layer.digest).unwrap());
+    // A mount from a repository without the blob answers 202: we upload instead.
+    let third = reg.reference("third/app:v1");
+    let lonely = img.dir.path().join("lonely");
+    std::fs::write(&lonely, b"only here").unwrap();
+    let lonely_desc = Descriptor::new(media::OCI_LAYER, Digest::of(b"only here"), 9);
+    c.push_blob(
+        &third,
+        &lonely_desc,
+        &lonely,
+        Some(&reg.reference("empty/app:v1")),
+    )
+    .unwrap();
+    let mut got_back = Vec::new();
+    c.fetch_blob(&third, &lonely_desc, &mut got_back).unwrap();
+    assert_eq!(got_back, b"only here");
 
     // A blob above the chunk size goes up in PATCH chunks and comes back intact.
     let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -680,6 +695,13 @@ fn bearer_token_auth_retries_resume_and_digest_check_against_a_fake_front() {
         for d in [&img.layer, &img.config] {
             st.blobs.insert(d.digest.to_string(), img.bytes(d));
         }
+        st.manifests.insert(
+            "old".into(),
+            (
+                media::DOCKER_MANIFEST_V1_SIGNED.into(),
+                br#"{"schemaVersion":1,"name":"test/app","tag":"old","fsLayers":[]}"#.to_vec(),
+            ),
+        );
         st.blobs.insert(big_desc.digest.to_string(), big.clone());
         st.blobs.insert(
             bogus.digest.to_string(),
@@ -713,6 +735,31 @@ fn bearer_token_auth_retries_resume_and_digest_check_against_a_fake_front() {
     let err = c.fetch_blob(&r, &bogus, &mut Vec::new()).unwrap_err();
     assert!(
         matches!(err.cause(), Some(Cause::DigestMismatch { .. })),
+        "{err}"
+    );
+
+    // One client shared by plain threads (concurrent block_on on its runtime).
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    c.fetch_blob(&r, &big_desc, &mut out).unwrap();
+                    out == big
+                })
+            })
+            .collect();
+        assert!(handles.into_iter().all(|h| h.join().unwrap()));
+    });
+
+    // Schema 1 manifests get a clear refusal.
+    let v1: Reference = format!("127.0.0.1:{port}/test/app:old").parse().unwrap();
+    let err = c.resolve(&v1).unwrap_err();
+    assert!(matches!(err.cause(), Some(Cause::Schema1(_))), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "pulling `{v1}`: schema 1 manifests are not supported"
+        )),
         "{err}"
     );
 

@@ -1085,3 +1085,49 @@ impl Client {
         Ok(digest)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_is_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Client>();
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_and_insecure_registries() {
+        let c = Client::new(RegistryOptions {
+            insecure_registries: vec!["http://reg.lan:5000/".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let scheme = |s: &str| c.scheme(&s.parse::<Reference>().unwrap());
+        assert_eq!(scheme("localhost:5000/a"), "http");
+        assert_eq!(scheme("127.0.0.1:5000/a"), "http");
+        assert_eq!(scheme("reg.lan:5000/a"), "http");
+        assert_eq!(scheme("reg.lan/a"), "https");
+        assert_eq!(scheme("busybox"), "https");
+        let r: Reference = "busybox".parse().unwrap();
+        assert_eq!(
+            c.url(&r, "manifests/latest").unwrap().as_str(),
+            "https://registry-1.docker.io/v2/library/busybox/manifests/latest"
+        );
+    }
+
+    #[test]
+    fn token_scopes_cover_push_and_mount_source() {
+        let r: Reference = "localhost:5000/a/b:1".parse().unwrap();
+        let t = Target {
+            r: &r,
+            action: Action::Pushing,
+            push: true,
+            mount_from: Some("c/d"),
+        };
+        assert_eq!(
+            t.scopes(),
+            vec!["repository:a/b:pull,push", "repository:c/d:pull"]
+        );
+    }
+}
