@@ -1,0 +1,100 @@
+//! Registry errors: one line naming what was being done, with which reference, and why.
+
+use std::fmt;
+
+use crate::image::Digest;
+
+/// What the client was doing when it failed; the first word of the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Pulling,
+    Pushing,
+    Checking,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Pulling => "pulling",
+            Action::Pushing => "pushing",
+            Action::Checking => "checking",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A request about one reference failed.
+    #[error("{action} `{reference}`: {cause}")]
+    Op {
+        action: Action,
+        reference: String,
+        cause: Cause,
+    },
+    /// The client itself could not be built (TLS setup, runtime).
+    #[error("setting up the registry client: {0}")]
+    Setup(String),
+}
+
+impl RegistryError {
+    /// The cause of a failed operation (None for set-up errors).
+    pub fn cause(&self) -> Option<&Cause> {
+        match self {
+            RegistryError::Op { cause, .. } => Some(cause),
+            RegistryError::Setup(_) => None,
+        }
+    }
+}
+
+/// Why a registry operation failed. Messages are lowercase fragments that follow
+/// "pulling `ref`: ".
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    #[error("blob unknown: {0}")]
+    BlobUnknown(Digest),
+    #[error("cannot reach registry {host}: {detail}")]
+    Unreachable { host: String, detail: String },
+    #[error("authentication required by {host} and no credentials found in {config}")]
+    NoCredentials { host: String, config: String },
+    #[error("authentication refused by {host}: {detail}")]
+    AuthRefused { host: String, detail: String },
+    #[error("access denied: {0}")]
+    Denied(String),
+    #[error("token endpoint {realm}: {detail}")]
+    Token { realm: String, detail: String },
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("size mismatch for {digest}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("schema 1 manifests are not supported (media type `{0}`); push the image again with a current docker or buildah")]
+    Schema1(String),
+    #[error("unsupported manifest media type `{0}`")]
+    UnsupportedMediaType(String),
+    #[error("invalid {what}: {detail}")]
+    Invalid { what: &'static str, detail: String },
+    #[error("no matching manifest for {wanted} in the manifest list (available: {available})")]
+    NoMatchingPlatform { wanted: String, available: String },
+    #[error("registry answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
+    #[error("reading {path}: {detail}")]
+    Config { path: String, detail: String },
+}
+
+impl Cause {
+    /// Worth retrying: server overload or a dropped connection.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            Cause::Status { status, .. } => *status == 429 || *status >= 500,
+            Cause::Unreachable { .. } => true,
+            _ => false,
+        }
+    }
+}
