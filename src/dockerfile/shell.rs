@@ -930,6 +930,23 @@ mod tests {
         assert_eq!(lex.expand_word(&deep, &env(&[])), Err(ExpandError::TooDeep));
     }
 
+    #[test]
+    fn large_input_is_handled() {
+        let lex = Lexer::new('\\');
+        let e = env(&[("v", &"ab".repeat(1_000))]);
+        // 200 `?` remove the first 200 characters.
+        let many_stars = format!("${{v#{}}}", "*?".repeat(200));
+        assert_eq!(lex.expand_word(&many_stars, &e).unwrap(), "ab".repeat(900));
+        let long_pattern = format!("${{v%%{}}}", "a*".repeat(500));
+        // Either a result or a pattern error (regex size limit), never a crash.
+        match lex.expand_word(&long_pattern, &e) {
+            Ok(_) | Err(ExpandError::InvalidPattern { .. }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+        let long_word = "$v ".repeat(2_000);
+        assert_eq!(lex.expand_words(&long_word, &e).unwrap().len(), 2_000);
+    }
+
     /// Deterministic fuzzing: many short strings over the characters the lexer cares
     /// about must expand or fail without panicking, identically in both entry points.
     #[test]
