@@ -28,7 +28,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps, XattrFlags, CWD};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps, XattrFlags};
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
 
@@ -668,5 +668,344 @@ impl<R: Read> Read for VerifyingReader<R> {
         self.hasher.update(&buf[..n]);
         self.read += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::snapshot::{snapshot, snapshot_blob, SnapshotOptions};
+    use crate::layer::testutil::*;
+    use crate::layer::Compression;
+    use pretty_assertions::assert_eq;
+    use std::fs;
+    use std::io::Write;
+
+    #[test]
+    fn round_trip_reproduces_the_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(&dest).unwrap();
+        rich_tree(&src);
+        let mut blob = Vec::new();
+        let digests = snapshot_blob(
+            &src,
+            &SnapshotOptions::default(),
+            Compression::Gzip,
+            None,
+            &mut blob,
+        )
+        .unwrap();
+        let mut reader = VerifyingReader::new(&blob[..], digests.digest.clone());
+        let stats = apply(&mut reader, &dest).unwrap();
+        reader.finish().unwrap();
+        assert_eq!(stats.whiteouts, 1);
+        assert_eq!(stats.opaque_dirs, 1);
+        assert_eq!(list_dir(&dest, true), list_dir(&src, true));
+        // And the applied tree snapshots to the very same layer.
+        let (again, _, _) = snapshot(&dest, &SnapshotOptions::default(), io::sink()).unwrap();
+        assert_eq!(again, digests.diff_id);
+    }
+
+    #[test]
+    fn verifying_reader_reports_a_mismatch() {
+        let blob = b"some blob bytes";
+        let mut r = VerifyingReader::new(&blob[..], Digest::of(blob));
+        let mut first = [0u8; 4];
+        r.read_exact(&mut first).unwrap();
+        // finish() reads what the consumer left.
+        r.finish().unwrap();
+        let wrong = Digest::of(b"other");
+        let err = VerifyingReader::new(&blob[..], wrong).finish().unwrap_err();
+        assert!(matches!(err, LayerError::DigestMismatch { .. }), "{err}");
+    }
+
+    /// A raw tar entry for hostile archives: names are copied verbatim (the tar crate's
+    /// builder refuses `..` and absolute names, which is exactly what these tests need).
+    enum E<'a> {
+        File(&'a str, &'a [u8]),
+        Dir(&'a str),
+        Symlink(&'a str, &'a str),
+        Hardlink(&'a str, &'a str),
+        Char(&'a str, u32, u32),
+    }
+
+    fn raw_tar(entries: &[E<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in entries {
+            let mut h = tar::Header::new_ustar();
+            let (name, kind, link, data): (&str, _, Option<&str>, &[u8]) = match e {
+                E::File(n, d) => (n, tar::EntryType::Regular, None, d),
+                E::Dir(n) => (n, tar::EntryType::Directory, None, b""),
+                E::Symlink(n, l) => (n, tar::EntryType::Symlink, Some(l), b""),
+                E::Hardlink(n, l) => (n, tar::EntryType::Link, Some(l), b""),
+                E::Char(n, ma, mi) => {
+                    h.set_device_major(*ma).unwrap();
+                    h.set_device_minor(*mi).unwrap();
+                    (n, tar::EntryType::Char, None, b"")
+                }
+            };
+            let ustar = h.as_ustar_mut().unwrap();
+            ustar.name[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(l) = link {
+                ustar.linkname[..l.len()].copy_from_slice(l.as_bytes());
+            }
+            h.set_entry_type(kind);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut c = crate::layer::Compressor::new(Vec::new(), Compression::Gzip, None).unwrap();
+        c.write_all(data).unwrap();
+        c.finish().unwrap()
+    }
+
+    /// Apply `blob` into `base/dest` next to a sentinel `base/outside`; return the result
+    /// after checking that nothing outside `dest` changed.
+    fn apply_hostile(base: &Path, blob: &[u8]) -> Result<ApplyStats, LayerError> {
+        let dest = base.join("dest");
+        let outside = base.join("outside");
+        fs::create_dir(&dest).unwrap();
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), "secret").unwrap();
+        let before = list_dir(base, true);
+        let before = before
+            .lines()
+            .filter(|l| !l.contains(" dest"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let result = apply(blob, &dest);
+        let after = list_dir(base, true);
+        let after = after
+            .lines()
+            .filter(|l| !l.contains(" dest"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(before, after, "something outside dest changed");
+        result
+    }
+
+    /// What each refused hostile case must be refused for.
+    fn expected_error(case: &str) -> &'static str {
+        match case {
+            "dotdot" | "dotdot-inner" | "device-dotdot" | "hardlink-dotdot" => "`..` component",
+            "absolute" | "hardlink-host-file" => "absolute path",
+            "parent-is-a-file" => "goes through a non-directory",
+            "whiteout-dotdot" => "whiteout of an invalid name",
+            "hardlink-missing" | "hardlink-through-symlink" => "does not name an earlier entry",
+            "truncated-in-data" => "data truncated",
+            "truncated-at-header" | "empty" => "no end-of-archive marker",
+            "truncated-gzip" => "incomplete deflate stream",
+            "gzip-bad-crc" => "checksum",
+            "garbage" => "reading layer",
+            _ => "goes through a symlink",
+        }
+    }
+
+    #[test]
+    fn hostile_tars_never_write_outside_dest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sentinel = tmp.path().join("case").join("outside");
+        let abs = sentinel.to_str().unwrap().to_string();
+        let abs_pwned = format!("{abs}/pwned");
+        let through = |p: &str| format!("{}/{p}", "a");
+        let a_pwned = through("pwned");
+        let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+            (
+                "dotdot",
+                raw_tar(&[E::File("../outside/pwned", b"x")]),
+                false,
+            ),
+            (
+                "dotdot-inner",
+                raw_tar(&[E::File("./a/../../outside/pwned", b"x")]),
+                false,
+            ),
+            ("absolute", raw_tar(&[E::File(&abs_pwned, b"x")]), false),
+            (
+                "symlink-then-write-through",
+                raw_tar(&[E::Symlink("a", &abs), E::File(&a_pwned, b"x")]),
+                false,
+            ),
+            (
+                "symlink-then-dir-through",
+                raw_tar(&[E::Symlink("a", &abs), E::Dir("a/sub/")]),
+                false,
+            ),
+            (
+                "symlink-to-dotdot",
+                raw_tar(&[E::Symlink("up", ".."), E::File("up/outside/pwned", b"x")]),
+                false,
+            ),
+            (
+                "whiteout-through-symlink",
+                raw_tar(&[E::Symlink("a", &abs), E::File("a/.wh.secret", b"")]),
+                false,
+            ),
+            (
+                "opaque-through-symlink",
+                raw_tar(&[E::Symlink("a", &abs), E::File("a/.wh..wh..opq", b"")]),
+                false,
+            ),
+            ("whiteout-dotdot", raw_tar(&[E::File(".wh..", b"")]), false),
+            (
+                "hardlink-host-file",
+                raw_tar(&[E::Hardlink("l", "/etc/passwd")]),
+                false,
+            ),
+            (
+                "hardlink-dotdot",
+                raw_tar(&[E::Hardlink("l", "../outside/secret")]),
+                false,
+            ),
+            (
+                "hardlink-missing",
+                raw_tar(&[E::Hardlink("l", "missing")]),
+                false,
+            ),
+            (
+                "hardlink-through-symlink",
+                raw_tar(&[E::Symlink("s", &abs), E::Hardlink("l", "s/secret")]),
+                false,
+            ),
+            (
+                "device-dotdot",
+                raw_tar(&[E::Char("../outside/null", 1, 3)]),
+                false,
+            ),
+            (
+                "parent-is-a-file",
+                raw_tar(&[E::File("f", b"x"), E::File("f/g", b"x")]),
+                false,
+            ),
+            // Neutralized rather than refused: the later entry replaces the symlink itself.
+            (
+                "file-over-symlink",
+                raw_tar(&[
+                    E::Symlink("f", &format!("{abs}/secret")),
+                    E::File("f", b"pwned"),
+                ]),
+                true,
+            ),
+            (
+                "hardlink-to-symlink-then-overwrite",
+                raw_tar(&[
+                    E::Symlink("s", &format!("{abs}/secret")),
+                    E::Hardlink("l", "s"),
+                    E::File("l", b"pwned"),
+                ]),
+                true,
+            ),
+            (
+                "dir-over-symlink",
+                raw_tar(&[E::Symlink("d", &abs), E::Dir("d/"), E::File("d/x", b"x")]),
+                true,
+            ),
+        ];
+        let good = raw_tar(&[E::Dir("dir/"), E::File("dir/file", &[7u8; 3000])]);
+        let gz = gzip(&good);
+        let mut bad_crc = gz.clone();
+        let n = bad_crc.len();
+        bad_crc[n - 6] ^= 0xff;
+        let mut cases = cases;
+        cases.extend([
+            ("truncated-in-data", good[..1200].to_vec(), false),
+            (
+                "truncated-at-header",
+                good[..512 * 2 + 3072].to_vec(),
+                false,
+            ),
+            ("truncated-gzip", gz[..gz.len() / 2].to_vec(), false),
+            ("gzip-bad-crc", bad_crc, false),
+            ("garbage", vec![0x5a; 4096], false),
+            ("empty", Vec::new(), false),
+            ("good-gzip", gz.clone(), true),
+        ]);
+        for (i, (name, blob, ok)) in cases.iter().enumerate() {
+            let base = tmp.path().join("case");
+            if base.exists() {
+                fs::remove_dir_all(&base).unwrap();
+            }
+            fs::create_dir(&base).unwrap();
+            let result = apply_hostile(&base, blob);
+            assert_eq!(result.is_ok(), *ok, "case {i} {name}: {result:?}");
+            if let Err(e) = result {
+                let want = expected_error(name);
+                assert!(
+                    e.to_string().contains(want),
+                    "case {name}: `{e}` lacks `{want}`"
+                );
+            }
+        }
+        // The neutralized cases leave ordinary files in dest.
+        let base = tmp.path().join("case");
+        fs::remove_dir_all(&base).unwrap();
+        fs::create_dir(&base).unwrap();
+        apply_hostile(
+            &base,
+            &raw_tar(&[
+                E::Symlink("f", &format!("{abs}/secret")),
+                E::File("f", b"pwned"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(fs::read(base.join("dest/f")).unwrap(), b"pwned");
+        assert_eq!(fs::read(base.join("outside/secret")).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_markers_become_overlay_format() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blob = raw_tar(&[
+            E::File(".wh.gone", b""),
+            E::Dir("dir/"),
+            E::File("dir/.wh..wh..opq", b""),
+            E::File("dir/kept", b"k"),
+            E::File("implied/parent/.wh.x", b""),
+        ]);
+        let stats = apply(&blob[..], tmp.path()).unwrap();
+        assert_eq!(stats.whiteouts, 2);
+        assert_eq!(stats.opaque_dirs, 1);
+        assert_eq!(
+            list_dir(tmp.path(), false),
+            "\
+char gone dev=0,0 mode=0 0:0 xattrs[]
+char implied/parent/x dev=0,0 mode=0 0:0 xattrs[]
+dir dir  mode=644 0:0 xattrs[trusted.overlay.opaque=\"y\"]
+dir implied  mode=755 0:0 xattrs[]
+dir implied/parent  mode=755 0:0 xattrs[]
+file dir/kept size=1 nlink=1 sha=8254c329a928 mode=644 0:0 xattrs[]"
+        );
+    }
+
+    #[test]
+    fn later_entries_replace_earlier_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blob = raw_tar(&[
+            E::Dir("x/"),
+            E::File("x/inner", b"1"),
+            E::File("x", b"now a file"),
+            E::File("y", b"old"),
+            E::Symlink("y", "target"),
+        ]);
+        apply(&blob[..], tmp.path()).unwrap();
+        assert_eq!(
+            list_dir(tmp.path(), false),
+            "\
+file x size=10 nlink=1 sha=92af885f330e mode=644 0:0 xattrs[]
+symlink y -> target mode=777 0:0 xattrs[]"
+        );
     }
 }

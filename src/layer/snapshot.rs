@@ -311,7 +311,7 @@ fn write_item<W: Write>(
 }
 
 /// The xattrs of `path` that belong in a layer, and whether overlay marked it opaque.
-fn read_xattrs(path: &Path) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, bool), LayerError> {
+fn read_xattrs(path: &Path) -> Result<(Xattrs, bool), LayerError> {
     let err = |e: rustix::io::Errno| LayerError::io("reading xattrs of", path, e.into());
     let mut kept = BTreeMap::new();
     let mut opaque = false;
@@ -372,6 +372,9 @@ fn get_xattr(path: &Path, name: &[u8]) -> Result<Vec<u8>, rustix::io::Errno> {
     }
 }
 
+/// Xattr name -> value, sorted so the PAX records come out in a fixed order.
+type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// One tar entry, before encoding.
 struct Entry {
     name: Vec<u8>,
@@ -383,7 +386,7 @@ struct Entry {
     size: u64,
     link: Option<Vec<u8>>,
     device: Option<(u32, u32)>,
-    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    xattrs: Xattrs,
 }
 
 struct TarWriter<W: Write> {

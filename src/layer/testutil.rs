@@ -241,7 +241,7 @@ pub fn rich_tree(root: &Path) {
     ];
     set_xattr(&root.join("bin/ping"), "security.capability", &cap);
     fs::create_dir(root.join("tmp")).unwrap();
-    rustix::fs::chmod(&root.join("tmp"), rustix::fs::Mode::from_raw_mode(0o1777)).unwrap();
+    rustix::fs::chmod(root.join("tmp"), rustix::fs::Mode::from_raw_mode(0o1777)).unwrap();
     fs::create_dir(root.join("home")).unwrap();
     fs::create_dir(root.join("home/user")).unwrap();
     write_file(&root.join("home/user/notes"), b"hello\n", 0o640);
