@@ -486,7 +486,8 @@ impl Applier {
 
     /// Set directory mtimes last: creating their contents changed them.
     fn finish(self) -> Result<ApplyStats, LayerError> {
-        for (comps, mtime) in self.dirs.iter().rev() {
+        // In entry order: when a directory was replaced and recreated, the later entry wins.
+        for (comps, mtime) in &self.dirs {
             // A directory replaced or moved under a symlink by a later entry keeps no mtime.
             let Ok(fd) = self.resolve(comps, false) else {
                 continue;
@@ -1007,5 +1008,90 @@ file dir/kept size=1 nlink=1 sha=8254c329a928 mode=644 0:0 xattrs[]"
 file x size=10 nlink=1 sha=92af885f330e mode=644 0:0 xattrs[]
 symlink y -> target mode=777 0:0 xattrs[]"
         );
+    }
+}
+
+/// Interoperability with GNU tar, the reference implementation of PAX and xattr records.
+#[cfg(test)]
+mod gnu_tar_tests {
+    use super::*;
+    use crate::layer::snapshot::{snapshot, SnapshotOptions};
+    use crate::layer::testutil::*;
+    use pretty_assertions::assert_eq;
+    use std::fs;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    /// rich_tree without the overlay markers, which GNU tar knows nothing about.
+    fn plain_tree(root: &Path) {
+        rich_tree(root);
+        fs::remove_file(root.join("home/deleted")).unwrap();
+        rustix::fs::lremovexattr(root.join("opaque"), "trusted.overlay.opaque").unwrap();
+        set_all_mtimes(root, 1_000_000);
+    }
+
+    fn gnu_tar() -> bool {
+        Command::new("tar").arg("--version").output().is_ok()
+    }
+
+    #[test]
+    fn gnu_tar_extracts_our_layers() {
+        if !gnu_tar() {
+            eprintln!("skipping: no GNU tar");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(&out).unwrap();
+        plain_tree(&src);
+        let (_, _, bytes) = snapshot(&src, &SnapshotOptions::default(), Vec::new()).unwrap();
+        let mut child = Command::new("tar")
+            .args([
+                "--xattrs",
+                "--xattrs-include=*",
+                "--numeric-owner",
+                "-xpf",
+                "-",
+                "-C",
+            ])
+            .arg(&out)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&bytes).unwrap();
+        assert!(child.wait().unwrap().success());
+        // GNU tar restores directory mtimes too, so the listings match exactly.
+        assert_eq!(list_dir(&out, true), list_dir(&src, true));
+    }
+
+    #[test]
+    fn we_apply_gnu_tar_pax_archives() {
+        if !gnu_tar() {
+            eprintln!("skipping: no GNU tar");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(&out).unwrap();
+        plain_tree(&src);
+        let made = Command::new("tar")
+            .args([
+                "--xattrs",
+                "--xattrs-include=*",
+                "--numeric-owner",
+                "--format=pax",
+                "-cf",
+                "-",
+                "-C",
+            ])
+            .arg(&src)
+            .arg(".")
+            .output()
+            .unwrap();
+        assert!(made.status.success());
+        apply(&made.stdout[..], &out).unwrap();
+        assert_eq!(list_dir(&out, true), list_dir(&src, true));
     }
 }

@@ -169,6 +169,12 @@ impl Write for ChunkWriter {
 
 /// Walk `upper` and list what goes into the layer (unsorted).
 fn collect(upper: &Path, opts: &SnapshotOptions) -> Result<Vec<Item>, LayerError> {
+    // Accept container paths (`/proc`) as well as relative ones (`proc`).
+    let skip: Vec<&Path> = opts
+        .skip
+        .iter()
+        .map(|p| p.strip_prefix("/").unwrap_or(p))
+        .collect();
     let mut items = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(dir_rel) = stack.pop() {
@@ -178,7 +184,7 @@ fn collect(upper: &Path, opts: &SnapshotOptions) -> Result<Vec<Item>, LayerError
         for entry in entries {
             let entry = entry.map_err(|e| LayerError::io("reading directory", &dir, e))?;
             let rel = dir_rel.join(entry.file_name());
-            if opts.skip.iter().any(|s| rel.starts_with(s)) {
+            if skip.iter().any(|s| rel.starts_with(s)) {
                 continue;
             }
             let ft = entry
@@ -550,7 +556,7 @@ mod tests {
         write_file(&root.join("resolv.conf"), b"", 0o644);
         let opts = SnapshotOptions {
             source_date_epoch: None,
-            skip: vec!["proc".into(), "resolv.conf".into()],
+            skip: vec!["proc".into(), "/resolv.conf".into()],
         };
         let (_, bytes) = tar_of(root, &opts);
         let d = "d".repeat(60);
@@ -658,6 +664,53 @@ Regular ünïcødé-名前 size=7 mode=644 0:0 mtime=1000000 sha=2fcf76a4c3c7 xa
             listing.contains("Regular old size=1 mode=644 0:0 mtime=2000"),
             "{listing}"
         );
+    }
+
+    /// A writer that fails once `limit` bytes went through.
+    struct Failing {
+        limit: usize,
+    }
+
+    impl Write for Failing {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if buf.len() > self.limit {
+                return Err(io::Error::other("disk full"));
+            }
+            self.limit -= buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn blob_errors_surface_from_either_side_of_the_pipeline() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Incompressible data, so that the compressed output overflows the writer.
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        fs::write(tmp.path().join("big"), &data).unwrap();
+        let opts = SnapshotOptions::default();
+        let err = snapshot_blob(
+            tmp.path(),
+            &opts,
+            Compression::Gzip,
+            None,
+            Failing { limit: 100_000 },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        let err = snapshot_blob(
+            &tmp.path().join("missing"),
+            &opts,
+            Compression::Zstd,
+            None,
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, LayerError::Io { .. }), "{err}");
     }
 
     #[test]
