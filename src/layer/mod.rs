@@ -1,6 +1,91 @@
 //! Layers: `snapshot` (overlay upperdir -> OCI tar), `apply` (tar -> overlay-format dir),
 //! and `compress` (the blob codecs).
 
-pub mod compress;
+use std::io;
+use std::path::PathBuf;
 
+use crate::image::Digest;
+
+pub mod apply;
+pub mod compress;
+pub mod snapshot;
+
+pub use apply::{apply, ApplyStats, VerifyingReader};
 pub use compress::{Compression, Compressor};
+pub use snapshot::{snapshot, snapshot_blob, LayerDigests, SnapshotOptions};
+
+/// Everything that can go wrong turning a directory into a layer or a layer into a directory.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// A filesystem call on the source or destination tree failed.
+    #[error("{op} `{}`: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The output stream (tar, compressor or blob file) refused a write.
+    #[error("writing layer: {0}")]
+    Write(#[source] io::Error),
+    /// The layer stream is not a valid tar (or its compression is corrupt or truncated).
+    #[error("reading layer: {0}")]
+    Read(#[source] io::Error),
+    /// The tar stream ends without its end-of-archive marker.
+    #[error("reading layer: truncated tar (no end-of-archive marker)")]
+    Truncated,
+    /// A regular file's data is shorter than its header says.
+    #[error("reading layer: entry `{}`: data truncated ({got} of {expected} bytes)", path.display())]
+    ShortEntry {
+        path: PathBuf,
+        expected: u64,
+        got: u64,
+    },
+    /// An entry that would write outside the layer root or through a symlink.
+    #[error("layer entry `{}` is unsafe: {reason}", path.display())]
+    UnsafePath { path: PathBuf, reason: &'static str },
+    /// A hard link that does not name an earlier entry of the same layer.
+    #[error("layer entry `{}`: hard link to `{}` {reason}", path.display(), target.display())]
+    BadHardlink {
+        path: PathBuf,
+        target: PathBuf,
+        reason: &'static str,
+    },
+    /// An entry type rbuild does not unpack (GNU sparse, multi-volume, ...).
+    #[error("layer entry `{}`: unsupported tar entry type `{}`", path.display(), char::from(*kind))]
+    Unsupported { path: PathBuf, kind: u8 },
+    /// A file changed size while it was being archived.
+    #[error("`{}` changed while it was being archived", path.display())]
+    Changed { path: PathBuf },
+    /// The blob's bytes do not hash to the digest it was fetched or stored under.
+    #[error("layer digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+}
+
+impl LayerError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> LayerError {
+        LayerError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The xattrs a layer carries: file capabilities and user attributes. Overlay's own
+/// (`trusted.overlay.*`), SELinux labels and other trusted/system namespaces describe the
+/// host, not the image (design.md "Layers").
+pub(crate) fn keep_xattr(name: &[u8]) -> bool {
+    name == b"security.capability" || name.starts_with(b"user.")
+}
+
+/// Overlay marks a directory that hides everything below it with this xattr set to `y`.
+pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// The tar name of an overlay whiteout is the deleted name with this prefix (OCI image spec
+/// "Representing Changes").
+pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// The tar entry that marks its directory opaque.
+pub(crate) const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -1,0 +1,1097 @@
+//! Apply: a layer tar (any codec) -> a directory in overlay format, for pulled or imported
+//! layers that become lowerdirs.
+//!
+//! Security model (design.md "Layers"): nothing is ever written outside `dest`.
+//! - Absolute names and `..` components are refused (an error, not a rewrite: a layer built
+//!   by any sane tool has neither, so one that does is corrupt or hostile). `.` components
+//!   and a leading `./` are accepted.
+//! - Every path is resolved one component at a time from a directory fd of `dest` with
+//!   `O_NOFOLLOW | O_DIRECTORY`, so a symlink anywhere in a parent path (one this layer
+//!   created, like `a -> /tmp` followed by `a/file`) fails the entry instead of being
+//!   followed. The final component is created with `O_EXCL`/`mknodat`/`symlinkat`, which do
+//!   not follow links either.
+//! - A hard link may only name an earlier entry of this layer; it is linked with `linkat`
+//!   without `AT_SYMLINK_FOLLOW`.
+//! - A truncated or corrupt tar, gzip or zstd stream is an error; the whole decompressed
+//!   stream is read to its end so that trailers and checksums are verified.
+//!
+//! Whiteouts become what overlayfs reads: `.wh.NAME` -> a 0/0 char device `NAME`, and
+//! `.wh..wh..opq` -> `trusted.overlay.opaque=y` on its directory. Xattrs follow the same
+//! policy as snapshot (`user.*` and `security.capability`), and are set only on regular
+//! files and directories, the only types the kernel allows `user.*` on.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps, XattrFlags};
+use rustix::io::Errno;
+use sha2::{Digest as _, Sha256};
+
+use crate::image::Digest;
+use crate::layer::compress;
+use crate::layer::{keep_xattr, LayerError, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX};
+
+/// What [`apply`] unpacked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Tar entries applied (whiteouts and opaque markers included).
+    pub entries: u64,
+    /// Bytes of regular-file data written.
+    pub bytes: u64,
+    /// `.wh.NAME` entries turned into whiteout devices.
+    pub whiteouts: u64,
+    /// `.wh..wh..opq` entries turned into opaque directories.
+    pub opaque_dirs: u64,
+}
+
+/// Unpack the layer tar in `reader` (gzip, zstd or uncompressed, by magic bytes) into
+/// `dest`, an existing empty directory, in overlay format.
+pub fn apply<R: Read>(reader: R, dest: &Path) -> Result<ApplyStats, LayerError> {
+    let root = rustix::fs::open(
+        dest,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| LayerError::io("opening layer directory", dest, e.into()))?;
+    let stream = compress::decompressor(reader).map_err(LayerError::Read)?;
+    let mut tracked = EofTracker {
+        inner: stream,
+        eof: false,
+    };
+    let mut applier = Applier {
+        root,
+        dest: dest.to_path_buf(),
+        parent: None,
+        written: HashSet::new(),
+        dirs: Vec::new(),
+        stats: ApplyStats::default(),
+    };
+    {
+        let mut archive = tar::Archive::new(&mut tracked);
+        for entry in archive.entries().map_err(LayerError::Read)? {
+            let mut entry = entry.map_err(LayerError::Read)?;
+            applier.entry(&mut entry)?;
+        }
+    }
+    // The tar crate treats a clean end of input like the end-of-archive marker; a stream
+    // that simply stops between entries is a truncated download, not a layer.
+    if tracked.eof {
+        return Err(LayerError::Truncated);
+    }
+    // Read the rest (the second zero block, record padding, the gzip trailer) so that a
+    // corrupt or truncated codec stream fails here and a digest check sees every byte.
+    io::copy(&mut tracked, &mut io::sink()).map_err(LayerError::Read)?;
+    applier.finish()
+}
+
+/// Remembers whether the tar reader ever hit the end of its input.
+struct EofTracker<R> {
+    inner: R,
+    eof: bool,
+}
+
+impl<R: Read> Read for EofTracker<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.eof = true;
+        }
+        Ok(n)
+    }
+}
+
+/// A normalized entry path: its components, none of them empty, `.` or `..`.
+type Components = Vec<Vec<u8>>;
+
+struct Applier {
+    root: OwnedFd,
+    dest: PathBuf,
+    /// The most recently resolved parent directory (entries come grouped by directory).
+    parent: Option<(Components, OwnedFd)>,
+    /// Every path this layer has written so far: the only valid hard link targets.
+    written: HashSet<Components>,
+    /// Directories whose mtime is set at the end, once nothing more is created in them.
+    dirs: Vec<(Components, i64)>,
+    stats: ApplyStats,
+}
+
+/// The metadata of one tar entry.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Applier {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), LayerError> {
+        let raw_path = entry.path_bytes().into_owned();
+        let display = PathBuf::from(OsStr::from_bytes(&raw_path));
+        let kind = entry.header().entry_type();
+        if kind == tar::EntryType::XGlobalHeader {
+            // Global PAX headers carry archive-wide defaults (often just a comment).
+            return Ok(());
+        }
+        let comps = normalize(&raw_path).map_err(|reason| LayerError::UnsafePath {
+            path: display.clone(),
+            reason,
+        })?;
+        let meta = read_meta(entry, &display)?;
+        self.stats.entries += 1;
+
+        let Some((name, parent_comps)) = comps.split_last() else {
+            // `./`: the layer root itself. Only a directory makes sense there.
+            if kind != tar::EntryType::Directory {
+                return Err(LayerError::UnsafePath {
+                    path: display,
+                    reason: "the layer root must be a directory",
+                });
+            }
+            let fd = self
+                .root
+                .try_clone()
+                .map_err(|e| self.err("opening", &[], e))?;
+            self.set_owner_mode_xattrs(fd.as_fd(), &[], &meta)?;
+            self.dirs.push((Vec::new(), meta.mtime));
+            return Ok(());
+        };
+        let parent_comps = parent_comps.to_vec();
+
+        if name.starts_with(WHITEOUT_PREFIX) {
+            return self.whiteout(&parent_comps, name, &meta, &display);
+        }
+
+        let parent = self.open_parent(&parent_comps, &display)?;
+        let name_os = OsStr::from_bytes(name);
+
+        match kind {
+            tar::EntryType::Directory => {
+                let existing = stat_nofollow(parent.as_fd(), name_os);
+                if !matches!(existing, Some(FileType::Directory)) {
+                    if existing.is_some() {
+                        self.remove_existing(parent.as_fd(), name_os, &comps)?;
+                    }
+                    rustix::fs::mkdirat(parent.as_fd(), name_os, Mode::from_raw_mode(0o700))
+                        .map_err(|e| self.err("creating directory", &comps, e.into()))?;
+                }
+                let fd = rustix::fs::openat(
+                    parent.as_fd(),
+                    name_os,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| self.err("opening directory", &comps, e.into()))?;
+                self.set_owner_mode_xattrs(fd.as_fd(), &comps, &meta)?;
+                self.dirs.push((comps.clone(), meta.mtime));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                self.clear(parent.as_fd(), name_os, &comps)?;
+                let fd = rustix::fs::openat(
+                    parent.as_fd(),
+                    name_os,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| self.err("creating file", &comps, e.into()))?;
+                let mut file = File::from(fd);
+                let expected = entry.size();
+                let got = io::copy(entry, &mut file).map_err(LayerError::Read)?;
+                if got != expected {
+                    return Err(LayerError::ShortEntry {
+                        path: display,
+                        expected,
+                        got,
+                    });
+                }
+                self.stats.bytes += got;
+                self.set_owner_mode_xattrs(file.as_fd(), &comps, &meta)?;
+                rustix::fs::futimens(&file, &times(meta.mtime))
+                    .map_err(|e| self.err("setting times of", &comps, e.into()))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| LayerError::UnsafePath {
+                        path: display.clone(),
+                        reason: "symlink without a target",
+                    })?;
+                let target = OsStr::from_bytes(&target).to_os_string();
+                self.clear(parent.as_fd(), name_os, &comps)?;
+                rustix::fs::symlinkat(&target, parent.as_fd(), name_os)
+                    .map_err(|e| self.err("creating symlink", &comps, e.into()))?;
+                self.set_at(parent.as_fd(), name_os, &comps, &meta, false)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| LayerError::UnsafePath {
+                        path: display.clone(),
+                        reason: "hard link without a target",
+                    })?;
+                let target_display = PathBuf::from(OsStr::from_bytes(&target));
+                let bad = |reason| LayerError::BadHardlink {
+                    path: display.clone(),
+                    target: target_display.clone(),
+                    reason,
+                };
+                let target = normalize(&target).map_err(bad)?;
+                if !self.written.contains(&target) {
+                    return Err(bad("does not name an earlier entry of this layer"));
+                }
+                let Some((tname, tparent)) = target.split_last() else {
+                    return Err(bad("names the layer root"));
+                };
+                let tparent_fd = self
+                    .resolve(tparent, false)
+                    .map_err(|_| bad("goes through a symlink or a missing directory"))?;
+                self.clear(parent.as_fd(), name_os, &comps)?;
+                rustix::fs::linkat(
+                    tparent_fd.as_fd(),
+                    OsStr::from_bytes(tname),
+                    parent.as_fd(),
+                    name_os,
+                    AtFlags::empty(),
+                )
+                .map_err(|e| self.err("creating hard link", &comps, e.into()))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let (file_type, dev) = match kind {
+                    tar::EntryType::Fifo => (FileType::Fifo, 0),
+                    other => {
+                        let major = entry.header().device_major().ok().flatten().unwrap_or(0);
+                        let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+                        let ft = if other == tar::EntryType::Char {
+                            FileType::CharacterDevice
+                        } else {
+                            FileType::BlockDevice
+                        };
+                        (ft, rustix::fs::makedev(major, minor))
+                    }
+                };
+                self.clear(parent.as_fd(), name_os, &comps)?;
+                rustix::fs::mknodat(parent.as_fd(), name_os, file_type, Mode::empty(), dev)
+                    .map_err(|e| self.err("creating device", &comps, e.into()))?;
+                self.set_at(parent.as_fd(), name_os, &comps, &meta, true)?;
+            }
+            _ => {
+                return Err(LayerError::Unsupported {
+                    path: display,
+                    kind: kind.as_byte(),
+                })
+            }
+        }
+        self.parent = Some((parent_comps, parent));
+        self.written.insert(comps);
+        Ok(())
+    }
+
+    /// `.wh.NAME` and `.wh..wh..opq`.
+    fn whiteout(
+        &mut self,
+        parent_comps: &Components,
+        name: &[u8],
+        meta: &Meta,
+        display: &Path,
+    ) -> Result<(), LayerError> {
+        let parent = self.open_parent(parent_comps, display)?;
+        if name == OPAQUE_MARKER {
+            rustix::fs::fsetxattr(parent.as_fd(), OPAQUE_XATTR, b"y", XattrFlags::empty())
+                .map_err(|e| self.err("marking opaque", parent_comps, e.into()))?;
+            self.stats.opaque_dirs += 1;
+        } else if name.starts_with(b".wh..wh.") {
+            // Other aufs metadata (`.wh..wh.plnk`, `.wh..wh.aufs`) has no overlay meaning.
+        } else {
+            let target = &name[WHITEOUT_PREFIX.len()..];
+            if target.is_empty() || target == b"." || target == b".." {
+                return Err(LayerError::UnsafePath {
+                    path: display.to_path_buf(),
+                    reason: "whiteout of an invalid name",
+                });
+            }
+            let target_os = OsStr::from_bytes(target);
+            let mut target_comps = parent_comps.clone();
+            target_comps.push(target.to_vec());
+            self.clear(parent.as_fd(), target_os, &target_comps)?;
+            rustix::fs::mknodat(
+                parent.as_fd(),
+                target_os,
+                FileType::CharacterDevice,
+                Mode::empty(),
+                rustix::fs::makedev(0, 0),
+            )
+            .map_err(|e| self.err("creating whiteout", &target_comps, e.into()))?;
+            let owner = Meta {
+                mode: 0,
+                xattrs: Vec::new(),
+                ..*meta
+            };
+            self.set_at(parent.as_fd(), target_os, &target_comps, &owner, true)?;
+            self.stats.whiteouts += 1;
+        }
+        self.parent = Some((parent_comps.clone(), parent));
+        Ok(())
+    }
+
+    /// The directory fd of `comps`, creating missing directories (mode 0755) on the way.
+    fn open_parent(&mut self, comps: &Components, display: &Path) -> Result<OwnedFd, LayerError> {
+        if let Some((cached, fd)) = self.parent.take() {
+            if &cached == comps {
+                return Ok(fd);
+            }
+        }
+        self.resolve(comps, true).map_err(|e| match e {
+            Resolve::Symlink => LayerError::UnsafePath {
+                path: display.to_path_buf(),
+                reason: "its parent path goes through a symlink",
+            },
+            Resolve::NotDir => LayerError::UnsafePath {
+                path: display.to_path_buf(),
+                reason: "its parent path goes through a non-directory",
+            },
+            Resolve::Io(op, e) => LayerError::io(op, self.dest.join(join(comps)), e),
+        })
+    }
+
+    /// Walk `comps` from the root one component at a time, never following a symlink.
+    fn resolve(&self, comps: &[Vec<u8>], create: bool) -> Result<OwnedFd, Resolve> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut cur = self
+            .root
+            .try_clone()
+            .map_err(|e| Resolve::Io("opening", e))?;
+        for comp in comps {
+            let name = OsStr::from_bytes(comp);
+            let next = match rustix::fs::openat(cur.as_fd(), name, flags, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) if create => {
+                    rustix::fs::mkdirat(cur.as_fd(), name, Mode::from_raw_mode(0o755))
+                        .map_err(|e| Resolve::Io("creating directory", e.into()))?;
+                    // mkdirat applies the umask; implied directories are 0755 like docker's.
+                    let fd = rustix::fs::openat(cur.as_fd(), name, flags, Mode::empty())
+                        .map_err(|e| Resolve::Io("opening directory", e.into()))?;
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))
+                        .map_err(|e| Resolve::Io("setting mode of", e.into()))?;
+                    fd
+                }
+                Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                    return Err(match stat_nofollow(cur.as_fd(), name) {
+                        Some(FileType::Symlink) => Resolve::Symlink,
+                        _ => Resolve::NotDir,
+                    })
+                }
+                Err(e) => return Err(Resolve::Io("opening directory", e.into())),
+            };
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    /// Make room for a non-directory entry at `name`: remove whatever an earlier entry put
+    /// there (a later entry of a tar replaces an earlier one).
+    fn clear(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        comps: &Components,
+    ) -> Result<(), LayerError> {
+        if stat_nofollow(parent, name).is_some() {
+            self.remove_existing(parent, name, comps)?;
+        }
+        Ok(())
+    }
+
+    fn remove_existing(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        comps: &Components,
+    ) -> Result<(), LayerError> {
+        if stat_nofollow(parent, name) == Some(FileType::Directory) {
+            remove_tree(parent, name).map_err(|e| self.err("removing", comps, e.into()))?;
+            // Anything cached below it is gone now.
+            self.parent = None;
+            self.written.retain(|p| !p.starts_with(comps));
+        } else {
+            rustix::fs::unlinkat(parent, name, AtFlags::empty())
+                .map_err(|e| self.err("removing", comps, e.into()))?;
+            self.written.remove(comps);
+        }
+        Ok(())
+    }
+
+    /// Owner, then mode (chown clears setuid/setgid), then xattrs (chown also clears file
+    /// capabilities), through an open fd.
+    fn set_owner_mode_xattrs(
+        &self,
+        fd: BorrowedFd<'_>,
+        comps: &[Vec<u8>],
+        meta: &Meta,
+    ) -> Result<(), LayerError> {
+        rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+        )
+        .map_err(|e| self.err("changing owner of", comps, e.into()))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777))
+            .map_err(|e| self.err("setting mode of", comps, e.into()))?;
+        for (name, value) in &meta.xattrs {
+            rustix::fs::fsetxattr(fd, OsStr::from_bytes(name), value, XattrFlags::empty())
+                .map_err(|e| self.err("setting xattr of", comps, e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Owner, mode and times of a symlink, device or fifo, by name beneath `parent`. The
+    /// entry was just created by this thread, so the name cannot have become a symlink
+    /// (for `chmodat`, which follows one) in between.
+    fn set_at(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        comps: &[Vec<u8>],
+        meta: &Meta,
+        chmod: bool,
+    ) -> Result<(), LayerError> {
+        rustix::fs::chownat(
+            parent,
+            name,
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.err("changing owner of", comps, e.into()))?;
+        if chmod {
+            rustix::fs::chmodat(
+                parent,
+                name,
+                Mode::from_raw_mode(meta.mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(|e| self.err("setting mode of", comps, e.into()))?;
+        }
+        rustix::fs::utimensat(parent, name, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.err("setting times of", comps, e.into()))
+    }
+
+    /// Set directory mtimes last: creating their contents changed them.
+    fn finish(self) -> Result<ApplyStats, LayerError> {
+        // In entry order: when a directory was replaced and recreated, the later entry wins.
+        for (comps, mtime) in &self.dirs {
+            // A directory replaced or moved under a symlink by a later entry keeps no mtime.
+            let Ok(fd) = self.resolve(comps, false) else {
+                continue;
+            };
+            rustix::fs::futimens(&fd, &times(*mtime))
+                .map_err(|e| self.err("setting times of", comps, e.into()))?;
+        }
+        Ok(self.stats)
+    }
+
+    fn err(&self, op: &'static str, comps: &[Vec<u8>], e: io::Error) -> LayerError {
+        LayerError::io(op, self.dest.join(join(comps)), e)
+    }
+}
+
+enum Resolve {
+    Symlink,
+    NotDir,
+    Io(&'static str, io::Error),
+}
+
+fn join(comps: &[Vec<u8>]) -> PathBuf {
+    let mut p = PathBuf::new();
+    for c in comps {
+        p.push(OsStr::from_bytes(c));
+    }
+    p
+}
+
+/// Split a tar name into components; refuse absolute names and `..`.
+fn normalize(raw: &[u8]) -> Result<Components, &'static str> {
+    if raw.first() == Some(&b'/') {
+        return Err("absolute path");
+    }
+    let mut comps = Vec::new();
+    for comp in raw.split(|b| *b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => return Err("`..` component"),
+            c => comps.push(c.to_vec()),
+        }
+    }
+    Ok(comps)
+}
+
+fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, display: &Path) -> Result<Meta, LayerError> {
+    let header = entry.header();
+    let field = |what: &'static str, r: io::Result<u64>| {
+        r.map_err(|e| {
+            LayerError::Read(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("entry `{}`: bad {what} field: {e}", display.display()),
+            ))
+        })
+    };
+    let mode = field("mode", header.mode().map(u64::from))? as u32;
+    let uid = field("uid", header.uid())?;
+    let gid = field("gid", header.gid())?;
+    let mut mtime = field("mtime", header.mtime())? as i64;
+    let mut xattrs = Vec::new();
+    if let Some(pax) = entry.pax_extensions().map_err(LayerError::Read)? {
+        for ext in pax {
+            let ext = ext.map_err(LayerError::Read)?;
+            let key = ext.key_bytes();
+            if key == b"mtime" {
+                // PAX times are decimal seconds, possibly fractional or negative.
+                let value = String::from_utf8_lossy(ext.value_bytes());
+                let secs = value.split('.').next().unwrap_or("");
+                if let Ok(secs) = secs.parse::<i64>() {
+                    mtime = secs;
+                }
+            } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                if keep_xattr(name) {
+                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+    }
+    let id = |what: &'static str, v: u64| {
+        u32::try_from(v).map_err(|_| LayerError::UnsafePath {
+            path: display.to_path_buf(),
+            reason: what,
+        })
+    };
+    Ok(Meta {
+        mode,
+        uid: id("uid out of range", uid)?,
+        gid: id("gid out of range", gid)?,
+        mtime,
+        xattrs,
+    })
+}
+
+fn times(mtime: i64) -> Timestamps {
+    let t = rustix::fs::Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+fn stat_nofollow(dir: BorrowedFd<'_>, name: &OsStr) -> Option<FileType> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .ok()
+        .map(|st| FileType::from_raw_mode(st.st_mode))
+}
+
+/// `rm -r` of `name` beneath `parent`, never following symlinks.
+fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut children = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let entry = entry?;
+        let child = entry.file_name().to_bytes();
+        if child != b"." && child != b".." {
+            children.push((child.to_vec(), entry.file_type()));
+        }
+    }
+    for (child, ft) in children {
+        let child = OsStr::from_bytes(&child);
+        if ft == FileType::Directory {
+            remove_tree(fd.as_fd(), child)?;
+        } else {
+            rustix::fs::unlinkat(&fd, child, AtFlags::empty())?;
+        }
+    }
+    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
+}
+
+/// A reader that hashes what passes through it, for verifying a blob while applying it.
+pub struct VerifyingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    expected: Digest,
+    read: u64,
+}
+
+impl<R: Read> VerifyingReader<R> {
+    pub fn new(inner: R, expected: Digest) -> Self {
+        VerifyingReader {
+            inner,
+            hasher: Sha256::new(),
+            expected,
+            read: 0,
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
+    /// Read whatever the consumer left unread, then compare the digest of all the bytes.
+    pub fn finish(mut self) -> Result<(), LayerError> {
+        io::copy(&mut self, &mut io::sink()).map_err(LayerError::Read)?;
+        let actual = Digest::from_raw(&self.hasher.finalize());
+        if actual == self.expected {
+            Ok(())
+        } else {
+            Err(LayerError::DigestMismatch {
+                expected: self.expected,
+                actual,
+            })
+        }
+    }
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::snapshot::{snapshot, snapshot_blob, SnapshotOptions};
+    use crate::layer::testutil::*;
+    use crate::layer::Compression;
+    use pretty_assertions::assert_eq;
+    use std::fs;
+    use std::io::Write;
+
+    #[test]
+    fn round_trip_reproduces_the_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(&dest).unwrap();
+        rich_tree(&src);
+        let mut blob = Vec::new();
+        let digests = snapshot_blob(
+            &src,
+            &SnapshotOptions::default(),
+            Compression::Gzip,
+            None,
+            &mut blob,
+        )
+        .unwrap();
+        let mut reader = VerifyingReader::new(&blob[..], digests.digest.clone());
+        let stats = apply(&mut reader, &dest).unwrap();
+        reader.finish().unwrap();
+        assert_eq!(stats.whiteouts, 1);
+        assert_eq!(stats.opaque_dirs, 1);
+        assert_eq!(list_dir(&dest, true), list_dir(&src, true));
+        // And the applied tree snapshots to the very same layer.
+        let (again, _, _) = snapshot(&dest, &SnapshotOptions::default(), io::sink()).unwrap();
+        assert_eq!(again, digests.diff_id);
+    }
+
+    #[test]
+    fn verifying_reader_reports_a_mismatch() {
+        let blob = b"some blob bytes";
+        let mut r = VerifyingReader::new(&blob[..], Digest::of(blob));
+        let mut first = [0u8; 4];
+        r.read_exact(&mut first).unwrap();
+        // finish() reads what the consumer left.
+        r.finish().unwrap();
+        let wrong = Digest::of(b"other");
+        let err = VerifyingReader::new(&blob[..], wrong).finish().unwrap_err();
+        assert!(matches!(err, LayerError::DigestMismatch { .. }), "{err}");
+    }
+
+    /// A raw tar entry for hostile archives: names are copied verbatim (the tar crate's
+    /// builder refuses `..` and absolute names, which is exactly what these tests need).
+    enum E<'a> {
+        File(&'a str, &'a [u8]),
+        Dir(&'a str),
+        Symlink(&'a str, &'a str),
+        Hardlink(&'a str, &'a str),
+        Char(&'a str, u32, u32),
+    }
+
+    fn raw_tar(entries: &[E<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in entries {
+            let mut h = tar::Header::new_ustar();
+            let (name, kind, link, data): (&str, _, Option<&str>, &[u8]) = match e {
+                E::File(n, d) => (n, tar::EntryType::Regular, None, d),
+                E::Dir(n) => (n, tar::EntryType::Directory, None, b""),
+                E::Symlink(n, l) => (n, tar::EntryType::Symlink, Some(l), b""),
+                E::Hardlink(n, l) => (n, tar::EntryType::Link, Some(l), b""),
+                E::Char(n, ma, mi) => {
+                    h.set_device_major(*ma).unwrap();
+                    h.set_device_minor(*mi).unwrap();
+                    (n, tar::EntryType::Char, None, b"")
+                }
+            };
+            let ustar = h.as_ustar_mut().unwrap();
+            ustar.name[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(l) = link {
+                ustar.linkname[..l.len()].copy_from_slice(l.as_bytes());
+            }
+            h.set_entry_type(kind);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut c = crate::layer::Compressor::new(Vec::new(), Compression::Gzip, None).unwrap();
+        c.write_all(data).unwrap();
+        c.finish().unwrap()
+    }
+
+    /// Apply `blob` into `base/dest` next to a sentinel `base/outside`; return the result
+    /// after checking that nothing outside `dest` changed.
+    fn apply_hostile(base: &Path, blob: &[u8]) -> Result<ApplyStats, LayerError> {
+        let dest = base.join("dest");
+        let outside = base.join("outside");
+        fs::create_dir(&dest).unwrap();
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), "secret").unwrap();
+        let before = list_dir(base, true);
+        let before = before
+            .lines()
+            .filter(|l| !l.contains(" dest"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let result = apply(blob, &dest);
+        let after = list_dir(base, true);
+        let after = after
+            .lines()
+            .filter(|l| !l.contains(" dest"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(before, after, "something outside dest changed");
+        result
+    }
+
+    /// What each refused hostile case must be refused for.
+    fn expected_error(case: &str) -> &'static str {
+        match case {
+            "dotdot" | "dotdot-inner" | "device-dotdot" | "hardlink-dotdot" => "`..` component",
+            "absolute" | "hardlink-host-file" => "absolute path",
+            "parent-is-a-file" => "goes through a non-directory",
+            "whiteout-dotdot" => "whiteout of an invalid name",
+            "hardlink-missing" | "hardlink-through-symlink" => "does not name an earlier entry",
+            "truncated-in-data" => "data truncated",
+            "truncated-at-header" | "empty" => "no end-of-archive marker",
+            "truncated-gzip" => "incomplete deflate stream",
+            "gzip-bad-crc" => "checksum",
+            "garbage" => "reading layer",
+            _ => "goes through a symlink",
+        }
+    }
+
+    #[test]
+    fn hostile_tars_never_write_outside_dest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sentinel = tmp.path().join("case").join("outside");
+        let abs = sentinel.to_str().unwrap().to_string();
+        let abs_pwned = format!("{abs}/pwned");
+        let through = |p: &str| format!("{}/{p}", "a");
+        let a_pwned = through("pwned");
+        let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+            (
+                "dotdot",
+                raw_tar(&[E::File("../outside/pwned", b"x")]),
+                false,
+            ),
+            (
+                "dotdot-inner",
+                raw_tar(&[E::File("./a/../../outside/pwned", b"x")]),
+                false,
+            ),
+            ("absolute", raw_tar(&[E::File(&abs_pwned, b"x")]), false),
+            (
+                "symlink-then-write-through",
+                raw_tar(&[E::Symlink("a", &abs), E::File(&a_pwned, b"x")]),
+                false,
+            ),
+            (
+                "symlink-then-dir-through",
+                raw_tar(&[E::Symlink("a", &abs), E::Dir("a/sub/")]),
+                false,
+            ),
+            (
+                "symlink-to-dotdot",
+                raw_tar(&[E::Symlink("up", ".."), E::File("up/outside/pwned", b"x")]),
+                false,
+            ),
+            (
+                "whiteout-through-symlink",
+                raw_tar(&[E::Symlink("a", &abs), E::File("a/.wh.secret", b"")]),
+                false,
+            ),
+            (
+                "opaque-through-symlink",
+                raw_tar(&[E::Symlink("a", &abs), E::File("a/.wh..wh..opq", b"")]),
+                false,
+            ),
+            ("whiteout-dotdot", raw_tar(&[E::File(".wh..", b"")]), false),
+            (
+                "hardlink-host-file",
+                raw_tar(&[E::Hardlink("l", "/etc/passwd")]),
+                false,
+            ),
+            (
+                "hardlink-dotdot",
+                raw_tar(&[E::Hardlink("l", "../outside/secret")]),
+                false,
+            ),
+            (
+                "hardlink-missing",
+                raw_tar(&[E::Hardlink("l", "missing")]),
+                false,
+            ),
+            (
+                "hardlink-through-symlink",
+                raw_tar(&[E::Symlink("s", &abs), E::Hardlink("l", "s/secret")]),
+                false,
+            ),
+            (
+                "device-dotdot",
+                raw_tar(&[E::Char("../outside/null", 1, 3)]),
+                false,
+            ),
+            (
+                "parent-is-a-file",
+                raw_tar(&[E::File("f", b"x"), E::File("f/g", b"x")]),
+                false,
+            ),
+            // Neutralized rather than refused: the later entry replaces the symlink itself.
+            (
+                "file-over-symlink",
+                raw_tar(&[
+                    E::Symlink("f", &format!("{abs}/secret")),
+                    E::File("f", b"pwned"),
+                ]),
+                true,
+            ),
+            (
+                "hardlink-to-symlink-then-overwrite",
+                raw_tar(&[
+                    E::Symlink("s", &format!("{abs}/secret")),
+                    E::Hardlink("l", "s"),
+                    E::File("l", b"pwned"),
+                ]),
+                true,
+            ),
+            (
+                "dir-over-symlink",
+                raw_tar(&[E::Symlink("d", &abs), E::Dir("d/"), E::File("d/x", b"x")]),
+                true,
+            ),
+        ];
+        let good = raw_tar(&[E::Dir("dir/"), E::File("dir/file", &[7u8; 3000])]);
+        let gz = gzip(&good);
+        let mut bad_crc = gz.clone();
+        let n = bad_crc.len();
+        bad_crc[n - 6] ^= 0xff;
+        let mut cases = cases;
+        cases.extend([
+            ("truncated-in-data", good[..1200].to_vec(), false),
+            (
+                "truncated-at-header",
+                good[..512 * 2 + 3072].to_vec(),
+                false,
+            ),
+            ("truncated-gzip", gz[..gz.len() / 2].to_vec(), false),
+            ("gzip-bad-crc", bad_crc, false),
+            ("garbage", vec![0x5a; 4096], false),
+            ("empty", Vec::new(), false),
+            ("good-gzip", gz.clone(), true),
+        ]);
+        for (i, (name, blob, ok)) in cases.iter().enumerate() {
+            let base = tmp.path().join("case");
+            if base.exists() {
+                fs::remove_dir_all(&base).unwrap();
+            }
+            fs::create_dir(&base).unwrap();
+            let result = apply_hostile(&base, blob);
+            assert_eq!(result.is_ok(), *ok, "case {i} {name}: {result:?}");
+            if let Err(e) = result {
+                let want = expected_error(name);
+                assert!(
+                    e.to_string().contains(want),
+                    "case {name}: `{e}` lacks `{want}`"
+                );
+            }
+        }
+        // The neutralized cases leave ordinary files in dest.
+        let base = tmp.path().join("case");
+        fs::remove_dir_all(&base).unwrap();
+        fs::create_dir(&base).unwrap();
+        apply_hostile(
+            &base,
+            &raw_tar(&[
+                E::Symlink("f", &format!("{abs}/secret")),
+                E::File("f", b"pwned"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(fs::read(base.join("dest/f")).unwrap(), b"pwned");
+        assert_eq!(fs::read(base.join("outside/secret")).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_markers_become_overlay_format() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blob = raw_tar(&[
+            E::File(".wh.gone", b""),
+            E::Dir("dir/"),
+            E::File("dir/.wh..wh..opq", b""),
+            E::File("dir/kept", b"k"),
+            E::File("implied/parent/.wh.x", b""),
+        ]);
+        let stats = apply(&blob[..], tmp.path()).unwrap();
+        assert_eq!(stats.whiteouts, 2);
+        assert_eq!(stats.opaque_dirs, 1);
+        assert_eq!(
+            list_dir(tmp.path(), false),
+            "\
+char gone dev=0,0 mode=0 0:0 xattrs[]
+char implied/parent/x dev=0,0 mode=0 0:0 xattrs[]
+dir dir  mode=644 0:0 xattrs[trusted.overlay.opaque=\"y\"]
+dir implied  mode=755 0:0 xattrs[]
+dir implied/parent  mode=755 0:0 xattrs[]
+file dir/kept size=1 nlink=1 sha=8254c329a928 mode=644 0:0 xattrs[]"
+        );
+    }
+
+    #[test]
+    fn later_entries_replace_earlier_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blob = raw_tar(&[
+            E::Dir("x/"),
+            E::File("x/inner", b"1"),
+            E::File("x", b"now a file"),
+            E::File("y", b"old"),
+            E::Symlink("y", "target"),
+        ]);
+        apply(&blob[..], tmp.path()).unwrap();
+        assert_eq!(
+            list_dir(tmp.path(), false),
+            "\
+file x size=10 nlink=1 sha=92af885f330e mode=644 0:0 xattrs[]
+symlink y -> target mode=777 0:0 xattrs[]"
+        );
+    }
+}
+
+/// Interoperability with GNU tar, the reference implementation of PAX and xattr records.
+#[cfg(test)]
+mod gnu_tar_tests {
+    use super::*;
+    use crate::layer::snapshot::{snapshot, SnapshotOptions};
+    use crate::layer::testutil::*;
+    use pretty_assertions::assert_eq;
+    use std::fs;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    /// rich_tree without the overlay markers, which GNU tar knows nothing about.
+    fn plain_tree(root: &Path) {
+        rich_tree(root);
+        fs::remove_file(root.join("home/deleted")).unwrap();
+        rustix::fs::lremovexattr(root.join("opaque"), "trusted.overlay.opaque").unwrap();
+        set_all_mtimes(root, 1_000_000);
+    }
+
+    fn gnu_tar() -> bool {
+        Command::new("tar").arg("--version").output().is_ok()
+    }
+
+    #[test]
+    fn gnu_tar_extracts_our_layers() {
+        if !gnu_tar() {
+            eprintln!("skipping: no GNU tar");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(&out).unwrap();
+        plain_tree(&src);
+        let (_, _, bytes) = snapshot(&src, &SnapshotOptions::default(), Vec::new()).unwrap();
+        let mut child = Command::new("tar")
+            .args([
+                "--xattrs",
+                "--xattrs-include=*",
+                "--numeric-owner",
+                "-xpf",
+                "-",
+                "-C",
+            ])
+            .arg(&out)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&bytes).unwrap();
+        assert!(child.wait().unwrap().success());
+        // GNU tar restores directory mtimes too, so the listings match exactly.
+        assert_eq!(list_dir(&out, true), list_dir(&src, true));
+    }
+
+    #[test]
+    fn we_apply_gnu_tar_pax_archives() {
+        if !gnu_tar() {
+            eprintln!("skipping: no GNU tar");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(&out).unwrap();
+        plain_tree(&src);
+        let made = Command::new("tar")
+            .args([
+                "--xattrs",
+                "--xattrs-include=*",
+                "--numeric-owner",
+                "--format=pax",
+                "-cf",
+                "-",
+                "-C",
+            ])
+            .arg(&src)
+            .arg(".")
+            .output()
+            .unwrap();
+        assert!(made.status.success());
+        apply(&made.stdout[..], &out).unwrap();
+        assert_eq!(list_dir(&out, true), list_dir(&src, true));
+    }
+}

@@ -1,0 +1,806 @@
+//! Snapshot: an overlay upperdir -> an OCI tar layer, streamed.
+//!
+//! The walk first collects every relative path (memory grows with the number of entries,
+//! never with file sizes), sorts them byte-wise, then writes one entry at a time. Headers are
+//! filled by hand (ustar + PAX) so the bytes depend only on the tree: same input, same digest.
+//! See design.md "Layers" and the OCI image spec, "Representing Changes".
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
+
+use crate::image::{Digest, Sha256Writer};
+use crate::layer::compress::{Compression, Compressor};
+use crate::layer::{keep_xattr, LayerError, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX};
+
+/// How to snapshot an upperdir.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotOptions {
+    /// Clamp every mtime to at most this (SOURCE_DATE_EPOCH, reproducible builds).
+    pub source_date_epoch: Option<i64>,
+    /// Relative paths to leave out, with everything below them (the sandbox's mount stubs).
+    pub skip: Vec<PathBuf>,
+}
+
+/// The digests of a layer blob written by [`snapshot_blob`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerDigests {
+    /// sha256 of the uncompressed tar (the config's `rootfs.diff_ids`).
+    pub diff_id: Digest,
+    /// sha256 of the blob as written (compressed).
+    pub digest: Digest,
+    /// Size of the blob as written.
+    pub size: u64,
+    /// Size of the uncompressed tar.
+    pub tar_size: u64,
+    /// The OCI layer media type for the codec used.
+    pub media_type: String,
+}
+
+/// One path of the upperdir, as it will appear in the tar.
+struct Item {
+    /// The tar name without a trailing slash; the sort key.
+    tar_path: Vec<u8>,
+    /// The path relative to the upperdir.
+    rel: PathBuf,
+    /// An overlay whiteout (char device 0/0): written as an empty `.wh.NAME` file.
+    whiteout: bool,
+}
+
+const BLOCK: usize = 512;
+/// ustar's octal numeric fields hold at most 7 digits (uid/gid) or 11 digits (size/mtime).
+const MAX_OCTAL_7: u64 = 0o7777777;
+const MAX_OCTAL_11: u64 = 0o77777777777;
+
+/// Write the layer tar of `upper` to `out`. Returns the diff_id (sha256 of the tar), its
+/// size, and `out` back.
+pub fn snapshot<W: Write>(
+    upper: &Path,
+    opts: &SnapshotOptions,
+    out: W,
+) -> Result<(Digest, u64, W), LayerError> {
+    let mut items = collect(upper, opts)?;
+    items.sort_unstable_by(|a, b| a.tar_path.cmp(&b.tar_path));
+
+    let mut w = TarWriter {
+        out: Sha256Writer::new(BufWriter::with_capacity(256 * 1024, out)),
+        epoch: opts.source_date_epoch,
+    };
+    // (dev, ino) -> tar name of the first path written for a multiply-linked inode.
+    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    for item in &items {
+        write_item(upper, item, &mut w, &mut links)?;
+    }
+    w.out
+        .write_all(&[0u8; 2 * BLOCK])
+        .map_err(LayerError::Write)?;
+    let (diff_id, size, buffered) = w.out.finish();
+    let out = buffered
+        .into_inner()
+        .map_err(|e| LayerError::Write(e.into_error()))?;
+    Ok((diff_id, size, out))
+}
+
+/// Snapshot `upper` into a compressed blob written to `out`, computing the diff_id and the
+/// blob digest in the same pass. The tar is produced on a second thread so that walking and
+/// hashing overlap with compression; a bounded channel keeps memory flat.
+pub fn snapshot_blob<W: Write>(
+    upper: &Path,
+    opts: &SnapshotOptions,
+    compression: Compression,
+    level: Option<i32>,
+    out: W,
+) -> Result<LayerDigests, LayerError> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<Vec<u8>>(4);
+        let producer = scope.spawn(move || {
+            let chunks = ChunkWriter {
+                tx,
+                buf: Vec::with_capacity(CHUNK),
+            };
+            let (diff_id, tar_size, mut chunks) = snapshot(upper, opts, chunks)?;
+            chunks.send().map_err(LayerError::Write)?;
+            Ok::<_, LayerError>((diff_id, tar_size))
+        });
+        let consumed = (move || -> io::Result<(Digest, u64)> {
+            let mut compressor = Compressor::new(Sha256Writer::new(out), compression, level)?;
+            for chunk in rx.iter() {
+                compressor.write_all(&chunk)?;
+            }
+            let (digest, size, mut out) = compressor.finish()?.finish();
+            out.flush()?;
+            Ok((digest, size))
+        })();
+        let produced = match producer.join() {
+            Ok(result) => result,
+            // A panic in the walk is a bug, not an input error: keep it a panic.
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        // If the consumer failed, the producer only saw a closed channel: report the cause.
+        let (digest, size) = consumed.map_err(LayerError::Write)?;
+        let (diff_id, tar_size) = produced?;
+        Ok(LayerDigests {
+            diff_id,
+            digest,
+            size,
+            tar_size,
+            media_type: compression.oci_media_type().to_string(),
+        })
+    })
+}
+
+const CHUNK: usize = 256 * 1024;
+
+/// A writer that hands fixed-size chunks to another thread.
+struct ChunkWriter {
+    tx: SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "layer compressor stopped"))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Walk `upper` and list what goes into the layer (unsorted).
+fn collect(upper: &Path, opts: &SnapshotOptions) -> Result<Vec<Item>, LayerError> {
+    // Accept container paths (`/proc`) as well as relative ones (`proc`).
+    let skip: Vec<&Path> = opts
+        .skip
+        .iter()
+        .map(|p| p.strip_prefix("/").unwrap_or(p))
+        .collect();
+    let mut items = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(dir_rel) = stack.pop() {
+        let dir = upper.join(&dir_rel);
+        let entries =
+            fs::read_dir(&dir).map_err(|e| LayerError::io("reading directory", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| LayerError::io("reading directory", &dir, e))?;
+            let rel = dir_rel.join(entry.file_name());
+            if skip.iter().any(|s| rel.starts_with(s)) {
+                continue;
+            }
+            let ft = entry
+                .file_type()
+                .map_err(|e| LayerError::io("inspecting", upper.join(&rel), e))?;
+            if ft.is_socket() {
+                // Sockets cannot be archived (tar has no type for them); docker skips them too.
+                continue;
+            }
+            let mut whiteout = false;
+            if ft.is_char_device() {
+                let meta = entry
+                    .metadata()
+                    .map_err(|e| LayerError::io("inspecting", upper.join(&rel), e))?;
+                whiteout = meta.rdev() == 0;
+            }
+            let tar_path = if whiteout {
+                let mut p = dir_rel.as_os_str().as_bytes().to_vec();
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(WHITEOUT_PREFIX);
+                p.extend_from_slice(entry.file_name().as_bytes());
+                p
+            } else {
+                rel.as_os_str().as_bytes().to_vec()
+            };
+            if ft.is_dir() {
+                stack.push(rel.clone());
+            }
+            items.push(Item {
+                tar_path,
+                rel,
+                whiteout,
+            });
+        }
+    }
+    Ok(items)
+}
+
+fn write_item<W: Write>(
+    upper: &Path,
+    item: &Item,
+    w: &mut TarWriter<W>,
+    links: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> Result<(), LayerError> {
+    let path = upper.join(&item.rel);
+    let meta = fs::symlink_metadata(&path).map_err(|e| LayerError::io("inspecting", &path, e))?;
+    let ft = meta.file_type();
+    let mut entry = Entry {
+        name: item.tar_path.clone(),
+        kind: tar::EntryType::Regular,
+        mode: meta.mode() & 0o7777,
+        uid: u64::from(meta.uid()),
+        gid: u64::from(meta.gid()),
+        mtime: meta.mtime(),
+        size: 0,
+        link: None,
+        device: None,
+        xattrs: BTreeMap::new(),
+    };
+
+    if item.whiteout {
+        // Docker's overlay2 differ writes whiteouts as mode 0600 empty files with the
+        // whiteout's owner and mtime.
+        entry.mode = 0o600;
+        return w.write_entry(&entry, None);
+    }
+
+    let (xattrs, opaque) = read_xattrs(&path)?;
+    entry.xattrs = xattrs;
+
+    if !ft.is_dir() && meta.nlink() > 1 {
+        let key = (meta.dev(), meta.ino());
+        if let Some(first) = links.get(&key) {
+            entry.kind = tar::EntryType::Link;
+            entry.link = Some(first.clone());
+            entry.xattrs.clear();
+            return w.write_entry(&entry, None);
+        }
+        links.insert(key, item.tar_path.clone());
+    }
+
+    if ft.is_dir() {
+        entry.kind = tar::EntryType::Directory;
+        entry.name.push(b'/');
+        w.write_entry(&entry, None)?;
+        if opaque {
+            let mut marker = Entry {
+                name: item.tar_path.clone(),
+                kind: tar::EntryType::Regular,
+                mode: entry.mode & 0o777,
+                xattrs: BTreeMap::new(),
+                ..entry
+            };
+            marker.name.push(b'/');
+            marker.name.extend_from_slice(OPAQUE_MARKER);
+            w.write_entry(&marker, None)?;
+        }
+        Ok(())
+    } else if ft.is_file() {
+        entry.size = meta.len();
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| LayerError::io("opening", &path, e))?;
+        w.write_entry(&entry, Some((file, &path)))
+    } else if ft.is_symlink() {
+        let target = fs::read_link(&path).map_err(|e| LayerError::io("reading link", &path, e))?;
+        entry.kind = tar::EntryType::Symlink;
+        entry.link = Some(target.as_os_str().as_bytes().to_vec());
+        w.write_entry(&entry, None)
+    } else if ft.is_char_device() || ft.is_block_device() {
+        entry.kind = if ft.is_char_device() {
+            tar::EntryType::Char
+        } else {
+            tar::EntryType::Block
+        };
+        let rdev = meta.rdev();
+        entry.device = Some((rustix::fs::major(rdev), rustix::fs::minor(rdev)));
+        w.write_entry(&entry, None)
+    } else if ft.is_fifo() {
+        entry.kind = tar::EntryType::Fifo;
+        w.write_entry(&entry, None)
+    } else {
+        // Only sockets are left, and collect() already dropped them.
+        Ok(())
+    }
+}
+
+/// The xattrs of `path` that belong in a layer, and whether overlay marked it opaque.
+fn read_xattrs(path: &Path) -> Result<(Xattrs, bool), LayerError> {
+    let err = |e: rustix::io::Errno| LayerError::io("reading xattrs of", path, e.into());
+    let mut kept = BTreeMap::new();
+    let mut opaque = false;
+    let names = loop {
+        let len = match rustix::fs::llistxattr_query(path) {
+            Ok(len) => len,
+            // Filesystems without xattr support have no xattrs to keep.
+            Err(rustix::io::Errno::NOTSUP) => return Ok((kept, false)),
+            Err(e) => return Err(err(e)),
+        };
+        if len == 0 {
+            return Ok((kept, false));
+        }
+        let mut buf = vec![0u8; len];
+        match rustix::fs::llistxattr(path, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                break buf;
+            }
+            // Grew between the two calls: ask again.
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(e) => return Err(err(e)),
+        }
+    };
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let is_opaque = name == OPAQUE_XATTR.as_bytes();
+        if !is_opaque && !keep_xattr(name) {
+            continue;
+        }
+        let value = match get_xattr(path, name) {
+            Ok(v) => v,
+            // Removed since the listing: nothing to keep.
+            Err(rustix::io::Errno::NODATA) => continue,
+            Err(e) => return Err(err(e)),
+        };
+        if is_opaque {
+            opaque = value == b"y";
+        } else {
+            kept.insert(name.to_vec(), value);
+        }
+    }
+    Ok((kept, opaque))
+}
+
+fn get_xattr(path: &Path, name: &[u8]) -> Result<Vec<u8>, rustix::io::Errno> {
+    let name = std::ffi::OsStr::from_bytes(name);
+    loop {
+        let len = rustix::fs::lgetxattr_query(path, name)?;
+        let mut buf = vec![0u8; len];
+        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Xattr name -> value, sorted so the PAX records come out in a fixed order.
+type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// One tar entry, before encoding.
+struct Entry {
+    name: Vec<u8>,
+    kind: tar::EntryType,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: i64,
+    size: u64,
+    link: Option<Vec<u8>>,
+    device: Option<(u32, u32)>,
+    xattrs: Xattrs,
+}
+
+struct TarWriter<W: Write> {
+    out: Sha256Writer<BufWriter<W>>,
+    epoch: Option<i64>,
+}
+
+impl<W: Write> TarWriter<W> {
+    /// Encode `entry` (PAX header first when needed) and copy `data` for regular files.
+    fn write_entry(
+        &mut self,
+        entry: &Entry,
+        data: Option<(File, &Path)>,
+    ) -> Result<(), LayerError> {
+        let mtime = match self.epoch {
+            Some(epoch) => entry.mtime.min(epoch),
+            None => entry.mtime,
+        };
+        // ustar cannot express times before 1970; nor can most image tooling.
+        let mtime = mtime.max(0) as u64;
+
+        let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        if entry.name.len() > 100 {
+            pax.push((b"path".to_vec(), entry.name.clone()));
+        }
+        if let Some(link) = &entry.link {
+            if link.len() > 100 {
+                pax.push((b"linkpath".to_vec(), link.clone()));
+            }
+        }
+        if entry.size > MAX_OCTAL_11 {
+            pax.push((b"size".to_vec(), entry.size.to_string().into_bytes()));
+        }
+        if entry.uid > MAX_OCTAL_7 {
+            pax.push((b"uid".to_vec(), entry.uid.to_string().into_bytes()));
+        }
+        if entry.gid > MAX_OCTAL_7 {
+            pax.push((b"gid".to_vec(), entry.gid.to_string().into_bytes()));
+        }
+        if mtime > MAX_OCTAL_11 {
+            pax.push((b"mtime".to_vec(), mtime.to_string().into_bytes()));
+        }
+        for (name, value) in &entry.xattrs {
+            let mut key = b"SCHILY.xattr.".to_vec();
+            key.extend_from_slice(name);
+            pax.push((key, value.clone()));
+        }
+        if !pax.is_empty() {
+            let records = pax_records(&pax);
+            let mut h = tar::Header::new_ustar();
+            set_bytes(&mut h.as_ustar_mut().expect("ustar").name, b"PaxHeader");
+            h.set_entry_type(tar::EntryType::XHeader);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(records.len() as u64);
+            h.set_cksum();
+            self.put(h.as_bytes())?;
+            self.put(&records)?;
+            self.pad(records.len() as u64)?;
+        }
+
+        let mut h = tar::Header::new_ustar();
+        {
+            let ustar = h.as_ustar_mut().expect("ustar");
+            set_bytes(&mut ustar.name, &entry.name);
+            if let Some(link) = &entry.link {
+                set_bytes(&mut ustar.linkname, link);
+            }
+        }
+        h.set_entry_type(entry.kind);
+        h.set_mode(entry.mode);
+        h.set_uid(entry.uid.min(MAX_OCTAL_7));
+        h.set_gid(entry.gid.min(MAX_OCTAL_7));
+        h.set_mtime(mtime.min(MAX_OCTAL_11));
+        h.set_size(entry.size.min(MAX_OCTAL_11));
+        // Empty uname/gname: ids are numeric in images.
+        let (major, minor) = entry.device.unwrap_or((0, 0));
+        h.set_device_major(major).map_err(LayerError::Write)?;
+        h.set_device_minor(minor).map_err(LayerError::Write)?;
+        h.set_cksum();
+        self.put(h.as_bytes())?;
+
+        if let Some((file, path)) = data {
+            let copied = io::copy(&mut file.take(entry.size), &mut self.out)
+                .map_err(|e| LayerError::io("reading", path, e))?;
+            if copied != entry.size {
+                return Err(LayerError::Changed {
+                    path: path.to_path_buf(),
+                });
+            }
+            self.pad(entry.size)?;
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), LayerError> {
+        self.out.write_all(bytes).map_err(LayerError::Write)
+    }
+
+    fn pad(&mut self, len: u64) -> Result<(), LayerError> {
+        let rem = (len % BLOCK as u64) as usize;
+        if rem != 0 {
+            self.put(&[0u8; BLOCK][..BLOCK - rem])?;
+        }
+        Ok(())
+    }
+}
+
+/// Copy as much of `value` as fits into a NUL-padded header field.
+fn set_bytes(field: &mut [u8], value: &[u8]) {
+    let n = value.len().min(field.len());
+    field[..n].copy_from_slice(&value[..n]);
+    field[n..].fill(0);
+}
+
+/// PAX records: `"<len> <key>=<value>\n"` where `<len>` counts the whole record, itself
+/// included (POSIX pax, "extended header").
+fn pax_records(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in pairs {
+        let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+        let mut len = rest + 1;
+        while len != rest + len.to_string().len() {
+            len = rest + len.to_string().len();
+        }
+        out.extend_from_slice(len.to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(key);
+        out.push(b'=');
+        out.extend_from_slice(value);
+        out.push(b'\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::testutil::*;
+    use pretty_assertions::assert_eq;
+
+    fn tar_of(root: &Path, opts: &SnapshotOptions) -> (Digest, Vec<u8>) {
+        let (digest, size, bytes) = snapshot(root, opts, Vec::new()).unwrap();
+        assert_eq!(size, bytes.len() as u64);
+        assert_eq!(digest, Digest::of(&bytes));
+        (digest, bytes)
+    }
+
+    #[test]
+    fn rich_tree_listing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        rich_tree(root);
+        // Things that must not reach the layer.
+        std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap();
+        set_xattr(&root.join("bin/su"), "trusted.overlay.origin", b"x");
+        set_xattr(&root.join("bin/su"), "trusted.other", b"x");
+        fs::create_dir(root.join("proc")).unwrap();
+        write_file(&root.join("resolv.conf"), b"", 0o644);
+        let opts = SnapshotOptions {
+            source_date_epoch: None,
+            skip: vec!["proc".into(), "/resolv.conf".into()],
+        };
+        let (_, bytes) = tar_of(root, &opts);
+        let d = "d".repeat(60);
+        let e = "e".repeat(60);
+        let f = "f".repeat(50);
+        let t = "t".repeat(150);
+        let expected = format!(
+            "\
+Directory bin/ size=0 mode=755 0:0 mtime=1000000 xattrs[]
+Regular bin/ping size=10 mode=755 0:0 mtime=1000000 sha=a95ee8e36c68 xattrs[security.capability=\"\\0\\0\\0\\u{{2}}\\0 \\0\\0\\0\\0\\0\\0\\0\\0\\0\\0\\0\\0\\0\\0\"]
+Regular bin/su size=13 mode=4755 0:0 mtime=1000000 sha=51bfab4b04ea xattrs[]
+Regular bin/wall size=13 mode=2755 0:0 mtime=1000000 sha=f148f1ff2bcb xattrs[]
+Directory {d}/ size=0 mode=755 0:0 mtime=1000000 xattrs[]
+Directory {d}/{e}/ size=0 mode=755 0:0 mtime=1000000 xattrs[]
+Regular {d}/{e}/{f} size=4 mode=644 0:0 mtime=1000000 sha=fc66f021c67d xattrs[]
+Directory dev/ size=0 mode=755 0:0 mtime=1000000 xattrs[]
+Fifo dev/fifo size=0 mode=644 0:0 mtime=1000000 xattrs[]
+Block dev/loop0 size=0 mode=660 0:0 mtime=1000000 dev=7,0 xattrs[]
+Char dev/null size=0 mode=666 0:0 mtime=1000000 dev=1,3 xattrs[]
+Regular hard-a size=12 mode=644 0:0 mtime=1000000 sha=f147d7ad38d0 xattrs[]
+Link hard-b -> hard-a size=0 mode=644 0:0 mtime=1000000 xattrs[]
+Directory home/ size=0 mode=755 0:0 mtime=1000000 xattrs[]
+Regular home/.wh.deleted size=0 mode=600 0:0 mtime=1000000 xattrs[]
+Regular home/big-ids size=0 mode=600 3000000:2100000 mtime=1000000 xattrs[]
+Symlink home/su-link -> ../bin/su size=0 mode=777 0:0 mtime=1000000 xattrs[]
+Directory home/user/ size=0 mode=755 1000:1000 mtime=1000000 xattrs[]
+Regular home/user/notes size=6 mode=640 1000:100 mtime=1000000 sha=5891b5b522d5 xattrs[user.comment=\"kept\"]
+Symlink long-link -> {t} size=0 mode=777 0:0 mtime=1000000 xattrs[]
+Directory opaque/ size=0 mode=755 0:0 mtime=1000000 xattrs[]
+Regular opaque/.wh..wh..opq size=0 mode=755 0:0 mtime=1000000 xattrs[]
+Regular opaque/new size=3 mode=644 0:0 mtime=1000000 sha=11507a0e2f5e xattrs[]
+Directory tmp/ size=0 mode=1777 0:0 mtime=1000000 xattrs[]
+Regular ünïcødé-名前 size=7 mode=644 0:0 mtime=1000000 sha=2fcf76a4c3c7 xattrs[]"
+        );
+        assert_eq!(list_tar(&bytes), expected);
+    }
+
+    #[test]
+    fn same_tree_same_bytes_and_blob_digests_match() {
+        let tmp = tempfile::tempdir().unwrap();
+        rich_tree(tmp.path());
+        let opts = SnapshotOptions::default();
+        let (d1, b1) = tar_of(tmp.path(), &opts);
+        let (d2, b2) = tar_of(tmp.path(), &opts);
+        assert_eq!(d1, d2);
+        assert!(b1 == b2);
+        for c in [
+            Compression::Uncompressed,
+            Compression::Gzip,
+            Compression::Zstd,
+        ] {
+            let mut blob = Vec::new();
+            let got = snapshot_blob(tmp.path(), &opts, c, None, &mut blob).unwrap();
+            assert_eq!(got.diff_id, d1, "{c:?}");
+            assert_eq!(got.tar_size, b1.len() as u64);
+            assert_eq!(got.digest, Digest::of(&blob), "{c:?}");
+            assert_eq!(got.size, blob.len() as u64);
+            assert_eq!(got.media_type, c.oci_media_type());
+            let back = read_all(crate::layer::compress::decompressor(&blob[..]).unwrap());
+            assert!(back == b1, "{c:?} blob must decompress to the tar");
+            let mut again = Vec::new();
+            let got2 = snapshot_blob(tmp.path(), &opts, c, None, &mut again).unwrap();
+            assert_eq!(got, got2);
+        }
+    }
+
+    #[test]
+    fn entries_are_sorted_bytewise_by_full_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir(root.join("a")).unwrap();
+        fs::write(root.join("a/x"), "").unwrap();
+        fs::write(root.join("a-b"), "").unwrap();
+        fs::write(root.join("B"), "").unwrap();
+        fs::write(root.join("a.c"), "").unwrap();
+        let (_, bytes) = tar_of(root, &SnapshotOptions::default());
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
+            .collect();
+        assert_eq!(names, ["B", "a/", "a-b", "a.c", "a/x"]);
+    }
+
+    #[test]
+    fn source_date_epoch_clamps_only_newer_mtimes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::write(root.join("old"), "o").unwrap();
+        fs::write(root.join("new"), "n").unwrap();
+        set_mtime(&root.join("old"), 2_000);
+        set_mtime(&root.join("new"), 5_000);
+        let opts = SnapshotOptions {
+            source_date_epoch: Some(3_000),
+            skip: Vec::new(),
+        };
+        let (_, bytes) = tar_of(root, &opts);
+        let listing = list_tar(&bytes);
+        assert!(
+            listing.contains("Regular new size=1 mode=644 0:0 mtime=3000"),
+            "{listing}"
+        );
+        assert!(
+            listing.contains("Regular old size=1 mode=644 0:0 mtime=2000"),
+            "{listing}"
+        );
+    }
+
+    /// A writer that fails once `limit` bytes went through.
+    struct Failing {
+        limit: usize,
+    }
+
+    impl Write for Failing {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if buf.len() > self.limit {
+                return Err(io::Error::other("disk full"));
+            }
+            self.limit -= buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn blob_errors_surface_from_either_side_of_the_pipeline() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Incompressible data, so that the compressed output overflows the writer.
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        fs::write(tmp.path().join("big"), &data).unwrap();
+        let opts = SnapshotOptions::default();
+        let err = snapshot_blob(
+            tmp.path(),
+            &opts,
+            Compression::Gzip,
+            None,
+            Failing { limit: 100_000 },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        let err = snapshot_blob(
+            &tmp.path().join("missing"),
+            &opts,
+            Compression::Zstd,
+            None,
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, LayerError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn empty_upper_is_an_empty_tar() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, bytes) = tar_of(tmp.path(), &SnapshotOptions::default());
+        assert!(bytes == vec![0u8; 1024]);
+    }
+
+    #[test]
+    fn pax_record_lengths_count_themselves() {
+        // "9 a=bcd\n" is 8 bytes: the length must roll over to two digits correctly.
+        assert_eq!(pax_records(&[(b"a".to_vec(), b"b".to_vec())]), b"6 a=b\n");
+        let r = pax_records(&[(b"k".to_vec(), vec![b'v'; 5])]);
+        assert_eq!(r, b"11 k=vvvvv\n");
+    }
+
+    /// Real overlayfs: deleting a lower file and replacing a lower directory must show up as
+    /// a `.wh.` file and an opaque marker.
+    #[test]
+    fn real_overlay_whiteouts_and_opaque_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (lower, upper, work, merged) = (
+            tmp.path().join("lower"),
+            tmp.path().join("upper"),
+            tmp.path().join("work"),
+            tmp.path().join("merged"),
+        );
+        for d in [&lower, &upper, &work, &merged] {
+            fs::create_dir(d).unwrap();
+        }
+        fs::write(lower.join("gone"), "x").unwrap();
+        fs::write(lower.join("gone-too"), "x").unwrap();
+        fs::create_dir(lower.join("dir")).unwrap();
+        fs::write(lower.join("dir/old"), "x").unwrap();
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={},index=off,metacopy=off,redirect_dir=off",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let status = std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &data])
+            .arg(&merged)
+            .status()
+            .unwrap();
+        if !status.success() {
+            assert!(
+                !rustix::process::geteuid().is_root(),
+                "mounting overlayfs failed as root"
+            );
+            eprintln!("skipping: cannot mount overlayfs without root");
+            return;
+        }
+        let changes = (|| -> io::Result<()> {
+            fs::remove_file(merged.join("gone"))?;
+            fs::remove_file(merged.join("gone-too"))?;
+            fs::remove_dir_all(merged.join("dir"))?;
+            fs::create_dir(merged.join("dir"))?;
+            fs::write(merged.join("dir/new"), "y")
+        })();
+        let umount = std::process::Command::new("umount")
+            .arg(&merged)
+            .status()
+            .unwrap();
+        changes.unwrap();
+        assert!(umount.success());
+        let (_, bytes) = tar_of(&upper, &SnapshotOptions::default());
+        let names: Vec<(String, tar::EntryType)> = tar::Archive::new(&bytes[..])
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    String::from_utf8_lossy(&e.path_bytes()).into_owned(),
+                    e.header().entry_type(),
+                )
+            })
+            .collect();
+        use tar::EntryType::{Directory, Regular};
+        let expected: Vec<(String, tar::EntryType)> = [
+            (".wh.gone", Regular),
+            (".wh.gone-too", Regular),
+            ("dir/", Directory),
+            ("dir/.wh..wh..opq", Regular),
+            ("dir/new", Regular),
+        ]
+        .iter()
+        .map(|(n, t)| (n.to_string(), *t))
+        .collect();
+        assert_eq!(names, expected);
+    }
+}
