@@ -59,6 +59,8 @@ pub enum OutputError {
     LayerMissing { chain: Digest },
     #[error("no image `{0}` in the store")]
     NoSuchImage(String),
+    #[error("output to `{0}` is a directory and cannot be streamed")]
+    NotAStream(PathBuf),
     #[error("destination `{0}` is a directory; this output writes a file")]
     DestIsDir(PathBuf),
 }
@@ -172,18 +174,9 @@ pub fn write(
     spec: &OutputSpec,
 ) -> Result<(), OutputError> {
     match &spec.kind {
-        OutputKind::Docker { dest } => {
-            let c = spec.compression.unwrap_or(Compression::Uncompressed);
-            write_file(dest, |w| {
-                archive::write_archive(store, image, tags, c, spec.level, true, w)
-            })
-        }
-        OutputKind::Oci { dest, tar: true } => {
-            let c = spec.compression.unwrap_or(Compression::Gzip);
-            write_file(dest, |w| {
-                archive::write_archive(store, image, tags, c, spec.level, false, w)
-            })
-        }
+        OutputKind::Docker { dest }
+        | OutputKind::Oci { dest, tar: true }
+        | OutputKind::Tar { dest } => write_file(dest, |w| write_to(store, image, tags, spec, w)),
         OutputKind::Oci { dest, tar: false } => {
             let c = spec.compression.unwrap_or(Compression::Gzip);
             write_dir(dest, |dir| {
@@ -194,10 +187,34 @@ pub fn write(
             let entries = rootfs::merged_entries(store, &image.chains)?;
             rootfs::materialize(&entries, dir)
         }),
-        OutputKind::Tar { dest } => write_file(dest, |w| {
+    }
+}
+
+/// Stream a file-shaped output (docker archive, OCI tar, rootfs tar) into `w`, e.g. a pipe
+/// to `docker load`; `spec`'s destination is ignored. Directory outputs are refused.
+pub fn write_to(
+    store: &Store,
+    image: &ImageRecord,
+    tags: &[Reference],
+    spec: &OutputSpec,
+    w: &mut dyn Write,
+) -> Result<(), OutputError> {
+    match &spec.kind {
+        OutputKind::Docker { .. } => {
+            let c = spec.compression.unwrap_or(Compression::Uncompressed);
+            archive::write_archive(store, image, tags, c, spec.level, true, w)
+        }
+        OutputKind::Oci { tar: true, .. } => {
+            let c = spec.compression.unwrap_or(Compression::Gzip);
+            archive::write_archive(store, image, tags, c, spec.level, false, w)
+        }
+        OutputKind::Tar { .. } => {
             let entries = rootfs::merged_entries(store, &image.chains)?;
             rootfs::write_tar(&entries, w)
-        }),
+        }
+        OutputKind::Oci { dest, tar: false } | OutputKind::Local { dest } => {
+            Err(OutputError::NotAStream(dest.clone()))
+        }
     }
 }
 

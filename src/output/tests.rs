@@ -319,6 +319,15 @@ fn docker_archive_is_docker_save_and_oci_and_reproducible() {
     write(&store, &image, &tags, &spec).unwrap();
     assert_eq!(fs::read(&dest).unwrap(), bytes);
     assert_eq!(fs::read_dir(dest.parent().unwrap()).unwrap().count(), 1);
+    // Streaming (for `--load`) gives the same bytes; directories cannot be streamed.
+    let mut streamed = Vec::new();
+    write_to(&store, &image, &tags, &spec, &mut streamed).unwrap();
+    assert_eq!(streamed, bytes);
+    let local = parse_output("type=local,dest=x").unwrap();
+    assert!(matches!(
+        write_to(&store, &image, &tags, &local, &mut Vec::new()),
+        Err(OutputError::NotAStream(_))
+    ));
 }
 
 #[test]
