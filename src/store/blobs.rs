@@ -43,9 +43,14 @@ impl Store {
         let mut writer = Sha256Writer::new(BufWriter::with_capacity(256 * 1024, tmp.as_file()));
         let value = f(&mut writer).map_err(|e| StoreError::Producer(Box::new(e)))?;
         let (digest, size, buf) = writer.finish();
+        // Blobs are content, not secrets: 0644 rather than tempfile's 0600, so copies made
+        // from them (OCI directory outputs) are readable.
         buf.into_inner()
             .map_err(|e| e.into_error())
-            .and_then(|file| file.sync_all())
+            .and_then(|file| {
+                file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+                file.sync_all()
+            })
             .map_err(StoreError::io("writing", tmp.path()))?;
         check(&digest, size)?;
         let dest = self.blob_path(&digest);

@@ -269,19 +269,19 @@ fn flock_path(path: &Path, op: rustix::fs::FlockOperation) -> Result<File> {
     Ok(file)
 }
 
-/// Remove every entry of tmp/ that is not a session held by a live process.
+/// Remove every entry of tmp/ that is not a session held by a live process. Best effort: an
+/// entry that cannot be removed (say, a mount left by a killed process) is left for a later
+/// sweep rather than making the store unusable.
 fn sweep_tmp(tmp: &Path) -> Result<()> {
     let entries = fs::read_dir(tmp).map_err(StoreError::io("listing", tmp))?;
-    for entry in entries {
-        let entry = entry.map_err(StoreError::io("listing", tmp))?;
+    for entry in entries.flatten() {
         if entry.file_name() == ".lock" {
             continue;
         }
         let path = entry.path();
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
         if is_dir {
-            let lock = path.join(".lock");
-            if let Ok(file) = File::open(&lock) {
+            if let Ok(file) = File::open(path.join(".lock")) {
                 let held = rustix::fs::flock(
                     file.as_fd(),
                     rustix::fs::FlockOperation::NonBlockingLockExclusive,
@@ -291,9 +291,9 @@ fn sweep_tmp(tmp: &Path) -> Result<()> {
                     continue;
                 }
             }
-            fs::remove_dir_all(&path).map_err(StoreError::io("sweeping", &path))?;
+            let _ = fs::remove_dir_all(&path);
         } else {
-            fs::remove_file(&path).map_err(StoreError::io("sweeping", &path))?;
+            let _ = fs::remove_file(&path);
         }
     }
     Ok(())

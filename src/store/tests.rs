@@ -505,3 +505,16 @@ fn resolve_by_digest_reference_finds_an_untagged_manifest() {
         None
     );
 }
+
+#[test]
+fn blobs_are_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let d = s.put_blob_bytes(b"content").unwrap();
+    let mode = std::fs::metadata(s.blob_path(&d))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+}
