@@ -1,1 +1,331 @@
-//! See docs/architecture.md.
+//! Image writers for `--output` and `save` (design.md "Outputs"): docker archive (also an OCI
+//! layout), OCI layout (tar or directory), and the merged root filesystem (directory or tar).
+//!
+//! Every output is written under a temporary name beside its destination and renamed into
+//! place, so a failed write leaves nothing at the destination. Archive metadata entries are
+//! deterministic (sorted, uid/gid 0, mtime SOURCE_DATE_EPOCH or 0): the same image gives the
+//! same bytes.
+
+mod archive;
+mod commands;
+mod rootfs;
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::image::{Digest, Reference};
+use crate::layer::compress::Compression;
+use crate::store::{ImageRecord, Store, StoreError};
+
+pub use commands::{format_images, human_size, image_rows, inspect, save, ImageRow};
+pub use rootfs::{merged_entries, MergedEntry};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    /// docker-save archive that is also an OCI layout.
+    Docker { dest: PathBuf },
+    /// OCI image layout, as a tar (`tar: true`) or a directory.
+    Oci { dest: PathBuf, tar: bool },
+    /// The image's root filesystem as a directory.
+    Local { dest: PathBuf },
+    /// The image's root filesystem as a tar.
+    Tar { dest: PathBuf },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputSpec {
+    pub kind: OutputKind,
+    /// Layer codec; `None` is the kind's default (docker: uncompressed, OCI: gzip).
+    pub compression: Option<Compression>,
+    /// Level for layer blobs that must be made (an existing blob in the codec is reused).
+    pub level: Option<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("invalid output `{spec}`: {reason}")]
+    Parse { spec: String, reason: String },
+    #[error("{action} `{path}`: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("layer {chain} has no extracted directory in the store")]
+    LayerMissing { chain: Digest },
+    #[error("no image `{0}` in the store")]
+    NoSuchImage(String),
+    #[error("output to `{0}` is a directory and cannot be streamed")]
+    NotAStream(PathBuf),
+    #[error("destination `{0}` is a directory; this output writes a file")]
+    DestIsDir(PathBuf),
+}
+
+impl OutputError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> OutputError {
+        let path = path.into();
+        move |source| OutputError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+/// Parse an `--output` value: `type=docker|oci|local|tar,dest=..[,tar=false][,compression=..]
+/// [,compression-level=N]`, or the shorthands `F.tar` (docker archive), `-` (rootfs tar on
+/// stdout) and `DIR` (local).
+pub fn parse_output(s: &str) -> Result<OutputSpec, OutputError> {
+    let err = |reason: &str| OutputError::Parse {
+        spec: s.to_string(),
+        reason: reason.to_string(),
+    };
+    if s.is_empty() {
+        return Err(err("empty"));
+    }
+    if !s.contains('=') {
+        let dest = PathBuf::from(s);
+        let kind = if s == "-" {
+            OutputKind::Tar { dest }
+        } else if s.ends_with(".tar") {
+            OutputKind::Docker { dest }
+        } else {
+            OutputKind::Local { dest }
+        };
+        return Ok(OutputSpec {
+            kind,
+            compression: None,
+            level: None,
+        });
+    }
+    let mut kind = None;
+    let mut dest = None;
+    let mut tar = None;
+    let mut compression = None;
+    let mut level = None;
+    for field in s.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .ok_or_else(|| err(&format!("`{field}` is not key=value")))?;
+        match k.trim() {
+            "type" => kind = Some(v.to_string()),
+            "dest" => dest = Some(PathBuf::from(v)),
+            "tar" => {
+                tar = Some(match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(err("tar must be true or false")),
+                })
+            }
+            "compression" => {
+                compression = Some(
+                    Compression::parse(v)
+                        .ok_or_else(|| err("compression must be gzip, zstd or uncompressed"))?,
+                )
+            }
+            "compression-level" => {
+                level = Some(
+                    v.parse::<i32>()
+                        .map_err(|_| err("compression-level must be an integer"))?,
+                )
+            }
+            other => return Err(err(&format!("unknown option `{other}`"))),
+        }
+    }
+    let kind = kind.ok_or_else(|| err("missing type="))?;
+    let dest = dest.ok_or_else(|| err("missing dest="))?;
+    let kind = match kind.as_str() {
+        "docker" => OutputKind::Docker { dest },
+        "oci" => OutputKind::Oci {
+            dest,
+            tar: tar.unwrap_or(true),
+        },
+        "local" => OutputKind::Local { dest },
+        "tar" => OutputKind::Tar { dest },
+        "image" | "registry" => return Err(err("use --push to send the image to a registry")),
+        other => {
+            return Err(err(&format!(
+                "unknown type `{other}` (docker, oci, local, tar)"
+            )))
+        }
+    };
+    if tar.is_some() && !matches!(kind, OutputKind::Oci { .. }) {
+        return Err(err("tar= only applies to type=oci"));
+    }
+    Ok(OutputSpec {
+        kind,
+        compression,
+        level,
+    })
+}
+
+/// Write `image` (tagged `tags`, which name it inside archives) as `spec` asks.
+pub fn write(
+    store: &Store,
+    image: &ImageRecord,
+    tags: &[Reference],
+    spec: &OutputSpec,
+) -> Result<(), OutputError> {
+    match &spec.kind {
+        OutputKind::Docker { dest }
+        | OutputKind::Oci { dest, tar: true }
+        | OutputKind::Tar { dest } => write_file(dest, |w| write_to(store, image, tags, spec, w)),
+        OutputKind::Oci { dest, tar: false } => {
+            let c = spec.compression.unwrap_or(Compression::Gzip);
+            write_dir(dest, |dir| {
+                archive::write_layout_dir(store, image, tags, c, spec.level, dir)
+            })
+        }
+        OutputKind::Local { dest } => write_dir(dest, |dir| {
+            let entries = rootfs::merged_entries(store, &image.chains)?;
+            rootfs::materialize(&entries, dir)
+        }),
+    }
+}
+
+/// Stream a file-shaped output (docker archive, OCI tar, rootfs tar) into `w`, e.g. a pipe
+/// to `docker load`; `spec`'s destination is ignored. Directory outputs are refused.
+pub fn write_to(
+    store: &Store,
+    image: &ImageRecord,
+    tags: &[Reference],
+    spec: &OutputSpec,
+    w: &mut dyn Write,
+) -> Result<(), OutputError> {
+    match &spec.kind {
+        OutputKind::Docker { .. } => {
+            let c = spec.compression.unwrap_or(Compression::Uncompressed);
+            archive::write_archive(store, image, tags, c, spec.level, true, w)
+        }
+        OutputKind::Oci { tar: true, .. } => {
+            let c = spec.compression.unwrap_or(Compression::Gzip);
+            archive::write_archive(store, image, tags, c, spec.level, false, w)
+        }
+        OutputKind::Tar { .. } => {
+            let entries = rootfs::merged_entries(store, &image.chains)?;
+            rootfs::write_tar(&entries, w)
+        }
+        OutputKind::Oci { dest, tar: false } | OutputKind::Local { dest } => {
+            Err(OutputError::NotAStream(dest.clone()))
+        }
+    }
+}
+
+/// The mtime for archive metadata entries: SOURCE_DATE_EPOCH, or 0.
+pub(crate) fn archive_mtime() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// Write a file output via a temporary file beside `dest` (or to stdout for `-`).
+fn write_file(
+    dest: &Path,
+    f: impl FnOnce(&mut dyn Write) -> Result<(), OutputError>,
+) -> Result<(), OutputError> {
+    if dest == Path::new("-") {
+        let stdout = io::stdout();
+        let mut lock = io::BufWriter::new(stdout.lock());
+        f(&mut lock)?;
+        return lock.flush().map_err(OutputError::io("writing", "<stdout>"));
+    }
+    if dest.is_dir() {
+        return Err(OutputError::DestIsDir(dest.to_path_buf()));
+    }
+    let parent = parent_dir(dest);
+    fs::create_dir_all(&parent).map_err(OutputError::io("creating", &parent))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".rbuild-out-")
+        .tempfile_in(&parent)
+        .map_err(OutputError::io("creating temp file in", &parent))?;
+    {
+        let mut w = io::BufWriter::with_capacity(256 * 1024, tmp.as_file());
+        f(&mut w)?;
+        w.flush().map_err(OutputError::io("writing", tmp.path()))?;
+    }
+    tmp.as_file()
+        .sync_all()
+        .map_err(OutputError::io("writing", tmp.path()))?;
+    tmp.persist(dest)
+        .map_err(|e| OutputError::io("renaming into", dest)(e.error))?;
+    // tempfile creates 0600 files; an image archive is not a secret.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dest, fs::Permissions::from_mode(0o644))
+        .map_err(OutputError::io("setting permissions of", dest))
+}
+
+/// Write a directory output in a temporary directory beside `dest`, then move it into place.
+/// An existing `dest` is merged into as BuildKit does: each top-level entry we write replaces
+/// the one of the same name; others are left alone.
+fn write_dir(
+    dest: &Path,
+    f: impl FnOnce(&Path) -> Result<(), OutputError>,
+) -> Result<(), OutputError> {
+    let parent = parent_dir(dest);
+    fs::create_dir_all(&parent).map_err(OutputError::io("creating", &parent))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".rbuild-out-")
+        .tempdir_in(&parent)
+        .map_err(OutputError::io("creating temp dir in", &parent))?;
+    let staged = tmp.path().join("out");
+    fs::create_dir(&staged).map_err(OutputError::io("creating", &staged))?;
+    f(&staged)?;
+    let is_empty_dir = |p: &Path| {
+        fs::read_dir(p)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false)
+    };
+    if !dest.exists() || (dest.is_dir() && is_empty_dir(dest)) {
+        if dest.exists() {
+            fs::remove_dir(dest).map_err(OutputError::io("replacing", dest))?;
+        }
+        // The root dir of the image keeps its mode (tempdir made it 0700).
+        return fs::rename(&staged, dest).map_err(OutputError::io("renaming into", dest));
+    }
+    if !dest.is_dir() {
+        return Err(OutputError::Io {
+            action: "writing directory output to",
+            path: dest.to_path_buf(),
+            source: io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a directory",
+            ),
+        });
+    }
+    let trash = tmp.path().join("old");
+    fs::create_dir(&trash).map_err(OutputError::io("creating", &trash))?;
+    let mut names: Vec<_> = fs::read_dir(&staged)
+        .map_err(OutputError::io("listing", &staged))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(OutputError::io("listing", &staged))?;
+    names.sort();
+    for name in names {
+        let target = dest.join(&name);
+        if target.symlink_metadata().is_ok() {
+            fs::rename(&target, trash.join(&name))
+                .map_err(OutputError::io("replacing", &target))?;
+        }
+        fs::rename(staged.join(&name), &target)
+            .map_err(OutputError::io("renaming into", &target))?;
+    }
+    Ok(())
+}
+
+fn parent_dir(dest: &Path) -> PathBuf {
+    match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,327 @@
-//! See docs/architecture.md.
+//! The local store: blobs, extracted layers, the build cache and tags (design.md "Store").
+//!
+//! ```text
+//! blobs/sha256/<hex>          content-addressed blobs (layers, configs, manifests)
+//! index.json, oci-layout      the store is an OCI layout; tags are ref-name annotations
+//! layers/<chain>/diff         extracted layer (overlay format)
+//! layers/<chain>/meta.json    diff_id, blobs per compression, size, parent
+//! cache/<key>.json            step results
+//! tmp/<session>/              per-process scratch, guarded by a flock on tmp/<session>/.lock
+//! lock                        flock: shared while building, exclusive for prune
+//! ```
+//! Every record is written inside tmp/, fsynced and renamed into place, so a crash leaves at
+//! most garbage in tmp/ (swept by the next `open`), never a half-written record. Records are
+//! content-addressed, so when two builds race to create the same one, the loser drops its copy.
+
+mod blobs;
+mod cache;
+mod images;
+mod layers;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use crate::image::Digest;
+
+pub use cache::CacheRecord;
+pub use images::{chains_of, ImageRecord, PruneStats};
+pub use layers::{chain_id, BlobRef, LayerBlobs, LayerRecord};
+
+/// Errors from the store; each names the path or object it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{action} `{path}`: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("blob {digest} is not in the store")]
+    BlobMissing { digest: Digest },
+    #[error("layer {chain} is not in the store")]
+    LayerMissing { chain: Digest },
+    #[error("blob mismatch: expected {expected} ({expected_size} bytes), got {actual} ({actual_size} bytes)")]
+    DigestMismatch {
+        expected: Digest,
+        expected_size: u64,
+        actual: Digest,
+        actual_size: u64,
+    },
+    #[error("layer {chain}: blob {blob} decompresses to {actual}, but the layer's diff_id is {expected}")]
+    DiffIdMismatch {
+        chain: Digest,
+        blob: Digest,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("corrupt record `{path}`: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid cache key `{0}`: expected [0-9A-Za-z_-], at most 128 characters")]
+    InvalidCacheKey(String),
+    #[error("image config lists {config} layers but {given} layer chains were given")]
+    LayerCountMismatch { config: usize, given: usize },
+    #[error("layer {index} of the image: config says diff_id {config}, layer {chain} has {layer}")]
+    ImageDiffIdMismatch {
+        index: usize,
+        chain: Digest,
+        config: Digest,
+        layer: Digest,
+    },
+    #[error(
+        "manifest {digest} has media type `{media_type}`, which is not a single-image manifest"
+    )]
+    NotAnImageManifest { digest: Digest, media_type: String },
+    #[error("`{0}` matches more than one image")]
+    Ambiguous(String),
+    #[error("the store at `{0}` is in use by a build; try again when it finishes")]
+    Busy(PathBuf),
+    #[error("producing blob: {0}")]
+    Producer(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An open store. Holds this process's scratch session in tmp/ (removed on drop).
+pub struct Store {
+    root: PathBuf,
+    session: PathBuf,
+    /// Held (exclusive flock) for as long as the store is open: tells `open` in other
+    /// processes that `session` is alive.
+    _session_lock: File,
+}
+
+/// A held flock on the store's `lock` file; released on drop.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+impl Store {
+    /// Open (creating if needed) the store at `root`, and sweep scratch left by dead processes.
+    pub fn open(root: &Path) -> Result<Store> {
+        for dir in ["blobs/sha256", "layers", "cache", "tmp"] {
+            let p = root.join(dir);
+            fs::create_dir_all(&p).map_err(StoreError::io("creating", &p))?;
+        }
+        let root = fs::canonicalize(root).map_err(StoreError::io("resolving", root))?;
+        let lock = root.join("lock");
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&lock)
+            .map_err(StoreError::io("creating", &lock))?;
+
+        // Sweeping and creating a session happen under one exclusive lock, so a sweeper never
+        // sees a session directory whose owner has not locked it yet.
+        let tmp = root.join("tmp");
+        let sweep_lock = flock_path(
+            &tmp.join(".lock"),
+            rustix::fs::FlockOperation::LockExclusive,
+        )?;
+        sweep_tmp(&tmp)?;
+        let (session, session_lock) = new_session(&tmp)?;
+        drop(sweep_lock);
+
+        let store = Store {
+            root,
+            session,
+            _session_lock: session_lock,
+        };
+        if !store.root.join("oci-layout").exists() {
+            store.write_file_atomic(
+                &store.root.join("oci-layout"),
+                br#"{"imageLayoutVersion":"1.0.0"}"#,
+            )?;
+        }
+        if !store.root.join("index.json").exists() {
+            let _guard = store.index_lock()?;
+            if !store.root.join("index.json").exists() {
+                store.write_file_atomic(
+                    &store.root.join("index.json"),
+                    &crate::image::canonical_json(&crate::image::Index::default()),
+                )?;
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Take the store lock shared (builds); blocks while a prune holds it.
+    pub fn lock_shared(&self) -> Result<StoreLock> {
+        let file = flock_path(
+            &self.root.join("lock"),
+            rustix::fs::FlockOperation::LockShared,
+        )?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Take the store lock exclusively (prune); blocks while builds hold it.
+    pub fn lock_exclusive(&self) -> Result<StoreLock> {
+        let file = flock_path(
+            &self.root.join("lock"),
+            rustix::fs::FlockOperation::LockExclusive,
+        )?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Take the store lock exclusively, or fail with [`StoreError::Busy`] at once.
+    pub fn try_lock_exclusive(&self) -> Result<StoreLock> {
+        let path = self.root.join("lock");
+        match flock_path(&path, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(file) => Ok(StoreLock { _file: file }),
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::WouldBlock => {
+                Err(StoreError::Busy(self.root.clone()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A scratch directory on the store's filesystem (so its contents can be renamed into
+    /// the store); removed when dropped.
+    pub fn tmp_dir(&self) -> Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix("d")
+            .tempdir_in(&self.session)
+            .map_err(StoreError::io("creating scratch dir in", &self.session))
+    }
+
+    /// Serializes read-modify-write of index.json between processes. index.json itself is
+    /// replaced by rename, so the lock lives on the store root directory, which never changes.
+    fn index_lock(&self) -> Result<File> {
+        flock_path(&self.root, rustix::fs::FlockOperation::LockExclusive)
+    }
+
+    /// Write `bytes` to `dest` via a fsynced file in the session dir and a rename.
+    fn write_file_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.session)
+            .map_err(StoreError::io("creating temp file in", &self.session))?;
+        tmp.write_all(bytes)
+            .and_then(|_| tmp.as_file().sync_all())
+            .map_err(StoreError::io("writing", tmp.path()))?;
+        tmp.persist(dest)
+            .map_err(|e| StoreError::io("renaming into", dest)(e.error))?;
+        sync_parent(dest)
+    }
+
+    /// Read and parse a JSON record.
+    fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+        match fs::read(path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| StoreError::Corrupt {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("reading", path)(e)),
+        }
+    }
+
+    #[cfg(test)]
+    fn session_dir(&self) -> &Path {
+        &self.session
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Best effort: whatever is left is swept by the next `open`.
+        let _ = fs::remove_dir_all(&self.session);
+    }
+}
+
+/// Open (creating) `path` and flock it with `op`.
+fn flock_path(path: &Path, op: rustix::fs::FlockOperation) -> Result<File> {
+    let file = if path.is_dir() {
+        File::open(path)
+    } else {
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+    .map_err(StoreError::io("opening lock", path))?;
+    rustix::fs::flock(file.as_fd(), op)
+        .map_err(|e| StoreError::io("locking", path)(io::Error::from(e)))?;
+    Ok(file)
+}
+
+/// Remove every entry of tmp/ that is not a session held by a live process. Best effort: an
+/// entry that cannot be removed (say, a mount left by a killed process) is left for a later
+/// sweep rather than making the store unusable.
+fn sweep_tmp(tmp: &Path) -> Result<()> {
+    let entries = fs::read_dir(tmp).map_err(StoreError::io("listing", tmp))?;
+    for entry in entries.flatten() {
+        if entry.file_name() == ".lock" {
+            continue;
+        }
+        let path = entry.path();
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if is_dir {
+            if let Ok(file) = File::open(path.join(".lock")) {
+                let held = rustix::fs::flock(
+                    file.as_fd(),
+                    rustix::fs::FlockOperation::NonBlockingLockExclusive,
+                )
+                .is_err();
+                if held {
+                    continue;
+                }
+            }
+            let _ = fs::remove_dir_all(&path);
+        } else {
+            let _ = fs::remove_file(&path);
+        }
+    }
+    Ok(())
+}
+
+/// Create this process's session dir with its lock held.
+fn new_session(tmp: &Path) -> Result<(PathBuf, File)> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("s{}-", std::process::id()))
+        .tempdir_in(tmp)
+        .map_err(StoreError::io("creating session dir in", tmp))?
+        .keep();
+    let lock = flock_path(
+        &dir.join(".lock"),
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )?;
+    Ok((dir, lock))
+}
+
+/// fsync the directory holding `path`, so a rename into it survives a crash.
+fn sync_parent(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(StoreError::io("syncing", parent))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

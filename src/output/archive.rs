@@ -1,0 +1,249 @@
+//! Docker archives and OCI image layouts.
+//!
+//! The docker archive is an OCI layout plus docker-save's `manifest.json` and `repositories`,
+//! whose Config/Layers paths point into `blobs/sha256/`: docker 20.10 reads manifest.json,
+//! OCI tools (skopeo, umoci, docker 25+) read index.json.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{archive_mtime, OutputError};
+use crate::image::{canonical_json, media, Descriptor, Digest, Index, Manifest, Reference};
+use crate::layer::compress::Compression;
+use crate::store::{ImageRecord, Store};
+
+/// Where a blob's bytes come from.
+enum Blob {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// Everything an archive or layout holds, by path.
+struct Layout {
+    /// Sorted by digest, each once.
+    blobs: BTreeMap<Digest, Blob>,
+    /// Other files (index.json, oci-layout, manifest.json, repositories), sorted by name.
+    files: BTreeMap<&'static str, Vec<u8>>,
+}
+
+/// docker-save's manifest.json entry.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerSaveEntry {
+    config: String,
+    repo_tags: Vec<String>,
+    layers: Vec<String>,
+}
+
+fn blob_name(d: &Digest) -> String {
+    format!("blobs/sha256/{}", d.hex())
+}
+
+fn build_layout(
+    store: &Store,
+    image: &ImageRecord,
+    tags: &[Reference],
+    compression: Compression,
+    level: Option<i32>,
+    docker: bool,
+) -> Result<Layout, OutputError> {
+    let mut blobs = BTreeMap::new();
+    let mut layers = Vec::with_capacity(image.chains.len());
+    for chain in &image.chains {
+        let desc = store.layer_blob_level(chain, compression, level)?;
+        blobs.insert(
+            desc.digest.clone(),
+            Blob::File(store.blob_path(&desc.digest)),
+        );
+        layers.push(desc);
+    }
+    // The stored config bytes, so the image id stays the same.
+    let config_bytes = store.read_blob(&image.config_digest)?;
+    let config = Descriptor::new(
+        media::OCI_CONFIG,
+        image.config_digest.clone(),
+        config_bytes.len() as u64,
+    );
+    blobs.insert(image.config_digest.clone(), Blob::Bytes(config_bytes));
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(media::OCI_MANIFEST.to_string()),
+        config,
+        layers: layers.clone(),
+        annotations: None,
+    };
+    let manifest_bytes = canonical_json(&manifest);
+    let manifest_desc = Descriptor::new(
+        media::OCI_MANIFEST,
+        Digest::of(&manifest_bytes),
+        manifest_bytes.len() as u64,
+    );
+    blobs.insert(manifest_desc.digest.clone(), Blob::Bytes(manifest_bytes));
+
+    // As BuildKit's exporters: the ref name is the tag, the full name goes in containerd's
+    // annotation; one index entry per tag.
+    let named: Vec<&Reference> = tags.iter().filter(|t| t.tag.is_some()).collect();
+    let mut index = Index::default();
+    if named.is_empty() {
+        index.manifests.push(manifest_desc.clone());
+    }
+    for t in &named {
+        let mut d = manifest_desc.clone();
+        d.annotations = Some(BTreeMap::from([
+            ("io.containerd.image.name".to_string(), t.to_string()),
+            (
+                media::REF_NAME_ANNOTATION.to_string(),
+                t.tag_or_latest().to_string(),
+            ),
+        ]));
+        index.manifests.push(d);
+    }
+
+    let mut files = BTreeMap::new();
+    files.insert("index.json", canonical_json(&index));
+    files.insert("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec());
+    if docker {
+        let repo_tags: Vec<String> = named
+            .iter()
+            .map(|t| {
+                let mut t = (*t).clone();
+                t.digest = None;
+                t.familiar()
+            })
+            .collect();
+        let entry = DockerSaveEntry {
+            config: blob_name(&image.config_digest),
+            repo_tags,
+            layers: layers.iter().map(|l| blob_name(&l.digest)).collect(),
+        };
+        files.insert("manifest.json", canonical_json(&vec![entry]));
+        // Legacy `repositories`: repo -> tag -> top layer id; docker load ignores it when
+        // manifest.json is present, older tools read it.
+        if let Some(top) = layers.last() {
+            let mut repos: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+            for t in &named {
+                let mut bare = (*t).clone();
+                bare.tag = None;
+                bare.digest = None;
+                repos
+                    .entry(bare.familiar())
+                    .or_default()
+                    .insert(t.tag_or_latest().to_string(), top.digest.hex().to_string());
+            }
+            if !repos.is_empty() {
+                files.insert("repositories", canonical_json(&repos));
+            }
+        }
+    }
+    Ok(Layout { blobs, files })
+}
+
+/// Write a docker archive (`docker: true`) or an OCI layout tar to `w`.
+pub(super) fn write_archive(
+    store: &Store,
+    image: &ImageRecord,
+    tags: &[Reference],
+    compression: Compression,
+    level: Option<i32>,
+    docker: bool,
+    w: &mut dyn Write,
+) -> Result<(), OutputError> {
+    let layout = build_layout(store, image, tags, compression, level, docker)?;
+    let mut tar = DeterministicTar::new(w);
+    let out = "<archive>";
+    tar.dir("blobs/").map_err(OutputError::io("writing", out))?;
+    tar.dir("blobs/sha256/")
+        .map_err(OutputError::io("writing", out))?;
+    for (digest, blob) in &layout.blobs {
+        let name = blob_name(digest);
+        match blob {
+            Blob::Bytes(b) => tar.file(&name, b.len() as u64, &b[..]),
+            Blob::File(p) => {
+                let f = fs::File::open(p).map_err(OutputError::io("reading", p))?;
+                let len = f.metadata().map_err(OutputError::io("reading", p))?.len();
+                tar.file(&name, len, f)
+            }
+        }
+        .map_err(OutputError::io("writing", out))?;
+    }
+    for (name, bytes) in &layout.files {
+        tar.file(name, bytes.len() as u64, &bytes[..])
+            .map_err(OutputError::io("writing", out))?;
+    }
+    tar.finish().map_err(OutputError::io("writing", out))
+}
+
+/// Write an OCI layout directory into `dir` (empty).
+pub(super) fn write_layout_dir(
+    store: &Store,
+    image: &ImageRecord,
+    tags: &[Reference],
+    compression: Compression,
+    level: Option<i32>,
+    dir: &Path,
+) -> Result<(), OutputError> {
+    let layout = build_layout(store, image, tags, compression, level, false)?;
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).map_err(OutputError::io("creating", &blobs))?;
+    for (digest, blob) in &layout.blobs {
+        let dest = blobs.join(digest.hex());
+        match blob {
+            Blob::Bytes(b) => fs::write(&dest, b).map_err(OutputError::io("writing", &dest))?,
+            Blob::File(p) => {
+                fs::copy(p, &dest).map_err(OutputError::io("copying blob to", &dest))?;
+            }
+        }
+    }
+    for (name, bytes) in &layout.files {
+        let dest = dir.join(name);
+        fs::write(&dest, bytes).map_err(OutputError::io("writing", &dest))?;
+    }
+    Ok(())
+}
+
+/// A tar writer for archive metadata: uid/gid 0, no user names, fixed mtime, fixed modes.
+pub(super) struct DeterministicTar<W: Write> {
+    builder: tar::Builder<W>,
+    mtime: u64,
+}
+
+impl<W: Write> DeterministicTar<W> {
+    pub(super) fn new(w: W) -> Self {
+        let mut builder = tar::Builder::new(w);
+        builder.sparse(false);
+        DeterministicTar {
+            builder,
+            mtime: archive_mtime(),
+        }
+    }
+
+    fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(self.mtime);
+        h.set_size(size);
+        h
+    }
+
+    pub(super) fn dir(&mut self, name: &str) -> io::Result<()> {
+        let mut h = self.header(tar::EntryType::Directory, 0o755, 0);
+        self.builder.append_data(&mut h, name, io::empty())
+    }
+
+    pub(super) fn file(&mut self, name: &str, size: u64, data: impl Read) -> io::Result<()> {
+        let mut h = self.header(tar::EntryType::Regular, 0o644, size);
+        // `take` guards against a file that grew after we read its size.
+        self.builder.append_data(&mut h, name, data.take(size))
+    }
+
+    pub(super) fn finish(self) -> io::Result<()> {
+        self.builder.into_inner()?.flush()
+    }
+}

@@ -1,0 +1,177 @@
+//! Library side of the `images`, `inspect` and `save` subcommands (`rmi` and `prune` are
+//! [`Store::rmi`] and [`Store::prune`]). Nothing here prints; the CLI does.
+
+use std::time::{Duration, SystemTime};
+
+use super::{write, OutputError, OutputKind, OutputSpec};
+use crate::image::Reference;
+use crate::store::Store;
+
+/// One line of `rbuild images`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRow {
+    /// Familiar repository name (`busybox`, `localhost:5000/app`).
+    pub repository: String,
+    /// The tag, `<none>` for a digest-only reference.
+    pub tag: String,
+    /// 12 hex digits of the config digest.
+    pub image_id: String,
+    /// The config's `created` (RFC 3339), if any.
+    pub created: Option<String>,
+    /// Content bytes of the image's layers.
+    pub size: u64,
+}
+
+/// Rows for every tagged image, sorted by reference.
+pub fn image_rows(store: &Store) -> Result<Vec<ImageRow>, OutputError> {
+    let mut rows = Vec::new();
+    for (reference, image) in store.images()? {
+        let mut bare = reference.clone();
+        bare.tag = None;
+        bare.digest = None;
+        rows.push(ImageRow {
+            repository: bare.familiar(),
+            tag: reference
+                .tag
+                .clone()
+                .unwrap_or_else(|| "<none>".to_string()),
+            image_id: image.config_digest.short().to_string(),
+            created: image.config.created.clone(),
+            size: image.size(store),
+        });
+    }
+    Ok(rows)
+}
+
+/// Docker's size format: decimal units, three significant digits (`5.23MB`, `812kB`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    // Go's %.3g, as docker's CLI (units.HumanSizeWithPrecision(size, 3)): three
+    // significant digits, no trailing zeros.
+    let digits = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let s = format!("{v:.digits$}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    };
+    format!("{s}{}", UNITS[unit])
+}
+
+/// "5 minutes ago" style, as `docker images` shows CREATED.
+fn ago(created: Option<&str>, now: SystemTime) -> String {
+    let Some(then) = created.and_then(|c| humantime::parse_rfc3339_weak(c).ok()) else {
+        return "N/A".to_string();
+    };
+    let secs = now.duration_since(then).unwrap_or(Duration::ZERO).as_secs();
+    let (n, unit) = match secs {
+        0..=59 => return "Less than a minute ago".to_string(),
+        60..=3599 => (secs / 60, "minute"),
+        3600..=86_399 => (secs / 3600, "hour"),
+        86_400..=1_209_599 => (secs / 86_400, "day"),
+        1_209_600..=5_183_999 => (secs / 604_800, "week"),
+        5_184_000..=63_071_999 => (secs / 2_592_000, "month"),
+        _ => (secs / 31_536_000, "year"),
+    };
+    if n == 1 {
+        let article = if unit == "hour" { "An" } else { "A" };
+        format!("{article} {unit} ago")
+    } else {
+        format!("{n} {unit}s ago")
+    }
+}
+
+/// The `images` table (header included), columns padded as docker pads them.
+pub fn format_images(rows: &[ImageRow], now: SystemTime) -> String {
+    let mut table = vec![[
+        "REPOSITORY".to_string(),
+        "TAG".to_string(),
+        "IMAGE ID".to_string(),
+        "CREATED".to_string(),
+        "SIZE".to_string(),
+    ]];
+    for r in rows {
+        table.push([
+            r.repository.clone(),
+            r.tag.clone(),
+            r.image_id.clone(),
+            ago(r.created.as_deref(), now),
+            human_size(r.size),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| table.iter().map(|row| row[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &table {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i == 4 {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `inspect`: the image as JSON: `Id` (config digest), `RepoTags`, `Digest` (manifest),
+/// `Manifest`, `Config`, `Size`.
+pub fn inspect(store: &Store, reference_or_id: &str) -> Result<serde_json::Value, OutputError> {
+    let image = store
+        .resolve(reference_or_id)?
+        .ok_or_else(|| OutputError::NoSuchImage(reference_or_id.to_string()))?;
+    let tags: Vec<String> = store
+        .tags()?
+        .into_iter()
+        .filter(|(_, d)| d.digest == image.manifest.digest)
+        .map(|(r, _)| r.familiar())
+        .collect();
+    Ok(serde_json::json!({
+        "Id": image.config_digest.to_string(),
+        "RepoTags": tags,
+        "Digest": image.manifest.digest.to_string(),
+        "Manifest": image.manifest_body,
+        "Config": image.config,
+        "Size": image.size(store),
+    }))
+}
+
+/// `save`: write the image `reference_or_id` names as a docker archive or OCI layout. When
+/// it is a tag, that tag names the image inside the archive; given an id, all its tags do.
+pub fn save(store: &Store, reference_or_id: &str, spec: &OutputSpec) -> Result<(), OutputError> {
+    if matches!(spec.kind, OutputKind::Local { .. } | OutputKind::Tar { .. }) {
+        return Err(OutputError::Parse {
+            spec: reference_or_id.to_string(),
+            reason: "save writes docker or oci archives".to_string(),
+        });
+    }
+    let image = store
+        .resolve(reference_or_id)?
+        .ok_or_else(|| OutputError::NoSuchImage(reference_or_id.to_string()))?;
+    let all_tags = store.tags()?;
+    let named: Vec<Reference> = match reference_or_id.parse::<Reference>() {
+        Ok(r) if all_tags.iter().any(|(t, _)| *t == r) => vec![r],
+        _ => all_tags
+            .into_iter()
+            .filter(|(_, d)| d.digest == image.manifest.digest)
+            .map(|(r, _)| r)
+            .collect(),
+    };
+    write(store, &image, &named, spec)
+}

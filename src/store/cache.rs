@@ -1,0 +1,75 @@
+//! Build cache records under cache/<key>.json.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Result, Store, StoreError};
+use crate::image::{Digest, History, ImageConfig};
+
+/// What a step produced, enough to reuse it without running it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    /// The layer chain id after this step. `None` when the image has no layers at all yet
+    /// (a config-only step on `scratch`); a step that made no layer repeats its parent's.
+    pub chain: Option<Digest>,
+    /// Whether this step added a layer (RUN/COPY/ADD, WORKDIR creating its dir).
+    pub new_layer: bool,
+    /// The image config after this step (history included).
+    pub config: ImageConfig,
+    /// This step's history entry (also the last entry of `config.history`).
+    pub history: History,
+}
+
+impl Store {
+    fn cache_path(&self, key: &str) -> Result<PathBuf> {
+        let name = key.strip_prefix("sha256:").unwrap_or(key);
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(StoreError::InvalidCacheKey(key.to_string()));
+        }
+        Ok(self.root.join("cache").join(format!("{name}.json")))
+    }
+
+    /// The cached result of the step with cache key `key` (hex, or `sha256:<hex>`). A record
+    /// whose layer has been pruned counts as a miss.
+    pub fn get_cache(&self, key: &str) -> Option<CacheRecord> {
+        let path = self.cache_path(key).ok()?;
+        let rec: CacheRecord = Store::read_json(&path).ok().flatten()?;
+        match &rec.chain {
+            Some(chain) if self.layer(chain).is_none() => None,
+            _ => Some(rec),
+        }
+    }
+
+    pub fn put_cache(&self, key: &str, rec: &CacheRecord) -> Result<()> {
+        let path = self.cache_path(key)?;
+        self.write_file_atomic(&path, &crate::image::canonical_json(rec))
+    }
+
+    /// Every cache record, with its file name stem (prune).
+    pub(crate) fn cache_records(&self) -> Result<Vec<(PathBuf, Option<CacheRecord>)>> {
+        let dir = self.root.join("cache");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(StoreError::io("listing", &dir))? {
+            let entry = entry.map_err(StoreError::io("listing", &dir))?;
+            let path = entry.path();
+            let rec = match Store::read_json::<CacheRecord>(&path) {
+                Ok(r) => r,
+                Err(StoreError::Corrupt { .. }) => None,
+                Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            out.push((path, rec));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,451 @@
+//! Images: config + manifest blobs, tags in index.json, lookup, prune.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{chain_id, Result, Store, StoreError};
+use crate::image::{
+    canonical_json, media, Descriptor, Digest, History, ImageConfig, Index, Manifest, Platform,
+    Reference,
+};
+use crate::layer::compress::{decompressor, Compression};
+
+/// An image in the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// The manifest blob (its digest is what registries call the image digest).
+    pub manifest: Descriptor,
+    pub manifest_body: Manifest,
+    pub config: ImageConfig,
+    /// The config blob's digest: docker's image id.
+    pub config_digest: Digest,
+    /// Layer chain ids, bottom first (one per `config.rootfs.diff_ids`).
+    pub chains: Vec<Digest>,
+}
+
+impl ImageRecord {
+    /// Total content size of the image's layers as stored (uncompressed file bytes where the
+    /// layer is extracted, else the manifest's blob size).
+    pub fn size(&self, store: &Store) -> u64 {
+        self.chains
+            .iter()
+            .zip(
+                self.manifest_body
+                    .layers
+                    .iter()
+                    .map(Some)
+                    .chain(std::iter::repeat(None)),
+            )
+            .map(|(chain, desc)| match store.layer(chain) {
+                Some(l) => l.size,
+                None => desc.map_or(0, |d| d.size),
+            })
+            .sum()
+    }
+}
+
+/// What a prune removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneStats {
+    pub cache_records: usize,
+    pub layers: usize,
+    pub blobs: usize,
+    /// Blob bytes plus extracted layer content bytes.
+    pub bytes: u64,
+}
+
+/// Chain ids for a list of diff ids, bottom first.
+pub fn chains_of(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = chain_id(out.last(), d);
+        out.push(next);
+    }
+    out
+}
+
+impl Store {
+    /// Write the config blob (canonical JSON) and an OCI manifest whose layers are the
+    /// layers' blobs in `compression` (made if missing). `layers` are chain ids, bottom first,
+    /// and must match `config.rootfs.diff_ids`.
+    pub fn put_image(
+        &self,
+        config: &ImageConfig,
+        layers: &[Digest],
+        compression: Compression,
+    ) -> Result<ImageRecord> {
+        if config.rootfs.diff_ids.len() != layers.len() {
+            return Err(StoreError::LayerCountMismatch {
+                config: config.rootfs.diff_ids.len(),
+                given: layers.len(),
+            });
+        }
+        let mut descs = Vec::with_capacity(layers.len());
+        for (index, (chain, diff_id)) in layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
+            let layer = self
+                .try_layer(chain)?
+                .ok_or_else(|| StoreError::LayerMissing {
+                    chain: chain.clone(),
+                })?;
+            if &layer.diff_id != diff_id {
+                return Err(StoreError::ImageDiffIdMismatch {
+                    index,
+                    chain: chain.clone(),
+                    config: diff_id.clone(),
+                    layer: layer.diff_id,
+                });
+            }
+            descs.push(self.layer_blob(chain, compression)?);
+        }
+        let config_bytes = canonical_json(config);
+        let config_digest = self.put_blob_bytes(&config_bytes)?;
+        let manifest_body = Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.to_string()),
+            config: Descriptor::new(
+                media::OCI_CONFIG,
+                config_digest.clone(),
+                config_bytes.len() as u64,
+            ),
+            layers: descs,
+            annotations: None,
+        };
+        let manifest_bytes = canonical_json(&manifest_body);
+        let manifest_digest = self.put_blob_bytes(&manifest_bytes)?;
+        Ok(ImageRecord {
+            manifest: Descriptor::new(
+                media::OCI_MANIFEST,
+                manifest_digest,
+                manifest_bytes.len() as u64,
+            ),
+            manifest_body,
+            config: config.clone(),
+            config_digest,
+            chains: layers.to_vec(),
+        })
+    }
+
+    /// Import a root filesystem tarball (plain, gzip or zstd) as a one-layer image tagged
+    /// `reference` (like `docker import`). The layer is stored uncompressed (its digest is
+    /// its diff_id); `apply` extracts the tar stream into an empty directory in overlay
+    /// format (the executor passes `layer::apply`).
+    pub fn import_rootfs<E>(
+        &self,
+        tarball: &Path,
+        reference: &Reference,
+        apply: impl Fn(&mut dyn Read, &Path) -> std::result::Result<(), E>,
+    ) -> Result<ImageRecord>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let file = fs::File::open(tarball).map_err(StoreError::io("opening", tarball))?;
+        let (diff_id, size, ()) = self.write_blob(|w| -> std::io::Result<()> {
+            std::io::copy(&mut decompressor(file)?, w).map(|_| ())
+        })?;
+        let scratch = self.tmp_dir()?;
+        let diff = scratch.path().join("diff");
+        fs::create_dir(&diff).map_err(StoreError::io("creating", &diff))?;
+        apply(&mut self.open_blob(&diff_id)?, &diff)
+            .map_err(|e| StoreError::Producer(Box::new(e)))?;
+        let layer = self.commit_layer(
+            diff,
+            None,
+            diff_id.clone(),
+            Descriptor::new(media::OCI_LAYER, diff_id.clone(), size),
+        )?;
+        let platform = Platform::host();
+        let when = std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or_else(SystemTime::now, |s| UNIX_EPOCH + Duration::from_secs(s));
+        let created = humantime::format_rfc3339_seconds(when).to_string();
+        let mut config = ImageConfig {
+            created: Some(created.clone()),
+            architecture: platform.architecture,
+            os: platform.os,
+            variant: platform.variant,
+            ..Default::default()
+        };
+        config.rootfs.diff_ids = vec![diff_id];
+        config.history = vec![History {
+            created: Some(created),
+            created_by: Some(format!("rbuild import {}", tarball.display())),
+            comment: Some("Imported from tarball".to_string()),
+            ..Default::default()
+        }];
+        let image = self.put_image(&config, &[layer.chain_id], Compression::Gzip)?;
+        self.tag(reference, &image.manifest)?;
+        Ok(image)
+    }
+
+    /// Load the image whose manifest blob is `digest`.
+    pub fn image_by_manifest(&self, digest: &Digest) -> Result<ImageRecord> {
+        let bytes = self.read_blob(digest)?;
+        let path = self.blob_path(digest);
+        let corrupt = |source| StoreError::Corrupt {
+            path: path.clone(),
+            source,
+        };
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(corrupt)?;
+        let media_type = value
+            .get("mediaType")
+            .and_then(|m| m.as_str())
+            .unwrap_or(media::OCI_MANIFEST)
+            .to_string();
+        if value.get("manifests").is_some()
+            || !(media_type == media::OCI_MANIFEST || media_type == media::DOCKER_MANIFEST)
+        {
+            return Err(StoreError::NotAnImageManifest {
+                digest: digest.clone(),
+                media_type,
+            });
+        }
+        let manifest_body: Manifest = serde_json::from_value(value).map_err(corrupt)?;
+        let config_digest = manifest_body.config.digest.clone();
+        let config_bytes = self.read_blob(&config_digest)?;
+        let config: ImageConfig =
+            serde_json::from_slice(&config_bytes).map_err(|source| StoreError::Corrupt {
+                path: self.blob_path(&config_digest),
+                source,
+            })?;
+        let chains = chains_of(&config.rootfs.diff_ids);
+        Ok(ImageRecord {
+            manifest: Descriptor::new(&media_type, digest.clone(), bytes.len() as u64),
+            manifest_body,
+            config,
+            config_digest,
+            chains,
+        })
+    }
+
+    fn read_index(&self) -> Result<Index> {
+        Ok(Store::read_json(&self.root.join("index.json"))?.unwrap_or_default())
+    }
+
+    fn write_index(&self, index: &Index) -> Result<()> {
+        self.write_file_atomic(&self.root.join("index.json"), &canonical_json(index))
+    }
+
+    /// Point `reference` (normalized, full form) at `manifest`, replacing an earlier target.
+    pub fn tag(&self, reference: &Reference, manifest: &Descriptor) -> Result<()> {
+        let name = reference.to_string();
+        let _guard = self.index_lock()?;
+        let mut index = self.read_index()?;
+        index
+            .manifests
+            .retain(|d| ref_name(d) != Some(name.as_str()));
+        let mut desc =
+            Descriptor::new(&manifest.media_type, manifest.digest.clone(), manifest.size);
+        desc.annotations = Some(BTreeMap::from([(
+            media::REF_NAME_ANNOTATION.to_string(),
+            name,
+        )]));
+        index.manifests.push(desc);
+        index
+            .manifests
+            .sort_by(|a, b| ref_name(a).cmp(&ref_name(b)));
+        self.write_index(&index)
+    }
+
+    /// Remove the tag `reference`; whether it existed.
+    pub fn untag(&self, reference: &Reference) -> Result<bool> {
+        let name = reference.to_string();
+        let _guard = self.index_lock()?;
+        let mut index = self.read_index()?;
+        let before = index.manifests.len();
+        index
+            .manifests
+            .retain(|d| ref_name(d) != Some(name.as_str()));
+        if index.manifests.len() == before {
+            return Ok(false);
+        }
+        self.write_index(&index)?;
+        Ok(true)
+    }
+
+    /// Tags and the manifest each points at, sorted by reference.
+    pub fn tags(&self) -> Result<Vec<(Reference, Descriptor)>> {
+        let index = self.read_index()?;
+        Ok(index
+            .manifests
+            .into_iter()
+            .filter_map(|d| {
+                let r = ref_name(&d)?.parse::<Reference>().ok()?;
+                Some((r, d))
+            })
+            .collect())
+    }
+
+    /// Find an image by tag (`busybox`, normalized), by image id (config digest) or
+    /// manifest digest, either full (`sha256:<hex>`) or as a unique hex prefix of a tagged one.
+    pub fn resolve(&self, reference_or_id: &str) -> Result<Option<ImageRecord>> {
+        let tags = self.tags()?;
+        if let Ok(r) = reference_or_id.parse::<Reference>() {
+            let name = r.to_string();
+            if let Some((_, d)) = tags.iter().find(|(t, _)| t.to_string() == name) {
+                return self.image_by_manifest(&d.digest).map(Some);
+            }
+            // `name@sha256:..`: the manifest itself, when a pull stored it.
+            if let Some(d) = &r.digest {
+                if self.has_blob(d) {
+                    return self.image_by_manifest(d).map(Some);
+                }
+            }
+        }
+        let hex = reference_or_id
+            .strip_prefix("sha256:")
+            .unwrap_or(reference_or_id);
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let hex = hex.to_ascii_lowercase();
+        if let Ok(d) = Digest::from_hex(&hex) {
+            if self.has_blob(&d) {
+                match self.image_by_manifest(&d) {
+                    Ok(img) => return Ok(Some(img)),
+                    Err(StoreError::NotAnImageManifest { .. } | StoreError::Corrupt { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let mut found: Option<ImageRecord> = None;
+        for (_, d) in &tags {
+            let img = self.image_by_manifest(&d.digest)?;
+            if img.config_digest.hex().starts_with(&hex)
+                || img.manifest.digest.hex().starts_with(&hex)
+            {
+                match &found {
+                    Some(f) if f.manifest.digest != img.manifest.digest => {
+                        return Err(StoreError::Ambiguous(reference_or_id.to_string()))
+                    }
+                    _ => found = Some(img),
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every tagged image, sorted by reference.
+    pub fn images(&self) -> Result<Vec<(Reference, ImageRecord)>> {
+        self.tags()?
+            .into_iter()
+            .map(|(r, d)| Ok((r, self.image_by_manifest(&d.digest)?)))
+            .collect()
+    }
+
+    /// Remove the tag(s) `reference_or_id` names: one tag when given a tag; every tag of the
+    /// image when given an id (refused if it has several tags, unless `force`, as docker does).
+    /// Returns the removed tags; data goes at the next [`Store::prune`].
+    pub fn rmi(&self, reference_or_id: &str, force: bool) -> Result<Vec<Reference>> {
+        let tags = self.tags()?;
+        if let Ok(r) = reference_or_id.parse::<Reference>() {
+            if tags.iter().any(|(t, _)| *t == r) && self.untag(&r)? {
+                return Ok(vec![r]);
+            }
+        }
+        let Some(img) = self.resolve(reference_or_id)? else {
+            return Ok(Vec::new());
+        };
+        let targets: Vec<Reference> = tags
+            .into_iter()
+            .filter(|(_, d)| d.digest == img.manifest.digest)
+            .map(|(r, _)| r)
+            .collect();
+        if targets.len() > 1 && !force {
+            return Err(StoreError::Ambiguous(reference_or_id.to_string()));
+        }
+        for t in &targets {
+            self.untag(t)?;
+        }
+        Ok(targets)
+    }
+
+    /// Remove what no tag needs: layers, blobs, and cache records whose layers are gone (with
+    /// `all`, every cache record). Takes the store lock exclusively; fails with
+    /// [`StoreError::Busy`] while a build holds it. The caller must not hold a [`super::StoreLock`].
+    pub fn prune(&self, all: bool) -> Result<PruneStats> {
+        let _lock = self.try_lock_exclusive()?;
+        let mut stats = PruneStats::default();
+        let mut keep_blobs = BTreeSet::new();
+        let mut keep_chains = BTreeSet::new();
+
+        for (_, d) in self.tags()? {
+            keep_blobs.insert(d.digest.clone());
+            let img = match self.image_by_manifest(&d.digest) {
+                Ok(img) => img,
+                // A tag whose blobs are missing keeps nothing else; it stays for `rmi`.
+                Err(StoreError::BlobMissing { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            keep_blobs.insert(img.config_digest.clone());
+            keep_blobs.extend(img.manifest_body.layers.iter().map(|l| l.digest.clone()));
+            keep_chains.extend(img.chains);
+        }
+
+        for (path, rec) in self.cache_records()? {
+            let live = !all
+                && rec.as_ref().is_some_and(|r| match &r.chain {
+                    Some(c) => self.layer(c).is_some(),
+                    None => true,
+                });
+            if live {
+                if let Some(c) = rec.and_then(|r| r.chain) {
+                    keep_chains.insert(c);
+                }
+            } else {
+                fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
+                stats.cache_records += 1;
+            }
+        }
+
+        // A kept layer needs its parents (they are its overlay lowerdirs).
+        let mut todo: Vec<Digest> = keep_chains.iter().cloned().collect();
+        while let Some(c) = todo.pop() {
+            if let Some(parent) = self.layer(&c).and_then(|l| l.parent) {
+                if keep_chains.insert(parent.clone()) {
+                    todo.push(parent);
+                }
+            }
+        }
+
+        for chain in self.layer_ids()? {
+            let layer = self.layer(&chain);
+            if keep_chains.contains(&chain) {
+                if let Some(l) = layer {
+                    keep_blobs.extend(l.blobs.iter().map(|(_, b)| b.digest.clone()));
+                }
+            } else {
+                stats.bytes += layer.map_or(0, |l| l.size);
+                self.remove_layer(&chain)?;
+                stats.layers += 1;
+            }
+        }
+
+        let dir = self.root.join("blobs/sha256");
+        for entry in fs::read_dir(&dir).map_err(StoreError::io("listing", &dir))? {
+            let entry = entry.map_err(StoreError::io("listing", &dir))?;
+            let keep = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| Digest::from_hex(n).ok())
+                .is_some_and(|d| keep_blobs.contains(&d));
+            if !keep {
+                let path = entry.path();
+                stats.bytes += entry.metadata().map_or(0, |m| m.len());
+                fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
+                stats.blobs += 1;
+            }
+        }
+        Ok(stats)
+    }
+}
+
+fn ref_name(d: &Descriptor) -> Option<&str> {
+    d.annotations
+        .as_ref()?
+        .get(media::REF_NAME_ANNOTATION)
+        .map(String::as_str)
+}

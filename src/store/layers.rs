@@ -1,0 +1,337 @@
+//! Extracted layers under layers/<chain-id>/{diff,meta.json}.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::{sync_parent, Result, Store, StoreError};
+use crate::image::{Descriptor, Digest, Sha256Writer};
+use crate::layer::compress::{decompressor, sniff, Compression, Compressor};
+
+/// The OCI chain id of a layer on top of `parent`:
+/// chain(L1) = diff_id(L1); chain(Ln) = sha256(chain(Ln-1) + " " + diff_id(Ln)).
+pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
+    match parent {
+        None => diff_id.clone(),
+        Some(p) => Digest::from_raw(&Sha256::digest(format!("{p} {diff_id}").as_bytes())),
+    }
+}
+
+/// A stored blob of a layer in one codec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// The blobs a layer has in the store, one per codec.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerBlobs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncompressed: Option<BlobRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gzip: Option<BlobRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zstd: Option<BlobRef>,
+}
+
+impl LayerBlobs {
+    pub fn get(&self, c: Compression) -> Option<&BlobRef> {
+        match c {
+            Compression::Uncompressed => self.uncompressed.as_ref(),
+            Compression::Gzip => self.gzip.as_ref(),
+            Compression::Zstd => self.zstd.as_ref(),
+        }
+    }
+
+    fn set(&mut self, c: Compression, blob: BlobRef) {
+        let slot = match c {
+            Compression::Uncompressed => &mut self.uncompressed,
+            Compression::Gzip => &mut self.gzip,
+            Compression::Zstd => &mut self.zstd,
+        };
+        *slot = Some(blob);
+    }
+
+    /// Every blob, with its codec.
+    pub fn iter(&self) -> impl Iterator<Item = (Compression, &BlobRef)> {
+        [
+            (Compression::Uncompressed, &self.uncompressed),
+            (Compression::Gzip, &self.gzip),
+            (Compression::Zstd, &self.zstd),
+        ]
+        .into_iter()
+        .filter_map(|(c, b)| b.as_ref().map(|b| (c, b)))
+    }
+}
+
+/// layers/<chain>/meta.json.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct LayerMeta {
+    chain_id: Digest,
+    diff_id: Digest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parent: Option<Digest>,
+    /// Bytes of file content in the extracted layer (what `images` sums as SIZE).
+    size: u64,
+    blobs: LayerBlobs,
+}
+
+/// A layer in the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerRecord {
+    pub chain_id: Digest,
+    pub diff_id: Digest,
+    pub parent: Option<Digest>,
+    pub size: u64,
+    pub blobs: LayerBlobs,
+    /// layers/<chain>/diff: the extracted layer, usable as an overlay lowerdir.
+    pub diff: PathBuf,
+}
+
+impl Store {
+    fn layer_dir(&self, chain: &Digest) -> PathBuf {
+        self.root.join("layers").join(chain.hex())
+    }
+
+    /// The layer with chain id `chain`, if the store has it.
+    pub fn layer(&self, chain: &Digest) -> Option<LayerRecord> {
+        self.try_layer(chain).ok().flatten()
+    }
+
+    /// Like [`Store::layer`], but a corrupt meta.json is an error rather than absence.
+    pub fn try_layer(&self, chain: &Digest) -> Result<Option<LayerRecord>> {
+        let dir = self.layer_dir(chain);
+        let Some(meta) = Store::read_json::<LayerMeta>(&dir.join("meta.json"))? else {
+            return Ok(None);
+        };
+        Ok(Some(LayerRecord {
+            chain_id: meta.chain_id,
+            diff_id: meta.diff_id,
+            parent: meta.parent,
+            size: meta.size,
+            blobs: meta.blobs,
+            diff: dir.join("diff"),
+        }))
+    }
+
+    /// Every layer chain id in the store.
+    pub fn layer_ids(&self) -> Result<Vec<Digest>> {
+        let dir = self.root.join("layers");
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(StoreError::io("listing", &dir))? {
+            let entry = entry.map_err(StoreError::io("listing", &dir))?;
+            if let Some(d) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| Digest::from_hex(n).ok())
+            {
+                ids.push(d);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Record a layer: `diff_dir` (inside [`Store::tmp_dir`]) is renamed to
+    /// layers/<chain>/diff, `blob` (already stored, any codec) is recorded as its blob. If the
+    /// layer exists already (another build committed it), `diff_dir` is removed and the
+    /// existing record returned.
+    pub fn commit_layer(
+        &self,
+        diff_dir: PathBuf,
+        parent: Option<&Digest>,
+        diff_id: Digest,
+        blob: Descriptor,
+    ) -> Result<LayerRecord> {
+        let chain = chain_id(parent, &diff_id);
+        if let Some(existing) = self.try_layer(&chain)? {
+            remove_dir_all_quiet(&diff_dir);
+            return Ok(existing);
+        }
+        if !self.has_blob(&blob.digest) {
+            return Err(StoreError::BlobMissing {
+                digest: blob.digest,
+            });
+        }
+        let compression = match Compression::from_media_type(&blob.media_type) {
+            Some(c) => c,
+            None => {
+                let mut head = [0u8; 4];
+                let n = self.open_blob(&blob.digest)?.read(&mut head).unwrap_or(0);
+                sniff(&head[..n])
+            }
+        };
+        let mut blobs = LayerBlobs::default();
+        blobs.set(
+            compression,
+            BlobRef {
+                digest: blob.digest,
+                size: blob.size,
+            },
+        );
+        let meta = LayerMeta {
+            chain_id: chain.clone(),
+            diff_id,
+            parent: parent.cloned(),
+            size: content_size(&diff_dir)?,
+            blobs,
+        };
+
+        // Assemble layers/<chain> in scratch, then one rename publishes diff and meta together.
+        let stage = self.tmp_dir()?;
+        let staged_diff = stage.path().join("diff");
+        fs::rename(&diff_dir, &staged_diff).map_err(StoreError::io("moving layer", &diff_dir))?;
+        let meta_path = stage.path().join("meta.json");
+        write_synced(&meta_path, &crate::image::canonical_json(&meta))?;
+        let dest = self.layer_dir(&chain);
+        match fs::rename(stage.path(), &dest) {
+            Ok(()) => {
+                // The TempDir's path is gone now; dropping it is a no-op.
+                let _ = stage.keep();
+                sync_parent(&dest)?;
+            }
+            // Another build won the race: its layer has the same content (stage drops ours).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {}
+            Err(e) => return Err(StoreError::io("renaming layer into", &dest)(e)),
+        }
+        self.try_layer(&chain)?
+            .ok_or(StoreError::LayerMissing { chain })
+    }
+
+    /// The layer's blob in `compression`, creating it (by recompressing a stored blob of the
+    /// layer) and recording it in meta.json if missing. Returns an OCI layer descriptor.
+    pub fn layer_blob(&self, chain: &Digest, compression: Compression) -> Result<Descriptor> {
+        self.layer_blob_level(chain, compression, None)
+    }
+
+    /// [`Store::layer_blob`] with a compression level for a blob that has to be made.
+    pub fn layer_blob_level(
+        &self,
+        chain: &Digest,
+        compression: Compression,
+        level: Option<i32>,
+    ) -> Result<Descriptor> {
+        let layer = self
+            .try_layer(chain)?
+            .ok_or_else(|| StoreError::LayerMissing {
+                chain: chain.clone(),
+            })?;
+        let to_desc =
+            |b: &BlobRef| Descriptor::new(compression.oci_media_type(), b.digest.clone(), b.size);
+        if let Some(b) = layer.blobs.get(compression) {
+            if self.has_blob(&b.digest) {
+                return Ok(to_desc(b));
+            }
+        }
+        // Cheapest source first: no decompression, then the faster decoder.
+        let source = [
+            Compression::Uncompressed,
+            Compression::Zstd,
+            Compression::Gzip,
+        ]
+        .into_iter()
+        .filter_map(|c| layer.blobs.get(c))
+        .find(|b| self.has_blob(&b.digest))
+        .ok_or_else(|| StoreError::LayerMissing {
+            chain: chain.clone(),
+        })?
+        .clone();
+        let src_path = self.blob_path(&source.digest);
+        let (digest, size, diff_id) = self
+            .write_blob(|w| -> io::Result<Digest> {
+                let mut input =
+                    decompressor(self.open_blob(&source.digest).map_err(io::Error::other)?)?;
+                let mut out = Sha256Writer::new(Compressor::new(w, compression, level)?);
+                io::copy(&mut input, &mut out)?;
+                let (diff_id, _, enc) = out.finish();
+                enc.finish()?.flush()?;
+                Ok(diff_id)
+            })
+            .map_err(|e| match e {
+                StoreError::Producer(source) => StoreError::Io {
+                    action: "recompressing layer blob",
+                    path: src_path.clone(),
+                    source: io::Error::other(source),
+                },
+                e => e,
+            })?;
+        if diff_id != layer.diff_id {
+            return Err(StoreError::DiffIdMismatch {
+                chain: chain.clone(),
+                blob: source.digest,
+                expected: layer.diff_id,
+                actual: diff_id,
+            });
+        }
+        let blob = BlobRef { digest, size };
+        self.record_layer_blob(chain, compression, blob.clone())?;
+        Ok(to_desc(&blob))
+    }
+
+    /// Add a blob to a layer's meta.json. Two processes adding different codecs at once may
+    /// lose one entry; that only costs a recompression later (same bytes, same digest).
+    fn record_layer_blob(&self, chain: &Digest, c: Compression, blob: BlobRef) -> Result<()> {
+        let path = self.layer_dir(chain).join("meta.json");
+        let mut meta: LayerMeta =
+            Store::read_json(&path)?.ok_or_else(|| StoreError::LayerMissing {
+                chain: chain.clone(),
+            })?;
+        meta.blobs.set(c, blob);
+        self.write_file_atomic(&path, &crate::image::canonical_json(&meta))
+    }
+
+    /// Remove a layer (prune). Renamed into scratch first so no half-removed layer is visible.
+    pub(crate) fn remove_layer(&self, chain: &Digest) -> Result<()> {
+        let dir = self.layer_dir(chain);
+        let trash = self.tmp_dir()?;
+        let target = trash.path().join("layer");
+        match fs::rename(&dir, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("removing layer", &dir)(e)),
+        }
+        fs::remove_dir_all(trash.path()).map_err(StoreError::io("removing", trash.path()))
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::File::create(path).map_err(StoreError::io("creating", path))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(StoreError::io("writing", path))
+}
+
+fn remove_dir_all_quiet(path: &Path) {
+    let _ = fs::remove_dir_all(path);
+}
+
+/// Sum of regular file sizes under `dir` (hard links counted once), without following links.
+fn content_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && d == dir => return Ok(0),
+            Err(e) => return Err(StoreError::io("listing", &d)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io("listing", &d))?;
+            let md = entry
+                .metadata()
+                .map_err(StoreError::io("reading", entry.path()))?;
+            if md.is_dir() {
+                stack.push(entry.path());
+            } else if md.is_file() && (md.nlink() == 1 || seen.insert((md.dev(), md.ino()))) {
+                total += md.len();
+            }
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,520 @@
+use std::io::{Read, Write};
+use std::path::Path;
+
+use super::*;
+use crate::image::{media, Descriptor, History, ImageConfig, Reference};
+use crate::layer::compress::{Compression, Compressor};
+
+/// A one-file layer tar, and the matching extracted dir (inside the store's scratch).
+pub(crate) fn make_layer(
+    store: &Store,
+    name: &str,
+    content: &[u8],
+    parent: Option<&Digest>,
+) -> LayerRecord {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name).unwrap();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    b.append(&h, content).unwrap();
+    let tar = b.into_inner().unwrap();
+    let diff_id = Digest::of(&tar);
+    let mut gz = Compressor::new(Vec::new(), Compression::Gzip, None).unwrap();
+    gz.write_all(&tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let blob = store.put_blob_bytes(&gz).unwrap();
+    let dir = store.tmp_dir().unwrap().keep();
+    std::fs::write(dir.join(name), content).unwrap();
+    store
+        .commit_layer(
+            dir,
+            parent,
+            diff_id,
+            Descriptor::new(media::OCI_LAYER_GZIP, blob, gz.len() as u64),
+        )
+        .unwrap()
+}
+
+pub(crate) fn config_for(layers: &[&LayerRecord]) -> ImageConfig {
+    let mut cfg = ImageConfig {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        ..Default::default()
+    };
+    cfg.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();
+    cfg.config.cmd = Some(vec!["/hello".into()]);
+    cfg
+}
+
+fn count_entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+#[test]
+fn open_creates_an_oci_layout() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    for p in [
+        "blobs/sha256",
+        "layers",
+        "cache",
+        "tmp",
+        "lock",
+        "oci-layout",
+        "index.json",
+    ] {
+        assert!(s.root().join(p).exists(), "{p}");
+    }
+    let idx: crate::image::Index =
+        serde_json::from_slice(&std::fs::read(s.root().join("index.json")).unwrap()).unwrap();
+    assert!(idx.manifests.is_empty());
+}
+
+#[test]
+fn write_blob_hashes_and_stores() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let (d, n, v) = s.write_blob(|w| w.write_all(b"hello").map(|_| 7)).unwrap();
+    assert_eq!((d.clone(), n, v), (Digest::of(b"hello"), 5, 7));
+    assert_eq!(s.read_blob(&d).unwrap(), b"hello");
+    assert!(s.has_blob(&d));
+    // Writing the same bytes again keeps one blob.
+    assert_eq!(s.put_blob_bytes(b"hello").unwrap(), d);
+    assert_eq!(count_entries(&s.root().join("blobs/sha256")), 1);
+    // A failing producer stores nothing.
+    let err = s
+        .write_blob(|w| {
+            w.write_all(b"partial")?;
+            Err::<(), _>(std::io::Error::other("boom"))
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Producer(_)), "{err}");
+    assert!(!s.has_blob(&Digest::of(b"partial")));
+    assert_eq!(count_entries(&s.root().join("blobs/sha256")), 1);
+    assert_eq!(
+        count_entries(s.session_dir()),
+        1,
+        "only .lock left in session"
+    );
+}
+
+#[test]
+fn verified_mismatch_stores_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let good = Descriptor::new(media::OCI_CONFIG, Digest::of(b"abc"), 3);
+    s.put_blob_verified(&good, &b"abc"[..]).unwrap();
+    assert!(s.has_blob(&good.digest));
+
+    let want = Descriptor::new(media::OCI_CONFIG, Digest::of(b"xyz"), 3);
+    let err = s.put_blob_verified(&want, &b"xyw"[..]).unwrap_err();
+    assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+    // Too long: the right prefix followed by more bytes.
+    let err = s.put_blob_verified(&want, &b"xyzzzz"[..]).unwrap_err();
+    assert!(
+        matches!(err, StoreError::DigestMismatch { actual_size: 4, .. }),
+        "{err}"
+    );
+    assert!(!s.has_blob(&want.digest));
+    assert!(!s.has_blob(&Digest::of(b"xyw")));
+    assert_eq!(count_entries(&s.root().join("blobs/sha256")), 1);
+}
+
+#[test]
+fn chain_ids_follow_the_oci_rule() {
+    let a = Digest::of(b"a");
+    let b = Digest::of(b"b");
+    assert_eq!(chain_id(None, &a), a);
+    let expected = Digest::of(format!("{a} {b}").as_bytes());
+    assert_eq!(chain_id(Some(&a), &b), expected);
+    assert_eq!(chains_of(&[a.clone(), b]), vec![a, expected]);
+}
+
+#[test]
+fn commit_layer_records_meta_and_tolerates_a_second_commit() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let l1 = make_layer(&s, "hello", b"hi there", None);
+    assert_eq!(l1.chain_id, l1.diff_id);
+    assert_eq!(std::fs::read(l1.diff.join("hello")).unwrap(), b"hi there");
+    assert_eq!(l1.size, 8);
+    assert!(l1.blobs.gzip.is_some() && l1.blobs.uncompressed.is_none());
+    assert_eq!(s.layer(&l1.chain_id), Some(l1.clone()));
+    // Same layer again (what a concurrent build does): the record stays, ours is dropped.
+    let again = make_layer(&s, "hello", b"hi there", None);
+    assert_eq!(again, l1);
+    let l2 = make_layer(&s, "second", b"2", Some(&l1.chain_id));
+    assert_eq!(l2.parent.as_ref(), Some(&l1.chain_id));
+    assert_eq!(l2.chain_id, chain_id(Some(&l1.chain_id), &l2.diff_id));
+    assert_eq!(s.layer_ids().unwrap().len(), 2);
+}
+
+#[test]
+fn concurrent_commits_of_one_layer_both_succeed() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().to_path_buf();
+    let results: Vec<LayerRecord> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let root = root.clone();
+                scope.spawn(move || {
+                    // Each thread is its own "process": its own Store and session.
+                    let s = Store::open(&root).unwrap();
+                    let _lock = s.lock_shared().unwrap();
+                    make_layer(&s, "same", b"content", None)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(results.windows(2).all(|w| w[0] == w[1]));
+    let s = Store::open(&root).unwrap();
+    assert_eq!(s.layer_ids().unwrap().len(), 1);
+    assert_eq!(
+        std::fs::read(results[0].diff.join("same")).unwrap(),
+        b"content"
+    );
+    // Every scratch session of the threads is gone.
+    assert_eq!(count_entries(&root.join("tmp")), 2, ".lock and our session");
+}
+
+#[test]
+fn layer_blob_recompresses_and_records() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let l = make_layer(&s, "f", b"data data data", None);
+    let plain = s
+        .layer_blob(&l.chain_id, Compression::Uncompressed)
+        .unwrap();
+    assert_eq!(
+        plain.digest, l.diff_id,
+        "uncompressed blob digest is the diff_id"
+    );
+    assert_eq!(plain.media_type, media::OCI_LAYER);
+    let z = s.layer_blob(&l.chain_id, Compression::Zstd).unwrap();
+    assert_eq!(z.media_type, media::OCI_LAYER_ZSTD);
+    let mut back = Vec::new();
+    crate::layer::compress::decompressor(s.open_blob(&z.digest).unwrap())
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert_eq!(Digest::of(&back), l.diff_id);
+    let rec = s.layer(&l.chain_id).unwrap();
+    assert_eq!(rec.blobs.uncompressed.unwrap().digest, plain.digest);
+    assert_eq!(rec.blobs.zstd.unwrap().digest, z.digest);
+    assert_eq!(rec.blobs.gzip, l.blobs.gzip);
+    // Asking again returns the recorded blob.
+    assert_eq!(s.layer_blob(&l.chain_id, Compression::Zstd).unwrap(), z);
+}
+
+#[test]
+fn cache_records_round_trip_and_miss_when_layer_gone() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let l = make_layer(&s, "f", b"x", None);
+    let rec = CacheRecord {
+        chain: Some(l.chain_id.clone()),
+        new_layer: true,
+        config: config_for(&[&l]),
+        history: History {
+            created_by: Some("RUN touch f".into()),
+            ..Default::default()
+        },
+    };
+    let key = format!("sha256:{}", "ab".repeat(32));
+    assert_eq!(s.get_cache(&key), None);
+    s.put_cache(&key, &rec).unwrap();
+    assert_eq!(s.get_cache(&key), Some(rec.clone()));
+    assert_eq!(
+        s.get_cache(&"ab".repeat(32)),
+        Some(rec.clone()),
+        "prefix optional"
+    );
+    assert!(matches!(
+        s.put_cache("../evil", &rec),
+        Err(StoreError::InvalidCacheKey(_))
+    ));
+    assert_eq!(s.get_cache("../evil"), None);
+    s.remove_layer(&l.chain_id).unwrap();
+    assert_eq!(
+        s.get_cache(&key),
+        None,
+        "a record without its layer is a miss"
+    );
+}
+
+#[test]
+fn tags_and_resolve() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let l = make_layer(&s, "f", b"x", None);
+    let img = s
+        .put_image(
+            &config_for(&[&l]),
+            std::slice::from_ref(&l.chain_id),
+            Compression::Gzip,
+        )
+        .unwrap();
+    assert_eq!(
+        img.manifest_body.layers[0].digest,
+        l.blobs.gzip.clone().unwrap().digest
+    );
+    let r: Reference = "myapp:1".parse().unwrap();
+    s.tag(&r, &img.manifest).unwrap();
+    s.tag(&"localhost:5000/other".parse().unwrap(), &img.manifest)
+        .unwrap();
+
+    let by_tag = s.resolve("myapp:1").unwrap().unwrap();
+    assert_eq!(by_tag, img);
+    assert_eq!(
+        s.resolve("docker.io/library/myapp:1").unwrap(),
+        Some(img.clone())
+    );
+    assert_eq!(
+        s.resolve(&img.config_digest.to_string()).unwrap(),
+        Some(img.clone())
+    );
+    assert_eq!(
+        s.resolve(img.config_digest.short()).unwrap(),
+        Some(img.clone())
+    );
+    assert_eq!(
+        s.resolve(&img.manifest.digest.to_string()).unwrap(),
+        Some(img.clone())
+    );
+    assert_eq!(s.resolve("myapp:2").unwrap(), None);
+    assert_eq!(s.images().unwrap().len(), 2);
+
+    // Retagging replaces; the index has one entry per name, with the full reference.
+    s.tag(&r, &img.manifest).unwrap();
+    let idx: crate::image::Index =
+        serde_json::from_slice(&std::fs::read(s.root().join("index.json")).unwrap()).unwrap();
+    let names: Vec<_> = idx
+        .manifests
+        .iter()
+        .map(|d| d.annotations.as_ref().unwrap()[media::REF_NAME_ANNOTATION].clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["docker.io/library/myapp:1", "localhost:5000/other:latest"]
+    );
+
+    // rmi by id with two tags needs force; by tag removes just that tag.
+    assert!(matches!(
+        s.rmi(img.config_digest.short(), false),
+        Err(StoreError::Ambiguous(_))
+    ));
+    assert_eq!(s.rmi("myapp:1", false).unwrap(), vec![r.clone()]);
+    assert_eq!(s.resolve("myapp:1").unwrap(), None);
+    assert!(!s.untag(&r).unwrap());
+}
+
+#[test]
+fn put_image_checks_diff_ids() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let a = make_layer(&s, "a", b"a", None);
+    let b = make_layer(&s, "b", b"b", None);
+    let err = s
+        .put_image(
+            &config_for(&[&a]),
+            std::slice::from_ref(&b.chain_id),
+            Compression::Gzip,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::ImageDiffIdMismatch { .. }),
+        "{err}"
+    );
+    let err = s
+        .put_image(&config_for(&[&a]), &[], Compression::Gzip)
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::LayerCountMismatch { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn prune_keeps_tagged_and_live_cache() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let base = make_layer(&s, "base", b"base", None);
+    let top = make_layer(&s, "top", b"top", Some(&base.chain_id));
+    let cached = make_layer(&s, "cached", b"cached", Some(&base.chain_id));
+    let orphan = make_layer(&s, "orphan", b"orphan", None);
+    let cfg = config_for(&[&base, &top]);
+    let img = s
+        .put_image(
+            &cfg,
+            &[base.chain_id.clone(), top.chain_id.clone()],
+            Compression::Uncompressed,
+        )
+        .unwrap();
+    s.tag(&"app".parse().unwrap(), &img.manifest).unwrap();
+    let rec = CacheRecord {
+        chain: Some(cached.chain_id.clone()),
+        new_layer: true,
+        config: config_for(&[&base, &cached]),
+        history: History::default(),
+    };
+    s.put_cache("k1", &rec).unwrap();
+    let garbage = s.put_blob_bytes(b"garbage").unwrap();
+
+    let stats = s.prune(false).unwrap();
+    assert_eq!(stats.layers, 1, "{stats:?}");
+    assert_eq!(stats.cache_records, 0);
+    assert!(s.layer(&orphan.chain_id).is_none());
+    assert!(!s.has_blob(&orphan.blobs.gzip.unwrap().digest));
+    assert!(!s.has_blob(&garbage));
+    assert!(s.layer(&cached.chain_id).is_some());
+    assert!(s.get_cache("k1").is_some());
+    assert_eq!(s.resolve("app").unwrap(), Some(img.clone()));
+
+    let stats = s.prune(true).unwrap();
+    assert_eq!((stats.cache_records, stats.layers), (1, 1), "{stats:?}");
+    assert!(s.get_cache("k1").is_none());
+    assert!(s.layer(&base.chain_id).is_some() && s.layer(&top.chain_id).is_some());
+    // The tagged image still resolves, and its blobs are all there.
+    let img2 = s.resolve("app").unwrap().unwrap();
+    for l in &img2.manifest_body.layers {
+        assert!(s.has_blob(&l.digest));
+    }
+    assert!(s.has_blob(&img2.config_digest));
+
+    // Untagged, everything goes.
+    s.rmi("app", false).unwrap();
+    let stats = s.prune(true).unwrap();
+    assert_eq!(stats.layers, 2);
+    assert_eq!(count_entries(&s.root().join("blobs/sha256")), 0);
+}
+
+#[test]
+fn prune_refuses_while_a_build_holds_the_lock() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let other = Store::open(t.path()).unwrap();
+    let build = other.lock_shared().unwrap();
+    assert!(matches!(s.prune(false), Err(StoreError::Busy(_))));
+    drop(build);
+    s.prune(false).unwrap();
+}
+
+#[test]
+fn open_sweeps_dead_scratch_but_not_live_sessions() {
+    let t = tempfile::tempdir().unwrap();
+    let live = Store::open(t.path()).unwrap();
+    let live_scratch = live.tmp_dir().unwrap();
+    std::fs::write(live_scratch.path().join("partial"), b"x").unwrap();
+
+    // What a crashed process leaves: a session dir whose lock nobody holds, a stray
+    // half-written blob and a dir without a lock.
+    let tmp = t.path().join("tmp");
+    std::fs::create_dir(tmp.join("s999-dead")).unwrap();
+    std::fs::write(tmp.join("s999-dead/.lock"), b"").unwrap();
+    std::fs::write(tmp.join("s999-dead/blob123"), b"half").unwrap();
+    std::fs::write(tmp.join("stray"), b"half").unwrap();
+    std::fs::create_dir(tmp.join("nolock")).unwrap();
+
+    let s = Store::open(t.path()).unwrap();
+    assert!(!tmp.join("s999-dead").exists());
+    assert!(!tmp.join("stray").exists());
+    assert!(!tmp.join("nolock").exists());
+    assert!(
+        live_scratch.path().join("partial").exists(),
+        "live session kept"
+    );
+    // The partial blob never shows up as a record.
+    assert_eq!(count_entries(&s.root().join("blobs/sha256")), 0);
+    assert!(s.layer_ids().unwrap().is_empty());
+    drop(live_scratch);
+    drop(live);
+    drop(s);
+    assert_eq!(
+        count_entries(&tmp),
+        1,
+        "only tmp/.lock after every store closed"
+    );
+}
+
+#[test]
+fn import_rootfs_makes_a_tagged_one_layer_image() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(&t.path().join("store")).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, "etc/motd", &b"hi\n"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let mut gz = Compressor::new(Vec::new(), Compression::Gzip, None).unwrap();
+    gz.write_all(&tar).unwrap();
+    let tarball = t.path().join("rootfs.tar.gz");
+    std::fs::write(&tarball, gz.finish().unwrap()).unwrap();
+
+    let r: Reference = "localhost:5000/base:1".parse().unwrap();
+    // A plain unpack stands in for layer::apply here: the tar has no whiteouts.
+    let img = s
+        .import_rootfs(&tarball, &r, |rd, dir| tar::Archive::new(rd).unpack(dir))
+        .unwrap();
+    assert_eq!(img.config.rootfs.diff_ids, vec![Digest::of(&tar)]);
+    assert_eq!(img.chains, vec![Digest::of(&tar)]);
+    let layer = s.layer(&img.chains[0]).unwrap();
+    assert_eq!(std::fs::read(layer.diff.join("etc/motd")).unwrap(), b"hi\n");
+    assert_eq!(
+        s.resolve("localhost:5000/base:1").unwrap(),
+        Some(img.clone())
+    );
+    assert_eq!(
+        img.manifest_body.layers[0].media_type,
+        media::OCI_LAYER_GZIP
+    );
+
+    // A failing extraction leaves no layer and no tag.
+    let r2: Reference = "broken".parse().unwrap();
+    let err = s
+        .import_rootfs(&tarball, &r2, |_, _| Err(std::io::Error::other("no")))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Producer(_)), "{err}");
+    assert_eq!(s.resolve("broken").unwrap(), None);
+    assert_eq!(s.layer_ids().unwrap().len(), 1);
+}
+
+#[test]
+fn resolve_by_digest_reference_finds_an_untagged_manifest() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let l = make_layer(&s, "f", b"x", None);
+    let img = s
+        .put_image(
+            &config_for(&[&l]),
+            std::slice::from_ref(&l.chain_id),
+            Compression::Gzip,
+        )
+        .unwrap();
+    let by_digest = format!("busybox@{}", img.manifest.digest);
+    assert_eq!(s.resolve(&by_digest).unwrap(), Some(img));
+    assert_eq!(
+        s.resolve(&format!("busybox@{}", Digest::of(b"other")))
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn blobs_are_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let d = s.put_blob_bytes(b"content").unwrap();
+    let mode = std::fs::metadata(s.blob_path(&d))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+}
