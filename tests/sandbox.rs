@@ -390,6 +390,61 @@ fn mounts_work_and_leave_nothing_in_the_layer() {
 }
 
 #[test]
+fn default_capabilities_and_masked_kernel_files() {
+    let Some(fx) = fixture() else { return };
+    let out = ok(&fx.spec(
+        "grep CapBnd /proc/self/status; wc -c < /proc/timer_list; ls /sys/firmware | wc -l; \
+         echo 1 > /proc/sys/kernel/hostname || echo ro-sys; \
+         echo x > /etc/hosts || echo ro-hosts",
+    ));
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "CapBnd:\t00000000a80425fb");
+    assert_eq!(&lines[1..3], ["0", "0"]);
+    assert!(
+        lines.contains(&"ro-sys") && lines.contains(&"ro-hosts"),
+        "{out}"
+    );
+    let mut spec = fx.spec("grep CapEff /proc/self/status");
+    spec.user = "user".into();
+    assert_eq!(ok(&spec).trim(), "CapEff:\t0000000000000000");
+}
+
+#[test]
+fn terminate_all_kills_running_steps() {
+    let Some(fx) = fixture() else { return };
+    let spec = fx.spec("echo started; sleep 1000; echo not-killed");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let step = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let exit = sandbox::run(&spec, &mut |b| {
+            out.extend_from_slice(b);
+            let _ = tx.send(());
+        });
+        (exit, out)
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    sandbox::terminate_all();
+    let (exit, out) = step.join().unwrap();
+    assert_eq!(exit.unwrap(), Exit::Signal(9));
+    assert_eq!(out, b"started\n");
+    assert_no_mounts_left();
+}
+
+#[test]
+fn removing_stubs_keeps_parent_times() {
+    let Some(fx) = fixture() else { return };
+    // /etc/added makes /etc stay in the upper; the stub removal must not bump its mtime.
+    let spec = fx.spec("touch /etc/added; sleep 1.1");
+    ok(&spec);
+    let etc = std::fs::metadata(spec.rootfs.upper.join("etc")).unwrap();
+    let added = std::fs::metadata(spec.rootfs.upper.join("etc/added")).unwrap();
+    assert!(
+        etc.modified().unwrap() <= added.modified().unwrap(),
+        "stub removal changed /etc's mtime"
+    );
+}
+
+#[test]
 fn stub_in_an_existing_dir_keeps_real_changes() {
     let Some(fx) = fixture() else { return };
     // /etc exists below: the resolv.conf stub must go, the command's new file must stay.

@@ -367,6 +367,34 @@ fn hosts_file(hostname: &str) -> String {
     format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 }
 
+/// The host's resolv.conf; without host networking its loopback nameservers cannot be
+/// reached, so they go, and Google's public servers stand in when none remain
+/// (BuildKit's executor/oci/resolvconf.go).
+pub fn resolv_conf(host: &str, host_network: bool) -> String {
+    let loopback = |line: &str| {
+        let mut w = line.split_whitespace();
+        w.next() == Some("nameserver")
+            && w.next().is_some_and(|ip| {
+                ip.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+            })
+    };
+    let mut out = String::new();
+    for line in host.lines() {
+        if host_network || !loopback(line) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let has_nameserver = out
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some("nameserver"));
+    if !has_nameserver {
+        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    out
+}
+
 fn loopback_up() -> Res<()> {
     // SAFETY: socket(2) takes no pointers; the result is checked before wrapping it.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -480,16 +508,22 @@ fn run_step(spec: &RunSpec, scratch: &Path) -> Res<Reply> {
 
     let files_dir = scratch.join("files");
     mkdir(&files_dir)?;
-    let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let etc = [
-        ("etc/resolv.conf", resolv),
-        ("etc/hosts", hosts_file(&spec.hostname).into_bytes()),
+        (
+            "etc/resolv.conf",
+            resolv_conf(&host_resolv, spec.network == Network::Host),
+        ),
+        ("etc/hosts", hosts_file(&spec.hostname)),
     ];
+    // Read-only, as in BuildKit: a step cannot change them, and they never reach a layer.
     for (i, (target, data)) in etc.iter().enumerate() {
         let copy = files_dir.join(format!("etc{i}"));
-        write_file(&copy, data, 0o644, None)?;
+        write_file(&copy, data.as_bytes(), 0o644, None)?;
         let (p, _fd) = points.make(target, Kind::File, 0o644)?;
         bind(&copy, &p, false)?;
+        let (p, _fd) = points.reopen(target)?;
+        bind_readonly_remount(&p)?;
     }
 
     // Parents before children, so a mount inside another mount lands on top of it.
@@ -714,6 +748,77 @@ fn spawn_and_wait(spec: &RunSpec, root_path: &Path, u: &ExecUser) -> Res<Exit> {
     }
 }
 
+/// containerd's default capabilities, which BuildKit's steps get: CHOWN, DAC_OVERRIDE,
+/// FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT,
+/// MKNOD, AUDIT_WRITE, SETFCAP (`CapBnd: 00000000a80425fb`).
+pub const DEFAULT_CAPS: u64 = 0xa804_25fb;
+
+/// Shrinks the bounding set; a root command's capabilities after execve are exactly it.
+/// Needs CAP_SETPCAP, so it runs before setuid.
+fn drop_capabilities() -> Res<()> {
+    for cap in 0..64u64 {
+        if DEFAULT_CAPS & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break; // past the kernel's last capability
+            }
+            return Err(Failure::Setup(format!("dropping capability {cap}: {e}")));
+        }
+    }
+    Ok(())
+}
+
+/// containerd's default masked and read-only kernel files, applied to the step's fresh
+/// /proc and /sys (so plain paths below them are the kernel's own, not the image's).
+fn mask_kernel_files(root_path: &Path) -> Res<()> {
+    let root = ctx(Root::open(root_path), || "opening the root".into())?;
+    let resolve = |p: &str| -> Res<PathBuf> {
+        let fd = ctx(root.open_in(p, OFlags::PATH), || format!("opening /{p}"))?;
+        ctx(std::fs::read_link(fd_path(&fd)), || {
+            format!("resolving /{p}")
+        })
+    };
+    let (proc_dir, sys_dir) = (resolve("proc")?, resolve("sys")?);
+    let masked = [
+        "acpi",
+        "asound",
+        "kcore",
+        "keys",
+        "latency_stats",
+        "timer_list",
+        "timer_stats",
+        "sched_debug",
+        "scsi",
+    ]
+    .iter()
+    .map(|p| proc_dir.join(p))
+    .chain([
+        sys_dir.join("firmware"),
+        sys_dir.join("devices/virtual/powercap"),
+    ]);
+    for p in masked {
+        match std::fs::symlink_metadata(&p) {
+            Err(_) => continue,
+            Ok(m) if m.is_dir() => {
+                mount_at(Some("tmpfs"), &p, Some("tmpfs"), MsFlags::MS_RDONLY, None)?
+            }
+            Ok(_) => bind(Path::new("/dev/null"), &p, false)?,
+        }
+    }
+    for p in ["bus", "fs", "irq", "sys", "sysrq-trigger"] {
+        let p = proc_dir.join(p);
+        if p.exists() {
+            bind(&p, &p, true)?;
+        }
+    }
+    Ok(())
+}
+
 /// BuildKit (executor/oci, after containerd) puts the primary gid first in the
 /// additional groups unless it is already there.
 fn additional_gids(u: &ExecUser) -> Vec<u32> {
@@ -773,6 +878,7 @@ fn child(
             None,
         )?;
     }
+    mask_kernel_files(root_path)?;
     ctx(std::env::set_current_dir(root_path), || {
         format!("entering {}", root_path.display())
     })?;
@@ -797,6 +903,7 @@ fn child(
     })?;
     drop(devnull);
 
+    drop_capabilities()?;
     let gids: Vec<Gid> = additional_gids(u).into_iter().map(Gid::from_raw).collect();
     ctx(nix::unistd::setgroups(&gids), || "setgroups".into())?;
     let gid = Gid::from_raw(u.gid);
@@ -855,6 +962,22 @@ mod tests {
         assert_eq!(env, ["A=1", super::super::DEFAULT_PATH, "HOME=/root"]);
         let env = final_env(&["PATH=/x".into(), "HOME=/h".into()], "/root");
         assert_eq!(env, ["PATH=/x", "HOME=/h"]);
+    }
+
+    #[test]
+    fn resolv_conf_drops_unreachable_loopback_servers() {
+        let host = "nameserver 127.0.0.53\noptions edns0\n";
+        assert_eq!(resolv_conf(host, true), host);
+        assert_eq!(
+            resolv_conf(host, false),
+            "options edns0\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+        );
+        let host = "nameserver ::1\nnameserver 10.0.0.1\n";
+        assert_eq!(resolv_conf(host, false), "nameserver 10.0.0.1\n");
+        assert_eq!(
+            resolv_conf("", true),
+            "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -199,6 +199,22 @@ struct Stub {
 }
 
 static HELPER_EXE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Helpers currently running, for [`terminate_all`].
+static LIVE: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Kills every running step (for a SIGINT handler that wants a clean exit): each helper
+/// gets SIGTERM, kills its step's PID namespace and returns, so `run` answers
+/// `Exit::Signal(9)`. Without it, rbuild's own death still kills every step.
+pub fn terminate_all() {
+    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    for pid in live.iter() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
 
 /// Uses `exe` instead of /proc/self/exe as the helper (for test binaries, which are not
 /// rbuild). `exe` must dispatch [`HELPER_ARG`] to [`helper_main`]. First call wins.
@@ -382,6 +398,25 @@ fn call_helper(job: &Job, output: &mut dyn FnMut(&[u8])) -> Result<Reply, Sandbo
             exe: exe.clone(),
             source,
         })?;
+    let pid = child.id() as i32;
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+    let reply = talk(&mut child, job, output);
+    if reply.is_err() {
+        // Never leave a helper (or a zombie) behind an error.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| *p != pid);
+    reply
+}
+
+fn talk(
+    child: &mut std::process::Child,
+    job: &Job,
+    output: &mut dyn FnMut(&[u8]),
+) -> Result<Reply, SandboxError> {
     let bytes = serde_json::to_vec(job).map_err(|e| SandboxError::Pipe(e.into()))?;
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let mut stdout = child.stdout.take().expect("stdout is piped");
@@ -447,16 +482,7 @@ fn remove_stubs(rootfs: &Overlay, stubs: &[Stub]) -> Result<(), SandboxError> {
             meta.is_file() && same_mode && meta.len() == 0
         };
         if untouched {
-            let res = if stub.dir {
-                std::fs::remove_dir(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            res.map_err(|source| SandboxError::Io {
-                what: "removing mount stub",
-                path: p.clone(),
-                source,
-            })?;
+            remove_keeping_parent_times(&p, stub.dir)?;
         }
         let mut rel = stub.path.as_str();
         while let Some((parent, _)) = rel.rsplit_once('/') {
@@ -483,14 +509,36 @@ fn remove_stubs(rootfs: &Overlay, stubs: &[Stub]) -> Result<(), SandboxError> {
             l.is_dir() && l.mode() == meta.mode() && l.uid() == meta.uid() && l.gid() == meta.gid()
         });
         if unchanged {
-            std::fs::remove_dir(&p).map_err(|source| SandboxError::Io {
-                what: "removing copied-up stub parent",
-                path: p.clone(),
-                source,
-            })?;
+            remove_keeping_parent_times(&p, true)?;
         }
     }
     Ok(())
+}
+
+/// Removes a stub without touching its parent's timestamps (BuildKit's stub cleaner does
+/// the same for reproducible layers, moby/buildkit#3148).
+fn remove_keeping_parent_times(p: &Path, dir: bool) -> Result<(), SandboxError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SandboxError::Io {
+            what: "removing mount stub",
+            path,
+            source,
+        }
+    };
+    let parent = p.parent().unwrap_or(p);
+    let times = std::fs::metadata(parent).map_err(io(parent))?;
+    if dir {
+        std::fs::remove_dir(p).map_err(io(p))?;
+    } else {
+        std::fs::remove_file(p).map_err(io(p))?;
+    }
+    let times = std::fs::FileTimes::new()
+        .set_accessed(times.accessed().map_err(io(parent))?)
+        .set_modified(times.modified().map_err(io(parent))?);
+    std::fs::File::open(parent)
+        .and_then(|f| f.set_times(times))
+        .map_err(io(parent))
 }
 
 fn is_empty_dir(p: &Path) -> bool {
