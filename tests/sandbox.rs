@@ -209,6 +209,14 @@ fn exit_codes_and_start_failures() {
         ),
         other => panic!("{other:?}"),
     }
+    spec.argv = vec!["/bin/missing".into()];
+    match sandbox::run(&spec, &mut |_| {}) {
+        Err(SandboxError::Exec(m)) => assert_eq!(
+            m,
+            "exec: \"/bin/missing\": stat /bin/missing: no such file or directory"
+        ),
+        other => panic!("{other:?}"),
+    }
     let mut spec = fx.spec("true");
     spec.user = "nobody".into();
     match sandbox::run(&spec, &mut |_| {}) {
@@ -333,12 +341,13 @@ fn mounts_work_and_leave_nothing_in_the_layer() {
     let src = t.join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("hello"), "hello\n").unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o700)).unwrap();
     let cache = t.join("cache/c1");
     let secret = t.join("secret");
     std::fs::write(&secret, "s3cret").unwrap();
     let mut spec = fx.spec(
         "cat /mnt/src/hello; touch /mnt/src/new 2>/dev/null || echo ro; \
-         echo d > /mnt/disc/new && cat /mnt/disc/hello; \
+         echo d > /mnt/disc/new && cat /mnt/disc/hello; stat -c %a /mnt/disc; \
          echo t > /mnt/tmp/t && cat /mnt/tmp/t; \
          echo c > /root/.cache/c; \
          cat /run/secrets/tok; echo; stat -c '%a %u' /run/secrets/tok; \
@@ -352,7 +361,7 @@ fn mounts_work_and_leave_nothing_in_the_layer() {
         },
         Mount::BindDiscard {
             lowers: vec![src.clone()],
-            target: "/mnt/disc".into(),
+            target: "disc".into(), // relative: below the working directory /mnt
         },
         Mount::Tmpfs {
             target: "/mnt/tmp".into(),
@@ -373,6 +382,7 @@ fn mounts_work_and_leave_nothing_in_the_layer() {
             mode: 0o400,
         },
     ];
+    spec.cwd = "/mnt".into();
     spec.files = vec![(
         "/tmp/script.sh".into(),
         b"#!/bin/sh\necho from-script\n".to_vec(),
@@ -380,13 +390,14 @@ fn mounts_work_and_leave_nothing_in_the_layer() {
     )];
     assert_eq!(
         ok(&spec),
-        "hello\nro\nhello\nt\ns3cret\n400 1000\nfrom-script\n"
+        "hello\nro\nhello\n700\nt\ns3cret\n400 1000\nfrom-script\n"
     );
     assert!(!src.join("new").exists(), "discarded bind wrote through");
     assert_eq!(std::fs::read_to_string(cache.join("c")).unwrap(), "c\n");
     let m = std::fs::metadata(&cache).unwrap();
     assert_eq!((m.uid(), m.permissions().mode() & 0o7777), (1000, 0o750));
-    assert_eq!(listing(&spec.rootfs.upper), Vec::<String>::new());
+    // Only the working directory, which belongs to the layer (BuildKit creates it too).
+    assert_eq!(listing(&spec.rootfs.upper), ["mnt"]);
 }
 
 #[test]

@@ -527,9 +527,20 @@ fn run_step(spec: &RunSpec, scratch: &Path) -> Res<Reply> {
     }
 
     // Parents before children, so a mount inside another mount lands on top of it.
-    let mut mounts: Vec<&Mount> = spec.mounts.iter().collect();
-    mounts.sort_by_key(|m| super::root::clean(mount_target(m)).matches('/').count());
-    for (i, m) in mounts.into_iter().enumerate() {
+    // A relative target is below the working directory, as in BuildKit.
+    let mut mounts = spec.mounts.clone();
+    for m in &mut mounts {
+        let t = mount_target_mut(m);
+        if !t.starts_with('/') {
+            *t = format!("{}/{t}", spec.cwd);
+        }
+    }
+    mounts.sort_by_key(|m| {
+        super::root::clean(mount_target_mut(&mut m.clone()))
+            .matches('/')
+            .count()
+    });
+    for (i, m) in mounts.iter().enumerate() {
         mount_one(&mut points, m, i, scratch)?;
     }
     for (i, (target, data, mode)) in spec.files.iter().enumerate() {
@@ -547,7 +558,7 @@ fn run_step(spec: &RunSpec, scratch: &Path) -> Res<Reply> {
     Ok(Reply::Run { exit, stubs })
 }
 
-fn mount_target(m: &Mount) -> &str {
+fn mount_target_mut(m: &mut Mount) -> &mut String {
     match m {
         Mount::Bind { target, .. }
         | Mount::BindDiscard { target, .. }
@@ -586,6 +597,18 @@ fn mount_one(points: &mut Points, m: &Mount, i: usize, scratch: &Path) -> Res<()
             let (upper, work) = (base.join("upper"), base.join("work"));
             mkdir(&upper)?;
             mkdir(&work)?;
+            // The overlay's root takes the upper's mode and owner: make them the source's.
+            if let Some(meta) = lowers.first().and_then(|l| std::fs::metadata(l).ok()) {
+                use std::os::unix::fs::MetadataExt;
+                ctx(
+                    std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(meta.mode())),
+                    || "setting the discard upper's mode".into(),
+                )?;
+                ctx(
+                    std::os::unix::fs::chown(&upper, Some(meta.uid()), Some(meta.gid())),
+                    || "setting the discard upper's owner".into(),
+                )?;
+            }
             let (p, _fd) = points.make(target, Kind::Dir, 0o755)?;
             mount_overlay(&base.join("n"), lowers, Some((&upper, &work)), &p)?;
         }
@@ -655,7 +678,11 @@ pub fn final_env(env: &[String], home: &str) -> Vec<String> {
 /// others are searched in the command's own PATH.
 fn look_path(name: &str, env: &[String]) -> Result<PathBuf, String> {
     if name.contains('/') {
-        return Ok(PathBuf::from(name));
+        // runc stats the program first; its message is what BuildKit users see.
+        return match std::fs::metadata(name) {
+            Ok(_) => Ok(PathBuf::from(name)),
+            Err(e) => Err(format!("exec: \"{name}\": stat {name}: {}", io_message(&e))),
+        };
     }
     let path = env
         .iter()
@@ -674,6 +701,17 @@ fn look_path(name: &str, env: &[String]) -> Result<PathBuf, String> {
     Err(format!(
         "exec: \"{name}\": executable file not found in $PATH"
     ))
+}
+
+/// An io::Error as Go prints it: lowercase, without Rust's " (os error N)".
+fn io_message(e: &std::io::Error) -> String {
+    let m = e.to_string();
+    let m = m.split(" (os error").next().unwrap_or(&m).to_string();
+    let mut c = m.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => m,
+    }
 }
 
 fn cstring(s: &str, what: &str) -> Res<CString> {
@@ -921,7 +959,8 @@ fn child(
     if !helper_alive(alive) {
         return Err(Failure::Setup("the helper died".into()));
     }
-    ctx(std::env::set_current_dir(&spec.cwd), || {
+    let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+    ctx(std::env::set_current_dir(cwd), || {
         format!("chdir to cwd (\"{}\") set in config.json failed", spec.cwd)
     })?;
     let prog = look_path(&spec.argv[0], env).map_err(Failure::Exec)?;
@@ -947,8 +986,9 @@ fn child(
     }
     let err = nix::unistd::execve(&c_prog, c_argv, c_env).unwrap_err();
     Err(Failure::Exec(format!(
-        "exec {}: {err}",
-        String::from_utf8_lossy(prog.as_os_str().as_bytes())
+        "exec: \"{}\": {}",
+        String::from_utf8_lossy(prog.as_os_str().as_bytes()),
+        io_message(&std::io::Error::from(err))
     )))
 }
 
@@ -984,7 +1024,14 @@ mod tests {
     fn look_path_uses_the_command_path() {
         let env = vec!["PATH=/nonexistent:/bin".to_string()];
         assert_eq!(look_path("sh", &env).unwrap(), PathBuf::from("/bin/sh"));
-        assert_eq!(look_path("/x/y", &env).unwrap(), PathBuf::from("/x/y"));
+        assert_eq!(
+            look_path("/bin/sh", &env).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        assert_eq!(
+            look_path("/x/y", &env).unwrap_err(),
+            "exec: \"/x/y\": stat /x/y: no such file or directory"
+        );
         assert_eq!(
             look_path("no-such-cmd", &env).unwrap_err(),
             "exec: \"no-such-cmd\": executable file not found in $PATH"
