@@ -230,10 +230,19 @@ fn exit_codes_and_start_failures() {
 }
 
 #[test]
+fn sigpipe_is_default_again() {
+    // Rust ignores SIGPIPE in the helper; `yes` must die of it when head exits, not get
+    // EPIPE.
+    let Some(fx) = fixture() else { return };
+    let out = ok(&fx.spec("sh -c 'yes; echo status=$? >&2' | head -n 1"));
+    assert_eq!(out, "y\nstatus=141\n");
+}
+
+#[test]
 fn deleted_lower_file_is_a_whiteout() {
     let Some(fx) = fixture() else { return };
-    let spec = fx.spec("rm /etc/motd && touch /new");
-    ok(&spec);
+    let spec = fx.spec("rm /etc/motd && touch /new && stat -c %a /new");
+    assert_eq!(ok(&spec), "644\n", "umask 022 as in runc");
     let upper = &spec.rootfs.upper;
     let meta = std::fs::symlink_metadata(upper.join("etc/motd")).unwrap();
     assert!(meta.file_type().is_char_device());

@@ -965,6 +965,8 @@ fn child(
     })?;
     let prog = look_path(&spec.argv[0], env).map_err(Failure::Exec)?;
     let c_prog = cstring(&prog.to_string_lossy(), "command")?;
+    // The helper works with umask 0; the command gets runc's default.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     // Rust ignores SIGPIPE in its own processes; the command must get the default back.
     // SAFETY: resetting a disposition to SIG_DFL installs no handler.
     for sig in [
