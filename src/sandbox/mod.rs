@@ -107,6 +107,23 @@ pub enum Exit {
     Signal(i32),
 }
 
+impl Exit {
+    /// BuildKit's error for a step that did not succeed, `None` for exit code 0:
+    /// `process "/bin/sh -c exit 3" did not complete successfully: exit code: 3`.
+    /// A signal reads as runc reports it, 128 + signal.
+    pub fn failure_message(&self, argv: &[String]) -> Option<String> {
+        let code = match *self {
+            Exit::Code(0) => return None,
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        };
+        Some(format!(
+            "process \"{}\" did not complete successfully: exit code: {code}",
+            argv.join(" ")
+        ))
+    }
+}
+
 /// A read-only tree that a filesystem job can read from (COPY --from).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsSource {
@@ -549,4 +566,72 @@ fn is_opaque(p: &Path) -> bool {
     let mut buf = [0u8; 4];
     let path = p.to_path_buf();
     rustix::fs::lgetxattr(&path, "trusted.overlay.opaque", &mut buf).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_message_is_buildkits() {
+        let argv: Vec<String> = ["/bin/sh", "-c", "exit 3"].map(String::from).to_vec();
+        assert_eq!(
+            Exit::Code(3).failure_message(&argv).unwrap(),
+            "process \"/bin/sh -c exit 3\" did not complete successfully: exit code: 3"
+        );
+        assert_eq!(
+            Exit::Signal(9).failure_message(&argv).unwrap(),
+            "process \"/bin/sh -c exit 3\" did not complete successfully: exit code: 137"
+        );
+        assert_eq!(Exit::Code(0).failure_message(&argv), None);
+    }
+
+    #[test]
+    fn stubs_go_but_changes_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (lower, upper) = (tmp.path().join("lower"), tmp.path().join("upper"));
+        std::fs::create_dir_all(lower.join("etc")).unwrap();
+        std::fs::create_dir_all(upper.join("etc")).unwrap();
+        std::fs::create_dir_all(upper.join("proc")).unwrap();
+        std::fs::create_dir_all(upper.join("run/secrets")).unwrap();
+        std::fs::write(upper.join("etc/hosts"), "").unwrap();
+        std::fs::write(upper.join("run/keep"), "x").unwrap();
+        std::fs::write(upper.join("written"), "").unwrap();
+        let mode = |p: &str, m: u32| {
+            std::fs::set_permissions(upper.join(p), std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let lmode = std::fs::metadata(lower.join("etc")).unwrap().mode() & 0o7777;
+        mode("etc", lmode);
+        mode("proc", 0o755);
+        mode("run", 0o755);
+        mode("run/secrets", 0o755);
+        mode("etc/hosts", 0o644);
+        mode("written", 0o600); // a stub path the command replaced with its own file
+        let stub = |path: &str, dir: bool, mode: u32| Stub {
+            path: path.into(),
+            dir,
+            mode,
+        };
+        let rootfs = Overlay {
+            lowers: vec![lower],
+            upper: upper.clone(),
+            work: tmp.path().join("work"),
+        };
+        let stubs = [
+            stub("proc", true, 0o755),
+            stub("etc/hosts", false, 0o644),
+            stub("run", true, 0o755),
+            stub("run/secrets", true, 0o755),
+            stub("written", false, 0o644),
+        ];
+        remove_stubs(&rootfs, &stubs).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&upper)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // etc was only copied up for the stub; run holds a real file; written changed.
+        assert_eq!(left, ["run", "written"]);
+        assert!(upper.join("run/keep").exists() && !upper.join("run/secrets").exists());
+    }
 }
