@@ -1,3 +1,9 @@
 fn main() {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == rbuild::sandbox::HELPER_ARG)
+    {
+        rbuild::sandbox::helper_main();
+    }
     std::process::exit(rbuild::cli::main());
 }

@@ -1,0 +1,251 @@
+//! Paths inside an image root, resolved the way the container would see them.
+//!
+//! Every lookup goes through `openat2(RESOLVE_IN_ROOT)`, so a symlink in the image
+//! (`/etc/resolv.conf -> /run/...`, or a hostile `x -> ../../..`) resolves inside the root
+//! and never to the host. Missing components are created one at a time relative to an
+//! already-resolved parent, which is what BuildKit's `fs.RootPath` + `MkdirAll` achieve.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+/// What to create when a path is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// An open image root.
+pub struct Root {
+    fd: OwnedFd,
+    abs: PathBuf,
+}
+
+/// Symlinks followed while creating one path before giving up (the kernel's own limit).
+const MAX_LINKS: usize = 40;
+
+/// Lexically cleans `path` into components below the root: `/a/./b/../c` -> `a/c`.
+/// `..` at the top stays at the top, as it does for a process chrooted there.
+pub fn clean(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out.join("/")
+}
+
+impl Root {
+    pub fn open(abs: &Path) -> io::Result<Root> {
+        let fd = rustix::fs::open(
+            abs,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Root {
+            fd,
+            abs: abs.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.abs
+    }
+
+    /// Opens an existing path (O_PATH), following symlinks inside the root.
+    pub fn open_in(&self, path: &str, extra: OFlags) -> io::Result<OwnedFd> {
+        let rel = clean(path);
+        let rel = if rel.is_empty() { ".".to_string() } else { rel };
+        Ok(rustix::fs::openat2(
+            &self.fd,
+            rel.as_str(),
+            extra | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )?)
+    }
+
+    /// Reads a file inside the root; `Ok(None)` when it does not exist.
+    pub fn read(&self, path: &str) -> io::Result<Option<Vec<u8>>> {
+        match self.open_in(path, OFlags::RDONLY) {
+            Ok(fd) => {
+                let mut f = std::fs::File::from(fd);
+                let mut buf = Vec::new();
+                io::Read::read_to_end(&mut f, &mut buf)?;
+                Ok(Some(buf))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The path of an fd opened inside this root, relative to the root ("" for the root).
+    pub fn relative(&self, fd: BorrowedFd<'_>) -> io::Result<String> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        let rel = link.strip_prefix(&self.abs).map_err(|_| {
+            io::Error::other(format!(
+                "{} resolved outside the root {}",
+                link.display(),
+                self.abs.display()
+            ))
+        })?;
+        Ok(rel.to_string_lossy().into_owned())
+    }
+
+    /// Opens `path` (O_PATH), creating what is missing: parents as directories with mode
+    /// 0755, the last component as `kind` with `mode`; everything created is chowned to
+    /// `owner` and its root-relative path appended to `created` (parents first).
+    pub fn ensure(
+        &self,
+        path: &str,
+        kind: Kind,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+        created: &mut Vec<String>,
+    ) -> io::Result<OwnedFd> {
+        self.ensure_inner(&clean(path), kind, mode, owner, created, 0)
+    }
+
+    fn ensure_inner(
+        &self,
+        rel: &str,
+        kind: Kind,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+        created: &mut Vec<String>,
+        links: usize,
+    ) -> io::Result<OwnedFd> {
+        let dir_flag = if kind == Kind::Dir {
+            OFlags::DIRECTORY
+        } else {
+            OFlags::empty()
+        };
+        match self.open_in(rel, OFlags::PATH | dir_flag) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => return other,
+        }
+        let (parent, name) = match rel.rsplit_once('/') {
+            Some((p, n)) => (p, n),
+            None => ("", rel),
+        };
+        let pfd = self.ensure_inner(parent, Kind::Dir, 0o755, owner, created, links)?;
+        let made = match kind {
+            Kind::Dir => rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(mode)).map(|_| ()),
+            Kind::File => rustix::fs::openat(
+                &pfd,
+                name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(mode),
+            )
+            .map(drop),
+        };
+        match made {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                // It exists but did not resolve: a dangling symlink. Create its target,
+                // resolved from the link's directory, as the container would.
+                let target = rustix::fs::readlinkat(&pfd, name, Vec::new())
+                    .map_err(|_| io::Error::from(rustix::io::Errno::EXIST))?;
+                if links >= MAX_LINKS {
+                    return Err(rustix::io::Errno::LOOP.into());
+                }
+                let target = target.to_string_lossy();
+                let next = if target.starts_with('/') {
+                    clean(&target)
+                } else {
+                    clean(&format!("{parent}/{target}"))
+                };
+                return self.ensure_inner(&next, kind, mode, owner, created, links + 1);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // mkdir/open honour the umask; the requested mode is exact.
+        rustix::fs::chmodat(
+            &pfd,
+            name,
+            Mode::from_raw_mode(mode),
+            rustix::fs::AtFlags::empty(),
+        )?;
+        if let Some((uid, gid)) = owner {
+            rustix::fs::chownat(
+                &pfd,
+                name,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        let fd = rustix::fs::openat(
+            &pfd,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        created.push(self.relative(fd.as_fd())?);
+        Ok(fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn clean_stays_below_root() {
+        assert_eq!(clean("/a/./b/../c/"), "a/c");
+        assert_eq!(clean("../../etc"), "etc");
+        assert_eq!(clean("/"), "");
+    }
+
+    #[test]
+    fn ensure_creates_parents_and_follows_links_inside_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root_dir = tmp.path().join("root");
+        std::fs::create_dir(&root_dir).unwrap();
+        let outside = tmp.path().join("outside");
+        // An absolute link and a relative one that climbs out: both must stay inside.
+        std::os::unix::fs::symlink(&outside, root_dir.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../outside", root_dir.join("rel")).unwrap();
+        let root = Root::open(&root_dir).unwrap();
+        let mut created = Vec::new();
+        root.ensure("/a/b", Kind::Dir, 0o700, None, &mut created)
+            .unwrap();
+        assert_eq!(created, ["a", "a/b"]);
+        let m = std::fs::metadata(root_dir.join("a/b")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o700);
+        assert_eq!(
+            std::fs::metadata(root_dir.join("a")).unwrap().mode() & 0o777,
+            0o755
+        );
+
+        created.clear();
+        root.ensure("/abs/x", Kind::Dir, 0o755, None, &mut created)
+            .unwrap();
+        root.ensure("rel/f", Kind::File, 0o644, None, &mut created)
+            .unwrap();
+        assert!(!outside.exists());
+        let inner = format!("{}", outside.display())
+            .trim_start_matches('/')
+            .to_string();
+        assert!(root_dir.join(&inner).join("x").is_dir());
+        assert!(root_dir.join("outside/f").is_file());
+        assert!(created.contains(&"outside/f".to_string()), "{created:?}");
+
+        // Existing paths are opened, not recreated.
+        created.clear();
+        root.ensure("a", Kind::Dir, 0o755, None, &mut created)
+            .unwrap();
+        assert!(created.is_empty());
+        assert_eq!(root.read("/a/../outside/f").unwrap(), Some(Vec::new()));
+        assert_eq!(root.read("/nope").unwrap(), None);
+    }
+}

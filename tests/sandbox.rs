@@ -1,0 +1,595 @@
+//! The RUN sandbox against a real kernel: a busybox rootfs as the lower layer, the
+//! rbuild binary as the helper. Needs root, overlayfs and /bin/busybox (busybox-static);
+//! without them the tests skip, except under CI=true where they fail.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rbuild::sandbox::{
+    self, Exit, FsSource, Mount, Network, Overlay, RunSpec, SandboxError, SCRATCH_PREFIX,
+};
+
+/// One step at a time, so "no mount left behind" can look at every process.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Fixture {
+    _guard: MutexGuard<'static, ()>,
+    tmp: tempfile::TempDir,
+    lower: PathBuf,
+}
+
+const APPLETS: &[&str] = &[
+    "sh", "echo", "id", "cat", "ls", "sleep", "hostname", "rm", "touch", "mkdir", "stat", "env",
+    "pwd", "grep", "wc", "true",
+];
+
+fn ready() -> bool {
+    let missing = if !nix::unistd::geteuid().is_root() {
+        Some("not root")
+    } else if !Path::new("/bin/busybox").exists() {
+        Some("/bin/busybox missing")
+    } else if !std::fs::read_to_string("/proc/filesystems")
+        .unwrap_or_default()
+        .contains("overlay")
+    {
+        Some("no overlayfs")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("sandbox tests cannot run: {why}")
+        }
+        Some(why) => {
+            eprintln!("skipping sandbox test: {why}");
+            false
+        }
+    }
+}
+
+/// A tiny image: busybox, a passwd/group with a user in two extra groups, /etc/motd.
+fn make_rootfs(dir: &Path) {
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\nuser:x:1000:\nwheel:x:10:user\naudio:x:29:other,user\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("etc/motd"), "welcome\n").unwrap();
+}
+
+fn fixture() -> Option<Fixture> {
+    if !ready() {
+        return None;
+    }
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    sandbox::set_helper_exe(PathBuf::from(env!("CARGO_BIN_EXE_rbuild")));
+    let tmp = tempfile::tempdir().unwrap();
+    let lower = tmp.path().join("lower");
+    make_rootfs(&lower);
+    Some(Fixture {
+        _guard: guard,
+        tmp,
+        lower,
+    })
+}
+
+impl Fixture {
+    fn overlay(&self, lowers: Vec<PathBuf>) -> Overlay {
+        let n = std::fs::read_dir(self.tmp.path()).unwrap().count();
+        let upper = self.tmp.path().join(format!("upper{n}"));
+        let work = self.tmp.path().join(format!("work{n}"));
+        std::fs::create_dir(&upper).unwrap();
+        std::fs::create_dir(&work).unwrap();
+        Overlay {
+            lowers,
+            upper,
+            work,
+        }
+    }
+
+    fn spec(&self, script: &str) -> RunSpec {
+        RunSpec {
+            rootfs: self.overlay(vec![self.lower.clone()]),
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            user: String::new(),
+            hostname: "testhost".into(),
+            network: Network::Host,
+            mounts: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+}
+
+fn run(spec: &RunSpec) -> (Exit, String) {
+    let mut out = Vec::new();
+    let exit = sandbox::run(spec, &mut |b| out.extend_from_slice(b)).unwrap();
+    assert_no_mounts_left();
+    (exit, String::from_utf8(out).unwrap())
+}
+
+fn ok(spec: &RunSpec) -> String {
+    let (exit, out) = run(spec);
+    assert_eq!(exit, Exit::Code(0), "output: {out}");
+    out
+}
+
+/// Every mount of a step lives in the helper's namespace; none may be visible anywhere
+/// once the step is over.
+fn assert_no_mounts_left() {
+    assert_eq!(mounts_matching(SCRATCH_PREFIX), Vec::<String>::new());
+}
+
+fn mounts_matching(needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path().join("mountinfo")) else {
+            continue;
+        };
+        hits.extend(
+            text.lines()
+                .filter(|l| l.contains(needle))
+                .map(|l| format!("{}: {l}", name.to_string_lossy())),
+        );
+    }
+    hits
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            out.push(e.path().strip_prefix(base).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                walk(base, &e.path(), out);
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn echo_output_and_clean_upper() {
+    let Some(fx) = fixture() else { return };
+    let spec = fx.spec("echo hi; echo err >&2");
+    assert_eq!(ok(&spec), "hi\nerr\n");
+    // No dev, proc, sys, etc/resolv.conf, etc/hosts stubs, no copied-up /etc.
+    assert_eq!(listing(&spec.rootfs.upper), Vec::<String>::new());
+}
+
+#[test]
+fn pid_namespace_and_hostname() {
+    let Some(fx) = fixture() else { return };
+    let out = ok(&fx.spec("echo $$; hostname; ls /proc | grep '^[0-9]*$' | wc -l"));
+    // PID 1 is the shell; /proc holds it plus ls and grep (wc, the pipe's last command,
+    // is itself a child too), never the host's processes.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "1");
+    assert_eq!(lines[1], "testhost");
+    let procs: usize = lines[2].trim().parse().unwrap();
+    assert!((1..=4).contains(&procs), "{out}");
+    let hosts = ok(&fx.spec("cat /etc/hosts"));
+    assert!(hosts.contains("localhost testhost"), "{hosts}");
+}
+
+#[test]
+fn exit_codes_and_start_failures() {
+    let Some(fx) = fixture() else { return };
+    assert_eq!(run(&fx.spec("exit 3")).0, Exit::Code(3));
+    let (exit, _) = run(&fx.spec("sh -c 'kill -9 $$'; exit $?"));
+    assert_eq!(exit, Exit::Code(137));
+
+    let mut spec = fx.spec("");
+    spec.argv = vec!["no-such-command".into()];
+    match sandbox::run(&spec, &mut |_| {}) {
+        Err(SandboxError::Exec(m)) => assert_eq!(
+            m,
+            "exec: \"no-such-command\": executable file not found in $PATH"
+        ),
+        other => panic!("{other:?}"),
+    }
+    spec.argv = vec!["/bin/missing".into()];
+    match sandbox::run(&spec, &mut |_| {}) {
+        Err(SandboxError::Exec(m)) => assert_eq!(
+            m,
+            "exec: \"/bin/missing\": stat /bin/missing: no such file or directory"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let mut spec = fx.spec("true");
+    spec.user = "nobody".into();
+    match sandbox::run(&spec, &mut |_| {}) {
+        Err(e @ SandboxError::User { .. }) => assert_eq!(
+            e.to_string(),
+            "resolving user `nobody`: unable to find user nobody: no matching entries in passwd file"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_no_mounts_left();
+}
+
+#[test]
+fn sigpipe_is_default_again() {
+    // Rust ignores SIGPIPE in the helper; `yes` must die of it when head exits, not get
+    // EPIPE.
+    let Some(fx) = fixture() else { return };
+    let out = ok(&fx.spec("sh -c 'yes; echo status=$? >&2' | head -n 1"));
+    assert_eq!(out, "y\nstatus=141\n");
+}
+
+#[test]
+fn deleted_lower_file_is_a_whiteout() {
+    let Some(fx) = fixture() else { return };
+    let spec = fx.spec("rm /etc/motd && touch /new && stat -c %a /new");
+    assert_eq!(ok(&spec), "644\n", "umask 022 as in runc");
+    let upper = &spec.rootfs.upper;
+    let meta = std::fs::symlink_metadata(upper.join("etc/motd")).unwrap();
+    assert!(meta.file_type().is_char_device());
+    assert_eq!(meta.rdev(), 0);
+    assert_eq!(listing(upper), ["etc", "etc/motd", "new"]);
+}
+
+#[test]
+fn user_resolution_and_groups() {
+    let Some(fx) = fixture() else { return };
+    let id = |user: &str| {
+        let mut spec = fx.spec("id");
+        spec.user = user.into();
+        ok(&spec).trim().to_string()
+    };
+    assert_eq!(id(""), "uid=0(root) gid=0(root) groups=0(root)");
+    // The kernel keeps the group list sorted; the primary gid is in it (BuildKit adds it).
+    let full = "uid=1000(user) gid=1000(user) groups=10(wheel),29(audio),1000(user)";
+    assert_eq!(id("user"), full);
+    assert_eq!(id("1000"), full);
+    assert_eq!(
+        id("user:audio"),
+        "uid=1000(user) gid=29(audio) groups=29(audio)"
+    );
+    assert_eq!(
+        id("1000:10"),
+        "uid=1000(user) gid=10(wheel) groups=10(wheel)"
+    );
+    assert_eq!(id("4242"), "uid=4242 gid=0(root) groups=0(root)");
+}
+
+#[test]
+fn workdir_is_created_for_the_user() {
+    let Some(fx) = fixture() else { return };
+    let mut spec = fx.spec("pwd; echo $HOME; touch mine");
+    spec.user = "user".into();
+    spec.cwd = "/home/user/work".into();
+    assert_eq!(ok(&spec), "/home/user/work\n/home/user\n");
+    let upper = &spec.rootfs.upper;
+    for d in ["home", "home/user", "home/user/work"] {
+        let m = std::fs::metadata(upper.join(d)).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (1000, 1000, 0o755),
+            "{d}"
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(upper.join("home/user/work/mine"))
+            .unwrap()
+            .uid(),
+        1000
+    );
+}
+
+#[test]
+fn network_none_has_only_loopback() {
+    let Some(fx) = fixture() else { return };
+    let mut spec =
+        fx.spec("ls /sys/class/net; cat /sys/class/net/lo/operstate; touch /sys/x || echo ro");
+    spec.network = Network::None;
+    assert_eq!(
+        ok(&spec),
+        "lo\nunknown\ntouch: /sys/x: Read-only file system\nro\n"
+    );
+    let mut spec = fx.spec("ls /sys/class/net | grep -c -v '^lo$'");
+    spec.network = Network::Host;
+    assert_ne!(
+        ok(&spec).trim(),
+        "0",
+        "host network shows the host's interfaces"
+    );
+}
+
+#[test]
+fn env_is_exact() {
+    let Some(fx) = fixture() else { return };
+    let mut spec = fx.spec("");
+    spec.argv = vec!["/bin/env".into()];
+    spec.env = vec!["A=1".into(), "B=two words".into()];
+    assert_eq!(
+        ok(&spec),
+        format!("A=1\nB=two words\n{}\nHOME=/root\n", sandbox::DEFAULT_PATH)
+    );
+    spec.env = vec!["PATH=/bin:/x".into(), "HOME=/h".into()];
+    assert_eq!(ok(&spec), "PATH=/bin:/x\nHOME=/h\n");
+}
+
+#[test]
+fn dev_is_minimal_and_usable() {
+    let Some(fx) = fixture() else { return };
+    let out = ok(&fx.spec(
+        "ls /dev; echo x > /dev/null; cat /dev/null; ls /dev/pts; test -d /dev/shm && echo shm",
+    ));
+    assert_eq!(
+        out,
+        "core\nfd\nfull\nmqueue\nnull\nptmx\npts\nrandom\nshm\nstderr\nstdin\nstdout\ntty\nurandom\nzero\nptmx\nshm\n"
+    );
+}
+
+#[test]
+fn mounts_work_and_leave_nothing_in_the_layer() {
+    let Some(fx) = fixture() else { return };
+    let t = fx.tmp.path();
+    let src = t.join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("hello"), "hello\n").unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cache = t.join("cache/c1");
+    let secret = t.join("secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let mut spec = fx.spec(
+        "cat /mnt/src/hello; touch /mnt/src/new 2>/dev/null || echo ro; \
+         echo d > /mnt/disc/new && cat /mnt/disc/hello; stat -c %a /mnt/disc; \
+         echo t > /mnt/tmp/t && cat /mnt/tmp/t; \
+         echo c > /root/.cache/c; \
+         cat /run/secrets/tok; echo; stat -c '%a %u' /run/secrets/tok; \
+         /tmp/script.sh",
+    );
+    spec.mounts = vec![
+        Mount::Bind {
+            source: src.clone(),
+            target: "/mnt/src".into(),
+            readonly: true,
+        },
+        Mount::BindDiscard {
+            lowers: vec![src.clone()],
+            target: "disc".into(), // relative: below the working directory /mnt
+        },
+        Mount::Tmpfs {
+            target: "/mnt/tmp".into(),
+            size: Some(1 << 20),
+        },
+        Mount::Cache {
+            source: cache.clone(),
+            target: "/root/.cache".into(),
+            uid: 1000,
+            gid: 1000,
+            mode: 0o750,
+        },
+        Mount::Secret {
+            source: secret,
+            target: "/run/secrets/tok".into(),
+            uid: 1000,
+            gid: 0,
+            mode: 0o400,
+        },
+    ];
+    spec.cwd = "/mnt".into();
+    spec.files = vec![(
+        "/tmp/script.sh".into(),
+        b"#!/bin/sh\necho from-script\n".to_vec(),
+        0o755,
+    )];
+    assert_eq!(
+        ok(&spec),
+        "hello\nro\nhello\n700\nt\ns3cret\n400 1000\nfrom-script\n"
+    );
+    assert!(!src.join("new").exists(), "discarded bind wrote through");
+    assert_eq!(std::fs::read_to_string(cache.join("c")).unwrap(), "c\n");
+    let m = std::fs::metadata(&cache).unwrap();
+    assert_eq!((m.uid(), m.permissions().mode() & 0o7777), (1000, 0o750));
+    // Only the working directory, which belongs to the layer (BuildKit creates it too).
+    assert_eq!(listing(&spec.rootfs.upper), ["mnt"]);
+}
+
+#[test]
+fn default_capabilities_and_masked_kernel_files() {
+    let Some(fx) = fixture() else { return };
+    let out = ok(&fx.spec(
+        "grep CapBnd /proc/self/status; wc -c < /proc/timer_list; ls /sys/firmware | wc -l; \
+         echo 1 > /proc/sys/kernel/hostname || echo ro-sys; \
+         echo x > /etc/hosts || echo ro-hosts",
+    ));
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "CapBnd:\t00000000a80425fb");
+    assert_eq!(&lines[1..3], ["0", "0"]);
+    assert!(
+        lines.contains(&"ro-sys") && lines.contains(&"ro-hosts"),
+        "{out}"
+    );
+    let mut spec = fx.spec("grep CapEff /proc/self/status");
+    spec.user = "user".into();
+    assert_eq!(ok(&spec).trim(), "CapEff:\t0000000000000000");
+}
+
+#[test]
+fn terminate_all_kills_running_steps() {
+    let Some(fx) = fixture() else { return };
+    let spec = fx.spec("echo started; sleep 1000; echo not-killed");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let step = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let exit = sandbox::run(&spec, &mut |b| {
+            out.extend_from_slice(b);
+            let _ = tx.send(());
+        });
+        (exit, out)
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    sandbox::terminate_all();
+    let (exit, out) = step.join().unwrap();
+    assert_eq!(exit.unwrap(), Exit::Signal(9));
+    assert_eq!(out, b"started\n");
+    assert_no_mounts_left();
+}
+
+#[test]
+fn removing_stubs_keeps_parent_times() {
+    let Some(fx) = fixture() else { return };
+    // /etc/added makes /etc stay in the upper; the stub removal must not bump its mtime.
+    let spec = fx.spec("touch /etc/added; sleep 1.1");
+    ok(&spec);
+    let etc = std::fs::metadata(spec.rootfs.upper.join("etc")).unwrap();
+    let added = std::fs::metadata(spec.rootfs.upper.join("etc/added")).unwrap();
+    assert!(
+        etc.modified().unwrap() <= added.modified().unwrap(),
+        "stub removal changed /etc's mtime"
+    );
+}
+
+#[test]
+fn stub_in_an_existing_dir_keeps_real_changes() {
+    let Some(fx) = fixture() else { return };
+    // /etc exists below: the resolv.conf stub must go, the command's new file must stay.
+    let spec = fx.spec("echo x > /etc/added");
+    ok(&spec);
+    assert_eq!(listing(&spec.rootfs.upper), ["etc", "etc/added"]);
+}
+
+#[test]
+fn many_lowers_fit_the_mount_options() {
+    let Some(fx) = fixture() else { return };
+    let long = "a-rather-long-layer-directory-name-to-overflow-the-option-page";
+    let mut lowers = Vec::new();
+    for i in 0..70 {
+        let d = fx.tmp.path().join(format!("{long}-{i:03}"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join(format!("f{i}")), "").unwrap();
+        std::fs::write(d.join("x"), format!("{i}\n")).unwrap();
+        lowers.push(d);
+    }
+    let total: usize = lowers.iter().map(|l| l.as_os_str().len() + 1).sum();
+    assert!(total > 4096, "the test must exceed one page ({total})");
+    lowers.push(fx.lower.clone());
+    let mut spec = fx.spec("cat /x; ls / | grep -c '^f'");
+    spec.rootfs = fx.overlay(lowers);
+    assert_eq!(ok(&spec), "0\n70\n", "top-most first");
+}
+
+#[test]
+fn fs_job_mkdir_stays_inside_the_root() {
+    let Some(fx) = fixture() else { return };
+    std::os::unix::fs::symlink("../../../../..", fx.lower.join("esc")).unwrap();
+    let rootfs = fx.overlay(vec![fx.lower.clone()]);
+    let job = serde_json::json!({"path": "/esc/a/b", "uid": 7, "gid": 8});
+    let src = fx.tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let sources = [
+        FsSource::Dir(src.clone()),
+        FsSource::Layers(vec![fx.lower.clone()]),
+        FsSource::Layers(vec![src, fx.lower.clone()]),
+    ];
+    let out = sandbox::fs_job(&rootfs, &sources, job, "mkdir").unwrap();
+    assert_eq!(out, serde_json::json!({"created": ["a", "a/b"]}));
+    let m = std::fs::metadata(rootfs.upper.join("a/b")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (7, 8, 0o755));
+    assert_no_mounts_left();
+
+    // FROM scratch: no lowers at all.
+    let rootfs = fx.overlay(Vec::new());
+    let job = serde_json::json!({"path": "/w"});
+    sandbox::fs_job(&rootfs, &[], job, "mkdir").unwrap();
+    assert!(rootfs.upper.join("w").is_dir());
+
+    match sandbox::fs_job(&rootfs, &[], serde_json::json!({}), "nope") {
+        Err(e @ SandboxError::Handler { .. }) => assert_eq!(
+            e.to_string(),
+            "filesystem job `nope`: unknown filesystem job handler `nope`"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_no_mounts_left();
+}
+
+const KILL_ENV: &str = "RBUILD_SANDBOX_KILL_TARGET";
+
+/// Not a test: the process `kill_9_of_rbuild_kills_the_step` starts and kills.
+#[test]
+#[ignore = "entry point for kill_9_of_rbuild_kills_the_step"]
+fn kill_target() {
+    let Ok(sleep_arg) = std::env::var(KILL_ENV) else {
+        return;
+    };
+    let fx = fixture().expect("sandbox ready");
+    let spec = fx.spec(&format!("echo started; sleep {sleep_arg}; echo not-killed"));
+    let _ = sandbox::run(&spec, &mut |b| {
+        use std::io::Write;
+        let mut o = std::io::stdout();
+        o.write_all(b).unwrap();
+        o.flush().unwrap();
+    });
+}
+
+#[test]
+fn kill_9_of_rbuild_kills_the_step() {
+    // Holds the lock so the other tests' mount checks do not see this step's mounts.
+    let Some(_fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let sleep_arg = format!("{}", 100_000 + std::process::id() % 100_000);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "kill_target", "--nocapture"])
+        .env(KILL_ENV, &sleep_arg)
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.unwrap().contains("started")),
+        "the step never started"
+    );
+    let sleeping = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .any(|c| c == format!("sleep\0{sleep_arg}\0").as_bytes())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sleeping() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(sleeping(), "sleep is not running");
+    let scratch = tmp.path().display().to_string();
+    assert!(
+        !mounts_matching(&scratch).is_empty(),
+        "the step's mounts are not visible"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while (sleeping() || !mounts_matching(&scratch).is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!sleeping(), "the step survived rbuild");
+    assert_eq!(mounts_matching(&scratch), Vec::<String>::new());
+}
