@@ -74,3 +74,60 @@ pub enum ErrorKind {
     #[error("{0}")]
     Invalid(String),
 }
+
+/// The golden `ast` dump: the syntax tree, then each node lowered to its typed instruction
+/// (or the error lowering gave).
+pub fn dump(text: &str) -> Result<String, syntax::SyntaxError> {
+    use std::fmt::Write as _;
+    let ast = syntax::parse(text)?;
+    let mut out = syntax::dump(&ast);
+    out.push_str("--\n");
+    for node in &ast.nodes {
+        match instructions::lower(node, ast.escape) {
+            Ok(i) => {
+                let _ = writeln!(out, "{}: {i:?}", node.start.line);
+            }
+            Err(e) => {
+                let _ = writeln!(out, "{}: error: {e}", node.start.line);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// testdata/parse/<case>/{Dockerfile,ast}; `UPDATE_GOLDEN=1` rewrites the `ast` files.
+    #[test]
+    fn parse_corpus() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/parse");
+        let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+        let mut cases: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        cases.sort();
+        assert!(cases.len() >= 60, "only {} parse cases", cases.len());
+        let mut failed = Vec::new();
+        for case in cases {
+            let text = std::fs::read_to_string(case.join("Dockerfile")).unwrap();
+            let got = match super::dump(&text) {
+                Ok(d) => d,
+                Err(e) => format!("syntax error at line {}: {}\n", e.line, e.kind),
+            };
+            let golden = case.join("ast");
+            if update {
+                std::fs::write(&golden, &got).unwrap();
+                continue;
+            }
+            let want = std::fs::read_to_string(&golden).unwrap_or_default();
+            if want != got {
+                eprintln!("--- {}\n{}", case.display(), got);
+                failed.push(case.file_name().unwrap().to_string_lossy().to_string());
+            }
+        }
+        assert!(failed.is_empty(), "golden mismatch: {failed:?}");
+    }
+}
