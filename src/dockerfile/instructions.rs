@@ -332,9 +332,8 @@ pub fn lower(node: &Node, escape: char) -> Result<Instruction, ErrorKind> {
                     let name = name.to_ascii_lowercase();
                     let mut chars = name.chars();
                     let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-                        && chars.all(|c| {
-                            c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'
-                        });
+                        && chars
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
                     if !ok {
                         return Err(ErrorKind::BadStageName(name));
                     }
@@ -486,8 +485,8 @@ pub fn lower(node: &Node, escape: char) -> Result<Instruction, ErrorKind> {
         "onbuild" => {
             no_flags(node)?;
             require_args(node)?;
-            let inner = syntax::parse_line(&node.args, escape, node.start.line)
-                .map_err(|e| e.kind)?;
+            let inner =
+                syntax::parse_line(&node.args, escape, node.start.line).map_err(|e| e.kind)?;
             match inner.name.as_str() {
                 "onbuild" | "from" | "maintainer" => {
                     return Err(ErrorKind::BadOnbuild(inner.name.to_ascii_uppercase()))
@@ -579,9 +578,12 @@ fn lower_copy(node: &Node) -> Result<Instruction, ErrorKind> {
     let (srcs, dest) = words.split_at(words.len() - 1);
     let mut sources = Vec::new();
     for w in srcs {
-        let heredoc = node.json.is_none().then(|| syntax::heredoc_marker(w)).flatten();
-        match heredoc.and_then(|(_, _, name, _)| node.heredocs.iter().find(|h| h.name == name))
-        {
+        let heredoc = node
+            .json
+            .is_none()
+            .then(|| syntax::heredoc_marker(w))
+            .flatten();
+        match heredoc.and_then(|(_, _, name, _)| node.heredocs.iter().find(|h| h.name == name)) {
             Some(h) => sources.push(CopySource::Heredoc(h.clone())),
             None => sources.push(CopySource::Path(w.clone())),
         }
@@ -710,7 +712,15 @@ fn parse_mount(raw: &str) -> Result<MountSpec, ErrorKind> {
     let allowed: &[&str] = match kind {
         MountType::Bind => &["from", "source", "target", "readonly", "readwrite"],
         MountType::Cache => &[
-            "from", "source", "target", "readonly", "readwrite", "id", "sharing", "mode", "uid",
+            "from",
+            "source",
+            "target",
+            "readonly",
+            "readwrite",
+            "id",
+            "sharing",
+            "mode",
+            "uid",
             "gid",
         ],
         MountType::Tmpfs => &["target", "size"],
@@ -719,7 +729,11 @@ fn parse_mount(raw: &str) -> Result<MountSpec, ErrorKind> {
         ],
         MountType::Ssh => &["id", "target", "required", "mode", "uid", "gid"],
     };
-    if let Some((k, _)) = spec.options.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+    if let Some((k, _)) = spec
+        .options
+        .iter()
+        .find(|(k, _)| !allowed.contains(&k.as_str()))
+    {
         return Err(bad(format!("option `{k}` is not valid for type={kind}")));
     }
     let needs_target = matches!(kind, MountType::Bind | MountType::Cache | MountType::Tmpfs);
@@ -790,14 +804,13 @@ fn lower_healthcheck(node: &Node, escape: char) -> Result<Instruction, ErrorKind
             let retries = flags
                 .string("retries")
                 .map(|v| {
-                    v.parse::<i64>()
-                        .ok()
-                        .filter(|n| *n >= 0)
-                        .ok_or_else(|| ErrorKind::InvalidFlagValue {
+                    v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                        ErrorKind::InvalidFlagValue {
                             flag: "retries".into(),
                             value: v.clone(),
                             reason: "expecting a number >= 0".into(),
-                        })
+                        }
+                    })
                 })
                 .transpose()?;
             Ok(Instruction::Healthcheck(Healthcheck::Check {
@@ -922,9 +935,6 @@ mod tests {
             one("ONBUILD ONBUILD RUN x"),
             Err(ErrorKind::BadOnbuild("ONBUILD".into()))
         );
-        assert!(matches!(
-            one("ONBUILD RUN x"),
-            Ok(Instruction::Onbuild(_))
-        ));
+        assert!(matches!(one("ONBUILD RUN x"), Ok(Instruction::Onbuild(_))));
     }
 }

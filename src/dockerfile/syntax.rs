@@ -284,9 +284,7 @@ impl Logical {
 
 fn node_from_logical(l: &Logical, escape: char, line: usize) -> Result<Node, SyntaxError> {
     let text = l.text.trim_end();
-    let key_end = text
-        .find(|c: char| c.is_whitespace())
-        .unwrap_or(text.len());
+    let key_end = text.find(|c: char| c.is_whitespace()).unwrap_or(text.len());
     let keyword = &text[..key_end];
     let after_key = key_end + leading_ws(&text[key_end..]);
     let (flags, args_off) = extract_flags(text, after_key, escape, l);
@@ -466,7 +464,11 @@ pub fn heredoc_marker(word: &str) -> Option<(Option<u32>, bool, String, bool)> {
 pub fn dump(ast: &Ast) -> String {
     let mut out = String::new();
     let d = &ast.directives;
-    for (k, v) in [("syntax", &d.syntax), ("escape", &d.escape), ("check", &d.check)] {
+    for (k, v) in [
+        ("syntax", &d.syntax),
+        ("escape", &d.escape),
+        ("check", &d.check),
+    ] {
         if let Some(v) = v {
             let _ = writeln!(out, "directive {k}={v:?}");
         }

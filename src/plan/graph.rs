@@ -95,14 +95,20 @@ pub(crate) fn build<'a>(
         let l = &located[0];
         return Err(match l.instruction {
             Instruction::Arg(_) => src.file(ErrorKind::MissingFrom),
-            _ => src.at(l.line, ErrorKind::BeforeFrom(l.instruction.keyword().into())),
+            _ => src.at(
+                l.line,
+                ErrorKind::BeforeFrom(l.instruction.keyword().into()),
+            ),
         });
     };
     let mut global_scope = platform_args(opts);
     let mut global_args = BTreeMap::new();
     for l in &located[..first_from] {
         let Instruction::Arg(decls) = &l.instruction else {
-            return Err(src.at(l.line, ErrorKind::BeforeFrom(l.instruction.keyword().into())));
+            return Err(src.at(
+                l.line,
+                ErrorKind::BeforeFrom(l.instruction.keyword().into()),
+            ));
         };
         // Every default in one ARG sees the scope from before the instruction.
         let before = global_scope.clone();

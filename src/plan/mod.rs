@@ -78,6 +78,8 @@ pub struct Stage {
     pub config: ImageConfig,
 }
 
+// A handful of stages per build: boxing the image variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Base {
     Scratch,
@@ -111,7 +113,10 @@ pub enum Op {
     /// COPY and ADD.
     Copy(CopyOp),
     /// Create the directory (owned by `user`) if missing; a layer only if it was created.
-    Workdir { path: String, user: String },
+    Workdir {
+        path: String,
+        user: String,
+    },
     /// Only changes the config: no layer.
     Config,
 }
@@ -242,10 +247,10 @@ pub enum PlanError {
         line: usize,
         /// `   3 | NOTANINSTRUCTION foo`
         excerpt: String,
-        kind: ErrorKind,
+        kind: Box<ErrorKind>,
     },
     #[error("{file}: {kind}")]
-    File { file: String, kind: ErrorKind },
+    File { file: String, kind: Box<ErrorKind> },
 }
 
 impl PlanError {
@@ -281,14 +286,14 @@ impl Source<'_> {
             file: self.name.to_string(),
             line,
             excerpt: format!("{line:>4} | {}", text.trim_end_matches('\r')),
-            kind,
+            kind: Box::new(kind),
         }
     }
 
     pub fn file(&self, kind: ErrorKind) -> PlanError {
         PlanError::File {
             file: self.name.to_string(),
-            kind,
+            kind: Box::new(kind),
         }
     }
 
@@ -477,7 +482,9 @@ pub(crate) mod tests {
     }
 
     fn corpus(dir: &str, file: &str, run: impl Fn(&str, &BuildOptions) -> String) {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(dir);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(dir);
         let update = std::env::var_os("UPDATE_GOLDEN").is_some();
         let mut cases: Vec<_> = std::fs::read_dir(&root)
             .unwrap()
@@ -568,14 +575,18 @@ pub(crate) mod tests {
         let mut opts = options();
         opts.build_args.insert("HTTP_PROXY".into(), "x".into());
         let p2 = plan("FROM a\nRUN echo hi\n", &opts, &mut FakeResolver).unwrap();
-        assert_eq!(p2.stages[0].steps[0].created_by, "RUN /bin/sh -c echo hi # buildkit");
+        assert_eq!(
+            p2.stages[0].steps[0].created_by,
+            "RUN /bin/sh -c echo hi # buildkit"
+        );
         let p3 = plan("FROM a\nRUN echo ho\n", &options(), &mut FakeResolver).unwrap();
         assert_ne!(k, cache_key("p", &p3.stages[0].steps[0].key, None));
     }
 
     #[test]
     fn target_prunes_and_orders_deps_first() {
-        let text = "FROM a AS one\nFROM b AS two\nCOPY --from=three /x /y\nFROM c AS three\nFROM d\n";
+        let text =
+            "FROM a AS one\nFROM b AS two\nCOPY --from=three /x /y\nFROM c AS three\nFROM d\n";
         let mut opts = options();
         opts.target = Some("TWO".into());
         let p = plan(text, &opts, &mut FakeResolver).unwrap();

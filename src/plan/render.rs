@@ -10,7 +10,11 @@ pub fn render(plan: &Plan) -> String {
     let keys = plan.keys_without_content();
     let mut out = String::new();
     for (pos, s) in plan.stages.iter().enumerate() {
-        let name = s.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+        let name = s
+            .name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
         let target = if pos == plan.target { " [target]" } else { "" };
         let _ = writeln!(out, "stage {}{name}{target}: line {}", s.index, s.line);
         let base = match &s.base {
@@ -48,12 +52,18 @@ pub fn render(plan: &Plan) -> String {
                         };
                         let _ = writeln!(
                             out,
-                            "       mount {} {}{from} id={:?} ro={} mode={:?} source={:?}",
-                            m.kind, m.target, m.id, m.readonly, m.mode, m.source
+                            "       mount {} {}{from} id={:?} ro={} mode={} source={:?}",
+                            m.kind,
+                            m.target,
+                            m.id,
+                            m.readonly,
+                            m.mode.map_or("-".to_string(), |m| format!("{m:o}")),
+                            m.source
                         );
                     }
                     for f in &r.files {
-                        let _ = writeln!(out, "       file {} {:o} {:?}", f.path, f.mode, f.content);
+                        let _ =
+                            writeln!(out, "       file {} {:o} {:?}", f.path, f.mode, f.content);
                     }
                 }
                 Op::Copy(c) => {

@@ -205,8 +205,8 @@ impl Ctx<'_, '_> {
         let triggers = config.config.on_build.take().unwrap_or_default();
         let mut body: Vec<Located> = Vec::new();
         for t in &triggers {
-            let node = syntax::parse_line(t, '\\', def.line)
-                .map_err(|e| self.src.at(def.line, e.kind))?;
+            let node =
+                syntax::parse_line(t, '\\', def.line).map_err(|e| self.src.at(def.line, e.kind))?;
             let instruction =
                 instructions::lower(&node, '\\').map_err(|k| self.src.at(def.line, k))?;
             body.push(Located {
@@ -248,7 +248,12 @@ impl Ctx<'_, '_> {
         })
     }
 
-    fn ex(&self, line: usize, word: &str, scope: &BTreeMap<String, String>) -> Result<String, PlanError> {
+    fn ex(
+        &self,
+        line: usize,
+        word: &str,
+        scope: &BTreeMap<String, String>,
+    ) -> Result<String, PlanError> {
         expand(&self.lexer, word, scope).map_err(|k| self.src.at(line, k))
     }
 
@@ -307,21 +312,21 @@ impl Ctx<'_, '_> {
             Instruction::Expose(ports) => {
                 let mut words = Vec::new();
                 for p in ports {
-                    words.extend(
-                        self.lexer
-                            .expand_words(p, &scope)
-                            .map_err(|e| {
-                                self.src.at(
-                                    line,
-                                    ErrorKind::Expansion {
-                                        word: p.clone(),
-                                        reason: e.to_string(),
-                                    },
-                                )
-                            })?,
-                    );
+                    words.extend(self.lexer.expand_words(p, &scope).map_err(|e| {
+                        self.src.at(
+                            line,
+                            ErrorKind::Expansion {
+                                word: p.clone(),
+                                reason: e.to_string(),
+                            },
+                        )
+                    })?);
                 }
-                let exposed = st.config.config.exposed_ports.get_or_insert_with(BTreeMap::new);
+                let exposed = st
+                    .config
+                    .config
+                    .exposed_ports
+                    .get_or_insert_with(BTreeMap::new);
                 for w in &words {
                     for port in parse_ports(w).map_err(|k| self.src.at(line, k))? {
                         exposed.insert(port, Empty {});
@@ -336,7 +341,9 @@ impl Ctx<'_, '_> {
                     if v.trim().is_empty() {
                         return Err(self.src.at(
                             line,
-                            ErrorKind::Invalid("VOLUME specified can not be an empty string".into()),
+                            ErrorKind::Invalid(
+                                "VOLUME specified can not be an empty string".into(),
+                            ),
                         ));
                     }
                     st.config
@@ -358,7 +365,9 @@ impl Ctx<'_, '_> {
                 let ok = s.chars().all(|c| c.is_ascii_digit())
                     || (s.to_ascii_uppercase().starts_with("SIG")
                         && s.len() > 3
-                        && s[3..].chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-'));
+                        && s[3..]
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-'));
                 if !ok {
                     return Err(self
                         .src
@@ -553,7 +562,11 @@ impl Ctx<'_, '_> {
         let mut env: Vec<String> = st.config.config.env.clone().unwrap_or_default();
         let mut seen: BTreeSet<String> = env
             .iter()
-            .map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k).to_string())
+            .map(|kv| {
+                kv.split_once('=')
+                    .map_or(kv.as_str(), |(k, _)| k)
+                    .to_string()
+            })
             .collect();
         for (k, v) in &st.args {
             if let Some(v) = v {
@@ -638,7 +651,9 @@ impl Ctx<'_, '_> {
                 (_, Some(ro)) => ro,
                 _ => true,
             },
-            MountType::Cache => flag("readonly")?.unwrap_or(false) && flag("readwrite")? != Some(true),
+            MountType::Cache => {
+                flag("readonly")?.unwrap_or(false) && flag("readwrite")? != Some(true)
+            }
             _ => false,
         };
         let (target, id) = match m.kind {
@@ -646,7 +661,8 @@ impl Ctx<'_, '_> {
                 let id = get("id");
                 let target = target.or_else(|| {
                     // With only env=, the secret is not a file.
-                    (get("env").is_none()).then(|| format!("/run/secrets/{}", id.clone().unwrap_or_default()))
+                    (get("env").is_none())
+                        .then(|| format!("/run/secrets/{}", id.clone().unwrap_or_default()))
                 });
                 let id = id.or_else(|| {
                     target
@@ -657,9 +673,7 @@ impl Ctx<'_, '_> {
                 (target.unwrap_or_default(), id)
             }
             MountType::Ssh => {
-                let t = target.unwrap_or_else(|| {
-                    format!("/run/buildkit/ssh_agent.{}", *ssh_count)
-                });
+                let t = target.unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", *ssh_count));
                 *ssh_count += 1;
                 (t, Some(get("id").unwrap_or_else(|| "default".into())))
             }
@@ -690,7 +704,9 @@ impl Ctx<'_, '_> {
             (MountType::Cache, Some("private")) => Some(Sharing::Private),
             (MountType::Cache, Some("locked")) => Some(Sharing::Locked),
             (MountType::Cache, Some(other)) => {
-                return Err(bad(format!("sharing `{other}`: expecting shared, private or locked")))
+                return Err(bad(format!(
+                    "sharing `{other}`: expecting shared, private or locked"
+                )))
             }
             _ => None,
         };
@@ -703,7 +719,10 @@ impl Ctx<'_, '_> {
         let size = get("size")
             .map(|s| parse_size(&s).ok_or_else(|| bad(format!("invalid size `{s}`"))))
             .transpose()?;
-        let owned = matches!(m.kind, MountType::Cache | MountType::Secret | MountType::Ssh);
+        let owned = matches!(
+            m.kind,
+            MountType::Cache | MountType::Secret | MountType::Ssh
+        );
         Ok(RunMount {
             kind: m.kind,
             target,
@@ -769,7 +788,7 @@ impl Ctx<'_, '_> {
                 }
                 instructions::CopySource::Heredoc(h) => {
                     let content = if h.expand {
-                        expand_heredoc(&self.lexer, &h.content, scope)
+                        expand_heredoc(&h.content, scope)
                             .map_err(|k| self.src.at(line, k))?
                     } else {
                         h.content.clone()
@@ -836,7 +855,11 @@ fn run_command_string(argv: &[String], st: &StageState) -> String {
         .iter()
         .filter(|(k, _)| !PROXY_ARGS.contains(&k.as_str()))
         .map(|(k, v)| {
-            let v = scope.get(k).cloned().or_else(|| v.clone()).unwrap_or_default();
+            let v = scope
+                .get(k)
+                .cloned()
+                .or_else(|| v.clone())
+                .unwrap_or_default();
             format!("{k}={v}")
         })
         .collect();
@@ -848,12 +871,12 @@ fn run_command_string(argv: &[String], st: &StageState) -> String {
 }
 
 /// Expand variables in a heredoc body without touching quotes: they are file content.
-fn expand_heredoc(
-    lexer: &Lexer,
-    content: &str,
-    scope: &BTreeMap<String, String>,
-) -> Result<String, ErrorKind> {
-    let esc = lexer.escape;
+/// BuildKit uses `\` here whatever the escape directive says. Quotes and backslashes are
+/// escaped so that only `$` expansions act (BuildKit's `SkipProcessQuotes`; the lexer's
+/// `with_skip_quotes` would do this directly).
+fn expand_heredoc(content: &str, scope: &BTreeMap<String, String>) -> Result<String, ErrorKind> {
+    let lexer = Lexer::new('\\');
+    let esc = '\\';
     let mut guarded = String::with_capacity(content.len());
     for ch in content.chars() {
         if ch == '"' || ch == '\'' || ch == esc {
@@ -861,7 +884,7 @@ fn expand_heredoc(
         }
         guarded.push(ch);
     }
-    expand(lexer, &guarded, scope)
+    expand(&lexer, &guarded, scope)
 }
 
 /// `dest` made absolute against `workdir`; a trailing `/` (or `.`) means a directory and is
@@ -1008,10 +1031,7 @@ mod tests {
     #[test]
     fn ports() {
         assert_eq!(parse_ports("80").unwrap(), vec!["80/tcp"]);
-        assert_eq!(
-            parse_ports("53-54/UDP").unwrap(),
-            vec!["53/udp", "54/udp"]
-        );
+        assert_eq!(parse_ports("53-54/UDP").unwrap(), vec!["53/udp", "54/udp"]);
         assert!(parse_ports("80/foo").is_err());
         assert!(parse_ports("9-1").is_err());
         assert!(parse_ports("70000").is_err());
@@ -1024,7 +1044,10 @@ mod tests {
         assert_eq!(go_duration(500_000_000), "500ms");
         assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
         assert_eq!(go_quote_rune(3), "'\\x03'");
-        assert_eq!(go_quote_list(&["a b".into(), "c".into()]), "[\"a b\" \"c\"]");
+        assert_eq!(
+            go_quote_list(&["a b".into(), "c".into()]),
+            "[\"a b\" \"c\"]"
+        );
         assert_eq!(parse_size("64m"), Some(64 << 20));
     }
 }
