@@ -112,6 +112,7 @@ pub fn parse(text: &str) -> Result<Ast, SyntaxError> {
             "check" => &mut directives.check,
             _ => break,
         };
+        debug_assert!(DIRECTIVES.contains(&key.as_str()));
         if slot.is_some() {
             return Err(SyntaxError {
                 line: i + 1,
@@ -227,12 +228,9 @@ fn directive(line: &str) -> Option<(String, String)> {
     if value.is_empty() {
         return None;
     }
-    let key = key.to_ascii_lowercase();
-    // Unknown keys are plain comments; they still end the directive block (caller).
-    if !DIRECTIVES.contains(&key.as_str()) {
-        return Some((key, value.to_string()));
-    }
-    Some((key, value.to_string()))
+    // Unknown keys are returned too: the caller treats them as comments that end the
+    // directive block (docs: "unknown directives are treated as comments").
+    Some((key.to_ascii_lowercase(), value.to_string()))
 }
 
 fn is_comment(line: &str) -> bool {
@@ -549,6 +547,24 @@ mod tests {
         assert!(!n.heredocs[1].expand);
         assert_eq!(n.end_line, 5);
         assert_eq!(ast.nodes[1].start.line, 6);
+    }
+
+    #[test]
+    fn flag_positions_on_continuation_lines() {
+        let ast = parse("RUN \\\n  --network=none \\\n    --mount=type=tmpfs,target=/t \\\n  true")
+            .unwrap();
+        let n = &ast.nodes[0];
+        assert_eq!(n.flags[0].start, Position { line: 2, column: 3 });
+        assert_eq!(n.flags[1].start, Position { line: 3, column: 5 });
+        assert_eq!(n.args_start, Position { line: 4, column: 3 });
+        assert_eq!(n.end_line, 4);
+    }
+
+    #[test]
+    fn unknown_directive_is_a_comment_and_ends_directives() {
+        let ast = parse("# foo=bar\n# escape=`\nFROM a").unwrap();
+        assert_eq!(ast.directives, Directives::default());
+        assert_eq!(ast.nodes.len(), 1);
     }
 
     #[test]

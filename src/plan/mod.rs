@@ -583,6 +583,139 @@ pub(crate) mod tests {
         assert_ne!(k, cache_key("p", &p3.stages[0].steps[0].key, None));
     }
 
+    fn one_stage(text: &str, opts: &BuildOptions) -> Stage {
+        let mut p = plan(text, opts, &mut FakeResolver).unwrap();
+        let t = p.target;
+        p.stages.swap_remove(t)
+    }
+
+    fn run_op(step: &Step) -> &RunOp {
+        match &step.op {
+            Op::Run(r) => r,
+            other => panic!("not a RUN: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn global_args_need_redeclaring_in_a_stage() {
+        let s = one_stage("ARG V=1\nFROM a\nRUN true\nARG V\nRUN true\n", &options());
+        assert!(!run_op(&s.steps[0]).env.iter().any(|e| e.starts_with("V=")));
+        assert!(run_op(&s.steps[1]).env.contains(&"V=1".to_string()));
+        assert_eq!(
+            s.steps[1].created_by,
+            "RUN |1 V=1 /bin/sh -c true # buildkit"
+        );
+    }
+
+    #[test]
+    fn build_args_override_defaults_and_unused_ones_warn() {
+        let mut opts = options();
+        opts.build_args.insert("V".into(), "9".into());
+        opts.build_args.insert("NOBODY".into(), "x".into());
+        opts.build_args
+            .insert("https_proxy".into(), "http://p".into());
+        let p = plan("FROM a\nARG V=1\nRUN true\n", &opts, &mut FakeResolver).unwrap();
+        let step = &p.stages[0].steps[0];
+        let env = &run_op(step).env;
+        assert!(env.contains(&"V=9".to_string()));
+        assert!(env.contains(&"https_proxy=http://p".to_string()));
+        assert!(!step.created_by.contains("proxy"));
+        assert_eq!(
+            p.warnings,
+            vec!["one or more build-args [NOBODY] were not consumed".to_string()]
+        );
+    }
+
+    #[test]
+    fn env_beats_arg_and_platform_args_are_automatic() {
+        let s = one_stage(
+            "FROM a\nENV X=env\nARG X=arg\nARG TARGETARCH\nRUN true\n",
+            &options(),
+        );
+        let env = &run_op(&s.steps[1]).env;
+        assert!(env.contains(&"X=env".to_string()));
+        assert!(!env.contains(&"X=arg".to_string()));
+        assert!(env.contains(&"TARGETARCH=amd64".to_string()));
+    }
+
+    #[test]
+    fn entrypoint_drops_the_base_cmd_only() {
+        let s = one_stage("FROM a\nENTRYPOINT [\"/e\"]\n", &options());
+        assert_eq!(s.config.config.cmd, None);
+        let s = one_stage("FROM a\nCMD [\"c\"]\nENTRYPOINT [\"/e\"]\n", &options());
+        assert_eq!(s.config.config.cmd, Some(vec!["c".to_string()]));
+    }
+
+    #[test]
+    fn onbuild_triggers_run_after_from_and_are_cleared() {
+        let s = one_stage("FROM onbuild-base\nRUN after\n", &options());
+        let texts: Vec<&str> = s.steps.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["COPY . /app/src", "RUN echo triggered $GOPATH", "RUN after"]
+        );
+        assert_eq!(s.steps[0].line, 1);
+        assert_eq!(s.config.config.on_build, None);
+    }
+
+    #[test]
+    fn scratch_gets_a_path_and_workdir_is_absolute() {
+        let s = one_stage(
+            "FROM scratch\nWORKDIR a\nWORKDIR ../b/./c\nCOPY x .\n",
+            &options(),
+        );
+        assert!(matches!(s.base, Base::Scratch));
+        assert_eq!(s.config.env_var("PATH"), Some(steps_default_path()));
+        assert!(matches!(&s.steps[1].op, Op::Workdir { path, .. } if path == "/b/c"));
+        assert!(matches!(&s.steps[2].op, Op::Copy(c) if c.dest == "/b/c/"));
+    }
+
+    fn steps_default_path() -> &'static str {
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    }
+
+    #[test]
+    fn run_heredoc_forms() {
+        let s = one_stage(
+            "FROM a\nRUN <<EOF\necho 1\nEOF\nRUN <<EOF\n#!/bin/py\nx\nEOF\nRUN cat <<A\nz\nA\n",
+            &options(),
+        );
+        assert_eq!(run_op(&s.steps[0]).argv, ["/bin/sh", "-c", "echo 1\n"]);
+        let script = run_op(&s.steps[1]);
+        assert_eq!(script.argv, ["/bin/sh", "-c", "/dev/pipes/EOF"]);
+        assert_eq!(script.files[0].content, "#!/bin/py\nx\n");
+        assert_eq!(run_op(&s.steps[2]).argv, ["/bin/sh", "-c", "cat <<A\nz\nA"]);
+    }
+
+    #[test]
+    fn independent_stages_share_a_wave() {
+        let p = plan(
+            "FROM a AS x\nFROM b AS y\nFROM c\nCOPY --from=x /a /a\nCOPY --from=y /b /b\n",
+            &options(),
+            &mut FakeResolver,
+        )
+        .unwrap();
+        assert_eq!(p.waves(), vec![vec![0, 1], vec![2]]);
+        assert_eq!(p.target_stage().deps, vec![0, 1]);
+    }
+
+    /// Every prefix of every corpus file plans or fails with an error, never panics.
+    #[test]
+    fn truncated_inputs_never_panic() {
+        for dir in ["parse", "parse-negative", "plan"] {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata")
+                .join(dir);
+            for case in std::fs::read_dir(root).unwrap() {
+                let text =
+                    std::fs::read_to_string(case.unwrap().path().join("Dockerfile")).unwrap();
+                for (i, _) in text.char_indices() {
+                    let _ = plan(&text[..i], &options(), &mut FakeResolver);
+                }
+            }
+        }
+    }
+
     #[test]
     fn target_prunes_and_orders_deps_first() {
         let text =

@@ -788,8 +788,7 @@ impl Ctx<'_, '_> {
                 }
                 instructions::CopySource::Heredoc(h) => {
                     let content = if h.expand {
-                        expand_heredoc(&h.content, scope)
-                            .map_err(|k| self.src.at(line, k))?
+                        expand_heredoc(&h.content, scope).map_err(|k| self.src.at(line, k))?
                     } else {
                         h.content.clone()
                     };
