@@ -1,4 +1,133 @@
 //! Dockerfile frontend: `syntax` (text -> AST with spans), `shell` (BuildKit's word
 //! expansion), `instructions` (typed, validated instructions). Pure: no I/O.
 
+pub mod instructions;
 pub mod shell;
+pub mod syntax;
+
+/// What went wrong on a Dockerfile line. The line number and the file name are added by
+/// the caller ([`crate::plan::PlanError`]), which also shows the offending line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ErrorKind {
+    #[error("unknown instruction `{0}`")]
+    UnknownInstruction(String),
+    #[error("unknown flag `--{flag}` for {instruction}")]
+    UnknownFlag { instruction: String, flag: String },
+    #[error("duplicate flag `--{0}`")]
+    DuplicateFlag(String),
+    #[error("flag `--{0}` needs a value")]
+    FlagNeedsValue(String),
+    #[error("invalid value `{value}` for flag `--{flag}`: {reason}")]
+    InvalidFlagValue {
+        flag: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{0} requires at least one argument")]
+    MissingArguments(String),
+    #[error("{instruction} requires exactly {count} argument(s)")]
+    WrongArgumentCount { instruction: String, count: usize },
+    #[error("{0} requires at least two arguments, but only one was provided. Destination could not be determined")]
+    MissingDestination(String),
+    #[error("SHELL requires the arguments to be in JSON form")]
+    ShellNotJson,
+    #[error("unterminated heredoc `{0}`")]
+    UnterminatedHeredoc(String),
+    #[error("only one `{0}` parser directive can be used")]
+    DuplicateDirective(String),
+    #[error("invalid escape token `{0}` does not match ` or \\")]
+    InvalidEscape(String),
+    #[error("syntax error - can't find = in `{0}`. Must be of the form: name=value")]
+    MissingEquals(String),
+    #[error("{0}")]
+    Syntax(String),
+    #[error("ONBUILD {0} is not allowed as a trigger")]
+    BadOnbuild(String),
+    #[error("invalid --mount `{spec}`: {reason}")]
+    BadMount { spec: String, reason: String },
+    #[error("expanding `{word}`: {reason}")]
+    Expansion { word: String, reason: String },
+    #[error("invalid port `{0}`")]
+    BadPort(String),
+    #[error("COPY --from cannot contain variables: `{0}`")]
+    FromWithVariable(String),
+    #[error("invalid stage name `{0}`: must start with a letter and contain only letters, digits, `-`, `_` and `.`")]
+    BadStageName(String),
+    #[error("duplicate stage name `{0}`")]
+    DuplicateStageName(String),
+    #[error("no build stage `{0}` (stages reference an earlier stage by name or index)")]
+    UnknownStage(String),
+    #[error("stage `{0}` depends on itself (cycle: {1})")]
+    Cycle(String, String),
+    #[error("no FROM instruction: the Dockerfile must start with FROM (ARG may come before)")]
+    MissingFrom,
+    #[error("{0} is not allowed before the first FROM")]
+    BeforeFrom(String),
+    #[error("target stage `{0}` could not be found")]
+    UnknownTarget(String),
+    #[error("the Dockerfile has no instructions")]
+    Empty,
+    #[error("resolving base image `{reference}`: {reason}")]
+    Resolve { reference: String, reason: String },
+    #[error("when using COPY with more than one source file, the destination must be a directory and end with a /")]
+    MultiSourceDest,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The golden `ast` dump: the syntax tree, then each node lowered to its typed instruction
+/// (or the error lowering gave).
+pub fn dump(text: &str) -> Result<String, syntax::SyntaxError> {
+    use std::fmt::Write as _;
+    let ast = syntax::parse(text)?;
+    let mut out = syntax::dump(&ast);
+    out.push_str("--\n");
+    for node in &ast.nodes {
+        match instructions::lower(node, ast.escape) {
+            Ok(i) => {
+                let _ = writeln!(out, "{}: {i:?}", node.start.line);
+            }
+            Err(e) => {
+                let _ = writeln!(out, "{}: error: {e}", node.start.line);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// testdata/parse/<case>/{Dockerfile,ast}; `UPDATE_GOLDEN=1` rewrites the `ast` files.
+    #[test]
+    fn parse_corpus() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/parse");
+        let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+        let mut cases: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        cases.sort();
+        assert!(cases.len() >= 60, "only {} parse cases", cases.len());
+        let mut failed = Vec::new();
+        for case in cases {
+            let text = std::fs::read_to_string(case.join("Dockerfile")).unwrap();
+            let got = match super::dump(&text) {
+                Ok(d) => d,
+                Err(e) => format!("syntax error at line {}: {}\n", e.line, e.kind),
+            };
+            let golden = case.join("ast");
+            if update {
+                std::fs::write(&golden, &got).unwrap();
+                continue;
+            }
+            let want = std::fs::read_to_string(&golden).unwrap_or_default();
+            if want != got {
+                eprintln!("--- {}\n{}", case.display(), got);
+                failed.push(case.file_name().unwrap().to_string_lossy().to_string());
+            }
+        }
+        assert!(failed.is_empty(), "golden mismatch: {failed:?}");
+    }
+}

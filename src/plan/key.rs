@@ -1,0 +1,33 @@
+//! Cache keys: sha256 over a canonical, versioned serialization (design.md, "Cache keys").
+
+use serde::Serialize;
+
+use super::KeyMaterial;
+use crate::image::Digest;
+
+/// Bump when the meaning of any field changes, so old cache records stop matching.
+const SCHEMA: u32 = 1;
+
+#[derive(Serialize)]
+struct Canonical<'a> {
+    schema: u32,
+    parent: &'a str,
+    material: &'a KeyMaterial,
+    content: Option<String>,
+}
+
+/// The cache key of a step: sha256 hex over `{schema, parent, material, content}` in
+/// canonical JSON (sorted keys, no whitespace). `parent` is the previous step's key, or for
+/// a stage's first step the base's key (manifest digest, `scratch`, or the base stage's last
+/// key); `content` is the digest of the step's sources (COPY/ADD, bind mounts).
+pub fn cache_key(parent: &str, key: &KeyMaterial, content: Option<&Digest>) -> String {
+    let canonical = Canonical {
+        schema: SCHEMA,
+        parent,
+        material: key,
+        content: content.map(Digest::to_string),
+    };
+    Digest::of(&crate::image::canonical_json(&canonical))
+        .hex()
+        .to_string()
+}

@@ -1,0 +1,1052 @@
+//! Per-stage expansion: walk a stage's instructions with its ARG/ENV scope, turning each
+//! into a [`Step`] (op, config after it, history `created_by`, cache-key material).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::graph::{self, expand, platform_args, Graph, Ref};
+use super::{
+    Base, BaseResolver, BuildOptions, CopyFrom, CopyOp, CopySource, InjectedFile, KeyMaterial,
+    MountFrom, Op, Plan, PlanError, RunMount, RunOp, Sharing, Source, Stage, Step,
+};
+use crate::dockerfile::instructions::{
+    self, CommandForm, Healthcheck, Instruction, Located, MountSpec, MountType, NetworkMode,
+    Security,
+};
+use crate::dockerfile::shell::Lexer;
+use crate::dockerfile::syntax;
+use crate::dockerfile::ErrorKind;
+use crate::image::{config::Empty, HealthConfig, ImageConfig};
+
+/// Build args that need no ARG declaration (BuildKit's predefined args). The proxy ones
+/// reach RUN's environment but stay out of history.
+const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+struct Ctx<'a, 'b> {
+    src: &'a Source<'a>,
+    opts: &'a BuildOptions,
+    lexer: Lexer,
+    graph: &'a Graph<'b>,
+    names: BTreeMap<String, usize>,
+    resolver: &'a mut dyn BaseResolver,
+    resolved: BTreeMap<String, super::ResolvedBase>,
+}
+
+/// The scope of one stage while its instructions are walked.
+struct StageState {
+    config: ImageConfig,
+    /// ARGs declared in this stage so far, in order, with their values.
+    args: Vec<(String, Option<String>)>,
+    cmd_set: bool,
+}
+
+impl StageState {
+    fn shell(&self) -> Vec<String> {
+        self.config
+            .config
+            .shell
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+    }
+
+    fn arg_values(&self) -> BTreeMap<String, String> {
+        self.args
+            .iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .collect()
+    }
+
+    /// The expansion scope: ARG values, overridden by the config's Env (ENV beats ARG).
+    fn scope(&self) -> BTreeMap<String, String> {
+        let mut m = self.arg_values();
+        for kv in self.config.config.env.as_deref().unwrap_or_default() {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            m.insert(k.to_string(), v.to_string());
+        }
+        m
+    }
+
+    fn workdir(&self) -> String {
+        self.config
+            .config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
+    }
+}
+
+pub(crate) fn plan_stages(
+    src: &Source,
+    graph: &Graph,
+    opts: &BuildOptions,
+    resolver: &mut dyn BaseResolver,
+    escape: char,
+) -> Result<Plan, PlanError> {
+    let names = graph
+        .stages
+        .iter()
+        .filter_map(|s| s.name.clone().map(|n| (n, s.index)))
+        .collect();
+    let mut ctx = Ctx {
+        src,
+        opts,
+        lexer: Lexer::new(escape),
+        graph,
+        names,
+        resolver,
+        resolved: BTreeMap::new(),
+    };
+    let mut stages: Vec<Stage> = Vec::new();
+    for &pos in &graph.order {
+        let stage = ctx.stage(pos, &stages)?;
+        stages.push(stage);
+    }
+    let target = stages
+        .iter()
+        .position(|s| s.index == graph.target)
+        .unwrap_or(stages.len() - 1);
+
+    let mut unused: Vec<&str> = opts
+        .build_args
+        .keys()
+        .map(String::as_str)
+        .filter(|k| {
+            !graph.declared.contains(*k)
+                && !PROXY_ARGS.contains(k)
+                && *k != "SOURCE_DATE_EPOCH"
+                && !k.starts_with("BUILDKIT_")
+        })
+        .collect();
+    unused.sort_unstable();
+    let mut warnings = Vec::new();
+    if !unused.is_empty() {
+        warnings.push(format!(
+            "one or more build-args [{}] were not consumed",
+            unused.join(" ")
+        ));
+    }
+    Ok(Plan {
+        stages,
+        target,
+        warnings,
+    })
+}
+
+impl Ctx<'_, '_> {
+    fn resolve(&mut self, line: usize, reference: &str) -> Result<super::ResolvedBase, PlanError> {
+        if let Some(r) = self.resolved.get(reference) {
+            return Ok(r.clone());
+        }
+        let r = self.resolver.resolve(reference).map_err(|reason| {
+            self.src.at(
+                line,
+                ErrorKind::Resolve {
+                    reference: reference.to_string(),
+                    reason,
+                },
+            )
+        })?;
+        self.resolved.insert(reference.to_string(), r.clone());
+        Ok(r)
+    }
+
+    fn stage(&mut self, pos: usize, done: &[Stage]) -> Result<Stage, PlanError> {
+        let graph = self.graph;
+        let def = &graph.stages[pos];
+        let (base, mut config) = match &def.base {
+            Ref::Scratch | Ref::Context(_) => (Base::Scratch, ImageConfig::default()),
+            Ref::Image(r) => {
+                let resolved = self.resolve(def.line, r)?;
+                let config = resolved.config.clone();
+                (
+                    Base::Image {
+                        reference: r.clone(),
+                        resolved,
+                    },
+                    config,
+                )
+            }
+            Ref::Stage(i) => {
+                let cfg = done
+                    .iter()
+                    .find(|s| s.index == *i)
+                    .map(|s| s.config.clone())
+                    .unwrap_or_default();
+                (Base::Stage(*i), cfg)
+            }
+        };
+        let p = &self.opts.platform;
+        if config.os.is_empty() {
+            config.os = p.os.clone();
+        }
+        if config.architecture.is_empty() {
+            config.architecture = p.architecture.clone();
+            config.variant = p.variant.clone();
+        }
+        // BuildKit makes sure every stage has a PATH.
+        if config.env_var("PATH").is_none() {
+            config.set_env("PATH", DEFAULT_PATH);
+        }
+        // ONBUILD triggers of the base run right after FROM, then are cleared.
+        let triggers = config.config.on_build.take().unwrap_or_default();
+        let mut body: Vec<Located> = Vec::new();
+        for t in &triggers {
+            let node =
+                syntax::parse_line(t, '\\', def.line).map_err(|e| self.src.at(def.line, e.kind))?;
+            let instruction =
+                instructions::lower(&node, '\\').map_err(|k| self.src.at(def.line, k))?;
+            body.push(Located {
+                line: def.line,
+                end_line: def.line,
+                text: node.text.clone(),
+                instruction,
+            });
+        }
+        body.extend(def.body.iter().cloned());
+        let mut deps = def.deps.clone();
+
+        let mut st = StageState {
+            config,
+            args: Vec::new(),
+            cmd_set: false,
+        };
+        let mut steps = Vec::new();
+        for l in &body {
+            for from in graph::refs_of(&l.instruction) {
+                if let Ok(Ref::Stage(i)) =
+                    graph::resolve_ref(from, &self.names, graph.stages.len(), self.opts)
+                {
+                    deps.insert(i);
+                }
+            }
+            if let Some(step) = self.step(l, &mut st)? {
+                steps.push(step);
+            }
+        }
+        Ok(Stage {
+            index: pos,
+            name: def.name.clone(),
+            line: def.line,
+            base,
+            deps: deps.into_iter().collect(),
+            steps,
+            config: st.config,
+        })
+    }
+
+    fn ex(
+        &self,
+        line: usize,
+        word: &str,
+        scope: &BTreeMap<String, String>,
+    ) -> Result<String, PlanError> {
+        expand(&self.lexer, word, scope).map_err(|k| self.src.at(line, k))
+    }
+
+    fn step(&mut self, l: &Located, st: &mut StageState) -> Result<Option<Step>, PlanError> {
+        let line = l.line;
+        let scope = st.scope();
+        let mut images = BTreeMap::new();
+        let (op, created_by) = match &l.instruction {
+            Instruction::From(_) => unreachable!("stages are split at FROM"),
+            Instruction::Arg(decls) => {
+                self.declare_args(line, decls, st, &scope)?;
+                return Ok(None);
+            }
+            Instruction::Run(run) => {
+                let op = self.run(line, run, st, &mut images)?;
+                let created_by = format!("RUN {} # buildkit", run_command_string(&op.argv, st));
+                (Op::Run(op), created_by)
+            }
+            Instruction::Copy(c) | Instruction::Add(c) => {
+                let (op, created_by) = self.copy(line, c, st, &scope, &mut images)?;
+                (Op::Copy(op), created_by)
+            }
+            Instruction::Workdir(w) => {
+                let w = self.ex(line, w, &scope)?;
+                let path = clean_path(&join_path(&st.workdir(), &w));
+                st.config.config.working_dir = Some(path.clone());
+                let user = st.config.config.user.clone().unwrap_or_default();
+                (
+                    Op::Workdir {
+                        path: path.clone(),
+                        user,
+                    },
+                    format!("WORKDIR {path}"),
+                )
+            }
+            Instruction::Env(pairs) | Instruction::Label(pairs) => {
+                let is_env = matches!(l.instruction, Instruction::Env(_));
+                let mut expanded = Vec::new();
+                for kv in pairs {
+                    let k = self.ex(line, &kv.key, &scope)?;
+                    let v = self.ex(line, &kv.value, &scope)?;
+                    expanded.push(format!("{k}={v}"));
+                    if is_env {
+                        st.config.set_env(&k, &v);
+                    } else {
+                        st.config
+                            .config
+                            .labels
+                            .get_or_insert_with(BTreeMap::new)
+                            .insert(k, v);
+                    }
+                }
+                let kw = if is_env { "ENV" } else { "LABEL" };
+                (Op::Config, format!("{kw} {}", expanded.join(" ")))
+            }
+            Instruction::Expose(ports) => {
+                let mut words = Vec::new();
+                for p in ports {
+                    words.extend(self.lexer.expand_words(p, &scope).map_err(|e| {
+                        self.src.at(
+                            line,
+                            ErrorKind::Expansion {
+                                word: p.clone(),
+                                reason: e.to_string(),
+                            },
+                        )
+                    })?);
+                }
+                let exposed = st
+                    .config
+                    .config
+                    .exposed_ports
+                    .get_or_insert_with(BTreeMap::new);
+                for w in &words {
+                    for port in parse_ports(w).map_err(|k| self.src.at(line, k))? {
+                        exposed.insert(port, Empty {});
+                    }
+                }
+                (Op::Config, format!("EXPOSE {}", words.join(" ")))
+            }
+            Instruction::Volume(vols) => {
+                let mut out = Vec::new();
+                for v in vols {
+                    let v = self.ex(line, v, &scope)?;
+                    if v.trim().is_empty() {
+                        return Err(self.src.at(
+                            line,
+                            ErrorKind::Invalid(
+                                "VOLUME specified can not be an empty string".into(),
+                            ),
+                        ));
+                    }
+                    st.config
+                        .config
+                        .volumes
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(v.clone(), Empty {});
+                    out.push(v);
+                }
+                (Op::Config, format!("VOLUME [{}]", out.join(" ")))
+            }
+            Instruction::User(u) => {
+                let u = self.ex(line, u, &scope)?;
+                st.config.config.user = Some(u.clone());
+                (Op::Config, format!("USER {u}"))
+            }
+            Instruction::Stopsignal(s) => {
+                let s = self.ex(line, s, &scope)?;
+                let ok = s.chars().all(|c| c.is_ascii_digit())
+                    || (s.to_ascii_uppercase().starts_with("SIG")
+                        && s.len() > 3
+                        && s[3..]
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-'));
+                if !ok {
+                    return Err(self
+                        .src
+                        .at(line, ErrorKind::Invalid(format!("invalid signal `{s}`"))));
+                }
+                st.config.config.stop_signal = Some(s.clone());
+                (Op::Config, format!("STOPSIGNAL {s}"))
+            }
+            Instruction::Maintainer(m) => (Op::Config, format!("MAINTAINER {m}")),
+            Instruction::Onbuild(o) => {
+                st.config
+                    .config
+                    .on_build
+                    .get_or_insert_with(Vec::new)
+                    .push(o.expression.clone());
+                (Op::Config, format!("ONBUILD {}", o.expression))
+            }
+            Instruction::Shell(words) => {
+                st.config.config.shell = Some(words.clone());
+                (Op::Config, format!("SHELL {}", go_quote_list(words)))
+            }
+            Instruction::Cmd(form) | Instruction::Entrypoint(form) => {
+                let argv = match form {
+                    CommandForm::Exec(w) => w.clone(),
+                    CommandForm::Shell(s) => {
+                        let mut v = st.shell();
+                        v.push(s.clone());
+                        v
+                    }
+                };
+                let text = go_quote_list(&argv);
+                if matches!(l.instruction, Instruction::Cmd(_)) {
+                    st.config.config.cmd = Some(argv);
+                    st.cmd_set = true;
+                    (Op::Config, format!("CMD {text}"))
+                } else {
+                    st.config.config.entrypoint = Some(argv);
+                    // A new ENTRYPOINT drops the base image's CMD (not one set in this stage).
+                    if !st.cmd_set {
+                        st.config.config.cmd = None;
+                    }
+                    (Op::Config, format!("ENTRYPOINT {text}"))
+                }
+            }
+            Instruction::Healthcheck(h) => {
+                let hc = match h {
+                    Healthcheck::None => HealthConfig {
+                        test: Some(vec!["NONE".into()]),
+                        ..Default::default()
+                    },
+                    Healthcheck::Check {
+                        test,
+                        interval,
+                        timeout,
+                        start_period,
+                        start_interval,
+                        retries,
+                    } => HealthConfig {
+                        test: Some(test.clone()),
+                        interval: *interval,
+                        timeout: *timeout,
+                        start_period: *start_period,
+                        start_interval: *start_interval,
+                        retries: *retries,
+                    },
+                };
+                let text = format!(
+                    "HEALTHCHECK &{{{} {:?} {:?} {:?} {:?} {}}}",
+                    go_quote_list(hc.test.as_deref().unwrap_or_default()),
+                    go_duration(hc.interval.unwrap_or(0)),
+                    go_duration(hc.timeout.unwrap_or(0)),
+                    go_duration(hc.start_period.unwrap_or(0)),
+                    go_duration(hc.start_interval.unwrap_or(0)),
+                    go_quote_rune(hc.retries.unwrap_or(0)),
+                );
+                st.config.config.healthcheck = Some(hc);
+                (Op::Config, text)
+            }
+        };
+        let key = KeyMaterial {
+            instruction: l.instruction.keyword().to_string(),
+            created_by: created_by.clone(),
+            op: op.clone(),
+            shell: st.shell(),
+            build_args: st.arg_values(),
+            platform: self.opts.platform.to_spec(),
+            source_date_epoch: self.opts.source_date_epoch,
+            images,
+        };
+        Ok(Some(Step {
+            line,
+            text: l.text.clone(),
+            created_by,
+            op,
+            config: st.config.config.clone(),
+            key,
+        }))
+    }
+
+    fn declare_args(
+        &self,
+        line: usize,
+        decls: &[instructions::ArgDecl],
+        st: &mut StageState,
+        scope: &BTreeMap<String, String>,
+    ) -> Result<(), PlanError> {
+        let platform = platform_args(self.opts);
+        for d in decls {
+            let name = self.ex(line, &d.name, scope)?;
+            let value = if let Some(v) = self.opts.build_args.get(&name) {
+                Some(v.clone())
+            } else if let Some(def) = &d.default {
+                Some(self.ex(line, def, scope)?)
+            } else if let Some(v) = self.graph.global_args.get(&name) {
+                v.clone()
+            } else if let Some(v) = platform.get(&name) {
+                Some(v.clone())
+            } else if name == "SOURCE_DATE_EPOCH" {
+                self.opts.source_date_epoch.map(|e| e.to_string())
+            } else {
+                None
+            };
+            st.args.retain(|(k, _)| *k != name);
+            st.args.push((name, value));
+        }
+        Ok(())
+    }
+
+    fn image_digest(
+        &mut self,
+        line: usize,
+        reference: &str,
+        images: &mut BTreeMap<String, String>,
+    ) -> Result<(), PlanError> {
+        let r = self.resolve(line, reference)?;
+        images.insert(reference.to_string(), r.id.to_string());
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        line: usize,
+        run: &instructions::Run,
+        st: &StageState,
+        images: &mut BTreeMap<String, String>,
+    ) -> Result<RunOp, PlanError> {
+        let scope = st.scope();
+        let mut files = Vec::new();
+        let argv = match &run.command {
+            CommandForm::Exec(words) => words.clone(),
+            CommandForm::Shell(cmd) => {
+                let args = if run.heredocs.is_empty() {
+                    cmd.clone()
+                } else if syntax::heredoc_marker(cmd.trim()).is_some() {
+                    // `RUN <<EOF`: the body is the script. With a shebang it runs as a file.
+                    let h = &run.heredocs[0];
+                    if h.content.starts_with("#!") {
+                        let path = format!("/dev/pipes/{}", h.name);
+                        files.push(InjectedFile {
+                            path: path.clone(),
+                            content: h.content.clone(),
+                            mode: 0o755,
+                        });
+                        path
+                    } else {
+                        h.content.clone()
+                    }
+                } else {
+                    // `RUN python3 <<EOF`: hand the whole heredoc to the shell.
+                    let mut full = cmd.clone();
+                    for h in &run.heredocs {
+                        full.push('\n');
+                        full.push_str(&h.content);
+                        full.push_str(&h.name);
+                    }
+                    full
+                };
+                let mut v = st.shell();
+                v.push(args);
+                v
+            }
+        };
+        let workdir = st.workdir();
+        let mut mounts = Vec::new();
+        let mut ssh_count = 0;
+        for m in &run.mounts {
+            let mount = self.mount(line, m, &scope, &workdir, &mut ssh_count, images)?;
+            mounts.push(mount);
+        }
+
+        // Env: config Env, ARG values not shadowed by it, then proxy build args.
+        let mut env: Vec<String> = st.config.config.env.clone().unwrap_or_default();
+        let mut seen: BTreeSet<String> = env
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map_or(kv.as_str(), |(k, _)| k)
+                    .to_string()
+            })
+            .collect();
+        for (k, v) in &st.args {
+            if let Some(v) = v {
+                if seen.insert(k.clone()) {
+                    env.push(format!("{k}={v}"));
+                }
+            }
+        }
+        for p in PROXY_ARGS {
+            if let Some(v) = self.opts.build_args.get(p) {
+                if seen.insert(p.to_string()) {
+                    env.push(format!("{p}={v}"));
+                }
+            }
+        }
+        Ok(RunOp {
+            argv,
+            env,
+            user: st.config.config.user.clone().unwrap_or_default(),
+            workdir,
+            network: run.network.unwrap_or(NetworkMode::Default),
+            mounts,
+            security: run.security.unwrap_or(Security::Sandbox),
+            files,
+        })
+    }
+
+    fn mount(
+        &mut self,
+        line: usize,
+        m: &MountSpec,
+        scope: &BTreeMap<String, String>,
+        workdir: &str,
+        ssh_count: &mut usize,
+        images: &mut BTreeMap<String, String>,
+    ) -> Result<RunMount, PlanError> {
+        let mut opt = BTreeMap::new();
+        for (k, v) in &m.options {
+            let v = match v {
+                Some(v) if k != "from" => Some(self.ex(line, v, scope)?),
+                other => other.clone(),
+            };
+            opt.insert(k.as_str(), v);
+        }
+        let bad = |reason: String| {
+            self.src.at(
+                line,
+                ErrorKind::BadMount {
+                    spec: m.raw.clone(),
+                    reason,
+                },
+            )
+        };
+        let get = |k: &str| opt.get(k).cloned().flatten();
+        let flag = |k: &str| -> Result<Option<bool>, PlanError> {
+            match opt.get(k) {
+                None => Ok(None),
+                Some(None) => Ok(Some(true)),
+                Some(Some(v)) => match v.as_str() {
+                    "true" => Ok(Some(true)),
+                    "false" => Ok(Some(false)),
+                    other => Err(bad(format!("`{k}={other}`: expecting true or false"))),
+                },
+            }
+        };
+        let num = |k: &str, radix: u32| -> Result<Option<u32>, PlanError> {
+            get(k)
+                .map(|v| {
+                    u32::from_str_radix(&v, radix)
+                        .map_err(|_| bad(format!("`{k}={v}` is not a valid number")))
+                })
+                .transpose()
+        };
+        let target = match get("target") {
+            Some(t) if t.starts_with('/') => Some(clean_path(&t)),
+            Some(t) => Some(clean_path(&join_path(workdir, &t))),
+            None => None,
+        };
+        let readonly = match m.kind {
+            MountType::Bind => match (flag("readwrite")?, flag("readonly")?) {
+                (Some(true), _) => false,
+                (_, Some(ro)) => ro,
+                _ => true,
+            },
+            MountType::Cache => {
+                flag("readonly")?.unwrap_or(false) && flag("readwrite")? != Some(true)
+            }
+            _ => false,
+        };
+        let (target, id) = match m.kind {
+            MountType::Secret => {
+                let id = get("id");
+                let target = target.or_else(|| {
+                    // With only env=, the secret is not a file.
+                    (get("env").is_none())
+                        .then(|| format!("/run/secrets/{}", id.clone().unwrap_or_default()))
+                });
+                let id = id.or_else(|| {
+                    target
+                        .as_deref()
+                        .and_then(|t| t.rsplit('/').next())
+                        .map(str::to_string)
+                });
+                (target.unwrap_or_default(), id)
+            }
+            MountType::Ssh => {
+                let t = target.unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", *ssh_count));
+                *ssh_count += 1;
+                (t, Some(get("id").unwrap_or_else(|| "default".into())))
+            }
+            MountType::Cache => {
+                let t = target.unwrap_or_default();
+                (t.clone(), Some(get("id").unwrap_or(t)))
+            }
+            MountType::Bind | MountType::Tmpfs => (target.unwrap_or_default(), None),
+        };
+        let from = match m.get("from") {
+            None => None,
+            Some(f) => Some(
+                match graph::resolve_ref(f, &self.names, self.graph.stages.len(), self.opts)
+                    .map_err(|k| self.src.at(line, k))?
+                {
+                    Ref::Stage(i) => MountFrom::Stage(i),
+                    Ref::Context(c) => MountFrom::BuildContext(c),
+                    Ref::Image(r) => {
+                        self.image_digest(line, &r, images)?;
+                        MountFrom::Image(r)
+                    }
+                    Ref::Scratch => MountFrom::Image("scratch".into()),
+                },
+            ),
+        };
+        let sharing = match (m.kind, get("sharing").as_deref()) {
+            (MountType::Cache, None | Some("shared")) => Some(Sharing::Shared),
+            (MountType::Cache, Some("private")) => Some(Sharing::Private),
+            (MountType::Cache, Some("locked")) => Some(Sharing::Locked),
+            (MountType::Cache, Some(other)) => {
+                return Err(bad(format!(
+                    "sharing `{other}`: expecting shared, private or locked"
+                )))
+            }
+            _ => None,
+        };
+        let default_mode = match m.kind {
+            MountType::Cache => Some(0o755),
+            MountType::Secret => Some(0o400),
+            MountType::Ssh => Some(0o600),
+            _ => None,
+        };
+        let size = get("size")
+            .map(|s| parse_size(&s).ok_or_else(|| bad(format!("invalid size `{s}`"))))
+            .transpose()?;
+        let owned = matches!(
+            m.kind,
+            MountType::Cache | MountType::Secret | MountType::Ssh
+        );
+        Ok(RunMount {
+            kind: m.kind,
+            target,
+            source: get("source"),
+            from,
+            readonly,
+            id,
+            sharing,
+            mode: num("mode", 8)?.or(default_mode),
+            uid: num("uid", 10)?.or(owned.then_some(0)),
+            gid: num("gid", 10)?.or(owned.then_some(0)),
+            required: flag("required")?.unwrap_or(false),
+            size,
+            env: get("env"),
+        })
+    }
+
+    fn copy(
+        &mut self,
+        line: usize,
+        c: &instructions::Copy,
+        st: &StageState,
+        scope: &BTreeMap<String, String>,
+        images: &mut BTreeMap<String, String>,
+    ) -> Result<(CopyOp, String), PlanError> {
+        let kw = if c.add { "ADD" } else { "COPY" };
+        let from = match &c.from {
+            None => CopyFrom::Context,
+            Some(f) => match graph::resolve_ref(f, &self.names, self.graph.stages.len(), self.opts)
+                .map_err(|k| self.src.at(line, k))?
+            {
+                Ref::Stage(i) => CopyFrom::Stage(i),
+                Ref::Context(n) => CopyFrom::BuildContext(n),
+                Ref::Image(r) => {
+                    self.image_digest(line, &r, images)?;
+                    CopyFrom::Image(r)
+                }
+                Ref::Scratch => CopyFrom::Image("scratch".into()),
+            },
+        };
+        let mut sources = Vec::new();
+        let mut shown = Vec::new();
+        for s in &c.sources {
+            match s {
+                instructions::CopySource::Path(p) => {
+                    let p = self.ex(line, p, scope)?;
+                    shown.push(p.clone());
+                    let is_url = p.starts_with("http://")
+                        || p.starts_with("https://")
+                        || p.starts_with("git@")
+                        || p.starts_with("git://");
+                    if is_url && !c.add {
+                        return Err(self.src.at(
+                            line,
+                            ErrorKind::Invalid(format!("source can't be a URL for COPY: `{p}`")),
+                        ));
+                    }
+                    sources.push(if is_url && from == CopyFrom::Context {
+                        CopySource::Url(p)
+                    } else {
+                        CopySource::Path(p)
+                    });
+                }
+                instructions::CopySource::Heredoc(h) => {
+                    let content = if h.expand {
+                        expand_heredoc(&h.content, scope).map_err(|k| self.src.at(line, k))?
+                    } else {
+                        h.content.clone()
+                    };
+                    shown.push(format!("<<{}", h.name));
+                    sources.push(CopySource::Heredoc {
+                        name: h.name.clone(),
+                        content,
+                    });
+                }
+            }
+        }
+        let dest_raw = self.ex(line, &c.dest, scope)?;
+        let workdir = st.workdir();
+        let dest = dest_path(&workdir, &dest_raw);
+        if sources.len() > 1 && !dest.ends_with('/') {
+            return Err(self.src.at(line, ErrorKind::MultiSourceDest));
+        }
+        let opt_ex = |v: &Option<String>| -> Result<Option<String>, PlanError> {
+            v.as_deref().map(|v| self.ex(line, v, scope)).transpose()
+        };
+        let chmod = opt_ex(&c.chmod)?;
+        if let Some(m) = &chmod {
+            if !instructions::valid_chmod(m) || m.contains('$') {
+                return Err(self.src.at(
+                    line,
+                    ErrorKind::InvalidFlagValue {
+                        flag: "chmod".into(),
+                        value: m.clone(),
+                        reason: "expecting an octal or symbolic mode".into(),
+                    },
+                ));
+            }
+        }
+        let mut excludes = Vec::new();
+        for e in &c.excludes {
+            excludes.push(self.ex(line, e, scope)?);
+        }
+        let op = CopyOp {
+            add: c.add,
+            sources,
+            dest,
+            workdir,
+            from,
+            chown: opt_ex(&c.chown)?,
+            chmod,
+            link: c.link,
+            parents: c.parents,
+            excludes,
+            checksum: opt_ex(&c.checksum)?,
+            keep_git_dir: c.keep_git_dir,
+            unpack: c.unpack,
+        };
+        let created_by = format!("{kw} {} {dest_raw} # buildkit", shown.join(" "));
+        Ok((op, created_by))
+    }
+}
+
+/// BuildKit's `runCommandString`: the stage's ARGs as `|N K=V ...` before the command.
+fn run_command_string(argv: &[String], st: &StageState) -> String {
+    let scope = st.scope();
+    let args: Vec<String> = st
+        .args
+        .iter()
+        .filter(|(k, _)| !PROXY_ARGS.contains(&k.as_str()))
+        .map(|(k, v)| {
+            let v = scope
+                .get(k)
+                .cloned()
+                .or_else(|| v.clone())
+                .unwrap_or_default();
+            format!("{k}={v}")
+        })
+        .collect();
+    if args.is_empty() {
+        argv.join(" ")
+    } else {
+        format!("|{} {} {}", args.len(), args.join(" "), argv.join(" "))
+    }
+}
+
+/// Expand variables in a heredoc body without touching quotes: they are file content.
+/// BuildKit uses `\` here whatever the escape directive says. Quotes and backslashes are
+/// escaped so that only `$` expansions act (BuildKit's `SkipProcessQuotes`; the lexer's
+/// `with_skip_quotes` would do this directly).
+fn expand_heredoc(content: &str, scope: &BTreeMap<String, String>) -> Result<String, ErrorKind> {
+    let lexer = Lexer::new('\\');
+    let esc = '\\';
+    let mut guarded = String::with_capacity(content.len());
+    for ch in content.chars() {
+        if ch == '"' || ch == '\'' || ch == esc {
+            guarded.push(esc);
+        }
+        guarded.push(ch);
+    }
+    expand(&lexer, &guarded, scope)
+}
+
+/// `dest` made absolute against `workdir`; a trailing `/` (or `.`) means a directory and is
+/// kept as a trailing `/`.
+pub(crate) fn dest_path(workdir: &str, dest: &str) -> String {
+    let dir = dest.ends_with('/') || dest == "." || dest.ends_with("/.") || dest.is_empty();
+    let p = clean_path(&join_path(workdir, dest));
+    if dir && p != "/" {
+        format!("{p}/")
+    } else {
+        p
+    }
+}
+
+pub(crate) fn join_path(base: &str, p: &str) -> String {
+    if p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("{}/{}", base.trim_end_matches('/'), p)
+    }
+}
+
+/// Go's `path.Clean` for absolute paths.
+pub(crate) fn clean_path(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// `80`, `80/udp`, `8000-8002/tcp` -> `["80/tcp"]`, ... (docker's nat.ParsePortSpecs).
+pub(crate) fn parse_ports(spec: &str) -> Result<Vec<String>, ErrorKind> {
+    let bad = || ErrorKind::BadPort(spec.to_string());
+    let (range, proto) = match spec.split_once('/') {
+        Some((r, p)) => (r, p.to_ascii_lowercase()),
+        None => (spec, "tcp".to_string()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(bad());
+    }
+    let port = |s: &str| s.parse::<u16>().map_err(|_| bad());
+    let (lo, hi) = match range.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => (port(range)?, port(range)?),
+    };
+    if hi < lo {
+        return Err(bad());
+    }
+    Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// `64m`, `1g`, `4096` -> bytes (docker's RAMInBytes, binary units).
+fn parse_size(s: &str) -> Option<u64> {
+    let lower = s.to_ascii_lowercase();
+    let t = lower.trim_end_matches('b');
+    let (num, mult) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 1u64 << 10),
+        'm' => (&t[..t.len() - 1], 1 << 20),
+        'g' => (&t[..t.len() - 1], 1 << 30),
+        't' => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// Go's `%q` of a `[]string`: `["/bin/sh" "-c" "echo hi"]`.
+pub(crate) fn go_quote_list(words: &[String]) -> String {
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| serde_json::to_string(w).unwrap_or_default())
+        .collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+/// Go's `%q` of an integer (a quoted rune), as BuildKit's HEALTHCHECK history shows Retries.
+fn go_quote_rune(n: i64) -> String {
+    match u32::try_from(n).ok().and_then(char::from_u32) {
+        Some(c) if !c.is_control() && c != '\'' && c != '\\' => format!("'{c}'"),
+        _ if (0..=0xff).contains(&n) => format!("'\\x{n:02x}'"),
+        _ => format!("'\\u{n:04x}'"),
+    }
+}
+
+/// Go's `time.Duration.String()`.
+pub(crate) fn go_duration(ns: i64) -> String {
+    if ns == 0 {
+        return "0s".into();
+    }
+    let neg = ns < 0;
+    let u = ns.unsigned_abs();
+    let s = if u < 1_000 {
+        format!("{u}ns")
+    } else if u < 1_000_000 {
+        format!("{}µs", trim_frac(u as f64 / 1e3))
+    } else if u < 1_000_000_000 {
+        format!("{}ms", trim_frac(u as f64 / 1e6))
+    } else {
+        let h = u / 3_600_000_000_000;
+        let m = (u / 60_000_000_000) % 60;
+        let secs = (u % 60_000_000_000) as f64 / 1e9;
+        let mut out = String::new();
+        if h > 0 {
+            out.push_str(&format!("{h}h"));
+        }
+        if h > 0 || m > 0 {
+            out.push_str(&format!("{m}m"));
+        }
+        out.push_str(&format!("{}s", trim_frac(secs)));
+        out
+    };
+    if neg {
+        format!("-{s}")
+    } else {
+        s
+    }
+}
+
+fn trim_frac(x: f64) -> String {
+    let s = format!("{x:.9}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(dest_path("/app", "."), "/app/");
+        assert_eq!(dest_path("/app", "x/../y"), "/app/y");
+        assert_eq!(dest_path("/", "/etc/"), "/etc/");
+        assert_eq!(dest_path("/a", "/"), "/");
+        assert_eq!(clean_path("/a/./b//c/.."), "/a/b");
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_ports("80").unwrap(), vec!["80/tcp"]);
+        assert_eq!(parse_ports("53-54/UDP").unwrap(), vec!["53/udp", "54/udp"]);
+        assert!(parse_ports("80/foo").is_err());
+        assert!(parse_ports("9-1").is_err());
+        assert!(parse_ports("70000").is_err());
+    }
+
+    #[test]
+    fn go_formats() {
+        assert_eq!(go_duration(90_000_000_000), "1m30s");
+        assert_eq!(go_duration(300_000_000_000), "5m0s");
+        assert_eq!(go_duration(500_000_000), "500ms");
+        assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
+        assert_eq!(go_quote_rune(3), "'\\x03'");
+        assert_eq!(
+            go_quote_list(&["a b".into(), "c".into()]),
+            "[\"a b\" \"c\"]"
+        );
+        assert_eq!(parse_size("64m"), Some(64 << 20));
+    }
+}
