@@ -6,6 +6,7 @@
 //! resolved beneath a root, `..` stops at the root and absolute symlink targets restart
 //! from the root, so nothing outside the root is ever read or written.
 
+pub mod copier;
 pub mod digest;
 pub mod dockerignore;
 mod glob;
@@ -14,6 +15,7 @@ mod walk;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use copier::{copy, CopyError, CopyJob, CopySrc, CopyStats};
 pub use digest::{content_digest, StatCache};
 pub use dockerignore::IgnoreMatcher;
 
