@@ -94,9 +94,9 @@ pub enum CopyError {
         #[source]
         source: io::Error,
     },
-    /// BuildKit's wording.
-    #[error("when using COPY with more than one source file, the destination must be a directory and end with a /")]
-    MultipleSourcesNeedDirectory,
+    /// Docker's wording, kept verbatim because users search for it.
+    #[error("When using {command} with more than one source file, the destination must be a directory and end with a /")]
+    MultipleSourcesNeedDirectory { command: &'static str },
     #[error("invalid --chown `{0}`")]
     BadChown(String),
     #[error("unable to find user {0}: no matching entries in passwd file")]
@@ -138,7 +138,9 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
         || job.dest.ends_with('/')
         || job.dest.ends_with("/.");
     if job.sources.len() > 1 && !dest_is_dir {
-        return Err(CopyError::MultipleSourcesNeedDirectory);
+        return Err(CopyError::MultipleSourcesNeedDirectory {
+            command: if job.add { "ADD" } else { "COPY" },
+        });
     }
     let dest_abs = if job.dest.starts_with('/') {
         job.dest.clone()
@@ -1076,9 +1078,9 @@ mod tests {
     fn several_sources_need_a_directory_destination() {
         let e = env();
         let err = run(&e, &job(&["top.txt", "two.txt"], "/out")).unwrap_err();
-        assert!(
-            matches!(err, CopyError::MultipleSourcesNeedDirectory),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            "When using COPY with more than one source file, the destination must be a directory and end with a /"
         );
         run(&e, &job(&["top.txt", "two.txt"], "/out/")).unwrap();
         assert_eq!(listing(&e.dst, "/out").len(), 3);
