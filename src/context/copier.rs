@@ -189,7 +189,7 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
                     let target =
                         c.prepare_target(m.meta.is_dir(), base_name(&m.named), &dest_rel)?;
                     let entries = walk::walk(&m, &ignore, &excludes)?;
-                    c.copy_entries(&entries, &target, true)?;
+                    c.copy_entries(&entries, &target)?;
                 }
             }
             CopySrc::File {
@@ -200,7 +200,7 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
                 let meta = fs::metadata(file).map_err(|e| io_err(file, e))?;
                 let target = c.prepare_target(false, name, &dest_rel)?;
                 let dst = c.host(&target);
-                c.copy_one(file, &meta, &dst, false, Some(*mode))?;
+                c.copy_one(file, &meta, &dst, ExistingDir::Overwrite, Some(*mode))?;
             }
         }
     }
@@ -223,6 +223,17 @@ fn join(a: &str, b: &str) -> String {
     }
 }
 
+/// What happens to a directory that already exists at the destination.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ExistingDir {
+    /// Below the copy's top: takes the source directory's metadata.
+    Overwrite,
+    /// The copy's top directory: keeps owner and mode, takes the source's times.
+    KeepRestoreTimes,
+    /// A `--parents` intermediate directory: untouched.
+    Keep,
+}
+
 struct Copier<'a> {
     dest_root: &'a Path,
     owner: Option<(u32, u32)>,
@@ -230,8 +241,9 @@ struct Copier<'a> {
     preserve_owner: bool,
     /// (dev, ino) of multiply-linked source files -> where the first copy went.
     inodes: HashMap<(u64, u64), PathBuf>,
-    /// Directories whose metadata is applied after their contents (so mtimes stick).
-    dirs_to_finish: Vec<(PathBuf, PathBuf, Metadata)>,
+    /// Directories whose metadata is applied after their contents (so mtimes stick):
+    /// (source, destination, source metadata, times only).
+    dirs_to_finish: Vec<(PathBuf, PathBuf, Metadata, bool)>,
     stats: CopyStats,
 }
 
@@ -286,14 +298,9 @@ impl Copier<'_> {
         Ok(target)
     }
 
-    /// Copy walked entries (the first is the match itself) to `target`. `top_keeps_meta`:
-    /// an existing top directory keeps its own metadata (fsutil overwrites only below).
-    fn copy_entries(
-        &mut self,
-        entries: &[walk::Entry],
-        target: &str,
-        top_keeps_meta: bool,
-    ) -> Result<(), CopyError> {
+    /// Copy walked entries (the first is the match itself) to `target`. An existing top
+    /// directory keeps its own owner and mode (fsutil overwrites only below it).
+    fn copy_entries(&mut self, entries: &[walk::Entry], target: &str) -> Result<(), CopyError> {
         for e in entries {
             let is_top = e.rel.as_os_str().is_empty();
             let dst = if is_top {
@@ -301,7 +308,12 @@ impl Copier<'_> {
             } else {
                 self.host(target).join(&e.rel)
             };
-            self.copy_one(&e.host, &e.meta, &dst, is_top && top_keeps_meta, None)?;
+            let existing = if is_top {
+                ExistingDir::KeepRestoreTimes
+            } else {
+                ExistingDir::Overwrite
+            };
+            self.copy_one(&e.host, &e.meta, &dst, existing, None)?;
         }
         Ok(())
     }
@@ -313,7 +325,7 @@ impl Copier<'_> {
         src: &Path,
         meta: &Metadata,
         dst_host: &Path,
-        keep_existing_dir_meta: bool,
+        existing_dir: ExistingDir,
         file_mode: Option<u32>,
     ) -> Result<(), CopyError> {
         let ft = meta.file_type();
@@ -321,13 +333,19 @@ impl Copier<'_> {
         if ft.is_dir() {
             match existing {
                 Some(m) if m.is_dir() => {
-                    if !keep_existing_dir_meta {
-                        self.dirs_to_finish.push((
-                            src.to_path_buf(),
-                            dst_host.to_path_buf(),
-                            meta.clone(),
-                        ));
-                    }
+                    // fsutil: nested directories take the source's metadata; the top
+                    // one keeps its own but gets the source's times back.
+                    let times_only = match existing_dir {
+                        ExistingDir::Overwrite => false,
+                        ExistingDir::KeepRestoreTimes => true,
+                        ExistingDir::Keep => return Ok(()),
+                    };
+                    self.dirs_to_finish.push((
+                        src.to_path_buf(),
+                        dst_host.to_path_buf(),
+                        meta.clone(),
+                        times_only,
+                    ));
                 }
                 Some(_) => return Err(CopyError::NotADirectory(self.display(dst_host))),
                 None => {
@@ -337,6 +355,7 @@ impl Copier<'_> {
                         src.to_path_buf(),
                         dst_host.to_path_buf(),
                         meta.clone(),
+                        false,
                     ));
                 }
             }
@@ -425,8 +444,18 @@ impl Copier<'_> {
         // Deepest first: setting a child's times does not touch the parent, but creating
         // entries does, so parents go last.
         let dirs = std::mem::take(&mut self.dirs_to_finish);
-        for (src, dst, meta) in dirs.iter().rev() {
-            self.apply_meta(src, dst, meta, None)?;
+        for (src, dst, meta, times_only) in dirs.iter().rev() {
+            if *times_only {
+                set_times(
+                    dst,
+                    meta.atime(),
+                    meta.atime_nsec(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                )?;
+            } else {
+                self.apply_meta(src, dst, meta, None)?;
+            }
         }
         Ok(())
     }
@@ -469,7 +498,7 @@ impl Copier<'_> {
                 let src_host = host_path(src_root, &real);
                 let meta = fs::metadata(&src_host).map_err(|e| io_err(&src_host, e))?;
                 let dst_host = self.host(&cur);
-                self.copy_one(&src_host, &meta, &dst_host, true, None)?;
+                self.copy_one(&src_host, &meta, &dst_host, ExistingDir::Keep, None)?;
             }
             let target = join(&dest_base, &comps.join("/"));
             if add && m.meta.is_file() {
@@ -480,7 +509,7 @@ impl Copier<'_> {
                 }
             }
             let entries = walk::walk(&m, ignore, excludes)?;
-            self.copy_entries(&entries, &target, true)?;
+            self.copy_entries(&entries, &target)?;
         }
         Ok(())
     }
@@ -1042,6 +1071,18 @@ mod tests {
         fs::create_dir(e.dst.join("exists")).unwrap();
         fs::set_permissions(e.dst.join("exists"), fs::Permissions::from_mode(0o700)).unwrap();
         run(&e, &job(&["dir/"], "/exists/")).unwrap();
+        assert_eq!(listing(&e.dst, "/exists")[0], "d /exists 700 0:0 0");
+        // ... but takes the source's times (fsutil restores them after adding entries).
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000);
+        File::open(e.src.join("dir"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        run(&e, &job(&["dir/"], "/exists/")).unwrap();
+        assert_eq!(
+            fs::metadata(e.dst.join("exists")).unwrap().mtime(),
+            2_000_000
+        );
         assert_eq!(listing(&e.dst, "/exists")[0], "d /exists 700 0:0 0");
         assert_eq!(listing(&e.dst, "/exists").len(), 5);
     }
