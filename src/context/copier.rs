@@ -1,0 +1,1541 @@
+//! COPY/ADD into an image root, with BuildKit's semantics (dockerfile2llb + fsutil's copy).
+//!
+//! Runs inside the sandbox helper with the destination root at `dest_root` (possibly the
+//! overlay's merged dir) and the source root at `src_root` (the build context, or another
+//! stage's rootfs). Rules, as BuildKit applies them:
+//! - a directory source copies its contents; a file source onto an existing directory
+//!   (or a destination ending in `/`) lands inside it under its base name;
+//! - several source arguments need a destination ending in `/`;
+//! - wildcards follow Go's filepath.Match; one that matches nothing copies nothing
+//!   (AllowEmptyWildcard), a missing literal source is `"/x": not found`;
+//! - sources are clamped into `src_root`; a top-level source symlink is dereferenced
+//!   inside `src_root`, nested symlinks are copied as links;
+//! - the destination is resolved inside `dest_root` following the image's symlinks there
+//!   (`/etc -> /x` resolves to `dest_root/x`); nested destination entries are never
+//!   written through a symlink;
+//! - missing parents are created 0755, owned by the `--chown` user (else root);
+//! - ownership becomes 0:0 for context sources (BuildKit's file sync resets it), is kept
+//!   for stage sources (`preserve_owner`), and `--chown` overrides both; modes are kept
+//!   unless `--chmod`; mtimes are kept; hard links inside the copied set stay links;
+//!   `user.*` and `security.capability` xattrs are copied;
+//! - ADD extracts local tar archives (plain, gzip, bzip2, xz, zstd; detected by content)
+//!   into the destination directory, refusing entries that would leave it.
+
+use std::collections::HashMap;
+use std::fs::{self, File, Metadata};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::digest::base_name;
+use super::{clean_rel, host_path, resolve_in_root, walk, ContextError, IgnoreMatcher};
+
+/// One COPY/ADD step, as the executor hands it to the sandbox helper.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CopyJob {
+    pub sources: Vec<CopySrc>,
+    /// As written (expanded); relative to `workdir` unless absolute. A trailing `/` makes
+    /// it a directory.
+    pub dest: String,
+    pub workdir: String,
+    /// `user[:group]`, names resolved from `dest_root/etc/passwd` and `/etc/group`.
+    pub chown: Option<String>,
+    /// Octal (`755`) or symbolic (`u+x,g-w`).
+    pub chmod: Option<String>,
+    pub parents: bool,
+    pub excludes: Vec<String>,
+    /// `.dockerignore` patterns; only for context sources.
+    pub ignore: Vec<String>,
+    /// ADD: extract local archives.
+    pub add: bool,
+    /// `--link`: only changes how the executor layers the result (it passes an empty
+    /// `dest_root`); the copy itself is the same.
+    pub link: bool,
+    /// Keep the sources' uid/gid (COPY --from a stage or image). False for the build
+    /// context, whose files BuildKit transfers as 0:0.
+    #[serde(default)]
+    pub preserve_owner: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum CopySrc {
+    /// Relative to `src_root`; may contain wildcards.
+    Path(String),
+    /// A file prepared by the executor (ADD URL download, heredoc), copied as `name`.
+    File {
+        name: String,
+        host_path: PathBuf,
+        mode: u32,
+    },
+}
+
+/// What a copy wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    pub specials: u64,
+    pub bytes: u64,
+    pub archives: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Docker's wording, kept verbatim because users search for it.
+    #[error("When using {command} with more than one source file, the destination must be a directory and end with a /")]
+    MultipleSourcesNeedDirectory { command: &'static str },
+    #[error("invalid --chown `{0}`")]
+    BadChown(String),
+    #[error("unable to find user {0}: no matching entries in passwd file")]
+    UnknownUser(String),
+    #[error("unable to find group {0}: no matching entries in group file")]
+    UnknownGroup(String),
+    #[error("invalid --chmod `{0}`: expected octal (0755) or symbolic (u+x,g-w)")]
+    BadChmod(String),
+    #[error("cannot copy to non-directory: {0}")]
+    NotADirectory(String),
+    #[error("cannot replace directory {0} with a non-directory")]
+    ReplaceDirectory(String),
+    #[error("extracting {archive}: {reason}")]
+    Archive { archive: PathBuf, reason: String },
+}
+
+fn io_err(path: &Path, e: io::Error) -> CopyError {
+    CopyError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Run one COPY/ADD; see the module docs.
+pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStats, CopyError> {
+    let owner = match &job.chown {
+        Some(spec) => Some(resolve_chown(spec, dest_root)?),
+        None => None,
+    };
+    let chmod = match &job.chmod {
+        Some(spec) => Some(ModeSpec::parse(spec)?),
+        None => None,
+    };
+    let ignore = IgnoreMatcher::new(&job.ignore)?;
+    let excludes = IgnoreMatcher::new(&job.excludes)?;
+
+    let dest_is_dir = job.dest.is_empty()
+        || job.dest == "."
+        || job.dest.ends_with('/')
+        || job.dest.ends_with("/.");
+    if job.sources.len() > 1 && !dest_is_dir {
+        return Err(CopyError::MultipleSourcesNeedDirectory {
+            command: if job.add { "ADD" } else { "COPY" },
+        });
+    }
+    let dest_abs = if job.dest.starts_with('/') {
+        job.dest.clone()
+    } else {
+        format!("{}/{}", job.workdir, job.dest)
+    };
+    let dest_rel = clean_rel(&dest_abs);
+
+    let mut c = Copier {
+        dest_root,
+        owner,
+        chmod,
+        preserve_owner: job.preserve_owner,
+        inodes: HashMap::new(),
+        dirs_to_finish: Vec::new(),
+        stats: CopyStats::default(),
+    };
+
+    // fsutil's ensureDstPath: the destination itself when it ends in `/`, else its parent.
+    let ensure = if dest_is_dir || job.parents {
+        dest_rel.clone()
+    } else {
+        parent_of(&dest_rel).to_string()
+    };
+    let ensured = resolve_in_root(dest_root, &ensure, true)?;
+    c.mkdir_all(&ensured)?;
+
+    for src in &job.sources {
+        match src {
+            CopySrc::Path(p) if job.parents => {
+                c.copy_parents(p, src_root, &dest_rel, &ignore, &excludes, job.add)?
+            }
+            CopySrc::Path(p) => {
+                for m in walk::resolve(src_root, p, true, &ignore)? {
+                    if excludes.matches(base_name(&m.named)) {
+                        continue;
+                    }
+                    if job.add && m.meta.is_file() {
+                        if let Some(reader) = open_archive(&m.host)? {
+                            let dir = resolve_in_root(dest_root, &dest_rel, true)?;
+                            c.mkdir_all(&dir)?;
+                            c.extract(reader, &m.host, &dir)?;
+                            continue;
+                        }
+                    }
+                    let target =
+                        c.prepare_target(m.meta.is_dir(), base_name(&m.named), &dest_rel)?;
+                    let entries = walk::walk(&m, &ignore, &excludes)?;
+                    c.copy_entries(&entries, &target)?;
+                }
+            }
+            CopySrc::File {
+                name,
+                host_path: file,
+                mode,
+            } => {
+                let meta = fs::metadata(file).map_err(|e| io_err(file, e))?;
+                let target = c.prepare_target(false, name, &dest_rel)?;
+                let dst = c.host(&target);
+                c.copy_one(file, &meta, &dst, ExistingDir::Overwrite, Some(*mode))?;
+            }
+        }
+    }
+    c.finish_dirs()?;
+    Ok(c.stats)
+}
+
+fn parent_of(rel: &str) -> &str {
+    match rel.rfind('/') {
+        Some(i) => &rel[..i],
+        None => "",
+    }
+}
+
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}/{b}")
+    }
+}
+
+/// What happens to a directory that already exists at the destination.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ExistingDir {
+    /// Below the copy's top: takes the source directory's metadata.
+    Overwrite,
+    /// The copy's top directory: keeps owner and mode, takes the source's times.
+    KeepRestoreTimes,
+    /// A `--parents` intermediate directory: untouched.
+    Keep,
+}
+
+struct Copier<'a> {
+    dest_root: &'a Path,
+    owner: Option<(u32, u32)>,
+    chmod: Option<ModeSpec>,
+    preserve_owner: bool,
+    /// (dev, ino) of multiply-linked source files -> where the first copy went.
+    inodes: HashMap<(u64, u64), PathBuf>,
+    /// Directories whose metadata is applied after their contents (so mtimes stick):
+    /// (source, destination, source metadata, times only).
+    dirs_to_finish: Vec<(PathBuf, PathBuf, Metadata, bool)>,
+    stats: CopyStats,
+}
+
+impl Copier<'_> {
+    fn host(&self, rel: &str) -> PathBuf {
+        host_path(self.dest_root, rel)
+    }
+
+    /// Create `rel` (already resolved inside the root) and its missing parents, 0755 and
+    /// owned by the --chown user, as fsutil's MkdirAll does.
+    fn mkdir_all(&mut self, rel: &str) -> Result<(), CopyError> {
+        let mut cur = String::new();
+        for comp in rel.split('/').filter(|c| !c.is_empty()) {
+            cur = join(&cur, comp);
+            let host = self.host(&cur);
+            match fs::symlink_metadata(&host) {
+                Ok(m) if m.is_dir() => continue,
+                Ok(_) => return Err(CopyError::NotADirectory(format!("/{cur}"))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&host).map_err(|e| io_err(&host, e))?;
+                    let (uid, gid) = self.owner.unwrap_or((0, 0));
+                    std::os::unix::fs::lchown(&host, Some(uid), Some(gid))
+                        .map_err(|e| io_err(&host, e))?;
+                    fs::set_permissions(&host, fs::Permissions::from_mode(0o755))
+                        .map_err(|e| io_err(&host, e))?;
+                    self.stats.dirs += 1;
+                }
+                Err(e) => return Err(io_err(&host, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// fsutil's prepareTargetDir: where one source lands, relative to the root.
+    fn prepare_target(
+        &mut self,
+        src_is_dir: bool,
+        base: &str,
+        dest_rel: &str,
+    ) -> Result<String, CopyError> {
+        let dest = resolve_in_root(self.dest_root, dest_rel, true)?;
+        let existing = fs::metadata(self.host(&dest)).ok();
+        let target = match &existing {
+            Some(m) if m.is_dir() && !src_is_dir => join(&dest, base),
+            _ => dest,
+        };
+        if src_is_dir && existing.is_none() {
+            self.mkdir_all(&target)?;
+        } else {
+            self.mkdir_all(parent_of(&target))?;
+        }
+        Ok(target)
+    }
+
+    /// Copy walked entries (the first is the match itself) to `target`. An existing top
+    /// directory keeps its own owner and mode (fsutil overwrites only below it).
+    fn copy_entries(&mut self, entries: &[walk::Entry], target: &str) -> Result<(), CopyError> {
+        for e in entries {
+            let is_top = e.rel.as_os_str().is_empty();
+            let dst = if is_top {
+                self.host(target)
+            } else {
+                self.host(target).join(&e.rel)
+            };
+            let existing = if is_top {
+                ExistingDir::KeepRestoreTimes
+            } else {
+                ExistingDir::Overwrite
+            };
+            self.copy_one(&e.host, &e.meta, &dst, existing, None)?;
+        }
+        Ok(())
+    }
+
+    /// Copy one entry to `dst_host`, whose parent exists and was resolved inside the root;
+    /// an existing entry there is replaced, never written through.
+    fn copy_one(
+        &mut self,
+        src: &Path,
+        meta: &Metadata,
+        dst_host: &Path,
+        existing_dir: ExistingDir,
+        file_mode: Option<u32>,
+    ) -> Result<(), CopyError> {
+        let ft = meta.file_type();
+        let existing = fs::symlink_metadata(dst_host).ok();
+        if ft.is_dir() {
+            match existing {
+                Some(m) if m.is_dir() => {
+                    // fsutil: nested directories take the source's metadata; the top
+                    // one keeps its own but gets the source's times back.
+                    let times_only = match existing_dir {
+                        ExistingDir::Overwrite => false,
+                        ExistingDir::KeepRestoreTimes => true,
+                        ExistingDir::Keep => return Ok(()),
+                    };
+                    self.dirs_to_finish.push((
+                        src.to_path_buf(),
+                        dst_host.to_path_buf(),
+                        meta.clone(),
+                        times_only,
+                    ));
+                }
+                Some(_) => return Err(CopyError::NotADirectory(self.display(dst_host))),
+                None => {
+                    fs::create_dir(dst_host).map_err(|e| io_err(dst_host, e))?;
+                    self.stats.dirs += 1;
+                    self.dirs_to_finish.push((
+                        src.to_path_buf(),
+                        dst_host.to_path_buf(),
+                        meta.clone(),
+                        false,
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if let Some(m) = existing {
+            if m.is_dir() {
+                return Err(CopyError::ReplaceDirectory(self.display(dst_host)));
+            }
+            fs::remove_file(dst_host).map_err(|e| io_err(dst_host, e))?;
+        }
+        if ft.is_file() {
+            if meta.nlink() > 1 {
+                if let Some(first) = self.inodes.get(&(meta.dev(), meta.ino())) {
+                    fs::hard_link(first, dst_host).map_err(|e| io_err(dst_host, e))?;
+                    self.stats.hardlinks += 1;
+                    return Ok(());
+                }
+                self.inodes
+                    .insert((meta.dev(), meta.ino()), dst_host.to_path_buf());
+            }
+            let mut from = File::open(src).map_err(|e| io_err(src, e))?;
+            let mut to = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(dst_host)
+                .map_err(|e| io_err(dst_host, e))?;
+            let n = io::copy(&mut from, &mut to).map_err(|e| io_err(dst_host, e))?;
+            self.stats.files += 1;
+            self.stats.bytes += n;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(src).map_err(|e| io_err(src, e))?;
+            std::os::unix::fs::symlink(&target, dst_host).map_err(|e| io_err(dst_host, e))?;
+            self.stats.symlinks += 1;
+        } else {
+            mknod(dst_host, meta.mode(), meta.rdev())?;
+            self.stats.specials += 1;
+        }
+        self.apply_meta(src, dst_host, meta, file_mode)
+    }
+
+    fn display(&self, host: &Path) -> String {
+        match host.strip_prefix(self.dest_root) {
+            Ok(p) => format!("/{}", p.display()),
+            Err(_) => host.display().to_string(),
+        }
+    }
+
+    /// Owner, mode, xattrs and times of `dst` from the source entry (fsutil's
+    /// copyFileInfo). `file_mode` overrides the source mode (executor-prepared files).
+    fn apply_meta(
+        &mut self,
+        src: &Path,
+        dst: &Path,
+        meta: &Metadata,
+        file_mode: Option<u32>,
+    ) -> Result<(), CopyError> {
+        let (uid, gid) = match self.owner {
+            Some(o) => o,
+            None if self.preserve_owner => (meta.uid(), meta.gid()),
+            None => (0, 0),
+        };
+        std::os::unix::fs::lchown(dst, Some(uid), Some(gid)).map_err(|e| io_err(dst, e))?;
+        let is_link = meta.file_type().is_symlink();
+        if !is_link {
+            let mut mode = file_mode.unwrap_or(meta.mode()) & 0o7777;
+            if let Some(spec) = &self.chmod {
+                mode = spec.apply(mode, meta.is_dir());
+            }
+            fs::set_permissions(dst, fs::Permissions::from_mode(mode))
+                .map_err(|e| io_err(dst, e))?;
+        }
+        copy_xattrs(src, dst)?;
+        set_times(
+            dst,
+            meta.atime(),
+            meta.atime_nsec(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+        )
+    }
+
+    fn finish_dirs(&mut self) -> Result<(), CopyError> {
+        // Deepest first: setting a child's times does not touch the parent, but creating
+        // entries does, so parents go last.
+        let dirs = std::mem::take(&mut self.dirs_to_finish);
+        for (src, dst, meta, times_only) in dirs.iter().rev() {
+            if *times_only {
+                set_times(
+                    dst,
+                    meta.atime(),
+                    meta.atime_nsec(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                )?;
+            } else {
+                self.apply_meta(src, dst, meta, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `COPY --parents`: each match keeps its path relative to the context, or to the
+    /// `/./` anchor when the source has one (BuildKit 1.7 labs, stable in 1.9).
+    fn copy_parents(
+        &mut self,
+        source: &str,
+        src_root: &Path,
+        dest_rel: &str,
+        ignore: &IgnoreMatcher,
+        excludes: &IgnoreMatcher,
+        add: bool,
+    ) -> Result<(), CopyError> {
+        let anchor = match source.find("/./") {
+            Some(i) => clean_rel(&source[..i]),
+            None => String::new(),
+        };
+        for m in walk::resolve(src_root, source, true, ignore)? {
+            if excludes.matches(base_name(&m.named)) {
+                continue;
+            }
+            let rel = if anchor.is_empty() {
+                m.named.clone()
+            } else {
+                m.named
+                    .strip_prefix(&format!("{anchor}/"))
+                    .unwrap_or(base_name(&m.named))
+                    .to_string()
+            };
+            // Intermediate directories are copies of the source's, not fresh 0755 ones.
+            let dest_base = resolve_in_root(self.dest_root, dest_rel, true)?;
+            let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+            let mut cur = dest_base.clone();
+            for (k, comp) in comps.iter().enumerate().take(comps.len().saturating_sub(1)) {
+                cur = join(&cur, comp);
+                let src_dir = join(&anchor, &comps[..=k].join("/"));
+                let real = resolve_in_root(src_root, &src_dir, true)?;
+                let src_host = host_path(src_root, &real);
+                let meta = fs::metadata(&src_host).map_err(|e| io_err(&src_host, e))?;
+                let dst_host = self.host(&cur);
+                self.copy_one(&src_host, &meta, &dst_host, ExistingDir::Keep, None)?;
+            }
+            let target = join(&dest_base, &comps.join("/"));
+            if add && m.meta.is_file() {
+                if let Some(reader) = open_archive(&m.host)? {
+                    self.mkdir_all(&target)?;
+                    self.extract(reader, &m.host, &target)?;
+                    continue;
+                }
+            }
+            let entries = walk::walk(&m, ignore, excludes)?;
+            self.copy_entries(&entries, &target)?;
+        }
+        Ok(())
+    }
+}
+
+fn mknod(path: &Path, mode: u32, rdev: u64) -> Result<(), CopyError> {
+    use rustix::fs::{FileType, Mode, CWD};
+    let ft = FileType::from_raw_mode(mode);
+    rustix::fs::mknodat(CWD, path, ft, Mode::from_raw_mode(mode & 0o7777), rdev)
+        .map_err(|e| io_err(path, e.into()))
+}
+
+fn set_times(path: &Path, asec: i64, ansec: i64, msec: i64, mnsec: i64) -> Result<(), CopyError> {
+    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: asec,
+            tv_nsec: ansec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: msec,
+            tv_nsec: mnsec as _,
+        },
+    };
+    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| io_err(path, e.into()))
+}
+
+/// Copy the xattrs a layer keeps (design.md "Layers"): `user.*` and
+/// `security.capability`. A filesystem without xattr support is not an error.
+fn copy_xattrs(src: &Path, dst: &Path) -> Result<(), CopyError> {
+    let unsupported =
+        |e: &rustix::io::Errno| *e == rustix::io::Errno::NOTSUP || *e == rustix::io::Errno::PERM;
+    let size = match rustix::fs::llistxattr_query(src) {
+        Ok(0) => return Ok(()),
+        Ok(n) => n,
+        Err(e) if unsupported(&e) => return Ok(()),
+        Err(e) => return Err(io_err(src, e.into())),
+    };
+    let mut names = vec![0u8; size];
+    let n = rustix::fs::llistxattr(src, &mut names[..]).map_err(|e| io_err(src, e.into()))?;
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if !(name.starts_with(b"user.") || name == b"security.capability") {
+            continue;
+        }
+        let name = std::ffi::OsStr::from_bytes(name);
+        let len = rustix::fs::lgetxattr_query(src, name).map_err(|e| io_err(src, e.into()))?;
+        let mut value = vec![0u8; len];
+        let len =
+            rustix::fs::lgetxattr(src, name, &mut value[..]).map_err(|e| io_err(src, e.into()))?;
+        match rustix::fs::lsetxattr(dst, name, &value[..len], rustix::fs::XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(e) if unsupported(&e) => {}
+            Err(e) => return Err(io_err(dst, e.into())),
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// --chown and --chmod
+
+/// `user[:group]` -> (uid, gid), BuildKit style: a numeric user is its own gid; a named
+/// user takes its primary group from passwd; names come from the image's files.
+fn resolve_chown(spec: &str, dest_root: &Path) -> Result<(u32, u32), CopyError> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    if user.is_empty() || group == Some("") {
+        return Err(CopyError::BadChown(spec.to_string()));
+    }
+    let (uid, mut gid) = match user.parse::<u32>() {
+        Ok(id) => (id, id),
+        Err(_) => {
+            let passwd = read_image_file(dest_root, "etc/passwd")?;
+            lookup(&passwd, user, 2, 3).ok_or_else(|| CopyError::UnknownUser(user.to_string()))?
+        }
+    };
+    if let Some(group) = group {
+        gid = match group.parse::<u32>() {
+            Ok(id) => id,
+            Err(_) => {
+                let groups = read_image_file(dest_root, "etc/group")?;
+                lookup(&groups, group, 2, 2)
+                    .map(|(g, _)| g)
+                    .ok_or_else(|| CopyError::UnknownGroup(group.to_string()))?
+            }
+        };
+    }
+    Ok((uid, gid))
+}
+
+fn read_image_file(root: &Path, rel: &str) -> Result<String, CopyError> {
+    let real = resolve_in_root(root, rel, true)?;
+    let path = host_path(root, &real);
+    match fs::read(&path) {
+        Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(io_err(&path, e)),
+    }
+}
+
+/// Find `name` in a colon-separated database; return fields `a` and `b` as numbers.
+fn lookup(db: &str, name: &str, a: usize, b: usize) -> Option<(u32, u32)> {
+    db.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.first() != Some(&name) || f.len() <= a.max(b) {
+            return None;
+        }
+        Some((f[a].trim().parse().ok()?, f[b].trim().parse().ok()?))
+    })
+}
+
+/// A parsed `--chmod`.
+#[derive(Debug, Clone, PartialEq)]
+enum ModeSpec {
+    Octal(u32),
+    Symbolic(Vec<Clause>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Clause {
+    who: u32,
+    ops: Vec<(char, Perm)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Perm {
+    Bits(String),
+    Copy(char),
+}
+
+impl ModeSpec {
+    fn parse(spec: &str) -> Result<ModeSpec, CopyError> {
+        let bad = || CopyError::BadChmod(spec.to_string());
+        if !spec.is_empty() && spec.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            let m = u32::from_str_radix(spec, 8).map_err(|_| bad())?;
+            if m > 0o7777 {
+                return Err(bad());
+            }
+            return Ok(ModeSpec::Octal(m));
+        }
+        let mut clauses = Vec::new();
+        for part in spec.split(',') {
+            let chars: Vec<char> = part.chars().collect();
+            let mut i = 0;
+            let mut who = 0u32;
+            while i < chars.len() && "ugoa".contains(chars[i]) {
+                who |= match chars[i] {
+                    'u' => 0o4700,
+                    'g' => 0o2070,
+                    'o' => 0o1007,
+                    _ => 0o7777,
+                };
+                i += 1;
+            }
+            if who == 0 {
+                who = 0o7777;
+            }
+            let mut ops = Vec::new();
+            while i < chars.len() {
+                let op = chars[i];
+                if !"+-=".contains(op) {
+                    return Err(bad());
+                }
+                i += 1;
+                if i < chars.len() && "ugo".contains(chars[i]) {
+                    ops.push((op, Perm::Copy(chars[i])));
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < chars.len() && "rwxXst".contains(chars[i]) {
+                    i += 1;
+                }
+                ops.push((op, Perm::Bits(chars[start..i].iter().collect())));
+            }
+            if ops.is_empty() {
+                return Err(bad());
+            }
+            clauses.push(Clause { who, ops });
+        }
+        Ok(ModeSpec::Symbolic(clauses))
+    }
+
+    fn apply(&self, mode: u32, is_dir: bool) -> u32 {
+        match self {
+            ModeSpec::Octal(m) => *m,
+            ModeSpec::Symbolic(clauses) => {
+                let mut mode = mode & 0o7777;
+                for c in clauses {
+                    for (op, perm) in &c.ops {
+                        let bits = match perm {
+                            Perm::Bits(s) => {
+                                let mut b = 0;
+                                for ch in s.chars() {
+                                    b |= match ch {
+                                        'r' => 0o444,
+                                        'w' => 0o222,
+                                        'x' => 0o111,
+                                        'X' if is_dir || mode & 0o111 != 0 => 0o111,
+                                        's' => 0o6000,
+                                        't' => 0o1000,
+                                        _ => 0,
+                                    };
+                                }
+                                b
+                            }
+                            Perm::Copy(from) => {
+                                let shift = match from {
+                                    'u' => 6,
+                                    'g' => 3,
+                                    _ => 0,
+                                };
+                                let p = (mode >> shift) & 7;
+                                p << 6 | p << 3 | p
+                            }
+                        } & c.who;
+                        mode = match op {
+                            '+' => mode | bits,
+                            '-' => mode & !bits,
+                            _ => (mode & !(c.who & 0o777)) | bits,
+                        };
+                    }
+                }
+                mode
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ADD archives
+
+/// If `path` is a tar archive (plain or compressed, by content), a reader of the tar
+/// stream. Docker's rule: it is an archive when a tar header can be read from it.
+fn open_archive(path: &Path) -> Result<Option<Box<dyn Read>>, CopyError> {
+    let probe = decompressing_reader(path)?;
+    let mut ar = tar::Archive::new(probe);
+    let is_tar = match ar.entries() {
+        Ok(mut entries) => matches!(entries.next(), Some(Ok(_))),
+        Err(_) => false,
+    };
+    if !is_tar {
+        return Ok(None);
+    }
+    Ok(Some(decompressing_reader(path)?))
+}
+
+fn decompressing_reader(path: &Path) -> Result<Box<dyn Read>, CopyError> {
+    let f = File::open(path).map_err(|e| io_err(path, e))?;
+    let mut r = BufReader::with_capacity(256 * 1024, f);
+    let head = r.fill_buf().map_err(|e| io_err(path, e))?.to_vec();
+    Ok(if head.starts_with(b"BZh") {
+        Box::new(bzip2::read::MultiBzDecoder::new(r))
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Box::new(xz2::read::XzDecoder::new_multi_decoder(r))
+    } else {
+        crate::layer::compress::decompressor(r).map_err(|e| io_err(path, e))?
+    })
+}
+
+impl Copier<'_> {
+    /// Extract a tar stream into `dir` (root-relative, resolved, existing). Each entry's
+    /// parent is resolved with `dir` as the root (Docker chroots there), so neither `..`
+    /// nor a symlink in the archive can reach outside it; the entry itself is never
+    /// written through an existing symlink.
+    fn extract(
+        &mut self,
+        reader: Box<dyn Read>,
+        archive: &Path,
+        dir: &str,
+    ) -> Result<(), CopyError> {
+        let bad = |reason: String| CopyError::Archive {
+            archive: archive.to_path_buf(),
+            reason,
+        };
+        let base = self.host(dir);
+        let mut ar = tar::Archive::new(reader);
+        let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
+        let entries = ar.entries().map_err(|e| bad(e.to_string()))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+            let raw = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+            let Some(rel) = archive_rel(&raw) else {
+                return Err(bad(format!(
+                    "entry `{}` escapes the destination",
+                    raw.display()
+                )));
+            };
+            if rel.is_empty() {
+                continue; // "./": the destination itself
+            }
+            let parent = resolve_in_root(&base, parent_of(&rel), true)?;
+            let name = base_name(&rel);
+            // Missing parents: 0755, root (or --chown) owned, as Docker's untar.
+            let mut cur = String::new();
+            for comp in parent.split('/').filter(|c| !c.is_empty()) {
+                cur = join(&cur, comp);
+                let h = host_path(&base, &cur);
+                match fs::symlink_metadata(&h) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        return Err(bad(format!(
+                            "`{}`: parent is not a directory",
+                            raw.display()
+                        )))
+                    }
+                    Err(_) => {
+                        fs::create_dir(&h).map_err(|e| io_err(&h, e))?;
+                        let (uid, gid) = self.owner.unwrap_or((0, 0));
+                        std::os::unix::fs::lchown(&h, Some(uid), Some(gid))
+                            .map_err(|e| io_err(&h, e))?;
+                        fs::set_permissions(&h, fs::Permissions::from_mode(0o755))
+                            .map_err(|e| io_err(&h, e))?;
+                    }
+                }
+            }
+            let dst = host_path(&base, &join(&parent, name));
+            let header = entry.header().clone();
+            let kind = header.entry_type();
+            let existing = fs::symlink_metadata(&dst).ok();
+            if let Some(m) = &existing {
+                if !(m.is_dir() && kind.is_dir()) {
+                    if m.is_dir() {
+                        fs::remove_dir_all(&dst).map_err(|e| io_err(&dst, e))?;
+                    } else {
+                        fs::remove_file(&dst).map_err(|e| io_err(&dst, e))?;
+                    }
+                }
+            }
+            let mode = header.mode().map_err(|e| bad(e.to_string()))? & 0o7777;
+            let (uid, gid) = match self.owner {
+                Some(o) => o,
+                None => (
+                    header.uid().map_err(|e| bad(e.to_string()))? as u32,
+                    header.gid().map_err(|e| bad(e.to_string()))? as u32,
+                ),
+            };
+            let mtime = header.mtime().unwrap_or(0) as i64;
+            match kind {
+                tar::EntryType::Directory => {
+                    if existing.as_ref().is_none_or(|m| !m.is_dir()) {
+                        fs::create_dir(&dst).map_err(|e| io_err(&dst, e))?;
+                        self.stats.dirs += 1;
+                    }
+                    dir_times.push((dst.clone(), mtime));
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let mut to = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .mode(0o600)
+                        .open(&dst)
+                        .map_err(|e| io_err(&dst, e))?;
+                    let n = io::copy(&mut entry, &mut to)
+                        .map_err(|e| bad(format!("`{}`: {e}", raw.display())))?;
+                    self.stats.files += 1;
+                    self.stats.bytes += n;
+                }
+                tar::EntryType::Symlink => {
+                    let target = entry
+                        .link_name()
+                        .map_err(|e| bad(e.to_string()))?
+                        .ok_or_else(|| {
+                            bad(format!("`{}`: symlink without target", raw.display()))
+                        })?;
+                    std::os::unix::fs::symlink(&target, &dst).map_err(|e| io_err(&dst, e))?;
+                    self.stats.symlinks += 1;
+                }
+                tar::EntryType::Link => {
+                    let target = entry
+                        .link_name()
+                        .map_err(|e| bad(e.to_string()))?
+                        .ok_or_else(|| {
+                            bad(format!("`{}`: hard link without target", raw.display()))
+                        })?;
+                    let Some(trel) = archive_rel(&target) else {
+                        return Err(bad(format!(
+                            "hard link `{}` escapes the destination",
+                            target.display()
+                        )));
+                    };
+                    let tparent = resolve_in_root(&base, parent_of(&trel), true)?;
+                    let thost = host_path(&base, &join(&tparent, base_name(&trel)));
+                    match fs::symlink_metadata(&thost) {
+                        Ok(m) if m.is_file() => {}
+                        _ => {
+                            return Err(bad(format!(
+                                "hard link target `{}` is not an earlier file",
+                                target.display()
+                            )))
+                        }
+                    }
+                    fs::hard_link(&thost, &dst).map_err(|e| io_err(&dst, e))?;
+                    self.stats.hardlinks += 1;
+                    continue; // shares the target's metadata
+                }
+                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                    let major = header.device_major().ok().flatten().unwrap_or(0);
+                    let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                    let ftype = match kind {
+                        tar::EntryType::Char => libc::S_IFCHR,
+                        tar::EntryType::Block => libc::S_IFBLK,
+                        _ => libc::S_IFIFO,
+                    };
+                    mknod(&dst, ftype | mode, rustix::fs::makedev(major, minor))?;
+                    self.stats.specials += 1;
+                }
+                tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
+                other => {
+                    return Err(bad(format!(
+                        "`{}`: unsupported entry type {other:?}",
+                        raw.display()
+                    )))
+                }
+            }
+            std::os::unix::fs::lchown(&dst, Some(uid), Some(gid)).map_err(|e| io_err(&dst, e))?;
+            if kind != tar::EntryType::Symlink {
+                fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
+                    .map_err(|e| io_err(&dst, e))?;
+            }
+            set_times(&dst, mtime, 0, mtime, 0)?;
+        }
+        for (d, mtime) in dir_times.iter().rev() {
+            set_times(d, *mtime, 0, *mtime, 0)?;
+        }
+        self.stats.archives += 1;
+        Ok(())
+    }
+}
+
+/// An archive entry name as a clean relative path, or None when `..` would climb above
+/// the destination (Docker refuses these as breakouts). Leading `/` is dropped.
+fn archive_rel(p: &Path) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Some(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+    use std::io::Write;
+    use std::os::unix::fs::symlink;
+
+    /// A listing like buildah's conformance FSHeader: type path mode uid:gid size link.
+    fn listing(root: &Path, under: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let start = root.join(under.trim_start_matches('/'));
+        list_into(root, &start, &mut out);
+        out.sort();
+        out.into_iter().map(|(_, line)| line).collect()
+    }
+
+    fn list_into(root: &Path, p: &Path, out: &mut Vec<(String, String)>) {
+        let m = fs::symlink_metadata(p).unwrap();
+        let rel = format!("/{}", p.strip_prefix(root).unwrap().display());
+        let t = m.file_type();
+        let (kind, size, link) = if t.is_dir() {
+            ("d", 0, String::new())
+        } else if t.is_symlink() {
+            (
+                "l",
+                0,
+                format!(" -> {}", fs::read_link(p).unwrap().display()),
+            )
+        } else {
+            ("f", m.size(), String::new())
+        };
+        out.push((
+            rel.clone(),
+            format!(
+                "{kind} {rel} {:o} {}:{} {size}{link}",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            ),
+        ));
+        if t.is_dir() {
+            for e in fs::read_dir(p).unwrap() {
+                list_into(root, &e.unwrap().path(), out);
+            }
+        }
+    }
+
+    struct Env {
+        _t: tempfile::TempDir,
+        src: PathBuf,
+        dst: PathBuf,
+    }
+
+    fn write(path: &Path, content: &str, mode: u32) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        std::os::unix::fs::lchown(path, Some(1234), Some(4321)).unwrap();
+    }
+
+    /// A context: dir/{a.txt, sub/b.log}, top.txt, two.txt, links, and an image root with
+    /// passwd/group and `/etc` being a symlink in some tests.
+    fn env() -> Env {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("ctx");
+        let dst = t.path().join("root");
+        fs::create_dir_all(&dst).unwrap();
+        write(&src.join("dir/a.txt"), "aaa", 0o644);
+        write(&src.join("dir/sub/b.log"), "bb", 0o600);
+        write(&src.join("top.txt"), "top", 0o755);
+        write(&src.join("two.txt"), "two!", 0o644);
+        symlink("top.txt", src.join("lnk")).unwrap();
+        symlink("/etc/passwd", src.join("dir/out")).unwrap();
+        symlink("../../../../../etc", src.join("escape")).unwrap();
+        Env { _t: t, src, dst }
+    }
+
+    fn job(sources: &[&str], dest: &str) -> CopyJob {
+        CopyJob {
+            sources: sources
+                .iter()
+                .map(|s| CopySrc::Path(s.to_string()))
+                .collect(),
+            dest: dest.to_string(),
+            workdir: "/".to_string(),
+            ..CopyJob::default()
+        }
+    }
+
+    fn run(e: &Env, j: &CopyJob) -> Result<CopyStats, CopyError> {
+        copy(j, &e.src, &e.dst)
+    }
+
+    #[test]
+    fn directory_sources_copy_their_contents() {
+        let e = env();
+        run(&e, &job(&["dir"], "/app")).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/app"),
+            [
+                "d /app 755 0:0 0",
+                "f /app/a.txt 644 0:0 3",
+                "l /app/out 777 0:0 0 -> /etc/passwd",
+                "d /app/sub 755 0:0 0",
+                "f /app/sub/b.log 600 0:0 2",
+            ]
+        );
+        // Into an existing directory: same result, the directory keeps its metadata.
+        fs::create_dir(e.dst.join("exists")).unwrap();
+        fs::set_permissions(e.dst.join("exists"), fs::Permissions::from_mode(0o700)).unwrap();
+        run(&e, &job(&["dir/"], "/exists/")).unwrap();
+        assert_eq!(listing(&e.dst, "/exists")[0], "d /exists 700 0:0 0");
+        // ... but takes the source's times (fsutil restores them after adding entries).
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000);
+        File::open(e.src.join("dir"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        run(&e, &job(&["dir/"], "/exists/")).unwrap();
+        assert_eq!(
+            fs::metadata(e.dst.join("exists")).unwrap().mtime(),
+            2_000_000
+        );
+        assert_eq!(listing(&e.dst, "/exists")[0], "d /exists 700 0:0 0");
+        assert_eq!(listing(&e.dst, "/exists").len(), 5);
+    }
+
+    #[test]
+    fn trailing_slash_and_existing_dirs_decide_file_destinations() {
+        let e = env();
+        run(&e, &job(&["top.txt"], "/x/")).unwrap();
+        run(&e, &job(&["top.txt"], "/y")).unwrap();
+        fs::create_dir(e.dst.join("z")).unwrap();
+        run(&e, &job(&["top.txt"], "/z")).unwrap();
+        // Relative to the workdir.
+        let mut j = job(&["two.txt"], "rel/");
+        j.workdir = "/work".into();
+        run(&e, &j).unwrap();
+        let mut l = listing(&e.dst, "/");
+        l.retain(|s| !s.starts_with("d / "));
+        assert_eq!(
+            l,
+            [
+                "d /work 755 0:0 0",
+                "d /work/rel 755 0:0 0",
+                "f /work/rel/two.txt 644 0:0 4",
+                "d /x 755 0:0 0",
+                "f /x/top.txt 755 0:0 3",
+                "f /y 755 0:0 3",
+                "d /z 755 0:0 0",
+                "f /z/top.txt 755 0:0 3",
+            ]
+        );
+    }
+
+    #[test]
+    fn several_sources_need_a_directory_destination() {
+        let e = env();
+        let err = run(&e, &job(&["top.txt", "two.txt"], "/out")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "When using COPY with more than one source file, the destination must be a directory and end with a /"
+        );
+        run(&e, &job(&["top.txt", "two.txt"], "/out/")).unwrap();
+        assert_eq!(listing(&e.dst, "/out").len(), 3);
+    }
+
+    #[test]
+    fn wildcards_and_missing_sources() {
+        let e = env();
+        let stats = run(&e, &job(&["t*.txt"], "/w/")).unwrap();
+        assert_eq!(stats.files, 2);
+        assert_eq!(
+            listing(&e.dst, "/w"),
+            [
+                "d /w 755 0:0 0",
+                "f /w/top.txt 755 0:0 3",
+                "f /w/two.txt 644 0:0 4"
+            ]
+        );
+        // BuildKit: an empty wildcard copies nothing; a missing literal fails.
+        assert_eq!(run(&e, &job(&["nomatch*"], "/n/")).unwrap().files, 0);
+        let err = run(&e, &job(&["missing.txt"], "/n/")).unwrap_err();
+        assert_eq!(err.to_string(), "\"/missing.txt\": not found");
+    }
+
+    #[test]
+    fn sources_are_clamped_into_the_source_root() {
+        let e = env();
+        run(&e, &job(&["../../top.txt"], "/c/")).unwrap();
+        run(&e, &job(&["/dir/../two.txt"], "/c/")).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/c"),
+            [
+                "d /c 755 0:0 0",
+                "f /c/top.txt 755 0:0 3",
+                "f /c/two.txt 644 0:0 4"
+            ]
+        );
+        // A top-level symlink escaping the root resolves inside it (here: missing).
+        let err = run(&e, &job(&["escape/passwd"], "/c/")).unwrap_err();
+        assert!(
+            matches!(err, CopyError::Context(ContextError::NotFound(_))),
+            "{err}"
+        );
+        let err = run(&e, &job(&["dir/out"], "/c/")).unwrap_err();
+        assert!(
+            matches!(err, CopyError::Context(ContextError::NotFound(_))),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn top_symlink_dereferenced_nested_kept() {
+        let e = env();
+        run(&e, &job(&["lnk"], "/s/")).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/s"),
+            ["d /s 755 0:0 0", "f /s/lnk 755 0:0 3"]
+        );
+        // Nested links are copied as links, even when they point outside.
+        run(&e, &job(&["dir"], "/n/")).unwrap();
+        assert_eq!(
+            fs::read_link(e.dst.join("n/out")).unwrap(),
+            PathBuf::from("/etc/passwd")
+        );
+    }
+
+    #[test]
+    fn destination_symlinks_resolve_inside_the_root() {
+        let e = env();
+        let host_dir = tempfile::tempdir().unwrap();
+        fs::create_dir(e.dst.join("x")).unwrap();
+        symlink("/x", e.dst.join("etc")).unwrap();
+        symlink(host_dir.path(), e.dst.join("hostdir")).unwrap();
+        run(&e, &job(&["top.txt"], "/etc/")).unwrap();
+        run(&e, &job(&["two.txt"], "/hostdir/")).unwrap();
+        assert!(e.dst.join("x/top.txt").is_file());
+        assert_eq!(fs::read_dir(host_dir.path()).unwrap().count(), 0);
+        let inside = e
+            .dst
+            .join(host_dir.path().strip_prefix("/").unwrap())
+            .join("two.txt");
+        assert!(inside.is_file(), "{}", inside.display());
+        // A nested destination symlink is not written through.
+        fs::create_dir_all(e.dst.join("app")).unwrap();
+        symlink("/x", e.dst.join("app/sub")).unwrap();
+        let err = run(&e, &job(&["dir"], "/app/")).unwrap_err();
+        assert!(
+            matches!(err, CopyError::NotADirectory(ref p) if p == "/app/sub"),
+            "{err}"
+        );
+        // The destination path itself is resolved too (fs.RootPath), inside the root.
+        symlink("/x/top.txt", e.dst.join("through")).unwrap();
+        run(&e, &job(&["two.txt"], "/through")).unwrap();
+        assert!(fs::symlink_metadata(e.dst.join("through"))
+            .unwrap()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(e.dst.join("x/top.txt")).unwrap(), "two!");
+        // Nested entries replace a destination symlink instead of following it.
+        fs::create_dir_all(e.dst.join("n")).unwrap();
+        symlink("/x/top.txt", e.dst.join("n/a.txt")).unwrap();
+        fs::remove_file(e.dst.join("app/sub")).unwrap();
+        run(&e, &job(&["dir"], "/n/")).unwrap();
+        assert!(fs::symlink_metadata(e.dst.join("n/a.txt"))
+            .unwrap()
+            .is_file());
+        assert_eq!(fs::read_to_string(e.dst.join("x/top.txt")).unwrap(), "two!");
+    }
+
+    #[test]
+    fn chown_by_name_from_the_image() {
+        let e = env();
+        fs::create_dir_all(e.dst.join("etc")).unwrap();
+        fs::write(
+            e.dst.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(e.dst.join("etc/group"), "root:x:0:\nstaff:x:50:app\n").unwrap();
+        let mut j = job(&["top.txt"], "/new/deep/");
+        j.chown = Some("app".into());
+        run(&e, &j).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/new"),
+            [
+                "d /new 755 1000:1001 0",
+                "d /new/deep 755 1000:1001 0",
+                "f /new/deep/top.txt 755 1000:1001 3"
+            ]
+        );
+        j.chown = Some("app:staff".into());
+        j.dest = "/g".into();
+        run(&e, &j).unwrap();
+        assert_eq!(listing(&e.dst, "/g"), ["f /g 755 1000:50 3"]);
+        j.chown = Some("77".into());
+        run(&e, &j).unwrap();
+        assert_eq!(listing(&e.dst, "/g"), ["f /g 755 77:77 3"]);
+        j.chown = Some("nobody".into());
+        assert!(matches!(run(&e, &j), Err(CopyError::UnknownUser(u)) if u == "nobody"));
+        j.chown = Some("app:nogroup".into());
+        assert!(matches!(run(&e, &j), Err(CopyError::UnknownGroup(g)) if g == "nogroup"));
+    }
+
+    #[test]
+    fn ownership_reset_for_context_kept_for_stages() {
+        let e = env();
+        run(&e, &job(&["two.txt"], "/ctx")).unwrap();
+        let mut j = job(&["two.txt"], "/stage");
+        j.preserve_owner = true;
+        run(&e, &j).unwrap();
+        assert_eq!(listing(&e.dst, "/ctx"), ["f /ctx 644 0:0 4"]);
+        assert_eq!(listing(&e.dst, "/stage"), ["f /stage 644 1234:4321 4"]);
+    }
+
+    #[test]
+    fn chmod_octal_and_symbolic() {
+        let e = env();
+        let mut j = job(&["dir"], "/o/");
+        j.chmod = Some("0640".into());
+        run(&e, &j).unwrap();
+        let l = listing(&e.dst, "/o");
+        assert!(l.contains(&"f /o/a.txt 640 0:0 3".to_string()), "{l:?}");
+        assert!(l.contains(&"d /o/sub 640 0:0 0".to_string()), "{l:?}");
+        assert!(
+            l.contains(&"l /o/out 777 0:0 0 -> /etc/passwd".to_string()),
+            "{l:?}"
+        );
+        let mut j = job(&["dir"], "/s/");
+        j.chmod = Some("u+x,g-w,o=r".into());
+        run(&e, &j).unwrap();
+        let l = listing(&e.dst, "/s");
+        assert!(l.contains(&"f /s/a.txt 744 0:0 3".to_string()), "{l:?}");
+        assert!(l.contains(&"f /s/sub/b.log 704 0:0 2".to_string()), "{l:?}");
+        let spec = ModeSpec::parse("a+X").unwrap();
+        assert_eq!(spec.apply(0o644, false), 0o644);
+        assert_eq!(spec.apply(0o744, false), 0o755);
+        assert_eq!(spec.apply(0o600, true), 0o711);
+        assert_eq!(ModeSpec::parse("g=u").unwrap().apply(0o640, false), 0o660);
+        assert_eq!(ModeSpec::parse("u+s").unwrap().apply(0o755, false), 0o4755);
+        for bad in ["", "u", "9", "u+q", "77777"] {
+            assert!(ModeSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parents_keep_paths_with_anchors() {
+        let e = env();
+        let mut j = job(&["dir/sub/b.log", "./dir/./a.txt", "dir/./sub"], "/p/");
+        j.parents = true;
+        run(&e, &j).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/p"),
+            [
+                "d /p 755 0:0 0",
+                "f /p/a.txt 644 0:0 3",
+                "d /p/dir 755 0:0 0",
+                "d /p/dir/sub 755 0:0 0",
+                "f /p/dir/sub/b.log 600 0:0 2",
+                "d /p/sub 755 0:0 0",
+                "f /p/sub/b.log 600 0:0 2",
+            ]
+        );
+        // The intermediate directory is a copy of the source's (mode 0750 here).
+        fs::set_permissions(e.src.join("dir"), fs::Permissions::from_mode(0o750)).unwrap();
+        let mut j = job(&["dir/*.txt"], "/q/");
+        j.parents = true;
+        run(&e, &j).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/q"),
+            [
+                "d /q 755 0:0 0",
+                "d /q/dir 750 0:0 0",
+                "f /q/dir/a.txt 644 0:0 3"
+            ]
+        );
+    }
+
+    #[test]
+    fn excludes_and_dockerignore() {
+        let e = env();
+        let mut j = job(&["dir", "t*"], "/e/");
+        j.excludes = vec!["**/*.log".into(), "two.txt".into()];
+        j.ignore = vec!["dir/out".into()];
+        run(&e, &j).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/e"),
+            [
+                "d /e 755 0:0 0",
+                "f /e/a.txt 644 0:0 3",
+                "d /e/sub 755 0:0 0",
+                "f /e/top.txt 755 0:0 3"
+            ]
+        );
+        // An ignored literal source is not found, as BuildKit never sees it.
+        let mut j = job(&["top.txt"], "/i/");
+        j.ignore = vec!["*.txt".into()];
+        assert!(matches!(
+            run(&e, &j),
+            Err(CopyError::Context(ContextError::NotFound(_)))
+        ));
+    }
+
+    #[test]
+    fn metadata_hardlinks_and_prepared_files() {
+        let e = env();
+        fs::hard_link(e.src.join("dir/a.txt"), e.src.join("dir/hard")).unwrap();
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        File::options()
+            .write(true)
+            .open(e.src.join("dir/a.txt"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let stats = run(&e, &job(&["dir"], "/h/")).unwrap();
+        assert_eq!(stats.hardlinks, 1);
+        let a = fs::metadata(e.dst.join("h/a.txt")).unwrap();
+        let h = fs::metadata(e.dst.join("h/hard")).unwrap();
+        assert_eq!((a.ino(), a.nlink()), (h.ino(), 2));
+        assert_eq!(a.mtime(), 1_000_000);
+
+        let prepared = e.dst.parent().unwrap().join("download");
+        fs::write(&prepared, "payload").unwrap();
+        let j = CopyJob {
+            sources: vec![CopySrc::File {
+                name: "file.bin".into(),
+                host_path: prepared,
+                mode: 0o600,
+            }],
+            dest: "/dl/".into(),
+            workdir: "/".into(),
+            ..CopyJob::default()
+        };
+        run(&e, &j).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/dl"),
+            ["d /dl 755 0:0 0", "f /dl/file.bin 600 0:0 7"]
+        );
+    }
+
+    enum Codec {
+        None,
+        Gzip,
+        Bzip2,
+        Xz,
+        Zstd,
+    }
+
+    /// A tar with raw names (so hostile ones can be written), compressed with `codec`.
+    fn archive(entries: &[(&str, tar::EntryType, &str)], codec: Codec) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_entry_type(*kind);
+            h.set_mode(if kind.is_dir() { 0o750 } else { 0o640 });
+            h.set_uid(7);
+            h.set_gid(8);
+            h.set_mtime(1_234_567);
+            let body: &[u8] = if kind.is_file() { data.as_bytes() } else { b"" };
+            if matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {
+                h.set_link_name(data).unwrap();
+            }
+            h.set_size(body.len() as u64);
+            h.set_cksum();
+            b.append(&h, body).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        match codec {
+            Codec::None => tar,
+            Codec::Gzip => {
+                let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                w.write_all(&tar).unwrap();
+                w.finish().unwrap()
+            }
+            Codec::Bzip2 => {
+                let mut w = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+                w.write_all(&tar).unwrap();
+                w.finish().unwrap()
+            }
+            Codec::Xz => {
+                let mut w = xz2::write::XzEncoder::new(Vec::new(), 1);
+                w.write_all(&tar).unwrap();
+                w.finish().unwrap()
+            }
+            Codec::Zstd => zstd::encode_all(&tar[..], 1).unwrap(),
+        }
+    }
+
+    fn add_job(src: &str, dest: &str) -> CopyJob {
+        let mut j = job(&[src], dest);
+        j.add = true;
+        j
+    }
+
+    #[test]
+    fn add_extracts_archives_by_content() {
+        use tar::EntryType::*;
+        let e = env();
+        let entries = [
+            ("d/", Directory, ""),
+            ("d/f", Regular, "hello"),
+            ("d/l", Symlink, "f"),
+            ("d/h", Link, "d/f"),
+        ];
+        let codecs = [
+            ("plain.dat", Codec::None),
+            ("gz.dat", Codec::Gzip),
+            ("bz.dat", Codec::Bzip2),
+            ("xz.dat", Codec::Xz),
+            ("zst.dat", Codec::Zstd),
+        ];
+        for (name, codec) in codecs {
+            fs::write(e.src.join(name), archive(&entries, codec)).unwrap();
+            let stats = run(&e, &add_job(name, &format!("/{name}-out"))).unwrap();
+            assert_eq!(stats.archives, 1, "{name}");
+            assert_eq!(
+                listing(&e.dst, &format!("/{name}-out")),
+                [
+                    format!("d /{name}-out 755 0:0 0"),
+                    format!("d /{name}-out/d 750 7:8 0"),
+                    format!("f /{name}-out/d/f 640 7:8 5"),
+                    format!("f /{name}-out/d/h 640 7:8 5"),
+                    format!("l /{name}-out/d/l 777 7:8 0 -> f"),
+                ],
+                "{name}"
+            );
+            assert_eq!(
+                fs::metadata(e.dst.join(format!("{name}-out/d/f")))
+                    .unwrap()
+                    .mtime(),
+                1_234_567
+            );
+        }
+        // Not an archive (despite its name): copied as a file. COPY never extracts.
+        fs::write(e.src.join("fake.tar.gz"), "not a tar").unwrap();
+        run(&e, &add_job("fake.tar.gz", "/fake/")).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/fake"),
+            ["d /fake 755 0:0 0", "f /fake/fake.tar.gz 644 0:0 9"]
+        );
+        run(&e, &job(&["gz.dat"], "/copied/")).unwrap();
+        assert!(e.dst.join("copied/gz.dat").is_file());
+    }
+
+    #[test]
+    fn hostile_archives_stay_inside_or_are_refused() {
+        use tar::EntryType::*;
+        let e = env();
+        let outside = e.dst.parent().unwrap().join("evil");
+        for (i, entries) in [
+            vec![("../evil", Regular, "x")],
+            vec![("a/../../evil", Regular, "x")],
+            vec![("ok", Regular, "x"), ("h", Link, "../evil")],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = format!("bad{i}.tar");
+            fs::write(e.src.join(&name), archive(&entries, Codec::None)).unwrap();
+            let err = run(&e, &add_job(&name, "/x/")).unwrap_err();
+            assert!(matches!(err, CopyError::Archive { .. }), "{i}: {err}");
+            assert!(!outside.exists());
+        }
+        // Writing through an archive's own symlink stays inside the destination.
+        let entries = [
+            ("l", Symlink, "/"),
+            ("l/etc/evil", Regular, "x"),
+            ("abs", Symlink, "../../.."),
+            ("abs/evil2", Regular, "y"),
+        ];
+        fs::write(e.src.join("links.tar"), archive(&entries, Codec::Gzip)).unwrap();
+        run(&e, &add_job("links.tar", "/y/")).unwrap();
+        assert!(e.dst.join("y/etc/evil").is_file());
+        assert!(e.dst.join("y/evil2").is_file());
+        assert!(!outside.exists());
+        assert!(!e.dst.join("etc/evil").exists());
+    }
+}
