@@ -1,6 +1,88 @@
-//! Command line: argv -> settings -> library calls; the Reporter for progress.
+//! The command line: argv -> settings -> library calls, and the progress renderers.
+//! Errors become exit codes here: 1 for a failed build or bad input, 2 for bad usage
+//! (clap), 130 after SIGINT, 101 for an internal error (a bug).
+
+mod args;
+mod commands;
+mod progress;
+mod settings;
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use clap::Parser;
+
+pub use args::{BuildArgs, Cli, Command, ProgressMode};
+
+use crate::exec::{Reporter, Silent};
+
+/// A failure the user can act on (bad input, a failed step): exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UserError(pub String);
 
 /// Entry point; returns the process exit code.
 pub fn main() -> i32 {
-    0
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__sandbox-helper")
+    {
+        crate::sandbox::helper_main();
+    }
+    let cli = Cli::parse();
+    match commands::dispatch(cli) {
+        Ok(()) => 0,
+        Err(err) => {
+            if crate::exec::interrupted() {
+                eprintln!("error: interrupted");
+                return 130;
+            }
+            eprintln!("error: {}", render_error(&err));
+            if err.downcast_ref::<UserError>().is_some() || is_user_error(&err) {
+                1
+            } else {
+                101
+            }
+        }
+    }
+}
+
+/// `a: b: c` from the error chain, without repeating a cause a message already includes.
+fn render_error(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+    }
+    text
+}
+
+/// Library errors that come from the user's input rather than from a bug in rbuild.
+fn is_user_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.is::<crate::exec::BuildError>()
+            || e.is::<crate::plan::PlanError>()
+            || e.is::<crate::registry::RegistryError>()
+            || e.is::<crate::store::StoreError>()
+            || e.is::<crate::output::OutputError>()
+            || e.is::<crate::image::ReferenceError>()
+            || e.is::<std::io::Error>()
+    })
+}
+
+/// The renderer for `--progress` (auto: tty when stderr is a terminal, else plain).
+fn reporter(mode: ProgressMode, quiet: bool) -> Arc<dyn Reporter> {
+    let mode = match (mode, quiet) {
+        (_, true) => ProgressMode::Quiet,
+        (ProgressMode::Auto, _) if std::io::stderr().is_terminal() => ProgressMode::Tty,
+        (ProgressMode::Auto, _) => ProgressMode::Plain,
+        (m, _) => m,
+    };
+    match mode {
+        ProgressMode::Tty => Arc::new(progress::Tty::new()),
+        ProgressMode::Plain | ProgressMode::Auto => Arc::new(progress::Plain::new()),
+        ProgressMode::Quiet => Arc::new(Silent),
+    }
 }

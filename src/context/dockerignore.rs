@@ -136,6 +136,21 @@ impl IgnoreMatcher {
         Ok(IgnoreMatcher::default())
     }
 
+    /// The patterns as [`IgnoreMatcher::new`] takes them (cleaned, `!` kept), so a matcher
+    /// can be rebuilt in another process (the copier runs in the sandbox helper).
+    pub fn patterns(&self) -> Vec<String> {
+        self.patterns
+            .iter()
+            .map(|p| {
+                if p.exclusion {
+                    format!("!{}", p.cleaned)
+                } else {
+                    p.cleaned.clone()
+                }
+            })
+            .collect()
+    }
+
     /// No patterns at all.
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()

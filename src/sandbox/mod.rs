@@ -315,9 +315,17 @@ pub fn fs_dispatch(
     merged_root: &Path,
     sources: &[PathBuf],
 ) -> Result<Value, String> {
-    let _ = sources;
     match handler_name {
         "mkdir" => mkdir_handler(job, merged_root),
+        "workdir" => workdir_handler(job, merged_root),
+        "copy" => {
+            let job: crate::context::copier::CopyJob =
+                serde_json::from_value(job).map_err(|e| format!("bad job: {e}"))?;
+            let source = sources.first().ok_or("the copy job has no source")?;
+            let stats = crate::context::copier::copy(&job, source, merged_root)
+                .map_err(|e| e.to_string())?;
+            serde_json::to_value(stats).map_err(|e| e.to_string())
+        }
         other => Err(format!("unknown filesystem job handler `{other}`")),
     }
 }
@@ -355,6 +363,39 @@ fn mkdir_handler(job: Value, merged_root: &Path) -> Result<Value, String> {
         root::Kind::Dir,
         job.mode,
         Some((job.uid, job.gid)),
+        &mut created,
+    )
+    .map_err(|e| format!("mkdir {}: {e}", job.path))?;
+    serde_json::to_value(MkdirResult { created }).map_err(|e| e.to_string())
+}
+
+/// Input of the "workdir" handler: WORKDIR creates its directory owned by the stage's USER
+/// (names resolved from the image's passwd and group), as BuildKit does.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkdirJob {
+    pub path: String,
+    pub user: String,
+}
+
+fn workdir_handler(job: Value, merged_root: &Path) -> Result<Value, String> {
+    let job: WorkdirJob = serde_json::from_value(job).map_err(|e| format!("bad job: {e}"))?;
+    let root = root::Root::open(merged_root)
+        .map_err(|e| format!("opening {}: {e}", merged_root.display()))?;
+    let read = |p: &str| {
+        root.read(p)
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let (passwd, group) = (read("/etc/passwd"), read("/etc/group"));
+    let user =
+        user::resolve(&job.user, passwd.as_deref(), group.as_deref()).map_err(|e| e.to_string())?;
+    let mut created = Vec::new();
+    root.ensure(
+        &job.path,
+        root::Kind::Dir,
+        default_dir_mode(),
+        Some((user.uid, user.gid)),
         &mut created,
     )
     .map_err(|e| format!("mkdir {}: {e}", job.path))?;

@@ -1,0 +1,169 @@
+//! argv as typed, before any checking beyond syntax (the "low" arguments).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Build an image from a Dockerfile, without a daemon.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rbuild",
+    version,
+    about = "Build an image from a Dockerfile, without a daemon",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  rbuild -t app:1 .\n  rbuild -f Dockerfile -t app:1 -o type=docker,dest=app.tar .\n  rbuild -t localhost:5000/app:1 --push .\n  rbuild images"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Store directory (default /var/lib/rbuild as root, else $XDG_DATA_HOME/rbuild)
+    #[arg(long, global = true, env = "RBUILD_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Registry reachable over plain HTTP (loopback registries always are)
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image from a Dockerfile (the default command)
+    Build(BuildArgs),
+    /// Print the resolved build plan: stages, steps, expanded instructions, cache keys
+    Plan(PlanArgs),
+    /// List images in the store
+    Images,
+    /// Remove image tags from the store
+    Rmi {
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+    /// Remove layers, blobs and cache records no tag uses
+    Prune {
+        /// Also remove the whole build cache
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// Pull an image from a registry into the store
+    Pull { reference: String },
+    /// Push an image from the store to a registry
+    Push {
+        /// Image in the store
+        reference: String,
+        /// Destination reference (default: the same name)
+        destination: Option<String>,
+    },
+    /// Write an image from the store as a docker or OCI archive
+    Save {
+        reference: String,
+        /// Output file
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value_t = SaveFormat::Docker)]
+        format: SaveFormat,
+    },
+    /// Print an image's manifest and config as JSON
+    Inspect { reference: String },
+    /// Create a base image from a rootfs tarball (like `docker import`)
+    Import {
+        /// Rootfs tarball (.tar, .tar.gz, .tar.zst)
+        tarball: PathBuf,
+        /// Name for the image, e.g. busybox:latest
+        reference: String,
+        /// Dockerfile instruction applied to the config (ENV, CMD, ENTRYPOINT, WORKDIR, USER, LABEL...)
+        #[arg(short = 'c', long = "change", value_name = "INSTRUCTION")]
+        changes: Vec<String>,
+    },
+    #[command(name = "__sandbox-helper", hide = true)]
+    SandboxHelper,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SaveFormat {
+    Docker,
+    Oci,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    #[default]
+    Auto,
+    Tty,
+    Plain,
+    Quiet,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct BuildArgs {
+    /// Build context directory
+    #[arg(value_name = "CONTEXT")]
+    pub context: Option<PathBuf>,
+    /// Name of the Dockerfile (default: CONTEXT/Dockerfile; `-` reads stdin)
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Name and optionally a tag, `name:tag` (repeatable)
+    #[arg(short, long = "tag", value_name = "NAME")]
+    pub tags: Vec<String>,
+    /// Set a build-time variable, `KEY=VALUE` or `KEY` (taken from the environment)
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    pub build_args: Vec<String>,
+    /// Build the named stage (and what it needs) instead of the last one
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// Do not use the cache
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Always look up base images in their registry
+    #[arg(long)]
+    pub pull: bool,
+    /// Set a label on the image, `KEY=VALUE`
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Default network mode for RUN: host or none
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<String>,
+    /// Secret for RUN --mount=type=secret: `id=ID,src=PATH` or `id=ID,env=VAR`
+    #[arg(long = "secret", value_name = "SPEC")]
+    pub secrets: Vec<String>,
+    /// Extra named context: `NAME=DIR`, `NAME=docker-image://REF`, `NAME=oci-layout://DIR[:TAG]`
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
+    /// Target platform (only the host's platform is supported)
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    /// Write the image id to the file
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Write build result metadata (JSON) to the file
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// Progress output: auto, tty, plain or quiet
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Print only the image id
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Push the image to its registry after the build
+    #[arg(long)]
+    pub push: bool,
+    /// Stream the image into `docker load`
+    #[arg(long)]
+    pub load: bool,
+    /// Output: `type=docker|oci|local|tar,dest=PATH[,tar=false][,compression=gzip|zstd|uncompressed][,compression-level=N]`, or a path (`F.tar`: docker archive, `DIR`: rootfs)
+    #[arg(short, long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub build: BuildArgs,
+}

@@ -1,0 +1,295 @@
+//! One function per command: settings in, library calls, results out.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command as Process, Stdio};
+
+use anyhow::Context as _;
+
+use crate::exec;
+use crate::image::{Platform, Reference};
+use crate::output::{self, OutputKind, OutputSpec};
+use crate::registry::{Client, RegistryOptions};
+use crate::store::Store;
+
+use super::args::{Cli, Command, GlobalArgs, SaveFormat};
+use super::settings::{build_settings, store_root};
+use super::{reporter, UserError};
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let global = cli.global;
+    match cli.command {
+        None => build(&global, &cli.build),
+        Some(Command::Build(args)) => build(&global, &args),
+        Some(Command::Plan(args)) => plan(&global, &args.build),
+        Some(Command::Images) => images(&global),
+        Some(Command::Rmi { images }) => {
+            let store = open_store(&global)?;
+            for image in images {
+                for r in store.rmi(&image, false)? {
+                    println!("Untagged: {}", r.familiar());
+                }
+            }
+            Ok(())
+        }
+        Some(Command::Prune { all }) => {
+            let store = open_store(&global)?;
+            let stats = store.prune(all)?;
+            println!(
+                "Deleted {} cache records, {} layers, {} blobs; reclaimed {}",
+                stats.cache_records,
+                stats.layers,
+                stats.blobs,
+                output::human_size(stats.bytes)
+            );
+            Ok(())
+        }
+        Some(Command::Pull { reference }) => {
+            let store = open_store(&global)?;
+            let r = parse_ref(&reference)?;
+            let record = exec::pull(
+                &store,
+                &registry(&global)?,
+                &r,
+                &*reporter(super::ProgressMode::Auto, false),
+            )?;
+            println!("{}", record.manifest.digest);
+            Ok(())
+        }
+        Some(Command::Push {
+            reference,
+            destination,
+        }) => {
+            let store = open_store(&global)?;
+            let dest = parse_ref(destination.as_deref().unwrap_or(&reference))?;
+            let source = match store.resolve(&reference)? {
+                Some(_) => reference.clone(),
+                None => parse_ref(&reference)?.to_string(),
+            };
+            let digest = exec::push(
+                &store,
+                &registry(&global)?,
+                &source,
+                &dest,
+                &*reporter(super::ProgressMode::Auto, false),
+            )?;
+            println!("{}@{digest}", dest.name());
+            Ok(())
+        }
+        Some(Command::Save {
+            reference,
+            output,
+            format,
+        }) => {
+            let store = open_store(&global)?;
+            let record = find_image(&store, &reference)?;
+            let kind = match format {
+                SaveFormat::Docker => OutputKind::Docker { dest: output },
+                SaveFormat::Oci => OutputKind::Oci {
+                    dest: output,
+                    tar: true,
+                },
+            };
+            let tags: Vec<Reference> = reference.parse().into_iter().collect();
+            output::write(
+                &store,
+                &record,
+                &tags,
+                &OutputSpec {
+                    kind,
+                    compression: None,
+                    level: None,
+                },
+            )?;
+            Ok(())
+        }
+        Some(Command::Inspect { reference }) => {
+            let store = open_store(&global)?;
+            let v = output::inspect(
+                &store,
+                &find_image(&store, &reference)?.manifest.digest.to_string(),
+            )?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Some(Command::Import {
+            tarball,
+            reference,
+            changes,
+        }) => {
+            let store = open_store(&global)?;
+            let r = parse_ref(&reference)?;
+            let sde = std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|v| v.parse().ok());
+            let record = exec::import_rootfs(&store, &tarball, &r, &changes, sde)?;
+            println!("{}", record.config_digest);
+            Ok(())
+        }
+        Some(Command::SandboxHelper) => crate::sandbox::helper_main(),
+    }
+}
+
+fn parse_ref(s: &str) -> anyhow::Result<Reference> {
+    s.parse::<Reference>()
+        .map_err(|e| UserError(e.to_string()).into())
+}
+
+fn open_store(global: &GlobalArgs) -> anyhow::Result<Store> {
+    let root = store_root(global.root.as_deref());
+    Store::open(&root).with_context(|| format!("opening the store at `{}`", root.display()))
+}
+
+fn registry(global: &GlobalArgs) -> anyhow::Result<Client> {
+    Ok(Client::new(RegistryOptions {
+        insecure_registries: global.insecure_registries.clone(),
+        platform: Platform::host(),
+        docker_config_dir: None,
+    })?)
+}
+
+fn find_image(store: &Store, reference: &str) -> anyhow::Result<crate::store::ImageRecord> {
+    let by_name = reference.parse::<Reference>().ok().map(|r| r.to_string());
+    let found = match store.resolve(reference)? {
+        Some(r) => Some(r),
+        None => match by_name {
+            Some(n) => store.resolve(&n)?,
+            None => None,
+        },
+    };
+    found.ok_or_else(|| UserError(format!("no such image in the store: `{reference}`")).into())
+}
+
+fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
+    let settings = build_settings(args)?;
+    let store = open_store(global)?;
+    let registry = registry(global)?;
+    let report = reporter(args.progress, args.quiet);
+    exec::install_signal_handlers();
+    let outcome = exec::build(&store, &registry, &settings.request, &*report)?;
+    let image = &outcome.image;
+    let tags = &settings.request.tags;
+    let say = |text: String| {
+        if !args.quiet && args.progress != super::ProgressMode::Quiet {
+            eprintln!("{text}");
+        }
+    };
+
+    for spec in &settings.outputs {
+        output::write(&store, image, tags, spec)?;
+        say(format!("wrote {}", describe(&spec.kind)));
+    }
+    if settings.load {
+        load_into_docker(&store, image, tags)?;
+        say("loaded the image into docker".to_string());
+    }
+    if settings.push {
+        for tag in tags {
+            let digest = exec::push(
+                &store,
+                &registry,
+                &image.manifest.digest.to_string(),
+                tag,
+                &*report,
+            )?;
+            say(format!("pushed {}@{digest}", tag.name()));
+        }
+    }
+    if let Some(path) = &settings.iidfile {
+        write_file(path, image.config_digest.to_string().as_bytes())?;
+    }
+    if let Some(path) = &settings.metadata_file {
+        write_file(path, &exec::metadata_json(image))?;
+    }
+    say(format!(
+        "image {} ({} steps cached, {} run){}",
+        image.config_digest,
+        outcome.cached,
+        outcome.executed,
+        if tags.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", tagged {}",
+                tags.iter()
+                    .map(|t| t.familiar())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    ));
+    if args.quiet || args.progress == super::ProgressMode::Quiet {
+        println!("{}", image.config_digest);
+    }
+    Ok(())
+}
+
+/// `--load`: stream a docker archive into `docker load`.
+fn load_into_docker(
+    store: &Store,
+    image: &crate::store::ImageRecord,
+    tags: &[Reference],
+) -> anyhow::Result<()> {
+    let mut child = Process::new("docker")
+        .args(["load", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| UserError(format!("--load: running `docker load`: {e}")))?;
+    let spec = OutputSpec {
+        kind: OutputKind::Docker {
+            dest: PathBuf::from("-"),
+        },
+        compression: None,
+        level: None,
+    };
+    let mut stdin = child.stdin.take().expect("stdin was piped");
+    let written = output::write_to(store, image, tags, &spec, &mut stdin);
+    drop(stdin);
+    let status = child.wait()?;
+    written?;
+    if !status.success() {
+        return Err(UserError(format!("--load: `docker load` failed ({status})")).into());
+    }
+    Ok(())
+}
+
+fn describe(kind: &OutputKind) -> String {
+    match kind {
+        OutputKind::Docker { dest } => format!("docker archive {}", dest.display()),
+        OutputKind::Oci { dest, tar: true } => format!("OCI archive {}", dest.display()),
+        OutputKind::Oci { dest, tar: false } => format!("OCI layout {}", dest.display()),
+        OutputKind::Local { dest } => format!("rootfs {}", dest.display()),
+        OutputKind::Tar { dest } => format!("rootfs tarball {}", dest.display()),
+    }
+}
+
+fn write_file(path: &PathBuf, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("rbuild-tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("writing `{}`", tmp.display()))?;
+    f.write_all(bytes)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing `{}`", path.display()))?;
+    Ok(())
+}
+
+fn plan(_global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
+    let settings = build_settings(args)?;
+    let req = &settings.request;
+    let store = open_store(_global)?;
+    let registry = registry(_global)?;
+    let mut bases = exec::PlanResolver::new(&store, &registry, req);
+    let plan = crate::plan::plan(&req.dockerfile_text, &req.plan_options(), &mut bases)?;
+    print!("{}", crate::plan::render(&plan));
+    Ok(())
+}
+
+fn images(global: &GlobalArgs) -> anyhow::Result<()> {
+    let store = open_store(global)?;
+    let rows = output::image_rows(&store)?;
+    print!(
+        "{}",
+        output::format_images(&rows, std::time::SystemTime::now())
+    );
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! Checked settings from the raw arguments (ripgrep's low args -> high args).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::exec::{BuildRequest, NamedContext, SecretSource};
+use crate::image::{Platform, Reference};
+use crate::output::{self, OutputSpec};
+use crate::sandbox::Network;
+
+use super::{BuildArgs, UserError};
+
+/// The store directory: `--root`/RBUILD_ROOT, else /var/lib/rbuild for root, else
+/// $XDG_DATA_HOME/rbuild.
+pub fn store_root(root: Option<&Path>) -> PathBuf {
+    if let Some(root) = root {
+        return root.to_path_buf();
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/rbuild");
+    }
+    match std::env::var_os("XDG_DATA_HOME") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("rbuild"),
+        _ => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/rbuild")
+        }
+    }
+}
+
+pub struct BuildSettings {
+    pub request: BuildRequest,
+    pub outputs: Vec<OutputSpec>,
+    pub iidfile: Option<PathBuf>,
+    pub metadata_file: Option<PathBuf>,
+    pub push: bool,
+    pub load: bool,
+}
+
+fn user(msg: impl Into<String>) -> anyhow::Error {
+    UserError(msg.into()).into()
+}
+
+pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
+    let context = args.context.clone().unwrap_or_else(|| PathBuf::from("."));
+    if !context.is_dir() {
+        return Err(user(format!(
+            "build context `{}` is not a directory",
+            context.display()
+        )));
+    }
+    let context = context
+        .canonicalize()
+        .map_err(|e| user(format!("build context `{}`: {e}", context.display())))?;
+
+    let (dockerfile_name, dockerfile_path, dockerfile_text) = match args.file.as_deref() {
+        Some(p) if p == Path::new("-") => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| user(format!("reading the Dockerfile from stdin: {e}")))?;
+            ("-".to_string(), None, text)
+        }
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| user(format!("reading Dockerfile `{}`: {e}", p.display())))?;
+            let abs = p
+                .canonicalize()
+                .map_err(|e| user(format!("Dockerfile `{}`: {e}", p.display())))?;
+            (p.display().to_string(), Some(abs), text)
+        }
+        None => {
+            let p = context.join("Dockerfile");
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| user(format!("reading Dockerfile `{}`: {e}", p.display())))?;
+            ("Dockerfile".to_string(), Some(p), text)
+        }
+    };
+
+    let tags = args
+        .tags
+        .iter()
+        .map(|t| {
+            t.parse::<Reference>()
+                .map_err(|e| user(format!("-t {t}: {e}")))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let mut build_args = BTreeMap::new();
+    for a in &args.build_args {
+        match a.split_once('=') {
+            Some((k, v)) => {
+                build_args.insert(k.to_string(), v.to_string());
+            }
+            // `--build-arg KEY` takes the value from the environment, and is ignored if unset.
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    build_args.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    let mut labels = BTreeMap::new();
+    for l in &args.labels {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        labels.insert(k.to_string(), v.to_string());
+    }
+
+    let network = match args.network.as_deref() {
+        None | Some("host") | Some("default") => Network::Host,
+        Some("none") => Network::None,
+        Some(other) => return Err(user(format!("--network {other}: expected host or none"))),
+    };
+
+    let mut secrets = BTreeMap::new();
+    for s in &args.secrets {
+        let (id, source) = parse_secret(s).map_err(|e| user(format!("--secret {s}: {e}")))?;
+        secrets.insert(id, source);
+    }
+
+    let mut build_contexts = BTreeMap::new();
+    for c in &args.build_contexts {
+        let (name, value) = c
+            .split_once('=')
+            .ok_or_else(|| user(format!("--build-context {c}: expected NAME=VALUE")))?;
+        let ctx = if let Some(r) = value.strip_prefix("docker-image://") {
+            NamedContext::Image(r.to_string())
+        } else if value.contains("://") {
+            return Err(user(format!(
+                "--build-context {c}: only directories and docker-image:// are supported"
+            )));
+        } else {
+            let dir = PathBuf::from(value);
+            if !dir.is_dir() {
+                return Err(user(format!(
+                    "--build-context {c}: `{value}` is not a directory"
+                )));
+            }
+            NamedContext::Dir(dir.canonicalize()?)
+        };
+        build_contexts.insert(name.to_string(), ctx);
+    }
+
+    let platform = Platform::host();
+    if let Some(p) = &args.platform {
+        let host = platform.to_spec();
+        let plain = format!("{}/{}", platform.os, platform.architecture);
+        if p != &host && p != &plain {
+            return Err(user(format!(
+                "--platform {p}: rbuild builds for the host platform only ({host}); cross-building needs emulation it does not do"
+            )));
+        }
+    }
+
+    let source_date_epoch = match build_args
+        .get("SOURCE_DATE_EPOCH")
+        .cloned()
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
+    {
+        Some(v) if !v.is_empty() => Some(v.parse::<i64>().map_err(|_| {
+            user(format!(
+                "SOURCE_DATE_EPOCH `{v}`: expected seconds since 1970"
+            ))
+        })?),
+        _ => None,
+    };
+
+    let outputs = args
+        .outputs
+        .iter()
+        .map(|o| output::parse_output(o).map_err(|e| user(format!("--output {o}: {e}"))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.push && tags.is_empty() {
+        return Err(user("--push needs a name: add -t REGISTRY/NAME:TAG"));
+    }
+
+    Ok(BuildSettings {
+        request: BuildRequest {
+            context,
+            dockerfile_name,
+            dockerfile_path,
+            dockerfile_text,
+            tags,
+            build_args,
+            target: args.target.clone(),
+            no_cache: args.no_cache,
+            pull: args.pull,
+            labels,
+            network,
+            secrets,
+            build_contexts,
+            platform,
+            source_date_epoch,
+        },
+        outputs,
+        iidfile: args.iidfile.clone(),
+        metadata_file: args.metadata_file.clone(),
+        push: args.push,
+        load: args.load,
+    })
+}
+
+/// `id=ID,src=PATH` | `id=ID,env=VAR` (also `source=`, `type=file|env`); `id=X` alone reads
+/// the environment variable X if set, else the file X, as buildx does.
+fn parse_secret(spec: &str) -> Result<(String, SecretSource), String> {
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    let mut kind = None;
+    for field in spec.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .ok_or(format!("`{field}` is not KEY=VALUE"))?;
+        match k {
+            "id" => id = Some(v.to_string()),
+            "src" | "source" => src = Some(v.to_string()),
+            "env" => env = Some(v.to_string()),
+            "type" => kind = Some(v.to_string()),
+            other => return Err(format!("unknown key `{other}`")),
+        }
+    }
+    let id = id.ok_or("missing id=")?;
+    let source = match (src, env, kind.as_deref()) {
+        (Some(s), None, None | Some("file")) => SecretSource::File(PathBuf::from(s)),
+        (Some(s), None, Some("env")) | (None, Some(s), _) => SecretSource::Env(s),
+        (None, None, _) if std::env::var_os(&id).is_some() => SecretSource::Env(id.clone()),
+        (None, None, _) => SecretSource::File(PathBuf::from(&id)),
+        _ => return Err("give either src= or env=".to_string()),
+    };
+    if let SecretSource::File(p) = &source {
+        if !p.is_file() {
+            return Err(format!("secret file `{}` does not exist", p.display()));
+        }
+    }
+    Ok((id, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_parse_like_buildx() {
+        let (id, s) = parse_secret("id=tok,env=HOME").unwrap();
+        assert_eq!(id, "tok");
+        assert!(matches!(s, SecretSource::Env(v) if v == "HOME"));
+        let (_, s) = parse_secret("id=x,src=/etc/hostname").unwrap();
+        assert!(matches!(s, SecretSource::File(p) if p == Path::new("/etc/hostname")));
+        assert!(parse_secret("src=/etc/hostname").is_err());
+        assert!(parse_secret("id=x,src=/nonexistent/secret").is_err());
+        assert!(parse_secret("id=x,bogus=1").is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! Base images: resolving `FROM` references for the planner (store first, registry when the
+//! store lacks the tag or `--pull`), and pulling their layers into the store when a stage
+//! that needs them runs.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::image::{Descriptor, Digest, Reference};
+use crate::layer::{self, compress};
+use crate::plan::{BaseResolver, ResolvedBase};
+use crate::registry::{Client, ResolvedImage};
+use crate::store::{chain_id, ImageRecord, Store};
+
+use super::{BuildError, BuildRequest, Reporter, StepId};
+
+/// A base image as far as the build knows it: already complete in the store, or resolved in
+/// its registry with layers still to fetch.
+#[derive(Clone)]
+pub enum Known {
+    Stored(ImageRecord),
+    Remote(Box<ResolvedImage>),
+}
+
+pub struct Bases<'a> {
+    store: &'a Store,
+    registry: &'a Client,
+    pull: bool,
+    known: Mutex<HashMap<String, Known>>,
+}
+
+impl<'a> Bases<'a> {
+    pub fn new(store: &'a Store, registry: &'a Client, req: &BuildRequest) -> Bases<'a> {
+        Bases {
+            store,
+            registry,
+            pull: req.pull,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lookup(&self, reference: &str) -> Result<Known, BuildError> {
+        if let Some(k) = self.known.lock().unwrap().get(reference) {
+            return Ok(k.clone());
+        }
+        let r: Reference = reference
+            .parse()
+            .map_err(|e| BuildError::Invalid(format!("{e}")))?;
+        let known = match (self.pull, self.store.resolve(&r.to_string())?) {
+            (false, Some(record)) => Known::Stored(record),
+            // A digest reference can't change: the store's copy is as good as the registry's.
+            (true, Some(record)) if r.digest.is_some() => Known::Stored(record),
+            _ => Known::Remote(Box::new(self.registry.resolve(&r)?)),
+        };
+        self.known
+            .lock()
+            .unwrap()
+            .insert(reference.to_string(), known.clone());
+        Ok(known)
+    }
+
+    /// The base image's layers in the store, bottom first, fetching what is missing.
+    pub fn ensure(
+        &self,
+        reference: &str,
+        reporter: &dyn Reporter,
+        id: StepId,
+    ) -> Result<ImageRecord, BuildError> {
+        match self.lookup(reference)? {
+            Known::Stored(record) => Ok(record),
+            Known::Remote(resolved) => {
+                let record = fetch_into_store(self.store, self.registry, &resolved, reporter, id)?;
+                self.known
+                    .lock()
+                    .unwrap()
+                    .insert(reference.to_string(), Known::Stored(record.clone()));
+                Ok(record)
+            }
+        }
+    }
+}
+
+impl BaseResolver for Bases<'_> {
+    fn resolve(&mut self, reference: &str) -> Result<ResolvedBase, String> {
+        match self.lookup(reference).map_err(|e| e.to_string())? {
+            Known::Stored(record) => Ok(ResolvedBase {
+                id: record.manifest.digest.clone(),
+                config: record.config,
+            }),
+            Known::Remote(r) => Ok(ResolvedBase {
+                id: r.manifest_digest.clone(),
+                config: r.config.clone(),
+            }),
+        }
+    }
+}
+
+/// Fetch every missing layer of `image`, extract it, store manifest and config, and tag it,
+/// so the next build finds it offline. The tag is written last: a tag always means complete.
+pub fn fetch_into_store(
+    store: &Store,
+    registry: &Client,
+    image: &ResolvedImage,
+    reporter: &dyn Reporter,
+    id: StepId,
+) -> Result<ImageRecord, BuildError> {
+    let diff_ids = &image.config.rootfs.diff_ids;
+    if diff_ids.len() != image.manifest.layers.len() {
+        return Err(BuildError::Invalid(format!(
+            "image `{}`: manifest has {} layers but its config lists {} diff_ids",
+            image.reference,
+            image.manifest.layers.len(),
+            diff_ids.len()
+        )));
+    }
+    let mut parent: Option<Digest> = None;
+    for (desc, diff_id) in image.manifest.layers.iter().zip(diff_ids) {
+        let chain = chain_id(parent.as_ref(), diff_id);
+        if store.layer(&chain).is_none() {
+            if !store.has_blob(&desc.digest) {
+                reporter.status(id, &format!("pulling {}", desc.digest));
+                let (digest, _, ()) =
+                    store.write_blob(|w| registry.fetch_blob(&image.reference, desc, w))?;
+                if digest != desc.digest {
+                    return Err(BuildError::Invalid(format!(
+                        "pulling `{}`: blob {} arrived with digest {digest}",
+                        image.reference, desc.digest
+                    )));
+                }
+            }
+            reporter.status(id, &format!("extracting {}", desc.digest));
+            extract_layer(store, desc, diff_id, parent.as_ref())?;
+        }
+        parent = Some(chain);
+    }
+    store.put_blob_bytes(&image.config_bytes)?;
+    let manifest_digest = store.put_blob_bytes(&image.manifest_bytes)?;
+    let media_type = image
+        .manifest
+        .media_type
+        .clone()
+        .unwrap_or_else(|| crate::image::media::OCI_MANIFEST.to_string());
+    let desc = Descriptor::new(
+        &media_type,
+        manifest_digest,
+        image.manifest_bytes.len() as u64,
+    );
+    store.tag(&image.reference, &desc)?;
+    let record = store.resolve(&desc.digest.to_string())?;
+    record.ok_or_else(|| {
+        BuildError::Invalid(format!(
+            "image `{}` vanished from the store",
+            image.reference
+        ))
+    })
+}
+
+/// Extract a stored layer blob into `layers/<chain>/diff`, checking its diff_id on the way.
+pub fn extract_layer(
+    store: &Store,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    parent: Option<&Digest>,
+) -> Result<(), BuildError> {
+    let tmp = store.tmp_dir()?;
+    let dir = tmp.path().join("diff");
+    std::fs::create_dir(&dir).map_err(BuildError::io("creating", &dir))?;
+    let path = store.blob_path(&desc.digest);
+    let file = std::fs::File::open(&path).map_err(BuildError::io("opening", &path))?;
+    let plain = compress::decompressor(file).map_err(BuildError::io("reading", &path))?;
+    let mut verifying = layer::VerifyingReader::new(plain, diff_id.clone());
+    layer::apply(&mut verifying, &dir)?;
+    verifying.finish()?;
+    store.commit_layer(dir, parent, diff_id.clone(), desc.clone())?;
+    Ok(())
+}
+
+/// `rbuild pull REF`: resolve and fetch into the store.
+pub fn pull(
+    store: &Store,
+    registry: &Client,
+    reference: &Reference,
+    reporter: &dyn Reporter,
+) -> Result<ImageRecord, BuildError> {
+    let _lock = store.lock_shared()?;
+    reporter.started(1, &format!("pull {reference}"));
+    let started = std::time::Instant::now();
+    let resolved = registry.resolve(reference)?;
+    let record = fetch_into_store(store, registry, &resolved, reporter, 1)?;
+    reporter.done(1, started.elapsed());
+    Ok(record)
+}

@@ -1,0 +1,66 @@
+//! `ADD <url>`: download to a file, verify `--checksum`, and name the file as BuildKit does.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::image::{Digest, Sha256Writer};
+
+use super::BuildError;
+
+/// Download `url` to `dest`; returns the content digest, checked against `checksum` if given.
+pub fn download(url: &str, dest: &Path, checksum: Option<&str>) -> Result<Digest, BuildError> {
+    let fail = |why: String| BuildError::Invalid(format!("ADD `{url}`: {why}"));
+    let client = reqwest::blocking::Client::builder()
+        .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut response = client.get(url).send().map_err(|e| fail(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(fail(format!("HTTP {}", response.status())));
+    }
+    let file = std::fs::File::create(dest).map_err(BuildError::io("creating", dest))?;
+    let mut writer = Sha256Writer::new(std::io::BufWriter::new(file));
+    response
+        .copy_to(&mut writer)
+        .map_err(|e| fail(e.to_string()))?;
+    let (digest, _, mut inner) = writer.finish();
+    inner.flush().map_err(BuildError::io("writing", dest))?;
+    if let Some(want) = checksum {
+        let want: Digest = want.parse().map_err(|_| {
+            fail(format!(
+                "invalid --checksum `{want}`: expected sha256:<hex>"
+            ))
+        })?;
+        if want != digest {
+            return Err(fail(format!(
+                "checksum mismatch: expected {want}, got {digest}"
+            )));
+        }
+    }
+    Ok(digest)
+}
+
+/// The file name BuildKit gives a downloaded URL: the last path segment, else `index.html`.
+pub fn file_name(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let path = path.split_once("://").map_or(path, |(_, rest)| rest);
+    match path.split_once('/') {
+        Some((_, p)) => match p.rsplit('/').next() {
+            Some(name) if !name.is_empty() => name.to_string(),
+            _ => "index.html".to_string(),
+        },
+        None => "index.html".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_last_path_segment() {
+        assert_eq!(file_name("https://example.com/a/b.tar.gz?x=1"), "b.tar.gz");
+        assert_eq!(file_name("https://example.com/"), "index.html");
+        assert_eq!(file_name("https://example.com"), "index.html");
+    }
+}

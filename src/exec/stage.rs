@@ -1,0 +1,48 @@
+//! The state of a stage while its steps run: its layers so far, history and cache key.
+
+use std::path::PathBuf;
+
+use crate::image::{Digest, History};
+use crate::store::Store;
+
+use super::BuildError;
+
+#[derive(Clone, Debug)]
+pub struct StageState {
+    /// Chain ids of the layers, bottom first.
+    pub chains: Vec<Digest>,
+    pub diff_ids: Vec<Digest>,
+    pub history: Vec<History>,
+    /// The cache key of the last step (or of the base).
+    pub key: String,
+}
+
+impl StageState {
+    pub fn scratch() -> StageState {
+        StageState {
+            chains: Vec::new(),
+            diff_ids: Vec::new(),
+            history: Vec::new(),
+            key: super::base_key(None),
+        }
+    }
+
+    pub fn top(&self) -> Option<&Digest> {
+        self.chains.last()
+    }
+
+    /// The extracted layer directories, top-most first, as overlay's lowerdir wants them.
+    pub fn lowers(&self, store: &Store) -> Result<Vec<PathBuf>, BuildError> {
+        self.chains
+            .iter()
+            .rev()
+            .map(|chain| {
+                store.layer(chain).map(|l| l.diff).ok_or_else(|| {
+                    BuildError::Invalid(format!(
+                        "layer {chain} is missing from the store (run `rbuild prune`?)"
+                    ))
+                })
+            })
+            .collect()
+    }
+}
