@@ -143,7 +143,9 @@ fn check_case(name: &str) {
 
 macro_rules! cases {
     ($($name:ident),* $(,)?) => {
-        $(#[test] fn $name() { check_case(stringify!($name)); })*
+        mod case {
+            $(#[test] fn $name() { super::check_case(stringify!($name)); })*
+        }
         const CASES: &[&str] = &[$(stringify!($name)),*];
     };
 }
