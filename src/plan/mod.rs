@@ -98,6 +98,8 @@ pub struct Step {
     pub text: String,
     /// BuildKit-style history `created_by`.
     pub created_by: String,
+    /// Whether the step adds a history entry (BuildKit adds none for ONBUILD).
+    pub history: bool,
     /// What to do: RUN and COPY/ADD always make a layer, WORKDIR only if it creates the
     /// directory, Config never.
     pub op: Op,
@@ -596,15 +598,23 @@ pub(crate) mod tests {
         }
     }
 
+    /// The RUN steps of a stage.
+    fn runs(s: &Stage) -> Vec<&Step> {
+        s.steps
+            .iter()
+            .filter(|s| matches!(s.op, Op::Run(_)))
+            .collect()
+    }
+
     #[test]
     fn global_args_need_redeclaring_in_a_stage() {
         let s = one_stage("ARG V=1\nFROM a\nRUN true\nARG V\nRUN true\n", &options());
-        assert!(!run_op(&s.steps[0]).env.iter().any(|e| e.starts_with("V=")));
-        assert!(run_op(&s.steps[1]).env.contains(&"V=1".to_string()));
-        assert_eq!(
-            s.steps[1].created_by,
-            "RUN |1 V=1 /bin/sh -c true # buildkit"
-        );
+        let r = runs(&s);
+        assert!(!run_op(r[0]).env.iter().any(|e| e.starts_with("V=")));
+        assert!(run_op(r[1]).env.contains(&"V=1".to_string()));
+        assert_eq!(r[1].created_by, "RUN |1 V=1 /bin/sh -c true # buildkit");
+        assert_eq!(s.steps[1].created_by, "ARG V=1");
+        assert!(matches!(s.steps[1].op, Op::Config));
     }
 
     #[test]
@@ -615,7 +625,7 @@ pub(crate) mod tests {
         opts.build_args
             .insert("https_proxy".into(), "http://p".into());
         let p = plan("FROM a\nARG V=1\nRUN true\n", &opts, &mut FakeResolver).unwrap();
-        let step = &p.stages[0].steps[0];
+        let step = runs(&p.stages[0])[0];
         let env = &run_op(step).env;
         assert!(env.contains(&"V=9".to_string()));
         assert!(env.contains(&"https_proxy=http://p".to_string()));
@@ -632,7 +642,7 @@ pub(crate) mod tests {
             "FROM a\nENV X=env\nARG X=arg\nARG TARGETARCH\nRUN true\n",
             &options(),
         );
-        let env = &run_op(&s.steps[1]).env;
+        let env = &run_op(runs(&s)[0]).env;
         assert!(env.contains(&"X=env".to_string()));
         assert!(!env.contains(&"X=arg".to_string()));
         assert!(env.contains(&"TARGETARCH=amd64".to_string()));

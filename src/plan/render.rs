@@ -33,7 +33,11 @@ pub fn render(plan: &Plan) -> String {
         let stage_keys = keys.get(&s.index);
         for (i, step) in s.steps.iter().enumerate() {
             let _ = writeln!(out, "  {:>3}: {}", step.line, step.text);
-            let _ = writeln!(out, "       history: {}", step.created_by);
+            if step.history {
+                let _ = writeln!(out, "       history: {}", step.created_by);
+            } else {
+                let _ = writeln!(out, "       no history ({})", step.created_by);
+            }
             match &step.op {
                 Op::Run(r) => {
                     let _ = writeln!(out, "       argv: {:?}", r.argv);

@@ -47,8 +47,11 @@ struct Ctx<'a, 'b> {
 /// The scope of one stage while its instructions are walked.
 struct StageState {
     config: ImageConfig,
-    /// ARGs declared in this stage so far, in order, with their values.
+    /// ARGs declared in this stage so far, in order, with their values (latest wins).
     args: Vec<(String, Option<String>)>,
+    /// Every ARG declaration in order, repeats included (BuildKit's `d.buildArgs`, shown
+    /// as `|N K=V ...` in RUN's history).
+    arg_history: Vec<(String, Option<String>)>,
     cmd_set: bool,
 }
 
@@ -222,6 +225,7 @@ impl Ctx<'_, '_> {
         let mut st = StageState {
             config,
             args: Vec::new(),
+            arg_history: Vec::new(),
             cmd_set: false,
         };
         let mut steps = Vec::new();
@@ -233,9 +237,7 @@ impl Ctx<'_, '_> {
                     deps.insert(i);
                 }
             }
-            if let Some(step) = self.step(l, &mut st)? {
-                steps.push(step);
-            }
+            steps.push(self.step(l, &mut st)?);
         }
         Ok(Stage {
             index: pos,
@@ -257,16 +259,13 @@ impl Ctx<'_, '_> {
         expand(&self.lexer, word, scope).map_err(|k| self.src.at(line, k))
     }
 
-    fn step(&mut self, l: &Located, st: &mut StageState) -> Result<Option<Step>, PlanError> {
+    fn step(&mut self, l: &Located, st: &mut StageState) -> Result<Step, PlanError> {
         let line = l.line;
         let scope = st.scope();
         let mut images = BTreeMap::new();
         let (op, created_by) = match &l.instruction {
             Instruction::From(_) => unreachable!("stages are split at FROM"),
-            Instruction::Arg(decls) => {
-                self.declare_args(line, decls, st, &scope)?;
-                return Ok(None);
-            }
+            Instruction::Arg(decls) => (Op::Config, self.declare_args(line, decls, st, &scope)?),
             Instruction::Run(run) => {
                 let op = self.run(line, run, st, &mut images)?;
                 let created_by = format!("RUN {} # buildkit", run_command_string(&op.argv, st));
@@ -327,12 +326,14 @@ impl Ctx<'_, '_> {
                     .config
                     .exposed_ports
                     .get_or_insert_with(BTreeMap::new);
+                let mut shown = Vec::new();
                 for w in &words {
                     for port in parse_ports(w).map_err(|k| self.src.at(line, k))? {
-                        exposed.insert(port, Empty {});
+                        exposed.insert(port.clone(), Empty {});
+                        shown.push(port);
                     }
                 }
-                (Op::Config, format!("EXPOSE {}", words.join(" ")))
+                (Op::Config, format!("EXPOSE [{}]", shown.join(" ")))
             }
             Instruction::Volume(vols) => {
                 let mut out = Vec::new();
@@ -387,7 +388,7 @@ impl Ctx<'_, '_> {
             }
             Instruction::Shell(words) => {
                 st.config.config.shell = Some(words.clone());
-                (Op::Config, format!("SHELL {}", go_quote_list(words)))
+                (Op::Config, format!("SHELL [{}]", words.join(" ")))
             }
             Instruction::Cmd(form) | Instruction::Entrypoint(form) => {
                 let argv = match form {
@@ -457,14 +458,16 @@ impl Ctx<'_, '_> {
             source_date_epoch: self.opts.source_date_epoch,
             images,
         };
-        Ok(Some(Step {
+        Ok(Step {
             line,
             text: l.text.clone(),
+            // BuildKit records no history entry for ONBUILD.
+            history: !matches!(l.instruction, Instruction::Onbuild(_)),
             created_by,
             op,
             config: st.config.config.clone(),
             key,
-        }))
+        })
     }
 
     fn declare_args(
@@ -473,8 +476,9 @@ impl Ctx<'_, '_> {
         decls: &[instructions::ArgDecl],
         st: &mut StageState,
         scope: &BTreeMap<String, String>,
-    ) -> Result<(), PlanError> {
+    ) -> Result<String, PlanError> {
         let platform = platform_args(self.opts);
+        let mut shown = Vec::new();
         for d in decls {
             let name = self.ex(line, &d.name, scope)?;
             let value = if let Some(v) = self.opts.build_args.get(&name) {
@@ -490,10 +494,15 @@ impl Ctx<'_, '_> {
             } else {
                 None
             };
+            shown.push(match &value {
+                Some(v) => format!("{name}={v}"),
+                None => name.clone(),
+            });
             st.args.retain(|(k, _)| *k != name);
-            st.args.push((name, value));
+            st.args.push((name.clone(), value.clone()));
+            st.arg_history.push((name, value));
         }
-        Ok(())
+        Ok(format!("ARG {}", shown.join(" ")))
     }
 
     fn image_digest(
@@ -765,6 +774,7 @@ impl Ctx<'_, '_> {
         };
         let mut sources = Vec::new();
         let mut shown = Vec::new();
+        let mut heredoc_names = Vec::new();
         for s in &c.sources {
             match s {
                 instructions::CopySource::Path(p) => {
@@ -792,7 +802,7 @@ impl Ctx<'_, '_> {
                     } else {
                         h.content.clone()
                     };
-                    shown.push(format!("<<{}", h.name));
+                    heredoc_names.push(format!("<<{}", h.name));
                     sources.push(CopySource::Heredoc {
                         name: h.name.clone(),
                         content,
@@ -822,6 +832,18 @@ impl Ctx<'_, '_> {
                 ));
             }
         }
+        let checksum = opt_ex(&c.checksum)?;
+        if checksum.is_some() {
+            let http = matches!(sources.as_slice(), [CopySource::Url(u)] if u.starts_with("http"));
+            if !http {
+                return Err(self.src.at(
+                    line,
+                    ErrorKind::Invalid(
+                        "checksum can only be specified for a single HTTP(S) source".into(),
+                    ),
+                ));
+            }
+        }
         let mut excludes = Vec::new();
         for e in &c.excludes {
             excludes.push(self.ex(line, e, scope)?);
@@ -837,11 +859,25 @@ impl Ctx<'_, '_> {
             link: c.link,
             parents: c.parents,
             excludes,
-            checksum: opt_ex(&c.checksum)?,
+            checksum,
             keep_git_dir: c.keep_git_dir,
             unpack: c.unpack,
         };
-        let created_by = format!("{kw} {} {dest_raw} # buildkit", shown.join(" "));
+        // BuildKit's commit message: flags that change the result, paths, heredocs, dest.
+        let mut msg = vec![kw.to_string()];
+        if op.parents {
+            msg.push("--parents".into());
+        }
+        if let Some(c) = &op.chown {
+            msg.push(format!("--chown={c}"));
+        }
+        if let Some(c) = &op.chmod {
+            msg.push(format!("--chmod={c}"));
+        }
+        msg.extend(shown);
+        msg.extend(heredoc_names);
+        msg.push(dest_raw);
+        let created_by = format!("{} # buildkit", msg.join(" "));
         Ok((op, created_by))
     }
 }
@@ -850,9 +886,8 @@ impl Ctx<'_, '_> {
 fn run_command_string(argv: &[String], st: &StageState) -> String {
     let scope = st.scope();
     let args: Vec<String> = st
-        .args
+        .arg_history
         .iter()
-        .filter(|(k, _)| !PROXY_ARGS.contains(&k.as_str()))
         .map(|(k, v)| {
             let v = scope
                 .get(k)
