@@ -1,1 +1,0 @@
-test "$(cat /checked)" = hello
