@@ -17,7 +17,7 @@ use super::{BuildError, BuildRequest, Reporter, StepId};
 /// its registry with layers still to fetch.
 #[derive(Clone)]
 pub enum Known {
-    Stored(ImageRecord),
+    Stored(Box<ImageRecord>),
     Remote(Box<ResolvedImage>),
 }
 
@@ -46,9 +46,9 @@ impl<'a> Bases<'a> {
             .parse()
             .map_err(|e| BuildError::Invalid(format!("{e}")))?;
         let known = match (self.pull, self.store.resolve(&r.to_string())?) {
-            (false, Some(record)) => Known::Stored(record),
+            (false, Some(record)) => Known::Stored(Box::new(record)),
             // A digest reference can't change: the store's copy is as good as the registry's.
-            (true, Some(record)) if r.digest.is_some() => Known::Stored(record),
+            (true, Some(record)) if r.digest.is_some() => Known::Stored(Box::new(record)),
             _ => Known::Remote(Box::new(self.registry.resolve(&r)?)),
         };
         self.known
@@ -66,13 +66,13 @@ impl<'a> Bases<'a> {
         id: StepId,
     ) -> Result<ImageRecord, BuildError> {
         match self.lookup(reference)? {
-            Known::Stored(record) => Ok(record),
+            Known::Stored(record) => Ok(*record),
             Known::Remote(resolved) => {
                 let record = fetch_into_store(self.store, self.registry, &resolved, reporter, id)?;
-                self.known
-                    .lock()
-                    .unwrap()
-                    .insert(reference.to_string(), Known::Stored(record.clone()));
+                self.known.lock().unwrap().insert(
+                    reference.to_string(),
+                    Known::Stored(Box::new(record.clone())),
+                );
                 Ok(record)
             }
         }

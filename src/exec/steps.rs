@@ -273,7 +273,7 @@ impl<'a> Ctx<'a> {
             mounts.extend(self.mount(m, done, &mut env)?);
         }
         let network = match run.network {
-            NetworkMode::Default => self.req.network.clone(),
+            NetworkMode::Default => self.req.network,
             NetworkMode::None => Network::None,
             NetworkMode::Host => Network::Host,
         };
