@@ -125,9 +125,26 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             .ok_or_else(|| user(format!("--build-context {c}: expected NAME=VALUE")))?;
         let ctx = if let Some(r) = value.strip_prefix("docker-image://") {
             NamedContext::Image(r.to_string())
+        } else if let Some(layout) = value.strip_prefix("oci-layout://") {
+            // DIR[:TAG], where a ':' after the last '/' starts the tag.
+            let (dir, tag) = match layout.rsplit_once(':') {
+                Some((d, t)) if !t.contains('/') => (d, Some(t.to_string())),
+                _ => (layout, None),
+            };
+            let dir = PathBuf::from(dir);
+            if !dir.join("index.json").is_file() {
+                return Err(user(format!(
+                    "--build-context {c}: `{}` is not an OCI layout (no index.json)",
+                    dir.display()
+                )));
+            }
+            NamedContext::OciLayout {
+                dir: dir.canonicalize()?,
+                tag,
+            }
         } else if value.contains("://") {
             return Err(user(format!(
-                "--build-context {c}: only directories and docker-image:// are supported"
+                "--build-context {c}: expected a directory, docker-image://REF or oci-layout://DIR[:TAG]"
             )));
         } else {
             let dir = PathBuf::from(value);

@@ -11,7 +11,7 @@ use crate::plan::{BaseResolver, ResolvedBase};
 use crate::registry::{Client, ResolvedImage};
 use crate::store::{chain_id, ImageRecord, Store};
 
-use super::{BuildError, BuildRequest, Reporter, StepId};
+use super::{BuildError, BuildRequest, NamedContext, Reporter, StepId};
 
 /// A base image as far as the build knows it: already complete in the store, or resolved in
 /// its registry with layers still to fetch.
@@ -25,22 +25,44 @@ pub struct Bases<'a> {
     store: &'a Store,
     registry: &'a Client,
     pull: bool,
+    /// `--build-context NAME=docker-image://REF`: `FROM NAME` means REF.
+    aliases: HashMap<String, String>,
     known: Mutex<HashMap<String, Known>>,
 }
 
 impl<'a> Bases<'a> {
     pub fn new(store: &'a Store, registry: &'a Client, req: &BuildRequest) -> Bases<'a> {
+        let aliases = req
+            .build_contexts
+            .iter()
+            .filter_map(|(name, c)| match c {
+                NamedContext::Image(r) => Some((name.clone(), r.clone())),
+                _ => None,
+            })
+            .collect();
         Bases {
             store,
             registry,
             pull: req.pull,
+            aliases,
             known: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Make `name` mean an image already in the store (an `oci-layout://` context).
+    pub fn preload(&self, name: &str, record: ImageRecord) {
+        self.known
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), Known::Stored(Box::new(record)));
     }
 
     fn lookup(&self, reference: &str) -> Result<Known, BuildError> {
         if let Some(k) = self.known.lock().unwrap().get(reference) {
             return Ok(k.clone());
+        }
+        if let Some(target) = self.aliases.get(reference) {
+            return self.lookup(target);
         }
         let r: Reference = reference
             .parse()

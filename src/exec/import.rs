@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::image::{media, Descriptor, History, Platform, Reference};
+use crate::image::{
+    media, Descriptor, Digest, History, ImageConfig, Index, Manifest, Platform, Reference,
+};
 use crate::layer::{compress, Compression};
 use crate::plan::{self, BaseResolver, BuildOptions, ResolvedBase};
 use crate::store::{ImageRecord, Store};
@@ -81,4 +83,97 @@ pub fn import_rootfs(
     let record = store.put_image(&config, &[digest], Compression::Uncompressed)?;
     store.tag(reference, &record.manifest)?;
     Ok(record)
+}
+
+/// `--build-context NAME=oci-layout://DIR[:TAG]`: copy the image of an OCI layout into the
+/// store (every blob verified, layers extracted once) and return it. TAG selects the
+/// manifest by its `org.opencontainers.image.ref.name`; without one the layout must hold a
+/// single image. An index is resolved to `platform`.
+pub fn import_oci_layout(
+    store: &Store,
+    dir: &Path,
+    tag: Option<&str>,
+    platform: &Platform,
+) -> Result<ImageRecord, BuildError> {
+    let fail = |why: String| BuildError::Invalid(format!("OCI layout `{}`: {why}", dir.display()));
+    let read_blob = |desc: &Descriptor| -> Result<Vec<u8>, BuildError> {
+        let path = dir.join("blobs/sha256").join(desc.digest.hex());
+        let bytes = std::fs::read(&path).map_err(BuildError::io("reading", &path))?;
+        if Digest::of(&bytes) != desc.digest {
+            return Err(fail(format!(
+                "blob {} does not match its digest",
+                desc.digest
+            )));
+        }
+        Ok(bytes)
+    };
+    let index_path = dir.join("index.json");
+    let index: Index = serde_json::from_slice(
+        &std::fs::read(&index_path).map_err(BuildError::io("reading", &index_path))?,
+    )
+    .map_err(|e| fail(format!("index.json: {e}")))?;
+    let ref_name = |d: &Descriptor| {
+        d.annotations
+            .as_ref()
+            .and_then(|a| a.get(media::REF_NAME_ANNOTATION))
+            .cloned()
+    };
+    let mut desc = match tag {
+        Some(tag) => index
+            .manifests
+            .iter()
+            .find(|d| {
+                ref_name(d)
+                    .is_some_and(|n| n == tag || n.rsplit_once(':').is_some_and(|(_, t)| t == tag))
+            })
+            .ok_or_else(|| fail(format!("no image tagged `{tag}`")))?
+            .clone(),
+        None if index.manifests.len() == 1 => index.manifests[0].clone(),
+        None => {
+            return Err(fail(format!(
+                "holds {} images: name one with oci-layout://DIR:TAG",
+                index.manifests.len()
+            )))
+        }
+    };
+    if desc.media_type == media::OCI_INDEX || desc.media_type == media::DOCKER_MANIFEST_LIST {
+        let nested: Index =
+            serde_json::from_slice(&read_blob(&desc)?).map_err(|e| fail(format!("index: {e}")))?;
+        desc = crate::registry::platform::choose(&nested, platform)
+            .map_err(|available| {
+                fail(format!(
+                    "no image for {} (available: {})",
+                    platform.to_spec(),
+                    available.join(", ")
+                ))
+            })?
+            .clone();
+    }
+    let manifest_bytes = read_blob(&desc)?;
+    let manifest: Manifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|e| fail(format!("manifest: {e}")))?;
+    let config_bytes = read_blob(&manifest.config)?;
+    let config: ImageConfig =
+        serde_json::from_slice(&config_bytes).map_err(|e| fail(format!("config: {e}")))?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(fail(
+            "manifest and config disagree on the number of layers".to_string(),
+        ));
+    }
+    let mut parent: Option<Digest> = None;
+    for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        let chain = crate::store::chain_id(parent.as_ref(), diff_id);
+        if store.layer(&chain).is_none() {
+            if !store.has_blob(&layer.digest) {
+                let path = dir.join("blobs/sha256").join(layer.digest.hex());
+                let file = std::fs::File::open(&path).map_err(BuildError::io("opening", &path))?;
+                store.put_blob_verified(layer, file)?;
+            }
+            extract_layer(store, layer, diff_id, parent.as_ref())?;
+        }
+        parent = Some(chain);
+    }
+    store.put_blob_bytes(&config_bytes)?;
+    let digest = store.put_blob_bytes(&manifest_bytes)?;
+    Ok(store.image_by_manifest(&digest)?)
 }

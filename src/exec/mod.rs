@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub use error::BuildError;
-pub use import::import_rootfs;
+pub use import::{import_oci_layout, import_rootfs};
 pub use progress::{Reporter, Silent, StepId};
 pub use push::push;
 pub use request::{BuildRequest, NamedContext, SecretSource};
@@ -75,6 +75,14 @@ pub fn build(
 ) -> Result<BuildOutcome, BuildError> {
     let _lock = store.lock_shared()?;
     let mut bases = Bases::new(store, registry, req);
+    for (name, context) in &req.build_contexts {
+        if let NamedContext::OciLayout { dir, tag } = context {
+            bases.preload(
+                name,
+                import_oci_layout(store, dir, tag.as_deref(), &req.platform)?,
+            );
+        }
+    }
     let plan = plan::plan(&req.dockerfile_text, &req.plan_options(), &mut bases)?;
     for w in &plan.warnings {
         reporter.warn(w);

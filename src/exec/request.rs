@@ -41,7 +41,13 @@ pub enum SecretSource {
 #[derive(Debug, Clone)]
 pub enum NamedContext {
     Dir(PathBuf),
+    /// `docker-image://REF`.
     Image(String),
+    /// `oci-layout://DIR[:TAG]`: an image in an OCI layout on disk.
+    OciLayout {
+        dir: PathBuf,
+        tag: Option<String>,
+    },
 }
 
 impl BuildRequest {

@@ -362,7 +362,9 @@ impl<'a> Ctx<'a> {
             CopyFrom::Context => FsSource::Dir(self.req.context.clone()),
             CopyFrom::BuildContext(name) => match self.req.build_contexts.get(name) {
                 Some(NamedContext::Dir(dir)) => FsSource::Dir(dir.clone()),
-                Some(NamedContext::Image(r)) => self.image_source(r)?,
+                Some(NamedContext::Image(_) | NamedContext::OciLayout { .. }) => {
+                    self.image_source(name)?
+                }
                 None => {
                     return Err(BuildError::Invalid(format!(
                         "build context `{name}` was not given"
@@ -533,9 +535,9 @@ impl<'a> Ctx<'a> {
                 )?
                 .to_string())
             }
-            Some(NamedContext::Image(r)) => Ok(self
+            Some(NamedContext::Image(_) | NamedContext::OciLayout { .. }) => Ok(self
                 .bases
-                .ensure(r, self.reporter, 0)?
+                .ensure(name, self.reporter, 0)?
                 .manifest
                 .digest
                 .to_string()),

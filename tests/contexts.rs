@@ -1,0 +1,80 @@
+//! Named build contexts (`--build-context NAME=DIR|docker-image://REF|oci-layout://DIR[:TAG]`).
+
+mod support;
+
+use std::fs;
+
+use support::*;
+
+#[test]
+fn oci_layout_and_docker_image_contexts_serve_from_and_copy_from() {
+    if !e2e_ready() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    // An image written as an OCI layout directory is the base of a second build.
+    let first = t.path().join("first");
+    fs::create_dir(&first).unwrap();
+    fs::write(
+        first.join("Dockerfile"),
+        "FROM localhost:5000/busybox\nRUN echo from-layout > /marker\n",
+    )
+    .unwrap();
+    let layout = t.path().join("layout");
+    run_ok(
+        rbuild(&store)
+            .args(["-t", "ctx-first:v1", "-o"])
+            .arg(format!("type=oci,dest={},tar=false", layout.display()))
+            .arg(&first),
+    );
+
+    let second = t.path().join("second");
+    fs::create_dir(&second).unwrap();
+    fs::write(
+        second.join("Dockerfile"),
+        "FROM base\nRUN cat /marker > /seen\nCOPY --from=base /marker /copied\nCOPY --from=img /bin/busybox /bb\nCOPY --from=dir hello.txt /hello.txt\n",
+    )
+    .unwrap();
+    let dir_ctx = t.path().join("dirctx");
+    fs::create_dir(&dir_ctx).unwrap();
+    fs::write(dir_ctx.join("hello.txt"), "hello\n").unwrap();
+    let rootfs = t.path().join("rootfs");
+    // A second, empty store: the layout is the only place the base can come from.
+    run_ok(
+        rbuild(&t.path().join("store2"))
+            .arg(format!(
+                "--build-context=base=oci-layout://{}:v1",
+                layout.display()
+            ))
+            .arg("--build-context=img=docker-image://localhost:5000/busybox:latest")
+            .arg(format!("--build-context=dir={}", dir_ctx.display()))
+            .arg("-o")
+            .arg(format!("type=local,dest={}", rootfs.display()))
+            .arg(&second),
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("seen")).unwrap(),
+        "from-layout\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("copied")).unwrap(),
+        "from-layout\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("hello.txt")).unwrap(),
+        "hello\n"
+    );
+    assert!(rootfs.join("bb").is_file());
+
+    // A tag the layout does not hold is a clear error.
+    let out = run(rbuild(&t.path().join("store3"))
+        .arg(format!(
+            "--build-context=base=oci-layout://{}:nope",
+            layout.display()
+        ))
+        .arg(&second));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no image tagged `nope`"), "{stderr}");
+}
