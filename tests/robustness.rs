@@ -589,6 +589,8 @@ fn context_escapes_never_read_outside_the_context() {
         "COPY --from=ctxdir link-abs /got",
         "RUN --mount=type=bind,source=link-dir,target=/m cat /m/secret.txt > /got || true",
         "RUN --mount=type=bind,source=link-abs,target=/m cat /m > /got || true",
+        "RUN --mount=type=bind,source=link-dir/secret.txt,target=/m cat /m > /got || true",
+        "RUN --mount=type=bind,source=link-dir,target=/m,rw cat /m/secret.txt > /got || true",
         "RUN --mount=type=bind,source=../outside,target=/m cat /m/secret.txt > /got || true",
     ];
     for case in cases {
