@@ -166,6 +166,9 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     let registry = registry(global)?;
     let report = reporter(args.progress, args.quiet);
     exec::install_signal_handlers();
+    // Held until the outputs are written: a prune in between must not take the blobs of an
+    // untagged image that is still being exported.
+    let _lock = store.lock_shared()?;
     let outcome = exec::build(&store, &registry, &settings.request, &*report)?;
     let image = &outcome.image;
     let tags = &settings.request.tags;

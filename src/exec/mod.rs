@@ -37,8 +37,9 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// Turn SIGINT/SIGTERM into [`interrupted`] instead of dying mid-write. A running step gets
-/// the terminal's SIGINT itself and ends; the executor then stops and cleans up.
+/// Turn SIGINT/SIGTERM into [`interrupted`] instead of dying mid-write, and kill the running
+/// steps: a step runs in a session of its own, so a signal sent to rbuild alone (`kill -INT`,
+/// a CI runner cancelling the job) never reaches it. The executor then stops and cleans up.
 pub fn install_signal_handlers() {
     static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
     let flag = FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)));
@@ -49,7 +50,9 @@ pub fn install_signal_handlers() {
     std::thread::spawn(move || loop {
         if flag.load(Ordering::SeqCst) {
             INTERRUPTED.store(true, Ordering::SeqCst);
-            return;
+            // Keep at it: a helper started just before the executor saw the flag must not
+            // run its step to the end either.
+            crate::sandbox::terminate_all();
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     });
