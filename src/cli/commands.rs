@@ -82,7 +82,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             format,
         }) => {
             let store = open_store(&global)?;
-            let record = find_image(&store, &reference)?;
+            // The same lookup as inspect, so both accept the same names.
+            find_image(&store, &reference)?;
             let kind = match format {
                 SaveFormat::Docker => OutputKind::Docker { dest: output },
                 SaveFormat::Oci => OutputKind::Oci {
@@ -90,11 +91,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     tar: true,
                 },
             };
-            let tags: Vec<Reference> = reference.parse().into_iter().collect();
-            output::write(
+            // output::save names the image by the given tag, or by all its tags when given
+            // an id (parsing an id as a reference would name it `sha256:<hex>`).
+            output::save(
                 &store,
-                &record,
-                &tags,
+                &reference,
                 &OutputSpec {
                     kind,
                     compression: None,
