@@ -519,6 +519,23 @@ fn output_shorthands_are_docker_archive_and_local_dir() {
     assert!(files.contains_key("manifest.json") && files.contains_key("index.json"));
     assert_eq!(json(&files["manifest.json"])[0]["RepoTags"][0], b.tags[0]);
     check_tree(&dir_listing(&tree), "-o DIR");
+
+    // `-o -`: the rootfs tar on stdout, and with -q nothing else there (regression: the
+    // image id was printed after the tar). The layers are the cached ones of the shared
+    // build, so the stream equals its type=tar file byte for byte.
+    let out = run(rbuild(&b.store)
+        .args(["-q", "-o", "-"])
+        .arg(b.out.parent().unwrap().join("ctx")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == std::fs::read(b.out.join("rootfs.tar")).unwrap(),
+        "`-q -o -` differs from the type=tar file ({} bytes)",
+        out.stdout.len()
+    );
 }
 
 /// Everything a build writes that must not depend on the store or the time.

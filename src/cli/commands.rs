@@ -219,7 +219,12 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
             )
         }
     ));
-    if args.quiet || args.progress == super::ProgressMode::Quiet {
+    // `-o -` streams the output on stdout: the id would corrupt it.
+    let stdout_taken = settings.outputs.iter().any(|spec| {
+        matches!(&spec.kind, OutputKind::Docker { dest } | OutputKind::Oci { dest, .. }
+            | OutputKind::Tar { dest } if dest.as_os_str() == "-")
+    });
+    if (args.quiet || args.progress == super::ProgressMode::Quiet) && !stdout_taken {
         println!("{}", image.config_digest);
     }
     Ok(())
