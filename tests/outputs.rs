@@ -195,15 +195,36 @@ fn skopeo_manifest(image: &str) -> serde_json::Value {
 
 /// The registry's manifest of busybox:latest, as pulled by every build here.
 fn registry_busybox_manifest() -> serde_json::Value {
-    let out = run_ok(Command::new("curl").args([
+    registry_manifest("busybox", "latest")
+}
+
+/// `repo:tag`'s manifest in the local registry.
+fn registry_manifest(repo: &str, tag: &str) -> serde_json::Value {
+    json(registry_manifest_response(repo, tag, "GET").as_bytes())
+}
+
+/// The digest the local registry gives `repo:tag` (Docker-Content-Digest).
+fn registry_digest(repo: &str, tag: &str) -> String {
+    let head = registry_manifest_response(repo, tag, "HEAD");
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no digest for {repo}:{tag} in {head}"))
+}
+
+fn registry_manifest_response(repo: &str, tag: &str, method: &str) -> String {
+    run_ok(Command::new("curl").args([
         "-fsS",
+        if method == "HEAD" { "-I" } else { "-G" },
         "-H",
         "Accept: application/vnd.docker.distribution.manifest.v2+json",
         "-H",
         "Accept: application/vnd.oci.image.manifest.v1+json",
-        "http://127.0.0.1:5000/v2/busybox/manifests/latest",
-    ]));
-    json(out.as_bytes())
+        &format!("http://127.0.0.1:5000/v2/{repo}/manifests/{tag}"),
+    ]))
 }
 
 fn registry_blob(digest: &str) -> Vec<u8> {
@@ -955,6 +976,17 @@ fn push_to_registry_then_docker_pull_and_run() {
         ]));
         assert_eq!(said, "from the context\n", "{t}");
     }
+    // The base layer goes out as the registry's own blob, not recompressed.
+    let path = repo.split_once('/').unwrap().1;
+    let pushed_manifest = registry_manifest(path, "1");
+    assert_eq!(
+        pushed_manifest["layers"][0]["digest"],
+        registry_busybox_manifest()["layers"][0]["digest"]
+    );
+    assert_eq!(
+        pushed_manifest["config"]["digest"],
+        json(run_ok(rbuild_cmd(&store).args(["inspect", &tag])).as_bytes())["Id"]
+    );
     // Both tags name the same manifest; docker sees the image id rbuild built.
     let id = json(run_ok(rbuild_cmd(&store).args(["inspect", &tag])).as_bytes())["Id"].clone();
     for t in [&tag, &other] {
@@ -984,6 +1016,18 @@ fn pulled_image_is_a_base_for_offline_builds() {
         base["layers"][0]["digest"]
     );
 
+    // Pushed on unchanged, the pulled image keeps its manifest digest and image id
+    // (regression: push re-serialized the config, so the id changed).
+    let copy = unique("pulled-copy");
+    let pushed = run_ok(rbuild_cmd(&store).args([
+        "push",
+        "127.0.0.1:5000/busybox",
+        &format!("127.0.0.1:5000/{copy}:1"),
+    ]));
+    let want = registry_digest("busybox", "latest");
+    assert_eq!(pushed.trim(), format!("127.0.0.1:5000/{copy}@{want}"));
+    assert_eq!(registry_digest(&copy, "1"), want);
+
     let ctx = dir.path().join("ctx");
     std::fs::create_dir(&ctx).unwrap();
     std::fs::write(
@@ -1003,4 +1047,89 @@ fn pulled_image_is_a_base_for_offline_builds() {
         "offline\n"
     );
     assert!(local.join("bin/busybox").is_file());
+}
+
+#[test]
+fn stdout_closed_early_is_not_a_panic() {
+    if !e2e_ready() {
+        return;
+    }
+    let b = built();
+    // Regression: `rbuild inspect X | head -1` panicked in println! on EPIPE.
+    for args in [vec!["inspect", b.tags[0].as_str()], vec!["images"]] {
+        let mut child = rbuild_cmd(&b.store)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn docker_archive_names_tags_of_several_repositories() {
+    if !e2e_ready() || !skopeo_ok() {
+        return;
+    }
+    let b = built();
+    let name = unique("repos");
+    let tags = [
+        name.clone(),
+        format!("docker.io/library/{}:x", name.replace('/', "-")),
+        format!("localhost:5000/{name}:y"),
+    ];
+    let want_repo_tags = [
+        format!("{name}:latest"),
+        format!("{}:x", name.replace('/', "-")),
+        format!("localhost:5000/{name}:y"),
+    ];
+    let dir = tempdir();
+    let file = dir.path().join("d.tar");
+    let mut cmd = rbuild(&b.store);
+    for t in &tags {
+        cmd.args(["-t", t]);
+    }
+    run_ok(
+        cmd.arg("-o")
+            .arg(format!("type=docker,dest={}", file.display()))
+            .arg(b.out.parent().unwrap().join("ctx")),
+    );
+    let files = tar_files(&file);
+    let manifest = json(&files["manifest.json"]);
+    assert_eq!(manifest[0]["RepoTags"], serde_json::json!(want_repo_tags));
+    let top = manifest[0]["Layers"][3]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut want_repos = serde_json::Map::new();
+    for t in &want_repo_tags {
+        let (repo, tag) = t.rsplit_once(':').unwrap();
+        want_repos.insert(repo.to_string(), serde_json::json!({ tag: top }));
+    }
+    assert_eq!(
+        json(&files["repositories"]),
+        serde_json::Value::Object(want_repos)
+    );
+    for tag in ["latest", "x", "y"] {
+        let m = skopeo_manifest(&format!("oci-archive:{}:{tag}", file.display()));
+        assert_eq!(m["layers"].as_array().unwrap().len(), 4);
+    }
+    let loaded = run_ok(docker().args(["load", "-i"]).arg(&file));
+    for t in &want_repo_tags {
+        assert!(loaded.contains(&format!("Loaded image: {t}\n")), "{loaded}");
+    }
+    docker_rmi(
+        &want_repo_tags
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
 }
