@@ -80,7 +80,6 @@ fn rbuild_cmd(store: &Path) -> Command {
 
 /// The shared build: one image, every output kind, two tags.
 struct Built {
-    _dir: tempfile::TempDir,
     store: PathBuf,
     out: PathBuf,
     tags: [String; 2],
@@ -90,13 +89,16 @@ struct Built {
 fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let dir = tempdir();
-        let ctx = context(dir.path());
-        let store = dir.path().join("store");
-        let out = dir.path().join("out");
+        // A static is never dropped: a fixed directory, emptied by the next run.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("outputs-shared");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ctx = context(&dir);
+        let store = dir.join("store");
+        let out = dir.join("out");
         let name = unique("shared");
         let tags = [format!("{name}:1"), format!("{name}:2")];
-        let iid = dir.path().join("iid");
+        let iid = dir.join("iid");
         run_ok(
             rbuild(&store)
                 .args(["-t", &tags[0], "-t", &tags[1]])
@@ -125,7 +127,6 @@ fn built() -> &'static Built {
         );
         let image_id = std::fs::read_to_string(&iid).unwrap().trim().to_string();
         Built {
-            _dir: dir,
             store,
             out,
             tags,
