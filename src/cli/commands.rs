@@ -27,7 +27,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&global)?;
             for image in images {
                 for r in store.rmi(&image, false)? {
-                    println!("Untagged: {}", r.familiar());
+                    stdout_line(&format!("Untagged: {}", r.familiar()))?;
                 }
             }
             Ok(())
@@ -35,13 +35,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Prune { all }) => {
             let store = open_store(&global)?;
             let stats = store.prune(all)?;
-            println!(
+            stdout_line(&format!(
                 "Deleted {} cache records, {} layers, {} blobs; reclaimed {}",
                 stats.cache_records,
                 stats.layers,
                 stats.blobs,
                 output::human_size(stats.bytes)
-            );
+            ))?;
             Ok(())
         }
         Some(Command::Pull { reference }) => {
@@ -53,7 +53,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &r,
                 &*reporter(super::ProgressMode::Auto, false),
             )?;
-            println!("{}", record.manifest.digest);
+            stdout_line(&record.manifest.digest.to_string())?;
             Ok(())
         }
         Some(Command::Push {
@@ -73,7 +73,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &dest,
                 &*reporter(super::ProgressMode::Auto, false),
             )?;
-            println!("{}@{digest}", dest.name());
+            stdout_line(&format!("{}@{digest}", dest.name()))?;
             Ok(())
         }
         Some(Command::Save {
@@ -82,7 +82,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             format,
         }) => {
             let store = open_store(&global)?;
-            let record = find_image(&store, &reference)?;
+            // The same lookup as inspect, so both accept the same names.
+            find_image(&store, &reference)?;
             let kind = match format {
                 SaveFormat::Docker => OutputKind::Docker { dest: output },
                 SaveFormat::Oci => OutputKind::Oci {
@@ -90,11 +91,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     tar: true,
                 },
             };
-            let tags: Vec<Reference> = reference.parse().into_iter().collect();
-            output::write(
+            // output::save names the image by the given tag, or by all its tags when given
+            // an id (parsing an id as a reference would name it `sha256:<hex>`).
+            output::save(
                 &store,
-                &record,
-                &tags,
+                &reference,
                 &OutputSpec {
                     kind,
                     compression: None,
@@ -109,7 +110,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &store,
                 &find_image(&store, &reference)?.manifest.digest.to_string(),
             )?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            stdout_line(&serde_json::to_string_pretty(&v)?)?;
             Ok(())
         }
         Some(Command::Import {
@@ -123,7 +124,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .ok()
                 .and_then(|v| v.parse().ok());
             let record = exec::import_rootfs(&store, &tarball, &r, &changes, sde)?;
-            println!("{}", record.config_digest);
+            stdout_line(&record.config_digest.to_string())?;
             Ok(())
         }
         Some(Command::SandboxHelper) => crate::sandbox::helper_main(),
@@ -221,8 +222,13 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
             )
         }
     ));
-    if args.quiet || args.progress == super::ProgressMode::Quiet {
-        println!("{}", image.config_digest);
+    // `-o -` streams the output on stdout: the id would corrupt it.
+    let stdout_taken = settings.outputs.iter().any(|spec| {
+        matches!(&spec.kind, OutputKind::Docker { dest } | OutputKind::Oci { dest, .. }
+            | OutputKind::Tar { dest } if dest.as_os_str() == "-")
+    });
+    if (args.quiet || args.progress == super::ProgressMode::Quiet) && !stdout_taken {
+        stdout_line(&image.config_digest.to_string())?;
     }
     Ok(())
 }
@@ -283,16 +289,27 @@ fn plan(_global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     let registry = registry(_global)?;
     let mut bases = exec::PlanResolver::new(&store, &registry, req);
     let plan = crate::plan::plan(&req.dockerfile_text, &req.plan_options(), &mut bases)?;
-    print!("{}", crate::plan::render(&plan));
+    stdout_text(&crate::plan::render(&plan))?;
     Ok(())
 }
 
 fn images(global: &GlobalArgs) -> anyhow::Result<()> {
     let store = open_store(global)?;
     let rows = output::image_rows(&store)?;
-    print!(
-        "{}",
-        output::format_images(&rows, std::time::SystemTime::now())
-    );
+    stdout_text(&output::format_images(&rows, std::time::SystemTime::now()))?;
     Ok(())
+}
+
+/// Print to stdout; a closed pipe (`rbuild inspect X | head -1`) ends the output quietly
+/// instead of panicking as `println!` does.
+fn stdout_text(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn stdout_line(text: &str) -> anyhow::Result<()> {
+    stdout_text(&format!("{text}\n"))
 }

@@ -1,9 +1,9 @@
 //! `--push` and `rbuild push`: publish an image from the store with gzip layers.
 
-use crate::image::Reference;
+use crate::image::{canonical_json, media, Descriptor, Manifest, Reference};
 use crate::layer::Compression;
 use crate::registry::Client;
-use crate::store::Store;
+use crate::store::{ImageRecord, Store};
 
 use super::{BuildError, Reporter};
 
@@ -22,19 +22,69 @@ pub fn push(
     let id = 1_000_000;
     reporter.started(id, &format!("pushing {dest}"));
     let started = std::time::Instant::now();
-    // Registries and docker expect compressed layers: a gzip manifest of the same image.
-    let gz = store.put_image(&record.config, &record.chains, Compression::Gzip)?;
-    for desc in gz
-        .manifest_body
+    let (media_type, manifest, bytes) = match pushable_as_stored(store, &record)? {
+        Some(bytes) => (
+            record.manifest.media_type.clone(),
+            record.manifest_body.clone(),
+            bytes,
+        ),
+        None => gzip_manifest(store, &record)?,
+    };
+    for desc in manifest
         .layers
         .iter()
-        .chain(std::iter::once(&gz.manifest_body.config))
+        .chain(std::iter::once(&manifest.config))
     {
         reporter.status(id, &format!("pushing {}", desc.digest));
         registry.push_blob(dest, desc, &store.blob_path(&desc.digest), None)?;
     }
-    let bytes = store.read_blob(&gz.manifest.digest)?;
-    let digest = registry.push_manifest(dest, &gz.manifest.media_type, &bytes)?;
+    let digest = registry.push_manifest(dest, &media_type, &bytes)?;
     reporter.done(id, started.elapsed());
     Ok(digest)
+}
+
+/// The stored manifest's bytes when it can go out unchanged: every layer gzip-compressed and
+/// present. A pulled image then keeps its digest through `pull` + `push`.
+fn pushable_as_stored(store: &Store, record: &ImageRecord) -> Result<Option<Vec<u8>>, BuildError> {
+    let gzip = |d: &Descriptor| {
+        matches!(
+            d.media_type.as_str(),
+            media::OCI_LAYER_GZIP | media::DOCKER_LAYER_GZIP
+        )
+    };
+    let layers = &record.manifest_body.layers;
+    if !layers.iter().all(|d| gzip(d) && store.has_blob(&d.digest))
+        || !store.has_blob(&record.config_digest)
+    {
+        return Ok(None);
+    }
+    Ok(Some(store.read_blob(&record.manifest.digest)?))
+}
+
+/// An OCI manifest of the image with gzip layers (made where missing) and the stored config
+/// blob itself: re-serializing the config would change a pulled image's id.
+fn gzip_manifest(
+    store: &Store,
+    record: &ImageRecord,
+) -> Result<(String, Manifest, Vec<u8>), BuildError> {
+    let layers = record
+        .chains
+        .iter()
+        .map(|chain| store.layer_blob(chain, Compression::Gzip))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config_size = std::fs::metadata(store.blob_path(&record.config_digest))
+        .map_err(BuildError::io(
+            "reading",
+            store.blob_path(&record.config_digest),
+        ))?
+        .len();
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(media::OCI_MANIFEST.to_string()),
+        config: Descriptor::new(media::OCI_CONFIG, record.config_digest.clone(), config_size),
+        layers,
+        annotations: None,
+    };
+    let bytes = canonical_json(&manifest);
+    Ok((media::OCI_MANIFEST.to_string(), manifest, bytes))
 }

@@ -166,7 +166,12 @@ pub fn save(store: &Store, reference_or_id: &str, spec: &OutputSpec) -> Result<(
         .ok_or_else(|| OutputError::NoSuchImage(reference_or_id.to_string()))?;
     let all_tags = store.tags()?;
     let named: Vec<Reference> = match reference_or_id.parse::<Reference>() {
-        Ok(r) if all_tags.iter().any(|(t, _)| *t == r) => vec![r],
+        // Compared as strings, as Store::resolve does (`busybox` means `busybox:latest`).
+        Ok(r) if all_tags.iter().any(|(t, _)| t.to_string() == r.to_string()) => all_tags
+            .into_iter()
+            .filter(|(t, _)| t.to_string() == r.to_string())
+            .map(|(t, _)| t)
+            .collect(),
         _ => all_tags
             .into_iter()
             .filter(|(_, d)| d.digest == image.manifest.digest)
