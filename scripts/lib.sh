@@ -33,6 +33,7 @@ ensure_dockerd() {
 make_busybox_rootfs() {
   local out=$1 root
   root=$(mktemp -d)
+  chmod 755 "$root"   # mktemp makes it 0700: the image's / would be unreadable to users
   mkdir -p "$root"/{bin,etc,tmp,root,home/user}
   cp /bin/busybox "$root/bin/busybox"
   chroot "$root" /bin/busybox --install -s /bin

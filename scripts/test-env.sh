@@ -31,13 +31,16 @@ fi
 
 have_image() { curl -fsS -o /dev/null 2>/dev/null "http://$REGISTRY/v2/$1/manifests/$2"; }
 
-# busybox: a rootfs from busybox-static, with a uid 1000 user for USER tests.
-if ! have_image busybox latest; then
+# busybox: a rootfs from busybox-static, with a uid 1000 user for USER tests. The marker
+# names the recipe's version, so a changed recipe re-seeds a registry kept between runs.
+BUSYBOX_RECIPE=$STATE/busybox.recipe-2
+if ! have_image busybox latest || [[ ! -f $BUSYBOX_RECIPE ]]; then
   log "seeding $REGISTRY/busybox:latest"
   make_busybox_rootfs "$STATE/busybox-rootfs.tar"
   $DOCKER import -c "$BASE_ENV" \
     -c 'CMD ["sh"]' "$STATE/busybox-rootfs.tar" "localhost:5000/busybox:latest" >/dev/null
   $DOCKER push -q "localhost:5000/busybox:latest" >/dev/null
+  touch "$BUSYBOX_RECIPE"
 fi
 
 # debian:bookworm from debootstrap (cached as a tarball between runs), for the apt examples.
