@@ -13,6 +13,8 @@ pub struct StageState {
     pub chains: Vec<Digest>,
     pub diff_ids: Vec<Digest>,
     pub history: Vec<History>,
+    /// How many history entries came from the base image (the rest are this build's).
+    pub base_history: usize,
     /// The cache key of the last step (or of the base).
     pub key: String,
 }
@@ -23,6 +25,7 @@ impl StageState {
             chains: Vec::new(),
             diff_ids: Vec::new(),
             history: Vec::new(),
+            base_history: 0,
             key: super::base_key(None),
         }
     }

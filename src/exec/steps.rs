@@ -100,6 +100,7 @@ impl<'a> Ctx<'a> {
             chains: record.chains.clone(),
             diff_ids: record.config.rootfs.diff_ids.clone(),
             history: record.config.history.clone(),
+            base_history: record.config.history.len(),
             key: super::base_key(Some(&record.manifest.digest)),
         })
     }
@@ -122,11 +123,7 @@ impl<'a> Ctx<'a> {
                 ..Default::default()
             };
             if matches!(step.op, Op::Config) {
-                state.key = plan::cache_key(&state.key, &step.key, None);
-                state.history.push(History {
-                    empty_layer: true,
-                    ..history
-                });
+                self.config_step(step, &mut state, history)?;
                 continue;
             }
             let id = self.new_id();
@@ -143,6 +140,51 @@ impl<'a> Ctx<'a> {
             }
         }
         Ok(state)
+    }
+
+    /// A step that only changes the config. It is cached too, so its history entry keeps
+    /// the time it was first built and a fully cached rebuild gives the same image id, as
+    /// under BuildKit.
+    fn config_step(
+        &mut self,
+        step: &Step,
+        state: &mut StageState,
+        history: History,
+    ) -> Result<(), BuildError> {
+        let key = plan::cache_key(&state.key, &step.key, None);
+        let cached = if self.req.no_cache {
+            None
+        } else {
+            self.store.get_cache(&key)
+        };
+        let history = match cached {
+            Some(rec) => History {
+                created: rec.history.created,
+                ..history
+            },
+            None => {
+                let history = History {
+                    empty_layer: true,
+                    ..history
+                };
+                let record = CacheRecord {
+                    chain: state.top().cloned(),
+                    new_layer: false,
+                    config: ImageConfig::default(),
+                    history: history.clone(),
+                };
+                self.store.put_cache(&key, &record)?;
+                history
+            }
+        };
+        if step.history {
+            state.history.push(History {
+                empty_layer: true,
+                ..history
+            });
+        }
+        state.key = key;
+        Ok(())
     }
 
     /// One filesystem step; Ok(true) when it came from the cache.
@@ -387,6 +429,7 @@ impl<'a> Ctx<'a> {
             chains: record.chains.clone(),
             diff_ids: Vec::new(),
             history: Vec::new(),
+            base_history: 0,
             key: String::new(),
         };
         Ok(FsSource::Layers(state.lowers(self.store)?))
@@ -666,7 +709,14 @@ impl<'a> Ctx<'a> {
     ) -> Result<ImageRecord, BuildError> {
         let _ = self.stat_cache.save(&self.stat_cache_path);
         let mut config = stage.config.clone();
-        config.created = Some(self.created.clone());
+        // The image is as old as its newest step: a cached rebuild keeps the image id.
+        let newest = state
+            .history
+            .iter()
+            .skip(state.base_history)
+            .filter_map(|h| h.created.clone())
+            .max();
+        config.created = Some(newest.unwrap_or_else(|| self.created.clone()));
         config.architecture = self.req.platform.architecture.clone();
         config.os = self.req.platform.os.clone();
         config.variant = self.req.platform.variant.clone();
