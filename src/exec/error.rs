@@ -41,6 +41,9 @@ pub enum BuildError {
     Invalid(String),
     #[error("interrupted")]
     Interrupted,
+    /// Another stage building in parallel failed first; its error is the build's.
+    #[error("cancelled: another stage of the build failed")]
+    Cancelled,
 }
 
 impl BuildError {

@@ -13,7 +13,7 @@ mod steps;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 pub use error::BuildError;
 pub use import::{import_oci_layout, import_rootfs};
@@ -22,7 +22,7 @@ pub use push::push;
 pub use request::{BuildRequest, NamedContext, SecretSource};
 
 use crate::image::{canonical_json, Digest};
-use crate::plan::{self, Base};
+use crate::plan::{self, Base, Plan, Stage};
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
 
@@ -91,20 +91,19 @@ pub fn build(
         reporter.warn(w);
     }
 
-    let mut ctx = steps::Ctx::new(store, req, reporter, &bases)?;
+    let mut ctx = steps::Ctx::new(store, req, reporter, &bases, stage_names(&plan))?;
     let mut done: BTreeMap<usize, StageState> = BTreeMap::new();
-    for stage in &plan.stages {
+    for wave in plan.waves() {
         check_interrupted()?;
-        let state = match &stage.base {
-            Base::Scratch => StageState::scratch(),
-            Base::Image { reference, .. } => ctx.base_image_state(reference, stage)?,
-            Base::Stage(i) => done
-                .get(i)
-                .cloned()
-                .expect("the plan orders a stage's base before it"),
+        let stages: Vec<&Stage> = wave
+            .iter()
+            .map(|i| plan.stage(*i).expect("waves hold planned stages"))
+            .collect();
+        let built = match stages[..] {
+            [stage] => vec![(stage.index, build_stage(&mut ctx, stage, &done)?)],
+            _ => build_parallel(&mut ctx, &stages, &done)?,
         };
-        let state = ctx.run_stage(stage, state, &done)?;
-        done.insert(stage.index, state);
+        done.extend(built);
     }
     let target = &plan.stages[plan.target];
     let state = done
@@ -120,6 +119,103 @@ pub fn build(
         executed: ctx.executed,
         warnings: plan.warnings.clone(),
     })
+}
+
+/// Whether progress labels name the stage, as BuildKit's: not when the Dockerfile has a single
+/// stage and it copies or mounts from no image or named context (BuildKit counts those as
+/// stages too).
+fn stage_names(plan: &Plan) -> bool {
+    let external_copy = |op: &plan::Op| match op {
+        plan::Op::Copy(c) => matches!(
+            c.from,
+            plan::CopyFrom::Image(_) | plan::CopyFrom::BuildContext(_)
+        ),
+        plan::Op::Run(r) => r.mounts.iter().any(|m| {
+            matches!(
+                m.from,
+                Some(plan::MountFrom::Image(_) | plan::MountFrom::BuildContext(_))
+            )
+        }),
+        _ => false,
+    };
+    plan.stages_in_file > 1
+        || plan
+            .stages
+            .iter()
+            .any(|s| s.steps.iter().any(|step| external_copy(&step.op)))
+}
+
+/// One stage from its base to its last step; `done` holds the finished stages by index.
+fn build_stage(
+    ctx: &mut steps::Ctx,
+    stage: &Stage,
+    done: &BTreeMap<usize, StageState>,
+) -> Result<StageState, BuildError> {
+    let state = match &stage.base {
+        Base::Scratch => StageState::scratch(),
+        Base::Image { reference, .. } => ctx.base_image_state(reference, stage)?,
+        Base::Stage(i) => done
+            .get(i)
+            .cloned()
+            .expect("waves build a stage's base before it"),
+    };
+    ctx.run_stage(stage, state, done)
+}
+
+/// Stages that don't depend on each other, each on a thread of its own with its own step
+/// context. The sandbox ties a RUN's container to the thread that started it, so the
+/// threads are scoped: they outlive every step they run. The first stage to fail cancels
+/// the others (they stop before their next step) and its error is the build's.
+fn build_parallel(
+    ctx: &mut steps::Ctx,
+    stages: &[&Stage],
+    done: &BTreeMap<usize, StageState>,
+) -> Result<Vec<(usize, StageState)>, BuildError> {
+    let first_error: Mutex<Option<BuildError>> = Mutex::new(None);
+    let finished = std::thread::scope(|scope| {
+        let threads: Vec<_> = stages
+            .iter()
+            .map(|&stage| {
+                let mut stage_ctx = ctx.fork();
+                let first_error = &first_error;
+                scope.spawn(move || {
+                    let state = match build_stage(&mut stage_ctx, stage, done) {
+                        Ok(state) => Some(state),
+                        Err(e) => {
+                            // Record before cancelling: a stage cancelled by this error
+                            // then always finds it in place and its own is dropped.
+                            first_error
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .get_or_insert(e);
+                            stage_ctx.cancel();
+                            None
+                        }
+                    };
+                    (stage.index, state, stage_ctx)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut built = Vec::new();
+    for (index, state, stage_ctx) in finished {
+        ctx.absorb(stage_ctx);
+        built.extend(state.map(|s| (index, s)));
+    }
+    match first_error
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+    {
+        Some(e) => Err(e),
+        None => Ok(built),
+    }
 }
 
 fn check_interrupted() -> Result<(), BuildError> {

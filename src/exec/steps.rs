@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::context::copier::{CopyJob, CopySrc};
@@ -27,19 +29,32 @@ const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 /// The hostname RUN steps see, as under BuildKit.
 const HOSTNAME: &str = "buildkitsandbox";
 
+/// A step context: one per stage building at a time (see [`Ctx::fork`]).
 pub struct Ctx<'a> {
     store: &'a Store,
     req: &'a BuildRequest,
     reporter: &'a dyn Reporter,
     bases: &'a Bases<'a>,
     ignore: IgnoreMatcher,
-    stat_cache: StatCache,
+    shared: Arc<Shared>,
     stat_cache_path: PathBuf,
     created: String,
+    /// Whether progress labels carry the stage name: BuildKit leaves it out when the
+    /// Dockerfile has a single stage and nothing else to build from.
+    stage_names: bool,
     secrets_dir: Option<tempfile::TempDir>,
-    next_id: StepId,
     pub cached: usize,
     pub executed: usize,
+}
+
+/// What the contexts of stages building in parallel share.
+struct Shared {
+    /// Held while a context digest runs: contexts are hashed one at a time.
+    stat_cache: Mutex<StatCache>,
+    /// Step numbers (`#N`) are unique across the build.
+    next_id: AtomicUsize,
+    /// Set when a stage failed: the others stop before their next step.
+    cancelled: AtomicBool,
 }
 
 impl<'a> Ctx<'a> {
@@ -48,6 +63,7 @@ impl<'a> Ctx<'a> {
         req: &'a BuildRequest,
         reporter: &'a dyn Reporter,
         bases: &'a Bases<'a>,
+        stage_names: bool,
     ) -> Result<Ctx<'a>, BuildError> {
         let ignore = IgnoreMatcher::load(&req.context, req.dockerfile_path.as_deref())?;
         let stat_cache_path = store.root().join("statcache.json");
@@ -64,20 +80,76 @@ impl<'a> Ctx<'a> {
             reporter,
             bases,
             ignore,
-            stat_cache,
+            shared: Arc::new(Shared {
+                stat_cache: Mutex::new(stat_cache),
+                next_id: AtomicUsize::new(1),
+                cancelled: AtomicBool::new(false),
+            }),
             stat_cache_path,
             created,
+            stage_names,
             secrets_dir: None,
-            next_id: 1,
             cached: 0,
             executed: 0,
         })
     }
 
+    /// A context for another stage building at the same time: it shares the step numbering,
+    /// the stat cache and the cancellation flag; its counters start at zero (see
+    /// [`Ctx::absorb`]).
+    pub fn fork(&self) -> Ctx<'a> {
+        Ctx {
+            store: self.store,
+            req: self.req,
+            reporter: self.reporter,
+            bases: self.bases,
+            ignore: self.ignore.clone(),
+            shared: self.shared.clone(),
+            stat_cache_path: self.stat_cache_path.clone(),
+            created: self.created.clone(),
+            stage_names: self.stage_names,
+            secrets_dir: None,
+            cached: 0,
+            executed: 0,
+        }
+    }
+
+    /// Add the counters of a forked context that finished.
+    pub fn absorb(&mut self, other: Ctx<'a>) {
+        self.cached += other.cached;
+        self.executed += other.executed;
+    }
+
+    /// Stop the other stages before their next step (a stage failed).
+    pub fn cancel(&self) {
+        self.shared.cancelled.store(true, Ordering::SeqCst);
+    }
+
     fn new_id(&mut self) -> StepId {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
+        self.shared.next_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn stat_cache(&self) -> std::sync::MutexGuard<'_, StatCache> {
+        // A poisoned lock means a panic elsewhere, which ends the build anyway.
+        self.shared
+            .stat_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `[build 2/5] ` as BuildKit shows a stage's step: `n` of the stage's vertices.
+    fn label(&self, stage: &Stage, n: usize, text: &str) -> String {
+        let total = usize::from(matches!(stage.base, plan::Base::Image { .. }))
+            + stage
+                .steps
+                .iter()
+                .filter(|s| !matches!(s.op, Op::Config))
+                .count();
+        if self.stage_names {
+            format!("[{} {n}/{total}] {text}", stage_label(stage))
+        } else {
+            format!("[{n}/{total}] {text}")
+        }
     }
 
     /// The state a stage starts from when its base is an image: its layers pulled if needed.
@@ -87,11 +159,7 @@ impl<'a> Ctx<'a> {
         stage: &Stage,
     ) -> Result<StageState, BuildError> {
         let id = self.new_id();
-        let label = format!(
-            "[{} 1/{}] FROM {reference}",
-            stage_label(stage),
-            stage.steps.len() + 1
-        );
+        let label = self.label(stage, 1, &format!("FROM {reference}"));
         self.reporter.started(id, &label);
         let started = Instant::now();
         let record = self.bases.ensure(reference, self.reporter, id)?;
@@ -112,9 +180,13 @@ impl<'a> Ctx<'a> {
         mut state: StageState,
         done: &BTreeMap<usize, StageState>,
     ) -> Result<StageState, BuildError> {
-        let total = stage.steps.len() + 1;
-        for (i, step) in stage.steps.iter().enumerate() {
+        // The FROM of an image is the stage's first vertex; config-only steps are none.
+        let mut n = usize::from(matches!(stage.base, plan::Base::Image { .. }));
+        for step in &stage.steps {
             check_interrupted()?;
+            if self.shared.cancelled.load(Ordering::SeqCst) {
+                return Err(BuildError::Cancelled);
+            }
             let history = History {
                 created: Some(self.created.clone()),
                 created_by: Some(step.created_by.clone()),
@@ -126,8 +198,9 @@ impl<'a> Ctx<'a> {
                 self.config_step(step, &mut state, history)?;
                 continue;
             }
+            n += 1;
             let id = self.new_id();
-            let label = format!("[{} {}/{}] {}", stage_label(stage), i + 2, total, step.text);
+            let label = self.label(stage, n, &step.text);
             self.reporter.started(id, &label);
             let started = Instant::now();
             match self.step(stage, step, &mut state, done, history, id) {
@@ -574,7 +647,7 @@ impl<'a> Ctx<'a> {
                     &none,
                     &excludes,
                     true,
-                    &mut self.stat_cache,
+                    &mut self.stat_cache(),
                 )?
                 .to_string())
             }
@@ -618,7 +691,7 @@ impl<'a> Ctx<'a> {
                                 &self.ignore,
                                 &excludes,
                                 true,
-                                &mut self.stat_cache,
+                                &mut self.stat_cache(),
                             )?;
                             parts.push(d.to_string());
                         }
@@ -673,7 +746,7 @@ impl<'a> Ctx<'a> {
                                 &self.ignore,
                                 &none,
                                 true,
-                                &mut self.stat_cache,
+                                &mut self.stat_cache(),
                             )?;
                             parts.push(d.to_string());
                         }
@@ -707,7 +780,7 @@ impl<'a> Ctx<'a> {
         stage: &Stage,
         state: StageState,
     ) -> Result<ImageRecord, BuildError> {
-        let _ = self.stat_cache.save(&self.stat_cache_path);
+        let _ = self.stat_cache().save(&self.stat_cache_path);
         let mut config = stage.config.clone();
         // The image is as old as its newest step: a cached rebuild keeps the image id.
         let newest = state

@@ -61,6 +61,8 @@ pub struct Plan {
     /// Index into `stages`.
     pub target: usize,
     pub warnings: Vec<String>,
+    /// How many stages the Dockerfile has, needed or not.
+    pub stages_in_file: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -146,6 +146,7 @@ pub(crate) fn plan_stages(
         stages,
         target,
         warnings,
+        stages_in_file: graph.stages.len(),
     })
 }
 
