@@ -81,6 +81,7 @@ pub fn build(
     }
 
     let mut ctx = steps::Ctx::new(store, req, reporter, &bases)?;
+    ctx.multi_stage = plan.stage_count > 1;
     let mut done: BTreeMap<usize, StageState> = BTreeMap::new();
     for stage in &plan.stages {
         check_interrupted()?;

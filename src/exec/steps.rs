@@ -17,6 +17,7 @@ use crate::sandbox::{self, FsSource, Mount, Network, Overlay, RunSpec};
 use crate::store::{CacheRecord, ImageRecord, Store};
 
 use super::base::Bases;
+use super::error::OutputTail;
 use super::stage::StageState;
 use super::{
     check_interrupted, BuildError, BuildRequest, NamedContext, Reporter, SecretSource, StepId,
@@ -24,6 +25,8 @@ use super::{
 
 /// BuildKit's history comment on every step it writes.
 const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
+/// How many of a failed RUN's last output lines its error repeats.
+const FAILED_OUTPUT_LINES: usize = 10;
 /// The hostname RUN steps see, as under BuildKit.
 const HOSTNAME: &str = "buildkitsandbox";
 
@@ -38,6 +41,8 @@ pub struct Ctx<'a> {
     created: String,
     secrets_dir: Option<tempfile::TempDir>,
     next_id: StepId,
+    /// Whether the Dockerfile has several stages: step labels then carry the stage's name.
+    pub multi_stage: bool,
     pub cached: usize,
     pub executed: usize,
 }
@@ -69,6 +74,7 @@ impl<'a> Ctx<'a> {
             created,
             secrets_dir: None,
             next_id: 1,
+            multi_stage: true,
             cached: 0,
             executed: 0,
         })
@@ -88,9 +94,8 @@ impl<'a> Ctx<'a> {
     ) -> Result<StageState, BuildError> {
         let id = self.new_id();
         let label = format!(
-            "[{} 1/{}] FROM {reference}",
-            stage_label(stage),
-            stage.steps.len() + 1
+            "{} FROM {reference}",
+            step_prefix(stage, self.multi_stage, 1, stage.steps.len() + 1)
         );
         self.reporter.started(id, &label);
         let started = Instant::now();
@@ -130,14 +135,23 @@ impl<'a> Ctx<'a> {
                 continue;
             }
             let id = self.new_id();
-            let label = format!("[{} {}/{}] {}", stage_label(stage), i + 2, total, step.text);
+            let label = format!(
+                "{} {}",
+                step_prefix(stage, self.multi_stage, i + 2, total),
+                step.text
+            );
             self.reporter.started(id, &label);
             let started = Instant::now();
             match self.step(stage, step, &mut state, done, history, id) {
                 Ok(true) => self.reporter.cached(id),
                 Ok(false) => self.reporter.done(id, started.elapsed()),
                 Err(e) => {
-                    self.reporter.failed(id, started.elapsed(), &e.to_string());
+                    // The reporter has shown the step's output already: only the reason here.
+                    let reason = match &e {
+                        BuildError::Step { message, .. } => message.clone(),
+                        e => e.to_string(),
+                    };
+                    self.reporter.failed(id, started.elapsed(), &reason);
                     return Err(e);
                 }
             }
@@ -265,6 +279,7 @@ impl<'a> Ctx<'a> {
                 message:
                     "RUN --security=insecure is not supported: rbuild does not run privileged steps"
                         .to_string(),
+                output: Vec::new(),
             });
         }
         let mut env = run.env.clone();
@@ -293,7 +308,11 @@ impl<'a> Ctx<'a> {
                 .collect(),
         };
         let reporter = self.reporter;
-        let exit = sandbox::run(&spec, &mut |bytes| reporter.output(id, bytes))?;
+        let mut tail = OutputTail::new(FAILED_OUTPUT_LINES);
+        let exit = sandbox::run(&spec, &mut |bytes| {
+            tail.push(bytes);
+            reporter.output(id, bytes)
+        })?;
         check_interrupted()?;
         match exit.failure_message(&run.argv) {
             None => Ok(()),
@@ -302,6 +321,7 @@ impl<'a> Ctx<'a> {
                 line: step.line,
                 text: step.text.clone(),
                 message,
+                output: tail.finish(),
             }),
         }
     }
@@ -472,6 +492,11 @@ impl<'a> Ctx<'a> {
                 };
                 if let Some(name) = &m.env {
                     env.push(format!("{name}={}", String::from_utf8_lossy(&value)));
+                }
+                // `env=` without `target=` exposes the secret only as a variable (BuildKit);
+                // the plan leaves the target empty then.
+                if target.is_empty() {
+                    return Ok(None);
                 }
                 let source = self.secret_file(&id, &value)?;
                 Mount::Secret {
@@ -705,13 +730,17 @@ fn apply_record(state: &mut StageState, rec: &CacheRecord, key: String) {
     state.key = key;
 }
 
-/// `[stage 2/5]` as BuildKit labels a step: the stage name, `stage-N` for an unnamed stage in
-/// a multi-stage file, nothing for a single unnamed stage.
-fn stage_label(stage: &Stage) -> String {
-    match &stage.name {
-        Some(name) => name.clone(),
-        None => format!("stage-{}", stage.index),
-    }
+/// `[stage 2/5]` as BuildKit labels a step (dockerfile2llb's prefixCommand): the stage name,
+/// `stage-N` for an unnamed one, no name at all when the Dockerfile has a single stage; the
+/// index is padded to the width of the total (`[ 2/10]`).
+fn step_prefix(stage: &Stage, multi_stage: bool, index: usize, total: usize) -> String {
+    let width = total.to_string().len();
+    let name = match (&stage.name, multi_stage) {
+        (_, false) => String::new(),
+        (Some(name), true) => format!("{name} "),
+        (None, true) => format!("stage-{} ", stage.index),
+    };
+    format!("[{name}{index:>width$}/{total}]")
 }
 
 /// `dir` joined with a path from the Dockerfile, never leaving `dir` (`..` stops at the top).

@@ -60,6 +60,9 @@ pub struct Plan {
     pub stages: Vec<Stage>,
     /// Index into `stages`.
     pub target: usize,
+    /// Stages in the Dockerfile, needed or not (BuildKit names steps after their stage only
+    /// when there are several).
+    pub stage_count: usize,
     pub warnings: Vec<String>,
 }
 

@@ -145,6 +145,7 @@ pub(crate) fn plan_stages(
     Ok(Plan {
         stages,
         target,
+        stage_count: graph.stages.len(),
         warnings,
     })
 }
