@@ -329,7 +329,7 @@ fn secrets_reach_run_as_files_targets_and_env_but_never_the_image_or_store() {
     );
     let err = build_fails(store.path(), ctx.path(), &[]);
     assert!(
-        err.contains("secret `needed` is required"),
+        err.contains("secret `needed` is required") && err.contains("Dockerfile:2"),
         "unclear error:\n{err}"
     );
 }
@@ -390,7 +390,10 @@ fn add_url_downloads_with_mode_0600_checks_checksums_and_keeps_archives_whole() 
     );
     let err = build_fails(store.path(), ctx.path(), &[]);
     assert!(
-        err.contains(&url("/files/hello.txt")) && err.contains("checksum") && err.contains(&wrong),
+        err.contains(&url("/files/hello.txt"))
+            && err.contains("checksum")
+            && err.contains(&wrong)
+            && err.contains("Dockerfile:2"),
         "unclear checksum error:\n{err}"
     );
 
@@ -403,7 +406,10 @@ fn add_url_downloads_with_mode_0600_checks_checksums_and_keeps_archives_whole() 
     drop(closed);
     let ctx = context(&format!("FROM {BASE}\nADD {dead} /gone.txt\n"), &[]);
     let err = build_fails(store.path(), ctx.path(), &[]);
-    assert!(err.contains(&dead), "error does not name the URL:\n{err}");
+    assert!(
+        err.contains(&dead) && err.contains("Connection refused"),
+        "error does not name the URL and the cause:\n{err}"
+    );
 
     // So does a 404.
     let missing = url("/files/missing.txt");
@@ -733,13 +739,18 @@ fn load_puts_a_runnable_image_into_docker() {
     let _ = run(docker().args(["rmi", "-f", tag]));
     let store = tempfile::tempdir().unwrap();
     let ctx = context(
-        &format!("FROM {BASE}\nCOPY msg /msg\nCMD [\"cat\", \"/msg\"]\n"),
+        &format!(
+            "FROM {BASE}\nMAINTAINER Jane Doe <jane@example.com>\nCOPY msg /msg\nCMD [\"cat\", \"/msg\"]\n"
+        ),
         &[("msg", b"loaded by rbuild\n")],
     );
     build_ok(store.path(), ctx.path(), &["-t", tag, "--load"]);
     let out = run_ok(docker().args(["run", "--rm", "--network=none", tag]));
+    // MAINTAINER sets the config's author, as BuildKit does.
+    let author = run_ok(docker().args(["image", "inspect", "-f", "{{.Author}}", tag]));
     let _ = run(docker().args(["rmi", "-f", tag]));
     assert_eq!(out, "loaded by rbuild\n");
+    assert_eq!(author.trim(), "Jane Doe <jane@example.com>");
 }
 
 #[test]
@@ -913,6 +924,16 @@ fn a_failing_run_shows_its_output_exit_code_and_line_and_writes_no_output() {
         "-q hides why the build failed:\n{}",
         stderr(&quiet)
     );
+    // Input errors of COPY and ADD name the step's line too.
+    let ctx = context(
+        &format!("FROM {BASE}\nRUN true\nCOPY not-in-context /x\n"),
+        &[],
+    );
+    let err = build_fails(store.path(), ctx.path(), &["-q"]);
+    assert!(
+        err.contains("Dockerfile:3") && err.contains("not-in-context"),
+        "{err}"
+    );
     let tags = run(Command::new(rbuild_bin())
         .env("RBUILD_ROOT", store.path())
         .arg("images"));
@@ -957,6 +978,19 @@ fn bad_invocations_give_clear_messages_and_user_exit_codes() {
     let out = run(rbuild(store.path()).arg("--no-such-flag").arg(ctx.path()));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--no-such-flag"), "{}", stderr(&out));
+    assert_no_panic(&out);
+
+    // `rbuild images | head`: a reader that goes away ends the output, no panic.
+    let mut child = Command::new(rbuild_bin())
+        .env("RBUILD_ROOT", store.path())
+        .arg("images")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_no_panic(&out);
 
     // A Dockerfile syntax error names the file and line.

@@ -16,6 +16,32 @@ use super::args::{Cli, Command, GlobalArgs, SaveFormat};
 use super::settings::{build_settings, store_root};
 use super::{reporter, UserError};
 
+/// `print!` that treats a reader gone away (`rbuild inspect X | head`) as the end of the
+/// output rather than a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        emit(&format!($($arg)*))
+    };
+}
+
+/// `println!` through [`emit`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        emit(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+fn emit(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout"),
+    }
+}
+
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let global = cli.global;
     match cli.command {
@@ -27,7 +53,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&global)?;
             for image in images {
                 for r in store.rmi(&image, false)? {
-                    println!("Untagged: {}", r.familiar());
+                    outln!("Untagged: {}", r.familiar())?;
                 }
             }
             Ok(())
@@ -35,13 +61,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Prune { all }) => {
             let store = open_store(&global)?;
             let stats = store.prune(all)?;
-            println!(
+            outln!(
                 "Deleted {} cache records, {} layers, {} blobs; reclaimed {}",
                 stats.cache_records,
                 stats.layers,
                 stats.blobs,
                 output::human_size(stats.bytes)
-            );
+            )?;
             Ok(())
         }
         Some(Command::Pull { reference }) => {
@@ -53,7 +79,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &r,
                 &*reporter(super::ProgressMode::Auto, false),
             )?;
-            println!("{}", record.manifest.digest);
+            outln!("{}", record.manifest.digest)?;
             Ok(())
         }
         Some(Command::Push {
@@ -73,7 +99,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &dest,
                 &*reporter(super::ProgressMode::Auto, false),
             )?;
-            println!("{}@{digest}", dest.name());
+            outln!("{}@{digest}", dest.name())?;
             Ok(())
         }
         Some(Command::Save {
@@ -109,7 +135,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &store,
                 &find_image(&store, &reference)?.manifest.digest.to_string(),
             )?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?)?;
             Ok(())
         }
         Some(Command::Import {
@@ -123,7 +149,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .ok()
                 .and_then(|v| v.parse().ok());
             let record = exec::import_rootfs(&store, &tarball, &r, &changes, sde)?;
-            println!("{}", record.config_digest);
+            outln!("{}", record.config_digest)?;
             Ok(())
         }
         Some(Command::SandboxHelper) => crate::sandbox::helper_main(),
@@ -171,7 +197,7 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     let tags = &settings.request.tags;
     let say = |text: String| {
         if !args.quiet && args.progress != super::ProgressMode::Quiet {
-            eprintln!("{text}");
+            let _ = writeln!(std::io::stderr(), "{text}");
         }
     };
 
@@ -219,7 +245,7 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
         }
     ));
     if args.quiet || args.progress == super::ProgressMode::Quiet {
-        println!("{}", image.config_digest);
+        outln!("{}", image.config_digest)?;
     }
     Ok(())
 }
@@ -280,16 +306,16 @@ fn plan(_global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     let registry = registry(_global)?;
     let mut bases = exec::PlanResolver::new(&store, &registry, req);
     let plan = crate::plan::plan(&req.dockerfile_text, &req.plan_options(), &mut bases)?;
-    print!("{}", crate::plan::render(&plan));
+    out!("{}", crate::plan::render(&plan))?;
     Ok(())
 }
 
 fn images(global: &GlobalArgs) -> anyhow::Result<()> {
     let store = open_store(global)?;
     let rows = output::image_rows(&store)?;
-    print!(
+    out!(
         "{}",
         output::format_images(&rows, std::time::SystemTime::now())
-    );
+    )?;
     Ok(())
 }

@@ -146,6 +146,7 @@ impl<'a> Ctx<'a> {
                 Ok(true) => self.reporter.cached(id),
                 Ok(false) => self.reporter.done(id, started.elapsed()),
                 Err(e) => {
+                    let e = self.at_step(step, e);
                     // The reporter has shown the step's output already: only the reason here.
                     let reason = match &e {
                         BuildError::Step { message, .. } => message.clone(),
@@ -157,6 +158,25 @@ impl<'a> Ctx<'a> {
             }
         }
         Ok(state)
+    }
+
+    /// A failure caused by the step's input (a missing source, a bad URL or checksum, a
+    /// secret not given) shown with the step's Dockerfile line, as BuildKit does.
+    fn at_step(&self, step: &Step, e: BuildError) -> BuildError {
+        let message = match &e {
+            BuildError::Invalid(_)
+            | BuildError::Copy(_)
+            | BuildError::Context(_)
+            | BuildError::Registry(_) => e.to_string(),
+            _ => return e,
+        };
+        BuildError::Step {
+            file: self.req.dockerfile_name.clone(),
+            line: step.line,
+            text: step.text.clone(),
+            message,
+            output: Vec::new(),
+        }
     }
 
     /// One filesystem step; Ok(true) when it came from the cache.
