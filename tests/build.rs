@@ -18,6 +18,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
@@ -205,6 +206,14 @@ fn host_arch() -> &'static str {
 /// A small HTTP/1.0 server on 127.0.0.1 serving `files` (URL path -> body) from a thread; it
 /// answers at most 32 requests and ends with the test process.
 fn serve(files: Vec<(&'static str, Vec<u8>)>) -> u16 {
+    serve_shared(Arc::new(Mutex::new(files)))
+}
+
+/// What [`serve_shared`] serves: URL path -> body, changeable while it runs.
+type Served = Arc<Mutex<Vec<(&'static str, Vec<u8>)>>>;
+
+/// [`serve`] with files the test may change while the server runs.
+fn serve_shared(files: Served) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -221,6 +230,7 @@ fn serve(files: Vec<(&'static str, Vec<u8>)>) -> u16 {
             }
             let request = String::from_utf8_lossy(&request);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let files = files.lock().unwrap();
             let response = match files.iter().find(|(p, _)| *p == path) {
                 Some((_, body)) => {
                     let mut r = format!(
@@ -318,6 +328,16 @@ fn secrets_reach_run_as_files_targets_and_env_but_never_the_image_or_store() {
         }
         assert!(!stderr(&out).contains(std::str::from_utf8(needle).unwrap()));
     }
+    // A secret is not part of the cache key (BuildKit): a new value reuses the steps.
+    std::fs::write(&secret_file, b"another value").unwrap();
+    let again = run(rbuild(store.path())
+        .env("RBUILD_TEST_SECRET", "yet another value")
+        .args(["--secret", &secret_arg])
+        .args(["--secret", "id=envtok,env=RBUILD_TEST_SECRET"])
+        .arg(ctx.path()));
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(cached_count(&stderr(&again)), 4, "{}", stderr(&again));
+
     let config = inspect(store.path(), "rbuild-test/features-secrets:1");
     let text = config.to_string();
     assert!(!text.contains("file-secret") && !text.contains("env-secret"));
@@ -457,6 +477,10 @@ fn iidfile_metadata_file_and_quiet_agree_on_the_image() {
     assert_eq!(meta["containerimage.config.digest"], id);
     assert_eq!(info["Id"], id);
     assert_eq!(meta["containerimage.digest"], info["Digest"]);
+    assert_eq!(
+        meta["image.name"], "docker.io/rbuild-test/features-iid:1",
+        "{meta}"
+    );
     assert_eq!(
         meta["containerimage.descriptor"]["digest"], info["Digest"],
         "{meta}"
@@ -725,6 +749,16 @@ fn a_changed_build_arg_invalidates_the_runs_that_see_it() {
     // Back to the first value: its result is still in the cache.
     build_ok(store.path(), ctx.path(), &["--build-arg", "V=one"]);
     assert_eq!(cache_mount_lines(store.path(), "post-arg"), ["one", "two"]);
+    // `--build-arg V` takes the value from the environment.
+    let out = run(rbuild(store.path())
+        .env("V", "three")
+        .args(["--build-arg", "V"])
+        .arg(ctx.path()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        cache_mount_lines(store.path(), "post-arg"),
+        ["one", "two", "three"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -870,6 +904,77 @@ fn two_independent_stages_feed_a_third() {
         "[stage-3 2/4] COPY --from=left /left.txt /",
     ] {
         assert!(log.contains(label), "no `{label}` in\n{log}");
+    }
+}
+
+#[test]
+fn add_url_is_cached_by_the_downloaded_content() {
+    if !e2e_ready() {
+        return;
+    }
+    let files = Arc::new(Mutex::new(vec![("/v.txt", b"first\n".to_vec())]));
+    let port = serve_shared(files.clone());
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\nADD http://127.0.0.1:{port}/v.txt /v.txt\n\
+             RUN --mount=type=cache,id=url,target=/c cat /v.txt >> /c/after-url\n"
+        ),
+        &[],
+    );
+    build_ok(store.path(), ctx.path(), &[]);
+    let same = stderr(&build_ok(store.path(), ctx.path(), &[]));
+    assert_eq!(cached_count(&same), 2, "{same}");
+    files.lock().unwrap()[0].1 = b"second\n".to_vec();
+    let (out, log) = build_rootfs(store.path(), ctx.path(), &[]);
+    assert_eq!(cached_count(&stderr(&log)), 0, "{}", stderr(&log));
+    assert_eq!(read(rootfs(&out).join("v.txt")), "second\n");
+    assert_eq!(
+        cache_mount_lines(store.path(), "after-url"),
+        ["first", "second"]
+    );
+}
+
+#[test]
+fn concurrent_builds_share_one_store() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let ctxs: Vec<TempDir> = ["one", "two"]
+        .iter()
+        .map(|n| {
+            context(
+                &format!("FROM {BASE}\nRUN echo shared > /s\nRUN echo {n} > /n\n"),
+                &[],
+            )
+        })
+        .collect();
+    let children: Vec<_> = ctxs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rbuild(store.path())
+                .args(["-t", &format!("rbuild-test/features-concurrent:{i}")])
+                .arg(c.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    for (i, name) in ["one", "two"].iter().enumerate() {
+        let (out, _) = build_rootfs(
+            store.path(),
+            ctxs[i].path(),
+            &["-t", &format!("rbuild-test/features-concurrent:{i}")],
+        );
+        assert_eq!(read(rootfs(&out).join("s")), "shared\n");
+        assert_eq!(read(rootfs(&out).join("n")), format!("{name}\n"));
     }
 }
 

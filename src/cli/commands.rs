@@ -225,7 +225,7 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
         write_file(path, image.config_digest.to_string().as_bytes())?;
     }
     if let Some(path) = &settings.metadata_file {
-        write_file(path, &exec::metadata_json(image))?;
+        write_file(path, &exec::metadata_json(image, tags))?;
     }
     say(format!(
         "image {} ({} steps cached, {} run){}",
