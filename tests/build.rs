@@ -352,6 +352,24 @@ fn secrets_reach_run_as_files_targets_and_env_but_never_the_image_or_store() {
         err.contains("secret `needed` is required") && err.contains("Dockerfile:2"),
         "unclear error:\n{err}"
     );
+    // An env= source whose variable is unset gives no secret, not an empty one.
+    let unset = "RBUILD_TEST_SURELY_UNSET_VARIABLE";
+    let spec = format!("id=needed,env={unset}");
+    let out = run(rbuild(store.path())
+        .env_remove(unset)
+        .args(["--secret", &spec])
+        .arg(ctx.path()));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(unset), "{}", stderr(&out));
+    let optional = context(
+        &format!("FROM {BASE}\nRUN --mount=type=secret,id=needed test ! -e /run/secrets/needed\n"),
+        &[],
+    );
+    let out = run(rbuild(store.path())
+        .env_remove(unset)
+        .args(["--secret", &spec])
+        .arg(optional.path()));
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 // ---------------------------------------------------------------------------------------------

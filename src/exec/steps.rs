@@ -496,19 +496,30 @@ impl<'a> Ctx<'a> {
             },
             MountType::Secret => {
                 let id = m.id.clone().unwrap_or_default();
-                let Some(source) = self.req.secrets.get(&id) else {
+                // An `env=` source whose variable is unset is a secret not given, as with
+                // buildx's provider (not an empty secret).
+                let value = match self.req.secrets.get(&id) {
+                    Some(SecretSource::File(path)) => {
+                        Some(std::fs::read(path).map_err(BuildError::io("reading secret", path))?)
+                    }
+                    Some(SecretSource::Env(var)) => {
+                        std::env::var_os(var).map(std::os::unix::ffi::OsStringExt::into_vec)
+                    }
+                    None => None,
+                };
+                let Some(value) = value else {
                     if m.required {
+                        let hint = match self.req.secrets.get(&id) {
+                            Some(SecretSource::Env(var)) => {
+                                format!("its variable `{var}` is not set")
+                            }
+                            _ => format!("it was not given (--secret id={id},src=...)"),
+                        };
                         return Err(BuildError::Invalid(format!(
-                            "secret `{id}` is required but was not given (--secret id={id},src=...)"
+                            "secret `{id}` is required but {hint}"
                         )));
                     }
                     return Ok(None);
-                };
-                let value = match source {
-                    SecretSource::File(path) => {
-                        std::fs::read(path).map_err(BuildError::io("reading secret", path))?
-                    }
-                    SecretSource::Env(var) => std::env::var(var).unwrap_or_default().into_bytes(),
                 };
                 if let Some(name) = &m.env {
                     env.push(format!("{name}={}", String::from_utf8_lossy(&value)));
