@@ -512,14 +512,17 @@ fn plain_progress_numbers_steps_and_marks_cached_ones() {
     }
     let store = tempfile::tempdir().unwrap();
     let ctx = context(
-        &format!("FROM {BASE}\nCOPY a.txt /a.txt\nRUN echo progress-output-line\n"),
+        &format!(
+            "FROM {BASE}\nENV A=1\nCOPY a.txt /a.txt\nLABEL l=1\nRUN echo progress-output-line\nCMD [\"sh\"]\n"
+        ),
         &[("a.txt", b"a\n")],
     );
     let first = stderr(&build_ok(store.path(), ctx.path(), &[]));
     let re = |s: &str| regex::Regex::new(s).unwrap();
     assert!(
         re(r"(?m)^#\d+ \[1/3\] FROM localhost:5000/busybox").is_match(&first),
-        "a single stage's steps carry no stage name, as in BuildKit:\n{first}"
+        "a single stage's steps carry no stage name and only FROM, RUN, COPY, ADD and \
+         WORKDIR are numbered, as in BuildKit:\n{first}"
     );
     assert!(
         re(r"(?m)^#\d+ \[3/3\] RUN echo progress-output-line$").is_match(&first),

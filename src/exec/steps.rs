@@ -95,7 +95,7 @@ impl<'a> Ctx<'a> {
         let id = self.new_id();
         let label = format!(
             "{} FROM {reference}",
-            step_prefix(stage, self.multi_stage, 1, stage.steps.len() + 1)
+            step_prefix(stage, self.multi_stage, 1, labelled_steps(stage))
         );
         self.reporter.started(id, &label);
         let started = Instant::now();
@@ -116,8 +116,9 @@ impl<'a> Ctx<'a> {
         mut state: StageState,
         done: &BTreeMap<usize, StageState>,
     ) -> Result<StageState, BuildError> {
-        let total = stage.steps.len() + 1;
-        for (i, step) in stage.steps.iter().enumerate() {
+        let total = labelled_steps(stage);
+        let mut index = 1;
+        for step in &stage.steps {
             check_interrupted()?;
             let history = History {
                 created: Some(self.created.clone()),
@@ -134,10 +135,11 @@ impl<'a> Ctx<'a> {
                 });
                 continue;
             }
+            index += 1;
             let id = self.new_id();
             let label = format!(
                 "{} {}",
-                step_prefix(stage, self.multi_stage, i + 2, total),
+                step_prefix(stage, self.multi_stage, index, total),
                 step.text
             );
             self.reporter.started(id, &label);
@@ -759,6 +761,16 @@ fn apply_record(state: &mut StageState, rec: &CacheRecord, key: String) {
     history.empty_layer = !rec.new_layer;
     state.history.push(history);
     state.key = key;
+}
+
+/// How many steps of `stage` BuildKit numbers: FROM and those that change the filesystem
+/// (ENV, LABEL, CMD... take no number).
+fn labelled_steps(stage: &Stage) -> usize {
+    1 + stage
+        .steps
+        .iter()
+        .filter(|s| !matches!(s.op, Op::Config))
+        .count()
 }
 
 /// `[stage 2/5]` as BuildKit labels a step (dockerfile2llb's prefixCommand): the stage name,
