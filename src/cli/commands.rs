@@ -175,7 +175,7 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     let tags = &settings.request.tags;
     let say = |text: String| {
         if !args.quiet && args.progress != super::ProgressMode::Quiet {
-            eprintln!("{text}");
+            let _ = writeln!(std::io::stderr(), "{text}");
         }
     };
 
@@ -203,7 +203,7 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
         write_file(path, image.config_digest.to_string().as_bytes())?;
     }
     if let Some(path) = &settings.metadata_file {
-        write_file(path, &exec::metadata_json(image))?;
+        write_file(path, &exec::metadata_json(image, tags))?;
     }
     say(format!(
         "image {} ({} steps cached, {} run){}",

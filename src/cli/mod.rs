@@ -7,7 +7,7 @@ mod commands;
 mod progress;
 mod settings;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::sync::Arc;
 
 use clap::Parser;
@@ -34,10 +34,10 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(err) => {
             if crate::exec::interrupted() {
-                eprintln!("error: interrupted");
+                let _ = writeln!(std::io::stderr(), "error: interrupted");
                 return 130;
             }
-            eprintln!("error: {}", render_error(&err));
+            let _ = writeln!(std::io::stderr(), "error: {}", render_error(&err));
             if err.downcast_ref::<UserError>().is_some() || is_user_error(&err) {
                 1
             } else {

@@ -11,13 +11,16 @@ use crate::store::StoreError;
 pub enum BuildError {
     #[error(transparent)]
     Plan(#[from] PlanError),
-    /// A step failed; shown with the Dockerfile line, as BuildKit does.
-    #[error("{file}:{line}: {message}\n{line:>4} | {text}")]
+    /// A step failed; shown with the Dockerfile line and the last lines the step printed,
+    /// as BuildKit does.
+    #[error("{file}:{line}: {message}\n{line:>4} | {text}{}", output_block(output))]
     Step {
         file: String,
         line: usize,
         text: String,
         message: String,
+        /// The last lines of the step's output (empty when it printed nothing).
+        output: Vec<String>,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -53,5 +56,81 @@ impl BuildError {
     ) -> impl FnOnce(std::io::Error) -> BuildError {
         let path = path.into();
         move |source| BuildError::Io { what, path, source }
+    }
+}
+
+/// BuildKit's box around a failed step's last output lines.
+fn output_block(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n------ last output lines:");
+    for l in lines {
+        out.push_str("\n > ");
+        out.push_str(l);
+    }
+    out.push_str("\n------");
+    out
+}
+
+/// The last `max` lines of a byte stream, the unterminated one included.
+#[derive(Debug)]
+pub struct OutputTail {
+    max: usize,
+    lines: std::collections::VecDeque<String>,
+    partial: Vec<u8>,
+}
+
+impl OutputTail {
+    pub fn new(max: usize) -> OutputTail {
+        OutputTail {
+            max,
+            lines: Default::default(),
+            partial: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=nl).collect();
+            self.keep(&line[..line.len() - 1]);
+        }
+        // A step printing one endless line must not grow this without bound.
+        if self.partial.len() > 64 * 1024 {
+            let line = std::mem::take(&mut self.partial);
+            self.keep(&line);
+        }
+    }
+
+    fn keep(&mut self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        self.lines
+            .push_back(line.trim_end_matches('\r').to_string());
+        if self.lines.len() > self.max {
+            self.lines.pop_front();
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<String> {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.keep(&line);
+        }
+        self.lines.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines_and_the_unterminated_one() {
+        let mut t = OutputTail::new(2);
+        t.push(b"one\ntw");
+        t.push(b"o\r\nthree\nfou");
+        assert_eq!(t.finish(), ["three", "fou"]);
+        assert!(OutputTail::new(3).finish().is_empty());
     }
 }

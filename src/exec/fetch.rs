@@ -14,15 +14,13 @@ pub fn download(url: &str, dest: &Path, checksum: Option<&str>) -> Result<Digest
         .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| fail(e.to_string()))?;
-    let mut response = client.get(url).send().map_err(|e| fail(e.to_string()))?;
+    let mut response = client.get(url).send().map_err(|e| fail(chain(&e)))?;
     if !response.status().is_success() {
         return Err(fail(format!("HTTP {}", response.status())));
     }
     let file = std::fs::File::create(dest).map_err(BuildError::io("creating", dest))?;
     let mut writer = Sha256Writer::new(std::io::BufWriter::new(file));
-    response
-        .copy_to(&mut writer)
-        .map_err(|e| fail(e.to_string()))?;
+    response.copy_to(&mut writer).map_err(|e| fail(chain(&e)))?;
     let (digest, _, mut inner) = writer.finish();
     inner.flush().map_err(BuildError::io("writing", dest))?;
     if let Some(want) = checksum {
@@ -38,6 +36,21 @@ pub fn download(url: &str, dest: &Path, checksum: Option<&str>) -> Result<Digest
         }
     }
     Ok(digest)
+}
+
+/// An error with its causes (`connection refused` sits three levels under reqwest's own
+/// message), without reqwest's repetition of the URL the caller names already.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cause = c.source();
+    }
+    parts.join(": ")
 }
 
 /// The file name BuildKit gives a downloaded URL: the last path segment, else `index.html`.

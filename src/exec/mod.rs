@@ -234,12 +234,17 @@ fn base_key(digest: Option<&Digest>) -> String {
     }
 }
 
-/// `--metadata-file` contents, as docker buildx writes them.
-pub fn metadata_json(image: &ImageRecord) -> Vec<u8> {
-    let v = serde_json::json!({
+/// `--metadata-file` contents, as docker buildx writes them (`image.name` lists the tags,
+/// comma-separated, when there are any).
+pub fn metadata_json(image: &ImageRecord, tags: &[crate::image::Reference]) -> Vec<u8> {
+    let mut v = serde_json::json!({
         "containerimage.config.digest": image.config_digest.to_string(),
         "containerimage.digest": image.manifest.digest.to_string(),
         "containerimage.descriptor": image.manifest,
     });
+    if !tags.is_empty() {
+        let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        v["image.name"] = serde_json::Value::String(names.join(","));
+    }
     canonical_json(&v)
 }

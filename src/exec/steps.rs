@@ -19,6 +19,7 @@ use crate::sandbox::{self, FsSource, Mount, Network, Overlay, RunSpec};
 use crate::store::{CacheRecord, ImageRecord, Store};
 
 use super::base::Bases;
+use super::error::OutputTail;
 use super::stage::StageState;
 use super::{
     check_interrupted, BuildError, BuildRequest, NamedContext, Reporter, SecretSource, StepId,
@@ -26,6 +27,8 @@ use super::{
 
 /// BuildKit's history comment on every step it writes.
 const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
+/// How many of a failed RUN's last output lines its error repeats.
+const FAILED_OUTPUT_LINES: usize = 10;
 /// The hostname RUN steps see, as under BuildKit.
 const HOSTNAME: &str = "buildkitsandbox";
 
@@ -145,10 +148,12 @@ impl<'a> Ctx<'a> {
                 .iter()
                 .filter(|s| !matches!(s.op, Op::Config))
                 .count();
+        // BuildKit pads the index to the width of the total: `[ 2/10]`.
+        let width = total.to_string().len();
         if self.stage_names {
-            format!("[{} {n}/{total}] {text}", stage_label(stage))
+            format!("[{} {n:>width$}/{total}] {text}", stage_label(stage))
         } else {
-            format!("[{n}/{total}] {text}")
+            format!("[{n:>width$}/{total}] {text}")
         }
     }
 
@@ -207,7 +212,13 @@ impl<'a> Ctx<'a> {
                 Ok(true) => self.reporter.cached(id),
                 Ok(false) => self.reporter.done(id, started.elapsed()),
                 Err(e) => {
-                    self.reporter.failed(id, started.elapsed(), &e.to_string());
+                    let e = self.at_step(step, e);
+                    // The reporter has shown the step's output already: only the reason here.
+                    let reason = match &e {
+                        BuildError::Step { message, .. } => message.clone(),
+                        e => e.to_string(),
+                    };
+                    self.reporter.failed(id, started.elapsed(), &reason);
                     return Err(e);
                 }
             }
@@ -258,6 +269,25 @@ impl<'a> Ctx<'a> {
         }
         state.key = key;
         Ok(())
+    }
+
+    /// A failure caused by the step's input (a missing source, a bad URL or checksum, a
+    /// secret not given) shown with the step's Dockerfile line, as BuildKit does.
+    fn at_step(&self, step: &Step, e: BuildError) -> BuildError {
+        let message = match &e {
+            BuildError::Invalid(_)
+            | BuildError::Copy(_)
+            | BuildError::Context(_)
+            | BuildError::Registry(_) => e.to_string(),
+            _ => return e,
+        };
+        BuildError::Step {
+            file: self.req.dockerfile_name.clone(),
+            line: step.line,
+            text: step.text.clone(),
+            message,
+            output: Vec::new(),
+        }
     }
 
     /// One filesystem step; Ok(true) when it came from the cache.
@@ -380,6 +410,7 @@ impl<'a> Ctx<'a> {
                 message:
                     "RUN --security=insecure is not supported: rbuild does not run privileged steps"
                         .to_string(),
+                output: Vec::new(),
             });
         }
         let mut env = run.env.clone();
@@ -408,7 +439,11 @@ impl<'a> Ctx<'a> {
                 .collect(),
         };
         let reporter = self.reporter;
-        let exit = sandbox::run(&spec, &mut |bytes| reporter.output(id, bytes))?;
+        let mut tail = OutputTail::new(FAILED_OUTPUT_LINES);
+        let exit = sandbox::run(&spec, &mut |bytes| {
+            tail.push(bytes);
+            reporter.output(id, bytes)
+        })?;
         check_interrupted()?;
         match exit.failure_message(&run.argv) {
             None => Ok(()),
@@ -417,6 +452,7 @@ impl<'a> Ctx<'a> {
                 line: step.line,
                 text: step.text.clone(),
                 message,
+                output: tail.finish(),
             }),
         }
     }
@@ -574,22 +610,38 @@ impl<'a> Ctx<'a> {
             },
             MountType::Secret => {
                 let id = m.id.clone().unwrap_or_default();
-                let Some(source) = self.req.secrets.get(&id) else {
+                // An `env=` source whose variable is unset is a secret not given, as with
+                // buildx's provider (not an empty secret).
+                let value = match self.req.secrets.get(&id) {
+                    Some(SecretSource::File(path)) => {
+                        Some(std::fs::read(path).map_err(BuildError::io("reading secret", path))?)
+                    }
+                    Some(SecretSource::Env(var)) => {
+                        std::env::var_os(var).map(std::os::unix::ffi::OsStringExt::into_vec)
+                    }
+                    None => None,
+                };
+                let Some(value) = value else {
                     if m.required {
+                        let hint = match self.req.secrets.get(&id) {
+                            Some(SecretSource::Env(var)) => {
+                                format!("its variable `{var}` is not set")
+                            }
+                            _ => format!("it was not given (--secret id={id},src=...)"),
+                        };
                         return Err(BuildError::Invalid(format!(
-                            "secret `{id}` is required but was not given (--secret id={id},src=...)"
+                            "secret `{id}` is required but {hint}"
                         )));
                     }
                     return Ok(None);
                 };
-                let value = match source {
-                    SecretSource::File(path) => {
-                        std::fs::read(path).map_err(BuildError::io("reading secret", path))?
-                    }
-                    SecretSource::Env(var) => std::env::var(var).unwrap_or_default().into_bytes(),
-                };
                 if let Some(name) = &m.env {
                     env.push(format!("{name}={}", String::from_utf8_lossy(&value)));
+                }
+                // `env=` without `target=` exposes the secret only as a variable (BuildKit);
+                // the plan leaves the target empty then.
+                if target.is_empty() {
+                    return Ok(None);
                 }
                 let source = self.secret_file(&id, &value)?;
                 Mount::Secret {
@@ -830,8 +882,7 @@ fn apply_record(state: &mut StageState, rec: &CacheRecord, key: String) {
     state.key = key;
 }
 
-/// `[stage 2/5]` as BuildKit labels a step: the stage name, `stage-N` for an unnamed stage in
-/// a multi-stage file, nothing for a single unnamed stage.
+/// The stage part of a step label: its name, or `stage-N` for an unnamed stage.
 fn stage_label(stage: &Stage) -> String {
     match &stage.name {
         Some(name) => name.clone(),

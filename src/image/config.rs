@@ -16,6 +16,9 @@ pub struct Empty {}
 pub struct ImageConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
+    /// Set by MAINTAINER (BuildKit's dispatchMaintainer) and inherited from the base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
     #[serde(default)]
     pub architecture: String,
     #[serde(default)]

@@ -378,7 +378,11 @@ impl Ctx<'_, '_> {
                 st.config.config.stop_signal = Some(s.clone());
                 (Op::Config, format!("STOPSIGNAL {s}"))
             }
-            Instruction::Maintainer(m) => (Op::Config, format!("MAINTAINER {m}")),
+            // Not expanded, as in BuildKit.
+            Instruction::Maintainer(m) => {
+                st.config.author = Some(m.clone());
+                (Op::Config, format!("MAINTAINER {m}"))
+            }
             Instruction::Onbuild(o) => {
                 st.config
                     .config

@@ -1,0 +1,1129 @@
+//! End-to-end tests of the executor and CLI features: the real `rbuild` binary builds small
+//! Dockerfiles (written into a temporary context) on `localhost:5000/busybox`, as root,
+//! through the real sandbox, overlay mounts, registry and docker engine. Each test has a store
+//! of its own unless sharing one is the point.
+//!
+//! Covered: `--secret` (file, env, target, required) and that a secret never reaches the store
+//! or an output; `ADD <url>` (name, mode, `--checksum`, archives not extracted, unreachable
+//! hosts); `--iidfile`, `--metadata-file`, `-q`, plain progress, `-f -`, `--target`, unused
+//! `--build-arg` warnings, `--platform`; the build cache (full hits that run nothing,
+//! `--no-cache`, COPY sources by content not mtime, build args); `--load`, `--build-context`,
+//! ONBUILD, multi-stage graphs; failing steps and bad command lines.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest as _, Sha256};
+use tempfile::TempDir;
+
+use support::*;
+
+const BASE: &str = "localhost:5000/busybox";
+
+/// A build context holding `Dockerfile` and `files` (path -> content).
+fn context(dockerfile: &str, files: &[(&str, &[u8])]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    for (path, content) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    dir
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Build `ctx` with `args`; panics with the output when the build fails.
+fn build_ok(store: &Path, ctx: &Path, args: &[&str]) -> Output {
+    let out = run(rbuild(store).args(args).arg(ctx));
+    assert!(
+        out.status.success(),
+        "rbuild {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_no_panic(&out);
+    out
+}
+
+/// Build `ctx` with `args`, expecting a user error: exit code 1, no panic.
+fn build_fails(store: &Path, ctx: &Path, args: &[&str]) -> String {
+    let out = run(rbuild(store).args(args).arg(ctx));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "rbuild {args:?} should fail with exit code 1:\nstderr:\n{}",
+        stderr(&out)
+    );
+    assert_no_panic(&out);
+    stderr(&out)
+}
+
+fn assert_no_panic(out: &Output) {
+    let err = stderr(out);
+    assert!(
+        !err.contains("panicked") && out.status.code() != Some(101),
+        "rbuild panicked or hit an internal error:\n{err}"
+    );
+}
+
+/// Build `ctx` into a rootfs directory (`-o type=local`) and return it.
+fn build_rootfs(store: &Path, ctx: &Path, args: &[&str]) -> (TempDir, Output) {
+    let out_dir = tempfile::tempdir().unwrap();
+    let dest = out_dir.path().join("rootfs");
+    let spec = format!("type=local,dest={}", dest.display());
+    let mut all = vec!["-o", &spec];
+    all.extend_from_slice(args);
+    let out = build_ok(store, ctx, &all);
+    (out_dir, out)
+}
+
+fn rootfs(dir: &TempDir) -> PathBuf {
+    dir.path().join("rootfs")
+}
+
+fn read(path: impl AsRef<Path>) -> String {
+    let path = path.as_ref();
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// `rbuild inspect REF` as JSON (Config, Digest, Id, Manifest, ...).
+fn inspect(store: &Path, reference: &str) -> serde_json::Value {
+    let out = run_ok(
+        Command::new(rbuild_bin())
+            .env("RBUILD_ROOT", store)
+            .args(["inspect", reference]),
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Every regular file under `root` (or `root` itself) whose bytes contain `needle`.
+fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        } else if meta.is_file() {
+            let bytes = std::fs::read(&p).unwrap();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
+/// Lines of the file a cache mount collected: every execution of a counting RUN appends one.
+/// Cache mounts live under the store's `mounts/` directory.
+fn cache_mount_lines(store: &Path, name: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![store.join("mounts")];
+    while let Some(p) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&p) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == name) {
+                found.push(path);
+            }
+        }
+    }
+    assert!(
+        found.len() <= 1,
+        "{name} in several cache mounts: {found:?}"
+    );
+    found
+        .first()
+        .map(|p| read(p).lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// `#N CACHED` lines of a plain progress log.
+fn cached_count(progress: &str) -> usize {
+    progress
+        .lines()
+        .filter(|l| l.starts_with('#') && l.ends_with(" CACHED"))
+        .count()
+}
+
+/// The label lines (`#N [stage i/n] TEXT`) of a plain progress log whose step was CACHED.
+fn cached_steps(progress: &str) -> Vec<String> {
+    let mut labels: BTreeMap<String, String> = BTreeMap::new();
+    let mut cached = Vec::new();
+    for line in progress.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let Some((n, text)) = rest.split_once(' ') else {
+            continue;
+        };
+        if text.starts_with('[') {
+            labels.insert(n.to_string(), text.to_string());
+        } else if text == "CACHED" {
+            cached.push(labels.get(n).cloned().unwrap_or_default());
+        }
+    }
+    cached
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// A small HTTP/1.0 server on 127.0.0.1 serving `files` (URL path -> body) from a thread; it
+/// answers at most 32 requests and ends with the test process.
+fn serve(files: Vec<(&'static str, Vec<u8>)>) -> u16 {
+    serve_shared(Arc::new(Mutex::new(files)))
+}
+
+/// What [`serve_shared`] serves: URL path -> body, changeable while it runs.
+type Served = Arc<Mutex<Vec<(&'static str, Vec<u8>)>>>;
+
+/// [`serve`] with files the test may change while the server runs.
+fn serve_shared(files: Served) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(32) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let request = String::from_utf8_lossy(&request);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let files = files.lock().unwrap();
+            let response = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => {
+                    let mut r = format!(
+                        "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(body);
+                    r
+                }
+                None => b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            };
+            let _ = stream.write_all(&response);
+        }
+    });
+    port
+}
+
+fn tar_gz(name: &str, content: &[u8]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut builder = tar::Builder::new(gz);
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append_data(&mut header, name, content).unwrap();
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Secrets
+
+#[test]
+fn secrets_reach_run_as_files_targets_and_env_but_never_the_image_or_store() {
+    if !e2e_ready() {
+        return;
+    }
+    const FILE_SECRET: &[u8] = b"file-secret-9f3a1c77e2";
+    const ENV_SECRET: &str = "env-secret-51be0d4c8a";
+    let store = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("tok");
+    std::fs::write(&secret_file, FILE_SECRET).unwrap();
+    // The RUNs record only digests of what they saw, so the values must not appear anywhere.
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\n\
+             RUN --mount=type=secret,id=tok cat /run/secrets/tok > /dev/null && \
+             sha256sum /run/secrets/tok | cut -d' ' -f1 > /file-sum && stat -c %a /run/secrets/tok > /file-mode\n\
+             RUN --mount=type=secret,id=tok,target=/etc/app/tok.conf \
+             sha256sum /etc/app/tok.conf | cut -d' ' -f1 > /target-sum && test ! -e /run/secrets/tok\n\
+             RUN --mount=type=secret,id=envtok,env=TOK \
+             printf %s \"$TOK\" | sha256sum | cut -d' ' -f1 > /env-sum && test ! -e /run/secrets/envtok\n\
+             RUN --mount=type=secret,id=absent true\n"
+        ),
+        &[],
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    let archive = out_dir.path().join("image.tar");
+    let local = out_dir.path().join("rootfs");
+    let secret_arg = format!("id=tok,src={}", secret_file.display());
+    let out = run(rbuild(store.path())
+        .env("RBUILD_TEST_SECRET", ENV_SECRET)
+        .args(["--secret", &secret_arg])
+        .args(["--secret", "id=envtok,env=RBUILD_TEST_SECRET"])
+        .args(["-t", "rbuild-test/features-secrets:1"])
+        .arg("-o")
+        .arg(format!("type=docker,dest={}", archive.display()))
+        .arg("-o")
+        .arg(format!("type=local,dest={}", local.display()))
+        .arg(ctx.path()));
+    assert!(out.status.success(), "build failed:\n{}", stderr(&out));
+
+    let file_sum = sha256_hex(FILE_SECRET);
+    assert_eq!(read(local.join("file-sum")).trim(), file_sum);
+    assert_eq!(read(local.join("file-mode")).trim(), "400");
+    assert_eq!(read(local.join("target-sum")).trim(), file_sum);
+    assert_eq!(
+        read(local.join("env-sum")).trim(),
+        sha256_hex(ENV_SECRET.as_bytes())
+    );
+    // The mountpoints the sandbox had to create are not part of the layers.
+    assert!(!local.join("etc/app/tok.conf").exists());
+    assert!(!local.join("run/secrets/tok").exists());
+
+    for needle in [FILE_SECRET, ENV_SECRET.as_bytes()] {
+        for root in [store.path(), archive.as_path(), local.as_path()] {
+            let hits = files_containing(root, needle);
+            assert!(
+                hits.is_empty(),
+                "secret `{}` leaked into {hits:?}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+        assert!(!stderr(&out).contains(std::str::from_utf8(needle).unwrap()));
+    }
+    // A secret is not part of the cache key (BuildKit): a new value reuses the steps.
+    std::fs::write(&secret_file, b"another value").unwrap();
+    let again = run(rbuild(store.path())
+        .env("RBUILD_TEST_SECRET", "yet another value")
+        .args(["--secret", &secret_arg])
+        .args(["--secret", "id=envtok,env=RBUILD_TEST_SECRET"])
+        .arg(ctx.path()));
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(cached_count(&stderr(&again)), 4, "{}", stderr(&again));
+
+    let config = inspect(store.path(), "rbuild-test/features-secrets:1");
+    let text = config.to_string();
+    assert!(!text.contains("file-secret") && !text.contains("env-secret"));
+
+    // A required secret that was not given stops the build and names it.
+    let ctx = context(
+        &format!("FROM {BASE}\nRUN --mount=type=secret,id=needed,required=true true\n"),
+        &[],
+    );
+    let err = build_fails(store.path(), ctx.path(), &[]);
+    assert!(
+        err.contains("secret `needed` is required") && err.contains("Dockerfile:2"),
+        "unclear error:\n{err}"
+    );
+    // An env= source whose variable is unset gives no secret, not an empty one.
+    let unset = "RBUILD_TEST_SURELY_UNSET_VARIABLE";
+    let spec = format!("id=needed,env={unset}");
+    let out = run(rbuild(store.path())
+        .env_remove(unset)
+        .args(["--secret", &spec])
+        .arg(ctx.path()));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(unset), "{}", stderr(&out));
+    let optional = context(
+        &format!("FROM {BASE}\nRUN --mount=type=secret,id=needed test ! -e /run/secrets/needed\n"),
+        &[],
+    );
+    let out = run(rbuild(store.path())
+        .env_remove(unset)
+        .args(["--secret", &spec])
+        .arg(optional.path()));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. ADD <url>
+
+#[test]
+fn add_url_downloads_with_mode_0600_checks_checksums_and_keeps_archives_whole() {
+    if !e2e_ready() {
+        return;
+    }
+    let hello = b"hello over http\n".to_vec();
+    let archive = tar_gz("inside.txt", b"inside the archive\n");
+    let port = serve(vec![
+        ("/files/hello.txt", hello.clone()),
+        ("/files/bundle.tar.gz", archive.clone()),
+    ]);
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let right = format!("sha256:{}", sha256_hex(&hello));
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\n\
+             ADD {} /dl/\n\
+             ADD --checksum={right} {} /checked.txt\n\
+             ADD {} /archives/\n",
+            url("/files/hello.txt"),
+            url("/files/hello.txt"),
+            url("/files/bundle.tar.gz"),
+        ),
+        &[],
+    );
+    let (out, _) = build_rootfs(store.path(), ctx.path(), &[]);
+    let root = rootfs(&out);
+    let got = root.join("dl/hello.txt");
+    assert_eq!(std::fs::read(&got).unwrap(), hello, "named after the URL");
+    assert_eq!(
+        std::fs::metadata(&got).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    assert_eq!(std::fs::read(root.join("checked.txt")).unwrap(), hello);
+    // BuildKit never extracts a remote archive.
+    assert_eq!(
+        std::fs::read(root.join("archives/bundle.tar.gz")).unwrap(),
+        archive
+    );
+    assert!(!root.join("archives/inside.txt").exists());
+
+    // A wrong checksum fails and says which URL and which digests.
+    let wrong = format!("sha256:{}", sha256_hex(b"something else"));
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\nADD --checksum={wrong} {} /x\n",
+            url("/files/hello.txt")
+        ),
+        &[],
+    );
+    let err = build_fails(store.path(), ctx.path(), &[]);
+    assert!(
+        err.contains(&url("/files/hello.txt"))
+            && err.contains("checksum")
+            && err.contains(&wrong)
+            && err.contains("Dockerfile:2"),
+        "unclear checksum error:\n{err}"
+    );
+
+    // An unreachable URL names the URL.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!(
+        "http://127.0.0.1:{}/gone.txt",
+        closed.local_addr().unwrap().port()
+    );
+    drop(closed);
+    let ctx = context(&format!("FROM {BASE}\nADD {dead} /gone.txt\n"), &[]);
+    let err = build_fails(store.path(), ctx.path(), &[]);
+    assert!(
+        err.contains(&dead) && err.contains("Connection refused"),
+        "error does not name the URL and the cause:\n{err}"
+    );
+
+    // So does a 404.
+    let missing = url("/files/missing.txt");
+    let ctx = context(&format!("FROM {BASE}\nADD {missing} /m.txt\n"), &[]);
+    let err = build_fails(store.path(), ctx.path(), &[]);
+    assert!(
+        err.contains(&missing) && err.contains("404"),
+        "unclear HTTP error:\n{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. CLI: result files, quiet and plain progress, stdin, target, warnings, platform
+
+#[test]
+fn iidfile_metadata_file_and_quiet_agree_on_the_image() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(&format!("FROM {BASE}\nRUN echo hi > /hi\n"), &[]);
+    let files = tempfile::tempdir().unwrap();
+    let iid = files.path().join("iid");
+    let meta = files.path().join("meta.json");
+    let out = run(rbuild(store.path())
+        .arg("-q")
+        .args(["-t", "rbuild-test/features-iid:1"])
+        .arg("--iidfile")
+        .arg(&iid)
+        .arg("--metadata-file")
+        .arg(&meta)
+        .arg(ctx.path()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out);
+    let re = regex::Regex::new(r"^sha256:[0-9a-f]{64}\n$").unwrap();
+    assert!(
+        re.is_match(&printed),
+        "-q must print only the image id: {printed:?}"
+    );
+    let id = printed.trim();
+    assert_eq!(read(&iid), id, "--iidfile holds the image id, no newline");
+
+    let meta: serde_json::Value = serde_json::from_str(&read(&meta)).unwrap();
+    let info = inspect(store.path(), "rbuild-test/features-iid:1");
+    assert_eq!(meta["containerimage.config.digest"], id);
+    assert_eq!(info["Id"], id);
+    assert_eq!(meta["containerimage.digest"], info["Digest"]);
+    assert_eq!(
+        meta["image.name"], "docker.io/rbuild-test/features-iid:1",
+        "{meta}"
+    );
+    assert_eq!(
+        meta["containerimage.descriptor"]["digest"], info["Digest"],
+        "{meta}"
+    );
+}
+
+#[test]
+fn plain_progress_numbers_steps_and_marks_cached_ones() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\nENV A=1\nCOPY a.txt /a.txt\nLABEL l=1\nRUN echo progress-output-line\nCMD [\"sh\"]\n"
+        ),
+        &[("a.txt", b"a\n")],
+    );
+    let first = stderr(&build_ok(store.path(), ctx.path(), &[]));
+    let re = |s: &str| regex::Regex::new(s).unwrap();
+    assert!(
+        re(r"(?m)^#\d+ \[1/3\] FROM localhost:5000/busybox").is_match(&first),
+        "a single stage's steps carry no stage name and only FROM, RUN, COPY, ADD and \
+         WORKDIR are numbered, as in BuildKit:\n{first}"
+    );
+    assert!(
+        re(r"(?m)^#\d+ \[3/3\] RUN echo progress-output-line$").is_match(&first),
+        "{first}"
+    );
+    assert!(
+        re(r"(?m)^#\d+ \d+\.\d+ progress-output-line$").is_match(&first),
+        "{first}"
+    );
+    assert!(re(r"(?m)^#\d+ DONE \d+\.\ds$").is_match(&first), "{first}");
+    assert_eq!(cached_count(&first), 0, "{first}");
+
+    let second = stderr(&build_ok(store.path(), ctx.path(), &[]));
+    let cached = cached_steps(&second);
+    assert_eq!(cached.len(), 2, "{second}");
+    assert!(cached[0].ends_with("COPY a.txt /a.txt"), "{cached:?}");
+    assert!(
+        cached[1].ends_with("RUN echo progress-output-line"),
+        "{cached:?}"
+    );
+    assert!(
+        !re(r"(?m)^#\d+ \d+\.\d+ progress-output-line$").is_match(&second),
+        "a cached step printed output:\n{second}"
+    );
+}
+
+#[test]
+fn dockerfile_from_stdin_and_target_stage() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    // The context has no Dockerfile: `-f -` must not need one.
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("data.txt"), "data\n").unwrap();
+    let dockerfile = format!(
+        "FROM {BASE} AS first\nCOPY data.txt /from-first\n\
+         FROM {BASE} AS second\nRUN echo second > /from-second\n\
+         FROM first AS last\nRUN echo last > /from-last\n"
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    let dest = out_dir.path().join("rootfs");
+    let mut child = rbuild(store.path())
+        .args(["-f", "-", "--target", "second", "-o"])
+        .arg(format!("type=local,dest={}", dest.display()))
+        .arg(ctx.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dockerfile.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read(dest.join("from-second")), "second\n");
+    assert!(!dest.join("from-first").exists() && !dest.join("from-last").exists());
+    // Stages the target does not need are not built.
+    assert!(!stderr(&out).contains("COPY data.txt"), "{}", stderr(&out));
+
+    // Without --target the last stage is the image.
+    std::fs::write(ctx.path().join("Dockerfile"), &dockerfile).unwrap();
+    let (out, _) = build_rootfs(store.path(), ctx.path(), &[]);
+    assert_eq!(read(rootfs(&out).join("from-first")), "data\n");
+    assert_eq!(read(rootfs(&out).join("from-last")), "last\n");
+    assert!(!rootfs(&out).join("from-second").exists());
+
+    // An unknown target is a user error that names it.
+    let err = build_fails(store.path(), ctx.path(), &["--target", "nosuchstage"]);
+    assert!(err.contains("nosuchstage"), "{err}");
+}
+
+#[test]
+fn unused_build_arg_warns_and_used_one_does_not() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!("FROM {BASE}\nARG USED\nRUN echo $USED > /v\n"),
+        &[],
+    );
+    let out = build_ok(
+        store.path(),
+        ctx.path(),
+        &["--build-arg", "USED=1", "--build-arg", "NOBODY_USES_ME=2"],
+    );
+    let err = stderr(&out);
+    let warning = err
+        .lines()
+        .find(|l| l.contains("NOBODY_USES_ME"))
+        .unwrap_or_else(|| panic!("no warning about the unused build arg:\n{err}"));
+    assert!(
+        warning.to_lowercase().contains("warn") && warning.contains("not consumed"),
+        "{warning}"
+    );
+    assert!(!warning.contains("USED]") && !warning.contains("[USED"));
+}
+
+#[test]
+fn platform_other_than_the_host_is_refused_and_the_host_is_accepted() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(&format!("FROM {BASE}\nRUN true\n"), &[]);
+    let other = if host_arch() == "arm64" {
+        "linux/amd64"
+    } else {
+        "linux/arm64"
+    };
+    let err = build_fails(store.path(), ctx.path(), &["--platform", other]);
+    assert!(
+        err.contains(other) && err.contains("host platform"),
+        "unclear platform error:\n{err}"
+    );
+    let host = format!("linux/{}", host_arch());
+    build_ok(store.path(), ctx.path(), &["--platform", &host]);
+    let info = inspect_last(store.path(), ctx.path(), &["--platform", &host]);
+    assert_eq!(info["Config"]["architecture"], host_arch());
+    assert_eq!(info["Config"]["os"], "linux");
+}
+
+/// Build with a tag and inspect the result.
+fn inspect_last(store: &Path, ctx: &Path, args: &[&str]) -> serde_json::Value {
+    let tag = "rbuild-test/features-last:1";
+    let mut all = vec!["-t", tag];
+    all.extend_from_slice(args);
+    build_ok(store, ctx, &all);
+    inspect(store, tag)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The build cache
+
+#[test]
+fn rebuild_hits_the_cache_for_every_step_and_no_cache_runs_them_again() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\n\
+             COPY a.txt /a.txt\n\
+             RUN --mount=type=cache,id=counter,target=/cache echo run >> /cache/executions\n\
+             WORKDIR /work\n\
+             RUN echo second > two\n\
+             ENV X=1\n"
+        ),
+        &[("a.txt", b"a\n")],
+    );
+    let first = stderr(&build_ok(store.path(), ctx.path(), &[]));
+    assert_eq!(cache_mount_lines(store.path(), "executions").len(), 1);
+    assert_eq!(cached_count(&first), 0, "{first}");
+
+    let second = stderr(&build_ok(store.path(), ctx.path(), &[]));
+    assert_eq!(
+        cache_mount_lines(store.path(), "executions").len(),
+        1,
+        "a cached RUN was executed again:\n{second}"
+    );
+    // COPY, RUN, WORKDIR, RUN: all from the cache.
+    assert_eq!(cached_count(&second), 4, "{second}");
+    assert!(
+        second.contains("(4 steps cached, 0 run)"),
+        "summary:\n{second}"
+    );
+
+    let third = stderr(&build_ok(store.path(), ctx.path(), &["--no-cache"]));
+    assert_eq!(cache_mount_lines(store.path(), "executions").len(), 2);
+    assert_eq!(cached_count(&third), 0, "{third}");
+}
+
+#[test]
+fn copy_sources_are_cached_by_content_not_mtime() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\n\
+             RUN --mount=type=cache,id=before,target=/c echo run >> /c/before-copy\n\
+             COPY a.txt /a.txt\n\
+             RUN --mount=type=cache,id=after,target=/c echo run >> /c/after-copy\n\
+             COPY b.txt /b.txt\n"
+        ),
+        &[("a.txt", b"version one\n"), ("b.txt", b"b\n")],
+    );
+    let a = ctx.path().join("a.txt");
+    build_ok(store.path(), ctx.path(), &[]);
+    assert_eq!(cache_mount_lines(store.path(), "after-copy").len(), 1);
+
+    // Only the mtime changes: every step stays cached.
+    let f = std::fs::File::options().write(true).open(&a).unwrap();
+    f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000))
+        .unwrap();
+    drop(f);
+    let touched = stderr(&build_ok(store.path(), ctx.path(), &[]));
+    assert_eq!(cached_count(&touched), 4, "{touched}");
+    assert_eq!(cache_mount_lines(store.path(), "after-copy").len(), 1);
+
+    // New content: that COPY and every step after it run again; the one before stays cached.
+    std::fs::write(&a, "version two, longer\n").unwrap();
+    let (out, log) = build_rootfs(store.path(), ctx.path(), &[]);
+    let log = stderr(&log);
+    assert_eq!(read(rootfs(&out).join("a.txt")), "version two, longer\n");
+    let cached = cached_steps(&log);
+    assert_eq!(cached.len(), 1, "{log}");
+    assert!(cached[0].contains("before-copy"), "{cached:?}");
+    assert_eq!(cache_mount_lines(store.path(), "before-copy").len(), 1);
+    assert_eq!(cache_mount_lines(store.path(), "after-copy").len(), 2);
+}
+
+#[test]
+fn a_changed_build_arg_invalidates_the_runs_that_see_it() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\n\
+             RUN --mount=type=cache,id=pre,target=/c echo run >> /c/pre-arg\n\
+             ARG V\n\
+             RUN --mount=type=cache,id=post,target=/c echo \"$V\" >> /c/post-arg\n"
+        ),
+        &[],
+    );
+    build_ok(store.path(), ctx.path(), &["--build-arg", "V=one"]);
+    let same = stderr(&build_ok(
+        store.path(),
+        ctx.path(),
+        &["--build-arg", "V=one"],
+    ));
+    assert_eq!(cached_count(&same), 2, "{same}");
+    build_ok(store.path(), ctx.path(), &["--build-arg", "V=two"]);
+    assert_eq!(cache_mount_lines(store.path(), "pre-arg").len(), 1);
+    assert_eq!(cache_mount_lines(store.path(), "post-arg"), ["one", "two"]);
+    // Back to the first value: its result is still in the cache.
+    build_ok(store.path(), ctx.path(), &["--build-arg", "V=one"]);
+    assert_eq!(cache_mount_lines(store.path(), "post-arg"), ["one", "two"]);
+    // `--build-arg V` takes the value from the environment.
+    let out = run(rbuild(store.path())
+        .env("V", "three")
+        .args(["--build-arg", "V"])
+        .arg(ctx.path()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        cache_mount_lines(store.path(), "post-arg"),
+        ["one", "two", "three"]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Load, named contexts, ONBUILD, stage graphs
+
+#[test]
+fn load_puts_a_runnable_image_into_docker() {
+    if !e2e_ready() {
+        return;
+    }
+    let tag = "rbuild-test/features-load:1";
+    let _ = run(docker().args(["rmi", "-f", tag]));
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\nMAINTAINER Jane Doe <jane@example.com>\nCOPY msg /msg\nCMD [\"cat\", \"/msg\"]\n"
+        ),
+        &[("msg", b"loaded by rbuild\n")],
+    );
+    build_ok(store.path(), ctx.path(), &["-t", tag, "--load"]);
+    let out = run_ok(docker().args(["run", "--rm", "--network=none", tag]));
+    // MAINTAINER sets the config's author, as BuildKit does.
+    let author = run_ok(docker().args(["image", "inspect", "-f", "{{.Author}}", tag]));
+    let _ = run(docker().args(["rmi", "-f", tag]));
+    assert_eq!(out, "loaded by rbuild\n");
+    assert_eq!(author.trim(), "Jane Doe <jane@example.com>");
+}
+
+#[test]
+fn named_build_context_feeds_copy_from() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let extra = tempfile::tempdir().unwrap();
+    std::fs::create_dir(extra.path().join("sub")).unwrap();
+    std::fs::write(
+        extra.path().join("sub/conf.txt"),
+        "from the named context\n",
+    )
+    .unwrap();
+    let ctx = context(
+        &format!("FROM {BASE}\nCOPY --from=extra sub/conf.txt /conf.txt\n"),
+        &[],
+    );
+    let spec = format!("extra={}", extra.path().display());
+    let (out, _) = build_rootfs(store.path(), ctx.path(), &["--build-context", &spec]);
+    assert_eq!(
+        read(rootfs(&out).join("conf.txt")),
+        "from the named context\n"
+    );
+
+    // Changing the named context's content invalidates the COPY.
+    std::fs::write(extra.path().join("sub/conf.txt"), "changed\n").unwrap();
+    let (out, log) = build_rootfs(store.path(), ctx.path(), &["--build-context", &spec]);
+    assert_eq!(read(rootfs(&out).join("conf.txt")), "changed\n");
+    assert_eq!(cached_count(&stderr(&log)), 0);
+
+    // Without it, the build names the missing context.
+    let err = build_fails(store.path(), ctx.path(), &[]);
+    assert!(err.contains("extra"), "{err}");
+}
+
+#[test]
+fn onbuild_triggers_run_after_from_in_the_child_and_are_not_inherited() {
+    if !e2e_ready() {
+        return;
+    }
+    // One store: the child's FROM finds the parent by its tag there.
+    let store = tempfile::tempdir().unwrap();
+    let parent_tag = "rbuild-test/features-onbuild-parent:1";
+    let parent = context(
+        &format!("FROM {BASE}\nONBUILD RUN echo triggered > /t\nRUN echo parent > /p\n"),
+        &[],
+    );
+    build_ok(store.path(), parent.path(), &["-t", parent_tag]);
+    let info = inspect(store.path(), parent_tag);
+    assert_eq!(
+        info["Config"]["config"]["OnBuild"],
+        serde_json::json!(["RUN echo triggered > /t"]),
+        "{info}"
+    );
+    // The trigger did not run in the parent itself.
+    let (out, _) = build_rootfs(store.path(), parent.path(), &[]);
+    assert!(!rootfs(&out).join("t").exists());
+
+    let child_tag = "rbuild-test/features-onbuild-child:1";
+    // The step after FROM sees /t: the trigger ran first.
+    let child = context(
+        &format!("FROM {parent_tag}\nRUN cp /t /seen-by-next-step\n"),
+        &[],
+    );
+    let (out, _) = build_rootfs(store.path(), child.path(), &["-t", child_tag]);
+    assert_eq!(read(rootfs(&out).join("t")), "triggered\n");
+    assert_eq!(read(rootfs(&out).join("seen-by-next-step")), "triggered\n");
+    assert_eq!(read(rootfs(&out).join("p")), "parent\n");
+    let info = inspect(store.path(), child_tag);
+    let on_build = &info["Config"]["config"]["OnBuild"];
+    assert!(
+        on_build.is_null() || on_build == &serde_json::json!([]),
+        "the child inherited the triggers: {on_build}"
+    );
+
+    // A grandchild therefore runs nothing extra.
+    let grandchild = context(&format!("FROM {child_tag}\nRUN rm /t\n"), &[]);
+    let (out, _) = build_rootfs(store.path(), grandchild.path(), &[]);
+    assert!(!rootfs(&out).join("t").exists());
+}
+
+#[test]
+fn two_independent_stages_feed_a_third() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE} AS left\nRUN echo left > /left.txt\n\
+             FROM {BASE} AS right\nWORKDIR /out\nRUN echo right > right.txt\n\
+             FROM {BASE} AS unused\nRUN echo never > /never\n\
+             FROM scratch\nCOPY --from=left /left.txt /\nCOPY --from=right /out/ /r/\n\
+             COPY --from=left /bin/busybox /bin/busybox\n"
+        ),
+        &[],
+    );
+    let (out, log) = build_rootfs(store.path(), ctx.path(), &[]);
+    let root = rootfs(&out);
+    assert_eq!(read(root.join("left.txt")), "left\n");
+    assert_eq!(read(root.join("r/right.txt")), "right\n");
+    assert!(root.join("bin/busybox").is_file());
+    let mut names: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["bin", "left.txt", "r"]);
+    let log = stderr(&log);
+    assert!(!log.contains("echo never"), "{log}");
+    // Several stages: labels name the stage, `stage-N` when it has no name.
+    for label in [
+        "[left 2/2] RUN echo left > /left.txt",
+        "[right 3/3] RUN echo right > right.txt",
+        "[stage-3 2/4] COPY --from=left /left.txt /",
+    ] {
+        assert!(log.contains(label), "no `{label}` in\n{log}");
+    }
+}
+
+#[test]
+fn add_url_is_cached_by_the_downloaded_content() {
+    if !e2e_ready() {
+        return;
+    }
+    let files = Arc::new(Mutex::new(vec![("/v.txt", b"first\n".to_vec())]));
+    let port = serve_shared(files.clone());
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\nADD http://127.0.0.1:{port}/v.txt /v.txt\n\
+             RUN --mount=type=cache,id=url,target=/c cat /v.txt >> /c/after-url\n"
+        ),
+        &[],
+    );
+    build_ok(store.path(), ctx.path(), &[]);
+    let same = stderr(&build_ok(store.path(), ctx.path(), &[]));
+    assert_eq!(cached_count(&same), 2, "{same}");
+    files.lock().unwrap()[0].1 = b"second\n".to_vec();
+    let (out, log) = build_rootfs(store.path(), ctx.path(), &[]);
+    assert_eq!(cached_count(&stderr(&log)), 0, "{}", stderr(&log));
+    assert_eq!(read(rootfs(&out).join("v.txt")), "second\n");
+    assert_eq!(
+        cache_mount_lines(store.path(), "after-url"),
+        ["first", "second"]
+    );
+}
+
+#[test]
+fn concurrent_builds_share_one_store() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let ctxs: Vec<TempDir> = ["one", "two"]
+        .iter()
+        .map(|n| {
+            context(
+                &format!("FROM {BASE}\nRUN echo shared > /s\nRUN echo {n} > /n\n"),
+                &[],
+            )
+        })
+        .collect();
+    let children: Vec<_> = ctxs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rbuild(store.path())
+                .args(["-t", &format!("rbuild-test/features-concurrent:{i}")])
+                .arg(c.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    for (i, name) in ["one", "two"].iter().enumerate() {
+        let (out, _) = build_rootfs(
+            store.path(),
+            ctxs[i].path(),
+            &["-t", &format!("rbuild-test/features-concurrent:{i}")],
+        );
+        assert_eq!(read(rootfs(&out).join("s")), "shared\n");
+        assert_eq!(read(rootfs(&out).join("n")), format!("{name}\n"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Failures
+
+#[test]
+fn a_failing_run_shows_its_output_exit_code_and_line_and_writes_no_output() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\nRUN echo fine\nRUN echo first-line; echo last-words >&2; exit 3\nRUN echo unreached\n"
+        ),
+        &[],
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    let dest = out_dir.path().join("image.tar");
+    let out = run(rbuild(store.path())
+        .args(["-t", "rbuild-test/features-fail:1", "-o"])
+        .arg(format!("type=docker,dest={}", dest.display()))
+        .arg(ctx.path()));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_no_panic(&out);
+    // The final error repeats the step's last output lines (so -q and tty users see them).
+    let final_error = &err[err.rfind("error: ").expect("an error line")..];
+    assert!(
+        final_error.contains("first-line") && final_error.contains("last-words"),
+        "no output tail in the error:\n{err}"
+    );
+    assert!(
+        err.contains(
+            "process \"/bin/sh -c echo first-line; echo last-words >&2; exit 3\" did not complete successfully: exit code: 3"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("Dockerfile:3"), "no Dockerfile line:\n{err}");
+    assert!(!err.contains("unreached"), "{err}");
+    assert!(!dest.exists(), "a failed build wrote {}", dest.display());
+    let quiet = run(rbuild(store.path()).arg("-q").arg(ctx.path()));
+    assert_eq!(quiet.status.code(), Some(1));
+    assert_eq!(
+        stdout(&quiet),
+        "",
+        "-q prints no image id for a failed build"
+    );
+    assert!(
+        stderr(&quiet).contains("last-words") && stderr(&quiet).contains("exit code: 3"),
+        "-q hides why the build failed:\n{}",
+        stderr(&quiet)
+    );
+    // Input errors of COPY and ADD name the step's line too.
+    let ctx = context(
+        &format!("FROM {BASE}\nRUN true\nCOPY not-in-context /x\n"),
+        &[],
+    );
+    let err = build_fails(store.path(), ctx.path(), &["-q"]);
+    assert!(
+        err.contains("Dockerfile:3") && err.contains("not-in-context"),
+        "{err}"
+    );
+    let tags = run(Command::new(rbuild_bin())
+        .env("RBUILD_ROOT", store.path())
+        .arg("images"));
+    assert!(
+        !stdout(&tags).contains("features-fail"),
+        "{}",
+        stdout(&tags)
+    );
+}
+
+/// Bad command lines and inputs: no root or registry needed, and never exit code 101.
+#[test]
+fn bad_invocations_give_clear_messages_and_user_exit_codes() {
+    let store = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+
+    let err = build_fails(store.path(), empty.path(), &[]);
+    assert!(err.contains("Dockerfile"), "missing Dockerfile:\n{err}");
+    let err = build_fails(
+        store.path(),
+        empty.path(),
+        &["-f", "/nonexistent/Dockerfile"],
+    );
+    assert!(err.contains("/nonexistent/Dockerfile"), "{err}");
+    let err = build_fails(store.path(), &empty.path().join("missing-dir"), &[]);
+    assert!(err.contains("missing-dir"), "{err}");
+
+    let ctx = context(&format!("FROM {BASE}\n"), &[]);
+    for bad in ["UPPER/case:1", "a b", "name:bad:tag:", "x@sha256:zz"] {
+        let err = build_fails(store.path(), ctx.path(), &["-t", bad]);
+        assert!(err.contains(bad), "-t {bad}:\n{err}");
+    }
+    for bad in [
+        &["--output", "type=nosuch,dest=x"][..],
+        &["--secret", "src=/nonexistent"],
+        &["--build-context", "novalue"],
+        &["--network", "bridge"],
+    ] {
+        build_fails(store.path(), ctx.path(), bad);
+    }
+
+    let out = run(rbuild(store.path()).arg("--no-such-flag").arg(ctx.path()));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--no-such-flag"), "{}", stderr(&out));
+    assert_no_panic(&out);
+
+    // `rbuild images | head`: a reader that goes away ends the output, no panic.
+    let mut child = Command::new(rbuild_bin())
+        .env("RBUILD_ROOT", store.path())
+        .arg("images")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_no_panic(&out);
+
+    // A Dockerfile syntax error names the file and line.
+    let ctx = context(&format!("FROM {BASE}\nNOTANINSTRUCTION foo\n"), &[]);
+    let err = build_fails(store.path(), ctx.path(), &[]);
+    assert!(
+        err.contains("Dockerfile:2") && err.contains("NOTANINSTRUCTION"),
+        "{err}"
+    );
+}
