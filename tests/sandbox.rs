@@ -131,8 +131,47 @@ fn ok(spec: &RunSpec) -> String {
 
 /// Every mount of a step lives in the helper's namespace; none may be visible anywhere
 /// once the step is over.
+/// Tests of this binary run one at a time: each checks that no sandbox mount of this
+/// process tree is left, which a sandbox of a test running beside it would break.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// No sandbox mount is left in this process's namespace or in any process this test binary
+/// started. Other sandboxes on the machine (another test binary, a build) are not ours.
 fn assert_no_mounts_left() {
-    assert_eq!(mounts_matching(SCRATCH_PREFIX), Vec::<String>::new());
+    let me = std::process::id();
+    let ours: Vec<String> = mounts_matching(SCRATCH_PREFIX)
+        .into_iter()
+        .filter(|line| {
+            let pid: u32 = line.split(':').next().unwrap().parse().unwrap();
+            descends_from(pid, me)
+        })
+        .collect();
+    assert_eq!(ours, Vec::<String>::new());
+}
+
+/// Whether `pid` is `ancestor` or one of its descendants (following /proc/PID/stat's ppid).
+fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+    while pid > 1 {
+        if pid == ancestor {
+            return true;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // The command name may hold spaces and parentheses: ppid follows the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return false;
+        };
+        pid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+    }
+    false
 }
 
 fn mounts_matching(needle: &str) -> Vec<String> {
@@ -171,6 +210,7 @@ fn listing(dir: &Path) -> Vec<String> {
 
 #[test]
 fn echo_output_and_clean_upper() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     let spec = fx.spec("echo hi; echo err >&2");
     assert_eq!(ok(&spec), "hi\nerr\n");
@@ -180,6 +220,7 @@ fn echo_output_and_clean_upper() {
 
 #[test]
 fn pid_namespace_and_hostname() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     let out = ok(&fx.spec("echo $$; hostname; ls /proc | grep '^[0-9]*$' | wc -l"));
     // PID 1 is the shell; /proc holds it plus ls and grep (wc, the pipe's last command,
@@ -195,6 +236,7 @@ fn pid_namespace_and_hostname() {
 
 #[test]
 fn exit_codes_and_start_failures() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     assert_eq!(run(&fx.spec("exit 3")).0, Exit::Code(3));
     let (exit, _) = run(&fx.spec("sh -c 'kill -9 $$'; exit $?"));
@@ -231,6 +273,7 @@ fn exit_codes_and_start_failures() {
 
 #[test]
 fn sigpipe_is_default_again() {
+    let _serial = serial();
     // Rust ignores SIGPIPE in the helper; `yes` must die of it when head exits, not get
     // EPIPE.
     let Some(fx) = fixture() else { return };
@@ -240,6 +283,7 @@ fn sigpipe_is_default_again() {
 
 #[test]
 fn deleted_lower_file_is_a_whiteout() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     let spec = fx.spec("rm /etc/motd && touch /new && stat -c %a /new");
     assert_eq!(ok(&spec), "644\n", "umask 022 as in runc");
@@ -252,6 +296,7 @@ fn deleted_lower_file_is_a_whiteout() {
 
 #[test]
 fn user_resolution_and_groups() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     let id = |user: &str| {
         let mut spec = fx.spec("id");
@@ -276,6 +321,7 @@ fn user_resolution_and_groups() {
 
 #[test]
 fn workdir_is_created_for_the_user() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     let mut spec = fx.spec("pwd; echo $HOME; touch mine");
     spec.user = "user".into();
@@ -300,6 +346,7 @@ fn workdir_is_created_for_the_user() {
 
 #[test]
 fn network_none_has_only_loopback() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     let mut spec =
         fx.spec("ls /sys/class/net; cat /sys/class/net/lo/operstate; touch /sys/x || echo ro");
@@ -319,6 +366,7 @@ fn network_none_has_only_loopback() {
 
 #[test]
 fn env_is_exact() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     let mut spec = fx.spec("");
     spec.argv = vec!["/bin/env".into()];
@@ -333,6 +381,7 @@ fn env_is_exact() {
 
 #[test]
 fn dev_is_minimal_and_usable() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     let out = ok(&fx.spec(
         "ls /dev; echo x > /dev/null; cat /dev/null; ls /dev/pts; test -d /dev/shm && echo shm",
@@ -345,6 +394,7 @@ fn dev_is_minimal_and_usable() {
 
 #[test]
 fn mounts_work_and_leave_nothing_in_the_layer() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     let t = fx.tmp.path();
     let src = t.join("src");
@@ -411,6 +461,7 @@ fn mounts_work_and_leave_nothing_in_the_layer() {
 
 #[test]
 fn default_capabilities_and_masked_kernel_files() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     let out = ok(&fx.spec(
         "grep CapBnd /proc/self/status; wc -c < /proc/timer_list; ls /sys/firmware | wc -l; \
@@ -431,6 +482,7 @@ fn default_capabilities_and_masked_kernel_files() {
 
 #[test]
 fn terminate_all_kills_running_steps() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     let spec = fx.spec("echo started; sleep 1000; echo not-killed");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -452,6 +504,7 @@ fn terminate_all_kills_running_steps() {
 
 #[test]
 fn removing_stubs_keeps_parent_times() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     // /etc/added makes /etc stay in the upper; the stub removal must not bump its mtime.
     let spec = fx.spec("touch /etc/added; sleep 1.1");
@@ -466,6 +519,7 @@ fn removing_stubs_keeps_parent_times() {
 
 #[test]
 fn stub_in_an_existing_dir_keeps_real_changes() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     // /etc exists below: the resolv.conf stub must go, the command's new file must stay.
     let spec = fx.spec("echo x > /etc/added");
@@ -475,6 +529,7 @@ fn stub_in_an_existing_dir_keeps_real_changes() {
 
 #[test]
 fn many_lowers_fit_the_mount_options() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     let long = "a-rather-long-layer-directory-name-to-overflow-the-option-page";
     let mut lowers = Vec::new();
@@ -495,6 +550,7 @@ fn many_lowers_fit_the_mount_options() {
 
 #[test]
 fn fs_job_mkdir_stays_inside_the_root() {
+    let _serial = serial();
     let Some(fx) = fixture() else { return };
     std::os::unix::fs::symlink("../../../../..", fx.lower.join("esc")).unwrap();
     let rootfs = fx.overlay(vec![fx.lower.clone()]);
@@ -549,6 +605,7 @@ fn kill_target() {
 
 #[test]
 fn kill_9_of_rbuild_kills_the_step() {
+    let _serial = serial();
     // Holds the lock so the other tests' mount checks do not see this step's mounts.
     let Some(_fx) = fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
