@@ -134,35 +134,31 @@ pub fn fetch_into_store(
             diff_ids.len()
         )));
     }
+    // Which layers are missing, bottom first, with their chain ids.
+    let mut missing = Vec::new();
     let mut parent: Option<Digest> = None;
     for (desc, diff_id) in image.manifest.layers.iter().zip(diff_ids) {
         let chain = chain_id(parent.as_ref(), diff_id);
         if store.layer(&chain).is_none() {
-            if !store.has_blob(&desc.digest) {
-                reporter.status(id, &format!("pulling {}", desc.digest));
-                let (digest, _, ()) =
-                    store.write_blob(|w| registry.fetch_blob(&image.reference, desc, w))?;
-                if digest != desc.digest {
-                    return Err(BuildError::Invalid(format!(
-                        "pulling `{}`: blob {} arrived with digest {digest}",
-                        image.reference, desc.digest
-                    )));
-                }
-            }
-            reporter.status(id, &format!("extracting {}", desc.digest));
-            extract_layer(store, desc, diff_id, parent.as_ref())?;
+            missing.push((desc, diff_id, parent.clone()));
         }
         parent = Some(chain);
     }
+    // Blobs download a few at a time; layers are then extracted in order.
+    let to_fetch: Vec<&Descriptor> = missing
+        .iter()
+        .map(|(desc, _, _)| *desc)
+        .filter(|desc| !store.has_blob(&desc.digest))
+        .collect();
+    fetch_blobs(store, registry, image, &to_fetch, reporter, id)?;
+    for (desc, diff_id, parent) in &missing {
+        reporter.status(id, &format!("extracting {}", desc.digest));
+        extract_layer(store, desc, diff_id, parent.as_ref())?;
+    }
     store.put_blob_bytes(&image.config_bytes)?;
     let manifest_digest = store.put_blob_bytes(&image.manifest_bytes)?;
-    let media_type = image
-        .manifest
-        .media_type
-        .clone()
-        .unwrap_or_else(|| crate::image::media::OCI_MANIFEST.to_string());
     let desc = Descriptor::new(
-        &media_type,
+        &image.manifest_media_type,
         manifest_digest,
         image.manifest_bytes.len() as u64,
     );
@@ -174,6 +170,62 @@ pub fn fetch_into_store(
             image.reference
         ))
     })
+}
+
+/// How many blobs download at once.
+const PARALLEL_DOWNLOADS: usize = 3;
+
+/// Download `blobs` into the store, [`PARALLEL_DOWNLOADS`] at a time; the first error wins.
+fn fetch_blobs(
+    store: &Store,
+    registry: &Client,
+    image: &ResolvedImage,
+    blobs: &[&Descriptor],
+    reporter: &dyn Reporter,
+    id: StepId,
+) -> Result<(), BuildError> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed: Mutex<Option<BuildError>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..PARALLEL_DOWNLOADS.min(blobs.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= blobs.len() || failed.lock().unwrap().is_some() {
+                    return;
+                }
+                let desc = blobs[i];
+                reporter.status(
+                    id,
+                    &format!(
+                        "pulling {} ({})",
+                        desc.digest,
+                        crate::output::human_size(desc.size)
+                    ),
+                );
+                let result = store
+                    .write_blob(|w| registry.fetch_blob(&image.reference, desc, w))
+                    .map_err(BuildError::from)
+                    .and_then(|(digest, _, ())| {
+                        if digest == desc.digest {
+                            Ok(())
+                        } else {
+                            Err(BuildError::Invalid(format!(
+                                "pulling `{}`: blob {} arrived with digest {digest}",
+                                image.reference, desc.digest
+                            )))
+                        }
+                    });
+                if let Err(e) = result {
+                    failed.lock().unwrap().get_or_insert(e);
+                    return;
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Extract a stored layer blob into `layers/<chain>/diff`, checking its diff_id on the way.
