@@ -394,9 +394,11 @@ fn add_url_downloads_with_mode_0600_checks_checksums_and_keeps_archives_whole() 
             "FROM {BASE}\n\
              ADD {} /dl/\n\
              ADD --checksum={right} {} /checked.txt\n\
-             ADD {} /archives/\n",
+             ADD {} /archives/\n\
+             ADD --unpack=true {} /unpacked/\n",
             url("/files/hello.txt"),
             url("/files/hello.txt"),
+            url("/files/bundle.tar.gz"),
             url("/files/bundle.tar.gz"),
         ),
         &[],
@@ -416,6 +418,20 @@ fn add_url_downloads_with_mode_0600_checks_checksums_and_keeps_archives_whole() 
         archive
     );
     assert!(!root.join("archives/inside.txt").exists());
+    // ... unless --unpack=true asks for it.
+    assert_eq!(
+        std::fs::read(root.join("unpacked/inside.txt")).unwrap(),
+        b"inside the archive\n"
+    );
+    assert!(!root.join("unpacked/bundle.tar.gz").exists());
+
+    // A git repository is refused clearly rather than downloaded as a web page.
+    let ctx = context(
+        &format!("FROM {BASE}\nADD {} /src\n", url("/repo.git#main")),
+        &[],
+    );
+    let err = build_fails(store.path(), ctx.path(), &[]);
+    assert!(err.contains("git repositories are not supported"), "{err}");
 
     // A wrong checksum fails and says which URL and which digests.
     let wrong = format!("sha256:{}", sha256_hex(b"something else"));

@@ -21,6 +21,7 @@
 //! - ADD extracts local tar archives (plain, gzip, bzip2, xz, zstd; detected by content)
 //!   into the destination directory, refusing entries that would leave it.
 
+use crate::layer::apply::lenient;
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::{self, BufRead, BufReader, Read};
@@ -69,6 +70,9 @@ pub enum CopySrc {
         name: String,
         host_path: PathBuf,
         mode: u32,
+        /// Extract it if it is an archive (`ADD --unpack=true <url>`).
+        #[serde(default)]
+        unpack: bool,
     },
 }
 
@@ -196,7 +200,17 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
                 name,
                 host_path: file,
                 mode,
+                unpack,
             } => {
+                // `ADD --unpack=true <url>`: a downloaded archive is extracted like a local one.
+                if *unpack {
+                    if let Some(reader) = open_archive(file)? {
+                        let dir = resolve_in_root(dest_root, &dest_rel, true)?;
+                        c.mkdir_all(&dir)?;
+                        c.extract(reader, file, &dir)?;
+                        continue;
+                    }
+                }
                 let meta = fs::metadata(file).map_err(|e| io_err(file, e))?;
                 let target = c.prepare_target(false, name, &dest_rel)?;
                 let dst = c.host(&target);
@@ -842,12 +856,15 @@ impl Copier<'_> {
                     }
                 }
             }
-            let mode = header.mode().map_err(|e| bad(e.to_string()))? & 0o7777;
+            let old = header.as_old();
+            let mode = lenient(header.mode().map(u64::from), &old.mode)
+                .map_err(|e| bad(e.to_string()))? as u32
+                & 0o7777;
             let (uid, gid) = match self.owner {
                 Some(o) => o,
                 None => (
-                    header.uid().map_err(|e| bad(e.to_string()))? as u32,
-                    header.gid().map_err(|e| bad(e.to_string()))? as u32,
+                    lenient(header.uid(), &old.uid).map_err(|e| bad(e.to_string()))? as u32,
+                    lenient(header.gid(), &old.gid).map_err(|e| bad(e.to_string()))? as u32,
                 ),
             };
             let mtime = header.mtime().unwrap_or(0) as i64;
@@ -1388,6 +1405,7 @@ mod tests {
                 name: "file.bin".into(),
                 host_path: prepared,
                 mode: 0o600,
+                unpack: false,
             }],
             dest: "/dl/".into(),
             workdir: "/".into(),

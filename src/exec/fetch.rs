@@ -10,6 +10,12 @@ use super::BuildError;
 /// Download `url` to `dest`; returns the content digest, checked against `checksum` if given.
 pub fn download(url: &str, dest: &Path, checksum: Option<&str>) -> Result<Digest, BuildError> {
     let fail = |why: String| BuildError::Invalid(format!("ADD `{url}`: {why}"));
+    if is_git_url(url) {
+        return Err(fail(
+            "git repositories are not supported as ADD sources yet (rbuild does not clone)"
+                .to_string(),
+        ));
+    }
     let client = reqwest::blocking::Client::builder()
         .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -66,6 +72,16 @@ pub fn file_name(url: &str) -> String {
     }
 }
 
+/// Whether BuildKit would clone `url` rather than download it: `git://`, `git@host:`,
+/// `ssh://`, or a path ending in `.git` (before a `#ref` fragment).
+pub fn is_git_url(url: &str) -> bool {
+    let path = url.split('#').next().unwrap_or(url);
+    url.starts_with("git://")
+        || url.starts_with("git@")
+        || url.starts_with("ssh://")
+        || path.trim_end_matches('/').ends_with(".git")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +91,14 @@ mod tests {
         assert_eq!(file_name("https://example.com/a/b.tar.gz?x=1"), "b.tar.gz");
         assert_eq!(file_name("https://example.com/"), "index.html");
         assert_eq!(file_name("https://example.com"), "index.html");
+    }
+
+    #[test]
+    fn git_sources_are_recognized() {
+        assert!(is_git_url("https://github.com/moby/buildkit.git#v0.12.0"));
+        assert!(is_git_url("git@github.com:moby/buildkit.git"));
+        assert!(is_git_url("git://example.com/repo"));
+        assert!(!is_git_url("https://example.com/archive.tar.gz"));
+        assert!(!is_git_url("https://example.com/dir.git/file.txt"));
     }
 }

@@ -477,6 +477,8 @@ impl<'a> Ctx<'a> {
                         name,
                         host_path: path,
                         mode,
+                        // BuildKit extracts a downloaded archive only when asked to.
+                        unpack: matches!(src, CopySource::Url(_)) && copy.unpack == Some(true),
                     }
                 }
             });

@@ -533,6 +533,15 @@ fn normalize(raw: &[u8]) -> Result<Components, &'static str> {
     Ok(comps)
 }
 
+/// A numeric header field as Go's archive/tar (and so BuildKit and docker) reads it: a field
+/// of only NULs and spaces is 0, not an error.
+pub fn lenient(parsed: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
+    match parsed {
+        Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+        other => other,
+    }
+}
+
 fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, display: &Path) -> Result<Meta, LayerError> {
     let header = entry.header();
     let field = |what: &'static str, r: io::Result<u64>| {
@@ -543,10 +552,11 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, display: &Path) -> Result<M
             ))
         })
     };
-    let mode = field("mode", header.mode().map(u64::from))? as u32;
-    let uid = field("uid", header.uid())?;
-    let gid = field("gid", header.gid())?;
-    let mut mtime = field("mtime", header.mtime())? as i64;
+    let old = header.as_old();
+    let mode = field("mode", lenient(header.mode().map(u64::from), &old.mode))? as u32;
+    let uid = field("uid", lenient(header.uid(), &old.uid))?;
+    let gid = field("gid", lenient(header.gid(), &old.gid))?;
+    let mut mtime = field("mtime", lenient(header.mtime(), &old.mtime))? as i64;
     let mut xattrs = Vec::new();
     if let Some(pax) = entry.pax_extensions().map_err(LayerError::Read)? {
         for ext in pax {
@@ -1093,5 +1103,20 @@ mod gnu_tar_tests {
         assert!(made.status.success());
         apply(&made.stdout[..], &out).unwrap();
         assert_eq!(list_dir(&out, true), list_dir(&src, true));
+    }
+}
+
+#[cfg(test)]
+mod lenient_tests {
+    use super::lenient;
+    use std::io;
+
+    #[test]
+    fn blank_numeric_fields_read_as_zero_like_go() {
+        let bad = || Err(io::Error::new(io::ErrorKind::InvalidData, "not a number"));
+        assert_eq!(lenient(bad(), &[0; 8]).unwrap(), 0);
+        assert_eq!(lenient(bad(), b"       \0").unwrap(), 0);
+        assert!(lenient(bad(), b"12x4567\0").is_err());
+        assert_eq!(lenient(Ok(7), b"0000007\0").unwrap(), 7);
     }
 }
