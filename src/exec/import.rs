@@ -58,12 +58,7 @@ pub fn import_rootfs(
     // Uncompressed: the blob digest is the diff_id.
     extract_layer(store, &desc, &digest, None)?;
 
-    let created = match source_date_epoch {
-        Some(e) => super::steps::rfc3339(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.max(0) as u64),
-        ),
-        None => super::steps::rfc3339(std::time::SystemTime::now()),
-    };
+    let created = super::steps::created_time(source_date_epoch);
     let mut config = stage.config.clone();
     let host = Platform::host();
     config.architecture = host.architecture;

@@ -71,12 +71,7 @@ impl<'a> Ctx<'a> {
         let ignore = IgnoreMatcher::load(&req.context, req.dockerfile_path.as_deref())?;
         let stat_cache_path = store.root().join("statcache.json");
         let stat_cache = StatCache::load(&stat_cache_path);
-        let created = match req.source_date_epoch {
-            Some(epoch) => {
-                rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(epoch.max(0) as u64))
-            }
-            None => rfc3339(std::time::SystemTime::now()),
-        };
+        let created = created_time(req.source_date_epoch);
         Ok(Ctx {
             store,
             req,
@@ -908,8 +903,16 @@ fn clamp_join(dir: &Path, rel: &str) -> PathBuf {
 }
 
 /// RFC 3339 in UTC with second precision, as image configs carry it.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
+fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The `created` time of what this build makes: SOURCE_DATE_EPOCH when set, else now.
+pub fn created_time(source_date_epoch: Option<i64>) -> String {
+    match source_date_epoch {
+        Some(epoch) => rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(epoch.max(0) as u64)),
+        None => rfc3339(std::time::SystemTime::now()),
+    }
 }
 
 /// A RUN --mount `from=` as a COPY --from (the same three kinds of source).
