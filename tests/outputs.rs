@@ -828,6 +828,10 @@ fn store_commands_list_inspect_save_remove_and_prune() {
     assert!(!run(rbuild_cmd(&store).args(["inspect", &tag]))
         .status
         .success());
+    // Removing it again is an error naming it, as with docker rmi.
+    let again_rmi = run(rbuild_cmd(&store).args(["rmi", &tag]));
+    assert_eq!(again_rmi.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again_rmi.stderr).contains(&format!("no such image: {tag}")));
     // prune --all drops the build cache: the rebuild runs every step again.
     run_ok(rbuild_cmd(&store).args(["prune", "--all"]));
     let rebuilt = build(&[]);

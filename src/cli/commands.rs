@@ -25,12 +25,21 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Images) => images(&global),
         Some(Command::Rmi { images }) => {
             let store = open_store(&global)?;
+            let mut missing = Vec::new();
             for image in images {
-                for r in store.rmi(&image, false)? {
+                let untagged = store.rmi(&image, false)?;
+                if untagged.is_empty() {
+                    missing.push(image);
+                }
+                for r in untagged {
                     stdout_line(&format!("Untagged: {}", r.familiar()))?;
                 }
             }
-            Ok(())
+            // As docker: the others are still removed, then the missing ones are an error.
+            match missing.as_slice() {
+                [] => Ok(()),
+                names => Err(UserError(format!("no such image: {}", names.join(", "))).into()),
+            }
         }
         Some(Command::Prune { all }) => {
             let store = open_store(&global)?;
