@@ -236,6 +236,20 @@ fn spawn_build(store: &Path, ctx: &Path, extra: &[&str]) -> Child {
 // Faults
 // ---------------------------------------------------------------------------------------
 
+/// Every file name below `dir`, at any depth.
+fn walk_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            names.push(e.file_name().to_string_lossy().into_owned());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                names.extend(walk_names(&e.path()));
+            }
+        }
+    }
+    names
+}
+
 #[test]
 fn kill_9_during_run_leaves_no_process_no_mount_and_a_usable_cache() {
     if !ready() {
@@ -276,6 +290,17 @@ fn kill_9_during_run_leaves_no_process_no_mount_and_a_usable_cache() {
     assert!(
         !dead_session.is_empty(),
         "the killed build left no scratch (nothing to sweep?)"
+    );
+    // The step's sandbox scratch dir is inside that session, so the sweep takes it too
+    // (it is never left in the system temp dir).
+    let in_session = |name: &String| {
+        walk_names(&store.path().join("tmp").join(name))
+            .iter()
+            .any(|n| n.starts_with(rbuild::sandbox::SCRATCH_PREFIX))
+    };
+    assert!(
+        dead_session.iter().any(in_session),
+        "no sandbox scratch dir in the dead session"
     );
 
     // The next build reuses what finished before the kill and sweeps the dead scratch.

@@ -58,6 +58,23 @@ pub fn install_signal_handlers() {
     });
 }
 
+/// The sandbox's scratch directories live in the store's tmp session for the build, so a
+/// killed build's leftovers are swept with it; back to the default when the build ends.
+struct ScratchDir;
+
+impl ScratchDir {
+    fn set(dir: &std::path::Path) -> ScratchDir {
+        crate::sandbox::set_scratch_dir(Some(dir.to_path_buf()));
+        ScratchDir
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        crate::sandbox::set_scratch_dir(None);
+    }
+}
+
 /// What a finished build produced.
 #[derive(Debug)]
 pub struct BuildOutcome {
@@ -77,6 +94,8 @@ pub fn build(
     reporter: &dyn Reporter,
 ) -> Result<BuildOutcome, BuildError> {
     let _lock = store.lock_shared()?;
+    let scratch = store.tmp_dir()?;
+    let _scratch = ScratchDir::set(scratch.path());
     let mut bases = Bases::new(store, registry, req);
     for (name, context) in &req.build_contexts {
         if let NamedContext::OciLayout { dir, tag } = context {

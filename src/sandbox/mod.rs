@@ -233,6 +233,16 @@ pub fn terminate_all() {
     }
 }
 
+/// Where scratch directories go (None: the system temp dir).
+static SCRATCH_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Put the per-step scratch directories under `dir` (the store's tmp session, so that the
+/// empty directory a killed build leaves behind is swept with the session), or back in the
+/// system temp dir with `None`.
+pub fn set_scratch_dir(dir: Option<PathBuf>) {
+    *SCRATCH_DIR.lock().unwrap_or_else(|e| e.into_inner()) = dir;
+}
+
 /// Uses `exe` instead of /proc/self/exe as the helper (for test binaries, which are not
 /// rbuild). `exe` must dispatch [`HELPER_ARG`] to [`helper_main`]. First call wins.
 pub fn set_helper_exe(exe: PathBuf) {
@@ -415,13 +425,19 @@ struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new() -> Result<Scratch, SandboxError> {
+        let parent = SCRATCH_DIR
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|d| d.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
         tempfile::Builder::new()
             .prefix(SCRATCH_PREFIX)
-            .tempdir()
+            .tempdir_in(&parent)
             .map(Scratch)
             .map_err(|source| SandboxError::Io {
                 what: "creating scratch dir in",
-                path: std::env::temp_dir(),
+                path: parent,
                 source,
             })
     }
