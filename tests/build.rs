@@ -934,6 +934,8 @@ fn two_independent_stages_feed_a_third() {
     assert_eq!(names, ["bin", "left.txt", "r"]);
     let log = stderr(&log);
     assert!(!log.contains("echo never"), "{log}");
+    // Both stages start from the same base at once: it is fetched and extracted once.
+    assert_eq!(log.matches(" extracting sha256:").count(), 1, "{log}");
     // Several stages: labels name the stage, `stage-N` when it has no name.
     for label in [
         "[left 2/2] RUN echo left > /left.txt",

@@ -28,6 +28,7 @@ pub struct Bases<'a> {
     /// `--build-context NAME=docker-image://REF`: `FROM NAME` means REF.
     aliases: HashMap<String, String>,
     known: Mutex<HashMap<String, Known>>,
+    fetching: Mutex<()>,
 }
 
 impl<'a> Bases<'a> {
@@ -46,6 +47,7 @@ impl<'a> Bases<'a> {
             pull: req.pull,
             aliases,
             known: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(()),
         }
     }
 
@@ -87,6 +89,12 @@ impl<'a> Bases<'a> {
         reporter: &dyn Reporter,
         id: StepId,
     ) -> Result<ImageRecord, BuildError> {
+        if let Known::Stored(record) = self.lookup(reference)? {
+            return Ok(*record);
+        }
+        // One fetch at a time: two stages of a wave on the same base must not both download
+        // and extract it. Whoever waited finds it stored.
+        let _fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
         match self.lookup(reference)? {
             Known::Stored(record) => Ok(*record),
             Known::Remote(resolved) => {
