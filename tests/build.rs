@@ -1146,3 +1146,38 @@ fn bad_invocations_give_clear_messages_and_user_exit_codes() {
         "{err}"
     );
 }
+
+#[test]
+fn cache_mounts_honour_sharing_and_ownership() {
+    if !e2e_ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    // Two independent stages run at once; with sharing=locked their critical sections on
+    // the cache never interleave. The cache dir is created with the mount's uid and mode.
+    let locked = "--mount=type=cache,id=shared-log,target=/c,sharing=locked,uid=1000,mode=0750";
+    let ctx = context(
+        &format!(
+            "FROM {BASE} AS a\n\
+             RUN {locked} echo start-a >> /c/log && sleep 1 && echo end-a >> /c/log\n\
+             FROM {BASE} AS b\n\
+             RUN {locked} echo start-b >> /c/log && sleep 1 && echo end-b >> /c/log\n\
+             FROM {BASE}\n\
+             COPY --from=a /etc/passwd /a-done\n\
+             COPY --from=b /etc/passwd /b-done\n\
+             RUN {locked} cp /c/log /log && stat -c '%u %a' /c > /owner\n\
+             RUN --mount=type=cache,id=private-one,target=/p,sharing=private touch /p/x && ls /p > /private\n"
+        ),
+        &[],
+    );
+    let (out, _) = build_rootfs(store.path(), ctx.path(), &[]);
+    let root = rootfs(&out);
+    let log: Vec<String> = read(root.join("log")).lines().map(str::to_string).collect();
+    assert_eq!(log.len(), 4, "{log:?}");
+    for pair in log.chunks(2) {
+        let who = pair[0].strip_prefix("start-").expect("a start first");
+        assert_eq!(pair[1], format!("end-{who}"), "interleaved: {log:?}");
+    }
+    assert_eq!(read(root.join("owner")), "1000 750\n");
+    assert_eq!(read(root.join("private")), "x\n");
+}

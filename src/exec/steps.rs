@@ -13,7 +13,7 @@ use crate::dockerfile::instructions::{MountType, NetworkMode, Security};
 use crate::image::{media, Descriptor, Digest, History, ImageConfig};
 use crate::layer::{self, Compression, SnapshotOptions};
 use crate::plan::{
-    self, CopyFrom, CopyOp, CopySource, MountFrom, Op, RunMount, RunOp, Stage, Step,
+    self, CopyFrom, CopyOp, CopySource, MountFrom, Op, RunMount, RunOp, Sharing, Stage, Step,
 };
 use crate::sandbox::{self, FsSource, Mount, Network, Overlay, RunSpec};
 use crate::store::{CacheRecord, ImageRecord, Store};
@@ -274,6 +274,10 @@ impl<'a> Ctx<'a> {
             | BuildError::Copy(_)
             | BuildError::Context(_)
             | BuildError::Registry(_) => e.to_string(),
+            // The copier and WORKDIR run in the sandbox helper: their message is the user's.
+            BuildError::Sandbox(crate::sandbox::SandboxError::Handler { message, .. }) => {
+                message.clone()
+            }
             _ => return e,
         };
         BuildError::Step {
@@ -410,8 +414,10 @@ impl<'a> Ctx<'a> {
         }
         let mut env = run.env.clone();
         let mut mounts = Vec::new();
+        // Held until the step ends: cache locks and private cache dirs.
+        let mut guards = Vec::new();
         for m in &run.mounts {
-            mounts.extend(self.mount(m, done, &mut env)?);
+            mounts.extend(self.mount(m, done, &mut env, &mut guards)?);
         }
         let network = match run.network {
             NetworkMode::Default => self.req.network,
@@ -546,6 +552,7 @@ impl<'a> Ctx<'a> {
         m: &RunMount,
         done: &BTreeMap<usize, StageState>,
         env: &mut Vec<String>,
+        guards: &mut Vec<MountGuard>,
     ) -> Result<Option<Mount>, BuildError> {
         let target = m.target.clone();
         let uid = m.uid.unwrap_or(0);
@@ -586,15 +593,37 @@ impl<'a> Ctx<'a> {
             }
             MountType::Cache => {
                 let id = m.id.clone().unwrap_or_else(|| m.target.clone());
-                let dir = self
-                    .store
-                    .root()
-                    .join("mounts/cache")
-                    .join(Digest::of(id.as_bytes()).hex());
-                std::fs::create_dir_all(&dir)
-                    .map_err(BuildError::io("creating cache mount", &dir))?;
+                let base = self.store.root().join("mounts/cache");
+                std::fs::create_dir_all(&base).map_err(BuildError::io("creating", &base))?;
+                let name = Digest::of(id.as_bytes()).hex().to_string();
+                // The sandbox creates the directory itself, with the mount's uid/gid/mode.
+                let dir = base.join(&name);
+                let lock_path = base.join(format!("{name}.lock"));
+                let source = match m.sharing.unwrap_or(Sharing::Shared) {
+                    Sharing::Shared => dir,
+                    // One writer at a time: wait for the others.
+                    Sharing::Locked => {
+                        guards.push(MountGuard::Lock(
+                            lock_cache(&lock_path, true)?.expect("blocking lock"),
+                        ));
+                        dir
+                    }
+                    // In use by another step: this one gets a fresh, throwaway directory.
+                    Sharing::Private => match lock_cache(&lock_path, false)? {
+                        Some(lock) => {
+                            guards.push(MountGuard::Lock(lock));
+                            dir
+                        }
+                        None => {
+                            let tmp = self.store.tmp_dir()?;
+                            let private = tmp.path().join("cache");
+                            guards.push(MountGuard::Dir(tmp));
+                            private
+                        }
+                    },
+                };
                 Mount::Cache {
-                    source: dir,
+                    source,
                     target,
                     uid,
                     gid,
@@ -877,6 +906,38 @@ fn apply_record(state: &mut StageState, rec: &CacheRecord, key: String) {
     history.empty_layer = !rec.new_layer;
     state.history.push(history);
     state.key = key;
+}
+
+/// What a RUN's cache mounts hold while the step runs.
+enum MountGuard {
+    /// `sharing=locked` / `private`: the cache directory's flock.
+    Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>),
+    /// `sharing=private` while the cache is in use: a directory of this step's own.
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+}
+
+/// Take the flock beside a cache directory; `wait=false` gives None when it is held.
+fn lock_cache(
+    path: &Path,
+    wait: bool,
+) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, BuildError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(BuildError::io("opening", path))?;
+    let arg = if wait {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    match Flock::lock(file, arg) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
+        Err((_, errno)) => Err(BuildError::io("locking", path)(std::io::Error::from(errno))),
+    }
 }
 
 /// The stage part of a step label: its name, or `stage-N` for an unnamed stage.
