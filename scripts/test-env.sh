@@ -10,7 +10,7 @@ mkdir -p "$STATE"
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-ensure_packages docker.io docker-registry buildah skopeo umoci busybox-static debootstrap curl apache2-utils
+ensure_packages docker.io docker-registry buildah skopeo umoci podman busybox-static debootstrap curl apache2-utils
 ensure_dockerd "$STATE/dockerd.log"
 
 if ! curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1; then

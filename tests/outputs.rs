@@ -1138,3 +1138,36 @@ fn docker_archive_names_tags_of_several_repositories() {
             .collect::<Vec<_>>(),
     );
 }
+
+/// podman (containers/image) loads the docker archive with the same image id and config.
+#[test]
+fn podman_loads_the_docker_archive() {
+    let podman = std::process::Command::new("podman")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !e2e_ready() || !require(podman, "podman (apt-get install podman)") {
+        return;
+    }
+    let b = built();
+    let archive = b.out.join("d.tar");
+    let loaded = run_ok(
+        Command::new("podman")
+            .args(["load", "-q", "-i"])
+            .arg(&archive),
+    );
+    assert!(
+        loaded.contains(b.tags[0].as_str()),
+        "podman load said: {loaded}"
+    );
+    let inspect =
+        json(run_ok(Command::new("podman").args(["image", "inspect", &b.tags[0]])).as_bytes());
+    assert_eq!(
+        format!("sha256:{}", inspect[0]["Id"].as_str().unwrap()),
+        b.image_id
+    );
+    let docker_config = json(&tar_files(&archive)["manifest.json"]);
+    assert_eq!(docker_config[0]["RepoTags"].as_array().unwrap().len(), 2);
+    assert_eq!(inspect[0]["Config"]["Cmd"], serde_json::json!(["sh"]));
+    let _ = run(Command::new("podman").args(["rmi", "-f", &b.tags[0], &b.tags[1]]));
+}
