@@ -166,7 +166,9 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     let registry = registry(global)?;
     let report = reporter(args.progress, args.quiet);
     exec::install_signal_handlers();
+    let started = std::time::Instant::now();
     let outcome = exec::build(&store, &registry, &settings.request, &*report)?;
+    super::progress::trace("build", started.elapsed());
     let image = &outcome.image;
     let tags = &settings.request.tags;
     let say = |text: String| {
@@ -176,7 +178,9 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     };
 
     for spec in &settings.outputs {
+        let started = std::time::Instant::now();
         output::write(&store, image, tags, spec)?;
+        super::progress::trace("output", started.elapsed());
         say(format!("wrote {}", describe(&spec.kind)));
     }
     if settings.load {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::{sync_parent, Result, Store, StoreError};
+use super::{Result, Store, StoreError};
 use crate::image::{Descriptor, Digest, Sha256Writer};
 use crate::layer::compress::{decompressor, sniff, Compression, Compressor};
 
@@ -193,7 +193,7 @@ impl Store {
             Ok(()) => {
                 // The TempDir's path is gone now; dropping it is a no-op.
                 let _ = stage.keep();
-                sync_parent(&dest)?;
+                self.sync_parent_later(&dest);
             }
             // Another build won the race: its layer has the same content (stage drops ours).
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {}
