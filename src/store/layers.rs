@@ -150,7 +150,7 @@ impl Store {
     ) -> Result<LayerRecord> {
         let chain = chain_id(parent, &diff_id);
         if let Some(existing) = self.try_layer(&chain)? {
-            remove_dir_all_quiet(&diff_dir);
+            self.discard_dir(diff_dir);
             return Ok(existing);
         }
         if !self.has_blob(&blob.digest) {
@@ -304,10 +304,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(StoreError::io("writing", path))
-}
-
-fn remove_dir_all_quiet(path: &Path) {
-    let _ = fs::remove_dir_all(path);
 }
 
 /// Sum of regular file sizes under `dir` (hard links counted once), without following links.

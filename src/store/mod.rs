@@ -111,6 +111,8 @@ pub struct Store {
     /// these wait for [`Store::sync_pending`]: once per build instead of three times per
     /// step (docs/performance.md).
     pending_dirs: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
+    /// Threads removing scratch trees nobody needs any more ([`Store::discard_dir`]).
+    discarding: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Held (exclusive flock) for as long as the store is open: tells `open` in other
     /// processes that `session` is alive.
     _session_lock: File,
@@ -152,6 +154,7 @@ impl Store {
             root,
             session,
             pending_dirs: Default::default(),
+            discarding: Default::default(),
             _session_lock: session_lock,
         };
         if !store.root.join("oci-layout").exists() {
@@ -234,6 +237,20 @@ impl Store {
         Ok(())
     }
 
+    /// Remove a scratch tree (in the session dir) on a background thread: a rebuilt layer
+    /// that is already stored leaves its whole upperdir behind, and unlinking 10k files
+    /// costs seconds on a busy disk (docs/performance.md). Best effort, like the session
+    /// sweep; the store joins these threads when it closes.
+    pub(crate) fn discard_dir(&self, dir: PathBuf) {
+        let handle = std::thread::spawn(move || {
+            let _ = fs::remove_dir_all(&dir);
+        });
+        self.discarding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+    }
+
     /// Remember that `path` was renamed into its directory (see `pending_dirs`).
     fn sync_parent_later(&self, path: &Path) {
         if let Some(parent) = path.parent() {
@@ -292,6 +309,11 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Best effort, like the sweep below: records whose rename is lost are rebuilt.
         let _ = self.sync_pending();
+        let discarding =
+            std::mem::take(&mut *self.discarding.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in discarding {
+            let _ = handle.join();
+        }
         // Best effort: whatever is left is swept by the next `open`.
         let _ = fs::remove_dir_all(&self.session);
     }
