@@ -155,7 +155,9 @@ impl<'a> Ctx<'a> {
         history: History,
         id: StepId,
     ) -> Result<bool, BuildError> {
+        let phase = Instant::now();
         let prepared = self.prepare(step, done)?;
+        self.reporter.phase(id, "prepare", phase.elapsed());
         let key = plan::cache_key(&state.key, &step.key, prepared.content.as_ref());
         if !self.req.no_cache {
             if let Some(rec) = self.store.get_cache(&key) {

@@ -102,6 +102,9 @@ impl StoreError {
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Numbers the trees [`Store::discard_dir`] moves aside.
+static TRASH_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// An open store. Holds this process's scratch session in tmp/ (removed on drop).
 pub struct Store {
     root: PathBuf,
@@ -242,6 +245,16 @@ impl Store {
     /// costs seconds on a busy disk (docs/performance.md). Best effort, like the session
     /// sweep; the store joins these threads when it closes.
     pub(crate) fn discard_dir(&self, dir: PathBuf) {
+        // Out of its scratch parent first, whose TempDir would otherwise remove it in the
+        // foreground; the session dir is on the same filesystem, so this is a rename.
+        let trash = self.session.join(format!(
+            "trash-{}",
+            TRASH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let dir = match fs::rename(&dir, &trash) {
+            Ok(()) => trash,
+            Err(_) => dir,
+        };
         let handle = std::thread::spawn(move || {
             let _ = fs::remove_dir_all(&dir);
         });
