@@ -7,9 +7,13 @@ the ratio peer/rbuild and rbuild's peak RSS. Needs scripts/test-env.sh's environ
 buildah, a registry on 127.0.0.1:5000 with busybox and debian:bookworm). Run as root:
 
     sudo bench/run.py [--rounds 3] [--scale 1.0] [--only steps,context]
+
+Docker 20.10's builders cannot export OCI archives, so the `oci` scenario compares rbuild
+with buildah only. Images the peers create are removed again at the end of each scenario.
 """
 import argparse
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -60,9 +64,10 @@ def write_context(kind, scale, dest):
 def builders(kind, ctx, out, store, cached):
     nc = [] if cached else ["--no-cache"]
     rb_out = f"type=oci,dest={out}/rbuild.tar,compression=gzip" if kind == "oci" else f"type=docker,dest={out}/rbuild.tar"
-    tag = f"bench-{kind}:latest"
+    # Unique names: docker and buildah are shared with other users of the machine.
+    tag = f"rbuild-bench/{kind}:latest"
     bud_dest = f"oci-archive:{out}/buildah.tar" if kind == "oci" else f"docker-archive:{out}/buildah.tar"
-    return {
+    all_builders = {
         "rbuild": [["rbuild", "--root", store, "--progress=plain", *nc, "-t", tag, "-o", rb_out, ctx]],
         "buildkit": [[DOCKER, "build", "--network=host", "-q", *nc, "-t", tag, ctx],
                      [DOCKER, "save", "-o", f"{out}/buildkit.tar", tag]],
@@ -71,23 +76,70 @@ def builders(kind, ctx, out, store, cached):
         "buildah": [["buildah", "bud", "--network=host", "--tls-verify=false", "-q", *(["--layers"] if cached else ["--no-cache"]), "-t", tag, ctx],
                     ["buildah", "push", "--tls-verify=false", "-q", tag, bud_dest]],
     }
+    if kind == "oci":
+        # docker 20.10 has no OCI exporter: only buildah makes the same artifact.
+        del all_builders["buildkit"], all_builders["classic"]
+    return all_builders
 
 
-def run_builder(name, cmds):
+PEERS = ("buildkit", "classic", "buildah")
+
+
+def run_builder(name, cmds, out, created):
+    """Run one builder's commands; returns (seconds, peak RSS in MB or None), or None if it
+    failed. Image ids the peers print go to `created` (removed after the scenario)."""
     env = dict(os.environ, DOCKER_BUILDKIT="1" if name == "buildkit" else "0")
+    # Every build writes a fresh tarball (buildah refuses to overwrite a docker-archive).
+    for f in os.listdir(out):
+        if f.startswith(name + "."):
+            os.remove(os.path.join(out, f))
     rss = None
     start = time.monotonic()
     for cmd in cmds:
         if name == "rbuild":
+            # GNU time's %M is the peak RSS of rbuild or any process it waited for (the
+            # RUN helpers and the commands they run).
             cmd = ["/usr/bin/time", "-f", "%M", *cmd]
-            r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            if r.returncode == 0:
-                rss = int(r.stderr.strip().splitlines()[-1]) // 1024
-        else:
-            r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if r.returncode != 0:
-            sys.exit(f"{name} failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
+            print(f"  {name} failed: {' '.join(cmd)}\n{r.stderr[-2000:]}", file=sys.stderr, flush=True)
+            return None
+        if name == "rbuild":
+            rss = int(r.stderr.strip().splitlines()[-1]) // 1024
+        elif cmd[1] in ("build", "bud") and r.stdout.strip():
+            created.add((name, r.stdout.strip().splitlines()[-1]))
     return time.monotonic() - start, rss
+
+
+def cleanup(created):
+    for name, image in created:
+        if name == "buildah":
+            subprocess.run(["buildah", "rmi", "-f", image], capture_output=True)
+        else:
+            subprocess.run([DOCKER, "rmi", "-f", image], capture_output=True)
+    created.clear()
+
+
+def warm_bases(kind, store):
+    """Pull the base image into every builder untimed, so round 1 measures builds, not pulls."""
+    base = DEBIAN if kind == "pyapp" else BUSYBOX
+    for cmd in (["rbuild", "--root", store, "pull", base], [DOCKER, "pull", "-q", base],
+                ["buildah", "pull", "--tls-verify=false", "-q", base]):
+        subprocess.run(cmd, capture_output=True)
+
+
+def machine():
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"nproc {os.cpu_count()}, {model}, kernel {platform.release()}"
+
+
+def load():
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main():
@@ -100,37 +152,50 @@ def main():
         sys.exit("run as root")
     shutil.which("rbuild") or sys.exit("rbuild is not on PATH (scripts/install.sh)")
     shutil.which("/usr/bin/time") or sh("apt-get install -y -qq time >/dev/null")
+    print(f"machine: {machine()}; rbuild: {shutil.which('rbuild')}", flush=True)
+    print(f"load average at start: {load()}", flush=True)
     work = tempfile.mkdtemp(prefix="rbuild-bench-")
     rows = []
-    for kind in args.only.split(","):
-        ctx = os.path.join(work, kind, "ctx")
-        out = os.path.join(work, kind, "out")
-        store = os.path.join(work, kind, "store")
-        os.makedirs(out, exist_ok=True)
-        write_context(kind, args.scale, ctx)
-        cached = kind == "rebuild"
-        if cached:  # warm every builder's cache once, untimed
-            for name, cmds in builders(kind, ctx, out, store, True).items():
-                run_builder(name, cmds)
-        times = {}
-        rss = []
-        for _ in range(args.rounds):
-            for name, cmds in builders(kind, ctx, out, store, cached).items():
-                t, r = run_builder(name, cmds)
-                times.setdefault(name, []).append(t)
-                if r:
-                    rss.append(r)
-        med = {n: statistics.median(v) for n, v in times.items()}
-        rows.append((kind, med, max(rss) if rss else None))
-        print(f"{kind}: " + ", ".join(f"{n} {t:.2f}s" for n, t in med.items()), flush=True)
+    created = set()
+    try:
+        for kind in args.only.split(","):
+            ctx = os.path.join(work, kind, "ctx")
+            out = os.path.join(work, kind, "out")
+            store = os.path.join(work, kind, "store")
+            os.makedirs(out, exist_ok=True)
+            write_context(kind, args.scale, ctx)
+            warm_bases(kind, store)
+            cached = kind == "rebuild"
+            if cached:  # warm every builder's cache once, untimed
+                for name, cmds in builders(kind, ctx, out, store, True).items():
+                    run_builder(name, cmds, out, created)
+            times = {}
+            rss = []
+            for _ in range(args.rounds):
+                for name, cmds in builders(kind, ctx, out, store, cached).items():
+                    r = run_builder(name, cmds, out, created)
+                    if r is None:
+                        continue
+                    times.setdefault(name, []).append(r[0])
+                    if r[1]:
+                        rss.append(r[1])
+            cleanup(created)
+            med = {n: statistics.median(v) for n, v in times.items()}
+            rows.append((kind, med, max(rss) if rss else None))
+            print(f"{kind}: " + ", ".join(f"{n} {t:.2f}s" for n, t in med.items()) + f" (load {load()})", flush=True)
+    finally:
+        cleanup(created)
+        shutil.rmtree(work, ignore_errors=True)
     print()
+    print(f"load average at end: {load()}")
     print("| scenario | rbuild | buildkit | classic | buildah | best peer / rbuild | rbuild peak RSS |")
     print("|---|---|---|---|---|---|---|")
+    cell = lambda med, n: f"{med[n]:.2f}s" if n in med else "n/a"
     for kind, med, rss in rows:
-        best = min(med[n] for n in ("buildkit", "classic", "buildah"))
-        print(f"| {kind} | {med['rbuild']:.2f}s | {med['buildkit']:.2f}s | {med['classic']:.2f}s | {med['buildah']:.2f}s "
-              f"| {best / med['rbuild']:.2f}x | {rss} MB |")
-    shutil.rmtree(work, ignore_errors=True)
+        peers = [med[n] for n in PEERS if n in med]
+        ratio = f"{min(peers) / med['rbuild']:.2f}x" if peers and "rbuild" in med else "n/a"
+        print(f"| {kind} | {cell(med, 'rbuild')} | {cell(med, 'buildkit')} | {cell(med, 'classic')} "
+              f"| {cell(med, 'buildah')} | {ratio} | {rss} MB |")
 
 
 if __name__ == "__main__":

@@ -179,7 +179,9 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     // Held until the outputs are written: a prune in between must not take the blobs of an
     // untagged image that is still being exported.
     let _lock = store.lock_shared()?;
+    let started = std::time::Instant::now();
     let outcome = exec::build(&store, &registry, &settings.request, &*report)?;
+    super::progress::trace("build", started.elapsed());
     let image = &outcome.image;
     let tags = &settings.request.tags;
     let say = |text: String| {
@@ -189,7 +191,9 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     };
 
     for spec in &settings.outputs {
+        let started = std::time::Instant::now();
         output::write(&store, image, tags, spec)?;
+        super::progress::trace("output", started.elapsed());
         say(format!("wrote {}", describe(&spec.kind)));
     }
     if settings.load {

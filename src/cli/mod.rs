@@ -80,9 +80,14 @@ fn reporter(mode: ProgressMode, quiet: bool) -> Arc<dyn Reporter> {
         (ProgressMode::Auto, _) => ProgressMode::Plain,
         (m, _) => m,
     };
-    match mode {
+    let inner: Arc<dyn Reporter> = match mode {
         ProgressMode::Tty => Arc::new(progress::Tty::new()),
         ProgressMode::Plain | ProgressMode::Auto => Arc::new(progress::Plain::new()),
         ProgressMode::Quiet => Arc::new(Silent),
+    };
+    if progress::trace_enabled() {
+        Arc::new(progress::Trace::new(inner))
+    } else {
+        inner
     }
 }

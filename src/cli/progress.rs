@@ -102,6 +102,60 @@ impl Reporter for Plain {
     }
 }
 
+/// Whether `RBUILD_TRACE=1` asks for phase timings on stderr (docs/performance.md).
+pub fn trace_enabled() -> bool {
+    std::env::var_os("RBUILD_TRACE").is_some_and(|v| v == "1")
+}
+
+/// Print a `trace:` line with a phase's duration (only when [`trace_enabled`]).
+pub fn trace(what: &str, elapsed: Duration) {
+    if trace_enabled() {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "trace: {what} {:.1}ms",
+            elapsed.as_secs_f64() * 1000.0
+        );
+    }
+}
+
+/// `RBUILD_TRACE=1`: another renderer, plus a `trace:` line per step phase.
+pub struct Trace {
+    inner: std::sync::Arc<dyn Reporter>,
+}
+
+impl Trace {
+    pub fn new(inner: std::sync::Arc<dyn Reporter>) -> Trace {
+        Trace { inner }
+    }
+}
+
+impl Reporter for Trace {
+    fn started(&self, id: StepId, label: &str) {
+        self.inner.started(id, label)
+    }
+    fn cached(&self, id: StepId) {
+        self.inner.cached(id)
+    }
+    fn output(&self, id: StepId, bytes: &[u8]) {
+        self.inner.output(id, bytes)
+    }
+    fn status(&self, id: StepId, text: &str) {
+        self.inner.status(id, text)
+    }
+    fn done(&self, id: StepId, elapsed: Duration) {
+        self.inner.done(id, elapsed)
+    }
+    fn failed(&self, id: StepId, elapsed: Duration, error: &str) {
+        self.inner.failed(id, elapsed, error)
+    }
+    fn warn(&self, text: &str) {
+        self.inner.warn(text)
+    }
+    fn phase(&self, id: StepId, phase: &'static str, elapsed: Duration) {
+        trace(&format!("#{id} {phase}"), elapsed);
+    }
+}
+
 /// A live view: one spinner line per running step with its elapsed time and last output line.
 pub struct Tty {
     multi: MultiProgress,

@@ -19,6 +19,9 @@ pub trait Reporter: Send + Sync {
     fn failed(&self, id: StepId, elapsed: Duration, error: &str);
     /// Something for the user outside any vertex (warnings).
     fn warn(&self, text: &str);
+    /// How long one phase of a step took (`run`, `snapshot`, `commit`): for `RBUILD_TRACE`
+    /// and docs/performance.md. Renderers may ignore it.
+    fn phase(&self, _id: StepId, _phase: &'static str, _elapsed: Duration) {}
 }
 
 /// A reporter that drops everything (library tests, `--progress quiet`).

@@ -299,7 +299,9 @@ impl<'a> Ctx<'a> {
         history: History,
         id: StepId,
     ) -> Result<bool, BuildError> {
+        let phase = Instant::now();
         let prepared = self.prepare(step, done)?;
+        self.reporter.phase(id, "prepare", phase.elapsed());
         let key = plan::cache_key(&state.key, &step.key, prepared.content.as_ref());
         if !self.req.no_cache {
             if let Some(rec) = self.store.get_cache(&key) {
@@ -325,6 +327,7 @@ impl<'a> Ctx<'a> {
             upper: upper.clone(),
             work,
         };
+        let phase = Instant::now();
         let always_layer = match &step.op {
             Op::Run(run) => {
                 self.run(step, run, rootfs, done, id)?;
@@ -342,6 +345,8 @@ impl<'a> Ctx<'a> {
             Op::Config => unreachable!("config-only steps are handled by the caller"),
         };
         self.executed += 1;
+        self.reporter.phase(id, "execute", phase.elapsed());
+        let phase = Instant::now();
         let changed = std::fs::read_dir(&upper)
             .map_err(BuildError::io("reading", &upper))?
             .next()
@@ -351,6 +356,7 @@ impl<'a> Ctx<'a> {
             let (chain, diff_id) = self.commit_upper(upper, state.top())?;
             state.chains.push(chain);
             state.diff_ids.push(diff_id);
+            self.reporter.phase(id, "snapshot+commit", phase.elapsed());
         } else {
             history.empty_layer = true;
         }
@@ -383,8 +389,9 @@ impl<'a> Ctx<'a> {
             source_date_epoch: self.req.source_date_epoch,
             skip: Vec::new(),
         };
-        let (digest, size, digests) = self.store.write_blob(|w| {
+        let (digest, size, digests) = self.store.write_blob_prehashed(|w| {
             layer::snapshot_blob(&upper, &opts, Compression::Uncompressed, None, w)
+                .map(|d| (d.clone(), d.digest))
         })?;
         let desc = Descriptor::new(media::OCI_LAYER, digest, size);
         let record = self

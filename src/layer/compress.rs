@@ -2,8 +2,11 @@
 //! reading. Output bytes depend only on the input and the level (reproducible images).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::sync::mpsc::{channel, Receiver, Sender};
 
-use flate2::write::GzEncoder;
+use gzp::deflate::Gzip;
+use gzp::par::compress::{ParCompress, ParCompressBuilder};
+use gzp::ZWriter;
 
 use crate::image::media;
 
@@ -58,8 +61,91 @@ impl Compression {
 /// A streaming compressor; call [`Compressor::finish`] to flush the trailer and get `W` back.
 pub enum Compressor<W: Write> {
     None(W),
-    Gzip(GzEncoder<W>),
+    Gzip(ParGzip<W>),
     Zstd(zstd::Encoder<'static, W>),
+}
+
+/// Threads deflating gzip blocks. Two: the machines rbuild targets are small, and the tar
+/// producer needs a core too.
+const GZIP_THREADS: usize = 2;
+
+/// pigz-style parallel gzip (gzp, pure-Rust deflate): one gzip member whose 128 KiB blocks
+/// are deflated on [`GZIP_THREADS`] threads, each primed with the previous 32 KiB as its
+/// dictionary. Block boundaries depend only on the input, so the bytes are the same for any
+/// thread count and write pattern. gzp's writer must be `Send + 'static` and ours (a store
+/// blob, an output file) need not be: its output comes back over a channel and is written
+/// to `inner` on the caller's thread.
+pub struct ParGzip<W: Write> {
+    par: ParCompress<'static, Gzip, ChanWriter>,
+    rx: Receiver<Vec<u8>>,
+    inner: W,
+}
+
+/// gzp's output end: hands compressed bytes to [`ParGzip`].
+struct ChanWriter(Sender<Vec<u8>>);
+
+impl Write for ChanWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .send(buf.to_vec())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "gzip output dropped"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: Write> ParGzip<W> {
+    fn new(inner: W, level: u32) -> ParGzip<W> {
+        let (tx, rx) = channel();
+        let par = ParCompressBuilder::<Gzip>::new()
+            .num_threads(GZIP_THREADS)
+            .expect("GZIP_THREADS is not zero")
+            .compression_level(gzp::Compression::new(level))
+            .from_writer(ChanWriter(tx));
+        ParGzip { par, rx, inner }
+    }
+
+    /// Write whatever compressed output is ready. The backlog stays small: gzp's queues are
+    /// bounded (2 blocks per thread), so compressed data arrives only as fast as input does.
+    fn drain(&mut self) -> io::Result<()> {
+        while let Ok(chunk) = self.rx.try_recv() {
+            self.inner.write_all(&chunk)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        let chan = self.par.finish().map_err(gzp_error)?;
+        // gzp's writer thread has ended; dropping its end lets the loop below terminate.
+        drop(chan);
+        for chunk in self.rx.iter() {
+            self.inner.write_all(&chunk)?;
+        }
+        Ok(self.inner)
+    }
+}
+
+fn gzp_error(e: gzp::GzpError) -> io::Error {
+    match e {
+        gzp::GzpError::Io(e) => e,
+        e => io::Error::other(e),
+    }
+}
+
+impl<W: Write> Write for ParGzip<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.par.write(buf)?;
+        self.drain()?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        // Only what is compressed so far: flushing gzp itself would end a block early and
+        // make the bytes depend on when callers flush.
+        self.drain()?;
+        self.inner.flush()
+    }
 }
 
 impl<W: Write> Compressor<W> {
@@ -71,13 +157,8 @@ impl<W: Write> Compressor<W> {
         let level = level.unwrap_or(compression.default_level());
         Ok(match compression {
             Compression::Uncompressed => Compressor::None(inner),
-            Compression::Gzip => {
-                // A fixed header (no mtime, no name, OS byte 255) keeps the bytes reproducible.
-                let encoder = flate2::GzBuilder::new()
-                    .operating_system(255)
-                    .write(inner, flate2::Compression::new(level.clamp(0, 9) as u32));
-                Compressor::Gzip(encoder)
-            }
+            // gzp writes a fixed header (no mtime, no name, OS byte 255): reproducible.
+            Compression::Gzip => Compressor::Gzip(ParGzip::new(inner, level.clamp(0, 9) as u32)),
             Compression::Zstd => {
                 let mut encoder = zstd::Encoder::new(inner, level)?;
                 // zstd's multithreaded mode emits the same frames for any worker count.
@@ -167,6 +248,55 @@ mod tests {
             assert_eq!(sniff(&a), c);
             assert_eq!(a, roundtrip(c), "{c:?} output must not vary between runs");
         }
+    }
+
+    /// Parallel gzip: the bytes depend on the input only, not on how it is written (block
+    /// boundaries are gzp's, not the callers'), and flushes do not change them either.
+    #[test]
+    fn gzip_bytes_do_not_depend_on_write_sizes_or_flushes() {
+        // Several 128 KiB blocks, partly compressible, so that both threads get work and
+        // the dictionary between blocks matters.
+        let data: Vec<u8> = (0..1_500_000u32)
+            .map(|i| {
+                if i % 3 == 0 {
+                    (i % 7) as u8
+                } else {
+                    (i.wrapping_mul(2_654_435_761) >> 11) as u8
+                }
+            })
+            .collect();
+        let whole = {
+            let mut w = Compressor::new(Vec::new(), Compression::Gzip, None).unwrap();
+            w.write_all(&data).unwrap();
+            w.finish().unwrap()
+        };
+        let pieces = {
+            let mut w = Compressor::new(Vec::new(), Compression::Gzip, None).unwrap();
+            for (i, chunk) in data.chunks(4093).enumerate() {
+                w.write_all(chunk).unwrap();
+                if i % 17 == 0 {
+                    w.flush().unwrap();
+                }
+            }
+            w.finish().unwrap()
+        };
+        assert!(
+            whole == pieces,
+            "gzip output must not depend on write sizes"
+        );
+        assert!(whole.len() < data.len());
+        let mut back = Vec::new();
+        flate2::read::MultiGzDecoder::new(&whole[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back == data);
+        // A fixed header: no mtime, no name, XFL 4 (fastest), OS 255 (reproducible blobs).
+        assert_eq!(
+            &whole[..10],
+            &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255][..],
+            "{:?}",
+            &whole[..10]
+        );
     }
 
     #[test]

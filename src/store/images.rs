@@ -226,7 +226,7 @@ impl Store {
     }
 
     fn write_index(&self, index: &Index) -> Result<()> {
-        self.write_file_atomic(&self.root.join("index.json"), &canonical_json(index))
+        self.write_file_durable(&self.root.join("index.json"), &canonical_json(index))
     }
 
     /// Point `reference` (normalized, full form) at `manifest`, replacing an earlier target.

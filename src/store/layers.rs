@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::{sync_parent, Result, Store, StoreError};
+use super::{Result, Store, StoreError};
 use crate::image::{Descriptor, Digest, Sha256Writer};
 use crate::layer::compress::{decompressor, sniff, Compression, Compressor};
 
@@ -150,7 +150,7 @@ impl Store {
     ) -> Result<LayerRecord> {
         let chain = chain_id(parent, &diff_id);
         if let Some(existing) = self.try_layer(&chain)? {
-            remove_dir_all_quiet(&diff_dir);
+            self.discard_dir(diff_dir);
             return Ok(existing);
         }
         if !self.has_blob(&blob.digest) {
@@ -193,7 +193,7 @@ impl Store {
             Ok(()) => {
                 // The TempDir's path is gone now; dropping it is a no-op.
                 let _ = stage.keep();
-                sync_parent(&dest)?;
+                self.sync_parent_later(&dest);
             }
             // Another build won the race: its layer has the same content (stage drops ours).
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {}
@@ -304,10 +304,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(StoreError::io("writing", path))
-}
-
-fn remove_dir_all_quiet(path: &Path) {
-    let _ = fs::remove_dir_all(path);
 }
 
 /// Sum of regular file sizes under `dir` (hard links counted once), without following links.

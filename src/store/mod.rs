@@ -102,10 +102,20 @@ impl StoreError {
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Numbers the trees [`Store::discard_dir`] moves aside.
+static TRASH_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// An open store. Holds this process's scratch session in tmp/ (removed on drop).
 pub struct Store {
     root: PathBuf,
     session: PathBuf,
+    /// Directories that had entries renamed into them and are not fsynced yet. A lost rename
+    /// only loses a record (the data was fsynced before it), never leaves a half one, so
+    /// these wait for [`Store::sync_pending`]: once per build instead of three times per
+    /// step (docs/performance.md).
+    pending_dirs: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
+    /// Threads removing scratch trees nobody needs any more ([`Store::discard_dir`]).
+    discarding: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Held (exclusive flock) for as long as the store is open: tells `open` in other
     /// processes that `session` is alive.
     _session_lock: File,
@@ -146,10 +156,12 @@ impl Store {
         let store = Store {
             root,
             session,
+            pending_dirs: Default::default(),
+            discarding: Default::default(),
             _session_lock: session_lock,
         };
         if !store.root.join("oci-layout").exists() {
-            store.write_file_atomic(
+            store.write_file_durable(
                 &store.root.join("oci-layout"),
                 br#"{"imageLayoutVersion":"1.0.0"}"#,
             )?;
@@ -157,7 +169,7 @@ impl Store {
         if !store.root.join("index.json").exists() {
             let _guard = store.index_lock()?;
             if !store.root.join("index.json").exists() {
-                store.write_file_atomic(
+                store.write_file_durable(
                     &store.root.join("index.json"),
                     &crate::image::canonical_json(&crate::image::Index::default()),
                 )?;
@@ -215,7 +227,63 @@ impl Store {
         flock_path(&self.root, rustix::fs::FlockOperation::LockExclusive)
     }
 
-    /// Write `bytes` to `dest` via a fsynced file in the session dir and a rename.
+    /// fsync every directory a record was renamed into since the last call. Called before
+    /// index.json changes (a tag must not outlive what it names) and when the store closes.
+    pub fn sync_pending(&self) -> Result<()> {
+        let dirs =
+            std::mem::take(&mut *self.pending_dirs.lock().unwrap_or_else(|e| e.into_inner()));
+        for dir in &dirs {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(StoreError::io("syncing", dir))?;
+        }
+        Ok(())
+    }
+
+    /// Remove a scratch tree (in the session dir) on a background thread: a rebuilt layer
+    /// that is already stored leaves its whole upperdir behind, and unlinking 10k files
+    /// costs seconds on a busy disk (docs/performance.md). Best effort, like the session
+    /// sweep; the store joins these threads when it closes.
+    pub(crate) fn discard_dir(&self, dir: PathBuf) {
+        // Out of its scratch parent first, whose TempDir would otherwise remove it in the
+        // foreground; the session dir is on the same filesystem, so this is a rename.
+        let trash = self.session.join(format!(
+            "trash-{}",
+            TRASH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let dir = match fs::rename(&dir, &trash) {
+            Ok(()) => trash,
+            Err(_) => dir,
+        };
+        let handle = std::thread::spawn(move || {
+            let _ = fs::remove_dir_all(&dir);
+        });
+        self.discarding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+    }
+
+    /// Remember that `path` was renamed into its directory (see `pending_dirs`).
+    fn sync_parent_later(&self, path: &Path) {
+        if let Some(parent) = path.parent() {
+            self.pending_dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(parent.to_path_buf());
+        }
+    }
+
+    /// [`Store::write_file_atomic`] that is durable at once, with every earlier record:
+    /// for index.json and oci-layout.
+    fn write_file_durable(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        self.sync_pending()?;
+        self.write_file_atomic(dest, bytes)?;
+        self.sync_pending()
+    }
+
+    /// Write `bytes` to `dest` via a fsynced file in the session dir and a rename; the
+    /// directory is synced by the next [`Store::sync_pending`].
     fn write_file_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
         let mut tmp = tempfile::NamedTempFile::new_in(&self.session)
             .map_err(StoreError::io("creating temp file in", &self.session))?;
@@ -224,7 +292,8 @@ impl Store {
             .map_err(StoreError::io("writing", tmp.path()))?;
         tmp.persist(dest)
             .map_err(|e| StoreError::io("renaming into", dest)(e.error))?;
-        sync_parent(dest)
+        self.sync_parent_later(dest);
+        Ok(())
     }
 
     /// Read and parse a JSON record.
@@ -251,6 +320,13 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        // Best effort, like the sweep below: records whose rename is lost are rebuilt.
+        let _ = self.sync_pending();
+        let discarding =
+            std::mem::take(&mut *self.discarding.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in discarding {
+            let _ = handle.join();
+        }
         // Best effort: whatever is left is swept by the next `open`.
         let _ = fs::remove_dir_all(&self.session);
     }
@@ -311,16 +387,6 @@ fn new_session(tmp: &Path) -> Result<(PathBuf, File)> {
         rustix::fs::FlockOperation::NonBlockingLockExclusive,
     )?;
     Ok((dir, lock))
-}
-
-/// fsync the directory holding `path`, so a rename into it survives a crash.
-fn sync_parent(path: &Path) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(StoreError::io("syncing", parent))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -75,6 +75,29 @@ fn open_creates_an_oci_layout() {
 }
 
 #[test]
+fn prehashed_blob_is_stored_under_the_producers_digest_and_synced_later() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let (d, n, v) = s
+        .write_blob_prehashed(|w| {
+            w.write_all(b"layer tar")
+                .map(|_| ("value", Digest::of(b"layer tar")))
+        })
+        .unwrap();
+    assert_eq!((d.clone(), n, v), (Digest::of(b"layer tar"), 9, "value"));
+    assert_eq!(s.read_blob(&d).unwrap(), b"layer tar");
+    // The rename into blobs/sha256 waits for one directory fsync at sync_pending.
+    assert!(!s.pending_dirs.lock().unwrap().is_empty());
+    s.sync_pending().unwrap();
+    assert!(s.pending_dirs.lock().unwrap().is_empty());
+    let err = s
+        .write_blob_prehashed(|_| Err::<((), Digest), _>(std::io::Error::other("boom")))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Producer(_)), "{err}");
+    assert_eq!(count_entries(&s.root().join("blobs/sha256")), 1);
+}
+
+#[test]
 fn write_blob_hashes_and_stores() {
     let t = tempfile::tempdir().unwrap();
     let s = Store::open(t.path()).unwrap();
