@@ -30,26 +30,26 @@ use base::Bases;
 pub use base::{pull, Bases as PlanResolver};
 use stage::StageState;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Set by the SIGINT/SIGTERM handler (signal-hook needs an `Arc`).
+static SIGNALLED: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
 
 /// Whether SIGINT or SIGTERM arrived; the build stops at the next chance and exits 130.
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    SIGNALLED
+        .get()
+        .is_some_and(|flag| flag.load(Ordering::SeqCst))
 }
 
 /// Turn SIGINT/SIGTERM into [`interrupted`] instead of dying mid-write, and kill the running
 /// steps: a step runs in a session of its own, so a signal sent to rbuild alone (`kill -INT`,
 /// a CI runner cancelling the job) never reaches it. The executor then stops and cleans up.
 pub fn install_signal_handlers() {
-    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
-    let flag = FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    let flag = SIGNALLED.get_or_init(|| Arc::new(AtomicBool::new(false)));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, flag.clone());
     }
-    let flag = flag.clone();
-    std::thread::spawn(move || loop {
-        if flag.load(Ordering::SeqCst) {
-            INTERRUPTED.store(true, Ordering::SeqCst);
+    std::thread::spawn(|| loop {
+        if interrupted() {
             // Keep at it: a helper started just before the executor saw the flag must not
             // run its step to the end either.
             crate::sandbox::terminate_all();
