@@ -82,7 +82,6 @@ pub struct BuildOutcome {
     /// Steps answered from the cache / steps executed.
     pub cached: usize,
     pub executed: usize,
-    pub warnings: Vec<String>,
 }
 
 /// Build `req` into `store`: plan, execute the stages the target needs, commit the image and
@@ -136,7 +135,6 @@ pub fn build(
         image,
         cached: ctx.cached,
         executed: ctx.executed,
-        warnings: plan.warnings.clone(),
     })
 }
 
