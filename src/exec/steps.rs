@@ -715,36 +715,55 @@ impl<'a> Ctx<'a> {
         Ok(path)
     }
 
-    /// The content digest of `paths` in the named context `name` (a directory or an image).
-    fn named_context_digest(
+    /// What the cache key holds for the sources a COPY or bind mount reads from `from`: the
+    /// content digest of `paths` in the context or a named directory context, the source
+    /// stage's last key, or an image's manifest digest.
+    fn source_digest(
         &mut self,
-        name: &str,
+        from: &CopyFrom,
         paths: &[String],
         excludes: &[String],
+        done: &BTreeMap<usize, StageState>,
     ) -> Result<String, BuildError> {
-        match self.req.build_contexts.get(name) {
-            Some(NamedContext::Dir(dir)) => {
-                let none = IgnoreMatcher::new(&[])?;
+        let digest_of =
+            |ctx: &mut Self, root: &Path, ignore: &IgnoreMatcher| -> Result<String, BuildError> {
                 let excludes = IgnoreMatcher::new(excludes)?;
-                Ok(context::content_digest(
-                    dir,
+                let d = context::content_digest(
+                    root,
                     paths,
-                    &none,
+                    ignore,
                     &excludes,
                     true,
-                    &mut self.stat_cache(),
-                )?
-                .to_string())
+                    &mut ctx.stat_cache(),
+                )?;
+                Ok(d.to_string())
+            };
+        match from {
+            CopyFrom::Context => {
+                let (root, ignore) = (self.req.context.clone(), self.ignore.clone());
+                digest_of(self, &root, &ignore)
             }
-            Some(NamedContext::Image(_) | NamedContext::OciLayout { .. }) => Ok(self
+            CopyFrom::Stage(i) => Ok(done.get(i).map(|s| s.key.clone()).unwrap_or_default()),
+            CopyFrom::Image(r) => Ok(self
                 .bases
-                .ensure(name, self.reporter, 0)?
+                .ensure(r, self.reporter, 0)?
                 .manifest
                 .digest
                 .to_string()),
-            None => Err(BuildError::Invalid(format!(
-                "build context `{name}` was not given (--build-context {name}=...)"
-            ))),
+            CopyFrom::BuildContext(name) => match self.req.build_contexts.get(name) {
+                Some(NamedContext::Dir(dir)) => {
+                    digest_of(self, &dir.clone(), &IgnoreMatcher::default())
+                }
+                Some(NamedContext::Image(_) | NamedContext::OciLayout { .. }) => Ok(self
+                    .bases
+                    .ensure(name, self.reporter, 0)?
+                    .manifest
+                    .digest
+                    .to_string()),
+                None => Err(BuildError::Invalid(format!(
+                    "build context `{name}` was not given (--build-context {name}=...)"
+                ))),
+            },
         }
     }
 
@@ -766,34 +785,9 @@ impl<'a> Ctx<'a> {
                         _ => None,
                     })
                     .collect();
-                match &copy.from {
-                    CopyFrom::Context => {
-                        if !paths.is_empty() {
-                            let excludes = IgnoreMatcher::new(&copy.excludes)?;
-                            let d = context::content_digest(
-                                &self.req.context,
-                                &paths,
-                                &self.ignore,
-                                &excludes,
-                                true,
-                                &mut self.stat_cache(),
-                            )?;
-                            parts.push(d.to_string());
-                        }
-                    }
-                    CopyFrom::BuildContext(name) => {
-                        parts.push(self.named_context_digest(name, &paths, &copy.excludes)?)
-                    }
-                    CopyFrom::Stage(i) => {
-                        parts.push(done.get(i).map(|s| s.key.clone()).unwrap_or_default())
-                    }
-                    CopyFrom::Image(r) => parts.push(
-                        self.bases
-                            .ensure(r, self.reporter, 0)?
-                            .manifest
-                            .digest
-                            .to_string(),
-                    ),
+                // Paths are only read from a context: URLs and heredocs are hashed below.
+                if !(paths.is_empty() && copy.from == CopyFrom::Context) {
+                    parts.push(self.source_digest(&copy.from, &paths, &copy.excludes, done)?);
                 }
                 let tmp = self.store.tmp_dir()?;
                 for src in &copy.sources {
@@ -822,33 +816,8 @@ impl<'a> Ctx<'a> {
                 let mut parts = Vec::new();
                 for m in run.mounts.iter().filter(|m| m.kind == MountType::Bind) {
                     let source = m.source.clone().unwrap_or_else(|| ".".to_string());
-                    match &m.from {
-                        None => {
-                            let none = IgnoreMatcher::new(&[])?;
-                            let d = context::content_digest(
-                                &self.req.context,
-                                &[source],
-                                &self.ignore,
-                                &none,
-                                true,
-                                &mut self.stat_cache(),
-                            )?;
-                            parts.push(d.to_string());
-                        }
-                        Some(MountFrom::Stage(i)) => {
-                            parts.push(done.get(i).map(|s| s.key.clone()).unwrap_or_default())
-                        }
-                        Some(MountFrom::Image(r)) => parts.push(
-                            self.bases
-                                .ensure(r, self.reporter, 0)?
-                                .manifest
-                                .digest
-                                .to_string(),
-                        ),
-                        Some(MountFrom::BuildContext(name)) => {
-                            parts.push(self.named_context_digest(name, &[source], &[])?)
-                        }
-                    }
+                    let from = m.from.as_ref().map_or(CopyFrom::Context, mount_from);
+                    parts.push(self.source_digest(&from, &[source], &[], done)?);
                 }
                 if !parts.is_empty() {
                     prepared.content = Some(Digest::of(parts.join("\n").as_bytes()));
