@@ -65,10 +65,7 @@ impl Reporter for Plain {
         let Some(step) = state.get_mut(&id) else {
             return;
         };
-        step.partial.extend_from_slice(bytes);
-        while let Some(nl) = step.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = step.partial.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+        for line in complete_lines(&mut step.partial, bytes) {
             self.emit(&format!(
                 "#{id} {:.3} {line}",
                 step.start.elapsed().as_secs_f64()
@@ -223,11 +220,8 @@ impl Reporter for Tty {
         let Some(step) = bars.get_mut(&id) else {
             return;
         };
-        step.partial.extend_from_slice(bytes);
-        while let Some(nl) = step.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = step.partial.drain(..=nl).collect();
-            step.tail
-                .push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+        for line in complete_lines(&mut step.partial, bytes) {
+            step.tail.push(line);
             if step.tail.len() > TAIL_LINES {
                 step.tail.remove(0);
             }
@@ -280,6 +274,35 @@ impl Reporter for Tty {
 
     fn warn(&self, text: &str) {
         let _ = self.multi.println(format!("WARNING: {text}"));
+    }
+}
+
+/// Append `bytes` to a step's unfinished line and take out every line now complete
+/// (output arrives in arbitrary chunks).
+fn complete_lines(partial: &mut Vec<u8>, bytes: &[u8]) -> Vec<String> {
+    partial.extend_from_slice(bytes);
+    let mut lines = Vec::new();
+    while let Some(nl) = partial.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = partial.drain(..=nl).collect();
+        lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::complete_lines;
+
+    #[test]
+    fn output_chunks_become_whole_lines() {
+        let mut partial = Vec::new();
+        assert!(complete_lines(&mut partial, b"hal").is_empty());
+        assert_eq!(
+            complete_lines(&mut partial, b"f\nnext\nta"),
+            ["half", "next"]
+        );
+        assert_eq!(complete_lines(&mut partial, b"il\n"), ["tail"]);
+        assert!(partial.is_empty());
     }
 }
 
