@@ -289,6 +289,13 @@ fn complete_lines(partial: &mut Vec<u8>, bytes: &[u8]) -> Vec<String> {
     lines
 }
 
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::complete_lines;
@@ -303,12 +310,5 @@ mod tests {
         );
         assert_eq!(complete_lines(&mut partial, b"il\n"), ["tail"]);
         assert!(partial.is_empty());
-    }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
