@@ -40,9 +40,19 @@ fuzz_target!(|data: &[u8]| {
         dockerfile_name: "Dockerfile".into(),
         ..Default::default()
     };
-    if let Ok(plan) = rbuild::plan::plan(&text, &opts, &mut Fixed) {
-        let _ = rbuild::plan::render(&plan);
-        let _ = plan.waves();
-        let _ = plan.keys_without_content();
+    match rbuild::plan::plan(&text, &opts, &mut Fixed) {
+        Ok(plan) => {
+            let _ = rbuild::plan::render(&plan);
+            let _ = plan.waves();
+            let _ = plan.keys_without_content();
+        }
+        Err(e) => {
+            let _ = e.to_string();
+            // `Dockerfile:N` must point at a line of the file.
+            if let Some(line) = e.line() {
+                let lines = text.split('\n').count();
+                assert!((1..=lines).contains(&line), "line {line} of {lines}: {e}");
+            }
+        }
     }
 });

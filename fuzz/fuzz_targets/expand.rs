@@ -34,4 +34,13 @@ fuzz_target!(|data: &[u8]| {
     // The three entry points run the same expansion: they fail or succeed together.
     assert_eq!(one.is_ok(), many.is_ok());
     assert_eq!(one.as_ref().ok(), tracked.as_ref().ok().map(|(w, _)| w));
+    // Text without variables, quotes or escapes comes out as it went in, split on
+    // whitespace like Go's unicode.IsSpace (the same set as char::is_whitespace).
+    let special = |c: char| matches!(c, '$' | '\'' | '"' | '\u{feff}') || c == lex.escape;
+    if !word.contains(special) {
+        assert_eq!(one.as_deref(), Ok(word));
+        let split: Vec<String> = word.split_whitespace().map(str::to_string).collect();
+        assert_eq!(many, Ok(split));
+        assert!(tracked.is_ok_and(|(_, names)| names.is_empty()));
+    }
 });
