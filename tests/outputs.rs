@@ -298,12 +298,20 @@ fn same_inode(a: &Path, b: &Path) -> bool {
     (ma.dev(), ma.ino()) == (mb.dev(), mb.ino())
 }
 
+/// Tests that load images into docker and remove them run one at a time: docker 20.10 can
+/// lose an image when the same image id is loaded and untagged concurrently.
+fn docker_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn docker_rmi(images: &[&str]) {
     let _ = run(docker().arg("rmi").args(images));
 }
 
 #[test]
 fn docker_archive_loads_runs_and_reads_as_docker_and_oci() {
+    let _docker = docker_lock();
     if !e2e_ready() || !skopeo_ok() {
         return;
     }
@@ -481,6 +489,7 @@ fn oci_layout_directory_unpacks_with_umoci() {
 
 #[test]
 fn rootfs_outputs_match_docker_export() {
+    let _docker = docker_lock();
     if !e2e_ready() {
         return;
     }
@@ -899,6 +908,7 @@ fn offline(store: &Path) -> Command {
 
 #[test]
 fn imported_rootfs_is_a_base_for_offline_builds() {
+    let _docker = docker_lock();
     if !e2e_ready() || !require(Path::new("/bin/busybox").exists(), "busybox-static") {
         return;
     }
@@ -952,6 +962,7 @@ fn imported_rootfs_is_a_base_for_offline_builds() {
 
 #[test]
 fn push_to_registry_then_docker_pull_and_run() {
+    let _docker = docker_lock();
     if !e2e_ready() {
         return;
     }
@@ -1078,6 +1089,7 @@ fn stdout_closed_early_is_not_a_panic() {
 
 #[test]
 fn docker_archive_names_tags_of_several_repositories() {
+    let _docker = docker_lock();
     if !e2e_ready() || !skopeo_ok() {
         return;
     }
