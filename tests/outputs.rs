@@ -975,6 +975,12 @@ fn push_to_registry_then_docker_pull_and_run() {
     // rbuild push of the stored image under another name.
     let other = format!("{repo}:2");
     let pushed = run_ok(rbuild_cmd(&store).args(["push", &tag, &other]));
+    // On the registry the base came from, its layer is mounted from `busybox`, not uploaded.
+    let same_registry = format!("{REGISTRY}/{}:1", unique("mount"));
+    let mounted = run(rbuild_cmd(&store).args(["push", &tag, &same_registry]));
+    assert!(mounted.status.success());
+    let progress = String::from_utf8_lossy(&mounted.stderr);
+    assert!(progress.contains("(mount from busybox)"), "{progress}");
     assert!(
         pushed.trim().starts_with(&format!("{repo}@sha256:")),
         "{pushed}"

@@ -1,6 +1,6 @@
 //! `--push` and `rbuild push`: publish an image from the store with gzip layers.
 
-use crate::image::{canonical_json, media, Descriptor, Manifest, Reference};
+use crate::image::{canonical_json, media, Descriptor, Digest, Manifest, Reference};
 use crate::layer::Compression;
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
@@ -30,17 +30,52 @@ pub fn push(
         ),
         None => gzip_manifest(store, &record)?,
     };
+    let mount_sources = mount_sources(store, dest)?;
     for desc in manifest
         .layers
         .iter()
         .chain(std::iter::once(&manifest.config))
     {
-        reporter.status(id, &format!("pushing {}", desc.digest));
-        registry.push_blob(dest, desc, &store.blob_path(&desc.digest), None)?;
+        // A blob another repository of the same registry has (a pulled base image's layer)
+        // is mounted across instead of uploaded; the client falls back to an upload.
+        let mount_from = mount_sources
+            .iter()
+            .find(|(_, digests)| digests.contains(&desc.digest))
+            .map(|(r, _)| r);
+        match mount_from {
+            Some(from) => reporter.status(
+                id,
+                &format!("pushing {} (mount from {})", desc.digest, from.repository),
+            ),
+            None => reporter.status(id, &format!("pushing {}", desc.digest)),
+        }
+        registry.push_blob(dest, desc, &store.blob_path(&desc.digest), mount_from)?;
     }
     let digest = registry.push_manifest(dest, &media_type, &bytes)?;
     reporter.done(id, started.elapsed());
     Ok(digest)
+}
+
+/// Stored images tagged in another repository of `dest`'s registry, with their blobs: the
+/// candidates for cross-repository blob mounts.
+fn mount_sources(
+    store: &Store,
+    dest: &Reference,
+) -> Result<Vec<(Reference, Vec<Digest>)>, BuildError> {
+    Ok(store
+        .images()?
+        .into_iter()
+        .filter(|(r, _)| r.registry == dest.registry && r.repository != dest.repository)
+        .map(|(r, image)| {
+            let blobs = image
+                .manifest_body
+                .layers
+                .iter()
+                .map(|d| d.digest.clone())
+                .collect();
+            (r, blobs)
+        })
+        .collect())
 }
 
 /// The stored manifest's bytes when it can go out unchanged: every layer gzip-compressed and
