@@ -78,3 +78,60 @@ fn oci_layout_and_docker_image_contexts_serve_from_and_copy_from() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no image tagged `nope`"), "{stderr}");
 }
+
+/// A base tag is looked up in the registry once, then served from the store (offline
+/// builds); `--pull` looks again and sees the tag moved.
+#[test]
+fn pull_flag_re_resolves_a_moved_base_tag() {
+    if !e2e_ready() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let base = format!("{REGISTRY}/rbuild-test/pull-flag-{}:1", std::process::id());
+    let publish = |content: &str| {
+        let dir = t.path().join(format!("publish-{content}"));
+        fs::create_dir(&dir).unwrap();
+        fs::write(
+            dir.join("Dockerfile"),
+            format!("FROM {REGISTRY}/busybox\nRUN echo {content} > /v\n"),
+        )
+        .unwrap();
+        run_ok(
+            rbuild(&t.path().join("publisher"))
+                .args(["-t", &base, "--push"])
+                .arg(&dir),
+        );
+    };
+    let user = t.path().join("user");
+    fs::create_dir(&user).unwrap();
+    fs::write(
+        user.join("Dockerfile"),
+        format!("FROM {base}\nRUN cat /v > /seen\n"),
+    )
+    .unwrap();
+    let seen = |extra: &[&str]| {
+        let out = t.path().join(format!("out-{}", extra.len()));
+        let _ = fs::remove_dir_all(&out);
+        run_ok(
+            rbuild(&t.path().join("store"))
+                .args(extra)
+                .arg("-o")
+                .arg(format!("type=local,dest={}", out.display()))
+                .arg(&user),
+        );
+        fs::read_to_string(out.join("seen")).unwrap()
+    };
+    publish("first");
+    assert_eq!(seen(&[]), "first\n");
+    publish("second");
+    assert_eq!(
+        seen(&[]),
+        "first\n",
+        "without --pull the stored base is used"
+    );
+    assert_eq!(
+        seen(&["--pull"]),
+        "second\n",
+        "--pull must see the moved tag"
+    );
+}
