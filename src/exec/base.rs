@@ -142,16 +142,7 @@ pub fn fetch_into_store(
             diff_ids.len()
         )));
     }
-    // Which layers are missing, bottom first, with their chain ids.
-    let mut missing = Vec::new();
-    let mut parent: Option<Digest> = None;
-    for (desc, diff_id) in image.manifest.layers.iter().zip(diff_ids) {
-        let chain = chain_id(parent.as_ref(), diff_id);
-        if store.layer(&chain).is_none() {
-            missing.push((desc, diff_id, parent.clone()));
-        }
-        parent = Some(chain);
-    }
+    let missing = missing_layers(store, &image.manifest.layers, diff_ids);
     // Blobs download a few at a time; layers are then extracted in order.
     let to_fetch: Vec<&Descriptor> = missing
         .iter()
@@ -178,6 +169,25 @@ pub fn fetch_into_store(
             image.reference
         ))
     })
+}
+
+/// The layers of an image the store has not extracted yet, bottom first, each with its
+/// parent's chain id (for [`extract_layer`]).
+pub fn missing_layers<'a>(
+    store: &Store,
+    layers: &'a [Descriptor],
+    diff_ids: &'a [Digest],
+) -> Vec<(&'a Descriptor, &'a Digest, Option<Digest>)> {
+    let mut missing = Vec::new();
+    let mut parent: Option<Digest> = None;
+    for (desc, diff_id) in layers.iter().zip(diff_ids) {
+        let chain = chain_id(parent.as_ref(), diff_id);
+        if store.layer(&chain).is_none() {
+            missing.push((desc, diff_id, parent.clone()));
+        }
+        parent = Some(chain);
+    }
+    missing
 }
 
 /// How many blobs download at once.

@@ -11,7 +11,7 @@ use crate::layer::{compress, Compression};
 use crate::plan::{self, BaseResolver, BuildOptions, ResolvedBase};
 use crate::store::{ImageRecord, Store};
 
-use super::base::extract_layer;
+use super::base::{extract_layer, missing_layers};
 use super::BuildError;
 
 struct NoBases;
@@ -155,18 +155,14 @@ pub fn import_oci_layout(
             "manifest and config disagree on the number of layers".to_string(),
         ));
     }
-    let mut parent: Option<Digest> = None;
-    for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-        let chain = crate::store::chain_id(parent.as_ref(), diff_id);
-        if store.layer(&chain).is_none() {
-            if !store.has_blob(&layer.digest) {
-                let path = dir.join("blobs/sha256").join(layer.digest.hex());
-                let file = std::fs::File::open(&path).map_err(BuildError::io("opening", &path))?;
-                store.put_blob_verified(layer, file)?;
-            }
-            extract_layer(store, layer, diff_id, parent.as_ref())?;
+    for (layer, diff_id, parent) in missing_layers(store, &manifest.layers, &config.rootfs.diff_ids)
+    {
+        if !store.has_blob(&layer.digest) {
+            let path = dir.join("blobs/sha256").join(layer.digest.hex());
+            let file = std::fs::File::open(&path).map_err(BuildError::io("opening", &path))?;
+            store.put_blob_verified(layer, file)?;
         }
-        parent = Some(chain);
+        extract_layer(store, layer, diff_id, parent.as_ref())?;
     }
     store.put_blob_bytes(&config_bytes)?;
     let digest = store.put_blob_bytes(&manifest_bytes)?;
