@@ -23,6 +23,46 @@ pub struct Cli {
     pub build: BuildArgs,
 }
 
+impl Cli {
+    /// Parse argv. The store options may also come before a subcommand
+    /// (`rbuild --root DIR images`), which clap alone reads as a build context.
+    pub fn parse_argv() -> Cli {
+        Cli::parse_from(hoist_globals(std::env::args_os().collect()))
+    }
+}
+
+/// Options of [`GlobalArgs`] that take a value.
+const GLOBAL_OPTIONS: [&str; 2] = ["--root", "--insecure-registry"];
+
+/// `rbuild --root DIR pull REF` -> `rbuild pull --root DIR REF`: when only global options
+/// precede a subcommand name, move them after it. Anything else is left alone.
+fn hoist_globals(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut i = 1;
+    while let Some(arg) = args.get(i).and_then(|a| a.to_str()) {
+        if GLOBAL_OPTIONS.contains(&arg) {
+            i += 2;
+        } else if GLOBAL_OPTIONS.iter().any(|o| {
+            arg.strip_prefix(o)
+                .is_some_and(|rest| rest.starts_with('='))
+        }) {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    let Some(name) = args.get(i).and_then(|a| a.to_str()) else {
+        return args;
+    };
+    let cmd = <Cli as clap::CommandFactory>::command();
+    if i == 1 || i >= args.len() || cmd.find_subcommand(name).is_none() {
+        return args;
+    }
+    let mut out = vec![args[0].clone(), args[i].clone()];
+    out.extend_from_slice(&args[1..i]);
+    out.extend_from_slice(&args[i + 1..]);
+    out
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct GlobalArgs {
     /// Store directory (default /var/lib/rbuild as root, else $XDG_DATA_HOME/rbuild)
@@ -166,4 +206,49 @@ pub struct BuildArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub build: BuildArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let argv = std::iter::once("rbuild").chain(args.iter().copied());
+        Cli::try_parse_from(hoist_globals(argv.map(Into::into).collect())).unwrap()
+    }
+
+    #[test]
+    fn store_options_may_come_before_a_subcommand() {
+        for args in [
+            &["--root", "/s", "pull", "busybox"][..],
+            &["--root=/s", "pull", "busybox"],
+            &["pull", "--root", "/s", "busybox"],
+            &[
+                "--insecure-registry",
+                "r:5000",
+                "--root",
+                "/s",
+                "pull",
+                "busybox",
+            ],
+        ] {
+            let cli = parse(args);
+            assert_eq!(cli.global.root.as_deref(), Some(std::path::Path::new("/s")));
+            assert!(
+                matches!(&cli.command, Some(Command::Pull { reference }) if reference == "busybox"),
+                "{args:?}: {:?}",
+                cli.command
+            );
+        }
+    }
+
+    #[test]
+    fn a_build_with_store_options_stays_a_build() {
+        let cli = parse(&["--root", "/s", "-t", "app", "ctx"]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.global.root.as_deref(), Some(std::path::Path::new("/s")));
+        // A lone global option's value is never taken for a subcommand.
+        let cli = parse(&["--root", "images"]);
+        assert!(cli.command.is_none());
+    }
 }

@@ -10,8 +10,6 @@ mod settings;
 use std::io::{IsTerminal, Write as _};
 use std::sync::Arc;
 
-use clap::Parser;
-
 pub use args::{BuildArgs, Cli, Command, ProgressMode};
 
 use crate::exec::{Reporter, Silent};
@@ -29,7 +27,7 @@ pub fn main() -> i32 {
     {
         crate::sandbox::helper_main();
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_argv();
     match commands::dispatch(cli) {
         Ok(()) => 0,
         Err(err) => {
