@@ -481,6 +481,29 @@ fn default_capabilities_and_masked_kernel_files() {
 }
 
 #[test]
+fn syncs_succeed_without_flushing_and_other_calls_are_untouched() {
+    let _serial = serial();
+    let Some(fx) = fixture() else { return };
+    // fdatasync on /dev/null fails with EINVAL when it really runs; the step's filter
+    // answers it (and fsync, sync) with success before the kernel looks at the file. Other
+    // calls keep their errors, and the filter holds for non-root users too.
+    for user in ["", "user"] {
+        let mut spec = fx.spec(
+            "grep -c '^Seccomp:.2' /proc/self/status; sync -d /dev/null && echo datasync-ok; \
+             sync /dev/null && echo fsync-ok; sync && echo sync-ok; \
+             cat /nonexistent 2>/dev/null || echo enoent",
+        );
+        spec.user = user.into();
+        let out = ok(&spec);
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            ["1", "datasync-ok", "fsync-ok", "sync-ok", "enoent"],
+            "user {user:?}"
+        );
+    }
+}
+
+#[test]
 fn terminate_all_kills_running_steps() {
     let _serial = serial();
     let Some(fx) = fixture() else { return };

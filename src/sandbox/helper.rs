@@ -811,6 +811,89 @@ fn drop_capabilities() -> Res<()> {
     Ok(())
 }
 
+/// The `seccomp_data.arch` of the syscall ABI rbuild is built for (linux/audit.h).
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
+
+/// Make fsync, fdatasync, sync_file_range, syncfs and sync succeed at once, without
+/// flushing, for every process of the step. What a step writes only matters once it is
+/// snapshotted; a crash mid-step loses the step whatever was flushed. dpkg alone fsyncs every
+/// file it unpacks (docker's Debian images turn that off with `force-unsafe-io` for the same
+/// reason), which made `apt-get install` wait on the disk (docs/performance.md). Readers
+/// see written data from the page cache either way; only durability is skipped.
+/// A classic BPF filter: other ABIs (x32, i386) and syscalls pass untouched.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn skip_syncs() -> Res<()> {
+    const NR: u32 = 0; // offsetof(struct seccomp_data, nr)
+    const ARCH: u32 = 4; // offsetof(struct seccomp_data, arch)
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+    let jge = libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    let syncs = [
+        libc::SYS_fsync,
+        libc::SYS_fdatasync,
+        libc::SYS_sync_file_range,
+        libc::SYS_syncfs,
+        libc::SYS_sync,
+    ];
+    // Jump offsets count instructions after the jump: index 4..=8 are the five checks,
+    // 9 allows, 10 returns success without running the call.
+    let filter = [
+        stmt(ld, ARCH),
+        jump(jeq, AUDIT_ARCH, 0, 7),
+        stmt(ld, NR),
+        jump(jge, X32_SYSCALL_BIT, 5, 0),
+        jump(jeq, syncs[0] as u32, 5, 0),
+        jump(jeq, syncs[1] as u32, 4, 0),
+        jump(jeq, syncs[2] as u32, 3, 0),
+        jump(jeq, syncs[3] as u32, 2, 0),
+        jump(jeq, syncs[4] as u32, 1, 0),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+        stmt(ret, libc::SECCOMP_RET_ERRNO), // errno 0: the call returns 0
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `filter`, which outlives the call; the kernel copies it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Failure::Setup(format!(
+            "installing the seccomp filter: {e}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn skip_syncs() -> Res<()> {
+    Ok(())
+}
+
 /// containerd's default masked and read-only kernel files, applied to the step's fresh
 /// /proc and /sys (so plain paths below them are the kernel's own, not the image's).
 fn mask_kernel_files(root_path: &Path) -> Res<()> {
@@ -941,6 +1024,9 @@ fn child(
     })?;
     drop(devnull);
 
+    // While CAP_SYS_ADMIN is still held: a filter needs it (or no_new_privs, which would
+    // break setuid programs in the step).
+    skip_syncs()?;
     drop_capabilities()?;
     let gids: Vec<Gid> = additional_gids(u).into_iter().map(Gid::from_raw).collect();
     ctx(nix::unistd::setgroups(&gids), || "setgroups".into())?;
