@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use crate::context::copier::{CopyJob, CopySrc};
 use crate::context::{self, IgnoreMatcher, StatCache};
 use crate::dockerfile::instructions::{MountType, NetworkMode, Security};
-use crate::image::{media, Descriptor, Digest, History, ImageConfig};
+use crate::image::{Digest, History, ImageConfig};
 use crate::layer::{self, Compression, SnapshotOptions};
 use crate::plan::{
     self, CopyFrom, CopyOp, CopySource, MountFrom, Op, RunMount, RunOp, Sharing, Stage, Step,
 };
 use crate::sandbox::{self, FsSource, Mount, Network, Overlay, RunSpec};
-use crate::store::{CacheRecord, ImageRecord, Store};
+use crate::store::{CacheRecord, DiffTar, ImageRecord, Store};
 
 use super::base::Bases;
 use super::error::OutputTail;
@@ -379,7 +379,8 @@ impl<'a> Ctx<'a> {
         Ok(false)
     }
 
-    /// Snapshot an upperdir into an uncompressed layer blob and commit it to the store.
+    /// Snapshot an upperdir (hashing its tar, storing none of it: [`crate::store::DiffTar`])
+    /// and commit it to the store as a layer.
     fn commit_upper(
         &self,
         upper: PathBuf,
@@ -389,14 +390,12 @@ impl<'a> Ctx<'a> {
             source_date_epoch: self.req.source_date_epoch,
             skip: Vec::new(),
         };
-        let (digest, size, digests) = self.store.write_blob_prehashed(|w| {
-            layer::snapshot_blob(&upper, &opts, Compression::Uncompressed, None, w)
-                .map(|d| (d.clone(), d.digest))
-        })?;
-        let desc = Descriptor::new(media::OCI_LAYER, digest, size);
-        let record = self
-            .store
-            .commit_layer(upper, parent, digests.diff_id.clone(), desc)?;
+        let (diff_id, size) = layer::snapshot_digest(&upper, &opts)?;
+        let tar = DiffTar {
+            size,
+            source_date_epoch: opts.source_date_epoch,
+        };
+        let record = self.store.commit_built_layer(upper, parent, diff_id, tar)?;
         Ok((record.chain_id, record.diff_id))
     }
 

@@ -12,7 +12,9 @@ pub mod snapshot;
 
 pub use apply::{apply, ApplyStats, VerifyingReader};
 pub use compress::{Compression, Compressor};
-pub use snapshot::{snapshot, snapshot_blob, LayerDigests, SnapshotOptions};
+pub use snapshot::{
+    snapshot, snapshot_blob, snapshot_digest, LayerDigests, SnapshotOptions, TarStream,
+};
 
 /// Everything that can go wrong turning a directory into a layer or a layer into a directory.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,18 @@ pub enum LayerError {
     /// The blob's bytes do not hash to the digest it was fetched or stored under.
     #[error("layer digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
+    /// A stored layer's directory no longer makes the tar it was built as.
+    #[error(
+        "the stored layer `{}` no longer matches its digest {expected} (it makes {actual}): it \
+         was changed or damaged after it was built; remove the images that use it \
+         (`rbuild rmi`), `rbuild prune` and build again",
+        dir.display()
+    )]
+    DiffChanged {
+        dir: PathBuf,
+        expected: Digest,
+        actual: Digest,
+    },
 }
 
 impl LayerError {

@@ -7,11 +7,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::JoinHandle;
 
 use crate::image::{Digest, Sha256Writer};
 use crate::layer::compress::{Compression, Compressor};
@@ -61,13 +62,64 @@ const MAX_OCTAL_11: u64 = 0o77777777777;
 pub fn snapshot<W: Write>(
     upper: &Path,
     opts: &SnapshotOptions,
-    out: W,
+    mut out: W,
 ) -> Result<(Digest, u64, W), LayerError> {
+    let mut hasher = Sha256Writer::new(io::sink());
+    let size = write_tar(upper, opts, &mut |chunk| {
+        hasher.write_all(&chunk)?;
+        out.write_all(&chunk)
+    })?;
+    out.flush().map_err(LayerError::Write)?;
+    let (diff_id, _, _) = hasher.finish();
+    Ok((diff_id, size, out))
+}
+
+/// The diff_id and size of the layer tar of `upper`, without keeping the tar: reading the
+/// files and hashing run on two threads.
+pub fn snapshot_digest(upper: &Path, opts: &SnapshotOptions) -> Result<(Digest, u64), LayerError> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<Vec<u8>>(4);
+        let producer = scope.spawn(move || {
+            write_tar(upper, opts, &mut |chunk| {
+                tx.send(chunk).map_err(|_| closed())
+            })
+        });
+        let mut hasher = Sha256Writer::new(io::sink());
+        for chunk in rx.iter() {
+            // A sink cannot fail.
+            let _ = hasher.write_all(&chunk);
+        }
+        let size = match producer.join() {
+            Ok(result) => result?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let (diff_id, hashed, _) = hasher.finish();
+        debug_assert_eq!(hashed, size);
+        Ok((diff_id, size))
+    })
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "layer consumer stopped")
+}
+
+/// Walk, sort and encode the tar of `upper`, handing it to `emit` in chunks of [`CHUNK`]
+/// bytes (the last one shorter). File data is read straight into the chunks. Returns the
+/// tar's size.
+fn write_tar(
+    upper: &Path,
+    opts: &SnapshotOptions,
+    emit: &mut dyn FnMut(Vec<u8>) -> io::Result<()>,
+) -> Result<u64, LayerError> {
     let mut items = collect(upper, opts)?;
     items.sort_unstable_by(|a, b| a.tar_path.cmp(&b.tar_path));
 
     let mut w = TarWriter {
-        out: Sha256Writer::new(BufWriter::with_capacity(256 * 1024, out)),
+        out: ChunkOut {
+            buf: Vec::with_capacity(CHUNK),
+            total: 0,
+            emit,
+        },
         epoch: opts.source_date_epoch,
     };
     // (dev, ino) -> tar name of the first path written for a multiply-linked inode.
@@ -75,14 +127,9 @@ pub fn snapshot<W: Write>(
     for item in &items {
         write_item(upper, item, &mut w, &mut links)?;
     }
-    w.out
-        .write_all(&[0u8; 2 * BLOCK])
-        .map_err(LayerError::Write)?;
-    let (diff_id, size, buffered) = w.out.finish();
-    let out = buffered
-        .into_inner()
-        .map_err(|e| LayerError::Write(e.into_error()))?;
-    Ok((diff_id, size, out))
+    w.put(&[0u8; 2 * BLOCK])?;
+    w.out.send().map_err(LayerError::Write)?;
+    Ok(w.out.total)
 }
 
 /// Snapshot `upper` into a compressed blob written to `out`, computing the diff_id and the
@@ -98,12 +145,12 @@ pub fn snapshot_blob<W: Write>(
     std::thread::scope(|scope| {
         let (tx, rx) = sync_channel::<Vec<u8>>(4);
         let producer = scope.spawn(move || {
-            let chunks = ChunkWriter {
-                tx,
-                buf: Vec::with_capacity(CHUNK),
-            };
-            let (diff_id, tar_size, mut chunks) = snapshot(upper, opts, chunks)?;
-            chunks.send().map_err(LayerError::Write)?;
+            let mut hasher = Sha256Writer::new(io::sink());
+            let tar_size = write_tar(upper, opts, &mut |chunk| {
+                hasher.write_all(&chunk)?;
+                tx.send(chunk).map_err(|_| closed())
+            })?;
+            let (diff_id, _, _) = hasher.finish();
             Ok::<_, LayerError>((diff_id, tar_size))
         });
         let consumed = (move || -> io::Result<Option<(Digest, u64)>> {
@@ -144,37 +191,191 @@ pub fn snapshot_blob<W: Write>(
     })
 }
 
-const CHUNK: usize = 256 * 1024;
-
-/// A writer that hands fixed-size chunks to another thread.
-struct ChunkWriter {
-    tx: SyncSender<Vec<u8>>,
-    buf: Vec<u8>,
+/// The layer tar of a directory as a reader, for copying a stored layer into an output
+/// without storing its tar (docs/performance.md): [`snapshot`] runs on a second thread while
+/// the caller reads, and [`TarStream::finish`] checks what came out against the diff_id and
+/// size recorded when the layer was built. A diff dir changed or damaged since then fails
+/// the copy instead of passing other bytes under the layer's digest.
+pub struct TarStream {
+    dir: PathBuf,
+    expected: (Digest, u64),
+    rx: Option<Receiver<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    producer: Option<JoinHandle<Result<(Digest, u64), LayerError>>>,
+    /// The producer's verdict, once it is reaped.
+    outcome: Option<Result<(), LayerError>>,
 }
 
-impl ChunkWriter {
+impl TarStream {
+    /// Start making the tar of `dir` with `opts`; it must hash to `diff_id` and be `size`
+    /// bytes long. Reading the files and hashing run on two threads of their own, so the
+    /// reader's thread only copies.
+    pub fn new(dir: PathBuf, opts: SnapshotOptions, diff_id: Digest, size: u64) -> TarStream {
+        let (raw_tx, raw_rx) = sync_channel::<Vec<u8>>(4);
+        let (tx, rx) = sync_channel::<Vec<u8>>(4);
+        let walk = dir.clone();
+        let producer = std::thread::spawn(move || {
+            let reader = std::thread::spawn(move || {
+                write_tar(&walk, &opts, &mut |chunk| {
+                    raw_tx.send(chunk).map_err(|_| closed())
+                })
+            });
+            let mut hasher = Sha256Writer::new(io::sink());
+            for chunk in raw_rx.iter() {
+                let _ = hasher.write_all(&chunk);
+                if tx.send(chunk).is_err() {
+                    // The reader is gone: stop the walk too (it sees a closed channel).
+                    break;
+                }
+            }
+            drop(raw_rx);
+            let size = match reader.join() {
+                Ok(result) => result?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            let (diff_id, _, _) = hasher.finish();
+            Ok((diff_id, size))
+        });
+        TarStream {
+            dir,
+            expected: (diff_id, size),
+            rx: Some(rx),
+            chunk: Vec::new(),
+            pos: 0,
+            producer: Some(producer),
+            outcome: None,
+        }
+    }
+
+    /// Read what is left, wait for the producer and check the tar it made. Call it after
+    /// copying, also when the copy failed: a reader limited to the expected size never sees
+    /// the end of a longer tar, and a short one is explained by what this returns.
+    pub fn finish(mut self) -> Result<(), LayerError> {
+        self.finish_inner();
+        self.outcome.take().unwrap_or(Ok(()))
+    }
+
+    /// Drain the channel, reap the producer and keep its verdict in `outcome`.
+    fn finish_inner(&mut self) {
+        if let Some(rx) = self.rx.take() {
+            // Drain: the producer's digest and size then cover everything it made.
+            for _ in rx.iter() {}
+        }
+        let Some(producer) = self.producer.take() else {
+            return;
+        };
+        let verdict = match producer.join() {
+            Ok(Ok((diff_id, size))) if diff_id == self.expected.0 && size == self.expected.1 => {
+                Ok(())
+            }
+            Ok(Ok((diff_id, _))) => Err(LayerError::DiffChanged {
+                dir: self.dir.clone(),
+                expected: self.expected.0.clone(),
+                actual: diff_id,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        self.outcome = Some(verdict);
+    }
+}
+
+impl Read for TarStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for TarStream {
+    /// The rest of the current chunk: callers can write it on without another copy.
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos == self.chunk.len() {
+            match self.rx.as_ref().and_then(|rx| rx.recv().ok()) {
+                Some(chunk) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                None => {
+                    // The producer is done or failed; `finish` tells which.
+                    self.finish_inner();
+                    return Ok(&[]);
+                }
+            }
+        }
+        Ok(&self.chunk[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.chunk.len());
+    }
+}
+
+impl Drop for TarStream {
+    fn drop(&mut self) {
+        // Closing the channel stops the producer at its next chunk; then reap it.
+        self.rx = None;
+        if let Some(producer) = self.producer.take() {
+            let _ = producer.join();
+        }
+    }
+}
+
+const CHUNK: usize = 256 * 1024;
+
+/// The tar as it is encoded: bytes gather in a chunk of [`CHUNK`] bytes, which goes to
+/// `emit` when full.
+struct ChunkOut<'a> {
+    buf: Vec<u8>,
+    total: u64,
+    emit: &'a mut dyn FnMut(Vec<u8>) -> io::Result<()>,
+}
+
+impl ChunkOut<'_> {
+    fn put(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let n = bytes.len().min(CHUNK - self.buf.len());
+            self.buf.extend_from_slice(&bytes[..n]);
+            self.total += n as u64;
+            bytes = &bytes[n..];
+            if self.buf.len() >= CHUNK {
+                self.send()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Read up to `len` bytes of `file` straight into the chunks; returns how many it had.
+    fn copy_from(&mut self, file: &mut File, len: u64) -> io::Result<u64> {
+        let mut left = len;
+        while left > 0 {
+            let start = self.buf.len();
+            let want = left.min((CHUNK - start) as u64);
+            // Into the chunk's spare capacity, which `want` never exceeds: no growth, no
+            // zeroing, no intermediate buffer.
+            let got = (&mut *file).take(want).read_to_end(&mut self.buf)?;
+            self.total += got as u64;
+            left -= got as u64;
+            if self.buf.len() >= CHUNK {
+                self.send()?;
+            }
+            if (got as u64) < want {
+                break; // The file is shorter than it was.
+            }
+        }
+        Ok(len - left)
+    }
+
     fn send(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .send(chunk)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "layer compressor stopped"))
-    }
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK {
-            self.send()?;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        (self.emit)(chunk)
     }
 }
 
@@ -236,10 +437,10 @@ fn collect(upper: &Path, opts: &SnapshotOptions) -> Result<Vec<Item>, LayerError
     Ok(items)
 }
 
-fn write_item<W: Write>(
+fn write_item(
     upper: &Path,
     item: &Item,
-    w: &mut TarWriter<W>,
+    w: &mut TarWriter<'_>,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
 ) -> Result<(), LayerError> {
     let path = upper.join(&item.rel);
@@ -406,12 +607,12 @@ struct Entry {
     xattrs: Xattrs,
 }
 
-struct TarWriter<W: Write> {
-    out: Sha256Writer<BufWriter<W>>,
+struct TarWriter<'a> {
+    out: ChunkOut<'a>,
     epoch: Option<i64>,
 }
 
-impl<W: Write> TarWriter<W> {
+impl TarWriter<'_> {
     /// Encode `entry` (PAX header first when needed) and copy `data` for regular files.
     fn write_entry(
         &mut self,
@@ -488,8 +689,10 @@ impl<W: Write> TarWriter<W> {
         h.set_cksum();
         self.put(h.as_bytes())?;
 
-        if let Some((file, path)) = data {
-            let copied = io::copy(&mut file.take(entry.size), &mut self.out)
+        if let Some((mut file, path)) = data {
+            let copied = self
+                .out
+                .copy_from(&mut file, entry.size)
                 .map_err(|e| LayerError::io("reading", path, e))?;
             if copied != entry.size {
                 return Err(LayerError::Changed {
@@ -502,7 +705,7 @@ impl<W: Write> TarWriter<W> {
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), LayerError> {
-        self.out.write_all(bytes).map_err(LayerError::Write)
+        self.out.put(bytes).map_err(LayerError::Write)
     }
 
     fn pad(&mut self, len: u64) -> Result<(), LayerError> {

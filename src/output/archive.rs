@@ -7,25 +7,25 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
 use super::{archive_mtime, OutputError};
 use crate::image::{canonical_json, media, Descriptor, Digest, Index, Manifest, Reference};
 use crate::layer::compress::Compression;
-use crate::store::{ImageRecord, Store};
+use crate::store::{ImageRecord, LayerBytes, Store};
 
 /// Where a blob's bytes come from.
 enum Blob {
-    File(PathBuf),
+    Layer(LayerBytes),
     Bytes(Vec<u8>),
 }
 
 /// Everything an archive or layout holds, by path.
 struct Layout {
-    /// Sorted by digest, each once.
-    blobs: BTreeMap<Digest, Blob>,
+    /// Sorted by digest, each once, with its size.
+    blobs: BTreeMap<Digest, (u64, Blob)>,
     /// Other files (index.json, oci-layout, manifest.json, repositories), sorted by name.
     files: BTreeMap<&'static str, Vec<u8>>,
 }
@@ -54,11 +54,8 @@ fn build_layout(
     let mut blobs = BTreeMap::new();
     let mut layers = Vec::with_capacity(image.chains.len());
     for chain in &image.chains {
-        let desc = store.layer_blob_level(chain, compression, level)?;
-        blobs.insert(
-            desc.digest.clone(),
-            Blob::File(store.blob_path(&desc.digest)),
-        );
+        let (desc, bytes) = store.layer_bytes(chain, compression, level)?;
+        blobs.insert(desc.digest.clone(), (desc.size, Blob::Layer(bytes)));
         layers.push(desc);
     }
     // The stored config bytes, so the image id stays the same.
@@ -68,7 +65,10 @@ fn build_layout(
         image.config_digest.clone(),
         config_bytes.len() as u64,
     );
-    blobs.insert(image.config_digest.clone(), Blob::Bytes(config_bytes));
+    blobs.insert(
+        image.config_digest.clone(),
+        (config.size, Blob::Bytes(config_bytes)),
+    );
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(media::OCI_MANIFEST.to_string()),
@@ -82,7 +82,10 @@ fn build_layout(
         Digest::of(&manifest_bytes),
         manifest_bytes.len() as u64,
     );
-    blobs.insert(manifest_desc.digest.clone(), Blob::Bytes(manifest_bytes));
+    blobs.insert(
+        manifest_desc.digest.clone(),
+        (manifest_desc.size, Blob::Bytes(manifest_bytes)),
+    );
 
     // As BuildKit's exporters: the ref name is the tag, the full name goes in containerd's
     // annotation; one index entry per tag.
@@ -158,17 +161,20 @@ pub(super) fn write_archive(
     tar.dir("blobs/").map_err(OutputError::io("writing", out))?;
     tar.dir("blobs/sha256/")
         .map_err(OutputError::io("writing", out))?;
-    for (digest, blob) in &layout.blobs {
+    for (digest, (size, blob)) in &layout.blobs {
         let name = blob_name(digest);
         match blob {
-            Blob::Bytes(b) => tar.file(&name, b.len() as u64, &b[..]),
-            Blob::File(p) => {
-                let f = fs::File::open(p).map_err(OutputError::io("reading", p))?;
-                let len = f.metadata().map_err(OutputError::io("reading", p))?.len();
-                tar.file(&name, len, f)
+            Blob::Bytes(b) => tar
+                .file(&name, b.len() as u64, &b[..])
+                .map_err(OutputError::io("writing", out))?,
+            Blob::Layer(bytes) => {
+                let mut reader = bytes.open()?;
+                let copied = tar.file_from(&name, *size, |w| reader.copy_to(w, *size));
+                // The layer's verdict first: a changed diff dir explains a short copy.
+                reader.finish()?;
+                copied.map_err(OutputError::io("writing", out))?;
             }
         }
-        .map_err(OutputError::io("writing", out))?;
     }
     for (name, bytes) in &layout.files {
         tar.file(name, bytes.len() as u64, &bytes[..])
@@ -189,12 +195,19 @@ pub(super) fn write_layout_dir(
     let layout = build_layout(store, image, tags, compression, level, false)?;
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(OutputError::io("creating", &blobs))?;
-    for (digest, blob) in &layout.blobs {
+    for (digest, (_, blob)) in &layout.blobs {
         let dest = blobs.join(digest.hex());
         match blob {
             Blob::Bytes(b) => fs::write(&dest, b).map_err(OutputError::io("writing", &dest))?,
-            Blob::File(p) => {
+            Blob::Layer(LayerBytes::Blob(p)) => {
                 fs::copy(p, &dest).map_err(OutputError::io("copying blob to", &dest))?;
+            }
+            Blob::Layer(bytes) => {
+                let mut reader = bytes.open()?;
+                let mut f = fs::File::create(&dest).map_err(OutputError::io("creating", &dest))?;
+                let copied = reader.copy_to(&mut f, u64::MAX);
+                reader.finish()?;
+                copied.map_err(OutputError::io("writing", &dest))?;
             }
         }
     }
@@ -241,6 +254,32 @@ impl<W: Write> DeterministicTar<W> {
         let mut h = self.header(tar::EntryType::Regular, 0o644, size);
         // `take` guards against a file that grew after we read its size.
         self.builder.append_data(&mut h, name, data.take(size))
+    }
+
+    /// A regular file whose `size` bytes `copy` writes (returning how many it wrote): for
+    /// data that comes in chunks, written on as they are. Fewer bytes than `size` is an error.
+    pub(super) fn file_from(
+        &mut self,
+        name: &str,
+        size: u64,
+        copy: impl FnOnce(&mut dyn Write) -> io::Result<u64>,
+    ) -> io::Result<()> {
+        let mut h = self.header(tar::EntryType::Regular, 0o644, size);
+        h.set_path(name)?;
+        h.set_cksum();
+        let w = self.builder.get_mut();
+        w.write_all(h.as_bytes())?;
+        let written = copy(w)?;
+        if written != size {
+            return Err(io::Error::other(format!(
+                "{name}: {written} bytes where {size} were expected"
+            )));
+        }
+        let rem = (size % 512) as usize;
+        if rem != 0 {
+            w.write_all(&[0u8; 512][..512 - rem])?;
+        }
+        Ok(())
     }
 
     pub(super) fn finish(self) -> io::Result<()> {

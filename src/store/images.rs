@@ -368,6 +368,7 @@ impl Store {
     /// [`StoreError::Busy`] while a build holds it. The caller must not hold a [`super::StoreLock`].
     pub fn prune(&self, all: bool) -> Result<PruneStats> {
         let _lock = self.try_lock_exclusive()?;
+        self.empty_trash();
         let mut stats = PruneStats::default();
         let mut keep_blobs = BTreeSet::new();
         let mut keep_chains = BTreeSet::new();

@@ -11,6 +11,8 @@ use sha2::{Digest as _, Sha256};
 use super::{Result, Store, StoreError};
 use crate::image::{Descriptor, Digest, Sha256Writer};
 use crate::layer::compress::{decompressor, sniff, Compression, Compressor};
+use crate::layer::{snapshot_blob, LayerError, SnapshotOptions, TarStream};
+use std::io::BufRead;
 
 /// The OCI chain id of a layer on top of `parent`:
 /// chain(L1) = diff_id(L1); chain(Ln) = sha256(chain(Ln-1) + " " + diff_id(Ln)).
@@ -69,6 +71,20 @@ impl LayerBlobs {
     }
 }
 
+/// How the uncompressed tar of a layer rbuild built is made again from its diff dir: a
+/// snapshot of layers/<chain>/diff with these options is the tar the layer was built as
+/// (diff_id, `size` bytes). Built layers keep no uncompressed blob: writing and fsyncing
+/// every layer twice cost more than making the tar again for the outputs that need it
+/// (docs/performance.md). The OCI image-layout spec lets a layout's blobs live elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffTar {
+    /// Bytes of the tar.
+    pub size: u64,
+    /// The mtime clamp the snapshot used (SOURCE_DATE_EPOCH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_date_epoch: Option<i64>,
+}
+
 /// layers/<chain>/meta.json.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct LayerMeta {
@@ -79,6 +95,8 @@ struct LayerMeta {
     /// Bytes of file content in the extracted layer (what `images` sums as SIZE).
     size: u64,
     blobs: LayerBlobs,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tar: Option<DiffTar>,
 }
 
 /// A layer in the store.
@@ -89,8 +107,86 @@ pub struct LayerRecord {
     pub parent: Option<Digest>,
     pub size: u64,
     pub blobs: LayerBlobs,
+    /// Set for layers rbuild built: their uncompressed tar is made from `diff`.
+    pub tar: Option<DiffTar>,
     /// layers/<chain>/diff: the extracted layer, usable as an overlay lowerdir.
     pub diff: PathBuf,
+}
+
+/// Where an output gets a layer blob's bytes.
+pub enum LayerBytes {
+    /// A stored blob.
+    Blob(PathBuf),
+    /// The uncompressed tar, made from the layer's diff dir while it is copied.
+    Diff(LayerRecord),
+}
+
+impl LayerBytes {
+    /// A reader of the bytes. For [`LayerBytes::Diff`], call [`LayerReader::finish`] after
+    /// copying: it checks the tar against the layer's diff_id.
+    pub fn open(&self) -> Result<LayerReader> {
+        match self {
+            LayerBytes::Blob(path) => fs::File::open(path)
+                .map(LayerReader::Blob)
+                .map_err(StoreError::io("reading", path)),
+            LayerBytes::Diff(layer) => Ok(LayerReader::Diff(layer.tar_stream())),
+        }
+    }
+}
+
+/// See [`LayerBytes::open`].
+pub enum LayerReader {
+    Blob(fs::File),
+    Diff(TarStream),
+}
+
+impl LayerReader {
+    /// Copy everything (at most `limit` bytes) to `w`; returns how much. A tar made from a
+    /// diff dir goes chunk by chunk, without another copy.
+    pub fn copy_to(&mut self, w: &mut dyn Write, limit: u64) -> io::Result<u64> {
+        match self {
+            LayerReader::Blob(f) => io::copy(&mut Read::take(f, limit), w),
+            LayerReader::Diff(t) => {
+                let mut copied = 0u64;
+                while copied < limit {
+                    let chunk = t.fill_buf()?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    let n = chunk.len().min((limit - copied) as usize);
+                    w.write_all(&chunk[..n])?;
+                    t.consume(n);
+                    copied += n as u64;
+                }
+                Ok(copied)
+            }
+        }
+    }
+}
+
+impl LayerReader {
+    /// Check what was read: a tar made from a diff dir must be the one the layer was built as.
+    pub fn finish(self) -> Result<()> {
+        match self {
+            LayerReader::Blob(_) => Ok(()),
+            LayerReader::Diff(t) => t.finish().map_err(StoreError::Layer),
+        }
+    }
+}
+
+impl LayerRecord {
+    /// The layer's uncompressed tar, made from its diff dir. Only for layers with a `tar`.
+    fn tar_stream(&self) -> TarStream {
+        let tar = self.tar.clone().unwrap_or(DiffTar {
+            size: 0,
+            source_date_epoch: None,
+        });
+        let opts = SnapshotOptions {
+            source_date_epoch: tar.source_date_epoch,
+            skip: Vec::new(),
+        };
+        TarStream::new(self.diff.clone(), opts, self.diff_id.clone(), tar.size)
+    }
 }
 
 impl Store {
@@ -115,6 +211,7 @@ impl Store {
             parent: meta.parent,
             size: meta.size,
             blobs: meta.blobs,
+            tar: meta.tar,
             diff: dir.join("diff"),
         }))
     }
@@ -150,7 +247,7 @@ impl Store {
     ) -> Result<LayerRecord> {
         let chain = chain_id(parent, &diff_id);
         if let Some(existing) = self.try_layer(&chain)? {
-            self.discard_dir(diff_dir);
+            self.discard_dir(diff_dir, existing.size);
             return Ok(existing);
         }
         if !self.has_blob(&blob.digest) {
@@ -174,12 +271,49 @@ impl Store {
                 size: blob.size,
             },
         );
+        self.publish_layer(diff_dir, parent, chain, diff_id, blobs, None)
+    }
+
+    /// Record a layer rbuild built from `diff_dir` (its snapshot made `tar`, hashing to
+    /// `diff_id`); no blob is stored ([`DiffTar`]). Like [`Store::commit_layer`] otherwise.
+    pub fn commit_built_layer(
+        &self,
+        diff_dir: PathBuf,
+        parent: Option<&Digest>,
+        diff_id: Digest,
+        tar: DiffTar,
+    ) -> Result<LayerRecord> {
+        let chain = chain_id(parent, &diff_id);
+        if let Some(existing) = self.try_layer(&chain)? {
+            self.discard_dir(diff_dir, existing.size);
+            return Ok(existing);
+        }
+        self.publish_layer(
+            diff_dir,
+            parent,
+            chain,
+            diff_id,
+            LayerBlobs::default(),
+            Some(tar),
+        )
+    }
+
+    fn publish_layer(
+        &self,
+        diff_dir: PathBuf,
+        parent: Option<&Digest>,
+        chain: Digest,
+        diff_id: Digest,
+        blobs: LayerBlobs,
+        tar: Option<DiffTar>,
+    ) -> Result<LayerRecord> {
         let meta = LayerMeta {
             chain_id: chain.clone(),
             diff_id,
             parent: parent.cloned(),
             size: content_size(&diff_dir)?,
             blobs,
+            tar,
         };
 
         // Assemble layers/<chain> in scratch, then one rename publishes diff and meta together.
@@ -204,18 +338,21 @@ impl Store {
     }
 
     /// The layer's blob in `compression`, creating it (by recompressing a stored blob of the
-    /// layer) and recording it in meta.json if missing. Returns an OCI layer descriptor.
+    /// layer, or from its diff dir) and recording it in meta.json if missing. Returns an OCI
+    /// layer descriptor. The uncompressed blob of a layer rbuild built is not stored (its
+    /// bytes come from [`Store::layer_bytes`]).
     pub fn layer_blob(&self, chain: &Digest, compression: Compression) -> Result<Descriptor> {
-        self.layer_blob_level(chain, compression, None)
+        self.layer_bytes(chain, compression, None).map(|(d, _)| d)
     }
 
-    /// [`Store::layer_blob`] with a compression level for a blob that has to be made.
-    pub fn layer_blob_level(
+    /// The layer's blob in `compression` (made as [`Store::layer_blob`] does, with `level`
+    /// for a blob that has to be made) and where to read its bytes.
+    pub fn layer_bytes(
         &self,
         chain: &Digest,
         compression: Compression,
         level: Option<i32>,
-    ) -> Result<Descriptor> {
+    ) -> Result<(Descriptor, LayerBytes)> {
         let layer = self
             .try_layer(chain)?
             .ok_or_else(|| StoreError::LayerMissing {
@@ -225,22 +362,76 @@ impl Store {
             |b: &BlobRef| Descriptor::new(compression.oci_media_type(), b.digest.clone(), b.size);
         if let Some(b) = layer.blobs.get(compression) {
             if self.has_blob(&b.digest) {
-                return Ok(to_desc(b));
+                return Ok((to_desc(b), LayerBytes::Blob(self.blob_path(&b.digest))));
             }
         }
-        // Cheapest source first: no decompression, then the faster decoder.
-        let source = [
-            Compression::Uncompressed,
-            Compression::Zstd,
-            Compression::Gzip,
-        ]
-        .into_iter()
-        .filter_map(|c| layer.blobs.get(c))
-        .find(|b| self.has_blob(&b.digest))
-        .ok_or_else(|| StoreError::LayerMissing {
-            chain: chain.clone(),
-        })?
-        .clone();
+        if let (Compression::Uncompressed, Some(tar)) = (compression, &layer.tar) {
+            let desc = Descriptor::new(
+                compression.oci_media_type(),
+                layer.diff_id.clone(),
+                tar.size,
+            );
+            return Ok((desc, LayerBytes::Diff(layer)));
+        }
+        let blob = self.make_layer_blob(&layer, compression, level)?;
+        self.record_layer_blob(chain, compression, blob.clone())?;
+        Ok((
+            to_desc(&blob),
+            LayerBytes::Blob(self.blob_path(&blob.digest)),
+        ))
+    }
+
+    /// Store the layer's blob in `compression`, from the cheapest source: an uncompressed or
+    /// zstd blob, the diff dir of a built layer, a gzip blob. The source must make the
+    /// layer's diff_id, else nothing is stored.
+    fn make_layer_blob(
+        &self,
+        layer: &LayerRecord,
+        compression: Compression,
+        level: Option<i32>,
+    ) -> Result<BlobRef> {
+        let stored = |c| layer.blobs.get(c).filter(|b| self.has_blob(&b.digest));
+        let source = stored(Compression::Uncompressed).or_else(|| stored(Compression::Zstd));
+        let source = match (source, &layer.tar) {
+            (Some(b), _) => Some(b),
+            (None, Some(_)) => None,
+            (None, None) => {
+                Some(
+                    stored(Compression::Gzip).ok_or_else(|| StoreError::LayerMissing {
+                        chain: layer.chain_id.clone(),
+                    })?,
+                )
+            }
+        };
+        let Some(source) = source else {
+            // A built layer: snapshot its diff dir again, straight into the codec.
+            let tar = layer.tar.clone().expect("checked above");
+            let opts = SnapshotOptions {
+                source_date_epoch: tar.source_date_epoch,
+                skip: Vec::new(),
+            };
+            let (digest, size, ()) = self
+                .write_blob_prehashed(|w| {
+                    let d = snapshot_blob(&layer.diff, &opts, compression, level, w)?;
+                    if d.diff_id != layer.diff_id || d.tar_size != tar.size {
+                        return Err(LayerError::DiffChanged {
+                            dir: layer.diff.clone(),
+                            expected: layer.diff_id.clone(),
+                            actual: d.diff_id,
+                        });
+                    }
+                    Ok(((), d.digest))
+                })
+                .map_err(|e| match e {
+                    // The layer's own error (it names the diff dir), not "producing blob".
+                    StoreError::Producer(p) => match p.downcast::<LayerError>() {
+                        Ok(layer_error) => StoreError::Layer(*layer_error),
+                        Err(p) => StoreError::Producer(p),
+                    },
+                    e => e,
+                })?;
+            return Ok(BlobRef { digest, size });
+        };
         let src_path = self.blob_path(&source.digest);
         let (digest, size, diff_id) = self
             .write_blob(|w| -> io::Result<Digest> {
@@ -262,15 +453,13 @@ impl Store {
             })?;
         if diff_id != layer.diff_id {
             return Err(StoreError::DiffIdMismatch {
-                chain: chain.clone(),
-                blob: source.digest,
-                expected: layer.diff_id,
+                chain: layer.chain_id.clone(),
+                blob: source.digest.clone(),
+                expected: layer.diff_id.clone(),
                 actual: diff_id,
             });
         }
-        let blob = BlobRef { digest, size };
-        self.record_layer_blob(chain, compression, blob.clone())?;
-        Ok(to_desc(&blob))
+        Ok(BlobRef { digest, size })
     }
 
     /// Add a blob to a layer's meta.json. Two processes adding different codecs at once may

@@ -4,9 +4,11 @@
 //! blobs/sha256/<hex>          content-addressed blobs (layers, configs, manifests)
 //! index.json, oci-layout      the store is an OCI layout; tags are ref-name annotations
 //! layers/<chain>/diff         extracted layer (overlay format)
-//! layers/<chain>/meta.json    diff_id, blobs per compression, size, parent
+//! layers/<chain>/meta.json    diff_id, blobs per compression, size, parent, and for built
+//!                             layers how their tar is made from diff/ (no tar blob is kept)
 //! cache/<key>.json            step results
 //! tmp/<session>/              per-process scratch, guarded by a flock on tmp/<session>/.lock
+//! tmp/.trash/                 scratch nobody needs, kept up to a limit (trash.rs)
 //! lock                        flock: shared while building, exclusive for prune
 //! ```
 //! Every record is written inside tmp/, fsynced and renamed into place, so a crash leaves at
@@ -17,6 +19,7 @@ mod blobs;
 mod cache;
 mod images;
 mod layers;
+mod trash;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -27,7 +30,7 @@ use crate::image::Digest;
 
 pub use cache::CacheRecord;
 pub use images::{chains_of, ImageRecord, PruneStats};
-pub use layers::{chain_id, BlobRef, LayerBlobs, LayerRecord};
+pub use layers::{chain_id, BlobRef, DiffTar, LayerBlobs, LayerBytes, LayerReader, LayerRecord};
 
 /// Errors from the store; each names the path or object it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,8 @@ pub enum StoreError {
     Busy(PathBuf),
     #[error("producing blob: {0}")]
     Producer(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Layer(#[from] crate::layer::LayerError),
 }
 
 impl StoreError {
@@ -102,9 +107,6 @@ impl StoreError {
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Numbers the trees [`Store::discard_dir`] moves aside.
-static TRASH_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// An open store. Holds this process's scratch session in tmp/ (removed on drop).
 pub struct Store {
     root: PathBuf,
@@ -114,8 +116,11 @@ pub struct Store {
     /// these wait for [`Store::sync_pending`]: once per build instead of three times per
     /// step (docs/performance.md).
     pending_dirs: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
-    /// Threads removing scratch trees nobody needs any more ([`Store::discard_dir`]).
+    /// Threads emptying tmp/.trash (see trash.rs); joined by [`Store::empty_trash`] and when
+    /// the store closes.
     discarding: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Trash entries this process has started removing.
+    trash_taken: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Held (exclusive flock) for as long as the store is open: tells `open` in other
     /// processes that `session` is alive.
     _session_lock: File,
@@ -149,7 +154,9 @@ impl Store {
             &tmp.join(".lock"),
             rustix::fs::FlockOperation::LockExclusive,
         )?;
-        sweep_tmp(&tmp)?;
+        let trash = tmp.join(trash::TRASH);
+        fs::create_dir_all(&trash).map_err(StoreError::io("creating", &trash))?;
+        trash::sweep_tmp(&tmp, &trash)?;
         let (session, session_lock) = new_session(&tmp)?;
         drop(sweep_lock);
 
@@ -158,8 +165,10 @@ impl Store {
             session,
             pending_dirs: Default::default(),
             discarding: Default::default(),
+            trash_taken: Default::default(),
             _session_lock: session_lock,
         };
+        store.collect_trash();
         if !store.root.join("oci-layout").exists() {
             store.write_file_durable(
                 &store.root.join("oci-layout"),
@@ -240,30 +249,6 @@ impl Store {
         Ok(())
     }
 
-    /// Remove a scratch tree (in the session dir) on a background thread: a rebuilt layer
-    /// that is already stored leaves its whole upperdir behind, and unlinking 10k files
-    /// costs seconds on a busy disk (docs/performance.md). Best effort, like the session
-    /// sweep; the store joins these threads when it closes.
-    pub(crate) fn discard_dir(&self, dir: PathBuf) {
-        // Out of its scratch parent first, whose TempDir would otherwise remove it in the
-        // foreground; the session dir is on the same filesystem, so this is a rename.
-        let trash = self.session.join(format!(
-            "trash-{}",
-            TRASH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let dir = match fs::rename(&dir, &trash) {
-            Ok(()) => trash,
-            Err(_) => dir,
-        };
-        let handle = std::thread::spawn(move || {
-            let _ = fs::remove_dir_all(&dir);
-        });
-        self.discarding
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(handle);
-    }
-
     /// Remember that `path` was renamed into its directory (see `pending_dirs`).
     fn sync_parent_later(&self, path: &Path) {
         if let Some(parent) = path.parent() {
@@ -322,11 +307,7 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Best effort, like the sweep below: records whose rename is lost are rebuilt.
         let _ = self.sync_pending();
-        let discarding =
-            std::mem::take(&mut *self.discarding.lock().unwrap_or_else(|e| e.into_inner()));
-        for handle in discarding {
-            let _ = handle.join();
-        }
+        self.join_trash_threads();
         // Best effort: whatever is left is swept by the next `open`.
         let _ = fs::remove_dir_all(&self.session);
     }
@@ -343,36 +324,6 @@ fn flock_path(path: &Path, op: rustix::fs::FlockOperation) -> Result<File> {
     rustix::fs::flock(file.as_fd(), op)
         .map_err(|e| StoreError::io("locking", path)(io::Error::from(e)))?;
     Ok(file)
-}
-
-/// Remove every entry of tmp/ that is not a session held by a live process. Best effort: an
-/// entry that cannot be removed (say, a mount left by a killed process) is left for a later
-/// sweep rather than making the store unusable.
-fn sweep_tmp(tmp: &Path) -> Result<()> {
-    let entries = fs::read_dir(tmp).map_err(StoreError::io("listing", tmp))?;
-    for entry in entries.flatten() {
-        if entry.file_name() == ".lock" {
-            continue;
-        }
-        let path = entry.path();
-        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        if is_dir {
-            if let Ok(file) = File::open(path.join(".lock")) {
-                let held = rustix::fs::flock(
-                    file.as_fd(),
-                    rustix::fs::FlockOperation::NonBlockingLockExclusive,
-                )
-                .is_err();
-                if held {
-                    continue;
-                }
-            }
-            let _ = fs::remove_dir_all(&path);
-        } else {
-            let _ = fs::remove_file(&path);
-        }
-    }
-    Ok(())
 }
 
 /// Create this process's session dir with its lock held.

@@ -201,8 +201,20 @@ fn concurrent_commits_of_one_layer_both_succeed() {
         std::fs::read(results[0].diff.join("same")).unwrap(),
         b"content"
     );
-    // Every scratch session of the threads is gone.
-    assert_eq!(count_entries(&root.join("tmp")), 2, ".lock and our session");
+    // Every scratch session of the threads is gone; the losers' copies that saw the layer
+    // before committing wait in the trash (see trash.rs) until it is emptied (those that
+    // lost the rename race drop theirs at once).
+    assert_eq!(
+        count_entries(&root.join("tmp")),
+        3,
+        ".lock, .trash and our session"
+    );
+    assert!(
+        count_entries(&root.join("tmp/.trash")) <= 3,
+        "three losers at most"
+    );
+    s.empty_trash();
+    assert_eq!(count_entries(&root.join("tmp/.trash")), 0);
 }
 
 #[test]
@@ -459,8 +471,13 @@ fn open_sweeps_dead_scratch_but_not_live_sessions() {
     drop(s);
     assert_eq!(
         count_entries(&tmp),
-        1,
-        "only tmp/.lock after every store closed"
+        2,
+        "only tmp/.lock and the empty tmp/.trash after every store closed"
+    );
+    assert_eq!(
+        count_entries(&tmp.join(".trash")),
+        0,
+        "the dead scratch is gone"
     );
 }
 
@@ -540,4 +557,94 @@ fn blobs_are_world_readable() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o644);
+}
+
+/// A layer as a build commits it: a directory, hashed, with no blob.
+fn built_layer(s: &Store, files: &[(&str, &[u8])]) -> LayerRecord {
+    let dir = s.tmp_dir().unwrap().keep();
+    for (name, content) in files {
+        std::fs::write(dir.join(name), content).unwrap();
+    }
+    let opts = crate::layer::SnapshotOptions::default();
+    let (diff_id, size) = crate::layer::snapshot_digest(&dir, &opts).unwrap();
+    let tar = DiffTar {
+        size,
+        source_date_epoch: None,
+    };
+    s.commit_built_layer(dir, None, diff_id, tar).unwrap()
+}
+
+fn read_layer(s: &Store, chain: &Digest, c: Compression) -> Result<(Descriptor, Vec<u8>)> {
+    let (desc, bytes) = s.layer_bytes(chain, c, None)?;
+    let mut reader = bytes.open()?;
+    let mut out = Vec::new();
+    let copied = reader.copy_to(&mut out, u64::MAX);
+    reader.finish()?;
+    copied.map_err(StoreError::io("copying", "layer"))?;
+    Ok((desc, out))
+}
+
+#[test]
+fn a_built_layer_keeps_no_blob_and_makes_its_tar_again() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let l = built_layer(&s, &[("a", b"alpha"), ("b", &[7u8; 300_000])]);
+    assert_eq!(l.blobs, LayerBlobs::default());
+    assert_eq!(count_entries(&t.path().join("blobs/sha256")), 0);
+    let tar = l.tar.clone().unwrap();
+
+    let (desc, bytes) = read_layer(&s, &l.chain_id, Compression::Uncompressed).unwrap();
+    assert_eq!(
+        (desc.digest.clone(), desc.size),
+        (l.diff_id.clone(), tar.size)
+    );
+    assert_eq!(Digest::of(&bytes), l.diff_id);
+    assert_eq!(bytes.len() as u64, tar.size);
+    assert_eq!(desc.media_type, media::OCI_LAYER);
+    assert_eq!(
+        count_entries(&t.path().join("blobs/sha256")),
+        0,
+        "still none"
+    );
+
+    // A compressed blob is made from the diff dir, stored and recorded.
+    let (gz, gz_bytes) = read_layer(&s, &l.chain_id, Compression::Gzip).unwrap();
+    assert_eq!(Digest::of(&gz_bytes), gz.digest);
+    let mut back = Vec::new();
+    crate::layer::compress::decompressor(&gz_bytes[..])
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert_eq!(back, bytes);
+    assert_eq!(
+        s.layer(&l.chain_id).unwrap().blobs.gzip.unwrap().digest,
+        gz.digest
+    );
+}
+
+#[test]
+fn a_changed_diff_dir_fails_the_copy_and_stores_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let l = built_layer(&s, &[("a", b"alpha")]);
+    // Same size, other bytes: only the digest can tell.
+    std::fs::write(l.diff.join("a"), b"omega").unwrap();
+    for c in [Compression::Uncompressed, Compression::Gzip] {
+        let err = read_layer(&s, &l.chain_id, c).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                err,
+                StoreError::Layer(crate::layer::LayerError::DiffChanged { .. })
+            ),
+            "{c:?}: {msg}"
+        );
+        assert!(msg.contains(&l.diff_id.to_string()), "{msg}");
+        assert!(msg.contains(&l.diff.display().to_string()), "{msg}");
+    }
+    assert_eq!(count_entries(&t.path().join("blobs/sha256")), 0);
+    assert_eq!(s.layer(&l.chain_id).unwrap().blobs, LayerBlobs::default());
+    // A file that grew: the size tells.
+    std::fs::write(l.diff.join("a"), b"alpha and more").unwrap();
+    assert!(read_layer(&s, &l.chain_id, Compression::Uncompressed).is_err());
 }
