@@ -74,6 +74,18 @@ pub enum LayerError {
         expected: Digest,
         actual: Digest,
     },
+    /// Like `DiffChanged`, found by the size alone (the tar was not hashed again).
+    #[error(
+        "the stored layer `{}` no longer makes a tar of {expected} bytes (it makes {actual}): \
+         it was changed after it was built; remove the images that use it (`rbuild rmi`), \
+         `rbuild prune` and build again",
+        dir.display()
+    )]
+    DiffResized {
+        dir: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
 }
 
 impl LayerError {

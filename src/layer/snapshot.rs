@@ -192,8 +192,8 @@ pub fn snapshot_blob<W: Write>(
 }
 
 /// The layer tar of a directory as a reader, for copying a stored layer into an output
-/// without storing its tar (docs/performance.md): [`snapshot`] runs on a second thread while
-/// the caller reads, and [`TarStream::finish`] checks what came out against the diff_id and
+/// without storing its tar (docs/performance.md): the tar is made and hashed on two threads
+/// of its own while the caller reads, and [`TarStream::finish`] checks what came out against the diff_id and
 /// size recorded when the layer was built. A diff dir changed or damaged since then fails
 /// the copy instead of passing other bytes under the layer's digest.
 pub struct TarStream {
@@ -202,41 +202,60 @@ pub struct TarStream {
     rx: Option<Receiver<Vec<u8>>>,
     chunk: Vec<u8>,
     pos: usize,
-    producer: Option<JoinHandle<Result<(Digest, u64), LayerError>>>,
+    producer: Option<JoinHandle<Made>>,
     /// The producer's verdict, once it is reaped.
     outcome: Option<Result<(), LayerError>>,
 }
 
+/// What a [`TarStream`]'s producer made: the tar's digest (when verifying) and size.
+type Made = Result<(Option<Digest>, u64), LayerError>;
+
 impl TarStream {
-    /// Start making the tar of `dir` with `opts`; it must hash to `diff_id` and be `size`
-    /// bytes long. Reading the files and hashing run on two threads of their own, so the
-    /// reader's thread only copies.
-    pub fn new(dir: PathBuf, opts: SnapshotOptions, diff_id: Digest, size: u64) -> TarStream {
-        let (raw_tx, raw_rx) = sync_channel::<Vec<u8>>(4);
+    /// Start making the tar of `dir` with `opts`; it must be `size` bytes long and, with
+    /// `verify`, hash to `diff_id`. Reading the files and hashing run on two threads of their
+    /// own, so the reader's thread only copies. Without `verify` there is no hashing at all:
+    /// for a layer this process built and hashed moments ago.
+    pub fn new(
+        dir: PathBuf,
+        opts: SnapshotOptions,
+        diff_id: Digest,
+        size: u64,
+        verify: bool,
+    ) -> TarStream {
         let (tx, rx) = sync_channel::<Vec<u8>>(4);
         let walk = dir.clone();
-        let producer = std::thread::spawn(move || {
-            let reader = std::thread::spawn(move || {
-                write_tar(&walk, &opts, &mut |chunk| {
-                    raw_tx.send(chunk).map_err(|_| closed())
-                })
-            });
-            let mut hasher = Sha256Writer::new(io::sink());
-            for chunk in raw_rx.iter() {
-                let _ = hasher.write_all(&chunk);
-                if tx.send(chunk).is_err() {
-                    // The reader is gone: stop the walk too (it sees a closed channel).
-                    break;
+        let producer = if verify {
+            std::thread::spawn(move || {
+                let (raw_tx, raw_rx) = sync_channel::<Vec<u8>>(4);
+                let reader = std::thread::spawn(move || {
+                    write_tar(&walk, &opts, &mut |chunk| {
+                        raw_tx.send(chunk).map_err(|_| closed())
+                    })
+                });
+                let mut hasher = Sha256Writer::new(io::sink());
+                for chunk in raw_rx.iter() {
+                    let _ = hasher.write_all(&chunk);
+                    if tx.send(chunk).is_err() {
+                        // The reader is gone: stop the walk too (it sees a closed channel).
+                        break;
+                    }
                 }
-            }
-            drop(raw_rx);
-            let size = match reader.join() {
-                Ok(result) => result?,
-                Err(panic) => std::panic::resume_unwind(panic),
-            };
-            let (diff_id, _, _) = hasher.finish();
-            Ok((diff_id, size))
-        });
+                drop(raw_rx);
+                let size = match reader.join() {
+                    Ok(result) => result?,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
+                let (diff_id, _, _) = hasher.finish();
+                Ok((Some(diff_id), size))
+            })
+        } else {
+            std::thread::spawn(move || {
+                let size = write_tar(&walk, &opts, &mut |chunk| {
+                    tx.send(chunk).map_err(|_| closed())
+                })?;
+                Ok((None, size))
+            })
+        };
         TarStream {
             dir,
             expected: (diff_id, size),
@@ -266,14 +285,24 @@ impl TarStream {
             return;
         };
         let verdict = match producer.join() {
-            Ok(Ok((diff_id, size))) if diff_id == self.expected.0 && size == self.expected.1 => {
-                Ok(())
+            Ok(Ok((digest, size))) => {
+                let same_digest = digest.as_ref().is_none_or(|d| *d == self.expected.0);
+                if same_digest && size == self.expected.1 {
+                    Ok(())
+                } else if let Some(actual) = digest {
+                    Err(LayerError::DiffChanged {
+                        dir: self.dir.clone(),
+                        expected: self.expected.0.clone(),
+                        actual,
+                    })
+                } else {
+                    Err(LayerError::DiffResized {
+                        dir: self.dir.clone(),
+                        expected: self.expected.1,
+                        actual: size,
+                    })
+                }
             }
-            Ok(Ok((diff_id, _))) => Err(LayerError::DiffChanged {
-                dir: self.dir.clone(),
-                expected: self.expected.0.clone(),
-                actual: diff_id,
-            }),
             Ok(Err(e)) => Err(e),
             Err(panic) => std::panic::resume_unwind(panic),
         };
@@ -327,6 +356,12 @@ impl Drop for TarStream {
 
 const CHUNK: usize = 256 * 1024;
 
+/// Why [`ChunkOut::copy_from`] stopped: the file, or whoever takes the chunks.
+enum CopyError {
+    Read(io::Error),
+    Emit(io::Error),
+}
+
 /// The tar as it is encoded: bytes gather in a chunk of [`CHUNK`] bytes, which goes to
 /// `emit` when full.
 struct ChunkOut<'a> {
@@ -350,18 +385,21 @@ impl ChunkOut<'_> {
     }
 
     /// Read up to `len` bytes of `file` straight into the chunks; returns how many it had.
-    fn copy_from(&mut self, file: &mut File, len: u64) -> io::Result<u64> {
+    fn copy_from(&mut self, file: &mut File, len: u64) -> Result<u64, CopyError> {
         let mut left = len;
         while left > 0 {
             let start = self.buf.len();
             let want = left.min((CHUNK - start) as u64);
             // Into the chunk's spare capacity, which `want` never exceeds: no growth, no
             // zeroing, no intermediate buffer.
-            let got = (&mut *file).take(want).read_to_end(&mut self.buf)?;
+            let got = (&mut *file)
+                .take(want)
+                .read_to_end(&mut self.buf)
+                .map_err(CopyError::Read)?;
             self.total += got as u64;
             left -= got as u64;
             if self.buf.len() >= CHUNK {
-                self.send()?;
+                self.send().map_err(CopyError::Emit)?;
             }
             if (got as u64) < want {
                 break; // The file is shorter than it was.
@@ -693,7 +731,10 @@ impl TarWriter<'_> {
             let copied = self
                 .out
                 .copy_from(&mut file, entry.size)
-                .map_err(|e| LayerError::io("reading", path, e))?;
+                .map_err(|e| match e {
+                    CopyError::Read(e) => LayerError::io("reading", path, e),
+                    CopyError::Emit(e) => LayerError::Write(e),
+                })?;
             if copied != entry.size {
                 return Err(LayerError::Changed {
                     path: path.to_path_buf(),

@@ -1,7 +1,7 @@
 //! Extracted layers under layers/<chain-id>/{diff,meta.json}.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,6 @@ use super::{Result, Store, StoreError};
 use crate::image::{Descriptor, Digest, Sha256Writer};
 use crate::layer::compress::{decompressor, sniff, Compression, Compressor};
 use crate::layer::{snapshot_blob, LayerError, SnapshotOptions, TarStream};
-use std::io::BufRead;
 
 /// The OCI chain id of a layer on top of `parent`:
 /// chain(L1) = diff_id(L1); chain(Ln) = sha256(chain(Ln-1) + " " + diff_id(Ln)).
@@ -118,7 +117,14 @@ pub enum LayerBytes {
     /// A stored blob.
     Blob(PathBuf),
     /// The uncompressed tar, made from the layer's diff dir while it is copied.
-    Diff(LayerRecord),
+    Diff {
+        dir: PathBuf,
+        diff_id: Digest,
+        tar: DiffTar,
+        /// Hash the tar again and check it against the diff_id: for every layer but those
+        /// this process built (the store's `fresh` set).
+        verify: bool,
+    },
 }
 
 impl LayerBytes {
@@ -129,7 +135,24 @@ impl LayerBytes {
             LayerBytes::Blob(path) => fs::File::open(path)
                 .map(LayerReader::Blob)
                 .map_err(StoreError::io("reading", path)),
-            LayerBytes::Diff(layer) => Ok(LayerReader::Diff(layer.tar_stream())),
+            LayerBytes::Diff {
+                dir,
+                diff_id,
+                tar,
+                verify,
+            } => {
+                let opts = SnapshotOptions {
+                    source_date_epoch: tar.source_date_epoch,
+                    skip: Vec::new(),
+                };
+                Ok(LayerReader::Diff(TarStream::new(
+                    dir.clone(),
+                    opts,
+                    diff_id.clone(),
+                    tar.size,
+                    *verify,
+                )))
+            }
         }
     }
 }
@@ -162,30 +185,13 @@ impl LayerReader {
             }
         }
     }
-}
 
-impl LayerReader {
     /// Check what was read: a tar made from a diff dir must be the one the layer was built as.
     pub fn finish(self) -> Result<()> {
         match self {
             LayerReader::Blob(_) => Ok(()),
             LayerReader::Diff(t) => t.finish().map_err(StoreError::Layer),
         }
-    }
-}
-
-impl LayerRecord {
-    /// The layer's uncompressed tar, made from its diff dir. Only for layers with a `tar`.
-    fn tar_stream(&self) -> TarStream {
-        let tar = self.tar.clone().unwrap_or(DiffTar {
-            size: 0,
-            source_date_epoch: None,
-        });
-        let opts = SnapshotOptions {
-            source_date_epoch: tar.source_date_epoch,
-            skip: Vec::new(),
-        };
-        TarStream::new(self.diff.clone(), opts, self.diff_id.clone(), tar.size)
     }
 }
 
@@ -298,6 +304,15 @@ impl Store {
         )
     }
 
+    /// Whether this process built and committed the layer: its diff dir was hashed moments
+    /// ago, so an output need not hash it again (docs/performance.md).
+    fn is_fresh(&self, chain: &Digest) -> bool {
+        self.fresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(chain)
+    }
+
     fn publish_layer(
         &self,
         diff_dir: PathBuf,
@@ -307,6 +322,7 @@ impl Store {
         blobs: LayerBlobs,
         tar: Option<DiffTar>,
     ) -> Result<LayerRecord> {
+        let built = tar.is_some();
         let meta = LayerMeta {
             chain_id: chain.clone(),
             diff_id,
@@ -328,9 +344,17 @@ impl Store {
                 // The TempDir's path is gone now; dropping it is a no-op.
                 let _ = stage.keep();
                 self.sync_parent_later(&dest);
+                if built {
+                    self.fresh
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(chain.clone());
+                }
             }
-            // Another build won the race: its layer has the same content (stage drops ours).
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {}
+            // Another build won the race: its layer has the same content; ours is trash.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                self.discard_dir(stage.keep(), meta.size);
+            }
             Err(e) => return Err(StoreError::io("renaming layer into", &dest)(e)),
         }
         self.try_layer(&chain)?
@@ -365,13 +389,19 @@ impl Store {
                 return Ok((to_desc(b), LayerBytes::Blob(self.blob_path(&b.digest))));
             }
         }
-        if let (Compression::Uncompressed, Some(tar)) = (compression, &layer.tar) {
+        if let (Compression::Uncompressed, Some(tar)) = (compression, layer.tar.clone()) {
             let desc = Descriptor::new(
                 compression.oci_media_type(),
                 layer.diff_id.clone(),
                 tar.size,
             );
-            return Ok((desc, LayerBytes::Diff(layer)));
+            let bytes = LayerBytes::Diff {
+                dir: layer.diff,
+                diff_id: layer.diff_id,
+                tar,
+                verify: !self.is_fresh(chain),
+            };
+            return Ok((desc, bytes));
         }
         let blob = self.make_layer_blob(&layer, compression, level)?;
         self.record_layer_blob(chain, compression, blob.clone())?;

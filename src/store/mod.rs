@@ -121,6 +121,8 @@ pub struct Store {
     discarding: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Trash entries this process has started removing.
     trash_taken: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Layers this process built and committed ([`Store::commit_built_layer`]).
+    fresh: std::sync::Mutex<std::collections::HashSet<Digest>>,
     /// Held (exclusive flock) for as long as the store is open: tells `open` in other
     /// processes that `session` is alive.
     _session_lock: File,
@@ -166,6 +168,7 @@ impl Store {
             pending_dirs: Default::default(),
             discarding: Default::default(),
             trash_taken: Default::default(),
+            fresh: Default::default(),
             _session_lock: session_lock,
         };
         store.collect_trash();

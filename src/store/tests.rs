@@ -625,8 +625,9 @@ fn a_built_layer_keeps_no_blob_and_makes_its_tar_again() {
 #[test]
 fn a_changed_diff_dir_fails_the_copy_and_stores_nothing() {
     let t = tempfile::tempdir().unwrap();
+    let l = built_layer(&Store::open(t.path()).unwrap(), &[("a", b"alpha")]);
+    // Another process (store) than the one that built it: every copy is verified.
     let s = Store::open(t.path()).unwrap();
-    let l = built_layer(&s, &[("a", b"alpha")]);
     // Same size, other bytes: only the digest can tell.
     std::fs::write(l.diff.join("a"), b"omega").unwrap();
     for c in [Compression::Uncompressed, Compression::Gzip] {
@@ -647,4 +648,28 @@ fn a_changed_diff_dir_fails_the_copy_and_stores_nothing() {
     // A file that grew: the size tells.
     std::fs::write(l.diff.join("a"), b"alpha and more").unwrap();
     assert!(read_layer(&s, &l.chain_id, Compression::Uncompressed).is_err());
+}
+
+#[test]
+fn the_process_that_built_a_layer_copies_it_without_hashing_again() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let l = built_layer(&s, &[("a", b"alpha")]);
+    let (_, bytes) = read_layer(&s, &l.chain_id, Compression::Uncompressed).unwrap();
+    assert_eq!(Digest::of(&bytes), l.diff_id);
+    // Only the tar's size is checked: a change within the same 512-byte blocks passes
+    // here, and is caught by any other process (the test above); a file that grew by a
+    // block is caught here too.
+    std::fs::write(l.diff.join("a"), b"omega").unwrap();
+    let (_, bytes) = read_layer(&s, &l.chain_id, Compression::Uncompressed).unwrap();
+    assert_ne!(Digest::of(&bytes), l.diff_id);
+    std::fs::write(l.diff.join("a"), [b'x'; 600]).unwrap();
+    let err = read_layer(&s, &l.chain_id, Compression::Uncompressed).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Layer(crate::layer::LayerError::DiffResized { .. })
+        ),
+        "{err}"
+    );
 }
