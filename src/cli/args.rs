@@ -86,7 +86,7 @@ pub enum Command {
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
     },
-    /// Remove layers, blobs and cache records no tag uses
+    /// Remove layers, blobs and cache records no tag uses, and empty tmp/.trash
     Prune {
         /// Also remove the whole build cache
         #[arg(long, short)]
