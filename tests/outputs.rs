@@ -574,6 +574,8 @@ struct Repro {
     image_id: String,
     docker: Vec<u8>,
     oci: Vec<u8>,
+    /// The docker archive `rbuild save` writes afterwards.
+    saved: Vec<u8>,
 }
 
 fn build_repro(ctx: &Path, tag: &str, how: &str) -> Repro {
@@ -603,10 +605,20 @@ fn build_repro(ctx: &Path, tag: &str, how: &str) -> Repro {
             .arg(format!("type=oci,dest={}/o.tar", dir.path().display()))
             .arg(ctx),
     );
+    // Saved again by another process: the layers' tars are made again from the store and
+    // checked against their diff_ids rather than taken on trust from the build.
+    let saved = dir.path().join("saved.tar");
+    run_ok(
+        rbuild_cmd(&store)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["save", tag, "-o"])
+            .arg(&saved),
+    );
     Repro {
         image_id: std::fs::read_to_string(&iid).unwrap(),
         docker: std::fs::read(dir.path().join("d.tar")).unwrap(),
         oci: std::fs::read(dir.path().join("o.tar")).unwrap(),
+        saved: std::fs::read(&saved).unwrap(),
     }
 }
 
@@ -625,6 +637,10 @@ fn source_date_epoch_builds_are_byte_identical_and_keep_base_layers() {
     let second = build_repro(&ctx, &tag, "env");
     assert_eq!(first.image_id, second.image_id);
     assert!(first.docker == second.docker, "docker archives differ");
+    assert!(
+        first.saved == first.docker,
+        "`rbuild save` in another process wrote other bytes than the build's output"
+    );
     assert!(first.oci == second.oci, "OCI archives differ");
     // As BuildKit: the build arg alone makes the image reproducible too.
     let by_arg = build_repro(&ctx, &tag, "arg");
