@@ -501,6 +501,54 @@ fn full_disk_fails_cleanly_without_partial_records_or_outputs() {
 }
 
 #[test]
+fn a_layer_changed_in_the_store_fails_later_outputs_naming_it() {
+    if !ready() {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {BASE}\nRUN echo original > /marker\n"),
+    )]);
+    build_ok(
+        rbuild(store.path())
+            .args(["-t", "changed:1"])
+            .arg(ctx.path()),
+    );
+    // The built layer is kept only as its directory; edit it behind rbuild's back (same
+    // size, other bytes).
+    let marker = std::fs::read_dir(store.path().join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("diff/marker"))
+        .find(|p| p.exists())
+        .expect("the RUN layer's diff dir");
+    std::fs::write(&marker, "tampered\n").unwrap();
+    let layer_dir = marker.parent().unwrap().to_path_buf();
+
+    let out = tempfile::tempdir().unwrap();
+    for format in ["docker", "oci"] {
+        let dest = out.path().join(format!("{format}.tar"));
+        let err = fails_cleanly(
+            rbuild_sub(store.path())
+                .args(["save", "changed:1", "--format", format, "-o"])
+                .arg(&dest),
+        );
+        assert!(
+            err.contains("no longer matches its digest"),
+            "{format}: {err}"
+        );
+        assert!(
+            err.contains(&layer_dir.display().to_string()),
+            "{format}: {err}"
+        );
+        assert!(!dest.exists(), "{format}: an archive was written");
+    }
+    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+    assert!(left.is_empty(), "left {left:?}");
+    check_store(store.path());
+}
+
+#[test]
 fn four_concurrent_builds_on_one_store_all_succeed() {
     if !ready() {
         return;

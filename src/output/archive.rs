@@ -169,10 +169,16 @@ pub(super) fn write_archive(
                 .map_err(OutputError::io("writing", out))?,
             Blob::Layer(bytes) => {
                 let mut reader = bytes.open()?;
-                let copied = tar.file_from(&name, *size, |w| reader.copy_to(w, *size));
-                // The layer's verdict first: a changed diff dir explains a short copy.
-                reader.finish()?;
-                copied.map_err(OutputError::io("writing", out))?;
+                match tar.file_from(&name, *size, |w| reader.copy_to(w, *size)) {
+                    Ok(()) => reader.finish()?,
+                    // Short: the layer's verdict (a changed diff dir) explains it best.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        reader.finish()?;
+                        return Err(OutputError::io("writing", out)(e));
+                    }
+                    // The archive failed (a full disk): no need to read the rest.
+                    Err(e) => return Err(OutputError::io("writing", out)(e)),
+                }
             }
         }
     }
@@ -205,9 +211,10 @@ pub(super) fn write_layout_dir(
             Blob::Layer(bytes) => {
                 let mut reader = bytes.open()?;
                 let mut f = fs::File::create(&dest).map_err(OutputError::io("creating", &dest))?;
-                let copied = reader.copy_to(&mut f, u64::MAX);
+                reader
+                    .copy_to(&mut f, u64::MAX)
+                    .map_err(OutputError::io("writing", &dest))?;
                 reader.finish()?;
-                copied.map_err(OutputError::io("writing", &dest))?;
             }
         }
     }
@@ -271,9 +278,10 @@ impl<W: Write> DeterministicTar<W> {
         w.write_all(h.as_bytes())?;
         let written = copy(w)?;
         if written != size {
-            return Err(io::Error::other(format!(
-                "{name}: {written} bytes where {size} were expected"
-            )));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{name}: {written} bytes where {size} were expected"),
+            ));
         }
         let rem = (size % 512) as usize;
         if rem != 0 {

@@ -578,9 +578,10 @@ fn read_layer(s: &Store, chain: &Digest, c: Compression) -> Result<(Descriptor, 
     let (desc, bytes) = s.layer_bytes(chain, c, None)?;
     let mut reader = bytes.open()?;
     let mut out = Vec::new();
-    let copied = reader.copy_to(&mut out, u64::MAX);
+    reader
+        .copy_to(&mut out, u64::MAX)
+        .map_err(StoreError::io("copying", "layer"))?;
     reader.finish()?;
-    copied.map_err(StoreError::io("copying", "layer"))?;
     Ok((desc, out))
 }
 
