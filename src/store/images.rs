@@ -53,7 +53,7 @@ pub struct PruneStats {
     pub cache_records: usize,
     pub layers: usize,
     pub blobs: usize,
-    /// Blob bytes plus extracted layer content bytes.
+    /// Blob bytes plus extracted layer content bytes, with the trash's.
     pub bytes: u64,
 }
 
@@ -368,8 +368,10 @@ impl Store {
     /// [`StoreError::Busy`] while a build holds it. The caller must not hold a [`super::StoreLock`].
     pub fn prune(&self, all: bool) -> Result<PruneStats> {
         let _lock = self.try_lock_exclusive()?;
-        self.empty_trash();
-        let mut stats = PruneStats::default();
+        let mut stats = PruneStats {
+            bytes: self.empty_trash(),
+            ..Default::default()
+        };
         let mut keep_blobs = BTreeSet::new();
         let mut keep_chains = BTreeSet::new();
 

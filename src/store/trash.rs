@@ -94,9 +94,19 @@ impl Store {
     }
 
     /// Remove everything in the trash and wait for it (prune reclaims the space now).
-    pub fn empty_trash(&self) {
+    /// Returns the file bytes of the entries whose size is known.
+    pub fn empty_trash(&self) -> u64 {
+        let bytes = fs::read_dir(self.trash_dir())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| entry_bytes(&e.file_name().to_string_lossy()))
+                    .sum()
+            })
+            .unwrap_or(0);
         self.collect_trash_within(0);
         self.join_trash_threads();
+        bytes
     }
 
     /// Wait for the removals started so far.
@@ -123,23 +133,26 @@ fn entry_name(bytes: Option<u64>, tag: &str) -> String {
     }
 }
 
+/// The file bytes a trash entry holds, from its name; `None` for entries of unknown size
+/// (a dead process's scratch) and names not ours.
+fn entry_bytes(name: &str) -> Option<u64> {
+    let mut parts = name.splitn(3, '-');
+    let (ms, bytes, _tag) = (parts.next()?, parts.next()?, parts.next()?);
+    if ms.len() != 13 || !ms.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    bytes.parse().ok()
+}
+
 /// The entries to remove so that the newest ones, together, stay within `limit` bytes;
 /// entries of unknown size (or names not ours) always.
 fn over_limit(names: &[String], limit: u64) -> Vec<String> {
     let mut sized = Vec::new();
     let mut doomed = Vec::new();
     for name in names {
-        let mut parts = name.splitn(3, '-');
-        let (Some(ms), Some(bytes), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
-            doomed.push(name.clone());
-            continue;
-        };
-        match (
-            ms.len() == 13 && ms.bytes().all(|b| b.is_ascii_digit()),
-            bytes.parse::<u64>(),
-        ) {
-            (true, Ok(bytes)) => sized.push((name, bytes)),
-            _ => doomed.push(name.clone()),
+        match entry_bytes(name) {
+            Some(bytes) => sized.push((name, bytes)),
+            None => doomed.push(name.clone()),
         }
     }
     // Newest first: the zero-padded timestamp sorts like the time.
@@ -328,7 +341,7 @@ mod tests {
             "the newest is kept"
         );
 
-        s.empty_trash();
+        assert_eq!(s.empty_trash(), 1000, "the one left");
         assert_eq!(count(), 0);
     }
 
