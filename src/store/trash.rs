@@ -167,14 +167,17 @@ fn over_limit(names: &[String], limit: u64) -> Vec<String> {
     doomed
 }
 
-/// How much trash to keep: 10% of the store's filesystem, at most a quarter of its free
-/// space (BuildKit's default GC keeps 10% of the disk for its cache).
+/// At most this much trash, whatever the disk: it is garbage, not a cache.
+const TRASH_CAP: u64 = 10 << 30;
+
+/// How much trash to keep: 10% of the store's filesystem (BuildKit's default GC keeps 10%
+/// of the disk for its cache), at most a quarter of its free space and [`TRASH_CAP`].
 fn trash_limit(root: &Path) -> u64 {
     match rustix::fs::statvfs(root) {
         Ok(st) => {
             let total = st.f_blocks.saturating_mul(st.f_frsize);
             let free = st.f_bavail.saturating_mul(st.f_frsize);
-            (total / 10).min(free / 4)
+            (total / 10).min(free / 4).min(TRASH_CAP)
         }
         Err(_) => 0,
     }
