@@ -5,6 +5,8 @@
 //! Tests that need /usr/bin/docker-registry skip when it is missing, except with CI=true,
 //! where they fail.
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -22,14 +24,10 @@ use rbuild::registry::{Cause, Client, Progress, RegistryOptions};
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
 fn registry_available(test: &str) -> bool {
-    if Path::new(REGISTRY_BIN).exists() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: {REGISTRY_BIN} is missing (apt-get install docker-registry)");
-    }
-    eprintln!("{test}: skipped, {REGISTRY_BIN} is missing");
-    false
+    support::require(
+        Path::new(REGISTRY_BIN).exists(),
+        &format!("{test}: {REGISTRY_BIN} (apt-get install docker-registry)"),
+    )
 }
 
 fn free_port() -> u16 {
@@ -784,8 +782,10 @@ fn docker_engine_pulls_an_image_pushed_by_us_needs_running_docker() {
     if !registry_available("docker_engine_pulls_an_image_pushed_by_us_needs_running_docker") {
         return;
     }
-    if !docker_running() {
-        eprintln!("skipped: no docker engine answers `docker info` (this test never starts one)");
+    if !support::require(
+        docker_running(),
+        "a docker engine answering `docker info` (this test never starts one)",
+    ) {
         return;
     }
     let reg = Registry::start(None);

@@ -2,6 +2,8 @@
 //! rbuild binary as the helper. Needs root, overlayfs and /bin/busybox (busybox-static);
 //! without them the tests skip, except under CI=true where they fail.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -26,28 +28,14 @@ const APPLETS: &[&str] = &[
 ];
 
 fn ready() -> bool {
-    let missing = if !nix::unistd::geteuid().is_root() {
-        Some("not root")
-    } else if !Path::new("/bin/busybox").exists() {
-        Some("/bin/busybox missing")
-    } else if !std::fs::read_to_string("/proc/filesystems")
+    let overlay = std::fs::read_to_string("/proc/filesystems")
         .unwrap_or_default()
-        .contains("overlay")
-    {
-        Some("no overlayfs")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("sandbox tests cannot run: {why}")
-        }
-        Some(why) => {
-            eprintln!("skipping sandbox test: {why}");
-            false
-        }
-    }
+        .contains("overlay");
+    support::require(
+        nix::unistd::geteuid().is_root(),
+        "root for the sandbox tests",
+    ) && support::require(Path::new("/bin/busybox").exists(), "/bin/busybox")
+        && support::require(overlay, "overlayfs")
 }
 
 /// A tiny image: busybox, a passwd/group with a user in two extra groups, /etc/motd.

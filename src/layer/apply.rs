@@ -1046,8 +1046,7 @@ mod gnu_tar_tests {
 
     #[test]
     fn gnu_tar_extracts_our_layers() {
-        if !gnu_tar() {
-            eprintln!("skipping: no GNU tar");
+        if !crate::layer::testutil::require(gnu_tar(), "GNU tar") {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -1077,8 +1076,7 @@ mod gnu_tar_tests {
 
     #[test]
     fn we_apply_gnu_tar_pax_archives() {
-        if !gnu_tar() {
-            eprintln!("skipping: no GNU tar");
+        if !crate::layer::testutil::require(gnu_tar(), "GNU tar") {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
