@@ -27,6 +27,12 @@ pub struct Root {
 /// Symlinks followed while creating one path before giving up (the kernel's own limit).
 const MAX_LINKS: usize = 40;
 
+/// Tries of one lookup that the kernel refuses with EAGAIN. A rename or mount anywhere on
+/// the system while a `..` is resolved makes openat2(RESOLVE_IN_ROOT) fail with EAGAIN,
+/// because the kernel can no longer prove the walk stayed inside the root; openat2(2) says
+/// to retry. Parallel stages mounting overlays are enough to hit it.
+const EAGAIN_TRIES: usize = 1000;
+
 /// Lexically cleans `path` into components below the root: `/a/./b/../c` -> `a/c`.
 /// `..` at the top stays at the top, as it does for a process chrooted there.
 pub fn clean(path: &str) -> String {
@@ -64,13 +70,19 @@ impl Root {
     pub fn open_in(&self, path: &str, extra: OFlags) -> io::Result<OwnedFd> {
         let rel = clean(path);
         let rel = if rel.is_empty() { ".".to_string() } else { rel };
-        Ok(rustix::fs::openat2(
-            &self.fd,
-            rel.as_str(),
-            extra | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        )?)
+        let mut tries = 1;
+        loop {
+            match rustix::fs::openat2(
+                &self.fd,
+                rel.as_str(),
+                extra | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            ) {
+                Err(rustix::io::Errno::AGAIN) if tries < EAGAIN_TRIES => tries += 1,
+                result => return Ok(result?),
+            }
+        }
     }
 
     /// Reads a file inside the root; `Ok(None)` when it does not exist.
@@ -247,5 +259,37 @@ mod tests {
         assert!(created.is_empty());
         assert_eq!(root.read("/a/../outside/f").unwrap(), Some(Vec::new()));
         assert_eq!(root.read("/nope").unwrap(), None);
+    }
+
+    /// Renames elsewhere on the system make the kernel refuse a `..` walk with EAGAIN now
+    /// and then; lookups retry instead of failing the step (seen as a flaky COPY/mkdir).
+    #[test]
+    fn lookups_through_dotdot_survive_concurrent_renames() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root_dir = tmp.path().join("root");
+        std::fs::create_dir_all(root_dir.join("d")).unwrap();
+        std::fs::write(root_dir.join("d/f"), b"x").unwrap();
+        std::os::unix::fs::symlink("../../../../d", root_dir.join("l")).unwrap();
+        let busy = tmp.path().join("busy");
+        std::fs::write(&busy, b"").unwrap();
+        let root = Root::open(&root_dir).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let (a, b) = (busy.clone(), tmp.path().join("busy2"));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::fs::rename(&a, &b).unwrap();
+                    std::fs::rename(&b, &a).unwrap();
+                }
+            });
+            let result = (|| {
+                for _ in 0..20_000 {
+                    assert_eq!(root.read("/l/../l/f")?, Some(b"x".to_vec()));
+                }
+                Ok::<_, io::Error>(())
+            })();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            result.unwrap();
+        });
     }
 }
