@@ -33,7 +33,7 @@ RUN rm /etc/group \
  && echo s > /data/suid && chmod 4755 /data/suid \
  && echo o > /data/owned && chown 1000:50 /data/owned \
  && echo u > "/data/{}"
-COPY ctxfile /data/ctxfile
+COPY ctxfile noise /data/
 CMD ["sh"]
 "#,
         long_name()
@@ -56,7 +56,21 @@ fn context(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(ctx.join("Dockerfile"), dockerfile()).unwrap();
     std::fs::write(ctx.join("ctxfile"), "from the context\n").unwrap();
+    std::fs::write(ctx.join("noise"), noise(300_000)).unwrap();
     ctx
+}
+
+/// Bytes no compressor can shrink, the same in every run (reproducibility tests).
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }
 
 /// A unique image name for this test run (docker, buildah and the registry are shared).
@@ -268,6 +282,13 @@ fn check_tree(l: &BTreeMap<String, FsEntry>, what: &str) {
         ('f', 6, &sha256_hex(b"hello\n"))
     );
     assert_eq!(hard.sha256, a.sha256, "{what}: hard link content");
+    // Random bytes: gzip layers hold them as stored blocks (layer/compress.rs).
+    let n = get("data/noise");
+    assert_eq!(
+        (n.kind, &n.sha256),
+        ('f', &sha256_hex(&noise(300_000))),
+        "{what}: data/noise"
+    );
     let sym = get("data/sym");
     assert_eq!((sym.kind, sym.link.as_str()), ('l', "a"), "{what}: symlink");
     assert_eq!(get("data/suid").mode, 0o4755, "{what}: setuid bit");

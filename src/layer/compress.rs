@@ -4,9 +4,10 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::mpsc::{channel, Receiver, Sender};
 
+use bytes::Bytes;
 use gzp::deflate::Gzip;
 use gzp::par::compress::{ParCompress, ParCompressBuilder};
-use gzp::ZWriter;
+use gzp::{FormatSpec, GzpError, ZWriter};
 
 use crate::image::media;
 
@@ -70,13 +71,14 @@ pub enum Compressor<W: Write> {
 const GZIP_THREADS: usize = 2;
 
 /// pigz-style parallel gzip (gzp, pure-Rust deflate): one gzip member whose 128 KiB blocks
-/// are deflated on [`GZIP_THREADS`] threads, each primed with the previous 32 KiB as its
-/// dictionary. Block boundaries depend only on the input, so the bytes are the same for any
-/// thread count and write pattern. gzp's writer must be `Send + 'static` and ours (a store
-/// blob, an output file) need not be: its output comes back over a channel and is written
-/// to `inner` on the caller's thread.
+/// are deflated independently on [`GZIP_THREADS`] threads (gzp primes blocks with a
+/// dictionary only with its zlib backends), blocks that deflate cannot shrink stored as they
+/// are ([`StoreIncompressible`]). Block boundaries depend only on the input, so the bytes
+/// are the same for any thread count and write pattern. gzp's writer must be `Send +
+/// 'static` and ours (a store blob, an output file) need not be: its output comes back over
+/// a channel and is written to `inner` on the caller's thread.
 pub struct ParGzip<W: Write> {
-    par: ParCompress<'static, Gzip, ChanWriter>,
+    par: ParCompress<'static, StoreIncompressible, ChanWriter>,
     rx: Receiver<Vec<u8>>,
     inner: W,
 }
@@ -99,7 +101,7 @@ impl Write for ChanWriter {
 impl<W: Write> ParGzip<W> {
     fn new(inner: W, level: u32) -> ParGzip<W> {
         let (tx, rx) = channel();
-        let par = ParCompressBuilder::<Gzip>::new()
+        let par = ParCompressBuilder::<StoreIncompressible>::new()
             .num_threads(GZIP_THREADS)
             .expect("GZIP_THREADS is not zero")
             .compression_level(gzp::Compression::new(level))
@@ -124,6 +126,109 @@ impl<W: Write> ParGzip<W> {
             self.inner.write_all(&chunk)?;
         }
         Ok(self.inner)
+    }
+}
+
+/// gzp's gzip format, except for blocks whose bytes are spread too evenly for deflate to
+/// shrink them: those are written as deflate stored blocks without running the deflater.
+/// Already-compressed files (archives, images, wheels) and random data otherwise cost a
+/// deflate pass of ~90 MB/s per thread and come out no smaller; counting the block's bytes
+/// runs at several GB/s. The test is integer arithmetic on the block's bytes only, so a
+/// block becomes the same bytes on every machine (reproducible blobs).
+#[derive(Clone, Copy, Debug)]
+pub struct StoreIncompressible(Gzip);
+
+/// Blocks shorter than this are always deflated (gzp's last block, tiny layers).
+const TESTED_BLOCK: usize = 16 * 1024;
+/// The deflate stored block's largest payload.
+const STORED_MAX: usize = 0xffff;
+
+impl StoreIncompressible {
+    /// Whether coding the block's bytes could save at most ~1/64: its collision entropy
+    /// -log2(sum p_i^2), a lower bound of the Shannon entropy that Huffman coding
+    /// approaches, is at least 7.875 bits per byte (2^7.875 ~ 234.75). Repeats within
+    /// deflate's 32 KiB window (a small compressed file stored twice in a row) are not
+    /// looked for: such a block is stored at its size.
+    fn looks_incompressible(block: &[u8]) -> bool {
+        if block.len() < TESTED_BLOCK {
+            return false;
+        }
+        // Four tables so that runs of one byte value do not serialize on one counter.
+        let mut counts = [[0u32; 256]; 4];
+        let mut quads = block.chunks_exact(4);
+        for q in &mut quads {
+            counts[0][q[0] as usize] += 1;
+            counts[1][q[1] as usize] += 1;
+            counts[2][q[2] as usize] += 1;
+            counts[3][q[3] as usize] += 1;
+        }
+        for &b in quads.remainder() {
+            counts[0][b as usize] += 1;
+        }
+        let collisions: u64 = (0..256)
+            .map(|b| {
+                let c: u64 = counts.iter().map(|t| u64::from(t[b])).sum();
+                c * c
+            })
+            .sum();
+        let n = block.len() as u64;
+        collisions * 23_475 <= n * n * 100
+    }
+
+    /// `block` (not empty) as deflate stored blocks (RFC 1951 3.2.4), the very last one
+    /// marked final.
+    fn stored(block: &[u8], is_last: bool) -> Vec<u8> {
+        let pieces = block.chunks(STORED_MAX);
+        let count = pieces.len();
+        let mut out = Vec::with_capacity(block.len() + 5 * count);
+        for (i, piece) in pieces.enumerate() {
+            let len = piece.len() as u16;
+            // BFINAL, BTYPE 00, and padding to the byte boundary.
+            out.push(u8::from(is_last && i + 1 == count));
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&(!len).to_le_bytes());
+            out.extend_from_slice(piece);
+        }
+        out
+    }
+}
+
+impl FormatSpec for StoreIncompressible {
+    type C = <Gzip as FormatSpec>::C;
+    type Compressor = <Gzip as FormatSpec>::Compressor;
+
+    fn new() -> Self {
+        StoreIncompressible(Gzip::new())
+    }
+
+    fn needs_dict(&self) -> bool {
+        self.0.needs_dict()
+    }
+
+    fn create_compressor(&self, level: gzp::Compression) -> Result<Self::Compressor, GzpError> {
+        self.0.create_compressor(level)
+    }
+
+    fn encode(
+        &self,
+        input: &[u8],
+        encoder: &mut Self::Compressor,
+        level: gzp::Compression,
+        dict: Option<&Bytes>,
+        is_last: bool,
+    ) -> Result<Vec<u8>, GzpError> {
+        if level.level() > 0 && Self::looks_incompressible(input) {
+            return Ok(Self::stored(input, is_last));
+        }
+        self.0.encode(input, encoder, level, dict, is_last)
+    }
+
+    fn header(&self, level: gzp::Compression) -> Vec<u8> {
+        self.0.header(level)
+    }
+
+    fn footer(&self, check: &Self::C) -> Vec<u8> {
+        self.0.footer(check)
     }
 }
 
@@ -297,6 +402,90 @@ mod tests {
             "{:?}",
             &whole[..10]
         );
+    }
+
+    /// xorshift: incompressible bytes, the same on every run.
+    fn noise(len: usize, mut x: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn blocks_are_stored_only_when_their_bytes_are_spread_evenly() {
+        assert!(StoreIncompressible::looks_incompressible(&noise(
+            128 * 1024,
+            1
+        )));
+        // Random files with tar headers between them (~1 % zeros): still stored.
+        let mut tarlike = noise(128 * 1024, 2);
+        tarlike[..1300].fill(0);
+        assert!(StoreIncompressible::looks_incompressible(&tarlike));
+        // A tenth of zeros, text, or too short to tell: deflated.
+        let mut sparse = noise(128 * 1024, 3);
+        sparse[..13_000].fill(0);
+        assert!(!StoreIncompressible::looks_incompressible(&sparse));
+        let text: Vec<u8> = (0..128 * 1024)
+            .map(|i: u32| b"the quick brown fox jumps over the lazy dog "[(i % 44) as usize])
+            .collect();
+        assert!(!StoreIncompressible::looks_incompressible(&text));
+        assert!(!StoreIncompressible::looks_incompressible(&noise(
+            8 * 1024,
+            4
+        )));
+    }
+
+    /// Random blocks become stored blocks (no deflate pass, no growth beyond their
+    /// headers), compressible ones are still deflated, the last one ends the stream, and the
+    /// bytes still do not depend on how they were written.
+    #[test]
+    fn incompressible_blocks_are_stored_and_round_trip() {
+        let mut data = noise(3 * 128 * 1024, 5);
+        data.extend(std::iter::repeat_n(b"layer ".as_slice(), 40_000).flatten());
+        data.extend(noise(20_000, 6));
+        let gz = |sizes: usize| {
+            let mut w = Compressor::new(Vec::new(), Compression::Gzip, None).unwrap();
+            for chunk in data.chunks(sizes) {
+                w.write_all(chunk).unwrap();
+            }
+            w.finish().unwrap()
+        };
+        let blob = gz(1 << 20);
+        assert!(blob == gz(4093), "bytes must not depend on write sizes");
+        // After the 10-byte header: a stored block (BFINAL 0, BTYPE 00) of 65535 bytes.
+        assert_eq!(&blob[10..15], &[0, 0xff, 0xff, 0, 0]);
+        let random = 3 * 128 * 1024 + 20_000;
+        assert!(
+            blob.len() < random + 1_000 + 240_000 / 50,
+            "{} bytes for {random} random and 240000 compressible",
+            blob.len()
+        );
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&blob[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back == data);
+        // GNU gzip, a decoder that is not ours, agrees (it checks the CRC and length too).
+        let gzip = std::process::Command::new("gzip").arg("--version").output();
+        if crate::layer::testutil::require(gzip.is_ok(), "gzip") {
+            let mut child = std::process::Command::new("gzip")
+                .arg("-dc")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            let feed = std::thread::spawn(move || stdin.write_all(&blob));
+            let out = child.wait_with_output().unwrap();
+            feed.join().unwrap().unwrap();
+            assert!(out.status.success());
+            assert!(out.stdout == data);
+        }
     }
 
     #[test]
