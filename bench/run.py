@@ -10,10 +10,16 @@ buildah, a registry on 127.0.0.1:5000 with busybox and debian:bookworm). Run as 
 
 Docker 20.10's builders cannot export OCI archives, so the `oci` scenario compares rbuild
 with buildah only. Images the peers create are removed again at the end of each scenario.
+
+Scenarios with RUN steps also time "run alone": the same RUN commands in a plain chroot of
+the base image's filesystem (unpacked by `docker export`), with no builder around them, no
+snapshot and no tarball. No builder can beat it, so "best peer / run alone" is the best ratio
+any builder could reach in that scenario on this machine.
 """
 import argparse
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -24,6 +30,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKER = "/usr/bin/docker"
 BUSYBOX = "localhost:5000/busybox:latest"
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEBIAN = "localhost:5000/debian:bookworm"
 
 
@@ -79,13 +86,49 @@ def builders(kind, ctx, out, store, cached):
     if kind == "oci":
         # docker 20.10 has no OCI exporter: only buildah makes the same artifact.
         del all_builders["buildkit"], all_builders["classic"]
+    elif run_lines(ctx):
+        all_builders["alone"] = [floor_script(ctx, out)]
     return all_builders
+
+
+def run_lines(ctx):
+    with open(os.path.join(ctx, "Dockerfile")) as f:
+        return [l[len("RUN "):].strip() for l in f if l.startswith("RUN ")]
+
+
+def floor_script(ctx, out):
+    """The scenario's RUN commands one after the other in a chroot of the base's filesystem
+    (floor_rootfs), with /dev, /proc and the host's resolv.conf, as a container has them."""
+    root = os.path.join(out, "alone-root")
+    steps = " && ".join(
+        f"env -i PATH={PATH} HOME=/root chroot {root} /bin/sh -c {shlex.quote(cmd)} >/dev/null"
+        for cmd in run_lines(ctx))
+    script = (f"mount --rbind /dev {root}/dev && mount -t proc proc {root}/proc && "
+              f"mount --bind /etc/resolv.conf {root}/etc/resolv.conf && {steps}")
+    return ["unshare", "-m", "--propagation", "private", "sh", "-ec", script]
+
+
+def floor_rootfs(kind, ctx, out):
+    """Unpack the base image into out/alone-root.tar (once) and afresh into out/alone-root
+    (every round, untimed)."""
+    tar = os.path.join(out, "alone-root.tar")
+    root = os.path.join(out, "alone-root")
+    if not os.path.exists(tar):
+        base = DEBIAN if kind == "pyapp" else BUSYBOX
+        cid = sh([DOCKER, "create", base, "true"], capture_output=True, text=True).stdout.strip()
+        try:
+            sh([DOCKER, "export", "-o", tar, cid])
+        finally:
+            subprocess.run([DOCKER, "rm", cid], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    sh(["tar", "-xf", tar, "-C", root])
 
 
 PEERS = ("buildkit", "classic", "buildah")
 
 
-def run_builder(name, cmds, out, created):
+def run_builder(name, cmds, out, created, kind, ctx):
     """Run one builder's commands; returns (seconds, peak RSS in MB or None), or None if it
     failed. Image ids the peers print go to `created` (removed after the scenario)."""
     env = dict(os.environ, DOCKER_BUILDKIT="1" if name == "buildkit" else "0")
@@ -93,6 +136,8 @@ def run_builder(name, cmds, out, created):
     for f in os.listdir(out):
         if f.startswith(name + "."):
             os.remove(os.path.join(out, f))
+    if name == "alone":
+        floor_rootfs(kind, ctx, out)
     rss = None
     start = time.monotonic()
     for cmd in cmds:
@@ -168,12 +213,12 @@ def main():
             cached = kind == "rebuild"
             if cached:  # warm every builder's cache once, untimed
                 for name, cmds in builders(kind, ctx, out, store, True).items():
-                    run_builder(name, cmds, out, created)
+                    run_builder(name, cmds, out, created, kind, ctx)
             times = {}
             rss = []
             for _ in range(args.rounds):
                 for name, cmds in builders(kind, ctx, out, store, cached).items():
-                    r = run_builder(name, cmds, out, created)
+                    r = run_builder(name, cmds, out, created, kind, ctx)
                     if r is None:
                         continue
                     times.setdefault(name, []).append(r[0])
@@ -188,14 +233,16 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     print()
     print(f"load average at end: {load()}")
-    print("| scenario | rbuild | buildkit | classic | buildah | best peer / rbuild | rbuild peak RSS |")
-    print("|---|---|---|---|---|---|---|")
+    print("| scenario | rbuild | buildkit | classic | buildah | best peer / rbuild | rbuild peak RSS "
+          "| run alone | best peer / run alone |")
+    print("|---|---|---|---|---|---|---|---|---|")
     cell = lambda med, n: f"{med[n]:.2f}s" if n in med else "n/a"
     for kind, med, rss in rows:
         peers = [med[n] for n in PEERS if n in med]
-        ratio = f"{min(peers) / med['rbuild']:.2f}x" if peers and "rbuild" in med else "n/a"
+        ratio = lambda n: f"{min(peers) / med[n]:.2f}x" if peers and n in med else "n/a"
         print(f"| {kind} | {cell(med, 'rbuild')} | {cell(med, 'buildkit')} | {cell(med, 'classic')} "
-              f"| {cell(med, 'buildah')} | {ratio} | {rss} MB |")
+              f"| {cell(med, 'buildah')} | {ratio('rbuild')} | {rss} MB | {cell(med, 'alone')} "
+              f"| {ratio('alone')} |")
 
 
 if __name__ == "__main__":
