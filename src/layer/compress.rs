@@ -359,8 +359,8 @@ mod tests {
     /// boundaries are gzp's, not the callers'), and flushes do not change them either.
     #[test]
     fn gzip_bytes_do_not_depend_on_write_sizes_or_flushes() {
-        // Several 128 KiB blocks, partly compressible, so that both threads get work and
-        // the dictionary between blocks matters.
+        // Several 128 KiB blocks, partly compressible (deflated, not stored), so that both
+        // threads get work.
         let data: Vec<u8> = (0..1_500_000u32)
             .map(|i| {
                 if i % 3 == 0 {
