@@ -87,7 +87,7 @@ def builders(kind, ctx, out, store, cached):
         # docker 20.10 has no OCI exporter: only buildah makes the same artifact.
         del all_builders["buildkit"], all_builders["classic"]
     elif run_lines(ctx):
-        all_builders["alone"] = [floor_script(ctx, out)]
+        all_builders["alone"] = None  # made per run by run_builder: a fresh root each time
     return all_builders
 
 
@@ -96,10 +96,9 @@ def run_lines(ctx):
         return [l[len("RUN "):].strip() for l in f if l.startswith("RUN ")]
 
 
-def floor_script(ctx, out):
+def floor_script(ctx, root):
     """The scenario's RUN commands one after the other in a chroot of the base's filesystem
-    (floor_rootfs), with /dev, /proc and the host's resolv.conf, as a container has them."""
-    root = os.path.join(out, "alone-root")
+    at `root`, with /dev, /proc and the host's resolv.conf, as a container has them."""
     steps = " && ".join(
         f"env -i PATH={PATH} HOME=/root chroot {root} /bin/sh -c {shlex.quote(cmd)} >/dev/null"
         for cmd in run_lines(ctx))
@@ -108,21 +107,22 @@ def floor_script(ctx, out):
     return ["unshare", "-m", "--propagation", "private", "sh", "-ec", script]
 
 
-def floor_rootfs(kind, ctx, out):
-    """Unpack the base image into out/alone-root.tar (once) and afresh into out/alone-root
-    (every round, untimed)."""
+def floor_rootfs(kind, out):
+    """A fresh copy of the base image's filesystem for one "run alone" (untimed). Earlier
+    copies are left for the scenario's cleanup: deleting them here would slow the timed run
+    (on this ext4, files created soon after many deletions are slower to allocate)."""
     tar = os.path.join(out, "alone-root.tar")
-    root = os.path.join(out, "alone-root")
     if not os.path.exists(tar):
         base = DEBIAN if kind == "pyapp" else BUSYBOX
         cid = sh([DOCKER, "create", base, "true"], capture_output=True, text=True).stdout.strip()
         try:
-            sh([DOCKER, "export", "-o", tar, cid])
+            sh([DOCKER, "export", "-o", tar + ".part", cid])
+            os.rename(tar + ".part", tar)
         finally:
             subprocess.run([DOCKER, "rm", cid], capture_output=True)
-    shutil.rmtree(root, ignore_errors=True)
-    os.makedirs(root)
+    root = tempfile.mkdtemp(prefix="alone-root-", dir=out)
     sh(["tar", "-xf", tar, "-C", root])
+    return root
 
 
 PEERS = ("buildkit", "classic", "buildah")
@@ -137,7 +137,11 @@ def run_builder(name, cmds, out, created, kind, ctx):
         if f.startswith(name + "."):
             os.remove(os.path.join(out, f))
     if name == "alone":
-        floor_rootfs(kind, ctx, out)
+        try:
+            cmds = [floor_script(ctx, floor_rootfs(kind, out))]
+        except subprocess.CalledProcessError as e:
+            print(f"  run alone: preparing the root failed: {e}", file=sys.stderr, flush=True)
+            return None
     rss = None
     start = time.monotonic()
     for cmd in cmds:
