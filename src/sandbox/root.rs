@@ -262,7 +262,7 @@ mod tests {
     }
 
     /// Renames elsewhere on the system make the kernel refuse a `..` walk with EAGAIN now
-    /// and then; lookups retry instead of failing the step (seen as a flaky COPY/mkdir).
+    /// and then; lookups retry instead of failing the step (seen as a flaky mkdir job).
     #[test]
     fn lookups_through_dotdot_survive_concurrent_renames() {
         let tmp = tempfile::tempdir().unwrap();
