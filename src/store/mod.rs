@@ -128,6 +128,21 @@ pub struct Store {
     _session_lock: File,
 }
 
+/// Makes the store root 0700, whatever it was. Layer trees hold what RUN steps and pulled
+/// layers made: setuid-root binaries and device nodes that any local user who can reach
+/// them could run or open. Docker keeps /var/lib/docker 0710 for the same reason; rbuild
+/// has no group to let in. Checked at every start, so a store an older rbuild (or a
+/// careless `chmod`) left open is closed again.
+fn close_to_others(root: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(root).map_err(StoreError::io("reading", root))?;
+    if meta.permissions().mode() & 0o7777 != 0o700 {
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+            .map_err(StoreError::io("closing to other users", root))?;
+    }
+    Ok(())
+}
+
 /// A held flock on the store's `lock` file; released on drop.
 #[derive(Debug)]
 pub struct StoreLock {
@@ -137,6 +152,8 @@ pub struct StoreLock {
 impl Store {
     /// Open (creating if needed) the store at `root`, and sweep scratch left by dead processes.
     pub fn open(root: &Path) -> Result<Store> {
+        fs::create_dir_all(root).map_err(StoreError::io("creating", root))?;
+        close_to_others(root)?;
         for dir in ["blobs/sha256", "layers", "cache", "tmp"] {
             let p = root.join(dir);
             fs::create_dir_all(&p).map_err(StoreError::io("creating", &p))?;
