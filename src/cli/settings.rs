@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::context;
 use crate::exec::{BuildRequest, NamedContext, SecretSource};
 use crate::image::{Platform, Reference};
 use crate::output::{self, OutputSpec};
@@ -55,24 +56,27 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
 
     let (dockerfile_name, dockerfile_path, dockerfile_text) = match args.file.as_deref() {
         Some(p) if p == Path::new("-") => {
-            let mut text = String::new();
+            let mut bytes = Vec::new();
             std::io::stdin()
-                .read_to_string(&mut text)
+                .take(context::MAX_CONTROL_FILE + 1)
+                .read_to_end(&mut bytes)
                 .map_err(|e| user(format!("reading the Dockerfile from stdin: {e}")))?;
-            ("-".to_string(), None, text)
+            if bytes.len() as u64 > context::MAX_CONTROL_FILE {
+                return Err(user(format!(
+                    "the Dockerfile on stdin is larger than {} MiB",
+                    context::MAX_CONTROL_FILE >> 20
+                )));
+            }
+            ("-".to_string(), None, dockerfile_text(bytes, "-")?)
         }
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| user(format!("reading Dockerfile `{}`: {e}", p.display())))?;
-            let abs = p
-                .canonicalize()
-                .map_err(|e| user(format!("Dockerfile `{}`: {e}", p.display())))?;
+            let abs = context::lexical_abs(p);
+            let text = read_dockerfile(&context, &abs, &p.display().to_string())?;
             (p.display().to_string(), Some(abs), text)
         }
         None => {
             let p = context.join("Dockerfile");
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| user(format!("reading Dockerfile `{}`: {e}", p.display())))?;
+            let text = read_dockerfile(&context, &p, &p.display().to_string())?;
             ("Dockerfile".to_string(), Some(p), text)
         }
     };
@@ -214,6 +218,25 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
         metadata_file: args.metadata_file.clone(),
         push: args.push,
         load: args.load,
+    })
+}
+
+/// The Dockerfile at `path` (absolute), opened beneath the context when it is inside it.
+fn read_dockerfile(context: &Path, path: &Path, shown: &str) -> anyhow::Result<String> {
+    match context::read_control_file(context, path) {
+        Ok(Some(bytes)) => dockerfile_text(bytes, shown),
+        Ok(None) => Err(user(format!(
+            "reading Dockerfile `{shown}`: no such file (name another with -f)"
+        ))),
+        Err(e) => Err(user(format!("reading Dockerfile `{shown}`: {e}"))),
+    }
+}
+
+fn dockerfile_text(bytes: Vec<u8>, shown: &str) -> anyhow::Result<String> {
+    String::from_utf8(bytes).map_err(|_| {
+        user(format!(
+            "reading Dockerfile `{shown}`: it is not UTF-8 text"
+        ))
     })
 }
 

@@ -121,16 +121,12 @@ impl IgnoreMatcher {
         }
         candidates.push(context.join(".dockerignore"));
         for file in candidates {
-            match std::fs::read(&file) {
-                Ok(bytes) => {
-                    let text = String::from_utf8_lossy(&bytes);
-                    return IgnoreMatcher::parse(&text).map_err(|e| ContextError::IgnoreFile {
-                        file: file.clone(),
-                        source: Box::new(e),
-                    });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(ContextError::io(file, e)),
+            if let Some(bytes) = super::read_control_file(context, &file)? {
+                let text = String::from_utf8_lossy(&bytes);
+                return IgnoreMatcher::parse(&text).map_err(|e| ContextError::IgnoreFile {
+                    file: file.clone(),
+                    source: Box::new(e),
+                });
             }
         }
         Ok(IgnoreMatcher::default())

@@ -43,6 +43,9 @@ pub enum ContextError {
     SymlinkLoop(String),
     #[error("stat cache {path}: {reason}")]
     StatCache { path: PathBuf, reason: String },
+    /// A Dockerfile or ignore file that cannot be used as one.
+    #[error("{}: {reason}", path.display())]
+    ControlFile { path: PathBuf, reason: String },
 }
 
 impl ContextError {
@@ -145,6 +148,85 @@ pub(crate) fn host_path(root: &Path, rel: &str) -> PathBuf {
     }
 }
 
+/// The most a Dockerfile or an ignore file may hold: both are read whole, and one that is
+/// larger is a mistake or an attack (a link to /dev/zero).
+pub const MAX_CONTROL_FILE: u64 = 16 << 20;
+
+/// Reads a Dockerfile or ignore file at `path` (absolute). One inside `context` is opened
+/// beneath it: symlinks resolve inside the context, never out of it (a `Dockerfile ->
+/// /proc/self/environ` in a pull request must not print rbuild's environment), and it must
+/// be a regular file. One outside the context was named by the user (`-f PATH`) and is
+/// read as it is. Either way at most [`MAX_CONTROL_FILE`] bytes. `Ok(None)`: it does not
+/// exist.
+pub fn read_control_file(context: &Path, path: &Path) -> Result<Option<Vec<u8>>, ContextError> {
+    let bad = |reason: String| ContextError::ControlFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let abs = lexical_abs(path);
+    let inside = abs.strip_prefix(context).ok();
+    let file = match inside {
+        Some(rel) => {
+            let root = crate::sandbox::root::Root::open(context)
+                .map_err(|e| ContextError::io(context, e))?;
+            let rel = rel.to_string_lossy();
+            match root.open_in(&rel, rustix::fs::OFlags::RDONLY) {
+                Ok(fd) => std::fs::File::from(fd),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return match std::fs::read_link(path) {
+                        Ok(target) => Err(bad(format!(
+                            "it is a symlink to `{}`, which is not in the build context \
+                             (links are resolved inside the context; to use a file outside \
+                             it, name that file with -f)",
+                            target.display()
+                        ))),
+                        Err(_) => Ok(None),
+                    };
+                }
+                Err(e) => return Err(ContextError::io(path, e)),
+            }
+        }
+        None => match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ContextError::io(path, e)),
+        },
+    };
+    let meta = file.metadata().map_err(|e| ContextError::io(path, e))?;
+    if inside.is_some() && !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(&file, MAX_CONTROL_FILE + 1), &mut bytes)
+        .map_err(|e| ContextError::io(path, e))?;
+    if bytes.len() as u64 > MAX_CONTROL_FILE {
+        return Err(bad(format!("larger than {} MiB", MAX_CONTROL_FILE >> 20)));
+    }
+    Ok(Some(bytes))
+}
+
+/// `path` made absolute against the working directory and cleaned of `.` and `..` without
+/// looking at the filesystem, so a link in it is not resolved.
+pub fn lexical_abs(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +257,50 @@ mod tests {
             resolve_in_root(r, "loop/a", true),
             Err(ContextError::SymlinkLoop(_))
         ));
+    }
+    /// A hostile context's Dockerfile or .dockerignore (issue 13): links resolve inside the
+    /// context, only regular files are read, and never more than the cap.
+    #[test]
+    fn control_files_are_read_beneath_the_context() {
+        let t = tempfile::tempdir().unwrap();
+        let ctx = t.path().join("ctx");
+        std::fs::create_dir_all(ctx.join("docker")).unwrap();
+        std::fs::write(ctx.join("docker/Dockerfile.prod"), "FROM scratch\n").unwrap();
+        symlink("docker/Dockerfile.prod", ctx.join("Dockerfile")).unwrap();
+        let read = |name: &str| read_control_file(&ctx, &ctx.join(name));
+        assert_eq!(read("Dockerfile").unwrap().unwrap(), b"FROM scratch\n");
+        assert_eq!(read("missing").unwrap(), None);
+
+        std::env::set_var("RBUILD_CONTROL_FILE_TEST", "tok-8d1f0c");
+        for (name, target) in [("environ", "/proc/self/environ"), ("zero", "/dev/zero")] {
+            symlink(target, ctx.join(name)).unwrap();
+            let err = read(name).unwrap_err().to_string();
+            assert!(err.contains("not in the build context"), "{err}");
+            assert!(!err.contains("tok-8d1f0c"), "{err}");
+        }
+        // A directory, and a file over the cap.
+        symlink("docker", ctx.join("dir")).unwrap();
+        assert!(read("dir")
+            .unwrap_err()
+            .to_string()
+            .contains("not a regular file"));
+        let big = std::fs::File::create(ctx.join("big")).unwrap();
+        big.set_len(MAX_CONTROL_FILE + 1).unwrap();
+        assert!(read("big")
+            .unwrap_err()
+            .to_string()
+            .contains("larger than 16 MiB"));
+
+        // A file outside the context named by the user is read as it is; a link inside the
+        // context to it is not.
+        let outside = t.path().join("Dockerfile.outside");
+        std::fs::write(&outside, "FROM busybox\n").unwrap();
+        assert_eq!(
+            read_control_file(&ctx, &outside).unwrap().unwrap(),
+            b"FROM busybox\n"
+        );
+        symlink(&outside, ctx.join("out")).unwrap();
+        assert!(read("out").is_err());
+        assert_eq!(lexical_abs(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
     }
 }
