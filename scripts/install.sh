@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install rbuild to /usr/local/bin, then build an example image offline and run it:
+# Install rbuild to /usr/local/bin (and Debian's slirp4netns, the way out of the network
+# RUN steps get), then build an example image offline and run it:
 # a busybox base image is made from Debian's busybox-static with `rbuild import`,
 # Dockerfile.examples/static-site is built on it and loaded into docker, and run.
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 command -v cargo >/dev/null || { echo "install.sh: needs a Rust toolchain (cargo): https://rustup.rs" >&2; exit 1; }
-ensure_packages busybox-static docker.io curl
+ensure_packages busybox-static docker.io curl slirp4netns
 
 log "building rbuild (release)"
 cargo build --release --locked --quiet

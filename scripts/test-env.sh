@@ -10,7 +10,8 @@ mkdir -p "$STATE"
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-ensure_packages docker.io docker-registry buildah skopeo umoci podman busybox-static debootstrap curl apache2-utils
+ensure_packages docker.io docker-registry buildah skopeo umoci podman busybox-static debootstrap curl apache2-utils \
+  slirp4netns gcc libc6-dev util-linux
 ensure_dockerd "$STATE/dockerd.log"
 
 if ! curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1; then

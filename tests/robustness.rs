@@ -1197,7 +1197,7 @@ fn run_is_isolated_like_a_buildkit_step() {
 RUN mkdir -m 777 /r && cp /bin/busybox /busybox-suid && chmod 4755 /busybox-suid \\
  && printf '[SUID]\\ncat = ssx root.root\\n' > /etc/busybox.conf && chmod 600 /etc/busybox.conf
 RUN for p in /proc/[0-9]*; do cat $p/comm; done > /r/comm; cat /proc/self/mountinfo > /r/mountinfo; \\
- grep -E '^Cap(Eff|Bnd)' /proc/self/status > /r/caps; cat /proc/net/dev > /r/net-host
+ grep -E '^Cap(Eff|Bnd)' /proc/self/status > /r/caps; cat /proc/net/dev > /r/net-default
 RUN --network=none cat /proc/net/dev > /r/net-none
 USER user
 RUN /busybox-suid cat /proc/self/status > /r/suid-status; id -u > /r/uid
@@ -1230,13 +1230,16 @@ RUN /busybox-suid cat /proc/self/status > /r/suid-status; id -u > /r/uid
         r("caps"),
         "CapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\n"
     );
-    // --network=none: loopback only. The host network is the host's.
+    // --network=none: loopback only. The default: a namespace of its own whose way out is
+    // slirp4netns's tap device (tests/security.rs checks what it can and cannot reach).
     assert_eq!(
         interfaces(&r("net-none")),
         BTreeSet::from(["lo".to_string()])
     );
-    let host = interfaces(&std::fs::read_to_string("/proc/net/dev").unwrap());
-    assert_eq!(interfaces(&r("net-host")), host);
+    assert_eq!(
+        interfaces(&r("net-default")),
+        BTreeSet::from(["lo".to_string(), "tap0".to_string()])
+    );
     // A setuid-root binary run by USER user gets euid 0 (no no_new_privs, as in docker).
     assert_eq!(r("uid"), "1000\n");
     let uid_line = r("suid-status")
@@ -1254,6 +1257,15 @@ RUN /busybox-suid cat /proc/self/status > /r/suid-status; id -u > /r/uid
     );
     let net = std::fs::read_to_string(root.path().join("net")).unwrap();
     assert_eq!(interfaces(&net), BTreeSet::from(["lo".to_string()]));
+    // `--network host` gives every RUN the host's network, as asked.
+    let root = build_rootfs(
+        store.path(),
+        &format!("FROM {BASE}\nRUN cat /proc/net/dev > /net\n"),
+        &["--network", "host"],
+    );
+    let net = std::fs::read_to_string(root.path().join("net")).unwrap();
+    let host = interfaces(&std::fs::read_to_string("/proc/net/dev").unwrap());
+    assert_eq!(interfaces(&net), host);
 }
 
 #[test]

@@ -100,6 +100,7 @@ impl Fixture {
             network: Network::Host,
             mounts: Vec::new(),
             files: Vec::new(),
+            pids_limit: None,
         }
     }
 }
@@ -390,8 +391,6 @@ fn mounts_work_and_leave_nothing_in_the_layer() {
     std::fs::write(src.join("hello"), "hello\n").unwrap();
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o700)).unwrap();
     let cache = t.join("cache/c1");
-    let secret = t.join("secret");
-    std::fs::write(&secret, "s3cret").unwrap();
     let mut spec = fx.spec(
         "cat /mnt/src/hello; touch /mnt/src/new 2>/dev/null || echo ro; \
          echo d > /mnt/disc/new && cat /mnt/disc/hello; stat -c %a /mnt/disc; \
@@ -402,13 +401,16 @@ fn mounts_work_and_leave_nothing_in_the_layer() {
     );
     spec.mounts = vec![
         Mount::Bind {
-            source: src.clone(),
+            from: FsSource::Dir(src.clone()),
+            source: "/".into(),
             target: "/mnt/src".into(),
             readonly: true,
         },
-        Mount::BindDiscard {
-            lowers: vec![src.clone()],
+        Mount::Bind {
+            from: FsSource::Dir(src.clone()),
+            source: ".".into(),
             target: "disc".into(), // relative: below the working directory /mnt
+            readonly: false,
         },
         Mount::Tmpfs {
             target: "/mnt/tmp".into(),
@@ -422,7 +424,7 @@ fn mounts_work_and_leave_nothing_in_the_layer() {
             mode: 0o750,
         },
         Mount::Secret {
-            source: secret,
+            data: sandbox::SecretBytes(b"s3cret".to_vec()),
             target: "/run/secrets/tok".into(),
             uid: 1000,
             gid: 0,

@@ -167,9 +167,21 @@ pub struct BuildArgs {
     /// Set a label on the image, `KEY=VALUE`
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// Default network mode for RUN: host or none
+    /// Network for RUN steps: default (a namespace of the build's own, with outside access
+    /// through slirp4netns), host or none
     #[arg(long, value_name = "MODE")]
     pub network: Option<String>,
+    /// Allow an entitlement: `network.host` (for `RUN --network=host`)
+    #[arg(long = "allow", value_name = "ENTITLEMENT", value_delimiter = ',')]
+    pub allow: Vec<String>,
+    /// Most processes a RUN step may have at once (0: no limit)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4096,
+        allow_negative_numbers = true
+    )]
+    pub pids_limit: i64,
     /// Secret for RUN --mount=type=secret: `id=ID,src=PATH` or `id=ID,env=VAR`
     #[arg(long = "secret", value_name = "SPEC")]
     pub secrets: Vec<String>,

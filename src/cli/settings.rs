@@ -111,9 +111,35 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
     }
 
     let network = match args.network.as_deref() {
-        None | Some("host") | Some("default") => Network::Host,
+        None | Some("default") => Network::Isolated,
+        Some("host") => Network::Host,
         Some("none") => Network::None,
-        Some(other) => return Err(user(format!("--network {other}: expected host or none"))),
+        Some(other) => {
+            return Err(user(format!(
+                "--network {other}: expected default, host or none"
+            )))
+        }
+    };
+    let mut allow_network_host = false;
+    for a in &args.allow {
+        match a.as_str() {
+            "network.host" => allow_network_host = true,
+            "security.insecure" => {
+                return Err(user(
+                    "--allow security.insecure: rbuild does not run privileged steps",
+                ))
+            }
+            other => {
+                return Err(user(format!(
+                    "--allow {other}: unknown entitlement (rbuild knows network.host)"
+                )))
+            }
+        }
+    }
+    // -1 is docker's spelling of "no limit", as is 0.
+    let pids_limit = match args.pids_limit {
+        n if n <= 0 => None,
+        n => Some(u32::try_from(n).map_err(|_| user(format!("--pids-limit {n}: too large")))?),
     };
 
     let mut secrets = BTreeMap::new();
@@ -208,6 +234,8 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             pull: args.pull,
             labels,
             network,
+            allow_network_host,
+            pids_limit,
             secrets,
             build_contexts,
             platform,

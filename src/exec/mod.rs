@@ -75,6 +75,34 @@ impl Drop for ScratchDir {
     }
 }
 
+/// `RUN --network=host` in the Dockerfile needs `--allow network.host`, as in BuildKit: a
+/// Dockerfile from a pull request must not choose the host's network by itself. Checked for
+/// every step the target needs before anything runs, cached or not.
+fn check_entitlements(plan: &Plan, req: &BuildRequest) -> Result<(), BuildError> {
+    if req.allow_network_host {
+        return Ok(());
+    }
+    let needed = plan.waves().into_iter().flatten();
+    for stage in needed.filter_map(|i| plan.stage(i)) {
+        for step in &stage.steps {
+            if let plan::Op::Run(run) = &step.op {
+                if run.network == crate::dockerfile::instructions::NetworkMode::Host {
+                    return Err(BuildError::Step {
+                        file: req.dockerfile_name.clone(),
+                        line: step.line,
+                        text: step.text.clone(),
+                        message: "network.host is not allowed: RUN --network=host needs \
+                                  `--allow network.host` on the command line"
+                            .to_string(),
+                        output: Vec::new(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What a finished build produced.
 #[derive(Debug)]
 pub struct BuildOutcome {
@@ -108,6 +136,7 @@ pub fn build(
     for w in &plan.warnings {
         reporter.warn(w);
     }
+    check_entitlements(&plan, req)?;
 
     let mut ctx = steps::Ctx::new(store, req, reporter, &bases, stage_names(&plan))?;
     let mut done: BTreeMap<usize, StageState> = BTreeMap::new();

@@ -25,6 +25,10 @@ pub struct BuildRequest {
     pub labels: BTreeMap<String, String>,
     /// Network for RUN steps that don't say (`RUN --network=...` overrides).
     pub network: Network,
+    /// `--allow network.host`: `RUN --network=host` may run (BuildKit's entitlement).
+    pub allow_network_host: bool,
+    /// Most processes a RUN step may have at once; None: no limit.
+    pub pids_limit: Option<u32>,
     pub secrets: BTreeMap<String, SecretSource>,
     pub build_contexts: BTreeMap<String, NamedContext>,
     pub platform: Platform,

@@ -45,7 +45,6 @@ pub struct Ctx<'a> {
     /// Whether progress labels carry the stage name: BuildKit leaves it out when the
     /// Dockerfile has a single stage and nothing else to build from.
     stage_names: bool,
-    secrets_dir: Option<tempfile::TempDir>,
     pub cached: usize,
     pub executed: usize,
 }
@@ -86,7 +85,6 @@ impl<'a> Ctx<'a> {
             stat_cache_path,
             created,
             stage_names,
-            secrets_dir: None,
             cached: 0,
             executed: 0,
         })
@@ -106,7 +104,6 @@ impl<'a> Ctx<'a> {
             stat_cache_path: self.stat_cache_path.clone(),
             created: self.created.clone(),
             stage_names: self.stage_names,
-            secrets_dir: None,
             cached: 0,
             executed: 0,
         }
@@ -444,6 +441,7 @@ impl<'a> Ctx<'a> {
                 .iter()
                 .map(|f| (f.path.clone(), f.content.clone().into_bytes(), f.mode))
                 .collect(),
+            pids_limit: self.req.pids_limit,
         };
         let reporter = self.reporter;
         let mut tail = OutputTail::new(FAILED_OUTPUT_LINES);
@@ -565,36 +563,17 @@ impl<'a> Ctx<'a> {
         let gid = m.gid.unwrap_or(0);
         Ok(Some(match m.kind {
             MountType::Bind => {
-                let source = m.source.clone().unwrap_or_else(|| "/".to_string());
-                let root = match &m.from {
+                let from = match &m.from {
                     None => FsSource::Dir(self.req.context.clone()),
                     Some(from) => self.source_root(&mount_from(from), done)?,
                 };
-                match root {
-                    FsSource::Dir(dir) => {
-                        let src = clamp_join(&dir, &source);
-                        if m.readonly {
-                            Mount::Bind {
-                                source: src,
-                                target,
-                                readonly: true,
-                            }
-                        } else {
-                            Mount::BindDiscard {
-                                lowers: vec![src],
-                                target,
-                            }
-                        }
-                    }
-                    // The merged view of a subpath is the overlay of that subpath in each layer.
-                    FsSource::Layers(lowers) => {
-                        let lowers = lowers
-                            .iter()
-                            .map(|l| clamp_join(l, &source))
-                            .filter(|l| l.exists())
-                            .collect();
-                        Mount::BindDiscard { lowers, target }
-                    }
+                // The sandbox resolves `source` beneath `from` itself: joining it here would
+                // let the kernel follow a link in the stage out to the host.
+                Mount::Bind {
+                    from,
+                    source: m.source.clone().unwrap_or_else(|| "/".to_string()),
+                    target,
+                    readonly: m.readonly,
                 }
             }
             MountType::Cache => {
@@ -675,9 +654,8 @@ impl<'a> Ctx<'a> {
                 if target.is_empty() {
                     return Ok(None);
                 }
-                let source = self.secret_file(&id, &value)?;
                 Mount::Secret {
-                    source,
+                    data: sandbox::SecretBytes(value),
                     target,
                     uid,
                     gid,
@@ -691,27 +669,6 @@ impl<'a> Ctx<'a> {
                 ))
             }
         }))
-    }
-
-    /// A secret's value as a file the sandbox copies onto the step's tmpfs; it lives in the
-    /// store's scratch space only until the build ends.
-    fn secret_file(&mut self, id: &str, value: &[u8]) -> Result<PathBuf, BuildError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        if self.secrets_dir.is_none() {
-            self.secrets_dir = Some(self.store.tmp_dir()?);
-        }
-        let dir = self.secrets_dir.as_ref().expect("just made").path();
-        let path = dir.join(Digest::of(id.as_bytes()).hex());
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(BuildError::io("writing secret", &path))?;
-        std::io::Write::write_all(&mut f, value)
-            .map_err(BuildError::io("writing secret", &path))?;
-        Ok(path)
     }
 
     /// What the cache key holds for the sources a COPY or bind mount reads from `from`: the
@@ -921,21 +878,6 @@ fn stage_label(stage: &Stage) -> String {
         Some(name) => name.clone(),
         None => format!("stage-{}", stage.index),
     }
-}
-
-/// `dir` joined with a path from the Dockerfile, never leaving `dir` (`..` stops at the top).
-fn clamp_join(dir: &Path, rel: &str) -> PathBuf {
-    let mut out = PathBuf::new();
-    for part in rel.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            p => out.push(p),
-        }
-    }
-    dir.join(out)
 }
 
 /// RFC 3339 in UTC with second precision, as image configs carry it.

@@ -31,6 +31,9 @@ fn ctx<T, E: Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> Res<T> 
 }
 
 pub fn main() -> ! {
+    if std::env::args().nth(2).as_deref() == Some(super::net::HOLDER_ARG) {
+        hold_network_namespace();
+    }
     let reply = match serve() {
         Ok(r) => r,
         Err(f) => Reply::Failed(f),
@@ -38,6 +41,24 @@ pub fn main() -> ! {
     let mut line = serde_json::to_vec(&reply).unwrap_or_else(|e| e.to_string().into_bytes());
     line.push(b'\n');
     let _ = std::io::stderr().write_all(&line);
+    std::process::exit(0)
+}
+
+/// The holder of the build's shared network namespace (net.rs): makes it, brings up its
+/// loopback, says "ready" on stdout and keeps it until stdin closes, which happens when
+/// rbuild exits, however it does.
+fn hold_network_namespace() -> ! {
+    let made = ctx(nix::sched::unshare(CloneFlags::CLONE_NEWNET), || {
+        "unsharing the network namespace".into()
+    })
+    .and_then(|()| loopback_up());
+    if let Err(Failure::Setup(m) | Failure::Exec(m)) = &made {
+        let _ = writeln!(std::io::stderr(), "{m}");
+        std::process::exit(1);
+    }
+    let mut out = std::io::stdout();
+    let _ = out.write_all(b"ready\n").and_then(|()| out.flush());
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
     std::process::exit(0)
 }
 
@@ -62,7 +83,22 @@ fn serve() -> Res<Reply> {
     // Files the sandbox creates get exactly the modes it asks for.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     match job {
-        Job::Run { spec, scratch, .. } => run_step(&spec, &scratch),
+        Job::Run {
+            spec,
+            scratch,
+            netns,
+            cgroup,
+            ..
+        } => {
+            if let Some(procs) = cgroup {
+                // Before the fork, so the step and everything it starts are counted.
+                ctx(
+                    std::fs::write(&procs, std::process::id().to_string()),
+                    || format!("joining the step's cgroup {}", procs.display()),
+                )?;
+            }
+            run_step(&spec, &scratch, netns.as_deref())
+        }
         Job::Fs {
             rootfs,
             sources,
@@ -161,11 +197,14 @@ fn mount_overlay(
     ctx(std::env::set_current_dir(names), || {
         format!("entering {}", names.display())
     })?;
+    // nodev: a device node the step makes (mknod of the host disk's numbers) reaches the
+    // layer, as in docker build, but cannot be opened. Docker's device cgroup does the
+    // same job; a mount flag needs no cgroup.
     let r = mount_at(
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NODEV,
         Some(&opts),
     );
     ctx(std::env::set_current_dir("/"), || {
@@ -196,28 +235,54 @@ fn mount_rootfs(rootfs: &Overlay, scratch: &Path) -> Res<PathBuf> {
     Ok(root)
 }
 
-/// Bind-mounts `source` on `target` (recursively), read-only if asked. Read-only needs a
-/// remount of the new mount itself, so `target` must be a path that resolves to it
-/// afterwards: not a /proc/self/fd link to what was under it (use `Points::reopen`).
-fn bind(source: &Path, target: &Path, readonly: bool) -> Res<()> {
+/// Bind-mounts `source` on `target`; the new mount keeps the source mount's flags.
+/// `recursive` brings the mounts below `source` along (untouched by [`remount`]).
+fn bind(source: &Path, target: &Path, recursive: bool) -> Res<()> {
     let src = source.to_string_lossy();
+    let rec = if recursive {
+        MsFlags::MS_REC
+    } else {
+        MsFlags::empty()
+    };
+    mount_at(Some(&src), target, None, MsFlags::MS_BIND | rec, None)
+}
+
+/// The per-mount flags of the mount at `path`, as mount(2) flags.
+fn mount_flags(path: &Path) -> Res<MsFlags> {
+    use nix::sys::statvfs::FsFlags;
+    let st = ctx(nix::sys::statvfs::statvfs(path), || {
+        format!("statfs {}", path.display())
+    })?;
+    let f = st.flags();
+    let mut flags = MsFlags::empty();
+    for (st, ms) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(st) {
+            flags |= ms;
+        }
+    }
+    Ok(flags)
+}
+
+/// Adds `add` to the flags of the bind mount at `target` (a path that resolves to the mount
+/// itself). A bind remount sets every per-mount flag at once, so the ones the mount has are
+/// passed again, as runc does; dropping one (nosuid, nodev) would loosen the mount.
+fn remount(target: &Path, add: MsFlags) -> Res<()> {
+    let flags = mount_flags(target)? | add;
     mount_at(
-        Some(&src),
+        None,
         target,
         None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
         None,
-    )?;
-    if readonly {
-        mount_at(
-            None,
-            target,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-        )?;
-    }
-    Ok(())
+    )
 }
 
 fn fs_step(
@@ -237,9 +302,15 @@ fn fs_step(
         let dir = scratch.join(format!("s{i}"));
         mkdir(&dir)?;
         match src {
-            FsSource::Dir(p) => bind(p, &dir, true)?,
+            FsSource::Dir(p) => {
+                bind(p, &dir, true)?;
+                remount(&dir, MsFlags::MS_RDONLY | MsFlags::MS_NODEV)?;
+            }
             FsSource::Layers(l) if l.is_empty() => {}
-            FsSource::Layers(l) if l.len() == 1 => bind(&l[0], &dir, true)?,
+            FsSource::Layers(l) if l.len() == 1 => {
+                bind(&l[0], &dir, false)?;
+                remount(&dir, MsFlags::MS_RDONLY | MsFlags::MS_NODEV)?;
+            }
             FsSource::Layers(l) => mount_overlay(&scratch.join(format!("n{i}")), l, None, &dir)?,
         }
         paths.push(dir);
@@ -281,6 +352,25 @@ impl Points<'_> {
         })?;
         Ok((fd_path(&fd), fd))
     }
+
+    /// Bind-mounts `source` (not recursively) on `target`, created as `kind` with `mode` if
+    /// missing, and adds `add` to the flags the new mount takes from the source's mount.
+    fn bind(
+        &mut self,
+        source: &Path,
+        target: &str,
+        kind: Kind,
+        mode: u32,
+        add: MsFlags,
+    ) -> Res<()> {
+        let (p, _fd) = self.make(target, kind, mode)?;
+        bind(source, &p, false)?;
+        if !add.is_empty() {
+            let (p, _fd) = self.reopen(target)?;
+            remount(&p, add)?;
+        }
+        Ok(())
+    }
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Res<()> {
@@ -305,12 +395,14 @@ fn write_file(path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) ->
 }
 
 fn mount_dev(points: &mut Points) -> Res<()> {
+    // nodev: the standard nodes below are bind mounts of the host's, which keep the host
+    // mount's flags; a node the step makes in /dev cannot be opened.
     let (p, _fd) = points.make("dev", Kind::Dir, 0o755)?;
     mount_at(
         Some("tmpfs"),
         &p,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )?;
     let (p, fd) = points.reopen("dev")?;
@@ -367,10 +459,11 @@ fn hosts_file(hostname: &str) -> String {
     format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 }
 
-/// The host's resolv.conf; without host networking its loopback nameservers cannot be
-/// reached, so they go, and Google's public servers stand in when none remain
-/// (BuildKit's executor/oci/resolvconf.go).
-pub fn resolv_conf(host: &str, host_network: bool) -> String {
+/// The host's resolv.conf as the step's network can use it. Its loopback nameservers
+/// (systemd-resolved's 127.0.0.53) are the host's own: in the isolated network they become
+/// slirp4netns's resolver, which forwards to the host's; with no network they go, and
+/// Google's public servers stand in when none remain (BuildKit's executor/oci/resolvconf.go).
+pub fn resolv_conf(host: &str, network: Network) -> String {
     let loopback = |line: &str| {
         let mut w = line.split_whitespace();
         w.next() == Some("nameserver")
@@ -379,9 +472,15 @@ pub fn resolv_conf(host: &str, host_network: bool) -> String {
                     .is_ok_and(|ip| ip.is_loopback())
             })
     };
+    let relay = format!("nameserver {}", super::net::DNS);
     let mut out = String::new();
     for line in host.lines() {
-        if host_network || !loopback(line) {
+        let line = match network {
+            Network::Isolated if loopback(line) => relay.as_str(),
+            Network::None if loopback(line) => continue,
+            _ => line,
+        };
+        if !out.lines().any(|l| l == line) || !line.starts_with("nameserver") {
             out.push_str(line);
             out.push('\n');
         }
@@ -390,7 +489,10 @@ pub fn resolv_conf(host: &str, host_network: bool) -> String {
         .lines()
         .any(|l| l.split_whitespace().next() == Some("nameserver"));
     if !has_nameserver {
-        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+        match network {
+            Network::Isolated => out.push_str(&format!("{relay}\n")),
+            _ => out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n"),
+        }
     }
     out
 }
@@ -443,7 +545,15 @@ extern "C" fn kill_child(_: libc::c_int) {
     }
 }
 
-fn run_step(spec: &RunSpec, scratch: &Path) -> Res<Reply> {
+fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<Reply> {
+    if let Some(ns) = netns {
+        let fd = ctx(std::fs::File::open(ns), || {
+            format!("opening the build's network namespace {}", ns.display())
+        })?;
+        ctx(nix::sched::setns(fd, CloneFlags::CLONE_NEWNET), || {
+            "joining the build's network namespace".into()
+        })?;
+    }
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
@@ -510,20 +620,14 @@ fn run_step(spec: &RunSpec, scratch: &Path) -> Res<Reply> {
     mkdir(&files_dir)?;
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let etc = [
-        (
-            "etc/resolv.conf",
-            resolv_conf(&host_resolv, spec.network == Network::Host),
-        ),
+        ("etc/resolv.conf", resolv_conf(&host_resolv, spec.network)),
         ("etc/hosts", hosts_file(&spec.hostname)),
     ];
     // Read-only, as in BuildKit: a step cannot change them, and they never reach a layer.
     for (i, (target, data)) in etc.iter().enumerate() {
         let copy = files_dir.join(format!("etc{i}"));
         write_file(&copy, data.as_bytes(), 0o644, None)?;
-        let (p, _fd) = points.make(target, Kind::File, 0o644)?;
-        bind(&copy, &p, false)?;
-        let (p, _fd) = points.reopen(target)?;
-        bind_readonly_remount(&p)?;
+        points.bind(&copy, target, Kind::File, 0o644, MsFlags::MS_RDONLY)?;
     }
 
     // Parents before children, so a mount inside another mount lands on top of it.
@@ -546,10 +650,7 @@ fn run_step(spec: &RunSpec, scratch: &Path) -> Res<Reply> {
     for (i, (target, data, mode)) in spec.files.iter().enumerate() {
         let copy = files_dir.join(format!("f{i}"));
         write_file(&copy, data, *mode, None)?;
-        let (p, _fd) = points.make(target, Kind::File, 0o644)?;
-        bind(&copy, &p, false)?;
-        let (p, _fd) = points.reopen(target)?;
-        bind_readonly_remount(&p)?;
+        points.bind(&copy, target, Kind::File, 0o644, MsFlags::MS_RDONLY)?;
     }
     let stubs = std::mem::take(&mut points.stubs);
     drop(root);
@@ -561,7 +662,6 @@ fn run_step(spec: &RunSpec, scratch: &Path) -> Res<Reply> {
 fn mount_target_mut(m: &mut Mount) -> &mut String {
     match m {
         Mount::Bind { target, .. }
-        | Mount::BindDiscard { target, .. }
         | Mount::Tmpfs { target, .. }
         | Mount::Cache { target, .. }
         | Mount::Secret { target, .. } => target,
@@ -571,46 +671,35 @@ fn mount_target_mut(m: &mut Mount) -> &mut String {
 fn mount_one(points: &mut Points, m: &Mount, i: usize, scratch: &Path) -> Res<()> {
     match m {
         Mount::Bind {
+            from,
             source,
             target,
             readonly,
         } => {
-            let kind = if source.is_dir() {
+            let root = bind_source_root(from, &scratch.join(format!("m{i}")))?;
+            // Resolved beneath the mounted root, symlinks followed inside it, as the stage
+            // itself would see the path: a link to `/` in the stage is the stage's `/`, never
+            // the host's. The mount takes the fd, so nothing is resolved twice.
+            let fd = ctx(
+                Root::open(&root).and_then(|r| r.open_in(source, OFlags::PATH)),
+                || format!("mount source `{source}` (target {target})"),
+            )?;
+            let st = ctx(rustix::fs::fstat(&fd), || format!("stat {source}"))?;
+            let kind = if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() {
                 Kind::Dir
             } else {
                 Kind::File
             };
             let mode = if kind == Kind::Dir { 0o755 } else { 0o644 };
-            let (p, _fd) = points.make(target, kind, mode)?;
-            bind(source, &p, false)?;
-            if *readonly {
-                let (p, _fd) = points.reopen(target)?;
-                bind_readonly_remount(&p)?;
-            }
+            let add = if *readonly {
+                MsFlags::MS_RDONLY
+            } else {
+                MsFlags::empty()
+            };
+            points.bind(&fd_path(&fd), target, kind, mode, add)?;
         }
         Mount::Cache { source, target, .. } => {
-            let (p, _fd) = points.make(target, Kind::Dir, 0o755)?;
-            bind(source, &p, false)?;
-        }
-        Mount::BindDiscard { lowers, target } => {
-            let base = scratch.join(format!("m{i}"));
-            let (upper, work) = (base.join("upper"), base.join("work"));
-            mkdir(&upper)?;
-            mkdir(&work)?;
-            // The overlay's root takes the upper's mode and owner: make them the source's.
-            if let Some(meta) = lowers.first().and_then(|l| std::fs::metadata(l).ok()) {
-                use std::os::unix::fs::MetadataExt;
-                ctx(
-                    std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(meta.mode())),
-                    || "setting the discard upper's mode".into(),
-                )?;
-                ctx(
-                    std::os::unix::fs::chown(&upper, Some(meta.uid()), Some(meta.gid())),
-                    || "setting the discard upper's owner".into(),
-                )?;
-            }
-            let (p, _fd) = points.make(target, Kind::Dir, 0o755)?;
-            mount_overlay(&base.join("n"), lowers, Some((&upper, &work)), &p)?;
+            points.bind(source, target, Kind::Dir, 0o755, MsFlags::MS_NODEV)?;
         }
         Mount::Tmpfs { target, size } => {
             let (p, _fd) = points.make(target, Kind::Dir, 0o755)?;
@@ -627,34 +716,48 @@ fn mount_one(points: &mut Points, m: &Mount, i: usize, scratch: &Path) -> Res<()
             )?;
         }
         Mount::Secret {
-            source,
+            data,
             target,
             uid,
             gid,
             mode,
         } => {
-            let data = ctx(std::fs::read(source), || {
-                format!("reading secret {}", source.display())
-            })?;
+            // On the step's tmpfs only: a secret never touches a disk.
             let copy = scratch.join(format!("secret{i}"));
-            write_file(&copy, &data, *mode, Some((*uid, *gid)))?;
-            let (p, _fd) = points.make(target, Kind::File, 0o644)?;
-            bind(&copy, &p, false)?;
-            let (p, _fd) = points.reopen(target)?;
-            bind_readonly_remount(&p)?;
+            write_file(&copy, data, *mode, Some((*uid, *gid)))?;
+            points.bind(&copy, target, Kind::File, 0o644, MsFlags::MS_RDONLY)?;
         }
     }
     Ok(())
 }
 
-fn bind_readonly_remount(p: &Path) -> Res<()> {
-    mount_at(
-        None,
-        p,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-        None,
-    )
+/// Mounts the tree a bind mount reads from at `base`/root: an overlay of the stage's layers
+/// (or of the context directory) with a throwaway upper on the step's tmpfs, so a `rw`
+/// mount's writes are discarded and a read-only one is made so by its remount. Returns the
+/// mounted root.
+fn bind_source_root(from: &FsSource, base: &Path) -> Res<PathBuf> {
+    let lowers = match from {
+        FsSource::Dir(d) => std::slice::from_ref(d),
+        FsSource::Layers(l) => l.as_slice(),
+    };
+    let (root, upper, work) = (base.join("root"), base.join("upper"), base.join("work"));
+    for d in [&root, &upper, &work] {
+        mkdir(d)?;
+    }
+    // The overlay's root takes the upper's mode and owner: make them the source root's.
+    if let Some(meta) = lowers.first().and_then(|l| std::fs::metadata(l).ok()) {
+        use std::os::unix::fs::MetadataExt;
+        ctx(
+            std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(meta.mode())),
+            || "setting the mount's upper mode".into(),
+        )?;
+        ctx(
+            std::os::unix::fs::chown(&upper, Some(meta.uid()), Some(meta.gid())),
+            || "setting the mount's upper owner".into(),
+        )?;
+    }
+    mount_overlay(&base.join("n"), lowers, Some((&upper, &work)), &root)?;
+    Ok(root)
 }
 
 /// The environment the command gets: the step's, plus PATH (BuildKit) and HOME (runc)
@@ -811,86 +914,74 @@ fn drop_capabilities() -> Res<()> {
     Ok(())
 }
 
-/// The `seccomp_data.arch` of the syscall ABI rbuild is built for (linux/audit.h).
-#[cfg(target_arch = "x86_64")]
-const AUDIT_ARCH: u32 = 0xc000_003e;
-#[cfg(target_arch = "aarch64")]
-const AUDIT_ARCH: u32 = 0xc000_00b7;
-
-/// Make fsync, fdatasync, sync_file_range, syncfs and sync succeed at once, without
-/// flushing, for every process of the step. What a step writes only matters once it is
-/// snapshotted; a crash mid-step loses the step whatever was flushed. dpkg alone fsyncs every
-/// file it unpacks (docker's Debian images turn that off with `force-unsafe-io` for the same
-/// reason), which made `apt-get install` wait on the disk (docs/performance.md). Readers
-/// see written data from the page cache either way; only durability is skipped.
-/// A classic BPF filter: other ABIs (x32, i386) and syscalls pass untouched.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn skip_syncs() -> Res<()> {
-    const NR: u32 = 0; // offsetof(struct seccomp_data, nr)
-    const ARCH: u32 = 4; // offsetof(struct seccomp_data, arch)
-    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-    let stmt = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
+/// Empties the ambient and inheritable sets. The bounding set does not limit them: a root
+/// command gains its inheritable capabilities at execve whatever the bounding set says, so
+/// an rbuild started with an inheritable CAP_SYS_ADMIN would hand it to the step; a non-root
+/// one keeps its ambient set, and inheritable ones reach programs with file capabilities.
+/// (runc clears them the same way for Docker's default profile, CVE-2022-24769.)
+fn clear_inheritable_capabilities() -> Res<()> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
     };
-    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        // EINVAL: a kernel before 4.3, without ambient capabilities.
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(Failure::Setup(format!(
+                "clearing ambient capabilities: {e}"
+            )));
+        }
+    }
+    /// linux/capability.h, version 3: two 32-bit halves of each set.
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut header = Header {
+        version: 0x2008_0522,
+        pid: 0,
     };
-    let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
-    let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
-    let jge = libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K;
-    let ret = libc::BPF_RET | libc::BPF_K;
-    let syncs = [
-        libc::SYS_fsync,
-        libc::SYS_fdatasync,
-        libc::SYS_sync_file_range,
-        libc::SYS_syncfs,
-        libc::SYS_sync,
-    ];
-    // Jump offsets count instructions after the jump: index 4..=8 are the five checks,
-    // 9 allows, 10 returns success without running the call.
-    let filter = [
-        stmt(ld, ARCH),
-        jump(jeq, AUDIT_ARCH, 0, 7),
-        stmt(ld, NR),
-        jump(jge, X32_SYSCALL_BIT, 5, 0),
-        jump(jeq, syncs[0] as u32, 5, 0),
-        jump(jeq, syncs[1] as u32, 4, 0),
-        jump(jeq, syncs[2] as u32, 3, 0),
-        jump(jeq, syncs[3] as u32, 2, 0),
-        jump(jeq, syncs[4] as u32, 1, 0),
-        stmt(ret, libc::SECCOMP_RET_ALLOW),
-        stmt(ret, libc::SECCOMP_RET_ERRNO), // errno 0: the call returns 0
-    ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: `prog` points at `filter`, which outlives the call; the kernel copies it.
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget writes one header and two Data structs, which we own.
     let r = unsafe {
         libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            0,
-            &prog as *const libc::sock_fprog,
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
         )
     };
     if r != 0 {
-        let e = std::io::Error::last_os_error();
         return Err(Failure::Setup(format!(
-            "installing the seccomp filter: {e}"
+            "reading capabilities: {}",
+            std::io::Error::last_os_error()
         )));
     }
-    Ok(())
-}
-
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn skip_syncs() -> Res<()> {
+    for d in &mut data {
+        d.inheritable = 0;
+    }
+    // SAFETY: capset reads the header and two Data structs, which outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
+    if r != 0 {
+        return Err(Failure::Setup(format!(
+            "clearing inheritable capabilities: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
     Ok(())
 }
 
@@ -934,7 +1025,8 @@ fn mask_kernel_files(root_path: &Path) -> Res<()> {
     for p in ["bus", "fs", "irq", "sys", "sysrq-trigger"] {
         let p = proc_dir.join(p);
         if p.exists() {
-            bind(&p, &p, true)?;
+            bind(&p, &p, false)?;
+            remount(&p, MsFlags::MS_RDONLY)?;
         }
     }
     Ok(())
@@ -1026,8 +1118,9 @@ fn child(
 
     // While CAP_SYS_ADMIN is still held: a filter needs it (or no_new_privs, which would
     // break setuid programs in the step).
-    skip_syncs()?;
+    super::seccomp::install().map_err(Failure::Setup)?;
     drop_capabilities()?;
+    clear_inheritable_capabilities()?;
     let gids: Vec<Gid> = additional_gids(u).into_iter().map(Gid::from_raw).collect();
     ctx(nix::unistd::setgroups(&gids), || "setgroups".into())?;
     let gid = Gid::from_raw(u.gid);
@@ -1095,17 +1188,26 @@ mod tests {
     #[test]
     fn resolv_conf_drops_unreachable_loopback_servers() {
         let host = "nameserver 127.0.0.53\noptions edns0\n";
-        assert_eq!(resolv_conf(host, true), host);
+        assert_eq!(resolv_conf(host, Network::Host), host);
         assert_eq!(
-            resolv_conf(host, false),
+            resolv_conf(host, Network::None),
             "options edns0\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n"
         );
-        let host = "nameserver ::1\nnameserver 10.0.0.1\n";
-        assert_eq!(resolv_conf(host, false), "nameserver 10.0.0.1\n");
         assert_eq!(
-            resolv_conf("", true),
+            resolv_conf(host, Network::Isolated),
+            "nameserver 10.0.2.3\noptions edns0\n"
+        );
+        let host = "nameserver ::1\nnameserver 10.0.0.1\nnameserver 127.0.0.1\n";
+        assert_eq!(resolv_conf(host, Network::None), "nameserver 10.0.0.1\n");
+        assert_eq!(
+            resolv_conf(host, Network::Isolated),
+            "nameserver 10.0.2.3\nnameserver 10.0.0.1\n"
+        );
+        assert_eq!(
+            resolv_conf("", Network::Host),
             "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
         );
+        assert_eq!(resolv_conf("", Network::Isolated), "nameserver 10.0.2.3\n");
     }
 
     #[test]

@@ -9,16 +9,21 @@
 //!
 //! Fork/exec in the helper uses `unsafe` (see helper.rs); everything here is safe code.
 
+mod cgroup;
+mod exe;
 mod helper;
+mod net;
 pub mod root;
+mod seccomp;
 pub mod user;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
+use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -42,25 +47,28 @@ pub struct Overlay {
     pub work: PathBuf,
 }
 
+/// The network a RUN step gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Network {
+    /// A namespace of the build's own whose only way out is slirp4netns (net.rs): the
+    /// outside world, but neither the host's loopback nor its abstract sockets. The default.
+    Isolated,
+    /// The host's network namespace (`--network=host`).
     Host,
+    /// A namespace with only loopback.
     None,
 }
 
 /// A RUN --mount (and the injected files' kin). Targets are container paths.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mount {
+    /// `source` inside `from`, resolved beneath it (symlinks followed inside `from`, never
+    /// out of it), on `target`. Writes go to a throwaway upper unless `readonly`.
     Bind {
-        source: PathBuf,
+        from: FsSource,
+        source: String,
         target: String,
         readonly: bool,
-    },
-    /// A writable bind whose writes are discarded: an overlay of `lowers` (top-most first)
-    /// with a throwaway upper on the step's tmpfs.
-    BindDiscard {
-        lowers: Vec<PathBuf>,
-        target: String,
     },
     Tmpfs {
         target: String,
@@ -74,14 +82,32 @@ pub enum Mount {
         gid: u32,
         mode: u32,
     },
-    /// A host file, copied onto the step's tmpfs and bound read-only.
+    /// A secret's value: the helper writes it on the step's tmpfs and binds it read-only,
+    /// so it never touches a disk.
     Secret {
-        source: PathBuf,
+        data: SecretBytes,
         target: String,
         uid: u32,
         gid: u32,
         mode: u32,
     },
+}
+
+/// A secret's bytes; `Debug` does not show them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretBytes({} bytes)", self.0.len())
+    }
+}
+
+impl std::ops::Deref for SecretBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +125,8 @@ pub struct RunSpec {
     /// Files injected for the step (heredoc scripts): path in the container, content,
     /// mode. They live on the step's tmpfs, bound read-only, never in the layer.
     pub files: Vec<(String, Vec<u8>, u32)>,
+    /// Most processes the step may have at once (cgroup.rs); None: no limit.
+    pub pids_limit: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +198,10 @@ enum Job {
         spec: RunSpec,
         scratch: PathBuf,
         parent: u32,
+        /// The network namespace to join (/proc/PID/ns/net) for [`Network::Isolated`].
+        netns: Option<PathBuf>,
+        /// The step's cgroup.procs, which the helper joins before it forks the step.
+        cgroup: Option<PathBuf>,
     },
     Fs {
         rootfs: Overlay,
@@ -272,13 +304,25 @@ pub fn run(spec: &RunSpec, output: &mut dyn FnMut(&[u8])) -> Result<Exit, Sandbo
             create_cache_dir(source, *uid, *gid, *mode)?;
         }
     }
+    let netns = match spec.network {
+        Network::Isolated => Some(net::shared_namespace(&helper_exe()?)?),
+        Network::Host | Network::None => None,
+    };
+    let cgroup = spec
+        .pids_limit
+        .map(cgroup::StepCgroup::create)
+        .transpose()?;
     let scratch = Scratch::new()?;
     let job = Job::Run {
         spec: spec.clone(),
         scratch: scratch.0.path().to_path_buf(),
         parent: std::process::id(),
+        netns,
+        cgroup: cgroup.as_ref().map(cgroup::StepCgroup::procs),
     };
-    match call_helper(&job, output)? {
+    let reply = call_helper(&job, output);
+    drop(cgroup);
+    match reply? {
         Reply::Run { exit, stubs } => {
             remove_stubs(&spec.rootfs, &stubs)?;
             Ok(exit)
@@ -457,11 +501,17 @@ fn create_cache_dir(dir: &Path, uid: u32, gid: u32, mode: u32) -> Result<(), San
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io)
 }
 
-fn call_helper(job: &Job, output: &mut dyn FnMut(&[u8])) -> Result<Reply, SandboxError> {
+/// The executable helpers start from: rbuild itself (or [`set_helper_exe`]'s), sealed.
+fn helper_exe() -> Result<PathBuf, SandboxError> {
     let exe = HELPER_EXE
         .get()
         .cloned()
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    exe::sealed(&exe)
+}
+
+fn call_helper(job: &Job, output: &mut dyn FnMut(&[u8])) -> Result<Reply, SandboxError> {
+    let exe = helper_exe()?;
     let mut child = Command::new(&exe)
         .arg(HELPER_ARG)
         .stdin(Stdio::piped())
@@ -538,25 +588,32 @@ fn talk(
 /// command's changes: a stub goes when it is still what the sandbox made (an empty dir or
 /// empty file with its mode); then directories that only got copied up to hold a stub go
 /// when they are empty, not opaque and unchanged in mode and owner.
+///
+/// The step has had the upper to itself: any path in it may now be a symlink to anywhere
+/// (`mv /n /n2 && ln -s /host/dir /n` under a stub at /n/x; BuildKit's CVE-2024-23652).
+/// So every lookup here goes beneath the upper without following a link ([`UpperEntry`]),
+/// and a path that no longer resolves that way is left alone.
 fn remove_stubs(rootfs: &Overlay, stubs: &[Stub]) -> Result<(), SandboxError> {
-    let upper = &rootfs.upper;
+    let upper = root::Root::open(&rootfs.upper).map_err(|source| SandboxError::Io {
+        what: "opening the upper dir",
+        path: rootfs.upper.clone(),
+        source,
+    })?;
     let mut parents: Vec<String> = Vec::new();
     // Deepest first, so a stub dir is empty once its stub children are gone.
     let mut sorted: Vec<&Stub> = stubs.iter().collect();
     sorted.sort_by_key(|s| std::cmp::Reverse(s.path.matches('/').count()));
     for stub in sorted {
-        let p = upper.join(&stub.path);
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        let same_mode = meta.mode() & 0o7777 == stub.mode;
-        let untouched = if stub.dir {
-            meta.is_dir() && same_mode && is_empty_dir(&p) && !is_opaque(&p)
-        } else {
-            meta.is_file() && same_mode && meta.len() == 0
-        };
-        if untouched {
-            remove_keeping_parent_times(&p, stub.dir)?;
+        if let Some(entry) = UpperEntry::open(&upper, &stub.path) {
+            let same_mode = entry.stat.st_mode & 0o7777 == stub.mode;
+            let untouched = if stub.dir {
+                same_mode && entry.dir_state() == Some(DirState::EmptyPlain)
+            } else {
+                same_mode && entry.kind().is_file() && entry.stat.st_size == 0
+            };
+            if untouched {
+                entry.remove(rootfs)?;
+            }
         }
         let mut rel = stub.path.as_str();
         while let Some((parent, _)) = rel.rsplit_once('/') {
@@ -567,67 +624,129 @@ fn remove_stubs(rootfs: &Overlay, stubs: &[Stub]) -> Result<(), SandboxError> {
         }
     }
     parents.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    let lowers: Vec<root::Root> = rootfs
+        .lowers
+        .iter()
+        .filter_map(|l| root::Root::open(l).ok())
+        .collect();
     for parent in parents {
-        let p = upper.join(&parent);
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+        let Some(entry) = UpperEntry::open(&upper, &parent) else {
             continue;
         };
-        if !meta.is_dir() || !is_empty_dir(&p) || is_opaque(&p) {
+        if entry.dir_state() != Some(DirState::EmptyPlain) {
             continue;
         }
-        let lower = rootfs
-            .lowers
-            .iter()
-            .find_map(|l| std::fs::symlink_metadata(l.join(&parent)).ok());
+        let lower = lowers.iter().find_map(|l| {
+            let fd = l.open_beneath(&parent, OFlags::PATH).ok()?;
+            rustix::fs::fstat(&fd).ok()
+        });
         let unchanged = lower.is_some_and(|l| {
-            l.is_dir() && l.mode() == meta.mode() && l.uid() == meta.uid() && l.gid() == meta.gid()
+            rustix::fs::FileType::from_raw_mode(l.st_mode).is_dir()
+                && l.st_mode == entry.stat.st_mode
+                && l.st_uid == entry.stat.st_uid
+                && l.st_gid == entry.stat.st_gid
         });
         if unchanged {
-            remove_keeping_parent_times(&p, true)?;
+            entry.remove(rootfs)?;
         }
     }
     Ok(())
 }
 
-/// Removes a stub without touching its parent's timestamps (BuildKit's stub cleaner does
-/// the same for reproducible layers, moby/buildkit#3148).
-fn remove_keeping_parent_times(p: &Path, dir: bool) -> Result<(), SandboxError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SandboxError::Io {
-            what: "removing mount stub",
-            path,
-            source,
-        }
-    };
-    let parent = p.parent().unwrap_or(p);
-    let times = std::fs::metadata(parent).map_err(io(parent))?;
-    if dir {
-        std::fs::remove_dir(p).map_err(io(p))?;
-    } else {
-        std::fs::remove_file(p).map_err(io(p))?;
+#[derive(Debug, PartialEq, Eq)]
+enum DirState {
+    /// Empty and not opaque: nothing of the step's in it.
+    EmptyPlain,
+    Other,
+}
+
+/// A path in an upper dir, reached without following any link: its parent directory open,
+/// its name and what it is.
+struct UpperEntry {
+    parent: std::os::fd::OwnedFd,
+    name: String,
+    path: String,
+    stat: rustix::fs::Stat,
+}
+
+impl UpperEntry {
+    fn open(upper: &root::Root, rel: &str) -> Option<UpperEntry> {
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let parent = upper
+            .open_beneath(dir, OFlags::RDONLY | OFlags::DIRECTORY)
+            .ok()?;
+        let stat = rustix::fs::statat(&parent, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        Some(UpperEntry {
+            parent,
+            name: name.to_string(),
+            path: rel.to_string(),
+            stat,
+        })
     }
-    let times = std::fs::FileTimes::new()
-        .set_accessed(times.accessed().map_err(io(parent))?)
-        .set_modified(times.modified().map_err(io(parent))?);
-    std::fs::File::open(parent)
-        .and_then(|f| f.set_times(times))
-        .map_err(io(parent))
-}
 
-fn is_empty_dir(p: &Path) -> bool {
-    std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
-}
+    fn kind(&self) -> rustix::fs::FileType {
+        rustix::fs::FileType::from_raw_mode(self.stat.st_mode)
+    }
 
-fn is_opaque(p: &Path) -> bool {
-    let mut buf = [0u8; 4];
-    let path = p.to_path_buf();
-    rustix::fs::lgetxattr(&path, "trusted.overlay.opaque", &mut buf).is_ok()
+    /// For a directory: whether it is empty and carries no opaque mark. None otherwise.
+    fn dir_state(&self) -> Option<DirState> {
+        if !self.kind().is_dir() {
+            return None;
+        }
+        let fd = rustix::fs::openat(
+            &self.parent,
+            self.name.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()?;
+        let mut buf = [0u8; 4];
+        if rustix::fs::fgetxattr(&fd, "trusted.overlay.opaque", &mut buf).is_ok() {
+            return Some(DirState::Other);
+        }
+        let mut dir = rustix::fs::Dir::read_from(&fd).ok()?;
+        let empty = dir.all(|e| e.is_ok_and(|e| matches!(e.file_name().to_bytes(), b"." | b"..")));
+        Some(if empty {
+            DirState::EmptyPlain
+        } else {
+            DirState::Other
+        })
+    }
+
+    /// Removes the entry without touching its parent's timestamps (BuildKit's stub cleaner
+    /// does the same for reproducible layers, moby/buildkit#3148).
+    fn remove(&self, rootfs: &Overlay) -> Result<(), SandboxError> {
+        let io = |source: rustix::io::Errno| SandboxError::Io {
+            what: "removing mount stub",
+            path: rootfs.upper.join(&self.path),
+            source: source.into(),
+        };
+        let times = rustix::fs::fstat(&self.parent).map_err(io)?;
+        let flags = if self.kind().is_dir() {
+            rustix::fs::AtFlags::REMOVEDIR
+        } else {
+            rustix::fs::AtFlags::empty()
+        };
+        rustix::fs::unlinkat(&self.parent, self.name.as_str(), flags).map_err(io)?;
+        let ts = |sec: i64, nsec: i64| rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec as _,
+        };
+        rustix::fs::futimens(
+            &self.parent,
+            &rustix::fs::Timestamps {
+                last_access: ts(times.st_atime as i64, times.st_atime_nsec as i64),
+                last_modification: ts(times.st_mtime as i64, times.st_mtime_nsec as i64),
+            },
+        )
+        .map_err(io)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn failure_message_is_buildkits() {

@@ -66,8 +66,30 @@ impl Root {
         &self.abs
     }
 
-    /// Opens an existing path (O_PATH), following symlinks inside the root.
+    /// Opens an existing path, following symlinks inside the root.
     pub fn open_in(&self, path: &str, extra: OFlags) -> io::Result<OwnedFd> {
+        self.openat2(
+            path,
+            extra,
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+    }
+
+    /// Opens an existing path beneath the root that must be exactly what it names: any
+    /// symlink or mount point on the way fails the lookup (ELOOP, EXDEV) instead of being
+    /// followed. For trees a step could have filled with links, like an overlay upper.
+    pub fn open_beneath(&self, path: &str, extra: OFlags) -> io::Result<OwnedFd> {
+        self.openat2(
+            path,
+            extra | OFlags::NOFOLLOW,
+            ResolveFlags::BENEATH
+                | ResolveFlags::NO_SYMLINKS
+                | ResolveFlags::NO_MAGICLINKS
+                | ResolveFlags::NO_XDEV,
+        )
+    }
+
+    fn openat2(&self, path: &str, extra: OFlags, resolve: ResolveFlags) -> io::Result<OwnedFd> {
         let rel = clean(path);
         let rel = if rel.is_empty() { ".".to_string() } else { rel };
         let mut tries = 1;
@@ -77,7 +99,7 @@ impl Root {
                 rel.as_str(),
                 extra | OFlags::CLOEXEC,
                 Mode::empty(),
-                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+                resolve,
             ) {
                 Err(rustix::io::Errno::AGAIN) if tries < EAGAIN_TRIES => tries += 1,
                 result => return Ok(result?),

@@ -279,3 +279,52 @@ pub fn docker_config(image: &str) -> serde_json::Value {
     }
     serde_json::Value::Object(m)
 }
+
+/// The sha256 of a file's contents, in hex.
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// An image a test pushed to the test registry (`localhost:5000/NAME:TAG`); its manifest
+/// is deleted from the registry when this goes out of scope, so tests leave nothing there.
+pub struct RegistryImage(pub String);
+
+impl Drop for RegistryImage {
+    fn drop(&mut self) {
+        let Some((name, tag)) = self
+            .0
+            .strip_prefix(&format!("{REGISTRY}/"))
+            .and_then(|r| r.rsplit_once(':'))
+        else {
+            return;
+        };
+        let accept = "Accept: application/vnd.oci.image.manifest.v1+json, \
+                      application/vnd.docker.distribution.manifest.v2+json";
+        let url = format!("http://127.0.0.1:5000/v2/{name}/manifests");
+        let head = Command::new("curl")
+            .args(["-fsSI", "-H", accept, &format!("{url}/{tag}")])
+            .output();
+        let digest = head.ok().and_then(|o| {
+            String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("docker-content-digest")
+                    .then(|| v.trim().to_string())
+            })
+        });
+        if let Some(digest) = digest {
+            let _ = Command::new("curl")
+                .args(["-fsS", "-X", "DELETE", &format!("{url}/{digest}")])
+                .output();
+        }
+    }
+}
