@@ -5,10 +5,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::context;
+use crate::dockerfile::instructions::NetworkMode;
 use crate::exec::{BuildRequest, NamedContext, SecretSource};
 use crate::image::{Platform, Reference};
 use crate::output::{self, OutputSpec};
-use crate::sandbox::Network;
 
 use super::{BuildArgs, UserError};
 
@@ -111,16 +111,17 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
     }
 
     let network = match args.network.as_deref() {
-        None | Some("default") => Network::Isolated,
-        Some("host") => Network::Host,
-        Some("none") => Network::None,
+        None | Some("default") => NetworkMode::Default,
+        Some("host") => NetworkMode::Host,
+        Some("none") => NetworkMode::None,
         Some(other) => {
             return Err(user(format!(
                 "--network {other}: expected default, host or none"
             )))
         }
     };
-    let mut allow_network_host = false;
+    // Asking for the host's network on the command line grants it, as in buildx.
+    let mut allow_network_host = network == NetworkMode::Host;
     for a in &args.allow {
         match a.as_str() {
             "network.host" => allow_network_host = true,

@@ -88,9 +88,10 @@ pub struct Run {
     pub security: Option<Security>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
+    #[default]
     Default,
     None,
     Host,

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::dockerfile::instructions::NetworkMode;
 use crate::image::{Platform, Reference};
 use crate::plan::BuildOptions;
-use crate::sandbox::Network;
 
 #[derive(Debug)]
 pub struct BuildRequest {
@@ -23,8 +23,9 @@ pub struct BuildRequest {
     /// Re-resolve base image tags in their registry even when the store has them.
     pub pull: bool,
     pub labels: BTreeMap<String, String>,
-    /// Network for RUN steps that don't say (`RUN --network=...` overrides).
-    pub network: Network,
+    /// Network for RUN steps that don't say (`RUN --network=...` overrides); the plan
+    /// resolves it into each step.
+    pub network: NetworkMode,
     /// `--allow network.host`: `RUN --network=host` may run (BuildKit's entitlement).
     pub allow_network_host: bool,
     /// Most processes a RUN step may have at once; None: no limit.
@@ -64,6 +65,7 @@ impl BuildRequest {
             platform: self.platform.clone(),
             source_date_epoch: self.source_date_epoch,
             named_contexts: self.build_contexts.keys().cloned().collect(),
+            network: self.network,
         }
     }
 }

@@ -423,7 +423,7 @@ impl<'a> Ctx<'a> {
             mounts.extend(self.mount(m, done, &mut env, &mut guards)?);
         }
         let network = match run.network {
-            NetworkMode::Default => self.req.network,
+            NetworkMode::Default => Network::Isolated,
             NetworkMode::None => Network::None,
             NetworkMode::Host => Network::Host,
         };

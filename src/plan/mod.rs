@@ -37,6 +37,10 @@ pub struct BuildOptions {
     /// `RUN --mount from=NAME` then refer to that context instead of an image.
     /// (`FROM NAME` goes to the resolver, which knows the contexts.)
     pub named_contexts: BTreeSet<String>,
+    /// `--network`: what a RUN without `--network` (or with `--network=default`) gets. It
+    /// is resolved into each step's [`RunOp::network`], so it is part of the cache key, as
+    /// BuildKit's network mode is part of an exec op.
+    pub network: NetworkMode,
 }
 
 /// A resolved base image.
@@ -462,7 +466,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// `options` file lines: `build-arg K=V`, `target NAME`, `epoch N`, `context NAME`.
+    /// `options` file lines: `build-arg K=V`, `target NAME`, `epoch N`, `context NAME`,
+    /// `network host|none`.
     fn case_options(case: &Path) -> BuildOptions {
         let mut opts = options();
         let text = std::fs::read_to_string(case.join("options")).unwrap_or_default();
@@ -477,6 +482,13 @@ pub(crate) mod tests {
                 "epoch" => opts.source_date_epoch = v.parse().ok(),
                 "context" => {
                     opts.named_contexts.insert(v.into());
+                }
+                "network" => {
+                    opts.network = match v {
+                        "host" => NetworkMode::Host,
+                        "none" => NetworkMode::None,
+                        _ => NetworkMode::Default,
+                    }
                 }
                 "" => {}
                 other => panic!("unknown option {other} in {}", case.display()),

@@ -601,7 +601,10 @@ impl Ctx<'_, '_> {
             env,
             user: st.config.config.user.clone().unwrap_or_default(),
             workdir,
-            network: run.network.unwrap_or(NetworkMode::Default),
+            network: match run.network {
+                None | Some(NetworkMode::Default) => self.opts.network,
+                Some(explicit) => explicit,
+            },
             mounts,
             security: run.security.unwrap_or(Security::Sandbox),
             files,
