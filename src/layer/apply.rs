@@ -734,6 +734,7 @@ mod tests {
 
     /// A raw tar entry for hostile archives: names are copied verbatim (the tar crate's
     /// builder refuses `..` and absolute names, which is exactly what these tests need).
+    #[derive(Clone, Copy)]
     enum E<'a> {
         File(&'a str, &'a [u8]),
         Dir(&'a str),
@@ -743,8 +744,13 @@ mod tests {
     }
 
     fn raw_tar(entries: &[E<'_>]) -> Vec<u8> {
+        raw_tar_at(&entries.iter().map(|e| (*e, 0)).collect::<Vec<_>>())
+    }
+
+    /// [`raw_tar`] with each entry's mtime.
+    fn raw_tar_at(entries: &[(E<'_>, u64)]) -> Vec<u8> {
         let mut out = Vec::new();
-        for e in entries {
+        for (e, mtime) in entries {
             let mut h = tar::Header::new_ustar();
             let (name, kind, link, data): (&str, _, Option<&str>, &[u8]) = match e {
                 E::File(n, d) => (n, tar::EntryType::Regular, None, d),
@@ -766,7 +772,7 @@ mod tests {
             h.set_mode(0o644);
             h.set_uid(0);
             h.set_gid(0);
-            h.set_mtime(0);
+            h.set_mtime(*mtime);
             h.set_size(data.len() as u64);
             h.set_cksum();
             out.extend_from_slice(h.as_bytes());
@@ -1018,6 +1024,127 @@ file dir/kept size=1 nlink=1 sha=8254c329a928 mode=644 0:0 xattrs[]"
 file x size=10 nlink=1 sha=92af885f330e mode=644 0:0 xattrs[]
 symlink y -> target mode=777 0:0 xattrs[]"
         );
+    }
+
+    fn mtime(path: &Path) -> i64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(path).unwrap().mtime()
+    }
+
+    #[test]
+    fn directory_times_survive_coming_back_to_a_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blob = raw_tar_at(&[
+            (E::Dir("d/"), 100),
+            (E::File("d/a", b"a"), 5),
+            (E::Dir("e/"), 200),
+            // Back into `d` after leaving it, and a directory made for a deeper path in it.
+            (E::File("d/b", b"b"), 5),
+            (E::File("d/implied/x", b"x"), 5),
+            (E::Dir("./"), 300),
+            (E::File("top", b"t"), 5),
+            // A later entry for the same directory wins.
+            (E::Dir("e/"), 250),
+            (E::File("e/late", b""), 5),
+            (E::Dir("d/sub/"), 400),
+            // A directory's entry after its contents.
+            (E::File("f/x", b"x"), 5),
+            (E::File("f/y", b"y"), 5),
+            (E::Dir("f/"), 500),
+            (E::File("d/sub/deep/z", b"z"), 5),
+        ]);
+        apply(&blob[..], tmp.path()).unwrap();
+        let root = tmp.path();
+        assert_eq!(mtime(&root.join("d")), 100);
+        assert_eq!(mtime(&root.join("e")), 250);
+        assert_eq!(mtime(&root.join("d/sub")), 400);
+        assert_eq!(mtime(&root.join("f")), 500);
+        assert_eq!(mtime(&root.join("d/b")), 5);
+        assert_eq!(mtime(root), 300);
+    }
+
+    #[test]
+    fn directory_times_survive_overwrites_and_removals() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blob = raw_tar_at(&[
+            (E::Dir("d/"), 100),
+            (E::File("d/f", b"1"), 5),
+            (E::Dir("d/sub/"), 150),
+            (E::File("d/sub/x", b"x"), 5),
+            (E::Dir("d/gone/"), 160),
+            (E::File("d/gone/x", b"x"), 5),
+            // Replaced while `d` is still the current directory.
+            (E::File("d/f", b"2"), 5),
+            (E::Dir("e/"), 200),
+            (E::Dir("e/sub/"), 210),
+            // And after the walk left it: an overwrite, a directory replaced by a file, a
+            // whiteout over a directory and over nothing, an opaque marker, a hard link, a
+            // symlink over a file, a device.
+            (E::File("d/f", b"3"), 5),
+            (E::File("d/sub", b"now a file"), 5),
+            (E::File("d/.wh.gone", b""), 5),
+            (E::File("d/.wh.never", b""), 5),
+            (E::File("d/.wh..wh..opq", b""), 5),
+            (E::Hardlink("d/link", "d/f"), 5),
+            (E::Symlink("d/f", "elsewhere"), 5),
+            (E::Char("d/null", 1, 3), 5),
+            (E::Dir("d/sub/"), 170),
+            (E::File("e/.wh.sub", b""), 5),
+        ]);
+        apply(&blob[..], tmp.path()).unwrap();
+        let root = tmp.path();
+        assert_eq!(mtime(&root.join("d")), 100);
+        assert_eq!(mtime(&root.join("d/sub")), 170);
+        assert_eq!(mtime(&root.join("e")), 200);
+        assert_eq!(
+            list_dir(root, false),
+            "\
+char d/gone dev=0,0 mode=0 0:0 xattrs[]
+char d/never dev=0,0 mode=0 0:0 xattrs[]
+char d/null dev=1,3 mode=644 0:0 xattrs[]
+char e/sub dev=0,0 mode=0 0:0 xattrs[]
+dir d  mode=644 0:0 xattrs[trusted.overlay.opaque=\"y\"]
+dir d/sub  mode=644 0:0 xattrs[]
+dir e  mode=644 0:0 xattrs[]
+file d/link size=1 nlink=1 sha=4e07408562be mode=644 0:0 xattrs[]
+symlink d/f -> elsewhere mode=777 0:0 xattrs[]"
+        );
+    }
+
+    /// A path deeper than any sane layer's, with a directory entry at every level, left and
+    /// come back to at several depths.
+    #[test]
+    fn directory_times_survive_deep_paths() {
+        const DEPTH: usize = 100;
+        let tmp = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..DEPTH).map(|i| format!("{}", i % 10)).collect();
+        let dir = |depth: usize| names[..depth].join("/") + "/";
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, kind, mtime| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(0o755);
+            h.set_mtime(mtime);
+            h.set_size(0);
+            builder.append_data(&mut h, path, io::empty()).unwrap();
+        };
+        for depth in 1..=DEPTH {
+            add(&dir(depth), tar::EntryType::Directory, depth as u64);
+        }
+        let file = tar::EntryType::Regular;
+        add(&(dir(DEPTH) + "f"), file, 5);
+        add(&(dir(DEPTH / 2) + "g"), file, 5);
+        add(&(dir(3) + "h"), file, 5);
+        add("z/", tar::EntryType::Directory, 7);
+        add(&(dir(DEPTH) + "late"), file, 5);
+        add(&(dir(DEPTH - 1) + "later"), file, 5);
+        let blob = builder.into_inner().unwrap();
+        apply(&blob[..], tmp.path()).unwrap();
+        for depth in 1..=DEPTH {
+            let path = tmp.path().join(dir(depth));
+            assert_eq!(mtime(&path), depth as i64, "{}", path.display());
+        }
+        assert_eq!(mtime(&tmp.path().join("z")), 7);
     }
 }
 
