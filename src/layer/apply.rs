@@ -11,7 +11,8 @@
 //!   followed. The final component is created with `O_EXCL`/`mknodat`/`symlinkat`, which do
 //!   not follow links either.
 //! - A hard link may only name an earlier entry of this layer; it is linked with `linkat`
-//!   without `AT_SYMLINK_FOLLOW`.
+//!   without `AT_SYMLINK_FOLLOW`. `dest` starts empty and only this layer writes into it, so
+//!   "an earlier entry" is "what is in `dest` now", resolved like any other path.
 //! - A truncated or corrupt tar, gzip or zstd stream is an error; the whole decompressed
 //!   stream is read to its end so that trailers and checksums are verified.
 //!
@@ -20,7 +21,6 @@
 //! policy as snapshot (`user.*` and `security.capability`), and are set only on regular
 //! files and directories, the only types the kernel allows `user.*` on.
 
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
@@ -67,7 +67,6 @@ pub fn apply<R: Read>(reader: R, dest: &Path) -> Result<ApplyStats, LayerError> 
         root,
         dest: dest.to_path_buf(),
         parent: None,
-        written: HashSet::new(),
         dirs: Vec::new(),
         stats: ApplyStats::default(),
     };
@@ -113,8 +112,6 @@ struct Applier {
     dest: PathBuf,
     /// The most recently resolved parent directory (entries come grouped by directory).
     parent: Option<(Components, OwnedFd)>,
-    /// Every path this layer has written so far: the only valid hard link targets.
-    written: HashSet<Components>,
     /// Directories whose mtime is set at the end, once nothing more is created in them.
     dirs: Vec<(Components, i64)>,
     stats: ApplyStats,
@@ -245,19 +242,41 @@ impl Applier {
                     reason,
                 };
                 let target = normalize(&target).map_err(bad)?;
-                if !self.written.contains(&target) {
-                    return Err(bad("does not name an earlier entry of this layer"));
-                }
                 let Some((tname, tparent)) = target.split_last() else {
                     return Err(bad("names the layer root"));
                 };
-                let tparent_fd = self
-                    .resolve(tparent, false)
-                    .map_err(|_| bad("goes through a symlink or a missing directory"))?;
+                // `dest` started empty and only this layer writes into it, so what is there
+                // now is exactly what the earlier entries left: a path no entry wrote, or one
+                // a later entry removed or replaced, is missing, and an entry's path never
+                // goes through a symlink or a non-directory (it could not have been written).
+                let earlier = || bad("does not name an earlier entry of this layer");
+                let tparent_fd = match self.resolve(tparent, false) {
+                    Ok(fd) => fd,
+                    Err(Resolve::Symlink | Resolve::NotDir) => return Err(earlier()),
+                    Err(Resolve::Io(_, e)) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(earlier())
+                    }
+                    Err(Resolve::Io(op, e)) => return Err(self.err(op, tparent, e)),
+                };
+                let tname = OsStr::from_bytes(tname);
+                match rustix::fs::statat(&tparent_fd, tname, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                        // Directories exist without entries (made for a deeper path), and
+                        // cannot be hard linked anyway.
+                        FileType::Directory => return Err(bad("names a directory")),
+                        // What a `.wh.NAME` entry left: a removal, not something written.
+                        FileType::CharacterDevice if st.st_rdev == 0 => {
+                            return Err(bad("names a whiteout"))
+                        }
+                        _ => {}
+                    },
+                    Err(Errno::NOENT) => return Err(earlier()),
+                    Err(e) => return Err(self.err("reading", &target, e.into())),
+                }
                 self.clear(parent.as_fd(), name_os, &comps)?;
                 rustix::fs::linkat(
                     tparent_fd.as_fd(),
-                    OsStr::from_bytes(tname),
+                    tname,
                     parent.as_fd(),
                     name_os,
                     AtFlags::empty(),
@@ -291,7 +310,6 @@ impl Applier {
             }
         }
         self.parent = Some((parent_comps, parent));
-        self.written.insert(comps);
         Ok(())
     }
 
@@ -420,11 +438,9 @@ impl Applier {
             remove_tree(parent, name).map_err(|e| self.err("removing", comps, e.into()))?;
             // Anything cached below it is gone now.
             self.parent = None;
-            self.written.retain(|p| !p.starts_with(comps));
         } else {
             rustix::fs::unlinkat(parent, name, AtFlags::empty())
                 .map_err(|e| self.err("removing", comps, e.into()))?;
-            self.written.remove(comps);
         }
         Ok(())
     }
@@ -1024,6 +1040,126 @@ file dir/kept size=1 nlink=1 sha=8254c329a928 mode=644 0:0 xattrs[]"
 file x size=10 nlink=1 sha=92af885f330e mode=644 0:0 xattrs[]
 symlink y -> target mode=777 0:0 xattrs[]"
         );
+    }
+
+    /// Hard links are checked against what is in `dest` when they come: every way a path
+    /// can be there without being an earlier entry, or be gone although it was one.
+    #[test]
+    fn hard_links_name_only_what_earlier_entries_left() {
+        use std::os::unix::fs::MetadataExt;
+        let refused: &[(&str, &[E<'_>], &str)] = &[
+            (
+                "implied-dir",
+                &[E::File("a/b/f", b"x"), E::Hardlink("l", "a")],
+                "names a directory",
+            ),
+            (
+                "implied-by-itself",
+                &[E::Hardlink("a/l", "a")],
+                "names a directory",
+            ),
+            (
+                "dir",
+                &[E::Dir("d/"), E::Hardlink("l", "d/")],
+                "names a directory",
+            ),
+            (
+                "removed-with-its-dir",
+                &[
+                    E::Dir("d/"),
+                    E::File("d/f", b"x"),
+                    E::File("d", b"now a file"),
+                    E::Hardlink("l", "d/f"),
+                ],
+                "does not name an earlier entry",
+            ),
+            (
+                "whited-out",
+                &[
+                    E::File("f", b"x"),
+                    E::File(".wh.f", b""),
+                    E::Hardlink("l", "f"),
+                ],
+                "names a whiteout",
+            ),
+            // A 0/0 char device is a whiteout in overlay format, whoever made it.
+            (
+                "whiteout-device",
+                &[E::Char("f", 0, 0), E::Hardlink("l", "f")],
+                "names a whiteout",
+            ),
+            (
+                "whiteout-name",
+                &[E::File(".wh.f", b""), E::Hardlink("l", ".wh.f")],
+                "does not name an earlier entry",
+            ),
+            ("root", &[E::Hardlink("l", "./")], "names the layer root"),
+            (
+                "itself",
+                &[E::Hardlink("l", "l")],
+                "does not name an earlier entry",
+            ),
+            (
+                "through-a-file",
+                &[E::File("f", b"x"), E::Hardlink("l", "f/x")],
+                "does not name an earlier entry",
+            ),
+            (
+                "through-a-symlink-inside",
+                &[
+                    E::File("d/x", b"x"),
+                    E::Symlink("s", "d"),
+                    E::Hardlink("l", "s/x"),
+                ],
+                "does not name an earlier entry",
+            ),
+            (
+                "dotdot-inside",
+                &[E::File("f", b"x"), E::Hardlink("l", "a/../f")],
+                "`..` component",
+            ),
+        ];
+        let linked: &[(&str, &[E<'_>])] = &[
+            (
+                "in-implied-dirs",
+                &[E::File("a/b/f", b"x"), E::Hardlink("l", "a/b/f")],
+            ),
+            (
+                "dot-components",
+                &[E::File("a/f", b"x"), E::Hardlink("l", "./a/./f")],
+            ),
+            (
+                "replaced",
+                &[
+                    E::File("f", b"1"),
+                    E::File("f", b"2"),
+                    E::Hardlink("l", "f"),
+                ],
+            ),
+            ("device", &[E::Char("f", 1, 3), E::Hardlink("l", "f")]),
+        ];
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("case");
+        let fresh = || {
+            if base.exists() {
+                fs::remove_dir_all(&base).unwrap();
+            }
+            fs::create_dir(&base).unwrap();
+        };
+        for (name, entries, want) in refused {
+            fresh();
+            let err = apply_hostile(&base, &raw_tar(entries)).unwrap_err();
+            assert!(
+                err.to_string().contains(want),
+                "case {name}: `{err}` lacks `{want}`"
+            );
+        }
+        for (name, entries) in linked {
+            fresh();
+            apply_hostile(&base, &raw_tar(entries)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let nlink = fs::symlink_metadata(base.join("dest/l")).unwrap().nlink();
+            assert_eq!(nlink, 2, "case {name}");
+        }
     }
 
     fn mtime(path: &Path) -> i64 {
