@@ -16,6 +16,10 @@
 //! - A truncated or corrupt tar, gzip or zstd stream is an error; the whole decompressed
 //!   stream is read to its end so that trailers and checksums are verified.
 //!
+//! Memory does not grow with the number of entries: the only state kept between entries is
+//! the path of the latest one (`Applier::open`), so a layer of millions of files
+//! applies in as little memory as a small one.
+//!
 //! Whiteouts become what overlayfs reads: `.wh.NAME` -> a 0/0 char device `NAME`, and
 //! `.wh..wh..opq` -> `trusted.overlay.opaque=y` on its directory. Xattrs follow the same
 //! policy as snapshot (`user.*` and `security.capability`), and are set only on regular
@@ -52,23 +56,11 @@ pub struct ApplyStats {
 /// Unpack the layer tar in `reader` (gzip, zstd or uncompressed, by magic bytes) into
 /// `dest`, an existing empty directory, in overlay format.
 pub fn apply<R: Read>(reader: R, dest: &Path) -> Result<ApplyStats, LayerError> {
-    let root = rustix::fs::open(
-        dest,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| LayerError::io("opening layer directory", dest, e.into()))?;
+    let mut applier = Applier::new(dest)?;
     let stream = compress::decompressor(reader).map_err(LayerError::Read)?;
     let mut tracked = EofTracker {
         inner: stream,
         eof: false,
-    };
-    let mut applier = Applier {
-        root,
-        dest: dest.to_path_buf(),
-        parent: None,
-        dirs: Vec::new(),
-        stats: ApplyStats::default(),
     };
     {
         let mut archive = tar::Archive::new(&mut tracked);
@@ -107,13 +99,37 @@ impl<R: Read> Read for EofTracker<R> {
 /// A normalized entry path: its components, none of them empty, `.` or `..`.
 type Components = Vec<Vec<u8>>;
 
+/// How many of the open directories keep an fd: the deepest ones, where the next entries
+/// go. A deeper path is legal; the shallower directories on it give up their fds and are
+/// reopened from the root when the walk returns to them, so a hostile depth costs syscalls,
+/// never the fds that the whole process shares.
+const OPEN_FDS: usize = 32;
+
+/// A directory on the path of the latest entry ([`Applier::open`]).
+struct Frame {
+    name: Vec<u8>,
+    /// `None` once [`OPEN_FDS`] deeper directories are open.
+    fd: Option<OwnedFd>,
+    /// The times the directory gets when the walk leaves it, since every entry created,
+    /// replaced or removed in it changes them: its tar entry's mtime, or, for a directory
+    /// that an earlier entry made and the walk already left, the times it was left with.
+    /// `None` for a directory only made for a deeper path: no entry gives it times.
+    times: Option<Timestamps>,
+}
+
 struct Applier {
     root: OwnedFd,
     dest: PathBuf,
-    /// The most recently resolved parent directory (entries come grouped by directory).
-    parent: Option<(Components, OwnedFd)>,
-    /// Directories whose mtime is set at the end, once nothing more is created in them.
-    dirs: Vec<(Components, i64)>,
+    /// The times of a `./` entry, set at the very end: every top-level entry changes them.
+    root_times: Option<Timestamps>,
+    /// The directories on the path of the latest entry below the root, outermost first: the
+    /// parent of the latest entry, or the latest entry itself if it is a directory. Layers
+    /// list a directory's contents right after it, depth first (docker, BuildKit, GNU tar and
+    /// rbuild all do), so a directory is complete when the walk leaves it, and its times are
+    /// set then. A tar may come back to a directory later; then its times are read before
+    /// and set again after. This is all that is kept between entries: it grows with the
+    /// depth of a path, not with the number of entries.
+    open: Vec<Frame>,
     stats: ApplyStats,
 }
 
@@ -127,6 +143,22 @@ struct Meta {
 }
 
 impl Applier {
+    fn new(dest: &Path) -> Result<Self, LayerError> {
+        let root = rustix::fs::open(
+            dest,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| LayerError::io("opening layer directory", dest, e.into()))?;
+        Ok(Applier {
+            root,
+            dest: dest.to_path_buf(),
+            root_times: None,
+            open: Vec::new(),
+            stats: ApplyStats::default(),
+        })
+    }
+
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), LayerError> {
         let raw_path = entry.path_bytes().into_owned();
         let display = PathBuf::from(OsStr::from_bytes(&raw_path));
@@ -150,21 +182,18 @@ impl Applier {
                     reason: "the layer root must be a directory",
                 });
             }
-            let fd = self
-                .root
-                .try_clone()
-                .map_err(|e| self.err("opening", &[], e))?;
-            self.set_owner_mode_xattrs(fd.as_fd(), &[], &meta)?;
-            self.dirs.push((Vec::new(), meta.mtime));
+            self.set_owner_mode_xattrs(self.root.as_fd(), &[], &meta)?;
+            // The root is the parent of every top-level entry: its times are set last.
+            self.root_times = Some(times(meta.mtime));
             return Ok(());
         };
-        let parent_comps = parent_comps.to_vec();
 
         if name.starts_with(WHITEOUT_PREFIX) {
-            return self.whiteout(&parent_comps, name, &meta, &display);
+            return self.whiteout(parent_comps, name, &meta, &display);
         }
 
-        let parent = self.open_parent(&parent_comps, &display)?;
+        self.enter(parent_comps, &display)?;
+        let parent = self.top();
         let name_os = OsStr::from_bytes(name);
 
         match kind {
@@ -185,7 +214,12 @@ impl Applier {
                 )
                 .map_err(|e| self.err("opening directory", &comps, e.into()))?;
                 self.set_owner_mode_xattrs(fd.as_fd(), &comps, &meta)?;
-                self.dirs.push((comps.clone(), meta.mtime));
+                // Its contents follow: its times are set when the walk leaves it.
+                self.push(Frame {
+                    name: name.to_vec(),
+                    fd: Some(fd),
+                    times: Some(times(meta.mtime)),
+                });
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 self.clear(parent.as_fd(), name_os, &comps)?;
@@ -250,7 +284,7 @@ impl Applier {
                 // a later entry removed or replaced, is missing, and an entry's path never
                 // goes through a symlink or a non-directory (it could not have been written).
                 let earlier = || bad("does not name an earlier entry of this layer");
-                let tparent_fd = match self.resolve(tparent, false) {
+                let tparent_fd = match self.resolve(tparent) {
                     Ok(fd) => fd,
                     Err(Resolve::Symlink | Resolve::NotDir) => return Err(earlier()),
                     Err(Resolve::Io(_, e)) if e.kind() == io::ErrorKind::NotFound => {
@@ -309,19 +343,19 @@ impl Applier {
                 })
             }
         }
-        self.parent = Some((parent_comps, parent));
         Ok(())
     }
 
     /// `.wh.NAME` and `.wh..wh..opq`.
     fn whiteout(
         &mut self,
-        parent_comps: &Components,
+        parent_comps: &[Vec<u8>],
         name: &[u8],
         meta: &Meta,
         display: &Path,
     ) -> Result<(), LayerError> {
-        let parent = self.open_parent(parent_comps, display)?;
+        self.enter(parent_comps, display)?;
+        let parent = self.top();
         if name == OPAQUE_MARKER {
             rustix::fs::fsetxattr(parent.as_fd(), OPAQUE_XATTR, b"y", XattrFlags::empty())
                 .map_err(|e| self.err("marking opaque", parent_comps, e.into()))?;
@@ -337,7 +371,7 @@ impl Applier {
                 });
             }
             let target_os = OsStr::from_bytes(target);
-            let mut target_comps = parent_comps.clone();
+            let mut target_comps = parent_comps.to_vec();
             target_comps.push(target.to_vec());
             self.clear(parent.as_fd(), target_os, &target_comps)?;
             rustix::fs::mknodat(
@@ -356,60 +390,128 @@ impl Applier {
             self.set_at(parent.as_fd(), target_os, &target_comps, &owner, true)?;
             self.stats.whiteouts += 1;
         }
-        self.parent = Some((parent_comps.clone(), parent));
         Ok(())
     }
 
-    /// The directory fd of `comps`, creating missing directories (mode 0755) on the way.
-    fn open_parent(&mut self, comps: &Components, display: &Path) -> Result<OwnedFd, LayerError> {
-        if let Some((cached, fd)) = self.parent.take() {
-            if &cached == comps {
-                return Ok(fd);
-            }
+    /// Make `comps` the current path, creating missing directories (mode 0755) on the way:
+    /// leave the open directories that are not on it, then go down into the rest.
+    fn enter(&mut self, comps: &[Vec<u8>], display: &Path) -> Result<(), LayerError> {
+        let common = self
+            .open
+            .iter()
+            .zip(comps)
+            .take_while(|(frame, comp)| frame.name == **comp)
+            .count();
+        self.leave(common)?;
+        for comp in &comps[common..] {
+            let (fd, made) = step(self.top(), comp, true).map_err(|e| match e {
+                Resolve::Symlink => LayerError::UnsafePath {
+                    path: display.to_path_buf(),
+                    reason: "its parent path goes through a symlink",
+                },
+                Resolve::NotDir => LayerError::UnsafePath {
+                    path: display.to_path_buf(),
+                    reason: "its parent path goes through a non-directory",
+                },
+                Resolve::Io(op, e) => self.err(op, comps, e),
+            })?;
+            // A directory that is already there was made by an earlier entry, and the walk
+            // has left it, so its times are final: keep them through what this visit adds.
+            let times = if made {
+                None
+            } else {
+                Some(times_of(fd.as_fd()).map_err(|e| self.err("reading", comps, e.into()))?)
+            };
+            self.push(Frame {
+                name: comp.clone(),
+                fd: Some(fd),
+                times,
+            });
         }
-        self.resolve(comps, true).map_err(|e| match e {
-            Resolve::Symlink => LayerError::UnsafePath {
-                path: display.to_path_buf(),
-                reason: "its parent path goes through a symlink",
-            },
-            Resolve::NotDir => LayerError::UnsafePath {
-                path: display.to_path_buf(),
-                reason: "its parent path goes through a non-directory",
-            },
-            Resolve::Io(op, e) => LayerError::io(op, self.dest.join(join(comps)), e),
-        })
+        Ok(())
+    }
+
+    /// The deepest open directory, where the latest entry went.
+    fn top(&self) -> BorrowedFd<'_> {
+        match self.open.last() {
+            None => self.root.as_fd(),
+            Some(frame) => frame
+                .fd
+                .as_ref()
+                .expect("the deepest open directory keeps its fd")
+                .as_fd(),
+        }
+    }
+
+    fn push(&mut self, frame: Frame) {
+        self.open.push(frame);
+        // The fds are a suffix of `open`: the deepest `OPEN_FDS` at most.
+        if let Some(shallow) = self.open.len().checked_sub(OPEN_FDS + 1) {
+            self.open[shallow].fd = None;
+        }
+    }
+
+    /// Leave the open directories deeper than `depth`, setting their times (nothing more is
+    /// created in them unless a later entry comes back), and make sure the deepest one left
+    /// has an fd.
+    fn leave(&mut self, depth: usize) -> Result<(), LayerError> {
+        // Deepest first, while they have fds: all of them unless the path is deeper than
+        // OPEN_FDS.
+        while self.open.len() > depth {
+            let frame = &self.open[self.open.len() - 1];
+            let Some(fd) = &frame.fd else { break };
+            if let Some(times) = &frame.times {
+                rustix::fs::futimens(fd, times)
+                    .map_err(|e| self.open_err("setting times of", self.open.len(), e.into()))?;
+            }
+            self.open.pop();
+        }
+        // The rest gave up their fds, and so may have the new deepest one. Reopen them in one
+        // walk down from the root, as deep as the deepest of them that needs its times set.
+        let mut walk = match self.open[depth..].iter().rposition(|f| f.times.is_some()) {
+            Some(i) => depth + i + 1,
+            None => 0,
+        };
+        if depth > 0 && self.open[depth - 1].fd.is_none() {
+            walk = walk.max(depth);
+        }
+        let mut cur: Option<OwnedFd> = None;
+        for i in 0..walk {
+            let dir = cur.as_ref().map_or(self.root.as_fd(), |fd| fd.as_fd());
+            let fd = match step(dir, &self.open[i].name, false) {
+                Ok((fd, _)) => fd,
+                Err(Resolve::Io(op, e)) => return Err(self.open_err(op, i + 1, e)),
+                // Entries only remove or replace children of the deepest open directory, so
+                // an open directory is still a directory where it was.
+                Err(Resolve::Symlink | Resolve::NotDir) => {
+                    return Err(self.open_err("reopening", i + 1, Errno::NOTDIR.into()))
+                }
+            };
+            if i >= depth {
+                if let Some(times) = &self.open[i].times {
+                    rustix::fs::futimens(&fd, times)
+                        .map_err(|e| self.open_err("setting times of", i + 1, e.into()))?;
+                }
+            } else if i + 1 == depth && self.open[i].fd.is_none() {
+                let kept = fd
+                    .try_clone()
+                    .map_err(|e| self.open_err("reopening", i + 1, e))?;
+                self.open[i].fd = Some(kept);
+            }
+            cur = Some(fd);
+        }
+        self.open.truncate(depth);
+        Ok(())
     }
 
     /// Walk `comps` from the root one component at a time, never following a symlink.
-    fn resolve(&self, comps: &[Vec<u8>], create: bool) -> Result<OwnedFd, Resolve> {
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    fn resolve(&self, comps: &[Vec<u8>]) -> Result<OwnedFd, Resolve> {
         let mut cur = self
             .root
             .try_clone()
             .map_err(|e| Resolve::Io("opening", e))?;
         for comp in comps {
-            let name = OsStr::from_bytes(comp);
-            let next = match rustix::fs::openat(cur.as_fd(), name, flags, Mode::empty()) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) if create => {
-                    rustix::fs::mkdirat(cur.as_fd(), name, Mode::from_raw_mode(0o755))
-                        .map_err(|e| Resolve::Io("creating directory", e.into()))?;
-                    // mkdirat applies the umask; implied directories are 0755 like docker's.
-                    let fd = rustix::fs::openat(cur.as_fd(), name, flags, Mode::empty())
-                        .map_err(|e| Resolve::Io("opening directory", e.into()))?;
-                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))
-                        .map_err(|e| Resolve::Io("setting mode of", e.into()))?;
-                    fd
-                }
-                Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
-                    return Err(match stat_nofollow(cur.as_fd(), name) {
-                        Some(FileType::Symlink) => Resolve::Symlink,
-                        _ => Resolve::NotDir,
-                    })
-                }
-                Err(e) => return Err(Resolve::Io("opening directory", e.into())),
-            };
-            cur = next;
+            cur = step(cur.as_fd(), comp, false)?.0;
         }
         Ok(cur)
     }
@@ -417,7 +519,7 @@ impl Applier {
     /// Make room for a non-directory entry at `name`: remove whatever an earlier entry put
     /// there (a later entry of a tar replaces an earlier one).
     fn clear(
-        &mut self,
+        &self,
         parent: BorrowedFd<'_>,
         name: &OsStr,
         comps: &Components,
@@ -428,21 +530,20 @@ impl Applier {
         Ok(())
     }
 
+    /// Remove `name`, a child of the deepest open directory (so no open directory is in
+    /// what goes).
     fn remove_existing(
-        &mut self,
+        &self,
         parent: BorrowedFd<'_>,
         name: &OsStr,
         comps: &Components,
     ) -> Result<(), LayerError> {
         if stat_nofollow(parent, name) == Some(FileType::Directory) {
-            remove_tree(parent, name).map_err(|e| self.err("removing", comps, e.into()))?;
-            // Anything cached below it is gone now.
-            self.parent = None;
+            remove_tree(parent, name).map_err(|e| self.err("removing", comps, e.into()))
         } else {
             rustix::fs::unlinkat(parent, name, AtFlags::empty())
-                .map_err(|e| self.err("removing", comps, e.into()))?;
+                .map_err(|e| self.err("removing", comps, e.into()))
         }
-        Ok(())
     }
 
     /// Owner, then mode (chown clears setuid/setgid), then xattrs (chown also clears file
@@ -500,22 +601,27 @@ impl Applier {
             .map_err(|e| self.err("setting times of", comps, e.into()))
     }
 
-    /// Set directory mtimes last: creating their contents changed them.
-    fn finish(self) -> Result<ApplyStats, LayerError> {
-        // In entry order: when a directory was replaced and recreated, the later entry wins.
-        for (comps, mtime) in &self.dirs {
-            // A directory replaced or moved under a symlink by a later entry keeps no mtime.
-            let Ok(fd) = self.resolve(comps, false) else {
-                continue;
-            };
-            rustix::fs::futimens(&fd, &times(*mtime))
-                .map_err(|e| self.err("setting times of", comps, e.into()))?;
+    /// Leave every open directory, and set the root's times last.
+    fn finish(mut self) -> Result<ApplyStats, LayerError> {
+        self.leave(0)?;
+        if let Some(times) = &self.root_times {
+            rustix::fs::futimens(&self.root, times)
+                .map_err(|e| self.err("setting times of", &[], e.into()))?;
         }
         Ok(self.stats)
     }
 
     fn err(&self, op: &'static str, comps: &[Vec<u8>], e: io::Error) -> LayerError {
         LayerError::io(op, self.dest.join(join(comps)), e)
+    }
+
+    /// An error about the open directory at `depth` (1 is the outermost).
+    fn open_err(&self, op: &'static str, depth: usize, e: io::Error) -> LayerError {
+        let mut path = self.dest.clone();
+        for frame in &self.open[..depth] {
+            path.push(OsStr::from_bytes(&frame.name));
+        }
+        LayerError::io(op, path, e)
     }
 }
 
@@ -622,6 +728,44 @@ fn stat_nofollow(dir: BorrowedFd<'_>, name: &OsStr) -> Option<FileType> {
     rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .ok()
         .map(|st| FileType::from_raw_mode(st.st_mode))
+}
+
+/// One component of a path: open the directory `name` beneath `dir` without following a
+/// symlink, or with `create` make it if it is missing. Also says whether it was made.
+fn step(dir: BorrowedFd<'_>, name: &[u8], create: bool) -> Result<(OwnedFd, bool), Resolve> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let name = OsStr::from_bytes(name);
+    match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => Ok((fd, false)),
+        Err(Errno::NOENT) if create => {
+            rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
+                .map_err(|e| Resolve::Io("creating directory", e.into()))?;
+            // mkdirat applies the umask; implied directories are 0755 like docker's.
+            let fd = rustix::fs::openat(dir, name, flags, Mode::empty())
+                .map_err(|e| Resolve::Io("opening directory", e.into()))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))
+                .map_err(|e| Resolve::Io("setting mode of", e.into()))?;
+            Ok((fd, true))
+        }
+        Err(Errno::LOOP) | Err(Errno::NOTDIR) => Err(match stat_nofollow(dir, name) {
+            Some(FileType::Symlink) => Resolve::Symlink,
+            _ => Resolve::NotDir,
+        }),
+        Err(e) => Err(Resolve::Io("opening directory", e.into())),
+    }
+}
+
+/// The access and modification times of `fd`, to give back after changing its contents.
+fn times_of(fd: BorrowedFd<'_>) -> Result<Timestamps, Errno> {
+    let st = rustix::fs::fstat(fd)?;
+    let at = |sec, nsec| rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
+    Ok(Timestamps {
+        last_access: at(st.st_atime as _, st.st_atime_nsec as _),
+        last_modification: at(st.st_mtime as _, st.st_mtime_nsec as _),
+    })
 }
 
 /// `rm -r` of `name` beneath `parent`, never following symlinks.
@@ -1275,7 +1419,20 @@ symlink d/f -> elsewhere mode=777 0:0 xattrs[]"
         add(&(dir(DEPTH) + "late"), file, 5);
         add(&(dir(DEPTH - 1) + "later"), file, 5);
         let blob = builder.into_inner().unwrap();
-        apply(&blob[..], tmp.path()).unwrap();
+        // apply's loop, checking the open fds after every entry.
+        let mut applier = Applier::new(tmp.path()).unwrap();
+        let mut most = 0;
+        for entry in tar::Archive::new(&blob[..]).entries().unwrap() {
+            applier.entry(&mut entry.unwrap()).unwrap();
+            let fds: Vec<bool> = applier.open.iter().map(|f| f.fd.is_some()).collect();
+            let open = fds.iter().filter(|fd| **fd).count();
+            assert!(open <= OPEN_FDS, "{open} fds open");
+            assert!(fds.ends_with(&vec![true; open]), "not the deepest: {fds:?}");
+            assert!(fds.last().is_none_or(|fd| *fd), "the deepest has none");
+            most = most.max(open);
+        }
+        assert_eq!(most, OPEN_FDS);
+        applier.finish().unwrap();
         for depth in 1..=DEPTH {
             let path = tmp.path().join(dir(depth));
             assert_eq!(mtime(&path), depth as i64, "{}", path.display());
