@@ -110,11 +110,20 @@ struct Frame {
     name: Vec<u8>,
     /// `None` once [`OPEN_FDS`] deeper directories are open.
     fd: Option<OwnedFd>,
-    /// The times the directory gets when the walk leaves it, since every entry created,
-    /// replaced or removed in it changes them: its tar entry's mtime, or, for a directory
-    /// that an earlier entry made and the walk already left, the times it was left with.
-    /// `None` for a directory only made for a deeper path: no entry gives it times.
-    times: Option<Timestamps>,
+    times: Times,
+}
+
+/// What a directory's times become when the walk leaves it. Every entry created, replaced
+/// or removed in a directory changes them.
+enum Times {
+    /// Made in this visit for a deeper path: no entry gives it times, they are left alone.
+    Made,
+    /// Made by an earlier entry, left, and come back to: its times are final, and nothing
+    /// has changed it in this visit yet (which is all that most visits do).
+    Back,
+    /// Set when the walk leaves it: its tar entry's mtime, or, for a directory the walk came
+    /// back to, the times it was left with, read before this visit first changed it.
+    Set(Timestamps),
 }
 
 struct Applier {
@@ -127,8 +136,9 @@ struct Applier {
     /// list a directory's contents right after it, depth first (docker, BuildKit, GNU tar and
     /// rbuild all do), so a directory is complete when the walk leaves it, and its times are
     /// set then. A tar may come back to a directory later; then its times are read before
-    /// and set again after. This is all that is kept between entries: it grows with the
-    /// depth of a path, not with the number of entries.
+    /// an entry changes it and set again when the walk leaves it ([`Times`]). This is all
+    /// that is kept between entries: it grows with the depth of a path, not with the number
+    /// of entries.
     open: Vec<Frame>,
     stats: ApplyStats,
 }
@@ -218,7 +228,7 @@ impl Applier {
                 self.push(Frame {
                     name: name.to_vec(),
                     fd: Some(fd),
-                    times: Some(times(meta.mtime)),
+                    times: Times::Set(times(meta.mtime)),
                 });
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -286,8 +296,7 @@ impl Applier {
                 let earlier = || bad("does not name an earlier entry of this layer");
                 let tparent_fd = match self.resolve(tparent) {
                     Ok(fd) => fd,
-                    Err(Resolve::Symlink | Resolve::NotDir) => return Err(earlier()),
-                    Err(Resolve::Io(_, e)) if e.kind() == io::ErrorKind::NotFound => {
+                    Err(Resolve::Missing | Resolve::Symlink | Resolve::NotDir) => {
                         return Err(earlier())
                     }
                     Err(Resolve::Io(op, e)) => return Err(self.err(op, tparent, e)),
@@ -394,7 +403,8 @@ impl Applier {
     }
 
     /// Make `comps` the current path, creating missing directories (mode 0755) on the way:
-    /// leave the open directories that are not on it, then go down into the rest.
+    /// leave the open directories that are not on it, then go down into the rest. The entry
+    /// then changes the deepest one.
     fn enter(&mut self, comps: &[Vec<u8>], display: &Path) -> Result<(), LayerError> {
         let common = self
             .open
@@ -404,29 +414,37 @@ impl Applier {
             .count();
         self.leave(common)?;
         for comp in &comps[common..] {
-            let (fd, made) = step(self.top(), comp, true).map_err(|e| match e {
-                Resolve::Symlink => LayerError::UnsafePath {
-                    path: display.to_path_buf(),
-                    reason: "its parent path goes through a symlink",
-                },
-                Resolve::NotDir => LayerError::UnsafePath {
-                    path: display.to_path_buf(),
-                    reason: "its parent path goes through a non-directory",
-                },
-                Resolve::Io(op, e) => self.err(op, comps, e),
-            })?;
-            // A directory that is already there was made by an earlier entry, and the walk
-            // has left it, so its times are final: keep them through what this visit adds.
-            let times = if made {
-                None
-            } else {
-                Some(times_of(fd.as_fd()).map_err(|e| self.err("reading", comps, e.into()))?)
+            let (fd, times) = match open_dir(self.top(), comp) {
+                Ok(fd) => (fd, Times::Back),
+                Err(Resolve::Missing) => {
+                    self.keep_times(comps)?;
+                    let fd = make_dir(self.top(), comp)
+                        .map_err(|e| self.parent_err(e, comps, display))?;
+                    (fd, Times::Made)
+                }
+                Err(e) => return Err(self.parent_err(e, comps, display)),
             };
             self.push(Frame {
                 name: comp.clone(),
                 fd: Some(fd),
                 times,
             });
+        }
+        self.keep_times(comps)
+    }
+
+    /// Before the deepest open directory changes: if the walk came back to it, read the
+    /// times it was left with, to set them again when the walk leaves it. Only a directory
+    /// that an entry changes costs this fstat, not every one that the walk goes through.
+    fn keep_times(&mut self, comps: &[Vec<u8>]) -> Result<(), LayerError> {
+        let Some(frame) = self.open.last_mut() else {
+            return Ok(());
+        };
+        if let (Times::Back, Some(fd)) = (&frame.times, &frame.fd) {
+            match times_of(fd.as_fd()) {
+                Ok(times) => frame.times = Times::Set(times),
+                Err(e) => return Err(self.err("reading", comps, e.into())),
+            }
         }
         Ok(())
     }
@@ -460,7 +478,7 @@ impl Applier {
         while self.open.len() > depth {
             let frame = &self.open[self.open.len() - 1];
             let Some(fd) = &frame.fd else { break };
-            if let Some(times) = &frame.times {
+            if let Times::Set(times) = &frame.times {
                 rustix::fs::futimens(fd, times)
                     .map_err(|e| self.open_err("setting times of", self.open.len(), e.into()))?;
             }
@@ -468,7 +486,8 @@ impl Applier {
         }
         // The rest gave up their fds, and so may have the new deepest one. Reopen them in one
         // walk down from the root, as deep as the deepest of them that needs its times set.
-        let mut walk = match self.open[depth..].iter().rposition(|f| f.times.is_some()) {
+        let set = |frame: &Frame| matches!(frame.times, Times::Set(_));
+        let mut walk = match self.open[depth..].iter().rposition(set) {
             Some(i) => depth + i + 1,
             None => 0,
         };
@@ -478,17 +497,17 @@ impl Applier {
         let mut cur: Option<OwnedFd> = None;
         for i in 0..walk {
             let dir = cur.as_ref().map_or(self.root.as_fd(), |fd| fd.as_fd());
-            let fd = match step(dir, &self.open[i].name, false) {
-                Ok((fd, _)) => fd,
+            let fd = match open_dir(dir, &self.open[i].name) {
+                Ok(fd) => fd,
                 Err(Resolve::Io(op, e)) => return Err(self.open_err(op, i + 1, e)),
                 // Entries only remove or replace children of the deepest open directory, so
                 // an open directory is still a directory where it was.
-                Err(Resolve::Symlink | Resolve::NotDir) => {
+                Err(Resolve::Missing | Resolve::Symlink | Resolve::NotDir) => {
                     return Err(self.open_err("reopening", i + 1, Errno::NOTDIR.into()))
                 }
             };
             if i >= depth {
-                if let Some(times) = &self.open[i].times {
+                if let Times::Set(times) = &self.open[i].times {
                     rustix::fs::futimens(&fd, times)
                         .map_err(|e| self.open_err("setting times of", i + 1, e.into()))?;
                 }
@@ -511,7 +530,7 @@ impl Applier {
             .try_clone()
             .map_err(|e| Resolve::Io("opening", e))?;
         for comp in comps {
-            cur = step(cur.as_fd(), comp, false)?.0;
+            cur = open_dir(cur.as_fd(), comp)?;
         }
         Ok(cur)
     }
@@ -615,6 +634,20 @@ impl Applier {
         LayerError::io(op, self.dest.join(join(comps)), e)
     }
 
+    /// An error going down `comps`, the parent path of the entry `display`.
+    fn parent_err(&self, e: Resolve, comps: &[Vec<u8>], display: &Path) -> LayerError {
+        let unsafe_path = |reason| LayerError::UnsafePath {
+            path: display.to_path_buf(),
+            reason,
+        };
+        match e {
+            Resolve::Symlink => unsafe_path("its parent path goes through a symlink"),
+            Resolve::NotDir => unsafe_path("its parent path goes through a non-directory"),
+            Resolve::Missing => self.err("opening directory", comps, Errno::NOENT.into()),
+            Resolve::Io(op, e) => self.err(op, comps, e),
+        }
+    }
+
     /// An error about the open directory at `depth` (1 is the outermost).
     fn open_err(&self, op: &'static str, depth: usize, e: io::Error) -> LayerError {
         let mut path = self.dest.clone();
@@ -626,6 +659,7 @@ impl Applier {
 }
 
 enum Resolve {
+    Missing,
     Symlink,
     NotDir,
     Io(&'static str, io::Error),
@@ -730,29 +764,37 @@ fn stat_nofollow(dir: BorrowedFd<'_>, name: &OsStr) -> Option<FileType> {
         .map(|st| FileType::from_raw_mode(st.st_mode))
 }
 
-/// One component of a path: open the directory `name` beneath `dir` without following a
-/// symlink, or with `create` make it if it is missing. Also says whether it was made.
-fn step(dir: BorrowedFd<'_>, name: &[u8], create: bool) -> Result<(OwnedFd, bool), Resolve> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// One component of a path: the directory `name` beneath `dir`, opened without following a
+/// symlink.
+fn open_dir(dir: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Resolve> {
     let name = OsStr::from_bytes(name);
-    match rustix::fs::openat(dir, name, flags, Mode::empty()) {
-        Ok(fd) => Ok((fd, false)),
-        Err(Errno::NOENT) if create => {
-            rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
-                .map_err(|e| Resolve::Io("creating directory", e.into()))?;
-            // mkdirat applies the umask; implied directories are 0755 like docker's.
-            let fd = rustix::fs::openat(dir, name, flags, Mode::empty())
-                .map_err(|e| Resolve::Io("opening directory", e.into()))?;
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))
-                .map_err(|e| Resolve::Io("setting mode of", e.into()))?;
-            Ok((fd, true))
-        }
+    match rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::NOENT) => Err(Resolve::Missing),
         Err(Errno::LOOP) | Err(Errno::NOTDIR) => Err(match stat_nofollow(dir, name) {
             Some(FileType::Symlink) => Resolve::Symlink,
             _ => Resolve::NotDir,
         }),
         Err(e) => Err(Resolve::Io("opening directory", e.into())),
     }
+}
+
+/// Make the missing directory `name` beneath `dir`, for a deeper path, and open it.
+fn make_dir(dir: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Resolve> {
+    let name = OsStr::from_bytes(name);
+    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
+        .map_err(|e| Resolve::Io("creating directory", e.into()))?;
+    // mkdirat applies the umask; implied directories are 0755 like docker's.
+    let fd = rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())
+        .map_err(|e| Resolve::Io("opening directory", e.into()))?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))
+        .map_err(|e| Resolve::Io("setting mode of", e.into()))?;
+    Ok(fd)
 }
 
 /// The access and modification times of `fd`, to give back after changing its contents.
@@ -1332,6 +1374,11 @@ symlink y -> target mode=777 0:0 xattrs[]"
             (E::File("f/y", b"y"), 5),
             (E::Dir("f/"), 500),
             (E::File("d/sub/deep/z", b"z"), 5),
+            // Back into `g` only to make a directory in it on the way to a deeper one.
+            (E::Dir("g/"), 600),
+            (E::File("g/x", b"x"), 5),
+            (E::Dir("h/"), 700),
+            (E::File("g/implied/deeper/y", b"y"), 5),
         ]);
         apply(&blob[..], tmp.path()).unwrap();
         let root = tmp.path();
@@ -1339,6 +1386,8 @@ symlink y -> target mode=777 0:0 xattrs[]"
         assert_eq!(mtime(&root.join("e")), 250);
         assert_eq!(mtime(&root.join("d/sub")), 400);
         assert_eq!(mtime(&root.join("f")), 500);
+        assert_eq!(mtime(&root.join("g")), 600);
+        assert_eq!(mtime(&root.join("h")), 700);
         assert_eq!(mtime(&root.join("d/b")), 5);
         assert_eq!(mtime(root), 300);
     }
