@@ -52,8 +52,8 @@ fn hold_network_namespace() -> ! {
         "unsharing the network namespace".into()
     })
     .and_then(|()| loopback_up());
-    if let Err(Failure::Setup(m) | Failure::Exec(m)) = &made {
-        let _ = writeln!(std::io::stderr(), "{m}");
+    if let Err(f) = made {
+        let _ = writeln!(std::io::stderr(), "{}", super::SandboxError::from(f));
         std::process::exit(1);
     }
     let mut out = std::io::stdout();
@@ -733,8 +733,9 @@ fn mount_one(points: &mut Points, m: &Mount, i: usize, scratch: &Path) -> Res<()
 
 /// Mounts the tree a bind mount reads from at `base`/root: an overlay of the stage's layers
 /// (or of the context directory) with a throwaway upper on the step's tmpfs, so a `rw`
-/// mount's writes are discarded and a read-only one is made so by its remount. Returns the
-/// mounted root.
+/// mount's writes are discarded and a read-only one is made so by its remount. An overlay
+/// for read-only mounts too: a bind of the context would bring the host mounts below it
+/// along, writable whatever the remount says. Returns the mounted root.
 fn bind_source_root(from: &FsSource, base: &Path) -> Res<PathBuf> {
     let lowers = match from {
         FsSource::Dir(d) => std::slice::from_ref(d),
