@@ -11,7 +11,7 @@ mkdir -p "$STATE"
 . "$(dirname "$0")/lib.sh"
 
 ensure_packages docker.io docker-registry buildah skopeo umoci podman busybox-static debootstrap curl apache2-utils \
-  slirp4netns gcc libc6-dev util-linux
+  slirp4netns gcc libc6-dev util-linux time
 ensure_dockerd "$STATE/dockerd.log"
 
 if ! curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1; then
