@@ -113,6 +113,18 @@ fn processes_with(marker: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The parent pid of `pid`, from /proc/PID/stat.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces, so split after its ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Lines of the host's mount table that mention `needle`.
 fn mounts_mentioning(needle: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -279,12 +291,25 @@ fn kill_9_during_run_leaves_no_process_no_mount_and_a_usable_cache() {
         !processes_with(marker).is_empty()
     });
     let pid = child.id();
+    // The build's network: the namespace holder and slirp4netns, children of rbuild.
+    let network: Vec<u32> = ["__sandbox-helper netns", "slirp4netns"]
+        .iter()
+        .flat_map(|m| processes_with(m))
+        .filter(|p| parent_of(*p) == Some(pid))
+        .collect();
+    assert_eq!(network.len(), 2, "the build's network processes");
     signal(pid, nix::sys::signal::Signal::SIGKILL);
     child.wait().unwrap();
 
-    // The step dies with rbuild (PR_SET_PDEATHSIG on the helper and the step's PID 1).
+    // The step dies with rbuild (PR_SET_PDEATHSIG on the helper and the step's PID 1), and
+    // so does its network (both read a pipe that only rbuild holds open).
     wait_for("the step's processes to die", || {
         processes_with(marker).is_empty()
+    });
+    wait_for("the build's network processes to exit", || {
+        network
+            .iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
     });
     let store_path = store.path().canonicalize().unwrap();
     assert_eq!(
