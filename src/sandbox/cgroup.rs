@@ -4,8 +4,9 @@
 //! root, which RLIMIT_NPROC does not hold back. Each step gets a cgroup of its own under
 //! `rbuild/` in the pids hierarchy (cgroup v2's unified one when it offers the pids
 //! controller, else v1's `pids` one), with `pids.max` set; the helper moves itself into it
-//! before it forks the step, so every process of the step is counted. The helper is one of
-//! them, so the cgroup allows one more than the limit.
+//! before it forks the step (spare.rs starts it ahead, so the move costs the step nothing),
+//! so every process of the step is counted. The helper is one of them, so the cgroup allows
+//! one more than the limit.
 //!
 //! The cgroup is removed when the step ends. A build killed with SIGKILL leaves its empty
 //! cgroups behind; the next rbuild removes those whose process is gone.
@@ -52,19 +53,33 @@ impl StepCgroup {
         Ok(cgroup)
     }
 
-    /// The file the helper writes its pid to, to join the cgroup.
-    pub fn procs(&self) -> PathBuf {
-        self.dir.join("cgroup.procs")
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
+}
+
+/// In a helper: moves the calling process into the cgroup at `dir`.
+pub fn join(dir: &Path) -> std::io::Result<()> {
+    std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+}
+
+/// In a helper that got no job (a spare nobody took): moves itself to the hierarchy's root
+/// cgroup and removes `dir`, which nobody else will.
+pub fn leave_and_remove(dir: &Path) {
+    if let Some(root) = dir.parent().and_then(Path::parent) {
+        let _ = std::fs::write(root.join("cgroup.procs"), std::process::id().to_string());
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 impl Drop for StepCgroup {
     fn drop(&mut self) {
-        // The helper has been reaped, but the kernel may take a moment to empty the cgroup.
-        for _ in 0..200 {
+        // The helper has been reaped, but the kernel takes a moment (~0.1 ms) to empty the
+        // cgroup; short naps keep that off the step's time (5 ms naps cost 5 ms per step).
+        for _ in 0..5000 {
             match std::fs::remove_dir(&self.dir) {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    std::thread::sleep(std::time::Duration::from_millis(5))
+                    std::thread::sleep(std::time::Duration::from_micros(200))
                 }
                 _ => return,
             }

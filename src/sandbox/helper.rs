@@ -31,10 +31,22 @@ fn ctx<T, E: Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> Res<T> 
 }
 
 pub fn main() -> ! {
-    if std::env::args().nth(2).as_deref() == Some(super::net::HOLDER_ARG) {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(2).map(String::as_str) == Some(super::net::HOLDER_ARG) {
         hold_network_namespace();
     }
-    let reply = match serve() {
+    // A helper started ahead of its step (spare.rs) joins the step's cgroup before it reads
+    // the job; a failure is the job's answer.
+    let cgroup = match (args.get(2).map(String::as_str), args.get(3)) {
+        (Some(super::spare::CGROUP_ARG), Some(dir)) => Some(PathBuf::from(dir)),
+        _ => None,
+    };
+    let joined = cgroup.as_deref().map_or(Ok(()), |dir| {
+        ctx(super::cgroup::join(dir), || {
+            format!("joining the step's cgroup {}", dir.display())
+        })
+    });
+    let reply = match serve(joined, cgroup.as_deref()) {
         Ok(r) => r,
         Err(f) => Reply::Failed(f),
     };
@@ -62,11 +74,19 @@ fn hold_network_namespace() -> ! {
     std::process::exit(0)
 }
 
-fn serve() -> Res<Reply> {
+fn serve(joined: Res<()>, cgroup: Option<&Path>) -> Res<Reply> {
     let mut input = Vec::new();
     ctx(std::io::stdin().read_to_end(&mut input), || {
         "reading the job".into()
     })?;
+    if input.is_empty() {
+        // A spare that no step took: rbuild has exited.
+        if let Some(dir) = cgroup {
+            super::cgroup::leave_and_remove(dir);
+        }
+        std::process::exit(0);
+    }
+    joined?;
     let job: Job = ctx(serde_json::from_slice(&input), || "parsing the job".into())?;
     let parent = match &job {
         Job::Run { parent, .. } | Job::Fs { parent, .. } => *parent,
@@ -87,18 +107,8 @@ fn serve() -> Res<Reply> {
             spec,
             scratch,
             netns,
-            cgroup,
             ..
-        } => {
-            if let Some(procs) = cgroup {
-                // Before the fork, so the step and everything it starts are counted.
-                ctx(
-                    std::fs::write(&procs, std::process::id().to_string()),
-                    || format!("joining the step's cgroup {}", procs.display()),
-                )?;
-            }
-            run_step(&spec, &scratch, netns.as_deref())
-        }
+        } => run_step(&spec, &scratch, netns.as_deref()),
         Job::Fs {
             rootfs,
             sources,

@@ -15,12 +15,12 @@ mod helper;
 mod net;
 pub mod root;
 mod seccomp;
+mod spare;
 pub mod user;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 use rustix::fs::OFlags;
@@ -200,8 +200,6 @@ enum Job {
         parent: u32,
         /// The network namespace to join (/proc/PID/ns/net) for [`Network::Isolated`].
         netns: Option<PathBuf>,
-        /// The step's cgroup.procs, which the helper joins before it forks the step.
-        cgroup: Option<PathBuf>,
     },
     Fs {
         rootfs: Overlay,
@@ -308,21 +306,15 @@ pub fn run(spec: &RunSpec, output: &mut dyn FnMut(&[u8])) -> Result<Exit, Sandbo
         Network::Isolated => Some(net::shared_namespace(&helper_exe()?)?),
         Network::Host | Network::None => None,
     };
-    let cgroup = spec
-        .pids_limit
-        .map(cgroup::StepCgroup::create)
-        .transpose()?;
+    let helper = spare::take(helper_exe()?, spare::Want::Run(spec.pids_limit))?;
     let scratch = Scratch::new()?;
     let job = Job::Run {
         spec: spec.clone(),
         scratch: scratch.0.path().to_path_buf(),
         parent: std::process::id(),
         netns,
-        cgroup: cgroup.as_ref().map(cgroup::StepCgroup::procs),
     };
-    let reply = call_helper(&job, output);
-    drop(cgroup);
-    match reply? {
+    match call_helper(helper, &job, output)? {
         Reply::Run { exit, stubs } => {
             remove_stubs(&spec.rootfs, &stubs)?;
             Ok(exit)
@@ -349,7 +341,8 @@ pub fn fs_job(
         scratch: scratch.0.path().to_path_buf(),
         parent: std::process::id(),
     };
-    match call_helper(&job, &mut |_| {})? {
+    let helper = spare::take(helper_exe()?, spare::Want::Any)?;
+    match call_helper(helper, &job, &mut |_| {})? {
         Reply::Fs(Ok(v)) => Ok(v),
         Reply::Fs(Err(message)) => Err(SandboxError::Handler {
             handler: handler_name.to_string(),
@@ -510,18 +503,14 @@ fn helper_exe() -> Result<PathBuf, SandboxError> {
     exe::sealed(&exe)
 }
 
-fn call_helper(job: &Job, output: &mut dyn FnMut(&[u8])) -> Result<Reply, SandboxError> {
-    let exe = helper_exe()?;
-    let mut child = Command::new(&exe)
-        .arg(HELPER_ARG)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| SandboxError::Spawn {
-            exe: exe.clone(),
-            source,
-        })?;
+/// Gives `helper` its job and waits for its answer; the helper has exited when this returns
+/// (its cgroup, if any, is removed then).
+fn call_helper(
+    helper: spare::Helper,
+    job: &Job,
+    output: &mut dyn FnMut(&[u8]),
+) -> Result<Reply, SandboxError> {
+    let spare::Helper { mut child, cgroup } = helper;
     let pid = child.id() as i32;
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
     let reply = talk(&mut child, job, output);
@@ -533,6 +522,7 @@ fn call_helper(job: &Job, output: &mut dyn FnMut(&[u8])) -> Result<Reply, Sandbo
     LIVE.lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|p| *p != pid);
+    drop(cgroup);
     reply
 }
 

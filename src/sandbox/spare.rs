@@ -1,0 +1,109 @@
+//! Helpers are started one step ahead.
+//!
+//! Starting a helper costs an exec of rbuild and, with a pids limit, moving it into its
+//! step's cgroup. In cgroup v1 that move waits for an RCU grace period (the kernel's
+//! threadgroup lock is a per-cpu rwsem whose writers call synchronize_rcu): 5-20 ms a step
+//! on the test machines, which doubled the time of a small RUN. So one helper always waits
+//! ahead, started and moved into a fresh cgroup while the previous step runs; it reads its
+//! job from stdin when one comes.
+//!
+//! One thread, living as long as rbuild, starts every helper: PR_SET_PDEATHSIG fires when
+//! the thread that forked a process ends, so a helper started by a stage's thread would die
+//! with that thread. A spare that nobody takes sees its stdin close when rbuild exits, and
+//! removes its cgroup itself (helper.rs).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Mutex, OnceLock};
+
+use super::cgroup::StepCgroup;
+use super::SandboxError;
+
+/// The helper argument that names the cgroup a helper moves itself into before it reads
+/// its job.
+pub const CGROUP_ARG: &str = "--cgroup";
+
+/// A started helper, waiting for its job.
+pub struct Helper {
+    pub child: Child,
+    /// Removed when this is dropped, after the helper has exited.
+    pub cgroup: Option<StepCgroup>,
+}
+
+/// What a caller needs: a helper for a RUN step with this pids limit, or any helper (a
+/// filesystem job runs nothing of the image's, so any limit will do).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Want {
+    Run(Option<u32>),
+    Any,
+}
+
+type Request = (Want, Sender<Result<Helper, SandboxError>>);
+
+static SPAWNER: OnceLock<Mutex<Sender<Request>>> = OnceLock::new();
+
+/// A helper started from `exe`, ready for a job.
+pub fn take(exe: PathBuf, want: Want) -> Result<Helper, SandboxError> {
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = channel();
+        std::thread::Builder::new()
+            .name("rbuild-helpers".into())
+            .spawn(move || serve(exe, rx))
+            .expect("starting the helper thread");
+        Mutex::new(tx)
+    });
+    let (reply, answer) = channel();
+    let gone = || SandboxError::Setup("the thread that starts sandbox helpers is gone".into());
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((want, reply))
+        .map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
+fn serve(exe: PathBuf, requests: Receiver<Request>) {
+    // The spare and the pids limit it was started for.
+    let mut spare: Option<(Option<u32>, Result<Helper, SandboxError>)> = None;
+    for (want, reply) in requests {
+        let (helper, limit) = match (spare.take(), want) {
+            (Some((limit, helper)), Want::Any) => (helper, limit),
+            (Some((limit, helper)), Want::Run(wanted)) if limit == wanted => (helper, limit),
+            (Some((_, unwanted)), Want::Run(wanted)) => {
+                discard(unwanted);
+                (start(&exe, wanted), wanted)
+            }
+            (None, Want::Run(wanted)) => (start(&exe, wanted), wanted),
+            (None, Want::Any) => (start(&exe, None), None),
+        };
+        let _ = reply.send(helper);
+        spare = Some((limit, start(&exe, limit)));
+    }
+}
+
+fn start(exe: &std::path::Path, pids_limit: Option<u32>) -> Result<Helper, SandboxError> {
+    let cgroup = pids_limit.map(StepCgroup::create).transpose()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(super::HELPER_ARG);
+    if let Some(c) = &cgroup {
+        cmd.arg(CGROUP_ARG).arg(c.dir());
+    }
+    let child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| SandboxError::Spawn {
+            exe: exe.to_path_buf(),
+            source,
+        })?;
+    Ok(Helper { child, cgroup })
+}
+
+fn discard(helper: Result<Helper, SandboxError>) {
+    if let Ok(mut h) = helper {
+        let _ = h.child.kill();
+        let _ = h.child.wait();
+    }
+}
