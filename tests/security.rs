@@ -1026,3 +1026,67 @@ fn applying_a_layer_takes_memory_flat_in_its_entries() {
         "peak RSS {small} KB for 10,000 entries, {big} KB for 100,000"
     );
 }
+
+/// A tmpfs made a shared mount (as docker makes /var/lib/docker) with a submount below it
+/// (as a container's filesystem is); unmounted on drop.
+struct SharedMount {
+    dir: tempfile::TempDir,
+}
+
+impl SharedMount {
+    fn new() -> SharedMount {
+        // Not a /tmp/.tmp* name: those are what the leftover check looks for.
+        let dir = tempfile::Builder::new()
+            .prefix("rbuild-shared-mount-")
+            .tempdir()
+            .unwrap();
+        let top = dir.path().display().to_string();
+        let sub = format!("{top}/sub");
+        for args in [
+            vec!["-t", "tmpfs", "tmpfs", top.as_str()],
+            vec!["--make-shared", top.as_str()],
+        ] {
+            support::run_ok(Command::new("mount").args(&args));
+        }
+        std::fs::create_dir(&sub).unwrap();
+        support::run_ok(Command::new("mount").args(["-t", "tmpfs", "tmpfs", &sub]));
+        std::fs::write(format!("{sub}/marker"), "still mounted").unwrap();
+        SharedMount { dir }
+    }
+
+    fn sub_is_mounted(&self) -> bool {
+        let sub = self.dir.path().join("sub");
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(&*sub.to_string_lossy()))
+            && sub.join("marker").exists()
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A build must leave the host's mounts alone, shared ones included: slirp4netns's own
+/// sandbox made only `/` private before detaching the old root, so the detach propagated
+/// to the host and unmounted docker's container filesystems under /var/lib/docker
+/// (seen as `docker export` returning an empty tar while rbuild built next to it).
+#[test]
+fn a_build_leaves_the_hosts_shared_mounts_mounted() {
+    let Some(_serial) = ready() else { return };
+    let shared = SharedMount::new();
+    assert!(shared.sub_is_mounted());
+    let ctx = context(&format!("FROM {BASE}\nRUN echo networked\n"), &[]);
+    let store = tempfile::tempdir().unwrap();
+    build_ok(rbuild(store.path()).arg("--no-cache").arg(ctx.path()));
+    assert!(
+        shared.sub_is_mounted(),
+        "a mount below a shared mount of the host was unmounted by the build"
+    );
+}

@@ -131,15 +131,30 @@ fn start_slirp(pid: u32) -> Result<(Child, OwnedFd), SandboxError> {
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
-    // SAFETY: between fork and exec the closure only calls dup2(2), which is
-    // async-signal-safe; it gives the two pipe ends the numbers slirp4netns is told (dup2
-    // clears close-on-exec on the copies).
+    // SAFETY: between fork and exec the closure only makes raw syscalls (dup2, unshare,
+    // mount), which are async-signal-safe. dup2 gives the two pipe ends the numbers
+    // slirp4netns is told (and clears close-on-exec on the copies). The mount namespace:
+    // slirp4netns's --enable-sandbox makes only `/` private before it detaches the old
+    // root, so on a host with shared mounts (docker's /var/lib/docker is one) the detach
+    // propagated and unmounted docker's container filesystems. Started in a namespace
+    // whose mounts are all private already, its detach stays its own.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
             for (from, to) in [(ready_fd, 3), (exit_fd, 4)] {
                 if libc::dup2(from, to) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            if libc::unshare(libc::CLONE_NEWNS) < 0
+                || libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) < 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
