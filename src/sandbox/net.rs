@@ -66,16 +66,7 @@ fn setup(message: String) -> SandboxError {
 }
 
 fn start(helper_exe: &std::path::Path) -> Result<Shared, SandboxError> {
-    let mut holder = Command::new(helper_exe)
-        .args([super::HELPER_ARG, HOLDER_ARG])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| SandboxError::Spawn {
-            exe: helper_exe.to_path_buf(),
-            source,
-        })?;
+    let mut holder = super::spare::spawn_helper(helper_exe, &[HOLDER_ARG.as_ref()])?;
     let stdin = holder.stdin.take().expect("stdin is piped");
     let mut ready = String::new();
     let _ = BufReader::new(holder.stdout.take().expect("stdout is piped")).read_line(&mut ready);

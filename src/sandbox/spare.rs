@@ -12,7 +12,8 @@
 //! with that thread. A spare that nobody takes sees its stdin close when rbuild exits, and
 //! removes its cgroup itself (helper.rs).
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Mutex, OnceLock};
@@ -82,14 +83,24 @@ fn serve(exe: PathBuf, requests: Receiver<Request>) {
     }
 }
 
-fn start(exe: &std::path::Path, pids_limit: Option<u32>) -> Result<Helper, SandboxError> {
+fn start(exe: &Path, pids_limit: Option<u32>) -> Result<Helper, SandboxError> {
     let cgroup = pids_limit.map(StepCgroup::create).transpose()?;
-    let mut cmd = Command::new(exe);
-    cmd.arg(super::HELPER_ARG);
-    if let Some(c) = &cgroup {
-        cmd.arg(CGROUP_ARG).arg(c.dir());
-    }
-    let child = cmd
+    let args: &[&OsStr] = match &cgroup {
+        Some(c) => &[CGROUP_ARG.as_ref(), c.dir().as_os_str()],
+        None => &[],
+    };
+    Ok(Helper {
+        child: spawn_helper(exe, args)?,
+        cgroup,
+    })
+}
+
+/// Starts the helper executable with `args` after [`super::HELPER_ARG`], its stdin,
+/// stdout and stderr piped to us (the job in, the answer out).
+pub fn spawn_helper(exe: &Path, args: &[&OsStr]) -> Result<Child, SandboxError> {
+    Command::new(exe)
+        .arg(super::HELPER_ARG)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -97,8 +108,7 @@ fn start(exe: &std::path::Path, pids_limit: Option<u32>) -> Result<Helper, Sandb
         .map_err(|source| SandboxError::Spawn {
             exe: exe.to_path_buf(),
             source,
-        })?;
-    Ok(Helper { child, cgroup })
+        })
 }
 
 fn discard(helper: Result<Helper, SandboxError>) {
