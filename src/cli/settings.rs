@@ -111,14 +111,9 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
     }
 
     let network = match args.network.as_deref() {
-        None | Some("default") => NetworkMode::Default,
-        Some("host") => NetworkMode::Host,
-        Some("none") => NetworkMode::None,
-        Some(other) => {
-            return Err(user(format!(
-                "--network {other}: expected default, host or none"
-            )))
-        }
+        None => NetworkMode::Default,
+        Some(word) => NetworkMode::parse(word)
+            .ok_or_else(|| user(format!("--network {word}: expected default, host or none")))?,
     };
     // Asking for the host's network on the command line grants it, as in buildx.
     let mut allow_network_host = network == NetworkMode::Host;

@@ -97,6 +97,18 @@ pub enum NetworkMode {
     Host,
 }
 
+impl NetworkMode {
+    /// `default`, `none` or `host`, as `RUN --network=` and `rbuild --network` spell them.
+    pub fn parse(word: &str) -> Option<NetworkMode> {
+        match word {
+            "default" => Some(NetworkMode::Default),
+            "none" => Some(NetworkMode::None),
+            "host" => Some(NetworkMode::Host),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Security {
@@ -365,19 +377,17 @@ pub fn lower(node: &Node, escape: char) -> Result<Instruction, ErrorKind> {
                 .iter()
                 .map(|m| parse_mount(m))
                 .collect::<Result<Vec<_>, _>>()?;
-            let network = match flags.string("network").as_deref() {
-                None => None,
-                Some("default") => Some(NetworkMode::Default),
-                Some("none") => Some(NetworkMode::None),
-                Some("host") => Some(NetworkMode::Host),
-                Some(other) => {
-                    return Err(ErrorKind::InvalidFlagValue {
-                        flag: "network".into(),
-                        value: other.into(),
-                        reason: "expecting default, none or host".into(),
-                    })
-                }
-            };
+            let network =
+                match flags.string("network").as_deref() {
+                    None => None,
+                    Some(word) => Some(NetworkMode::parse(word).ok_or_else(|| {
+                        ErrorKind::InvalidFlagValue {
+                            flag: "network".into(),
+                            value: word.into(),
+                            reason: "expecting default, none or host".into(),
+                        }
+                    })?),
+                };
             let security = match flags.string("security").as_deref() {
                 None => None,
                 Some("sandbox") => Some(Security::Sandbox),

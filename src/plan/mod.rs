@@ -484,11 +484,8 @@ pub(crate) mod tests {
                     opts.named_contexts.insert(v.into());
                 }
                 "network" => {
-                    opts.network = match v {
-                        "host" => NetworkMode::Host,
-                        "none" => NetworkMode::None,
-                        _ => NetworkMode::Default,
-                    }
+                    opts.network = NetworkMode::parse(v)
+                        .unwrap_or_else(|| panic!("bad network {v} in {}", case.display()))
                 }
                 "" => {}
                 other => panic!("unknown option {other} in {}", case.display()),
