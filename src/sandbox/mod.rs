@@ -302,11 +302,12 @@ pub fn run(spec: &RunSpec, output: &mut dyn FnMut(&[u8])) -> Result<Exit, Sandbo
             create_cache_dir(source, *uid, *gid, *mode)?;
         }
     }
+    let exe = helper_exe()?;
     let netns = match spec.network {
-        Network::Isolated => Some(net::shared_namespace(&helper_exe()?)?),
+        Network::Isolated => Some(net::shared_namespace(&exe)?),
         Network::Host | Network::None => None,
     };
-    let helper = spare::take(helper_exe()?, spare::Want::Run(spec.pids_limit))?;
+    let helper = spare::take(exe, spare::Want::Run(spec.pids_limit))?;
     let scratch = Scratch::new()?;
     let job = Job::Run {
         spec: spec.clone(),
