@@ -163,3 +163,45 @@ fn single_stage_labels_have_no_stage_name() {
     }
     assert!(!stderr.contains("stage-0"), "{stderr}");
 }
+
+/// Regression (issue 14): a base image whose ONBUILD trigger is `COPY --from=<stage>`
+/// made the executor panic ("the plan builds a stage before its users"): the trigger adds
+/// a dependency after the graph was pruned. BuildKit builds the named stage first.
+#[test]
+fn onbuild_copy_from_a_stage_builds_that_stage_first() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let image = format!(
+        "{REGISTRY}/rbuild-test/onbuild-copy-from:{}",
+        std::process::id()
+    );
+    let base_ctx = dir.path().join("base");
+    std::fs::create_dir_all(&base_ctx).unwrap();
+    std::fs::write(
+        base_ctx.join("Dockerfile"),
+        format!("FROM {REGISTRY}/busybox\nONBUILD COPY --from=src /made /from-src\n"),
+    )
+    .unwrap();
+    run_ok(rbuild(&store).args(["-t", &image]).arg(&base_ctx));
+    run_ok(
+        std::process::Command::new(rbuild_bin())
+            .env("RBUILD_ROOT", &store)
+            .args(["push", &image]),
+    );
+    let _pushed = RegistryImage(image.clone());
+
+    let (ok, stderr) = build(
+        &format!(
+            "FROM {REGISTRY}/busybox AS src\nRUN echo made > /made\n\
+             FROM {REGISTRY}/busybox AS unused\nRUN false\n\
+             FROM {image}\nRUN cat /from-src > /seen\n"
+        ),
+        dir.path(),
+    );
+    assert!(ok, "{stderr}");
+    let seen = std::fs::read_to_string(dir.path().join("rootfs/seen")).unwrap();
+    assert_eq!(seen, "made\n");
+}

@@ -59,12 +59,24 @@ pub enum ErrorKind {
     UnknownStage(String),
     #[error("stage `{0}` depends on itself (cycle: {1})")]
     Cycle(String, String),
+    /// BuildKit builds stages in file order, so a stage can only use earlier ones.
+    #[error(
+        "cannot copy from stage `{from}`, it needs to be defined before current stage `{stage}`"
+    )]
+    CopyFromLaterStage { from: String, stage: String },
+    #[error("cannot mount from stage `{from}` to `{target}`, stage needs to be defined before current command")]
+    MountFromLaterStage { from: String, target: String },
     #[error("no FROM instruction: the Dockerfile must start with FROM (ARG may come before)")]
     MissingFrom,
     #[error("{0} is not allowed before the first FROM")]
     BeforeFrom(String),
-    #[error("target stage `{0}` could not be found")]
-    UnknownTarget(String),
+    #[error("target stage `{target}` could not be found{}", target_hint(.stages, .suggestion))]
+    UnknownTarget {
+        target: String,
+        /// Names of the Dockerfile's named stages, in file order.
+        stages: Vec<String>,
+        suggestion: Option<String>,
+    },
     #[error("the Dockerfile has no instructions")]
     Empty,
     #[error("resolving base image `{reference}`: {reason}")]
@@ -73,6 +85,56 @@ pub enum ErrorKind {
     MultiSourceDest,
     #[error("{0}")]
     Invalid(String),
+}
+
+/// The option nearest to `value` (case-insensitive edit distance below 3, as BuildKit's
+/// `suggest` package), for "did you mean ...?" hints; `None` for an exact match.
+pub fn suggest(value: &str, options: &[String]) -> Option<String> {
+    let value = value.to_lowercase();
+    let mut best: Option<(usize, &String)> = None;
+    for opt in options {
+        let d = edit_distance(&value, &opt.to_lowercase());
+        if d == 0 {
+            return None;
+        }
+        if d < best.map_or(3, |(b, _)| b) {
+            best = Some((d, opt));
+        }
+    }
+    best.map(|(_, o)| o.clone())
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn target_hint(stages: &[String], suggestion: &Option<String>) -> String {
+    let mut out = String::new();
+    if let Some(s) = suggestion {
+        out.push_str(&format!(" (did you mean `{s}`?)"));
+    }
+    if stages.is_empty() {
+        out.push_str("; the Dockerfile has no named stages (name one with `FROM ... AS NAME`)");
+    } else {
+        out.push_str(&format!("; stages: {}", stages.join(", ")));
+    }
+    out
 }
 
 /// The golden `ast` dump: the syntax tree, then each node lowered to its typed instruction
@@ -97,6 +159,20 @@ pub fn dump(text: &str) -> Result<String, syntax::SyntaxError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn suggest_takes_the_nearest_option_within_two_edits() {
+        let opts: Vec<String> = ["build", "runtime", "test"].map(String::from).to_vec();
+        assert_eq!(super::suggest("biuld", &opts).as_deref(), Some("build"));
+        assert_eq!(super::suggest("RUNTIM", &opts).as_deref(), Some("runtime"));
+        assert_eq!(super::suggest("deploy", &opts), None);
+        assert_eq!(
+            super::suggest("Build", &opts),
+            None,
+            "an exact match suggests nothing"
+        );
+        assert_eq!(super::edit_distance("kitten", "sitting"), 3);
+    }
+
     use std::path::Path;
 
     /// testdata/parse/<case>/{Dockerfile,ast}; `UPDATE_GOLDEN=1` rewrites the `ast` files.

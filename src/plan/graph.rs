@@ -198,12 +198,7 @@ pub(crate) fn build<'a>(
     for s in &stages {
         let mut path = vec![s.index];
         if let Some(cycle) = find_cycle(&stages, s.index, s.index, &mut path) {
-            let show = |i: usize| {
-                stages[i]
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("stage {i}"))
-            };
+            let show = |i: usize| stages[i].display_name();
             let text: Vec<String> = cycle.iter().map(|&i| show(i)).collect();
             return Err(src.at(s.line, ErrorKind::Cycle(show(s.index), text.join(" -> "))));
         }
@@ -214,12 +209,21 @@ pub(crate) fn build<'a>(
         None => count - 1,
         Some(t) => match names.get(&t.to_ascii_lowercase()) {
             Some(&i) => i,
-            None => return Err(src.file(ErrorKind::UnknownTarget(t.clone()))),
+            None => return Err(src.file(unknown_target(t, &stages))),
         },
     };
     let mut order = Vec::new();
     let mut seen = BTreeSet::new();
     visit(&stages, target, &mut seen, &mut order);
+    // BuildKit dispatches the needed stages in file order, so `COPY --from` and
+    // `--mount from=` can only name a stage defined earlier.
+    order.sort_unstable();
+    for &i in &order {
+        let s = &stages[i];
+        for l in s.body {
+            check_earlier(&l.instruction, s, &names, count, opts).map_err(|k| src.at(l.line, k))?;
+        }
+    }
 
     Ok(Graph {
         global_args,
@@ -228,6 +232,53 @@ pub(crate) fn build<'a>(
         target,
         declared,
     })
+}
+
+fn unknown_target(target: &str, stages: &[StageDef]) -> ErrorKind {
+    let named: Vec<String> = stages.iter().filter_map(|s| s.name.clone()).collect();
+    ErrorKind::UnknownTarget {
+        target: target.to_string(),
+        suggestion: crate::dockerfile::suggest(target, &named),
+        stages: named,
+    }
+}
+
+/// Refuses a `COPY --from` or `--mount from=` in `stage` that names the stage itself or a
+/// later one (the error BuildKit gives when such a stage is not dispatched yet).
+pub(crate) fn check_earlier(
+    i: &Instruction,
+    stage: &StageDef,
+    names: &BTreeMap<String, usize>,
+    count: usize,
+    opts: &BuildOptions,
+) -> Result<(), ErrorKind> {
+    let later = |from: &str| matches!(resolve_ref(from, names, count, opts), Ok(Ref::Stage(d)) if d >= stage.index);
+    match i {
+        Instruction::Copy(c) => match c.from.as_deref() {
+            Some(from) if later(from) => Err(ErrorKind::CopyFromLaterStage {
+                from: from.to_string(),
+                stage: stage.display_name(),
+            }),
+            _ => Ok(()),
+        },
+        Instruction::Run(r) => match r.mounts.iter().find(|m| m.get("from").is_some_and(later)) {
+            Some(m) => Err(ErrorKind::MountFromLaterStage {
+                from: m.get("from").unwrap_or_default().to_string(),
+                target: m.get("target").unwrap_or_default().to_string(),
+            }),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+impl StageDef<'_> {
+    /// The stage's name, or `stage N` for an unnamed one.
+    pub fn display_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("stage {}", self.index))
+    }
 }
 
 /// The raw `--from` values of an instruction (COPY --from, RUN --mount from=).
@@ -294,7 +345,12 @@ fn find_cycle(
     None
 }
 
-fn visit(stages: &[StageDef], i: usize, seen: &mut BTreeSet<usize>, order: &mut Vec<usize>) {
+pub(crate) fn visit(
+    stages: &[StageDef],
+    i: usize,
+    seen: &mut BTreeSet<usize>,
+    order: &mut Vec<usize>,
+) {
     if !seen.insert(i) {
         return;
     }

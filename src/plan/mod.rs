@@ -440,7 +440,9 @@ pub(crate) mod tests {
                 config.set_env("GOPATH", "/go");
                 config.config.working_dir = Some("/go".into());
             }
-            if reference.starts_with("onbuild") {
+            if reference.starts_with("onbuild-copy") {
+                config.config.on_build = Some(vec!["COPY --from=src /a /from-src".into()]);
+            } else if reference.starts_with("onbuild") {
                 config.config.on_build = Some(vec![
                     "COPY . /app/src".into(),
                     "RUN echo triggered $GOPATH".into(),
@@ -740,15 +742,94 @@ pub(crate) mod tests {
     #[test]
     fn target_prunes_and_orders_deps_first() {
         let text =
-            "FROM a AS one\nFROM b AS two\nCOPY --from=three /x /y\nFROM c AS three\nFROM d\n";
+            "FROM a AS one\nFROM b AS three\nFROM c AS two\nCOPY --from=three /x /y\nFROM d\n";
         let mut opts = options();
         opts.target = Some("TWO".into());
         let p = plan(text, &opts, &mut FakeResolver).unwrap();
         let order: Vec<usize> = p.stages.iter().map(|s| s.index).collect();
-        assert_eq!(order, vec![2, 1]);
-        assert_eq!(p.target_stage().index, 1);
-        assert_eq!(p.waves(), vec![vec![2], vec![1]]);
+        assert_eq!(order, vec![1, 2]);
+        assert_eq!(p.target_stage().index, 2);
+        assert_eq!(p.waves(), vec![vec![1], vec![2]]);
         let all = plan(text, &options(), &mut FakeResolver).unwrap();
         assert_eq!(all.stages.len(), 1);
+    }
+
+    /// Regression: stages are dispatched in file order, so BuildKit refuses a `COPY --from`
+    /// or `--mount from=` naming a later stage; rbuild used to build it first.
+    #[test]
+    fn copy_or_mount_from_a_later_stage_is_refused() {
+        let mut opts = options();
+        opts.target = Some("one".into());
+        let text = "FROM a AS one\nCOPY --from=two /x /y\nFROM b AS two\n";
+        // Not needed for the default target (the last stage): not dispatched, no error.
+        plan(text, &options(), &mut FakeResolver).unwrap();
+        let err = plan(text, &opts, &mut FakeResolver).unwrap_err();
+        assert_eq!(err.line(), Some(2));
+        assert!(
+            err.to_string().contains(
+                "cannot copy from stage `two`, it needs to be defined before current stage `one`"
+            ),
+            "{err}"
+        );
+        let err = plan(
+            "FROM a AS one\nRUN --mount=from=1,target=/m true\nFROM b\nFROM one\n",
+            &options(),
+            &mut FakeResolver,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot mount from stage `1` to `/m`, stage needs to be defined"),
+            "{err}"
+        );
+    }
+
+    /// Regression: a base image's `ONBUILD COPY --from=<stage>` adds a dependency after
+    /// the graph was pruned; the executor panicked ("the plan builds a stage before its
+    /// users"). The named stage now joins the plan ahead of its user, as in BuildKit.
+    #[test]
+    fn onbuild_copy_from_a_stage_plans_that_stage_first() {
+        let p = plan(
+            "FROM a AS base\nFROM base AS src\nFROM b AS unused\nFROM onbuild-copy\nRUN after\n",
+            &options(),
+            &mut FakeResolver,
+        )
+        .unwrap();
+        let order: Vec<usize> = p.stages.iter().map(|s| s.index).collect();
+        assert_eq!(order, vec![0, 1, 3]);
+        assert_eq!(p.target_stage().deps, vec![1]);
+        assert!(
+            matches!(&p.target_stage().steps[0].op, Op::Copy(c) if c.from == CopyFrom::Stage(1))
+        );
+        assert_eq!(p.waves(), vec![vec![0], vec![1], vec![3]]);
+
+        let err = plan(
+            "FROM onbuild-copy AS user\nFROM a AS src\nFROM user\n",
+            &options(),
+            &mut FakeResolver,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot copy from stage `src`, it needs to be defined before"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_target_lists_the_stages_and_suggests_the_nearest() {
+        let mut opts = options();
+        opts.target = Some("biuld".into());
+        let err = plan(
+            "FROM a AS build\nFROM b AS test\nFROM c\n",
+            &opts,
+            &mut FakeResolver,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Dockerfile: target stage `biuld` could not be found (did you mean `build`?); \
+             stages: build, test"
+        );
     }
 }

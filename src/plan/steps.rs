@@ -113,10 +113,26 @@ pub(crate) fn plan_stages(
         resolver,
         resolved: BTreeMap::new(),
     };
+    // Stages are planned in file order, the order BuildKit dispatches them in. An ONBUILD
+    // trigger of a base image can add a `COPY --from` dependency the graph did not know:
+    // that stage (and what it needs) joins the plan, ahead of its user.
+    let mut pending: BTreeSet<usize> = graph.order.iter().copied().collect();
     let mut stages: Vec<Stage> = Vec::new();
-    for &pos in &graph.order {
+    while let Some(pos) = pending.pop_first() {
         let stage = ctx.stage(pos, &stages)?;
+        for &d in &stage.deps {
+            if !stages.iter().any(|s| s.index == d) {
+                let mut closure = Vec::new();
+                graph::visit(&graph.stages, d, &mut BTreeSet::new(), &mut closure);
+                pending.extend(
+                    closure
+                        .into_iter()
+                        .filter(|c| !stages.iter().any(|s| s.index == *c)),
+                );
+            }
+        }
         stages.push(stage);
+        stages.sort_by_key(|s| s.index);
     }
     let target = stages
         .iter()
@@ -230,7 +246,17 @@ impl Ctx<'_, '_> {
             cmd_set: false,
         };
         let mut steps = Vec::new();
-        for l in &body {
+        for (n, l) in body.iter().enumerate() {
+            if n < triggers.len() {
+                graph::check_earlier(
+                    &l.instruction,
+                    def,
+                    &self.names,
+                    graph.stages.len(),
+                    self.opts,
+                )
+                .map_err(|k| self.src.at(l.line, k))?;
+            }
             for from in graph::refs_of(&l.instruction) {
                 if let Ok(Ref::Stage(i)) =
                     graph::resolve_ref(from, &self.names, graph.stages.len(), self.opts)
