@@ -207,6 +207,7 @@ cases! {
     special_bits,
     symlinks,
     target_stage,
+    targetstage_arg,
     unicode_and_long_names,
     user_names,
     user_with_supplementary_groups,

@@ -30,8 +30,10 @@ pub(crate) struct StageDef<'a> {
 }
 
 pub(crate) struct Graph<'a> {
-    /// Global ARGs: name -> value (build arg, else expanded default); `None` when unset.
-    pub global_args: BTreeMap<String, Option<String>>,
+    /// The scope after the global ARGs (declared before the first FROM): the automatic
+    /// args, then each global ARG's build arg or expanded default. A stage's `ARG NAME`
+    /// without a default takes its value from here.
+    pub global_scope: BTreeMap<String, String>,
     pub stages: Vec<StageDef<'a>>,
     /// Positions of the needed stages, dependencies first.
     pub order: Vec<usize>,
@@ -40,11 +42,17 @@ pub(crate) struct Graph<'a> {
     pub declared: BTreeSet<String>,
 }
 
-/// The automatic platform args (BuildKit's TARGET*/BUILD*); rbuild builds for the host only,
-/// so the build and target platforms are the same.
-pub(crate) fn platform_args(opts: &BuildOptions) -> BTreeMap<String, String> {
+/// The automatic args: BuildKit's TARGET*/BUILD* platform args (rbuild builds for the host
+/// only, so the build and target platforms are the same) and TARGETSTAGE, the `--target`
+/// as given, else the last stage's name, else `default`.
+pub(crate) fn automatic_args(
+    opts: &BuildOptions,
+    last_stage_name: Option<&str>,
+) -> BTreeMap<String, String> {
     let p = &opts.platform;
     let mut m = BTreeMap::new();
+    let target = opts.target.as_deref().or(last_stage_name);
+    m.insert("TARGETSTAGE".into(), target.unwrap_or("default").into());
     for prefix in ["TARGET", "BUILD"] {
         m.insert(format!("{prefix}PLATFORM"), p.to_spec());
         m.insert(format!("{prefix}OS"), p.os.clone());
@@ -101,8 +109,11 @@ pub(crate) fn build<'a>(
             ),
         });
     };
-    let mut global_scope = platform_args(opts);
-    let mut global_args = BTreeMap::new();
+    let last_stage_name = located.iter().rev().find_map(|l| match &l.instruction {
+        Instruction::From(f) => Some(f.name.as_deref()),
+        _ => None,
+    });
+    let mut global_scope = automatic_args(opts, last_stage_name.flatten());
     for l in &located[..first_from] {
         let Instruction::Arg(decls) = &l.instruction else {
             return Err(src.at(
@@ -121,11 +132,11 @@ pub(crate) fn build<'a>(
                 }
                 (None, None) => None,
             };
-            match &value {
-                Some(v) => global_scope.insert(name.clone(), v.clone()),
-                None => global_scope.remove(&name),
-            };
-            global_args.insert(name, value);
+            // Without a value the name keeps what it had: an automatic arg's value, or
+            // an earlier global ARG's (BuildKit's buildMetaArgs).
+            if let Some(v) = value {
+                global_scope.insert(name, v);
+            }
         }
     }
 
@@ -226,7 +237,7 @@ pub(crate) fn build<'a>(
     }
 
     Ok(Graph {
-        global_args,
+        global_scope,
         stages,
         order,
         target,

@@ -661,6 +661,46 @@ pub(crate) mod tests {
         assert!(env.contains(&"TARGETARCH=amd64".to_string()));
     }
 
+    /// Regression (issue 14): TARGETSTAGE was never set. BuildKit: the `--target` as
+    /// given, else the last stage's name, else `default`; a build arg overrides it.
+    #[test]
+    fn targetstage_is_the_target_as_given_or_the_last_stage_or_default() {
+        let value = |text: &str, target: Option<&str>, arg: Option<&str>| {
+            let mut opts = options();
+            opts.target = target.map(String::from);
+            if let Some(v) = arg {
+                opts.build_args.insert("TARGETSTAGE".into(), v.into());
+            }
+            let p = plan(text, &opts, &mut FakeResolver).unwrap();
+            let env = run_op(runs(&p.stages[0])[0]).env.clone();
+            env.into_iter()
+                .find_map(|e| e.strip_prefix("TARGETSTAGE=").map(String::from))
+        };
+        let text = "FROM a AS one\nARG TARGETSTAGE\nRUN true\nFROM one AS Two\n";
+        assert_eq!(value(text, None, None).as_deref(), Some("two"));
+        assert_eq!(value(text, Some("ONE"), None).as_deref(), Some("ONE"));
+        assert_eq!(value(text, Some("ONE"), Some("x")).as_deref(), Some("x"));
+        let unnamed = "FROM a\nARG TARGETSTAGE\nRUN true\n";
+        assert_eq!(value(unnamed, None, None).as_deref(), Some("default"));
+        // Like every automatic arg, it needs an ARG to be seen.
+        assert_eq!(value("FROM a\nRUN true\n", None, None), None);
+    }
+
+    /// Regression: a global `ARG NAME` without a default dropped the value NAME had (an
+    /// automatic arg, an earlier global ARG); BuildKit keeps it.
+    #[test]
+    fn global_arg_without_default_keeps_the_value_in_scope() {
+        let p = plan(
+            "ARG TARGETARCH\nARG V=1\nARG V\nFROM img-$TARGETARCH-$V\nARG V\nRUN true\n",
+            &options(),
+            &mut FakeResolver,
+        )
+        .unwrap();
+        let s = p.target_stage();
+        assert!(matches!(&s.base, Base::Image { reference, .. } if reference == "img-amd64-1"));
+        assert!(run_op(runs(s)[0]).env.contains(&"V=1".to_string()));
+    }
+
     #[test]
     fn entrypoint_drops_the_base_cmd_only() {
         let s = one_stage("FROM a\nENTRYPOINT [\"/e\"]\n", &options());

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::graph::{self, expand, platform_args, Graph, Ref};
+use super::graph::{self, expand, Graph, Ref};
 use super::{
     Base, BaseResolver, BuildOptions, CopyFrom, CopyOp, CopySource, InjectedFile, KeyMaterial,
     MountFrom, Op, Plan, PlanError, RunMount, RunOp, Sharing, Source, Stage, Step,
@@ -508,7 +508,6 @@ impl Ctx<'_, '_> {
         st: &mut StageState,
         scope: &BTreeMap<String, String>,
     ) -> Result<String, PlanError> {
-        let platform = platform_args(self.opts);
         let mut shown = Vec::new();
         for d in decls {
             let name = self.ex(line, &d.name, scope)?;
@@ -516,9 +515,7 @@ impl Ctx<'_, '_> {
                 Some(v.clone())
             } else if let Some(def) = &d.default {
                 Some(self.ex(line, def, scope)?)
-            } else if let Some(v) = self.graph.global_args.get(&name) {
-                v.clone()
-            } else if let Some(v) = platform.get(&name) {
+            } else if let Some(v) = self.graph.global_scope.get(&name) {
                 Some(v.clone())
             } else if name == "SOURCE_DATE_EPOCH" {
                 self.opts.source_date_epoch.map(|e| e.to_string())

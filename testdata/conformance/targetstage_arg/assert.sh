@@ -1,0 +1,4 @@
+set -e
+test "$(cat /first)" = "unset:"
+test "$(cat /second)" = "stage:Final"
+test "$(cat /third)" = "undeclared:none"
