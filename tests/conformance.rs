@@ -196,6 +196,7 @@ cases! {
     multistage_index,
     onbuild_recorded,
     opaque_dir,
+    proxy_build_args,
     run_basic,
     run_empty_layer,
     run_exec_form,

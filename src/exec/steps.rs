@@ -416,6 +416,7 @@ impl<'a> Ctx<'a> {
             });
         }
         let mut env = run.env.clone();
+        env.extend(run.proxy_env.iter().cloned());
         let mut mounts = Vec::new();
         // Held until the step ends: cache locks and private cache dirs.
         let mut guards = Vec::new();

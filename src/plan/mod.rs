@@ -144,6 +144,11 @@ pub struct RunOp {
     /// Files to provide read-only to the command (a heredoc with a shebang is run as a
     /// script at `/dev/pipes/<NAME>`, as BuildKit does).
     pub files: Vec<InjectedFile>,
+    /// `KEY=VALUE` from the proxy build args, both spellings, after `env`. Not part of the
+    /// cache key (BuildKit leaves ProxyEnv out of an exec op's key): a CI runner's proxy
+    /// does not change what a step builds.
+    #[serde(skip)]
+    pub proxy_env: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -641,12 +646,43 @@ pub(crate) mod tests {
         let step = runs(&p.stages[0])[0];
         let env = &run_op(step).env;
         assert!(env.contains(&"V=9".to_string()));
-        assert!(env.contains(&"https_proxy=http://p".to_string()));
         assert!(!step.created_by.contains("proxy"));
         assert_eq!(
             p.warnings,
             vec!["one or more build-args [NOBODY] were not consumed".to_string()]
         );
+    }
+
+    /// Regression (issue 14): `--build-arg http_proxy=..` reached RUN only in that
+    /// spelling; BuildKit sets both. Proxies stay out of the cache key and history.
+    #[test]
+    fn proxy_build_args_reach_run_in_both_spellings_outside_the_key() {
+        let mut opts = options();
+        opts.build_args
+            .insert("https_proxy".into(), "http://p".into());
+        opts.build_args.insert("NO_PROXY".into(), "a".into());
+        opts.build_args.insert("no_proxy".into(), "b".into());
+        opts.build_args
+            .insert("Ftp_Proxy".into(), "http://f".into());
+        let text = "FROM a\nENV http_proxy=from-env\nRUN true\n";
+        let p = plan(text, &opts, &mut FakeResolver).unwrap();
+        let step = runs(&p.stages[0])[0];
+        let run = run_op(step);
+        assert_eq!(
+            run.proxy_env,
+            [
+                "HTTPS_PROXY=http://p",
+                "https_proxy=http://p",
+                "FTP_PROXY=http://f",
+                "ftp_proxy=http://f",
+                "NO_PROXY=b",
+                "no_proxy=b",
+            ]
+        );
+        assert!(!step.created_by.contains("proxy"));
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let plain = plan(text, &options(), &mut FakeResolver).unwrap();
+        assert_eq!(plain.keys_without_content(), p.keys_without_content());
     }
 
     #[test]

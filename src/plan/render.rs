@@ -42,6 +42,10 @@ pub fn render(plan: &Plan) -> String {
                 Op::Run(r) => {
                     let _ = writeln!(out, "       argv: {:?}", r.argv);
                     let _ = writeln!(out, "       env: {:?}", r.env);
+                    if !r.proxy_env.is_empty() {
+                        let _ =
+                            writeln!(out, "       proxy env (not in the key): {:?}", r.proxy_env);
+                    }
                     let _ = writeln!(
                         out,
                         "       user: {:?} workdir: {} network: {:?} security: {:?}",

@@ -17,20 +17,38 @@ use crate::dockerfile::syntax;
 use crate::dockerfile::ErrorKind;
 use crate::image::{config::Empty, HealthConfig, ImageConfig};
 
-/// Build args that need no ARG declaration (BuildKit's predefined args). The proxy ones
-/// reach RUN's environment but stay out of history.
-const PROXY_ARGS: [&str; 10] = [
-    "HTTP_PROXY",
+/// The proxy build args (any letter case): they need no ARG declaration, and reach RUN's
+/// environment, but neither history nor the cache key (BuildKit's ProxyEnv).
+const PROXY_ARGS: [&str; 5] = [
     "http_proxy",
-    "HTTPS_PROXY",
     "https_proxy",
-    "FTP_PROXY",
     "ftp_proxy",
-    "NO_PROXY",
     "no_proxy",
-    "ALL_PROXY",
     "all_proxy",
 ];
+
+fn is_proxy_arg(name: &str) -> bool {
+    PROXY_ARGS.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
+/// The environment the proxy build args give a RUN step: each given one in both spellings
+/// (`HTTP_PROXY` and `http_proxy`), as BuildKit's executor sets them. When several letter
+/// cases of one name are given, the last in sorted order wins (BuildKit sorts the keys).
+fn proxy_env(build_args: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in PROXY_ARGS {
+        let value = build_args
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(p))
+            .map(|(_, v)| v)
+            .next_back();
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            out.push((p.to_ascii_uppercase(), v.clone()));
+            out.push((p.to_string(), v.clone()));
+        }
+    }
+    out
+}
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -145,7 +163,7 @@ pub(crate) fn plan_stages(
         .map(String::as_str)
         .filter(|k| {
             !graph.declared.contains(*k)
-                && !PROXY_ARGS.contains(k)
+                && !is_proxy_arg(k)
                 && *k != "SOURCE_DATE_EPOCH"
                 && !k.starts_with("BUILDKIT_")
         })
@@ -612,13 +630,11 @@ impl Ctx<'_, '_> {
                 }
             }
         }
-        for p in PROXY_ARGS {
-            if let Some(v) = self.opts.build_args.get(p) {
-                if seen.insert(p.to_string()) {
-                    env.push(format!("{p}={v}"));
-                }
-            }
-        }
+        let proxy_env = proxy_env(&self.opts.build_args)
+            .into_iter()
+            .filter(|(k, _)| !seen.contains(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         Ok(RunOp {
             argv,
             env,
@@ -631,6 +647,7 @@ impl Ctx<'_, '_> {
             mounts,
             security: run.security.unwrap_or(Security::Sandbox),
             files,
+            proxy_env,
         })
     }
 
