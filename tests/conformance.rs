@@ -3,7 +3,8 @@
 //! have the same filesystem and config. A case directory holds:
 //! - `Dockerfile` and its context files;
 //! - `build-args` (optional): one `KEY=VALUE` per line; `target` (optional): the stage;
-//! - `assert.sh` (optional): run with `sh` inside rbuild's image, must exit 0;
+//! - `assert.sh` (optional): run with `sh -e` inside rbuild's image (every command must
+//!   succeed, not only the last);
 //! - `rbuild-only` (optional): why docker 20.10's frontend cannot build it (no comparison then);
 //! - `error` (optional): the build must fail and rbuild's stderr must contain this text.
 
@@ -113,7 +114,13 @@ fn check_case(name: &str) {
                     "{}:/rbuild-assert.sh:ro",
                     case.join("assert.sh").display()
                 ))
-                .args(["--entrypoint", "/bin/sh", &rbuild_tag, "/rbuild-assert.sh"]),
+                .args([
+                    "--entrypoint",
+                    "/bin/sh",
+                    &rbuild_tag,
+                    "-e",
+                    "/rbuild-assert.sh",
+                ]),
         );
     }
     if rbuild_only {
@@ -210,6 +217,7 @@ cases! {
     target_stage,
     targetstage_arg,
     unicode_and_long_names,
+    user_default_groups,
     user_names,
     user_with_supplementary_groups,
     whiteout_delete,

@@ -586,11 +586,7 @@ fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<Reply> 
         let bytes = ctx(root.read(p), || format!("reading {p} in the image"))?;
         Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
     };
-    let (passwd, group) = if spec.user.is_empty() {
-        (read("/etc/passwd")?, None)
-    } else {
-        (read("/etc/passwd")?, read("/etc/group")?)
-    };
+    let (passwd, group) = (read("/etc/passwd")?, read("/etc/group")?);
     let exec_user =
         user::resolve(&spec.user, passwd.as_deref(), group.as_deref()).map_err(|e| {
             Failure::User {

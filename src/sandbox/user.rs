@@ -89,12 +89,14 @@ pub fn resolve(
     group: Option<&str>,
 ) -> Result<ExecUser, UserError> {
     if spec.is_empty() {
-        return Ok(ExecUser {
+        // No USER is user "0", looked up like any other (root's /etc/group memberships
+        // apply), or plain 0:0 when the image cannot resolve it (BuildKit's GetUser).
+        return Ok(resolve("0", passwd, group).unwrap_or_else(|_| ExecUser {
             uid: 0,
             gid: 0,
             sgids: Vec::new(),
             home: home_of(0, passwd),
-        });
+        }));
     }
     let (user_arg, group_arg) = match spec.split_once(':') {
         Some((u, g)) => (u, g),
@@ -175,12 +177,20 @@ mod tests {
         resolve(spec, Some(PASSWD), Some(GROUP))
     }
 
+    /// Regression (issue 14): without USER, root got no supplementary groups while
+    /// `USER root` did; BuildKit resolves both the same way.
     #[test]
-    fn empty_is_root_without_groups() {
+    fn empty_is_user_zero_with_its_groups() {
         let u = r("").unwrap();
         assert_eq!(
-            (u.uid, u.gid, u.sgids, u.home.as_str()),
-            (0, 0, vec![], "/root")
+            (u.uid, u.gid, u.sgids.clone(), u.home.as_str()),
+            (0, 0, vec![10], "/root")
+        );
+        assert_eq!(r("root").unwrap(), u);
+        let bare = resolve("", None, None).unwrap();
+        assert_eq!(
+            (bare.uid, bare.gid, bare.sgids, bare.home.as_str()),
+            (0, 0, vec![], "/")
         );
     }
 
