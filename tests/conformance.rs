@@ -211,6 +211,7 @@ cases! {
     run_mount_bind,
     run_mount_cache,
     run_network_none,
+    sandbox_hostname,
     shell_instruction,
     special_bits,
     symlinks,

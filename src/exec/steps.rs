@@ -29,8 +29,6 @@ use super::{
 const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 /// How many of a failed RUN's last output lines its error repeats.
 const FAILED_OUTPUT_LINES: usize = 10;
-/// The hostname RUN steps see, as under BuildKit.
-const HOSTNAME: &str = "buildkitsandbox";
 
 /// A step context: one per stage building at a time (see [`Ctx::fork`]).
 pub struct Ctx<'a> {
@@ -434,7 +432,7 @@ impl<'a> Ctx<'a> {
             env,
             cwd: run.workdir.clone(),
             user: run.user.clone(),
-            hostname: HOSTNAME.to_string(),
+            hostname: run.hostname.clone(),
             network,
             mounts,
             files: run

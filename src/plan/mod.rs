@@ -139,6 +139,9 @@ pub struct RunOp {
     /// Absolute; `/` when unset.
     pub workdir: String,
     pub network: NetworkMode,
+    /// The hostname the step sees: `--build-arg BUILDKIT_SANDBOX_HOSTNAME`, else BuildKit's
+    /// `buildkitsandbox`.
+    pub hostname: String,
     pub mounts: Vec<RunMount>,
     pub security: Security,
     /// Files to provide read-only to the command (a heredoc with a shebang is run as a
@@ -683,6 +686,32 @@ pub(crate) mod tests {
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
         let plain = plan(text, &options(), &mut FakeResolver).unwrap();
         assert_eq!(plain.keys_without_content(), p.keys_without_content());
+    }
+
+    /// Regression (issue 14): `--build-arg BUILDKIT_SANDBOX_HOSTNAME` was ignored. It sets
+    /// the hostname of RUN steps and, like BuildKit's exec meta, is part of their key.
+    #[test]
+    fn sandbox_hostname_build_arg_sets_the_run_hostname() {
+        let text = "FROM a\nRUN hostname\n";
+        let hostname = |v: Option<&str>| {
+            let mut opts = options();
+            if let Some(v) = v {
+                opts.build_args
+                    .insert("BUILDKIT_SANDBOX_HOSTNAME".into(), v.into());
+            }
+            plan(text, &opts, &mut FakeResolver).map(|p| {
+                let h = run_op(runs(&p.stages[0])[0]).hostname.clone();
+                (h, p.keys_without_content(), p.warnings)
+            })
+        };
+        let (default, default_keys, _) = hostname(None).unwrap();
+        assert_eq!(default, "buildkitsandbox");
+        let (foo, foo_keys, warnings) = hostname(Some("foo")).unwrap();
+        assert_eq!(foo, "foo");
+        assert_ne!(foo_keys, default_keys);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let err = hostname(Some(&"x".repeat(65))).unwrap_err();
+        assert!(err.to_string().contains("at most 64 bytes"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,9 @@ fn proxy_env(build_args: &BTreeMap<String, String>) -> Vec<(String, String)> {
     out
 }
 
+/// The hostname RUN steps see unless `--build-arg BUILDKIT_SANDBOX_HOSTNAME` says otherwise.
+const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
+
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 struct Ctx<'a, 'b> {
@@ -644,11 +647,26 @@ impl Ctx<'_, '_> {
                 None | Some(NetworkMode::Default) => self.opts.network,
                 Some(explicit) => explicit,
             },
+            hostname: self.hostname()?,
             mounts,
             security: run.security.unwrap_or(Security::Sandbox),
             files,
             proxy_env,
         })
+    }
+
+    fn hostname(&self) -> Result<String, PlanError> {
+        match self.opts.build_args.get("BUILDKIT_SANDBOX_HOSTNAME") {
+            None => Ok(DEFAULT_HOSTNAME.to_string()),
+            Some(h) if h.is_empty() => Ok(DEFAULT_HOSTNAME.to_string()),
+            // The kernel's limit (HOST_NAME_MAX); sethostname would refuse it mid-build.
+            Some(h) if h.len() > 64 || h.contains('\0') => {
+                Err(self.src.file(ErrorKind::Invalid(format!(
+                    "invalid --build-arg BUILDKIT_SANDBOX_HOSTNAME=`{h}`: a hostname is at most 64 bytes"
+                ))))
+            }
+            Some(h) => Ok(h.clone()),
+        }
     }
 
     fn mount(
