@@ -191,6 +191,7 @@ cases! {
     error_unknown_stage,
     escape_directive,
     expansion_patterns,
+    from_scratch_config,
     fifo_and_devices,
     hardlinks,
     healthcheck_none,

@@ -209,7 +209,12 @@ impl Ctx<'_, '_> {
         let graph = self.graph;
         let def = &graph.stages[pos];
         let (base, mut config) = match &def.base {
-            Ref::Scratch | Ref::Context(_) => (Base::Scratch, ImageConfig::default()),
+            // BuildKit's empty image: WorkingDir `/` (PATH and platform are set below).
+            Ref::Scratch | Ref::Context(_) => {
+                let mut config = ImageConfig::default();
+                config.config.working_dir = Some("/".into());
+                (Base::Scratch, config)
+            }
             Ref::Image(r) => {
                 let resolved = self.resolve(def.line, r)?;
                 let config = resolved.config.clone();
