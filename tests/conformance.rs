@@ -211,6 +211,7 @@ cases! {
     run_fail,
     run_mount_bind,
     run_mount_cache,
+    run_mount_cache_settings,
     run_network_none,
     sandbox_hostname,
     shell_instruction,

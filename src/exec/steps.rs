@@ -579,7 +579,7 @@ impl<'a> Ctx<'a> {
                 let id = m.id.clone().unwrap_or_else(|| m.target.clone());
                 let base = self.store.root().join("mounts/cache");
                 std::fs::create_dir_all(&base).map_err(BuildError::io("creating", &base))?;
-                let name = Digest::of(id.as_bytes()).hex().to_string();
+                let name = cache_mount_name(&id, m.uid, m.gid, m.mode);
                 // The sandbox creates the directory itself, with the mount's uid/gid/mode.
                 let dir = base.join(&name);
                 let lock_path = base.join(format!("{name}.lock"));
@@ -847,6 +847,20 @@ enum MountGuard {
     Dir(#[allow(dead_code)] tempfile::TempDir),
 }
 
+/// The directory name of a cache mount in the store. BuildKit keys a cache mount by its id,
+/// plus the snapshot that sets its owner and mode when `uid`, `gid` or `mode` is given: a
+/// second mount of the same id with other settings gets a cache of its own.
+fn cache_mount_name(id: &str, uid: Option<u32>, gid: Option<u32>, mode: Option<u32>) -> String {
+    let key = if uid.is_none() && gid.is_none() && mode.is_none() {
+        id.to_string()
+    } else {
+        // The defaults of BuildKit's setCacheUIDGID: the same mkdir, the same cache.
+        let (uid, gid, mode) = (uid.unwrap_or(0), gid.unwrap_or(0), mode.unwrap_or(0o755));
+        format!("{id}\0{uid}:{gid}:{mode:o}")
+    };
+    Digest::of(key.as_bytes()).hex().to_string()
+}
+
 /// Take the flock beside a cache directory; `wait=false` gives None when it is held.
 fn lock_cache(
     path: &Path,
@@ -898,5 +912,30 @@ fn mount_from(from: &MountFrom) -> CopyFrom {
         MountFrom::Stage(i) => CopyFrom::Stage(*i),
         MountFrom::Image(r) => CopyFrom::Image(r.clone()),
         MountFrom::BuildContext(n) => CopyFrom::BuildContext(n.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_mount_name;
+
+    /// Regression (issue 14): cache mounts were shared by id alone, so a second mount of
+    /// the id with another uid/gid/mode got the first one's owner and mode.
+    #[test]
+    fn cache_mounts_are_keyed_by_id_and_settings() {
+        let plain = cache_mount_name("x", None, None, None);
+        let owned = cache_mount_name("x", Some(1001), Some(1002), Some(0o751));
+        assert_ne!(plain, owned);
+        assert_ne!(
+            owned,
+            cache_mount_name("x", Some(1001), Some(1002), Some(0o755))
+        );
+        assert_ne!(plain, cache_mount_name("y", None, None, None));
+        // Unset settings take BuildKit's defaults (0, 0, 0755) once any is given.
+        assert_eq!(
+            cache_mount_name("x", Some(1), None, None),
+            cache_mount_name("x", Some(1), Some(0), Some(0o755))
+        );
+        assert_ne!(plain, cache_mount_name("x", Some(0), None, None));
     }
 }
