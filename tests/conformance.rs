@@ -178,6 +178,7 @@ cases! {
     env_in_run_and_history,
     env_legacy_form,
     env_override,
+    error_copy_ignored,
     error_copy_missing,
     error_no_from,
     error_unknown_instruction,
