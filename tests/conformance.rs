@@ -161,6 +161,7 @@ cases! {
     cmd_shell_form,
     comments_and_continuations,
     config_fields,
+    copy_chmod_new_parents,
     copy_chown_chmod,
     copy_chown_new_parents,
     copy_dir_contents,

@@ -13,7 +13,9 @@
 //! - the destination is resolved inside `dest_root` following the image's symlinks there
 //!   (`/etc -> /x` resolves to `dest_root/x`); nested destination entries are never
 //!   written through a symlink;
-//! - missing parents are created 0755, owned by the `--chown` user (else root);
+//! - missing parents are created 0755 (an octal `--chmod`'s permission bits instead),
+//!   owned by the `--chown` user (else root), and only when something is copied: a
+//!   wildcard that matches nothing creates nothing;
 //! - ownership becomes 0:0 for context sources (BuildKit's file sync resets it), is kept
 //!   for stage sources (`preserve_owner`), and `--chown` overrides both; modes are kept
 //!   unless `--chmod`; mtimes are kept; hard links inside the copied set stay links;
@@ -153,24 +155,28 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
     };
     let dest_rel = clean_rel(&dest_abs);
 
-    let mut c = Copier {
-        dest_root,
-        owner,
-        chmod,
-        preserve_owner: job.preserve_owner,
-        inodes: HashMap::new(),
-        dirs_to_finish: Vec::new(),
-        stats: CopyStats::default(),
-    };
-
     // fsutil's ensureDstPath: the destination itself when it ends in `/`, else its parent.
     let ensure = if dest_is_dir || job.parents {
         dest_rel.clone()
     } else {
         parent_of(&dest_rel).to_string()
     };
-    let ensured = resolve_in_root(dest_root, &ensure, true)?;
-    c.mkdir_all(&ensured)?;
+    let mut c = Copier {
+        dest_root,
+        owner,
+        // fsutil's MkdirAll gets an octal --chmod as its mode (BuildKit v0.21, fsutil
+        // 183e7fb), through Go's os.FileMode, which keeps only the permission bits.
+        parent_mode: match &chmod {
+            Some(ModeSpec::Octal(m)) => m & 0o777,
+            _ => 0o755,
+        },
+        ensure,
+        chmod,
+        preserve_owner: job.preserve_owner,
+        inodes: HashMap::new(),
+        dirs_to_finish: Vec::new(),
+        stats: CopyStats::default(),
+    };
 
     for src in &job.sources {
         match src {
@@ -185,11 +191,12 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
                     if job.add && m.meta.is_file() {
                         if let Some(reader) = open_archive(&m.host)? {
                             let dir = resolve_in_root(dest_root, &dest_rel, true)?;
-                            c.mkdir_all(&dir)?;
+                            c.mkdir_all(&dir, UNPACK_DIR_MODE)?;
                             c.extract(reader, &m.host, &dir)?;
                             continue;
                         }
                     }
+                    c.ensure_dest()?;
                     let target =
                         c.prepare_target(m.meta.is_dir(), base_name(&m.named), &dest_rel)?;
                     let entries = walk::walk(&m, &ignore, &excludes)?;
@@ -206,12 +213,13 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
                 if *unpack {
                     if let Some(reader) = open_archive(file)? {
                         let dir = resolve_in_root(dest_root, &dest_rel, true)?;
-                        c.mkdir_all(&dir)?;
+                        c.mkdir_all(&dir, UNPACK_DIR_MODE)?;
                         c.extract(reader, file, &dir)?;
                         continue;
                     }
                 }
                 let meta = fs::metadata(file).map_err(|e| io_err(file, e))?;
+                c.ensure_dest()?;
                 let target = c.prepare_target(false, name, &dest_rel)?;
                 let dst = c.host(&target);
                 c.copy_one(file, &meta, &dst, ExistingDir::Overwrite, Some(*mode))?;
@@ -237,6 +245,9 @@ fn join(a: &str, b: &str) -> String {
     }
 }
 
+/// Directories made for an extracted archive: BuildKit's unpack ignores --chmod.
+const UNPACK_DIR_MODE: u32 = 0o755;
+
 /// What happens to a directory that already exists at the destination.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ExistingDir {
@@ -251,6 +262,12 @@ enum ExistingDir {
 struct Copier<'a> {
     dest_root: &'a Path,
     owner: Option<(u32, u32)>,
+    /// Mode of the directories made on the way to the destination: 0755, or an octal
+    /// --chmod's permission bits.
+    parent_mode: u32,
+    /// The destination directory to make before copying a source (root-relative, not yet
+    /// resolved); see [`Copier::ensure_dest`].
+    ensure: String,
     chmod: Option<ModeSpec>,
     preserve_owner: bool,
     /// (dev, ino) of multiply-linked source files -> where the first copy went.
@@ -266,9 +283,16 @@ impl Copier<'_> {
         host_path(self.dest_root, rel)
     }
 
-    /// Create `rel` (already resolved inside the root) and its missing parents, 0755 and
+    /// fsutil's ensureDstPath, made before each source is copied (BuildKit copies nothing,
+    /// and creates nothing, for a wildcard that matched nothing), resolved inside the root.
+    fn ensure_dest(&mut self) -> Result<(), CopyError> {
+        let real = resolve_in_root(self.dest_root, &self.ensure, true)?;
+        self.mkdir_all(&real, self.parent_mode)
+    }
+
+    /// Create `rel` (already resolved inside the root) and its missing parents with `mode`,
     /// owned by the --chown user, as fsutil's MkdirAll does.
-    fn mkdir_all(&mut self, rel: &str) -> Result<(), CopyError> {
+    fn mkdir_all(&mut self, rel: &str, mode: u32) -> Result<(), CopyError> {
         let mut cur = String::new();
         for comp in rel.split('/').filter(|c| !c.is_empty()) {
             cur = join(&cur, comp);
@@ -281,7 +305,7 @@ impl Copier<'_> {
                     let (uid, gid) = self.owner.unwrap_or((0, 0));
                     std::os::unix::fs::lchown(&host, Some(uid), Some(gid))
                         .map_err(|e| io_err(&host, e))?;
-                    fs::set_permissions(&host, fs::Permissions::from_mode(0o755))
+                    fs::set_permissions(&host, fs::Permissions::from_mode(mode))
                         .map_err(|e| io_err(&host, e))?;
                     self.stats.dirs += 1;
                 }
@@ -305,9 +329,9 @@ impl Copier<'_> {
             _ => dest,
         };
         if src_is_dir && existing.is_none() {
-            self.mkdir_all(&target)?;
+            self.mkdir_all(&target, self.parent_mode)?;
         } else {
-            self.mkdir_all(parent_of(&target))?;
+            self.mkdir_all(parent_of(&target), self.parent_mode)?;
         }
         Ok(target)
     }
@@ -501,6 +525,7 @@ impl Copier<'_> {
                     .unwrap_or(base_name(&m.named))
                     .to_string()
             };
+            self.ensure_dest()?;
             // Intermediate directories are copies of the source's, not fresh 0755 ones.
             let dest_base = resolve_in_root(self.dest_root, dest_rel, true)?;
             let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
@@ -517,7 +542,7 @@ impl Copier<'_> {
             let target = join(&dest_base, &comps.join("/"));
             if add && m.meta.is_file() {
                 if let Some(reader) = open_archive(&m.host)? {
-                    self.mkdir_all(&target)?;
+                    self.mkdir_all(&target, UNPACK_DIR_MODE)?;
                     self.extract(reader, &m.host, &target)?;
                     continue;
                 }
@@ -1159,6 +1184,10 @@ mod tests {
         );
         // BuildKit: an empty wildcard copies nothing; a missing literal fails.
         assert_eq!(run(&e, &job(&["nomatch*"], "/n/")).unwrap().files, 0);
+        assert!(
+            !e.dst.join("n").exists(),
+            "an empty wildcard creates nothing"
+        );
         let err = run(&e, &job(&["missing.txt"], "/n/")).unwrap_err();
         assert_eq!(err.to_string(), "\"/missing.txt\": not found");
     }
@@ -1320,6 +1349,63 @@ mod tests {
         for bad in ["", "u", "9", "u+q", "77777"] {
             assert!(ModeSpec::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Issue 14: directories a `COPY --chmod=<octal>` creates on the way to its destination
+    /// take that mode (fsutil's MkdirAll since BuildKit v0.21, moby/buildkit testCopyChmod);
+    /// only its permission bits, as Go's os.Mkdir/Chmod drop raw setuid/setgid/sticky bits.
+    /// A symbolic --chmod leaves them 0755; existing directories keep their mode.
+    #[test]
+    fn chmod_octal_applies_to_created_parents() {
+        let e = env();
+        let mut j = job(&["top.txt"], "/a/b/c/");
+        j.chmod = Some("0770".into());
+        run(&e, &j).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/a"),
+            [
+                "d /a 770 0:0 0",
+                "d /a/b 770 0:0 0",
+                "d /a/b/c 770 0:0 0",
+                "f /a/b/c/top.txt 770 0:0 3"
+            ]
+        );
+        // Without a trailing slash the last component is the file; /a exists and keeps 770.
+        let mut j = job(&["two.txt"], "/a/new/f");
+        j.chmod = Some("0700".into());
+        j.chown = Some("7:8".into());
+        run(&e, &j).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/a"),
+            [
+                "d /a 770 0:0 0",
+                "d /a/b 770 0:0 0",
+                "d /a/b/c 770 0:0 0",
+                "f /a/b/c/top.txt 770 0:0 3",
+                "d /a/new 700 7:8 0",
+                "f /a/new/f 700 7:8 4"
+            ]
+        );
+        // A directory source: the directory made for its contents and the copied ones.
+        let mut j = job(&["dir"], "/d/e");
+        j.chmod = Some("4750".into());
+        run(&e, &j).unwrap();
+        let l = listing(&e.dst, "/d");
+        assert_eq!(&l[..2], ["d /d 750 0:0 0", "d /d/e 750 0:0 0"], "{l:?}");
+        assert!(l.contains(&"f /d/e/a.txt 4750 0:0 3".to_string()), "{l:?}");
+        assert!(l.contains(&"d /d/e/sub 4750 0:0 0".to_string()), "{l:?}");
+        // Symbolic modes have no single mode for a directory: 0755.
+        let mut j = job(&["top.txt"], "/s/t/");
+        j.chmod = Some("go-rwx".into());
+        run(&e, &j).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/s"),
+            [
+                "d /s 755 0:0 0",
+                "d /s/t 755 0:0 0",
+                "f /s/t/top.txt 700 0:0 3"
+            ]
+        );
     }
 
     #[test]
