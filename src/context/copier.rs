@@ -16,6 +16,8 @@
 //! - missing parents are created 0755 (an octal `--chmod`'s permission bits instead),
 //!   owned by the `--chown` user (else root), and only when something is copied: a
 //!   wildcard that matches nothing creates nothing;
+//! - a unix socket becomes an empty regular file with its permission bits (BuildKit's
+//!   context transfer cannot send a socket);
 //! - ownership becomes 0:0 for context sources (BuildKit's file sync resets it), is kept
 //!   for stage sources (`preserve_owner`), and `--chown` overrides both; modes are kept
 //!   unless `--chmod`; mtimes are kept; hard links inside the copied set stay links;
@@ -28,7 +30,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -430,6 +432,18 @@ impl Copier<'_> {
             let target = fs::read_link(src).map_err(|e| io_err(src, e))?;
             std::os::unix::fs::symlink(&target, dst_host).map_err(|e| io_err(dst_host, e))?;
             self.stats.symlinks += 1;
+        } else if ft.is_socket() {
+            // BuildKit sends a socket as an empty regular file with its permission bits
+            // (fsutil's mkstat clears the socket bit; the sender cannot open it, so no data
+            // follows); apply_meta below gives it those bits.
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(dst_host)
+                .map_err(|e| io_err(dst_host, e))?;
+            self.stats.files += 1;
         } else {
             mknod(dst_host, meta.mode(), meta.rdev())?;
             self.stats.specials += 1;
@@ -1030,8 +1044,17 @@ mod tests {
                 0,
                 format!(" -> {}", fs::read_link(p).unwrap().display()),
             )
-        } else {
+        } else if t.is_file() {
             ("f", m.size(), String::new())
+        } else {
+            let kind = if t.is_socket() {
+                "s"
+            } else if t.is_fifo() {
+                "p"
+            } else {
+                "c"
+            };
+            (kind, 0, String::new())
         };
         out.push((
             rel.clone(),
@@ -1465,6 +1488,27 @@ mod tests {
             run(&e, &j).unwrap_err().to_string(),
             "\"/top.txt\": not found: top.txt is excluded by .dockerignore (pattern `*.txt`)"
         );
+    }
+
+    /// Issue 14: a unix socket arrives as an empty regular file with the socket's
+    /// permission bits, as BuildKit's context transfer sends it (fsutil's mkstat clears the
+    /// socket bit and the sender's open fails, so no data follows; its copier mknods a
+    /// socket with S_IFSOCK cleared, which is a regular file too).
+    #[test]
+    fn sockets_become_empty_regular_files() {
+        let e = env();
+        let sock = e.src.join("dir/app.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        fs::set_permissions(&sock, fs::Permissions::from_mode(0o640)).unwrap();
+        let stats = run(&e, &job(&["dir"], "/s/")).unwrap();
+        assert_eq!(stats.specials, 0);
+        let l = listing(&e.dst, "/s");
+        assert!(l.contains(&"f /s/app.sock 640 0:0 0".to_string()), "{l:?}");
+        // Named alone, and with --chmod.
+        let mut j = job(&["dir/app.sock"], "/one");
+        j.chmod = Some("0600".into());
+        run(&e, &j).unwrap();
+        assert_eq!(listing(&e.dst, "/one"), ["f /one 600 0:0 0"]);
     }
 
     #[test]
