@@ -115,6 +115,20 @@ pub enum CopyError {
     BadChmod(String),
     #[error("cannot copy to non-directory: {0}")]
     NotADirectory(String),
+    /// A source directory meets a symlink below the destination. BuildKit (fsutil's
+    /// copyDirectoryOnly) refuses to merge a directory through it rather than follow it, in
+    /// the same words; the rest says where the directory can go instead.
+    #[error(
+        "cannot copy to non-directory: {path} (a symlink to `{target}` in the image, which \
+         BuildKit does not copy a directory through; copy that directory to `{resolved}` \
+         instead)"
+    )]
+    DirectoryThroughSymlink {
+        path: String,
+        target: String,
+        /// Where the link leads, resolved inside the image root, as a directory (`/x/`).
+        resolved: String,
+    },
     #[error("cannot replace directory {0} with a non-directory")]
     ReplaceDirectory(String),
     #[error("extracting {archive}: {reason}")]
@@ -387,6 +401,7 @@ impl Copier<'_> {
                         times_only,
                     ));
                 }
+                Some(m) if m.is_symlink() => return Err(self.through_symlink(dst_host)),
                 Some(_) => return Err(CopyError::NotADirectory(self.display(dst_host))),
                 None => {
                     fs::create_dir(dst_host).map_err(|e| io_err(dst_host, e))?;
@@ -449,6 +464,27 @@ impl Copier<'_> {
             self.stats.specials += 1;
         }
         self.apply_meta(src, dst_host, meta, file_mode)
+    }
+
+    /// The error for a source directory meeting the image's symlink at `host`.
+    fn through_symlink(&self, host: &Path) -> CopyError {
+        let path = self.display(host);
+        let target = match fs::read_link(host) {
+            Ok(t) => t.to_string_lossy().into_owned(),
+            Err(e) => return io_err(host, e),
+        };
+        match resolve_in_root(self.dest_root, &path, true) {
+            Ok(resolved) => CopyError::DirectoryThroughSymlink {
+                path,
+                target,
+                resolved: if resolved.is_empty() {
+                    "/".to_string()
+                } else {
+                    format!("/{resolved}/")
+                },
+            },
+            Err(e) => e.into(),
+        }
     }
 
     fn display(&self, host: &Path) -> String {
@@ -1278,7 +1314,7 @@ mod tests {
         symlink("/x", e.dst.join("app/sub")).unwrap();
         let err = run(&e, &job(&["dir"], "/app/")).unwrap_err();
         assert!(
-            matches!(err, CopyError::NotADirectory(ref p) if p == "/app/sub"),
+            matches!(err, CopyError::DirectoryThroughSymlink { ref path, .. } if path == "/app/sub"),
             "{err}"
         );
         // The destination path itself is resolved too (fs.RootPath), inside the root.
@@ -1297,6 +1333,43 @@ mod tests {
             .unwrap()
             .is_file());
         assert_eq!(fs::read_to_string(e.dst.join("x/top.txt")).unwrap(), "two!");
+    }
+
+    /// Issue 14: `COPY dir/ /` where the context has `dir/lnk/file` and the image has
+    /// `/lnk -> usr/realbin`. Current BuildKit refuses it (fsutil's copyDirectoryOnly
+    /// lstats the target: "cannot copy to non-directory"; moby/moby#47367), as does docker
+    /// 20.10; rbuild says so and where to copy instead. Named as the destination itself, a
+    /// link is followed inside the root, whatever it points at (fs.RootPath).
+    #[test]
+    fn directory_meets_a_symlink_below_the_destination() {
+        let e = env();
+        write(&e.src.join("tree/lnk/file"), "f", 0o644);
+        fs::create_dir_all(e.dst.join("usr/realbin")).unwrap();
+        symlink("usr/realbin", e.dst.join("lnk")).unwrap();
+        let err = run(&e, &job(&["tree/"], "/")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot copy to non-directory: /lnk (a symlink to `usr/realbin` in the image, \
+             which BuildKit does not copy a directory through; copy that directory to \
+             `/usr/realbin/` instead)"
+        );
+        assert!(!e.dst.join("usr/realbin/file").exists());
+        // The link as the destination: relative, absolute, and one climbing out of the root.
+        symlink("/usr/realbin", e.dst.join("abs")).unwrap();
+        symlink("../../../../../../usr/realbin", e.dst.join("esc")).unwrap();
+        for (dest, file) in [
+            ("/lnk/", "file"),
+            ("/abs/", "file"),
+            ("/esc/sub/", "sub/file"),
+        ] {
+            run(&e, &job(&["tree/lnk/"], dest)).unwrap();
+            let written = e.dst.join("usr/realbin").join(file);
+            assert_eq!(fs::read_to_string(&written).unwrap(), "f", "{dest}");
+            fs::remove_file(written).unwrap();
+        }
+        assert!(fs::symlink_metadata(e.dst.join("lnk"))
+            .unwrap()
+            .is_symlink());
     }
 
     #[test]
