@@ -135,3 +135,55 @@ fn pull_flag_re_resolves_a_moved_base_tag() {
         "--pull must see the moved tag"
     );
 }
+
+/// Issue 14: a unix socket in the build context (a dev server's, left in the checkout) is
+/// copied as an empty regular file with the socket's permission bits, as BuildKit's context
+/// transfer sends it; rbuild used to drop it. docker build must agree entry for entry.
+#[test]
+fn context_socket_is_copied_as_an_empty_regular_file() {
+    use std::os::unix::fs::PermissionsExt;
+    if !e2e_ready() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    fs::create_dir_all(ctx.join("run")).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {REGISTRY}/busybox\nCOPY . /ctx/\n"),
+    )
+    .unwrap();
+    fs::write(ctx.join("run/app.pid"), "1\n").unwrap();
+    let sock = ctx.join("run/app.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o750)).unwrap();
+
+    let archive = t.path().join("image.tar");
+    let tag = "rbuild-contexts/socket:rbuild";
+    run_ok(
+        rbuild(&t.path().join("store"))
+            .args(["-t", tag, "-o"])
+            .arg(format!("type=docker,dest={}", archive.display()))
+            .arg(&ctx),
+    );
+    run_ok(docker().arg("load").arg("-i").arg(&archive));
+    let got = docker_fs(tag);
+    let entry = got
+        .get("ctx/run/app.sock")
+        .expect("the socket is in the image");
+    assert_eq!(
+        (entry.kind, entry.mode, entry.size),
+        ('f', 0o750, 0),
+        "{entry:?}"
+    );
+
+    let docker_tag = "rbuild-contexts/socket:docker";
+    run_ok(
+        docker()
+            .env("DOCKER_BUILDKIT", "1")
+            .args(["build", "--network=host", "-q", "-t", docker_tag])
+            .arg(&ctx),
+    );
+    let diffs = diff_listings(&docker_fs(docker_tag), &got);
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}

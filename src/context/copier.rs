@@ -13,7 +13,11 @@
 //! - the destination is resolved inside `dest_root` following the image's symlinks there
 //!   (`/etc -> /x` resolves to `dest_root/x`); nested destination entries are never
 //!   written through a symlink;
-//! - missing parents are created 0755, owned by the `--chown` user (else root);
+//! - missing parents are created 0755 (an octal `--chmod`'s permission bits instead),
+//!   owned by the `--chown` user (else root), and only when something is copied: a
+//!   wildcard that matches nothing creates nothing;
+//! - a unix socket becomes an empty regular file with its permission bits (BuildKit's
+//!   context transfer cannot send a socket);
 //! - ownership becomes 0:0 for context sources (BuildKit's file sync resets it), is kept
 //!   for stage sources (`preserve_owner`), and `--chown` overrides both; modes are kept
 //!   unless `--chmod`; mtimes are kept; hard links inside the copied set stay links;
@@ -26,7 +30,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -111,6 +115,20 @@ pub enum CopyError {
     BadChmod(String),
     #[error("cannot copy to non-directory: {0}")]
     NotADirectory(String),
+    /// A source directory meets a symlink below the destination. BuildKit (fsutil's
+    /// copyDirectoryOnly) refuses to merge a directory through it rather than follow it, in
+    /// the same words; the rest says where the directory can go instead.
+    #[error(
+        "cannot copy to non-directory: {path} (a symlink to `{target}` in the image, which \
+         BuildKit does not copy a directory through; copy that directory to `{resolved}` \
+         instead)"
+    )]
+    DirectoryThroughSymlink {
+        path: String,
+        target: String,
+        /// Where the link leads, resolved inside the image root, as a directory (`/x/`).
+        resolved: String,
+    },
     #[error("cannot replace directory {0} with a non-directory")]
     ReplaceDirectory(String),
     #[error("extracting {archive}: {reason}")]
@@ -153,24 +171,28 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
     };
     let dest_rel = clean_rel(&dest_abs);
 
-    let mut c = Copier {
-        dest_root,
-        owner,
-        chmod,
-        preserve_owner: job.preserve_owner,
-        inodes: HashMap::new(),
-        dirs_to_finish: Vec::new(),
-        stats: CopyStats::default(),
-    };
-
     // fsutil's ensureDstPath: the destination itself when it ends in `/`, else its parent.
     let ensure = if dest_is_dir || job.parents {
         dest_rel.clone()
     } else {
         parent_of(&dest_rel).to_string()
     };
-    let ensured = resolve_in_root(dest_root, &ensure, true)?;
-    c.mkdir_all(&ensured)?;
+    let mut c = Copier {
+        dest_root,
+        owner,
+        // fsutil's MkdirAll gets an octal --chmod as its mode (BuildKit v0.21, fsutil
+        // 183e7fb), through Go's os.FileMode, which keeps only the permission bits.
+        parent_mode: match &chmod {
+            Some(ModeSpec::Octal(m)) => m & 0o777,
+            _ => 0o755,
+        },
+        ensure,
+        chmod,
+        preserve_owner: job.preserve_owner,
+        inodes: HashMap::new(),
+        dirs_to_finish: Vec::new(),
+        stats: CopyStats::default(),
+    };
 
     for src in &job.sources {
         match src {
@@ -185,11 +207,12 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
                     if job.add && m.meta.is_file() {
                         if let Some(reader) = open_archive(&m.host)? {
                             let dir = resolve_in_root(dest_root, &dest_rel, true)?;
-                            c.mkdir_all(&dir)?;
+                            c.mkdir_all(&dir, UNPACK_DIR_MODE)?;
                             c.extract(reader, &m.host, &dir)?;
                             continue;
                         }
                     }
+                    c.ensure_dest()?;
                     let target =
                         c.prepare_target(m.meta.is_dir(), base_name(&m.named), &dest_rel)?;
                     let entries = walk::walk(&m, &ignore, &excludes)?;
@@ -206,12 +229,13 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
                 if *unpack {
                     if let Some(reader) = open_archive(file)? {
                         let dir = resolve_in_root(dest_root, &dest_rel, true)?;
-                        c.mkdir_all(&dir)?;
+                        c.mkdir_all(&dir, UNPACK_DIR_MODE)?;
                         c.extract(reader, file, &dir)?;
                         continue;
                     }
                 }
                 let meta = fs::metadata(file).map_err(|e| io_err(file, e))?;
+                c.ensure_dest()?;
                 let target = c.prepare_target(false, name, &dest_rel)?;
                 let dst = c.host(&target);
                 c.copy_one(file, &meta, &dst, ExistingDir::Overwrite, Some(*mode))?;
@@ -237,6 +261,9 @@ fn join(a: &str, b: &str) -> String {
     }
 }
 
+/// Directories made for an extracted archive: BuildKit's unpack ignores --chmod.
+const UNPACK_DIR_MODE: u32 = 0o755;
+
 /// What happens to a directory that already exists at the destination.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ExistingDir {
@@ -251,6 +278,12 @@ enum ExistingDir {
 struct Copier<'a> {
     dest_root: &'a Path,
     owner: Option<(u32, u32)>,
+    /// Mode of the directories made on the way to the destination: 0755, or an octal
+    /// --chmod's permission bits.
+    parent_mode: u32,
+    /// The destination directory to make before copying a source (root-relative, not yet
+    /// resolved); see [`Copier::ensure_dest`].
+    ensure: String,
     chmod: Option<ModeSpec>,
     preserve_owner: bool,
     /// (dev, ino) of multiply-linked source files -> where the first copy went.
@@ -266,9 +299,16 @@ impl Copier<'_> {
         host_path(self.dest_root, rel)
     }
 
-    /// Create `rel` (already resolved inside the root) and its missing parents, 0755 and
+    /// fsutil's ensureDstPath, made before each source is copied (BuildKit copies nothing,
+    /// and creates nothing, for a wildcard that matched nothing), resolved inside the root.
+    fn ensure_dest(&mut self) -> Result<(), CopyError> {
+        let real = resolve_in_root(self.dest_root, &self.ensure, true)?;
+        self.mkdir_all(&real, self.parent_mode)
+    }
+
+    /// Create `rel` (already resolved inside the root) and its missing parents with `mode`,
     /// owned by the --chown user, as fsutil's MkdirAll does.
-    fn mkdir_all(&mut self, rel: &str) -> Result<(), CopyError> {
+    fn mkdir_all(&mut self, rel: &str, mode: u32) -> Result<(), CopyError> {
         let mut cur = String::new();
         for comp in rel.split('/').filter(|c| !c.is_empty()) {
             cur = join(&cur, comp);
@@ -281,7 +321,7 @@ impl Copier<'_> {
                     let (uid, gid) = self.owner.unwrap_or((0, 0));
                     std::os::unix::fs::lchown(&host, Some(uid), Some(gid))
                         .map_err(|e| io_err(&host, e))?;
-                    fs::set_permissions(&host, fs::Permissions::from_mode(0o755))
+                    fs::set_permissions(&host, fs::Permissions::from_mode(mode))
                         .map_err(|e| io_err(&host, e))?;
                     self.stats.dirs += 1;
                 }
@@ -305,9 +345,9 @@ impl Copier<'_> {
             _ => dest,
         };
         if src_is_dir && existing.is_none() {
-            self.mkdir_all(&target)?;
+            self.mkdir_all(&target, self.parent_mode)?;
         } else {
-            self.mkdir_all(parent_of(&target))?;
+            self.mkdir_all(parent_of(&target), self.parent_mode)?;
         }
         Ok(target)
     }
@@ -361,6 +401,7 @@ impl Copier<'_> {
                         times_only,
                     ));
                 }
+                Some(m) if m.is_symlink() => return Err(self.through_symlink(dst_host)),
                 Some(_) => return Err(CopyError::NotADirectory(self.display(dst_host))),
                 None => {
                     fs::create_dir(dst_host).map_err(|e| io_err(dst_host, e))?;
@@ -406,11 +447,44 @@ impl Copier<'_> {
             let target = fs::read_link(src).map_err(|e| io_err(src, e))?;
             std::os::unix::fs::symlink(&target, dst_host).map_err(|e| io_err(dst_host, e))?;
             self.stats.symlinks += 1;
+        } else if ft.is_socket() {
+            // BuildKit sends a socket as an empty regular file with its permission bits
+            // (fsutil's mkstat clears the socket bit; the sender cannot open it, so no data
+            // follows); apply_meta below gives it those bits.
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(dst_host)
+                .map_err(|e| io_err(dst_host, e))?;
+            self.stats.files += 1;
         } else {
             mknod(dst_host, meta.mode(), meta.rdev())?;
             self.stats.specials += 1;
         }
         self.apply_meta(src, dst_host, meta, file_mode)
+    }
+
+    /// The error for a source directory meeting the image's symlink at `host`.
+    fn through_symlink(&self, host: &Path) -> CopyError {
+        let path = self.display(host);
+        let target = match fs::read_link(host) {
+            Ok(t) => t.to_string_lossy().into_owned(),
+            Err(e) => return io_err(host, e),
+        };
+        match resolve_in_root(self.dest_root, &path, true) {
+            Ok(resolved) => CopyError::DirectoryThroughSymlink {
+                path,
+                target,
+                resolved: if resolved.is_empty() {
+                    "/".to_string()
+                } else {
+                    format!("/{resolved}/")
+                },
+            },
+            Err(e) => e.into(),
+        }
     }
 
     fn display(&self, host: &Path) -> String {
@@ -501,6 +575,7 @@ impl Copier<'_> {
                     .unwrap_or(base_name(&m.named))
                     .to_string()
             };
+            self.ensure_dest()?;
             // Intermediate directories are copies of the source's, not fresh 0755 ones.
             let dest_base = resolve_in_root(self.dest_root, dest_rel, true)?;
             let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
@@ -517,7 +592,7 @@ impl Copier<'_> {
             let target = join(&dest_base, &comps.join("/"));
             if add && m.meta.is_file() {
                 if let Some(reader) = open_archive(&m.host)? {
-                    self.mkdir_all(&target)?;
+                    self.mkdir_all(&target, UNPACK_DIR_MODE)?;
                     self.extract(reader, &m.host, &target)?;
                     continue;
                 }
@@ -1005,8 +1080,17 @@ mod tests {
                 0,
                 format!(" -> {}", fs::read_link(p).unwrap().display()),
             )
-        } else {
+        } else if t.is_file() {
             ("f", m.size(), String::new())
+        } else {
+            let kind = if t.is_socket() {
+                "s"
+            } else if t.is_fifo() {
+                "p"
+            } else {
+                "c"
+            };
+            (kind, 0, String::new())
         };
         out.push((
             rel.clone(),
@@ -1159,6 +1243,10 @@ mod tests {
         );
         // BuildKit: an empty wildcard copies nothing; a missing literal fails.
         assert_eq!(run(&e, &job(&["nomatch*"], "/n/")).unwrap().files, 0);
+        assert!(
+            !e.dst.join("n").exists(),
+            "an empty wildcard creates nothing"
+        );
         let err = run(&e, &job(&["missing.txt"], "/n/")).unwrap_err();
         assert_eq!(err.to_string(), "\"/missing.txt\": not found");
     }
@@ -1226,7 +1314,7 @@ mod tests {
         symlink("/x", e.dst.join("app/sub")).unwrap();
         let err = run(&e, &job(&["dir"], "/app/")).unwrap_err();
         assert!(
-            matches!(err, CopyError::NotADirectory(ref p) if p == "/app/sub"),
+            matches!(err, CopyError::DirectoryThroughSymlink { ref path, .. } if path == "/app/sub"),
             "{err}"
         );
         // The destination path itself is resolved too (fs.RootPath), inside the root.
@@ -1245,6 +1333,43 @@ mod tests {
             .unwrap()
             .is_file());
         assert_eq!(fs::read_to_string(e.dst.join("x/top.txt")).unwrap(), "two!");
+    }
+
+    /// Issue 14: `COPY dir/ /` where the context has `dir/lnk/file` and the image has
+    /// `/lnk -> usr/realbin`. Current BuildKit refuses it (fsutil's copyDirectoryOnly
+    /// lstats the target: "cannot copy to non-directory"; moby/moby#47367), as does docker
+    /// 20.10; rbuild says so and where to copy instead. Named as the destination itself, a
+    /// link is followed inside the root, whatever it points at (fs.RootPath).
+    #[test]
+    fn directory_meets_a_symlink_below_the_destination() {
+        let e = env();
+        write(&e.src.join("tree/lnk/file"), "f", 0o644);
+        fs::create_dir_all(e.dst.join("usr/realbin")).unwrap();
+        symlink("usr/realbin", e.dst.join("lnk")).unwrap();
+        let err = run(&e, &job(&["tree/"], "/")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot copy to non-directory: /lnk (a symlink to `usr/realbin` in the image, \
+             which BuildKit does not copy a directory through; copy that directory to \
+             `/usr/realbin/` instead)"
+        );
+        assert!(!e.dst.join("usr/realbin/file").exists());
+        // The link as the destination: relative, absolute, and one climbing out of the root.
+        symlink("/usr/realbin", e.dst.join("abs")).unwrap();
+        symlink("../../../../../../usr/realbin", e.dst.join("esc")).unwrap();
+        for (dest, file) in [
+            ("/lnk/", "file"),
+            ("/abs/", "file"),
+            ("/esc/sub/", "sub/file"),
+        ] {
+            run(&e, &job(&["tree/lnk/"], dest)).unwrap();
+            let written = e.dst.join("usr/realbin").join(file);
+            assert_eq!(fs::read_to_string(&written).unwrap(), "f", "{dest}");
+            fs::remove_file(written).unwrap();
+        }
+        assert!(fs::symlink_metadata(e.dst.join("lnk"))
+            .unwrap()
+            .is_symlink());
     }
 
     #[test]
@@ -1322,6 +1447,63 @@ mod tests {
         }
     }
 
+    /// Issue 14: directories a `COPY --chmod=<octal>` creates on the way to its destination
+    /// take that mode (fsutil's MkdirAll since BuildKit v0.21, moby/buildkit testCopyChmod);
+    /// only its permission bits, as Go's os.Mkdir/Chmod drop raw setuid/setgid/sticky bits.
+    /// A symbolic --chmod leaves them 0755; existing directories keep their mode.
+    #[test]
+    fn chmod_octal_applies_to_created_parents() {
+        let e = env();
+        let mut j = job(&["top.txt"], "/a/b/c/");
+        j.chmod = Some("0770".into());
+        run(&e, &j).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/a"),
+            [
+                "d /a 770 0:0 0",
+                "d /a/b 770 0:0 0",
+                "d /a/b/c 770 0:0 0",
+                "f /a/b/c/top.txt 770 0:0 3"
+            ]
+        );
+        // Without a trailing slash the last component is the file; /a exists and keeps 770.
+        let mut j = job(&["two.txt"], "/a/new/f");
+        j.chmod = Some("0700".into());
+        j.chown = Some("7:8".into());
+        run(&e, &j).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/a"),
+            [
+                "d /a 770 0:0 0",
+                "d /a/b 770 0:0 0",
+                "d /a/b/c 770 0:0 0",
+                "f /a/b/c/top.txt 770 0:0 3",
+                "d /a/new 700 7:8 0",
+                "f /a/new/f 700 7:8 4"
+            ]
+        );
+        // A directory source: the directory made for its contents and the copied ones.
+        let mut j = job(&["dir"], "/d/e");
+        j.chmod = Some("4750".into());
+        run(&e, &j).unwrap();
+        let l = listing(&e.dst, "/d");
+        assert_eq!(&l[..2], ["d /d 750 0:0 0", "d /d/e 750 0:0 0"], "{l:?}");
+        assert!(l.contains(&"f /d/e/a.txt 4750 0:0 3".to_string()), "{l:?}");
+        assert!(l.contains(&"d /d/e/sub 4750 0:0 0".to_string()), "{l:?}");
+        // Symbolic modes have no single mode for a directory: 0755.
+        let mut j = job(&["top.txt"], "/s/t/");
+        j.chmod = Some("go-rwx".into());
+        run(&e, &j).unwrap();
+        assert_eq!(
+            listing(&e.dst, "/s"),
+            [
+                "d /s 755 0:0 0",
+                "d /s/t 755 0:0 0",
+                "f /s/t/top.txt 700 0:0 3"
+            ]
+        );
+    }
+
     #[test]
     fn parents_keep_paths_with_anchors() {
         let e = env();
@@ -1371,13 +1553,35 @@ mod tests {
                 "f /e/top.txt 755 0:0 3"
             ]
         );
-        // An ignored literal source is not found, as BuildKit never sees it.
+        // An ignored literal source is not found, as BuildKit never sees it; the message
+        // says which pattern left it out.
         let mut j = job(&["top.txt"], "/i/");
         j.ignore = vec!["*.txt".into()];
-        assert!(matches!(
-            run(&e, &j),
-            Err(CopyError::Context(ContextError::NotFound(_)))
-        ));
+        assert_eq!(
+            run(&e, &j).unwrap_err().to_string(),
+            "\"/top.txt\": not found: top.txt is excluded by .dockerignore (pattern `*.txt`)"
+        );
+    }
+
+    /// Issue 14: a unix socket arrives as an empty regular file with the socket's
+    /// permission bits, as BuildKit's context transfer sends it (fsutil's mkstat clears the
+    /// socket bit and the sender's open fails, so no data follows; its copier mknods a
+    /// socket with S_IFSOCK cleared, which is a regular file too).
+    #[test]
+    fn sockets_become_empty_regular_files() {
+        let e = env();
+        let sock = e.src.join("dir/app.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        fs::set_permissions(&sock, fs::Permissions::from_mode(0o640)).unwrap();
+        let stats = run(&e, &job(&["dir"], "/s/")).unwrap();
+        assert_eq!(stats.specials, 0);
+        let l = listing(&e.dst, "/s");
+        assert!(l.contains(&"f /s/app.sock 640 0:0 0".to_string()), "{l:?}");
+        // Named alone, and with --chmod.
+        let mut j = job(&["dir/app.sock"], "/one");
+        j.chmod = Some("0600".into());
+        run(&e, &j).unwrap();
+        assert_eq!(listing(&e.dst, "/one"), ["f /one 600 0:0 0"]);
     }
 
     #[test]

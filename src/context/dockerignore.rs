@@ -27,6 +27,8 @@ pub struct IgnoreMatcher {
 
 #[derive(Debug, Clone)]
 struct Pattern {
+    /// As written in the ignore file (trimmed), for messages and for rebuilding the matcher.
+    raw: String,
     cleaned: String,
     exclusion: bool,
     kind: Kind,
@@ -75,6 +77,7 @@ impl IgnoreMatcher {
                 reason,
             })?;
             out.push(Pattern {
+                raw: p.to_string(),
                 cleaned,
                 exclusion,
                 kind,
@@ -132,19 +135,11 @@ impl IgnoreMatcher {
         Ok(IgnoreMatcher::default())
     }
 
-    /// The patterns as [`IgnoreMatcher::new`] takes them (cleaned, `!` kept), so a matcher
-    /// can be rebuilt in another process (the copier runs in the sandbox helper).
+    /// The patterns as written (trimmed, `!` kept), which [`IgnoreMatcher::new`] compiles to
+    /// the same matcher, so one can be rebuilt in another process (the copier runs in the
+    /// sandbox helper) and still name patterns the way the user wrote them.
     pub fn patterns(&self) -> Vec<String> {
-        self.patterns
-            .iter()
-            .map(|p| {
-                if p.exclusion {
-                    format!("!{}", p.cleaned)
-                } else {
-                    p.cleaned.clone()
-                }
-            })
-            .collect()
+        self.patterns.iter().map(|p| p.raw.clone()).collect()
     }
 
     /// No patterns at all.
@@ -155,34 +150,38 @@ impl IgnoreMatcher {
     /// Whether `rel_path` (slash-separated, relative to the context) is matched, counting
     /// matches on its parent directories (patternmatcher's MatchesOrParentMatches).
     pub fn matches(&self, rel_path: &str) -> bool {
+        self.excluded_by(rel_path).is_some()
+    }
+
+    /// The pattern that excludes `rel_path` (as written in the ignore file), or None when
+    /// the path is kept. Patterns apply in order to the path and its parent directories;
+    /// a `!` exception re-includes, and the pattern named is the first that excluded the
+    /// path again after the last such exception. This is the pattern to name when a COPY
+    /// source exists but is ignored.
+    pub fn excluded_by(&self, rel_path: &str) -> Option<&str> {
         let file = rel_path.trim_matches('/');
         if file.is_empty() || file == "." {
             // "Don't let them exclude everything" (patternmatcher).
-            return false;
+            return None;
         }
         let parents: Vec<&str> = match file.rfind('/') {
             Some(i) => file[..i].split('/').collect(),
             None => Vec::new(),
         };
-        let mut matched = false;
+        let mut decided: Option<&Pattern> = None;
         for p in &self.patterns {
-            if p.exclusion != matched {
+            // patternmatcher skips exceptions while nothing matched and plain patterns once
+            // something did: neither could change the outcome.
+            if p.exclusion != decided.is_some() {
                 continue;
             }
-            let mut hit = p.matches(file);
-            if !hit {
-                for i in 1..=parents.len() {
-                    if p.matches(&parents[..i].join("/")) {
-                        hit = true;
-                        break;
-                    }
-                }
-            }
+            let hit =
+                p.matches(file) || (1..=parents.len()).any(|i| p.matches(&parents[..i].join("/")));
             if hit {
-                matched = !p.exclusion;
+                decided = if p.exclusion { None } else { Some(p) };
             }
         }
-        matched
+        decided.map(|p| p.raw.as_str())
     }
 
     /// Whether a walk leaves `rel_path` out. For a file this is [`Self::matches`]. For a
@@ -445,6 +444,36 @@ mod tests {
         for (patterns, path, want) in table {
             assert_eq!(m(patterns).matches(path), *want, "{patterns:?} vs {path}");
         }
+    }
+
+    /// The pattern named in "excluded by .dockerignore (pattern `...`)" errors (issue 14).
+    #[test]
+    fn excluded_by_names_the_deciding_pattern_as_written() {
+        let ig = m(&[
+            "*.log",
+            "/build/",
+            "secret*",
+            "!secret-ok.txt",
+            "docs",
+            "!docs/keep",
+        ]);
+        assert_eq!(ig.excluded_by("a.log"), Some("*.log"));
+        assert_eq!(ig.excluded_by("secret.txt"), Some("secret*"));
+        // Through a parent directory, and as written (not cleaned to `build`).
+        assert_eq!(ig.excluded_by("build/out/x"), Some("/build/"));
+        assert_eq!(ig.excluded_by("docs/drop/d"), Some("docs"));
+        // Re-included by an exception, or never matched.
+        assert_eq!(ig.excluded_by("secret-ok.txt"), None);
+        assert_eq!(ig.excluded_by("docs/keep/k"), None);
+        assert_eq!(ig.excluded_by("main.rs"), None);
+        assert_eq!(ig.excluded_by("."), None);
+        // Excluded again after an exception: the pattern that did it.
+        let again = m(&["*.md", "!README.md", "README*"]);
+        assert_eq!(again.excluded_by("README.md"), Some("README*"));
+        // The matcher rebuilt from patterns() (the sandbox helper's copy) says the same.
+        let rebuilt = IgnoreMatcher::new(&ig.patterns()).unwrap();
+        assert_eq!(rebuilt.excluded_by("build/out/x"), Some("/build/"));
+        assert_eq!(rebuilt.excluded_by("secret-ok.txt"), None);
     }
 
     #[test]

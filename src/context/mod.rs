@@ -39,6 +39,19 @@ pub enum ContextError {
     /// BuildKit's wording: `"/missing.txt": not found`.
     #[error("\"/{0}\": not found")]
     NotFound(String),
+    /// A source that exists but that `.dockerignore` leaves out of the context. BuildKit
+    /// never sees it, so it says `not found`; that phrase stays (users search for it) and
+    /// the rest says why and which pattern to change.
+    #[error(
+        "\"/{path}\": not found: {excluded} is excluded by .dockerignore (pattern `{pattern}`)"
+    )]
+    Ignored {
+        /// The source as named (cleaned).
+        path: String,
+        /// What the pattern matched: the source, or where its symlink leads.
+        excluded: String,
+        pattern: String,
+    },
     #[error("too many levels of symbolic links resolving `{0}`")]
     SymlinkLoop(String),
     #[error("stat cache {path}: {reason}")]

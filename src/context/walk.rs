@@ -53,10 +53,11 @@ fn stat(path: &Path, follow: bool) -> Result<Option<Metadata>, ContextError> {
     }
 }
 
-/// Resolve one source argument under `root`. A literal path that does not exist (or is
-/// ignored) is `"/path": not found`; a wildcard that matches nothing gives no matches
-/// (BuildKit's dockerfile frontend sets AllowEmptyWildcard), unless the directory part
-/// before the first wildcard is missing, which BuildKit also reports as an error.
+/// Resolve one source argument under `root`. A literal path that does not exist is
+/// `"/path": not found`, one that `.dockerignore` leaves out says so and names the pattern;
+/// a wildcard that matches nothing gives no matches (BuildKit's dockerfile frontend sets
+/// AllowEmptyWildcard), unless the directory part before the first wildcard is missing or
+/// ignored, which BuildKit also reports as an error.
 pub(crate) fn resolve(
     root: &Path,
     source: &str,
@@ -81,7 +82,7 @@ pub(crate) fn resolve(
     let prefix = components[..first_meta].join("/");
     let prefix_real = resolve_in_root(root, &prefix, true)?;
     match stat(&host_path(root, &prefix_real), false)? {
-        Some(m) if m.is_dir() && !ignore.matches(&prefix_real) => {}
+        Some(m) if m.is_dir() => not_ignored(&prefix, &prefix_real, ignore)?,
         _ => return Err(ContextError::NotFound(prefix)),
     }
     // Candidates as named; expand component by component (Go's filepath.Glob).
@@ -142,15 +143,26 @@ fn literal(
     let real = resolve_in_root(root, cleaned, follow_top)?;
     let host = host_path(root, &real);
     let meta = stat(&host, false)?.ok_or_else(|| ContextError::NotFound(cleaned.to_string()))?;
-    if ignore.matches(&real) {
-        return Err(ContextError::NotFound(cleaned.to_string()));
-    }
+    not_ignored(cleaned, &real, ignore)?;
     Ok(Match {
         named: cleaned.to_string(),
         real,
         host,
         meta,
     })
+}
+
+/// A source named `named` that exists at `real` must not be left out by `.dockerignore`:
+/// BuildKit never receives it and fails with `not found`; rbuild says which pattern.
+fn not_ignored(named: &str, real: &str, ignore: &IgnoreMatcher) -> Result<(), ContextError> {
+    match ignore.excluded_by(real) {
+        Some(pattern) => Err(ContextError::Ignored {
+            path: named.to_string(),
+            excluded: real.to_string(),
+            pattern: pattern.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn join(a: &str, b: &str) -> String {
@@ -299,6 +311,48 @@ mod tests {
         assert!(matches!(
             resolve(t.path(), "missing.txt", true, &none),
             Err(ContextError::NotFound(p)) if p == "missing.txt"
+        ));
+    }
+
+    /// A source that exists but is ignored names the pattern (issue 14), after BuildKit's
+    /// `"/path": not found`.
+    #[test]
+    fn ignored_sources_name_the_pattern() {
+        let t = tree();
+        let ig = ig(&["*.txt", "a/b", "docs", "!docs/keep"]);
+        let err = resolve(t.path(), "top.txt", true, &ig).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"/top.txt\": not found: top.txt is excluded by .dockerignore (pattern `*.txt`)"
+        );
+        // Through a parent, through the top-level symlink, and as a wildcard's fixed prefix.
+        let err = resolve(t.path(), "a/b/x.txt", true, &ig)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("a/b/x.txt is excluded by .dockerignore (pattern `a/b`)"),
+            "{err}"
+        );
+        let err = resolve(t.path(), "lnk", true, &ig).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "\"/lnk\": not found: a/b is excluded by .dockerignore (pattern `a/b`)"
+        );
+        let err = resolve(t.path(), "docs/drop/*", true, &ig)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("\"/docs/drop\": not found: docs/drop is excluded"),
+            "{err}"
+        );
+        // Re-included by an exception: found; missing: plain not found.
+        assert_eq!(
+            resolve(t.path(), "docs/keep/k", true, &ig).unwrap().len(),
+            1
+        );
+        assert!(matches!(
+            resolve(t.path(), "missing", true, &ig),
+            Err(ContextError::NotFound(p)) if p == "missing"
         ));
     }
 
