@@ -243,11 +243,16 @@ fn leading_ws(line: &str) -> usize {
 
 /// Strip a trailing escape character (optionally followed by blanks). Returns the line and
 /// whether the instruction ends here.
+///
+/// BuildKit's line-continuation regexp is ``([^\\])\\[ \t]*$|^\\[ \t]*$``: the escape
+/// continues the line only when it stands alone or follows a character that is not the
+/// escape, so `ENV C trailing\\` ends the instruction. Like BuildKit (its comment says Go's
+/// regexp cannot look behind), an odd run such as `\\\` does not continue either.
 fn trim_continuation(line: &str, escape: char) -> (&str, bool) {
     let trimmed = line.trim_end_matches([' ', '\t']);
     match trimmed.strip_suffix(escape) {
-        Some(rest) => (rest, false),
-        None => (line, true),
+        Some(rest) if !rest.ends_with(escape) => (rest, false),
+        _ => (line, true),
     }
 }
 
