@@ -794,7 +794,7 @@ fn lower_healthcheck(node: &Node, escape: char) -> Result<Instruction, ErrorKind
             if rest.is_empty() {
                 return Err(ErrorKind::MissingArguments("HEALTHCHECK CMD".into()));
             }
-            let test = match syntax::parse_json_array(rest) {
+            let test = match syntax::parse_json_array(rest)? {
                 Some(words) => std::iter::once("CMD".to_string()).chain(words).collect(),
                 None => vec!["CMD-SHELL".to_string(), rest.to_string()],
             };

@@ -29,6 +29,8 @@ pub enum ErrorKind {
     WrongArgumentCount { instruction: String, count: usize },
     #[error("{0} requires at least two arguments, but only one was provided. Destination could not be determined")]
     MissingDestination(String),
+    #[error("when using JSON array syntax, arrays must be comprised of strings only")]
+    NotStringArray,
     #[error("SHELL requires the arguments to be in JSON form")]
     ShellNotJson,
     #[error("unterminated heredoc `{0}`")]

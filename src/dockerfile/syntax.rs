@@ -294,11 +294,10 @@ fn node_from_logical(l: &Logical, escape: char, line: usize) -> Result<Node, Syn
     let args = text[args_off..].trim().to_string();
     let name = keyword.to_ascii_lowercase();
     let json = if takes_json(&name) {
-        parse_json_array(&args)
+        parse_json_array(&args).map_err(|kind| SyntaxError { line, kind })?
     } else {
         None
     };
-    let _ = line;
     Ok(Node {
         keyword: keyword.to_string(),
         name,
@@ -324,12 +323,24 @@ fn can_contain_heredoc(name: &str) -> bool {
     matches!(name, "run" | "copy" | "add")
 }
 
-/// A JSON array of strings, or `None` (BuildKit falls back to shell form).
-pub fn parse_json_array(args: &str) -> Option<Vec<String>> {
-    if !args.starts_with('[') {
-        return None;
+/// A JSON array of strings, or `None` when `args` is not a JSON array (BuildKit falls back
+/// to shell form). A JSON array with an element that is not a string is an error, as in
+/// BuildKit's `parseJSON`, not shell form.
+pub fn parse_json_array(args: &str) -> Result<Option<Vec<String>>, ErrorKind> {
+    if !args.trim_start().starts_with('[') {
+        return Ok(None);
     }
-    serde_json::from_str::<Vec<String>>(args).ok()
+    let Ok(values) = serde_json::from_str::<Vec<serde_json::Value>>(args) else {
+        return Ok(None);
+    };
+    values
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => Ok(s),
+            _ => Err(ErrorKind::NotStringArray),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// Leading `--flag[=value]` words, with BuildKit's quote and backslash handling. Returns the
@@ -570,6 +581,26 @@ mod tests {
         let ast = parse("# foo=bar\n# escape=`\nFROM a").unwrap();
         assert_eq!(ast.directives, Directives::default());
         assert_eq!(ast.nodes.len(), 1);
+    }
+
+    #[test]
+    fn json_arrays_of_non_strings_are_errors_not_shell_form() {
+        assert_eq!(
+            parse_json_array(r#"["a", "b"]"#),
+            Ok(Some(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(parse_json_array(r#"["a", hello]"#), Ok(None));
+        assert_eq!(parse_json_array("echo [1]"), Ok(None));
+        for bad in [r#"["a", 1]"#, r#"[ "a", [ "b" ] ]"#, "[null]", "[{}]"] {
+            assert_eq!(
+                parse_json_array(bad),
+                Err(ErrorKind::NotStringArray),
+                "{bad}"
+            );
+        }
+        let err = parse("FROM a\nHEALTHCHECK CMD [1]\n")
+            .map(|ast| super::super::instructions::lower(&ast.nodes[1], '\\').unwrap_err());
+        assert_eq!(err, Ok(ErrorKind::NotStringArray));
     }
 
     #[test]
