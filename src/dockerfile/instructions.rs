@@ -594,7 +594,7 @@ fn lower_copy(node: &Node) -> Result<Instruction, ErrorKind> {
             .is_none()
             .then(|| syntax::heredoc_marker(w))
             .flatten();
-        match heredoc.and_then(|(_, _, name, _)| node.heredocs.iter().find(|h| h.name == name)) {
+        match heredoc.and_then(|m| node.heredocs.iter().find(|h| h.name == m.name)) {
             Some(h) => sources.push(CopySource::Heredoc(h.clone())),
             None => sources.push(CopySource::Path(w.clone())),
         }
