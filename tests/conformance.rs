@@ -188,6 +188,7 @@ cases! {
     hardlinks,
     healthcheck_none,
     heredoc_copy,
+    heredoc_copy_escapes,
     heredoc_run,
     maintainer,
     modify_lower_file,

@@ -912,21 +912,13 @@ fn run_command_string(argv: &[String], st: &StageState) -> String {
     }
 }
 
-/// Expand variables in a heredoc body without touching quotes: they are file content.
-/// BuildKit uses `\` here whatever the escape directive says. Quotes and backslashes are
-/// escaped so that only `$` expansions act (BuildKit's `SkipProcessQuotes`; the lexer's
-/// `with_skip_quotes` would do this directly).
+/// Expand a COPY/ADD heredoc body whose delimiter is unquoted, as BuildKit's `ExpandRaw`
+/// does: its lexer with `\` whatever the escape directive says and quotes left alone
+/// (`SkipProcessQuotes`). `$name` is substituted and escapes act as outside quotes
+/// (`\\` -> `\`, `\$` -> `$`, `\x` -> `x`, a `\` before a newline is dropped), while `'`
+/// and `"` are file content.
 fn expand_heredoc(content: &str, scope: &BTreeMap<String, String>) -> Result<String, ErrorKind> {
-    let lexer = Lexer::new('\\');
-    let esc = '\\';
-    let mut guarded = String::with_capacity(content.len());
-    for ch in content.chars() {
-        if ch == '"' || ch == '\'' || ch == esc {
-            guarded.push(esc);
-        }
-        guarded.push(ch);
-    }
-    expand(&lexer, &guarded, scope)
+    expand(&Lexer::new('\\').with_skip_quotes(true), content, scope)
 }
 
 /// `dest` made absolute against `workdir`; a trailing `/` (or `.`) means a directory and is
