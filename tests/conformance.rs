@@ -203,6 +203,7 @@ cases! {
     run_fail,
     run_mount_bind,
     run_mount_cache,
+    run_mount_expanded,
     run_network_none,
     shell_instruction,
     special_bits,

@@ -83,7 +83,7 @@ pub struct From {
 pub struct Run {
     pub command: CommandForm,
     pub heredocs: Vec<Heredoc>,
-    pub mounts: Vec<MountSpec>,
+    pub mounts: Vec<MountFlag>,
     pub network: Option<NetworkMode>,
     pub security: Option<Security>,
 }
@@ -138,13 +138,51 @@ impl fmt::Display for MountType {
     }
 }
 
-/// One `--mount=` flag: the type and its options with keys normalized (`src` -> `source`,
-/// `dst`/`destination` -> `target`, `ro` -> `readonly`, `rw` -> `readwrite`); values are
-/// unexpanded.
+/// One `--mount=` flag as written. Its values may use the stage's ARG and ENV, so it becomes
+/// a [`MountSpec`] only in the planner, through [`parse_mount`] with the stage's expansion
+/// (BuildKit's `setMountState`). Only `from` is read here: the stage graph needs it before
+/// anything is expanded, so it cannot use variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountFlag {
+    pub raw: String,
+    /// The `from=` value (the last one), unexpanded.
+    pub from: Option<String>,
+}
+
+impl MountFlag {
+    /// BuildKit's parse-time pass over a mount (`parseMount` without an expander): refuse
+    /// a variable in `from` (a `$` anywhere but at the end), defer everything else.
+    pub fn new(raw: &str) -> Result<MountFlag, ErrorKind> {
+        let mut from = None;
+        for (key, value) in mount_fields(raw) {
+            if key != "from" {
+                continue;
+            }
+            let Some(value) = value else { continue };
+            if value.find('$').is_some_and(|i| i + 1 != value.len()) {
+                return Err(ErrorKind::BadMount {
+                    spec: raw.to_string(),
+                    reason: "'from' doesn't support variable expansion, define alias stage instead"
+                        .into(),
+                });
+            }
+            from = Some(value.to_string());
+        }
+        Ok(MountFlag {
+            raw: raw.to_string(),
+            from,
+        })
+    }
+}
+
+/// A parsed `--mount`: the type and its options with values expanded and keys normalized
+/// (`src` -> `source`, `dst`/`destination` -> `target`, `ro` -> `readonly`, `rw` ->
+/// `readwrite`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSpec {
     pub kind: MountType,
     pub options: Vec<(String, Option<String>)>,
+    /// The flag as written, for messages.
     pub raw: String,
 }
 
@@ -375,7 +413,7 @@ pub fn lower(node: &Node, escape: char) -> Result<Instruction, ErrorKind> {
             let mounts = flags
                 .list("mount")
                 .iter()
-                .map(|m| parse_mount(m))
+                .map(|m| MountFlag::new(m))
                 .collect::<Result<Vec<_>, _>>()?;
             let network =
                 match flags.string("network").as_deref() {
@@ -667,35 +705,71 @@ pub fn valid_chmod(mode: &str) -> bool {
     })
 }
 
-fn parse_mount(raw: &str) -> Result<MountSpec, ErrorKind> {
+/// The `key[=value]` fields of a `--mount` value, keys lowercased, blanks around fields
+/// ignored.
+fn mount_fields(raw: &str) -> impl Iterator<Item = (String, Option<&str>)> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(|field| match field.split_once('=') {
+            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v)),
+            None => (field.to_ascii_lowercase(), None),
+        })
+}
+
+/// Every key `--mount` knows, aliases included (BuildKit's list for its suggestions).
+const MOUNT_KEYS: [&str; 19] = [
+    "type",
+    "from",
+    "source",
+    "target",
+    "readonly",
+    "id",
+    "sharing",
+    "required",
+    "size",
+    "mode",
+    "uid",
+    "gid",
+    "src",
+    "dst",
+    "destination",
+    "ro",
+    "rw",
+    "readwrite",
+    "env",
+];
+
+/// Parse a `--mount` value, each value passed through `expand` first (the stage's ARG and
+/// ENV in the planner), as BuildKit's `parseMount` does with its expander. The one parser
+/// of mount options.
+pub fn parse_mount(
+    raw: &str,
+    expand: &mut dyn FnMut(&str) -> Result<String, ErrorKind>,
+) -> Result<MountSpec, ErrorKind> {
     let bad = |reason: String| ErrorKind::BadMount {
         spec: raw.to_string(),
         reason,
     };
     let mut kind = MountType::Bind;
     let mut options = Vec::new();
-    for field in raw.split(',') {
-        let field = field.trim();
-        if field.is_empty() {
-            continue;
-        }
-        let (key, value) = match field.split_once('=') {
-            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.to_string())),
-            None => (field.to_ascii_lowercase(), None),
-        };
+    for (key, value) in mount_fields(raw) {
+        let value = value.map(&mut *expand).transpose()?;
         let key = match key.as_str() {
             "type" => {
-                kind = match value.as_deref() {
-                    Some("bind") => MountType::Bind,
-                    Some("cache") => MountType::Cache,
-                    Some("tmpfs") => MountType::Tmpfs,
-                    Some("secret") => MountType::Secret,
-                    Some("ssh") => MountType::Ssh,
-                    other => {
+                let value = value.unwrap_or_default();
+                kind = match value.to_ascii_lowercase().as_str() {
+                    "bind" => MountType::Bind,
+                    "cache" => MountType::Cache,
+                    "tmpfs" => MountType::Tmpfs,
+                    "secret" => MountType::Secret,
+                    "ssh" => MountType::Ssh,
+                    _ => {
+                        let types = ["bind", "cache", "tmpfs", "secret", "ssh"];
                         return Err(bad(format!(
-                            "unsupported mount type `{}`",
-                            other.unwrap_or("")
-                        )))
+                            "unsupported mount type `{value}`{}",
+                            super::did_you_mean(&value, &types, true)
+                        )));
                     }
                 };
                 continue;
@@ -707,7 +781,12 @@ fn parse_mount(raw: &str) -> Result<MountSpec, ErrorKind> {
             "from" | "id" | "sharing" | "mode" | "uid" | "gid" | "required" | "size" | "env" => {
                 key.as_str()
             }
-            _ => return Err(bad(format!("unknown option `{key}`"))),
+            _ => {
+                return Err(bad(format!(
+                    "unknown option `{key}`{}",
+                    super::did_you_mean(&key, &MOUNT_KEYS, true)
+                )))
+            }
         };
         let needs_value = !matches!(key, "readonly" | "readwrite" | "required");
         if needs_value && value.as_deref().is_none_or(str::is_empty) {
@@ -920,6 +999,41 @@ mod tests {
             one("RUN --mount=type=cache,target=/x --mount=type=bind,target=/y true"),
             Ok(Instruction::Run(Run { ref mounts, .. })) if mounts.len() == 2
         ));
+    }
+
+    #[test]
+    fn mounts_are_parsed_after_expansion() {
+        let Instruction::Run(run) = one("RUN --mount=type=$T,target=$D,from=stage true").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(run.mounts[0].from.as_deref(), Some("stage"));
+        let env: std::collections::BTreeMap<String, String> =
+            [("T".into(), "cache".into()), ("D".into(), "/c".into())].into();
+        let lexer = super::super::shell::Lexer::new('\\');
+        let mut expand = |v: &str| {
+            lexer
+                .expand_word(v, &env)
+                .map_err(|e| ErrorKind::Expansion {
+                    word: v.into(),
+                    reason: e.to_string(),
+                })
+        };
+        let m = parse_mount(&run.mounts[0].raw, &mut expand).unwrap();
+        assert_eq!(m.kind, MountType::Cache);
+        assert_eq!(m.get("target"), Some("/c"));
+        let err = parse_mount("type=cache,traget=/x", &mut expand).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("unknown option `traget` (did you mean `target`?)"),
+            "{err}"
+        );
+        assert!(matches!(
+            one("RUN --mount=from=$S,target=/x true"),
+            Err(ErrorKind::BadMount { .. })
+        ));
+        // A `$` at the very end is no variable (BuildKit's check).
+        assert!(one("RUN --mount=from=a$,target=/x true").is_ok());
     }
 
     #[test]

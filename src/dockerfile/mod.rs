@@ -77,6 +77,55 @@ pub enum ErrorKind {
     Invalid(String),
 }
 
+/// ` (did you mean `X`?)` when one of `options` is within edit distance 2 of `value`, or
+/// nothing. BuildKit's `suggest` package: Levenshtein distance below 3, the first closest
+/// option wins, an exact match suggests nothing; without `case_sensitive` the comparison
+/// ignores case and the suggestion takes the case of `value` (`RUNN` -> `RUN`, `rnu` ->
+/// `run`).
+pub(crate) fn did_you_mean(value: &str, options: &[&str], case_sensitive: bool) -> String {
+    let fold = |s: &str| {
+        if case_sensitive {
+            s.to_string()
+        } else {
+            s.to_lowercase()
+        }
+    };
+    let val = fold(value);
+    let mut best: Option<(usize, String)> = None;
+    for opt in options {
+        let opt = fold(opt);
+        if opt == val {
+            return String::new();
+        }
+        let dist = levenshtein(&val, &opt);
+        if dist < best.as_ref().map_or(3, |(d, _)| *d) {
+            best = Some((dist, opt));
+        }
+    }
+    let Some((_, mut found)) = best else {
+        return String::new();
+    };
+    if !case_sensitive && value == value.to_uppercase() {
+        found = found.to_uppercase();
+    }
+    format!(" (did you mean `{found}`?)")
+}
+
+/// Edit distance in characters (insertions, deletions, substitutions).
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// The golden `ast` dump: the syntax tree, then each node lowered to its typed instruction
 /// (or the error lowering gave).
 pub fn dump(text: &str) -> Result<String, syntax::SyntaxError> {
@@ -100,6 +149,27 @@ pub fn dump(text: &str) -> Result<String, syntax::SyntaxError> {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    #[test]
+    fn suggestions_follow_buildkit() {
+        use super::did_you_mean;
+        let names = ["from", "run", "cmd", "copy"];
+        assert_eq!(
+            did_you_mean("RUNN", &names, false),
+            " (did you mean `RUN`?)"
+        );
+        assert_eq!(did_you_mean("rnu", &names, false), " (did you mean `run`?)");
+        assert_eq!(
+            did_you_mean("Cpoy", &names, false),
+            " (did you mean `copy`?)"
+        );
+        assert_eq!(did_you_mean("NOTANINSTRUCTION", &names, false), "");
+        assert_eq!(did_you_mean("run", &names, false), "");
+        assert_eq!(
+            did_you_mean("Cache", &["cache"], true),
+            " (did you mean `cache`?)"
+        );
+    }
 
     /// testdata/parse/<case>/{Dockerfile,ast}; `UPDATE_GOLDEN=1` rewrites the `ast` files.
     #[test]

@@ -234,7 +234,7 @@ pub(crate) fn build<'a>(
 pub(crate) fn refs_of(i: &Instruction) -> Vec<&str> {
     match i {
         Instruction::Copy(c) => c.from.as_deref().into_iter().collect(),
-        Instruction::Run(r) => r.mounts.iter().filter_map(|m| m.get("from")).collect(),
+        Instruction::Run(r) => r.mounts.iter().filter_map(|m| m.from.as_deref()).collect(),
         Instruction::Onbuild(_) => Vec::new(),
         _ => Vec::new(),
     }

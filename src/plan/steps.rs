@@ -9,7 +9,7 @@ use super::{
     MountFrom, Op, Plan, PlanError, RunMount, RunOp, Sharing, Source, Stage, Step,
 };
 use crate::dockerfile::instructions::{
-    self, CommandForm, Healthcheck, Instruction, Located, MountSpec, MountType, NetworkMode,
+    self, CommandForm, Healthcheck, Instruction, Located, MountFlag, MountType, NetworkMode,
     Security,
 };
 use crate::dockerfile::shell::Lexer;
@@ -614,20 +614,20 @@ impl Ctx<'_, '_> {
     fn mount(
         &mut self,
         line: usize,
-        m: &MountSpec,
+        written: &MountFlag,
         scope: &BTreeMap<String, String>,
         workdir: &str,
         ssh_count: &mut usize,
         images: &mut BTreeMap<String, String>,
     ) -> Result<RunMount, PlanError> {
-        let mut opt = BTreeMap::new();
-        for (k, v) in &m.options {
-            let v = match v {
-                Some(v) if k != "from" => Some(self.ex(line, v, scope)?),
-                other => other.clone(),
-            };
-            opt.insert(k.as_str(), v);
-        }
+        // Parsed only now, from expanded values: `type=$T,target=$DIR` works as in BuildKit.
+        let m = instructions::parse_mount(&written.raw, &mut |v| expand(&self.lexer, v, scope))
+            .map_err(|k| self.src.at(line, k))?;
+        let opt: BTreeMap<&str, Option<String>> = m
+            .options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
         let bad = |reason: String| {
             self.src.at(
                 line,
@@ -700,7 +700,8 @@ impl Ctx<'_, '_> {
             }
             MountType::Bind | MountType::Tmpfs => (target.unwrap_or_default(), None),
         };
-        let from = match m.get("from") {
+        // The unexpanded value, as the stage graph saw it (it cannot hold variables).
+        let from = match written.from.as_deref() {
             None => None,
             Some(f) => Some(
                 match graph::resolve_ref(f, &self.names, self.graph.stages.len(), self.opts)
