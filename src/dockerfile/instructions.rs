@@ -304,9 +304,12 @@ impl Flags {
         let mut values: Vec<(String, Option<String>)> = Vec::new();
         for flag in &node.flags {
             let Some((_, kind)) = allowed.iter().find(|(n, _)| *n == flag.name) else {
+                let known: Vec<String> = allowed.iter().map(|(n, _)| format!("--{n}")).collect();
+                let known: Vec<&str> = known.iter().map(String::as_str).collect();
                 return Err(ErrorKind::UnknownFlag {
                     instruction: node.name.to_ascii_uppercase(),
                     flag: flag.name.clone(),
+                    suggestion: super::did_you_mean(&format!("--{}", flag.name), &known, true),
                 });
             };
             if *kind != FlagKind::List && values.iter().any(|(n, _)| *n == flag.name) {
@@ -549,9 +552,36 @@ pub fn lower(node: &Node, escape: char) -> Result<Instruction, ErrorKind> {
             })
         }
         "healthcheck" => lower_healthcheck(node, escape)?,
-        _ => return Err(ErrorKind::UnknownInstruction(node.keyword.clone())),
+        _ => {
+            return Err(ErrorKind::UnknownInstruction(
+                node.keyword.clone(),
+                super::did_you_mean(&node.keyword, &INSTRUCTIONS, false),
+            ))
+        }
     })
 }
+
+/// Every instruction keyword, for suggestions (BuildKit's `allInstructionNames`).
+const INSTRUCTIONS: [&str; 18] = [
+    "add",
+    "arg",
+    "cmd",
+    "copy",
+    "entrypoint",
+    "env",
+    "expose",
+    "from",
+    "healthcheck",
+    "label",
+    "maintainer",
+    "onbuild",
+    "run",
+    "shell",
+    "stopsignal",
+    "user",
+    "volume",
+    "workdir",
+];
 
 /// ENV/LABEL pairs: `k=v k2="v 2"`, or the legacy `KEY value with spaces` form.
 fn name_values(args: &str, escape: char) -> Result<Vec<KeyValue>, ErrorKind> {
@@ -639,11 +669,7 @@ fn lower_copy(node: &Node) -> Result<Instruction, ErrorKind> {
     }
     if let Some(chmod) = flags.string("chmod") {
         if !valid_chmod(&chmod) {
-            return Err(ErrorKind::InvalidFlagValue {
-                flag: "chmod".into(),
-                value: chmod,
-                reason: "expecting an octal mode or a symbolic mode like u+x,g-w".into(),
-            });
+            return Err(ErrorKind::BadChmod(chmod));
         }
     }
     Ok(Instruction::from_copy(Copy {
@@ -678,8 +704,9 @@ pub fn valid_chmod(mode: &str) -> bool {
     if mode.contains('$') {
         return true;
     }
-    if mode.chars().all(|c| ('0'..='7').contains(&c)) {
-        return !mode.is_empty() && mode.len() <= 4;
+    if !mode.is_empty() && mode.chars().all(|c| c.is_ascii_digit()) {
+        // BuildKit: an octal number up to 07777 (`0644`, `00755` alike).
+        return u32::from_str_radix(mode, 8).is_ok_and(|m| m <= 0o7777);
     }
     mode.split(',').all(|clause| {
         let who_end = clause
@@ -1038,7 +1065,7 @@ mod tests {
 
     #[test]
     fn chmod_forms() {
-        for ok in ["755", "0644", "u+x", "go-w,u=rwX", "a+rx"] {
+        for ok in ["755", "0644", "01234", "7777", "u+x", "go-w,u=rwX", "a+rx"] {
             assert!(valid_chmod(ok), "{ok}");
         }
         for bad in ["999", "abc", "u", "+q", "12345"] {

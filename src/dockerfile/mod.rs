@@ -9,10 +9,15 @@ pub mod syntax;
 /// the caller ([`crate::plan::PlanError`]), which also shows the offending line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ErrorKind {
-    #[error("unknown instruction `{0}`")]
-    UnknownInstruction(String),
-    #[error("unknown flag `--{flag}` for {instruction}")]
-    UnknownFlag { instruction: String, flag: String },
+    /// The keyword as written, then a suggestion (` (did you mean `RUN`?)`) or nothing.
+    #[error("unknown instruction `{0}`{1}")]
+    UnknownInstruction(String, String),
+    #[error("unknown flag `--{flag}` for {instruction}{suggestion}")]
+    UnknownFlag {
+        instruction: String,
+        flag: String,
+        suggestion: String,
+    },
     #[error("duplicate flag `--{0}`")]
     DuplicateFlag(String),
     #[error("flag `--{0}` needs a value")]
@@ -51,8 +56,11 @@ pub enum ErrorKind {
     Expansion { word: String, reason: String },
     #[error("invalid port `{0}`")]
     BadPort(String),
-    #[error("COPY --from cannot contain variables: `{0}`")]
+    // BuildKit's wording, so that searches for it find the workaround.
+    #[error("variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround: `{0}`")]
     FromWithVariable(String),
+    #[error("invalid chmod parameter `{0}`: expecting an octal mode between 0 and 07777 or a symbolic mode like u+x,g-w")]
+    BadChmod(String),
     #[error("invalid stage name `{0}`: must start with a letter and contain only letters, digits, `-`, `_` and `.`")]
     BadStageName(String),
     #[error("duplicate stage name `{0}`")]
@@ -61,13 +69,13 @@ pub enum ErrorKind {
     UnknownStage(String),
     #[error("stage `{0}` depends on itself (cycle: {1})")]
     Cycle(String, String),
-    #[error("no FROM instruction: the Dockerfile must start with FROM (ARG may come before)")]
+    #[error("dockerfile contains no stages to build: a stage starts with FROM (only ARG may come before it)")]
     MissingFrom,
     #[error("{0} is not allowed before the first FROM")]
     BeforeFrom(String),
     #[error("target stage `{0}` could not be found")]
     UnknownTarget(String),
-    #[error("the Dockerfile has no instructions")]
+    #[error("file with no instructions: dockerfile contains no stages to build")]
     Empty,
     #[error("resolving base image `{reference}`: {reason}")]
     Resolve { reference: String, reason: String },

@@ -186,6 +186,13 @@ pub(crate) fn build<'a>(
     for s in &mut stages {
         for l in s.body {
             for from in refs_of(&l.instruction) {
+                // BuildKit's toCommand: COPY --from must read the same once expanded with no
+                // variables at all (RUN --mount from= was checked when parsing the flag).
+                let empty: BTreeMap<String, String> = BTreeMap::new();
+                let is_copy = matches!(l.instruction, Instruction::Copy(_));
+                if is_copy && lexer.expand_word(from, &empty).ok().as_deref() != Some(from) {
+                    return Err(src.at(l.line, ErrorKind::FromWithVariable(from.to_string())));
+                }
                 let r = resolve_ref(from, &names, count, opts).map_err(|k| src.at(l.line, k))?;
                 if let Ref::Stage(i) = r {
                     s.deps.insert(i);
@@ -248,7 +255,8 @@ pub(crate) fn resolve_ref(
     count: usize,
     opts: &BuildOptions,
 ) -> Result<Ref, ErrorKind> {
-    if from.contains('$') {
+    // ONBUILD triggers of a base image come here without the graph's check.
+    if from.find('$').is_some_and(|i| i + 1 != from.len()) {
         return Err(ErrorKind::FromWithVariable(from.to_string()));
     }
     if let Ok(i) = from.parse::<usize>() {

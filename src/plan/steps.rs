@@ -831,14 +831,7 @@ impl Ctx<'_, '_> {
         let chmod = opt_ex(&c.chmod)?;
         if let Some(m) = &chmod {
             if !instructions::valid_chmod(m) || m.contains('$') {
-                return Err(self.src.at(
-                    line,
-                    ErrorKind::InvalidFlagValue {
-                        flag: "chmod".into(),
-                        value: m.clone(),
-                        reason: "expecting an octal or symbolic mode".into(),
-                    },
-                ));
+                return Err(self.src.at(line, ErrorKind::BadChmod(m.clone())));
             }
         }
         let checksum = opt_ex(&c.checksum)?;
