@@ -83,7 +83,7 @@ pub struct From {
 pub struct Run {
     pub command: CommandForm,
     pub heredocs: Vec<Heredoc>,
-    pub mounts: Vec<MountSpec>,
+    pub mounts: Vec<MountFlag>,
     pub network: Option<NetworkMode>,
     pub security: Option<Security>,
 }
@@ -138,13 +138,59 @@ impl fmt::Display for MountType {
     }
 }
 
-/// One `--mount=` flag: the type and its options with keys normalized (`src` -> `source`,
-/// `dst`/`destination` -> `target`, `ro` -> `readonly`, `rw` -> `readwrite`); values are
-/// unexpanded.
+/// One `--mount=` flag as written. Its values may use the stage's ARG and ENV, so it becomes
+/// a [`MountSpec`] only in the planner, through [`parse_mount`] with the stage's expansion
+/// (BuildKit's `setMountState`). Only `from` is read here: the stage graph needs it before
+/// anything is expanded, so it cannot use variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountFlag {
+    pub raw: String,
+    /// The `from=` value (the last one), unexpanded.
+    pub from: Option<String>,
+}
+
+impl MountFlag {
+    /// The `target=` (or `dst=`, `destination=`) value as written, for messages.
+    pub fn target_as_written(&self) -> Option<&str> {
+        mount_fields(&self.raw)
+            .filter(|(k, _)| matches!(k.as_str(), "target" | "dst" | "destination"))
+            .filter_map(|(_, v)| v)
+            .last()
+    }
+
+    /// BuildKit's parse-time pass over a mount (`parseMount` without an expander): refuse
+    /// a variable in `from` (a `$` anywhere but at the end), defer everything else.
+    pub fn new(raw: &str) -> Result<MountFlag, ErrorKind> {
+        let mut from = None;
+        for (key, value) in mount_fields(raw) {
+            if key != "from" {
+                continue;
+            }
+            let Some(value) = value else { continue };
+            if value.find('$').is_some_and(|i| i + 1 != value.len()) {
+                return Err(ErrorKind::BadMount {
+                    spec: raw.to_string(),
+                    reason: "'from' doesn't support variable expansion, define alias stage instead"
+                        .into(),
+                });
+            }
+            from = Some(value.to_string());
+        }
+        Ok(MountFlag {
+            raw: raw.to_string(),
+            from,
+        })
+    }
+}
+
+/// A parsed `--mount`: the type and its options with values expanded and keys normalized
+/// (`src` -> `source`, `dst`/`destination` -> `target`, `ro` -> `readonly`, `rw` ->
+/// `readwrite`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSpec {
     pub kind: MountType,
     pub options: Vec<(String, Option<String>)>,
+    /// The flag as written, for messages.
     pub raw: String,
 }
 
@@ -266,9 +312,12 @@ impl Flags {
         let mut values: Vec<(String, Option<String>)> = Vec::new();
         for flag in &node.flags {
             let Some((_, kind)) = allowed.iter().find(|(n, _)| *n == flag.name) else {
+                let known: Vec<String> = allowed.iter().map(|(n, _)| format!("--{n}")).collect();
+                let known: Vec<&str> = known.iter().map(String::as_str).collect();
                 return Err(ErrorKind::UnknownFlag {
                     instruction: node.name.to_ascii_uppercase(),
                     flag: flag.name.clone(),
+                    suggestion: super::did_you_mean(&format!("--{}", flag.name), &known, true),
                 });
             };
             if *kind != FlagKind::List && values.iter().any(|(n, _)| *n == flag.name) {
@@ -375,7 +424,7 @@ pub fn lower(node: &Node, escape: char) -> Result<Instruction, ErrorKind> {
             let mounts = flags
                 .list("mount")
                 .iter()
-                .map(|m| parse_mount(m))
+                .map(|m| MountFlag::new(m))
                 .collect::<Result<Vec<_>, _>>()?;
             let network =
                 match flags.string("network").as_deref() {
@@ -511,9 +560,36 @@ pub fn lower(node: &Node, escape: char) -> Result<Instruction, ErrorKind> {
             })
         }
         "healthcheck" => lower_healthcheck(node, escape)?,
-        _ => return Err(ErrorKind::UnknownInstruction(node.keyword.clone())),
+        _ => {
+            return Err(ErrorKind::UnknownInstruction(
+                node.keyword.clone(),
+                super::did_you_mean(&node.keyword, &INSTRUCTIONS, false),
+            ))
+        }
     })
 }
+
+/// Every instruction keyword, for suggestions (BuildKit's `allInstructionNames`).
+const INSTRUCTIONS: [&str; 18] = [
+    "add",
+    "arg",
+    "cmd",
+    "copy",
+    "entrypoint",
+    "env",
+    "expose",
+    "from",
+    "healthcheck",
+    "label",
+    "maintainer",
+    "onbuild",
+    "run",
+    "shell",
+    "stopsignal",
+    "user",
+    "volume",
+    "workdir",
+];
 
 /// ENV/LABEL pairs: `k=v k2="v 2"`, or the legacy `KEY value with spaces` form.
 fn name_values(args: &str, escape: char) -> Result<Vec<KeyValue>, ErrorKind> {
@@ -594,18 +670,14 @@ fn lower_copy(node: &Node) -> Result<Instruction, ErrorKind> {
             .is_none()
             .then(|| syntax::heredoc_marker(w))
             .flatten();
-        match heredoc.and_then(|(_, _, name, _)| node.heredocs.iter().find(|h| h.name == name)) {
+        match heredoc.and_then(|m| node.heredocs.iter().find(|h| h.name == m.name)) {
             Some(h) => sources.push(CopySource::Heredoc(h.clone())),
             None => sources.push(CopySource::Path(w.clone())),
         }
     }
     if let Some(chmod) = flags.string("chmod") {
         if !valid_chmod(&chmod) {
-            return Err(ErrorKind::InvalidFlagValue {
-                flag: "chmod".into(),
-                value: chmod,
-                reason: "expecting an octal mode or a symbolic mode like u+x,g-w".into(),
-            });
+            return Err(ErrorKind::BadChmod(chmod));
         }
     }
     Ok(Instruction::from_copy(Copy {
@@ -640,8 +712,9 @@ pub fn valid_chmod(mode: &str) -> bool {
     if mode.contains('$') {
         return true;
     }
-    if mode.chars().all(|c| ('0'..='7').contains(&c)) {
-        return !mode.is_empty() && mode.len() <= 4;
+    if !mode.is_empty() && mode.chars().all(|c| c.is_ascii_digit()) {
+        // BuildKit: an octal number up to 07777 (`0644`, `00755` alike).
+        return u32::from_str_radix(mode, 8).is_ok_and(|m| m <= 0o7777);
     }
     mode.split(',').all(|clause| {
         let who_end = clause
@@ -667,35 +740,71 @@ pub fn valid_chmod(mode: &str) -> bool {
     })
 }
 
-fn parse_mount(raw: &str) -> Result<MountSpec, ErrorKind> {
+/// The `key[=value]` fields of a `--mount` value, keys lowercased, blanks around fields
+/// ignored.
+fn mount_fields(raw: &str) -> impl Iterator<Item = (String, Option<&str>)> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(|field| match field.split_once('=') {
+            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v)),
+            None => (field.to_ascii_lowercase(), None),
+        })
+}
+
+/// Every key `--mount` knows, aliases included (BuildKit's list for its suggestions).
+const MOUNT_KEYS: [&str; 19] = [
+    "type",
+    "from",
+    "source",
+    "target",
+    "readonly",
+    "id",
+    "sharing",
+    "required",
+    "size",
+    "mode",
+    "uid",
+    "gid",
+    "src",
+    "dst",
+    "destination",
+    "ro",
+    "rw",
+    "readwrite",
+    "env",
+];
+
+/// Parse a `--mount` value, each value passed through `expand` first (the stage's ARG and
+/// ENV in the planner), as BuildKit's `parseMount` does with its expander. The one parser
+/// of mount options.
+pub fn parse_mount(
+    raw: &str,
+    expand: &mut dyn FnMut(&str) -> Result<String, ErrorKind>,
+) -> Result<MountSpec, ErrorKind> {
     let bad = |reason: String| ErrorKind::BadMount {
         spec: raw.to_string(),
         reason,
     };
     let mut kind = MountType::Bind;
     let mut options = Vec::new();
-    for field in raw.split(',') {
-        let field = field.trim();
-        if field.is_empty() {
-            continue;
-        }
-        let (key, value) = match field.split_once('=') {
-            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.to_string())),
-            None => (field.to_ascii_lowercase(), None),
-        };
+    for (key, value) in mount_fields(raw) {
+        let value = value.map(&mut *expand).transpose()?;
         let key = match key.as_str() {
             "type" => {
-                kind = match value.as_deref() {
-                    Some("bind") => MountType::Bind,
-                    Some("cache") => MountType::Cache,
-                    Some("tmpfs") => MountType::Tmpfs,
-                    Some("secret") => MountType::Secret,
-                    Some("ssh") => MountType::Ssh,
-                    other => {
+                let value = value.unwrap_or_default();
+                kind = match value.to_ascii_lowercase().as_str() {
+                    "bind" => MountType::Bind,
+                    "cache" => MountType::Cache,
+                    "tmpfs" => MountType::Tmpfs,
+                    "secret" => MountType::Secret,
+                    "ssh" => MountType::Ssh,
+                    _ => {
+                        let types = ["bind", "cache", "tmpfs", "secret", "ssh"];
                         return Err(bad(format!(
-                            "unsupported mount type `{}`",
-                            other.unwrap_or("")
-                        )))
+                            "unsupported mount type `{value}`{}",
+                            super::did_you_mean(&value, &types, true)
+                        )));
                     }
                 };
                 continue;
@@ -707,7 +816,12 @@ fn parse_mount(raw: &str) -> Result<MountSpec, ErrorKind> {
             "from" | "id" | "sharing" | "mode" | "uid" | "gid" | "required" | "size" | "env" => {
                 key.as_str()
             }
-            _ => return Err(bad(format!("unknown option `{key}`"))),
+            _ => {
+                return Err(bad(format!(
+                    "unknown option `{key}`{}",
+                    super::did_you_mean(&key, &MOUNT_KEYS, true)
+                )))
+            }
         };
         let needs_value = !matches!(key, "readonly" | "readwrite" | "required");
         if needs_value && value.as_deref().is_none_or(str::is_empty) {
@@ -794,7 +908,7 @@ fn lower_healthcheck(node: &Node, escape: char) -> Result<Instruction, ErrorKind
             if rest.is_empty() {
                 return Err(ErrorKind::MissingArguments("HEALTHCHECK CMD".into()));
             }
-            let test = match syntax::parse_json_array(rest) {
+            let test = match syntax::parse_json_array(rest)? {
                 Some(words) => std::iter::once("CMD".to_string()).chain(words).collect(),
                 None => vec!["CMD-SHELL".to_string(), rest.to_string()],
             };
@@ -923,8 +1037,43 @@ mod tests {
     }
 
     #[test]
+    fn mounts_are_parsed_after_expansion() {
+        let Instruction::Run(run) = one("RUN --mount=type=$T,target=$D,from=stage true").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(run.mounts[0].from.as_deref(), Some("stage"));
+        let env: std::collections::BTreeMap<String, String> =
+            [("T".into(), "cache".into()), ("D".into(), "/c".into())].into();
+        let lexer = super::super::shell::Lexer::new('\\');
+        let mut expand = |v: &str| {
+            lexer
+                .expand_word(v, &env)
+                .map_err(|e| ErrorKind::Expansion {
+                    word: v.into(),
+                    reason: e.to_string(),
+                })
+        };
+        let m = parse_mount(&run.mounts[0].raw, &mut expand).unwrap();
+        assert_eq!(m.kind, MountType::Cache);
+        assert_eq!(m.get("target"), Some("/c"));
+        let err = parse_mount("type=cache,traget=/x", &mut expand).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("unknown option `traget` (did you mean `target`?)"),
+            "{err}"
+        );
+        assert!(matches!(
+            one("RUN --mount=from=$S,target=/x true"),
+            Err(ErrorKind::BadMount { .. })
+        ));
+        // A `$` at the very end is no variable (BuildKit's check).
+        assert!(one("RUN --mount=from=a$,target=/x true").is_ok());
+    }
+
+    #[test]
     fn chmod_forms() {
-        for ok in ["755", "0644", "u+x", "go-w,u=rwX", "a+rx"] {
+        for ok in ["755", "0644", "01234", "7777", "u+x", "go-w,u=rwX", "a+rx"] {
             assert!(valid_chmod(ok), "{ok}");
         }
         for bad in ["999", "abc", "u", "+q", "12345"] {

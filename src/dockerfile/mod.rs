@@ -9,10 +9,15 @@ pub mod syntax;
 /// the caller ([`crate::plan::PlanError`]), which also shows the offending line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ErrorKind {
-    #[error("unknown instruction `{0}`")]
-    UnknownInstruction(String),
-    #[error("unknown flag `--{flag}` for {instruction}")]
-    UnknownFlag { instruction: String, flag: String },
+    /// The keyword as written, then a suggestion (` (did you mean `RUN`?)`) or nothing.
+    #[error("unknown instruction `{0}`{1}")]
+    UnknownInstruction(String, String),
+    #[error("unknown flag `--{flag}` for {instruction}{suggestion}")]
+    UnknownFlag {
+        instruction: String,
+        flag: String,
+        suggestion: String,
+    },
     #[error("duplicate flag `--{0}`")]
     DuplicateFlag(String),
     #[error("flag `--{0}` needs a value")]
@@ -29,6 +34,8 @@ pub enum ErrorKind {
     WrongArgumentCount { instruction: String, count: usize },
     #[error("{0} requires at least two arguments, but only one was provided. Destination could not be determined")]
     MissingDestination(String),
+    #[error("when using JSON array syntax, arrays must be comprised of strings only")]
+    NotStringArray,
     #[error("SHELL requires the arguments to be in JSON form")]
     ShellNotJson,
     #[error("unterminated heredoc `{0}`")]
@@ -49,8 +56,11 @@ pub enum ErrorKind {
     Expansion { word: String, reason: String },
     #[error("invalid port `{0}`")]
     BadPort(String),
-    #[error("COPY --from cannot contain variables: `{0}`")]
+    // BuildKit's wording, so that searches for it find the workaround.
+    #[error("variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround: `{0}`")]
     FromWithVariable(String),
+    #[error("invalid chmod parameter `{0}`: expecting an octal mode between 0 and 07777 or a symbolic mode like u+x,g-w")]
+    BadChmod(String),
     #[error("invalid stage name `{0}`: must start with a letter and contain only letters, digits, `-`, `_` and `.`")]
     BadStageName(String),
     #[error("duplicate stage name `{0}`")]
@@ -66,18 +76,19 @@ pub enum ErrorKind {
     CopyFromLaterStage { from: String, stage: String },
     #[error("cannot mount from stage `{from}` to `{target}`, stage needs to be defined before current command")]
     MountFromLaterStage { from: String, target: String },
-    #[error("no FROM instruction: the Dockerfile must start with FROM (ARG may come before)")]
+    #[error("dockerfile contains no stages to build: a stage starts with FROM (only ARG may come before it)")]
     MissingFrom,
     #[error("{0} is not allowed before the first FROM")]
     BeforeFrom(String),
-    #[error("target stage `{target}` could not be found{}", target_hint(.stages, .suggestion))]
+    #[error("target stage `{target}` could not be found{suggestion}{}", stage_list(.stages))]
     UnknownTarget {
         target: String,
         /// Names of the Dockerfile's named stages, in file order.
         stages: Vec<String>,
-        suggestion: Option<String>,
+        /// ` (did you mean `build`?)` or empty ([`did_you_mean`]).
+        suggestion: String,
     },
-    #[error("the Dockerfile has no instructions")]
+    #[error("file with no instructions: dockerfile contains no stages to build")]
     Empty,
     #[error("resolving base image `{reference}`: {reason}")]
     Resolve { reference: String, reason: String },
@@ -87,54 +98,61 @@ pub enum ErrorKind {
     Invalid(String),
 }
 
-/// The option nearest to `value` (case-insensitive edit distance below 3, as BuildKit's
-/// `suggest` package), for "did you mean ...?" hints; `None` for an exact match.
-pub fn suggest(value: &str, options: &[String]) -> Option<String> {
-    let value = value.to_lowercase();
-    let mut best: Option<(usize, &String)> = None;
-    for opt in options {
-        let d = edit_distance(&value, &opt.to_lowercase());
-        if d == 0 {
-            return None;
-        }
-        if d < best.map_or(3, |(b, _)| b) {
-            best = Some((d, opt));
-        }
-    }
-    best.map(|(_, o)| o.clone())
-}
-
-/// Levenshtein distance over chars.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == cb {
-                prev
-            } else {
-                1 + prev.min(cur).min(row[j])
-            };
-            prev = cur;
-        }
-    }
-    row[b.len()]
-}
-
-fn target_hint(stages: &[String], suggestion: &Option<String>) -> String {
-    let mut out = String::new();
-    if let Some(s) = suggestion {
-        out.push_str(&format!(" (did you mean `{s}`?)"));
-    }
+fn stage_list(stages: &[String]) -> String {
     if stages.is_empty() {
-        out.push_str("; the Dockerfile has no named stages (name one with `FROM ... AS NAME`)");
+        "; the Dockerfile has no named stages (name one with `FROM ... AS NAME`)".to_string()
     } else {
-        out.push_str(&format!("; stages: {}", stages.join(", ")));
+        format!("; stages: {}", stages.join(", "))
     }
-    out
+}
+
+/// ` (did you mean `X`?)` when one of `options` is within edit distance 2 of `value`, or
+/// nothing. BuildKit's `suggest` package: Levenshtein distance below 3, the first closest
+/// option wins, an exact match suggests nothing; without `case_sensitive` the comparison
+/// ignores case and the suggestion takes the case of `value` (`RUNN` -> `RUN`, `rnu` ->
+/// `run`).
+pub(crate) fn did_you_mean(value: &str, options: &[&str], case_sensitive: bool) -> String {
+    let fold = |s: &str| {
+        if case_sensitive {
+            s.to_string()
+        } else {
+            s.to_lowercase()
+        }
+    };
+    let val = fold(value);
+    let mut best: Option<(usize, String)> = None;
+    for opt in options {
+        let opt = fold(opt);
+        if opt == val {
+            return String::new();
+        }
+        let dist = levenshtein(&val, &opt);
+        if dist < best.as_ref().map_or(3, |(d, _)| *d) {
+            best = Some((dist, opt));
+        }
+    }
+    let Some((_, mut found)) = best else {
+        return String::new();
+    };
+    if !case_sensitive && value == value.to_uppercase() {
+        found = found.to_uppercase();
+    }
+    format!(" (did you mean `{found}`?)")
+}
+
+/// Edit distance in characters (insertions, deletions, substitutions).
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// The golden `ast` dump: the syntax tree, then each node lowered to its typed instruction
@@ -159,21 +177,28 @@ pub fn dump(text: &str) -> Result<String, syntax::SyntaxError> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn suggest_takes_the_nearest_option_within_two_edits() {
-        let opts: Vec<String> = ["build", "runtime", "test"].map(String::from).to_vec();
-        assert_eq!(super::suggest("biuld", &opts).as_deref(), Some("build"));
-        assert_eq!(super::suggest("RUNTIM", &opts).as_deref(), Some("runtime"));
-        assert_eq!(super::suggest("deploy", &opts), None);
-        assert_eq!(
-            super::suggest("Build", &opts),
-            None,
-            "an exact match suggests nothing"
-        );
-        assert_eq!(super::edit_distance("kitten", "sitting"), 3);
-    }
-
     use std::path::Path;
+
+    #[test]
+    fn suggestions_follow_buildkit() {
+        use super::did_you_mean;
+        let names = ["from", "run", "cmd", "copy"];
+        assert_eq!(
+            did_you_mean("RUNN", &names, false),
+            " (did you mean `RUN`?)"
+        );
+        assert_eq!(did_you_mean("rnu", &names, false), " (did you mean `run`?)");
+        assert_eq!(
+            did_you_mean("Cpoy", &names, false),
+            " (did you mean `copy`?)"
+        );
+        assert_eq!(did_you_mean("NOTANINSTRUCTION", &names, false), "");
+        assert_eq!(did_you_mean("run", &names, false), "");
+        assert_eq!(
+            did_you_mean("Cache", &["cache"], true),
+            " (did you mean `cache`?)"
+        );
+    }
 
     /// testdata/parse/<case>/{Dockerfile,ast}; `UPDATE_GOLDEN=1` rewrites the `ast` files.
     #[test]

@@ -297,6 +297,23 @@ impl ShellWord<'_> {
         value
     }
 
+    /// `<` or `<<`; `<<` takes the blanks after it along, so `<<  EOF` stays one word and the
+    /// parser finds the heredoc in it (BuildKit's `processPossibleHeredoc`, moby/buildkit
+    /// "dockerfile: allow whitespace in heredocs").
+    fn process_possible_heredoc(&mut self) -> String {
+        self.next();
+        if self.peek() != Some('<') {
+            return "<".into();
+        }
+        self.next();
+        let mut out = String::from("<<");
+        while let Some(c @ (' ' | '\t' | '\r')) = self.peek() {
+            out.push(c);
+            self.next();
+        }
+        out
+    }
+
     /// Process up to `stop` (consumed) or the end of input when `stop` is None.
     fn process_stop_on(
         &mut self,
@@ -322,6 +339,11 @@ impl ShellWord<'_> {
                     let value = self.process_dollar()?;
                     result.push_str(&value);
                     words.add_string(&value);
+                }
+                '<' => {
+                    let value = self.process_possible_heredoc();
+                    result.push_str(&value);
+                    words.add_raw_string(&value);
                 }
                 '\'' | '"' if !self.lex.skip_quotes => {
                     let value = if ch == '\'' {

@@ -5,6 +5,9 @@
 
 use std::fmt::Write as _;
 
+use std::collections::BTreeMap;
+
+use super::shell::Lexer;
 use super::ErrorKind;
 
 /// A 1-based line and column (columns count characters).
@@ -163,8 +166,14 @@ pub fn parse(text: &str) -> Result<Ast, SyntaxError> {
             continue;
         }
         let mut node = node_from_logical(&logical, escape, start_line)?;
-        if node.json.is_none() && can_contain_heredoc(&node.name) && node.args.contains("<<") {
-            for (fd, chomp, name, expand) in heredoc_markers(&node.args, escape) {
+        if node.json.is_none() && can_contain_heredoc(&node.name) && node.text.contains("<<") {
+            for HeredocMarker {
+                fd,
+                chomp,
+                name,
+                expand,
+            } in heredoc_markers(&node.text)
+            {
                 let mut content = String::new();
                 let mut terminated = false;
                 while i < lines.len() {
@@ -243,11 +252,16 @@ fn leading_ws(line: &str) -> usize {
 
 /// Strip a trailing escape character (optionally followed by blanks). Returns the line and
 /// whether the instruction ends here.
+///
+/// BuildKit's line-continuation regexp is ``([^\\])\\[ \t]*$|^\\[ \t]*$``: the escape
+/// continues the line only when it stands alone or follows a character that is not the
+/// escape, so `ENV C trailing\\` ends the instruction. Like BuildKit (its comment says Go's
+/// regexp cannot look behind), an odd run such as `\\\` does not continue either.
 fn trim_continuation(line: &str, escape: char) -> (&str, bool) {
     let trimmed = line.trim_end_matches([' ', '\t']);
     match trimmed.strip_suffix(escape) {
-        Some(rest) => (rest, false),
-        None => (line, true),
+        Some(rest) if !rest.ends_with(escape) => (rest, false),
+        _ => (line, true),
     }
 }
 
@@ -289,11 +303,10 @@ fn node_from_logical(l: &Logical, escape: char, line: usize) -> Result<Node, Syn
     let args = text[args_off..].trim().to_string();
     let name = keyword.to_ascii_lowercase();
     let json = if takes_json(&name) {
-        parse_json_array(&args)
+        parse_json_array(&args).map_err(|kind| SyntaxError { line, kind })?
     } else {
         None
     };
-    let _ = line;
     Ok(Node {
         keyword: keyword.to_string(),
         name,
@@ -319,12 +332,24 @@ fn can_contain_heredoc(name: &str) -> bool {
     matches!(name, "run" | "copy" | "add")
 }
 
-/// A JSON array of strings, or `None` (BuildKit falls back to shell form).
-pub fn parse_json_array(args: &str) -> Option<Vec<String>> {
-    if !args.starts_with('[') {
-        return None;
+/// A JSON array of strings, or `None` when `args` is not a JSON array (BuildKit falls back
+/// to shell form). A JSON array with an element that is not a string is an error, as in
+/// BuildKit's `parseJSON`, not shell form.
+pub fn parse_json_array(args: &str) -> Result<Option<Vec<String>>, ErrorKind> {
+    if !args.trim_start().starts_with('[') {
+        return Ok(None);
     }
-    serde_json::from_str::<Vec<String>>(args).ok()
+    let Ok(values) = serde_json::from_str::<Vec<serde_json::Value>>(args) else {
+        return Ok(None);
+    };
+    values
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => Ok(s),
+            _ => Err(ErrorKind::NotStringArray),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// Leading `--flag[=value]` words, with BuildKit's quote and backslash handling. Returns the
@@ -420,42 +445,74 @@ pub fn split_words(args: &str, escape: char) -> Vec<String> {
     words
 }
 
-/// The heredoc markers (`<<EOF`, `<<-EOF`, `<<"EOF"`, `3<<EOF`) among the words of `args`,
-/// in order: (fd, chomp, name, expand).
-pub fn heredoc_markers(args: &str, escape: char) -> Vec<(Option<u32>, bool, String, bool)> {
-    split_words(args, escape)
+/// A heredoc marker (`<<EOF`, `<<-EOF`, `<<"EOF"`, `3<<EOF`, `<<  EOF`) as BuildKit's
+/// `ParseHeredoc` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeredocMarker {
+    /// A file descriptor prefix, as in `3<<EOF`.
+    pub fd: Option<u32>,
+    /// `<<-`: leading tabs are stripped from the body and the terminator.
+    pub chomp: bool,
+    /// The delimiter with quotes and escapes removed (`<<eo'f'` -> `eof`).
+    pub name: String,
+    /// False when any part of the delimiter was quoted: the body is taken literally.
+    pub expand: bool,
+}
+
+/// The heredoc markers among the words of an instruction line, in order (BuildKit's
+/// `heredocsFromLine`): the line is split into words by the shell lexer with quotes and
+/// escapes kept and no expansion, so `<<'one two'` and `<<  EOF` are one word each while
+/// `<<- EOF` is two words and no heredoc. BuildKit lexes with `\` whatever the escape
+/// directive says, and a line the lexer cannot split (an unterminated quote) has none.
+pub fn heredoc_markers(line: &str) -> Vec<HeredocMarker> {
+    let lexer = Lexer::new('\\')
+        .with_raw_quotes(true)
+        .with_raw_escapes(true)
+        .with_skip_unset(true);
+    let no_env: BTreeMap<String, String> = BTreeMap::new();
+    lexer
+        .expand_words(line, &no_env)
+        .unwrap_or_default()
         .iter()
         .filter_map(|w| heredoc_marker(w))
         .collect()
 }
 
-/// Parse one word as a heredoc marker.
-pub fn heredoc_marker(word: &str) -> Option<(Option<u32>, bool, String, bool)> {
-    let idx = word.find("<<")?;
-    let (fd, rest) = (&word[..idx], &word[idx + 2..]);
-    if !fd.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    let fd = if fd.is_empty() { None } else { fd.parse().ok() };
+/// Parse one word as a heredoc marker: BuildKit's regexp `^(\d*)<<(-?)\s*([^<]*)$`, then
+/// the rest must lex to exactly one word, which is the delimiter; it is quoted (no
+/// expansion of the body) when lexing with and without keeping quotes gives different
+/// quote counts.
+pub fn heredoc_marker(word: &str) -> Option<HeredocMarker> {
+    let digits = word.len() - word.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let (fd, rest) = word.split_at(digits);
+    let rest = rest.strip_prefix("<<")?;
     let (chomp, rest) = match rest.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, rest),
     };
-    let (name, expand) = if let Some(inner) = rest
-        .strip_prefix('"')
-        .and_then(|r| r.strip_suffix('"'))
-        .or_else(|| rest.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')))
-    {
-        (inner, false)
-    } else {
-        (rest, true)
+    // Go's `\s`: space, \t, \n, \f, \r.
+    let rest = rest.trim_start_matches([' ', '\t', '\n', '\x0c', '\r']);
+    if rest.is_empty() || rest.contains('<') {
+        return None;
+    }
+    let no_env: BTreeMap<String, String> = BTreeMap::new();
+    let lexer = Lexer::new('\\').with_skip_unset(true);
+    let words = lexer.expand_words(rest, &no_env).ok()?;
+    let [name] = words.as_slice() else {
+        return None;
     };
-    let mut chars = name.chars();
-    let ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
-    ok.then(|| (fd, chomp, name.to_string(), expand))
+    let raw = lexer
+        .with_raw_quotes(true)
+        .expand_words(rest, &no_env)
+        .ok()?;
+    let quotes = |w: &str| w.chars().filter(|c| matches!(c, '\'' | '"')).count();
+    let expand = raw.len() == 1 && quotes(name) == quotes(&raw[0]);
+    Some(HeredocMarker {
+        fd: if fd.is_empty() { None } else { fd.parse().ok() },
+        chomp,
+        name: name.clone(),
+        expand,
+    })
 }
 
 /// A stable, human-readable dump of the AST (the golden `ast` files).
@@ -565,6 +622,26 @@ mod tests {
         let ast = parse("# foo=bar\n# escape=`\nFROM a").unwrap();
         assert_eq!(ast.directives, Directives::default());
         assert_eq!(ast.nodes.len(), 1);
+    }
+
+    #[test]
+    fn json_arrays_of_non_strings_are_errors_not_shell_form() {
+        assert_eq!(
+            parse_json_array(r#"["a", "b"]"#),
+            Ok(Some(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(parse_json_array(r#"["a", hello]"#), Ok(None));
+        assert_eq!(parse_json_array("echo [1]"), Ok(None));
+        for bad in [r#"["a", 1]"#, r#"[ "a", [ "b" ] ]"#, "[null]", "[{}]"] {
+            assert_eq!(
+                parse_json_array(bad),
+                Err(ErrorKind::NotStringArray),
+                "{bad}"
+            );
+        }
+        let err = parse("FROM a\nHEALTHCHECK CMD [1]\n")
+            .map(|ast| super::super::instructions::lower(&ast.nodes[1], '\\').unwrap_err());
+        assert_eq!(err, Ok(ErrorKind::NotStringArray));
     }
 
     #[test]

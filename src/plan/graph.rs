@@ -197,6 +197,13 @@ pub(crate) fn build<'a>(
     for s in &mut stages {
         for l in s.body {
             for from in refs_of(&l.instruction) {
+                // BuildKit's toCommand: COPY --from must read the same once expanded with no
+                // variables at all (RUN --mount from= was checked when parsing the flag).
+                let empty: BTreeMap<String, String> = BTreeMap::new();
+                let is_copy = matches!(l.instruction, Instruction::Copy(_));
+                if is_copy && lexer.expand_word(from, &empty).ok().as_deref() != Some(from) {
+                    return Err(src.at(l.line, ErrorKind::FromWithVariable(from.to_string())));
+                }
                 let r = resolve_ref(from, &names, count, opts).map_err(|k| src.at(l.line, k))?;
                 if let Ref::Stage(i) = r {
                     s.deps.insert(i);
@@ -247,9 +254,10 @@ pub(crate) fn build<'a>(
 
 fn unknown_target(target: &str, stages: &[StageDef]) -> ErrorKind {
     let named: Vec<String> = stages.iter().filter_map(|s| s.name.clone()).collect();
+    let options: Vec<&str> = named.iter().map(String::as_str).collect();
     ErrorKind::UnknownTarget {
         target: target.to_string(),
-        suggestion: crate::dockerfile::suggest(target, &named),
+        suggestion: crate::dockerfile::did_you_mean(target, &options, false),
         stages: named,
     }
 }
@@ -272,10 +280,14 @@ pub(crate) fn check_earlier(
             }),
             _ => Ok(()),
         },
-        Instruction::Run(r) => match r.mounts.iter().find(|m| m.get("from").is_some_and(later)) {
+        Instruction::Run(r) => match r
+            .mounts
+            .iter()
+            .find(|m| m.from.as_deref().is_some_and(later))
+        {
             Some(m) => Err(ErrorKind::MountFromLaterStage {
-                from: m.get("from").unwrap_or_default().to_string(),
-                target: m.get("target").unwrap_or_default().to_string(),
+                from: m.from.clone().unwrap_or_default(),
+                target: m.target_as_written().unwrap_or_default().to_string(),
             }),
             None => Ok(()),
         },
@@ -296,7 +308,7 @@ impl StageDef<'_> {
 pub(crate) fn refs_of(i: &Instruction) -> Vec<&str> {
     match i {
         Instruction::Copy(c) => c.from.as_deref().into_iter().collect(),
-        Instruction::Run(r) => r.mounts.iter().filter_map(|m| m.get("from")).collect(),
+        Instruction::Run(r) => r.mounts.iter().filter_map(|m| m.from.as_deref()).collect(),
         Instruction::Onbuild(_) => Vec::new(),
         _ => Vec::new(),
     }
@@ -310,7 +322,8 @@ pub(crate) fn resolve_ref(
     count: usize,
     opts: &BuildOptions,
 ) -> Result<Ref, ErrorKind> {
-    if from.contains('$') {
+    // ONBUILD triggers of a base image come here without the graph's check.
+    if from.find('$').is_some_and(|i| i + 1 != from.len()) {
         return Err(ErrorKind::FromWithVariable(from.to_string()));
     }
     if let Ok(i) = from.parse::<usize>() {

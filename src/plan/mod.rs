@@ -815,6 +815,40 @@ pub(crate) mod tests {
         assert_eq!(run_op(&s.steps[2]).argv, ["/bin/sh", "-c", "cat <<A\nz\nA"]);
     }
 
+    /// BuildKit's testCopyHeredocSpecialSymbols and testHeredocVarSubstitution: an unquoted
+    /// delimiter processes `\` escapes and `$` (quotes stay), a quoted one keeps the body.
+    #[test]
+    fn copy_heredoc_body_escapes() {
+        let text = "FROM a\nARG name=world\n\
+            COPY <<EOF /s1\n\\\nEOF\nCOPY <<EOF /s2\n\\\\\nEOF\nCOPY <<EOF /s3\n\\$\nEOF\n\
+            COPY <<EOF /q\nHello \"${name}\" '$name' \\a\nEOF\n\
+            COPY <<\"EOF\" /r1\n\\\nEOF\nCOPY <<\"EOF\" /r2\n\\\\\nEOF\nCOPY <<'EOF' /r3\n\\$name\nEOF\n";
+        let s = one_stage(text, &options());
+        let bodies: Vec<String> = s
+            .steps
+            .iter()
+            .filter_map(|st| match &st.op {
+                Op::Copy(c) => match &c.sources[0] {
+                    CopySource::Heredoc { content, .. } => Some(content.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            bodies,
+            [
+                "\n",
+                "\\\n",
+                "$\n",
+                "Hello \"world\" 'world' a\n",
+                "\\\n",
+                "\\\\\n",
+                "\\$name\n"
+            ]
+        );
+    }
+
     #[test]
     fn independent_stages_share_a_wave() {
         let p = plan(

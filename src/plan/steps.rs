@@ -9,7 +9,7 @@ use super::{
     MountFrom, Op, Plan, PlanError, RunMount, RunOp, Sharing, Source, Stage, Step,
 };
 use crate::dockerfile::instructions::{
-    self, CommandForm, Healthcheck, Instruction, Located, MountSpec, MountType, NetworkMode,
+    self, CommandForm, Healthcheck, Instruction, Located, MountFlag, MountType, NetworkMode,
     Security,
 };
 use crate::dockerfile::shell::Lexer;
@@ -677,20 +677,20 @@ impl Ctx<'_, '_> {
     fn mount(
         &mut self,
         line: usize,
-        m: &MountSpec,
+        written: &MountFlag,
         scope: &BTreeMap<String, String>,
         workdir: &str,
         ssh_count: &mut usize,
         images: &mut BTreeMap<String, String>,
     ) -> Result<RunMount, PlanError> {
-        let mut opt = BTreeMap::new();
-        for (k, v) in &m.options {
-            let v = match v {
-                Some(v) if k != "from" => Some(self.ex(line, v, scope)?),
-                other => other.clone(),
-            };
-            opt.insert(k.as_str(), v);
-        }
+        // Parsed only now, from expanded values: `type=$T,target=$DIR` works as in BuildKit.
+        let m = instructions::parse_mount(&written.raw, &mut |v| expand(&self.lexer, v, scope))
+            .map_err(|k| self.src.at(line, k))?;
+        let opt: BTreeMap<&str, Option<String>> = m
+            .options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
         let bad = |reason: String| {
             self.src.at(
                 line,
@@ -763,7 +763,8 @@ impl Ctx<'_, '_> {
             }
             MountType::Bind | MountType::Tmpfs => (target.unwrap_or_default(), None),
         };
-        let from = match m.get("from") {
+        // The unexpanded value, as the stage graph saw it (it cannot hold variables).
+        let from = match written.from.as_deref() {
             None => None,
             Some(f) => Some(
                 match graph::resolve_ref(f, &self.names, self.graph.stages.len(), self.opts)
@@ -893,14 +894,7 @@ impl Ctx<'_, '_> {
         let chmod = opt_ex(&c.chmod)?;
         if let Some(m) = &chmod {
             if !instructions::valid_chmod(m) || m.contains('$') {
-                return Err(self.src.at(
-                    line,
-                    ErrorKind::InvalidFlagValue {
-                        flag: "chmod".into(),
-                        value: m.clone(),
-                        reason: "expecting an octal or symbolic mode".into(),
-                    },
-                ));
+                return Err(self.src.at(line, ErrorKind::BadChmod(m.clone())));
             }
         }
         let checksum = opt_ex(&c.checksum)?;
@@ -975,21 +969,13 @@ fn run_command_string(argv: &[String], st: &StageState) -> String {
     }
 }
 
-/// Expand variables in a heredoc body without touching quotes: they are file content.
-/// BuildKit uses `\` here whatever the escape directive says. Quotes and backslashes are
-/// escaped so that only `$` expansions act (BuildKit's `SkipProcessQuotes`; the lexer's
-/// `with_skip_quotes` would do this directly).
+/// Expand a COPY/ADD heredoc body whose delimiter is unquoted, as BuildKit's `ExpandRaw`
+/// does: its lexer with `\` whatever the escape directive says and quotes left alone
+/// (`SkipProcessQuotes`). `$name` is substituted and escapes act as outside quotes
+/// (`\\` -> `\`, `\$` -> `$`, `\x` -> `x`, a `\` before a newline is dropped), while `'`
+/// and `"` are file content.
 fn expand_heredoc(content: &str, scope: &BTreeMap<String, String>) -> Result<String, ErrorKind> {
-    let lexer = Lexer::new('\\');
-    let esc = '\\';
-    let mut guarded = String::with_capacity(content.len());
-    for ch in content.chars() {
-        if ch == '"' || ch == '\'' || ch == esc {
-            guarded.push(esc);
-        }
-        guarded.push(ch);
-    }
-    expand(&lexer, &guarded, scope)
+    expand(&Lexer::new('\\').with_skip_quotes(true), content, scope)
 }
 
 /// `dest` made absolute against `workdir`; a trailing `/` (or `.`) means a directory and is
