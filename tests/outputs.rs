@@ -1008,7 +1008,24 @@ fn push_to_registry_then_docker_pull_and_run() {
     let store = dir.path().join("store");
     let repo = format!("127.0.0.1:5000/{}", unique("push"));
     let tag = format!("{repo}:1");
-    run_ok(rbuild(&store).args(["--push", "-t", &tag]).arg(&ctx));
+    let built = run(rbuild(&store).args(["--push", "-t", &tag]).arg(&ctx));
+    assert!(built.status.success(), "{built:?}");
+    // Regression (issue 14): the push was `#1000000`; it is the step after the build's.
+    let progress = String::from_utf8_lossy(&built.stderr);
+    let (build, push) = progress
+        .split_once(&format!("pushing {tag}\n"))
+        .expect(&progress);
+    let ids: Vec<usize> = build
+        .lines()
+        .filter_map(|l| l.strip_prefix('#')?.split(' ').next()?.parse().ok())
+        .collect();
+    let push_id: usize = ids.last().copied().unwrap();
+    assert_eq!(
+        push_id,
+        ids[..ids.len() - 1].iter().max().unwrap() + 1,
+        "{progress}"
+    );
+    assert!(push.contains(&format!("#{push_id} DONE")), "{progress}");
     // rbuild push of the stored image under another name.
     let other = format!("{repo}:2");
     let pushed = run_ok(rbuild_cmd(&store).args(["push", &tag, &other]));

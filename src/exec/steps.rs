@@ -124,6 +124,11 @@ impl<'a> Ctx<'a> {
         self.shared.next_id.fetch_add(1, Ordering::SeqCst)
     }
 
+    /// The number the next step would get.
+    pub fn next_step(&self) -> StepId {
+        self.shared.next_id.load(Ordering::SeqCst)
+    }
+
     fn stat_cache(&self) -> std::sync::MutexGuard<'_, StatCache> {
         // A poisoned lock means a panic elsewhere, which ends the build anyway.
         self.shared
