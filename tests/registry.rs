@@ -324,8 +324,17 @@ fn unknown_manifest_and_unreachable_registry_name_the_reference() {
     assert_eq!(
         err.to_string(),
         format!(
-            "pulling `127.0.0.1:{}/nope:latest`: manifest unknown",
+            "pulling `127.0.0.1:{}/nope:latest`: manifest unknown: \
+             tag `latest` not found in repository `nope`",
             reg.port
+        )
+    );
+    let by_digest = with_digest(&r, &Digest::of(b"no such manifest"));
+    assert_eq!(
+        c.resolve(&by_digest).unwrap_err().to_string(),
+        format!(
+            "pulling `{by_digest}`: manifest unknown: digest `{}` not found in repository `nope`",
+            Digest::of(b"no such manifest")
         )
     );
     let dead: Reference = format!("127.0.0.1:{}/x:1", free_port()).parse().unwrap();
@@ -764,7 +773,33 @@ fn bearer_token_auth_retries_resume_and_digest_check_against_a_fake_front() {
     let missing: Reference = format!("127.0.0.1:{port}/test/app:nope").parse().unwrap();
     assert_eq!(
         c.resolve(&missing).unwrap_err().to_string(),
-        format!("pulling `{missing}`: manifest unknown")
+        format!(
+            "pulling `{missing}`: manifest unknown: tag `nope` not found in repository `test/app`"
+        )
+    );
+}
+
+/// Regression (issue 14): `manifest unknown` alone did not say which tag was missing where.
+#[test]
+fn pull_of_a_missing_tag_names_the_tag_and_the_repository() {
+    if !support::require(
+        support::registry_ready(),
+        "a registry on 127.0.0.1:5000 holding busybox:latest",
+    ) {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let out = Command::new(support::rbuild_bin())
+        .env("RBUILD_ROOT", store.path())
+        .args(["pull", "localhost:5000/busybox:nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.lines().last().unwrap_or_default(),
+        "error: pulling `localhost:5000/busybox:nope`: manifest unknown: \
+         tag `nope` not found in repository `busybox`"
     );
 }
 

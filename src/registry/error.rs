@@ -50,8 +50,14 @@ impl RegistryError {
 /// "pulling `ref`: ".
 #[derive(Debug, thiserror::Error)]
 pub enum Cause {
-    #[error("manifest unknown")]
-    ManifestUnknown,
+    /// A 404 for a manifest: the registry's own message (`manifest unknown`), then what was
+    /// looked for where.
+    #[error("{message}: {wanted} not found in repository `{repository}`")]
+    ManifestUnknown {
+        message: String,
+        wanted: ManifestRef,
+        repository: String,
+    },
     #[error("blob unknown: {0}")]
     BlobUnknown(Digest),
     #[error("cannot reach registry {host}: {detail}")]
@@ -86,6 +92,22 @@ pub enum Cause {
     Io { what: String, error: std::io::Error },
     #[error("reading {path}: {detail}")]
     Config { path: String, detail: String },
+}
+
+/// A manifest asked for by tag or by digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManifestRef {
+    Tag(String),
+    Digest(Digest),
+}
+
+impl fmt::Display for ManifestRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ManifestRef::Tag(t) => write!(f, "tag `{t}`"),
+            ManifestRef::Digest(d) => write!(f, "digest `{d}`"),
+        }
+    }
 }
 
 impl Cause {
