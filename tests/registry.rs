@@ -348,6 +348,63 @@ fn unknown_manifest_and_unreachable_registry_name_the_reference() {
     assert!(err.contains("refused"), "{err}");
 }
 
+/// Regression (issue 14): a refused connection was retried with backoff (3 s on loopback,
+/// 18 s for an unreachable docker.io). It fails at the first attempt; a connection that
+/// breaks is still retried.
+#[test]
+fn refused_connections_fail_at_once_and_broken_ones_are_retried() {
+    let c = client(None);
+    let dead: Reference = format!("127.0.0.1:{}/x:1", free_port()).parse().unwrap();
+    let err = c.resolve(&dead).unwrap_err();
+    assert_eq!(err.cause().map(Cause::attempts), Some(1), "{err}");
+    assert!(!err.to_string().contains("attempts"), "{err}");
+
+    // A server that reads each request and hangs up without an answer.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(Mutex::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            *counter.lock().unwrap() += 1;
+            let _ = read_request(&mut stream);
+        }
+    });
+    let r: Reference = format!("127.0.0.1:{port}/x:1").parse().unwrap();
+    let err = c.resolve(&r).unwrap_err();
+    let attempts = *accepted.lock().unwrap();
+    assert!(attempts > 1, "{err}");
+    assert_eq!(err.cause().map(Cause::attempts), Some(attempts), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "pulling `{r}`: connection to registry 127.0.0.1:{port} lost: "
+        )),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .ends_with(&format!("(gave up after {attempts} attempts)")),
+        "{err}"
+    );
+
+    // The command line says the same, once.
+    let store = tempfile::tempdir().unwrap();
+    let out = Command::new(support::rbuild_bin())
+        .env("RBUILD_ROOT", store.path())
+        .args(["pull", &dead.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "error: pulling `{dead}`: cannot reach registry 127.0.0.1:"
+        )) && last.ends_with("Connection refused (os error 111)"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn index_resolves_to_the_host_platform_and_lists_others() {
     if !registry_available("index_resolves_to_the_host_platform_and_lists_others") {

@@ -106,15 +106,18 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// A transport error: no connection at all (not retried), or one that broke (retried).
 fn net_err(r: &Reference, e: &reqwest::Error) -> Cause {
     let detail = if e.is_timeout() {
         "timed out".to_string()
     } else {
         root_cause(e)
     };
-    Cause::Unreachable {
-        host: r.api_host().to_string(),
-        detail,
+    let host = r.api_host().to_string();
+    if e.is_connect() {
+        Cause::Unreachable { host, detail }
+    } else {
+        Cause::ConnectionLost { host, detail }
     }
 }
 
@@ -379,6 +382,7 @@ impl Client {
                             attempt += 1;
                             tokio::time::sleep(BACKOFF * 2u32.pow(attempt - 1)).await;
                         }
+                        Err(c) if c.is_transient() => return Err(c.after(attempt + 1)),
                         res => return res,
                     }
                 }
@@ -674,6 +678,7 @@ impl Client {
                     attempt += 1;
                     tokio::time::sleep(BACKOFF * 2u32.pow(attempt - 1)).await;
                 }
+                Err(c) if c.is_transient() => return Err(c.after(attempt + 1)),
                 other => return other,
             }
         }
@@ -859,6 +864,8 @@ impl Client {
         let mut hasher = Sha256::new();
         let mut done = 0u64;
         let mut attempt = 0;
+        // Every request made, for the message when they all failed.
+        let mut tries = 0;
         loop {
             let before = done;
             match self
@@ -870,8 +877,10 @@ impl Client {
                 // link that keeps delivering should finish.
                 Err(c) if c.is_transient() && (attempt < RETRIES || done > before) => {
                     attempt = if done > before { 1 } else { attempt + 1 };
+                    tries += 1;
                     tokio::time::sleep(BACKOFF * 2u32.pow(attempt - 1)).await;
                 }
+                Err(c) if c.is_transient() => return Err(c.after(tries + 1)),
                 Err(c) => return Err(c),
             }
         }
