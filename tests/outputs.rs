@@ -783,16 +783,88 @@ fn failed_builds_and_failed_writes_leave_nothing_behind() {
         assert!(!out.status.success(), "{spec} fit in 256k?");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("No space left"), "{spec}: {err}");
+        // Regression (issue 14): the message named the staging file or `<archive>`.
+        let dest = spec
+            .split_once("dest=")
+            .unwrap()
+            .1
+            .split(',')
+            .next()
+            .unwrap();
+        assert!(err.contains(&format!("`{dest}")), "{spec}: {err}");
+        assert!(
+            !err.contains(".rbuild-out") && !err.contains("`<"),
+            "{spec}: {err}"
+        );
         assert_only(&small, &[]);
     }
-    // A read-only destination directory.
+    // A read-only destination directory: the message names the destination given.
     run_ok(Command::new("mount").args(["-o", "remount,ro"]).arg(&small));
+    for (kind, dest) in [
+        ("docker", "d.tar"),
+        ("oci", "o.tar"),
+        ("tar", "r.tar"),
+        ("oci,tar=false", "layout"),
+        ("local", "local"),
+    ] {
+        let dest = small.join(dest);
+        let out = run(rbuild(&store)
+            .arg("-o")
+            .arg(format!("type={kind},dest={}", dest.display()))
+            .arg(&ctx));
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.lines().last().unwrap(),
+            format!(
+                "error: writing `{}`: Read-only file system (os error 30)",
+                dest.display()
+            ),
+            "{err}"
+        );
+        assert_only(&small, &[]);
+    }
+    // Where no file can be made at all.
     let out = run(rbuild(&store)
-        .arg("-o")
-        .arg(format!("type=docker,dest={}/d.tar", small.display()))
+        .args(["-o", "type=docker,dest=/proc/x.tar"])
         .arg(&ctx));
-    assert!(!out.status.success());
-    assert_only(&small, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with("error: writing `/proc/x.tar`: "), "{err}");
+    assert!(!last.contains(".rbuild-out"), "{err}");
+}
+
+/// Regression (issue 14): a required secret that was not given carries BuildKit's words.
+#[test]
+fn missing_required_secret_says_not_found_as_buildkit() {
+    if !e2e_ready() {
+        return;
+    }
+    let dir = tempdir();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {REGISTRY}/busybox\nRUN --mount=type=secret,id=X,required cat /run/secrets/X\n"
+        ),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let out = run(rbuild(&store).arg(&ctx));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("secret X: not found"), "{err}");
+    let unset = "RBUILD_TEST_SURELY_UNSET_VARIABLE";
+    let out = run(rbuild(&store)
+        .env_remove(unset)
+        .args(["--secret", &format!("id=X,env={unset}")])
+        .arg(&ctx));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("secret X: not found"), "{err}");
+    assert!(err.contains(unset), "{err}");
 }
 
 #[test]
