@@ -1315,3 +1315,68 @@ fn podman_loads_the_docker_archive() {
     assert_eq!(inspect[0]["Config"]["Cmd"], serde_json::json!(["sh"]));
     let _ = run(Command::new("podman").args(["rmi", "-f", &b.tags[0], &b.tags[1]]));
 }
+
+/// Regression (issue 14): as another user than root, rbuild got as far as creating a store
+/// under $HOME before failing on something else. It now refuses first, creating nothing;
+/// `--help` and `--version` still work.
+#[test]
+fn non_root_is_refused_before_anything_is_created() {
+    if !require(is_root(), "root (to run rbuild as nobody with setpriv)") {
+        return;
+    }
+    let dir = tempdir();
+    // Writable by nobody: a store made under it would show.
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for d in [dir.path(), home.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let ctx = context(dir.path());
+    let as_nobody = |args: &[&str]| {
+        let out = run(Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(rbuild_bin())
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &home));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let store = dir.path().join("store");
+    let ctx = ctx.to_str().unwrap();
+    let root_arg = format!("--root={}", store.display());
+    for args in [
+        vec![ctx],
+        vec!["build", "-t", "x:1", ctx],
+        vec!["plan", ctx],
+        vec!["pull", "127.0.0.1:5000/busybox"],
+        vec!["images"],
+        vec![root_arg.as_str(), "images"],
+    ] {
+        let (code, stdout, stderr) = as_nobody(&args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert_eq!(stdout, "", "{args:?}");
+        assert!(
+            stderr.starts_with("error: rbuild must run as root: ")
+                && stderr.contains("rootless support is planned")
+                && stderr.lines().count() == 1,
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!store.exists());
+    assert_eq!(
+        std::fs::read_dir(&home).unwrap().count(),
+        0,
+        "something made in $HOME"
+    );
+    for args in [["--help"], ["--version"]] {
+        let (code, stdout, stderr) = as_nobody(&args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stdout.contains("rbuild"), "{args:?}: {stdout}");
+    }
+}

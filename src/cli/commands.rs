@@ -16,7 +16,24 @@ use super::args::{Cli, Command, GlobalArgs, SaveFormat};
 use super::settings::{build_settings, store_root};
 use super::{reporter, UserError};
 
+/// Said to a user who is not root, before anything is read or created.
+const NEEDS_ROOT: &str = "rbuild must run as root: RUN steps need namespaces and overlay \
+     mounts, and the store keeps the files' owners; rootless support is planned but not \
+     there yet (run it with sudo)";
+
+/// Whether a command needs root (rootless mode is issue 17). All do for now (`--help` and `--version` never get here):
+/// `plan` and the store commands read or fill the store, which pulls base images into it
+/// with their files' owners; only the sandbox helper runs as whoever its parent made it.
+fn needs_root(command: Option<&Command>) -> bool {
+    !matches!(command, Some(Command::SandboxHelper))
+}
+
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    // First, so that a user without root gets this message and nothing else: no store
+    // created under their $HOME, no Dockerfile read (issue 14).
+    if needs_root(cli.command.as_ref()) && !nix::unistd::geteuid().is_root() {
+        return Err(UserError(NEEDS_ROOT.to_string()).into());
+    }
     let global = cli.global;
     match cli.command {
         None => build(&global, &cli.build),
