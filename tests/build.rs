@@ -349,7 +349,7 @@ fn secrets_reach_run_as_files_targets_and_env_but_never_the_image_or_store() {
     );
     let err = build_fails(store.path(), ctx.path(), &[]);
     assert!(
-        err.contains("secret `needed` is required") && err.contains("Dockerfile:2"),
+        err.contains("secret needed: not found") && err.contains("Dockerfile:2"),
         "unclear error:\n{err}"
     );
     // An env= source whose variable is unset gives no secret, not an empty one.

@@ -783,16 +783,88 @@ fn failed_builds_and_failed_writes_leave_nothing_behind() {
         assert!(!out.status.success(), "{spec} fit in 256k?");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("No space left"), "{spec}: {err}");
+        // Regression (issue 14): the message named the staging file or `<archive>`.
+        let dest = spec
+            .split_once("dest=")
+            .unwrap()
+            .1
+            .split(',')
+            .next()
+            .unwrap();
+        assert!(err.contains(&format!("`{dest}")), "{spec}: {err}");
+        assert!(
+            !err.contains(".rbuild-out") && !err.contains("`<"),
+            "{spec}: {err}"
+        );
         assert_only(&small, &[]);
     }
-    // A read-only destination directory.
+    // A read-only destination directory: the message names the destination given.
     run_ok(Command::new("mount").args(["-o", "remount,ro"]).arg(&small));
+    for (kind, dest) in [
+        ("docker", "d.tar"),
+        ("oci", "o.tar"),
+        ("tar", "r.tar"),
+        ("oci,tar=false", "layout"),
+        ("local", "local"),
+    ] {
+        let dest = small.join(dest);
+        let out = run(rbuild(&store)
+            .arg("-o")
+            .arg(format!("type={kind},dest={}", dest.display()))
+            .arg(&ctx));
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.lines().last().unwrap(),
+            format!(
+                "error: writing `{}`: Read-only file system (os error 30)",
+                dest.display()
+            ),
+            "{err}"
+        );
+        assert_only(&small, &[]);
+    }
+    // Where no file can be made at all.
     let out = run(rbuild(&store)
-        .arg("-o")
-        .arg(format!("type=docker,dest={}/d.tar", small.display()))
+        .args(["-o", "type=docker,dest=/proc/x.tar"])
         .arg(&ctx));
-    assert!(!out.status.success());
-    assert_only(&small, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with("error: writing `/proc/x.tar`: "), "{err}");
+    assert!(!last.contains(".rbuild-out"), "{err}");
+}
+
+/// Regression (issue 14): a required secret that was not given carries BuildKit's words.
+#[test]
+fn missing_required_secret_says_not_found_as_buildkit() {
+    if !e2e_ready() {
+        return;
+    }
+    let dir = tempdir();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {REGISTRY}/busybox\nRUN --mount=type=secret,id=X,required cat /run/secrets/X\n"
+        ),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let out = run(rbuild(&store).arg(&ctx));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("secret X: not found"), "{err}");
+    let unset = "RBUILD_TEST_SURELY_UNSET_VARIABLE";
+    let out = run(rbuild(&store)
+        .env_remove(unset)
+        .args(["--secret", &format!("id=X,env={unset}")])
+        .arg(&ctx));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("secret X: not found"), "{err}");
+    assert!(err.contains(unset), "{err}");
 }
 
 #[test]
@@ -1008,7 +1080,24 @@ fn push_to_registry_then_docker_pull_and_run() {
     let store = dir.path().join("store");
     let repo = format!("127.0.0.1:5000/{}", unique("push"));
     let tag = format!("{repo}:1");
-    run_ok(rbuild(&store).args(["--push", "-t", &tag]).arg(&ctx));
+    let built = run(rbuild(&store).args(["--push", "-t", &tag]).arg(&ctx));
+    assert!(built.status.success(), "{built:?}");
+    // Regression (issue 14): the push was `#1000000`; it is the step after the build's.
+    let progress = String::from_utf8_lossy(&built.stderr);
+    let (build, push) = progress
+        .split_once(&format!("pushing {tag}\n"))
+        .expect(&progress);
+    let ids: Vec<usize> = build
+        .lines()
+        .filter_map(|l| l.strip_prefix('#')?.split(' ').next()?.parse().ok())
+        .collect();
+    let push_id: usize = ids.last().copied().unwrap();
+    assert_eq!(
+        push_id,
+        ids[..ids.len() - 1].iter().max().unwrap() + 1,
+        "{progress}"
+    );
+    assert!(push.contains(&format!("#{push_id} DONE")), "{progress}");
     // rbuild push of the stored image under another name.
     let other = format!("{repo}:2");
     let pushed = run_ok(rbuild_cmd(&store).args(["push", &tag, &other]));
@@ -1225,4 +1314,69 @@ fn podman_loads_the_docker_archive() {
     assert_eq!(docker_config[0]["RepoTags"].as_array().unwrap().len(), 2);
     assert_eq!(inspect[0]["Config"]["Cmd"], serde_json::json!(["sh"]));
     let _ = run(Command::new("podman").args(["rmi", "-f", &b.tags[0], &b.tags[1]]));
+}
+
+/// Regression (issue 14): as another user than root, rbuild got as far as creating a store
+/// under $HOME before failing on something else. It now refuses first, creating nothing;
+/// `--help` and `--version` still work.
+#[test]
+fn non_root_is_refused_before_anything_is_created() {
+    if !require(is_root(), "root (to run rbuild as nobody with setpriv)") {
+        return;
+    }
+    let dir = tempdir();
+    // Writable by nobody: a store made under it would show.
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for d in [dir.path(), home.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let ctx = context(dir.path());
+    let as_nobody = |args: &[&str]| {
+        let out = run(Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(rbuild_bin())
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &home));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let store = dir.path().join("store");
+    let ctx = ctx.to_str().unwrap();
+    let root_arg = format!("--root={}", store.display());
+    for args in [
+        vec![ctx],
+        vec!["build", "-t", "x:1", ctx],
+        vec!["plan", ctx],
+        vec!["pull", "127.0.0.1:5000/busybox"],
+        vec!["images"],
+        vec![root_arg.as_str(), "images"],
+    ] {
+        let (code, stdout, stderr) = as_nobody(&args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert_eq!(stdout, "", "{args:?}");
+        assert!(
+            stderr.starts_with("error: rbuild must run as root: ")
+                && stderr.contains("rootless support is planned")
+                && stderr.lines().count() == 1,
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!store.exists());
+    assert_eq!(
+        std::fs::read_dir(&home).unwrap().count(),
+        0,
+        "something made in $HOME"
+    );
+    for args in [["--help"], ["--version"]] {
+        let (code, stdout, stderr) = as_nobody(&args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stdout.contains("rbuild"), "{args:?}: {stdout}");
+    }
 }

@@ -324,8 +324,17 @@ fn unknown_manifest_and_unreachable_registry_name_the_reference() {
     assert_eq!(
         err.to_string(),
         format!(
-            "pulling `127.0.0.1:{}/nope:latest`: manifest unknown",
+            "pulling `127.0.0.1:{}/nope:latest`: manifest unknown: \
+             tag `latest` not found in repository `nope`",
             reg.port
+        )
+    );
+    let by_digest = with_digest(&r, &Digest::of(b"no such manifest"));
+    assert_eq!(
+        c.resolve(&by_digest).unwrap_err().to_string(),
+        format!(
+            "pulling `{by_digest}`: manifest unknown: digest `{}` not found in repository `nope`",
+            Digest::of(b"no such manifest")
         )
     );
     let dead: Reference = format!("127.0.0.1:{}/x:1", free_port()).parse().unwrap();
@@ -337,6 +346,63 @@ fn unknown_manifest_and_unreachable_registry_name_the_reference() {
         "{err}"
     );
     assert!(err.contains("refused"), "{err}");
+}
+
+/// Regression (issue 14): a refused connection was retried with backoff (3 s on loopback,
+/// 18 s for an unreachable docker.io). It fails at the first attempt; a connection that
+/// breaks is still retried.
+#[test]
+fn refused_connections_fail_at_once_and_broken_ones_are_retried() {
+    let c = client(None);
+    let dead: Reference = format!("127.0.0.1:{}/x:1", free_port()).parse().unwrap();
+    let err = c.resolve(&dead).unwrap_err();
+    assert_eq!(err.cause().map(Cause::attempts), Some(1), "{err}");
+    assert!(!err.to_string().contains("attempts"), "{err}");
+
+    // A server that reads each request and hangs up without an answer.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(Mutex::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            *counter.lock().unwrap() += 1;
+            let _ = read_request(&mut stream);
+        }
+    });
+    let r: Reference = format!("127.0.0.1:{port}/x:1").parse().unwrap();
+    let err = c.resolve(&r).unwrap_err();
+    let attempts = *accepted.lock().unwrap();
+    assert!(attempts > 1, "{err}");
+    assert_eq!(err.cause().map(Cause::attempts), Some(attempts), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "pulling `{r}`: connection to registry 127.0.0.1:{port} lost: "
+        )),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .ends_with(&format!("(gave up after {attempts} attempts)")),
+        "{err}"
+    );
+
+    // The command line says the same, once.
+    let store = tempfile::tempdir().unwrap();
+    let out = Command::new(support::rbuild_bin())
+        .env("RBUILD_ROOT", store.path())
+        .args(["pull", &dead.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "error: pulling `{dead}`: cannot reach registry 127.0.0.1:"
+        )) && last.ends_with("Connection refused (os error 111)"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -764,7 +830,33 @@ fn bearer_token_auth_retries_resume_and_digest_check_against_a_fake_front() {
     let missing: Reference = format!("127.0.0.1:{port}/test/app:nope").parse().unwrap();
     assert_eq!(
         c.resolve(&missing).unwrap_err().to_string(),
-        format!("pulling `{missing}`: manifest unknown")
+        format!(
+            "pulling `{missing}`: manifest unknown: tag `nope` not found in repository `test/app`"
+        )
+    );
+}
+
+/// Regression (issue 14): `manifest unknown` alone did not say which tag was missing where.
+#[test]
+fn pull_of_a_missing_tag_names_the_tag_and_the_repository() {
+    if !support::require(
+        support::registry_ready(),
+        "a registry on 127.0.0.1:5000 holding busybox:latest",
+    ) {
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let out = Command::new(support::rbuild_bin())
+        .env("RBUILD_ROOT", store.path())
+        .args(["pull", "localhost:5000/busybox:nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.lines().last().unwrap_or_default(),
+        "error: pulling `localhost:5000/busybox:nope`: manifest unknown: \
+         tag `nope` not found in repository `busybox`"
     );
 }
 

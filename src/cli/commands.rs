@@ -16,7 +16,24 @@ use super::args::{Cli, Command, GlobalArgs, SaveFormat};
 use super::settings::{build_settings, store_root};
 use super::{reporter, UserError};
 
+/// Said to a user who is not root, before anything is read or created.
+const NEEDS_ROOT: &str = "rbuild must run as root: RUN steps need namespaces and overlay \
+     mounts, and the store keeps the files' owners; rootless support is planned but not \
+     there yet (run it with sudo)";
+
+/// Whether a command needs root (rootless mode is issue 17). All do for now (`--help` and `--version` never get here):
+/// `plan` and the store commands read or fill the store, which pulls base images into it
+/// with their files' owners; only the sandbox helper runs as whoever its parent made it.
+fn needs_root(command: Option<&Command>) -> bool {
+    !matches!(command, Some(Command::SandboxHelper))
+}
+
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    // First, so that a user without root gets this message and nothing else: no store
+    // created under their $HOME, no Dockerfile read (issue 14).
+    if needs_root(cli.command.as_ref()) && !nix::unistd::geteuid().is_root() {
+        return Err(UserError(NEEDS_ROOT.to_string()).into());
+    }
     let global = cli.global;
     match cli.command {
         None => build(&global, &cli.build),
@@ -45,10 +62,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&global)?;
             let stats = store.prune(all)?;
             stdout_line(&format!(
-                "Deleted {} cache records, {} layers, {} blobs; reclaimed {}",
-                stats.cache_records,
-                stats.layers,
-                stats.blobs,
+                "Deleted {}, {}, {}; reclaimed {}",
+                count(stats.cache_records, "cache record"),
+                count(stats.layers, "layer"),
+                count(stats.blobs, "blob"),
                 output::human_size(stats.bytes)
             ))?;
             Ok(())
@@ -80,6 +97,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &registry(&global)?,
                 &source,
                 &dest,
+                1,
                 &*reporter(super::ProgressMode::Auto, false),
             )?;
             stdout_line(&format!("{}@{digest}", dest.name()))?;
@@ -201,12 +219,13 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
         say("loaded the image into docker".to_string());
     }
     if settings.push {
-        for tag in tags {
+        for (id, tag) in (outcome.next_step..).zip(tags) {
             let digest = exec::push(
                 &store,
                 &registry,
                 &image.manifest.digest.to_string(),
                 tag,
+                id,
                 &*report,
             )?;
             say(format!("pushed {}@{digest}", tag.name()));
@@ -218,22 +237,11 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     if let Some(path) = &settings.metadata_file {
         write_file(path, &exec::metadata_json(image, tags))?;
     }
-    say(format!(
-        "image {} ({} steps cached, {} run){}",
-        image.config_digest,
+    say(summary(
+        &image.config_digest.to_string(),
         outcome.cached,
         outcome.executed,
-        if tags.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ", tagged {}",
-                tags.iter()
-                    .map(|t| t.familiar())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        }
+        tags,
     ));
     // `-o -` streams the output on stdout: the id would corrupt it.
     let stdout_taken = settings.outputs.iter().any(|spec| {
@@ -244,6 +252,29 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
         stdout_line(&image.config_digest.to_string())?;
     }
     Ok(())
+}
+
+/// The build's last line: `image sha256:... (1 step cached, 2 run), tagged app:1`.
+fn summary(id: &str, cached: usize, executed: usize, tags: &[Reference]) -> String {
+    let tagged = if tags.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = tags.iter().map(|t| t.familiar()).collect();
+        format!(", tagged {}", names.join(", "))
+    };
+    format!(
+        "image {id} ({} cached, {executed} run){tagged}",
+        count(cached, "step")
+    )
+}
+
+/// `1 step`, `2 steps`, `0 steps`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// `--load`: stream a docker archive into `docker load`.
@@ -325,4 +356,26 @@ fn stdout_text(text: &str) -> anyhow::Result<()> {
 
 fn stdout_line(text: &str) -> anyhow::Result<()> {
     stdout_text(&format!("{text}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{count, summary};
+
+    #[test]
+    fn counts_are_pluralised() {
+        assert_eq!(count(0, "step"), "0 steps");
+        assert_eq!(count(1, "step"), "1 step");
+        assert_eq!(count(2, "cache record"), "2 cache records");
+        // Regression (issue 14): "1 steps cached".
+        assert_eq!(
+            summary("sha256:abc", 1, 0, &[]),
+            "image sha256:abc (1 step cached, 0 run)"
+        );
+        let tags = ["localhost:5000/app:1".parse().unwrap()];
+        assert_eq!(
+            summary("sha256:abc", 3, 1, &tags),
+            "image sha256:abc (3 steps cached, 1 run), tagged localhost:5000/app:1"
+        );
+    }
 }

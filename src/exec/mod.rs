@@ -110,6 +110,9 @@ pub struct BuildOutcome {
     /// Steps answered from the cache / steps executed.
     pub cached: usize,
     pub executed: usize,
+    /// The number after the build's last `#N`: what comes next (a push) continues from
+    /// here, as BuildKit numbers its export vertices after the build's.
+    pub next_step: StepId,
 }
 
 /// Build `req` into `store`: plan, execute the stages the target needs, commit the image and
@@ -164,6 +167,7 @@ pub fn build(
         image,
         cached: ctx.cached,
         executed: ctx.executed,
+        next_step: ctx.next_step(),
     })
 }
 

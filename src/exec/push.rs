@@ -5,21 +5,22 @@ use crate::layer::Compression;
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
 
-use super::{BuildError, Reporter};
+use super::{BuildError, Reporter, StepId};
 
-/// Push the stored image `source` to `dest`; returns the pushed manifest digest.
+/// Push the stored image `source` to `dest`, reported as step `id` (after a build, the
+/// number after its last step); returns the pushed manifest digest.
 pub fn push(
     store: &Store,
     registry: &Client,
     source: &str,
     dest: &Reference,
+    id: StepId,
     reporter: &dyn Reporter,
 ) -> Result<crate::image::Digest, BuildError> {
     let _lock = store.lock_shared()?;
     let record = store.resolve(source)?.ok_or_else(|| {
         BuildError::Invalid(format!("pushing `{source}`: no such image in the store"))
     })?;
-    let id = 1_000_000;
     reporter.started(id, &format!("pushing {dest}"));
     let started = std::time::Instant::now();
     let (media_type, manifest, bytes) = match pushable_as_stored(store, &record)? {

@@ -122,6 +122,11 @@ impl<'a> Ctx<'a> {
         self.shared.next_id.fetch_add(1, Ordering::SeqCst)
     }
 
+    /// The number the next step would get.
+    pub fn next_step(&self) -> StepId {
+        self.shared.next_id.load(Ordering::SeqCst)
+    }
+
     fn stat_cache(&self) -> std::sync::MutexGuard<'_, StatCache> {
         // A poisoned lock means a panic elsewhere, which ends the build anyway.
         self.shared
@@ -633,14 +638,17 @@ impl<'a> Ctx<'a> {
                 };
                 let Some(value) = value else {
                     if m.required {
+                        // BuildKit's words first ("secret X: not found"), then ours.
                         let hint = match self.req.secrets.get(&id) {
                             Some(SecretSource::Env(var)) => {
-                                format!("its variable `{var}` is not set")
+                                format!("the mount requires it and `{var}` is not set")
                             }
-                            _ => format!("it was not given (--secret id={id},src=...)"),
+                            _ => format!(
+                                "the mount requires it; give it with --secret id={id},src=FILE"
+                            ),
                         };
                         return Err(BuildError::Invalid(format!(
-                            "secret `{id}` is required but {hint}"
+                            "secret {id}: not found ({hint})"
                         )));
                     }
                     return Ok(None);

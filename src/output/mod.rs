@@ -66,6 +66,35 @@ pub enum OutputError {
 }
 
 impl OutputError {
+    /// The same error naming the user's destination instead of where the output was staged:
+    /// a path under `staged` becomes the same path under `dest`, and a stream label
+    /// (`<archive>`, `<rootfs tar>`) becomes `dest` itself.
+    fn at_dest(self, staged: &Path, dest: &Path) -> OutputError {
+        match self {
+            OutputError::Io {
+                action,
+                path,
+                source,
+            } => {
+                let is_label = path
+                    .to_str()
+                    .is_some_and(|p| p.starts_with('<') && p.ends_with('>'));
+                let path = match path.strip_prefix(staged) {
+                    Ok(rest) if rest.as_os_str().is_empty() => dest.to_path_buf(),
+                    Ok(rest) => dest.join(rest),
+                    Err(_) if is_label => dest.to_path_buf(),
+                    Err(_) => path,
+                };
+                OutputError::Io {
+                    action,
+                    path,
+                    source,
+                }
+            }
+            other => other,
+        }
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -245,14 +274,15 @@ fn write_file(
     let tmp = tempfile::Builder::new()
         .prefix(".rbuild-out-")
         .tempfile_in(&parent)
-        .map_err(OutputError::io("creating temp file in", &parent))?;
+        .map_err(|e| OutputError::io("writing", dest)(without_path(e)))?;
     // Like `docker save -o`: complete before it is renamed into place, so a failed or
     // killed build never leaves part of an archive at `dest`; not fsynced, which would
     // wait ~2 s per 600 MB here for a file that can be written again (docs/performance.md).
     {
         let mut w = io::BufWriter::with_capacity(256 * 1024, tmp.as_file());
-        f(&mut w)?;
-        w.flush().map_err(OutputError::io("writing", tmp.path()))?;
+        f(&mut w)
+            .and_then(|()| w.flush().map_err(OutputError::io("writing", tmp.path())))
+            .map_err(|e| e.at_dest(tmp.path(), dest))?;
     }
     tmp.persist(dest)
         .map_err(|e| OutputError::io("renaming into", dest)(e.error))?;
@@ -274,10 +304,10 @@ fn write_dir(
     let tmp = tempfile::Builder::new()
         .prefix(".rbuild-out-")
         .tempdir_in(&parent)
-        .map_err(OutputError::io("creating temp dir in", &parent))?;
+        .map_err(|e| OutputError::io("writing", dest)(without_path(e)))?;
     let staged = tmp.path().join("out");
-    fs::create_dir(&staged).map_err(OutputError::io("creating", &staged))?;
-    f(&staged)?;
+    fs::create_dir(&staged).map_err(OutputError::io("writing", dest))?;
+    f(&staged).map_err(|e| e.at_dest(&staged, dest))?;
     let is_empty_dir = |p: &Path| {
         fs::read_dir(p)
             .map(|mut d| d.next().is_none())
@@ -318,6 +348,17 @@ fn write_dir(
             .map_err(OutputError::io("renaming into", &target))?;
     }
     Ok(())
+}
+
+/// tempfile's errors end in `at path "/dir/.rbuild-out-XXXX"`, a name the user never gave:
+/// keep only the system's error. (tempfile wraps it in a private type whose `source()` skips
+/// the `io::Error` itself, so the text is all there is to go by.)
+fn without_path(e: io::Error) -> io::Error {
+    let text = e.to_string();
+    match text.rsplit_once(" at path \"") {
+        Some((system, _)) => io::Error::new(e.kind(), system.to_string()),
+        None => e,
+    }
 }
 
 fn parent_dir(dest: &Path) -> PathBuf {

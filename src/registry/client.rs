@@ -12,7 +12,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 
 use super::auth::{self, Challenge, Credentials};
-use super::error::{Action, Cause, RegistryError};
+use super::error::{Action, Cause, ManifestRef, RegistryError};
 use super::{platform, Progress, RegistryOptions, ResolvedImage};
 use crate::image::{media, Descriptor, Digest, ImageConfig, Index, Manifest, Platform, Reference};
 
@@ -106,15 +106,18 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// A transport error: no connection at all (not retried), or one that broke (retried).
 fn net_err(r: &Reference, e: &reqwest::Error) -> Cause {
     let detail = if e.is_timeout() {
         "timed out".to_string()
     } else {
         root_cause(e)
     };
-    Cause::Unreachable {
-        host: r.api_host().to_string(),
-        detail,
+    let host = r.api_host().to_string();
+    if e.is_connect() {
+        Cause::Unreachable { host, detail }
+    } else {
+        Cause::ConnectionLost { host, detail }
     }
 }
 
@@ -127,6 +130,19 @@ fn io_err(what: impl Into<String>, error: std::io::Error) -> Cause {
 
 /// The cause for an unexpected response: the first message of the distribution error body.
 async fn status_cause(resp: Response) -> Cause {
+    let (status, message) = error_message(resp).await;
+    match status {
+        StatusCode::FORBIDDEN => Cause::Denied(message),
+        _ => Cause::Status {
+            status: status.as_u16(),
+            message,
+        },
+    }
+}
+
+/// The status and the first message of the distribution error body (`manifest unknown`),
+/// else the start of the body, else the status's reason phrase.
+async fn error_message(resp: Response) -> (StatusCode, String) {
     let status = resp.status();
     let body = resp.bytes().await.unwrap_or_default();
     #[derive(serde::Deserialize)]
@@ -159,13 +175,7 @@ async fn status_cause(resp: Response) -> Cause {
                 text.to_string()
             }
         });
-    match status {
-        StatusCode::FORBIDDEN => Cause::Denied(message),
-        _ => Cause::Status {
-            status: status.as_u16(),
-            message,
-        },
-    }
+    (status, message)
 }
 
 /// Read a whole (small) body, refusing more than `max` bytes.
@@ -372,6 +382,7 @@ impl Client {
                             attempt += 1;
                             tokio::time::sleep(BACKOFF * 2u32.pow(attempt - 1)).await;
                         }
+                        Err(c) if c.is_transient() => return Err(c.after(attempt + 1)),
                         res => return res,
                     }
                 }
@@ -667,6 +678,7 @@ impl Client {
                     attempt += 1;
                     tokio::time::sleep(BACKOFF * 2u32.pow(attempt - 1)).await;
                 }
+                Err(c) if c.is_transient() => return Err(c.after(attempt + 1)),
                 other => return other,
             }
         }
@@ -678,9 +690,13 @@ impl Client {
     async fn get_manifest(
         &self,
         t: &Target<'_>,
-        reference: &str,
+        wanted: ManifestRef,
         expect: Option<&Digest>,
     ) -> Result<(Vec<u8>, String, Digest), Cause> {
+        let reference = match &wanted {
+            ManifestRef::Tag(tag) => tag.clone(),
+            ManifestRef::Digest(d) => d.to_string(),
+        };
         let url = self.url(t.r, &format!("manifests/{reference}"))?;
         let accept = [
             media::OCI_INDEX,
@@ -695,7 +711,14 @@ impl Client {
             })
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
-            return Err(Cause::ManifestUnknown);
+            // The registry's code (`manifest unknown`) alone does not say which tag of
+            // which repository was missing.
+            let (_, message) = error_message(resp).await;
+            return Err(Cause::ManifestUnknown {
+                message,
+                wanted,
+                repository: t.r.repository.clone(),
+            });
         }
         if !resp.status().is_success() {
             return Err(status_cause(resp).await);
@@ -750,11 +773,11 @@ impl Client {
     async fn resolve_async(&self, t: &Target<'_>) -> Result<ResolvedImage, Cause> {
         let r = t.r;
         let by = match &r.digest {
-            Some(d) => d.to_string(),
-            None => r.tag_or_latest().to_string(),
+            Some(d) => ManifestRef::Digest(d.clone()),
+            None => ManifestRef::Tag(r.tag_or_latest().to_string()),
         };
         let (mut bytes, mut media_type, mut digest) =
-            self.get_manifest(t, &by, r.digest.as_ref()).await?;
+            self.get_manifest(t, by, r.digest.as_ref()).await?;
         let mut index_digest = None;
         // An index without a mediaType: tell it from a manifest by its `manifests` field.
         let looks_like_index = media_type.is_empty()
@@ -777,7 +800,11 @@ impl Client {
             })?;
             index_digest = Some(digest);
             let (b, mt, d) = self
-                .get_manifest(t, &chosen.digest.to_string(), Some(&chosen.digest))
+                .get_manifest(
+                    t,
+                    ManifestRef::Digest(chosen.digest.clone()),
+                    Some(&chosen.digest),
+                )
                 .await?;
             if b.len() as u64 != chosen.size {
                 return Err(Cause::SizeMismatch {
@@ -837,6 +864,8 @@ impl Client {
         let mut hasher = Sha256::new();
         let mut done = 0u64;
         let mut attempt = 0;
+        // Every request made, for the message when they all failed.
+        let mut tries = 0;
         loop {
             let before = done;
             match self
@@ -848,8 +877,10 @@ impl Client {
                 // link that keeps delivering should finish.
                 Err(c) if c.is_transient() && (attempt < RETRIES || done > before) => {
                     attempt = if done > before { 1 } else { attempt + 1 };
+                    tries += 1;
                     tokio::time::sleep(BACKOFF * 2u32.pow(attempt - 1)).await;
                 }
+                Err(c) if c.is_transient() => return Err(c.after(tries + 1)),
                 Err(c) => return Err(c),
             }
         }

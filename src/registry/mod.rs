@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 pub use auth::{parse_challenge, Challenge, Credentials};
 pub use client::Client;
-pub use error::{Action, Cause, RegistryError};
+pub use error::{Action, Cause, ManifestRef, RegistryError};
 
 use crate::image::{Digest, ImageConfig, Manifest, Platform, Reference};
 
