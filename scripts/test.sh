@@ -30,10 +30,12 @@ env_lines=$(scripts/test-env.sh --no-dev-registry)   # sets RBUILD_TEST_SEED
 eval "$env_lines"
 
 # Runs killed without their traps (kill -9) leave a directory: stop its registry and remove it
-# once the script that made it is gone.
+# once the script that made it is gone (a directory without an owner yet may be a concurrent
+# run's that is just starting: left alone for a minute).
 for old in "$STATE"/run.*; do
   [[ -d $old ]] || continue
   owner=$(cat "$old/owner.pid" 2>/dev/null || true)
+  [[ -n $owner || -n $(find "$old" -maxdepth 0 -mmin +1) ]] || continue
   if [[ -z $owner ]] || ! tr '\0' ' ' 2>/dev/null <"/proc/$owner/cmdline" | grep -q 'scripts/test.sh'; then
     registry_stop "$old"
     rm -rf "$old"
