@@ -4,7 +4,8 @@
 Each scenario is built by every builder in turn (A B C D, A B C D, ...) for --rounds rounds;
 every builder ends with an image tarball on disk. Prints the median wall time per builder,
 the ratio peer/rbuild and rbuild's peak RSS. Needs scripts/test-env.sh's environment (docker,
-buildah, a registry on 127.0.0.1:5000 with busybox and debian:bookworm). Run as root:
+buildah, its developer registry with busybox and debian:bookworm: RBUILD_TEST_REGISTRY,
+localhost:5000 when unset; the benchmark only pulls from it). Run as root:
 
     sudo bench/run.py [--rounds 3] [--scale 1.0] [--only steps,context]
 
@@ -31,9 +32,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKER = "/usr/bin/docker"
-BUSYBOX = "localhost:5000/busybox:latest"
+REGISTRY = os.environ.get("RBUILD_TEST_REGISTRY", "localhost:5000")
+BUSYBOX = f"{REGISTRY}/busybox:latest"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEBIAN = "localhost:5000/debian:bookworm"
+DEBIAN = f"{REGISTRY}/debian:bookworm"
 
 
 def sh(cmd, **kw):

@@ -46,3 +46,96 @@ make_busybox_rootfs() {
 }
 
 BASE_ENV='ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+# ---- test registries: docker-registry (distribution 2.8) serving plain HTTP on 127.0.0.1 ----
+
+# The pid of the process listening on 127.0.0.1:PORT (nothing when none listens).
+listener_pid() {
+  ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true
+}
+
+# A TCP port nothing listens on, below Linux's ephemeral range (32768-60999) so that no
+# outgoing connection takes it between this check and the registry's bind.
+free_port() {
+  local p
+  for _ in $(seq 100); do
+    p=$((20000 + RANDOM % 12000))
+    [[ -z $(ss -Hltn "sport = :$p" 2>/dev/null) ]] && { echo "$p"; return 0; }
+  done
+  echo "free_port: no free port found in 20000-31999" >&2
+  return 1
+}
+
+# Start docker-registry on 127.0.0.1:PORT with its storage in STORAGE, its config and log in
+# DIR (DIR/registry.yml, DIR/registry.log) and its pid in DIR/registry.pid. Succeeds once
+# the process started here answers on the port; fails (leaving nothing running) when it
+# exits first, e.g. because the port was taken meanwhile: a registry this script did not
+# start is never used.
+registry_start() {
+  local dir=$1 storage=$2 port=$3 pid
+  mkdir -p "$dir" "$storage"
+  cat >"$dir/registry.yml" <<YML
+version: 0.1
+log: {level: warn}
+storage:
+  filesystem: {rootdirectory: $storage}
+  delete: {enabled: true}
+http: {addr: 127.0.0.1:$port}
+YML
+  setsid docker-registry serve "$dir/registry.yml" >"$dir/registry.log" 2>&1 </dev/null &
+  pid=$!
+  echo "$pid" >"$dir/registry.pid"
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$dir/registry.pid"; return 1; }
+    if [[ $(listener_pid "$port") == "$pid" ]] && curl -fsS -o /dev/null "http://127.0.0.1:$port/v2/" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  registry_stop "$dir"
+  return 1
+}
+
+# registry_start on a free port, retried when another process takes the port first; prints
+# the port.
+registry_start_free() {
+  local dir=$1 storage=$2 port
+  for _ in 1 2 3 4 5; do
+    port=$(free_port) || return 1
+    registry_start "$dir" "$storage" "$port" && { echo "$port"; return 0; }
+  done
+  tail -5 "$dir/registry.log" >&2
+  echo "docker-registry did not start on a free port" >&2
+  return 1
+}
+
+# Stop the registry registry_start started in DIR (only that process: its pid file, and only
+# while that pid still runs docker-registry with DIR's config).
+registry_stop() {
+  local dir=$1 pid
+  [[ -f $dir/registry.pid ]] || return 0
+  pid=$(<"$dir/registry.pid")
+  if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF "serve $dir/registry.yml"; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/registry.pid"
+}
+
+# What a registry holds, one line each, sorted: `REPO:TAG` for every tag (distribution API)
+# and `REPO@DIGEST` for every manifest, tagged or not (its filesystem STORAGE: the API cannot
+# list untagged manifests). A repository whose manifests were all deleted holds nothing: the
+# catalog keeps listing its name until garbage collection.
+registry_contents() {
+  local port=$1 storage=$2 repo tag rev
+  local url=http://127.0.0.1:$port/v2
+  for repo in $(curl -fsS "$url/_catalog?n=1000" | sed 's/.*"repositories":\[\(.*\)\].*/\1/' | tr ',' '\n' | tr -d '"'); do
+    for tag in $(curl -fsS "$url/$repo/tags/list" 2>/dev/null | sed -n 's/.*"tags":\[\(.*\)\].*/\1/p' | tr ',' '\n' | tr -d '"'); do
+      echo "$repo:$tag"
+    done
+    for rev in "$storage/docker/registry/v2/repositories/$repo/_manifests/revisions/sha256"/*/link; do
+      if [[ -f $rev ]]; then echo "$repo@sha256:$(basename "$(dirname "$rev")")"; fi
+    done
+  done | LC_ALL=C sort
+}

@@ -7,6 +7,14 @@
 //!   succeed, not only the last);
 //! - `rbuild-only` (optional): why docker 20.10's frontend cannot build it (no comparison then);
 //! - `error` (optional): the build must fail and rbuild's stderr must contain this text.
+//!
+//! Base images are written `localhost:5000/NAME` in the cases' Dockerfiles: a placeholder for
+//! the run's registry (`RBUILD_TEST_REGISTRY`, a free port per run, see scripts/test.sh).
+//! Each case's Dockerfile is copied with the placeholder replaced into a temporary directory
+//! and given with `-f` to both builders, the context staying the case directory, so docker
+//! and rbuild build the very same text (a build-arg in `FROM` would put an `ARG` before it
+//! in every case and change what some cases test). A `Dockerfile.dockerignore` is copied
+//! beside it, where both builders look for it.
 
 mod support;
 
@@ -50,6 +58,22 @@ fn build_args(case: &Path) -> Vec<String> {
     args
 }
 
+/// The registry the cases' Dockerfiles name, replaced by the run's.
+const PLACEHOLDER: &str = "localhost:5000";
+
+/// The case's Dockerfile for this run (see the header), written into `dir`; returns its path.
+fn dockerfile_for_run(case: &Path, dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(case.join("Dockerfile"))
+        .unwrap_or_else(|e| panic!("{}: {e}", case.join("Dockerfile").display()));
+    let path = dir.join("Dockerfile");
+    std::fs::write(&path, text.replace(PLACEHOLDER, registry())).unwrap();
+    let ignore = case.join("Dockerfile.dockerignore");
+    if ignore.exists() {
+        std::fs::copy(&ignore, dir.join("Dockerfile.dockerignore")).unwrap();
+    }
+    path
+}
+
 fn check_case(name: &str) {
     if !e2e_ready() {
         return;
@@ -62,14 +86,17 @@ fn check_case(name: &str) {
     );
     let out_dir = tempfile::tempdir().unwrap();
     let archive = out_dir.path().join("image.tar");
+    let dockerfile_dir = tempfile::tempdir().unwrap();
+    let dockerfile = dockerfile_for_run(&case, dockerfile_dir.path());
     let rbuild_tag = format!("rbuild-conformance/{name}:rbuild");
     let docker_tag = format!("rbuild-conformance/{name}:docker");
+    let _images = DockerImages(vec![rbuild_tag.clone(), docker_tag.clone()]);
     let expected_error = read_opt(&case.join("error"));
     let rbuild_only = case.join("rbuild-only").exists();
 
     let out = run(rbuild(store())
         .arg("-f")
-        .arg(case.join("Dockerfile"))
+        .arg(&dockerfile)
         .args(["-t", &rbuild_tag])
         .arg("-o")
         .arg(format!("type=docker,dest={}", archive.display()))
@@ -93,7 +120,7 @@ fn check_case(name: &str) {
             let docker_out = run(docker()
                 .env("DOCKER_BUILDKIT", "1")
                 .args(["build", "--network=host", "-q", "-f"])
-                .arg(case.join("Dockerfile"))
+                .arg(&dockerfile)
                 .args(build_args(&case))
                 .arg(&case));
             assert!(
@@ -130,7 +157,7 @@ fn check_case(name: &str) {
         docker()
             .env("DOCKER_BUILDKIT", "1")
             .args(["build", "--network=host", "-q", "-t", &docker_tag, "-f"])
-            .arg(case.join("Dockerfile"))
+            .arg(&dockerfile)
             .args(build_args(&case))
             .arg(&case),
     );

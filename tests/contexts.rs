@@ -18,7 +18,7 @@ fn oci_layout_and_docker_image_contexts_serve_from_and_copy_from() {
     fs::create_dir(&first).unwrap();
     fs::write(
         first.join("Dockerfile"),
-        "FROM localhost:5000/busybox\nRUN echo from-layout > /marker\n",
+        format!("FROM {REGISTRY}/busybox\nRUN echo from-layout > /marker\n"),
     )
     .unwrap();
     let layout = t.path().join("layout");
@@ -47,7 +47,9 @@ fn oci_layout_and_docker_image_contexts_serve_from_and_copy_from() {
                 "--build-context=base=oci-layout://{}:v1",
                 layout.display()
             ))
-            .arg("--build-context=img=docker-image://localhost:5000/busybox:latest")
+            .arg(format!(
+                "--build-context=img=docker-image://{REGISTRY}/busybox:latest"
+            ))
             .arg(format!("--build-context=dir={}", dir_ctx.display()))
             .arg("-o")
             .arg(format!("type=local,dest={}", rootfs.display()))
@@ -88,6 +90,7 @@ fn pull_flag_re_resolves_a_moved_base_tag() {
     }
     let t = tempfile::tempdir().unwrap();
     let base = format!("{REGISTRY}/rbuild-test/pull-flag-{}:1", std::process::id());
+    // Each publish pushes a manifest under the same tag: both are deleted at the end.
     let publish = |content: &str| {
         let dir = t.path().join(format!("publish-{content}"));
         fs::create_dir(&dir).unwrap();
@@ -101,6 +104,7 @@ fn pull_flag_re_resolves_a_moved_base_tag() {
                 .args(["-t", &base, "--push"])
                 .arg(&dir),
         );
+        RegistryImage::pushed(&base)
     };
     let user = t.path().join("user");
     fs::create_dir(&user).unwrap();
@@ -121,9 +125,9 @@ fn pull_flag_re_resolves_a_moved_base_tag() {
         );
         fs::read_to_string(out.join("seen")).unwrap()
     };
-    publish("first");
+    let _first = publish("first");
     assert_eq!(seen(&[]), "first\n");
-    publish("second");
+    let _second = publish("second");
     assert_eq!(
         seen(&[]),
         "first\n",

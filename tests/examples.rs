@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const BUSYBOX: &str = "localhost:5000/busybox:latest";
-const DEBIAN: &str = "localhost:5000/debian:bookworm";
+const BUSYBOX: InRegistry = InRegistry("busybox:latest");
+const DEBIAN: InRegistry = InRegistry("debian:bookworm");
 
 /// Files written by apt, dpkg and ldconfig whose contents embed timestamps or inode numbers,
 /// so two builds of the same Dockerfile never agree on them byte for byte (apt's package
@@ -50,12 +50,13 @@ fn tag(example: &str, builder: &str) -> String {
 }
 
 /// Build `example` with rbuild and `extra` arguments, load the archive into docker and return
-/// the archive's path (inside the returned temp dir) and the image tag.
+/// the archive's path (inside the returned temp dir), the image tag, and the guard that
+/// removes the image from docker again.
 fn rbuild_example(
     example: &str,
     extra: &[&str],
     env: &[(&str, &str)],
-) -> (tempfile::TempDir, PathBuf, String) {
+) -> (tempfile::TempDir, PathBuf, String, DockerImages) {
     let out_dir = tempfile::tempdir().unwrap();
     let archive = out_dir.path().join("image.tar");
     let tag = tag(example, "rbuild");
@@ -69,13 +70,15 @@ fn rbuild_example(
         cmd.env(k, v);
     }
     run_ok(&mut cmd);
+    let loaded = DockerImages(vec![tag.clone()]);
     run_ok(docker().arg("load").arg("-i").arg(&archive));
-    (out_dir, archive, tag)
+    (out_dir, archive, tag, loaded)
 }
 
 /// Build `example` with `DOCKER_BUILDKIT=1 docker build` and compare its image with rbuild's.
 fn compare_with_docker(example: &str, build_args: &[&str], rbuild_tag: &str) {
     let docker_tag = tag(example, "docker");
+    let _built = DockerImages(vec![docker_tag.clone()]);
     run_ok(
         docker()
             .env("DOCKER_BUILDKIT", "1")
@@ -95,7 +98,6 @@ fn compare_with_docker(example: &str, build_args: &[&str], rbuild_tag: &str) {
         docker_config(&docker_tag),
         "{example}: configs differ (left rbuild, right docker)"
     );
-    run_ok(docker().args(["rmi", &docker_tag]));
 }
 
 /// The listing with the contents of [`TIME_DEPENDENT`] files blanked out.
@@ -154,7 +156,7 @@ fn static_site() {
         return;
     }
     let args = ["--build-arg", &format!("BASE={BUSYBOX}")];
-    let (_dir, _archive, image) = rbuild_example("static-site", &args, &[]);
+    let (_dir, _archive, image, _loaded) = rbuild_example("static-site", &args, &[]);
     assert_eq!(docker_run(&image, &["id", "-un"]).trim(), "web");
     assert_eq!(
         docker_run(&image, &["stat", "-c", "%U:%G %a", "/www/index.html"]).trim(),
@@ -194,7 +196,7 @@ fn python_app() {
         return;
     }
     let args = ["--build-arg", &format!("BASE={DEBIAN}")];
-    let (_dir, _archive, image) = rbuild_example("python-app", &args, &[]);
+    let (_dir, _archive, image, _loaded) = rbuild_example("python-app", &args, &[]);
     let out = docker_run(&image, &[]);
     assert!(
         out.starts_with("hello from python 3.") && out.trim_end().ends_with(" on linux"),
@@ -212,7 +214,7 @@ fn c_multistage() {
     let base = format!("BASE={DEBIAN}");
     let runtime = format!("RUNTIME={BUSYBOX}");
     let args = ["--build-arg", &base, "--build-arg", &runtime];
-    let (_dir, _archive, image) = rbuild_example("c-multistage", &args, &[]);
+    let (_dir, _archive, image, _loaded) = rbuild_example("c-multistage", &args, &[]);
     assert_eq!(
         docker_run(&image, &[]),
         "hello, world (static C, built in a multi-stage rbuild)\n"
@@ -254,7 +256,7 @@ fn heredoc_mounts() {
         "--secret",
         "id=token,env=RBUILD_EXAMPLE_TOKEN",
     ];
-    let (_dir, archive, image) = rbuild_example(
+    let (_dir, archive, image, _loaded) = rbuild_example(
         "heredoc-mounts",
         &args,
         &[("RBUILD_EXAMPLE_TOKEN", &secret)],

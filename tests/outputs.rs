@@ -213,12 +213,12 @@ fn registry_busybox_manifest() -> serde_json::Value {
     registry_manifest("busybox", "latest")
 }
 
-/// `repo:tag`'s manifest in the local registry.
+/// `repo:tag`'s manifest in the run's registry.
 fn registry_manifest(repo: &str, tag: &str) -> serde_json::Value {
     json(registry_manifest_response(repo, tag, "GET").as_bytes())
 }
 
-/// The digest the local registry gives `repo:tag` (Docker-Content-Digest).
+/// The digest the run's registry gives `repo:tag` (Docker-Content-Digest).
 fn registry_digest(repo: &str, tag: &str) -> String {
     let head = registry_manifest_response(repo, tag, "HEAD");
     head.lines()
@@ -238,14 +238,14 @@ fn registry_manifest_response(repo: &str, tag: &str, method: &str) -> String {
         "Accept: application/vnd.docker.distribution.manifest.v2+json",
         "-H",
         "Accept: application/vnd.oci.image.manifest.v1+json",
-        &format!("http://127.0.0.1:5000/v2/{repo}/manifests/{tag}"),
+        &format!("http://{}/v2/{repo}/manifests/{tag}", registry_by_ip()),
     ]))
 }
 
 fn registry_blob(digest: &str) -> Vec<u8> {
     let out = run(Command::new("curl").args([
         "-fsS",
-        &format!("http://127.0.0.1:5000/v2/busybox/blobs/{digest}"),
+        &format!("http://{}/v2/busybox/blobs/{digest}", registry_by_ip()),
     ]));
     assert!(out.status.success(), "fetching {digest}");
     out.stdout
@@ -895,7 +895,7 @@ fn store_commands_list_inspect_save_remove_and_prune() {
         .unwrap_or_else(|| panic!("no {name} in:\n{images}"));
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(cols[1], "1");
-    assert!(images.contains("localhost:5000/busybox"), "{images}");
+    assert!(images.contains(&format!("{REGISTRY}/busybox")), "{images}");
 
     let inspect = json(run_ok(rbuild_cmd(&store).args(["inspect", &tag])).as_bytes());
     let id = inspect["Id"].as_str().unwrap().to_string();
@@ -1078,10 +1078,14 @@ fn push_to_registry_then_docker_pull_and_run() {
     let dir = tempdir();
     let ctx = context(dir.path());
     let store = dir.path().join("store");
-    let repo = format!("127.0.0.1:5000/{}", unique("push"));
+    // The run's registry by IP: to rbuild another registry than the base's `localhost:PORT`.
+    let repo = format!("{}/{}", registry_by_ip(), unique("push"));
     let tag = format!("{repo}:1");
+    let other = format!("{repo}:2");
+    let _pulled = DockerImages(vec![tag.clone(), other.clone()]);
     let built = run(rbuild(&store).args(["--push", "-t", &tag]).arg(&ctx));
     assert!(built.status.success(), "{built:?}");
+    let _pushed = RegistryImage::pushed(&tag);
     // Regression (issue 14): the push was `#1000000`; it is the step after the build's.
     let progress = String::from_utf8_lossy(&built.stderr);
     let (build, push) = progress
@@ -1099,12 +1103,13 @@ fn push_to_registry_then_docker_pull_and_run() {
     );
     assert!(push.contains(&format!("#{push_id} DONE")), "{progress}");
     // rbuild push of the stored image under another name.
-    let other = format!("{repo}:2");
     let pushed = run_ok(rbuild_cmd(&store).args(["push", &tag, &other]));
+    let _pushed_other = RegistryImage::pushed(&other);
     // On the registry the base came from, its layer is mounted from `busybox`, not uploaded.
     let same_registry = format!("{REGISTRY}/{}:1", unique("mount"));
     let mounted = run(rbuild_cmd(&store).args(["push", &tag, &same_registry]));
     assert!(mounted.status.success());
+    let _mounted = RegistryImage::pushed(&same_registry);
     let progress = String::from_utf8_lossy(&mounted.stderr);
     assert!(progress.contains("(mount from busybox)"), "{progress}");
     assert!(
@@ -1141,7 +1146,6 @@ fn push_to_registry_then_docker_pull_and_run() {
         let v = json(run_ok(docker().args(["image", "inspect", t])).as_bytes());
         assert_eq!(v[0]["Id"], id, "{t}");
     }
-    docker_rmi(&[&tag, &other]);
 }
 
 #[test]
@@ -1151,14 +1155,14 @@ fn pulled_image_is_a_base_for_offline_builds() {
     }
     let dir = tempdir();
     let store = dir.path().join("store");
-    let digest = run_ok(rbuild_cmd(&store).args(["pull", "127.0.0.1:5000/busybox"]));
+    let busybox = format!("{}/busybox", registry_by_ip());
+    let digest = run_ok(rbuild_cmd(&store).args(["pull", &busybox]));
     let base = registry_busybox_manifest();
     let images = run_ok(rbuild_cmd(&store).arg("images"));
-    assert!(images.contains("127.0.0.1:5000/busybox"), "{images}");
+    assert!(images.contains(&busybox), "{images}");
     assert!(digest.trim().starts_with("sha256:"), "{digest}");
-    let inspect = json(
-        run_ok(rbuild_cmd(&store).args(["inspect", "127.0.0.1:5000/busybox:latest"])).as_bytes(),
-    );
+    let inspect =
+        json(run_ok(rbuild_cmd(&store).args(["inspect", &format!("{busybox}:latest")])).as_bytes());
     assert_eq!(
         inspect["Manifest"]["layers"][0]["digest"],
         base["layers"][0]["digest"]
@@ -1167,20 +1171,18 @@ fn pulled_image_is_a_base_for_offline_builds() {
     // Pushed on unchanged, the pulled image keeps its manifest digest and image id
     // (regression: push re-serialized the config, so the id changed).
     let copy = unique("pulled-copy");
-    let pushed = run_ok(rbuild_cmd(&store).args([
-        "push",
-        "127.0.0.1:5000/busybox",
-        &format!("127.0.0.1:5000/{copy}:1"),
-    ]));
+    let copy_ref = format!("{}/{copy}:1", registry_by_ip());
+    let pushed = run_ok(rbuild_cmd(&store).args(["push", &busybox, &copy_ref]));
+    let _pushed = RegistryImage::pushed(&copy_ref);
     let want = registry_digest("busybox", "latest");
-    assert_eq!(pushed.trim(), format!("127.0.0.1:5000/{copy}@{want}"));
+    assert_eq!(pushed.trim(), format!("{}/{copy}@{want}", registry_by_ip()));
     assert_eq!(registry_digest(&copy, "1"), want);
 
     let ctx = dir.path().join("ctx");
     std::fs::create_dir(&ctx).unwrap();
     std::fs::write(
         ctx.join("Dockerfile"),
-        "FROM 127.0.0.1:5000/busybox\nRUN echo offline > /o\n",
+        format!("FROM {busybox}\nRUN echo offline > /o\n"),
     )
     .unwrap();
     let local = dir.path().join("local");
@@ -1230,12 +1232,12 @@ fn docker_archive_names_tags_of_several_repositories() {
     let tags = [
         name.clone(),
         format!("docker.io/library/{}:x", name.replace('/', "-")),
-        format!("localhost:5000/{name}:y"),
+        format!("{REGISTRY}/{name}:y"),
     ];
     let want_repo_tags = [
         format!("{name}:latest"),
         format!("{}:x", name.replace('/', "-")),
-        format!("localhost:5000/{name}:y"),
+        format!("{REGISTRY}/{name}:y"),
     ];
     let dir = tempdir();
     let file = dir.path().join("d.tar");

@@ -886,6 +886,7 @@ fn docker_engine_pulls_an_image_pushed_by_us_needs_running_docker() {
     let r: Reference = name.parse().unwrap();
     let img = TestImage::new(&Platform::host(), b"pulled by docker\n");
     let digest = img.push(&c, &r);
+    let _pulled = support::DockerImages(vec![name.clone()]);
     let out = Command::new("docker")
         .args(["pull", &name])
         .output()
@@ -905,5 +906,4 @@ fn docker_engine_pulls_an_image_pushed_by_us_needs_running_docker() {
         String::from_utf8_lossy(&inspect.stdout).trim(),
         img.config.digest.to_string()
     );
-    let _ = Command::new("docker").args(["rmi", &name]).output();
 }

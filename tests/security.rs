@@ -17,19 +17,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
-use support::{rbuild, rbuild_bin, run, REGISTRY};
+use support::{rbuild, rbuild_bin, run, InRegistry, REGISTRY};
 
-const BASE: &str = "localhost:5000/busybox";
-const DEBIAN: &str = "localhost:5000/debian:bookworm";
+const BASE: InRegistry = InRegistry("busybox");
+const DEBIAN: InRegistry = InRegistry("debian:bookworm");
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn ready() -> Option<MutexGuard<'static, ()>> {
     let ok = support::require(support::is_root(), "root (namespaces and overlay mounts)")
-        && support::require(
-            support::registry_ready(),
-            "a registry on 127.0.0.1:5000 holding busybox:latest",
-        )
+        && support::registry_ready()
         && support::require(
             Command::new("gcc")
                 .arg("--version")
@@ -320,7 +317,7 @@ fn bind_mount_sources_resolve_inside_the_stage_or_image() {
             .env("RBUILD_ROOT", store.path())
             .args(["push", &image]),
     );
-    let _pushed = support::RegistryImage(image.clone());
+    let _pushed = support::RegistryImage::pushed(&image);
 
     for from in ["evil", image.as_str()] {
         let attacks = [

@@ -3,14 +3,55 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use sha2::{Digest as _, Sha256};
 
-/// The local registry that scripts/test-env.sh starts and seeds.
-pub const REGISTRY: &str = "localhost:5000";
+/// Names the registry of this test run, `localhost:PORT`. scripts/test.sh starts a registry
+/// of its own for each run (on a free port, seeded with busybox:latest and debian:bookworm)
+/// and sets it; for single test binaries, `eval "$(sudo scripts/test-env.sh)"` sets it to
+/// that script's developer registry. Tests never assume a registry they were not given.
+pub const REGISTRY_VAR: &str = "RBUILD_TEST_REGISTRY";
+
+/// The run's registry address (`localhost:PORT`, from [`REGISTRY_VAR`]). Tests check
+/// [`registry_ready`] (through [`e2e_ready`] or their own `ready`) before calling this.
+pub fn registry() -> &'static str {
+    static ADDR: OnceLock<String> = OnceLock::new();
+    ADDR.get_or_init(|| {
+        std::env::var(REGISTRY_VAR).unwrap_or_else(|_| {
+            panic!("{REGISTRY_VAR} is not set: run the tests with `sudo scripts/test.sh`")
+        })
+    })
+}
+
+/// The run's registry under its other name, `127.0.0.1:PORT`: the same registry to the
+/// network, another registry to an image reference (no cross-repository mounts from
+/// `localhost:PORT` images, for instance).
+pub fn registry_by_ip() -> String {
+    registry().replacen("localhost:", "127.0.0.1:", 1)
+}
+
+/// A repository in the run's registry, written `localhost:PORT/NAME` by `Display`, so that
+/// Dockerfiles in tests read `format!("FROM {BASE}")` with `const BASE: InRegistry =
+/// InRegistry("busybox")`. The empty name writes the registry's address alone.
+#[derive(Clone, Copy, Debug)]
+pub struct InRegistry(pub &'static str);
+
+impl fmt::Display for InRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            "" => f.write_str(registry()),
+            name => write!(f, "{}/{name}", registry()),
+        }
+    }
+}
+
+/// `{REGISTRY}` in a format string: the run registry's address.
+pub const REGISTRY: InRegistry = InRegistry("");
 
 /// Whether a prerequisite holds. In CI (CI=true) a missing one fails the test; elsewhere the
 /// test is skipped with a message saying what to run.
@@ -19,9 +60,12 @@ pub fn require(ok: bool, what: &str) -> bool {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("prerequisite missing in CI: {what} (scripts/test-env.sh sets it up)");
+        panic!("prerequisite missing in CI: {what} (scripts/test.sh sets it up)");
     }
-    eprintln!("SKIPPED: {what} (run `sudo scripts/test-env.sh` first)");
+    eprintln!(
+        "SKIPPED: {what} (run `sudo scripts/test.sh`, or `eval \"$(sudo scripts/test-env.sh)\"` \
+         before a single test binary)"
+    );
     false
 }
 
@@ -61,26 +105,28 @@ pub fn docker_ready() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Whether the run's registry is given ([`REGISTRY_VAR`]) and holds busybox:latest; false
+/// (skip) or panic (CI) otherwise, through [`require`].
 pub fn registry_ready() -> bool {
-    Command::new("curl")
-        .args([
-            "-fsS",
-            "-o",
-            "/dev/null",
-            "http://127.0.0.1:5000/v2/busybox/manifests/latest",
-        ])
+    let Ok(addr) = std::env::var(REGISTRY_VAR) else {
+        return require(false, &format!("{REGISTRY_VAR}, the run's registry"));
+    };
+    let answers = Command::new("curl")
+        .args(["-fsS", "-o", "/dev/null"])
+        .arg(format!("http://{addr}/v2/busybox/manifests/latest"))
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    require(
+        answers,
+        &format!("the registry {addr} ({REGISTRY_VAR}) holding busybox:latest"),
+    )
 }
 
 /// Everything the end-to-end tests need; false (skip) or panic (CI) when something is missing.
 pub fn e2e_ready() -> bool {
     require(is_root(), "root (namespaces and overlay mounts)")
         && require(docker_ready(), "a running docker engine")
-        && require(
-            registry_ready(),
-            "a registry on 127.0.0.1:5000 holding busybox:latest",
-        )
+        && registry_ready()
 }
 
 pub fn rbuild_bin() -> PathBuf {
@@ -295,36 +341,89 @@ pub fn sha256_file(path: &Path) -> String {
     hex::encode(h.finalize())
 }
 
-/// An image a test pushed to the test registry (`localhost:5000/NAME:TAG`); its manifest
-/// is deleted from the registry when this goes out of scope, so tests leave nothing there.
-pub struct RegistryImage(pub String);
+/// An image a test pushed to the run's registry. Made right after the push, it records the
+/// manifest's digest; dropped (also when the test fails), it deletes that manifest and with it
+/// every tag naming it. scripts/test.sh fails a run whose tests leave anything in the
+/// registry. Only the run's registry (by `localhost` or `127.0.0.1`) is ever touched.
+pub struct RegistryImage {
+    manifests: String,
+    digest: String,
+}
 
-impl Drop for RegistryImage {
-    fn drop(&mut self) {
-        let Some((name, tag)) = self
-            .0
-            .strip_prefix(&format!("{REGISTRY}/"))
-            .and_then(|r| r.rsplit_once(':'))
-        else {
-            return;
-        };
-        let accept = "Accept: application/vnd.oci.image.manifest.v1+json, \
-                      application/vnd.docker.distribution.manifest.v2+json";
-        let url = format!("http://127.0.0.1:5000/v2/{name}/manifests");
-        let head = Command::new("curl")
-            .args(["-fsSI", "-H", accept, &format!("{url}/{tag}")])
-            .output();
-        let digest = head.ok().and_then(|o| {
-            String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
+impl RegistryImage {
+    /// `reference` is `HOST:PORT/NAME:TAG` in the run's registry.
+    pub fn pushed(reference: &str) -> RegistryImage {
+        let (host, path) = reference
+            .split_once('/')
+            .unwrap_or_else(|| panic!("`{reference}`: no registry host"));
+        let by_ip = registry_by_ip();
+        assert!(
+            host == registry() || host == by_ip,
+            "`{reference}` is not in the run's registry {}",
+            registry()
+        );
+        let (name, tag) = path
+            .rsplit_once(':')
+            .unwrap_or_else(|| panic!("`{reference}`: no tag"));
+        let manifests = format!("http://{by_ip}/v2/{name}/manifests");
+        let head = run_ok(Command::new("curl").args([
+            "-fsSI",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json, \
+             application/vnd.oci.image.index.v1+json, \
+             application/vnd.docker.distribution.manifest.v2+json, \
+             application/vnd.docker.distribution.manifest.list.v2+json",
+            &format!("{manifests}/{tag}"),
+        ]));
+        let digest = head
+            .lines()
+            .find_map(|l| {
                 let (k, v) = l.split_once(':')?;
                 k.eq_ignore_ascii_case("docker-content-digest")
                     .then(|| v.trim().to_string())
             })
-        });
-        if let Some(digest) = digest {
-            let _ = Command::new("curl")
-                .args(["-fsS", "-X", "DELETE", &format!("{url}/{digest}")])
-                .output();
+            .unwrap_or_else(|| panic!("no digest for `{reference}` in:\n{head}"));
+        RegistryImage { manifests, digest }
+    }
+}
+
+impl Drop for RegistryImage {
+    fn drop(&mut self) {
+        let url = format!("{}/{}", self.manifests, self.digest);
+        let status = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "DELETE",
+                &url,
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        // 404: another guard on the same manifest (two tags of one image) deleted it first.
+        let deleted = status.as_deref().is_ok_and(|s| s == "202" || s == "404");
+        if !deleted && !std::thread::panicking() {
+            panic!("deleting {url}: {status:?}");
+        }
+    }
+}
+
+/// Docker images a test made (loaded, built, pulled or tagged), by name: removed when this is
+/// dropped, also when the test fails.
+pub struct DockerImages(pub Vec<String>);
+
+impl Drop for DockerImages {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = docker()
+                .args(["rmi", "-f"])
+                .args(&self.0)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
 }
