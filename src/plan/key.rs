@@ -6,7 +6,9 @@ use super::KeyMaterial;
 use crate::image::Digest;
 
 /// Bump when the meaning of any field changes, so old cache records stop matching.
-const SCHEMA: u32 = 1;
+/// 2: RUN without USER gets root's groups, COPY --chmod creates parents with its mode,
+/// sockets copy as empty files (issue 14): steps cached under 1 would differ.
+const SCHEMA: u32 = 2;
 
 #[derive(Serialize)]
 struct Canonical<'a> {
