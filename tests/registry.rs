@@ -843,15 +843,18 @@ fn pull_of_a_missing_tag_names_the_tag_and_the_repository() {
     let store = tempfile::tempdir().unwrap();
     let out = Command::new(support::rbuild_bin())
         .env("RBUILD_ROOT", store.path())
-        .args(["pull", "localhost:5000/busybox:nope"])
+        .args(["pull", &format!("{}/busybox:nope", support::REGISTRY)])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr.lines().last().unwrap_or_default(),
-        "error: pulling `localhost:5000/busybox:nope`: manifest unknown: \
-         tag `nope` not found in repository `busybox`"
+        format!(
+            "error: pulling `{}/busybox:nope`: manifest unknown: \
+             tag `nope` not found in repository `busybox`",
+            support::REGISTRY
+        )
     );
 }
 
