@@ -8,8 +8,10 @@
 //! [`Plan::stage`] to look one up.
 
 mod graph;
+mod history;
 mod key;
 mod render;
+mod run;
 mod steps;
 
 use std::collections::{BTreeMap, BTreeSet};
