@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::graph::{self, expand, Ref};
+use super::graph::{expand, Ref};
 use super::steps::{clean_path, join_path, Ctx, StageState};
 use super::{InjectedFile, MountFrom, PlanError, RunMount, RunOp, Sharing};
 use crate::dockerfile::instructions::{
@@ -246,19 +246,12 @@ impl Ctx<'_, '_> {
         // The unexpanded value, as the stage graph saw it (it cannot hold variables).
         let from = match written.from.as_deref() {
             None => None,
-            Some(f) => Some(
-                match graph::resolve_ref(f, &self.names, self.graph.stages.len(), self.opts)
-                    .map_err(|k| self.src.at(line, k))?
-                {
-                    Ref::Stage(i) => MountFrom::Stage(i),
-                    Ref::Context(c) => MountFrom::BuildContext(c),
-                    Ref::Image(r) => {
-                        self.image_digest(line, &r, images)?;
-                        MountFrom::Image(r)
-                    }
-                    Ref::Scratch => MountFrom::Image("scratch".into()),
-                },
-            ),
+            Some(f) => Some(match self.resolve_from(line, f, images)? {
+                Ref::Stage(i) => MountFrom::Stage(i),
+                Ref::Context(c) => MountFrom::BuildContext(c),
+                Ref::Image(r) => MountFrom::Image(r),
+                Ref::Scratch => MountFrom::Image("scratch".into()),
+            }),
         };
         let sharing = match (m.kind, get("sharing").as_deref()) {
             (MountType::Cache, None | Some("shared")) => Some(Sharing::Shared),

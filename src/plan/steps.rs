@@ -518,7 +518,7 @@ impl Ctx<'_, '_> {
         Ok(format!("ARG {}", shown.join(" ")))
     }
 
-    pub(super) fn image_digest(
+    fn image_digest(
         &mut self,
         line: usize,
         reference: &str,
@@ -527,6 +527,22 @@ impl Ctx<'_, '_> {
         let r = self.resolve(line, reference)?;
         images.insert(reference.to_string(), r.id.to_string());
         Ok(())
+    }
+
+    /// What `COPY --from=` or `RUN --mount from=` names, unexpanded as the stage graph saw
+    /// it: a stage, a named context or an image, whose id then goes into the step's key.
+    pub(super) fn resolve_from(
+        &mut self,
+        line: usize,
+        from: &str,
+        images: &mut BTreeMap<String, String>,
+    ) -> Result<Ref, PlanError> {
+        let r = graph::resolve_ref(from, &self.names, self.graph.stages.len(), self.opts)
+            .map_err(|k| self.src.at(line, k))?;
+        if let Ref::Image(image) = &r {
+            self.image_digest(line, image, images)?;
+        }
+        Ok(r)
     }
 
     fn copy(
@@ -539,15 +555,10 @@ impl Ctx<'_, '_> {
     ) -> Result<(CopyOp, String), PlanError> {
         let from = match &c.from {
             None => CopyFrom::Context,
-            Some(f) => match graph::resolve_ref(f, &self.names, self.graph.stages.len(), self.opts)
-                .map_err(|k| self.src.at(line, k))?
-            {
+            Some(f) => match self.resolve_from(line, f, images)? {
                 Ref::Stage(i) => CopyFrom::Stage(i),
                 Ref::Context(n) => CopyFrom::BuildContext(n),
-                Ref::Image(r) => {
-                    self.image_digest(line, &r, images)?;
-                    CopyFrom::Image(r)
-                }
+                Ref::Image(r) => CopyFrom::Image(r),
                 Ref::Scratch => CopyFrom::Image("scratch".into()),
             },
         };
