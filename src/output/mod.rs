@@ -188,6 +188,25 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OutputError> {
     if tar.is_some() && !matches!(kind, OutputKind::Oci { .. }) {
         return Err(err("tar= only applies to type=oci"));
     }
+    // The rootfs outputs write files, not layer blobs: a codec would be silently ignored.
+    if let OutputKind::Local { .. } | OutputKind::Tar { .. } = kind {
+        let rootfs_type = if matches!(kind, OutputKind::Local { .. }) {
+            "type=local"
+        } else {
+            "type=tar"
+        };
+        for (option, given) in [
+            ("compression=", compression.is_some()),
+            ("compression-level=", level.is_some()),
+        ] {
+            if given {
+                return Err(err(&format!(
+                    "{option} only applies to type=docker and type=oci ({rootfs_type} writes \
+                     files, not layer blobs)"
+                )));
+            }
+        }
+    }
     Ok(OutputSpec {
         kind,
         compression,

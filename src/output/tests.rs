@@ -262,6 +262,47 @@ fn parse_output_forms() {
     }
 }
 
+/// Regression (issue 15): `compression=` and `compression-level=` were accepted and ignored
+/// for the rootfs outputs, which write no layer blobs.
+#[test]
+fn rootfs_outputs_refuse_compression_options() {
+    for (spec, option, kind) in [
+        (
+            "type=local,dest=x,compression=gzip",
+            "compression=",
+            "type=local",
+        ),
+        (
+            "type=tar,dest=x,compression=zstd",
+            "compression=",
+            "type=tar",
+        ),
+        (
+            "type=local,dest=x,compression-level=3",
+            "compression-level=",
+            "type=local",
+        ),
+        (
+            "type=tar,dest=x.tar,compression-level=9",
+            "compression-level=",
+            "type=tar",
+        ),
+    ] {
+        let err = parse_output(spec).unwrap_err().to_string();
+        assert!(
+            err.contains(spec) && err.contains(option) && err.contains(kind),
+            "{spec}: {err}"
+        );
+    }
+    // The image outputs keep both options.
+    for spec in [
+        "type=docker,dest=x.tar,compression=gzip,compression-level=3",
+        "type=oci,dest=x.tar,compression=zstd,compression-level=3",
+    ] {
+        parse_output(spec).unwrap();
+    }
+}
+
 #[test]
 fn docker_archive_is_docker_save_and_oci_and_reproducible() {
     if !root_only() {
