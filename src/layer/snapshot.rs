@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread::JoinHandle;
 
-use crate::image::{Digest, Sha256Writer};
+use crate::image::{Digest, Sha256Writer, SourceDateEpoch};
 use crate::layer::compress::{Compression, Compressor};
 use crate::layer::{keep_xattr, LayerError, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX};
 
@@ -22,7 +22,7 @@ use crate::layer::{keep_xattr, LayerError, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT
 #[derive(Clone, Debug, Default)]
 pub struct SnapshotOptions {
     /// Clamp every mtime to at most this (SOURCE_DATE_EPOCH, reproducible builds).
-    pub source_date_epoch: Option<i64>,
+    pub source_date_epoch: Option<SourceDateEpoch>,
     /// Relative paths to leave out, with everything below them (the sandbox's mount stubs).
     pub skip: Vec<PathBuf>,
 }
@@ -647,7 +647,7 @@ struct Entry {
 
 struct TarWriter<'a> {
     out: ChunkOut<'a>,
-    epoch: Option<i64>,
+    epoch: Option<SourceDateEpoch>,
 }
 
 impl TarWriter<'_> {
@@ -658,7 +658,7 @@ impl TarWriter<'_> {
         data: Option<(File, &Path)>,
     ) -> Result<(), LayerError> {
         let mtime = match self.epoch {
-            Some(epoch) => entry.mtime.min(epoch),
+            Some(epoch) => entry.mtime.min(epoch.seconds()),
             None => entry.mtime,
         };
         // ustar cannot express times before 1970; nor can most image tooling.
@@ -906,7 +906,7 @@ Regular ünïcødé-名前 size=7 mode=644 0:0 mtime=1000000 sha=2fcf76a4c3c7 xa
         set_mtime(&root.join("old"), 2_000);
         set_mtime(&root.join("new"), 5_000);
         let opts = SnapshotOptions {
-            source_date_epoch: Some(3_000),
+            source_date_epoch: Some(SourceDateEpoch::from_seconds(3_000)),
             skip: Vec::new(),
         };
         let (_, bytes) = tar_of(root, &opts);

@@ -11,8 +11,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{archive_mtime, OutputError};
-use crate::image::{canonical_json, media, Descriptor, Digest, Index, Manifest, Reference};
+use super::OutputError;
+use crate::image::{
+    canonical_json, media, Descriptor, Digest, Index, Manifest, Reference, SourceDateEpoch,
+};
 use crate::layer::compress::Compression;
 use crate::store::{ImageRecord, LayerBytes, Store};
 
@@ -153,10 +155,9 @@ pub(super) fn write_archive(
     compression: Compression,
     level: Option<i32>,
     docker: bool,
-    w: &mut dyn Write,
+    mut tar: DeterministicTar<&mut dyn Write>,
 ) -> Result<(), OutputError> {
     let layout = build_layout(store, image, tags, compression, level, docker)?;
-    let mut tar = DeterministicTar::new(w);
     let out = "<archive>";
     tar.dir("blobs/").map_err(OutputError::io("writing", out))?;
     tar.dir("blobs/sha256/")
@@ -225,19 +226,20 @@ pub(super) fn write_layout_dir(
     Ok(())
 }
 
-/// A tar writer for archive metadata: uid/gid 0, no user names, fixed mtime, fixed modes.
+/// A tar writer for archive metadata: uid/gid 0, no user names, fixed modes, mtime the
+/// build's SOURCE_DATE_EPOCH or 0.
 pub(super) struct DeterministicTar<W: Write> {
     builder: tar::Builder<W>,
     mtime: u64,
 }
 
 impl<W: Write> DeterministicTar<W> {
-    pub(super) fn new(w: W) -> Self {
+    pub(super) fn new(w: W, epoch: Option<SourceDateEpoch>) -> Self {
         let mut builder = tar::Builder::new(w);
         builder.sparse(false);
         DeterministicTar {
             builder,
-            mtime: archive_mtime(),
+            mtime: epoch.map_or(0, SourceDateEpoch::tar_mtime),
         }
     }
 
