@@ -55,6 +55,8 @@ pub enum OutputError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Layer(#[from] crate::layer::LayerError),
     #[error("layer {chain} has no extracted directory in the store")]
     LayerMissing { chain: Digest },
     #[error("no image `{0}` in the store")]
