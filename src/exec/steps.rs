@@ -66,7 +66,7 @@ impl<'a> Ctx<'a> {
         stage_names: bool,
     ) -> Result<Ctx<'a>, BuildError> {
         let ignore = IgnoreMatcher::load(&req.context, req.dockerfile_path.as_deref())?;
-        let stat_cache_path = store.root().join("statcache.json");
+        let stat_cache_path = store.stat_cache_path();
         let stat_cache = StatCache::load(&stat_cache_path);
         let created = created_time(req.source_date_epoch);
         Ok(Ctx {
@@ -582,23 +582,18 @@ impl<'a> Ctx<'a> {
             }
             MountType::Cache => {
                 let id = m.id.clone().unwrap_or_else(|| m.target.clone());
-                let base = self.store.root().join("mounts/cache");
-                std::fs::create_dir_all(&base).map_err(BuildError::io("creating", &base))?;
                 let name = cache_mount_name(&id, m.uid, m.gid, m.mode);
                 // The sandbox creates the directory itself, with the mount's uid/gid/mode.
-                let dir = base.join(&name);
-                let lock_path = base.join(format!("{name}.lock"));
+                let dir = self.store.cache_mount_dir(&name)?;
                 let source = match m.sharing.unwrap_or(Sharing::Shared) {
                     Sharing::Shared => dir,
                     // One writer at a time: wait for the others.
                     Sharing::Locked => {
-                        guards.push(MountGuard::Lock(
-                            lock_cache(&lock_path, true)?.expect("blocking lock"),
-                        ));
+                        guards.push(MountGuard::Lock(self.store.lock_cache_mount(&name)?));
                         dir
                     }
                     // In use by another step: this one gets a fresh, throwaway directory.
-                    Sharing::Private => match lock_cache(&lock_path, false)? {
+                    Sharing::Private => match self.store.try_lock_cache_mount(&name)? {
                         Some(lock) => {
                             guards.push(MountGuard::Lock(lock));
                             dir
@@ -850,7 +845,7 @@ fn apply_record(state: &mut StageState, rec: &CacheRecord, key: String) {
 /// What a RUN's cache mounts hold while the step runs.
 enum MountGuard {
     /// `sharing=locked` / `private`: the cache directory's flock.
-    Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>),
+    Lock(#[allow(dead_code)] crate::store::FileLock),
     /// `sharing=private` while the cache is in use: a directory of this step's own.
     Dir(#[allow(dead_code)] tempfile::TempDir),
 }
@@ -867,30 +862,6 @@ fn cache_mount_name(id: &str, uid: Option<u32>, gid: Option<u32>, mode: Option<u
         format!("{id}\0{uid}:{gid}:{mode:o}")
     };
     Digest::of(key.as_bytes()).hex().to_string()
-}
-
-/// Take the flock beside a cache directory; `wait=false` gives None when it is held.
-fn lock_cache(
-    path: &Path,
-    wait: bool,
-) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, BuildError> {
-    use nix::fcntl::{Flock, FlockArg};
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(BuildError::io("opening", path))?;
-    let arg = if wait {
-        FlockArg::LockExclusive
-    } else {
-        FlockArg::LockExclusiveNonblock
-    };
-    match Flock::lock(file, arg) {
-        Ok(lock) => Ok(Some(lock)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
-        Err((_, errno)) => Err(BuildError::io("locking", path)(std::io::Error::from(errno))),
-    }
 }
 
 /// The stage part of a step label: its name, or `stage-N` for an unnamed stage.
