@@ -3,6 +3,7 @@
 
 mod base;
 mod error;
+mod executor;
 mod fetch;
 mod import;
 pub mod progress;
@@ -123,6 +124,17 @@ pub fn build(
     req: &BuildRequest,
     reporter: &dyn Reporter,
 ) -> Result<BuildOutcome, BuildError> {
+    build_with(store, registry, req, reporter, &executor::Sandboxed)
+}
+
+/// [`build`] with the steps' side effects going to `executor`.
+fn build_with(
+    store: &Store,
+    registry: &Client,
+    req: &BuildRequest,
+    reporter: &dyn Reporter,
+    executor: &dyn executor::Executor,
+) -> Result<BuildOutcome, BuildError> {
     let _lock = store.lock_shared()?;
     let scratch = store.tmp_dir()?;
     let _scratch = ScratchDir::set(scratch.path());
@@ -141,7 +153,7 @@ pub fn build(
     }
     check_entitlements(&plan, req)?;
 
-    let mut ctx = steps::Ctx::new(store, req, reporter, &bases, stage_names(&plan))?;
+    let mut ctx = steps::Ctx::new(store, executor, req, reporter, &bases, stage_names(&plan))?;
     let mut done: BTreeMap<usize, StageState> = BTreeMap::new();
     for wave in plan.waves() {
         check_interrupted()?;
@@ -298,3 +310,5 @@ pub fn metadata_json(image: &ImageRecord, tags: &[crate::image::Reference]) -> V
     }
     canonical_json(&v)
 }
+#[cfg(test)]
+mod tests;

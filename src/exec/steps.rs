@@ -11,15 +11,16 @@ use crate::context::copier::{CopyJob, CopySrc};
 use crate::context::{self, IgnoreMatcher, StatCache};
 use crate::dockerfile::instructions::{MountType, NetworkMode, Security};
 use crate::image::{Digest, History, ImageConfig};
-use crate::layer::{self, Compression, SnapshotOptions};
+use crate::layer::Compression;
 use crate::plan::{
     self, CopyFrom, CopyOp, CopySource, MountFrom, Op, RunMount, RunOp, Sharing, Stage, Step,
 };
 use crate::sandbox::{self, FsSource, Mount, Network, Overlay, RunSpec};
-use crate::store::{CacheRecord, DiffTar, ImageRecord, Store};
+use crate::store::{CacheRecord, ImageRecord, Store};
 
 use super::base::Bases;
 use super::error::OutputTail;
+use super::executor::Executor;
 use super::stage::StageState;
 use super::{
     check_interrupted, BuildError, BuildRequest, NamedContext, Reporter, SecretSource, StepId,
@@ -33,6 +34,8 @@ const FAILED_OUTPUT_LINES: usize = 10;
 /// A step context: one per stage building at a time (see [`Ctx::fork`]).
 pub struct Ctx<'a> {
     store: &'a Store,
+    /// Where the steps' side effects happen (the sandbox; a recording fake in tests).
+    executor: &'a dyn Executor,
     req: &'a BuildRequest,
     reporter: &'a dyn Reporter,
     bases: &'a Bases<'a>,
@@ -60,6 +63,7 @@ struct Shared {
 impl<'a> Ctx<'a> {
     pub fn new(
         store: &'a Store,
+        executor: &'a dyn Executor,
         req: &'a BuildRequest,
         reporter: &'a dyn Reporter,
         bases: &'a Bases<'a>,
@@ -71,6 +75,7 @@ impl<'a> Ctx<'a> {
         let created = created_time(req.source_date_epoch);
         Ok(Ctx {
             store,
+            executor,
             req,
             reporter,
             bases,
@@ -94,6 +99,7 @@ impl<'a> Ctx<'a> {
     pub fn fork(&self) -> Ctx<'a> {
         Ctx {
             store: self.store,
+            executor: self.executor,
             req: self.req,
             reporter: self.reporter,
             bases: self.bases,
@@ -338,8 +344,7 @@ impl<'a> Ctx<'a> {
                 true
             }
             Op::Workdir { path, user } => {
-                let job = serde_json::json!({ "path": path, "user": user });
-                sandbox::fs_job(&rootfs, &[], job, "workdir")?;
+                self.executor.workdir(&rootfs, path, user)?;
                 false
             }
             Op::Config => unreachable!("config-only steps are handled by the caller"),
@@ -353,7 +358,9 @@ impl<'a> Ctx<'a> {
             .is_some();
         let mut history = history;
         if always_layer || changed {
-            let (chain, diff_id) = self.commit_upper(upper, state.top())?;
+            let (chain, diff_id) =
+                self.executor
+                    .commit(self.store, upper, state.top(), self.req.source_date_epoch)?;
             state.chains.push(chain);
             state.diff_ids.push(diff_id);
             self.reporter.phase(id, "snapshot+commit", phase.elapsed());
@@ -377,26 +384,6 @@ impl<'a> Ctx<'a> {
         };
         self.store.put_cache(&key, &record)?;
         Ok(false)
-    }
-
-    /// Snapshot an upperdir (hashing its tar, storing none of it: [`crate::store::DiffTar`])
-    /// and commit it to the store as a layer.
-    fn commit_upper(
-        &self,
-        upper: PathBuf,
-        parent: Option<&Digest>,
-    ) -> Result<(Digest, Digest), BuildError> {
-        let opts = SnapshotOptions {
-            source_date_epoch: self.req.source_date_epoch,
-            skip: Vec::new(),
-        };
-        let (diff_id, size) = layer::snapshot_digest(&upper, &opts)?;
-        let tar = DiffTar {
-            size,
-            source_date_epoch: opts.source_date_epoch,
-        };
-        let record = self.store.commit_built_layer(upper, parent, diff_id, tar)?;
-        Ok((record.chain_id, record.diff_id))
     }
 
     fn run(
@@ -449,7 +436,7 @@ impl<'a> Ctx<'a> {
         };
         let reporter = self.reporter;
         let mut tail = OutputTail::new(FAILED_OUTPUT_LINES);
-        let exit = sandbox::run(&spec, &mut |bytes| {
+        let exit = self.executor.run(&spec, &mut |bytes| {
             tail.push(bytes);
             reporter.output(id, bytes)
         })?;
@@ -509,9 +496,7 @@ impl<'a> Ctx<'a> {
             preserve_owner: !matches!(copy.from, CopyFrom::Context | CopyFrom::BuildContext(_)),
         };
         let source = self.source_root(&copy.from, done)?;
-        let job = serde_json::to_value(&job).expect("a copy job serializes");
-        sandbox::fs_job(&rootfs, std::slice::from_ref(&source), job, "copy")?;
-        Ok(())
+        self.executor.copy(&rootfs, &source, &job)
     }
 
     /// Where a COPY reads from: the context, a named context, or a stage's / image's rootfs.
