@@ -11,13 +11,20 @@ use crate::store::StoreError;
 pub enum BuildError {
     #[error(transparent)]
     Plan(#[from] PlanError),
-    /// A step failed; shown with the Dockerfile line and the last lines the step printed,
-    /// as BuildKit does.
-    #[error("{file}:{line}: {message}\n{line:>4} | {text}{}", output_block(output))]
-    Step {
+    /// An error at a Dockerfile line, as BuildKit's `parser.WithLocation` wraps a dispatch
+    /// error once: the typed cause, with the file, the line and the line's text
+    /// (`   3 | RUN exit 3`). A failed RUN's last output lines follow the excerpt.
+    #[error("{file}:{line}: {}\n{excerpt}{}", chain(source), output_block(source.output()))]
+    At {
         file: String,
         line: usize,
-        text: String,
+        excerpt: String,
+        source: Box<BuildError>,
+    },
+    /// A RUN step's process failed (BuildKit's `process "..." did not complete
+    /// successfully: exit code: N`).
+    #[error("{message}")]
+    Process {
         message: String,
         /// The last lines of the step's output (empty when it printed nothing).
         output: Vec<String>,
@@ -50,6 +57,32 @@ pub enum BuildError {
 }
 
 impl BuildError {
+    /// `cause` at line `line` of `file`, whose text is `text`.
+    pub fn at(file: &str, line: usize, text: &str, cause: BuildError) -> BuildError {
+        BuildError::At {
+            file: file.to_string(),
+            line,
+            excerpt: format!("{line:>4} | {text}"),
+            source: Box::new(cause),
+        }
+    }
+
+    /// The located error's cause (itself when it has no location).
+    pub fn cause(&self) -> &BuildError {
+        match self {
+            BuildError::At { source, .. } => source.cause(),
+            e => e,
+        }
+    }
+
+    /// A failed RUN's last output lines.
+    fn output(&self) -> &[String] {
+        match self {
+            BuildError::Process { output, .. } => output,
+            _ => &[],
+        }
+    }
+
     pub fn io(
         what: &'static str,
         path: impl Into<PathBuf>,
@@ -57,6 +90,21 @@ impl BuildError {
         let path = path.into();
         move |source| BuildError::Io { what, path, source }
     }
+}
+
+/// An error's message with the causes it does not already include, `a: b: c`: the
+/// location's excerpt goes after the whole chain, never between its links.
+fn chain(e: &BuildError) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// BuildKit's box around a failed step's last output lines.

@@ -88,15 +88,16 @@ fn check_entitlements(plan: &Plan, req: &BuildRequest) -> Result<(), BuildError>
         for step in &stage.steps {
             if let plan::Op::Run(run) = &step.op {
                 if run.network == crate::dockerfile::instructions::NetworkMode::Host {
-                    return Err(BuildError::Step {
-                        file: req.dockerfile_name.clone(),
-                        line: step.line,
-                        text: step.text.clone(),
-                        message: "network.host is not allowed: RUN --network=host needs \
-                                  `--allow network.host` on the command line"
-                            .to_string(),
-                        output: Vec::new(),
-                    });
+                    return Err(BuildError::at(
+                        &req.dockerfile_name,
+                        step.line,
+                        &step.text,
+                        BuildError::Invalid(
+                            "network.host is not allowed: RUN --network=host needs \
+                             `--allow network.host` on the command line"
+                                .to_string(),
+                        ),
+                    ));
                 }
             }
         }

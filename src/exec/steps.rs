@@ -215,10 +215,7 @@ impl<'a> Ctx<'a> {
                 Err(e) => {
                     let e = self.at_step(step, e);
                     // The reporter has shown the step's output already: only the reason here.
-                    let reason = match &e {
-                        BuildError::Step { message, .. } => message.clone(),
-                        e => e.to_string(),
-                    };
+                    let reason = e.cause().to_string();
                     self.reporter.failed(id, started.elapsed(), &reason);
                     return Err(e);
                 }
@@ -273,26 +270,22 @@ impl<'a> Ctx<'a> {
     }
 
     /// A failure caused by the step's input (a missing source, a bad URL or checksum, a
-    /// secret not given) shown with the step's Dockerfile line, as BuildKit does.
+    /// secret not given) or a failed RUN, located at the step's Dockerfile line, as
+    /// BuildKit does; other errors (the store, the sandbox's setup) are not the line's.
     fn at_step(&self, step: &Step, e: BuildError) -> BuildError {
-        let message = match &e {
+        let cause = match e {
             BuildError::Invalid(_)
+            | BuildError::Process { .. }
             | BuildError::Copy(_)
             | BuildError::Context(_)
-            | BuildError::Registry(_) => e.to_string(),
+            | BuildError::Registry(_) => e,
             // The copier and WORKDIR run in the sandbox helper: their message is the user's.
             BuildError::Sandbox(crate::sandbox::SandboxError::Handler { message, .. }) => {
-                message.clone()
+                BuildError::Invalid(message)
             }
-            _ => return e,
+            e => return e,
         };
-        BuildError::Step {
-            file: self.req.dockerfile_name.clone(),
-            line: step.line,
-            text: step.text.clone(),
-            message,
-            output: Vec::new(),
-        }
+        BuildError::at(&self.req.dockerfile_name, step.line, &step.text, cause)
     }
 
     /// One filesystem step; Ok(true) when it came from the cache.
@@ -336,7 +329,7 @@ impl<'a> Ctx<'a> {
         let phase = Instant::now();
         let always_layer = match &step.op {
             Op::Run(run) => {
-                self.run(step, run, rootfs, done, id)?;
+                self.run(run, rootfs, done, id)?;
                 true
             }
             Op::Copy(copy) => {
@@ -388,22 +381,16 @@ impl<'a> Ctx<'a> {
 
     fn run(
         &mut self,
-        step: &Step,
         run: &RunOp,
         rootfs: Overlay,
         done: &BTreeMap<usize, StageState>,
         id: StepId,
     ) -> Result<(), BuildError> {
         if run.security == Security::Insecure {
-            return Err(BuildError::Step {
-                file: self.req.dockerfile_name.clone(),
-                line: step.line,
-                text: step.text.clone(),
-                message:
-                    "RUN --security=insecure is not supported: rbuild does not run privileged steps"
-                        .to_string(),
-                output: Vec::new(),
-            });
+            return Err(BuildError::Invalid(
+                "RUN --security=insecure is not supported: rbuild does not run privileged steps"
+                    .to_string(),
+            ));
         }
         let mut env = run.env.clone();
         env.extend(run.proxy_env.iter().cloned());
@@ -443,10 +430,7 @@ impl<'a> Ctx<'a> {
         check_interrupted()?;
         match exit.failure_message(&run.argv) {
             None => Ok(()),
-            Some(message) => Err(BuildError::Step {
-                file: self.req.dockerfile_name.clone(),
-                line: step.line,
-                text: step.text.clone(),
+            Some(message) => Err(BuildError::Process {
                 message,
                 output: tail.finish(),
             }),

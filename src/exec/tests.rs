@@ -429,3 +429,41 @@ fn parallel_stages_are_cached_and_counted() {
     assert_eq!(f.exec.take(), []);
     assert_eq!((second.cached, second.executed), (4, 0));
 }
+
+/// Errors carry their location as data (BuildKit's WithLocation), around the typed cause.
+#[test]
+fn step_errors_carry_their_location_around_the_typed_cause() {
+    let f = Fixture::new(&[]);
+    let err = f
+        .build(&f.request("FROM scratch\nCOPY missing.txt /m\n"))
+        .unwrap_err();
+    let BuildError::At {
+        file,
+        line,
+        excerpt,
+        source,
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!((file.as_str(), *line), ("Dockerfile", 2));
+    assert_eq!(excerpt, "   2 | COPY missing.txt /m");
+    assert!(matches!(**source, BuildError::Context(_)), "{source:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("Dockerfile:2: {source}\n   2 | COPY missing.txt /m")
+    );
+    assert_eq!(err.cause().to_string(), source.to_string());
+
+    let host = f.request("FROM scratch\nRUN --network=host true\n");
+    let err = f.build(&host).unwrap_err();
+    assert!(
+        matches!(&err, BuildError::At { line: 2, source, .. }
+            if matches!(**source, BuildError::Invalid(_))),
+        "{err:?}"
+    );
+    assert!(err
+        .to_string()
+        .starts_with("Dockerfile:2: network.host is not allowed"));
+    assert_eq!(f.exec.take(), []);
+}
