@@ -95,6 +95,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether this is a broken invariant of rbuild's own (a bug: exit code 101): a cache
+    /// key or a layer list rbuild computed itself is wrong. Everything else comes from the
+    /// disk (full, unreadable, damaged from outside), the user's input or another process.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::InvalidCacheKey(_)
+                | StoreError::LayerCountMismatch { .. }
+                | StoreError::ImageDiffIdMismatch { .. }
+        )
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
