@@ -1,5 +1,6 @@
 //! Executing a stage's steps: cache lookup first, then RUN in the sandbox, COPY/ADD and
-//! WORKDIR as filesystem jobs over the stage's overlay, then snapshot and commit.
+//! WORKDIR as filesystem jobs over the stage's overlay, then snapshot and commit. Those
+//! side effects go through [`Executor`] (executor.rs); the decisions stay here.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
