@@ -116,6 +116,8 @@ pub(super) mod fake {
         pub calls: Mutex<Vec<Call>>,
         /// Whether a WORKDIR finds its directory missing (and creates it).
         pub workdir_missing: AtomicBool,
+        /// Whether a RUN changes the rootfs (writes a file named `ran`).
+        pub run_writes: AtomicBool,
         /// The exit status every RUN gets.
         pub exit: Mutex<Exit>,
     }
@@ -125,6 +127,7 @@ pub(super) mod fake {
             Recording {
                 calls: Mutex::default(),
                 workdir_missing: AtomicBool::new(true),
+                run_writes: AtomicBool::new(true),
                 exit: Mutex::new(Exit::Code(0)),
             }
         }
@@ -151,7 +154,9 @@ pub(super) mod fake {
 
     impl Executor for Recording {
         fn run(&self, spec: &RunSpec, output: &mut dyn FnMut(&[u8])) -> Result<Exit, BuildError> {
-            write(&spec.rootfs.upper, "ran", &spec.argv.join(" "));
+            if self.run_writes.load(Ordering::SeqCst) {
+                write(&spec.rootfs.upper, "ran", &spec.argv.join(" "));
+            }
             output(b"fake output\n");
             let mut recorded = spec.clone();
             recorded.rootfs = Overlay {

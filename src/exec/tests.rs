@@ -120,6 +120,18 @@ fn run_is_cached_and_no_cache_runs_it_again() {
     assert_eq!((runs(&calls).len(), calls.last()), (1, Some(&Call::Commit)));
 }
 
+/// BuildKit's rule, which `docker history` shows: RUN always makes a layer, an empty one
+/// when it changed nothing.
+#[test]
+fn a_run_that_changes_nothing_still_makes_a_layer() {
+    let f = Fixture::new(&[]);
+    f.exec.run_writes.store(false, Ordering::SeqCst);
+    let built = f.build(&f.request("FROM scratch\nRUN true\n")).unwrap();
+    assert_eq!(f.exec.take().last(), Some(&Call::Commit));
+    assert_eq!(built.image.config.rootfs.diff_ids.len(), 1);
+    assert!(!built.image.config.history[0].empty_layer);
+}
+
 #[test]
 fn copy_and_add_hit_until_their_sources_change() {
     let f = Fixture::new(&[("a.txt", "a"), ("b.txt", "b")]);
