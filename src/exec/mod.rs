@@ -4,6 +4,8 @@
 mod base;
 mod error;
 mod executor;
+#[cfg(test)]
+mod fake;
 mod fetch;
 mod import;
 pub mod progress;

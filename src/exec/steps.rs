@@ -21,7 +21,7 @@ use crate::store::{CacheRecord, ImageRecord, Store};
 
 use super::base::Bases;
 use super::error::OutputTail;
-use super::executor::Executor;
+use super::executor::{Executor, Upper};
 use super::stage::StageState;
 use super::{
     check_interrupted, BuildError, BuildRequest, NamedContext, Reporter, SecretSource, StepId,
@@ -352,9 +352,12 @@ impl<'a> Ctx<'a> {
             .is_some();
         let mut history = history;
         if always_layer || changed {
-            let (chain, diff_id) =
-                self.executor
-                    .commit(self.store, upper, state.top(), self.req.source_date_epoch)?;
+            let upper = Upper {
+                dir: upper,
+                parent: state.top(),
+                source_date_epoch: self.req.source_date_epoch,
+            };
+            let (chain, diff_id) = self.executor.commit(self.store, upper)?;
             state.chains.push(chain);
             state.diff_ids.push(diff_id);
             self.reporter.phase(id, "snapshot+commit", phase.elapsed());
