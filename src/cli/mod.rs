@@ -43,14 +43,7 @@ pub fn main() -> i32 {
 
 /// `a: b: c` from the error chain, without repeating a cause a message already includes.
 fn render_error(err: &anyhow::Error) -> String {
-    let mut text = err.to_string();
-    for cause in err.chain().skip(1) {
-        let c = cause.to_string();
-        if !text.contains(&c) {
-            text = format!("{text}: {c}");
-        }
-    }
-    text
+    crate::exec::render_chain(err.as_ref())
 }
 
 /// The exit code of a failed command: 1 for what the user can act on (bad input, a failed
@@ -146,5 +139,12 @@ mod tests {
         );
         // An error of no known kind is a bug too.
         assert_eq!(code(anyhow::anyhow!("unexpected")), 101);
+    }
+
+    #[test]
+    fn errors_render_their_chain_once() {
+        let io = std::io::Error::other("disk on fire");
+        let err = anyhow::Error::from(BuildError::io("writing", "/x")(io)).context("exporting");
+        assert_eq!(render_error(&err), "exporting: writing `/x`: disk on fire");
     }
 }

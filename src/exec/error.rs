@@ -14,7 +14,7 @@ pub enum BuildError {
     /// An error at a Dockerfile line, as BuildKit's `parser.WithLocation` wraps a dispatch
     /// error once: the typed cause, with the file, the line and the line's text
     /// (`   3 | RUN exit 3`). A failed RUN's last output lines follow the excerpt.
-    #[error("{file}:{line}: {}\n{excerpt}{}", chain(source), output_block(source.output()))]
+    #[error("{file}:{line}: {}\n{excerpt}{}", render_chain(&**source), output_block(source.output()))]
     At {
         file: String,
         line: usize,
@@ -118,11 +118,12 @@ impl BuildError {
     }
 }
 
-/// An error's message with the causes it does not already include, `a: b: c`: the
-/// location's excerpt goes after the whole chain, never between its links.
-fn chain(e: &BuildError) -> String {
+/// An error's message with the causes it does not already include, `a: b: c`: the one
+/// renderer of error chains (the CLI's `error:` line too). A location's excerpt goes after
+/// the whole chain of its cause, never between its links.
+pub fn render_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
+    let mut cause = e.source();
     while let Some(c) = cause {
         let c_text = c.to_string();
         if !text.contains(&c_text) {
