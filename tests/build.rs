@@ -711,6 +711,21 @@ fn rebuild_hits_the_cache_for_every_step_and_no_cache_runs_them_again() {
     let third = stderr(&build_ok(store.path(), ctx.path(), &["--no-cache"]));
     assert_eq!(cache_mount_lines(store.path(), "executions").len(), 2);
     assert_eq!(cached_count(&third), 0, "{third}");
+
+    // Regression (issue 15): exec built the cache mount and stat cache paths itself, so
+    // `prune --all` removed neither. Plain prune keeps them, as BuildKit keeps cache mounts.
+    let stat_cache = store.path().join("statcache.json");
+    let prune = |all: &[&str]| {
+        let mut cmd = Command::new(rbuild_bin());
+        run_ok(cmd.env("RBUILD_ROOT", store.path()).arg("prune").args(all))
+    };
+    prune(&[]);
+    assert_eq!(cache_mount_lines(store.path(), "executions").len(), 2);
+    assert!(stat_cache.exists());
+    prune(&["--all"]);
+    assert!(cache_mount_lines(store.path(), "executions").is_empty());
+    assert!(!store.path().join("mounts/cache").exists());
+    assert!(!stat_cache.exists());
 }
 
 #[test]

@@ -88,7 +88,7 @@ pub enum Command {
     },
     /// Remove layers, blobs and cache records no tag uses, and empty tmp/.trash
     Prune {
-        /// Also remove the whole build cache
+        /// Also remove the whole build cache, RUN cache mounts included
         #[arg(long, short)]
         all: bool,
     },

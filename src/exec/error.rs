@@ -11,13 +11,20 @@ use crate::store::StoreError;
 pub enum BuildError {
     #[error(transparent)]
     Plan(#[from] PlanError),
-    /// A step failed; shown with the Dockerfile line and the last lines the step printed,
-    /// as BuildKit does.
-    #[error("{file}:{line}: {message}\n{line:>4} | {text}{}", output_block(output))]
-    Step {
+    /// An error at a Dockerfile line, as BuildKit's `parser.WithLocation` wraps a dispatch
+    /// error once: the typed cause, with the file, the line and the line's text
+    /// (`   3 | RUN exit 3`). A failed RUN's last output lines follow the excerpt.
+    #[error("{file}:{line}: {}\n{excerpt}{}", crate::error::render_chain(&**source), output_block(source.output()))]
+    At {
         file: String,
         line: usize,
-        text: String,
+        excerpt: String,
+        source: Box<BuildError>,
+    },
+    /// A RUN step's process failed (BuildKit's `process "..." did not complete
+    /// successfully: exit code: N`).
+    #[error("{message}")]
+    Process {
         message: String,
         /// The last lines of the step's output (empty when it printed nothing).
         output: Vec<String>,
@@ -50,6 +57,58 @@ pub enum BuildError {
 }
 
 impl BuildError {
+    /// `cause` at line `line` of `file`, whose text is `text`.
+    pub fn at(file: &str, line: usize, text: &str, cause: BuildError) -> BuildError {
+        BuildError::At {
+            file: file.to_string(),
+            line,
+            excerpt: format!("{line:>4} | {text}"),
+            source: Box::new(cause),
+        }
+    }
+
+    /// The located error's cause (itself when it has no location).
+    pub fn cause(&self) -> &BuildError {
+        match self {
+            BuildError::At { source, .. } => source.cause(),
+            e => e,
+        }
+    }
+
+    /// Whether this is an internal error (a broken invariant of rbuild's: a bug, exit code
+    /// 101) rather than one the user can act on (bad input, a failed step, a missing file,
+    /// a registry's answer, a full disk: exit code 1).
+    pub fn is_internal(&self) -> bool {
+        match self {
+            BuildError::At { source, .. } => source.is_internal(),
+            BuildError::Store(e) => e.is_internal(),
+            // The helper died or answered garbage: it is rbuild's own protocol. Setting up
+            // the sandbox is not (a kernel without overlay or user namespaces).
+            BuildError::Sandbox(SandboxError::Helper { .. } | SandboxError::Pipe(_)) => true,
+            // A stage cancelled by another's failure never is the build's error: the first
+            // failure is.
+            BuildError::Cancelled => true,
+            BuildError::Plan(_)
+            | BuildError::Process { .. }
+            | BuildError::Registry(_)
+            | BuildError::Layer(_)
+            | BuildError::Sandbox(_)
+            | BuildError::Copy(_)
+            | BuildError::Context(_)
+            | BuildError::Io { .. }
+            | BuildError::Invalid(_)
+            | BuildError::Interrupted => false,
+        }
+    }
+
+    /// A failed RUN's last output lines.
+    fn output(&self) -> &[String] {
+        match self {
+            BuildError::Process { output, .. } => output,
+            _ => &[],
+        }
+    }
+
     pub fn io(
         what: &'static str,
         path: impl Into<PathBuf>,
@@ -124,6 +183,52 @@ impl OutputTail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_errors_are_the_broken_invariants() {
+        let io = || std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let internal = [
+            BuildError::Cancelled,
+            BuildError::Store(StoreError::InvalidCacheKey("../x".into())),
+            BuildError::Store(StoreError::LayerCountMismatch {
+                config: 1,
+                given: 2,
+            }),
+            BuildError::Sandbox(SandboxError::Helper {
+                status: "signal 11".into(),
+                stderr: String::new(),
+            }),
+            BuildError::at(
+                "Dockerfile",
+                1,
+                "RUN x",
+                BuildError::Sandbox(SandboxError::Pipe(io())),
+            ),
+        ];
+        for e in &internal {
+            assert!(e.is_internal(), "{e:?}");
+        }
+        let user = [
+            BuildError::Invalid("secret x: not found".into()),
+            BuildError::Process {
+                message: "exit code: 3".into(),
+                output: Vec::new(),
+            },
+            BuildError::io("writing", "/full")(io()),
+            BuildError::Store(StoreError::io("writing", "/full")(io())),
+            BuildError::Store(StoreError::Busy("/store".into())),
+            BuildError::Store(StoreError::BlobMissing {
+                digest: crate::image::Digest::of(b""),
+            }),
+            BuildError::Sandbox(SandboxError::Setup("mounting overlay: EPERM".into())),
+            BuildError::Layer(crate::layer::LayerError::Truncated),
+            BuildError::Interrupted,
+            BuildError::at("Dockerfile", 2, "COPY a b", BuildError::Invalid("x".into())),
+        ];
+        for e in &user {
+            assert!(!e.is_internal(), "{e:?}");
+        }
+    }
 
     #[test]
     fn tail_keeps_the_last_lines_and_the_unterminated_one() {

@@ -3,6 +3,9 @@
 
 mod base;
 mod error;
+mod executor;
+#[cfg(test)]
+mod fake;
 mod fetch;
 mod import;
 pub mod progress;
@@ -87,15 +90,16 @@ fn check_entitlements(plan: &Plan, req: &BuildRequest) -> Result<(), BuildError>
         for step in &stage.steps {
             if let plan::Op::Run(run) = &step.op {
                 if run.network == crate::dockerfile::instructions::NetworkMode::Host {
-                    return Err(BuildError::Step {
-                        file: req.dockerfile_name.clone(),
-                        line: step.line,
-                        text: step.text.clone(),
-                        message: "network.host is not allowed: RUN --network=host needs \
-                                  `--allow network.host` on the command line"
-                            .to_string(),
-                        output: Vec::new(),
-                    });
+                    return Err(BuildError::at(
+                        &req.dockerfile_name,
+                        step.line,
+                        &step.text,
+                        BuildError::Invalid(
+                            "network.host is not allowed: RUN --network=host needs \
+                             `--allow network.host` on the command line"
+                                .to_string(),
+                        ),
+                    ));
                 }
             }
         }
@@ -123,6 +127,17 @@ pub fn build(
     req: &BuildRequest,
     reporter: &dyn Reporter,
 ) -> Result<BuildOutcome, BuildError> {
+    build_with(store, registry, req, reporter, &executor::Sandboxed)
+}
+
+/// [`build`] with the steps' side effects going to `executor`.
+fn build_with(
+    store: &Store,
+    registry: &Client,
+    req: &BuildRequest,
+    reporter: &dyn Reporter,
+    executor: &dyn executor::Executor,
+) -> Result<BuildOutcome, BuildError> {
     let _lock = store.lock_shared()?;
     let scratch = store.tmp_dir()?;
     let _scratch = ScratchDir::set(scratch.path());
@@ -141,7 +156,7 @@ pub fn build(
     }
     check_entitlements(&plan, req)?;
 
-    let mut ctx = steps::Ctx::new(store, req, reporter, &bases, stage_names(&plan))?;
+    let mut ctx = steps::Ctx::new(store, executor, req, reporter, &bases, stage_names(&plan))?;
     let mut done: BTreeMap<usize, StageState> = BTreeMap::new();
     for wave in plan.waves() {
         check_interrupted()?;
@@ -298,3 +313,5 @@ pub fn metadata_json(image: &ImageRecord, tags: &[crate::image::Reference]) -> V
     }
     canonical_json(&v)
 }
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,6 @@
 //! Executing a stage's steps: cache lookup first, then RUN in the sandbox, COPY/ADD and
-//! WORKDIR as filesystem jobs over the stage's overlay, then snapshot and commit.
+//! WORKDIR as filesystem jobs over the stage's overlay, then snapshot and commit. Those
+//! side effects go through [`Executor`] (executor.rs); the decisions stay here.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,15 +12,16 @@ use crate::context::copier::{CopyJob, CopySrc};
 use crate::context::{self, IgnoreMatcher, StatCache};
 use crate::dockerfile::instructions::{MountType, NetworkMode, Security};
 use crate::image::{Digest, History, ImageConfig};
-use crate::layer::{self, Compression, SnapshotOptions};
+use crate::layer::Compression;
 use crate::plan::{
     self, CopyFrom, CopyOp, CopySource, MountFrom, Op, RunMount, RunOp, Sharing, Stage, Step,
 };
 use crate::sandbox::{self, FsSource, Mount, Network, Overlay, RunSpec};
-use crate::store::{CacheRecord, DiffTar, ImageRecord, Store};
+use crate::store::{CacheRecord, ImageRecord, Store};
 
 use super::base::Bases;
 use super::error::OutputTail;
+use super::executor::{Executor, Upper};
 use super::stage::StageState;
 use super::{
     check_interrupted, BuildError, BuildRequest, NamedContext, Reporter, SecretSource, StepId,
@@ -33,6 +35,8 @@ const FAILED_OUTPUT_LINES: usize = 10;
 /// A step context: one per stage building at a time (see [`Ctx::fork`]).
 pub struct Ctx<'a> {
     store: &'a Store,
+    /// Where the steps' side effects happen (the sandbox; a recording fake in tests).
+    executor: &'a dyn Executor,
     req: &'a BuildRequest,
     reporter: &'a dyn Reporter,
     bases: &'a Bases<'a>,
@@ -60,17 +64,19 @@ struct Shared {
 impl<'a> Ctx<'a> {
     pub fn new(
         store: &'a Store,
+        executor: &'a dyn Executor,
         req: &'a BuildRequest,
         reporter: &'a dyn Reporter,
         bases: &'a Bases<'a>,
         stage_names: bool,
     ) -> Result<Ctx<'a>, BuildError> {
         let ignore = IgnoreMatcher::load(&req.context, req.dockerfile_path.as_deref())?;
-        let stat_cache_path = store.root().join("statcache.json");
+        let stat_cache_path = store.stat_cache_path();
         let stat_cache = StatCache::load(&stat_cache_path);
         let created = created_time(req.source_date_epoch);
         Ok(Ctx {
             store,
+            executor,
             req,
             reporter,
             bases,
@@ -94,6 +100,7 @@ impl<'a> Ctx<'a> {
     pub fn fork(&self) -> Ctx<'a> {
         Ctx {
             store: self.store,
+            executor: self.executor,
             req: self.req,
             reporter: self.reporter,
             bases: self.bases,
@@ -209,10 +216,7 @@ impl<'a> Ctx<'a> {
                 Err(e) => {
                     let e = self.at_step(step, e);
                     // The reporter has shown the step's output already: only the reason here.
-                    let reason = match &e {
-                        BuildError::Step { message, .. } => message.clone(),
-                        e => e.to_string(),
-                    };
+                    let reason = e.cause().to_string();
                     self.reporter.failed(id, started.elapsed(), &reason);
                     return Err(e);
                 }
@@ -267,26 +271,22 @@ impl<'a> Ctx<'a> {
     }
 
     /// A failure caused by the step's input (a missing source, a bad URL or checksum, a
-    /// secret not given) shown with the step's Dockerfile line, as BuildKit does.
+    /// secret not given) or a failed RUN, located at the step's Dockerfile line, as
+    /// BuildKit does; other errors (the store, the sandbox's setup) are not the line's.
     fn at_step(&self, step: &Step, e: BuildError) -> BuildError {
-        let message = match &e {
+        let cause = match e {
             BuildError::Invalid(_)
+            | BuildError::Process { .. }
             | BuildError::Copy(_)
             | BuildError::Context(_)
-            | BuildError::Registry(_) => e.to_string(),
+            | BuildError::Registry(_) => e,
             // The copier and WORKDIR run in the sandbox helper: their message is the user's.
             BuildError::Sandbox(crate::sandbox::SandboxError::Handler { message, .. }) => {
-                message.clone()
+                BuildError::Invalid(message)
             }
-            _ => return e,
+            e => return e,
         };
-        BuildError::Step {
-            file: self.req.dockerfile_name.clone(),
-            line: step.line,
-            text: step.text.clone(),
-            message,
-            output: Vec::new(),
-        }
+        BuildError::at(&self.req.dockerfile_name, step.line, &step.text, cause)
     }
 
     /// One filesystem step; Ok(true) when it came from the cache.
@@ -330,7 +330,7 @@ impl<'a> Ctx<'a> {
         let phase = Instant::now();
         let always_layer = match &step.op {
             Op::Run(run) => {
-                self.run(step, run, rootfs, done, id)?;
+                self.run(run, rootfs, done, id)?;
                 true
             }
             Op::Copy(copy) => {
@@ -338,8 +338,7 @@ impl<'a> Ctx<'a> {
                 true
             }
             Op::Workdir { path, user } => {
-                let job = serde_json::json!({ "path": path, "user": user });
-                sandbox::fs_job(&rootfs, &[], job, "workdir")?;
+                self.executor.workdir(&rootfs, path, user)?;
                 false
             }
             Op::Config => unreachable!("config-only steps are handled by the caller"),
@@ -353,7 +352,12 @@ impl<'a> Ctx<'a> {
             .is_some();
         let mut history = history;
         if always_layer || changed {
-            let (chain, diff_id) = self.commit_upper(upper, state.top())?;
+            let upper = Upper {
+                dir: upper,
+                parent: state.top(),
+                source_date_epoch: self.req.source_date_epoch,
+            };
+            let (chain, diff_id) = self.executor.commit(self.store, upper)?;
             state.chains.push(chain);
             state.diff_ids.push(diff_id);
             self.reporter.phase(id, "snapshot+commit", phase.elapsed());
@@ -379,44 +383,18 @@ impl<'a> Ctx<'a> {
         Ok(false)
     }
 
-    /// Snapshot an upperdir (hashing its tar, storing none of it: [`crate::store::DiffTar`])
-    /// and commit it to the store as a layer.
-    fn commit_upper(
-        &self,
-        upper: PathBuf,
-        parent: Option<&Digest>,
-    ) -> Result<(Digest, Digest), BuildError> {
-        let opts = SnapshotOptions {
-            source_date_epoch: self.req.source_date_epoch,
-            skip: Vec::new(),
-        };
-        let (diff_id, size) = layer::snapshot_digest(&upper, &opts)?;
-        let tar = DiffTar {
-            size,
-            source_date_epoch: opts.source_date_epoch,
-        };
-        let record = self.store.commit_built_layer(upper, parent, diff_id, tar)?;
-        Ok((record.chain_id, record.diff_id))
-    }
-
     fn run(
         &mut self,
-        step: &Step,
         run: &RunOp,
         rootfs: Overlay,
         done: &BTreeMap<usize, StageState>,
         id: StepId,
     ) -> Result<(), BuildError> {
         if run.security == Security::Insecure {
-            return Err(BuildError::Step {
-                file: self.req.dockerfile_name.clone(),
-                line: step.line,
-                text: step.text.clone(),
-                message:
-                    "RUN --security=insecure is not supported: rbuild does not run privileged steps"
-                        .to_string(),
-                output: Vec::new(),
-            });
+            return Err(BuildError::Invalid(
+                "RUN --security=insecure is not supported: rbuild does not run privileged steps"
+                    .to_string(),
+            ));
         }
         let mut env = run.env.clone();
         env.extend(run.proxy_env.iter().cloned());
@@ -449,17 +427,14 @@ impl<'a> Ctx<'a> {
         };
         let reporter = self.reporter;
         let mut tail = OutputTail::new(FAILED_OUTPUT_LINES);
-        let exit = sandbox::run(&spec, &mut |bytes| {
+        let exit = self.executor.run(&spec, &mut |bytes| {
             tail.push(bytes);
             reporter.output(id, bytes)
         })?;
         check_interrupted()?;
         match exit.failure_message(&run.argv) {
             None => Ok(()),
-            Some(message) => Err(BuildError::Step {
-                file: self.req.dockerfile_name.clone(),
-                line: step.line,
-                text: step.text.clone(),
+            Some(message) => Err(BuildError::Process {
                 message,
                 output: tail.finish(),
             }),
@@ -509,9 +484,7 @@ impl<'a> Ctx<'a> {
             preserve_owner: !matches!(copy.from, CopyFrom::Context | CopyFrom::BuildContext(_)),
         };
         let source = self.source_root(&copy.from, done)?;
-        let job = serde_json::to_value(&job).expect("a copy job serializes");
-        sandbox::fs_job(&rootfs, std::slice::from_ref(&source), job, "copy")?;
-        Ok(())
+        self.executor.copy(&rootfs, &source, &job)
     }
 
     /// Where a COPY reads from: the context, a named context, or a stage's / image's rootfs.
@@ -582,23 +555,18 @@ impl<'a> Ctx<'a> {
             }
             MountType::Cache => {
                 let id = m.id.clone().unwrap_or_else(|| m.target.clone());
-                let base = self.store.root().join("mounts/cache");
-                std::fs::create_dir_all(&base).map_err(BuildError::io("creating", &base))?;
                 let name = cache_mount_name(&id, m.uid, m.gid, m.mode);
                 // The sandbox creates the directory itself, with the mount's uid/gid/mode.
-                let dir = base.join(&name);
-                let lock_path = base.join(format!("{name}.lock"));
+                let dir = self.store.cache_mount_dir(&name)?;
                 let source = match m.sharing.unwrap_or(Sharing::Shared) {
                     Sharing::Shared => dir,
                     // One writer at a time: wait for the others.
                     Sharing::Locked => {
-                        guards.push(MountGuard::Lock(
-                            lock_cache(&lock_path, true)?.expect("blocking lock"),
-                        ));
+                        guards.push(MountGuard::Lock(self.store.lock_cache_mount(&name)?));
                         dir
                     }
                     // In use by another step: this one gets a fresh, throwaway directory.
-                    Sharing::Private => match lock_cache(&lock_path, false)? {
+                    Sharing::Private => match self.store.try_lock_cache_mount(&name)? {
                         Some(lock) => {
                             guards.push(MountGuard::Lock(lock));
                             dir
@@ -850,7 +818,7 @@ fn apply_record(state: &mut StageState, rec: &CacheRecord, key: String) {
 /// What a RUN's cache mounts hold while the step runs.
 enum MountGuard {
     /// `sharing=locked` / `private`: the cache directory's flock.
-    Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>),
+    Lock(#[allow(dead_code)] crate::store::FileLock),
     /// `sharing=private` while the cache is in use: a directory of this step's own.
     Dir(#[allow(dead_code)] tempfile::TempDir),
 }
@@ -867,30 +835,6 @@ fn cache_mount_name(id: &str, uid: Option<u32>, gid: Option<u32>, mode: Option<u
         format!("{id}\0{uid}:{gid}:{mode:o}")
     };
     Digest::of(key.as_bytes()).hex().to_string()
-}
-
-/// Take the flock beside a cache directory; `wait=false` gives None when it is held.
-fn lock_cache(
-    path: &Path,
-    wait: bool,
-) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, BuildError> {
-    use nix::fcntl::{Flock, FlockArg};
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(BuildError::io("opening", path))?;
-    let arg = if wait {
-        FlockArg::LockExclusive
-    } else {
-        FlockArg::LockExclusiveNonblock
-    };
-    match Flock::lock(file, arg) {
-        Ok(lock) => Ok(Some(lock)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
-        Err((_, errno)) => Err(BuildError::io("locking", path)(std::io::Error::from(errno))),
-    }
 }
 
 /// The stage part of a step label: its name, or `stage-N` for an unnamed stage.

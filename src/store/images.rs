@@ -307,7 +307,7 @@ impl Store {
     }
 
     /// Remove what no tag needs: layers, blobs, and cache records whose layers are gone (with
-    /// `all`, every cache record). Takes the store lock exclusively; fails with
+    /// `all`, every cache record, the RUN cache mounts and the context stat cache). Takes the store lock exclusively; fails with
     /// [`StoreError::Busy`] while a build holds it. The caller must not hold a [`super::StoreLock`].
     pub fn prune(&self, all: bool) -> Result<PruneStats> {
         let _lock = self.try_lock_exclusive()?;
@@ -345,6 +345,10 @@ impl Store {
                 fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
                 stats.cache_records += 1;
             }
+        }
+        // BuildKit keeps cache mounts unless told to drop all of its cache.
+        if all {
+            stats.bytes += self.remove_build_state()?;
         }
 
         // A kept layer needs its parents (they are its overlay lowerdirs).

@@ -526,7 +526,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Sum of regular file sizes under `dir` (hard links counted once), without following links.
-fn content_size(dir: &Path) -> Result<u64> {
+pub(super) fn content_size(dir: &Path) -> Result<u64> {
     let mut total = 0;
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![dir.to_path_buf()];

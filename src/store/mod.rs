@@ -19,18 +19,21 @@ mod blobs;
 mod cache;
 mod images;
 mod layers;
+mod lock;
+mod mounts;
 mod trash;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::image::Digest;
 
 pub use cache::CacheRecord;
 pub use images::{chains_of, ImageRecord, PruneStats};
+use layers::content_size;
 pub use layers::{chain_id, BlobRef, DiffTar, LayerBlobs, LayerBytes, LayerReader, LayerRecord};
+pub use lock::{FileLock, LockMode};
 
 /// Errors from the store; each names the path or object it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether this is a broken invariant of rbuild's own (a bug: exit code 101): a cache
+    /// key or a layer list rbuild computed itself is wrong. Everything else comes from the
+    /// disk (full, unreadable, damaged from outside), the user's input or another process.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::InvalidCacheKey(_)
+                | StoreError::LayerCountMismatch { .. }
+                | StoreError::ImageDiffIdMismatch { .. }
+        )
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -125,7 +140,7 @@ pub struct Store {
     fresh: std::sync::Mutex<std::collections::HashSet<Digest>>,
     /// Held (exclusive flock) for as long as the store is open: tells `open` in other
     /// processes that `session` is alive.
-    _session_lock: File,
+    _session_lock: FileLock,
 }
 
 /// Makes the store root 0700, whatever it was. Layer trees hold what RUN steps and pulled
@@ -146,7 +161,7 @@ fn close_to_others(root: &Path) -> Result<()> {
 /// A held flock on the store's `lock` file; released on drop.
 #[derive(Debug)]
 pub struct StoreLock {
-    _file: File,
+    _lock: FileLock,
 }
 
 impl Store {
@@ -169,10 +184,7 @@ impl Store {
         // Sweeping and creating a session happen under one exclusive lock, so a sweeper never
         // sees a session directory whose owner has not locked it yet.
         let tmp = root.join("tmp");
-        let sweep_lock = flock_path(
-            &tmp.join(".lock"),
-            rustix::fs::FlockOperation::LockExclusive,
-        )?;
+        let sweep_lock = flock_path(&tmp.join(".lock"), LockMode::Exclusive)?;
         let trash = tmp.join(trash::TRASH);
         fs::create_dir_all(&trash).map_err(StoreError::io("creating", &trash))?;
         trash::sweep_tmp(&tmp, &trash)?;
@@ -213,31 +225,23 @@ impl Store {
 
     /// Take the store lock shared (builds); blocks while a prune holds it.
     pub fn lock_shared(&self) -> Result<StoreLock> {
-        let file = flock_path(
-            &self.root.join("lock"),
-            rustix::fs::FlockOperation::LockShared,
-        )?;
-        Ok(StoreLock { _file: file })
+        let lock = flock_path(&self.root.join("lock"), LockMode::Shared)?;
+        Ok(StoreLock { _lock: lock })
     }
 
     /// Take the store lock exclusively (prune); blocks while builds hold it.
     pub fn lock_exclusive(&self) -> Result<StoreLock> {
-        let file = flock_path(
-            &self.root.join("lock"),
-            rustix::fs::FlockOperation::LockExclusive,
-        )?;
-        Ok(StoreLock { _file: file })
+        let lock = flock_path(&self.root.join("lock"), LockMode::Exclusive)?;
+        Ok(StoreLock { _lock: lock })
     }
 
     /// Take the store lock exclusively, or fail with [`StoreError::Busy`] at once.
     pub fn try_lock_exclusive(&self) -> Result<StoreLock> {
         let path = self.root.join("lock");
-        match flock_path(&path, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(file) => Ok(StoreLock { _file: file }),
-            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::WouldBlock => {
-                Err(StoreError::Busy(self.root.clone()))
-            }
-            Err(e) => Err(e),
+        match FileLock::try_lock(&path, LockMode::Exclusive) {
+            Ok(Some(lock)) => Ok(StoreLock { _lock: lock }),
+            Ok(None) => Err(StoreError::Busy(self.root.clone())),
+            Err(e) => Err(StoreError::io("locking", path)(e)),
         }
     }
 
@@ -252,8 +256,8 @@ impl Store {
 
     /// Serializes read-modify-write of index.json between processes. index.json itself is
     /// replaced by rename, so the lock lives on the store root directory, which never changes.
-    fn index_lock(&self) -> Result<File> {
-        flock_path(&self.root, rustix::fs::FlockOperation::LockExclusive)
+    fn index_lock(&self) -> Result<FileLock> {
+        flock_path(&self.root, LockMode::Exclusive)
     }
 
     /// fsync every directory a record was renamed into since the last call. Called before
@@ -262,7 +266,7 @@ impl Store {
         let dirs =
             std::mem::take(&mut *self.pending_dirs.lock().unwrap_or_else(|e| e.into_inner()));
         for dir in &dirs {
-            File::open(dir)
+            fs::File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(StoreError::io("syncing", dir))?;
         }
@@ -333,30 +337,25 @@ impl Drop for Store {
     }
 }
 
-/// Open (creating) `path` and flock it with `op`.
-fn flock_path(path: &Path, op: rustix::fs::FlockOperation) -> Result<File> {
-    let file = if path.is_dir() {
-        File::open(path)
-    } else {
-        OpenOptions::new().create(true).append(true).open(path)
-    }
-    .map_err(StoreError::io("opening lock", path))?;
-    rustix::fs::flock(file.as_fd(), op)
-        .map_err(|e| StoreError::io("locking", path)(io::Error::from(e)))?;
-    Ok(file)
+/// Open (creating) `path` and flock it, waiting for other holders.
+fn flock_path(path: &Path, mode: LockMode) -> Result<FileLock> {
+    FileLock::wait(path, mode).map_err(StoreError::io("locking", path))
 }
 
 /// Create this process's session dir with its lock held.
-fn new_session(tmp: &Path) -> Result<(PathBuf, File)> {
+fn new_session(tmp: &Path) -> Result<(PathBuf, FileLock)> {
     let dir = tempfile::Builder::new()
         .prefix(&format!("s{}-", std::process::id()))
         .tempdir_in(tmp)
         .map_err(StoreError::io("creating session dir in", tmp))?
         .keep();
-    let lock = flock_path(
-        &dir.join(".lock"),
-        rustix::fs::FlockOperation::NonBlockingLockExclusive,
-    )?;
+    // The directory is new and ours: nobody else can hold its lock.
+    let path = dir.join(".lock");
+    let lock = FileLock::try_lock(&path, LockMode::Exclusive)
+        .map_err(StoreError::io("locking", &path))?
+        .ok_or_else(|| {
+            StoreError::io("locking", &path)(io::Error::from(io::ErrorKind::WouldBlock))
+        })?;
     Ok((dir, lock))
 }
 

@@ -630,3 +630,30 @@ fn the_process_that_built_a_layer_copies_it_without_hashing_again() {
         "{err}"
     );
 }
+
+/// Regression (issue 15): cache mounts and the stat cache lived at paths exec built itself,
+/// and prune never removed them. Plain prune keeps them (BuildKit keeps cache mounts
+/// unless told to remove everything); `--all` removes both.
+#[test]
+fn prune_all_removes_cache_mounts_and_the_stat_cache() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let mount = s.cache_mount_dir("m").unwrap();
+    std::fs::create_dir(&mount).unwrap();
+    std::fs::write(mount.join("f"), b"cached").unwrap();
+    let lock = s.lock_cache_mount("m").unwrap();
+    assert!(s.try_lock_cache_mount("m").unwrap().is_none(), "held");
+    drop(lock);
+    std::fs::write(s.stat_cache_path(), b"{}").unwrap();
+
+    s.prune(false).unwrap();
+    assert!(mount.join("f").exists());
+    assert!(s.stat_cache_path().exists());
+
+    let stats = s.prune(true).unwrap();
+    assert!(!mount.exists());
+    assert!(!s.stat_cache_path().exists());
+    assert!(stats.bytes >= 8, "{stats:?}");
+    // A later build creates them again.
+    assert!(s.try_lock_cache_mount("m").unwrap().is_some());
+}

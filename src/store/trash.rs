@@ -14,13 +14,12 @@
 //! says how old and how big each is. Removal runs on background threads; the store joins
 //! them when it closes.
 
-use std::fs::{self, File};
-use std::os::fd::AsFd;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Result, Store, StoreError};
+use super::{FileLock, Result, Store, StoreError};
 
 pub(super) const TRASH: &str = ".trash";
 
@@ -195,17 +194,8 @@ pub(super) fn sweep_tmp(tmp: &Path, trash: &Path) -> Result<()> {
             continue;
         }
         let path = entry.path();
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            if let Ok(file) = File::open(path.join(".lock")) {
-                let held = rustix::fs::flock(
-                    file.as_fd(),
-                    rustix::fs::FlockOperation::NonBlockingLockExclusive,
-                )
-                .is_err();
-                if held {
-                    continue;
-                }
-            }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) && FileLock::is_held(&path.join(".lock")) {
+            continue;
         }
         let tag = format!("{}-{}", name.to_string_lossy(), next_seq());
         let _ = fs::rename(&path, trash.join(entry_name(None, &tag)));

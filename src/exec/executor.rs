@@ -1,0 +1,82 @@
+//! The side effects of a step, behind one small trait (openshift/imagebuilder's `Executor`):
+//! run a RUN step in the sandbox, copy files for COPY/ADD, create a WORKDIR, and snapshot an
+//! upperdir into a committed layer. Everything else the executor does (cache lookup, cache
+//! keys, whether a step makes a layer, history and config) stays in steps.rs, where a
+//! recording fake (`exec::fake::Recording`) lets unit tests watch it without root.
+
+use std::path::PathBuf;
+
+use crate::context::copier::CopyJob;
+use crate::image::Digest;
+use crate::layer::{self, SnapshotOptions};
+use crate::sandbox::{self, Exit, FsSource, Overlay, RunSpec};
+use crate::store::{DiffTar, Store};
+
+use super::BuildError;
+
+pub trait Executor: Sync {
+    /// Run a RUN step's process over `spec.rootfs`; `output` gets what it prints.
+    fn run(&self, spec: &RunSpec, output: &mut dyn FnMut(&[u8])) -> Result<Exit, BuildError>;
+
+    /// Copy `job`'s sources from `source` into `rootfs` (COPY and ADD).
+    fn copy(&self, rootfs: &Overlay, source: &FsSource, job: &CopyJob) -> Result<(), BuildError>;
+
+    /// Create WORKDIR `path` (owned by `user`) in `rootfs` if it is missing.
+    fn workdir(&self, rootfs: &Overlay, path: &str, user: &str) -> Result<(), BuildError>;
+
+    /// Snapshot a step's upperdir and commit it to the store as a layer: (chain id,
+    /// diff id).
+    fn commit(&self, store: &Store, upper: Upper<'_>) -> Result<(Digest, Digest), BuildError>;
+}
+
+/// A step's upperdir, to become a layer on `parent`.
+pub struct Upper<'a> {
+    pub dir: PathBuf,
+    pub parent: Option<&'a Digest>,
+    /// Clamps the snapshot's mtimes.
+    pub source_date_epoch: Option<crate::image::SourceDateEpoch>,
+}
+
+/// The real one: the sandbox helper runs steps and file jobs; layers go to the store.
+pub struct Sandboxed;
+
+impl Executor for Sandboxed {
+    fn run(&self, spec: &RunSpec, output: &mut dyn FnMut(&[u8])) -> Result<Exit, BuildError> {
+        Ok(sandbox::run(spec, output)?)
+    }
+
+    fn copy(&self, rootfs: &Overlay, source: &FsSource, job: &CopyJob) -> Result<(), BuildError> {
+        let job = serde_json::to_value(job).expect("a copy job serializes");
+        sandbox::fs_job(rootfs, std::slice::from_ref(source), job, "copy")?;
+        Ok(())
+    }
+
+    fn workdir(&self, rootfs: &Overlay, path: &str, user: &str) -> Result<(), BuildError> {
+        let job = serde_json::json!({ "path": path, "user": user });
+        sandbox::fs_job(rootfs, &[], job, "workdir")?;
+        Ok(())
+    }
+
+    fn commit(&self, store: &Store, upper: Upper<'_>) -> Result<(Digest, Digest), BuildError> {
+        commit_upper(store, upper)
+    }
+}
+
+/// Snapshot an upperdir (hashing its tar, storing none of it: [`crate::store::DiffTar`])
+/// and commit it to the store as a layer.
+pub(super) fn commit_upper(
+    store: &Store,
+    upper: Upper<'_>,
+) -> Result<(Digest, Digest), BuildError> {
+    let opts = SnapshotOptions {
+        source_date_epoch: upper.source_date_epoch,
+        skip: Vec::new(),
+    };
+    let (diff_id, size) = layer::snapshot_digest(&upper.dir, &opts)?;
+    let tar = DiffTar {
+        size,
+        source_date_epoch: opts.source_date_epoch,
+    };
+    let record = store.commit_built_layer(upper.dir, upper.parent, diff_id, tar)?;
+    Ok((record.chain_id, record.diff_id))
+}

@@ -1,0 +1,100 @@
+//! A recording [`Executor`] for unit tests: it does in the upperdir what a step would (a
+//! file per RUN and COPY, the directory for a WORKDIR that is missing), so commits make
+//! real layers, and records every call.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Mutex;
+
+use super::executor::{commit_upper, Executor, Upper};
+use super::BuildError;
+use crate::context::copier::CopyJob;
+use crate::image::Digest;
+use crate::sandbox::{Exit, FsSource, Overlay, RunSpec};
+use crate::store::Store;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// The spec without its rootfs (scratch paths differ run to run).
+    Run(Box<RunSpec>),
+    Copy {
+        dest: String,
+        add: bool,
+    },
+    Workdir {
+        path: String,
+    },
+    Commit,
+}
+
+#[derive(Default)]
+pub struct Recording {
+    pub calls: Mutex<Vec<Call>>,
+    /// Whether a WORKDIR finds its directory there already (else it creates it).
+    pub workdir_exists: AtomicBool,
+    /// Whether a RUN changes nothing (else it writes a file named `ran`).
+    pub run_writes_nothing: AtomicBool,
+    /// The exit code every RUN gets.
+    pub exit_code: AtomicI32,
+}
+
+impl Recording {
+    /// The calls so far, and forget them.
+    pub fn take(&self) -> Vec<Call> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+
+    fn record(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+fn write(upper: &std::path::Path, name: &str, content: &str) {
+    std::fs::write(
+        upper.join(name.trim_matches('/').replace('/', "_")),
+        content,
+    )
+    .unwrap();
+}
+
+impl Executor for Recording {
+    fn run(&self, spec: &RunSpec, output: &mut dyn FnMut(&[u8])) -> Result<Exit, BuildError> {
+        if !self.run_writes_nothing.load(Ordering::SeqCst) {
+            write(&spec.rootfs.upper, "ran", &spec.argv.join(" "));
+        }
+        output(b"fake output\n");
+        let mut recorded = spec.clone();
+        recorded.rootfs = Overlay {
+            lowers: Vec::new(),
+            upper: PathBuf::new(),
+            work: PathBuf::new(),
+        };
+        self.record(Call::Run(Box::new(recorded)));
+        Ok(Exit::Code(self.exit_code.load(Ordering::SeqCst)))
+    }
+
+    fn copy(&self, rootfs: &Overlay, _source: &FsSource, job: &CopyJob) -> Result<(), BuildError> {
+        write(&rootfs.upper, &job.dest, &format!("{:?}", job.sources));
+        self.record(Call::Copy {
+            dest: job.dest.clone(),
+            add: job.add,
+        });
+        Ok(())
+    }
+
+    fn workdir(&self, rootfs: &Overlay, path: &str, _user: &str) -> Result<(), BuildError> {
+        if !self.workdir_exists.load(Ordering::SeqCst) {
+            let dir = rootfs.upper.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        self.record(Call::Workdir {
+            path: path.to_string(),
+        });
+        Ok(())
+    }
+
+    fn commit(&self, store: &Store, upper: Upper<'_>) -> Result<(Digest, Digest), BuildError> {
+        self.record(Call::Commit);
+        commit_upper(store, upper)
+    }
+}
