@@ -1,21 +1,19 @@
 //! The build context: `.dockerignore` matching, resolving COPY/ADD sources (wildcards,
-//! symlinks clamped to a root), content digests for cache keys, and the copier that runs
-//! COPY/ADD inside the sandbox helper.
+//! symlinks clamped to a root) and content digests for cache keys. What COPY/ADD write into
+//! an image root is `fileop`'s.
 //!
 //! Path semantics follow BuildKit (fsutil and continuity's `fs.RootPath`): every path is
 //! resolved beneath a root, `..` stops at the root and absolute symlink targets restart
 //! from the root, so nothing outside the root is ever read or written.
 
-pub mod copier;
 pub mod digest;
 pub mod dockerignore;
 mod glob;
-mod walk;
+pub(crate) mod walk;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use copier::{copy, CopyError, CopyJob, CopySrc, CopyStats};
 pub use digest::{content_digest, StatCache};
 pub use dockerignore::IgnoreMatcher;
 

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
-use crate::context::{ContextError, CopyError};
+use crate::context::ContextError;
+use crate::fileop::CopyError;
 use crate::layer::LayerError;
 use crate::plan::PlanError;
 use crate::registry::RegistryError;

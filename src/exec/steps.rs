@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::context::copier::{CopyJob, CopySrc};
 use crate::context::{self, IgnoreMatcher, StatCache};
 use crate::dockerfile::instructions::{MountType, NetworkMode, Security};
+use crate::fileop::{CopyJob, CopySrc};
 use crate::image::{Digest, History, ImageConfig};
 use crate::layer::{self, Compression, SnapshotOptions};
 use crate::plan::{

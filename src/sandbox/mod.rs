@@ -367,11 +367,11 @@ pub fn fs_dispatch(
         "mkdir" => mkdir_handler(job, merged_root),
         "workdir" => workdir_handler(job, merged_root),
         "copy" => {
-            let job: crate::context::copier::CopyJob =
+            let job: crate::fileop::copy::CopyJob =
                 serde_json::from_value(job).map_err(|e| format!("bad job: {e}"))?;
             let source = sources.first().ok_or("the copy job has no source")?;
-            let stats = crate::context::copier::copy(&job, source, merged_root)
-                .map_err(|e| e.to_string())?;
+            let stats =
+                crate::fileop::copy::copy(&job, source, merged_root).map_err(|e| e.to_string())?;
             serde_json::to_value(stats).map_err(|e| e.to_string())
         }
         other => Err(format!("unknown filesystem job handler `{other}`")),

@@ -35,8 +35,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::digest::base_name;
-use super::{clean_rel, host_path, resolve_in_root, walk, ContextError, IgnoreMatcher};
+use crate::context::digest::base_name;
+use crate::context::{clean_rel, host_path, resolve_in_root, walk, ContextError, IgnoreMatcher};
 
 /// One COPY/ADD step, as the executor hands it to the sandbox helper.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
