@@ -25,13 +25,12 @@
 //! - ADD extracts local tar archives (plain, gzip, bzip2, xz, zstd; detected by content)
 //!   into the destination directory, refusing entries that would leave it.
 
-use crate::layer::apply::lenient;
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -131,8 +130,12 @@ pub enum CopyError {
     },
     #[error("cannot replace directory {0} with a non-directory")]
     ReplaceDirectory(String),
-    #[error("extracting {archive}: {reason}")]
-    Archive { archive: PathBuf, reason: String },
+    #[error("extracting {archive}: {source}")]
+    Archive {
+        archive: PathBuf,
+        #[source]
+        source: crate::layer::LayerError,
+    },
 }
 
 fn io_err(path: &Path, e: io::Error) -> CopyError {
@@ -863,193 +866,26 @@ fn decompressing_reader(path: &Path) -> Result<Box<dyn Read>, CopyError> {
 }
 
 impl Copier<'_> {
-    /// Extract a tar stream into `dir` (root-relative, resolved, existing). Each entry's
-    /// parent is resolved with `dir` as the root (Docker chroots there), so neither `..`
-    /// nor a symlink in the archive can reach outside it; the entry itself is never
-    /// written through an existing symlink.
+    /// Extract a tar stream into `dir` (root-relative, resolved, existing) with the applier
+    /// that pulled layers go through (layer::apply::extract): `dir` is the root for every
+    /// path and symlink of the archive, ids out of range are refused.
     fn extract(
         &mut self,
         reader: Box<dyn Read>,
         archive: &Path,
         dir: &str,
     ) -> Result<(), CopyError> {
-        let bad = |reason: String| CopyError::Archive {
-            archive: archive.to_path_buf(),
-            reason,
-        };
-        let base = self.host(dir);
-        let mut ar = tar::Archive::new(reader);
-        let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
-        let entries = ar.entries().map_err(|e| bad(e.to_string()))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| bad(e.to_string()))?;
-            let raw = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
-            let Some(rel) = archive_rel(&raw) else {
-                return Err(bad(format!(
-                    "entry `{}` escapes the destination",
-                    raw.display()
-                )));
-            };
-            if rel.is_empty() {
-                continue; // "./": the destination itself
-            }
-            let parent = resolve_in_root(&base, parent_of(&rel), true)?;
-            let name = base_name(&rel);
-            // Missing parents: 0755, root (or --chown) owned, as Docker's untar.
-            let mut cur = String::new();
-            for comp in parent.split('/').filter(|c| !c.is_empty()) {
-                cur = join(&cur, comp);
-                let h = host_path(&base, &cur);
-                match fs::symlink_metadata(&h) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        return Err(bad(format!(
-                            "`{}`: parent is not a directory",
-                            raw.display()
-                        )))
-                    }
-                    Err(_) => {
-                        fs::create_dir(&h).map_err(|e| io_err(&h, e))?;
-                        let (uid, gid) = self.owner.unwrap_or((0, 0));
-                        std::os::unix::fs::lchown(&h, Some(uid), Some(gid))
-                            .map_err(|e| io_err(&h, e))?;
-                        fs::set_permissions(&h, fs::Permissions::from_mode(0o755))
-                            .map_err(|e| io_err(&h, e))?;
-                    }
-                }
-            }
-            let dst = host_path(&base, &join(&parent, name));
-            let header = entry.header().clone();
-            let kind = header.entry_type();
-            let existing = fs::symlink_metadata(&dst).ok();
-            if let Some(m) = &existing {
-                if !(m.is_dir() && kind.is_dir()) {
-                    if m.is_dir() {
-                        fs::remove_dir_all(&dst).map_err(|e| io_err(&dst, e))?;
-                    } else {
-                        fs::remove_file(&dst).map_err(|e| io_err(&dst, e))?;
-                    }
-                }
-            }
-            let old = header.as_old();
-            let mode = lenient(header.mode().map(u64::from), &old.mode)
-                .map_err(|e| bad(e.to_string()))? as u32
-                & 0o7777;
-            let (uid, gid) = match self.owner {
-                Some(o) => o,
-                None => (
-                    lenient(header.uid(), &old.uid).map_err(|e| bad(e.to_string()))? as u32,
-                    lenient(header.gid(), &old.gid).map_err(|e| bad(e.to_string()))? as u32,
-                ),
-            };
-            let mtime = header.mtime().unwrap_or(0) as i64;
-            match kind {
-                tar::EntryType::Directory => {
-                    if existing.as_ref().is_none_or(|m| !m.is_dir()) {
-                        fs::create_dir(&dst).map_err(|e| io_err(&dst, e))?;
-                        self.stats.dirs += 1;
-                    }
-                    dir_times.push((dst.clone(), mtime));
-                }
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let mut to = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .mode(0o600)
-                        .open(&dst)
-                        .map_err(|e| io_err(&dst, e))?;
-                    let n = io::copy(&mut entry, &mut to)
-                        .map_err(|e| bad(format!("`{}`: {e}", raw.display())))?;
-                    self.stats.files += 1;
-                    self.stats.bytes += n;
-                }
-                tar::EntryType::Symlink => {
-                    let target = entry
-                        .link_name()
-                        .map_err(|e| bad(e.to_string()))?
-                        .ok_or_else(|| {
-                            bad(format!("`{}`: symlink without target", raw.display()))
-                        })?;
-                    std::os::unix::fs::symlink(&target, &dst).map_err(|e| io_err(&dst, e))?;
-                    self.stats.symlinks += 1;
-                }
-                tar::EntryType::Link => {
-                    let target = entry
-                        .link_name()
-                        .map_err(|e| bad(e.to_string()))?
-                        .ok_or_else(|| {
-                            bad(format!("`{}`: hard link without target", raw.display()))
-                        })?;
-                    let Some(trel) = archive_rel(&target) else {
-                        return Err(bad(format!(
-                            "hard link `{}` escapes the destination",
-                            target.display()
-                        )));
-                    };
-                    let tparent = resolve_in_root(&base, parent_of(&trel), true)?;
-                    let thost = host_path(&base, &join(&tparent, base_name(&trel)));
-                    match fs::symlink_metadata(&thost) {
-                        Ok(m) if m.is_file() => {}
-                        _ => {
-                            return Err(bad(format!(
-                                "hard link target `{}` is not an earlier file",
-                                target.display()
-                            )))
-                        }
-                    }
-                    fs::hard_link(&thost, &dst).map_err(|e| io_err(&dst, e))?;
-                    self.stats.hardlinks += 1;
-                    continue; // shares the target's metadata
-                }
-                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                    let major = header.device_major().ok().flatten().unwrap_or(0);
-                    let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                    let ftype = match kind {
-                        tar::EntryType::Char => libc::S_IFCHR,
-                        tar::EntryType::Block => libc::S_IFBLK,
-                        _ => libc::S_IFIFO,
-                    };
-                    mknod(&dst, ftype | mode, rustix::fs::makedev(major, minor))?;
-                    self.stats.specials += 1;
-                }
-                tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
-                other => {
-                    return Err(bad(format!(
-                        "`{}`: unsupported entry type {other:?}",
-                        raw.display()
-                    )))
-                }
-            }
-            std::os::unix::fs::lchown(&dst, Some(uid), Some(gid)).map_err(|e| io_err(&dst, e))?;
-            if kind != tar::EntryType::Symlink {
-                fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
-                    .map_err(|e| io_err(&dst, e))?;
-            }
-            set_times(&dst, mtime, 0, mtime, 0)?;
-        }
-        for (d, mtime) in dir_times.iter().rev() {
-            set_times(d, *mtime, 0, *mtime, 0)?;
-        }
+        let stats = crate::layer::apply::extract(reader, &self.host(dir), self.owner).map_err(
+            |source| CopyError::Archive {
+                archive: archive.to_path_buf(),
+                source,
+            },
+        )?;
+        self.stats.files += stats.entries;
+        self.stats.bytes += stats.bytes;
         self.stats.archives += 1;
         Ok(())
     }
-}
-
-/// An archive entry name as a clean relative path, or None when `..` would climb above
-/// the destination (Docker refuses these as breakouts). Leading `/` is dropped.
-fn archive_rel(p: &Path) -> Option<String> {
-    let mut parts: Vec<String> = Vec::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
-            Component::ParentDir => {
-                parts.pop()?;
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    Some(parts.join("/"))
 }
 
 #[cfg(test)]
@@ -1759,5 +1595,72 @@ mod tests {
         assert!(e.dst.join("y/evil2").is_file());
         assert!(!outside.exists());
         assert!(!e.dst.join("etc/evil").exists());
+    }
+    /// Regression (issue 15): ADD extracted local archives through the copier's own
+    /// path-string resolver and cast tar ids with `as u32`, so a base-256 uid of 2^32
+    /// became 0 (root). Archives now go through layer::apply, as pulled layers do: an
+    /// out-of-range id is refused naming the entry, `..` cannot leave the destination and
+    /// the archive's own symlinks resolve inside it.
+    #[test]
+    fn add_archives_go_through_the_hardened_applier() {
+        use tar::EntryType::*;
+        let e = env();
+        let host = e.dst.parent().unwrap().to_path_buf();
+        let entry = |b: &mut tar::Builder<Vec<u8>>, name: &str, kind, uid: u64, data: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_entry_type(kind);
+            h.set_mode(0o644);
+            h.set_uid(uid);
+            h.set_gid(0);
+            let body: &[u8] = if kind == Symlink {
+                b""
+            } else {
+                data.as_bytes()
+            };
+            if kind == Symlink {
+                h.set_link_name(data).unwrap();
+            }
+            h.set_size(body.len() as u64);
+            h.set_cksum();
+            b.append(&h, body).unwrap();
+        };
+        // A uid of 2^32, written base-256 (GNU binary numbers).
+        let mut b = tar::Builder::new(Vec::new());
+        entry(&mut b, "fine", Regular, 5, "ok");
+        entry(&mut b, "big", Regular, 1 << 32, "root?");
+        fs::write(e.src.join("ids.tar"), b.into_inner().unwrap()).unwrap();
+        let err = run(&e, &add_job("ids.tar", "/ids/")).unwrap_err();
+        assert!(matches!(err, CopyError::Archive { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("big") && msg.contains("uid out of range"),
+            "{msg}"
+        );
+        assert!(!e.dst.join("ids/big").exists());
+
+        // `../x` names a path outside the destination.
+        let mut b = tar::Builder::new(Vec::new());
+        entry(&mut b, "../x", Regular, 0, "out");
+        fs::write(e.src.join("up.tar"), b.into_inner().unwrap()).unwrap();
+        let err = run(&e, &add_job("up.tar", "/up/")).unwrap_err();
+        assert!(matches!(err, CopyError::Archive { .. }), "{err}");
+        assert!(err.to_string().contains("../x"), "{err}");
+        assert!(!host.join("x").exists() && !e.dst.join("x").exists());
+
+        // A symlink that climbs out, then a file through it: it lands inside the
+        // destination, never on the host.
+        let mut b = tar::Builder::new(Vec::new());
+        entry(&mut b, "l", Symlink, 0, "../../../../..");
+        entry(&mut b, "l/x", Regular, 9, "through");
+        entry(&mut b, "abs", Symlink, 0, &host.display().to_string());
+        entry(&mut b, "abs/y", Regular, 9, "abs");
+        fs::write(e.src.join("links2.tar"), b.into_inner().unwrap()).unwrap();
+        run(&e, &add_job("links2.tar", "/in/")).unwrap();
+        assert!(!host.join("x").exists() && !host.join("y").exists());
+        assert_eq!(fs::read_to_string(e.dst.join("in/x")).unwrap(), "through");
+        let inner = e.dst.join("in").join(host.strip_prefix("/").unwrap());
+        assert_eq!(fs::read_to_string(inner.join("y")).unwrap(), "abs");
+        assert_eq!(fs::symlink_metadata(e.dst.join("in/x")).unwrap().uid(), 9);
     }
 }
