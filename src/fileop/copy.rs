@@ -35,7 +35,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::context::digest::base_name;
-use crate::context::{clean_rel, host_path, resolve_in_root, walk, ContextError, IgnoreMatcher};
+use crate::context::{host_path, open_root, resolve, walk, ContextError, IgnoreMatcher};
+use crate::sandbox::root::{clean, Root};
 
 /// One COPY/ADD step, as the executor hands it to the sandbox helper.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -172,7 +173,7 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
     } else {
         format!("{}/{}", job.workdir, job.dest)
     };
-    let dest_rel = clean_rel(&dest_abs);
+    let dest_rel = clean(&dest_abs);
 
     // fsutil's ensureDstPath: the destination itself when it ends in `/`, else its parent.
     let ensure = if dest_is_dir || job.parents {
@@ -182,6 +183,7 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
     };
     let mut c = Copier {
         dest_root,
+        root: open_root(dest_root)?,
         owner,
         // fsutil's MkdirAll gets an octal --chmod as its mode (BuildKit v0.21, fsutil
         // 183e7fb), through Go's os.FileMode, which keeps only the permission bits.
@@ -209,7 +211,7 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
                     }
                     if job.add && m.meta.is_file() {
                         if let Some(reader) = open_archive(&m.host)? {
-                            let dir = resolve_in_root(dest_root, &dest_rel, true)?;
+                            let dir = resolve(&c.root, &dest_rel, true)?;
                             c.mkdir_all(&dir, UNPACK_DIR_MODE)?;
                             c.extract(reader, &m.host, &dir)?;
                             continue;
@@ -231,7 +233,7 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
                 // `ADD --unpack=true <url>`: a downloaded archive is extracted like a local one.
                 if *unpack {
                     if let Some(reader) = open_archive(file)? {
-                        let dir = resolve_in_root(dest_root, &dest_rel, true)?;
+                        let dir = resolve(&c.root, &dest_rel, true)?;
                         c.mkdir_all(&dir, UNPACK_DIR_MODE)?;
                         c.extract(reader, file, &dir)?;
                         continue;
@@ -280,6 +282,8 @@ enum ExistingDir {
 
 struct Copier<'a> {
     dest_root: &'a Path,
+    /// `dest_root`, for resolving paths beneath it.
+    root: Root,
     owner: Option<(u32, u32)>,
     /// Mode of the directories made on the way to the destination: 0755, or an octal
     /// --chmod's permission bits.
@@ -305,7 +309,7 @@ impl Copier<'_> {
     /// fsutil's ensureDstPath, made before each source is copied (BuildKit copies nothing,
     /// and creates nothing, for a wildcard that matched nothing), resolved inside the root.
     fn ensure_dest(&mut self) -> Result<(), CopyError> {
-        let real = resolve_in_root(self.dest_root, &self.ensure, true)?;
+        let real = resolve(&self.root, &self.ensure, true)?;
         self.mkdir_all(&real, self.parent_mode)
     }
 
@@ -341,7 +345,7 @@ impl Copier<'_> {
         base: &str,
         dest_rel: &str,
     ) -> Result<String, CopyError> {
-        let dest = resolve_in_root(self.dest_root, dest_rel, true)?;
+        let dest = resolve(&self.root, dest_rel, true)?;
         let existing = fs::metadata(self.host(&dest)).ok();
         let target = match &existing {
             Some(m) if m.is_dir() && !src_is_dir => join(&dest, base),
@@ -476,7 +480,7 @@ impl Copier<'_> {
             Ok(t) => t.to_string_lossy().into_owned(),
             Err(e) => return io_err(host, e),
         };
-        match resolve_in_root(self.dest_root, &path, true) {
+        match resolve(&self.root, &path, true) {
             Ok(resolved) => CopyError::DirectoryThroughSymlink {
                 path,
                 target,
@@ -563,9 +567,10 @@ impl Copier<'_> {
         add: bool,
     ) -> Result<(), CopyError> {
         let anchor = match source.find("/./") {
-            Some(i) => clean_rel(&source[..i]),
+            Some(i) => clean(&source[..i]),
             None => String::new(),
         };
+        let src = open_root(src_root)?;
         for m in walk::resolve(src_root, source, true, ignore)? {
             if excludes.matches(base_name(&m.named)) {
                 continue;
@@ -580,13 +585,13 @@ impl Copier<'_> {
             };
             self.ensure_dest()?;
             // Intermediate directories are copies of the source's, not fresh 0755 ones.
-            let dest_base = resolve_in_root(self.dest_root, dest_rel, true)?;
+            let dest_base = resolve(&self.root, dest_rel, true)?;
             let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
             let mut cur = dest_base.clone();
             for (k, comp) in comps.iter().enumerate().take(comps.len().saturating_sub(1)) {
                 cur = join(&cur, comp);
                 let src_dir = join(&anchor, &comps[..=k].join("/"));
-                let real = resolve_in_root(src_root, &src_dir, true)?;
+                let real = resolve(&src, &src_dir, true)?;
                 let src_host = host_path(src_root, &real);
                 let meta = fs::metadata(&src_host).map_err(|e| io_err(&src_host, e))?;
                 let dst_host = self.host(&cur);
@@ -696,7 +701,7 @@ fn resolve_chown(spec: &str, dest_root: &Path) -> Result<(u32, u32), CopyError> 
 }
 
 fn read_image_file(root: &Path, rel: &str) -> Result<String, CopyError> {
-    let real = resolve_in_root(root, rel, true)?;
+    let real = resolve(&open_root(root)?, rel, true)?;
     let path = host_path(root, &real);
     match fs::read(&path) {
         Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),

@@ -998,19 +998,9 @@ pub(crate) fn join_path(base: &str, p: &str) -> String {
     }
 }
 
-/// Go's `path.Clean` for absolute paths.
+/// Go's `path.Clean` for absolute paths, with the one lexical cleaner.
 pub(crate) fn clean_path(p: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    format!("/{}", crate::sandbox::root::clean(p))
 }
 
 /// `80`, `80/udp`, `8000-8002/tcp` -> `["80/tcp"]`, ... (docker's nat.ParsePortSpecs).

@@ -22,6 +22,8 @@ pub enum Kind {
 pub struct Root {
     fd: OwnedFd,
     abs: PathBuf,
+    /// `abs` with its symlinks resolved, as /proc/self/fd shows the paths beneath it.
+    real: PathBuf,
 }
 
 /// Symlinks followed while creating one path before giving up (the kernel's own limit).
@@ -56,9 +58,11 @@ impl Root {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
         Ok(Root {
             fd,
             abs: abs.to_path_buf(),
+            real,
         })
     }
 
@@ -124,7 +128,7 @@ impl Root {
     /// The path of an fd opened inside this root, relative to the root ("" for the root).
     pub fn relative(&self, fd: BorrowedFd<'_>) -> io::Result<String> {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
-        let rel = link.strip_prefix(&self.abs).map_err(|_| {
+        let rel = link.strip_prefix(&self.real).map_err(|_| {
             io::Error::other(format!(
                 "{} resolved outside the root {}",
                 link.display(),
@@ -132,6 +136,56 @@ impl Root {
             ))
         })?;
         Ok(rel.to_string_lossy().into_owned())
+    }
+
+    /// Resolves `path` inside the root as the container would see it, without creating
+    /// anything (BuildKit's `fs.RootPath`): symlinks are followed inside the root, components
+    /// that do not exist (from the first missing one on) are taken as they are. With
+    /// `follow_last` false a symlink in the last component names the link itself. Returns
+    /// the path relative to the root (`""` for the root); ELOOP after too many links.
+    pub fn resolve(&self, path: &str, follow_last: bool) -> io::Result<String> {
+        self.resolve_inner(&clean(path), follow_last, 0)
+    }
+
+    fn resolve_inner(&self, rel: &str, follow_last: bool, links: usize) -> io::Result<String> {
+        if rel.is_empty() {
+            return Ok(String::new());
+        }
+        let nofollow = if follow_last {
+            OFlags::empty()
+        } else {
+            OFlags::NOFOLLOW
+        };
+        match self.open_in(rel, OFlags::PATH | nofollow) {
+            Ok(fd) => return self.relative(fd.as_fd()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+            Err(e) => return Err(e),
+        }
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let parent = self.resolve_inner(parent, true, links)?;
+        let joined = if parent.is_empty() {
+            name.to_string()
+        } else {
+            format!("{parent}/{name}")
+        };
+        if follow_last {
+            // A dangling symlink: where it points, resolved the same way.
+            if let Ok(pfd) = self.open_in(&parent, OFlags::PATH | OFlags::DIRECTORY) {
+                if let Ok(target) = rustix::fs::readlinkat(&pfd, name, Vec::new()) {
+                    if links >= MAX_LINKS {
+                        return Err(rustix::io::Errno::LOOP.into());
+                    }
+                    let target = target.to_string_lossy();
+                    let next = if target.starts_with('/') {
+                        clean(&target)
+                    } else {
+                        clean(&format!("{parent}/{target}"))
+                    };
+                    return self.resolve_inner(&next, true, links + 1);
+                }
+            }
+        }
+        Ok(joined)
     }
 
     /// Opens `path` (O_PATH), creating what is missing: parents as directories with mode
@@ -238,6 +292,11 @@ mod tests {
         assert_eq!(clean("/a/./b/../c/"), "a/c");
         assert_eq!(clean("../../etc"), "etc");
         assert_eq!(clean("/"), "");
+        // Moved from context::clean_rel, the twin this one replaced.
+        assert_eq!(clean("a/./b/../c"), "a/c");
+        assert_eq!(clean("/x/y/"), "x/y");
+        assert_eq!(clean("../../x"), "x");
+        assert_eq!(clean("."), "");
     }
 
     #[test]
