@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::digest::base_name;
 use crate::context::{host_path, open_root, resolve, walk, ContextError, IgnoreMatcher};
 use crate::sandbox::root::{clean, Root};
+use crate::sandbox::user::UserError;
 
 /// One COPY/ADD step, as the executor hands it to the sandbox helper.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -148,8 +149,9 @@ fn io_err(path: &Path, e: io::Error) -> CopyError {
 
 /// Run one COPY/ADD; see the module docs.
 pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStats, CopyError> {
+    let root = open_root(dest_root)?;
     let owner = match &job.chown {
-        Some(spec) => Some(resolve_chown(spec, dest_root)?),
+        Some(spec) => Some(resolve_chown(spec, &root)?),
         None => None,
     };
     let chmod = match &job.chmod {
@@ -183,7 +185,7 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
     };
     let mut c = Copier {
         dest_root,
-        root: open_root(dest_root)?,
+        root,
         owner,
         // fsutil's MkdirAll gets an octal --chmod as its mode (BuildKit v0.21, fsutil
         // 183e7fb), through Go's os.FileMode, which keeps only the permission bits.
@@ -669,55 +671,16 @@ fn copy_xattrs(src: &Path, dst: &Path) -> Result<(), CopyError> {
 // ---------------------------------------------------------------------------------------
 // --chown and --chmod
 
-/// `user[:group]` -> (uid, gid), BuildKit style: a numeric user is its own gid; a named
-/// user takes its primary group from passwd; names come from the image's files.
-fn resolve_chown(spec: &str, dest_root: &Path) -> Result<(u32, u32), CopyError> {
-    let (user, group) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    if user.is_empty() || group == Some("") {
-        return Err(CopyError::BadChown(spec.to_string()));
-    }
-    let (uid, mut gid) = match user.parse::<u32>() {
-        Ok(id) => (id, id),
-        Err(_) => {
-            let passwd = read_image_file(dest_root, "etc/passwd")?;
-            lookup(&passwd, user, 2, 3).ok_or_else(|| CopyError::UnknownUser(user.to_string()))?
-        }
-    };
-    if let Some(group) = group {
-        gid = match group.parse::<u32>() {
-            Ok(id) => id,
-            Err(_) => {
-                let groups = read_image_file(dest_root, "etc/group")?;
-                lookup(&groups, group, 2, 2)
-                    .map(|(g, _)| g)
-                    .ok_or_else(|| CopyError::UnknownGroup(group.to_string()))?
-            }
-        };
-    }
-    Ok((uid, gid))
-}
-
-fn read_image_file(root: &Path, rel: &str) -> Result<String, CopyError> {
-    let real = resolve(&open_root(root)?, rel, true)?;
-    let path = host_path(root, &real);
-    match fs::read(&path) {
-        Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(io_err(&path, e)),
-    }
-}
-
-/// Find `name` in a colon-separated database; return fields `a` and `b` as numbers.
-fn lookup(db: &str, name: &str, a: usize, b: usize) -> Option<(u32, u32)> {
-    db.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.first() != Some(&name) || f.len() <= a.max(b) {
-            return None;
-        }
-        Some((f[a].trim().parse().ok()?, f[b].trim().parse().ok()?))
+/// `--chown` -> (uid, gid), names from the image's passwd and group (sandbox::user, the
+/// one reader of those files, has BuildKit's rules for it).
+fn resolve_chown(spec: &str, root: &Root) -> Result<(u32, u32), CopyError> {
+    let users = root
+        .user_db()
+        .map_err(|e| io_err(&root.path().join("etc/passwd"), e))?;
+    users.chown(spec).map_err(|e| match e {
+        UserError::NoUser(u) => CopyError::UnknownUser(u),
+        UserError::NoGroup(g) => CopyError::UnknownGroup(g),
+        UserError::Range(_) => CopyError::BadChown(spec.to_string()),
     })
 }
 

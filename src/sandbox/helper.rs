@@ -21,7 +21,7 @@ use nix::unistd::{ForkResult, Gid, Uid};
 use rustix::fs::OFlags;
 
 use super::root::{Kind, Root};
-use super::user::{self, ExecUser};
+use super::user::ExecUser;
 use super::{Exit, Failure, FsSource, Job, Mount, Network, Overlay, Reply, RunSpec, Stub};
 
 type Res<T> = Result<T, Failure>;
@@ -582,18 +582,13 @@ fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<Reply> 
     let root_path = mount_rootfs(&spec.rootfs, scratch)?;
     let root = ctx(Root::open(&root_path), || "opening the root".into())?;
 
-    let read = |p: &str| -> Res<Option<String>> {
-        let bytes = ctx(root.read(p), || format!("reading {p} in the image"))?;
-        Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
-    };
-    let (passwd, group) = (read("/etc/passwd")?, read("/etc/group")?);
-    let exec_user =
-        user::resolve(&spec.user, passwd.as_deref(), group.as_deref()).map_err(|e| {
-            Failure::User {
-                spec: spec.user.clone(),
-                message: e.to_string(),
-            }
-        })?;
+    let users = ctx(root.user_db(), || {
+        "reading /etc/passwd and /etc/group in the image".into()
+    })?;
+    let exec_user = users.resolve(&spec.user).map_err(|e| Failure::User {
+        spec: spec.user.clone(),
+        message: e.to_string(),
+    })?;
 
     // The working directory belongs to the layer (BuildKit creates it, owned by the user).
     ctx(

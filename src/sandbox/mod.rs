@@ -429,15 +429,9 @@ fn workdir_handler(job: Value, merged_root: &Path) -> Result<Value, String> {
     let job: WorkdirJob = serde_json::from_value(job).map_err(|e| format!("bad job: {e}"))?;
     let root = root::Root::open(merged_root)
         .map_err(|e| format!("opening {}: {e}", merged_root.display()))?;
-    let read = |p: &str| {
-        root.read(p)
-            .ok()
-            .flatten()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-    };
-    let (passwd, group) = (read("/etc/passwd"), read("/etc/group"));
-    let user =
-        user::resolve(&job.user, passwd.as_deref(), group.as_deref()).map_err(|e| e.to_string())?;
+    // As before the one reader: files that cannot be read count as absent here.
+    let users = root.user_db().unwrap_or_default();
+    let user = users.resolve(&job.user).map_err(|e| e.to_string())?;
     let mut created = Vec::new();
     root.ensure(
         &job.path,

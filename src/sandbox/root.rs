@@ -125,6 +125,19 @@ impl Root {
         }
     }
 
+    /// The image's /etc/passwd and /etc/group, for [`super::user::UserDb`].
+    pub fn user_db(&self) -> io::Result<super::user::UserDb> {
+        let read = |p: &str| -> io::Result<Option<String>> {
+            Ok(self
+                .read(p)?
+                .map(|b| String::from_utf8_lossy(&b).into_owned()))
+        };
+        Ok(super::user::UserDb {
+            passwd: read("/etc/passwd")?,
+            group: read("/etc/group")?,
+        })
+    }
+
     /// The path of an fd opened inside this root, relative to the root ("" for the root).
     pub fn relative(&self, fd: BorrowedFd<'_>) -> io::Result<String> {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
