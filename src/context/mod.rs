@@ -20,12 +20,13 @@ pub use digest::{content_digest, StatCache};
 pub use dockerignore::IgnoreMatcher;
 
 /// Errors from reading the build context (ignore files, sources, digests, stat cache).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ContextError {
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
+        #[serde(with = "crate::sandbox::wire::io_error")]
         source: io::Error,
     },
     #[error("invalid pattern `{pattern}`: {reason}")]

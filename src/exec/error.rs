@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use crate::context::ContextError;
-use crate::fileop::CopyError;
+use crate::fileop::{CopyError, FileJobError};
 use crate::layer::LayerError;
 use crate::plan::PlanError;
 use crate::registry::RegistryError;
@@ -33,6 +33,8 @@ pub enum BuildError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Copy(#[from] CopyError),
+    #[error(transparent)]
+    FileJob(#[from] FileJobError),
     #[error(transparent)]
     Context(#[from] ContextError),
     #[error("{what} `{}`: {source}", path.display())]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::context::{self, IgnoreMatcher, StatCache};
 use crate::dockerfile::instructions::{MountType, NetworkMode, Security};
-use crate::fileop::{CopyJob, CopySrc};
+use crate::fileop::{CopyJob, CopySrc, FileJob, WorkdirJob};
 use crate::image::{Digest, History, ImageConfig};
 use crate::layer::{self, Compression, SnapshotOptions};
 use crate::plan::{
@@ -55,6 +55,8 @@ struct Shared {
     next_id: AtomicUsize,
     /// Set when a stage failed: the others stop before their next step.
     cancelled: AtomicBool,
+    /// Where the sandbox puts its per-step scratch directories (the build's tmp session).
+    scratch_dir: PathBuf,
 }
 
 impl<'a> Ctx<'a> {
@@ -64,6 +66,7 @@ impl<'a> Ctx<'a> {
         reporter: &'a dyn Reporter,
         bases: &'a Bases<'a>,
         stage_names: bool,
+        scratch_dir: &std::path::Path,
     ) -> Result<Ctx<'a>, BuildError> {
         let ignore = IgnoreMatcher::load(&req.context, req.dockerfile_path.as_deref())?;
         let stat_cache_path = store.root().join("statcache.json");
@@ -79,6 +82,7 @@ impl<'a> Ctx<'a> {
                 stat_cache: Mutex::new(stat_cache),
                 next_id: AtomicUsize::new(1),
                 cancelled: AtomicBool::new(false),
+                scratch_dir: scratch_dir.to_path_buf(),
             }),
             stat_cache_path,
             created,
@@ -273,11 +277,9 @@ impl<'a> Ctx<'a> {
             BuildError::Invalid(_)
             | BuildError::Copy(_)
             | BuildError::Context(_)
-            | BuildError::Registry(_) => e.to_string(),
+            | BuildError::Registry(_)
             // The copier and WORKDIR run in the sandbox helper: their message is the user's.
-            BuildError::Sandbox(crate::sandbox::SandboxError::Handler { message, .. }) => {
-                message.clone()
-            }
+            | BuildError::FileJob(_) => e.to_string(),
             _ => return e,
         };
         BuildError::Step {
@@ -338,8 +340,11 @@ impl<'a> Ctx<'a> {
                 true
             }
             Op::Workdir { path, user } => {
-                let job = serde_json::json!({ "path": path, "user": user });
-                sandbox::fs_job(&rootfs, &[], job, "workdir")?;
+                let job = FileJob::Workdir(WorkdirJob {
+                    path: path.clone(),
+                    user: user.clone(),
+                });
+                sandbox::fs_job(Some(&self.shared.scratch_dir), &rootfs, &[], job)??;
                 false
             }
             Op::Config => unreachable!("config-only steps are handled by the caller"),
@@ -449,7 +454,7 @@ impl<'a> Ctx<'a> {
         };
         let reporter = self.reporter;
         let mut tail = OutputTail::new(FAILED_OUTPUT_LINES);
-        let exit = sandbox::run(&spec, &mut |bytes| {
+        let exit = sandbox::run(&spec, Some(&self.shared.scratch_dir), &mut |bytes| {
             tail.push(bytes);
             reporter.output(id, bytes)
         })?;
@@ -509,8 +514,9 @@ impl<'a> Ctx<'a> {
             preserve_owner: !matches!(copy.from, CopyFrom::Context | CopyFrom::BuildContext(_)),
         };
         let source = self.source_root(&copy.from, done)?;
-        let job = serde_json::to_value(&job).expect("a copy job serializes");
-        sandbox::fs_job(&rootfs, std::slice::from_ref(&source), job, "copy")?;
+        let sources = std::slice::from_ref(&source);
+        let scratch = Some(self.shared.scratch_dir.as_path());
+        sandbox::fs_job(scratch, &rootfs, sources, FileJob::Copy(job))??;
         Ok(())
     }
 

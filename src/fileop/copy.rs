@@ -93,7 +93,7 @@ pub struct CopyStats {
     pub archives: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum CopyError {
     #[error(transparent)]
     Context(#[from] ContextError),
@@ -101,11 +101,15 @@ pub enum CopyError {
     Io {
         path: PathBuf,
         #[source]
+        #[serde(with = "crate::sandbox::wire::io_error")]
         source: io::Error,
     },
     /// Docker's wording, kept verbatim because users search for it.
     #[error("When using {command} with more than one source file, the destination must be a directory and end with a /")]
-    MultipleSourcesNeedDirectory { command: &'static str },
+    MultipleSourcesNeedDirectory {
+        #[serde(with = "crate::sandbox::wire::static_str")]
+        command: crate::sandbox::wire::StaticStr,
+    },
     #[error("invalid --chown `{0}`")]
     BadChown(String),
     #[error("unable to find user {0}: no matching entries in passwd file")]

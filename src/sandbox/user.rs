@@ -22,7 +22,7 @@ pub struct ExecUser {
 }
 
 /// Why a USER string could not be resolved; the message mirrors runc's wording.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum UserError {
     #[error("unable to find user {0}: no matching entries in passwd file")]
     NoUser(String),
