@@ -8,6 +8,7 @@ use super::{
     Base, BaseResolver, BuildOptions, CopyFrom, CopyOp, CopySource, InjectedFile, KeyMaterial,
     MountFrom, Op, Plan, PlanError, RunMount, RunOp, Sharing, Source, Stage, Step,
 };
+use crate::dockerfile::chmod::Chmod;
 use crate::dockerfile::instructions::{
     self, CommandForm, Healthcheck, Instruction, Located, MountFlag, MountType, NetworkMode,
     Security,
@@ -891,12 +892,12 @@ impl Ctx<'_, '_> {
         let opt_ex = |v: &Option<String>| -> Result<Option<String>, PlanError> {
             v.as_deref().map(|v| self.ex(line, v, scope)).transpose()
         };
-        let chmod = opt_ex(&c.chmod)?;
-        if let Some(m) = &chmod {
-            if !instructions::valid_chmod(m) || m.contains('$') {
-                return Err(self.src.at(line, ErrorKind::BadChmod(m.clone())));
-            }
-        }
+        let chmod = match opt_ex(&c.chmod)? {
+            Some(m) => Some(
+                Chmod::parse(&m).map_err(|_| self.src.at(line, ErrorKind::BadChmod(m.clone())))?,
+            ),
+            None => None,
+        };
         let checksum = opt_ex(&c.checksum)?;
         if checksum.is_some() {
             let http = matches!(sources.as_slice(), [CopySource::Url(u)] if u.starts_with("http"));
