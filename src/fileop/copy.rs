@@ -98,13 +98,6 @@ pub struct CopyStats {
 pub enum CopyError {
     #[error(transparent)]
     Context(#[from] ContextError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        #[serde(with = "crate::sandbox::wire::io_error")]
-        source: io::Error,
-    },
     /// Docker's wording, kept verbatim because users search for it.
     #[error("When using {command} with more than one source file, the destination must be a directory and end with a /")]
     MultipleSourcesNeedDirectory {
@@ -144,10 +137,7 @@ pub enum CopyError {
 }
 
 fn io_err(path: &Path, e: io::Error) -> CopyError {
-    CopyError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
+    CopyError::Context(ContextError::io(path, e))
 }
 
 /// Run one COPY/ADD; see the module docs.

@@ -51,6 +51,29 @@ pub fn clean(path: &str) -> String {
     out.join("/")
 }
 
+/// Where the symlink `name` in the directory `dir` (`parent`, root-relative) leads, as a
+/// cleaned root-relative path; `None` when it is not a symlink. ELOOP once `links` links
+/// were followed.
+fn link_target(
+    dir: BorrowedFd<'_>,
+    parent: &str,
+    name: &str,
+    links: usize,
+) -> io::Result<Option<String>> {
+    let Ok(target) = rustix::fs::readlinkat(dir, name, Vec::new()) else {
+        return Ok(None);
+    };
+    if links >= MAX_LINKS {
+        return Err(rustix::io::Errno::LOOP.into());
+    }
+    let target = target.to_string_lossy();
+    Ok(Some(if target.starts_with('/') {
+        clean(&target)
+    } else {
+        clean(&format!("{parent}/{target}"))
+    }))
+}
+
 impl Root {
     pub fn open(abs: &Path) -> io::Result<Root> {
         let fd = rustix::fs::open(
@@ -184,16 +207,7 @@ impl Root {
         if follow_last {
             // A dangling symlink: where it points, resolved the same way.
             if let Ok(pfd) = self.open_in(&parent, OFlags::PATH | OFlags::DIRECTORY) {
-                if let Ok(target) = rustix::fs::readlinkat(&pfd, name, Vec::new()) {
-                    if links >= MAX_LINKS {
-                        return Err(rustix::io::Errno::LOOP.into());
-                    }
-                    let target = target.to_string_lossy();
-                    let next = if target.starts_with('/') {
-                        clean(&target)
-                    } else {
-                        clean(&format!("{parent}/{target}"))
-                    };
+                if let Some(next) = link_target(pfd.as_fd(), &parent, name, links)? {
                     return self.resolve_inner(&next, true, links + 1);
                 }
             }
@@ -253,17 +267,8 @@ impl Root {
             Err(rustix::io::Errno::EXIST) => {
                 // It exists but did not resolve: a dangling symlink. Create its target,
                 // resolved from the link's directory, as the container would.
-                let target = rustix::fs::readlinkat(&pfd, name, Vec::new())
-                    .map_err(|_| io::Error::from(rustix::io::Errno::EXIST))?;
-                if links >= MAX_LINKS {
-                    return Err(rustix::io::Errno::LOOP.into());
-                }
-                let target = target.to_string_lossy();
-                let next = if target.starts_with('/') {
-                    clean(&target)
-                } else {
-                    clean(&format!("{parent}/{target}"))
-                };
+                let next = link_target(pfd.as_fd(), parent, name, links)?
+                    .ok_or(rustix::io::Errno::EXIST)?;
                 return self.ensure_inner(&next, kind, mode, owner, created, links + 1);
             }
             Err(e) => return Err(e.into()),
