@@ -7,7 +7,8 @@
 #                                           (one this script started, never someone else's)
 #                                           and prints the line that points tests at it:
 #       eval "$(sudo scripts/test-env.sh)"  # export RBUILD_TEST_REGISTRY=localhost:5000
-#       sudo -E cargo test --test build     # then run single test binaries against it
+#       sudo -E cargo test --test build -- --include-ignored
+#                                           # then run single test binaries against it
 #                                           (RBUILD_TEST_DEV_PORT=N: another port)
 #   scripts/test-env.sh --no-dev-registry   only tools, docker and the seeded storage
 #                                           (what scripts/test.sh uses)

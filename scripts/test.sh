@@ -11,6 +11,11 @@
 # find it in RBUILD_TEST_REGISTRY. At the end the run fails if the tests left anything in it
 # (or docker images in its name), and the registry and its storage are removed, also when
 # the tests fail or the run is interrupted.
+#
+# Tests that need root, docker or a registry are `#[ignore = "needs ..."]`, so that a plain
+# `cargo test` lists what it did not run; this script runs them too (`--include-ignored`,
+# unless TEST_ARGS say `--ignored` or `--include-ignored`), and there a missing
+# prerequisite fails the test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "scripts/test.sh: run as root (sudo): the tests mount overlays and make namespaces" >&2; exit 1; }
@@ -74,6 +79,8 @@ status=0
 # Two threads unless told otherwise: the machine has two cores and each e2e case runs two
 # builders.
 [[ " ${test_args[*]} " == *" --test-threads"* ]] || test_args=(--test-threads=2 "${test_args[@]}")
+[[ " ${test_args[*]} " == *" --ignored "* || " ${test_args[*]} " == *" --include-ignored "* ]] ||
+  test_args=(--include-ignored "${test_args[@]}")
 cargo test --locked "${cargo_args[@]}" -- "${test_args[@]}" || status=$?
 
 # Hygiene: every test removes what it pushes (tests/support RegistryImage) and the docker

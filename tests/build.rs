@@ -265,10 +265,9 @@ fn tar_gz(name: &str, content: &[u8]) -> Vec<u8> {
 // 1. Secrets
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn secrets_reach_run_as_files_targets_and_env_but_never_the_image_or_store() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     const FILE_SECRET: &[u8] = b"file-secret-9f3a1c77e2";
     const ENV_SECRET: &str = "env-secret-51be0d4c8a";
     let store = tempfile::tempdir().unwrap();
@@ -376,10 +375,9 @@ fn secrets_reach_run_as_files_targets_and_env_but_never_the_image_or_store() {
 // 2. ADD <url>
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn add_url_downloads_with_mode_0600_checks_checksums_and_keeps_archives_whole() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let hello = b"hello over http\n".to_vec();
     let archive = tar_gz("inside.txt", b"inside the archive\n");
     let port = serve(vec![
@@ -479,10 +477,9 @@ fn add_url_downloads_with_mode_0600_checks_checksums_and_keeps_archives_whole() 
 // 3. CLI: result files, quiet and plain progress, stdin, target, warnings, platform
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn iidfile_metadata_file_and_quiet_agree_on_the_image() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     let ctx = context(&format!("FROM {BASE}\nRUN echo hi > /hi\n"), &[]);
     let files = tempfile::tempdir().unwrap();
@@ -522,10 +519,9 @@ fn iidfile_metadata_file_and_quiet_agree_on_the_image() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn plain_progress_numbers_steps_and_marks_cached_ones() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     let ctx = context(
         &format!(
@@ -570,10 +566,9 @@ fn plain_progress_numbers_steps_and_marks_cached_ones() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn dockerfile_from_stdin_and_target_stage() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     // The context has no Dockerfile: `-f -` must not need one.
     let ctx = tempfile::tempdir().unwrap();
@@ -620,10 +615,9 @@ fn dockerfile_from_stdin_and_target_stage() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn unused_build_arg_warns_and_used_one_does_not() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     let ctx = context(
         &format!("FROM {BASE}\nARG USED\nRUN echo $USED > /v\n"),
@@ -647,10 +641,9 @@ fn unused_build_arg_warns_and_used_one_does_not() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn platform_other_than_the_host_is_refused_and_the_host_is_accepted() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     let ctx = context(&format!("FROM {BASE}\nRUN true\n"), &[]);
     let other = if host_arch() == "arm64" {
@@ -683,10 +676,9 @@ fn inspect_last(store: &Path, ctx: &Path, args: &[&str]) -> serde_json::Value {
 // 4. The build cache
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn rebuild_hits_the_cache_for_every_step_and_no_cache_runs_them_again() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     let ctx = context(
         &format!(
@@ -722,10 +714,9 @@ fn rebuild_hits_the_cache_for_every_step_and_no_cache_runs_them_again() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn copy_sources_are_cached_by_content_not_mtime() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     let ctx = context(
         &format!(
@@ -763,10 +754,9 @@ fn copy_sources_are_cached_by_content_not_mtime() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn a_changed_build_arg_invalidates_the_runs_that_see_it() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     let ctx = context(
         &format!(
@@ -806,10 +796,9 @@ fn a_changed_build_arg_invalidates_the_runs_that_see_it() {
 // 5. Load, named contexts, ONBUILD, stage graphs
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn load_puts_a_runnable_image_into_docker() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let tag = "rbuild-test/features-load:1";
     let _ = run(docker().args(["rmi", "-f", tag]));
     let store = tempfile::tempdir().unwrap();
@@ -829,10 +818,9 @@ fn load_puts_a_runnable_image_into_docker() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn named_build_context_feeds_copy_from() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     let extra = tempfile::tempdir().unwrap();
     std::fs::create_dir(extra.path().join("sub")).unwrap();
@@ -864,10 +852,9 @@ fn named_build_context_feeds_copy_from() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn onbuild_triggers_run_after_from_in_the_child_and_are_not_inherited() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     // One store: the child's FROM finds the parent by its tag there.
     let store = tempfile::tempdir().unwrap();
     let parent_tag = "rbuild-test/features-onbuild-parent:1";
@@ -910,10 +897,9 @@ fn onbuild_triggers_run_after_from_in_the_child_and_are_not_inherited() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn two_independent_stages_feed_a_third() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     let ctx = context(
         &format!(
@@ -952,10 +938,9 @@ fn two_independent_stages_feed_a_third() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn add_url_is_cached_by_the_downloaded_content() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let files = Arc::new(Mutex::new(vec![("/v.txt", b"first\n".to_vec())]));
     let port = serve_shared(files.clone());
     let store = tempfile::tempdir().unwrap();
@@ -980,10 +965,9 @@ fn add_url_is_cached_by_the_downloaded_content() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn concurrent_builds_share_one_store() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     let ctxs: Vec<TempDir> = ["one", "two"]
         .iter()
@@ -1026,10 +1010,9 @@ fn concurrent_builds_share_one_store() {
 // 6. Failures
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn a_failing_run_shows_its_output_exit_code_and_line_and_writes_no_output() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     let ctx = context(
         &format!(
@@ -1093,9 +1076,12 @@ fn a_failing_run_shows_its_output_exit_code_and_line_and_writes_no_output() {
     );
 }
 
-/// Bad command lines and inputs: no root or registry needed, and never exit code 101.
+/// Bad command lines and inputs: no registry needed (root: rbuild refuses other users), and
+/// never exit code 101.
 #[test]
+#[ignore = "needs root"]
 fn bad_invocations_give_clear_messages_and_user_exit_codes() {
+    needs_root();
     let store = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
 
@@ -1153,10 +1139,9 @@ fn bad_invocations_give_clear_messages_and_user_exit_codes() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn cache_mounts_honour_sharing_and_ownership() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     // Two independent stages run at once; with sharing=locked their critical sections on
     // the cache never interleave. The cache dir is created with the mount's uid and mode.

@@ -7,10 +7,9 @@ use std::fs;
 use support::*;
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn oci_layout_and_docker_image_contexts_serve_from_and_copy_from() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
     // An image written as an OCI layout directory is the base of a second build.
@@ -84,10 +83,9 @@ fn oci_layout_and_docker_image_contexts_serve_from_and_copy_from() {
 /// A base tag is looked up in the registry once, then served from the store (offline
 /// builds); `--pull` looks again and sees the tag moved.
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn pull_flag_re_resolves_a_moved_base_tag() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let t = tempfile::tempdir().unwrap();
     let base = format!("{REGISTRY}/rbuild-test/pull-flag-{}:1", std::process::id());
     // Each publish pushes a manifest under the same tag: both are deleted at the end.
@@ -144,11 +142,10 @@ fn pull_flag_re_resolves_a_moved_base_tag() {
 /// copied as an empty regular file with the socket's permission bits, as BuildKit's context
 /// transfer sends it; rbuild used to drop it. docker build must agree entry for entry.
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn context_socket_is_copied_as_an_empty_regular_file() {
     use std::os::unix::fs::PermissionsExt;
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let t = tempfile::tempdir().unwrap();
     let ctx = t.path().join("ctx");
     fs::create_dir_all(ctx.join("run")).unwrap();

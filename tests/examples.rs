@@ -151,10 +151,9 @@ fn http_get(port: u16) -> String {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn static_site() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let args = ["--build-arg", &format!("BASE={BUSYBOX}")];
     let (_dir, _archive, image, _loaded) = rbuild_example("static-site", &args, &[]);
     assert_eq!(docker_run(&image, &["id", "-un"]).trim(), "web");
@@ -191,10 +190,9 @@ fn static_site() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn python_app() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let args = ["--build-arg", &format!("BASE={DEBIAN}")];
     let (_dir, _archive, image, _loaded) = rbuild_example("python-app", &args, &[]);
     let out = docker_run(&image, &[]);
@@ -207,10 +205,9 @@ fn python_app() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn c_multistage() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let base = format!("BASE={DEBIAN}");
     let runtime = format!("RUNTIME={BUSYBOX}");
     let args = ["--build-arg", &base, "--build-arg", &runtime];
@@ -243,10 +240,9 @@ fn c_multistage() {
 /// Heredocs need a newer frontend than docker 20.10's, so this example is checked by running
 /// the image only.
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn heredoc_mounts() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     // As in the example's comment, the secret comes from an environment variable; a value
     // unique to this run makes a leak into a layer detectable.
     let secret = format!("rbuild-example-secret-{}", std::process::id());

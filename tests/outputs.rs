@@ -196,7 +196,7 @@ fn blobs_of(files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-fn skopeo_ok() -> bool {
+fn needs_skopeo() {
     require(
         Command::new("skopeo").arg("--version").output().is_ok(),
         "skopeo",
@@ -331,11 +331,11 @@ fn docker_rmi(images: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn docker_archive_loads_runs_and_reads_as_docker_and_oci() {
     let _docker = docker_lock();
-    if !e2e_ready() || !skopeo_ok() {
-        return;
-    }
+    needs_root_docker_and_registry();
+    needs_skopeo();
     let b = built();
     let archive = b.out.join("d.tar");
     let files = tar_files(&archive);
@@ -406,27 +406,26 @@ fn docker_archive_loads_runs_and_reads_as_docker_and_oci() {
     }
 
     // buildah reads it as a docker archive.
-    if require(
+    require(
         Command::new("buildah").arg("--version").output().is_ok(),
         "buildah",
-    ) {
-        let out = run_ok(
-            Command::new("buildah")
-                .args(["pull", "-q"])
-                .arg(format!("docker-archive:{}", archive.display())),
-        );
-        let id = out.trim().lines().last().unwrap_or_default().to_string();
-        assert_eq!(format!("sha256:{id}"), b.image_id, "buildah's image id");
-        let _ = run(Command::new("buildah").args(["rmi", "-f", &id]));
-    }
+    );
+    let out = run_ok(
+        Command::new("buildah")
+            .args(["pull", "-q"])
+            .arg(format!("docker-archive:{}", archive.display())),
+    );
+    let id = out.trim().lines().last().unwrap_or_default().to_string();
+    assert_eq!(format!("sha256:{id}"), b.image_id, "buildah's image id");
+    let _ = run(Command::new("buildah").args(["rmi", "-f", &id]));
     docker_rmi(&[&b.tags[0], &b.tags[1]]);
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn oci_archives_use_the_requested_codec_and_name_the_tag() {
-    if !e2e_ready() || !skopeo_ok() {
-        return;
-    }
+    needs_root_docker_and_registry();
+    needs_skopeo();
     let b = built();
     for (file, layer_type) in [
         ("gzip.tar", "application/vnd.oci.image.layer.v1.tar+gzip"),
@@ -471,15 +470,13 @@ fn oci_archives_use_the_requested_codec_and_name_the_tag() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn oci_layout_directory_unpacks_with_umoci() {
-    if !e2e_ready()
-        || !require(
-            Command::new("umoci").arg("--version").output().is_ok(),
-            "umoci",
-        )
-    {
-        return;
-    }
+    needs_root_docker_and_registry();
+    require(
+        Command::new("umoci").arg("--version").output().is_ok(),
+        "umoci",
+    );
     let b = built();
     let layout = b.out.join("layout");
     let index = json(&std::fs::read(layout.join("index.json")).unwrap());
@@ -509,11 +506,10 @@ fn oci_layout_directory_unpacks_with_umoci() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn rootfs_outputs_match_docker_export() {
     let _docker = docker_lock();
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let b = built();
     let tar_listing = listing(std::fs::File::open(b.out.join("rootfs.tar")).unwrap());
     check_tree(&tar_listing, "type=tar");
@@ -551,10 +547,9 @@ fn rootfs_outputs_match_docker_export() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn output_shorthands_are_docker_archive_and_local_dir() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let b = built();
     let dir = tempdir();
     let file = dir.path().join("short.tar");
@@ -644,10 +639,9 @@ fn build_repro(ctx: &Path, tag: &str, how: &str) -> Repro {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn source_date_epoch_builds_are_byte_identical_and_keep_base_layers() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let dir = tempdir();
     let ctx = context(dir.path());
     let tag = format!("{}:1", unique("repro"));
@@ -727,10 +721,9 @@ fn assert_only(dir: &Path, keep: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn failed_builds_and_failed_writes_leave_nothing_behind() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let dir = tempdir();
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
@@ -837,10 +830,9 @@ fn failed_builds_and_failed_writes_leave_nothing_behind() {
 
 /// Regression (issue 14): a required secret that was not given carries BuildKit's words.
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn missing_required_secret_says_not_found_as_buildkit() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let dir = tempdir();
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
@@ -868,10 +860,10 @@ fn missing_required_secret_says_not_found_as_buildkit() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn store_commands_list_inspect_save_remove_and_prune() {
-    if !e2e_ready() || !skopeo_ok() {
-        return;
-    }
+    needs_root_docker_and_registry();
+    needs_skopeo();
     let dir = tempdir();
     let ctx = context(dir.path());
     let store = dir.path().join("store");
@@ -1016,11 +1008,11 @@ fn offline(store: &Path) -> Command {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn imported_rootfs_is_a_base_for_offline_builds() {
     let _docker = docker_lock();
-    if !e2e_ready() || !require(Path::new("/bin/busybox").exists(), "busybox-static") {
-        return;
-    }
+    needs_root_docker_and_registry();
+    require(Path::new("/bin/busybox").exists(), "busybox-static");
     let dir = tempdir();
     let store = dir.path().join("store");
     let tar = busybox_rootfs_tar(dir.path());
@@ -1070,11 +1062,10 @@ fn imported_rootfs_is_a_base_for_offline_builds() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn push_to_registry_then_docker_pull_and_run() {
     let _docker = docker_lock();
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let dir = tempdir();
     let ctx = context(dir.path());
     let store = dir.path().join("store");
@@ -1149,10 +1140,9 @@ fn push_to_registry_then_docker_pull_and_run() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn pulled_image_is_a_base_for_offline_builds() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let dir = tempdir();
     let store = dir.path().join("store");
     let busybox = format!("{}/busybox", registry_by_ip());
@@ -1200,10 +1190,9 @@ fn pulled_image_is_a_base_for_offline_builds() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn stdout_closed_early_is_not_a_panic() {
-    if !e2e_ready() {
-        return;
-    }
+    needs_root_docker_and_registry();
     let b = built();
     // Regression: `rbuild inspect X | head -1` panicked in println! on EPIPE.
     for args in [vec!["inspect", b.tags[0].as_str()], vec!["images"]] {
@@ -1222,11 +1211,11 @@ fn stdout_closed_early_is_not_a_panic() {
 }
 
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn docker_archive_names_tags_of_several_repositories() {
     let _docker = docker_lock();
-    if !e2e_ready() || !skopeo_ok() {
-        return;
-    }
+    needs_root_docker_and_registry();
+    needs_skopeo();
     let b = built();
     let name = unique("repos");
     let tags = [
@@ -1287,14 +1276,14 @@ fn docker_archive_names_tags_of_several_repositories() {
 
 /// podman (containers/image) loads the docker archive with the same image id and config.
 #[test]
+#[ignore = "needs root, docker and a registry"]
 fn podman_loads_the_docker_archive() {
     let podman = std::process::Command::new("podman")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !e2e_ready() || !require(podman, "podman (apt-get install podman)") {
-        return;
-    }
+    needs_root_docker_and_registry();
+    require(podman, "podman (apt-get install podman)");
     let b = built();
     let archive = b.out.join("d.tar");
     let loaded = run_ok(
@@ -1322,10 +1311,9 @@ fn podman_loads_the_docker_archive() {
 /// under $HOME before failing on something else. It now refuses first, creating nothing;
 /// `--help` and `--version` still work.
 #[test]
+#[ignore = "needs root"]
 fn non_root_is_refused_before_anything_is_created() {
-    if !require(is_root(), "root (to run rbuild as nobody with setpriv)") {
-        return;
-    }
+    needs_root();
     let dir = tempdir();
     // Writable by nobody: a store made under it would show.
     let home = dir.path().join("home");

@@ -2,8 +2,8 @@
 //! test on a free loopback port, a small bearer-token front written here (std TcpListener),
 //! and the docker engine when one is running.
 //!
-//! Tests that need /usr/bin/docker-registry skip when it is missing, except with CI=true,
-//! where they fail.
+//! Tests that start docker-registry are `#[ignore = "needs docker-registry"]` (run by
+//! scripts/test.sh, `--include-ignored`) and fail when /usr/bin/docker-registry is missing.
 
 mod support;
 
@@ -23,11 +23,12 @@ use rbuild::registry::{Cause, Client, Progress, RegistryOptions};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
-fn registry_available(test: &str) -> bool {
+/// For `#[ignore = "needs docker-registry"]`: the tests start registries of their own.
+fn needs_docker_registry() {
     support::require(
         Path::new(REGISTRY_BIN).exists(),
-        &format!("{test}: {REGISTRY_BIN} (apt-get install docker-registry)"),
-    )
+        &format!("{REGISTRY_BIN} (apt-get install docker-registry)"),
+    );
 }
 
 fn free_port() -> u16 {
@@ -214,10 +215,9 @@ fn with_digest(r: &Reference, d: &Digest) -> Reference {
 }
 
 #[test]
+#[ignore = "needs docker-registry"]
 fn push_then_pull_by_tag_and_by_digest() {
-    if !registry_available("push_then_pull_by_tag_and_by_digest") {
-        return;
-    }
+    needs_docker_registry();
     let reg = Registry::start(None);
     let c = client(None);
     let r = reg.reference("tiny/app:v1");
@@ -313,10 +313,9 @@ fn push_then_pull_by_tag_and_by_digest() {
 }
 
 #[test]
+#[ignore = "needs docker-registry"]
 fn unknown_manifest_and_unreachable_registry_name_the_reference() {
-    if !registry_available("unknown_manifest_and_unreachable_registry_name_the_reference") {
-        return;
-    }
+    needs_docker_registry();
     let reg = Registry::start(None);
     let c = client(None);
     let r = reg.reference("nope:latest");
@@ -352,7 +351,10 @@ fn unknown_manifest_and_unreachable_registry_name_the_reference() {
 /// 18 s for an unreachable docker.io). It fails at the first attempt; a connection that
 /// breaks is still retried.
 #[test]
+#[ignore = "needs root"]
 fn refused_connections_fail_at_once_and_broken_ones_are_retried() {
+    // Root for its last part, the same through the rbuild binary (which refuses other users).
+    support::needs_root();
     let c = client(None);
     let dead: Reference = format!("127.0.0.1:{}/x:1", free_port()).parse().unwrap();
     let err = c.resolve(&dead).unwrap_err();
@@ -406,10 +408,9 @@ fn refused_connections_fail_at_once_and_broken_ones_are_retried() {
 }
 
 #[test]
+#[ignore = "needs docker-registry"]
 fn index_resolves_to_the_host_platform_and_lists_others() {
-    if !registry_available("index_resolves_to_the_host_platform_and_lists_others") {
-        return;
-    }
+    needs_docker_registry();
     let reg = Registry::start(None);
     let c = client(None);
     let r = reg.reference("multi/app:latest");
@@ -469,10 +470,9 @@ fn index_resolves_to_the_host_platform_and_lists_others() {
 }
 
 #[test]
+#[ignore = "needs docker-registry"]
 fn basic_auth_with_credentials_from_docker_config() {
-    if !registry_available("basic_auth_with_credentials_from_docker_config") {
-        return;
-    }
+    needs_docker_registry();
     let work = tempfile::tempdir().unwrap();
     let htpasswd = work.path().join("htpasswd");
     let out = Command::new("htpasswd")
@@ -537,10 +537,9 @@ fn basic_auth_with_credentials_from_docker_config() {
 }
 
 #[test]
+#[ignore = "needs docker-registry"]
 fn tampered_blob_in_registry_storage_is_refused() {
-    if !registry_available("tampered_blob_in_registry_storage_is_refused") {
-        return;
-    }
+    needs_docker_registry();
     let reg = Registry::start(None);
     let c = client(None);
     let r = reg.reference("tamper/app:1");
@@ -838,25 +837,24 @@ fn bearer_token_auth_retries_resume_and_digest_check_against_a_fake_front() {
 
 /// Regression (issue 14): `manifest unknown` alone did not say which tag was missing where.
 #[test]
+#[ignore = "needs root and a registry"]
 fn pull_of_a_missing_tag_names_the_tag_and_the_repository() {
-    if !support::require(
-        support::registry_ready(),
-        "a registry on 127.0.0.1:5000 holding busybox:latest",
-    ) {
-        return;
-    }
+    support::needs_root_and_registry();
     let store = tempfile::tempdir().unwrap();
     let out = Command::new(support::rbuild_bin())
         .env("RBUILD_ROOT", store.path())
-        .args(["pull", "localhost:5000/busybox:nope"])
+        .args(["pull", &format!("{}/busybox:nope", support::REGISTRY)])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr.lines().last().unwrap_or_default(),
-        "error: pulling `localhost:5000/busybox:nope`: manifest unknown: \
-         tag `nope` not found in repository `busybox`"
+        format!(
+            "error: pulling `{}/busybox:nope`: manifest unknown: \
+             tag `nope` not found in repository `busybox`",
+            support::REGISTRY
+        )
     );
 }
 
@@ -870,16 +868,13 @@ fn docker_running() -> bool {
 }
 
 #[test]
+#[ignore = "needs docker-registry and docker"]
 fn docker_engine_pulls_an_image_pushed_by_us_needs_running_docker() {
-    if !registry_available("docker_engine_pulls_an_image_pushed_by_us_needs_running_docker") {
-        return;
-    }
-    if !support::require(
+    needs_docker_registry();
+    support::require(
         docker_running(),
         "a docker engine answering `docker info` (this test never starts one)",
-    ) {
-        return;
-    }
+    );
     let reg = Registry::start(None);
     let c = client(None);
     let name = format!("localhost:{}/rbuild-test/tiny:v1", reg.port);

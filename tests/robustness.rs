@@ -22,12 +22,6 @@ use support::{rbuild, rbuild_bin, InRegistry, RegistryImage, REGISTRY};
 
 const BASE: InRegistry = InRegistry("busybox");
 
-/// Root and the registry; these tests need no docker engine.
-fn ready() -> bool {
-    support::require(support::is_root(), "root (namespaces and overlay mounts)")
-        && support::registry_ready()
-}
-
 /// A build context holding `files` (path, content).
 fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -273,10 +267,9 @@ fn walk_names(dir: &std::path::Path) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root and a registry"]
 fn kill_9_during_run_leaves_no_process_no_mount_and_a_usable_cache() {
-    if !ready() {
-        return;
-    }
+    support::needs_root_and_registry();
     let store = tempfile::tempdir().unwrap();
     let marker = "sleep 3017";
     let ctx = context(&[(
@@ -365,10 +358,9 @@ fn kill_9_during_run_leaves_no_process_no_mount_and_a_usable_cache() {
 }
 
 #[test]
+#[ignore = "needs root and a registry"]
 fn sigint_during_run_stops_the_step_and_exits_130_leaving_nothing_half_written() {
-    if !ready() {
-        return;
-    }
+    support::needs_root_and_registry();
     let store = tempfile::tempdir().unwrap();
     let marker = "sleep 3023";
     let ctx = context(&[("Dockerfile", &format!("FROM {BASE}\nRUN echo one > /one\n"))]);
@@ -443,10 +435,9 @@ impl Drop for Tmpfs {
 }
 
 #[test]
+#[ignore = "needs root and a registry"]
 fn full_disk_fails_cleanly_without_partial_records_or_outputs() {
-    if !ready() {
-        return;
-    }
+    support::needs_root_and_registry();
     let fs = Tmpfs::new("8m");
     let store = fs.path().join("store");
     let prefix = format!("FROM {BASE}\nRUN echo small > /small\n");
@@ -523,10 +514,9 @@ fn full_disk_fails_cleanly_without_partial_records_or_outputs() {
 }
 
 #[test]
+#[ignore = "needs root and a registry"]
 fn a_layer_changed_in_the_store_fails_later_outputs_naming_it() {
-    if !ready() {
-        return;
-    }
+    support::needs_root_and_registry();
     let store = tempfile::tempdir().unwrap();
     let ctx = context(&[(
         "Dockerfile",
@@ -571,10 +561,9 @@ fn a_layer_changed_in_the_store_fails_later_outputs_naming_it() {
 }
 
 #[test]
+#[ignore = "needs root and a registry"]
 fn four_concurrent_builds_on_one_store_all_succeed() {
-    if !ready() {
-        return;
-    }
+    support::needs_root_and_registry();
     // A fresh store, so the four also race to pull and extract the shared base.
     let store = tempfile::tempdir().unwrap();
     let dockerfiles = [
@@ -621,10 +610,9 @@ fn four_concurrent_builds_on_one_store_all_succeed() {
 }
 
 #[test]
+#[ignore = "needs root and a registry"]
 fn prune_while_a_build_runs_reports_busy_and_removes_nothing() {
-    if !ready() {
-        return;
-    }
+    support::needs_root_and_registry();
     let store = tempfile::tempdir().unwrap();
     let marker = "echo robust-prune-4031";
     let ctx = context(&[(
@@ -693,10 +681,9 @@ fn tree_contains(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
 }
 
 #[test]
+#[ignore = "needs root and a registry"]
 fn context_escapes_never_read_outside_the_context() {
-    if !ready() {
-        return;
-    }
+    support::needs_root_and_registry();
     let top = tempfile::tempdir().unwrap();
     let secret = format!("OUTSIDE-SECRET-{}", std::process::id());
     let outside = top.path().join("outside");
@@ -784,10 +771,9 @@ fn context_escapes_never_read_outside_the_context() {
 }
 
 #[test]
+#[ignore = "needs root and a registry"]
 fn add_of_a_hostile_local_archive_writes_nothing_outside_the_image() {
-    if !ready() {
-        return;
-    }
+    support::needs_root_and_registry();
     let top = tempfile::tempdir().unwrap();
     let victim = top.path().join("victim");
     std::fs::create_dir(&victim).unwrap();
@@ -946,10 +932,9 @@ fn push_layer_image(name: &str, entries: &[Entry]) -> (String, RegistryImage) {
 }
 
 #[test]
+#[ignore = "needs root and a registry"]
 fn hostile_base_image_layers_are_refused_when_pulled() {
-    if !ready() {
-        return;
-    }
+    support::needs_root_and_registry();
     let top = tempfile::tempdir().unwrap();
     let victim = top.path().join("victim");
     std::fs::create_dir(&victim).unwrap();
@@ -1014,10 +999,9 @@ fn hostile_base_image_layers_are_refused_when_pulled() {
 }
 
 #[test]
+#[ignore = "needs root and a registry"]
 fn malformed_dockerfiles_and_arguments_never_panic() {
-    if !support::registry_ready() {
-        return;
-    }
+    support::needs_root_and_registry();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/parse-negative");
     let store = tempfile::tempdir().unwrap();
     let ctx = tempfile::tempdir().unwrap();
@@ -1214,10 +1198,9 @@ fn interfaces(proc_net_dev: &str) -> BTreeSet<String> {
 }
 
 #[test]
+#[ignore = "needs root and a registry"]
 fn run_is_isolated_like_a_buildkit_step() {
-    if !ready() {
-        return;
-    }
+    support::needs_root_and_registry();
     let store = tempfile::tempdir().unwrap();
     let dockerfile = format!(
         "FROM {BASE}
@@ -1296,10 +1279,9 @@ RUN /busybox-suid cat /proc/self/status > /r/suid-status; id -u > /r/uid
 }
 
 #[test]
+#[ignore = "needs root and a registry"]
 fn secrets_appear_in_no_layer_history_record_or_cache_key() {
-    if !ready() {
-        return;
-    }
+    support::needs_root_and_registry();
     let store = tempfile::tempdir().unwrap();
     let top = tempfile::tempdir().unwrap();
     let value = format!("S3CRET-VALUE-{}", std::process::id());

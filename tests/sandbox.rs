@@ -1,6 +1,7 @@
 //! The RUN sandbox against a real kernel: a busybox rootfs as the lower layer, the
-//! rbuild binary as the helper. Needs root, overlayfs and /bin/busybox (busybox-static);
-//! without them the tests skip, except under CI=true where they fail.
+//! rbuild binary as the helper. Needs root, overlayfs and /bin/busybox (busybox-static):
+//! the tests are `#[ignore = "needs root"]`, run by scripts/test.sh (`--include-ignored`),
+//! and fail naming what is missing.
 
 mod support;
 
@@ -28,15 +29,14 @@ const APPLETS: &[&str] = &[
     "pwd", "grep", "wc", "true",
 ];
 
-fn ready() -> bool {
+/// What `#[ignore = "needs root"]` stands for here: root, /bin/busybox and overlayfs.
+fn needs_root_busybox_and_overlay() {
     let overlay = std::fs::read_to_string("/proc/filesystems")
         .unwrap_or_default()
         .contains("overlay");
-    support::require(
-        nix::unistd::geteuid().is_root(),
-        "root for the sandbox tests",
-    ) && support::require(Path::new("/bin/busybox").exists(), "/bin/busybox")
-        && support::require(overlay, "overlayfs")
+    support::needs_root();
+    support::require(Path::new("/bin/busybox").exists(), "/bin/busybox");
+    support::require(overlay, "overlayfs");
 }
 
 /// A tiny image: busybox, a passwd/group with a user in two extra groups, /etc/motd.
@@ -60,20 +60,18 @@ fn make_rootfs(dir: &Path) {
     std::fs::write(dir.join("etc/motd"), "welcome\n").unwrap();
 }
 
-fn fixture() -> Option<Fixture> {
-    if !ready() {
-        return None;
-    }
+fn fixture() -> Fixture {
+    needs_root_busybox_and_overlay();
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     sandbox::set_helper_exe(PathBuf::from(env!("CARGO_BIN_EXE_rbuild")));
     let tmp = tempfile::tempdir().unwrap();
     let lower = tmp.path().join("lower");
     make_rootfs(&lower);
-    Some(Fixture {
+    Fixture {
         _guard: guard,
         tmp,
         lower,
-    })
+    }
 }
 
 impl Fixture {
@@ -199,9 +197,10 @@ fn listing(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn echo_output_and_clean_upper() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let spec = fx.spec("echo hi; echo err >&2");
     assert_eq!(ok(&spec), "hi\nerr\n");
     // No dev, proc, sys, etc/resolv.conf, etc/hosts stubs, no copied-up /etc.
@@ -209,9 +208,10 @@ fn echo_output_and_clean_upper() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pid_namespace_and_hostname() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let out = ok(&fx.spec("echo $$; hostname; ls /proc | grep '^[0-9]*$' | wc -l"));
     // PID 1 is the shell; /proc holds it plus ls and grep (wc, the pipe's last command,
     // is itself a child too), never the host's processes.
@@ -225,9 +225,10 @@ fn pid_namespace_and_hostname() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn exit_codes_and_start_failures() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     assert_eq!(run(&fx.spec("exit 3")).0, Exit::Code(3));
     let (exit, _) = run(&fx.spec("sh -c 'kill -9 $$'; exit $?"));
     assert_eq!(exit, Exit::Code(137));
@@ -262,19 +263,21 @@ fn exit_codes_and_start_failures() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigpipe_is_default_again() {
     let _serial = serial();
     // Rust ignores SIGPIPE in the helper; `yes` must die of it when head exits, not get
     // EPIPE.
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let out = ok(&fx.spec("sh -c 'yes; echo status=$? >&2' | head -n 1"));
     assert_eq!(out, "y\nstatus=141\n");
 }
 
 #[test]
+#[ignore = "needs root"]
 fn deleted_lower_file_is_a_whiteout() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let spec = fx.spec("rm /etc/motd && touch /new && stat -c %a /new");
     assert_eq!(ok(&spec), "644\n", "umask 022 as in runc");
     let upper = &spec.rootfs.upper;
@@ -285,9 +288,10 @@ fn deleted_lower_file_is_a_whiteout() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn user_resolution_and_groups() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let id = |user: &str| {
         let mut spec = fx.spec("id");
         spec.user = user.into();
@@ -310,9 +314,10 @@ fn user_resolution_and_groups() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn workdir_is_created_for_the_user() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let mut spec = fx.spec("pwd; echo $HOME; touch mine");
     spec.user = "user".into();
     spec.cwd = "/home/user/work".into();
@@ -335,9 +340,10 @@ fn workdir_is_created_for_the_user() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn network_none_has_only_loopback() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let mut spec =
         fx.spec("ls /sys/class/net; cat /sys/class/net/lo/operstate; touch /sys/x || echo ro");
     spec.network = Network::None;
@@ -355,9 +361,10 @@ fn network_none_has_only_loopback() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn env_is_exact() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let mut spec = fx.spec("");
     spec.argv = vec!["/bin/env".into()];
     spec.env = vec!["A=1".into(), "B=two words".into()];
@@ -370,9 +377,10 @@ fn env_is_exact() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dev_is_minimal_and_usable() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let out = ok(&fx.spec(
         "ls /dev; echo x > /dev/null; cat /dev/null; ls /dev/pts; test -d /dev/shm && echo shm",
     ));
@@ -383,9 +391,10 @@ fn dev_is_minimal_and_usable() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn mounts_work_and_leave_nothing_in_the_layer() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let t = fx.tmp.path();
     let src = t.join("src");
     std::fs::create_dir(&src).unwrap();
@@ -451,9 +460,10 @@ fn mounts_work_and_leave_nothing_in_the_layer() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn default_capabilities_and_masked_kernel_files() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let out = ok(&fx.spec(
         "grep CapBnd /proc/self/status; wc -c < /proc/timer_list; ls /sys/firmware | wc -l; \
          echo 1 > /proc/sys/kernel/hostname || echo ro-sys; \
@@ -472,9 +482,10 @@ fn default_capabilities_and_masked_kernel_files() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn syncs_succeed_without_flushing_and_other_calls_are_untouched() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     // fdatasync on /dev/null fails with EINVAL when it really runs; the step's filter
     // answers it (and fsync, sync) with success before the kernel looks at the file. Other
     // calls keep their errors, and the filter holds for non-root users too.
@@ -495,9 +506,10 @@ fn syncs_succeed_without_flushing_and_other_calls_are_untouched() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn terminate_all_kills_running_steps() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let spec = fx.spec("echo started; sleep 1000; echo not-killed");
     let (tx, rx) = std::sync::mpsc::channel();
     let step = std::thread::spawn(move || {
@@ -517,9 +529,10 @@ fn terminate_all_kills_running_steps() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn removing_stubs_keeps_parent_times() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     // /etc/added makes /etc stay in the upper; the stub removal must not bump its mtime.
     let spec = fx.spec("touch /etc/added; sleep 1.1");
     ok(&spec);
@@ -532,9 +545,10 @@ fn removing_stubs_keeps_parent_times() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn stub_in_an_existing_dir_keeps_real_changes() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     // /etc exists below: the resolv.conf stub must go, the command's new file must stay.
     let spec = fx.spec("echo x > /etc/added");
     ok(&spec);
@@ -542,9 +556,10 @@ fn stub_in_an_existing_dir_keeps_real_changes() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn many_lowers_fit_the_mount_options() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let long = "a-rather-long-layer-directory-name-to-overflow-the-option-page";
     let mut lowers = Vec::new();
     for i in 0..70 {
@@ -563,9 +578,10 @@ fn many_lowers_fit_the_mount_options() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn fs_job_mkdir_stays_inside_the_root() {
     let _serial = serial();
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     std::os::unix::fs::symlink("../../../../..", fx.lower.join("esc")).unwrap();
     let rootfs = fx.overlay(vec![fx.lower.clone()]);
     let job = FileJob::Mkdir(MkdirJob {
@@ -627,14 +643,11 @@ fn fs_job_mkdir_stays_inside_the_root() {
 
 const KILL_ENV: &str = "RBUILD_SANDBOX_KILL_TARGET";
 
-/// Not a test: the process `kill_9_of_rbuild_kills_the_step` starts and kills.
-#[test]
-#[ignore = "entry point for kill_9_of_rbuild_kills_the_step"]
-fn kill_target() {
-    let Ok(sleep_arg) = std::env::var(KILL_ENV) else {
-        return;
-    };
-    let fx = fixture().expect("sandbox ready");
+/// The process `kill_9_of_rbuild_kills_the_step` starts and kills: that test, run again by
+/// this binary with [`KILL_ENV`] set. (Not a test of its own, which `--include-ignored` would
+/// run as a green test that did nothing.)
+fn kill_target(sleep_arg: &str) {
+    let fx = fixture();
     let spec = fx.spec(&format!("echo started; sleep {sleep_arg}; echo not-killed"));
     let _ = sandbox::run(&spec, None, &mut |b| {
         use std::io::Write;
@@ -645,14 +658,23 @@ fn kill_target() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn kill_9_of_rbuild_kills_the_step() {
+    if let Ok(sleep_arg) = std::env::var(KILL_ENV) {
+        return kill_target(&sleep_arg);
+    }
     let _serial = serial();
     // Holds the lock so the other tests' mount checks do not see this step's mounts.
-    let Some(_fx) = fixture() else { return };
+    let _fx = fixture();
     let tmp = tempfile::tempdir().unwrap();
     let sleep_arg = format!("{}", 100_000 + std::process::id() % 100_000);
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "kill_target", "--nocapture"])
+        .args([
+            "--include-ignored",
+            "--exact",
+            "kill_9_of_rbuild_kills_the_step",
+            "--nocapture",
+        ])
         .env(KILL_ENV, &sleep_arg)
         .env("TMPDIR", tmp.path())
         .stdout(std::process::Stdio::piped())

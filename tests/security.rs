@@ -24,17 +24,16 @@ const DEBIAN: InRegistry = InRegistry("debian:bookworm");
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn ready() -> Option<MutexGuard<'static, ()>> {
-    let ok = support::require(support::is_root(), "root (namespaces and overlay mounts)")
-        && support::registry_ready()
-        && support::require(
-            Command::new("gcc")
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success()),
-            "gcc, to build the attack programs",
-        );
-    ok.then(|| SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+fn ready() -> MutexGuard<'static, ()> {
+    support::needs_root_and_registry();
+    support::require(
+        Command::new("gcc")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "gcc, to build the attack programs",
+    );
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A build context: a Dockerfile and any files.
@@ -227,8 +226,9 @@ fn libc_minor(dev: u64) -> u32 {
 /// nodes reach the layer, as with docker build; none can be opened, the disk keeps its
 /// data and the host's kernel log gets nothing.
 #[test]
+#[ignore = "needs root and a registry"]
 fn device_nodes_a_step_makes_cannot_be_opened_but_reach_the_layer() {
-    let Some(_serial) = ready() else { return };
+    let _serial = ready();
     let mark = format!("RBUILD-DISK-{}", std::process::id());
     let disk = LoopDisk::new(mark.as_bytes());
     let (maj, min) = disk.major_minor();
@@ -293,8 +293,9 @@ fn link_stage_lines(host_dir: &Path) -> String {
 /// Issue 13, escape 2: `RUN --mount=type=bind,from=<stage|image>,source=<symlink>` must
 /// resolve the link inside the stage, never on the host: `h -> /` is the stage's root.
 #[test]
+#[ignore = "needs root and a registry"]
 fn bind_mount_sources_resolve_inside_the_stage_or_image() {
-    let Some(_serial) = ready() else { return };
+    let _serial = ready();
     let host = tempfile::tempdir().unwrap();
     let secret = format!("HOST-SECRET-{}", std::process::id());
     std::fs::write(host.path().join("secret.txt"), &secret).unwrap();
@@ -414,8 +415,9 @@ __attribute__((constructor)) static void attack(void) {
 /// runs image code in a process whose /proc/self/exe is the executable rbuild started
 /// its helper from. Every change to it must fail, and the host binary stays as it was.
 #[test]
+#[ignore = "needs root and a registry"]
 fn the_rbuild_binary_cannot_be_changed_from_a_step() {
-    let Some(_serial) = ready() else { return };
+    let _serial = ready();
     let bin = rbuild_bin();
     let before = std::fs::metadata(&bin).unwrap();
     let hash_before = support::sha256_file(&bin);
@@ -463,8 +465,9 @@ fn the_rbuild_binary_cannot_be_changed_from_a_step() {
 /// /proc/self/environ or /dev/zero. rbuild refuses them without printing its environment
 /// or reading forever; a Dockerfile outside the context named with -f still works.
 #[test]
+#[ignore = "needs root and a registry"]
 fn dockerfile_and_dockerignore_links_out_of_the_context_are_refused() {
-    let Some(_serial) = ready() else { return };
+    let _serial = ready();
     let token = format!("CI_TOKEN_{}", std::process::id());
     let store = tempfile::tempdir().unwrap();
     for (file, target) in [
@@ -510,8 +513,9 @@ fn as_nobody(args: &[&str]) -> Output {
 /// Issue 13, escape 5: a setuid-root binary and a device node from a RUN step sit in the
 /// store's layer trees; no other local user may reach them.
 #[test]
+#[ignore = "needs root and a registry"]
 fn the_store_is_closed_to_other_users() {
-    let Some(_serial) = ready() else { return };
+    let _serial = ready();
     let top = tempfile::tempdir().unwrap();
     std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let store = top.path().join("store");
@@ -554,8 +558,9 @@ fn the_store_is_closed_to_other_users() {
 /// Issue 13, escape 6: the step swaps a mount stub's parent for a link to a host directory
 /// (BuildKit's CVE-2024-23652); removing the stub must not follow it.
 #[test]
+#[ignore = "needs root and a registry"]
 fn mount_stub_removal_never_follows_a_planted_link() {
-    let Some(_serial) = ready() else { return };
+    let _serial = ready();
     let host = tempfile::tempdir().unwrap();
     // What the stubs look like: an empty 0755 dir and an empty 0644 file.
     std::fs::create_dir(host.path().join("victim")).unwrap();
@@ -681,8 +686,9 @@ int main(int argc, char **argv) {
 /// for 64-bit code and through the 32-bit `int 0x80` door; the host root's keyring gets
 /// no key from the step.
 #[test]
+#[ignore = "needs root and a registry"]
 fn seccomp_refuses_what_dockers_profile_refuses() {
-    let Some(_serial) = ready() else { return };
+    let _serial = ready();
     let prog = cc(SYSCALLS_C, &["-static"]);
     let key = format!("rbuild-test-{}", std::process::id());
     let ctx = context(
@@ -738,8 +744,9 @@ fn seccomp_refuses_what_dockers_profile_refuses() {
 /// Issue 13, hardening 8: an rbuild started with an inheritable and ambient CAP_SYS_ADMIN
 /// hands neither to a step, root or not.
 #[test]
+#[ignore = "needs root and a registry"]
 fn inherited_capabilities_do_not_reach_a_step() {
-    let Some(_serial) = ready() else { return };
+    let _serial = ready();
     let ctx = context(
         &format!(
             "FROM {BASE}\nRUN grep ^Cap /proc/self/status > /root-caps\n\
@@ -776,8 +783,9 @@ fn inherited_capabilities_do_not_reach_a_step() {
 /// `--network=host` gives the host's network as asked; `RUN --network=host` in the
 /// Dockerfile needs `--allow network.host`.
 #[test]
+#[ignore = "needs root and a registry"]
 fn the_default_network_keeps_host_loopback_and_abstract_sockets_out_of_reach() {
-    let Some(_serial) = ready() else { return };
+    let _serial = ready();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -862,8 +870,9 @@ fn the_default_network_keeps_host_loopback_and_abstract_sockets_out_of_reach() {
 /// Issue 13, hardening 10: a fork bomb stops at the pids limit (4096 by default,
 /// `--pids-limit` to change it); the step's cgroup is gone afterwards.
 #[test]
+#[ignore = "needs root and a registry"]
 fn a_step_cannot_start_more_processes_than_the_limit() {
-    let Some(_serial) = ready() else { return };
+    let _serial = ready();
     // PID 1 forks children that wait until fork fails, then reports how many it made.
     let prog = cc(SYSCALLS_C, &["-static"]);
     let ctx = context(
@@ -910,8 +919,9 @@ fn a_step_cannot_start_more_processes_than_the_limit() {
 /// Issue 13, hardening 10: a secret lives on the step's tmpfs only, never on the store's
 /// disk, not even while the step runs.
 #[test]
+#[ignore = "needs root and a registry"]
 fn secrets_never_touch_the_disk() {
-    let Some(_serial) = ready() else { return };
+    let _serial = ready();
     let value = format!("SECRET-VALUE-{}", std::process::id());
     let src = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("s"), &value).unwrap();
@@ -999,8 +1009,9 @@ fn many_entries_tar(n: usize, path: &Path) {
 /// Issue 13, hardening 10: applying a layer keeps nothing per entry (a 1,000,000-entry
 /// layer took 245 MB): importing 100,000 entries peaks at the RSS of 10,000.
 #[test]
+#[ignore = "needs root and a registry"]
 fn applying_a_layer_takes_memory_flat_in_its_entries() {
-    let Some(_serial) = ready() else { return };
+    let _serial = ready();
     // tmpfs: on this ext4, creating files right after many deletions is 10x slower.
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let peak_kb = |n: usize| -> u64 {
@@ -1075,8 +1086,9 @@ impl Drop for SharedMount {
 /// to the host and unmounted docker's container filesystems under /var/lib/docker
 /// (seen as `docker export` returning an empty tar while rbuild built next to it).
 #[test]
+#[ignore = "needs root and a registry"]
 fn a_build_leaves_the_hosts_shared_mounts_mounted() {
-    let Some(_serial) = ready() else { return };
+    let _serial = ready();
     let shared = SharedMount::new();
     assert!(shared.sub_is_mounted());
     let ctx = context(&format!("FROM {BASE}\nRUN echo networked\n"), &[]);

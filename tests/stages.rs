@@ -8,10 +8,6 @@ use std::path::Path;
 
 use support::*;
 
-fn ready() -> bool {
-    require(is_root(), "root (namespaces and overlay mounts)") && registry_ready()
-}
-
 /// Build `dockerfile` in an empty context into a fresh store under `dir`, writing the rootfs
 /// to `dir/rootfs`: (success, stderr).
 fn build(dockerfile: &str, dir: &Path) -> (bool, String) {
@@ -44,10 +40,9 @@ fn interval(path: &Path) -> (f64, f64) {
 /// busybox's date has no sub-second format); the two intervals must overlap. The times come
 /// from inside the image, not from how long the build took.
 #[test]
+#[ignore = "needs root and a registry"]
 fn independent_stages_build_in_parallel() {
-    if !ready() {
-        return;
-    }
+    needs_root_and_registry();
     let dir = tempfile::tempdir().unwrap();
     let record = |name: &str| {
         format!(
@@ -101,10 +96,9 @@ fn independent_stages_build_in_parallel() {
 /// Regression: with stages in parallel, the build's error is the failing stage's, and the
 /// other stage stops before its next step.
 #[test]
+#[ignore = "needs root and a registry"]
 fn failing_stage_fails_the_build_and_cancels_the_others() {
-    if !ready() {
-        return;
-    }
+    needs_root_and_registry();
     let dir = tempfile::tempdir().unwrap();
     let dockerfile = format!(
         "FROM {REGISTRY}/busybox:latest AS slow\n\
@@ -136,10 +130,9 @@ fn failing_stage_fails_the_build_and_cancels_the_others() {
 /// A single unnamed stage is shown without a name, as BuildKit does; ENV makes no vertex and
 /// WORKDIR does.
 #[test]
+#[ignore = "needs root and a registry"]
 fn single_stage_labels_have_no_stage_name() {
-    if !ready() {
-        return;
-    }
+    needs_root_and_registry();
     let dir = tempfile::tempdir().unwrap();
     let dockerfile =
         format!("FROM {REGISTRY}/busybox:latest\nENV A=1\nRUN true\nWORKDIR /w\nCMD [\"sh\"]\n");
@@ -164,10 +157,9 @@ fn single_stage_labels_have_no_stage_name() {
 /// made the executor panic ("the plan builds a stage before its users"): the trigger adds
 /// a dependency after the graph was pruned. BuildKit builds the named stage first.
 #[test]
+#[ignore = "needs root and a registry"]
 fn onbuild_copy_from_a_stage_builds_that_stage_first() {
-    if !ready() {
-        return;
-    }
+    needs_root_and_registry();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let image = format!(

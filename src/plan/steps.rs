@@ -1,76 +1,40 @@
 //! Per-stage expansion: walk a stage's instructions with its ARG/ENV scope, turning each
-//! into a [`Step`] (op, config after it, history `created_by`, cache-key material).
+//! into a [`Step`] (op, config after it, history `created_by`, cache-key material). RUN and
+//! its mounts are planned in `run.rs`, the longer `created_by` texts written in `history.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::graph::{self, expand, Graph, Ref};
+use super::history::{self, go_quote_list};
+use super::run::is_proxy_arg;
 use super::{
-    Base, BaseResolver, BuildOptions, CopyFrom, CopyOp, CopySource, InjectedFile, KeyMaterial,
-    MountFrom, Op, Plan, PlanError, RunMount, RunOp, Sharing, Source, Stage, Step,
+    Base, BaseResolver, BuildOptions, CopyFrom, CopyOp, CopySource, KeyMaterial, Op, Plan,
+    PlanError, Source, Stage, Step,
 };
 use crate::dockerfile::chmod::Chmod;
-use crate::dockerfile::instructions::{
-    self, CommandForm, Healthcheck, Instruction, Located, MountFlag, MountType, NetworkMode,
-    Security,
-};
+use crate::dockerfile::instructions::{self, CommandForm, Healthcheck, Instruction, Located};
 use crate::dockerfile::shell::Lexer;
 use crate::dockerfile::syntax;
 use crate::dockerfile::ErrorKind;
 use crate::image::{config::Empty, HealthConfig, ImageConfig};
 
-/// The proxy build args (any letter case): they need no ARG declaration, and reach RUN's
-/// environment, but neither history nor the cache key (BuildKit's ProxyEnv).
-const PROXY_ARGS: [&str; 5] = [
-    "http_proxy",
-    "https_proxy",
-    "ftp_proxy",
-    "no_proxy",
-    "all_proxy",
-];
-
-fn is_proxy_arg(name: &str) -> bool {
-    PROXY_ARGS.iter().any(|p| p.eq_ignore_ascii_case(name))
-}
-
-/// The environment the proxy build args give a RUN step: each given one in both spellings
-/// (`HTTP_PROXY` and `http_proxy`), as BuildKit's executor sets them. When several letter
-/// cases of one name are given, the last in sorted order wins (BuildKit sorts the keys).
-fn proxy_env(build_args: &BTreeMap<String, String>) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for p in PROXY_ARGS {
-        let value = build_args
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(p))
-            .map(|(_, v)| v)
-            .next_back();
-        if let Some(v) = value.filter(|v| !v.is_empty()) {
-            out.push((p.to_ascii_uppercase(), v.clone()));
-            out.push((p.to_string(), v.clone()));
-        }
-    }
-    out
-}
-
-/// The hostname RUN steps see unless `--build-arg BUILDKIT_SANDBOX_HOSTNAME` says otherwise.
-const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
-
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-struct Ctx<'a, 'b> {
-    src: &'a Source<'a>,
-    opts: &'a BuildOptions,
-    lexer: Lexer,
-    graph: &'a Graph<'b>,
-    names: BTreeMap<String, usize>,
+pub(super) struct Ctx<'a, 'b> {
+    pub(super) src: &'a Source<'a>,
+    pub(super) opts: &'a BuildOptions,
+    pub(super) lexer: Lexer,
+    pub(super) graph: &'a Graph<'b>,
+    pub(super) names: BTreeMap<String, usize>,
     resolver: &'a mut dyn BaseResolver,
     resolved: BTreeMap<String, super::ResolvedBase>,
 }
 
 /// The scope of one stage while its instructions are walked.
-struct StageState {
-    config: ImageConfig,
+pub(super) struct StageState {
+    pub(super) config: ImageConfig,
     /// ARGs declared in this stage so far, in order, with their values (latest wins).
-    args: Vec<(String, Option<String>)>,
+    pub(super) args: Vec<(String, Option<String>)>,
     /// Every ARG declaration in order, repeats included (BuildKit's `d.buildArgs`, shown
     /// as `|N K=V ...` in RUN's history).
     arg_history: Vec<(String, Option<String>)>,
@@ -78,7 +42,7 @@ struct StageState {
 }
 
 impl StageState {
-    fn shell(&self) -> Vec<String> {
+    pub(super) fn shell(&self) -> Vec<String> {
         self.config
             .config
             .shell
@@ -95,7 +59,7 @@ impl StageState {
     }
 
     /// The expansion scope: ARG values, overridden by the config's Env (ENV beats ARG).
-    fn scope(&self) -> BTreeMap<String, String> {
+    pub(super) fn scope(&self) -> BTreeMap<String, String> {
         let mut m = self.arg_values();
         for kv in self.config.config.env.as_deref().unwrap_or_default() {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -104,7 +68,7 @@ impl StageState {
         m
     }
 
-    fn workdir(&self) -> String {
+    pub(super) fn workdir(&self) -> String {
         self.config
             .config
             .working_dir
@@ -322,7 +286,10 @@ impl Ctx<'_, '_> {
             Instruction::Arg(decls) => (Op::Config, self.declare_args(line, decls, st, &scope)?),
             Instruction::Run(run) => {
                 let op = self.run(line, run, st, &mut images)?;
-                let created_by = format!("RUN {} # buildkit", run_command_string(&op.argv, st));
+                let created_by = format!(
+                    "RUN {} # buildkit",
+                    history::run_command_string(&op.argv, &st.arg_history, &st.scope())
+                );
                 (Op::Run(op), created_by)
             }
             Instruction::Copy(c) | Instruction::Add(c) => {
@@ -493,15 +460,7 @@ impl Ctx<'_, '_> {
                         retries: *retries,
                     },
                 };
-                let text = format!(
-                    "HEALTHCHECK &{{{} {:?} {:?} {:?} {:?} {}}}",
-                    go_quote_list(hc.test.as_deref().unwrap_or_default()),
-                    go_duration(hc.interval.unwrap_or(0)),
-                    go_duration(hc.timeout.unwrap_or(0)),
-                    go_duration(hc.start_period.unwrap_or(0)),
-                    go_duration(hc.start_interval.unwrap_or(0)),
-                    go_quote_rune(hc.retries.unwrap_or(0)),
-                );
+                let text = history::healthcheck(&hc);
                 st.config.config.healthcheck = Some(hc);
                 (Op::Config, text)
             }
@@ -571,255 +530,20 @@ impl Ctx<'_, '_> {
         Ok(())
     }
 
-    fn run(
+    /// What `COPY --from=` or `RUN --mount from=` names, unexpanded as the stage graph saw
+    /// it: a stage, a named context or an image, whose id then goes into the step's key.
+    pub(super) fn resolve_from(
         &mut self,
         line: usize,
-        run: &instructions::Run,
-        st: &StageState,
+        from: &str,
         images: &mut BTreeMap<String, String>,
-    ) -> Result<RunOp, PlanError> {
-        let scope = st.scope();
-        let mut files = Vec::new();
-        let argv = match &run.command {
-            CommandForm::Exec(words) => words.clone(),
-            CommandForm::Shell(cmd) => {
-                let args = if run.heredocs.is_empty() {
-                    cmd.clone()
-                } else if syntax::heredoc_marker(cmd.trim()).is_some() {
-                    // `RUN <<EOF`: the body is the script. With a shebang it runs as a file.
-                    let h = &run.heredocs[0];
-                    if h.content.starts_with("#!") {
-                        let path = format!("/dev/pipes/{}", h.name);
-                        files.push(InjectedFile {
-                            path: path.clone(),
-                            content: h.content.clone(),
-                            mode: 0o755,
-                        });
-                        path
-                    } else {
-                        h.content.clone()
-                    }
-                } else {
-                    // `RUN python3 <<EOF`: hand the whole heredoc to the shell.
-                    let mut full = cmd.clone();
-                    for h in &run.heredocs {
-                        full.push('\n');
-                        full.push_str(&h.content);
-                        full.push_str(&h.name);
-                    }
-                    full
-                };
-                let mut v = st.shell();
-                v.push(args);
-                v
-            }
-        };
-        let workdir = st.workdir();
-        let mut mounts = Vec::new();
-        let mut ssh_count = 0;
-        for m in &run.mounts {
-            let mount = self.mount(line, m, &scope, &workdir, &mut ssh_count, images)?;
-            mounts.push(mount);
-        }
-
-        // Env: config Env, ARG values not shadowed by it, then proxy build args.
-        let mut env: Vec<String> = st.config.config.env.clone().unwrap_or_default();
-        let mut seen: BTreeSet<String> = env
-            .iter()
-            .map(|kv| {
-                kv.split_once('=')
-                    .map_or(kv.as_str(), |(k, _)| k)
-                    .to_string()
-            })
-            .collect();
-        for (k, v) in &st.args {
-            if let Some(v) = v {
-                if seen.insert(k.clone()) {
-                    env.push(format!("{k}={v}"));
-                }
-            }
-        }
-        let proxy_env = proxy_env(&self.opts.build_args)
-            .into_iter()
-            .filter(|(k, _)| !seen.contains(k))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        Ok(RunOp {
-            argv,
-            env,
-            user: st.config.config.user.clone().unwrap_or_default(),
-            workdir,
-            network: match run.network {
-                None | Some(NetworkMode::Default) => self.opts.network,
-                Some(explicit) => explicit,
-            },
-            hostname: self.hostname()?,
-            mounts,
-            security: run.security.unwrap_or(Security::Sandbox),
-            files,
-            proxy_env,
-        })
-    }
-
-    fn hostname(&self) -> Result<String, PlanError> {
-        match self.opts.build_args.get("BUILDKIT_SANDBOX_HOSTNAME") {
-            None => Ok(DEFAULT_HOSTNAME.to_string()),
-            Some(h) if h.is_empty() => Ok(DEFAULT_HOSTNAME.to_string()),
-            // The kernel's limit (HOST_NAME_MAX); sethostname would refuse it mid-build.
-            Some(h) if h.len() > 64 || h.contains('\0') => {
-                Err(self.src.file(ErrorKind::Invalid(format!(
-                    "invalid --build-arg BUILDKIT_SANDBOX_HOSTNAME=`{h}`: a hostname is at most 64 bytes"
-                ))))
-            }
-            Some(h) => Ok(h.clone()),
-        }
-    }
-
-    fn mount(
-        &mut self,
-        line: usize,
-        written: &MountFlag,
-        scope: &BTreeMap<String, String>,
-        workdir: &str,
-        ssh_count: &mut usize,
-        images: &mut BTreeMap<String, String>,
-    ) -> Result<RunMount, PlanError> {
-        // Parsed only now, from expanded values: `type=$T,target=$DIR` works as in BuildKit.
-        let m = instructions::parse_mount(&written.raw, &mut |v| expand(&self.lexer, v, scope))
+    ) -> Result<Ref, PlanError> {
+        let r = graph::resolve_ref(from, &self.names, self.graph.stages.len(), self.opts)
             .map_err(|k| self.src.at(line, k))?;
-        let opt: BTreeMap<&str, Option<String>> = m
-            .options
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.clone()))
-            .collect();
-        let bad = |reason: String| {
-            self.src.at(
-                line,
-                ErrorKind::BadMount {
-                    spec: m.raw.clone(),
-                    reason,
-                },
-            )
-        };
-        let get = |k: &str| opt.get(k).cloned().flatten();
-        let flag = |k: &str| -> Result<Option<bool>, PlanError> {
-            match opt.get(k) {
-                None => Ok(None),
-                Some(None) => Ok(Some(true)),
-                Some(Some(v)) => match v.as_str() {
-                    "true" => Ok(Some(true)),
-                    "false" => Ok(Some(false)),
-                    other => Err(bad(format!("`{k}={other}`: expecting true or false"))),
-                },
-            }
-        };
-        let num = |k: &str, radix: u32| -> Result<Option<u32>, PlanError> {
-            get(k)
-                .map(|v| {
-                    u32::from_str_radix(&v, radix)
-                        .map_err(|_| bad(format!("`{k}={v}` is not a valid number")))
-                })
-                .transpose()
-        };
-        let target = match get("target") {
-            Some(t) if t.starts_with('/') => Some(clean_path(&t)),
-            Some(t) => Some(clean_path(&join_path(workdir, &t))),
-            None => None,
-        };
-        let readonly = match m.kind {
-            MountType::Bind => match (flag("readwrite")?, flag("readonly")?) {
-                (Some(true), _) => false,
-                (_, Some(ro)) => ro,
-                _ => true,
-            },
-            MountType::Cache => {
-                flag("readonly")?.unwrap_or(false) && flag("readwrite")? != Some(true)
-            }
-            _ => false,
-        };
-        let (target, id) = match m.kind {
-            MountType::Secret => {
-                let id = get("id");
-                let target = target.or_else(|| {
-                    // With only env=, the secret is not a file.
-                    (get("env").is_none())
-                        .then(|| format!("/run/secrets/{}", id.clone().unwrap_or_default()))
-                });
-                let id = id.or_else(|| {
-                    target
-                        .as_deref()
-                        .and_then(|t| t.rsplit('/').next())
-                        .map(str::to_string)
-                });
-                (target.unwrap_or_default(), id)
-            }
-            MountType::Ssh => {
-                let t = target.unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{}", *ssh_count));
-                *ssh_count += 1;
-                (t, Some(get("id").unwrap_or_else(|| "default".into())))
-            }
-            MountType::Cache => {
-                let t = target.unwrap_or_default();
-                (t.clone(), Some(get("id").unwrap_or(t)))
-            }
-            MountType::Bind | MountType::Tmpfs => (target.unwrap_or_default(), None),
-        };
-        // The unexpanded value, as the stage graph saw it (it cannot hold variables).
-        let from = match written.from.as_deref() {
-            None => None,
-            Some(f) => Some(
-                match graph::resolve_ref(f, &self.names, self.graph.stages.len(), self.opts)
-                    .map_err(|k| self.src.at(line, k))?
-                {
-                    Ref::Stage(i) => MountFrom::Stage(i),
-                    Ref::Context(c) => MountFrom::BuildContext(c),
-                    Ref::Image(r) => {
-                        self.image_digest(line, &r, images)?;
-                        MountFrom::Image(r)
-                    }
-                    Ref::Scratch => MountFrom::Image("scratch".into()),
-                },
-            ),
-        };
-        let sharing = match (m.kind, get("sharing").as_deref()) {
-            (MountType::Cache, None | Some("shared")) => Some(Sharing::Shared),
-            (MountType::Cache, Some("private")) => Some(Sharing::Private),
-            (MountType::Cache, Some("locked")) => Some(Sharing::Locked),
-            (MountType::Cache, Some(other)) => {
-                return Err(bad(format!(
-                    "sharing `{other}`: expecting shared, private or locked"
-                )))
-            }
-            _ => None,
-        };
-        let default_mode = match m.kind {
-            MountType::Cache => Some(0o755),
-            MountType::Secret => Some(0o400),
-            MountType::Ssh => Some(0o600),
-            _ => None,
-        };
-        let size = get("size")
-            .map(|s| parse_size(&s).ok_or_else(|| bad(format!("invalid size `{s}`"))))
-            .transpose()?;
-        let owned = matches!(
-            m.kind,
-            MountType::Cache | MountType::Secret | MountType::Ssh
-        );
-        Ok(RunMount {
-            kind: m.kind,
-            target,
-            source: get("source"),
-            from,
-            readonly,
-            id,
-            sharing,
-            mode: num("mode", 8)?.or(default_mode),
-            uid: num("uid", 10)?.or(owned.then_some(0)),
-            gid: num("gid", 10)?.or(owned.then_some(0)),
-            required: flag("required")?.unwrap_or(false),
-            size,
-            env: get("env"),
-        })
+        if let Ref::Image(image) = &r {
+            self.image_digest(line, image, images)?;
+        }
+        Ok(r)
     }
 
     fn copy(
@@ -830,18 +554,12 @@ impl Ctx<'_, '_> {
         scope: &BTreeMap<String, String>,
         images: &mut BTreeMap<String, String>,
     ) -> Result<(CopyOp, String), PlanError> {
-        let kw = if c.add { "ADD" } else { "COPY" };
         let from = match &c.from {
             None => CopyFrom::Context,
-            Some(f) => match graph::resolve_ref(f, &self.names, self.graph.stages.len(), self.opts)
-                .map_err(|k| self.src.at(line, k))?
-            {
+            Some(f) => match self.resolve_from(line, f, images)? {
                 Ref::Stage(i) => CopyFrom::Stage(i),
                 Ref::Context(n) => CopyFrom::BuildContext(n),
-                Ref::Image(r) => {
-                    self.image_digest(line, &r, images)?;
-                    CopyFrom::Image(r)
-                }
+                Ref::Image(r) => CopyFrom::Image(r),
                 Ref::Scratch => CopyFrom::Image("scratch".into()),
             },
         };
@@ -929,44 +647,8 @@ impl Ctx<'_, '_> {
             keep_git_dir: c.keep_git_dir,
             unpack: c.unpack,
         };
-        // BuildKit's commit message: flags that change the result, paths, heredocs, dest.
-        let mut msg = vec![kw.to_string()];
-        if op.parents {
-            msg.push("--parents".into());
-        }
-        if let Some(c) = &op.chown {
-            msg.push(format!("--chown={c}"));
-        }
-        if let Some(c) = &op.chmod {
-            msg.push(format!("--chmod={c}"));
-        }
-        msg.extend(shown);
-        msg.extend(heredoc_names);
-        msg.push(dest_raw);
-        let created_by = format!("{} # buildkit", msg.join(" "));
+        let created_by = history::copy(&op, shown, heredoc_names, dest_raw);
         Ok((op, created_by))
-    }
-}
-
-/// BuildKit's `runCommandString`: the stage's ARGs as `|N K=V ...` before the command.
-fn run_command_string(argv: &[String], st: &StageState) -> String {
-    let scope = st.scope();
-    let args: Vec<String> = st
-        .arg_history
-        .iter()
-        .map(|(k, v)| {
-            let v = scope
-                .get(k)
-                .cloned()
-                .or_else(|| v.clone())
-                .unwrap_or_default();
-            format!("{k}={v}")
-        })
-        .collect();
-    if args.is_empty() {
-        argv.join(" ")
-    } else {
-        format!("|{} {} {}", args.len(), args.join(" "), argv.join(" "))
     }
 }
 
@@ -1025,78 +707,6 @@ pub(crate) fn parse_ports(spec: &str) -> Result<Vec<String>, ErrorKind> {
     Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
 }
 
-/// `64m`, `1g`, `4096` -> bytes (docker's RAMInBytes, binary units).
-fn parse_size(s: &str) -> Option<u64> {
-    let lower = s.to_ascii_lowercase();
-    let t = lower.trim_end_matches('b');
-    let (num, mult) = match t.chars().last()? {
-        'k' => (&t[..t.len() - 1], 1u64 << 10),
-        'm' => (&t[..t.len() - 1], 1 << 20),
-        'g' => (&t[..t.len() - 1], 1 << 30),
-        't' => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
-/// Go's `%q` of a `[]string`: `["/bin/sh" "-c" "echo hi"]`.
-pub(crate) fn go_quote_list(words: &[String]) -> String {
-    let quoted: Vec<String> = words
-        .iter()
-        .map(|w| serde_json::to_string(w).unwrap_or_default())
-        .collect();
-    format!("[{}]", quoted.join(" "))
-}
-
-/// Go's `%q` of an integer (a quoted rune), as BuildKit's HEALTHCHECK history shows Retries.
-fn go_quote_rune(n: i64) -> String {
-    match u32::try_from(n).ok().and_then(char::from_u32) {
-        Some(c) if !c.is_control() && c != '\'' && c != '\\' => format!("'{c}'"),
-        _ if (0..=0xff).contains(&n) => format!("'\\x{n:02x}'"),
-        _ => format!("'\\u{n:04x}'"),
-    }
-}
-
-/// Go's `time.Duration.String()`.
-pub(crate) fn go_duration(ns: i64) -> String {
-    if ns == 0 {
-        return "0s".into();
-    }
-    let neg = ns < 0;
-    let u = ns.unsigned_abs();
-    let s = if u < 1_000 {
-        format!("{u}ns")
-    } else if u < 1_000_000 {
-        format!("{}µs", trim_frac(u as f64 / 1e3))
-    } else if u < 1_000_000_000 {
-        format!("{}ms", trim_frac(u as f64 / 1e6))
-    } else {
-        let h = u / 3_600_000_000_000;
-        let m = (u / 60_000_000_000) % 60;
-        let secs = (u % 60_000_000_000) as f64 / 1e9;
-        let mut out = String::new();
-        if h > 0 {
-            out.push_str(&format!("{h}h"));
-        }
-        if h > 0 || m > 0 {
-            out.push_str(&format!("{m}m"));
-        }
-        out.push_str(&format!("{}s", trim_frac(secs)));
-        out
-    };
-    if neg {
-        format!("-{s}")
-    } else {
-        s
-    }
-}
-
-fn trim_frac(x: f64) -> String {
-    let s = format!("{x:.9}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    s.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1117,19 +727,5 @@ mod tests {
         assert!(parse_ports("80/foo").is_err());
         assert!(parse_ports("9-1").is_err());
         assert!(parse_ports("70000").is_err());
-    }
-
-    #[test]
-    fn go_formats() {
-        assert_eq!(go_duration(90_000_000_000), "1m30s");
-        assert_eq!(go_duration(300_000_000_000), "5m0s");
-        assert_eq!(go_duration(500_000_000), "500ms");
-        assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
-        assert_eq!(go_quote_rune(3), "'\\x03'");
-        assert_eq!(
-            go_quote_list(&["a b".into(), "c".into()]),
-            "[\"a b\" \"c\"]"
-        );
-        assert_eq!(parse_size("64m"), Some(64 << 20));
     }
 }

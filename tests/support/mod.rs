@@ -1,5 +1,11 @@
-//! Shared pieces of the integration tests: prerequisites (fail in CI, skip elsewhere), the
-//! rbuild binary, the docker client, and image filesystem/config listings for comparisons.
+//! Shared pieces of the integration tests: prerequisites, the rbuild binary, the docker
+//! client, and image filesystem/config listings for comparisons.
+//!
+//! A test that needs more than a checkout (root, docker, the run's registry) is marked
+//! `#[ignore = "needs ..."]`, in one of the wordings of the `needs_*` functions below, and
+//! calls that function first. A plain `cargo test` then lists it as ignored, saying what it
+//! did not run, instead of reporting a green test that ran nothing; scripts/test.sh passes
+//! `--include-ignored`, and there a missing prerequisite fails the test, naming it.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -17,8 +23,8 @@ use sha2::{Digest as _, Sha256};
 /// that script's developer registry. Tests never assume a registry they were not given.
 pub const REGISTRY_VAR: &str = "RBUILD_TEST_REGISTRY";
 
-/// The run's registry address (`localhost:PORT`, from [`REGISTRY_VAR`]). Tests check
-/// [`registry_ready`] (through [`e2e_ready`] or their own `ready`) before calling this.
+/// The run's registry address (`localhost:PORT`, from [`REGISTRY_VAR`]). Tests call
+/// [`needs_root_and_registry`] or [`needs_root_docker_and_registry`] before this.
 pub fn registry() -> &'static str {
     static ADDR: OnceLock<String> = OnceLock::new();
     ADDR.get_or_init(|| {
@@ -53,20 +59,37 @@ impl fmt::Display for InRegistry {
 /// `{REGISTRY}` in a format string: the run registry's address.
 pub const REGISTRY: InRegistry = InRegistry("");
 
-/// Whether a prerequisite holds. In CI (CI=true) a missing one fails the test; elsewhere the
-/// test is skipped with a message saying what to run.
-pub fn require(ok: bool, what: &str) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("prerequisite missing in CI: {what} (scripts/test.sh sets it up)");
-    }
-    eprintln!(
-        "SKIPPED: {what} (run `sudo scripts/test.sh`, or `eval \"$(sudo scripts/test-env.sh)\"` \
+/// Fails the test, naming `what`, unless `ok`. Only `#[ignore]`d tests have prerequisites, and
+/// they run when asked to (`--include-ignored`): a missing one is an error, never a skip.
+pub fn require(ok: bool, what: &str) {
+    assert!(
+        ok,
+        "prerequisite missing: {what} (an #[ignore]d test, run when asked: \
+         `sudo scripts/test.sh` sets up what it needs, or `eval \"$(sudo scripts/test-env.sh)\"` \
          before a single test binary)"
     );
-    false
+}
+
+/// For `#[ignore = "needs root"]`: namespaces, overlay mounts, and rbuild itself (it refuses
+/// other users).
+pub fn needs_root() {
+    require(
+        is_root(),
+        "root (namespaces and overlay mounts; rbuild refuses other users)",
+    );
+}
+
+/// For `#[ignore = "needs root and a registry"]`.
+pub fn needs_root_and_registry() {
+    needs_root();
+    needs_registry();
+}
+
+/// For `#[ignore = "needs root, docker and a registry"]`: the end-to-end tests.
+pub fn needs_root_docker_and_registry() {
+    needs_root();
+    require(docker_ready(), "a running docker engine");
+    needs_registry();
 }
 
 pub fn is_root() -> bool {
@@ -105,9 +128,9 @@ pub fn docker_ready() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Whether the run's registry is given ([`REGISTRY_VAR`]) and holds busybox:latest; false
-/// (skip) or panic (CI) otherwise, through [`require`].
-pub fn registry_ready() -> bool {
+/// The run's registry: given ([`REGISTRY_VAR`]) and holding busybox:latest. Part of the
+/// `needs_*` above; a test never calls it alone (rbuild needs root).
+fn needs_registry() {
     let Ok(addr) = std::env::var(REGISTRY_VAR) else {
         return require(false, &format!("{REGISTRY_VAR}, the run's registry"));
     };
@@ -120,13 +143,6 @@ pub fn registry_ready() -> bool {
         answers,
         &format!("the registry {addr} ({REGISTRY_VAR}) holding busybox:latest"),
     )
-}
-
-/// Everything the end-to-end tests need; false (skip) or panic (CI) when something is missing.
-pub fn e2e_ready() -> bool {
-    require(is_root(), "root (namespaces and overlay mounts)")
-        && require(docker_ready(), "a running docker engine")
-        && registry_ready()
 }
 
 pub fn rbuild_bin() -> PathBuf {
