@@ -197,6 +197,10 @@ mod tests {
         for bad in ["", "u", "9", "u+q", "77777"] {
             assert!(Chmod::parse(bad).is_err(), "{bad}");
         }
+        // The instruction check once let this through to fail in the copier.
+        assert!(Chmod::parse("u+gx").is_err());
+        assert!(!crate::dockerfile::instructions::valid_chmod("u+gx"));
+        assert!(crate::dockerfile::instructions::valid_chmod("${MODE}"));
         assert_eq!(Chmod::parse("0640").unwrap().octal(), Some(0o640));
         assert_eq!(Chmod::parse("u+x").unwrap().octal(), None);
     }
