@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod context;
 pub mod dockerfile;
+pub mod error;
 pub mod exec;
 pub mod fileop;
 pub mod image;

@@ -710,6 +710,61 @@ fn source_date_epoch_builds_are_byte_identical_and_keep_base_layers() {
     );
 }
 
+/// Regression (issue 15): `--build-arg SOURCE_DATE_EPOCH=N` set the image's timestamps, but
+/// the archive's metadata entries took their mtime from the environment variable alone.
+#[test]
+#[ignore = "needs root"]
+fn source_date_epoch_build_arg_alone_dates_archive_entries_and_history() {
+    needs_root();
+    const N: u64 = 1_600_000_000;
+    let dir = tempdir();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY fresh /fresh\nENV A=1\nCOPY fresh /again/\n",
+    )
+    .unwrap();
+    // Written now, so newer than N: the layers clamp its mtime to N.
+    std::fs::write(ctx.join("fresh"), "new\n").unwrap();
+    let archive = dir.path().join("d.tar");
+    run_ok(
+        rbuild(&dir.path().join("store"))
+            .env_remove("SOURCE_DATE_EPOCH")
+            .args(["--build-arg", &format!("SOURCE_DATE_EPOCH={N}"), "-o"])
+            .arg(format!("type=docker,dest={}", archive.display()))
+            .arg(&ctx),
+    );
+
+    let bytes = std::fs::read(&archive).unwrap();
+    let mut outer = tar::Archive::new(&bytes[..]);
+    let mut files = BTreeMap::new();
+    for entry in outer.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        assert_eq!(entry.header().mtime().unwrap(), N, "archive entry {name}");
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        files.insert(name, data);
+    }
+    let manifest = json(&files["manifest.json"]);
+    let config = json(&files[manifest[0]["Config"].as_str().unwrap()]);
+    assert_eq!(config["created"], "2020-09-13T12:26:40Z");
+    let history = config["history"].as_array().unwrap();
+    assert_eq!(history.len(), 3);
+    for h in history {
+        assert_eq!(h["created"], "2020-09-13T12:26:40Z", "{h}");
+    }
+    for layer in manifest[0]["Layers"].as_array().unwrap() {
+        let layer = &files[layer.as_str().unwrap()];
+        for entry in tar::Archive::new(&layer[..]).entries().unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.path().unwrap().display().to_string();
+            assert_eq!(entry.header().mtime().unwrap(), N, "layer entry {name}");
+        }
+    }
+}
+
 /// Nothing but `keep` in `dir`.
 fn assert_only(dir: &Path, keep: &[&str]) {
     let mut names: Vec<String> = std::fs::read_dir(dir)

@@ -209,7 +209,9 @@ pub struct BuildArgs {
     /// Stream the image into `docker load`
     #[arg(long)]
     pub load: bool,
-    /// Output: `type=docker|oci|local|tar,dest=PATH[,tar=false][,compression=gzip|zstd|uncompressed][,compression-level=N]`, or a path (`F.tar`: docker archive, `DIR`: rootfs)
+    /// Output: `type=docker|oci|local|tar,dest=PATH`; for oci `tar=false`; for docker and oci
+    /// `compression=gzip|zstd|uncompressed`, `compression-level=N`. Or a path (`F.tar`: docker
+    /// archive, `DIR`: rootfs)
     #[arg(short, long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
 }

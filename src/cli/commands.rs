@@ -7,13 +7,13 @@ use std::process::{Command as Process, Stdio};
 use anyhow::Context as _;
 
 use crate::exec;
-use crate::image::{Platform, Reference};
+use crate::image::{Platform, Reference, SourceDateEpoch};
 use crate::output::{self, OutputKind, OutputSpec};
 use crate::registry::{Client, RegistryOptions};
 use crate::store::Store;
 
 use super::args::{Cli, Command, GlobalArgs, SaveFormat};
-use super::settings::{build_settings, store_root};
+use super::settings::{build_settings, source_date_epoch, store_root};
 use super::{reporter, UserError};
 
 /// Said to a user who is not root, before anything is read or created.
@@ -128,6 +128,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     compression: None,
                     level: None,
                 },
+                source_date_epoch(None)?,
             )?;
             Ok(())
         }
@@ -147,10 +148,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let store = open_store(&global)?;
             let r = parse_ref(&reference)?;
-            let sde = std::env::var("SOURCE_DATE_EPOCH")
-                .ok()
-                .and_then(|v| v.parse().ok());
-            let record = exec::import_rootfs(&store, &tarball, &r, &changes, sde)?;
+            let epoch = source_date_epoch(None)?;
+            let record = exec::import_rootfs(&store, &tarball, &r, &changes, epoch)?;
             stdout_line(&record.config_digest.to_string())?;
             Ok(())
         }
@@ -210,12 +209,18 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
 
     for spec in &settings.outputs {
         let started = std::time::Instant::now();
-        output::write(&store, image, tags, spec)?;
+        output::write(
+            &store,
+            image,
+            tags,
+            spec,
+            settings.request.source_date_epoch,
+        )?;
         super::progress::trace("output", started.elapsed());
         say(format!("wrote {}", describe(&spec.kind)));
     }
     if settings.load {
-        load_into_docker(&store, image, tags)?;
+        load_into_docker(&store, image, tags, settings.request.source_date_epoch)?;
         say("loaded the image into docker".to_string());
     }
     if settings.push {
@@ -282,6 +287,7 @@ fn load_into_docker(
     store: &Store,
     image: &crate::store::ImageRecord,
     tags: &[Reference],
+    epoch: Option<SourceDateEpoch>,
 ) -> anyhow::Result<()> {
     let mut child = Process::new("docker")
         .args(["load", "-q"])
@@ -297,7 +303,7 @@ fn load_into_docker(
         level: None,
     };
     let mut stdin = child.stdin.take().expect("stdin was piped");
-    let written = output::write_to(store, image, tags, &spec, &mut stdin);
+    let written = output::write_to(store, image, tags, &spec, epoch, &mut stdin);
     drop(stdin);
     let status = child.wait()?;
     written?;

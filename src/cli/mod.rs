@@ -35,7 +35,11 @@ pub fn main() -> i32 {
                 let _ = writeln!(std::io::stderr(), "error: interrupted");
                 return 130;
             }
-            let _ = writeln!(std::io::stderr(), "error: {}", render_error(&err));
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {}",
+                crate::error::render_chain(err.as_ref())
+            );
             if err.downcast_ref::<UserError>().is_some() || is_user_error(&err) {
                 1
             } else {
@@ -43,18 +47,6 @@ pub fn main() -> i32 {
             }
         }
     }
-}
-
-/// `a: b: c` from the error chain, without repeating a cause a message already includes.
-fn render_error(err: &anyhow::Error) -> String {
-    let mut text = err.to_string();
-    for cause in err.chain().skip(1) {
-        let c = cause.to_string();
-        if !text.contains(&c) {
-            text = format!("{text}: {c}");
-        }
-    }
-    text
 }
 
 /// Library errors that come from the user's input rather than from a bug in rbuild.

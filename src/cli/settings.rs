@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::context;
 use crate::dockerfile::instructions::NetworkMode;
 use crate::exec::{BuildRequest, NamedContext, SecretSource};
-use crate::image::{Platform, Reference};
+use crate::image::{Platform, Reference, SourceDateEpoch};
 use crate::output::{self, OutputSpec};
 
 use super::{BuildArgs, UserError};
@@ -195,18 +195,8 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
         }
     }
 
-    let source_date_epoch = match build_args
-        .get("SOURCE_DATE_EPOCH")
-        .cloned()
-        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
-    {
-        Some(v) if !v.is_empty() => Some(v.parse::<i64>().map_err(|_| {
-            user(format!(
-                "SOURCE_DATE_EPOCH `{v}`: expected seconds since 1970"
-            ))
-        })?),
-        _ => None,
-    };
+    let source_date_epoch =
+        source_date_epoch(build_args.get("SOURCE_DATE_EPOCH").map(String::as_str))?;
 
     let outputs = args
         .outputs
@@ -243,6 +233,14 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
         push: args.push,
         load: args.load,
     })
+}
+
+/// The build's SOURCE_DATE_EPOCH, from `--build-arg SOURCE_DATE_EPOCH` (`build_arg`) or the
+/// environment variable: the one place rbuild reads it. The value goes to the image's
+/// timestamps, the layers' mtime clamp and the outputs' archive entries alike.
+pub fn source_date_epoch(build_arg: Option<&str>) -> anyhow::Result<Option<SourceDateEpoch>> {
+    let env = std::env::var("SOURCE_DATE_EPOCH").ok();
+    SourceDateEpoch::resolve(build_arg, env.as_deref()).map_err(|e| user(e.to_string()))
 }
 
 /// The Dockerfile at `path` (absolute), opened beneath the context when it is inside it.

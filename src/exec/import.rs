@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::image::{
     media, Descriptor, Digest, History, ImageConfig, Index, Manifest, Platform, Reference,
+    SourceDateEpoch,
 };
 use crate::layer::{compress, Compression};
 use crate::plan::{self, BaseResolver, BuildOptions, ResolvedBase};
@@ -29,7 +30,7 @@ pub fn import_rootfs(
     tarball: &Path,
     reference: &Reference,
     changes: &[String],
-    source_date_epoch: Option<i64>,
+    source_date_epoch: Option<SourceDateEpoch>,
 ) -> Result<ImageRecord, BuildError> {
     let _lock = store.lock_shared()?;
     // The config first: a bad --change fails before any I/O.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::dockerfile::instructions::NetworkMode;
-use crate::image::{Platform, Reference};
+use crate::image::{Platform, Reference, SourceDateEpoch};
 use crate::plan::BuildOptions;
 
 #[derive(Debug)]
@@ -33,7 +33,7 @@ pub struct BuildRequest {
     pub secrets: BTreeMap<String, SecretSource>,
     pub build_contexts: BTreeMap<String, NamedContext>,
     pub platform: Platform,
-    pub source_date_epoch: Option<i64>,
+    pub source_date_epoch: Option<SourceDateEpoch>,
 }
 
 #[derive(Debug, Clone)]

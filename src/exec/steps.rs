@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::context::{self, IgnoreMatcher, StatCache};
 use crate::dockerfile::instructions::{MountType, NetworkMode, Security};
@@ -913,9 +913,9 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 }
 
 /// The `created` time of what this build makes: SOURCE_DATE_EPOCH when set, else now.
-pub fn created_time(source_date_epoch: Option<i64>) -> String {
+pub fn created_time(source_date_epoch: Option<crate::image::SourceDateEpoch>) -> String {
     match source_date_epoch {
-        Some(epoch) => rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(epoch.max(0) as u64)),
+        Some(epoch) => epoch.rfc3339(),
         None => rfc3339(std::time::SystemTime::now()),
     }
 }

@@ -3,11 +3,13 @@
 
 pub mod config;
 pub mod digest;
+pub mod epoch;
 pub mod manifest;
 pub mod reference;
 
 pub use config::{ContainerConfig, HealthConfig, History, ImageConfig, RootFs};
 pub use digest::{Digest, DigestError, Sha256Writer};
+pub use epoch::{EpochError, SourceDateEpoch};
 pub use manifest::{media, Descriptor, Index, Manifest, Platform};
 pub use reference::{Reference, ReferenceError};
 

@@ -1,5 +1,5 @@
 //! Layers: `snapshot` (overlay upperdir -> OCI tar), `apply` (tar -> overlay-format dir),
-//! and `compress` (the blob codecs).
+//! `compress` (the blob codecs) and `tar` (the one tar encoder, also used by the outputs).
 
 use std::io;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use crate::image::Digest;
 pub mod apply;
 pub mod compress;
 pub mod snapshot;
+pub mod tar;
 
 pub use apply::{apply, ApplyStats, VerifyingReader};
 pub use compress::{Compression, Compressor};
@@ -113,12 +114,7 @@ impl LayerError {
     }
 }
 
-/// The xattrs a layer carries: file capabilities and user attributes. Overlay's own
-/// (`trusted.overlay.*`), SELinux labels and other trusted/system namespaces describe the
-/// host, not the image (design.md "Layers").
-pub(crate) fn keep_xattr(name: &[u8]) -> bool {
-    name == b"security.capability" || name.starts_with(b"user.")
-}
+pub(crate) use self::tar::keep_xattr;
 
 /// Overlay marks a directory that hides everything below it with this xattr set to `y`.
 pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";

@@ -2,10 +2,11 @@
 //!
 //! The walk first collects every relative path (memory grows with the number of entries,
 //! never with file sizes), sorts them byte-wise, then writes one entry at a time. Headers are
-//! filled by hand (ustar + PAX) so the bytes depend only on the tree: same input, same digest.
+//! encoded by [`crate::layer::tar`] (ustar + PAX), so the bytes depend only on the tree: same input,
+//! same digest.
 //! See design.md "Layers" and the OCI image spec, "Representing Changes".
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -14,15 +15,16 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread::JoinHandle;
 
-use crate::image::{Digest, Sha256Writer};
+use crate::image::{Digest, Sha256Writer, SourceDateEpoch};
 use crate::layer::compress::{Compression, Compressor};
-use crate::layer::{keep_xattr, LayerError, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX};
+use crate::layer::tar::{encode_header, padding, read_xattrs, Entry, Xattrs, END_OF_ARCHIVE};
+use crate::layer::{LayerError, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX};
 
 /// How to snapshot an upperdir.
 #[derive(Clone, Debug, Default)]
 pub struct SnapshotOptions {
     /// Clamp every mtime to at most this (SOURCE_DATE_EPOCH, reproducible builds).
-    pub source_date_epoch: Option<i64>,
+    pub source_date_epoch: Option<SourceDateEpoch>,
     /// Relative paths to leave out, with everything below them (the sandbox's mount stubs).
     pub skip: Vec<PathBuf>,
 }
@@ -51,11 +53,6 @@ struct Item {
     /// An overlay whiteout (char device 0/0): written as an empty `.wh.NAME` file.
     whiteout: bool,
 }
-
-const BLOCK: usize = 512;
-/// ustar's octal numeric fields hold at most 7 digits (uid/gid) or 11 digits (size/mtime).
-const MAX_OCTAL_7: u64 = 0o7777777;
-const MAX_OCTAL_11: u64 = 0o77777777777;
 
 /// Write the layer tar of `upper` to `out`. Returns the diff_id (sha256 of the tar), its
 /// size, and `out` back.
@@ -121,13 +118,14 @@ fn write_tar(
             emit,
         },
         epoch: opts.source_date_epoch,
+        header: Vec::new(),
     };
     // (dev, ino) -> tar name of the first path written for a multiply-linked inode.
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     for item in &items {
         write_item(upper, item, &mut w, &mut links)?;
     }
-    w.put(&[0u8; 2 * BLOCK])?;
+    w.put(&END_OF_ARCHIVE)?;
     w.out.send().map_err(LayerError::Write)?;
     Ok(w.out.total)
 }
@@ -490,11 +488,11 @@ fn write_item(
         mode: meta.mode() & 0o7777,
         uid: u64::from(meta.uid()),
         gid: u64::from(meta.gid()),
-        mtime: meta.mtime(),
+        mtime: w.mtime(meta.mtime()),
         size: 0,
         link: None,
         device: None,
-        xattrs: BTreeMap::new(),
+        xattrs: Xattrs::new(),
     };
 
     if item.whiteout {
@@ -504,7 +502,7 @@ fn write_item(
         return w.write_entry(&entry, None);
     }
 
-    let (xattrs, opaque) = read_xattrs(&path)?;
+    let (xattrs, opaque) = read_xattrs(&path, OPAQUE_XATTR.as_bytes())?;
     entry.xattrs = xattrs;
 
     if !ft.is_dir() && meta.nlink() > 1 {
@@ -527,7 +525,7 @@ fn write_item(
                 name: item.tar_path.clone(),
                 kind: tar::EntryType::Regular,
                 mode: entry.mode & 0o777,
-                xattrs: BTreeMap::new(),
+                xattrs: Xattrs::new(),
                 ..entry
             };
             marker.name.push(b'/');
@@ -566,166 +564,36 @@ fn write_item(
     }
 }
 
-/// The xattrs of `path` that belong in a layer, and whether overlay marked it opaque.
-fn read_xattrs(path: &Path) -> Result<(Xattrs, bool), LayerError> {
-    let err = |e: rustix::io::Errno| LayerError::io("reading xattrs of", path, e.into());
-    let mut kept = BTreeMap::new();
-    let mut opaque = false;
-    let names = loop {
-        let len = match rustix::fs::llistxattr_query(path) {
-            Ok(len) => len,
-            // Filesystems without xattr support have no xattrs to keep.
-            Err(rustix::io::Errno::NOTSUP) => return Ok((kept, false)),
-            Err(e) => return Err(err(e)),
-        };
-        if len == 0 {
-            return Ok((kept, false));
-        }
-        let mut buf = vec![0u8; len];
-        match rustix::fs::llistxattr(path, &mut buf[..]) {
-            Ok(n) => {
-                buf.truncate(n);
-                break buf;
-            }
-            // Grew between the two calls: ask again.
-            Err(rustix::io::Errno::RANGE) => continue,
-            Err(e) => return Err(err(e)),
-        }
-    };
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let is_opaque = name == OPAQUE_XATTR.as_bytes();
-        if !is_opaque && !keep_xattr(name) {
-            continue;
-        }
-        let value = match get_xattr(path, name) {
-            Ok(v) => v,
-            // Removed since the listing: nothing to keep.
-            Err(rustix::io::Errno::NODATA) => continue,
-            Err(e) => return Err(err(e)),
-        };
-        if is_opaque {
-            opaque = value == b"y";
-        } else {
-            kept.insert(name.to_vec(), value);
-        }
-    }
-    Ok((kept, opaque))
-}
-
-fn get_xattr(path: &Path, name: &[u8]) -> Result<Vec<u8>, rustix::io::Errno> {
-    let name = std::ffi::OsStr::from_bytes(name);
-    loop {
-        let len = rustix::fs::lgetxattr_query(path, name)?;
-        let mut buf = vec![0u8; len];
-        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(rustix::io::Errno::RANGE) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Xattr name -> value, sorted so the PAX records come out in a fixed order.
-type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
-
-/// One tar entry, before encoding.
-struct Entry {
-    name: Vec<u8>,
-    kind: tar::EntryType,
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    mtime: i64,
-    size: u64,
-    link: Option<Vec<u8>>,
-    device: Option<(u32, u32)>,
-    xattrs: Xattrs,
-}
-
 struct TarWriter<'a> {
     out: ChunkOut<'a>,
-    epoch: Option<i64>,
+    epoch: Option<SourceDateEpoch>,
+    /// Reused for each entry's header blocks.
+    header: Vec<u8>,
 }
 
 impl TarWriter<'_> {
+    /// An mtime as the layer keeps it: clamped to SOURCE_DATE_EPOCH, and never before 1970
+    /// (ustar cannot express it, nor can most image tooling).
+    fn mtime(&self, mtime: i64) -> u64 {
+        let mtime = mtime.max(0) as u64;
+        match self.epoch {
+            Some(epoch) => mtime.min(epoch.tar_mtime()),
+            None => mtime,
+        }
+    }
+
     /// Encode `entry` (PAX header first when needed) and copy `data` for regular files.
     fn write_entry(
         &mut self,
         entry: &Entry,
         data: Option<(File, &Path)>,
     ) -> Result<(), LayerError> {
-        let mtime = match self.epoch {
-            Some(epoch) => entry.mtime.min(epoch),
-            None => entry.mtime,
-        };
-        // ustar cannot express times before 1970; nor can most image tooling.
-        let mtime = mtime.max(0) as u64;
-
-        let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        if entry.name.len() > 100 {
-            pax.push((b"path".to_vec(), entry.name.clone()));
-        }
-        if let Some(link) = &entry.link {
-            if link.len() > 100 {
-                pax.push((b"linkpath".to_vec(), link.clone()));
-            }
-        }
-        if entry.size > MAX_OCTAL_11 {
-            pax.push((b"size".to_vec(), entry.size.to_string().into_bytes()));
-        }
-        if entry.uid > MAX_OCTAL_7 {
-            pax.push((b"uid".to_vec(), entry.uid.to_string().into_bytes()));
-        }
-        if entry.gid > MAX_OCTAL_7 {
-            pax.push((b"gid".to_vec(), entry.gid.to_string().into_bytes()));
-        }
-        if mtime > MAX_OCTAL_11 {
-            pax.push((b"mtime".to_vec(), mtime.to_string().into_bytes()));
-        }
-        for (name, value) in &entry.xattrs {
-            let mut key = b"SCHILY.xattr.".to_vec();
-            key.extend_from_slice(name);
-            pax.push((key, value.clone()));
-        }
-        if !pax.is_empty() {
-            let records = pax_records(&pax);
-            let mut h = tar::Header::new_ustar();
-            set_bytes(&mut h.as_ustar_mut().expect("ustar").name, b"PaxHeader");
-            h.set_entry_type(tar::EntryType::XHeader);
-            h.set_mode(0o644);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(0);
-            h.set_size(records.len() as u64);
-            h.set_cksum();
-            self.put(h.as_bytes())?;
-            self.put(&records)?;
-            self.pad(records.len() as u64)?;
-        }
-
-        let mut h = tar::Header::new_ustar();
-        {
-            let ustar = h.as_ustar_mut().expect("ustar");
-            set_bytes(&mut ustar.name, &entry.name);
-            if let Some(link) = &entry.link {
-                set_bytes(&mut ustar.linkname, link);
-            }
-        }
-        h.set_entry_type(entry.kind);
-        h.set_mode(entry.mode);
-        h.set_uid(entry.uid.min(MAX_OCTAL_7));
-        h.set_gid(entry.gid.min(MAX_OCTAL_7));
-        h.set_mtime(mtime.min(MAX_OCTAL_11));
-        h.set_size(entry.size.min(MAX_OCTAL_11));
-        // Empty uname/gname: ids are numeric in images.
-        let (major, minor) = entry.device.unwrap_or((0, 0));
-        h.set_device_major(major).map_err(LayerError::Write)?;
-        h.set_device_minor(minor).map_err(LayerError::Write)?;
-        h.set_cksum();
-        self.put(h.as_bytes())?;
+        self.header.clear();
+        encode_header(entry, &mut self.header).map_err(LayerError::Write)?;
+        let header = std::mem::take(&mut self.header);
+        let put = self.put(&header);
+        self.header = header;
+        put?;
 
         if let Some((mut file, path)) = data {
             let copied = self
@@ -740,7 +608,7 @@ impl TarWriter<'_> {
                     path: path.to_path_buf(),
                 });
             }
-            self.pad(entry.size)?;
+            self.put(padding(entry.size))?;
         }
         Ok(())
     }
@@ -748,41 +616,6 @@ impl TarWriter<'_> {
     fn put(&mut self, bytes: &[u8]) -> Result<(), LayerError> {
         self.out.put(bytes).map_err(LayerError::Write)
     }
-
-    fn pad(&mut self, len: u64) -> Result<(), LayerError> {
-        let rem = (len % BLOCK as u64) as usize;
-        if rem != 0 {
-            self.put(&[0u8; BLOCK][..BLOCK - rem])?;
-        }
-        Ok(())
-    }
-}
-
-/// Copy as much of `value` as fits into a NUL-padded header field.
-fn set_bytes(field: &mut [u8], value: &[u8]) {
-    let n = value.len().min(field.len());
-    field[..n].copy_from_slice(&value[..n]);
-    field[n..].fill(0);
-}
-
-/// PAX records: `"<len> <key>=<value>\n"` where `<len>` counts the whole record, itself
-/// included (POSIX pax, "extended header").
-fn pax_records(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (key, value) in pairs {
-        let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
-        let mut len = rest + 1;
-        while len != rest + len.to_string().len() {
-            len = rest + len.to_string().len();
-        }
-        out.extend_from_slice(len.to_string().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(key);
-        out.push(b'=');
-        out.extend_from_slice(value);
-        out.push(b'\n');
-    }
-    out
 }
 
 #[cfg(test)]
@@ -906,7 +739,7 @@ Regular ünïcødé-名前 size=7 mode=644 0:0 mtime=1000000 sha=2fcf76a4c3c7 xa
         set_mtime(&root.join("old"), 2_000);
         set_mtime(&root.join("new"), 5_000);
         let opts = SnapshotOptions {
-            source_date_epoch: Some(3_000),
+            source_date_epoch: Some(SourceDateEpoch::from_seconds(3_000)),
             skip: Vec::new(),
         };
         let (_, bytes) = tar_of(root, &opts);
@@ -973,14 +806,6 @@ Regular ünïcødé-名前 size=7 mode=644 0:0 mtime=1000000 sha=2fcf76a4c3c7 xa
         let tmp = tempfile::tempdir().unwrap();
         let (_, bytes) = tar_of(tmp.path(), &SnapshotOptions::default());
         assert!(bytes == vec![0u8; 1024]);
-    }
-
-    #[test]
-    fn pax_record_lengths_count_themselves() {
-        // "9 a=bcd\n" is 8 bytes: the length must roll over to two digits correctly.
-        assert_eq!(pax_records(&[(b"a".to_vec(), b"b".to_vec())]), b"6 a=b\n");
-        let r = pax_records(&[(b"k".to_vec(), vec![b'v'; 5])]);
-        assert_eq!(r, b"11 k=vvvvv\n");
     }
 
     /// Real overlayfs: deleting a lower file and replacing a lower directory must show up as

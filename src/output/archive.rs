@@ -11,9 +11,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{archive_mtime, OutputError};
-use crate::image::{canonical_json, media, Descriptor, Digest, Index, Manifest, Reference};
+use super::OutputError;
+use crate::image::{
+    canonical_json, media, Descriptor, Digest, Index, Manifest, Reference, SourceDateEpoch,
+};
 use crate::layer::compress::Compression;
+use crate::layer::tar::{Entry, Writer};
 use crate::store::{ImageRecord, LayerBytes, Store};
 
 /// Where a blob's bytes come from.
@@ -153,10 +156,9 @@ pub(super) fn write_archive(
     compression: Compression,
     level: Option<i32>,
     docker: bool,
-    w: &mut dyn Write,
+    mut tar: DeterministicTar<&mut dyn Write>,
 ) -> Result<(), OutputError> {
     let layout = build_layout(store, image, tags, compression, level, docker)?;
-    let mut tar = DeterministicTar::new(w);
     let out = "<archive>";
     tar.dir("blobs/").map_err(OutputError::io("writing", out))?;
     tar.dir("blobs/sha256/")
@@ -225,42 +227,36 @@ pub(super) fn write_layout_dir(
     Ok(())
 }
 
-/// A tar writer for archive metadata: uid/gid 0, no user names, fixed mtime, fixed modes.
+/// The archive's own entries, through the layers' tar encoder: uid/gid 0, no user names,
+/// fixed modes, mtime the build's SOURCE_DATE_EPOCH or 0.
 pub(super) struct DeterministicTar<W: Write> {
-    builder: tar::Builder<W>,
+    tar: Writer<W>,
     mtime: u64,
 }
 
 impl<W: Write> DeterministicTar<W> {
-    pub(super) fn new(w: W) -> Self {
-        let mut builder = tar::Builder::new(w);
-        builder.sparse(false);
+    pub(super) fn new(w: W, epoch: Option<SourceDateEpoch>) -> Self {
         DeterministicTar {
-            builder,
-            mtime: archive_mtime(),
+            tar: Writer::new(w),
+            mtime: epoch.map_or(0, SourceDateEpoch::tar_mtime),
         }
     }
 
-    fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(self.mtime);
-        h.set_size(size);
-        h
+    fn entry(&self, name: &str, kind: tar::EntryType, mode: u32, size: u64) -> Entry {
+        let mut e = Entry::new(name, kind, mode);
+        e.mtime = self.mtime;
+        e.size = size;
+        e
     }
 
     pub(super) fn dir(&mut self, name: &str) -> io::Result<()> {
-        let mut h = self.header(tar::EntryType::Directory, 0o755, 0);
-        self.builder.append_data(&mut h, name, io::empty())
+        let e = self.entry(name, tar::EntryType::Directory, 0o755, 0);
+        self.tar.append(&e, io::empty())
     }
 
     pub(super) fn file(&mut self, name: &str, size: u64, data: impl Read) -> io::Result<()> {
-        let mut h = self.header(tar::EntryType::Regular, 0o644, size);
-        // `take` guards against a file that grew after we read its size.
-        self.builder.append_data(&mut h, name, data.take(size))
+        let e = self.entry(name, tar::EntryType::Regular, 0o644, size);
+        self.tar.append(&e, data)
     }
 
     /// A regular file whose `size` bytes `copy` writes (returning how many it wrote): for
@@ -271,26 +267,11 @@ impl<W: Write> DeterministicTar<W> {
         size: u64,
         copy: impl FnOnce(&mut dyn Write) -> io::Result<u64>,
     ) -> io::Result<()> {
-        let mut h = self.header(tar::EntryType::Regular, 0o644, size);
-        h.set_path(name)?;
-        h.set_cksum();
-        let w = self.builder.get_mut();
-        w.write_all(h.as_bytes())?;
-        let written = copy(w)?;
-        if written != size {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{name}: {written} bytes where {size} were expected"),
-            ));
-        }
-        let rem = (size % 512) as usize;
-        if rem != 0 {
-            w.write_all(&[0u8; 512][..512 - rem])?;
-        }
-        Ok(())
+        let e = self.entry(name, tar::EntryType::Regular, 0o644, size);
+        self.tar.append_with(&e, |w| copy(w))
     }
 
     pub(super) fn finish(self) -> io::Result<()> {
-        self.builder.into_inner()?.flush()
+        self.tar.finish().map(drop)
     }
 }

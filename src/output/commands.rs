@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{write, OutputError, OutputKind, OutputSpec};
-use crate::image::Reference;
+use crate::image::{Reference, SourceDateEpoch};
 use crate::store::Store;
 
 /// One line of `rbuild images`.
@@ -154,7 +154,12 @@ pub fn inspect(store: &Store, reference_or_id: &str) -> Result<serde_json::Value
 
 /// `save`: write the image `reference_or_id` names as a docker archive or OCI layout. When
 /// it is a tag, that tag names the image inside the archive; given an id, all its tags do.
-pub fn save(store: &Store, reference_or_id: &str, spec: &OutputSpec) -> Result<(), OutputError> {
+pub fn save(
+    store: &Store,
+    reference_or_id: &str,
+    spec: &OutputSpec,
+    epoch: Option<SourceDateEpoch>,
+) -> Result<(), OutputError> {
     if matches!(spec.kind, OutputKind::Local { .. } | OutputKind::Tar { .. }) {
         return Err(OutputError::Parse {
             spec: reference_or_id.to_string(),
@@ -178,5 +183,5 @@ pub fn save(store: &Store, reference_or_id: &str, spec: &OutputSpec) -> Result<(
             .map(|(r, _)| r)
             .collect(),
     };
-    write(store, &image, &named, spec)
+    write(store, &image, &named, spec, epoch)
 }

@@ -14,7 +14,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::image::{Digest, Reference};
+use crate::image::{Digest, Reference, SourceDateEpoch};
 use crate::layer::compress::Compression;
 use crate::store::{ImageRecord, Store, StoreError};
 
@@ -55,6 +55,8 @@ pub enum OutputError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Layer(#[from] crate::layer::LayerError),
     #[error("layer {chain} has no extracted directory in the store")]
     LayerMissing { chain: Digest },
     #[error("no image `{0}` in the store")]
@@ -188,6 +190,25 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OutputError> {
     if tar.is_some() && !matches!(kind, OutputKind::Oci { .. }) {
         return Err(err("tar= only applies to type=oci"));
     }
+    // The rootfs outputs write files, not layer blobs: a codec would be silently ignored.
+    if let OutputKind::Local { .. } | OutputKind::Tar { .. } = kind {
+        let rootfs_type = if matches!(kind, OutputKind::Local { .. }) {
+            "type=local"
+        } else {
+            "type=tar"
+        };
+        for (option, given) in [
+            ("compression=", compression.is_some()),
+            ("compression-level=", level.is_some()),
+        ] {
+            if given {
+                return Err(err(&format!(
+                    "{option} only applies to type=docker and type=oci ({rootfs_type} writes \
+                     files, not layer blobs)"
+                )));
+            }
+        }
+    }
     Ok(OutputSpec {
         kind,
         compression,
@@ -195,17 +216,21 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OutputError> {
     })
 }
 
-/// Write `image` (tagged `tags`, which name it inside archives) as `spec` asks.
+/// Write `image` (tagged `tags`, which name it inside archives) as `spec` asks; `epoch`
+/// (the build's SOURCE_DATE_EPOCH) dates an archive's own entries, else they get 0.
 pub fn write(
     store: &Store,
     image: &ImageRecord,
     tags: &[Reference],
     spec: &OutputSpec,
+    epoch: Option<SourceDateEpoch>,
 ) -> Result<(), OutputError> {
     match &spec.kind {
         OutputKind::Docker { dest }
         | OutputKind::Oci { dest, tar: true }
-        | OutputKind::Tar { dest } => write_file(dest, |w| write_to(store, image, tags, spec, w)),
+        | OutputKind::Tar { dest } => {
+            write_file(dest, |w| write_to(store, image, tags, spec, epoch, w))
+        }
         OutputKind::Oci { dest, tar: false } => {
             let c = spec.compression.unwrap_or(Compression::Gzip);
             write_dir(dest, |dir| {
@@ -226,16 +251,19 @@ pub fn write_to(
     image: &ImageRecord,
     tags: &[Reference],
     spec: &OutputSpec,
+    epoch: Option<SourceDateEpoch>,
     w: &mut dyn Write,
 ) -> Result<(), OutputError> {
     match &spec.kind {
         OutputKind::Docker { .. } => {
             let c = spec.compression.unwrap_or(Compression::Uncompressed);
-            archive::write_archive(store, image, tags, c, spec.level, true, w)
+            let tar = archive::DeterministicTar::new(w, epoch);
+            archive::write_archive(store, image, tags, c, spec.level, true, tar)
         }
         OutputKind::Oci { tar: true, .. } => {
             let c = spec.compression.unwrap_or(Compression::Gzip);
-            archive::write_archive(store, image, tags, c, spec.level, false, w)
+            let tar = archive::DeterministicTar::new(w, epoch);
+            archive::write_archive(store, image, tags, c, spec.level, false, tar)
         }
         OutputKind::Tar { .. } => {
             let entries = rootfs::merged_entries(store, &image.chains)?;
@@ -245,14 +273,6 @@ pub fn write_to(
             Err(OutputError::NotAStream(dest.clone()))
         }
     }
-}
-
-/// The mtime for archive metadata entries: SOURCE_DATE_EPOCH, or 0.
-pub(crate) fn archive_mtime() -> u64 {
-    std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0)
 }
 
 /// Write a file output via a temporary file beside `dest` (or to stdout for `-`).

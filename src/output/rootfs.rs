@@ -5,11 +5,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::OutputError;
 use crate::image::Digest;
+use crate::layer::tar::{read_xattrs, Entry, Writer, Xattrs};
 use crate::store::Store;
 
 /// One path of the merged tree and the layer file that provides it.
@@ -95,30 +97,11 @@ fn is_opaque(path: &Path) -> bool {
         })
 }
 
-/// The xattrs that belong in an image (design.md "Layers"): `security.capability` and `user.*`.
-fn image_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut names = vec![0u8; 64 * 1024];
-    let Ok(n) = rustix::fs::llistxattr(path, &mut names[..]) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let Ok(name) = std::str::from_utf8(name) else {
-            continue;
-        };
-        if !(name == "security.capability" || name.starts_with("user."))
-            || name.starts_with("user.overlay.")
-        {
-            continue;
-        }
-        let mut value = vec![0u8; 64 * 1024];
-        if let Ok(len) = rustix::fs::lgetxattr(path, name, &mut value[..]) {
-            value.truncate(len);
-            out.push((name.to_string(), value));
-        }
-    }
-    out.sort();
-    out
+/// The xattrs of a layer file that belong in an image: the layers' one rule
+/// ([`crate::layer::tar::keep_xattr`]).
+fn image_xattrs(path: &Path) -> Result<Xattrs, OutputError> {
+    // The opaque marker was applied when the tree was merged; it is never copied.
+    Ok(read_xattrs(path, b"trusted.overlay.opaque")?.0)
 }
 
 /// Copy the merged tree into `dir` (an empty directory), keeping ownership (when running as
@@ -171,11 +154,11 @@ pub(super) fn materialize(entries: &[MergedEntry], dir: &Path) -> Result<(), Out
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
             Err(e) => return Err(OutputError::io("changing owner of", &dest)(e)),
         }
-        for (name, value) in image_xattrs(&e.source) {
+        for (name, value) in image_xattrs(&e.source)? {
             // Unprivileged or on a filesystem without xattrs: keep going without them.
             let _ = rustix::fs::lsetxattr(
                 &dest,
-                name.as_str(),
+                std::ffi::OsStr::from_bytes(&name),
                 &value,
                 rustix::fs::XattrFlags::empty(),
             );
@@ -204,92 +187,72 @@ pub(super) fn materialize(entries: &[MergedEntry], dir: &Path) -> Result<(), Out
     Ok(())
 }
 
-/// Write the merged tree as one tar: entries sorted, numeric uid/gid, no user names, PAX
-/// xattrs, hard links as link entries.
+/// Write the merged tree as one tar with the layers' encoder: entries sorted, numeric
+/// uid/gid, no user names, PAX for long names and xattrs, hard links as link entries.
 pub(super) fn write_tar(entries: &[MergedEntry], w: &mut dyn Write) -> Result<(), OutputError> {
     let out = "<rootfs tar>";
-    let mut builder = tar::Builder::new(w);
-    builder.sparse(false);
-    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut tar = Writer::new(w);
+    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     for e in entries {
         let md = fs::symlink_metadata(&e.source).map_err(OutputError::io("reading", &e.source))?;
         let ft = md.file_type();
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(md.mode() & 0o7777);
-        h.set_uid(md.uid() as u64);
-        h.set_gid(md.gid() as u64);
-        h.set_mtime(md.mtime().max(0) as u64);
-        h.set_size(0);
-        let xattrs = image_xattrs(&e.source);
-        if !xattrs.is_empty() {
-            let mut records = Vec::new();
-            for (k, v) in &xattrs {
-                pax_record(&mut records, &format!("SCHILY.xattr.{k}"), v);
-            }
-            let mut x = tar::Header::new_ustar();
-            x.set_entry_type(tar::EntryType::XHeader);
-            x.set_mode(0o644);
-            x.set_mtime(md.mtime().max(0) as u64);
-            x.set_size(records.len() as u64);
-            builder
-                .append_data(&mut x, "././@PaxHeader", &records[..])
-                .map_err(OutputError::io("writing", out))?;
-        }
-        let res = if ft.is_dir() {
-            h.set_entry_type(tar::EntryType::Directory);
-            builder.append_data(&mut h, &e.path, io::empty())
+        let name = e.path.as_os_str().as_bytes().to_vec();
+        let mut entry = Entry::new(Vec::new(), tar::EntryType::Regular, md.mode() & 0o7777);
+        entry.uid = u64::from(md.uid());
+        entry.gid = u64::from(md.gid());
+        entry.mtime = md.mtime().max(0) as u64;
+        entry.xattrs = image_xattrs(&e.source)?;
+        let mut data = None;
+        if ft.is_dir() {
+            // Named without a trailing slash, as this output always wrote them.
+            entry.kind = tar::EntryType::Directory;
         } else if ft.is_file() {
             match links.get(&(md.dev(), md.ino())) {
                 Some(first) => {
-                    h.set_entry_type(tar::EntryType::Link);
-                    builder.append_link(&mut h, &e.path, first)
+                    entry.kind = tar::EntryType::Link;
+                    entry.link = Some(first.clone());
+                    entry.xattrs.clear();
                 }
                 None => {
                     if md.nlink() > 1 {
-                        links.insert((md.dev(), md.ino()), e.path.clone());
+                        links.insert((md.dev(), md.ino()), name.clone());
                     }
-                    h.set_entry_type(tar::EntryType::Regular);
-                    h.set_size(md.len());
-                    let f =
-                        fs::File::open(&e.source).map_err(OutputError::io("reading", &e.source))?;
-                    builder.append_data(&mut h, &e.path, io::Read::take(f, md.len()))
+                    entry.size = md.len();
+                    data = Some(
+                        fs::File::open(&e.source).map_err(OutputError::io("reading", &e.source))?,
+                    );
                 }
             }
         } else if ft.is_symlink() {
             let target = fs::read_link(&e.source).map_err(OutputError::io("reading", &e.source))?;
-            h.set_entry_type(tar::EntryType::Symlink);
-            builder.append_link(&mut h, &e.path, target)
+            entry.kind = tar::EntryType::Symlink;
+            entry.link = Some(target.into_os_string().into_vec());
         } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
-            h.set_entry_type(if ft.is_char_device() {
+            entry.kind = if ft.is_char_device() {
                 tar::EntryType::Char
             } else if ft.is_block_device() {
                 tar::EntryType::Block
             } else {
                 tar::EntryType::Fifo
-            });
+            };
             let rdev = md.rdev();
-            h.set_device_major(nix::sys::stat::major(rdev) as u32)
-                .and_then(|_| h.set_device_minor(nix::sys::stat::minor(rdev) as u32))
-                .and_then(|_| builder.append_data(&mut h, &e.path, io::empty()))
+            entry.device = Some((rustix::fs::major(rdev), rustix::fs::minor(rdev)));
         } else {
+            // Sockets have no place in an image.
             continue;
+        }
+        entry.name = name;
+        let written = match data {
+            Some(f) => tar.append(&entry, f),
+            None => tar.append(&entry, io::empty()),
         };
-        res.map_err(OutputError::io("writing", out))?;
+        written.map_err(|err| match err.kind() {
+            // The file shrank while it was being archived.
+            io::ErrorKind::UnexpectedEof => OutputError::io("reading", &e.source)(err),
+            _ => OutputError::io("writing", out)(err),
+        })?;
     }
-    builder
-        .into_inner()
-        .and_then(|w| w.flush())
+    tar.finish()
+        .map(drop)
         .map_err(OutputError::io("writing", out))
-}
-
-/// One PAX record: "<len> <key>=<value>\n", where len counts the whole record.
-fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
-    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
-    let mut len = body + body.to_string().len();
-    if len.to_string().len() != body.to_string().len() {
-        len = body + len.to_string().len();
-    }
-    out.extend_from_slice(format!("{len} {key}=").as_bytes());
-    out.extend_from_slice(value);
-    out.push(b'\n');
 }

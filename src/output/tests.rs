@@ -262,6 +262,47 @@ fn parse_output_forms() {
     }
 }
 
+/// Regression (issue 15): `compression=` and `compression-level=` were accepted and ignored
+/// for the rootfs outputs, which write no layer blobs.
+#[test]
+fn rootfs_outputs_refuse_compression_options() {
+    for (spec, option, kind) in [
+        (
+            "type=local,dest=x,compression=gzip",
+            "compression=",
+            "type=local",
+        ),
+        (
+            "type=tar,dest=x,compression=zstd",
+            "compression=",
+            "type=tar",
+        ),
+        (
+            "type=local,dest=x,compression-level=3",
+            "compression-level=",
+            "type=local",
+        ),
+        (
+            "type=tar,dest=x.tar,compression-level=9",
+            "compression-level=",
+            "type=tar",
+        ),
+    ] {
+        let err = parse_output(spec).unwrap_err().to_string();
+        assert!(
+            err.contains(spec) && err.contains(option) && err.contains(kind),
+            "{spec}: {err}"
+        );
+    }
+    // The image outputs keep both options.
+    for spec in [
+        "type=docker,dest=x.tar,compression=gzip,compression-level=3",
+        "type=oci,dest=x.tar,compression=zstd,compression-level=3",
+    ] {
+        parse_output(spec).unwrap();
+    }
+}
+
 #[test]
 fn docker_archive_is_docker_save_and_oci_and_reproducible() {
     if !root_only() {
@@ -276,7 +317,7 @@ fn docker_archive_is_docker_save_and_oci_and_reproducible() {
     ];
     let dest = t.path().join("out/image.tar");
     let spec = parse_output(&format!("type=docker,dest={}", dest.display())).unwrap();
-    write(&store, &image, &tags, &spec).unwrap();
+    write(&store, &image, &tags, &spec, None).unwrap();
     let bytes = fs::read(&dest).unwrap();
 
     let names = tar_names_in_order(&bytes);
@@ -310,26 +351,33 @@ fn docker_archive_is_docker_save_and_oci_and_reproducible() {
     let repos: serde_json::Value = serde_json::from_slice(&files["repositories"]).unwrap();
     assert_eq!(repos["myapp"]["1"], diff_ids[1].hex());
 
-    // Metadata entries: uid/gid 0, mtime 0 (SOURCE_DATE_EPOCH unset in tests).
+    // Metadata entries: uid/gid 0, mtime 0 (no SOURCE_DATE_EPOCH).
     let mut a = tar::Archive::new(&bytes[..]);
     for e in a.entries().unwrap() {
         let e = e.unwrap();
         let h = e.header();
         assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
-        assert_eq!(h.mtime().unwrap(), archive_mtime());
+        assert_eq!(h.mtime().unwrap(), 0);
     }
 
     // Same image, same bytes; and no temp files left beside the destination.
-    write(&store, &image, &tags, &spec).unwrap();
+    write(&store, &image, &tags, &spec, None).unwrap();
     assert_eq!(fs::read(&dest).unwrap(), bytes);
     assert_eq!(fs::read_dir(dest.parent().unwrap()).unwrap().count(), 1);
     // Streaming (for `--load`) gives the same bytes; directories cannot be streamed.
     let mut streamed = Vec::new();
-    write_to(&store, &image, &tags, &spec, &mut streamed).unwrap();
+    write_to(&store, &image, &tags, &spec, None, &mut streamed).unwrap();
     assert_eq!(streamed, bytes);
+    // The build's SOURCE_DATE_EPOCH, passed down, dates every metadata entry.
+    let epoch = crate::image::SourceDateEpoch::from_seconds(1_600_000_000);
+    let mut dated = Vec::new();
+    write_to(&store, &image, &tags, &spec, Some(epoch), &mut dated).unwrap();
+    for e in tar::Archive::new(&dated[..]).entries().unwrap() {
+        assert_eq!(e.unwrap().header().mtime().unwrap(), 1_600_000_000);
+    }
     let local = parse_output("type=local,dest=x").unwrap();
     assert!(matches!(
-        write_to(&store, &image, &tags, &local, &mut Vec::new()),
+        write_to(&store, &image, &tags, &local, None, &mut Vec::new()),
         Err(OutputError::NotAStream(_))
     ));
 }
@@ -350,6 +398,7 @@ fn oci_tar_and_dir_use_gzip_and_ref_names() {
         &image,
         &tags,
         &parse_output(&format!("type=oci,dest={}", tar_dest.display())).unwrap(),
+        None,
     )
     .unwrap();
     let files = tar_files(&fs::read(&tar_dest).unwrap());
@@ -372,7 +421,7 @@ fn oci_tar_and_dir_use_gzip_and_ref_names() {
         dir_dest.display()
     ))
     .unwrap();
-    write(&store, &image, &tags, &spec).unwrap();
+    write(&store, &image, &tags, &spec, None).unwrap();
     let mut dir_files = BTreeMap::new();
     for entry in ["oci-layout", "index.json"] {
         dir_files.insert(entry.to_string(), fs::read(dir_dest.join(entry)).unwrap());
@@ -390,7 +439,7 @@ fn oci_tar_and_dir_use_gzip_and_ref_names() {
         .iter()
         .all(|l| l.media_type == media::OCI_LAYER_ZSTD));
     // Writing again over an existing layout works (entries replaced).
-    write(&store, &image, &tags, &spec).unwrap();
+    write(&store, &image, &tags, &spec, None).unwrap();
     assert!(dir_dest.join("index.json").is_file());
 }
 
@@ -439,6 +488,7 @@ fn local_and_tar_outputs_merge_layers_with_whiteouts() {
         &image,
         &[],
         &parse_output(&format!("type=local,dest={}", dest.display())).unwrap(),
+        None,
     )
     .unwrap();
     let expected: BTreeMap<String, (char, u64, u32)> = [
@@ -472,7 +522,7 @@ fn local_and_tar_outputs_merge_layers_with_whiteouts() {
 
     let tar_dest = t.path().join("rootfs.tar");
     let spec = parse_output(&format!("type=tar,dest={}", tar_dest.display())).unwrap();
-    write(&store, &image, &[], &spec).unwrap();
+    write(&store, &image, &[], &spec, None).unwrap();
     let bytes = fs::read(&tar_dest).unwrap();
     let names = tar_names_in_order(&bytes);
     assert_eq!(
@@ -489,7 +539,7 @@ fn local_and_tar_outputs_merge_layers_with_whiteouts() {
         ]
     );
     assert_eq!(tar_files(&bytes)["etc/b"], b"kept\n");
-    write(&store, &image, &[], &spec).unwrap();
+    write(&store, &image, &[], &spec, None).unwrap();
     assert_eq!(fs::read(&tar_dest).unwrap(), bytes, "reproducible");
 }
 
@@ -511,7 +561,7 @@ fn a_failed_write_leaves_nothing_at_dest() {
         format!("type=local,dest={}/c", out.display()),
         format!("type=tar,dest={}/d.tar", out.display()),
     ] {
-        let err = write(&store, &image, &[], &parse_output(&spec).unwrap()).unwrap_err();
+        let err = write(&store, &image, &[], &parse_output(&spec).unwrap(), None).unwrap_err();
         assert!(
             err.to_string().contains("not in the store") || err.to_string().contains("layer"),
             "{err}"
@@ -577,6 +627,7 @@ fn images_rows_inspect_and_save() {
         &store,
         image.config_digest.short(),
         &parse_output(&format!("type=docker,dest={}", dest.display())).unwrap(),
+        None,
     )
     .unwrap();
     let save: serde_json::Value =
@@ -628,6 +679,7 @@ fn peers_docker_skopeo_umoci_accept_outputs() {
         &image,
         &tags,
         &parse_output(&format!("type=docker,dest={}", archive.display())).unwrap(),
+        None,
     )
     .unwrap();
     let loaded = run(Command::new("docker").arg("load").arg("-i").arg(&archive));
@@ -665,6 +717,7 @@ fn peers_docker_skopeo_umoci_accept_outputs() {
         &image,
         &tags,
         &parse_output(&format!("type=oci,dest={}", oci_tar.display())).unwrap(),
+        None,
     )
     .unwrap();
     run(Command::new("skopeo")
@@ -677,6 +730,7 @@ fn peers_docker_skopeo_umoci_accept_outputs() {
         &image,
         &tags,
         &parse_output(&format!("type=oci,dest={},tar=false", oci_dir.display())).unwrap(),
+        None,
     )
     .unwrap();
     let bundle = t.path().join("bundle");

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::dockerfile::instructions::{LineError, NetworkMode, Security};
 use crate::dockerfile::ErrorKind;
-use crate::image::{Digest, ImageConfig, Platform};
+use crate::image::{Digest, ImageConfig, Platform, SourceDateEpoch};
 
 pub use key::cache_key;
 pub use render::render;
@@ -34,7 +34,7 @@ pub struct BuildOptions {
     pub build_args: BTreeMap<String, String>,
     pub target: Option<String>,
     pub platform: Platform,
-    pub source_date_epoch: Option<i64>,
+    pub source_date_epoch: Option<SourceDateEpoch>,
     /// Names given with `--build-context NAME=...`: `COPY --from=NAME` and
     /// `RUN --mount from=NAME` then refer to that context instead of an image.
     /// (`FROM NAME` goes to the resolver, which knows the contexts.)
@@ -251,7 +251,7 @@ pub struct KeyMaterial {
     pub build_args: BTreeMap<String, String>,
     /// `os/arch[/variant]`.
     pub platform: String,
-    pub source_date_epoch: Option<i64>,
+    pub source_date_epoch: Option<SourceDateEpoch>,
     /// Images used by `COPY --from` / `RUN --mount from=` -> manifest digest.
     pub images: BTreeMap<String, String>,
 }
@@ -491,7 +491,9 @@ pub(crate) mod tests {
                     opts.build_args.insert(a.into(), b.into());
                 }
                 "target" => opts.target = Some(v.into()),
-                "epoch" => opts.source_date_epoch = v.parse().ok(),
+                "epoch" => {
+                    opts.source_date_epoch = v.parse().ok().map(SourceDateEpoch::from_seconds)
+                }
                 "context" => {
                     opts.named_contexts.insert(v.into());
                 }

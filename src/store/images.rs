@@ -2,16 +2,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Read;
-use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{chain_id, Result, Store, StoreError};
 use crate::image::{
-    canonical_json, media, Descriptor, Digest, History, ImageConfig, Index, Manifest, Platform,
-    Reference,
+    canonical_json, media, Descriptor, Digest, ImageConfig, Index, Manifest, Reference,
 };
-use crate::layer::compress::{decompressor, Compression};
+use crate::layer::compress::Compression;
 
 /// An image in the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,59 +122,6 @@ impl Store {
             config_digest,
             chains: layers.to_vec(),
         })
-    }
-
-    /// Import a root filesystem tarball (plain, gzip or zstd) as a one-layer image tagged
-    /// `reference` (like `docker import`). The layer is stored uncompressed (its digest is
-    /// its diff_id); `apply` extracts the tar stream into an empty directory in overlay
-    /// format (the executor passes `layer::apply`).
-    pub fn import_rootfs<E>(
-        &self,
-        tarball: &Path,
-        reference: &Reference,
-        apply: impl Fn(&mut dyn Read, &Path) -> std::result::Result<(), E>,
-    ) -> Result<ImageRecord>
-    where
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        let file = fs::File::open(tarball).map_err(StoreError::io("opening", tarball))?;
-        let (diff_id, size, ()) = self.write_blob(|w| -> std::io::Result<()> {
-            std::io::copy(&mut decompressor(file)?, w).map(|_| ())
-        })?;
-        let scratch = self.tmp_dir()?;
-        let diff = scratch.path().join("diff");
-        fs::create_dir(&diff).map_err(StoreError::io("creating", &diff))?;
-        apply(&mut self.open_blob(&diff_id)?, &diff)
-            .map_err(|e| StoreError::Producer(Box::new(e)))?;
-        let layer = self.commit_layer(
-            diff,
-            None,
-            diff_id.clone(),
-            Descriptor::new(media::OCI_LAYER, diff_id.clone(), size),
-        )?;
-        let platform = Platform::host();
-        let when = std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or_else(SystemTime::now, |s| UNIX_EPOCH + Duration::from_secs(s));
-        let created = humantime::format_rfc3339_seconds(when).to_string();
-        let mut config = ImageConfig {
-            created: Some(created.clone()),
-            architecture: platform.architecture,
-            os: platform.os,
-            variant: platform.variant,
-            ..Default::default()
-        };
-        config.rootfs.diff_ids = vec![diff_id];
-        config.history = vec![History {
-            created: Some(created),
-            created_by: Some(format!("rbuild import {}", tarball.display())),
-            comment: Some("Imported from tarball".to_string()),
-            ..Default::default()
-        }];
-        let image = self.put_image(&config, &[layer.chain_id], Compression::Gzip)?;
-        self.tag(reference, &image.manifest)?;
-        Ok(image)
     }
 
     /// Load the image whose manifest blob is `digest`.

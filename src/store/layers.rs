@@ -81,7 +81,7 @@ pub struct DiffTar {
     pub size: u64,
     /// The mtime clamp the snapshot used (SOURCE_DATE_EPOCH).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_date_epoch: Option<i64>,
+    pub source_date_epoch: Option<crate::image::SourceDateEpoch>,
 }
 
 /// layers/<chain>/meta.json.

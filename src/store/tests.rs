@@ -482,50 +482,6 @@ fn open_sweeps_dead_scratch_but_not_live_sessions() {
 }
 
 #[test]
-fn import_rootfs_makes_a_tagged_one_layer_image() {
-    let t = tempfile::tempdir().unwrap();
-    let s = Store::open(&t.path().join("store")).unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(3);
-    h.set_mode(0o644);
-    h.set_entry_type(tar::EntryType::Regular);
-    b.append_data(&mut h, "etc/motd", &b"hi\n"[..]).unwrap();
-    let tar = b.into_inner().unwrap();
-    let mut gz = Compressor::new(Vec::new(), Compression::Gzip, None).unwrap();
-    gz.write_all(&tar).unwrap();
-    let tarball = t.path().join("rootfs.tar.gz");
-    std::fs::write(&tarball, gz.finish().unwrap()).unwrap();
-
-    let r: Reference = "localhost:5000/base:1".parse().unwrap();
-    // A plain unpack stands in for layer::apply here: the tar has no whiteouts.
-    let img = s
-        .import_rootfs(&tarball, &r, |rd, dir| tar::Archive::new(rd).unpack(dir))
-        .unwrap();
-    assert_eq!(img.config.rootfs.diff_ids, vec![Digest::of(&tar)]);
-    assert_eq!(img.chains, vec![Digest::of(&tar)]);
-    let layer = s.layer(&img.chains[0]).unwrap();
-    assert_eq!(std::fs::read(layer.diff.join("etc/motd")).unwrap(), b"hi\n");
-    assert_eq!(
-        s.resolve("localhost:5000/base:1").unwrap(),
-        Some(img.clone())
-    );
-    assert_eq!(
-        img.manifest_body.layers[0].media_type,
-        media::OCI_LAYER_GZIP
-    );
-
-    // A failing extraction leaves no layer and no tag.
-    let r2: Reference = "broken".parse().unwrap();
-    let err = s
-        .import_rootfs(&tarball, &r2, |_, _| Err(std::io::Error::other("no")))
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Producer(_)), "{err}");
-    assert_eq!(s.resolve("broken").unwrap(), None);
-    assert_eq!(s.layer_ids().unwrap().len(), 1);
-}
-
-#[test]
 fn resolve_by_digest_reference_finds_an_untagged_manifest() {
     let t = tempfile::tempdir().unwrap();
     let s = Store::open(t.path()).unwrap();
