@@ -2,7 +2,7 @@
 //!
 //! The modules follow the data flow of docs/architecture.md, one per arrow:
 //! `dockerfile` (text -> AST -> typed instructions) -> `plan` (stage graph, expanded steps,
-//! cache keys) -> `exec` (cache lookup, RUN via `sandbox`, COPY/ADD via `context::copier`)
+//! cache keys) -> `exec` (cache lookup, RUN via `sandbox`, COPY/ADD via `fileop`)
 //! -> `layer` (upperdir -> tar) -> `store` and `output`. `registry` pulls and pushes.
 //! Only `sandbox` may use `unsafe`.
 #![deny(unsafe_code)]
@@ -12,6 +12,7 @@ pub mod context;
 pub mod dockerfile;
 pub mod error;
 pub mod exec;
+pub mod fileop;
 pub mod image;
 pub mod layer;
 pub mod output;

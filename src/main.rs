@@ -3,7 +3,7 @@ fn main() {
         .nth(1)
         .is_some_and(|a| a == rbuild::sandbox::HELPER_ARG)
     {
-        rbuild::sandbox::helper_main();
+        rbuild::sandbox::helper_main::<rbuild::fileop::FileJob>();
     }
     std::process::exit(rbuild::cli::main());
 }

@@ -10,6 +10,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use rbuild::fileop::{FileJob, FileJobError, FileJobOutput, MkdirJob};
 use rbuild::sandbox::{
     self, Exit, FsSource, Mount, Network, Overlay, RunSpec, SandboxError, SCRATCH_PREFIX,
 };
@@ -105,7 +106,7 @@ impl Fixture {
 
 fn run(spec: &RunSpec) -> (Exit, String) {
     let mut out = Vec::new();
-    let exit = sandbox::run(spec, &mut |b| out.extend_from_slice(b)).unwrap();
+    let exit = sandbox::run(spec, None, &mut |b| out.extend_from_slice(b)).unwrap();
     assert_no_mounts_left();
     (exit, String::from_utf8(out).unwrap())
 }
@@ -234,7 +235,7 @@ fn exit_codes_and_start_failures() {
 
     let mut spec = fx.spec("");
     spec.argv = vec!["no-such-command".into()];
-    match sandbox::run(&spec, &mut |_| {}) {
+    match sandbox::run(&spec, None, &mut |_| {}) {
         Err(SandboxError::Exec(m)) => assert_eq!(
             m,
             "exec: \"no-such-command\": executable file not found in $PATH"
@@ -242,7 +243,7 @@ fn exit_codes_and_start_failures() {
         other => panic!("{other:?}"),
     }
     spec.argv = vec!["/bin/missing".into()];
-    match sandbox::run(&spec, &mut |_| {}) {
+    match sandbox::run(&spec, None, &mut |_| {}) {
         Err(SandboxError::Exec(m)) => assert_eq!(
             m,
             "exec: \"/bin/missing\": stat /bin/missing: no such file or directory"
@@ -251,7 +252,7 @@ fn exit_codes_and_start_failures() {
     }
     let mut spec = fx.spec("true");
     spec.user = "nobody".into();
-    match sandbox::run(&spec, &mut |_| {}) {
+    match sandbox::run(&spec, None, &mut |_| {}) {
         Err(e @ SandboxError::User { .. }) => assert_eq!(
             e.to_string(),
             "resolving user `nobody`: unable to find user nobody: no matching entries in passwd file"
@@ -513,7 +514,7 @@ fn terminate_all_kills_running_steps() {
     let (tx, rx) = std::sync::mpsc::channel();
     let step = std::thread::spawn(move || {
         let mut out = Vec::new();
-        let exit = sandbox::run(&spec, &mut |b| {
+        let exit = sandbox::run(&spec, None, &mut |b| {
             out.extend_from_slice(b);
             let _ = tx.send(());
         });
@@ -583,7 +584,12 @@ fn fs_job_mkdir_stays_inside_the_root() {
     let fx = fixture();
     std::os::unix::fs::symlink("../../../../..", fx.lower.join("esc")).unwrap();
     let rootfs = fx.overlay(vec![fx.lower.clone()]);
-    let job = serde_json::json!({"path": "/esc/a/b", "uid": 7, "gid": 8});
+    let job = FileJob::Mkdir(MkdirJob {
+        path: "/esc/a/b".into(),
+        uid: 7,
+        gid: 8,
+        mode: 0o755,
+    });
     let src = fx.tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
     let sources = [
@@ -591,25 +597,47 @@ fn fs_job_mkdir_stays_inside_the_root() {
         FsSource::Layers(vec![fx.lower.clone()]),
         FsSource::Layers(vec![src, fx.lower.clone()]),
     ];
-    let out = sandbox::fs_job(&rootfs, &sources, job, "mkdir").unwrap();
-    assert_eq!(out, serde_json::json!({"created": ["a", "a/b"]}));
+    let out = sandbox::fs_job(None, &rootfs, &sources, job)
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, FileJobOutput::Created(vec!["a".into(), "a/b".into()]));
     let m = std::fs::metadata(rootfs.upper.join("a/b")).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (7, 8, 0o755));
     assert_no_mounts_left();
 
     // FROM scratch: no lowers at all.
     let rootfs = fx.overlay(Vec::new());
-    let job = serde_json::json!({"path": "/w"});
-    sandbox::fs_job(&rootfs, &[], job, "mkdir").unwrap();
+    let mkdir = |path: &str| {
+        FileJob::Mkdir(MkdirJob {
+            path: path.into(),
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
+        })
+    };
+    sandbox::fs_job(None, &rootfs, &[], mkdir("/w"))
+        .unwrap()
+        .unwrap();
     assert!(rootfs.upper.join("w").is_dir());
 
-    match sandbox::fs_job(&rootfs, &[], serde_json::json!({}), "nope") {
-        Err(e @ SandboxError::Handler { .. }) => assert_eq!(
-            e.to_string(),
-            "filesystem job `nope`: unknown filesystem job handler `nope`"
-        ),
+    // A job's failure comes back as its own typed error, not a string.
+    std::fs::write(rootfs.upper.join("file"), "").unwrap();
+    match sandbox::fs_job(None, &rootfs, &[], mkdir("/file/x")) {
+        Ok(Err(e @ FileJobError::Mkdir { .. })) => {
+            assert_eq!(
+                e.to_string(),
+                "mkdir /file/x: Not a directory (os error 20)"
+            )
+        }
         other => panic!("{other:?}"),
     }
+    // And in the directory asked for (the store's tmp session): nothing is left there.
+    let scratch = fx.tmp.path().join("scratch-session");
+    std::fs::create_dir(&scratch).unwrap();
+    sandbox::fs_job(Some(&scratch), &rootfs, &[], mkdir("/v"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
     assert_no_mounts_left();
 }
 
@@ -621,7 +649,7 @@ const KILL_ENV: &str = "RBUILD_SANDBOX_KILL_TARGET";
 fn kill_target(sleep_arg: &str) {
     let fx = fixture();
     let spec = fx.spec(&format!("echo started; sleep {sleep_arg}; echo not-killed"));
-    let _ = sandbox::run(&spec, &mut |b| {
+    let _ = sandbox::run(&spec, None, &mut |b| {
         use std::io::Write;
         let mut o = std::io::stdout();
         o.write_all(b).unwrap();

@@ -153,7 +153,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             stdout_line(&record.config_digest.to_string())?;
             Ok(())
         }
-        Some(Command::SandboxHelper) => crate::sandbox::helper_main(),
+        Some(Command::SandboxHelper) => crate::sandbox::helper_main::<crate::fileop::FileJob>(),
     }
 }
 

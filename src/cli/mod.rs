@@ -25,7 +25,7 @@ pub fn main() -> i32 {
         .nth(1)
         .is_some_and(|a| a == "__sandbox-helper")
     {
-        crate::sandbox::helper_main();
+        crate::sandbox::helper_main::<crate::fileop::FileJob>();
     }
     let cli = Cli::parse_argv();
     match commands::dispatch(cli) {

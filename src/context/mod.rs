@@ -1,31 +1,32 @@
 //! The build context: `.dockerignore` matching, resolving COPY/ADD sources (wildcards,
-//! symlinks clamped to a root), content digests for cache keys, and the copier that runs
-//! COPY/ADD inside the sandbox helper.
+//! symlinks clamped to a root) and content digests for cache keys. What COPY/ADD write into
+//! an image root is `fileop`'s.
 //!
 //! Path semantics follow BuildKit (fsutil and continuity's `fs.RootPath`): every path is
 //! resolved beneath a root, `..` stops at the root and absolute symlink targets restart
 //! from the root, so nothing outside the root is ever read or written.
 
-pub mod copier;
 pub mod digest;
 pub mod dockerignore;
 mod glob;
-mod walk;
+pub(crate) mod walk;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use copier::{copy, CopyError, CopyJob, CopySrc, CopyStats};
+use crate::sandbox::root::{clean, Root};
+
 pub use digest::{content_digest, StatCache};
 pub use dockerignore::IgnoreMatcher;
 
 /// Errors from reading the build context (ignore files, sources, digests, stat cache).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ContextError {
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
+        #[serde(with = "crate::sandbox::wire::io_error")]
         source: io::Error,
     },
     #[error("invalid pattern `{pattern}`: {reason}")]
@@ -70,89 +71,22 @@ impl ContextError {
     }
 }
 
-/// The most symlinks followed while resolving one path (Linux's MAXSYMLINKS is 40).
-const MAX_SYMLINKS: usize = 40;
-
-/// Clean a slash-separated path lexically and make it relative: `a/./b/../c` -> `a/c`,
-/// `/x` -> `x`, `../../x` -> `x` (a `..` cannot climb above the root). `""` means the root.
-pub fn clean_rel(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    parts.join("/")
+/// `rel` resolved beneath `root` as [`Root::resolve`] does (openat2 RESOLVE_IN_ROOT), with
+/// its errors as the context's.
+pub(crate) fn resolve(root: &Root, rel: &str, follow_last: bool) -> Result<String, ContextError> {
+    root.resolve(rel, follow_last)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => ContextError::SymlinkLoop(rel.to_string()),
+            _ => ContextError::io(root.path().join(clean(rel)), e),
+        })
 }
 
-/// Resolve `rel` (slash-separated, relative to `root`) to a host path beneath `root`,
-/// following symlinks as if `root` were `/` (continuity's `fs.RootPath`). Components that
-/// do not exist are appended as they are. With `follow_last` false, a symlink in the last
-/// component is not followed (the path names the link itself).
-///
-/// Returns the resolved path relative to `root` (slash-separated, `""` for the root).
-pub fn resolve_in_root(root: &Path, rel: &str, follow_last: bool) -> Result<String, ContextError> {
-    let mut todo: Vec<String> = rel
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .rev()
-        .map(str::to_string)
-        .collect();
-    let mut done: Vec<String> = Vec::new();
-    let mut links = 0usize;
-    while let Some(c) = todo.pop() {
-        if c == ".." {
-            done.pop();
-            continue;
-        }
-        done.push(c);
-        if todo.is_empty() && !follow_last {
-            break;
-        }
-        let host = root.join(done.join("/"));
-        let meta = match std::fs::symlink_metadata(&host) {
-            Ok(m) => m,
-            // Missing (or not a directory): the rest is taken literally, as RootPath does.
-            Err(_) => {
-                while let Some(rest) = todo.pop() {
-                    if rest == ".." {
-                        done.pop();
-                    } else {
-                        done.push(rest);
-                    }
-                }
-                break;
-            }
-        };
-        if !meta.file_type().is_symlink() {
-            continue;
-        }
-        links += 1;
-        if links > MAX_SYMLINKS {
-            return Err(ContextError::SymlinkLoop(rel.to_string()));
-        }
-        let target = std::fs::read_link(&host).map_err(|e| ContextError::io(&host, e))?;
-        let target = target.to_string_lossy().into_owned();
-        done.pop();
-        if target.starts_with('/') {
-            done.clear();
-        }
-        todo.extend(
-            target
-                .split('/')
-                .filter(|c| !c.is_empty() && *c != ".")
-                .rev()
-                .map(str::to_string),
-        );
-    }
-    Ok(done.join("/"))
+/// Opens `dir` as a [`Root`] to resolve paths beneath.
+pub(crate) fn open_root(dir: &Path) -> Result<Root, ContextError> {
+    Root::open(dir).map_err(|e| ContextError::io(dir, e))
 }
 
-/// `root` joined with a relative path from [`resolve_in_root`].
+/// `root` joined with a relative path from [`resolve`].
 pub(crate) fn host_path(root: &Path, rel: &str) -> PathBuf {
     if rel.is_empty() {
         root.to_path_buf()
@@ -180,8 +114,7 @@ pub fn read_control_file(context: &Path, path: &Path) -> Result<Option<Vec<u8>>,
     let inside = abs.strip_prefix(context).ok();
     let file = match inside {
         Some(rel) => {
-            let root = crate::sandbox::root::Root::open(context)
-                .map_err(|e| ContextError::io(context, e))?;
+            let root = Root::open(context).map_err(|e| ContextError::io(context, e))?;
             let rel = rel.to_string_lossy();
             match root.open_in(&rel, rustix::fs::OFlags::RDONLY) {
                 Ok(fd) => std::fs::File::from(fd),
@@ -246,14 +179,6 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     #[test]
-    fn clean_rel_clamps_at_root() {
-        assert_eq!(clean_rel("a/./b/../c"), "a/c");
-        assert_eq!(clean_rel("/x/y/"), "x/y");
-        assert_eq!(clean_rel("../../x"), "x");
-        assert_eq!(clean_rel("."), "");
-    }
-
-    #[test]
     fn symlinks_resolve_inside_the_root() {
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
@@ -261,6 +186,8 @@ mod tests {
         symlink("/x", r.join("etc")).unwrap();
         symlink("../../../../x/real", r.join("x/up")).unwrap();
         symlink("loop", r.join("loop")).unwrap();
+        let root = open_root(r).unwrap();
+        let resolve_in_root = |_: &Path, rel: &str, follow| resolve(&root, rel, follow);
         assert_eq!(resolve_in_root(r, "etc/passwd", true).unwrap(), "x/passwd");
         assert_eq!(resolve_in_root(r, "/etc", true).unwrap(), "x");
         assert_eq!(resolve_in_root(r, "/etc", false).unwrap(), "etc");
@@ -270,6 +197,14 @@ mod tests {
             resolve_in_root(r, "loop/a", true),
             Err(ContextError::SymlinkLoop(_))
         ));
+        // A dangling link resolves to where it points; missing components stay as named.
+        symlink("/x/made/later", r.join("dangling")).unwrap();
+        assert_eq!(
+            resolve_in_root(r, "dangling/f", true).unwrap(),
+            "x/made/later/f"
+        );
+        assert_eq!(resolve_in_root(r, "dangling", false).unwrap(), "dangling");
+        assert_eq!(resolve_in_root(r, "no/such/../x", true).unwrap(), "no/x");
     }
     /// A hostile context's Dockerfile or .dockerignore (issue 13): links resolve inside the
     /// context, only regular files are read, and never more than the cap.

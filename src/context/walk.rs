@@ -8,7 +8,8 @@ use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::{clean_rel, glob, host_path, resolve_in_root, ContextError, IgnoreMatcher};
+use super::{glob, host_path, open_root, ContextError, IgnoreMatcher};
+use crate::sandbox::root::{clean, Root};
 
 /// One match of a source argument.
 #[derive(Debug)]
@@ -64,11 +65,12 @@ pub(crate) fn resolve(
     follow_top: bool,
     ignore: &IgnoreMatcher,
 ) -> Result<Vec<Match>, ContextError> {
-    let cleaned = clean_rel(source);
+    let cleaned = clean(source);
+    let beneath = &open_root(root)?;
     let components: Vec<&str> = cleaned.split('/').filter(|c| !c.is_empty()).collect();
     let first_meta = components.iter().position(|c| glob::has_meta(c));
     let Some(first_meta) = first_meta else {
-        return literal(root, &cleaned, follow_top, ignore).map(|m| vec![m]);
+        return literal(root, beneath, &cleaned, follow_top, ignore).map(|m| vec![m]);
     };
     for c in &components {
         if glob::has_meta(c) {
@@ -80,7 +82,7 @@ pub(crate) fn resolve(
     }
     // The fixed prefix must exist: BuildKit fails with lstat ENOENT there.
     let prefix = components[..first_meta].join("/");
-    let prefix_real = resolve_in_root(root, &prefix, true)?;
+    let prefix_real = super::resolve(beneath, &prefix, true)?;
     match stat(&host_path(root, &prefix_real), false)? {
         Some(m) if m.is_dir() => not_ignored(&prefix, &prefix_real, ignore)?,
         _ => return Err(ContextError::NotFound(prefix)),
@@ -90,7 +92,7 @@ pub(crate) fn resolve(
     for comp in &components[first_meta..] {
         let mut next = Vec::new();
         for cand in &candidates {
-            let real = resolve_in_root(root, cand, true)?;
+            let real = super::resolve(beneath, cand, true)?;
             let dir = host_path(root, &real);
             if glob::has_meta(comp) {
                 let rd = match std::fs::read_dir(&dir) {
@@ -116,7 +118,7 @@ pub(crate) fn resolve(
     }
     let mut out = Vec::new();
     for cand in candidates {
-        let real = resolve_in_root(root, &cand, follow_top)?;
+        let real = super::resolve(beneath, &cand, follow_top)?;
         let host = host_path(root, &real);
         let Some(meta) = stat(&host, false)? else {
             continue;
@@ -136,11 +138,12 @@ pub(crate) fn resolve(
 
 fn literal(
     root: &Path,
+    beneath: &Root,
     cleaned: &str,
     follow_top: bool,
     ignore: &IgnoreMatcher,
 ) -> Result<Match, ContextError> {
-    let real = resolve_in_root(root, cleaned, follow_top)?;
+    let real = super::resolve(beneath, cleaned, follow_top)?;
     let host = host_path(root, &real);
     let meta = stat(&host, false)?.ok_or_else(|| ContextError::NotFound(cleaned.to_string()))?;
     not_ignored(cleaned, &real, ignore)?;

@@ -709,35 +709,7 @@ impl Instruction {
 /// Octal (`755`, `0644`) or symbolic (`u+x,go-w`, `a=rX`) modes; variables are allowed and
 /// checked after expansion by the executor.
 pub fn valid_chmod(mode: &str) -> bool {
-    if mode.contains('$') {
-        return true;
-    }
-    if !mode.is_empty() && mode.chars().all(|c| c.is_ascii_digit()) {
-        // BuildKit: an octal number up to 07777 (`0644`, `00755` alike).
-        return u32::from_str_radix(mode, 8).is_ok_and(|m| m <= 0o7777);
-    }
-    mode.split(',').all(|clause| {
-        let who_end = clause
-            .find(|c: char| !"ugoa".contains(c))
-            .unwrap_or(clause.len());
-        let rest = &clause[who_end..];
-        let mut chars = rest.chars().peekable();
-        let mut any = false;
-        while let Some(op) = chars.next() {
-            if !"+-=".contains(op) {
-                return false;
-            }
-            any = true;
-            while let Some(&c) = chars.peek() {
-                if "rwxXstugo".contains(c) {
-                    chars.next();
-                } else {
-                    break;
-                }
-            }
-        }
-        any
-    })
+    mode.contains('$') || super::chmod::Chmod::parse(mode).is_ok()
 }
 
 /// The `key[=value]` fields of a `--mount` value, keys lowercased, blanks around fields

@@ -1,6 +1,7 @@
 //! Dockerfile frontend: `syntax` (text -> AST with spans), `shell` (BuildKit's word
 //! expansion), `instructions` (typed, validated instructions). Pure: no I/O.
 
+pub mod chmod;
 pub mod instructions;
 pub mod shell;
 pub mod syntax;

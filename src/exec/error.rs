@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
-use crate::context::{ContextError, CopyError};
+use crate::context::ContextError;
+use crate::fileop::{CopyError, FileJobError};
 use crate::layer::LayerError;
 use crate::plan::PlanError;
 use crate::registry::RegistryError;
@@ -39,6 +40,8 @@ pub enum BuildError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Copy(#[from] CopyError),
+    #[error(transparent)]
+    FileJob(#[from] FileJobError),
     #[error(transparent)]
     Context(#[from] ContextError),
     #[error("{what} `{}`: {source}", path.display())]
@@ -88,12 +91,15 @@ impl BuildError {
             // A stage cancelled by another's failure never is the build's error: the first
             // failure is.
             BuildError::Cancelled => true,
+            // The executor always gives a copy job its source.
+            BuildError::FileJob(FileJobError::NoSource) => true,
             BuildError::Plan(_)
             | BuildError::Process { .. }
             | BuildError::Registry(_)
             | BuildError::Layer(_)
             | BuildError::Sandbox(_)
             | BuildError::Copy(_)
+            | BuildError::FileJob(_)
             | BuildError::Context(_)
             | BuildError::Io { .. }
             | BuildError::Invalid(_)

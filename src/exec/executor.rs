@@ -4,9 +4,9 @@
 //! keys, whether a step makes a layer, history and config) stays in steps.rs, where a
 //! recording fake (`exec::fake::Recording`) lets unit tests watch it without root.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::context::copier::CopyJob;
+use crate::fileop::{CopyJob, FileJob, WorkdirJob};
 use crate::image::Digest;
 use crate::layer::{self, SnapshotOptions};
 use crate::sandbox::{self, Exit, FsSource, Overlay, RunSpec};
@@ -14,15 +14,34 @@ use crate::store::{DiffTar, Store};
 
 use super::BuildError;
 
+/// `scratch` is the build's directory in the store's tmp session: the sandbox keeps its
+/// per-step scratch directories there, so a killed build's leftovers are swept with it.
 pub trait Executor: Sync {
     /// Run a RUN step's process over `spec.rootfs`; `output` gets what it prints.
-    fn run(&self, spec: &RunSpec, output: &mut dyn FnMut(&[u8])) -> Result<Exit, BuildError>;
+    fn run(
+        &self,
+        spec: &RunSpec,
+        scratch: &Path,
+        output: &mut dyn FnMut(&[u8]),
+    ) -> Result<Exit, BuildError>;
 
     /// Copy `job`'s sources from `source` into `rootfs` (COPY and ADD).
-    fn copy(&self, rootfs: &Overlay, source: &FsSource, job: &CopyJob) -> Result<(), BuildError>;
+    fn copy(
+        &self,
+        rootfs: &Overlay,
+        source: &FsSource,
+        job: &CopyJob,
+        scratch: &Path,
+    ) -> Result<(), BuildError>;
 
     /// Create WORKDIR `path` (owned by `user`) in `rootfs` if it is missing.
-    fn workdir(&self, rootfs: &Overlay, path: &str, user: &str) -> Result<(), BuildError>;
+    fn workdir(
+        &self,
+        rootfs: &Overlay,
+        path: &str,
+        user: &str,
+        scratch: &Path,
+    ) -> Result<(), BuildError>;
 
     /// Snapshot a step's upperdir and commit it to the store as a layer: (chain id,
     /// diff id).
@@ -41,19 +60,39 @@ pub struct Upper<'a> {
 pub struct Sandboxed;
 
 impl Executor for Sandboxed {
-    fn run(&self, spec: &RunSpec, output: &mut dyn FnMut(&[u8])) -> Result<Exit, BuildError> {
-        Ok(sandbox::run(spec, output)?)
+    fn run(
+        &self,
+        spec: &RunSpec,
+        scratch: &Path,
+        output: &mut dyn FnMut(&[u8]),
+    ) -> Result<Exit, BuildError> {
+        Ok(sandbox::run(spec, Some(scratch), output)?)
     }
 
-    fn copy(&self, rootfs: &Overlay, source: &FsSource, job: &CopyJob) -> Result<(), BuildError> {
-        let job = serde_json::to_value(job).expect("a copy job serializes");
-        sandbox::fs_job(rootfs, std::slice::from_ref(source), job, "copy")?;
+    fn copy(
+        &self,
+        rootfs: &Overlay,
+        source: &FsSource,
+        job: &CopyJob,
+        scratch: &Path,
+    ) -> Result<(), BuildError> {
+        let sources = std::slice::from_ref(source);
+        sandbox::fs_job(Some(scratch), rootfs, sources, FileJob::Copy(job.clone()))??;
         Ok(())
     }
 
-    fn workdir(&self, rootfs: &Overlay, path: &str, user: &str) -> Result<(), BuildError> {
-        let job = serde_json::json!({ "path": path, "user": user });
-        sandbox::fs_job(rootfs, &[], job, "workdir")?;
+    fn workdir(
+        &self,
+        rootfs: &Overlay,
+        path: &str,
+        user: &str,
+        scratch: &Path,
+    ) -> Result<(), BuildError> {
+        let job = FileJob::Workdir(WorkdirJob {
+            path: path.to_string(),
+            user: user.to_string(),
+        });
+        sandbox::fs_job(Some(scratch), rootfs, &[], job)??;
         Ok(())
     }
 

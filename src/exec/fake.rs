@@ -2,13 +2,13 @@
 //! file per RUN and COPY, the directory for a WORKDIR that is missing), so commits make
 //! real layers, and records every call.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;
 
 use super::executor::{commit_upper, Executor, Upper};
 use super::BuildError;
-use crate::context::copier::CopyJob;
+use crate::fileop::CopyJob;
 use crate::image::Digest;
 use crate::sandbox::{Exit, FsSource, Overlay, RunSpec};
 use crate::store::Store;
@@ -58,7 +58,12 @@ fn write(upper: &std::path::Path, name: &str, content: &str) {
 }
 
 impl Executor for Recording {
-    fn run(&self, spec: &RunSpec, output: &mut dyn FnMut(&[u8])) -> Result<Exit, BuildError> {
+    fn run(
+        &self,
+        spec: &RunSpec,
+        _scratch: &Path,
+        output: &mut dyn FnMut(&[u8]),
+    ) -> Result<Exit, BuildError> {
         if !self.run_writes_nothing.load(Ordering::SeqCst) {
             write(&spec.rootfs.upper, "ran", &spec.argv.join(" "));
         }
@@ -73,7 +78,13 @@ impl Executor for Recording {
         Ok(Exit::Code(self.exit_code.load(Ordering::SeqCst)))
     }
 
-    fn copy(&self, rootfs: &Overlay, _source: &FsSource, job: &CopyJob) -> Result<(), BuildError> {
+    fn copy(
+        &self,
+        rootfs: &Overlay,
+        _source: &FsSource,
+        job: &CopyJob,
+        _scratch: &Path,
+    ) -> Result<(), BuildError> {
         write(&rootfs.upper, &job.dest, &format!("{:?}", job.sources));
         self.record(Call::Copy {
             dest: job.dest.clone(),
@@ -82,7 +93,13 @@ impl Executor for Recording {
         Ok(())
     }
 
-    fn workdir(&self, rootfs: &Overlay, path: &str, _user: &str) -> Result<(), BuildError> {
+    fn workdir(
+        &self,
+        rootfs: &Overlay,
+        path: &str,
+        _user: &str,
+        _scratch: &Path,
+    ) -> Result<(), BuildError> {
         if !self.workdir_exists.load(Ordering::SeqCst) {
             let dir = rootfs.upper.join(path.trim_start_matches('/'));
             std::fs::create_dir_all(dir).unwrap();

@@ -61,23 +61,6 @@ pub fn install_signal_handlers() {
     });
 }
 
-/// The sandbox's scratch directories live in the store's tmp session for the build, so a
-/// killed build's leftovers are swept with it; back to the default when the build ends.
-struct ScratchDir;
-
-impl ScratchDir {
-    fn set(dir: &std::path::Path) -> ScratchDir {
-        crate::sandbox::set_scratch_dir(Some(dir.to_path_buf()));
-        ScratchDir
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        crate::sandbox::set_scratch_dir(None);
-    }
-}
-
 /// `RUN --network=host` in the Dockerfile needs `--allow network.host`, as in BuildKit: a
 /// Dockerfile from a pull request must not choose the host's network by itself. Checked for
 /// every step the target needs before anything runs, cached or not.
@@ -140,7 +123,6 @@ fn build_with(
 ) -> Result<BuildOutcome, BuildError> {
     let _lock = store.lock_shared()?;
     let scratch = store.tmp_dir()?;
-    let _scratch = ScratchDir::set(scratch.path());
     let mut bases = Bases::new(store, registry, req);
     for (name, context) in &req.build_contexts {
         if let NamedContext::OciLayout { dir, tag } = context {
@@ -156,7 +138,17 @@ fn build_with(
     }
     check_entitlements(&plan, req)?;
 
-    let mut ctx = steps::Ctx::new(store, executor, req, reporter, &bases, stage_names(&plan))?;
+    // The sandbox's scratch directories live in the store's tmp session for the build, so a
+    // killed build's leftovers are swept with it.
+    let mut ctx = steps::Ctx::new(
+        store,
+        executor,
+        req,
+        reporter,
+        &bases,
+        stage_names(&plan),
+        scratch.path(),
+    )?;
     let mut done: BTreeMap<usize, StageState> = BTreeMap::new();
     for wave in plan.waves() {
         check_interrupted()?;

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::context::copier::{CopyJob, CopySrc};
 use crate::context::{self, IgnoreMatcher, StatCache};
 use crate::dockerfile::instructions::{MountType, NetworkMode, Security};
+use crate::fileop::{CopyJob, CopySrc};
 use crate::image::{Digest, History, ImageConfig};
 use crate::layer::Compression;
 use crate::plan::{
@@ -59,6 +59,8 @@ struct Shared {
     next_id: AtomicUsize,
     /// Set when a stage failed: the others stop before their next step.
     cancelled: AtomicBool,
+    /// Where the sandbox puts its per-step scratch directories (the build's tmp session).
+    scratch_dir: PathBuf,
 }
 
 impl<'a> Ctx<'a> {
@@ -69,6 +71,7 @@ impl<'a> Ctx<'a> {
         reporter: &'a dyn Reporter,
         bases: &'a Bases<'a>,
         stage_names: bool,
+        scratch_dir: &std::path::Path,
     ) -> Result<Ctx<'a>, BuildError> {
         let ignore = IgnoreMatcher::load(&req.context, req.dockerfile_path.as_deref())?;
         let stat_cache_path = store.stat_cache_path();
@@ -85,6 +88,7 @@ impl<'a> Ctx<'a> {
                 stat_cache: Mutex::new(stat_cache),
                 next_id: AtomicUsize::new(1),
                 cancelled: AtomicBool::new(false),
+                scratch_dir: scratch_dir.to_path_buf(),
             }),
             stat_cache_path,
             created,
@@ -279,11 +283,9 @@ impl<'a> Ctx<'a> {
             | BuildError::Process { .. }
             | BuildError::Copy(_)
             | BuildError::Context(_)
-            | BuildError::Registry(_) => e,
+            | BuildError::Registry(_)
             // The copier and WORKDIR run in the sandbox helper: their message is the user's.
-            BuildError::Sandbox(crate::sandbox::SandboxError::Handler { message, .. }) => {
-                BuildError::Invalid(message)
-            }
+            | BuildError::FileJob(_) => e,
             e => return e,
         };
         BuildError::at(&self.req.dockerfile_name, step.line, &step.text, cause)
@@ -338,7 +340,8 @@ impl<'a> Ctx<'a> {
                 true
             }
             Op::Workdir { path, user } => {
-                self.executor.workdir(&rootfs, path, user)?;
+                self.executor
+                    .workdir(&rootfs, path, user, &self.shared.scratch_dir)?;
                 false
             }
             Op::Config => unreachable!("config-only steps are handled by the caller"),
@@ -427,10 +430,12 @@ impl<'a> Ctx<'a> {
         };
         let reporter = self.reporter;
         let mut tail = OutputTail::new(FAILED_OUTPUT_LINES);
-        let exit = self.executor.run(&spec, &mut |bytes| {
-            tail.push(bytes);
-            reporter.output(id, bytes)
-        })?;
+        let exit = self
+            .executor
+            .run(&spec, &self.shared.scratch_dir, &mut |bytes| {
+                tail.push(bytes);
+                reporter.output(id, bytes)
+            })?;
         check_interrupted()?;
         match exit.failure_message(&run.argv) {
             None => Ok(()),
@@ -484,7 +489,8 @@ impl<'a> Ctx<'a> {
             preserve_owner: !matches!(copy.from, CopyFrom::Context | CopyFrom::BuildContext(_)),
         };
         let source = self.source_root(&copy.from, done)?;
-        self.executor.copy(&rootfs, &source, &job)
+        self.executor
+            .copy(&rootfs, &source, &job, &self.shared.scratch_dir)
     }
 
     /// Where a COPY reads from: the context, a named context, or a stage's / image's rootfs.

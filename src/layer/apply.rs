@@ -24,6 +24,15 @@
 //! `.wh..wh..opq` -> `trusted.overlay.opaque=y` on its directory. Xattrs follow the same
 //! policy as snapshot (`user.*` and `security.capability`), and are set only on regular
 //! files and directories, the only types the kernel allows `user.*` on.
+//!
+//! [`extract`] is the same applier for the archives that ADD unpacks into an image
+//! directory, with Docker's untar semantics where they differ (it chroots into the
+//! destination): `/` and `..` are taken inside the destination and only a name that climbs
+//! out of it is refused; a symlink on an entry's path (the image's or the archive's own) is
+//! followed with `openat2(RESOLVE_IN_ROOT)`, the destination being the root, so it never
+//! leads out; `.wh.` names are ordinary files; the `./` entry leaves the destination alone;
+//! a tar without its end-of-archive blocks is accepted, as Go's archive/tar does.
+//! Ids out of range are refused in both.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -39,6 +48,7 @@ use sha2::{Digest as _, Sha256};
 use crate::image::Digest;
 use crate::layer::compress;
 use crate::layer::{keep_xattr, LayerError, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX};
+use crate::sandbox::root::{self as image_root, Root};
 
 /// What [`apply`] unpacked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -56,8 +66,39 @@ pub struct ApplyStats {
 /// Unpack the layer tar in `reader` (gzip, zstd or uncompressed, by magic bytes) into
 /// `dest`, an existing empty directory, in overlay format.
 pub fn apply<R: Read>(reader: R, dest: &Path) -> Result<ApplyStats, LayerError> {
-    let mut applier = Applier::new(dest)?;
+    let applier = Applier::new(dest, Target::Layer)?;
     let stream = compress::decompressor(reader).map_err(LayerError::Read)?;
+    unpack(stream, applier)
+}
+
+/// Unpack the (already decompressed) tar in `reader` into `dest`, an existing directory of
+/// an image root, for ADD (see the module docs). `owner` (`--chown`) replaces the entries'
+/// ids and owns the directories made on the way.
+pub fn extract<R: Read>(
+    reader: R,
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<ApplyStats, LayerError> {
+    let real =
+        std::fs::canonicalize(dest).map_err(|e| LayerError::io("opening directory", dest, e))?;
+    let root = Root::open(&real).map_err(|e| LayerError::io("opening directory", dest, e))?;
+    let applier = Applier::new(&real, Target::Extract { root, owner })?;
+    unpack(reader, applier)
+}
+
+/// What a tar is unpacked as.
+enum Target {
+    /// A layer in overlay format, into an empty directory.
+    Layer,
+    /// An ADD archive into a directory of an image root, which is the root for every
+    /// symlink on the way.
+    Extract {
+        root: Root,
+        owner: Option<(u32, u32)>,
+    },
+}
+
+fn unpack<R: Read>(stream: R, mut applier: Applier) -> Result<ApplyStats, LayerError> {
     let mut tracked = EofTracker {
         inner: stream,
         eof: false,
@@ -71,7 +112,7 @@ pub fn apply<R: Read>(reader: R, dest: &Path) -> Result<ApplyStats, LayerError> 
     }
     // The tar crate treats a clean end of input like the end-of-archive marker; a stream
     // that simply stops between entries is a truncated download, not a layer.
-    if tracked.eof {
+    if tracked.eof && matches!(applier.target, Target::Layer) {
         return Err(LayerError::Truncated);
     }
     // Read the rest (the second zero block, record padding, the gzip trailer) so that a
@@ -141,6 +182,7 @@ struct Applier {
     /// of entries.
     open: Vec<Frame>,
     stats: ApplyStats,
+    target: Target,
 }
 
 /// The metadata of one tar entry.
@@ -153,7 +195,7 @@ struct Meta {
 }
 
 impl Applier {
-    fn new(dest: &Path) -> Result<Self, LayerError> {
+    fn new(dest: &Path, target: Target) -> Result<Self, LayerError> {
         let root = rustix::fs::open(
             dest,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -166,6 +208,7 @@ impl Applier {
             root_times: None,
             open: Vec::new(),
             stats: ApplyStats::default(),
+            target,
         })
     }
 
@@ -177,14 +220,27 @@ impl Applier {
             // Global PAX headers carry archive-wide defaults (often just a comment).
             return Ok(());
         }
-        let comps = normalize(&raw_path).map_err(|reason| LayerError::UnsafePath {
-            path: display.clone(),
-            reason,
-        })?;
-        let meta = read_meta(entry, &display)?;
+        let comps = self
+            .normalize(&raw_path)
+            .map_err(|reason| LayerError::UnsafePath {
+                path: display.clone(),
+                reason,
+            })?;
+        let mut meta = read_meta(entry, &display)?;
+        if let Target::Extract {
+            owner: Some((uid, gid)),
+            ..
+        } = self.target
+        {
+            (meta.uid, meta.gid) = (uid, gid);
+        }
         self.stats.entries += 1;
 
         let Some((name, parent_comps)) = comps.split_last() else {
+            if let Target::Extract { .. } = self.target {
+                // Docker's untar skips `.`: the destination keeps its own metadata.
+                return Ok(());
+            }
             // `./`: the layer root itself. Only a directory makes sense there.
             if kind != tar::EntryType::Directory {
                 return Err(LayerError::UnsafePath {
@@ -198,7 +254,7 @@ impl Applier {
             return Ok(());
         };
 
-        if name.starts_with(WHITEOUT_PREFIX) {
+        if name.starts_with(WHITEOUT_PREFIX) && matches!(self.target, Target::Layer) {
             return self.whiteout(parent_comps, name, &meta, &display);
         }
 
@@ -285,7 +341,7 @@ impl Applier {
                     target: target_display.clone(),
                     reason,
                 };
-                let target = normalize(&target).map_err(bad)?;
+                let target = self.normalize(&target).map_err(bad)?;
                 let Some((tname, tparent)) = target.split_last() else {
                     return Err(bad("names the layer root"));
                 };
@@ -413,12 +469,13 @@ impl Applier {
             .take_while(|(frame, comp)| frame.name == **comp)
             .count();
         self.leave(common)?;
-        for comp in &comps[common..] {
-            let (fd, times) = match open_dir(self.top(), comp) {
+        for (i, comp) in comps.iter().enumerate().skip(common) {
+            let (fd, times) = match self.open_child(self.top(), &comps[..=i]) {
                 Ok(fd) => (fd, Times::Back),
                 Err(Resolve::Missing) => {
                     self.keep_times(comps)?;
                     let fd = make_dir(self.top(), comp)
+                        .and_then(|fd| self.own_made_dir(fd))
                         .map_err(|e| self.parent_err(e, comps, display))?;
                     (fd, Times::Made)
                 }
@@ -497,7 +554,8 @@ impl Applier {
         let mut cur: Option<OwnedFd> = None;
         for i in 0..walk {
             let dir = cur.as_ref().map_or(self.root.as_fd(), |fd| fd.as_fd());
-            let fd = match open_dir(dir, &self.open[i].name) {
+            let path: Components = self.open[..=i].iter().map(|f| f.name.clone()).collect();
+            let fd = match self.open_child(dir, &path) {
                 Ok(fd) => fd,
                 Err(Resolve::Io(op, e)) => return Err(self.open_err(op, i + 1, e)),
                 // Entries only remove or replace children of the deepest open directory, so
@@ -523,8 +581,19 @@ impl Applier {
         Ok(())
     }
 
-    /// Walk `comps` from the root one component at a time, never following a symlink.
+    /// Walk `comps` from the root one component at a time, never following a symlink (an
+    /// archive for ADD: following them inside the root).
     fn resolve(&self, comps: &[Vec<u8>]) -> Result<OwnedFd, Resolve> {
+        if let Target::Extract { root, .. } = &self.target {
+            let path = utf8_path(comps)?;
+            return root
+                .open_in(&path, OFlags::RDONLY | OFlags::DIRECTORY)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ENOENT) => Resolve::Missing,
+                    Some(libc::ENOTDIR) => Resolve::NotDir,
+                    _ => Resolve::Io("opening directory", e),
+                });
+        }
         let mut cur = self
             .root
             .try_clone()
@@ -533,6 +602,65 @@ impl Applier {
             cur = open_dir(cur.as_fd(), comp)?;
         }
         Ok(cur)
+    }
+
+    /// The last of `path`, a directory beneath `dir`, which holds the rest of it. A symlink
+    /// there fails a layer; for ADD it is followed inside the root, and what it names is
+    /// made when missing (as the chrooted untar's MkdirAll would).
+    fn open_child(&self, dir: BorrowedFd<'_>, path: &[Vec<u8>]) -> Result<OwnedFd, Resolve> {
+        let name = path.last().map_or(&[][..], |n| n.as_slice());
+        match (open_dir(dir, name), &self.target) {
+            (Err(Resolve::Symlink), Target::Extract { root, owner }) => {
+                let rel = utf8_path(path)?;
+                let found = root
+                    .ensure(&rel, image_root::Kind::Dir, 0o755, *owner, &mut Vec::new())
+                    .map_err(|e| match e.raw_os_error() {
+                        Some(libc::ENOTDIR) | Some(libc::EEXIST) => Resolve::NotDir,
+                        _ => Resolve::Io("resolving", e),
+                    })?;
+                rustix::fs::openat(&found, ".", DIR_FLAGS, Mode::empty())
+                    .map_err(|e| Resolve::Io("opening directory", e.into()))
+            }
+            (other, _) => other,
+        }
+    }
+
+    /// A directory made for a deeper path: for ADD, owned by `--chown`'s user.
+    fn own_made_dir(&self, fd: OwnedFd) -> Result<OwnedFd, Resolve> {
+        if let Target::Extract {
+            owner: Some((uid, gid)),
+            ..
+        } = self.target
+        {
+            rustix::fs::fchown(
+                &fd,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| Resolve::Io("changing owner of", e.into()))?;
+        }
+        Ok(fd)
+    }
+
+    /// An entry or link name as components: a layer refuses `/` and `..`; an ADD archive
+    /// takes them inside the destination and refuses only a climb out of it.
+    fn normalize(&self, raw: &[u8]) -> Result<Components, &'static str> {
+        match self.target {
+            Target::Layer => normalize(raw),
+            Target::Extract { .. } => {
+                let mut comps: Components = Vec::new();
+                for comp in raw.split(|b| *b == b'/') {
+                    match comp {
+                        b"" | b"." => {}
+                        b".." => {
+                            comps.pop().ok_or("`..` climbs out of the destination")?;
+                        }
+                        c => comps.push(c.to_vec()),
+                    }
+                }
+                Ok(comps)
+            }
+        }
     }
 
     /// Make room for a non-directory entry at `name`: remove whatever an earlier entry put
@@ -663,6 +791,12 @@ enum Resolve {
     Symlink,
     NotDir,
     Io(&'static str, io::Error),
+}
+
+/// `comps` as a path for [`Root`], which takes UTF-8; other names cannot be followed.
+fn utf8_path(comps: &[Vec<u8>]) -> Result<String, Resolve> {
+    let path = join(comps);
+    path.to_str().map(str::to_string).ok_or(Resolve::Symlink)
 }
 
 fn join(comps: &[Vec<u8>]) -> PathBuf {
@@ -1469,7 +1603,7 @@ symlink d/f -> elsewhere mode=777 0:0 xattrs[]"
         add(&(dir(DEPTH - 1) + "later"), file, 5);
         let blob = builder.into_inner().unwrap();
         // apply's loop, checking the open fds after every entry.
-        let mut applier = Applier::new(tmp.path()).unwrap();
+        let mut applier = Applier::new(tmp.path(), Target::Layer).unwrap();
         let mut most = 0;
         for entry in tar::Archive::new(&blob[..]).entries().unwrap() {
             applier.entry(&mut entry.unwrap()).unwrap();

@@ -18,22 +18,32 @@ pub use snapshot::{
 };
 
 /// Everything that can go wrong turning a directory into a layer or a layer into a directory.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum LayerError {
     /// A filesystem call on the source or destination tree failed.
     #[error("{op} `{}`: {source}", path.display())]
     Io {
-        op: &'static str,
+        #[serde(with = "crate::sandbox::wire::static_str")]
+        op: crate::sandbox::wire::StaticStr,
         path: PathBuf,
         #[source]
+        #[serde(with = "crate::sandbox::wire::io_error")]
         source: io::Error,
     },
     /// The output stream (tar, compressor or blob file) refused a write.
     #[error("writing layer: {0}")]
-    Write(#[source] io::Error),
+    Write(
+        #[source]
+        #[serde(with = "crate::sandbox::wire::io_error")]
+        io::Error,
+    ),
     /// The layer stream is not a valid tar (or its compression is corrupt or truncated).
     #[error("reading layer: {0}")]
-    Read(#[source] io::Error),
+    Read(
+        #[source]
+        #[serde(with = "crate::sandbox::wire::io_error")]
+        io::Error,
+    ),
     /// The tar stream ends without its end-of-archive marker.
     #[error("reading layer: truncated tar (no end-of-archive marker)")]
     Truncated,
@@ -46,13 +56,18 @@ pub enum LayerError {
     },
     /// An entry that would write outside the layer root or through a symlink.
     #[error("layer entry `{}` is unsafe: {reason}", path.display())]
-    UnsafePath { path: PathBuf, reason: &'static str },
+    UnsafePath {
+        path: PathBuf,
+        #[serde(with = "crate::sandbox::wire::static_str")]
+        reason: crate::sandbox::wire::StaticStr,
+    },
     /// A hard link that does not name an earlier entry of the same layer.
     #[error("layer entry `{}`: hard link to `{}` {reason}", path.display(), target.display())]
     BadHardlink {
         path: PathBuf,
         target: PathBuf,
-        reason: &'static str,
+        #[serde(with = "crate::sandbox::wire::static_str")]
+        reason: crate::sandbox::wire::StaticStr,
     },
     /// An entry type rbuild does not unpack (GNU sparse, multi-volume, ...).
     #[error("layer entry `{}`: unsupported tar entry type `{}`", path.display(), char::from(*kind))]

@@ -212,7 +212,7 @@ pub struct CopyOp {
     pub workdir: String,
     pub from: CopyFrom,
     pub chown: Option<String>,
-    pub chmod: Option<String>,
+    pub chmod: Option<crate::dockerfile::chmod::Chmod>,
     pub link: bool,
     pub parents: bool,
     pub excludes: Vec<String>,

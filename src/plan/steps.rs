@@ -11,6 +11,7 @@ use super::{
     Base, BaseResolver, BuildOptions, CopyFrom, CopyOp, CopySource, KeyMaterial, Op, Plan,
     PlanError, Source, Stage, Step,
 };
+use crate::dockerfile::chmod::Chmod;
 use crate::dockerfile::instructions::{self, CommandForm, Healthcheck, Instruction, Located};
 use crate::dockerfile::shell::Lexer;
 use crate::dockerfile::syntax;
@@ -609,12 +610,12 @@ impl Ctx<'_, '_> {
         let opt_ex = |v: &Option<String>| -> Result<Option<String>, PlanError> {
             v.as_deref().map(|v| self.ex(line, v, scope)).transpose()
         };
-        let chmod = opt_ex(&c.chmod)?;
-        if let Some(m) = &chmod {
-            if !instructions::valid_chmod(m) || m.contains('$') {
-                return Err(self.src.at(line, ErrorKind::BadChmod(m.clone())));
-            }
-        }
+        let chmod = match opt_ex(&c.chmod)? {
+            Some(m) => Some(
+                Chmod::parse(&m).map_err(|_| self.src.at(line, ErrorKind::BadChmod(m.clone())))?,
+            ),
+            None => None,
+        };
         let checksum = opt_ex(&c.checksum)?;
         if checksum.is_some() {
             let http = matches!(sources.as_slice(), [CopySource::Url(u)] if u.starts_with("http"));
@@ -680,19 +681,9 @@ pub(crate) fn join_path(base: &str, p: &str) -> String {
     }
 }
 
-/// Go's `path.Clean` for absolute paths.
+/// Go's `path.Clean` for absolute paths, with the one lexical cleaner.
 pub(crate) fn clean_path(p: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    format!("/{}", crate::sandbox::root::clean(p))
 }
 
 /// `80`, `80/udp`, `8000-8002/tcp` -> `["80/tcp"]`, ... (docker's nat.ParsePortSpecs).

@@ -21,8 +21,8 @@ use nix::unistd::{ForkResult, Gid, Uid};
 use rustix::fs::OFlags;
 
 use super::root::{Kind, Root};
-use super::user::{self, ExecUser};
-use super::{Exit, Failure, FsSource, Job, Mount, Network, Overlay, Reply, RunSpec, Stub};
+use super::user::ExecUser;
+use super::{Exit, Failure, FsJob, FsSource, Job, Mount, Network, Overlay, Reply, RunSpec, Stub};
 
 type Res<T> = Result<T, Failure>;
 
@@ -30,7 +30,7 @@ fn ctx<T, E: Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> Res<T> 
     r.map_err(|e| Failure::Setup(format!("{}: {e}", what())))
 }
 
-pub fn main() -> ! {
+pub fn main<J: FsJob>() -> ! {
     let args: Vec<String> = std::env::args().collect();
     if args.get(2).map(String::as_str) == Some(super::net::HOLDER_ARG) {
         hold_network_namespace();
@@ -46,7 +46,7 @@ pub fn main() -> ! {
             format!("joining the step's cgroup {}", dir.display())
         })
     });
-    let reply = match serve(joined, cgroup.as_deref()) {
+    let reply = match serve::<J>(joined, cgroup.as_deref()) {
         Ok(r) => r,
         Err(f) => Reply::Failed(f),
     };
@@ -74,7 +74,7 @@ fn hold_network_namespace() -> ! {
     std::process::exit(0)
 }
 
-fn serve(joined: Res<()>, cgroup: Option<&Path>) -> Res<Reply> {
+fn serve<J: FsJob>(joined: Res<()>, cgroup: Option<&Path>) -> Res<Reply<J::Output, J::Error>> {
     let mut input = Vec::new();
     ctx(std::io::stdin().read_to_end(&mut input), || {
         "reading the job".into()
@@ -87,7 +87,7 @@ fn serve(joined: Res<()>, cgroup: Option<&Path>) -> Res<Reply> {
         std::process::exit(0);
     }
     joined?;
-    let job: Job = ctx(serde_json::from_slice(&input), || "parsing the job".into())?;
+    let job: Job<J> = ctx(serde_json::from_slice(&input), || "parsing the job".into())?;
     let parent = match &job {
         Job::Run { parent, .. } | Job::Fs { parent, .. } => *parent,
     };
@@ -108,15 +108,15 @@ fn serve(joined: Res<()>, cgroup: Option<&Path>) -> Res<Reply> {
             scratch,
             netns,
             ..
-        } => run_step(&spec, &scratch, netns.as_deref()),
+        } => run_step(&spec, &scratch, netns.as_deref())
+            .map(|(exit, stubs)| Reply::Run { exit, stubs }),
         Job::Fs {
             rootfs,
             sources,
             job,
-            handler,
             scratch,
             ..
-        } => fs_step(&rootfs, &sources, job, &handler, &scratch),
+        } => fs_step(&rootfs, &sources, job, &scratch),
     }
 }
 
@@ -295,13 +295,12 @@ fn remount(target: &Path, add: MsFlags) -> Res<()> {
     )
 }
 
-fn fs_step(
+fn fs_step<J: FsJob>(
     rootfs: &Overlay,
     sources: &[FsSource],
-    job: serde_json::Value,
-    handler: &str,
+    job: J,
     scratch: &Path,
-) -> Res<Reply> {
+) -> Res<Reply<J::Output, J::Error>> {
     ctx(nix::sched::unshare(CloneFlags::CLONE_NEWNS), || {
         "unsharing the mount namespace".into()
     })?;
@@ -325,7 +324,7 @@ fn fs_step(
         }
         paths.push(dir);
     }
-    Ok(Reply::Fs(super::fs_dispatch(handler, job, &root, &paths)))
+    Ok(Reply::Fs(job.run(&root, &paths)))
 }
 
 /// Creates mountpoints in the merged root and remembers what it created.
@@ -555,7 +554,7 @@ extern "C" fn kill_child(_: libc::c_int) {
     }
 }
 
-fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<Reply> {
+fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<(Exit, Vec<Stub>)> {
     if let Some(ns) = netns {
         let fd = ctx(std::fs::File::open(ns), || {
             format!("opening the build's network namespace {}", ns.display())
@@ -582,18 +581,13 @@ fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<Reply> 
     let root_path = mount_rootfs(&spec.rootfs, scratch)?;
     let root = ctx(Root::open(&root_path), || "opening the root".into())?;
 
-    let read = |p: &str| -> Res<Option<String>> {
-        let bytes = ctx(root.read(p), || format!("reading {p} in the image"))?;
-        Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
-    };
-    let (passwd, group) = (read("/etc/passwd")?, read("/etc/group")?);
-    let exec_user =
-        user::resolve(&spec.user, passwd.as_deref(), group.as_deref()).map_err(|e| {
-            Failure::User {
-                spec: spec.user.clone(),
-                message: e.to_string(),
-            }
-        })?;
+    let users = ctx(root.user_db(), || {
+        "reading /etc/passwd and /etc/group in the image".into()
+    })?;
+    let exec_user = users.resolve(&spec.user).map_err(|e| Failure::User {
+        spec: spec.user.clone(),
+        message: e.to_string(),
+    })?;
 
     // The working directory belongs to the layer (BuildKit creates it, owned by the user).
     ctx(
@@ -662,7 +656,7 @@ fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<Reply> 
     drop(root);
 
     let exit = spawn_and_wait(spec, &root_path, &exec_user)?;
-    Ok(Reply::Run { exit, stubs })
+    Ok((exit, stubs))
 }
 
 fn mount_target_mut(m: &mut Mount) -> &mut String {

@@ -1,7 +1,9 @@
 //! The RUN sandbox and filesystem jobs (design.md "RUN sandbox").
 //!
 //! The parent never touches namespaces: it re-executes its own binary (`/proc/self/exe
-//! __sandbox-helper`) and sends it a JSON [`Job`] on stdin. The helper is single-threaded,
+//! __sandbox-helper`) and sends it a JSON [`Job`] on stdin: a RUN step, or a filesystem job
+//! ([`FsJob`], a typed job that a module above implements, fileop's COPY/ADD and WORKDIR),
+//! whose answer or typed error comes back the same way. The helper is single-threaded,
 //! unshares its namespaces, mounts the overlay and runs the step; every mount lives only
 //! in the helper's mount namespace, so a killed build leaves none behind. The helper
 //! answers with one JSON [`Reply`] on its stderr; for RUN its stdout carries the step's
@@ -17,6 +19,7 @@ pub mod root;
 mod seccomp;
 mod spare;
 pub mod user;
+pub mod wire;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -24,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use rustix::fs::OFlags;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// argv[1] that makes the rbuild binary act as the sandbox helper.
 pub const HELPER_ARG: &str = "__sandbox-helper";
@@ -187,13 +190,21 @@ pub enum SandboxError {
     /// The command could not be started (runc's `exec: "x": executable file not found`).
     #[error("{0}")]
     Exec(String),
-    #[error("filesystem job `{handler}`: {message}")]
-    Handler { handler: String, message: String },
 }
 
-/// Parent -> helper.
+/// A filesystem job: what the helper runs over a step's root, mounted at `root`, with the
+/// job's sources mounted read-only at `sources` (same order). The binary's `main` names
+/// the one type of job its helper runs ([`helper_main`]); its answer and its error are
+/// typed both sides of the pipe.
+pub trait FsJob: Serialize + DeserializeOwned + std::fmt::Debug {
+    type Output: Serialize + DeserializeOwned + std::fmt::Debug;
+    type Error: std::error::Error + Serialize + DeserializeOwned + std::fmt::Debug;
+    fn run(self, root: &Path, sources: &[PathBuf]) -> Result<Self::Output, Self::Error>;
+}
+
+/// Parent -> helper. `J` is the filesystem job type ([`FsJob`]); a RUN step sends `Job<()>`.
 #[derive(Debug, Serialize, Deserialize)]
-enum Job {
+enum Job<J> {
     Run {
         spec: RunSpec,
         scratch: PathBuf,
@@ -204,18 +215,17 @@ enum Job {
     Fs {
         rootfs: Overlay,
         sources: Vec<FsSource>,
-        job: Value,
-        handler: String,
+        job: J,
         scratch: PathBuf,
         parent: u32,
     },
 }
 
-/// Helper -> parent.
+/// Helper -> parent: `O` and `E` are the filesystem job's answer and error.
 #[derive(Debug, Serialize, Deserialize)]
-enum Reply {
+enum Reply<O, E> {
     Run { exit: Exit, stubs: Vec<Stub> },
-    Fs(Result<Value, String>),
+    Fs(Result<O, E>),
     Failed(Failure),
 }
 
@@ -263,33 +273,30 @@ pub fn terminate_all() {
     }
 }
 
-/// Where scratch directories go (None: the system temp dir).
-static SCRATCH_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
-
-/// Put the per-step scratch directories under `dir` (the store's tmp session, so that the
-/// empty directory a killed build leaves behind is swept with the session), or back in the
-/// system temp dir with `None`.
-pub fn set_scratch_dir(dir: Option<PathBuf>) {
-    *SCRATCH_DIR.lock().unwrap_or_else(|e| e.into_inner()) = dir;
-}
-
 /// Uses `exe` instead of /proc/self/exe as the helper (for test binaries, which are not
 /// rbuild). `exe` must dispatch [`HELPER_ARG`] to [`helper_main`]. First call wins.
 pub fn set_helper_exe(exe: PathBuf) {
     let _ = HELPER_EXE.set(exe);
 }
 
-/// Entry point of the helper process; main() calls it first when argv[1] is [`HELPER_ARG`].
-pub fn helper_main() -> ! {
-    helper::main()
+/// Entry point of the helper process; main() calls it first when argv[1] is [`HELPER_ARG`],
+/// naming the filesystem jobs it runs (the parent's [`fs_job`] calls must use that type).
+pub fn helper_main<J: FsJob>() -> ! {
+    helper::main::<J>()
 }
 
 /// Runs a RUN step. A command that fails is `Ok(Exit::Code(n))`; errors are reserved for
 /// a sandbox that could not run it. `output` receives the merged stdout/stderr as it comes.
+/// The step's scratch directory goes in `scratch_dir` (the store's tmp session, so that
+/// what a killed build leaves is swept with it), or the system temp dir with `None`.
 ///
 /// The helper dies with the calling thread (PR_SET_PDEATHSIG), so call this from a thread
 /// that lives until it returns (it blocks, so any caller does).
-pub fn run(spec: &RunSpec, output: &mut dyn FnMut(&[u8])) -> Result<Exit, SandboxError> {
+pub fn run(
+    spec: &RunSpec,
+    scratch_dir: Option<&Path>,
+    output: &mut dyn FnMut(&[u8]),
+) -> Result<Exit, SandboxError> {
     for m in &spec.mounts {
         if let Mount::Cache {
             source,
@@ -308,14 +315,14 @@ pub fn run(spec: &RunSpec, output: &mut dyn FnMut(&[u8])) -> Result<Exit, Sandbo
         Network::Host | Network::None => None,
     };
     let helper = spare::take(exe, spare::Want::Run(spec.pids_limit))?;
-    let scratch = Scratch::new()?;
-    let job = Job::Run {
+    let scratch = Scratch::new(scratch_dir)?;
+    let job: Job<()> = Job::Run {
         spec: spec.clone(),
         scratch: scratch.0.path().to_path_buf(),
         parent: std::process::id(),
         netns,
     };
-    match call_helper(helper, &job, output)? {
+    match call_helper::<(), (), ()>(helper, &job, output)? {
         Reply::Run { exit, stubs } => {
             remove_stubs(&spec.rootfs, &stubs)?;
             Ok(exit)
@@ -325,132 +332,32 @@ pub fn run(spec: &RunSpec, output: &mut dyn FnMut(&[u8])) -> Result<Exit, Sandbo
     }
 }
 
-/// Runs the filesystem job `handler_name` (see [`fs_dispatch`]) over `rootfs` mounted in a
-/// private mount namespace, with `sources` mounted read-only; returns the handler's answer.
-pub fn fs_job(
+/// Runs `job` in a helper over `rootfs` mounted in a private mount namespace, with
+/// `sources` mounted read-only; `scratch_dir` as for [`run`]. The outer error is the
+/// sandbox's, the inner result the job's own.
+pub fn fs_job<J: FsJob>(
+    scratch_dir: Option<&Path>,
     rootfs: &Overlay,
     sources: &[FsSource],
-    job: Value,
-    handler_name: &str,
-) -> Result<Value, SandboxError> {
-    let scratch = Scratch::new()?;
+    job: J,
+) -> Result<Result<J::Output, J::Error>, SandboxError> {
+    let scratch = Scratch::new(scratch_dir)?;
     let job = Job::Fs {
         rootfs: rootfs.clone(),
         sources: sources.to_vec(),
         job,
-        handler: handler_name.to_string(),
         scratch: scratch.0.path().to_path_buf(),
         parent: std::process::id(),
     };
     let helper = spare::take(helper_exe()?, spare::Want::Any)?;
-    match call_helper(helper, &job, &mut |_| {})? {
-        Reply::Fs(Ok(v)) => Ok(v),
-        Reply::Fs(Err(message)) => Err(SandboxError::Handler {
-            handler: handler_name.to_string(),
-            message,
-        }),
+    match call_helper::<J, J::Output, J::Error>(helper, &job, &mut |_| {})? {
+        Reply::Fs(result) => Ok(result),
         Reply::Failed(f) => Err(f.into()),
         other => Err(unexpected(other)),
     }
 }
 
-/// Filesystem job handlers, run inside the helper with the merged root mounted at
-/// `merged_root` and the job's sources at `sources` (same order). The integrator adds arms
-/// (e.g. the copier).
-pub fn fs_dispatch(
-    handler_name: &str,
-    job: Value,
-    merged_root: &Path,
-    sources: &[PathBuf],
-) -> Result<Value, String> {
-    match handler_name {
-        "mkdir" => mkdir_handler(job, merged_root),
-        "workdir" => workdir_handler(job, merged_root),
-        "copy" => {
-            let job: crate::context::copier::CopyJob =
-                serde_json::from_value(job).map_err(|e| format!("bad job: {e}"))?;
-            let source = sources.first().ok_or("the copy job has no source")?;
-            let stats = crate::context::copier::copy(&job, source, merged_root)
-                .map_err(|e| e.to_string())?;
-            serde_json::to_value(stats).map_err(|e| e.to_string())
-        }
-        other => Err(format!("unknown filesystem job handler `{other}`")),
-    }
-}
-
-/// Input of the built-in "mkdir" handler (WORKDIR): `mkdir -p` inside the root, symlinks
-/// resolved inside it, created directories owned by uid:gid.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MkdirJob {
-    pub path: String,
-    #[serde(default)]
-    pub uid: u32,
-    #[serde(default)]
-    pub gid: u32,
-    #[serde(default = "default_dir_mode")]
-    pub mode: u32,
-}
-
-fn default_dir_mode() -> u32 {
-    0o755
-}
-
-/// Answer of "mkdir": the root-relative paths it created, parents first.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MkdirResult {
-    pub created: Vec<String>,
-}
-
-fn mkdir_handler(job: Value, merged_root: &Path) -> Result<Value, String> {
-    let job: MkdirJob = serde_json::from_value(job).map_err(|e| format!("bad job: {e}"))?;
-    let root = root::Root::open(merged_root)
-        .map_err(|e| format!("opening {}: {e}", merged_root.display()))?;
-    let mut created = Vec::new();
-    root.ensure(
-        &job.path,
-        root::Kind::Dir,
-        job.mode,
-        Some((job.uid, job.gid)),
-        &mut created,
-    )
-    .map_err(|e| format!("mkdir {}: {e}", job.path))?;
-    serde_json::to_value(MkdirResult { created }).map_err(|e| e.to_string())
-}
-
-/// Input of the "workdir" handler: WORKDIR creates its directory owned by the stage's USER
-/// (names resolved from the image's passwd and group), as BuildKit does.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct WorkdirJob {
-    pub path: String,
-    pub user: String,
-}
-
-fn workdir_handler(job: Value, merged_root: &Path) -> Result<Value, String> {
-    let job: WorkdirJob = serde_json::from_value(job).map_err(|e| format!("bad job: {e}"))?;
-    let root = root::Root::open(merged_root)
-        .map_err(|e| format!("opening {}: {e}", merged_root.display()))?;
-    let read = |p: &str| {
-        root.read(p)
-            .ok()
-            .flatten()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-    };
-    let (passwd, group) = (read("/etc/passwd"), read("/etc/group"));
-    let user =
-        user::resolve(&job.user, passwd.as_deref(), group.as_deref()).map_err(|e| e.to_string())?;
-    let mut created = Vec::new();
-    root.ensure(
-        &job.path,
-        root::Kind::Dir,
-        default_dir_mode(),
-        Some((user.uid, user.gid)),
-        &mut created,
-    )
-    .map_err(|e| format!("mkdir {}: {e}", job.path))?;
-    serde_json::to_value(MkdirResult { created }).map_err(|e| e.to_string())
-}
-
-fn unexpected(reply: Reply) -> SandboxError {
+fn unexpected<O: std::fmt::Debug, E: std::fmt::Debug>(reply: Reply<O, E>) -> SandboxError {
     SandboxError::Helper {
         status: "unexpected reply".into(),
         stderr: format!("{reply:?}"),
@@ -462,13 +369,10 @@ fn unexpected(reply: Reply) -> SandboxError {
 struct Scratch(tempfile::TempDir);
 
 impl Scratch {
-    fn new() -> Result<Scratch, SandboxError> {
-        let parent = SCRATCH_DIR
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn new(dir: Option<&Path>) -> Result<Scratch, SandboxError> {
+        let parent = dir
             .filter(|d| d.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
+            .map_or_else(std::env::temp_dir, Path::to_path_buf);
         tempfile::Builder::new()
             .prefix(SCRATCH_PREFIX)
             .tempdir_in(&parent)
@@ -506,11 +410,11 @@ fn helper_exe() -> Result<PathBuf, SandboxError> {
 
 /// Gives `helper` its job and waits for its answer; the helper has exited when this returns
 /// (its cgroup, if any, is removed then).
-fn call_helper(
+fn call_helper<J: Serialize, O: DeserializeOwned, E: DeserializeOwned>(
     helper: spare::Helper,
-    job: &Job,
+    job: &Job<J>,
     output: &mut dyn FnMut(&[u8]),
-) -> Result<Reply, SandboxError> {
+) -> Result<Reply<O, E>, SandboxError> {
     let spare::Helper { mut child, cgroup } = helper;
     let pid = child.id() as i32;
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
@@ -527,11 +431,11 @@ fn call_helper(
     reply
 }
 
-fn talk(
+fn talk<J: Serialize, O: DeserializeOwned, E: DeserializeOwned>(
     child: &mut std::process::Child,
-    job: &Job,
+    job: &Job<J>,
     output: &mut dyn FnMut(&[u8]),
-) -> Result<Reply, SandboxError> {
+) -> Result<Reply<O, E>, SandboxError> {
     let bytes = serde_json::to_vec(job).map_err(|e| SandboxError::Pipe(e.into()))?;
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let mut stdout = child.stdout.take().expect("stdout is piped");
@@ -563,7 +467,7 @@ fn talk(
         .split(|&b| b == b'\n')
         .rfind(|l| !l.is_empty())
         .unwrap_or_default();
-    match serde_json::from_slice::<Reply>(last) {
+    match serde_json::from_slice::<Reply<O, E>>(last) {
         Ok(reply) if status.success() => Ok(reply),
         _ => {
             let _ = write_result;

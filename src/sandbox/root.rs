@@ -22,6 +22,8 @@ pub enum Kind {
 pub struct Root {
     fd: OwnedFd,
     abs: PathBuf,
+    /// `abs` with its symlinks resolved, as /proc/self/fd shows the paths beneath it.
+    real: PathBuf,
 }
 
 /// Symlinks followed while creating one path before giving up (the kernel's own limit).
@@ -49,6 +51,29 @@ pub fn clean(path: &str) -> String {
     out.join("/")
 }
 
+/// Where the symlink `name` in the directory `dir` (`parent`, root-relative) leads, as a
+/// cleaned root-relative path; `None` when it is not a symlink. ELOOP once `links` links
+/// were followed.
+fn link_target(
+    dir: BorrowedFd<'_>,
+    parent: &str,
+    name: &str,
+    links: usize,
+) -> io::Result<Option<String>> {
+    let Ok(target) = rustix::fs::readlinkat(dir, name, Vec::new()) else {
+        return Ok(None);
+    };
+    if links >= MAX_LINKS {
+        return Err(rustix::io::Errno::LOOP.into());
+    }
+    let target = target.to_string_lossy();
+    Ok(Some(if target.starts_with('/') {
+        clean(&target)
+    } else {
+        clean(&format!("{parent}/{target}"))
+    }))
+}
+
 impl Root {
     pub fn open(abs: &Path) -> io::Result<Root> {
         let fd = rustix::fs::open(
@@ -56,9 +81,11 @@ impl Root {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
         Ok(Root {
             fd,
             abs: abs.to_path_buf(),
+            real,
         })
     }
 
@@ -121,10 +148,23 @@ impl Root {
         }
     }
 
+    /// The image's /etc/passwd and /etc/group, for [`super::user::UserDb`].
+    pub fn user_db(&self) -> io::Result<super::user::UserDb> {
+        let read = |p: &str| -> io::Result<Option<String>> {
+            Ok(self
+                .read(p)?
+                .map(|b| String::from_utf8_lossy(&b).into_owned()))
+        };
+        Ok(super::user::UserDb {
+            passwd: read("/etc/passwd")?,
+            group: read("/etc/group")?,
+        })
+    }
+
     /// The path of an fd opened inside this root, relative to the root ("" for the root).
     pub fn relative(&self, fd: BorrowedFd<'_>) -> io::Result<String> {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
-        let rel = link.strip_prefix(&self.abs).map_err(|_| {
+        let rel = link.strip_prefix(&self.real).map_err(|_| {
             io::Error::other(format!(
                 "{} resolved outside the root {}",
                 link.display(),
@@ -132,6 +172,47 @@ impl Root {
             ))
         })?;
         Ok(rel.to_string_lossy().into_owned())
+    }
+
+    /// Resolves `path` inside the root as the container would see it, without creating
+    /// anything (BuildKit's `fs.RootPath`): symlinks are followed inside the root, components
+    /// that do not exist (from the first missing one on) are taken as they are. With
+    /// `follow_last` false a symlink in the last component names the link itself. Returns
+    /// the path relative to the root (`""` for the root); ELOOP after too many links.
+    pub fn resolve(&self, path: &str, follow_last: bool) -> io::Result<String> {
+        self.resolve_inner(&clean(path), follow_last, 0)
+    }
+
+    fn resolve_inner(&self, rel: &str, follow_last: bool, links: usize) -> io::Result<String> {
+        if rel.is_empty() {
+            return Ok(String::new());
+        }
+        let nofollow = if follow_last {
+            OFlags::empty()
+        } else {
+            OFlags::NOFOLLOW
+        };
+        match self.open_in(rel, OFlags::PATH | nofollow) {
+            Ok(fd) => return self.relative(fd.as_fd()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+            Err(e) => return Err(e),
+        }
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let parent = self.resolve_inner(parent, true, links)?;
+        let joined = if parent.is_empty() {
+            name.to_string()
+        } else {
+            format!("{parent}/{name}")
+        };
+        if follow_last {
+            // A dangling symlink: where it points, resolved the same way.
+            if let Ok(pfd) = self.open_in(&parent, OFlags::PATH | OFlags::DIRECTORY) {
+                if let Some(next) = link_target(pfd.as_fd(), &parent, name, links)? {
+                    return self.resolve_inner(&next, true, links + 1);
+                }
+            }
+        }
+        Ok(joined)
     }
 
     /// Opens `path` (O_PATH), creating what is missing: parents as directories with mode
@@ -186,17 +267,8 @@ impl Root {
             Err(rustix::io::Errno::EXIST) => {
                 // It exists but did not resolve: a dangling symlink. Create its target,
                 // resolved from the link's directory, as the container would.
-                let target = rustix::fs::readlinkat(&pfd, name, Vec::new())
-                    .map_err(|_| io::Error::from(rustix::io::Errno::EXIST))?;
-                if links >= MAX_LINKS {
-                    return Err(rustix::io::Errno::LOOP.into());
-                }
-                let target = target.to_string_lossy();
-                let next = if target.starts_with('/') {
-                    clean(&target)
-                } else {
-                    clean(&format!("{parent}/{target}"))
-                };
+                let next = link_target(pfd.as_fd(), parent, name, links)?
+                    .ok_or(rustix::io::Errno::EXIST)?;
                 return self.ensure_inner(&next, kind, mode, owner, created, links + 1);
             }
             Err(e) => return Err(e.into()),
@@ -238,6 +310,11 @@ mod tests {
         assert_eq!(clean("/a/./b/../c/"), "a/c");
         assert_eq!(clean("../../etc"), "etc");
         assert_eq!(clean("/"), "");
+        // Moved from context::clean_rel, the twin this one replaced.
+        assert_eq!(clean("a/./b/../c"), "a/c");
+        assert_eq!(clean("/x/y/"), "x/y");
+        assert_eq!(clean("../../x"), "x");
+        assert_eq!(clean("."), "");
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! accepted (gid 0, home "/"); supplementary groups are the groups that list the user by
 //! name, and only when no group was given explicitly. An empty USER is root with no
 //! supplementary groups and no file lookups (BuildKit's fast path).
+//!
+//! The one reader of passwd and group files: RUN's USER, WORKDIR's owner and COPY/ADD
+//! `--chown` (whose rules differ, see [`UserDb::chown`]) all go through [`UserDb`]. Pure:
+//! the caller reads the files (`Root::user_db`).
 
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +22,7 @@ pub struct ExecUser {
 }
 
 /// Why a USER string could not be resolved; the message mirrors runc's wording.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum UserError {
     #[error("unable to find user {0}: no matching entries in passwd file")]
     NoUser(String),
@@ -26,6 +30,51 @@ pub enum UserError {
     NoGroup(String),
     #[error("{0}: id out of range")]
     Range(String),
+}
+
+/// An image's /etc/passwd and /etc/group; `None`: the file is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserDb {
+    pub passwd: Option<String>,
+    pub group: Option<String>,
+}
+
+impl UserDb {
+    /// A USER value, with runc's semantics ([`resolve`]).
+    pub fn resolve(&self, spec: &str) -> Result<ExecUser, UserError> {
+        resolve(spec, self.passwd.as_deref(), self.group.as_deref())
+    }
+
+    /// A `--chown` value, `user[:group]` -> (uid, gid), with BuildKit's rules for it: a
+    /// numeric user is its own gid unless a group is given, a named user takes its primary
+    /// group from passwd; names that are not numbers are looked up. `Err(Range)` for an
+    /// empty user or group.
+    pub fn chown(&self, spec: &str) -> Result<(u32, u32), UserError> {
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        if user.is_empty() || group == Some("") {
+            return Err(UserError::Range(spec.to_string()));
+        }
+        let (uid, mut gid) = match user.parse::<u32>() {
+            Ok(id) => (id, id),
+            Err(_) => passwd_entries(self.passwd.as_deref().unwrap_or(""))
+                .find(|e| e.name == user)
+                .map(|e| (e.uid, e.gid))
+                .ok_or_else(|| UserError::NoUser(user.to_string()))?,
+        };
+        if let Some(group) = group {
+            gid = match group.parse::<u32>() {
+                Ok(id) => id,
+                Err(_) => group_entries(self.group.as_deref().unwrap_or(""))
+                    .find(|g| g.name == group)
+                    .map(|g| g.gid)
+                    .ok_or_else(|| UserError::NoGroup(group.to_string()))?,
+            };
+        }
+        Ok((uid, gid))
+    }
 }
 
 struct PasswdEntry<'a> {
@@ -51,8 +100,8 @@ fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
         // Malformed lines are skipped, as runc's parser does for unparsable ids.
         Some(PasswdEntry {
             name: f.first()?,
-            uid: f.get(2)?.parse().ok()?,
-            gid: f.get(3)?.parse().ok()?,
+            uid: f.get(2)?.trim().parse().ok()?,
+            gid: f.get(3)?.trim().parse().ok()?,
             home: f.get(5).copied().unwrap_or(""),
         })
     })
@@ -67,7 +116,7 @@ fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
         let f: Vec<&str> = line.split(':').collect();
         Some(GroupEntry {
             name: f.first()?,
-            gid: f.get(2)?.parse().ok()?,
+            gid: f.get(2)?.trim().parse().ok()?,
             members: f
                 .get(3)
                 .map(|m| m.split(',').filter(|s| !s.is_empty()).collect())
@@ -219,6 +268,30 @@ mod tests {
         );
         let u = resolve("7:8", None, None).unwrap();
         assert_eq!((u.uid, u.gid), (7, 8));
+    }
+
+    /// `--chown`'s rules (moved from the copier's own passwd reader).
+    #[test]
+    fn chown_numbers_and_names() {
+        let db = UserDb {
+            passwd: Some("root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n".into()),
+            group: Some("root:x:0:\nstaff:x:50:app\n".into()),
+        };
+        assert_eq!(db.chown("app"), Ok((1000, 1001)));
+        assert_eq!(db.chown("app:staff"), Ok((1000, 50)));
+        assert_eq!(db.chown("77"), Ok((77, 77)));
+        assert_eq!(db.chown("77:5"), Ok((77, 5)));
+        assert_eq!(db.chown("nobody"), Err(UserError::NoUser("nobody".into())));
+        assert_eq!(
+            db.chown("app:nogroup"),
+            Err(UserError::NoGroup("nogroup".into()))
+        );
+        assert_eq!(
+            UserDb::default().chown("app"),
+            Err(UserError::NoUser("app".into()))
+        );
+        assert!(matches!(db.chown(":5"), Err(UserError::Range(_))));
+        assert!(matches!(db.chown("app:"), Err(UserError::Range(_))));
     }
 
     #[test]

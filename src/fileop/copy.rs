@@ -25,18 +25,20 @@
 //! - ADD extracts local tar archives (plain, gzip, bzip2, xz, zstd; detected by content)
 //!   into the destination directory, refusing entries that would leave it.
 
-use crate::layer::apply::lenient;
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::digest::base_name;
-use super::{clean_rel, host_path, resolve_in_root, walk, ContextError, IgnoreMatcher};
+use crate::context::digest::base_name;
+use crate::context::{host_path, open_root, resolve, walk, ContextError, IgnoreMatcher};
+use crate::dockerfile::chmod::Chmod;
+use crate::sandbox::root::{clean, Root};
+use crate::sandbox::user::UserError;
 
 /// One COPY/ADD step, as the executor hands it to the sandbox helper.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -49,7 +51,7 @@ pub struct CopyJob {
     /// `user[:group]`, names resolved from `dest_root/etc/passwd` and `/etc/group`.
     pub chown: Option<String>,
     /// Octal (`755`) or symbolic (`u+x,g-w`).
-    pub chmod: Option<String>,
+    pub chmod: Option<Chmod>,
     pub parents: bool,
     pub excludes: Vec<String>,
     /// `.dockerignore` patterns; only for context sources.
@@ -92,27 +94,22 @@ pub struct CopyStats {
     pub archives: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum CopyError {
     #[error(transparent)]
     Context(#[from] ContextError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
     /// Docker's wording, kept verbatim because users search for it.
     #[error("When using {command} with more than one source file, the destination must be a directory and end with a /")]
-    MultipleSourcesNeedDirectory { command: &'static str },
+    MultipleSourcesNeedDirectory {
+        #[serde(with = "crate::sandbox::wire::static_str")]
+        command: crate::sandbox::wire::StaticStr,
+    },
     #[error("invalid --chown `{0}`")]
     BadChown(String),
     #[error("unable to find user {0}: no matching entries in passwd file")]
     UnknownUser(String),
     #[error("unable to find group {0}: no matching entries in group file")]
     UnknownGroup(String),
-    #[error("invalid --chmod `{0}`: expected octal (0755) or symbolic (u+x,g-w)")]
-    BadChmod(String),
     #[error("cannot copy to non-directory: {0}")]
     NotADirectory(String),
     /// A source directory meets a symlink below the destination. BuildKit (fsutil's
@@ -131,27 +128,26 @@ pub enum CopyError {
     },
     #[error("cannot replace directory {0} with a non-directory")]
     ReplaceDirectory(String),
-    #[error("extracting {archive}: {reason}")]
-    Archive { archive: PathBuf, reason: String },
+    #[error("extracting {archive}: {source}")]
+    Archive {
+        archive: PathBuf,
+        #[source]
+        source: crate::layer::LayerError,
+    },
 }
 
 fn io_err(path: &Path, e: io::Error) -> CopyError {
-    CopyError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
+    CopyError::Context(ContextError::io(path, e))
 }
 
 /// Run one COPY/ADD; see the module docs.
 pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStats, CopyError> {
+    let root = open_root(dest_root)?;
     let owner = match &job.chown {
-        Some(spec) => Some(resolve_chown(spec, dest_root)?),
+        Some(spec) => Some(resolve_chown(spec, &root)?),
         None => None,
     };
-    let chmod = match &job.chmod {
-        Some(spec) => Some(ModeSpec::parse(spec)?),
-        None => None,
-    };
+    let chmod = job.chmod.clone();
     let ignore = IgnoreMatcher::new(&job.ignore)?;
     let excludes = IgnoreMatcher::new(&job.excludes)?;
 
@@ -169,7 +165,7 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
     } else {
         format!("{}/{}", job.workdir, job.dest)
     };
-    let dest_rel = clean_rel(&dest_abs);
+    let dest_rel = clean(&dest_abs);
 
     // fsutil's ensureDstPath: the destination itself when it ends in `/`, else its parent.
     let ensure = if dest_is_dir || job.parents {
@@ -179,13 +175,14 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
     };
     let mut c = Copier {
         dest_root,
+        root,
         owner,
         // fsutil's MkdirAll gets an octal --chmod as its mode (BuildKit v0.21, fsutil
         // 183e7fb), through Go's os.FileMode, which keeps only the permission bits.
-        parent_mode: match &chmod {
-            Some(ModeSpec::Octal(m)) => m & 0o777,
-            _ => 0o755,
-        },
+        parent_mode: chmod
+            .as_ref()
+            .and_then(Chmod::octal)
+            .map_or(0o755, |m| m & 0o777),
         ensure,
         chmod,
         preserve_owner: job.preserve_owner,
@@ -206,7 +203,7 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
                     }
                     if job.add && m.meta.is_file() {
                         if let Some(reader) = open_archive(&m.host)? {
-                            let dir = resolve_in_root(dest_root, &dest_rel, true)?;
+                            let dir = resolve(&c.root, &dest_rel, true)?;
                             c.mkdir_all(&dir, UNPACK_DIR_MODE)?;
                             c.extract(reader, &m.host, &dir)?;
                             continue;
@@ -228,7 +225,7 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
                 // `ADD --unpack=true <url>`: a downloaded archive is extracted like a local one.
                 if *unpack {
                     if let Some(reader) = open_archive(file)? {
-                        let dir = resolve_in_root(dest_root, &dest_rel, true)?;
+                        let dir = resolve(&c.root, &dest_rel, true)?;
                         c.mkdir_all(&dir, UNPACK_DIR_MODE)?;
                         c.extract(reader, file, &dir)?;
                         continue;
@@ -277,6 +274,8 @@ enum ExistingDir {
 
 struct Copier<'a> {
     dest_root: &'a Path,
+    /// `dest_root`, for resolving paths beneath it.
+    root: Root,
     owner: Option<(u32, u32)>,
     /// Mode of the directories made on the way to the destination: 0755, or an octal
     /// --chmod's permission bits.
@@ -284,7 +283,7 @@ struct Copier<'a> {
     /// The destination directory to make before copying a source (root-relative, not yet
     /// resolved); see [`Copier::ensure_dest`].
     ensure: String,
-    chmod: Option<ModeSpec>,
+    chmod: Option<Chmod>,
     preserve_owner: bool,
     /// (dev, ino) of multiply-linked source files -> where the first copy went.
     inodes: HashMap<(u64, u64), PathBuf>,
@@ -302,7 +301,7 @@ impl Copier<'_> {
     /// fsutil's ensureDstPath, made before each source is copied (BuildKit copies nothing,
     /// and creates nothing, for a wildcard that matched nothing), resolved inside the root.
     fn ensure_dest(&mut self) -> Result<(), CopyError> {
-        let real = resolve_in_root(self.dest_root, &self.ensure, true)?;
+        let real = resolve(&self.root, &self.ensure, true)?;
         self.mkdir_all(&real, self.parent_mode)
     }
 
@@ -338,7 +337,7 @@ impl Copier<'_> {
         base: &str,
         dest_rel: &str,
     ) -> Result<String, CopyError> {
-        let dest = resolve_in_root(self.dest_root, dest_rel, true)?;
+        let dest = resolve(&self.root, dest_rel, true)?;
         let existing = fs::metadata(self.host(&dest)).ok();
         let target = match &existing {
             Some(m) if m.is_dir() && !src_is_dir => join(&dest, base),
@@ -473,7 +472,7 @@ impl Copier<'_> {
             Ok(t) => t.to_string_lossy().into_owned(),
             Err(e) => return io_err(host, e),
         };
-        match resolve_in_root(self.dest_root, &path, true) {
+        match resolve(&self.root, &path, true) {
             Ok(resolved) => CopyError::DirectoryThroughSymlink {
                 path,
                 target,
@@ -560,9 +559,10 @@ impl Copier<'_> {
         add: bool,
     ) -> Result<(), CopyError> {
         let anchor = match source.find("/./") {
-            Some(i) => clean_rel(&source[..i]),
+            Some(i) => clean(&source[..i]),
             None => String::new(),
         };
+        let src = open_root(src_root)?;
         for m in walk::resolve(src_root, source, true, ignore)? {
             if excludes.matches(base_name(&m.named)) {
                 continue;
@@ -577,13 +577,13 @@ impl Copier<'_> {
             };
             self.ensure_dest()?;
             // Intermediate directories are copies of the source's, not fresh 0755 ones.
-            let dest_base = resolve_in_root(self.dest_root, dest_rel, true)?;
+            let dest_base = resolve(&self.root, dest_rel, true)?;
             let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
             let mut cur = dest_base.clone();
             for (k, comp) in comps.iter().enumerate().take(comps.len().saturating_sub(1)) {
                 cur = join(&cur, comp);
                 let src_dir = join(&anchor, &comps[..=k].join("/"));
-                let real = resolve_in_root(src_root, &src_dir, true)?;
+                let real = resolve(&src, &src_dir, true)?;
                 let src_host = host_path(src_root, &real);
                 let meta = fs::metadata(&src_host).map_err(|e| io_err(&src_host, e))?;
                 let dst_host = self.host(&cur);
@@ -661,174 +661,17 @@ fn copy_xattrs(src: &Path, dst: &Path) -> Result<(), CopyError> {
 // ---------------------------------------------------------------------------------------
 // --chown and --chmod
 
-/// `user[:group]` -> (uid, gid), BuildKit style: a numeric user is its own gid; a named
-/// user takes its primary group from passwd; names come from the image's files.
-fn resolve_chown(spec: &str, dest_root: &Path) -> Result<(u32, u32), CopyError> {
-    let (user, group) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    if user.is_empty() || group == Some("") {
-        return Err(CopyError::BadChown(spec.to_string()));
-    }
-    let (uid, mut gid) = match user.parse::<u32>() {
-        Ok(id) => (id, id),
-        Err(_) => {
-            let passwd = read_image_file(dest_root, "etc/passwd")?;
-            lookup(&passwd, user, 2, 3).ok_or_else(|| CopyError::UnknownUser(user.to_string()))?
-        }
-    };
-    if let Some(group) = group {
-        gid = match group.parse::<u32>() {
-            Ok(id) => id,
-            Err(_) => {
-                let groups = read_image_file(dest_root, "etc/group")?;
-                lookup(&groups, group, 2, 2)
-                    .map(|(g, _)| g)
-                    .ok_or_else(|| CopyError::UnknownGroup(group.to_string()))?
-            }
-        };
-    }
-    Ok((uid, gid))
-}
-
-fn read_image_file(root: &Path, rel: &str) -> Result<String, CopyError> {
-    let real = resolve_in_root(root, rel, true)?;
-    let path = host_path(root, &real);
-    match fs::read(&path) {
-        Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(io_err(&path, e)),
-    }
-}
-
-/// Find `name` in a colon-separated database; return fields `a` and `b` as numbers.
-fn lookup(db: &str, name: &str, a: usize, b: usize) -> Option<(u32, u32)> {
-    db.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.first() != Some(&name) || f.len() <= a.max(b) {
-            return None;
-        }
-        Some((f[a].trim().parse().ok()?, f[b].trim().parse().ok()?))
+/// `--chown` -> (uid, gid), names from the image's passwd and group (sandbox::user, the
+/// one reader of those files, has BuildKit's rules for it).
+fn resolve_chown(spec: &str, root: &Root) -> Result<(u32, u32), CopyError> {
+    let users = root
+        .user_db()
+        .map_err(|e| io_err(&root.path().join("etc/passwd"), e))?;
+    users.chown(spec).map_err(|e| match e {
+        UserError::NoUser(u) => CopyError::UnknownUser(u),
+        UserError::NoGroup(g) => CopyError::UnknownGroup(g),
+        UserError::Range(_) => CopyError::BadChown(spec.to_string()),
     })
-}
-
-/// A parsed `--chmod`.
-#[derive(Debug, Clone, PartialEq)]
-enum ModeSpec {
-    Octal(u32),
-    Symbolic(Vec<Clause>),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Clause {
-    who: u32,
-    ops: Vec<(char, Perm)>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Perm {
-    Bits(String),
-    Copy(char),
-}
-
-impl ModeSpec {
-    fn parse(spec: &str) -> Result<ModeSpec, CopyError> {
-        let bad = || CopyError::BadChmod(spec.to_string());
-        if !spec.is_empty() && spec.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-            let m = u32::from_str_radix(spec, 8).map_err(|_| bad())?;
-            if m > 0o7777 {
-                return Err(bad());
-            }
-            return Ok(ModeSpec::Octal(m));
-        }
-        let mut clauses = Vec::new();
-        for part in spec.split(',') {
-            let chars: Vec<char> = part.chars().collect();
-            let mut i = 0;
-            let mut who = 0u32;
-            while i < chars.len() && "ugoa".contains(chars[i]) {
-                who |= match chars[i] {
-                    'u' => 0o4700,
-                    'g' => 0o2070,
-                    'o' => 0o1007,
-                    _ => 0o7777,
-                };
-                i += 1;
-            }
-            if who == 0 {
-                who = 0o7777;
-            }
-            let mut ops = Vec::new();
-            while i < chars.len() {
-                let op = chars[i];
-                if !"+-=".contains(op) {
-                    return Err(bad());
-                }
-                i += 1;
-                if i < chars.len() && "ugo".contains(chars[i]) {
-                    ops.push((op, Perm::Copy(chars[i])));
-                    i += 1;
-                    continue;
-                }
-                let start = i;
-                while i < chars.len() && "rwxXst".contains(chars[i]) {
-                    i += 1;
-                }
-                ops.push((op, Perm::Bits(chars[start..i].iter().collect())));
-            }
-            if ops.is_empty() {
-                return Err(bad());
-            }
-            clauses.push(Clause { who, ops });
-        }
-        Ok(ModeSpec::Symbolic(clauses))
-    }
-
-    fn apply(&self, mode: u32, is_dir: bool) -> u32 {
-        match self {
-            ModeSpec::Octal(m) => *m,
-            ModeSpec::Symbolic(clauses) => {
-                let mut mode = mode & 0o7777;
-                for c in clauses {
-                    for (op, perm) in &c.ops {
-                        let bits = match perm {
-                            Perm::Bits(s) => {
-                                let mut b = 0;
-                                for ch in s.chars() {
-                                    b |= match ch {
-                                        'r' => 0o444,
-                                        'w' => 0o222,
-                                        'x' => 0o111,
-                                        'X' if is_dir || mode & 0o111 != 0 => 0o111,
-                                        's' => 0o6000,
-                                        't' => 0o1000,
-                                        _ => 0,
-                                    };
-                                }
-                                b
-                            }
-                            Perm::Copy(from) => {
-                                let shift = match from {
-                                    'u' => 6,
-                                    'g' => 3,
-                                    _ => 0,
-                                };
-                                let p = (mode >> shift) & 7;
-                                p << 6 | p << 3 | p
-                            }
-                        } & c.who;
-                        mode = match op {
-                            '+' => mode | bits,
-                            '-' => mode & !bits,
-                            _ => (mode & !(c.who & 0o777)) | bits,
-                        };
-                    }
-                }
-                mode
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -863,193 +706,26 @@ fn decompressing_reader(path: &Path) -> Result<Box<dyn Read>, CopyError> {
 }
 
 impl Copier<'_> {
-    /// Extract a tar stream into `dir` (root-relative, resolved, existing). Each entry's
-    /// parent is resolved with `dir` as the root (Docker chroots there), so neither `..`
-    /// nor a symlink in the archive can reach outside it; the entry itself is never
-    /// written through an existing symlink.
+    /// Extract a tar stream into `dir` (root-relative, resolved, existing) with the applier
+    /// that pulled layers go through (layer::apply::extract): `dir` is the root for every
+    /// path and symlink of the archive, ids out of range are refused.
     fn extract(
         &mut self,
         reader: Box<dyn Read>,
         archive: &Path,
         dir: &str,
     ) -> Result<(), CopyError> {
-        let bad = |reason: String| CopyError::Archive {
-            archive: archive.to_path_buf(),
-            reason,
-        };
-        let base = self.host(dir);
-        let mut ar = tar::Archive::new(reader);
-        let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
-        let entries = ar.entries().map_err(|e| bad(e.to_string()))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| bad(e.to_string()))?;
-            let raw = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
-            let Some(rel) = archive_rel(&raw) else {
-                return Err(bad(format!(
-                    "entry `{}` escapes the destination",
-                    raw.display()
-                )));
-            };
-            if rel.is_empty() {
-                continue; // "./": the destination itself
-            }
-            let parent = resolve_in_root(&base, parent_of(&rel), true)?;
-            let name = base_name(&rel);
-            // Missing parents: 0755, root (or --chown) owned, as Docker's untar.
-            let mut cur = String::new();
-            for comp in parent.split('/').filter(|c| !c.is_empty()) {
-                cur = join(&cur, comp);
-                let h = host_path(&base, &cur);
-                match fs::symlink_metadata(&h) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        return Err(bad(format!(
-                            "`{}`: parent is not a directory",
-                            raw.display()
-                        )))
-                    }
-                    Err(_) => {
-                        fs::create_dir(&h).map_err(|e| io_err(&h, e))?;
-                        let (uid, gid) = self.owner.unwrap_or((0, 0));
-                        std::os::unix::fs::lchown(&h, Some(uid), Some(gid))
-                            .map_err(|e| io_err(&h, e))?;
-                        fs::set_permissions(&h, fs::Permissions::from_mode(0o755))
-                            .map_err(|e| io_err(&h, e))?;
-                    }
-                }
-            }
-            let dst = host_path(&base, &join(&parent, name));
-            let header = entry.header().clone();
-            let kind = header.entry_type();
-            let existing = fs::symlink_metadata(&dst).ok();
-            if let Some(m) = &existing {
-                if !(m.is_dir() && kind.is_dir()) {
-                    if m.is_dir() {
-                        fs::remove_dir_all(&dst).map_err(|e| io_err(&dst, e))?;
-                    } else {
-                        fs::remove_file(&dst).map_err(|e| io_err(&dst, e))?;
-                    }
-                }
-            }
-            let old = header.as_old();
-            let mode = lenient(header.mode().map(u64::from), &old.mode)
-                .map_err(|e| bad(e.to_string()))? as u32
-                & 0o7777;
-            let (uid, gid) = match self.owner {
-                Some(o) => o,
-                None => (
-                    lenient(header.uid(), &old.uid).map_err(|e| bad(e.to_string()))? as u32,
-                    lenient(header.gid(), &old.gid).map_err(|e| bad(e.to_string()))? as u32,
-                ),
-            };
-            let mtime = header.mtime().unwrap_or(0) as i64;
-            match kind {
-                tar::EntryType::Directory => {
-                    if existing.as_ref().is_none_or(|m| !m.is_dir()) {
-                        fs::create_dir(&dst).map_err(|e| io_err(&dst, e))?;
-                        self.stats.dirs += 1;
-                    }
-                    dir_times.push((dst.clone(), mtime));
-                }
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let mut to = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .mode(0o600)
-                        .open(&dst)
-                        .map_err(|e| io_err(&dst, e))?;
-                    let n = io::copy(&mut entry, &mut to)
-                        .map_err(|e| bad(format!("`{}`: {e}", raw.display())))?;
-                    self.stats.files += 1;
-                    self.stats.bytes += n;
-                }
-                tar::EntryType::Symlink => {
-                    let target = entry
-                        .link_name()
-                        .map_err(|e| bad(e.to_string()))?
-                        .ok_or_else(|| {
-                            bad(format!("`{}`: symlink without target", raw.display()))
-                        })?;
-                    std::os::unix::fs::symlink(&target, &dst).map_err(|e| io_err(&dst, e))?;
-                    self.stats.symlinks += 1;
-                }
-                tar::EntryType::Link => {
-                    let target = entry
-                        .link_name()
-                        .map_err(|e| bad(e.to_string()))?
-                        .ok_or_else(|| {
-                            bad(format!("`{}`: hard link without target", raw.display()))
-                        })?;
-                    let Some(trel) = archive_rel(&target) else {
-                        return Err(bad(format!(
-                            "hard link `{}` escapes the destination",
-                            target.display()
-                        )));
-                    };
-                    let tparent = resolve_in_root(&base, parent_of(&trel), true)?;
-                    let thost = host_path(&base, &join(&tparent, base_name(&trel)));
-                    match fs::symlink_metadata(&thost) {
-                        Ok(m) if m.is_file() => {}
-                        _ => {
-                            return Err(bad(format!(
-                                "hard link target `{}` is not an earlier file",
-                                target.display()
-                            )))
-                        }
-                    }
-                    fs::hard_link(&thost, &dst).map_err(|e| io_err(&dst, e))?;
-                    self.stats.hardlinks += 1;
-                    continue; // shares the target's metadata
-                }
-                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                    let major = header.device_major().ok().flatten().unwrap_or(0);
-                    let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                    let ftype = match kind {
-                        tar::EntryType::Char => libc::S_IFCHR,
-                        tar::EntryType::Block => libc::S_IFBLK,
-                        _ => libc::S_IFIFO,
-                    };
-                    mknod(&dst, ftype | mode, rustix::fs::makedev(major, minor))?;
-                    self.stats.specials += 1;
-                }
-                tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
-                other => {
-                    return Err(bad(format!(
-                        "`{}`: unsupported entry type {other:?}",
-                        raw.display()
-                    )))
-                }
-            }
-            std::os::unix::fs::lchown(&dst, Some(uid), Some(gid)).map_err(|e| io_err(&dst, e))?;
-            if kind != tar::EntryType::Symlink {
-                fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
-                    .map_err(|e| io_err(&dst, e))?;
-            }
-            set_times(&dst, mtime, 0, mtime, 0)?;
-        }
-        for (d, mtime) in dir_times.iter().rev() {
-            set_times(d, *mtime, 0, *mtime, 0)?;
-        }
+        let stats = crate::layer::apply::extract(reader, &self.host(dir), self.owner).map_err(
+            |source| CopyError::Archive {
+                archive: archive.to_path_buf(),
+                source,
+            },
+        )?;
+        self.stats.files += stats.entries;
+        self.stats.bytes += stats.bytes;
         self.stats.archives += 1;
         Ok(())
     }
-}
-
-/// An archive entry name as a clean relative path, or None when `..` would climb above
-/// the destination (Docker refuses these as breakouts). Leading `/` is dropped.
-fn archive_rel(p: &Path) -> Option<String> {
-    let mut parts: Vec<String> = Vec::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
-            Component::ParentDir => {
-                parts.pop()?;
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    Some(parts.join("/"))
 }
 
 #[cfg(test)]
@@ -1421,7 +1097,7 @@ mod tests {
     fn chmod_octal_and_symbolic() {
         let e = env();
         let mut j = job(&["dir"], "/o/");
-        j.chmod = Some("0640".into());
+        j.chmod = Some(Chmod::parse("0640").unwrap());
         run(&e, &j).unwrap();
         let l = listing(&e.dst, "/o");
         assert!(l.contains(&"f /o/a.txt 640 0:0 3".to_string()), "{l:?}");
@@ -1431,20 +1107,12 @@ mod tests {
             "{l:?}"
         );
         let mut j = job(&["dir"], "/s/");
-        j.chmod = Some("u+x,g-w,o=r".into());
+        j.chmod = Some(Chmod::parse("u+x,g-w,o=r").unwrap());
         run(&e, &j).unwrap();
         let l = listing(&e.dst, "/s");
         assert!(l.contains(&"f /s/a.txt 744 0:0 3".to_string()), "{l:?}");
         assert!(l.contains(&"f /s/sub/b.log 704 0:0 2".to_string()), "{l:?}");
-        let spec = ModeSpec::parse("a+X").unwrap();
-        assert_eq!(spec.apply(0o644, false), 0o644);
-        assert_eq!(spec.apply(0o744, false), 0o755);
-        assert_eq!(spec.apply(0o600, true), 0o711);
-        assert_eq!(ModeSpec::parse("g=u").unwrap().apply(0o640, false), 0o660);
-        assert_eq!(ModeSpec::parse("u+s").unwrap().apply(0o755, false), 0o4755);
-        for bad in ["", "u", "9", "u+q", "77777"] {
-            assert!(ModeSpec::parse(bad).is_err(), "{bad}");
-        }
+        // The parser's own assertions moved with it to dockerfile::chmod.
     }
 
     /// Issue 14: directories a `COPY --chmod=<octal>` creates on the way to its destination
@@ -1455,7 +1123,7 @@ mod tests {
     fn chmod_octal_applies_to_created_parents() {
         let e = env();
         let mut j = job(&["top.txt"], "/a/b/c/");
-        j.chmod = Some("0770".into());
+        j.chmod = Some(Chmod::parse("0770").unwrap());
         run(&e, &j).unwrap();
         assert_eq!(
             listing(&e.dst, "/a"),
@@ -1468,7 +1136,7 @@ mod tests {
         );
         // Without a trailing slash the last component is the file; /a exists and keeps 770.
         let mut j = job(&["two.txt"], "/a/new/f");
-        j.chmod = Some("0700".into());
+        j.chmod = Some(Chmod::parse("0700").unwrap());
         j.chown = Some("7:8".into());
         run(&e, &j).unwrap();
         assert_eq!(
@@ -1484,7 +1152,7 @@ mod tests {
         );
         // A directory source: the directory made for its contents and the copied ones.
         let mut j = job(&["dir"], "/d/e");
-        j.chmod = Some("4750".into());
+        j.chmod = Some(Chmod::parse("4750").unwrap());
         run(&e, &j).unwrap();
         let l = listing(&e.dst, "/d");
         assert_eq!(&l[..2], ["d /d 750 0:0 0", "d /d/e 750 0:0 0"], "{l:?}");
@@ -1492,7 +1160,7 @@ mod tests {
         assert!(l.contains(&"d /d/e/sub 4750 0:0 0".to_string()), "{l:?}");
         // Symbolic modes have no single mode for a directory: 0755.
         let mut j = job(&["top.txt"], "/s/t/");
-        j.chmod = Some("go-rwx".into());
+        j.chmod = Some(Chmod::parse("go-rwx").unwrap());
         run(&e, &j).unwrap();
         assert_eq!(
             listing(&e.dst, "/s"),
@@ -1579,7 +1247,7 @@ mod tests {
         assert!(l.contains(&"f /s/app.sock 640 0:0 0".to_string()), "{l:?}");
         // Named alone, and with --chmod.
         let mut j = job(&["dir/app.sock"], "/one");
-        j.chmod = Some("0600".into());
+        j.chmod = Some(Chmod::parse("0600").unwrap());
         run(&e, &j).unwrap();
         assert_eq!(listing(&e.dst, "/one"), ["f /one 600 0:0 0"]);
     }
@@ -1759,5 +1427,72 @@ mod tests {
         assert!(e.dst.join("y/evil2").is_file());
         assert!(!outside.exists());
         assert!(!e.dst.join("etc/evil").exists());
+    }
+    /// Regression (issue 15): ADD extracted local archives through the copier's own
+    /// path-string resolver and cast tar ids with `as u32`, so a base-256 uid of 2^32
+    /// became 0 (root). Archives now go through layer::apply, as pulled layers do: an
+    /// out-of-range id is refused naming the entry, `..` cannot leave the destination and
+    /// the archive's own symlinks resolve inside it.
+    #[test]
+    fn add_archives_go_through_the_hardened_applier() {
+        use tar::EntryType::*;
+        let e = env();
+        let host = e.dst.parent().unwrap().to_path_buf();
+        let entry = |b: &mut tar::Builder<Vec<u8>>, name: &str, kind, uid: u64, data: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_entry_type(kind);
+            h.set_mode(0o644);
+            h.set_uid(uid);
+            h.set_gid(0);
+            let body: &[u8] = if kind == Symlink {
+                b""
+            } else {
+                data.as_bytes()
+            };
+            if kind == Symlink {
+                h.set_link_name(data).unwrap();
+            }
+            h.set_size(body.len() as u64);
+            h.set_cksum();
+            b.append(&h, body).unwrap();
+        };
+        // A uid of 2^32, written base-256 (GNU binary numbers).
+        let mut b = tar::Builder::new(Vec::new());
+        entry(&mut b, "fine", Regular, 5, "ok");
+        entry(&mut b, "big", Regular, 1 << 32, "root?");
+        fs::write(e.src.join("ids.tar"), b.into_inner().unwrap()).unwrap();
+        let err = run(&e, &add_job("ids.tar", "/ids/")).unwrap_err();
+        assert!(matches!(err, CopyError::Archive { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("big") && msg.contains("uid out of range"),
+            "{msg}"
+        );
+        assert!(!e.dst.join("ids/big").exists());
+
+        // `../x` names a path outside the destination.
+        let mut b = tar::Builder::new(Vec::new());
+        entry(&mut b, "../x", Regular, 0, "out");
+        fs::write(e.src.join("up.tar"), b.into_inner().unwrap()).unwrap();
+        let err = run(&e, &add_job("up.tar", "/up/")).unwrap_err();
+        assert!(matches!(err, CopyError::Archive { .. }), "{err}");
+        assert!(err.to_string().contains("../x"), "{err}");
+        assert!(!host.join("x").exists() && !e.dst.join("x").exists());
+
+        // A symlink that climbs out, then a file through it: it lands inside the
+        // destination, never on the host.
+        let mut b = tar::Builder::new(Vec::new());
+        entry(&mut b, "l", Symlink, 0, "../../../../..");
+        entry(&mut b, "l/x", Regular, 9, "through");
+        entry(&mut b, "abs", Symlink, 0, &host.display().to_string());
+        entry(&mut b, "abs/y", Regular, 9, "abs");
+        fs::write(e.src.join("links2.tar"), b.into_inner().unwrap()).unwrap();
+        run(&e, &add_job("links2.tar", "/in/")).unwrap();
+        assert!(!host.join("x").exists() && !host.join("y").exists());
+        assert_eq!(fs::read_to_string(e.dst.join("in/x")).unwrap(), "through");
+        let inner = e.dst.join("in").join(host.strip_prefix("/").unwrap());
+        assert_eq!(fs::read_to_string(inner.join("y")).unwrap(), "abs");
+        assert_eq!(fs::symlink_metadata(e.dst.join("in/x")).unwrap().uid(), 9);
     }
 }
