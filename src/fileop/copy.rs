@@ -627,8 +627,8 @@ fn set_times(path: &Path, asec: i64, ansec: i64, msec: i64, mnsec: i64) -> Resul
         .map_err(|e| io_err(path, e.into()))
 }
 
-/// Copy the xattrs a layer keeps (design.md "Layers"): `user.*` and
-/// `security.capability`. A filesystem without xattr support is not an error.
+/// Copy the xattrs a layer keeps ([`crate::layer::keep_xattr`], design.md "Layers"). A
+/// filesystem without xattr support is not an error.
 fn copy_xattrs(src: &Path, dst: &Path) -> Result<(), CopyError> {
     let unsupported =
         |e: &rustix::io::Errno| *e == rustix::io::Errno::NOTSUP || *e == rustix::io::Errno::PERM;
@@ -641,7 +641,7 @@ fn copy_xattrs(src: &Path, dst: &Path) -> Result<(), CopyError> {
     let mut names = vec![0u8; size];
     let n = rustix::fs::llistxattr(src, &mut names[..]).map_err(|e| io_err(src, e.into()))?;
     for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if !(name.starts_with(b"user.") || name == b"security.capability") {
+        if !crate::layer::keep_xattr(name) {
             continue;
         }
         let name = std::ffi::OsStr::from_bytes(name);
