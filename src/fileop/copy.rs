@@ -831,7 +831,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn directory_sources_copy_their_contents() {
+        crate::layer::testutil::needs_root();
         let e = env();
         run(&e, &job(&["dir"], "/app")).unwrap();
         assert_eq!(
@@ -865,7 +867,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn trailing_slash_and_existing_dirs_decide_file_destinations() {
+        crate::layer::testutil::needs_root();
         let e = env();
         run(&e, &job(&["top.txt"], "/x/")).unwrap();
         run(&e, &job(&["top.txt"], "/y")).unwrap();
@@ -893,7 +897,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn several_sources_need_a_directory_destination() {
+        crate::layer::testutil::needs_root();
         let e = env();
         let err = run(&e, &job(&["top.txt", "two.txt"], "/out")).unwrap_err();
         assert_eq!(
@@ -905,7 +911,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn wildcards_and_missing_sources() {
+        crate::layer::testutil::needs_root();
         let e = env();
         let stats = run(&e, &job(&["t*.txt"], "/w/")).unwrap();
         assert_eq!(stats.files, 2);
@@ -928,7 +936,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn sources_are_clamped_into_the_source_root() {
+        crate::layer::testutil::needs_root();
         let e = env();
         run(&e, &job(&["../../top.txt"], "/c/")).unwrap();
         run(&e, &job(&["/dir/../two.txt"], "/c/")).unwrap();
@@ -954,7 +964,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn top_symlink_dereferenced_nested_kept() {
+        crate::layer::testutil::needs_root();
         let e = env();
         run(&e, &job(&["lnk"], "/s/")).unwrap();
         assert_eq!(
@@ -970,7 +982,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn destination_symlinks_resolve_inside_the_root() {
+        crate::layer::testutil::needs_root();
         let e = env();
         let host_dir = tempfile::tempdir().unwrap();
         fs::create_dir(e.dst.join("x")).unwrap();
@@ -1017,7 +1031,9 @@ mod tests {
     /// 20.10; rbuild says so and where to copy instead. Named as the destination itself, a
     /// link is followed inside the root, whatever it points at (fs.RootPath).
     #[test]
+    #[ignore = "needs root"]
     fn directory_meets_a_symlink_below_the_destination() {
+        crate::layer::testutil::needs_root();
         let e = env();
         write(&e.src.join("tree/lnk/file"), "f", 0o644);
         fs::create_dir_all(e.dst.join("usr/realbin")).unwrap();
@@ -1049,7 +1065,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn chown_by_name_from_the_image() {
+        crate::layer::testutil::needs_root();
         let e = env();
         fs::create_dir_all(e.dst.join("etc")).unwrap();
         fs::write(
@@ -1083,7 +1101,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn ownership_reset_for_context_kept_for_stages() {
+        crate::layer::testutil::needs_root();
         let e = env();
         run(&e, &job(&["two.txt"], "/ctx")).unwrap();
         let mut j = job(&["two.txt"], "/stage");
@@ -1094,7 +1114,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn chmod_octal_and_symbolic() {
+        crate::layer::testutil::needs_root();
         let e = env();
         let mut j = job(&["dir"], "/o/");
         j.chmod = Some(Chmod::parse("0640").unwrap());
@@ -1120,7 +1142,9 @@ mod tests {
     /// only its permission bits, as Go's os.Mkdir/Chmod drop raw setuid/setgid/sticky bits.
     /// A symbolic --chmod leaves them 0755; existing directories keep their mode.
     #[test]
+    #[ignore = "needs root"]
     fn chmod_octal_applies_to_created_parents() {
+        crate::layer::testutil::needs_root();
         let e = env();
         let mut j = job(&["top.txt"], "/a/b/c/");
         j.chmod = Some(Chmod::parse("0770").unwrap());
@@ -1173,7 +1197,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn parents_keep_paths_with_anchors() {
+        crate::layer::testutil::needs_root();
         let e = env();
         let mut j = job(&["dir/sub/b.log", "./dir/./a.txt", "dir/./sub"], "/p/");
         j.parents = true;
@@ -1206,7 +1232,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn excludes_and_dockerignore() {
+        crate::layer::testutil::needs_root();
         let e = env();
         let mut j = job(&["dir", "t*"], "/e/");
         j.excludes = vec!["**/*.log".into(), "two.txt".into()];
@@ -1236,7 +1264,9 @@ mod tests {
     /// socket bit and the sender's open fails, so no data follows; its copier mknods a
     /// socket with S_IFSOCK cleared, which is a regular file too).
     #[test]
+    #[ignore = "needs root"]
     fn sockets_become_empty_regular_files() {
+        crate::layer::testutil::needs_root();
         let e = env();
         let sock = e.src.join("dir/app.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
@@ -1253,7 +1283,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn metadata_hardlinks_and_prepared_files() {
+        crate::layer::testutil::needs_root();
         let e = env();
         fs::hard_link(e.src.join("dir/a.txt"), e.src.join("dir/hard")).unwrap();
         let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
@@ -1346,7 +1378,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn add_extracts_archives_by_content() {
+        crate::layer::testutil::needs_root();
         use tar::EntryType::*;
         let e = env();
         let entries = [
@@ -1396,7 +1430,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn hostile_archives_stay_inside_or_are_refused() {
+        crate::layer::testutil::needs_root();
         use tar::EntryType::*;
         let e = env();
         let outside = e.dst.parent().unwrap().join("evil");
@@ -1434,7 +1470,9 @@ mod tests {
     /// out-of-range id is refused naming the entry, `..` cannot leave the destination and
     /// the archive's own symlinks resolve inside it.
     #[test]
+    #[ignore = "needs root"]
     fn add_archives_go_through_the_hardened_applier() {
+        crate::layer::testutil::needs_root();
         use tar::EntryType::*;
         let e = env();
         let host = e.dst.parent().unwrap().to_path_buf();

@@ -173,7 +173,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn workdir_is_owned_by_the_user_and_stays_inside() {
+        crate::layer::testutil::needs_root();
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("root");
         std::fs::create_dir_all(root.join("etc")).unwrap();

@@ -1029,7 +1029,9 @@ mod tests {
     use std::io::Write;
 
     #[test]
+    #[ignore = "needs root"]
     fn round_trip_reproduces_the_tree() {
+        crate::layer::testutil::needs_root();
         let tmp = tempfile::tempdir().unwrap();
         let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
         fs::create_dir(&src).unwrap();
@@ -1168,7 +1170,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn hostile_tars_never_write_outside_dest() {
+        crate::layer::testutil::needs_root();
         let tmp = tempfile::tempdir().unwrap();
         let sentinel = tmp.path().join("case").join("outside");
         let abs = sentinel.to_str().unwrap().to_string();
@@ -1319,7 +1323,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn whiteouts_and_opaque_markers_become_overlay_format() {
+        crate::layer::testutil::needs_root();
         let tmp = tempfile::tempdir().unwrap();
         let blob = raw_tar(&[
             E::File(".wh.gone", b""),
@@ -1344,7 +1350,9 @@ file dir/kept size=1 nlink=1 sha=8254c329a928 mode=644 0:0 xattrs[]"
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn later_entries_replace_earlier_ones() {
+        crate::layer::testutil::needs_root();
         let tmp = tempfile::tempdir().unwrap();
         let blob = raw_tar(&[
             E::Dir("x/"),
@@ -1365,7 +1373,9 @@ symlink y -> target mode=777 0:0 xattrs[]"
     /// Hard links are checked against what is in `dest` when they come: every way a path
     /// can be there without being an earlier entry, or be gone although it was one.
     #[test]
+    #[ignore = "needs root"]
     fn hard_links_name_only_what_earlier_entries_left() {
+        crate::layer::testutil::needs_root();
         use std::os::unix::fs::MetadataExt;
         let refused: &[(&str, &[E<'_>], &str)] = &[
             (
@@ -1488,7 +1498,9 @@ symlink y -> target mode=777 0:0 xattrs[]"
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn directory_times_survive_coming_back_to_a_directory() {
+        crate::layer::testutil::needs_root();
         let tmp = tempfile::tempdir().unwrap();
         let blob = raw_tar_at(&[
             (E::Dir("d/"), 100),
@@ -1527,7 +1539,9 @@ symlink y -> target mode=777 0:0 xattrs[]"
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn directory_times_survive_overwrites_and_removals() {
+        crate::layer::testutil::needs_root();
         let tmp = tempfile::tempdir().unwrap();
         let blob = raw_tar_at(&[
             (E::Dir("d/"), 100),
@@ -1577,7 +1591,9 @@ symlink d/f -> elsewhere mode=777 0:0 xattrs[]"
     /// A path deeper than any sane layer's, with a directory entry at every level, left and
     /// come back to at several depths.
     #[test]
+    #[ignore = "needs root"]
     fn directory_times_survive_deep_paths() {
+        crate::layer::testutil::needs_root();
         const DEPTH: usize = 100;
         let tmp = tempfile::tempdir().unwrap();
         let names: Vec<String> = (0..DEPTH).map(|i| format!("{}", i % 10)).collect();
@@ -1648,7 +1664,9 @@ mod gnu_tar_tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn gnu_tar_extracts_our_layers() {
+        crate::layer::testutil::needs_root();
         if !crate::layer::testutil::require(gnu_tar(), "GNU tar") {
             return;
         }
@@ -1678,7 +1696,9 @@ mod gnu_tar_tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn we_apply_gnu_tar_pax_archives() {
+        crate::layer::testutil::needs_root();
         if !crate::layer::testutil::require(gnu_tar(), "GNU tar") {
             return;
         }

@@ -632,7 +632,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn rich_tree_listing() {
+        crate::layer::testutil::needs_root();
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         rich_tree(root);
@@ -683,7 +685,9 @@ Regular ünïcødé-名前 size=7 mode=644 0:0 mtime=1000000 sha=2fcf76a4c3c7 xa
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn same_tree_same_bytes_and_blob_digests_match() {
+        crate::layer::testutil::needs_root();
         let tmp = tempfile::tempdir().unwrap();
         rich_tree(tmp.path());
         let opts = SnapshotOptions::default();
@@ -731,7 +735,9 @@ Regular ünïcødé-名前 size=7 mode=644 0:0 mtime=1000000 sha=2fcf76a4c3c7 xa
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn source_date_epoch_clamps_only_newer_mtimes() {
+        crate::layer::testutil::needs_root();
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         fs::write(root.join("old"), "o").unwrap();

@@ -26,6 +26,15 @@ pub fn require(ok: bool, what: &str) -> bool {
     false
 }
 
+/// For unit tests marked `#[ignore = "needs root"]` (scripts/test.sh runs them with
+/// `--include-ignored`): fail at once, saying why, instead of on the first EPERM.
+pub fn needs_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root (chown, mknod, xattrs): run it as root, e.g. scripts/test.sh"
+    );
+}
+
 /// All xattrs of `path` (not following symlinks), `name=value` joined by `,`.
 pub fn xattrs(path: &Path) -> String {
     let mut buf = vec![0u8; 64 * 1024];
