@@ -1,0 +1,480 @@
+//! The helper's mounts: the step's overlay root, /dev, /proc and /sys, the RUN --mount
+//! points (resolved beneath their sources), stubs for mountpoints, masked kernel files.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use rustix::fs::OFlags;
+
+use super::super::root::{Kind, Root};
+use super::super::{Failure, FsSource, Mount, Overlay, Stub};
+
+use super::{ctx, Res};
+
+pub(super) fn mount_at(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Res<()> {
+    ctx(
+        nix::mount::mount(source, target, fstype, flags, data),
+        || {
+            format!(
+                "mounting {} ({}) on {}",
+                source.unwrap_or("-"),
+                fstype.unwrap_or("bind"),
+                target.display()
+            )
+        },
+    )
+}
+
+pub(super) fn fd_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Makes every mount private and puts a tmpfs on the scratch dir, so nothing the helper
+/// mounts or writes there is visible on the host or outlives the namespace.
+pub(super) fn private_scratch(scratch: &Path) -> Res<()> {
+    mount_at(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    mount_at(
+        Some("tmpfs"),
+        scratch,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=700"),
+    )
+}
+
+pub(super) fn mkdir(p: &Path) -> Res<()> {
+    ctx(std::fs::create_dir_all(p), || {
+        format!("creating {}", p.display())
+    })
+}
+
+pub(super) fn symlink(target: &Path, link: &Path) -> Res<()> {
+    ctx(std::os::unix::fs::symlink(target, link), || {
+        format!("linking {} -> {}", link.display(), target.display())
+    })
+}
+
+/// Mounts an overlay at `target`. The lower, upper and work paths are reached through
+/// one-character symlinks in `names` (a fresh dir on the scratch tmpfs) and passed
+/// relative to it, so any number of layers fits in the one-page option string.
+/// Without `upper_work` the overlay is read-only (it then needs two lowers or more).
+pub(super) fn mount_overlay(
+    names: &Path,
+    lowers: &[PathBuf],
+    upper_work: Option<(&Path, &Path)>,
+    target: &Path,
+) -> Res<()> {
+    mkdir(names)?;
+    let mut lower_names = Vec::new();
+    if lowers.is_empty() {
+        mkdir(&names.join("e"))?;
+        lower_names.push("e".to_string());
+    }
+    for (i, l) in lowers.iter().enumerate() {
+        let n = format!("{i:x}");
+        symlink(l, &names.join(&n))?;
+        lower_names.push(n);
+    }
+    let mut opts = format!("lowerdir={}", lower_names.join(":"));
+    if let Some((upper, work)) = upper_work {
+        symlink(upper, &names.join("u"))?;
+        symlink(work, &names.join("w"))?;
+        opts.push_str(",upperdir=u,workdir=w");
+    }
+    opts.push_str(",index=off,metacopy=off,redirect_dir=off");
+    // The kernel resolves relative option paths against the mounter's cwd.
+    ctx(std::env::set_current_dir(names), || {
+        format!("entering {}", names.display())
+    })?;
+    // nodev: a device node the step makes (mknod of the host disk's numbers) reaches the
+    // layer, as in docker build, but cannot be opened. Docker's device cgroup does the
+    // same job; a mount flag needs no cgroup.
+    let r = mount_at(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(&opts),
+    );
+    ctx(std::env::set_current_dir("/"), || {
+        "leaving the layer names dir".into()
+    })?;
+    r.map_err(|f| match f {
+        Failure::Setup(m) => Failure::Setup(format!(
+            "{m} (layers: {})",
+            lowers
+                .iter()
+                .map(|l| l.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        other => other,
+    })
+}
+
+pub(super) fn mount_rootfs(rootfs: &Overlay, scratch: &Path) -> Res<PathBuf> {
+    let root = scratch.join("root");
+    mkdir(&root)?;
+    mount_overlay(
+        &scratch.join("l"),
+        &rootfs.lowers,
+        Some((&rootfs.upper, &rootfs.work)),
+        &root,
+    )?;
+    Ok(root)
+}
+
+/// Bind-mounts `source` on `target`; the new mount keeps the source mount's flags.
+/// `recursive` brings the mounts below `source` along (untouched by [`remount`]).
+pub(super) fn bind(source: &Path, target: &Path, recursive: bool) -> Res<()> {
+    let src = source.to_string_lossy();
+    let rec = if recursive {
+        MsFlags::MS_REC
+    } else {
+        MsFlags::empty()
+    };
+    mount_at(Some(&src), target, None, MsFlags::MS_BIND | rec, None)
+}
+
+/// The per-mount flags of the mount at `path`, as mount(2) flags.
+pub(super) fn mount_flags(path: &Path) -> Res<MsFlags> {
+    use nix::sys::statvfs::FsFlags;
+    let st = ctx(nix::sys::statvfs::statvfs(path), || {
+        format!("statfs {}", path.display())
+    })?;
+    let f = st.flags();
+    let mut flags = MsFlags::empty();
+    for (st, ms) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(st) {
+            flags |= ms;
+        }
+    }
+    Ok(flags)
+}
+
+/// Adds `add` to the flags of the bind mount at `target` (a path that resolves to the mount
+/// itself). A bind remount sets every per-mount flag at once, so the ones the mount has are
+/// passed again, as runc does; dropping one (nosuid, nodev) would loosen the mount.
+pub(super) fn remount(target: &Path, add: MsFlags) -> Res<()> {
+    let flags = mount_flags(target)? | add;
+    mount_at(
+        None,
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+        None,
+    )
+}
+
+/// Creates mountpoints in the merged root and remembers what it created.
+pub(super) struct Points<'a> {
+    pub(super) root: &'a Root,
+    pub(super) stubs: Vec<Stub>,
+}
+
+impl Points<'_> {
+    /// Opens (creating if missing) the mountpoint `target`; returns a path that resolves
+    /// to it through /proc/self/fd, plus the fd that keeps that path valid.
+    pub(super) fn make(&mut self, target: &str, kind: Kind, mode: u32) -> Res<(PathBuf, OwnedFd)> {
+        let mut created = Vec::new();
+        let fd = ctx(
+            self.root.ensure(target, kind, mode, None, &mut created),
+            || format!("creating mountpoint {target}"),
+        )?;
+        let n = created.len();
+        for (i, path) in created.into_iter().enumerate() {
+            let last = i + 1 == n;
+            self.stubs.push(Stub {
+                path,
+                dir: !last || kind == Kind::Dir,
+                mode: if last { mode } else { 0o755 },
+            });
+        }
+        Ok((fd_path(&fd), fd))
+    }
+
+    /// Reopens a mounted target so that the path reaches the new mount, not what is under it.
+    pub(super) fn reopen(&self, target: &str) -> Res<(PathBuf, OwnedFd)> {
+        let fd = ctx(self.root.open_in(target, OFlags::PATH), || {
+            format!("opening {target}")
+        })?;
+        Ok((fd_path(&fd), fd))
+    }
+
+    /// Bind-mounts `source` (not recursively) on `target`, created as `kind` with `mode` if
+    /// missing, and adds `add` to the flags the new mount takes from the source's mount.
+    pub(super) fn bind(
+        &mut self,
+        source: &Path,
+        target: &str,
+        kind: Kind,
+        mode: u32,
+        add: MsFlags,
+    ) -> Res<()> {
+        let (p, _fd) = self.make(target, kind, mode)?;
+        bind(source, &p, false)?;
+        if !add.is_empty() {
+            let (p, _fd) = self.reopen(target)?;
+            remount(&p, add)?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn write_file(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Res<()> {
+    let what = || format!("writing {}", path.display());
+    let mut f = ctx(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path),
+        what,
+    )?;
+    ctx(f.write_all(data), what)?;
+    ctx(
+        f.set_permissions(std::fs::Permissions::from_mode(mode)),
+        what,
+    )?;
+    if let Some((uid, gid)) = owner {
+        ctx(std::os::unix::fs::fchown(&f, Some(uid), Some(gid)), what)?;
+    }
+    Ok(())
+}
+
+pub(super) fn mount_dev(points: &mut Points) -> Res<()> {
+    // nodev: the standard nodes below are bind mounts of the host's, which keep the host
+    // mount's flags; a node the step makes in /dev cannot be opened.
+    let (p, _fd) = points.make("dev", Kind::Dir, 0o755)?;
+    mount_at(
+        Some("tmpfs"),
+        &p,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    let (p, fd) = points.reopen("dev")?;
+    // Our own fresh tmpfs: plain paths below its resolved location are safe.
+    let dev = ctx(std::fs::read_link(&p), || "resolving /dev".into())?;
+    drop(fd);
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let node = dev.join(name);
+        write_file(&node, b"", 0o666, None)?;
+        bind(&Path::new("/dev").join(name), &node, false)?;
+    }
+    let pts = dev.join("pts");
+    mkdir(&pts)?;
+    mount_at(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    let shm = dev.join("shm");
+    mkdir(&shm)?;
+    mount_at(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
+    let mq = dev.join("mqueue");
+    mkdir(&mq)?;
+    mount_at(
+        Some("mqueue"),
+        &mq,
+        Some("mqueue"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ] {
+        symlink(Path::new(target), &dev.join(link))?;
+    }
+    Ok(())
+}
+
+pub(super) fn mount_target_mut(m: &mut Mount) -> &mut String {
+    match m {
+        Mount::Bind { target, .. }
+        | Mount::Tmpfs { target, .. }
+        | Mount::Cache { target, .. }
+        | Mount::Secret { target, .. } => target,
+    }
+}
+
+pub(super) fn mount_one(points: &mut Points, m: &Mount, i: usize, scratch: &Path) -> Res<()> {
+    match m {
+        Mount::Bind {
+            from,
+            source,
+            target,
+            readonly,
+        } => {
+            let root = bind_source_root(from, &scratch.join(format!("m{i}")))?;
+            // Resolved beneath the mounted root, symlinks followed inside it, as the stage
+            // itself would see the path: a link to `/` in the stage is the stage's `/`, never
+            // the host's. The mount takes the fd, so nothing is resolved twice.
+            let fd = ctx(
+                Root::open(&root).and_then(|r| r.open_in(source, OFlags::PATH)),
+                || format!("mount source `{source}` (target {target})"),
+            )?;
+            let st = ctx(rustix::fs::fstat(&fd), || format!("stat {source}"))?;
+            let kind = if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() {
+                Kind::Dir
+            } else {
+                Kind::File
+            };
+            let mode = if kind == Kind::Dir { 0o755 } else { 0o644 };
+            let add = if *readonly {
+                MsFlags::MS_RDONLY
+            } else {
+                MsFlags::empty()
+            };
+            points.bind(&fd_path(&fd), target, kind, mode, add)?;
+        }
+        Mount::Cache { source, target, .. } => {
+            points.bind(source, target, Kind::Dir, 0o755, MsFlags::MS_NODEV)?;
+        }
+        Mount::Tmpfs { target, size } => {
+            let (p, _fd) = points.make(target, Kind::Dir, 0o755)?;
+            let mut opts = "mode=1777".to_string();
+            if let Some(size) = size {
+                opts.push_str(&format!(",size={size}"));
+            }
+            mount_at(
+                Some("tmpfs"),
+                &p,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+                Some(&opts),
+            )?;
+        }
+        Mount::Secret {
+            data,
+            target,
+            uid,
+            gid,
+            mode,
+        } => {
+            // On the step's tmpfs only: a secret never touches a disk.
+            let copy = scratch.join(format!("secret{i}"));
+            write_file(&copy, data, *mode, Some((*uid, *gid)))?;
+            points.bind(&copy, target, Kind::File, 0o644, MsFlags::MS_RDONLY)?;
+        }
+    }
+    Ok(())
+}
+
+/// Mounts the tree a bind mount reads from at `base`/root: an overlay of the stage's layers
+/// (or of the context directory) with a throwaway upper on the step's tmpfs, so a `rw`
+/// mount's writes are discarded and a read-only one is made so by its remount. An overlay
+/// for read-only mounts too: a bind of the context would bring the host mounts below it
+/// along, writable whatever the remount says. Returns the mounted root.
+pub(super) fn bind_source_root(from: &FsSource, base: &Path) -> Res<PathBuf> {
+    let lowers = match from {
+        FsSource::Dir(d) => std::slice::from_ref(d),
+        FsSource::Layers(l) => l.as_slice(),
+    };
+    let (root, upper, work) = (base.join("root"), base.join("upper"), base.join("work"));
+    for d in [&root, &upper, &work] {
+        mkdir(d)?;
+    }
+    // The overlay's root takes the upper's mode and owner: make them the source root's.
+    if let Some(meta) = lowers.first().and_then(|l| std::fs::metadata(l).ok()) {
+        use std::os::unix::fs::MetadataExt;
+        ctx(
+            std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(meta.mode())),
+            || "setting the mount's upper mode".into(),
+        )?;
+        ctx(
+            std::os::unix::fs::chown(&upper, Some(meta.uid()), Some(meta.gid())),
+            || "setting the mount's upper owner".into(),
+        )?;
+    }
+    mount_overlay(&base.join("n"), lowers, Some((&upper, &work)), &root)?;
+    Ok(root)
+}
+
+/// containerd's default masked and read-only kernel files, applied to the step's fresh
+/// /proc and /sys (so plain paths below them are the kernel's own, not the image's).
+pub(super) fn mask_kernel_files(root_path: &Path) -> Res<()> {
+    let root = ctx(Root::open(root_path), || "opening the root".into())?;
+    let resolve = |p: &str| -> Res<PathBuf> {
+        let fd = ctx(root.open_in(p, OFlags::PATH), || format!("opening /{p}"))?;
+        ctx(std::fs::read_link(fd_path(&fd)), || {
+            format!("resolving /{p}")
+        })
+    };
+    let (proc_dir, sys_dir) = (resolve("proc")?, resolve("sys")?);
+    let masked = [
+        "acpi",
+        "asound",
+        "kcore",
+        "keys",
+        "latency_stats",
+        "timer_list",
+        "timer_stats",
+        "sched_debug",
+        "scsi",
+    ]
+    .iter()
+    .map(|p| proc_dir.join(p))
+    .chain([
+        sys_dir.join("firmware"),
+        sys_dir.join("devices/virtual/powercap"),
+    ]);
+    for p in masked {
+        match std::fs::symlink_metadata(&p) {
+            Err(_) => continue,
+            Ok(m) if m.is_dir() => {
+                mount_at(Some("tmpfs"), &p, Some("tmpfs"), MsFlags::MS_RDONLY, None)?
+            }
+            Ok(_) => bind(Path::new("/dev/null"), &p, false)?,
+        }
+    }
+    for p in ["bus", "fs", "irq", "sys", "sysrq-trigger"] {
+        let p = proc_dir.join(p);
+        if p.exists() {
+            bind(&p, &p, false)?;
+            remount(&p, MsFlags::MS_RDONLY)?;
+        }
+    }
+    Ok(())
+}
