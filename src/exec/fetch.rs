@@ -16,6 +16,7 @@ pub fn download(url: &str, dest: &Path, checksum: Option<&str>) -> Result<Digest
                 .to_string(),
         ));
     }
+    crate::registry::install_crypto_provider();
     let client = reqwest::blocking::Client::builder()
         .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
         .build()

@@ -225,12 +225,19 @@ fn file_body(path: &Path, offset: u64, len: u64) -> std::io::Result<reqwest::Bod
     Ok(reqwest::Body::wrap_stream(stream))
 }
 
+/// Make ring rustls's process-wide crypto provider (reqwest is built without one, see
+/// Cargo.toml). Installing twice keeps the first, which is this same provider.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Client {
     pub fn new(opts: RegistryOptions) -> Result<Client, RegistryError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| RegistryError::Setup(format!("tokio runtime: {e}")))?;
+        install_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))

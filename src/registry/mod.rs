@@ -19,7 +19,7 @@ pub mod platform;
 use std::path::PathBuf;
 
 pub use auth::{parse_challenge, Challenge, Credentials};
-pub use client::Client;
+pub use client::{install_crypto_provider, Client};
 pub use error::{Action, Cause, ManifestRef, RegistryError};
 
 use crate::image::{Digest, ImageConfig, Manifest, Platform, Reference};
