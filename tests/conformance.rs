@@ -192,6 +192,7 @@ cases! {
     add_checksum,
     add_gzip_archive,
     add_local_archive,
+    add_xz_bzip2_archives,
     arg_default_from_other_arg,
     arg_scoping,
     big_file,

@@ -51,6 +51,11 @@ impl<'a> Bases<'a> {
         }
     }
 
+    /// The registry client, whose HTTP stack `ADD <url>` shares.
+    pub fn registry(&self) -> &'a Client {
+        self.registry
+    }
+
     /// Make `name` mean an image already in the store (an `oci-layout://` context).
     pub fn preload(&self, name: &str, record: ImageRecord) {
         self.known

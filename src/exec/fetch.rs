@@ -1,14 +1,21 @@
-//! `ADD <url>`: download to a file, verify `--checksum`, and name the file as BuildKit does.
+//! `ADD <url>`: download to a file (over the registry client's HTTP stack), verify
+//! `--checksum`, and name the file as BuildKit does.
 
-use std::io::Write;
 use std::path::Path;
 
-use crate::image::{Digest, Sha256Writer};
+use crate::image::Digest;
+use crate::registry::Client;
 
 use super::BuildError;
 
-/// Download `url` to `dest`; returns the content digest, checked against `checksum` if given.
-pub fn download(url: &str, dest: &Path, checksum: Option<&str>) -> Result<Digest, BuildError> {
+/// Download `url` to `dest` over the registry client's HTTP stack; returns the content
+/// digest, checked against `checksum` if given.
+pub fn download(
+    registry: &Client,
+    url: &str,
+    dest: &Path,
+    checksum: Option<&str>,
+) -> Result<Digest, BuildError> {
     let fail = |why: String| BuildError::Invalid(format!("ADD `{url}`: {why}"));
     if is_git_url(url) {
         return Err(fail(
@@ -16,19 +23,7 @@ pub fn download(url: &str, dest: &Path, checksum: Option<&str>) -> Result<Digest
                 .to_string(),
         ));
     }
-    let client = reqwest::blocking::Client::builder()
-        .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| fail(e.to_string()))?;
-    let mut response = client.get(url).send().map_err(|e| fail(chain(&e)))?;
-    if !response.status().is_success() {
-        return Err(fail(format!("HTTP {}", response.status())));
-    }
-    let file = std::fs::File::create(dest).map_err(BuildError::io("creating", dest))?;
-    let mut writer = Sha256Writer::new(std::io::BufWriter::new(file));
-    response.copy_to(&mut writer).map_err(|e| fail(chain(&e)))?;
-    let (digest, _, mut inner) = writer.finish();
-    inner.flush().map_err(BuildError::io("writing", dest))?;
+    let digest = registry.download(url, dest)?;
     if let Some(want) = checksum {
         let want: Digest = want.parse().map_err(|_| {
             fail(format!(
@@ -42,21 +37,6 @@ pub fn download(url: &str, dest: &Path, checksum: Option<&str>) -> Result<Digest
         }
     }
     Ok(digest)
-}
-
-/// An error with its causes (`connection refused` sits three levels under reqwest's own
-/// message), without reqwest's repetition of the URL the caller names already.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cause = c.source();
-    }
-    parts.join(": ")
 }
 
 /// The file name BuildKit gives a downloaded URL: the last path segment, else `index.html`.

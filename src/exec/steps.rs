@@ -738,8 +738,12 @@ impl<'a> Ctx<'a> {
                         }
                         CopySource::Url(url) => {
                             let path = tmp.path().join(format!("url-{}", prepared.files.len()));
-                            let digest =
-                                super::fetch::download(url, &path, copy.checksum.as_deref())?;
+                            let digest = super::fetch::download(
+                                self.bases.registry(),
+                                url,
+                                &path,
+                                copy.checksum.as_deref(),
+                            )?;
                             parts.push(digest.to_string());
                             Some((super::fetch::file_name(url), path, 0o600))
                         }

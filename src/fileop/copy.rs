@@ -699,7 +699,7 @@ fn decompressing_reader(path: &Path) -> Result<Box<dyn Read>, CopyError> {
     Ok(if head.starts_with(b"BZh") {
         Box::new(bzip2::read::MultiBzDecoder::new(r))
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Box::new(xz2::read::XzDecoder::new_multi_decoder(r))
+        Box::new(liblzma::read::XzDecoder::new_multi_decoder(r))
     } else {
         crate::layer::compress::decompressor(r).map_err(|e| io_err(path, e))?
     })
@@ -1363,7 +1363,7 @@ mod tests {
                 w.finish().unwrap()
             }
             Codec::Xz => {
-                let mut w = xz2::write::XzEncoder::new(Vec::new(), 1);
+                let mut w = liblzma::write::XzEncoder::new(Vec::new(), 1);
                 w.write_all(&tar).unwrap();
                 w.finish().unwrap()
             }

@@ -1,9 +1,18 @@
-//! Authentication: `WWW-Authenticate` challenges (RFC 7235 as registries send them) and
+//! Authentication: `WWW-Authenticate` challenges (RFC 7235 as registries send them),
 //! credentials from docker's config.json (`auths` with `auth` or username/password,
-//! identity tokens, credential helpers via `docker_credential`).
+//! identity tokens, credential helpers via `docker_credential`), and the token flow: a
+//! request answered 401 gets a bearer token (cached per registry and scopes) or basic
+//! credentials, and is sent again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{RequestBuilder, Response, StatusCode, Url};
+
+use super::client::{Client, Target};
+use super::error::Cause;
+use super::transport::{net_err, read_limited, status_cause};
 
 /// A parsed `WWW-Authenticate` challenge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +143,229 @@ pub fn lookup(dir: &Path, registry: &str) -> Result<Option<Credentials>, String>
         Err(E::NoCredentialConfigured) => Ok(None),
         Err(E::ConfigReadError) => Err("not a valid docker config.json".to_string()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+// ---- the token flow ------------------------------------------------------------------
+
+#[derive(Clone)]
+enum AuthHeader {
+    Bearer(String),
+    Basic(String, String),
+}
+
+/// What the client learnt about authenticating, shared by its threads.
+#[derive(Default)]
+pub(super) struct AuthState {
+    /// Tokens per (registry, scopes).
+    tokens: HashMap<(String, String), AuthHeader>,
+    /// Registries that asked for Basic auth: send credentials up front.
+    basic: HashMap<String, AuthHeader>,
+    /// config.json lookups per registry.
+    creds: HashMap<String, Option<Credentials>>,
+}
+
+impl Client {
+    fn credentials(&self, registry: &str) -> Result<Option<Credentials>, Cause> {
+        if let Some(c) = self.state.lock().unwrap().creds.get(registry) {
+            return Ok(c.clone());
+        }
+        let found = match &self.config_dir {
+            Some(dir) => lookup(dir, registry).map_err(|detail| Cause::Config {
+                path: dir.join("config.json").display().to_string(),
+                detail,
+            })?,
+            None => None,
+        };
+        self.state
+            .lock()
+            .unwrap()
+            .creds
+            .insert(registry.to_string(), found.clone());
+        Ok(found)
+    }
+
+    fn config_name(&self) -> String {
+        match &self.config_dir {
+            Some(d) => d.join("config.json").display().to_string(),
+            None => "docker config (no $HOME or $DOCKER_CONFIG)".to_string(),
+        }
+    }
+
+    /// Get a bearer token for `scopes` from `realm` (docker's token protocol; identity
+    /// tokens go through the OAuth2 refresh-token POST).
+    async fn fetch_token(
+        &self,
+        t: &Target<'_>,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+        creds: Option<&Credentials>,
+    ) -> Result<String, Cause> {
+        let token_err = |detail: String| Cause::Token {
+            realm: realm.to_string(),
+            detail,
+        };
+        let mut url = Url::parse(realm).map_err(|e| token_err(format!("invalid realm: {e}")))?;
+        let req = match creds {
+            Some(Credentials::IdentityToken(refresh)) => {
+                let mut form = Url::parse("x:/").expect("static URL");
+                {
+                    let mut q = form.query_pairs_mut();
+                    q.append_pair("grant_type", "refresh_token");
+                    q.append_pair("refresh_token", refresh);
+                    q.append_pair("client_id", "rbuild");
+                    if let Some(s) = service {
+                        q.append_pair("service", s);
+                    }
+                    q.append_pair("scope", &scopes.join(" "));
+                }
+                self.http()
+                    .post(url)
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(form.query().unwrap_or("").to_string())
+            }
+            _ => {
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(s) = service {
+                        q.append_pair("service", s);
+                    }
+                    for s in scopes {
+                        q.append_pair("scope", s);
+                    }
+                }
+                let req = self.http().get(url);
+                match creds {
+                    Some(Credentials::Basic { username, password }) => {
+                        req.basic_auth(username, Some(password))
+                    }
+                    _ => req,
+                }
+            }
+        };
+        let resp = req.send().await.map_err(|e| net_err(t.peer(), &e))?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let detail = match status_cause(resp).await {
+                Cause::Status { message, .. } | Cause::Denied(message) => message,
+                other => other.to_string(),
+            };
+            return Err(if creds.is_some() {
+                Cause::AuthRefused {
+                    host: t.r.api_host().to_string(),
+                    detail,
+                }
+            } else {
+                Cause::NoCredentials {
+                    host: t.r.api_host().to_string(),
+                    config: self.config_name(),
+                }
+            });
+        }
+        if !status.is_success() {
+            return Err(token_err(status_cause(resp).await.to_string()));
+        }
+        let body = read_limited(&t.peer(), resp, 1 << 20).await?;
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let tr: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| token_err(format!("invalid token response: {e}")))?;
+        tr.token
+            .filter(|s| !s.is_empty())
+            .or(tr.access_token)
+            .ok_or_else(|| token_err("no token in the response".to_string()))
+    }
+
+    /// Send a request built by `make`, answering one 401 challenge (bearer token or basic
+    /// credentials) and retrying once. Any other status is returned to the caller.
+    pub(super) async fn send(
+        &self,
+        t: &Target<'_>,
+        make: &dyn Fn() -> Result<RequestBuilder, Cause>,
+    ) -> Result<Response, Cause> {
+        let registry = t.r.registry.clone();
+        let scopes = t.scopes();
+        let key = (registry.clone(), scopes.join(" "));
+        let mut authed = false;
+        loop {
+            let cached = {
+                let st = self.state.lock().unwrap();
+                st.tokens
+                    .get(&key)
+                    .or_else(|| st.basic.get(&registry))
+                    .cloned()
+            };
+            let mut req = make()?;
+            req = match &cached {
+                Some(AuthHeader::Bearer(tok)) => req.bearer_auth(tok),
+                Some(AuthHeader::Basic(u, p)) => req.basic_auth(u, Some(p)),
+                None => req,
+            };
+            let resp = req.send().await.map_err(|e| net_err(t.peer(), &e))?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            let creds = self.credentials(&registry)?;
+            if authed {
+                // Fresh credentials were refused.
+                return Err(match creds {
+                    None => Cause::NoCredentials {
+                        host: t.r.api_host().to_string(),
+                        config: self.config_name(),
+                    },
+                    Some(_) => Cause::AuthRefused {
+                        host: t.r.api_host().to_string(),
+                        detail: status_cause(resp).await.to_string(),
+                    },
+                });
+            }
+            let challenge = resp
+                .headers()
+                .get_all(reqwest::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(parse_challenge);
+            match challenge {
+                Some(Challenge::Bearer { realm, service, .. }) => {
+                    // Our own scopes, not the challenge's: a HEAD before a push must get
+                    // a token that also allows the push.
+                    let tok = self
+                        .fetch_token(t, &realm, service.as_deref(), &scopes, creds.as_ref())
+                        .await?;
+                    self.state
+                        .lock()
+                        .unwrap()
+                        .tokens
+                        .insert(key.clone(), AuthHeader::Bearer(tok));
+                }
+                Some(Challenge::Basic) => match creds {
+                    Some(Credentials::Basic { username, password }) => {
+                        self.state
+                            .lock()
+                            .unwrap()
+                            .basic
+                            .insert(registry.clone(), AuthHeader::Basic(username, password));
+                    }
+                    _ => {
+                        return Err(Cause::NoCredentials {
+                            host: t.r.api_host().to_string(),
+                            config: self.config_name(),
+                        })
+                    }
+                },
+                None => {
+                    return Err(Cause::AuthRefused {
+                        host: t.r.api_host().to_string(),
+                        detail: "401 without a supported WWW-Authenticate challenge".into(),
+                    })
+                }
+            }
+            authed = true;
+        }
     }
 }
 

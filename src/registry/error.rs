@@ -31,6 +31,9 @@ pub enum RegistryError {
         reference: String,
         cause: Cause,
     },
+    /// A plain download (`ADD <url>`) failed.
+    #[error("downloading `{url}`: {cause}")]
+    Download { url: String, cause: Cause },
     /// The client itself could not be built (TLS setup, runtime).
     #[error("setting up the registry client: {0}")]
     Setup(String),
@@ -40,7 +43,7 @@ impl RegistryError {
     /// The cause of a failed operation (None for set-up errors).
     pub fn cause(&self) -> Option<&Cause> {
         match self {
-            RegistryError::Op { cause, .. } => Some(cause),
+            RegistryError::Op { cause, .. } | RegistryError::Download { cause, .. } => Some(cause),
             RegistryError::Setup(_) => None,
         }
     }
@@ -62,11 +65,11 @@ pub enum Cause {
     BlobUnknown(Digest),
     /// No connection could be made (refused, no route, name not resolved, TLS handshake):
     /// asking again at once would get the same answer.
-    #[error("cannot reach registry {host}: {detail}")]
-    Unreachable { host: String, detail: String },
+    #[error("cannot reach {host}: {detail}")]
+    Unreachable { host: Peer, detail: String },
     /// A connection that was made broke (reset, closed mid-response).
-    #[error("connection to registry {host} lost: {detail}")]
-    ConnectionLost { host: String, detail: String },
+    #[error("connection to {host} lost: {detail}")]
+    ConnectionLost { host: Peer, detail: String },
     /// A transient failure that persisted through every retry.
     #[error("{last} (gave up after {attempts} attempts)")]
     Retried { attempts: u32, last: Box<Cause> },
@@ -96,10 +99,31 @@ pub enum Cause {
     NoMatchingPlatform { wanted: String, available: String },
     #[error("registry answered {status}: {message}")]
     Status { status: u16, message: String },
+    /// A web server's answer to a download (no distribution error body to read).
+    #[error("HTTP {status} {reason}")]
+    Http { status: u16, reason: String },
     #[error("{what}: {error}")]
     Io { what: String, error: std::io::Error },
     #[error("reading {path}: {detail}")]
     Config { path: String, detail: String },
+}
+
+/// The other end of a connection, as messages name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// A registry's API host (`127.0.0.1:5000`, `registry-1.docker.io`).
+    Registry(String),
+    /// Any other web server (`ADD <url>`), `host[:port]`.
+    Server(String),
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Registry(host) => write!(f, "registry {host}"),
+            Peer::Server(host) => f.write_str(host),
+        }
+    }
 }
 
 /// A manifest asked for by tag or by digest.
@@ -124,7 +148,9 @@ impl Cause {
     /// unreachable docker.io), and neither is a failure already retried.
     pub(crate) fn is_transient(&self) -> bool {
         match self {
-            Cause::Status { status, .. } => *status == 429 || *status >= 500,
+            Cause::Status { status, .. } | Cause::Http { status, .. } => {
+                *status == 429 || *status >= 500
+            }
             Cause::ConnectionLost { .. } => true,
             _ => false,
         }
@@ -153,7 +179,7 @@ impl Cause {
 
 #[cfg(test)]
 mod tests {
-    use super::Cause;
+    use super::{Cause, Peer};
 
     #[test]
     fn only_overload_and_broken_connections_are_retried() {
@@ -162,11 +188,11 @@ mod tests {
             message: String::new(),
         };
         let refused = Cause::Unreachable {
-            host: "127.0.0.1:1".into(),
+            host: Peer::Registry("127.0.0.1:1".into()),
             detail: "Connection refused (os error 111)".into(),
         };
         let reset = Cause::ConnectionLost {
-            host: "127.0.0.1:1".into(),
+            host: Peer::Registry("127.0.0.1:1".into()),
             detail: "Connection reset by peer (os error 104)".into(),
         };
         assert!(status(500).is_transient());

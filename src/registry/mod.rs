@@ -10,17 +10,25 @@
 //! connection, our own variant-aware platform choice, cross-repo mounts that fall back to
 //! an upload on 202, and docker's config.json credentials; each of these needed a detour
 //! around oci-client, and the distribution API itself is small.
+//!
+//! - `transport`: the HTTP client and runtime, retries, failures classified into causes;
+//!   `ADD <url>` downloads through it too ([`Client::download`]);
+//! - `auth`: challenges, config.json credentials, the token flow and its cache;
+//! - `client`: the client's state and addressing; `pull` and `push`: the API calls.
 
 mod auth;
 mod client;
 mod error;
 pub mod platform;
+mod pull;
+mod push;
+mod transport;
 
 use std::path::PathBuf;
 
 pub use auth::{parse_challenge, Challenge, Credentials};
 pub use client::Client;
-pub use error::{Action, Cause, ManifestRef, RegistryError};
+pub use error::{Action, Cause, ManifestRef, Peer, RegistryError};
 
 use crate::image::{Digest, ImageConfig, Manifest, Platform, Reference};
 

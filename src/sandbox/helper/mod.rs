@@ -265,8 +265,8 @@ fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<(Exit, 
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::process::final_env;
+    use super::*;
 
     #[test]
     fn env_gets_path_and_home_only_when_missing() {
