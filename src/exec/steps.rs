@@ -485,7 +485,6 @@ impl<'a> Ctx<'a> {
                 _ => Vec::new(),
             },
             add: copy.add && copy.unpack != Some(false),
-            link: copy.link,
             preserve_owner: !matches!(copy.from, CopyFrom::Context | CopyFrom::BuildContext(_)),
         };
         let source = self.source_root(&copy.from, done)?;

@@ -58,9 +58,6 @@ pub struct CopyJob {
     pub ignore: Vec<String>,
     /// ADD: extract local archives.
     pub add: bool,
-    /// `--link`: only changes how the executor layers the result (it passes an empty
-    /// `dest_root`); the copy itself is the same.
-    pub link: bool,
     /// Keep the sources' uid/gid (COPY --from a stage or image). False for the build
     /// context, whose files BuildKit transfers as 0:0.
     #[serde(default)]
