@@ -103,23 +103,20 @@ pub(crate) fn plan_stages(
     // trigger of a base image can add a `COPY --from` dependency the graph did not know:
     // that stage (and what it needs) joins the plan, ahead of its user.
     let mut pending: BTreeSet<usize> = graph.order.iter().copied().collect();
+    let mut planned: BTreeSet<usize> = BTreeSet::new();
     let mut stages: Vec<Stage> = Vec::new();
     while let Some(pos) = pending.pop_first() {
         let stage = ctx.stage(pos, &stages)?;
+        planned.insert(pos);
         for &d in &stage.deps {
-            if !stages.iter().any(|s| s.index == d) {
-                let mut closure = Vec::new();
-                graph::visit(&graph.stages, d, &mut BTreeSet::new(), &mut closure);
-                pending.extend(
-                    closure
-                        .into_iter()
-                        .filter(|c| !stages.iter().any(|s| s.index == *c)),
-                );
-            }
+            // What `d` needs that is not planned yet (visit skips what `seen` holds).
+            let mut closure = Vec::new();
+            graph::visit(&graph.stages, d, &mut planned.clone(), &mut closure);
+            pending.extend(closure);
         }
         stages.push(stage);
-        stages.sort_by_key(|s| s.index);
     }
+    stages.sort_by_key(|s| s.index);
     let target = stages
         .iter()
         .position(|s| s.index == graph.target)
