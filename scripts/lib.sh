@@ -4,6 +4,22 @@ DOCKER=/usr/bin/docker   # Debian's 20.10 client: it has BuildKit built in (a ne
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+# Start CMD... in the background in a session of its own, stdin from /dev/null, stdout and
+# stderr to LOGFILE, and no other descriptor of ours: a daemon that inherits the pipe of a
+# `$(...)` (test-env.sh's fd 3) keeps that command substitution waiting until the daemon exits.
+# $! is the daemon's pid (a non-interactive shell's job is no group leader: setsid execs).
+spawn_daemon() {
+  local logfile=$1 fd
+  shift
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if ((fd > 2)); then eval "exec $fd>&-"; fi
+    done
+    exec setsid "$@" >"$logfile" 2>&1 </dev/null
+  ) &
+}
+
 # apt-get install whichever of the named packages are missing.
 ensure_packages() {
   local missing=() p
@@ -22,7 +38,7 @@ ensure_dockerd() {
   local logfile=$1
   $DOCKER info >/dev/null 2>&1 && return 0
   log "starting dockerd"
-  setsid dockerd --iptables=false --bridge=none --storage-driver=overlay2 >"$logfile" 2>&1 </dev/null &
+  spawn_daemon "$logfile" dockerd --iptables=false --bridge=none --storage-driver=overlay2
   for _ in $(seq 60); do $DOCKER info >/dev/null 2>&1 && return 0; sleep 1; done
   tail -20 "$logfile" >&2
   echo "dockerd did not start" >&2
@@ -82,7 +98,7 @@ storage:
   delete: {enabled: true}
 http: {addr: 127.0.0.1:$port}
 YML
-  setsid docker-registry serve "$dir/registry.yml" >"$dir/registry.log" 2>&1 </dev/null &
+  spawn_daemon "$dir/registry.log" docker-registry serve "$dir/registry.yml"
   pid=$!
   echo "$pid" >"$dir/registry.pid"
   for _ in $(seq 100); do
