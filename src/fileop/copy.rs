@@ -32,12 +32,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::context::digest::base_name;
 use crate::context::{host_path, open_root, resolve, walk, ContextError, IgnoreMatcher};
 use crate::dockerfile::chmod::Chmod;
-use crate::sandbox::root::{clean, Root};
+use crate::sandbox::root::{clean, Created, Kind, Root};
 use crate::sandbox::user::UserError;
 
 /// One COPY/ADD step, as the executor hands it to the sandbox helper.
@@ -305,26 +306,35 @@ impl Copier<'_> {
     /// Create `rel` (already resolved inside the root) and its missing parents with `mode`,
     /// owned by the --chown user, as fsutil's MkdirAll does.
     fn mkdir_all(&mut self, rel: &str, mode: u32) -> Result<(), CopyError> {
+        let mut created = Vec::new();
+        let new = Created {
+            parent_mode: mode,
+            owner: Some(self.owner.unwrap_or((0, 0))),
+        };
+        match self.root.ensure(rel, Kind::Dir, mode, new, &mut created) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                return Err(CopyError::NotADirectory(self.first_non_dir(rel)))
+            }
+            Err(e) => return Err(io_err(&self.host(rel), e)),
+        }
+        self.stats.dirs += created.len() as u64;
+        Ok(())
+    }
+
+    /// The first component of `rel` that exists and is not a directory, as `/a/b` (for
+    /// the error when a directory is wanted there).
+    fn first_non_dir(&self, rel: &str) -> String {
         let mut cur = String::new();
         for comp in rel.split('/').filter(|c| !c.is_empty()) {
             cur = join(&cur, comp);
-            let host = self.host(&cur);
-            match fs::symlink_metadata(&host) {
-                Ok(m) if m.is_dir() => continue,
-                Ok(_) => return Err(CopyError::NotADirectory(format!("/{cur}"))),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&host).map_err(|e| io_err(&host, e))?;
-                    let (uid, gid) = self.owner.unwrap_or((0, 0));
-                    std::os::unix::fs::lchown(&host, Some(uid), Some(gid))
-                        .map_err(|e| io_err(&host, e))?;
-                    fs::set_permissions(&host, fs::Permissions::from_mode(mode))
-                        .map_err(|e| io_err(&host, e))?;
-                    self.stats.dirs += 1;
+            if let Err(e) = self.root.open_in(&cur, OFlags::PATH | OFlags::DIRECTORY) {
+                if e.raw_os_error() == Some(libc::ENOTDIR) {
+                    break;
                 }
-                Err(e) => return Err(io_err(&host, e)),
             }
         }
-        Ok(())
+        format!("/{cur}")
     }
 
     /// fsutil's prepareTargetDir: where one source lands, relative to the root.
@@ -1020,6 +1030,26 @@ mod tests {
             .unwrap()
             .is_file());
         assert_eq!(fs::read_to_string(e.dst.join("x/top.txt")).unwrap(), "two!");
+    }
+
+    /// Missing parents of the destination are made inside the root (Root::ensure), each
+    /// counted; a file where a parent directory is wanted is named in the error.
+    #[test]
+    #[ignore = "needs root"]
+    fn destination_parents_made_or_refused() {
+        crate::layer::testutil::needs_root();
+        let e = env();
+        write(&e.src.join("a.txt"), "a", 0o644);
+        let stats = run(&e, &job(&["a.txt"], "/p/q/r/")).unwrap();
+        assert_eq!(fs::read_to_string(e.dst.join("p/q/r/a.txt")).unwrap(), "a");
+        assert_eq!(stats.dirs, 3);
+        // Through an absolute link, inside the root.
+        symlink("/p/q", e.dst.join("lnk")).unwrap();
+        run(&e, &job(&["a.txt"], "/lnk/s/")).unwrap();
+        assert!(e.dst.join("p/q/s/a.txt").is_file());
+        write(&e.dst.join("p/file"), "x", 0o644);
+        let err = run(&e, &job(&["a.txt"], "/p/file/sub/")).unwrap_err();
+        assert_eq!(err.to_string(), "cannot copy to non-directory: /p/file");
     }
 
     /// Issue 14: `COPY dir/ /` where the context has `dir/lnk/file` and the image has

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use copy::{copy, CopyError, CopyJob, CopySrc, CopyStats};
 
-use crate::sandbox::root::{Kind, Root};
+use crate::sandbox::root::{Created, Kind, Root};
 use crate::sandbox::user::UserError;
 use crate::sandbox::FsJob;
 
@@ -120,7 +120,16 @@ fn mkdir(
 ) -> Result<FileJobOutput, FileJobError> {
     let mut created = Vec::new();
     open(root)?
-        .ensure(path, Kind::Dir, mode, Some(owner), &mut created)
+        .ensure(
+            path,
+            Kind::Dir,
+            mode,
+            Created {
+                owner: Some(owner),
+                ..Created::default()
+            },
+            &mut created,
+        )
         .map_err(|source| FileJobError::Mkdir {
             path: path.to_string(),
             source,

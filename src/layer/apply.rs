@@ -613,7 +613,16 @@ impl Applier {
             (Err(Resolve::Symlink), Target::Extract { root, owner }) => {
                 let rel = utf8_path(path)?;
                 let found = root
-                    .ensure(&rel, image_root::Kind::Dir, 0o755, *owner, &mut Vec::new())
+                    .ensure(
+                        &rel,
+                        image_root::Kind::Dir,
+                        0o755,
+                        image_root::Created {
+                            owner: *owner,
+                            ..Default::default()
+                        },
+                        &mut Vec::new(),
+                    )
                     .map_err(|e| match e.raw_os_error() {
                         Some(libc::ENOTDIR) | Some(libc::EEXIST) => Resolve::NotDir,
                         _ => Resolve::Io("resolving", e),

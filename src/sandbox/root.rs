@@ -18,6 +18,24 @@ pub enum Kind {
     File,
 }
 
+/// How [`Root::ensure`] makes what is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Created {
+    /// Mode of the parent directories it creates.
+    pub parent_mode: u32,
+    /// Owner of everything it creates (None: the creating process's).
+    pub owner: Option<(u32, u32)>,
+}
+
+impl Default for Created {
+    fn default() -> Self {
+        Created {
+            parent_mode: 0o755,
+            owner: None,
+        }
+    }
+}
+
 /// An open image root.
 pub struct Root {
     fd: OwnedFd,
@@ -215,18 +233,19 @@ impl Root {
         Ok(joined)
     }
 
-    /// Opens `path` (O_PATH), creating what is missing: parents as directories with mode
-    /// 0755, the last component as `kind` with `mode`; everything created is chowned to
-    /// `owner` and its root-relative path appended to `created` (parents first).
+    /// Opens `path` (O_PATH), creating what is missing: parents as directories with
+    /// `new.parent_mode`, the last component as `kind` with `mode`; everything created is
+    /// chowned to `new.owner` and its root-relative path appended to `created` (parents
+    /// first). A component that exists and is not a directory fails with ENOTDIR.
     pub fn ensure(
         &self,
         path: &str,
         kind: Kind,
         mode: u32,
-        owner: Option<(u32, u32)>,
+        new: Created,
         created: &mut Vec<String>,
     ) -> io::Result<OwnedFd> {
-        self.ensure_inner(&clean(path), kind, mode, owner, created, 0)
+        self.ensure_inner(&clean(path), kind, mode, new, created, 0)
     }
 
     fn ensure_inner(
@@ -234,7 +253,7 @@ impl Root {
         rel: &str,
         kind: Kind,
         mode: u32,
-        owner: Option<(u32, u32)>,
+        new: Created,
         created: &mut Vec<String>,
         links: usize,
     ) -> io::Result<OwnedFd> {
@@ -251,7 +270,7 @@ impl Root {
             Some((p, n)) => (p, n),
             None => ("", rel),
         };
-        let pfd = self.ensure_inner(parent, Kind::Dir, 0o755, owner, created, links)?;
+        let pfd = self.ensure_inner(parent, Kind::Dir, new.parent_mode, new, created, links)?;
         let made = match kind {
             Kind::Dir => rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(mode)).map(|_| ()),
             Kind::File => rustix::fs::openat(
@@ -269,7 +288,7 @@ impl Root {
                 // resolved from the link's directory, as the container would.
                 let next = link_target(pfd.as_fd(), parent, name, links)?
                     .ok_or(rustix::io::Errno::EXIST)?;
-                return self.ensure_inner(&next, kind, mode, owner, created, links + 1);
+                return self.ensure_inner(&next, kind, mode, new, created, links + 1);
             }
             Err(e) => return Err(e.into()),
         }
@@ -280,7 +299,7 @@ impl Root {
             Mode::from_raw_mode(mode),
             rustix::fs::AtFlags::empty(),
         )?;
-        if let Some((uid, gid)) = owner {
+        if let Some((uid, gid)) = new.owner {
             rustix::fs::chownat(
                 &pfd,
                 name,
@@ -328,7 +347,7 @@ mod tests {
         std::os::unix::fs::symlink("../../../outside", root_dir.join("rel")).unwrap();
         let root = Root::open(&root_dir).unwrap();
         let mut created = Vec::new();
-        root.ensure("/a/b", Kind::Dir, 0o700, None, &mut created)
+        root.ensure("/a/b", Kind::Dir, 0o700, Created::default(), &mut created)
             .unwrap();
         assert_eq!(created, ["a", "a/b"]);
         let m = std::fs::metadata(root_dir.join("a/b")).unwrap();
@@ -339,9 +358,9 @@ mod tests {
         );
 
         created.clear();
-        root.ensure("/abs/x", Kind::Dir, 0o755, None, &mut created)
+        root.ensure("/abs/x", Kind::Dir, 0o755, Created::default(), &mut created)
             .unwrap();
-        root.ensure("rel/f", Kind::File, 0o644, None, &mut created)
+        root.ensure("rel/f", Kind::File, 0o644, Created::default(), &mut created)
             .unwrap();
         assert!(!outside.exists());
         let inner = format!("{}", outside.display())
@@ -353,7 +372,7 @@ mod tests {
 
         // Existing paths are opened, not recreated.
         created.clear();
-        root.ensure("a", Kind::Dir, 0o755, None, &mut created)
+        root.ensure("a", Kind::Dir, 0o755, Created::default(), &mut created)
             .unwrap();
         assert!(created.is_empty());
         assert_eq!(root.read("/a/../outside/f").unwrap(), Some(Vec::new()));

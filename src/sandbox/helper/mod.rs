@@ -15,7 +15,7 @@ use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 
-use super::root::{Kind, Root};
+use super::root::{Created, Kind, Root};
 
 mod mounts;
 mod network;
@@ -199,7 +199,10 @@ fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<(Exit, 
             &spec.cwd,
             Kind::Dir,
             0o755,
-            Some((exec_user.uid, exec_user.gid)),
+            Created {
+                owner: Some((exec_user.uid, exec_user.gid)),
+                ..Created::default()
+            },
             &mut Vec::new(),
         ),
         || format!("creating working directory {}", spec.cwd),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 use rustix::fs::OFlags;
 
-use super::super::root::{Kind, Root};
+use super::super::root::{Created, Kind, Root};
 use super::super::{Failure, FsSource, Mount, Overlay, Stub};
 
 use super::{ctx, Res};
@@ -201,7 +201,8 @@ impl Points<'_> {
     pub(super) fn make(&mut self, target: &str, kind: Kind, mode: u32) -> Res<(PathBuf, OwnedFd)> {
         let mut created = Vec::new();
         let fd = ctx(
-            self.root.ensure(target, kind, mode, None, &mut created),
+            self.root
+                .ensure(target, kind, mode, Created::default(), &mut created),
             || format!("creating mountpoint {target}"),
         )?;
         let n = created.len();
