@@ -7,7 +7,14 @@ the ratio peer/rbuild and rbuild's peak RSS. Needs scripts/test-env.sh's environ
 buildah, its developer registry with busybox and debian:bookworm: RBUILD_TEST_REGISTRY,
 localhost:5000 when unset; the benchmark only pulls from it). Run as root:
 
-    sudo bench/run.py [--rounds 3] [--scale 1.0] [--only steps,context]
+    sudo bench/run.py [--rounds 3] [--scale 1.0] [--only steps,context] [--stores fresh,aged]
+
+Every scenario runs on two rbuild stores: "fresh" (empty but for the base image) and "aged":
+one filled first by a fixed recipe the way weeks of CI use leave a store (age_store: 40
+builds of varied Dockerfiles and contexts, ~1,000 layers, ~20 GB at --aged-scale 1, every
+fifth a `--no-cache` rebuild, so its trash is full too). The peers keep their own stores.
+Before each builder's run the machine syncs and the context is read once, so no builder
+pays for another's dirty pages or a cold context (a CI checkout leaves it in page cache).
 
 Docker 20.10's builders cannot export OCI archives, so the `oci` scenario compares rbuild
 with buildah only. Images the peers create are removed again at the end of each scenario.
@@ -15,9 +22,10 @@ with buildah only. Images the peers create are removed again at the end of each 
 Scenarios with RUN steps also time rbuild with `--network=host`, the peers' network (by
 default rbuild gives RUN a namespace of its own behind slirp4netns), and "run alone": the
 same RUN commands in a plain chroot of the base image's filesystem (unpacked by `docker
-export`), with no builder around them, no snapshot and no tarball. No builder can beat it,
-so "best peer / run alone" is the best ratio any builder could reach in that scenario on
-this machine.
+export`), with no builder around them, no snapshot and no tarball. COPY scenarios get a
+floor too: `cp -a` of the context's data plus writing a tar archive of it (context), or
+writing that archive alone (rebuild). No builder can beat it, so "best peer / run alone" is
+the best ratio any builder could reach in that scenario on this machine.
 """
 import argparse
 import os
@@ -97,6 +105,8 @@ def builders(kind, ctx, out, store, cached):
         rb = [a.replace("rbuild.tar", "rbuild-hostnet.tar") for a in all_builders["rbuild"][0]]
         all_builders["rbuild-hostnet"] = [rb[:-1] + ["--network=host", rb[-1]]]
         all_builders["alone"] = None  # made per run by run_builder: a fresh root each time
+    elif kind in ("context", "rebuild"):
+        all_builders["alone"] = None  # copy_floor_script, per run
     return all_builders
 
 
@@ -114,6 +124,16 @@ def floor_script(ctx, root):
     script = (f"mount --rbind /dev {root}/dev && mount -t proc proc {root}/proc && "
               f"mount --bind /etc/resolv.conf {root}/etc/resolv.conf && {steps}")
     return ["unshare", "-m", "--propagation", "private", "sh", "-ec", script]
+
+
+def copy_floor_script(kind, ctx, out):
+    """The least a COPY scenario's build can do: copy the context's data into a filesystem
+    (context only: a cached rebuild has it already) and write an archive of it."""
+    data = shlex.quote(os.path.join(ctx, "data"))
+    if kind == "rebuild":
+        return ["tar", "-cf", f"{out}/alone.tar", "-C", ctx, "data"]
+    dest = tempfile.mkdtemp(prefix="alone-copy-", dir=out)
+    return ["sh", "-ec", f"cp -a {data} {dest}/data && tar -cf {out}/alone.tar -C {dest} data"]
 
 
 def floor_rootfs(kind, out):
@@ -145,12 +165,15 @@ def run_builder(name, cmds, out, created, kind, ctx):
     for f in os.listdir(out):
         if f.startswith(name + "."):
             os.remove(os.path.join(out, f))
-    if name == "alone":
+    if name == "alone" and kind in ("context", "rebuild"):
+        cmds = [copy_floor_script(kind, ctx, out)]
+    elif name == "alone":
         try:
             cmds = [floor_script(ctx, floor_rootfs(kind, out))]
         except subprocess.CalledProcessError as e:
             print(f"  run alone: preparing the root failed: {e}", file=sys.stderr, flush=True)
             return None
+    settle(ctx)
     rss = None
     start = time.monotonic()
     for cmd in cmds:
@@ -169,6 +192,17 @@ def run_builder(name, cmds, out, created, kind, ctx):
     return time.monotonic() - start, rss
 
 
+def settle(ctx):
+    """Before each timed run: write back everything dirty, then read the context once, so
+    every builder starts from the same page cache (a CI checkout leaves the context cached)."""
+    os.sync()
+    for top, _, files in os.walk(ctx):
+        for f in files:
+            with open(os.path.join(top, f), "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+
+
 def cleanup(created):
     for name, image in created:
         if name == "buildah":
@@ -184,6 +218,46 @@ def warm_bases(kind, store):
     for cmd in (["rbuild", "--root", store, "pull", base], [DOCKER, "pull", "-q", base],
                 ["buildah", "pull", "--tls-verify=false", "-q", base]):
         subprocess.run(cmd, capture_output=True)
+
+
+AGED_RECIPE = 1  # bump when age_store changes: results of different recipes don't compare
+
+
+def age_store(store, work, scale):
+    """Fill `store` the way weeks of CI use leave a store, by a fixed recipe: 40 builds of
+    varied Dockerfiles and contexts (~1,000 layers, ~20 GB on disk at scale 1). Each has a
+    COPY of its own context (2,000-4,000 files of 16-48 KB, deterministic), a RUN writing
+    fresh random data (64 KB files), a RUN deleting part of the COPY (whiteouts) and 20
+    small RUN steps; every fifth build is a `--no-cache` rebuild of an earlier one, whose
+    identical COPY layer leaves an upperdir in the trash."""
+    import random
+    start = time.monotonic()
+    for i in range(40):
+        src = i - 3 if i % 5 == 4 else i
+        ctx = os.path.join(work, "aged-ctx", str(src))
+        if not os.path.exists(ctx):
+            rnd = random.Random(src)
+            files = int((2000 + 500 * (src % 5)) * scale)
+            for n in range(files):
+                sub = os.path.join(ctx, "src", str(n // 100))
+                os.makedirs(sub, exist_ok=True)
+                with open(os.path.join(sub, str(n)), "wb") as f:
+                    f.write(rnd.randbytes(rnd.randrange(16, 48) * 1024))
+            big = int((2500 + 100 * (src % 7)) * scale)
+            lines = [f"FROM {BUSYBOX}", f"ENV BUILD={src}", "COPY src /src",
+                     f"RUN mkdir /data && for f in $(seq {big}); do head -c 64k /dev/urandom > /data/$f; done",
+                     "RUN rm -rf /src/0 /src/1"]
+            lines += [f"RUN echo {src}-{j} > /f{j}" for j in range(20)]
+            with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+                f.write("\n".join(lines) + "\n")
+        nc = ["--no-cache"] if src != i else []
+        sh(["rbuild", "--root", store, "--progress=quiet", *nc, "-t", f"aged/{src}:latest",
+            "-o", f"type=tar,dest={work}/aged-out.tar", ctx], stdout=subprocess.DEVNULL)
+    shutil.rmtree(os.path.join(work, "aged-ctx"), ignore_errors=True)
+    os.sync()
+    du = subprocess.run(["du", "-sh", store], capture_output=True, text=True).stdout.split()[0]
+    print(f"aged store (recipe {AGED_RECIPE}, scale {scale}): {du} in {time.monotonic() - start:.0f}s",
+          flush=True)
 
 
 def machine():
@@ -205,57 +279,73 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scale", type=float, default=1.0, help="scales file counts of biglayer/context")
     ap.add_argument("--only", default="steps,biglayer,context,rebuild,pyapp,oci")
+    ap.add_argument("--stores", default="fresh,aged", help="fresh, aged or both (see age_store)")
+    ap.add_argument("--aged-scale", type=float, default=1.0, help="scales age_store's files")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root")
     shutil.which("rbuild") or sys.exit("rbuild is not on PATH (scripts/install.sh)")
     shutil.which("/usr/bin/time") or sh("apt-get install -y -qq time >/dev/null")
+    stores = args.stores.split(",")
     print(f"machine: {machine()}; rbuild: {shutil.which('rbuild')}", flush=True)
     print(f"load average at start: {load()}", flush=True)
     work = tempfile.mkdtemp(prefix="rbuild-bench-")
     rows = []
     created = set()
     try:
+        aged = os.path.join(work, "aged-store")
+        if "aged" in stores:
+            age_store(aged, work, args.aged_scale)
         for kind in args.only.split(","):
             ctx = os.path.join(work, kind, "ctx")
             out = os.path.join(work, kind, "out")
-            store = os.path.join(work, kind, "store")
             os.makedirs(out, exist_ok=True)
             write_context(kind, args.scale, ctx)
-            warm_bases(kind, store)
-            cached = kind == "rebuild"
-            if cached:  # warm every builder's cache once, untimed
-                for name, cmds in builders(kind, ctx, out, store, True).items():
-                    run_builder(name, cmds, out, created, kind, ctx)
-            times = {}
-            rss = []
-            for _ in range(args.rounds):
-                for name, cmds in builders(kind, ctx, out, store, cached).items():
-                    r = run_builder(name, cmds, out, created, kind, ctx)
-                    if r is None:
-                        continue
-                    times.setdefault(name, []).append(r[0])
-                    if r[1]:
-                        rss.append(r[1])
-            cleanup(created)
-            med = {n: statistics.median(v) for n, v in times.items()}
-            rows.append((kind, med, max(rss) if rss else None))
-            print(f"{kind}: " + ", ".join(f"{n} {t:.2f}s" for n, t in med.items()) + f" (load {load()})", flush=True)
+            for cond in stores:
+                store = aged if cond == "aged" else os.path.join(work, kind, "store")
+                warm_bases(kind, store)
+                cached = kind == "rebuild"
+                if cached:  # warm every builder's cache once, untimed
+                    for name, cmds in builders(kind, ctx, out, store, True).items():
+                        run_builder(name, cmds, out, created, kind, ctx)
+                times = {}
+                rss = []
+                for _ in range(args.rounds):
+                    for name, cmds in builders(kind, ctx, out, store, cached).items():
+                        r = run_builder(name, cmds, out, created, kind, ctx)
+                        if r is None:
+                            continue
+                        times.setdefault(name, []).append(r[0])
+                        if r[1]:
+                            rss.append(r[1])
+                cleanup(created)
+                med = {n: statistics.median(v) for n, v in times.items()}
+                rows.append((kind, cond, med, max(rss) if rss else None))
+                print(f"{kind} ({cond}): " + ", ".join(f"{n} {t:.2f}s" for n, t in med.items())
+                      + f" (load {load()})", flush=True)
     finally:
         cleanup(created)
         shutil.rmtree(work, ignore_errors=True)
     print()
     print(f"load average at end: {load()}")
-    print("| scenario | rbuild | buildkit | classic | buildah | best peer / rbuild | rbuild peak RSS "
-          "| rbuild, host net | run alone | best peer / run alone |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| scenario | store | rbuild | buildkit | classic | buildah | best peer / rbuild "
+          "| rbuild / run alone | rbuild peak RSS | rbuild, host net | run alone | best peer / run alone |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     cell = lambda med, n: f"{med[n]:.2f}s" if n in med else "n/a"
-    for kind, med, rss in rows:
+    fresh = {}
+    for kind, cond, med, rss in rows:
         peers = [med[n] for n in PEERS if n in med]
         ratio = lambda n: f"{min(peers) / med[n]:.2f}x" if peers and n in med else "n/a"
-        print(f"| {kind} | {cell(med, 'rbuild')} | {cell(med, 'buildkit')} | {cell(med, 'classic')} "
-              f"| {cell(med, 'buildah')} | {ratio('rbuild')} | {rss} MB | {cell(med, 'rbuild-hostnet')} "
+        floor = f"{med['rbuild'] / med['alone']:.2f}x" if "rbuild" in med and "alone" in med else "n/a"
+        print(f"| {kind} | {cond} | {cell(med, 'rbuild')} | {cell(med, 'buildkit')} | {cell(med, 'classic')} "
+              f"| {cell(med, 'buildah')} | {ratio('rbuild')} | {floor} | {rss} MB | {cell(med, 'rbuild-hostnet')} "
               f"| {cell(med, 'alone')} | {ratio('alone')} |")
+        if cond == "fresh" and "rbuild" in med:
+            fresh[kind] = med["rbuild"]
+    aged_vs = [f"{kind} {med['rbuild'] / fresh[kind]:.2f}" for kind, cond, med, _ in rows
+               if cond == "aged" and kind in fresh and "rbuild" in med]
+    if aged_vs:
+        print(f"\nrbuild aged / fresh: {', '.join(aged_vs)}")
 
 
 if __name__ == "__main__":
