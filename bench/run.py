@@ -11,7 +11,7 @@ localhost:5000 when unset; the benchmark only pulls from it). Run as root:
 
 Every scenario runs on two rbuild stores: "fresh" (empty but for the base image) and "aged":
 one filled first by a fixed recipe the way weeks of CI use leave a store (age_store: 40
-builds of varied Dockerfiles and contexts, ~1,000 layers, ~20 GB at --aged-scale 1, every
+builds of varied Dockerfiles and contexts, ~1,000 layers, ~11 GB at --aged-scale 1, every
 fifth a `--no-cache` rebuild, so its trash is full too). The peers keep their own stores.
 Before each builder's run the machine syncs and the context is read once, so no builder
 pays for another's dirty pages or a cold context (a CI checkout leaves it in page cache).
@@ -220,39 +220,45 @@ def warm_bases(kind, store):
         subprocess.run(cmd, capture_output=True)
 
 
-AGED_RECIPE = 1  # bump when age_store changes: results of different recipes don't compare
+AGED_RECIPE = 2  # bump when age_store changes: results of different recipes don't compare
 
 
 def age_store(store, work, scale):
     """Fill `store` the way weeks of CI use leave a store, by a fixed recipe: 40 builds of
-    varied Dockerfiles and contexts (~1,000 layers, ~20 GB on disk at scale 1). Each has a
+    varied Dockerfiles and contexts (~1,000 layers, ~11 GB on disk at scale 1, ~100,000
+    stat cache entries). Each has a
     COPY of its own context (2,000-4,000 files of 16-48 KB, deterministic), a RUN writing
     fresh random data (64 KB files), a RUN deleting part of the COPY (whiteouts) and 20
     small RUN steps; every fifth build is a `--no-cache` rebuild of an earlier one, whose
     identical COPY layer leaves an upperdir in the trash."""
     import random
     start = time.monotonic()
-    for i in range(40):
-        src = i - 3 if i % 5 == 4 else i
+    # Every context is written before the first build, as checkouts that sit a while before
+    # their build: older than the stat cache's racy window, so their digests are remembered.
+    builds = [(i, i - 3 if i % 5 == 4 else i) for i in range(40)]
+    for _, src in builds:
         ctx = os.path.join(work, "aged-ctx", str(src))
-        if not os.path.exists(ctx):
-            rnd = random.Random(src)
-            files = int((2000 + 500 * (src % 5)) * scale)
-            for n in range(files):
-                sub = os.path.join(ctx, "src", str(n // 100))
-                os.makedirs(sub, exist_ok=True)
-                with open(os.path.join(sub, str(n)), "wb") as f:
-                    f.write(rnd.randbytes(rnd.randrange(16, 48) * 1024))
-            big = int((2500 + 100 * (src % 7)) * scale)
-            lines = [f"FROM {BUSYBOX}", f"ENV BUILD={src}", "COPY src /src",
-                     f"RUN mkdir /data && for f in $(seq {big}); do head -c 64k /dev/urandom > /data/$f; done",
-                     "RUN rm -rf /src/0 /src/1"]
-            lines += [f"RUN echo {src}-{j} > /f{j}" for j in range(20)]
-            with open(os.path.join(ctx, "Dockerfile"), "w") as f:
-                f.write("\n".join(lines) + "\n")
+        if os.path.exists(ctx):
+            continue
+        rnd = random.Random(src)
+        files = int((2000 + 500 * (src % 5)) * scale)
+        for n in range(files):
+            sub = os.path.join(ctx, "src", str(n // 100))
+            os.makedirs(sub, exist_ok=True)
+            with open(os.path.join(sub, str(n)), "wb") as f:
+                f.write(rnd.randbytes(rnd.randrange(16, 48) * 1024))
+        big = int((2500 + 100 * (src % 7)) * scale)
+        lines = [f"FROM {BUSYBOX}", f"ENV BUILD={src}", "COPY src /src",
+                 f"RUN mkdir /data && for f in $(seq {big}); do head -c 64k /dev/urandom > /data/$f; done",
+                 "RUN rm -rf /src/0 /src/1"]
+        lines += [f"RUN echo {src}-{j} > /f{j}" for j in range(20)]
+        with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    for i, src in builds:
         nc = ["--no-cache"] if src != i else []
         sh(["rbuild", "--root", store, "--progress=quiet", *nc, "-t", f"aged/{src}:latest",
-            "-o", f"type=tar,dest={work}/aged-out.tar", ctx], stdout=subprocess.DEVNULL)
+            "-o", f"type=tar,dest={work}/aged-out.tar", os.path.join(work, "aged-ctx", str(src))],
+           stdout=subprocess.DEVNULL)
     shutil.rmtree(os.path.join(work, "aged-ctx"), ignore_errors=True)
     os.sync()
     du = subprocess.run(["du", "-sh", store], capture_output=True, text=True).stdout.split()[0]

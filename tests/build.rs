@@ -714,7 +714,7 @@ fn rebuild_hits_the_cache_for_every_step_and_no_cache_runs_them_again() {
 
     // Regression (issue 15): exec built the cache mount and stat cache paths itself, so
     // `prune --all` removed neither. Plain prune keeps them, as BuildKit keeps cache mounts.
-    let stat_cache = store.path().join("statcache.json");
+    let stat_cache = store.path().join("statcache");
     let prune = |all: &[&str]| {
         let mut cmd = Command::new(rbuild_bin());
         run_ok(cmd.env("RBUILD_ROOT", store.path()).arg("prune").args(all))

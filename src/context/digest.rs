@@ -25,16 +25,24 @@ use crate::image::Digest;
 const SCHEMA: &[u8] = b"rbuild-content-digest-v1\n";
 
 /// Memoized file sha256s; see the module docs.
+///
+/// A long-lived store serves many contexts, and every fresh checkout brings new inodes, so
+/// entries are kept only while they are used: each save is a generation, and an entry not
+/// looked up or added in the last [`KEEP_GENERATIONS`] builds is dropped. The file is a
+/// fixed-size binary record per entry (no parsing to speak of), written without fsync: it
+/// only saves work, and a torn or truncated file fails its checksum and loads empty.
 #[derive(Debug, Default)]
 pub struct StatCache {
     entries: HashMap<StatKey, Entry>,
+    /// The generation of this build: one more than the last saved one.
+    generation: u32,
     hashed: AtomicU64,
     /// Files changed this recently are hashed but not remembered: a write in the same
     /// timestamp tick after hashing would leave the key unchanged (git's "racy clean").
     racy_window: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct StatKey {
     dev: u64,
     ino: u64,
@@ -46,70 +54,60 @@ struct StatKey {
 #[derive(Debug, Clone)]
 struct Entry {
     sha: [u8; 32],
-    used: bool,
+    /// The last generation that looked it up or added it.
+    generation: u32,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct OnDisk {
-    version: u32,
-    entries: Vec<(StatKey, String)>,
-}
-
-/// Entries kept across saves: beyond this, only the ones used since load survive.
+/// Builds an unused entry survives (a dev machine switching between a few projects keeps
+/// them all; a CI runner's old checkouts go).
+const KEEP_GENERATIONS: u32 = 8;
+/// At most this many entries are saved (the most recently used first).
 const MAX_ENTRIES: usize = 200_000;
+
+/// File layout: MAGIC, generation (u32 LE), count (u64 LE), count records of RECORD bytes,
+/// then the sha256 of everything before it.
+const MAGIC: &[u8; 8] = b"rbsc\0\0\0\x02";
+const RECORD: usize = 8 * 3 + 16 * 2 + 32 + 4;
+const HEADER: usize = MAGIC.len() + 4 + 8;
 
 impl StatCache {
     pub fn new() -> StatCache {
         StatCache {
             racy_window: Duration::from_secs(2),
+            generation: 1,
             ..StatCache::default()
         }
     }
 
     /// Load a cache saved by [`StatCache::save`]; a missing or unreadable file (another
-    /// version, truncated) gives an empty cache, since it only saves work.
+    /// version, truncated, torn) gives an empty cache, since it only saves work.
     pub fn load(path: &Path) -> StatCache {
         let mut cache = StatCache::new();
-        let Ok(bytes) = std::fs::read(path) else {
-            return cache;
-        };
-        let Ok(disk) = serde_json::from_slice::<OnDisk>(&bytes) else {
-            return cache;
-        };
-        if disk.version != 1 {
-            return cache;
-        }
-        for (key, hex) in disk.entries {
-            let mut sha = [0u8; 32];
-            if hex::decode_to_slice(&hex, &mut sha).is_ok() {
-                cache.entries.insert(key, Entry { sha, used: false });
+        if let Ok(bytes) = std::fs::read(path) {
+            if let Some((generation, entries)) = decode(&bytes) {
+                cache.generation = generation.wrapping_add(1).max(1);
+                cache.entries = entries;
             }
         }
         cache
     }
 
-    /// Write the cache to `path` atomically (temp file in the same dir, then rename).
+    /// Write the cache to `path` atomically (temp file in the same dir, then rename),
+    /// without the entries unused for [`KEEP_GENERATIONS`] builds.
     pub fn save(&self, path: &Path) -> Result<(), ContextError> {
-        let keep_all = self.entries.len() <= MAX_ENTRIES;
-        let mut entries: Vec<(StatKey, String)> = self
+        let mut kept: Vec<(&StatKey, &Entry)> = self
             .entries
             .iter()
-            .filter(|(_, e)| keep_all || e.used)
-            .map(|(k, e)| (*k, hex::encode(e.sha)))
+            .filter(|(_, e)| self.generation.wrapping_sub(e.generation) < KEEP_GENERATIONS)
             .collect();
-        entries.sort_by_key(|(k, _)| (k.dev, k.ino));
-        let bytes = serde_json::to_vec(&OnDisk {
-            version: 1,
-            entries,
-        })
-        .map_err(|e| ContextError::StatCache {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        if kept.len() > MAX_ENTRIES {
+            kept.sort_by_key(|(_, e)| std::cmp::Reverse(e.generation));
+            kept.truncate(MAX_ENTRIES);
+        }
+        let bytes = encode(self.generation, &kept);
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ContextError::io(dir, e))?;
         tmp.write_all(&bytes)
-            .and_then(|_| tmp.as_file().sync_all())
             .map_err(|e| ContextError::io(tmp.path(), e))?;
         tmp.persist(path)
             .map_err(|e| ContextError::io(path, e.error))?;
@@ -136,7 +134,7 @@ impl StatCache {
 
     fn lookup(&mut self, key: &StatKey) -> Option<[u8; 32]> {
         let e = self.entries.get_mut(key)?;
-        e.used = true;
+        e.generation = self.generation;
         Some(e.sha)
     }
 
@@ -149,8 +147,64 @@ impl StatCache {
         if now - newest < self.racy_window.as_nanos() as i128 {
             return;
         }
-        self.entries.insert(key, Entry { sha, used: true });
+        self.entries.insert(
+            key,
+            Entry {
+                sha,
+                generation: self.generation,
+            },
+        );
     }
+}
+
+fn encode(generation: u32, entries: &[(&StatKey, &Entry)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + entries.len() * RECORD + 32);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (k, e) in entries {
+        out.extend_from_slice(&k.dev.to_le_bytes());
+        out.extend_from_slice(&k.ino.to_le_bytes());
+        out.extend_from_slice(&k.size.to_le_bytes());
+        out.extend_from_slice(&k.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&k.ctime_ns.to_le_bytes());
+        out.extend_from_slice(&e.sha);
+        out.extend_from_slice(&e.generation.to_le_bytes());
+    }
+    let sum = Sha256::digest(&out);
+    out.extend_from_slice(&sum);
+    out
+}
+
+fn decode(bytes: &[u8]) -> Option<(u32, HashMap<StatKey, Entry>)> {
+    let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    if body.len() < HEADER || &body[..MAGIC.len()] != MAGIC || Sha256::digest(body)[..] != *sum {
+        return None;
+    }
+    let generation = u32::from_le_bytes(body[8..12].try_into().ok()?);
+    let count = usize::try_from(u64::from_le_bytes(body[12..20].try_into().ok()?)).ok()?;
+    let records = &body[HEADER..];
+    if records.len() != count.checked_mul(RECORD)? {
+        return None;
+    }
+    let mut entries = HashMap::with_capacity(count);
+    for r in records.chunks_exact(RECORD) {
+        // Fixed offsets inside a record of exactly RECORD bytes: the conversions cannot fail.
+        let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().unwrap());
+        let i128_at = |i: usize| i128::from_le_bytes(r[i..i + 16].try_into().unwrap());
+        let key = StatKey {
+            dev: u64_at(0),
+            ino: u64_at(8),
+            size: u64_at(16),
+            mtime_ns: i128_at(24),
+            ctime_ns: i128_at(40),
+        };
+        let mut sha = [0u8; 32];
+        sha.copy_from_slice(&r[56..88]);
+        let generation = u32::from_le_bytes(r[88..92].try_into().unwrap());
+        entries.insert(key, Entry { sha, generation });
+    }
+    Some((generation, entries))
 }
 
 fn stat_key(m: &Metadata) -> StatKey {
@@ -461,6 +515,58 @@ mod tests {
         );
     }
 
+    /// An aged store: entries of files no build has looked at for KEEP_GENERATIONS builds
+    /// (a CI runner's old checkouts) are dropped; the ones in use stay, whatever their age.
+    #[test]
+    fn stat_cache_keeps_only_what_recent_builds_used() {
+        let t = ctx();
+        let r = t.path();
+        let file = r.join("statcache");
+        let mut c = cache();
+        let d0 = digest(r, &["src"], &mut c);
+        c.save(&file).unwrap();
+        // Another file, digested by every later build; src never again.
+        for build in 0..KEEP_GENERATIONS {
+            let mut c = StatCache::load(&file);
+            c.set_racy_window(Duration::ZERO);
+            assert_eq!(c.len(), if build == 0 { 2 } else { 3 }, "build {build}");
+            digest(r, &["other"], &mut c);
+            c.save(&file).unwrap();
+        }
+        let mut c = StatCache::load(&file);
+        c.set_racy_window(Duration::ZERO);
+        assert_eq!(
+            c.len(),
+            1,
+            "src's entries outlived {KEEP_GENERATIONS} builds"
+        );
+        assert_eq!(digest(r, &["src"], &mut c), d0);
+        assert_eq!(c.files_hashed(), 2);
+    }
+
+    /// A save cut short (a crash after rename without fsync) loads as an empty cache.
+    #[test]
+    fn stat_cache_torn_file_is_empty() {
+        let t = ctx();
+        let r = t.path();
+        let file = r.join("statcache");
+        let mut c = cache();
+        digest(r, &["src"], &mut c);
+        c.save(&file).unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        assert_eq!(StatCache::load(&file).len(), 2);
+        for cut in [0, 7, HEADER, bytes.len() - 33, bytes.len() - 1] {
+            std::fs::write(&file, &bytes[..cut]).unwrap();
+            assert!(StatCache::load(&file).is_empty(), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[HEADER + 10] ^= 1;
+        std::fs::write(&file, &flipped).unwrap();
+        assert!(StatCache::load(&file).is_empty());
+        std::fs::write(&file, vec![0u8; bytes.len()]).unwrap();
+        assert!(StatCache::load(&file).is_empty());
+    }
+
     #[test]
     fn stat_cache_hit_reads_metadata_only_and_survives_save_load() {
         let t = ctx();
@@ -471,7 +577,7 @@ mod tests {
         assert_eq!(digest(r, &["src"], &mut c), d0);
         assert_eq!(c.files_hashed(), 2, "second run must not read files");
 
-        let file = r.join("statcache.json");
+        let file = r.join("statcache");
         c.save(&file).unwrap();
         let mut loaded = StatCache::load(&file);
         loaded.set_racy_window(Duration::ZERO);
@@ -490,7 +596,7 @@ mod tests {
         assert_eq!(racy.len(), 0);
 
         // A corrupt cache file is an empty cache.
-        std::fs::write(&file, "{not json").unwrap();
+        std::fs::write(&file, "{not a cache").unwrap();
         assert!(StatCache::load(&file).is_empty());
     }
 }

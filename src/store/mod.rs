@@ -201,6 +201,7 @@ impl Store {
             _session_lock: session_lock,
         };
         store.collect_trash();
+        let _ = fs::remove_file(store.root.join(mounts::OLD_STAT_CACHE));
         if !store.root.join("oci-layout").exists() {
             store.write_file_durable(
                 &store.root.join("oci-layout"),

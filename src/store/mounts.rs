@@ -1,6 +1,6 @@
 //! What builds keep in the store besides step records: RUN --mount=type=cache directories
 //! (`mounts/cache/<name>`, each with `<name>.lock` beside it) and the context stat cache
-//! (`statcache.json`). The store owns these paths, so `prune --all` can remove them.
+//! (`statcache`). The store owns these paths, so `prune --all` can remove them.
 
 use std::fs;
 use std::io;
@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use super::{content_size, FileLock, LockMode, Result, Store, StoreError};
 
 const CACHE_MOUNTS: &str = "mounts/cache";
-const STAT_CACHE: &str = "statcache.json";
+const STAT_CACHE: &str = "statcache";
+/// The JSON stat cache of rbuild before 0.2 (one ever-growing file), removed at open.
+pub(super) const OLD_STAT_CACHE: &str = "statcache.json";
 
 impl Store {
     /// Where the context stat cache is kept (read at a build's start, saved at its end).
