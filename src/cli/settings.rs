@@ -9,6 +9,7 @@ use crate::dockerfile::instructions::NetworkMode;
 use crate::exec::{BuildRequest, NamedContext, SecretSource};
 use crate::image::{Platform, Reference, SourceDateEpoch};
 use crate::output::{self, OutputSpec};
+use crate::plan::{ExtraHost, Ulimit};
 
 use super::{BuildArgs, UserError};
 
@@ -117,21 +118,50 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
     };
     // Asking for the host's network on the command line grants it, as in buildx.
     let mut allow_network_host = network == NetworkMode::Host;
+    let mut allow_insecure = false;
     for a in &args.allow {
         match a.as_str() {
             "network.host" => allow_network_host = true,
-            "security.insecure" => {
-                return Err(user(
-                    "--allow security.insecure: rbuild does not run privileged steps",
-                ))
-            }
+            "security.insecure" => allow_insecure = true,
             other => {
                 return Err(user(format!(
-                    "--allow {other}: unknown entitlement (rbuild knows network.host)"
+                    "--allow {other}: unknown entitlement (rbuild knows network.host and security.insecure)"
                 )))
             }
         }
     }
+    let extra_hosts = args
+        .add_hosts
+        .iter()
+        .map(|h| parse_add_host(h).map_err(|e| user(format!("--add-host {h}: {e}"))))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let shm_size = match args.shm_size.as_deref() {
+        None => None,
+        Some(s) => match crate::plan::parse_size(s) {
+            // 0 is docker's "the default".
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => {
+                return Err(user(format!(
+                    "--shm-size {s}: expected a size such as 64m, 1g or a number of bytes"
+                )))
+            }
+        },
+    };
+    let ulimits = args
+        .ulimits
+        .iter()
+        .map(|u| parse_ulimit(u).map_err(|e| user(format!("--ulimit {u}: {e}"))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let no_cache_stages: Vec<String> = args
+        .no_cache_filter
+        .iter()
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .collect();
     // -1 is docker's spelling of "no limit", as is 0.
     let pids_limit = match args.pids_limit {
         n if n <= 0 => None,
@@ -221,6 +251,11 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             labels,
             network,
             allow_network_host,
+            allow_insecure,
+            no_cache_stages,
+            extra_hosts,
+            shm_size,
+            ulimits,
             pids_limit,
             secrets,
             build_contexts,
@@ -262,6 +297,88 @@ fn dockerfile_text(bytes: Vec<u8>, shown: &str) -> anyhow::Result<String> {
     })
 }
 
+/// `HOST:IP` or `HOST=IP` (buildx's toBuildkitExtraHosts): `=` is looked for first, so
+/// `HOST=::1` works; an address may be in brackets (`[::1]`), several may follow,
+/// comma-separated, each giving a line. BuildKit's frontend lowercases the name.
+fn parse_add_host(spec: &str) -> Result<Vec<ExtraHost>, String> {
+    let (host, ips) = spec
+        .split_once('=')
+        .or_else(|| spec.split_once(':'))
+        .ok_or("expected HOST:IP or HOST=IP")?;
+    if host.is_empty() || ips.is_empty() {
+        return Err("expected HOST:IP or HOST=IP".into());
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '#') {
+        return Err(format!("`{host}` is not a host name"));
+    }
+    if ips == "host-gateway" {
+        // buildx asks the docker engine for its gateway; with no engine there is none
+        // (buildx's docker-container driver refuses it the same way).
+        return Err("host-gateway needs a docker engine's gateway; give the host's IP address (for example its address on the network the build reaches)".into());
+    }
+    let mut out = Vec::new();
+    for ip in ips.split(',') {
+        let bare = ip
+            .strip_prefix('[')
+            .and_then(|i| i.strip_suffix(']'))
+            .unwrap_or(ip);
+        let addr: std::net::IpAddr = bare
+            .parse()
+            .map_err(|_| format!("`{ip}` is not an IP address"))?;
+        out.push(ExtraHost {
+            host: host.to_lowercase(),
+            ip: addr.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// `TYPE=SOFT[:HARD]` as docker's go-units ParseUlimit reads it: HARD defaults to SOFT,
+/// -1 is unlimited, SOFT may not exceed HARD.
+fn parse_ulimit(spec: &str) -> Result<Ulimit, String> {
+    let (name, limits) = spec
+        .split_once('=')
+        .ok_or("expected TYPE=SOFT[:HARD], e.g. nofile=1024:2048")?;
+    if crate::sandbox::RlimitResource::from_name(name).is_none() {
+        let known: Vec<&str> = crate::sandbox::RlimitResource::ALL
+            .iter()
+            .map(|r| r.name())
+            .collect();
+        return Err(format!(
+            "unknown type `{name}` (known: {})",
+            known.join(", ")
+        ));
+    }
+    let number = |v: &str| -> Result<i64, String> {
+        match v.parse::<i64>() {
+            Ok(n) if n >= -1 => Ok(n),
+            _ => Err(format!(
+                "`{v}` is not a limit (a number, or -1 for unlimited)"
+            )),
+        }
+    };
+    let (soft, hard) = match limits.split(':').collect::<Vec<_>>().as_slice() {
+        [soft] => (number(soft)?, number(soft)?),
+        [soft, hard] => (number(soft)?, number(hard)?),
+        _ => return Err("too many values: expected SOFT[:HARD]".into()),
+    };
+    if hard != -1 && (soft == -1 || soft > hard) {
+        let soft = if soft == -1 {
+            "-1 (unlimited)".to_string()
+        } else {
+            soft.to_string()
+        };
+        return Err(format!(
+            "the soft limit must be less than or equal to the hard limit: {soft} > {hard}"
+        ));
+    }
+    Ok(Ulimit {
+        name: name.to_string(),
+        soft,
+        hard,
+    })
+}
+
 /// `id=ID,src=PATH` | `id=ID,env=VAR` (also `source=`, `type=file|env`); `id=X` alone reads
 /// the environment variable X if set, else the file X, as buildx does.
 fn parse_secret(spec: &str) -> Result<(String, SecretSource), String> {
@@ -300,6 +417,71 @@ fn parse_secret(spec: &str) -> Result<(String, SecretSource), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_hosts_parse_like_buildx() {
+        let one = |host: &str, ip: &str| ExtraHost {
+            host: host.into(),
+            ip: ip.into(),
+        };
+        assert_eq!(
+            parse_add_host("db:10.0.0.5").unwrap(),
+            [one("db", "10.0.0.5")]
+        );
+        assert_eq!(
+            parse_add_host("DB=10.0.0.5").unwrap(),
+            [one("db", "10.0.0.5")]
+        );
+        assert_eq!(parse_add_host("v6=::1").unwrap(), [one("v6", "::1")]);
+        assert_eq!(parse_add_host("v6:::1").unwrap(), [one("v6", "::1")]);
+        assert_eq!(
+            parse_add_host("v6=[2001:db8::1]").unwrap(),
+            [one("v6", "2001:db8::1")]
+        );
+        assert_eq!(
+            parse_add_host("two=10.0.0.1,10.0.0.2").unwrap(),
+            [one("two", "10.0.0.1"), one("two", "10.0.0.2")]
+        );
+        for bad in [
+            "db",
+            "db:",
+            ":10.0.0.1",
+            "db:nothost",
+            "db=host-gateway",
+            "a b:1.2.3.4",
+        ] {
+            assert!(parse_add_host(bad).is_err(), "{bad}");
+        }
+        assert!(parse_add_host("x=host-gateway")
+            .unwrap_err()
+            .contains("host-gateway"));
+    }
+
+    #[test]
+    fn ulimits_parse_like_docker() {
+        let u = |name: &str, soft, hard| Ulimit {
+            name: name.into(),
+            soft,
+            hard,
+        };
+        assert_eq!(
+            parse_ulimit("nofile=1024:2048").unwrap(),
+            u("nofile", 1024, 2048)
+        );
+        assert_eq!(parse_ulimit("nproc=50").unwrap(), u("nproc", 50, 50));
+        assert_eq!(parse_ulimit("core=-1").unwrap(), u("core", -1, -1));
+        assert_eq!(parse_ulimit("core=0:-1").unwrap(), u("core", 0, -1));
+        assert!(parse_ulimit("nofile=2048:1024")
+            .unwrap_err()
+            .contains("soft limit must be less than or equal"));
+        assert!(parse_ulimit("core=-1:10").is_err());
+        assert!(parse_ulimit("as=1")
+            .unwrap_err()
+            .contains("unknown type `as`"));
+        for bad in ["nofile", "nofile=", "nofile=x", "nofile=1:2:3", "nofile=-2"] {
+            assert!(parse_ulimit(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn secrets_parse_like_buildx() {

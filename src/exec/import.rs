@@ -42,7 +42,7 @@ pub fn import_rootfs(
         platform: Platform::host(),
         source_date_epoch,
         named_contexts: Default::default(),
-        network: Default::default(),
+        ..Default::default()
     };
     let plan = plan::plan(&dockerfile, &opts, &mut NoBases)?;
     let stage = &plan.stages[plan.target];
