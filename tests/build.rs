@@ -1363,3 +1363,52 @@ fn no_cache_filter_reruns_the_named_stage_only() {
         "{err}"
     );
 }
+
+/// `--call targets` prints the golden text of testdata/call (what `docker buildx build
+/// --call targets` prints) without building or pulling anything; `--call outline` resolves
+/// the target's bases and lists its build args and secrets; a bad method is a user error.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn call_targets_and_outline_print_and_build_nothing() {
+    needs_root_docker_and_registry();
+    let store = tempfile::tempdir().unwrap();
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/call/multi-stage");
+    let out = run(rbuild(store.path())
+        .args(["--call", "targets", "-f"])
+        .arg(case.join("Dockerfile"))
+        .arg(&case));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), read(case.join("targets")));
+
+    let ctx = context(
+        &format!(
+            "# app the service\nFROM {BASE} AS app\n# LEVEL log level\nARG LEVEL=info\n\
+             RUN --mount=type=secret,id=npmrc,required true\n"
+        ),
+        &[],
+    );
+    let out = build_ok(
+        store.path(),
+        ctx.path(),
+        &["--call", "outline", "--build-arg", "LEVEL=debug"],
+    );
+    assert_eq!(
+        stdout(&out),
+        "TARGET:      app\nDESCRIPTION: the service\n\n\
+         BUILD ARG   VALUE   DESCRIPTION\nLEVEL       debug   log level\n\n\
+         SECRET   REQUIRED\nnpmrc    true\n\n"
+    );
+    assert_eq!(inspect_images(store.path()), "", "--call built something");
+    let err = build_fails(store.path(), ctx.path(), &["--call", "frobnicate"]);
+    assert!(err.contains("--call frobnicate: unknown method"), "{err}");
+}
+
+/// What `rbuild images` lists after the header.
+fn inspect_images(store: &Path) -> String {
+    let out = run_ok(
+        Command::new(rbuild_bin())
+            .env("RBUILD_ROOT", store)
+            .arg("images"),
+    );
+    out.lines().skip(1).collect::<Vec<_>>().join("\n")
+}

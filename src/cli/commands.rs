@@ -13,7 +13,7 @@ use crate::registry::{Client, RegistryOptions};
 use crate::store::Store;
 
 use super::args::{Cli, Command, GlobalArgs, SaveFormat};
-use super::settings::{build_settings, source_date_epoch, store_root};
+use super::settings::{build_settings, source_date_epoch, store_root, CallMethod};
 use super::{reporter, UserError};
 
 /// Said to a user who is not root, before anything is read or created.
@@ -189,6 +189,24 @@ fn find_image(store: &Store, reference: &str) -> anyhow::Result<crate::store::Im
 
 fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     let settings = build_settings(args)?;
+    match settings.call {
+        CallMethod::Build => {}
+        CallMethod::Targets => {
+            let req = &settings.request;
+            let targets = crate::plan::targets(&req.dockerfile_text, &req.dockerfile_name)?;
+            return stdout_text(&crate::plan::render_targets(&targets));
+        }
+        CallMethod::Outline => {
+            let req = &settings.request;
+            let store = open_store(global)?;
+            let registry = registry(global)?;
+            let mut bases = exec::PlanResolver::new(&store, &registry, req);
+            let opts = req.plan_options();
+            let plan = crate::plan::plan(&req.dockerfile_text, &opts, &mut bases)?;
+            let outline = crate::plan::outline(&req.dockerfile_text, &opts, &plan)?;
+            return stdout_text(&crate::plan::render_outline(&outline));
+        }
+    }
     let store = open_store(global)?;
     let registry = registry(global)?;
     let report = reporter(args.progress, args.quiet);

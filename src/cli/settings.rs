@@ -30,7 +30,47 @@ pub fn store_root(root: Option<&Path>) -> PathBuf {
     }
 }
 
+/// `--call`: build (the default), or print what the Dockerfile offers and uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallMethod {
+    Build,
+    /// The stages and their descriptions (BuildKit's frontend.targets).
+    Targets,
+    /// The build args, secrets and ssh ids the target uses (frontend.outline).
+    Outline,
+}
+
+/// `--call NAME[,format=text]`, as buildx's ParseCallFunc reads it.
+fn parse_call(spec: &str) -> Result<CallMethod, String> {
+    let mut name = None;
+    for field in spec.split(',') {
+        match field.split_once('=') {
+            Some(("format", "text")) => {}
+            Some(("format", "json")) => {
+                return Err("format=json is not supported yet: rbuild prints the text form".into())
+            }
+            Some(("format", other)) => return Err(format!("unknown format `{other}`")),
+            Some(("ignorestatus", _)) => {}
+            Some((key, _)) => return Err(format!("unknown field `{key}`")),
+            None if name.is_some() => return Err("give one method".into()),
+            None => name = Some(field),
+        }
+    }
+    match name.unwrap_or("build") {
+        "build" => Ok(CallMethod::Build),
+        "targets" => Ok(CallMethod::Targets),
+        "outline" => Ok(CallMethod::Outline),
+        "check" | "lint" => Err(
+            "rbuild has no Dockerfile checks yet; rbuild knows build, targets and outline".into(),
+        ),
+        other => Err(format!(
+            "unknown method `{other}` (rbuild knows build, targets and outline)"
+        )),
+    }
+}
+
 pub struct BuildSettings {
+    pub call: CallMethod,
     pub request: BuildRequest,
     pub outputs: Vec<OutputSpec>,
     pub iidfile: Option<PathBuf>,
@@ -237,7 +277,13 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
         return Err(user("--push needs a name: add -t REGISTRY/NAME:TAG"));
     }
 
+    let call = match args.call.as_deref() {
+        None => CallMethod::Build,
+        Some(c) => parse_call(c).map_err(|e| user(format!("--call {c}: {e}")))?,
+    };
+
     Ok(BuildSettings {
+        call,
         request: BuildRequest {
             context,
             dockerfile_name,
@@ -417,6 +463,22 @@ fn parse_secret(spec: &str) -> Result<(String, SecretSource), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_methods_parse_like_buildx() {
+        assert_eq!(parse_call("build"), Ok(CallMethod::Build));
+        assert_eq!(parse_call("targets"), Ok(CallMethod::Targets));
+        assert_eq!(parse_call("outline,format=text"), Ok(CallMethod::Outline));
+        for bad in [
+            "outline,format=json",
+            "frob",
+            "targets,outline",
+            "outline,x=1",
+            "check",
+        ] {
+            assert!(parse_call(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn add_hosts_parse_like_buildx() {

@@ -10,6 +10,7 @@
 mod graph;
 mod history;
 mod key;
+mod outline;
 mod render;
 mod run;
 mod steps;
@@ -24,6 +25,7 @@ use crate::dockerfile::ErrorKind;
 use crate::image::{Digest, ImageConfig, Platform, SourceDateEpoch};
 
 pub use key::cache_key;
+pub use outline::{outline, render_outline, render_targets, targets, Outline, Target};
 pub use render::render;
 pub use run::parse_size;
 
