@@ -1412,3 +1412,77 @@ fn inspect_images(store: &Path) -> String {
     );
     out.lines().skip(1).collect::<Vec<_>>().join("\n")
 }
+
+/// `--annotation`: a plain or `manifest:` one lands in the image manifest (the stored one,
+/// the OCI output's and the pushed one); `manifest-descriptor:` on the output's index.json
+/// entry, next to the ref name; index types fail as BuildKit fails them for one platform.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn annotations_reach_the_manifest_its_descriptor_and_the_registry() {
+    needs_root_docker_and_registry();
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(&format!("FROM {BASE}\nRUN echo hi > /hi\n"), &[]);
+    let tag = format!("{}/rbuild-test/flags-annotations:1", registry());
+    let out_dir = tempfile::tempdir().unwrap();
+    let layout = out_dir.path().join("layout");
+    let oci = format!("type=oci,dest={},tar=false", layout.display());
+    build_ok(
+        store.path(),
+        ctx.path(),
+        &[
+            "-t",
+            &tag,
+            "--push",
+            "-o",
+            &oci,
+            "--annotation",
+            "org.example.plain=1",
+            "--annotation",
+            "manifest,manifest-descriptor:org.example.both=2",
+        ],
+    );
+    let _pushed = RegistryImage::pushed(&tag);
+    let json = |p: &Path| -> serde_json::Value { serde_json::from_str(&read(p)).unwrap() };
+    let index = json(&layout.join("index.json"));
+    let entry = &index["manifests"][0];
+    assert_eq!(entry["annotations"]["org.example.both"], "2", "{index}");
+    assert_eq!(
+        entry["annotations"]["org.opencontainers.image.ref.name"],
+        "1"
+    );
+    assert!(
+        entry["annotations"].get("org.example.plain").is_none(),
+        "{index}"
+    );
+    let digest = entry["digest"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("sha256:")
+        .unwrap();
+    let manifest = json(&layout.join("blobs/sha256").join(digest));
+    let want = serde_json::json!({"org.example.both": "2", "org.example.plain": "1"});
+    assert_eq!(manifest["annotations"], want, "{manifest}");
+
+    let (host, path) = tag.split_once('/').unwrap();
+    let (name, reference) = path.rsplit_once(':').unwrap();
+    let pushed = run_ok(Command::new("curl").args([
+        "-fsS",
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json",
+        &format!("http://{host}/v2/{name}/manifests/{reference}"),
+    ]));
+    let pushed: serde_json::Value = serde_json::from_str(&pushed).unwrap();
+    assert_eq!(pushed["annotations"], want, "{pushed}");
+    // The image id is the config's: annotations do not change it.
+    let plain = build_ok(store.path(), ctx.path(), &["-q"]);
+    let annotated = build_ok(store.path(), ctx.path(), &["-q", "--annotation", "a=b"]);
+    assert_eq!(stdout(&plain), stdout(&annotated));
+
+    let err = build_fails(store.path(), ctx.path(), &["--annotation", "index:k=v"]);
+    assert!(
+        err.contains(
+            "--annotation index:k=v: index annotations not supported for single platform export"
+        ),
+        "{err}"
+    );
+}

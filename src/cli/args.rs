@@ -187,6 +187,10 @@ pub struct BuildArgs {
     /// Do not use the cache for the RUN, COPY and ADD steps of these stages
     #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
     pub no_cache_filter: Vec<String>,
+    /// Annotation for the image, `[TYPE[,TYPE][\[PLATFORM\]]:]KEY=VALUE`; TYPE is manifest (the
+    /// default) or manifest-descriptor (repeatable)
+    #[arg(long = "annotation", value_name = "[TYPE:]KEY=VALUE")]
+    pub annotations: Vec<String>,
     /// What to do: `build` (the default), `targets` (list the stages), `outline` (the build
     /// args and secrets the target uses); `,format=json` prints JSON
     #[arg(long, value_name = "METHOD")]

@@ -123,11 +123,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             output::save(
                 &store,
                 &reference,
-                &OutputSpec {
-                    kind,
-                    compression: None,
-                    level: None,
-                },
+                &OutputSpec::plain(kind),
                 source_date_epoch(None)?,
             )?;
             Ok(())
@@ -313,13 +309,9 @@ fn load_into_docker(
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| UserError(format!("--load: running `docker load`: {e}")))?;
-    let spec = OutputSpec {
-        kind: OutputKind::Docker {
-            dest: PathBuf::from("-"),
-        },
-        compression: None,
-        level: None,
-    };
+    let spec = OutputSpec::plain(OutputKind::Docker {
+        dest: PathBuf::from("-"),
+    });
     let mut stdin = child.stdin.take().expect("stdin was piped");
     let written = output::write_to(store, image, tags, &spec, epoch, &mut stdin);
     drop(stdin);

@@ -77,7 +77,12 @@ pub fn import_rootfs(
         comment: Some("Imported from tarball".to_string()),
         ..Default::default()
     }];
-    let record = store.put_image(&config, &[digest], Compression::Uncompressed)?;
+    let record = store.put_image(
+        &config,
+        &[digest],
+        Compression::Uncompressed,
+        &Default::default(),
+    )?;
     store.tag(reference, &record.manifest)?;
     Ok(record)
 }

@@ -37,6 +37,9 @@ pub struct BuildRequest {
     pub extra_hosts: Vec<ExtraHost>,
     pub shm_size: Option<u64>,
     pub ulimits: Vec<Ulimit>,
+    /// `--annotation [manifest:]K=V`: on the image manifest (kept in the store, pushed and
+    /// written by outputs). Descriptor annotations travel with the outputs instead.
+    pub manifest_annotations: BTreeMap<String, String>,
     /// Most processes a RUN step may have at once; None: no limit.
     pub pids_limit: Option<u32>,
     pub secrets: BTreeMap<String, SecretSource>,

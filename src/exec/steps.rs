@@ -842,9 +842,12 @@ impl<'a> Ctx<'a> {
             let labels = config.config.labels.get_or_insert_with(Default::default);
             labels.extend(self.req.labels.clone());
         }
-        Ok(self
-            .store
-            .put_image(&config, &state.chains, Compression::Uncompressed)?)
+        Ok(self.store.put_image(
+            &config,
+            &state.chains,
+            Compression::Uncompressed,
+            &self.req.manifest_annotations,
+        )?)
     }
 }
 
