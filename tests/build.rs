@@ -1379,6 +1379,12 @@ fn call_targets_and_outline_print_and_build_nothing() {
         .arg(&case));
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), read(case.join("targets")));
+    let out = run(rbuild(store.path())
+        .args(["--call", "targets,format=json", "-f"])
+        .arg(case.join("Dockerfile"))
+        .arg(&case));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), read(case.join("targets.json")));
 
     let ctx = context(
         &format!(

@@ -13,7 +13,7 @@ use crate::registry::{Client, RegistryOptions};
 use crate::store::Store;
 
 use super::args::{Cli, Command, GlobalArgs, SaveFormat};
-use super::settings::{build_settings, source_date_epoch, store_root, CallMethod};
+use super::settings::{build_settings, source_date_epoch, store_root, CallFormat, CallMethod};
 use super::{reporter, UserError};
 
 /// Said to a user who is not root, before anything is read or created.
@@ -187,12 +187,15 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     let settings = build_settings(args)?;
     match settings.call {
         CallMethod::Build => {}
-        CallMethod::Targets => {
-            let req = &settings.request;
-            let targets = crate::plan::targets(&req.dockerfile_text, &req.dockerfile_name)?;
-            return stdout_text(&crate::plan::render_targets(&targets));
+        CallMethod::Targets(format) => {
+            let text = &settings.request.dockerfile_text;
+            let targets = crate::plan::targets(text, &settings.request.dockerfile_name)?;
+            return stdout_text(&match format {
+                CallFormat::Text => crate::plan::render_targets(&targets),
+                CallFormat::Json => crate::plan::targets_json(&targets, text),
+            });
         }
-        CallMethod::Outline => {
+        CallMethod::Outline(format) => {
             let req = &settings.request;
             let store = open_store(global)?;
             let registry = registry(global)?;
@@ -200,7 +203,10 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
             let opts = req.plan_options();
             let plan = crate::plan::plan(&req.dockerfile_text, &opts, &mut bases)?;
             let outline = crate::plan::outline(&req.dockerfile_text, &opts, &plan)?;
-            return stdout_text(&crate::plan::render_outline(&outline));
+            return stdout_text(&match format {
+                CallFormat::Text => crate::plan::render_outline(&outline),
+                CallFormat::Json => crate::plan::outline_json(&outline, &req.dockerfile_text),
+            });
         }
     }
     let store = open_store(global)?;

@@ -35,21 +35,29 @@ pub fn store_root(root: Option<&Path>) -> PathBuf {
 pub enum CallMethod {
     Build,
     /// The stages and their descriptions (BuildKit's frontend.targets).
-    Targets,
+    Targets(CallFormat),
     /// The build args, secrets and ssh ids the target uses (frontend.outline).
-    Outline,
+    Outline(CallFormat),
 }
 
-/// `--call NAME[,format=text]`, as buildx's ParseCallFunc reads it.
+/// `--call NAME,format=...`: buildx's table, or BuildKit's result.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallFormat {
+    Text,
+    Json,
+}
+
+/// `--call NAME[,format=text|json]`, as buildx's ParseCallFunc reads it.
 fn parse_call(spec: &str) -> Result<CallMethod, String> {
     let mut name = None;
+    let mut format = CallFormat::Text;
     for field in spec.split(',') {
         match field.split_once('=') {
-            Some(("format", "text")) => {}
-            Some(("format", "json")) => {
-                return Err("format=json is not supported yet: rbuild prints the text form".into())
+            Some(("format", "text")) => format = CallFormat::Text,
+            Some(("format", "json")) => format = CallFormat::Json,
+            Some(("format", other)) => {
+                return Err(format!("unknown format `{other}` (text or json)"))
             }
-            Some(("format", other)) => return Err(format!("unknown format `{other}`")),
             Some(("ignorestatus", _)) => {}
             Some((key, _)) => return Err(format!("unknown field `{key}`")),
             None if name.is_some() => return Err("give one method".into()),
@@ -58,8 +66,8 @@ fn parse_call(spec: &str) -> Result<CallMethod, String> {
     }
     match name.unwrap_or("build") {
         "build" => Ok(CallMethod::Build),
-        "targets" => Ok(CallMethod::Targets),
-        "outline" => Ok(CallMethod::Outline),
+        "targets" => Ok(CallMethod::Targets(format)),
+        "outline" => Ok(CallMethod::Outline(format)),
         "check" | "lint" => Err(
             "rbuild has no Dockerfile checks yet; rbuild knows build, targets and outline".into(),
         ),
@@ -586,10 +594,20 @@ mod tests {
     #[test]
     fn call_methods_parse_like_buildx() {
         assert_eq!(parse_call("build"), Ok(CallMethod::Build));
-        assert_eq!(parse_call("targets"), Ok(CallMethod::Targets));
-        assert_eq!(parse_call("outline,format=text"), Ok(CallMethod::Outline));
+        assert_eq!(
+            parse_call("targets"),
+            Ok(CallMethod::Targets(CallFormat::Text))
+        );
+        assert_eq!(
+            parse_call("outline,format=text"),
+            Ok(CallMethod::Outline(CallFormat::Text))
+        );
+        assert_eq!(
+            parse_call("format=json,targets"),
+            Ok(CallMethod::Targets(CallFormat::Json))
+        );
         for bad in [
-            "outline,format=json",
+            "outline,format=yaml",
             "frob",
             "targets,outline",
             "outline,x=1",

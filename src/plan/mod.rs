@@ -25,7 +25,9 @@ use crate::dockerfile::ErrorKind;
 use crate::image::{Digest, ImageConfig, Platform, SourceDateEpoch};
 
 pub use key::cache_key;
-pub use outline::{outline, render_outline, render_targets, targets, Outline, Target};
+pub use outline::{
+    outline, outline_json, render_outline, render_targets, targets, targets_json, Outline, Target,
+};
 pub use render::render;
 pub use run::parse_size;
 

@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::Serialize;
+
 use super::graph::{automatic_args, expand};
 use super::{Op, Plan, PlanError, Source};
 use crate::dockerfile::instructions::MountType;
@@ -27,6 +29,7 @@ pub struct Target {
     pub base: String,
     pub platform: Option<String>,
     pub line: usize,
+    pub end_line: usize,
 }
 
 /// The stages of `text`, in file order. Only parses: nothing is resolved.
@@ -51,6 +54,7 @@ pub fn targets(text: &str, dockerfile_name: &str) -> Result<Vec<Target>, PlanErr
                 base: f.image.clone(),
                 platform: f.platform.clone(),
                 line: l.line,
+                end_line: l.end_line,
             });
         }
     }
@@ -92,6 +96,7 @@ pub struct OutlineArg {
     pub value: String,
     pub description: String,
     pub line: usize,
+    pub end_line: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +104,7 @@ pub struct Needed {
     pub id: String,
     pub required: bool,
     pub line: usize,
+    pub end_line: usize,
 }
 
 /// An ARG's entry in the outline, and the global ARGs its default reads (which count as
@@ -179,6 +185,7 @@ pub fn outline(text: &str, opts: &super::BuildOptions, plan: &Plan) -> Result<Ou
                         name,
                         value: value.unwrap_or_default(),
                         line: l.line,
+                        end_line: l.end_line,
                     },
                     deps,
                 },
@@ -234,6 +241,7 @@ pub fn outline(text: &str, opts: &super::BuildOptions, plan: &Plan) -> Result<Ou
                             name,
                             value,
                             line: l.line,
+                            end_line: l.end_line,
                         },
                         deps: BTreeSet::new(),
                     },
@@ -253,10 +261,15 @@ pub fn outline(text: &str, opts: &super::BuildOptions, plan: &Plan) -> Result<Ou
                 };
                 let id = m.id.clone().unwrap_or_default();
                 if !list.iter().any(|n: &Needed| n.id == id) {
+                    let end_line = located
+                        .iter()
+                        .find(|l| l.line == step.line)
+                        .map_or(step.line, |l| l.end_line);
                     list.push(Needed {
                         id,
                         required: m.required,
                         line: step.line,
+                        end_line,
                     });
                 }
             }
@@ -406,6 +419,151 @@ pub fn render_outline(o: &Outline) -> String {
     out
 }
 
+/// BuildKit's pb.Location of an instruction, as Go's encoding/json writes it (zero
+/// characters and source index 0 left out).
+#[derive(Serialize)]
+struct Location {
+    ranges: Vec<Range>,
+}
+
+#[derive(Serialize)]
+struct Range {
+    start: Pos,
+    end: Pos,
+}
+
+#[derive(Serialize)]
+struct Pos {
+    line: usize,
+}
+
+fn location(line: usize, end_line: usize) -> Location {
+    Location {
+        ranges: vec![Range {
+            start: Pos { line },
+            end: Pos { line: end_line },
+        }],
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+/// BuildKit's result.json: `json.MarshalIndent(v, "", "  ")`, which also escapes `<`, `>`
+/// and `&` (they can only occur inside strings), then the newline buildx prints after it.
+fn go_json(v: &impl Serialize) -> String {
+    let text = serde_json::to_string_pretty(v).expect("plain data serializes");
+    let mut out = text
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026");
+    out.push('\n');
+    out
+}
+
+fn sources(text: &str) -> Vec<String> {
+    use base64::Engine as _;
+    vec![base64::engine::general_purpose::STANDARD.encode(text)]
+}
+
+/// `--call targets,format=json`: BuildKit's targets.List.
+pub fn targets_json(targets: &[Target], text: &str) -> String {
+    #[derive(Serialize)]
+    struct JsonTarget<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
+        #[serde(skip_serializing_if = "is_false")]
+        default: bool,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        description: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        base: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        platform: Option<&'a str>,
+        location: Location,
+    }
+    #[derive(Serialize)]
+    struct List<'a> {
+        targets: Vec<JsonTarget<'a>>,
+        sources: Vec<String>,
+    }
+    go_json(&List {
+        targets: targets
+            .iter()
+            .map(|t| JsonTarget {
+                name: t.name.as_deref(),
+                default: t.default,
+                description: &t.description,
+                base: &t.base,
+                platform: t.platform.as_deref().filter(|p| !p.is_empty()),
+                location: location(t.line, t.end_line),
+            })
+            .collect(),
+        sources: sources(text),
+    })
+}
+
+/// `--call outline,format=json`: BuildKit's outline.Outline.
+pub fn outline_json(o: &Outline, text: &str) -> String {
+    #[derive(Serialize)]
+    struct JsonArg<'a> {
+        name: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        description: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        value: &'a str,
+        location: Location,
+    }
+    #[derive(Serialize)]
+    struct JsonNeeded<'a> {
+        name: &'a str,
+        #[serde(skip_serializing_if = "is_false")]
+        required: bool,
+        location: Location,
+    }
+    #[derive(Serialize)]
+    struct JsonOutline<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        description: &'a str,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        args: Vec<JsonArg<'a>>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        secrets: Vec<JsonNeeded<'a>>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        ssh: Vec<JsonNeeded<'a>>,
+        sources: Vec<String>,
+    }
+    fn needed(list: &[Needed]) -> Vec<JsonNeeded<'_>> {
+        list.iter()
+            .map(|n| JsonNeeded {
+                name: &n.id,
+                required: n.required,
+                location: location(n.line, n.end_line),
+            })
+            .collect()
+    }
+    go_json(&JsonOutline {
+        name: o.name.as_deref(),
+        description: &o.description,
+        args: o
+            .args
+            .iter()
+            .map(|a| JsonArg {
+                name: &a.name,
+                description: &a.description,
+                value: &a.value,
+                location: location(a.line, a.end_line),
+            })
+            .collect(),
+        secrets: needed(&o.secrets),
+        ssh: needed(&o.ssh),
+        sources: sources(text),
+    })
+}
+
 /// Go's text/tabwriter as BuildKit's printers use it (minwidth 0, tabwidth 0, pad with
 /// spaces, no flags): every cell but a line's last is padded to its column's widest cell
 /// plus `padding`; widths count characters.
@@ -436,8 +594,9 @@ mod tests {
     use super::*;
     use crate::plan::tests::{options, FakeResolver};
 
-    /// Golden output: testdata/call/<case>/{Dockerfile,options?,targets,outline}, the text
-    /// `docker buildx build --call targets|outline` prints for the same Dockerfile.
+    /// Golden output: testdata/call/<case>/{Dockerfile,options?,targets,outline} and their
+    /// `.json` forms, what `docker buildx build --call targets|outline[,format=json]` prints
+    /// for the same Dockerfile.
     /// `UPDATE_GOLDEN=1` rewrites the files.
     #[test]
     fn call_golden() {
@@ -463,10 +622,15 @@ mod tests {
                     _ => panic!("bad option line {line:?} in {}", case.display()),
                 }
             }
-            let got_targets = render_targets(&targets(&text, "Dockerfile").unwrap());
+            let t = targets(&text, "Dockerfile").unwrap();
             let plan = super::super::plan(&text, &opts, &mut FakeResolver).unwrap();
-            let got_outline = render_outline(&outline(&text, &opts, &plan).unwrap());
-            for (file, got) in [("targets", got_targets), ("outline", got_outline)] {
+            let o = outline(&text, &opts, &plan).unwrap();
+            for (file, got) in [
+                ("targets", render_targets(&t)),
+                ("outline", render_outline(&o)),
+                ("targets.json", targets_json(&t, &text)),
+                ("outline.json", outline_json(&o, &text)),
+            ] {
                 let path = case.join(file);
                 if update {
                     std::fs::write(&path, &got).unwrap();
