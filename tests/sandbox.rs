@@ -617,6 +617,17 @@ fn rlimits_apply_to_the_step() {
     }];
     let err = sandbox::run(&spec, None, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("--ulimit nofile=10:5"), "{err}");
+    // Above rbuild's own hard limit without CAP_SYS_RESOURCE: the error says why.
+    if cap_eff & (1 << CAP_SYS_RESOURCE) == 0 {
+        let mut spec = fx.spec("true");
+        spec.rlimits = vec![Rlimit {
+            resource: RlimitResource::Nofile,
+            soft: 10,
+            hard: own_hard + 1,
+        }];
+        let err = sandbox::run(&spec, None, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("needs CAP_SYS_RESOURCE"), "{err}");
+    }
     assert_no_mounts_left();
 }
 

@@ -340,17 +340,20 @@ fn set_rlimits(rlimits: &[Rlimit]) -> Res<()> {
             RlimitResource::Sigpending => Resource::RLIMIT_SIGPENDING,
             RlimitResource::Stack => Resource::RLIMIT_STACK,
         };
-        ctx(
-            nix::sys::resource::setrlimit(resource, r.soft, r.hard),
-            || {
-                format!(
-                    "setting --ulimit {}={}:{}",
-                    r.resource.name(),
-                    show_limit(r.soft),
-                    show_limit(r.hard)
-                )
-            },
-        )?;
+        if let Err(e) = nix::sys::resource::setrlimit(resource, r.soft, r.hard) {
+            let hint = match e {
+                nix::errno::Errno::EPERM => {
+                    " (a hard limit above rbuild's own needs CAP_SYS_RESOURCE, which rbuild lacks)"
+                }
+                _ => "",
+            };
+            return Err(Failure::Setup(format!(
+                "setting --ulimit {}={}:{}: {e}{hint}",
+                r.resource.name(),
+                show_limit(r.soft),
+                show_limit(r.hard)
+            )));
+        }
     }
     Ok(())
 }
