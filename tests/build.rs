@@ -1186,3 +1186,309 @@ fn cache_mounts_honour_sharing_and_ownership() {
     assert_eq!(read(root.join("owner")), "1000 750\n");
     assert_eq!(read(root.join("private")), "x\n");
 }
+
+// RUN's sandbox flags: --add-host, --shm-size, --ulimit, --security=insecure, and
+// --no-cache-filter.
+
+/// `--add-host` lines reach RUN's /etc/hosts exactly as docker build (BuildKit) writes them,
+/// and neither the layers, the exported filesystem nor the store hold them; `--shm-size` and
+/// `--ulimit` are what the step sees (docker 20.10's BuildKit ignores both, so only the hosts
+/// file is compared with it).
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn add_host_shm_size_and_ulimit_reach_run_but_no_layer() {
+    needs_root_docker_and_registry();
+    let flags = [
+        "--add-host",
+        "db.internal:10.9.8.7",
+        "--add-host",
+        "v6host=[2001:db8::7]",
+        "--shm-size",
+        "96m",
+        "--ulimit",
+        "nofile=1234:2345",
+    ];
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\n\
+             RUN cat /etc/hosts\n\
+             RUN df -k /dev/shm | awk 'NR==2 {{print $2}}' > /shm-kb && \
+             ulimit -n > /nofile && ulimit -Hn >> /nofile\n"
+        ),
+        &[],
+    );
+    let oci = tempfile::tempdir().unwrap();
+    let oci_spec = format!(
+        "type=oci,dest={},tar=false,compression=uncompressed",
+        oci.path().join("layout").display()
+    );
+    let mut args = vec!["-o", &oci_spec];
+    args.extend_from_slice(&flags);
+    let (dir, out) = build_rootfs(store.path(), ctx.path(), &args);
+    let log = stderr(&out);
+    assert!(
+        log.contains("10.9.8.7\tdb.internal\n") && log.contains("2001:db8::7\tv6host\n"),
+        "{log}"
+    );
+    assert_eq!(read(rootfs(&dir).join("shm-kb")).trim(), "98304");
+    assert_eq!(read(rootfs(&dir).join("nofile")), "1234\n2345\n");
+    for needle in [&b"db.internal"[..], b"10.9.8.7", b"2001:db8::7"] {
+        assert_eq!(
+            files_containing(&rootfs(&dir), needle),
+            Vec::<PathBuf>::new()
+        );
+        assert_eq!(files_containing(oci.path(), needle), Vec::<PathBuf>::new());
+    }
+    // The name is in the cache key (as BuildKit's); the address is nowhere in the store.
+    assert_eq!(
+        files_containing(store.path(), b"10.9.8.7"),
+        Vec::<PathBuf>::new()
+    );
+
+    // A new address for the same name hits the cache (BuildKit leaves it out of the key);
+    // a new name does not.
+    let mut moved = flags.to_vec();
+    let full_hit = cached_count(&stderr(&build_ok(store.path(), ctx.path(), &moved)));
+    moved[1] = "db.internal:10.9.8.8";
+    let out = build_ok(store.path(), ctx.path(), &moved);
+    assert_eq!(cached_count(&stderr(&out)), full_hit, "{}", stderr(&out));
+    moved[1] = "other:10.9.8.8";
+    let out = build_ok(store.path(), ctx.path(), &moved);
+    assert_eq!(
+        cached_count(&stderr(&out)),
+        full_hit - 2,
+        "{}",
+        stderr(&out)
+    );
+
+    // The hosts file against docker build's.
+    let tag = "rbuild-test/flags-add-host:docker";
+    let compare = context(
+        &format!("FROM {BASE}\nRUN cat /etc/hosts > /hosts-seen\n"),
+        &[],
+    );
+    run_ok(
+        docker()
+            .env("DOCKER_BUILDKIT", "1")
+            .args(["build", "--network=host", "-q", "--no-cache", "-t", tag])
+            .args(["--add-host", "db.internal:10.9.8.7"])
+            .arg(compare.path()),
+    );
+    let theirs =
+        run_ok(docker().args(["run", "--rm", "--network=none", tag, "cat", "/hosts-seen"]));
+    let _ = run(docker().args(["rmi", "-f", tag]));
+    let (dir, _) = build_rootfs(
+        store.path(),
+        compare.path(),
+        &["--add-host", "db.internal:10.9.8.7"],
+    );
+    assert_eq!(read(rootfs(&dir).join("hosts-seen")), theirs);
+}
+
+/// `RUN --security=insecure` needs `--allow security.insecure` (BuildKit's entitlement and
+/// message; nothing runs without it, not even the steps before). With it the step holds
+/// rbuild's own capabilities and can mount; its mount stays out of the layer and off the
+/// host. docker 20.10's frontend has no `--security` (labs syntax only), and its daemon would
+/// need the entitlement configured: no comparison.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn run_security_insecure_needs_the_entitlement() {
+    needs_root_docker_and_registry();
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\n\
+             RUN touch /before\n\
+             RUN --security=insecure grep CapEff /proc/self/status > /capeff && \
+             mkdir -p /mnt/probe && mount -t tmpfs rbuild-e2e-insecure /mnt/probe && \
+             touch /mnt/probe/inside && echo mounted > /mounted\n\
+             RUN grep CapEff /proc/self/status > /capeff-after\n"
+        ),
+        &[],
+    );
+    let err = build_fails(store.path(), ctx.path(), &[]);
+    assert!(
+        err.contains("Dockerfile:3: security.insecure is not allowed: RUN --security=insecure needs `--allow security.insecure`"),
+        "{err}"
+    );
+    assert!(!err.contains("touch /before"), "a step ran: {err}");
+    let err = build_fails(store.path(), ctx.path(), &["--allow", "security.unknown"]);
+    assert!(
+        err.contains("--allow security.unknown: unknown entitlement"),
+        "{err}"
+    );
+
+    let (dir, _) = build_rootfs(store.path(), ctx.path(), &["--allow", "security.insecure"]);
+    let ours = read("/proc/self/status")
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .unwrap()
+        .to_string();
+    let root = rootfs(&dir);
+    assert_eq!(read(root.join("capeff")).trim(), ours);
+    assert_eq!(read(root.join("mounted")), "mounted\n");
+    assert!(root.join("mnt/probe").is_dir() && !root.join("mnt/probe/inside").exists());
+    // The next step is back to Docker's defaults.
+    assert_eq!(
+        read(root.join("capeff-after")).trim(),
+        "CapEff:\t00000000a80425fb"
+    );
+    let mounts = read("/proc/self/mountinfo");
+    assert!(!mounts.contains("rbuild-e2e-insecure"), "{mounts}");
+}
+
+/// `--no-cache-filter`: the named stage's steps run again, the others come from the cache;
+/// a name that is no stage is refused with the stages that exist.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn no_cache_filter_reruns_the_named_stage_only() {
+    needs_root_docker_and_registry();
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE} AS deps\nRUN echo deps > /deps\n\
+             FROM {BASE} AS app\nCOPY --from=deps /deps /deps\nRUN echo app > /app\n"
+        ),
+        &[],
+    );
+    build_ok(store.path(), ctx.path(), &[]);
+    let out = build_ok(store.path(), ctx.path(), &["--no-cache-filter", "app"]);
+    let cached = cached_steps(&stderr(&out));
+    assert!(cached.iter().any(|l| l.contains("echo deps")), "{cached:?}");
+    assert!(!cached.iter().any(|l| l.contains("echo app")), "{cached:?}");
+    let err = build_fails(store.path(), ctx.path(), &["--no-cache-filter", "dep"]);
+    assert!(
+        err.contains("--no-cache-filter: stage `dep` could not be found") && err.contains("deps"),
+        "{err}"
+    );
+}
+
+/// `--call targets` prints the golden text of testdata/call (what `docker buildx build
+/// --call targets` prints) without building or pulling anything; `--call outline` resolves
+/// the target's bases and lists its build args and secrets; a bad method is a user error.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn call_targets_and_outline_print_and_build_nothing() {
+    needs_root_docker_and_registry();
+    let store = tempfile::tempdir().unwrap();
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/call/multi-stage");
+    let out = run(rbuild(store.path())
+        .args(["--call", "targets", "-f"])
+        .arg(case.join("Dockerfile"))
+        .arg(&case));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), read(case.join("targets")));
+    let out = run(rbuild(store.path())
+        .args(["--call", "targets,format=json", "-f"])
+        .arg(case.join("Dockerfile"))
+        .arg(&case));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), read(case.join("targets.json")));
+
+    let ctx = context(
+        &format!(
+            "# app the service\nFROM {BASE} AS app\n# LEVEL log level\nARG LEVEL=info\n\
+             RUN --mount=type=secret,id=npmrc,required true\n"
+        ),
+        &[],
+    );
+    let out = build_ok(
+        store.path(),
+        ctx.path(),
+        &["--call", "outline", "--build-arg", "LEVEL=debug"],
+    );
+    assert_eq!(
+        stdout(&out),
+        "TARGET:      app\nDESCRIPTION: the service\n\n\
+         BUILD ARG   VALUE   DESCRIPTION\nLEVEL       debug   log level\n\n\
+         SECRET   REQUIRED\nnpmrc    true\n\n"
+    );
+    assert_eq!(inspect_images(store.path()), "", "--call built something");
+    let err = build_fails(store.path(), ctx.path(), &["--call", "frobnicate"]);
+    assert!(err.contains("--call frobnicate: unknown method"), "{err}");
+}
+
+/// What `rbuild images` lists after the header.
+fn inspect_images(store: &Path) -> String {
+    let out = run_ok(
+        Command::new(rbuild_bin())
+            .env("RBUILD_ROOT", store)
+            .arg("images"),
+    );
+    out.lines().skip(1).collect::<Vec<_>>().join("\n")
+}
+
+/// `--annotation`: a plain or `manifest:` one lands in the image manifest (the stored one,
+/// the OCI output's and the pushed one); `manifest-descriptor:` on the output's index.json
+/// entry, next to the ref name; index types fail as BuildKit fails them for one platform.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn annotations_reach_the_manifest_its_descriptor_and_the_registry() {
+    needs_root_docker_and_registry();
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(&format!("FROM {BASE}\nRUN echo hi > /hi\n"), &[]);
+    let tag = format!("{}/rbuild-test/flags-annotations:1", registry());
+    let out_dir = tempfile::tempdir().unwrap();
+    let layout = out_dir.path().join("layout");
+    let oci = format!("type=oci,dest={},tar=false", layout.display());
+    build_ok(
+        store.path(),
+        ctx.path(),
+        &[
+            "-t",
+            &tag,
+            "--push",
+            "-o",
+            &oci,
+            "--annotation",
+            "org.example.plain=1",
+            "--annotation",
+            "manifest,manifest-descriptor:org.example.both=2",
+        ],
+    );
+    let _pushed = RegistryImage::pushed(&tag);
+    let json = |p: &Path| -> serde_json::Value { serde_json::from_str(&read(p)).unwrap() };
+    let index = json(&layout.join("index.json"));
+    let entry = &index["manifests"][0];
+    assert_eq!(entry["annotations"]["org.example.both"], "2", "{index}");
+    assert_eq!(
+        entry["annotations"]["org.opencontainers.image.ref.name"],
+        "1"
+    );
+    assert!(
+        entry["annotations"].get("org.example.plain").is_none(),
+        "{index}"
+    );
+    let digest = entry["digest"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("sha256:")
+        .unwrap();
+    let manifest = json(&layout.join("blobs/sha256").join(digest));
+    let want = serde_json::json!({"org.example.both": "2", "org.example.plain": "1"});
+    assert_eq!(manifest["annotations"], want, "{manifest}");
+
+    let (host, path) = tag.split_once('/').unwrap();
+    let (name, reference) = path.rsplit_once(':').unwrap();
+    let pushed = run_ok(Command::new("curl").args([
+        "-fsS",
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json",
+        &format!("http://{host}/v2/{name}/manifests/{reference}"),
+    ]));
+    let pushed: serde_json::Value = serde_json::from_str(&pushed).unwrap();
+    assert_eq!(pushed["annotations"], want, "{pushed}");
+    // The image id is the config's: annotations do not change it.
+    let plain = build_ok(store.path(), ctx.path(), &["-q"]);
+    let annotated = build_ok(store.path(), ctx.path(), &["-q", "--annotation", "a=b"]);
+    assert_eq!(stdout(&plain), stdout(&annotated));
+
+    let err = build_fails(store.path(), ctx.path(), &["--annotation", "index:k=v"]);
+    assert!(
+        err.contains(
+            "--annotation index:k=v: index annotations not supported for single platform export"
+        ),
+        "{err}"
+    );
+}

@@ -12,7 +12,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use rbuild::fileop::{FileJob, FileJobError, FileJobOutput, MkdirJob};
 use rbuild::sandbox::{
-    self, Exit, FsSource, Mount, Network, Overlay, RunSpec, SandboxError, SCRATCH_PREFIX,
+    self, Exit, FsSource, Mount, Network, Overlay, Rlimit, RlimitResource, RunSpec, SandboxError,
+    SecurityMode, SCRATCH_PREFIX,
 };
 
 /// One step at a time, so "no mount left behind" can look at every process.
@@ -26,7 +27,7 @@ struct Fixture {
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "id", "cat", "ls", "sleep", "hostname", "rm", "touch", "mkdir", "stat", "env",
-    "pwd", "grep", "wc", "true",
+    "pwd", "grep", "wc", "true", "mount", "df",
 ];
 
 /// What `#[ignore = "needs root"]` stands for here: root, /bin/busybox and overlayfs.
@@ -100,6 +101,9 @@ impl Fixture {
             mounts: Vec::new(),
             files: Vec::new(),
             pids_limit: None,
+            security: SecurityMode::Sandbox,
+            extra_hosts: Vec::new(),
+            rlimits: Vec::new(),
         }
     }
 }
@@ -479,6 +483,152 @@ fn default_capabilities_and_masked_kernel_files() {
     let mut spec = fx.spec("grep CapEff /proc/self/status");
     spec.user = "user".into();
     assert_eq!(ok(&spec).trim(), "CapEff:\t0000000000000000");
+}
+
+/// `RUN --security=insecure` (BuildKit's insecure mode): every capability, for root and
+/// for a USER alike, no seccomp filter, unmasked /proc, /sys writable, and a mount the step
+/// makes stays inside its namespace. The same script in the default sandbox can do none
+/// of it.
+#[test]
+#[ignore = "needs root"]
+fn insecure_mode_grants_all_capabilities_and_the_default_none_of_them() {
+    let _serial = serial();
+    let fx = fixture();
+    let host_caps = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .unwrap()
+        .to_string();
+    let script = "grep -E '^(CapEff|CapAmb|Seccomp):' /proc/self/status; \
+         wc -c < /proc/timer_list; \
+         grep -q ' /sys sysfs rw' /proc/mounts && echo sys-rw || echo sys-ro; \
+         mkdir -p /mnt && mount -t tmpfs -o size=1236k rbuild-insecure-probe /mnt 2>/dev/null \
+           && df -k /mnt | grep -c rbuild-insecure-probe || echo no-mount";
+    let mut spec = fx.spec(script);
+    spec.security = SecurityMode::Insecure;
+    let out = ok(&spec);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[0], host_caps, "{out}");
+    assert!(lines[1].starts_with("CapAmb:"), "{out}");
+    assert_eq!(lines[2], "Seccomp:\t0", "{out}");
+    assert_ne!(lines[3], "0", "/proc/timer_list is masked: {out}");
+    assert_eq!(&lines[4..], ["sys-rw", "1"], "{out}");
+    // Host side: the step's mount died with its namespace.
+    assert_eq!(
+        mounts_matching("rbuild-insecure-probe"),
+        Vec::<String>::new()
+    );
+
+    // A non-root USER keeps them (ambient), as in BuildKit's spec.
+    let mut spec = fx.spec("grep CapEff /proc/self/status; id -u");
+    spec.security = SecurityMode::Insecure;
+    spec.user = "user".into();
+    let out = ok(&spec);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [host_caps.as_str(), "1000"]
+    );
+
+    // The default sandbox, same script: Docker's capabilities, the filter, masks, no mount.
+    let out = ok(&fx.spec(script));
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "CapEff:\t00000000a80425fb", "{out}");
+    assert_eq!(lines[1], "CapAmb:\t0000000000000000", "{out}");
+    assert_eq!(lines[2], "Seccomp:\t2", "{out}");
+    assert_eq!(&lines[3..], ["0", "sys-ro", "no-mount"], "{out}");
+    assert_eq!(
+        mounts_matching("rbuild-insecure-probe"),
+        Vec::<String>::new()
+    );
+}
+
+/// `--add-host` lines follow BuildKit's two in the step's /etc/hosts, which stays out of
+/// the upper (it is a read-only bind of a file on the step's tmpfs).
+#[test]
+#[ignore = "needs root"]
+fn extra_hosts_reach_etc_hosts_and_never_the_upper() {
+    let _serial = serial();
+    let fx = fixture();
+    let mut spec = fx.spec("cat /etc/hosts");
+    spec.extra_hosts = vec![
+        ("db".into(), "10.1.2.3".into()),
+        ("v6".into(), "2001:db8::1".into()),
+    ];
+    let out = ok(&spec);
+    assert_eq!(
+        out,
+        "127.0.0.1\tlocalhost testhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         10.1.2.3\tdb\n2001:db8::1\tv6\n"
+    );
+    assert_eq!(listing(&spec.rootfs.upper), Vec::<String>::new());
+}
+
+/// `--ulimit`: the limits the step's processes see, for root and for a USER; raised above
+/// rbuild's own hard limit when rbuild holds CAP_SYS_RESOURCE (they are set before the
+/// step's capabilities go; a container may have taken it from rbuild already).
+#[test]
+#[ignore = "needs root"]
+fn rlimits_apply_to_the_step() {
+    let _serial = serial();
+    let fx = fixture();
+    let (_, own_hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let cap_eff = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let above = if cap_eff & (1 << CAP_SYS_RESOURCE) != 0 {
+        (own_hard + 1000).min(1 << 20)
+    } else {
+        own_hard
+    };
+    for user in ["", "user"] {
+        let mut spec = fx.spec("ulimit -n; ulimit -Hn; ulimit -Hc");
+        spec.user = user.into();
+        spec.rlimits = vec![
+            Rlimit {
+                resource: RlimitResource::Nofile,
+                soft: 321,
+                hard: above,
+            },
+            Rlimit {
+                resource: RlimitResource::Core,
+                soft: u64::MAX,
+                hard: u64::MAX,
+            },
+        ];
+        let out = ok(&spec);
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            ["321", above.to_string().as_str(), "unlimited"],
+            "user {user:?}"
+        );
+    }
+    // A soft limit above the hard one is the kernel's to refuse: a setup error, not a panic.
+    let mut spec = fx.spec("true");
+    spec.rlimits = vec![Rlimit {
+        resource: RlimitResource::Nofile,
+        soft: 10,
+        hard: 5,
+    }];
+    let err = sandbox::run(&spec, None, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("--ulimit nofile=10:5"), "{err}");
+    // Above rbuild's own hard limit without CAP_SYS_RESOURCE: the error says why.
+    if cap_eff & (1 << CAP_SYS_RESOURCE) == 0 {
+        let mut spec = fx.spec("true");
+        spec.rlimits = vec![Rlimit {
+            resource: RlimitResource::Nofile,
+            soft: 10,
+            hard: own_hard + 1,
+        }];
+        let err = sandbox::run(&spec, None, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("needs CAP_SYS_RESOURCE"), "{err}");
+    }
+    assert_no_mounts_left();
 }
 
 #[test]

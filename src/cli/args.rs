@@ -171,9 +171,30 @@ pub struct BuildArgs {
     /// through slirp4netns), host or none
     #[arg(long, value_name = "MODE")]
     pub network: Option<String>,
-    /// Allow an entitlement: `network.host` (for `RUN --network=host`)
+    /// Allow an entitlement: `network.host` (for `RUN --network=host`), `security.insecure`
+    /// (for `RUN --security=insecure`: every capability, no seccomp, /sys writable)
     #[arg(long = "allow", value_name = "ENTITLEMENT", value_delimiter = ',')]
     pub allow: Vec<String>,
+    /// Add a line to /etc/hosts of RUN steps, `HOST:IP` or `HOST=IP` (repeatable)
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<String>,
+    /// Size of /dev/shm in RUN steps, e.g. `128m`, `1g` (default 64m)
+    #[arg(long, value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Resource limit for RUN steps, `TYPE=SOFT[:HARD]`, e.g. `nofile=1024:2048` (repeatable)
+    #[arg(long = "ulimit", value_name = "TYPE=SOFT[:HARD]")]
+    pub ulimits: Vec<String>,
+    /// Do not use the cache for the RUN, COPY and ADD steps of these stages
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
+    /// Annotation for the image, `[TYPE[,TYPE][\[PLATFORM\]]:]KEY=VALUE`; TYPE is manifest (the
+    /// default) or manifest-descriptor (repeatable)
+    #[arg(long = "annotation", value_name = "[TYPE:]KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// What to do: `build` (the default), `targets` (list the stages), `outline` (the build
+    /// args and secrets the target uses); `,format=json` prints JSON
+    #[arg(long, value_name = "METHOD")]
+    pub call: Option<String>,
     /// Most processes a RUN step may have at once (0: no limit)
     #[arg(
         long,

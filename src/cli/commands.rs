@@ -13,7 +13,7 @@ use crate::registry::{Client, RegistryOptions};
 use crate::store::Store;
 
 use super::args::{Cli, Command, GlobalArgs, SaveFormat};
-use super::settings::{build_settings, source_date_epoch, store_root};
+use super::settings::{build_settings, source_date_epoch, store_root, CallFormat, CallMethod};
 use super::{reporter, UserError};
 
 /// Said to a user who is not root, before anything is read or created.
@@ -123,11 +123,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             output::save(
                 &store,
                 &reference,
-                &OutputSpec {
-                    kind,
-                    compression: None,
-                    level: None,
-                },
+                &OutputSpec::plain(kind),
                 source_date_epoch(None)?,
             )?;
             Ok(())
@@ -189,6 +185,30 @@ fn find_image(store: &Store, reference: &str) -> anyhow::Result<crate::store::Im
 
 fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     let settings = build_settings(args)?;
+    match settings.call {
+        CallMethod::Build => {}
+        CallMethod::Targets(format) => {
+            let text = &settings.request.dockerfile_text;
+            let targets = crate::plan::targets(text, &settings.request.dockerfile_name)?;
+            return stdout_text(&match format {
+                CallFormat::Text => crate::plan::render_targets(&targets),
+                CallFormat::Json => crate::plan::targets_json(&targets, text),
+            });
+        }
+        CallMethod::Outline(format) => {
+            let req = &settings.request;
+            let store = open_store(global)?;
+            let registry = registry(global)?;
+            let mut bases = exec::PlanResolver::new(&store, &registry, req);
+            let opts = req.plan_options();
+            let plan = crate::plan::plan(&req.dockerfile_text, &opts, &mut bases)?;
+            let outline = crate::plan::outline(&req.dockerfile_text, &opts, &plan)?;
+            return stdout_text(&match format {
+                CallFormat::Text => crate::plan::render_outline(&outline),
+                CallFormat::Json => crate::plan::outline_json(&outline, &req.dockerfile_text),
+            });
+        }
+    }
     let store = open_store(global)?;
     let registry = registry(global)?;
     let report = reporter(args.progress, args.quiet);
@@ -295,13 +315,9 @@ fn load_into_docker(
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| UserError(format!("--load: running `docker load`: {e}")))?;
-    let spec = OutputSpec {
-        kind: OutputKind::Docker {
-            dest: PathBuf::from("-"),
-        },
-        compression: None,
-        level: None,
-    };
+    let spec = OutputSpec::plain(OutputKind::Docker {
+        dest: PathBuf::from("-"),
+    });
     let mut stdin = child.stdin.take().expect("stdin was piped");
     let written = output::write_to(store, image, tags, &spec, epoch, &mut stdin);
     drop(stdin);

@@ -9,6 +9,7 @@ use crate::dockerfile::instructions::NetworkMode;
 use crate::exec::{BuildRequest, NamedContext, SecretSource};
 use crate::image::{Platform, Reference, SourceDateEpoch};
 use crate::output::{self, OutputSpec};
+use crate::plan::{ExtraHost, Ulimit};
 
 use super::{BuildArgs, UserError};
 
@@ -29,7 +30,55 @@ pub fn store_root(root: Option<&Path>) -> PathBuf {
     }
 }
 
+/// `--call`: build (the default), or print what the Dockerfile offers and uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallMethod {
+    Build,
+    /// The stages and their descriptions (BuildKit's frontend.targets).
+    Targets(CallFormat),
+    /// The build args, secrets and ssh ids the target uses (frontend.outline).
+    Outline(CallFormat),
+}
+
+/// `--call NAME,format=...`: buildx's table, or BuildKit's result.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallFormat {
+    Text,
+    Json,
+}
+
+/// `--call NAME[,format=text|json]`, as buildx's ParseCallFunc reads it.
+fn parse_call(spec: &str) -> Result<CallMethod, String> {
+    let mut name = None;
+    let mut format = CallFormat::Text;
+    for field in spec.split(',') {
+        match field.split_once('=') {
+            Some(("format", "text")) => format = CallFormat::Text,
+            Some(("format", "json")) => format = CallFormat::Json,
+            Some(("format", other)) => {
+                return Err(format!("unknown format `{other}` (text or json)"))
+            }
+            Some(("ignorestatus", _)) => {}
+            Some((key, _)) => return Err(format!("unknown field `{key}`")),
+            None if name.is_some() => return Err("give one method".into()),
+            None => name = Some(field),
+        }
+    }
+    match name.unwrap_or("build") {
+        "build" => Ok(CallMethod::Build),
+        "targets" => Ok(CallMethod::Targets(format)),
+        "outline" => Ok(CallMethod::Outline(format)),
+        "check" | "lint" => Err(
+            "rbuild has no Dockerfile checks yet; rbuild knows build, targets and outline".into(),
+        ),
+        other => Err(format!(
+            "unknown method `{other}` (rbuild knows build, targets and outline)"
+        )),
+    }
+}
+
 pub struct BuildSettings {
+    pub call: CallMethod,
     pub request: BuildRequest,
     pub outputs: Vec<OutputSpec>,
     pub iidfile: Option<PathBuf>,
@@ -117,21 +166,50 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
     };
     // Asking for the host's network on the command line grants it, as in buildx.
     let mut allow_network_host = network == NetworkMode::Host;
+    let mut allow_insecure = false;
     for a in &args.allow {
         match a.as_str() {
             "network.host" => allow_network_host = true,
-            "security.insecure" => {
-                return Err(user(
-                    "--allow security.insecure: rbuild does not run privileged steps",
-                ))
-            }
+            "security.insecure" => allow_insecure = true,
             other => {
                 return Err(user(format!(
-                    "--allow {other}: unknown entitlement (rbuild knows network.host)"
+                    "--allow {other}: unknown entitlement (rbuild knows network.host and security.insecure)"
                 )))
             }
         }
     }
+    let extra_hosts = args
+        .add_hosts
+        .iter()
+        .map(|h| parse_add_host(h).map_err(|e| user(format!("--add-host {h}: {e}"))))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let shm_size = match args.shm_size.as_deref() {
+        None => None,
+        Some(s) => match crate::plan::parse_size(s) {
+            // 0 is docker's "the default".
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => {
+                return Err(user(format!(
+                    "--shm-size {s}: expected a size such as 64m, 1g or a number of bytes"
+                )))
+            }
+        },
+    };
+    let ulimits = args
+        .ulimits
+        .iter()
+        .map(|u| parse_ulimit(u).map_err(|e| user(format!("--ulimit {u}: {e}"))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let no_cache_stages: Vec<String> = args
+        .no_cache_filter
+        .iter()
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .collect();
     // -1 is docker's spelling of "no limit", as is 0.
     let pids_limit = match args.pids_limit {
         n if n <= 0 => None,
@@ -207,7 +285,30 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
         return Err(user("--push needs a name: add -t REGISTRY/NAME:TAG"));
     }
 
+    let mut manifest_annotations = BTreeMap::new();
+    let mut descriptor_annotations = BTreeMap::new();
+    for a in &args.annotations {
+        let parsed =
+            parse_annotation(a, &platform).map_err(|e| user(format!("--annotation {a}: {e}")))?;
+        for (level, key, value) in parsed {
+            match level {
+                AnnotationLevel::Manifest => manifest_annotations.insert(key, value),
+                AnnotationLevel::ManifestDescriptor => descriptor_annotations.insert(key, value),
+            };
+        }
+    }
+    let mut outputs = outputs;
+    for o in &mut outputs {
+        o.descriptor_annotations = descriptor_annotations.clone();
+    }
+
+    let call = match args.call.as_deref() {
+        None => CallMethod::Build,
+        Some(c) => parse_call(c).map_err(|e| user(format!("--call {c}: {e}")))?,
+    };
+
     Ok(BuildSettings {
+        call,
         request: BuildRequest {
             context,
             dockerfile_name,
@@ -221,6 +322,12 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             labels,
             network,
             allow_network_host,
+            allow_insecure,
+            no_cache_stages,
+            extra_hosts,
+            shm_size,
+            ulimits,
+            manifest_annotations,
             pids_limit,
             secrets,
             build_contexts,
@@ -262,6 +369,153 @@ fn dockerfile_text(bytes: Vec<u8>, shown: &str) -> anyhow::Result<String> {
     })
 }
 
+/// Where an `--annotation` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnnotationLevel {
+    /// The image manifest's `annotations`.
+    Manifest,
+    /// The descriptors that point at the manifest (an output's index.json).
+    ManifestDescriptor,
+}
+
+/// `KEY=VALUE` or `TYPE[,TYPE...]:KEY=VALUE`, each TYPE optionally qualified by a platform
+/// in brackets (`manifest[linux/amd64]`), as buildx's ParseAnnotations. rbuild builds one
+/// platform, so the index types fail as BuildKit fails them for a single-platform export,
+/// and a platform qualifier must name the build's platform.
+fn parse_annotation(
+    spec: &str,
+    platform: &Platform,
+) -> Result<Vec<(AnnotationLevel, String, String)>, String> {
+    let (k, v) = spec
+        .split_once('=')
+        .ok_or("expected KEY=VALUE or TYPE:KEY=VALUE")?;
+    let Some((types, key)) = k.split_once(':') else {
+        if k.is_empty() {
+            return Err("empty key".into());
+        }
+        return Ok(vec![(AnnotationLevel::Manifest, k.into(), v.into())]);
+    };
+    if key.is_empty() {
+        return Err("empty key".into());
+    }
+    let mut out = Vec::new();
+    for typ in types.split(',') {
+        let (name, qualifier) = match typ.split_once('[') {
+            Some((n, rest)) => {
+                let q = rest
+                    .strip_suffix(']')
+                    .ok_or(format!("invalid annotation type `{typ}`, expected type and optional platform in square brackets"))?;
+                (n, Some(q))
+            }
+            None => (typ, None),
+        };
+        if let Some(q) = qualifier {
+            let host = platform.to_spec();
+            let plain = format!("{}/{}", platform.os, platform.architecture);
+            if q != host && q != plain {
+                return Err(format!(
+                    "no platform {q} in this build (rbuild builds {host} only)"
+                ));
+            }
+        }
+        let level = match name {
+            "manifest" => AnnotationLevel::Manifest,
+            "manifest-descriptor" => AnnotationLevel::ManifestDescriptor,
+            "index" | "index-descriptor" => {
+                return Err(format!(
+                    "index annotations not supported for single platform export (`{name}`: \
+                     rbuild makes one manifest, no index)"
+                ))
+            }
+            other => return Err(format!("unknown annotation type `{other}` (manifest, manifest-descriptor, index, index-descriptor)")),
+        };
+        out.push((level, key.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// `HOST:IP` or `HOST=IP` (buildx's toBuildkitExtraHosts): `=` is looked for first, so
+/// `HOST=::1` works; an address may be in brackets (`[::1]`), several may follow,
+/// comma-separated, each giving a line. BuildKit's frontend lowercases the name.
+fn parse_add_host(spec: &str) -> Result<Vec<ExtraHost>, String> {
+    let (host, ips) = spec
+        .split_once('=')
+        .or_else(|| spec.split_once(':'))
+        .ok_or("expected HOST:IP or HOST=IP")?;
+    if host.is_empty() || ips.is_empty() {
+        return Err("expected HOST:IP or HOST=IP".into());
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '#') {
+        return Err(format!("`{host}` is not a host name"));
+    }
+    if ips == "host-gateway" {
+        // buildx asks the docker engine for its gateway; with no engine there is none
+        // (buildx's docker-container driver refuses it the same way).
+        return Err("host-gateway needs a docker engine's gateway; give the host's IP address (for example its address on the network the build reaches)".into());
+    }
+    let mut out = Vec::new();
+    for ip in ips.split(',') {
+        let bare = ip
+            .strip_prefix('[')
+            .and_then(|i| i.strip_suffix(']'))
+            .unwrap_or(ip);
+        let addr: std::net::IpAddr = bare
+            .parse()
+            .map_err(|_| format!("`{ip}` is not an IP address"))?;
+        out.push(ExtraHost {
+            host: host.to_lowercase(),
+            ip: addr.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// `TYPE=SOFT[:HARD]` as docker's go-units ParseUlimit reads it: HARD defaults to SOFT,
+/// -1 is unlimited, SOFT may not exceed HARD.
+fn parse_ulimit(spec: &str) -> Result<Ulimit, String> {
+    let (name, limits) = spec
+        .split_once('=')
+        .ok_or("expected TYPE=SOFT[:HARD], e.g. nofile=1024:2048")?;
+    if crate::sandbox::RlimitResource::from_name(name).is_none() {
+        let known: Vec<&str> = crate::sandbox::RlimitResource::ALL
+            .iter()
+            .map(|r| r.name())
+            .collect();
+        return Err(format!(
+            "unknown type `{name}` (known: {})",
+            known.join(", ")
+        ));
+    }
+    let number = |v: &str| -> Result<i64, String> {
+        match v.parse::<i64>() {
+            Ok(n) if n >= -1 => Ok(n),
+            _ => Err(format!(
+                "`{v}` is not a limit (a number, or -1 for unlimited)"
+            )),
+        }
+    };
+    let (soft, hard) = match limits.split(':').collect::<Vec<_>>().as_slice() {
+        [soft] => (number(soft)?, number(soft)?),
+        [soft, hard] => (number(soft)?, number(hard)?),
+        _ => return Err("too many values: expected SOFT[:HARD]".into()),
+    };
+    if hard != -1 && (soft == -1 || soft > hard) {
+        let soft = if soft == -1 {
+            "-1 (unlimited)".to_string()
+        } else {
+            soft.to_string()
+        };
+        return Err(format!(
+            "the soft limit must be less than or equal to the hard limit: {soft} > {hard}"
+        ));
+    }
+    Ok(Ulimit {
+        name: name.to_string(),
+        soft,
+        hard,
+    })
+}
+
 /// `id=ID,src=PATH` | `id=ID,env=VAR` (also `source=`, `type=file|env`); `id=X` alone reads
 /// the environment variable X if set, else the file X, as buildx does.
 fn parse_secret(spec: &str) -> Result<(String, SecretSource), String> {
@@ -300,6 +554,133 @@ fn parse_secret(spec: &str) -> Result<(String, SecretSource), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn annotations_parse_like_buildx() {
+        let host = Platform::host();
+        let m = |k: &str, v: &str| (AnnotationLevel::Manifest, k.to_string(), v.to_string());
+        let d = |k: &str, v: &str| {
+            (
+                AnnotationLevel::ManifestDescriptor,
+                k.to_string(),
+                v.to_string(),
+            )
+        };
+        assert_eq!(parse_annotation("a=b", &host).unwrap(), [m("a", "b")]);
+        assert_eq!(parse_annotation("a=b=c", &host).unwrap(), [m("a", "b=c")]);
+        assert_eq!(
+            parse_annotation("manifest,manifest-descriptor:org.x=1", &host).unwrap(),
+            [m("org.x", "1"), d("org.x", "1")]
+        );
+        let qualified = format!("manifest-descriptor[{}]:k=v", host.to_spec());
+        assert_eq!(parse_annotation(&qualified, &host).unwrap(), [d("k", "v")]);
+        assert!(parse_annotation("manifest[plan9/mips]:k=v", &host)
+            .unwrap_err()
+            .contains("no platform plan9/mips"));
+        assert!(parse_annotation("index:k=v", &host)
+            .unwrap_err()
+            .contains("index annotations not supported for single platform export"));
+        for bad in [
+            "novalue",
+            "=v",
+            "manifest:=v",
+            "bogus:k=v",
+            "manifest[linux:k=v",
+        ] {
+            assert!(parse_annotation(bad, &host).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn call_methods_parse_like_buildx() {
+        assert_eq!(parse_call("build"), Ok(CallMethod::Build));
+        assert_eq!(
+            parse_call("targets"),
+            Ok(CallMethod::Targets(CallFormat::Text))
+        );
+        assert_eq!(
+            parse_call("outline,format=text"),
+            Ok(CallMethod::Outline(CallFormat::Text))
+        );
+        assert_eq!(
+            parse_call("format=json,targets"),
+            Ok(CallMethod::Targets(CallFormat::Json))
+        );
+        for bad in [
+            "outline,format=yaml",
+            "frob",
+            "targets,outline",
+            "outline,x=1",
+            "check",
+        ] {
+            assert!(parse_call(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn add_hosts_parse_like_buildx() {
+        let one = |host: &str, ip: &str| ExtraHost {
+            host: host.into(),
+            ip: ip.into(),
+        };
+        assert_eq!(
+            parse_add_host("db:10.0.0.5").unwrap(),
+            [one("db", "10.0.0.5")]
+        );
+        assert_eq!(
+            parse_add_host("DB=10.0.0.5").unwrap(),
+            [one("db", "10.0.0.5")]
+        );
+        assert_eq!(parse_add_host("v6=::1").unwrap(), [one("v6", "::1")]);
+        assert_eq!(parse_add_host("v6:::1").unwrap(), [one("v6", "::1")]);
+        assert_eq!(
+            parse_add_host("v6=[2001:db8::1]").unwrap(),
+            [one("v6", "2001:db8::1")]
+        );
+        assert_eq!(
+            parse_add_host("two=10.0.0.1,10.0.0.2").unwrap(),
+            [one("two", "10.0.0.1"), one("two", "10.0.0.2")]
+        );
+        for bad in [
+            "db",
+            "db:",
+            ":10.0.0.1",
+            "db:nothost",
+            "db=host-gateway",
+            "a b:1.2.3.4",
+        ] {
+            assert!(parse_add_host(bad).is_err(), "{bad}");
+        }
+        assert!(parse_add_host("x=host-gateway")
+            .unwrap_err()
+            .contains("host-gateway"));
+    }
+
+    #[test]
+    fn ulimits_parse_like_docker() {
+        let u = |name: &str, soft, hard| Ulimit {
+            name: name.into(),
+            soft,
+            hard,
+        };
+        assert_eq!(
+            parse_ulimit("nofile=1024:2048").unwrap(),
+            u("nofile", 1024, 2048)
+        );
+        assert_eq!(parse_ulimit("nproc=50").unwrap(), u("nproc", 50, 50));
+        assert_eq!(parse_ulimit("core=-1").unwrap(), u("core", -1, -1));
+        assert_eq!(parse_ulimit("core=0:-1").unwrap(), u("core", 0, -1));
+        assert!(parse_ulimit("nofile=2048:1024")
+            .unwrap_err()
+            .contains("soft limit must be less than or equal"));
+        assert!(parse_ulimit("core=-1:10").is_err());
+        assert!(parse_ulimit("as=1")
+            .unwrap_err()
+            .contains("unknown type `as`"));
+        for bad in ["nofile", "nofile=", "nofile=x", "nofile=1:2:3", "nofile=-2"] {
+            assert!(parse_ulimit(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn secrets_parse_like_buildx() {

@@ -89,6 +89,14 @@ pub enum ErrorKind {
         /// ` (did you mean `build`?)` or empty ([`did_you_mean`]).
         suggestion: String,
     },
+    /// `--no-cache-filter` naming no stage (BuildKit ignores it; a typo would silently
+    /// keep the cache).
+    #[error("--no-cache-filter: stage `{stage}` could not be found{suggestion}{}", stage_list(.stages))]
+    UnknownNoCacheStage {
+        stage: String,
+        stages: Vec<String>,
+        suggestion: String,
+    },
     #[error("file with no instructions: dockerfile contains no stages to build")]
     Empty,
     #[error("resolving base image `{reference}`: {reason}")]

@@ -54,6 +54,24 @@ pub struct Node {
     pub end_line: usize,
     /// The logical line (keyword, flags, arguments; continuations joined).
     pub text: String,
+    /// The comment lines above the instruction since the previous one, without the `#`
+    /// (BuildKit's PrevComment): blank lines keep them, an empty `#` line drops those
+    /// before it, directives and comments inside a continuation are not among them. A
+    /// stage's or ARG's description is the one that starts with its name (doc_comment).
+    pub comments: Vec<String>,
+}
+
+impl Node {
+    /// BuildKit's getDocComment: the rest of the first comment line that starts with
+    /// `name` and a space (`# build compiles the app` above `FROM ... AS build`).
+    pub fn doc_comment(&self, name: &str) -> Option<&str> {
+        if name.is_empty() {
+            return None;
+        }
+        self.comments
+            .iter()
+            .find_map(|c| c.strip_prefix(name)?.strip_prefix(' '))
+    }
 }
 
 /// A builder flag (`--name=value` or `--name`), quotes already removed like BuildKit does.
@@ -141,10 +159,21 @@ pub fn parse(text: &str) -> Result<Ast, SyntaxError> {
     };
 
     let mut nodes = Vec::new();
+    let mut comments = Vec::new();
     while i < lines.len() {
         let first = lines[i];
         i += 1;
-        if is_comment(first) || first.trim().is_empty() {
+        if is_comment(first) {
+            // As BuildKit: the text after the line's first character, trimmed.
+            let text = first.get(1..).unwrap_or("").trim();
+            if text.is_empty() {
+                comments.clear();
+            } else {
+                comments.push(text.to_string());
+            }
+            continue;
+        }
+        if first.trim().is_empty() {
             continue;
         }
         let start_line = i;
@@ -207,6 +236,7 @@ pub fn parse(text: &str) -> Result<Ast, SyntaxError> {
             }
         }
         node.end_line = i.max(start_line);
+        node.comments = std::mem::take(&mut comments);
         nodes.push(node);
     }
     Ok(Ast {
@@ -318,6 +348,7 @@ fn node_from_logical(l: &Logical, escape: char, line: usize) -> Result<Node, Syn
         args_start: l.at(args_off.min(text.len().saturating_sub(1))),
         end_line: l.at(text.len().saturating_sub(1)).line,
         text: text.to_string(),
+        comments: Vec::new(),
     })
 }
 
@@ -567,6 +598,26 @@ pub fn dump(ast: &Ast) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comments_above_an_instruction_are_kept_for_descriptions() {
+        let ast = parse(
+            "# syntax=docker/dockerfile:1\n# dropped by the empty comment\n#\n\
+             # base the image we start from\n\n# second line\nFROM busybox AS base\n\
+             RUN a \\\n# inside a continuation\n  b\n# VERSION the version\nARG VERSION=1\n",
+        )
+        .unwrap();
+        let n = &ast.nodes;
+        assert_eq!(
+            n[0].comments,
+            ["base the image we start from", "second line"]
+        );
+        assert_eq!(n[0].doc_comment("base"), Some("the image we start from"));
+        assert_eq!(n[0].doc_comment("bas"), None);
+        assert_eq!(n[0].doc_comment(""), None);
+        assert!(n[1].comments.is_empty());
+        assert_eq!(n[2].doc_comment("VERSION"), Some("the version"));
+    }
 
     #[test]
     fn continuation_skips_comments_and_blank_lines() {

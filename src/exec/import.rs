@@ -42,7 +42,7 @@ pub fn import_rootfs(
         platform: Platform::host(),
         source_date_epoch,
         named_contexts: Default::default(),
-        network: Default::default(),
+        ..Default::default()
     };
     let plan = plan::plan(&dockerfile, &opts, &mut NoBases)?;
     let stage = &plan.stages[plan.target];
@@ -77,7 +77,12 @@ pub fn import_rootfs(
         comment: Some("Imported from tarball".to_string()),
         ..Default::default()
     }];
-    let record = store.put_image(&config, &[digest], Compression::Uncompressed)?;
+    let record = store.put_image(
+        &config,
+        &[digest],
+        Compression::Uncompressed,
+        &Default::default(),
+    )?;
     store.tag(reference, &record.manifest)?;
     Ok(record)
 }

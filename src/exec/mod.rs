@@ -61,30 +61,33 @@ pub fn install_signal_handlers() {
     });
 }
 
-/// `RUN --network=host` in the Dockerfile needs `--allow network.host`, as in BuildKit: a
-/// Dockerfile from a pull request must not choose the host's network by itself. Checked for
+/// `RUN --network=host` in the Dockerfile needs `--allow network.host`, and
+/// `RUN --security=insecure` needs `--allow security.insecure`, as in BuildKit: a
+/// Dockerfile from a pull request must not choose the host's network or full privileges by
+/// itself. Checked for
 /// every step the target needs before anything runs, cached or not.
 fn check_entitlements(plan: &Plan, req: &BuildRequest) -> Result<(), BuildError> {
-    if req.allow_network_host {
-        return Ok(());
-    }
+    use crate::dockerfile::instructions::{NetworkMode, Security};
     let needed = plan.waves().into_iter().flatten();
     for stage in needed.filter_map(|i| plan.stage(i)) {
         for step in &stage.steps {
-            if let plan::Op::Run(run) = &step.op {
-                if run.network == crate::dockerfile::instructions::NetworkMode::Host {
-                    return Err(BuildError::at(
-                        &req.dockerfile_name,
-                        step.line,
-                        &step.text,
-                        BuildError::Invalid(
-                            "network.host is not allowed: RUN --network=host needs \
-                             `--allow network.host` on the command line"
-                                .to_string(),
-                        ),
-                    ));
-                }
-            }
+            let plan::Op::Run(run) = &step.op else {
+                continue;
+            };
+            let refused = if run.network == NetworkMode::Host && !req.allow_network_host {
+                "network.host is not allowed: RUN --network=host needs \
+                 `--allow network.host` on the command line"
+            } else if run.security == Security::Insecure && !req.allow_insecure {
+                steps::INSECURE_NOT_ALLOWED
+            } else {
+                continue;
+            };
+            return Err(BuildError::at(
+                &req.dockerfile_name,
+                step.line,
+                &step.text,
+                BuildError::Invalid(refused.to_string()),
+            ));
         }
     }
     Ok(())

@@ -119,7 +119,8 @@ fn gzip_manifest(
         media_type: Some(media::OCI_MANIFEST.to_string()),
         config: Descriptor::new(media::OCI_CONFIG, record.config_digest.clone(), config_size),
         layers,
-        annotations: None,
+        // `--annotation manifest:K=V`, kept in the stored manifest.
+        annotations: record.manifest_body.annotations.clone(),
     };
     let bytes = canonical_json(&manifest);
     Ok((media::OCI_MANIFEST.to_string(), manifest, bytes))

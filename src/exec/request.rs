@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::dockerfile::instructions::NetworkMode;
 use crate::image::{Platform, Reference, SourceDateEpoch};
-use crate::plan::BuildOptions;
+use crate::plan::{BuildOptions, ExtraHost, Ulimit};
 
 #[derive(Debug)]
 pub struct BuildRequest {
@@ -28,6 +28,18 @@ pub struct BuildRequest {
     pub network: NetworkMode,
     /// `--allow network.host`: `RUN --network=host` may run (BuildKit's entitlement).
     pub allow_network_host: bool,
+    /// `--allow security.insecure`: `RUN --security=insecure` may run (BuildKit's
+    /// entitlement).
+    pub allow_insecure: bool,
+    /// `--no-cache-filter`: stages whose RUN/COPY/ADD steps run whatever the cache holds.
+    pub no_cache_stages: Vec<String>,
+    /// `--add-host`, `--shm-size` (bytes), `--ulimit`: for every RUN step.
+    pub extra_hosts: Vec<ExtraHost>,
+    pub shm_size: Option<u64>,
+    pub ulimits: Vec<Ulimit>,
+    /// `--annotation [manifest:]K=V`: on the image manifest (kept in the store, pushed and
+    /// written by outputs). Descriptor annotations travel with the outputs instead.
+    pub manifest_annotations: BTreeMap<String, String>,
     /// Most processes a RUN step may have at once; None: no limit.
     pub pids_limit: Option<u32>,
     pub secrets: BTreeMap<String, SecretSource>,
@@ -66,6 +78,10 @@ impl BuildRequest {
             source_date_epoch: self.source_date_epoch,
             named_contexts: self.build_contexts.keys().cloned().collect(),
             network: self.network,
+            extra_hosts: self.extra_hosts.clone(),
+            shm_size: self.shm_size,
+            ulimits: self.ulimits.clone(),
+            no_cache_stages: self.no_cache_stages.clone(),
         }
     }
 }

@@ -32,6 +32,26 @@ const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 /// How many of a failed RUN's last output lines its error repeats.
 const FAILED_OUTPUT_LINES: usize = 10;
 
+/// Why a `RUN --security=insecure` does not run: BuildKit's entitlement error, and what to do.
+pub(super) const INSECURE_NOT_ALLOWED: &str = "security.insecure is not allowed: \
+     RUN --security=insecure needs `--allow security.insecure` on the command line";
+
+/// A `--ulimit` as the sandbox takes it (-1: unlimited).
+fn rlimit(u: &plan::Ulimit) -> Result<sandbox::Rlimit, BuildError> {
+    let resource = sandbox::RlimitResource::from_name(&u.name)
+        .ok_or_else(|| BuildError::Invalid(format!("--ulimit: unknown type `{}`", u.name)))?;
+    let limit = |v: i64| match v {
+        -1 => Ok(u64::MAX),
+        v => u64::try_from(v)
+            .map_err(|_| BuildError::Invalid(format!("--ulimit {}: negative limit {v}", u.name))),
+    };
+    Ok(sandbox::Rlimit {
+        resource,
+        soft: limit(u.soft)?,
+        hard: limit(u.hard)?,
+    })
+}
+
 /// A step context: one per stage building at a time (see [`Ctx::fork`]).
 pub struct Ctx<'a> {
     store: &'a Store,
@@ -291,6 +311,21 @@ impl<'a> Ctx<'a> {
         BuildError::at(&self.req.dockerfile_name, step.line, &step.text, cause)
     }
 
+    /// Whether `step` runs whatever the cache holds: `--no-cache`, or `--no-cache-filter`
+    /// naming its stage, which BuildKit applies to RUN, COPY and ADD (not WORKDIR).
+    fn ignores_cache(&self, stage: &Stage, step: &Step) -> bool {
+        if self.req.no_cache {
+            return true;
+        }
+        let filtered = stage.name.as_deref().is_some_and(|name| {
+            self.req
+                .no_cache_stages
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(name))
+        });
+        filtered && matches!(step.op, Op::Run(_) | Op::Copy(_))
+    }
+
     /// One filesystem step; Ok(true) when it came from the cache.
     fn step(
         &mut self,
@@ -305,7 +340,7 @@ impl<'a> Ctx<'a> {
         let prepared = self.prepare(step, done)?;
         self.reporter.phase(id, "prepare", phase.elapsed());
         let key = plan::cache_key(&state.key, &step.key, prepared.content.as_ref());
-        if !self.req.no_cache {
+        if !self.ignores_cache(stage, step) {
             if let Some(rec) = self.store.get_cache(&key) {
                 let layer_ok = rec
                     .chain
@@ -393,11 +428,18 @@ impl<'a> Ctx<'a> {
         done: &BTreeMap<usize, StageState>,
         id: StepId,
     ) -> Result<(), BuildError> {
-        if run.security == Security::Insecure {
-            return Err(BuildError::Invalid(
-                "RUN --security=insecure is not supported: rbuild does not run privileged steps"
-                    .to_string(),
-            ));
+        // The entitlement was checked for the whole plan before anything ran
+        // (check_entitlements); this is the last guard before a privileged step.
+        let security = match run.security {
+            Security::Sandbox => sandbox::SecurityMode::Sandbox,
+            Security::Insecure if self.req.allow_insecure => sandbox::SecurityMode::Insecure,
+            Security::Insecure => {
+                return Err(BuildError::Invalid(INSECURE_NOT_ALLOWED.to_string()));
+            }
+        };
+        let mut rlimits = Vec::new();
+        for u in &run.ulimits {
+            rlimits.push(rlimit(u)?);
         }
         let mut env = run.env.clone();
         env.extend(run.proxy_env.iter().cloned());
@@ -427,6 +469,13 @@ impl<'a> Ctx<'a> {
                 .map(|f| (f.path.clone(), f.content.clone().into_bytes(), f.mode))
                 .collect(),
             pids_limit: self.req.pids_limit,
+            security,
+            extra_hosts: run
+                .extra_hosts
+                .iter()
+                .map(|h| (h.host.clone(), h.ip.clone()))
+                .collect(),
+            rlimits,
         };
         let reporter = self.reporter;
         let mut tail = OutputTail::new(FAILED_OUTPUT_LINES);
@@ -793,9 +842,12 @@ impl<'a> Ctx<'a> {
             let labels = config.config.labels.get_or_insert_with(Default::default);
             labels.extend(self.req.labels.clone());
         }
-        Ok(self
-            .store
-            .put_image(&config, &state.chains, Compression::Uncompressed)?)
+        Ok(self.store.put_image(
+            &config,
+            &state.chains,
+            Compression::Uncompressed,
+            &self.req.manifest_annotations,
+        )?)
     }
 }
 

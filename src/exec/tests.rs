@@ -51,6 +51,12 @@ impl Fixture {
             labels: BTreeMap::new(),
             network: NetworkMode::Default,
             allow_network_host: false,
+            allow_insecure: false,
+            no_cache_stages: Vec::new(),
+            extra_hosts: Vec::new(),
+            shm_size: None,
+            ulimits: Vec::new(),
+            manifest_annotations: BTreeMap::new(),
             pids_limit: None,
             secrets: BTreeMap::new(),
             build_contexts: BTreeMap::new(),
@@ -239,8 +245,9 @@ fn a_changed_build_arg_misses_and_the_old_value_hits_again() {
 
 /// What the executor hands the sandbox for the Dockerfile's RUN steps, from a store of its
 /// own (so nothing is cached), minus what is deliberately left out of the cache key: the
-/// proxy variables (BuildKit drops ProxyEnv from an exec op's key) and `--pids-limit` (a
-/// limit can make a step fail, never make it produce something else).
+/// proxy variables (BuildKit drops ProxyEnv from an exec op's key), `--add-host` addresses
+/// (dropped from it too) and `--pids-limit` (a limit can make a step fail, never make it
+/// produce something else).
 fn run_specs(req: &BuildRequest) -> Vec<RunSpec> {
     let f = Fixture::new(&[]);
     let req = BuildRequest {
@@ -256,6 +263,12 @@ fn run_specs(req: &BuildRequest) -> Vec<RunSpec> {
         labels: req.labels.clone(),
         network: req.network,
         allow_network_host: req.allow_network_host,
+        allow_insecure: req.allow_insecure,
+        no_cache_stages: req.no_cache_stages.clone(),
+        extra_hosts: req.extra_hosts.clone(),
+        shm_size: req.shm_size,
+        ulimits: req.ulimits.clone(),
+        manifest_annotations: req.manifest_annotations.clone(),
         pids_limit: req.pids_limit,
         secrets: req.secrets.clone(),
         build_contexts: req.build_contexts.clone(),
@@ -274,6 +287,10 @@ fn run_specs(req: &BuildRequest) -> Vec<RunSpec> {
         .map(|mut spec| {
             spec.env.retain(|v| !proxy(v));
             spec.pids_limit = None;
+            // BuildKit clears an --add-host's address from the exec op's key too.
+            for (_, ip) in &mut spec.extra_hosts {
+                ip.clear();
+            }
             spec
         })
         .collect()
@@ -284,6 +301,16 @@ fn run_specs(req: &BuildRequest) -> Vec<RunSpec> {
 /// hostname, platform, security mode) must be in its key: for each variation of a build,
 /// if the sandbox would be asked something else, the step must miss. The proxy variables
 /// are the exception (BuildKit's too): they change the step's env but hit.
+fn with_host(req: BuildRequest, host: &str, ip: &str) -> BuildRequest {
+    BuildRequest {
+        extra_hosts: vec![crate::plan::ExtraHost {
+            host: host.into(),
+            ip: ip.into(),
+        }],
+        ..req
+    }
+}
+
 #[test]
 fn everything_the_executor_resolves_for_run_is_in_the_key() {
     let f = Fixture::new(&[]);
@@ -334,6 +361,47 @@ fn everything_the_executor_resolves_for_run_is_in_the_key() {
             },
             false,
         ),
+        (
+            "--security=insecure",
+            BuildRequest {
+                allow_insecure: true,
+                ..f.request("FROM scratch\nRUN --security=insecure echo hi\n")
+            },
+            true,
+        ),
+        (
+            "--allow security.insecure alone",
+            BuildRequest {
+                allow_insecure: true,
+                ..f.request(text)
+            },
+            false,
+        ),
+        (
+            "--add-host",
+            with_host(f.request(text), "db", "10.0.0.1"),
+            true,
+        ),
+        (
+            "--shm-size",
+            BuildRequest {
+                shm_size: Some(1 << 30),
+                ..f.request(text)
+            },
+            true,
+        ),
+        (
+            "--ulimit",
+            BuildRequest {
+                ulimits: vec![crate::plan::Ulimit {
+                    name: "nofile".into(),
+                    soft: 100,
+                    hard: 200,
+                }],
+                ..f.request(text)
+            },
+            true,
+        ),
     ];
     for (what, req, should_miss) in &variations {
         let ran = runs(&f.calls(req));
@@ -354,6 +422,42 @@ fn everything_the_executor_resolves_for_run_is_in_the_key() {
     assert_eq!(network_of(&variations[0].1), Network::None);
     assert_eq!(network_of(&variations[1].1), Network::Host);
     assert_eq!(run_specs(&variations[2].1)[0].hostname, "other");
+    let spec_of = |what: &str| {
+        let (_, req, _) = variations.iter().find(|(w, _, _)| *w == what).unwrap();
+        run_specs(req).remove(0)
+    };
+    assert_eq!(
+        base_specs[0].security,
+        crate::sandbox::SecurityMode::Sandbox
+    );
+    assert_eq!(
+        spec_of("--security=insecure").security,
+        crate::sandbox::SecurityMode::Insecure
+    );
+    assert_eq!(
+        spec_of("--ulimit").rlimits,
+        [crate::sandbox::Rlimit {
+            resource: crate::sandbox::RlimitResource::Nofile,
+            soft: 100,
+            hard: 200
+        }]
+    );
+    assert!(
+        matches!(spec_of("--shm-size").mounts.as_slice(),
+            [Mount::Tmpfs { target, size: Some(s) }] if target == "/dev/shm" && *s == 1 << 30),
+        "{:?}",
+        spec_of("--shm-size").mounts
+    );
+    // An --add-host's address reaches the step but not the key: a new address hits.
+    let hosts = with_host(f.request(text), "db", "10.0.0.1");
+    let moved = with_host(f.request(text), "db", "10.0.0.2");
+    assert_eq!(f.calls(&hosts), []);
+    assert_eq!(f.calls(&moved), []);
+    let fresh = Fixture::new(&[]);
+    assert_eq!(
+        runs(&fresh.calls(&moved))[0].extra_hosts,
+        [("db".to_string(), "10.0.0.2".to_string())]
+    );
     let proxied = {
         let f = Fixture::new(&[]);
         let req = BuildRequest {
@@ -460,4 +564,57 @@ fn step_errors_carry_their_location_around_the_typed_cause() {
         .to_string()
         .starts_with("Dockerfile:2: network.host is not allowed"));
     assert_eq!(f.exec.take(), []);
+
+    // BuildKit's entitlement for --security=insecure, checked before any step runs: the
+    // RUN before it does not run either, even though it comes first.
+    let insecure = f.request("FROM scratch\nRUN true\nRUN --security=insecure true\n");
+    let err = f.build(&insecure).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("Dockerfile:3: security.insecure is not allowed: RUN --security=insecure needs `--allow security.insecure`"),
+        "{err}"
+    );
+    assert_eq!(f.exec.take(), []);
+    let allowed = BuildRequest {
+        allow_insecure: true,
+        ..insecure
+    };
+    assert_eq!(runs(&f.calls(&allowed)).len(), 2);
+}
+
+/// `--no-cache-filter STAGE`: that stage's RUN/COPY steps run again, the others' hit, and
+/// the name is matched without regard to case (BuildKit's IsNoCache).
+#[test]
+fn no_cache_filter_reruns_only_the_named_stages() {
+    let f = Fixture::new(&[]);
+    f.write("a.txt", "a");
+    let text = "FROM scratch AS deps\nRUN echo deps\nCOPY a.txt /a\n\
+                FROM scratch AS app\nCOPY --from=deps /a /a\nRUN echo app\n";
+    let first = f.calls(&f.request(text));
+    assert_eq!(runs(&first).len(), 2);
+    assert_eq!(f.calls(&f.request(text)), []);
+    let filtered = |names: &[&str]| BuildRequest {
+        no_cache_stages: names.iter().map(|n| n.to_string()).collect(),
+        ..f.request(text)
+    };
+    let argv = |calls: &[Call]| -> Vec<String> {
+        runs(calls)
+            .into_iter()
+            .map(|r| r.argv.last().cloned().unwrap_or_default())
+            .collect()
+    };
+    let deps = f.calls(&filtered(&["DEPS"]));
+    assert_eq!(argv(&deps), ["echo deps"]);
+    assert_eq!(
+        deps.iter()
+            .filter(|c| matches!(c, Call::Copy { .. }))
+            .count(),
+        1,
+        "{deps:?}"
+    );
+    assert_eq!(argv(&f.calls(&filtered(&["app"]))), ["echo app"]);
+    assert_eq!(
+        argv(&f.calls(&filtered(&["app", "deps"]))),
+        ["echo deps", "echo app"]
+    );
 }

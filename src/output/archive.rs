@@ -46,14 +46,23 @@ fn blob_name(d: &Digest) -> String {
     format!("blobs/sha256/{}", d.hex())
 }
 
+/// How an archive or layout encodes the image: the layers' codec and level, and the
+/// annotations on the descriptors of its index.json that point at the manifest
+/// (`--annotation manifest-descriptor:K=V`, as BuildKit's OCI exporter puts them).
+pub(super) struct Encoding<'a> {
+    pub compression: Compression,
+    pub level: Option<i32>,
+    pub descriptor_annotations: &'a BTreeMap<String, String>,
+}
+
 fn build_layout(
     store: &Store,
     image: &ImageRecord,
     tags: &[Reference],
-    compression: Compression,
-    level: Option<i32>,
+    enc: &Encoding,
     docker: bool,
 ) -> Result<Layout, OutputError> {
+    let (compression, level) = (enc.compression, enc.level);
     let mut blobs = BTreeMap::new();
     let mut layers = Vec::with_capacity(image.chains.len());
     for chain in &image.chains {
@@ -77,7 +86,8 @@ fn build_layout(
         media_type: Some(media::OCI_MANIFEST.to_string()),
         config,
         layers: layers.clone(),
-        annotations: None,
+        // `--annotation manifest:K=V`, kept in the stored manifest.
+        annotations: image.manifest_body.annotations.clone(),
     };
     let manifest_bytes = canonical_json(&manifest);
     let manifest_desc = Descriptor::new(
@@ -94,18 +104,22 @@ fn build_layout(
     // annotation; one index entry per tag.
     let named: Vec<&Reference> = tags.iter().filter(|t| t.tag.is_some()).collect();
     let mut index = Index::default();
+    let mut manifest_desc = manifest_desc;
+    if !enc.descriptor_annotations.is_empty() {
+        manifest_desc.annotations = Some(enc.descriptor_annotations.clone());
+    }
     if named.is_empty() {
         index.manifests.push(manifest_desc.clone());
     }
     for t in &named {
         let mut d = manifest_desc.clone();
-        d.annotations = Some(BTreeMap::from([
-            ("io.containerd.image.name".to_string(), t.to_string()),
-            (
-                media::REF_NAME_ANNOTATION.to_string(),
-                t.tag_or_latest().to_string(),
-            ),
-        ]));
+        // The names are set last, so they win over a user's annotation of the same key.
+        let annotations = d.annotations.get_or_insert_with(BTreeMap::new);
+        annotations.insert("io.containerd.image.name".to_string(), t.to_string());
+        annotations.insert(
+            media::REF_NAME_ANNOTATION.to_string(),
+            t.tag_or_latest().to_string(),
+        );
         index.manifests.push(d);
     }
 
@@ -153,12 +167,11 @@ pub(super) fn write_archive(
     store: &Store,
     image: &ImageRecord,
     tags: &[Reference],
-    compression: Compression,
-    level: Option<i32>,
+    enc: &Encoding,
     docker: bool,
     mut tar: DeterministicTar<&mut dyn Write>,
 ) -> Result<(), OutputError> {
-    let layout = build_layout(store, image, tags, compression, level, docker)?;
+    let layout = build_layout(store, image, tags, enc, docker)?;
     let out = "<archive>";
     tar.dir("blobs/").map_err(OutputError::io("writing", out))?;
     tar.dir("blobs/sha256/")
@@ -196,11 +209,10 @@ pub(super) fn write_layout_dir(
     store: &Store,
     image: &ImageRecord,
     tags: &[Reference],
-    compression: Compression,
-    level: Option<i32>,
+    enc: &Encoding,
     dir: &Path,
 ) -> Result<(), OutputError> {
-    let layout = build_layout(store, image, tags, compression, level, false)?;
+    let layout = build_layout(store, image, tags, enc, false)?;
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(OutputError::io("creating", &blobs))?;
     for (digest, (_, blob)) in &layout.blobs {

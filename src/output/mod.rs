@@ -10,6 +10,7 @@ mod archive;
 mod commands;
 mod rootfs;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,29 @@ pub struct OutputSpec {
     pub compression: Option<Compression>,
     /// Level for layer blobs that must be made (an existing blob in the codec is reused).
     pub level: Option<i32>,
+    /// `--annotation manifest-descriptor:K=V`: on the index.json entries of docker and OCI
+    /// outputs.
+    pub descriptor_annotations: BTreeMap<String, String>,
+}
+
+impl OutputSpec {
+    /// `kind` with its default codec and no annotations.
+    pub fn plain(kind: OutputKind) -> OutputSpec {
+        OutputSpec {
+            kind,
+            compression: None,
+            level: None,
+            descriptor_annotations: BTreeMap::new(),
+        }
+    }
+
+    fn encoding(&self, default: Compression) -> archive::Encoding<'_> {
+        archive::Encoding {
+            compression: self.compression.unwrap_or(default),
+            level: self.level,
+            descriptor_annotations: &self.descriptor_annotations,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,11 +154,7 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OutputError> {
         } else {
             OutputKind::Local { dest }
         };
-        return Ok(OutputSpec {
-            kind,
-            compression: None,
-            level: None,
-        });
+        return Ok(OutputSpec::plain(kind));
     }
     let mut kind = None;
     let mut dest = None;
@@ -213,6 +233,7 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OutputError> {
         kind,
         compression,
         level,
+        descriptor_annotations: BTreeMap::new(),
     })
 }
 
@@ -231,12 +252,9 @@ pub fn write(
         | OutputKind::Tar { dest } => {
             write_file(dest, |w| write_to(store, image, tags, spec, epoch, w))
         }
-        OutputKind::Oci { dest, tar: false } => {
-            let c = spec.compression.unwrap_or(Compression::Gzip);
-            write_dir(dest, |dir| {
-                archive::write_layout_dir(store, image, tags, c, spec.level, dir)
-            })
-        }
+        OutputKind::Oci { dest, tar: false } => write_dir(dest, |dir| {
+            archive::write_layout_dir(store, image, tags, &spec.encoding(Compression::Gzip), dir)
+        }),
         OutputKind::Local { dest } => write_dir(dest, |dir| {
             let entries = rootfs::merged_entries(store, &image.chains)?;
             rootfs::materialize(&entries, dir)
@@ -256,14 +274,14 @@ pub fn write_to(
 ) -> Result<(), OutputError> {
     match &spec.kind {
         OutputKind::Docker { .. } => {
-            let c = spec.compression.unwrap_or(Compression::Uncompressed);
+            let enc = spec.encoding(Compression::Uncompressed);
             let tar = archive::DeterministicTar::new(w, epoch);
-            archive::write_archive(store, image, tags, c, spec.level, true, tar)
+            archive::write_archive(store, image, tags, &enc, true, tar)
         }
         OutputKind::Oci { tar: true, .. } => {
-            let c = spec.compression.unwrap_or(Compression::Gzip);
+            let enc = spec.encoding(Compression::Gzip);
             let tar = archive::DeterministicTar::new(w, epoch);
-            archive::write_archive(store, image, tags, c, spec.level, false, tar)
+            archive::write_archive(store, image, tags, &enc, false, tar)
         }
         OutputKind::Tar { .. } => {
             let entries = rootfs::merged_entries(store, &image.chains)?;

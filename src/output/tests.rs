@@ -143,7 +143,12 @@ fn test_image(store: &Store, with_busybox: bool) -> ImageRecord {
     cfg.rootfs.diff_ids = vec![l1.diff_id.clone(), l2.diff_id.clone()];
     cfg.config.cmd = Some(vec!["/bin/sh".into()]);
     store
-        .put_image(&cfg, &[l1.chain_id, l2.chain_id], Compression::Gzip)
+        .put_image(
+            &cfg,
+            &[l1.chain_id, l2.chain_id],
+            Compression::Gzip,
+            &Default::default(),
+        )
         .unwrap()
 }
 
@@ -219,7 +224,8 @@ fn parse_output_forms() {
                 tar: false
             },
             compression: Some(Compression::Zstd),
-            level: Some(5)
+            level: Some(5),
+            descriptor_annotations: Default::default(),
         }
     );
     assert_eq!(
@@ -550,7 +556,9 @@ fn a_failed_write_leaves_nothing_at_dest() {
     // An image whose layer is not in the store.
     let mut image = {
         let cfg = ImageConfig::default();
-        store.put_image(&cfg, &[], Compression::Gzip).unwrap()
+        store
+            .put_image(&cfg, &[], Compression::Gzip, &Default::default())
+            .unwrap()
     };
     image.chains = vec![Digest::of(b"no such layer")];
     let out = t.path().join("out");

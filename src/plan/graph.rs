@@ -230,6 +230,16 @@ pub(crate) fn build<'a>(
             None => return Err(src.file(unknown_target(t, &stages))),
         },
     };
+    for name in &opts.no_cache_stages {
+        if !names.contains_key(&name.to_ascii_lowercase()) {
+            let (stages, suggestion) = stage_suggestions(name, &stages);
+            return Err(src.file(ErrorKind::UnknownNoCacheStage {
+                stage: name.clone(),
+                stages,
+                suggestion,
+            }));
+        }
+    }
     let mut order = Vec::new();
     let mut seen = BTreeSet::new();
     visit(&stages, target, &mut seen, &mut order);
@@ -253,13 +263,20 @@ pub(crate) fn build<'a>(
 }
 
 fn unknown_target(target: &str, stages: &[StageDef]) -> ErrorKind {
-    let named: Vec<String> = stages.iter().filter_map(|s| s.name.clone()).collect();
-    let options: Vec<&str> = named.iter().map(String::as_str).collect();
+    let (stages, suggestion) = stage_suggestions(target, stages);
     ErrorKind::UnknownTarget {
         target: target.to_string(),
-        suggestion: crate::dockerfile::did_you_mean(target, &options, false),
-        stages: named,
+        suggestion,
+        stages,
     }
+}
+
+/// The named stages, and ` (did you mean ...?)` for `name`, for an error about a stage name.
+fn stage_suggestions(name: &str, stages: &[StageDef]) -> (Vec<String>, String) {
+    let named: Vec<String> = stages.iter().filter_map(|s| s.name.clone()).collect();
+    let options: Vec<&str> = named.iter().map(String::as_str).collect();
+    let suggestion = crate::dockerfile::did_you_mean(name, &options, false);
+    (named, suggestion)
 }
 
 /// Refuses a `COPY --from` or `--mount from=` in `stage` that names the stage itself or a

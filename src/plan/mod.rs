@@ -10,6 +10,7 @@
 mod graph;
 mod history;
 mod key;
+mod outline;
 mod render;
 mod run;
 mod steps;
@@ -24,7 +25,11 @@ use crate::dockerfile::ErrorKind;
 use crate::image::{Digest, ImageConfig, Platform, SourceDateEpoch};
 
 pub use key::cache_key;
+pub use outline::{
+    outline, outline_json, render_outline, render_targets, targets, targets_json, Outline, Target,
+};
 pub use render::render;
+pub use run::parse_size;
 
 /// Inputs of a build that the Dockerfile can see.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +48,33 @@ pub struct BuildOptions {
     /// is resolved into each step's [`RunOp::network`], so it is part of the cache key, as
     /// BuildKit's network mode is part of an exec op.
     pub network: NetworkMode,
+    /// `--add-host NAME=ADDRESS`, for every RUN step's /etc/hosts.
+    pub extra_hosts: Vec<ExtraHost>,
+    /// `--shm-size` in bytes: every RUN step gets a tmpfs of that size on /dev/shm, as
+    /// BuildKit's frontend adds one to each exec op (so it is part of the cache key).
+    pub shm_size: Option<u64>,
+    /// `--ulimit`, for every RUN step.
+    pub ulimits: Vec<Ulimit>,
+    /// `--no-cache-filter`: the stages whose RUN, COPY and ADD steps ignore the cache
+    /// (names matched without regard to case, as BuildKit's IsNoCache).
+    pub no_cache_stages: Vec<String>,
+}
+
+/// One `--add-host`. The cache key has the name only: BuildKit clears the address from an
+/// exec op's cache map, so a service that moved does not rebuild the steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExtraHost {
+    pub host: String,
+    #[serde(skip)]
+    pub ip: String,
+}
+
+/// One `--ulimit TYPE=SOFT:HARD` (BuildKit's pb.Ulimit): -1 is unlimited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
 }
 
 /// A resolved base image.
@@ -154,6 +186,13 @@ pub struct RunOp {
     /// does not change what a step builds.
     #[serde(skip)]
     pub proxy_env: Vec<String>,
+    /// `--add-host`; left out of the key material when empty, so keys made before the
+    /// flag existed still match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<ExtraHost>,
+    /// `--ulimit`; as `extra_hosts`, only in the key when given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -479,7 +518,7 @@ pub(crate) mod tests {
     }
 
     /// `options` file lines: `build-arg K=V`, `target NAME`, `epoch N`, `context NAME`,
-    /// `network host|none`.
+    /// `network host|none`, `add-host NAME=IP`, `shm-size BYTES`, `ulimit NAME=SOFT:HARD`.
     fn case_options(case: &Path) -> BuildOptions {
         let mut opts = options();
         let text = std::fs::read_to_string(case.join("options")).unwrap_or_default();
@@ -500,6 +539,23 @@ pub(crate) mod tests {
                 "network" => {
                     opts.network = NetworkMode::parse(v)
                         .unwrap_or_else(|| panic!("bad network {v} in {}", case.display()))
+                }
+                "add-host" => {
+                    let (host, ip) = v.split_once('=').unwrap();
+                    opts.extra_hosts.push(ExtraHost {
+                        host: host.into(),
+                        ip: ip.into(),
+                    });
+                }
+                "shm-size" => opts.shm_size = Some(v.parse().unwrap()),
+                "ulimit" => {
+                    let (name, limits) = v.split_once('=').unwrap();
+                    let (soft, hard) = limits.split_once(':').unwrap();
+                    opts.ulimits.push(Ulimit {
+                        name: name.into(),
+                        soft: soft.parse().unwrap(),
+                        hard: hard.parse().unwrap(),
+                    });
                 }
                 "" => {}
                 other => panic!("unknown option {other} in {}", case.display()),

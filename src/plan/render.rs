@@ -51,6 +51,16 @@ pub fn render(plan: &Plan) -> String {
                         "       user: {:?} workdir: {} network: {:?} security: {:?}",
                         r.user, r.workdir, r.network, r.security
                     );
+                    for h in &r.extra_hosts {
+                        let _ = writeln!(
+                            out,
+                            "       host {} {} (the address is not in the key)",
+                            h.host, h.ip
+                        );
+                    }
+                    for u in &r.ulimits {
+                        let _ = writeln!(out, "       ulimit {}={}:{}", u.name, u.soft, u.hard);
+                    }
                     for m in &r.mounts {
                         let from = match &m.from {
                             None => String::new(),

@@ -100,6 +100,24 @@ impl Ctx<'_, '_> {
             let mount = self.mount(line, m, &scope, &workdir, &mut ssh_count, images)?;
             mounts.push(mount);
         }
+        // `--shm-size`: BuildKit's frontend adds the same tmpfs mount to every RUN.
+        if let Some(size) = self.opts.shm_size {
+            mounts.push(RunMount {
+                kind: MountType::Tmpfs,
+                target: "/dev/shm".into(),
+                source: None,
+                from: None,
+                readonly: false,
+                id: None,
+                sharing: None,
+                mode: None,
+                uid: None,
+                gid: None,
+                required: false,
+                size: Some(size),
+                env: None,
+            });
+        }
 
         // Env: config Env, ARG values not shadowed by it, then proxy build args.
         let mut env: Vec<String> = st.config.config.env.clone().unwrap_or_default();
@@ -137,6 +155,8 @@ impl Ctx<'_, '_> {
             security: run.security.unwrap_or(Security::Sandbox),
             files,
             proxy_env,
+            extra_hosts: self.opts.extra_hosts.clone(),
+            ulimits: self.opts.ulimits.clone(),
         })
     }
 
@@ -296,7 +316,7 @@ impl Ctx<'_, '_> {
 }
 
 /// `64m`, `1g`, `4096` -> bytes (docker's RAMInBytes, binary units).
-fn parse_size(s: &str) -> Option<u64> {
+pub fn parse_size(s: &str) -> Option<u64> {
     let lower = s.to_ascii_lowercase();
     let t = lower.trim_end_matches('b');
     let (num, mult) = match t.chars().last()? {

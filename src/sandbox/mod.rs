@@ -130,6 +130,102 @@ pub struct RunSpec {
     pub files: Vec<(String, Vec<u8>, u32)>,
     /// Most processes the step may have at once (cgroup.rs); None: no limit.
     pub pids_limit: Option<u32>,
+    /// `RUN --security=insecure`, once `--allow security.insecure` granted it.
+    pub security: SecurityMode,
+    /// `--add-host`: (name, address) lines appended to the step's /etc/hosts, which is
+    /// bound read-only from the step's tmpfs and never reaches a layer.
+    pub extra_hosts: Vec<(String, String)>,
+    /// `--ulimit`: resource limits set on the step's first process before it execs.
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// How much of the sandbox a RUN step gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecurityMode {
+    /// Docker's defaults: its capabilities, its seccomp profile, masked and read-only
+    /// kernel files, /sys read-only.
+    #[default]
+    Sandbox,
+    /// BuildKit's insecure mode (util/entitlements/security): every capability the helper
+    /// holds (bounding, permitted, effective, inheritable and ambient, so a non-root USER
+    /// gets them too), no seccomp filter, no masked or read-only paths, /sys read-write,
+    /// and the host's kmsg, fuse, cuse, kvm, net/tun, loop-control and loop devices.
+    Insecure,
+}
+
+/// One `--ulimit TYPE=SOFT:HARD`, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: RlimitResource,
+    /// `u64::MAX` is unlimited (docker's -1).
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The resources `--ulimit` may name: docker's list (go-units), which leaves out `as`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RlimitResource {
+    Core,
+    Cpu,
+    Data,
+    Fsize,
+    Locks,
+    Memlock,
+    Msgqueue,
+    Nice,
+    Nofile,
+    Nproc,
+    Rss,
+    Rtprio,
+    Rttime,
+    Sigpending,
+    Stack,
+}
+
+impl RlimitResource {
+    pub const ALL: [RlimitResource; 15] = [
+        RlimitResource::Core,
+        RlimitResource::Cpu,
+        RlimitResource::Data,
+        RlimitResource::Fsize,
+        RlimitResource::Locks,
+        RlimitResource::Memlock,
+        RlimitResource::Msgqueue,
+        RlimitResource::Nice,
+        RlimitResource::Nofile,
+        RlimitResource::Nproc,
+        RlimitResource::Rss,
+        RlimitResource::Rtprio,
+        RlimitResource::Rttime,
+        RlimitResource::Sigpending,
+        RlimitResource::Stack,
+    ];
+
+    /// The name `--ulimit` uses (`nofile`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RlimitResource::Core => "core",
+            RlimitResource::Cpu => "cpu",
+            RlimitResource::Data => "data",
+            RlimitResource::Fsize => "fsize",
+            RlimitResource::Locks => "locks",
+            RlimitResource::Memlock => "memlock",
+            RlimitResource::Msgqueue => "msgqueue",
+            RlimitResource::Nice => "nice",
+            RlimitResource::Nofile => "nofile",
+            RlimitResource::Nproc => "nproc",
+            RlimitResource::Rss => "rss",
+            RlimitResource::Rtprio => "rtprio",
+            RlimitResource::Rttime => "rttime",
+            RlimitResource::Sigpending => "sigpending",
+            RlimitResource::Stack => "stack",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<RlimitResource> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,7 +302,7 @@ pub trait FsJob: Serialize + DeserializeOwned + std::fmt::Debug {
 #[derive(Debug, Serialize, Deserialize)]
 enum Job<J> {
     Run {
-        spec: RunSpec,
+        spec: Box<RunSpec>,
         scratch: PathBuf,
         parent: u32,
         /// The network namespace to join (/proc/PID/ns/net) for [`Network::Isolated`].
@@ -317,7 +413,7 @@ pub fn run(
     let helper = spare::take(exe, spare::Want::Run(spec.pids_limit))?;
     let scratch = Scratch::new(scratch_dir)?;
     let job: Job<()> = Job::Run {
-        spec: spec.clone(),
+        spec: Box::new(spec.clone()),
         scratch: scratch.0.path().to_path_buf(),
         parent: std::process::id(),
         netns,

@@ -72,6 +72,7 @@ impl Store {
         config: &ImageConfig,
         layers: &[Digest],
         compression: Compression,
+        annotations: &BTreeMap<String, String>,
     ) -> Result<ImageRecord> {
         if config.rootfs.diff_ids.len() != layers.len() {
             return Err(StoreError::LayerCountMismatch {
@@ -107,7 +108,7 @@ impl Store {
                 config_bytes.len() as u64,
             ),
             layers: descs,
-            annotations: None,
+            annotations: (!annotations.is_empty()).then(|| annotations.clone()),
         };
         let manifest_bytes = canonical_json(&manifest_body);
         let manifest_digest = self.put_blob_bytes(&manifest_bytes)?;

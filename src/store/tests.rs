@@ -292,6 +292,7 @@ fn tags_and_resolve() {
             &config_for(&[&l]),
             std::slice::from_ref(&l.chain_id),
             Compression::Gzip,
+            &Default::default(),
         )
         .unwrap();
     assert_eq!(
@@ -359,6 +360,7 @@ fn put_image_checks_diff_ids() {
             &config_for(&[&a]),
             std::slice::from_ref(&b.chain_id),
             Compression::Gzip,
+            &Default::default(),
         )
         .unwrap_err();
     assert!(
@@ -366,7 +368,12 @@ fn put_image_checks_diff_ids() {
         "{err}"
     );
     let err = s
-        .put_image(&config_for(&[&a]), &[], Compression::Gzip)
+        .put_image(
+            &config_for(&[&a]),
+            &[],
+            Compression::Gzip,
+            &Default::default(),
+        )
         .unwrap_err();
     assert!(
         matches!(err, StoreError::LayerCountMismatch { .. }),
@@ -388,6 +395,7 @@ fn prune_keeps_tagged_and_live_cache() {
             &cfg,
             &[base.chain_id.clone(), top.chain_id.clone()],
             Compression::Uncompressed,
+            &Default::default(),
         )
         .unwrap();
     s.tag(&"app".parse().unwrap(), &img.manifest).unwrap();
@@ -491,6 +499,7 @@ fn resolve_by_digest_reference_finds_an_untagged_manifest() {
             &config_for(&[&l]),
             std::slice::from_ref(&l.chain_id),
             Compression::Gzip,
+            &Default::default(),
         )
         .unwrap();
     let by_digest = format!("busybox@{}", img.manifest.digest);

@@ -28,7 +28,9 @@ use mounts::{
 use network::{hosts_file, loopback_up, resolv_conf};
 use process::spawn_and_wait;
 
-use super::{Exit, Failure, FsJob, FsSource, Job, Network, Overlay, Reply, RunSpec, Stub};
+use super::{
+    Exit, Failure, FsJob, FsSource, Job, Network, Overlay, Reply, RunSpec, SecurityMode, Stub,
+};
 
 pub(super) type Res<T> = Result<T, Failure>;
 
@@ -212,23 +214,25 @@ fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<(Exit, 
         root: &root,
         stubs: Vec::new(),
     };
+    let insecure = spec.security == SecurityMode::Insecure;
     points.make("proc", Kind::Dir, 0o755)?;
-    mount_dev(&mut points)?;
+    mount_dev(&mut points, insecure)?;
     let (p, _fd) = points.make("sys", Kind::Dir, 0o755)?;
-    mount_at(
-        Some("sysfs"),
-        &p,
-        Some("sysfs"),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None,
-    )?;
+    // Read-write only in insecure mode (containerd's WithWriteableSysfs, as BuildKit).
+    let sys_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let sys_flags = if insecure {
+        sys_flags
+    } else {
+        sys_flags | MsFlags::MS_RDONLY
+    };
+    mount_at(Some("sysfs"), &p, Some("sysfs"), sys_flags, None)?;
 
     let files_dir = scratch.join("files");
     mkdir(&files_dir)?;
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let etc = [
         ("etc/resolv.conf", resolv_conf(&host_resolv, spec.network)),
-        ("etc/hosts", hosts_file(&spec.hostname)),
+        ("etc/hosts", hosts_file(&spec.hostname, &spec.extra_hosts)),
     ];
     // Read-only, as in BuildKit: a step cannot change them, and they never reach a layer.
     for (i, (target, data)) in etc.iter().enumerate() {

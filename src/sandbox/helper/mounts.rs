@@ -271,7 +271,28 @@ pub(super) fn write_file(
     Ok(())
 }
 
-pub(super) fn mount_dev(points: &mut Points) -> Res<()> {
+/// The host's device nodes that BuildKit's insecure mode adds (util/entitlements/security):
+/// kmsg, cuse, fuse, kvm, net/tun, loop-control. Loop devices come from [`host_loop_devices`].
+const INSECURE_DEVICES: [&str; 6] = ["kmsg", "cuse", "fuse", "kvm", "net/tun", "loop-control"];
+
+/// The host's `/dev/loopN` block devices (BuildKit passes the first free one plus seven;
+/// here every one that exists, which includes those).
+fn host_loop_devices() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/dev") else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = dir
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| {
+            n.strip_prefix("loop")
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+pub(super) fn mount_dev(points: &mut Points, insecure: bool) -> Res<()> {
     // nodev: the standard nodes below are bind mounts of the host's, which keep the host
     // mount's flags; a node the step makes in /dev cannot be opened.
     let (p, _fd) = points.make("dev", Kind::Dir, 0o755)?;
@@ -290,6 +311,29 @@ pub(super) fn mount_dev(points: &mut Points) -> Res<()> {
         let node = dev.join(name);
         write_file(&node, b"", 0o666, None)?;
         bind(&Path::new("/dev").join(name), &node, false)?;
+    }
+    if insecure {
+        let extra = INSECURE_DEVICES
+            .iter()
+            .map(|n| n.to_string())
+            .chain(host_loop_devices());
+        for name in extra {
+            let host = Path::new("/dev").join(&name);
+            let is_device = std::fs::metadata(&host).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_char_device() || m.file_type().is_block_device()
+            });
+            if !is_device {
+                continue;
+            }
+            let node = dev.join(&name);
+            if let Some(parent) = node.parent() {
+                mkdir(parent)?;
+            }
+            write_file(&node, b"", 0o666, None)?;
+            // The host's node keeps the host /dev's flags (no nodev), so it opens.
+            bind(&host, &node, false)?;
+        }
     }
     let pts = dev.join("pts");
     mkdir(&pts)?;

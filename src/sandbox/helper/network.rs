@@ -6,9 +6,15 @@ use super::super::{Failure, Network};
 
 use super::Res;
 
-/// BuildKit's /etc/hosts (executor/oci/hosts.go), with the step's hostname.
-pub(super) fn hosts_file(hostname: &str) -> String {
-    format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+/// BuildKit's /etc/hosts (executor/oci/hosts.go), with the step's hostname, then one
+/// `ADDRESS<tab>NAME` line per `--add-host`, in the order given.
+pub(super) fn hosts_file(hostname: &str, extra: &[(String, String)]) -> String {
+    let mut out =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (name, address) in extra {
+        out.push_str(&format!("{address}\t{name}\n"));
+    }
+    out
 }
 
 /// The host's resolv.conf as the step's network can use it. Its loopback nameservers

@@ -17,7 +17,7 @@ use rustix::fs::OFlags;
 
 use super::super::root::Root;
 use super::super::user::ExecUser;
-use super::super::{Exit, Failure, RunSpec};
+use super::super::{Exit, Failure, Rlimit, RlimitResource, RunSpec, SecurityMode};
 
 use super::mounts::{fd_path, mask_kernel_files, mount_at};
 use super::{ctx, Res};
@@ -214,29 +214,42 @@ pub(super) fn clear_inheritable_capabilities() -> Res<()> {
             )));
         }
     }
-    /// linux/capability.h, version 3: two 32-bit halves of each set.
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
+    let mut data = capget()?;
+    for d in &mut data {
+        d.inheritable = 0;
     }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut header = Header {
-        version: 0x2008_0522,
+    capset(&data).map_err(|e| Failure::Setup(format!("clearing inheritable capabilities: {e}")))
+}
+
+/// linux/capability.h, version 3: a header, then two 32-bit halves of each set.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// The calling thread's capability sets.
+fn capget() -> Res<[CapData; 2]> {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
         pid: 0,
     };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget writes one header and two Data structs, which we own.
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes one header and two CapData structs, which we own.
     let r = unsafe {
         libc::syscall(
             libc::SYS_capget,
-            &mut header as *mut Header,
+            &mut header as *mut CapHeader,
             data.as_mut_ptr(),
         )
     };
@@ -246,18 +259,112 @@ pub(super) fn clear_inheritable_capabilities() -> Res<()> {
             std::io::Error::last_os_error()
         )));
     }
-    for d in &mut data {
-        d.inheritable = 0;
-    }
-    // SAFETY: capset reads the header and two Data structs, which outlive the call.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
+    Ok(data)
+}
+
+fn capset(data: &[CapData; 2]) -> std::io::Result<()> {
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: capset reads the header and two CapData structs, which outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
     if r != 0 {
-        return Err(Failure::Setup(format!(
-            "clearing inheritable capabilities: {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Insecure mode, before the user change: keep the permitted set across setuid to a
+/// non-root user (cleared again by execve).
+fn keep_capabilities_across_setuid() -> Res<()> {
+    ctx(nix::sys::prctl::set_keepcaps(true), || {
+        "PR_SET_KEEPCAPS".into()
+    })
+}
+
+/// Insecure mode, after the user change: every capability the helper holds becomes
+/// effective, inheritable and ambient, so the command keeps them after execve whoever it
+/// runs as (BuildKit's WithInsecureSpec puts them in all five sets).
+fn grant_all_capabilities() -> Res<()> {
+    let mut data = capget()?;
+    for d in &mut data {
+        d.effective = d.permitted;
+        d.inheritable = d.permitted;
+    }
+    capset(&data).map_err(|e| Failure::Setup(format!("granting capabilities: {e}")))?;
+    for cap in 0..64u32 {
+        let (half, bit) = ((cap / 32) as usize, cap % 32);
+        if data[half].permitted & (1 << bit) == 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                cap as libc::c_ulong,
+                0,
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(Failure::Setup(format!(
+                "raising ambient capability {cap}: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `--ulimit`: set while the helper still holds CAP_SYS_RESOURCE, so a hard limit above
+/// rbuild's own can be granted (runc sets them the same way, before it drops privileges).
+fn set_rlimits(rlimits: &[Rlimit]) -> Res<()> {
+    use nix::sys::resource::Resource;
+    for r in rlimits {
+        let resource = match r.resource {
+            RlimitResource::Core => Resource::RLIMIT_CORE,
+            RlimitResource::Cpu => Resource::RLIMIT_CPU,
+            RlimitResource::Data => Resource::RLIMIT_DATA,
+            RlimitResource::Fsize => Resource::RLIMIT_FSIZE,
+            RlimitResource::Locks => Resource::RLIMIT_LOCKS,
+            RlimitResource::Memlock => Resource::RLIMIT_MEMLOCK,
+            RlimitResource::Msgqueue => Resource::RLIMIT_MSGQUEUE,
+            RlimitResource::Nice => Resource::RLIMIT_NICE,
+            RlimitResource::Nofile => Resource::RLIMIT_NOFILE,
+            RlimitResource::Nproc => Resource::RLIMIT_NPROC,
+            RlimitResource::Rss => Resource::RLIMIT_RSS,
+            RlimitResource::Rtprio => Resource::RLIMIT_RTPRIO,
+            RlimitResource::Rttime => Resource::RLIMIT_RTTIME,
+            RlimitResource::Sigpending => Resource::RLIMIT_SIGPENDING,
+            RlimitResource::Stack => Resource::RLIMIT_STACK,
+        };
+        if let Err(e) = nix::sys::resource::setrlimit(resource, r.soft, r.hard) {
+            let hint = match e {
+                nix::errno::Errno::EPERM => {
+                    " (a hard limit above rbuild's own needs CAP_SYS_RESOURCE, which rbuild lacks)"
+                }
+                _ => "",
+            };
+            return Err(Failure::Setup(format!(
+                "setting --ulimit {}={}:{}: {e}{hint}",
+                r.resource.name(),
+                show_limit(r.soft),
+                show_limit(r.hard)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A limit as docker writes it: -1 for unlimited.
+fn show_limit(v: u64) -> String {
+    if v == u64::MAX {
+        "-1".into()
+    } else {
+        v.to_string()
+    }
 }
 
 /// BuildKit (executor/oci, after containerd) puts the primary gid first in the
@@ -319,7 +426,10 @@ pub(super) fn child(
             None,
         )?;
     }
-    mask_kernel_files(root_path)?;
+    let insecure = spec.security == SecurityMode::Insecure;
+    if !insecure {
+        mask_kernel_files(root_path)?;
+    }
     ctx(std::env::set_current_dir(root_path), || {
         format!("entering {}", root_path.display())
     })?;
@@ -344,11 +454,16 @@ pub(super) fn child(
     })?;
     drop(devnull);
 
-    // While CAP_SYS_ADMIN is still held: a filter needs it (or no_new_privs, which would
-    // break setuid programs in the step).
-    super::super::seccomp::install().map_err(Failure::Setup)?;
-    drop_capabilities()?;
-    clear_inheritable_capabilities()?;
+    set_rlimits(&spec.rlimits)?;
+    if insecure {
+        keep_capabilities_across_setuid()?;
+    } else {
+        // While CAP_SYS_ADMIN is still held: a filter needs it (or no_new_privs, which
+        // would break setuid programs in the step).
+        super::super::seccomp::install().map_err(Failure::Setup)?;
+        drop_capabilities()?;
+        clear_inheritable_capabilities()?;
+    }
     let gids: Vec<Gid> = additional_gids(u).into_iter().map(Gid::from_raw).collect();
     ctx(nix::unistd::setgroups(&gids), || "setgroups".into())?;
     let gid = Gid::from_raw(u.gid);
@@ -359,6 +474,9 @@ pub(super) fn child(
     ctx(nix::unistd::setresuid(uid, uid, uid), || {
         format!("setuid {}", u.uid)
     })?;
+    if insecure {
+        grant_all_capabilities()?;
+    }
     // Changing credentials cleared the parent-death signal.
     ctx(nix::sys::prctl::set_pdeathsig(Signal::SIGKILL), || {
         "PR_SET_PDEATHSIG".into()
