@@ -54,6 +54,12 @@ pub struct Node {
     pub end_line: usize,
     /// The logical line (keyword, flags, arguments; continuations joined).
     pub text: String,
+    /// The comment lines since the previous instruction, without `#` (BuildKit's
+    /// `PrevComment`): `# check=skip=...` there applies to this instruction only.
+    pub comments: Vec<String>,
+    /// The line that ended a continuation which had a blank line in it (BuildKit warns
+    /// about those: NoEmptyContinuation).
+    pub empty_continuation: Option<usize>,
 }
 
 /// A builder flag (`--name=value` or `--name`), quotes already removed like BuildKit does.
@@ -141,10 +147,22 @@ pub fn parse(text: &str) -> Result<Ast, SyntaxError> {
     };
 
     let mut nodes = Vec::new();
+    // The comments since the last instruction (BuildKit's `PrevComment`): blank lines keep
+    // them, an empty `#` line drops them.
+    let mut comments: Vec<String> = Vec::new();
     while i < lines.len() {
         let first = lines[i];
         i += 1;
-        if is_comment(first) || first.trim().is_empty() {
+        if is_comment(first) {
+            let comment = first.trim_start()[1..].trim();
+            if comment.is_empty() {
+                comments.clear();
+            } else {
+                comments.push(comment.to_string());
+            }
+            continue;
+        }
+        if first.trim().is_empty() {
             continue;
         }
         let start_line = i;
@@ -152,10 +170,15 @@ pub fn parse(text: &str) -> Result<Ast, SyntaxError> {
         let lead = leading_ws(first);
         let (seg, mut done) = trim_continuation(&first[lead..], escape);
         logical.push(seg, start_line, lead + 1);
+        let mut empty_continuation = false;
         while !done && i < lines.len() {
             let line = lines[i];
             i += 1;
-            if is_comment(line) || line.trim().is_empty() {
+            if is_comment(line) {
+                continue;
+            }
+            if line.trim().is_empty() {
+                empty_continuation = true;
                 continue;
             }
             let (seg, end) = trim_continuation(line, escape);
@@ -166,6 +189,9 @@ pub fn parse(text: &str) -> Result<Ast, SyntaxError> {
             continue;
         }
         let mut node = node_from_logical(&logical, escape, start_line)?;
+        node.comments = std::mem::take(&mut comments);
+        // BuildKit places the warning on the instruction's last line before any heredoc.
+        node.empty_continuation = empty_continuation.then_some(i);
         if node.json.is_none() && can_contain_heredoc(&node.name) && node.text.contains("<<") {
             for HeredocMarker {
                 fd,
@@ -318,6 +344,8 @@ fn node_from_logical(l: &Logical, escape: char, line: usize) -> Result<Node, Syn
         args_start: l.at(args_off.min(text.len().saturating_sub(1))),
         end_line: l.at(text.len().saturating_sub(1)).line,
         text: text.to_string(),
+        comments: Vec::new(),
+        empty_continuation: None,
     })
 }
 
