@@ -7,6 +7,7 @@
 //! Only `sandbox` may use `unsafe`.
 #![deny(unsafe_code)]
 
+pub mod check;
 pub mod cli;
 pub mod context;
 pub mod dockerfile;

@@ -23,6 +23,7 @@ use crate::dockerfile::instructions::{LineError, NetworkMode, Security};
 use crate::dockerfile::ErrorKind;
 use crate::image::{Digest, ImageConfig, Platform, SourceDateEpoch};
 
+pub(crate) use graph::automatic_args;
 pub use key::cache_key;
 pub use render::render;
 
