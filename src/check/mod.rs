@@ -56,16 +56,28 @@ pub struct Report {
 
 impl Report {
     /// BuildKit's `lint violation found for rules: A, B` when the rules are at error level
-    /// and at least one fired; rule names sorted, each once.
+    /// and at least one of them fired; rule names sorted, each once.
     pub fn violation(&self) -> Option<String> {
-        if !self.error_level || self.warnings.is_empty() {
+        let names: BTreeSet<&str> = self
+            .warnings
+            .iter()
+            .filter(|w| self.is_error(w))
+            .map(|w| w.rule.name)
+            .collect();
+        if names.is_empty() {
             return None;
         }
-        let names: BTreeSet<&str> = self.warnings.iter().map(|w| w.rule.name).collect();
         Some(format!(
             "lint violation found for rules: {}",
             names.into_iter().collect::<Vec<_>>().join(", ")
         ))
+    }
+}
+
+impl Report {
+    /// Whether `w` is at error level: `error=true`, unless its rule is advice only.
+    pub fn is_error(&self, w: &Warning) -> bool {
+        self.error_level && !w.rule.warning_only
     }
 }
 

@@ -74,11 +74,6 @@ struct JsonWarning<'a> {
 
 /// The report as one JSON document (pretty-printed, keys in a fixed order).
 pub fn json(report: &Report) -> String {
-    let level = if report.error_level {
-        "error"
-    } else {
-        "warning"
-    };
     let doc = JsonReport {
         schema: JSON_SCHEMA,
         file: &report.file,
@@ -92,7 +87,11 @@ pub fn json(report: &Report) -> String {
                 column: w.span.column,
                 end_column: w.span.end_column,
                 rule: w.rule.name,
-                level,
+                level: if report.is_error(w) {
+                    "error"
+                } else {
+                    "warning"
+                },
                 message: &w.message,
                 description: w.rule.description,
                 url: w.rule.url,

@@ -19,6 +19,8 @@ pub struct Rule {
     pub url: &'static str,
     /// Runs only when asked for (`# check=experimental=NAME` or `experimental=all`).
     pub experimental: bool,
+    /// Stays a warning under `error=true`: advice that never fails a build.
+    pub warning_only: bool,
     pub origin: Origin,
 }
 
@@ -32,6 +34,7 @@ macro_rules! buildkit {
             description: $desc,
             url: concat!("https://docs.docker.com/go/dockerfile/rule/", $slug, "/"),
             experimental: $exp,
+            warning_only: false,
             origin: Origin::Buildkit,
         };
     };
@@ -39,11 +42,15 @@ macro_rules! buildkit {
 
 macro_rules! rbuild {
     ($id:ident, $name:literal, $desc:literal) => {
+        rbuild!($id, $name, $desc, false);
+    };
+    ($id:ident, $name:literal, $desc:literal, $warning_only:literal) => {
         pub static $id: Rule = Rule {
             name: $name,
             description: $desc,
             url: concat!("docs/checks/", $name, ".md"),
             experimental: false,
+            warning_only: $warning_only,
             origin: Origin::Rbuild,
         };
     };
@@ -134,6 +141,7 @@ pub static INVALID_BASE_IMAGE_PLATFORM: Rule = Rule {
     description: "Base image platform does not match expected target platform",
     url: "docs/checks/InvalidBaseImagePlatform.md",
     experimental: false,
+    warning_only: false,
     origin: Origin::Buildkit,
 };
 buildkit!(
@@ -194,7 +202,8 @@ rbuild!(
 rbuild!(
     APT_NO_INSTALL_RECOMMENDS,
     "AptNoInstallRecommends",
-    "apt-get install should use --no-install-recommends"
+    "apt-get install should use --no-install-recommends",
+    true
 );
 rbuild!(
     PIPE_WITHOUT_PIPEFAIL,
