@@ -337,3 +337,45 @@ fn buildkit_expectations() {
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
+
+/// The Bad example of every docs/checks/<Rule>.md fires its rule and the Good one does not
+/// (a `# .dockerignore: PATTERN` line in an example stands for the ignore file).
+#[test]
+fn documented_examples() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/checks");
+    let mut failed = Vec::new();
+    for rule in RULES {
+        let page = std::fs::read_to_string(dir.join(format!("{}.md", rule.name)))
+            .unwrap_or_else(|e| panic!("docs/checks/{}.md: {e}", rule.name));
+        let example = |heading: &str| -> String {
+            let after = page
+                .split(&format!("## {heading}\n"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("{}: no {heading} section", rule.name));
+            let block = after.split("```dockerfile\n").nth(1).unwrap();
+            block.split("```").next().unwrap().to_string()
+        };
+        for (heading, should_fire) in [("Bad", true), ("Good", false)] {
+            let text = example(heading);
+            let ignore: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("# .dockerignore: "))
+                .map(str::to_string)
+                .collect();
+            let matcher = IgnoreMatcher::new(&ignore).unwrap();
+            let opts = CheckOptions {
+                file_name: "Dockerfile",
+                platform: platform(),
+                all_stages: true,
+                ignore: (!ignore.is_empty()).then_some(&matcher),
+                ..Default::default()
+            };
+            let report = check(&text, &opts, &mut FakeBases).unwrap();
+            let fired = report.warnings.iter().any(|w| w.rule.name == rule.name);
+            if fired != should_fire {
+                failed.push(format!("{} {heading}: fired={fired}", rule.name));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{failed:?}");
+}
