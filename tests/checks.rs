@@ -221,3 +221,41 @@ fn builds_print_warnings_at_the_end_and_stop_first_at_error_level() {
         "error: Dockerfile: lint violation found for rules: JSONArgsRecommended"
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn secret_files_are_found_in_what_a_directory_copy_brings() {
+    needs_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        dir.path(),
+        "FROM scratch\nCOPY . /app\n",
+        &[
+            (".dockerignore", "keys\n"),
+            (".npmrc", "registry=https://registry.npmjs.org/\n"),
+            ("app.js", ""),
+        ],
+    );
+    std::fs::create_dir(ctx.join("keys")).unwrap();
+    std::fs::write(ctx.join("keys/id_rsa"), "key").unwrap();
+    // Ignored keys and a token-less .npmrc: nothing to say.
+    let out = check(dir.path(), &ctx, &[]);
+    assert_eq!(text(&out.stdout), "check complete: no warnings found\n");
+    // A token in .npmrc and a key that .dockerignore lets through.
+    std::fs::write(
+        ctx.join(".npmrc"),
+        "//registry.npmjs.org/:_authToken=npm_x\n",
+    )
+    .unwrap();
+    std::fs::create_dir(ctx.join("deploy")).unwrap();
+    std::fs::write(ctx.join("deploy/server.pem"), "key").unwrap();
+    let out = check(dir.path(), &ctx, &[]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(
+            "warning: Dockerfile:2: SecretFileCopied: \".\" copies \".npmrc\", which looks like \
+             a credentials file and 1 more: "
+        ),
+        "{stdout}"
+    );
+}

@@ -25,20 +25,14 @@ impl Stage {
         c: &Copy,
         sources: &[String],
         _dest: &str,
-        _opts: &CheckOptions,
+        opts: &CheckOptions,
     ) {
         if c.from.is_some() {
             return;
         }
         for src in sources.iter().filter(|s| !is_remote(s)) {
             let name = src.trim_end_matches('/').rsplit('/').next().unwrap_or("");
-            if let Some(kind) = secret_file(name) {
-                lint.at(
-                    &SECRET_FILE_COPIED,
-                    node,
-                    format!("\"{src}\" looks like {kind}: a file copied into a layer stays in the image even if a later step deletes it; use RUN --mount=type=secret"),
-                );
-            }
+            secrets(lint, node, src, &c.excludes, opts);
             if c.add && !is_archive(name) && !src.contains(['*', '?', '[']) {
                 lint.at(
                     &ADD_LOCAL_NON_ARCHIVE,
@@ -167,6 +161,52 @@ fn is_archive(name: &str) -> bool {
     ];
     let lower = name.to_lowercase();
     EXT.iter().any(|e| lower.ends_with(e))
+}
+
+/// SecretFileCopied for one COPY/ADD source: the files it brings (from the context when
+/// there is one, else the name as written) that look like keys or credentials.
+fn secrets(lint: &mut Linter, node: &Node, src: &str, excludes: &[String], opts: &CheckOptions) {
+    let files = opts
+        .context
+        .and_then(|ctx| ctx.files(src, excludes))
+        .unwrap_or_else(|| vec![src.to_string()]);
+    let hits: Vec<(&String, &str)> = files
+        .iter()
+        .filter_map(|path| {
+            let name = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+            let kind = secret_file(name)?;
+            // An .npmrc only matters with a token in it (most carry just a registry).
+            if name == ".npmrc" {
+                if let Some(body) = opts.context.and_then(|ctx| ctx.read(path)) {
+                    let body = String::from_utf8_lossy(&body);
+                    if !["_authToken", "_auth", "_password"]
+                        .iter()
+                        .any(|k| body.contains(k))
+                    {
+                        return None;
+                    }
+                }
+            }
+            Some((path, kind))
+        })
+        .collect();
+    let Some((first, kind)) = hits.first() else {
+        return;
+    };
+    let what = if hits.len() == 1 && first.as_str() == src.trim_start_matches("./") {
+        format!("\"{src}\" looks like {kind}")
+    } else {
+        let more = match hits.len() {
+            1 => String::new(),
+            n => format!(" and {} more", n - 1),
+        };
+        format!("\"{src}\" copies \"{first}\", which looks like {kind}{more}")
+    };
+    lint.at(
+        &SECRET_FILE_COPIED,
+        node,
+        format!("{what}: a file copied into a layer stays in the image even if a later step deletes it; use RUN --mount=type=secret"),
+    );
 }
 
 /// What a file name says it holds, when it names a key or credentials.

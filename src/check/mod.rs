@@ -144,6 +144,15 @@ impl BaseImages for NoBases {
     }
 }
 
+/// The build context, for rules that look at the files a COPY brings (SecretFileCopied).
+pub trait ContextFiles: std::fmt::Debug {
+    /// Context-relative paths of the regular files `source` copies, after .dockerignore
+    /// and `excludes` (COPY --exclude); `None` when that cannot be told.
+    fn files(&self, source: &str, excludes: &[String]) -> Option<Vec<String>>;
+    /// The contents of a context file (`None` when it cannot be read).
+    fn read(&self, path: &str) -> Option<Vec<u8>>;
+}
+
 /// The build's inputs the checks see.
 #[derive(Debug, Clone, Default)]
 pub struct CheckOptions<'a> {
@@ -156,6 +165,8 @@ pub struct CheckOptions<'a> {
     pub all_stages: bool,
     /// The build's .dockerignore (CopyIgnoredFile); `None` when there is none.
     pub ignore: Option<&'a IgnoreMatcher>,
+    /// The build context; without it SecretFileCopied judges the names in the Dockerfile.
+    pub context: Option<&'a dyn ContextFiles>,
 }
 
 /// The configuration in effect: `BUILDKIT_DOCKERFILE_CHECK` when given, else the

@@ -79,6 +79,7 @@ fn run_case(dir: &Path) -> (Report, String) {
         platform: platform(),
         all_stages,
         ignore: (!ignore.is_empty()).then_some(&matcher),
+        context: None,
     };
     match check(&text, &opts, &mut FakeBases) {
         Ok(report) => {
@@ -378,4 +379,84 @@ fn documented_examples() {
         }
     }
     assert!(failed.is_empty(), "{failed:?}");
+}
+
+/// A build context of fixed files: `files` answers for `.` and for a file's own name.
+#[derive(Debug)]
+struct FakeContext(Vec<(&'static str, &'static str)>);
+
+impl ContextFiles for FakeContext {
+    fn files(&self, source: &str, excludes: &[String]) -> Option<Vec<String>> {
+        let source = source.trim_start_matches("./").trim_end_matches('/');
+        Some(
+            self.0
+                .iter()
+                .map(|(p, _)| p.to_string())
+                .filter(|p| source.is_empty() || source == "." || p == source)
+                .filter(|p| !excludes.contains(p))
+                .collect(),
+        )
+    }
+    fn read(&self, path: &str) -> Option<Vec<u8>> {
+        self.0
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, body)| body.as_bytes().to_vec())
+    }
+}
+
+/// SecretFileCopied with a context: what a directory copy brings counts, and an .npmrc
+/// only with a token in it.
+#[test]
+fn secret_files_in_the_copied_context() {
+    let run = |dockerfile: &str, files: Vec<(&'static str, &'static str)>| -> Vec<String> {
+        let ctx = FakeContext(files);
+        let opts = CheckOptions {
+            file_name: "Dockerfile",
+            platform: platform(),
+            all_stages: true,
+            context: Some(&ctx),
+            ..Default::default()
+        };
+        check(dockerfile, &opts, &mut FakeBases)
+            .unwrap()
+            .warnings
+            .iter()
+            .filter(|w| w.rule.name == "SecretFileCopied")
+            .map(|w| w.message.clone())
+            .collect()
+    };
+    let tail = ": a file copied into a layer stays in the image even if a later step deletes it; use RUN --mount=type=secret";
+    let files = vec![
+        ("src/app.js", ""),
+        ("deploy/id_ed25519", "-----BEGIN OPENSSH PRIVATE KEY-----"),
+        (".npmrc", "registry=https://registry.npmjs.org/\n"),
+        (".env", "DB_PASSWORD=x\n"),
+    ];
+    assert_eq!(
+        run("FROM alpine\nCOPY . /app\n", files.clone()),
+        [format!(
+            "\".\" copies \"deploy/id_ed25519\", which looks like an SSH private key and 1 more{tail}"
+        )]
+    );
+    // Excluded files are not copied; an .npmrc without a token is harmless.
+    assert_eq!(
+        run(
+            "FROM alpine\nCOPY --exclude=deploy/id_ed25519 --exclude=.env . /app\nCOPY .npmrc /root/\n",
+            files.clone()
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        run(
+            "FROM alpine\nCOPY .npmrc /root/\n",
+            vec![(".npmrc", "//registry.npmjs.org/:_authToken=npm_abc\n")]
+        ),
+        [format!("\".npmrc\" looks like a credentials file{tail}")]
+    );
+    // A source the context does not have copies nothing (the build says so).
+    assert_eq!(
+        run("FROM alpine\nCOPY id_rsa /root/.ssh/\n", files),
+        Vec::<String>::new()
+    );
 }

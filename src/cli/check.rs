@@ -2,7 +2,7 @@
 //! the warnings every build prints at its end.
 
 use crate::check::{self, BaseImage, BaseImages, CheckError, CheckOptions, Report};
-use crate::context::IgnoreMatcher;
+use crate::context::{self, IgnoreMatcher};
 use crate::exec::{self, BuildRequest, Reporter};
 use crate::image::Reference;
 use crate::plan::BaseResolver as _;
@@ -44,6 +44,35 @@ impl BaseImages for Stored<'_> {
     }
 }
 
+/// The build context as the checks see it: what a COPY source brings, through the same
+/// resolver and walk as the copy, capped (a check of a huge context stays quick).
+#[derive(Debug)]
+struct Context {
+    root: std::path::PathBuf,
+    ignore: IgnoreMatcher,
+}
+
+/// Files of one source a check looks at, at most.
+const CONTEXT_FILES_LIMIT: usize = 10_000;
+
+impl check::ContextFiles for Context {
+    fn files(&self, source: &str, excludes: &[String]) -> Option<Vec<String>> {
+        let files = context::source_files(
+            &self.root,
+            source,
+            &self.ignore,
+            excludes,
+            CONTEXT_FILES_LIMIT,
+        )
+        .ok()?;
+        Some(files.into_iter().map(|f| f.path).collect())
+    }
+
+    fn read(&self, path: &str) -> Option<Vec<u8>> {
+        context::read_control_file(&self.root, &self.root.join(path)).ok()?
+    }
+}
+
 /// A bad `# check=` directive or `BUILDKIT_DOCKERFILE_CHECK` fails the command before
 /// anything is built (as in BuildKit); a Dockerfile that does not parse is left to the
 /// build, which names the error itself.
@@ -67,6 +96,10 @@ pub fn run(
     // A broken ignore file fails the build with its own error; the checks then only lose
     // CopyIgnoredFile.
     let ignore = IgnoreMatcher::load(&req.context, req.dockerfile_path.as_deref()).ok();
+    let files = Context {
+        root: req.context.clone(),
+        ignore: ignore.clone().unwrap_or_default(),
+    };
     let opts = CheckOptions {
         file_name: &req.dockerfile_name,
         build_args: req.build_args.clone(),
@@ -74,6 +107,7 @@ pub fn run(
         platform: req.platform.clone(),
         all_stages,
         ignore: ignore.as_ref().filter(|m| !m.is_empty()),
+        context: Some(&files),
     };
     let mut resolved;
     let mut stored;
