@@ -460,3 +460,40 @@ fn secret_files_in_the_copied_context() {
         Vec::<String>::new()
     );
 }
+
+/// Every Dockerfile of the parser corpora and the examples: checks either report or return
+/// the parse error, never panic (a panic is a bug).
+#[test]
+fn no_dockerfile_makes_the_checks_panic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for corpus in ["testdata/parse", "testdata/parse-negative", "testdata/plan"] {
+        for case in std::fs::read_dir(root.join(corpus)).unwrap() {
+            files.push(case.unwrap().path().join("Dockerfile"));
+        }
+    }
+    for example in std::fs::read_dir(root.join("Dockerfile.examples")).unwrap() {
+        let p = example.unwrap().path();
+        files.push(if p.is_dir() { p.join("Dockerfile") } else { p });
+    }
+    let mut checked = 0;
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        for all_stages in [true, false] {
+            let opts = CheckOptions {
+                file_name: "Dockerfile",
+                platform: platform(),
+                all_stages,
+                ..Default::default()
+            };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                check(&text, &opts, &mut FakeBases).map(|_| ())
+            }));
+            assert!(result.is_ok(), "checks panicked on {}", file.display());
+        }
+        checked += 1;
+    }
+    assert!(checked > 100, "only {checked} Dockerfiles");
+}
