@@ -263,11 +263,10 @@ pub(super) fn run(
         let from_stage = stages[..k]
             .iter()
             .position(|s| s.name.as_deref() == Some(image.to_lowercase().as_str()));
+        // A stage built on another starts with its scope: env, declared args, SHELL and
+        // whether WORKDIR was set (BuildKit's dispatchState.init).
         let mut scope = match from_stage.and_then(|b| scopes[b].clone()) {
-            Some(parent) => Scope {
-                declared: BTreeSet::new(),
-                ..parent
-            },
+            Some(parent) => parent,
             None if image == "scratch" => Scope {
                 env_known: true,
                 ..Default::default()
@@ -313,7 +312,6 @@ pub(super) fn run(
         for i in st.body.clone() {
             walk.instruction(&nodes[i], typed[i]);
         }
-        walk.hygiene.finish(walk.lint);
         scopes[k] = Some(walk.scope);
     }
     Ok(())
@@ -687,7 +685,7 @@ impl StageWalk<'_, '_, '_> {
                         }
                     }
                 }
-                let dest = self.expand(node, &c.dest).unwrap_or_default();
+                self.expand(node, &c.dest);
                 for w in [&c.chown, &c.chmod].into_iter().flatten() {
                     self.expand(node, w);
                 }
@@ -698,8 +696,7 @@ impl StageWalk<'_, '_, '_> {
                         }
                     }
                 }
-                self.hygiene
-                    .copy(self.lint, node, c, &sources, &dest, self.opts);
+                self.hygiene.copy(self.lint, node, c, &sources, self.opts);
             }
             Instruction::Cmd(form) | Instruction::Entrypoint(form) => {
                 let is_cmd = matches!(instruction, Instruction::Cmd(_));

@@ -24,7 +24,6 @@ impl Stage {
         node: &Node,
         c: &Copy,
         sources: &[String],
-        _dest: &str,
         opts: &CheckOptions,
     ) {
         if c.from.is_some() {
@@ -130,10 +129,6 @@ impl Stage {
             }
         }
     }
-
-    /// Nothing is judged at the end of a stage today; kept so that rules which need the
-    /// whole stage have one place to report.
-    pub(super) fn finish(&mut self, _lint: &mut Linter) {}
 }
 
 fn is_remote(src: &str) -> bool {

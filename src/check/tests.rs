@@ -214,6 +214,8 @@ fn buildkit_expectations() {
         ("\nFROM scratch\n# check=skip=WorkdirRelativePath\nWORKDIR app/\n", &[], &[]),
         ("\nFROM scratch\nARG foo\nCOPY Dockerfile${foo} .\n", &[], &[]),
         ("\nFROM alpine AS base\nARG foo=Dockerfile\n\nFROM base\nCOPY $foo .\n", &[], &[]),
+        // Declared without a value in the parent stage: still declared (buildArgs carry over).
+        ("\nFROM alpine AS base\nARG foo\n\nFROM base\nCOPY x$foo .\n", &[], &[]),
         ("\nFROM alpine\nRUN echo $PATH\n", &[], &[]),
         (
             "\nFROM alpine\nCOPY $foo .\nARG foo=bar\nRUN echo $foo\n",
