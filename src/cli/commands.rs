@@ -223,8 +223,11 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
         return build_image(&store, &registry, &settings, args, &*report);
     }
     let built = build_image(&store, &registry, &settings, args, &*report);
-    if let Ok(checks) = super::check::run(&store, &registry, req, false, Lookup::StoreOnly) {
-        super::check::report_to(&*report, &checks, &req.dockerfile_text);
+    let quiet = args.quiet || args.progress == super::ProgressMode::Quiet;
+    if !quiet {
+        if let Ok(checks) = super::check::run(&store, &registry, req, false, Lookup::StoreOnly) {
+            super::check::report_to(&*report, &checks, &req.dockerfile_text);
+        }
     }
     built
 }
