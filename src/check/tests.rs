@@ -499,3 +499,70 @@ fn no_dockerfile_makes_the_checks_panic() {
     }
     assert!(checked > 100, "only {checked} Dockerfiles");
 }
+
+/// BuildKit's testRuleCheckOption: the directive, error=true and the build arg that
+/// replaces the directive, with the rules reported and the violation.
+#[test]
+fn buildkit_check_options() {
+    let body = "FROM scratch as base\ncopy Dockerfile .\n";
+    /// Directive, build arg, rules reported, violation.
+    type Case = (
+        &'static str,
+        Option<&'static str>,
+        &'static [&'static str],
+        Option<&'static str>,
+    );
+    let cases: &[Case] = &[
+        ("#check=skip=all\n", None, &[], None),
+        ("#check=skip=all;error=true\n", None, &[], None),
+        (
+            "#check=skip=ConsistentInstructionCasing,FromAsCasing;error=true\n",
+            None,
+            &[],
+            None,
+        ),
+        (
+            "#check=skip=ConsistentInstructionCasing\n",
+            None,
+            &["FromAsCasing"],
+            None,
+        ),
+        (
+            "#check=skip=ConsistentInstructionCasing;error=true\n",
+            None,
+            &["FromAsCasing"],
+            Some("lint violation found for rules: FromAsCasing"),
+        ),
+        (
+            "#check=skip=all\n",
+            Some("skip=ConsistentInstructionCasing;error=true"),
+            &["FromAsCasing"],
+            Some("lint violation found for rules: FromAsCasing"),
+        ),
+        ("#check=error=true\n", Some("skip=all"), &[], None),
+        (
+            "",
+            None,
+            &["FromAsCasing", "ConsistentInstructionCasing"],
+            None,
+        ),
+    ];
+    for (directive, arg, rules, violation) in cases {
+        let mut build_args = BTreeMap::new();
+        if let Some(v) = arg {
+            build_args.insert(CHECK_BUILD_ARG.to_string(), v.to_string());
+        }
+        let opts = CheckOptions {
+            file_name: "Dockerfile",
+            build_args,
+            platform: platform(),
+            all_stages: true,
+            ..Default::default()
+        };
+        let text = format!("{directive}{body}");
+        let report = check(&text, &opts, &mut FakeBases).unwrap();
+        let got: Vec<&str> = report.warnings.iter().map(|w| w.rule.name).collect();
+        assert_eq!(&got, rules, "{text} {arg:?}");
+        assert_eq!(report.violation().as_deref(), *violation, "{text} {arg:?}");
+    }
+}
