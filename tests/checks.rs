@@ -259,3 +259,26 @@ fn secret_files_are_found_in_what_a_directory_copy_brings() {
         "{stdout}"
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn json_says_why_when_the_dockerfile_does_not_parse() {
+    needs_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path(), "FROM scratch\nRUNN true\n", &[]);
+    let out = check(dir.path(), &ctx, &["--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["warnings"], serde_json::json!([]));
+    assert_eq!(
+        v["error"],
+        "Dockerfile:2: unknown instruction `RUNN` (did you mean `RUN`?)"
+    );
+    // The text form is the build's own error.
+    let out = check(dir.path(), &ctx, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: Dockerfile:2: unknown instruction `RUNN` (did you mean `RUN`?)\n   2 | RUNN true\n"
+    );
+}

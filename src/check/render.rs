@@ -54,7 +54,8 @@ struct JsonReport<'a> {
     schema: u32,
     file: &'a str,
     warnings: Vec<JsonWarning<'a>>,
-    /// BuildKit's `lint violation found for rules: ...` at error level, else null.
+    /// BuildKit's `lint violation found for rules: ...` at error level, or why the checks
+    /// could not run (the Dockerfile's parse error); else null.
     error: Option<String>,
 }
 
@@ -98,6 +99,20 @@ pub fn json(report: &Report) -> String {
             })
             .collect(),
         error: report.violation(),
+    };
+    let mut s = serde_json::to_string_pretty(&doc).expect("plain data serializes");
+    s.push('\n');
+    s
+}
+
+/// The JSON document for checks that could not run: no warnings, `error` says why (one
+/// line, e.g. `Dockerfile:3: unknown instruction `RUNN` (did you mean `RUN`?)`).
+pub fn json_error(file: &str, error: &str) -> String {
+    let doc = JsonReport {
+        schema: JSON_SCHEMA,
+        file,
+        warnings: Vec::new(),
+        error: Some(error.to_string()),
     };
     let mut s = serde_json::to_string_pretty(&doc).expect("plain data serializes");
     s.push('\n');

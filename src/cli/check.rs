@@ -152,7 +152,21 @@ pub fn command(
     req: &BuildRequest,
     format: CheckFormat,
 ) -> anyhow::Result<()> {
-    let report = run(store, registry, req, true, Lookup::Resolve)?;
+    let report = match run(store, registry, req, true, Lookup::Resolve) {
+        Ok(report) => report,
+        Err(e) => {
+            // CI reads the JSON: it says why there are no warnings (stderr says it too).
+            if format == CheckFormat::Json {
+                let message = crate::error::render_chain(e.as_ref());
+                let first = message.lines().next().unwrap_or_default();
+                super::commands::stdout_text(&check::render::json_error(
+                    &req.dockerfile_name,
+                    first,
+                ))?;
+            }
+            return Err(e);
+        }
+    };
     let out = match format {
         CheckFormat::Text => check::render::report_text(&report, &req.dockerfile_text),
         CheckFormat::Json => check::render::json(&report),
