@@ -567,16 +567,16 @@ impl StageWalk<'_, '_, '_> {
     /// Expand `word` in the stage's scope, reporting UndefinedVar for `node`.
     fn expand(&mut self, node: &Node, word: &str) -> Option<String> {
         let e = self.lexer.expand(word, &self.scope.env).ok()?;
-        self.undefined(node, &e);
+        self.undefined(node, &e.unmatched);
         Some(e.word)
     }
 
-    fn undefined(&mut self, node: &Node, e: &Expansion) {
+    fn undefined(&mut self, node: &Node, unmatched: &BTreeSet<String>) {
         if !self.scope.env_known {
             return;
         }
         let keys: Vec<&str> = self.scope.env.keys().map(String::as_str).collect();
-        for name in &e.unmatched {
+        for name in unmatched {
             if self.scope.declared.contains(name) || NON_ENV_ARGS.contains(&name.as_str()) {
                 continue;
             }
@@ -669,9 +669,15 @@ impl StageWalk<'_, '_, '_> {
                     self.expand(node, w);
                 }
             }
+            // EXPOSE splits its words and does not report unset variables (BuildKit's
+            // dispatchExpose uses ProcessWords outside the Expand hook).
             Instruction::Expose(ports) => {
                 for p in ports {
-                    if let Some(port) = self.expand(node, p) {
+                    let words = self
+                        .lexer
+                        .expand_words(p, &self.scope.env)
+                        .unwrap_or_default();
+                    for port in words {
                         self.expose(node, &port);
                     }
                 }
@@ -686,7 +692,7 @@ impl StageWalk<'_, '_, '_> {
                     }
                 }
                 self.expand(node, &c.dest);
-                for w in [&c.chown, &c.chmod].into_iter().flatten() {
+                for w in [&c.chown, &c.chmod, &c.checksum].into_iter().flatten() {
                     self.expand(node, w);
                 }
                 if c.from.is_none() {
@@ -715,6 +721,22 @@ impl StageWalk<'_, '_, '_> {
             Instruction::Healthcheck(_) => self.once(node, Slot::Healthcheck),
             Instruction::Shell(words) => self.scope.shell = Some(words.clone()),
             Instruction::Run(run) => {
+                // Mount options are expanded (BuildKit's setMountState); the command is the
+                // shell's business.
+                for m in &run.mounts {
+                    let mut unmatched = BTreeSet::new();
+                    let env = &self.scope.env;
+                    let lexer = self.lexer;
+                    let _ = instructions::parse_mount(&m.raw, &mut |v: &str| {
+                        let e = lexer.expand(v, env).map_err(|e| ErrorKind::Expansion {
+                            word: v.to_string(),
+                            reason: e.to_string(),
+                        })?;
+                        unmatched.extend(e.unmatched);
+                        Ok(e.word)
+                    });
+                    self.undefined(node, &unmatched);
+                }
                 self.hygiene
                     .run(self.lint, node, run, self.scope.shell.as_deref());
             }

@@ -217,6 +217,19 @@ fn buildkit_expectations() {
         // Declared without a value in the parent stage: still declared (buildArgs carry over).
         ("\nFROM alpine AS base\nARG foo\n\nFROM base\nCOPY x$foo .\n", &[], &[]),
         ("\nFROM alpine\nRUN echo $PATH\n", &[], &[]),
+        // rbuild's own cases of the same rule: EXPOSE is not judged, RUN --mount and
+        // ADD --checksum are (BuildKit's Expand hooks).
+        ("\nFROM alpine\nEXPOSE $PORT\n", &[], &[]),
+        (
+            "\nFROM alpine\nRUN --mount=type=cache,target=$CACHE_DIR true\n",
+            &[],
+            &[("UndefinedVar", 3, "Usage of undefined variable '$CACHE_DIR'")],
+        ),
+        (
+            "\nFROM alpine\nADD --checksum=$SUM https://example.com/a /a\n",
+            &[],
+            &[("UndefinedVar", 3, "Usage of undefined variable '$SUM'")],
+        ),
         (
             "\nFROM alpine\nCOPY $foo .\nARG foo=bar\nRUN echo $foo\n",
             &[],
