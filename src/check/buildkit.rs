@@ -685,10 +685,21 @@ impl StageWalk<'_, '_, '_> {
             Instruction::Copy(c) | Instruction::Add(c) => {
                 let mut sources = Vec::new();
                 for s in &c.sources {
-                    if let CopySource::Path(p) = s {
-                        if let Some(p) = self.expand(node, p) {
-                            sources.push(p);
+                    match s {
+                        CopySource::Path(p) => {
+                            if let Some(p) = self.expand(node, p) {
+                                sources.push(p);
+                            }
                         }
+                        // An unquoted heredoc's body is expanded raw (BuildKit's ExpandRaw:
+                        // `\` escapes, quotes kept).
+                        CopySource::Heredoc(h) if h.expand => {
+                            let raw = Lexer::new('\\').with_skip_quotes(true);
+                            if let Ok(e) = raw.expand(&h.content, &self.scope.env) {
+                                self.undefined(node, &e.unmatched);
+                            }
+                        }
+                        CopySource::Heredoc(_) => {}
                     }
                 }
                 self.expand(node, &c.dest);

@@ -221,6 +221,11 @@ fn buildkit_expectations() {
         // ADD --checksum are (BuildKit's Expand hooks).
         ("\nFROM alpine\nEXPOSE $PORT\n", &[], &[]),
         (
+            "\nFROM alpine\nCOPY <<EOF /motd\nhello $NAME\nEOF\nCOPY <<'EOF' /raw\n$NOT_EXPANDED\nEOF\n",
+            &[],
+            &[("UndefinedVar", 3, "Usage of undefined variable '$NAME'")],
+        ),
+        (
             "\nFROM alpine\nRUN --mount=type=cache,target=$CACHE_DIR true\n",
             &[],
             &[("UndefinedVar", 3, "Usage of undefined variable '$CACHE_DIR'")],
