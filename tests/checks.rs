@@ -196,6 +196,18 @@ fn builds_print_warnings_at_the_end_and_stop_first_at_error_level() {
         ),
         "{stderr}"
     );
+    // The tty renderer prints them too, above where its live region was.
+    let out = run(std::process::Command::new(rbuild_bin())
+        .env("RBUILD_ROOT", &store)
+        .args(["--progress", "tty"])
+        .arg(&ctx));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("WARNING: Dockerfile:3: JSONArgsRecommended: ")
+            && stderr.contains("   3 | CMD run it\n"),
+        "{stderr}"
+    );
     // Skipped through the build arg, nothing is said.
     let out = run(rbuild(&store)
         .args(["--build-arg", "BUILDKIT_DOCKERFILE_CHECK=skip=all"])
