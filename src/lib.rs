@@ -4,9 +4,11 @@
 //! `dockerfile` (text -> AST -> typed instructions) -> `plan` (stage graph, expanded steps,
 //! cache keys) -> `exec` (cache lookup, RUN via `sandbox`, COPY/ADD via `fileop`)
 //! -> `layer` (upperdir -> tar) -> `store` and `output`. `registry` pulls and pushes.
+//! `check` lints the Dockerfile (BuildKit's rules and rbuild's own) beside the build.
 //! Only `sandbox` may use `unsafe`.
 #![deny(unsafe_code)]
 
+pub mod check;
 pub mod cli;
 pub mod context;
 pub mod dockerfile;

@@ -79,6 +79,9 @@ pub enum Command {
     Build(BuildArgs),
     /// Print the resolved build plan: stages, steps, expanded instructions, cache keys
     Plan(PlanArgs),
+    /// Check the Dockerfile against the build checks without building (docs/checks/);
+    /// exit 1 when a rule at error level fires
+    Check(CheckArgs),
     /// List images in the store
     Images,
     /// Remove image tags from the store
@@ -124,6 +127,16 @@ pub enum Command {
     },
     #[command(name = "__sandbox-helper", hide = true)]
     SandboxHelper,
+}
+
+/// `rbuild check --format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum CheckFormat {
+    /// Located warnings with the Dockerfile's lines, as builds print them
+    #[default]
+    Text,
+    /// One JSON document (schema in docs/checks/README.md)
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -235,6 +248,18 @@ pub struct BuildArgs {
     /// archive, `DIR`: rootfs)
     #[arg(short, long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
+    /// Run the build checks only, do not build (as `rbuild check`)
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub build: BuildArgs,
+    /// Output format: text or json
+    #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+    pub format: CheckFormat,
 }
 
 #[derive(Debug, Args)]

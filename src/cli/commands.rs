@@ -12,7 +12,8 @@ use crate::output::{self, OutputKind, OutputSpec};
 use crate::registry::{Client, RegistryOptions};
 use crate::store::Store;
 
-use super::args::{Cli, Command, GlobalArgs, SaveFormat};
+use super::args::{CheckFormat, Cli, Command, GlobalArgs, SaveFormat};
+use super::check::Lookup;
 use super::settings::{build_settings, source_date_epoch, store_root, CallFormat, CallMethod};
 use super::{reporter, UserError};
 
@@ -39,6 +40,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         None => build(&global, &cli.build),
         Some(Command::Build(args)) => build(&global, &args),
         Some(Command::Plan(args)) => plan(&global, &args.build),
+        Some(Command::Check(args)) => check_only(&global, &args.build, args.format),
         Some(Command::Images) => images(&global),
         Some(Command::Rmi { images }) => {
             let store = open_store(&global)?;
@@ -183,7 +185,27 @@ fn find_image(store: &Store, reference: &str) -> anyhow::Result<crate::store::Im
     found.ok_or_else(|| UserError(format!("no such image in the store: `{reference}`")).into())
 }
 
+/// `rbuild check` and `rbuild --check`.
+fn check_only(
+    global: &GlobalArgs,
+    args: &super::BuildArgs,
+    format: CheckFormat,
+) -> anyhow::Result<()> {
+    let settings = build_settings(args)?;
+    let store = open_store(global)?;
+    let registry = registry(global)?;
+    let _lock = store.lock_shared()?;
+    super::check::command(&store, &registry, &settings.request, format)
+}
+
+/// A build, with the build checks: a bad check configuration fails it first; at error
+/// level (`# check=error=true`) the checks run first and a warning stops it, as in
+/// BuildKit; otherwise the warnings are printed at the end, whether the build succeeded
+/// or not.
 fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
+    if args.check {
+        return check_only(global, args, CheckFormat::Text);
+    }
     let settings = build_settings(args)?;
     match settings.call {
         CallMethod::Build => {}
@@ -209,15 +231,40 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
             });
         }
     }
+    let config = super::check::validate_config(&settings.request)?;
     let store = open_store(global)?;
     let registry = registry(global)?;
     let report = reporter(args.progress, args.quiet);
+    let req = &settings.request;
+    if config.error {
+        let checks = super::check::run(&store, &registry, req, false, Lookup::Resolve)?;
+        super::check::report_to(&*report, &checks, &req.dockerfile_text);
+        super::check::violation(&checks)?;
+        return build_image(&store, &registry, &settings, args, &*report);
+    }
+    let built = build_image(&store, &registry, &settings, args, &*report);
+    let quiet = args.quiet || args.progress == super::ProgressMode::Quiet;
+    if !quiet {
+        if let Ok(checks) = super::check::run(&store, &registry, req, false, Lookup::StoreOnly) {
+            super::check::report_to(&*report, &checks, &req.dockerfile_text);
+        }
+    }
+    built
+}
+
+fn build_image(
+    store: &Store,
+    registry: &Client,
+    settings: &super::settings::BuildSettings,
+    args: &super::BuildArgs,
+    report: &dyn exec::Reporter,
+) -> anyhow::Result<()> {
     exec::install_signal_handlers();
     // Held until the outputs are written: a prune in between must not take the blobs of an
     // untagged image that is still being exported.
     let _lock = store.lock_shared()?;
     let started = std::time::Instant::now();
-    let outcome = exec::build(&store, &registry, &settings.request, &*report)?;
+    let outcome = exec::build(store, registry, &settings.request, report)?;
     super::progress::trace("build", started.elapsed());
     let image = &outcome.image;
     let tags = &settings.request.tags;
@@ -229,29 +276,23 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
 
     for spec in &settings.outputs {
         let started = std::time::Instant::now();
-        output::write(
-            &store,
-            image,
-            tags,
-            spec,
-            settings.request.source_date_epoch,
-        )?;
+        output::write(store, image, tags, spec, settings.request.source_date_epoch)?;
         super::progress::trace("output", started.elapsed());
         say(format!("wrote {}", describe(&spec.kind)));
     }
     if settings.load {
-        load_into_docker(&store, image, tags, settings.request.source_date_epoch)?;
+        load_into_docker(store, image, tags, settings.request.source_date_epoch)?;
         say("loaded the image into docker".to_string());
     }
     if settings.push {
         for (id, tag) in (outcome.next_step..).zip(tags) {
             let digest = exec::push(
-                &store,
-                &registry,
+                store,
+                registry,
                 &image.manifest.digest.to_string(),
                 tag,
                 id,
-                &*report,
+                report,
             )?;
             say(format!("pushed {}@{digest}", tag.name()));
         }
@@ -368,7 +409,7 @@ fn images(global: &GlobalArgs) -> anyhow::Result<()> {
 
 /// Print to stdout; a closed pipe (`rbuild inspect X | head -1`) ends the output quietly
 /// instead of panicking as `println!` does.
-fn stdout_text(text: &str) -> anyhow::Result<()> {
+pub(super) fn stdout_text(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),

@@ -3,6 +3,7 @@
 //! (clap), 130 after SIGINT, 101 for an internal error (a bug).
 
 mod args;
+mod check;
 mod commands;
 mod progress;
 mod settings;

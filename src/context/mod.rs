@@ -99,6 +99,50 @@ pub(crate) fn host_path(root: &Path, rel: &str) -> PathBuf {
 /// larger is a mistake or an attack (a link to /dev/zero).
 pub const MAX_CONTROL_FILE: u64 = 16 << 20;
 
+/// A regular file a COPY/ADD source would read, for the build checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// Slash-separated, relative to the context, as the source names it.
+    pub path: String,
+    /// Where it is on the host (beneath the context).
+    pub host: PathBuf,
+}
+
+/// The regular files that `source` brings from the context at `root`, after
+/// `.dockerignore` and `excludes`, through the same resolver and walk as the copy itself;
+/// at most `limit` of them (a check needs no more).
+pub fn source_files(
+    root: &Path,
+    source: &str,
+    ignore: &IgnoreMatcher,
+    excludes: &[String],
+    limit: usize,
+) -> Result<Vec<SourceFile>, ContextError> {
+    let excludes = IgnoreMatcher::new(excludes)?;
+    let mut out = Vec::new();
+    for m in walk::resolve(root, source, true, ignore)? {
+        for entry in walk::walk(&m, ignore, &excludes)? {
+            if out.len() >= limit {
+                return Ok(out);
+            }
+            if !entry.meta.is_file() {
+                continue;
+            }
+            let rel = entry.rel.to_string_lossy();
+            let path = match (m.named.as_str(), rel.as_ref()) {
+                (named, "") => named.to_string(),
+                ("", rel) => rel.to_string(),
+                (named, rel) => format!("{named}/{rel}"),
+            };
+            out.push(SourceFile {
+                path,
+                host: entry.host,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Reads a Dockerfile or ignore file at `path` (absolute). One inside `context` is opened
 /// beneath it: symlinks resolve inside the context, never out of it (a `Dockerfile ->
 /// /proc/self/environ` in a pull request must not print rbuild's environment), and it must

@@ -107,6 +107,19 @@ pub enum ErrorKind {
     Invalid(String),
 }
 
+/// Lines `first..=last` of a Dockerfile as an error or a warning shows them, one
+/// `   3 | RUN x` row each (the one excerpt format of located messages).
+pub fn excerpt(text: &str, first: usize, last: usize) -> String {
+    let lines: Vec<&str> = text.trim_start_matches('\u{feff}').lines().collect();
+    (first..=last.max(first))
+        .map(|n| {
+            let line = lines.get(n.saturating_sub(1)).copied().unwrap_or("");
+            format!("{n:>4} | {}", line.trim_end_matches('\r'))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn stage_list(stages: &[String]) -> String {
     if stages.is_empty() {
         "; the Dockerfile has no named stages (name one with `FROM ... AS NAME`)".to_string()
@@ -121,6 +134,14 @@ fn stage_list(stages: &[String]) -> String {
 /// ignores case and the suggestion takes the case of `value` (`RUNN` -> `RUN`, `rnu` ->
 /// `run`).
 pub(crate) fn did_you_mean(value: &str, options: &[&str], case_sensitive: bool) -> String {
+    match suggest(value, options, case_sensitive) {
+        Some(found) => format!(" (did you mean `{found}`?)"),
+        None => String::new(),
+    }
+}
+
+/// The option [`did_you_mean`] would suggest, bare (BuildKit's `suggest.Search`).
+pub(crate) fn suggest(value: &str, options: &[&str], case_sensitive: bool) -> Option<String> {
     let fold = |s: &str| {
         if case_sensitive {
             s.to_string()
@@ -133,20 +154,18 @@ pub(crate) fn did_you_mean(value: &str, options: &[&str], case_sensitive: bool) 
     for opt in options {
         let opt = fold(opt);
         if opt == val {
-            return String::new();
+            return None;
         }
         let dist = levenshtein(&val, &opt);
         if dist < best.as_ref().map_or(3, |(d, _)| *d) {
             best = Some((dist, opt));
         }
     }
-    let Some((_, mut found)) = best else {
-        return String::new();
-    };
+    let (_, mut found) = best?;
     if !case_sensitive && value == value.to_uppercase() {
         found = found.to_uppercase();
     }
-    format!(" (did you mean `{found}`?)")
+    Some(found)
 }
 
 /// Edit distance in characters (insertions, deletions, substitutions).

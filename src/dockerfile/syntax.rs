@@ -57,8 +57,12 @@ pub struct Node {
     /// The comment lines above the instruction since the previous one, without the `#`
     /// (BuildKit's PrevComment): blank lines keep them, an empty `#` line drops those
     /// before it, directives and comments inside a continuation are not among them. A
-    /// stage's or ARG's description is the one that starts with its name (doc_comment).
+    /// stage's or ARG's description is the one that starts with its name (doc_comment);
+    /// `# check=skip=...` there applies to this instruction only.
     pub comments: Vec<String>,
+    /// The line that ended a continuation which had a blank line in it (BuildKit warns
+    /// about those: NoEmptyContinuation).
+    pub empty_continuation: Option<usize>,
 }
 
 impl Node {
@@ -159,17 +163,18 @@ pub fn parse(text: &str) -> Result<Ast, SyntaxError> {
     };
 
     let mut nodes = Vec::new();
-    let mut comments = Vec::new();
+    // The comments since the last instruction (BuildKit's `PrevComment`): blank lines keep
+    // them, an empty `#` line drops them.
+    let mut comments: Vec<String> = Vec::new();
     while i < lines.len() {
         let first = lines[i];
         i += 1;
         if is_comment(first) {
-            // As BuildKit: the text after the line's first character, trimmed.
-            let text = first.get(1..).unwrap_or("").trim();
-            if text.is_empty() {
+            let comment = first.trim_start()[1..].trim();
+            if comment.is_empty() {
                 comments.clear();
             } else {
-                comments.push(text.to_string());
+                comments.push(comment.to_string());
             }
             continue;
         }
@@ -181,10 +186,15 @@ pub fn parse(text: &str) -> Result<Ast, SyntaxError> {
         let lead = leading_ws(first);
         let (seg, mut done) = trim_continuation(&first[lead..], escape);
         logical.push(seg, start_line, lead + 1);
+        let mut empty_continuation = false;
         while !done && i < lines.len() {
             let line = lines[i];
             i += 1;
-            if is_comment(line) || line.trim().is_empty() {
+            if is_comment(line) {
+                continue;
+            }
+            if line.trim().is_empty() {
+                empty_continuation = true;
                 continue;
             }
             let (seg, end) = trim_continuation(line, escape);
@@ -195,6 +205,9 @@ pub fn parse(text: &str) -> Result<Ast, SyntaxError> {
             continue;
         }
         let mut node = node_from_logical(&logical, escape, start_line)?;
+        node.comments = std::mem::take(&mut comments);
+        // BuildKit places the warning on the instruction's last line before any heredoc.
+        node.empty_continuation = empty_continuation.then_some(i);
         if node.json.is_none() && can_contain_heredoc(&node.name) && node.text.contains("<<") {
             for HeredocMarker {
                 fd,
@@ -236,7 +249,6 @@ pub fn parse(text: &str) -> Result<Ast, SyntaxError> {
             }
         }
         node.end_line = i.max(start_line);
-        node.comments = std::mem::take(&mut comments);
         nodes.push(node);
     }
     Ok(Ast {
@@ -349,6 +361,7 @@ fn node_from_logical(l: &Logical, escape: char, line: usize) -> Result<Node, Syn
         end_line: l.at(text.len().saturating_sub(1)).line,
         text: text.to_string(),
         comments: Vec::new(),
+        empty_continuation: None,
     })
 }
 

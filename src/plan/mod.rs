@@ -24,6 +24,7 @@ use crate::dockerfile::instructions::{LineError, NetworkMode, Security};
 use crate::dockerfile::ErrorKind;
 use crate::image::{Digest, ImageConfig, Platform, SourceDateEpoch};
 
+pub(crate) use graph::automatic_args;
 pub use key::cache_key;
 pub use outline::{
     outline, outline_json, render_outline, render_targets, targets, targets_json, Outline, Target,
@@ -333,16 +334,10 @@ pub(crate) struct Source<'a> {
 
 impl Source<'_> {
     pub fn at(&self, line: usize, kind: ErrorKind) -> PlanError {
-        let text = self
-            .text
-            .trim_start_matches('\u{feff}')
-            .lines()
-            .nth(line.saturating_sub(1))
-            .unwrap_or("");
         PlanError::At {
             file: self.name.to_string(),
             line,
-            excerpt: format!("{line:>4} | {}", text.trim_end_matches('\r')),
+            excerpt: crate::dockerfile::excerpt(self.text, line, line),
             kind: Box::new(kind),
         }
     }
