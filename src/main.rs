@@ -5,5 +5,7 @@ fn main() {
     {
         rbuild::sandbox::helper_main::<rbuild::fileop::FileJob>();
     }
-    std::process::exit(rbuild::cli::main());
+    let code = rbuild::cli::main();
+    rbuild::sandbox::shutdown();
+    std::process::exit(code);
 }

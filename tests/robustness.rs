@@ -1358,3 +1358,30 @@ fn docker_archive_rootfs(archive: &[u8]) -> std::collections::BTreeMap<String, s
     }
     merged
 }
+
+/// The processes a build keeps between steps (the spare helper, the network namespace's
+/// holder, slirp4netns) end before rbuild exits: nothing of its process group is left, not
+/// even a zombie for init to reap (farm-bench saw them outlive every RUN build).
+#[test]
+#[ignore = "needs root and a registry"]
+fn nothing_a_build_started_outlives_it() {
+    use std::os::unix::process::CommandExt;
+    support::needs_root_and_registry();
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {BASE}\nRUN echo one > /one\nRUN echo two > /two\n"),
+    )]);
+    let mut child = rbuild(store.path())
+        .args(["--no-cache", "-q"])
+        .arg(ctx.path())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+    // The group's id is the pid rbuild had; whatever is still in it is rbuild's.
+    let group = support::processes_in_group(pid);
+    assert!(group.is_empty(), "left running: {group:?}");
+}

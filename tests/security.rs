@@ -13,6 +13,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -69,8 +70,16 @@ fn cc(source: &str, flags: &[&str]) -> Vec<u8> {
 
 /// Runs a build to its end and checks that it left nothing running or mounted on the host.
 fn build(cmd: &mut Command) -> Output {
-    let out = run(cmd.stdin(Stdio::null()));
-    assert_no_leftovers();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_no_leftovers(pid);
     out
 }
 
@@ -97,21 +106,12 @@ fn build_rootfs(store: &Path, ctx: &Path, extra: &[&str]) -> tempfile::TempDir {
     dest
 }
 
-/// No sandbox helper, network holder or slirp4netns outlives a build, and no mount of a
-/// step is visible on the host.
-fn assert_no_leftovers() {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let procs = processes_matching(&["__sandbox-helper", "slirp4netns"]);
-        if procs.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "left running after the build: {procs:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+/// Nothing the build started (sandbox helpers, the network holder, slirp4netns) outlives
+/// it, not even as a zombie: the build ran in a process group of its own, `pgid`, and rbuild
+/// waits for its children before it exits. No mount of a step is visible on the host.
+fn assert_no_leftovers(pgid: u32) {
+    let procs = support::processes_in_group(pgid);
+    assert!(procs.is_empty(), "left running after the build: {procs:?}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     for line in mounts.lines() {
         assert!(
@@ -119,26 +119,6 @@ fn assert_no_leftovers() {
             "a step's mount is visible on the host: {line}"
         );
     }
-}
-
-fn processes_matching(needles: &[&str]) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if !e
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if needles.iter().any(|n| cmdline.contains(n)) {
-            found.push(cmdline);
-        }
-    }
-    found
 }
 
 /// (kind, major, minor) of every device node in an uncompressed tar.
@@ -887,6 +867,7 @@ fn a_step_cannot_start_more_processes_than_the_limit() {
             .arg(ctx.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .unwrap();
         let pid = child.id();
@@ -898,7 +879,7 @@ fn a_step_cannot_start_more_processes_than_the_limit() {
             .read_to_string(&mut log)
             .unwrap();
         assert!(child.wait().unwrap().success(), "{log}");
-        assert_no_leftovers();
+        assert_no_leftovers(pid);
         // The limit counts the step's PID 1 too; fork fails with EAGAIN.
         assert!(
             log.contains(&format!("forked={} errno=11\n", expected - 1)),
@@ -940,8 +921,10 @@ fn secrets_never_touch_the_disk() {
         .arg(ctx.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap();
+    let pgid = child.id();
     let mut scans = 0;
     while child.try_wait().unwrap().is_none() {
         let hits = files_containing(store.path(), value.as_bytes());
@@ -955,7 +938,7 @@ fn secrets_never_touch_the_disk() {
         "the build ended before the store could be watched"
     );
     assert!(files_containing(store.path(), value.as_bytes()).is_empty());
-    assert_no_leftovers();
+    assert_no_leftovers(pgid);
 }
 
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {

@@ -356,6 +356,14 @@ static HELPER_EXE: OnceLock<PathBuf> = OnceLock::new();
 /// Helpers currently running, for [`terminate_all`].
 static LIVE: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
+/// End what the sandbox keeps running between steps (the spare helper, the network
+/// namespace's holder and slirp4netns) and wait for it: called before rbuild exits, so no
+/// process of a build outlives it.
+pub fn shutdown() {
+    spare::stop();
+    net::stop();
+}
+
 /// Kills every running step (for a SIGINT handler that wants a clean exit): each helper
 /// gets SIGTERM, kills its step's PID namespace and returns, so `run` answers
 /// `Exit::Signal(9)`. Without it, rbuild's own death still kills every step.

@@ -13,9 +13,9 @@
 //! and keeps it alive, and each step's helper joins it with setns. Steps of the same build
 //! see each other's sockets only while they run in parallel; nothing of the host's.
 //!
-//! Nothing outlives rbuild: the holder reads its stdin and slirp4netns its exit fd, and
-//! rbuild holds the other end of both, so they see end-of-file and exit when it does,
-//! however it dies.
+//! Nothing outlives rbuild: [`stop`] ends both and waits for them before rbuild exits, and
+//! should rbuild die first, the holder reads its stdin and slirp4netns its exit fd, whose
+//! other ends rbuild holds, so they see end-of-file and exit.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -38,12 +38,12 @@ struct Shared {
     /// Where steps join: /proc/<holder>/ns/net. The holder is never waited for while it is
     /// in use, so its pid cannot be reused; if it dies the path stops resolving.
     path: PathBuf,
-    _holder: Child,
+    holder: Child,
     /// Its end of the holder's stdin: dropped, the holder exits.
-    _holder_stdin: ChildStdin,
-    _slirp: Child,
+    holder_stdin: ChildStdin,
+    slirp: Child,
     /// The write end of slirp4netns's exit fd.
-    _slirp_exit: OwnedFd,
+    slirp_exit: OwnedFd,
 }
 
 /// The path of the build's shared network namespace (/proc/PID/ns/net), starting it the
@@ -59,6 +59,18 @@ pub fn shared_namespace(helper_exe: &std::path::Path) -> Result<PathBuf, Sandbox
     let path = s.path.clone();
     *shared = Some(s);
     Ok(path)
+}
+
+/// End the shared namespace's holder and slirp4netns and wait for both.
+pub fn stop() {
+    let shared = SHARED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(mut s) = shared {
+        drop((s.holder_stdin, s.slirp_exit));
+        for child in [&mut s.holder, &mut s.slirp] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn setup(message: String) -> SandboxError {
@@ -83,7 +95,7 @@ fn start(helper_exe: &std::path::Path) -> Result<Shared, SandboxError> {
         )));
     }
     let pid = holder.id();
-    let (slirp, slirp_exit) = match start_slirp(pid) {
+    let (slirp, slirp_exit) = match startslirp(pid) {
         Ok(s) => s,
         Err(e) => {
             drop(stdin);
@@ -93,15 +105,15 @@ fn start(helper_exe: &std::path::Path) -> Result<Shared, SandboxError> {
     };
     Ok(Shared {
         path: PathBuf::from(format!("/proc/{pid}/ns/net")),
-        _holder: holder,
-        _holder_stdin: stdin,
-        _slirp: slirp,
-        _slirp_exit: slirp_exit,
+        holder,
+        holder_stdin: stdin,
+        slirp,
+        slirp_exit,
     })
 }
 
 /// Starts slirp4netns on the holder's namespace and waits until it has configured it.
-fn start_slirp(pid: u32) -> Result<(Child, OwnedFd), SandboxError> {
+fn startslirp(pid: u32) -> Result<(Child, OwnedFd), SandboxError> {
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| setup(format!("creating a pipe: {e}")))?;
     let (exit_r, exit_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)

@@ -9,8 +9,9 @@
 //!
 //! One thread, living as long as rbuild, starts every helper: PR_SET_PDEATHSIG fires when
 //! the thread that forked a process ends, so a helper started by a stage's thread would die
-//! with that thread. A spare that nobody takes sees its stdin close when rbuild exits, and
-//! removes its cgroup itself (helper.rs).
+//! with that thread. [`stop`] ends the spare and waits for it before rbuild exits; a spare
+//! of a process that dies first sees its stdin close, and removes its cgroup itself
+//! (helper.rs).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -40,7 +41,11 @@ pub enum Want {
     Any,
 }
 
-type Request = (Want, Sender<Result<Helper, SandboxError>>);
+enum Request {
+    Take(Want, Sender<Result<Helper, SandboxError>>),
+    /// End the spare, wait for it, and answer: rbuild is about to exit.
+    Stop(Sender<()>),
+}
 
 static SPAWNER: OnceLock<Mutex<Sender<Request>>> = OnceLock::new();
 
@@ -59,15 +64,41 @@ pub fn take(exe: PathBuf, want: Want) -> Result<Helper, SandboxError> {
     spawner
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .send((want, reply))
+        .send(Request::Take(want, reply))
         .map_err(|_| gone())?;
     answer.recv().map_err(|_| gone())?
+}
+
+/// End the waiting spare and wait for it to exit (its cgroup removed), so that nothing of
+/// rbuild's outlives it. Later [`take`]s fail.
+pub fn stop() {
+    let Some(spawner) = SPAWNER.get() else {
+        return;
+    };
+    let (done, stopped) = channel();
+    let sent = spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(Request::Stop(done));
+    if sent.is_ok() {
+        let _ = stopped.recv();
+    }
 }
 
 fn serve(exe: PathBuf, requests: Receiver<Request>) {
     // The spare and the pids limit it was started for.
     let mut spare: Option<(Option<u32>, Result<Helper, SandboxError>)> = None;
-    for (want, reply) in requests {
+    for request in requests {
+        let (want, reply) = match request {
+            Request::Take(want, reply) => (want, reply),
+            Request::Stop(done) => {
+                if let Some((_, helper)) = spare.take() {
+                    discard(helper);
+                }
+                let _ = done.send(());
+                return;
+            }
+        };
         let (helper, limit) = match (spare.take(), want) {
             (Some((limit, helper)), Want::Any) => (helper, limit),
             (Some((limit, helper)), Want::Run(wanted)) if limit == wanted => (helper, limit),

@@ -443,3 +443,32 @@ impl Drop for DockerImages {
         }
     }
 }
+
+/// The processes (command line, or `[comm] <state>` for one without, like a zombie) whose
+/// process group is `pgid`: what a command started with `process_group(0)` left behind.
+/// Only that group's, so that other builds running on the machine do not count.
+pub fn processes_in_group(pgid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|p| p.parse::<u32>().ok()) != Some(pgid) {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let comm = head.split_once('(').map_or("", |(_, c)| c);
+        found.push(if cmdline.is_empty() {
+            format!("[{comm}] {}", fields.first().unwrap_or(&"?"))
+        } else {
+            cmdline
+        });
+    }
+    found
+}
