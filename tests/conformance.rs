@@ -215,6 +215,8 @@ cases! {
     copy_through_dest_symlink,
     copy_wildcard,
     dockerignore,
+    duplicate_stage_names,
+    duplicate_stage_names_target,
     env_expansion,
     env_in_run_and_history,
     env_legacy_form,

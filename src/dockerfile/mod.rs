@@ -64,8 +64,6 @@ pub enum ErrorKind {
     BadChmod(String),
     #[error("invalid stage name `{0}`: must start with a letter and contain only letters, digits, `-`, `_` and `.`")]
     BadStageName(String),
-    #[error("duplicate stage name `{0}`")]
-    DuplicateStageName(String),
     #[error("no build stage `{0}` (stages reference an earlier stage by name or index)")]
     UnknownStage(String),
     #[error("stage `{0}` depends on itself (cycle: {1})")]

@@ -149,6 +149,8 @@ pub(crate) fn build<'a>(
         .collect();
     froms.push(located.len());
     let mut stages: Vec<StageDef> = Vec::new();
+    // A name means the latest stage that took it (dispatchStates.statesByName): FROM sees the
+    // stages so far, COPY --from, mounts and --target all of them.
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (index, w) in froms.windows(2).enumerate() {
         let l = &located[w[0]];
@@ -174,9 +176,9 @@ pub(crate) fn build<'a>(
             Ref::Image(image)
         };
         if let Some(name) = &from.name {
-            if names.insert(name.clone(), index).is_some() {
-                return Err(src.at(l.line, ErrorKind::DuplicateStageName(name.clone())));
-            }
+            // A duplicate name is BuildKit's DuplicateStageName warning (check/), not an
+            // error: from here on the name means this stage.
+            names.insert(name.clone(), index);
         }
         let mut deps = BTreeSet::new();
         if let Ref::Stage(i) = base {

@@ -1,0 +1,2 @@
+test "$(cat /f)" = second
+test "$(cat /copied)" = second
