@@ -692,10 +692,31 @@ impl<'a> Ctx<'a> {
                 }
             }
             MountType::Ssh => {
-                return Err(BuildError::Invalid(
-                    "RUN --mount=type=ssh is not supported yet: rbuild has no SSH agent forwarding"
-                        .to_string(),
-                ))
+                let id = m.id.clone().unwrap_or_else(|| "default".to_string());
+                let Some(source) = self.req.ssh.get(&id) else {
+                    if m.required {
+                        // BuildKit's words, then what to do.
+                        return Err(BuildError::Invalid(format!(
+                            "no SSH key {id:?} forwarded from the client (the mount requires it; give it with --ssh {id}=SOCKET|KEYFILE, or --ssh default for $SSH_AUTH_SOCK)"
+                        )));
+                    }
+                    // Optional and not given: no socket, as BuildKit.
+                    return Ok(None);
+                };
+                let forward = super::ssh::Forward::start(
+                    self.store.tmp_dir()?,
+                    &id,
+                    source,
+                    uid,
+                    gid,
+                    m.mode.unwrap_or(0o600),
+                )?;
+                let mount = Mount::Ssh {
+                    socket: forward.socket().to_path_buf(),
+                    target,
+                };
+                guards.push(MountGuard::Ssh(forward));
+                mount
             }
         }))
     }
@@ -876,12 +897,14 @@ fn apply_record(state: &mut StageState, rec: &CacheRecord, key: String) {
     state.key = key;
 }
 
-/// What a RUN's cache mounts hold while the step runs.
+/// What a RUN's mounts hold while the step runs.
 enum MountGuard {
     /// `sharing=locked` / `private`: the cache directory's flock.
     Lock(#[allow(dead_code)] crate::store::FileLock),
     /// `sharing=private` while the cache is in use: a directory of this step's own.
     Dir(#[allow(dead_code)] tempfile::TempDir),
+    /// `type=ssh`: the relay (and agent) serving the step's socket.
+    Ssh(#[allow(dead_code)] super::ssh::Forward),
 }
 
 /// The directory name of a cache mount in the store. BuildKit keys a cache mount by its id,

@@ -94,6 +94,13 @@ pub enum Mount {
         gid: u32,
         mode: u32,
     },
+    /// `RUN --mount=type=ssh`: a unix socket rbuild serves for the step (exec/ssh.rs),
+    /// already carrying the mount's uid, gid and mode, bound on `target`. Only the
+    /// bind mount enters the step's namespace; the stub is not part of the layer.
+    Ssh {
+        socket: PathBuf,
+        target: String,
+    },
 }
 
 /// A secret's bytes; `Debug` does not show them.

@@ -1,0 +1,278 @@
+//! `RUN --mount=type=ssh`: the agent socket a step reaches. For each ssh mount of a step,
+//! rbuild listens on a socket of its own (with the mount's uid, gid and mode, as BuildKit's
+//! sshforward makes it) and relays every connection to the agent `--ssh` names: the user's
+//! socket, or an `ssh-agent` rbuild starts for the step and loads with the key files. The
+//! sandbox binds that socket on the mount's target; it exists only while the step runs.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::request::SshSource;
+use super::BuildError;
+
+/// A step's view of one `--ssh` id; stops relaying (and stops its agent) when dropped.
+pub struct Forward {
+    socket: PathBuf,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    agent: Option<KeyAgent>,
+    // Removed last: the sockets live in it.
+    _dir: tempfile::TempDir,
+}
+
+impl Forward {
+    /// Starts relaying `source` (the `--ssh` entry of `id`) on a socket in `dir`, owned by
+    /// `uid`:`gid` with `mode`.
+    pub fn start(
+        dir: tempfile::TempDir,
+        id: &str,
+        source: &SshSource,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    ) -> Result<Forward, BuildError> {
+        let (upstream, agent) = match source {
+            SshSource::Socket(path) => (path.clone(), None),
+            SshSource::Keys(keys) => {
+                let agent = KeyAgent::start(&dir.path().join("a"), id, keys)?;
+                (agent.socket.clone(), Some(agent))
+            }
+        };
+        // Fail here, naming the id and the socket, rather than in the step's ssh client.
+        UnixStream::connect(&upstream).map_err(|e| {
+            BuildError::Invalid(format!(
+                "ssh agent for --ssh {id}: connecting to `{}`: {e}",
+                upstream.display()
+            ))
+        })?;
+        let socket = dir.path().join("s");
+        let io = |what| BuildError::io(what, &socket);
+        let listener = UnixListener::bind(&socket).map_err(io("creating ssh socket"))?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(io("setting the mode of ssh socket"))?;
+        std::os::unix::fs::chown(&socket, Some(uid), Some(gid))
+            .map_err(io("setting the owner of ssh socket"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let accept = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("ssh-forward".into())
+                .spawn(move || relay_all(listener, &upstream, &stop))
+                .map_err(io("starting the ssh relay for"))?
+        };
+        Ok(Forward {
+            socket,
+            stop,
+            accept: Some(accept),
+            agent,
+            _dir: dir,
+        })
+    }
+
+    /// The socket the sandbox binds into the step.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees `stop`.
+        let _ = UnixStream::connect(&self.socket);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        self.agent.take();
+    }
+}
+
+fn relay_all(listener: UnixListener, upstream: &Path, stop: &AtomicBool) {
+    for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(client) = conn else { continue };
+        let upstream = upstream.to_path_buf();
+        // A connection lives as long as both ends do; the step's processes die with it.
+        let _ = std::thread::Builder::new()
+            .name("ssh-relay".into())
+            .spawn(move || relay(client, &upstream));
+    }
+}
+
+fn relay(client: UnixStream, upstream: &Path) {
+    let Ok(server) = UnixStream::connect(upstream) else {
+        return;
+    };
+    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let up = std::thread::spawn(move || pump(c2, s2));
+    pump(server, client);
+    let _ = up.join();
+}
+
+/// Copies `from` to `to` until `from` ends, then ends `to`'s writing side.
+fn pump(mut from: UnixStream, mut to: UnixStream) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// An `ssh-agent` (openssh-client) serving `--ssh ID=KEYFILE[,KEYFILE]` for one step.
+struct KeyAgent {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl KeyAgent {
+    fn start(socket: &Path, id: &str, keys: &[PathBuf]) -> Result<KeyAgent, BuildError> {
+        let fail = |why: String| BuildError::Invalid(format!("--ssh {id}: {why}"));
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                fail(format!(
+                    "starting ssh-agent to serve the key files: {e} (install openssh-client)"
+                ))
+            })?;
+        // Dropped on every early return below: the agent is killed.
+        let mut agent = KeyAgent {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(socket).is_err() {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                return Err(fail(format!("ssh-agent exited at start ({status})")));
+            }
+            if Instant::now() > deadline {
+                return Err(fail("ssh-agent did not start within 10s".to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let out = Command::new("ssh-add")
+            .arg("-q")
+            .args(keys)
+            .env("SSH_AUTH_SOCK", socket)
+            // A key with a passphrase fails instead of prompting (buildx cannot use one
+            // either).
+            .env("SSH_ASKPASS_REQUIRE", "never")
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| fail(format!("running ssh-add: {e} (install openssh-client)")))?;
+        if !out.status.success() {
+            let names: Vec<String> = keys.iter().map(|k| k.display().to_string()).collect();
+            return Err(fail(format!(
+                "loading key file `{}`: {}",
+                names.join(","),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(agent)
+    }
+}
+
+impl Drop for KeyAgent {
+    fn drop(&mut self) {
+        // Our own child, by its pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake agent that answers the first message with `reply` (connections that send
+    /// nothing, like the relay's probe at start, are skipped).
+    fn echo_agent(path: &Path, reply: &'static [u8]) -> JoinHandle<()> {
+        let l = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let mut c = c.unwrap();
+                let mut buf = [0u8; 9];
+                if c.read_exact(&mut buf).is_err() {
+                    continue;
+                }
+                assert_eq!(&buf, b"\0\0\0\x05\x0bhell");
+                c.write_all(reply).unwrap();
+                return;
+            }
+        })
+    }
+
+    #[test]
+    fn the_socket_relays_to_the_agent_with_the_mounts_owner_and_mode() {
+        let up = tempfile::tempdir().unwrap();
+        let agent = up.path().join("agent");
+        let t = echo_agent(&agent, b"\0\0\0\x01\x0c");
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        let fwd = Forward::start(
+            tempfile::tempdir().unwrap(),
+            "default",
+            &SshSource::Socket(agent.clone()),
+            uid,
+            gid,
+            0o741,
+        )
+        .unwrap();
+        let meta = std::fs::metadata(fwd.socket()).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o741);
+        let mut c = UnixStream::connect(fwd.socket()).unwrap();
+        c.write_all(b"\0\0\0\x05\x0bhell").unwrap();
+        let mut reply = [0u8; 5];
+        c.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"\0\0\0\x01\x0c");
+        t.join().unwrap();
+        let socket = fwd.socket().to_path_buf();
+        drop(fwd);
+        assert!(!socket.exists(), "the socket outlived the step");
+    }
+
+    #[test]
+    fn an_agent_that_is_not_there_is_named() {
+        let up = tempfile::tempdir().unwrap();
+        let missing = up.path().join("nothing");
+        let err = Forward::start(
+            tempfile::tempdir().unwrap(),
+            "work",
+            &SshSource::Socket(missing),
+            0,
+            0,
+            0o600,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("--ssh work") && err.contains("nothing"),
+            "{err}"
+        );
+    }
+}
