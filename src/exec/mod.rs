@@ -7,6 +7,7 @@ mod executor;
 #[cfg(test)]
 mod fake;
 mod fetch;
+mod git;
 mod import;
 pub mod progress;
 mod push;
