@@ -1,13 +1,19 @@
 //! `ADD <git url>` against a `git daemon` the test starts on 127.0.0.1: branches, an
 //! annotated and a lightweight tag, a commit, `:subdir`, a submodule, `--keep-git-dir`,
-//! `--checksum`, the cache keyed by the commit, hostile repositories (a symlink out, `ext::`
+//! `--checksum`, the cache keyed by the commit, `git http-backend` behind a server that
+//! demands `GIT_AUTH_TOKEN`, hostile repositories (a symlink out, `ext::`
 //! and `file://` submodules). docker 20.10's frontend has no ADD git (it reads the URL as a
 //! context path: `failed to walk .../git:/127.0.0.1:PORT`), so there is no comparison.
 
 mod support;
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use support::*;
 
@@ -323,4 +329,204 @@ fn add_git_refuses_ext_and_file_submodules() {
         assert!(!err.contains("panicked"), "{err}");
     }
     assert!(!marker.exists(), "an ext:: submodule ran a command");
+}
+
+/// `git http-backend` (CGI) behind a one-request-per-connection HTTP server on 127.0.0.1
+/// that answers 401 unless the request carries `Authorization: <auth>`.
+struct HttpGit {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpGit {
+    fn start(root: &Path, auth: String) -> HttpGit {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (root, flag) = (root.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let _ = serve(conn, &root, &auth);
+                }
+            }
+        });
+        HttpGit {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HttpGit {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(conn: TcpStream, root: &Path, auth: &str) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut headers = std::collections::BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let mut out = conn;
+    if headers.get("authorization").map(String::as_str) != Some(auth) {
+        return out.write_all(
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    let header = |k: &str| headers.get(k).cloned().unwrap_or_default();
+    let mut cgi = Command::new("git")
+        .arg("http-backend")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", len.to_string())
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("GIT_PROTOCOL", header("git-protocol"))
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    cgi.stdin.take().unwrap().write_all(&body)?;
+    let mut response = Vec::new();
+    cgi.stdout.take().unwrap().read_to_end(&mut response)?;
+    cgi.wait()?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| {
+            response
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|i| (i, 2))
+        });
+    let Some((end, gap)) = split else {
+        return out.write_all(b"HTTP/1.1 500 Bad CGI\r\nConnection: close\r\n\r\n");
+    };
+    let head = String::from_utf8_lossy(&response[..end]).into_owned();
+    let mut status = "200 OK".to_string();
+    let mut reply = String::new();
+    for h in head.lines() {
+        match h.strip_prefix("Status:") {
+            Some(s) => status = s.trim().to_string(),
+            None => reply.push_str(&format!("{}\r\n", h.trim_end())),
+        }
+    }
+    out.write_all(format!("HTTP/1.1 {status}\r\n{reply}Connection: close\r\n\r\n").as_bytes())?;
+    out.write_all(&response[end + gap..])
+}
+
+fn contains(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                todo.push(e.path());
+            } else if ft.is_file()
+                && std::fs::read(e.path())
+                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
+                hits.push(e.path());
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+#[ignore = "needs root and the test registry (scripts/test.sh)"]
+fn add_git_over_http_sends_git_auth_token_and_keeps_it_out_of_the_image() {
+    use base64::Engine as _;
+    needs_root_and_registry();
+    let f = fixture();
+    let token = format!("tok-{}", std::process::id());
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
+    let server = HttpGit::start(f.base.path(), format!("basic {basic}"));
+    let url = format!("http://127.0.0.1:{}/repo.git", server.port);
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("token"), &token).unwrap();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {BASE}\nADD --keep-git-dir=true {url}#dev /r\n"),
+    )
+    .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let build = |secret: Option<&str>, dest: &Path| {
+        let mut cmd = rbuild(store.path());
+        if let Some(id) = secret {
+            cmd.arg("--secret").arg(format!(
+                "id={id},src={}",
+                secrets.path().join("token").display()
+            ));
+        }
+        run(cmd
+            .arg("--no-cache")
+            .arg("-o")
+            .arg(format!("type=local,dest={}", dest.display()))
+            .arg(ctx.path()))
+    };
+    // Without the secret the server says 401 and git may not prompt: a clear failure.
+    let o = build(None, &out.path().join("none"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resolving `dev`"), "{}", stderr(&o));
+
+    for id in [
+        "GIT_AUTH_TOKEN".to_string(),
+        format!("GIT_AUTH_TOKEN.127.0.0.1:{}", server.port),
+    ] {
+        let dest = out.path().join("with");
+        let _ = std::fs::remove_dir_all(&dest);
+        let o = build(Some(&id), &dest);
+        assert!(o.status.success(), "{id}: {}", stderr(&o));
+        assert_eq!(read(dest.join("r/dev.txt")), "on dev\n");
+        assert_eq!(git(&dest.join("r"), &["rev-parse", "HEAD"]), f.dev);
+        // Neither the token nor its header reaches the image (.git/config included) or
+        // the store.
+        for needle in [token.as_bytes(), basic.as_bytes()] {
+            assert_eq!(contains(&dest, needle), Vec::<PathBuf>::new());
+            assert_eq!(contains(store.path(), needle), Vec::<PathBuf>::new());
+        }
+    }
+    drop(server);
 }

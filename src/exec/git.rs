@@ -64,11 +64,26 @@ impl GitUrl {
         self.remote.starts_with("ssh://") || self.remote.starts_with("git@")
     }
 
-    /// `https://host/`: where a GIT_AUTH_TOKEN is sent (BuildKit's tokenScope).
-    pub fn token_scope(&self) -> Option<String> {
-        let rest = self.remote.strip_prefix("https://")?;
-        let host = rest.split('/').next()?;
-        Some(format!("https://{host}/"))
+    /// The host of an http(s) remote, for the `GIT_AUTH_TOKEN.<host>` secret.
+    pub fn http_host(&self) -> Option<&str> {
+        let rest = self
+            .remote
+            .strip_prefix("https://")
+            .or_else(|| self.remote.strip_prefix("http://"))?;
+        let authority = rest.split('/').next()?;
+        Some(authority.rsplit('@').next().unwrap_or(authority))
+    }
+
+    /// Where the Authorization header is sent: the remote itself, or every github.com
+    /// remote (BuildKit's tokenScope, as actions/checkout does).
+    fn token_scope(&self) -> Option<String> {
+        self.http_host()?;
+        for prefix in ["https://github.com/", "https://www.github.com/"] {
+            if self.remote.starts_with(prefix) {
+                return Some(prefix.to_string());
+            }
+        }
+        Some(self.remote.clone())
     }
 }
 
@@ -76,7 +91,21 @@ impl GitUrl {
 #[derive(Default)]
 pub struct GitAuth {
     pub ssh_auth_sock: Option<PathBuf>,
-    pub token: Option<Vec<u8>>,
+    /// The Authorization header's value for http(s) remotes.
+    pub authorization: Option<Vec<u8>>,
+}
+
+impl GitAuth {
+    /// BuildKit's `GIT_AUTH_TOKEN`: basic auth as `x-access-token`.
+    pub fn token(token: &[u8]) -> Vec<u8> {
+        let mut basic = b"x-access-token:".to_vec();
+        basic.extend_from_slice(token);
+        format!(
+            "basic {}",
+            base64::engine::general_purpose::STANDARD.encode(basic)
+        )
+        .into_bytes()
+    }
 }
 
 /// What a ref resolved to.
@@ -121,17 +150,16 @@ fn git(auth: &GitAuth, url: &GitUrl) -> Command {
     if let Some(sock) = &auth.ssh_auth_sock {
         cmd.env("SSH_AUTH_SOCK", sock);
     }
-    if let (Some(token), Some(scope)) = (&auth.token, url.token_scope()) {
+    if let (Some(value), Some(scope)) = (&auth.authorization, url.token_scope()) {
         // Through the environment, not argv: a token in argv is visible in /proc.
-        let mut basic = b"x-access-token:".to_vec();
-        basic.extend_from_slice(token);
-        let header = format!(
-            "Authorization: basic {}",
-            base64::engine::general_purpose::STANDARD.encode(basic)
-        );
+        let mut header = b"Authorization: ".to_vec();
+        header.extend_from_slice(value);
         cmd.env("GIT_CONFIG_COUNT", "1")
             .env("GIT_CONFIG_KEY_0", format!("http.{scope}.extraheader"))
-            .env("GIT_CONFIG_VALUE_0", header);
+            .env(
+                "GIT_CONFIG_VALUE_0",
+                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(header),
+            );
     }
     cmd
 }
@@ -360,10 +388,12 @@ mod tests {
         assert!(u.is_ssh() && u.reference.is_none() && u.subdir.is_none());
         let u = GitUrl::parse("git://h/r#:docs").unwrap();
         assert_eq!((u.reference, u.subdir.as_deref()), (None, Some("docs")));
-        assert_eq!(
-            GitUrl::parse("https://h/r.git").unwrap().token_scope(),
-            Some("https://h/".to_string())
-        );
+        let u = GitUrl::parse("https://u@h:8443/r.git").unwrap();
+        assert_eq!(u.http_host(), Some("h:8443"));
+        assert_eq!(u.token_scope().as_deref(), Some("https://u@h:8443/r.git"));
+        let u = GitUrl::parse("https://github.com/o/r.git").unwrap();
+        assert_eq!(u.token_scope().as_deref(), Some("https://github.com/"));
+        assert_eq!(GitUrl::parse("git://h/r").unwrap().token_scope(), None);
         for bad in [
             "https://h/r.git#--upload-pack=touch /x",
             "https://h/r.git#a..b",

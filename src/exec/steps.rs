@@ -766,8 +766,8 @@ impl<'a> Ctx<'a> {
     }
 
     /// How git reaches `url`: for ssh URLs the `--ssh default` agent (relayed, so key files
-    /// work too; the relay lives as long as the returned guard), for https the token in
-    /// `--secret id=GIT_AUTH_TOKEN.<host>` or `id=GIT_AUTH_TOKEN` (BuildKit's names).
+    /// work too; the relay lives as long as the returned guard), for http(s) the secrets
+    /// `GIT_AUTH_HEADER[.<host>]` / `GIT_AUTH_TOKEN[.<host>]` (BuildKit's names).
     fn git_auth(
         &self,
         url: &super::git::GitUrl,
@@ -788,15 +788,24 @@ impl<'a> Ctx<'a> {
                 guard = Some(f);
             }
         }
-        if let Some(scope) = url.token_scope() {
-            let host = scope
-                .trim_start_matches("https://")
-                .trim_end_matches('/')
-                .to_string();
-            auth.token = match self.secret(&format!("GIT_AUTH_TOKEN.{host}"))? {
-                Some(t) => Some(t),
-                None => self.secret("GIT_AUTH_TOKEN")?,
-            };
+        if let Some(host) = url.http_host() {
+            // BuildKit's order: GIT_AUTH_HEADER.<host>, GIT_AUTH_TOKEN.<host>, then both
+            // without the host. A header secret is the Authorization value as given.
+            for (name, token) in [
+                (format!("GIT_AUTH_HEADER.{host}"), false),
+                (format!("GIT_AUTH_TOKEN.{host}"), true),
+                ("GIT_AUTH_HEADER".to_string(), false),
+                ("GIT_AUTH_TOKEN".to_string(), true),
+            ] {
+                if let Some(value) = self.secret(&name)? {
+                    auth.authorization = Some(if token {
+                        super::git::GitAuth::token(&value)
+                    } else {
+                        value
+                    });
+                    break;
+                }
+            }
         }
         Ok((auth, guard))
     }
