@@ -530,3 +530,76 @@ fn add_git_over_http_sends_git_auth_token_and_keeps_it_out_of_the_image() {
     }
     drop(server);
 }
+
+/// ssh URLs (`git@host:path`, `ssh://`) reach git's ssh with the `--ssh default` agent. The
+/// server side is a stand-in: an `ssh` first in PATH that records `ssh-add -l` (what the
+/// real client would offer the server) and runs the remote command locally, so git's ssh
+/// transport runs for real while no sshd is needed on the machine.
+#[test]
+#[ignore = "needs root and the test registry (scripts/test.sh)"]
+fn add_git_over_ssh_uses_the_ssh_default_agent() {
+    needs_root_and_registry();
+    let f = fixture();
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("agent.log");
+    let ssh = bin.path().join("ssh");
+    std::fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\nfor a; do last=$a; done\n\
+             ssh-add -l >> {log} 2>&1 || echo \"no agent ($SSH_AUTH_SOCK)\" >> {log}\n\
+             exec sh -c \"$last\"\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let key = bin.path().join("id_ed25519");
+    run_ok(
+        Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "rbuild-git-ssh",
+                "-f",
+            ])
+            .arg(&key),
+    );
+    let line = run_ok(Command::new("ssh-keygen").arg("-lf").arg(&key));
+    let repo = f.base.path().join("repo.git");
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {BASE}\nADD git@localhost:{repo}#dev /scp\nADD ssh://git@localhost{repo}#v1:dir /url\n",
+            repo = repo.display()
+        ),
+    )
+    .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = run(rbuild(store.path())
+        .env("PATH", &path)
+        .arg("--ssh")
+        .arg(format!("default={}", key.display()))
+        .arg("-o")
+        .arg(format!("type=local,dest={}", out.path().display()))
+        .arg(ctx.path()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read(out.path().join("scp/dev.txt")), "on dev\n");
+    assert_eq!(read(out.path().join("url/b.txt")), "in dir\n");
+    // Every ssh connection (ls-remote and fetch, both URLs) saw the key.
+    let seen = read(&log);
+    assert!(seen.lines().count() >= 4, "{seen}");
+    assert!(seen.lines().all(|l| format!("{l}\n") == line), "{seen}");
+}
