@@ -285,3 +285,76 @@ fn ssh_mounts_match_docker_build() {
     let extra: Vec<&String> = a.iter().filter(|p| !b.contains(p)).collect();
     assert!(extra.is_empty(), "only in rbuild's image: {extra:?}");
 }
+
+/// The pids of processes whose command line contains `needle`.
+fn pids_with(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
+            // Arguments are NUL-separated.
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs root and the test registry (scripts/test.sh)"]
+fn a_killed_build_leaves_no_ssh_agent_holding_the_keys() {
+    needs_root_and_registry();
+    let top = tempfile::tempdir().unwrap();
+    let (key, _) = keygen(top.path(), "k");
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN --mount=type=ssh sleep 60\n",
+            InRegistry("busybox")
+        ),
+    )
+    .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let needle = format!("ssh-agent -a {}", store.path().display());
+    let mut child = rbuild(store.path())
+        .arg("--ssh")
+        .arg(format!("default={}", key.display()))
+        .arg(ctx.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let agents = loop {
+        let found = pids_with(&needle);
+        if !found.is_empty() {
+            break found;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no ssh-agent started for the step");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // Our own child, by its pid.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // ssh-agent notices its command is gone within its 10 s check.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while agents
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists() && !pids_with(&needle).is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ssh-agent {agents:?} outlived the killed build"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

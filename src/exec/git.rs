@@ -147,6 +147,8 @@ fn git(auth: &GitAuth, url: &GitUrl) -> Command {
         .args(["-c", "advice.detachedHead=false"])
         .args(["-c", "init.defaultBranch=main"])
         .stdin(Stdio::null());
+    // A killed rbuild takes its clone down with it.
+    crate::sandbox::die_with_parent(&mut cmd);
     if let Some(sock) = &auth.ssh_auth_sock {
         cmd.env("SSH_AUTH_SOCK", sock);
     }

@@ -20,6 +20,8 @@ use super::BuildError;
 /// A step's view of one `--ssh` id; stops relaying (and stops its agent) when dropped.
 pub struct Forward {
     socket: PathBuf,
+    /// The listening socket, shut down to end the accept loop.
+    listener: UnixListener,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
     agent: Option<KeyAgent>,
@@ -60,6 +62,9 @@ impl Forward {
         std::os::unix::fs::chown(&socket, Some(uid), Some(gid))
             .map_err(io("setting the owner of ssh socket"))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let own = listener
+            .try_clone()
+            .map_err(io("starting the ssh relay for"))?;
         let accept = {
             let stop = stop.clone();
             std::thread::Builder::new()
@@ -69,6 +74,7 @@ impl Forward {
         };
         Ok(Forward {
             socket,
+            listener: own,
             stop,
             accept: Some(accept),
             agent,
@@ -85,8 +91,13 @@ impl Forward {
 impl Drop for Forward {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so that it sees `stop`.
-        let _ = UnixStream::connect(&self.socket);
+        // Wake the accept loop so that it sees `stop`: shutdown(2) ends a blocked accept
+        // on Linux whether or not the socket's path still exists.
+        // (std has shutdown only on streams: the listener's fd, as one, takes the call.)
+        if let Ok(fd) = self.listener.try_clone() {
+            let _ =
+                UnixStream::from(std::os::fd::OwnedFd::from(fd)).shutdown(std::net::Shutdown::Both);
+        }
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
@@ -99,7 +110,11 @@ fn relay_all(listener: UnixListener, upstream: &Path, stop: &AtomicBool) {
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let Ok(client) = conn else { continue };
+        let Ok(client) = conn else {
+            // Not a passing failure (EMFILE): don't spin on it.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            continue;
+        };
         let upstream = upstream.to_path_buf();
         // A connection lives as long as both ends do; the step's processes die with it.
         let _ = std::thread::Builder::new()
@@ -137,8 +152,16 @@ fn pump(mut from: UnixStream, mut to: UnixStream) {
 }
 
 /// An `ssh-agent` (openssh-client) serving `--ssh ID=KEYFILE[,KEYFILE]` for one step.
+///
+/// The agent runs with a command, `cat` reading a pipe rbuild holds: ssh-agent checks every
+/// 10 s that its command lives and exits when it does not, so a killed rbuild (whose pipe
+/// then closes) leaves no agent holding the keys for longer than that. PR_SET_PDEATHSIG
+/// cannot do it: Debian's ssh-agent is set-group-ID, and such an exec clears the signal.
 struct KeyAgent {
+    /// `sh` then `cat`, the agent's command; its stdin is the pipe.
     child: Child,
+    /// The agent's own pid (its `SSH_AGENT_PID`), stopped when the step ends.
+    agent: Option<nix::unistd::Pid>,
     socket: PathBuf,
 }
 
@@ -146,11 +169,16 @@ impl KeyAgent {
     fn start(socket: &Path, id: &str, keys: &[PathBuf]) -> Result<KeyAgent, BuildError> {
         let fail = |why: String| BuildError::Invalid(format!("--ssh {id}: {why}"));
         let child = Command::new("ssh-agent")
-            .arg("-D")
             .arg("-a")
             .arg(socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo \"$SSH_AGENT_PID\"; exec cat >/dev/null",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| {
@@ -158,11 +186,28 @@ impl KeyAgent {
                     "starting ssh-agent to serve the key files: {e} (install openssh-client)"
                 ))
             })?;
-        // Dropped on every early return below: the agent is killed.
+        // Dropped on every early return below: the agent is stopped.
         let mut agent = KeyAgent {
             child,
+            agent: None,
             socket: socket.to_path_buf(),
         };
+        let mut line = String::new();
+        if let Some(out) = agent.child.stdout.take() {
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+        }
+        agent.agent = line
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|p| *p > 1)
+            .map(nix::unistd::Pid::from_raw);
+        if agent.agent.is_none() {
+            return Err(fail(format!(
+                "ssh-agent did not start (it said `{}`)",
+                line.trim()
+            )));
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(socket).is_err() {
             if let Ok(Some(status)) = agent.child.try_wait() {
@@ -198,7 +243,11 @@ impl KeyAgent {
 
 impl Drop for KeyAgent {
     fn drop(&mut self) {
-        // Our own child, by its pid.
+        // The agent rbuild started, by the pid it reported; then its command, our child.
+        if let Some(pid) = self.agent {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        drop(self.child.stdin.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -251,8 +300,9 @@ mod tests {
         assert_eq!(&reply, b"\0\0\0\x01\x0c");
         t.join().unwrap();
         let socket = fwd.socket().to_path_buf();
+        // Even with its path gone the relay stops (a wake-up by connecting would hang).
+        std::fs::remove_file(&socket).unwrap();
         drop(fwd);
-        assert!(!socket.exists(), "the socket outlived the step");
     }
 
     #[test]
