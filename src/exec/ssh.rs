@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -105,7 +105,12 @@ impl Drop for Forward {
     }
 }
 
+/// Connections one step may hold open at once (each costs rbuild two threads): a hostile
+/// step opening thousands is refused past this, where an ssh client needs one or two.
+const MAX_CONNECTIONS: usize = 64;
+
 fn relay_all(listener: UnixListener, upstream: &Path, stop: &AtomicBool) {
+    let open = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -115,11 +120,22 @@ fn relay_all(listener: UnixListener, upstream: &Path, stop: &AtomicBool) {
             std::thread::sleep(std::time::Duration::from_millis(10));
             continue;
         };
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::SeqCst);
+            continue; // dropped: the client sees the connection closed
+        }
         let upstream = upstream.to_path_buf();
+        let done = open.clone();
         // A connection lives as long as both ends do; the step's processes die with it.
-        let _ = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("ssh-relay".into())
-            .spawn(move || relay(client, &upstream));
+            .spawn(move || {
+                relay(client, &upstream);
+                done.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            open.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -303,6 +319,42 @@ mod tests {
         // Even with its path gone the relay stops (a wake-up by connecting would hang).
         std::fs::remove_file(&socket).unwrap();
         drop(fwd);
+    }
+
+    #[test]
+    fn a_step_cannot_hold_more_than_the_connection_limit() {
+        let up = tempfile::tempdir().unwrap();
+        let agent = up.path().join("agent");
+        // An agent that accepts and never answers: every relayed connection stays open.
+        let l = UnixListener::bind(&agent).unwrap();
+        let held = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            for c in l.incoming() {
+                conns.push(c);
+            }
+        });
+        let fwd = Forward::start(
+            tempfile::tempdir().unwrap(),
+            "default",
+            &SshSource::Socket(agent),
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+            0o600,
+        )
+        .unwrap();
+        let clients: Vec<UnixStream> = (0..MAX_CONNECTIONS)
+            .map(|_| UnixStream::connect(fwd.socket()).unwrap())
+            .collect();
+        // One more is accepted by the kernel, then closed by the relay: EOF.
+        let mut extra = UnixStream::connect(fwd.socket()).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(extra.read(&mut buf).unwrap(), 0);
+        drop(clients);
+        drop(fwd);
+        drop(held);
     }
 
     #[test]
