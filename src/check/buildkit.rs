@@ -858,6 +858,7 @@ fn is_remote(src: &str) -> bool {
         || src.starts_with("https://")
         || src.starts_with("git@")
         || src.starts_with("git://")
+        || src.starts_with("ssh://")
 }
 
 /// BuildKit's secrets pattern: a whole key or its first/last `_`-separated word is one of

@@ -136,6 +136,7 @@ fn is_remote(src: &str) -> bool {
         || src.starts_with("https://")
         || src.starts_with("git@")
         || src.starts_with("git://")
+        || src.starts_with("ssh://")
 }
 
 /// Local archives ADD extracts: tar, optionally gzip, bzip2, xz or zstd compressed.

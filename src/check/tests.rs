@@ -481,6 +481,34 @@ fn secret_files_in_the_copied_context() {
     );
 }
 
+/// `ADD ssh://...` clones a repository (exec::git): not a local file the hygiene rule
+/// would ask to COPY.
+#[test]
+fn add_of_an_ssh_git_url_is_remote() {
+    let opts = CheckOptions {
+        file_name: "Dockerfile",
+        platform: platform(),
+        all_stages: true,
+        ..Default::default()
+    };
+    for src in [
+        "ssh://git@example.com/r.git",
+        "git@example.com:r.git",
+        "notes.txt",
+    ] {
+        let fired = check(
+            &format!("FROM alpine\nADD {src} /r\n"),
+            &opts,
+            &mut FakeBases,
+        )
+        .unwrap()
+        .warnings
+        .iter()
+        .any(|w| w.rule.name == "AddLocalNonArchive");
+        assert_eq!(fired, src == "notes.txt", "{src}");
+    }
+}
+
 /// Every Dockerfile of the parser corpora and the examples: checks either report or return
 /// the parse error, never panic (a panic is a bug).
 #[test]

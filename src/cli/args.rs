@@ -219,6 +219,10 @@ pub struct BuildArgs {
     /// Secret for RUN --mount=type=secret: `id=ID,src=PATH` or `id=ID,env=VAR`
     #[arg(long = "secret", value_name = "SPEC")]
     pub secrets: Vec<String>,
+    /// SSH agent for RUN --mount=type=ssh: `default` ($SSH_AUTH_SOCK), `ID=SOCKET` or
+    /// `ID=KEYFILE[,KEYFILE]`
+    #[arg(long = "ssh", value_name = "ID[=SOCKET|KEYFILE,..]")]
+    pub ssh: Vec<String>,
     /// Extra named context: `NAME=DIR`, `NAME=docker-image://REF`, `NAME=oci-layout://DIR[:TAG]`
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::context;
 use crate::dockerfile::instructions::NetworkMode;
-use crate::exec::{BuildRequest, NamedContext, SecretSource};
+use crate::exec::{BuildRequest, NamedContext, SecretSource, SshSource};
 use crate::image::{Platform, Reference, SourceDateEpoch};
 use crate::output::{self, OutputSpec};
 use crate::plan::{ExtraHost, Ulimit};
@@ -221,6 +221,13 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
         let (id, source) = parse_secret(s).map_err(|e| user(format!("--secret {s}: {e}")))?;
         secrets.insert(id, source);
     }
+    let mut ssh = BTreeMap::new();
+    for s in &args.ssh {
+        let auth_sock = std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from);
+        let (id, source) =
+            parse_ssh(s, auth_sock.as_deref()).map_err(|e| user(format!("--ssh {s}: {e}")))?;
+        ssh.insert(id, source);
+    }
 
     let mut build_contexts = BTreeMap::new();
     for c in &args.build_contexts {
@@ -330,6 +337,7 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             manifest_annotations,
             pids_limit,
             secrets,
+            ssh,
             build_contexts,
             platform,
             source_date_epoch,
@@ -551,6 +559,61 @@ fn parse_secret(spec: &str) -> Result<(String, SecretSource), String> {
     Ok((id, source))
 }
 
+/// `ID[=PATH[,PATH..]]`, as buildx's parseSSH and sshprovider: without a path the agent is
+/// `$SSH_AUTH_SOCK`; one path that is a socket is an agent; otherwise the paths are private
+/// key files, served by an agent rbuild starts for each step that mounts them.
+fn parse_ssh(spec: &str, auth_sock: Option<&Path>) -> Result<(String, SshSource), String> {
+    let (id, paths) = match spec.split_once('=') {
+        Some((id, paths)) => (id, Some(paths)),
+        None => (spec, None),
+    };
+    if id.is_empty() {
+        return Err("empty id: expected default or ID=SOCKET|KEYFILE[,KEYFILE]".to_string());
+    }
+    let paths: Vec<PathBuf> = match paths {
+        Some(p) => p
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+        None => Vec::new(),
+    };
+    let paths = if paths.is_empty() {
+        match auth_sock.filter(|p| !p.as_os_str().is_empty()) {
+            Some(p) => vec![p.to_path_buf()],
+            None => {
+                return Err(
+                    "invalid empty ssh agent socket: make sure SSH_AUTH_SOCK is set".to_string(),
+                )
+            }
+        }
+    } else {
+        paths
+    };
+    let mut socket = false;
+    for p in &paths {
+        let meta = std::fs::metadata(p).map_err(|e| format!("reading `{}`: {e}", p.display()))?;
+        socket = std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type());
+        if !socket && !meta.is_file() {
+            return Err(format!(
+                "`{}` is neither an agent socket nor a key file",
+                p.display()
+            ));
+        }
+    }
+    let source = if paths.len() == 1 && socket {
+        SshSource::Socket(paths[0].clone())
+    } else {
+        // Key files must be absolute for the agent rbuild starts from elsewhere.
+        let keys = paths
+            .iter()
+            .map(|p| std::path::absolute(p).map_err(|e| format!("`{}`: {e}", p.display())))
+            .collect::<Result<Vec<_>, _>>()?;
+        SshSource::Keys(keys)
+    };
+    Ok((id.to_string(), source))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,6 +743,35 @@ mod tests {
         for bad in ["nofile", "nofile=", "nofile=x", "nofile=1:2:3", "nofile=-2"] {
             assert!(parse_ulimit(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ssh_parses_like_buildx() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let key = dir.path().join("id_ed25519");
+        std::fs::write(&key, "k").unwrap();
+        assert_eq!(
+            parse_ssh("default", Some(&sock)).unwrap(),
+            ("default".to_string(), SshSource::Socket(sock.clone()))
+        );
+        let err = parse_ssh("default", None).unwrap_err();
+        assert!(err.contains("SSH_AUTH_SOCK"), "{err}");
+        let spec = format!("git={}", sock.display());
+        assert_eq!(
+            parse_ssh(&spec, None).unwrap().1,
+            SshSource::Socket(sock.clone())
+        );
+        let spec = format!("git={},{}", key.display(), key.display());
+        assert_eq!(
+            parse_ssh(&spec, None).unwrap().1,
+            SshSource::Keys(vec![key.clone(), key.clone()])
+        );
+        assert!(parse_ssh("x=/nonexistent/key", None).is_err());
+        assert!(parse_ssh("=/tmp", None).is_err());
+        let spec = format!("x={}", dir.path().display());
+        assert!(parse_ssh(&spec, None).is_err());
     }
 
     #[test]

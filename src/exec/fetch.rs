@@ -1,4 +1,4 @@
-//! `ADD <url>`: download to a file (over the registry client's HTTP stack), verify
+//! `ADD <url>` (git repositories: exec/git.rs): download to a file (over the registry client's HTTP stack), verify
 //! `--checksum`, and name the file as BuildKit does.
 
 use std::path::Path;
@@ -17,12 +17,6 @@ pub fn download(
     checksum: Option<&str>,
 ) -> Result<Digest, BuildError> {
     let fail = |why: String| BuildError::Invalid(format!("ADD `{url}`: {why}"));
-    if is_git_url(url) {
-        return Err(fail(
-            "git repositories are not supported as ADD sources yet (rbuild does not clone)"
-                .to_string(),
-        ));
-    }
     let digest = registry.download(url, dest)?;
     if let Some(want) = checksum {
         let want: Digest = want.parse().map_err(|_| {
@@ -52,19 +46,10 @@ pub fn file_name(url: &str) -> String {
     }
 }
 
-/// Whether BuildKit would clone `url` rather than download it: `git://`, `git@host:`,
-/// `ssh://`, or a path ending in `.git` (before a `#ref` fragment).
-pub fn is_git_url(url: &str) -> bool {
-    let path = url.split('#').next().unwrap_or(url);
-    url.starts_with("git://")
-        || url.starts_with("git@")
-        || url.starts_with("ssh://")
-        || path.trim_end_matches('/').ends_with(".git")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::is_git_url;
 
     #[test]
     fn names_follow_the_last_path_segment() {

@@ -7,10 +7,12 @@ mod executor;
 #[cfg(test)]
 mod fake;
 mod fetch;
+mod git;
 mod import;
 pub mod progress;
 mod push;
 mod request;
+mod ssh;
 mod stage;
 mod steps;
 
@@ -22,7 +24,7 @@ pub use error::BuildError;
 pub use import::{import_oci_layout, import_rootfs};
 pub use progress::{Reporter, Silent, StepId};
 pub use push::push;
-pub use request::{BuildRequest, NamedContext, SecretSource};
+pub use request::{BuildRequest, NamedContext, SecretSource, SshSource};
 
 use crate::image::{canonical_json, Digest};
 use crate::plan::{self, Base, Plan, Stage};

@@ -43,6 +43,8 @@ pub struct BuildRequest {
     /// Most processes a RUN step may have at once; None: no limit.
     pub pids_limit: Option<u32>,
     pub secrets: BTreeMap<String, SecretSource>,
+    /// `--ssh ID=...`: the agents RUN --mount=type=ssh reaches, by id.
+    pub ssh: BTreeMap<String, SshSource>,
     pub build_contexts: BTreeMap<String, NamedContext>,
     pub platform: Platform,
     pub source_date_epoch: Option<SourceDateEpoch>,
@@ -52,6 +54,15 @@ pub struct BuildRequest {
 pub enum SecretSource {
     File(PathBuf),
     Env(String),
+}
+
+/// What `--ssh ID=...` forwards (buildx's sshprovider).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshSource {
+    /// An agent's socket: `ID=SOCKET`, or `$SSH_AUTH_SOCK` when no path is given.
+    Socket(PathBuf),
+    /// Private key files, served by an agent rbuild starts for the step.
+    Keys(Vec<PathBuf>),
 }
 
 /// `--build-context NAME=...`.

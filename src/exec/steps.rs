@@ -503,6 +503,9 @@ impl<'a> Ctx<'a> {
         done: &BTreeMap<usize, StageState>,
         _stage: &Stage,
     ) -> Result<(), BuildError> {
+        if let Some((git, resolved)) = &prepared.git {
+            return self.add_git(copy, rootfs, prepared, git, resolved);
+        }
         let mut sources = Vec::new();
         for (i, src) in copy.sources.iter().enumerate() {
             sources.push(match src {
@@ -539,6 +542,41 @@ impl<'a> Ctx<'a> {
         let source = self.source_root(&copy.from, done)?;
         self.executor
             .copy(&rootfs, &source, &job, &self.shared.scratch_dir)
+    }
+
+    /// `ADD <git url>`: clone the resolved commit and copy its tree (or `:subdir`) as the
+    /// context is copied: entries owned by 0:0, symlinks copied as links and never followed
+    /// out of the checkout, archives not extracted.
+    fn add_git(
+        &mut self,
+        copy: &CopyOp,
+        rootfs: Overlay,
+        prepared: &Prepared,
+        git: &super::git::GitUrl,
+        resolved: &super::git::Resolved,
+    ) -> Result<(), BuildError> {
+        let tmp = prepared.tmp.as_ref().expect("prepared with the sources");
+        let dir = tmp.path().join("git");
+        {
+            let (auth, _relay) = self.git_auth(git)?;
+            super::git::checkout(git, resolved, &dir, copy.keep_git_dir, &auth)?;
+        }
+        let job = CopyJob {
+            sources: vec![CopySrc::Path(
+                git.subdir.clone().unwrap_or_else(|| ".".to_string()),
+            )],
+            dest: copy.dest.clone(),
+            workdir: copy.workdir.clone(),
+            chown: copy.chown.clone(),
+            chmod: copy.chmod.clone(),
+            parents: false,
+            excludes: copy.excludes.clone(),
+            ignore: Vec::new(),
+            add: false,
+            preserve_owner: false,
+        };
+        self.executor
+            .copy(&rootfs, &FsSource::Dir(dir), &job, &self.shared.scratch_dir)
     }
 
     /// Where a COPY reads from: the context, a named context, or a stage's / image's rootfs.
@@ -649,15 +687,7 @@ impl<'a> Ctx<'a> {
                 let id = m.id.clone().unwrap_or_default();
                 // An `env=` source whose variable is unset is a secret not given, as with
                 // buildx's provider (not an empty secret).
-                let value = match self.req.secrets.get(&id) {
-                    Some(SecretSource::File(path)) => {
-                        Some(std::fs::read(path).map_err(BuildError::io("reading secret", path))?)
-                    }
-                    Some(SecretSource::Env(var)) => {
-                        std::env::var_os(var).map(std::os::unix::ffi::OsStringExt::into_vec)
-                    }
-                    None => None,
-                };
+                let value = self.secret(&id)?;
                 let Some(value) = value else {
                     if m.required {
                         // BuildKit's words first ("secret X: not found"), then ours.
@@ -692,12 +722,92 @@ impl<'a> Ctx<'a> {
                 }
             }
             MountType::Ssh => {
-                return Err(BuildError::Invalid(
-                    "RUN --mount=type=ssh is not supported yet: rbuild has no SSH agent forwarding"
-                        .to_string(),
-                ))
+                let id = m.id.clone().unwrap_or_else(|| "default".to_string());
+                let Some(source) = self.req.ssh.get(&id) else {
+                    if m.required {
+                        // BuildKit's words, then what to do.
+                        return Err(BuildError::Invalid(format!(
+                            "no SSH key {id:?} forwarded from the client (the mount requires it; give it with --ssh {id}=SOCKET|KEYFILE, or --ssh default for $SSH_AUTH_SOCK)"
+                        )));
+                    }
+                    // Optional and not given: no socket, as BuildKit.
+                    return Ok(None);
+                };
+                let forward = super::ssh::Forward::start(
+                    self.store.tmp_dir()?,
+                    &id,
+                    source,
+                    uid,
+                    gid,
+                    m.mode.unwrap_or(0o600),
+                )?;
+                let mount = Mount::Ssh {
+                    socket: forward.socket().to_path_buf(),
+                    target,
+                };
+                guards.push(MountGuard::Ssh(forward));
+                mount
             }
         }))
+    }
+
+    /// The value of `--secret id=ID`, None when not given (or an unset `env=`: buildx's
+    /// provider treats it as not given, not as empty).
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, BuildError> {
+        Ok(match self.req.secrets.get(id) {
+            Some(SecretSource::File(path)) => {
+                Some(std::fs::read(path).map_err(BuildError::io("reading secret", path))?)
+            }
+            Some(SecretSource::Env(var)) => {
+                std::env::var_os(var).map(std::os::unix::ffi::OsStringExt::into_vec)
+            }
+            None => None,
+        })
+    }
+
+    /// How git reaches `url`: for ssh URLs the `--ssh default` agent (relayed, so key files
+    /// work too; the relay lives as long as the returned guard), for http(s) the secrets
+    /// `GIT_AUTH_HEADER[.<host>]` / `GIT_AUTH_TOKEN[.<host>]` (BuildKit's names).
+    fn git_auth(
+        &self,
+        url: &super::git::GitUrl,
+    ) -> Result<(super::git::GitAuth, Option<super::ssh::Forward>), BuildError> {
+        let mut auth = super::git::GitAuth::default();
+        let mut guard = None;
+        if url.is_ssh() {
+            if let Some(source) = self.req.ssh.get("default") {
+                let f = super::ssh::Forward::start(
+                    self.store.tmp_dir()?,
+                    "default",
+                    source,
+                    0,
+                    0,
+                    0o600,
+                )?;
+                auth.ssh_auth_sock = Some(f.socket().to_path_buf());
+                guard = Some(f);
+            }
+        }
+        if let Some(host) = url.http_host() {
+            // BuildKit's order: GIT_AUTH_HEADER.<host>, GIT_AUTH_TOKEN.<host>, then both
+            // without the host. A header secret is the Authorization value as given.
+            for (name, token) in [
+                (format!("GIT_AUTH_HEADER.{host}"), false),
+                (format!("GIT_AUTH_TOKEN.{host}"), true),
+                ("GIT_AUTH_HEADER".to_string(), false),
+                ("GIT_AUTH_TOKEN".to_string(), true),
+            ] {
+                if let Some(value) = self.secret(&name)? {
+                    auth.authorization = Some(if token {
+                        super::git::GitAuth::token(&value)
+                    } else {
+                        value
+                    });
+                    break;
+                }
+            }
+        }
+        Ok((auth, guard))
     }
 
     /// What the cache key holds for the sources a COPY or bind mount reads from `from`: the
@@ -784,6 +894,17 @@ impl<'a> Ctx<'a> {
                                 .map_err(BuildError::io("writing", &path))?;
                             Some((name.clone(), path, 0o644))
                         }
+                        CopySource::Url(url) if crate::plan::is_git_url(url) => {
+                            // The plan makes a git URL ADD's only source. The key is the
+                            // commit the ref names now; the clone waits for a cache miss.
+                            let git = super::git::GitUrl::parse(url)?;
+                            let (auth, _relay) = self.git_auth(&git)?;
+                            let resolved =
+                                super::git::resolve(&git, copy.checksum.as_deref(), &auth)?;
+                            parts.push(format!("git {}", resolved.commit));
+                            prepared.git = Some((git, resolved));
+                            None
+                        }
                         CopySource::Url(url) => {
                             let path = tmp.path().join(format!("url-{}", prepared.files.len()));
                             let digest = super::fetch::download(
@@ -857,6 +978,8 @@ struct Prepared {
     content: Option<Digest>,
     /// Per source: (name in the image, host path, mode) for URL and heredoc sources.
     files: Vec<Option<(String, PathBuf, u32)>>,
+    /// `ADD <git url>`: the repository and the commit its ref names.
+    git: Option<(super::git::GitUrl, super::git::Resolved)>,
     tmp: Option<tempfile::TempDir>,
 }
 
@@ -876,12 +999,14 @@ fn apply_record(state: &mut StageState, rec: &CacheRecord, key: String) {
     state.key = key;
 }
 
-/// What a RUN's cache mounts hold while the step runs.
+/// What a RUN's mounts hold while the step runs.
 enum MountGuard {
     /// `sharing=locked` / `private`: the cache directory's flock.
     Lock(#[allow(dead_code)] crate::store::FileLock),
     /// `sharing=private` while the cache is in use: a directory of this step's own.
     Dir(#[allow(dead_code)] tempfile::TempDir),
+    /// `type=ssh`: the relay (and agent) serving the step's socket.
+    Ssh(#[allow(dead_code)] super::ssh::Forward),
 }
 
 /// The directory name of a cache mount in the store. BuildKit keys a cache mount by its id,

@@ -59,6 +59,7 @@ impl Fixture {
             manifest_annotations: BTreeMap::new(),
             pids_limit: None,
             secrets: BTreeMap::new(),
+            ssh: BTreeMap::new(),
             build_contexts: BTreeMap::new(),
             platform: Platform::host(),
             source_date_epoch: None,
@@ -271,6 +272,7 @@ fn run_specs(req: &BuildRequest) -> Vec<RunSpec> {
         manifest_annotations: req.manifest_annotations.clone(),
         pids_limit: req.pids_limit,
         secrets: req.secrets.clone(),
+        ssh: req.ssh.clone(),
         build_contexts: req.build_contexts.clone(),
         platform: req.platform.clone(),
         source_date_epoch: req.source_date_epoch,
@@ -616,5 +618,52 @@ fn no_cache_filter_reruns_only_the_named_stages() {
     assert_eq!(
         argv(&f.calls(&filtered(&["app", "deps"]))),
         ["echo deps", "echo app"]
+    );
+}
+
+#[test]
+fn ssh_mounts_get_a_socket_for_the_step_only_and_stay_out_of_the_key() {
+    let f = Fixture::new(&[]);
+    let agents = tempfile::tempdir().unwrap();
+    let agent = |name: &str| {
+        let path = agents.path().join(name);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        (path, listener)
+    };
+    let (sock_a, _la) = agent("a");
+    let (sock_b, _lb) = agent("b");
+    let dockerfile =
+        "FROM scratch\nRUN --mount=type=ssh,id=a --mount=type=ssh,id=gone,target=/g true\n";
+    let mut req = f.request(dockerfile);
+    req.ssh
+        .insert("a".into(), SshSource::Socket(sock_a.clone()));
+    let spec = runs(&f.calls(&req)).remove(0);
+    // The optional mount nobody gave is left out; the given one is bound on BuildKit's
+    // default target, and SSH_AUTH_SOCK names the first ssh mount's target.
+    let ssh: Vec<&Mount> = spec
+        .mounts
+        .iter()
+        .filter(|m| matches!(m, Mount::Ssh { .. }))
+        .collect();
+    let [Mount::Ssh { socket, target }] = ssh.as_slice() else {
+        panic!("{:?}", spec.mounts);
+    };
+    assert_eq!(target, "/run/buildkit/ssh_agent.0");
+    assert!(spec
+        .env
+        .contains(&"SSH_AUTH_SOCK=/run/buildkit/ssh_agent.0".to_string()));
+    assert!(!socket.exists(), "the relay socket outlived its step");
+
+    // Another agent for the same id: the step is cached.
+    req.ssh.insert("a".into(), SshSource::Socket(sock_b));
+    assert_eq!(runs(&f.calls(&req)).len(), 0);
+
+    // required=true without --ssh: BuildKit's error, naming the id.
+    let req = f.request("FROM scratch\nRUN --mount=type=ssh,id=deploy,required=true true\n");
+    let err = crate::error::render_chain(&f.build(&req).unwrap_err());
+    assert!(
+        err.contains("no SSH key \"deploy\" forwarded from the client")
+            && err.contains("--ssh deploy="),
+        "{err}"
     );
 }

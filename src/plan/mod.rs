@@ -31,6 +31,7 @@ pub use outline::{
 };
 pub use render::render;
 pub use run::parse_size;
+pub use steps::is_git_url;
 
 /// Inputs of a build that the Dockerfile can see.
 #[derive(Debug, Clone, Default)]

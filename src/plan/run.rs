@@ -136,6 +136,14 @@ impl Ctx<'_, '_> {
                 }
             }
         }
+        // BuildKit's llb exec: SSH_AUTH_SOCK names the first ssh mount's socket unless the
+        // step's environment has one (it is in the step's env, so in its cache key, never
+        // in the image config).
+        if let Some(m) = mounts.iter().find(|m| m.kind == MountType::Ssh) {
+            if seen.insert("SSH_AUTH_SOCK".to_string()) {
+                env.push(format!("SSH_AUTH_SOCK={}", m.target));
+            }
+        }
         let proxy_env = proxy_env(&self.opts.build_args)
             .into_iter()
             .filter(|(k, _)| !seen.contains(k))

@@ -571,7 +571,8 @@ impl Ctx<'_, '_> {
                     let is_url = p.starts_with("http://")
                         || p.starts_with("https://")
                         || p.starts_with("git@")
-                        || p.starts_with("git://");
+                        || p.starts_with("git://")
+                        || p.starts_with("ssh://");
                     if is_url && !c.add {
                         return Err(self.src.at(
                             line,
@@ -613,10 +614,21 @@ impl Ctx<'_, '_> {
             ),
             None => None,
         };
+        let git = sources
+            .iter()
+            .any(|s| matches!(s, CopySource::Url(u) if is_git_url(u)));
+        if git && sources.len() > 1 {
+            return Err(self.src.at(
+                line,
+                ErrorKind::Invalid(
+                    "a git repository must be ADD's only source: give it an ADD of its own".into(),
+                ),
+            ));
+        }
         let checksum = opt_ex(&c.checksum)?;
         if checksum.is_some() {
             let http = matches!(sources.as_slice(), [CopySource::Url(u)] if u.starts_with("http"));
-            if !http {
+            if !http && !git {
                 return Err(self.src.at(
                     line,
                     ErrorKind::Invalid(
@@ -647,6 +659,16 @@ impl Ctx<'_, '_> {
         let created_by = history::copy(&op, shown, heredoc_names, dest_raw);
         Ok((op, created_by))
     }
+}
+
+/// Whether BuildKit would clone `url` rather than download it: `git://`, `git@host:`,
+/// `ssh://`, or a path ending in `.git` (before a `#ref` fragment).
+pub fn is_git_url(url: &str) -> bool {
+    let path = url.split('#').next().unwrap_or(url);
+    url.starts_with("git://")
+        || url.starts_with("git@")
+        || url.starts_with("ssh://")
+        || path.trim_end_matches('/').ends_with(".git")
 }
 
 /// Expand a COPY/ADD heredoc body whose delimiter is unquoted, as BuildKit's `ExpandRaw`

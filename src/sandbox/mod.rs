@@ -62,6 +62,28 @@ pub enum Network {
     None,
 }
 
+/// Makes the process `cmd` spawns receive SIGKILL when the spawning thread ends
+/// (PR_SET_PDEATHSIG), so a tool rbuild runs for a step (ssh-agent, git) dies with a
+/// killed rbuild instead of outliving it. Spawn from the step's own thread, which waits for
+/// or kills the child before it returns.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec the closure makes only raw, async-signal-safe syscalls
+    // (prctl, getppid) and touches no memory but its copied `parent`.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // rbuild died before the prctl: nobody would send the signal.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A RUN --mount (and the injected files' kin). Targets are container paths.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mount {
@@ -93,6 +115,13 @@ pub enum Mount {
         uid: u32,
         gid: u32,
         mode: u32,
+    },
+    /// `RUN --mount=type=ssh`: a unix socket rbuild serves for the step (exec/ssh.rs),
+    /// already carrying the mount's uid, gid and mode, bound on `target`. Only the
+    /// bind mount enters the step's namespace; the stub is not part of the layer.
+    Ssh {
+        socket: PathBuf,
+        target: String,
     },
 }
 

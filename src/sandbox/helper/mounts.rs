@@ -380,7 +380,8 @@ pub(super) fn mount_target_mut(m: &mut Mount) -> &mut String {
         Mount::Bind { target, .. }
         | Mount::Tmpfs { target, .. }
         | Mount::Cache { target, .. }
-        | Mount::Secret { target, .. } => target,
+        | Mount::Secret { target, .. }
+        | Mount::Ssh { target, .. } => target,
     }
 }
 
@@ -442,6 +443,11 @@ pub(super) fn mount_one(points: &mut Points, m: &Mount, i: usize, scratch: &Path
             let copy = scratch.join(format!("secret{i}"));
             write_file(&copy, data, *mode, Some((*uid, *gid)))?;
             points.bind(&copy, target, Kind::File, 0o644, MsFlags::MS_RDONLY)?;
+        }
+        Mount::Ssh { socket, target } => {
+            // A socket binds onto a file stub like any non-directory. Not read-only: a
+            // client needs write permission on the socket to connect (as BuildKit's).
+            points.bind(socket, target, Kind::File, 0o600, MsFlags::MS_NODEV)?;
         }
     }
     Ok(())
