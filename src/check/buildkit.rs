@@ -708,7 +708,7 @@ impl StageWalk<'_, '_, '_> {
                 }
                 if c.from.is_none() {
                     for s in &sources {
-                        if !is_remote(s) {
+                        if !crate::plan::is_remote_source(s) {
                             self.ignored_source(node, c.add, s);
                         }
                     }
@@ -850,15 +850,6 @@ enum Slot {
     Cmd,
     Entrypoint,
     Healthcheck,
-}
-
-/// A URL or git source of ADD (never in the context).
-fn is_remote(src: &str) -> bool {
-    src.starts_with("http://")
-        || src.starts_with("https://")
-        || src.starts_with("git@")
-        || src.starts_with("git://")
-        || src.starts_with("ssh://")
 }
 
 /// BuildKit's secrets pattern: a whole key or its first/last `_`-separated word is one of

@@ -29,7 +29,7 @@ impl Stage {
         if c.from.is_some() {
             return;
         }
-        for src in sources.iter().filter(|s| !is_remote(s)) {
+        for src in sources.iter().filter(|s| !crate::plan::is_remote_source(s)) {
             let name = src.trim_end_matches('/').rsplit('/').next().unwrap_or("");
             secrets(lint, node, src, &c.excludes, opts);
             if c.add && !is_archive(name) && !src.contains(['*', '?', '[']) {
@@ -129,14 +129,6 @@ impl Stage {
             }
         }
     }
-}
-
-fn is_remote(src: &str) -> bool {
-    src.starts_with("http://")
-        || src.starts_with("https://")
-        || src.starts_with("git@")
-        || src.starts_with("git://")
-        || src.starts_with("ssh://")
 }
 
 /// Local archives ADD extracts: tar, optionally gzip, bzip2, xz or zstd compressed.

@@ -31,7 +31,7 @@ pub use outline::{
 };
 pub use render::render;
 pub use run::parse_size;
-pub use steps::is_git_url;
+pub use steps::{is_git_url, is_remote_source};
 
 /// Inputs of a build that the Dockerfile can see.
 #[derive(Debug, Clone, Default)]

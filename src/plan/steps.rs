@@ -568,11 +568,7 @@ impl Ctx<'_, '_> {
                 instructions::CopySource::Path(p) => {
                     let p = self.ex(line, p, scope)?;
                     shown.push(p.clone());
-                    let is_url = p.starts_with("http://")
-                        || p.starts_with("https://")
-                        || p.starts_with("git@")
-                        || p.starts_with("git://")
-                        || p.starts_with("ssh://");
+                    let is_url = is_remote_source(&p);
                     if is_url && !c.add {
                         return Err(self.src.at(
                             line,
@@ -663,6 +659,14 @@ impl Ctx<'_, '_> {
 
 /// Whether BuildKit would clone `url` rather than download it: `git://`, `git@host:`,
 /// `ssh://`, or a path ending in `.git` (before a `#ref` fragment).
+/// A COPY/ADD source that names something to fetch (http(s), or a git repository by
+/// `git@host:`, `git://` or `ssh://`) rather than a path in the context.
+pub fn is_remote_source(src: &str) -> bool {
+    ["http://", "https://", "git@", "git://", "ssh://"]
+        .iter()
+        .any(|scheme| src.starts_with(scheme))
+}
+
 pub fn is_git_url(url: &str) -> bool {
     let path = url.split('#').next().unwrap_or(url);
     url.starts_with("git://")
