@@ -115,16 +115,24 @@ pub(super) fn mount_overlay(
         "leaving the layer names dir".into()
     })?;
     r.map_err(|f| match f {
-        Failure::Setup(m) => Failure::Setup(format!(
-            "{m} (layers: {})",
-            lowers
-                .iter()
-                .map(|l| l.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        Failure::Setup(m) => Failure::Setup(format!("{m} ({})", describe_layers(lowers))),
         other => other,
     })
+}
+
+/// The layers of a failed overlay mount, for its error: how many, and the top-most and
+/// bottom-most paths. A deep stack's every path made tens of kilobytes of error (issue 23).
+fn describe_layers(lowers: &[PathBuf]) -> String {
+    match lowers {
+        [] => "no layers".to_string(),
+        [one] => format!("1 layer: {}", one.display()),
+        [top, .., bottom] => format!(
+            "{} layers: {} (top) ... {} (bottom)",
+            lowers.len(),
+            top.display(),
+            bottom.display()
+        ),
+    }
 }
 
 pub(super) fn mount_rootfs(rootfs: &Overlay, scratch: &Path) -> Res<PathBuf> {
@@ -522,4 +530,32 @@ pub(super) fn mask_kernel_files(root_path: &Path) -> Res<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_mount_names_the_count_and_the_ends_of_the_stack() {
+        let lowers: Vec<PathBuf> = (0..600)
+            .rev()
+            .map(|i| PathBuf::from(format!("/var/lib/rbuild/layers/{i:064x}/diff")))
+            .collect();
+        let m = describe_layers(&lowers);
+        assert_eq!(
+            m,
+            format!(
+                "600 layers: /var/lib/rbuild/layers/{:064x}/diff (top) ... \
+                 /var/lib/rbuild/layers/{:064x}/diff (bottom)",
+                599, 0
+            )
+        );
+        assert!(m.len() < 300, "{} bytes", m.len());
+        assert_eq!(
+            describe_layers(&lowers[..1]),
+            format!("1 layer: /var/lib/rbuild/layers/{:064x}/diff", 599)
+        );
+        assert_eq!(describe_layers(&[]), "no layers");
+    }
 }
