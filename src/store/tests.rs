@@ -696,8 +696,16 @@ fn deep_stacks_mount_a_snapshot_that_is_reused_and_pruned() {
     assert_eq!(lowers[0], diff(MAX_LOWERS - 1));
     assert!(s.flat_ids().unwrap().is_empty());
 
-    // One more: the oldest 250 become one snapshot below the other 251.
-    let lowers = s.lowers(&chains[..MAX_LOWERS + 1]).unwrap();
+    // One more: the oldest 250 become one snapshot below the other 251. Two builds that
+    // need it at once both get it; one copy is kept.
+    let s2 = Store::open(t.path()).unwrap();
+    let (lowers, lowers2) = std::thread::scope(|sc| {
+        let other = sc.spawn(|| s2.lowers(&chains[..MAX_LOWERS + 1]).unwrap());
+        let mine = s.lowers(&chains[..MAX_LOWERS + 1]).unwrap();
+        (mine, other.join().unwrap())
+    });
+    assert_eq!(lowers, lowers2);
+    assert_eq!(s.flat_ids().unwrap().len(), 1);
     assert_eq!(lowers.len(), MAX_LOWERS + 1 - STRIDE + 1);
     assert_eq!(lowers[0], diff(MAX_LOWERS));
     assert_eq!(lowers[lowers.len() - 2], diff(STRIDE));
