@@ -25,8 +25,8 @@ fn extra(n: usize) -> &'static str {
         // Above it: a whiteout of a file the snapshot has, and /e replaced.
         800 => " && rm -rf /e && mkdir /e && echo new > /e/new",
         900 => " && rm /f30",
-        // Deleted by step 700, which is below the snapshot at the end but above the one
-        // steps 701-749 mount.
+        // Inside the snapshot at the end; above the 250-layer one that steps 701-748 mount
+        // (step N runs on N + 1 layers).
         700 => " && rm /f20",
         _ => "",
     }
