@@ -49,8 +49,8 @@ pub struct PruneStats {
     pub cache_records: usize,
     pub layers: usize,
     pub blobs: usize,
-    /// Flattened snapshots of deep layer stacks (flat.rs). Their files are hard links to
-    /// the layers' own, so they free what the layers removed with them free.
+    /// Flattened snapshots of deep layer stacks (flat.rs). Counted, not in `bytes`: their
+    /// files are hard links to the layers' files, so removing one frees no file data.
     pub flats: usize,
     /// Blob bytes plus extracted layer content bytes, with the trash's.
     pub bytes: u64,
