@@ -64,10 +64,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&global)?;
             let stats = store.prune(all)?;
             stdout_line(&format!(
-                "Deleted {}, {}, {}; reclaimed {}",
+                "Deleted {}, {}, {}, {}; reclaimed {}",
                 count(stats.cache_records, "cache record"),
                 count(stats.layers, "layer"),
                 count(stats.blobs, "blob"),
+                count(stats.flats, "flattened snapshot"),
                 output::human_size(stats.bytes)
             ))?;
             Ok(())

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::image::{Digest, History};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 use super::BuildError;
 
@@ -34,18 +34,15 @@ impl StageState {
         self.chains.last()
     }
 
-    /// The extracted layer directories, top-most first, as overlay's lowerdir wants them.
+    /// The directories to stack for the stage's layers, top-most first, as overlay's
+    /// lowerdir wants them: the extracted layers, the oldest of a deep stack flattened
+    /// into one snapshot (store/flat.rs).
     pub fn lowers(&self, store: &Store) -> Result<Vec<PathBuf>, BuildError> {
-        self.chains
-            .iter()
-            .rev()
-            .map(|chain| {
-                store.layer(chain).map(|l| l.diff).ok_or_else(|| {
-                    BuildError::Invalid(format!(
-                        "layer {chain} is missing from the store (run `rbuild prune`?)"
-                    ))
-                })
-            })
-            .collect()
+        store.lowers(&self.chains).map_err(|e| match e {
+            StoreError::LayerMissing { chain } => BuildError::Invalid(format!(
+                "layer {chain} is missing from the store (run `rbuild prune`?)"
+            )),
+            e => e.into(),
+        })
     }
 }

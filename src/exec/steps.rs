@@ -359,11 +359,15 @@ impl<'a> Ctx<'a> {
         for dir in [&upper, &work] {
             std::fs::create_dir(dir).map_err(BuildError::io("creating", dir))?;
         }
+        // Reading the layer records, and flattening the oldest of a deep stack when the
+        // store has no snapshot for them yet (store/flat.rs).
+        let phase = Instant::now();
         let rootfs = Overlay {
             lowers: state.lowers(self.store)?,
             upper: upper.clone(),
             work,
         };
+        self.reporter.phase(id, "lowers", phase.elapsed());
         let phase = Instant::now();
         let always_layer = match &step.op {
             Op::Run(run) => {

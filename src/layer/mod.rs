@@ -1,5 +1,6 @@
 //! Layers: `snapshot` (overlay upperdir -> OCI tar), `apply` (tar -> overlay-format dir),
-//! `compress` (the blob codecs) and `tar` (the one tar encoder, also used by the outputs).
+//! `compress` (the blob codecs), `tar` (the one tar encoder, also used by the outputs) and
+//! `flatten` (a deep stack of layer dirs -> one dir, for overlay's stack limit).
 
 use std::io;
 use std::path::PathBuf;
@@ -8,11 +9,13 @@ use crate::image::Digest;
 
 pub mod apply;
 pub mod compress;
+pub mod flatten;
 pub mod snapshot;
 pub mod tar;
 
 pub use apply::{apply, ApplyStats, VerifyingReader};
 pub use compress::{Compression, Compressor};
+pub use flatten::{flatten, FlattenStats};
 pub use snapshot::{
     snapshot, snapshot_blob, snapshot_digest, LayerDigests, SnapshotOptions, TarStream,
 };

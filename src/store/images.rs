@@ -49,6 +49,9 @@ pub struct PruneStats {
     pub cache_records: usize,
     pub layers: usize,
     pub blobs: usize,
+    /// Flattened snapshots of deep layer stacks (flat.rs). Counted, not in `bytes`: their
+    /// files are hard links to the layers' files, so removing one frees no file data.
+    pub flats: usize,
     /// Blob bytes plus extracted layer content bytes, with the trash's.
     pub bytes: u64,
 }
@@ -372,6 +375,14 @@ impl Store {
                 stats.bytes += layer.map_or(0, |l| l.size);
                 self.remove_layer(&chain)?;
                 stats.layers += 1;
+            }
+        }
+
+        // A snapshot stands for its top layer and those below it: it goes with that layer.
+        for chain in self.flat_ids()? {
+            if !keep_chains.contains(&chain) {
+                self.remove_flat(&chain)?;
+                stats.flats += 1;
             }
         }
 

@@ -518,7 +518,7 @@ impl Store {
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = fs::File::create(path).map_err(StoreError::io("creating", path))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())

@@ -7,6 +7,9 @@
 //! layers/<chain>/meta.json    diff_id, blobs per compression, size, parent, and for built
 //!                             layers how their tar is made from diff/ (no tar blob is kept)
 //! cache/<key>.json            step results
+//! flat/<chain>/root            flattened snapshot of the layers up to <chain>, mounted in
+//!                             their place when a stack passes overlay's limit (flat.rs)
+//! flat/<chain>/meta.json      how many layers it stands for
 //! tmp/<session>/              per-process scratch, guarded by a flock on tmp/<session>/.lock
 //! tmp/.trash/                 scratch nobody needs, kept up to a limit (trash.rs)
 //! lock                        flock: shared while building, exclusive for prune
@@ -17,6 +20,7 @@
 
 mod blobs;
 mod cache;
+mod flat;
 mod images;
 mod layers;
 mod lock;
@@ -30,6 +34,7 @@ use std::path::{Path, PathBuf};
 use crate::image::Digest;
 
 pub use cache::CacheRecord;
+pub use flat::{flatten_depth, MAX_LOWERS, STRIDE};
 pub use images::{chains_of, ImageRecord, PruneStats};
 use layers::content_size;
 pub use layers::{chain_id, BlobRef, DiffTar, LayerBlobs, LayerBytes, LayerReader, LayerRecord};

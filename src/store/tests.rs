@@ -666,3 +666,90 @@ fn prune_all_removes_cache_mounts_and_the_stat_cache() {
     // A later build creates them again.
     assert!(s.try_lock_cache_mount("m").unwrap().is_some());
 }
+
+#[test]
+fn deep_stacks_mount_a_snapshot_that_is_reused_and_pruned() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let mut chains: Vec<Digest> = Vec::new();
+    for i in 0..760 {
+        // As a build commits its layers (no blob to compress and sync).
+        let dir = s.tmp_dir().unwrap().keep();
+        std::fs::write(dir.join(format!("f{i}")), i.to_string()).unwrap();
+        let opts = crate::layer::SnapshotOptions::default();
+        let (diff_id, size) = crate::layer::snapshot_digest(&dir, &opts).unwrap();
+        let tar = DiffTar {
+            size,
+            source_date_epoch: None,
+        };
+        let l = s
+            .commit_built_layer(dir, chains.last(), diff_id, tar)
+            .unwrap();
+        chains.push(l.chain_id);
+    }
+    let diff = |i: usize| s.layer(&chains[i]).unwrap().diff;
+
+    // Up to overlay's limit: the layers themselves, top-most first, and no snapshot.
+    let lowers = s.lowers(&chains[..MAX_LOWERS]).unwrap();
+    assert_eq!(lowers.len(), MAX_LOWERS);
+    assert_eq!(lowers[0], diff(MAX_LOWERS - 1));
+    assert!(s.flat_ids().unwrap().is_empty());
+
+    // One more: the oldest 250 become one snapshot below the other 251. Two builds that
+    // need it at once both get it; one copy is kept.
+    let s2 = Store::open(t.path()).unwrap();
+    let (lowers, lowers2) = std::thread::scope(|sc| {
+        let other = sc.spawn(|| s2.lowers(&chains[..MAX_LOWERS + 1]).unwrap());
+        let mine = s.lowers(&chains[..MAX_LOWERS + 1]).unwrap();
+        (mine, other.join().unwrap())
+    });
+    assert_eq!(lowers, lowers2);
+    assert_eq!(s.flat_ids().unwrap().len(), 1);
+    assert_eq!(lowers.len(), MAX_LOWERS + 1 - STRIDE + 1);
+    assert_eq!(lowers[0], diff(MAX_LOWERS));
+    assert_eq!(lowers[lowers.len() - 2], diff(STRIDE));
+    let flat = lowers.last().unwrap().clone();
+    assert_eq!(Some(flat.clone()), s.flat(&chains[STRIDE - 1]));
+    assert_eq!(count_entries(&flat), STRIDE);
+    for i in [0, STRIDE - 1] {
+        let f = format!("f{i}");
+        assert_eq!(
+            std::fs::read_to_string(flat.join(&f)).unwrap(),
+            i.to_string()
+        );
+        // A hard link to the layer's file, not a copy.
+        assert_eq!(
+            std::fs::metadata(flat.join(&f)).unwrap().ino(),
+            std::fs::metadata(diff(i).join(&f)).unwrap().ino()
+        );
+    }
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    let first = ino(&flat);
+
+    // 760 layers: a snapshot of 500, made from the one of 250; the 250 one is reused.
+    let lowers = s.lowers(&chains).unwrap();
+    assert_eq!(lowers.len(), 760 - 2 * STRIDE + 1);
+    assert!(lowers.len() <= MAX_LOWERS);
+    let flat500 = lowers.last().unwrap();
+    assert_eq!(count_entries(flat500), 2 * STRIDE);
+    assert_eq!(s.flat_ids().unwrap().len(), 2);
+    assert_eq!(ino(&flat), first, "the 250-layer snapshot was made again");
+    let again = s.lowers(&chains).unwrap();
+    assert_eq!(ino(again.last().unwrap()), ino(flat500));
+
+    // A layer gone from the store is an error naming it, not a panic.
+    let mut broken = chains.clone();
+    broken[600] = Digest::of(b"not a layer");
+    assert!(matches!(
+        s.lowers(&broken),
+        Err(StoreError::LayerMissing { chain }) if chain == broken[600]
+    ));
+
+    // Nothing keeps the layers: prune removes them and both snapshots.
+    let stats = s.prune(false).unwrap();
+    assert_eq!(stats.flats, 2);
+    assert_eq!(stats.layers, 760);
+    assert!(s.flat_ids().unwrap().is_empty());
+    assert_eq!(count_entries(&t.path().join("flat")), 0);
+}

@@ -90,13 +90,11 @@ pub(super) fn mount_overlay(
         symlink(l, &names.join(&n))?;
         lower_names.push(n);
     }
-    let mut opts = format!("lowerdir={}", lower_names.join(":"));
     if let Some((upper, work)) = upper_work {
         symlink(upper, &names.join("u"))?;
         symlink(work, &names.join("w"))?;
-        opts.push_str(",upperdir=u,workdir=w");
     }
-    opts.push_str(",index=off,metacopy=off,redirect_dir=off");
+    let opts = overlay_options(&lower_names, upper_work.is_some());
     // The kernel resolves relative option paths against the mounter's cwd.
     ctx(std::env::set_current_dir(names), || {
         format!("entering {}", names.display())
@@ -115,16 +113,35 @@ pub(super) fn mount_overlay(
         "leaving the layer names dir".into()
     })?;
     r.map_err(|f| match f {
-        Failure::Setup(m) => Failure::Setup(format!(
-            "{m} (layers: {})",
-            lowers
-                .iter()
-                .map(|l| l.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        Failure::Setup(m) => Failure::Setup(format!("{m} ({})", describe_layers(lowers))),
         other => other,
     })
+}
+
+/// The overlay mount options for the lower names (in `names`), with `u` and `w` as upper
+/// and work dirs when `upper`.
+fn overlay_options(lower_names: &[String], upper: bool) -> String {
+    let mut opts = format!("lowerdir={}", lower_names.join(":"));
+    if upper {
+        opts.push_str(",upperdir=u,workdir=w");
+    }
+    opts.push_str(",index=off,metacopy=off,redirect_dir=off");
+    opts
+}
+
+/// The layers of a failed overlay mount, for its error: how many, and the top-most and
+/// bottom-most paths. A deep stack's every path made tens of kilobytes of error (issue 23).
+fn describe_layers(lowers: &[PathBuf]) -> String {
+    match lowers {
+        [] => "no layers".to_string(),
+        [one] => format!("1 layer: {}", one.display()),
+        [top, .., bottom] => format!(
+            "{} layers: {} (top) ... {} (bottom)",
+            lowers.len(),
+            top.display(),
+            bottom.display()
+        ),
+    }
 }
 
 pub(super) fn mount_rootfs(rootfs: &Overlay, scratch: &Path) -> Res<PathBuf> {
@@ -528,4 +545,42 @@ pub(super) fn mask_kernel_files(root_path: &Path) -> Res<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deepest_stack_fits_the_one_page_option_string() {
+        // 500: overlay's OVL_MAX_STACK, the most lowers store::lowers ever passes.
+        let names: Vec<String> = (0..500).map(|i| format!("{i:x}")).collect();
+        let opts = overlay_options(&names, true);
+        assert!(opts.len() < 4096, "{} bytes", opts.len());
+        assert!(opts.starts_with("lowerdir=0:1:2:"), "{opts}");
+        assert!(opts.contains(":1f3,upperdir=u,workdir=w,"), "{opts}");
+    }
+
+    #[test]
+    fn a_failed_mount_names_the_count_and_the_ends_of_the_stack() {
+        let lowers: Vec<PathBuf> = (0..600)
+            .rev()
+            .map(|i| PathBuf::from(format!("/var/lib/rbuild/layers/{i:064x}/diff")))
+            .collect();
+        let m = describe_layers(&lowers);
+        assert_eq!(
+            m,
+            format!(
+                "600 layers: /var/lib/rbuild/layers/{:064x}/diff (top) ... \
+                 /var/lib/rbuild/layers/{:064x}/diff (bottom)",
+                599, 0
+            )
+        );
+        assert!(m.len() < 300, "{} bytes", m.len());
+        assert_eq!(
+            describe_layers(&lowers[..1]),
+            format!("1 layer: /var/lib/rbuild/layers/{:064x}/diff", 599)
+        );
+        assert_eq!(describe_layers(&[]), "no layers");
+    }
 }
