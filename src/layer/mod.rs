@@ -1,5 +1,6 @@
 //! Layers: `snapshot` (overlay upperdir -> OCI tar), `apply` (tar -> overlay-format dir),
-//! `compress` (the blob codecs) and `tar` (the one tar encoder, also used by the outputs).
+//! `compress` (the blob codecs), `tar` (the one tar encoder, also used by the outputs) and
+//! `stats` (what a layer holds and what it costs).
 
 use std::io;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use crate::image::Digest;
 pub mod apply;
 pub mod compress;
 pub mod snapshot;
+pub mod stats;
 pub mod tar;
 
 pub use apply::{apply, ApplyStats, VerifyingReader};
@@ -16,6 +18,7 @@ pub use compress::{Compression, Compressor};
 pub use snapshot::{
     snapshot, snapshot_blob, snapshot_digest, LayerDigests, SnapshotOptions, TarStream,
 };
+pub use stats::{image_cost, ImageCost, LayerFiles, LayerStats};
 
 /// Everything that can go wrong turning a directory into a layer or a layer into a directory.
 #[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
