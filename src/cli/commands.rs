@@ -141,6 +141,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::History { reference, format }) => {
             let store = open_store(&global)?;
+            // Counting a layer an older rbuild committed writes into it: not during a prune.
+            let _lock = store.lock_shared()?;
             let image = find_image(&store, &reference)?;
             let report = output::history(&store, &image)?;
             match format {

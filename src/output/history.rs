@@ -407,3 +407,101 @@ pub fn build_cost_line(report: &HistoryReport, steps: &[Option<(usize, String)>]
     ));
     line
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(index: usize, size: u64, wasted_by: Vec<WastedBy>) -> HistoryEntry {
+        HistoryEntry {
+            created: None,
+            created_by: format!("layer {index}"),
+            comment: None,
+            empty_layer: false,
+            layer: Some(LayerReport {
+                index,
+                diff_id: String::new(),
+                size: Some(size),
+                tar_size: None,
+                compressed: None,
+                files: None,
+                wasted: wasted_by.iter().map(|w| w.bytes).sum(),
+                wasted_by,
+                largest: Vec::new(),
+            }),
+        }
+    }
+
+    fn report(history: Vec<HistoryEntry>) -> HistoryReport {
+        let layers: Vec<&LayerReport> = history.iter().filter_map(|e| e.layer.as_ref()).collect();
+        let size = layers.iter().map(|l| l.size.unwrap()).sum();
+        let wasted = layers.iter().map(|l| l.wasted).sum();
+        HistoryReport {
+            schema: HISTORY_SCHEMA,
+            id: String::new(),
+            summary: Summary {
+                layers: layers.len(),
+                size,
+                wasted,
+                efficiency: 0.0,
+            },
+            history,
+        }
+    }
+
+    fn by(layer: usize, how: Removal, bytes: u64) -> WastedBy {
+        WastedBy {
+            layer,
+            how,
+            bytes,
+            files: 1,
+        }
+    }
+
+    #[test]
+    fn the_cost_line_names_steps_and_the_base_image() {
+        let r = report(vec![
+            layer(0, 5_000_000, vec![by(2, Removal::Deleted, 3_000_000)]),
+            layer(1, 1_000_000, vec![by(2, Removal::Overwritten, 1_000_000)]),
+            layer(2, 10, vec![]),
+        ]);
+        let steps = [
+            None,
+            Some((3, "COPY a /a".to_string())),
+            Some((
+                5,
+                "RUN rm /usr/share/doc -rf && apt-get clean && more".to_string(),
+            )),
+        ];
+        assert_eq!(
+            build_cost_line(&r, &steps),
+            "image size 6MB, 3 layers, 4MB wasted: 3MB added in the base image is deleted by #5 \
+             (RUN rm /usr/share/doc -rf && apt-get...)"
+        );
+        let r = report(vec![
+            layer(0, 5_000_000, vec![]),
+            layer(1, 1_000_000, vec![by(2, Removal::Overwritten, 1_000_000)]),
+            layer(2, 10, vec![]),
+        ]);
+        assert_eq!(
+            build_cost_line(&r, &steps),
+            "image size 6MB, 3 layers, 1MB wasted: 1MB added in #3 (COPY a /a) is overwritten \
+             by #5 (RUN rm /usr/share/doc -rf && apt-get...)"
+        );
+    }
+
+    #[test]
+    fn the_cost_line_is_quiet_up_to_one_percent() {
+        let r = report(vec![
+            layer(0, 990, vec![by(1, Removal::Deleted, 10)]),
+            layer(1, 10, vec![]),
+        ]);
+        assert_eq!(build_cost_line(&r, &[]), "image size 1kB, 2 layers");
+        let r = report(vec![
+            layer(0, 989, vec![by(1, Removal::Deleted, 11)]),
+            layer(1, 0, vec![]),
+        ]);
+        assert!(build_cost_line(&r, &[])
+            .ends_with("11B added in the base image is deleted by the base image"));
+    }
+}
