@@ -115,6 +115,15 @@ pub enum Command {
     },
     /// Print an image's manifest and config as JSON
     Inspect { reference: String },
+    /// Show what each layer of an image costs: size, files added/changed/deleted, bytes a
+    /// later layer deletes or overwrites, the largest files (docs/explain.md)
+    History {
+        /// A tag or id of an image in the store
+        #[arg(value_name = "IMAGE")]
+        reference: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: HistoryFormat,
+    },
     /// Create a base image from a rootfs tarball (like `docker import`)
     Import {
         /// Rootfs tarball (.tar, .tar.gz, .tar.zst)
@@ -127,6 +136,16 @@ pub enum Command {
     },
     #[command(name = "__sandbox-helper", hide = true)]
     SandboxHelper,
+}
+
+/// `rbuild history --format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum HistoryFormat {
+    /// A table, then the largest files, the wasted bytes and a summary
+    #[default]
+    Text,
+    /// One JSON document (schema in docs/explain.md)
+    Json,
 }
 
 /// `rbuild check --format`.

@@ -12,7 +12,7 @@ use crate::output::{self, OutputKind, OutputSpec};
 use crate::registry::{Client, RegistryOptions};
 use crate::store::Store;
 
-use super::args::{CheckFormat, Cli, Command, GlobalArgs, SaveFormat};
+use super::args::{CheckFormat, Cli, Command, GlobalArgs, HistoryFormat, SaveFormat};
 use super::check::Lookup;
 use super::settings::{build_settings, source_date_epoch, store_root, CallFormat, CallMethod};
 use super::{reporter, UserError};
@@ -139,6 +139,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             )?;
             stdout_line(&serde_json::to_string_pretty(&v)?)?;
             Ok(())
+        }
+        Some(Command::History { reference, format }) => {
+            let store = open_store(&global)?;
+            // Counting a layer an older rbuild committed writes into it: not during a prune.
+            let _lock = store.lock_shared()?;
+            let image = find_image(&store, &reference)?;
+            let report = output::history(&store, &image)?;
+            match format {
+                HistoryFormat::Text => stdout_text(&output::render_history(&report)),
+                HistoryFormat::Json => stdout_line(&serde_json::to_string_pretty(&report)?),
+            }
         }
         Some(Command::Import {
             tarball,
@@ -303,6 +314,13 @@ fn build_image(
     }
     if let Some(path) = &settings.metadata_file {
         write_file(path, &exec::metadata_json(image, tags))?;
+    }
+    if !args.quiet && args.progress != super::ProgressMode::Quiet {
+        // What the image costs; never fails the build that made it.
+        match output::history(store, image) {
+            Ok(report) => say(output::build_cost_line(&report, &outcome.layer_steps)),
+            Err(e) => report.warn(&format!("costing the image's layers: {e}")),
+        }
     }
     say(summary(
         &image.config_digest.to_string(),

@@ -105,6 +105,9 @@ pub struct BuildOutcome {
     /// The number after the build's last `#N`: what comes next (a push) continues from
     /// here, as BuildKit numbers its export vertices after the build's.
     pub next_step: StepId,
+    /// Per layer of the image, bottom first: the step that made it (`#N` and its text), or
+    /// none for a layer of the base image.
+    pub layer_steps: Vec<Option<(StepId, String)>>,
 }
 
 /// Build `req` into `store`: plan, execute the stages the target needs, commit the image and
@@ -171,6 +174,8 @@ fn build_with(
     let state = done
         .remove(&target.index)
         .expect("the target stage was built");
+    let mut layer_steps = state.layer_steps.clone();
+    layer_steps.resize(state.chains.len(), None);
     let image = ctx.commit_image(target, state)?;
     for tag in &req.tags {
         store.tag(tag, &image.manifest)?;
@@ -180,6 +185,7 @@ fn build_with(
         cached: ctx.cached,
         executed: ctx.executed,
         next_step: ctx.next_step(),
+        layer_steps,
     })
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::image::{Digest, History};
 use crate::store::{Store, StoreError};
 
-use super::BuildError;
+use super::{BuildError, StepId};
 
 #[derive(Clone, Debug)]
 pub struct StageState {
@@ -17,6 +17,9 @@ pub struct StageState {
     pub base_history: usize,
     /// The cache key of the last step (or of the base).
     pub key: String,
+    /// Per layer of `chains`, the build step that made it (its `#N` and text); none for
+    /// the base image's layers. May be shorter than `chains` (the rest are the base's).
+    pub layer_steps: Vec<Option<(StepId, String)>>,
 }
 
 impl StageState {
@@ -27,6 +30,7 @@ impl StageState {
             history: Vec::new(),
             base_history: 0,
             key: super::base_key(None),
+            layer_steps: Vec::new(),
         }
     }
 

@@ -201,6 +201,7 @@ impl<'a> Ctx<'a> {
             history: record.config.history.clone(),
             base_history: record.config.history.len(),
             key: super::base_key(Some(&record.manifest.digest)),
+            layer_steps: Vec::new(),
         })
     }
 
@@ -234,7 +235,13 @@ impl<'a> Ctx<'a> {
             let label = self.label(stage, n, &step.text);
             self.reporter.started(id, &label);
             let started = Instant::now();
-            match self.step(stage, step, &mut state, done, history, id) {
+            let layers_before = state.chains.len();
+            let result = self.step(stage, step, &mut state, done, history, id);
+            if state.chains.len() > layers_before {
+                state.layer_steps.resize(layers_before, None);
+                state.layer_steps.push(Some((id, step.text.clone())));
+            }
+            match result {
                 Ok(true) => self.reporter.cached(id),
                 Ok(false) => self.reporter.done(id, started.elapsed()),
                 Err(e) => {
@@ -620,6 +627,7 @@ impl<'a> Ctx<'a> {
             history: Vec::new(),
             base_history: 0,
             key: String::new(),
+            layer_steps: Vec::new(),
         };
         Ok(FsSource::Layers(state.lowers(self.store)?))
     }

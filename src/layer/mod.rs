@@ -1,6 +1,7 @@
 //! Layers: `snapshot` (overlay upperdir -> OCI tar), `apply` (tar -> overlay-format dir),
-//! `compress` (the blob codecs), `tar` (the one tar encoder, also used by the outputs) and
-//! `flatten` (a deep stack of layer dirs -> one dir, for overlay's stack limit).
+//! `compress` (the blob codecs), `tar` (the one tar encoder, also used by the outputs),
+//! `flatten` (a deep stack of layer dirs -> one dir, for overlay's stack limit) and `stats`
+//! (what a layer holds and what it costs).
 
 use std::io;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ pub mod apply;
 pub mod compress;
 pub mod flatten;
 pub mod snapshot;
+pub mod stats;
 pub mod tar;
 
 pub use apply::{apply, ApplyStats, VerifyingReader};
@@ -19,6 +21,7 @@ pub use flatten::{flatten, FlattenStats};
 pub use snapshot::{
     snapshot, snapshot_blob, snapshot_digest, LayerDigests, SnapshotOptions, TarStream,
 };
+pub use stats::{image_cost, ImageCost, LayerFiles, LayerStats};
 
 /// Everything that can go wrong turning a directory into a layer or a layer into a directory.
 #[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]

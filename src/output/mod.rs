@@ -8,6 +8,7 @@
 
 mod archive;
 mod commands;
+mod history;
 mod rootfs;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,10 @@ use crate::layer::compress::Compression;
 use crate::store::{ImageRecord, Store, StoreError};
 
 pub use commands::{format_images, human_size, image_rows, inspect, save, ImageRow};
+pub use history::{
+    build_cost_line, history, render_history, HistoryEntry, HistoryReport, LayerReport, Summary,
+    HISTORY_SCHEMA,
+};
 pub use rootfs::{merged_entries, MergedEntry};
 
 #[derive(Clone, Debug, PartialEq, Eq)]

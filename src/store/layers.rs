@@ -11,7 +11,10 @@ use sha2::{Digest as _, Sha256};
 use super::{Result, Store, StoreError};
 use crate::image::{Descriptor, Digest, Sha256Writer};
 use crate::layer::compress::{decompressor, sniff, Compression, Compressor};
-use crate::layer::{snapshot_blob, LayerError, SnapshotOptions, TarStream};
+use crate::layer::{snapshot_blob, LayerError, LayerFiles, LayerStats, SnapshotOptions, TarStream};
+
+/// layers/<chain>/files: the layer's path listing ([`LayerFiles::encode`]).
+const FILES: &str = "files";
 
 /// The OCI chain id of a layer on top of `parent`:
 /// chain(L1) = diff_id(L1); chain(Ln) = sha256(chain(Ln-1) + " " + diff_id(Ln)).
@@ -96,6 +99,10 @@ struct LayerMeta {
     blobs: LayerBlobs,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tar: Option<DiffTar>,
+    /// Counted when the layer was committed; missing in meta.json written before rbuild
+    /// kept them (then [`Store::layer_files`] counts them once and saves them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stats: Option<LayerStats>,
 }
 
 /// A layer in the store.
@@ -108,6 +115,8 @@ pub struct LayerRecord {
     pub blobs: LayerBlobs,
     /// Set for layers rbuild built: their uncompressed tar is made from `diff`.
     pub tar: Option<DiffTar>,
+    /// What the layer holds, if counted yet ([`Store::layer_files`] counts it).
+    pub stats: Option<LayerStats>,
     /// layers/<chain>/diff: the extracted layer, usable as an overlay lowerdir.
     pub diff: PathBuf,
 }
@@ -218,6 +227,7 @@ impl Store {
             size: meta.size,
             blobs: meta.blobs,
             tar: meta.tar,
+            stats: meta.stats,
             diff: dir.join("diff"),
         }))
     }
@@ -323,19 +333,27 @@ impl Store {
         tar: Option<DiffTar>,
     ) -> Result<LayerRecord> {
         let built = tar.is_some();
+        // The walk that sums the layer's size lists its paths too: metadata only, and the
+        // listing makes `rbuild history` a read of small files (docs/performance.md).
+        let files = LayerFiles::scan(&diff_dir)?;
+        let stats = files.stats();
         let meta = LayerMeta {
             chain_id: chain.clone(),
             diff_id,
             parent: parent.cloned(),
-            size: content_size(&diff_dir)?,
+            size: stats.bytes,
             blobs,
             tar,
+            stats: Some(stats),
         };
 
         // Assemble layers/<chain> in scratch, then one rename publishes diff and meta together.
         let stage = self.tmp_dir()?;
         let staged_diff = stage.path().join("diff");
         fs::rename(&diff_dir, &staged_diff).map_err(StoreError::io("moving layer", &diff_dir))?;
+        // Not fsynced: a listing a crash tore does not decode, and is made again.
+        let files_path = stage.path().join(FILES);
+        fs::write(&files_path, files.encode()).map_err(StoreError::io("writing", &files_path))?;
         let meta_path = stage.path().join("meta.json");
         write_synced(&meta_path, &crate::image::canonical_json(&meta))?;
         let dest = self.layer_dir(&chain);
@@ -490,6 +508,34 @@ impl Store {
             });
         }
         Ok(BlobRef { digest, size })
+    }
+
+    /// The layer's statistics and path listing, `None` if the store has no such layer. A
+    /// layer committed before rbuild kept them (or whose listing is damaged) is listed from
+    /// its diff dir once, metadata only, and both are saved.
+    pub fn layer_files(&self, chain: &Digest) -> Result<Option<(LayerStats, LayerFiles)>> {
+        let dir = self.layer_dir(chain);
+        let meta_path = dir.join("meta.json");
+        let Some(mut meta) = Store::read_json::<LayerMeta>(&meta_path)? else {
+            return Ok(None);
+        };
+        let files_path = dir.join(FILES);
+        let stored = match fs::read(&files_path) {
+            Ok(bytes) => LayerFiles::decode(&bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::io("reading", &files_path)(e)),
+        };
+        if let (Some(stats), Some(files)) = (&meta.stats, stored) {
+            return Ok(Some((stats.clone(), files)));
+        }
+        let files = LayerFiles::scan(&dir.join("diff"))?;
+        let stats = files.stats();
+        self.write_file_atomic(&files_path, &files.encode())?;
+        if meta.stats.as_ref() != Some(&stats) {
+            meta.stats = Some(stats.clone());
+            self.write_file_atomic(&meta_path, &crate::image::canonical_json(&meta))?;
+        }
+        Ok(Some((stats, files)))
     }
 
     /// Add a blob to a layer's meta.json. Two processes adding different codecs at once may

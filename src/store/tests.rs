@@ -753,3 +753,35 @@ fn deep_stacks_mount_a_snapshot_that_is_reused_and_pruned() {
     assert!(s.flat_ids().unwrap().is_empty());
     assert_eq!(count_entries(&t.path().join("flat")), 0);
 }
+
+#[test]
+fn layer_stats_are_recorded_at_commit_and_made_once_for_old_meta() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let l = built_layer(&s, &[("a", b"12345"), ("b", b"xy")]);
+    let stats = l.stats.clone().expect("counted at commit");
+    assert_eq!((stats.files, stats.bytes), (2, 7));
+    let (got, files) = s.layer_files(&l.chain_id).unwrap().unwrap();
+    assert_eq!(got, stats);
+    let paths: Vec<&[u8]> = files.entries.iter().map(|e| &e.path[..]).collect();
+    assert_eq!(paths, [b"a".as_slice(), b"b"]);
+
+    // A meta.json from before stats were kept, and no listing: counted once, then saved.
+    let dir = t.path().join("layers").join(l.chain_id.hex());
+    let meta_path = dir.join("meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    meta.as_object_mut().unwrap().remove("stats");
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    std::fs::remove_file(dir.join("files")).unwrap();
+    assert_eq!(s.layer(&l.chain_id).unwrap().stats, None);
+    let (again, relisted) = s.layer_files(&l.chain_id).unwrap().unwrap();
+    assert_eq!((again, relisted), (stats.clone(), files.clone()));
+    assert_eq!(s.layer(&l.chain_id).unwrap().stats, Some(stats));
+    assert!(dir.join("files").exists());
+
+    // A torn listing is made again rather than trusted.
+    std::fs::write(dir.join("files"), b"RBFILES1\x05").unwrap();
+    assert_eq!(s.layer_files(&l.chain_id).unwrap().unwrap().1, files);
+    assert!(s.layer_files(&Digest::of(b"none")).unwrap().is_none());
+}
