@@ -62,25 +62,7 @@ impl Store {
 
     /// Every chain id with a flattened snapshot in the store.
     pub fn flat_ids(&self) -> Result<Vec<Digest>> {
-        let dir = self.root.join("flat");
-        let mut ids = Vec::new();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ids),
-            Err(e) => return Err(StoreError::io("listing", &dir)(e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(StoreError::io("listing", &dir))?;
-            if let Some(d) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| Digest::from_hex(n).ok())
-            {
-                ids.push(d);
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        super::layers::digest_names(&self.root.join("flat"))
     }
 
     /// The directories to stack for the layers `chains` (bottom first), top-most first as

@@ -234,20 +234,7 @@ impl Store {
 
     /// Every layer chain id in the store.
     pub fn layer_ids(&self) -> Result<Vec<Digest>> {
-        let dir = self.root.join("layers");
-        let mut ids = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(StoreError::io("listing", &dir))? {
-            let entry = entry.map_err(StoreError::io("listing", &dir))?;
-            if let Some(d) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| Digest::from_hex(n).ok())
-            {
-                ids.push(d);
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        digest_names(&self.root.join("layers"))
     }
 
     /// Record a layer: `diff_dir` (inside [`Store::tmp_dir`]) is renamed to
@@ -595,4 +582,27 @@ pub(super) fn content_size(dir: &Path) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// The digests named by the entries of `dir` (layers/, flat/), sorted; other names are
+/// skipped and a missing `dir` holds none.
+pub(super) fn digest_names(dir: &Path) -> Result<Vec<Digest>> {
+    let mut ids = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ids),
+        Err(e) => return Err(StoreError::io("listing", dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(StoreError::io("listing", dir))?;
+        if let Some(d) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| Digest::from_hex(n).ok())
+        {
+            ids.push(d);
+        }
+    }
+    ids.sort();
+    Ok(ids)
 }
