@@ -460,25 +460,6 @@ fn serve(conn: TcpStream, root: &Path, auth: &str) -> std::io::Result<()> {
     out.write_all(&response[end + gap..])
 }
 
-fn contains(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut hits = Vec::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                todo.push(e.path());
-            } else if ft.is_file()
-                && std::fs::read(e.path())
-                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
-            {
-                hits.push(e.path());
-            }
-        }
-    }
-    hits
-}
-
 #[test]
 #[ignore = "needs root and the test registry (scripts/test.sh)"]
 fn add_git_over_http_sends_git_auth_token_and_keeps_it_out_of_the_image() {
@@ -531,8 +512,14 @@ fn add_git_over_http_sends_git_auth_token_and_keeps_it_out_of_the_image() {
         // Neither the token nor its header reaches the image (.git/config included) or
         // the store.
         for needle in [token.as_bytes(), basic.as_bytes()] {
-            assert_eq!(contains(&dest, needle), Vec::<PathBuf>::new());
-            assert_eq!(contains(store.path(), needle), Vec::<PathBuf>::new());
+            assert_eq!(
+                support::files_containing(&dest, needle),
+                Vec::<PathBuf>::new()
+            );
+            assert_eq!(
+                support::files_containing(store.path(), needle),
+                Vec::<PathBuf>::new()
+            );
         }
     }
     drop(server);

@@ -12,7 +12,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -927,7 +927,7 @@ fn secrets_never_touch_the_disk() {
     let pgid = child.id();
     let mut scans = 0;
     while child.try_wait().unwrap().is_none() {
-        let hits = files_containing(store.path(), value.as_bytes());
+        let hits = support::files_containing(store.path(), value.as_bytes());
         assert!(hits.is_empty(), "the secret is on disk: {hits:?}");
         scans += 1;
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -937,29 +937,8 @@ fn secrets_never_touch_the_disk() {
         scans >= 10,
         "the build ended before the store could be watched"
     );
-    assert!(files_containing(store.path(), value.as_bytes()).is_empty());
+    assert!(support::files_containing(store.path(), value.as_bytes()).is_empty());
     assert_no_leftovers(pgid);
-}
-
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut hits = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                todo.push(e.path());
-            } else if ft.is_file()
-                && std::fs::read(e.path())
-                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
-            {
-                hits.push(e.path());
-            } else if ft.is_char_device() || ft.is_block_device() {
-                continue;
-            }
-        }
-    }
-    hits
 }
 
 /// A rootfs tar of `n` empty files in directories of 1000, sorted as builders write them.

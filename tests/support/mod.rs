@@ -472,3 +472,24 @@ pub fn processes_in_group(pgid: u32) -> Vec<String> {
     }
     found
 }
+
+/// The regular files below `dir` whose bytes contain `needle` (a secret, a token): where
+/// something that must never reach the disk did.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                todo.push(e.path());
+            } else if ft.is_file()
+                && std::fs::read(e.path())
+                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
+                hits.push(e.path());
+            }
+        }
+    }
+    hits
+}
