@@ -320,27 +320,24 @@ impl Store {
         tar: Option<DiffTar>,
     ) -> Result<LayerRecord> {
         let built = tar.is_some();
-        // The walk that sums the layer's size lists its paths too: metadata only, and the
-        // listing makes `rbuild history` a read of small files (docs/performance.md).
-        let files = LayerFiles::scan(&diff_dir)?;
-        let stats = files.stats();
+        // Only the size here, in a walk that keeps nothing per entry: applying a layer of a
+        // million entries must not hold its listing (tests/security.rs, memory flat in
+        // entries). The listing and statistics `rbuild history` and the cost line read are
+        // made on first use ([`Store::layer_files`]), metadata only, and kept.
         let meta = LayerMeta {
             chain_id: chain.clone(),
             diff_id,
             parent: parent.cloned(),
-            size: stats.bytes,
+            size: content_size(&diff_dir)?,
             blobs,
             tar,
-            stats: Some(stats),
+            stats: None,
         };
 
         // Assemble layers/<chain> in scratch, then one rename publishes diff and meta together.
         let stage = self.tmp_dir()?;
         let staged_diff = stage.path().join("diff");
         fs::rename(&diff_dir, &staged_diff).map_err(StoreError::io("moving layer", &diff_dir))?;
-        // Not fsynced: a listing a crash tore does not decode, and is made again.
-        let files_path = stage.path().join(FILES);
-        fs::write(&files_path, files.encode()).map_err(StoreError::io("writing", &files_path))?;
         let meta_path = stage.path().join("meta.json");
         write_synced(&meta_path, &crate::image::canonical_json(&meta))?;
         let dest = self.layer_dir(&chain);
@@ -497,9 +494,9 @@ impl Store {
         Ok(BlobRef { digest, size })
     }
 
-    /// The layer's statistics and path listing, `None` if the store has no such layer. A
-    /// layer committed before rbuild kept them (or whose listing is damaged) is listed from
-    /// its diff dir once, metadata only, and both are saved.
+    /// The layer's statistics and path listing, `None` if the store has no such layer. The
+    /// first call for a layer (or one whose listing is damaged) lists its diff dir, metadata
+    /// only, and saves both; later calls read the small listing file.
     pub fn layer_files(&self, chain: &Digest) -> Result<Option<(LayerStats, LayerFiles)>> {
         let dir = self.layer_dir(chain);
         let meta_path = dir.join("meta.json");
