@@ -111,14 +111,25 @@ pub fn format_images(rows: &[ImageRow], now: SystemTime) -> String {
             human_size(r.size),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| table.iter().map(|row| row[i].len()).max().unwrap_or(0))
-        .collect();
+    columns(&table)
+}
+
+/// A table as docker prints one: every column but the last padded to its widest cell and
+/// followed by three spaces, lines trimmed at the end (`images`, `history`).
+pub(super) fn columns<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let count = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
+    let mut widths = vec![0usize; count];
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r.as_ref()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
     let mut out = String::new();
-    for row in &table {
+    for r in rows {
+        let r = r.as_ref();
         let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i == 4 {
+        for (i, cell) in r.iter().enumerate() {
+            if i + 1 == r.len() {
                 line.push_str(cell);
             } else {
                 line.push_str(&format!("{cell:<w$}   ", w = widths[i]));

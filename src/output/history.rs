@@ -280,25 +280,7 @@ pub fn render_history(report: &HistoryReport) -> String {
             }
         });
     }
-    let mut widths = [0usize; 9];
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in &rows {
-        let mut line = String::new();
-        for (i, cell) in r.iter().enumerate() {
-            if i == 8 {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}   ", w = widths[i]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    let mut out = super::commands::columns(&rows);
     let layers: Vec<&LayerReport> = report
         .history
         .iter()
