@@ -13,7 +13,6 @@
 //! `rbuild prune` removes the snapshots of layers that no tag or cache record keeps.
 
 use std::fs;
-use std::io;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -144,15 +143,7 @@ impl Store {
     /// Remove the flattened snapshot of `chain` (prune holds the store lock exclusively, so
     /// no step has it mounted).
     pub(super) fn remove_flat(&self, chain: &Digest) -> Result<()> {
-        let dir = self.flat_dir(chain);
-        let trash = self.tmp_dir()?;
-        let target = trash.path().join("flat");
-        match fs::rename(&dir, &target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StoreError::io("removing snapshot", &dir)(e)),
-        }
-        fs::remove_dir_all(trash.path()).map_err(StoreError::io("removing", trash.path()))
+        self.remove_aside(&self.flat_dir(chain), "removing snapshot")
     }
 }
 

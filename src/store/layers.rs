@@ -536,13 +536,19 @@ impl Store {
 
     /// Remove a layer (prune). Renamed into scratch first so no half-removed layer is visible.
     pub(crate) fn remove_layer(&self, chain: &Digest) -> Result<()> {
-        let dir = self.layer_dir(chain);
+        self.remove_aside(&self.layer_dir(chain), "removing layer")
+    }
+
+    /// Remove the record directory `dir` (a layer, a flattened snapshot): renamed into this
+    /// session's scratch first, so no half-removed record is ever visible; gone already is
+    /// fine.
+    pub(super) fn remove_aside(&self, dir: &Path, what: &'static str) -> Result<()> {
         let trash = self.tmp_dir()?;
-        let target = trash.path().join("layer");
-        match fs::rename(&dir, &target) {
+        let target = trash.path().join("gone");
+        match fs::rename(dir, &target) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StoreError::io("removing layer", &dir)(e)),
+            Err(e) => return Err(StoreError::io(what, dir)(e)),
         }
         fs::remove_dir_all(trash.path()).map_err(StoreError::io("removing", trash.path()))
     }
