@@ -95,6 +95,10 @@ impl Reporter for Plain {
     fn warn(&self, text: &str) {
         self.emit(&format!("WARNING: {text}"));
     }
+
+    fn cache_miss(&self, id: StepId, reason: &str) {
+        self.emit(&format!("#{id} cache miss: {reason}"));
+    }
 }
 
 /// Whether `RBUILD_TRACE=1` asks for phase timings on stderr (docs/performance.md).
@@ -148,6 +152,9 @@ impl Reporter for Trace {
     }
     fn phase(&self, id: StepId, phase: &'static str, elapsed: Duration) {
         trace(&format!("#{id} {phase}"), elapsed);
+    }
+    fn cache_miss(&self, id: StepId, reason: &str) {
+        self.inner.cache_miss(id, reason)
     }
 }
 
@@ -469,6 +476,12 @@ impl Reporter for Tty {
     fn warn(&self, text: &str) {
         let lines: Vec<String> = format!("WARNING: {text}").lines().map(clean).collect();
         self.live().show(&lines);
+    }
+
+    fn cache_miss(&self, id: StepId, reason: &str) {
+        // Dimmed (SGR 2): a note on the step, not news.
+        let line = format!("\x1b[2m  #{id} cache miss: {}\x1b[0m", clean(reason));
+        self.live().show(&[line]);
     }
 }
 

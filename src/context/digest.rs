@@ -277,6 +277,38 @@ pub fn content_digest(
     follow_top_symlink: bool,
     stat_cache: &mut StatCache,
 ) -> Result<Digest, ContextError> {
+    let (digest, _) = content_digest_listed(
+        root,
+        sources,
+        ignore,
+        excludes,
+        follow_top_symlink,
+        stat_cache,
+    )?;
+    Ok(digest)
+}
+
+/// One entry of what a content digest covered, for naming the files that changed between
+/// two builds (issue 19, docs/explain.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedFile {
+    /// As the digest saw it: the source as named, then the path below it.
+    pub path: String,
+    pub mode: u32,
+    /// The file's content sha256, a symlink's target's; zero for anything else.
+    pub sha: [u8; 32],
+}
+
+/// [`content_digest`], with the entries it covered (sorted by path). Making the list costs
+/// no reads beyond the digest's own.
+pub fn content_digest_listed(
+    root: &Path,
+    sources: &[String],
+    ignore: &IgnoreMatcher,
+    excludes: &IgnoreMatcher,
+    follow_top_symlink: bool,
+    stat_cache: &mut StatCache,
+) -> Result<(Digest, Vec<ListedFile>), ContextError> {
     let mut records: Vec<Record> = Vec::new();
     let mut files: Vec<(PathBuf, StatKey)> = Vec::new();
     for source in sources {
@@ -340,7 +372,21 @@ pub fn content_digest(
         h.update((r.link.len() as u64).to_le_bytes());
         h.update(&r.link);
     }
-    Ok(Digest::from_raw(&h.finalize()))
+    let listing = records
+        .into_iter()
+        .filter(|r| r.kind != b'd')
+        .map(|r| ListedFile {
+            path: String::from_utf8_lossy(&r.path).into_owned(),
+            mode: r.mode,
+            sha: match r.file {
+                Some(i) => shas[i],
+                // A symlink changes with its target.
+                None if r.kind == b'l' => Sha256::digest(&r.link).into(),
+                None => [0u8; 32],
+            },
+        })
+        .collect();
+    Ok((Digest::from_raw(&h.finalize()), listing))
 }
 
 pub(crate) fn base_name(named: &str) -> &str {

@@ -69,6 +69,8 @@ pub struct Ctx<'a> {
     stage_names: bool,
     pub cached: usize,
     pub executed: usize,
+    /// Why steps missed the cache (issue 19).
+    pub log: super::explain::Log,
 }
 
 /// What the contexts of stages building in parallel share.
@@ -115,6 +117,7 @@ impl<'a> Ctx<'a> {
             stage_names,
             cached: 0,
             executed: 0,
+            log: Default::default(),
         })
     }
 
@@ -135,6 +138,7 @@ impl<'a> Ctx<'a> {
             stage_names: self.stage_names,
             cached: 0,
             executed: 0,
+            log: Default::default(),
         }
     }
 
@@ -142,6 +146,7 @@ impl<'a> Ctx<'a> {
     pub fn absorb(&mut self, other: Ctx<'a>) {
         self.cached += other.cached;
         self.executed += other.executed;
+        self.log.absorb(other.log);
     }
 
     /// Stop the other stages before their next step (a stage failed).
@@ -214,6 +219,7 @@ impl<'a> Ctx<'a> {
     ) -> Result<StageState, BuildError> {
         // The FROM of an image is the stage's first vertex; config-only steps are none.
         let mut n = usize::from(matches!(stage.base, plan::Base::Image { .. }));
+        self.log.start_stage();
         for step in &stage.steps {
             check_interrupted()?;
             if self.shared.cancelled.load(Ordering::SeqCst) {
@@ -228,6 +234,7 @@ impl<'a> Ctx<'a> {
             };
             if matches!(step.op, Op::Config) {
                 self.config_step(step, &mut state, history)?;
+                self.log.step_done(step, None, &state.key);
                 continue;
             }
             n += 1;
@@ -242,7 +249,10 @@ impl<'a> Ctx<'a> {
                 state.layer_steps.push(Some((id, step.text.clone())));
             }
             match result {
-                Ok(true) => self.reporter.cached(id),
+                Ok(true) => {
+                    self.log.cached(step, id);
+                    self.reporter.cached(id)
+                }
                 Ok(false) => self.reporter.done(id, started.elapsed()),
                 Err(e) => {
                     let e = self.at_step(step, e);
@@ -252,7 +262,9 @@ impl<'a> Ctx<'a> {
                     return Err(e);
                 }
             }
+            self.log.step_done(step, Some(id), &state.key);
         }
+        self.log.finish_stage(self.store, self.req, stage);
         Ok(state)
     }
 
@@ -286,8 +298,10 @@ impl<'a> Ctx<'a> {
                     new_layer: false,
                     config: ImageConfig::default(),
                     history: history.clone(),
+                    inputs: Some(super::explain::inputs(&state.key, step, None)),
                 };
                 self.store.put_cache(&key, &record)?;
+                let _ = self.store.add_child(&state.key, &key);
                 history
             }
         };
@@ -360,6 +374,7 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
+        let inputs = self.explain_miss(stage, step, id, &state.key, &key, &prepared);
         let tmp = self.store.tmp_dir()?;
         let upper = tmp.path().join("upper");
         let work = tmp.path().join("work");
@@ -427,9 +442,53 @@ impl<'a> Ctx<'a> {
                 ..Default::default()
             },
             history,
+            inputs: Some(inputs),
         };
         self.store.put_cache(&key, &record)?;
         Ok(false)
+    }
+
+    /// Say why `step` missed the cache (issue 19), remember it on its parent and keep its
+    /// sources' listing: the inputs its record keeps for the next build's reasons.
+    fn explain_miss(
+        &mut self,
+        stage: &Stage,
+        step: &Step,
+        id: StepId,
+        parent: &str,
+        key: &str,
+        prepared: &Prepared,
+    ) -> crate::store::StepInputs {
+        use super::explain;
+        let content = prepared.content.as_ref().map(Digest::to_string);
+        let inputs = explain::inputs(parent, step, content);
+        let listing = prepared.listing.as_deref().map(explain::listing);
+        let reason = if self.req.no_cache {
+            plan::explain::Reason::NoCache
+        } else if self.ignores_cache(stage, step) {
+            plan::explain::Reason::NoCacheFilter(stage_label(stage))
+        } else {
+            let position = stage.steps.iter().position(|s| std::ptr::eq(s, step));
+            let position = position.unwrap_or_default();
+            let (store, req) = (self.store, self.req);
+            self.log.reason(
+                store,
+                req,
+                stage,
+                position,
+                key,
+                &inputs,
+                listing.as_deref(),
+            )
+        };
+        self.log
+            .missed(self.req, self.reporter, stage, step, id, reason);
+        // Hints for the next build: failing to keep them loses a reason, not a result.
+        if let (Some(content), Some(listing)) = (&inputs.content, &listing) {
+            let _ = self.store.put_listing(content, listing);
+        }
+        let _ = self.store.add_child(parent, key);
+        inputs
     }
 
     fn run(
@@ -831,11 +890,12 @@ impl<'a> Ctx<'a> {
         paths: &[String],
         excludes: &[String],
         done: &BTreeMap<usize, StageState>,
+        listing: &mut Option<Vec<context::ListedFile>>,
     ) -> Result<String, BuildError> {
-        let digest_of =
+        let mut digest_of =
             |ctx: &mut Self, root: &Path, ignore: &IgnoreMatcher| -> Result<String, BuildError> {
                 let excludes = IgnoreMatcher::new(excludes)?;
-                let d = context::content_digest(
+                let (d, files) = context::content_digest_listed(
                     root,
                     paths,
                     ignore,
@@ -843,6 +903,7 @@ impl<'a> Ctx<'a> {
                     true,
                     &mut ctx.stat_cache(),
                 )?;
+                *listing = Some(files);
                 Ok(d.to_string())
             };
         match from {
@@ -894,7 +955,9 @@ impl<'a> Ctx<'a> {
                     .collect();
                 // Paths are only read from a context: URLs and heredocs are hashed below.
                 if !(paths.is_empty() && copy.from == CopyFrom::Context) {
-                    parts.push(self.source_digest(&copy.from, &paths, &copy.excludes, done)?);
+                    let (from, excludes) = (&copy.from, &copy.excludes);
+                    let listing = &mut prepared.listing;
+                    parts.push(self.source_digest(from, &paths, excludes, done, listing)?);
                 }
                 let tmp = self.store.tmp_dir()?;
                 for src in &copy.sources {
@@ -939,7 +1002,7 @@ impl<'a> Ctx<'a> {
                 for m in run.mounts.iter().filter(|m| m.kind == MountType::Bind) {
                     let source = m.source.clone().unwrap_or_else(|| ".".to_string());
                     let from = m.from.as_ref().map_or(CopyFrom::Context, mount_from);
-                    parts.push(self.source_digest(&from, &[source], &[], done)?);
+                    parts.push(self.source_digest(&from, &[source], &[], done, &mut None)?);
                 }
                 if !parts.is_empty() {
                     prepared.content = Some(Digest::of(parts.join("\n").as_bytes()));
@@ -988,6 +1051,8 @@ impl<'a> Ctx<'a> {
 #[derive(Default)]
 struct Prepared {
     content: Option<Digest>,
+    /// The files `content` covers, for COPY/ADD from a directory (naming what changed).
+    listing: Option<Vec<context::ListedFile>>,
     /// Per source: (name in the image, host path, mode) for URL and heredoc sources.
     files: Vec<Option<(String, PathBuf, u32)>>,
     /// `ADD <git url>`: the repository and the commit its ref names.
