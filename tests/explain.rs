@@ -279,3 +279,15 @@ fn metadata_file_lists_every_step_cached_or_why_not() {
         ])
     );
 }
+
+#[test]
+#[ignore = "needs root and a registry"]
+fn a_step_after_a_changed_config_step_gives_that_steps_reason() {
+    let c = Case::new(&busybox("LABEL a=1\nRUN echo hi\n"));
+    c.misses(&[]);
+    c.dockerfile(&busybox("LABEL a=2\nRUN echo hi\n"));
+    assert_eq!(
+        c.misses(&[]),
+        ["#2 cache miss: instruction changed: LABEL a=1 -> LABEL a=2"]
+    );
+}

@@ -36,6 +36,9 @@ pub struct Log {
     printed: bool,
     /// The stage's step keys so far.
     keys: Vec<String>,
+    /// Why the config-only steps since the last filesystem step missed: a later step
+    /// rebuilt because of them gives this reason, not "previous step ... was rebuilt".
+    pending: Option<Reason>,
     /// Every filesystem step of the build so far (for `--metadata-file`).
     pub steps: Vec<StepCache>,
 }
@@ -62,10 +65,19 @@ impl Log {
         self.prev = None;
         self.printed = false;
         self.keys.clear();
+        self.pending = None;
+    }
+
+    /// A config-only step came from the cache.
+    pub fn config_cached(&mut self) {
+        self.pending = None;
     }
 
     /// A step finished with key `key`; `id` is its `#N` (none for a config-only step).
     pub fn step_done(&mut self, step: &Step, id: Option<StepId>, key: &str) {
+        if id.is_some() {
+            self.pending = None;
+        }
         self.prev = Some(match id {
             Some(id) => format!("#{id}"),
             None => format!("`{}` (line {})", step.text, step.line),
@@ -97,16 +109,21 @@ impl Log {
     }
 
     /// Say why `step` (progress `#id`) missed: to the reporter for the stage's first miss or
-    /// with `--explain`, and to the metadata log always.
+    /// with `--explain`, and to the metadata log always. A config-only step (no `id`) says
+    /// nothing: its reason waits for the next filesystem step.
     pub fn missed(
         &mut self,
         req: &BuildRequest,
         reporter: &dyn Reporter,
         stage: &Stage,
         step: &Step,
-        id: StepId,
+        id: Option<StepId>,
         reason: Reason,
     ) {
+        let reason = match (reason, &self.pending) {
+            (Reason::Previous(_), Some(pending)) => pending.clone(),
+            (reason, _) => reason,
+        };
         let reason = match reason {
             Reason::Env {
                 name,
@@ -120,6 +137,10 @@ impl Log {
                 new,
             },
             r => r,
+        };
+        let Some(id) = id else {
+            self.pending = Some(reason);
+            return;
         };
         let text = reason.to_string();
         if req.explain || !self.printed {

@@ -233,7 +233,7 @@ impl<'a> Ctx<'a> {
                 ..Default::default()
             };
             if matches!(step.op, Op::Config) {
-                self.config_step(step, &mut state, history)?;
+                self.config_step(stage, step, &mut state, history)?;
                 self.log.step_done(step, None, &state.key);
                 continue;
             }
@@ -273,6 +273,7 @@ impl<'a> Ctx<'a> {
     /// under BuildKit.
     fn config_step(
         &mut self,
+        stage: &Stage,
         step: &Step,
         state: &mut StageState,
         history: History,
@@ -284,10 +285,13 @@ impl<'a> Ctx<'a> {
             self.store.get_cache(&key)
         };
         let history = match cached {
-            Some(rec) => History {
-                created: rec.history.created,
-                ..history
-            },
+            Some(rec) => {
+                self.log.config_cached();
+                History {
+                    created: rec.history.created,
+                    ..history
+                }
+            }
             None => {
                 let history = History {
                     empty_layer: true,
@@ -298,10 +302,9 @@ impl<'a> Ctx<'a> {
                     new_layer: false,
                     config: ImageConfig::default(),
                     history: history.clone(),
-                    inputs: Some(super::explain::inputs(&state.key, step, None)),
+                    inputs: Some(self.explain_miss(stage, step, None, &state.key, &key, None)),
                 };
                 self.store.put_cache(&key, &record)?;
-                let _ = self.store.add_child(&state.key, &key);
                 history
             }
         };
@@ -374,7 +377,7 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
-        let inputs = self.explain_miss(stage, step, id, &state.key, &key, &prepared);
+        let inputs = self.explain_miss(stage, step, Some(id), &state.key, &key, Some(&prepared));
         let tmp = self.store.tmp_dir()?;
         let upper = tmp.path().join("upper");
         let work = tmp.path().join("work");
@@ -448,21 +451,23 @@ impl<'a> Ctx<'a> {
         Ok(false)
     }
 
-    /// Say why `step` missed the cache (issue 19), remember it on its parent and keep its
-    /// sources' listing: the inputs its record keeps for the next build's reasons.
+    /// Say why `step` (`#id`; none for a config-only step) missed the cache (issue 19),
+    /// remember it on its parent and keep its sources' listing: the inputs its record
+    /// keeps for the next build's reasons.
     fn explain_miss(
         &mut self,
         stage: &Stage,
         step: &Step,
-        id: StepId,
+        id: Option<StepId>,
         parent: &str,
         key: &str,
-        prepared: &Prepared,
+        prepared: Option<&Prepared>,
     ) -> crate::store::StepInputs {
         use super::explain;
-        let content = prepared.content.as_ref().map(Digest::to_string);
-        let inputs = explain::inputs(parent, step, content);
-        let listing = prepared.listing.as_deref().map(explain::listing);
+        let content = prepared.and_then(|p| p.content.as_ref());
+        let inputs = explain::inputs(parent, step, content.map(Digest::to_string));
+        let listing = prepared.and_then(|p| p.listing.as_deref());
+        let listing = listing.map(explain::listing);
         let reason = if self.req.no_cache {
             plan::explain::Reason::NoCache
         } else if self.ignores_cache(stage, step) {
