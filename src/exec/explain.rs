@@ -236,12 +236,18 @@ impl Log {
 }
 
 /// The inputs of a step's key, as a cache record keeps them.
-pub fn inputs(parent: &str, step: &Step, content: Option<String>) -> StepInputs {
+pub fn inputs(parent: &str, stage: &Stage, step: &Step, content: Option<String>) -> StepInputs {
+    let first = stage.steps.first().is_some_and(|s| std::ptr::eq(s, step));
+    let base = match &stage.base {
+        plan::Base::Image { reference, .. } if first => Some(reference.clone()),
+        _ => None,
+    };
     StepInputs {
         parent: parent.to_string(),
         material: serde_json::to_value(&step.key).expect("key material serializes"),
         content,
         text: step.text.clone(),
+        base,
     }
 }
 
@@ -289,6 +295,7 @@ fn side<'a>(i: &'a StepInputs, listing: Option<&'a [Entry]>) -> why::Inputs<'a> 
         material: &i.material,
         content: i.content.as_deref(),
         text: &i.text,
+        base: i.base.as_deref(),
         listing,
     }
 }

@@ -465,7 +465,7 @@ impl<'a> Ctx<'a> {
     ) -> crate::store::StepInputs {
         use super::explain;
         let content = prepared.and_then(|p| p.content.as_ref());
-        let inputs = explain::inputs(parent, step, content.map(Digest::to_string));
+        let inputs = explain::inputs(parent, stage, step, content.map(Digest::to_string));
         let listing = prepared.and_then(|p| p.listing.as_deref());
         let listing = listing.map(explain::listing);
         let reason = if self.req.no_cache {

@@ -21,6 +21,8 @@ pub struct Inputs<'a> {
     pub content: Option<&'a str>,
     /// The instruction as written (`RUN make`).
     pub text: &'a str,
+    /// The image the stage's FROM names, for its first step (None if unknown).
+    pub base: Option<&'a str>,
     /// For COPY/ADD from a directory: the files the content digest covered, by path.
     pub listing: Option<&'a [Entry]>,
 }
@@ -240,6 +242,12 @@ impl fmt::Display for Reason {
 /// `None` when nothing differs.
 pub fn explain(old: &Inputs, new: &Inputs, parent: &Parent) -> Option<Reason> {
     if let Parent::Image(reference) = parent {
+        if let Some(was) = old.base.filter(|b| b != reference) {
+            return Some(Reason::Instruction {
+                old: format!("FROM {was}"),
+                new: format!("FROM {reference}"),
+            });
+        }
         if old.parent != new.parent {
             return Some(Reason::BaseImage {
                 reference: reference.clone(),
@@ -483,6 +491,7 @@ mod tests {
             material,
             content: None,
             text,
+            base: None,
             listing: None,
         }
     }
@@ -588,6 +597,16 @@ mod tests {
             ),
             "base image debian:bookworm now resolves to sha256:bbbbbbbbbbbb (was sha256:aaaaaaaaaaaa)"
         );
+        // An earlier build from another image: the FROM changed, not what it resolves to.
+        let was = "a".repeat(64);
+        let other = Inputs {
+            base: Some("busybox"),
+            ..inputs(&was, &a, "RUN make")
+        };
+        assert_eq!(
+            reason(&other, &inputs(&"b".repeat(64), &b, "RUN make"), &base),
+            "instruction changed: FROM busybox -> FROM debian:bookworm"
+        );
     }
 
     fn entry(path: &str, digest: &str) -> Entry {
@@ -608,6 +627,7 @@ mod tests {
             material: &m,
             content: Some(content),
             text: "COPY . /",
+            base: None,
             listing: Some(listing),
         };
         let step = Parent::Step("#2".into());

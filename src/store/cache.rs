@@ -42,6 +42,9 @@ pub struct StepInputs {
     /// The instruction as written, for naming it.
     #[serde(default)]
     pub text: String,
+    /// For a stage's first step on an image: the image as the FROM names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 impl Store {
