@@ -265,29 +265,6 @@ fn kind_byte(m: &Metadata) -> u8 {
     }
 }
 
-/// The content digest of what `COPY <sources>` reads from `root`; see the module docs.
-/// `ignore` is the context's `.dockerignore` (empty for stage sources), `excludes` the
-/// step's `--exclude` patterns. With `follow_top_symlink`, a source naming a symlink is
-/// digested as its target (inside `root`), as the copy dereferences it.
-pub fn content_digest(
-    root: &Path,
-    sources: &[String],
-    ignore: &IgnoreMatcher,
-    excludes: &IgnoreMatcher,
-    follow_top_symlink: bool,
-    stat_cache: &mut StatCache,
-) -> Result<Digest, ContextError> {
-    let (digest, _) = content_digest_listed(
-        root,
-        sources,
-        ignore,
-        excludes,
-        follow_top_symlink,
-        stat_cache,
-    )?;
-    Ok(digest)
-}
-
 /// One entry of what a content digest covered, for naming the files that changed between
 /// two builds (issue 19, docs/explain.md).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -299,9 +276,13 @@ pub struct ListedFile {
     pub sha: [u8; 32],
 }
 
-/// [`content_digest`], with the entries it covered (sorted by path). Making the list costs
-/// no reads beyond the digest's own.
-pub fn content_digest_listed(
+/// The content digest of what `COPY <sources>` reads from `root`; see the module docs.
+/// `ignore` is the context's `.dockerignore` (empty for stage sources), `excludes` the
+/// step's `--exclude` patterns. With `follow_top_symlink`, a source naming a symlink is
+/// digested as its target (inside `root`), as the copy dereferences it.
+/// Also returns the entries it covered, sorted by path (no reads beyond the digest's own),
+/// for naming the files that changed since an earlier build.
+pub fn content_digest(
     root: &Path,
     sources: &[String],
     ignore: &IgnoreMatcher,
@@ -473,7 +454,9 @@ mod tests {
 
     fn digest(root: &Path, sources: &[&str], c: &mut StatCache) -> Digest {
         let s: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
-        content_digest(root, &s, &none(), &none(), true, c).unwrap()
+        content_digest(root, &s, &none(), &none(), true, c)
+            .unwrap()
+            .0
     }
 
     #[test]
@@ -520,19 +503,21 @@ mod tests {
         let r = t.path();
         let mut c = cache();
         let s = vec!["src".to_string()];
-        let all = content_digest(r, &s, &none(), &none(), true, &mut c).unwrap();
+        let all = content_digest(r, &s, &none(), &none(), true, &mut c)
+            .unwrap()
+            .0;
         let ig = IgnoreMatcher::new(&["src/sub".to_string()]).unwrap();
-        let ignored = content_digest(r, &s, &ig, &none(), true, &mut c).unwrap();
+        let ignored = content_digest(r, &s, &ig, &none(), true, &mut c).unwrap().0;
         assert_ne!(all, ignored);
         // Changing an ignored file does not change the digest.
         std::fs::write(r.join("src/sub/b.txt"), "changed").unwrap();
         assert_eq!(
-            content_digest(r, &s, &ig, &none(), true, &mut c).unwrap(),
+            content_digest(r, &s, &ig, &none(), true, &mut c).unwrap().0,
             ignored
         );
         let ex = IgnoreMatcher::new(&["sub".to_string()]).unwrap();
         assert_eq!(
-            content_digest(r, &s, &none(), &ex, true, &mut c).unwrap(),
+            content_digest(r, &s, &none(), &ex, true, &mut c).unwrap().0,
             ignored
         );
         // Missing literal sources are errors, empty wildcards are not.
@@ -547,16 +532,24 @@ mod tests {
         let r = t.path();
         let mut c = cache();
         let s = vec!["src/link".to_string()];
-        let followed = content_digest(r, &s, &none(), &none(), true, &mut c).unwrap();
-        let kept = content_digest(r, &s, &none(), &none(), false, &mut c).unwrap();
+        let followed = content_digest(r, &s, &none(), &none(), true, &mut c)
+            .unwrap()
+            .0;
+        let kept = content_digest(r, &s, &none(), &none(), false, &mut c)
+            .unwrap()
+            .0;
         assert_ne!(followed, kept);
         std::fs::write(r.join("src/a.txt"), "new alpha").unwrap();
         assert_ne!(
-            content_digest(r, &s, &none(), &none(), true, &mut c).unwrap(),
+            content_digest(r, &s, &none(), &none(), true, &mut c)
+                .unwrap()
+                .0,
             followed
         );
         assert_eq!(
-            content_digest(r, &s, &none(), &none(), false, &mut c).unwrap(),
+            content_digest(r, &s, &none(), &none(), false, &mut c)
+                .unwrap()
+                .0,
             kept
         );
     }

@@ -900,7 +900,7 @@ impl<'a> Ctx<'a> {
         let mut digest_of =
             |ctx: &mut Self, root: &Path, ignore: &IgnoreMatcher| -> Result<String, BuildError> {
                 let excludes = IgnoreMatcher::new(excludes)?;
-                let (d, files) = context::content_digest_listed(
+                let (d, files) = context::content_digest(
                     root,
                     paths,
                     ignore,
