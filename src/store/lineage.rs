@@ -5,11 +5,13 @@
 //!   handful: older ones drop off).
 //! - `builds/<h>`: the step keys of the last build of a stage, where `<h>` names the stage
 //!   by tag and target, or by Dockerfile path and stage.
-//! - `listings/<h>.json`: the files a content digest covered, once per digest.
+//! - `listings/<h>`: the files a content digest covered, once per digest (prune removes
+//!   those no cache record names).
 //!
 //! All of it is a hint: a missing or unreadable file means "no earlier build", never an
 //! error for the build.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
@@ -86,6 +88,27 @@ impl Store {
         )
     }
 
+    /// Remove the listings of content digests no record in `keep` names (prune).
+    pub(crate) fn prune_listings(&self, keep: &BTreeSet<String>) -> Result<()> {
+        let dir = self.root.join("cache-index").join("listings");
+        let kept: BTreeSet<PathBuf> = keep
+            .iter()
+            .map(|c| self.index_path("listings", c))
+            .collect();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("listing", &dir)(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(StoreError::io("listing", &dir))?.path();
+            if !kept.contains(&path) {
+                std::fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn listing<T: DeserializeOwned>(&self, content: &str) -> Option<Vec<T>> {
         Store::read_json(&self.index_path("listings", content))
             .ok()
@@ -121,9 +144,15 @@ mod tests {
         store.put_last_build("tag app:1 stage 0", &keys).unwrap();
         assert_eq!(store.last_build("tag app:1 stage 0"), Some(keys));
         store.put_listing("sha256:x", &["f".to_string()]).unwrap();
+        store.put_listing("sha256:y", &["g".to_string()]).unwrap();
         assert_eq!(
             store.listing::<String>("sha256:x"),
             Some(vec!["f".to_string()])
         );
+        store
+            .prune_listings(&["sha256:y".to_string()].into())
+            .unwrap();
+        assert_eq!(store.listing::<String>("sha256:x"), None);
+        assert!(store.listing::<String>("sha256:y").is_some());
     }
 }
