@@ -628,6 +628,23 @@ mod tests {
         );
     }
 
+    /// A cache-miss reason is a permanent line above the step, dimmed (issue 19).
+    #[test]
+    fn cache_miss_reasons_show_dimmed() {
+        let (mut term, tty) = Terminal::new(80, 24);
+        tty.started(2, "[2/2] COPY a /a");
+        tty.cache_miss(2, "context file a changed (sha256:1 -> sha256:2)");
+        let rows = term.rows();
+        assert_eq!(
+            rows[3], "  #2 cache miss: context file a changed (sha256:1 -> sha256:2)",
+            "{rows:#?}"
+        );
+        assert!(rows[4].starts_with("⠋ #2 [2/2] COPY a /a"), "{rows:#?}");
+        let cell = term.parser.screen().cell(3, 4).unwrap();
+        assert!(cell.dim(), "the reason is dimmed");
+        tty.done(2, Duration::from_millis(100));
+    }
+
     /// Long lines, tabs and colours on a narrow, short terminal: every row of the region is
     /// cut to the width and the region to the height, so the cursor comes back exactly.
     #[test]
