@@ -205,6 +205,19 @@ fn no_cache_is_the_reason_under_no_cache() {
 
 #[test]
 #[ignore = "needs root and a registry"]
+fn no_cache_filter_names_the_stage() {
+    let c = Case::new(&format!(
+        "FROM {REGISTRY}/busybox:latest AS app\nRUN echo hi\n"
+    ));
+    c.misses(&[]);
+    assert_eq!(
+        c.misses(&["--no-cache-filter", "app"]),
+        ["#2 cache miss: --no-cache-filter app"]
+    );
+}
+
+#[test]
+#[ignore = "needs root and a registry"]
 fn a_base_tag_that_moved_names_both_digests() {
     let c = Case::new("");
     let repo = format!(
