@@ -514,11 +514,17 @@ impl<'a> Ctx<'a> {
         done: &BTreeMap<usize, StageState>,
         _stage: &Stage,
     ) -> Result<(), BuildError> {
-        if let Some((git, resolved)) = &prepared.git {
-            return self.add_git(copy, rootfs, prepared, git, resolved);
-        }
+        // Sources are copied in their order, as BuildKit chains them: a git repository's
+        // tree between the sources before and after it.
         let mut sources = Vec::new();
         for (i, src) in copy.sources.iter().enumerate() {
+            if let Some((_, git, resolved)) = prepared.git.iter().find(|(at, ..)| *at == i) {
+                if !sources.is_empty() {
+                    self.copy_sources(copy, &rootfs, std::mem::take(&mut sources), done)?;
+                }
+                self.add_git(copy, &rootfs, prepared, i, git, resolved)?;
+                continue;
+            }
             sources.push(match src {
                 CopySource::Path(p) => CopySrc::Path(p.clone()),
                 CopySource::Url(_) | CopySource::Heredoc { .. } => {
@@ -535,6 +541,20 @@ impl<'a> Ctx<'a> {
                 }
             });
         }
+        if sources.is_empty() && !prepared.git.is_empty() {
+            return Ok(());
+        }
+        self.copy_sources(copy, &rootfs, sources, done)
+    }
+
+    /// Copies `sources` (context paths, downloaded and heredoc files) as `copy` says.
+    fn copy_sources(
+        &mut self,
+        copy: &CopyOp,
+        rootfs: &Overlay,
+        sources: Vec<CopySrc>,
+        done: &BTreeMap<usize, StageState>,
+    ) -> Result<(), BuildError> {
         let job = CopyJob {
             sources,
             dest: copy.dest.clone(),
@@ -552,7 +572,7 @@ impl<'a> Ctx<'a> {
         };
         let source = self.source_root(&copy.from, done)?;
         self.executor
-            .copy(&rootfs, &source, &job, &self.shared.scratch_dir)
+            .copy(rootfs, &source, &job, &self.shared.scratch_dir)
     }
 
     /// `ADD <git url>`: clone the resolved commit and copy its tree (or `:subdir`) as the
@@ -561,16 +581,18 @@ impl<'a> Ctx<'a> {
     fn add_git(
         &mut self,
         copy: &CopyOp,
-        rootfs: Overlay,
+        rootfs: &Overlay,
         prepared: &Prepared,
+        at: usize,
         git: &super::git::GitUrl,
         resolved: &super::git::Resolved,
     ) -> Result<(), BuildError> {
         let tmp = prepared.tmp.as_ref().expect("prepared with the sources");
-        let dir = tmp.path().join("git");
+        let dir = tmp.path().join(format!("git-{at}"));
         {
             let (auth, _relay) = self.git_auth(git)?;
-            super::git::checkout(git, resolved, &dir, copy.keep_git_dir, &auth)?;
+            let keep = git.keep_git_dir_with(copy.keep_git_dir)?;
+            super::git::checkout(git, resolved, &dir, keep, &auth)?;
         }
         let job = CopyJob {
             sources: vec![CopySrc::Path(
@@ -587,7 +609,7 @@ impl<'a> Ctx<'a> {
             preserve_owner: false,
         };
         self.executor
-            .copy(&rootfs, &FsSource::Dir(dir), &job, &self.shared.scratch_dir)
+            .copy(rootfs, &FsSource::Dir(dir), &job, &self.shared.scratch_dir)
     }
 
     /// Where a COPY reads from: the context, a named context, or a stage's / image's rootfs.
@@ -907,14 +929,16 @@ impl<'a> Ctx<'a> {
                             Some((name.clone(), path, 0o644))
                         }
                         CopySource::Url(url) if crate::plan::is_git_url(url) => {
-                            // The plan makes a git URL ADD's only source. The key is the
-                            // commit the ref names now; the clone waits for a cache miss.
+                            // The key is the commit the ref names now (the URL's other
+                            // options are in the instruction's words); the clone waits for
+                            // a cache miss.
                             let git = super::git::GitUrl::parse(url)?;
+                            let checksum = git.checksum_with(copy.checksum.as_deref())?;
+                            git.keep_git_dir_with(copy.keep_git_dir)?;
                             let (auth, _relay) = self.git_auth(&git)?;
-                            let resolved =
-                                super::git::resolve(&git, copy.checksum.as_deref(), &auth)?;
+                            let resolved = super::git::resolve(&git, checksum.as_deref(), &auth)?;
                             parts.push(format!("git {}", resolved.commit));
-                            prepared.git = Some((git, resolved));
+                            prepared.git.push((prepared.files.len(), git, resolved));
                             None
                         }
                         CopySource::Url(url) => {
@@ -990,8 +1014,8 @@ struct Prepared {
     content: Option<Digest>,
     /// Per source: (name in the image, host path, mode) for URL and heredoc sources.
     files: Vec<Option<(String, PathBuf, u32)>>,
-    /// `ADD <git url>`: the repository and the commit its ref names.
-    git: Option<(super::git::GitUrl, super::git::Resolved)>,
+    /// `ADD <git url>` sources: their index, the repository and the commit its ref names.
+    git: Vec<(usize, super::git::GitUrl, super::git::Resolved)>,
     tmp: Option<tempfile::TempDir>,
 }
 

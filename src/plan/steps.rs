@@ -613,14 +613,6 @@ impl Ctx<'_, '_> {
         let git = sources
             .iter()
             .any(|s| matches!(s, CopySource::Url(u) if is_git_url(u)));
-        if git && sources.len() > 1 {
-            return Err(self.src.at(
-                line,
-                ErrorKind::Invalid(
-                    "a git repository must be ADD's only source: give it an ADD of its own".into(),
-                ),
-            ));
-        }
         let checksum = opt_ex(&c.checksum)?;
         if checksum.is_some() {
             let http = matches!(sources.as_slice(), [CopySource::Url(u)] if u.starts_with("http"));
@@ -657,8 +649,6 @@ impl Ctx<'_, '_> {
     }
 }
 
-/// Whether BuildKit would clone `url` rather than download it: `git://`, `git@host:`,
-/// `ssh://`, or a path ending in `.git` (before a `#ref` fragment).
 /// A COPY/ADD source that names something to fetch (http(s), or a git repository by
 /// `git@host:`, `git://` or `ssh://`) rather than a path in the context.
 pub fn is_remote_source(src: &str) -> bool {
@@ -667,8 +657,10 @@ pub fn is_remote_source(src: &str) -> bool {
         .any(|scheme| src.starts_with(scheme))
 }
 
+/// Whether BuildKit would clone `url` rather than download it: `git://`, `git@host:`,
+/// `ssh://`, or a path ending in `.git` (before a `?query` or `#ref` fragment).
 pub fn is_git_url(url: &str) -> bool {
-    let path = url.split('#').next().unwrap_or(url);
+    let path = url.split(['#', '?']).next().unwrap_or(url);
     url.starts_with("git://")
         || url.starts_with("git@")
         || url.starts_with("ssh://")
