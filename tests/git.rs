@@ -1,9 +1,10 @@
 //! `ADD <git url>` against a `git daemon` the test starts on 127.0.0.1: branches, an
 //! annotated and a lightweight tag, a commit, `:subdir`, a submodule, `--keep-git-dir`,
-//! `--checksum`, BuildKit's `?ref=..` query form, git sources mixed with others, the cache keyed by the commit, `git http-backend` behind a server that
-//! demands `GIT_AUTH_TOKEN`, hostile repositories (a symlink out, `ext::`
-//! and `file://` submodules). docker 20.10's frontend has no ADD git (it reads the URL as a
-//! context path: `failed to walk .../git:/127.0.0.1:PORT`), so there is no comparison.
+//! `--checksum`, BuildKit's `?ref=..` query form, git sources mixed with others, the cache
+//! keyed by the commit, `git http-backend` behind a server that demands `GIT_AUTH_TOKEN`,
+//! hostile repositories (a symlink out, `ext::` and `file://` submodules). docker 20.10's
+//! frontend has no ADD git (it reads the URL as a context path: `failed to walk
+//! .../git:/127.0.0.1:PORT`), so there is no comparison.
 
 mod support;
 
