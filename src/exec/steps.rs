@@ -360,6 +360,14 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
+        if let Op::Copy(copy) = &step.op {
+            // BuildKit links only without --chmod (convert_copy.go); with it, a plain copy.
+            if copy.link && copy.chmod.is_none() {
+                let cached = self.linked_copy(copy, stage, step, &prepared, done, state, id)?;
+                self.finish_step(state, history, key)?;
+                return Ok(cached);
+            }
+        }
         let tmp = self.store.tmp_dir()?;
         let upper = tmp.path().join("upper");
         let work = tmp.path().join("work");
@@ -413,6 +421,96 @@ impl<'a> Ctx<'a> {
         } else {
             history.empty_layer = true;
         }
+        self.finish_step(state, history, key)?;
+        Ok(false)
+    }
+
+    /// `COPY --link`: the copy is made on an empty filesystem into a layer of its own, keyed
+    /// without the stage below it ([`plan::link_key`]), then stacked on the stage's layers
+    /// ([`Store::rebase_layer`]). A layer stored under that key is stacked without copying
+    /// anything, whatever the base or the steps before: Ok(true), the step is cached.
+    #[allow(clippy::too_many_arguments)]
+    fn linked_copy(
+        &mut self,
+        copy: &CopyOp,
+        stage: &Stage,
+        step: &Step,
+        prepared: &Prepared,
+        done: &BTreeMap<usize, StageState>,
+        state: &mut StageState,
+        id: StepId,
+    ) -> Result<bool, BuildError> {
+        let link_key = plan::link_key(&step.key, prepared.content.as_ref());
+        let stored = if self.ignores_cache(stage, step) {
+            None
+        } else {
+            self.store
+                .get_cache(&link_key)
+                .and_then(|rec| rec.chain)
+                .and_then(|chain| self.store.layer(&chain))
+        };
+        let (layer, cached) = match stored {
+            Some(layer) => (layer, true),
+            None => {
+                let phase = Instant::now();
+                let tmp = self.store.tmp_dir()?;
+                let upper = tmp.path().join("upper");
+                let work = tmp.path().join("work");
+                for dir in [&upper, &work] {
+                    std::fs::create_dir(dir).map_err(BuildError::io("creating", dir))?;
+                }
+                let rootfs = Overlay {
+                    lowers: Vec::new(),
+                    upper: upper.clone(),
+                    work,
+                };
+                self.copy(copy, rootfs, prepared, done, stage)?;
+                self.executed += 1;
+                self.reporter.phase(id, "execute", phase.elapsed());
+                let phase = Instant::now();
+                let upper = Upper {
+                    dir: upper,
+                    parent: None,
+                    source_date_epoch: self.req.source_date_epoch,
+                };
+                let (chain, diff_id) = self.executor.commit(self.store, upper)?;
+                let record = CacheRecord {
+                    chain: Some(chain.clone()),
+                    new_layer: true,
+                    config: ImageConfig {
+                        rootfs: crate::image::RootFs {
+                            diff_ids: vec![diff_id],
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                    history: History::default(),
+                };
+                self.store.put_cache(&link_key, &record)?;
+                let layer = self
+                    .store
+                    .try_layer(&chain)?
+                    .ok_or(crate::store::StoreError::LayerMissing { chain })?;
+                self.reporter.phase(id, "snapshot+commit", phase.elapsed());
+                (layer, false)
+            }
+        };
+        let rebased = self.store.rebase_layer(&layer, state.top())?;
+        state.chains.push(rebased.chain_id);
+        state.diff_ids.push(rebased.diff_id);
+        if cached {
+            self.cached += 1;
+        }
+        Ok(cached)
+    }
+
+    /// The end of a step that made its layer (or none): its history entry and cache record.
+    fn finish_step(
+        &mut self,
+        state: &mut StageState,
+        history: History,
+        key: String,
+    ) -> Result<(), BuildError> {
         state.history.push(history.clone());
         state.key = key.clone();
         let record = CacheRecord {
@@ -429,7 +527,7 @@ impl<'a> Ctx<'a> {
             history,
         };
         self.store.put_cache(&key, &record)?;
-        Ok(false)
+        Ok(())
     }
 
     fn run(

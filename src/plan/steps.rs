@@ -613,6 +613,31 @@ impl Ctx<'_, '_> {
         let git = sources
             .iter()
             .any(|s| matches!(s, CopySource::Url(u) if is_git_url(u)));
+        let mut chown = opt_ex(&c.chown)?;
+        // A linked layer is made on an empty filesystem (BuildKit's MergeOp, used when no
+        // --chmod is given): there is no /etc/passwd to look a name up in. BuildKit refuses
+        // such names at parse time (moby/buildkit#7134); `root` and numbers need no lookup.
+        if c.link && chmod.is_none() {
+            if let Some(ch) = &chown {
+                let named = ch
+                    .split(':')
+                    .any(|part| part != "root" && part.parse::<u32>().is_err());
+                if named {
+                    return Err(self.src.at(
+                        line,
+                        ErrorKind::Invalid(format!(
+                            "--chown={ch} with --link: a linked layer is made without the image's /etc/passwd and /etc/group, so names cannot be looked up; give numeric ids (--chown=UID:GID) or drop --link"
+                        )),
+                    ));
+                }
+                // BuildKit reads `root` as id 0 without a lookup (llb's parseUID).
+                let ids: Vec<&str> = ch
+                    .split(':')
+                    .map(|part| if part == "root" { "0" } else { part })
+                    .collect();
+                chown = Some(ids.join(":"));
+            }
+        }
         let checksum = opt_ex(&c.checksum)?;
         if checksum.is_some() {
             let http = matches!(sources.as_slice(), [CopySource::Url(u)] if u.starts_with("http"));
@@ -635,7 +660,7 @@ impl Ctx<'_, '_> {
             dest,
             workdir,
             from,
-            chown: opt_ex(&c.chown)?,
+            chown,
             chmod,
             link: c.link,
             parents: c.parents,
