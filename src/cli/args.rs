@@ -193,6 +193,9 @@ pub struct BuildArgs {
     /// Do not use the cache
     #[arg(long)]
     pub no_cache: bool,
+    /// Say why every step that missed the cache missed it (by default: each stage's first)
+    #[arg(long)]
+    pub explain: bool,
     /// Always look up base images in their registry
     #[arg(long)]
     pub pull: bool,

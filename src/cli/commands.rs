@@ -313,7 +313,7 @@ fn build_image(
         write_file(path, image.config_digest.to_string().as_bytes())?;
     }
     if let Some(path) = &settings.metadata_file {
-        write_file(path, &exec::metadata_json(image, tags))?;
+        write_file(path, &exec::metadata_json(image, tags, &outcome.steps))?;
     }
     if !args.quiet && args.progress != super::ProgressMode::Quiet {
         // What the image costs; never fails the build that made it.

@@ -325,6 +325,7 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             build_args,
             target: args.target.clone(),
             no_cache: args.no_cache,
+            explain: args.explain,
             pull: args.pull,
             labels,
             network,

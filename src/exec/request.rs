@@ -20,6 +20,8 @@ pub struct BuildRequest {
     pub build_args: BTreeMap<String, String>,
     pub target: Option<String>,
     pub no_cache: bool,
+    /// `--explain`: say why every step missed the cache, not only each stage's first.
+    pub explain: bool,
     /// Re-resolve base image tags in their registry even when the store has them.
     pub pull: bool,
     pub labels: BTreeMap<String, String>,

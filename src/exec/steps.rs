@@ -69,6 +69,8 @@ pub struct Ctx<'a> {
     stage_names: bool,
     pub cached: usize,
     pub executed: usize,
+    /// Why steps missed the cache (issue 19).
+    pub log: super::explain::Log,
 }
 
 /// What the contexts of stages building in parallel share.
@@ -115,6 +117,7 @@ impl<'a> Ctx<'a> {
             stage_names,
             cached: 0,
             executed: 0,
+            log: Default::default(),
         })
     }
 
@@ -135,6 +138,7 @@ impl<'a> Ctx<'a> {
             stage_names: self.stage_names,
             cached: 0,
             executed: 0,
+            log: Default::default(),
         }
     }
 
@@ -142,6 +146,7 @@ impl<'a> Ctx<'a> {
     pub fn absorb(&mut self, other: Ctx<'a>) {
         self.cached += other.cached;
         self.executed += other.executed;
+        self.log.absorb(other.log);
     }
 
     /// Stop the other stages before their next step (a stage failed).
@@ -214,6 +219,7 @@ impl<'a> Ctx<'a> {
     ) -> Result<StageState, BuildError> {
         // The FROM of an image is the stage's first vertex; config-only steps are none.
         let mut n = usize::from(matches!(stage.base, plan::Base::Image { .. }));
+        self.log.start_stage();
         for step in &stage.steps {
             check_interrupted()?;
             if self.shared.cancelled.load(Ordering::SeqCst) {
@@ -227,7 +233,8 @@ impl<'a> Ctx<'a> {
                 ..Default::default()
             };
             if matches!(step.op, Op::Config) {
-                self.config_step(step, &mut state, history)?;
+                self.config_step(stage, step, &mut state, history)?;
+                self.log.step_done(step, None, &state.key);
                 continue;
             }
             n += 1;
@@ -242,7 +249,10 @@ impl<'a> Ctx<'a> {
                 state.layer_steps.push(Some((id, step.text.clone())));
             }
             match result {
-                Ok(true) => self.reporter.cached(id),
+                Ok(true) => {
+                    self.log.cached(step, id);
+                    self.reporter.cached(id)
+                }
                 Ok(false) => self.reporter.done(id, started.elapsed()),
                 Err(e) => {
                     let e = self.at_step(step, e);
@@ -252,7 +262,9 @@ impl<'a> Ctx<'a> {
                     return Err(e);
                 }
             }
+            self.log.step_done(step, Some(id), &state.key);
         }
+        self.log.finish_stage(self.store, self.req, stage);
         Ok(state)
     }
 
@@ -261,6 +273,7 @@ impl<'a> Ctx<'a> {
     /// under BuildKit.
     fn config_step(
         &mut self,
+        stage: &Stage,
         step: &Step,
         state: &mut StageState,
         history: History,
@@ -272,10 +285,13 @@ impl<'a> Ctx<'a> {
             self.store.get_cache(&key)
         };
         let history = match cached {
-            Some(rec) => History {
-                created: rec.history.created,
-                ..history
-            },
+            Some(rec) => {
+                self.log.config_cached();
+                History {
+                    created: rec.history.created,
+                    ..history
+                }
+            }
             None => {
                 let history = History {
                     empty_layer: true,
@@ -286,6 +302,7 @@ impl<'a> Ctx<'a> {
                     new_layer: false,
                     config: ImageConfig::default(),
                     history: history.clone(),
+                    inputs: Some(self.explain_miss(stage, step, None, &state.key, &key, None)),
                 };
                 self.store.put_cache(&key, &record)?;
                 history
@@ -360,11 +377,12 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
+        let inputs = self.explain_miss(stage, step, Some(id), &state.key, &key, Some(&prepared));
         if let Op::Copy(copy) = &step.op {
             // BuildKit links only without --chmod (convert_copy.go); with it, a plain copy.
             if copy.link && copy.chmod.is_none() {
                 let cached = self.linked_copy(copy, stage, step, &prepared, done, state, id)?;
-                self.finish_step(state, history, key)?;
+                self.finish_step(state, history, key, inputs)?;
                 return Ok(cached);
             }
         }
@@ -421,7 +439,7 @@ impl<'a> Ctx<'a> {
         } else {
             history.empty_layer = true;
         }
-        self.finish_step(state, history, key)?;
+        self.finish_step(state, history, key, inputs)?;
         Ok(false)
     }
 
@@ -485,6 +503,7 @@ impl<'a> Ctx<'a> {
                         ..Default::default()
                     },
                     history: History::default(),
+                    inputs: None,
                 };
                 self.store.put_cache(&link_key, &record)?;
                 let layer = self
@@ -510,6 +529,7 @@ impl<'a> Ctx<'a> {
         state: &mut StageState,
         history: History,
         key: String,
+        inputs: crate::store::StepInputs,
     ) -> Result<(), BuildError> {
         state.history.push(history.clone());
         state.key = key.clone();
@@ -525,9 +545,55 @@ impl<'a> Ctx<'a> {
                 ..Default::default()
             },
             history,
+            inputs: Some(inputs),
         };
         self.store.put_cache(&key, &record)?;
         Ok(())
+    }
+
+    /// Say why `step` (`#id`; none for a config-only step) missed the cache (issue 19),
+    /// remember it on its parent and keep its sources' listing: the inputs its record
+    /// keeps for the next build's reasons.
+    fn explain_miss(
+        &mut self,
+        stage: &Stage,
+        step: &Step,
+        id: Option<StepId>,
+        parent: &str,
+        key: &str,
+        prepared: Option<&Prepared>,
+    ) -> crate::store::StepInputs {
+        use super::explain;
+        let content = prepared.and_then(|p| p.content.as_ref());
+        let inputs = explain::inputs(parent, stage, step, content.map(Digest::to_string));
+        let listing = prepared.and_then(|p| p.listing.as_deref());
+        let listing = listing.map(explain::listing);
+        let reason = if self.req.no_cache {
+            plan::explain::Reason::NoCache
+        } else if self.ignores_cache(stage, step) {
+            plan::explain::Reason::NoCacheFilter(stage_label(stage))
+        } else {
+            let position = stage.steps.iter().position(|s| std::ptr::eq(s, step));
+            let position = position.unwrap_or_default();
+            let (store, req) = (self.store, self.req);
+            self.log.reason(
+                store,
+                req,
+                stage,
+                position,
+                key,
+                &inputs,
+                listing.as_deref(),
+            )
+        };
+        self.log
+            .missed(self.req, self.reporter, stage, step, id, reason);
+        // Hints for the next build: failing to keep them loses a reason, not a result.
+        if let (Some(content), Some(listing)) = (&inputs.content, &listing) {
+            let _ = self.store.put_listing(content, listing);
+        }
+        let _ = self.store.add_child(parent, key);
+        inputs
     }
 
     fn run(
@@ -951,11 +1017,12 @@ impl<'a> Ctx<'a> {
         paths: &[String],
         excludes: &[String],
         done: &BTreeMap<usize, StageState>,
+        listing: &mut Option<Vec<context::ListedFile>>,
     ) -> Result<String, BuildError> {
-        let digest_of =
+        let mut digest_of =
             |ctx: &mut Self, root: &Path, ignore: &IgnoreMatcher| -> Result<String, BuildError> {
                 let excludes = IgnoreMatcher::new(excludes)?;
-                let d = context::content_digest(
+                let (d, files) = context::content_digest(
                     root,
                     paths,
                     ignore,
@@ -963,6 +1030,7 @@ impl<'a> Ctx<'a> {
                     true,
                     &mut ctx.stat_cache(),
                 )?;
+                *listing = Some(files);
                 Ok(d.to_string())
             };
         match from {
@@ -1014,7 +1082,9 @@ impl<'a> Ctx<'a> {
                     .collect();
                 // Paths are only read from a context: URLs and heredocs are hashed below.
                 if !(paths.is_empty() && copy.from == CopyFrom::Context) {
-                    parts.push(self.source_digest(&copy.from, &paths, &copy.excludes, done)?);
+                    let (from, excludes) = (&copy.from, &copy.excludes);
+                    let listing = &mut prepared.listing;
+                    parts.push(self.source_digest(from, &paths, excludes, done, listing)?);
                 }
                 let tmp = self.store.tmp_dir()?;
                 for src in &copy.sources {
@@ -1061,7 +1131,7 @@ impl<'a> Ctx<'a> {
                 for m in run.mounts.iter().filter(|m| m.kind == MountType::Bind) {
                     let source = m.source.clone().unwrap_or_else(|| ".".to_string());
                     let from = m.from.as_ref().map_or(CopyFrom::Context, mount_from);
-                    parts.push(self.source_digest(&from, &[source], &[], done)?);
+                    parts.push(self.source_digest(&from, &[source], &[], done, &mut None)?);
                 }
                 if !parts.is_empty() {
                     prepared.content = Some(Digest::of(parts.join("\n").as_bytes()));
@@ -1110,6 +1180,8 @@ impl<'a> Ctx<'a> {
 #[derive(Default)]
 struct Prepared {
     content: Option<Digest>,
+    /// The files `content` covers, for COPY/ADD from a directory (naming what changed).
+    listing: Option<Vec<context::ListedFile>>,
     /// Per source: (name in the image, host path, mode) for URL and heredoc sources.
     files: Vec<Option<(String, PathBuf, u32)>>,
     /// `ADD <git url>` sources: their index, the repository and the commit its ref names.

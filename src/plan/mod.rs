@@ -7,6 +7,7 @@
 //! [`MountFrom::Stage`]) are positions in the Dockerfile (`Stage::index`); use
 //! [`Plan::stage`] to look one up.
 
+pub mod explain;
 mod graph;
 mod history;
 mod key;

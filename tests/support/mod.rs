@@ -401,6 +401,11 @@ impl RegistryImage {
             .unwrap_or_else(|| panic!("no digest for `{reference}` in:\n{head}"));
         RegistryImage { manifests, digest }
     }
+
+    /// The manifest's digest, `sha256:...`.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
 }
 
 impl Drop for RegistryImage {
