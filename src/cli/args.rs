@@ -245,7 +245,8 @@ pub struct BuildArgs {
     /// Extra named context: `NAME=DIR`, `NAME=docker-image://REF`, `NAME=oci-layout://DIR[:TAG]`
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
-    /// Target platform (only the host's platform is supported)
+    /// Target platforms, comma-separated (`linux/amd64,linux/arm64`); foreign ones run
+    /// through qemu-user (see `rbuild binfmt`)
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
     /// Write the image id to the file

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub use error::BuildError;
 pub use import::{import_oci_layout, import_rootfs};
 pub use progress::{Reporter, Silent, StepId};
-pub use push::push;
+pub use push::{push, push_index};
 pub use request::{BuildRequest, NamedContext, SecretSource, SshSource};
 
 use crate::image::{canonical_json, Digest};

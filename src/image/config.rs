@@ -114,6 +114,16 @@ pub struct History {
 }
 
 impl ImageConfig {
+    /// The platform the config names (`architecture`, `os`, `variant`).
+    pub fn platform(&self) -> super::Platform {
+        super::Platform {
+            architecture: self.architecture.clone(),
+            os: self.os.clone(),
+            variant: self.variant.clone(),
+            os_version: None,
+        }
+    }
+
     /// The value of `name` in the config's Env, if set.
     pub fn env_var(&self, name: &str) -> Option<&str> {
         self.config
