@@ -134,6 +134,13 @@ pub enum Command {
         #[arg(short = 'c', long = "change", value_name = "INSTRUCTION")]
         changes: Vec<String>,
     },
+    /// Show which platforms RUN steps can run for here (natively or through qemu-user's
+    /// binfmt_misc handlers); `--install` registers Debian's qemu-user-static handlers
+    Binfmt {
+        /// Register the handlers of /usr/lib/binfmt.d/qemu-*.conf that are missing (as root)
+        #[arg(long)]
+        install: bool,
+    },
     #[command(name = "__sandbox-helper", hide = true)]
     SandboxHelper,
 }

@@ -163,6 +163,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             stdout_line(&record.config_digest.to_string())?;
             Ok(())
         }
+        Some(Command::Binfmt { install }) => super::platforms::binfmt(install),
         Some(Command::SandboxHelper) => crate::sandbox::helper_main::<crate::fileop::FileJob>(),
     }
 }

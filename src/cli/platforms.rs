@@ -103,6 +103,46 @@ pub fn parse_list(spec: &str) -> Result<Vec<Platform>, String> {
     Ok(out)
 }
 
+/// The platforms `rbuild binfmt` reports on.
+const LISTED: &[&str] = &[
+    "linux/amd64",
+    "linux/386",
+    "linux/arm64",
+    "linux/arm/v7",
+    "linux/ppc64le",
+    "linux/s390x",
+    "linux/riscv64",
+];
+
+/// `rbuild binfmt [--install]`: register the missing handlers if asked, then list whether
+/// each common platform runs here, and how.
+pub fn binfmt(install: bool) -> anyhow::Result<()> {
+    use crate::sandbox::binfmt;
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if install {
+        let registered = binfmt::install().map_err(|e| UserError(e.to_string()))?;
+        if registered.is_empty() {
+            writeln!(out, "no handler was missing")?;
+        } else {
+            writeln!(out, "registered {}", registered.join(", "))?;
+        }
+    }
+    for spec in LISTED {
+        let p = Platform::parse(spec).expect("the listed platforms parse");
+        let how = if binfmt::native(&p) {
+            "native".to_string()
+        } else {
+            match binfmt::check(&p) {
+                Ok(()) => "qemu-user (binfmt_misc)".to_string(),
+                Err(e) => format!("cannot run: {e}"),
+            }
+        };
+        writeln!(out, "{spec:<14} {how}")?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
