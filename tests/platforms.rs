@@ -65,6 +65,27 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
+/// Build `ctx` for `platforms` into DIR/out (`type=local`, a directory per platform).
+fn build_local(dir: &Path, ctx: &Path, platforms: &str) -> PathBuf {
+    let out = dir.join("out");
+    run_ok(
+        rbuild(&dir.join("store"))
+            .args(["--platform", platforms])
+            .arg("-o")
+            .arg(format!("type=local,dest={}", out.display()))
+            .arg(ctx),
+    );
+    out
+}
+
+/// Run a build that must fail (exit 1, as for bad input); its stderr.
+fn fails(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 fn needs_qemu() {
     for arch in ["aarch64", "arm"] {
         require(
@@ -81,14 +102,7 @@ fn each_platform_runs_its_own_arch_and_the_build_stage_runs_once() {
     needs_qemu();
     let dir = tempdir();
     let ctx = context(dir.path(), &cross_dockerfile());
-    let out = dir.path().join("out");
-    run_ok(
-        rbuild(&dir.path().join("store"))
-            .args(["--platform", "linux/amd64,linux/arm64,linux/arm/v7"])
-            .arg("-o")
-            .arg(format!("type=local,dest={}", out.display()))
-            .arg(&ctx),
-    );
+    let out = build_local(dir.path(), &ctx, "linux/amd64,linux/arm64,linux/arm/v7");
     let mut stamps = Vec::new();
     for (dir_name, arch, platform) in [
         ("linux_amd64", "x86_64", "linux/amd64"),
@@ -118,16 +132,28 @@ fn each_platform_runs_its_own_arch_and_the_build_stage_runs_once() {
 
 #[test]
 #[ignore = "needs root, a registry and qemu binfmt handlers"]
-fn progress_names_the_platform_of_each_step() {
+fn progress_names_the_platform_of_each_step_and_tar_has_a_directory_each() {
     needs_root_and_registry();
     needs_qemu();
     let dir = tempdir();
     let ctx = context(dir.path(), &format!("FROM {MULTI}\nRUN uname -m > /arch\n"));
+    let tar = dir.path().join("rootfs.tar");
     let out = run(rbuild(&dir.path().join("store"))
         .args(["--platform", "linux/amd64,linux/arm64"])
+        .arg("-o")
+        .arg(format!("type=tar,dest={}", tar.display()))
         .arg(&ctx));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    // The rootfs tar holds a directory per platform, as `type=local` does.
+    let names = run_ok(Command::new("tar").arg("-tf").arg(&tar));
+    for name in [
+        "linux_amd64/arch",
+        "linux_arm64/arch",
+        "linux_arm64/bin/busybox",
+    ] {
+        assert!(names.lines().any(|l| l == name), "no {name} in the tar");
+    }
     for label in [
         "[linux/amd64 2/2] RUN uname -m > /arch",
         "[linux/arm64 2/2] RUN uname -m > /arch",
@@ -228,13 +254,13 @@ fn a_single_foreign_platform_makes_a_docker_archive_and_several_are_refused() {
     let ctx = context(dir.path(), &format!("FROM {MULTI}\nRUN uname -m > /arch\n"));
     let store = dir.path().join("store");
     let several = dir.path().join("several.tar");
-    let out = run(rbuild(&store)
-        .args(["--platform", "linux/amd64,linux/arm64"])
-        .arg("-o")
-        .arg(format!("type=docker,dest={}", several.display()))
-        .arg(&ctx));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = fails(
+        rbuild(&store)
+            .args(["--platform", "linux/amd64,linux/arm64"])
+            .arg("-o")
+            .arg(format!("type=docker,dest={}", several.display()))
+            .arg(&ctx),
+    );
     assert!(
         stderr.contains("a docker archive holds one platform")
             && stderr.contains("linux/amd64, linux/arm64")
@@ -267,11 +293,11 @@ fn a_platform_the_base_lacks_is_an_error_listing_the_available_ones() {
     needs_root_and_registry();
     let dir = tempdir();
     let ctx = context(dir.path(), &format!("FROM {MULTI}\nRUN true\n"));
-    let out = run(rbuild(&dir.path().join("store"))
-        .args(["--platform", "linux/s390x"])
-        .arg(&ctx));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = fails(
+        rbuild(&dir.path().join("store"))
+            .args(["--platform", "linux/s390x"])
+            .arg(&ctx),
+    );
     assert!(
         stderr.contains("no matching manifest for linux/s390x")
             && stderr.contains("available: linux/amd64, linux/arm64, linux/arm/v7")
@@ -290,12 +316,12 @@ fn a_foreign_run_without_a_handler_says_how_to_register_one() {
     // the machine's handlers stay as they are for the tests running beside this one.
     let empty = dir.path().join("binfmt_misc");
     std::fs::create_dir(&empty).unwrap();
-    let out = run(rbuild(&dir.path().join("store"))
-        .env("RBUILD_TEST_BINFMT_DIR", &empty)
-        .args(["--platform", "linux/arm64"])
-        .arg(&ctx));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = fails(
+        rbuild(&dir.path().join("store"))
+            .env("RBUILD_TEST_BINFMT_DIR", &empty)
+            .args(["--platform", "linux/arm64"])
+            .arg(&ctx),
+    );
     for part in [
         "Dockerfile:2: no binfmt_misc handler runs linux/arm64 binaries (aarch64 ELF)",
         "rbuild binfmt --install",
@@ -373,14 +399,7 @@ fn files_per_platform_match_buildah_bud_with_a_manifest() {
          && ln -s /arch /d/link\nWORKDIR /w\n"
     );
     let ctx = context(dir.path(), &dockerfile);
-    let out = dir.path().join("out");
-    run_ok(
-        rbuild(&dir.path().join("store"))
-            .args(["--platform", "linux/amd64,linux/arm64"])
-            .arg("-o")
-            .arg(format!("type=local,dest={}", out.display()))
-            .arg(&ctx),
-    );
+    let out = build_local(dir.path(), &ctx, "linux/amd64,linux/arm64");
 
     let mut list = BuildahList {
         name: format!("localhost/{}", unique("bud")),

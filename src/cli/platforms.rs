@@ -92,6 +92,11 @@ pub fn parse_list(spec: &str) -> Result<Vec<Platform>, String> {
     let mut out: Vec<Platform> = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let p = Platform::parse(part)?;
+        if p.os != "linux" {
+            return Err(format!(
+                "platform `{part}`: rbuild builds linux images only (linux/amd64, linux/arm64, ...)"
+            ));
+        }
         if out.iter().any(|q| q.same_as(&p)) {
             return Err(format!("platform `{part}` is given twice"));
         }
@@ -166,5 +171,8 @@ mod tests {
             .contains("twice"));
         assert!(parse_list("linux").unwrap_err().contains("OS/ARCH"));
         assert!(parse_list(",").unwrap_err().contains("no platform"));
+        assert!(parse_list("plan9/mips")
+            .unwrap_err()
+            .contains("linux images only"));
     }
 }
