@@ -46,15 +46,21 @@ ensure_dockerd() {
 }
 
 # A busybox rootfs tarball from busybox-static, with a uid 1000 user for USER tests.
-# BUSYBOX: the static binary to use (default the host's; a foreign one needs its binfmt
-# handler, see ensure_binfmt, for the applet links made inside the rootfs).
+# BUSYBOX: the static binary to use (default the host's). A foreign one gets the applet links
+# the host's busybox lists (the same Debian version), so no emulation is needed here.
 make_busybox_rootfs() {
-  local out=$1 busybox=${2:-/bin/busybox} root
+  local out=$1 busybox=${2:-/bin/busybox} root applet
   root=$(mktemp -d)
   chmod 755 "$root"   # mktemp makes it 0700: the image's / would be unreadable to users
   mkdir -p "$root"/{bin,etc,tmp,root,home/user}
   cp "$busybox" "$root/bin/busybox"
-  chroot "$root" /bin/busybox --install -s /bin
+  if [[ $busybox == /bin/busybox ]]; then
+    chroot "$root" /bin/busybox --install -s /bin
+  else
+    for applet in $(/bin/busybox --list); do
+      [[ $applet == busybox ]] || ln -s /bin/busybox "$root/bin/$applet"
+    done
+  fi
   printf 'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
   printf 'root:x:0:\nuser:x:1000:\nstaff:x:50:user\nnogroup:x:65534:\n' >"$root/etc/group"
   chmod 1777 "$root/tmp"
@@ -68,14 +74,14 @@ make_busybox_rootfs() {
 # named qemu targets (aarch64 arm ...) that have none yet.
 ensure_binfmt() {
   local dir=/proc/sys/fs/binfmt_misc name conf
-  [[ -f $dir/register ]] || mount -t binfmt_misc binfmt_misc "$dir"
+  [[ -f $dir/register ]] || mount -t binfmt_misc binfmt_misc "$dir" || return 1
   for name in "$@"; do
     [[ -e $dir/qemu-$name ]] && continue
     conf=/usr/lib/binfmt.d/qemu-$name.conf
     [[ -f $conf ]] || { echo "ensure_binfmt: $conf missing (install qemu-user-static)" >&2; return 1; }
     log "registering the binfmt_misc handler qemu-$name"
     # The conf's flags may name O and C; the kernel takes them as given.
-    cat "$conf" >"$dir/register"
+    cat "$conf" >"$dir/register" || return 1
   done
 }
 
