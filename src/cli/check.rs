@@ -41,7 +41,7 @@ impl BaseImages for Stored<'_> {
     fn lookup(&mut self, reference: &str) -> Option<BaseImage> {
         let name = reference.parse::<Reference>().ok()?.to_string();
         let record = self.0.resolve(&name).ok()??;
-        if !record.config.platform().same_as(&self.1) {
+        if !record.config.is_for(&self.1) {
             return None;
         }
         Some(BaseImage::from_config(&record.config))

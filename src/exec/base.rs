@@ -87,7 +87,7 @@ impl<'a> Bases<'a> {
         let stored = self
             .store
             .resolve(&r.to_string())?
-            .filter(|record| record.config.platform().same_as(platform));
+            .filter(|record| record.config.is_for(platform));
         let known = match (self.pull, stored) {
             (false, Some(record)) => Known::Stored(Box::new(record)),
             // A digest reference can't change: the store's copy is as good as the registry's.
@@ -183,7 +183,7 @@ pub fn fetch_into_store(
     );
     // The store keeps one image per tag, the host's: a foreign platform's base is kept by
     // digest (and resolved in its registry again by the next build, its layers stored).
-    if crate::sandbox::binfmt::native(&image.config.platform()) {
+    if image.config.is_for(&Platform::host()) {
         store.tag(&image.reference, &desc)?;
     }
     let record = store.resolve(&desc.digest.to_string())?;

@@ -114,6 +114,12 @@ pub struct History {
 }
 
 impl ImageConfig {
+    /// Whether the image is for `platform`; one whose config names no architecture (an
+    /// old import) is taken for any.
+    pub fn is_for(&self, platform: &super::Platform) -> bool {
+        self.architecture.is_empty() || self.platform().same_as(platform)
+    }
+
     /// The platform the config names (`architecture`, `os`, `variant`).
     pub fn platform(&self) -> super::Platform {
         super::Platform {
