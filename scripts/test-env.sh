@@ -176,7 +176,12 @@ if ((dev_registry)); then
   fi
   # A registry kept between runs may predate the current busybox recipe (the marker names
   # the recipe its busybox was pushed with), or miss a base.
-  have_image() { curl -fsS -o /dev/null 2>/dev/null "http://127.0.0.1:$DEV_PORT/v2/$1/manifests/$2"; }
+  # (an OCI index is found only when the request accepts one)
+  have_image() {
+    curl -fsS -o /dev/null 2>/dev/null -H 'Accept: application/vnd.oci.image.index.v1+json' \
+      -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+      "http://127.0.0.1:$DEV_PORT/v2/$1/manifests/$2"
+  }
   if ! have_image busybox latest || [[ ! -f $STATE/busybox.recipe-$BUSYBOX_RECIPE ]]; then
     push_bases $DEV_PORT busybox
   fi
