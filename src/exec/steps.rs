@@ -180,9 +180,10 @@ impl<'a> Ctx<'a> {
                 .count();
         // BuildKit pads the index to the width of the total: `[ 2/10]`.
         let width = total.to_string().len();
-        let platform = match self.req.platform_labels {
-            true => format!("{} ", stage.platform.to_spec()),
-            false => String::new(),
+        let platform = if self.req.platform_labels {
+            format!("{} ", stage.platform.to_spec())
+        } else {
+            String::new()
         };
         if self.stage_names {
             format!(
