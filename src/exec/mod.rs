@@ -25,7 +25,7 @@ pub use error::BuildError;
 pub use explain::StepCache;
 pub use import::{import_oci_layout, import_rootfs};
 pub use progress::{Reporter, Silent, StepId};
-pub use push::push;
+pub use push::{push, push_index};
 pub use request::{BuildRequest, NamedContext, SecretSource, SshSource};
 
 use crate::image::{canonical_json, Digest};

@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::context::{self, IgnoreMatcher, StatCache};
 use crate::dockerfile::instructions::{MountType, NetworkMode, Security};
 use crate::fileop::{CopyJob, CopySrc};
-use crate::image::{Digest, History, ImageConfig};
+use crate::image::{Digest, History, ImageConfig, Platform};
 use crate::layer::Compression;
 use crate::plan::{
     self, CopyFrom, CopyOp, CopySource, MountFrom, Op, RunMount, RunOp, Sharing, Stage, Step,
@@ -67,6 +67,8 @@ pub struct Ctx<'a> {
     /// Whether progress labels carry the stage name: BuildKit leaves it out when the
     /// Dockerfile has a single stage and nothing else to build from.
     stage_names: bool,
+    /// The platform of the stage being run: images it copies from are pulled for it.
+    platform: Platform,
     pub cached: usize,
     pub executed: usize,
     /// Why steps missed the cache (issue 19).
@@ -108,13 +110,14 @@ impl<'a> Ctx<'a> {
             ignore,
             shared: Arc::new(Shared {
                 stat_cache: Mutex::new(stat_cache),
-                next_id: AtomicUsize::new(1),
+                next_id: AtomicUsize::new(req.first_step),
                 cancelled: AtomicBool::new(false),
                 scratch_dir: scratch_dir.to_path_buf(),
             }),
             stat_cache_path,
             created,
             stage_names,
+            platform: req.platform.clone(),
             cached: 0,
             executed: 0,
             log: Default::default(),
@@ -136,6 +139,7 @@ impl<'a> Ctx<'a> {
             stat_cache_path: self.stat_cache_path.clone(),
             created: self.created.clone(),
             stage_names: self.stage_names,
+            platform: self.platform.clone(),
             cached: 0,
             executed: 0,
             log: Default::default(),
@@ -181,10 +185,18 @@ impl<'a> Ctx<'a> {
                 .count();
         // BuildKit pads the index to the width of the total: `[ 2/10]`.
         let width = total.to_string().len();
-        if self.stage_names {
-            format!("[{} {n:>width$}/{total}] {text}", stage_label(stage))
+        let platform = if self.req.platform_labels {
+            format!("{} ", stage.platform.to_spec())
         } else {
-            format!("[{n:>width$}/{total}] {text}")
+            String::new()
+        };
+        if self.stage_names {
+            format!(
+                "[{platform}{} {n:>width$}/{total}] {text}",
+                stage_label(stage)
+            )
+        } else {
+            format!("[{platform}{n:>width$}/{total}] {text}")
         }
     }
 
@@ -198,7 +210,9 @@ impl<'a> Ctx<'a> {
         let label = self.label(stage, 1, &format!("FROM {reference}"));
         self.reporter.started(id, &label);
         let started = Instant::now();
-        let record = self.bases.ensure(reference, self.reporter, id)?;
+        let record = self
+            .bases
+            .ensure(reference, &stage.platform, self.reporter, id)?;
         self.reporter.done(id, started.elapsed());
         Ok(StageState {
             chains: record.chains.clone(),
@@ -217,6 +231,7 @@ impl<'a> Ctx<'a> {
         mut state: StageState,
         done: &BTreeMap<usize, StageState>,
     ) -> Result<StageState, BuildError> {
+        self.platform = stage.platform.clone();
         // The FROM of an image is the stage's first vertex; config-only steps are none.
         let mut n = usize::from(matches!(stage.base, plan::Base::Image { .. }));
         self.log.start_stage();
@@ -404,6 +419,9 @@ impl<'a> Ctx<'a> {
         let phase = Instant::now();
         let always_layer = match &step.op {
             Op::Run(run) => {
+                crate::sandbox::binfmt::check(&self.platform).map_err(|e| {
+                    BuildError::at(&self.req.dockerfile_name, step.line, &step.text, e.into())
+                })?;
                 self.run(run, rootfs, done, id)?;
                 true
             }
@@ -806,7 +824,9 @@ impl<'a> Ctx<'a> {
     }
 
     fn image_source(&mut self, reference: &str) -> Result<FsSource, BuildError> {
-        let record = self.bases.ensure(reference, self.reporter, 0)?;
+        let record = self
+            .bases
+            .ensure(reference, &self.platform, self.reporter, 0)?;
         let state = StageState {
             chains: record.chains.clone(),
             diff_ids: Vec::new(),
@@ -1041,7 +1061,7 @@ impl<'a> Ctx<'a> {
             CopyFrom::Stage(i) => Ok(done.get(i).map(|s| s.key.clone()).unwrap_or_default()),
             CopyFrom::Image(r) => Ok(self
                 .bases
-                .ensure(r, self.reporter, 0)?
+                .ensure(r, &self.platform, self.reporter, 0)?
                 .manifest
                 .digest
                 .to_string()),
@@ -1051,7 +1071,7 @@ impl<'a> Ctx<'a> {
                 }
                 Some(NamedContext::Image(_) | NamedContext::OciLayout { .. }) => Ok(self
                     .bases
-                    .ensure(name, self.reporter, 0)?
+                    .ensure(name, &self.platform, self.reporter, 0)?
                     .manifest
                     .digest
                     .to_string()),
@@ -1158,9 +1178,9 @@ impl<'a> Ctx<'a> {
             .filter_map(|h| h.created.clone())
             .max();
         config.created = Some(newest.unwrap_or_else(|| self.created.clone()));
-        config.architecture = self.req.platform.architecture.clone();
-        config.os = self.req.platform.os.clone();
-        config.variant = self.req.platform.variant.clone();
+        config.architecture = stage.platform.architecture.clone();
+        config.os = stage.platform.os.clone();
+        config.variant = stage.platform.variant.clone();
         config.rootfs.diff_ids = state.diff_ids.clone();
         config.history = state.history.clone();
         if !self.req.labels.is_empty() {

@@ -92,7 +92,8 @@ pub struct ResolvedBase {
 /// `scratch`, not stage names) and for images named by `COPY --from` / `RUN --mount from=`,
 /// with the reference already expanded. The error string is wrapped with file and line.
 pub trait BaseResolver {
-    fn resolve(&mut self, reference: &str) -> Result<ResolvedBase, String>;
+    /// `platform`: the stage's (its `FROM --platform`, else the build's target).
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedBase, String>;
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +120,8 @@ pub struct Stage {
     pub steps: Vec<Step>,
     /// Base config plus the effect of every step (rootfs and history left to the executor).
     pub config: ImageConfig,
+    /// What the stage is built for: its `FROM --platform`, else the build's target platform.
+    pub platform: Platform,
 }
 
 // A handful of stages per build: boxing the image variant would buy nothing.
@@ -468,7 +471,11 @@ pub(crate) mod tests {
     pub(crate) struct FakeResolver;
 
     impl BaseResolver for FakeResolver {
-        fn resolve(&mut self, reference: &str) -> Result<ResolvedBase, String> {
+        fn resolve(
+            &mut self,
+            reference: &str,
+            _platform: &Platform,
+        ) -> Result<ResolvedBase, String> {
             if reference.starts_with("missing") {
                 return Err("manifest unknown".into());
             }

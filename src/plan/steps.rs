@@ -16,7 +16,7 @@ use crate::dockerfile::instructions::{self, CommandForm, Healthcheck, Instructio
 use crate::dockerfile::shell::Lexer;
 use crate::dockerfile::syntax;
 use crate::dockerfile::ErrorKind;
-use crate::image::{config::Empty, HealthConfig, ImageConfig};
+use crate::image::{config::Empty, HealthConfig, ImageConfig, Platform};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -27,7 +27,11 @@ pub(super) struct Ctx<'a, 'b> {
     pub(super) graph: &'a Graph<'b>,
     pub(super) names: BTreeMap<String, usize>,
     resolver: &'a mut dyn BaseResolver,
-    resolved: BTreeMap<String, super::ResolvedBase>,
+    /// Resolved images by platform and reference.
+    resolved: BTreeMap<(String, String), super::ResolvedBase>,
+    /// The platform of the stage being planned: images it names are resolved for it, and
+    /// its steps' keys carry it.
+    platform: Platform,
 }
 
 /// The scope of one stage while its instructions are walked.
@@ -98,6 +102,7 @@ pub(crate) fn plan_stages(
         names,
         resolver,
         resolved: BTreeMap::new(),
+        platform: opts.platform.clone(),
     };
     // Stages are planned in file order, the order BuildKit dispatches them in. An ONBUILD
     // trigger of a base image can add a `COPY --from` dependency the graph did not know:
@@ -151,25 +156,33 @@ pub(crate) fn plan_stages(
 
 impl Ctx<'_, '_> {
     fn resolve(&mut self, line: usize, reference: &str) -> Result<super::ResolvedBase, PlanError> {
-        if let Some(r) = self.resolved.get(reference) {
+        let key = (self.platform.to_spec(), reference.to_string());
+        if let Some(r) = self.resolved.get(&key) {
             return Ok(r.clone());
         }
-        let r = self.resolver.resolve(reference).map_err(|reason| {
-            self.src.at(
-                line,
-                ErrorKind::Resolve {
-                    reference: reference.to_string(),
-                    reason,
-                },
-            )
-        })?;
-        self.resolved.insert(reference.to_string(), r.clone());
+        let r = self
+            .resolver
+            .resolve(reference, &self.platform)
+            .map_err(|reason| {
+                self.src.at(
+                    line,
+                    ErrorKind::Resolve {
+                        reference: reference.to_string(),
+                        reason,
+                    },
+                )
+            })?;
+        self.resolved.insert(key, r.clone());
         Ok(r)
     }
 
     fn stage(&mut self, pos: usize, done: &[Stage]) -> Result<Stage, PlanError> {
         let graph = self.graph;
         let def = &graph.stages[pos];
+        self.platform = def
+            .platform
+            .clone()
+            .unwrap_or_else(|| self.opts.platform.clone());
         let (base, mut config) = match &def.base {
             // BuildKit's empty image: WorkingDir `/` (PATH and platform are set below).
             Ref::Scratch | Ref::Context(_) => {
@@ -197,7 +210,7 @@ impl Ctx<'_, '_> {
                 (Base::Stage(*i), cfg)
             }
         };
-        let p = &self.opts.platform;
+        let p = &self.platform;
         if config.os.is_empty() {
             config.os = p.os.clone();
         }
@@ -262,6 +275,7 @@ impl Ctx<'_, '_> {
             deps: deps.into_iter().collect(),
             steps,
             config: st.config,
+            platform: self.platform.clone(),
         })
     }
 
@@ -468,7 +482,7 @@ impl Ctx<'_, '_> {
             op: op.clone(),
             shell: st.shell(),
             build_args: st.arg_values(),
-            platform: self.opts.platform.to_spec(),
+            platform: self.platform.to_spec(),
             source_date_epoch: self.opts.source_date_epoch,
             images,
         };
