@@ -134,6 +134,8 @@ pub enum Command {
         #[arg(short = 'c', long = "change", value_name = "INSTRUCTION")]
         changes: Vec<String>,
     },
+    /// Print how rbuild runs: as root, or rootless with a subordinate id range or a single id
+    Info,
     #[command(name = "__sandbox-helper", hide = true)]
     SandboxHelper,
 }

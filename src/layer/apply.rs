@@ -47,7 +47,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::image::Digest;
 use crate::layer::compress;
-use crate::layer::{keep_xattr, LayerError, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX};
+use crate::layer::{keep_xattr, opaque_xattr, LayerError, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::sandbox::root::{self as image_root, Root};
 
 /// What [`apply`] unpacked.
@@ -422,7 +422,7 @@ impl Applier {
         self.enter(parent_comps, display)?;
         let parent = self.top();
         if name == OPAQUE_MARKER {
-            rustix::fs::fsetxattr(parent.as_fd(), OPAQUE_XATTR, b"y", XattrFlags::empty())
+            rustix::fs::fsetxattr(parent.as_fd(), opaque_xattr(), b"y", XattrFlags::empty())
                 .map_err(|e| self.err("marking opaque", parent_comps, e.into()))?;
             self.stats.opaque_dirs += 1;
         } else if name.starts_with(b".wh..wh.") {

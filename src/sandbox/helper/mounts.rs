@@ -125,7 +125,14 @@ fn overlay_options(lower_names: &[String], upper: bool) -> String {
     if upper {
         opts.push_str(",upperdir=u,workdir=w");
     }
-    opts.push_str(",index=off,metacopy=off,redirect_dir=off");
+    opts.push_str(",index=off,metacopy=off");
+    // Rootless (design.md "Rootless"): overlay keeps its marks in user.overlay.* xattrs, and
+    // refuses to follow redirects there (`off` still follows them).
+    if super::super::userns::in_user_namespace() {
+        opts.push_str(",redirect_dir=nofollow,userxattr");
+    } else {
+        opts.push_str(",redirect_dir=off");
+    }
     opts
 }
 

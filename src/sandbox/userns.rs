@@ -1,0 +1,478 @@
+//! Rootless mode (design.md "Rootless"): a user without root runs rbuild inside a user +
+//! mount namespace of its own, as that namespace's root, so every later code path is the
+//! one root uses.
+//!
+//! Started without root, rbuild re-executes itself once ([`reexec`]): the child unshares
+//! CLONE_NEWUSER | CLONE_NEWNS first thing in main ([`enter_if_child`]), says so over a
+//! socket, and waits; the parent writes the child's uid/gid maps (container 0 -> the user's
+//! own id, 1..=N -> the user's range in /etc/subuid and /etc/subgid, with the setuid helpers
+//! `newuidmap`/`newgidmap`, as podman and buildah do) and tells it to go on. Without a range
+//! only the user's own id is mapped (a map a user may write without help).
+//!
+//! The mode is read back from /proc/self/uid_map ([`current`]), not from a variable, so the
+//! sandbox helper and anything else started inside the namespace knows it too.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use super::SandboxError;
+
+/// Names the inherited socket of a re-executed child (its fd number).
+const CHILD_ENV: &str = "_RBUILD_USERNS_FD";
+
+/// A run of subordinate ids: `start`, `start + 1`, ..., `start + count - 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub start: u32,
+    pub count: u32,
+}
+
+/// How rbuild runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Real root (or root of a namespace whose map rbuild did not make, such as a
+    /// container's: the whole id space is there).
+    Root,
+    /// Namespace root with the user's own id as 0 and a subordinate range as 1..=N.
+    Range { uids: IdRange, gids: IdRange },
+    /// Namespace root with only the user's own id mapped.
+    SingleId { user: String },
+}
+
+impl Mode {
+    pub fn is_rootless(&self) -> bool {
+        !matches!(self, Mode::Root)
+    }
+
+    /// One line for `rbuild info` and the start of a plain log.
+    pub fn describe(&self) -> String {
+        match self {
+            Mode::Root => "root".into(),
+            Mode::Range { uids, gids } => format!(
+                "rootless, ids 1-{} mapped to uids {}-{} and gids {}-{} (/etc/subuid, /etc/subgid)",
+                uids.count.min(gids.count),
+                uids.start,
+                uids.start as u64 + uids.count as u64 - 1,
+                gids.start,
+                gids.start as u64 + gids.count as u64 - 1,
+            ),
+            Mode::SingleId { .. } => {
+                "rootless, single id (only your own id is mapped, as 0)".into()
+            }
+        }
+    }
+}
+
+/// The mode of this process: inside a namespace rbuild made, from its uid/gid map;
+/// without root, the mode [`reexec`] would set up.
+pub fn current() -> Mode {
+    if !nix::unistd::geteuid().is_root() {
+        return planned(&user_name());
+    }
+    let (Ok(uid_map), Ok(gid_map)) = (
+        std::fs::read_to_string("/proc/self/uid_map"),
+        std::fs::read_to_string("/proc/self/gid_map"),
+    ) else {
+        return Mode::Root;
+    };
+    from_maps(&uid_map, &gid_map).unwrap_or(Mode::Root)
+}
+
+/// The xattrs overlay marks an opaque directory with (value `y`): `trusted.*` as root
+/// mounts it, `user.*` with `userxattr` (rootless). Layers carry neither.
+pub const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
+
+/// The opaque xattr this process's overlay mounts read and its layer dirs get.
+pub fn opaque_xattr() -> &'static str {
+    OPAQUE_XATTRS[usize::from(in_user_namespace())]
+}
+
+/// Whether `path` is a directory marked opaque, by either kind of overlay.
+pub fn is_opaque(path: &Path) -> bool {
+    let mut buf = [0u8; 4];
+    OPAQUE_XATTRS
+        .iter()
+        .any(|name| matches!(rustix::fs::lgetxattr(path, *name, &mut buf), Ok(1) if buf[0] == b'y'))
+}
+
+/// Whether overlay must be mounted with `userxattr` (and opaque directories carry
+/// `user.overlay.opaque`): inside a user namespace that is not the initial one.
+pub fn in_user_namespace() -> bool {
+    static IN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IN.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| !is_identity_map(&m))
+    })
+}
+
+fn is_identity_map(map: &str) -> bool {
+    let lines: Vec<Vec<&str>> = map
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    lines.len() == 1 && lines[0] == ["0", "0", "4294967295"]
+}
+
+/// The mode a namespace with these maps runs in; None for the initial namespace or a map
+/// of a shape rbuild does not make (then it is root as far as rbuild can tell).
+fn from_maps(uid_map: &str, gid_map: &str) -> Option<Mode> {
+    if is_identity_map(uid_map) {
+        return None;
+    }
+    let parse = |map: &str| -> Vec<(u32, u32, u32)> {
+        map.lines()
+            .filter_map(|l| {
+                let f: Vec<u32> = l
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                (f.len() == 3).then(|| (f[0], f[1], f[2]))
+            })
+            .collect()
+    };
+    let (u, g) = (parse(uid_map), parse(gid_map));
+    let range = |m: &[(u32, u32, u32)]| {
+        m.iter()
+            .find(|(inside, _, _)| *inside == 1)
+            .map(|&(_, start, count)| IdRange { start, count })
+    };
+    match (range(&u), range(&g)) {
+        (Some(uids), Some(gids)) => Some(Mode::Range { uids, gids }),
+        _ if u.len() == 1 && u[0].0 == 0 && u[0].2 == 1 => {
+            Some(Mode::SingleId { user: user_name() })
+        }
+        _ => None,
+    }
+}
+
+/// The invoking user's name (for /etc/subuid), else its uid as a string.
+fn user_name() -> String {
+    let uid = nix::unistd::getuid();
+    // Inside the namespace the user is 0; the name the files use is in $USER or $LOGNAME.
+    if uid.is_root() {
+        if let Some(n) = std::env::var_os("USER").or_else(|| std::env::var_os("LOGNAME")) {
+            return n.to_string_lossy().into_owned();
+        }
+    }
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name)
+}
+
+/// The mode a user gets: its ranges from /etc/subuid and /etc/subgid, both or neither.
+fn planned(user: &str) -> Mode {
+    let uid = nix::unistd::getuid().as_raw().to_string();
+    let find = |file: &str| {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        subordinate_range(&text, &[user, &uid])
+    };
+    match (find("/etc/subuid"), find("/etc/subgid")) {
+        (Some(uids), Some(gids)) if which("newuidmap") && which("newgidmap") => {
+            Mode::Range { uids, gids }
+        }
+        _ => Mode::SingleId { user: user.into() },
+    }
+}
+
+/// The first range of `names` (a user name or uid) in the text of /etc/subuid or /etc/subgid.
+fn subordinate_range(text: &str, names: &[&str]) -> Option<IdRange> {
+    text.lines().find_map(|line| {
+        let mut f = line.trim().split(':');
+        let (name, start, count) = (f.next()?, f.next()?, f.next()?);
+        if !names.contains(&name) {
+            return None;
+        }
+        let range = IdRange {
+            start: start.parse().ok()?,
+            count: count.parse().ok()?,
+        };
+        (range.count > 0).then_some(range)
+    })
+}
+
+/// The /etc/subuid (and /etc/subgid) line that would give `user` a range: 65536 ids after
+/// the last range the file hands out, from 100000 on (useradd's defaults).
+pub fn suggested_line(user: &str) -> String {
+    let text = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    let end = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.trim().split(':').collect();
+            let start: u64 = f.get(1)?.parse().ok()?;
+            let count: u64 = f.get(2)?.parse().ok()?;
+            Some(start + count)
+        })
+        .max()
+        .unwrap_or(0)
+        .max(100_000);
+    format!("{user}:{end}:65536")
+}
+
+/// Why a step that needs an id other than 0 cannot run in single-id mode, and what lifts it.
+pub fn single_id_hint(user: &str) -> String {
+    let line = suggested_line(user);
+    format!(
+        "rootless without subordinate ids: only your own id is mapped (as 0), so other users \
+         and groups cannot exist; add `{line}` to /etc/subuid and /etc/subgid (and install \
+         uidmap for newuidmap/newgidmap)"
+    )
+}
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+        || Path::new("/usr/bin").join(tool).is_file()
+}
+
+/// Runs this same command again as root of a new user + mount namespace mapped per `mode`
+/// and returns the exit code to leave with (128 + signal if it was killed). The terminal's
+/// SIGINT reaches the child too (same process group): the parent ignores it and waits, so
+/// the child's own clean-up runs. SIGTERM to the parent is passed on; a SIGKILLed parent
+/// takes the child with it (PR_SET_PDEATHSIG).
+pub fn reexec(mode: &Mode) -> Result<i32, SandboxError> {
+    let setup = |e: std::io::Error, what: &str| SandboxError::Setup(format!("{what}: {e}"));
+    let (ours, theirs) = UnixStream::pair().map_err(|e| setup(e, "making a socket pair"))?;
+    let fd = theirs.as_raw_fd();
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.args(std::env::args_os().skip(1))
+        .arg0(std::env::args_os().next().unwrap_or_default())
+        .env(CHILD_ENV, fd.to_string());
+    if let Ok(user) = std::env::var("USER").or_else(|_| Ok::<_, ()>(user_name())) {
+        cmd.env("USER", user);
+    }
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec the closure makes only raw, async-signal-safe syscalls
+    // (fcntl, prctl, getppid) and touches no memory but its copied integers.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0
+                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    // Ignored before the spawn so that no Ctrl-C falls between; the child's handlers are
+    // its own (exec resets caught signals, but an ignored one stays ignored: restore).
+    let old_int = ignore(libc::SIGINT);
+    let old_quit = ignore(libc::SIGQUIT);
+    let spawned = cmd.spawn();
+    restore(libc::SIGQUIT, old_quit);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            restore(libc::SIGINT, old_int);
+            return Err(setup(e, "re-executing rbuild in a user namespace"));
+        }
+    };
+    drop(theirs);
+    let pid = child.id();
+    let mapped = handshake(ours, pid, mode);
+    if let Err(e) = mapped {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    let status = forward_term_and_wait(&mut child, pid);
+    let status = status.map_err(|e| setup(e, "waiting for rbuild in the user namespace"))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Waits for the child, passing SIGTERM on to it.
+fn forward_term_and_wait(
+    child: &mut std::process::Child,
+    pid: u32,
+) -> std::io::Result<std::process::ExitStatus> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let id = signal_hook::flag::register(signal_hook::consts::SIGTERM, flag.clone());
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if flag.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    if let Ok(id) = id {
+        signal_hook::low_level::unregister(id);
+    }
+    Ok(status)
+}
+
+fn ignore(sig: libc::c_int) -> libc::sighandler_t {
+    // SAFETY: SIG_IGN is a valid disposition; the old one is given back by `restore`.
+    unsafe { libc::signal(sig, libc::SIG_IGN) }
+}
+
+fn restore(sig: libc::c_int, old: libc::sighandler_t) {
+    // SAFETY: `old` came from libc::signal for the same signal.
+    unsafe {
+        libc::signal(sig, old);
+    }
+}
+
+/// The parent's half: waits for the child to unshare, writes its maps, lets it go on.
+fn handshake(mut sock: UnixStream, pid: u32, mode: &Mode) -> Result<(), SandboxError> {
+    let mut byte = [0u8; 1];
+    match sock.read(&mut byte) {
+        Ok(1) => {}
+        // The child failed to unshare and said why on stderr, or died.
+        _ => {
+            return Err(SandboxError::Setup(
+                "rbuild in the new user namespace exited before its id map was written".into(),
+            ))
+        }
+    }
+    write_maps(pid, mode)?;
+    sock.write_all(b"1")
+        .map_err(|e| SandboxError::Setup(format!("resuming rbuild in the user namespace: {e}")))
+}
+
+fn write_maps(pid: u32, mode: &Mode) -> Result<(), SandboxError> {
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    match mode {
+        Mode::Range { uids, gids } => {
+            id_map_tool("newuidmap", pid, uid, *uids)?;
+            id_map_tool("newgidmap", pid, gid, *gids)
+        }
+        _ => {
+            let proc = |f: &str, text: String| {
+                std::fs::write(format!("/proc/{pid}/{f}"), text).map_err(|e| {
+                    SandboxError::Setup(format!(
+                        "writing /proc/{pid}/{f} of rbuild's user namespace: {e}"
+                    ))
+                })
+            };
+            proc("uid_map", format!("0 {uid} 1\n"))?;
+            proc("setgroups", "deny\n".into())?;
+            proc("gid_map", format!("0 {gid} 1\n"))
+        }
+    }
+}
+
+fn id_map_tool(tool: &str, pid: u32, own: u32, range: IdRange) -> Result<(), SandboxError> {
+    let out = Command::new(tool)
+        .args([pid, 0, own, 1, 1, range.start, range.count].map(|n| n.to_string()))
+        .output()
+        .map_err(|e| SandboxError::Setup(format!("running {tool} (package uidmap): {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(SandboxError::Setup(format!(
+        "{tool} {pid} 0 {own} 1 1 {} {}: {}",
+        range.start,
+        range.count,
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// The child's half, first thing in main while the process has one thread: when started by
+/// [`reexec`], unshares the user and mount namespaces and waits until the parent has written
+/// the maps. Exits on failure (there is nobody else to tell).
+pub fn enter_if_child() {
+    let Some(fd) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    std::env::remove_var(CHILD_ENV);
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        let _ = writeln!(std::io::stderr(), "error: {what}: {e}");
+        std::process::exit(1)
+    };
+    let Some(fd) = fd.to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        fail("entering the user namespace", &"bad socket fd");
+    };
+    // SAFETY: `fd` is the socket reexec left open for this process, used by nothing else.
+    let mut sock = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let _ = rustix::io::fcntl_setfd(&sock, rustix::io::FdFlags::CLOEXEC);
+    let flags = nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNS;
+    if let Err(e) = nix::sched::unshare(flags) {
+        let hint = "unprivileged user namespaces may be disabled (sysctl \
+                    kernel.unprivileged_userns_clone, user.max_user_namespaces) or blocked \
+                    by seccomp/AppArmor in a container";
+        fail("unsharing a user namespace", &format!("{e} ({hint})"));
+    }
+    let mut byte = [0u8; 1];
+    if let Err(e) = sock
+        .write_all(b"1")
+        .and_then(|()| sock.read_exact(&mut byte))
+    {
+        fail("waiting for the id map of the user namespace", &e);
+    }
+    drop(sock);
+    // The map makes this process's ids 0; the supplementary groups were the user's, which
+    // mean nothing here (and are unmapped). setgroups is denied in single-id mode.
+    let _ = nix::unistd::setgroups(&[]);
+    // Mounts made here (the store's, the helpers') must not reach the host.
+    let _ = nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_tell_the_mode() {
+        assert_eq!(from_maps("         0          0 4294967295\n", ""), None);
+        assert_eq!(
+            from_maps("0 1000 1\n1 100000 65536\n", "0 1000 1\n1 200000 65536\n"),
+            Some(Mode::Range {
+                uids: IdRange {
+                    start: 100000,
+                    count: 65536
+                },
+                gids: IdRange {
+                    start: 200000,
+                    count: 65536
+                },
+            })
+        );
+        assert!(matches!(
+            from_maps("0 1000 1\n", "0 1000 1\n"),
+            Some(Mode::SingleId { .. })
+        ));
+    }
+
+    #[test]
+    fn subordinate_range_by_name_or_uid() {
+        let text = "bob:100000:65536\n1001:165536:65536\nzero:1:0\n";
+        assert_eq!(
+            subordinate_range(text, &["alice", "1001"]),
+            Some(IdRange {
+                start: 165536,
+                count: 65536
+            })
+        );
+        assert_eq!(
+            subordinate_range(text, &["bob"]),
+            Some(IdRange {
+                start: 100000,
+                count: 65536
+            })
+        );
+        assert_eq!(subordinate_range(text, &["zero"]), None);
+        assert_eq!(subordinate_range(text, &["carol"]), None);
+    }
+}
