@@ -30,12 +30,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     // to the namespace.
     if needs_root(cli.command.as_ref()) && !nix::unistd::geteuid().is_root() {
         let mode = userns::current();
-        if let userns::Mode::SingleId { user } = &mode {
-            let _ = writeln!(
-                std::io::stderr(),
-                "warning: {}",
-                userns::single_id_hint(user)
-            );
+        if let Some(hint) = mode.single_id_hint() {
+            let _ = writeln!(std::io::stderr(), "warning: {hint}");
         }
         let code = userns::reexec(&mode).context("starting rootless mode")?;
         crate::sandbox::shutdown();
@@ -254,6 +250,10 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     let store = open_store(global)?;
     let registry = registry(global)?;
     let report = reporter(args.progress, args.quiet);
+    let mode = userns::current();
+    if mode.is_rootless() && args.progress == super::ProgressMode::Plain && !args.quiet {
+        let _ = writeln!(std::io::stderr(), "mode: {}", mode.describe());
+    }
     let req = &settings.request;
     if config.error {
         let checks = super::check::run(&store, &registry, req, false, Lookup::Resolve)?;

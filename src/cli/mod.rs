@@ -36,11 +36,14 @@ pub fn main() -> i32 {
                 let _ = writeln!(std::io::stderr(), "error: interrupted");
                 return 130;
             }
-            let _ = writeln!(
-                std::io::stderr(),
-                "error: {}",
-                crate::error::render_chain(err.as_ref())
-            );
+            let rendered = crate::error::render_chain(err.as_ref());
+            let _ = writeln!(std::io::stderr(), "error: {rendered}");
+            // A chown to an id a single-id namespace lacks fails with EINVAL.
+            if let Some(hint) = crate::sandbox::userns::current().single_id_hint() {
+                if rendered.contains("Invalid argument") && !rendered.contains("/etc/subuid") {
+                    let _ = writeln!(std::io::stderr(), "note: {hint}");
+                }
+            }
             exit_code(&err)
         }
     }

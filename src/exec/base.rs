@@ -157,7 +157,17 @@ pub fn fetch_into_store(
     fetch_blobs(store, registry, image, &to_fetch, reporter, id)?;
     for (desc, diff_id, parent) in &missing {
         reporter.status(id, &format!("extracting {}", desc.digest));
-        extract_layer(store, desc, diff_id, parent.as_ref())?;
+        let stats = extract_layer(store, desc, diff_id, parent.as_ref())?;
+        if let Some(first) = &stats.first_skipped_device {
+            reporter.warn(&format!(
+                "`{}` layer {}: left out {} device node(s) (first: /{}): rootless rbuild \
+                 cannot create devices, so RUN steps do not see them; the image keeps them",
+                image.reference,
+                desc.digest,
+                stats.skipped_devices,
+                first.strip_prefix(".").unwrap_or(first).display()
+            ));
+        }
     }
     store.put_blob_bytes(&image.config_bytes)?;
     let manifest_digest = store.put_blob_bytes(&image.manifest_bytes)?;
@@ -257,7 +267,7 @@ pub fn extract_layer(
     desc: &Descriptor,
     diff_id: &Digest,
     parent: Option<&Digest>,
-) -> Result<(), BuildError> {
+) -> Result<layer::ApplyStats, BuildError> {
     let tmp = store.tmp_dir()?;
     let dir = tmp.path().join("diff");
     std::fs::create_dir(&dir).map_err(BuildError::io("creating", &dir))?;
@@ -265,10 +275,10 @@ pub fn extract_layer(
     let file = std::fs::File::open(&path).map_err(BuildError::io("opening", &path))?;
     let plain = compress::decompressor(file).map_err(BuildError::io("reading", &path))?;
     let mut verifying = layer::VerifyingReader::new(plain, diff_id.clone());
-    layer::apply(&mut verifying, &dir)?;
+    let stats = layer::apply(&mut verifying, &dir)?;
     verifying.finish()?;
     store.commit_layer(dir, parent, diff_id.clone(), desc.clone())?;
-    Ok(())
+    Ok(stats)
 }
 
 /// `rbuild pull REF`: resolve and fetch into the store.

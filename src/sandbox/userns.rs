@@ -40,12 +40,23 @@ pub enum Mode {
     /// Namespace root with the user's own id as 0 and a subordinate range as 1..=N.
     Range { uids: IdRange, gids: IdRange },
     /// Namespace root with only the user's own id mapped.
-    SingleId { user: String },
+    /// `subuid_line`: the /etc/subuid and /etc/subgid line that would give a range, worked
+    /// out when the mode is read (while /etc is the host's).
+    SingleId { subuid_line: String },
 }
 
 impl Mode {
     pub fn is_rootless(&self) -> bool {
         !matches!(self, Mode::Root)
+    }
+
+    /// In single-id mode: why a step that needs an id other than 0 cannot run, and the
+    /// /etc/subuid line that lifts the limit.
+    pub fn single_id_hint(&self) -> Option<String> {
+        match self {
+            Mode::SingleId { subuid_line } => Some(single_id_hint(subuid_line)),
+            _ => None,
+        }
     }
 
     /// One line for `rbuild info` and the start of a plain log.
@@ -60,8 +71,8 @@ impl Mode {
                 gids.start,
                 gids.start as u64 + gids.count as u64 - 1,
             ),
-            Mode::SingleId { .. } => {
-                "rootless, single id (only your own id is mapped, as 0)".into()
+            Mode::SingleId { subuid_line } => {
+                format!("rootless, single id (only your own id is mapped, as 0; `{subuid_line}` in /etc/subuid and /etc/subgid would map a range)")
             }
         }
     }
@@ -70,6 +81,11 @@ impl Mode {
 /// The mode of this process: inside a namespace rbuild made, from its uid/gid map;
 /// without root, the mode [`reexec`] would set up.
 pub fn current() -> Mode {
+    static MODE: std::sync::OnceLock<Mode> = std::sync::OnceLock::new();
+    MODE.get_or_init(read_mode).clone()
+}
+
+fn read_mode() -> Mode {
     if !nix::unistd::geteuid().is_root() {
         return planned(&user_name());
     }
@@ -141,23 +157,21 @@ fn from_maps(uid_map: &str, gid_map: &str) -> Option<Mode> {
     };
     match (range(&u), range(&g)) {
         (Some(uids), Some(gids)) => Some(Mode::Range { uids, gids }),
-        _ if u.len() == 1 && u[0].0 == 0 && u[0].2 == 1 => {
-            Some(Mode::SingleId { user: user_name() })
-        }
+        _ if u.len() == 1 && u[0].0 == 0 && u[0].2 == 1 => Some(Mode::SingleId {
+            subuid_line: suggested_line(&host_user_name(u[0].1)),
+        }),
         _ => None,
     }
 }
 
 /// The invoking user's name (for /etc/subuid), else its uid as a string.
 fn user_name() -> String {
-    let uid = nix::unistd::getuid();
-    // Inside the namespace the user is 0; the name the files use is in $USER or $LOGNAME.
-    if uid.is_root() {
-        if let Some(n) = std::env::var_os("USER").or_else(|| std::env::var_os("LOGNAME")) {
-            return n.to_string_lossy().into_owned();
-        }
-    }
-    nix::unistd::User::from_uid(uid)
+    host_user_name(nix::unistd::getuid().as_raw())
+}
+
+/// The name of host uid `uid` in the host's /etc/passwd (read before any pivot_root).
+fn host_user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten()
         .map_or_else(|| uid.to_string(), |u| u.name)
@@ -174,7 +188,9 @@ fn planned(user: &str) -> Mode {
         (Some(uids), Some(gids)) if which("newuidmap") && which("newgidmap") => {
             Mode::Range { uids, gids }
         }
-        _ => Mode::SingleId { user: user.into() },
+        _ => Mode::SingleId {
+            subuid_line: suggested_line(user),
+        },
     }
 }
 
@@ -196,7 +212,7 @@ fn subordinate_range(text: &str, names: &[&str]) -> Option<IdRange> {
 
 /// The /etc/subuid (and /etc/subgid) line that would give `user` a range: 65536 ids after
 /// the last range the file hands out, from 100000 on (useradd's defaults).
-pub fn suggested_line(user: &str) -> String {
+fn suggested_line(user: &str) -> String {
     let text = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
     let end = text
         .lines()
@@ -213,8 +229,7 @@ pub fn suggested_line(user: &str) -> String {
 }
 
 /// Why a step that needs an id other than 0 cannot run in single-id mode, and what lifts it.
-pub fn single_id_hint(user: &str) -> String {
-    let line = suggested_line(user);
+fn single_id_hint(line: &str) -> String {
     format!(
         "rootless without subordinate ids: only your own id is mapped (as 0), so other users \
          and groups cannot exist; add `{line}` to /etc/subuid and /etc/subgid (and install \
@@ -242,9 +257,6 @@ pub fn reexec(mode: &Mode) -> Result<i32, SandboxError> {
     cmd.args(std::env::args_os().skip(1))
         .arg0(std::env::args_os().next().unwrap_or_default())
         .env(CHILD_ENV, fd.to_string());
-    if let Ok(user) = std::env::var("USER").or_else(|_| Ok::<_, ()>(user_name())) {
-        cmd.env("USER", user);
-    }
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: between fork and exec the closure makes only raw, async-signal-safe syscalls
     // (fcntl, prctl, getppid) and touches no memory but its copied integers.

@@ -39,6 +39,8 @@ pub(super) fn ctx<T, E: Display>(r: Result<T, E>, what: impl FnOnce() -> String)
 }
 
 pub fn main<J: FsJob>() -> ! {
+    // Read while /etc/passwd is the host's: single-id mode's hint names the user.
+    let _ = super::userns::current();
     let args: Vec<String> = std::env::args().collect();
     if args.get(2).map(String::as_str) == Some(super::net::HOLDER_ARG) {
         hold_network_namespace();

@@ -361,12 +361,21 @@ pub(super) fn mount_dev(points: &mut Points, insecure: bool) -> Res<()> {
     }
     let pts = dev.join("pts");
     mkdir(&pts)?;
+    // Group tty (5) does not exist in a single-id namespace.
+    let single_id = matches!(
+        super::super::userns::current(),
+        super::super::userns::Mode::SingleId { .. }
+    );
     mount_at(
         Some("devpts"),
         &pts,
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Some(if single_id {
+            "newinstance,ptmxmode=0666,mode=0620"
+        } else {
+            "newinstance,ptmxmode=0666,mode=0620,gid=5"
+        }),
     )?;
     let shm = dev.join("shm");
     mkdir(&shm)?;

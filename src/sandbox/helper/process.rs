@@ -465,7 +465,17 @@ pub(super) fn child(
         clear_inheritable_capabilities()?;
     }
     let gids: Vec<Gid> = additional_gids(u).into_iter().map(Gid::from_raw).collect();
-    ctx(nix::unistd::setgroups(&gids), || "setgroups".into())?;
+    if let Some(hint) = super::super::userns::current().single_id_hint() {
+        // Only 0 exists, and setgroups is denied (an unprivileged gid map needs that).
+        if u.uid != 0 || u.gid != 0 {
+            return Err(Failure::Setup(format!(
+                "running the step as uid {} gid {}: {}",
+                u.uid, u.gid, hint
+            )));
+        }
+    } else {
+        ctx(nix::unistd::setgroups(&gids), || "setgroups".into())?;
+    }
     let gid = Gid::from_raw(u.gid);
     ctx(nix::unistd::setresgid(gid, gid, gid), || {
         format!("setgid {}", u.gid)
