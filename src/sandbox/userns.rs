@@ -273,69 +273,72 @@ pub fn reexec(mode: &Mode) -> Result<i32, SandboxError> {
             Ok(())
         });
     }
-    // Ignored before the spawn so that no Ctrl-C falls between; the child's handlers are
-    // its own (exec resets caught signals, but an ignored one stays ignored: restore).
-    let old_int = ignore(libc::SIGINT);
-    let old_quit = ignore(libc::SIGQUIT);
-    let spawned = cmd.spawn();
-    restore(libc::SIGQUIT, old_quit);
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            restore(libc::SIGINT, old_int);
-            return Err(setup(e, "re-executing rbuild in a user namespace"));
-        }
-    };
+    // Caught before the spawn, so that none falls between; exec gives the child the
+    // default handlers back, and it installs its own.
+    let forwarded = Forwarded::catch();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| setup(e, "re-executing rbuild in a user namespace"))?;
     drop(theirs);
     let pid = child.id();
-    let mapped = handshake(ours, pid, mode);
-    if let Err(e) = mapped {
+    if let Err(e) = handshake(ours, pid, mode) {
         let _ = child.kill();
         let _ = child.wait();
         return Err(e);
     }
-    let status = forward_term_and_wait(&mut child, pid);
-    let status = status.map_err(|e| setup(e, "waiting for rbuild in the user namespace"))?;
+    let status = forwarded
+        .wait(&mut child)
+        .map_err(|e| setup(e, "waiting for rbuild in the user namespace"))?;
     use std::os::unix::process::ExitStatusExt;
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-/// Waits for the child, passing SIGTERM on to it.
-fn forward_term_and_wait(
-    child: &mut std::process::Child,
-    pid: u32,
-) -> std::io::Result<std::process::ExitStatus> {
-    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let id = signal_hook::flag::register(signal_hook::consts::SIGTERM, flag.clone());
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
+/// SIGINT, SIGTERM and SIGHUP to the parent, passed on to the child: a CI runner that
+/// cancels a job signals rbuild's pid alone, and the child must clean up as root does.
+/// (A terminal's Ctrl-C reaches both; the child takes a second SIGINT like the first.)
+struct Forwarded {
+    caught: Vec<(libc::c_int, std::sync::Arc<std::sync::atomic::AtomicBool>)>,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl Forwarded {
+    fn catch() -> Forwarded {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut f = Forwarded {
+            caught: Vec::new(),
+            ids: Vec::new(),
+        };
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            let flag = std::sync::Arc::<std::sync::atomic::AtomicBool>::default();
+            if let Ok(id) = signal_hook::flag::register(sig, flag.clone()) {
+                f.ids.push(id);
+            }
+            f.caught.push((sig, flag));
         }
-        if flag.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    if let Ok(id) = id {
-        signal_hook::low_level::unregister(id);
+        f
     }
-    Ok(status)
-}
 
-fn ignore(sig: libc::c_int) -> libc::sighandler_t {
-    // SAFETY: SIG_IGN is a valid disposition; the old one is given back by `restore`.
-    unsafe { libc::signal(sig, libc::SIG_IGN) }
-}
-
-fn restore(sig: libc::c_int, old: libc::sighandler_t) {
-    // SAFETY: `old` came from libc::signal for the same signal.
-    unsafe {
-        libc::signal(sig, old);
+    fn wait(self, child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            for (sig, flag) in &self.caught {
+                if flag.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    if let Ok(sig) = nix::sys::signal::Signal::try_from(*sig) {
+                        let _ = nix::sys::signal::kill(pid, sig);
+                    }
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        for id in self.ids {
+            signal_hook::low_level::unregister(id);
+        }
+        Ok(status)
     }
 }
 
