@@ -180,26 +180,35 @@ const MULTI_STEP: &str = r#"
 COPY --chown=1000:1000 f.txt /app/f.txt
 RUN mkdir -p /srv/d && chown -R 1000:50 /srv/d && cp /bin/busybox /srv/su && chmod 4755 /srv/su && rm -rf /etc/network
 RUN --network=none --mount=type=cache,target=/cache sh -c 'echo c >> /cache/n; wc -l < /cache/n > /count'
+RUN --network=host wget -q -O /v2 http://REGISTRY/v2/ && ls /sys/class > /dev/null && ! touch /sys/x 2> /dev/null
 USER 1000
 RUN id > /tmp/id
 USER root
 RUN rm -rf /var/spool && mkdir -p /var/spool && echo y > /var/spool/new
 "#;
 
-/// A multi-step build with USER switches, chown to 1000, a setuid bit, `--network=none`, a
-/// cache mount and COPY: the same image as root's (same digest with SOURCE_DATE_EPOCH),
+/// A multi-step build with USER switches, chown to 1000, a setuid bit, `--network=none`,
+/// `--network=host` (the host's loopback registry) with /sys read-only, a cache mount and
+/// COPY: the same image as root's (same digest with SOURCE_DATE_EPOCH),
 /// and its archive runs in docker with the image's ids, not the host's subordinate ones.
 #[test]
 #[ignore = "needs root, docker and a registry"]
 fn rootless_build_is_roots_image_and_runs_in_docker() {
     let user = User::new(RANGE_USER);
-    let dockerfile = format!("FROM {BASE}\n{MULTI_STEP}");
+    let dockerfile = format!("FROM {BASE}\n{MULTI_STEP}").replace("REGISTRY", support::registry());
     let ctx = user.context(&[("Dockerfile", &dockerfile), ("f.txt", "data\n")]);
     let archive = user.home().join("out.tar");
     let log = ok(user
         .rbuild()
         .env("SOURCE_DATE_EPOCH", EPOCH)
-        .args(["build", "--progress", "plain", "-o"])
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--allow",
+            "network.host",
+            "-o",
+        ])
         .arg(format!("type=docker,dest={}", archive.display()))
         .args(["-t", "rootless-test:1"])
         .arg(&ctx));
@@ -212,7 +221,7 @@ fn rootless_build_is_roots_image_and_runs_in_docker() {
     let root_archive = root_store.path().join("out.tar");
     ok(rbuild(root_store.path())
         .env("SOURCE_DATE_EPOCH", EPOCH)
-        .arg("-o")
+        .args(["--allow", "network.host", "-o"])
         .arg(format!("type=docker,dest={}", root_archive.display()))
         .arg(&ctx));
     assert_eq!(archive_config(&archive), archive_config(&root_archive));
@@ -226,12 +235,16 @@ fn rootless_build_is_roots_image_and_runs_in_docker() {
         "rootless-test:1",
         "sh",
         "-c",
-        "stat -c '%n %u:%g %a' /app/f.txt /srv/d /srv/su; cat /count /tmp/id",
+        "stat -c '%n %u:%g %a' /app/f.txt /srv/d /srv/su; cat /count /tmp/id /v2",
     ]));
     assert!(shown.contains("/app/f.txt 1000:1000 644"), "{shown}");
     assert!(shown.contains("/srv/d 1000:50 755"), "{shown}");
     assert!(shown.contains("/srv/su 0:0 4755"), "{shown}");
     assert!(shown.contains("uid=1000"), "{shown}");
+    assert!(
+        shown.contains("{}"),
+        "the registry's answer over the host network: {shown}"
+    );
 }
 
 /// Without a subordinate range: one warning naming the /etc/subuid line, a build as root

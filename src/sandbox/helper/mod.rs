@@ -227,7 +227,18 @@ fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<(Exit, 
     } else {
         sys_flags | MsFlags::MS_RDONLY
     };
-    mount_at(Some("sysfs"), &p, Some("sysfs"), sys_flags, None)?;
+    if super::userns::in_user_namespace() {
+        // Rootless: sysfs may be mounted only by the owner of the network namespace, which
+        // the host's (--network=host) is not; the host's /sys, bound, serves every network.
+        bind(Path::new("/sys"), &p, true)?;
+        if !insecure {
+            // The new fd is the bind mount's root, not the directory below it.
+            let (p, _fd) = points.reopen("sys")?;
+            remount(&p, MsFlags::MS_RDONLY)?;
+        }
+    } else {
+        mount_at(Some("sysfs"), &p, Some("sysfs"), sys_flags, None)?;
+    }
 
     let files_dir = scratch.join("files");
     mkdir(&files_dir)?;
