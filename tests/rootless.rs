@@ -10,9 +10,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
-use support::{docker, rbuild, run, run_ok, DockerImages, InRegistry};
+use support::{docker, processes_with, rbuild, run, run_ok, wait_for, DockerImages, InRegistry};
 
 const BASE: InRegistry = InRegistry("busybox");
 /// A user with a range in /etc/subuid and /etc/subgid.
@@ -349,35 +348,6 @@ fn device_node_in_a_base_layer_is_left_out_with_one_warning() {
         .arg(&ctx));
     // The config lists the layers' diff_ids: the base layer is the pushed one, device and all.
     assert_eq!(archive_config(&archive), archive_config(&root_archive));
-}
-
-/// Pids of processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                String::from_utf8_lossy(&c)
-                    .replace('\0', " ")
-                    .contains(marker)
-            })
-        })
-        .collect()
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "gave up waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// SIGINT to rbuild's pid alone (a CI runner cancelling a job) and kill -9 of it: the
