@@ -245,10 +245,9 @@ fn which(tool: &str) -> bool {
 }
 
 /// Runs this same command again as root of a new user + mount namespace mapped per `mode`
-/// and returns the exit code to leave with (128 + signal if it was killed). The terminal's
-/// SIGINT reaches the child too (same process group): the parent ignores it and waits, so
-/// the child's own clean-up runs. SIGTERM to the parent is passed on; a SIGKILLed parent
-/// takes the child with it (PR_SET_PDEATHSIG).
+/// and returns the exit code to leave with (128 + signal if it was killed). Signals to the
+/// parent are passed on ([`Forwarded`]); a SIGKILLed parent takes the child with it
+/// (PR_SET_PDEATHSIG).
 pub fn reexec(mode: &Mode) -> Result<i32, SandboxError> {
     let setup = |e: std::io::Error, what: &str| SandboxError::Setup(format!("{what}: {e}"));
     let (ours, theirs) = UnixStream::pair().map_err(|e| setup(e, "making a socket pair"))?;
@@ -257,18 +256,14 @@ pub fn reexec(mode: &Mode) -> Result<i32, SandboxError> {
     cmd.args(std::env::args_os().skip(1))
         .arg0(std::env::args_os().next().unwrap_or_default())
         .env(CHILD_ENV, fd.to_string());
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: between fork and exec the closure makes only raw, async-signal-safe syscalls
-    // (fcntl, prctl, getppid) and touches no memory but its copied integers.
+    super::die_with_parent(&mut cmd);
+    // SAFETY: between fork and exec the closure makes one raw, async-signal-safe syscall
+    // (fcntl) and touches no memory but its copied fd number.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) < 0
-                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0
-            {
+            // The child's end of the socket survives the exec.
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
