@@ -194,34 +194,36 @@ fn planned(user: &str) -> Mode {
     }
 }
 
-/// The first range of `names` (a user name or uid) in the text of /etc/subuid or /etc/subgid.
-fn subordinate_range(text: &str, names: &[&str]) -> Option<IdRange> {
-    text.lines().find_map(|line| {
+/// The `name:start:count` lines of /etc/subuid or /etc/subgid (text), skipping others.
+fn subordinate_lines(text: &str) -> impl Iterator<Item = (&str, IdRange)> {
+    text.lines().filter_map(|line| {
         let mut f = line.trim().split(':');
         let (name, start, count) = (f.next()?, f.next()?, f.next()?);
-        if !names.contains(&name) {
-            return None;
-        }
         let range = IdRange {
             start: start.parse().ok()?,
             count: count.parse().ok()?,
         };
-        (range.count > 0).then_some(range)
+        Some((name, range))
     })
+}
+
+/// The first range of `names` (a user name or uid) in the text of /etc/subuid or /etc/subgid.
+fn subordinate_range(text: &str, names: &[&str]) -> Option<IdRange> {
+    subordinate_lines(text)
+        .find(|(name, range)| names.contains(name) && range.count > 0)
+        .map(|(_, range)| range)
 }
 
 /// The /etc/subuid (and /etc/subgid) line that would give `user` a range: 65536 ids after
 /// the last range the file hands out, from 100000 on (useradd's defaults).
 fn suggested_line(user: &str) -> String {
     let text = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
-    let end = text
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.trim().split(':').collect();
-            let start: u64 = f.get(1)?.parse().ok()?;
-            let count: u64 = f.get(2)?.parse().ok()?;
-            Some(start + count)
-        })
+    suggested_line_after(user, &text)
+}
+
+fn suggested_line_after(user: &str, subuid: &str) -> String {
+    let end = subordinate_lines(subuid)
+        .map(|(_, r)| u64::from(r.start) + u64::from(r.count))
         .max()
         .unwrap_or(0)
         .max(100_000);
@@ -484,5 +486,14 @@ mod tests {
         );
         assert_eq!(subordinate_range(text, &["zero"]), None);
         assert_eq!(subordinate_range(text, &["carol"]), None);
+    }
+
+    #[test]
+    fn the_suggested_line_follows_the_ranges_handed_out() {
+        assert_eq!(suggested_line_after("alice", ""), "alice:100000:65536");
+        assert_eq!(
+            suggested_line_after("alice", "bob:100000:65536\n# c\ncarol:300000:1000\n"),
+            "alice:301000:65536"
+        );
     }
 }
