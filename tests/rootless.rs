@@ -348,6 +348,18 @@ fn device_node_in_a_base_layer_is_left_out_with_one_warning() {
         .arg(&ctx));
     // The config lists the layers' diff_ids: the base layer is the pushed one, device and all.
     assert_eq!(archive_config(&archive), archive_config(&root_archive));
+
+    // `rbuild import` of the same tarball by the user says the same, once.
+    let own = user.home().join("base.tar");
+    std::fs::copy(&tarball, &own).unwrap();
+    std::os::unix::fs::chown(&own, Some(user.uid), Some(user.gid)).unwrap();
+    let log = ok(user.rbuild().arg("import").arg(&own).arg("devbase:local"));
+    assert_eq!(
+        log.matches("left out 1 device node(s) (first: /dev/mynull)")
+            .count(),
+        1,
+        "{log}"
+    );
 }
 
 /// SIGINT to rbuild's pid alone (a CI runner cancelling a job) and kill -9 of it: the

@@ -162,7 +162,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&global)?;
             let r = parse_ref(&reference)?;
             let epoch = source_date_epoch(None)?;
-            let record = exec::import_rootfs(&store, &tarball, &r, &changes, epoch)?;
+            let report = reporter(super::ProgressMode::Auto, false);
+            let record = exec::import_rootfs(&store, &tarball, &r, &changes, epoch, &*report)?;
             stdout_line(&record.config_digest.to_string())?;
             Ok(())
         }
