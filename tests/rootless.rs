@@ -209,7 +209,7 @@ fn rootless_build_is_roots_image_and_runs_in_docker() {
             "-o",
         ])
         .arg(format!("type=docker,dest={}", archive.display()))
-        .args(["-t", "rootless-test:1"])
+        .args(["-t", "rbuild-test/rootless:1"])
         .arg(&ctx));
     assert!(log.contains("mode: rootless, ids 1-65536"), "{log}");
     // The store is the user's own, under $HOME.
@@ -226,12 +226,12 @@ fn rootless_build_is_roots_image_and_runs_in_docker() {
     assert_eq!(archive_config(&archive), archive_config(&root_archive));
 
     let loaded = run_ok(docker().arg("load").arg("-i").arg(&archive));
-    assert!(loaded.contains("rootless-test:1"), "{loaded}");
-    let _images = DockerImages(vec!["rootless-test:1".into()]);
+    assert!(loaded.contains("rbuild-test/rootless:1"), "{loaded}");
+    let _images = DockerImages(vec!["rbuild-test/rootless:1".into()]);
     let shown = run_ok(docker().args([
         "run",
         "--rm",
-        "rootless-test:1",
+        "rbuild-test/rootless:1",
         "sh",
         "-c",
         "stat -c '%n %u:%g %a' /app/f.txt /srv/d /srv/su; cat /count /tmp/id /v2",
@@ -325,6 +325,7 @@ fn device_node_in_a_base_layer_is_left_out_with_one_warning() {
     };
     run_ok(root("import").arg(&tarball).arg(&base));
     run_ok(root("push").arg(&base));
+    let _pushed = support::RegistryImage::pushed(&base);
 
     let ctx = user.context(&[("Dockerfile", &format!("FROM {base}\nRUN echo ok > /ok\n"))]);
     let archive = user.home().join("out.tar");
