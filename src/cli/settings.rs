@@ -19,7 +19,7 @@ pub fn store_root(root: Option<&Path>) -> PathBuf {
     if let Some(root) = root {
         return root.to_path_buf();
     }
-    if !crate::sandbox::userns::current().is_rootless() {
+    if nix::unistd::geteuid().is_root() && !crate::sandbox::userns::reexecuted() {
         return PathBuf::from("/var/lib/rbuild");
     }
     match std::env::var_os("XDG_DATA_HOME") {

@@ -24,6 +24,16 @@ use super::SandboxError;
 /// Names the inherited socket of a re-executed child (its fd number).
 const CHILD_ENV: &str = "_RBUILD_USERNS_FD";
 
+/// Set in the child [`reexec`] started, once it is root of its namespace.
+static REEXECUTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process is the rbuild a user started, re-executed in its own namespace
+/// (then its store is the user's, not /var/lib/rbuild). Root of a container whose user
+/// namespace someone else made is not.
+pub fn reexecuted() -> bool {
+    REEXECUTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A run of subordinate ids: `start`, `start + 1`, ..., `start + count - 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRange {
@@ -428,6 +438,7 @@ pub fn enter_if_child() {
         fail("waiting for the id map of the user namespace", &e);
     }
     drop(sock);
+    REEXECUTED.store(true, std::sync::atomic::Ordering::Relaxed);
     // The map makes this process's ids 0; the supplementary groups were the user's, which
     // mean nothing here (and are unmapped). setgroups is denied in single-id mode.
     let _ = nix::unistd::setgroups(&[]);
