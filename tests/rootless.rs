@@ -399,3 +399,56 @@ fn interrupted_or_killed_rootless_build_leaves_no_process() {
         });
     }
 }
+
+/// Rootless inside a docker container without `--privileged` (docs/rootless.md): with
+/// seccomp and AppArmor unconfined, a store on a tmpfs and single-id mode, a RUN step runs;
+/// docker's masked /proc cannot be mounted anew, so the step gets the container's, with a
+/// note in its log.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn rootless_in_an_unprivileged_docker_container() {
+    let user = User::new(RANGE_USER);
+    let ctx = user.context(&[(
+        "Dockerfile",
+        &format!("FROM {BASE}\nRUN echo hi > /hi && cat /proc/1/cmdline\n"),
+    )]);
+    let image = format!("{}", InRegistry("debian:bookworm"));
+    // Removed afterwards only if this test brought it (other tests may use it meanwhile).
+    let had = run(docker().args(["image", "inspect", &image]))
+        .status
+        .success();
+    run_ok(docker().args(["pull", "-q", &image]));
+    let _images = DockerImages(if had { vec![] } else { vec![image.clone()] });
+    let out = run(docker()
+        .args(["run", "--rm", "--user", "1000:1000", "--network", "host"])
+        .args(["--security-opt", "seccomp=unconfined"])
+        .args(["--security-opt", "apparmor=unconfined"])
+        .args([
+            "--tmpfs",
+            "/home/b:exec,uid=1000,gid=1000",
+            "-e",
+            "HOME=/home/b",
+        ])
+        .args(["-v", "/etc/ssl/certs:/etc/ssl/certs:ro"])
+        .arg("-v")
+        .arg(format!("{}:/usr/local/bin/rbuild:ro", binary().display()))
+        .arg("-v")
+        .arg(format!("{}:/ctx:ro", ctx.display()))
+        .arg(&image)
+        .args([
+            "rbuild",
+            "build",
+            "--progress",
+            "plain",
+            "--network",
+            "none",
+            "/ctx",
+        ]));
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("mode: rootless, single id"), "{log}");
+    assert!(
+        log.contains("rbuild: note: /proc cannot be mounted here"),
+        "{log}"
+    );
+}

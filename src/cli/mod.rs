@@ -40,7 +40,8 @@ pub fn main() -> i32 {
             let _ = writeln!(std::io::stderr(), "error: {rendered}");
             // A chown to an id a single-id namespace lacks fails with EINVAL.
             if let Some(hint) = crate::sandbox::userns::current().single_id_hint() {
-                if rendered.contains("Invalid argument") && !rendered.contains("/etc/subuid") {
+                let chown = rendered.contains("Invalid argument") && !rendered.contains("mounting");
+                if chown && !rendered.contains("/etc/subuid") {
                     let _ = writeln!(std::io::stderr(), "note: {hint}");
                 }
             }
