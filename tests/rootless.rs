@@ -419,11 +419,14 @@ fn rootless_in_an_unprivileged_docker_container() {
         .success();
     run_ok(docker().args(["pull", "-q", &image]));
     let _images = DockerImages(if had { vec![] } else { vec![image.clone()] });
-    let out = run(docker()
-        .args(["run", "--rm", "--user", "1000:1000", "--network", "host"])
-        .args(["--security-opt", "seccomp=unconfined"])
-        .args(["--security-opt", "apparmor=unconfined"])
-        .args([
+    let in_container = |unconfined: bool| {
+        let mut cmd = docker();
+        cmd.args(["run", "--rm", "--user", "1000:1000", "--network", "host"]);
+        if unconfined {
+            cmd.args(["--security-opt", "seccomp=unconfined"])
+                .args(["--security-opt", "apparmor=unconfined"]);
+        }
+        cmd.args([
             "--tmpfs",
             "/home/b:exec,uid=1000,gid=1000",
             "-e",
@@ -443,7 +446,17 @@ fn rootless_in_an_unprivileged_docker_container() {
             "--network",
             "none",
             "/ctx",
-        ]));
+        ]);
+        run(&mut cmd)
+    };
+    // docker's seccomp profile refuses the user namespace: a user error naming the flags.
+    let refused = in_container(false);
+    let log = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{log}");
+    assert!(log.contains("error: unsharing a user namespace"), "{log}");
+    assert!(log.contains("--security-opt seccomp=unconfined"), "{log}");
+
+    let out = in_container(true);
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("mode: rootless, single id"), "{log}");

@@ -288,14 +288,17 @@ pub fn reexec(mode: &Mode) -> Result<i32, SandboxError> {
         .map_err(|e| setup(e, "re-executing rbuild in a user namespace"))?;
     drop(theirs);
     let pid = child.id();
-    if let Err(e) = handshake(ours, pid, mode) {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(e);
+    let status = match handshake(ours, pid, mode) {
+        Ok(Handshake::Mapped) => forwarded.wait(&mut child),
+        // It said why on stderr (unshare refused, say); its exit code is the answer.
+        Ok(Handshake::ChildGone) => child.wait(),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
     }
-    let status = forwarded
-        .wait(&mut child)
-        .map_err(|e| setup(e, "waiting for rbuild in the user namespace"))?;
+    .map_err(|e| setup(e, "waiting for rbuild in the user namespace"))?;
     use std::os::unix::process::ExitStatusExt;
     Ok(status
         .code()
@@ -350,20 +353,21 @@ impl Forwarded {
 }
 
 /// The parent's half: waits for the child to unshare, writes its maps, lets it go on.
-fn handshake(mut sock: UnixStream, pid: u32, mode: &Mode) -> Result<(), SandboxError> {
+fn handshake(mut sock: UnixStream, pid: u32, mode: &Mode) -> Result<Handshake, SandboxError> {
     let mut byte = [0u8; 1];
-    match sock.read(&mut byte) {
-        Ok(1) => {}
-        // The child failed to unshare and said why on stderr, or died.
-        _ => {
-            return Err(SandboxError::Setup(
-                "rbuild in the new user namespace exited before its id map was written".into(),
-            ))
-        }
+    if !matches!(sock.read(&mut byte), Ok(1)) {
+        return Ok(Handshake::ChildGone);
     }
     write_maps(pid, mode)?;
     sock.write_all(b"1")
-        .map_err(|e| SandboxError::Setup(format!("resuming rbuild in the user namespace: {e}")))
+        .map_err(|e| SandboxError::Setup(format!("resuming rbuild in the user namespace: {e}")))?;
+    Ok(Handshake::Mapped)
+}
+
+enum Handshake {
+    Mapped,
+    /// The child closed the socket before it unshared: it failed, or was killed.
+    ChildGone,
 }
 
 fn write_maps(pid: u32, mode: &Mode) -> Result<(), SandboxError> {
@@ -426,8 +430,9 @@ pub fn enter_if_child() {
     let flags = nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNS;
     if let Err(e) = nix::sched::unshare(flags) {
         let hint = "unprivileged user namespaces may be disabled (sysctl \
-                    kernel.unprivileged_userns_clone, user.max_user_namespaces) or blocked \
-                    by seccomp/AppArmor in a container";
+                    kernel.unprivileged_userns_clone, user.max_user_namespaces); in a docker \
+                    container, run it with --security-opt seccomp=unconfined --security-opt \
+                    apparmor=unconfined (docs/rootless.md)";
         fail("unsharing a user namespace", &format!("{e} ({hint})"));
     }
     let mut byte = [0u8; 1];
