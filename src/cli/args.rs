@@ -141,6 +141,8 @@ pub enum Command {
         #[arg(long)]
         install: bool,
     },
+    /// Print how rbuild runs: as root, or rootless with a subordinate id range or a single id
+    Info,
     #[command(name = "__sandbox-helper", hide = true)]
     SandboxHelper,
 }

@@ -13,13 +13,13 @@ use crate::plan::{ExtraHost, Ulimit};
 
 use super::{BuildArgs, UserError};
 
-/// The store directory: `--root`/RBUILD_ROOT, else /var/lib/rbuild for root, else
-/// $XDG_DATA_HOME/rbuild.
+/// The store directory: `--root`/RBUILD_ROOT, else /var/lib/rbuild for root, else (rootless,
+/// also inside its namespace) $XDG_DATA_HOME/rbuild.
 pub fn store_root(root: Option<&Path>) -> PathBuf {
     if let Some(root) = root {
         return root.to_path_buf();
     }
-    if nix::unistd::geteuid().is_root() {
+    if nix::unistd::geteuid().is_root() && !crate::sandbox::userns::reexecuted() {
         return PathBuf::from("/var/lib/rbuild");
     }
     match std::env::var_os("XDG_DATA_HOME") {

@@ -172,7 +172,8 @@ pub fn fetch_into_store(
     fetch_blobs(store, registry, image, &to_fetch, reporter, id)?;
     for (desc, diff_id, parent) in &missing {
         reporter.status(id, &format!("extracting {}", desc.digest));
-        extract_layer(store, desc, diff_id, parent.as_ref())?;
+        let image_name = format!("`{}`", image.reference);
+        extract_layer(store, desc, diff_id, parent.as_ref(), &image_name, reporter)?;
     }
     store.put_blob_bytes(&image.config_bytes)?;
     let manifest_digest = store.put_blob_bytes(&image.manifest_bytes)?;
@@ -271,11 +272,14 @@ fn fetch_blobs(
 }
 
 /// Extract a stored layer blob into `layers/<chain>/diff`, checking its diff_id on the way.
+/// Device nodes rootless rbuild cannot create are left out with a warning naming `image`.
 pub fn extract_layer(
     store: &Store,
     desc: &Descriptor,
     diff_id: &Digest,
     parent: Option<&Digest>,
+    image: &str,
+    reporter: &dyn Reporter,
 ) -> Result<(), BuildError> {
     let tmp = store.tmp_dir()?;
     let dir = tmp.path().join("diff");
@@ -284,9 +288,18 @@ pub fn extract_layer(
     let file = std::fs::File::open(&path).map_err(BuildError::io("opening", &path))?;
     let plain = compress::decompressor(file).map_err(BuildError::io("reading", &path))?;
     let mut verifying = layer::VerifyingReader::new(plain, diff_id.clone());
-    layer::apply(&mut verifying, &dir)?;
+    let stats = layer::apply(&mut verifying, &dir)?;
     verifying.finish()?;
     store.commit_layer(dir, parent, diff_id.clone(), desc.clone())?;
+    if let Some(first) = &stats.first_skipped_device {
+        reporter.warn(&format!(
+            "{image} layer {}: left out {} device node(s) (first: /{}): rootless rbuild \
+             cannot create devices, so RUN steps do not see them; the image keeps them",
+            desc.digest,
+            stats.skipped_devices,
+            first.strip_prefix(".").unwrap_or(first).display()
+        ));
+    }
     Ok(())
 }
 

@@ -140,7 +140,7 @@ fn build_with(
         if let NamedContext::OciLayout { dir, tag } = context {
             bases.preload(
                 name,
-                import_oci_layout(store, dir, tag.as_deref(), &req.platform)?,
+                import_oci_layout(store, dir, tag.as_deref(), &req.platform, reporter)?,
             );
         }
     }

@@ -476,6 +476,36 @@ impl Drop for DockerImages {
     }
 }
 
+/// Wait (bounded, so a broken build fails the test instead of hanging it) until `cond`.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(300),
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Pids of processes whose command line (arguments joined by spaces) contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(marker)
+            })
+        })
+        .collect()
+}
+
 /// The processes (command line, or `[comm] <state>` for one without, like a zombie) whose
 /// process group is `pgid`: what a command started with `process_group(0)` left behind.
 /// Only that group's, so that other builds running on the machine do not count.
