@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 command -v cargo >/dev/null || { echo "install.sh: needs a Rust toolchain (cargo): https://rustup.rs" >&2; exit 1; }
-ensure_packages busybox-static docker.io curl slirp4netns
+ensure_packages busybox-static docker.io curl slirp4netns uidmap
 
 log "building rbuild (release)"
 cargo build --release --locked --quiet

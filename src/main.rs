@@ -1,4 +1,6 @@
 fn main() {
+    // Before anything else, while the process has one thread (unshare needs that).
+    rbuild::sandbox::userns::enter_if_child();
     if std::env::args_os()
         .nth(1)
         .is_some_and(|a| a == rbuild::sandbox::HELPER_ARG)

@@ -11,14 +11,13 @@ use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use rbuild::image::{
     canonical_json, media, ContainerConfig, Descriptor, Digest, ImageConfig, Manifest, Platform,
     Reference, RootFs,
 };
 use rbuild::registry::{Client, RegistryOptions};
-use support::{rbuild, rbuild_bin, InRegistry, RegistryImage, REGISTRY};
+use support::{processes_with, rbuild, rbuild_bin, wait_for, InRegistry, RegistryImage, REGISTRY};
 
 const BASE: InRegistry = InRegistry("busybox");
 
@@ -70,38 +69,6 @@ fn fails_cleanly(cmd: &mut Command) -> String {
     );
     assert!(!stderr.contains("panicked"), "{cmd:?} panicked:\n{stderr}");
     stderr
-}
-
-/// Wait (bounded, so a broken build fails the test instead of hanging it) until `cond`.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "gave up waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Pids of processes whose command line (arguments joined by spaces) contains `marker`.
-fn processes_with(marker: &str) -> Vec<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .replace('\0', " ")
-                        .contains(marker)
-                })
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 /// The parent pid of `pid`, from /proc/PID/stat.

@@ -134,6 +134,15 @@ pub enum Command {
         #[arg(short = 'c', long = "change", value_name = "INSTRUCTION")]
         changes: Vec<String>,
     },
+    /// Show which platforms RUN steps can run for here (natively or through qemu-user's
+    /// binfmt_misc handlers); `--install` registers Debian's qemu-user-static handlers
+    Binfmt {
+        /// Register the handlers of /usr/lib/binfmt.d/qemu-*.conf that are missing (as root)
+        #[arg(long)]
+        install: bool,
+    },
+    /// Print how rbuild runs: as root, or rootless with a subordinate id range or a single id
+    Info,
     #[command(name = "__sandbox-helper", hide = true)]
     SandboxHelper,
 }
@@ -248,7 +257,8 @@ pub struct BuildArgs {
     /// Extra named context: `NAME=DIR`, `NAME=docker-image://REF`, `NAME=oci-layout://DIR[:TAG]`
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
-    /// Target platform (only the host's platform is supported)
+    /// Target platforms, comma-separated (`linux/amd64,linux/arm64`); foreign ones run
+    /// through qemu-user (see `rbuild binfmt`)
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
     /// Write the image id to the file

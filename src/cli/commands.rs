@@ -10,6 +10,7 @@ use crate::exec;
 use crate::image::{Platform, Reference, SourceDateEpoch};
 use crate::output::{self, OutputKind, OutputSpec};
 use crate::registry::{Client, RegistryOptions};
+use crate::sandbox::userns;
 use crate::store::Store;
 
 use super::args::{CheckFormat, Cli, Command, GlobalArgs, HistoryFormat, SaveFormat};
@@ -17,23 +18,24 @@ use super::check::Lookup;
 use super::settings::{build_settings, source_date_epoch, store_root, CallFormat, CallMethod};
 use super::{reporter, UserError};
 
-/// Said to a user who is not root, before anything is read or created.
-const NEEDS_ROOT: &str = "rbuild must run as root: RUN steps need namespaces and overlay \
-     mounts, and the store keeps the files' owners; rootless support is planned but not \
-     there yet (run it with sudo)";
-
-/// Whether a command needs root (rootless mode is issue 17). All do for now (`--help` and `--version` never get here):
-/// `plan` and the store commands read or fill the store, which pulls base images into it
-/// with their files' owners; only the sandbox helper runs as whoever its parent made it.
+/// Whether a command runs as root, in a user namespace of its own when started without
+/// root (design.md "Rootless"): every command but `info` (which only reads the mode) and
+/// the sandbox helper (which runs as whoever its parent made it).
 fn needs_root(command: Option<&Command>) -> bool {
-    !matches!(command, Some(Command::SandboxHelper))
+    !matches!(command, Some(Command::SandboxHelper | Command::Info))
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    // First, so that a user without root gets this message and nothing else: no store
-    // created under their $HOME, no Dockerfile read (issue 14).
+    // First, so that nothing is read or created before: the store and every mount belong
+    // to the namespace.
     if needs_root(cli.command.as_ref()) && !nix::unistd::geteuid().is_root() {
-        return Err(UserError(NEEDS_ROOT.to_string()).into());
+        let mode = userns::current();
+        if let Some(hint) = mode.single_id_hint() {
+            let _ = writeln!(std::io::stderr(), "warning: {hint}");
+        }
+        let code = userns::reexec(&mode).context("starting rootless mode")?;
+        crate::sandbox::shutdown();
+        std::process::exit(code);
     }
     let global = cli.global;
     match cli.command {
@@ -42,6 +44,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Plan(args)) => plan(&global, &args.build),
         Some(Command::Check(args)) => check_only(&global, &args.build, args.format),
         Some(Command::Images) => images(&global),
+        Some(Command::Info) => stdout_line(&format!("mode: {}", userns::current().describe())),
         Some(Command::Rmi { images }) => {
             let store = open_store(&global)?;
             let mut missing = Vec::new();
@@ -159,10 +162,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&global)?;
             let r = parse_ref(&reference)?;
             let epoch = source_date_epoch(None)?;
-            let record = exec::import_rootfs(&store, &tarball, &r, &changes, epoch)?;
+            let report = reporter(super::ProgressMode::Auto, false);
+            let record = exec::import_rootfs(&store, &tarball, &r, &changes, epoch, &*report)?;
             stdout_line(&record.config_digest.to_string())?;
             Ok(())
         }
+        Some(Command::Binfmt { install }) => super::platforms::binfmt(install),
         Some(Command::SandboxHelper) => crate::sandbox::helper_main::<crate::fileop::FileJob>(),
     }
 }
@@ -247,6 +252,10 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     let store = open_store(global)?;
     let registry = registry(global)?;
     let report = reporter(args.progress, args.quiet);
+    let mode = userns::current();
+    if mode.is_rootless() && args.progress == super::ProgressMode::Plain && !args.quiet {
+        let _ = writeln!(std::io::stderr(), "mode: {}", mode.describe());
+    }
     let req = &settings.request;
     if config.error {
         let checks = super::check::run(&store, &registry, req, false, Lookup::Resolve)?;
@@ -271,14 +280,17 @@ fn build_image(
     args: &super::BuildArgs,
     report: &dyn exec::Reporter,
 ) -> anyhow::Result<()> {
+    super::platforms::check(settings)?;
     exec::install_signal_handlers();
     // Held until the outputs are written: a prune in between must not take the blobs of an
     // untagged image that is still being exported.
     let _lock = store.lock_shared()?;
     let started = std::time::Instant::now();
-    let outcome = exec::build(store, registry, &settings.request, report)?;
+    let outcome = super::platforms::build_each(store, registry, settings, report)?;
     super::progress::trace("build", started.elapsed());
-    let image = &outcome.image;
+    // The first platform's image stands for the build where one image is asked for (the
+    // id line, --iidfile); outputs and the push get them all.
+    let image = &outcome.images[0];
     let tags = &settings.request.tags;
     let say = |text: String| {
         if !args.quiet && args.progress != super::ProgressMode::Quiet {
@@ -288,7 +300,13 @@ fn build_image(
 
     for spec in &settings.outputs {
         let started = std::time::Instant::now();
-        output::write(store, image, tags, spec, settings.request.source_date_epoch)?;
+        output::write_all(
+            store,
+            &outcome.images,
+            tags,
+            spec,
+            settings.request.source_date_epoch,
+        )?;
         super::progress::trace("output", started.elapsed());
         say(format!("wrote {}", describe(&spec.kind)));
     }
@@ -298,14 +316,17 @@ fn build_image(
     }
     if settings.push {
         for (id, tag) in (outcome.next_step..).zip(tags) {
-            let digest = exec::push(
-                store,
-                registry,
-                &image.manifest.digest.to_string(),
-                tag,
-                id,
-                report,
-            )?;
+            let digest = match &outcome.images[..] {
+                [one] => exec::push(
+                    store,
+                    registry,
+                    &one.manifest.digest.to_string(),
+                    tag,
+                    id,
+                    report,
+                )?,
+                several => exec::push_index(store, registry, several, tag, id, report)?,
+            };
             say(format!("pushed {}@{digest}", tag.name()));
         }
     }

@@ -5,6 +5,7 @@
 mod args;
 mod check;
 mod commands;
+mod platforms;
 mod progress;
 mod settings;
 
@@ -36,11 +37,15 @@ pub fn main() -> i32 {
                 let _ = writeln!(std::io::stderr(), "error: interrupted");
                 return 130;
             }
-            let _ = writeln!(
-                std::io::stderr(),
-                "error: {}",
-                crate::error::render_chain(err.as_ref())
-            );
+            let rendered = crate::error::render_chain(err.as_ref());
+            let _ = writeln!(std::io::stderr(), "error: {rendered}");
+            // A chown to an id a single-id namespace lacks fails with EINVAL.
+            if let Some(hint) = crate::sandbox::userns::current().single_id_hint() {
+                let chown = rendered.contains("Invalid argument") && !rendered.contains("mounting");
+                if chown && !rendered.contains("/etc/subuid") {
+                    let _ = writeln!(std::io::stderr(), "note: {hint}");
+                }
+            }
             exit_code(&err)
         }
     }

@@ -13,12 +13,12 @@ use crate::plan::{self, BaseResolver, BuildOptions, ResolvedBase};
 use crate::store::{ImageRecord, Store};
 
 use super::base::{extract_layer, missing_layers};
-use super::BuildError;
+use super::{BuildError, Reporter};
 
 struct NoBases;
 
 impl BaseResolver for NoBases {
-    fn resolve(&mut self, reference: &str) -> Result<ResolvedBase, String> {
+    fn resolve(&mut self, reference: &str, _platform: &Platform) -> Result<ResolvedBase, String> {
         Err(format!("`{reference}`: --change cannot name a base image"))
     }
 }
@@ -31,6 +31,7 @@ pub fn import_rootfs(
     reference: &Reference,
     changes: &[String],
     source_date_epoch: Option<SourceDateEpoch>,
+    reporter: &dyn Reporter,
 ) -> Result<ImageRecord, BuildError> {
     let _lock = store.lock_shared()?;
     // The config first: a bad --change fails before any I/O.
@@ -58,7 +59,8 @@ pub fn import_rootfs(
     let (digest, size, ()) = store.write_blob(|w| std::io::copy(&mut plain, w).map(|_| ()))?;
     let desc = Descriptor::new(media::OCI_LAYER, digest.clone(), size);
     // Uncompressed: the blob digest is the diff_id.
-    extract_layer(store, &desc, &digest, None)?;
+    let what = format!("`{}`", tarball.display());
+    extract_layer(store, &desc, &digest, None, &what, reporter)?;
 
     let created = super::steps::created_time(source_date_epoch);
     let mut config = stage.config.clone();
@@ -96,6 +98,7 @@ pub fn import_oci_layout(
     dir: &Path,
     tag: Option<&str>,
     platform: &Platform,
+    reporter: &dyn Reporter,
 ) -> Result<ImageRecord, BuildError> {
     let fail = |why: String| BuildError::Invalid(format!("OCI layout `{}`: {why}", dir.display()));
     let read_blob = |desc: &Descriptor| -> Result<Vec<u8>, BuildError> {
@@ -169,7 +172,8 @@ pub fn import_oci_layout(
             let file = std::fs::File::open(&path).map_err(BuildError::io("opening", &path))?;
             store.put_blob_verified(layer, file)?;
         }
-        extract_layer(store, layer, diff_id, parent.as_ref())?;
+        let what = format!("OCI layout `{}`", dir.display());
+        extract_layer(store, layer, diff_id, parent.as_ref(), &what, reporter)?;
     }
     store.put_blob_bytes(&config_bytes)?;
     let digest = store.put_blob_bytes(&manifest_bytes)?;

@@ -25,7 +25,7 @@ pub use error::BuildError;
 pub use explain::StepCache;
 pub use import::{import_oci_layout, import_rootfs};
 pub use progress::{Reporter, Silent, StepId};
-pub use push::push;
+pub use push::{push, push_index};
 pub use request::{BuildRequest, NamedContext, SecretSource, SshSource};
 
 use crate::image::{canonical_json, Digest};
@@ -140,7 +140,7 @@ fn build_with(
         if let NamedContext::OciLayout { dir, tag } = context {
             bases.preload(
                 name,
-                import_oci_layout(store, dir, tag.as_deref(), &req.platform)?,
+                import_oci_layout(store, dir, tag.as_deref(), &req.platform, reporter)?,
             );
         }
     }

@@ -7,7 +7,7 @@ use crate::dockerfile::instructions::NetworkMode;
 use crate::image::{Platform, Reference, SourceDateEpoch};
 use crate::plan::{BuildOptions, ExtraHost, Ulimit};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BuildRequest {
     /// The build context directory.
     pub context: PathBuf,
@@ -50,6 +50,12 @@ pub struct BuildRequest {
     pub build_contexts: BTreeMap<String, NamedContext>,
     pub platform: Platform,
     pub source_date_epoch: Option<SourceDateEpoch>,
+    /// Progress labels name each stage's platform (`[linux/arm64 build 2/4]`): set when a
+    /// build is for several platforms or a foreign one.
+    pub platform_labels: bool,
+    /// The number of the build's first step (`#N`): a multi-platform build's later passes
+    /// go on from where the previous one stopped.
+    pub first_step: super::StepId,
 }
 
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::context::{self, IgnoreMatcher, StatCache};
 use crate::dockerfile::instructions::{MountType, NetworkMode, Security};
 use crate::fileop::{CopyJob, CopySrc};
-use crate::image::{Digest, History, ImageConfig};
+use crate::image::{Digest, History, ImageConfig, Platform};
 use crate::layer::Compression;
 use crate::plan::{
     self, CopyFrom, CopyOp, CopySource, MountFrom, Op, RunMount, RunOp, Sharing, Stage, Step,
@@ -67,6 +67,8 @@ pub struct Ctx<'a> {
     /// Whether progress labels carry the stage name: BuildKit leaves it out when the
     /// Dockerfile has a single stage and nothing else to build from.
     stage_names: bool,
+    /// The platform of the stage being run: images it copies from are pulled for it.
+    platform: Platform,
     pub cached: usize,
     pub executed: usize,
     /// Why steps missed the cache (issue 19).
@@ -108,13 +110,14 @@ impl<'a> Ctx<'a> {
             ignore,
             shared: Arc::new(Shared {
                 stat_cache: Mutex::new(stat_cache),
-                next_id: AtomicUsize::new(1),
+                next_id: AtomicUsize::new(req.first_step),
                 cancelled: AtomicBool::new(false),
                 scratch_dir: scratch_dir.to_path_buf(),
             }),
             stat_cache_path,
             created,
             stage_names,
+            platform: req.platform.clone(),
             cached: 0,
             executed: 0,
             log: Default::default(),
@@ -136,6 +139,7 @@ impl<'a> Ctx<'a> {
             stat_cache_path: self.stat_cache_path.clone(),
             created: self.created.clone(),
             stage_names: self.stage_names,
+            platform: self.platform.clone(),
             cached: 0,
             executed: 0,
             log: Default::default(),
@@ -181,10 +185,18 @@ impl<'a> Ctx<'a> {
                 .count();
         // BuildKit pads the index to the width of the total: `[ 2/10]`.
         let width = total.to_string().len();
-        if self.stage_names {
-            format!("[{} {n:>width$}/{total}] {text}", stage_label(stage))
+        let platform = if self.req.platform_labels {
+            format!("{} ", stage.platform.to_spec())
         } else {
-            format!("[{n:>width$}/{total}] {text}")
+            String::new()
+        };
+        if self.stage_names {
+            format!(
+                "[{platform}{} {n:>width$}/{total}] {text}",
+                stage_label(stage)
+            )
+        } else {
+            format!("[{platform}{n:>width$}/{total}] {text}")
         }
     }
 
@@ -198,7 +210,9 @@ impl<'a> Ctx<'a> {
         let label = self.label(stage, 1, &format!("FROM {reference}"));
         self.reporter.started(id, &label);
         let started = Instant::now();
-        let record = self.bases.ensure(reference, self.reporter, id)?;
+        let record = self
+            .bases
+            .ensure(reference, &stage.platform, self.reporter, id)?;
         self.reporter.done(id, started.elapsed());
         Ok(StageState {
             chains: record.chains.clone(),
@@ -217,6 +231,7 @@ impl<'a> Ctx<'a> {
         mut state: StageState,
         done: &BTreeMap<usize, StageState>,
     ) -> Result<StageState, BuildError> {
+        self.platform = stage.platform.clone();
         // The FROM of an image is the stage's first vertex; config-only steps are none.
         let mut n = usize::from(matches!(stage.base, plan::Base::Image { .. }));
         self.log.start_stage();
@@ -378,6 +393,14 @@ impl<'a> Ctx<'a> {
             }
         }
         let inputs = self.explain_miss(stage, step, Some(id), &state.key, &key, Some(&prepared));
+        if let Op::Copy(copy) = &step.op {
+            // BuildKit links only without --chmod (convert_copy.go); with it, a plain copy.
+            if copy.link && copy.chmod.is_none() {
+                let cached = self.linked_copy(copy, stage, step, &prepared, done, state, id)?;
+                self.finish_step(state, history, key, inputs)?;
+                return Ok(cached);
+            }
+        }
         let tmp = self.store.tmp_dir()?;
         let upper = tmp.path().join("upper");
         let work = tmp.path().join("work");
@@ -396,6 +419,9 @@ impl<'a> Ctx<'a> {
         let phase = Instant::now();
         let always_layer = match &step.op {
             Op::Run(run) => {
+                crate::sandbox::binfmt::check(&self.platform).map_err(|e| {
+                    BuildError::at(&self.req.dockerfile_name, step.line, &step.text, e.into())
+                })?;
                 self.run(run, rootfs, done, id)?;
                 true
             }
@@ -431,6 +457,98 @@ impl<'a> Ctx<'a> {
         } else {
             history.empty_layer = true;
         }
+        self.finish_step(state, history, key, inputs)?;
+        Ok(false)
+    }
+
+    /// `COPY --link`: the copy is made on an empty filesystem into a layer of its own, keyed
+    /// without the stage below it ([`plan::link_key`]), then stacked on the stage's layers
+    /// ([`Store::rebase_layer`]). A layer stored under that key is stacked without copying
+    /// anything, whatever the base or the steps before: Ok(true), the step is cached.
+    #[allow(clippy::too_many_arguments)]
+    fn linked_copy(
+        &mut self,
+        copy: &CopyOp,
+        stage: &Stage,
+        step: &Step,
+        prepared: &Prepared,
+        done: &BTreeMap<usize, StageState>,
+        state: &mut StageState,
+        id: StepId,
+    ) -> Result<bool, BuildError> {
+        let link_key = plan::link_key(&step.key, prepared.content.as_ref());
+        let stored = if self.ignores_cache(stage, step) {
+            None
+        } else {
+            self.store
+                .get_cache(&link_key)
+                .and_then(|rec| rec.chain)
+                .and_then(|chain| self.store.layer(&chain))
+        };
+        let (layer, cached) = match stored {
+            Some(layer) => (layer, true),
+            None => {
+                let phase = Instant::now();
+                let tmp = self.store.tmp_dir()?;
+                let upper = tmp.path().join("upper");
+                let work = tmp.path().join("work");
+                for dir in [&upper, &work] {
+                    std::fs::create_dir(dir).map_err(BuildError::io("creating", dir))?;
+                }
+                let rootfs = Overlay {
+                    lowers: Vec::new(),
+                    upper: upper.clone(),
+                    work,
+                };
+                self.copy(copy, rootfs, prepared, done, stage)?;
+                self.executed += 1;
+                self.reporter.phase(id, "execute", phase.elapsed());
+                let phase = Instant::now();
+                let upper = Upper {
+                    dir: upper,
+                    parent: None,
+                    source_date_epoch: self.req.source_date_epoch,
+                };
+                let (chain, diff_id) = self.executor.commit(self.store, upper)?;
+                let record = CacheRecord {
+                    chain: Some(chain.clone()),
+                    new_layer: true,
+                    config: ImageConfig {
+                        rootfs: crate::image::RootFs {
+                            diff_ids: vec![diff_id],
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                    history: History::default(),
+                    inputs: None,
+                };
+                self.store.put_cache(&link_key, &record)?;
+                let layer = self
+                    .store
+                    .try_layer(&chain)?
+                    .ok_or(crate::store::StoreError::LayerMissing { chain })?;
+                self.reporter.phase(id, "snapshot+commit", phase.elapsed());
+                (layer, false)
+            }
+        };
+        let rebased = self.store.rebase_layer(&layer, state.top())?;
+        state.chains.push(rebased.chain_id);
+        state.diff_ids.push(rebased.diff_id);
+        if cached {
+            self.cached += 1;
+        }
+        Ok(cached)
+    }
+
+    /// The end of a step that made its layer (or none): its history entry and cache record.
+    fn finish_step(
+        &mut self,
+        state: &mut StageState,
+        history: History,
+        key: String,
+        inputs: crate::store::StepInputs,
+    ) -> Result<(), BuildError> {
         state.history.push(history.clone());
         state.key = key.clone();
         let record = CacheRecord {
@@ -448,7 +566,7 @@ impl<'a> Ctx<'a> {
             inputs: Some(inputs),
         };
         self.store.put_cache(&key, &record)?;
-        Ok(false)
+        Ok(())
     }
 
     /// Say why `step` (`#id`; none for a config-only step) missed the cache (issue 19),
@@ -578,11 +696,17 @@ impl<'a> Ctx<'a> {
         done: &BTreeMap<usize, StageState>,
         _stage: &Stage,
     ) -> Result<(), BuildError> {
-        if let Some((git, resolved)) = &prepared.git {
-            return self.add_git(copy, rootfs, prepared, git, resolved);
-        }
+        // Sources are copied in their order, as BuildKit chains them: a git repository's
+        // tree between the sources before and after it.
         let mut sources = Vec::new();
         for (i, src) in copy.sources.iter().enumerate() {
+            if let Some((_, git, resolved)) = prepared.git.iter().find(|(at, ..)| *at == i) {
+                if !sources.is_empty() {
+                    self.copy_sources(copy, &rootfs, std::mem::take(&mut sources), done)?;
+                }
+                self.add_git(copy, &rootfs, prepared, i, git, resolved)?;
+                continue;
+            }
             sources.push(match src {
                 CopySource::Path(p) => CopySrc::Path(p.clone()),
                 CopySource::Url(_) | CopySource::Heredoc { .. } => {
@@ -599,6 +723,20 @@ impl<'a> Ctx<'a> {
                 }
             });
         }
+        if sources.is_empty() && !prepared.git.is_empty() {
+            return Ok(());
+        }
+        self.copy_sources(copy, &rootfs, sources, done)
+    }
+
+    /// Copies `sources` (context paths, downloaded and heredoc files) as `copy` says.
+    fn copy_sources(
+        &mut self,
+        copy: &CopyOp,
+        rootfs: &Overlay,
+        sources: Vec<CopySrc>,
+        done: &BTreeMap<usize, StageState>,
+    ) -> Result<(), BuildError> {
         let job = CopyJob {
             sources,
             dest: copy.dest.clone(),
@@ -616,7 +754,7 @@ impl<'a> Ctx<'a> {
         };
         let source = self.source_root(&copy.from, done)?;
         self.executor
-            .copy(&rootfs, &source, &job, &self.shared.scratch_dir)
+            .copy(rootfs, &source, &job, &self.shared.scratch_dir)
     }
 
     /// `ADD <git url>`: clone the resolved commit and copy its tree (or `:subdir`) as the
@@ -625,16 +763,18 @@ impl<'a> Ctx<'a> {
     fn add_git(
         &mut self,
         copy: &CopyOp,
-        rootfs: Overlay,
+        rootfs: &Overlay,
         prepared: &Prepared,
+        at: usize,
         git: &super::git::GitUrl,
         resolved: &super::git::Resolved,
     ) -> Result<(), BuildError> {
         let tmp = prepared.tmp.as_ref().expect("prepared with the sources");
-        let dir = tmp.path().join("git");
+        let dir = tmp.path().join(format!("git-{at}"));
         {
             let (auth, _relay) = self.git_auth(git)?;
-            super::git::checkout(git, resolved, &dir, copy.keep_git_dir, &auth)?;
+            let keep = git.keep_git_dir_with(copy.keep_git_dir)?;
+            super::git::checkout(git, resolved, &dir, keep, &auth)?;
         }
         let job = CopyJob {
             sources: vec![CopySrc::Path(
@@ -651,7 +791,7 @@ impl<'a> Ctx<'a> {
             preserve_owner: false,
         };
         self.executor
-            .copy(&rootfs, &FsSource::Dir(dir), &job, &self.shared.scratch_dir)
+            .copy(rootfs, &FsSource::Dir(dir), &job, &self.shared.scratch_dir)
     }
 
     /// Where a COPY reads from: the context, a named context, or a stage's / image's rootfs.
@@ -684,7 +824,9 @@ impl<'a> Ctx<'a> {
     }
 
     fn image_source(&mut self, reference: &str) -> Result<FsSource, BuildError> {
-        let record = self.bases.ensure(reference, self.reporter, 0)?;
+        let record = self
+            .bases
+            .ensure(reference, &self.platform, self.reporter, 0)?;
         let state = StageState {
             chains: record.chains.clone(),
             diff_ids: Vec::new(),
@@ -919,7 +1061,7 @@ impl<'a> Ctx<'a> {
             CopyFrom::Stage(i) => Ok(done.get(i).map(|s| s.key.clone()).unwrap_or_default()),
             CopyFrom::Image(r) => Ok(self
                 .bases
-                .ensure(r, self.reporter, 0)?
+                .ensure(r, &self.platform, self.reporter, 0)?
                 .manifest
                 .digest
                 .to_string()),
@@ -929,7 +1071,7 @@ impl<'a> Ctx<'a> {
                 }
                 Some(NamedContext::Image(_) | NamedContext::OciLayout { .. }) => Ok(self
                     .bases
-                    .ensure(name, self.reporter, 0)?
+                    .ensure(name, &self.platform, self.reporter, 0)?
                     .manifest
                     .digest
                     .to_string()),
@@ -975,14 +1117,16 @@ impl<'a> Ctx<'a> {
                             Some((name.clone(), path, 0o644))
                         }
                         CopySource::Url(url) if crate::plan::is_git_url(url) => {
-                            // The plan makes a git URL ADD's only source. The key is the
-                            // commit the ref names now; the clone waits for a cache miss.
+                            // The key is the commit the ref names now (the URL's other
+                            // options are in the instruction's words); the clone waits for
+                            // a cache miss.
                             let git = super::git::GitUrl::parse(url)?;
+                            let checksum = git.checksum_with(copy.checksum.as_deref())?;
+                            git.keep_git_dir_with(copy.keep_git_dir)?;
                             let (auth, _relay) = self.git_auth(&git)?;
-                            let resolved =
-                                super::git::resolve(&git, copy.checksum.as_deref(), &auth)?;
+                            let resolved = super::git::resolve(&git, checksum.as_deref(), &auth)?;
                             parts.push(format!("git {}", resolved.commit));
-                            prepared.git = Some((git, resolved));
+                            prepared.git.push((prepared.files.len(), git, resolved));
                             None
                         }
                         CopySource::Url(url) => {
@@ -1034,9 +1178,9 @@ impl<'a> Ctx<'a> {
             .filter_map(|h| h.created.clone())
             .max();
         config.created = Some(newest.unwrap_or_else(|| self.created.clone()));
-        config.architecture = self.req.platform.architecture.clone();
-        config.os = self.req.platform.os.clone();
-        config.variant = self.req.platform.variant.clone();
+        config.architecture = stage.platform.architecture.clone();
+        config.os = stage.platform.os.clone();
+        config.variant = stage.platform.variant.clone();
         config.rootfs.diff_ids = state.diff_ids.clone();
         config.history = state.history.clone();
         if !self.req.labels.is_empty() {
@@ -1060,8 +1204,8 @@ struct Prepared {
     listing: Option<Vec<context::ListedFile>>,
     /// Per source: (name in the image, host path, mode) for URL and heredoc sources.
     files: Vec<Option<(String, PathBuf, u32)>>,
-    /// `ADD <git url>`: the repository and the commit its ref names.
-    git: Option<(super::git::GitUrl, super::git::Resolved)>,
+    /// `ADD <git url>` sources: their index, the repository and the commit its ref names.
+    git: Vec<(usize, super::git::GitUrl, super::git::Resolved)>,
     tmp: Option<tempfile::TempDir>,
 }
 

@@ -47,7 +47,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::image::Digest;
 use crate::layer::compress;
-use crate::layer::{keep_xattr, LayerError, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX};
+use crate::layer::{keep_xattr, opaque_xattr, LayerError, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::sandbox::root::{self as image_root, Root};
 
 /// What [`apply`] unpacked.
@@ -61,6 +61,10 @@ pub struct ApplyStats {
     pub whiteouts: u64,
     /// `.wh..wh..opq` entries turned into opaque directories.
     pub opaque_dirs: u64,
+    /// Device nodes left out because this process may not create them (rootless, design.md
+    /// "Rootless"), and the first one's path in the layer.
+    pub skipped_devices: u64,
+    pub first_skipped_device: Option<PathBuf>,
 }
 
 /// Unpack the layer tar in `reader` (gzip, zstd or uncompressed, by magic bytes) into
@@ -397,8 +401,20 @@ impl Applier {
                     }
                 };
                 self.clear(parent.as_fd(), name_os, &comps)?;
-                rustix::fs::mknodat(parent.as_fd(), name_os, file_type, Mode::empty(), dev)
-                    .map_err(|e| self.err("creating device", &comps, e.into()))?;
+                match rustix::fs::mknodat(parent.as_fd(), name_os, file_type, Mode::empty(), dev) {
+                    // A user namespace may make fifos and whiteouts, never devices: a
+                    // pulled layer's are left out (its blob, which outputs use, keeps them).
+                    Err(Errno::PERM)
+                        if file_type != FileType::Fifo
+                            && matches!(self.target, Target::Layer)
+                            && crate::sandbox::userns::in_user_namespace() =>
+                    {
+                        self.stats.skipped_devices += 1;
+                        self.stats.first_skipped_device.get_or_insert(display);
+                        return Ok(());
+                    }
+                    r => r.map_err(|e| self.err("creating device", &comps, e.into()))?,
+                }
                 self.set_at(parent.as_fd(), name_os, &comps, &meta, true)?;
             }
             _ => {
@@ -422,7 +438,7 @@ impl Applier {
         self.enter(parent_comps, display)?;
         let parent = self.top();
         if name == OPAQUE_MARKER {
-            rustix::fs::fsetxattr(parent.as_fd(), OPAQUE_XATTR, b"y", XattrFlags::empty())
+            rustix::fs::fsetxattr(parent.as_fd(), opaque_xattr(), b"y", XattrFlags::empty())
                 .map_err(|e| self.err("marking opaque", parent_comps, e.into()))?;
             self.stats.opaque_dirs += 1;
         } else if name.starts_with(b".wh..wh.") {
@@ -710,12 +726,12 @@ impl Applier {
         comps: &[Vec<u8>],
         meta: &Meta,
     ) -> Result<(), LayerError> {
-        rustix::fs::fchown(
+        let owned = rustix::fs::fchown(
             fd,
             Some(rustix::fs::Uid::from_raw(meta.uid)),
             Some(rustix::fs::Gid::from_raw(meta.gid)),
-        )
-        .map_err(|e| self.err("changing owner of", comps, e.into()))?;
+        );
+        self.owned(owned, comps)?;
         rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777))
             .map_err(|e| self.err("setting mode of", comps, e.into()))?;
         for (name, value) in &meta.xattrs {
@@ -736,14 +752,14 @@ impl Applier {
         meta: &Meta,
         chmod: bool,
     ) -> Result<(), LayerError> {
-        rustix::fs::chownat(
+        let owned = rustix::fs::chownat(
             parent,
             name,
             Some(rustix::fs::Uid::from_raw(meta.uid)),
             Some(rustix::fs::Gid::from_raw(meta.gid)),
             AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| self.err("changing owner of", comps, e.into()))?;
+        );
+        self.owned(owned, comps)?;
         if chmod {
             rustix::fs::chmodat(
                 parent,
@@ -765,6 +781,25 @@ impl Applier {
                 .map_err(|e| self.err("setting times of", &[], e.into()))?;
         }
         Ok(self.stats)
+    }
+
+    /// The result of a chown. Rootless with a single id (design.md "Rootless"), a pulled
+    /// layer's files of other owners stay the user's (0 inside), as podman's
+    /// `ignore_chown_errors`: the blob, which outputs use, keeps the real owners. An ADD
+    /// into an image root fails (with the hint the error chain adds).
+    fn owned(&self, r: rustix::io::Result<()>, comps: &[Vec<u8>]) -> Result<(), LayerError> {
+        match r {
+            Err(Errno::INVAL)
+                if matches!(self.target, Target::Layer)
+                    && matches!(
+                        crate::sandbox::userns::current(),
+                        crate::sandbox::userns::Mode::SingleId { .. }
+                    ) =>
+            {
+                Ok(())
+            }
+            r => r.map_err(|e| self.err("changing owner of", comps, e.into())),
+        }
     }
 
     fn err(&self, op: &'static str, comps: &[Vec<u8>], e: io::Error) -> LayerError {

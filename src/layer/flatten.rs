@@ -26,11 +26,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Timestamps, XattrFlags, CWD};
 
-use crate::layer::{keep_xattr, LayerError};
-
-/// The opaque markers a layer dir may carry: the first as root writes it, the second as a
-/// rootless (`userxattr`) overlay does (design.md "Rootless").
-const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
+use crate::layer::{is_opaque, keep_xattr, LayerError};
 
 /// What [`flatten`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -124,13 +120,6 @@ fn clear_dir(dir: &Path) -> Result<(), LayerError> {
         remove_any(&entry.path())?;
     }
     Ok(())
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    let mut buf = [0u8; 4];
-    OPAQUE_XATTRS
-        .iter()
-        .any(|name| matches!(rustix::fs::lgetxattr(dir, *name, &mut buf), Ok(1) if buf[0] == b'y'))
 }
 
 /// The xattrs of `path` that layers keep, as (name, value).
@@ -237,6 +226,7 @@ fn copy_entry(from: &Path, to: &Path, md: &fs::Metadata) -> Result<(), LayerErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::userns::OPAQUE_XATTRS;
     use std::os::unix::fs::PermissionsExt;
 
     fn write(path: &Path, body: &str) {

@@ -122,8 +122,9 @@ impl LayerError {
 
 pub(crate) use self::tar::keep_xattr;
 
-/// Overlay marks a directory that hides everything below it with this xattr set to `y`.
-pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// Overlay marks a directory that hides everything below it with an xattr set to `y`:
+/// `trusted.overlay.opaque` as root, `user.overlay.opaque` rootless (design.md "Rootless").
+pub(crate) use crate::sandbox::userns::{is_opaque, opaque_xattr};
 /// The tar name of an overlay whiteout is the deleted name with this prefix (OCI image spec
 /// "Representing Changes").
 pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";

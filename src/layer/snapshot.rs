@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use crate::image::{Digest, Sha256Writer, SourceDateEpoch};
 use crate::layer::compress::{Compression, Compressor};
 use crate::layer::tar::{encode_header, padding, read_xattrs, Entry, Xattrs, END_OF_ARCHIVE};
-use crate::layer::{LayerError, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX};
+use crate::layer::{opaque_xattr, LayerError, OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 /// How to snapshot an upperdir.
 #[derive(Clone, Debug, Default)]
@@ -502,7 +502,7 @@ fn write_item(
         return w.write_entry(&entry, None);
     }
 
-    let (xattrs, opaque) = read_xattrs(&path, OPAQUE_XATTR.as_bytes())?;
+    let (xattrs, opaque) = read_xattrs(&path, opaque_xattr().as_bytes())?;
     entry.xattrs = xattrs;
 
     if !ft.is_dir() && meta.nlink() > 1 {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::layer::{LayerError, OPAQUE_XATTR};
+use crate::layer::{is_opaque, LayerError};
 
 /// How many of a layer's largest files its statistics name.
 pub const LARGEST: usize = 5;
@@ -110,7 +110,7 @@ const MAGIC: &[u8; 8] = b"RBFILES1";
 
 impl LayerFiles {
     /// List the extracted layer `dir` (overlay format: whiteouts are char devices 0/0,
-    /// opaque directories carry [`OPAQUE_XATTR`]), reading metadata only. A missing `dir`
+    /// opaque directories carry an opaque xattr), reading metadata only. A missing `dir`
     /// is an empty layer.
     pub fn scan(dir: &Path) -> Result<LayerFiles, LayerError> {
         let mut entries = Vec::new();
@@ -266,14 +266,6 @@ impl LayerFiles {
 fn take_u64(b: &[u8]) -> Option<(u64, &[u8])> {
     let (head, rest) = b.split_first_chunk::<8>()?;
     Some((u64::from_le_bytes(*head), rest))
-}
-
-fn is_opaque(path: &Path) -> bool {
-    let mut value = [0u8; 4];
-    matches!(
-        rustix::fs::lgetxattr(path, OPAQUE_XATTR, &mut value),
-        Ok(1) if value[0] == b'y'
-    )
 }
 
 /// How a later layer made an earlier layer's bytes dead.
@@ -607,7 +599,7 @@ mod tests {
         fs::create_dir_all(root.join("opq/sub")).unwrap();
         rustix::fs::setxattr(
             root.join("opq"),
-            OPAQUE_XATTR,
+            crate::layer::opaque_xattr(),
             b"y",
             rustix::fs::XattrFlags::empty(),
         )

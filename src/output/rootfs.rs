@@ -63,7 +63,7 @@ fn apply_layer(
         if ft.is_char_device() && md.rdev() == 0 {
             remove_subtree(tree, &path, true);
         } else if ft.is_dir() {
-            if is_opaque(&source) {
+            if crate::sandbox::userns::is_opaque(&source) {
                 remove_subtree(tree, &path, false);
             }
             tree.insert(path.clone(), source);
@@ -86,15 +86,6 @@ fn remove_subtree(tree: &mut BTreeMap<PathBuf, PathBuf>, path: &Path, itself: bo
     for p in doomed {
         tree.remove(&p);
     }
-}
-
-fn is_opaque(path: &Path) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
-        .iter()
-        .any(|name| {
-            let mut buf = [0u8; 8];
-            matches!(rustix::fs::lgetxattr(path, *name, &mut buf[..]), Ok(n) if buf[..n] == *b"y")
-        })
 }
 
 /// The xattrs of a layer file that belong in an image: the layers' one rule

@@ -11,6 +11,7 @@
 //!
 //! Fork/exec in the helper uses `unsafe` (see helper.rs); everything here is safe code.
 
+pub mod binfmt;
 mod cgroup;
 mod exe;
 mod helper;
@@ -19,6 +20,7 @@ pub mod root;
 mod seccomp;
 mod spare;
 pub mod user;
+pub mod userns;
 pub mod wire;
 
 use std::io::{Read, Write};
@@ -729,7 +731,7 @@ impl UpperEntry {
         )
         .ok()?;
         let mut buf = [0u8; 4];
-        if rustix::fs::fgetxattr(&fd, "trusted.overlay.opaque", &mut buf).is_ok() {
+        if rustix::fs::fgetxattr(&fd, userns::opaque_xattr(), &mut buf).is_ok() {
             return Some(DirState::Other);
         }
         let mut dir = rustix::fs::Dir::read_from(&fd).ok()?;

@@ -115,6 +115,8 @@ fn serve(exe: PathBuf, requests: Receiver<Request>) {
 }
 
 fn start(exe: &Path, pids_limit: Option<u32>) -> Result<Helper, SandboxError> {
+    // Rootless, nobody delegated a cgroup to the user: no pids limit (docs/rootless.md).
+    let pids_limit = pids_limit.filter(|_| !super::userns::in_user_namespace());
     let cgroup = pids_limit.map(StepCgroup::create).transpose()?;
     let args: &[&OsStr] = match &cgroup {
         Some(c) => &[CGROUP_ARG.as_ref(), c.dir().as_os_str()],

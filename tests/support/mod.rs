@@ -408,6 +408,33 @@ impl RegistryImage {
     }
 }
 
+impl RegistryImage {
+    /// An index at `reference` (`HOST:PORT/NAME:TAG`) and the manifests it lists, which were
+    /// pushed by digest: a guard for each, the index first.
+    pub fn pushed_index(reference: &str) -> Vec<RegistryImage> {
+        let index = RegistryImage::pushed(reference);
+        let body = run_ok(Command::new("curl").args([
+            "-fsS",
+            "-H",
+            "Accept: application/vnd.oci.image.index.v1+json, \
+             application/vnd.docker.distribution.manifest.list.v2+json",
+            &format!("{}/{}", index.manifests, index.digest),
+        ]));
+        let parsed: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("the index of `{reference}`: {e}\n{body}"));
+        let members: Vec<RegistryImage> = parsed["manifests"]
+            .as_array()
+            .unwrap_or_else(|| panic!("`{reference}` is no index:\n{body}"))
+            .iter()
+            .map(|m| RegistryImage {
+                manifests: index.manifests.clone(),
+                digest: m["digest"].as_str().unwrap().to_string(),
+            })
+            .collect();
+        std::iter::once(index).chain(members).collect()
+    }
+}
+
 impl Drop for RegistryImage {
     fn drop(&mut self) {
         let url = format!("{}/{}", self.manifests, self.digest);
@@ -447,6 +474,36 @@ impl Drop for DockerImages {
                 .status();
         }
     }
+}
+
+/// Wait (bounded, so a broken build fails the test instead of hanging it) until `cond`.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(300),
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Pids of processes whose command line (arguments joined by spaces) contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(marker)
+            })
+        })
+        .collect()
 }
 
 /// The processes (command line, or `[comm] <state>` for one without, like a zombie) whose

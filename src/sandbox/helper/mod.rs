@@ -39,6 +39,8 @@ pub(super) fn ctx<T, E: Display>(r: Result<T, E>, what: impl FnOnce() -> String)
 }
 
 pub fn main<J: FsJob>() -> ! {
+    // Read while /etc/passwd is the host's: single-id mode's hint names the user.
+    let _ = super::userns::current();
     let args: Vec<String> = std::env::args().collect();
     if args.get(2).map(String::as_str) == Some(super::net::HOLDER_ARG) {
         hold_network_namespace();
@@ -225,7 +227,18 @@ fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<(Exit, 
     } else {
         sys_flags | MsFlags::MS_RDONLY
     };
-    mount_at(Some("sysfs"), &p, Some("sysfs"), sys_flags, None)?;
+    if super::userns::in_user_namespace() {
+        // Rootless: sysfs may be mounted only by the owner of the network namespace, which
+        // the host's (--network=host) is not; the host's /sys, bound, serves every network.
+        bind(Path::new("/sys"), &p, true)?;
+        if !insecure {
+            // The new fd is the bind mount's root, not the directory below it.
+            let (p, _fd) = points.reopen("sys")?;
+            remount(&p, MsFlags::MS_RDONLY)?;
+        }
+    } else {
+        mount_at(Some("sysfs"), &p, Some("sysfs"), sys_flags, None)?;
+    }
 
     let files_dir = scratch.join("files");
     mkdir(&files_dir)?;

@@ -121,11 +121,26 @@ pub(super) fn mount_overlay(
 /// The overlay mount options for the lower names (in `names`), with `u` and `w` as upper
 /// and work dirs when `upper`.
 fn overlay_options(lower_names: &[String], upper: bool) -> String {
+    overlay_options_for(
+        lower_names,
+        upper,
+        super::super::userns::in_user_namespace(),
+    )
+}
+
+fn overlay_options_for(lower_names: &[String], upper: bool, rootless: bool) -> String {
     let mut opts = format!("lowerdir={}", lower_names.join(":"));
     if upper {
         opts.push_str(",upperdir=u,workdir=w");
     }
-    opts.push_str(",index=off,metacopy=off,redirect_dir=off");
+    opts.push_str(",index=off,metacopy=off");
+    // Rootless (design.md "Rootless"): overlay keeps its marks in user.overlay.* xattrs, and
+    // refuses to follow redirects there (`off` still follows them).
+    if rootless {
+        opts.push_str(",redirect_dir=nofollow,userxattr");
+    } else {
+        opts.push_str(",redirect_dir=off");
+    }
     opts
 }
 
@@ -354,12 +369,21 @@ pub(super) fn mount_dev(points: &mut Points, insecure: bool) -> Res<()> {
     }
     let pts = dev.join("pts");
     mkdir(&pts)?;
+    // Group tty (5) does not exist in a single-id namespace.
+    let single_id = matches!(
+        super::super::userns::current(),
+        super::super::userns::Mode::SingleId { .. }
+    );
     mount_at(
         Some("devpts"),
         &pts,
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Some(if single_id {
+            "newinstance,ptmxmode=0666,mode=0620"
+        } else {
+            "newinstance,ptmxmode=0666,mode=0620,gid=5"
+        }),
     )?;
     let shm = dev.join("shm");
     mkdir(&shm)?;
@@ -559,6 +583,18 @@ mod tests {
         assert!(opts.len() < 4096, "{} bytes", opts.len());
         assert!(opts.starts_with("lowerdir=0:1:2:"), "{opts}");
         assert!(opts.contains(":1f3,upperdir=u,workdir=w,"), "{opts}");
+    }
+
+    #[test]
+    fn rootless_overlay_keeps_its_marks_in_user_xattrs() {
+        let names = vec!["0".to_string()];
+        let root = overlay_options_for(&names, true, false);
+        assert!(root.ends_with(",redirect_dir=off"), "{root}");
+        let rootless = overlay_options_for(&names, true, true);
+        assert!(
+            rootless.ends_with(",redirect_dir=nofollow,userxattr"),
+            "{rootless}"
+        );
     }
 
     #[test]

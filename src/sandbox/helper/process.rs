@@ -19,7 +19,7 @@ use super::super::root::Root;
 use super::super::user::ExecUser;
 use super::super::{Exit, Failure, Rlimit, RlimitResource, RunSpec, SecurityMode};
 
-use super::mounts::{fd_path, mask_kernel_files, mount_at};
+use super::mounts::{bind, fd_path, mask_kernel_files};
 use super::{ctx, Res};
 
 pub(super) static CHILD: AtomicI32 = AtomicI32::new(0);
@@ -418,13 +418,28 @@ pub(super) fn child(
             "opening /proc".into()
         })?;
         // Mounted from inside the new PID namespace, so it shows only the step.
-        mount_at(
-            Some("proc"),
-            &fd_path(&fd),
-            Some("proc"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            None,
-        )?;
+        let target = fd_path(&fd);
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        match nix::mount::mount(Some("proc"), &target, Some("proc"), flags, None::<&str>) {
+            Ok(()) => {}
+            // Rootless in a container whose /proc has masked paths (docker's default): the
+            // kernel refuses a new proc that would reveal them. As rootless BuildKit without
+            // a process sandbox, the step gets the container's /proc, masks and all.
+            Err(nix::errno::Errno::EPERM) if super::super::userns::in_user_namespace() => {
+                bind(Path::new("/proc"), &target, true)?;
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "rbuild: note: /proc cannot be mounted here (masked paths of a container): \
+                     the step sees its container's processes (docs/rootless.md)"
+                );
+            }
+            Err(e) => {
+                return Err(Failure::Setup(format!(
+                    "mounting proc on {}: {e}",
+                    target.display()
+                )))
+            }
+        }
     }
     let insecure = spec.security == SecurityMode::Insecure;
     if !insecure {
@@ -465,7 +480,17 @@ pub(super) fn child(
         clear_inheritable_capabilities()?;
     }
     let gids: Vec<Gid> = additional_gids(u).into_iter().map(Gid::from_raw).collect();
-    ctx(nix::unistd::setgroups(&gids), || "setgroups".into())?;
+    if let Some(hint) = super::super::userns::current().single_id_hint() {
+        // Only 0 exists, and setgroups is denied (an unprivileged gid map needs that).
+        if u.uid != 0 || u.gid != 0 {
+            return Err(Failure::Setup(format!(
+                "running the step as uid {} gid {}: {}",
+                u.uid, u.gid, hint
+            )));
+        }
+    } else {
+        ctx(nix::unistd::setgroups(&gids), || "setgroups".into())?;
+    }
     let gid = Gid::from_raw(u.gid);
     ctx(nix::unistd::setresgid(gid, gid, gid), || {
         format!("setgid {}", u.gid)

@@ -1,0 +1,467 @@
+//! Rootless mode (design.md "Rootless", docs/rootless.md): the built rbuild run as an
+//! unprivileged user, with a subordinate id range (`rbuild-rl`) and without (`rbuild-rl1`).
+//! Root makes the users, their /etc/subuid lines and the directories they may use, and
+//! drops to them with setpriv; root's own builds and docker check what they made.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use support::{docker, processes_with, rbuild, run, run_ok, wait_for, DockerImages, InRegistry};
+
+const BASE: InRegistry = InRegistry("busybox");
+/// A user with a range in /etc/subuid and /etc/subgid.
+const RANGE_USER: &str = "rbuild-rl";
+/// A user without one (single-id mode).
+const SINGLE_USER: &str = "rbuild-rl1";
+const EPOCH: &str = "1700000000";
+
+/// An unprivileged user, a directory of its own, and the rbuild binary it may execute.
+struct User {
+    name: &'static str,
+    uid: u32,
+    gid: u32,
+    /// Its $HOME for the test (so its store, ~/.local/share/rbuild, is the test's own).
+    dir: tempfile::TempDir,
+}
+
+impl User {
+    fn new(name: &'static str) -> User {
+        setup();
+        let id = |flag: &str| -> u32 {
+            run_ok(Command::new("id").args([flag, name]))
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        User {
+            name,
+            uid,
+            gid,
+            dir,
+        }
+    }
+
+    fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A directory (made by root, then given to the user) holding `files`.
+    fn context(&self, files: &[(&str, &str)]) -> PathBuf {
+        let ctx = self.home().join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        for (name, text) in files {
+            std::fs::write(ctx.join(name), text).unwrap();
+        }
+        run_ok(Command::new("chown").args([
+            "-R",
+            &format!("{}:{}", self.uid, self.gid),
+            ctx.to_str().unwrap(),
+        ]));
+        ctx
+    }
+
+    /// rbuild as this user: setpriv drops root, the environment is a login's.
+    fn rbuild(&self) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid",
+            &self.uid.to_string(),
+            "--regid",
+            &self.gid.to_string(),
+            "--init-groups",
+            "--",
+        ])
+        .arg(binary())
+        .env_clear()
+        .env("HOME", self.home())
+        .env("USER", self.name)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .current_dir(self.home());
+        cmd
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", stderr(&out));
+    stderr(&out)
+}
+
+/// Root's work, once per run: the two users and their subordinate ids.
+fn setup() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        support::needs_root_docker_and_registry();
+        for user in [RANGE_USER, SINGLE_USER] {
+            if !run(Command::new("id").arg(user)).status.success() {
+                run_ok(Command::new("useradd").args([
+                    "--no-create-home",
+                    "--shell",
+                    "/bin/sh",
+                    user,
+                ]));
+            }
+        }
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            // useradd may have given SINGLE_USER a range: it must have none.
+            let mut lines: Vec<String> = text
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{SINGLE_USER}:")))
+                .map(str::to_string)
+                .collect();
+            if !lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{RANGE_USER}:")))
+            {
+                let end = lines
+                    .iter()
+                    .filter_map(|l| {
+                        let f: Vec<&str> = l.split(':').collect();
+                        Some(f.get(1)?.parse::<u64>().ok()? + f.get(2)?.parse::<u64>().ok()?)
+                    })
+                    .max()
+                    .unwrap_or(0)
+                    .max(100_000);
+                lines.push(format!("{RANGE_USER}:{end}:65536"));
+            }
+            std::fs::write(file, lines.join("\n") + "\n").unwrap();
+        }
+        // slirp4netns (the default network) opens /dev/net/tun, which Debian's udev makes
+        // 0666; some container hosts leave it 0600.
+        let tun = Path::new("/dev/net/tun");
+        if tun.exists() && std::fs::metadata(tun).unwrap().permissions().mode() & 0o006 != 0o006 {
+            std::fs::set_permissions(tun, std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+    });
+}
+
+/// The built rbuild where every user may execute it (the target dir may be root's alone).
+fn binary() -> &'static Path {
+    static BIN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &BIN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.path().join("rbuild");
+        std::fs::copy(support::rbuild_bin(), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (dir, bin)
+    })
+    .1
+}
+
+/// The image id (config digest) of a docker archive.
+fn archive_config(archive: &Path) -> String {
+    let mut ar = tar::Archive::new(std::fs::File::open(archive).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some("manifest.json") {
+            let v: serde_json::Value = serde_json::from_reader(&mut e).unwrap();
+            return v[0]["Config"].as_str().unwrap().to_string();
+        }
+    }
+    panic!("no manifest.json in {}", archive.display())
+}
+
+const MULTI_STEP: &str = r#"
+COPY --chown=1000:1000 f.txt /app/f.txt
+RUN mkdir -p /srv/d && chown -R 1000:50 /srv/d && cp /bin/busybox /srv/su && chmod 4755 /srv/su && rm -rf /etc/network
+RUN --network=none --mount=type=cache,target=/cache sh -c 'echo c >> /cache/n; wc -l < /cache/n > /count'
+RUN --network=host wget -q -O /v2 http://REGISTRY/v2/ && ls /sys/class > /dev/null && ! touch /sys/x 2> /dev/null
+USER 1000
+RUN id > /tmp/id
+USER root
+RUN rm -rf /var/spool && mkdir -p /var/spool && echo y > /var/spool/new
+"#;
+
+/// A multi-step build with USER switches, chown to 1000, a setuid bit, `--network=none`,
+/// `--network=host` (the host's loopback registry) with /sys read-only, a cache mount and
+/// COPY: the same image as root's (same digest with SOURCE_DATE_EPOCH),
+/// and its archive runs in docker with the image's ids, not the host's subordinate ones.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn rootless_build_is_roots_image_and_runs_in_docker() {
+    let user = User::new(RANGE_USER);
+    let dockerfile = format!("FROM {BASE}\n{MULTI_STEP}").replace("REGISTRY", support::registry());
+    let ctx = user.context(&[("Dockerfile", &dockerfile), ("f.txt", "data\n")]);
+    let archive = user.home().join("out.tar");
+    let log = ok(user
+        .rbuild()
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--allow",
+            "network.host",
+            "-o",
+        ])
+        .arg(format!("type=docker,dest={}", archive.display()))
+        .args(["-t", "rbuild-test/rootless:1"])
+        .arg(&ctx));
+    assert!(log.contains("mode: rootless, ids 1-65536"), "{log}");
+    // The store is the user's own, under $HOME.
+    let store = user.home().join(".local/share/rbuild");
+    assert!(store.join("index.json").exists(), "{log}");
+
+    let root_store = tempfile::tempdir().unwrap();
+    let root_archive = root_store.path().join("out.tar");
+    ok(rbuild(root_store.path())
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .args(["--allow", "network.host", "-o"])
+        .arg(format!("type=docker,dest={}", root_archive.display()))
+        .arg(&ctx));
+    assert_eq!(archive_config(&archive), archive_config(&root_archive));
+
+    let loaded = run_ok(docker().arg("load").arg("-i").arg(&archive));
+    assert!(loaded.contains("rbuild-test/rootless:1"), "{loaded}");
+    let _images = DockerImages(vec!["rbuild-test/rootless:1".into()]);
+    let shown = run_ok(docker().args([
+        "run",
+        "--rm",
+        "rbuild-test/rootless:1",
+        "sh",
+        "-c",
+        "stat -c '%n %u:%g %a' /app/f.txt /srv/d /srv/su; cat /count /tmp/id /v2",
+    ]));
+    assert!(shown.contains("/app/f.txt 1000:1000 644"), "{shown}");
+    assert!(shown.contains("/srv/d 1000:50 755"), "{shown}");
+    assert!(shown.contains("/srv/su 0:0 4755"), "{shown}");
+    assert!(shown.contains("uid=1000"), "{shown}");
+    assert!(
+        shown.contains("{}"),
+        "the registry's answer over the host network: {shown}"
+    );
+}
+
+/// Without a subordinate range: one warning naming the /etc/subuid line, a build as root
+/// works, a step as another user fails with that line, never silently as root.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn single_id_mode_builds_as_root_and_refuses_other_users() {
+    let user = User::new(SINGLE_USER);
+    let info = run_ok(user.rbuild().arg("info"));
+    assert!(info.contains("rootless, single id"), "{info}");
+    let ctx = user.context(&[
+        ("Dockerfile", &format!("FROM {BASE}\nRUN echo hi > /hi\n")),
+        (
+            "Dockerfile.user",
+            &format!("FROM {BASE}\nUSER 1000\nRUN id\n"),
+        ),
+    ]);
+    let log = ok(user
+        .rbuild()
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx));
+    let line = format!("`{SINGLE_USER}:");
+    assert_eq!(
+        log.matches("warning: rootless without subordinate ids")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains(&line) && log.contains("/etc/subuid"), "{log}");
+
+    let out = run(user
+        .rbuild()
+        .args(["build", "--progress", "plain", "-f"])
+        .arg(ctx.join("Dockerfile.user"))
+        .arg(&ctx));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: ") && err.contains("running the step as uid 1000"),
+        "{err}"
+    );
+    assert!(err.contains(&line) && err.contains("/etc/subuid"), "{err}");
+    assert!(!err.contains("uid=1000"), "the step ran: {err}");
+}
+
+/// A base layer with a device node: rootless leaves it out of the extracted layer with one
+/// warning, and the output, made from the unchanged blob, is root's image.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn device_node_in_a_base_layer_is_left_out_with_one_warning() {
+    let user = User::new(RANGE_USER);
+    // The base: busybox plus a character device, imported and pushed by root.
+    let base_dir = tempfile::tempdir().unwrap();
+    let rootfs = base_dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("dev")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    run_ok(
+        Command::new("mknod")
+            .arg(rootfs.join("dev/mynull"))
+            .args(["c", "1", "3"]),
+    );
+    let tarball = base_dir.path().join("base.tar");
+    run_ok(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("."),
+    );
+    let base = format!("{}:{}", InRegistry("rootless-devbase"), std::process::id());
+    let root_store = tempfile::tempdir().unwrap();
+    let root = |cmd: &str| {
+        let mut c = Command::new(support::rbuild_bin());
+        c.env("RBUILD_ROOT", root_store.path()).arg(cmd);
+        c
+    };
+    run_ok(root("import").arg(&tarball).arg(&base));
+    run_ok(root("push").arg(&base));
+    let _pushed = support::RegistryImage::pushed(&base);
+
+    let ctx = user.context(&[("Dockerfile", &format!("FROM {base}\nRUN echo ok > /ok\n"))]);
+    let archive = user.home().join("out.tar");
+    let log = ok(user
+        .rbuild()
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .args(["build", "--progress", "plain", "-o"])
+        .arg(format!("type=docker,dest={}", archive.display()))
+        .arg(&ctx));
+    assert_eq!(log.matches("device node").count(), 1, "{log}");
+    assert!(
+        log.contains("left out 1 device node(s) (first: /dev/mynull)"),
+        "{log}"
+    );
+
+    let root_archive = root_store.path().join("out.tar");
+    ok(rbuild(root_store.path())
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .arg("-o")
+        .arg(format!("type=docker,dest={}", root_archive.display()))
+        .arg(&ctx));
+    // The config lists the layers' diff_ids: the base layer is the pushed one, device and all.
+    assert_eq!(archive_config(&archive), archive_config(&root_archive));
+
+    // `rbuild import` of the same tarball by the user says the same, once.
+    let own = user.home().join("base.tar");
+    std::fs::copy(&tarball, &own).unwrap();
+    std::os::unix::fs::chown(&own, Some(user.uid), Some(user.gid)).unwrap();
+    let log = ok(user.rbuild().arg("import").arg(&own).arg("devbase:local"));
+    assert_eq!(
+        log.matches("left out 1 device node(s) (first: /dev/mynull)")
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
+/// SIGINT to rbuild's pid alone (a CI runner cancelling a job) and kill -9 of it: the
+/// namespace's rbuild, its helpers, the step and the network all end; nothing is left in
+/// the build's process group.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn interrupted_or_killed_rootless_build_leaves_no_process() {
+    let user = User::new(RANGE_USER);
+    for (sig, marker) in [
+        (nix::sys::signal::Signal::SIGINT, "sleep 3041"),
+        (nix::sys::signal::Signal::SIGKILL, "sleep 3043"),
+    ] {
+        let ctx = user.context(&[("Dockerfile", &format!("FROM {BASE}\nRUN {marker}\n"))]);
+        let child = user
+            .rbuild()
+            .args(["build", "--progress", "plain"])
+            .arg(&ctx)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        wait_for("the long RUN to start", || {
+            !processes_with(marker).is_empty()
+        });
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+        let out = child.wait_with_output().unwrap();
+        if sig == nix::sys::signal::Signal::SIGINT {
+            assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+        }
+        wait_for("the step to die", || processes_with(marker).is_empty());
+        wait_for("the build's processes to end", || {
+            support::processes_in_group(pid).is_empty()
+        });
+    }
+}
+
+/// Rootless inside a docker container without `--privileged` (docs/rootless.md): with
+/// seccomp and AppArmor unconfined, a store on a tmpfs and single-id mode, a RUN step runs;
+/// docker's masked /proc cannot be mounted anew, so the step gets the container's, with a
+/// note in its log.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn rootless_in_an_unprivileged_docker_container() {
+    let user = User::new(RANGE_USER);
+    let ctx = user.context(&[(
+        "Dockerfile",
+        &format!("FROM {BASE}\nRUN echo hi > /hi && cat /proc/1/cmdline\n"),
+    )]);
+    let image = format!("{}", InRegistry("debian:bookworm"));
+    // Removed afterwards only if this test brought it (other tests may use it meanwhile).
+    let had = run(docker().args(["image", "inspect", &image]))
+        .status
+        .success();
+    run_ok(docker().args(["pull", "-q", &image]));
+    let _images = DockerImages(if had { vec![] } else { vec![image.clone()] });
+    let in_container = |unconfined: bool| {
+        let mut cmd = docker();
+        cmd.args(["run", "--rm", "--user", "1000:1000", "--network", "host"]);
+        if unconfined {
+            cmd.args(["--security-opt", "seccomp=unconfined"])
+                .args(["--security-opt", "apparmor=unconfined"]);
+        }
+        cmd.args([
+            "--tmpfs",
+            "/home/b:exec,uid=1000,gid=1000",
+            "-e",
+            "HOME=/home/b",
+        ])
+        .args(["-v", "/etc/ssl/certs:/etc/ssl/certs:ro"])
+        .arg("-v")
+        .arg(format!("{}:/usr/local/bin/rbuild:ro", binary().display()))
+        .arg("-v")
+        .arg(format!("{}:/ctx:ro", ctx.display()))
+        .arg(&image)
+        .args([
+            "rbuild",
+            "build",
+            "--progress",
+            "plain",
+            "--network",
+            "none",
+            "/ctx",
+        ]);
+        run(&mut cmd)
+    };
+    // docker's seccomp profile refuses the user namespace: a user error naming the flags.
+    let refused = in_container(false);
+    let log = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{log}");
+    assert!(log.contains("error: unsharing a user namespace"), "{log}");
+    assert!(log.contains("--security-opt seccomp=unconfined"), "{log}");
+
+    let out = in_container(true);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("mode: rootless, single id"), "{log}");
+    assert!(
+        log.contains("rbuild: note: /proc cannot be mounted here"),
+        "{log}"
+    );
+}
