@@ -58,6 +58,10 @@ impl Reporter for Plain {
         self.emit(&format!("#{id} CACHED"));
     }
 
+    fn cached_remote(&self, id: StepId) {
+        self.emit(&format!("#{id} CACHED (remote)"));
+    }
+
     fn output(&self, id: StepId, bytes: &[u8]) {
         let mut state = self.state.lock().unwrap();
         let Some(step) = state.get_mut(&id) else {
@@ -130,6 +134,9 @@ impl Reporter for Trace {
     }
     fn cached(&self, id: StepId) {
         self.inner.cached(id)
+    }
+    fn cached_remote(&self, id: StepId) {
+        self.inner.cached_remote(id)
     }
     fn output(&self, id: StepId, bytes: &[u8]) {
         self.inner.output(id, bytes)
@@ -381,6 +388,18 @@ fn current_line(partial: &[u8]) -> Option<String> {
     (!line.is_empty()).then_some(line)
 }
 
+impl Tty {
+    fn finish_cached(&self, id: StepId, how: &str) {
+        let mut live = self.live();
+        let label = live
+            .steps
+            .get(&id)
+            .map(|s| s.label.clone())
+            .unwrap_or_default();
+        live.finish(id, format!("  #{id} {label} {how}"));
+    }
+}
+
 impl Reporter for Tty {
     fn started(&self, id: StepId, label: &str) {
         let mut live = self.live();
@@ -398,13 +417,11 @@ impl Reporter for Tty {
     }
 
     fn cached(&self, id: StepId) {
-        let mut live = self.live();
-        let label = live
-            .steps
-            .get(&id)
-            .map(|s| s.label.clone())
-            .unwrap_or_default();
-        live.finish(id, format!("  #{id} {label} CACHED"));
+        self.finish_cached(id, "CACHED");
+    }
+
+    fn cached_remote(&self, id: StepId) {
+        self.finish_cached(id, "CACHED (remote)");
     }
 
     fn output(&self, id: StepId, bytes: &[u8]) {

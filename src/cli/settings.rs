@@ -309,6 +309,19 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
         o.descriptor_annotations = descriptor_annotations.clone();
     }
 
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|c| crate::cache::parse_cache_to(c).map_err(|e| user(format!("--cache-to {c}: {e}"))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|c| {
+            crate::cache::parse_cache_from(c).map_err(|e| user(format!("--cache-from {c}: {e}")))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
     let call = match args.call.as_deref() {
         None => CallMethod::Build,
         Some(c) => parse_call(c).map_err(|e| user(format!("--call {c}: {e}")))?,
@@ -341,6 +354,8 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             build_contexts,
             platform,
             source_date_epoch,
+            cache_from,
+            cache_to,
         },
         outputs,
         iidfile: args.iidfile.clone(),

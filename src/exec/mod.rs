@@ -11,6 +11,7 @@ mod git;
 mod import;
 pub mod progress;
 mod push;
+mod remote_cache;
 mod request;
 mod ssh;
 mod stage;
@@ -145,6 +146,7 @@ fn build_with(
         reporter.warn(w);
     }
     check_entitlements(&plan, req)?;
+    let remote = remote_cache::RemoteCache::load(registry, &req.cache_from, reporter);
 
     // The sandbox's scratch directories live in the store's tmp session for the build, so a
     // killed build's leftovers are swept with it.
@@ -156,7 +158,8 @@ fn build_with(
         &bases,
         stage_names(&plan),
         scratch.path(),
-    )?;
+    )?
+    .with_remote(&remote);
     let mut done: BTreeMap<usize, StageState> = BTreeMap::new();
     for wave in plan.waves() {
         check_interrupted()?;
@@ -176,15 +179,25 @@ fn build_with(
         .expect("the target stage was built");
     let mut layer_steps = state.layer_steps.clone();
     layer_steps.resize(state.chains.len(), None);
+    let exported = state.clone();
     let image = ctx.commit_image(target, state)?;
     for tag in &req.tags {
         store.tag(tag, &image.manifest)?;
     }
+    let next_step = remote_cache::export(
+        store,
+        registry,
+        &req.cache_to,
+        &exported,
+        &done,
+        reporter,
+        ctx.next_step(),
+    )?;
     Ok(BuildOutcome {
         image,
         cached: ctx.cached,
         executed: ctx.executed,
-        next_step: ctx.next_step(),
+        next_step,
         layer_steps,
     })
 }

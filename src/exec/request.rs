@@ -48,6 +48,10 @@ pub struct BuildRequest {
     pub build_contexts: BTreeMap<String, NamedContext>,
     pub platform: Platform,
     pub source_date_epoch: Option<SourceDateEpoch>,
+    /// `--cache-from`: where else to look for a step's key, in order (the first that has
+    /// it wins); `--cache-to`: where to export the build's steps.
+    pub cache_from: Vec<crate::cache::CacheImport>,
+    pub cache_to: Vec<crate::cache::CacheExport>,
 }
 
 #[derive(Debug, Clone)]

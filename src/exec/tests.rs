@@ -63,6 +63,8 @@ impl Fixture {
             build_contexts: BTreeMap::new(),
             platform: Platform::host(),
             source_date_epoch: None,
+            cache_from: Vec::new(),
+            cache_to: Vec::new(),
         }
     }
 
@@ -276,6 +278,8 @@ fn run_specs(req: &BuildRequest) -> Vec<RunSpec> {
         build_contexts: req.build_contexts.clone(),
         platform: req.platform.clone(),
         source_date_epoch: req.source_date_epoch,
+        cache_from: Vec::new(),
+        cache_to: Vec::new(),
     };
     let proxy = |v: &String| {
         let name = v.split('=').next().unwrap_or_default().to_ascii_lowercase();
