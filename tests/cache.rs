@@ -374,3 +374,102 @@ fn a_tampered_cache_blob_is_refused_and_the_step_rebuilt() {
     assert!(!warnings(&progress).is_empty(), "{progress}");
     assert!(progress.contains("refused"), "{progress}");
 }
+
+/// A TCP proxy to the run's registry that counts the bytes its clients send: what a build
+/// uploads, whatever the protocol does.
+struct CountingProxy {
+    addr: String,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CountingProxy {
+    fn start() -> CountingProxy {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let sent = Arc::new(AtomicU64::new(0));
+        let upstream = registry().replacen("localhost:", "127.0.0.1:", 1);
+        let counter = sent.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let pipe =
+                    |mut from: TcpStream, mut to: TcpStream, count: Option<Arc<AtomicU64>>| {
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 64 * 1024];
+                            while let Ok(n) = from.read(&mut buf) {
+                                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                if let Some(c) = &count {
+                                    c.fetch_add(n as u64, Ordering::SeqCst);
+                                }
+                            }
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        });
+                    };
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Some(counter.clone()),
+                );
+                pipe(server, client, None);
+            }
+        });
+        CountingProxy { addr, sent }
+    }
+
+    fn take(&self) -> u64 {
+        self.sent.swap(0, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Issue 18: layer blobs go up once. Runner A exports its cache to the registry (the layer
+/// goes up), exports again and pushes the image to another repository: nothing goes up, the
+/// push mounts the layer from the cache. Runner B builds from that cache and pushes: every
+/// layer is mounted, nothing is uploaded but the config and the manifest. Bytes are counted
+/// by a proxy in front of the registry, with a 2 MB incompressible layer to count.
+#[test]
+#[ignore = "needs root and a registry"]
+fn layer_blobs_are_uploaded_once_and_a_cached_push_mounts_them() {
+    needs_root_and_registry();
+    const BIG: u64 = 2_000_000;
+    let proxy = CountingProxy::start();
+    let dockerfile = format!(
+        "FROM {}/busybox\nRUN head -c {BIG} /dev/urandom > /big\nCOPY extra.txt /\n",
+        proxy.addr
+    );
+    let tag = |name: &str| format!("{}/cache-push-{name}-{}:1", proxy.addr, std::process::id());
+    let cache = tag("cache");
+    let to_cache = format!("type=registry,ref={cache}");
+    let a = Runner::new(FILES);
+    std::fs::write(a.ctx().join("Dockerfile"), &dockerfile).unwrap();
+    a.build(&["--cache-to", &to_cache]);
+    let exported = proxy.take();
+    assert!(
+        (BIG..BIG * 3 / 2).contains(&exported),
+        "the export sent {exported} bytes"
+    );
+    let (_, progress) = a.build(&["--cache-to", &to_cache, "--push", "-t", &tag("a")]);
+    let sent = proxy.take();
+    assert!(
+        sent < BIG / 2,
+        "A's export and push sent {sent} bytes:\n{progress}"
+    );
+    assert!(progress.contains("mount from"), "{progress}");
+
+    let b = Runner::new(FILES);
+    std::fs::write(b.ctx().join("Dockerfile"), &dockerfile).unwrap();
+    let (_, progress) = b.build(&["--cache-from", &cache, "--push", "-t", &tag("b")]);
+    let sent = proxy.take();
+    assert!(ran(&progress).iter().all(|(_, ran)| !ran), "{progress}");
+    assert!(
+        sent < BIG / 2,
+        "B's build and push sent {sent} bytes:\n{progress}"
+    );
+}

@@ -184,6 +184,18 @@ impl Source {
         self.origin.to_string()
     }
 
+    /// The registry repository holding the cache's layer blobs, with their digests: where
+    /// a push to the same registry can mount them from.
+    pub fn registry_blobs(&self) -> Option<(Reference, Vec<Digest>)> {
+        match &self.origin {
+            Origin::Registry(r) => Some((
+                r.clone(),
+                self.layers.values().map(|d| d.digest.clone()).collect(),
+            )),
+            Origin::Local(_) => None,
+        }
+    }
+
     pub fn get(&self, key: &str) -> Option<&ExportedRecord> {
         self.records.get(key)
     }

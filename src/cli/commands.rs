@@ -102,6 +102,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &dest,
                 1,
                 &*reporter(super::ProgressMode::Auto, false),
+                &[],
             )?;
             stdout_line(&format!("{}@{digest}", dest.name()))?;
             Ok(())
@@ -305,6 +306,7 @@ fn build_image(
                 tag,
                 id,
                 report,
+                &outcome.blob_homes,
             )?;
             say(format!("pushed {}@{digest}", tag.name()));
         }

@@ -96,6 +96,10 @@ fn check_entitlements(plan: &Plan, req: &BuildRequest) -> Result<(), BuildError>
     Ok(())
 }
 
+/// A registry repository known to hold some blobs, with their digests: a push to another
+/// repository of the same registry mounts them from it.
+pub type BlobHome = (crate::image::Reference, Vec<Digest>);
+
 /// What a finished build produced.
 #[derive(Debug)]
 pub struct BuildOutcome {
@@ -109,6 +113,9 @@ pub struct BuildOutcome {
     /// Per layer of the image, bottom first: the step that made it (`#N` and its text), or
     /// none for a layer of the base image.
     pub layer_steps: Vec<Option<(StepId, String)>>,
+    /// Registry repositories known to hold blobs of this build (the `--cache-to` and
+    /// `--cache-from` registry caches), with the blobs: a push mounts from them.
+    pub blob_homes: Vec<BlobHome>,
 }
 
 /// Build `req` into `store`: plan, execute the stages the target needs, commit the image and
@@ -184,7 +191,7 @@ fn build_with(
     for tag in &req.tags {
         store.tag(tag, &image.manifest)?;
     }
-    let next_step = remote_cache::export(
+    let (next_step, mut blob_homes) = remote_cache::export(
         store,
         registry,
         &req.cache_to,
@@ -193,12 +200,14 @@ fn build_with(
         reporter,
         ctx.next_step(),
     )?;
+    blob_homes.extend(remote.registry_blobs());
     Ok(BuildOutcome {
         image,
         cached: ctx.cached,
         executed: ctx.executed,
         next_step,
         layer_steps,
+        blob_homes,
     })
 }
 

@@ -1,14 +1,16 @@
 //! `--push` and `rbuild push`: publish an image from the store with gzip layers.
 
-use crate::image::{canonical_json, media, Descriptor, Digest, Manifest, Reference};
+use crate::image::{canonical_json, media, Descriptor, Manifest, Reference};
 use crate::layer::Compression;
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
 
-use super::{BuildError, Reporter, StepId};
+use super::{BlobHome, BuildError, Reporter, StepId};
 
 /// Push the stored image `source` to `dest`, reported as step `id` (after a build, the
-/// number after its last step); returns the pushed manifest digest.
+/// number after its last step); returns the pushed manifest digest. `blob_homes` are other
+/// repositories known to hold some of its blobs (a build's registry caches): mount sources
+/// besides the store's tagged images.
 pub fn push(
     store: &Store,
     registry: &Client,
@@ -16,6 +18,7 @@ pub fn push(
     dest: &Reference,
     id: StepId,
     reporter: &dyn Reporter,
+    blob_homes: &[BlobHome],
 ) -> Result<crate::image::Digest, BuildError> {
     let _lock = store.lock_shared()?;
     let record = store.resolve(source)?.ok_or_else(|| {
@@ -31,7 +34,13 @@ pub fn push(
         ),
         None => gzip_manifest(store, &record)?,
     };
-    let mount_sources = mount_sources(store, dest)?;
+    let mut mount_sources = mount_sources(store, dest)?;
+    mount_sources.extend(
+        blob_homes
+            .iter()
+            .filter(|(r, _)| r.registry == dest.registry && r.repository != dest.repository)
+            .cloned(),
+    );
     for desc in manifest
         .layers
         .iter()
@@ -59,10 +68,7 @@ pub fn push(
 
 /// Stored images tagged in another repository of `dest`'s registry, with their blobs: the
 /// candidates for cross-repository blob mounts.
-fn mount_sources(
-    store: &Store,
-    dest: &Reference,
-) -> Result<Vec<(Reference, Vec<Digest>)>, BuildError> {
+fn mount_sources(store: &Store, dest: &Reference) -> Result<Vec<BlobHome>, BuildError> {
     Ok(store
         .images()?
         .into_iter()

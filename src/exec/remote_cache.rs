@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use crate::cache::{
     self, CacheExport, CacheImport, CacheMode, ExportTarget, ExportedRecord, Source,
 };
+use crate::image::Digest;
 use crate::registry::Client;
 use crate::store::{chain_id, CacheRecord, Store};
 
 use super::base::extract_layer;
 use super::stage::StageState;
-use super::{BuildError, Reporter, StepId};
+use super::{BlobHome, BuildError, Reporter, StepId};
 
 /// The `--cache-from` sources that could be read, in the order given.
 #[derive(Default)]
@@ -41,6 +42,14 @@ impl RemoteCache {
             })
             .collect();
         RemoteCache { sources }
+    }
+
+    /// The registry caches read, with their layer blobs: mount sources for a push.
+    pub fn registry_blobs(&self) -> Vec<BlobHome> {
+        self.sources
+            .iter()
+            .filter_map(Source::registry_blobs)
+            .collect()
     }
 
     /// The record of `key` from the first source that has it, kept in the store's cache;
@@ -113,7 +122,8 @@ fn materialize(
 
 /// Export the build's steps to every `--cache-to`, as steps `id`, `id + 1`, ...: `target`
 /// holds the exported image's steps (mode=min), `built` every stage built (mode=max).
-/// Returns the next step number. A failed export fails the build unless `ignore-error=true`.
+/// Returns the next step number, and the registry caches written with their layer blobs
+/// (mount sources for a push). A failed export fails the build unless `ignore-error=true`.
 pub fn export(
     store: &Store,
     registry: &Client,
@@ -122,7 +132,8 @@ pub fn export(
     built: &BTreeMap<usize, StageState>,
     reporter: &dyn Reporter,
     mut id: StepId,
-) -> Result<StepId, BuildError> {
+) -> Result<(StepId, Vec<BlobHome>), BuildError> {
+    let mut written = Vec::new();
     for spec in exports {
         let steps: Vec<&(String, String)> = match spec.mode {
             CacheMode::Min => target.steps.iter().collect(),
@@ -142,8 +153,17 @@ pub fn export(
         };
         reporter.started(id, &label);
         let started = std::time::Instant::now();
-        let result = records(store, &steps, spec)
-            .and_then(|recs| Ok(cache::export(store, registry, spec, recs)?));
+        let result = records(store, &steps, spec).and_then(|recs| {
+            let blobs: Vec<Digest> = recs
+                .iter()
+                .filter_map(|r| r.layer.as_ref().map(|l| l.digest.clone()))
+                .collect();
+            let digest = cache::export(store, registry, spec, recs)?;
+            if let ExportTarget::Registry(r) = &spec.target {
+                written.push((r.clone(), blobs));
+            }
+            Ok(digest)
+        });
         match result {
             Ok(digest) => {
                 reporter.status(id, &format!("cache manifest {digest}"));
@@ -160,7 +180,7 @@ pub fn export(
         }
         id += 1;
     }
-    Ok(id)
+    Ok((id, written))
 }
 
 /// The exported form of `steps`, each with its layer's blob in `spec`'s compression.
