@@ -137,36 +137,11 @@ impl Runner {
     }
 }
 
-/// The plain progress's steps: (label, how it ended: CACHED, CACHED (remote) or DONE).
-fn steps(progress: &str) -> Vec<(String, String)> {
-    let mut labels = std::collections::BTreeMap::new();
-    let mut ends = Vec::new();
-    for line in progress.lines() {
-        let Some(rest) = line.strip_prefix('#') else {
-            continue;
-        };
-        let Some((n, text)) = rest.split_once(' ') else {
-            continue;
-        };
-        if text.starts_with('[') {
-            labels.insert(n.to_string(), text.to_string());
-        } else if text.starts_with("CACHED") || text.starts_with("DONE") {
-            if let Some(label) = labels.get(n) {
-                let how = text
-                    .split(' ')
-                    .take(if text.starts_with("DONE") { 1 } else { 2 });
-                ends.push((label.clone(), how.collect::<Vec<_>>().join(" ")));
-            }
-        }
-    }
-    ends
-}
-
 /// The steps of the build (not the FROMs) and whether each ran.
 fn ran(progress: &str) -> Vec<(String, bool)> {
-    steps(progress)
+    step_ends(progress)
         .into_iter()
-        .filter(|(label, _)| !label.contains("] FROM "))
+        .filter(|(label, _)| label.starts_with('[') && !label.contains("] FROM "))
         .map(|(label, how)| (label, how == "DONE"))
         .collect()
 }

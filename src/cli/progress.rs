@@ -389,14 +389,15 @@ fn current_line(partial: &[u8]) -> Option<String> {
 }
 
 impl Tty {
-    fn finish_cached(&self, id: StepId, how: &str) {
+    /// End step `id`'s live line with the line `line` makes of its label.
+    fn finish_with(&self, id: StepId, line: impl FnOnce(&str) -> String) {
         let mut live = self.live();
         let label = live
             .steps
             .get(&id)
             .map(|s| s.label.clone())
             .unwrap_or_default();
-        live.finish(id, format!("  #{id} {label} {how}"));
+        live.finish(id, line(&label));
     }
 }
 
@@ -417,11 +418,11 @@ impl Reporter for Tty {
     }
 
     fn cached(&self, id: StepId) {
-        self.finish_cached(id, "CACHED");
+        self.finish_with(id, |label| format!("  #{id} {label} CACHED"));
     }
 
     fn cached_remote(&self, id: StepId) {
-        self.finish_cached(id, "CACHED (remote)");
+        self.finish_with(id, |label| format!("  #{id} {label} CACHED (remote)"));
     }
 
     fn output(&self, id: StepId, bytes: &[u8]) {
@@ -451,13 +452,9 @@ impl Reporter for Tty {
     }
 
     fn done(&self, id: StepId, elapsed: Duration) {
-        let mut live = self.live();
-        let label = live
-            .steps
-            .get(&id)
-            .map(|s| s.label.clone())
-            .unwrap_or_default();
-        live.finish(id, format!("✔ #{id} {label} {:.1}s", elapsed.as_secs_f64()));
+        self.finish_with(id, |label| {
+            format!("✔ #{id} {label} {:.1}s", elapsed.as_secs_f64())
+        });
     }
 
     fn failed(&self, id: StepId, elapsed: Duration, error: &str) {
