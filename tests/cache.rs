@@ -167,6 +167,7 @@ fn cold_runners_build_nothing_from_a_registry_or_local_cache() {
     let to_registry = format!("type=registry,ref={reference},mode=max");
     let to_local = format!("type=local,dest={},mode=max", local.display());
     let (id_a, progress) = a.build(&["--cache-to", &to_registry, "--cache-to", &to_local]);
+    let _cache = RegistryImage::pushed(&reference);
     assert!(progress.contains("RAN-BUILD") && progress.contains("RAN-FINAL"));
     assert!(local.join("index.json").is_file());
 
@@ -204,6 +205,7 @@ fn a_changed_source_file_reruns_only_what_depends_on_it() {
         "--cache-to",
         &format!("type=registry,ref={reference},mode=max"),
     ]);
+    let _cache = RegistryImage::pushed(&reference);
     let changed: Vec<(&str, &str)> = FILES
         .iter()
         .map(|&(p, c)| {
@@ -242,6 +244,7 @@ fn mode_min_holds_the_image_steps_and_max_every_stage() {
         "--cache-to",
         &format!("type=registry,ref={max},mode=max"),
     ]);
+    let _cached = (RegistryImage::pushed(&min), RegistryImage::pushed(&max));
     let b = Runner::new(FILES);
     let (_, progress) = b.build(&["--cache-from", &min]);
     assert!(progress.contains("RAN-BUILD"), "{progress}");
@@ -264,6 +267,7 @@ fn unreadable_caches_are_a_warning_and_the_build_goes_on() {
         "--cache-to",
         &format!("type=registry,ref={reference},mode=max"),
     ]);
+    let _cache = RegistryImage::pushed(&reference);
     let b = Runner::new(FILES);
     let not_a_layout = b.dir.path().join("empty");
     std::fs::create_dir(&not_a_layout).unwrap();
@@ -420,17 +424,21 @@ fn layer_blobs_are_uploaded_once_and_a_cached_push_mounts_them() {
         proxy.addr
     );
     let tag = |name: &str| format!("{}/cache-push-{name}-{}:1", proxy.addr, std::process::id());
+    // The same repository, named by the registry's own address.
+    let in_registry = |reference: &str| reference.replacen(&proxy.addr, &registry_by_ip(), 1);
     let cache = tag("cache");
     let to_cache = format!("type=registry,ref={cache}");
     let a = Runner::new(FILES);
     std::fs::write(a.ctx().join("Dockerfile"), &dockerfile).unwrap();
     a.build(&["--cache-to", &to_cache]);
+    let _cache = RegistryImage::pushed(&in_registry(&cache));
     let exported = proxy.take();
     assert!(
         (BIG..BIG * 3 / 2).contains(&exported),
         "the export sent {exported} bytes"
     );
     let (_, progress) = a.build(&["--cache-to", &to_cache, "--push", "-t", &tag("a")]);
+    let _a = RegistryImage::pushed(&in_registry(&tag("a")));
     let sent = proxy.take();
     assert!(
         sent < BIG / 2,
@@ -441,6 +449,7 @@ fn layer_blobs_are_uploaded_once_and_a_cached_push_mounts_them() {
     let b = Runner::new(FILES);
     std::fs::write(b.ctx().join("Dockerfile"), &dockerfile).unwrap();
     let (_, progress) = b.build(&["--cache-from", &cache, "--push", "-t", &tag("b")]);
+    let _b = RegistryImage::pushed(&in_registry(&tag("b")));
     let sent = proxy.take();
     assert!(ran(&progress).iter().all(|(_, ran)| !ran), "{progress}");
     assert!(
