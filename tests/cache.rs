@@ -457,3 +457,26 @@ fn layer_blobs_are_uploaded_once_and_a_cached_push_mounts_them() {
         "B's build and push sent {sent} bytes:\n{progress}"
     );
 }
+
+/// Issue 18: `--cache-to type=inline --push` puts the cache (mode=min, as BuildKit's
+/// inline cache) in the pushed manifest's annotation; a cold runner with
+/// `--cache-from IMAGE` reruns the build stage (not in a min cache) but takes every step
+/// of the image from the cache, and gets the same image. Without --push there is nowhere
+/// to put it: an error that says so.
+#[test]
+#[ignore = "needs root and a registry"]
+fn inline_cache_rides_in_the_pushed_image() {
+    needs_root_and_registry();
+    let image = cache_ref("inline");
+    let a = Runner::new(FILES);
+    let (id_a, _) = a.build(&["--cache-to", "type=inline", "--push", "-t", &image]);
+    let _image = RegistryImage::pushed(&image);
+    let b = Runner::new(FILES);
+    let (id_b, progress) = b.build(&["--cache-from", &image]);
+    assert!(progress.contains("RAN-BUILD"), "{progress}");
+    assert!(!progress.contains("RAN-FINAL"), "{progress}");
+    assert!(progress.contains("CACHED (remote)"), "{progress}");
+    assert_eq!(id_a, id_b);
+    let err = a.build_fails(&["--cache-to", "type=inline"]);
+    assert!(err.contains("type=inline needs --push"), "{err}");
+}

@@ -11,7 +11,10 @@
 mod remote;
 mod spec;
 
-pub use remote::{export, CacheConfig, CacheError, ExportedRecord, Source, ARTIFACT_TYPE};
+pub use remote::{
+    export, inline_annotation, CacheConfig, CacheError, ExportedRecord, Source, ARTIFACT_TYPE,
+    INLINE_ANNOTATION,
+};
 pub use spec::{
     parse_cache_from, parse_cache_to, CacheExport, CacheImport, CacheMode, ExportTarget,
 };

@@ -16,6 +16,17 @@ use crate::store::{CacheRecord, Store, StoreError};
 /// The artifact type of a cache manifest and the media type of its config.
 pub const ARTIFACT_TYPE: &str = "application/vnd.rbuild.cache.v1+json";
 
+/// The annotation of a pushed image's manifest that carries its inline cache
+/// (`--cache-to type=inline`): the cache config's JSON. BuildKit keeps its inline cache in
+/// the image config's `moby.buildkit.cache.v0` label, which changes the image id; a
+/// manifest annotation leaves the image id alone.
+pub const INLINE_ANNOTATION: &str = "dev.rbuild.cache.v1";
+
+/// The value of [`INLINE_ANNOTATION`] for `records`.
+pub fn inline_annotation(records: Vec<ExportedRecord>) -> String {
+    String::from_utf8(canonical_json(&CacheConfig { records })).expect("JSON is UTF-8")
+}
+
 /// Cache configs larger than this are refused (a record is ~1 KB: 64 MB is far beyond any
 /// real build).
 const MAX_CONFIG: u64 = 64 << 20;
@@ -127,31 +138,37 @@ impl Source {
             config: Descriptor,
             #[serde(default)]
             layers: Vec<Descriptor>,
+            #[serde(default)]
+            annotations: std::collections::BTreeMap<String, String>,
         }
         let manifest: Artifact = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| invalid(format!("not a cache manifest: {e}")))?;
         let ours = manifest.artifact_type.as_deref() == Some(ARTIFACT_TYPE)
             && manifest.config.media_type == ARTIFACT_TYPE;
-        if !ours {
-            return Err(invalid(format!(
-                "not an rbuild cache (artifactType {}, config {})",
-                manifest.artifact_type.as_deref().unwrap_or("none"),
-                manifest.config.media_type
-            )));
-        }
-        if manifest.config.size > MAX_CONFIG {
+        let inline = manifest.annotations.get(INLINE_ANNOTATION);
+        if ours && manifest.config.size > MAX_CONFIG {
             return Err(invalid(format!(
                 "cache config of {} bytes",
                 manifest.config.size
             )));
         }
-        let config_bytes = match &origin {
-            Origin::Registry(r) => {
+        let config_bytes = match (&origin, inline) {
+            (Origin::Registry(r), _) if ours => {
                 let mut out = Vec::new();
                 registry.fetch_blob(r, &manifest.config, &mut out)?;
                 out
             }
-            Origin::Local(dir) => read_local_blob(dir, &manifest.config, &origin)?,
+            (Origin::Local(dir), _) if ours => read_local_blob(dir, &manifest.config, &origin)?,
+            // An image pushed with `--cache-to type=inline`.
+            (_, Some(inline)) => inline.as_bytes().to_vec(),
+            _ => {
+                return Err(invalid(format!(
+                    "not an rbuild cache (artifactType {}, config {}, no {INLINE_ANNOTATION} \
+                     annotation)",
+                    manifest.artifact_type.as_deref().unwrap_or("none"),
+                    manifest.config.media_type
+                )))
+            }
         };
         let config: CacheConfig = serde_json::from_slice(&config_bytes)
             .map_err(|e| invalid(format!("cache config: {e}")))?;
@@ -291,6 +308,8 @@ pub fn export(
             }
             registry.push_manifest(r, media::OCI_MANIFEST, &manifest_bytes)?;
         }
+        // Written by the push (exec/push.rs).
+        ExportTarget::Inline => {}
         ExportTarget::Local(dest) => {
             let desc = Descriptor::new(
                 media::OCI_MANIFEST,

@@ -19,6 +19,9 @@ pub enum ExportTarget {
     Registry(Reference),
     /// `type=local,dest=DIR`: an OCI layout directory.
     Local(PathBuf),
+    /// `type=inline`: the cache rides in the pushed image's manifest, in the annotation
+    /// [`super::INLINE_ANNOTATION`] (mode=min only, as BuildKit's inline cache).
+    Inline,
 }
 
 /// One `--cache-to`.
@@ -66,7 +69,7 @@ fn kind_of<'a>(fields: &[(&str, &'a str)], known: &[&str]) -> Result<&'a str, St
     match fields.iter().find(|(k, _)| *k == "type").map(|(_, v)| *v) {
         Some(t) if known.contains(&t) => Ok(t),
         Some("inline") => Err(format!(
-            "type=inline is not supported yet: use {expected} (docs/cache.md)"
+            "type=inline is not a source: name the image (`--cache-from REF`) or use {expected}"
         )),
         Some(t) => Err(format!("type `{t}`: expected {expected}")),
         None => Err(format!("missing type= ({expected})")),
@@ -82,7 +85,7 @@ fn reference(value: &str) -> Result<Reference, String> {
 /// Parse a `--cache-to` value.
 pub fn parse_cache_to(spec: &str) -> Result<CacheExport, String> {
     let fields = fields(spec)?;
-    let kind = kind_of(&fields, &["registry", "local"])?;
+    let kind = kind_of(&fields, &["registry", "local", "inline"])?;
     let (mut reference_, mut dest) = (None, None);
     let mut mode = CacheMode::Min;
     let mut compression = Compression::Gzip;
@@ -121,6 +124,14 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheExport, String> {
         "registry" => ExportTarget::Registry(
             reference_.ok_or("type=registry needs ref=REGISTRY/REPOSITORY[:TAG]")?,
         ),
+        "inline" if mode == CacheMode::Max => {
+            return Err(
+                "type=inline supports mode=min only (as BuildKit's); use type=registry \
+                        for mode=max"
+                    .to_string(),
+            )
+        }
+        "inline" => ExportTarget::Inline,
         _ => ExportTarget::Local(dest.ok_or("type=local needs dest=DIR")?),
     };
     Ok(CacheExport {
@@ -188,7 +199,7 @@ mod tests {
             ("type=registry", "needs ref="),
             ("type=local", "needs dest="),
             ("type=s3,bucket=x", "type `s3`"),
-            ("type=inline", "not supported yet"),
+            ("type=inline,mode=max", "mode=min only"),
             ("type=registry,ref=r/x,mode=all", "mode `all`"),
             ("type=local,dest=d,compression=lz4", "compression `lz4`"),
             ("type=local,dest=d,ignore-error=yes", "ignore-error `yes`"),
@@ -218,5 +229,9 @@ mod tests {
         );
         assert!(parse_cache_from("type=local").unwrap_err().contains("src="));
         assert!(parse_cache_from("type=gha").unwrap_err().contains("`gha`"));
+        assert_eq!(
+            parse_cache_to("type=inline").unwrap().target,
+            ExportTarget::Inline
+        );
     }
 }

@@ -102,7 +102,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &dest,
                 1,
                 &*reporter(super::ProgressMode::Auto, false),
-                &[],
+                &exec::PushHints::default(),
             )?;
             stdout_line(&format!("{}@{digest}", dest.name()))?;
             Ok(())
@@ -306,7 +306,7 @@ fn build_image(
                 tag,
                 id,
                 report,
-                &outcome.blob_homes,
+                &outcome.push,
             )?;
             say(format!("pushed {}@{digest}", tag.name()));
         }

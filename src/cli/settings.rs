@@ -314,6 +314,14 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
         .iter()
         .map(|c| crate::cache::parse_cache_to(c).map_err(|e| user(format!("--cache-to {c}: {e}"))))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let inline = cache_to
+        .iter()
+        .any(|c| c.target == crate::cache::ExportTarget::Inline);
+    if inline && !args.push {
+        return Err(user(
+            "--cache-to type=inline needs --push: the cache rides in the pushed image's manifest",
+        ));
+    }
     let cache_from = args
         .cache_from
         .iter()

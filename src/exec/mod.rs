@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub use error::BuildError;
 pub use import::{import_oci_layout, import_rootfs};
 pub use progress::{Reporter, Silent, StepId};
-pub use push::push;
+pub use push::{push, PushHints};
 pub use request::{BuildRequest, NamedContext, SecretSource, SshSource};
 
 use crate::image::{canonical_json, Digest};
@@ -113,9 +113,8 @@ pub struct BuildOutcome {
     /// Per layer of the image, bottom first: the step that made it (`#N` and its text), or
     /// none for a layer of the base image.
     pub layer_steps: Vec<Option<(StepId, String)>>,
-    /// Registry repositories known to hold blobs of this build (the `--cache-to` and
-    /// `--cache-from` registry caches), with the blobs: a push mounts from them.
-    pub blob_homes: Vec<BlobHome>,
+    /// What a `--push` of the image should know.
+    pub push: PushHints,
 }
 
 /// Build `req` into `store`: plan, execute the stages the target needs, commit the image and
@@ -186,28 +185,32 @@ fn build_with(
         .expect("the target stage was built");
     let mut layer_steps = state.layer_steps.clone();
     layer_steps.resize(state.chains.len(), None);
-    let exported = state.clone();
+    let target_state = state.clone();
     let image = ctx.commit_image(target, state)?;
     for tag in &req.tags {
         store.tag(tag, &image.manifest)?;
     }
-    let (next_step, mut blob_homes) = remote_cache::export(
+    let exported = remote_cache::export(
         store,
         registry,
         &req.cache_to,
-        &exported,
+        &target_state,
         &done,
         reporter,
         ctx.next_step(),
     )?;
+    let mut blob_homes = exported.blob_homes;
     blob_homes.extend(remote.registry_blobs());
     Ok(BuildOutcome {
         image,
         cached: ctx.cached,
         executed: ctx.executed,
-        next_step,
+        next_step: exported.next_step,
         layer_steps,
-        blob_homes,
+        push: PushHints {
+            blob_homes,
+            inline_cache: exported.inline,
+        },
     })
 }
 

@@ -8,9 +8,7 @@ use crate::store::{ImageRecord, Store};
 use super::{BlobHome, BuildError, Reporter, StepId};
 
 /// Push the stored image `source` to `dest`, reported as step `id` (after a build, the
-/// number after its last step); returns the pushed manifest digest. `blob_homes` are other
-/// repositories known to hold some of its blobs (a build's registry caches): mount sources
-/// besides the store's tagged images.
+/// number after its last step); returns the pushed manifest digest.
 pub fn push(
     store: &Store,
     registry: &Client,
@@ -18,7 +16,7 @@ pub fn push(
     dest: &Reference,
     id: StepId,
     reporter: &dyn Reporter,
-    blob_homes: &[BlobHome],
+    hints: &PushHints,
 ) -> Result<crate::image::Digest, BuildError> {
     let _lock = store.lock_shared()?;
     let record = store.resolve(source)?.ok_or_else(|| {
@@ -26,17 +24,22 @@ pub fn push(
     })?;
     reporter.started(id, &format!("pushing {dest}"));
     let started = std::time::Instant::now();
-    let (media_type, manifest, bytes) = match pushable_as_stored(store, &record)? {
+    let as_stored = match hints.inline_cache {
+        Some(_) => None,
+        None => pushable_as_stored(store, &record)?,
+    };
+    let (media_type, manifest, bytes) = match as_stored {
         Some(bytes) => (
             record.manifest.media_type.clone(),
             record.manifest_body.clone(),
             bytes,
         ),
-        None => gzip_manifest(store, &record)?,
+        None => gzip_manifest(store, &record, hints.inline_cache.as_deref())?,
     };
     let mut mount_sources = mount_sources(store, dest)?;
     mount_sources.extend(
-        blob_homes
+        hints
+            .blob_homes
             .iter()
             .filter(|(r, _)| r.registry == dest.registry && r.repository != dest.repository)
             .cloned(),
@@ -64,6 +67,17 @@ pub fn push(
     let digest = registry.push_manifest(dest, &media_type, &bytes)?;
     reporter.done(id, started.elapsed());
     Ok(digest)
+}
+
+/// What a push learns from the build before it: where else its blobs are, and the inline
+/// cache to carry.
+#[derive(Debug, Default)]
+pub struct PushHints {
+    /// Registry repositories known to hold some of the image's blobs (the build's registry
+    /// caches): mount sources besides the store's tagged images.
+    pub blob_homes: Vec<BlobHome>,
+    /// `--cache-to type=inline`: the cache config, for the manifest's annotation.
+    pub inline_cache: Option<String>,
 }
 
 /// Stored images tagged in another repository of `dest`'s registry, with their blobs: the
@@ -104,10 +118,12 @@ fn pushable_as_stored(store: &Store, record: &ImageRecord) -> Result<Option<Vec<
 }
 
 /// An OCI manifest of the image with gzip layers (made where missing) and the stored config
-/// blob itself: re-serializing the config would change a pulled image's id.
+/// blob itself: re-serializing the config would change a pulled image's id. `inline_cache`
+/// goes into the manifest's annotations (`--cache-to type=inline`).
 fn gzip_manifest(
     store: &Store,
     record: &ImageRecord,
+    inline_cache: Option<&str>,
 ) -> Result<(String, Manifest, Vec<u8>), BuildError> {
     let layers = record
         .chains
@@ -128,6 +144,16 @@ fn gzip_manifest(
         // `--annotation manifest:K=V`, kept in the stored manifest.
         annotations: record.manifest_body.annotations.clone(),
     };
+    let mut manifest = manifest;
+    if let Some(cache) = inline_cache {
+        manifest
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                crate::cache::INLINE_ANNOTATION.to_string(),
+                cache.to_string(),
+            );
+    }
     let bytes = canonical_json(&manifest);
     Ok((media::OCI_MANIFEST.to_string(), manifest, bytes))
 }

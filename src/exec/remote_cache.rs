@@ -122,8 +122,7 @@ fn materialize(
 
 /// Export the build's steps to every `--cache-to`, as steps `id`, `id + 1`, ...: `target`
 /// holds the exported image's steps (mode=min), `built` every stage built (mode=max).
-/// Returns the next step number, and the registry caches written with their layer blobs
-/// (mount sources for a push). A failed export fails the build unless `ignore-error=true`.
+/// A failed export fails the build unless `ignore-error=true`.
 pub fn export(
     store: &Store,
     registry: &Client,
@@ -132,8 +131,9 @@ pub fn export(
     built: &BTreeMap<usize, StageState>,
     reporter: &dyn Reporter,
     mut id: StepId,
-) -> Result<(StepId, Vec<BlobHome>), BuildError> {
+) -> Result<Exported, BuildError> {
     let mut written = Vec::new();
+    let mut inline = None;
     for spec in exports {
         let steps: Vec<&(String, String)> = match spec.mode {
             CacheMode::Min => target.steps.iter().collect(),
@@ -150,6 +150,15 @@ pub fn export(
         let label = match &spec.target {
             ExportTarget::Registry(r) => format!("exporting cache to {r}"),
             ExportTarget::Local(dir) => format!("exporting cache to {}", dir.display()),
+            ExportTarget::Inline => {
+                // The push writes it, with the image's gzip layers.
+                let spec = CacheExport {
+                    compression: crate::layer::Compression::Gzip,
+                    ..spec.clone()
+                };
+                inline = Some(cache::inline_annotation(records(store, &steps, &spec)?));
+                continue;
+            }
         };
         reporter.started(id, &label);
         let started = std::time::Instant::now();
@@ -180,7 +189,21 @@ pub fn export(
         }
         id += 1;
     }
-    Ok((id, written))
+    Ok(Exported {
+        next_step: id,
+        blob_homes: written,
+        inline,
+    })
+}
+
+/// What [`export`] did.
+pub struct Exported {
+    /// The step number after the exports.
+    pub next_step: StepId,
+    /// The registry caches written, with their layer blobs: mount sources for a push.
+    pub blob_homes: Vec<BlobHome>,
+    /// `--cache-to type=inline`: the annotation value for the pushed manifest.
+    pub inline: Option<String>,
 }
 
 /// The exported form of `steps`, each with its layer's blob in `spec`'s compression.
