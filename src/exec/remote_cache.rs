@@ -83,8 +83,9 @@ impl RemoteCache {
                 }
             }
         }
-        // Kept locally too: the next build here, and an export of this one, find it.
-        store.put_cache(key, &rec).ok()?;
+        // Kept locally too: the next build here, and an export of this one, find it. Only
+        // a saving: a store that cannot take it fails the build at its next write anyway.
+        let _ = store.put_cache(key, &rec);
         Some(rec)
     }
 }
