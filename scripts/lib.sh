@@ -46,19 +46,58 @@ ensure_dockerd() {
 }
 
 # A busybox rootfs tarball from busybox-static, with a uid 1000 user for USER tests.
+# BUSYBOX: the static binary to use (default the host's). A foreign one gets the applet links
+# the host's busybox lists (the same Debian version), so no emulation is needed here.
 make_busybox_rootfs() {
-  local out=$1 root
+  local out=$1 busybox=${2:-/bin/busybox} root applet
   root=$(mktemp -d)
   chmod 755 "$root"   # mktemp makes it 0700: the image's / would be unreadable to users
   mkdir -p "$root"/{bin,etc,tmp,root,home/user}
-  cp /bin/busybox "$root/bin/busybox"
-  chroot "$root" /bin/busybox --install -s /bin
+  cp "$busybox" "$root/bin/busybox"
+  if [[ $busybox == /bin/busybox ]]; then
+    chroot "$root" /bin/busybox --install -s /bin
+  else
+    for applet in $(/bin/busybox --list); do
+      [[ $applet == busybox ]] || ln -s /bin/busybox "$root/bin/$applet"
+    done
+  fi
   printf 'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
   printf 'root:x:0:\nuser:x:1000:\nstaff:x:50:user\nnogroup:x:65534:\n' >"$root/etc/group"
   chmod 1777 "$root/tmp"
   chown 1000:1000 "$root/home/user"
   tar --numeric-owner -C "$root" -cf "$out" .
   rm -rf "$root"
+}
+
+# Register qemu-user-static's binfmt_misc handlers (Debian's /usr/lib/binfmt.d/qemu-NAME.conf,
+# whose F flag opens the interpreter at registration, so it runs inside a chroot) for the
+# named qemu targets (aarch64 arm ...) that have none yet.
+ensure_binfmt() {
+  local dir=/proc/sys/fs/binfmt_misc name conf
+  [[ -f $dir/register ]] || mount -t binfmt_misc binfmt_misc "$dir" || return 1
+  for name in "$@"; do
+    [[ -e $dir/qemu-$name ]] && continue
+    conf=/usr/lib/binfmt.d/qemu-$name.conf
+    [[ -f $conf ]] || { echo "ensure_binfmt: $conf missing (install qemu-user-static)" >&2; return 1; }
+    log "registering the binfmt_misc handler qemu-$name"
+    # The conf's flags may name O and C; the kernel takes them as given.
+    cat "$conf" >"$dir/register" || return 1
+  done
+}
+
+# The busybox-static binary of a Debian architecture (arm64, armhf...), unpacked from its
+# package into DIR; prints the binary's path.
+foreign_busybox() {
+  local arch=$1 dir=$2 deb
+  if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+    dpkg --add-architecture "$arch"
+    apt-get update -qq
+  fi
+  mkdir -p "$dir"
+  (cd "$dir" && apt-get download -qq "busybox-static:$arch" 2>/dev/null) >&2
+  deb=$(ls "$dir"/busybox-static_*_"$arch".deb)
+  dpkg-deb -x "$deb" "$dir/root"
+  echo "$dir/root/bin/busybox"
 }
 
 BASE_ENV='ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'

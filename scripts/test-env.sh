@@ -32,8 +32,13 @@ esac
 exec 3>&1 1>&2   # only the export lines below go to stdout
 
 ensure_packages docker.io docker-registry buildah skopeo umoci podman busybox-static debootstrap curl apache2-utils \
-  slirp4netns gcc libc6-dev util-linux time iproute2 openssh-client libssl3 git
+  slirp4netns gcc libc6-dev util-linux time iproute2 openssh-client libssl3 git \
+  qemu-user-static binfmt-support
 ensure_dockerd "$STATE/dockerd.log"
+# Foreign-architecture RUN steps (tests/platforms.rs) go through qemu's binfmt handlers. A
+# machine that cannot register them (a container without the privilege) still runs the
+# other tests; tests/platforms.rs then fails naming the missing handler.
+ensure_binfmt aarch64 arm || log "warning: no qemu binfmt handlers: tests/platforms.rs will fail"
 
 # The base images' filesystems, made once. busybox: a rootfs from busybox-static, with a uid
 # 1000 user for USER tests; the recipe's version names the seeded storage built from it.
@@ -42,6 +47,18 @@ if [[ ! -f $STATE/busybox-rootfs.recipe-$BUSYBOX_RECIPE || ! -s $STATE/busybox-r
   make_busybox_rootfs "$STATE/busybox-rootfs.tar"
   touch "$STATE/busybox-rootfs.recipe-$BUSYBOX_RECIPE"
 fi
+# The same for arm64 and armhf (Debian's busybox-static of those architectures), the
+# foreign members of busybox-multi:latest.
+MULTI_ARCHES=(arm64 armhf)
+for arch in "${MULTI_ARCHES[@]}"; do
+  if [[ ! -f $STATE/busybox-rootfs-$arch.recipe-$BUSYBOX_RECIPE || ! -s $STATE/busybox-rootfs-$arch.tar ]]; then
+    log "busybox rootfs for $arch"
+    dl=$(mktemp -d)
+    make_busybox_rootfs "$STATE/busybox-rootfs-$arch.tar" "$(foreign_busybox "$arch" "$dl")"
+    rm -rf "$dl"
+    touch "$STATE/busybox-rootfs-$arch.recipe-$BUSYBOX_RECIPE"
+  fi
+done
 # debian:bookworm from debootstrap, for the apt examples (RBUILD_TEST_DEBIAN=0: none).
 bases=(busybox)
 if [[ ${RBUILD_TEST_DEBIAN:-1} == 1 ]]; then
@@ -75,6 +92,35 @@ push_bases() {
   done
 }
 
+# Push busybox-multi:latest, an OCI index of busybox for linux/amd64, linux/arm64 and
+# linux/arm/v7, to the registry on 127.0.0.1:PORT, through buildah with a storage of its own.
+MULTI_RECIPE=1
+push_multi_base() {
+  local port=$1 root arch variant plat ctr tar
+  root=$(mktemp -d)
+  local b=(buildah --root "$root/storage" --runroot "$root/run" --storage-driver vfs)
+  for plat in linux/amd64 linux/arm64 linux/arm/v7; do
+    case $plat in
+      linux/amd64) tar=$STATE/busybox-rootfs.tar ;;
+      linux/arm64) tar=$STATE/busybox-rootfs-arm64.tar ;;
+      linux/arm/v7) tar=$STATE/busybox-rootfs-armhf.tar ;;
+    esac
+    arch=${plat#linux/} variant=
+    [[ $arch == */* ]] && variant=${arch#*/}
+    ctr=$("${b[@]}" from --quiet scratch)
+    "${b[@]}" add --quiet "$ctr" "$tar" / >/dev/null
+    "${b[@]}" config --os linux --arch "${arch%%/*}" ${variant:+--variant "$variant"} \
+      --env "${BASE_ENV#ENV }" --cmd sh "$ctr"
+    "${b[@]}" commit --quiet --format oci --manifest busybox-multi "$ctr" >/dev/null
+    "${b[@]}" rm "$ctr" >/dev/null
+  done
+  log "seeding localhost:$port/busybox-multi:latest"
+  "${b[@]}" manifest push --quiet --all --format oci --tls-verify=false busybox-multi \
+    "docker://localhost:$port/busybox-multi:latest"
+  "${b[@]}" rm --all >/dev/null 2>&1 || true
+  rm -rf "$root"
+}
+
 # The seeded storage: a registry's filesystem holding the bases, and `contents`, what
 # registry_contents lists for it. Each test run starts a registry on a copy of it, which is
 # faster than pushing the bases again (about 0.3s instead of about 15s).
@@ -92,6 +138,18 @@ if [[ ! -f $SEED/contents ]]; then
   for old in "$STATE"/seeded.*; do
     [[ $old == "$SEED" ]] || rm -rf "$old"
   done
+fi
+# busybox-multi joins the seeded storage (and its contents) once, marked by its recipe.
+if [[ ! -f $SEED/multi.recipe-$MULTI_RECIPE ]]; then
+  trap 'registry_stop "$SEED.multi"' EXIT
+  port=$(registry_start_free "$SEED.multi" "$SEED/storage")
+  push_multi_base "$port"
+  registry_contents "$port" "$SEED/storage" >"$SEED/contents.tmp"
+  registry_stop "$SEED.multi"
+  trap - EXIT
+  rm -rf "$SEED.multi"
+  mv "$SEED/contents.tmp" "$SEED/contents"
+  touch "$SEED/multi.recipe-$MULTI_RECIPE"
 fi
 echo "export RBUILD_TEST_SEED=$SEED" >&3
 
@@ -118,11 +176,20 @@ if ((dev_registry)); then
   fi
   # A registry kept between runs may predate the current busybox recipe (the marker names
   # the recipe its busybox was pushed with), or miss a base.
-  have_image() { curl -fsS -o /dev/null 2>/dev/null "http://127.0.0.1:$DEV_PORT/v2/$1/manifests/$2"; }
+  # (an OCI index is found only when the request accepts one)
+  have_image() {
+    curl -fsS -o /dev/null 2>/dev/null -H 'Accept: application/vnd.oci.image.index.v1+json' \
+      -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+      "http://127.0.0.1:$DEV_PORT/v2/$1/manifests/$2"
+  }
   if ! have_image busybox latest || [[ ! -f $STATE/busybox.recipe-$BUSYBOX_RECIPE ]]; then
     push_bases $DEV_PORT busybox
   fi
   touch "$STATE/busybox.recipe-$BUSYBOX_RECIPE"
+  if ! have_image busybox-multi latest || [[ ! -f $STATE/busybox-multi.recipe-$MULTI_RECIPE ]]; then
+    push_multi_base $DEV_PORT
+    touch "$STATE/busybox-multi.recipe-$MULTI_RECIPE"
+  fi
   if [[ ${bases[1]:-} == debian ]] && ! have_image debian bookworm; then
     push_bases $DEV_PORT debian
   fi

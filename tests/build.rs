@@ -634,7 +634,7 @@ fn unused_build_arg_warns_and_used_one_does_not() {
 
 #[test]
 #[ignore = "needs root, docker and a registry"]
-fn platform_other_than_the_host_is_refused_and_the_host_is_accepted() {
+fn a_platform_the_base_lacks_is_refused_and_the_host_is_accepted() {
     needs_root_docker_and_registry();
     let store = tempfile::tempdir().unwrap();
     let ctx = context(&format!("FROM {BASE}\nRUN true\n"), &[]);
@@ -643,9 +643,11 @@ fn platform_other_than_the_host_is_refused_and_the_host_is_accepted() {
     } else {
         "linux/arm64"
     };
+    // busybox:latest is a single-platform image (tests/platforms.rs builds for several).
     let err = build_fails(store.path(), ctx.path(), &["--platform", other]);
     assert!(
-        err.contains(other) && err.contains("host platform"),
+        err.contains(&format!("no matching manifest for {other}"))
+            && err.contains(&format!("available: linux/{}", host_arch())),
         "unclear platform error:\n{err}"
     );
     let host = format!("linux/{}", host_arch());
@@ -718,6 +720,111 @@ fn rebuild_hits_the_cache_for_every_step_and_no_cache_runs_them_again() {
     assert!(cache_mount_lines(store.path(), "executions").is_empty());
     assert!(!store.path().join("mounts/cache").exists());
     assert!(!stat_cache.exists());
+}
+
+/// `COPY --link` as BuildKit's MergeOp: the copy is made once on an empty filesystem, so a
+/// new base reuses its layer (CACHED, the same diff_id) while the steps on the base run
+/// again; a destination through a symlink of the base gets a real directory; `--chmod`
+/// turns linking off (a plain copy that follows the symlink); `--chown` takes ids, `root`,
+/// never a name. The image loads into docker with the directory where the link was.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn copy_link_layer_is_made_once_and_stacked_on_any_base() {
+    use std::os::unix::fs::MetadataExt;
+    needs_root_docker_and_registry();
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE} AS base\n\
+             ARG V\n\
+             RUN mkdir /srv && ln -s /srv /app && ln -s /srv /app2 && echo $V > /v\n\
+             FROM base\n\
+             COPY --link a.txt /app/\n\
+             COPY --link --chown=1000:root a.txt /owned/\n\
+             COPY --link --chmod=600 a.txt /app2/chmod.txt\n\
+             RUN cat /app/a.txt /v > /seen\n"
+        ),
+        &[("a.txt", b"a\n")],
+    );
+    let diff_ids = |tag: &str| -> Vec<String> {
+        let info = inspect(store.path(), tag);
+        info["Config"]["rootfs"]["diff_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_string())
+            .collect()
+    };
+    let tag1 = "rbuild-test/link:1";
+    let tag2 = "rbuild-test/link:2";
+    build_ok(
+        store.path(),
+        ctx.path(),
+        &["-t", tag1, "--build-arg", "V=1"],
+    );
+    let second = stderr(&build_ok(
+        store.path(),
+        ctx.path(),
+        &["-t", tag2, "--build-arg", "V=2"],
+    ));
+    let cached = cached_steps(&second);
+    assert_eq!(cached.len(), 2, "{second}");
+    assert!(cached[0].ends_with("COPY --link a.txt /app/"), "{cached:?}");
+    assert!(cached[1].contains("--chown=1000:root"), "{cached:?}");
+    let (one, two) = (diff_ids(tag1), diff_ids(tag2));
+    let n = one.len();
+    assert_eq!(n, two.len());
+    // ... base RUN, link, link, chmod copy, RUN: the base's RUN differs, the links do not.
+    assert_ne!(one[n - 5], two[n - 5]);
+    assert_eq!(one[n - 4..n - 2], two[n - 4..n - 2]);
+
+    let (out, _) = build_rootfs(store.path(), ctx.path(), &["--build-arg", "V=2"]);
+    let root = rootfs(&out);
+    let app = std::fs::symlink_metadata(root.join("app")).unwrap();
+    assert!(app.is_dir(), "/app should be a real directory now");
+    assert_eq!(read(root.join("app/a.txt")), "a\n");
+    assert!(!root.join("srv/a.txt").exists());
+    assert!(std::fs::symlink_metadata(root.join("app2"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(read(root.join("srv/chmod.txt")), "a\n");
+    assert_eq!(read(root.join("seen")), "a\n2\n");
+    let owned = std::fs::symlink_metadata(root.join("owned/a.txt")).unwrap();
+    assert_eq!((owned.uid(), owned.gid()), (1000, 0));
+
+    let archive = store.path().join("link.tar");
+    build_ok(
+        store.path(),
+        ctx.path(),
+        &[
+            "--build-arg",
+            "V=2",
+            "-t",
+            tag2,
+            "-o",
+            archive.to_str().unwrap(),
+        ],
+    );
+    run_ok(docker().arg("load").arg("-i").arg(&archive));
+    let seen = run_ok(docker().args([
+        "run",
+        "--rm",
+        "--network=none",
+        tag2,
+        "sh",
+        "-c",
+        "test -d /app && ! test -L /app && cat /app/a.txt /srv/chmod.txt",
+    ]));
+    let _ = run(docker().args(["rmi", "-f", tag2]));
+    assert_eq!(seen, "a\na\n");
+
+    let named = context(
+        &format!("FROM {BASE}\nCOPY --link --chown=nobody a.txt /x/\n"),
+        &[("a.txt", b"a\n")],
+    );
+    let err = build_fails(store.path(), named.path(), &[]);
+    assert!(err.contains("--chown=nobody with --link"), "{err}");
+    assert!(err.contains("Dockerfile:2"), "{err}");
 }
 
 #[test]

@@ -161,6 +161,9 @@ fn context_socket_is_copied_as_an_empty_regular_file() {
 
     let archive = t.path().join("image.tar");
     let tag = "rbuild-contexts/socket:rbuild";
+    let docker_tag = "rbuild-contexts/socket:docker";
+    // Removed again, also when an assertion fails: tests clean up what they make.
+    let _images = DockerImages(vec![tag.to_string(), docker_tag.to_string()]);
     run_ok(
         rbuild(&t.path().join("store"))
             .args(["-t", tag, "-o"])
@@ -178,7 +181,6 @@ fn context_socket_is_copied_as_an_empty_regular_file() {
         "{entry:?}"
     );
 
-    let docker_tag = "rbuild-contexts/socket:docker";
     run_ok(
         docker()
             .env("DOCKER_BUILDKIT", "1")

@@ -1,9 +1,10 @@
 //! `ADD <git url>` against a `git daemon` the test starts on 127.0.0.1: branches, an
 //! annotated and a lightweight tag, a commit, `:subdir`, a submodule, `--keep-git-dir`,
-//! `--checksum`, the cache keyed by the commit, `git http-backend` behind a server that
-//! demands `GIT_AUTH_TOKEN`, hostile repositories (a symlink out, `ext::`
-//! and `file://` submodules). docker 20.10's frontend has no ADD git (it reads the URL as a
-//! context path: `failed to walk .../git:/127.0.0.1:PORT`), so there is no comparison.
+//! `--checksum`, BuildKit's `?ref=..` query form, git sources mixed with others, the cache
+//! keyed by the commit, `git http-backend` behind a server that demands `GIT_AUTH_TOKEN`,
+//! hostile repositories (a symlink out, `ext::` and `file://` submodules). docker 20.10's
+//! frontend has no ADD git (it reads the URL as a context path: `failed to walk
+//! .../git:/127.0.0.1:PORT`), so there is no comparison.
 
 mod support;
 
@@ -38,7 +39,9 @@ fn git(dir: &Path, args: &[&str]) -> String {
             ])
             .args(args)
             .env("HOME", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1"),
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            // Commits far from any checkout's time: `mtime=commit` is told apart.
+            .env("GIT_COMMITTER_DATE", "2001-02-03T04:05:06Z"),
     )
     .trim()
     .to_string()
@@ -267,13 +270,100 @@ fn add_git_clones_each_ref_form_with_submodules() {
         format!("FROM {BASE}\nADD {url}#nope /x\n"),
         "no branch, tag or commit `nope`",
     );
-    bad(
-        format!("FROM {BASE}\nADD {url} /a/ {url}#dev /b/\n"),
-        "must be ADD's only source",
-    );
     // `:subdir` through the repository's link to /etc/shadow resolves inside the checkout,
     // where there is no such file: the host's is never read.
     bad(format!("FROM {BASE}\nADD {url}#main:out /x\n"), "not found");
+}
+
+/// BuildKit's query form (`?ref=`, `tag=`, `branch=`, `subdir=`, `commit=`, `keep-git-dir`,
+/// `submodules=false`, `mtime=commit`, `fetch-by-commit`) and git sources mixed with others
+/// in one ADD, copied in their order.
+#[test]
+#[ignore = "needs root and the test registry (scripts/test.sh)"]
+fn add_git_query_form_and_mixed_sources() {
+    needs_root_and_registry();
+    let f = fixture();
+    let url = f.daemon.url("repo.git");
+    let store = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("fs");
+    let commit_time: i64 = git(&f.work, &["log", "-1", "--format=%ct", "main"])
+        .parse()
+        .unwrap();
+    let dockerfile = format!(
+        "FROM {BASE}\n\
+         ADD {url}?ref=dev /qdev\n\
+         ADD {url}?tag=v1&subdir=dir /qtag\n\
+         ADD {url}?branch=main&submodules=false /qnosub\n\
+         ADD {url}?keep-git-dir=true#dev /qkept\n\
+         ADD {url}?commit={first}&fetch-by-commit /qfbc\n\
+         ADD {url}?mtime=commit#main /qmtime\n\
+         ADD Dockerfile {url}#dev /mixed/\n",
+        first = f.first,
+    );
+    let o = build(store.path(), &dockerfile, &dest);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read(dest.join("qdev/dev.txt")), "on dev\n");
+    assert_eq!(read(dest.join("qtag/b.txt")), "in dir\n");
+    assert!(!dest.join("qtag/a.txt").exists());
+    assert_eq!(read(dest.join("qnosub/a.txt")), "second\n");
+    assert!(dest.join("qnosub/sub").is_dir() && !dest.join("qnosub/sub/s.txt").exists());
+    assert_eq!(read(dest.join("qkept/.git/HEAD")), "ref: refs/heads/dev\n");
+    assert_eq!(read(dest.join("qfbc/a.txt")), "first\n");
+    for p in [
+        "qmtime/a.txt",
+        "qmtime/dir/b.txt",
+        "qmtime/dir",
+        "qmtime/sub/s.txt",
+    ] {
+        let meta = std::fs::symlink_metadata(dest.join(p)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::mtime(&meta),
+            commit_time,
+            "{p}"
+        );
+    }
+    assert_eq!(commit_time, 981173106);
+    let meta = std::fs::symlink_metadata(dest.join("qdev/a.txt")).unwrap();
+    assert_ne!(std::os::unix::fs::MetadataExt::mtime(&meta), commit_time);
+    assert_eq!(read(dest.join("mixed/dev.txt")), "on dev\n");
+    assert!(read(dest.join("mixed/Dockerfile")).starts_with("FROM "));
+
+    let bad = |dockerfile: String, want: &str| {
+        let o = build(store.path(), &dockerfile, &out.path().join("bad"));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(want), "want {want:?} in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    bad(
+        format!("FROM {BASE}\nADD {url}?ref=main#dev /x\n"),
+        "ref conflicts: \"dev\" vs \"main\"",
+    );
+    bad(
+        format!("FROM {BASE}\nADD {url}?depth=1 /x\n"),
+        "unexpected query \"depth\"",
+    );
+    bad(
+        format!("FROM {BASE}\nADD {url}?tag=v1&branch=main /x\n"),
+        "branch conflicts with tag",
+    );
+    bad(
+        format!("FROM {BASE}\nADD --keep-git-dir=true {url}?keep-git-dir=false /x\n"),
+        "inconsistent keep-git-dir configuration",
+    );
+    bad(
+        format!(
+            "FROM {BASE}\nADD --checksum={} {url}?checksum={} /x\n",
+            f.first, f.dev
+        ),
+        "checksum mismatch",
+    );
+    // A short sha is not a ref, as in current BuildKit (its ls-remote finds nothing).
+    bad(
+        format!("FROM {BASE}\nADD {url}#{} /x\n", &f.first[..8]),
+        "no branch, tag or commit",
+    );
 }
 
 #[test]

@@ -463,7 +463,7 @@ fn index_resolves_to_the_host_platform_and_lists_others() {
     assert_eq!(
         err.to_string(),
         format!(
-            "pulling `{r}`: no matching manifest for linux/s390x in the manifest list \
+            "pulling `{r}`: no matching manifest for linux/s390x \
              (available: linux/amd64, linux/arm64/v8)"
         )
     );

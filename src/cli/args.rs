@@ -134,6 +134,13 @@ pub enum Command {
         #[arg(short = 'c', long = "change", value_name = "INSTRUCTION")]
         changes: Vec<String>,
     },
+    /// Show which platforms RUN steps can run for here (natively or through qemu-user's
+    /// binfmt_misc handlers); `--install` registers Debian's qemu-user-static handlers
+    Binfmt {
+        /// Register the handlers of /usr/lib/binfmt.d/qemu-*.conf that are missing (as root)
+        #[arg(long)]
+        install: bool,
+    },
     #[command(name = "__sandbox-helper", hide = true)]
     SandboxHelper,
 }
@@ -193,6 +200,9 @@ pub struct BuildArgs {
     /// Do not use the cache
     #[arg(long)]
     pub no_cache: bool,
+    /// Say why every step that missed the cache missed it (by default: each stage's first)
+    #[arg(long)]
+    pub explain: bool,
     /// Always look up base images in their registry
     #[arg(long)]
     pub pull: bool,
@@ -253,7 +263,8 @@ pub struct BuildArgs {
     /// Extra named context: `NAME=DIR`, `NAME=docker-image://REF`, `NAME=oci-layout://DIR[:TAG]`
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
-    /// Target platform (only the host's platform is supported)
+    /// Target platforms, comma-separated (`linux/amd64,linux/arm64`); foreign ones run
+    /// through qemu-user (see `rbuild binfmt`)
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
     /// Write the image id to the file

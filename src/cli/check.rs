@@ -24,22 +24,26 @@ pub enum Lookup {
 }
 
 /// Base images for the checks through the build's resolver.
-struct Resolved<'a>(exec::PlanResolver<'a>);
+struct Resolved<'a>(exec::PlanResolver<'a>, crate::image::Platform);
 
 impl BaseImages for Resolved<'_> {
     fn lookup(&mut self, reference: &str) -> Option<BaseImage> {
-        let base = self.0.resolve(reference).ok()?;
+        let base = self.0.resolve(reference, &self.1).ok()?;
         Some(BaseImage::from_config(&base.config))
     }
 }
 
 /// Base images for the checks from the store alone.
-struct Stored<'a>(&'a Store);
+/// The store keeps the host's image of a tag: for another target platform it has no answer.
+struct Stored<'a>(&'a Store, crate::image::Platform);
 
 impl BaseImages for Stored<'_> {
     fn lookup(&mut self, reference: &str) -> Option<BaseImage> {
         let name = reference.parse::<Reference>().ok()?.to_string();
         let record = self.0.resolve(&name).ok()??;
+        if !record.config.is_for(&self.1) {
+            return None;
+        }
         Some(BaseImage::from_config(&record.config))
     }
 }
@@ -113,11 +117,14 @@ pub fn run(
     let mut stored;
     let bases: &mut dyn BaseImages = match lookup {
         Lookup::Resolve => {
-            resolved = Resolved(exec::PlanResolver::new(store, registry, req));
+            resolved = Resolved(
+                exec::PlanResolver::new(store, registry, req),
+                req.platform.clone(),
+            );
             &mut resolved
         }
         Lookup::StoreOnly => {
-            stored = Stored(store);
+            stored = Stored(store, req.platform.clone());
             &mut stored
         }
     };

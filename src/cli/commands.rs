@@ -164,6 +164,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             stdout_line(&record.config_digest.to_string())?;
             Ok(())
         }
+        Some(Command::Binfmt { install }) => super::platforms::binfmt(install),
         Some(Command::SandboxHelper) => crate::sandbox::helper_main::<crate::fileop::FileJob>(),
     }
 }
@@ -272,14 +273,17 @@ fn build_image(
     args: &super::BuildArgs,
     report: &dyn exec::Reporter,
 ) -> anyhow::Result<()> {
+    super::platforms::check(settings)?;
     exec::install_signal_handlers();
     // Held until the outputs are written: a prune in between must not take the blobs of an
     // untagged image that is still being exported.
     let _lock = store.lock_shared()?;
     let started = std::time::Instant::now();
-    let outcome = exec::build(store, registry, &settings.request, report)?;
+    let outcome = super::platforms::build_each(store, registry, settings, report)?;
     super::progress::trace("build", started.elapsed());
-    let image = &outcome.image;
+    // The first platform's image stands for the build where one image is asked for (the
+    // id line, --iidfile); outputs and the push get them all.
+    let image = &outcome.images[0];
     let tags = &settings.request.tags;
     let say = |text: String| {
         if !args.quiet && args.progress != super::ProgressMode::Quiet {
@@ -289,7 +293,13 @@ fn build_image(
 
     for spec in &settings.outputs {
         let started = std::time::Instant::now();
-        output::write(store, image, tags, spec, settings.request.source_date_epoch)?;
+        output::write_all(
+            store,
+            &outcome.images,
+            tags,
+            spec,
+            settings.request.source_date_epoch,
+        )?;
         super::progress::trace("output", started.elapsed());
         say(format!("wrote {}", describe(&spec.kind)));
     }
@@ -299,15 +309,18 @@ fn build_image(
     }
     if settings.push {
         for (id, tag) in (outcome.next_step..).zip(tags) {
-            let digest = exec::push(
-                store,
-                registry,
-                &image.manifest.digest.to_string(),
-                tag,
-                id,
-                report,
-                &outcome.push,
-            )?;
+            let digest = match &outcome.images[..] {
+                [one] => exec::push(
+                    store,
+                    registry,
+                    &one.manifest.digest.to_string(),
+                    tag,
+                    id,
+                    report,
+                    &outcome.push,
+                )?,
+                several => exec::push_index(store, registry, several, tag, id, report)?,
+            };
             say(format!("pushed {}@{digest}", tag.name()));
         }
     }
@@ -315,7 +328,7 @@ fn build_image(
         write_file(path, image.config_digest.to_string().as_bytes())?;
     }
     if let Some(path) = &settings.metadata_file {
-        write_file(path, &exec::metadata_json(image, tags))?;
+        write_file(path, &exec::metadata_json(image, tags, &outcome.steps))?;
     }
     if !args.quiet && args.progress != super::ProgressMode::Quiet {
         // What the image costs; never fails the build that made it.

@@ -5,6 +5,7 @@
 mod args;
 mod check;
 mod commands;
+mod platforms;
 mod progress;
 mod settings;
 

@@ -99,6 +99,10 @@ impl Reporter for Plain {
     fn warn(&self, text: &str) {
         self.emit(&format!("WARNING: {text}"));
     }
+
+    fn cache_miss(&self, id: StepId, reason: &str) {
+        self.emit(&format!("#{id} cache miss: {reason}"));
+    }
 }
 
 /// Whether `RBUILD_TRACE=1` asks for phase timings on stderr (docs/performance.md).
@@ -155,6 +159,9 @@ impl Reporter for Trace {
     }
     fn phase(&self, id: StepId, phase: &'static str, elapsed: Duration) {
         trace(&format!("#{id} {phase}"), elapsed);
+    }
+    fn cache_miss(&self, id: StepId, reason: &str) {
+        self.inner.cache_miss(id, reason)
     }
 }
 
@@ -484,6 +491,12 @@ impl Reporter for Tty {
         let lines: Vec<String> = format!("WARNING: {text}").lines().map(clean).collect();
         self.live().show(&lines);
     }
+
+    fn cache_miss(&self, id: StepId, reason: &str) {
+        // Dimmed (SGR 2): a note on the step, not news.
+        let line = format!("\x1b[2m  #{id} cache miss: {}\x1b[0m", clean(reason));
+        self.live().show(&[line]);
+    }
 }
 
 /// Append `bytes` to a step's unfinished line and take out every line now complete
@@ -627,6 +640,23 @@ mod tests {
             .chain(wrap(&format!("✔ #2 {run} 2.4s"), 80))
             .collect::<Vec<_>>()
         );
+    }
+
+    /// A cache-miss reason is a permanent line above the step, dimmed (issue 19).
+    #[test]
+    fn cache_miss_reasons_show_dimmed() {
+        let (mut term, tty) = Terminal::new(80, 24);
+        tty.started(2, "[2/2] COPY a /a");
+        tty.cache_miss(2, "context file a changed (sha256:1 -> sha256:2)");
+        let rows = term.rows();
+        assert_eq!(
+            rows[3], "  #2 cache miss: context file a changed (sha256:1 -> sha256:2)",
+            "{rows:#?}"
+        );
+        assert!(rows[4].starts_with("⠋ #2 [2/2] COPY a /a"), "{rows:#?}");
+        let cell = term.parser.screen().cell(3, 4).unwrap();
+        assert!(cell.dim(), "the reason is dimmed");
+        tty.done(2, Duration::from_millis(100));
     }
 
     /// Long lines, tabs and colours on a narrow, short terminal: every row of the region is

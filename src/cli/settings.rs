@@ -85,6 +85,8 @@ pub struct BuildSettings {
     pub metadata_file: Option<PathBuf>,
     pub push: bool,
     pub load: bool,
+    /// `--platform`: one pass each (the request is for the first).
+    pub platforms: Vec<Platform>,
 }
 
 fn user(msg: impl Into<String>) -> anyhow::Error {
@@ -269,16 +271,13 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
         build_contexts.insert(name.to_string(), ctx);
     }
 
-    let platform = Platform::host();
-    if let Some(p) = &args.platform {
-        let host = platform.to_spec();
-        let plain = format!("{}/{}", platform.os, platform.architecture);
-        if p != &host && p != &plain {
-            return Err(user(format!(
-                "--platform {p}: rbuild builds for the host platform only ({host}); cross-building needs emulation it does not do"
-            )));
+    let platforms = match &args.platform {
+        Some(p) => {
+            super::platforms::parse_list(p).map_err(|e| user(format!("--platform {p}: {e}")))?
         }
-    }
+        None => vec![Platform::host()],
+    };
+    let platform = platforms[0].clone();
 
     let source_date_epoch =
         source_date_epoch(build_args.get("SOURCE_DATE_EPOCH").map(String::as_str))?;
@@ -346,6 +345,7 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             build_args,
             target: args.target.clone(),
             no_cache: args.no_cache,
+            explain: args.explain,
             pull: args.pull,
             labels,
             network,
@@ -360,16 +360,19 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             secrets,
             ssh,
             build_contexts,
+            platform_labels: platforms.len() > 1 || !crate::sandbox::binfmt::native(&platform),
             platform,
             source_date_epoch,
             cache_from,
             cache_to,
+            first_step: 1,
         },
         outputs,
         iidfile: args.iidfile.clone(),
         metadata_file: args.metadata_file.clone(),
         push: args.push,
         load: args.load,
+        platforms,
     })
 }
 

@@ -267,10 +267,23 @@ fn kind_byte(m: &Metadata) -> u8 {
     }
 }
 
+/// One entry of what a content digest covered, for naming the files that changed between
+/// two builds (issue 19, docs/explain.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedFile {
+    /// As the digest saw it: the source as named, then the path below it.
+    pub path: String,
+    pub mode: u32,
+    /// The file's content sha256, a symlink's target's; zero for anything else.
+    pub sha: [u8; 32],
+}
+
 /// The content digest of what `COPY <sources>` reads from `root`; see the module docs.
 /// `ignore` is the context's `.dockerignore` (empty for stage sources), `excludes` the
 /// step's `--exclude` patterns. With `follow_top_symlink`, a source naming a symlink is
 /// digested as its target (inside `root`), as the copy dereferences it.
+/// Also returns the entries it covered, sorted by path (no reads beyond the digest's own),
+/// for naming the files that changed since an earlier build.
 pub fn content_digest(
     root: &Path,
     sources: &[String],
@@ -278,7 +291,7 @@ pub fn content_digest(
     excludes: &IgnoreMatcher,
     follow_top_symlink: bool,
     stat_cache: &mut StatCache,
-) -> Result<Digest, ContextError> {
+) -> Result<(Digest, Vec<ListedFile>), ContextError> {
     let mut records: Vec<Record> = Vec::new();
     let mut files: Vec<(PathBuf, StatKey)> = Vec::new();
     for source in sources {
@@ -338,7 +351,21 @@ pub fn content_digest(
         h.update((r.link.len() as u64).to_le_bytes());
         h.update(&r.link);
     }
-    Ok(Digest::from_raw(&h.finalize()))
+    let listing = records
+        .into_iter()
+        .filter(|r| r.kind != b'd')
+        .map(|r| ListedFile {
+            path: String::from_utf8_lossy(&r.path).into_owned(),
+            mode: r.mode,
+            sha: match r.file {
+                Some(i) => shas[i],
+                // A symlink changes with its target.
+                None if r.kind == b'l' => Sha256::digest(&r.link).into(),
+                None => [0u8; 32],
+            },
+        })
+        .collect();
+    Ok((Digest::from_raw(&h.finalize()), listing))
 }
 
 pub(crate) fn base_name(named: &str) -> &str {
@@ -425,7 +452,9 @@ mod tests {
 
     fn digest(root: &Path, sources: &[&str], c: &mut StatCache) -> Digest {
         let s: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
-        content_digest(root, &s, &none(), &none(), true, c).unwrap()
+        content_digest(root, &s, &none(), &none(), true, c)
+            .unwrap()
+            .0
     }
 
     #[test]
@@ -472,19 +501,21 @@ mod tests {
         let r = t.path();
         let mut c = cache();
         let s = vec!["src".to_string()];
-        let all = content_digest(r, &s, &none(), &none(), true, &mut c).unwrap();
+        let all = content_digest(r, &s, &none(), &none(), true, &mut c)
+            .unwrap()
+            .0;
         let ig = IgnoreMatcher::new(&["src/sub".to_string()]).unwrap();
-        let ignored = content_digest(r, &s, &ig, &none(), true, &mut c).unwrap();
+        let ignored = content_digest(r, &s, &ig, &none(), true, &mut c).unwrap().0;
         assert_ne!(all, ignored);
         // Changing an ignored file does not change the digest.
         std::fs::write(r.join("src/sub/b.txt"), "changed").unwrap();
         assert_eq!(
-            content_digest(r, &s, &ig, &none(), true, &mut c).unwrap(),
+            content_digest(r, &s, &ig, &none(), true, &mut c).unwrap().0,
             ignored
         );
         let ex = IgnoreMatcher::new(&["sub".to_string()]).unwrap();
         assert_eq!(
-            content_digest(r, &s, &none(), &ex, true, &mut c).unwrap(),
+            content_digest(r, &s, &none(), &ex, true, &mut c).unwrap().0,
             ignored
         );
         // Missing literal sources are errors, empty wildcards are not.
@@ -499,16 +530,24 @@ mod tests {
         let r = t.path();
         let mut c = cache();
         let s = vec!["src/link".to_string()];
-        let followed = content_digest(r, &s, &none(), &none(), true, &mut c).unwrap();
-        let kept = content_digest(r, &s, &none(), &none(), false, &mut c).unwrap();
+        let followed = content_digest(r, &s, &none(), &none(), true, &mut c)
+            .unwrap()
+            .0;
+        let kept = content_digest(r, &s, &none(), &none(), false, &mut c)
+            .unwrap()
+            .0;
         assert_ne!(followed, kept);
         std::fs::write(r.join("src/a.txt"), "new alpha").unwrap();
         assert_ne!(
-            content_digest(r, &s, &none(), &none(), true, &mut c).unwrap(),
+            content_digest(r, &s, &none(), &none(), true, &mut c)
+                .unwrap()
+                .0,
             followed
         );
         assert_eq!(
-            content_digest(r, &s, &none(), &none(), false, &mut c).unwrap(),
+            content_digest(r, &s, &none(), &none(), false, &mut c)
+                .unwrap()
+                .0,
             kept
         );
     }

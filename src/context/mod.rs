@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::sandbox::root::{clean, Root};
 
-pub use digest::{content_digest, StatCache};
+pub use digest::{content_digest, ListedFile, StatCache};
 pub use dockerignore::IgnoreMatcher;
 
 /// Errors from reading the build context (ignore files, sources, digests, stat cache).

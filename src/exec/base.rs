@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::image::{Descriptor, Digest, Reference};
+use crate::image::{Descriptor, Digest, Platform, Reference};
 use crate::layer::{self, compress};
 use crate::plan::{BaseResolver, ResolvedBase};
 use crate::registry::{Client, ResolvedImage};
@@ -27,7 +27,10 @@ pub struct Bases<'a> {
     pull: bool,
     /// `--build-context NAME=docker-image://REF`: `FROM NAME` means REF.
     aliases: HashMap<String, String>,
-    known: Mutex<HashMap<String, Known>>,
+    /// By platform (`os/arch[/variant]`) and reference.
+    known: Mutex<HashMap<(String, String), Known>>,
+    /// The platform a named context's image (preloaded) stands for: it serves every stage.
+    preloaded: Mutex<HashMap<String, Known>>,
     fetching: Mutex<()>,
 }
 
@@ -47,6 +50,7 @@ impl<'a> Bases<'a> {
             pull: req.pull,
             aliases,
             known: Mutex::new(HashMap::new()),
+            preloaded: Mutex::new(HashMap::new()),
             fetching: Mutex::new(()),
         }
     }
@@ -58,32 +62,39 @@ impl<'a> Bases<'a> {
 
     /// Make `name` mean an image already in the store (an `oci-layout://` context).
     pub fn preload(&self, name: &str, record: ImageRecord) {
-        self.known
+        self.preloaded
             .lock()
             .unwrap()
             .insert(name.to_string(), Known::Stored(Box::new(record)));
     }
 
-    fn lookup(&self, reference: &str) -> Result<Known, BuildError> {
-        if let Some(k) = self.known.lock().unwrap().get(reference) {
+    fn lookup(&self, reference: &str, platform: &Platform) -> Result<Known, BuildError> {
+        if let Some(k) = self.preloaded.lock().unwrap().get(reference) {
+            return Ok(k.clone());
+        }
+        let key = (platform.to_spec(), reference.to_string());
+        if let Some(k) = self.known.lock().unwrap().get(&key) {
             return Ok(k.clone());
         }
         if let Some(target) = self.aliases.get(reference) {
-            return self.lookup(target);
+            return self.lookup(target, platform);
         }
         let r: Reference = reference
             .parse()
             .map_err(|e| BuildError::Invalid(format!("{e}")))?;
-        let known = match (self.pull, self.store.resolve(&r.to_string())?) {
+        // The store keeps one image per tag: one of another platform (a multi-platform
+        // build's other pass) is no answer for this one.
+        let stored = self
+            .store
+            .resolve(&r.to_string())?
+            .filter(|record| record.config.is_for(platform));
+        let known = match (self.pull, stored) {
             (false, Some(record)) => Known::Stored(Box::new(record)),
             // A digest reference can't change: the store's copy is as good as the registry's.
             (true, Some(record)) if r.digest.is_some() => Known::Stored(Box::new(record)),
-            _ => Known::Remote(Box::new(self.registry.resolve(&r)?)),
+            _ => Known::Remote(Box::new(self.registry.resolve_for(&r, platform)?)),
         };
-        self.known
-            .lock()
-            .unwrap()
-            .insert(reference.to_string(), known.clone());
+        self.known.lock().unwrap().insert(key, known.clone());
         Ok(known)
     }
 
@@ -91,21 +102,22 @@ impl<'a> Bases<'a> {
     pub fn ensure(
         &self,
         reference: &str,
+        platform: &Platform,
         reporter: &dyn Reporter,
         id: StepId,
     ) -> Result<ImageRecord, BuildError> {
-        if let Known::Stored(record) = self.lookup(reference)? {
+        if let Known::Stored(record) = self.lookup(reference, platform)? {
             return Ok(*record);
         }
         // One fetch at a time: two stages of a wave on the same base must not both download
         // and extract it. Whoever waited finds it stored.
         let _fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
-        match self.lookup(reference)? {
+        match self.lookup(reference, platform)? {
             Known::Stored(record) => Ok(*record),
             Known::Remote(resolved) => {
                 let record = fetch_into_store(self.store, self.registry, &resolved, reporter, id)?;
                 self.known.lock().unwrap().insert(
-                    reference.to_string(),
+                    (platform.to_spec(), reference.to_string()),
                     Known::Stored(Box::new(record.clone())),
                 );
                 Ok(record)
@@ -115,8 +127,11 @@ impl<'a> Bases<'a> {
 }
 
 impl BaseResolver for Bases<'_> {
-    fn resolve(&mut self, reference: &str) -> Result<ResolvedBase, String> {
-        match self.lookup(reference).map_err(|e| e.to_string())? {
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedBase, String> {
+        match self
+            .lookup(reference, platform)
+            .map_err(|e| e.to_string())?
+        {
             Known::Stored(record) => Ok(ResolvedBase {
                 id: record.manifest.digest.clone(),
                 config: record.config,
@@ -166,7 +181,11 @@ pub fn fetch_into_store(
         manifest_digest,
         image.manifest_bytes.len() as u64,
     );
-    store.tag(&image.reference, &desc)?;
+    // The store keeps one image per tag, the host's: a foreign platform's base is kept by
+    // digest (and resolved in its registry again by the next build, its layers stored).
+    if image.config.is_for(&Platform::host()) {
+        store.tag(&image.reference, &desc)?;
+    }
     let record = store.resolve(&desc.digest.to_string())?;
     record.ok_or_else(|| {
         BuildError::Invalid(format!(

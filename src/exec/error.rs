@@ -41,6 +41,9 @@ pub enum BuildError {
     Layer(#[from] LayerError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// A RUN for a platform this machine cannot run.
+    #[error(transparent)]
+    Binfmt(#[from] crate::sandbox::binfmt::BinfmtError),
     #[error(transparent)]
     Copy(#[from] CopyError),
     #[error(transparent)]
@@ -102,6 +105,7 @@ impl BuildError {
             | BuildError::Cache(_)
             | BuildError::Layer(_)
             | BuildError::Sandbox(_)
+            | BuildError::Binfmt(_)
             | BuildError::Copy(_)
             | BuildError::FileJob(_)
             | BuildError::Context(_)

@@ -63,6 +63,7 @@ mod tests {
         assert!(is_git_url("https://github.com/moby/buildkit.git#v0.12.0"));
         assert!(is_git_url("git@github.com:moby/buildkit.git"));
         assert!(is_git_url("git://example.com/repo"));
+        assert!(is_git_url("https://example.com/r.git?ref=v1&subdir=d"));
         assert!(!is_git_url("https://example.com/archive.tar.gz"));
         assert!(!is_git_url("https://example.com/dir.git/file.txt"));
     }

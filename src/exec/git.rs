@@ -12,20 +12,61 @@ use base64::Engine as _;
 
 use super::BuildError;
 
-/// `REMOTE[#[REF][:SUBDIR]]`, as BuildKit's Dockerfile frontend splits an ADD source.
+/// `REMOTE[?QUERY][#[REF][:SUBDIR]]`, as BuildKit's Dockerfile frontend splits an ADD source
+/// (dfgitutil.ParseGitRef): the fragment names a ref and a subdirectory, the query
+/// (`ref`, `tag`, `branch`, `subdir`, `checksum`/`commit`, `keep-git-dir`, `submodules`,
+/// `mtime`, `fetch-by-commit`) the same and more.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GitUrl {
     pub remote: String,
     pub reference: Option<String>,
     pub subdir: Option<String>,
+    /// `?checksum=` / `?commit=`: the commit the ref must resolve to (a prefix of it).
+    pub checksum: Option<String>,
+    /// `?keep-git-dir[=BOOL]`.
+    pub keep_git_dir: Option<bool>,
+    /// `?submodules=false` skips them.
+    pub submodules: bool,
+    /// `?mtime=commit`: every file gets the commit's time instead of the checkout's.
+    pub mtime_commit: bool,
+    /// `?fetch-by-commit`: trust the checksum as the commit, without asking the remote
+    /// which commit the ref names.
+    pub fetch_by_commit: bool,
 }
 
 impl GitUrl {
+    /// The checksum to verify: `--checksum` and the URL's `checksum=` must agree.
+    pub fn checksum_with(&self, flag: Option<&str>) -> Result<Option<String>, BuildError> {
+        match (flag.filter(|c| !c.is_empty()), &self.checksum) {
+            (Some(f), Some(q)) if f != q => Err(BuildError::Invalid(format!(
+                "ADD `{}`: checksum mismatch \"{f}\" != \"{q}\"",
+                self.remote
+            ))),
+            (f, q) => Ok(f.map(str::to_string).or_else(|| q.clone())),
+        }
+    }
+
+    /// Whether `.git` stays: `--keep-git-dir` and the URL's `keep-git-dir=` must agree.
+    pub fn keep_git_dir_with(&self, flag: bool) -> Result<bool, BuildError> {
+        match self.keep_git_dir {
+            Some(q) if flag && !q => Err(BuildError::Invalid(format!(
+                "ADD `{}`: inconsistent keep-git-dir configuration",
+                self.remote
+            ))),
+            Some(q) => Ok(q || flag),
+            None => Ok(flag),
+        }
+    }
+
     pub fn parse(url: &str) -> Result<GitUrl, BuildError> {
         let fail = |why: &str| BuildError::Invalid(format!("ADD `{url}`: {why}"));
         let (remote, fragment) = match url.split_once('#') {
             Some((r, f)) => (r, Some(f)),
             None => (url, None),
+        };
+        let (remote, query) = match remote.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (remote, None),
         };
         let (reference, subdir) = match fragment {
             None => (None, None),
@@ -43,8 +84,21 @@ impl GitUrl {
         if remote.len() <= remote.find("://").map_or(4, |i| i + 3) {
             return Err(fail("no host in the git URL"));
         }
+        let mut parsed = GitUrl {
+            remote: remote.to_string(),
+            reference: reference.filter(|r| !r.is_empty()).map(str::to_string),
+            subdir: subdir.filter(|d| !d.is_empty()).map(str::to_string),
+            checksum: None,
+            keep_git_dir: None,
+            submodules: true,
+            mtime_commit: false,
+            fetch_by_commit: false,
+        };
+        if let Some(query) = query {
+            parsed.load_query(query).map_err(|e| fail(&e))?;
+        }
         // A ref is handed to git as an argument: never let it read as an option or a range.
-        if let Some(r) = reference.filter(|r| !r.is_empty()) {
+        if let Some(r) = &parsed.reference {
             let bad = r.starts_with('-')
                 || r.contains("..")
                 || r.chars()
@@ -53,11 +107,85 @@ impl GitUrl {
                 return Err(fail(&format!("invalid git ref `{r}`")));
             }
         }
-        Ok(GitUrl {
-            remote: remote.to_string(),
-            reference: reference.filter(|r| !r.is_empty()).map(str::to_string),
-            subdir: subdir.filter(|d| !d.is_empty()).map(str::to_string),
-        })
+        if let Some(c) = &parsed.checksum {
+            if c.is_empty() || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(fail(&format!(
+                    "invalid checksum {c}, expected hex commit hash"
+                )));
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// The query's options, with BuildKit's rules: one value per key, a value required but
+    /// for the booleans, a `ref` that conflicts with the fragment's or with `tag`/`branch`
+    /// refused.
+    fn load_query(&mut self, query: &str) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        let (mut tag, mut branch) = (None, None);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = match pair.split_once('=') {
+                Some((k, v)) => (percent_decode(k)?, Some(percent_decode(v)?)),
+                None => (percent_decode(pair)?, None),
+            };
+            if !seen.insert(k.clone()) {
+                return Err(format!("query \"{k}\" has multiple values"));
+            }
+            let v = v.filter(|v| !v.is_empty());
+            let flag = |v: Option<String>| -> Result<bool, String> {
+                match v.as_deref() {
+                    None => Ok(true),
+                    Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+                    Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+                    Some(other) => Err(format!("invalid {k} value: \"{other}\"")),
+                }
+            };
+            let value = |v: Option<String>| v.ok_or(format!("query \"{k}\" has no value"));
+            match k.as_str() {
+                "ref" => set_once(&mut self.reference, value(v)?, "ref")?,
+                "tag" => tag = Some(value(v)?),
+                "branch" => branch = Some(value(v)?),
+                "subdir" => set_once(&mut self.subdir, value(v)?, "subdir")?,
+                "checksum" | "commit" => self.checksum = Some(value(v)?),
+                "keep-git-dir" => self.keep_git_dir = Some(flag(v)?),
+                "submodules" => self.submodules = flag(v)?,
+                "fetch-by-commit" => self.fetch_by_commit = flag(v)?,
+                "mtime" => match value(v)?.as_str() {
+                    "checkout" => self.mtime_commit = false,
+                    "commit" => self.mtime_commit = true,
+                    other => {
+                        return Err(format!(
+                            "invalid mtime value: \"{other}\" (must be \"checkout\" or \"commit\")"
+                        ))
+                    }
+                },
+                _ => return Err(format!("unexpected query \"{k}\"")),
+            }
+        }
+        if let Some(t) = tag {
+            let full = if t.starts_with("refs/tags/") {
+                t
+            } else {
+                format!("refs/tags/{t}")
+            };
+            set_once(&mut self.reference, full, "ref")?;
+        }
+        if let Some(b) = branch {
+            if self
+                .reference
+                .as_deref()
+                .is_some_and(|r| r.starts_with("refs/tags/"))
+            {
+                return Err("branch conflicts with tag".to_string());
+            }
+            let full = if b.starts_with("refs/heads/") {
+                b
+            } else {
+                format!("refs/heads/{b}")
+            };
+            set_once(&mut self.reference, full, "ref")?;
+        }
+        Ok(())
     }
 
     pub fn is_ssh(&self) -> bool {
@@ -205,6 +333,14 @@ pub fn resolve(
         }
     }
     let resolved = match url.reference.as_deref() {
+        // Trusted as BuildKit's fetch-by-commit does: the remote is not asked.
+        reference if url.fetch_by_commit && checksum.is_some_and(is_commit_sha) => Resolved {
+            commit: checksum.unwrap_or_default().to_ascii_lowercase(),
+            branch: reference
+                .filter(|r| !r.starts_with("refs/tags/") && !is_commit_sha(r))
+                .map(|r| r.strip_prefix("refs/heads/").unwrap_or(r).to_string()),
+            tag_object: None,
+        },
         Some(r) if is_commit_sha(r) => Resolved {
             commit: r.to_ascii_lowercase(),
             branch: None,
@@ -336,17 +472,64 @@ pub fn checkout(
             )?;
         }
     }
-    if dir.join(".gitmodules").exists() {
+    if url.submodules && dir.join(".gitmodules").exists() {
         // Submodule commits need not be branch tips: no --depth.
         run(
             &["submodule", "update", "-q", "--init", "--recursive"],
             "updating submodules",
         )?;
     }
+    let commit_time = if url.mtime_commit {
+        let t = run(
+            &["log", "-1", "--format=%ct", commit],
+            "reading the commit time",
+        )?;
+        Some(t.trim().parse::<i64>().map_err(|_| {
+            BuildError::Invalid(format!("ADD `{}`: commit time `{}`", url.remote, t.trim()))
+        })?)
+    } else {
+        None
+    };
     if !keep_git_dir {
         remove_git_dirs(dir)?;
     }
+    if let Some(t) = commit_time {
+        set_mtimes(dir, t)?;
+    }
     Ok(())
+}
+
+/// Gives every entry of the tree (the root included, symlinks themselves) the time `secs`.
+fn set_mtimes(dir: &Path, secs: i64) -> Result<(), BuildError> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let t = TimeSpec::new(secs, 0);
+    let set = |path: &Path| {
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            &t,
+            &t,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| BuildError::io("setting the time of", path)(std::io::Error::from(e)))
+    };
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).map_err(BuildError::io("reading", &d))? {
+            let entry = entry.map_err(BuildError::io("reading", &d))?;
+            let path = entry.path();
+            if entry
+                .file_type()
+                .map_err(BuildError::io("reading", &path))?
+                .is_dir()
+            {
+                todo.push(path.clone());
+            }
+            set(&path)?;
+        }
+    }
+    set(dir)
 }
 
 /// Removes `.git` (a directory, or a submodule's `gitdir:` file) from every directory of
@@ -373,6 +556,46 @@ fn remove_git_dirs(dir: &Path) -> Result<(), BuildError> {
         }
     }
     Ok(())
+}
+
+/// Sets `slot` to `value` unless it holds another value already (`ref conflicts: "a" vs "b"`).
+fn set_once(slot: &mut Option<String>, value: String, what: &str) -> Result<(), String> {
+    match slot {
+        Some(old) if *old != value => Err(format!("{what} conflicts: \"{old}\" vs \"{value}\"")),
+        _ => {
+            *slot = Some(value);
+            Ok(())
+        }
+    }
+}
+
+/// A query component with `%XX` escapes and `+` for a space (Go's url.ParseQuery).
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(format!("invalid escape in query `{s}`"))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("query `{s}` is not UTF-8"))
 }
 
 #[cfg(test)]
@@ -406,6 +629,56 @@ mod tests {
         ] {
             let err = GitUrl::parse(bad).unwrap_err().to_string();
             assert!(err.contains("ADD `"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn query_form_as_buildkit_reads_it() {
+        let u = GitUrl::parse("https://h/r.git?ref=v1&subdir=a%2Fb").unwrap();
+        assert_eq!(u.remote, "https://h/r.git");
+        assert_eq!(
+            (u.reference.as_deref(), u.subdir.as_deref()),
+            (Some("v1"), Some("a/b"))
+        );
+        let u = GitUrl::parse("git@h:r.git?tag=v1#refs/tags/v1:d").unwrap();
+        assert_eq!(u.remote, "git@h:r.git");
+        assert_eq!(u.reference.as_deref(), Some("refs/tags/v1"));
+        let u = GitUrl::parse("https://h/r.git?branch=dev&keep-git-dir&submodules=false").unwrap();
+        assert_eq!(u.reference.as_deref(), Some("refs/heads/dev"));
+        assert_eq!((u.keep_git_dir, u.submodules), (Some(true), false));
+        let u =
+            GitUrl::parse("https://h/r.git?commit=abc1&mtime=commit&fetch-by-commit=1").unwrap();
+        assert_eq!(u.checksum.as_deref(), Some("abc1"));
+        assert!(u.mtime_commit && u.fetch_by_commit);
+        assert_eq!(u.checksum_with(None).unwrap().as_deref(), Some("abc1"));
+        assert_eq!(
+            u.checksum_with(Some("abc1")).unwrap().as_deref(),
+            Some("abc1")
+        );
+        assert!(u.checksum_with(Some("abc2")).is_err());
+        let kept = GitUrl::parse("https://h/r.git?keep-git-dir=false").unwrap();
+        assert!(kept.keep_git_dir_with(true).is_err());
+        assert!(!kept.keep_git_dir_with(false).unwrap());
+        for (bad, why) in [
+            ("https://h/r.git?ref=a#b", "ref conflicts: \"b\" vs \"a\""),
+            ("https://h/r.git?ref=a&ref=a", "has multiple values"),
+            ("https://h/r.git?ref=", "query \"ref\" has no value"),
+            (
+                "https://h/r.git?tag=a&branch=b",
+                "branch conflicts with tag",
+            ),
+            (
+                "https://h/r.git?submodules=maybe",
+                "invalid submodules value",
+            ),
+            ("https://h/r.git?mtime=now", "invalid mtime value"),
+            ("https://h/r.git?x=1", "unexpected query \"x\""),
+            ("https://h/r.git?ref=%zz", "invalid escape"),
+            ("https://h/r.git?ref=--upload-pack=x", "invalid git ref"),
+            ("https://h/r.git?commit=xyz", "expected hex commit hash"),
+        ] {
+            let err = GitUrl::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
         }
     }
 

@@ -18,7 +18,7 @@ use super::BuildError;
 struct NoBases;
 
 impl BaseResolver for NoBases {
-    fn resolve(&mut self, reference: &str) -> Result<ResolvedBase, String> {
+    fn resolve(&mut self, reference: &str, _platform: &Platform) -> Result<ResolvedBase, String> {
         Err(format!("`{reference}`: --change cannot name a base image"))
     }
 }

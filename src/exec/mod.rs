@@ -4,6 +4,7 @@
 mod base;
 mod error;
 mod executor;
+mod explain;
 #[cfg(test)]
 mod fake;
 mod fetch;
@@ -22,9 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub use error::BuildError;
+pub use explain::StepCache;
 pub use import::{import_oci_layout, import_rootfs};
 pub use progress::{Reporter, Silent, StepId};
-pub use push::{push, PushHints};
+pub use push::{push, push_index, PushHints};
 pub use request::{BuildRequest, NamedContext, SecretSource, SshSource};
 
 use crate::image::{canonical_json, Digest};
@@ -115,6 +117,8 @@ pub struct BuildOutcome {
     pub layer_steps: Vec<Option<(StepId, String)>>,
     /// What a `--push` of the image should know.
     pub push: PushHints,
+    /// Every RUN/COPY/ADD/WORKDIR step: cached, or why not (docs/explain.md).
+    pub steps: Vec<StepCache>,
 }
 
 /// Build `req` into `store`: plan, execute the stages the target needs, commit the image and
@@ -211,6 +215,7 @@ fn build_with(
             blob_homes,
             inline_cache: exported.inline,
         },
+        steps: std::mem::take(&mut ctx.log.steps),
     })
 }
 
@@ -328,12 +333,18 @@ fn base_key(digest: Option<&Digest>) -> String {
 }
 
 /// `--metadata-file` contents, as docker buildx writes them (`image.name` lists the tags,
-/// comma-separated, when there are any).
-pub fn metadata_json(image: &ImageRecord, tags: &[crate::image::Reference]) -> Vec<u8> {
+/// comma-separated, when there are any), plus `rbuild.steps`: each step, cached or why not
+/// (docs/explain.md).
+pub fn metadata_json(
+    image: &ImageRecord,
+    tags: &[crate::image::Reference],
+    steps: &[StepCache],
+) -> Vec<u8> {
     let mut v = serde_json::json!({
         "containerimage.config.digest": image.config_digest.to_string(),
         "containerimage.digest": image.manifest.digest.to_string(),
         "containerimage.descriptor": image.manifest,
+        "rbuild.steps": steps,
     });
     if !tags.is_empty() {
         let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();

@@ -26,6 +26,8 @@ pub trait Reporter: Send + Sync {
     /// How long one phase of a step took (`run`, `snapshot`, `commit`): for `RBUILD_TRACE`
     /// and docs/performance.md. Renderers may ignore it.
     fn phase(&self, _id: StepId, _phase: &'static str, _elapsed: Duration) {}
+    /// Why a step that is about to run missed the cache (docs/explain.md).
+    fn cache_miss(&self, _id: StepId, _reason: &str) {}
 }
 
 /// A reporter that drops everything (library tests, `--progress quiet`).

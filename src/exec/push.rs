@@ -1,6 +1,6 @@
 //! `--push` and `rbuild push`: publish an image from the store with gzip layers.
 
-use crate::image::{canonical_json, media, Descriptor, Manifest, Reference};
+use crate::image::{canonical_json, media, Descriptor, Digest, Index, Manifest, Reference};
 use crate::layer::Compression;
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
@@ -24,9 +24,67 @@ pub fn push(
     })?;
     reporter.started(id, &format!("pushing {dest}"));
     let started = std::time::Instant::now();
+    let desc = push_image(store, registry, &record, dest, false, id, reporter, hints)?;
+    reporter.done(id, started.elapsed());
+    Ok(desc.digest)
+}
+
+/// Push the images of a multi-platform build (one per platform) and then an index of them
+/// under `dest`'s tag: a Docker manifest list when every manifest is a Docker one, else an
+/// OCI index, as BuildKit's image exporter. Returns the index digest.
+pub fn push_index(
+    store: &Store,
+    registry: &Client,
+    images: &[ImageRecord],
+    dest: &Reference,
+    id: StepId,
+    reporter: &dyn Reporter,
+) -> Result<Digest, BuildError> {
+    let _lock = store.lock_shared()?;
+    reporter.started(id, &format!("pushing {dest}"));
+    let started = std::time::Instant::now();
+    let mut manifests = Vec::with_capacity(images.len());
+    for image in images {
+        let hints = PushHints::default();
+        let mut desc = push_image(store, registry, image, dest, true, id, reporter, &hints)?;
+        desc.platform = Some(image.config.platform());
+        manifests.push(desc);
+    }
+    let media_type = if manifests
+        .iter()
+        .all(|d| d.media_type == media::DOCKER_MANIFEST)
+    {
+        media::DOCKER_MANIFEST_LIST
+    } else {
+        media::OCI_INDEX
+    };
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(media_type.to_string()),
+        manifests,
+        annotations: None,
+    };
+    let digest = registry.push_manifest(dest, media_type, &canonical_json(&index))?;
+    reporter.done(id, started.elapsed());
+    Ok(digest)
+}
+
+/// Push one image's blobs and manifest to `dest`'s repository: under its tag, or by digest
+/// alone (`by_digest`, an index's member). Returns the manifest's descriptor.
+#[allow(clippy::too_many_arguments)] // what to push where, its progress, and the hints
+fn push_image(
+    store: &Store,
+    registry: &Client,
+    record: &ImageRecord,
+    dest: &Reference,
+    by_digest: bool,
+    id: StepId,
+    reporter: &dyn Reporter,
+    hints: &PushHints,
+) -> Result<Descriptor, BuildError> {
     let as_stored = match hints.inline_cache {
         Some(_) => None,
-        None => pushable_as_stored(store, &record)?,
+        None => pushable_as_stored(store, record)?,
     };
     let (media_type, manifest, bytes) = match as_stored {
         Some(bytes) => (
@@ -34,7 +92,7 @@ pub fn push(
             record.manifest_body.clone(),
             bytes,
         ),
-        None => gzip_manifest(store, &record, hints.inline_cache.as_deref())?,
+        None => gzip_manifest(store, record, hints.inline_cache.as_deref())?,
     };
     let mut mount_sources = mount_sources(store, dest)?;
     mount_sources.extend(
@@ -64,9 +122,16 @@ pub fn push(
         }
         registry.push_blob(dest, desc, &store.blob_path(&desc.digest), mount_from)?;
     }
-    let digest = registry.push_manifest(dest, &media_type, &bytes)?;
-    reporter.done(id, started.elapsed());
-    Ok(digest)
+    let target = if by_digest {
+        let mut r = dest.clone();
+        r.tag = None;
+        r.digest = Some(Digest::of(&bytes));
+        r
+    } else {
+        dest.clone()
+    };
+    let digest = registry.push_manifest(&target, &media_type, &bytes)?;
+    Ok(Descriptor::new(&media_type, digest, bytes.len() as u64))
 }
 
 /// What a push learns from the build before it: where else its blobs are, and the inline

@@ -7,7 +7,7 @@ use crate::dockerfile::instructions::NetworkMode;
 use crate::image::{Platform, Reference, SourceDateEpoch};
 use crate::plan::{BuildOptions, ExtraHost, Ulimit};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BuildRequest {
     /// The build context directory.
     pub context: PathBuf,
@@ -20,6 +20,8 @@ pub struct BuildRequest {
     pub build_args: BTreeMap<String, String>,
     pub target: Option<String>,
     pub no_cache: bool,
+    /// `--explain`: say why every step missed the cache, not only each stage's first.
+    pub explain: bool,
     /// Re-resolve base image tags in their registry even when the store has them.
     pub pull: bool,
     pub labels: BTreeMap<String, String>,
@@ -52,6 +54,12 @@ pub struct BuildRequest {
     /// it wins); `--cache-to`: where to export the build's steps.
     pub cache_from: Vec<crate::cache::CacheImport>,
     pub cache_to: Vec<crate::cache::CacheExport>,
+    /// Progress labels name each stage's platform (`[linux/arm64 build 2/4]`): set when a
+    /// build is for several platforms or a foreign one.
+    pub platform_labels: bool,
+    /// The number of the build's first step (`#N`): a multi-platform build's later passes
+    /// go on from where the previous one stopped.
+    pub first_step: super::StepId,
 }
 
 #[derive(Debug, Clone)]

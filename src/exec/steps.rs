@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::context::{self, IgnoreMatcher, StatCache};
 use crate::dockerfile::instructions::{MountType, NetworkMode, Security};
 use crate::fileop::{CopyJob, CopySrc};
-use crate::image::{Digest, History, ImageConfig};
+use crate::image::{Digest, History, ImageConfig, Platform};
 use crate::layer::Compression;
 use crate::plan::{
     self, CopyFrom, CopyOp, CopySource, MountFrom, Op, RunMount, RunOp, Sharing, Stage, Step,
@@ -72,8 +72,12 @@ pub struct Ctx<'a> {
     /// Whether progress labels carry the stage name: BuildKit leaves it out when the
     /// Dockerfile has a single stage and nothing else to build from.
     stage_names: bool,
+    /// The platform of the stage being run: images it copies from are pulled for it.
+    platform: Platform,
     pub cached: usize,
     pub executed: usize,
+    /// Why steps missed the cache (issue 19).
+    pub log: super::explain::Log,
 }
 
 /// What the contexts of stages building in parallel share.
@@ -113,15 +117,17 @@ impl<'a> Ctx<'a> {
             ignore,
             shared: Arc::new(Shared {
                 stat_cache: Mutex::new(stat_cache),
-                next_id: AtomicUsize::new(1),
+                next_id: AtomicUsize::new(req.first_step),
                 cancelled: AtomicBool::new(false),
                 scratch_dir: scratch_dir.to_path_buf(),
             }),
             stat_cache_path,
             created,
             stage_names,
+            platform: req.platform.clone(),
             cached: 0,
             executed: 0,
+            log: Default::default(),
         })
     }
 
@@ -147,8 +153,10 @@ impl<'a> Ctx<'a> {
             stat_cache_path: self.stat_cache_path.clone(),
             created: self.created.clone(),
             stage_names: self.stage_names,
+            platform: self.platform.clone(),
             cached: 0,
             executed: 0,
+            log: Default::default(),
         }
     }
 
@@ -156,6 +164,7 @@ impl<'a> Ctx<'a> {
     pub fn absorb(&mut self, other: Ctx<'a>) {
         self.cached += other.cached;
         self.executed += other.executed;
+        self.log.absorb(other.log);
     }
 
     /// Stop the other stages before their next step (a stage failed).
@@ -190,10 +199,18 @@ impl<'a> Ctx<'a> {
                 .count();
         // BuildKit pads the index to the width of the total: `[ 2/10]`.
         let width = total.to_string().len();
-        if self.stage_names {
-            format!("[{} {n:>width$}/{total}] {text}", stage_label(stage))
+        let platform = if self.req.platform_labels {
+            format!("{} ", stage.platform.to_spec())
         } else {
-            format!("[{n:>width$}/{total}] {text}")
+            String::new()
+        };
+        if self.stage_names {
+            format!(
+                "[{platform}{} {n:>width$}/{total}] {text}",
+                stage_label(stage)
+            )
+        } else {
+            format!("[{platform}{n:>width$}/{total}] {text}")
         }
     }
 
@@ -207,7 +224,9 @@ impl<'a> Ctx<'a> {
         let label = self.label(stage, 1, &format!("FROM {reference}"));
         self.reporter.started(id, &label);
         let started = Instant::now();
-        let record = self.bases.ensure(reference, self.reporter, id)?;
+        let record = self
+            .bases
+            .ensure(reference, &stage.platform, self.reporter, id)?;
         self.reporter.done(id, started.elapsed());
         Ok(StageState {
             chains: record.chains.clone(),
@@ -227,8 +246,10 @@ impl<'a> Ctx<'a> {
         mut state: StageState,
         done: &BTreeMap<usize, StageState>,
     ) -> Result<StageState, BuildError> {
+        self.platform = stage.platform.clone();
         // The FROM of an image is the stage's first vertex; config-only steps are none.
         let mut n = usize::from(matches!(stage.base, plan::Base::Image { .. }));
+        self.log.start_stage();
         for step in &stage.steps {
             check_interrupted()?;
             if self.shared.cancelled.load(Ordering::SeqCst) {
@@ -242,7 +263,8 @@ impl<'a> Ctx<'a> {
                 ..Default::default()
             };
             if matches!(step.op, Op::Config) {
-                self.config_step(step, &mut state, history)?;
+                self.config_step(stage, step, &mut state, history)?;
+                self.log.step_done(step, None, &state.key);
                 continue;
             }
             n += 1;
@@ -257,8 +279,14 @@ impl<'a> Ctx<'a> {
                 state.layer_steps.push(Some((id, step.text.clone())));
             }
             match result {
-                Ok(true) if std::mem::take(&mut self.remote_hit) => self.reporter.cached_remote(id),
-                Ok(true) => self.reporter.cached(id),
+                Ok(true) => {
+                    self.log.cached(step, id);
+                    if std::mem::take(&mut self.remote_hit) {
+                        self.reporter.cached_remote(id)
+                    } else {
+                        self.reporter.cached(id)
+                    }
+                }
                 Ok(false) => self.reporter.done(id, started.elapsed()),
                 Err(e) => {
                     let e = self.at_step(step, e);
@@ -268,7 +296,9 @@ impl<'a> Ctx<'a> {
                     return Err(e);
                 }
             }
+            self.log.step_done(step, Some(id), &state.key);
         }
+        self.log.finish_stage(self.store, self.req, stage);
         Ok(state)
     }
 
@@ -277,6 +307,7 @@ impl<'a> Ctx<'a> {
     /// under BuildKit.
     fn config_step(
         &mut self,
+        stage: &Stage,
         step: &Step,
         state: &mut StageState,
         history: History,
@@ -288,10 +319,13 @@ impl<'a> Ctx<'a> {
             self.cache_lookup(&key, false)
         };
         let history = match cached {
-            Some(rec) => History {
-                created: rec.history.created,
-                ..history
-            },
+            Some(rec) => {
+                self.log.config_cached();
+                History {
+                    created: rec.history.created,
+                    ..history
+                }
+            }
             None => {
                 let history = History {
                     empty_layer: true,
@@ -302,6 +336,7 @@ impl<'a> Ctx<'a> {
                     new_layer: false,
                     config: ImageConfig::default(),
                     history: history.clone(),
+                    inputs: Some(self.explain_miss(stage, step, None, &state.key, &key, None)),
                 };
                 self.store.put_cache(&key, &record)?;
                 history
@@ -390,6 +425,15 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
+        let inputs = self.explain_miss(stage, step, Some(id), &state.key, &key, Some(&prepared));
+        if let Op::Copy(copy) = &step.op {
+            // BuildKit links only without --chmod (convert_copy.go); with it, a plain copy.
+            if copy.link && copy.chmod.is_none() {
+                let cached = self.linked_copy(copy, stage, step, &prepared, done, state, id)?;
+                self.finish_step(state, history, key, inputs)?;
+                return Ok(cached);
+            }
+        }
         let tmp = self.store.tmp_dir()?;
         let upper = tmp.path().join("upper");
         let work = tmp.path().join("work");
@@ -408,6 +452,9 @@ impl<'a> Ctx<'a> {
         let phase = Instant::now();
         let always_layer = match &step.op {
             Op::Run(run) => {
+                crate::sandbox::binfmt::check(&self.platform).map_err(|e| {
+                    BuildError::at(&self.req.dockerfile_name, step.line, &step.text, e.into())
+                })?;
                 self.run(run, rootfs, done, id)?;
                 true
             }
@@ -443,6 +490,98 @@ impl<'a> Ctx<'a> {
         } else {
             history.empty_layer = true;
         }
+        self.finish_step(state, history, key, inputs)?;
+        Ok(false)
+    }
+
+    /// `COPY --link`: the copy is made on an empty filesystem into a layer of its own, keyed
+    /// without the stage below it ([`plan::link_key`]), then stacked on the stage's layers
+    /// ([`Store::rebase_layer`]). A layer stored under that key is stacked without copying
+    /// anything, whatever the base or the steps before: Ok(true), the step is cached.
+    #[allow(clippy::too_many_arguments)]
+    fn linked_copy(
+        &mut self,
+        copy: &CopyOp,
+        stage: &Stage,
+        step: &Step,
+        prepared: &Prepared,
+        done: &BTreeMap<usize, StageState>,
+        state: &mut StageState,
+        id: StepId,
+    ) -> Result<bool, BuildError> {
+        let link_key = plan::link_key(&step.key, prepared.content.as_ref());
+        let stored = if self.ignores_cache(stage, step) {
+            None
+        } else {
+            self.store
+                .get_cache(&link_key)
+                .and_then(|rec| rec.chain)
+                .and_then(|chain| self.store.layer(&chain))
+        };
+        let (layer, cached) = match stored {
+            Some(layer) => (layer, true),
+            None => {
+                let phase = Instant::now();
+                let tmp = self.store.tmp_dir()?;
+                let upper = tmp.path().join("upper");
+                let work = tmp.path().join("work");
+                for dir in [&upper, &work] {
+                    std::fs::create_dir(dir).map_err(BuildError::io("creating", dir))?;
+                }
+                let rootfs = Overlay {
+                    lowers: Vec::new(),
+                    upper: upper.clone(),
+                    work,
+                };
+                self.copy(copy, rootfs, prepared, done, stage)?;
+                self.executed += 1;
+                self.reporter.phase(id, "execute", phase.elapsed());
+                let phase = Instant::now();
+                let upper = Upper {
+                    dir: upper,
+                    parent: None,
+                    source_date_epoch: self.req.source_date_epoch,
+                };
+                let (chain, diff_id) = self.executor.commit(self.store, upper)?;
+                let record = CacheRecord {
+                    chain: Some(chain.clone()),
+                    new_layer: true,
+                    config: ImageConfig {
+                        rootfs: crate::image::RootFs {
+                            diff_ids: vec![diff_id],
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                    history: History::default(),
+                    inputs: None,
+                };
+                self.store.put_cache(&link_key, &record)?;
+                let layer = self
+                    .store
+                    .try_layer(&chain)?
+                    .ok_or(crate::store::StoreError::LayerMissing { chain })?;
+                self.reporter.phase(id, "snapshot+commit", phase.elapsed());
+                (layer, false)
+            }
+        };
+        let rebased = self.store.rebase_layer(&layer, state.top())?;
+        state.chains.push(rebased.chain_id);
+        state.diff_ids.push(rebased.diff_id);
+        if cached {
+            self.cached += 1;
+        }
+        Ok(cached)
+    }
+
+    /// The end of a step that made its layer (or none): its history entry and cache record.
+    fn finish_step(
+        &mut self,
+        state: &mut StageState,
+        history: History,
+        key: String,
+        inputs: crate::store::StepInputs,
+    ) -> Result<(), BuildError> {
         state.history.push(history.clone());
         state.advance(key.clone());
         let record = CacheRecord {
@@ -457,9 +596,55 @@ impl<'a> Ctx<'a> {
                 ..Default::default()
             },
             history,
+            inputs: Some(inputs),
         };
         self.store.put_cache(&key, &record)?;
-        Ok(false)
+        Ok(())
+    }
+
+    /// Say why `step` (`#id`; none for a config-only step) missed the cache (issue 19),
+    /// remember it on its parent and keep its sources' listing: the inputs its record
+    /// keeps for the next build's reasons.
+    fn explain_miss(
+        &mut self,
+        stage: &Stage,
+        step: &Step,
+        id: Option<StepId>,
+        parent: &str,
+        key: &str,
+        prepared: Option<&Prepared>,
+    ) -> crate::store::StepInputs {
+        use super::explain;
+        let content = prepared.and_then(|p| p.content.as_ref());
+        let inputs = explain::inputs(parent, stage, step, content.map(Digest::to_string));
+        let listing = prepared.and_then(|p| p.listing.as_deref());
+        let listing = listing.map(explain::listing);
+        let reason = if self.req.no_cache {
+            plan::explain::Reason::NoCache
+        } else if self.ignores_cache(stage, step) {
+            plan::explain::Reason::NoCacheFilter(stage_label(stage))
+        } else {
+            let position = stage.steps.iter().position(|s| std::ptr::eq(s, step));
+            let position = position.unwrap_or_default();
+            let (store, req) = (self.store, self.req);
+            self.log.reason(
+                store,
+                req,
+                stage,
+                position,
+                key,
+                &inputs,
+                listing.as_deref(),
+            )
+        };
+        self.log
+            .missed(self.req, self.reporter, stage, step, id, reason);
+        // Hints for the next build: failing to keep them loses a reason, not a result.
+        if let (Some(content), Some(listing)) = (&inputs.content, &listing) {
+            let _ = self.store.put_listing(content, listing);
+        }
+        let _ = self.store.add_child(parent, key);
+        inputs
     }
 
     fn run(
@@ -544,11 +729,17 @@ impl<'a> Ctx<'a> {
         done: &BTreeMap<usize, StageState>,
         _stage: &Stage,
     ) -> Result<(), BuildError> {
-        if let Some((git, resolved)) = &prepared.git {
-            return self.add_git(copy, rootfs, prepared, git, resolved);
-        }
+        // Sources are copied in their order, as BuildKit chains them: a git repository's
+        // tree between the sources before and after it.
         let mut sources = Vec::new();
         for (i, src) in copy.sources.iter().enumerate() {
+            if let Some((_, git, resolved)) = prepared.git.iter().find(|(at, ..)| *at == i) {
+                if !sources.is_empty() {
+                    self.copy_sources(copy, &rootfs, std::mem::take(&mut sources), done)?;
+                }
+                self.add_git(copy, &rootfs, prepared, i, git, resolved)?;
+                continue;
+            }
             sources.push(match src {
                 CopySource::Path(p) => CopySrc::Path(p.clone()),
                 CopySource::Url(_) | CopySource::Heredoc { .. } => {
@@ -565,6 +756,20 @@ impl<'a> Ctx<'a> {
                 }
             });
         }
+        if sources.is_empty() && !prepared.git.is_empty() {
+            return Ok(());
+        }
+        self.copy_sources(copy, &rootfs, sources, done)
+    }
+
+    /// Copies `sources` (context paths, downloaded and heredoc files) as `copy` says.
+    fn copy_sources(
+        &mut self,
+        copy: &CopyOp,
+        rootfs: &Overlay,
+        sources: Vec<CopySrc>,
+        done: &BTreeMap<usize, StageState>,
+    ) -> Result<(), BuildError> {
         let job = CopyJob {
             sources,
             dest: copy.dest.clone(),
@@ -582,7 +787,7 @@ impl<'a> Ctx<'a> {
         };
         let source = self.source_root(&copy.from, done)?;
         self.executor
-            .copy(&rootfs, &source, &job, &self.shared.scratch_dir)
+            .copy(rootfs, &source, &job, &self.shared.scratch_dir)
     }
 
     /// `ADD <git url>`: clone the resolved commit and copy its tree (or `:subdir`) as the
@@ -591,16 +796,18 @@ impl<'a> Ctx<'a> {
     fn add_git(
         &mut self,
         copy: &CopyOp,
-        rootfs: Overlay,
+        rootfs: &Overlay,
         prepared: &Prepared,
+        at: usize,
         git: &super::git::GitUrl,
         resolved: &super::git::Resolved,
     ) -> Result<(), BuildError> {
         let tmp = prepared.tmp.as_ref().expect("prepared with the sources");
-        let dir = tmp.path().join("git");
+        let dir = tmp.path().join(format!("git-{at}"));
         {
             let (auth, _relay) = self.git_auth(git)?;
-            super::git::checkout(git, resolved, &dir, copy.keep_git_dir, &auth)?;
+            let keep = git.keep_git_dir_with(copy.keep_git_dir)?;
+            super::git::checkout(git, resolved, &dir, keep, &auth)?;
         }
         let job = CopyJob {
             sources: vec![CopySrc::Path(
@@ -617,7 +824,7 @@ impl<'a> Ctx<'a> {
             preserve_owner: false,
         };
         self.executor
-            .copy(&rootfs, &FsSource::Dir(dir), &job, &self.shared.scratch_dir)
+            .copy(rootfs, &FsSource::Dir(dir), &job, &self.shared.scratch_dir)
     }
 
     /// Where a COPY reads from: the context, a named context, or a stage's / image's rootfs.
@@ -650,7 +857,9 @@ impl<'a> Ctx<'a> {
     }
 
     fn image_source(&mut self, reference: &str) -> Result<FsSource, BuildError> {
-        let record = self.bases.ensure(reference, self.reporter, 0)?;
+        let record = self
+            .bases
+            .ensure(reference, &self.platform, self.reporter, 0)?;
         let state = StageState {
             chains: record.chains.clone(),
             diff_ids: Vec::new(),
@@ -862,11 +1071,12 @@ impl<'a> Ctx<'a> {
         paths: &[String],
         excludes: &[String],
         done: &BTreeMap<usize, StageState>,
+        listing: &mut Option<Vec<context::ListedFile>>,
     ) -> Result<String, BuildError> {
-        let digest_of =
+        let mut digest_of =
             |ctx: &mut Self, root: &Path, ignore: &IgnoreMatcher| -> Result<String, BuildError> {
                 let excludes = IgnoreMatcher::new(excludes)?;
-                let d = context::content_digest(
+                let (d, files) = context::content_digest(
                     root,
                     paths,
                     ignore,
@@ -874,6 +1084,7 @@ impl<'a> Ctx<'a> {
                     true,
                     &mut ctx.stat_cache(),
                 )?;
+                *listing = Some(files);
                 Ok(d.to_string())
             };
         match from {
@@ -884,7 +1095,7 @@ impl<'a> Ctx<'a> {
             CopyFrom::Stage(i) => Ok(done.get(i).map(|s| s.key.clone()).unwrap_or_default()),
             CopyFrom::Image(r) => Ok(self
                 .bases
-                .ensure(r, self.reporter, 0)?
+                .ensure(r, &self.platform, self.reporter, 0)?
                 .manifest
                 .digest
                 .to_string()),
@@ -894,7 +1105,7 @@ impl<'a> Ctx<'a> {
                 }
                 Some(NamedContext::Image(_) | NamedContext::OciLayout { .. }) => Ok(self
                     .bases
-                    .ensure(name, self.reporter, 0)?
+                    .ensure(name, &self.platform, self.reporter, 0)?
                     .manifest
                     .digest
                     .to_string()),
@@ -925,7 +1136,9 @@ impl<'a> Ctx<'a> {
                     .collect();
                 // Paths are only read from a context: URLs and heredocs are hashed below.
                 if !(paths.is_empty() && copy.from == CopyFrom::Context) {
-                    parts.push(self.source_digest(&copy.from, &paths, &copy.excludes, done)?);
+                    let (from, excludes) = (&copy.from, &copy.excludes);
+                    let listing = &mut prepared.listing;
+                    parts.push(self.source_digest(from, &paths, excludes, done, listing)?);
                 }
                 let tmp = self.store.tmp_dir()?;
                 for src in &copy.sources {
@@ -938,14 +1151,16 @@ impl<'a> Ctx<'a> {
                             Some((name.clone(), path, 0o644))
                         }
                         CopySource::Url(url) if crate::plan::is_git_url(url) => {
-                            // The plan makes a git URL ADD's only source. The key is the
-                            // commit the ref names now; the clone waits for a cache miss.
+                            // The key is the commit the ref names now (the URL's other
+                            // options are in the instruction's words); the clone waits for
+                            // a cache miss.
                             let git = super::git::GitUrl::parse(url)?;
+                            let checksum = git.checksum_with(copy.checksum.as_deref())?;
+                            git.keep_git_dir_with(copy.keep_git_dir)?;
                             let (auth, _relay) = self.git_auth(&git)?;
-                            let resolved =
-                                super::git::resolve(&git, copy.checksum.as_deref(), &auth)?;
+                            let resolved = super::git::resolve(&git, checksum.as_deref(), &auth)?;
                             parts.push(format!("git {}", resolved.commit));
-                            prepared.git = Some((git, resolved));
+                            prepared.git.push((prepared.files.len(), git, resolved));
                             None
                         }
                         CopySource::Url(url) => {
@@ -970,7 +1185,7 @@ impl<'a> Ctx<'a> {
                 for m in run.mounts.iter().filter(|m| m.kind == MountType::Bind) {
                     let source = m.source.clone().unwrap_or_else(|| ".".to_string());
                     let from = m.from.as_ref().map_or(CopyFrom::Context, mount_from);
-                    parts.push(self.source_digest(&from, &[source], &[], done)?);
+                    parts.push(self.source_digest(&from, &[source], &[], done, &mut None)?);
                 }
                 if !parts.is_empty() {
                     prepared.content = Some(Digest::of(parts.join("\n").as_bytes()));
@@ -997,9 +1212,9 @@ impl<'a> Ctx<'a> {
             .filter_map(|h| h.created.clone())
             .max();
         config.created = Some(newest.unwrap_or_else(|| self.created.clone()));
-        config.architecture = self.req.platform.architecture.clone();
-        config.os = self.req.platform.os.clone();
-        config.variant = self.req.platform.variant.clone();
+        config.architecture = stage.platform.architecture.clone();
+        config.os = stage.platform.os.clone();
+        config.variant = stage.platform.variant.clone();
         config.rootfs.diff_ids = state.diff_ids.clone();
         config.history = state.history.clone();
         if !self.req.labels.is_empty() {
@@ -1019,10 +1234,12 @@ impl<'a> Ctx<'a> {
 #[derive(Default)]
 struct Prepared {
     content: Option<Digest>,
+    /// The files `content` covers, for COPY/ADD from a directory (naming what changed).
+    listing: Option<Vec<context::ListedFile>>,
     /// Per source: (name in the image, host path, mode) for URL and heredoc sources.
     files: Vec<Option<(String, PathBuf, u32)>>,
-    /// `ADD <git url>`: the repository and the commit its ref names.
-    git: Option<(super::git::GitUrl, super::git::Resolved)>,
+    /// `ADD <git url>` sources: their index, the repository and the commit its ref names.
+    git: Vec<(usize, super::git::GitUrl, super::git::Resolved)>,
     tmp: Option<tempfile::TempDir>,
 }
 

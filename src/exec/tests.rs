@@ -47,6 +47,7 @@ impl Fixture {
             build_args: BTreeMap::new(),
             target: None,
             no_cache: false,
+            explain: false,
             pull: false,
             labels: BTreeMap::new(),
             network: NetworkMode::Default,
@@ -65,6 +66,8 @@ impl Fixture {
             source_date_epoch: None,
             cache_from: Vec::new(),
             cache_to: Vec::new(),
+            platform_labels: false,
+            first_step: 1,
         }
     }
 
@@ -254,32 +257,12 @@ fn a_changed_build_arg_misses_and_the_old_value_hits_again() {
 fn run_specs(req: &BuildRequest) -> Vec<RunSpec> {
     let f = Fixture::new(&[]);
     let req = BuildRequest {
-        context: req.context.clone(),
-        dockerfile_name: req.dockerfile_name.clone(),
         dockerfile_path: None,
-        dockerfile_text: req.dockerfile_text.clone(),
         tags: Vec::new(),
-        build_args: req.build_args.clone(),
-        target: req.target.clone(),
         no_cache: true,
+        explain: false,
         pull: false,
-        labels: req.labels.clone(),
-        network: req.network,
-        allow_network_host: req.allow_network_host,
-        allow_insecure: req.allow_insecure,
-        no_cache_stages: req.no_cache_stages.clone(),
-        extra_hosts: req.extra_hosts.clone(),
-        shm_size: req.shm_size,
-        ulimits: req.ulimits.clone(),
-        manifest_annotations: req.manifest_annotations.clone(),
-        pids_limit: req.pids_limit,
-        secrets: req.secrets.clone(),
-        ssh: req.ssh.clone(),
-        build_contexts: req.build_contexts.clone(),
-        platform: req.platform.clone(),
-        source_date_epoch: req.source_date_epoch,
-        cache_from: Vec::new(),
-        cache_to: Vec::new(),
+        ..req.clone()
     };
     let proxy = |v: &String| {
         let name = v.split('=').next().unwrap_or_default().to_ascii_lowercase();

@@ -114,6 +114,22 @@ pub struct History {
 }
 
 impl ImageConfig {
+    /// Whether the image is for `platform`; one whose config names no architecture (an
+    /// old import) is taken for any.
+    pub fn is_for(&self, platform: &super::Platform) -> bool {
+        self.architecture.is_empty() || self.platform().same_as(platform)
+    }
+
+    /// The platform the config names (`architecture`, `os`, `variant`).
+    pub fn platform(&self) -> super::Platform {
+        super::Platform {
+            architecture: self.architecture.clone(),
+            os: self.os.clone(),
+            variant: self.variant.clone(),
+            os_version: None,
+        }
+    }
+
     /// The value of `name` in the config's Env, if set.
     pub fn env_var(&self, name: &str) -> Option<&str> {
         self.config

@@ -87,6 +87,55 @@ impl Platform {
         }
     }
 
+    /// `os/arch[/variant]` as `--platform` and `FROM --platform` give it, normalized as
+    /// containerd's platforms.Normalize: `aarch64` is `arm64` (whose `v8` is its default
+    /// and dropped), `x86_64` is `amd64`, a bare `arm` means `arm/v7`.
+    pub fn parse(spec: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = spec.trim().split('/').collect();
+        let (os, arch, variant) = match parts[..] {
+            [os, arch] => (os, arch, None),
+            [os, arch, variant] => (os, arch, Some(variant)),
+            _ => {
+                return Err(format!(
+                    "invalid platform `{spec}`: expected OS/ARCH[/VARIANT]"
+                ))
+            }
+        };
+        if os.is_empty() || arch.is_empty() || variant == Some("") {
+            return Err(format!(
+                "invalid platform `{spec}`: expected OS/ARCH[/VARIANT]"
+            ));
+        }
+        let os = os.to_ascii_lowercase();
+        let (architecture, variant) = match (arch.to_ascii_lowercase().as_str(), variant) {
+            ("x86_64" | "x86-64" | "amd64", v) => ("amd64".to_string(), v),
+            ("aarch64" | "arm64", Some("8" | "v8") | None) => ("arm64".to_string(), None),
+            ("aarch64" | "arm64", v) => ("arm64".to_string(), v),
+            ("armhf", _) => ("arm".to_string(), Some("v7")),
+            ("armel", _) => ("arm".to_string(), Some("v6")),
+            ("arm", None) => ("arm".to_string(), Some("v7")),
+            ("i386" | "i686", v) => ("386".to_string(), v),
+            (other, v) => (other.to_string(), v),
+        };
+        Ok(Platform {
+            architecture,
+            os,
+            variant: variant.map(|v| v.to_ascii_lowercase()),
+            os_version: None,
+        })
+    }
+
+    /// Whether `other` names the same platform (the default variants spelt out or not).
+    pub fn same_as(&self, other: &Platform) -> bool {
+        let norm = |p: &Platform| Platform::parse(&p.to_spec()).unwrap_or_else(|_| p.clone());
+        norm(self) == norm(other)
+    }
+
+    /// `os_arch[_variant]`: the directory a local export writes this platform's files to.
+    pub fn dir_name(&self) -> String {
+        self.to_spec().replace('/', "_")
+    }
+
     /// `os/arch[/variant]`.
     pub fn to_spec(&self) -> String {
         match &self.variant {

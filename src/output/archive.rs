@@ -55,15 +55,56 @@ pub(super) struct Encoding<'a> {
     pub descriptor_annotations: &'a BTreeMap<String, String>,
 }
 
+/// The layout of `images`: one image's manifest, or for several (one per platform) an index
+/// blob listing their manifests with their platforms, as BuildKit's OCI exporter writes a
+/// multi-platform build. index.json points at that manifest or index.
 fn build_layout(
     store: &Store,
-    image: &ImageRecord,
+    images: &[ImageRecord],
     tags: &[Reference],
     enc: &Encoding,
     docker: bool,
 ) -> Result<Layout, OutputError> {
-    let (compression, level) = (enc.compression, enc.level);
     let mut blobs = BTreeMap::new();
+    let mut manifests = Vec::with_capacity(images.len());
+    let mut layers = Vec::with_capacity(images.len());
+    for image in images {
+        let (mut desc, image_layers) = add_image(store, image, enc, &mut blobs)?;
+        if images.len() > 1 {
+            desc.platform = Some(image.config.platform());
+        }
+        manifests.push(desc);
+        layers.push(image_layers);
+    }
+    let manifest_desc = match &manifests[..] {
+        [one] => one.clone(),
+        _ => {
+            let index_bytes = canonical_json(&Index {
+                manifests,
+                ..Index::default()
+            });
+            let desc = Descriptor::new(
+                media::OCI_INDEX,
+                Digest::of(&index_bytes),
+                index_bytes.len() as u64,
+            );
+            blobs.insert(desc.digest.clone(), (desc.size, Blob::Bytes(index_bytes)));
+            desc
+        }
+    };
+    // Only a single image is written as a docker archive (the caller refuses more).
+    let image = &images[0];
+    index_files(image, &layers[0], manifest_desc, tags, enc, docker, blobs)
+}
+
+/// One image's layers, config and manifest into `blobs`: its manifest's descriptor and layers.
+fn add_image(
+    store: &Store,
+    image: &ImageRecord,
+    enc: &Encoding,
+    blobs: &mut BTreeMap<Digest, (u64, Blob)>,
+) -> Result<(Descriptor, Vec<Descriptor>), OutputError> {
+    let (compression, level) = (enc.compression, enc.level);
     let mut layers = Vec::with_capacity(image.chains.len());
     for chain in &image.chains {
         let (desc, bytes) = store.layer_bytes(chain, compression, level)?;
@@ -99,7 +140,20 @@ fn build_layout(
         manifest_desc.digest.clone(),
         (manifest_desc.size, Blob::Bytes(manifest_bytes)),
     );
+    Ok((manifest_desc, layers))
+}
 
+/// index.json (pointing at `manifest_desc` once per tag), oci-layout, and for a docker
+/// archive manifest.json and repositories.
+fn index_files(
+    image: &ImageRecord,
+    layers: &[Descriptor],
+    manifest_desc: Descriptor,
+    tags: &[Reference],
+    enc: &Encoding,
+    docker: bool,
+    blobs: BTreeMap<Digest, (u64, Blob)>,
+) -> Result<Layout, OutputError> {
     // As BuildKit's exporters: the ref name is the tag, the full name goes in containerd's
     // annotation; one index entry per tag.
     let named: Vec<&Reference> = tags.iter().filter(|t| t.tag.is_some()).collect();
@@ -165,13 +219,13 @@ fn build_layout(
 /// Write a docker archive (`docker: true`) or an OCI layout tar to `w`.
 pub(super) fn write_archive(
     store: &Store,
-    image: &ImageRecord,
+    images: &[ImageRecord],
     tags: &[Reference],
     enc: &Encoding,
     docker: bool,
     mut tar: DeterministicTar<&mut dyn Write>,
 ) -> Result<(), OutputError> {
-    let layout = build_layout(store, image, tags, enc, docker)?;
+    let layout = build_layout(store, images, tags, enc, docker)?;
     let out = "<archive>";
     tar.dir("blobs/").map_err(OutputError::io("writing", out))?;
     tar.dir("blobs/sha256/")
@@ -207,12 +261,12 @@ pub(super) fn write_archive(
 /// Write an OCI layout directory into `dir` (empty).
 pub(super) fn write_layout_dir(
     store: &Store,
-    image: &ImageRecord,
+    images: &[ImageRecord],
     tags: &[Reference],
     enc: &Encoding,
     dir: &Path,
 ) -> Result<(), OutputError> {
-    let layout = build_layout(store, image, tags, enc, false)?;
+    let layout = build_layout(store, images, tags, enc, false)?;
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(OutputError::io("creating", &blobs))?;
     for (digest, (_, blob)) in &layout.blobs {

@@ -94,6 +94,11 @@ pub enum OutputError {
     NotAStream(PathBuf),
     #[error("destination `{0}` is a directory; this output writes a file")]
     DestIsDir(PathBuf),
+    #[error(
+        "a docker archive holds one platform, and this build made several ({0}): \
+         use `-o type=oci,dest=FILE` (an index of them) or `--push`"
+    )]
+    MultiPlatformDocker(String),
 }
 
 impl OutputError {
@@ -251,20 +256,70 @@ pub fn write(
     spec: &OutputSpec,
     epoch: Option<SourceDateEpoch>,
 ) -> Result<(), OutputError> {
+    write_all(store, std::slice::from_ref(image), tags, spec, epoch)
+}
+
+/// [`write`] for the images of a multi-platform build, one per platform: OCI outputs get an
+/// index of them, `local` and `tar` a directory per platform (`linux_arm64/`); a docker
+/// archive holds one image only and is refused.
+pub fn write_all(
+    store: &Store,
+    images: &[ImageRecord],
+    tags: &[Reference],
+    spec: &OutputSpec,
+    epoch: Option<SourceDateEpoch>,
+) -> Result<(), OutputError> {
+    check_platforms(images, spec)?;
     match &spec.kind {
         OutputKind::Docker { dest }
         | OutputKind::Oci { dest, tar: true }
         | OutputKind::Tar { dest } => {
-            write_file(dest, |w| write_to(store, image, tags, spec, epoch, w))
+            write_file(dest, |w| write_all_to(store, images, tags, spec, epoch, w))
         }
         OutputKind::Oci { dest, tar: false } => write_dir(dest, |dir| {
-            archive::write_layout_dir(store, image, tags, &spec.encoding(Compression::Gzip), dir)
+            archive::write_layout_dir(store, images, tags, &spec.encoding(Compression::Gzip), dir)
         }),
         OutputKind::Local { dest } => write_dir(dest, |dir| {
-            let entries = rootfs::merged_entries(store, &image.chains)?;
-            rootfs::materialize(&entries, dir)
+            for (image, prefix) in images.iter().zip(platform_dirs(images)) {
+                let root = dir.join(&prefix);
+                if !prefix.as_os_str().is_empty() {
+                    fs::create_dir(&root).map_err(OutputError::io("creating", &root))?;
+                }
+                let entries = rootfs::merged_entries(store, &image.chains)?;
+                rootfs::materialize(&entries, &root)?;
+            }
+            Ok(())
         }),
     }
+}
+
+/// Where each image's files go in a `local` or `tar` output: the root for a single image,
+/// `os_arch[_variant]` for each of several.
+fn platform_dirs(images: &[ImageRecord]) -> Vec<PathBuf> {
+    match images {
+        [_] => vec![PathBuf::new()],
+        _ => images
+            .iter()
+            .map(|i| PathBuf::from(i.config.platform().dir_name()))
+            .collect(),
+    }
+}
+
+fn check_platforms(images: &[ImageRecord], spec: &OutputSpec) -> Result<(), OutputError> {
+    let names: Vec<String> = images
+        .iter()
+        .map(|i| i.config.platform().to_spec())
+        .collect();
+    check_platform_count(spec, &names)
+}
+
+/// Whether `spec` can hold the images of `platforms` (`os/arch` each): a docker archive holds
+/// one. Checked before a build, so that it does not run for nothing.
+pub fn check_platform_count(spec: &OutputSpec, platforms: &[String]) -> Result<(), OutputError> {
+    if platforms.len() > 1 && matches!(spec.kind, OutputKind::Docker { .. }) {
+        return Err(OutputError::MultiPlatformDocker(platforms.join(", ")));
+    }
+    Ok(())
 }
 
 /// Stream a file-shaped output (docker archive, OCI tar, rootfs tar) into `w`, e.g. a pipe
@@ -277,19 +332,41 @@ pub fn write_to(
     epoch: Option<SourceDateEpoch>,
     w: &mut dyn Write,
 ) -> Result<(), OutputError> {
+    write_all_to(store, std::slice::from_ref(image), tags, spec, epoch, w)
+}
+
+/// [`write_to`] for several images (see [`write_all`]).
+pub fn write_all_to(
+    store: &Store,
+    images: &[ImageRecord],
+    tags: &[Reference],
+    spec: &OutputSpec,
+    epoch: Option<SourceDateEpoch>,
+    w: &mut dyn Write,
+) -> Result<(), OutputError> {
+    check_platforms(images, spec)?;
     match &spec.kind {
         OutputKind::Docker { .. } => {
             let enc = spec.encoding(Compression::Uncompressed);
             let tar = archive::DeterministicTar::new(w, epoch);
-            archive::write_archive(store, image, tags, &enc, true, tar)
+            archive::write_archive(store, images, tags, &enc, true, tar)
         }
         OutputKind::Oci { tar: true, .. } => {
             let enc = spec.encoding(Compression::Gzip);
             let tar = archive::DeterministicTar::new(w, epoch);
-            archive::write_archive(store, image, tags, &enc, false, tar)
+            archive::write_archive(store, images, tags, &enc, false, tar)
         }
         OutputKind::Tar { .. } => {
-            let entries = rootfs::merged_entries(store, &image.chains)?;
+            let mut entries = Vec::new();
+            for (image, prefix) in images.iter().zip(platform_dirs(images)) {
+                let mut mine = rootfs::merged_entries(store, &image.chains)?;
+                if !prefix.as_os_str().is_empty() {
+                    for e in &mut mine {
+                        e.path = prefix.join(&e.path);
+                    }
+                }
+                entries.extend(mine);
+            }
             rootfs::write_tar(&entries, w)
         }
         OutputKind::Oci { dest, tar: false } | OutputKind::Local { dest } => {

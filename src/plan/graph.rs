@@ -8,6 +8,7 @@ use super::{BuildOptions, Source};
 use crate::dockerfile::instructions::{Instruction, Located};
 use crate::dockerfile::shell::Lexer;
 use crate::dockerfile::ErrorKind;
+use crate::image::Platform;
 use crate::plan::PlanError;
 
 /// What a FROM, `COPY --from` or `--mount from=` names.
@@ -27,6 +28,8 @@ pub(crate) struct StageDef<'a> {
     /// Instructions after FROM, up to the next FROM.
     pub body: &'a [Located],
     pub deps: BTreeSet<usize>,
+    /// `FROM --platform=...`, expanded and parsed; none: the build's target platform.
+    pub platform: Option<Platform>,
 }
 
 pub(crate) struct Graph<'a> {
@@ -42,18 +45,20 @@ pub(crate) struct Graph<'a> {
     pub declared: BTreeSet<String>,
 }
 
-/// The automatic args: BuildKit's TARGET*/BUILD* platform args (rbuild builds for the host
-/// only, so the build and target platforms are the same) and TARGETSTAGE, the `--target`
-/// as given, else the last stage's name, else `default`.
+/// The automatic args: BuildKit's TARGET*/BUILD* platform args (the target platform of this
+/// pass, the host's) and TARGETSTAGE, the `--target` as given, else the last stage's name,
+/// else `default`.
 pub(crate) fn automatic_args(
     opts: &BuildOptions,
     last_stage_name: Option<&str>,
 ) -> BTreeMap<String, String> {
-    let p = &opts.platform;
     let mut m = BTreeMap::new();
     let target = opts.target.as_deref().or(last_stage_name);
     m.insert("TARGETSTAGE".into(), target.unwrap_or("default").into());
-    for prefix in ["TARGET", "BUILD"] {
+    let build = build_platform();
+    for (prefix, p) in [("TARGET", &opts.platform), ("BUILD", &build)] {
+        // As BuildKit formats them: normalized, so `linux/arm64`, not `linux/arm64/v8`.
+        let p = Platform::parse(&p.to_spec()).unwrap_or_else(|_| p.clone());
         m.insert(format!("{prefix}PLATFORM"), p.to_spec());
         m.insert(format!("{prefix}OS"), p.os.clone());
         m.insert(format!("{prefix}ARCH"), p.architecture.clone());
@@ -164,9 +169,9 @@ pub(crate) fn build<'a>(
             .map(|p| expand(&lexer, p, &global_scope))
             .transpose()
             .map_err(|k| src.at(l.line, k))?;
-        if let Some(p) = &platform {
-            check_platform(p, opts).map_err(|k| src.at(l.line, k))?;
-        }
+        let platform = platform
+            .map(|p| Platform::parse(&p).map_err(|e| src.at(l.line, ErrorKind::Invalid(e))))
+            .transpose()?;
         // FROM names only earlier stages (BuildKit resolves names as it goes).
         let base = if image.eq_ignore_ascii_case("scratch") {
             Ref::Scratch
@@ -191,6 +196,7 @@ pub(crate) fn build<'a>(
             base,
             body: &located[w[0] + 1..w[1]],
             deps,
+            platform,
         });
     }
 
@@ -403,22 +409,7 @@ pub(crate) fn visit(
     order.push(i);
 }
 
-/// rbuild builds for the host platform only; `--platform=$BUILDPLATFORM` and the like pass.
-fn check_platform(p: &str, opts: &BuildOptions) -> Result<(), ErrorKind> {
-    let mut parts = p.split('/');
-    let os = parts.next().unwrap_or("");
-    let arch = parts.next().unwrap_or("");
-    let norm = |a: &str| match a {
-        "x86_64" | "x86-64" => "amd64".to_string(),
-        "aarch64" => "arm64".to_string(),
-        other => other.to_string(),
-    };
-    if os == opts.platform.os && norm(arch) == norm(&opts.platform.architecture) {
-        Ok(())
-    } else {
-        Err(ErrorKind::Invalid(format!(
-            "platform `{p}` is not supported: rbuild builds for the host platform `{}` only",
-            opts.platform.to_spec()
-        )))
-    }
+/// The platform builds run on: the host's (BUILDPLATFORM).
+pub(crate) fn build_platform() -> Platform {
+    Platform::host()
 }

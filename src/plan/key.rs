@@ -33,3 +33,36 @@ pub fn cache_key(parent: &str, key: &KeyMaterial, content: Option<&Digest>) -> S
         .hex()
         .to_string()
 }
+
+#[derive(Serialize)]
+struct Linked<'a> {
+    schema: u32,
+    link: bool,
+    created_by: &'a str,
+    op: &'a super::Op,
+    platform: &'a str,
+    source_date_epoch: Option<crate::image::SourceDateEpoch>,
+    images: &'a std::collections::BTreeMap<String, String>,
+    content: Option<String>,
+}
+
+/// The key of a `COPY --link` layer, made on an empty filesystem: like [`cache_key`] but
+/// with no parent and none of what the stage so far sets (shell, build args in scope), so a
+/// new base image, or a changed step before it, finds the same layer (BuildKit's MergeOp).
+/// The copy itself (sources, their content, the resolved destination, numeric `--chown`),
+/// the platform and `SOURCE_DATE_EPOCH` are all that make the layer.
+pub fn link_key(key: &KeyMaterial, content: Option<&Digest>) -> String {
+    let linked = Linked {
+        schema: SCHEMA,
+        link: true,
+        created_by: &key.created_by,
+        op: &key.op,
+        platform: &key.platform,
+        source_date_epoch: key.source_date_epoch,
+        images: &key.images,
+        content: content.map(Digest::to_string),
+    };
+    Digest::of(&crate::image::canonical_json(&linked))
+        .hex()
+        .to_string()
+}

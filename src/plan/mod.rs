@@ -7,6 +7,7 @@
 //! [`MountFrom::Stage`]) are positions in the Dockerfile (`Stage::index`); use
 //! [`Plan::stage`] to look one up.
 
+pub mod explain;
 mod graph;
 mod history;
 mod key;
@@ -25,7 +26,7 @@ use crate::dockerfile::ErrorKind;
 use crate::image::{Digest, ImageConfig, Platform, SourceDateEpoch};
 
 pub(crate) use graph::automatic_args;
-pub use key::cache_key;
+pub use key::{cache_key, link_key};
 pub use outline::{
     outline, outline_json, render_outline, render_targets, targets, targets_json, Outline, Target,
 };
@@ -91,7 +92,8 @@ pub struct ResolvedBase {
 /// `scratch`, not stage names) and for images named by `COPY --from` / `RUN --mount from=`,
 /// with the reference already expanded. The error string is wrapped with file and line.
 pub trait BaseResolver {
-    fn resolve(&mut self, reference: &str) -> Result<ResolvedBase, String>;
+    /// `platform`: the stage's (its `FROM --platform`, else the build's target).
+    fn resolve(&mut self, reference: &str, platform: &Platform) -> Result<ResolvedBase, String>;
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +120,8 @@ pub struct Stage {
     pub steps: Vec<Step>,
     /// Base config plus the effect of every step (rootfs and history left to the executor).
     pub config: ImageConfig,
+    /// What the stage is built for: its `FROM --platform`, else the build's target platform.
+    pub platform: Platform,
 }
 
 // A handful of stages per build: boxing the image variant would buy nothing.
@@ -467,7 +471,11 @@ pub(crate) mod tests {
     pub(crate) struct FakeResolver;
 
     impl BaseResolver for FakeResolver {
-        fn resolve(&mut self, reference: &str) -> Result<ResolvedBase, String> {
+        fn resolve(
+            &mut self,
+            reference: &str,
+            _platform: &Platform,
+        ) -> Result<ResolvedBase, String> {
             if reference.starts_with("missing") {
                 return Err("manifest unknown".into());
             }
@@ -645,6 +653,35 @@ pub(crate) mod tests {
         );
         let p3 = plan("FROM a\nRUN echo ho\n", &options(), &mut FakeResolver).unwrap();
         assert_ne!(k, cache_key("p", &p3.stages[0].steps[0].key, None));
+    }
+
+    #[test]
+    fn link_key_ignores_what_the_stage_so_far_sets() {
+        let key = |text: &str| {
+            let p = plan(text, &options(), &mut FakeResolver).unwrap();
+            let step = p.stages[0].steps.last().unwrap();
+            link_key(&step.key, Some(&Digest::of(b"content")))
+        };
+        let k = key("FROM a\nCOPY --link f /app/\n");
+        assert_eq!(
+            k,
+            key("FROM b\nENV X=1\nARG Y=2\nSHELL [\"/bin/bash\", \"-c\"]\nCOPY --link f /app/\n")
+        );
+        assert_ne!(k, key("FROM a\nCOPY --link f /srv/\n"));
+        assert_ne!(k, key("FROM a\nCOPY --link --chown=1:1 f /app/\n"));
+        assert_ne!(k, key("FROM a\nWORKDIR /w\nCOPY --link f app/\n"));
+        let p = plan(
+            "FROM a\nCOPY --link f /app/\n",
+            &options(),
+            &mut FakeResolver,
+        )
+        .unwrap();
+        let m = &p.stages[0].steps[0].key;
+        assert_ne!(link_key(m, None), k);
+        assert_ne!(
+            link_key(m, Some(&Digest::of(b"content"))),
+            cache_key("p", m, Some(&Digest::of(b"content")))
+        );
     }
 
     fn one_stage(text: &str, opts: &BuildOptions) -> Stage {

@@ -16,7 +16,7 @@ use crate::dockerfile::instructions::{self, CommandForm, Healthcheck, Instructio
 use crate::dockerfile::shell::Lexer;
 use crate::dockerfile::syntax;
 use crate::dockerfile::ErrorKind;
-use crate::image::{config::Empty, HealthConfig, ImageConfig};
+use crate::image::{config::Empty, HealthConfig, ImageConfig, Platform};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -27,7 +27,11 @@ pub(super) struct Ctx<'a, 'b> {
     pub(super) graph: &'a Graph<'b>,
     pub(super) names: BTreeMap<String, usize>,
     resolver: &'a mut dyn BaseResolver,
-    resolved: BTreeMap<String, super::ResolvedBase>,
+    /// Resolved images by platform and reference.
+    resolved: BTreeMap<(String, String), super::ResolvedBase>,
+    /// The platform of the stage being planned: images it names are resolved for it, and
+    /// its steps' keys carry it.
+    platform: Platform,
 }
 
 /// The scope of one stage while its instructions are walked.
@@ -98,6 +102,7 @@ pub(crate) fn plan_stages(
         names,
         resolver,
         resolved: BTreeMap::new(),
+        platform: opts.platform.clone(),
     };
     // Stages are planned in file order, the order BuildKit dispatches them in. An ONBUILD
     // trigger of a base image can add a `COPY --from` dependency the graph did not know:
@@ -151,25 +156,33 @@ pub(crate) fn plan_stages(
 
 impl Ctx<'_, '_> {
     fn resolve(&mut self, line: usize, reference: &str) -> Result<super::ResolvedBase, PlanError> {
-        if let Some(r) = self.resolved.get(reference) {
+        let key = (self.platform.to_spec(), reference.to_string());
+        if let Some(r) = self.resolved.get(&key) {
             return Ok(r.clone());
         }
-        let r = self.resolver.resolve(reference).map_err(|reason| {
-            self.src.at(
-                line,
-                ErrorKind::Resolve {
-                    reference: reference.to_string(),
-                    reason,
-                },
-            )
-        })?;
-        self.resolved.insert(reference.to_string(), r.clone());
+        let r = self
+            .resolver
+            .resolve(reference, &self.platform)
+            .map_err(|reason| {
+                self.src.at(
+                    line,
+                    ErrorKind::Resolve {
+                        reference: reference.to_string(),
+                        reason,
+                    },
+                )
+            })?;
+        self.resolved.insert(key, r.clone());
         Ok(r)
     }
 
     fn stage(&mut self, pos: usize, done: &[Stage]) -> Result<Stage, PlanError> {
         let graph = self.graph;
         let def = &graph.stages[pos];
+        self.platform = def
+            .platform
+            .clone()
+            .unwrap_or_else(|| self.opts.platform.clone());
         let (base, mut config) = match &def.base {
             // BuildKit's empty image: WorkingDir `/` (PATH and platform are set below).
             Ref::Scratch | Ref::Context(_) => {
@@ -197,7 +210,7 @@ impl Ctx<'_, '_> {
                 (Base::Stage(*i), cfg)
             }
         };
-        let p = &self.opts.platform;
+        let p = &self.platform;
         if config.os.is_empty() {
             config.os = p.os.clone();
         }
@@ -262,6 +275,7 @@ impl Ctx<'_, '_> {
             deps: deps.into_iter().collect(),
             steps,
             config: st.config,
+            platform: self.platform.clone(),
         })
     }
 
@@ -468,7 +482,7 @@ impl Ctx<'_, '_> {
             op: op.clone(),
             shell: st.shell(),
             build_args: st.arg_values(),
-            platform: self.opts.platform.to_spec(),
+            platform: self.platform.to_spec(),
             source_date_epoch: self.opts.source_date_epoch,
             images,
         };
@@ -613,13 +627,30 @@ impl Ctx<'_, '_> {
         let git = sources
             .iter()
             .any(|s| matches!(s, CopySource::Url(u) if is_git_url(u)));
-        if git && sources.len() > 1 {
-            return Err(self.src.at(
-                line,
-                ErrorKind::Invalid(
-                    "a git repository must be ADD's only source: give it an ADD of its own".into(),
-                ),
-            ));
+        let mut chown = opt_ex(&c.chown)?;
+        // A linked layer is made on an empty filesystem (BuildKit's MergeOp, used when no
+        // --chmod is given): there is no /etc/passwd to look a name up in. BuildKit refuses
+        // such names at parse time (moby/buildkit#7134); `root` and numbers need no lookup.
+        if c.link && chmod.is_none() {
+            if let Some(ch) = &chown {
+                let named = ch
+                    .split(':')
+                    .any(|part| part != "root" && part.parse::<u32>().is_err());
+                if named {
+                    return Err(self.src.at(
+                        line,
+                        ErrorKind::Invalid(format!(
+                            "--chown={ch} with --link: a linked layer is made without the image's /etc/passwd and /etc/group, so names cannot be looked up; give numeric ids (--chown=UID:GID) or drop --link"
+                        )),
+                    ));
+                }
+                // BuildKit reads `root` as id 0 without a lookup (llb's parseUID).
+                let ids: Vec<&str> = ch
+                    .split(':')
+                    .map(|part| if part == "root" { "0" } else { part })
+                    .collect();
+                chown = Some(ids.join(":"));
+            }
         }
         let checksum = opt_ex(&c.checksum)?;
         if checksum.is_some() {
@@ -643,7 +674,7 @@ impl Ctx<'_, '_> {
             dest,
             workdir,
             from,
-            chown: opt_ex(&c.chown)?,
+            chown,
             chmod,
             link: c.link,
             parents: c.parents,
@@ -657,8 +688,6 @@ impl Ctx<'_, '_> {
     }
 }
 
-/// Whether BuildKit would clone `url` rather than download it: `git://`, `git@host:`,
-/// `ssh://`, or a path ending in `.git` (before a `#ref` fragment).
 /// A COPY/ADD source that names something to fetch (http(s), or a git repository by
 /// `git@host:`, `git://` or `ssh://`) rather than a path in the context.
 pub fn is_remote_source(src: &str) -> bool {
@@ -667,8 +696,10 @@ pub fn is_remote_source(src: &str) -> bool {
         .any(|scheme| src.starts_with(scheme))
 }
 
+/// Whether BuildKit would clone `url` rather than download it: `git://`, `git@host:`,
+/// `ssh://`, or a path ending in `.git` (before a `?query` or `#ref` fragment).
 pub fn is_git_url(url: &str) -> bool {
-    let path = url.split('#').next().unwrap_or(url);
+    let path = url.split(['#', '?']).next().unwrap_or(url);
     url.starts_with("git://")
         || url.starts_with("git@")
         || url.starts_with("ssh://")

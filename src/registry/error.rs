@@ -95,7 +95,7 @@ pub enum Cause {
     UnsupportedMediaType(String),
     #[error("invalid {what}: {detail}")]
     Invalid { what: &'static str, detail: String },
-    #[error("no matching manifest for {wanted} in the manifest list (available: {available})")]
+    #[error("no matching manifest for {wanted} (available: {available})")]
     NoMatchingPlatform { wanted: String, available: String },
     #[error("registry answered {status}: {message}")]
     Status { status: u16, message: String },

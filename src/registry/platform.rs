@@ -36,6 +36,11 @@ fn score(wanted: &Platform, candidate: &Platform) -> Option<u32> {
     None
 }
 
+/// Whether an image for `candidate` serves `wanted`.
+pub fn runs(wanted: &Platform, candidate: &Platform) -> bool {
+    score(wanted, candidate).is_some()
+}
+
 /// The best manifest for `wanted`, or the list of platforms the index offers.
 pub fn choose<'a>(index: &'a Index, wanted: &Platform) -> Result<&'a Descriptor, Vec<String>> {
     let mut best: Option<(u32, &Descriptor)> = None;

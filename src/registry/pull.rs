@@ -13,7 +13,7 @@ use super::transport::{
     backoff, content_type, error_message, io_err, net_err, read_limited, status_cause, RETRIES,
 };
 use super::{platform, Progress, ResolvedImage};
-use crate::image::{media, Descriptor, Digest, ImageConfig, Index, Manifest, Reference};
+use crate::image::{media, Descriptor, Digest, ImageConfig, Index, Manifest, Platform, Reference};
 
 /// Manifests larger than this are refused (containerd uses the same bound).
 const MAX_MANIFEST: u64 = 4 << 20;
@@ -34,6 +34,15 @@ impl Client {
     /// GET the manifest for `r` (tag or digest); for a list/index pick the client's
     /// platform and fetch that manifest; then fetch and verify the config blob.
     pub fn resolve(&self, r: &Reference) -> Result<ResolvedImage, RegistryError> {
+        self.resolve_for(r, &self.platform)
+    }
+
+    /// [`Client::resolve`] for `platform` instead of the client's.
+    pub fn resolve_for(
+        &self,
+        r: &Reference,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, RegistryError> {
         let t = Target {
             r,
             action: Action::Pulling,
@@ -41,7 +50,7 @@ impl Client {
             mount_from: None,
         };
         self.transport
-            .block_on(self.resolve_async(&t))
+            .block_on(self.resolve_async(&t, platform))
             .map_err(|c| op_err(&t, c))
     }
 
@@ -220,12 +229,17 @@ impl Client {
         Ok((bytes, media_type, digest))
     }
 
-    async fn resolve_async(&self, t: &Target<'_>) -> Result<ResolvedImage, Cause> {
+    async fn resolve_async(
+        &self,
+        t: &Target<'_>,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, Cause> {
         let r = t.r;
         let by = match &r.digest {
             Some(d) => ManifestRef::Digest(d.clone()),
             None => ManifestRef::Tag(r.tag_or_latest().to_string()),
         };
+        let wanted = platform;
         let (mut bytes, mut media_type, mut digest) =
             self.get_manifest(t, by, r.digest.as_ref()).await?;
         let mut index_digest = None;
@@ -238,9 +252,9 @@ impl Client {
                 what: "manifest list",
                 detail: e.to_string(),
             })?;
-            let chosen = platform::choose(&index, &self.platform).map_err(|available| {
+            let chosen = platform::choose(&index, wanted).map_err(|available| {
                 Cause::NoMatchingPlatform {
-                    wanted: self.platform.to_spec(),
+                    wanted: wanted.to_spec(),
                     available: if available.is_empty() {
                         "none".to_string()
                     } else {
@@ -292,6 +306,15 @@ impl Client {
                 what: "image config",
                 detail: e.to_string(),
             })?;
+        // A lone manifest must be for the platform too (containerd's matcher reads its
+        // config): an amd64-only base is no base for an arm64 stage.
+        let own = config.platform();
+        if index_digest.is_none() && !own.architecture.is_empty() && !platform::runs(wanted, &own) {
+            return Err(Cause::NoMatchingPlatform {
+                wanted: wanted.to_spec(),
+                available: own.to_spec(),
+            });
+        }
         Ok(ResolvedImage {
             reference: r.clone(),
             manifest_digest: digest,

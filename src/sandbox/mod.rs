@@ -11,6 +11,7 @@
 //!
 //! Fork/exec in the helper uses `unsafe` (see helper.rs); everything here is safe code.
 
+pub mod binfmt;
 mod cgroup;
 mod exe;
 mod helper;

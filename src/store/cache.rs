@@ -21,6 +21,30 @@ pub struct CacheRecord {
     pub config: ImageConfig,
     /// This step's history entry (also the last entry of `config.history`).
     pub history: History,
+    /// What the key was made from, to say why a later build missed it (issue 19). Absent
+    /// in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<StepInputs>,
+}
+
+/// A cache key's inputs before hashing (src/plan/key.rs): kept so that a miss can name the
+/// first one that differs (src/plan/explain.rs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepInputs {
+    /// The parent key.
+    pub parent: String,
+    /// The step's key material, as it was hashed.
+    pub material: serde_json::Value,
+    /// The content digest of the step's sources, if it has any. Its file listing, for
+    /// COPY/ADD from a directory, is stored once per digest (see [`Store::put_listing`]).
+    #[serde(default)]
+    pub content: Option<String>,
+    /// The instruction as written, for naming it.
+    #[serde(default)]
+    pub text: String,
+    /// For a stage's first step on an image: the image as the FROM names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 impl Store {
@@ -46,6 +70,12 @@ impl Store {
             Some(chain) if self.layer(chain).is_none() => None,
             _ => Some(rec),
         }
+    }
+
+    /// The record under `key` even when its layer has been pruned (explaining a miss).
+    pub fn cache_record(&self, key: &str) -> Option<CacheRecord> {
+        let path = self.cache_path(key).ok()?;
+        Store::read_json(&path).ok().flatten()
     }
 
     pub fn put_cache(&self, key: &str, rec: &CacheRecord) -> Result<()> {

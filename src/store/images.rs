@@ -335,6 +335,7 @@ impl Store {
             keep_chains.extend(img.chains);
         }
 
+        let mut keep_listings = BTreeSet::new();
         for (path, rec) in self.cache_records()? {
             let live = !all
                 && rec.as_ref().is_some_and(|r| match &r.chain {
@@ -342,7 +343,9 @@ impl Store {
                     None => true,
                 });
             if live {
-                if let Some(c) = rec.and_then(|r| r.chain) {
+                let rec = rec.expect("a live record was read");
+                keep_listings.extend(rec.inputs.and_then(|i| i.content));
+                if let Some(c) = rec.chain {
                     keep_chains.insert(c);
                 }
             } else {
@@ -350,6 +353,7 @@ impl Store {
                 stats.cache_records += 1;
             }
         }
+        self.prune_listings(&keep_listings)?;
         // BuildKit keeps cache mounts unless told to drop all of its cache.
         if all {
             stats.bytes += self.remove_build_state()?;

@@ -274,7 +274,7 @@ impl Store {
                 size: blob.size,
             },
         );
-        self.publish_layer(diff_dir, parent, chain, diff_id, blobs, None)
+        self.publish_layer(diff_dir, parent, diff_id, blobs, None, false)
     }
 
     /// Record a layer rbuild built from `diff_dir` (its snapshot made `tar`, hashing to
@@ -294,10 +294,38 @@ impl Store {
         self.publish_layer(
             diff_dir,
             parent,
-            chain,
             diff_id,
             LayerBlobs::default(),
             Some(tar),
+            true,
+        )
+    }
+
+    /// `layer` stacked on `parent` instead of its own parent: the same diff (a hard-linked
+    /// copy of its diff dir, layer/flatten.rs), diff_id, blobs and tar, under the chain id
+    /// the new parent gives it. How a `COPY --link` layer, made once on an empty
+    /// filesystem, goes onto any base without being made again (BuildKit's MergeOp).
+    pub fn rebase_layer(
+        &self,
+        layer: &LayerRecord,
+        parent: Option<&Digest>,
+    ) -> Result<LayerRecord> {
+        let chain = chain_id(parent, &layer.diff_id);
+        if let Some(existing) = self.try_layer(&chain)? {
+            return Ok(existing);
+        }
+        let stage = self.tmp_dir()?;
+        let diff = stage.path().join("diff");
+        fs::create_dir(&diff).map_err(StoreError::io("creating", &diff))?;
+        crate::layer::flatten(std::slice::from_ref(&layer.diff), &diff)?;
+        // Not marked fresh: its tar is verified against the diff_id when an output reads it.
+        self.publish_layer(
+            diff,
+            parent,
+            layer.diff_id.clone(),
+            layer.blobs.clone(),
+            layer.tar.clone(),
+            false,
         )
     }
 
@@ -314,12 +342,12 @@ impl Store {
         &self,
         diff_dir: PathBuf,
         parent: Option<&Digest>,
-        chain: Digest,
         diff_id: Digest,
         blobs: LayerBlobs,
         tar: Option<DiffTar>,
+        fresh: bool,
     ) -> Result<LayerRecord> {
-        let built = tar.is_some();
+        let chain = chain_id(parent, &diff_id);
         // Only the size here, in a walk that keeps nothing per entry: applying a layer of a
         // million entries must not hold its listing (tests/security.rs, memory flat in
         // entries). The listing and statistics `rbuild history` and the cost line read are
@@ -346,7 +374,7 @@ impl Store {
                 // The TempDir's path is gone now; dropping it is a no-op.
                 let _ = stage.keep();
                 self.sync_parent_later(&dest);
-                if built {
+                if fresh {
                     self.fresh
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

@@ -23,6 +23,7 @@ mod cache;
 mod flat;
 mod images;
 mod layers;
+mod lineage;
 mod lock;
 mod mounts;
 mod trash;
@@ -33,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use crate::image::Digest;
 
-pub use cache::CacheRecord;
+pub use cache::{CacheRecord, StepInputs};
 pub use flat::{flatten_depth, MAX_LOWERS, STRIDE};
 pub use images::{chains_of, ImageRecord, PruneStats};
 use layers::content_size;

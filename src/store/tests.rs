@@ -259,6 +259,7 @@ fn cache_records_round_trip_and_miss_when_layer_gone() {
             created_by: Some("RUN touch f".into()),
             ..Default::default()
         },
+        inputs: None,
     };
     let key = format!("sha256:{}", "ab".repeat(32));
     assert_eq!(s.get_cache(&key), None);
@@ -404,6 +405,7 @@ fn prune_keeps_tagged_and_live_cache() {
         new_layer: true,
         config: config_for(&[&base, &cached]),
         history: History::default(),
+        inputs: None,
     };
     s.put_cache("k1", &rec).unwrap();
     let garbage = s.put_blob_bytes(b"garbage").unwrap();

@@ -428,6 +428,38 @@ impl RegistryImage {
             .unwrap_or_else(|| panic!("no digest for `{reference}` in:\n{head}"));
         RegistryImage { manifests, digest }
     }
+
+    /// The manifest's digest, `sha256:...`.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+impl RegistryImage {
+    /// An index at `reference` (`HOST:PORT/NAME:TAG`) and the manifests it lists, which were
+    /// pushed by digest: a guard for each, the index first.
+    pub fn pushed_index(reference: &str) -> Vec<RegistryImage> {
+        let index = RegistryImage::pushed(reference);
+        let body = run_ok(Command::new("curl").args([
+            "-fsS",
+            "-H",
+            "Accept: application/vnd.oci.image.index.v1+json, \
+             application/vnd.docker.distribution.manifest.list.v2+json",
+            &format!("{}/{}", index.manifests, index.digest),
+        ]));
+        let parsed: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("the index of `{reference}`: {e}\n{body}"));
+        let members: Vec<RegistryImage> = parsed["manifests"]
+            .as_array()
+            .unwrap_or_else(|| panic!("`{reference}` is no index:\n{body}"))
+            .iter()
+            .map(|m| RegistryImage {
+                manifests: index.manifests.clone(),
+                digest: m["digest"].as_str().unwrap().to_string(),
+            })
+            .collect();
+        std::iter::once(index).chain(members).collect()
+    }
 }
 
 impl Drop for RegistryImage {

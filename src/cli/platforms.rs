@@ -1,0 +1,186 @@
+//! `--platform a,b,c`: the list parsed, and a build of several platforms driven one pass
+//! per platform, its images gathered into one index for the outputs and the push.
+
+use crate::exec::{self, BuildError, Reporter, StepId};
+use crate::image::Platform;
+use crate::output;
+use crate::registry::Client;
+use crate::store::{ImageRecord, Store};
+
+use super::settings::BuildSettings;
+use super::UserError;
+
+/// What the passes of a build made: one image per platform, in `--platform` order.
+pub struct Built {
+    pub images: Vec<ImageRecord>,
+    pub cached: usize,
+    pub executed: usize,
+    pub next_step: StepId,
+    /// The first image's (see [`exec::BuildOutcome::layer_steps`]).
+    pub layer_steps: Vec<Option<(StepId, String)>>,
+    /// Every pass's steps, cached or why not (`--metadata-file`), in pass order.
+    pub steps: Vec<exec::StepCache>,
+    /// For a push of a single image: its blobs' other homes and inline cache.
+    pub push: exec::PushHints,
+}
+
+/// Refuse what cannot take several platforms before anything is built: a docker archive
+/// output and `--load` (docker 20.10 loads one platform).
+pub fn check(settings: &BuildSettings) -> anyhow::Result<()> {
+    let names: Vec<String> = settings.platforms.iter().map(Platform::to_spec).collect();
+    for spec in &settings.outputs {
+        output::check_platform_count(spec, &names).map_err(|e| UserError(e.to_string()))?;
+    }
+    if settings.load && names.len() > 1 {
+        return Err(UserError(format!(
+            "--load: docker loads one platform, and this build makes several ({}): \
+             use `-o type=oci,dest=FILE` or `--push`",
+            names.join(", ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// One pass per platform, numbered on from the last (`#N`); stages pinned to
+/// `$BUILDPLATFORM` have the same cache keys in every pass, so they run once. With several
+/// platforms the store tags the host's image (else the first): the store keeps one image
+/// per tag, and the index goes to the outputs and the registry.
+pub fn build_each(
+    store: &Store,
+    registry: &Client,
+    settings: &BuildSettings,
+    report: &dyn Reporter,
+) -> Result<Built, BuildError> {
+    let mut req = settings.request.clone();
+    let several = settings.platforms.len() > 1;
+    if several {
+        req.tags = Vec::new();
+    }
+    let mut built = Built {
+        images: Vec::new(),
+        cached: 0,
+        executed: 0,
+        next_step: req.first_step,
+        layer_steps: Vec::new(),
+        steps: Vec::new(),
+        push: exec::PushHints::default(),
+    };
+    for platform in &settings.platforms {
+        req.platform = platform.clone();
+        req.first_step = built.next_step;
+        let outcome = exec::build(store, registry, &req, report)?;
+        built.cached += outcome.cached;
+        built.executed += outcome.executed;
+        built.next_step = outcome.next_step;
+        if built.images.is_empty() {
+            built.layer_steps = outcome.layer_steps;
+        }
+        built.steps.extend(outcome.steps);
+        built.push = outcome.push;
+        built.images.push(outcome.image);
+    }
+    if several {
+        let host = Platform::host();
+        let tagged = built
+            .images
+            .iter()
+            .find(|i| i.config.platform().same_as(&host))
+            .unwrap_or(&built.images[0]);
+        for tag in &settings.request.tags {
+            store.tag(tag, &tagged.manifest)?;
+        }
+    }
+    Ok(built)
+}
+
+/// `linux/amd64,linux/arm64`: each normalized, repeats refused (BuildKit dedups them, but a
+/// repeat is always a typo for another platform).
+pub fn parse_list(spec: &str) -> Result<Vec<Platform>, String> {
+    let mut out: Vec<Platform> = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let p = Platform::parse(part)?;
+        if p.os != "linux" {
+            return Err(format!(
+                "platform `{part}`: rbuild builds linux images only (linux/amd64, linux/arm64, ...)"
+            ));
+        }
+        if out.iter().any(|q| q.same_as(&p)) {
+            return Err(format!("platform `{part}` is given twice"));
+        }
+        out.push(p);
+    }
+    if out.is_empty() {
+        return Err("no platform given".into());
+    }
+    Ok(out)
+}
+
+/// The platforms `rbuild binfmt` reports on.
+const LISTED: &[&str] = &[
+    "linux/amd64",
+    "linux/386",
+    "linux/arm64",
+    "linux/arm/v7",
+    "linux/ppc64le",
+    "linux/s390x",
+    "linux/riscv64",
+];
+
+/// `rbuild binfmt [--install]`: register the missing handlers if asked, then list whether
+/// each common platform runs here, and how.
+pub fn binfmt(install: bool) -> anyhow::Result<()> {
+    use crate::sandbox::binfmt;
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if install {
+        let registered = binfmt::install().map_err(|e| UserError(e.to_string()))?;
+        if registered.is_empty() {
+            writeln!(out, "no handler was missing")?;
+        } else {
+            writeln!(out, "registered {}", registered.join(", "))?;
+        }
+    }
+    for spec in LISTED {
+        let p = Platform::parse(spec).expect("the listed platforms parse");
+        let how = if binfmt::native(&p) {
+            "native".to_string()
+        } else {
+            match binfmt::check(&p) {
+                Ok(()) => "qemu-user (binfmt_misc)".to_string(),
+                Err(e) => format!("cannot run: {e}"),
+            }
+        };
+        writeln!(out, "{spec:<14} {how}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_normalized_and_checked() {
+        let specs = |s: &str| -> Vec<String> {
+            parse_list(s)
+                .unwrap()
+                .iter()
+                .map(Platform::to_spec)
+                .collect()
+        };
+        assert_eq!(
+            specs("linux/amd64, linux/aarch64,linux/arm"),
+            ["linux/amd64", "linux/arm64", "linux/arm/v7"]
+        );
+        assert_eq!(specs("linux/arm64/v8"), ["linux/arm64"]);
+        assert!(parse_list("linux/arm64,linux/arm64/v8")
+            .unwrap_err()
+            .contains("twice"));
+        assert!(parse_list("linux").unwrap_err().contains("OS/ARCH"));
+        assert!(parse_list(",").unwrap_err().contains("no platform"));
+        assert!(parse_list("plan9/mips")
+            .unwrap_err()
+            .contains("linux images only"));
+    }
+}
