@@ -306,6 +306,13 @@ fn a_failed_export_fails_the_build_unless_ignore_error() {
         "type=registry,ref=localhost:1/cache:x,ignore-error=true",
     ]);
     assert_eq!(warnings(&progress).len(), 1, "{progress}");
+    let several = a.build_fails(&[
+        "--cache-to",
+        "type=local,dest=/nonexistent/never-written",
+        "--platform",
+        "linux/amd64,linux/arm64",
+    ]);
+    assert!(several.contains("several platforms"), "{several}");
     let err = a.build_fails(&["--cache-to", "type=registry"]);
     assert!(
         err.contains("--cache-to type=registry: type=registry needs ref="),

@@ -25,7 +25,7 @@ pub struct Built {
 }
 
 /// Refuse what cannot take several platforms before anything is built: a docker archive
-/// output and `--load` (docker 20.10 loads one platform).
+/// output, `--load` (docker 20.10 loads one platform) and `--cache-to` (not yet).
 pub fn check(settings: &BuildSettings) -> anyhow::Result<()> {
     let names: Vec<String> = settings.platforms.iter().map(Platform::to_spec).collect();
     for spec in &settings.outputs {
@@ -35,6 +35,15 @@ pub fn check(settings: &BuildSettings) -> anyhow::Result<()> {
         return Err(UserError(format!(
             "--load: docker loads one platform, and this build makes several ({}): \
              use `-o type=oci,dest=FILE` or `--push`",
+            names.join(", ")
+        ))
+        .into());
+    }
+    if !settings.request.cache_to.is_empty() && names.len() > 1 {
+        // Each platform's pass would export over the previous one's (issue 18).
+        return Err(UserError(format!(
+            "--cache-to: exporting the cache of several platforms ({}) is not supported yet: \
+             build one --platform per cache ref",
             names.join(", ")
         ))
         .into());
