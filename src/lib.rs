@@ -8,6 +8,7 @@
 //! Only `sandbox` may use `unsafe`.
 #![deny(unsafe_code)]
 
+pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod context;

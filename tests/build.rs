@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -177,22 +176,11 @@ fn cached_count(progress: &str) -> usize {
 
 /// The label lines (`#N [stage i/n] TEXT`) of a plain progress log whose step was CACHED.
 fn cached_steps(progress: &str) -> Vec<String> {
-    let mut labels: BTreeMap<String, String> = BTreeMap::new();
-    let mut cached = Vec::new();
-    for line in progress.lines() {
-        let Some(rest) = line.strip_prefix('#') else {
-            continue;
-        };
-        let Some((n, text)) = rest.split_once(' ') else {
-            continue;
-        };
-        if text.starts_with('[') {
-            labels.insert(n.to_string(), text.to_string());
-        } else if text == "CACHED" {
-            cached.push(labels.get(n).cloned().unwrap_or_default());
-        }
-    }
-    cached
+    step_ends(progress)
+        .into_iter()
+        .filter(|(_, end)| end == "CACHED")
+        .map(|(label, _)| label)
+        .collect()
 }
 
 fn host_arch() -> &'static str {

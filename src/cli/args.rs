@@ -228,6 +228,14 @@ pub struct BuildArgs {
     /// Resource limit for RUN steps, `TYPE=SOFT[:HARD]`, e.g. `nofile=1024:2048` (repeatable)
     #[arg(long = "ulimit", value_name = "TYPE=SOFT[:HARD]")]
     pub ulimits: Vec<String>,
+    /// Export the build cache: `type=registry,ref=REF[,mode=min|max][,compression=gzip|zstd]
+    /// [,ignore-error=true]` or `type=local,dest=DIR[,...]` (repeatable)
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Import a build cache: `type=registry,ref=REF`, `type=local,src=DIR` or `REF`
+    /// (repeatable; the first that has a step wins)
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
     /// Do not use the cache for the RUN, COPY and ADD steps of these stages
     #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
     pub no_cache_filter: Vec<String>,

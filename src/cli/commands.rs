@@ -105,6 +105,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 &dest,
                 1,
                 &*reporter(super::ProgressMode::Auto, false),
+                &exec::PushHints::default(),
             )?;
             stdout_line(&format!("{}@{digest}", dest.name()))?;
             Ok(())
@@ -324,6 +325,7 @@ fn build_image(
                     tag,
                     id,
                     report,
+                    &outcome.push,
                 )?,
                 several => exec::push_index(store, registry, several, tag, id, report)?,
             };

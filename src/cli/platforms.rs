@@ -20,10 +20,12 @@ pub struct Built {
     pub layer_steps: Vec<Option<(StepId, String)>>,
     /// Every pass's steps, cached or why not (`--metadata-file`), in pass order.
     pub steps: Vec<exec::StepCache>,
+    /// For a push of a single image: its blobs' other homes and inline cache.
+    pub push: exec::PushHints,
 }
 
 /// Refuse what cannot take several platforms before anything is built: a docker archive
-/// output and `--load` (docker 20.10 loads one platform).
+/// output, `--load` (docker 20.10 loads one platform) and `--cache-to` (not yet).
 pub fn check(settings: &BuildSettings) -> anyhow::Result<()> {
     let names: Vec<String> = settings.platforms.iter().map(Platform::to_spec).collect();
     for spec in &settings.outputs {
@@ -33,6 +35,15 @@ pub fn check(settings: &BuildSettings) -> anyhow::Result<()> {
         return Err(UserError(format!(
             "--load: docker loads one platform, and this build makes several ({}): \
              use `-o type=oci,dest=FILE` or `--push`",
+            names.join(", ")
+        ))
+        .into());
+    }
+    if !settings.request.cache_to.is_empty() && names.len() > 1 {
+        // Each platform's pass would export over the previous one's (issue 18).
+        return Err(UserError(format!(
+            "--cache-to: exporting the cache of several platforms ({}) is not supported yet: \
+             build one --platform per cache ref",
             names.join(", ")
         ))
         .into());
@@ -62,6 +73,7 @@ pub fn build_each(
         next_step: req.first_step,
         layer_steps: Vec::new(),
         steps: Vec::new(),
+        push: exec::PushHints::default(),
     };
     for platform in &settings.platforms {
         req.platform = platform.clone();
@@ -74,6 +86,7 @@ pub fn build_each(
             built.layer_steps = outcome.layer_steps;
         }
         built.steps.extend(outcome.steps);
+        built.push = outcome.push;
         built.images.push(outcome.image);
     }
     if several {

@@ -58,6 +58,10 @@ impl Reporter for Plain {
         self.emit(&format!("#{id} CACHED"));
     }
 
+    fn cached_remote(&self, id: StepId) {
+        self.emit(&format!("#{id} CACHED (remote)"));
+    }
+
     fn output(&self, id: StepId, bytes: &[u8]) {
         let mut state = self.state.lock().unwrap();
         let Some(step) = state.get_mut(&id) else {
@@ -134,6 +138,9 @@ impl Reporter for Trace {
     }
     fn cached(&self, id: StepId) {
         self.inner.cached(id)
+    }
+    fn cached_remote(&self, id: StepId) {
+        self.inner.cached_remote(id)
     }
     fn output(&self, id: StepId, bytes: &[u8]) {
         self.inner.output(id, bytes)
@@ -388,6 +395,19 @@ fn current_line(partial: &[u8]) -> Option<String> {
     (!line.is_empty()).then_some(line)
 }
 
+impl Tty {
+    /// End step `id`'s live line with the line `line` makes of its label.
+    fn finish_with(&self, id: StepId, line: impl FnOnce(&str) -> String) {
+        let mut live = self.live();
+        let label = live
+            .steps
+            .get(&id)
+            .map(|s| s.label.clone())
+            .unwrap_or_default();
+        live.finish(id, line(&label));
+    }
+}
+
 impl Reporter for Tty {
     fn started(&self, id: StepId, label: &str) {
         let mut live = self.live();
@@ -405,13 +425,11 @@ impl Reporter for Tty {
     }
 
     fn cached(&self, id: StepId) {
-        let mut live = self.live();
-        let label = live
-            .steps
-            .get(&id)
-            .map(|s| s.label.clone())
-            .unwrap_or_default();
-        live.finish(id, format!("  #{id} {label} CACHED"));
+        self.finish_with(id, |label| format!("  #{id} {label} CACHED"));
+    }
+
+    fn cached_remote(&self, id: StepId) {
+        self.finish_with(id, |label| format!("  #{id} {label} CACHED (remote)"));
     }
 
     fn output(&self, id: StepId, bytes: &[u8]) {
@@ -441,13 +459,9 @@ impl Reporter for Tty {
     }
 
     fn done(&self, id: StepId, elapsed: Duration) {
-        let mut live = self.live();
-        let label = live
-            .steps
-            .get(&id)
-            .map(|s| s.label.clone())
-            .unwrap_or_default();
-        live.finish(id, format!("✔ #{id} {label} {:.1}s", elapsed.as_secs_f64()));
+        self.finish_with(id, |label| {
+            format!("✔ #{id} {label} {:.1}s", elapsed.as_secs_f64())
+        });
     }
 
     fn failed(&self, id: StepId, elapsed: Duration, error: &str) {

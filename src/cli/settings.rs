@@ -308,6 +308,27 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
         o.descriptor_annotations = descriptor_annotations.clone();
     }
 
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|c| crate::cache::parse_cache_to(c).map_err(|e| user(format!("--cache-to {c}: {e}"))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let inline = cache_to
+        .iter()
+        .any(|c| c.target == crate::cache::ExportTarget::Inline);
+    if inline && !args.push {
+        return Err(user(
+            "--cache-to type=inline needs --push: the cache rides in the pushed image's manifest",
+        ));
+    }
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|c| {
+            crate::cache::parse_cache_from(c).map_err(|e| user(format!("--cache-from {c}: {e}")))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
     let call = match args.call.as_deref() {
         None => CallMethod::Build,
         Some(c) => parse_call(c).map_err(|e| user(format!("--call {c}: {e}")))?,
@@ -342,6 +363,8 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             platform_labels: platforms.len() > 1 || !crate::sandbox::binfmt::native(&platform),
             platform,
             source_date_epoch,
+            cache_from,
+            cache_to,
             first_step: 1,
         },
         outputs,

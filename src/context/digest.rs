@@ -1,7 +1,10 @@
 //! Content digests of COPY/ADD sources for cache keys (design.md "Cache keys"): sha256
-//! over the sorted records (path, type, mode, uid, gid, size, content sha256, link target)
-//! of everything the copy would read. mtime is deliberately not part of it, so a `touch`
-//! or a fresh checkout does not invalidate the cache.
+//! over the sorted records (path, type, mode, size, content sha256, link target) of
+//! everything the copy would read. mtime is deliberately not part of it, so a `touch` or a
+//! fresh checkout does not invalidate the cache; nor are the files' uid/gid: a COPY from a
+//! context gives its files root (or `--chown`) ownership whoever owns them on the host, as
+//! BuildKit's file sync resets them to 0, so a cache made on one CI runner matches on
+//! another checkout (issue 18).
 //!
 //! File contents are memoized in a [`StatCache`] keyed by (dev, inode, size, mtime_ns,
 //! ctime_ns): any write or chmod changes ctime, so an unchanged key means unchanged bytes
@@ -22,7 +25,8 @@ use super::{walk, ContextError, IgnoreMatcher};
 use crate::image::Digest;
 
 /// Bumped whenever the record encoding changes, so old cache keys cannot collide.
-const SCHEMA: &[u8] = b"rbuild-content-digest-v1\n";
+/// 2: uid/gid left out (issue 18).
+const SCHEMA: &[u8] = b"rbuild-content-digest-v2\n";
 
 /// Memoized file sha256s; see the module docs.
 ///
@@ -238,8 +242,6 @@ struct Record {
     path: Vec<u8>,
     kind: u8,
     mode: u32,
-    uid: u32,
-    gid: u32,
     size: u64,
     link: Vec<u8>,
     /// Index into the list of files to hash, for regular files.
@@ -326,8 +328,6 @@ pub fn content_digest(
                     path,
                     kind,
                     mode: e.meta.mode(),
-                    uid: e.meta.uid(),
-                    gid: e.meta.gid(),
                     size,
                     link,
                     file,
@@ -346,8 +346,6 @@ pub fn content_digest(
         h.update(&r.path);
         h.update([r.kind]);
         h.update(r.mode.to_le_bytes());
-        h.update(r.uid.to_le_bytes());
-        h.update(r.gid.to_le_bytes());
         h.update(r.size.to_le_bytes());
         h.update(r.file.map(|i| shas[i]).unwrap_or([0u8; 32]));
         h.update((r.link.len() as u64).to_le_bytes());

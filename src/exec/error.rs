@@ -34,6 +34,9 @@ pub enum BuildError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// `--cache-to`: exporting the build cache failed.
+    #[error("exporting cache: {0}")]
+    Cache(#[from] crate::cache::CacheError),
     #[error(transparent)]
     Layer(#[from] LayerError),
     #[error(transparent)]
@@ -99,6 +102,7 @@ impl BuildError {
             BuildError::Plan(_)
             | BuildError::Process { .. }
             | BuildError::Registry(_)
+            | BuildError::Cache(_)
             | BuildError::Layer(_)
             | BuildError::Sandbox(_)
             | BuildError::Binfmt(_)

@@ -12,6 +12,7 @@ mod git;
 mod import;
 pub mod progress;
 mod push;
+mod remote_cache;
 mod request;
 mod ssh;
 mod stage;
@@ -25,7 +26,7 @@ pub use error::BuildError;
 pub use explain::StepCache;
 pub use import::{import_oci_layout, import_rootfs};
 pub use progress::{Reporter, Silent, StepId};
-pub use push::{push, push_index};
+pub use push::{push, push_index, PushHints};
 pub use request::{BuildRequest, NamedContext, SecretSource, SshSource};
 
 use crate::image::{canonical_json, Digest};
@@ -97,6 +98,10 @@ fn check_entitlements(plan: &Plan, req: &BuildRequest) -> Result<(), BuildError>
     Ok(())
 }
 
+/// A registry repository known to hold some blobs, with their digests: a push to another
+/// repository of the same registry mounts them from it.
+pub type BlobHome = (crate::image::Reference, Vec<Digest>);
+
 /// What a finished build produced.
 #[derive(Debug)]
 pub struct BuildOutcome {
@@ -110,6 +115,8 @@ pub struct BuildOutcome {
     /// Per layer of the image, bottom first: the step that made it (`#N` and its text), or
     /// none for a layer of the base image.
     pub layer_steps: Vec<Option<(StepId, String)>>,
+    /// What a `--push` of the image should know.
+    pub push: PushHints,
     /// Every RUN/COPY/ADD/WORKDIR step: cached, or why not (docs/explain.md).
     pub steps: Vec<StepCache>,
 }
@@ -149,6 +156,7 @@ fn build_with(
         reporter.warn(w);
     }
     check_entitlements(&plan, req)?;
+    let remote = remote_cache::RemoteCache::load(registry, &req.cache_from, reporter);
 
     // The sandbox's scratch directories live in the store's tmp session for the build, so a
     // killed build's leftovers are swept with it.
@@ -160,7 +168,8 @@ fn build_with(
         &bases,
         stage_names(&plan),
         scratch.path(),
-    )?;
+    )?
+    .with_remote(&remote);
     let mut done: BTreeMap<usize, StageState> = BTreeMap::new();
     for wave in plan.waves() {
         check_interrupted()?;
@@ -180,16 +189,32 @@ fn build_with(
         .expect("the target stage was built");
     let mut layer_steps = state.layer_steps.clone();
     layer_steps.resize(state.chains.len(), None);
+    let target_state = state.clone();
     let image = ctx.commit_image(target, state)?;
     for tag in &req.tags {
         store.tag(tag, &image.manifest)?;
     }
+    let exported = remote_cache::export(
+        store,
+        registry,
+        &req.cache_to,
+        &target_state,
+        &done,
+        reporter,
+        ctx.next_step(),
+    )?;
+    let mut blob_homes = exported.blob_homes;
+    blob_homes.extend(remote.registry_blobs());
     Ok(BuildOutcome {
         image,
         cached: ctx.cached,
         executed: ctx.executed,
-        next_step: ctx.next_step(),
+        next_step: exported.next_step,
         layer_steps,
+        push: PushHints {
+            blob_homes,
+            inline_cache: exported.inline,
+        },
         steps: std::mem::take(&mut ctx.log.steps),
     })
 }

@@ -11,6 +11,10 @@ pub trait Reporter: Send + Sync {
     fn started(&self, id: StepId, label: &str);
     /// The step's result came from the cache.
     fn cached(&self, id: StepId);
+    /// The step's result came from a `--cache-from` source (`#N CACHED (remote)`).
+    fn cached_remote(&self, id: StepId) {
+        self.cached(id)
+    }
     /// Output of a running step (RUN stdout+stderr, merged), in arbitrary chunks.
     fn output(&self, id: StepId, bytes: &[u8]);
     /// A line of status for the vertex (`extracting sha256:...`, `writing image ...`).

@@ -5,7 +5,7 @@ use crate::layer::Compression;
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
 
-use super::{BuildError, Reporter, StepId};
+use super::{BlobHome, BuildError, Reporter, StepId};
 
 /// Push the stored image `source` to `dest`, reported as step `id` (after a build, the
 /// number after its last step); returns the pushed manifest digest.
@@ -16,6 +16,7 @@ pub fn push(
     dest: &Reference,
     id: StepId,
     reporter: &dyn Reporter,
+    hints: &PushHints,
 ) -> Result<crate::image::Digest, BuildError> {
     let _lock = store.lock_shared()?;
     let record = store.resolve(source)?.ok_or_else(|| {
@@ -23,7 +24,7 @@ pub fn push(
     })?;
     reporter.started(id, &format!("pushing {dest}"));
     let started = std::time::Instant::now();
-    let desc = push_image(store, registry, &record, dest, false, id, reporter)?;
+    let desc = push_image(store, registry, &record, dest, false, id, reporter, hints)?;
     reporter.done(id, started.elapsed());
     Ok(desc.digest)
 }
@@ -44,7 +45,8 @@ pub fn push_index(
     let started = std::time::Instant::now();
     let mut manifests = Vec::with_capacity(images.len());
     for image in images {
-        let mut desc = push_image(store, registry, image, dest, true, id, reporter)?;
+        let hints = PushHints::default();
+        let mut desc = push_image(store, registry, image, dest, true, id, reporter, &hints)?;
         desc.platform = Some(image.config.platform());
         manifests.push(desc);
     }
@@ -69,6 +71,7 @@ pub fn push_index(
 
 /// Push one image's blobs and manifest to `dest`'s repository: under its tag, or by digest
 /// alone (`by_digest`, an index's member). Returns the manifest's descriptor.
+#[allow(clippy::too_many_arguments)] // what to push where, its progress, and the hints
 fn push_image(
     store: &Store,
     registry: &Client,
@@ -77,16 +80,28 @@ fn push_image(
     by_digest: bool,
     id: StepId,
     reporter: &dyn Reporter,
+    hints: &PushHints,
 ) -> Result<Descriptor, BuildError> {
-    let (media_type, manifest, bytes) = match pushable_as_stored(store, record)? {
+    let as_stored = match hints.inline_cache {
+        Some(_) => None,
+        None => pushable_as_stored(store, record)?,
+    };
+    let (media_type, manifest, bytes) = match as_stored {
         Some(bytes) => (
             record.manifest.media_type.clone(),
             record.manifest_body.clone(),
             bytes,
         ),
-        None => gzip_manifest(store, record)?,
+        None => gzip_manifest(store, record, hints.inline_cache.as_deref())?,
     };
-    let mount_sources = mount_sources(store, dest)?;
+    let mut mount_sources = mount_sources(store, dest)?;
+    mount_sources.extend(
+        hints
+            .blob_homes
+            .iter()
+            .filter(|(r, _)| r.registry == dest.registry && r.repository != dest.repository)
+            .cloned(),
+    );
     for desc in manifest
         .layers
         .iter()
@@ -119,12 +134,20 @@ fn push_image(
     Ok(Descriptor::new(&media_type, digest, bytes.len() as u64))
 }
 
+/// What a push learns from the build before it: where else its blobs are, and the inline
+/// cache to carry.
+#[derive(Debug, Default)]
+pub struct PushHints {
+    /// Registry repositories known to hold some of the image's blobs (the build's registry
+    /// caches): mount sources besides the store's tagged images.
+    pub blob_homes: Vec<BlobHome>,
+    /// `--cache-to type=inline`: the cache config, for the manifest's annotation.
+    pub inline_cache: Option<String>,
+}
+
 /// Stored images tagged in another repository of `dest`'s registry, with their blobs: the
 /// candidates for cross-repository blob mounts.
-fn mount_sources(
-    store: &Store,
-    dest: &Reference,
-) -> Result<Vec<(Reference, Vec<Digest>)>, BuildError> {
+fn mount_sources(store: &Store, dest: &Reference) -> Result<Vec<BlobHome>, BuildError> {
     Ok(store
         .images()?
         .into_iter()
@@ -160,10 +183,12 @@ fn pushable_as_stored(store: &Store, record: &ImageRecord) -> Result<Option<Vec<
 }
 
 /// An OCI manifest of the image with gzip layers (made where missing) and the stored config
-/// blob itself: re-serializing the config would change a pulled image's id.
+/// blob itself: re-serializing the config would change a pulled image's id. `inline_cache`
+/// goes into the manifest's annotations (`--cache-to type=inline`).
 fn gzip_manifest(
     store: &Store,
     record: &ImageRecord,
+    inline_cache: Option<&str>,
 ) -> Result<(String, Manifest, Vec<u8>), BuildError> {
     let layers = record
         .chains
@@ -184,6 +209,16 @@ fn gzip_manifest(
         // `--annotation manifest:K=V`, kept in the stored manifest.
         annotations: record.manifest_body.annotations.clone(),
     };
+    let mut manifest = manifest;
+    if let Some(cache) = inline_cache {
+        manifest
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                crate::cache::INLINE_ANNOTATION.to_string(),
+                cache.to_string(),
+            );
+    }
     let bytes = canonical_json(&manifest);
     Ok((media::OCI_MANIFEST.to_string(), manifest, bytes))
 }

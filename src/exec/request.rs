@@ -50,6 +50,10 @@ pub struct BuildRequest {
     pub build_contexts: BTreeMap<String, NamedContext>,
     pub platform: Platform,
     pub source_date_epoch: Option<SourceDateEpoch>,
+    /// `--cache-from`: where else to look for a step's key, in order (the first that has
+    /// it wins); `--cache-to`: where to export the build's steps.
+    pub cache_from: Vec<crate::cache::CacheImport>,
+    pub cache_to: Vec<crate::cache::CacheExport>,
     /// Progress labels name each stage's platform (`[linux/arm64 build 2/4]`): set when a
     /// build is for several platforms or a foreign one.
     pub platform_labels: bool,

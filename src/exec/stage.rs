@@ -20,6 +20,9 @@ pub struct StageState {
     /// Per layer of `chains`, the build step that made it (its `#N` and text); none for
     /// the base image's layers. May be shorter than `chains` (the rest are the base's).
     pub layer_steps: Vec<Option<(StepId, String)>>,
+    /// The steps that led here, each as (parent key, key), base stages' first: what
+    /// `--cache-to` exports.
+    pub steps: Vec<(String, String)>,
 }
 
 impl StageState {
@@ -31,7 +34,14 @@ impl StageState {
             base_history: 0,
             key: super::base_key(None),
             layer_steps: Vec::new(),
+            steps: Vec::new(),
         }
+    }
+
+    /// The step with cache key `key` is done: it follows the current key.
+    pub fn advance(&mut self, key: String) {
+        let parent = std::mem::replace(&mut self.key, key.clone());
+        self.steps.push((parent, key));
     }
 
     pub fn top(&self) -> Option<&Digest> {

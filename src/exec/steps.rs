@@ -22,6 +22,7 @@ use crate::store::{CacheRecord, ImageRecord, Store};
 use super::base::Bases;
 use super::error::OutputTail;
 use super::executor::{Executor, Upper};
+use super::remote_cache::RemoteCache;
 use super::stage::StageState;
 use super::{
     check_interrupted, BuildError, BuildRequest, NamedContext, Reporter, SecretSource, StepId,
@@ -60,6 +61,10 @@ pub struct Ctx<'a> {
     req: &'a BuildRequest,
     reporter: &'a dyn Reporter,
     bases: &'a Bases<'a>,
+    /// `--cache-from`: asked for a key the store does not have.
+    remote: &'a RemoteCache,
+    /// Whether the last cached step came from `remote` (progress says so).
+    remote_hit: bool,
     ignore: IgnoreMatcher,
     shared: Arc<Shared>,
     stat_cache_path: PathBuf,
@@ -107,6 +112,8 @@ impl<'a> Ctx<'a> {
             req,
             reporter,
             bases,
+            remote: &super::remote_cache::NO_REMOTE,
+            remote_hit: false,
             ignore,
             shared: Arc::new(Shared {
                 stat_cache: Mutex::new(stat_cache),
@@ -124,6 +131,11 @@ impl<'a> Ctx<'a> {
         })
     }
 
+    /// Ask `remote` (`--cache-from`) for the keys the store does not have.
+    pub fn with_remote(self, remote: &'a RemoteCache) -> Ctx<'a> {
+        Ctx { remote, ..self }
+    }
+
     /// A context for another stage building at the same time: it shares the step numbering,
     /// the stat cache and the cancellation flag; its counters start at zero (see
     /// [`Ctx::absorb`]).
@@ -134,6 +146,8 @@ impl<'a> Ctx<'a> {
             req: self.req,
             reporter: self.reporter,
             bases: self.bases,
+            remote: self.remote,
+            remote_hit: false,
             ignore: self.ignore.clone(),
             shared: self.shared.clone(),
             stat_cache_path: self.stat_cache_path.clone(),
@@ -221,6 +235,7 @@ impl<'a> Ctx<'a> {
             base_history: record.config.history.len(),
             key: super::base_key(Some(&record.manifest.digest)),
             layer_steps: Vec::new(),
+            steps: Vec::new(),
         })
     }
 
@@ -266,7 +281,11 @@ impl<'a> Ctx<'a> {
             match result {
                 Ok(true) => {
                     self.log.cached(step, id);
-                    self.reporter.cached(id)
+                    if std::mem::take(&mut self.remote_hit) {
+                        self.reporter.cached_remote(id)
+                    } else {
+                        self.reporter.cached(id)
+                    }
                 }
                 Ok(false) => self.reporter.done(id, started.elapsed()),
                 Err(e) => {
@@ -297,7 +316,7 @@ impl<'a> Ctx<'a> {
         let cached = if self.req.no_cache {
             None
         } else {
-            self.store.get_cache(&key)
+            self.cache_lookup(&key, false)
         };
         let history = match cached {
             Some(rec) => {
@@ -329,8 +348,22 @@ impl<'a> Ctx<'a> {
                 ..history
             });
         }
-        state.key = key;
+        state.advance(key);
         Ok(())
+    }
+
+    /// The cached record of `key`: the store's, else the first `--cache-from` that has it
+    /// (with its layers brought into the store when `layers`).
+    fn cache_lookup(&mut self, key: &str, layers: bool) -> Option<CacheRecord> {
+        if let Some(rec) = self.store.get_cache(key) {
+            return Some(rec);
+        }
+        let registry = self.bases.registry();
+        let rec = self
+            .remote
+            .lookup(self.store, registry, key, layers, self.reporter)?;
+        self.remote_hit = true;
+        Some(rec)
     }
 
     /// A failure caused by the step's input (a missing source, a bad URL or checksum, a
@@ -380,7 +413,7 @@ impl<'a> Ctx<'a> {
         self.reporter.phase(id, "prepare", phase.elapsed());
         let key = plan::cache_key(&state.key, &step.key, prepared.content.as_ref());
         if !self.ignores_cache(stage, step) {
-            if let Some(rec) = self.store.get_cache(&key) {
+            if let Some(rec) = self.cache_lookup(&key, true) {
                 let layer_ok = rec
                     .chain
                     .as_ref()
@@ -550,7 +583,7 @@ impl<'a> Ctx<'a> {
         inputs: crate::store::StepInputs,
     ) -> Result<(), BuildError> {
         state.history.push(history.clone());
-        state.key = key.clone();
+        state.advance(key.clone());
         let record = CacheRecord {
             chain: state.top().cloned(),
             new_layer: !history.empty_layer,
@@ -834,6 +867,7 @@ impl<'a> Ctx<'a> {
             base_history: 0,
             key: String::new(),
             layer_steps: Vec::new(),
+            steps: Vec::new(),
         };
         Ok(FsSource::Layers(state.lowers(self.store)?))
     }
@@ -1222,7 +1256,7 @@ fn apply_record(state: &mut StageState, rec: &CacheRecord, key: String) {
     // The cached step's history keeps its own created time, as BuildKit's does.
     history.empty_layer = !rec.new_layer;
     state.history.push(history);
-    state.key = key;
+    state.advance(key);
 }
 
 /// What a RUN's mounts hold while the step runs.

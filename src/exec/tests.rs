@@ -64,6 +64,8 @@ impl Fixture {
             build_contexts: BTreeMap::new(),
             platform: Platform::host(),
             source_date_epoch: None,
+            cache_from: Vec::new(),
+            cache_to: Vec::new(),
             platform_labels: false,
             first_step: 1,
         }

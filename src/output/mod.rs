@@ -415,7 +415,7 @@ fn write_file(
 /// Write a directory output in a temporary directory beside `dest`, then move it into place.
 /// An existing `dest` is merged into as BuildKit does: each top-level entry we write replaces
 /// the one of the same name; others are left alone.
-fn write_dir(
+pub(crate) fn write_dir(
     dest: &Path,
     f: impl FnOnce(&Path) -> Result<(), OutputError>,
 ) -> Result<(), OutputError> {

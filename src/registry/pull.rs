@@ -54,6 +54,24 @@ impl Client {
             .map_err(|c| op_err(&t, c))
     }
 
+    /// GET the manifest (or index) `r` names as it is, unresolved: (bytes, media type,
+    /// digest of the bytes). For artifacts that are not images (the build cache).
+    pub fn manifest(&self, r: &Reference) -> Result<(Vec<u8>, String, Digest), RegistryError> {
+        let t = Target {
+            r,
+            action: Action::Pulling,
+            push: false,
+            mount_from: None,
+        };
+        let by = match &r.digest {
+            Some(d) => ManifestRef::Digest(d.clone()),
+            None => ManifestRef::Tag(r.tag_or_latest().to_string()),
+        };
+        self.transport
+            .block_on(self.get_manifest(&t, by, r.digest.as_ref()))
+            .map_err(|c| op_err(&t, c))
+    }
+
     /// Stream a blob into `out`, verifying size and digest on the way. On a dropped
     /// connection or 5xx/429 the transfer resumes (Range) or restarts with backoff.
     /// On a digest mismatch `out` has received bad bytes: write to a temporary file

@@ -156,6 +156,33 @@ pub fn rbuild(store: &Path) -> Command {
     cmd
 }
 
+/// How each step of a plain progress log ended, with its label (`[stage i/n] TEXT`, empty
+/// for a step without one): `CACHED`, `CACHED (remote)` or `DONE`, in the log's order.
+pub fn step_ends(progress: &str) -> Vec<(String, String)> {
+    let mut labels: BTreeMap<String, String> = BTreeMap::new();
+    let mut ends = Vec::new();
+    for line in progress.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let Some((n, text)) = rest.split_once(' ') else {
+            continue;
+        };
+        let end = match text {
+            t if t.starts_with('[') => {
+                labels.insert(n.to_string(), t.to_string());
+                continue;
+            }
+            "CACHED" | "CACHED (remote)" => text,
+            t if t.starts_with("DONE ") => "DONE",
+            _ => continue,
+        };
+        let label = labels.get(n).cloned().unwrap_or_default();
+        ends.push((label, end.to_string()));
+    }
+    ends
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd
         .output()

@@ -1,0 +1,237 @@
+//! `--cache-from` and `--cache-to` for the executor (design.md "Shared build cache"). The
+//! steps ask [`RemoteCache::lookup`] for a key the store does not have; the build's steps go
+//! out through [`export`] once the image is committed. The format is crate::cache's.
+
+use std::collections::BTreeMap;
+
+use crate::cache::{
+    self, CacheExport, CacheImport, CacheMode, ExportTarget, ExportedRecord, Source,
+};
+use crate::image::Digest;
+use crate::registry::Client;
+use crate::store::{chain_id, CacheRecord, Store};
+
+use super::base::extract_layer;
+use super::stage::StageState;
+use super::{BlobHome, BuildError, Reporter, StepId};
+
+/// The `--cache-from` sources that could be read, in the order given.
+#[derive(Default)]
+pub struct RemoteCache {
+    sources: Vec<Source>,
+}
+
+/// No `--cache-from`: what a step context asks until told otherwise.
+pub static NO_REMOTE: RemoteCache = RemoteCache {
+    sources: Vec::new(),
+};
+
+impl RemoteCache {
+    /// Read each source's manifest and config (no layer bytes). A source that cannot be
+    /// read (unreachable, missing, not an rbuild cache) is one warning; the build goes on
+    /// without it, as BuildKit's does.
+    pub fn load(registry: &Client, imports: &[CacheImport], reporter: &dyn Reporter) -> Self {
+        let sources = imports
+            .iter()
+            .filter_map(|import| match Source::load(registry, import) {
+                Ok(source) => Some(source),
+                Err(e) => {
+                    reporter.warn(&format!("importing cache: {e} (building without it)"));
+                    None
+                }
+            })
+            .collect();
+        RemoteCache { sources }
+    }
+
+    /// The registry caches read, with their layer blobs: mount sources for a push.
+    pub fn registry_blobs(&self) -> Vec<BlobHome> {
+        self.sources
+            .iter()
+            .filter_map(Source::registry_blobs)
+            .collect()
+    }
+
+    /// The record of `key` from the first source that has it, kept in the store's cache;
+    /// with `layers`, its layers are brought into the store first (fetched and extracted,
+    /// the blobs checked against their digests). A layer that cannot be had is a warning
+    /// and a miss: the step runs.
+    pub fn lookup(
+        &self,
+        store: &Store,
+        registry: &Client,
+        key: &str,
+        layers: bool,
+        reporter: &dyn Reporter,
+    ) -> Option<CacheRecord> {
+        let (source, found) = self
+            .sources
+            .iter()
+            .find_map(|s| s.get(key).map(|r| (s, r)))?;
+        let rec = found.record.clone();
+        if layers {
+            match materialize(source, store, registry, &rec) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    reporter.warn(&format!(
+                        "cache {}: {}: the step runs instead",
+                        source.name(),
+                        e
+                    ));
+                    return None;
+                }
+            }
+        }
+        // Kept locally too: the next build here, and an export of this one, find it. Only
+        // a saving: a store that cannot take it fails the build at its next write anyway.
+        let _ = store.put_cache(key, &rec);
+        Some(rec)
+    }
+}
+
+/// Bring the layers of `rec`'s chain the store lacks into it from `source`. Ok(false) when
+/// the source does not have one of them.
+fn materialize(
+    source: &Source,
+    store: &Store,
+    registry: &Client,
+    rec: &CacheRecord,
+) -> Result<bool, BuildError> {
+    let Some(chain) = &rec.chain else {
+        return Ok(true);
+    };
+    if store.layer(chain).is_some() {
+        return Ok(true);
+    }
+    let mut parent = None;
+    for diff_id in &rec.config.rootfs.diff_ids {
+        let c = chain_id(parent.as_ref(), diff_id);
+        if store.layer(&c).is_none() {
+            let Some(desc) = source.layer(diff_id) else {
+                return Ok(false);
+            };
+            if !store.has_blob(&desc.digest) {
+                source.fetch_layer(registry, store, desc)?;
+            }
+            extract_layer(store, desc, diff_id, parent.as_ref())?;
+        }
+        parent = Some(c);
+    }
+    Ok(parent.as_ref() == Some(chain))
+}
+
+/// Export the build's steps to every `--cache-to`, as steps `id`, `id + 1`, ...: `target`
+/// holds the exported image's steps (mode=min), `built` every stage built (mode=max).
+/// A failed export fails the build unless `ignore-error=true`.
+pub fn export(
+    store: &Store,
+    registry: &Client,
+    exports: &[CacheExport],
+    target: &StageState,
+    built: &BTreeMap<usize, StageState>,
+    reporter: &dyn Reporter,
+    mut id: StepId,
+) -> Result<Exported, BuildError> {
+    let mut written = Vec::new();
+    let mut inline = None;
+    for spec in exports {
+        let steps: Vec<&(String, String)> = match spec.mode {
+            CacheMode::Min => target.steps.iter().collect(),
+            CacheMode::Max => {
+                let mut seen = std::collections::HashSet::new();
+                built
+                    .values()
+                    .chain(std::iter::once(target))
+                    .flat_map(|s| &s.steps)
+                    .filter(|(_, key)| seen.insert(key.clone()))
+                    .collect()
+            }
+        };
+        let label = match &spec.target {
+            ExportTarget::Registry(r) => format!("exporting cache to {r}"),
+            ExportTarget::Local(dir) => format!("exporting cache to {}", dir.display()),
+            ExportTarget::Inline => {
+                // The push writes it, with the image's gzip layers.
+                let spec = CacheExport {
+                    compression: crate::layer::Compression::Gzip,
+                    ..spec.clone()
+                };
+                inline = Some(cache::inline_annotation(records(store, &steps, &spec)?));
+                continue;
+            }
+        };
+        reporter.started(id, &label);
+        let started = std::time::Instant::now();
+        let result = records(store, &steps, spec).and_then(|recs| {
+            let blobs: Vec<Digest> = recs
+                .iter()
+                .filter_map(|r| r.layer.as_ref().map(|l| l.digest.clone()))
+                .collect();
+            let digest = cache::export(store, registry, spec, recs)?;
+            if let ExportTarget::Registry(r) = &spec.target {
+                written.push((r.clone(), blobs));
+            }
+            Ok(digest)
+        });
+        match result {
+            Ok(digest) => {
+                reporter.status(id, &format!("cache manifest {digest}"));
+                reporter.done(id, started.elapsed());
+            }
+            Err(e) if spec.ignore_error => {
+                reporter.warn(&format!("{label}: {e} (ignore-error=true)"));
+                reporter.done(id, started.elapsed());
+            }
+            Err(e) => {
+                reporter.failed(id, started.elapsed(), &e.to_string());
+                return Err(e);
+            }
+        }
+        id += 1;
+    }
+    Ok(Exported {
+        next_step: id,
+        blob_homes: written,
+        inline,
+    })
+}
+
+/// What [`export`] did.
+pub struct Exported {
+    /// The step number after the exports.
+    pub next_step: StepId,
+    /// The registry caches written, with their layer blobs: mount sources for a push.
+    pub blob_homes: Vec<BlobHome>,
+    /// `--cache-to type=inline`: the annotation value for the pushed manifest.
+    pub inline: Option<String>,
+}
+
+/// The exported form of `steps`, each with its layer's blob in `spec`'s compression.
+fn records(
+    store: &Store,
+    steps: &[&(String, String)],
+    spec: &CacheExport,
+) -> Result<Vec<ExportedRecord>, BuildError> {
+    let mut out = Vec::new();
+    for (parent, key) in steps {
+        let Some(record) = store.get_cache(key) else {
+            continue;
+        };
+        let (layer, diff_id) = match (&record.chain, record.new_layer) {
+            (Some(chain), true) => (
+                Some(store.layer_blob(chain, spec.compression)?),
+                record.config.rootfs.diff_ids.last().cloned(),
+            ),
+            _ => (None, None),
+        };
+        out.push(ExportedRecord {
+            key: key.clone(),
+            parent: parent.clone(),
+            layer,
+            diff_id,
+            record,
+        });
+    }
+    Ok(out)
+}
