@@ -228,6 +228,13 @@ fn a_changed_source_file_reruns_only_what_depends_on_it() {
     assert!(progress.contains("RAN-FINAL"), "{progress}");
     assert_eq!(labels_that_ran.len(), 2, "{progress}");
     assert!(labels_that_ran[0].contains("COPY extra.txt"), "{progress}");
+    // Issue 19: the records travel with the cache, so the miss says what changed since
+    // runner A's build instead of calling the step one never built.
+    assert!(
+        progress.contains("cache miss: sources changed"),
+        "{progress}"
+    );
+    assert!(!progress.contains("no earlier build"), "{progress}");
 }
 
 /// Issue 18: mode=min exports the image's own steps only: a cold runner reruns the build

@@ -213,6 +213,11 @@ impl Source {
         }
     }
 
+    /// The records of steps built on `parent`.
+    pub fn built_on<'a>(&'a self, parent: &'a str) -> impl Iterator<Item = &'a ExportedRecord> {
+        self.records.values().filter(move |r| r.parent == parent)
+    }
+
     pub fn get(&self, key: &str) -> Option<&ExportedRecord> {
         self.records.get(key)
     }

@@ -44,6 +44,22 @@ impl RemoteCache {
         RemoteCache { sources }
     }
 
+    /// Before a miss on `parent` is explained: the imported records of steps built on it,
+    /// written into the store's cache records and lineage where it lacks them, so the
+    /// reason names what differs from the step the exporting machine built (issue 19's
+    /// records travel with the cache). Only hints: a store that cannot take them loses a
+    /// reason, not a result; a record whose layers are not here is still a miss.
+    pub fn seed_lineage(&self, store: &Store, parent: &str) {
+        for source in &self.sources {
+            for r in source.built_on(parent) {
+                if store.cache_record(&r.key).is_none() {
+                    let _ = store.put_cache(&r.key, &r.record);
+                }
+                let _ = store.add_child(parent, &r.key);
+            }
+        }
+    }
+
     /// The registry caches read, with their layer blobs: mount sources for a push.
     pub fn registry_blobs(&self) -> Vec<BlobHome> {
         self.sources
@@ -70,7 +86,7 @@ impl RemoteCache {
             .find_map(|s| s.get(key).map(|r| (s, r)))?;
         let rec = found.record.clone();
         if layers {
-            match materialize(source, store, registry, &rec) {
+            match materialize(source, store, registry, &rec, reporter) {
                 Ok(true) => {}
                 Ok(false) => return None,
                 Err(e) => {
@@ -97,6 +113,7 @@ fn materialize(
     store: &Store,
     registry: &Client,
     rec: &CacheRecord,
+    reporter: &dyn Reporter,
 ) -> Result<bool, BuildError> {
     let Some(chain) = &rec.chain else {
         return Ok(true);
@@ -114,7 +131,8 @@ fn materialize(
             if !store.has_blob(&desc.digest) {
                 source.fetch_layer(registry, store, desc)?;
             }
-            extract_layer(store, desc, diff_id, parent.as_ref())?;
+            let name = format!("cache {}", source.name());
+            extract_layer(store, desc, diff_id, parent.as_ref(), &name, reporter)?;
         }
         parent = Some(c);
     }

@@ -624,6 +624,7 @@ impl<'a> Ctx<'a> {
         } else if self.ignores_cache(stage, step) {
             plan::explain::Reason::NoCacheFilter(stage_label(stage))
         } else {
+            self.remote.seed_lineage(self.store, parent);
             let position = stage.steps.iter().position(|s| std::ptr::eq(s, step));
             let position = position.unwrap_or_default();
             let (store, req) = (self.store, self.req);
