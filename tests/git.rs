@@ -183,6 +183,16 @@ fn build(store: &Path, dockerfile: &str, dest: &Path) -> Output {
         .arg(ctx.path()))
 }
 
+/// Builds `dockerfile`, expecting a user error (exit 1, no panic) that contains `want`.
+fn fails_with(store: &Path, dockerfile: &str, want: &str) {
+    let out = tempfile::tempdir().unwrap();
+    let o = build(store, dockerfile, &out.path().join("bad"));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(want), "want {want:?} in {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 fn read(p: impl AsRef<Path>) -> String {
     std::fs::read_to_string(p.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", p.as_ref().display()))
 }
@@ -251,13 +261,7 @@ fn add_git_clones_each_ref_form_with_submodules() {
     assert_eq!(read(out.path().join("k3/main/a.txt")), "third\n");
 
     // Errors name what is wrong.
-    let bad = |dockerfile: String, want: &str| {
-        let o = build(store.path(), &dockerfile, &out.path().join("bad"));
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(1), "{err}");
-        assert!(err.contains(want), "want {want:?} in {err}");
-        assert!(!err.contains("panicked"), "{err}");
-    };
+    let bad = |dockerfile: String, want: &str| fails_with(store.path(), &dockerfile, want);
     bad(
         format!("FROM {BASE}\nADD --checksum={} {url}#main /x\n", f.first),
         &format!("expected checksum to match {}", f.first),
@@ -329,13 +333,7 @@ fn add_git_query_form_and_mixed_sources() {
     assert_eq!(read(dest.join("mixed/dev.txt")), "on dev\n");
     assert!(read(dest.join("mixed/Dockerfile")).starts_with("FROM "));
 
-    let bad = |dockerfile: String, want: &str| {
-        let o = build(store.path(), &dockerfile, &out.path().join("bad"));
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(1), "{err}");
-        assert!(err.contains(want), "want {want:?} in {err}");
-        assert!(!err.contains("panicked"), "{err}");
-    };
+    let bad = |dockerfile: String, want: &str| fails_with(store.path(), &dockerfile, want);
     bad(
         format!("FROM {BASE}\nADD {url}?ref=main#dev /x\n"),
         "ref conflicts: \"dev\" vs \"main\"",
