@@ -372,6 +372,8 @@ fn a_pulled_image_is_costed_from_its_blob() {
     flate2::read::GzDecoder::new(&blob[..])
         .read_to_end(&mut tar_bytes)
         .unwrap();
+    // Counted while the pull applied the blob.
+    assert_eq!(layer["tar_size"].as_u64(), Some(tar_bytes.len() as u64));
     let (files, deleted, _) = layer_listing(&tar_bytes);
     assert!(deleted.is_empty());
     let non_dirs = files.values().filter(|(_, d)| !d).count() as u64;

@@ -289,8 +289,10 @@ pub fn extract_layer(
     let plain = compress::decompressor(file).map_err(BuildError::io("reading", &path))?;
     let mut verifying = layer::VerifyingReader::new(plain, diff_id.clone());
     let stats = layer::apply(&mut verifying, &dir)?;
-    verifying.finish()?;
-    store.commit_layer(dir, parent, diff_id.clone(), desc.clone())?;
+    let tar_size = verifying.finish()?;
+    let record = store.commit_layer(dir, parent, diff_id.clone(), desc.clone())?;
+    // For `rbuild history`; the layer is whole without it.
+    let _ = store.record_tar_size(&record.chain_id, tar_size);
     if let Some(first) = &stats.first_skipped_device {
         reporter.warn(&format!(
             "{image} layer {}: left out {} device node(s) (first: /{}): rootless rbuild \

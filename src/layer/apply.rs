@@ -1038,12 +1038,13 @@ impl<R: Read> VerifyingReader<R> {
         self.read
     }
 
-    /// Read whatever the consumer left unread, then compare the digest of all the bytes.
-    pub fn finish(mut self) -> Result<(), LayerError> {
+    /// Read whatever the consumer left unread, then compare the digest of all the bytes;
+    /// returns how many there were.
+    pub fn finish(mut self) -> Result<u64, LayerError> {
         io::copy(&mut self, &mut io::sink()).map_err(LayerError::Read)?;
         let actual = Digest::from_raw(&self.hasher.finalize());
         if actual == self.expected {
-            Ok(())
+            Ok(self.read)
         } else {
             Err(LayerError::DigestMismatch {
                 expected: self.expected,

@@ -102,9 +102,7 @@ pub fn history(store: &Store, image: &ImageRecord) -> Result<HistoryReport, Outp
         let (mut tar_size, mut compressed) = (None, None);
         if let Some(r) = &record {
             tar_size = r
-                .tar
-                .as_ref()
-                .map(|t| t.size)
+                .tar_size
                 .or(r.blobs.get(Compression::Uncompressed).map(|b| b.size));
             compressed = [Compression::Gzip, Compression::Zstd]
                 .into_iter()

@@ -99,6 +99,9 @@ struct LayerMeta {
     blobs: LayerBlobs,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tar: Option<DiffTar>,
+    /// Bytes of a pulled layer's uncompressed tar, counted while it was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tar_size: Option<u64>,
     /// Counted when the layer was committed; missing in meta.json written before rbuild
     /// kept them (then [`Store::layer_files`] counts them once and saves them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +118,9 @@ pub struct LayerRecord {
     pub blobs: LayerBlobs,
     /// Set for layers rbuild built: their uncompressed tar is made from `diff`.
     pub tar: Option<DiffTar>,
+    /// Bytes of the uncompressed tar: a built layer's `tar` size, else what applying a
+    /// pulled layer counted ([`Store::record_tar_size`]); None when never counted.
+    pub tar_size: Option<u64>,
     /// What the layer holds, if counted yet ([`Store::layer_files`] counts it).
     pub stats: Option<LayerStats>,
     /// layers/<chain>/diff: the extracted layer, usable as an overlay lowerdir.
@@ -226,6 +232,7 @@ impl Store {
             parent: meta.parent,
             size: meta.size,
             blobs: meta.blobs,
+            tar_size: meta.tar.as_ref().map(|t| t.size).or(meta.tar_size),
             tar: meta.tar,
             stats: meta.stats,
             diff: dir.join("diff"),
@@ -359,6 +366,7 @@ impl Store {
             size: content_size(&diff_dir)?,
             blobs,
             tar,
+            tar_size: None,
             stats: None,
         };
 
@@ -559,6 +567,21 @@ impl Store {
                 chain: chain.clone(),
             })?;
         meta.blobs.set(c, blob);
+        self.write_file_atomic(&path, &crate::image::canonical_json(&meta))
+    }
+
+    /// Record the byte count of a pulled layer's uncompressed tar, counted while its
+    /// (compressed) blob was applied: `rbuild history` shows it without reading the blob.
+    pub fn record_tar_size(&self, chain: &Digest, size: u64) -> Result<()> {
+        let path = self.layer_dir(chain).join("meta.json");
+        let mut meta: LayerMeta =
+            Store::read_json(&path)?.ok_or_else(|| StoreError::LayerMissing {
+                chain: chain.clone(),
+            })?;
+        if meta.tar.is_some() || meta.tar_size == Some(size) {
+            return Ok(());
+        }
+        meta.tar_size = Some(size);
         self.write_file_atomic(&path, &crate::image::canonical_json(&meta))
     }
 
