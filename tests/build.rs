@@ -722,6 +722,58 @@ fn rebuild_hits_the_cache_for_every_step_and_no_cache_runs_them_again() {
     assert!(!stat_cache.exists());
 }
 
+/// `rbuild du` (issue 18): each kind counted as the store's own directories hold it, the
+/// cache mount by the bytes a step wrote into it, the image by its layers' file data.
+#[test]
+#[ignore = "needs root and a registry"]
+fn du_counts_what_the_store_holds_by_kind() {
+    needs_root_and_registry();
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(
+        &format!(
+            "FROM {BASE}\n\
+             COPY big /big\n\
+             RUN --mount=type=cache,id=du,target=/c head -c 12345 /dev/zero > /c/f\n"
+        ),
+        &[("big", &[7u8; 100_000])],
+    );
+    build_ok(store.path(), ctx.path(), &["-t", "rbuild-test/du:1"]);
+    let json = run_ok(
+        Command::new(rbuild_bin())
+            .env("RBUILD_ROOT", store.path())
+            .args(["du", "--format", "json"]),
+    );
+    let usage: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let get = |kind: &str| {
+        let u = usage
+            .iter()
+            .find(|u| u["kind"] == kind)
+            .unwrap_or_else(|| panic!("{kind} in {json}"));
+        (u["count"].as_u64().unwrap(), u["bytes"].as_u64().unwrap())
+    };
+    let entries = |dir: &str| std::fs::read_dir(store.path().join(dir)).unwrap().count() as u64;
+    assert_eq!(get("Cache mounts"), (1, 12345));
+    assert_eq!(get("Layers").0, entries("layers"));
+    assert_eq!(get("Blobs").0, entries("blobs/sha256"));
+    assert_eq!(get("Cache records").0, entries("cache"));
+    let (images, image_bytes) = get("Images");
+    // Ours and the base the build pulled (the store tags what it pulls).
+    assert_eq!(images, 2);
+    // Every layer here belongs to a tagged image (busybox, the 100,000-byte COPY, the
+    // RUN's empty layer: the mount is not in it), each counted once.
+    assert_eq!(image_bytes, get("Layers").1);
+    assert!(image_bytes > 100_000, "{image_bytes}");
+    let text = run_ok(
+        Command::new(rbuild_bin())
+            .env("RBUILD_ROOT", store.path())
+            .arg("du"),
+    );
+    assert!(
+        text.starts_with("TYPE") && text.contains("Total on disk"),
+        "{text}"
+    );
+}
+
 /// `COPY --link` as BuildKit's MergeOp: the copy is made once on an empty filesystem, so a
 /// new base reuses its layer (CACHED, the same diff_id) while the steps on the base run
 /// again; a destination through a symlink of the base gets a real directory; `--chmod`

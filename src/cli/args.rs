@@ -124,6 +124,12 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: HistoryFormat,
     },
+    /// Show the store's disk usage by kind: images, layers, blobs, cache records, cache
+    /// mounts, trash
+    Du {
+        #[arg(long, value_enum, default_value_t)]
+        format: HistoryFormat,
+    },
     /// Create a base image from a rootfs tarball (like `docker import`)
     Import {
         /// Rootfs tarball (.tar, .tar.gz, .tar.zst)
@@ -147,13 +153,14 @@ pub enum Command {
     SandboxHelper,
 }
 
-/// `rbuild history --format`.
+/// `rbuild history --format` and `rbuild du --format`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum HistoryFormat {
-    /// A table, then the largest files, the wasted bytes and a summary
+    /// A table (for history: then the largest files, the wasted bytes and a summary)
     #[default]
     Text,
-    /// One JSON document (schema in docs/explain.md)
+    /// One JSON document (history: schema in docs/explain.md; du: a list of {kind, count,
+    /// bytes})
     Json,
 }
 

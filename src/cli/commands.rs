@@ -44,6 +44,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Plan(args)) => plan(&global, &args.build),
         Some(Command::Check(args)) => check_only(&global, &args.build, args.format),
         Some(Command::Images) => images(&global),
+        Some(Command::Du { format }) => du(&global, format),
         Some(Command::Info) => stdout_line(&format!("mode: {}", userns::current().describe())),
         Some(Command::Rmi { images }) => {
             let store = open_store(&global)?;
@@ -447,6 +448,15 @@ fn images(global: &GlobalArgs) -> anyhow::Result<()> {
     let rows = output::image_rows(&store)?;
     stdout_text(&output::format_images(&rows, std::time::SystemTime::now()))?;
     Ok(())
+}
+
+fn du(global: &GlobalArgs, format: HistoryFormat) -> anyhow::Result<()> {
+    let store = open_store(global)?;
+    let usage = store.disk_usage()?;
+    match format {
+        HistoryFormat::Json => stdout_line(&serde_json::to_string_pretty(&usage)?),
+        HistoryFormat::Text => stdout_text(&output::format_usage(&usage)),
+    }
 }
 
 /// Print to stdout; a closed pipe (`rbuild inspect X | head -1`) ends the output quietly

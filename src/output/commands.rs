@@ -143,6 +143,30 @@ pub(super) fn columns<R: AsRef<[String]>>(rows: &[R]) -> String {
 
 /// `inspect`: the image as JSON: `Id` (config digest), `RepoTags`, `Digest` (manifest),
 /// `Manifest`, `Config`, `Size`.
+/// `rbuild du`: TYPE, COUNT, SIZE per kind. Images share layers with each other and are
+/// the layers' content again, so the total is what is on disk: everything but images.
+pub fn format_usage(usage: &[crate::store::Usage]) -> String {
+    let mut rows = vec![vec!["TYPE".to_string(), "COUNT".into(), "SIZE".into()]];
+    for u in usage {
+        rows.push(vec![
+            u.kind.to_string(),
+            u.count.to_string(),
+            human_size(u.bytes),
+        ]);
+    }
+    let total: u64 = usage
+        .iter()
+        .filter(|u| u.kind != "Images")
+        .map(|u| u.bytes)
+        .sum();
+    rows.push(vec![
+        "Total on disk".into(),
+        String::new(),
+        human_size(total),
+    ]);
+    columns(&rows)
+}
+
 pub fn inspect(store: &Store, reference_or_id: &str) -> Result<serde_json::Value, OutputError> {
     let image = store
         .resolve(reference_or_id)?

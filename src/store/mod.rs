@@ -27,6 +27,7 @@ mod lineage;
 mod lock;
 mod mounts;
 mod trash;
+mod usage;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -40,6 +41,7 @@ pub use images::{chains_of, ImageRecord, PruneStats};
 use layers::content_size;
 pub use layers::{chain_id, BlobRef, DiffTar, LayerBlobs, LayerBytes, LayerReader, LayerRecord};
 pub use lock::{FileLock, LockMode};
+pub use usage::Usage;
 
 /// Errors from the store; each names the path or object it concerns.
 #[derive(Debug, thiserror::Error)]

@@ -30,7 +30,7 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 const REMOVERS: usize = 4;
 
 impl Store {
-    fn trash_dir(&self) -> PathBuf {
+    pub(super) fn trash_dir(&self) -> PathBuf {
         self.root.join("tmp").join(TRASH)
     }
 

@@ -1,0 +1,95 @@
+//! `rbuild du`: what the store holds, by kind (issue 18, long-lived runners). Sizes are file
+//! bytes: a layer's extracted content (hard links once), blobs and records as stored, cache
+//! mounts and the trash as their content. Read-only: a running build may add to it meanwhile.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::layers::content_size;
+use super::{Result, Store, StoreError};
+
+/// One kind of thing in the store: how many and how many bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub kind: &'static str,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl Store {
+    /// The store's usage, by kind: tagged images (the content of the layers they use, each
+    /// layer once), extracted layers, blobs, cache records, cache mounts, the trash.
+    pub fn disk_usage(&self) -> Result<Vec<Usage>> {
+        let mut images = Usage {
+            kind: "Images",
+            ..Usage::default()
+        };
+        let mut used = std::collections::BTreeSet::new();
+        for (_, d) in self.tags()? {
+            images.count += 1;
+            if let Ok(img) = self.image_by_manifest(&d.digest) {
+                for chain in img.chains {
+                    if let Some(layer) = self.layer(&chain).filter(|_| used.insert(chain.clone())) {
+                        images.bytes += layer.size;
+                    }
+                }
+            }
+        }
+        let mut layers = Usage {
+            kind: "Layers",
+            ..Usage::default()
+        };
+        for chain in self.layer_ids()? {
+            if let Some(layer) = self.layer(&chain) {
+                layers.count += 1;
+                layers.bytes += layer.size;
+            }
+        }
+        let files = |kind: &'static str, dir: &Path| -> Result<Usage> {
+            let mut u = Usage {
+                kind,
+                ..Usage::default()
+            };
+            let entries = match fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(u),
+                Err(e) => return Err(StoreError::io("listing", dir)(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(StoreError::io("listing", dir))?;
+                let md = entry
+                    .metadata()
+                    .map_err(StoreError::io("reading", entry.path()))?;
+                u.count += 1;
+                u.bytes += if md.is_dir() {
+                    content_size(&entry.path())?
+                } else {
+                    md.len()
+                };
+            }
+            Ok(u)
+        };
+        let mounts_dir = self.root.join("mounts/cache");
+        let mut mounts = files("Cache mounts", &mounts_dir)?;
+        // Only the directories are mounts (locks lie beside them).
+        mounts.count = fs::read_dir(&mounts_dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .count() as u64
+            })
+            .unwrap_or(0);
+        Ok(vec![
+            images,
+            layers,
+            files("Blobs", &self.root.join("blobs/sha256"))?,
+            files("Cache records", &self.root.join("cache"))?,
+            mounts,
+            files("Trash", &self.trash_dir())?,
+        ])
+    }
+}
