@@ -104,11 +104,7 @@ fn read(path: impl AsRef<Path>) -> String {
 
 /// `rbuild inspect REF` as JSON (Config, Digest, Id, Manifest, ...).
 fn inspect(store: &Path, reference: &str) -> serde_json::Value {
-    let out = run_ok(
-        Command::new(rbuild_bin())
-            .env("RBUILD_ROOT", store)
-            .args(["inspect", reference]),
-    );
+    let out = run_ok(rbuild_cmd(store).args(["inspect", reference]));
     serde_json::from_str(&out).unwrap()
 }
 
@@ -709,10 +705,7 @@ fn rebuild_hits_the_cache_for_every_step_and_no_cache_runs_them_again() {
     // Regression (issue 15): exec built the cache mount and stat cache paths itself, so
     // `prune --all` removed neither. Plain prune keeps them, as BuildKit keeps cache mounts.
     let stat_cache = store.path().join("statcache");
-    let prune = |all: &[&str]| {
-        let mut cmd = Command::new(rbuild_bin());
-        run_ok(cmd.env("RBUILD_ROOT", store.path()).arg("prune").args(all))
-    };
+    let prune = |all: &[&str]| run_ok(rbuild_cmd(store.path()).arg("prune").args(all));
     prune(&[]);
     assert_eq!(cache_mount_lines(store.path(), "executions").len(), 2);
     assert!(stat_cache.exists());
@@ -738,11 +731,7 @@ fn du_counts_what_the_store_holds_by_kind() {
         &[("big", &[7u8; 100_000])],
     );
     build_ok(store.path(), ctx.path(), &["-t", "rbuild-test/du:1"]);
-    let json = run_ok(
-        Command::new(rbuild_bin())
-            .env("RBUILD_ROOT", store.path())
-            .args(["du", "--format", "json"]),
-    );
+    let json = run_ok(rbuild_cmd(store.path()).args(["du", "--format", "json"]));
     let usage: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
     let get = |kind: &str| {
         let u = usage
@@ -763,11 +752,7 @@ fn du_counts_what_the_store_holds_by_kind() {
     // RUN's empty layer: the mount is not in it), each counted once.
     assert_eq!(image_bytes, get("Layers").1);
     assert!(image_bytes > 100_000, "{image_bytes}");
-    let text = run_ok(
-        Command::new(rbuild_bin())
-            .env("RBUILD_ROOT", store.path())
-            .arg("du"),
-    );
+    let text = run_ok(rbuild_cmd(store.path()).arg("du"));
     assert!(
         text.starts_with("TYPE") && text.contains("Total on disk"),
         "{text}"
@@ -1232,9 +1217,7 @@ fn a_failing_run_shows_its_output_exit_code_and_line_and_writes_no_output() {
         err.contains("Dockerfile:3") && err.contains("not-in-context"),
         "{err}"
     );
-    let tags = run(Command::new(rbuild_bin())
-        .env("RBUILD_ROOT", store.path())
-        .arg("images"));
+    let tags = run(rbuild_cmd(store.path()).arg("images"));
     assert!(
         !stdout(&tags).contains("features-fail"),
         "{}",
@@ -1283,8 +1266,7 @@ fn bad_invocations_give_clear_messages_and_user_exit_codes() {
     assert_no_panic(&out);
 
     // `rbuild images | head`: a reader that goes away ends the output, no panic.
-    let mut child = Command::new(rbuild_bin())
-        .env("RBUILD_ROOT", store.path())
+    let mut child = rbuild_cmd(store.path())
         .arg("images")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1562,11 +1544,7 @@ fn call_targets_and_outline_print_and_build_nothing() {
 
 /// What `rbuild images` lists after the header.
 fn inspect_images(store: &Path) -> String {
-    let out = run_ok(
-        Command::new(rbuild_bin())
-            .env("RBUILD_ROOT", store)
-            .arg("images"),
-    );
+    let out = run_ok(rbuild_cmd(store).arg("images"));
     out.lines().skip(1).collect::<Vec<_>>().join("\n")
 }
 

@@ -6,7 +6,6 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use support::*;
@@ -22,12 +21,6 @@ fn dockerfile() -> String {
          RUN rm /big && echo hello-world > /over\n\
          RUN rm -rf /opq && mkdir /opq && echo b > /opq/y\n"
     )
-}
-
-fn rbuild_cmd(store: &Path) -> Command {
-    let mut cmd = Command::new(rbuild_bin());
-    cmd.env("RBUILD_ROOT", store);
-    cmd
 }
 
 struct Built {

@@ -85,13 +85,6 @@ fn unique(what: &str) -> String {
     format!("rbuild-test/outputs-{what}-{run}")
 }
 
-/// rbuild's subcommands (images, save, ...) with the store `store`: no build flags.
-fn rbuild_cmd(store: &Path) -> Command {
-    let mut cmd = Command::new(rbuild_bin());
-    cmd.env("RBUILD_ROOT", store);
-    cmd
-}
-
 /// The shared build: one image, every output kind, two tags.
 struct Built {
     store: PathBuf,

@@ -17,7 +17,7 @@ use rbuild::image::{
     Reference, RootFs,
 };
 use rbuild::registry::{Client, RegistryOptions};
-use support::{processes_with, rbuild, rbuild_bin, wait_for, InRegistry, RegistryImage, REGISTRY};
+use support::{processes_with, rbuild, rbuild_cmd, wait_for, InRegistry, RegistryImage, REGISTRY};
 
 const BASE: InRegistry = InRegistry("busybox");
 
@@ -30,13 +30,6 @@ fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
         std::fs::write(p, content).unwrap();
     }
     dir
-}
-
-/// An rbuild subcommand (`prune`, `pull`, ...) on `store`: no build flags.
-fn rbuild_sub(store: &Path) -> Command {
-    let mut cmd = Command::new(rbuild_bin());
-    cmd.env("RBUILD_ROOT", store);
-    cmd
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -508,7 +501,7 @@ fn a_layer_changed_in_the_store_fails_later_outputs_naming_it() {
     for format in ["docker", "oci"] {
         let dest = out.path().join(format!("{format}.tar"));
         let err = fails_cleanly(
-            rbuild_sub(store.path())
+            rbuild_cmd(store.path())
                 .args(["save", "changed:1", "--format", format, "-o"])
                 .arg(&dest),
         );
@@ -572,7 +565,7 @@ fn four_concurrent_builds_on_one_store_all_succeed() {
         );
     }
     check_store(store.path());
-    support::run_ok(rbuild_sub(store.path()).arg("prune"));
+    support::run_ok(rbuild_cmd(store.path()).arg("prune"));
     assert_eq!(tmp_entries(store.path()), Vec::<String>::new());
 }
 
@@ -597,7 +590,7 @@ fn prune_while_a_build_runs_reports_busy_and_removes_nothing() {
     );
     wait_for("the RUN to start", || !processes_with(marker).is_empty());
     let before = records(store.path());
-    let prune = support::run(rbuild_sub(store.path()).args(["prune", "--all"]));
+    let prune = support::run(rbuild_cmd(store.path()).args(["prune", "--all"]));
     let still_running = !processes_with(marker).is_empty();
     let (_, prune_err) = text(&prune);
     assert!(!prune_err.contains("panicked"), "{prune_err}");
@@ -616,7 +609,7 @@ fn prune_while_a_build_runs_reports_busy_and_removes_nothing() {
     check_store(store.path());
 
     // Once the build is over, prune runs and leaves a consistent store.
-    support::run_ok(rbuild_sub(store.path()).args(["prune", "--all"]));
+    support::run_ok(rbuild_cmd(store.path()).args(["prune", "--all"]));
     check_store(store.path());
 }
 
@@ -945,7 +938,7 @@ fn hostile_base_image_layers_are_refused_when_pulled() {
     let store = tempfile::tempdir().unwrap();
     for (name, entries, says) in images {
         let (reference, _pushed) = push_layer_image(name, &entries);
-        let err = fails_cleanly(rbuild_sub(store.path()).args(["pull", &reference]));
+        let err = fails_cleanly(rbuild_cmd(store.path()).args(["pull", &reference]));
         assert!(err.contains(says), "{name}: {err}");
         let ctx = context(&[("Dockerfile", &format!("FROM {reference}\nRUN true\n"))]);
         let err = fails_cleanly(rbuild(store.path()).arg(ctx.path()));
@@ -1126,7 +1119,7 @@ fn malformed_dockerfiles_and_arguments_never_panic() {
         &["push", "nope:1", "localhost:1/x:1"],
         &["save", "-o", "/nonexistent/x.tar", "nope:1"],
     ] {
-        let out = support::run(rbuild_sub(store.path()).args(args));
+        let out = support::run(rbuild_cmd(store.path()).args(args));
         let (_, stderr) = text(&out);
         assert!(
             matches!(out.status.code(), Some(0..=2)),

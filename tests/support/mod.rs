@@ -156,6 +156,14 @@ pub fn rbuild(store: &Path) -> Command {
     cmd
 }
 
+/// An rbuild subcommand (`images`, `du`, `prune`, `inspect`, ...) on the store under
+/// `store`: no build flags.
+pub fn rbuild_cmd(store: &Path) -> Command {
+    let mut cmd = Command::new(rbuild_bin());
+    cmd.env("RBUILD_ROOT", store);
+    cmd
+}
+
 /// How each step of a plain progress log ended, with its label (`[stage i/n] TEXT`, empty
 /// for a step without one): `CACHED`, `CACHED (remote)` or `DONE`, in the log's order.
 pub fn step_ends(progress: &str) -> Vec<(String, String)> {
