@@ -434,21 +434,13 @@ impl<'a> Ctx<'a> {
                 return Ok(cached);
             }
         }
-        let tmp = self.store.tmp_dir()?;
-        let upper = tmp.path().join("upper");
-        let work = tmp.path().join("work");
-        for dir in [&upper, &work] {
-            std::fs::create_dir(dir).map_err(BuildError::io("creating", dir))?;
-        }
         // Reading the layer records, and flattening the oldest of a deep stack when the
         // store has no snapshot for them yet (store/flat.rs).
         let phase = Instant::now();
-        let rootfs = Overlay {
-            lowers: state.lowers(self.store)?,
-            upper: upper.clone(),
-            work,
-        };
+        let lowers = state.lowers(self.store)?;
         self.reporter.phase(id, "lowers", phase.elapsed());
+        let (_tmp, rootfs) = self.scratch_overlay(lowers)?;
+        let upper = rootfs.upper.clone();
         let phase = Instant::now();
         let always_layer = match &step.op {
             Op::Run(run) => {
@@ -522,17 +514,8 @@ impl<'a> Ctx<'a> {
             Some(layer) => (layer, true),
             None => {
                 let phase = Instant::now();
-                let tmp = self.store.tmp_dir()?;
-                let upper = tmp.path().join("upper");
-                let work = tmp.path().join("work");
-                for dir in [&upper, &work] {
-                    std::fs::create_dir(dir).map_err(BuildError::io("creating", dir))?;
-                }
-                let rootfs = Overlay {
-                    lowers: Vec::new(),
-                    upper: upper.clone(),
-                    work,
-                };
+                let (_tmp, rootfs) = self.scratch_overlay(Vec::new())?;
+                let upper = rootfs.upper.clone();
                 self.copy(copy, rootfs, prepared, done, stage)?;
                 self.executed += 1;
                 self.reporter.phase(id, "execute", phase.elapsed());
@@ -572,6 +555,26 @@ impl<'a> Ctx<'a> {
             self.cached += 1;
         }
         Ok(cached)
+    }
+
+    /// A step's overlay on `lowers`: a new upper and work dir in a scratch directory of the
+    /// store's, removed when the returned guard drops.
+    fn scratch_overlay(
+        &self,
+        lowers: Vec<PathBuf>,
+    ) -> Result<(tempfile::TempDir, Overlay), BuildError> {
+        let tmp = self.store.tmp_dir()?;
+        let upper = tmp.path().join("upper");
+        let work = tmp.path().join("work");
+        for dir in [&upper, &work] {
+            std::fs::create_dir(dir).map_err(BuildError::io("creating", dir))?;
+        }
+        let rootfs = Overlay {
+            lowers,
+            upper,
+            work,
+        };
+        Ok((tmp, rootfs))
     }
 
     /// The end of a step that made its layer (or none): its history entry and cache record.
