@@ -23,6 +23,18 @@ impl Store {
     /// The store's usage, by kind: tagged images (the content of the layers they use, each
     /// layer once), extracted layers, blobs, cache records, cache mounts, the trash.
     pub fn disk_usage(&self) -> Result<Vec<Usage>> {
+        // Each layer's meta.json read once: the images' sizes come from these.
+        let mut sizes = std::collections::BTreeMap::new();
+        for chain in self.layer_ids()? {
+            if let Some(layer) = self.layer(&chain) {
+                sizes.insert(chain, layer.size);
+            }
+        }
+        let layers = Usage {
+            kind: "Layers",
+            count: sizes.len() as u64,
+            bytes: sizes.values().sum(),
+        };
         let mut images = Usage {
             kind: "Images",
             ..Usage::default()
@@ -32,20 +44,10 @@ impl Store {
             images.count += 1;
             if let Ok(img) = self.image_by_manifest(&d.digest) {
                 for chain in img.chains {
-                    if let Some(layer) = self.layer(&chain).filter(|_| used.insert(chain.clone())) {
-                        images.bytes += layer.size;
+                    if let Some(size) = sizes.get(&chain).filter(|_| used.insert(chain.clone())) {
+                        images.bytes += size;
                     }
                 }
-            }
-        }
-        let mut layers = Usage {
-            kind: "Layers",
-            ..Usage::default()
-        };
-        for chain in self.layer_ids()? {
-            if let Some(layer) = self.layer(&chain) {
-                layers.count += 1;
-                layers.bytes += layer.size;
             }
         }
         let files = |kind: &'static str, dir: &Path| -> Result<Usage> {
