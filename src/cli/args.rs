@@ -250,6 +250,13 @@ pub struct BuildArgs {
     /// default) or manifest-descriptor (repeatable)
     #[arg(long = "annotation", value_name = "[TYPE:]KEY=VALUE")]
     pub annotations: Vec<String>,
+    /// Attach a SLSA provenance attestation: `true`, `false`, or
+    /// `mode=min|max[,version=v1|v0.2][,builder-id=ID][,reproducible=true]`
+    #[arg(long, value_name = "VALUE")]
+    pub provenance: Option<String>,
+    /// Attestation, `type=provenance[,mode=..]` (as `--provenance`)
+    #[arg(long, value_name = "SPEC")]
+    pub attest: Vec<String>,
     /// What to do: `build` (the default), `targets` (list the stages), `outline` (the build
     /// args and secrets the target uses); `,format=json` prints JSON
     #[arg(long, value_name = "METHOD")]

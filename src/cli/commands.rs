@@ -8,6 +8,7 @@ use anyhow::Context as _;
 
 use crate::exec;
 use crate::image::{Platform, Reference, SourceDateEpoch};
+use crate::output::provenance::Provenance;
 use crate::output::{self, OutputKind, OutputSpec};
 use crate::registry::{Client, RegistryOptions};
 use crate::sandbox::userns;
@@ -300,11 +301,23 @@ fn build_image(
         }
     };
 
+    // One attestation per image when asked for; each output makes its statement about the
+    // manifest it writes.
+    let provenance: Vec<Provenance> = match &settings.provenance {
+        Some(spec) => (outcome.provenance.iter())
+            .map(|facts| Provenance {
+                spec: spec.clone(),
+                facts: facts.clone(),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     for spec in &settings.outputs {
         let started = std::time::Instant::now();
-        output::write_all(
+        output::write_attested(
             store,
             &outcome.images,
+            &provenance,
             tags,
             spec,
             settings.request.source_date_epoch,
@@ -317,18 +330,23 @@ fn build_image(
         say("loaded the image into docker".to_string());
     }
     if settings.push {
+        let hints = exec::PushHints {
+            provenance: provenance.clone(),
+            tags: tags.clone(),
+            ..outcome.push
+        };
         for (id, tag) in (outcome.next_step..).zip(tags) {
             let digest = match &outcome.images[..] {
-                [one] => exec::push(
+                [one] if hints.provenance.is_empty() => exec::push(
                     store,
                     registry,
                     &one.manifest.digest.to_string(),
                     tag,
                     id,
                     report,
-                    &outcome.push,
+                    &hints,
                 )?,
-                several => exec::push_index(store, registry, several, tag, id, report)?,
+                several => exec::push_index(store, registry, several, tag, id, report, &hints)?,
             };
             say(format!("pushed {}@{digest}", tag.name()));
         }

@@ -22,6 +22,8 @@ pub struct Built {
     pub steps: Vec<exec::StepCache>,
     /// For a push of a single image: its blobs' other homes and inline cache.
     pub push: exec::PushHints,
+    /// Per image, what its provenance attestation records.
+    pub provenance: Vec<crate::output::provenance::BuildFacts>,
 }
 
 /// Refuse what cannot take several platforms before anything is built: a docker archive
@@ -74,6 +76,7 @@ pub fn build_each(
         layer_steps: Vec::new(),
         steps: Vec::new(),
         push: exec::PushHints::default(),
+        provenance: Vec::new(),
     };
     for platform in &settings.platforms {
         req.platform = platform.clone();
@@ -87,6 +90,7 @@ pub fn build_each(
         }
         built.steps.extend(outcome.steps);
         built.push = outcome.push;
+        built.provenance.push(outcome.provenance);
         built.images.push(outcome.image);
     }
     if several {

@@ -8,6 +8,7 @@ use crate::context;
 use crate::dockerfile::instructions::NetworkMode;
 use crate::exec::{BuildRequest, NamedContext, SecretSource, SshSource};
 use crate::image::{Platform, Reference, SourceDateEpoch};
+use crate::output::provenance::ProvenanceSpec;
 use crate::output::{self, OutputSpec};
 use crate::plan::{ExtraHost, Ulimit};
 
@@ -87,6 +88,8 @@ pub struct BuildSettings {
     pub load: bool,
     /// `--platform`: one pass each (the request is for the first).
     pub platforms: Vec<Platform>,
+    /// `--provenance` / `--attest type=provenance`: an attestation per image.
+    pub provenance: Option<ProvenanceSpec>,
 }
 
 fn user(msg: impl Into<String>) -> anyhow::Error {
@@ -373,7 +376,28 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
         push: args.push,
         load: args.load,
         platforms,
+        provenance: provenance_spec(args)?,
     })
+}
+
+/// `--provenance` or `--attest type=provenance,...` (buildx's shorthand is an `--attest` of
+/// its own: giving both is refused).
+fn provenance_spec(args: &BuildArgs) -> anyhow::Result<Option<ProvenanceSpec>> {
+    use crate::output::provenance::{parse_attest, parse_provenance};
+    let mut spec = None;
+    if let Some(v) = &args.provenance {
+        spec = Some(parse_provenance(v).map_err(|e| user(format!("--provenance {v}: {e}")))?);
+    }
+    for a in &args.attest {
+        if spec.is_some() {
+            return Err(user(format!(
+                "--attest {a}: provenance is already asked for (by --provenance or another \
+                 --attest): give one"
+            )));
+        }
+        spec = Some(parse_attest(a).map_err(|e| user(format!("--attest {a}: {e}")))?);
+    }
+    Ok(spec.flatten())
 }
 
 /// The build's SOURCE_DATE_EPOCH, from `--build-arg SOURCE_DATE_EPOCH` (`build_arg`) or the

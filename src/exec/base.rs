@@ -68,6 +68,30 @@ impl<'a> Bases<'a> {
             .insert(name.to_string(), Known::Stored(Box::new(record)));
     }
 
+    /// The images resolved so far (bases, `COPY --from` and mount images), as provenance
+    /// materials: the reference as resolved, the platform, the manifest digest.
+    pub fn materials(&self) -> Vec<crate::output::provenance::ImageMaterial> {
+        let known = self.known.lock().unwrap();
+        let mut out: Vec<_> = known
+            .iter()
+            .filter_map(|((_, reference), k)| {
+                let reference: Reference = reference.parse().ok()?;
+                let (digest, platform) = match k {
+                    Known::Stored(r) => (r.manifest.digest.clone(), r.config.platform()),
+                    Known::Remote(r) => (r.manifest_digest.clone(), r.config.platform()),
+                };
+                Some(crate::output::provenance::ImageMaterial {
+                    reference,
+                    platform,
+                    digest,
+                    local: false,
+                })
+            })
+            .collect();
+        out.sort_by_key(|m| (m.reference.to_string(), m.platform.to_spec()));
+        out
+    }
+
     fn lookup(&self, reference: &str, platform: &Platform) -> Result<Known, BuildError> {
         if let Some(k) = self.preloaded.lock().unwrap().get(reference) {
             return Ok(k.clone());

@@ -11,6 +11,7 @@ mod fetch;
 mod git;
 mod import;
 pub mod progress;
+mod provenance;
 mod push;
 mod remote_cache;
 mod request;
@@ -119,6 +120,8 @@ pub struct BuildOutcome {
     pub push: PushHints,
     /// Every RUN/COPY/ADD/WORKDIR step: cached, or why not (docs/explain.md).
     pub steps: Vec<StepCache>,
+    /// What a provenance attestation of the image records (`--provenance`).
+    pub provenance: crate::output::provenance::BuildFacts,
 }
 
 /// Build `req` into `store`: plan, execute the stages the target needs, commit the image and
@@ -141,6 +144,7 @@ fn build_with(
     executor: &dyn executor::Executor,
 ) -> Result<BuildOutcome, BuildError> {
     let _lock = store.lock_shared()?;
+    let started = std::time::SystemTime::now();
     let scratch = store.tmp_dir()?;
     let mut bases = Bases::new(store, registry, req);
     for (name, context) in &req.build_contexts {
@@ -205,6 +209,13 @@ fn build_with(
     )?;
     let mut blob_homes = exported.blob_homes;
     blob_homes.extend(remote.registry_blobs());
+    let mut materials = crate::output::provenance::Materials::default();
+    for image in bases.materials() {
+        materials.add_image(image);
+    }
+    materials.merge(std::mem::take(&mut ctx.materials));
+    let steps = std::mem::take(&mut ctx.log.steps);
+    let provenance = provenance::facts(req, &plan, materials, &layer_steps, &steps, started);
     Ok(BuildOutcome {
         image,
         cached: ctx.cached,
@@ -214,8 +225,10 @@ fn build_with(
         push: PushHints {
             blob_homes,
             inline_cache: exported.inline,
+            ..PushHints::default()
         },
-        steps: std::mem::take(&mut ctx.log.steps),
+        steps,
+        provenance,
     })
 }
 

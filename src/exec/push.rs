@@ -2,6 +2,7 @@
 
 use crate::image::{canonical_json, media, Descriptor, Digest, Index, Manifest, Reference};
 use crate::layer::Compression;
+use crate::output::provenance::IN_TOTO_MEDIA_TYPE;
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
 
@@ -24,14 +25,16 @@ pub fn push(
     })?;
     reporter.started(id, &format!("pushing {dest}"));
     let started = std::time::Instant::now();
-    let desc = push_image(store, registry, &record, dest, false, id, reporter, hints)?;
+    let (desc, _) = push_image(store, registry, &record, dest, false, id, reporter, hints)?;
     reporter.done(id, started.elapsed());
     Ok(desc.digest)
 }
 
-/// Push the images of a multi-platform build (one per platform) and then an index of them
-/// under `dest`'s tag: a Docker manifest list when every manifest is a Docker one, else an
-/// OCI index, as BuildKit's image exporter. Returns the index digest.
+/// Push the images of a multi-platform build (one per platform), or of a build with
+/// provenance, and then an index of them under `dest`'s tag: a Docker manifest list when
+/// every manifest is a Docker one and there are no attestations, else an OCI index, as
+/// BuildKit's image exporter. With `hints.provenance` (one per image, in their order) each
+/// image's attestation manifest follows the images in the index. Returns the index digest.
 pub fn push_index(
     store: &Store,
     registry: &Client,
@@ -39,20 +42,51 @@ pub fn push_index(
     dest: &Reference,
     id: StepId,
     reporter: &dyn Reporter,
+    hints: &PushHints,
 ) -> Result<Digest, BuildError> {
     let _lock = store.lock_shared()?;
     reporter.started(id, &format!("pushing {dest}"));
     let started = std::time::Instant::now();
     let mut manifests = Vec::with_capacity(images.len());
+    let mut layers = Vec::with_capacity(images.len());
     for image in images {
-        let hints = PushHints::default();
-        let mut desc = push_image(store, registry, image, dest, true, id, reporter, &hints)?;
+        let (mut desc, image_layers) =
+            push_image(store, registry, image, dest, true, id, reporter, hints)?;
         desc.platform = Some(image.config.platform());
         manifests.push(desc);
+        layers.push(image_layers);
     }
-    let media_type = if manifests
+    let mut attestations = Vec::new();
+    for ((image, p), (desc, image_layers)) in images
         .iter()
-        .all(|d| d.media_type == media::DOCKER_MANIFEST)
+        .zip(&hints.provenance)
+        .zip(manifests.iter().zip(&layers))
+    {
+        let a = p.attestation(desc, image_layers, &image.config.platform(), &hints.tags);
+        // Through the store, so the blob upload has a file to stream like any other.
+        let blobs = [
+            (IN_TOTO_MEDIA_TYPE, &a.statement),
+            (media::OCI_CONFIG, &a.config),
+        ];
+        for (media_type, (digest, bytes)) in blobs {
+            let stored = store.put_blob_bytes(bytes)?;
+            debug_assert_eq!(&stored, digest);
+            let blob = Descriptor::new(media_type, stored, bytes.len() as u64);
+            reporter.status(id, &format!("pushing {}", blob.digest));
+            registry.push_blob(dest, &blob, &store.blob_path(&blob.digest), None)?;
+        }
+        let mut target = dest.clone();
+        target.tag = None;
+        target.digest = Some(a.descriptor.digest.clone());
+        registry.push_manifest(&target, media::OCI_MANIFEST, &a.manifest)?;
+        attestations.push(a.descriptor);
+    }
+    let attested = !attestations.is_empty();
+    manifests.extend(attestations);
+    let media_type = if !attested
+        && manifests
+            .iter()
+            .all(|d| d.media_type == media::DOCKER_MANIFEST)
     {
         media::DOCKER_MANIFEST_LIST
     } else {
@@ -70,7 +104,7 @@ pub fn push_index(
 }
 
 /// Push one image's blobs and manifest to `dest`'s repository: under its tag, or by digest
-/// alone (`by_digest`, an index's member). Returns the manifest's descriptor.
+/// alone (`by_digest`, an index's member). Returns the manifest's descriptor and its layers.
 #[allow(clippy::too_many_arguments)] // what to push where, its progress, and the hints
 fn push_image(
     store: &Store,
@@ -81,7 +115,7 @@ fn push_image(
     id: StepId,
     reporter: &dyn Reporter,
     hints: &PushHints,
-) -> Result<Descriptor, BuildError> {
+) -> Result<(Descriptor, Vec<Descriptor>), BuildError> {
     let as_stored = match hints.inline_cache {
         Some(_) => None,
         None => pushable_as_stored(store, record)?,
@@ -131,7 +165,8 @@ fn push_image(
         dest.clone()
     };
     let digest = registry.push_manifest(&target, &media_type, &bytes)?;
-    Ok(Descriptor::new(&media_type, digest, bytes.len() as u64))
+    let desc = Descriptor::new(&media_type, digest, bytes.len() as u64);
+    Ok((desc, manifest.layers))
 }
 
 /// What a push learns from the build before it: where else its blobs are, and the inline
@@ -143,6 +178,10 @@ pub struct PushHints {
     pub blob_homes: Vec<BlobHome>,
     /// `--cache-to type=inline`: the cache config, for the manifest's annotation.
     pub inline_cache: Option<String>,
+    /// `--provenance`: one per image, in their order (a push with these goes through
+    /// [`push_index`]), and the names its subjects take.
+    pub provenance: Vec<crate::output::provenance::Provenance>,
+    pub tags: Vec<Reference>,
 }
 
 /// Stored images tagged in another repository of `dest`'s registry, with their blobs: the

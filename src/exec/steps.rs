@@ -13,6 +13,7 @@ use crate::dockerfile::instructions::{MountType, NetworkMode, Security};
 use crate::fileop::{CopyJob, CopySrc};
 use crate::image::{Digest, History, ImageConfig, Platform};
 use crate::layer::Compression;
+use crate::output::provenance::Materials;
 use crate::plan::{
     self, CopyFrom, CopyOp, CopySource, MountFrom, Op, RunMount, RunOp, Sharing, Stage, Step,
 };
@@ -78,6 +79,8 @@ pub struct Ctx<'a> {
     pub executed: usize,
     /// Why steps missed the cache (issue 19).
     pub log: super::explain::Log,
+    /// The git and URL sources the steps used, for the provenance attestation.
+    pub materials: Materials,
 }
 
 /// What the contexts of stages building in parallel share.
@@ -128,6 +131,7 @@ impl<'a> Ctx<'a> {
             cached: 0,
             executed: 0,
             log: Default::default(),
+            materials: Materials::default(),
         })
     }
 
@@ -157,6 +161,7 @@ impl<'a> Ctx<'a> {
             cached: 0,
             executed: 0,
             log: Default::default(),
+            materials: Materials::default(),
         }
     }
 
@@ -165,6 +170,7 @@ impl<'a> Ctx<'a> {
         self.cached += other.cached;
         self.executed += other.executed;
         self.log.absorb(other.log);
+        self.materials.merge(other.materials);
     }
 
     /// Stop the other stages before their next step (a stage failed).
@@ -1164,6 +1170,7 @@ impl<'a> Ctx<'a> {
                             let (auth, _relay) = self.git_auth(&git)?;
                             let resolved = super::git::resolve(&git, checksum.as_deref(), &auth)?;
                             parts.push(format!("git {}", resolved.commit));
+                            self.materials.add_git(url, &resolved.commit);
                             prepared.git.push((prepared.files.len(), git, resolved));
                             None
                         }
@@ -1176,6 +1183,7 @@ impl<'a> Ctx<'a> {
                                 copy.checksum.as_deref(),
                             )?;
                             parts.push(digest.to_string());
+                            self.materials.add_http(url, &digest);
                             Some((super::fetch::file_name(url), path, 0o600))
                         }
                     };

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::provenance::Provenance;
 use super::OutputError;
 use crate::image::{
     canonical_json, media, Descriptor, Digest, Index, Manifest, Reference, SourceDateEpoch,
@@ -58,23 +59,48 @@ pub(super) struct Encoding<'a> {
 /// The layout of `images`: one image's manifest, or for several (one per platform) an index
 /// blob listing their manifests with their platforms, as BuildKit's OCI exporter writes a
 /// multi-platform build. index.json points at that manifest or index.
+///
+/// With `provenance` (one per image, in their order), an OCI layout also gets an attestation manifest per
+/// image after the images' manifests, and is an index even for one image, as BuildKit's OCI
+/// exporter writes it. A docker archive leaves them out: BuildKit's docker exporter keeps
+/// only the host platform's manifest of that index, so `docker load` never sees them.
 fn build_layout(
     store: &Store,
     images: &[ImageRecord],
+    provenance: &[Provenance],
     tags: &[Reference],
     enc: &Encoding,
     docker: bool,
 ) -> Result<Layout, OutputError> {
+    let attested = !docker && !provenance.is_empty();
     let mut blobs = BTreeMap::new();
     let mut manifests = Vec::with_capacity(images.len());
     let mut layers = Vec::with_capacity(images.len());
     for image in images {
         let (mut desc, image_layers) = add_image(store, image, enc, &mut blobs)?;
-        if images.len() > 1 {
+        if images.len() > 1 || attested {
             desc.platform = Some(image.config.platform());
         }
         manifests.push(desc);
         layers.push(image_layers);
+    }
+    if attested {
+        let mut attestations = Vec::with_capacity(images.len());
+        // `provenance` is in the images' order, one each.
+        for (((image, p), desc), image_layers) in
+            images.iter().zip(provenance).zip(&manifests).zip(&layers)
+        {
+            let a = p.attestation(desc, image_layers, &image.config.platform(), tags);
+            for (digest, bytes) in [
+                a.statement,
+                a.config,
+                (a.descriptor.digest.clone(), a.manifest),
+            ] {
+                blobs.insert(digest, (bytes.len() as u64, Blob::Bytes(bytes)));
+            }
+            attestations.push(a.descriptor);
+        }
+        manifests.extend(attestations);
     }
     let manifest_desc = match &manifests[..] {
         [one] => one.clone(),
@@ -220,12 +246,13 @@ fn index_files(
 pub(super) fn write_archive(
     store: &Store,
     images: &[ImageRecord],
+    provenance: &[Provenance],
     tags: &[Reference],
     enc: &Encoding,
     docker: bool,
     mut tar: DeterministicTar<&mut dyn Write>,
 ) -> Result<(), OutputError> {
-    let layout = build_layout(store, images, tags, enc, docker)?;
+    let layout = build_layout(store, images, provenance, tags, enc, docker)?;
     let out = "<archive>";
     tar.dir("blobs/").map_err(OutputError::io("writing", out))?;
     tar.dir("blobs/sha256/")
@@ -262,11 +289,12 @@ pub(super) fn write_archive(
 pub(super) fn write_layout_dir(
     store: &Store,
     images: &[ImageRecord],
+    provenance: &[Provenance],
     tags: &[Reference],
     enc: &Encoding,
     dir: &Path,
 ) -> Result<(), OutputError> {
-    let layout = build_layout(store, images, tags, enc, false)?;
+    let layout = build_layout(store, images, provenance, tags, enc, false)?;
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(OutputError::io("creating", &blobs))?;
     for (digest, (_, blob)) in &layout.blobs {

@@ -9,6 +9,7 @@
 mod archive;
 mod commands;
 mod history;
+pub mod provenance;
 mod rootfs;
 
 use std::collections::BTreeMap;
@@ -269,15 +270,30 @@ pub fn write_all(
     spec: &OutputSpec,
     epoch: Option<SourceDateEpoch>,
 ) -> Result<(), OutputError> {
+    write_attested(store, images, &[], tags, spec, epoch)
+}
+
+/// [`write_all`] with a provenance attestation per image (in the images' order, or none):
+/// OCI outputs get an attestation manifest per image in their index
+/// (output/provenance.rs); a docker archive, `local` and `tar` leave them out.
+pub fn write_attested(
+    store: &Store,
+    images: &[ImageRecord],
+    provenance: &[provenance::Provenance],
+    tags: &[Reference],
+    spec: &OutputSpec,
+    epoch: Option<SourceDateEpoch>,
+) -> Result<(), OutputError> {
     check_platforms(images, spec)?;
     match &spec.kind {
         OutputKind::Docker { dest }
         | OutputKind::Oci { dest, tar: true }
-        | OutputKind::Tar { dest } => {
-            write_file(dest, |w| write_all_to(store, images, tags, spec, epoch, w))
-        }
+        | OutputKind::Tar { dest } => write_file(dest, |w| {
+            write_attested_to(store, images, provenance, tags, spec, epoch, w)
+        }),
         OutputKind::Oci { dest, tar: false } => write_dir(dest, |dir| {
-            archive::write_layout_dir(store, images, tags, &spec.encoding(Compression::Gzip), dir)
+            let enc = spec.encoding(Compression::Gzip);
+            archive::write_layout_dir(store, images, provenance, tags, &enc, dir)
         }),
         OutputKind::Local { dest } => write_dir(dest, |dir| {
             for (image, prefix) in images.iter().zip(platform_dirs(images)) {
@@ -344,17 +360,30 @@ pub fn write_all_to(
     epoch: Option<SourceDateEpoch>,
     w: &mut dyn Write,
 ) -> Result<(), OutputError> {
+    write_attested_to(store, images, &[], tags, spec, epoch, w)
+}
+
+/// [`write_all_to`] with provenance (see [`write_attested`]).
+fn write_attested_to(
+    store: &Store,
+    images: &[ImageRecord],
+    provenance: &[provenance::Provenance],
+    tags: &[Reference],
+    spec: &OutputSpec,
+    epoch: Option<SourceDateEpoch>,
+    w: &mut dyn Write,
+) -> Result<(), OutputError> {
     check_platforms(images, spec)?;
     match &spec.kind {
         OutputKind::Docker { .. } => {
             let enc = spec.encoding(Compression::Uncompressed);
             let tar = archive::DeterministicTar::new(w, epoch);
-            archive::write_archive(store, images, tags, &enc, true, tar)
+            archive::write_archive(store, images, provenance, tags, &enc, true, tar)
         }
         OutputKind::Oci { tar: true, .. } => {
             let enc = spec.encoding(Compression::Gzip);
             let tar = archive::DeterministicTar::new(w, epoch);
-            archive::write_archive(store, images, tags, &enc, false, tar)
+            archive::write_archive(store, images, provenance, tags, &enc, false, tar)
         }
         OutputKind::Tar { .. } => {
             let mut entries = Vec::new();
