@@ -17,6 +17,8 @@ use std::sync::OnceLock;
 
 use sha2::{Digest as _, Sha256};
 
+pub mod git;
+
 /// Names the registry of this test run, `localhost:PORT`. scripts/test.sh starts a registry
 /// of its own for each run (on a free port, seeded with busybox:latest and debian:bookworm)
 /// and sets it; for single test binaries, `eval "$(sudo scripts/test-env.sh)"` sets it to
