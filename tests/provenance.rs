@@ -274,14 +274,25 @@ fn attestation_in_oci_layout_and_push_names_image_base_git_url_and_no_secret() {
 
     // mode=min, SLSA v0.2: materials stay; build args, secret ids and layers go.
     let min = dir.path().join("min.tar");
+    let metadata_file = dir.path().join("metadata.json");
     b.run(&[
         "--build-arg",
         "HINT=abc",
         "--attest",
         "type=provenance,mode=min,version=v0.2",
+        "--metadata-file",
+        metadata_file.to_str().unwrap(),
         "-o",
         &format!("type=oci,dest={}", min.display()),
     ]);
+    // buildx's metadata key carries the predicate too.
+    let meta = json_file(&metadata_file);
+    let predicate = &meta["buildx.build.provenance"];
+    assert_eq!(
+        predicate["buildType"], "https://mobyproject.org/buildkit@v1",
+        "{meta}"
+    );
+    assert_eq!(predicate["materials"][1]["digest"]["sha1"], commit.as_str());
     let unpacked = dir.path().join("min");
     std::fs::create_dir(&unpacked).unwrap();
     run_ok(

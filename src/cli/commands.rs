@@ -355,7 +355,10 @@ fn build_image(
         write_file(path, image.config_digest.to_string().as_bytes())?;
     }
     if let Some(path) = &settings.metadata_file {
-        write_file(path, &exec::metadata_json(image, tags, &outcome.steps))?;
+        // The first image's predicate, with the layers as the store keeps them.
+        let predicate = (provenance.first()).map(|p| p.predicate(&image.manifest_body.layers));
+        let json = exec::metadata_json(image, tags, &outcome.steps, predicate);
+        write_file(path, &json)?;
     }
     if !args.quiet && args.progress != super::ProgressMode::Quiet {
         // What the image costs; never fails the build that made it.

@@ -346,12 +346,14 @@ fn base_key(digest: Option<&Digest>) -> String {
 }
 
 /// `--metadata-file` contents, as docker buildx writes them (`image.name` lists the tags,
-/// comma-separated, when there are any), plus `rbuild.steps`: each step, cached or why not
+/// comma-separated, when there are any; `buildx.build.provenance`, the provenance predicate,
+/// when `--provenance` asked for one), plus `rbuild.steps`: each step, cached or why not
 /// (docs/explain.md).
 pub fn metadata_json(
     image: &ImageRecord,
     tags: &[crate::image::Reference],
     steps: &[StepCache],
+    provenance: Option<serde_json::Value>,
 ) -> Vec<u8> {
     let mut v = serde_json::json!({
         "containerimage.config.digest": image.config_digest.to_string(),
@@ -362,6 +364,9 @@ pub fn metadata_json(
     if !tags.is_empty() {
         let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
         v["image.name"] = serde_json::Value::String(names.join(","));
+    }
+    if let Some(p) = provenance {
+        v["buildx.build.provenance"] = p;
     }
     canonical_json(&v)
 }
