@@ -314,7 +314,7 @@ fn build_image(
     };
     for spec in &settings.outputs {
         let started = std::time::Instant::now();
-        output::write_attested(
+        output::write_all(
             store,
             &outcome.images,
             &provenance,

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use crate::dockerfile::instructions::{MountType, NetworkMode};
 use crate::output::provenance::{invocation_id, BuildFacts, Materials};
-use crate::plan::{Op, Plan};
+use crate::plan::{secret_and_ssh_mounts, Op, Plan};
 
 use super::{BuildRequest, NamedContext, StepCache, StepId};
 
@@ -54,17 +54,13 @@ pub fn facts(
     // Secret and ssh ids the built stages mount (ids only; optional unless required).
     let mut secrets: Vec<(String, bool)> = Vec::new();
     let mut ssh: Vec<(String, bool)> = Vec::new();
-    let mut network = false;
-    for step in plan.stages.iter().flat_map(|s| &s.steps) {
-        let Op::Run(run) = &step.op else {
-            continue;
-        };
-        network |= run.network != NetworkMode::None;
-        for m in &run.mounts {
+    let network = (plan.stages.iter().flat_map(|s| &s.steps))
+        .any(|step| matches!(&step.op, Op::Run(r) if r.network != NetworkMode::None));
+    for stage in &plan.stages {
+        for (_, m) in secret_and_ssh_mounts(&stage.steps) {
             let list = match m.kind {
                 MountType::Secret => &mut secrets,
-                MountType::Ssh => &mut ssh,
-                _ => continue,
+                _ => &mut ssh,
             };
             let id = m.id.clone().unwrap_or_default();
             match list.iter_mut().find(|(i, _)| *i == id) {

@@ -257,26 +257,15 @@ pub fn write(
     spec: &OutputSpec,
     epoch: Option<SourceDateEpoch>,
 ) -> Result<(), OutputError> {
-    write_all(store, std::slice::from_ref(image), tags, spec, epoch)
+    write_all(store, std::slice::from_ref(image), &[], tags, spec, epoch)
 }
 
 /// [`write`] for the images of a multi-platform build, one per platform: OCI outputs get an
 /// index of them, `local` and `tar` a directory per platform (`linux_arm64/`); a docker
-/// archive holds one image only and is refused.
-pub fn write_all(
-    store: &Store,
-    images: &[ImageRecord],
-    tags: &[Reference],
-    spec: &OutputSpec,
-    epoch: Option<SourceDateEpoch>,
-) -> Result<(), OutputError> {
-    write_attested(store, images, &[], tags, spec, epoch)
-}
-
-/// [`write_all`] with a provenance attestation per image (in the images' order, or none):
-/// OCI outputs get an attestation manifest per image in their index
+/// archive holds one image only and is refused. With `provenance` (one per image, in their
+/// order, or none) OCI outputs also get an attestation manifest per image in their index
 /// (output/provenance.rs); a docker archive, `local` and `tar` leave them out.
-pub fn write_attested(
+pub fn write_all(
     store: &Store,
     images: &[ImageRecord],
     provenance: &[provenance::Provenance],
@@ -289,7 +278,7 @@ pub fn write_attested(
         OutputKind::Docker { dest }
         | OutputKind::Oci { dest, tar: true }
         | OutputKind::Tar { dest } => write_file(dest, |w| {
-            write_attested_to(store, images, provenance, tags, spec, epoch, w)
+            write_all_to(store, images, provenance, tags, spec, epoch, w)
         }),
         OutputKind::Oci { dest, tar: false } => write_dir(dest, |dir| {
             let enc = spec.encoding(Compression::Gzip);
@@ -348,23 +337,19 @@ pub fn write_to(
     epoch: Option<SourceDateEpoch>,
     w: &mut dyn Write,
 ) -> Result<(), OutputError> {
-    write_all_to(store, std::slice::from_ref(image), tags, spec, epoch, w)
+    write_all_to(
+        store,
+        std::slice::from_ref(image),
+        &[],
+        tags,
+        spec,
+        epoch,
+        w,
+    )
 }
 
-/// [`write_to`] for several images (see [`write_all`]).
+/// [`write_to`] for several images, with their provenance (see [`write_all`]).
 pub fn write_all_to(
-    store: &Store,
-    images: &[ImageRecord],
-    tags: &[Reference],
-    spec: &OutputSpec,
-    epoch: Option<SourceDateEpoch>,
-    w: &mut dyn Write,
-) -> Result<(), OutputError> {
-    write_attested_to(store, images, &[], tags, spec, epoch, w)
-}
-
-/// [`write_all_to`] with provenance (see [`write_attested`]).
-fn write_attested_to(
     store: &Store,
     images: &[ImageRecord],
     provenance: &[provenance::Provenance],

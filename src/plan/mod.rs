@@ -28,7 +28,8 @@ use crate::image::{Digest, ImageConfig, Platform, SourceDateEpoch};
 pub(crate) use graph::automatic_args;
 pub use key::{cache_key, link_key};
 pub use outline::{
-    outline, outline_json, render_outline, render_targets, targets, targets_json, Outline, Target,
+    outline, outline_json, render_outline, render_targets, secret_and_ssh_mounts, targets,
+    targets_json, Outline, Target,
 };
 pub use render::render;
 pub use run::parse_size;

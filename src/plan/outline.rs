@@ -249,29 +249,23 @@ pub fn outline(text: &str, opts: &super::BuildOptions, plan: &Plan) -> Result<Ou
             }
         }
         let (mut secrets, mut ssh) = (Vec::new(), Vec::new());
-        for step in &stage.steps {
-            let Op::Run(run) = &step.op else {
-                continue;
+        for (step, m) in secret_and_ssh_mounts(&stage.steps) {
+            let list = match m.kind {
+                MountType::Secret => &mut secrets,
+                _ => &mut ssh,
             };
-            for m in &run.mounts {
-                let list = match m.kind {
-                    MountType::Secret => &mut secrets,
-                    MountType::Ssh => &mut ssh,
-                    _ => continue,
-                };
-                let id = m.id.clone().unwrap_or_default();
-                if !list.iter().any(|n: &Needed| n.id == id) {
-                    let end_line = located
-                        .iter()
-                        .find(|l| l.line == step.line)
-                        .map_or(step.line, |l| l.end_line);
-                    list.push(Needed {
-                        id,
-                        required: m.required,
-                        line: step.line,
-                        end_line,
-                    });
-                }
+            let id = m.id.clone().unwrap_or_default();
+            if !list.iter().any(|n: &Needed| n.id == id) {
+                let end_line = located
+                    .iter()
+                    .find(|l| l.line == step.line)
+                    .map_or(step.line, |l| l.end_line);
+                list.push(Needed {
+                    id,
+                    required: m.required,
+                    line: step.line,
+                    end_line,
+                });
             }
         }
         per_stage.insert(
@@ -587,6 +581,23 @@ fn tabwriter(rows: &[Vec<String>], padding: usize) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The `type=secret` and `type=ssh` mounts of `steps`' RUNs, with their step, in order: what
+/// `--call outline` lists and a provenance attestation names (ids only).
+pub fn secret_and_ssh_mounts(
+    steps: &[super::Step],
+) -> impl Iterator<Item = (&super::Step, &super::RunMount)> {
+    steps.iter().flat_map(|step| {
+        let mounts = match &step.op {
+            Op::Run(run) => &run.mounts[..],
+            _ => &[],
+        };
+        mounts
+            .iter()
+            .filter(|m| matches!(m.kind, MountType::Secret | MountType::Ssh))
+            .map(move |m| (step, m))
+    })
 }
 
 #[cfg(test)]
