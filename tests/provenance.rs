@@ -53,8 +53,13 @@ fn layout_index(dir: &Path) -> Vec<Value> {
 }
 
 /// The statement of the attestation manifest `att` (an index entry) in the layout at `dir`,
-/// after checking the manifest's shape as BuildKit writes it.
-fn statement(dir: &Path, att: &Value, predicate_type: &str) -> Value {
+/// after checking the manifest's shape as BuildKit writes it and that it is about `image`
+/// (the index entry of the image manifest): reference annotation and subject digest.
+fn statement(dir: &Path, image: &Value, att: &Value, predicate_type: &str) -> Value {
+    assert_eq!(
+        att["annotations"]["vnd.docker.reference.digest"],
+        image["digest"]
+    );
     assert_eq!(att["platform"]["os"], "unknown", "{att}");
     assert_eq!(att["platform"]["architecture"], "unknown", "{att}");
     assert_eq!(
@@ -75,6 +80,11 @@ fn statement(dir: &Path, att: &Value, predicate_type: &str) -> Value {
     let s = blob(dir, &layers[0]["digest"]);
     assert_eq!(s["_type"], "https://in-toto.io/Statement/v1");
     assert_eq!(s["predicateType"], predicate_type);
+    let image_hex = image["digest"].as_str().unwrap();
+    assert_eq!(
+        s["subject"][0]["digest"]["sha256"],
+        image_hex.trim_start_matches("sha256:")
+    );
     s
 }
 
@@ -130,14 +140,18 @@ impl Build {
     }
 
     /// rbuild with the secret, `args`, then the context.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = rbuild(&self.store);
+        cmd.arg("--secret")
+            .arg(format!("id=tok,src={}", self.secret.display()))
+            .args(args)
+            .arg(&self.ctx);
+        cmd
+    }
+
+    /// [`Build::cmd`], which must succeed; its stdout.
     fn run(&self, args: &[&str]) -> String {
-        run_ok(
-            rbuild(&self.store)
-                .arg("--secret")
-                .arg(format!("id=tok,src={}", self.secret.display()))
-                .args(args)
-                .arg(&self.ctx),
-        )
+        run_ok(&mut self.cmd(args))
     }
 }
 
@@ -187,18 +201,12 @@ fn attestation_in_oci_layout_and_push_names_image_base_git_url_and_no_secret() {
     let image = &entries[0];
     assert_eq!(image["digest"], plain_top["manifests"][0]["digest"]);
     assert_eq!(image["platform"]["os"], "linux");
-    let att = &entries[1];
-    assert_eq!(
-        att["annotations"]["vnd.docker.reference.digest"],
-        image["digest"]
+    let s = statement(
+        &attested,
+        image,
+        &entries[1],
+        "https://slsa.dev/provenance/v1",
     );
-
-    let s = statement(&attested, att, "https://slsa.dev/provenance/v1");
-    let image_hex = image["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:");
-    assert_eq!(s["subject"][0]["digest"]["sha256"], image_hex);
     let subject_name = s["subject"][0]["name"].as_str().unwrap();
     assert!(
         subject_name.starts_with(&format!(
@@ -260,15 +268,11 @@ fn attestation_in_oci_layout_and_push_names_image_base_git_url_and_no_secret() {
     ]));
     let pushed = layout_index(&copy);
     assert_eq!(pushed.len(), 2, "{pushed:?}");
-    let s = statement(&copy, &pushed[1], "https://slsa.dev/provenance/v1");
-    let pushed_hex = pushed[0]["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:");
-    assert_eq!(s["subject"][0]["digest"]["sha256"], pushed_hex);
-    assert_eq!(
-        pushed[1]["annotations"]["vnd.docker.reference.digest"],
-        pushed[0]["digest"]
+    statement(
+        &copy,
+        &pushed[0],
+        &pushed[1],
+        "https://slsa.dev/provenance/v1",
     );
     assert!(files_containing(&copy, SECRET.as_bytes()).is_empty());
 
@@ -303,7 +307,8 @@ fn attestation_in_oci_layout_and_push_names_image_base_git_url_and_no_secret() {
             .arg(&unpacked),
     );
     let entries = layout_index(&unpacked);
-    let s = statement(&unpacked, &entries[1], "https://slsa.dev/provenance/v0.2");
+    let v02 = "https://slsa.dev/provenance/v0.2";
+    let s = statement(&unpacked, &entries[0], &entries[1], v02);
     let p = &s["predicate"];
     assert_eq!(p["materials"].as_array().unwrap().len(), 3, "{p}");
     assert_eq!(p["materials"][1]["digest"]["sha1"], commit.as_str());
@@ -319,12 +324,14 @@ fn attestation_in_oci_layout_and_push_names_image_base_git_url_and_no_secret() {
 
     // A docker archive (`docker load`) holds the image alone, as BuildKit's docker exporter.
     let archive = dir.path().join("image.tar");
-    b.run(&[
-        "--provenance",
-        "true",
-        "-o",
-        &format!("type=docker,dest={}", archive.display()),
-    ]);
+    let docker_dest = format!("type=docker,dest={}", archive.display());
+    let o = run(&mut b.cmd(&["--provenance", "true", "-o", &docker_dest]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("only OCI outputs (-o type=oci) and --push carry the attestation"),
+        "{err}"
+    );
     let listing = run_ok(Command::new("tar").arg("-tf").arg(&archive));
     let index = run_ok(
         Command::new("tar")
@@ -375,16 +382,7 @@ fn each_platform_gets_its_own_attestation() {
     assert_eq!(entries.len(), 4, "{entries:?}");
     for (image, att) in entries[..2].iter().zip(&entries[2..]) {
         let arch = image["platform"]["architecture"].as_str().unwrap();
-        assert_eq!(
-            att["annotations"]["vnd.docker.reference.digest"],
-            image["digest"]
-        );
-        let s = statement(&out, att, "https://slsa.dev/provenance/v1");
-        let hex = image["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:");
-        assert_eq!(s["subject"][0]["digest"]["sha256"], hex);
+        let s = statement(&out, image, att, "https://slsa.dev/provenance/v1");
         let dep = &s["predicate"]["buildDefinition"]["resolvedDependencies"][0];
         assert_eq!(
             dep["uri"],
@@ -423,11 +421,8 @@ fn bad_provenance_values_are_refused_naming_the_flag_and_value() {
             "provenance is already asked for",
         ),
     ] {
-        let o = run(rbuild(&b.store)
-            .args(&args)
-            .arg("-o")
-            .arg(format!("type=oci,dest={},tar=false", dest.display()))
-            .arg(&b.ctx));
+        let out = format!("type=oci,dest={},tar=false", dest.display());
+        let o = run(&mut b.cmd(&[&args[..], &["-o", &out]].concat()));
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: want {want:?} in {err}");

@@ -312,6 +312,15 @@ fn build_image(
             .collect(),
         None => Vec::new(),
     };
+    let carried = settings.push
+        || (settings.outputs.iter()).any(|o| matches!(o.kind, OutputKind::Oci { .. }));
+    if !provenance.is_empty() && !carried {
+        report.warn(
+            "--provenance: only OCI outputs (-o type=oci) and --push carry the attestation; \
+             this build has neither, so none is written (a docker archive drops it, as \
+             BuildKit's docker exporter does)",
+        );
+    }
     for spec in &settings.outputs {
         let started = std::time::Instant::now();
         output::write_all(
