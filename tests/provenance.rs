@@ -429,3 +429,19 @@ fn bad_provenance_values_are_refused_naming_the_flag_and_value() {
         assert!(!dest.exists(), "{args:?}: nothing is written");
     }
 }
+
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn load_into_docker_takes_the_image_without_its_attestation() {
+    needs_root_docker_and_registry();
+    let dir = tempdir();
+    let b = Build::new(dir.path(), &format!("FROM {BASE}\nCOPY Dockerfile /\n"));
+    let name = format!("rbuild-test/provenance-load-{}:1", std::process::id());
+    let _loaded = DockerImages(vec![name.clone()]);
+    let o = run(&mut b.cmd(&["--provenance", "mode=max", "--load", "-t", &name]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("carry the attestation"), "{err}");
+    let id = run_ok(docker().args(["image", "inspect", "-f", "{{.Id}}", &name]));
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+}
