@@ -329,7 +329,7 @@ fn attestation_in_oci_layout_and_push_names_image_base_git_url_and_no_secret() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(
-        err.contains("only OCI outputs (-o type=oci) and --push carry the attestation"),
+        err.contains("only OCI outputs (-o type=oci), local outputs and --push carry"),
         "{err}"
     );
     let listing = run_ok(Command::new("tar").arg("-tf").arg(&archive));
@@ -368,8 +368,10 @@ fn each_platform_gets_its_own_attestation() {
     needs_root_and_registry();
     let dir = tempdir();
     // No RUN: no qemu needed for the foreign platform.
-    let b = Build::new(dir.path(), &format!("FROM {MULTI}\nCOPY Dockerfile /\n"));
+    let dockerfile = format!("FROM {MULTI}\nCOPY Dockerfile /\n");
+    let b = Build::new(dir.path(), &dockerfile);
     let out = dir.path().join("out");
+    let local = dir.path().join("local");
     b.run(&[
         "--platform",
         "linux/amd64,linux/arm64",
@@ -377,7 +379,23 @@ fn each_platform_gets_its_own_attestation() {
         "true",
         "-o",
         &format!("type=oci,dest={},tar=false", out.display()),
+        "-o",
+        &format!("type=local,dest={}", local.display()),
     ]);
+    // A local output gets provenance.json per platform directory, as BuildKit's local
+    // exporter: its subjects are the files beside it.
+    for arch in ["amd64", "arm64"] {
+        let s = json_file(&local.join(format!("linux_{arch}/provenance.json")));
+        let subjects = s["subject"].as_array().unwrap();
+        let dockerfile_subject = subjects.iter().find(|x| x["name"] == "Dockerfile");
+        assert_eq!(
+            dockerfile_subject.unwrap()["digest"]["sha256"],
+            sha256_hex(dockerfile.as_bytes()).as_str()
+        );
+        assert!(subjects.iter().any(|x| x["name"] == "bin/busybox"), "{s}");
+        let dep = &s["predicate"]["buildDefinition"]["resolvedDependencies"][0];
+        assert!(dep["uri"].as_str().unwrap().ends_with(arch), "{dep}");
+    }
     let entries = layout_index(&out);
     assert_eq!(entries.len(), 4, "{entries:?}");
     for (image, att) in entries[..2].iter().zip(&entries[2..]) {

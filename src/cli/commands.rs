@@ -313,12 +313,13 @@ fn build_image(
         None => Vec::new(),
     };
     let carried = settings.push
-        || (settings.outputs.iter()).any(|o| matches!(o.kind, OutputKind::Oci { .. }));
+        || (settings.outputs.iter())
+            .any(|o| matches!(o.kind, OutputKind::Oci { .. } | OutputKind::Local { .. }));
     if !provenance.is_empty() && !carried {
         report.warn(
-            "--provenance: only OCI outputs (-o type=oci) and --push carry the attestation; \
-             this build has neither, so none is written (a docker archive drops it, as \
-             BuildKit's docker exporter does)",
+            "--provenance: only OCI outputs (-o type=oci), local outputs and --push carry \
+             the attestation; this build has none of them, so none is written (a docker \
+             archive drops it, as BuildKit's docker exporter does)",
         );
     }
     for spec in &settings.outputs {

@@ -263,8 +263,9 @@ pub fn write(
 /// [`write`] for the images of a multi-platform build, one per platform: OCI outputs get an
 /// index of them, `local` and `tar` a directory per platform (`linux_arm64/`); a docker
 /// archive holds one image only and is refused. With `provenance` (one per image, in their
-/// order, or none) OCI outputs also get an attestation manifest per image in their index
-/// (output/provenance.rs); a docker archive, `local` and `tar` leave them out.
+/// order, or none) OCI outputs also get an attestation manifest per image in their index and
+/// `local` a `provenance.json` beside each image's files (output/provenance.rs); a docker
+/// archive and `tar` leave them out.
 pub fn write_all(
     store: &Store,
     images: &[ImageRecord],
@@ -285,13 +286,16 @@ pub fn write_all(
             archive::write_layout_dir(store, images, provenance, tags, &enc, dir)
         }),
         OutputKind::Local { dest } => write_dir(dest, |dir| {
-            for (image, prefix) in images.iter().zip(platform_dirs(images)) {
+            for (i, (image, prefix)) in images.iter().zip(platform_dirs(images)).enumerate() {
                 let root = dir.join(&prefix);
                 if !prefix.as_os_str().is_empty() {
                     fs::create_dir(&root).map_err(OutputError::io("creating", &root))?;
                 }
                 let entries = rootfs::merged_entries(store, &image.chains)?;
                 rootfs::materialize(&entries, &root)?;
+                if let Some(p) = provenance.get(i) {
+                    provenance::write_beside_files(p, &image.manifest_body.layers, &root)?;
+                }
             }
             Ok(())
         }),

@@ -10,11 +10,13 @@
 //! for the manifest it writes ([`Provenance::attestation`]).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::SystemTime;
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
+use super::OutputError;
 use crate::image::{canonical_json, media, Descriptor, Digest, Platform, Reference};
 
 /// The in-toto statement type BuildKit writes (`intoto.StatementInTotoV1`).
@@ -517,16 +519,28 @@ impl Provenance {
         platform: &Platform,
         tags: &[Reference],
     ) -> Vec<u8> {
-        let digest = json!({"sha256": image.digest.hex()});
-        let mut subject: Vec<Value> = tags
+        let mut subjects: Vec<(String, Digest)> = tags
             .iter()
-            .map(|t| json!({"name": purl("docker", t, Some(platform)), "digest": digest}))
+            .map(|t| (purl("docker", t, Some(platform)), image.digest.clone()))
             .collect();
-        if subject.is_empty() {
+        if subjects.is_empty() {
             // BuildKit writes no subject for an unnamed image; a statement about nothing
             // cannot be verified, so rbuild names it `_`, BuildKit's name for "self".
-            subject.push(json!({"name": "_", "digest": digest}));
+            subjects.push(("_".to_string(), image.digest.clone()));
         }
+        self.statement_about(&subjects, image_layers)
+    }
+
+    /// The statement with `subjects` (name, sha256 digest).
+    fn statement_about(
+        &self,
+        subjects: &[(String, Digest)],
+        image_layers: &[Descriptor],
+    ) -> Vec<u8> {
+        let subject: Vec<Value> = subjects
+            .iter()
+            .map(|(name, d)| json!({"name": name, "digest": {"sha256": d.hex()}}))
+            .collect();
         canonical_json(&json!({
             "_type": STATEMENT_TYPE,
             "predicateType": self.spec.version.predicate_type(),
@@ -602,6 +616,44 @@ impl Provenance {
             statement: (statement_digest, statement),
         }
     }
+}
+
+/// `provenance.json` in the root of a `local` output, as BuildKit's local exporter writes
+/// it: a statement whose subjects are the output's regular files (path relative to `root`,
+/// sha256), mode 0600. `image_layers` are the image's layers as the store keeps them.
+pub fn write_beside_files(
+    p: &Provenance,
+    image_layers: &[Descriptor],
+    root: &Path,
+) -> Result<(), OutputError> {
+    let mut subjects = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let listing = std::fs::read_dir(&dir).map_err(OutputError::io("listing", &dir))?;
+        for e in listing {
+            let e = e.map_err(OutputError::io("listing", &dir))?;
+            let path = e.path();
+            let kind = e.file_type().map_err(OutputError::io("reading", &path))?;
+            if kind.is_dir() {
+                todo.push(path);
+            } else if kind.is_file() {
+                let mut f =
+                    std::fs::File::open(&path).map_err(OutputError::io("reading", &path))?;
+                let mut hashed = crate::image::Sha256Writer::new(std::io::sink());
+                std::io::copy(&mut f, &mut hashed).map_err(OutputError::io("reading", &path))?;
+                let (digest, _, _) = hashed.finish();
+                let name = path.strip_prefix(root).unwrap_or(&path);
+                subjects.push((name.to_string_lossy().into_owned(), digest));
+            }
+        }
+    }
+    subjects.sort();
+    let dest = root.join("provenance.json");
+    let bytes = p.statement_about(&subjects, image_layers);
+    std::fs::write(&dest, bytes).map_err(OutputError::io("writing", &dest))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))
+        .map_err(OutputError::io("setting permissions of", &dest))
 }
 
 /// RFC 3339 in UTC with nanoseconds, as Go's time.Time marshals.
