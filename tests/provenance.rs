@@ -27,6 +27,14 @@ fn tempdir() -> tempfile::TempDir {
         .unwrap()
 }
 
+/// The host's platform as a purl qualifier value (`linux%2Famd64`), as rbuild names it.
+fn host_platform() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "linux%2Farm64%2Fv8",
+        _ => "linux%2Famd64",
+    }
+}
+
 fn json_file(path: &Path) -> Value {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -212,7 +220,7 @@ fn attestation_in_oci_layout_and_push_names_image_base_git_url_and_no_secret() {
         subject_name.starts_with(&format!(
             "pkg:docker/{}/rbuild-test/provenance-",
             registry()
-        )) && subject_name.ends_with("@1?platform=linux%2Famd64"),
+        )) && subject_name.ends_with(&format!("@1?platform={}", host_platform())),
         "{subject_name}"
     );
     let p = &s["predicate"];
@@ -222,7 +230,7 @@ fn attestation_in_oci_layout_and_push_names_image_base_git_url_and_no_secret() {
     let base_digest = registry_digest(&BASE.to_string());
     assert_eq!(
         deps[0]["uri"],
-        format!("pkg:docker/{BASE}@latest?platform=linux%2Famd64")
+        format!("pkg:docker/{BASE}@latest?platform={}", host_platform())
     );
     assert_eq!(deps[0]["digest"]["sha256"], base_digest.as_str());
     assert_eq!(deps[1]["uri"], git_url.as_str());
@@ -462,4 +470,46 @@ fn load_into_docker_takes_the_image_without_its_attestation() {
     assert!(err.contains("carry the attestation"), "{err}");
     let id = run_ok(docker().args(["image", "inspect", "-f", "{{.Id}}", &name]));
     assert!(id.trim().starts_with("sha256:"), "{id}");
+}
+
+#[test]
+#[ignore = "needs root and a registry"]
+fn an_oci_layout_context_is_a_local_dependency() {
+    needs_root_and_registry();
+    let dir = tempdir();
+    let layout = dir.path().join("layout");
+    let first = Build::new(
+        &dir.path().join("first"),
+        &format!("FROM {BASE}\nCOPY Dockerfile /\n"),
+    );
+    first.run(&[
+        "-t",
+        "base:1",
+        "-o",
+        &format!("type=oci,dest={},tar=false", layout.display()),
+    ]);
+    let base_manifest = json_file(&layout.join("index.json"))["manifests"][0]["digest"].clone();
+    let b = Build::new(
+        &dir.path().join("second"),
+        "FROM base\nCOPY Dockerfile /again\n",
+    );
+    let out = dir.path().join("out");
+    b.run(&[
+        "--build-context",
+        &format!("base=oci-layout://{}:1", layout.display()),
+        "--provenance",
+        "true",
+        "-o",
+        &format!("type=local,dest={}", out.display()),
+    ]);
+    let s = json_file(&out.join("provenance.json"));
+    let deps = &s["predicate"]["buildDefinition"]["resolvedDependencies"];
+    assert_eq!(deps.as_array().unwrap().len(), 1, "{deps}");
+    let want = format!("pkg:oci/base@latest?platform={}", host_platform());
+    assert_eq!(deps[0]["uri"], want.as_str());
+    let hex = base_manifest
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    assert_eq!(deps[0]["digest"]["sha256"], hex);
 }

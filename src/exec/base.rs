@@ -31,6 +31,8 @@ pub struct Bases<'a> {
     known: Mutex<HashMap<(String, String), Known>>,
     /// The platform a named context's image (preloaded) stands for: it serves every stage.
     preloaded: Mutex<HashMap<String, Known>>,
+    /// The preloaded names the build looked up: its provenance materials.
+    preloaded_used: Mutex<std::collections::BTreeSet<String>>,
     fetching: Mutex<()>,
 }
 
@@ -51,6 +53,7 @@ impl<'a> Bases<'a> {
             aliases,
             known: Mutex::new(HashMap::new()),
             preloaded: Mutex::new(HashMap::new()),
+            preloaded_used: Mutex::new(Default::default()),
             fetching: Mutex::new(()),
         }
     }
@@ -70,11 +73,19 @@ impl<'a> Bases<'a> {
 
     /// The images resolved so far (bases, `COPY --from` and mount images), as provenance
     /// materials: the reference as resolved, the platform, the manifest digest.
+    /// Images of `oci-layout://` contexts count as local ones (a `pkg:oci` purl named after
+    /// the context, as BuildKit names them after their layout).
     pub fn materials(&self) -> Vec<crate::output::provenance::ImageMaterial> {
         let known = self.known.lock().unwrap();
-        let mut out: Vec<_> = known
-            .iter()
-            .filter_map(|((_, reference), k)| {
+        let preloaded = self.preloaded.lock().unwrap();
+        let used = self.preloaded_used.lock().unwrap();
+        let remote = known.iter().map(|((_, r), k)| (r, k, false));
+        let local = (preloaded.iter())
+            .filter(|(name, _)| used.contains(*name))
+            .map(|(name, k)| (name, k, true));
+        let mut out: Vec<_> = remote
+            .chain(local)
+            .filter_map(|(reference, k, local)| {
                 let reference: Reference = reference.parse().ok()?;
                 let (digest, platform) = match k {
                     Known::Stored(r) => (r.manifest.digest.clone(), r.config.platform()),
@@ -84,7 +95,7 @@ impl<'a> Bases<'a> {
                     reference,
                     platform,
                     digest,
-                    local: false,
+                    local,
                 })
             })
             .collect();
@@ -94,6 +105,10 @@ impl<'a> Bases<'a> {
 
     fn lookup(&self, reference: &str, platform: &Platform) -> Result<Known, BuildError> {
         if let Some(k) = self.preloaded.lock().unwrap().get(reference) {
+            self.preloaded_used
+                .lock()
+                .unwrap()
+                .insert(reference.to_string());
             return Ok(k.clone());
         }
         let key = (platform.to_spec(), reference.to_string());
