@@ -494,3 +494,87 @@ fn inline_cache_rides_in_the_pushed_image() {
     let err = a.build_fails(&["--cache-to", "type=inline"]);
     assert!(err.contains("type=inline needs --push"), "{err}");
 }
+
+/// The bytes a store holds as `rbuild du --format json` counts them, the images aside
+/// (they are the layers counted again).
+fn stored_bytes(store: &Path) -> u64 {
+    let out = run_ok(rbuild_cmd(store).args(["du", "--format", "json"]));
+    let usage: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    usage
+        .iter()
+        .filter(|u| u["kind"] != "Images")
+        .map(|u| u["bytes"].as_u64().unwrap())
+        .sum()
+}
+
+/// Issue 18, long-lived runners: `prune --filter until=` removes the records no build used
+/// for that long, `prune --keep-storage SIZE` the least recently used ones until the store
+/// fits; neither touches what a tag uses, and a build that used a record makes it recent.
+#[test]
+#[ignore = "needs root and a registry"]
+fn prune_removes_the_least_recently_used_records_and_keeps_tags() {
+    needs_root_and_registry();
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    // Each build makes a 300 kB layer of its own; `x` is tagged.
+    let build = |name: &str| -> String {
+        let ctx = dir.path().join(name);
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!(
+                "FROM {BASE}\nRUN echo ran-{name} | tr a-z A-Z && head -c 300000 /dev/urandom > /{name}\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = rbuild(&store);
+        if name == "x" {
+            cmd.args(["-t", "lru-x"]);
+        }
+        let out = run(cmd.arg(&ctx));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let ran =
+        |progress: &str, name: &str| progress.contains(&format!("RAN-{}", name.to_uppercase()));
+    for name in ["x", "a", "b"] {
+        assert!(ran(&build(name), name));
+    }
+    let prune = |args: &[&str]| run_ok(rbuild_cmd(&store).arg("prune").args(args));
+
+    // b and x were last used over 2 s ago, a was used again just now.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!ran(&build("a"), "a"));
+    let before = keys(&store);
+    let out = prune(&["--filter", "until=1s"]);
+    assert!(out.contains("Deleted 1 cache record, 1 layer"), "{out}");
+    assert_eq!(before.difference(&keys(&store)).count(), 1);
+    assert!(!ran(&build("a"), "a"), "a was used within the last second");
+    assert!(!ran(&build("x"), "x"), "x is tagged");
+    assert!(ran(&build("b"), "b"));
+
+    // Now a was used before b: a store just too big for both keeps b.
+    let full = stored_bytes(&store);
+    let keep = full - 100_000;
+    let out = prune(&["--keep-storage", &keep.to_string()]);
+    assert!(out.contains("Deleted 1 cache record, 1 layer"), "{out}");
+    assert!(stored_bytes(&store) <= keep);
+    assert!(!ran(&build("b"), "b"));
+    assert!(!ran(&build("x"), "x"));
+    assert!(ran(&build("a"), "a"));
+    // The tag still names a whole image.
+    run_ok(
+        rbuild_cmd(&store)
+            .args(["save", "lru-x", "-o"])
+            .arg(dir.path().join("x.tar")),
+    );
+
+    // Nothing fits in 0 bytes, but the tag stays (and keeps its cache, as BuildKit's
+    // records an image shares); --all takes the tag's records too.
+    prune(&["--keep-storage", "0"]);
+    assert!(!ran(&build("x"), "x"));
+    assert!(ran(&build("a"), "a") && ran(&build("b"), "b"));
+    prune(&["--all", "--keep-storage", "0"]);
+    assert!(ran(&build("x"), "x"));
+}

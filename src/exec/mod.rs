@@ -141,6 +141,8 @@ fn build_with(
     executor: &dyn executor::Executor,
 ) -> Result<BuildOutcome, BuildError> {
     let _lock = store.lock_shared()?;
+    // Dropped before the lock: the records this build used are noted for prune's LRU.
+    let _note = NoteUse(store);
     let scratch = store.tmp_dir()?;
     let mut bases = Bases::new(store, registry, req);
     for (name, context) in &req.build_contexts {
@@ -217,6 +219,16 @@ fn build_with(
         },
         steps: std::mem::take(&mut ctx.log.steps),
     })
+}
+
+/// Saves the cache records a build used when it ends, failed or not ([`Store::save_use`]).
+struct NoteUse<'a>(&'a Store);
+
+impl Drop for NoteUse<'_> {
+    fn drop(&mut self) {
+        // Best effort: a lost note only makes the records look older to prune.
+        let _ = self.0.save_use();
+    }
 }
 
 /// Whether progress labels name the stage, as BuildKit's: not when the Dockerfile has a single

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
+use super::lru::{Live, PruneOptions};
 use super::{chain_id, Result, Store, StoreError};
 use crate::image::{
     canonical_json, media, Descriptor, Digest, ImageConfig, Index, Manifest, Reference,
@@ -310,10 +311,13 @@ impl Store {
         Ok(targets)
     }
 
-    /// Remove what no tag needs: layers, blobs, and cache records whose layers are gone (with
-    /// `all`, every cache record, the RUN cache mounts and the context stat cache). Takes the store lock exclusively; fails with
-    /// [`StoreError::Busy`] while a build holds it. The caller must not hold a [`super::StoreLock`].
-    pub fn prune(&self, all: bool) -> Result<PruneStats> {
+    /// Remove what no tag needs: layers, blobs, and cache records whose layers are gone;
+    /// with `opts.all`, every cache record (and, when no limit is given, the RUN cache
+    /// mounts and the context stat cache); with `opts.keep_storage` / `opts.until`, the
+    /// least recently used records (lru.rs). Takes the store lock exclusively; fails with
+    /// [`StoreError::Busy`] while a build holds it, so what a running build uses stays. The
+    /// caller must not hold a [`super::StoreLock`].
+    pub fn prune(&self, opts: &PruneOptions) -> Result<PruneStats> {
         let _lock = self.try_lock_exclusive()?;
         let mut stats = PruneStats {
             bytes: self.empty_trash(),
@@ -335,27 +339,44 @@ impl Store {
             keep_chains.extend(img.chains);
         }
 
-        let mut keep_listings = BTreeSet::new();
+        let mut live = Vec::new();
         for (path, rec) in self.cache_records()? {
-            let live = !all
-                && rec.as_ref().is_some_and(|r| match &r.chain {
-                    Some(c) => self.layer(c).is_some(),
-                    None => true,
-                });
-            if live {
-                let rec = rec.expect("a live record was read");
-                keep_listings.extend(rec.inputs.and_then(|i| i.content));
-                if let Some(c) = rec.chain {
-                    keep_chains.insert(c);
+            let rec = rec.filter(|r| match &r.chain {
+                Some(c) => self.layer(c).is_some(),
+                None => true,
+            });
+            match rec {
+                Some(record) if !opts.all || opts.limited() => live.push(Live { path, record }),
+                _ => {
+                    fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
+                    stats.cache_records += 1;
                 }
-            } else {
-                fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
-                stats.cache_records += 1;
             }
         }
+        let (used, notes) = self.read_use()?;
+        let gone = if opts.limited() {
+            self.least_recently_used(&live, &used, &keep_chains, &keep_blobs, opts)?
+        } else {
+            BTreeSet::new()
+        };
+        let mut keep_listings = BTreeSet::new();
+        let mut keep_keys = BTreeSet::new();
+        for Live { path, record } in live {
+            if gone.contains(&path) {
+                fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
+                stats.cache_records += 1;
+                continue;
+            }
+            keep_keys.extend(path.file_stem().map(|s| s.to_string_lossy().into_owned()));
+            keep_listings.extend(record.inputs.and_then(|i| i.content));
+            if let Some(c) = record.chain {
+                keep_chains.insert(c);
+            }
+        }
+        self.compact_use(used, &notes, &keep_keys)?;
         self.prune_listings(&keep_listings)?;
         // BuildKit keeps cache mounts unless told to drop all of its cache.
-        if all {
+        if opts.all && !opts.limited() {
             stats.bytes += self.remove_build_state()?;
         }
 
