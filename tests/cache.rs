@@ -578,3 +578,58 @@ fn prune_removes_the_least_recently_used_records_and_keeps_tags() {
     prune(&["--all", "--keep-storage", "0"]);
     assert!(ran(&build("x"), "x"));
 }
+
+/// Issue 18: a `COPY --link` layer is made on an empty filesystem and keyed without its
+/// base (plan::link_key), so its own record travels with `--cache-to` too: runner B, whose
+/// base image moved since A exported, still takes the copy from A's cache (the RUN after
+/// it, on the new base, runs).
+#[test]
+#[ignore = "needs root and a registry"]
+fn linked_copies_come_from_the_cache_after_a_base_image_bump() {
+    needs_root_and_registry();
+    let base = cache_ref("linkbase");
+    let push_base = |version: &str| {
+        let ctx = TempDir::new().unwrap();
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            format!("FROM {BASE}\nRUN echo {version} > /version\n"),
+        )
+        .unwrap();
+        let store = ctx.path().join("store");
+        run_ok(
+            rbuild(&store)
+                .args(["-q", "--push", "-t", &base])
+                .arg(ctx.path()),
+        );
+        RegistryImage::pushed(&base)
+    };
+    let _v1 = push_base("v1");
+    let reference = cache_ref("link");
+    let dockerfile = format!(
+        "FROM {base}\nCOPY --link src /src\nRUN echo ran-after | tr a-z A-Z && cat /version /src/a.txt > /seen\n"
+    );
+    let a = Runner::new(FILES);
+    std::fs::write(a.ctx().join("Dockerfile"), &dockerfile).unwrap();
+    a.build(&["--cache-to", &format!("type=registry,ref={reference}")]);
+    let _cache = RegistryImage::pushed(&reference);
+
+    let _v2 = push_base("v2");
+    let b = Runner::new(FILES);
+    std::fs::write(b.ctx().join("Dockerfile"), &dockerfile).unwrap();
+    let out = b.dir.path().join("out.tar");
+    let (_, progress) = b.build(&[
+        "--cache-from",
+        &format!("type=registry,ref={reference}"),
+        "-o",
+        &format!("type=tar,dest={}", out.display()),
+    ]);
+    let ends = step_ends(&progress);
+    let copy = ends
+        .iter()
+        .find(|(label, _)| label.contains("COPY --link"))
+        .unwrap_or_else(|| panic!("no COPY step:\n{progress}"));
+    assert_eq!(copy.1, "CACHED (remote)", "{progress}");
+    assert!(progress.contains("RAN-AFTER"), "{progress}");
+    let files = listing(std::fs::File::open(&out).unwrap());
+    assert!(files.contains_key("src/a.txt") && files.contains_key("seen"));
+}
