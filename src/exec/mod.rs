@@ -27,6 +27,7 @@ pub use explain::StepCache;
 pub use import::{import_oci_layout, import_rootfs};
 pub use progress::{Reporter, Silent, StepId};
 pub use push::{push, push_index, PushHints};
+pub use remote_cache::{export as export_cache, CacheSteps, Exported};
 pub use request::{BuildRequest, NamedContext, SecretSource, SshSource};
 
 use crate::image::{canonical_json, Digest};
@@ -119,6 +120,9 @@ pub struct BuildOutcome {
     pub push: PushHints,
     /// Every RUN/COPY/ADD/WORKDIR step: cached, or why not (docs/explain.md).
     pub steps: Vec<StepCache>,
+    /// What `--cache-to` exports of this build (a build of several platforms exports its
+    /// passes' together, with [`export_cache`]).
+    pub cache_steps: CacheSteps,
 }
 
 /// Build `req` into `store`: plan, execute the stages the target needs, commit the image and
@@ -196,12 +200,12 @@ fn build_with(
     for tag in &req.tags {
         store.tag(tag, &image.manifest)?;
     }
+    let cache_steps = remote_cache::CacheSteps::of(&target_state, &done);
     let exported = remote_cache::export(
         store,
         registry,
         &req.cache_to,
-        &target_state,
-        &done,
+        &cache_steps,
         reporter,
         ctx.next_step(),
     )?;
@@ -218,6 +222,7 @@ fn build_with(
             inline_cache: exported.inline,
         },
         steps: std::mem::take(&mut ctx.log.steps),
+        cache_steps,
     })
 }
 
