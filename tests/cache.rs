@@ -499,16 +499,19 @@ fn inline_cache_rides_in_the_pushed_image() {
     assert!(err.contains("type=inline needs --push"), "{err}");
 }
 
-/// The bytes a store holds as `rbuild du --format json` counts them, the images aside
-/// (they are the layers counted again).
-fn stored_bytes(store: &Path) -> u64 {
+/// `rbuild du --format json`: the bytes the store holds, the images aside (they are the
+/// layers counted again), and what it says a prune could reclaim.
+fn stored_bytes(store: &Path) -> (u64, u64) {
     let out = run_ok(rbuild_cmd(store).args(["du", "--format", "json"]));
     let usage: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    usage
+    let bytes = |u: &serde_json::Value| u["bytes"].as_u64().unwrap();
+    let total = usage
         .iter()
-        .filter(|u| u["kind"] != "Images")
-        .map(|u| u["bytes"].as_u64().unwrap())
-        .sum()
+        .filter(|u| u["kind"] != "Images" && u["kind"] != "Reclaimable")
+        .map(bytes)
+        .sum();
+    let reclaimable = usage.iter().find(|u| u["kind"] == "Reclaimable").map(bytes);
+    (total, reclaimable.expect("du lists what is reclaimable"))
 }
 
 /// Issue 18, long-lived runners: `prune --filter until=` removes the records no build used
@@ -559,11 +562,16 @@ fn prune_removes_the_least_recently_used_records_and_keeps_tags() {
     assert!(ran(&build("b"), "b"));
 
     // Now a was used before b: a store just too big for both keeps b.
-    let full = stored_bytes(&store);
+    let (full, reclaimable) = stored_bytes(&store);
+    // a's and b's layers and records, and what the builds left in the trash.
+    assert!(
+        (600_000..full).contains(&reclaimable),
+        "{reclaimable} of {full}"
+    );
     let keep = full - 100_000;
     let out = prune(&["--keep-storage", &keep.to_string()]);
     assert!(out.contains("Deleted 1 cache record, 1 layer"), "{out}");
-    assert!(stored_bytes(&store) <= keep);
+    assert!(stored_bytes(&store).0 <= keep);
     assert!(!ran(&build("b"), "b"));
     assert!(!ran(&build("x"), "x"));
     assert!(ran(&build("a"), "a"));
@@ -577,6 +585,11 @@ fn prune_removes_the_least_recently_used_records_and_keeps_tags() {
     // Nothing fits in 0 bytes, but the tag stays (and keeps its cache, as BuildKit's
     // records an image shares); --all takes the tag's records too.
     prune(&["--keep-storage", "0"]);
+    assert_eq!(
+        stored_bytes(&store).1,
+        0,
+        "du counts as reclaimable what prune keeps"
+    );
     assert!(!ran(&build("x"), "x"));
     assert!(ran(&build("a"), "a") && ran(&build("b"), "b"));
     prune(&["--all", "--keep-storage", "0"]);

@@ -311,6 +311,40 @@ impl Store {
         Ok(targets)
     }
 
+    /// The layer chains and blobs (manifests, configs, layers) the tagged images use: what
+    /// prune never removes.
+    pub(super) fn tag_pins(&self) -> Result<(BTreeSet<Digest>, BTreeSet<Digest>)> {
+        let mut chains = BTreeSet::new();
+        let mut blobs = BTreeSet::new();
+        for (_, d) in self.tags()? {
+            blobs.insert(d.digest.clone());
+            let img = match self.image_by_manifest(&d.digest) {
+                Ok(img) => img,
+                // A tag whose blobs are missing keeps nothing else; it stays for `rmi`.
+                Err(StoreError::BlobMissing { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            blobs.insert(img.config_digest.clone());
+            blobs.extend(img.manifest_body.layers.iter().map(|l| l.digest.clone()));
+            chains.extend(img.chains);
+        }
+        Ok((chains, blobs))
+    }
+
+    /// The cache records whose layer is here, and the paths of those that are unreadable or
+    /// whose layer is gone (a miss forever: prune always removes them).
+    pub(super) fn live_records(&self) -> Result<(Vec<Live>, Vec<std::path::PathBuf>)> {
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+        for (path, rec) in self.cache_records()? {
+            match rec.filter(|r| r.chain.as_ref().is_none_or(|c| self.layer(c).is_some())) {
+                Some(record) => live.push(Live { path, record }),
+                None => dead.push(path),
+            }
+        }
+        Ok((live, dead))
+    }
+
     /// Remove what no tag needs: layers, blobs, and cache records whose layers are gone;
     /// with `opts.all`, every cache record (and, when no limit is given, the RUN cache
     /// mounts and the context stat cache); with `opts.keep_storage` / `opts.until`, the
@@ -323,35 +357,16 @@ impl Store {
             bytes: self.empty_trash(),
             ..Default::default()
         };
-        let mut keep_blobs = BTreeSet::new();
-        let mut keep_chains = BTreeSet::new();
-
-        for (_, d) in self.tags()? {
-            keep_blobs.insert(d.digest.clone());
-            let img = match self.image_by_manifest(&d.digest) {
-                Ok(img) => img,
-                // A tag whose blobs are missing keeps nothing else; it stays for `rmi`.
-                Err(StoreError::BlobMissing { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            keep_blobs.insert(img.config_digest.clone());
-            keep_blobs.extend(img.manifest_body.layers.iter().map(|l| l.digest.clone()));
-            keep_chains.extend(img.chains);
-        }
-
-        let mut live = Vec::new();
-        for (path, rec) in self.cache_records()? {
-            let rec = rec.filter(|r| match &r.chain {
-                Some(c) => self.layer(c).is_some(),
-                None => true,
-            });
-            match rec {
-                Some(record) if !opts.all || opts.limited() => live.push(Live { path, record }),
-                _ => {
-                    fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
-                    stats.cache_records += 1;
-                }
-            }
+        let (mut keep_chains, mut keep_blobs) = self.tag_pins()?;
+        let (live, dead) = self.live_records()?;
+        // Without a limit, --all takes every record.
+        let (live, all) = match opts.all && !opts.limited() {
+            true => (Vec::new(), live),
+            false => (live, Vec::new()),
+        };
+        for path in dead.iter().chain(all.iter().map(|l| &l.path)) {
+            fs::remove_file(path).map_err(StoreError::io("removing", path))?;
+            stats.cache_records += 1;
         }
         let (used, notes) = self.read_use()?;
         let gone = if opts.limited() {

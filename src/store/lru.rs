@@ -211,6 +211,25 @@ impl Store {
     }
 }
 
+impl Store {
+    /// What `rbuild prune --keep-storage 0` would free now (`rbuild du`): `total`, the
+    /// store's bytes as du counts them, less what the tags, the cache records their images
+    /// use and the cache mounts keep. With how many cache records would go.
+    pub(super) fn reclaimable(&self, total: u64) -> Result<(u64, u64)> {
+        let (pinned, pinned_blobs) = self.tag_pins()?;
+        let (live, dead) = self.live_records()?;
+        let mut after = Footprint::new(self, &live, &pinned, &pinned_blobs)?;
+        let mut records = dead.len() as u64;
+        for l in &live {
+            if l.record.chain.as_ref().is_none_or(|c| !pinned.contains(c)) {
+                after.drop_record(l);
+                records += 1;
+            }
+        }
+        Ok((total.saturating_sub(after.total), records))
+    }
+}
+
 /// What the store would hold after a prune, with reference counts so that dropping a record
 /// frees exactly the layers (and their blobs) nothing else keeps.
 struct Footprint {

@@ -464,7 +464,7 @@ fn stored_bytes(s: &Store) -> u64 {
     let usage = s.disk_usage().unwrap();
     usage
         .iter()
-        .filter(|u| u.kind != "Images")
+        .filter(|u| u.kind != "Images" && u.kind != RECLAIMABLE)
         .map(|u| u.bytes)
         .sum()
 }
@@ -519,6 +519,9 @@ fn keep_storage_prunes_the_least_recently_used_records_first() {
         ..Default::default()
     };
     assert_eq!(s.prune(&recent).unwrap().cache_records, 0);
+    let before = stored_bytes(&s);
+    let reclaimable = s.disk_usage().unwrap().pop().unwrap();
+    assert_eq!((reclaimable.kind, reclaimable.count), (RECLAIMABLE, 2));
     let stats = s
         .prune(&PruneOptions {
             keep_storage: Some(0),
@@ -526,6 +529,8 @@ fn keep_storage_prunes_the_least_recently_used_records_first() {
         })
         .unwrap();
     assert_eq!((stats.cache_records, stats.layers), (2, 2), "{stats:?}");
+    // du foretold exactly what went.
+    assert_eq!(stored_bytes(&s), before - reclaimable.bytes);
     let kept = s.resolve("app").unwrap().unwrap();
     assert!(s.layer(&base.chain_id).is_some());
     for l in &kept.manifest_body.layers {
