@@ -56,6 +56,17 @@ pub(super) struct Live {
     pub record: CacheRecord,
 }
 
+impl Live {
+    /// Whether a tag's image uses the record's layer: BuildKit's "shared" records, which
+    /// only `--all` removes (dropping one frees next to nothing and loses that image's cache).
+    fn shared(&self, pinned: &BTreeSet<Digest>) -> bool {
+        self.record
+            .chain
+            .as_ref()
+            .is_some_and(|c| pinned.contains(c))
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -162,10 +173,10 @@ impl Store {
 
     /// The live records `opts` removes, given the last uses `used` ([`Store::read_use`]).
     /// `pinned` are the layer chains tags use (never freed); `pinned_blobs` their blobs.
-    /// Records used within `until` are never candidates, nor without `all` those whose layer
-    /// a tag uses. With `keep_storage`, candidates go
-    /// one at a time, least recently used first, until what the store would hold after the
-    /// prune is at most that size; otherwise every candidate goes.
+    /// Records used within `until` are never candidates, nor without `all` shared ones
+    /// ([`Live::shared`]). With `keep_storage`, candidates go one at a time, least recently
+    /// used first, until what the store would hold after the prune is at most that size;
+    /// otherwise every candidate goes.
     pub(super) fn least_recently_used(
         &self,
         live: &[Live],
@@ -186,11 +197,7 @@ impl Store {
             .iter()
             .map(|l| (last_used(l), l))
             .filter(|(t, _)| cutoff.is_none_or(|c| *t <= c))
-            // As BuildKit's "shared" records: what a tag's image uses goes with `all` only
-            // (dropping it frees next to nothing and loses that image's cache).
-            .filter(|(_, l)| {
-                opts.all || l.record.chain.as_ref().is_none_or(|c| !pinned.contains(c))
-            })
+            .filter(|(_, l)| opts.all || !l.shared(pinned))
             .collect();
         candidates.sort_by(|a, b| (a.0, &a.1.path).cmp(&(b.0, &b.1.path)));
 
@@ -221,7 +228,7 @@ impl Store {
         let mut after = Footprint::new(self, &live, &pinned, &pinned_blobs)?;
         let mut records = dead.len() as u64;
         for l in &live {
-            if l.record.chain.as_ref().is_none_or(|c| !pinned.contains(c)) {
+            if !l.shared(&pinned) {
                 after.drop_record(l);
                 records += 1;
             }
