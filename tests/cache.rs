@@ -594,6 +594,23 @@ fn prune_removes_the_least_recently_used_records_and_keeps_tags() {
     assert!(ran(&build("a"), "a") && ran(&build("b"), "b"));
     prune(&["--all", "--keep-storage", "0"]);
     assert!(ran(&build("x"), "x"));
+
+    // Bad values: exit 1, the flag and what it takes named, nothing removed.
+    let before = keys(&store);
+    for (args, says) in [
+        (&["--keep-storage", "lots"][..], "--keep-storage `lots`"),
+        (
+            &["--filter", "until=2024-01-01T00:00:00Z"],
+            "expects a duration",
+        ),
+        (&["--filter", "type=regular"], "`until=DURATION` only"),
+    ] {
+        let out = run(rbuild_cmd(&store).arg("prune").args(args));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert_eq!(keys(&store), before);
 }
 
 /// Issue 18: a `COPY --link` layer is made on an empty filesystem and keyed without its
