@@ -53,7 +53,7 @@ pub struct PruneStats {
     /// Flattened snapshots of deep layer stacks (flat.rs). Counted, not in `bytes`: their
     /// files are hard links to the layers' files, so removing one frees no file data.
     pub flats: usize,
-    /// Blob bytes plus extracted layer content bytes, with the trash's.
+    /// Blob bytes, extracted layer content bytes and cache record bytes, with the trash's.
     pub bytes: u64,
 }
 
@@ -365,8 +365,7 @@ impl Store {
             false => (live, Vec::new()),
         };
         for path in dead.iter().chain(all.iter().map(|l| &l.path)) {
-            fs::remove_file(path).map_err(StoreError::io("removing", path))?;
-            stats.cache_records += 1;
+            remove_record(path, &mut stats)?;
         }
         let (used, notes) = self.read_use()?;
         let gone = if opts.limited() {
@@ -378,8 +377,7 @@ impl Store {
         let mut keep_keys = BTreeSet::new();
         for Live { path, record } in live {
             if gone.contains(&path) {
-                fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
-                stats.cache_records += 1;
+                remove_record(&path, &mut stats)?;
                 continue;
             }
             keep_keys.extend(path.file_stem().map(|s| s.to_string_lossy().into_owned()));
@@ -443,6 +441,14 @@ impl Store {
         }
         Ok(stats)
     }
+}
+
+/// Remove the cache record file at `path`, counting it and its bytes.
+fn remove_record(path: &std::path::Path, stats: &mut PruneStats) -> Result<()> {
+    stats.bytes += fs::metadata(path).map_or(0, |m| m.len());
+    fs::remove_file(path).map_err(StoreError::io("removing", path))?;
+    stats.cache_records += 1;
+    Ok(())
 }
 
 fn ref_name(d: &Descriptor) -> Option<&str> {

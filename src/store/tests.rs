@@ -529,8 +529,9 @@ fn keep_storage_prunes_the_least_recently_used_records_first() {
         })
         .unwrap();
     assert_eq!((stats.cache_records, stats.layers), (2, 2), "{stats:?}");
-    // du foretold exactly what went.
+    // du foretold exactly what went, and prune says so.
     assert_eq!(stored_bytes(&s), before - reclaimable.bytes);
+    assert_eq!(stats.bytes, reclaimable.bytes);
     let kept = s.resolve("app").unwrap().unwrap();
     assert!(s.layer(&base.chain_id).is_some());
     for l in &kept.manifest_body.layers {
