@@ -113,6 +113,9 @@ pub struct BuildOutcome {
     /// The number after the build's last `#N`: what comes next (a push) continues from
     /// here, as BuildKit numbers its export vertices after the build's.
     pub next_step: StepId,
+    /// What `--cache-to` exports of this build (a build of several platforms exports its
+    /// passes' together, with [`export_cache`]).
+    pub cache_steps: CacheSteps,
     /// Per layer of the image, bottom first: the step that made it (`#N` and its text), or
     /// none for a layer of the base image.
     pub layer_steps: Vec<Option<(StepId, String)>>,
@@ -120,9 +123,6 @@ pub struct BuildOutcome {
     pub push: PushHints,
     /// Every RUN/COPY/ADD/WORKDIR step: cached, or why not (docs/explain.md).
     pub steps: Vec<StepCache>,
-    /// What `--cache-to` exports of this build (a build of several platforms exports its
-    /// passes' together, with [`export_cache`]).
-    pub cache_steps: CacheSteps,
 }
 
 /// Build `req` into `store`: plan, execute the stages the target needs, commit the image and
@@ -216,13 +216,13 @@ fn build_with(
         cached: ctx.cached,
         executed: ctx.executed,
         next_step: exported.next_step,
+        cache_steps,
         layer_steps,
         push: PushHints {
             blob_homes,
             inline_cache: exported.inline,
         },
         steps: std::mem::take(&mut ctx.log.steps),
-        cache_steps,
     })
 }
 
