@@ -145,9 +145,9 @@ fn build_with(
     executor: &dyn executor::Executor,
 ) -> Result<BuildOutcome, BuildError> {
     let _lock = store.lock_shared()?;
+    let scratch = store.tmp_dir()?;
     // Dropped before the lock: the records this build used are noted for prune's LRU.
     let _note = NoteUse(store);
-    let scratch = store.tmp_dir()?;
     let mut bases = Bases::new(store, registry, req);
     for (name, context) in &req.build_contexts {
         if let NamedContext::OciLayout { dir, tag } = context {
