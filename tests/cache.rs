@@ -313,9 +313,13 @@ fn a_failed_export_fails_the_build_unless_ignore_error() {
         "type=registry,ref=localhost:1/cache:x,ignore-error=true",
     ]);
     assert_eq!(warnings(&progress).len(), 1, "{progress}");
+    // An inline cache rides in one image's manifest: not with several platforms.
     let several = a.build_fails(&[
         "--cache-to",
-        "type=local,dest=/nonexistent/never-written",
+        "type=inline",
+        "--push",
+        "-t",
+        "localhost:1/never/pushed:x",
         "--platform",
         "linux/amd64,linux/arm64",
     ]);
@@ -493,4 +497,173 @@ fn inline_cache_rides_in_the_pushed_image() {
     assert_eq!(id_a, id_b);
     let err = a.build_fails(&["--cache-to", "type=inline"]);
     assert!(err.contains("type=inline needs --push"), "{err}");
+}
+
+/// `rbuild du --format json`: the bytes the store holds, the images aside (they are the
+/// layers counted again), and what it says a prune could reclaim.
+fn stored_bytes(store: &Path) -> (u64, u64) {
+    let out = run_ok(rbuild_cmd(store).args(["du", "--format", "json"]));
+    let usage: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let bytes = |u: &serde_json::Value| u["bytes"].as_u64().unwrap();
+    let total = usage
+        .iter()
+        .filter(|u| u["kind"] != "Images" && u["kind"] != "Reclaimable")
+        .map(bytes)
+        .sum();
+    let reclaimable = usage.iter().find(|u| u["kind"] == "Reclaimable").map(bytes);
+    (total, reclaimable.expect("du lists what is reclaimable"))
+}
+
+/// Issue 18, long-lived runners: `prune --filter until=` removes the records no build used
+/// for that long, `prune --keep-storage SIZE` the least recently used ones until the store
+/// fits; neither touches what a tag uses, and a build that used a record makes it recent.
+#[test]
+#[ignore = "needs root and a registry"]
+fn prune_removes_the_least_recently_used_records_and_keeps_tags() {
+    needs_root_and_registry();
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    // Each build makes a 300 kB layer of its own; `x` is tagged.
+    let build = |name: &str| -> String {
+        let ctx = dir.path().join(name);
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!(
+                "FROM {BASE}\nRUN echo ran-{name} | tr a-z A-Z && head -c 300000 /dev/urandom > /{name}\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = rbuild(&store);
+        if name == "x" {
+            cmd.args(["-t", "lru-x"]);
+        }
+        let out = run(cmd.arg(&ctx));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let ran =
+        |progress: &str, name: &str| progress.contains(&format!("RAN-{}", name.to_uppercase()));
+    for name in ["x", "a", "b"] {
+        assert!(ran(&build(name), name));
+    }
+    let prune = |args: &[&str]| run_ok(rbuild_cmd(&store).arg("prune").args(args));
+
+    // b and x were last used over 2 s ago, a was used again just now.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!ran(&build("a"), "a"));
+    let before = keys(&store);
+    let out = prune(&["--filter", "until=1s"]);
+    assert!(out.contains("Deleted 1 cache record, 1 layer"), "{out}");
+    assert_eq!(before.difference(&keys(&store)).count(), 1);
+    assert!(!ran(&build("a"), "a"), "a was used within the last second");
+    assert!(!ran(&build("x"), "x"), "x is tagged");
+    assert!(ran(&build("b"), "b"));
+
+    // Now a was used before b: a store just too big for both keeps b.
+    let (full, reclaimable) = stored_bytes(&store);
+    // a's and b's layers and records, and what the builds left in the trash.
+    assert!(
+        (600_000..full).contains(&reclaimable),
+        "{reclaimable} of {full}"
+    );
+    let keep = full - 100_000;
+    let out = prune(&["--keep-storage", &keep.to_string()]);
+    assert!(out.contains("Deleted 1 cache record, 1 layer"), "{out}");
+    assert!(stored_bytes(&store).0 <= keep);
+    assert!(!ran(&build("b"), "b"));
+    assert!(!ran(&build("x"), "x"));
+    assert!(ran(&build("a"), "a"));
+    // The tag still names a whole image.
+    run_ok(
+        rbuild_cmd(&store)
+            .args(["save", "lru-x", "-o"])
+            .arg(dir.path().join("x.tar")),
+    );
+
+    // Nothing fits in 0 bytes, but the tag stays (and keeps its cache, as BuildKit's
+    // records an image shares); --all takes the tag's records too.
+    prune(&["--keep-storage", "0"]);
+    assert_eq!(
+        stored_bytes(&store).1,
+        0,
+        "du counts as reclaimable what prune keeps"
+    );
+    assert!(!ran(&build("x"), "x"));
+    assert!(ran(&build("a"), "a") && ran(&build("b"), "b"));
+    prune(&["--all", "--keep-storage", "0"]);
+    assert!(ran(&build("x"), "x"));
+
+    // Bad values: exit 1, the flag and what it takes named, nothing removed.
+    let before = keys(&store);
+    for (args, says) in [
+        (&["--keep-storage", "lots"][..], "--keep-storage `lots`"),
+        (
+            &["--filter", "until=2024-01-01T00:00:00Z"],
+            "expects a duration",
+        ),
+        (&["--filter", "type=regular"], "`until=DURATION` only"),
+    ] {
+        let out = run(rbuild_cmd(&store).arg("prune").args(args));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert_eq!(keys(&store), before);
+}
+
+/// Issue 18: a `COPY --link` layer is made on an empty filesystem and keyed without its
+/// base (plan::link_key), so its own record travels with `--cache-to` too: runner B, whose
+/// base image moved since A exported, still takes the copy from A's cache (the RUN after
+/// it, on the new base, runs).
+#[test]
+#[ignore = "needs root and a registry"]
+fn linked_copies_come_from_the_cache_after_a_base_image_bump() {
+    needs_root_and_registry();
+    let base = cache_ref("linkbase");
+    let push_base = |version: &str| {
+        let ctx = TempDir::new().unwrap();
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            format!("FROM {BASE}\nRUN echo {version} > /version\n"),
+        )
+        .unwrap();
+        let store = ctx.path().join("store");
+        run_ok(
+            rbuild(&store)
+                .args(["-q", "--push", "-t", &base])
+                .arg(ctx.path()),
+        );
+        RegistryImage::pushed(&base)
+    };
+    let _v1 = push_base("v1");
+    let reference = cache_ref("link");
+    let dockerfile = format!(
+        "FROM {base}\nCOPY --link src /src\nRUN echo ran-after | tr a-z A-Z && cat /version /src/a.txt > /seen\n"
+    );
+    let a = Runner::new(FILES);
+    std::fs::write(a.ctx().join("Dockerfile"), &dockerfile).unwrap();
+    a.build(&["--cache-to", &format!("type=registry,ref={reference}")]);
+    let _cache = RegistryImage::pushed(&reference);
+
+    let _v2 = push_base("v2");
+    let b = Runner::new(FILES);
+    std::fs::write(b.ctx().join("Dockerfile"), &dockerfile).unwrap();
+    let out = b.dir.path().join("out.tar");
+    let (_, progress) = b.build(&[
+        "--cache-from",
+        &format!("type=registry,ref={reference}"),
+        "-o",
+        &format!("type=tar,dest={}", out.display()),
+    ]);
+    let ends = step_ends(&progress);
+    let copy = ends
+        .iter()
+        .find(|(label, _)| label.contains("COPY --link"))
+        .unwrap_or_else(|| panic!("no COPY step:\n{progress}"));
+    assert_eq!(copy.1, "CACHED (remote)", "{progress}");
+    assert!(progress.contains("RAN-AFTER"), "{progress}");
+    let files = listing(std::fs::File::open(&out).unwrap());
+    assert!(files.contains_key("src/a.txt") && files.contains_key("seen"));
 }

@@ -457,3 +457,77 @@ fn files_per_platform_match_buildah_bud_with_a_manifest() {
     }
     assert_eq!(compared, 2);
 }
+
+/// Issue 18: `--cache-to` of a build of several platforms exports one cache holding every
+/// platform's steps (the platform is in the keys); a cold runner building the same
+/// platforms, or only one of them, from the registry or the local copy runs nothing.
+#[test]
+#[ignore = "needs root, a registry and qemu binfmt handlers"]
+fn one_cache_holds_every_platform_and_each_imports_its_own() {
+    needs_root_and_registry();
+    needs_qemu();
+    let dockerfile = format!(
+        "FROM {MULTI}\nARG TARGETARCH\nRUN echo ran-$TARGETARCH | tr a-z A-Z && uname -m > /arch\n"
+    );
+    let reference = format!("{}/{}:cache", registry(), unique("cache"));
+    let a = tempdir();
+    let local = a.path().join("cache-dir");
+    let ctx = context(a.path(), &dockerfile);
+    let progress = run(rbuild(&a.path().join("store"))
+        .args(["--platform", "linux/amd64,linux/arm64"])
+        .args([
+            "--cache-to",
+            &format!("type=registry,ref={reference},mode=max"),
+        ])
+        .args([
+            "--cache-to",
+            &format!("type=local,dest={}", local.display()),
+        ])
+        .arg(&ctx));
+    let progress_a = String::from_utf8_lossy(&progress.stderr).into_owned();
+    assert!(progress.status.success(), "{progress_a}");
+    let _cache = RegistryImage::pushed(&reference);
+    assert!(
+        progress_a.contains("RAN-AMD64") && progress_a.contains("RAN-ARM64"),
+        "{progress_a}"
+    );
+    // One export per --cache-to, after both passes.
+    assert_eq!(
+        progress_a.matches("exporting cache to").count(),
+        2,
+        "{progress_a}"
+    );
+
+    for (platforms, from) in [
+        (
+            "linux/amd64,linux/arm64",
+            format!("type=registry,ref={reference}"),
+        ),
+        ("linux/arm64", format!("type=local,src={}", local.display())),
+        ("linux/amd64", format!("type=local,src={}", local.display())),
+    ] {
+        let b = tempdir();
+        let ctx = context(b.path(), &dockerfile);
+        let out = b.path().join("out");
+        let o = run(rbuild(&b.path().join("store"))
+            .args(["--platform", platforms, "--cache-from", &from])
+            .arg("-o")
+            .arg(format!("type=local,dest={}", out.display()))
+            .arg(&ctx));
+        let progress = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{progress}");
+        assert!(
+            !progress.contains("RAN-"),
+            "{platforms} from {from}:\n{progress}"
+        );
+        assert!(progress.contains("CACHED (remote)"), "{progress}");
+        let arm = if platforms.contains(',') {
+            out.join("linux_arm64/arch")
+        } else {
+            out.join("arch")
+        };
+        if platforms.contains("arm64") {
+            assert_eq!(read(&arm).trim(), "aarch64");
+        }
+    }
+}

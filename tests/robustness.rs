@@ -590,15 +590,25 @@ fn prune_while_a_build_runs_reports_busy_and_removes_nothing() {
     );
     wait_for("the RUN to start", || !processes_with(marker).is_empty());
     let before = records(store.path());
-    let prune = support::run(rbuild_cmd(store.path()).args(["prune", "--all"]));
-    let still_running = !processes_with(marker).is_empty();
-    let (_, prune_err) = text(&prune);
-    assert!(!prune_err.contains("panicked"), "{prune_err}");
-    if still_running {
-        // The store's lock is shared while building, exclusive for prune: prune says so.
-        assert_eq!(prune.status.code(), Some(1), "{prune_err}");
-        assert!(prune_err.contains("in use by a build"), "{prune_err}");
-        assert!(before.is_subset(&records(store.path())));
+    // Every kind of prune, over and over while the build runs (the LRU ones too: what a
+    // running build uses is not "least recently used").
+    let kinds: [&[&str]; 4] = [
+        &["--all"],
+        &[],
+        &["--keep-storage", "0"],
+        &["--filter", "until=0s", "--all"],
+    ];
+    for args in kinds.iter().cycle().take(12) {
+        let prune = support::run(rbuild_cmd(store.path()).arg("prune").args(*args));
+        let still_running = !processes_with(marker).is_empty();
+        let (_, prune_err) = text(&prune);
+        assert!(!prune_err.contains("panicked"), "{prune_err}");
+        if still_running {
+            // The store's lock is shared while building, exclusive for prune: prune says so.
+            assert_eq!(prune.status.code(), Some(1), "{args:?}: {prune_err}");
+            assert!(prune_err.contains("in use by a build"), "{prune_err}");
+            assert!(before.is_subset(&records(store.path())));
+        }
     }
     let o = child.wait_with_output().unwrap();
     let (_, stderr) = text(&o);
@@ -609,6 +619,8 @@ fn prune_while_a_build_runs_reports_busy_and_removes_nothing() {
     check_store(store.path());
 
     // Once the build is over, prune runs and leaves a consistent store.
+    support::run_ok(rbuild_cmd(store.path()).args(["prune", "--keep-storage", "0"]));
+    check_store(store.path());
     support::run_ok(rbuild_cmd(store.path()).args(["prune", "--all"]));
     check_store(store.path());
 }

@@ -94,6 +94,13 @@ pub enum Command {
         /// Also remove the whole build cache, RUN cache mounts included
         #[arg(long, short)]
         all: bool,
+        /// Remove least recently used cache records until the store is at most SIZE
+        /// (`10GB`, `512MB`: binary units, as docker's)
+        #[arg(long, visible_alias = "reserved-space", value_name = "SIZE")]
+        keep_storage: Option<String>,
+        /// `until=DURATION`: only cache records not used for DURATION (`24h`, `1h30m`)
+        #[arg(long, value_name = "FILTER")]
+        filter: Vec<String>,
     },
     /// Pull an image from a registry into the store
     Pull { reference: String },

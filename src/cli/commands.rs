@@ -65,9 +65,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 names => Err(UserError(format!("no such image: {}", names.join(", "))).into()),
             }
         }
-        Some(Command::Prune { all }) => {
+        Some(Command::Prune {
+            all,
+            keep_storage,
+            filter,
+        }) => {
+            let opts = super::prune::options(all, keep_storage.as_deref(), &filter)?;
             let store = open_store(&global)?;
-            let stats = store.prune(all)?;
+            let stats = store.prune(&opts)?;
             stdout_line(&format!(
                 "Deleted {}, {}, {}, {}; reclaimed {}",
                 count(stats.cache_records, "cache record"),

@@ -7,6 +7,7 @@ mod check;
 mod commands;
 mod platforms;
 mod progress;
+mod prune;
 mod settings;
 
 use std::io::{IsTerminal, Write as _};

@@ -27,7 +27,7 @@ pub struct Built {
 }
 
 /// Refuse what cannot take several platforms before anything is built: a docker archive
-/// output, `--load` (docker 20.10 loads one platform) and `--cache-to` (not yet).
+/// output, `--load` (docker 20.10 loads one platform) and an inline cache.
 pub fn check(settings: &BuildSettings) -> anyhow::Result<()> {
     let names: Vec<String> = settings.platforms.iter().map(Platform::to_spec).collect();
     for spec in &settings.outputs {
@@ -41,11 +41,16 @@ pub fn check(settings: &BuildSettings) -> anyhow::Result<()> {
         ))
         .into());
     }
-    if !settings.request.cache_to.is_empty() && names.len() > 1 {
-        // Each platform's pass would export over the previous one's (issue 18).
+    let inline = settings
+        .request
+        .cache_to
+        .iter()
+        .any(|c| matches!(c.target, crate::cache::ExportTarget::Inline));
+    if inline && names.len() > 1 {
+        // The inline cache rides in a single image's manifest; an index has several.
         return Err(UserError(format!(
-            "--cache-to: exporting the cache of several platforms ({}) is not supported yet: \
-             build one --platform per cache ref",
+            "--cache-to type=inline: this build makes several platforms ({}): \
+             use --cache-to type=registry or type=local, which hold every platform's steps",
             names.join(", ")
         ))
         .into());
@@ -67,7 +72,10 @@ pub fn build_each(
     let several = settings.platforms.len() > 1;
     if several {
         req.tags = Vec::new();
+        // Exported once, after the last pass, with every pass's steps.
+        req.cache_to = Vec::new();
     }
+    let mut cache_steps = exec::CacheSteps::default();
     let mut built = Built {
         images: Vec::new(),
         cached: 0,
@@ -92,8 +100,21 @@ pub fn build_each(
         built.push = outcome.push;
         built.provenance.push(outcome.provenance);
         built.images.push(outcome.image);
+        cache_steps.add(outcome.cache_steps);
     }
     if several {
+        let exported = exec::export_cache(
+            store,
+            registry,
+            &settings.request.cache_to,
+            &cache_steps,
+            report,
+            built.next_step,
+        )?;
+        built.next_step = exported.next_step;
+        built.push.blob_homes.extend(exported.blob_homes);
+        // Best effort, as at the end of each pass: a lost note makes records look older.
+        let _ = store.save_use();
         let host = Platform::host();
         let tagged = built
             .images

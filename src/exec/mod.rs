@@ -28,6 +28,7 @@ pub use explain::StepCache;
 pub use import::{import_oci_layout, import_rootfs};
 pub use progress::{Reporter, Silent, StepId};
 pub use push::{push, push_index, PushHints};
+pub use remote_cache::{export as export_cache, CacheSteps, Exported};
 pub use request::{BuildRequest, NamedContext, SecretSource, SshSource};
 
 use crate::image::{canonical_json, Digest};
@@ -113,6 +114,9 @@ pub struct BuildOutcome {
     /// The number after the build's last `#N`: what comes next (a push) continues from
     /// here, as BuildKit numbers its export vertices after the build's.
     pub next_step: StepId,
+    /// What `--cache-to` exports of this build (a build of several platforms exports its
+    /// passes' together, with [`export_cache`]).
+    pub cache_steps: CacheSteps,
     /// Per layer of the image, bottom first: the step that made it (`#N` and its text), or
     /// none for a layer of the base image.
     pub layer_steps: Vec<Option<(StepId, String)>>,
@@ -146,6 +150,8 @@ fn build_with(
     let _lock = store.lock_shared()?;
     let started = std::time::SystemTime::now();
     let scratch = store.tmp_dir()?;
+    // Dropped before the lock: the records this build used are noted for prune's LRU.
+    let _note = NoteUse(store);
     let mut bases = Bases::new(store, registry, req);
     for (name, context) in &req.build_contexts {
         if let NamedContext::OciLayout { dir, tag } = context {
@@ -198,12 +204,12 @@ fn build_with(
     for tag in &req.tags {
         store.tag(tag, &image.manifest)?;
     }
+    let cache_steps = remote_cache::CacheSteps::of(&target_state, &done);
     let exported = remote_cache::export(
         store,
         registry,
         &req.cache_to,
-        &target_state,
-        &done,
+        &cache_steps,
         reporter,
         ctx.next_step(),
     )?;
@@ -221,6 +227,7 @@ fn build_with(
         cached: ctx.cached,
         executed: ctx.executed,
         next_step: exported.next_step,
+        cache_steps,
         layer_steps,
         push: PushHints {
             blob_homes,
@@ -230,6 +237,16 @@ fn build_with(
         steps,
         provenance,
     })
+}
+
+/// Saves the cache records a build used when it ends, failed or not ([`Store::save_use`]).
+struct NoteUse<'a>(&'a Store);
+
+impl Drop for NoteUse<'_> {
+    fn drop(&mut self) {
+        // Best effort: a lost note only makes the records look older to prune.
+        let _ = self.0.save_use();
+    }
 }
 
 /// Whether progress labels name the stage, as BuildKit's: not when the Dockerfile has a single

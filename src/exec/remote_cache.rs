@@ -139,15 +139,57 @@ fn materialize(
     Ok(parent.as_ref() == Some(chain))
 }
 
-/// Export the build's steps to every `--cache-to`, as steps `id`, `id + 1`, ...: `target`
-/// holds the exported image's steps (mode=min), `built` every stage built (mode=max).
-/// A failed export fails the build unless `ignore-error=true`.
+/// The steps a build exports, per `--cache-to` mode, each as (parent key, key): mode=min
+/// the exported image's steps, mode=max every step of every stage built. A build of several
+/// platforms gathers its passes' ([`CacheSteps::add`]) and exports them as one cache: the
+/// platform is in the keys, so each platform finds its own records in it.
+#[derive(Clone, Debug, Default)]
+pub struct CacheSteps {
+    min: Vec<(String, String)>,
+    max: Vec<(String, String)>,
+}
+
+impl CacheSteps {
+    /// `target` holds the exported image's steps, `built` every stage built.
+    pub fn of(target: &StageState, built: &BTreeMap<usize, StageState>) -> CacheSteps {
+        let mut steps = CacheSteps::default();
+        steps.push(
+            target.steps.iter(),
+            built.values().chain([target]).flat_map(|s| &s.steps),
+        );
+        steps
+    }
+
+    /// Another pass's steps after these (steps both made are listed once).
+    pub fn add(&mut self, other: CacheSteps) {
+        self.push(other.min.iter(), other.max.iter());
+    }
+
+    fn push<'a>(
+        &mut self,
+        min: impl Iterator<Item = &'a (String, String)>,
+        max: impl Iterator<Item = &'a (String, String)>,
+    ) {
+        for (list, new) in [
+            (&mut self.min, min.collect::<Vec<_>>()),
+            (&mut self.max, max.collect()),
+        ] {
+            for step in new {
+                if !list.iter().any(|(_, key)| *key == step.1) {
+                    list.push(step.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Export `steps` to every `--cache-to`, as progress steps `id`, `id + 1`, ... A failed
+/// export fails the build unless `ignore-error=true`.
 pub fn export(
     store: &Store,
     registry: &Client,
     exports: &[CacheExport],
-    target: &StageState,
-    built: &BTreeMap<usize, StageState>,
+    steps: &CacheSteps,
     reporter: &dyn Reporter,
     mut id: StepId,
 ) -> Result<Exported, BuildError> {
@@ -155,16 +197,8 @@ pub fn export(
     let mut inline = None;
     for spec in exports {
         let steps: Vec<&(String, String)> = match spec.mode {
-            CacheMode::Min => target.steps.iter().collect(),
-            CacheMode::Max => {
-                let mut seen = std::collections::HashSet::new();
-                built
-                    .values()
-                    .chain(std::iter::once(target))
-                    .flat_map(|s| &s.steps)
-                    .filter(|(_, key)| seen.insert(key.clone()))
-                    .collect()
-            }
+            CacheMode::Min => steps.min.iter().collect(),
+            CacheMode::Max => steps.max.iter().collect(),
         };
         let label = match &spec.target {
             ExportTarget::Registry(r) => format!("exporting cache to {r}"),

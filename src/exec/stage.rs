@@ -20,7 +20,8 @@ pub struct StageState {
     /// Per layer of `chains`, the build step that made it (its `#N` and text); none for
     /// the base image's layers. May be shorter than `chains` (the rest are the base's).
     pub layer_steps: Vec<Option<(StepId, String)>>,
-    /// The steps that led here, each as (parent key, key), base stages' first: what
+    /// The steps that led here, each as (parent key, key), base stages' first, and the
+    /// `COPY --link` layers' own records (parent key empty: they follow nothing): what
     /// `--cache-to` exports.
     pub steps: Vec<(String, String)>,
 }

@@ -494,8 +494,9 @@ impl<'a> Ctx<'a> {
 
     /// `COPY --link`: the copy is made on an empty filesystem into a layer of its own, keyed
     /// without the stage below it ([`plan::link_key`]), then stacked on the stage's layers
-    /// ([`Store::rebase_layer`]). A layer stored under that key is stacked without copying
-    /// anything, whatever the base or the steps before: Ok(true), the step is cached.
+    /// ([`Store::rebase_layer`]). A layer stored under that key (or in a `--cache-from`) is
+    /// stacked without copying anything, whatever the base or the steps before: Ok(true),
+    /// the step is cached.
     #[allow(clippy::too_many_arguments)]
     fn linked_copy(
         &mut self,
@@ -511,8 +512,7 @@ impl<'a> Ctx<'a> {
         let stored = if self.ignores_cache(stage, step) {
             None
         } else {
-            self.store
-                .get_cache(&link_key)
+            self.cache_lookup(&link_key, true)
                 .and_then(|rec| rec.chain)
                 .and_then(|chain| self.store.layer(&chain))
         };
@@ -557,6 +557,8 @@ impl<'a> Ctx<'a> {
         let rebased = self.store.rebase_layer(&layer, state.top())?;
         state.chains.push(rebased.chain_id);
         state.diff_ids.push(rebased.diff_id);
+        // Exported with the steps, so a runner with another base finds the layer too.
+        state.steps.push((String::new(), link_key));
         if cached {
             self.cached += 1;
         }

@@ -145,16 +145,16 @@ pub(super) fn columns<R: AsRef<[String]>>(rows: &[R]) -> String {
 /// `Manifest`, `Config`, `Size`.
 /// `rbuild du`: TYPE, COUNT, SIZE per kind. Images share layers with each other and are
 /// the layers' content again, so the total is what is on disk: everything but images.
+/// The reclaimable row (what a prune could free) comes after the total.
 pub fn format_usage(usage: &[crate::store::Usage]) -> String {
+    use crate::store::RECLAIMABLE;
+    let row = |u: &crate::store::Usage| {
+        vec![u.kind.to_string(), u.count.to_string(), human_size(u.bytes)]
+    };
+    let (reclaimable, kinds): (Vec<_>, Vec<_>) = usage.iter().partition(|u| u.kind == RECLAIMABLE);
     let mut rows = vec![vec!["TYPE".to_string(), "COUNT".into(), "SIZE".into()]];
-    for u in usage {
-        rows.push(vec![
-            u.kind.to_string(),
-            u.count.to_string(),
-            human_size(u.bytes),
-        ]);
-    }
-    let total: u64 = usage
+    rows.extend(kinds.iter().map(|u| row(u)));
+    let total: u64 = kinds
         .iter()
         .filter(|u| u.kind != "Images")
         .map(|u| u.bytes)
@@ -164,6 +164,7 @@ pub fn format_usage(usage: &[crate::store::Usage]) -> String {
         String::new(),
         human_size(total),
     ]);
+    rows.extend(reclaimable.iter().map(|u| row(u)));
     columns(&rows)
 }
 

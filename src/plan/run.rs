@@ -323,18 +323,33 @@ impl Ctx<'_, '_> {
     }
 }
 
-/// `64m`, `1g`, `4096` -> bytes (docker's RAMInBytes, binary units).
+/// `64m`, `1g`, `4096`, `1.5GB`, `512 MiB` -> bytes: docker's RAMInBytes (binary units
+/// whatever the spelling, a number with an optional fraction, an optional space).
 pub fn parse_size(s: &str) -> Option<u64> {
     let lower = s.to_ascii_lowercase();
-    let t = lower.trim_end_matches('b');
-    let (num, mult) = match t.chars().last()? {
-        'k' => (&t[..t.len() - 1], 1u64 << 10),
-        'm' => (&t[..t.len() - 1], 1 << 20),
-        'g' => (&t[..t.len() - 1], 1 << 30),
-        't' => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
+    let t = lower.strip_suffix('b').unwrap_or(&lower);
+    let t = t
+        .strip_suffix('i')
+        .filter(|t| !t.ends_with(' '))
+        .unwrap_or(t);
+    let (num, shift) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 10),
+        'm' => (&t[..t.len() - 1], 20),
+        'g' => (&t[..t.len() - 1], 30),
+        't' => (&t[..t.len() - 1], 40),
+        'p' => (&t[..t.len() - 1], 50),
+        _ if t.len() < lower.len() && !lower.ends_with('b') => return None,
+        _ => (t, 0),
     };
-    num.parse::<u64>().ok()?.checked_mul(mult)
+    let num = num.strip_suffix(' ').unwrap_or(num);
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(1 << shift);
+    }
+    let bytes = num.parse::<f64>().ok()? * (1u64 << shift) as f64;
+    (bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 #[cfg(test)]
@@ -344,5 +359,14 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(parse_size("64m"), Some(64 << 20));
+        assert_eq!(parse_size("10GB"), Some(10 << 30));
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("1.5gb"), Some(3 << 29));
+        assert_eq!(parse_size("2 k"), Some(2048));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("7b"), Some(7));
+        for bad in ["", "gb", "1x", "-1m", "1.5.1g", "1i", "m1"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
     }
 }

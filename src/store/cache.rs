@@ -62,13 +62,18 @@ impl Store {
     }
 
     /// The cached result of the step with cache key `key` (hex, or `sha256:<hex>`). A record
-    /// whose layer has been pruned counts as a miss.
+    /// whose layer has been pruned counts as a miss. A hit is noted as a use (lru.rs).
     pub fn get_cache(&self, key: &str) -> Option<CacheRecord> {
         let path = self.cache_path(key).ok()?;
         let rec: CacheRecord = Store::read_json(&path).ok().flatten()?;
         match &rec.chain {
             Some(chain) if self.layer(chain).is_none() => None,
-            _ => Some(rec),
+            _ => {
+                if let Some(name) = path.file_stem() {
+                    self.note_use(&name.to_string_lossy());
+                }
+                Some(rec)
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
+use super::lru::{Live, PruneOptions};
 use super::{chain_id, Result, Store, StoreError};
 use crate::image::{
     canonical_json, media, Descriptor, Digest, ImageConfig, Index, Manifest, Reference,
@@ -52,7 +53,7 @@ pub struct PruneStats {
     /// Flattened snapshots of deep layer stacks (flat.rs). Counted, not in `bytes`: their
     /// files are hard links to the layers' files, so removing one frees no file data.
     pub flats: usize,
-    /// Blob bytes plus extracted layer content bytes, with the trash's.
+    /// Blob bytes, extracted layer content bytes and cache record bytes, with the trash's.
     pub bytes: u64,
 }
 
@@ -310,52 +311,85 @@ impl Store {
         Ok(targets)
     }
 
-    /// Remove what no tag needs: layers, blobs, and cache records whose layers are gone (with
-    /// `all`, every cache record, the RUN cache mounts and the context stat cache). Takes the store lock exclusively; fails with
-    /// [`StoreError::Busy`] while a build holds it. The caller must not hold a [`super::StoreLock`].
-    pub fn prune(&self, all: bool) -> Result<PruneStats> {
-        let _lock = self.try_lock_exclusive()?;
-        let mut stats = PruneStats {
-            bytes: self.empty_trash(),
-            ..Default::default()
-        };
-        let mut keep_blobs = BTreeSet::new();
-        let mut keep_chains = BTreeSet::new();
-
+    /// The layer chains and blobs (manifests, configs, layers) the tagged images use: what
+    /// prune never removes.
+    pub(super) fn tag_pins(&self) -> Result<(BTreeSet<Digest>, BTreeSet<Digest>)> {
+        let mut chains = BTreeSet::new();
+        let mut blobs = BTreeSet::new();
         for (_, d) in self.tags()? {
-            keep_blobs.insert(d.digest.clone());
+            blobs.insert(d.digest.clone());
             let img = match self.image_by_manifest(&d.digest) {
                 Ok(img) => img,
                 // A tag whose blobs are missing keeps nothing else; it stays for `rmi`.
                 Err(StoreError::BlobMissing { .. }) => continue,
                 Err(e) => return Err(e),
             };
-            keep_blobs.insert(img.config_digest.clone());
-            keep_blobs.extend(img.manifest_body.layers.iter().map(|l| l.digest.clone()));
-            keep_chains.extend(img.chains);
+            blobs.insert(img.config_digest.clone());
+            blobs.extend(img.manifest_body.layers.iter().map(|l| l.digest.clone()));
+            chains.extend(img.chains);
         }
+        Ok((chains, blobs))
+    }
 
-        let mut keep_listings = BTreeSet::new();
+    /// The cache records whose layer is here, and the paths of those that are unreadable or
+    /// whose layer is gone (a miss forever: prune always removes them).
+    pub(super) fn live_records(&self) -> Result<(Vec<Live>, Vec<std::path::PathBuf>)> {
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
         for (path, rec) in self.cache_records()? {
-            let live = !all
-                && rec.as_ref().is_some_and(|r| match &r.chain {
-                    Some(c) => self.layer(c).is_some(),
-                    None => true,
-                });
-            if live {
-                let rec = rec.expect("a live record was read");
-                keep_listings.extend(rec.inputs.and_then(|i| i.content));
-                if let Some(c) = rec.chain {
-                    keep_chains.insert(c);
-                }
-            } else {
-                fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
-                stats.cache_records += 1;
+            match rec.filter(|r| r.chain.as_ref().is_none_or(|c| self.layer(c).is_some())) {
+                Some(record) => live.push(Live { path, record }),
+                None => dead.push(path),
             }
         }
+        Ok((live, dead))
+    }
+
+    /// Remove what no tag needs: layers, blobs, and cache records whose layers are gone;
+    /// with `opts.all`, every cache record (and, when no limit is given, the RUN cache
+    /// mounts and the context stat cache); with `opts.keep_storage` / `opts.until`, the
+    /// least recently used records (lru.rs). Takes the store lock exclusively; fails with
+    /// [`StoreError::Busy`] while a build holds it, so what a running build uses stays. The
+    /// caller must not hold a [`super::StoreLock`].
+    pub fn prune(&self, opts: &PruneOptions) -> Result<PruneStats> {
+        let _lock = self.try_lock_exclusive()?;
+        let mut stats = PruneStats {
+            bytes: self.empty_trash(),
+            ..Default::default()
+        };
+        let (mut keep_chains, mut keep_blobs) = self.tag_pins()?;
+        let (live, dead) = self.live_records()?;
+        // Without a limit, --all takes every record.
+        let (live, all) = match opts.all && !opts.limited() {
+            true => (Vec::new(), live),
+            false => (live, Vec::new()),
+        };
+        for path in dead.iter().chain(all.iter().map(|l| &l.path)) {
+            remove_record(path, &mut stats)?;
+        }
+        let (used, notes) = self.read_use()?;
+        let gone = if opts.limited() {
+            self.least_recently_used(&live, &used, &keep_chains, &keep_blobs, opts)?
+        } else {
+            BTreeSet::new()
+        };
+        let mut keep_listings = BTreeSet::new();
+        let mut keep_keys = BTreeSet::new();
+        for Live { path, record } in live {
+            if gone.contains(&path) {
+                remove_record(&path, &mut stats)?;
+                continue;
+            }
+            keep_keys.extend(path.file_stem().map(|s| s.to_string_lossy().into_owned()));
+            keep_listings.extend(record.inputs.and_then(|i| i.content));
+            if let Some(c) = record.chain {
+                keep_chains.insert(c);
+            }
+        }
+        self.compact_use(used, &notes, &keep_keys)?;
         self.prune_listings(&keep_listings)?;
         // BuildKit keeps cache mounts unless told to drop all of its cache.
-        if all {
+        if opts.all && !opts.limited() {
             stats.bytes += self.remove_build_state()?;
         }
 
@@ -407,6 +441,14 @@ impl Store {
         }
         Ok(stats)
     }
+}
+
+/// Remove the cache record file at `path`, counting it and its bytes.
+fn remove_record(path: &std::path::Path, stats: &mut PruneStats) -> Result<()> {
+    stats.bytes += fs::metadata(path).map_or(0, |m| m.len());
+    fs::remove_file(path).map_err(StoreError::io("removing", path))?;
+    stats.cache_records += 1;
+    Ok(())
 }
 
 fn ref_name(d: &Descriptor) -> Option<&str> {

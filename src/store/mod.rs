@@ -7,6 +7,7 @@
 //! layers/<chain>/meta.json    diff_id, blobs per compression, size, parent, and for built
 //!                             layers how their tar is made from diff/ (no tar blob is kept)
 //! cache/<key>.json            step results
+//! used/                       when builds last used each cache record (lru.rs)
 //! flat/<chain>/root            flattened snapshot of the layers up to <chain>, mounted in
 //!                             their place when a stack passes overlay's limit (flat.rs)
 //! flat/<chain>/meta.json      how many layers it stands for
@@ -25,6 +26,7 @@ mod images;
 mod layers;
 mod lineage;
 mod lock;
+mod lru;
 mod mounts;
 mod trash;
 mod usage;
@@ -41,7 +43,8 @@ pub use images::{chains_of, ImageRecord, PruneStats};
 use layers::content_size;
 pub use layers::{chain_id, BlobRef, DiffTar, LayerBlobs, LayerBytes, LayerReader, LayerRecord};
 pub use lock::{FileLock, LockMode};
-pub use usage::Usage;
+pub use lru::PruneOptions;
+pub use usage::{Usage, RECLAIMABLE};
 
 /// Errors from the store; each names the path or object it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +149,8 @@ pub struct Store {
     trash_taken: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Layers this process built and committed ([`Store::commit_built_layer`]).
     fresh: std::sync::Mutex<std::collections::HashSet<Digest>>,
+    /// Cache records this process used, saved by [`Store::save_use`] (lru.rs).
+    used: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Held (exclusive flock) for as long as the store is open: tells `open` in other
     /// processes that `session` is alive.
     _session_lock: FileLock,
@@ -206,6 +211,7 @@ impl Store {
             discarding: Default::default(),
             trash_taken: Default::default(),
             fresh: Default::default(),
+            used: Default::default(),
             _session_lock: session_lock,
         };
         store.collect_trash();

@@ -410,7 +410,7 @@ fn prune_keeps_tagged_and_live_cache() {
     s.put_cache("k1", &rec).unwrap();
     let garbage = s.put_blob_bytes(b"garbage").unwrap();
 
-    let stats = s.prune(false).unwrap();
+    let stats = s.prune(&PruneOptions::default()).unwrap();
     assert_eq!(stats.layers, 1, "{stats:?}");
     assert_eq!(stats.cache_records, 0);
     assert!(s.layer(&orphan.chain_id).is_none());
@@ -420,7 +420,7 @@ fn prune_keeps_tagged_and_live_cache() {
     assert!(s.get_cache("k1").is_some());
     assert_eq!(s.resolve("app").unwrap(), Some(img.clone()));
 
-    let stats = s.prune(true).unwrap();
+    let stats = s.prune(&all()).unwrap();
     assert_eq!((stats.cache_records, stats.layers), (1, 1), "{stats:?}");
     assert!(s.get_cache("k1").is_none());
     assert!(s.layer(&base.chain_id).is_some() && s.layer(&top.chain_id).is_some());
@@ -433,9 +433,118 @@ fn prune_keeps_tagged_and_live_cache() {
 
     // Untagged, everything goes.
     s.rmi("app", false).unwrap();
-    let stats = s.prune(true).unwrap();
+    let stats = s.prune(&all()).unwrap();
     assert_eq!(stats.layers, 2);
     assert_eq!(count_entries(&s.root().join("blobs/sha256")), 0);
+}
+
+fn all() -> PruneOptions {
+    PruneOptions {
+        all: true,
+        ..Default::default()
+    }
+}
+
+/// A record for a one-file layer of its own on `parent`.
+fn record_on(s: &Store, key: &str, content: &[u8], parent: &LayerRecord) -> LayerRecord {
+    let layer = make_layer(s, key, content, Some(&parent.chain_id));
+    let rec = CacheRecord {
+        chain: Some(layer.chain_id.clone()),
+        new_layer: true,
+        config: config_for(&[parent, &layer]),
+        history: History::default(),
+        inputs: None,
+    };
+    s.put_cache(key, &rec).unwrap();
+    layer
+}
+
+/// What `rbuild du` counts, images aside (they are the layers counted again).
+fn stored_bytes(s: &Store) -> u64 {
+    let usage = s.disk_usage().unwrap();
+    usage
+        .iter()
+        .filter(|u| u.kind != "Images" && u.kind != RECLAIMABLE)
+        .map(|u| u.bytes)
+        .sum()
+}
+
+#[test]
+fn keep_storage_prunes_the_least_recently_used_records_first() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let base = make_layer(&s, "base", b"base", None);
+    let cfg = config_for(&[&base]);
+    let img = s
+        .put_image(
+            &cfg,
+            std::slice::from_ref(&base.chain_id),
+            Compression::Gzip,
+            &Default::default(),
+        )
+        .unwrap();
+    s.tag(&"app".parse().unwrap(), &img.manifest).unwrap();
+    let big = vec![7u8; 64 << 10];
+    let layers: Vec<LayerRecord> = ["ka", "kb", "kc"]
+        .iter()
+        .map(|k| record_on(&s, k, &[k.as_bytes(), &big].concat(), &base))
+        .collect();
+    // Used in the order b, a, c, one build each (a noted use is what counts, not the
+    // order the records were made in).
+    for key in ["kb", "ka", "kc"] {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(s.get_cache(key).is_some());
+        s.save_use().unwrap();
+    }
+    s.prune(&PruneOptions::default()).unwrap();
+    let full = stored_bytes(&s);
+
+    // Just under the total: the least recently used record (b) and its layer go.
+    let opts = PruneOptions {
+        keep_storage: Some(full - 1),
+        ..Default::default()
+    };
+    let stats = s.prune(&opts).unwrap();
+    assert_eq!((stats.cache_records, stats.layers), (1, 1), "{stats:?}");
+    assert!(s.cache_record("kb").is_none() && s.layer(&layers[1].chain_id).is_none());
+    assert!(s.get_cache("ka").is_some() && s.get_cache("kc").is_some());
+    assert!(stored_bytes(&s) < full);
+    s.save_use().unwrap();
+
+    // An until filter spares what was used since; a size that nothing but the tag fits
+    // takes every other record, and the tagged image stays whole.
+    let recent = PruneOptions {
+        keep_storage: Some(0),
+        until: Some(std::time::Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    assert_eq!(s.prune(&recent).unwrap().cache_records, 0);
+    let before = stored_bytes(&s);
+    let reclaimable = s.disk_usage().unwrap().pop().unwrap();
+    assert_eq!((reclaimable.kind, reclaimable.count), (RECLAIMABLE, 2));
+    let stats = s
+        .prune(&PruneOptions {
+            keep_storage: Some(0),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!((stats.cache_records, stats.layers), (2, 2), "{stats:?}");
+    // du foretold exactly what went, and prune says so.
+    assert_eq!(stored_bytes(&s), before - reclaimable.bytes);
+    assert_eq!(stats.bytes, reclaimable.bytes);
+    let kept = s.resolve("app").unwrap().unwrap();
+    assert!(s.layer(&base.chain_id).is_some());
+    for l in &kept.manifest_body.layers {
+        assert!(s.has_blob(&l.digest));
+    }
+    // The notes were folded into one index that names only the records left.
+    let used: Vec<_> = std::fs::read_dir(s.root().join("used"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(used, ["index.json"]);
+    let index = std::fs::read_to_string(s.root().join("used/index.json")).unwrap();
+    assert_eq!(index, "{}");
 }
 
 #[test]
@@ -444,9 +553,12 @@ fn prune_refuses_while_a_build_holds_the_lock() {
     let s = Store::open(t.path()).unwrap();
     let other = Store::open(t.path()).unwrap();
     let build = other.lock_shared().unwrap();
-    assert!(matches!(s.prune(false), Err(StoreError::Busy(_))));
+    assert!(matches!(
+        s.prune(&PruneOptions::default()),
+        Err(StoreError::Busy(_))
+    ));
     drop(build);
-    s.prune(false).unwrap();
+    s.prune(&PruneOptions::default()).unwrap();
 }
 
 #[test]
@@ -657,11 +769,11 @@ fn prune_all_removes_cache_mounts_and_the_stat_cache() {
     drop(lock);
     std::fs::write(s.stat_cache_path(), b"{}").unwrap();
 
-    s.prune(false).unwrap();
+    s.prune(&PruneOptions::default()).unwrap();
     assert!(mount.join("f").exists());
     assert!(s.stat_cache_path().exists());
 
-    let stats = s.prune(true).unwrap();
+    let stats = s.prune(&all()).unwrap();
     assert!(!mount.exists());
     assert!(!s.stat_cache_path().exists());
     assert!(stats.bytes >= 8, "{stats:?}");
@@ -749,7 +861,7 @@ fn deep_stacks_mount_a_snapshot_that_is_reused_and_pruned() {
     ));
 
     // Nothing keeps the layers: prune removes them and both snapshots.
-    let stats = s.prune(false).unwrap();
+    let stats = s.prune(&PruneOptions::default()).unwrap();
     assert_eq!(stats.flats, 2);
     assert_eq!(stats.layers, 760);
     assert!(s.flat_ids().unwrap().is_empty());

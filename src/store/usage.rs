@@ -11,6 +11,10 @@ use serde::Serialize;
 use super::layers::content_size;
 use super::{Result, Store, StoreError};
 
+/// The last row of [`Store::disk_usage`]: not a kind but what `prune --keep-storage 0` would
+/// free (the cache records it would remove, and the bytes), as `docker buildx du` ends with.
+pub const RECLAIMABLE: &str = "Reclaimable";
+
 /// One kind of thing in the store: how many and how many bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
@@ -21,7 +25,8 @@ pub struct Usage {
 
 impl Store {
     /// The store's usage, by kind: tagged images (the content of the layers they use, each
-    /// layer once), extracted layers, blobs, cache records, cache mounts, the trash.
+    /// layer once), extracted layers, blobs, cache records, cache mounts, the trash; then
+    /// what a prune could reclaim ([`RECLAIMABLE`]).
     pub fn disk_usage(&self) -> Result<Vec<Usage>> {
         // Each layer's meta.json read once: the images' sizes come from these.
         let mut sizes = std::collections::BTreeMap::new();
@@ -85,13 +90,21 @@ impl Store {
                     .count() as u64
             })
             .unwrap_or(0);
-        Ok(vec![
+        let mut usage = vec![
             images,
             layers,
             files("Blobs", &self.root.join("blobs/sha256"))?,
             files("Cache records", &self.root.join("cache"))?,
             mounts,
             files("Trash", &self.trash_dir())?,
-        ])
+        ];
+        let total = usage.iter().skip(1).map(|u| u.bytes).sum();
+        let (bytes, count) = self.reclaimable(total)?;
+        usage.push(Usage {
+            kind: RECLAIMABLE,
+            count,
+            bytes,
+        });
+        Ok(usage)
     }
 }
