@@ -176,6 +176,60 @@ fn rootless_build_is_roots_image_and_runs_in_docker() {
     );
 }
 
+/// `--pids-limit` rootless, where no cgroup is delegated to the user (this machine): each
+/// RUN step's RLIMIT_NPROC, said once in the log. A step that starts 60 background sleeps
+/// cannot fork them all under a limit of 25 (and fails: sh stops at `can't fork`), can
+/// without a limit, and nothing of either is left on the host afterwards.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn pids_limit_rootless_stops_a_fork_bomb_at_the_limit() {
+    let user = User::new(RANGE_USER);
+    let marker = format!("rbuild-pids-{}", std::process::id());
+    let dockerfile = format!(
+        "FROM {BASE}\nRUN for i in $(seq 60); do sh -c 'sleep 3' {marker} & done; wait; echo forked-$((6*10))\n"
+    );
+    let ctx = user.context(&[("Dockerfile", &dockerfile)]);
+    let build = |limit: &str| {
+        run(user
+            .rbuild()
+            .args([
+                "build",
+                "--progress",
+                "plain",
+                "--no-cache",
+                "--pids-limit",
+                limit,
+            ])
+            .arg(&ctx))
+    };
+    let limited = build("25");
+    let log = stderr(&limited);
+    assert!(!limited.status.success(), "{log}");
+    assert_eq!(
+        log.matches("--pids-limit 25 is each RUN step's RLIMIT_NPROC")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("can't fork"), "{log}");
+    assert!(!log.contains("forked-60"), "{log}");
+    wait_for("the limited step's processes to end", || {
+        processes_with(&marker).is_empty()
+    });
+
+    let unlimited = build("0");
+    let log = stderr(&unlimited);
+    assert!(unlimited.status.success(), "{log}");
+    assert!(
+        log.contains("forked-60") && !log.contains("can't fork"),
+        "{log}"
+    );
+    assert!(!log.contains("RLIMIT_NPROC"), "{log}");
+    wait_for("the unlimited step's processes to end", || {
+        processes_with(&marker).is_empty()
+    });
+}
+
 /// Without a subordinate range: one warning naming the /etc/subuid line, a build as root
 /// works, a step as another user fails with that line, never silently as root.
 #[test]

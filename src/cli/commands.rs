@@ -257,6 +257,9 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     let mode = userns::current();
     if mode.is_rootless() && args.progress == super::ProgressMode::Plain && !args.quiet {
         let _ = writeln!(std::io::stderr(), "mode: {}", mode.describe());
+        if let Some(limit) = settings.request.pids_limit {
+            let _ = writeln!(std::io::stderr(), "{}", userns::pids_limit_note(limit));
+        }
     }
     let req = &settings.request;
     if config.error {
