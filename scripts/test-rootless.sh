@@ -21,9 +21,22 @@ FILES=(conformance build stages outputs examples)
 export RBUILD_TEST_USER=${RBUILD_TEST_USER:-rbuild-e2e}
 ensure_rootless_user "$RBUILD_TEST_USER"
 
-# The user reads the cases' contexts (testdata/) from this checkout.
-if ! setpriv --reuid "$RBUILD_TEST_USER" --regid "$RBUILD_TEST_USER" --init-groups \
-  test -r testdata/conformance -a -x testdata/conformance; then
+as_user() { setpriv --reuid "$RBUILD_TEST_USER" --regid "$RBUILD_TEST_USER" --init-groups "$@"; }
+# The user reads the cases' contexts (testdata/) from this checkout and keeps stores under
+# cargo's target/tmp: a directory above them that it may not enter (a checkout in /root)
+# gets an ACL entry letting this user alone pass through.
+for top in "$PWD" "${CARGO_TARGET_DIR:-$PWD/target}"; do
+  dir=
+  IFS=/ read -ra parts <<<"${top#/}"
+  for part in "${parts[@]}"; do   # from / down, so that only the closed ones get an entry
+    dir+=/$part
+    if [[ -d $dir ]] && ! as_user test -x "$dir"; then
+      log "letting $RBUILD_TEST_USER pass through $dir (setfacl -m u:$RBUILD_TEST_USER:x)"
+      setfacl -m "u:$RBUILD_TEST_USER:x" "$dir"
+    fi
+  done
+done
+if ! as_user test -r testdata/conformance -a -x testdata/conformance; then
   echo "scripts/test-rootless.sh: $RBUILD_TEST_USER cannot read $PWD/testdata: make the checkout's directories readable (chmod o+rx on them and their parents)" >&2
   exit 1
 fi
