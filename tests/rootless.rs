@@ -230,6 +230,35 @@ fn pids_limit_rootless_stops_a_fork_bomb_at_the_limit() {
     });
 }
 
+/// `--load` for a user who reaches no docker daemon (docs/rootless.md: the user's
+/// supplementary groups stay outside rbuild's namespace): the error names `docker load`,
+/// not the broken pipe that followed it.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn load_without_a_reachable_docker_names_docker_load() {
+    let user = User::new(RANGE_USER);
+    let ctx = user.context(&[("Dockerfile", &format!("FROM {BASE}\nCOPY Dockerfile /d\n"))]);
+    let mut docker_info = user
+        .user
+        .command(Path::new(support::docker_bin()), user.home());
+    assert!(
+        !run(docker_info.arg("info")).status.success(),
+        "{RANGE_USER} reaches docker: nothing to test"
+    );
+    let tag = "rbuild-test/rootless-load:1";
+    let out = run(user
+        .rbuild()
+        .args(["build", "--progress", "plain", "--load", "-t", tag])
+        .arg(&ctx));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("error: --load: `docker load` failed"), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+    assert!(!run(docker().args(["image", "inspect", tag]))
+        .status
+        .success());
+}
+
 /// Without a subordinate range: one warning naming the /etc/subuid line, a build as root
 /// works, a step as another user fails with that line, never silently as root.
 #[test]

@@ -409,10 +409,15 @@ fn load_into_docker(
     let written = output::write_to(store, image, tags, &spec, epoch, &mut stdin);
     drop(stdin);
     let status = child.wait()?;
-    written?;
+    // A docker load that failed (no daemon, no permission) closed the pipe early: its failure
+    // is the cause, the broken pipe only what followed.
     if !status.success() {
-        return Err(UserError(format!("--load: `docker load` failed ({status})")).into());
+        return Err(UserError(format!(
+            "--load: `docker load` failed ({status}): its message is above"
+        ))
+        .into());
     }
+    written?;
     Ok(())
 }
 
