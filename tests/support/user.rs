@@ -116,18 +116,48 @@ pub fn share(path: &Path) {
     }
 }
 
-/// The built rbuild where every user may execute it (the target dir may be root's alone).
+/// The built rbuild where every user may execute it (the target dir may be root's alone): a
+/// copy in the temp dir's `rbuild-test-bin/` (root's, 0755), named by the binary's path and
+/// build time, so that every test process of one build shares one copy; a new build
+/// replaces its older copies.
 pub fn binary() -> &'static Path {
-    static BIN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &BIN.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let bin = dir.path().join("rbuild");
-        std::fs::copy(super::rbuild_bin(), &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        (dir, bin)
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        use sha2::Digest as _;
+        let src = super::rbuild_bin();
+        let dir = std::env::temp_dir().join("rbuild-test-bin");
+        let _ = std::fs::create_dir(&dir);
+        let meta = std::fs::symlink_metadata(&dir).unwrap();
+        assert!(
+            meta.is_dir() && std::os::unix::fs::MetadataExt::uid(&meta) == 0,
+            "{} is not root's directory",
+            dir.display()
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let built = std::fs::metadata(&src).unwrap().modified().unwrap();
+        let built = built
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let key = hex::encode(&sha2::Sha256::digest(src.as_os_str().as_encoded_bytes())[..6]);
+        let bin = dir.join(format!("{key}-{built}"));
+        if !bin.exists() {
+            let part = dir.join(format!("{key}-{built}.{}.part", std::process::id()));
+            std::fs::copy(&src, &part).unwrap();
+            std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&part, &bin).unwrap();
+            for old in std::fs::read_dir(&dir).unwrap().flatten() {
+                let name = old.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{key}-"))
+                    && !name.ends_with(".part")
+                    && old.path() != bin
+                {
+                    let _ = std::fs::remove_file(old.path());
+                }
+            }
+        }
+        bin
     })
-    .1
 }
 
 /// `prefix` (a program and its arguments, e.g. `unshare -n`) running `cmd`, with `cmd`'s
