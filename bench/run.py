@@ -26,6 +26,11 @@ export`), with no builder around them, no snapshot and no tarball. COPY scenario
 floor too: `cp -a` of the context's data plus writing a tar archive of it (context), or
 writing that archive alone (rebuild). No builder can beat it, so "best peer / run alone" is
 the best ratio any builder could reach in that scenario on this machine.
+
+`steps` and `context` on the fresh store also time "rbuild rootless": the same rbuild run by
+an unprivileged user with a subordinate id range (ROOTLESS_USER, made by scripts/lib.sh's
+ensure_rootless_user), on a store of its own, writing the same archive; the table gives
+rootless / root (docs/rootless.md: the target is within 15 %).
 """
 import argparse
 import os
@@ -44,6 +49,8 @@ REGISTRY = os.environ.get("RBUILD_TEST_REGISTRY", "localhost:5000")
 BUSYBOX = f"{REGISTRY}/busybox:latest"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEBIAN = f"{REGISTRY}/debian:bookworm"
+ROOTLESS_USER = "rbuild-bench"
+ROOTLESS_KINDS = ("steps", "context")
 
 
 def sh(cmd, **kw):
@@ -80,7 +87,38 @@ def write_context(kind, scale, dest):
         f.write("\n".join(lines) + "\n")
 
 
-def builders(kind, ctx, out, store, cached):
+def rootless_setup(work):
+    """The rootless user (with a subordinate range and a home) and a copy of rbuild it may
+    execute; the work dir opened to it (contexts are read, out/rootless written)."""
+    lib = os.path.join(ROOT, "scripts", "lib.sh")
+    sh(["bash", "-c", '. "$0" && ensure_rootless_user "$1"', lib, ROOTLESS_USER])
+    os.chmod(work, 0o755)
+    bin_dir = os.path.join(work, "rootless-bin")
+    os.makedirs(bin_dir)
+    os.chmod(bin_dir, 0o755)
+    shutil.copy(shutil.which("rbuild"), os.path.join(bin_dir, "rbuild"))
+    os.chmod(os.path.join(bin_dir, "rbuild"), 0o755)
+    return os.path.join(bin_dir, "rbuild")
+
+
+def as_rootless(cmd):
+    """`cmd` run by ROOTLESS_USER, with its own HOME."""
+    home = subprocess.run(["getent", "passwd", ROOTLESS_USER], capture_output=True,
+                          text=True).stdout.split(":")[5]
+    return ["setpriv", "--reuid", ROOTLESS_USER, "--regid", ROOTLESS_USER, "--init-groups",
+            "env", f"HOME={home}", f"USER={ROOTLESS_USER}", *cmd]
+
+
+def rootless_dirs(kind, out):
+    """The rootless user's store and output dir for `kind`, made and given to it."""
+    dirs = (os.path.join(os.path.dirname(out), "store-rootless"), os.path.join(out, "rootless"))
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+        shutil.chown(d, ROOTLESS_USER, ROOTLESS_USER)
+    return dirs
+
+
+def builders(kind, ctx, out, store, cached, rootless_bin=None):
     nc = [] if cached else ["--no-cache"]
     rb_out = f"type=oci,dest={out}/rbuild.tar,compression=gzip" if kind == "oci" else f"type=docker,dest={out}/rbuild.tar"
     # Unique names: docker and buildah are shared with other users of the machine.
@@ -95,6 +133,11 @@ def builders(kind, ctx, out, store, cached):
         "buildah": [["buildah", "bud", "--network=host", "--tls-verify=false", "-q", *(["--layers"] if cached else ["--no-cache"]), "-t", tag, ctx],
                     ["buildah", "push", "--tls-verify=false", "-q", tag, bud_dest]],
     }
+    if rootless_bin and kind in ROOTLESS_KINDS:
+        rl_store, rl_out = rootless_dirs(kind, out)
+        all_builders["rbuild-rootless"] = [as_rootless(
+            [rootless_bin, "--root", rl_store, "--progress=plain", *nc, "-t", tag,
+             "-o", f"type=docker,dest={rl_out}/rbuild.tar", ctx])]
     if kind == "oci":
         # docker 20.10 has no OCI exporter: only buildah makes the same artifact.
         del all_builders["buildkit"], all_builders["classic"]
@@ -165,6 +208,8 @@ def run_builder(name, cmds, out, created, kind, ctx):
     for f in os.listdir(out):
         if f.startswith(name + "."):
             os.remove(os.path.join(out, f))
+    if name == "rbuild-rootless" and os.path.exists(os.path.join(out, "rootless", "rbuild.tar")):
+        os.remove(os.path.join(out, "rootless", "rbuild.tar"))
     if name == "alone" and kind in ("context", "rebuild"):
         cmds = [copy_floor_script(kind, ctx, out)]
     elif name == "alone":
@@ -212,11 +257,15 @@ def cleanup(created):
     created.clear()
 
 
-def warm_bases(kind, store):
+def warm_bases(kind, store, out, rootless_bin=None):
     """Pull the base image into every builder untimed, so round 1 measures builds, not pulls."""
     base = DEBIAN if kind == "pyapp" else BUSYBOX
-    for cmd in (["rbuild", "--root", store, "pull", base], [DOCKER, "pull", "-q", base],
-                ["buildah", "pull", "--tls-verify=false", "-q", base]):
+    cmds = [["rbuild", "--root", store, "pull", base], [DOCKER, "pull", "-q", base],
+            ["buildah", "pull", "--tls-verify=false", "-q", base]]
+    if rootless_bin and kind in ROOTLESS_KINDS:
+        rl_store, _ = rootless_dirs(kind, out)
+        cmds.append(as_rootless([rootless_bin, "--root", rl_store, "pull", base]))
+    for cmd in cmds:
         subprocess.run(cmd, capture_output=True)
 
 
@@ -290,6 +339,7 @@ def main():
     ap.add_argument("--only", default="steps,biglayer,context,rebuild,pyapp,oci")
     ap.add_argument("--stores", default="fresh,aged", help="fresh, aged or both (see age_store)")
     ap.add_argument("--aged-scale", type=float, default=1.0, help="scales age_store's files")
+    ap.add_argument("--no-rootless", action="store_true", help="leave out the rootless column")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root")
@@ -302,6 +352,7 @@ def main():
     rows = []
     created = set()
     try:
+        rootless_bin = None if args.no_rootless else rootless_setup(work)
         aged = os.path.join(work, "aged-store")
         if "aged" in stores:
             age_store(aged, work, args.aged_scale)
@@ -312,7 +363,9 @@ def main():
             write_context(kind, args.scale, ctx)
             for cond in stores:
                 store = aged if cond == "aged" else os.path.join(work, kind, "store")
-                warm_bases(kind, store)
+                # The rootless user's store is a fresh one of its own.
+                rl_bin = rootless_bin if cond == "fresh" else None
+                warm_bases(kind, store, out, rl_bin)
                 cached = kind == "rebuild"
                 if cached:  # warm every builder's cache once, untimed
                     for name, cmds in builders(kind, ctx, out, store, True).items():
@@ -320,7 +373,7 @@ def main():
                 times = {}
                 rss = []
                 for _ in range(args.rounds):
-                    for name, cmds in builders(kind, ctx, out, store, cached).items():
+                    for name, cmds in builders(kind, ctx, out, store, cached, rl_bin).items():
                         r = run_builder(name, cmds, out, created, kind, ctx)
                         if r is None:
                             continue
@@ -355,6 +408,11 @@ def main():
                if cond == "aged" and kind in fresh and "rbuild" in med]
     if aged_vs:
         print(f"\nrbuild aged / fresh: {', '.join(aged_vs)}")
+    rootless_vs = [f"{kind} {med['rbuild-rootless']:.2f}s / {med['rbuild']:.2f}s = "
+                   f"{med['rbuild-rootless'] / med['rbuild']:.2f}" for kind, cond, med, _ in rows
+                   if "rbuild-rootless" in med and "rbuild" in med]
+    if rootless_vs:
+        print(f"\nrbuild rootless / root (fresh store, target <= 1.15): {', '.join(rootless_vs)}")
 
 
 if __name__ == "__main__":

@@ -194,3 +194,29 @@ registry_contents() {
     done
   done | LC_ALL=C sort
 }
+
+# An unprivileged user NAME for rootless runs, idempotently: a home of its own, a range of
+# 65536 subordinate ids in /etc/subuid and /etc/subgid (after the ranges the files already
+# hand out; useradd may have added one), or with `no-range` none at all (single-id mode),
+# and /dev/net/tun open to it (slirp4netns, the default RUN network; Debian's udev makes it
+# 0666, some container hosts leave it 0600).
+ensure_rootless_user() {
+  local name=$1 range=${2:-range} home file start
+  id "$name" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$name"
+  home=$(getent passwd "$name" | cut -d: -f6)
+  if [[ ! -d $home ]]; then
+    mkdir -p "$home"
+    chown "$name:" "$home"
+  fi
+  for file in /etc/subuid /etc/subgid; do
+    touch "$file"
+    if [[ $range == no-range ]]; then
+      sed -i "/^$name:/d" "$file"
+      continue
+    fi
+    grep -q "^$name:" "$file" && continue
+    start=$(awk -F: '$2 + $3 > m { m = $2 + $3 } END { print (m > 100000 ? m : 100000) }' "$file")
+    echo "$name:$start:65536" >>"$file"
+  done
+  if [[ -c /dev/net/tun ]]; then chmod go+rw /dev/net/tun; fi
+}

@@ -6,6 +6,10 @@
 #   scripts/test.sh CARGO_ARGS... -- [TEST_ARGS...] cargo test CARGO_ARGS -- TEST_ARGS
 #                                                   (e.g. `--test registry -- --nocapture`)
 #
+# The whole suite (no CARGO_ARGS) then runs the end-to-end files again with rbuild rootless,
+# as an unprivileged user with a subordinate id range (scripts/test-rootless.sh, same
+# TEST_ARGS, same registry).
+#
 # The run gets a registry of its own: docker-registry on a free 127.0.0.1 port, on a copy of
 # the seeded storage scripts/test-env.sh keeps (busybox:latest, debian:bookworm). The tests
 # find it in RBUILD_TEST_REGISTRY. At the end the run fails if the tests left anything in it
@@ -29,7 +33,8 @@ if [[ " $* " == *" -- "* ]]; then
   shift
 fi
 test_args=("$@")
-((${#cargo_args[@]})) || cargo_args=(--all-targets)
+rootless_pass=0
+((${#cargo_args[@]})) || { cargo_args=(--all-targets); rootless_pass=1; }
 
 env_lines=$(scripts/test-env.sh --no-dev-registry)   # sets RBUILD_TEST_SEED
 eval "$env_lines"
@@ -82,6 +87,9 @@ status=0
 [[ " ${test_args[*]} " == *" --ignored "* || " ${test_args[*]} " == *" --include-ignored "* ]] ||
   test_args=(--include-ignored "${test_args[@]}")
 cargo test --locked "${cargo_args[@]}" -- "${test_args[@]}" || status=$?
+if ((rootless_pass)); then
+  scripts/test-rootless.sh "${test_args[@]}" || status=$?
+fi
 
 # Hygiene: every test removes what it pushes (tests/support RegistryImage) and the docker
 # images it makes. Whatever remains is named here and fails the run.

@@ -29,7 +29,7 @@ const BASE: InRegistry = InRegistry("busybox");
 
 /// A build context holding `Dockerfile` and `files` (path -> content).
 fn context(dockerfile: &str, files: &[(&str, &[u8])]) -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
     for (path, content) in files {
         let p = dir.path().join(path);
@@ -84,7 +84,7 @@ fn assert_no_panic(out: &Output) {
 
 /// Build `ctx` into a rootfs directory (`-o type=local`) and return it.
 fn build_rootfs(store: &Path, ctx: &Path, args: &[&str]) -> (TempDir, Output) {
-    let out_dir = tempfile::tempdir().unwrap();
+    let out_dir = tempdir();
     let dest = out_dir.path().join("rootfs");
     let spec = format!("type=local,dest={}", dest.display());
     let mut all = vec!["-o", &spec];
@@ -254,8 +254,8 @@ fn secrets_reach_run_as_files_targets_and_env_but_never_the_image_or_store() {
     needs_root_docker_and_registry();
     const FILE_SECRET: &[u8] = b"file-secret-9f3a1c77e2";
     const ENV_SECRET: &str = "env-secret-51be0d4c8a";
-    let store = tempfile::tempdir().unwrap();
-    let secrets = tempfile::tempdir().unwrap();
+    let store = tempdir();
+    let secrets = tempdir();
     let secret_file = secrets.path().join("tok");
     std::fs::write(&secret_file, FILE_SECRET).unwrap();
     // The RUNs record only digests of what they saw, so the values must not appear anywhere.
@@ -272,7 +272,7 @@ fn secrets_reach_run_as_files_targets_and_env_but_never_the_image_or_store() {
         ),
         &[],
     );
-    let out_dir = tempfile::tempdir().unwrap();
+    let out_dir = tempdir();
     let archive = out_dir.path().join("image.tar");
     let local = out_dir.path().join("rootfs");
     let secret_arg = format!("id=tok,src={}", secret_file.display());
@@ -370,7 +370,7 @@ fn add_url_downloads_with_mode_0600_checks_checksums_and_keeps_archives_whole() 
     ]);
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     let right = format!("sha256:{}", sha256_hex(&hello));
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE}\n\
@@ -468,9 +468,9 @@ fn add_url_downloads_with_mode_0600_checks_checksums_and_keeps_archives_whole() 
 #[ignore = "needs root, docker and a registry"]
 fn iidfile_metadata_file_and_quiet_agree_on_the_image() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(&format!("FROM {BASE}\nRUN echo hi > /hi\n"), &[]);
-    let files = tempfile::tempdir().unwrap();
+    let files = tempdir();
     let iid = files.path().join("iid");
     let meta = files.path().join("meta.json");
     let out = run(rbuild(store.path())
@@ -510,7 +510,7 @@ fn iidfile_metadata_file_and_quiet_agree_on_the_image() {
 #[ignore = "needs root, docker and a registry"]
 fn plain_progress_numbers_steps_and_marks_cached_ones() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE}\nENV A=1\nCOPY a.txt /a.txt\nLABEL l=1\nRUN echo progress-output-line\nCMD [\"sh\"]\n"
@@ -557,16 +557,16 @@ fn plain_progress_numbers_steps_and_marks_cached_ones() {
 #[ignore = "needs root, docker and a registry"]
 fn dockerfile_from_stdin_and_target_stage() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     // The context has no Dockerfile: `-f -` must not need one.
-    let ctx = tempfile::tempdir().unwrap();
+    let ctx = tempdir();
     std::fs::write(ctx.path().join("data.txt"), "data\n").unwrap();
     let dockerfile = format!(
         "FROM {BASE} AS first\nCOPY data.txt /from-first\n\
          FROM {BASE} AS second\nRUN echo second > /from-second\n\
          FROM first AS last\nRUN echo last > /from-last\n"
     );
-    let out_dir = tempfile::tempdir().unwrap();
+    let out_dir = tempdir();
     let dest = out_dir.path().join("rootfs");
     let mut child = rbuild(store.path())
         .args(["-f", "-", "--target", "second", "-o"])
@@ -606,7 +606,7 @@ fn dockerfile_from_stdin_and_target_stage() {
 #[ignore = "needs root, docker and a registry"]
 fn unused_build_arg_warns_and_used_one_does_not() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!("FROM {BASE}\nARG USED\nRUN echo $USED > /v\n"),
         &[],
@@ -632,7 +632,7 @@ fn unused_build_arg_warns_and_used_one_does_not() {
 #[ignore = "needs root, docker and a registry"]
 fn a_platform_the_base_lacks_is_refused_and_the_host_is_accepted() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(&format!("FROM {BASE}\nRUN true\n"), &[]);
     let other = if host_arch() == "arm64" {
         "linux/amd64"
@@ -669,7 +669,7 @@ fn inspect_last(store: &Path, ctx: &Path, args: &[&str]) -> serde_json::Value {
 #[ignore = "needs root, docker and a registry"]
 fn rebuild_hits_the_cache_for_every_step_and_no_cache_runs_them_again() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE}\n\
@@ -721,7 +721,7 @@ fn rebuild_hits_the_cache_for_every_step_and_no_cache_runs_them_again() {
 #[ignore = "needs root and a registry"]
 fn du_counts_what_the_store_holds_by_kind() {
     needs_root_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE}\n\
@@ -769,7 +769,7 @@ fn du_counts_what_the_store_holds_by_kind() {
 fn copy_link_layer_is_made_once_and_stacked_on_any_base() {
     use std::os::unix::fs::MetadataExt;
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE} AS base\n\
@@ -827,7 +827,7 @@ fn copy_link_layer_is_made_once_and_stacked_on_any_base() {
     assert_eq!(read(root.join("srv/chmod.txt")), "a\n");
     assert_eq!(read(root.join("seen")), "a\n2\n");
     let owned = std::fs::symlink_metadata(root.join("owned/a.txt")).unwrap();
-    assert_eq!((owned.uid(), owned.gid()), (1000, 0));
+    assert_eq!((owned.uid(), owned.gid()), user::on_host(1000, 0));
 
     let archive = store.path().join("link.tar");
     build_ok(
@@ -868,7 +868,7 @@ fn copy_link_layer_is_made_once_and_stacked_on_any_base() {
 #[ignore = "needs root, docker and a registry"]
 fn copy_sources_are_cached_by_content_not_mtime() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE}\n\
@@ -908,7 +908,7 @@ fn copy_sources_are_cached_by_content_not_mtime() {
 #[ignore = "needs root, docker and a registry"]
 fn a_changed_build_arg_invalidates_the_runs_that_see_it() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE}\n\
@@ -952,7 +952,7 @@ fn load_puts_a_runnable_image_into_docker() {
     needs_root_docker_and_registry();
     let tag = "rbuild-test/features-load:1";
     let _ = run(docker().args(["rmi", "-f", tag]));
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE}\nMAINTAINER Jane Doe <jane@example.com>\nCOPY msg /msg\nCMD [\"cat\", \"/msg\"]\n"
@@ -972,8 +972,8 @@ fn load_puts_a_runnable_image_into_docker() {
 #[ignore = "needs root, docker and a registry"]
 fn named_build_context_feeds_copy_from() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
-    let extra = tempfile::tempdir().unwrap();
+    let store = tempdir();
+    let extra = tempdir();
     std::fs::create_dir(extra.path().join("sub")).unwrap();
     std::fs::write(
         extra.path().join("sub/conf.txt"),
@@ -1007,7 +1007,7 @@ fn named_build_context_feeds_copy_from() {
 fn onbuild_triggers_run_after_from_in_the_child_and_are_not_inherited() {
     needs_root_docker_and_registry();
     // One store: the child's FROM finds the parent by its tag there.
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let parent_tag = "rbuild-test/features-onbuild-parent:1";
     let parent = context(
         &format!("FROM {BASE}\nONBUILD RUN echo triggered > /t\nRUN echo parent > /p\n"),
@@ -1051,7 +1051,7 @@ fn onbuild_triggers_run_after_from_in_the_child_and_are_not_inherited() {
 #[ignore = "needs root, docker and a registry"]
 fn two_independent_stages_feed_a_third() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE} AS left\nRUN echo left > /left.txt\n\
@@ -1094,7 +1094,7 @@ fn add_url_is_cached_by_the_downloaded_content() {
     needs_root_docker_and_registry();
     let files = Arc::new(Mutex::new(vec![("/v.txt", b"first\n".to_vec())]));
     let port = serve_shared(files.clone());
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE}\nADD http://127.0.0.1:{port}/v.txt /v.txt\n\
@@ -1119,7 +1119,7 @@ fn add_url_is_cached_by_the_downloaded_content() {
 #[ignore = "needs root, docker and a registry"]
 fn concurrent_builds_share_one_store() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctxs: Vec<TempDir> = ["one", "two"]
         .iter()
         .map(|n| {
@@ -1164,14 +1164,14 @@ fn concurrent_builds_share_one_store() {
 #[ignore = "needs root, docker and a registry"]
 fn a_failing_run_shows_its_output_exit_code_and_line_and_writes_no_output() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE}\nRUN echo fine\nRUN echo first-line; echo last-words >&2; exit 3\nRUN echo unreached\n"
         ),
         &[],
     );
-    let out_dir = tempfile::tempdir().unwrap();
+    let out_dir = tempdir();
     let dest = out_dir.path().join("image.tar");
     let out = run(rbuild(store.path())
         .args(["-t", "rbuild-test/features-fail:1", "-o"])
@@ -1231,8 +1231,8 @@ fn a_failing_run_shows_its_output_exit_code_and_line_and_writes_no_output() {
 #[ignore = "needs root"]
 fn bad_invocations_give_clear_messages_and_user_exit_codes() {
     needs_root();
-    let store = tempfile::tempdir().unwrap();
-    let empty = tempfile::tempdir().unwrap();
+    let store = tempdir();
+    let empty = tempdir();
 
     let err = build_fails(store.path(), empty.path(), &[]);
     assert!(err.contains("Dockerfile"), "missing Dockerfile:\n{err}");
@@ -1290,7 +1290,7 @@ fn bad_invocations_give_clear_messages_and_user_exit_codes() {
 #[ignore = "needs root, docker and a registry"]
 fn cache_mounts_honour_sharing_and_ownership() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     // Two independent stages run at once; with sharing=locked their critical sections on
     // the cache never interleave. The cache dir is created with the mount's uid and mode.
     let locked = "--mount=type=cache,id=shared-log,target=/c,sharing=locked,uid=1000,mode=0750";
@@ -1341,7 +1341,7 @@ fn add_host_shm_size_and_ulimit_reach_run_but_no_layer() {
         "--ulimit",
         "nofile=1234:2345",
     ];
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE}\n\
@@ -1351,7 +1351,7 @@ fn add_host_shm_size_and_ulimit_reach_run_but_no_layer() {
         ),
         &[],
     );
-    let oci = tempfile::tempdir().unwrap();
+    let oci = tempdir();
     let oci_spec = format!(
         "type=oci,dest={},tar=false,compression=uncompressed",
         oci.path().join("layout").display()
@@ -1428,7 +1428,7 @@ fn add_host_shm_size_and_ulimit_reach_run_but_no_layer() {
 #[ignore = "needs root, docker and a registry"]
 fn run_security_insecure_needs_the_entitlement() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE}\n\
@@ -1477,7 +1477,7 @@ fn run_security_insecure_needs_the_entitlement() {
 #[ignore = "needs root, docker and a registry"]
 fn no_cache_filter_reruns_the_named_stage_only() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(
         &format!(
             "FROM {BASE} AS deps\nRUN echo deps > /deps\n\
@@ -1504,7 +1504,7 @@ fn no_cache_filter_reruns_the_named_stage_only() {
 #[ignore = "needs root, docker and a registry"]
 fn call_targets_and_outline_print_and_build_nothing() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/call/multi-stage");
     let out = run(rbuild(store.path())
         .args(["--call", "targets", "-f"])
@@ -1555,10 +1555,10 @@ fn inspect_images(store: &Path) -> String {
 #[ignore = "needs root, docker and a registry"]
 fn annotations_reach_the_manifest_its_descriptor_and_the_registry() {
     needs_root_docker_and_registry();
-    let store = tempfile::tempdir().unwrap();
+    let store = tempdir();
     let ctx = context(&format!("FROM {BASE}\nRUN echo hi > /hi\n"), &[]);
     let tag = format!("{}/rbuild-test/flags-annotations:1", registry());
-    let out_dir = tempfile::tempdir().unwrap();
+    let out_dir = tempdir();
     let layout = out_dir.path().join("layout");
     let oci = format!("type=oci,dest={},tar=false", layout.display());
     build_ok(

@@ -27,14 +27,11 @@ fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/conformance")
 }
 
-/// One store for the whole run, as a CI job would use: concurrent builds share it.
+/// One store for the whole run, as a CI job would use: concurrent builds share it. The
+/// rootless pass's user has one of its own.
 fn store() -> &'static Path {
     static STORE: OnceLock<PathBuf> = OnceLock::new();
-    STORE.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance-store");
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    })
+    STORE.get_or_init(|| kept_store("conformance-store"))
 }
 
 fn read_opt(path: &Path) -> Option<String> {
@@ -82,9 +79,9 @@ fn check_case(name: &str) {
         "{}: no Dockerfile",
         case.display()
     );
-    let out_dir = tempfile::tempdir().unwrap();
+    let out_dir = tempdir();
     let archive = out_dir.path().join("image.tar");
-    let dockerfile_dir = tempfile::tempdir().unwrap();
+    let dockerfile_dir = tempdir();
     let dockerfile = dockerfile_for_run(&case, dockerfile_dir.path());
     let rbuild_tag = format!("rbuild-conformance/{name}:rbuild");
     let docker_tag = format!("rbuild-conformance/{name}:docker");

@@ -38,11 +38,7 @@ fn examples_dir() -> PathBuf {
 /// One store for all examples, kept between runs so the apt layers come from the cache.
 fn store() -> &'static Path {
     static STORE: OnceLock<PathBuf> = OnceLock::new();
-    STORE.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("examples-store");
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    })
+    STORE.get_or_init(|| kept_store("examples-store"))
 }
 
 fn tag(example: &str, builder: &str) -> String {
@@ -57,7 +53,7 @@ fn rbuild_example(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> (tempfile::TempDir, PathBuf, String, DockerImages) {
-    let out_dir = tempfile::tempdir().unwrap();
+    let out_dir = tempdir();
     let archive = out_dir.path().join("image.tar");
     let tag = tag(example, "rbuild");
     let mut cmd = rbuild(store());

@@ -5,12 +5,12 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use support::user::binary;
 use support::{docker, processes_with, rbuild, run, run_ok, wait_for, DockerImages, InRegistry};
 
 const BASE: InRegistry = InRegistry("busybox");
@@ -22,9 +22,7 @@ const EPOCH: &str = "1700000000";
 
 /// An unprivileged user, a directory of its own, and the rbuild binary it may execute.
 struct User {
-    name: &'static str,
-    uid: u32,
-    gid: u32,
+    user: support::user::User,
     /// Its $HOME for the test (so its store, ~/.local/share/rbuild, is the test's own).
     dir: tempfile::TempDir,
 }
@@ -32,21 +30,10 @@ struct User {
 impl User {
     fn new(name: &'static str) -> User {
         setup();
-        let id = |flag: &str| -> u32 {
-            run_ok(Command::new("id").args([flag, name]))
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        let (uid, gid) = (id("-u"), id("-g"));
+        let user = support::user::User::named(name);
         let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
-        User {
-            name,
-            uid,
-            gid,
-            dir,
-        }
+        user.give(dir.path());
+        User { user, dir }
     }
 
     fn home(&self) -> &Path {
@@ -62,29 +49,17 @@ impl User {
         }
         run_ok(Command::new("chown").args([
             "-R",
-            &format!("{}:{}", self.uid, self.gid),
+            &format!("{}:{}", self.user.uid, self.user.gid),
             ctx.to_str().unwrap(),
         ]));
         ctx
     }
 
-    /// rbuild as this user: setpriv drops root, the environment is a login's.
+    /// rbuild as this user (setpriv drops root), in its home.
     fn rbuild(&self) -> Command {
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            "--reuid",
-            &self.uid.to_string(),
-            "--regid",
-            &self.gid.to_string(),
-            "--init-groups",
-            "--",
-        ])
-        .arg(binary())
-        .env_clear()
-        .env("HOME", self.home())
-        .env("USER", self.name)
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-        .current_dir(self.home());
+        let mut cmd = self.user.command(binary(), self.home());
+        cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .current_dir(self.home());
         cmd
     }
 }
@@ -104,62 +79,17 @@ fn setup() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         support::needs_root_docker_and_registry();
-        for user in [RANGE_USER, SINGLE_USER] {
-            if !run(Command::new("id").arg(user)).status.success() {
-                run_ok(Command::new("useradd").args([
-                    "--no-create-home",
-                    "--shell",
-                    "/bin/sh",
-                    user,
-                ]));
-            }
-        }
-        for file in ["/etc/subuid", "/etc/subgid"] {
-            let text = std::fs::read_to_string(file).unwrap_or_default();
-            // useradd may have given SINGLE_USER a range: it must have none.
-            let mut lines: Vec<String> = text
-                .lines()
-                .filter(|l| !l.starts_with(&format!("{SINGLE_USER}:")))
-                .map(str::to_string)
-                .collect();
-            if !lines
-                .iter()
-                .any(|l| l.starts_with(&format!("{RANGE_USER}:")))
-            {
-                let end = lines
-                    .iter()
-                    .filter_map(|l| {
-                        let f: Vec<&str> = l.split(':').collect();
-                        Some(f.get(1)?.parse::<u64>().ok()? + f.get(2)?.parse::<u64>().ok()?)
-                    })
-                    .max()
-                    .unwrap_or(0)
-                    .max(100_000);
-                lines.push(format!("{RANGE_USER}:{end}:65536"));
-            }
-            std::fs::write(file, lines.join("\n") + "\n").unwrap();
-        }
-        // slirp4netns (the default network) opens /dev/net/tun, which Debian's udev makes
-        // 0666; some container hosts leave it 0600.
-        let tun = Path::new("/dev/net/tun");
-        if tun.exists() && std::fs::metadata(tun).unwrap().permissions().mode() & 0o006 != 0o006 {
-            std::fs::set_permissions(tun, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib.sh");
+        for (user, range) in [(RANGE_USER, "range"), (SINGLE_USER, "no-range")] {
+            run_ok(
+                Command::new("bash")
+                    .arg("-c")
+                    .arg(r#". "$0" && ensure_rootless_user "$1" "$2""#)
+                    .arg(&lib)
+                    .args([user, range]),
+            );
         }
     });
-}
-
-/// The built rbuild where every user may execute it (the target dir may be root's alone).
-fn binary() -> &'static Path {
-    static BIN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &BIN.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let bin = dir.path().join("rbuild");
-        std::fs::copy(support::rbuild_bin(), &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        (dir, bin)
-    })
-    .1
 }
 
 /// The image id (config digest) of a docker archive.
@@ -244,6 +174,89 @@ fn rootless_build_is_roots_image_and_runs_in_docker() {
         shown.contains("{}"),
         "the registry's answer over the host network: {shown}"
     );
+}
+
+/// `--pids-limit` rootless, where no cgroup is delegated to the user (this machine): each
+/// RUN step's RLIMIT_NPROC, said once in the log. A step that starts 60 background sleeps
+/// cannot fork them all under a limit of 25 (and fails: sh stops at `can't fork`), can
+/// without a limit, and nothing of either is left on the host afterwards.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn pids_limit_rootless_stops_a_fork_bomb_at_the_limit() {
+    let user = User::new(RANGE_USER);
+    let marker = format!("rbuild-pids-{}", std::process::id());
+    let dockerfile = format!(
+        "FROM {BASE}\nRUN for i in $(seq 60); do sh -c 'sleep 3' {marker} & done; wait; echo forked-$((6*10))\n"
+    );
+    let ctx = user.context(&[("Dockerfile", &dockerfile)]);
+    let build = |limit: &str| {
+        run(user
+            .rbuild()
+            .args([
+                "build",
+                "--progress",
+                "plain",
+                "--no-cache",
+                "--pids-limit",
+                limit,
+            ])
+            .arg(&ctx))
+    };
+    let limited = build("25");
+    let log = stderr(&limited);
+    assert!(!limited.status.success(), "{log}");
+    assert_eq!(
+        log.matches("--pids-limit 25 is each RUN step's RLIMIT_NPROC")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("can't fork"), "{log}");
+    assert!(!log.contains("forked-60"), "{log}");
+    wait_for("the limited step's processes to end", || {
+        processes_with(&marker).is_empty()
+    });
+
+    let unlimited = build("0");
+    let log = stderr(&unlimited);
+    assert!(unlimited.status.success(), "{log}");
+    assert!(
+        log.contains("forked-60") && !log.contains("can't fork"),
+        "{log}"
+    );
+    assert!(!log.contains("RLIMIT_NPROC"), "{log}");
+    wait_for("the unlimited step's processes to end", || {
+        processes_with(&marker).is_empty()
+    });
+}
+
+/// `--load` for a user who reaches no docker daemon (docs/rootless.md: the user's
+/// supplementary groups stay outside rbuild's namespace): the error names `docker load`,
+/// not the broken pipe that followed it.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn load_without_a_reachable_docker_names_docker_load() {
+    let user = User::new(RANGE_USER);
+    let ctx = user.context(&[("Dockerfile", &format!("FROM {BASE}\nCOPY Dockerfile /d\n"))]);
+    let mut docker_info = user
+        .user
+        .command(Path::new(support::docker_bin()), user.home());
+    assert!(
+        !run(docker_info.arg("info")).status.success(),
+        "{RANGE_USER} reaches docker: nothing to test"
+    );
+    let tag = "rbuild-test/rootless-load:1";
+    let out = run(user
+        .rbuild()
+        .args(["build", "--progress", "plain", "--load", "-t", tag])
+        .arg(&ctx));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("error: --load: `docker load` failed"), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+    assert!(!run(docker().args(["image", "inspect", tag]))
+        .status
+        .success());
 }
 
 /// Without a subordinate range: one warning naming the /etc/subuid line, a build as root
@@ -353,7 +366,7 @@ fn device_node_in_a_base_layer_is_left_out_with_one_warning() {
     // `rbuild import` of the same tarball by the user says the same, once.
     let own = user.home().join("base.tar");
     std::fs::copy(&tarball, &own).unwrap();
-    std::os::unix::fs::chown(&own, Some(user.uid), Some(user.gid)).unwrap();
+    std::os::unix::fs::chown(&own, Some(user.user.uid), Some(user.user.gid)).unwrap();
     let log = ok(user.rbuild().arg("import").arg(&own).arg("devbase:local"));
     assert_eq!(
         log.matches("left out 1 device node(s) (first: /dev/mynull)")

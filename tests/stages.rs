@@ -43,7 +43,7 @@ fn interval(path: &Path) -> (f64, f64) {
 #[ignore = "needs root and a registry"]
 fn independent_stages_build_in_parallel() {
     needs_root_and_registry();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let record = |name: &str| {
         format!(
             "FROM {REGISTRY}/busybox:latest AS {name}\n\
@@ -99,7 +99,7 @@ fn independent_stages_build_in_parallel() {
 #[ignore = "needs root and a registry"]
 fn failing_stage_fails_the_build_and_cancels_the_others() {
     needs_root_and_registry();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let dockerfile = format!(
         "FROM {REGISTRY}/busybox:latest AS slow\n\
          RUN sleep 2\n\
@@ -133,7 +133,7 @@ fn failing_stage_fails_the_build_and_cancels_the_others() {
 #[ignore = "needs root and a registry"]
 fn single_stage_labels_have_no_stage_name() {
     needs_root_and_registry();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let dockerfile =
         format!("FROM {REGISTRY}/busybox:latest\nENV A=1\nRUN true\nWORKDIR /w\nCMD [\"sh\"]\n");
     let (ok, stderr) = build(&dockerfile, dir.path());
@@ -160,7 +160,7 @@ fn single_stage_labels_have_no_stage_name() {
 #[ignore = "needs root and a registry"]
 fn onbuild_copy_from_a_stage_builds_that_stage_first() {
     needs_root_and_registry();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let store = dir.path().join("store");
     let image = format!(
         "{REGISTRY}/rbuild-test/onbuild-copy-from:{}",
@@ -174,11 +174,7 @@ fn onbuild_copy_from_a_stage_builds_that_stage_first() {
     )
     .unwrap();
     run_ok(rbuild(&store).args(["-t", &image]).arg(&base_ctx));
-    run_ok(
-        std::process::Command::new(rbuild_bin())
-            .env("RBUILD_ROOT", &store)
-            .args(["push", &image]),
-    );
+    run_ok(rbuild_cmd(&store).args(["push", &image]));
     let _pushed = RegistryImage::pushed(&image);
 
     let (ok, stderr) = build(

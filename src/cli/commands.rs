@@ -263,6 +263,9 @@ fn build(global: &GlobalArgs, args: &super::BuildArgs) -> anyhow::Result<()> {
     let mode = userns::current();
     if mode.is_rootless() && args.progress == super::ProgressMode::Plain && !args.quiet {
         let _ = writeln!(std::io::stderr(), "mode: {}", mode.describe());
+        if let Some(limit) = settings.request.pids_limit {
+            let _ = writeln!(std::io::stderr(), "{}", userns::pids_limit_note(limit));
+        }
     }
     let req = &settings.request;
     if config.error {
@@ -442,10 +445,15 @@ fn load_into_docker(
     let written = output::write_to(store, image, tags, &spec, epoch, &mut stdin);
     drop(stdin);
     let status = child.wait()?;
-    written?;
+    // A docker load that failed (no daemon, no permission) closed the pipe early: its failure
+    // is the cause, the broken pipe only what followed.
     if !status.success() {
-        return Err(UserError(format!("--load: `docker load` failed ({status})")).into());
+        return Err(UserError(format!(
+            "--load: `docker load` failed ({status}): its message is above"
+        ))
+        .into());
     }
+    written?;
     Ok(())
 }
 

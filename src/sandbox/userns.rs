@@ -19,7 +19,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use super::SandboxError;
+use super::{Rlimit, RlimitResource, SandboxError};
 
 /// Names the inherited socket of a re-executed child (its fd number).
 const CHILD_ENV: &str = "_RBUILD_USERNS_FD";
@@ -123,6 +123,32 @@ pub fn is_opaque(path: &Path) -> bool {
     OPAQUE_XATTRS
         .iter()
         .any(|name| matches!(rustix::fs::lgetxattr(path, *name, &mut buf), Ok(1) if buf[0] == b'y'))
+}
+
+/// Rootless, `--pids-limit` has no cgroup (nobody delegated one to the user): the step gets
+/// RLIMIT_NPROC at the limit instead, unless `--ulimit nproc` set one. The kernel counts it
+/// per user id of rbuild's namespace (the user's tasks of that id, threads included: the
+/// build's other steps as that user, and for root steps rbuild's own few), and ns root
+/// cannot lift it (that needs CAP_SYS_RESOURCE in the initial namespace), so a fork bomb
+/// stops at the limit as under root's cgroup. Docker and podman ignore the limit
+/// without a delegated cgroup; docs/rootless.md.
+pub fn pids_rlimit(pids_limit: Option<u32>, rlimits: &[Rlimit]) -> Option<Rlimit> {
+    let limit = u64::from(pids_limit?);
+    let set = rlimits.iter().any(|r| r.resource == RlimitResource::Nproc);
+    (in_user_namespace() && !set).then_some(Rlimit {
+        resource: RlimitResource::Nproc,
+        soft: limit,
+        hard: limit,
+    })
+}
+
+/// The note a rootless build with a pids limit prints once at its start.
+pub fn pids_limit_note(limit: u32) -> String {
+    format!(
+        "note: rootless, no cgroup is delegated to this user: --pids-limit {limit} is each RUN \
+         step's RLIMIT_NPROC (the tasks of the step's user id in the build), not a pids \
+         cgroup (docs/rootless.md)"
+    )
 }
 
 /// Whether overlay must be mounted with `userxattr` (and opaque directories carry

@@ -8,6 +8,8 @@
 //! `--include-ignored`, and there a missing prerequisite fails the test, naming it.
 #![allow(dead_code)]
 
+pub mod user;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
@@ -151,19 +153,40 @@ pub fn rbuild_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rbuild"))
 }
 
-/// rbuild with a store of its own under `store`.
+/// rbuild with a store of its own under `store`. In the rootless pass it runs as the pass's
+/// user ([`user::USER_VAR`]), who then owns `store`.
 pub fn rbuild(store: &Path) -> Command {
-    let mut cmd = Command::new(rbuild_bin());
-    cmd.env("RBUILD_ROOT", store).arg("--progress=plain");
+    let mut cmd = rbuild_cmd(store);
+    cmd.arg("--progress=plain");
     cmd
 }
 
 /// An rbuild subcommand (`images`, `du`, `prune`, `inspect`, ...) on the store under
 /// `store`: no build flags.
 pub fn rbuild_cmd(store: &Path) -> Command {
-    let mut cmd = Command::new(rbuild_bin());
+    let mut cmd = user::rbuild_on(store);
     cmd.env("RBUILD_ROOT", store);
     cmd
+}
+
+/// A store kept between runs under cargo's test tmpdir, `name` (the rootless pass's user has
+/// one of its own, `name-USER`: root's holds files the user may not write).
+pub fn kept_store(name: &str) -> PathBuf {
+    let name = match user::pass_user() {
+        Some((user, _)) => format!("{name}-{}", user.name),
+        None => name.to_string(),
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A temporary directory for a test's contexts, stores and outputs: in the rootless pass it
+/// belongs to the pass's user, so that its rbuild may read and write there.
+pub fn tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    user::share(dir.path());
+    dir
 }
 
 /// How each step of a plain progress log ended, with its label (`[stage i/n] TEXT`, empty

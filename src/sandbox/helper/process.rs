@@ -469,7 +469,8 @@ pub(super) fn child(
     })?;
     drop(devnull);
 
-    set_rlimits(&spec.rlimits)?;
+    let pids = super::super::userns::pids_rlimit(spec.pids_limit, &spec.rlimits);
+    set_rlimits(&[&spec.rlimits[..], pids.as_slice()].concat())?;
     if insecure {
         keep_capabilities_across_setuid()?;
     } else {
