@@ -12,7 +12,7 @@ mod remote;
 mod spec;
 
 pub use remote::{
-    export, inline_annotation, CacheConfig, CacheError, ExportedRecord, Source, ARTIFACT_TYPE,
+    export, fetch_blob, inline_annotation, CacheConfig, CacheError, ExportedRecord, Source, ARTIFACT_TYPE,
     INLINE_ANNOTATION,
 };
 pub use spec::{

@@ -7,6 +7,8 @@
 //! layers/<chain>/meta.json    diff_id, blobs per compression, size, parent, and for built
 //!                             layers how their tar is made from diff/ (no tar blob is kept)
 //! cache/<key>.json            step results
+//! remote/<chain>.json         a layer known from a --cache-from cache, not fetched yet
+//!                             (remote.rs)
 //! flat/<chain>/root            flattened snapshot of the layers up to <chain>, mounted in
 //!                             their place when a stack passes overlay's limit (flat.rs)
 //! flat/<chain>/meta.json      how many layers it stands for
@@ -26,6 +28,7 @@ mod layers;
 mod lineage;
 mod lock;
 mod mounts;
+mod remote;
 mod trash;
 mod usage;
 
@@ -41,6 +44,7 @@ pub use images::{chains_of, ImageRecord, PruneStats};
 use layers::content_size;
 pub use layers::{chain_id, BlobRef, DiffTar, LayerBlobs, LayerBytes, LayerReader, LayerRecord};
 pub use lock::{FileLock, LockMode};
+pub use remote::{BlobSource, RemoteLayer};
 pub use usage::Usage;
 
 /// Errors from the store; each names the path or object it concerns.
