@@ -175,7 +175,7 @@ fn build_with(
         match build_waves(&mut ctx, &plan) {
             // A cache blob fetched lazily failed its digest: the steps answered from it
             // are built again, the blob refused (BuildKit's import checks every blob too).
-            Err(e) if remote.refuse(&e) => {
+            Err(e) if remote_cache::refused(&e) => {
                 reporter.warn(&format!("{e}: building again without it"));
                 ctx.restart();
             }

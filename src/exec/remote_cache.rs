@@ -2,8 +2,7 @@
 //! steps ask [`RemoteCache::lookup`] for a key the store does not have; the build's steps go
 //! out through [`export`] once the image is committed. The format is crate::cache's.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use crate::cache::{
     self, CacheError, CacheExport, CacheImport, CacheMode, ExportTarget, ExportedRecord, Source,
@@ -21,14 +20,11 @@ use super::{BlobHome, BuildError, Reporter, StepId};
 #[derive(Default)]
 pub struct RemoteCache {
     sources: Vec<Source>,
-    /// Blobs [`materialize`] refused in this build (see [`RemoteCache::refuse`]).
-    refused: Mutex<BTreeSet<Digest>>,
 }
 
 /// No `--cache-from`: what a step context asks until told otherwise.
 pub static NO_REMOTE: RemoteCache = RemoteCache {
     sources: Vec::new(),
-    refused: Mutex::new(BTreeSet::new()),
 };
 
 impl RemoteCache {
@@ -46,10 +42,7 @@ impl RemoteCache {
                 }
             })
             .collect();
-        RemoteCache {
-            sources,
-            refused: Mutex::default(),
-        }
+        RemoteCache { sources }
     }
 
     /// Before a miss on `parent` is explained: the imported records of steps built on it,
@@ -88,7 +81,7 @@ impl RemoteCache {
             .find_map(|s| s.get(key).map(|r| (s, r)))?;
         let rec = found.record.clone();
         if let Some(chain) = &rec.chain {
-            if !self.record_layers(source, store, &rec.config.rootfs.diff_ids, chain) {
+            if !record_layers(source, store, &rec.config.rootfs.diff_ids, chain) {
                 return None;
             }
         }
@@ -97,58 +90,44 @@ impl RemoteCache {
         let _ = store.put_cache(key, &rec);
         Some(rec)
     }
+}
 
-    /// Record the layers of `diff_ids` (ending at `chain`) the store lacks as fetchable
-    /// from `source`; false when one cannot be had.
-    fn record_layers(
-        &self,
-        source: &Source,
-        store: &Store,
-        diff_ids: &[Digest],
-        chain: &Digest,
-    ) -> bool {
-        if store.layer_known(chain) {
-            return true;
-        }
-        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-        let mut parent: Option<Digest> = None;
-        for diff_id in diff_ids {
-            let c = chain_id(parent.as_ref(), diff_id);
-            if store.layer(&c).is_none() {
-                let Some(blob) = source.layer(diff_id) else {
-                    return false;
-                };
-                if refused.contains(&blob.digest) {
-                    return false;
-                }
-                let remote = RemoteLayer {
-                    chain_id: c.clone(),
-                    diff_id: diff_id.clone(),
-                    parent: parent.clone(),
-                    blob: blob.clone(),
-                    source: source.blob_source(),
-                };
-                if store.put_remote_layer(&remote).is_err() {
-                    return false;
-                }
+/// Record the layers of `diff_ids` (ending at `chain`) the store lacks as fetchable
+/// from `source`; false when one cannot be had.
+fn record_layers(source: &Source, store: &Store, diff_ids: &[Digest], chain: &Digest) -> bool {
+    if store.layer_known(chain) {
+        return true;
+    }
+    let mut parent: Option<Digest> = None;
+    for diff_id in diff_ids {
+        let c = chain_id(parent.as_ref(), diff_id);
+        if store.layer(&c).is_none() {
+            let Some(blob) = source.layer(diff_id) else {
+                return false;
+            };
+            if store.blob_refused(&blob.digest) {
+                return false;
             }
-            parent = Some(c);
+            let remote = RemoteLayer {
+                chain_id: c.clone(),
+                diff_id: diff_id.clone(),
+                parent: parent.clone(),
+                blob: blob.clone(),
+                source: source.blob_source(),
+            };
+            if store.put_remote_layer(&remote).is_err() {
+                return false;
+            }
         }
-        parent.as_ref() == Some(chain)
+        parent = Some(c);
     }
+    parent.as_ref() == Some(chain)
+}
 
-    /// After [`materialize`] refused a blob: this build's lookups skip the records that
-    /// need it. Whether `e` is such a refusal.
-    pub fn refuse(&self, e: &BuildError) -> bool {
-        match e {
-            BuildError::Cache(CacheError::DigestMismatch { expected, .. }) => self
-                .refused
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(expected.clone()),
-            _ => false,
-        }
-    }
+/// Whether `e` is [`materialize`] refusing a blob: the build can start again, the steps
+/// that blob answered then miss.
+pub fn refused(e: &BuildError) -> bool {
+    matches!(e, BuildError::Cache(CacheError::DigestMismatch { .. }))
 }
 
 /// Make the layers `chains` (a stage's or an image's, bottom first) present in the store:
@@ -193,7 +172,7 @@ fn fetch_and_extract(
             );
             if let Err(e) = cache::fetch_blob(registry, store, &layer.source, &layer.blob) {
                 if matches!(e, CacheError::DigestMismatch { .. }) {
-                    store.remove_remote_layer(&layer.chain_id)?;
+                    store.refuse_remote_layer(&layer.chain_id, &layer.blob.digest)?;
                 }
                 return Err(e.into());
             }

@@ -6,7 +6,8 @@
 //! [`Store::layer`] does not see it and nothing half-present is ever stacked as a lower.
 //! exec/remote_cache.rs `materialize` fetches the blob, checks it and extracts it through
 //! the ordinary [`Store::commit_layer`] (one rename publishes it; a racing build that did
-//! the same keeps its copy); the record may stay: a present layer wins over it.
+//! the same keeps its copy); the record may stay: a present layer wins over it. A blob that
+//! failed its digest is remembered in remote/refused/<hex>: no hit records it again.
 
 use std::fs;
 use std::io;
@@ -60,8 +61,14 @@ impl Store {
         Store::read_json(&self.remote_path(chain)).ok().flatten()
     }
 
-    /// Forget a remote layer (its blob was refused).
-    pub fn remove_remote_layer(&self, chain: &Digest) -> Result<()> {
+    /// Forget the remote layer `chain`, whose blob arrived with other bytes than its
+    /// digest: the blob is refused for good (a cache hit never records it again, so the
+    /// step that made it runs).
+    pub fn refuse_remote_layer(&self, chain: &Digest, blob: &Digest) -> Result<()> {
+        let marker = self.refused_path(blob);
+        let dir = marker.parent().expect("remote/refused/<hex> has a parent");
+        fs::create_dir_all(dir).map_err(StoreError::io("creating", dir))?;
+        self.write_file_atomic(&marker, b"")?;
         let path = self.remote_path(chain);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -69,6 +76,15 @@ impl Store {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether the blob `digest` was refused ([`Store::refuse_remote_layer`]).
+    pub fn blob_refused(&self, digest: &Digest) -> bool {
+        self.refused_path(digest).exists()
+    }
+
+    fn refused_path(&self, blob: &Digest) -> PathBuf {
+        self.root.join("remote").join("refused").join(blob.hex())
     }
 
     /// Whether the layer `chain` is present, or it and every layer below it are present or
