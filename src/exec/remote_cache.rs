@@ -101,7 +101,7 @@ fn record_layers(source: &Source, store: &Store, diff_ids: &[Digest], chain: &Di
     let mut parent: Option<Digest> = None;
     for diff_id in diff_ids {
         let c = chain_id(parent.as_ref(), diff_id);
-        if store.layer(&c).is_none() {
+        if store.layer(&c).is_none() && store.remote_layer(&c).is_none() {
             let Some(blob) = source.layer(diff_id) else {
                 return false;
             };
