@@ -57,6 +57,20 @@ const FILES: &[(&str, &str)] = &[
     ("extra.txt", "extra\n"),
 ];
 
+/// [`FILES`] with extra.txt changed: what the last COPY of both Dockerfiles reads.
+fn extra_changed() -> Vec<(&'static str, &'static str)> {
+    FILES
+        .iter()
+        .map(|&(p, c)| {
+            if p == "extra.txt" {
+                (p, "changed\n")
+            } else {
+                (p, c)
+            }
+        })
+        .collect()
+}
+
 /// Issue 18: keys must not hold the store's path, the context's path, inodes, mtimes or
 /// the owner of the context's files, or a cache made on one CI runner misses on the next.
 #[test]
@@ -207,16 +221,7 @@ fn a_changed_source_file_reruns_only_what_depends_on_it() {
         &format!("type=registry,ref={reference},mode=max"),
     ]);
     let _cache = RegistryImage::pushed(&reference);
-    let changed: Vec<(&str, &str)> = FILES
-        .iter()
-        .map(|&(p, c)| {
-            if p == "extra.txt" {
-                (p, "changed\n")
-            } else {
-                (p, c)
-            }
-        })
-        .collect();
+    let changed = extra_changed();
     let b = Runner::new(&changed);
     let (_, progress) = b.build(&["--cache-from", &reference]);
     let ran: Vec<(String, bool)> = ran(&progress);
@@ -382,16 +387,7 @@ fn a_tampered_cache_blob_is_refused_and_the_step_rebuilt() {
     assert!(out.is_file());
 
     // A step that misses needs the files below it: refused, built again without them.
-    let changed: Vec<(&str, &str)> = FILES
-        .iter()
-        .map(|&(p, c)| {
-            if p == "extra.txt" {
-                (p, "changed\n")
-            } else {
-                (p, c)
-            }
-        })
-        .collect();
+    let changed = extra_changed();
     let c = Runner::new(&changed);
     let (_, progress) = c.build(&["--cache-from", &from_local]);
     assert!(progress.contains("RAN-BUILD"), "{progress}");
@@ -687,16 +683,7 @@ fn lazy_layers_are_fetched_once_when_files_or_bytes_are_needed() {
         assert!(listing.lines().any(|l| l == name), "{name}:\n{listing}");
     }
 
-    let changed: Vec<(&str, &str)> = FILES
-        .iter()
-        .map(|&(p, c)| {
-            if p == "extra.txt" {
-                (p, "changed\n")
-            } else {
-                (p, c)
-            }
-        })
-        .collect();
+    let changed = extra_changed();
     let c = lazy_runner(&proxy, &changed);
     proxy.take();
     let (_, progress) = c.build(&["--cache-from", &cache]);
