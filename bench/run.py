@@ -16,6 +16,9 @@ fifth a `--no-cache` rebuild, so its trash is full too). The peers keep their ow
 Before each builder's run the machine syncs and the context is read once, so no builder
 pays for another's dirty pages or a cold context (a CI checkout leaves it in page cache).
 
+The `ci` scenario (issue 18) is a CI pipeline on runners that start empty, sharing their
+build cache through a registry: see run_ci. It starts a loopback docker-registry of its own.
+
 Docker 20.10's builders cannot export OCI archives, so the `oci` scenario compares rbuild
 with buildah only. Images the peers create are removed again at the end of each scenario.
 
@@ -318,6 +321,155 @@ def age_store(store, work, scale):
           flush=True)
 
 
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Registry:
+    """A fresh loopback docker-registry (as scripts/lib.sh registry_start), its storage in
+    `dir`; stopped (this process only) by stop()."""
+
+    def __init__(self, dir):
+        import urllib.request
+        os.makedirs(dir, exist_ok=True)
+        for _ in range(5):
+            self.port = free_port()
+            config = os.path.join(dir, "registry.yml")
+            with open(config, "w") as f:
+                f.write("version: 0.1\nlog: {level: warn}\n"
+                        f"storage:\n  filesystem: {{rootdirectory: {dir}/storage}}\n"
+                        f"  delete: {{enabled: true}}\nhttp: {{addr: 127.0.0.1:{self.port}}}\n")
+            log = open(os.path.join(dir, "registry.log"), "ab")
+            self.proc = subprocess.Popen(["docker-registry", "serve", config], stdout=log,
+                                         stderr=log, start_new_session=True)
+            for _ in range(100):
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/", timeout=1)
+                    self.addr = f"127.0.0.1:{self.port}"
+                    return
+                except OSError:
+                    time.sleep(0.1)
+            self.stop()
+        sys.exit(f"docker-registry did not start (log in {dir}/registry.log)")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def write_ci_context(scale, dest):
+    """The `ci` app: Debian with python3 from the mirror (as pyapp), vendored assets
+    (~150 MB of incompressible data at scale 1: with the base, a ~300 MB image), a source
+    tree of 3,000 modules, and a build step that compiles it."""
+    src = os.path.join(dest, "src")
+    for i in range(int(3000 * scale)):
+        sub = os.path.join(src, f"pkg{i // 100}")
+        os.makedirs(sub, exist_ok=True)
+        with open(os.path.join(sub, f"m{i}.py"), "w") as f:
+            f.write("".join(f"def f{i}_{j}(x):\n    return x * {j} + {i}\n\n" for j in range(60)))
+    assets = int(150_000_000 * scale)
+    lines = [f"FROM {DEBIAN}",
+             "RUN apt-get update && apt-get install -y --no-install-recommends python3 && rm -rf /var/lib/apt/lists/*",
+             f"RUN mkdir /opt/assets && head -c {assets} /dev/urandom > /opt/assets/data.bin",
+             "WORKDIR /app",
+             "COPY src /app/src",
+             "RUN python3 -m compileall -q /app/src && find /app/src -name '*.pyc' | wc -l > /app/built"]
+    with open(os.path.join(dest, "Dockerfile"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def ci_commands(name, ctx, reg, run_dir):
+    """One CI job of builder `name` on an empty runner (`run_dir`, fresh): build with the
+    cache from the registry, export the cache, push the image. Returns (prepare, timed):
+    `prepare` empties the builder's state (untimed)."""
+    app = f"{reg}/ci/app:{name}"
+    if name == "rbuild":
+        cache = f"{reg}/ci/cache:rbuild"
+        return [], [["rbuild", "--root", f"{run_dir}/store", "--progress=plain",
+                     "--cache-from", f"type=registry,ref={cache}",
+                     "--cache-to", f"type=registry,ref={cache},mode=max",
+                     "--push", "-t", app, ctx]]
+    if name == "buildkit":
+        # docker 20.10's BuildKit has inline cache only: in the pushed image's config.
+        prepare = [[DOCKER, "builder", "prune", "-af"], [DOCKER, "rmi", "-f", app, DEBIAN]]
+        return prepare, [[DOCKER, "build", "--network=host", "-q",
+                          "--build-arg", "BUILDKIT_INLINE_CACHE=1", "--cache-from", app,
+                          "-t", app, ctx],
+                         [DOCKER, "push", "-q", app]]
+    if name == "buildah":
+        store = ["--root", f"{run_dir}/root", "--runroot", f"{run_dir}/run"]
+        cache = f"{reg}/ci/cache-buildah"
+        return [], [["buildah", *store, "bud", "--network=host", "--tls-verify=false", "-q",
+                     "--layers", "--cache-from", cache, "--cache-to", cache, "-t", app, ctx],
+                    ["buildah", *store, "push", "--tls-verify=false", "-q", app, f"docker://{app}"]]
+    raise ValueError(name)
+
+
+def run_ci(args, work):
+    """Issue 18's `ci` scenario: every CI job runs on an empty runner (rbuild and buildah
+    with a new store, docker with its build cache and images removed), takes the build
+    cache from a loopback registry the bench starts, exports it there again and pushes the
+    image. Seeded once (untimed); then per round, for each builder: one source file
+    changed ("changed"), and the same job again with nothing changed ("cached", the
+    ~300 MB image pushed from a fully cached build). Returns table rows."""
+    root = os.path.join(work, "ci")
+    ctx = os.path.join(root, "ctx")
+    write_ci_context(args.scale, ctx)
+    reg = Registry(os.path.join(root, "registry"))
+    names = ("rbuild", "buildkit", "buildah")
+    runs = []
+    env = dict(os.environ, DOCKER_BUILDKIT="1")
+
+    def job(name):
+        run_dir = tempfile.mkdtemp(prefix=f"{name}-", dir=root)
+        runs.append((name, run_dir))
+        prepare, timed = ci_commands(name, ctx, reg.addr, run_dir)
+        for cmd in prepare:
+            subprocess.run(cmd, env=env, capture_output=True)
+        settle(ctx)
+        start = time.monotonic()
+        for cmd in timed:
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                print(f"  ci {name} failed: {' '.join(cmd)}\n{r.stderr[-2000:]}",
+                      file=sys.stderr, flush=True)
+                return None
+        return time.monotonic() - start
+
+    times = {"changed": {}, "cached": {}}
+    try:
+        for name in names:
+            job(name)  # the pipeline's first run: fills the cache
+        for n in range(args.rounds):
+            with open(os.path.join(ctx, "src", "pkg0", "m0.py"), "a") as f:
+                f.write(f"# change {n}\n")
+            for row in ("changed", "cached"):
+                for name in names:
+                    t = job(name)
+                    if t is not None:
+                        times[row].setdefault(name, []).append(t)
+    finally:
+        reg.stop()
+        for name, run_dir in runs:
+            if name == "buildah":
+                store = ["--root", f"{run_dir}/root", "--runroot", f"{run_dir}/run"]
+                subprocess.run(["buildah", *store, "rmi", "-af"], capture_output=True)
+        subprocess.run([DOCKER, "rmi", "-f", f"{reg.addr}/ci/app:buildkit"], capture_output=True)
+    rows = []
+    for row, by_name in times.items():
+        med = {n: statistics.median(v) for n, v in by_name.items()}
+        print(f"ci-{row}: " + ", ".join(f"{n} {t:.2f}s" for n, t in med.items())
+              + f" (load {load()})", flush=True)
+        rows.append((f"ci-{row}", "empty", med, None))
+    return rows
+
+
 def machine():
     model = "?"
     with open("/proc/cpuinfo") as f:
@@ -335,8 +487,8 @@ def load():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--scale", type=float, default=1.0, help="scales file counts of biglayer/context")
-    ap.add_argument("--only", default="steps,biglayer,context,rebuild,pyapp,oci")
+    ap.add_argument("--scale", type=float, default=1.0, help="scales file counts of biglayer/context/ci")
+    ap.add_argument("--only", default="steps,biglayer,context,rebuild,pyapp,oci,ci")
     ap.add_argument("--stores", default="fresh,aged", help="fresh, aged or both (see age_store)")
     ap.add_argument("--aged-scale", type=float, default=1.0, help="scales age_store's files")
     ap.add_argument("--no-rootless", action="store_true", help="leave out the rootless column")
@@ -357,6 +509,9 @@ def main():
         if "aged" in stores:
             age_store(aged, work, args.aged_scale)
         for kind in args.only.split(","):
+            if kind == "ci":
+                rows.extend(run_ci(args, work))
+                continue
             ctx = os.path.join(work, kind, "ctx")
             out = os.path.join(work, kind, "out")
             os.makedirs(out, exist_ok=True)
@@ -400,7 +555,7 @@ def main():
         ratio = lambda n: f"{min(peers) / med[n]:.2f}x" if peers and n in med else "n/a"
         floor = f"{med['rbuild'] / med['alone']:.2f}x" if "rbuild" in med and "alone" in med else "n/a"
         print(f"| {kind} | {cond} | {cell(med, 'rbuild')} | {cell(med, 'buildkit')} | {cell(med, 'classic')} "
-              f"| {cell(med, 'buildah')} | {ratio('rbuild')} | {floor} | {rss} MB | {cell(med, 'rbuild-hostnet')} "
+              f"| {cell(med, 'buildah')} | {ratio('rbuild')} | {floor} | {f'{rss} MB' if rss else 'n/a'} | {cell(med, 'rbuild-hostnet')} "
               f"| {cell(med, 'alone')} | {ratio('alone')} |")
         if cond == "fresh" and "rbuild" in med:
             fresh[kind] = med["rbuild"]

@@ -11,7 +11,7 @@ use super::spec::{CacheExport, CacheImport, ExportTarget};
 use crate::image::{canonical_json, media, Descriptor, Digest, Index, Reference};
 use crate::output::OutputError;
 use crate::registry::{Client, RegistryError};
-use crate::store::{CacheRecord, Store, StoreError};
+use crate::store::{BlobSource, CacheRecord, Store, StoreError};
 
 /// The artifact type of a cache manifest and the media type of its config.
 pub const ARTIFACT_TYPE: &str = "application/vnd.rbuild.cache.v1+json";
@@ -227,30 +227,48 @@ impl Source {
         self.layers.get(diff_id)
     }
 
-    /// Copy the layer blob `desc` into the store, refusing bytes of another digest.
-    pub fn fetch_layer(
-        &self,
-        registry: &Client,
-        store: &Store,
-        desc: &Descriptor,
-    ) -> Result<(), CacheError> {
-        let (digest, _, ()) = match &self.origin {
-            Origin::Registry(r) => store.write_blob(|w| registry.fetch_blob(r, desc, w))?,
-            Origin::Local(dir) => {
-                let path = blob_path(dir, &desc.digest);
-                let mut file = std::fs::File::open(&path).map_err(io_err("opening", &path))?;
-                store.write_blob(|w| std::io::copy(&mut file, w).map(drop))?
-            }
-        };
-        if digest != desc.digest {
-            return Err(CacheError::DigestMismatch {
-                source_name: format!("cache {}", self.origin),
-                expected: desc.digest.clone(),
-                actual: digest,
-            });
+    /// Where the cache's layer blobs are, as the store records a layer not fetched yet.
+    pub fn blob_source(&self) -> BlobSource {
+        match &self.origin {
+            Origin::Registry(r) => BlobSource::Registry(r.name()),
+            Origin::Local(dir) => BlobSource::Local(dir.clone()),
         }
-        Ok(())
     }
+}
+
+/// Copy the layer blob `desc` from `source` into the store, refusing bytes of another
+/// digest (they are never stored under `desc`'s digest, so nothing uses them).
+pub fn fetch_blob(
+    registry: &Client,
+    store: &Store,
+    source: &BlobSource,
+    desc: &Descriptor,
+) -> Result<(), CacheError> {
+    let (digest, _, ()) = match source {
+        BlobSource::Registry(name) => {
+            let r: Reference = name.parse().map_err(|e| CacheError::Invalid {
+                source_name: format!("cache `{name}`"),
+                detail: format!("{e}"),
+            })?;
+            store.write_blob(|w| registry.fetch_blob(&r, desc, w))?
+        }
+        BlobSource::Local(dir) => {
+            let path = blob_path(dir, &desc.digest);
+            let mut file = std::fs::File::open(&path).map_err(io_err("opening", &path))?;
+            store.write_blob(|w| std::io::copy(&mut file, w).map(drop))?
+        }
+    };
+    if digest != desc.digest {
+        return Err(CacheError::DigestMismatch {
+            source_name: match source {
+                BlobSource::Registry(name) => format!("cache `{name}`"),
+                BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
+            },
+            expected: desc.digest.clone(),
+            actual: digest,
+        });
+    }
+    Ok(())
 }
 
 fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
@@ -278,13 +296,15 @@ fn read_local_blob(dir: &Path, desc: &Descriptor, origin: &Origin) -> Result<Vec
     Ok(bytes)
 }
 
-/// Write `records` where `spec` says: the layer blobs (already in the store under the
-/// descriptors the records carry), the config, then the manifest that names them.
+/// Write `records` where `spec` says: the layer blobs (in the store under the descriptors
+/// the records carry, or, for a registry, in a repository of `homes` to mount them from),
+/// the config, then the manifest that names them.
 pub fn export(
     store: &Store,
     registry: &Client,
     spec: &CacheExport,
     records: Vec<ExportedRecord>,
+    homes: &[(Reference, Vec<Digest>)],
 ) -> Result<Digest, CacheError> {
     let mut layers: Vec<Descriptor> = Vec::new();
     for layer in records.iter().filter_map(|r| r.layer.as_ref()) {
@@ -309,7 +329,9 @@ pub fn export(
             // push_blob asks the registry first (HEAD): a layer the image's push or an
             // earlier export uploaded goes up once.
             for desc in layers.iter().chain(std::iter::once(&config)) {
-                registry.push_blob(r, desc, &store.blob_path(&desc.digest), None)?;
+                let home = homes.iter().find(|(_, d)| d.contains(&desc.digest));
+                let from = home.map(|(h, _)| h);
+                registry.push_blob(r, desc, &store.blob_path(&desc.digest), from)?;
             }
             registry.push_manifest(r, media::OCI_MANIFEST, &manifest_bytes)?;
         }

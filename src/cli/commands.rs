@@ -124,7 +124,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let store = open_store(&global)?;
             // The same lookup as inspect, so both accept the same names.
-            find_image(&store, &reference)?;
+            let image = find_image(&store, &reference)?;
+            let report = reporter(super::ProgressMode::Auto, false);
+            fetch_layers(&store, &registry(&global)?, &image, &*report, 1)?;
             let kind = match format {
                 SaveFormat::Docker => OutputKind::Docker { dest: output },
                 SaveFormat::Oci => OutputKind::Oci {
@@ -208,6 +210,26 @@ fn find_image(store: &Store, reference: &str) -> anyhow::Result<crate::store::Im
         },
     };
     found.ok_or_else(|| UserError(format!("no such image in the store: `{reference}`")).into())
+}
+
+/// Before an output writes `image`'s layers: fetch those the build took from a cache
+/// without their bytes (lazy import). A refused blob fails here, after the build: the
+/// output needs the bytes and the step that made them was answered from the cache.
+fn fetch_layers(
+    store: &Store,
+    registry: &crate::registry::Client,
+    image: &crate::store::ImageRecord,
+    report: &dyn exec::Reporter,
+    id: exec::StepId,
+) -> anyhow::Result<()> {
+    exec::materialize(store, registry, &image.chains, report, id).map_err(|e| {
+        UserError(format!(
+            "fetching the image's layers from the cache for the output: {e}. The step that \
+             made the layer was answered from that cache; the store has forgotten the blob, \
+             so building again runs the step"
+        ))
+        .into()
+    })
 }
 
 /// `rbuild check` and `rbuild --check`.
@@ -329,6 +351,11 @@ fn build_image(
              the attestation; this build has none of them, so none is written (a docker \
              archive drops it, as BuildKit's docker exporter does)",
         );
+    }
+    if !settings.outputs.is_empty() || settings.load {
+        for image in &outcome.images {
+            fetch_layers(store, registry, image, report, outcome.next_step)?;
+        }
     }
     for spec in &settings.outputs {
         let started = std::time::Instant::now();

@@ -28,6 +28,7 @@ pub use explain::StepCache;
 pub use import::{import_oci_layout, import_rootfs};
 pub use progress::{Reporter, Silent, StepId};
 pub use push::{push, push_index, PushHints};
+pub use remote_cache::materialize;
 pub use remote_cache::{export as export_cache, CacheSteps, Exported};
 pub use request::{BuildRequest, NamedContext, SecretSource, SshSource};
 
@@ -180,19 +181,17 @@ fn build_with(
         scratch.path(),
     )?
     .with_remote(&remote);
-    let mut done: BTreeMap<usize, StageState> = BTreeMap::new();
-    for wave in plan.waves() {
-        check_interrupted()?;
-        let stages: Vec<&Stage> = wave
-            .iter()
-            .map(|i| plan.stage(*i).expect("waves hold planned stages"))
-            .collect();
-        let built = match stages[..] {
-            [stage] => vec![(stage.index, build_stage(&mut ctx, stage, &done)?)],
-            _ => build_parallel(&mut ctx, &stages, &done)?,
-        };
-        done.extend(built);
-    }
+    let mut done = loop {
+        match build_waves(&mut ctx, &plan) {
+            // A cache blob fetched lazily failed its digest: the steps answered from it
+            // are built again, the blob refused (BuildKit's import checks every blob too).
+            Err(e) if remote_cache::refused(&e) => {
+                reporter.warn(&format!("{e}: building again without it"));
+                ctx.restart();
+            }
+            done => break done?,
+        }
+    };
     let target = &plan.stages[plan.target];
     let state = done
         .remove(&target.index)
@@ -247,6 +246,27 @@ impl Drop for NoteUse<'_> {
         // Best effort: a lost note only makes the records look older to prune.
         let _ = self.0.save_use();
     }
+}
+
+/// Build the plan's stages, wave by wave; the finished stages by index.
+fn build_waves(
+    ctx: &mut steps::Ctx,
+    plan: &Plan,
+) -> Result<BTreeMap<usize, StageState>, BuildError> {
+    let mut done: BTreeMap<usize, StageState> = BTreeMap::new();
+    for wave in plan.waves() {
+        check_interrupted()?;
+        let stages: Vec<&Stage> = wave
+            .iter()
+            .map(|i| plan.stage(*i).expect("waves hold planned stages"))
+            .collect();
+        let built = match stages[..] {
+            [stage] => vec![(stage.index, build_stage(ctx, stage, &done)?)],
+            _ => build_parallel(ctx, &stages, &done)?,
+        };
+        done.extend(built);
+    }
+    Ok(done)
 }
 
 /// Whether progress labels name the stage, as BuildKit's: not when the Dockerfile has a single

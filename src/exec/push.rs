@@ -6,6 +6,7 @@ use crate::output::provenance::IN_TOTO_MEDIA_TYPE;
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store};
 
+use super::remote_cache::{materialize, remote_blob};
 use super::{BlobHome, BuildError, Reporter, StepId};
 
 /// Push the stored image `source` to `dest`, reported as step `id` (after a build, the
@@ -116,6 +117,15 @@ fn push_image(
     reporter: &dyn Reporter,
     hints: &PushHints,
 ) -> Result<(Descriptor, Vec<Descriptor>), BuildError> {
+    // Layers known only from a registry cache on `dest`'s registry go by mount (or are
+    // there already); the others are fetched first (lazy import, remote_cache.rs).
+    let mut lazy: Vec<BlobHome> = Vec::new();
+    for chain in &record.chains {
+        match remote_blob(store, chain, Compression::Gzip, Some(&dest.registry)) {
+            Some((desc, home)) => lazy.push((home, vec![desc.digest])),
+            None => materialize(store, registry, std::slice::from_ref(chain), reporter, id)?,
+        }
+    }
     let as_stored = match hints.inline_cache {
         Some(_) => None,
         None => pushable_as_stored(store, record)?,
@@ -126,9 +136,10 @@ fn push_image(
             record.manifest_body.clone(),
             bytes,
         ),
-        None => gzip_manifest(store, record, hints.inline_cache.as_deref())?,
+        None => gzip_manifest(store, record, hints.inline_cache.as_deref(), &dest.registry)?,
     };
     let mut mount_sources = mount_sources(store, dest)?;
+    mount_sources.extend(lazy);
     mount_sources.extend(
         hints
             .blob_homes
@@ -223,16 +234,23 @@ fn pushable_as_stored(store: &Store, record: &ImageRecord) -> Result<Option<Vec<
 
 /// An OCI manifest of the image with gzip layers (made where missing) and the stored config
 /// blob itself: re-serializing the config would change a pulled image's id. `inline_cache`
-/// goes into the manifest's annotations (`--cache-to type=inline`).
+/// goes into the manifest's annotations (`--cache-to type=inline`). A layer not fetched
+/// has the blob of its cache on `registry` ([`remote_blob`]).
 fn gzip_manifest(
     store: &Store,
     record: &ImageRecord,
     inline_cache: Option<&str>,
+    registry: &str,
 ) -> Result<(String, Manifest, Vec<u8>), BuildError> {
     let layers = record
         .chains
         .iter()
-        .map(|chain| store.layer_blob(chain, Compression::Gzip))
+        .map(
+            |chain| match remote_blob(store, chain, Compression::Gzip, Some(registry)) {
+                Some((desc, _)) => Ok(desc),
+                None => store.layer_blob(chain, Compression::Gzip),
+            },
+        )
         .collect::<Result<Vec<_>, _>>()?;
     let config_size = std::fs::metadata(store.blob_path(&record.config_digest))
         .map_err(BuildError::io(

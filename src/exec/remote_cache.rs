@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 
 use crate::cache::{
-    self, CacheExport, CacheImport, CacheMode, ExportTarget, ExportedRecord, Source,
+    self, CacheError, CacheExport, CacheImport, CacheMode, ExportTarget, ExportedRecord, Source,
 };
-use crate::image::Digest;
+use crate::image::{Descriptor, Digest, Reference};
+use crate::layer::Compression;
 use crate::registry::Client;
-use crate::store::{chain_id, CacheRecord, Store};
+use crate::store::{chain_id, BlobSource, CacheRecord, RemoteLayer, Store, StoreError};
 
 use super::base::extract_layer;
 use super::stage::StageState;
@@ -68,35 +69,20 @@ impl RemoteCache {
             .collect()
     }
 
-    /// The record of `key` from the first source that has it, kept in the store's cache;
-    /// with `layers`, its layers are brought into the store first (fetched and extracted,
-    /// the blobs checked against their digests). A layer that cannot be had is a warning
-    /// and a miss: the step runs.
-    pub fn lookup(
-        &self,
-        store: &Store,
-        registry: &Client,
-        key: &str,
-        layers: bool,
-        reporter: &dyn Reporter,
-    ) -> Option<CacheRecord> {
+    /// The record of `key` from the first source that has it, kept in the store's cache.
+    /// Nothing is fetched (lazy import): the layers of its chain the store lacks are
+    /// recorded as remote layers ([`materialize`] fetches them when something needs their
+    /// files). A record whose layers the source does not have, or whose blob was refused,
+    /// is a miss.
+    pub fn lookup(&self, store: &Store, key: &str) -> Option<CacheRecord> {
         let (source, found) = self
             .sources
             .iter()
             .find_map(|s| s.get(key).map(|r| (s, r)))?;
         let rec = found.record.clone();
-        if layers {
-            match materialize(source, store, registry, &rec, reporter) {
-                Ok(true) => {}
-                Ok(false) => return None,
-                Err(e) => {
-                    reporter.warn(&format!(
-                        "cache {}: {}: the step runs instead",
-                        source.name(),
-                        e
-                    ));
-                    return None;
-                }
+        if let Some(chain) = &rec.chain {
+            if !record_layers(source, store, &rec.config.rootfs.diff_ids, chain) {
+                return None;
             }
         }
         // Kept locally too: the next build here, and an export of this one, find it. Only
@@ -106,37 +92,124 @@ impl RemoteCache {
     }
 }
 
-/// Bring the layers of `rec`'s chain the store lacks into it from `source`. Ok(false) when
-/// the source does not have one of them.
-fn materialize(
-    source: &Source,
-    store: &Store,
-    registry: &Client,
-    rec: &CacheRecord,
-    reporter: &dyn Reporter,
-) -> Result<bool, BuildError> {
-    let Some(chain) = &rec.chain else {
-        return Ok(true);
-    };
-    if store.layer(chain).is_some() {
-        return Ok(true);
+/// Record the layers of `diff_ids` (ending at `chain`) the store lacks as fetchable
+/// from `source`; false when one cannot be had.
+fn record_layers(source: &Source, store: &Store, diff_ids: &[Digest], chain: &Digest) -> bool {
+    if store.layer_known(chain) {
+        return true;
     }
-    let mut parent = None;
-    for diff_id in &rec.config.rootfs.diff_ids {
+    let mut parent: Option<Digest> = None;
+    for diff_id in diff_ids {
         let c = chain_id(parent.as_ref(), diff_id);
-        if store.layer(&c).is_none() {
-            let Some(desc) = source.layer(diff_id) else {
-                return Ok(false);
+        if store.layer(&c).is_none() && store.remote_layer(&c).is_none() {
+            let Some(blob) = source.layer(diff_id) else {
+                return false;
             };
-            if !store.has_blob(&desc.digest) {
-                source.fetch_layer(registry, store, desc)?;
+            if store.blob_refused(&blob.digest) {
+                return false;
             }
-            let name = format!("cache {}", source.name());
-            extract_layer(store, desc, diff_id, parent.as_ref(), &name, reporter)?;
+            let remote = RemoteLayer {
+                chain_id: c.clone(),
+                diff_id: diff_id.clone(),
+                parent: parent.clone(),
+                blob: blob.clone(),
+                source: source.blob_source(),
+            };
+            if store.put_remote_layer(&remote).is_err() {
+                return false;
+            }
         }
         parent = Some(c);
     }
-    Ok(parent.as_ref() == Some(chain))
+    parent.as_ref() == Some(chain)
+}
+
+/// Whether `e` is [`materialize`] refusing a blob: the build can start again, the steps
+/// that blob answered then miss.
+pub fn refused(e: &BuildError) -> bool {
+    matches!(e, BuildError::Cache(CacheError::DigestMismatch { .. }))
+}
+
+/// Make the layers `chains` (a stage's or an image's, bottom first) present in the store:
+/// those known only from a cache (store/remote.rs) are fetched, checked against their
+/// digests and extracted, bottom first, with `id`'s progress. A blob that fails its digest
+/// is refused and forgotten (the next build rebuilds the step that made it), and is the
+/// error. Present layers cost a stat each.
+pub fn materialize(
+    store: &Store,
+    registry: &Client,
+    chains: &[Digest],
+    reporter: &dyn Reporter,
+    id: StepId,
+) -> Result<(), BuildError> {
+    for chain in chains.iter().filter(|c| store.layer(c).is_none()) {
+        let missing = store
+            .missing_below(chain)
+            .ok_or_else(|| StoreError::LayerMissing {
+                chain: chain.clone(),
+            })?;
+        fetch_and_extract(store, registry, missing, reporter, id)?;
+    }
+    Ok(())
+}
+
+fn fetch_and_extract(
+    store: &Store,
+    registry: &Client,
+    missing: Vec<RemoteLayer>,
+    reporter: &dyn Reporter,
+    id: StepId,
+) -> Result<(), BuildError> {
+    for layer in missing {
+        if !store.has_blob(&layer.blob.digest) {
+            reporter.status(
+                id,
+                &format!(
+                    "fetching {} ({}) from the cache",
+                    layer.blob.digest,
+                    crate::output::human_size(layer.blob.size)
+                ),
+            );
+            if let Err(e) = cache::fetch_blob(registry, store, &layer.source, &layer.blob) {
+                if matches!(e, CacheError::DigestMismatch { .. }) {
+                    store.refuse_remote_layer(&layer.chain_id, &layer.blob.digest)?;
+                }
+                return Err(e.into());
+            }
+        }
+        let name = match &layer.source {
+            BlobSource::Registry(r) => format!("cache `{r}`"),
+            BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
+        };
+        let parent = layer.parent.as_ref();
+        extract_layer(store, &layer.blob, &layer.diff_id, parent, &name, reporter)?;
+    }
+    Ok(())
+}
+
+/// The blob of the layer `chain` as a registry on `registry` (host) can get it without
+/// its bytes passing through this machine: the layer is known only from a registry cache
+/// there, whose blob is in `compression`. Its descriptor and the repository holding it
+/// (a push HEADs it there or mounts it from there). None for a present layer. With no
+/// `registry`, any registry will do (the descriptor of an inline cache: the push moves
+/// the blob).
+pub fn remote_blob(
+    store: &Store,
+    chain: &Digest,
+    compression: Compression,
+    registry: Option<&str>,
+) -> Option<(Descriptor, Reference)> {
+    if store.layer(chain).is_some() {
+        return None;
+    }
+    let layer = store.remote_layer(chain)?;
+    let BlobSource::Registry(home) = &layer.source else {
+        return None;
+    };
+    let home: Reference = home.parse().ok()?;
+    let codec = Compression::from_media_type(&layer.blob.media_type);
+    let here = registry.is_none_or(|r| r == home.registry);
+    (here && codec == Some(compression)).then_some((layer.blob, home))
 }
 
 /// The steps a build exports, per `--cache-to` mode, each as (parent key, key): mode=min
@@ -209,18 +282,20 @@ pub fn export(
                     compression: crate::layer::Compression::Gzip,
                     ..spec.clone()
                 };
-                inline = Some(cache::inline_annotation(records(store, &steps, &spec)?));
+                let (recs, _) = records(store, registry, &steps, &spec, reporter, id)?;
+                inline = Some(cache::inline_annotation(recs));
                 continue;
             }
         };
         reporter.started(id, &label);
         let started = std::time::Instant::now();
-        let result = records(store, &steps, spec).and_then(|recs| {
+        let result = records(store, registry, &steps, spec, reporter, id).and_then(|recs| {
+            let (recs, homes) = recs;
             let blobs: Vec<Digest> = recs
                 .iter()
                 .filter_map(|r| r.layer.as_ref().map(|l| l.digest.clone()))
                 .collect();
-            let digest = cache::export(store, registry, spec, recs)?;
+            let digest = cache::export(store, registry, spec, recs, &homes)?;
             if let ExportTarget::Registry(r) = &spec.target {
                 written.push((r.clone(), blobs));
             }
@@ -259,24 +334,47 @@ pub struct Exported {
     pub inline: Option<String>,
 }
 
-/// The exported form of `steps`, each with its layer's blob in `spec`'s compression.
+/// The exported form of `steps`, each with its layer's blob in `spec`'s compression, and
+/// where the blobs of layers not fetched are ([`remote_blob`]). A layer whose blob cannot
+/// go from there to `spec`'s target is fetched first.
 fn records(
     store: &Store,
+    registry: &Client,
     steps: &[&(String, String)],
     spec: &CacheExport,
-) -> Result<Vec<ExportedRecord>, BuildError> {
+    reporter: &dyn Reporter,
+    id: StepId,
+) -> Result<(Vec<ExportedRecord>, Vec<BlobHome>), BuildError> {
+    let to = match &spec.target {
+        ExportTarget::Registry(r) => Some(Some(r.registry.as_str())),
+        ExportTarget::Inline => Some(None),
+        ExportTarget::Local(_) => None,
+    };
     let mut out = Vec::new();
+    let mut homes: Vec<BlobHome> = Vec::new();
     for (parent, key) in steps {
         let Some(record) = store.get_cache(key) else {
             continue;
         };
-        let (layer, diff_id) = match (&record.chain, record.new_layer) {
-            (Some(chain), true) => (
-                Some(store.layer_blob(chain, spec.compression)?),
-                record.config.rootfs.diff_ids.last().cloned(),
-            ),
-            _ => (None, None),
+        let layer = match (&record.chain, record.new_layer) {
+            (Some(chain), true) => {
+                let remote = to.and_then(|to| remote_blob(store, chain, spec.compression, to));
+                Some(match remote {
+                    Some((desc, home)) => {
+                        homes.push((home, vec![desc.digest.clone()]));
+                        desc
+                    }
+                    None => {
+                        materialize(store, registry, std::slice::from_ref(chain), reporter, id)?;
+                        store.layer_blob(chain, spec.compression)?
+                    }
+                })
+            }
+            _ => None,
         };
+        let diff_id = layer
+            .as_ref()
+            .and_then(|_| record.config.rootfs.diff_ids.last().cloned());
         out.push(ExportedRecord {
             key: key.clone(),
             parent: parent.clone(),
@@ -285,5 +383,5 @@ fn records(
             record,
         });
     }
-    Ok(out)
+    Ok((out, homes))
 }

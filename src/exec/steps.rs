@@ -173,6 +173,15 @@ impl<'a> Ctx<'a> {
         self.materials.merge(other.materials);
     }
 
+    /// Start the build over (a lazily fetched cache blob was refused): counters, reasons
+    /// and cancellation reset; step numbers go on.
+    pub fn restart(&mut self) {
+        self.shared.cancelled.store(false, Ordering::SeqCst);
+        self.cached = 0;
+        self.executed = 0;
+        self.log = Default::default();
+    }
+
     /// Stop the other stages before their next step (a stage failed).
     pub fn cancel(&self) {
         self.shared.cancelled.store(true, Ordering::SeqCst);
@@ -322,7 +331,7 @@ impl<'a> Ctx<'a> {
         let cached = if self.req.no_cache {
             None
         } else {
-            self.cache_lookup(&key, false)
+            self.cache_lookup(&key)
         };
         let history = match cached {
             Some(rec) => {
@@ -359,17 +368,22 @@ impl<'a> Ctx<'a> {
     }
 
     /// The cached record of `key`: the store's, else the first `--cache-from` that has it
-    /// (with its layers brought into the store when `layers`).
-    fn cache_lookup(&mut self, key: &str, layers: bool) -> Option<CacheRecord> {
+    /// (its layers fetched only when [`Ctx::lowers`] needs them).
+    fn cache_lookup(&mut self, key: &str) -> Option<CacheRecord> {
         if let Some(rec) = self.store.get_cache(key) {
             return Some(rec);
         }
-        let registry = self.bases.registry();
-        let rec = self
-            .remote
-            .lookup(self.store, registry, key, layers, self.reporter)?;
+        let rec = self.remote.lookup(self.store, key)?;
         self.remote_hit = true;
         Some(rec)
+    }
+
+    /// The directories to stack for `state`'s layers, fetching first those known only from
+    /// a cache (lazy import), with `id`'s progress.
+    fn lowers(&self, state: &StageState, id: StepId) -> Result<Vec<PathBuf>, BuildError> {
+        let registry = self.bases.registry();
+        super::remote_cache::materialize(self.store, registry, &state.chains, self.reporter, id)?;
+        state.lowers(self.store)
     }
 
     /// A failure caused by the step's input (a missing source, a bad URL or checksum, a
@@ -419,11 +433,8 @@ impl<'a> Ctx<'a> {
         self.reporter.phase(id, "prepare", phase.elapsed());
         let key = plan::cache_key(&state.key, &step.key, prepared.content.as_ref());
         if !self.ignores_cache(stage, step) {
-            if let Some(rec) = self.cache_lookup(&key, true) {
-                let layer_ok = rec
-                    .chain
-                    .as_ref()
-                    .is_none_or(|c| self.store.layer(c).is_some());
+            if let Some(rec) = self.cache_lookup(&key) {
+                let layer_ok = rec.chain.as_ref().is_none_or(|c| self.store.layer_known(c));
                 if layer_ok {
                     apply_record(state, &rec, key);
                     self.cached += 1;
@@ -443,7 +454,7 @@ impl<'a> Ctx<'a> {
         // Reading the layer records, and flattening the oldest of a deep stack when the
         // store has no snapshot for them yet (store/flat.rs).
         let phase = Instant::now();
-        let lowers = state.lowers(self.store)?;
+        let lowers = self.lowers(state, id)?;
         self.reporter.phase(id, "lowers", phase.elapsed());
         let (_tmp, rootfs) = self.scratch_overlay(lowers)?;
         let upper = rootfs.upper.clone();
@@ -509,12 +520,24 @@ impl<'a> Ctx<'a> {
         id: StepId,
     ) -> Result<bool, BuildError> {
         let link_key = plan::link_key(&step.key, prepared.content.as_ref());
-        let stored = if self.ignores_cache(stage, step) {
-            None
-        } else {
-            self.cache_lookup(&link_key, true)
-                .and_then(|rec| rec.chain)
-                .and_then(|chain| self.store.layer(&chain))
+        let stored = match self.ignores_cache(stage, step) {
+            true => None,
+            false => match self.cache_lookup(&link_key).and_then(|rec| rec.chain) {
+                // A linked layer from a cache is rebased below: its files are needed.
+                Some(chain) => {
+                    let registry = self.bases.registry();
+                    let chains = std::slice::from_ref(&chain);
+                    super::remote_cache::materialize(
+                        self.store,
+                        registry,
+                        chains,
+                        self.reporter,
+                        id,
+                    )?;
+                    self.store.layer(&chain)
+                }
+                None => None,
+            },
         };
         let (layer, cached) = match stored {
             Some(layer) => (layer, true),
@@ -862,7 +885,7 @@ impl<'a> Ctx<'a> {
                 let state = done
                     .get(i)
                     .expect("the plan builds a stage before its users");
-                FsSource::Layers(state.lowers(self.store)?)
+                FsSource::Layers(self.lowers(state, 0)?)
             }
             CopyFrom::Image(r) => self.image_source(r)?,
         })

@@ -62,9 +62,14 @@ impl Client {
         path: &Path,
     ) -> Result<(), Cause> {
         let what = || format!("reading {}", path.display());
-        let size = std::fs::metadata(path)
-            .map_err(|e| io_err(what(), e))?
-            .len();
+        // A blob the store does not hold (a layer known only from a cache) can still be
+        // found there or mounted; its bytes are needed only for an upload.
+        let present = match std::fs::metadata(path) {
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(what(), e)),
+        };
+        let size = present.unwrap_or(desc.size);
         if size != desc.size {
             return Err(Cause::SizeMismatch {
                 digest: desc.digest.clone(),
@@ -90,6 +95,10 @@ impl Client {
         let mut location = match resp.status() {
             // Mounted: the blob is there now.
             StatusCode::CREATED if t.mount_from.is_some() => return Ok(()),
+            StatusCode::ACCEPTED if present.is_none() => {
+                let e = std::io::Error::from(std::io::ErrorKind::NotFound);
+                return Err(io_err(what(), e));
+            }
             StatusCode::ACCEPTED => self.location(t.r, &resp)?,
             _ => return Err(status_cause(resp).await),
         };

@@ -62,12 +62,13 @@ impl Store {
     }
 
     /// The cached result of the step with cache key `key` (hex, or `sha256:<hex>`). A record
-    /// whose layer has been pruned counts as a miss. A hit is noted as a use (lru.rs).
+    /// whose layer has been pruned counts as a miss, unless it can be fetched (remote.rs).
+    /// A hit is noted as a use (lru.rs).
     pub fn get_cache(&self, key: &str) -> Option<CacheRecord> {
         let path = self.cache_path(key).ok()?;
         let rec: CacheRecord = Store::read_json(&path).ok().flatten()?;
         match &rec.chain {
-            Some(chain) if self.layer(chain).is_none() => None,
+            Some(chain) if !self.layer_known(chain) => None,
             _ => {
                 if let Some(name) = path.file_stem() {
                     self.note_use(&name.to_string_lossy());

@@ -86,20 +86,30 @@ impl Store {
         }
         let mut descs = Vec::with_capacity(layers.len());
         for (index, (chain, diff_id)) in layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
-            let layer = self
-                .try_layer(chain)?
-                .ok_or_else(|| StoreError::LayerMissing {
-                    chain: chain.clone(),
-                })?;
-            if &layer.diff_id != diff_id {
+            // A layer not fetched yet (remote.rs) is listed with the blob its cache has.
+            let (layer_diff_id, remote_blob) = match self.try_layer(chain)? {
+                Some(layer) => (layer.diff_id, None),
+                None => match self.remote_layer(chain) {
+                    Some(r) => (r.diff_id, Some(r.blob)),
+                    None => {
+                        return Err(StoreError::LayerMissing {
+                            chain: chain.clone(),
+                        })
+                    }
+                },
+            };
+            if &layer_diff_id != diff_id {
                 return Err(StoreError::ImageDiffIdMismatch {
                     index,
                     chain: chain.clone(),
                     config: diff_id.clone(),
-                    layer: layer.diff_id,
+                    layer: layer_diff_id,
                 });
             }
-            descs.push(self.layer_blob(chain, compression)?);
+            descs.push(match remote_blob {
+                Some(blob) => blob,
+                None => self.layer_blob(chain, compression)?,
+            });
         }
         let config_bytes = canonical_json(config);
         let config_digest = self.put_blob_bytes(&config_bytes)?;

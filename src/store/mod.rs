@@ -8,6 +8,8 @@
 //!                             layers how their tar is made from diff/ (no tar blob is kept)
 //! cache/<key>.json            step results
 //! used/                       when builds last used each cache record (lru.rs)
+//! remote/<chain>.json         a layer known from a --cache-from cache, not fetched yet
+//!                             (remote.rs)
 //! flat/<chain>/root            flattened snapshot of the layers up to <chain>, mounted in
 //!                             their place when a stack passes overlay's limit (flat.rs)
 //! flat/<chain>/meta.json      how many layers it stands for
@@ -28,6 +30,7 @@ mod lineage;
 mod lock;
 mod lru;
 mod mounts;
+mod remote;
 mod trash;
 mod usage;
 
@@ -44,6 +47,7 @@ use layers::content_size;
 pub use layers::{chain_id, BlobRef, DiffTar, LayerBlobs, LayerBytes, LayerReader, LayerRecord};
 pub use lock::{FileLock, LockMode};
 pub use lru::PruneOptions;
+pub use remote::{BlobSource, RemoteLayer};
 pub use usage::{Usage, RECLAIMABLE};
 
 /// Errors from the store; each names the path or object it concerns.

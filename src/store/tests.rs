@@ -902,3 +902,51 @@ fn layer_stats_are_made_on_first_use_and_kept() {
     assert_eq!(s.layer_files(&l.chain_id).unwrap().unwrap().1, files);
     assert!(s.layer_files(&Digest::of(b"none")).unwrap().is_none());
 }
+
+/// Lazy import (store/remote.rs): a remote layer on a present one is known but not a layer
+/// (never a lower); a cache record on it is a hit; a chain with a link neither present nor
+/// remote is unknown; a refused blob is remembered and its record gone.
+#[test]
+fn remote_layers_are_known_not_present_and_refusal_is_remembered() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let base = make_layer(&s, "f", b"x", None);
+    let diff_id = Digest::of(b"remote diff");
+    let chain = chain_id(Some(&base.chain_id), &diff_id);
+    let blob = Descriptor::new(media::OCI_LAYER_GZIP, Digest::of(b"remote blob"), 11);
+    let remote = RemoteLayer {
+        chain_id: chain.clone(),
+        diff_id: diff_id.clone(),
+        parent: Some(base.chain_id.clone()),
+        blob: blob.clone(),
+        source: BlobSource::Registry("localhost:5000/cache".into()),
+    };
+    assert!(!s.layer_known(&chain));
+    s.put_remote_layer(&remote).unwrap();
+    assert!(s.layer(&chain).is_none());
+    assert!(s.layer_known(&chain));
+    assert_eq!(s.missing_below(&chain), Some(vec![remote.clone()]));
+    let rec = CacheRecord {
+        chain: Some(chain.clone()),
+        new_layer: true,
+        config: ImageConfig::default(),
+        history: History::default(),
+        inputs: None,
+    };
+    s.put_cache("k", &rec).unwrap();
+    assert_eq!(s.get_cache("k"), Some(rec));
+    // Above an unknown layer: unknown, whatever its own record says.
+    let orphan = RemoteLayer {
+        chain_id: Digest::of(b"orphan chain"),
+        parent: Some(Digest::of(b"nowhere")),
+        ..remote.clone()
+    };
+    s.put_remote_layer(&orphan).unwrap();
+    assert!(!s.layer_known(&orphan.chain_id));
+    assert_eq!(s.missing_below(&orphan.chain_id), None);
+
+    s.refuse_remote_layer(&chain, &blob.digest).unwrap();
+    assert!(s.blob_refused(&blob.digest));
+    assert!(!s.layer_known(&chain));
+    assert_eq!(s.get_cache("k"), None);
+}
