@@ -457,3 +457,129 @@ fn files_per_platform_match_buildah_bud_with_a_manifest() {
     }
     assert_eq!(compared, 2);
 }
+
+/// The store keeps a multi-platform build as an index under its tag, as containerd's store
+/// and `buildah manifest` do: `images` lists it once with its platforms, `inspect` shows the
+/// index (and one platform's image with `--platform`), `--iidfile` and `--metadata-file`
+/// name the index, `FROM` of it picks each platform's image from the store, `push` pushes the
+/// index, and prune keeps its images whole until `rmi` drops the tag.
+#[test]
+#[ignore = "needs root, a registry and qemu binfmt handlers"]
+fn a_multi_platform_tag_is_an_index_in_the_store() {
+    needs_root_and_registry();
+    needs_qemu();
+    let dir = tempdir();
+    let store = dir.path().join("store");
+    let ctx = context(dir.path(), &format!("FROM {MULTI}\nRUN uname -m > /arch\n"));
+    // A registry nothing answers at: a FROM of it can only be served by the store.
+    let tag = "localhost:9/rbuild-test/multi:1";
+    let (iid, meta) = (dir.path().join("iid"), dir.path().join("meta.json"));
+    run_ok(
+        rbuild(&store)
+            .args(["--platform", "linux/amd64,linux/arm64", "-t", tag])
+            .arg("--iidfile")
+            .arg(&iid)
+            .arg("--metadata-file")
+            .arg(&meta)
+            .arg(&ctx),
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&run_ok(rbuild_cmd(&store).args(["inspect", tag]))).unwrap();
+    let index_digest = inspect["Digest"].as_str().unwrap().to_string();
+    assert_eq!(
+        inspect["MediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(
+        inspect["Platforms"],
+        serde_json::json!(["linux/amd64", "linux/arm64"])
+    );
+    assert_eq!(inspect["RepoTags"], serde_json::json!([tag]));
+    let entries = inspect["Index"]["manifests"].as_array().unwrap();
+    assert_eq!(entries[1]["platform"]["architecture"], "arm64");
+
+    // --iidfile and --metadata-file name the index, as buildx does (no config digest).
+    assert_eq!(read(&iid), index_digest);
+    let meta: serde_json::Value = serde_json::from_str(&read(&meta)).unwrap();
+    assert_eq!(meta["containerimage.digest"], index_digest.as_str());
+    assert_eq!(
+        meta["containerimage.descriptor"]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert!(meta.get("containerimage.config.digest").is_none(), "{meta}");
+
+    // One row for the tag, with its platforms and the index digest as IMAGE ID.
+    let images = run_ok(rbuild_cmd(&store).arg("images"));
+    let rows: Vec<&str> = images
+        .lines()
+        .filter(|l| l.contains("rbuild-test/multi"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{images}");
+    let short = &index_digest["sha256:".len().."sha256:".len() + 12];
+    assert!(
+        rows[0].contains(short) && rows[0].ends_with("linux/amd64,linux/arm64"),
+        "{images}"
+    );
+
+    // One platform's image: inspect and history take --platform.
+    let arm: serde_json::Value = serde_json::from_str(&run_ok(rbuild_cmd(&store).args([
+        "inspect",
+        "--platform",
+        "linux/arm64",
+        tag,
+    ])))
+    .unwrap();
+    assert_eq!(arm["Config"]["architecture"], "arm64");
+    assert_eq!(arm["Digest"], entries[1]["digest"]);
+    let history: serde_json::Value = serde_json::from_str(&run_ok(rbuild_cmd(&store).args([
+        "history",
+        "--format",
+        "json",
+        "--platform",
+        "linux/arm64",
+        tag,
+    ])))
+    .unwrap();
+    assert_eq!(history["id"], arm["Id"]);
+    let err = fails(rbuild_cmd(&store).args(["inspect", "--platform", "linux/s390x", tag]));
+    assert!(
+        err.contains("has no image for linux/s390x; it has linux/amd64, linux/arm64"),
+        "{err}"
+    );
+
+    // Prune keeps the index's images whole: a later build takes each platform's from it.
+    run_ok(rbuild_cmd(&store).args(["prune", "--all"]));
+    let from = context(
+        &dir.path().join("from"),
+        &format!("FROM {tag}\nRUN cp /arch /base-arch\n"),
+    );
+    let out = build_local(dir.path(), &from, "linux/amd64,linux/arm64");
+    assert_eq!(read(&out.join("linux_amd64/base-arch")).trim(), "x86_64");
+    assert_eq!(read(&out.join("linux_arm64/base-arch")).trim(), "aarch64");
+
+    // `rbuild push` of the tag pushes the index.
+    let dest = format!("{}/{}:v1", registry(), unique("stored-index"));
+    run_ok(rbuild_cmd(&store).args(["push", tag, &dest]));
+    let _pushed = RegistryImage::pushed_index(&dest);
+    let raw = run_ok(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{dest}"),
+    ]));
+    let pushed: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(pushed["manifests"].as_array().unwrap().len(), 2, "{raw}");
+
+    // Untagged, prune takes the index and its images.
+    run_ok(rbuild_cmd(&store).args(["rmi", tag]));
+    run_ok(rbuild_cmd(&store).args(["prune", "--all"]));
+    let blobs = store.join("blobs/sha256");
+    for digest in std::iter::once(index_digest.as_str())
+        .chain(entries.iter().map(|e| e["digest"].as_str().unwrap()))
+    {
+        assert!(
+            !blobs.join(&digest["sha256:".len()..]).exists(),
+            "{digest} outlived its tag"
+        );
+    }
+}

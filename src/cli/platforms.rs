@@ -5,7 +5,7 @@ use crate::exec::{self, BuildError, Reporter, StepId};
 use crate::image::Platform;
 use crate::output;
 use crate::registry::Client;
-use crate::store::{ImageRecord, Store};
+use crate::store::{ImageRecord, IndexRecord, Store, Stored};
 
 use super::settings::BuildSettings;
 use super::UserError;
@@ -22,6 +22,19 @@ pub struct Built {
     pub steps: Vec<exec::StepCache>,
     /// For a push of a single image: its blobs' other homes and inline cache.
     pub push: exec::PushHints,
+    /// Of several platforms: their index, stored and tagged with the build's tags.
+    pub index: Option<IndexRecord>,
+}
+
+impl Built {
+    /// What the build made as the store holds it: its one image, or the index of several
+    /// (what `--iidfile` and `--metadata-file` name, as buildx names the exported index).
+    pub fn stored(&self) -> Stored {
+        match &self.index {
+            Some(index) => Stored::Index(index.clone()),
+            None => Stored::Image(self.images[0].clone()),
+        }
+    }
 }
 
 /// Refuse what cannot take several platforms before anything is built: a docker archive
@@ -53,8 +66,7 @@ pub fn check(settings: &BuildSettings) -> anyhow::Result<()> {
 
 /// One pass per platform, numbered on from the last (`#N`); stages pinned to
 /// `$BUILDPLATFORM` have the same cache keys in every pass, so they run once. With several
-/// platforms the store tags the host's image (else the first): the store keeps one image
-/// per tag, and the index goes to the outputs and the registry.
+/// platforms the store keeps an index of their images and the tags name it (store/indexes.rs).
 pub fn build_each(
     store: &Store,
     registry: &Client,
@@ -74,6 +86,7 @@ pub fn build_each(
         layer_steps: Vec::new(),
         steps: Vec::new(),
         push: exec::PushHints::default(),
+        index: None,
     };
     for platform in &settings.platforms {
         req.platform = platform.clone();
@@ -90,15 +103,11 @@ pub fn build_each(
         built.images.push(outcome.image);
     }
     if several {
-        let host = Platform::host();
-        let tagged = built
-            .images
-            .iter()
-            .find(|i| i.config.platform().same_as(&host))
-            .unwrap_or(&built.images[0]);
+        let index = store.put_index(&built.images, &Default::default())?;
         for tag in &settings.request.tags {
-            store.tag(tag, &tagged.manifest)?;
+            store.tag(tag, &index.index)?;
         }
+        built.index = Some(index);
     }
     Ok(built)
 }

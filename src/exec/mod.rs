@@ -335,17 +335,20 @@ fn base_key(digest: Option<&Digest>) -> String {
 /// `--metadata-file` contents, as docker buildx writes them (`image.name` lists the tags,
 /// comma-separated, when there are any), plus `rbuild.steps`: each step, cached or why not
 /// (docs/explain.md).
+/// A multi-platform build's keys name its index and have no config digest, as BuildKit's.
 pub fn metadata_json(
-    image: &ImageRecord,
+    built: &crate::store::Stored,
     tags: &[crate::image::Reference],
     steps: &[StepCache],
 ) -> Vec<u8> {
     let mut v = serde_json::json!({
-        "containerimage.config.digest": image.config_digest.to_string(),
-        "containerimage.digest": image.manifest.digest.to_string(),
-        "containerimage.descriptor": image.manifest,
+        "containerimage.digest": built.descriptor().digest.to_string(),
+        "containerimage.descriptor": built.descriptor(),
         "rbuild.steps": steps,
     });
+    if let crate::store::Stored::Image(image) = built {
+        v["containerimage.config.digest"] = image.config_digest.to_string().into();
+    }
     if !tags.is_empty() {
         let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
         v["image.name"] = serde_json::Value::String(names.join(","));

@@ -20,7 +20,9 @@ use crate::image::{Digest, Reference, SourceDateEpoch};
 use crate::layer::compress::Compression;
 use crate::store::{ImageRecord, Store, StoreError};
 
-pub use commands::{format_images, format_usage, human_size, image_rows, inspect, save, ImageRow};
+pub use commands::{
+    format_images, format_usage, human_size, image_rows, inspect, inspect_index, save, ImageRow,
+};
 pub use history::{
     build_cost_line, history, render_history, HistoryEntry, HistoryReport, LayerReport, Summary,
     HISTORY_SCHEMA,

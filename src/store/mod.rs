@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! blobs/sha256/<hex>          content-addressed blobs (layers, configs, manifests)
-//! index.json, oci-layout      the store is an OCI layout; tags are ref-name annotations
+//! index.json, oci-layout      the store is an OCI layout; tags are ref-name annotations; a
+//!                             multi-platform image's tag points at an OCI index blob that
+//!                             lists one stored image manifest per platform (indexes.rs)
 //! layers/<chain>/diff         extracted layer (overlay format)
 //! layers/<chain>/meta.json    diff_id, blobs per compression, size, parent, and for built
 //!                             layers how their tar is made from diff/ (no tar blob is kept)
@@ -22,6 +24,7 @@ mod blobs;
 mod cache;
 mod flat;
 mod images;
+mod indexes;
 mod layers;
 mod lineage;
 mod lock;
@@ -38,6 +41,7 @@ use crate::image::Digest;
 pub use cache::{CacheRecord, StepInputs};
 pub use flat::{flatten_depth, MAX_LOWERS, STRIDE};
 pub use images::{chains_of, ImageRecord, PruneStats};
+pub use indexes::{IndexRecord, Stored};
 use layers::content_size;
 pub use layers::{chain_id, BlobRef, DiffTar, LayerBlobs, LayerBytes, LayerReader, LayerRecord};
 pub use lock::{FileLock, LockMode};
