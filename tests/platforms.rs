@@ -583,3 +583,83 @@ fn a_multi_platform_tag_is_an_index_in_the_store() {
         );
     }
 }
+
+/// `--annotation` on a multi-platform build goes where BuildKit's exporters put it: `index`
+/// on the index (archive and push), `index-descriptor` on the OCI layout's index.json entry,
+/// `manifest-descriptor[P]` on the index's entry for P, `manifest[P]` in P's manifest only.
+#[test]
+#[ignore = "needs root, a registry and qemu binfmt handlers"]
+fn index_annotations_land_on_the_index_and_its_descriptors() {
+    needs_root_and_registry();
+    needs_qemu();
+    let dir = tempdir();
+    let ctx = context(dir.path(), &format!("FROM {MULTI}\nRUN uname -m > /arch\n"));
+    let reference = format!("{}/{}:v1", registry(), unique("annotated"));
+    let archive = dir.path().join("image.oci.tar");
+    run_ok(
+        rbuild(&dir.path().join("store"))
+            .args(["--platform", "linux/amd64,linux/arm64", "--push"])
+            .args(["-t", &reference])
+            .args(["--annotation", "index:org.example.i=1"])
+            .args(["--annotation", "index-descriptor:org.example.d=2"])
+            .args([
+                "--annotation",
+                "manifest-descriptor[linux/arm64]:org.example.md=arm",
+            ])
+            .args(["--annotation", "manifest[linux/arm64]:org.example.m=arm"])
+            .arg("-o")
+            .arg(format!("type=oci,dest={}", archive.display()))
+            .arg(&ctx),
+    );
+    let _pushed = RegistryImage::pushed_index(&reference);
+    let raw = |source: &str| -> serde_json::Value {
+        let out =
+            run_ok(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", source]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let layout: serde_json::Value = serde_json::from_str(&run_ok(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(&archive)
+            .arg("index.json"),
+    ))
+    .unwrap();
+    assert_eq!(
+        layout["manifests"][0]["annotations"]["org.example.d"], "2",
+        "{layout}"
+    );
+    let repo = reference.rsplit_once(':').unwrap().0;
+    for (source, by_digest) in [
+        (format!("oci-archive:{}", archive.display()), None),
+        (format!("docker://{reference}"), Some(repo)),
+    ] {
+        let index = raw(&source);
+        assert_eq!(
+            index["annotations"]["org.example.i"], "1",
+            "{source}: {index}"
+        );
+        assert!(
+            index["annotations"].get("org.example.d").is_none(),
+            "{index}"
+        );
+        let entries = index["manifests"].as_array().unwrap();
+        assert!(entries[0].get("annotations").is_none(), "{source}: {index}");
+        assert_eq!(
+            entries[1]["annotations"]["org.example.md"], "arm",
+            "{index}"
+        );
+        if let Some(repo) = by_digest {
+            for (entry, want) in entries.iter().zip([None, Some("arm")]) {
+                let m = raw(&format!(
+                    "docker://{repo}@{}",
+                    entry["digest"].as_str().unwrap()
+                ));
+                assert_eq!(
+                    m["annotations"]["org.example.m"].as_str(),
+                    want,
+                    "{source}: {m}"
+                );
+            }
+        }
+    }
+}

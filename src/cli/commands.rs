@@ -102,9 +102,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let registry = registry(&global)?;
             let report = reporter(super::ProgressMode::Auto, false);
             let digest = match store.lookup(&source)? {
-                Some(Stored::Index(index)) => {
-                    exec::push_index(&store, &registry, &index.images, &dest, 1, &*report)?
-                }
+                Some(Stored::Index(index)) => exec::push_index(
+                    &store,
+                    &registry,
+                    &index.images,
+                    &index.annotations(),
+                    &dest,
+                    1,
+                    &*report,
+                )?,
                 _ => exec::push(
                     &store,
                     &registry,
@@ -379,7 +385,15 @@ fn build_image(
                     report,
                     &outcome.push,
                 )?,
-                several => exec::push_index(store, registry, several, tag, id, report)?,
+                several => exec::push_index(
+                    store,
+                    registry,
+                    several,
+                    &settings.annotations,
+                    tag,
+                    id,
+                    report,
+                )?,
             };
             say(format!("pushed {}@{digest}", tag.name()));
         }

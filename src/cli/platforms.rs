@@ -90,6 +90,7 @@ pub fn build_each(
     };
     for platform in &settings.platforms {
         req.platform = platform.clone();
+        req.manifest_annotations = settings.annotations.manifest_for(platform);
         req.first_step = built.next_step;
         let outcome = exec::build(store, registry, &req, report)?;
         built.cached += outcome.cached;
@@ -103,7 +104,7 @@ pub fn build_each(
         built.images.push(outcome.image);
     }
     if several {
-        let index = store.put_index(&built.images, &Default::default())?;
+        let index = store.put_index(&built.images, &settings.annotations)?;
         for tag in &settings.request.tags {
             store.tag(tag, &index.index)?;
         }

@@ -283,7 +283,11 @@ pub fn save(
     // the host's (as `docker save` of docker 20.10 can only).
     match (&stored, &spec.kind) {
         (Stored::Index(index), OutputKind::Oci { .. }) => {
-            write_all(store, &index.images, &named, spec, epoch)
+            let spec = OutputSpec {
+                annotations: index.annotations(),
+                ..spec.clone()
+            };
+            write_all(store, &index.images, &named, &spec, epoch)
         }
         _ => write(store, stored.default_image(), &named, spec, epoch),
     }

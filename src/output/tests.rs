@@ -225,7 +225,7 @@ fn parse_output_forms() {
             },
             compression: Some(Compression::Zstd),
             level: Some(5),
-            descriptor_annotations: Default::default(),
+            annotations: Default::default(),
         }
     );
     assert_eq!(

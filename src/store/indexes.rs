@@ -2,10 +2,9 @@
 //! like a single image (index.json's entry then has the index media type), as containerd's
 //! image store and `buildah manifest` keep them.
 
-use std::collections::BTreeMap;
-
 use super::{ImageRecord, Result, Store, StoreError};
-use crate::image::{canonical_json, media, Descriptor, Digest, Index, Platform};
+use crate::image::annotations::non_empty;
+use crate::image::{canonical_json, media, Annotations, Descriptor, Digest, Index, Platform};
 
 /// A stored index and the images it lists, in its order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +29,21 @@ impl IndexRecord {
             .iter()
             .find(|i| i.config.platform().same_as(&host))
             .unwrap_or(&self.images[0])
+    }
+
+    /// The annotations it was written with (its `index` and `manifest-descriptor` ones), for
+    /// writing it out again.
+    pub fn annotations(&self) -> Annotations {
+        let mut out = Annotations {
+            index: self.body.annotations.clone().unwrap_or_default(),
+            ..Annotations::default()
+        };
+        for d in &self.body.manifests {
+            if let (Some(p), Some(a)) = (&d.platform, &d.annotations) {
+                out.manifest_descriptor.insert(p.to_spec(), a.clone());
+            }
+        }
+        out
     }
 
     /// Content bytes of its images' layers, each layer counted once.
@@ -91,11 +105,12 @@ impl Stored {
 
 impl Store {
     /// Write an OCI index of `images` (already stored by [`Store::put_image`]), each entry
-    /// with its image's platform, and `annotations` (`--annotation index:K=V`) on it.
+    /// with its image's platform and `manifest-descriptor` annotations, and the `index`
+    /// annotations on it.
     pub fn put_index(
         &self,
         images: &[ImageRecord],
-        annotations: &BTreeMap<String, String>,
+        annotations: &Annotations,
     ) -> Result<IndexRecord> {
         let manifests = images
             .iter()
@@ -105,13 +120,15 @@ impl Store {
                     i.manifest.digest.clone(),
                     i.manifest.size,
                 );
-                d.platform = Some(i.config.platform());
+                let platform = i.config.platform();
+                d.annotations = non_empty(annotations.manifest_descriptor_for(&platform));
+                d.platform = Some(platform);
                 d
             })
             .collect();
         let body = Index {
             manifests,
-            annotations: (!annotations.is_empty()).then(|| annotations.clone()),
+            annotations: non_empty(annotations.index.clone()),
             ..Index::default()
         };
         let bytes = canonical_json(&body);

@@ -811,13 +811,19 @@ fn a_tagged_index_keeps_its_images_and_goes_with_its_tag() {
         .unwrap()
     };
     let images = [put(&amd, "amd64"), put(&arm, "arm64")];
-    let annotations = [(
+    let title = [(
         "org.opencontainers.image.title".to_string(),
         "t".to_string(),
-    )]
-    .into();
+    )];
+    let annotations = crate::image::Annotations {
+        index: title.clone().into(),
+        manifest_descriptor: [("linux/arm64".to_string(), title.clone().into())].into(),
+        ..Default::default()
+    };
     let index = s.put_index(&images, &annotations).unwrap();
-    assert_eq!(index.body.annotations, Some(annotations));
+    assert_eq!(index.body.annotations, Some(title.clone().into()));
+    assert_eq!(index.body.manifests[0].annotations, None);
+    assert_eq!(index.annotations(), annotations, "read back as written");
     assert_eq!(
         index.body.manifests[1].platform.as_ref().unwrap().to_spec(),
         "linux/arm64"
