@@ -663,3 +663,69 @@ fn index_annotations_land_on_the_index_and_its_descriptors() {
         }
     }
 }
+
+/// Line numbers in a plain progress log where the step labelled `[PLATFORM ...] TEXT`
+/// starts and where it is `DONE`.
+fn step_span(log: &str, platform: &str, text: &str) -> (usize, usize) {
+    let lines: Vec<&str> = log.lines().collect();
+    let (start, id) = lines
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| {
+            let (id, label) = l.split_once(' ')?;
+            (label.starts_with(&format!("[{platform} ")) && label.ends_with(text))
+                .then(|| (i, id.to_string()))
+        })
+        .unwrap_or_else(|| panic!("no [{platform}] {text} in:\n{log}"));
+    let done = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("{id} DONE")))
+        .unwrap_or_else(|| panic!("{id} never DONE in:\n{log}"));
+    (start, done)
+}
+
+/// The passes of a multi-platform build run at the same time where there are cores: each
+/// platform's RUN starts before the other's ends (by the progress log's order, not the
+/// clock), and the image is the same as the one `RBUILD_MAX_PARALLELISM=1` builds one pass
+/// after the other (whose RUNs do not overlap).
+#[test]
+#[ignore = "needs root, a registry, qemu binfmt handlers and two cores"]
+fn platforms_build_at_once_and_make_what_one_at_a_time_makes() {
+    needs_root_and_registry();
+    needs_qemu();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    require(cores >= 2, "two cores (passes run one at a time on one)");
+    let dir = tempdir();
+    let ctx = context(
+        dir.path(),
+        &format!("FROM {MULTI}\nRUN sleep 1 && uname -m > /arch\nCOPY Dockerfile /\n"),
+    );
+    let build = |name: &str, jobs: Option<&str>| {
+        let archive = dir.path().join(format!("{name}.oci.tar"));
+        let mut cmd = rbuild(&dir.path().join(name));
+        if let Some(jobs) = jobs {
+            cmd.env("RBUILD_MAX_PARALLELISM", jobs);
+        }
+        let out = run(cmd
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["--platform", "linux/amd64,linux/arm64"])
+            .arg("-o")
+            .arg(format!("type=oci,dest={}", archive.display()))
+            .arg(&ctx));
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        let run = "RUN sleep 1 && uname -m > /arch";
+        let amd = step_span(&log, "linux/amd64", run);
+        let arm = step_span(&log, "linux/arm64", run);
+        (archive, amd.0 < arm.1 && arm.0 < amd.1, log)
+    };
+    let (together, overlapped, log) = build("together", None);
+    assert!(overlapped, "the platforms' RUNs did not overlap:\n{log}");
+    let (apart, overlapped, log) = build("apart", Some("1"));
+    assert!(!overlapped, "RBUILD_MAX_PARALLELISM=1 overlapped:\n{log}");
+    assert_eq!(
+        sha256_file(&together),
+        sha256_file(&apart),
+        "the OCI archives of both differ"
+    );
+}

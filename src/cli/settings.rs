@@ -357,6 +357,7 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             cache_from,
             cache_to,
             first_step: 1,
+            step_counter: None,
         },
         outputs,
         iidfile: args.iidfile.clone(),

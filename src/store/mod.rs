@@ -22,6 +22,7 @@
 
 mod blobs;
 mod cache;
+mod claims;
 mod flat;
 mod images;
 mod indexes;
@@ -39,6 +40,7 @@ use std::path::{Path, PathBuf};
 use crate::image::Digest;
 
 pub use cache::{CacheRecord, StepInputs};
+pub use claims::KeyClaim;
 pub use flat::{flatten_depth, MAX_LOWERS, STRIDE};
 pub use images::{chains_of, ImageRecord, PruneStats};
 pub use indexes::{IndexRecord, Stored};
@@ -150,6 +152,8 @@ pub struct Store {
     trash_taken: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Layers this process built and committed ([`Store::commit_built_layer`]).
     fresh: std::sync::Mutex<std::collections::HashSet<Digest>>,
+    /// Cache keys a thread is building now ([`Store::claim_key`]).
+    claims: claims::Claims,
     /// Held (exclusive flock) for as long as the store is open: tells `open` in other
     /// processes that `session` is alive.
     _session_lock: FileLock,
@@ -210,6 +214,7 @@ impl Store {
             discarding: Default::default(),
             trash_taken: Default::default(),
             fresh: Default::default(),
+            claims: Default::default(),
             _session_lock: session_lock,
         };
         store.collect_trash();
