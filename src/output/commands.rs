@@ -189,19 +189,23 @@ pub fn format_usage(usage: &[crate::store::Usage]) -> String {
     columns(&rows)
 }
 
+/// The tags naming the manifest or index `digest`, familiar (`RepoTags`).
+fn tags_of(store: &Store, digest: &crate::image::Digest) -> Result<Vec<String>, OutputError> {
+    Ok(store
+        .tags()?
+        .into_iter()
+        .filter(|(_, d)| &d.digest == digest)
+        .map(|(r, _)| r.familiar())
+        .collect())
+}
+
 pub fn inspect(store: &Store, reference_or_id: &str) -> Result<serde_json::Value, OutputError> {
     let image = store
         .resolve(reference_or_id)?
         .ok_or_else(|| OutputError::NoSuchImage(reference_or_id.to_string()))?;
-    let tags: Vec<String> = store
-        .tags()?
-        .into_iter()
-        .filter(|(_, d)| d.digest == image.manifest.digest)
-        .map(|(r, _)| r.familiar())
-        .collect();
     Ok(serde_json::json!({
         "Id": image.config_digest.to_string(),
-        "RepoTags": tags,
+        "RepoTags": tags_of(store, &image.manifest.digest)?,
         "Digest": image.manifest.digest.to_string(),
         "Manifest": image.manifest_body,
         "Config": image.config,
@@ -217,12 +221,6 @@ pub fn inspect_index(
     store: &Store,
     index: &crate::store::IndexRecord,
 ) -> Result<serde_json::Value, OutputError> {
-    let tags: Vec<String> = store
-        .tags()?
-        .into_iter()
-        .filter(|(_, d)| d.digest == index.index.digest)
-        .map(|(r, _)| r.familiar())
-        .collect();
     let manifests: Vec<serde_json::Value> = index
         .images
         .iter()
@@ -238,7 +236,7 @@ pub fn inspect_index(
     let platforms: Vec<String> = index.platforms().iter().map(|p| p.to_spec()).collect();
     Ok(serde_json::json!({
         "Id": index.index.digest.to_string(),
-        "RepoTags": tags,
+        "RepoTags": tags_of(store, &index.index.digest)?,
         "Digest": index.index.digest.to_string(),
         "MediaType": index.index.media_type,
         "Index": index.body,
