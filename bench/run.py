@@ -20,7 +20,9 @@ The `ci` scenario (issue 18) is a CI pipeline on runners that start empty, shari
 build cache through a registry: see run_ci. It starts a loopback docker-registry of its own.
 
 Docker 20.10's builders cannot export OCI archives, so the `oci` scenario compares rbuild
-with buildah only. Images the peers create are removed again at the end of each scenario.
+with buildah only; nor build several platforms (buildx is not installed), so `multiarch`
+(linux/amd64 and linux/arm64 from busybox-multi, the arm64 RUNs through qemu-user, into one
+OCI archive with an index) compares rbuild with `buildah bud --platform ... --manifest`. Images the peers create are removed again at the end of each scenario.
 
 Scenarios with RUN steps also time rbuild with `--network=host`, the peers' network (by
 default rbuild gives RUN a namespace of its own behind slirp4netns), and "run alone": the
@@ -54,6 +56,12 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEBIAN = f"{REGISTRY}/debian:bookworm"
 ROOTLESS_USER = "rbuild-bench"
 ROOTLESS_KINDS = ("steps", "context")
+# scripts/test-env.sh's OCI index of busybox for linux/amd64, linux/arm64 and linux/arm/v7.
+BUSYBOX_MULTI = f"{REGISTRY}/busybox-multi:latest"
+MULTIARCH_PLATFORMS = "linux/amd64,linux/arm64"
+# Images the multiarch scenario's buildah runs make carry it, so they can be removed again
+# without touching other users' images (a --manifest build tags none).
+MULTIARCH_LABEL = "rbuild-bench-multiarch=1"
 
 
 def sh(cmd, **kw):
@@ -81,6 +89,21 @@ def write_context(kind, scale, dest):
             with open(os.path.join(sub, str(i)), "wb") as f:
                 f.write(os.urandom(30 * 1024))
         lines = [f"FROM {BUSYBOX}", "COPY data /data"]
+    elif kind == "multiarch":
+        files = int(2000 * scale)
+        data = os.path.join(dest, "data")
+        for i in range(files):
+            sub = os.path.join(data, str(i // 100))
+            os.makedirs(sub, exist_ok=True)
+            with open(os.path.join(sub, str(i)), "wb") as f:
+                f.write(os.urandom(8 * 1024))
+        # The arm64 pass runs every RUN through qemu-user.
+        lines = [f"FROM {BUSYBOX_MULTI}", "ARG TARGETARCH",
+                 "RUN uname -m > /arch && echo $TARGETARCH > /target",
+                 "COPY data /data",
+                 "RUN find /data -type f | sort | xargs cat | md5sum > /data.md5",
+                 "RUN for i in $(seq 200); do echo $i > /tmp/n; cat /tmp/n >> /count; done",
+                 "RUN tar -cf /data.tar /data && gzip -1 /data.tar"]
     elif kind == "pyapp":
         lines = [f"FROM {DEBIAN}",
                  "RUN apt-get update && apt-get install -y --no-install-recommends python3 && rm -rf /var/lib/apt/lists/*"]
@@ -141,6 +164,20 @@ def builders(kind, ctx, out, store, cached, rootless_bin=None):
         all_builders["rbuild-rootless"] = [as_rootless(
             [rootless_bin, "--root", rl_store, "--progress=plain", *nc, "-t", tag,
              "-o", f"type=docker,dest={rl_out}/rbuild.tar", ctx])]
+    if kind == "multiarch":
+        # One OCI archive holding an index of both platforms. Docker 20.10 has no buildx
+        # here (no multi-platform builder): buildah's --manifest build is the only peer.
+        manifest = "localhost/rbuild-bench-multiarch:latest"
+        return {
+            "rbuild": [["rbuild", "--root", store, "--progress=plain", *nc,
+                        "--platform", MULTIARCH_PLATFORMS, "--label", MULTIARCH_LABEL,
+                        "-t", tag, "-o", f"type=oci,dest={out}/rbuild.tar", ctx]],
+            "buildah": [["buildah", "bud", "--network=host", "--tls-verify=false", "-q",
+                         "--no-cache", "--platform", MULTIARCH_PLATFORMS,
+                         "--label", MULTIARCH_LABEL, "--manifest", manifest, ctx],
+                        ["buildah", "manifest", "push", "--all", "--quiet", manifest,
+                         f"oci-archive:{out}/buildah.tar"]],
+        }
     if kind == "oci":
         # docker 20.10 has no OCI exporter: only buildah makes the same artifact.
         del all_builders["buildkit"], all_builders["classic"]
@@ -221,6 +258,10 @@ def run_builder(name, cmds, out, created, kind, ctx):
         except subprocess.CalledProcessError as e:
             print(f"  run alone: preparing the root failed: {e}", file=sys.stderr, flush=True)
             return None
+    if name == "buildah" and kind == "multiarch":
+        # --manifest adds to an existing list: each run starts without one (untimed).
+        subprocess.run(["buildah", "manifest", "rm", "localhost/rbuild-bench-multiarch:latest"],
+                       capture_output=True)
     settle(ctx)
     rss = None
     start = time.monotonic()
@@ -258,10 +299,19 @@ def cleanup(created):
         else:
             subprocess.run([DOCKER, "rmi", "-f", image], capture_output=True)
     created.clear()
+    # The multiarch scenario's list and its images (both platforms', untagged).
+    subprocess.run(["buildah", "manifest", "rm", "localhost/rbuild-bench-multiarch:latest"],
+                   capture_output=True)
+    ids = subprocess.run(["buildah", "images", "-q", "--filter", f"label={MULTIARCH_LABEL}"],
+                         capture_output=True, text=True).stdout.split()
+    for image in sorted(set(ids)):
+        subprocess.run(["buildah", "rmi", "-f", image], capture_output=True)
 
 
 def warm_bases(kind, store, out, rootless_bin=None):
     """Pull the base image into every builder untimed, so round 1 measures builds, not pulls."""
+    if kind == "multiarch":
+        return  # main warms it with a whole untimed build (both platforms' bases)
     base = DEBIAN if kind == "pyapp" else BUSYBOX
     cmds = [["rbuild", "--root", store, "pull", base], [DOCKER, "pull", "-q", base],
             ["buildah", "pull", "--tls-verify=false", "-q", base]]
@@ -488,7 +538,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scale", type=float, default=1.0, help="scales file counts of biglayer/context/ci")
-    ap.add_argument("--only", default="steps,biglayer,context,rebuild,pyapp,oci,ci")
+    ap.add_argument("--only", default="steps,biglayer,context,rebuild,pyapp,oci,ci,multiarch")
     ap.add_argument("--stores", default="fresh,aged", help="fresh, aged or both (see age_store)")
     ap.add_argument("--aged-scale", type=float, default=1.0, help="scales age_store's files")
     ap.add_argument("--no-rootless", action="store_true", help="leave out the rootless column")
@@ -522,7 +572,8 @@ def main():
                 rl_bin = rootless_bin if cond == "fresh" else None
                 warm_bases(kind, store, out, rl_bin)
                 cached = kind == "rebuild"
-                if cached:  # warm every builder's cache once, untimed
+                if cached or kind == "multiarch":
+                    # warm every builder's cache (rebuild) or both platforms' bases, untimed
                     for name, cmds in builders(kind, ctx, out, store, True).items():
                         run_builder(name, cmds, out, created, kind, ctx)
                 times = {}
@@ -540,6 +591,9 @@ def main():
                 rows.append((kind, cond, med, max(rss) if rss else None))
                 print(f"{kind} ({cond}): " + ", ".join(f"{n} {t:.2f}s" for n, t in med.items())
                       + f" (load {load()})", flush=True)
+                if kind == "multiarch":
+                    print("  multiarch: no BuildKit row: docker 20.10's buildx (multi-platform "
+                          "builds) is not installed here; buildah is the only peer", flush=True)
     finally:
         cleanup(created)
         shutil.rmtree(work, ignore_errors=True)

@@ -531,3 +531,275 @@ fn one_cache_holds_every_platform_and_each_imports_its_own() {
         }
     }
 }
+
+/// The store keeps a multi-platform build as an index under its tag, as containerd's store
+/// and `buildah manifest` do: `images` lists it once with its platforms, `inspect` shows the
+/// index (and one platform's image with `--platform`), `--iidfile` and `--metadata-file`
+/// name the index, `FROM` of it picks each platform's image from the store, `push` pushes the
+/// index, and prune keeps its images whole until `rmi` drops the tag.
+#[test]
+#[ignore = "needs root, a registry and qemu binfmt handlers"]
+fn a_multi_platform_tag_is_an_index_in_the_store() {
+    needs_root_and_registry();
+    needs_qemu();
+    let dir = tempdir();
+    let store = dir.path().join("store");
+    let ctx = context(dir.path(), &format!("FROM {MULTI}\nRUN uname -m > /arch\n"));
+    // A registry nothing answers at: a FROM of it can only be served by the store.
+    let tag = "localhost:9/rbuild-test/multi:1";
+    let (iid, meta) = (dir.path().join("iid"), dir.path().join("meta.json"));
+    run_ok(
+        rbuild(&store)
+            .args(["--platform", "linux/amd64,linux/arm64", "-t", tag])
+            .arg("--iidfile")
+            .arg(&iid)
+            .arg("--metadata-file")
+            .arg(&meta)
+            .arg(&ctx),
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&run_ok(rbuild_cmd(&store).args(["inspect", tag]))).unwrap();
+    let index_digest = inspect["Digest"].as_str().unwrap().to_string();
+    assert_eq!(
+        inspect["MediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(
+        inspect["Platforms"],
+        serde_json::json!(["linux/amd64", "linux/arm64"])
+    );
+    assert_eq!(inspect["RepoTags"], serde_json::json!([tag]));
+    let entries = inspect["Index"]["manifests"].as_array().unwrap();
+    assert_eq!(entries[1]["platform"]["architecture"], "arm64");
+
+    // --iidfile and --metadata-file name the index, as buildx does (no config digest).
+    assert_eq!(read(&iid), index_digest);
+    let meta: serde_json::Value = serde_json::from_str(&read(&meta)).unwrap();
+    assert_eq!(meta["containerimage.digest"], index_digest.as_str());
+    assert_eq!(
+        meta["containerimage.descriptor"]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert!(meta.get("containerimage.config.digest").is_none(), "{meta}");
+
+    // One row for the tag, with its platforms and the index digest as IMAGE ID.
+    let images = run_ok(rbuild_cmd(&store).arg("images"));
+    let rows: Vec<&str> = images
+        .lines()
+        .filter(|l| l.contains("rbuild-test/multi"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{images}");
+    let short = &index_digest["sha256:".len().."sha256:".len() + 12];
+    assert!(
+        rows[0].contains(short) && rows[0].ends_with("linux/amd64,linux/arm64"),
+        "{images}"
+    );
+
+    // One platform's image: inspect and history take --platform.
+    let arm: serde_json::Value = serde_json::from_str(&run_ok(rbuild_cmd(&store).args([
+        "inspect",
+        "--platform",
+        "linux/arm64",
+        tag,
+    ])))
+    .unwrap();
+    assert_eq!(arm["Config"]["architecture"], "arm64");
+    assert_eq!(arm["Digest"], entries[1]["digest"]);
+    let history: serde_json::Value = serde_json::from_str(&run_ok(rbuild_cmd(&store).args([
+        "history",
+        "--format",
+        "json",
+        "--platform",
+        "linux/arm64",
+        tag,
+    ])))
+    .unwrap();
+    assert_eq!(history["id"], arm["Id"]);
+    let err = fails(rbuild_cmd(&store).args(["inspect", "--platform", "linux/s390x", tag]));
+    assert!(
+        err.contains("has no image for linux/s390x; it has linux/amd64, linux/arm64"),
+        "{err}"
+    );
+
+    // Prune keeps the index's images whole: a later build takes each platform's from it.
+    run_ok(rbuild_cmd(&store).args(["prune", "--all"]));
+    let from = context(
+        &dir.path().join("from"),
+        &format!("FROM {tag}\nRUN cp /arch /base-arch\n"),
+    );
+    let out = build_local(dir.path(), &from, "linux/amd64,linux/arm64");
+    assert_eq!(read(&out.join("linux_amd64/base-arch")).trim(), "x86_64");
+    assert_eq!(read(&out.join("linux_arm64/base-arch")).trim(), "aarch64");
+
+    // `rbuild push` of the tag pushes the index.
+    let dest = format!("{}/{}:v1", registry(), unique("stored-index"));
+    run_ok(rbuild_cmd(&store).args(["push", tag, &dest]));
+    let _pushed = RegistryImage::pushed_index(&dest);
+    let raw = run_ok(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{dest}"),
+    ]));
+    let pushed: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(pushed["manifests"].as_array().unwrap().len(), 2, "{raw}");
+
+    // Untagged, prune takes the index and its images.
+    run_ok(rbuild_cmd(&store).args(["rmi", tag]));
+    run_ok(rbuild_cmd(&store).args(["prune", "--all"]));
+    let blobs = store.join("blobs/sha256");
+    for digest in std::iter::once(index_digest.as_str())
+        .chain(entries.iter().map(|e| e["digest"].as_str().unwrap()))
+    {
+        assert!(
+            !blobs.join(&digest["sha256:".len()..]).exists(),
+            "{digest} outlived its tag"
+        );
+    }
+}
+
+/// `--annotation` on a multi-platform build goes where BuildKit's exporters put it: `index`
+/// on the index (archive and push), `index-descriptor` on the OCI layout's index.json entry,
+/// `manifest-descriptor[P]` on the index's entry for P, `manifest[P]` in P's manifest only.
+#[test]
+#[ignore = "needs root, a registry and qemu binfmt handlers"]
+fn index_annotations_land_on_the_index_and_its_descriptors() {
+    needs_root_and_registry();
+    needs_qemu();
+    let dir = tempdir();
+    let ctx = context(dir.path(), &format!("FROM {MULTI}\nRUN uname -m > /arch\n"));
+    let reference = format!("{}/{}:v1", registry(), unique("annotated"));
+    let archive = dir.path().join("image.oci.tar");
+    run_ok(
+        rbuild(&dir.path().join("store"))
+            .args(["--platform", "linux/amd64,linux/arm64", "--push"])
+            .args(["-t", &reference])
+            .args(["--annotation", "index:org.example.i=1"])
+            .args(["--annotation", "index-descriptor:org.example.d=2"])
+            .args([
+                "--annotation",
+                "manifest-descriptor[linux/arm64]:org.example.md=arm",
+            ])
+            .args(["--annotation", "manifest[linux/arm64]:org.example.m=arm"])
+            .arg("-o")
+            .arg(format!("type=oci,dest={}", archive.display()))
+            .arg(&ctx),
+    );
+    let _pushed = RegistryImage::pushed_index(&reference);
+    let raw = |source: &str| -> serde_json::Value {
+        let out =
+            run_ok(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", source]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let layout: serde_json::Value = serde_json::from_str(&run_ok(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(&archive)
+            .arg("index.json"),
+    ))
+    .unwrap();
+    assert_eq!(
+        layout["manifests"][0]["annotations"]["org.example.d"], "2",
+        "{layout}"
+    );
+    let repo = reference.rsplit_once(':').unwrap().0;
+    for (source, by_digest) in [
+        (format!("oci-archive:{}", archive.display()), None),
+        (format!("docker://{reference}"), Some(repo)),
+    ] {
+        let index = raw(&source);
+        assert_eq!(
+            index["annotations"]["org.example.i"], "1",
+            "{source}: {index}"
+        );
+        assert!(
+            index["annotations"].get("org.example.d").is_none(),
+            "{index}"
+        );
+        let entries = index["manifests"].as_array().unwrap();
+        assert!(entries[0].get("annotations").is_none(), "{source}: {index}");
+        assert_eq!(
+            entries[1]["annotations"]["org.example.md"], "arm",
+            "{index}"
+        );
+        if let Some(repo) = by_digest {
+            for (entry, want) in entries.iter().zip([None, Some("arm")]) {
+                let m = raw(&format!(
+                    "docker://{repo}@{}",
+                    entry["digest"].as_str().unwrap()
+                ));
+                assert_eq!(
+                    m["annotations"]["org.example.m"].as_str(),
+                    want,
+                    "{source}: {m}"
+                );
+            }
+        }
+    }
+}
+
+/// Line numbers in a plain progress log where the step labelled `[PLATFORM ...] TEXT`
+/// starts and where it is `DONE`.
+fn step_span(log: &str, platform: &str, text: &str) -> (usize, usize) {
+    let lines: Vec<&str> = log.lines().collect();
+    let (start, id) = lines
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| {
+            let (id, label) = l.split_once(' ')?;
+            (label.starts_with(&format!("[{platform} ")) && label.ends_with(text))
+                .then(|| (i, id.to_string()))
+        })
+        .unwrap_or_else(|| panic!("no [{platform}] {text} in:\n{log}"));
+    let done = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("{id} DONE")))
+        .unwrap_or_else(|| panic!("{id} never DONE in:\n{log}"));
+    (start, done)
+}
+
+/// The passes of a multi-platform build run at the same time where there are cores: each
+/// platform's RUN starts before the other's ends (by the progress log's order, not the
+/// clock), and the image is the same as the one `RBUILD_MAX_PARALLELISM=1` builds one pass
+/// after the other (whose RUNs do not overlap).
+#[test]
+#[ignore = "needs root, a registry, qemu binfmt handlers and two cores"]
+fn platforms_build_at_once_and_make_what_one_at_a_time_makes() {
+    needs_root_and_registry();
+    needs_qemu();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    require(cores >= 2, "two cores (passes run one at a time on one)");
+    let dir = tempdir();
+    let ctx = context(
+        dir.path(),
+        &format!("FROM {MULTI}\nRUN sleep 1 && uname -m > /arch\nCOPY Dockerfile /\n"),
+    );
+    let build = |name: &str, jobs: Option<&str>| {
+        let archive = dir.path().join(format!("{name}.oci.tar"));
+        let mut cmd = rbuild(&dir.path().join(name));
+        if let Some(jobs) = jobs {
+            cmd.env("RBUILD_MAX_PARALLELISM", jobs);
+        }
+        let out = run(cmd
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["--platform", "linux/amd64,linux/arm64"])
+            .arg("-o")
+            .arg(format!("type=oci,dest={}", archive.display()))
+            .arg(&ctx));
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        let run = "RUN sleep 1 && uname -m > /arch";
+        let amd = step_span(&log, "linux/amd64", run);
+        let arm = step_span(&log, "linux/arm64", run);
+        (archive, amd.0 < arm.1 && arm.0 < amd.1, log)
+    };
+    let (together, overlapped, log) = build("together", None);
+    assert!(overlapped, "the platforms' RUNs did not overlap:\n{log}");
+    let (apart, overlapped, log) = build("apart", Some("1"));
+    assert!(!overlapped, "RBUILD_MAX_PARALLELISM=1 overlapped:\n{log}");
+    assert_eq!(
+        sha256_file(&together),
+        sha256_file(&apart),
+        "the OCI archives of both differ"
+    );
+}

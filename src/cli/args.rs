@@ -120,8 +120,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = SaveFormat::Docker)]
         format: SaveFormat,
     },
-    /// Print an image's manifest and config as JSON
-    Inspect { reference: String },
+    /// Print an image's manifest and config as JSON (a multi-platform image: its index)
+    Inspect {
+        reference: String,
+        /// Of a multi-platform image, the image of this platform (`linux/arm64`)
+        #[arg(long)]
+        platform: Option<String>,
+    },
     /// Show what each layer of an image costs: size, files added/changed/deleted, bytes a
     /// later layer deletes or overwrites, the largest files (docs/explain.md)
     History {
@@ -130,6 +135,9 @@ pub enum Command {
         reference: String,
         #[arg(long, value_enum, default_value_t)]
         format: HistoryFormat,
+        /// Of a multi-platform image, the image of this platform (default: the host's)
+        #[arg(long)]
+        platform: Option<String>,
     },
     /// Show the store's disk usage by kind: images, layers, blobs, cache records, cache
     /// mounts, trash

@@ -12,7 +12,7 @@ use crate::output::provenance::Provenance;
 use crate::output::{self, OutputKind, OutputSpec};
 use crate::registry::{Client, RegistryOptions};
 use crate::sandbox::userns;
-use crate::store::Store;
+use crate::store::{ImageRecord, Store, Stored};
 
 use super::args::{CheckFormat, Cli, Command, GlobalArgs, HistoryFormat, SaveFormat};
 use super::check::Lookup;
@@ -105,15 +105,29 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Some(_) => reference.clone(),
                 None => parse_ref(&reference)?.to_string(),
             };
-            let digest = exec::push(
-                &store,
-                &registry(&global)?,
-                &source,
-                &dest,
-                1,
-                &*reporter(super::ProgressMode::Auto, false),
-                &exec::PushHints::default(),
-            )?;
+            let registry = registry(&global)?;
+            let report = reporter(super::ProgressMode::Auto, false);
+            let digest = match store.lookup(&source)? {
+                Some(Stored::Index(index)) => exec::push_index(
+                    &store,
+                    &registry,
+                    &index.images,
+                    &index.annotations(),
+                    &dest,
+                    1,
+                    &*report,
+                    &exec::PushHints::default(),
+                )?,
+                _ => exec::push(
+                    &store,
+                    &registry,
+                    &source,
+                    &dest,
+                    1,
+                    &*report,
+                    &exec::PushHints::default(),
+                )?,
+            };
             stdout_line(&format!("{}@{digest}", dest.name()))?;
             Ok(())
         }
@@ -124,9 +138,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let store = open_store(&global)?;
             // The same lookup as inspect, so both accept the same names.
-            let image = find_image(&store, &reference)?;
+            let stored = find_stored(&store, &reference)?;
             let report = reporter(super::ProgressMode::Auto, false);
-            fetch_layers(&store, &registry(&global)?, &image, &*report, 1)?;
+            for image in stored.images() {
+                fetch_layers(&store, &registry(&global)?, image, &*report, 1)?;
+            }
             let kind = match format {
                 SaveFormat::Docker => OutputKind::Docker { dest: output },
                 SaveFormat::Oci => OutputKind::Oci {
@@ -144,20 +160,31 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             )?;
             Ok(())
         }
-        Some(Command::Inspect { reference }) => {
+        Some(Command::Inspect {
+            reference,
+            platform,
+        }) => {
             let store = open_store(&global)?;
-            let v = output::inspect(
-                &store,
-                &find_image(&store, &reference)?.manifest.digest.to_string(),
-            )?;
+            let v = match (find_stored(&store, &reference)?, platform) {
+                (Stored::Index(index), None) => output::inspect_index(&store, &index)?,
+                (stored, platform) => {
+                    let image = for_platform(stored, &reference, platform.as_deref())?;
+                    output::inspect(&store, &image.manifest.digest.to_string())?
+                }
+            };
             stdout_line(&serde_json::to_string_pretty(&v)?)?;
             Ok(())
         }
-        Some(Command::History { reference, format }) => {
+        Some(Command::History {
+            reference,
+            format,
+            platform,
+        }) => {
             let store = open_store(&global)?;
             // Counting a layer an older rbuild committed writes into it: not during a prune.
             let _lock = store.lock_shared()?;
-            let image = find_image(&store, &reference)?;
+            let stored = find_stored(&store, &reference)?;
+            let image = for_platform(stored, &reference, platform.as_deref())?;
             let report = output::history(&store, &image)?;
             match format {
                 HistoryFormat::Text => stdout_text(&output::render_history(&report)),
@@ -200,12 +227,12 @@ fn registry(global: &GlobalArgs) -> anyhow::Result<Client> {
     })?)
 }
 
-fn find_image(store: &Store, reference: &str) -> anyhow::Result<crate::store::ImageRecord> {
+fn find_stored(store: &Store, reference: &str) -> anyhow::Result<Stored> {
     let by_name = reference.parse::<Reference>().ok().map(|r| r.to_string());
-    let found = match store.resolve(reference)? {
+    let found = match store.lookup(reference)? {
         Some(r) => Some(r),
         None => match by_name {
-            Some(n) => store.resolve(&n)?,
+            Some(n) => store.lookup(&n)?,
             None => None,
         },
     };
@@ -230,6 +257,38 @@ fn fetch_layers(
         ))
         .into()
     })
+}
+
+/// The image of `platform` in what a reference names (variant-aware); without a platform,
+/// the one that stands for it (the host's of a multi-platform image).
+fn for_platform(
+    stored: Stored,
+    reference: &str,
+    platform: Option<&str>,
+) -> anyhow::Result<ImageRecord> {
+    let Some(spec) = platform else {
+        return Ok(stored.default_image().clone());
+    };
+    let wanted = Platform::parse(spec).map_err(|e| UserError(format!("--platform: {e}")))?;
+    let chosen = match &stored {
+        Stored::Index(index) => crate::registry::platform::choose(&index.body, &wanted)
+            .map(|d| d.digest.clone())
+            .map_err(|have| have.join(", ")),
+        Stored::Image(image) if image.config.is_for(&wanted) => Ok(image.manifest.digest.clone()),
+        Stored::Image(image) => Err(image.config.platform().to_spec()),
+    };
+    let digest = chosen.map_err(|have| {
+        UserError(format!(
+            "`{reference}` has no image for {}; it has {have}",
+            wanted.to_spec()
+        ))
+    })?;
+    Ok(stored
+        .images()
+        .iter()
+        .find(|i| i.manifest.digest == digest)
+        .expect("the chosen manifest is one of the images")
+        .clone())
 }
 
 /// `rbuild check` and `rbuild --check`.
@@ -321,8 +380,9 @@ fn build_image(
     let started = std::time::Instant::now();
     let outcome = super::platforms::build_each(store, registry, settings, report)?;
     super::progress::trace("build", started.elapsed());
-    // The first platform's image stands for the build where one image is asked for (the
-    // id line, --iidfile); outputs and the push get them all.
+    // The first platform's image stands for the build in `--load` and the cost line; the id
+    // line, --iidfile and --metadata-file name the index of several; outputs and the push
+    // get them all.
     let image = &outcome.images[0];
     let tags = &settings.request.tags;
     let say = |text: String| {
@@ -374,6 +434,7 @@ fn build_image(
         load_into_docker(store, image, tags, settings.request.source_date_epoch)?;
         say("loaded the image into docker".to_string());
     }
+    let stored = outcome.stored();
     if settings.push {
         let hints = exec::PushHints {
             provenance: provenance.clone(),
@@ -391,18 +452,27 @@ fn build_image(
                     report,
                     &hints,
                 )?,
-                several => exec::push_index(store, registry, several, tag, id, report, &hints)?,
+                several => exec::push_index(
+                    store,
+                    registry,
+                    several,
+                    &settings.annotations,
+                    tag,
+                    id,
+                    report,
+                    &hints,
+                )?,
             };
             say(format!("pushed {}@{digest}", tag.name()));
         }
     }
     if let Some(path) = &settings.iidfile {
-        write_file(path, image.config_digest.to_string().as_bytes())?;
+        write_file(path, stored.id().to_string().as_bytes())?;
     }
     if let Some(path) = &settings.metadata_file {
         // The first image's predicate, with the layers as the store keeps them.
         let predicate = (provenance.first()).map(|p| p.predicate(&image.manifest_body.layers));
-        let json = exec::metadata_json(image, tags, &outcome.steps, predicate);
+        let json = exec::metadata_json(&stored, tags, &outcome.steps, predicate);
         write_file(path, &json)?;
     }
     if !args.quiet && args.progress != super::ProgressMode::Quiet {
@@ -413,7 +483,7 @@ fn build_image(
         }
     }
     say(summary(
-        &image.config_digest.to_string(),
+        &stored.id().to_string(),
         outcome.cached,
         outcome.executed,
         tags,
@@ -424,7 +494,7 @@ fn build_image(
             | OutputKind::Tar { dest } if dest.as_os_str() == "-")
     });
     if (args.quiet || args.progress == super::ProgressMode::Quiet) && !stdout_taken {
-        stdout_line(&image.config_digest.to_string())?;
+        stdout_line(&stored.id().to_string())?;
     }
     Ok(())
 }

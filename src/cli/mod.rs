@@ -2,6 +2,7 @@
 //! Errors become exit codes here: 1 for a failed build or bad input, 2 for bad usage
 //! (clap), 130 after SIGINT, 101 for an internal error (a bug).
 
+mod annotations;
 mod args;
 mod check;
 mod commands;

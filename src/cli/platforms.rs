@@ -1,11 +1,14 @@
 //! `--platform a,b,c`: the list parsed, and a build of several platforms driven one pass
 //! per platform, its images gathered into one index for the outputs and the push.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
 use crate::exec::{self, BuildError, Reporter, StepId};
 use crate::image::Platform;
 use crate::output;
 use crate::registry::Client;
-use crate::store::{ImageRecord, Store};
+use crate::store::{ImageRecord, IndexRecord, Store, Stored};
 
 use super::settings::BuildSettings;
 use super::UserError;
@@ -24,6 +27,19 @@ pub struct Built {
     pub push: exec::PushHints,
     /// Per image, what its provenance attestation records.
     pub provenance: Vec<crate::output::provenance::BuildFacts>,
+    /// Of several platforms: their index, stored and tagged with the build's tags.
+    pub index: Option<IndexRecord>,
+}
+
+impl Built {
+    /// What the build made as the store holds it: its one image, or the index of several
+    /// (what `--iidfile` and `--metadata-file` name, as buildx names the exported index).
+    pub fn stored(&self) -> Stored {
+        match &self.index {
+            Some(index) => Stored::Index(index.clone()),
+            None => Stored::Image(self.images[0].clone()),
+        }
+    }
 }
 
 /// Refuse what cannot take several platforms before anything is built: a docker archive
@@ -58,10 +74,13 @@ pub fn check(settings: &BuildSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One pass per platform, numbered on from the last (`#N`); stages pinned to
-/// `$BUILDPLATFORM` have the same cache keys in every pass, so they run once. With several
-/// platforms the store tags the host's image (else the first): the store keeps one image
-/// per tag, and the index goes to the outputs and the registry.
+/// One pass per platform, as many at a time as the machine has cores (or
+/// `RBUILD_MAX_PARALLELISM`, as buildkitd's `max-parallelism`), their steps numbered from one
+/// counter. Stages pinned to `$BUILDPLATFORM` have the same cache keys in every pass: one
+/// pass runs each such step while the others wait for its record ([`Store::claim_key`]).
+/// With several platforms the store keeps an index of their images and the tags name it
+/// (store/indexes.rs). After a failed pass no other starts; the first failure in
+/// `--platform` order is the build's.
 pub fn build_each(
     store: &Store,
     registry: &Client,
@@ -75,24 +94,56 @@ pub fn build_each(
         // Exported once, after the last pass, with every pass's steps.
         req.cache_to = Vec::new();
     }
+    let counter = Arc::new(AtomicUsize::new(req.first_step));
+    req.step_counter = Some(counter.clone());
+    let platforms = &settings.platforms;
+    let results: Mutex<Vec<Option<Result<exec::BuildOutcome, BuildError>>>> =
+        Mutex::new(platforms.iter().map(|_| None).collect());
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let pass = || loop {
+        let i = next.fetch_add(1, Ordering::SeqCst);
+        if i >= platforms.len() || failed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut req = req.clone();
+        req.platform = platforms[i].clone();
+        req.manifest_annotations = settings.annotations.manifest_for(&platforms[i]);
+        let outcome = exec::build(store, registry, &req, report);
+        if outcome.is_err() {
+            failed.store(true, Ordering::SeqCst);
+        }
+        results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(outcome);
+    };
+    match parallel_passes().min(platforms.len()) {
+        1 => pass(),
+        jobs => std::thread::scope(|scope| {
+            for _ in 0..jobs {
+                scope.spawn(pass);
+            }
+        }),
+    }
+
     let mut cache_steps = exec::CacheSteps::default();
     let mut built = Built {
         images: Vec::new(),
         cached: 0,
         executed: 0,
-        next_step: req.first_step,
+        next_step: counter.load(Ordering::SeqCst),
         layer_steps: Vec::new(),
         steps: Vec::new(),
         push: exec::PushHints::default(),
         provenance: Vec::new(),
+        index: None,
     };
-    for platform in &settings.platforms {
-        req.platform = platform.clone();
-        req.first_step = built.next_step;
-        let outcome = exec::build(store, registry, &req, report)?;
+    // Passes start in order, so every one before a failed one ran: the first error met
+    // here is the first in `--platform` order.
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    for outcome in results.into_iter().flatten() {
+        let outcome = outcome?;
         built.cached += outcome.cached;
         built.executed += outcome.executed;
-        built.next_step = outcome.next_step;
+        built.next_step = built.next_step.max(outcome.next_step);
         if built.images.is_empty() {
             built.layer_steps = outcome.layer_steps;
         }
@@ -115,17 +166,23 @@ pub fn build_each(
         built.push.blob_homes.extend(exported.blob_homes);
         // Best effort, as at the end of each pass: a lost note makes records look older.
         let _ = store.save_use();
-        let host = Platform::host();
-        let tagged = built
-            .images
-            .iter()
-            .find(|i| i.config.platform().same_as(&host))
-            .unwrap_or(&built.images[0]);
+        let index = store.put_index(&built.images, &settings.annotations)?;
         for tag in &settings.request.tags {
-            store.tag(tag, &tagged.manifest)?;
+            store.tag(tag, &index.index)?;
         }
+        built.index = Some(index);
     }
     Ok(built)
+}
+
+/// How many platform passes run at once: `RBUILD_MAX_PARALLELISM` when set to a number
+/// (buildkitd's `max-parallelism` setting), else the cores this process may use.
+fn parallel_passes() -> usize {
+    std::env::var("RBUILD_MAX_PARALLELISM")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// `linux/amd64,linux/arm64`: each normalized, repeats refused (BuildKit dedups them, but a

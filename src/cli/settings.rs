@@ -90,6 +90,8 @@ pub struct BuildSettings {
     pub platforms: Vec<Platform>,
     /// `--provenance` / `--attest type=provenance`: an attestation per image.
     pub provenance: Option<ProvenanceSpec>,
+    /// `--annotation`, by level (the request has the first platform's manifest ones).
+    pub annotations: crate::image::Annotations,
 }
 
 fn user(msg: impl Into<String>) -> anyhow::Error {
@@ -294,21 +296,10 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
         return Err(user("--push needs a name: add -t REGISTRY/NAME:TAG"));
     }
 
-    let mut manifest_annotations = BTreeMap::new();
-    let mut descriptor_annotations = BTreeMap::new();
-    for a in &args.annotations {
-        let parsed =
-            parse_annotation(a, &platform).map_err(|e| user(format!("--annotation {a}: {e}")))?;
-        for (level, key, value) in parsed {
-            match level {
-                AnnotationLevel::Manifest => manifest_annotations.insert(key, value),
-                AnnotationLevel::ManifestDescriptor => descriptor_annotations.insert(key, value),
-            };
-        }
-    }
+    let annotations = super::annotations::parse(&args.annotations, &platforms).map_err(user)?;
     let mut outputs = outputs;
     for o in &mut outputs {
-        o.descriptor_annotations = descriptor_annotations.clone();
+        o.annotations = annotations.clone();
     }
 
     let cache_to = args
@@ -358,7 +349,7 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             extra_hosts,
             shm_size,
             ulimits,
-            manifest_annotations,
+            manifest_annotations: annotations.manifest_for(&platform),
             pids_limit,
             secrets,
             ssh,
@@ -369,6 +360,7 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
             cache_from,
             cache_to,
             first_step: 1,
+            step_counter: None,
         },
         outputs,
         iidfile: args.iidfile.clone(),
@@ -377,6 +369,7 @@ pub fn build_settings(args: &BuildArgs) -> anyhow::Result<BuildSettings> {
         load: args.load,
         platforms,
         provenance: provenance_spec(args)?,
+        annotations,
     })
 }
 
@@ -425,71 +418,6 @@ fn dockerfile_text(bytes: Vec<u8>, shown: &str) -> anyhow::Result<String> {
             "reading Dockerfile `{shown}`: it is not UTF-8 text"
         ))
     })
-}
-
-/// Where an `--annotation` goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AnnotationLevel {
-    /// The image manifest's `annotations`.
-    Manifest,
-    /// The descriptors that point at the manifest (an output's index.json).
-    ManifestDescriptor,
-}
-
-/// `KEY=VALUE` or `TYPE[,TYPE...]:KEY=VALUE`, each TYPE optionally qualified by a platform
-/// in brackets (`manifest[linux/amd64]`), as buildx's ParseAnnotations. rbuild builds one
-/// platform, so the index types fail as BuildKit fails them for a single-platform export,
-/// and a platform qualifier must name the build's platform.
-fn parse_annotation(
-    spec: &str,
-    platform: &Platform,
-) -> Result<Vec<(AnnotationLevel, String, String)>, String> {
-    let (k, v) = spec
-        .split_once('=')
-        .ok_or("expected KEY=VALUE or TYPE:KEY=VALUE")?;
-    let Some((types, key)) = k.split_once(':') else {
-        if k.is_empty() {
-            return Err("empty key".into());
-        }
-        return Ok(vec![(AnnotationLevel::Manifest, k.into(), v.into())]);
-    };
-    if key.is_empty() {
-        return Err("empty key".into());
-    }
-    let mut out = Vec::new();
-    for typ in types.split(',') {
-        let (name, qualifier) = match typ.split_once('[') {
-            Some((n, rest)) => {
-                let q = rest
-                    .strip_suffix(']')
-                    .ok_or(format!("invalid annotation type `{typ}`, expected type and optional platform in square brackets"))?;
-                (n, Some(q))
-            }
-            None => (typ, None),
-        };
-        if let Some(q) = qualifier {
-            let host = platform.to_spec();
-            let plain = format!("{}/{}", platform.os, platform.architecture);
-            if q != host && q != plain {
-                return Err(format!(
-                    "no platform {q} in this build (rbuild builds {host} only)"
-                ));
-            }
-        }
-        let level = match name {
-            "manifest" => AnnotationLevel::Manifest,
-            "manifest-descriptor" => AnnotationLevel::ManifestDescriptor,
-            "index" | "index-descriptor" => {
-                return Err(format!(
-                    "index annotations not supported for single platform export (`{name}`: \
-                     rbuild makes one manifest, no index)"
-                ))
-            }
-            other => return Err(format!("unknown annotation type `{other}` (manifest, manifest-descriptor, index, index-descriptor)")),
-        };
-        out.push((level, key.to_string(), v.to_string()));
-    }
-    Ok(out)
 }
 
 /// `HOST:IP` or `HOST=IP` (buildx's toBuildkitExtraHosts): `=` is looked for first, so
@@ -667,42 +595,6 @@ fn parse_ssh(spec: &str, auth_sock: Option<&Path>) -> Result<(String, SshSource)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn annotations_parse_like_buildx() {
-        let host = Platform::host();
-        let m = |k: &str, v: &str| (AnnotationLevel::Manifest, k.to_string(), v.to_string());
-        let d = |k: &str, v: &str| {
-            (
-                AnnotationLevel::ManifestDescriptor,
-                k.to_string(),
-                v.to_string(),
-            )
-        };
-        assert_eq!(parse_annotation("a=b", &host).unwrap(), [m("a", "b")]);
-        assert_eq!(parse_annotation("a=b=c", &host).unwrap(), [m("a", "b=c")]);
-        assert_eq!(
-            parse_annotation("manifest,manifest-descriptor:org.x=1", &host).unwrap(),
-            [m("org.x", "1"), d("org.x", "1")]
-        );
-        let qualified = format!("manifest-descriptor[{}]:k=v", host.to_spec());
-        assert_eq!(parse_annotation(&qualified, &host).unwrap(), [d("k", "v")]);
-        assert!(parse_annotation("manifest[plan9/mips]:k=v", &host)
-            .unwrap_err()
-            .contains("no platform plan9/mips"));
-        assert!(parse_annotation("index:k=v", &host)
-            .unwrap_err()
-            .contains("index annotations not supported for single platform export"));
-        for bad in [
-            "novalue",
-            "=v",
-            "manifest:=v",
-            "bogus:k=v",
-            "manifest[linux:k=v",
-        ] {
-            assert!(parse_annotation(bad, &host).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn call_methods_parse_like_buildx() {

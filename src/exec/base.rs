@@ -9,7 +9,7 @@ use crate::image::{Descriptor, Digest, Platform, Reference};
 use crate::layer::{self, compress};
 use crate::plan::{BaseResolver, ResolvedBase};
 use crate::registry::{Client, ResolvedImage};
-use crate::store::{chain_id, ImageRecord, Store};
+use crate::store::{chain_id, ImageRecord, Store, Stored};
 
 use super::{BuildError, BuildRequest, NamedContext, Reporter, StepId};
 
@@ -121,12 +121,20 @@ impl<'a> Bases<'a> {
         let r: Reference = reference
             .parse()
             .map_err(|e| BuildError::Invalid(format!("{e}")))?;
-        // The store keeps one image per tag: one of another platform (a multi-platform
-        // build's other pass) is no answer for this one.
-        let stored = self
-            .store
-            .resolve(&r.to_string())?
-            .filter(|record| record.config.is_for(platform));
+        // A multi-platform image in the store serves the platform it has (variant-aware, as
+        // a registry's index); a single image of another platform is no answer.
+        let stored = match self.store.lookup(&r.to_string())? {
+            Some(Stored::Image(record)) => Some(record).filter(|i| i.config.is_for(platform)),
+            Some(Stored::Index(index)) => crate::registry::platform::choose(&index.body, platform)
+                .ok()
+                .and_then(|d| {
+                    index
+                        .images
+                        .into_iter()
+                        .find(|i| i.manifest.digest == d.digest)
+                }),
+            None => None,
+        };
         let known = match (self.pull, stored) {
             (false, Some(record)) => Known::Stored(Box::new(record)),
             // A digest reference can't change: the store's copy is as good as the registry's.

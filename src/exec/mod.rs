@@ -386,18 +386,21 @@ fn base_key(digest: Option<&Digest>) -> String {
 /// comma-separated, when there are any; `buildx.build.provenance`, the provenance predicate,
 /// when `--provenance` asked for one), plus `rbuild.steps`: each step, cached or why not
 /// (docs/explain.md).
+/// A multi-platform build's keys name its index and have no config digest, as BuildKit's.
 pub fn metadata_json(
-    image: &ImageRecord,
+    built: &crate::store::Stored,
     tags: &[crate::image::Reference],
     steps: &[StepCache],
     provenance: Option<serde_json::Value>,
 ) -> Vec<u8> {
     let mut v = serde_json::json!({
-        "containerimage.config.digest": image.config_digest.to_string(),
-        "containerimage.digest": image.manifest.digest.to_string(),
-        "containerimage.descriptor": image.manifest,
+        "containerimage.digest": built.descriptor().digest.to_string(),
+        "containerimage.descriptor": built.descriptor(),
         "rbuild.steps": steps,
     });
+    if let crate::store::Stored::Image(image) = built {
+        v["containerimage.config.digest"] = image.config_digest.to_string().into();
+    }
     if !tags.is_empty() {
         let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
         v["image.name"] = serde_json::Value::String(names.join(","));

@@ -1,6 +1,9 @@
 //! `--push` and `rbuild push`: publish an image from the store with gzip layers.
 
-use crate::image::{canonical_json, media, Descriptor, Digest, Index, Manifest, Reference};
+use crate::image::annotations::non_empty;
+use crate::image::{
+    canonical_json, media, Annotations, Descriptor, Digest, Index, Manifest, Reference,
+};
 use crate::layer::Compression;
 use crate::output::provenance::IN_TOTO_MEDIA_TYPE;
 use crate::registry::Client;
@@ -40,6 +43,7 @@ pub fn push_index(
     store: &Store,
     registry: &Client,
     images: &[ImageRecord],
+    annotations: &Annotations,
     dest: &Reference,
     id: StepId,
     reporter: &dyn Reporter,
@@ -53,7 +57,9 @@ pub fn push_index(
     for image in images {
         let (mut desc, image_layers) =
             push_image(store, registry, image, dest, true, id, reporter, hints)?;
-        desc.platform = Some(image.config.platform());
+        let platform = image.config.platform();
+        desc.annotations = non_empty(annotations.manifest_descriptor_for(&platform));
+        desc.platform = Some(platform);
         manifests.push(desc);
         layers.push(image_layers);
     }
@@ -97,7 +103,8 @@ pub fn push_index(
         schema_version: 2,
         media_type: Some(media_type.to_string()),
         manifests,
-        annotations: None,
+        // `index-descriptor` annotations have no descriptor to go on in a push.
+        annotations: non_empty(annotations.index.clone()),
     };
     let digest = registry.push_manifest(dest, media_type, &canonical_json(&index))?;
     reporter.done(id, started.elapsed());

@@ -60,6 +60,9 @@ pub struct BuildRequest {
     /// The number of the build's first step (`#N`): a multi-platform build's later passes
     /// go on from where the previous one stopped.
     pub first_step: super::StepId,
+    /// Where step numbers come from when other passes of a multi-platform build run at the
+    /// same time (so numbers never collide); None: this build's own, from `first_step`.
+    pub step_counter: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 #[derive(Debug, Clone)]

@@ -87,8 +87,9 @@ pub struct Ctx<'a> {
 struct Shared {
     /// Held while a context digest runs: contexts are hashed one at a time.
     stat_cache: Mutex<StatCache>,
-    /// Step numbers (`#N`) are unique across the build.
-    next_id: AtomicUsize,
+    /// Step numbers (`#N`) are unique across the build (and the passes of a multi-platform
+    /// build running with it).
+    next_id: Arc<AtomicUsize>,
     /// Set when a stage failed: the others stop before their next step.
     cancelled: AtomicBool,
     /// Where the sandbox puts its per-step scratch directories (the build's tmp session).
@@ -120,7 +121,10 @@ impl<'a> Ctx<'a> {
             ignore,
             shared: Arc::new(Shared {
                 stat_cache: Mutex::new(stat_cache),
-                next_id: AtomicUsize::new(req.first_step),
+                next_id: req
+                    .step_counter
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(AtomicUsize::new(req.first_step))),
                 cancelled: AtomicBool::new(false),
                 scratch_dir: scratch_dir.to_path_buf(),
             }),
@@ -328,6 +332,7 @@ impl<'a> Ctx<'a> {
         history: History,
     ) -> Result<(), BuildError> {
         let key = plan::cache_key(&state.key, &step.key, None);
+        let _claim = self.store.claim_key(&key);
         let cached = if self.req.no_cache {
             None
         } else {
@@ -432,6 +437,8 @@ impl<'a> Ctx<'a> {
         let prepared = self.prepare(step, done)?;
         self.reporter.phase(id, "prepare", phase.elapsed());
         let key = plan::cache_key(&state.key, &step.key, prepared.content.as_ref());
+        // Another pass running the same step: wait for it, then take its record.
+        let _claim = self.store.claim_key(&key);
         if !self.ignores_cache(stage, step) {
             if let Some(rec) = self.cache_lookup(&key) {
                 let layer_ok = rec.chain.as_ref().is_none_or(|c| self.store.layer_known(c));

@@ -68,6 +68,7 @@ impl Fixture {
             cache_to: Vec::new(),
             platform_labels: false,
             first_step: 1,
+            step_counter: None,
         }
     }
 

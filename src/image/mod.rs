@@ -1,12 +1,14 @@
 //! The OCI / Docker image model: digests, image config, manifests and indexes.
 //! Pure: no I/O. Every JSON blob rbuild writes goes through [`canonical_json`].
 
+pub mod annotations;
 pub mod config;
 pub mod digest;
 pub mod epoch;
 pub mod manifest;
 pub mod reference;
 
+pub use annotations::Annotations;
 pub use config::{ContainerConfig, HealthConfig, History, ImageConfig, RootFs};
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use epoch::{EpochError, SourceDateEpoch};

@@ -13,8 +13,10 @@ use serde::Serialize;
 
 use super::provenance::Provenance;
 use super::OutputError;
+use crate::image::annotations::non_empty;
 use crate::image::{
-    canonical_json, media, Descriptor, Digest, Index, Manifest, Reference, SourceDateEpoch,
+    canonical_json, media, Annotations, Descriptor, Digest, Index, Manifest, Reference,
+    SourceDateEpoch,
 };
 use crate::layer::compress::Compression;
 use crate::layer::tar::{Entry, Writer};
@@ -48,12 +50,14 @@ fn blob_name(d: &Digest) -> String {
 }
 
 /// How an archive or layout encodes the image: the layers' codec and level, and the
-/// annotations on the descriptors of its index.json that point at the manifest
-/// (`--annotation manifest-descriptor:K=V`, as BuildKit's OCI exporter puts them).
+/// `--annotation`s outside the manifests, put where BuildKit's OCI exporter puts them:
+/// `manifest-descriptor` on the descriptors pointing at a manifest (index.json's entry of a
+/// single image, the index's entries of several), `index` on the index, `index-descriptor`
+/// on index.json's entry pointing at it.
 pub(super) struct Encoding<'a> {
     pub compression: Compression,
     pub level: Option<i32>,
-    pub descriptor_annotations: &'a BTreeMap<String, String>,
+    pub annotations: &'a Annotations,
 }
 
 /// The layout of `images`: one image's manifest, or for several (one per platform) an index
@@ -78,8 +82,10 @@ fn build_layout(
     let mut layers = Vec::with_capacity(images.len());
     for image in images {
         let (mut desc, image_layers) = add_image(store, image, enc, &mut blobs)?;
+        let platform = image.config.platform();
+        desc.annotations = non_empty(enc.annotations.manifest_descriptor_for(&platform));
         if images.len() > 1 || attested {
-            desc.platform = Some(image.config.platform());
+            desc.platform = Some(platform);
         }
         manifests.push(desc);
         layers.push(image_layers);
@@ -107,20 +113,22 @@ fn build_layout(
         _ => {
             let index_bytes = canonical_json(&Index {
                 manifests,
+                annotations: non_empty(enc.annotations.index.clone()),
                 ..Index::default()
             });
-            let desc = Descriptor::new(
+            let mut desc = Descriptor::new(
                 media::OCI_INDEX,
                 Digest::of(&index_bytes),
                 index_bytes.len() as u64,
             );
+            desc.annotations = non_empty(enc.annotations.index_descriptor.clone());
             blobs.insert(desc.digest.clone(), (desc.size, Blob::Bytes(index_bytes)));
             desc
         }
     };
     // Only a single image is written as a docker archive (the caller refuses more).
     let image = &images[0];
-    index_files(image, &layers[0], manifest_desc, tags, enc, docker, blobs)
+    index_files(image, &layers[0], manifest_desc, tags, docker, blobs)
 }
 
 /// One image's layers, config and manifest into `blobs`: its manifest's descriptor and layers.
@@ -169,14 +177,13 @@ fn add_image(
     Ok((manifest_desc, layers))
 }
 
-/// index.json (pointing at `manifest_desc` once per tag), oci-layout, and for a docker
-/// archive manifest.json and repositories.
+/// index.json (pointing at `manifest_desc`, with its annotations, once per tag), oci-layout,
+/// and for a docker archive manifest.json and repositories.
 fn index_files(
     image: &ImageRecord,
     layers: &[Descriptor],
     manifest_desc: Descriptor,
     tags: &[Reference],
-    enc: &Encoding,
     docker: bool,
     blobs: BTreeMap<Digest, (u64, Blob)>,
 ) -> Result<Layout, OutputError> {
@@ -184,10 +191,6 @@ fn index_files(
     // annotation; one index entry per tag.
     let named: Vec<&Reference> = tags.iter().filter(|t| t.tag.is_some()).collect();
     let mut index = Index::default();
-    let mut manifest_desc = manifest_desc;
-    if !enc.descriptor_annotations.is_empty() {
-        manifest_desc.annotations = Some(enc.descriptor_annotations.clone());
-    }
     if named.is_empty() {
         index.manifests.push(manifest_desc.clone());
     }

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{write, OutputError, OutputKind, OutputSpec};
+use super::{write, write_all, OutputError, OutputKind, OutputSpec};
 use crate::image::{Reference, SourceDateEpoch};
-use crate::store::Store;
+use crate::store::{Store, Stored};
 
 /// One line of `rbuild images`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,30 +14,41 @@ pub struct ImageRow {
     pub repository: String,
     /// The tag, `<none>` for a digest-only reference.
     pub tag: String,
-    /// 12 hex digits of the config digest.
+    /// 12 hex digits of the config digest, or of a multi-platform image's index digest.
     pub image_id: String,
-    /// The config's `created` (RFC 3339), if any.
+    /// The config's `created` (RFC 3339), if any (of a multi-platform image: the newest).
     pub created: Option<String>,
-    /// Content bytes of the image's layers.
+    /// Content bytes of the image's layers (each layer once).
     pub size: u64,
+    /// The image's platforms (`linux/amd64`), one per image of a multi-platform image.
+    pub platforms: Vec<String>,
 }
 
-/// Rows for every tagged image, sorted by reference.
+/// Rows for every tag, sorted by reference: one per tag, a multi-platform image's too.
 pub fn image_rows(store: &Store) -> Result<Vec<ImageRow>, OutputError> {
     let mut rows = Vec::new();
-    for (reference, image) in store.images()? {
+    for (reference, stored) in store.tagged()? {
         let mut bare = reference.clone();
         bare.tag = None;
         bare.digest = None;
+        let images = stored.images();
+        let size = match &stored {
+            Stored::Image(image) => image.size(store),
+            Stored::Index(index) => index.size(store),
+        };
         rows.push(ImageRow {
             repository: bare.familiar(),
             tag: reference
                 .tag
                 .clone()
                 .unwrap_or_else(|| "<none>".to_string()),
-            image_id: image.config_digest.short().to_string(),
-            created: image.config.created.clone(),
-            size: image.size(store),
+            image_id: stored.id().short().to_string(),
+            created: images.iter().filter_map(|i| i.config.created.clone()).max(),
+            size,
+            platforms: images
+                .iter()
+                .map(|i| i.config.platform().to_spec())
+                .collect(),
         });
     }
     Ok(rows)
@@ -93,23 +104,34 @@ fn ago(created: Option<&str>, now: SystemTime) -> String {
     }
 }
 
-/// The `images` table (header included), columns padded as docker pads them.
+/// The `images` table (header included), columns padded as docker pads them. When a
+/// multi-platform image is among them, a last column PLATFORMS lists each row's platforms
+/// (docker 20.10's table has no such column, and keeps its five otherwise).
 pub fn format_images(rows: &[ImageRow], now: SystemTime) -> String {
-    let mut table = vec![[
+    let several = rows.iter().any(|r| r.platforms.len() > 1);
+    let mut header = vec![
         "REPOSITORY".to_string(),
         "TAG".to_string(),
         "IMAGE ID".to_string(),
         "CREATED".to_string(),
         "SIZE".to_string(),
-    ]];
+    ];
+    if several {
+        header.push("PLATFORMS".to_string());
+    }
+    let mut table = vec![header];
     for r in rows {
-        table.push([
+        let mut row = vec![
             r.repository.clone(),
             r.tag.clone(),
             r.image_id.clone(),
             ago(r.created.as_deref(), now),
             human_size(r.size),
-        ]);
+        ];
+        if several {
+            row.push(r.platforms.join(","));
+        }
+        table.push(row);
     }
     columns(&table)
 }
@@ -168,23 +190,60 @@ pub fn format_usage(usage: &[crate::store::Usage]) -> String {
     columns(&rows)
 }
 
+/// The tags naming the manifest or index `digest`, familiar (`RepoTags`).
+fn tags_of(store: &Store, digest: &crate::image::Digest) -> Result<Vec<String>, OutputError> {
+    Ok(store
+        .tags()?
+        .into_iter()
+        .filter(|(_, d)| &d.digest == digest)
+        .map(|(r, _)| r.familiar())
+        .collect())
+}
+
 pub fn inspect(store: &Store, reference_or_id: &str) -> Result<serde_json::Value, OutputError> {
     let image = store
         .resolve(reference_or_id)?
         .ok_or_else(|| OutputError::NoSuchImage(reference_or_id.to_string()))?;
-    let tags: Vec<String> = store
-        .tags()?
-        .into_iter()
-        .filter(|(_, d)| d.digest == image.manifest.digest)
-        .map(|(r, _)| r.familiar())
-        .collect();
     Ok(serde_json::json!({
         "Id": image.config_digest.to_string(),
-        "RepoTags": tags,
+        "RepoTags": tags_of(store, &image.manifest.digest)?,
         "Digest": image.manifest.digest.to_string(),
         "Manifest": image.manifest_body,
         "Config": image.config,
         "Size": image.size(store),
+    }))
+}
+
+/// `inspect` of a multi-platform image: `Id` and `Digest` (the index digest, docker's
+/// image id with the containerd store), `RepoTags`, `MediaType`, `Index` (the index as
+/// stored), `Platforms`, and per platform its manifest digest and image id (`Manifests`),
+/// `Size` (each layer once).
+pub fn inspect_index(
+    store: &Store,
+    index: &crate::store::IndexRecord,
+) -> Result<serde_json::Value, OutputError> {
+    let manifests: Vec<serde_json::Value> = index
+        .images
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "Platform": i.config.platform().to_spec(),
+                "Digest": i.manifest.digest.to_string(),
+                "Id": i.config_digest.to_string(),
+                "Size": i.size(store),
+            })
+        })
+        .collect();
+    let platforms: Vec<String> = index.platforms().iter().map(|p| p.to_spec()).collect();
+    Ok(serde_json::json!({
+        "Id": index.index.digest.to_string(),
+        "RepoTags": tags_of(store, &index.index.digest)?,
+        "Digest": index.index.digest.to_string(),
+        "MediaType": index.index.media_type,
+        "Index": index.body,
+        "Platforms": platforms,
+        "Manifests": manifests,
+        "Size": index.size(store),
     }))
 }
 
@@ -202,8 +261,8 @@ pub fn save(
             reason: "save writes docker or oci archives".to_string(),
         });
     }
-    let image = store
-        .resolve(reference_or_id)?
+    let stored = store
+        .lookup(reference_or_id)?
         .ok_or_else(|| OutputError::NoSuchImage(reference_or_id.to_string()))?;
     let all_tags = store.tags()?;
     let named: Vec<Reference> = match reference_or_id.parse::<Reference>() {
@@ -215,9 +274,20 @@ pub fn save(
             .collect(),
         _ => all_tags
             .into_iter()
-            .filter(|(_, d)| d.digest == image.manifest.digest)
+            .filter(|(_, d)| d.digest == stored.descriptor().digest)
             .map(|(r, _)| r)
             .collect(),
     };
-    write(store, &image, &named, spec, epoch)
+    // A multi-platform image: an OCI archive of its index; a docker archive holds one image,
+    // the host's (as `docker save` of docker 20.10 can only).
+    match (&stored, &spec.kind) {
+        (Stored::Index(index), OutputKind::Oci { .. }) => {
+            let spec = OutputSpec {
+                annotations: index.annotations(),
+                ..spec.clone()
+            };
+            write_all(store, &index.images, &[], &named, &spec, epoch)
+        }
+        _ => write(store, stored.default_image(), &named, spec, epoch),
+    }
 }

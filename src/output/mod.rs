@@ -12,16 +12,17 @@ mod history;
 pub mod provenance;
 mod rootfs;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::image::{Digest, Reference, SourceDateEpoch};
+use crate::image::{Annotations, Digest, Reference, SourceDateEpoch};
 use crate::layer::compress::Compression;
 use crate::store::{ImageRecord, Store, StoreError};
 
-pub use commands::{format_images, format_usage, human_size, image_rows, inspect, save, ImageRow};
+pub use commands::{
+    format_images, format_usage, human_size, image_rows, inspect, inspect_index, save, ImageRow,
+};
 pub use history::{
     build_cost_line, history, render_history, HistoryEntry, HistoryReport, LayerReport, Summary,
     HISTORY_SCHEMA,
@@ -47,9 +48,9 @@ pub struct OutputSpec {
     pub compression: Option<Compression>,
     /// Level for layer blobs that must be made (an existing blob in the codec is reused).
     pub level: Option<i32>,
-    /// `--annotation manifest-descriptor:K=V`: on the index.json entries of docker and OCI
-    /// outputs.
-    pub descriptor_annotations: BTreeMap<String, String>,
+    /// `--annotation`: the descriptor and index ones are the outputs' to write (the
+    /// manifest's own are in the stored manifest).
+    pub annotations: Annotations,
 }
 
 impl OutputSpec {
@@ -59,7 +60,7 @@ impl OutputSpec {
             kind,
             compression: None,
             level: None,
-            descriptor_annotations: BTreeMap::new(),
+            annotations: Annotations::default(),
         }
     }
 
@@ -67,7 +68,7 @@ impl OutputSpec {
         archive::Encoding {
             compression: self.compression.unwrap_or(default),
             level: self.level,
-            descriptor_annotations: &self.descriptor_annotations,
+            annotations: &self.annotations,
         }
     }
 }
@@ -244,7 +245,7 @@ pub fn parse_output(s: &str) -> Result<OutputSpec, OutputError> {
         kind,
         compression,
         level,
-        descriptor_annotations: BTreeMap::new(),
+        annotations: Annotations::default(),
     })
 }
 

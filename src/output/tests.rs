@@ -225,7 +225,7 @@ fn parse_output_forms() {
             },
             compression: Some(Compression::Zstd),
             level: Some(5),
-            descriptor_annotations: Default::default(),
+            annotations: Default::default(),
         }
     );
     assert_eq!(
@@ -602,6 +602,7 @@ fn images_rows_inspect_and_save() {
             image_id: image.config_digest.short().into(),
             created: Some("2024-01-01T00:00:00Z".into()),
             size: 20 + 1 + 13 + 5 + 1 + 4,
+            platforms: vec![image.config.platform().to_spec()],
         }]
     );
     let now = humantime::parse_rfc3339("2024-01-01T03:00:00Z").unwrap();

@@ -1,10 +1,11 @@
-//! Images: config + manifest blobs, tags in index.json, lookup, prune.
+//! Images: config + manifest blobs, tags in index.json, lookup, prune (indexes.rs: the
+//! index of a multi-platform image).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
 use super::lru::{Live, PruneOptions};
-use super::{chain_id, Result, Store, StoreError};
+use super::{chain_id, Result, Store, StoreError, Stored};
 use crate::image::{
     canonical_json, media, Descriptor, Digest, ImageConfig, Index, Manifest, Reference,
 };
@@ -27,6 +28,11 @@ impl ImageRecord {
     /// Total content size of the image's layers as stored (uncompressed file bytes where the
     /// layer is extracted, else the manifest's blob size).
     pub fn size(&self, store: &Store) -> u64 {
+        self.layer_sizes(store).sum()
+    }
+
+    /// Each layer's size as [`ImageRecord::size`] counts it, bottom first.
+    pub fn layer_sizes<'a>(&'a self, store: &'a Store) -> impl Iterator<Item = u64> + 'a {
         self.chains
             .iter()
             .zip(
@@ -40,7 +46,6 @@ impl ImageRecord {
                 Some(l) => l.size,
                 None => desc.map_or(0, |d| d.size),
             })
-            .sum()
     }
 }
 
@@ -239,17 +244,27 @@ impl Store {
 
     /// Find an image by tag (`busybox`, normalized), by image id (config digest) or
     /// manifest digest, either full (`sha256:<hex>`) or as a unique hex prefix of a tagged one.
+    /// A multi-platform image gives the image that stands for it
+    /// ([`IndexRecord::default_image`]); [`Store::lookup`] gives the index.
     pub fn resolve(&self, reference_or_id: &str) -> Result<Option<ImageRecord>> {
+        Ok(self
+            .lookup(reference_or_id)?
+            .map(|s| s.default_image().clone()))
+    }
+
+    /// What a tag, digest or id names: an image, or a multi-platform image's index (by its
+    /// tag or index digest, full or a unique prefix).
+    pub fn lookup(&self, reference_or_id: &str) -> Result<Option<Stored>> {
         let tags = self.tags()?;
         if let Ok(r) = reference_or_id.parse::<Reference>() {
             let name = r.to_string();
             if let Some((_, d)) = tags.iter().find(|(t, _)| t.to_string() == name) {
-                return self.image_by_manifest(&d.digest).map(Some);
+                return self.stored_by_digest(&d.digest).map(Some);
             }
             // `name@sha256:..`: the manifest itself, when a pull stored it.
             if let Some(d) = &r.digest {
                 if self.has_blob(d) {
-                    return self.image_by_manifest(d).map(Some);
+                    return self.stored_by_digest(d).map(Some);
                 }
             }
         }
@@ -262,36 +277,56 @@ impl Store {
         let hex = hex.to_ascii_lowercase();
         if let Ok(d) = Digest::from_hex(&hex) {
             if self.has_blob(&d) {
-                match self.image_by_manifest(&d) {
-                    Ok(img) => return Ok(Some(img)),
+                match self.stored_by_digest(&d) {
+                    Ok(found) => return Ok(Some(found)),
                     Err(StoreError::NotAnImageManifest { .. } | StoreError::Corrupt { .. }) => {}
                     Err(e) => return Err(e),
                 }
             }
         }
-        let mut found: Option<ImageRecord> = None;
+        let mut found: Option<Stored> = None;
         for (_, d) in &tags {
-            let img = self.image_by_manifest(&d.digest)?;
-            if img.config_digest.hex().starts_with(&hex)
-                || img.manifest.digest.hex().starts_with(&hex)
-            {
+            let stored = self.stored_by_digest(&d.digest)?;
+            let matches = match &stored {
+                Stored::Image(img) => {
+                    img.config_digest.hex().starts_with(&hex)
+                        || img.manifest.digest.hex().starts_with(&hex)
+                }
+                Stored::Index(x) => x.index.digest.hex().starts_with(&hex),
+            };
+            if matches {
                 match &found {
-                    Some(f) if f.manifest.digest != img.manifest.digest => {
+                    Some(f) if f.descriptor().digest != stored.descriptor().digest => {
                         return Err(StoreError::Ambiguous(reference_or_id.to_string()))
                     }
-                    _ => found = Some(img),
+                    _ => found = Some(stored),
                 }
             }
         }
         Ok(found)
     }
 
-    /// Every tagged image, sorted by reference.
-    pub fn images(&self) -> Result<Vec<(Reference, ImageRecord)>> {
+    /// Every tag and what it names, sorted by reference.
+    pub fn tagged(&self) -> Result<Vec<(Reference, Stored)>> {
         self.tags()?
             .into_iter()
-            .map(|(r, d)| Ok((r, self.image_by_manifest(&d.digest)?)))
+            .map(|(r, d)| Ok((r, self.stored_by_digest(&d.digest)?)))
             .collect()
+    }
+
+    /// Every tagged image, sorted by reference; each image of a multi-platform one, under
+    /// its tag.
+    pub fn images(&self) -> Result<Vec<(Reference, ImageRecord)>> {
+        Ok(self
+            .tagged()?
+            .into_iter()
+            .flat_map(|(r, s)| {
+                s.images()
+                    .iter()
+                    .map(|i| (r.clone(), i.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect())
     }
 
     /// Remove the tag(s) `reference_or_id` names: one tag when given a tag; every tag of the
@@ -304,12 +339,12 @@ impl Store {
                 return Ok(vec![r]);
             }
         }
-        let Some(img) = self.resolve(reference_or_id)? else {
+        let Some(found) = self.lookup(reference_or_id)? else {
             return Ok(Vec::new());
         };
         let targets: Vec<Reference> = tags
             .into_iter()
-            .filter(|(_, d)| d.digest == img.manifest.digest)
+            .filter(|(_, d)| d.digest == found.descriptor().digest)
             .map(|(r, _)| r)
             .collect();
         if targets.len() > 1 && !force {
@@ -328,15 +363,19 @@ impl Store {
         let mut blobs = BTreeSet::new();
         for (_, d) in self.tags()? {
             blobs.insert(d.digest.clone());
-            let img = match self.image_by_manifest(&d.digest) {
-                Ok(img) => img,
+            let stored = match self.stored_by_digest(&d.digest) {
+                Ok(stored) => stored,
                 // A tag whose blobs are missing keeps nothing else; it stays for `rmi`.
                 Err(StoreError::BlobMissing { .. }) => continue,
                 Err(e) => return Err(e),
             };
-            blobs.insert(img.config_digest.clone());
-            blobs.extend(img.manifest_body.layers.iter().map(|l| l.digest.clone()));
-            chains.extend(img.chains);
+            // An index keeps every image it lists, whole: never a manifest without its layers.
+            for img in stored.images() {
+                blobs.insert(img.manifest.digest.clone());
+                blobs.insert(img.config_digest.clone());
+                blobs.extend(img.manifest_body.layers.iter().map(|l| l.digest.clone()));
+                chains.extend(img.chains.iter().cloned());
+            }
         }
         Ok((chains, blobs))
     }
@@ -347,7 +386,7 @@ impl Store {
         let mut live = Vec::new();
         let mut dead = Vec::new();
         for (path, rec) in self.cache_records()? {
-            match rec.filter(|r| r.chain.as_ref().is_none_or(|c| self.layer(c).is_some())) {
+            match rec.filter(|r| r.chain.as_ref().is_none_or(|c| self.layer_known(c))) {
                 Some(record) => live.push(Live { path, record }),
                 None => dead.push(path),
             }

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! blobs/sha256/<hex>          content-addressed blobs (layers, configs, manifests)
-//! index.json, oci-layout      the store is an OCI layout; tags are ref-name annotations
+//! index.json, oci-layout      the store is an OCI layout; tags are ref-name annotations; a
+//!                             multi-platform image's tag points at an OCI index blob that
+//!                             lists one stored image manifest per platform (indexes.rs)
 //! layers/<chain>/diff         extracted layer (overlay format)
 //! layers/<chain>/meta.json    diff_id, blobs per compression, size, parent, and for built
 //!                             layers how their tar is made from diff/ (no tar blob is kept)
@@ -23,8 +25,10 @@
 
 mod blobs;
 mod cache;
+mod claims;
 mod flat;
 mod images;
+mod indexes;
 mod layers;
 mod lineage;
 mod lock;
@@ -41,8 +45,10 @@ use std::path::{Path, PathBuf};
 use crate::image::Digest;
 
 pub use cache::{CacheRecord, StepInputs};
+pub use claims::KeyClaim;
 pub use flat::{flatten_depth, MAX_LOWERS, STRIDE};
 pub use images::{chains_of, ImageRecord, PruneStats};
+pub use indexes::{IndexRecord, Stored};
 use layers::content_size;
 pub use layers::{chain_id, BlobRef, DiffTar, LayerBlobs, LayerBytes, LayerReader, LayerRecord};
 pub use lock::{FileLock, LockMode};
@@ -155,6 +161,8 @@ pub struct Store {
     fresh: std::sync::Mutex<std::collections::HashSet<Digest>>,
     /// Cache records this process used, saved by [`Store::save_use`] (lru.rs).
     used: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Cache keys a thread is building now ([`Store::claim_key`]).
+    claims: claims::Claims,
     /// Held (exclusive flock) for as long as the store is open: tells `open` in other
     /// processes that `session` is alive.
     _session_lock: FileLock,
@@ -216,6 +224,7 @@ impl Store {
             trash_taken: Default::default(),
             fresh: Default::default(),
             used: Default::default(),
+            claims: Default::default(),
             _session_lock: session_lock,
         };
         store.collect_trash();

@@ -950,3 +950,73 @@ fn remote_layers_are_known_not_present_and_refusal_is_remembered() {
     assert!(!s.layer_known(&chain));
     assert_eq!(s.get_cache("k"), None);
 }
+
+/// A multi-platform image: its tag names an index; prune keeps every image the index lists
+/// whole (manifest, config, layers), and once the tag is gone takes them all.
+#[test]
+fn a_tagged_index_keeps_its_images_and_goes_with_its_tag() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let amd = make_layer(&s, "amd", b"amd64", None);
+    let arm = make_layer(&s, "arm", b"arm64", None);
+    let put = |layer: &LayerRecord, arch: &str| {
+        let mut cfg = config_for(&[layer]);
+        cfg.architecture = arch.into();
+        s.put_image(
+            &cfg,
+            std::slice::from_ref(&layer.chain_id),
+            Compression::Gzip,
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    let images = [put(&amd, "amd64"), put(&arm, "arm64")];
+    let title = [(
+        "org.opencontainers.image.title".to_string(),
+        "t".to_string(),
+    )];
+    let annotations = crate::image::Annotations {
+        index: title.clone().into(),
+        manifest_descriptor: [("linux/arm64".to_string(), title.clone().into())].into(),
+        ..Default::default()
+    };
+    let index = s.put_index(&images, &annotations).unwrap();
+    assert_eq!(index.body.annotations, Some(title.clone().into()));
+    assert_eq!(index.body.manifests[0].annotations, None);
+    assert_eq!(index.annotations(), annotations, "read back as written");
+    assert_eq!(
+        index.body.manifests[1].platform.as_ref().unwrap().to_spec(),
+        "linux/arm64"
+    );
+    s.tag(&"multi:1".parse().unwrap(), &index.index).unwrap();
+
+    let found = s.lookup("multi:1").unwrap().unwrap();
+    assert_eq!(found, Stored::Index(index.clone()));
+    // By the index digest's prefix too; resolve gives the image that stands for it.
+    assert_eq!(
+        s.lookup(&index.index.digest.hex()[..12]).unwrap(),
+        Some(found)
+    );
+    assert_eq!(
+        s.resolve("multi:1").unwrap().as_ref(),
+        Some(index.default_image())
+    );
+    assert_eq!(s.images().unwrap().len(), 2, "each image under its tag");
+
+    let stats = s.prune(&all()).unwrap();
+    assert_eq!(stats.layers, 0, "{stats:?}");
+    for img in &images {
+        assert!(s.has_blob(&img.manifest.digest) && s.has_blob(&img.config_digest));
+        for l in &img.manifest_body.layers {
+            assert!(s.has_blob(&l.digest));
+        }
+    }
+    assert!(s.has_blob(&index.index.digest));
+
+    // rmi by the index digest untags it; then prune takes the index and its images.
+    let removed = s.rmi(&index.index.digest.to_string(), false).unwrap();
+    assert_eq!(removed, vec!["multi:1".parse::<Reference>().unwrap()]);
+    let stats = s.prune(&all()).unwrap();
+    assert_eq!(stats.layers, 2, "{stats:?}");
+    assert_eq!(count_entries(&s.root().join("blobs/sha256")), 0);
+}

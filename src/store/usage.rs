@@ -47,8 +47,12 @@ impl Store {
         let mut used = std::collections::BTreeSet::new();
         for (_, d) in self.tags()? {
             images.count += 1;
-            if let Ok(img) = self.image_by_manifest(&d.digest) {
-                for chain in img.chains {
+            if let Ok(stored) = self.stored_by_digest(&d.digest) {
+                for chain in stored
+                    .images()
+                    .iter()
+                    .flat_map(|i| i.chains.iter().cloned())
+                {
                     if let Some(size) = sizes.get(&chain).filter(|_| used.insert(chain.clone())) {
                         images.bytes += size;
                     }
