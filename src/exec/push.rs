@@ -39,6 +39,7 @@ pub fn push(
 /// every manifest is a Docker one and there are no attestations, else an OCI index, as
 /// BuildKit's image exporter. With `hints.provenance` (one per image, in their order) each
 /// image's attestation manifest follows the images in the index. Returns the index digest.
+#[allow(clippy::too_many_arguments)] // what to push where, its progress, and the hints
 pub fn push_index(
     store: &Store,
     registry: &Client,
