@@ -176,87 +176,253 @@ fn join(a: &str, b: &str) -> String {
     }
 }
 
-/// Walk a match: the match itself first, then everything below a directory in byte-wise
-/// name order, parents before children, symlinks not followed. `ignore` sees paths
-/// relative to the root (the context), `excludes` paths relative to the match. A
-/// directory that is itself ignored but may hold re-included entries is emitted only
-/// when something inside it is.
-pub(crate) fn walk(
+/// Walk a match: the match itself first, then everything below a directory, symlinks not
+/// followed, in the byte-wise order of the whole path (`a`, `a.txt`, `a/b`: the order the
+/// content digest sorts its records in, and parents before children), so the digest and
+/// the copy can both consume it as a stream. `ignore` sees paths relative to the root (the
+/// context), `excludes` paths relative to the match. A directory that is itself ignored
+/// but may hold re-included entries is emitted only when something inside it is.
+///
+/// Memory: the names of the directories being walked (one per level, in one buffer each),
+/// nothing per entry already emitted.
+pub(crate) fn walk<'a>(
     m: &Match,
-    ignore: &IgnoreMatcher,
-    excludes: &IgnoreMatcher,
-) -> Result<Vec<Entry>, ContextError> {
-    let mut out = vec![Entry {
-        rel: PathBuf::new(),
-        host: m.host.clone(),
-        meta: m.meta.clone(),
-    }];
-    if m.meta.is_dir() {
-        let mut pending = Vec::new();
-        walk_dir(
-            &m.host,
-            Path::new(""),
-            &m.real,
-            ignore,
-            excludes,
-            &mut pending,
-            &mut out,
-        )?;
+    ignore: &'a IgnoreMatcher,
+    excludes: &'a IgnoreMatcher,
+) -> Walk<'a> {
+    Walk {
+        ignore,
+        excludes,
+        top: Some(Entry {
+            rel: PathBuf::new(),
+            host: m.host.clone(),
+            meta: m.meta.clone(),
+        }),
+        open: m.meta.is_dir().then(|| Dir {
+            host: m.host.clone(),
+            rel: PathBuf::new(),
+            ctx: m.real.clone(),
+        }),
+        stack: Vec::new(),
     }
-    Ok(out)
 }
 
-fn walk_dir(
-    dir: &Path,
-    rel: &Path,
-    ctx_rel: &str,
-    ignore: &IgnoreMatcher,
-    excludes: &IgnoreMatcher,
-    pending: &mut Vec<Entry>,
-    out: &mut Vec<Entry>,
-) -> Result<(), ContextError> {
-    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
-        .map_err(|e| ContextError::io(dir, e))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| ContextError::io(dir, e))?;
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    for name in names {
-        let host = dir.join(&name);
-        let Some(meta) = stat(&host, false)? else {
-            continue; // removed while walking
-        };
-        let child_rel = rel.join(&name);
-        let child_rel_s = lossy(&child_rel);
-        let child_ctx = join(ctx_rel, &lossy(Path::new(OsStr::new(&name))));
-        let is_dir = meta.is_dir();
-        if ignore.is_excluded(&child_ctx, is_dir) || excludes.is_excluded(&child_rel_s, is_dir) {
-            continue;
+/// The stream of [`walk`].
+pub(crate) struct Walk<'a> {
+    ignore: &'a IgnoreMatcher,
+    excludes: &'a IgnoreMatcher,
+    /// The match itself, until it is yielded.
+    top: Option<Entry>,
+    /// The match's directory, listed on the first call after the match was yielded.
+    open: Option<Dir>,
+    stack: Vec<Frame>,
+}
+
+/// A directory to list: where it is, relative to the match and to the context.
+struct Dir {
+    host: PathBuf,
+    rel: PathBuf,
+    ctx: String,
+}
+
+/// A listed directory: its kept children's names in one buffer and what is left to do
+/// with them, in reverse order (the next last).
+struct Frame {
+    dir: Dir,
+    names: Vec<u8>,
+    todo: Vec<Step>,
+}
+
+/// Emit a child, or walk into a child directory. Sorted by the name, with a `/` after it
+/// for [`Action::Descend`], which puts a directory's contents where their paths sort.
+#[derive(Clone, Copy)]
+struct Step {
+    start: u32,
+    len: u32,
+    action: Action,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Emit,
+    /// An ignored directory that exceptions may re-include inside: emitted only if so.
+    EmitIfKept,
+    Descend,
+}
+
+impl Frame {
+    fn name(&self, s: &Step) -> &[u8] {
+        &self.names[s.start as usize..(s.start + s.len) as usize]
+    }
+}
+
+/// `std::fs::read_dir` of a directory that may vanish while it is walked: `None` then.
+fn list(dir: &Path) -> Result<Option<std::fs::ReadDir>, ContextError> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(Some(rd)),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            Ok(None)
         }
-        let entry = Entry {
-            rel: child_rel.clone(),
-            host: host.clone(),
-            meta,
+        Err(e) => Err(ContextError::io(dir, e)),
+    }
+}
+
+/// A child of a listed directory, with the paths the matchers see.
+struct Child {
+    name: std::ffi::OsString,
+    is_dir: bool,
+    ctx: String,
+    rel: String,
+}
+
+impl Walk<'_> {
+    /// The children of `dir` that the matchers do not exclude, in no particular order.
+    fn children(
+        &self,
+        dir: &Dir,
+        mut each: impl FnMut(Child) -> Result<bool, ContextError>,
+    ) -> Result<(), ContextError> {
+        let Some(rd) = list(&dir.host)? else {
+            return Ok(());
         };
-        if is_dir {
-            let held = ignore.matches(&child_ctx) || excludes.matches(&child_rel_s);
-            let depth = pending.len();
-            if held {
-                pending.push(entry);
-            } else {
-                out.append(pending);
-                out.push(entry);
+        for e in rd {
+            let e = e.map_err(|e| ContextError::io(&dir.host, e))?;
+            // d_type from the listing; lstat where the filesystem has none.
+            let Ok(ft) = e.file_type() else {
+                continue; // removed while walking
+            };
+            let name = e.file_name();
+            let is_dir = ft.is_dir();
+            let ctx = join(&dir.ctx, &lossy(Path::new(&name)));
+            let rel = lossy(&dir.rel.join(&name));
+            if self.ignore.is_excluded(&ctx, is_dir) || self.excludes.is_excluded(&rel, is_dir) {
+                continue;
             }
-            walk_dir(
-                &host, &child_rel, &child_ctx, ignore, excludes, pending, out,
-            )?;
-            pending.truncate(depth);
-        } else {
-            out.append(pending);
-            out.push(entry);
+            let child = Child {
+                name,
+                is_dir,
+                ctx,
+                rel,
+            };
+            if !each(child)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn held(&self, c: &Child) -> bool {
+        c.is_dir && (self.ignore.matches(&c.ctx) || self.excludes.matches(&c.rel))
+    }
+
+    fn push(&mut self, dir: Dir) -> Result<(), ContextError> {
+        let mut names = Vec::new();
+        let mut todo = Vec::new();
+        self.children(&dir, |c| {
+            let start = names.len() as u32;
+            names.extend_from_slice(c.name.as_bytes());
+            let len = c.name.len() as u32;
+            let emit = if self.held(&c) {
+                Action::EmitIfKept
+            } else {
+                Action::Emit
+            };
+            todo.push(Step {
+                start,
+                len,
+                action: emit,
+            });
+            if c.is_dir {
+                todo.push(Step {
+                    start,
+                    len,
+                    action: Action::Descend,
+                });
+            }
+            Ok(true)
+        })?;
+        let key = |s: &Step| {
+            let name = &names[s.start as usize..(s.start + s.len) as usize];
+            let slash: &[u8] = if s.action == Action::Descend {
+                b"/"
+            } else {
+                b""
+            };
+            name.iter().chain(slash)
+        };
+        todo.sort_unstable_by(|a, b| key(b).cmp(key(a)));
+        self.stack.push(Frame { dir, names, todo });
+        Ok(())
+    }
+
+    /// Whether walking `dir` would emit anything.
+    fn keeps_anything(&self, dir: &Dir) -> Result<bool, ContextError> {
+        let mut kept = false;
+        self.children(dir, |c| {
+            kept = !self.held(&c)
+                || self.keeps_anything(&Dir {
+                    host: dir.host.join(&c.name),
+                    rel: dir.rel.join(&c.name),
+                    ctx: c.ctx,
+                })?;
+            Ok(!kept)
+        })?;
+        Ok(kept)
+    }
+
+    fn step(&mut self) -> Result<Option<Entry>, ContextError> {
+        if let Some(top) = self.top.take() {
+            return Ok(Some(top));
+        }
+        if let Some(dir) = self.open.take() {
+            self.push(dir)?;
+        }
+        loop {
+            let Some(frame) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            let Some(step) = frame.todo.pop() else {
+                self.stack.pop();
+                continue;
+            };
+            let name = OsStr::from_bytes(frame.name(&step));
+            let dir = Dir {
+                host: frame.dir.host.join(name),
+                rel: frame.dir.rel.join(name),
+                ctx: join(&frame.dir.ctx, &lossy(Path::new(name))),
+            };
+            if step.action == Action::Descend {
+                self.push(dir)?;
+                continue;
+            }
+            let Some(meta) = stat(&dir.host, false)? else {
+                continue; // removed while walking
+            };
+            if step.action == Action::EmitIfKept && !self.keeps_anything(&dir)? {
+                // Nothing inside is kept either: do not walk it again.
+                if let Some(frame) = self.stack.last_mut() {
+                    frame.todo.retain(|s| s.start != step.start);
+                }
+                continue;
+            }
+            return Ok(Some(Entry {
+                rel: dir.rel,
+                host: dir.host,
+                meta,
+            }));
         }
     }
-    Ok(())
+}
+
+impl Iterator for Walk<'_> {
+    type Item = Result<Entry, ContextError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step().transpose()
+    }
 }
 
 #[cfg(test)]
@@ -289,8 +455,8 @@ mod tests {
         t
     }
 
-    fn rels(entries: &[Entry]) -> Vec<String> {
-        entries.iter().map(|e| lossy(&e.rel)).collect()
+    fn rels(entries: Walk) -> Vec<String> {
+        entries.map(|e| lossy(&e.unwrap().rel)).collect()
     }
 
     #[test]
@@ -379,14 +545,12 @@ mod tests {
     fn walk_filters_and_keeps_parents_of_exceptions() {
         let t = tree();
         let m = resolve(t.path(), ".", true, &IgnoreMatcher::default()).unwrap();
-        let e = walk(
-            &m[0],
-            &ig(&["docs", "!docs/keep", "a/b", "lnk", "out"]),
-            &ig(&["**/*.md"]),
-        )
-        .unwrap();
+        let (ignore, excludes) = (
+            ig(&["docs", "!docs/keep", "a/b", "lnk", "out"]),
+            ig(&["**/*.md"]),
+        );
         assert_eq!(
-            rels(&e),
+            rels(walk(&m[0], &ignore, &excludes)),
             [
                 "",
                 "a",
@@ -399,12 +563,60 @@ mod tests {
                 "top.txt"
             ]
         );
-        let e = walk(
-            &m[0],
-            &ig(&["docs", "!docs/nothing-here/*"]),
-            &IgnoreMatcher::default(),
-        )
-        .unwrap();
-        assert!(!rels(&e).contains(&"docs".to_string()), "{:?}", rels(&e));
+        let ignore = ig(&["docs", "!docs/nothing-here/*"]);
+        let rels = rels(walk(&m[0], &ignore, &IgnoreMatcher::default()));
+        assert!(!rels.contains(&"docs".to_string()), "{rels:?}");
+    }
+
+    /// The walk is in the byte order of whole paths, which the content digest hashes its
+    /// records in (issue 23: it streams them instead of sorting them all): a directory's
+    /// contents sort after names that extend its own with a byte below `/`.
+    #[test]
+    fn walk_is_in_whole_path_order() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for d in ["a/b", "a-z/c", "ab", "kept/x/deep", "ign/in/y"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        for f in [
+            "a.txt",
+            "a/b/f",
+            "a/b.c",
+            "a!",
+            "a-z/c/g",
+            "ab/h",
+            "kept/x/deep/k",
+        ] {
+            std::fs::write(r.join(f), f).unwrap();
+        }
+        std::fs::write(r.join("ign/in/y/z"), "").unwrap();
+        let none = IgnoreMatcher::default();
+        let m = resolve(r, ".", true, &none).unwrap();
+        let ignore = ig(&["kept", "!kept/x/deep/k", "ign", "!ign/other"]);
+        let got = rels(walk(&m[0], &ignore, &none));
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(got, sorted);
+        assert_eq!(
+            got,
+            [
+                "",
+                "a",
+                "a!",
+                "a-z",
+                "a-z/c",
+                "a-z/c/g",
+                "a.txt",
+                "a/b",
+                "a/b.c",
+                "a/b/f",
+                "ab",
+                "ab/h",
+                "kept",
+                "kept/x",
+                "kept/x/deep",
+                "kept/x/deep/k"
+            ]
+        );
     }
 }

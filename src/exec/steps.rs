@@ -620,8 +620,7 @@ impl<'a> Ctx<'a> {
         use super::explain;
         let content = prepared.and_then(|p| p.content.as_ref());
         let inputs = explain::inputs(parent, stage, step, content.map(Digest::to_string));
-        let listing = prepared.and_then(|p| p.listing.as_deref());
-        let listing = listing.map(explain::listing);
+        let listing = prepared.and_then(|p| p.listing.as_ref()).map(|f| f.path());
         let reason = if self.req.no_cache {
             plan::explain::Reason::NoCache
         } else if self.ignores_cache(stage, step) {
@@ -631,21 +630,14 @@ impl<'a> Ctx<'a> {
             let position = stage.steps.iter().position(|s| std::ptr::eq(s, step));
             let position = position.unwrap_or_default();
             let (store, req) = (self.store, self.req);
-            self.log.reason(
-                store,
-                req,
-                stage,
-                position,
-                key,
-                &inputs,
-                listing.as_deref(),
-            )
+            self.log
+                .reason(store, req, stage, position, key, &inputs, listing)
         };
         self.log
             .missed(self.req, self.reporter, stage, step, id, reason);
         // Hints for the next build: failing to keep them loses a reason, not a result.
-        if let (Some(content), Some(listing)) = (&inputs.content, &listing) {
-            let _ = self.store.put_listing(content, listing);
+        if let (Some(content), Some(listing)) = (&inputs.content, listing) {
+            let _ = self.store.keep_listing(content, listing);
         }
         let _ = self.store.add_child(parent, key);
         inputs
@@ -1075,20 +1067,22 @@ impl<'a> Ctx<'a> {
         paths: &[String],
         excludes: &[String],
         done: &BTreeMap<usize, StageState>,
-        listing: &mut Option<Vec<context::ListedFile>>,
+        listing: &mut Option<tempfile::NamedTempFile>,
     ) -> Result<String, BuildError> {
         let mut digest_of =
             |ctx: &mut Self, root: &Path, ignore: &IgnoreMatcher| -> Result<String, BuildError> {
                 let excludes = IgnoreMatcher::new(excludes)?;
-                let (d, files) = context::content_digest(
+                let mut files = super::explain::ListingWriter::new(ctx.store);
+                let d = context::content_digest(
                     root,
                     paths,
                     ignore,
                     &excludes,
                     true,
                     &mut ctx.stat_cache(),
+                    &mut |f| files.push(f),
                 )?;
-                *listing = Some(files);
+                *listing = files.finish();
                 Ok(d.to_string())
             };
         match from {
@@ -1239,7 +1233,7 @@ impl<'a> Ctx<'a> {
 struct Prepared {
     content: Option<Digest>,
     /// The files `content` covers, for COPY/ADD from a directory (naming what changed).
-    listing: Option<Vec<context::ListedFile>>,
+    listing: Option<tempfile::NamedTempFile>,
     /// Per source: (name in the image, host path, mode) for URL and heredoc sources.
     files: Vec<Option<(String, PathBuf, u32)>>,
     /// `ADD <git url>` sources: their index, the repository and the commit its ref names.

@@ -24,6 +24,7 @@ mod flat;
 mod images;
 mod layers;
 mod lineage;
+pub use lineage::MAX_LISTING;
 mod lock;
 mod mounts;
 mod trash;
