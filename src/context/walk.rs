@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::{glob, host_path, open_root, ContextError, IgnoreMatcher};
+use crate::layer::order::SortedNames;
 use crate::sandbox::root::{clean, Root};
 
 /// One match of a source argument.
@@ -225,36 +226,16 @@ struct Dir {
     ctx: String,
 }
 
-/// A listed directory: its kept children's names in one buffer and what is left to do
-/// with them, in reverse order (the next last).
+/// A listed directory: its kept children's names, in the order to visit them.
 struct Frame {
     dir: Dir,
-    names: Vec<u8>,
-    todo: Vec<Step>,
+    names: SortedNames,
 }
 
-/// Emit a child, or walk into a child directory. Sorted by the name, with a `/` after it
-/// for [`Action::Descend`], which puts a directory's contents where their paths sort.
-#[derive(Clone, Copy)]
-struct Step {
-    start: u32,
-    len: u32,
-    action: Action,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Action {
-    Emit,
-    /// An ignored directory that exceptions may re-include inside: emitted only if so.
-    EmitIfKept,
-    Descend,
-}
-
-impl Frame {
-    fn name(&self, s: &Step) -> &[u8] {
-        &self.names[s.start as usize..(s.start + s.len) as usize]
-    }
-}
+/// Tags of the names: emit an entry, or (an ignored directory that exceptions may re-include
+/// inside) emit it only if something inside is kept.
+const EMIT: u8 = 0;
+const EMIT_IF_KEPT: u8 = 1;
 
 /// `std::fs::read_dir` of a directory that may vanish while it is walked: `None` then.
 fn list(dir: &Path) -> Result<Option<std::fs::ReadDir>, ContextError> {
@@ -319,42 +300,14 @@ impl Walk<'_> {
     }
 
     fn push(&mut self, dir: Dir) -> Result<(), ContextError> {
-        let mut names = Vec::new();
-        let mut todo = Vec::new();
+        let mut names = SortedNames::default();
         self.children(&dir, |c| {
-            let start = names.len() as u32;
-            names.extend_from_slice(c.name.as_bytes());
-            let len = c.name.len() as u32;
-            let emit = if self.held(&c) {
-                Action::EmitIfKept
-            } else {
-                Action::Emit
-            };
-            todo.push(Step {
-                start,
-                len,
-                action: emit,
-            });
-            if c.is_dir {
-                todo.push(Step {
-                    start,
-                    len,
-                    action: Action::Descend,
-                });
-            }
+            let tag = if self.held(&c) { EMIT_IF_KEPT } else { EMIT };
+            names.add(c.name.as_bytes(), c.is_dir, tag);
             Ok(true)
         })?;
-        let key = |s: &Step| {
-            let name = &names[s.start as usize..(s.start + s.len) as usize];
-            let slash: &[u8] = if s.action == Action::Descend {
-                b"/"
-            } else {
-                b""
-            };
-            name.iter().chain(slash)
-        };
-        todo.sort_unstable_by(|a, b| key(b).cmp(key(a)));
-        self.stack.push(Frame { dir, names, todo });
+        names.sort();
+        self.stack.push(Frame { dir, names });
         Ok(())
     }
 
@@ -384,27 +337,27 @@ impl Walk<'_> {
             let Some(frame) = self.stack.last_mut() else {
                 return Ok(None);
             };
-            let Some(step) = frame.todo.pop() else {
+            let Some(visit) = frame.names.next() else {
                 self.stack.pop();
                 continue;
             };
-            let name = OsStr::from_bytes(frame.name(&step));
+            let name = OsStr::from_bytes(frame.names.name(&visit));
             let dir = Dir {
                 host: frame.dir.host.join(name),
                 rel: frame.dir.rel.join(name),
                 ctx: join(&frame.dir.ctx, &lossy(Path::new(name))),
             };
-            if step.action == Action::Descend {
+            if visit.contents {
                 self.push(dir)?;
                 continue;
             }
             let Some(meta) = stat(&dir.host, false)? else {
                 continue; // removed while walking
             };
-            if step.action == Action::EmitIfKept && !self.keeps_anything(&dir)? {
+            if visit.tag == EMIT_IF_KEPT && !self.keeps_anything(&dir)? {
                 // Nothing inside is kept either: do not walk it again.
                 if let Some(frame) = self.stack.last_mut() {
-                    frame.todo.retain(|s| s.start != step.start);
+                    frame.names.skip_contents(&visit);
                 }
                 continue;
             }
