@@ -469,6 +469,32 @@ mod tests {
         assert_eq!(c.files_hashed(), 2);
     }
 
+    /// A build that looks nothing up (no COPY) still saves a cache, and counts as a build
+    /// the entries were not used in.
+    #[test]
+    fn stat_cache_saved_by_builds_without_lookups() {
+        let t = ctx();
+        let r = t.path();
+        let file = r.join("statcache");
+        StatCache::load(&file).save(&file).unwrap();
+        assert!(file.exists());
+        let mut c = StatCache::load(&file);
+        c.set_racy_window(Duration::ZERO);
+        let d0 = digest(r, &["src"], &mut c);
+        c.save(&file).unwrap();
+        for _ in 0..KEEP_GENERATIONS {
+            StatCache::load(&file).save(&file).unwrap();
+        }
+        // Aged out: the next build that saves drops them.
+        let mut c = StatCache::load(&file);
+        c.set_racy_window(Duration::ZERO);
+        digest(r, &["other"], &mut c);
+        c.save(&file).unwrap();
+        assert_eq!(StatCache::load(&file).len(), 1);
+        let mut c = StatCache::load(&file);
+        assert_eq!(digest(r, &["src"], &mut c), d0);
+    }
+
     /// A save cut short (a crash after rename without fsync) loads as an empty cache; a
     /// damaged or torn record is a miss, never a wrong hit.
     #[test]

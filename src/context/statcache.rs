@@ -44,6 +44,7 @@ pub(crate) const KEEP_GENERATIONS: u32 = 8;
 /// torn write): probing goes past it, lookups never return it.
 const MAGIC: &[u8; 8] = b"rbsc\0\0\0\x03";
 pub(crate) const HEADER: usize = 40;
+const GENERATION_AT: u64 = 32;
 pub(crate) const RECORD: usize = 84;
 /// Tables are kept at most this full (tenths), so probes stay short.
 const LOAD: u64 = 7;
@@ -103,12 +104,16 @@ impl StatCache {
     }
 
     /// Write the cache to `path` atomically (temp file in the same dir, then rename),
-    /// without the entries unused for [`KEEP_GENERATIONS`] builds. Nothing is written when
-    /// this build looked nothing up.
+    /// without the entries unused for [`KEEP_GENERATIONS`] builds. A build that found and
+    /// added nothing only counts itself in the file's header (every entry aged a build).
     pub fn save(&self, path: &Path) -> Result<(), ContextError> {
         let found_any = self.found.iter().any(|w| *w != 0);
-        if !found_any && self.added.as_ref().is_none_or(|t| t.live == 0) {
-            return Ok(());
+        if !found_any && self.added.as_ref().is_none_or(|t| t.live == 0) && self.old.is_some() {
+            // One aligned 4-byte write: a reader sees the old generation or the new one.
+            let file = std::fs::OpenOptions::new().write(true).open(path);
+            return file
+                .and_then(|f| f.write_all_at(&self.generation.to_le_bytes(), GENERATION_AT))
+                .map_err(|e| ContextError::io(path, e));
         }
         let dir = path.parent().unwrap_or(Path::new("."));
         let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ContextError::io(dir, e))?;
