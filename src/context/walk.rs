@@ -43,8 +43,14 @@ fn stat(path: &Path, follow: bool) -> Result<Option<Metadata>, ContextError> {
     } else {
         std::fs::symlink_metadata(path)
     };
+    gone_is_none(path, r)
+}
+
+/// `r` for `path`, with "it is not there" (removed while walking, or a parent that is not a
+/// directory) as `None`.
+fn gone_is_none<T>(path: &Path, r: std::io::Result<T>) -> Result<Option<T>, ContextError> {
     match r {
-        Ok(m) => Ok(Some(m)),
+        Ok(v) => Ok(Some(v)),
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
                 || e.raw_os_error() == Some(libc::ENOTDIR) =>
@@ -239,16 +245,7 @@ const EMIT_IF_KEPT: u8 = 1;
 
 /// `std::fs::read_dir` of a directory that may vanish while it is walked: `None` then.
 fn list(dir: &Path) -> Result<Option<std::fs::ReadDir>, ContextError> {
-    match std::fs::read_dir(dir) {
-        Ok(rd) => Ok(Some(rd)),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                || e.raw_os_error() == Some(libc::ENOTDIR) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(ContextError::io(dir, e)),
-    }
+    gone_is_none(dir, std::fs::read_dir(dir))
 }
 
 /// A child of a listed directory, with the paths the matchers see.
@@ -387,24 +384,32 @@ mod tests {
         IgnoreMatcher::new(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
     }
 
-    fn tree() -> tempfile::TempDir {
+    /// A temp dir with `dirs` and `files` (each holding its own path).
+    fn tree_of(dirs: &[&str], files: &[&str]) -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
-        let r = t.path();
-        for d in ["a/b", "docs/keep", "docs/drop", "c1", "c2"] {
-            std::fs::create_dir_all(r.join(d)).unwrap();
+        for d in dirs {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
         }
-        for f in [
-            "a/b/x.txt",
-            "a/y.md",
-            "docs/keep/k",
-            "docs/drop/d",
-            "c1/f",
-            "top.txt",
-        ] {
-            std::fs::write(r.join(f), f).unwrap();
+        for f in files {
+            std::fs::write(t.path().join(f), f).unwrap();
         }
-        symlink("a/b", r.join("lnk")).unwrap();
-        symlink("/../../etc", r.join("out")).unwrap();
+        t
+    }
+
+    fn tree() -> tempfile::TempDir {
+        let t = tree_of(
+            &["a/b", "docs/keep", "docs/drop", "c1", "c2"],
+            &[
+                "a/b/x.txt",
+                "a/y.md",
+                "docs/keep/k",
+                "docs/drop/d",
+                "c1/f",
+                "top.txt",
+            ],
+        );
+        symlink("a/b", t.path().join("lnk")).unwrap();
+        symlink("/../../etc", t.path().join("out")).unwrap();
         t
     }
 
@@ -526,23 +531,20 @@ mod tests {
     /// contents sort after names that extend its own with a byte below `/`.
     #[test]
     fn walk_is_in_whole_path_order() {
-        let t = tempfile::tempdir().unwrap();
+        let t = tree_of(
+            &["a/b", "a-z/c", "ab", "kept/x/deep", "ign/in/y"],
+            &[
+                "a.txt",
+                "a/b/f",
+                "a/b.c",
+                "a!",
+                "a-z/c/g",
+                "ab/h",
+                "kept/x/deep/k",
+                "ign/in/y/z",
+            ],
+        );
         let r = t.path();
-        for d in ["a/b", "a-z/c", "ab", "kept/x/deep", "ign/in/y"] {
-            std::fs::create_dir_all(r.join(d)).unwrap();
-        }
-        for f in [
-            "a.txt",
-            "a/b/f",
-            "a/b.c",
-            "a!",
-            "a-z/c/g",
-            "ab/h",
-            "kept/x/deep/k",
-        ] {
-            std::fs::write(r.join(f), f).unwrap();
-        }
-        std::fs::write(r.join("ign/in/y/z"), "").unwrap();
         let none = IgnoreMatcher::default();
         let m = resolve(r, ".", true, &none).unwrap();
         let ignore = ig(&["kept", "!kept/x/deep/k", "ign", "!ign/other"]);
