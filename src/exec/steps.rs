@@ -1067,12 +1067,15 @@ impl<'a> Ctx<'a> {
         paths: &[String],
         excludes: &[String],
         done: &BTreeMap<usize, StageState>,
-        listing: &mut Option<tempfile::NamedTempFile>,
+        mut listing: Option<&mut Option<tempfile::NamedTempFile>>,
     ) -> Result<String, BuildError> {
         let mut digest_of =
             |ctx: &mut Self, root: &Path, ignore: &IgnoreMatcher| -> Result<String, BuildError> {
                 let excludes = IgnoreMatcher::new(excludes)?;
-                let mut files = super::explain::ListingWriter::new(ctx.store);
+                let store = ctx.store;
+                let mut files = listing
+                    .is_some()
+                    .then(|| super::explain::ListingWriter::new(store));
                 let d = context::content_digest(
                     root,
                     paths,
@@ -1080,9 +1083,15 @@ impl<'a> Ctx<'a> {
                     &excludes,
                     true,
                     &mut ctx.stat_cache(),
-                    &mut |f| files.push(f),
+                    &mut |f| {
+                        if let Some(w) = &mut files {
+                            w.push(f);
+                        }
+                    },
                 )?;
-                *listing = files.finish();
+                if let Some(listing) = listing.as_deref_mut() {
+                    *listing = files.and_then(|w| w.finish());
+                }
                 Ok(d.to_string())
             };
         match from {
@@ -1135,7 +1144,7 @@ impl<'a> Ctx<'a> {
                 // Paths are only read from a context: URLs and heredocs are hashed below.
                 if !(paths.is_empty() && copy.from == CopyFrom::Context) {
                     let (from, excludes) = (&copy.from, &copy.excludes);
-                    let listing = &mut prepared.listing;
+                    let listing = Some(&mut prepared.listing);
                     parts.push(self.source_digest(from, &paths, excludes, done, listing)?);
                 }
                 let tmp = self.store.tmp_dir()?;
@@ -1183,7 +1192,7 @@ impl<'a> Ctx<'a> {
                 for m in run.mounts.iter().filter(|m| m.kind == MountType::Bind) {
                     let source = m.source.clone().unwrap_or_else(|| ".".to_string());
                     let from = m.from.as_ref().map_or(CopyFrom::Context, mount_from);
-                    parts.push(self.source_digest(&from, &[source], &[], done, &mut None)?);
+                    parts.push(self.source_digest(&from, &[source], &[], done, None)?);
                 }
                 if !parts.is_empty() {
                     prepared.content = Some(Digest::of(parts.join("\n").as_bytes()));
