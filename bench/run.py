@@ -9,6 +9,9 @@ localhost:5000 when unset; the benchmark only pulls from it). Run as root:
 
     sudo bench/run.py [--rounds 3] [--scale 1.0] [--only steps,context] [--stores fresh,aged]
 
+`--only scale` runs the scaling series of bench/scale.py instead (steps, context files and
+layer entries from 10k to 1M: not in the default run, it takes most of an hour at --scale 1).
+
 Every scenario runs on two rbuild stores: "fresh" (empty but for the base image) and "aged":
 one filled first by a fixed recipe the way weeks of CI use leave a store (age_store: 40
 builds of varied Dockerfiles and contexts, ~1,000 layers, ~11 GB at --aged-scale 1, every
@@ -550,6 +553,13 @@ def main():
     stores = args.stores.split(",")
     print(f"machine: {machine()}; rbuild: {shutil.which('rbuild')}", flush=True)
     print(f"load average at start: {load()}", flush=True)
+    if args.only == "scale":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import scale
+
+        scale.report(scale.run(args.scale, BUSYBOX, peers=os.path.exists(DOCKER)))
+        print(f"load average at end: {load()}")
+        return
     work = tempfile.mkdtemp(prefix="rbuild-bench-")
     rows = []
     created = set()

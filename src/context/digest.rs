@@ -6,21 +6,22 @@
 //! BuildKit's file sync resets them to 0, so a cache made on one CI runner matches on
 //! another checkout (issue 18).
 //!
-//! File contents are memoized in a [`StatCache`] keyed by (dev, inode, size, mtime_ns,
-//! ctime_ns): any write or chmod changes ctime, so an unchanged key means unchanged bytes
-//! and a no-op rebuild reads metadata only.
+//! The records are hashed as the walks yield them, already in path order (one walk per
+//! match, merged), a batch at a time: memory does not grow with the number of files
+//! (issue 23). File contents are memoized in the [`StatCache`], so a no-op rebuild reads
+//! metadata only.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fs::Metadata;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
 
+use super::statcache::{StatCache, StatKey};
 use super::{walk, ContextError, IgnoreMatcher};
 use crate::image::Digest;
 
@@ -28,197 +29,19 @@ use crate::image::Digest;
 /// 2: uid/gid left out (issue 18).
 const SCHEMA: &[u8] = b"rbuild-content-digest-v2\n";
 
-/// Memoized file sha256s; see the module docs.
-///
-/// A long-lived store serves many contexts, and every fresh checkout brings new inodes, so
-/// entries are kept only while they are used: each save is a generation, and an entry not
-/// looked up or added in the last [`KEEP_GENERATIONS`] builds is dropped. The file is a
-/// fixed-size binary record per entry (no parsing to speak of), written without fsync: it
-/// only saves work, and a torn or truncated file fails its checksum and loads empty.
-#[derive(Debug, Default)]
-pub struct StatCache {
-    entries: HashMap<StatKey, Entry>,
-    /// The generation of this build: one more than the last saved one.
-    generation: u32,
-    hashed: AtomicU64,
-    /// Files changed this recently are hashed but not remembered: a write in the same
-    /// timestamp tick after hashing would leave the key unchanged (git's "racy clean").
-    racy_window: Duration,
-}
+/// Records hashed per batch: the files among them the stat cache does not know are read
+/// on two threads.
+const BATCH: usize = 2048;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct StatKey {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
-
-#[derive(Debug, Clone)]
-struct Entry {
-    sha: [u8; 32],
-    /// The last generation that looked it up or added it.
-    generation: u32,
-}
-
-/// Builds an unused entry survives (a dev machine switching between a few projects keeps
-/// them all; a CI runner's old checkouts go).
-const KEEP_GENERATIONS: u32 = 8;
-/// At most this many entries are saved (the most recently used first).
-const MAX_ENTRIES: usize = 200_000;
-
-/// File layout: MAGIC, generation (u32 LE), count (u64 LE), count records of RECORD bytes,
-/// then the sha256 of everything before it.
-const MAGIC: &[u8; 8] = b"rbsc\0\0\0\x02";
-const RECORD: usize = 8 * 3 + 16 * 2 + 32 + 4;
-const HEADER: usize = MAGIC.len() + 4 + 8;
-
-impl StatCache {
-    pub fn new() -> StatCache {
-        StatCache {
-            racy_window: Duration::from_secs(2),
-            generation: 1,
-            ..StatCache::default()
-        }
-    }
-
-    /// Load a cache saved by [`StatCache::save`]; a missing or unreadable file (another
-    /// version, truncated, torn) gives an empty cache, since it only saves work.
-    pub fn load(path: &Path) -> StatCache {
-        let mut cache = StatCache::new();
-        if let Ok(bytes) = std::fs::read(path) {
-            if let Some((generation, entries)) = decode(&bytes) {
-                cache.generation = generation.wrapping_add(1).max(1);
-                cache.entries = entries;
-            }
-        }
-        cache
-    }
-
-    /// Write the cache to `path` atomically (temp file in the same dir, then rename),
-    /// without the entries unused for [`KEEP_GENERATIONS`] builds.
-    pub fn save(&self, path: &Path) -> Result<(), ContextError> {
-        let mut kept: Vec<(&StatKey, &Entry)> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| self.generation.wrapping_sub(e.generation) < KEEP_GENERATIONS)
-            .collect();
-        if kept.len() > MAX_ENTRIES {
-            kept.sort_by_key(|(_, e)| std::cmp::Reverse(e.generation));
-            kept.truncate(MAX_ENTRIES);
-        }
-        let bytes = encode(self.generation, &kept);
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ContextError::io(dir, e))?;
-        tmp.write_all(&bytes)
-            .map_err(|e| ContextError::io(tmp.path(), e))?;
-        tmp.persist(path)
-            .map_err(|e| ContextError::io(path, e.error))?;
-        Ok(())
-    }
-
-    /// How many files were read and hashed (cache misses) since this cache was made.
-    pub fn files_hashed(&self) -> u64 {
-        self.hashed.load(Ordering::Relaxed)
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn set_racy_window(&mut self, d: Duration) {
-        self.racy_window = d;
-    }
-
-    fn lookup(&mut self, key: &StatKey) -> Option<[u8; 32]> {
-        let e = self.entries.get_mut(key)?;
-        e.generation = self.generation;
-        Some(e.sha)
-    }
-
-    fn remember(&mut self, key: StatKey, sha: [u8; 32]) {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
-        let newest = key.mtime_ns.max(key.ctime_ns);
-        if now - newest < self.racy_window.as_nanos() as i128 {
-            return;
-        }
-        self.entries.insert(
-            key,
-            Entry {
-                sha,
-                generation: self.generation,
-            },
-        );
-    }
-}
-
-fn encode(generation: u32, entries: &[(&StatKey, &Entry)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + entries.len() * RECORD + 32);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&generation.to_le_bytes());
-    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for (k, e) in entries {
-        out.extend_from_slice(&k.dev.to_le_bytes());
-        out.extend_from_slice(&k.ino.to_le_bytes());
-        out.extend_from_slice(&k.size.to_le_bytes());
-        out.extend_from_slice(&k.mtime_ns.to_le_bytes());
-        out.extend_from_slice(&k.ctime_ns.to_le_bytes());
-        out.extend_from_slice(&e.sha);
-        out.extend_from_slice(&e.generation.to_le_bytes());
-    }
-    let sum = Sha256::digest(&out);
-    out.extend_from_slice(&sum);
-    out
-}
-
-fn decode(bytes: &[u8]) -> Option<(u32, HashMap<StatKey, Entry>)> {
-    let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
-    if body.len() < HEADER || &body[..MAGIC.len()] != MAGIC || Sha256::digest(body)[..] != *sum {
-        return None;
-    }
-    let generation = u32::from_le_bytes(body[8..12].try_into().ok()?);
-    let count = usize::try_from(u64::from_le_bytes(body[12..20].try_into().ok()?)).ok()?;
-    let records = &body[HEADER..];
-    if records.len() != count.checked_mul(RECORD)? {
-        return None;
-    }
-    let mut entries = HashMap::with_capacity(count);
-    for r in records.chunks_exact(RECORD) {
-        // Fixed offsets inside a record of exactly RECORD bytes: the conversions cannot fail.
-        let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().unwrap());
-        let i128_at = |i: usize| i128::from_le_bytes(r[i..i + 16].try_into().unwrap());
-        let key = StatKey {
-            dev: u64_at(0),
-            ino: u64_at(8),
-            size: u64_at(16),
-            mtime_ns: i128_at(24),
-            ctime_ns: i128_at(40),
-        };
-        let mut sha = [0u8; 32];
-        sha.copy_from_slice(&r[56..88]);
-        let generation = u32::from_le_bytes(r[88..92].try_into().unwrap());
-        entries.insert(key, Entry { sha, generation });
-    }
-    Some((generation, entries))
-}
-
-fn stat_key(m: &Metadata) -> StatKey {
-    StatKey {
+fn stat_key(m: &Metadata) -> Option<StatKey> {
+    let ns = |s: i64, n: i64| s.checked_mul(1_000_000_000)?.checked_add(n);
+    Some(StatKey {
         dev: m.dev(),
         ino: m.ino(),
         size: m.size(),
-        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-        ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
-    }
+        mtime_ns: ns(m.mtime(), m.mtime_nsec())?,
+        ctime_ns: ns(m.ctime(), m.ctime_nsec())?,
+    })
 }
 
 /// The sha256 of a file's bytes.
@@ -244,8 +67,10 @@ struct Record {
     mode: u32,
     size: u64,
     link: Vec<u8>,
-    /// Index into the list of files to hash, for regular files.
-    file: Option<usize>,
+    /// A regular file: where it is and its stat key (`None`: times out of range, never
+    /// memoized).
+    file: Option<(PathBuf, Option<StatKey>)>,
+    sha: [u8; 32],
 }
 
 fn kind_byte(m: &Metadata) -> u8 {
@@ -282,8 +107,8 @@ pub struct ListedFile {
 /// `ignore` is the context's `.dockerignore` (empty for stage sources), `excludes` the
 /// step's `--exclude` patterns. With `follow_top_symlink`, a source naming a symlink is
 /// digested as its target (inside `root`), as the copy dereferences it.
-/// Also returns the entries it covered, sorted by path (no reads beyond the digest's own),
-/// for naming the files that changed since an earlier build.
+/// `listed` gets every entry it covered but directories, in path order (no reads beyond
+/// the digest's own), for naming the files that changed since an earlier build.
 pub fn content_digest(
     root: &Path,
     sources: &[String],
@@ -291,114 +116,168 @@ pub fn content_digest(
     excludes: &IgnoreMatcher,
     follow_top_symlink: bool,
     stat_cache: &mut StatCache,
-) -> Result<(Digest, Vec<ListedFile>), ContextError> {
-    let mut records: Vec<Record> = Vec::new();
-    let mut files: Vec<(PathBuf, StatKey)> = Vec::new();
+    listed: &mut dyn FnMut(ListedFile),
+) -> Result<Digest, ContextError> {
+    let mut walks = Vec::new();
     for source in sources {
         for m in walk::resolve(root, source, follow_top_symlink, ignore)? {
             if excludes.matches(base_name(&m.named)) {
                 continue;
             }
-            for e in walk::walk(&m, ignore, excludes)? {
-                let mut path = m.named.as_bytes().to_vec();
-                if !e.rel.as_os_str().is_empty() {
-                    if !path.is_empty() {
-                        path.push(b'/');
-                    }
-                    path.extend_from_slice(e.rel.as_os_str().as_bytes());
-                }
-                let kind = kind_byte(&e.meta);
-                let link = if kind == b'l' {
-                    let t = std::fs::read_link(&e.host)
-                        .map_err(|err| ContextError::io(&e.host, err))?;
-                    t.as_os_str().as_bytes().to_vec()
-                } else {
-                    Vec::new()
-                };
-                let file = (kind == b'f').then(|| {
-                    files.push((e.host.clone(), stat_key(&e.meta)));
-                    files.len() - 1
-                });
-                let size = match kind {
-                    b'f' => e.meta.size(),
-                    b'c' | b'b' => e.meta.rdev(),
-                    _ => 0,
-                };
-                records.push(Record {
-                    path,
-                    kind,
-                    mode: e.meta.mode(),
-                    size,
-                    link,
-                    file,
+            walks.push((m.named.clone(), walk::walk(&m, ignore, excludes)));
+        }
+    }
+    let mut merged = Merge::new(walks)?;
+    let mut h = Sha256::new();
+    h.update(SCHEMA);
+    let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
+    loop {
+        let next = merged.next()?;
+        let done = next.is_none();
+        batch.extend(next);
+        if batch.len() < BATCH && !done {
+            continue;
+        }
+        hash_files(&mut batch, stat_cache)?;
+        for r in batch.drain(..) {
+            h.update((r.path.len() as u64).to_le_bytes());
+            h.update(&r.path);
+            h.update([r.kind]);
+            h.update(r.mode.to_le_bytes());
+            h.update(r.size.to_le_bytes());
+            h.update(r.sha);
+            h.update((r.link.len() as u64).to_le_bytes());
+            h.update(&r.link);
+            if r.kind != b'd' {
+                listed(ListedFile {
+                    path: String::from_utf8_lossy(&r.path).into_owned(),
+                    mode: r.mode,
+                    // A symlink changes with its target.
+                    sha: if r.kind == b'l' {
+                        Sha256::digest(&r.link).into()
+                    } else {
+                        r.sha
+                    },
                 });
             }
         }
+        if done {
+            return Ok(Digest::from_raw(&h.finalize()));
+        }
+    }
+}
+
+/// The walks of all matches merged into one stream of records sorted by (path, type), as
+/// the digest has always sorted them; ties keep the sources' order. Each walk is in path
+/// order already; matches can interleave (`src/a`, `src/a.txt`, `src/a/b`).
+struct Merge<'a> {
+    walks: Vec<(String, walk::Walk<'a>)>,
+    /// The next entry of each walk, by (path, type, walk).
+    heads: BinaryHeap<Reverse<(Vec<u8>, u8, usize)>>,
+    entries: Vec<Option<walk::Entry>>,
+}
+
+impl<'a> Merge<'a> {
+    fn new(walks: Vec<(String, walk::Walk<'a>)>) -> Result<Merge<'a>, ContextError> {
+        let n = walks.len();
+        let mut m = Merge {
+            walks,
+            heads: BinaryHeap::with_capacity(n),
+            entries: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n {
+            m.advance(i)?;
+        }
+        Ok(m)
     }
 
-    let shas = hash_all(&files, stat_cache)?;
-
-    records.sort_by(|a, b| a.path.cmp(&b.path).then(a.kind.cmp(&b.kind)));
-    let mut h = Sha256::new();
-    h.update(SCHEMA);
-    for r in &records {
-        h.update((r.path.len() as u64).to_le_bytes());
-        h.update(&r.path);
-        h.update([r.kind]);
-        h.update(r.mode.to_le_bytes());
-        h.update(r.size.to_le_bytes());
-        h.update(r.file.map(|i| shas[i]).unwrap_or([0u8; 32]));
-        h.update((r.link.len() as u64).to_le_bytes());
-        h.update(&r.link);
+    fn advance(&mut self, i: usize) -> Result<(), ContextError> {
+        let (named, walk) = &mut self.walks[i];
+        if let Some(e) = walk.next().transpose()? {
+            let mut path = named.as_bytes().to_vec();
+            if !e.rel.as_os_str().is_empty() {
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(e.rel.as_os_str().as_bytes());
+            }
+            self.heads.push(Reverse((path, kind_byte(&e.meta), i)));
+            self.entries[i] = Some(e);
+        }
+        Ok(())
     }
-    let listing = records
-        .into_iter()
-        .filter(|r| r.kind != b'd')
-        .map(|r| ListedFile {
-            path: String::from_utf8_lossy(&r.path).into_owned(),
-            mode: r.mode,
-            sha: match r.file {
-                Some(i) => shas[i],
-                // A symlink changes with its target.
-                None if r.kind == b'l' => Sha256::digest(&r.link).into(),
-                None => [0u8; 32],
-            },
-        })
-        .collect();
-    Ok((Digest::from_raw(&h.finalize()), listing))
+
+    fn next(&mut self) -> Result<Option<Record>, ContextError> {
+        let Some(Reverse((path, kind, i))) = self.heads.pop() else {
+            return Ok(None);
+        };
+        let e = self.entries[i].take().expect("a head has its entry");
+        self.advance(i)?;
+        let link = if kind == b'l' {
+            let t = std::fs::read_link(&e.host).map_err(|err| ContextError::io(&e.host, err))?;
+            t.as_os_str().as_bytes().to_vec()
+        } else {
+            Vec::new()
+        };
+        let size = match kind {
+            b'f' => e.meta.size(),
+            b'c' | b'b' => e.meta.rdev(),
+            _ => 0,
+        };
+        let mode = e.meta.mode();
+        let file = (kind == b'f').then(|| (e.host, stat_key(&e.meta)));
+        Ok(Some(Record {
+            path,
+            kind,
+            mode,
+            size,
+            link,
+            file,
+            sha: [0u8; 32],
+        }))
+    }
 }
 
 pub(crate) fn base_name(named: &str) -> &str {
     named.rsplit('/').next().unwrap_or(named)
 }
 
-/// Hash every file, taking what the cache knows and reading the rest on two threads.
-fn hash_all(
-    files: &[(PathBuf, StatKey)],
-    cache: &mut StatCache,
-) -> Result<Vec<[u8; 32]>, ContextError> {
-    let mut shas = vec![[0u8; 32]; files.len()];
+/// Fill in the sha256 of every regular file of `batch`, taking what the cache knows and
+/// reading the rest on two threads.
+fn hash_files(batch: &mut [Record], cache: &mut StatCache) -> Result<(), ContextError> {
     let mut misses: Vec<usize> = Vec::new();
-    for (i, (_, key)) in files.iter().enumerate() {
-        match cache.lookup(key) {
-            Some(sha) => shas[i] = sha,
-            None => misses.push(i),
+    for (i, r) in batch.iter_mut().enumerate() {
+        if let Some((_, key)) = &r.file {
+            match key.as_ref().and_then(|k| cache.lookup(k)) {
+                Some(sha) => r.sha = sha,
+                None => misses.push(i),
+            }
         }
     }
     if misses.is_empty() {
-        return Ok(shas);
+        return Ok(());
     }
-    let hashed = &cache.hashed;
+    let files: Vec<&Path> = misses
+        .iter()
+        .map(|&i| {
+            batch[i]
+                .file
+                .as_ref()
+                .map(|(p, _)| p.as_path())
+                .unwrap_or(Path::new(""))
+        })
+        .collect();
+    let shared: &StatCache = cache;
     type Hashed = Result<Vec<(usize, [u8; 32])>, ContextError>;
     let results: Vec<Hashed> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..2)
             .map(|t| {
-                let mine: Vec<usize> = misses.iter().copied().skip(t).step_by(2).collect();
+                let files = &files;
                 s.spawn(move || {
-                    let mut out = Vec::with_capacity(mine.len());
-                    for i in mine {
-                        out.push((i, hash_file(&files[i].0)?));
-                        hashed.fetch_add(1, Ordering::Relaxed);
+                    let mut out = Vec::new();
+                    for k in (t..files.len()).step_by(2) {
+                        out.push((k, hash_file(files[k])?));
+                        shared.count_hashed();
                     }
                     Ok(out)
                 })
@@ -410,24 +289,28 @@ fn hash_all(
             .collect()
     });
     for r in results {
-        for (i, sha) in r? {
-            shas[i] = sha;
+        for (k, sha) in r? {
+            let rec = &mut batch[misses[k]];
+            rec.sha = sha;
             // Only remember the hash if the file did not change while it was read.
-            let (path, key) = &files[i];
-            if let Ok(m) = std::fs::symlink_metadata(path) {
-                if stat_key(&m) == *key {
-                    cache.remember(*key, sha);
+            if let Some((path, Some(key))) = &rec.file {
+                if let Ok(m) = std::fs::symlink_metadata(path) {
+                    if stat_key(&m).as_ref() == Some(key) {
+                        cache.remember(*key, sha);
+                    }
                 }
             }
         }
     }
-    Ok(shas)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::statcache::{HEADER, KEEP_GENERATIONS, RECORD};
     use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::time::{Duration, SystemTime};
 
     fn none() -> IgnoreMatcher {
         IgnoreMatcher::default()
@@ -452,9 +335,7 @@ mod tests {
 
     fn digest(root: &Path, sources: &[&str], c: &mut StatCache) -> Digest {
         let s: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
-        content_digest(root, &s, &none(), &none(), true, c)
-            .unwrap()
-            .0
+        content_digest(root, &s, &none(), &none(), true, c, &mut |_| {}).unwrap()
     }
 
     #[test]
@@ -501,27 +382,42 @@ mod tests {
         let r = t.path();
         let mut c = cache();
         let s = vec!["src".to_string()];
-        let all = content_digest(r, &s, &none(), &none(), true, &mut c)
-            .unwrap()
-            .0;
+        let all = content_digest(r, &s, &none(), &none(), true, &mut c, &mut |_| {}).unwrap();
         let ig = IgnoreMatcher::new(&["src/sub".to_string()]).unwrap();
-        let ignored = content_digest(r, &s, &ig, &none(), true, &mut c).unwrap().0;
+        let ignored = content_digest(r, &s, &ig, &none(), true, &mut c, &mut |_| {}).unwrap();
         assert_ne!(all, ignored);
         // Changing an ignored file does not change the digest.
         std::fs::write(r.join("src/sub/b.txt"), "changed").unwrap();
         assert_eq!(
-            content_digest(r, &s, &ig, &none(), true, &mut c).unwrap().0,
+            content_digest(r, &s, &ig, &none(), true, &mut c, &mut |_| {}).unwrap(),
             ignored
         );
         let ex = IgnoreMatcher::new(&["sub".to_string()]).unwrap();
         assert_eq!(
-            content_digest(r, &s, &none(), &ex, true, &mut c).unwrap().0,
+            content_digest(r, &s, &none(), &ex, true, &mut c, &mut |_| {}).unwrap(),
             ignored
         );
         // Missing literal sources are errors, empty wildcards are not.
-        let missing = content_digest(r, &["nope".into()], &none(), &none(), true, &mut c);
+        let missing = content_digest(
+            r,
+            &["nope".into()],
+            &none(),
+            &none(),
+            true,
+            &mut c,
+            &mut |_| {},
+        );
         assert_eq!(missing.unwrap_err().to_string(), "\"/nope\": not found");
-        assert!(content_digest(r, &["nope*".into()], &none(), &none(), true, &mut c).is_ok());
+        assert!(content_digest(
+            r,
+            &["nope*".into()],
+            &none(),
+            &none(),
+            true,
+            &mut c,
+            &mut |_| {}
+        )
+        .is_ok());
     }
 
     #[test]
@@ -530,24 +426,16 @@ mod tests {
         let r = t.path();
         let mut c = cache();
         let s = vec!["src/link".to_string()];
-        let followed = content_digest(r, &s, &none(), &none(), true, &mut c)
-            .unwrap()
-            .0;
-        let kept = content_digest(r, &s, &none(), &none(), false, &mut c)
-            .unwrap()
-            .0;
+        let followed = content_digest(r, &s, &none(), &none(), true, &mut c, &mut |_| {}).unwrap();
+        let kept = content_digest(r, &s, &none(), &none(), false, &mut c, &mut |_| {}).unwrap();
         assert_ne!(followed, kept);
         std::fs::write(r.join("src/a.txt"), "new alpha").unwrap();
         assert_ne!(
-            content_digest(r, &s, &none(), &none(), true, &mut c)
-                .unwrap()
-                .0,
+            content_digest(r, &s, &none(), &none(), true, &mut c, &mut |_| {}).unwrap(),
             followed
         );
         assert_eq!(
-            content_digest(r, &s, &none(), &none(), false, &mut c)
-                .unwrap()
-                .0,
+            content_digest(r, &s, &none(), &none(), false, &mut c, &mut |_| {}).unwrap(),
             kept
         );
     }
@@ -581,14 +469,41 @@ mod tests {
         assert_eq!(c.files_hashed(), 2);
     }
 
-    /// A save cut short (a crash after rename without fsync) loads as an empty cache.
+    /// A build that looks nothing up (no COPY) still saves a cache, and counts as a build
+    /// the entries were not used in.
+    #[test]
+    fn stat_cache_saved_by_builds_without_lookups() {
+        let t = ctx();
+        let r = t.path();
+        let file = r.join("statcache");
+        StatCache::load(&file).save(&file).unwrap();
+        assert!(file.exists());
+        let mut c = StatCache::load(&file);
+        c.set_racy_window(Duration::ZERO);
+        let d0 = digest(r, &["src"], &mut c);
+        c.save(&file).unwrap();
+        for _ in 0..KEEP_GENERATIONS {
+            StatCache::load(&file).save(&file).unwrap();
+        }
+        // Aged out: the next build that saves drops them.
+        let mut c = StatCache::load(&file);
+        c.set_racy_window(Duration::ZERO);
+        digest(r, &["other"], &mut c);
+        c.save(&file).unwrap();
+        assert_eq!(StatCache::load(&file).len(), 1);
+        let mut c = StatCache::load(&file);
+        assert_eq!(digest(r, &["src"], &mut c), d0);
+    }
+
+    /// A save cut short (a crash after rename without fsync) loads as an empty cache; a
+    /// damaged or torn record is a miss, never a wrong hit.
     #[test]
     fn stat_cache_torn_file_is_empty() {
         let t = ctx();
         let r = t.path();
         let file = r.join("statcache");
         let mut c = cache();
-        digest(r, &["src"], &mut c);
+        let d0 = digest(r, &["src"], &mut c);
         c.save(&file).unwrap();
         let bytes = std::fs::read(&file).unwrap();
         assert_eq!(StatCache::load(&file).len(), 2);
@@ -596,10 +511,21 @@ mod tests {
             std::fs::write(&file, &bytes[..cut]).unwrap();
             assert!(StatCache::load(&file).is_empty(), "cut at {cut}");
         }
-        let mut flipped = bytes.clone();
-        flipped[HEADER + 10] ^= 1;
-        std::fs::write(&file, &flipped).unwrap();
-        assert!(StatCache::load(&file).is_empty());
+        // One bit flipped in every record, anywhere in it: the checksums catch it.
+        for at in [0, 20, 45, RECORD - 9, RECORD - 1] {
+            let mut flipped = bytes.clone();
+            for rec in flipped[HEADER..].chunks_exact_mut(RECORD) {
+                if rec.iter().any(|b| *b != 0) {
+                    rec[at] ^= 1;
+                }
+            }
+            std::fs::write(&file, &flipped).unwrap();
+            let mut damaged = StatCache::load(&file);
+            damaged.set_racy_window(Duration::ZERO);
+            assert!(damaged.is_empty(), "flipped at {at}");
+            assert_eq!(digest(r, &["src"], &mut damaged), d0);
+            assert_eq!(damaged.files_hashed(), 2);
+        }
         std::fs::write(&file, vec![0u8; bytes.len()]).unwrap();
         assert!(StatCache::load(&file).is_empty());
     }

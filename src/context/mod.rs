@@ -9,6 +9,7 @@
 pub mod digest;
 pub mod dockerignore;
 mod glob;
+pub mod statcache;
 pub(crate) mod walk;
 
 use std::io;
@@ -16,8 +17,9 @@ use std::path::{Path, PathBuf};
 
 use crate::sandbox::root::{clean, Root};
 
-pub use digest::{content_digest, ListedFile, StatCache};
+pub use digest::{content_digest, ListedFile};
 pub use dockerignore::IgnoreMatcher;
+pub use statcache::StatCache;
 
 /// Errors from reading the build context (ignore files, sources, digests, stat cache).
 #[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -121,7 +123,8 @@ pub fn source_files(
     let excludes = IgnoreMatcher::new(excludes)?;
     let mut out = Vec::new();
     for m in walk::resolve(root, source, true, ignore)? {
-        for entry in walk::walk(&m, ignore, &excludes)? {
+        for entry in walk::walk(&m, ignore, &excludes) {
+            let entry = entry?;
             if out.len() >= limit {
                 return Ok(out);
             }

@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::{glob, host_path, open_root, ContextError, IgnoreMatcher};
+use crate::layer::order::SortedNames;
 use crate::sandbox::root::{clean, Root};
 
 /// One match of a source argument.
@@ -42,8 +43,14 @@ fn stat(path: &Path, follow: bool) -> Result<Option<Metadata>, ContextError> {
     } else {
         std::fs::symlink_metadata(path)
     };
+    gone_is_none(path, r)
+}
+
+/// `r` for `path`, with "it is not there" (removed while walking, or a parent that is not a
+/// directory) as `None`.
+fn gone_is_none<T>(path: &Path, r: std::io::Result<T>) -> Result<Option<T>, ContextError> {
     match r {
-        Ok(m) => Ok(Some(m)),
+        Ok(v) => Ok(Some(v)),
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
                 || e.raw_os_error() == Some(libc::ENOTDIR) =>
@@ -176,87 +183,196 @@ fn join(a: &str, b: &str) -> String {
     }
 }
 
-/// Walk a match: the match itself first, then everything below a directory in byte-wise
-/// name order, parents before children, symlinks not followed. `ignore` sees paths
-/// relative to the root (the context), `excludes` paths relative to the match. A
-/// directory that is itself ignored but may hold re-included entries is emitted only
-/// when something inside it is.
-pub(crate) fn walk(
+/// Walk a match: the match itself first, then everything below a directory, symlinks not
+/// followed, in the byte-wise order of the whole path (`a`, `a.txt`, `a/b`: the order the
+/// content digest sorts its records in, and parents before children), so the digest and
+/// the copy can both consume it as a stream. `ignore` sees paths relative to the root (the
+/// context), `excludes` paths relative to the match. A directory that is itself ignored
+/// but may hold re-included entries is emitted only when something inside it is.
+///
+/// Memory: the names of the directories being walked (one per level, in one buffer each),
+/// nothing per entry already emitted.
+pub(crate) fn walk<'a>(
     m: &Match,
-    ignore: &IgnoreMatcher,
-    excludes: &IgnoreMatcher,
-) -> Result<Vec<Entry>, ContextError> {
-    let mut out = vec![Entry {
-        rel: PathBuf::new(),
-        host: m.host.clone(),
-        meta: m.meta.clone(),
-    }];
-    if m.meta.is_dir() {
-        let mut pending = Vec::new();
-        walk_dir(
-            &m.host,
-            Path::new(""),
-            &m.real,
-            ignore,
-            excludes,
-            &mut pending,
-            &mut out,
-        )?;
+    ignore: &'a IgnoreMatcher,
+    excludes: &'a IgnoreMatcher,
+) -> Walk<'a> {
+    Walk {
+        ignore,
+        excludes,
+        top: Some(Entry {
+            rel: PathBuf::new(),
+            host: m.host.clone(),
+            meta: m.meta.clone(),
+        }),
+        open: m.meta.is_dir().then(|| Dir {
+            host: m.host.clone(),
+            rel: PathBuf::new(),
+            ctx: m.real.clone(),
+        }),
+        stack: Vec::new(),
     }
-    Ok(out)
 }
 
-fn walk_dir(
-    dir: &Path,
-    rel: &Path,
-    ctx_rel: &str,
-    ignore: &IgnoreMatcher,
-    excludes: &IgnoreMatcher,
-    pending: &mut Vec<Entry>,
-    out: &mut Vec<Entry>,
-) -> Result<(), ContextError> {
-    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
-        .map_err(|e| ContextError::io(dir, e))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| ContextError::io(dir, e))?;
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    for name in names {
-        let host = dir.join(&name);
-        let Some(meta) = stat(&host, false)? else {
-            continue; // removed while walking
+/// The stream of [`walk`].
+pub(crate) struct Walk<'a> {
+    ignore: &'a IgnoreMatcher,
+    excludes: &'a IgnoreMatcher,
+    /// The match itself, until it is yielded.
+    top: Option<Entry>,
+    /// The match's directory, listed on the first call after the match was yielded.
+    open: Option<Dir>,
+    stack: Vec<Frame>,
+}
+
+/// A directory to list: where it is, relative to the match and to the context.
+struct Dir {
+    host: PathBuf,
+    rel: PathBuf,
+    ctx: String,
+}
+
+/// A listed directory: its kept children's names, in the order to visit them.
+struct Frame {
+    dir: Dir,
+    names: SortedNames,
+}
+
+/// Tags of the names: emit an entry, or (an ignored directory that exceptions may re-include
+/// inside) emit it only if something inside is kept.
+const EMIT: u8 = 0;
+const EMIT_IF_KEPT: u8 = 1;
+
+/// `std::fs::read_dir` of a directory that may vanish while it is walked: `None` then.
+fn list(dir: &Path) -> Result<Option<std::fs::ReadDir>, ContextError> {
+    gone_is_none(dir, std::fs::read_dir(dir))
+}
+
+/// A child of a listed directory, with the paths the matchers see.
+struct Child {
+    name: std::ffi::OsString,
+    is_dir: bool,
+    ctx: String,
+    rel: String,
+}
+
+impl Walk<'_> {
+    /// The children of `dir` that the matchers do not exclude, in no particular order.
+    fn children(
+        &self,
+        dir: &Dir,
+        mut each: impl FnMut(Child) -> Result<bool, ContextError>,
+    ) -> Result<(), ContextError> {
+        let Some(rd) = list(&dir.host)? else {
+            return Ok(());
         };
-        let child_rel = rel.join(&name);
-        let child_rel_s = lossy(&child_rel);
-        let child_ctx = join(ctx_rel, &lossy(Path::new(OsStr::new(&name))));
-        let is_dir = meta.is_dir();
-        if ignore.is_excluded(&child_ctx, is_dir) || excludes.is_excluded(&child_rel_s, is_dir) {
-            continue;
-        }
-        let entry = Entry {
-            rel: child_rel.clone(),
-            host: host.clone(),
-            meta,
-        };
-        if is_dir {
-            let held = ignore.matches(&child_ctx) || excludes.matches(&child_rel_s);
-            let depth = pending.len();
-            if held {
-                pending.push(entry);
-            } else {
-                out.append(pending);
-                out.push(entry);
+        for e in rd {
+            let e = e.map_err(|e| ContextError::io(&dir.host, e))?;
+            // d_type from the listing; lstat where the filesystem has none.
+            let Ok(ft) = e.file_type() else {
+                continue; // removed while walking
+            };
+            let name = e.file_name();
+            let is_dir = ft.is_dir();
+            let ctx = join(&dir.ctx, &lossy(Path::new(&name)));
+            let rel = lossy(&dir.rel.join(&name));
+            if self.ignore.is_excluded(&ctx, is_dir) || self.excludes.is_excluded(&rel, is_dir) {
+                continue;
             }
-            walk_dir(
-                &host, &child_rel, &child_ctx, ignore, excludes, pending, out,
-            )?;
-            pending.truncate(depth);
-        } else {
-            out.append(pending);
-            out.push(entry);
+            let child = Child {
+                name,
+                is_dir,
+                ctx,
+                rel,
+            };
+            if !each(child)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn held(&self, c: &Child) -> bool {
+        c.is_dir && (self.ignore.matches(&c.ctx) || self.excludes.matches(&c.rel))
+    }
+
+    fn push(&mut self, dir: Dir) -> Result<(), ContextError> {
+        let mut names = SortedNames::default();
+        self.children(&dir, |c| {
+            let tag = if self.held(&c) { EMIT_IF_KEPT } else { EMIT };
+            names.add(c.name.as_bytes(), c.is_dir, tag);
+            Ok(true)
+        })?;
+        names.sort();
+        self.stack.push(Frame { dir, names });
+        Ok(())
+    }
+
+    /// Whether walking `dir` would emit anything.
+    fn keeps_anything(&self, dir: &Dir) -> Result<bool, ContextError> {
+        let mut kept = false;
+        self.children(dir, |c| {
+            kept = !self.held(&c)
+                || self.keeps_anything(&Dir {
+                    host: dir.host.join(&c.name),
+                    rel: dir.rel.join(&c.name),
+                    ctx: c.ctx,
+                })?;
+            Ok(!kept)
+        })?;
+        Ok(kept)
+    }
+
+    fn step(&mut self) -> Result<Option<Entry>, ContextError> {
+        if let Some(top) = self.top.take() {
+            return Ok(Some(top));
+        }
+        if let Some(dir) = self.open.take() {
+            self.push(dir)?;
+        }
+        loop {
+            let Some(frame) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            let Some(visit) = frame.names.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let name = OsStr::from_bytes(frame.names.name(&visit));
+            let dir = Dir {
+                host: frame.dir.host.join(name),
+                rel: frame.dir.rel.join(name),
+                ctx: join(&frame.dir.ctx, &lossy(Path::new(name))),
+            };
+            if visit.contents {
+                self.push(dir)?;
+                continue;
+            }
+            let Some(meta) = stat(&dir.host, false)? else {
+                continue; // removed while walking
+            };
+            if visit.tag == EMIT_IF_KEPT && !self.keeps_anything(&dir)? {
+                // Nothing inside is kept either: do not walk it again.
+                if let Some(frame) = self.stack.last_mut() {
+                    frame.names.skip_contents(&visit);
+                }
+                continue;
+            }
+            return Ok(Some(Entry {
+                rel: dir.rel,
+                host: dir.host,
+                meta,
+            }));
         }
     }
-    Ok(())
+}
+
+impl Iterator for Walk<'_> {
+    type Item = Result<Entry, ContextError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step().transpose()
+    }
 }
 
 #[cfg(test)]
@@ -268,29 +384,37 @@ mod tests {
         IgnoreMatcher::new(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
     }
 
-    fn tree() -> tempfile::TempDir {
+    /// A temp dir with `dirs` and `files` (each holding its own path).
+    fn tree_of(dirs: &[&str], files: &[&str]) -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
-        let r = t.path();
-        for d in ["a/b", "docs/keep", "docs/drop", "c1", "c2"] {
-            std::fs::create_dir_all(r.join(d)).unwrap();
+        for d in dirs {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
         }
-        for f in [
-            "a/b/x.txt",
-            "a/y.md",
-            "docs/keep/k",
-            "docs/drop/d",
-            "c1/f",
-            "top.txt",
-        ] {
-            std::fs::write(r.join(f), f).unwrap();
+        for f in files {
+            std::fs::write(t.path().join(f), f).unwrap();
         }
-        symlink("a/b", r.join("lnk")).unwrap();
-        symlink("/../../etc", r.join("out")).unwrap();
         t
     }
 
-    fn rels(entries: &[Entry]) -> Vec<String> {
-        entries.iter().map(|e| lossy(&e.rel)).collect()
+    fn tree() -> tempfile::TempDir {
+        let t = tree_of(
+            &["a/b", "docs/keep", "docs/drop", "c1", "c2"],
+            &[
+                "a/b/x.txt",
+                "a/y.md",
+                "docs/keep/k",
+                "docs/drop/d",
+                "c1/f",
+                "top.txt",
+            ],
+        );
+        symlink("a/b", t.path().join("lnk")).unwrap();
+        symlink("/../../etc", t.path().join("out")).unwrap();
+        t
+    }
+
+    fn rels(entries: Walk) -> Vec<String> {
+        entries.map(|e| lossy(&e.unwrap().rel)).collect()
     }
 
     #[test]
@@ -379,14 +503,12 @@ mod tests {
     fn walk_filters_and_keeps_parents_of_exceptions() {
         let t = tree();
         let m = resolve(t.path(), ".", true, &IgnoreMatcher::default()).unwrap();
-        let e = walk(
-            &m[0],
-            &ig(&["docs", "!docs/keep", "a/b", "lnk", "out"]),
-            &ig(&["**/*.md"]),
-        )
-        .unwrap();
+        let (ignore, excludes) = (
+            ig(&["docs", "!docs/keep", "a/b", "lnk", "out"]),
+            ig(&["**/*.md"]),
+        );
         assert_eq!(
-            rels(&e),
+            rels(walk(&m[0], &ignore, &excludes)),
             [
                 "",
                 "a",
@@ -399,12 +521,57 @@ mod tests {
                 "top.txt"
             ]
         );
-        let e = walk(
-            &m[0],
-            &ig(&["docs", "!docs/nothing-here/*"]),
-            &IgnoreMatcher::default(),
-        )
-        .unwrap();
-        assert!(!rels(&e).contains(&"docs".to_string()), "{:?}", rels(&e));
+        let ignore = ig(&["docs", "!docs/nothing-here/*"]);
+        let rels = rels(walk(&m[0], &ignore, &IgnoreMatcher::default()));
+        assert!(!rels.contains(&"docs".to_string()), "{rels:?}");
+    }
+
+    /// The walk is in the byte order of whole paths, which the content digest hashes its
+    /// records in (issue 23: it streams them instead of sorting them all): a directory's
+    /// contents sort after names that extend its own with a byte below `/`.
+    #[test]
+    fn walk_is_in_whole_path_order() {
+        let t = tree_of(
+            &["a/b", "a-z/c", "ab", "kept/x/deep", "ign/in/y"],
+            &[
+                "a.txt",
+                "a/b/f",
+                "a/b.c",
+                "a!",
+                "a-z/c/g",
+                "ab/h",
+                "kept/x/deep/k",
+                "ign/in/y/z",
+            ],
+        );
+        let r = t.path();
+        let none = IgnoreMatcher::default();
+        let m = resolve(r, ".", true, &none).unwrap();
+        let ignore = ig(&["kept", "!kept/x/deep/k", "ign", "!ign/other"]);
+        let got = rels(walk(&m[0], &ignore, &none));
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(got, sorted);
+        assert_eq!(
+            got,
+            [
+                "",
+                "a",
+                "a!",
+                "a-z",
+                "a-z/c",
+                "a-z/c/g",
+                "a.txt",
+                "a/b",
+                "a/b.c",
+                "a/b/f",
+                "ab",
+                "ab/h",
+                "kept",
+                "kept/x",
+                "kept/x/deep",
+                "kept/x/deep/k"
+            ]
+        );
     }
 }

@@ -3,6 +3,9 @@
 //! One [`Log`] per step context (a stage building at a time) keeps what the metadata file
 //! and the next build need.
 
+use std::io::Write;
+use std::path::Path;
+
 use serde::Serialize;
 
 use super::progress::{Reporter, StepId};
@@ -10,7 +13,7 @@ use super::request::BuildRequest;
 use crate::context::ListedFile;
 use crate::plan::explain::{self as why, Entry, Parent, Reason};
 use crate::plan::{self, Stage, Step};
-use crate::store::{StepInputs, Store};
+use crate::store::{StepInputs, Store, MAX_LISTING};
 
 /// Hex digits of a file's sha256 a listing keeps: enough to tell two versions apart.
 const LISTED_DIGEST: usize = 16;
@@ -168,7 +171,7 @@ impl Log {
         position: usize,
         key: &str,
         new: &StepInputs,
-        listing: Option<&[Entry]>,
+        listing: Option<&Path>,
     ) -> Reason {
         let at_position: Vec<String> = build_names(req, stage)
             .iter()
@@ -209,14 +212,16 @@ impl Log {
             return Reason::Pruned;
         }
         let old = old.inputs.expect("found records have inputs");
+        // Both listings are read only to compare them: a changed COPY that has both.
         let old_listing: Option<Vec<Entry>> = match (&old.content, listing) {
             (Some(c), Some(_)) if old.content != new.content => store.listing(c),
             _ => None,
         };
+        let new_listing = old_listing.as_ref().and(listing).and_then(read_listing);
         let parent = self.parent(stage, position);
         why::explain(
             &side(&old, old_listing.as_deref()),
-            &side(new, listing),
+            &side(new, new_listing.as_deref()),
             &parent,
         )
         // Every input the same yet another key: the key's schema changed.
@@ -251,16 +256,60 @@ pub fn inputs(parent: &str, stage: &Stage, step: &Step, content: Option<String>)
     }
 }
 
-/// A content digest's file listing, as records keep it.
-pub fn listing(files: &[ListedFile]) -> Vec<Entry> {
-    files
-        .iter()
-        .map(|f| Entry {
-            path: f.path.clone(),
+/// A content digest's file listing, written to a temp file in the store as the digest
+/// makes it, in the format records keep ([`Store::put_listing`]'s): a million-file context
+/// holds no listing in memory (issue 23). None is kept over [`MAX_LISTING`] files.
+pub struct ListingWriter {
+    out: Option<std::io::BufWriter<tempfile::NamedTempFile>>,
+    count: usize,
+}
+
+impl ListingWriter {
+    /// A writer into a new temp file; one that cannot be made writes nothing (a listing is
+    /// a hint).
+    pub fn new(store: &Store) -> ListingWriter {
+        let out = store.listing_tmp().ok().and_then(|f| {
+            let mut out = std::io::BufWriter::new(f);
+            out.write_all(b"[").ok()?;
+            Some(out)
+        });
+        ListingWriter { out, count: 0 }
+    }
+
+    pub fn push(&mut self, f: ListedFile) {
+        self.count += 1;
+        if self.count > MAX_LISTING {
+            self.out = None;
+        }
+        let Some(out) = &mut self.out else {
+            return;
+        };
+        let entry = Entry {
+            path: f.path,
             mode: f.mode,
             digest: hex(&f.sha)[..LISTED_DIGEST].to_string(),
-        })
-        .collect()
+        };
+        let sep: &[u8] = if self.count > 1 { b"," } else { b"" };
+        let written = out
+            .write_all(sep)
+            .and_then(|_| serde_json::to_writer(&mut *out, &entry).map_err(Into::into));
+        if written.is_err() {
+            self.out = None;
+        }
+    }
+
+    /// The listing's file, complete; `None` if it was too long or could not be written.
+    pub fn finish(self) -> Option<tempfile::NamedTempFile> {
+        let mut out = self.out?;
+        out.write_all(b"]").ok()?;
+        out.into_inner().ok()
+    }
+}
+
+/// A listing [`ListingWriter`] wrote.
+fn read_listing(path: &Path) -> Option<Vec<Entry>> {
+    let file = std::fs::File::open(path).ok()?;
+    serde_json::from_reader(std::io::BufReader::new(file)).ok()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -658,8 +658,7 @@ impl<'a> Ctx<'a> {
         use super::explain;
         let content = prepared.and_then(|p| p.content.as_ref());
         let inputs = explain::inputs(parent, stage, step, content.map(Digest::to_string));
-        let listing = prepared.and_then(|p| p.listing.as_deref());
-        let listing = listing.map(explain::listing);
+        let listing = prepared.and_then(|p| p.listing.as_ref()).map(|f| f.path());
         let reason = if self.req.no_cache {
             plan::explain::Reason::NoCache
         } else if self.ignores_cache(stage, step) {
@@ -669,21 +668,14 @@ impl<'a> Ctx<'a> {
             let position = stage.steps.iter().position(|s| std::ptr::eq(s, step));
             let position = position.unwrap_or_default();
             let (store, req) = (self.store, self.req);
-            self.log.reason(
-                store,
-                req,
-                stage,
-                position,
-                key,
-                &inputs,
-                listing.as_deref(),
-            )
+            self.log
+                .reason(store, req, stage, position, key, &inputs, listing)
         };
         self.log
             .missed(self.req, self.reporter, stage, step, id, reason);
         // Hints for the next build: failing to keep them loses a reason, not a result.
-        if let (Some(content), Some(listing)) = (&inputs.content, &listing) {
-            let _ = self.store.put_listing(content, listing);
+        if let (Some(content), Some(listing)) = (&inputs.content, listing) {
+            let _ = self.store.keep_listing(content, listing);
         }
         let _ = self.store.add_child(parent, key);
         inputs
@@ -1113,20 +1105,31 @@ impl<'a> Ctx<'a> {
         paths: &[String],
         excludes: &[String],
         done: &BTreeMap<usize, StageState>,
-        listing: &mut Option<Vec<context::ListedFile>>,
+        mut listing: Option<&mut Option<tempfile::NamedTempFile>>,
     ) -> Result<String, BuildError> {
         let mut digest_of =
             |ctx: &mut Self, root: &Path, ignore: &IgnoreMatcher| -> Result<String, BuildError> {
                 let excludes = IgnoreMatcher::new(excludes)?;
-                let (d, files) = context::content_digest(
+                let store = ctx.store;
+                let mut files = listing
+                    .is_some()
+                    .then(|| super::explain::ListingWriter::new(store));
+                let d = context::content_digest(
                     root,
                     paths,
                     ignore,
                     &excludes,
                     true,
                     &mut ctx.stat_cache(),
+                    &mut |f| {
+                        if let Some(w) = &mut files {
+                            w.push(f);
+                        }
+                    },
                 )?;
-                *listing = Some(files);
+                if let Some(listing) = listing.as_deref_mut() {
+                    *listing = files.and_then(|w| w.finish());
+                }
                 Ok(d.to_string())
             };
         match from {
@@ -1179,7 +1182,7 @@ impl<'a> Ctx<'a> {
                 // Paths are only read from a context: URLs and heredocs are hashed below.
                 if !(paths.is_empty() && copy.from == CopyFrom::Context) {
                     let (from, excludes) = (&copy.from, &copy.excludes);
-                    let listing = &mut prepared.listing;
+                    let listing = Some(&mut prepared.listing);
                     parts.push(self.source_digest(from, &paths, excludes, done, listing)?);
                 }
                 let tmp = self.store.tmp_dir()?;
@@ -1229,7 +1232,7 @@ impl<'a> Ctx<'a> {
                 for m in run.mounts.iter().filter(|m| m.kind == MountType::Bind) {
                     let source = m.source.clone().unwrap_or_else(|| ".".to_string());
                     let from = m.from.as_ref().map_or(CopyFrom::Context, mount_from);
-                    parts.push(self.source_digest(&from, &[source], &[], done, &mut None)?);
+                    parts.push(self.source_digest(&from, &[source], &[], done, None)?);
                 }
                 if !parts.is_empty() {
                     prepared.content = Some(Digest::of(parts.join("\n").as_bytes()));
@@ -1279,7 +1282,7 @@ impl<'a> Ctx<'a> {
 struct Prepared {
     content: Option<Digest>,
     /// The files `content` covers, for COPY/ADD from a directory (naming what changed).
-    listing: Option<Vec<context::ListedFile>>,
+    listing: Option<tempfile::NamedTempFile>,
     /// Per source: (name in the image, host path, mode) for URL and heredoc sources.
     files: Vec<Option<(String, PathBuf, u32)>>,
     /// `ADD <git url>` sources: their index, the repository and the commit its ref names.

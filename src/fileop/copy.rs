@@ -210,8 +210,7 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
                     c.ensure_dest()?;
                     let target =
                         c.prepare_target(m.meta.is_dir(), base_name(&m.named), &dest_rel)?;
-                    let entries = walk::walk(&m, &ignore, &excludes)?;
-                    c.copy_entries(&entries, &target)?;
+                    c.copy_entries(walk::walk(&m, &ignore, &excludes), &target)?;
                 }
             }
             CopySrc::File {
@@ -360,13 +359,17 @@ impl Copier<'_> {
 
     /// Copy walked entries (the first is the match itself) to `target`. An existing top
     /// directory keeps its own owner and mode (fsutil overwrites only below it).
-    fn copy_entries(&mut self, entries: &[walk::Entry], target: &str) -> Result<(), CopyError> {
+    /// Copy a walk's entries as they come: nothing of an entry is kept once it is copied
+    /// but a directory's metadata (applied last) and a multiply-linked file's first copy.
+    fn copy_entries(&mut self, entries: walk::Walk, target: &str) -> Result<(), CopyError> {
+        let target_host = self.host(target);
         for e in entries {
+            let e = e?;
             let is_top = e.rel.as_os_str().is_empty();
             let dst = if is_top {
-                self.host(target)
+                target_host.clone()
             } else {
-                self.host(target).join(&e.rel)
+                target_host.join(&e.rel)
             };
             let existing = if is_top {
                 ExistingDir::KeepRestoreTimes
@@ -604,8 +607,7 @@ impl Copier<'_> {
                     continue;
                 }
             }
-            let entries = walk::walk(&m, ignore, excludes)?;
-            self.copy_entries(&entries, &target)?;
+            self.copy_entries(walk::walk(&m, ignore, excludes), &target)?;
         }
         Ok(())
     }

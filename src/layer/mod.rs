@@ -11,6 +11,7 @@ use crate::image::Digest;
 pub mod apply;
 pub mod compress;
 pub mod flatten;
+pub(crate) mod order;
 pub mod snapshot;
 pub mod stats;
 pub mod tar;

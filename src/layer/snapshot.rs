@@ -7,6 +7,7 @@
 //! See design.md "Layers" and the OCI image spec, "Representing Changes".
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufRead, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -17,6 +18,7 @@ use std::thread::JoinHandle;
 
 use crate::image::{Digest, Sha256Writer, SourceDateEpoch};
 use crate::layer::compress::{Compression, Compressor};
+use crate::layer::order::SortedNames;
 use crate::layer::tar::{encode_header, padding, read_xattrs, Entry, Xattrs, END_OF_ARCHIVE};
 use crate::layer::{opaque_xattr, LayerError, OPAQUE_MARKER, WHITEOUT_PREFIX};
 
@@ -108,9 +110,6 @@ fn write_tar(
     opts: &SnapshotOptions,
     emit: &mut dyn FnMut(Vec<u8>) -> io::Result<()>,
 ) -> Result<u64, LayerError> {
-    let mut items = collect(upper, opts)?;
-    items.sort_unstable_by(|a, b| a.tar_path.cmp(&b.tar_path));
-
     let mut w = TarWriter {
         out: ChunkOut {
             buf: Vec::with_capacity(CHUNK),
@@ -122,9 +121,9 @@ fn write_tar(
     };
     // (dev, ino) -> tar name of the first path written for a multiply-linked inode.
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    for item in &items {
-        write_item(upper, item, &mut w, &mut links)?;
-    }
+    walk(upper, opts, &mut |item| {
+        write_item(upper, &item, &mut w, &mut links)
+    })?;
     w.put(&END_OF_ARCHIVE)?;
     w.out.send().map_err(LayerError::Write)?;
     Ok(w.out.total)
@@ -415,62 +414,91 @@ impl ChunkOut<'_> {
     }
 }
 
-/// Walk `upper` and list what goes into the layer (unsorted).
-fn collect(upper: &Path, opts: &SnapshotOptions) -> Result<Vec<Item>, LayerError> {
+/// Walk `upper` and hand `each` what goes into the layer, sorted by tar name, as it goes:
+/// nothing per entry is kept (issue 23), one directory's names per level.
+fn walk(
+    upper: &Path,
+    opts: &SnapshotOptions,
+    each: &mut dyn FnMut(Item) -> Result<(), LayerError>,
+) -> Result<(), LayerError> {
     // Accept container paths (`/proc`) as well as relative ones (`proc`).
     let skip: Vec<&Path> = opts
         .skip
         .iter()
         .map(|p| p.strip_prefix("/").unwrap_or(p))
         .collect();
-    let mut items = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(dir_rel) = stack.pop() {
-        let dir = upper.join(&dir_rel);
-        let entries =
-            fs::read_dir(&dir).map_err(|e| LayerError::io("reading directory", &dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| LayerError::io("reading directory", &dir, e))?;
-            let rel = dir_rel.join(entry.file_name());
-            if skip.iter().any(|s| rel.starts_with(s)) {
-                continue;
-            }
-            let ft = entry
-                .file_type()
+    let mut stack = vec![(PathBuf::new(), list(upper, Path::new(""), &skip)?)];
+    while let Some((dir_rel, names)) = stack.last_mut() {
+        let Some(visit) = names.next() else {
+            stack.pop();
+            continue;
+        };
+        let tar_name = names.name(&visit);
+        let whiteout = visit.tag == WHITEOUT;
+        let name = if whiteout {
+            &tar_name[WHITEOUT_PREFIX.len()..]
+        } else {
+            tar_name
+        };
+        let rel = dir_rel.join(OsStr::from_bytes(name));
+        if visit.contents {
+            let names = list(upper, &rel, &skip)?;
+            stack.push((rel, names));
+            continue;
+        }
+        let mut tar_path = dir_rel.as_os_str().as_bytes().to_vec();
+        if !tar_path.is_empty() {
+            tar_path.push(b'/');
+        }
+        tar_path.extend_from_slice(tar_name);
+        each(Item {
+            tar_path,
+            rel,
+            whiteout,
+        })?;
+    }
+    Ok(())
+}
+
+/// The tag of a whiteout's name (its tar name: `.wh.` and the name).
+const WHITEOUT: u8 = 1;
+
+/// The names of directory `dir_rel` of `upper` that go into the layer, by tar name.
+fn list(upper: &Path, dir_rel: &Path, skip: &[&Path]) -> Result<SortedNames, LayerError> {
+    let dir = upper.join(dir_rel);
+    let entries = fs::read_dir(&dir).map_err(|e| LayerError::io("reading directory", &dir, e))?;
+    let mut names = SortedNames::default();
+    for entry in entries {
+        let entry = entry.map_err(|e| LayerError::io("reading directory", &dir, e))?;
+        let rel = dir_rel.join(entry.file_name());
+        if skip.iter().any(|s| rel.starts_with(s)) {
+            continue;
+        }
+        let ft = entry
+            .file_type()
+            .map_err(|e| LayerError::io("inspecting", upper.join(&rel), e))?;
+        if ft.is_socket() {
+            // Sockets cannot be archived (tar has no type for them); docker skips them too.
+            continue;
+        }
+        let mut whiteout = false;
+        if ft.is_char_device() {
+            let meta = entry
+                .metadata()
                 .map_err(|e| LayerError::io("inspecting", upper.join(&rel), e))?;
-            if ft.is_socket() {
-                // Sockets cannot be archived (tar has no type for them); docker skips them too.
-                continue;
-            }
-            let mut whiteout = false;
-            if ft.is_char_device() {
-                let meta = entry
-                    .metadata()
-                    .map_err(|e| LayerError::io("inspecting", upper.join(&rel), e))?;
-                whiteout = meta.rdev() == 0;
-            }
-            let tar_path = if whiteout {
-                let mut p = dir_rel.as_os_str().as_bytes().to_vec();
-                if !p.is_empty() {
-                    p.push(b'/');
-                }
-                p.extend_from_slice(WHITEOUT_PREFIX);
-                p.extend_from_slice(entry.file_name().as_bytes());
-                p
-            } else {
-                rel.as_os_str().as_bytes().to_vec()
-            };
-            if ft.is_dir() {
-                stack.push(rel.clone());
-            }
-            items.push(Item {
-                tar_path,
-                rel,
-                whiteout,
-            });
+            whiteout = meta.rdev() == 0;
+        }
+        let file_name = entry.file_name();
+        if whiteout {
+            let mut tar_name = WHITEOUT_PREFIX.to_vec();
+            tar_name.extend_from_slice(file_name.as_bytes());
+            names.add(&tar_name, false, WHITEOUT);
+        } else {
+            names.add(file_name.as_bytes(), ft.is_dir(), 0);
         }
     }
-    Ok(items)
+    names.sort();
+    Ok(names)
 }
 
 fn write_item(
@@ -559,7 +587,7 @@ fn write_item(
         entry.kind = tar::EntryType::Fifo;
         w.write_entry(&entry, None)
     } else {
-        // Only sockets are left, and collect() already dropped them.
+        // Only sockets are left, and walk() already dropped them.
         Ok(())
     }
 }

@@ -88,6 +88,31 @@ impl Store {
         )
     }
 
+    /// A temp file in the store to write a listing into as it is made, in the format
+    /// [`Store::put_listing`] writes; [`Store::keep_listing`] keeps it.
+    pub fn listing_tmp(&self) -> Result<tempfile::NamedTempFile> {
+        tempfile::NamedTempFile::new_in(&self.session)
+            .map_err(StoreError::io("creating temp file in", &self.session))
+    }
+
+    /// Keep the listing written to `file` (see [`Store::listing_tmp`]) as the listing of
+    /// content digest `content`, once: linked, not copied, so no listing is read back.
+    pub fn keep_listing(&self, content: &str, file: &std::path::Path) -> Result<()> {
+        let path = self.index_path("listings", content);
+        if path.exists() {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(StoreError::io("creating", dir))?;
+        }
+        match std::fs::hard_link(file, &path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(StoreError::io("linking", &path)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Remove the listings of content digests no record in `keep` names (prune).
     pub(crate) fn prune_listings(&self, keep: &BTreeSet<String>) -> Result<()> {
         let dir = self.root.join("cache-index").join("listings");
@@ -145,6 +170,19 @@ mod tests {
         assert_eq!(store.last_build("tag app:1 stage 0"), Some(keys));
         store.put_listing("sha256:x", &["f".to_string()]).unwrap();
         store.put_listing("sha256:y", &["g".to_string()]).unwrap();
+        // A listing written out as it was made is kept as it is, once.
+        let tmp = store.listing_tmp().unwrap();
+        std::fs::write(tmp.path(), "[\"h\"]").unwrap();
+        store.keep_listing("sha256:z", tmp.path()).unwrap();
+        store.keep_listing("sha256:x", tmp.path()).unwrap();
+        assert_eq!(
+            store.listing::<String>("sha256:z"),
+            Some(vec!["h".to_string()])
+        );
+        assert_eq!(
+            store.listing::<String>("sha256:x"),
+            Some(vec!["f".to_string()])
+        );
         assert_eq!(
             store.listing::<String>("sha256:x"),
             Some(vec!["f".to_string()])

@@ -31,6 +31,7 @@ mod images;
 mod indexes;
 mod layers;
 mod lineage;
+pub use lineage::MAX_LISTING;
 mod lock;
 mod lru;
 mod mounts;

@@ -1,0 +1,536 @@
+//! The stat cache: file sha256s memoized by (dev, inode, size, mtime_ns, ctime_ns), so a
+//! no-op rebuild reads metadata only (design.md "Cache keys"). Any write or chmod changes
+//! ctime, so an unchanged key means unchanged bytes.
+//!
+//! It lives on disk, not in memory, so a context of a million files costs no more memory
+//! than one of ten (issue 23): an open-addressing hash table of fixed-size records in a
+//! file, read with `pread`. Entries found this build are marked in a bitset (one bit per
+//! slot); entries added go to a second table of the same kind in an unnamed temp file.
+//! Saving writes a new table (the old one copied record by record with its used entries'
+//! generations bumped, the added ones inserted) and renames it into place, so a build
+//! reading the old file is never disturbed and concurrent builds cost each other only
+//! work: the last to save wins.
+//!
+//! Every record carries a checksum: a torn or damaged record is a miss, never a wrong hit.
+//! No count cap: the table is as large as the contexts the store serves, less what no
+//! build used for [`KEEP_GENERATIONS`] builds.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use super::ContextError;
+
+/// What identifies a file's bytes: if none of these changed, neither did the content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct StatKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+/// Builds an unused entry survives (a dev machine switching between a few projects keeps
+/// them all; a CI runner's old checkouts go).
+pub(crate) const KEEP_GENERATIONS: u32 = 8;
+
+/// File layout: HEADER bytes (MAGIC, slots u64, live u64, used u64, generation u32, 4
+/// zero bytes), then `slots` records of RECORD bytes. A record: dev, ino, size, mtime_ns,
+/// ctime_ns (8 bytes each, LE), sha256 (32), generation (u32 LE), check (u64 LE). All zero
+/// is an empty slot; a record whose check does not match is dead (a removed entry, or a
+/// torn write): probing goes past it, lookups never return it.
+const MAGIC: &[u8; 8] = b"rbsc\0\0\0\x03";
+pub(crate) const HEADER: usize = 40;
+const GENERATION_AT: u64 = 32;
+pub(crate) const RECORD: usize = 84;
+/// Tables are kept at most this full (tenths), so probes stay short.
+const LOAD: u64 = 7;
+/// Slots read per probe.
+const WINDOW: usize = 16;
+
+/// Memoized file sha256s; see the module docs.
+#[derive(Debug)]
+pub struct StatCache {
+    /// The table loaded from the store, read only; `None` if there was none (or it was
+    /// not a table this version reads).
+    old: Option<Table>,
+    /// One bit per slot of `old`: found this build.
+    found: Vec<u64>,
+    /// Entries added this build; made on the first one.
+    added: Option<Table>,
+    /// Where temp files go: beside the cache file.
+    dir: Option<PathBuf>,
+    /// The generation of this build: one more than the last saved one.
+    generation: u32,
+    hashed: AtomicU64,
+    /// Files changed this recently are hashed but not remembered: a write in the same
+    /// timestamp tick after hashing would leave the key unchanged (git's "racy clean").
+    racy_window: Duration,
+}
+
+impl Default for StatCache {
+    fn default() -> StatCache {
+        StatCache::new()
+    }
+}
+
+impl StatCache {
+    pub fn new() -> StatCache {
+        StatCache {
+            old: None,
+            found: Vec::new(),
+            added: None,
+            dir: None,
+            generation: 1,
+            hashed: AtomicU64::new(0),
+            racy_window: Duration::from_secs(2),
+        }
+    }
+
+    /// Open a cache saved by [`StatCache::save`]; a missing or unreadable file (another
+    /// version, truncated) gives an empty cache, since it only saves work.
+    pub fn load(path: &Path) -> StatCache {
+        let mut cache = StatCache::new();
+        cache.dir = path.parent().map(Path::to_path_buf);
+        if let Some((table, generation)) = File::open(path).ok().and_then(Table::open) {
+            cache.generation = generation.wrapping_add(1).max(1);
+            cache.found = vec![0; table.slots.div_ceil(64) as usize];
+            cache.old = Some(table);
+        }
+        cache
+    }
+
+    /// Write the cache to `path` atomically (temp file in the same dir, then rename),
+    /// without the entries unused for [`KEEP_GENERATIONS`] builds. A build that found and
+    /// added nothing only counts itself in the file's header (every entry aged a build).
+    pub fn save(&self, path: &Path) -> Result<(), ContextError> {
+        let found_any = self.found.iter().any(|w| *w != 0);
+        if !found_any && self.added.as_ref().is_none_or(|t| t.live == 0) && self.old.is_some() {
+            // One aligned 4-byte write: a reader sees the old generation or the new one.
+            let file = std::fs::OpenOptions::new().write(true).open(path);
+            return file
+                .and_then(|f| f.write_all_at(&self.generation.to_le_bytes(), GENERATION_AT))
+                .map_err(|e| ContextError::io(path, e));
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ContextError::io(dir, e))?;
+        let err = |e| ContextError::io(tmp.path(), e);
+        let added = self.added.as_ref().map_or(0, |t| t.live);
+        let mut table = match &self.old {
+            // Room for the added entries: copy the old table slot for slot.
+            Some(old) if (old.used + added) * 10 <= old.slots * LOAD => {
+                self.copy_old(old, tmp.as_file()).map_err(err)?
+            }
+            _ => {
+                let old_live = self.old.as_ref().map_or(0, |t| t.live);
+                let mut table =
+                    Table::create(tmp.as_file().try_clone().map_err(err)?, old_live + added)
+                        .map_err(err)?;
+                if let Some(old) = &self.old {
+                    old.each(|slot, rec| match self.kept(slot, rec) {
+                        Some(r) => table.insert(&r).map(|_| ()),
+                        None => Ok(()),
+                    })
+                    .map_err(err)?;
+                }
+                table
+            }
+        };
+        if let Some(new) = &self.added {
+            new.each(|_, rec| table.insert(rec).map(|_| ()))
+                .map_err(err)?;
+        }
+        table.write_header(self.generation).map_err(err)?;
+        tmp.persist(path)
+            .map_err(|e| ContextError::io(path, e.error))?;
+        Ok(())
+    }
+
+    /// An old entry as the next table keeps it: its generation bumped if this build found
+    /// it, `None` once no build used it for [`KEEP_GENERATIONS`] builds.
+    fn kept(&self, slot: u64, rec: &Record) -> Option<Record> {
+        let found = self.found[(slot / 64) as usize] & (1 << (slot % 64)) != 0;
+        let generation = if found {
+            self.generation
+        } else {
+            rec.generation
+        };
+        (self.generation.wrapping_sub(generation) < KEEP_GENERATIONS)
+            .then_some(Record { generation, ..*rec })
+    }
+
+    /// `old` copied slot for slot into `file` (same hashing, same places), dropped entries
+    /// left dead so the probes past them still work.
+    fn copy_old(&self, old: &Table, file: &File) -> std::io::Result<Table> {
+        let (mut live, mut used) = (0, 0);
+        let mut out = Vec::with_capacity(1 << 16);
+        let mut at = HEADER as u64;
+        old.raw_slots(|slot, raw| {
+            let copy = match Record::decode(raw) {
+                Slot::Empty => [0u8; RECORD],
+                Slot::Dead => Record::DEAD,
+                Slot::Live(rec) => match self.kept(slot, &rec) {
+                    Some(r) => {
+                        live += 1;
+                        r.encode()
+                    }
+                    None => Record::DEAD,
+                },
+            };
+            used += u64::from(copy != [0u8; RECORD]);
+            out.extend_from_slice(&copy);
+            if out.len() >= 1 << 16 {
+                file.write_all_at(&out, at)?;
+                at += out.len() as u64;
+                out.clear();
+            }
+            Ok(())
+        })?;
+        file.write_all_at(&out, at)?;
+        Ok(Table {
+            file: file.try_clone()?,
+            slots: old.slots,
+            live,
+            used,
+        })
+    }
+
+    /// How many files were read and hashed (cache misses) since this cache was made.
+    pub fn files_hashed(&self) -> u64 {
+        self.hashed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_hashed(&self) {
+        self.hashed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many entries it holds: the loaded ones that check out (reads the table: for
+    /// tests and tools) and the added ones.
+    pub fn len(&self) -> usize {
+        let mut n = 0;
+        if let Some(old) = &self.old {
+            let _ = old.each(|_, _| {
+                n += 1;
+                Ok(())
+            });
+        }
+        n + self.added.as_ref().map_or(0, |t| t.live as usize)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_racy_window(&mut self, d: Duration) {
+        self.racy_window = d;
+    }
+
+    pub(crate) fn lookup(&mut self, key: &StatKey) -> Option<[u8; 32]> {
+        if let Some(old) = &self.old {
+            if let Ok(Some((slot, rec))) = old.find(key) {
+                self.found[(slot / 64) as usize] |= 1 << (slot % 64);
+                return Some(rec.sha);
+            }
+        }
+        let added = self.added.as_ref()?;
+        added.find(key).ok().flatten().map(|(_, rec)| rec.sha)
+    }
+
+    pub(crate) fn remember(&mut self, key: StatKey, sha: [u8; 32]) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        let newest = key.mtime_ns.max(key.ctime_ns) as i128;
+        if now - newest < self.racy_window.as_nanos() as i128 {
+            return;
+        }
+        let rec = Record {
+            key,
+            sha,
+            generation: self.generation,
+        };
+        // It only saves work: a cache that cannot grow is a cache that misses.
+        let _ = self.add(&rec);
+    }
+
+    fn add(&mut self, rec: &Record) -> std::io::Result<()> {
+        let added = match &mut self.added {
+            Some(t) => t,
+            None => {
+                let file = match &self.dir {
+                    Some(dir) => tempfile::tempfile_in(dir)?,
+                    None => tempfile::tempfile()?,
+                };
+                self.added.insert(Table::create(file, 1024)?)
+            }
+        };
+        if (added.used + 1) * 10 > added.slots * LOAD {
+            let file = match &self.dir {
+                Some(dir) => tempfile::tempfile_in(dir)?,
+                None => tempfile::tempfile()?,
+            };
+            let mut bigger = Table::create(file, added.live * 2)?;
+            added.each(|_, r| bigger.insert(r).map(|_| ()))?;
+            *added = bigger;
+        }
+        added.insert(rec)?;
+        Ok(())
+    }
+}
+
+/// One entry.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    key: StatKey,
+    sha: [u8; 32],
+    generation: u32,
+}
+
+enum Slot {
+    Empty,
+    Dead,
+    Live(Record),
+}
+
+impl Record {
+    const DEAD: [u8; RECORD] = {
+        let mut r = [0u8; RECORD];
+        r[RECORD - 8] = 1;
+        r
+    };
+
+    fn encode(&self) -> [u8; RECORD] {
+        let mut r = [0u8; RECORD];
+        let k = &self.key;
+        r[0..8].copy_from_slice(&k.dev.to_le_bytes());
+        r[8..16].copy_from_slice(&k.ino.to_le_bytes());
+        r[16..24].copy_from_slice(&k.size.to_le_bytes());
+        r[24..32].copy_from_slice(&k.mtime_ns.to_le_bytes());
+        r[32..40].copy_from_slice(&k.ctime_ns.to_le_bytes());
+        r[40..72].copy_from_slice(&self.sha);
+        r[72..76].copy_from_slice(&self.generation.to_le_bytes());
+        let check = check(&r[..76]);
+        r[76..84].copy_from_slice(&check.to_le_bytes());
+        r
+    }
+
+    fn decode(r: &[u8]) -> Slot {
+        if r.iter().all(|b| *b == 0) {
+            return Slot::Empty;
+        }
+        // Fixed offsets inside a record of exactly RECORD bytes: the conversions cannot fail.
+        let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().unwrap());
+        if u64_at(76) != check(&r[..76]) {
+            return Slot::Dead;
+        }
+        let mut sha = [0u8; 32];
+        sha.copy_from_slice(&r[40..72]);
+        Slot::Live(Record {
+            key: StatKey {
+                dev: u64_at(0),
+                ino: u64_at(8),
+                size: u64_at(16),
+                mtime_ns: u64_at(24) as i64,
+                ctime_ns: u64_at(32) as i64,
+            },
+            sha,
+            generation: u32::from_le_bytes(r[72..76].try_into().unwrap()),
+        })
+    }
+}
+
+/// A 64-bit checksum of a record's fields: catches torn and damaged records. Bit 1 is
+/// always set, so neither an empty slot (0) nor [`Record::DEAD`] (1) ever checks out.
+fn check(bytes: &[u8]) -> u64 {
+    mix(
+        0x7262_7363_7633,
+        bytes.chunks(8).map(|c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(w)
+        }),
+    ) | 2
+}
+
+fn mix(seed: u64, words: impl Iterator<Item = u64>) -> u64 {
+    let mut h = seed;
+    for w in words {
+        h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^= h >> 29;
+    }
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 32)
+}
+
+/// A hash table of [`Record`]s in a file.
+#[derive(Debug)]
+struct Table {
+    file: File,
+    slots: u64,
+    /// Live records.
+    live: u64,
+    /// Live and dead records: what probes walk past.
+    used: u64,
+}
+
+impl Table {
+    /// An empty table with room for `entries`.
+    fn create(file: File, entries: u64) -> std::io::Result<Table> {
+        let slots = (entries * 10 / LOAD + 1).max(1024);
+        file.set_len(HEADER as u64 + slots * RECORD as u64)?;
+        Ok(Table {
+            file,
+            slots,
+            live: 0,
+            used: 0,
+        })
+    }
+
+    fn open(file: File) -> Option<(Table, u32)> {
+        let mut h = [0u8; HEADER];
+        file.read_exact_at(&mut h, 0).ok()?;
+        let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap());
+        let (slots, live, used) = (u64_at(8), u64_at(16), u64_at(24));
+        let len = file.metadata().ok()?.len();
+        let expected = slots
+            .checked_mul(RECORD as u64)?
+            .checked_add(HEADER as u64)?;
+        if &h[..8] != MAGIC || slots == 0 || len != expected || used > slots {
+            return None;
+        }
+        let generation = u32::from_le_bytes(h[32..36].try_into().unwrap());
+        let table = Table {
+            file,
+            slots,
+            live,
+            used,
+        };
+        Some((table, generation))
+    }
+
+    fn write_header(&mut self, generation: u32) -> std::io::Result<()> {
+        let mut h = [0u8; HEADER];
+        h[..8].copy_from_slice(MAGIC);
+        h[8..16].copy_from_slice(&self.slots.to_le_bytes());
+        h[16..24].copy_from_slice(&self.live.to_le_bytes());
+        h[24..32].copy_from_slice(&self.used.to_le_bytes());
+        h[32..36].copy_from_slice(&generation.to_le_bytes());
+        self.file.write_all_at(&h, 0)
+    }
+
+    fn home(&self, key: &StatKey) -> u64 {
+        let words = [
+            key.dev,
+            key.ino,
+            key.size,
+            key.mtime_ns as u64,
+            key.ctime_ns as u64,
+        ];
+        let h = mix(0x5eed, words.into_iter());
+        ((h as u128 * self.slots as u128) >> 64) as u64
+    }
+
+    /// Walk the probe sequence of `key`: `f` gets each slot and what it holds until it
+    /// returns a result or an empty slot ends the sequence (then `f` gets that one too).
+    fn probe<T>(
+        &self,
+        key: &StatKey,
+        mut f: impl FnMut(u64, &Slot) -> Option<T>,
+    ) -> std::io::Result<Option<T>> {
+        let mut slot = self.home(key);
+        let mut seen = 0u64;
+        let mut buf = [0u8; RECORD * WINDOW];
+        while seen < self.slots {
+            let n = (WINDOW as u64).min(self.slots - slot) as usize;
+            let bytes = &mut buf[..n * RECORD];
+            self.file
+                .read_exact_at(bytes, HEADER as u64 + slot * RECORD as u64)?;
+            for raw in bytes.chunks_exact(RECORD) {
+                let s = Record::decode(raw);
+                if let Some(t) = f(slot, &s) {
+                    return Ok(Some(t));
+                }
+                if matches!(s, Slot::Empty) {
+                    return Ok(None);
+                }
+                slot = (slot + 1) % self.slots;
+                seen += 1;
+            }
+        }
+        Ok(None)
+    }
+
+    fn find(&self, key: &StatKey) -> std::io::Result<Option<(u64, Record)>> {
+        self.probe(key, |slot, s| match s {
+            Slot::Live(r) if r.key == *key => Some((slot, *r)),
+            _ => None,
+        })
+    }
+
+    /// Insert or replace; the table must have room (callers grow it first).
+    fn insert(&mut self, rec: &Record) -> std::io::Result<()> {
+        #[derive(Clone, Copy)]
+        enum Place {
+            Replace,
+            Dead,
+            Empty,
+        }
+        let mut dead = None;
+        let target = self.probe(&rec.key, |slot, s| match s {
+            Slot::Live(r) if r.key == rec.key => Some((slot, Place::Replace)),
+            Slot::Dead if dead.is_none() => {
+                dead = Some(slot);
+                None
+            }
+            Slot::Empty => Some(dead.map_or((slot, Place::Empty), |d| (d, Place::Dead))),
+            _ => None,
+        })?;
+        let Some((slot, into)) = target.or(dead.map(|d| (d, Place::Dead))) else {
+            return Err(std::io::Error::other("stat cache table is full"));
+        };
+        match into {
+            Place::Replace => {}
+            Place::Dead => self.live += 1,
+            Place::Empty => {
+                self.live += 1;
+                self.used += 1;
+            }
+        }
+        self.file
+            .write_all_at(&rec.encode(), HEADER as u64 + slot * RECORD as u64)
+    }
+
+    /// Every slot's raw bytes, in slot order, read a chunk at a time.
+    fn raw_slots(
+        &self,
+        mut f: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        const CHUNK: u64 = 1024;
+        let mut buf = vec![0u8; CHUNK as usize * RECORD];
+        let mut slot = 0;
+        while slot < self.slots {
+            let n = CHUNK.min(self.slots - slot);
+            let bytes = &mut buf[..n as usize * RECORD];
+            self.file
+                .read_exact_at(bytes, HEADER as u64 + slot * RECORD as u64)?;
+            for raw in bytes.chunks_exact(RECORD) {
+                f(slot, raw)?;
+                slot += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every live record, in slot order.
+    fn each(&self, mut f: impl FnMut(u64, &Record) -> std::io::Result<()>) -> std::io::Result<()> {
+        self.raw_slots(|slot, raw| match Record::decode(raw) {
+            Slot::Live(rec) => f(slot, &rec),
+            _ => Ok(()),
+        })
+    }
+}
