@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use support::attacks::{cc, EVIL_SO};
 use support::user::binary;
 use support::{docker, processes_with, rbuild, run, run_ok, wait_for, DockerImages, InRegistry};
 
@@ -477,4 +478,63 @@ fn rootless_in_an_unprivileged_docker_container() {
         log.contains("rbuild: note: /proc cannot be mounted here"),
         "{log}"
     );
+}
+
+/// Rootless, rbuild's binary is often the user's own (`~/.cargo/bin/rbuild`), and the
+/// namespace's root is that user: a step that reaches the helper's executable through
+/// /proc/self/exe (`LD_PRELOAD` from the image, runc's CVE-2019-5736) could rewrite the
+/// binary every later build runs. Helpers start from a read-only view of it, as under root
+/// (src/sandbox/exe.rs): every change fails with EROFS and the binary stays as it was.
+#[test]
+#[ignore = "needs root, gcc and a registry"]
+fn a_step_cannot_change_the_users_own_rbuild_binary() {
+    let user = User::new(RANGE_USER);
+    let bin = user.home().join("rbuild");
+    std::fs::copy(binary(), &bin).unwrap();
+    user.user.give(&bin);
+    let before = std::fs::metadata(&bin).unwrap();
+    let hash_before = support::sha256_file(&bin);
+    let ctx = user.context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM {}\nCOPY evil.so /evil.so\nENV LD_PRELOAD=/evil.so\nRUN [\"/proc/self/exe\"]\n",
+            InRegistry("debian:bookworm")
+        ),
+    )]);
+    let evil = ctx.join("evil.so");
+    std::fs::write(&evil, cc(EVIL_SO, &["-shared", "-fPIC"])).unwrap();
+    user.user.give(&evil);
+    let out = user.home().join("out");
+    let mut cmd = user.user.command(&bin, user.home());
+    cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .current_dir(user.home())
+        .args(["build", "--progress", "plain", "-o"])
+        .arg(format!("type=local,dest={}", out.display()))
+        .arg(&ctx);
+    ok(&mut cmd);
+    let report = std::fs::read_to_string(out.join("evil-report")).unwrap();
+    let results: std::collections::BTreeMap<&str, &str> =
+        report.lines().filter_map(|l| l.split_once('=')).collect();
+    // It ran inside the helper, whose executable is the user's binary, and got nowhere.
+    assert_eq!(results.get("open_rdonly"), Some(&"0"), "{report}");
+    let erofs = libc::EROFS.to_string();
+    for attack in ["fchmod", "fchown", "fsetxattr", "futimens", "chmod_path"] {
+        assert_eq!(
+            results.get(attack),
+            Some(&erofs.as_str()),
+            "{attack}: {report}"
+        );
+    }
+    let etxtbsy = libc::ETXTBSY.to_string();
+    let wronly = results.get("open_wronly").map(|s| s.to_string());
+    assert!([Some(erofs), Some(etxtbsy)].contains(&wronly), "{report}");
+    use std::os::unix::fs::MetadataExt;
+    let after = std::fs::metadata(&bin).unwrap();
+    assert_eq!(after.mode(), before.mode(), "mode changed");
+    assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+    assert_eq!(
+        (after.mtime(), after.mtime_nsec()),
+        (before.mtime(), before.mtime_nsec())
+    );
+    assert_eq!(support::sha256_file(&bin), hash_before, "contents changed");
 }

@@ -42,11 +42,29 @@ pub fn sealed(exe: &Path) -> Result<PathBuf, SandboxError> {
 }
 
 fn seal(exe: &Path) -> io::Result<OwnedFd> {
-    detached_readonly(exe).or_else(|e| match e.raw_os_error() {
+    let tree = detached_readonly(exe).or_else(|e| match e.raw_os_error() {
+        // Rootless: the user namespace's mount namespace is a copy, and `/proc/self/exe`
+        // still names the file on the mount rbuild was started from, which open_tree cannot
+        // clone from here (EINVAL). The same file by its path can be, if it is that file.
+        Some(libc::EINVAL) => same_file_by_path(exe).ok_or(e),
+        _ => Err(e),
+    });
+    tree.or_else(|e| match e.raw_os_error() {
         // No mount API (before 5.12), or not allowed to use it.
         Some(libc::ENOSYS | libc::EPERM | libc::EINVAL) => sealed_memfd(exe),
         _ => Err(e),
     })
+}
+
+/// [`detached_readonly`] of the path `link` (`/proc/self/exe`) points to, if what it
+/// opens there is the very file `link` names (same device and inode).
+fn same_file_by_path(link: &Path) -> Option<OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::fs::read_link(link).ok()?;
+    let tree = detached_readonly(&path).ok()?;
+    let want = std::fs::metadata(link).ok()?;
+    let got = rustix::fs::fstat(&tree).ok()?;
+    (got.st_dev == want.dev() && got.st_ino == want.ino()).then_some(tree)
 }
 
 /// `struct mount_attr` (linux/mount.h).

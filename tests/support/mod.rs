@@ -8,6 +8,7 @@
 //! `--include-ignored`, and there a missing prerequisite fails the test, naming it.
 #![allow(dead_code)]
 
+pub mod attacks;
 pub mod user;
 
 use std::collections::BTreeMap;
