@@ -62,3 +62,23 @@ __attribute__((constructor)) static void attack(void) {
     _exit(0);
 }
 "#;
+
+/// [`EVIL_SO`]'s report (`what=errno` lines) from a process whose executable is a read-only
+/// view: it could open the file, and every change failed with EROFS (a write open may meet
+/// ETXTBSY first: a running executable refuses writers before the mount is asked).
+pub fn assert_every_change_refused(report: &str) {
+    let results: std::collections::BTreeMap<&str, &str> =
+        report.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(results.get("open_rdonly"), Some(&"0"), "{report}");
+    let erofs = libc::EROFS.to_string();
+    for attack in ["fchmod", "fchown", "fsetxattr", "futimens", "chmod_path"] {
+        assert_eq!(
+            results.get(attack),
+            Some(&erofs.as_str()),
+            "{attack}: {report}"
+        );
+    }
+    let etxtbsy = libc::ETXTBSY.to_string();
+    let wronly = results.get("open_wronly").map(|s| s.to_string());
+    assert!([Some(erofs), Some(etxtbsy)].contains(&wronly), "{report}");
+}
