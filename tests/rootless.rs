@@ -414,70 +414,134 @@ fn interrupted_or_killed_rootless_build_leaves_no_process() {
     }
 }
 
-/// Rootless inside a docker container without `--privileged` (docs/rootless.md): with
-/// seccomp and AppArmor unconfined, a store on a tmpfs and single-id mode, a RUN step runs;
-/// docker's masked /proc cannot be mounted anew, so the step gets the container's, with a
-/// note in its log.
+/// Rootless inside a docker container without `--privileged` (docs/rootless.md "In an
+/// unprivileged container"), in an image rbuild built from Debian's packages
+/// (support::container): with the documented flags, rbuild runs in range mode
+/// (newuidmap/newgidmap and /etc/subuid of the image), builds a Dockerfile that needs other
+/// ids on a base from the run's registry, and its archive, loaded on the host, carries the
+/// image's ids. docker's masked /proc cannot be mounted anew: the steps get the container's,
+/// with a note; `systempaths=unconfined` gives them their own. Without
+/// `seccomp=unconfined`, or with `no-new-privileges`, rbuild fails naming the option; a user
+/// with no /etc/subuid line runs single-id.
 #[test]
 #[ignore = "needs root, docker and a registry"]
 fn rootless_in_an_unprivileged_docker_container() {
-    let user = User::new(RANGE_USER);
-    let ctx = user.context(&[(
-        "Dockerfile",
-        &format!("FROM {BASE}\nRUN echo hi > /hi && cat /proc/1/cmdline\n"),
-    )]);
-    let image = format!("{}", InRegistry("debian:bookworm"));
-    // Removed afterwards only if this test brought it (other tests may use it meanwhile).
-    let had = run(docker().args(["image", "inspect", &image]))
-        .status
-        .success();
-    run_ok(docker().args(["pull", "-q", &image]));
-    let _images = DockerImages(if had { vec![] } else { vec![image.clone()] });
-    let in_container = |unconfined: bool| {
-        let mut cmd = docker();
-        cmd.args(["run", "--rm", "--user", "1000:1000", "--network", "host"]);
-        if unconfined {
-            cmd.args(["--security-opt", "seccomp=unconfined"])
-                .args(["--security-opt", "apparmor=unconfined"]);
-        }
-        cmd.args([
-            "--tmpfs",
-            "/home/b:exec,uid=1000,gid=1000",
-            "-e",
-            "HOME=/home/b",
-        ])
-        .args(["-v", "/etc/ssl/certs:/etc/ssl/certs:ro"])
-        .arg("-v")
-        .arg(format!("{}:/usr/local/bin/rbuild:ro", binary().display()))
-        .arg("-v")
-        .arg(format!("{}:/ctx:ro", ctx.display()))
-        .arg(&image)
-        .args([
-            "rbuild",
-            "build",
-            "--progress",
-            "plain",
-            "--network",
-            "none",
-            "/ctx",
-        ]);
-        run(&mut cmd)
+    support::needs_root_docker_and_registry();
+    let image = support::container::RbuildImage::build();
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, out) = (dir.path().join("ctx"), dir.path().join("out"));
+    for d in [&ctx, &out] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {BASE}\n\
+             RUN echo f > /f && chown 1234:1234 /f && tr '\\0' ' ' < /proc/1/cmdline > /pid1 && cat /pid1\n\
+             USER 1000\n\
+             RUN id > /tmp/id && touch /tmp/by1000\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile.root"),
+        format!("FROM {BASE}\nRUN echo hi > /hi\n"),
+    )
+    .unwrap();
+    let container_user = nix::unistd::Uid::from_raw(support::container::UID);
+    for path in [dir.path(), &ctx, &out] {
+        nix::unistd::chown(path, Some(container_user), None).unwrap();
+    }
+    const DOCUMENTED: [&str; 4] = [
+        "--security-opt",
+        "seccomp=unconfined",
+        "--security-opt",
+        "apparmor=unconfined",
+    ];
+    let build = |flags: &[&str], archive: &str| {
+        let script = format!(
+            "rbuild info && exec rbuild build --progress plain --network none \
+             -t rbuild-test/in-docker:1 -o type=docker,dest=/out/{archive} /ctx"
+        );
+        run(&mut image.run(flags, &ctx, &out, &script))
     };
+    const PROC_NOTE: &str = "rbuild: note: /proc cannot be mounted here";
+
+    let built = build(&DOCUMENTED, "a.tar");
+    let (info, log) = (String::from_utf8_lossy(&built.stdout), stderr(&built));
+    assert!(built.status.success(), "{info}{log}");
+    let range = "mode: rootless, ids 1-65536 mapped to uids 100000-165535 and gids 100000-165535";
+    assert!(info.contains(range), "{info}");
+    assert!(log.contains(range), "{log}");
+    assert_eq!(log.matches(PROC_NOTE).count(), 2, "a note per step: {log}");
+    let loaded = run_ok(docker().arg("load").arg("-i").arg(out.join("a.tar")));
+    let _images = DockerImages(vec!["rbuild-test/in-docker:1".into()]);
+    assert!(loaded.contains("rbuild-test/in-docker:1"), "{loaded}");
+    let fs = support::docker_fs("rbuild-test/in-docker:1");
+    let owner = |path: &str| {
+        let e = fs
+            .get(path)
+            .unwrap_or_else(|| panic!("no {path} in the image"));
+        (e.uid, e.gid)
+    };
+    assert_eq!(owner("f"), (1234, 1234));
+    assert_eq!(owner("tmp/by1000"), (1000, 1000));
+    let shown = run_ok(docker().args([
+        "run",
+        "--rm",
+        "rbuild-test/in-docker:1",
+        "cat",
+        "/pid1",
+        "/tmp/id",
+    ]));
+    // The step saw the container's processes: its pid 1 is the container's rbuild.
+    assert!(shown.starts_with("rbuild build "), "{shown}");
+    assert!(shown.contains("uid=1000"), "{shown}");
+
+    // The /proc masks lifted: each step has its own pid namespace and /proc again.
+    let mut unmasked = DOCUMENTED.to_vec();
+    unmasked.extend(["--security-opt", "systempaths=unconfined"]);
+    let built = build(&unmasked, "b.tar");
+    let log = stderr(&built);
+    assert!(built.status.success(), "{log}");
+    assert!(!log.contains(PROC_NOTE), "{log}");
+    assert!(
+        log.contains("/bin/sh -c echo f > /f"),
+        "the step is its pid 1: {log}"
+    );
+
     // docker's seccomp profile refuses the user namespace: a user error naming the flags.
-    let refused = in_container(false);
+    let refused = build(&DOCUMENTED[2..], "c.tar");
     let log = stderr(&refused);
     assert_eq!(refused.status.code(), Some(1), "{log}");
     assert!(log.contains("error: unsharing a user namespace"), "{log}");
     assert!(log.contains("--security-opt seccomp=unconfined"), "{log}");
 
-    let out = in_container(true);
-    let log = stderr(&out);
-    assert!(out.status.success(), "{log}");
-    assert!(log.contains("mode: rootless, single id"), "{log}");
+    // no_new_privs: newuidmap cannot gain CAP_SETUID; never a silent single-id build.
+    let mut nnp = DOCUMENTED.to_vec();
+    nnp.extend(["--security-opt", "no-new-privileges"]);
+    let refused = build(&nnp, "d.tar");
+    let log = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{log}");
     assert!(
-        log.contains("rbuild: note: /proc cannot be mounted here"),
+        log.contains("newuidmap") && log.contains("no-new-privileges"),
         "{log}"
     );
+    assert!(
+        !log.contains("waiting for the id map"),
+        "one error, the parent's: {log}"
+    );
+    assert!(!out.join("d.tar").exists());
+
+    // A user without an /etc/subuid line (and a home of its own): single-id mode.
+    let mut other = DOCUMENTED.to_vec();
+    other.extend(["--user", "1001:1001", "-e", "HOME=/home/other"]);
+    other.extend(["--tmpfs", "/home/other:exec,uid=1001,gid=1001"]);
+    let script = "rbuild build --progress plain --network none -f /ctx/Dockerfile.root /ctx";
+    let single = run(&mut image.run(&other, &ctx, &out, script));
+    let log = stderr(&single);
+    assert!(single.status.success(), "{log}");
+    assert!(log.contains("mode: rootless, single id"), "{log}");
 }
 
 /// Rootless, rbuild's binary is often the user's own (`~/.cargo/bin/rbuild`), and the

@@ -34,7 +34,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         if let Some(hint) = mode.single_id_hint() {
             let _ = writeln!(std::io::stderr(), "warning: {hint}");
         }
-        let code = userns::reexec(&mode).context("starting rootless mode")?;
+        // What stops it is the machine's or the container's setup (seccomp, no_new_privs,
+        // newuidmap's privileges): the user's to change, as the error says.
+        let code =
+            userns::reexec(&mode).map_err(|e| UserError(format!("starting rootless mode: {e}")))?;
         crate::sandbox::shutdown();
         std::process::exit(code);
     }

@@ -276,10 +276,18 @@ fn single_id_hint(line: &str) -> String {
 }
 
 fn which(tool: &str) -> bool {
+    find_tool(tool).is_some()
+}
+
+/// `tool` in PATH, else in /usr/bin.
+fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
-        || Path::new("/usr/bin").join(tool).is_file()
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(tool))
+                .find(|p| p.is_file())
+        })
+        .or_else(|| Some(Path::new("/usr/bin").join(tool)).filter(|p| p.is_file()))
 }
 
 /// Runs this same command again as root of a new user + mount namespace mapped per `mode`
@@ -427,12 +435,59 @@ fn id_map_tool(tool: &str, pid: u32, own: u32, range: IdRange) -> Result<(), San
     if out.status.success() {
         return Ok(());
     }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let hint = if stderr.contains("Operation not permitted") {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        map_tool_hint(tool, &status, setuid_root(tool).unwrap_or(false))
+    } else {
+        String::new()
+    };
     Err(SandboxError::Setup(format!(
-        "{tool} {pid} 0 {own} 1 1 {} {}: {}",
+        "{tool} {pid} 0 {own} 1 1 {} {}: {}{hint}",
         range.start,
         range.count,
-        String::from_utf8_lossy(&out.stderr).trim()
+        stderr.trim()
     )))
+}
+
+/// Why the kernel refused `tool`'s write (EPERM), where a user can act on it. The tool gets
+/// CAP_SETUID/CAP_SETGID from its setuid bit or a file capability: `no_new_privs` (docker's
+/// `--security-opt no-new-privileges`, Kubernetes' `allowPrivilegeEscalation: false`)
+/// disables both. Debian's setuid tools (built without libcap) write the map as root
+/// instead of as the namespace's owner, and then the kernel also wants CAP_SYS_ADMIN, which
+/// a docker container lacks: file capabilities avoid that (docs/rootless.md).
+fn map_tool_hint(tool: &str, proc_status: &str, setuid_root: bool) -> String {
+    let no_new_privs = proc_status
+        .lines()
+        .any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"]));
+    if no_new_privs {
+        format!(
+            " (no_new_privs is set, so {tool} cannot gain the capability it needs: run without \
+             docker's `--security-opt no-new-privileges` or Kubernetes' \
+             `allowPrivilegeEscalation: false`; docs/rootless.md)"
+        )
+    } else if setuid_root {
+        let cap = if tool == "newgidmap" {
+            "setgid"
+        } else {
+            "setuid"
+        };
+        format!(
+            " (a setuid-root {tool} writes the map as root, and in a container without \
+             CAP_SYS_ADMIN the kernel refuses that: give it a file capability instead, \
+             `chmod u-s $(command -v {tool}) && setcap cap_{cap}=ep $(command -v {tool})`; \
+             docs/rootless.md)"
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// Whether `tool` is a setuid-root file.
+fn setuid_root(tool: &str) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(find_tool(tool)?).ok()?;
+    Some(meta.uid() == 0 && meta.mode() & 0o4000 != 0)
 }
 
 /// The child's half, first thing in main while the process has one thread: when started by
@@ -466,6 +521,10 @@ pub fn enter_if_child() {
         .write_all(b"1")
         .and_then(|()| sock.read_exact(&mut byte))
     {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            // The parent could not write the maps and says why itself.
+            std::process::exit(1);
+        }
         fail("waiting for the id map of the user namespace", &e);
     }
     drop(sock);
@@ -528,6 +587,15 @@ mod tests {
         );
         assert_eq!(subordinate_range(text, &["zero"]), None);
         assert_eq!(subordinate_range(text, &["carol"]), None);
+    }
+
+    #[test]
+    fn a_refused_map_write_names_what_to_change() {
+        let nnp = map_tool_hint("newuidmap", "Seccomp:\t0\nNoNewPrivs:\t1\n", true);
+        assert!(nnp.contains("no-new-privileges"), "{nnp}");
+        let setuid = map_tool_hint("newgidmap", "NoNewPrivs:\t0\n", true);
+        assert!(setuid.contains("setcap cap_setgid=ep"), "{setuid}");
+        assert_eq!(map_tool_hint("newuidmap", "NoNewPrivs:\t0\n", false), "");
     }
 
     #[test]

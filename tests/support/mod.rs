@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod attacks;
+pub mod container;
 pub mod user;
 
 use std::collections::BTreeMap;
