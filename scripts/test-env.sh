@@ -32,7 +32,7 @@ esac
 exec 3>&1 1>&2   # only the export lines below go to stdout
 
 ensure_packages docker.io docker-registry buildah skopeo umoci podman busybox-static debootstrap curl apache2-utils \
-  slirp4netns gcc libc6-dev util-linux time iproute2 openssh-client libssl3 git uidmap acl \
+  slirp4netns gcc binutils libc6-dev util-linux time iproute2 openssh-client libssl3 git uidmap acl \
   qemu-user-static binfmt-support
 ensure_dockerd "$STATE/dockerd.log"
 # Foreign-architecture RUN steps (tests/platforms.rs) go through qemu's binfmt handlers. A
