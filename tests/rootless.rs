@@ -106,6 +106,19 @@ fn archive_config(archive: &Path) -> String {
     panic!("no manifest.json in {}", archive.display())
 }
 
+/// `docker load` of an archive that names `tag`, removed again when the guard is dropped.
+fn docker_load(archive: &Path, tag: &str) -> DockerImages {
+    let loaded = run_ok(docker().arg("load").arg("-i").arg(archive));
+    let guard = DockerImages(vec![tag.into()]);
+    assert!(loaded.contains(tag), "{loaded}");
+    guard
+}
+
+/// The output of `script` (sh) in a container of `image`.
+fn in_image(image: &str, script: &str) -> String {
+    run_ok(docker().args(["run", "--rm", image, "sh", "-c", script]))
+}
+
 const MULTI_STEP: &str = r#"
 COPY --chown=1000:1000 f.txt /app/f.txt
 RUN mkdir -p /srv/d && chown -R 1000:50 /srv/d && cp /bin/busybox /srv/su && chmod 4755 /srv/su && rm -rf /etc/network
@@ -156,17 +169,11 @@ fn rootless_build_is_roots_image_and_runs_in_docker() {
         .arg(&ctx));
     assert_eq!(archive_config(&archive), archive_config(&root_archive));
 
-    let loaded = run_ok(docker().arg("load").arg("-i").arg(&archive));
-    assert!(loaded.contains("rbuild-test/rootless:1"), "{loaded}");
-    let _images = DockerImages(vec!["rbuild-test/rootless:1".into()]);
-    let shown = run_ok(docker().args([
-        "run",
-        "--rm",
+    let _images = docker_load(&archive, "rbuild-test/rootless:1");
+    let shown = in_image(
         "rbuild-test/rootless:1",
-        "sh",
-        "-c",
         "stat -c '%n %u:%g %a' /app/f.txt /srv/d /srv/su; cat /count /tmp/id /v2",
-    ]));
+    );
     assert!(shown.contains("/app/f.txt 1000:1000 644"), "{shown}");
     assert!(shown.contains("/srv/d 1000:50 755"), "{shown}");
     assert!(shown.contains("/srv/su 0:0 4755"), "{shown}");
@@ -458,12 +465,23 @@ fn rootless_in_an_unprivileged_docker_container() {
         "--security-opt",
         "apparmor=unconfined",
     ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        DOCUMENTED.iter().chain(extra).copied().collect()
+    };
     let build = |flags: &[&str], archive: &str| {
         let script = format!(
             "rbuild info && exec rbuild build --progress plain --network none \
              -t rbuild-test/in-docker:1 -o type=docker,dest=/out/{archive} /ctx"
         );
         run(&mut image.run(flags, &ctx, &out, &script))
+    };
+    // A build these flags stop before it starts, with a user error; its log.
+    let refused = |flags: &[&str]| {
+        let refused = build(flags, "refused.tar");
+        let log = stderr(&refused);
+        assert_eq!(refused.status.code(), Some(1), "{log}");
+        assert!(!out.join("refused.tar").exists());
+        log
     };
     const PROC_NOTE: &str = "rbuild: note: /proc cannot be mounted here";
 
@@ -474,9 +492,7 @@ fn rootless_in_an_unprivileged_docker_container() {
     assert!(info.contains(range), "{info}");
     assert!(log.contains(range), "{log}");
     assert_eq!(log.matches(PROC_NOTE).count(), 2, "a note per step: {log}");
-    let loaded = run_ok(docker().arg("load").arg("-i").arg(out.join("a.tar")));
-    let _images = DockerImages(vec!["rbuild-test/in-docker:1".into()]);
-    assert!(loaded.contains("rbuild-test/in-docker:1"), "{loaded}");
+    let _images = docker_load(&out.join("a.tar"), "rbuild-test/in-docker:1");
     let fs = support::docker_fs("rbuild-test/in-docker:1");
     let owner = |path: &str| {
         let e = fs
@@ -486,57 +502,43 @@ fn rootless_in_an_unprivileged_docker_container() {
     };
     assert_eq!(owner("f"), (1234, 1234));
     assert_eq!(owner("tmp/by1000"), (1000, 1000));
-    let shown = run_ok(docker().args([
-        "run",
-        "--rm",
-        "rbuild-test/in-docker:1",
-        "cat",
-        "/pid1",
-        "/tmp/id",
-    ]));
+    let shown = in_image("rbuild-test/in-docker:1", "cat /pid1 /tmp/id");
     // The step saw the container's processes: its pid 1 is the container's rbuild.
     assert!(shown.starts_with("rbuild build "), "{shown}");
     assert!(shown.contains("uid=1000"), "{shown}");
 
     // The /proc masks lifted: each step has its own pid namespace and /proc again.
-    let mut unmasked = DOCUMENTED.to_vec();
-    unmasked.extend(["--security-opt", "systempaths=unconfined"]);
-    let built = build(&unmasked, "b.tar");
+    let built = build(
+        &with(&["--security-opt", "systempaths=unconfined"]),
+        "b.tar",
+    );
     let log = stderr(&built);
     assert!(built.status.success(), "{log}");
     assert!(!log.contains(PROC_NOTE), "{log}");
-    assert!(
-        log.contains("/bin/sh -c echo f > /f"),
-        "the step is its pid 1: {log}"
-    );
+    let own_pid1 = "/bin/sh -c echo f > /f";
+    assert!(log.contains(own_pid1), "the step is its pid 1: {log}");
 
     // docker's seccomp profile refuses the user namespace: a user error naming the flags.
-    let refused = build(&DOCUMENTED[2..], "c.tar");
-    let log = stderr(&refused);
-    assert_eq!(refused.status.code(), Some(1), "{log}");
+    let log = refused(&DOCUMENTED[2..]);
     assert!(log.contains("error: unsharing a user namespace"), "{log}");
     assert!(log.contains("--security-opt seccomp=unconfined"), "{log}");
 
     // no_new_privs: newuidmap cannot gain CAP_SETUID; never a silent single-id build.
-    let mut nnp = DOCUMENTED.to_vec();
-    nnp.extend(["--security-opt", "no-new-privileges"]);
-    let refused = build(&nnp, "d.tar");
-    let log = stderr(&refused);
-    assert_eq!(refused.status.code(), Some(1), "{log}");
-    assert!(
-        log.contains("newuidmap") && log.contains("no-new-privileges"),
-        "{log}"
-    );
-    assert!(
-        !log.contains("waiting for the id map"),
-        "one error, the parent's: {log}"
-    );
-    assert!(!out.join("d.tar").exists());
+    let log = refused(&with(&["--security-opt", "no-new-privileges"]));
+    let named = log.contains("newuidmap") && log.contains("no-new-privileges");
+    assert!(named, "{log}");
+    let one_error = !log.contains("waiting for the id map");
+    assert!(one_error, "one error, the parent's: {log}");
 
     // A user without an /etc/subuid line (and a home of its own): single-id mode.
-    let mut other = DOCUMENTED.to_vec();
-    other.extend(["--user", "1001:1001", "-e", "HOME=/home/other"]);
-    other.extend(["--tmpfs", "/home/other:exec,uid=1001,gid=1001"]);
+    let other = with(&[
+        "--user",
+        "1001:1001",
+        "-e",
+        "HOME=/home/other",
+        "--tmpfs",
+        "/home/other:exec,uid=1001,gid=1001",
+    ]);
     let script = "rbuild build --progress plain --network none -f /ctx/Dockerfile.root /ctx";
     let single = run(&mut image.run(&other, &ctx, &out, script));
     let log = stderr(&single);
