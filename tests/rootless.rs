@@ -468,16 +468,21 @@ fn rootless_in_an_unprivileged_docker_container() {
     let with = |extra: &[&'static str]| -> Vec<&'static str> {
         DOCUMENTED.iter().chain(extra).copied().collect()
     };
+    let rbuild_build = |archive: &str| {
+        format!(
+            "rbuild build --progress plain --network none -t rbuild-test/in-docker:1 \
+             -o type=docker,dest=/out/{archive} /ctx"
+        )
+    };
     let build = |flags: &[&str], archive: &str| {
-        let script = format!(
-            "rbuild info && exec rbuild build --progress plain --network none \
-             -t rbuild-test/in-docker:1 -o type=docker,dest=/out/{archive} /ctx"
-        );
+        let script = format!("rbuild info && exec {}", rbuild_build(archive));
         run(&mut image.run(flags, &ctx, &out, &script))
     };
-    // A build these flags stop before it starts, with a user error; its log.
-    let refused = |flags: &[&str]| {
-        let refused = build(flags, "refused.tar");
+    // A build that `before` (a shell command) and these flags stop before it starts, with a
+    // user error; its log.
+    let refused = |flags: &[&str], before: &str| {
+        let script = format!("{before}{}", rbuild_build("refused.tar"));
+        let refused = run(&mut image.run(flags, &ctx, &out, &script));
         let log = stderr(&refused);
         assert_eq!(refused.status.code(), Some(1), "{log}");
         assert!(!out.join("refused.tar").exists());
@@ -519,16 +524,27 @@ fn rootless_in_an_unprivileged_docker_container() {
     assert!(log.contains(own_pid1), "the step is its pid 1: {log}");
 
     // docker's seccomp profile refuses the user namespace: a user error naming the flags.
-    let log = refused(&DOCUMENTED[2..]);
+    let log = refused(&DOCUMENTED[2..], "");
     assert!(log.contains("error: unsharing a user namespace"), "{log}");
     assert!(log.contains("--security-opt seccomp=unconfined"), "{log}");
 
     // no_new_privs: newuidmap cannot gain CAP_SETUID; never a silent single-id build.
-    let log = refused(&with(&["--security-opt", "no-new-privileges"]));
+    let log = refused(&with(&["--security-opt", "no-new-privileges"]), "");
     let named = log.contains("newuidmap") && log.contains("no-new-privileges");
     assert!(named, "{log}");
     let one_error = !log.contains("waiting for the id map");
     assert!(one_error, "one error, the parent's: {log}");
+
+    // Debian's own newuidmap/newgidmap (setuid root, no file capability), set up by the
+    // container's root, which then drops to the user: the kernel refuses their map write
+    // (the reason for the image's setcap), and rbuild names the fix.
+    let debians = "setcap -r /usr/bin/newuidmap -r /usr/bin/newgidmap \
+                   && chmod u+s /usr/bin/newuidmap /usr/bin/newgidmap \
+                   && HOME=/home/builder exec setpriv --reuid 1000 --regid 1000 --init-groups ";
+    let log = refused(&with(&["--user", "0"]), debians);
+    let named = log.contains("a setuid-root newuidmap writes the map as root")
+        && log.contains("setcap cap_setuid=ep");
+    assert!(named, "{log}");
 
     // A user without an /etc/subuid line (and a home of its own): single-id mode.
     let other = with(&[
