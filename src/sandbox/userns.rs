@@ -455,18 +455,27 @@ fn id_map_tool(tool: &str, pid: u32, own: u32, range: IdRange) -> Result<(), San
 /// `--security-opt no-new-privileges`, Kubernetes' `allowPrivilegeEscalation: false`)
 /// disables both. Debian's setuid tools (built without libcap) write the map as root
 /// instead of as the namespace's owner, and then the kernel also wants CAP_SYS_ADMIN, which
-/// a docker container lacks: file capabilities avoid that (docs/rootless.md).
+/// a docker container keeps out of the bounding set: file capabilities avoid that
+/// (docs/rootless.md).
 fn map_tool_hint(tool: &str, proc_status: &str, setuid_root: bool) -> String {
-    let no_new_privs = proc_status
-        .lines()
-        .any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"]));
+    let field = |name: &str| {
+        proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let no_new_privs = field("NoNewPrivs") == Some("1");
+    // CAP_SYS_ADMIN (21) out of the bounding set: no setuid program gets it (a container).
+    let sys_admin_bounded = field("CapBnd")
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .is_some_and(|bounding| bounding & (1 << 21) == 0);
     if no_new_privs {
         format!(
             " (no_new_privs is set, so {tool} cannot gain the capability it needs: run without \
              docker's `--security-opt no-new-privileges` or Kubernetes' \
              `allowPrivilegeEscalation: false`; docs/rootless.md)"
         )
-    } else if setuid_root {
+    } else if setuid_root && sys_admin_bounded {
         let cap = if tool == "newgidmap" {
             "setgid"
         } else {
@@ -593,9 +602,13 @@ mod tests {
     fn a_refused_map_write_names_what_to_change() {
         let nnp = map_tool_hint("newuidmap", "Seccomp:\t0\nNoNewPrivs:\t1\n", true);
         assert!(nnp.contains("no-new-privileges"), "{nnp}");
-        let setuid = map_tool_hint("newgidmap", "NoNewPrivs:\t0\n", true);
+        // docker's default capabilities: no CAP_SYS_ADMIN.
+        let docker = "CapBnd:\t00000000a80425fb\nNoNewPrivs:\t0\n";
+        let setuid = map_tool_hint("newgidmap", docker, true);
         assert!(setuid.contains("setcap cap_setgid=ep"), "{setuid}");
-        assert_eq!(map_tool_hint("newuidmap", "NoNewPrivs:\t0\n", false), "");
+        assert_eq!(map_tool_hint("newuidmap", docker, false), "");
+        let host = "CapBnd:\t000001ffffffffff\nNoNewPrivs:\t0\n";
+        assert_eq!(map_tool_hint("newuidmap", host, true), "");
     }
 
     #[test]
