@@ -428,7 +428,8 @@ fn interrupted_or_killed_rootless_build_leaves_no_process() {
 /// ids on a base from the run's registry, and its archive, loaded on the host, carries the
 /// image's ids. docker's masked /proc cannot be mounted anew: the steps get the container's,
 /// with a note; `systempaths=unconfined` gives them their own. Without
-/// `seccomp=unconfined`, or with `no-new-privileges`, rbuild fails naming the option; a user
+/// `seccomp=unconfined`, or with `no-new-privileges`, rbuild fails naming the option, and
+/// with Debian's setuid newuidmap (not the image's file capability) naming setcap; a user
 /// with no /etc/subuid line runs single-id.
 #[test]
 #[ignore = "needs root, docker and a registry"]

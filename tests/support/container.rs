@@ -16,8 +16,8 @@ pub const TAG: &str = "rbuild-test/rbuild-in-docker:latest";
 /// The container's user, as the image's USER and /etc/subuid name it.
 pub const UID: u32 = 1000;
 
-/// The image docs/rootless.md shows. apt reaches Debian's mirror through the host network
-/// (the run's RUN default); the store keeps that step between runs. newuidmap/newgidmap get
+/// The image docs/rootless.md shows. apt reaches Debian's mirror through the default RUN
+/// network (slirp4netns); the kept store keeps that step between runs. newuidmap/newgidmap get
 /// file capabilities instead of Debian's setuid bit: a setuid-root newuidmap (Debian's is
 /// built without libcap, so it never drops to the caller) writes the map as root, and then the
 /// kernel wants CAP_SYS_ADMIN, which docker does not grant (userns.rs `map_tool_hint`).
