@@ -469,9 +469,11 @@ fn rootless_in_an_unprivileged_docker_container() {
     let with = |extra: &[&'static str]| -> Vec<&'static str> {
         DOCUMENTED.iter().chain(extra).copied().collect()
     };
+    // The inner build's image, per test process as the outer one.
+    let inner = format!("rbuild-test/in-docker:{}", std::process::id());
     let rbuild_build = |archive: &str| {
         format!(
-            "rbuild build --progress plain --network none -t rbuild-test/in-docker:1 \
+            "rbuild build --progress plain --network none -t {inner} \
              -o type=docker,dest=/out/{archive} /ctx"
         )
     };
@@ -498,8 +500,8 @@ fn rootless_in_an_unprivileged_docker_container() {
     assert!(info.contains(range), "{info}");
     assert!(log.contains(range), "{log}");
     assert_eq!(log.matches(PROC_NOTE).count(), 2, "a note per step: {log}");
-    let _images = docker_load(&out.join("a.tar"), "rbuild-test/in-docker:1");
-    let fs = support::docker_fs("rbuild-test/in-docker:1");
+    let _images = docker_load(&out.join("a.tar"), &inner);
+    let fs = support::docker_fs(&inner);
     let owner = |path: &str| {
         let e = fs
             .get(path)
@@ -508,7 +510,7 @@ fn rootless_in_an_unprivileged_docker_container() {
     };
     assert_eq!(owner("f"), (1234, 1234));
     assert_eq!(owner("tmp/by1000"), (1000, 1000));
-    let shown = in_image("rbuild-test/in-docker:1", "cat /pid1 /tmp/id");
+    let shown = in_image(&inner, "cat /pid1 /tmp/id");
     // The step saw the container's processes: its pid 1 is the container's rbuild.
     assert!(shown.starts_with("rbuild build "), "{shown}");
     assert!(shown.contains("uid=1000"), "{shown}");

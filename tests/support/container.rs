@@ -9,10 +9,6 @@ use std::process::Command;
 
 use super::{docker, run_ok, DockerImages, InRegistry};
 
-/// The image's tag, in the host's docker and in the store that builds it (one tag, so that
-/// the store's older copies of the binary lose it and `prune` takes them).
-pub const TAG: &str = "rbuild-test/rbuild-in-docker:latest";
-
 /// The container's user, as the image's USER and /etc/subuid name it.
 pub const UID: u32 = 1000;
 
@@ -35,8 +31,10 @@ COPY rbuild /usr/local/bin/rbuild
 USER 1000:1000
 "#;
 
-/// The image in the host's docker, removed again when dropped.
+/// The image in the host's docker (tagged per test process, so that test runs of other
+/// checkouts never remove it under this one), removed again when dropped.
 pub struct RbuildImage {
+    tag: String,
     _loaded: DockerImages,
 }
 
@@ -60,15 +58,21 @@ impl RbuildImage {
             c.env("RBUILD_ROOT", &store).arg(cmd);
             c
         };
-        let loaded = DockerImages(vec![TAG.to_string()]);
+        let tag = format!("rbuild-test/rbuild-in-docker:{}", std::process::id());
+        let loaded = DockerImages(vec![tag.clone()]);
         run_ok(
             rbuild("build")
-                .args(["--progress", "plain", "--load", "-t", TAG])
+                .args(["--progress", "plain", "--load", "-t", &tag])
                 .arg(ctx.path()),
         );
-        // The older binaries' layers (each run COPYs a new one).
+        // Untagged in the store, so that prune takes the older binaries' layers (each run
+        // COPYs a new one) and keeps the apt step's (used within the hour).
+        run_ok(rbuild("rmi").arg(&tag));
         run_ok(rbuild("prune").args(["--filter", "until=1h"]));
-        RbuildImage { _loaded: loaded }
+        RbuildImage {
+            tag,
+            _loaded: loaded,
+        }
     }
 
     /// `docker run --rm` of the image with `flags` (the security options under test, the
@@ -82,7 +86,8 @@ impl RbuildImage {
             .arg(format!("{}:/ctx:ro", ctx.display()))
             .arg("-v")
             .arg(format!("{}:/out", out.display()))
-            .args([TAG, "sh", "-c", script]);
+            .arg(&self.tag)
+            .args(["sh", "-c", script]);
         cmd
     }
 }
