@@ -902,3 +902,56 @@ fn docker_engine_pulls_an_image_pushed_by_us_needs_running_docker() {
         img.config.digest.to_string()
     );
 }
+
+/// Issue 18, lazy base images: a build keeps the base's layers as remote layers, so a
+/// tampered layer blob goes unnoticed while nothing needs it; an output that needs its
+/// bytes fetches it, refuses it (digest mismatch, naming the image) and writes nothing:
+/// no output file, no blob, no layer in the store.
+#[test]
+#[ignore = "needs docker-registry"]
+fn a_tampered_lazy_base_layer_is_refused_when_an_output_needs_it() {
+    needs_docker_registry();
+    let reg = Registry::start(None);
+    let r = reg.reference("tamper/base:1");
+    let img = TestImage::new(&Platform::host(), b"the real base");
+    img.push(&client(None), &r);
+    let file = reg.blob_file(&img.layer.digest);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ctx) = (dir.path().join("store"), dir.path().join("ctx"));
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM {r}\nENV A=1\n")).unwrap();
+    let build = |args: &[&str]| {
+        Command::new(support::rbuild_bin())
+            .env("RBUILD_ROOT", &store)
+            .arg("build")
+            .args(args)
+            .arg(&ctx)
+            .output()
+            .unwrap()
+    };
+    let out = build(&[]);
+    assert!(out.status.success(), "{out:?}");
+    let tar = dir.path().join("out.tar");
+    let out = build(&["-o", &format!("type=tar,dest={}", tar.display())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pulling `{}", r.name()))
+            && stderr.contains(&format!("digest mismatch: expected {}", img.layer.digest)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("for the output"), "{stderr}");
+    assert!(!stderr.contains("cache"), "{stderr}");
+    assert!(!tar.exists());
+    assert!(!store
+        .join("blobs/sha256")
+        .join(img.layer.digest.hex())
+        .exists());
+    let layers = std::fs::read_dir(store.join("layers")).map_or(0, |d| d.count());
+    assert_eq!(layers, 0);
+}

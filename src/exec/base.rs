@@ -1,6 +1,6 @@
 //! Base images: resolving `FROM` references for the planner (store first, registry when the
-//! store lacks the tag or `--pull`), and pulling their layers into the store when a stage
-//! that needs them runs.
+//! store lacks the tag or `--pull`), and keeping them in the store: lazily for a build (their
+//! layers are remote layers until something needs the files), whole for `rbuild pull`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,7 +9,7 @@ use crate::image::{Descriptor, Digest, Platform, Reference};
 use crate::layer::{self, compress};
 use crate::plan::{BaseResolver, ResolvedBase};
 use crate::registry::{Client, ResolvedImage};
-use crate::store::{chain_id, ImageRecord, Store, Stored};
+use crate::store::{chain_id, BlobSource, ImageRecord, Store, Stored};
 
 use super::{BuildError, BuildRequest, NamedContext, Reporter, StepId};
 
@@ -145,7 +145,8 @@ impl<'a> Bases<'a> {
         Ok(known)
     }
 
-    /// The base image's layers in the store, bottom first, fetching what is missing.
+    /// The base image in the store: its manifest and config, its layers present or known as
+    /// remote layers ([`keep_lazily`]), fetched when something needs their files.
     pub fn ensure(
         &self,
         reference: &str,
@@ -162,7 +163,7 @@ impl<'a> Bases<'a> {
         match self.lookup(reference, platform)? {
             Known::Stored(record) => Ok(*record),
             Known::Remote(resolved) => {
-                let record = fetch_into_store(self.store, self.registry, &resolved, reporter, id)?;
+                let record = keep_lazily(self.store, self.registry, &resolved, reporter, id)?;
                 self.known.lock().unwrap().insert(
                     (platform.to_spec(), reference.to_string()),
                     Known::Stored(Box::new(record.clone())),
@@ -192,7 +193,8 @@ impl BaseResolver for Bases<'_> {
 }
 
 /// Fetch every missing layer of `image`, extract it, store manifest and config, and tag it,
-/// so the next build finds it offline. The tag is written last: a tag always means complete.
+/// so the next build finds it offline (`rbuild pull`). The tag is written last: a tag
+/// always means complete.
 pub fn fetch_into_store(
     store: &Store,
     registry: &Client,
@@ -200,15 +202,8 @@ pub fn fetch_into_store(
     reporter: &dyn Reporter,
     id: StepId,
 ) -> Result<ImageRecord, BuildError> {
+    check_layer_count(image)?;
     let diff_ids = &image.config.rootfs.diff_ids;
-    if diff_ids.len() != image.manifest.layers.len() {
-        return Err(BuildError::Invalid(format!(
-            "image `{}`: manifest has {} layers but its config lists {} diff_ids",
-            image.reference,
-            image.manifest.layers.len(),
-            diff_ids.len()
-        )));
-    }
     let missing = missing_layers(store, &image.manifest.layers, diff_ids);
     // Blobs download a few at a time; layers are then extracted in order.
     let to_fetch: Vec<&Descriptor> = missing
@@ -222,6 +217,69 @@ pub fn fetch_into_store(
         let image_name = format!("`{}`", image.reference);
         extract_layer(store, desc, diff_id, parent.as_ref(), &image_name, reporter)?;
     }
+    keep_image(store, image)
+}
+
+/// A base image for a build: its manifest and config stored and tagged, and the layers the
+/// store lacks recorded as remote layers of its repository (store/remote.rs), as a
+/// `--cache-from` hit records the cache's. No layer byte moves here: a build whose steps
+/// are all cached never fetches them, a push to the same registry mounts them, and
+/// [`materialize`](super::remote_cache::materialize) fetches, checks and extracts them
+/// when a step that runs, a `COPY --from` or an output needs them (BuildKit pulls lazily
+/// too). A layer of a media type the store cannot name is fetched now, whole.
+pub fn keep_lazily(
+    store: &Store,
+    registry: &Client,
+    image: &ResolvedImage,
+    reporter: &dyn Reporter,
+    id: StepId,
+) -> Result<ImageRecord, BuildError> {
+    check_layer_count(image)?;
+    // The blob as the store lists it when the layer is present: the OCI media type of its
+    // compression. A pushed manifest is then the same, digest for digest, however the base
+    // was had.
+    let blobs: Option<Vec<Descriptor>> = (image.manifest.layers.iter())
+        .map(|d| {
+            let codec = layer::Compression::from_media_type(&d.media_type)?;
+            Some(Descriptor::new(
+                codec.oci_media_type(),
+                d.digest.clone(),
+                d.size,
+            ))
+        })
+        .collect();
+    let recorded = blobs.and_then(|blobs| {
+        // The reference as given: messages name the image as the FROM did.
+        let source = BlobSource::Registry(image.reference.to_string());
+        let diff_ids = &image.config.rootfs.diff_ids;
+        super::remote_cache::record_remote_layers(store, diff_ids, source, |i, _| {
+            blobs.get(i).cloned()
+        })
+    });
+    match recorded {
+        Some(_) => keep_image(store, image),
+        None if image.manifest.layers.is_empty() => keep_image(store, image),
+        None => fetch_into_store(store, registry, image, reporter, id),
+    }
+}
+
+/// Whether the manifest and the config of `image` agree on its layers.
+fn check_layer_count(image: &ResolvedImage) -> Result<(), BuildError> {
+    let diff_ids = &image.config.rootfs.diff_ids;
+    if diff_ids.len() != image.manifest.layers.len() {
+        return Err(BuildError::Invalid(format!(
+            "image `{}`: manifest has {} layers but its config lists {} diff_ids",
+            image.reference,
+            image.manifest.layers.len(),
+            diff_ids.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Store the manifest and config of `image`, whose layers are present or remote, and tag
+/// it (last: a tag never names an image the store cannot produce).
+fn keep_image(store: &Store, image: &ResolvedImage) -> Result<ImageRecord, BuildError> {
     store.put_blob_bytes(&image.config_bytes)?;
     let manifest_digest = store.put_blob_bytes(&image.manifest_bytes)?;
     let desc = Descriptor::new(

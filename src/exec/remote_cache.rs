@@ -80,8 +80,14 @@ impl RemoteCache {
             .iter()
             .find_map(|s| s.get(key).map(|r| (s, r)))?;
         let rec = found.record.clone();
-        if let Some(chain) = &rec.chain {
-            if !record_layers(source, store, &rec.config.rootfs.diff_ids, chain) {
+        // A config step's record names its chain but lists no layers: the chain must be
+        // known already (a step before it was a hit).
+        if let Some(chain) = rec.chain.as_ref().filter(|c| !store.layer_known(c)) {
+            let diff_ids = &rec.config.rootfs.diff_ids;
+            let top = record_remote_layers(store, diff_ids, source.blob_source(), |_, d| {
+                source.layer(d).cloned()
+            });
+            if top.as_ref() != Some(chain) {
                 return None;
             }
         }
@@ -92,36 +98,33 @@ impl RemoteCache {
     }
 }
 
-/// Record the layers of `diff_ids` (ending at `chain`) the store lacks as fetchable
-/// from `source`; false when one cannot be had.
-fn record_layers(source: &Source, store: &Store, diff_ids: &[Digest], chain: &Digest) -> bool {
-    if store.layer_known(chain) {
-        return true;
-    }
+/// Record the layers of `diff_ids` the store lacks as fetchable from `source` (remote
+/// layers, store/remote.rs), each with the blob `blob_of(index, diff_id)` names: the one
+/// way a cache's layers and a base image's become known without their bytes. The chain id
+/// of the top layer; None when a layer cannot be had (no blob, or its blob was refused).
+pub(super) fn record_remote_layers(
+    store: &Store,
+    diff_ids: &[Digest],
+    source: BlobSource,
+    blob_of: impl Fn(usize, &Digest) -> Option<Descriptor>,
+) -> Option<Digest> {
     let mut parent: Option<Digest> = None;
-    for diff_id in diff_ids {
+    for (i, diff_id) in diff_ids.iter().enumerate() {
         let c = chain_id(parent.as_ref(), diff_id);
         if store.layer(&c).is_none() && store.remote_layer(&c).is_none() {
-            let Some(blob) = source.layer(diff_id) else {
-                return false;
-            };
-            if store.blob_refused(&blob.digest) {
-                return false;
-            }
+            let blob = blob_of(i, diff_id).filter(|b| !store.blob_refused(&b.digest))?;
             let remote = RemoteLayer {
                 chain_id: c.clone(),
                 diff_id: diff_id.clone(),
                 parent: parent.clone(),
-                blob: blob.clone(),
-                source: source.blob_source(),
+                blob,
+                source: source.clone(),
             };
-            if store.put_remote_layer(&remote).is_err() {
-                return false;
-            }
+            store.put_remote_layer(&remote).ok()?;
         }
         parent = Some(c);
     }
-    parent.as_ref() == Some(chain)
+    parent
 }
 
 /// Whether `e` is [`materialize`] refusing a blob: the build can start again, the steps
@@ -131,10 +134,11 @@ pub fn refused(e: &BuildError) -> bool {
 }
 
 /// Make the layers `chains` (a stage's or an image's, bottom first) present in the store:
-/// those known only from a cache (store/remote.rs) are fetched, checked against their
-/// digests and extracted, bottom first, with `id`'s progress. A blob that fails its digest
-/// is refused and forgotten (the next build rebuilds the step that made it), and is the
-/// error. Present layers cost a stat each.
+/// those known only as remote layers (a cache's, a base image's: store/remote.rs) are
+/// fetched, checked against their digests and extracted, bottom first, with `id`'s
+/// progress. A cache blob that fails its digest is refused and forgotten (the next build
+/// rebuilds the step that made it), and is the error; a registry's blob that fails it is a
+/// registry error (it is never stored). Present layers cost a stat each.
 pub fn materialize(
     store: &Store,
     registry: &Client,
@@ -161,26 +165,40 @@ fn fetch_and_extract(
     id: StepId,
 ) -> Result<(), BuildError> {
     for layer in missing {
+        // Stages of one build that need the same layer at once (two stages on one base):
+        // one fetches and extracts it, the other waits and finds it. A leaf claim: nothing
+        // else is claimed while it is held, so it cannot deadlock with a step's key claim.
+        let _claim = store.claim_key(&format!("materialize {}", layer.chain_id));
+        if store.layer(&layer.chain_id).is_some() {
+            continue;
+        }
+        let name = match &layer.source {
+            BlobSource::Registry(r) => format!("`{r}`"),
+            BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
+        };
         if !store.has_blob(&layer.blob.digest) {
             reporter.status(
                 id,
                 &format!(
-                    "fetching {} ({}) from the cache",
+                    "fetching {} ({}) from {name}",
                     layer.blob.digest,
                     crate::output::human_size(layer.blob.size)
                 ),
             );
             if let Err(e) = cache::fetch_blob(registry, store, &layer.source, &layer.blob) {
-                if matches!(e, CacheError::DigestMismatch { .. }) {
-                    store.refuse_remote_layer(&layer.chain_id, &layer.blob.digest)?;
-                }
-                return Err(e.into());
+                return Err(match e {
+                    CacheError::DigestMismatch { .. } => {
+                        store.refuse_remote_layer(&layer.chain_id, &layer.blob.digest)?;
+                        e.into()
+                    }
+                    // A registry's failure (a digest mismatch too: its client checks every
+                    // blob) names the reference; nothing was stored.
+                    CacheError::Registry(e) => BuildError::Registry(e),
+                    e => e.into(),
+                });
             }
         }
-        let name = match &layer.source {
-            BlobSource::Registry(r) => format!("cache `{r}`"),
-            BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
-        };
+        reporter.status(id, &format!("extracting {}", layer.blob.digest));
         let parent = layer.parent.as_ref();
         extract_layer(store, &layer.blob, &layer.diff_id, parent, &name, reporter)?;
     }

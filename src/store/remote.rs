@@ -22,7 +22,8 @@ use crate::image::{Descriptor, Digest};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlobSource {
-    /// A registry repository (`host/repo`, a reference without tag).
+    /// A registry repository: `host/repo` (a cache's), or a base image's reference as
+    /// the build named it (its tag or digest only name it in messages).
     Registry(String),
     /// An OCI layout directory (`--cache-from type=local`).
     Local(PathBuf),
