@@ -753,6 +753,38 @@ fn lazy_layers_are_fetched_once_when_files_or_bytes_are_needed() {
     );
 }
 
+/// Issue 18, lazy base images: a push to another registry than the base's fetches the
+/// base's layers (and uploads them) when the destination lacks them, and fetches nothing
+/// when the destination repository has them already (a CI runner pushing a new version of
+/// its app): the push asks (HEAD) before it fetches.
+#[test]
+#[ignore = "needs root and a registry"]
+fn a_push_elsewhere_fetches_the_base_only_when_the_destination_lacks_it() {
+    needs_root_and_registry();
+    let proxy = CountingProxy::start();
+    // The registry by its other name: another registry to the references.
+    let dest = format!(
+        "{}/cache-elsewhere-{}:1",
+        registry_by_ip(),
+        std::process::id()
+    );
+    let (base_config, base_layers) = base_digests();
+    let job = |n: u32| {
+        let runner = Runner::new(FILES);
+        let dockerfile = format!("FROM {}/busybox\nENV JOB={n}\n", proxy.addr);
+        std::fs::write(runner.ctx().join("Dockerfile"), dockerfile).unwrap();
+        proxy.take();
+        let (_, progress) = runner.build(&["--push", "-t", &dest]);
+        let pushed = RegistryImage::pushed(&dest);
+        (layer_gets(proxy.take(), &[&base_config]), progress, pushed)
+    };
+    let (gets, progress, _first) = job(1);
+    assert_eq!(gets, sorted(base_layers.clone()), "{progress}");
+    let (gets, progress, _second) = job(2);
+    assert_eq!(gets, Vec::<String>::new(), "{progress}");
+    assert!(progress.contains("already"), "{progress}");
+}
+
 /// Issue 18, lazy base images: a build on an empty store whose steps need no files keeps
 /// the base's layers as remote layers (no blob fetched); `images`, `inspect` and `history`
 /// show the tag all the same; a docker archive output then fetches them once, and the
