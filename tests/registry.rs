@@ -955,3 +955,67 @@ fn a_tampered_lazy_base_layer_is_refused_when_an_output_needs_it() {
     let layers = std::fs::read_dir(store.join("layers")).map_or(0, |d| d.count());
     assert_eq!(layers, 0);
 }
+
+/// Issue 18, lazy base images: a base from a registry that wants credentials is kept
+/// lazily, and its layers are fetched later with the credentials of the command that needs
+/// them (docker's config.json, as the pull): without them the output fails naming the
+/// registry's demand; with them it is written.
+#[test]
+#[ignore = "needs docker-registry"]
+fn a_lazy_base_is_fetched_with_the_credentials_of_the_build() {
+    needs_docker_registry();
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", "alice", "s3cret"])
+        .output()
+        .expect("htpasswd (apache2-utils) is needed for this test");
+    assert!(out.status.success());
+    let htpasswd = work.path().join("htpasswd");
+    std::fs::write(&htpasswd, &out.stdout).unwrap();
+    let reg = Registry::start(Some(&htpasswd));
+    let r = reg.reference("private/base:1");
+    let auth = work.path().join("auth");
+    std::fs::create_dir(&auth).unwrap();
+    std::fs::write(
+        auth.join("config.json"),
+        format!(
+            r#"{{"auths":{{"127.0.0.1:{}":{{"auth":"YWxpY2U6czNjcmV0"}}}}}}"#,
+            reg.port
+        ),
+    )
+    .unwrap();
+    let img = TestImage::new(&Platform::host(), b"private base");
+    img.push(&client(Some(&auth)), &r);
+    let none = work.path().join("none");
+    std::fs::create_dir(&none).unwrap();
+
+    let (store, ctx) = (work.path().join("store"), work.path().join("ctx"));
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM {r}\nENV A=1\n")).unwrap();
+    let tar = work.path().join("out.tar");
+    let build = |config: &Path, output: bool| {
+        let mut cmd = Command::new(support::rbuild_bin());
+        cmd.env("RBUILD_ROOT", &store)
+            .env("DOCKER_CONFIG", config)
+            .arg("build");
+        if output {
+            cmd.args(["-o", &format!("type=tar,dest={}", tar.display())]);
+        }
+        cmd.arg(&ctx).output().unwrap()
+    };
+    let out = build(&auth, false);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!store
+        .join("blobs/sha256")
+        .join(img.layer.digest.hex())
+        .exists());
+    let out = build(&none, true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("authentication required"), "{stderr}");
+    assert!(!tar.exists());
+    let out = build(&auth, true);
+    assert!(out.status.success(), "{out:?}");
+    let listing = support::listing(std::fs::File::open(&tar).unwrap());
+    assert!(listing.contains_key("hello.txt"), "{listing:?}");
+}
