@@ -3,6 +3,7 @@
 //! out through [`export`] once the image is committed. The format is crate::cache's.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cache::{
     self, CacheError, CacheExport, CacheImport, CacheMode, ExportTarget, ExportedRecord, Source,
@@ -157,6 +158,12 @@ pub fn materialize(
     Ok(())
 }
 
+/// Fetch and extract `missing`, bottom first. The blobs download in a thread of their own
+/// while the layers below them are extracted, so the network and the disk work at once.
+/// Each layer's fetch and its extraction hold the layer's claim: stages of one build that
+/// need the same layer at once (two stages on one base) fetch and extract it once. Claims
+/// are leaves here (nothing else is claimed while one is held), so they cannot deadlock
+/// with a step's key claim.
 fn fetch_and_extract(
     store: &Store,
     registry: &Client,
@@ -164,45 +171,95 @@ fn fetch_and_extract(
     reporter: &dyn Reporter,
     id: StepId,
 ) -> Result<(), BuildError> {
-    for layer in missing {
-        // Stages of one build that need the same layer at once (two stages on one base):
-        // one fetches and extracts it, the other waits and finds it. A leaf claim: nothing
-        // else is claimed while it is held, so it cannot deadlock with a step's key claim.
-        let _claim = store.claim_key(&format!("materialize {}", layer.chain_id));
-        if store.layer(&layer.chain_id).is_some() {
-            continue;
-        }
-        let name = match &layer.source {
-            BlobSource::Registry(r) => format!("`{r}`"),
-            BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
-        };
-        if !store.has_blob(&layer.blob.digest) {
-            reporter.status(
-                id,
-                &format!(
-                    "fetching {} ({}) from {name}",
-                    layer.blob.digest,
-                    crate::output::human_size(layer.blob.size)
-                ),
-            );
-            if let Err(e) = cache::fetch_blob(registry, store, &layer.source, &layer.blob) {
-                return Err(match e {
-                    CacheError::DigestMismatch { .. } => {
-                        store.refuse_remote_layer(&layer.chain_id, &layer.blob.digest)?;
-                        e.into()
-                    }
-                    // A registry's failure (a digest mismatch too: its client checks every
-                    // blob) names the reference; nothing was stored.
-                    CacheError::Registry(e) => BuildError::Registry(e),
-                    e => e.into(),
-                });
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let (missing, stop) = (&missing, &stop);
+        scope.spawn(move || {
+            for layer in missing {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let fetched = fetch_blob(store, registry, layer, reporter, id);
+                let failed = fetched.is_err();
+                if tx.send(fetched).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let extracted = missing.iter().try_for_each(|layer| {
+            match rx.recv() {
+                Ok(fetched) => fetched?,
+                // The fetcher sends one result per layer until one fails.
+                Err(_) => return Err(BuildError::Invalid("the blob fetcher stopped".into())),
+            }
+            let _claim = store.claim_key(&claim(layer));
+            if store.layer(&layer.chain_id).is_some() {
+                return Ok(());
+            }
+            reporter.status(id, &format!("extracting {}", layer.blob.digest));
+            let parent = layer.parent.as_ref();
+            extract_layer(
+                store,
+                &layer.blob,
+                &layer.diff_id,
+                parent,
+                &source_name(layer),
+                reporter,
+            )
+        });
+        stop.store(true, Ordering::SeqCst);
+        extracted
+    })
+}
+
+/// The claim a layer's fetch and extraction hold ([`fetch_and_extract`]).
+fn claim(layer: &RemoteLayer) -> String {
+    format!("materialize {}", layer.chain_id)
+}
+
+/// How messages name where `layer`'s blob comes from.
+fn source_name(layer: &RemoteLayer) -> String {
+    match &layer.source {
+        BlobSource::Registry(r) => format!("`{r}`"),
+        BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
+    }
+}
+
+/// Bring `layer`'s blob into the store unless it or the layer is there. A cache blob that
+/// fails its digest is refused for good ([`Store::refuse_remote_layer`]) and is the error.
+fn fetch_blob(
+    store: &Store,
+    registry: &Client,
+    layer: &RemoteLayer,
+    reporter: &dyn Reporter,
+    id: StepId,
+) -> Result<(), BuildError> {
+    let _claim = store.claim_key(&claim(layer));
+    if store.layer(&layer.chain_id).is_some() || store.has_blob(&layer.blob.digest) {
+        return Ok(());
+    }
+    reporter.status(
+        id,
+        &format!(
+            "fetching {} ({}) from {}",
+            layer.blob.digest,
+            crate::output::human_size(layer.blob.size),
+            source_name(layer)
+        ),
+    );
+    cache::fetch_blob(registry, store, &layer.source, &layer.blob).map_err(|e| match e {
+        CacheError::DigestMismatch { .. } => {
+            match store.refuse_remote_layer(&layer.chain_id, &layer.blob.digest) {
+                Ok(()) => e.into(),
+                Err(refusing) => refusing.into(),
             }
         }
-        reporter.status(id, &format!("extracting {}", layer.blob.digest));
-        let parent = layer.parent.as_ref();
-        extract_layer(store, &layer.blob, &layer.diff_id, parent, &name, reporter)?;
-    }
-    Ok(())
+        // A registry's failure (a digest mismatch too: its client checks every blob) names
+        // the reference; nothing was stored.
+        CacheError::Registry(e) => BuildError::Registry(e),
+        e => e.into(),
+    })
 }
 
 /// The blob of the layer `chain` as a registry on `registry` (host) can get it without
