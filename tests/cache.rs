@@ -537,31 +537,35 @@ fn layer_blobs_are_uploaded_once_and_a_cached_push_mounts_them() {
 /// The lazy-import tests' layers: a 2 MB incompressible one to count, a small one, a COPY.
 const BIG_LAYER: u64 = 2_000_000;
 
-/// A runner for the lazy-import tests, its registry behind `proxy`, with the base image in
-/// its store already: base images are pulled whole; the cache's layers are what is lazy.
+/// A runner for the lazy-import tests, its registry behind `proxy`, with an empty store:
+/// the base image's layers are as lazy as the cache's (remote layers of its repository).
 fn lazy_runner(proxy: &CountingProxy, files: &[(&str, &str)]) -> Runner {
     let runner = Runner::new(files);
-    let dockerfile = format!(
-        "FROM {}/busybox\n\
-         RUN head -c {BIG_LAYER} /dev/urandom > /big\n\
-         RUN echo ran-small | tr a-z A-Z > /small\n\
-         COPY extra.txt /\n",
-        proxy.addr
-    );
-    std::fs::write(runner.ctx().join("Dockerfile"), dockerfile).unwrap();
-    run_ok(rbuild_cmd(&runner.store()).args(["pull", &format!("{}/busybox", proxy.addr)]));
+    std::fs::write(runner.ctx().join("Dockerfile"), lazy_dockerfile(proxy, "")).unwrap();
     runner
 }
 
-/// The config digest and the layer digests (in order) of the cache manifest at
+/// The lazy runners' Dockerfile, `more` after its steps.
+fn lazy_dockerfile(proxy: &CountingProxy, more: &str) -> String {
+    format!(
+        "FROM {}/busybox\n\
+         RUN head -c {BIG_LAYER} /dev/urandom > /big\n\
+         RUN echo ran-small | tr a-z A-Z > /small\n\
+         COPY extra.txt /\n{more}",
+        proxy.addr
+    )
+}
+
+/// The config digest and the layer digests (in order) of the image or cache manifest at
 /// `reference` (in the run's registry).
-fn cache_manifest(reference: &str) -> (String, Vec<String>) {
+fn manifest_digests(reference: &str) -> (String, Vec<String>) {
     let (host, path) = reference.split_once('/').unwrap();
     let (name, tag) = path.rsplit_once(':').unwrap();
     let body = run_ok(Command::new("curl").args([
         "-fsS",
         "-H",
-        "Accept: application/vnd.oci.image.manifest.v1+json",
+        "Accept: application/vnd.oci.image.manifest.v1+json, \
+         application/vnd.docker.distribution.manifest.v2+json",
         &format!("http://{host}/v2/{name}/manifests/{tag}"),
     ]));
     let manifest: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -574,12 +578,15 @@ fn cache_manifest(reference: &str) -> (String, Vec<String>) {
     )
 }
 
-/// The blob GETs of `counts`, sorted, but the cache's config (read once at import).
-fn layer_gets(counts: Counts, config: &str) -> Vec<String> {
+/// The blob GETs of `counts`, sorted, but the configs (the cache's, read once at import;
+/// the base image's, read once when FROM resolves it).
+fn layer_gets(counts: Counts, configs: &[&str]) -> Vec<String> {
     let mut gets: Vec<String> = counts.blob_gets;
-    let configs = gets.iter().filter(|d| *d == config).count();
-    assert!(configs <= 1, "the cache config was read {configs} times");
-    gets.retain(|d| d != config);
+    for config in configs {
+        let n = gets.iter().filter(|d| d == config).count();
+        assert!(n <= 1, "the config {config} was read {n} times");
+    }
+    gets.retain(|d| !configs.contains(&d.as_str()));
     gets.sort();
     gets
 }
@@ -598,10 +605,16 @@ fn step_results(progress: &str) -> Vec<String> {
         .collect()
 }
 
-/// Issue 18, lazy import: runner B builds from A's registry cache with every step CACHED
-/// (remote) and pushes to the same registry: no layer blob is downloaded (not one blob
-/// GET through the proxy) and none uploaded (mounted from the cache), and the pushed
-/// manifest is A's, digest for digest, as is the image id.
+/// The base image of the lazy runners, as the registry has it: (config, layers).
+fn base_digests() -> (String, Vec<String>) {
+    manifest_digests(&format!("{}/busybox:latest", registry_by_ip()))
+}
+
+/// Issue 18, lazy import: runner B, an empty store, builds from A's registry cache with
+/// every step CACHED (remote) and pushes to the same registry: no layer blob is downloaded,
+/// neither the cache's nor the base image's (not one layer GET through the proxy), and none
+/// uploaded (mounted from the cache and the base's repository), and the pushed manifest is
+/// A's, digest for digest, as is the image id.
 #[test]
 #[ignore = "needs root and a registry"]
 fn a_fully_cached_build_and_push_move_no_layer_bytes() {
@@ -615,7 +628,8 @@ fn a_fully_cached_build_and_push_move_no_layer_bytes() {
     let (id_a, _) = a.build(&["--cache-to", &to_cache, "--push", "-t", &tag("a")]);
     let _cache = RegistryImage::pushed(&in_registry(&cache));
     let pushed_a = RegistryImage::pushed(&in_registry(&tag("a")));
-    let (config, _) = cache_manifest(&in_registry(&cache));
+    let (config, _) = manifest_digests(&in_registry(&cache));
+    let (base_config, base_layers) = base_digests();
 
     let b = lazy_runner(&proxy, FILES);
     proxy.take();
@@ -633,19 +647,27 @@ fn a_fully_cached_build_and_push_move_no_layer_bytes() {
         "{counts:?}\n{progress}"
     );
     assert_eq!(
-        layer_gets(counts, &config),
+        layer_gets(counts, &[&config, &base_config]),
         Vec::<String>::new(),
         "{progress}"
     );
     assert!(progress.contains("mount from"), "{progress}");
     assert_eq!(id_a, id_b);
     assert_eq!(pushed_a.digest(), pushed_b.digest());
+    // The base's layers are records in B's store, not files.
+    let (_, pushed_layers) = manifest_digests(&in_registry(&tag("b")));
+    assert!(base_layers.iter().all(|l| pushed_layers.contains(l)));
+    for layer in &base_layers {
+        let blob = b.store().join("blobs/sha256").join(&layer[7..]);
+        assert!(!blob.exists(), "{layer} was fetched");
+    }
 }
 
-/// Issue 18, lazy import: a layer blob of the cache is fetched once, when something needs
-/// it. An OCI layout output of a fully cached build fetches each of the image's layers
-/// once, and is A's image; a change in the last step fetches the layers below it, not the
-/// one the step made before.
+/// Issue 18, lazy import: a layer blob, of the cache or of the base image, is fetched once,
+/// when something needs it. An OCI layout output of a fully cached build fetches each of
+/// the image's layers once, and is A's image; a change in the last step fetches the layers
+/// below it (the base's too), not the one the step made before; a RUN that misses after
+/// the cached steps fetches the base and the cache's layers once each.
 #[test]
 #[ignore = "needs root and a registry"]
 fn lazy_layers_are_fetched_once_when_files_or_bytes_are_needed() {
@@ -657,8 +679,13 @@ fn lazy_layers_are_fetched_once_when_files_or_bytes_are_needed() {
     let (id_a, _) = a.build(&["--cache-to", &format!("type=registry,ref={cache},mode=max")]);
     let _cache = RegistryImage::pushed(&in_registry);
     // big, small, COPY: as the steps made them.
-    let (config, layers) = cache_manifest(&in_registry);
+    let (config, layers) = manifest_digests(&in_registry);
     assert_eq!(layers.len(), 3, "{layers:?}");
+    let (base_config, base_layers) = base_digests();
+    let with_base = |mut v: Vec<String>| {
+        v.extend(base_layers.iter().cloned());
+        sorted(v)
+    };
 
     let b = lazy_runner(&proxy, FILES);
     let out = b.dir.path().join("image.tar");
@@ -676,13 +703,13 @@ fn lazy_layers_are_fetched_once_when_files_or_bytes_are_needed() {
         "{progress}"
     );
     assert_eq!(
-        layer_gets(counts, &config),
-        sorted(layers.clone()),
+        layer_gets(counts, &[&config, &base_config]),
+        with_base(layers.clone()),
         "{progress}"
     );
     assert_eq!(id_a, id_b);
     let listing = run_ok(Command::new("tar").arg("-tf").arg(&out));
-    for layer in &layers {
+    for layer in layers.iter().chain(&base_layers) {
         let name = format!("blobs/sha256/{}", layer.trim_start_matches("sha256:"));
         assert!(listing.lines().any(|l| l == name), "{name}:\n{listing}");
     }
@@ -698,10 +725,109 @@ fn lazy_layers_are_fetched_once_when_files_or_bytes_are_needed() {
         "{progress}"
     );
     assert_eq!(
-        layer_gets(counts, &config),
-        sorted(layers[..2].to_vec()),
+        layer_gets(counts, &[&config, &base_config]),
+        with_base(layers[..2].to_vec()),
         "{progress}"
     );
+
+    let d = lazy_runner(&proxy, FILES);
+    let more = "RUN cat /extra.txt /small > /both\n";
+    std::fs::write(d.ctx().join("Dockerfile"), lazy_dockerfile(&proxy, more)).unwrap();
+    proxy.take();
+    let (_, progress) = d.build(&["--cache-from", &cache]);
+    let counts = proxy.take();
+    assert_eq!(
+        step_results(&progress),
+        [
+            "CACHED (remote)",
+            "CACHED (remote)",
+            "CACHED (remote)",
+            "DONE"
+        ],
+        "{progress}"
+    );
+    assert_eq!(
+        layer_gets(counts, &[&config, &base_config]),
+        with_base(layers.clone()),
+        "{progress}"
+    );
+}
+
+/// Issue 18, lazy base images: a push to another registry than the base's fetches the
+/// base's layers (and uploads them) when the destination lacks them, and fetches nothing
+/// when the destination repository has them already (a CI runner pushing a new version of
+/// its app): the push asks (HEAD) before it fetches.
+#[test]
+#[ignore = "needs root and a registry"]
+fn a_push_elsewhere_fetches_the_base_only_when_the_destination_lacks_it() {
+    needs_root_and_registry();
+    let proxy = CountingProxy::start();
+    // The registry by its other name: another registry to the references.
+    let dest = format!(
+        "{}/cache-elsewhere-{}:1",
+        registry_by_ip(),
+        std::process::id()
+    );
+    let (base_config, base_layers) = base_digests();
+    let job = |n: u32| {
+        let runner = Runner::new(FILES);
+        let dockerfile = format!("FROM {}/busybox\nENV JOB={n}\n", proxy.addr);
+        std::fs::write(runner.ctx().join("Dockerfile"), dockerfile).unwrap();
+        proxy.take();
+        let (_, progress) = runner.build(&["--push", "-t", &dest]);
+        let pushed = RegistryImage::pushed(&dest);
+        (layer_gets(proxy.take(), &[&base_config]), progress, pushed)
+    };
+    let (gets, progress, _first) = job(1);
+    assert_eq!(gets, sorted(base_layers.clone()), "{progress}");
+    let (gets, progress, _second) = job(2);
+    assert_eq!(gets, Vec::<String>::new(), "{progress}");
+    assert!(progress.contains("already"), "{progress}");
+}
+
+/// Issue 18, lazy base images: a build on an empty store whose steps need no files keeps
+/// the base's layers as remote layers (no blob fetched); `images`, `inspect` and `history`
+/// show the tag all the same; a docker archive output then fetches them once, and the
+/// archive loads in docker and runs.
+#[test]
+#[ignore = "needs root, docker and a registry"]
+fn a_lazy_base_is_listed_and_its_docker_archive_loads_and_runs() {
+    needs_root_docker_and_registry();
+    let runner = Runner::new(FILES);
+    let tag = format!("rbuild-test/lazy-base-{}:1", std::process::id());
+    let _images = DockerImages(vec![tag.clone()]);
+    std::fs::write(
+        runner.ctx().join("Dockerfile"),
+        format!("FROM {BASE}\nENV LAZY=yes\nCMD [\"sh\", \"-c\", \"echo lazy-$LAZY\"]\n"),
+    )
+    .unwrap();
+    let (_, progress) = runner.build(&["-t", &tag]);
+    let store = runner.store();
+    let (_, base_layers) = base_digests();
+    let fetched = |layer: &str| store.join("blobs/sha256").join(&layer[7..]).exists();
+    assert!(!base_layers.iter().any(|l| fetched(l)), "{progress}");
+    assert!(!progress.contains("extracting"), "{progress}");
+    let images = run_ok(rbuild_cmd(&store).arg("images"));
+    assert!(images.contains(&format!("rbuild-test/lazy-base-{}", std::process::id())));
+    let inspect: serde_json::Value =
+        serde_json::from_str(&run_ok(rbuild_cmd(&store).args(["inspect", &tag]))).unwrap();
+    assert_eq!(
+        inspect["Config"]["rootfs"]["diff_ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        base_layers.len()
+    );
+    let history = run_ok(rbuild_cmd(&store).args(["history", &tag]));
+    assert!(history.contains("ENV LAZY=yes"), "{history}");
+
+    let archive = runner.dir.path().join("image.tar");
+    let dest = format!("type=docker,dest={}", archive.display());
+    let (_, progress) = runner.build(&["-t", &tag, "-o", &dest]);
+    assert!(base_layers.iter().all(|l| fetched(l)), "{progress}");
+    run_ok(docker().arg("load").arg("-i").arg(&archive));
+    let out = run_ok(docker().args(["run", "--rm", "--network=none", &tag]));
+    assert_eq!(out, "lazy-yes\n");
 }
 
 /// Issue 18: `--cache-to type=inline --push` puts the cache (mode=min, as BuildKit's

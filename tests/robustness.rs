@@ -167,9 +167,12 @@ fn check_store(store: &Path) {
     for e in std::fs::read_dir(store.join("cache")).unwrap().flatten() {
         let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap())
             .unwrap_or_else(|err| panic!("corrupt cache record {:?}: {err}", e.path()));
+        // A layer a build has not needed yet (a base image's, a cache's) is a remote
+        // record (store/remote.rs), fetched when needed.
         if let Some(chain) = rec["chain"].as_str() {
+            let hex = chain.trim_start_matches("sha256:");
             assert!(
-                layers.join(chain.trim_start_matches("sha256:")).is_dir(),
+                layers.join(hex).is_dir() || store.join(format!("remote/{hex}.json")).is_file(),
                 "cache record {:?} names missing layer {chain}",
                 e.path()
             );
@@ -314,6 +317,62 @@ fn kill_9_during_run_leaves_no_process_no_mount_and_a_usable_cache() {
             "tmp/{dead} of the killed build was not swept"
         );
     }
+    check_store(store.path());
+}
+
+/// Issue 18, lazy base images: the base's layers are fetched and extracted when the first
+/// RUN needs them. A kill -9 in the middle of that (while the layer is being extracted)
+/// leaves no layer, record or blob half-written, and the next build fetches the base again
+/// and runs.
+#[test]
+#[ignore = "needs root and a registry"]
+fn kill_9_while_a_lazy_base_is_fetched_leaves_a_usable_store() {
+    support::needs_root_and_registry();
+    // A base with a 30 MB layer of random bytes: long enough to extract to be caught at it.
+    let base = format!("{REGISTRY}/rbuild-test/lazy-kill-{}:1", std::process::id());
+    let publisher = tempfile::tempdir().unwrap();
+    let big = context(&[(
+        "Dockerfile",
+        &format!("FROM {BASE}\nRUN head -c 30000000 /dev/urandom > /big\n"),
+    )]);
+    build_ok(
+        rbuild(publisher.path())
+            .args(["--push", "-t", &base])
+            .arg(big.path()),
+    );
+    let _pushed = RegistryImage::pushed(&base);
+    drop(publisher);
+    let store = tempfile::tempdir().unwrap();
+    let ctx = context(&[("Dockerfile", &format!("FROM {base}\nRUN echo ran > /ran\n"))]);
+    let mut child = spawn_build(store.path(), ctx.path(), &[]);
+    // extract_layer unpacks into tmp/<session>/<dir>/diff before one rename publishes it.
+    let extracting = || {
+        walk_names(&store.path().join("tmp"))
+            .iter()
+            .any(|n| n == "diff")
+    };
+    let start = std::time::Instant::now();
+    while !extracting() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before its base was extracted"
+        );
+        assert!(start.elapsed().as_secs() < 120, "no extraction began");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    signal(child.id(), nix::sys::signal::Signal::SIGKILL);
+    child.wait().unwrap();
+    check_store(store.path());
+    // Busybox's layer may be in; the big one is not.
+    let layers = std::fs::read_dir(store.path().join("layers")).map_or(0, |d| d.count());
+    assert!(layers <= 1, "a layer was published by a killed extraction");
+
+    let progress = build_ok(rbuild(store.path()).arg(ctx.path()));
+    assert!(!step_cached(&progress, "RUN echo ran"), "{progress}");
+    let layers = std::fs::read_dir(store.path().join("layers"))
+        .unwrap()
+        .count();
+    assert_eq!(layers, 3, "the base's two and the RUN's");
     check_store(store.path());
 }
 

@@ -250,7 +250,16 @@ pub fn fetch_blob(
                 source_name: format!("cache `{name}`"),
                 detail: format!("{e}"),
             })?;
-            store.write_blob(|w| registry.fetch_blob(&r, desc, w))?
+            store
+                .write_blob(|w| registry.fetch_blob(&r, desc, w))
+                .map_err(|e| match e {
+                    // The registry's own error (it names the reference), not "producing blob".
+                    StoreError::Producer(p) => match p.downcast::<RegistryError>() {
+                        Ok(e) => CacheError::Registry(*e),
+                        Err(p) => StoreError::Producer(p).into(),
+                    },
+                    e => e.into(),
+                })?
         }
         BlobSource::Local(dir) => {
             let path = blob_path(dir, &desc.digest);

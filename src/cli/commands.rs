@@ -242,9 +242,10 @@ fn find_stored(store: &Store, reference: &str) -> anyhow::Result<Stored> {
     found.ok_or_else(|| UserError(format!("no such image in the store: `{reference}`")).into())
 }
 
-/// Before an output writes `image`'s layers: fetch those the build took from a cache
-/// without their bytes (lazy import). A refused blob fails here, after the build: the
-/// output needs the bytes and the step that made them was answered from the cache.
+/// Before an output writes `image`'s layers: fetch those the store knows only as remote
+/// layers (a cache's, a base image's: lazy import). A refused cache blob fails here, after
+/// the build: the output needs the bytes and the step that made them was answered from the
+/// cache.
 fn fetch_layers(
     store: &Store,
     registry: &crate::registry::Client,
@@ -253,10 +254,15 @@ fn fetch_layers(
     id: exec::StepId,
 ) -> anyhow::Result<()> {
     exec::materialize(store, registry, &image.chains, report, id).map_err(|e| {
+        let hint = match exec::blob_refused(&e) {
+            true => {
+                ". The step that made the layer was answered from that cache; the store has \
+                 forgotten the blob, so building again runs the step"
+            }
+            false => "",
+        };
         UserError(format!(
-            "fetching the image's layers from the cache for the output: {e}. The step that \
-             made the layer was answered from that cache; the store has forgotten the blob, \
-             so building again runs the step"
+            "fetching the image's layers for the output: {e}{hint}"
         ))
         .into()
     })

@@ -1,6 +1,6 @@
 //! Base images: resolving `FROM` references for the planner (store first, registry when the
-//! store lacks the tag or `--pull`), and pulling their layers into the store when a stage
-//! that needs them runs.
+//! store lacks the tag or `--pull`), and keeping them in the store: lazily for a build (their
+//! layers are remote layers until something needs the files), whole for `rbuild pull`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,7 +9,7 @@ use crate::image::{Descriptor, Digest, Platform, Reference};
 use crate::layer::{self, compress};
 use crate::plan::{BaseResolver, ResolvedBase};
 use crate::registry::{Client, ResolvedImage};
-use crate::store::{chain_id, ImageRecord, Store, Stored};
+use crate::store::{chain_id, BlobSource, ImageRecord, Store, Stored};
 
 use super::{BuildError, BuildRequest, NamedContext, Reporter, StepId};
 
@@ -145,7 +145,8 @@ impl<'a> Bases<'a> {
         Ok(known)
     }
 
-    /// The base image's layers in the store, bottom first, fetching what is missing.
+    /// The base image in the store: its manifest and config, its layers present or known as
+    /// remote layers ([`Layers::Lazy`]), fetched when something needs their files.
     pub fn ensure(
         &self,
         reference: &str,
@@ -162,7 +163,8 @@ impl<'a> Bases<'a> {
         match self.lookup(reference, platform)? {
             Known::Stored(record) => Ok(*record),
             Known::Remote(resolved) => {
-                let record = fetch_into_store(self.store, self.registry, &resolved, reporter, id)?;
+                let (store, registry) = (self.store, self.registry);
+                let record = keep(store, registry, &resolved, Layers::Lazy, reporter, id)?;
                 self.known.lock().unwrap().insert(
                     (platform.to_spec(), reference.to_string()),
                     Known::Stored(Box::new(record.clone())),
@@ -191,24 +193,47 @@ impl BaseResolver for Bases<'_> {
     }
 }
 
-/// Fetch every missing layer of `image`, extract it, store manifest and config, and tag it,
-/// so the next build finds it offline. The tag is written last: a tag always means complete.
-pub fn fetch_into_store(
+/// What [`keep`] does with the layers of an image the store lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layers {
+    /// Record them as remote layers of the image's repository (store/remote.rs), as a
+    /// `--cache-from` hit records the cache's: no layer byte moves here. A build whose
+    /// steps are all cached never fetches them, a push to the same registry mounts them, and
+    /// [`materialize`](super::remote_cache::materialize) fetches, checks and extracts them
+    /// when a step that runs, a `COPY --from` or an output needs them (BuildKit pulls
+    /// lazily too). A layer of a media type the store cannot name is fetched at once.
+    Lazy,
+    /// Fetch and extract them now, so later builds find them offline (`rbuild pull`).
+    Whole,
+}
+
+/// Keep `image` in the store: its layers as `layers` says, then its manifest and config,
+/// then its tag (last: a tag never names an image the store cannot produce).
+pub fn keep(
+    store: &Store,
+    registry: &Client,
+    image: &ResolvedImage,
+    layers: Layers,
+    reporter: &dyn Reporter,
+    id: StepId,
+) -> Result<ImageRecord, BuildError> {
+    check_layer_count(image)?;
+    let recorded = layers == Layers::Lazy && record_lazily(store, image);
+    if !recorded {
+        fetch_missing(store, registry, image, reporter, id)?;
+    }
+    keep_image(store, image)
+}
+
+/// Fetch and extract every layer of `image` the store has not extracted.
+fn fetch_missing(
     store: &Store,
     registry: &Client,
     image: &ResolvedImage,
     reporter: &dyn Reporter,
     id: StepId,
-) -> Result<ImageRecord, BuildError> {
+) -> Result<(), BuildError> {
     let diff_ids = &image.config.rootfs.diff_ids;
-    if diff_ids.len() != image.manifest.layers.len() {
-        return Err(BuildError::Invalid(format!(
-            "image `{}`: manifest has {} layers but its config lists {} diff_ids",
-            image.reference,
-            image.manifest.layers.len(),
-            diff_ids.len()
-        )));
-    }
     let missing = missing_layers(store, &image.manifest.layers, diff_ids);
     // Blobs download a few at a time; layers are then extracted in order.
     let to_fetch: Vec<&Descriptor> = missing
@@ -222,6 +247,55 @@ pub fn fetch_into_store(
         let image_name = format!("`{}`", image.reference);
         extract_layer(store, desc, diff_id, parent.as_ref(), &image_name, reporter)?;
     }
+    Ok(())
+}
+
+/// Record the layers of `image` the store lacks as remote layers ([`Layers::Lazy`]);
+/// false when one cannot be (an unknown media type, a refused blob): then they are fetched.
+fn record_lazily(store: &Store, image: &ResolvedImage) -> bool {
+    if image.manifest.layers.is_empty() {
+        return true;
+    }
+    // The blob as the store lists it when the layer is present: the OCI media type of its
+    // compression. A pushed manifest is then the same, digest for digest, however the base
+    // was had.
+    let blobs: Option<Vec<Descriptor>> = (image.manifest.layers.iter())
+        .map(|d| {
+            let codec = layer::Compression::from_media_type(&d.media_type)?;
+            Some(Descriptor::new(
+                codec.oci_media_type(),
+                d.digest.clone(),
+                d.size,
+            ))
+        })
+        .collect();
+    let Some(blobs) = blobs else {
+        return false;
+    };
+    // The reference as given: messages name the image as the FROM did.
+    let source = BlobSource::Registry(image.reference.to_string());
+    let diff_ids = &image.config.rootfs.diff_ids;
+    super::remote_cache::record_remote_layers(store, diff_ids, source, |i, _| blobs.get(i).cloned())
+        .is_some()
+}
+
+/// Whether the manifest and the config of `image` agree on its layers.
+fn check_layer_count(image: &ResolvedImage) -> Result<(), BuildError> {
+    let diff_ids = &image.config.rootfs.diff_ids;
+    if diff_ids.len() != image.manifest.layers.len() {
+        return Err(BuildError::Invalid(format!(
+            "image `{}`: manifest has {} layers but its config lists {} diff_ids",
+            image.reference,
+            image.manifest.layers.len(),
+            diff_ids.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Store the manifest and config of `image`, whose layers are present or remote, and tag
+/// it (last: a tag never names an image the store cannot produce).
+fn keep_image(store: &Store, image: &ResolvedImage) -> Result<ImageRecord, BuildError> {
     store.put_blob_bytes(&image.config_bytes)?;
     let manifest_digest = store.put_blob_bytes(&image.manifest_bytes)?;
     let desc = Descriptor::new(
@@ -363,7 +437,7 @@ pub fn pull(
     reporter.started(1, &format!("pull {reference}"));
     let started = std::time::Instant::now();
     let resolved = registry.resolve(reference)?;
-    let record = fetch_into_store(store, registry, &resolved, reporter, 1)?;
+    let record = keep(store, registry, &resolved, Layers::Whole, reporter, 1)?;
     reporter.done(1, started.elapsed());
     Ok(record)
 }

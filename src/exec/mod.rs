@@ -28,8 +28,8 @@ pub use explain::StepCache;
 pub use import::{import_oci_layout, import_rootfs};
 pub use progress::{Reporter, Silent, StepId};
 pub use push::{push, push_index, PushHints};
-pub use remote_cache::materialize;
 pub use remote_cache::{export as export_cache, CacheSteps, Exported};
+pub use remote_cache::{materialize, refused as blob_refused};
 pub use request::{BuildRequest, NamedContext, SecretSource, SshSource};
 
 use crate::image::{canonical_json, Digest};

@@ -1,5 +1,7 @@
 //! `--push` and `rbuild push`: publish an image from the store with gzip layers.
 
+use std::collections::BTreeSet;
+
 use crate::image::annotations::non_empty;
 use crate::image::{
     canonical_json, media, Annotations, Descriptor, Digest, Index, Manifest, Reference,
@@ -125,14 +127,28 @@ fn push_image(
     reporter: &dyn Reporter,
     hints: &PushHints,
 ) -> Result<(Descriptor, Vec<Descriptor>), BuildError> {
-    // Layers known only from a registry cache on `dest`'s registry go by mount (or are
-    // there already); the others are fetched first (lazy import, remote_cache.rs).
+    // Layers known only as remote layers (a cache's, a base image's) go without their
+    // bytes when the registry can have them so: from a repository of `dest`'s registry
+    // (mounted, or there already), or because `dest`'s repository holds the blob already
+    // (HEAD: a runner pushing an image on the base it pushed before, whatever registry the
+    // base comes from). The others are fetched first (lazy import, remote_cache.rs).
     let mut lazy: Vec<BlobHome> = Vec::new();
+    let mut unfetched: BTreeSet<Digest> = BTreeSet::new();
     for chain in &record.chains {
-        match remote_blob(store, chain, Compression::Gzip, Some(&dest.registry)) {
-            Some((desc, home)) => lazy.push((home, vec![desc.digest])),
-            None => materialize(store, registry, std::slice::from_ref(chain), reporter, id)?,
+        if let Some((desc, home)) =
+            remote_blob(store, chain, Compression::Gzip, Some(&dest.registry))
+        {
+            lazy.push((home, vec![desc.digest]));
+        } else if let Some((desc, _)) = remote_blob(store, chain, Compression::Gzip, None)
+            .filter(|(desc, _)| registry.blob_exists(dest, &desc.digest).unwrap_or(false))
+        {
+            let name = dest.name();
+            reporter.status(id, &format!("{} is in {name} already", desc.digest));
+        } else {
+            materialize(store, registry, std::slice::from_ref(chain), reporter, id)?;
+            continue;
         }
+        unfetched.insert(chain.clone());
     }
     let as_stored = match hints.inline_cache {
         Some(_) => None,
@@ -144,7 +160,7 @@ fn push_image(
             record.manifest_body.clone(),
             bytes,
         ),
-        None => gzip_manifest(store, record, hints.inline_cache.as_deref(), &dest.registry)?,
+        None => gzip_manifest(store, record, hints.inline_cache.as_deref(), &unfetched)?,
     };
     let mut mount_sources = mount_sources(store, dest)?;
     mount_sources.extend(lazy);
@@ -242,23 +258,27 @@ fn pushable_as_stored(store: &Store, record: &ImageRecord) -> Result<Option<Vec<
 
 /// An OCI manifest of the image with gzip layers (made where missing) and the stored config
 /// blob itself: re-serializing the config would change a pulled image's id. `inline_cache`
-/// goes into the manifest's annotations (`--cache-to type=inline`). A layer not fetched
-/// has the blob of its cache on `registry` ([`remote_blob`]).
+/// goes into the manifest's annotations (`--cache-to type=inline`). A layer of `unfetched`
+/// has the blob its remote record names ([`remote_blob`]).
 fn gzip_manifest(
     store: &Store,
     record: &ImageRecord,
     inline_cache: Option<&str>,
-    registry: &str,
+    unfetched: &BTreeSet<Digest>,
 ) -> Result<(String, Manifest, Vec<u8>), BuildError> {
+    let remote = |chain: &Digest| {
+        unfetched
+            .contains(chain)
+            .then(|| remote_blob(store, chain, Compression::Gzip, None))
+            .flatten()
+    };
     let layers = record
         .chains
         .iter()
-        .map(
-            |chain| match remote_blob(store, chain, Compression::Gzip, Some(registry)) {
-                Some((desc, _)) => Ok(desc),
-                None => store.layer_blob(chain, Compression::Gzip),
-            },
-        )
+        .map(|chain| match remote(chain) {
+            Some((desc, _)) => Ok(desc),
+            None => store.layer_blob(chain, Compression::Gzip),
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let config_size = std::fs::metadata(store.blob_path(&record.config_digest))
         .map_err(BuildError::io(

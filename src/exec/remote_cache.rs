@@ -3,6 +3,7 @@
 //! out through [`export`] once the image is committed. The format is crate::cache's.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cache::{
     self, CacheError, CacheExport, CacheImport, CacheMode, ExportTarget, ExportedRecord, Source,
@@ -80,8 +81,14 @@ impl RemoteCache {
             .iter()
             .find_map(|s| s.get(key).map(|r| (s, r)))?;
         let rec = found.record.clone();
-        if let Some(chain) = &rec.chain {
-            if !record_layers(source, store, &rec.config.rootfs.diff_ids, chain) {
+        // A config step's record names its chain but lists no layers: the chain must be
+        // known already (a step before it was a hit).
+        if let Some(chain) = rec.chain.as_ref().filter(|c| !store.layer_known(c)) {
+            let diff_ids = &rec.config.rootfs.diff_ids;
+            let top = record_remote_layers(store, diff_ids, source.blob_source(), |_, d| {
+                source.layer(d).cloned()
+            });
+            if top.as_ref() != Some(chain) {
                 return None;
             }
         }
@@ -92,36 +99,33 @@ impl RemoteCache {
     }
 }
 
-/// Record the layers of `diff_ids` (ending at `chain`) the store lacks as fetchable
-/// from `source`; false when one cannot be had.
-fn record_layers(source: &Source, store: &Store, diff_ids: &[Digest], chain: &Digest) -> bool {
-    if store.layer_known(chain) {
-        return true;
-    }
+/// Record the layers of `diff_ids` the store lacks as fetchable from `source` (remote
+/// layers, store/remote.rs), each with the blob `blob_of(index, diff_id)` names: the one
+/// way a cache's layers and a base image's become known without their bytes. The chain id
+/// of the top layer; None when a layer cannot be had (no blob, or its blob was refused).
+pub(super) fn record_remote_layers(
+    store: &Store,
+    diff_ids: &[Digest],
+    source: BlobSource,
+    blob_of: impl Fn(usize, &Digest) -> Option<Descriptor>,
+) -> Option<Digest> {
     let mut parent: Option<Digest> = None;
-    for diff_id in diff_ids {
+    for (i, diff_id) in diff_ids.iter().enumerate() {
         let c = chain_id(parent.as_ref(), diff_id);
         if store.layer(&c).is_none() && store.remote_layer(&c).is_none() {
-            let Some(blob) = source.layer(diff_id) else {
-                return false;
-            };
-            if store.blob_refused(&blob.digest) {
-                return false;
-            }
+            let blob = blob_of(i, diff_id).filter(|b| !store.blob_refused(&b.digest))?;
             let remote = RemoteLayer {
                 chain_id: c.clone(),
                 diff_id: diff_id.clone(),
                 parent: parent.clone(),
-                blob: blob.clone(),
-                source: source.blob_source(),
+                blob,
+                source: source.clone(),
             };
-            if store.put_remote_layer(&remote).is_err() {
-                return false;
-            }
+            store.put_remote_layer(&remote).ok()?;
         }
         parent = Some(c);
     }
-    parent.as_ref() == Some(chain)
+    parent
 }
 
 /// Whether `e` is [`materialize`] refusing a blob: the build can start again, the steps
@@ -131,10 +135,11 @@ pub fn refused(e: &BuildError) -> bool {
 }
 
 /// Make the layers `chains` (a stage's or an image's, bottom first) present in the store:
-/// those known only from a cache (store/remote.rs) are fetched, checked against their
-/// digests and extracted, bottom first, with `id`'s progress. A blob that fails its digest
-/// is refused and forgotten (the next build rebuilds the step that made it), and is the
-/// error. Present layers cost a stat each.
+/// those known only as remote layers (a cache's, a base image's: store/remote.rs) are
+/// fetched, checked against their digests and extracted, bottom first, with `id`'s
+/// progress. A cache blob that fails its digest is refused and forgotten (the next build
+/// rebuilds the step that made it), and is the error; a registry's blob that fails it is a
+/// registry error (it is never stored). Present layers cost a stat each.
 pub fn materialize(
     store: &Store,
     registry: &Client,
@@ -153,6 +158,12 @@ pub fn materialize(
     Ok(())
 }
 
+/// Fetch and extract `missing`, bottom first. The blobs download in a thread of their own
+/// while the layers below them are extracted, so the network and the disk work at once.
+/// Each layer's fetch and its extraction hold the layer's claim: stages of one build that
+/// need the same layer at once (two stages on one base) fetch and extract it once. Claims
+/// are leaves here (nothing else is claimed while one is held), so they cannot deadlock
+/// with a step's key claim.
 fn fetch_and_extract(
     store: &Store,
     registry: &Client,
@@ -160,31 +171,95 @@ fn fetch_and_extract(
     reporter: &dyn Reporter,
     id: StepId,
 ) -> Result<(), BuildError> {
-    for layer in missing {
-        if !store.has_blob(&layer.blob.digest) {
-            reporter.status(
-                id,
-                &format!(
-                    "fetching {} ({}) from the cache",
-                    layer.blob.digest,
-                    crate::output::human_size(layer.blob.size)
-                ),
-            );
-            if let Err(e) = cache::fetch_blob(registry, store, &layer.source, &layer.blob) {
-                if matches!(e, CacheError::DigestMismatch { .. }) {
-                    store.refuse_remote_layer(&layer.chain_id, &layer.blob.digest)?;
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let (missing, stop) = (&missing, &stop);
+        scope.spawn(move || {
+            for layer in missing {
+                if stop.load(Ordering::SeqCst) {
+                    return;
                 }
-                return Err(e.into());
+                let fetched = fetch_blob(store, registry, layer, reporter, id);
+                let failed = fetched.is_err();
+                if tx.send(fetched).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let extracted = missing.iter().try_for_each(|layer| {
+            match rx.recv() {
+                Ok(fetched) => fetched?,
+                // The fetcher sends one result per layer until one fails.
+                Err(_) => return Err(BuildError::Invalid("the blob fetcher stopped".into())),
+            }
+            let _claim = store.claim_key(&claim(layer));
+            if store.layer(&layer.chain_id).is_some() {
+                return Ok(());
+            }
+            reporter.status(id, &format!("extracting {}", layer.blob.digest));
+            let parent = layer.parent.as_ref();
+            extract_layer(
+                store,
+                &layer.blob,
+                &layer.diff_id,
+                parent,
+                &source_name(layer),
+                reporter,
+            )
+        });
+        stop.store(true, Ordering::SeqCst);
+        extracted
+    })
+}
+
+/// The claim a layer's fetch and extraction hold ([`fetch_and_extract`]).
+fn claim(layer: &RemoteLayer) -> String {
+    format!("materialize {}", layer.chain_id)
+}
+
+/// How messages name where `layer`'s blob comes from.
+fn source_name(layer: &RemoteLayer) -> String {
+    match &layer.source {
+        BlobSource::Registry(r) => format!("`{r}`"),
+        BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
+    }
+}
+
+/// Bring `layer`'s blob into the store unless it or the layer is there. A cache blob that
+/// fails its digest is refused for good ([`Store::refuse_remote_layer`]) and is the error.
+fn fetch_blob(
+    store: &Store,
+    registry: &Client,
+    layer: &RemoteLayer,
+    reporter: &dyn Reporter,
+    id: StepId,
+) -> Result<(), BuildError> {
+    let _claim = store.claim_key(&claim(layer));
+    if store.layer(&layer.chain_id).is_some() || store.has_blob(&layer.blob.digest) {
+        return Ok(());
+    }
+    reporter.status(
+        id,
+        &format!(
+            "fetching {} ({}) from {}",
+            layer.blob.digest,
+            crate::output::human_size(layer.blob.size),
+            source_name(layer)
+        ),
+    );
+    cache::fetch_blob(registry, store, &layer.source, &layer.blob).map_err(|e| match e {
+        CacheError::DigestMismatch { .. } => {
+            match store.refuse_remote_layer(&layer.chain_id, &layer.blob.digest) {
+                Ok(()) => e.into(),
+                Err(refusing) => refusing.into(),
             }
         }
-        let name = match &layer.source {
-            BlobSource::Registry(r) => format!("cache `{r}`"),
-            BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
-        };
-        let parent = layer.parent.as_ref();
-        extract_layer(store, &layer.blob, &layer.diff_id, parent, &name, reporter)?;
-    }
-    Ok(())
+        // A registry's failure (a digest mismatch too: its client checks every blob) names
+        // the reference; nothing was stored.
+        CacheError::Registry(e) => BuildError::Registry(e),
+        e => e.into(),
+    })
 }
 
 /// The blob of the layer `chain` as a registry on `registry` (host) can get it without

@@ -903,7 +903,8 @@ impl<'a> Ctx<'a> {
             layer_steps: Vec::new(),
             steps: Vec::new(),
         };
-        Ok(FsSource::Layers(state.lowers(self.store)?))
+        // A base known lazily is fetched here: the copy needs its files.
+        Ok(FsSource::Layers(self.lowers(&state, 0)?))
     }
 
     fn mount(

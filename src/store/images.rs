@@ -442,10 +442,15 @@ impl Store {
             stats.bytes += self.remove_build_state()?;
         }
 
-        // A kept layer needs its parents (they are its overlay lowerdirs).
+        // A kept layer needs its parents (they are its overlay lowerdirs), present or
+        // remote (a present layer below a remote one is its lower once it is fetched).
         let mut todo: Vec<Digest> = keep_chains.iter().cloned().collect();
         while let Some(c) = todo.pop() {
-            if let Some(parent) = self.layer(&c).and_then(|l| l.parent) {
+            let parent = match self.layer(&c) {
+                Some(l) => l.parent,
+                None => self.remote_layer(&c).and_then(|r| r.parent),
+            };
+            if let Some(parent) = parent {
                 if keep_chains.insert(parent.clone()) {
                     todo.push(parent);
                 }
@@ -464,6 +469,9 @@ impl Store {
                 stats.layers += 1;
             }
         }
+
+        // Remote layers take no disk but their records: those of kept chains stay.
+        self.prune_remote(&keep_chains)?;
 
         // A snapshot stands for its top layer and those below it: it goes with that layer.
         for chain in self.flat_ids()? {

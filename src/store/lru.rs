@@ -247,6 +247,9 @@ struct Footprint {
     blob_refs: BTreeMap<Digest, usize>,
     layers: BTreeMap<Digest, super::LayerRecord>,
     blob_sizes: BTreeMap<Digest, u64>,
+    /// Remote layers (remote.rs): their records' sizes and parents. A kept chain keeps its
+    /// record; prune drops the others.
+    remote: BTreeMap<Digest, (u64, Option<Digest>)>,
     pinned: BTreeSet<Digest>,
     pinned_blobs: BTreeSet<Digest>,
 }
@@ -264,12 +267,20 @@ impl Footprint {
             blob_refs: BTreeMap::new(),
             layers: BTreeMap::new(),
             blob_sizes: BTreeMap::new(),
+            remote: BTreeMap::new(),
             pinned: pinned.clone(),
             pinned_blobs: pinned_blobs.clone(),
         };
         for chain in store.layer_ids()? {
             if let Some(l) = store.layer(&chain) {
                 f.layers.insert(chain, l);
+            }
+        }
+        for (path, chain) in store.remote_records()? {
+            if let Some(chain) = chain {
+                let parent = store.remote_layer(&chain).and_then(|r| r.parent);
+                let size = fs::metadata(&path).map_or(0, |m| m.len());
+                f.remote.insert(chain, (size, parent));
             }
         }
         let dir = store.root.join("blobs/sha256");
@@ -309,7 +320,12 @@ impl Footprint {
         if *n > 1 {
             return;
         }
+        let remote = self.remote.get(chain).cloned();
+        self.total += remote.as_ref().map_or(0, |(size, _)| *size);
         let Some(layer) = self.layers.get(chain) else {
+            if let Some(p) = remote.and_then(|(_, parent)| parent) {
+                self.keep_layer(&p);
+            }
             return;
         };
         self.total += layer.size;
@@ -339,7 +355,13 @@ impl Footprint {
             return;
         }
         self.layer_refs.remove(chain);
+        let remote = self.remote.get(chain).cloned();
+        let freed = remote.as_ref().map_or(0, |(size, _)| *size);
+        self.total = self.total.saturating_sub(freed);
         let Some(layer) = self.layers.get(chain) else {
+            if let Some(p) = remote.and_then(|(_, parent)| parent) {
+                self.release_layer(&p);
+            }
             return;
         };
         self.total = self.total.saturating_sub(layer.size);

@@ -54,7 +54,7 @@ use layers::content_size;
 pub use layers::{chain_id, BlobRef, DiffTar, LayerBlobs, LayerBytes, LayerReader, LayerRecord};
 pub use lock::{FileLock, LockMode};
 pub use lru::PruneOptions;
-pub use remote::{BlobSource, RemoteLayer};
+pub use remote::{BlobSource, RemoteLayer, REFUSAL_KEPT};
 pub use usage::{Usage, RECLAIMABLE};
 
 /// Errors from the store; each names the path or object it concerns.

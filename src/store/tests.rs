@@ -951,6 +951,74 @@ fn remote_layers_are_known_not_present_and_refusal_is_remembered() {
     assert_eq!(s.get_cache("k"), None);
 }
 
+/// Remote layers on a long-lived store: `du` lists their records ("Remote layers"); prune
+/// keeps those a cache record (or a tag) still needs, with the present layer below them,
+/// and drops the others; a refused blob stays refused for [`REFUSAL_KEPT`], or until a
+/// prune.
+#[test]
+fn remote_records_are_listed_pruned_when_unused_and_refusals_expire() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let base = make_layer(&s, "f", b"x", None);
+    let remote_on = |name: &[u8], parent: Option<&Digest>| {
+        let diff_id = Digest::of(name);
+        let r = RemoteLayer {
+            chain_id: chain_id(parent, &diff_id),
+            diff_id,
+            parent: parent.cloned(),
+            blob: Descriptor::new(
+                media::OCI_LAYER_GZIP,
+                Digest::of(&[name, b"blob"].concat()),
+                9,
+            ),
+            source: BlobSource::Registry("localhost:5000/base:1".into()),
+        };
+        s.put_remote_layer(&r).unwrap();
+        r
+    };
+    let used = remote_on(b"used", Some(&base.chain_id));
+    let unused = remote_on(b"unused", None);
+    let rec = CacheRecord {
+        chain: Some(used.chain_id.clone()),
+        new_layer: true,
+        config: ImageConfig::default(),
+        history: History::default(),
+        inputs: None,
+    };
+    s.put_cache("k", &rec).unwrap();
+    let remote_row = |s: &Store| {
+        let usage = s.disk_usage().unwrap();
+        let row = usage.iter().find(|u| u.kind == "Remote layers").unwrap();
+        (row.count, row.bytes)
+    };
+    let (count, bytes) = remote_row(&s);
+    assert_eq!(count, 2);
+    assert!(bytes > 0 && bytes < 2048, "{bytes}");
+
+    let refused = Digest::of(b"bad blob");
+    s.refuse_remote_layer(&Digest::of(b"some chain"), &refused)
+        .unwrap();
+    assert!(s.blob_refused(&refused));
+    let marker = t.path().join("remote/refused").join(refused.hex());
+    let set_age = |age: std::time::Duration| {
+        let f = std::fs::File::options().write(true).open(&marker).unwrap();
+        f.set_modified(std::time::SystemTime::now() - age).unwrap();
+    };
+    set_age(REFUSAL_KEPT + std::time::Duration::from_secs(60));
+    assert!(!s.blob_refused(&refused), "an old refusal expires");
+    set_age(std::time::Duration::from_secs(60));
+    assert!(s.blob_refused(&refused));
+
+    // No tag: the base layer stays for the record above it (its lower once fetched).
+    s.prune(&PruneOptions::default()).unwrap();
+    assert_eq!(remote_row(&s).0, 1);
+    assert_eq!(s.remote_layer(&used.chain_id), Some(used.clone()));
+    assert_eq!(s.remote_layer(&unused.chain_id), None);
+    assert!(s.layer(&base.chain_id).is_some());
+    assert!(s.layer_known(&used.chain_id));
+    assert!(!s.blob_refused(&refused), "prune forgets refusals");
+}
+
 /// A multi-platform image: its tag names an index; prune keeps every image the index lists
 /// whole (manifest, config, layers), and once the tag is gone takes them all.
 #[test]

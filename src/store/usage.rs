@@ -25,7 +25,7 @@ pub struct Usage {
 
 impl Store {
     /// The store's usage, by kind: tagged images (the content of the layers they use, each
-    /// layer once), extracted layers, blobs, cache records, cache mounts, the trash; then
+    /// layer once), extracted layers, remote layers (records only), blobs, cache records, cache mounts, the trash; then
     /// what a prune could reclaim ([`RECLAIMABLE`]).
     pub fn disk_usage(&self) -> Result<Vec<Usage>> {
         // Each layer's meta.json read once: the images' sizes come from these.
@@ -94,9 +94,20 @@ impl Store {
                     .count() as u64
             })
             .unwrap_or(0);
+        // Layers known but not fetched (remote.rs): listed, as `buildx du` lists BuildKit's
+        // lazy records, with the few bytes their records take.
+        let mut remote = Usage {
+            kind: "Remote layers",
+            ..Usage::default()
+        };
+        for (path, _) in self.remote_records()? {
+            remote.count += 1;
+            remote.bytes += fs::metadata(&path).map_or(0, |m| m.len());
+        }
         let mut usage = vec![
             images,
             layers,
+            remote,
             files("Blobs", &self.root.join("blobs/sha256"))?,
             files("Cache records", &self.root.join("cache"))?,
             mounts,
