@@ -22,6 +22,7 @@ mod spare;
 pub mod user;
 pub mod userns;
 pub mod wire;
+mod writeback;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -457,6 +458,7 @@ pub fn run(
         parent: std::process::id(),
         netns,
     };
+    let _writeback = writeback::Writeback::start(&spec.rootfs.upper);
     match call_helper::<(), (), ()>(helper, &job, output)? {
         Reply::Run { exit, stubs } => {
             remove_stubs(&spec.rootfs, &stubs)?;
@@ -485,6 +487,7 @@ pub fn fs_job<J: FsJob>(
         parent: std::process::id(),
     };
     let helper = spare::take(helper_exe()?, spare::Want::Any)?;
+    let _writeback = writeback::Writeback::start(&rootfs.upper);
     match call_helper::<J, J::Output, J::Error>(helper, &job, &mut |_| {})? {
         Reply::Fs(result) => Ok(result),
         Reply::Failed(f) => Err(f.into()),
