@@ -458,7 +458,6 @@ pub fn run(
         parent: std::process::id(),
         netns,
     };
-    let _writeback = writeback::Writeback::start(&spec.rootfs.upper);
     match call_helper::<(), (), ()>(helper, &job, output)? {
         Reply::Run { exit, stubs } => {
             remove_stubs(&spec.rootfs, &stubs)?;

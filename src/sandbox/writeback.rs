@@ -11,7 +11,13 @@
 //! While a helper runs, a thread of the parent calls `syncfs` on the upper's filesystem
 //! again and again, so the disk writes what the step has written so far while the step
 //! goes on writing, and the sync at unmount finds little left. A step that ends before
-//! [`FIRST_SYNC`] never syncs here: small RUN steps cost nothing more.
+//! [`FIRST_SYNC`] never syncs here.
+//!
+//! Only file operations (COPY, ADD) get it: everything they write is the layer. A RUN step
+//! does not: a compiler's or apt's temporary files, written and deleted within the step,
+//! would all be forced to disk, and a long step would flush the disk's cache every
+//! [`PAUSE`] (expensive on the network block devices of CI machines). Its upper is synced
+//! by the unmount alone, as before.
 
 use std::fs::File;
 use std::path::Path;
@@ -77,7 +83,7 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
-    /// A step shorter than FIRST_SYNC never syncs: stopping is immediate, so small RUN
+    /// A step shorter than FIRST_SYNC never syncs: stopping is immediate, so small COPY
     /// steps pay only for starting and stopping a thread.
     #[test]
     fn a_short_step_stops_at_once_without_syncing() {
