@@ -11,9 +11,10 @@ use sha2::{Digest as _, Sha256};
 use super::{Result, Store, StoreError};
 use crate::image::{Descriptor, Digest, Sha256Writer};
 use crate::layer::compress::{decompressor, sniff, Compression, Compressor};
-use crate::layer::{snapshot_blob, LayerError, LayerFiles, LayerStats, SnapshotOptions, TarStream};
+use crate::layer::stats::{write_listing, Listing};
+use crate::layer::{snapshot_blob, LayerError, LayerStats, SnapshotOptions, TarStream};
 
-/// layers/<chain>/files: the layer's path listing ([`LayerFiles::encode`]).
+/// layers/<chain>/files: the layer's path listing ([`crate::layer::LayerFiles::encode`]'s format).
 const FILES: &str = "files";
 
 /// The OCI chain id of a layer on top of `parent`:
@@ -532,30 +533,33 @@ impl Store {
 
     /// The layer's statistics and path listing, `None` if the store has no such layer. The
     /// first call for a layer (or one whose listing is damaged) lists its diff dir, metadata
-    /// only, and saves both; later calls read the small listing file.
-    pub fn layer_files(&self, chain: &Digest) -> Result<Option<(LayerStats, LayerFiles)>> {
+    /// only, and saves both; later calls read the small listing file. The listing is read
+    /// as it is used, never held whole (issue 23).
+    pub fn layer_files(&self, chain: &Digest) -> Result<Option<(LayerStats, Listing)>> {
         let dir = self.layer_dir(chain);
         let meta_path = dir.join("meta.json");
         let Some(mut meta) = Store::read_json::<LayerMeta>(&meta_path)? else {
             return Ok(None);
         };
         let files_path = dir.join(FILES);
-        let stored = match fs::read(&files_path) {
-            Ok(bytes) => LayerFiles::decode(&bytes),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(StoreError::io("reading", &files_path)(e)),
-        };
-        if let (Some(stats), Some(files)) = (&meta.stats, stored) {
-            return Ok(Some((stats.clone(), files)));
+        let open = || Listing::open(&files_path).map_err(StoreError::io("reading", &files_path));
+        if let Some(stats) = &meta.stats {
+            if let Some(listing) = open()? {
+                return Ok(Some((stats.clone(), listing)));
+            }
         }
-        let files = LayerFiles::scan(&dir.join("diff"))?;
-        let stats = files.stats();
-        self.write_file_atomic(&files_path, &files.encode())?;
+        let diff = dir.join("diff");
+        let stats = self.write_file_atomic_with(&files_path, |f| {
+            write_listing(&diff, f).map_err(StoreError::Layer)
+        })?;
         if meta.stats.as_ref() != Some(&stats) {
             meta.stats = Some(stats.clone());
             self.write_file_atomic(&meta_path, &crate::image::canonical_json(&meta))?;
         }
-        Ok(Some((stats, files)))
+        let listing = open()?.ok_or_else(|| StoreError::LayerMissing {
+            chain: chain.clone(),
+        })?;
+        Ok(Some((stats, listing)))
     }
 
     /// Add a blob to a layer's meta.json. Two processes adding different codecs at once may

@@ -323,15 +323,27 @@ impl Store {
     /// Write `bytes` to `dest` via a fsynced file in the session dir and a rename; the
     /// directory is synced by the next [`Store::sync_pending`].
     fn write_file_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        self.write_file_atomic_with(dest, |f| {
+            f.write_all(bytes).map_err(StoreError::io("writing", dest))
+        })
+    }
+
+    /// [`Store::write_file_atomic`] of what `write` writes into the temp file.
+    fn write_file_atomic_with<T>(
+        &self,
+        dest: &Path,
+        write: impl FnOnce(&mut fs::File) -> Result<T>,
+    ) -> Result<T> {
         let mut tmp = tempfile::NamedTempFile::new_in(&self.session)
             .map_err(StoreError::io("creating temp file in", &self.session))?;
-        tmp.write_all(bytes)
-            .and_then(|_| tmp.as_file().sync_all())
+        let written = write(tmp.as_file_mut())?;
+        tmp.as_file()
+            .sync_all()
             .map_err(StoreError::io("writing", tmp.path()))?;
         tmp.persist(dest)
             .map_err(|e| StoreError::io("renaming into", dest)(e.error))?;
         self.sync_parent_later(dest);
-        Ok(())
+        Ok(written)
     }
 
     /// Read and parse a JSON record.
