@@ -212,7 +212,7 @@ impl LayerReader {
 }
 
 impl Store {
-    fn layer_dir(&self, chain: &Digest) -> PathBuf {
+    pub(super) fn layer_dir(&self, chain: &Digest) -> PathBuf {
         self.root.join("layers").join(chain.hex())
     }
 
@@ -591,6 +591,10 @@ impl Store {
 
     /// Remove a layer (prune). Renamed into scratch first so no half-removed layer is visible.
     pub(crate) fn remove_layer(&self, chain: &Digest) -> Result<()> {
+        self.lowers_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(chain);
         self.remove_aside(&self.layer_dir(chain), "removing layer")
     }
 

@@ -160,6 +160,9 @@ pub struct Store {
     trash_taken: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Layers this process built and committed ([`Store::commit_built_layer`]).
     fresh: std::sync::Mutex<std::collections::HashSet<Digest>>,
+    /// Layers whose meta.json a lower stack has read already this process ([`Store::lowers`]):
+    /// a step reads the record of a new layer only, not of every layer below it again.
+    lowers_seen: std::sync::Mutex<std::collections::HashSet<Digest>>,
     /// Cache records this process used, saved by [`Store::save_use`] (lru.rs).
     used: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Cache keys a thread is building now ([`Store::claim_key`]).
@@ -224,6 +227,7 @@ impl Store {
             discarding: Default::default(),
             trash_taken: Default::default(),
             fresh: Default::default(),
+            lowers_seen: Default::default(),
             used: Default::default(),
             claims: Default::default(),
             _session_lock: session_lock,
