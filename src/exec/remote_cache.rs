@@ -2,7 +2,7 @@
 //! steps ask [`RemoteCache::lookup`] for a key the store does not have; the build's steps go
 //! out through [`export`] once the image is committed. The format is crate::cache's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::cache::{
     self, CacheError, CacheExport, CacheImport, CacheMode, ExportTarget, ExportedRecord, Source,
@@ -122,6 +122,35 @@ fn record_layers(source: &Source, store: &Store, diff_ids: &[Digest], chain: &Di
         parent = Some(c);
     }
     parent.as_ref() == Some(chain)
+}
+
+/// The diff_ids of the layers of `chain`, bottom first, from the store's records of its
+/// layers (present or remote); `lists` keeps those found, so the steps of one export walk
+/// each layer once.
+fn chain_diff_ids(
+    store: &Store,
+    chain: &Digest,
+    lists: &mut HashMap<Digest, Vec<Digest>>,
+) -> Result<Vec<Digest>, BuildError> {
+    let mut above = Vec::new();
+    let mut at = Some(chain.clone());
+    let mut below = Vec::new();
+    while let Some(c) = at {
+        if let Some(known) = lists.get(&c) {
+            below = known.clone();
+            break;
+        }
+        let (diff_id, parent) = match (store.layer(&c), store.remote_layer(&c)) {
+            (Some(l), _) => (l.diff_id, l.parent),
+            (None, Some(r)) => (r.diff_id, r.parent),
+            (None, None) => return Err(StoreError::LayerMissing { chain: c }.into()),
+        };
+        above.push(diff_id);
+        at = parent;
+    }
+    below.extend(above.into_iter().rev());
+    lists.insert(chain.clone(), below.clone());
+    Ok(below)
 }
 
 /// Whether `e` is [`materialize`] refusing a blob: the build can start again, the steps
@@ -352,8 +381,9 @@ fn records(
     };
     let mut out = Vec::new();
     let mut homes: Vec<BlobHome> = Vec::new();
+    let mut lists = HashMap::new();
     for (parent, key) in steps {
-        let Some(record) = store.get_cache(key) else {
+        let Some(mut record) = store.get_cache(key) else {
             continue;
         };
         let layer = match (&record.chain, record.new_layer) {
@@ -375,6 +405,11 @@ fn records(
         let diff_id = layer
             .as_ref()
             .and_then(|_| record.config.rootfs.diff_ids.last().cloned());
+        // An importer records the chain's layers from the whole list (record_layers); the
+        // store's record keeps its own layer's only.
+        if let Some(chain) = &record.chain {
+            record.config.rootfs.diff_ids = chain_diff_ids(store, chain, &mut lists)?;
+        }
         out.push(ExportedRecord {
             key: key.clone(),
             parent: parent.clone(),
