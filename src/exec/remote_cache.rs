@@ -171,7 +171,7 @@ pub fn materialize(
     reporter: &dyn Reporter,
     id: StepId,
 ) -> Result<(), BuildError> {
-    for chain in chains.iter().filter(|c| store.layer(c).is_none()) {
+    for chain in chains.iter().filter(|c| store.present_layer(c).is_none()) {
         let missing = store
             .missing_below(chain)
             .ok_or_else(|| StoreError::LayerMissing {

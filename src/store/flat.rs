@@ -81,22 +81,11 @@ impl Store {
         Ok(out)
     }
 
-    /// The diff dir of layer `chain`, whose record is read once per process: the steps of a
-    /// 1,000-step build would read half a million meta.json files otherwise (issue 23). A
-    /// layer found stays: prune takes the store's lock exclusively, builds share it.
     fn layer_diff(&self, chain: &Digest) -> Result<PathBuf> {
-        let seen = || self.lowers_seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen().contains(chain) {
-            return Ok(self.layer_dir(chain).join("diff"));
-        }
-        let diff = self
-            .layer(chain)
-            .map(|l| l.diff)
+        self.present_layer(chain)
             .ok_or_else(|| StoreError::LayerMissing {
                 chain: chain.clone(),
-            })?;
-        seen().insert(chain.clone());
-        Ok(diff)
+            })
     }
 
     /// The flattened snapshot of `chains` (bottom first, a multiple of [`STRIDE`] long),

@@ -212,13 +212,27 @@ impl LayerReader {
 }
 
 impl Store {
-    pub(super) fn layer_dir(&self, chain: &Digest) -> PathBuf {
+    fn layer_dir(&self, chain: &Digest) -> PathBuf {
         self.root.join("layers").join(chain.hex())
     }
 
     /// The layer with chain id `chain`, if the store has it.
     pub fn layer(&self, chain: &Digest) -> Option<LayerRecord> {
         self.try_layer(chain).ok().flatten()
+    }
+
+    /// The diff dir of layer `chain` if the store has it extracted, its record read once per
+    /// process: each step of a 1,000-step build asks for every layer below it, which read
+    /// half a million meta.json files (issue 23). A layer found stays: prune takes the
+    /// store's lock exclusively, builds share it.
+    pub fn present_layer(&self, chain: &Digest) -> Option<PathBuf> {
+        let seen = || self.lowers_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen().contains(chain) {
+            return Some(self.layer_dir(chain).join("diff"));
+        }
+        let diff = self.layer(chain)?.diff;
+        seen().insert(chain.clone());
+        Some(diff)
     }
 
     /// Like [`Store::layer`], but a corrupt meta.json is an error rather than absence.

@@ -160,7 +160,7 @@ pub struct Store {
     trash_taken: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Layers this process built and committed ([`Store::commit_built_layer`]).
     fresh: std::sync::Mutex<std::collections::HashSet<Digest>>,
-    /// Layers whose meta.json a lower stack has read already this process ([`Store::lowers`]):
+    /// Layers whose meta.json this process has read already ([`Store::present_layer`]):
     /// a step reads the record of a new layer only, not of every layer below it again.
     lowers_seen: std::sync::Mutex<std::collections::HashSet<Digest>>,
     /// Cache records this process used, saved by [`Store::save_use`] (lru.rs).
