@@ -287,7 +287,9 @@ impl ListingWriter {
         let entry = Entry {
             path: f.path,
             mode: f.mode,
-            digest: hex(&f.sha)[..LISTED_DIGEST].to_string(),
+            // The prefix's bytes only, through the hex crate: formatting all 32 bytes one
+            // String each was ~15% of a 100k-file cached rebuild (perf, issue 23).
+            digest: hex::encode(&f.sha[..LISTED_DIGEST / 2]),
         };
         let sep: &[u8] = if self.count > 1 { b"," } else { b"" };
         let written = out
@@ -310,10 +312,6 @@ impl ListingWriter {
 fn read_listing(path: &Path) -> Option<Vec<Entry>> {
     let file = std::fs::File::open(path).ok()?;
     serde_json::from_reader(std::io::BufReader::new(file)).ok()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The ENV step of the stage before `step` that set variable `name` last, as a reason names

@@ -2,7 +2,7 @@
 //! steps ask [`RemoteCache::lookup`] for a key the store does not have; the build's steps go
 //! out through [`export`] once the image is committed. The format is crate::cache's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cache::{
@@ -128,6 +128,35 @@ pub(super) fn record_remote_layers(
     parent
 }
 
+/// The diff_ids of the layers of `chain`, bottom first, from the store's records of its
+/// layers (present or remote); `lists` keeps those found, so the steps of one export walk
+/// each layer once.
+fn chain_diff_ids(
+    store: &Store,
+    chain: &Digest,
+    lists: &mut HashMap<Digest, Vec<Digest>>,
+) -> Result<Vec<Digest>, BuildError> {
+    let mut above = Vec::new();
+    let mut at = Some(chain.clone());
+    let mut below = Vec::new();
+    while let Some(c) = at {
+        if let Some(known) = lists.get(&c) {
+            below = known.clone();
+            break;
+        }
+        let (diff_id, parent) = match (store.layer(&c), store.remote_layer(&c)) {
+            (Some(l), _) => (l.diff_id, l.parent),
+            (None, Some(r)) => (r.diff_id, r.parent),
+            (None, None) => return Err(StoreError::LayerMissing { chain: c }.into()),
+        };
+        above.push(diff_id);
+        at = parent;
+    }
+    below.extend(above.into_iter().rev());
+    lists.insert(chain.clone(), below.clone());
+    Ok(below)
+}
+
 /// Whether `e` is [`materialize`] refusing a blob: the build can start again, the steps
 /// that blob answered then miss.
 pub fn refused(e: &BuildError) -> bool {
@@ -147,7 +176,7 @@ pub fn materialize(
     reporter: &dyn Reporter,
     id: StepId,
 ) -> Result<(), BuildError> {
-    for chain in chains.iter().filter(|c| store.layer(c).is_none()) {
+    for chain in chains.iter().filter(|c| store.present_layer(c).is_none()) {
         let missing = store
             .missing_below(chain)
             .ok_or_else(|| StoreError::LayerMissing {
@@ -427,8 +456,9 @@ fn records(
     };
     let mut out = Vec::new();
     let mut homes: Vec<BlobHome> = Vec::new();
+    let mut lists = HashMap::new();
     for (parent, key) in steps {
-        let Some(record) = store.get_cache(key) else {
+        let Some(mut record) = store.get_cache(key) else {
             continue;
         };
         let layer = match (&record.chain, record.new_layer) {
@@ -450,6 +480,11 @@ fn records(
         let diff_id = layer
             .as_ref()
             .and_then(|_| record.config.rootfs.diff_ids.last().cloned());
+        // An importer records the chain's layers from the whole list (record_layers); the
+        // store's record keeps its own layer's only.
+        if let Some(chain) = &record.chain {
+            record.config.rootfs.diff_ids = chain_diff_ids(store, chain, &mut lists)?;
+        }
         out.push(ExportedRecord {
             key: key.clone(),
             parent: parent.clone(),

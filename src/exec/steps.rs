@@ -625,15 +625,23 @@ impl<'a> Ctx<'a> {
     ) -> Result<(), BuildError> {
         state.history.push(history.clone());
         state.advance(key.clone());
+        let new_layer = !history.empty_layer;
         let record = CacheRecord {
             chain: state.top().cloned(),
-            new_layer: !history.empty_layer,
+            new_layer,
+            // This step's own layer, not the stage's lists: records the size of the steps
+            // before them made an n-step build's records O(n²) (issue 23).
             config: ImageConfig {
                 rootfs: crate::image::RootFs {
-                    diff_ids: state.diff_ids.clone(),
+                    diff_ids: state
+                        .diff_ids
+                        .last()
+                        .filter(|_| new_layer)
+                        .cloned()
+                        .into_iter()
+                        .collect(),
                     ..Default::default()
                 },
-                history: state.history.clone(),
                 ..Default::default()
             },
             history,

@@ -655,3 +655,31 @@ fn ssh_mounts_get_a_socket_for_the_step_only_and_stay_out_of_the_key() {
         "{err}"
     );
 }
+
+/// Issue 23: a step's cache record keeps its own layer's diff_id and history entry, not the
+/// stage's lists up to it, so the records of n steps take O(n) bytes (they took O(n²): 200
+/// steps wrote ~70x the bytes of 20). A rebuild from the short records hits every step
+/// and makes the same image.
+#[test]
+fn cache_records_grow_linearly_in_the_steps() {
+    let record_bytes = |n: usize| -> u64 {
+        let f = Fixture::new(&[]);
+        let steps: String = (0..n).map(|i| format!("RUN echo {i}\n")).collect();
+        let req = f.request(&format!("FROM scratch\n{steps}"));
+        let first = f.build(&req).unwrap();
+        let again = f.build(&req).unwrap();
+        assert_eq!((again.cached, again.executed), (n, 0));
+        assert_eq!(again.image.manifest.digest, first.image.manifest.digest);
+        assert_eq!(again.image.config.rootfs.diff_ids.len(), n);
+        let cache = f.store.root().join("cache");
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let (small, big) = (record_bytes(20), record_bytes(200));
+    assert!(
+        big < small * 15,
+        "cache records of 20 steps: {small} bytes, of 200: {big} bytes"
+    );
+}

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{human_size, OutputError};
 use crate::image::Digest;
 use crate::layer::compress::Compression;
-use crate::layer::stats::{image_cost, LargeFile, LayerFiles, Removal};
+use crate::layer::stats::{image_cost, LargeFile, Listing, Removal};
 use crate::store::{ImageRecord, Store};
 
 /// Version of the JSON below; bumped when a field changes meaning or goes away.
@@ -93,7 +93,7 @@ pub struct Summary {
 
 /// The history of `image`, costed.
 pub fn history(store: &Store, image: &ImageRecord) -> Result<HistoryReport, OutputError> {
-    let mut listed: Vec<Option<LayerFiles>> = Vec::with_capacity(image.chains.len());
+    let mut listed: Vec<Option<Listing>> = Vec::with_capacity(image.chains.len());
     let mut layers = Vec::with_capacity(image.chains.len());
     for (i, chain) in image.chains.iter().enumerate() {
         let desc = image.manifest_body.layers.get(i);
@@ -141,11 +141,11 @@ pub fn history(store: &Store, image: &ImageRecord) -> Result<HistoryReport, Outp
         });
         listed.push(files.map(|(_, f)| f));
     }
-    let refs: Vec<Option<&LayerFiles>> = listed.iter().map(Option::as_ref).collect();
-    let cost = image_cost(&refs);
+    let have_listing: Vec<bool> = listed.iter().map(Option::is_some).collect();
+    let cost = image_cost(listed)?;
     for (layer, c) in layers.iter_mut().zip(&cost.layers) {
         layer.wasted = c.wasted;
-        if listed[layer.index].is_some() {
+        if have_listing[layer.index] {
             layer.files = Some(FileCounts {
                 added: c.added,
                 changed: c.changed,

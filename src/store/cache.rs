@@ -17,7 +17,11 @@ pub struct CacheRecord {
     pub chain: Option<Digest>,
     /// Whether this step added a layer (RUN/COPY/ADD, WORKDIR creating its dir).
     pub new_layer: bool,
-    /// The image config after this step (history included).
+    /// What the step changed in the image config: the diff_id of the layer it added, as
+    /// the last of `rootfs.diff_ids`. Records the store writes hold that one only (a whole
+    /// list per record makes an n-step build's records O(n²), issue 23); records written
+    /// before, and exported ones, hold the chain's whole list (an importer records the
+    /// chain's layers from it).
     pub config: ImageConfig,
     /// This step's history entry (also the last entry of `config.history`).
     pub history: History,

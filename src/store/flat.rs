@@ -82,8 +82,7 @@ impl Store {
     }
 
     fn layer_diff(&self, chain: &Digest) -> Result<PathBuf> {
-        self.layer(chain)
-            .map(|l| l.diff)
+        self.present_layer(chain)
             .ok_or_else(|| StoreError::LayerMissing {
                 chain: chain.clone(),
             })

@@ -11,9 +11,10 @@ use sha2::{Digest as _, Sha256};
 use super::{Result, Store, StoreError};
 use crate::image::{Descriptor, Digest, Sha256Writer};
 use crate::layer::compress::{decompressor, sniff, Compression, Compressor};
-use crate::layer::{snapshot_blob, LayerError, LayerFiles, LayerStats, SnapshotOptions, TarStream};
+use crate::layer::stats::{write_listing, Listing};
+use crate::layer::{snapshot_blob, LayerError, LayerStats, SnapshotOptions, TarStream};
 
-/// layers/<chain>/files: the layer's path listing ([`LayerFiles::encode`]).
+/// layers/<chain>/files: the layer's path listing ([`crate::layer::LayerFiles::encode`]'s format).
 const FILES: &str = "files";
 
 /// The OCI chain id of a layer on top of `parent`:
@@ -218,6 +219,20 @@ impl Store {
     /// The layer with chain id `chain`, if the store has it.
     pub fn layer(&self, chain: &Digest) -> Option<LayerRecord> {
         self.try_layer(chain).ok().flatten()
+    }
+
+    /// The diff dir of layer `chain` if the store has it extracted, its record read once per
+    /// process: each step of a 1,000-step build asks for every layer below it, which read
+    /// half a million meta.json files (issue 23). A layer found stays: prune takes the
+    /// store's lock exclusively, builds share it.
+    pub fn present_layer(&self, chain: &Digest) -> Option<PathBuf> {
+        let seen = || self.lowers_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen().contains(chain) {
+            return Some(self.layer_dir(chain).join("diff"));
+        }
+        let diff = self.layer(chain)?.diff;
+        seen().insert(chain.clone());
+        Some(diff)
     }
 
     /// Like [`Store::layer`], but a corrupt meta.json is an error rather than absence.
@@ -532,30 +547,33 @@ impl Store {
 
     /// The layer's statistics and path listing, `None` if the store has no such layer. The
     /// first call for a layer (or one whose listing is damaged) lists its diff dir, metadata
-    /// only, and saves both; later calls read the small listing file.
-    pub fn layer_files(&self, chain: &Digest) -> Result<Option<(LayerStats, LayerFiles)>> {
+    /// only, and saves both; later calls read the small listing file. The listing is read
+    /// as it is used, never held whole (issue 23).
+    pub fn layer_files(&self, chain: &Digest) -> Result<Option<(LayerStats, Listing)>> {
         let dir = self.layer_dir(chain);
         let meta_path = dir.join("meta.json");
         let Some(mut meta) = Store::read_json::<LayerMeta>(&meta_path)? else {
             return Ok(None);
         };
         let files_path = dir.join(FILES);
-        let stored = match fs::read(&files_path) {
-            Ok(bytes) => LayerFiles::decode(&bytes),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(StoreError::io("reading", &files_path)(e)),
-        };
-        if let (Some(stats), Some(files)) = (&meta.stats, stored) {
-            return Ok(Some((stats.clone(), files)));
+        let open = || Listing::open(&files_path).map_err(StoreError::io("reading", &files_path));
+        if let Some(stats) = &meta.stats {
+            if let Some(listing) = open()? {
+                return Ok(Some((stats.clone(), listing)));
+            }
         }
-        let files = LayerFiles::scan(&dir.join("diff"))?;
-        let stats = files.stats();
-        self.write_file_atomic(&files_path, &files.encode())?;
+        let diff = dir.join("diff");
+        let stats = self.write_file_atomic_with(&files_path, |f| {
+            write_listing(&diff, f).map_err(StoreError::Layer)
+        })?;
         if meta.stats.as_ref() != Some(&stats) {
             meta.stats = Some(stats.clone());
             self.write_file_atomic(&meta_path, &crate::image::canonical_json(&meta))?;
         }
-        Ok(Some((stats, files)))
+        let listing = open()?.ok_or_else(|| StoreError::LayerMissing {
+            chain: chain.clone(),
+        })?;
+        Ok(Some((stats, listing)))
     }
 
     /// Add a blob to a layer's meta.json. Two processes adding different codecs at once may
@@ -587,6 +605,10 @@ impl Store {
 
     /// Remove a layer (prune). Renamed into scratch first so no half-removed layer is visible.
     pub(crate) fn remove_layer(&self, chain: &Digest) -> Result<()> {
+        self.lowers_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(chain);
         self.remove_aside(&self.layer_dir(chain), "removing layer")
     }
 

@@ -160,6 +160,9 @@ pub struct Store {
     trash_taken: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Layers this process built and committed ([`Store::commit_built_layer`]).
     fresh: std::sync::Mutex<std::collections::HashSet<Digest>>,
+    /// Layers whose meta.json this process has read already ([`Store::present_layer`]):
+    /// a step reads the record of a new layer only, not of every layer below it again.
+    lowers_seen: std::sync::Mutex<std::collections::HashSet<Digest>>,
     /// Cache records this process used, saved by [`Store::save_use`] (lru.rs).
     used: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Cache keys a thread is building now ([`Store::claim_key`]).
@@ -224,6 +227,7 @@ impl Store {
             discarding: Default::default(),
             trash_taken: Default::default(),
             fresh: Default::default(),
+            lowers_seen: Default::default(),
             used: Default::default(),
             claims: Default::default(),
             _session_lock: session_lock,
@@ -323,15 +327,27 @@ impl Store {
     /// Write `bytes` to `dest` via a fsynced file in the session dir and a rename; the
     /// directory is synced by the next [`Store::sync_pending`].
     fn write_file_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        self.write_file_atomic_with(dest, |f| {
+            f.write_all(bytes).map_err(StoreError::io("writing", dest))
+        })
+    }
+
+    /// [`Store::write_file_atomic`] of what `write` writes into the temp file.
+    fn write_file_atomic_with<T>(
+        &self,
+        dest: &Path,
+        write: impl FnOnce(&mut fs::File) -> Result<T>,
+    ) -> Result<T> {
         let mut tmp = tempfile::NamedTempFile::new_in(&self.session)
             .map_err(StoreError::io("creating temp file in", &self.session))?;
-        tmp.write_all(bytes)
-            .and_then(|_| tmp.as_file().sync_all())
+        let written = write(tmp.as_file_mut())?;
+        tmp.as_file()
+            .sync_all()
             .map_err(StoreError::io("writing", tmp.path()))?;
         tmp.persist(dest)
             .map_err(|e| StoreError::io("renaming into", dest)(e.error))?;
         self.sync_parent_later(dest);
-        Ok(())
+        Ok(written)
     }
 
     /// Read and parse a JSON record.
