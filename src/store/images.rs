@@ -74,7 +74,8 @@ pub fn chains_of(diff_ids: &[Digest]) -> Vec<Digest> {
 
 impl Store {
     /// Write the config blob (canonical JSON) and an OCI manifest whose layers are the
-    /// layers' blobs in `compression` (made if missing). `layers` are chain ids, bottom first,
+    /// layers' blobs in `compression` where the store has them or makes them for free, else
+    /// the blobs it holds ([`Store::listed_blob`]). `layers` are chain ids, bottom first,
     /// and must match `config.rootfs.diff_ids`.
     pub fn put_image(
         &self,
@@ -113,7 +114,7 @@ impl Store {
             }
             descs.push(match remote_blob {
                 Some(blob) => blob,
-                None => self.layer_blob(chain, compression)?,
+                None => self.listed_blob(chain, compression)?,
             });
         }
         let config_bytes = canonical_json(config);

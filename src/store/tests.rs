@@ -246,6 +246,38 @@ fn layer_blob_recompresses_and_records() {
     assert_eq!(s.layer_blob(&l.chain_id, Compression::Zstd).unwrap(), z);
 }
 
+/// A pulled layer (its registry blob stored, no built tar) is listed in an image committed
+/// "uncompressed" by the blob the store holds: no uncompressed copy is written at commit
+/// (outputs make it when they need it), as a lazy layer is listed by its remote blob.
+#[test]
+fn an_image_lists_a_pulled_layers_own_blob_and_writes_no_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let l = make_layer(&s, "f", b"pulled bytes", None);
+    assert!(l.tar.is_none(), "a pulled layer");
+    let img = s
+        .put_image(
+            &config_for(&[&l]),
+            std::slice::from_ref(&l.chain_id),
+            Compression::Uncompressed,
+            &Default::default(),
+        )
+        .unwrap();
+    let gz = l.blobs.gzip.clone().unwrap();
+    assert_eq!(img.manifest_body.layers[0].digest, gz.digest);
+    assert_eq!(
+        img.manifest_body.layers[0].media_type,
+        media::OCI_LAYER_GZIP
+    );
+    assert!(!s.has_blob(&l.diff_id), "no uncompressed copy at commit");
+    assert_eq!(s.layer(&l.chain_id).unwrap().blobs.uncompressed, None);
+    // An output that wants it still gets it, made then.
+    let plain = s
+        .layer_blob(&l.chain_id, Compression::Uncompressed)
+        .unwrap();
+    assert_eq!(plain.digest, l.diff_id);
+}
+
 #[test]
 fn cache_records_round_trip_and_miss_when_layer_gone() {
     let t = tempfile::tempdir().unwrap();
