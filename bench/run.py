@@ -111,9 +111,13 @@ def preflight(kinds):
         except OSError as e:
             sys.exit(f"the registry at {REGISTRY} does not answer ({e}); {start}")
     if any(k not in NO_DOCKER_KINDS for k in kinds) and os.path.exists(DOCKER):
-        r = subprocess.run([DOCKER, "info"], capture_output=True, text=True, timeout=60)
-        if r.returncode != 0:
-            sys.exit(f"dockerd does not answer (`docker info`: {r.stderr.strip()[-300:]}); {start}")
+        try:
+            r = subprocess.run([DOCKER, "info"], capture_output=True, text=True, timeout=60)
+            why = r.returncode and (r.stderr.strip()[-300:] or f"exit {r.returncode}")
+        except subprocess.TimeoutExpired:
+            why = "no answer in 60 s"
+        if why:
+            sys.exit(f"dockerd does not answer (`docker info`: {why}); {start}")
 
 
 def write_context(kind, scale, dest):
