@@ -65,10 +65,59 @@ MULTIARCH_PLATFORMS = "linux/amd64,linux/arm64"
 # Images the multiarch scenario's buildah runs make carry it, so they can be removed again
 # without touching other users' images (a --manifest build tags none).
 MULTIARCH_LABEL = "rbuild-bench-multiarch=1"
+# Scenarios no docker build runs in (docker 20.10 has no OCI exporter, no buildx).
+NO_DOCKER_KINDS = ("oci", "multiarch")
+# Every command that failed (builder runs, untimed warm-ups): the run exits non-zero.
+FAILURES = []
 
 
 def sh(cmd, **kw):
     return subprocess.run(cmd, shell=isinstance(cmd, str), check=True, **kw)
+
+
+def failed(what, cmd, r):
+    """Report a command that exited non-zero (`r` captured text: its stderr's tail) and
+    remember it: the run
+    finishes its table, then exits 1 (a failed builder must not read as a mere "n/a")."""
+    print(f"  {what} failed (exit {r.returncode}): {shlex.join(cmd)}\n{r.stderr[-2000:]}",
+          file=sys.stderr, flush=True)
+    FAILURES.append(what)
+
+
+def preflight(kinds):
+    """Fail before any work when what the scenarios pull from or compare with is not up:
+    the registry (with the base images) and, when docker builds are measured, dockerd.
+    Without this a stopped registry made every builder fail and the table say "n/a"."""
+    import urllib.error
+    import urllib.request
+    start = 'start them with: eval "$(scripts/test-env.sh 2>/dev/null)" (as root, in the repo)'
+    bases = [BUSYBOX]
+    if {"pyapp", "ci"} & set(kinds):
+        bases.append(DEBIAN)
+    if "multiarch" in kinds:
+        bases.append(BUSYBOX_MULTI)
+    accept = ", ".join(["application/vnd.oci.image.index.v1+json",
+                        "application/vnd.oci.image.manifest.v1+json",
+                        "application/vnd.docker.distribution.manifest.v2+json",
+                        "application/vnd.docker.distribution.manifest.list.v2+json"])
+    for image in bases:
+        name, tag = image[len(REGISTRY) + 1:].rsplit(":", 1)
+        url = f"http://{REGISTRY}/v2/{name}/manifests/{tag}"
+        req = urllib.request.Request(url, method="HEAD", headers={"Accept": accept})
+        try:
+            urllib.request.urlopen(req, timeout=5)
+        except urllib.error.HTTPError as e:
+            sys.exit(f"the registry at {REGISTRY} has no {image} (HTTP {e.code}); {start}")
+        except OSError as e:
+            sys.exit(f"the registry at {REGISTRY} does not answer ({e}); {start}")
+    if any(k not in NO_DOCKER_KINDS for k in kinds) and os.path.exists(DOCKER):
+        try:
+            r = subprocess.run([DOCKER, "info"], capture_output=True, text=True, timeout=60)
+            why = r.returncode and (r.stderr.strip()[-300:] or f"exit {r.returncode}")
+        except subprocess.TimeoutExpired:
+            why = "no answer in 60 s"
+        if why:
+            sys.exit(f"dockerd does not answer (`docker info`: {why}); {start}")
 
 
 def write_context(kind, scale, dest):
@@ -260,6 +309,7 @@ def run_builder(name, cmds, out, created, kind, ctx):
             cmds = [floor_script(ctx, floor_rootfs(kind, out))]
         except subprocess.CalledProcessError as e:
             print(f"  run alone: preparing the root failed: {e}", file=sys.stderr, flush=True)
+            FAILURES.append(f"{kind} run alone (preparing the root)")
             return None
     if name == "buildah" and kind == "multiarch":
         # --manifest adds to an existing list: each run starts without one (untimed).
@@ -275,7 +325,7 @@ def run_builder(name, cmds, out, created, kind, ctx):
             cmd = ["/usr/bin/time", "-f", "%M", *cmd]
         r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if r.returncode != 0:
-            print(f"  {name} failed: {' '.join(cmd)}\n{r.stderr[-2000:]}", file=sys.stderr, flush=True)
+            failed(f"{kind} {name}", cmd, r)
             return None
         if name == "rbuild":
             rss = int(r.stderr.strip().splitlines()[-1]) // 1024
@@ -322,7 +372,9 @@ def warm_bases(kind, store, out, rootless_bin=None):
         rl_store, _ = rootless_dirs(kind, out)
         cmds.append(as_rootless([rootless_bin, "--root", rl_store, "pull", base]))
     for cmd in cmds:
-        subprocess.run(cmd, capture_output=True)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            failed(f"{kind} pulling the base image", cmd, r)
 
 
 AGED_RECIPE = 2  # bump when age_store changes: results of different recipes don't compare
@@ -484,14 +536,14 @@ def run_ci(args, work):
         runs.append((name, run_dir))
         prepare, timed = ci_commands(name, ctx, reg.addr, run_dir)
         for cmd in prepare:
+            # Removing what an earlier job left (docker rmi, builder prune) may find nothing.
             subprocess.run(cmd, env=env, capture_output=True)
         settle(ctx)
         start = time.monotonic()
         for cmd in timed:
             r = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if r.returncode != 0:
-                print(f"  ci {name} failed: {' '.join(cmd)}\n{r.stderr[-2000:]}",
-                      file=sys.stderr, flush=True)
+                failed(f"ci {name}", cmd, r)
                 return None
         return time.monotonic() - start
 
@@ -551,6 +603,7 @@ def main():
     shutil.which("rbuild") or sys.exit("rbuild is not on PATH (scripts/install.sh)")
     shutil.which("/usr/bin/time") or sh("apt-get install -y -qq time >/dev/null")
     stores = args.stores.split(",")
+    preflight(["steps", "context"] if args.only == "scale" else args.only.split(","))
     print(f"machine: {machine()}; rbuild: {shutil.which('rbuild')}", flush=True)
     print(f"load average at start: {load()}", flush=True)
     if args.only == "scale":
@@ -632,6 +685,9 @@ def main():
                    if "rbuild-rootless" in med and "rbuild" in med]
     if rootless_vs:
         print(f"\nrbuild rootless / root (fresh store, target <= 1.15): {', '.join(rootless_vs)}")
+    if FAILURES:
+        sys.exit(f"\n{len(FAILURES)} command(s) failed (their stderr is above; their cells "
+                 f"say n/a): {', '.join(sorted(set(FAILURES)))}")
 
 
 if __name__ == "__main__":

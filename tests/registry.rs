@@ -1019,3 +1019,111 @@ fn a_lazy_base_is_fetched_with_the_credentials_of_the_build() {
     let listing = support::listing(std::fs::File::open(&tar).unwrap());
     assert!(listing.contains_key("hello.txt"), "{listing:?}");
 }
+
+/// rbuild with no CA certificates to load: SSL_CERT_FILE and SSL_CERT_DIR (which replace
+/// the system's bundle where set) name paths that do not exist.
+fn rbuild_without_ca(work: &Path) -> Command {
+    let none = work.join("no-ca-certificates");
+    let mut cmd = Command::new(support::rbuild_bin());
+    cmd.env("RBUILD_ROOT", work.join("store"))
+        .env("SSL_CERT_FILE", &none)
+        .env("SSL_CERT_DIR", &none);
+    cmd
+}
+
+/// Regression: the HTTP client loaded the system's CA certificates when it was made and
+/// failed without any ("setting up the registry client: ... No CA certificates were loaded
+/// from the system"), so a machine without ca-certificates could not even pull from a
+/// plain-HTTP loopback registry.
+#[test]
+#[ignore = "needs docker-registry"]
+fn plain_http_registries_need_no_ca_certificates() {
+    needs_docker_registry();
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start(None);
+    let r = reg.reference("plain/base:1");
+    let img = TestImage::new(&Platform::host(), b"no ca");
+    img.push(&client(None), &r);
+    let out = rbuild_without_ca(work.path())
+        .args(["pull", &r.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Without CA certificates an HTTPS registry fails at its first connection, naming the
+/// registry and what to install. The registry is a TLS server on loopback reached by a
+/// name (`tls-registry.test`, from an /etc/hosts bind-mounted in a mount namespace of the
+/// test's own), so rbuild speaks HTTPS to it as to any registry that is not loopback.
+#[test]
+#[ignore = "needs root"]
+fn https_without_ca_certificates_says_what_to_install() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    support::needs_root();
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tls");
+    let certs = CertificateDer::pem_file_iter(tls.join("cert.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(tls.join("key.pem")).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handshakes = Arc::new(Mutex::new(0));
+    let seen = handshakes.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut sock = conn.unwrap();
+            let mut tls = rustls::ServerConnection::new(config.clone()).unwrap();
+            // The client sends its hello and aborts when it sees the certificate.
+            let _ = tls.complete_io(&mut sock);
+            *seen.lock().unwrap() += 1;
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    let hosts = work.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost tls-registry.test\n").unwrap();
+    let reference = format!("tls-registry.test:{port}/base:1");
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "-m",
+        "sh",
+        "-c",
+        r#"mount --bind "$1" /etc/hosts && shift && exec "$@""#,
+        "sh",
+    ])
+    .arg(&hosts);
+    let rbuild = rbuild_without_ca(work.path());
+    cmd.arg(rbuild.get_program())
+        .envs(rbuild.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .args(["pull", &reference]);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot verify the TLS certificate of registry tls-registry.test:{port}: \
+             no CA certificates found on this machine"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("apt-get install ca-certificates"),
+        "{stderr}"
+    );
+    assert_eq!(
+        *handshakes.lock().unwrap(),
+        1,
+        "one TLS handshake, not retried"
+    );
+}

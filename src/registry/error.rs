@@ -67,6 +67,9 @@ pub enum Cause {
     /// asking again at once would get the same answer.
     #[error("cannot reach {host}: {detail}")]
     Unreachable { host: Peer, detail: String },
+    /// An HTTPS server on a machine without CA certificates (registry/tls.rs).
+    #[error("cannot verify the TLS certificate of {host}: no CA certificates found on this machine (the system's bundle, or SSL_CERT_FILE/SSL_CERT_DIR where set); install them (Debian: `apt-get install ca-certificates`) or point SSL_CERT_FILE at a CA bundle")]
+    NoCaCertificates { host: Peer },
     /// A connection that was made broke (reset, closed mid-response).
     #[error("connection to {host} lost: {detail}")]
     ConnectionLost { host: Peer, detail: String },

@@ -22,6 +22,7 @@ mod error;
 pub mod platform;
 mod pull;
 mod push;
+mod tls;
 mod transport;
 
 use std::path::PathBuf;

@@ -11,6 +11,7 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use reqwest::{Response, StatusCode, Url};
 
 use super::error::{Cause, Peer, RegistryError};
+use super::tls;
 use crate::image::{Digest, Sha256Writer};
 
 /// Attempts after the first for transient failures (5xx, 429, dropped connections).
@@ -37,12 +38,21 @@ impl Transport {
             .build()
             .map_err(|e| RegistryError::Setup(format!("tokio runtime: {e}")))?;
         install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| RegistryError::Setup(root_cause(&e)))?;
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(30))
+                .read_timeout(Duration::from_secs(120))
+        };
+        let http = match builder().build() {
+            Ok(http) => http,
+            // Loading the system's CA certificates is the one step the client below skips:
+            // if it builds, the machine has none (tls.rs). Plain HTTP still works.
+            Err(e) => builder()
+                .use_preconfigured_tls(tls::refusing_all().map_err(RegistryError::Setup)?)
+                .build()
+                .map_err(|_| RegistryError::Setup(root_cause(&e)))?,
+        };
         Ok(Transport { rt, http })
     }
 
@@ -131,6 +141,9 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// A transport error: no connection at all (not retried), or one that broke (retried).
 pub(super) fn net_err(peer: Peer, e: &reqwest::Error) -> Cause {
+    if tls::no_ca_certificates(e) {
+        return Cause::NoCaCertificates { host: peer };
+    }
     let detail = if e.is_timeout() {
         "timed out".to_string()
     } else {

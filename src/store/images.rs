@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
 use super::lru::{Live, PruneOptions};
-use super::{chain_id, Result, Store, StoreError, Stored};
+use super::{chain_id, LayerRecord, Result, Store, StoreError, Stored};
 use crate::image::{
     canonical_json, media, Descriptor, Digest, ImageConfig, Index, Manifest, Reference,
 };
@@ -62,6 +62,13 @@ pub struct PruneStats {
     pub bytes: u64,
 }
 
+/// Where [`Store::put_image`] finds a layer's manifest entry: the record read once for the
+/// layer (meta.json), or a lazy layer's remote blob.
+enum Listed {
+    Local(LayerRecord),
+    Remote(Descriptor),
+}
+
 /// Chain ids for a list of diff ids, bottom first.
 pub fn chains_of(diff_ids: &[Digest]) -> Vec<Digest> {
     let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
@@ -93,10 +100,10 @@ impl Store {
         let mut descs = Vec::with_capacity(layers.len());
         for (index, (chain, diff_id)) in layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
             // A layer not fetched yet (remote.rs) is listed with the blob its cache has.
-            let (layer_diff_id, remote_blob) = match self.try_layer(chain)? {
-                Some(layer) => (layer.diff_id, None),
+            let (layer_diff_id, listed) = match self.try_layer(chain)? {
+                Some(layer) => (layer.diff_id.clone(), Listed::Local(layer)),
                 None => match self.remote_layer(chain) {
-                    Some(r) => (r.diff_id, Some(r.blob)),
+                    Some(r) => (r.diff_id, Listed::Remote(r.blob)),
                     None => {
                         return Err(StoreError::LayerMissing {
                             chain: chain.clone(),
@@ -112,9 +119,9 @@ impl Store {
                     layer: layer_diff_id,
                 });
             }
-            descs.push(match remote_blob {
-                Some(blob) => blob,
-                None => self.listed_blob(chain, compression)?,
+            descs.push(match listed {
+                Listed::Remote(blob) => blob,
+                Listed::Local(layer) => self.listed_blob(&layer, compression)?,
             });
         }
         let config_bytes = canonical_json(config);

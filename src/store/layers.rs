@@ -429,12 +429,9 @@ impl Store {
     /// encoding they need ([`Store::layer_bytes`]) when they need it; making it here wrote an
     /// uncompressed copy of every pulled layer at each commit (2.3 s for the `ci` bench's
     /// 300 MB base), which is what a lazy (remote) layer's listing already avoids.
-    pub fn listed_blob(&self, chain: &Digest, compression: Compression) -> Result<Descriptor> {
-        let layer = self
-            .try_layer(chain)?
-            .ok_or_else(|| StoreError::LayerMissing {
-                chain: chain.clone(),
-            })?;
+    /// `layer` is the record the caller read ([`Store::try_layer`]): an image commit reads
+    /// each layer's meta.json once, not once per question asked of it.
+    pub fn listed_blob(&self, layer: &LayerRecord, compression: Compression) -> Result<Descriptor> {
         let held = |b: &BlobRef| self.has_blob(&b.digest);
         let free = layer.blobs.get(compression).is_some_and(held)
             || (compression == Compression::Uncompressed && layer.tar.is_some());
@@ -447,7 +444,7 @@ impl Store {
                 ));
             }
         }
-        self.layer_blob(chain, compression)
+        self.record_bytes(layer, compression, None).map(|(d, _)| d)
     }
 
     /// The layer's blob in `compression` (made as [`Store::layer_blob`] does, with `level`
@@ -463,6 +460,17 @@ impl Store {
             .ok_or_else(|| StoreError::LayerMissing {
                 chain: chain.clone(),
             })?;
+        self.record_bytes(&layer, compression, level)
+    }
+
+    /// [`Store::layer_bytes`] for a layer whose record the caller has read.
+    fn record_bytes(
+        &self,
+        layer: &LayerRecord,
+        compression: Compression,
+        level: Option<i32>,
+    ) -> Result<(Descriptor, LayerBytes)> {
+        let chain = &layer.chain_id;
         let to_desc =
             |b: &BlobRef| Descriptor::new(compression.oci_media_type(), b.digest.clone(), b.size);
         if let Some(b) = layer.blobs.get(compression) {
@@ -477,14 +485,14 @@ impl Store {
                 tar.size,
             );
             let bytes = LayerBytes::Diff {
-                dir: layer.diff,
-                diff_id: layer.diff_id,
+                dir: layer.diff.clone(),
+                diff_id: layer.diff_id.clone(),
                 tar,
                 verify: !self.is_fresh(chain),
             };
             return Ok((desc, bytes));
         }
-        let blob = self.make_layer_blob(&layer, compression, level)?;
+        let blob = self.make_layer_blob(layer, compression, level)?;
         self.record_layer_blob(chain, compression, blob.clone())?;
         Ok((
             to_desc(&blob),
