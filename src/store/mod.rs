@@ -47,7 +47,7 @@ use crate::image::Digest;
 
 pub use cache::{CacheRecord, StepInputs};
 pub use claims::KeyClaim;
-pub use flat::{flatten_depth, MAX_LOWERS, STRIDE};
+pub use flat::{flatten_depth, MAX_LOWERS, STACK, STRIDE};
 pub use images::{chains_of, ImageRecord, PruneStats};
 pub use indexes::{IndexRecord, Stored};
 use layers::content_size;
