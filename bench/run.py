@@ -10,7 +10,7 @@ localhost:5000 when unset; the benchmark only pulls from it). Run as root:
     sudo bench/run.py [--rounds 3] [--scale 1.0] [--only steps,context] [--stores fresh,aged]
 
 `--only scale` runs the scaling series of bench/scale.py instead (steps, context files and
-layer entries from 10k to 1M: not in the default run, it takes most of an hour at --scale 1).
+layer entries from 10k to 1M: not in the default run, it takes 15-40 minutes at --scale 1).
 Each point prints its result and the time as it finishes; `--series context,apply` runs
 some of the series (to resume a run that stopped), `--peer-timeout` bounds each BuildKit
 build (default 900 s; a point past it reads "timeout after N s").

@@ -12,8 +12,8 @@ it can: dockerd refuses an image of more than 125 layers (`max depth exceeded`),
 1,000-step point (and any above 125) is n/a for it; its peak RSS is the daemon's and is not
 measured. The apply series has no BuildKit counterpart (it pulls, it does not import a
 tar). --scale scales every point (0.01: 10 / 100 / 1,000 files); the full series writes
-~1,000,000 files twice and takes the better part of an hour, so it is not in the default
-run. Contexts and stores live in /dev/shm when it has room, bytes and inodes, for the
+~1,000,000 files twice and takes 15-40 minutes (docs/performance.md), so it is not in the
+default run. Contexts and stores live in /dev/shm when it has room, bytes and inodes, for the
 largest point (ext4 slows down for a minute after mass deletes, which would time the next
 point, not the builder); else in the root filesystem's temp dir, said so; with room in
 neither the run does not start. Each point prints its figures and the time (UTC) as it
