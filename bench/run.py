@@ -10,7 +10,10 @@ localhost:5000 when unset; the benchmark only pulls from it). Run as root:
     sudo bench/run.py [--rounds 3] [--scale 1.0] [--only steps,context] [--stores fresh,aged]
 
 `--only scale` runs the scaling series of bench/scale.py instead (steps, context files and
-layer entries from 10k to 1M: not in the default run, it takes most of an hour at --scale 1).
+layer entries from 10k to 1M: not in the default run, it takes 15-40 minutes at --scale 1).
+Each point prints its result and the time as it finishes; `--series context,apply` runs
+some of the series (to resume a run that stopped), `--peer-timeout` bounds each BuildKit
+build (default 900 s; a point past it reads "timeout after N s").
 
 Every scenario runs on two rbuild stores: "fresh" (empty but for the base image) and "aged":
 one filled first by a fixed recipe the way weeks of CI use leave a store (age_store: 40
@@ -597,6 +600,10 @@ def main():
     ap.add_argument("--stores", default="fresh,aged", help="fresh, aged or both (see age_store)")
     ap.add_argument("--aged-scale", type=float, default=1.0, help="scales age_store's files")
     ap.add_argument("--no-rootless", action="store_true", help="leave out the rootless column")
+    ap.add_argument("--series", default="steps,context,apply",
+                    help="with --only scale: which of bench/scale.py's series (to resume a run)")
+    ap.add_argument("--peer-timeout", type=int, default=900,
+                    help="with --only scale: seconds before a BuildKit build is stopped")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root")
@@ -610,7 +617,10 @@ def main():
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import scale
 
-        scale.report(scale.run(args.scale, BUSYBOX, peers=os.path.exists(DOCKER)))
+        series = args.series.split(",")
+        rows = scale.run(args.scale, BUSYBOX, peers=os.path.exists(DOCKER), series=series,
+                         peer_timeout=args.peer_timeout)
+        scale.report(rows)
         print(f"load average at end: {load()}")
         return
     work = tempfile.mkdtemp(prefix="rbuild-bench-")

@@ -1,6 +1,6 @@
 //! Deep layer stacks (issue 23): a Dockerfile of a thousand steps builds, although one overlay
-//! mount stacks at most 500 layers, because the oldest layers are mounted as a flattened
-//! snapshot (store/flat.rs); the image still has one layer per step. Snapshots are reused by
+//! mount stacks at most 500 layers (rbuild stacks at most 125), because the oldest layers are
+//! mounted as a flattened snapshot (store/flat.rs); the image still has one layer per step. Snapshots are reused by
 //! later builds and removed by `rbuild prune`.
 
 mod support;
@@ -10,23 +10,23 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
+use rbuild::store::{STACK, STRIDE};
 use support::*;
 
 const BASE: InRegistry = InRegistry("busybox");
 
 /// Steps (1-based) whose RUN does more than `echo N > /fN`: whiteouts and opaque directories
-/// below and above the snapshot the last steps mount (layers 1..750: the base is layer 1,
-/// `setup` layer 2, step N layer N + 2).
+/// below and above the snapshot the last steps mount (layers 1..896: the base is layer 1,
+/// `setup` layer 2, step N layer N + 2; step N runs on N + 1 layers).
 fn extra(n: usize) -> &'static str {
     match n {
         // Inside the snapshot: a whiteout, and /d replaced by an opaque directory.
         200 => " && rm -rf /d && mkdir /d && echo b > /d/b",
         300 => " && rm /f10",
         // Above it: a whiteout of a file the snapshot has, and /e replaced.
-        800 => " && rm -rf /e && mkdir /e && echo new > /e/new",
+        950 => " && rm -rf /e && mkdir /e && echo new > /e/new",
         900 => " && rm /f30",
-        // Inside the snapshot at the end; above the 250-layer one that steps 701-748 mount
-        // (step N runs on N + 1 layers).
+        // Inside the snapshot at the end; run above the 640-layer one (steps 700-763).
         700 => " && rm /f20",
         _ => "",
     }
@@ -129,10 +129,11 @@ fn a_thousand_steps_build_through_flattened_snapshots_that_are_reused_and_pruned
     .unwrap();
     assert_eq!(manifest[0]["Layers"].as_array().unwrap().len(), STEPS + 3);
 
-    // Snapshots of 250, 500 and 750 layers: steps 501-749 mounted the first above 251-499
-    // layers, and so on.
+    // Snapshots of 64, 128, ... 896 layers (every STRIDE): steps 125-187 mounted the first
+    // above 62-124 layers, and so on.
     let first = snapshots(&store);
-    assert_eq!(first.len(), 3, "{first:?}");
+    let made = rbuild::store::flatten_depth(STEPS + 2, STACK, STRIDE).unwrap() / STRIDE;
+    assert_eq!((first.len(), made), (14, 14), "{first:?}");
 
     // docker's layer store refuses an image of more than 125 layers (docs/compat.md); if
     // a docker ever loads it, it must run it as built.
@@ -187,6 +188,6 @@ fn a_thousand_steps_build_through_flattened_snapshots_that_are_reused_and_pruned
         &format!("{name}:2"),
     ]));
     let out = prune(&["--all"]);
-    assert!(out.contains("3 flattened snapshots"), "{out}");
+    assert!(out.contains("14 flattened snapshots"), "{out}");
     assert!(snapshots(&store).is_empty());
 }

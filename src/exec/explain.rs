@@ -4,13 +4,14 @@
 //! and the next build need.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::progress::{Reporter, StepId};
 use super::request::BuildRequest;
-use crate::context::ListedFile;
+use crate::context::{self, IgnoreMatcher, ListedFile, StatCache};
+use crate::image::Digest;
 use crate::plan::explain::{self as why, Entry, Parent, Reason};
 use crate::plan::{self, Stage, Step};
 use crate::store::{StepInputs, Store, MAX_LISTING};
@@ -305,6 +306,47 @@ impl ListingWriter {
         let mut out = self.out?;
         out.write_all(b"]").ok()?;
         out.into_inner().ok()
+    }
+}
+
+/// What a content digest walked, to walk it again for its listing. The walk that makes the
+/// key lists nothing, as the digest is known only at its end: a cache hit then writes no
+/// listing (on a 100,000-file context that was ~6 MB written and deleted per rebuild, issue
+/// 23). A miss that needs one walks again, the files' digests now in the stat cache.
+pub struct ListingSource {
+    pub root: PathBuf,
+    pub paths: Vec<String>,
+    pub ignore: IgnoreMatcher,
+    pub excludes: IgnoreMatcher,
+    /// What the first walk gave.
+    pub digest: Digest,
+    /// How many entries it listed.
+    pub files: usize,
+}
+
+impl ListingSource {
+    /// The listing, written to a temp file in `store`; `None` over [`MAX_LISTING`] files or
+    /// when the sources changed since the key's walk (that listing would not be the key's).
+    pub fn write(
+        &self,
+        store: &Store,
+        stat_cache: &mut StatCache,
+    ) -> Option<tempfile::NamedTempFile> {
+        if self.files > MAX_LISTING {
+            return None;
+        }
+        let mut files = ListingWriter::new(store);
+        let again = context::content_digest(
+            &self.root,
+            &self.paths,
+            &self.ignore,
+            &self.excludes,
+            true,
+            stat_cache,
+            &mut |f| files.push(f),
+        )
+        .ok()?;
+        (again == self.digest).then(|| files.finish())?
     }
 }
 

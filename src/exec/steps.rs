@@ -666,7 +666,16 @@ impl<'a> Ctx<'a> {
         use super::explain;
         let content = prepared.and_then(|p| p.content.as_ref());
         let inputs = explain::inputs(parent, stage, step, content.map(Digest::to_string));
-        let listing = prepared.and_then(|p| p.listing.as_ref()).map(|f| f.path());
+        // The sources' listing: kept already for this content, else walked again (a miss).
+        let source = prepared.and_then(|p| p.listing.as_ref());
+        let kept = (inputs.content.as_deref())
+            .filter(|_| source.is_some())
+            .and_then(|c| self.store.listing_path(c));
+        let written = match (&kept, source) {
+            (None, Some(s)) => s.write(self.store, &mut self.stat_cache()),
+            _ => None,
+        };
+        let listing = kept.as_deref().or(written.as_ref().map(|f| f.path()));
         let reason = if self.req.no_cache {
             plan::explain::Reason::NoCache
         } else if self.ignores_cache(stage, step) {
@@ -682,8 +691,8 @@ impl<'a> Ctx<'a> {
         self.log
             .missed(self.req, self.reporter, stage, step, id, reason);
         // Hints for the next build: failing to keep them loses a reason, not a result.
-        if let (Some(content), Some(listing)) = (&inputs.content, listing) {
-            let _ = self.store.keep_listing(content, listing);
+        if let (Some(content), Some(listing)) = (&inputs.content, &written) {
+            let _ = self.store.keep_listing(content, listing.path());
         }
         let _ = self.store.add_child(parent, key);
         inputs
@@ -1114,15 +1123,12 @@ impl<'a> Ctx<'a> {
         paths: &[String],
         excludes: &[String],
         done: &BTreeMap<usize, StageState>,
-        mut listing: Option<&mut Option<tempfile::NamedTempFile>>,
+        mut listing: Option<&mut Option<super::explain::ListingSource>>,
     ) -> Result<String, BuildError> {
         let mut digest_of =
             |ctx: &mut Self, root: &Path, ignore: &IgnoreMatcher| -> Result<String, BuildError> {
                 let excludes = IgnoreMatcher::new(excludes)?;
-                let store = ctx.store;
-                let mut files = listing
-                    .is_some()
-                    .then(|| super::explain::ListingWriter::new(store));
+                let mut files = 0;
                 let d = context::content_digest(
                     root,
                     paths,
@@ -1130,16 +1136,20 @@ impl<'a> Ctx<'a> {
                     &excludes,
                     true,
                     &mut ctx.stat_cache(),
-                    &mut |f| {
-                        if let Some(w) = &mut files {
-                            w.push(f);
-                        }
-                    },
+                    &mut |_| files += 1,
                 )?;
+                let text = d.to_string();
                 if let Some(listing) = listing.as_deref_mut() {
-                    *listing = files.and_then(|w| w.finish());
+                    *listing = Some(super::explain::ListingSource {
+                        root: root.to_path_buf(),
+                        paths: paths.to_vec(),
+                        ignore: ignore.clone(),
+                        excludes,
+                        digest: d,
+                        files,
+                    });
                 }
-                Ok(d.to_string())
+                Ok(text)
             };
         match from {
             CopyFrom::Context => {
@@ -1290,8 +1300,9 @@ impl<'a> Ctx<'a> {
 #[derive(Default)]
 struct Prepared {
     content: Option<Digest>,
-    /// The files `content` covers, for COPY/ADD from a directory (naming what changed).
-    listing: Option<tempfile::NamedTempFile>,
+    /// Where the files `content` covers are, for COPY/ADD from a directory (naming what
+    /// changed).
+    listing: Option<super::explain::ListingSource>,
     /// Per source: (name in the image, host path, mode) for URL and heredoc sources.
     files: Vec<Option<(String, PathBuf, u32)>>,
     /// `ADD <git url>` sources: their index, the repository and the commit its ref names.

@@ -683,3 +683,36 @@ fn cache_records_grow_linearly_in_the_steps() {
         "cache records of 20 steps: {small} bytes, of 200: {big} bytes"
     );
 }
+
+/// A cache hit writes no listing of its sources (issue 23): the key's walk lists nothing
+/// and only a miss walks again to keep one. A miss on a content seen before reuses the kept
+/// listing. (Before, every COPY from the context wrote one to a temp file, hit or not.)
+#[test]
+fn a_cache_hit_writes_no_listing_of_its_sources() {
+    let f = Fixture::new(&[("a.txt", "a"), ("b.txt", "b")]);
+    let req = f.request("FROM scratch\nCOPY . /src\n");
+    let listings = || f.store.listings_made();
+    f.build(&req).unwrap();
+    assert_eq!(listings(), 1, "a first build keeps its sources' listing");
+    let again = f.build(&req).unwrap();
+    assert_eq!((again.cached, again.executed), (1, 0));
+    assert_eq!(listings(), 1, "a cached rebuild wrote a listing");
+
+    // A changed file: a miss, a new listing, and the reason names the file from it.
+    f.write("b.txt", "b2");
+    let mut explain = req.clone();
+    explain.explain = true;
+    let changed = f.build(&explain).unwrap();
+    assert_eq!(listings(), 2);
+    let reason = changed.steps[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("b.txt"), "{reason}");
+    // Back to the first content: the record is there, so a hit again.
+    f.write("b.txt", "b");
+    assert_eq!(f.build(&req).unwrap().cached, 1);
+    assert_eq!(listings(), 2);
+    // --no-cache misses on a content whose listing is kept: nothing written.
+    let mut no_cache = req.clone();
+    no_cache.no_cache = true;
+    f.build(&no_cache).unwrap();
+    assert_eq!(listings(), 2);
+}

@@ -5,7 +5,8 @@
 //!
 //! Overlayfs stacks at most 500 lower layers (OVL_MAX_STACK in fs/overlayfs/params.h, the
 //! same on 6.x kernels; the new mount API's `lowerdir+` lifts the one-page limit of the
-//! option string, not this one). A step above more layers mounts a flattened snapshot of the
+//! option string, not this one); rbuild stacks at most [`STACK`], as each lower costs every
+//! mount and path lookup. A step above more layers mounts a flattened snapshot of the
 //! oldest ones instead of them. Snapshots are cut at multiples of [`STRIDE`] layers, so the
 //! next [`STRIDE`] steps reuse one, later builds on the same layers reuse it too (the chain
 //! id names exactly the layers below it), and each is made from the one below it plus
@@ -23,8 +24,15 @@ use crate::image::Digest;
 /// The most lower layers one overlay mount takes (the kernel's OVL_MAX_STACK).
 pub const MAX_LOWERS: usize = 500;
 
+/// The most lower layers rbuild stacks (docker's overlay2 stops at 125 too): each lower
+/// costs the mount's setup and every path lookup through the stack, so a 1,000-step build
+/// spent ~38% of its time there when it stacked up to [`MAX_LOWERS`] (perf, issue 23).
+pub const STACK: usize = 125;
+
 /// Snapshots are made at multiples of this many layers (from the bottom).
-pub const STRIDE: usize = 250;
+pub const STRIDE: usize = 64;
+
+const _: () = assert!(STACK <= MAX_LOWERS && STRIDE < STACK);
 
 /// How many of `n` layers (bottom first) to mount as one flattened snapshot so that at most
 /// `max` directories are stacked: `None` when all `n` fit. Otherwise the smallest multiple
@@ -67,9 +75,9 @@ impl Store {
     /// The directories to stack for the layers `chains` (bottom first), top-most first as
     /// overlay's lowerdir wants them: the layers' diff dirs, with the oldest ones replaced
     /// by a flattened snapshot (made now if the store has none) when there are more than
-    /// [`MAX_LOWERS`].
+    /// [`STACK`].
     pub fn lowers(&self, chains: &[Digest]) -> Result<Vec<PathBuf>> {
-        let (flat, rest) = match flatten_depth(chains.len(), MAX_LOWERS, STRIDE) {
+        let (flat, rest) = match flatten_depth(chains.len(), STACK, STRIDE) {
             None => (None, chains),
             Some(k) => (Some(self.ensure_flat(&chains[..k])?), &chains[k..]),
         };
@@ -160,19 +168,19 @@ mod tests {
         assert_eq!(flatten_depth(999, 500, 250), Some(500));
         assert_eq!(flatten_depth(1000, 500, 250), Some(750));
         for n in 0..5000 {
-            match flatten_depth(n, MAX_LOWERS, STRIDE) {
-                None => assert!(n <= MAX_LOWERS),
+            match flatten_depth(n, STACK, STRIDE) {
+                None => assert!(n <= STACK),
                 Some(k) => {
                     assert_eq!(k % STRIDE, 0);
                     assert!(k < n, "{n}: something stays above the snapshot");
-                    assert!(n - k < MAX_LOWERS, "{n}: {k} leaves too many above");
+                    assert!(n - k < STACK, "{n}: {k} leaves too many above");
                 }
             }
         }
         // Between two cut points every step mounts the same snapshot.
-        let cuts: std::collections::BTreeSet<_> = (501..2000)
-            .filter_map(|n| flatten_depth(n, MAX_LOWERS, STRIDE))
+        let cuts: std::collections::BTreeSet<_> = (STACK + 1..2000)
+            .filter_map(|n| flatten_depth(n, STACK, STRIDE))
             .collect();
-        assert_eq!(cuts.len(), (2000 - 501) / STRIDE + 1);
+        assert_eq!(cuts.len(), (2000 - STACK - 1) / STRIDE + 1);
     }
 }

@@ -91,6 +91,8 @@ impl Store {
     /// A temp file in the store to write a listing into as it is made, in the format
     /// [`Store::put_listing`] writes; [`Store::keep_listing`] keeps it.
     pub fn listing_tmp(&self) -> Result<tempfile::NamedTempFile> {
+        self.listings_made
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tempfile::NamedTempFile::new_in(&self.session)
             .map_err(StoreError::io("creating temp file in", &self.session))
     }
@@ -113,6 +115,11 @@ impl Store {
         }
     }
 
+    /// Where the listing of content digest `content` is kept, if it is.
+    pub fn listing_path(&self, content: &str) -> Option<PathBuf> {
+        Some(self.index_path("listings", content)).filter(|p| p.exists())
+    }
+
     /// Remove the listings of content digests no record in `keep` names (prune).
     pub(crate) fn prune_listings(&self, keep: &BTreeSet<String>) -> Result<()> {
         let dir = self.root.join("cache-index").join("listings");
@@ -132,6 +139,12 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// How many listings this process began writing ([`Store::listing_tmp`]).
+    pub fn listings_made(&self) -> usize {
+        self.listings_made
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn listing<T: DeserializeOwned>(&self, content: &str) -> Option<Vec<T>> {

@@ -47,7 +47,7 @@ use crate::image::Digest;
 
 pub use cache::{CacheRecord, StepInputs};
 pub use claims::KeyClaim;
-pub use flat::{flatten_depth, MAX_LOWERS, STRIDE};
+pub use flat::{flatten_depth, MAX_LOWERS, STACK, STRIDE};
 pub use images::{chains_of, ImageRecord, PruneStats};
 pub use indexes::{IndexRecord, Stored};
 use layers::content_size;
@@ -163,6 +163,8 @@ pub struct Store {
     /// Layers whose meta.json this process has read already ([`Store::present_layer`]):
     /// a step reads the record of a new layer only, not of every layer below it again.
     lowers_seen: std::sync::Mutex<std::collections::HashSet<Digest>>,
+    /// Listings this process began writing ([`Store::listings_made`]).
+    listings_made: std::sync::atomic::AtomicUsize,
     /// Cache records this process used, saved by [`Store::save_use`] (lru.rs).
     used: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Cache keys a thread is building now ([`Store::claim_key`]).
@@ -228,6 +230,7 @@ impl Store {
             trash_taken: Default::default(),
             fresh: Default::default(),
             lowers_seen: Default::default(),
+            listings_made: Default::default(),
             used: Default::default(),
             claims: Default::default(),
             _session_lock: session_lock,

@@ -819,7 +819,9 @@ fn deep_stacks_mount_a_snapshot_that_is_reused_and_pruned() {
     let t = tempfile::tempdir().unwrap();
     let s = Store::open(t.path()).unwrap();
     let mut chains: Vec<Digest> = Vec::new();
-    for i in 0..760 {
+    // Two snapshots' worth: one of 2 * STRIDE layers, made from the one of STRIDE.
+    let n = STACK + STRIDE + 10;
+    for i in 0..n {
         // As a build commits its layers (no blob to compress and sync).
         let dir = s.tmp_dir().unwrap().keep();
         std::fs::write(dir.join(format!("f{i}")), i.to_string()).unwrap();
@@ -836,24 +838,24 @@ fn deep_stacks_mount_a_snapshot_that_is_reused_and_pruned() {
     }
     let diff = |i: usize| s.layer(&chains[i]).unwrap().diff;
 
-    // Up to overlay's limit: the layers themselves, top-most first, and no snapshot.
-    let lowers = s.lowers(&chains[..MAX_LOWERS]).unwrap();
-    assert_eq!(lowers.len(), MAX_LOWERS);
-    assert_eq!(lowers[0], diff(MAX_LOWERS - 1));
+    // Up to the stack's limit: the layers themselves, top-most first, and no snapshot.
+    let lowers = s.lowers(&chains[..STACK]).unwrap();
+    assert_eq!(lowers.len(), STACK);
+    assert_eq!(lowers[0], diff(STACK - 1));
     assert!(s.flat_ids().unwrap().is_empty());
 
-    // One more: the oldest 250 become one snapshot below the other 251. Two builds that
+    // One more: the oldest STRIDE become one snapshot below the others. Two builds that
     // need it at once both get it; one copy is kept.
     let s2 = Store::open(t.path()).unwrap();
     let (lowers, lowers2) = std::thread::scope(|sc| {
-        let other = sc.spawn(|| s2.lowers(&chains[..MAX_LOWERS + 1]).unwrap());
-        let mine = s.lowers(&chains[..MAX_LOWERS + 1]).unwrap();
+        let other = sc.spawn(|| s2.lowers(&chains[..STACK + 1]).unwrap());
+        let mine = s.lowers(&chains[..STACK + 1]).unwrap();
         (mine, other.join().unwrap())
     });
     assert_eq!(lowers, lowers2);
     assert_eq!(s.flat_ids().unwrap().len(), 1);
-    assert_eq!(lowers.len(), MAX_LOWERS + 1 - STRIDE + 1);
-    assert_eq!(lowers[0], diff(MAX_LOWERS));
+    assert_eq!(lowers.len(), STACK + 1 - STRIDE + 1);
+    assert_eq!(lowers[0], diff(STACK));
     assert_eq!(lowers[lowers.len() - 2], diff(STRIDE));
     let flat = lowers.last().unwrap().clone();
     assert_eq!(Some(flat.clone()), s.flat(&chains[STRIDE - 1]));
@@ -873,29 +875,29 @@ fn deep_stacks_mount_a_snapshot_that_is_reused_and_pruned() {
     let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
     let first = ino(&flat);
 
-    // 760 layers: a snapshot of 500, made from the one of 250; the 250 one is reused.
+    // n layers: a snapshot of 2 * STRIDE, made from the one of STRIDE, which is reused.
     let lowers = s.lowers(&chains).unwrap();
-    assert_eq!(lowers.len(), 760 - 2 * STRIDE + 1);
-    assert!(lowers.len() <= MAX_LOWERS);
-    let flat500 = lowers.last().unwrap();
-    assert_eq!(count_entries(flat500), 2 * STRIDE);
+    assert_eq!(lowers.len(), n - 2 * STRIDE + 1);
+    assert!(lowers.len() <= STACK);
+    let flat2 = lowers.last().unwrap();
+    assert_eq!(count_entries(flat2), 2 * STRIDE);
     assert_eq!(s.flat_ids().unwrap().len(), 2);
-    assert_eq!(ino(&flat), first, "the 250-layer snapshot was made again");
+    assert_eq!(ino(&flat), first, "the first snapshot was made again");
     let again = s.lowers(&chains).unwrap();
-    assert_eq!(ino(again.last().unwrap()), ino(flat500));
+    assert_eq!(ino(again.last().unwrap()), ino(flat2));
 
     // A layer gone from the store is an error naming it, not a panic.
     let mut broken = chains.clone();
-    broken[600] = Digest::of(b"not a layer");
+    broken[STACK + 2] = Digest::of(b"not a layer");
     assert!(matches!(
         s.lowers(&broken),
-        Err(StoreError::LayerMissing { chain }) if chain == broken[600]
+        Err(StoreError::LayerMissing { chain }) if chain == broken[STACK + 2]
     ));
 
     // Nothing keeps the layers: prune removes them and both snapshots.
     let stats = s.prune(&PruneOptions::default()).unwrap();
     assert_eq!(stats.flats, 2);
-    assert_eq!(stats.layers, 760);
+    assert_eq!(stats.layers, n);
     assert!(s.flat_ids().unwrap().is_empty());
     assert_eq!(count_entries(&t.path().join("flat")), 0);
 }
