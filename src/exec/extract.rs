@@ -28,7 +28,7 @@ const MAX_WORKERS: usize = 4;
 /// extraction at its next read); its error is the result, the layers below every failure
 /// that were extracted are recorded anyway (the build that starts again needs them), the
 /// rest go with their scratch dirs. A cache blob that fails its digest is refused and
-/// forgotten ([`Store::refuse_remote_layer`]); a registry's is a registry error.
+/// forgotten ([`Store::refuse_remote_layer`]); a base image's is a registry error.
 pub(super) fn fetch_and_extract(
     store: &Store,
     registry: &crate::registry::Client,
@@ -118,7 +118,7 @@ fn claim(layer: &RemoteLayer) -> String {
 /// How messages name where `layer`'s blob comes from.
 pub(super) fn source_name(layer: &RemoteLayer) -> String {
     match &layer.source {
-        BlobSource::Registry(r) => format!("`{r}`"),
+        BlobSource::Registry(r) | BlobSource::RegistryCache(r) => format!("`{r}`"),
         BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
     }
 }
@@ -174,8 +174,8 @@ fn fetch_blob(
                 Err(refusing) => refusing.into(),
             }
         }
-        // A registry's failure (a digest mismatch too: its client checks every blob) names
-        // the reference; nothing was stored.
+        // A base image's blob that fails its digest is a registry error like any other
+        // (nothing can build it again); nothing was stored.
         CacheError::Registry(e) => BuildError::Registry(e),
         e => e.into(),
     })

@@ -167,8 +167,8 @@ pub fn refused(e: &BuildError) -> bool {
 /// fetched, checked against their digests and extracted, several at once, and recorded
 /// bottom first (exec/extract.rs), with `id`'s progress. A cache blob that fails its digest
 /// is refused and forgotten (the build starts again and rebuilds the step that made it),
-/// and is the error; a registry's blob that fails it is a registry error (it is never
-/// stored). Present layers cost a stat each.
+/// and is the error; a base image's blob that fails it is a registry error (nothing can
+/// build it again). Present layers cost a stat each.
 pub fn materialize(
     store: &Store,
     registry: &Client,
@@ -213,10 +213,7 @@ pub fn remote_blob(
         return None;
     }
     let layer = store.remote_layer(chain)?;
-    let BlobSource::Registry(home) = &layer.source else {
-        return None;
-    };
-    let home: Reference = home.parse().ok()?;
+    let home: Reference = layer.source.registry()?.parse().ok()?;
     let codec = Compression::from_media_type(&layer.blob.media_type);
     let here = registry.is_none_or(|r| r == home.registry);
     (here && codec == Some(compression)).then_some((layer.blob, home))
