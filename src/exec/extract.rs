@@ -283,3 +283,131 @@ impl<R: std::io::Read> std::io::Read for Stoppable<'_, R> {
         self.inner.read(buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::image::media;
+    use crate::layer::compress::{Compression, Compressor};
+    use crate::registry::{Client, RegistryOptions};
+    use crate::store::chain_id;
+
+    /// Layers of one file each as an OCI layout's blobs in `dir` (`--cache-from
+    /// type=local`), stacked: their remote records, bottom first.
+    fn cached_layers(dir: &std::path::Path, names: &[&str]) -> Vec<RemoteLayer> {
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let mut parent: Option<Digest> = None;
+        let mut out = Vec::new();
+        for name in names {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_ustar();
+            h.set_path(name).unwrap();
+            h.set_size(name.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            b.append(&h, name.as_bytes()).unwrap();
+            let tar = b.into_inner().unwrap();
+            let diff_id = Digest::of(&tar);
+            let mut gz = Compressor::new(Vec::new(), Compression::Gzip, None).unwrap();
+            gz.write_all(&tar).unwrap();
+            let gz = gz.finish().unwrap();
+            let digest = Digest::of(&gz);
+            std::fs::write(blobs.join(digest.hex()), &gz).unwrap();
+            let chain = chain_id(parent.as_ref(), &diff_id);
+            out.push(RemoteLayer {
+                chain_id: chain.clone(),
+                diff_id,
+                parent: parent.replace(chain),
+                blob: Descriptor::new(media::OCI_LAYER_GZIP, digest, gz.len() as u64),
+                source: BlobSource::Local(dir.to_path_buf()),
+            });
+        }
+        out
+    }
+
+    /// What the store's scratch holds besides its lock.
+    fn leftovers(store: &Store) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(store.session_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.ends_with(".lock"))
+            .collect()
+    }
+
+    /// Whether any of `layers` was recorded when each extraction began.
+    struct Watch<'a> {
+        store: &'a Store,
+        layers: &'a [RemoteLayer],
+        seen: Mutex<Vec<bool>>,
+    }
+
+    impl Reporter for Watch<'_> {
+        fn started(&self, _: StepId, _: &str) {}
+        fn cached(&self, _: StepId) {}
+        fn output(&self, _: StepId, _: &[u8]) {}
+        fn status(&self, _: StepId, text: &str) {
+            if text.starts_with("extracting") {
+                let any = (self.layers.iter()).any(|l| self.store.layer(&l.chain_id).is_some());
+                self.seen.lock().unwrap().push(any);
+            }
+        }
+        fn done(&self, _: StepId, _: std::time::Duration) {}
+        fn failed(&self, _: StepId, _: std::time::Duration, _: &str) {}
+        fn warn(&self, _: &str) {}
+    }
+
+    /// The layers a step needs are one batch: all extracted, then synced, then recorded
+    /// bottom first, each on its parent.
+    #[test]
+    fn layers_extracted_at_once_are_recorded_on_their_parents() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let names = ["a", "b", "c", "d", "e", "f"];
+        let layers = cached_layers(&t.path().join("cache"), &names);
+        let client = Client::new(RegistryOptions::default()).unwrap();
+        let watch = Watch {
+            store: &store,
+            layers: &layers,
+            seen: Mutex::new(Vec::new()),
+        };
+        fetch_and_extract(&store, &client, &layers, &watch, 1).unwrap();
+        assert_eq!(*watch.seen.lock().unwrap(), vec![false; names.len()]);
+        for (layer, name) in layers.iter().zip(names) {
+            let record = store.layer(&layer.chain_id).unwrap();
+            assert_eq!(record.parent, layer.parent);
+            let file = store.present_layer(&layer.chain_id).unwrap().join(name);
+            assert_eq!(std::fs::read(file).unwrap(), name.as_bytes());
+        }
+        assert_eq!(leftovers(&store), Vec::<std::path::PathBuf>::new());
+        // Present layers are not done again.
+        fetch_and_extract(&store, &client, &layers, &super::super::Silent, 1).unwrap();
+    }
+
+    #[test]
+    fn a_refused_blob_is_the_error_and_nothing_above_it_is_recorded() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let cache = t.path().join("cache");
+        let layers = cached_layers(&cache, &["a", "b", "c", "d"]);
+        let bad = &layers[1];
+        let path = cache.join("blobs/sha256").join(bad.blob.digest.hex());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        let client = Client::new(RegistryOptions::default()).unwrap();
+        let err =
+            fetch_and_extract(&store, &client, &layers, &super::super::Silent, 1).unwrap_err();
+        assert!(super::super::remote_cache::refused(&err), "{err}");
+        assert!(store.blob_refused(&bad.blob.digest));
+        for layer in &layers[1..] {
+            assert!(store.layer(&layer.chain_id).is_none());
+        }
+        // Whatever was recorded stands on its parent; the rest left nothing behind.
+        assert_eq!(leftovers(&store), Vec::<std::path::PathBuf>::new());
+    }
+}

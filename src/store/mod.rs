@@ -375,7 +375,7 @@ impl Store {
     }
 
     #[cfg(test)]
-    fn session_dir(&self) -> &Path {
+    pub(crate) fn session_dir(&self) -> &Path {
         &self.session
     }
 }
