@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use crate::cache::{self, CacheError};
 use crate::image::{Descriptor, Digest};
 use crate::layer::{self, compress};
-use crate::store::{BlobSource, KeyClaim, RemoteLayer, Store};
+use crate::store::{BlobSource, RemoteLayer, Store};
 
 use super::{BuildError, Reporter, StepId};
 
@@ -22,9 +22,10 @@ use super::{BuildError, Reporter, StepId};
 const MAX_WORKERS: usize = 4;
 
 /// Fetch and extract `missing` (bottom first: the parent of each is present or listed
-/// before it), then record them bottom first. Each layer's fetch, extraction and record
-/// hold the layer's claim: stages of one build that need the same layer at once (two
-/// stages on one base) do the work once. The first layer to fail stops the others (an
+/// before it), then record them bottom first. The batch holds its layers' claims from
+/// before the first fetch to after the last record: stages of one build that need the
+/// same layer at once (two stages on one base) do the work once, the second finding it
+/// recorded. The first layer to fail stops the others (an
 /// extraction at its next read); its error is the result, the layers below every failure
 /// that were extracted are recorded anyway (the build that starts again needs them), the
 /// rest go with their scratch dirs. A cache blob that fails its digest is refused and
@@ -42,9 +43,13 @@ pub(super) fn fetch_and_extract(
     let stop = AtomicBool::new(false);
     let failed: Mutex<Option<BuildError>> = Mutex::new(None);
     let done: Mutex<Vec<Option<Done>>> = Mutex::new(missing.iter().map(|_| None).collect());
-    // Claims are taken by the workers only, one layer at a time, and a claimed layer needs
-    // nothing but its own fetch and extraction to be done: whoever holds the lowest claimed
-    // layer not recorded yet can finish it, so two builds of one process cannot deadlock.
+    // Taken in one global order (by name), whatever the batch's order, and nothing that
+    // holds one waits for anything but claims after it: two batches that share layers
+    // cannot deadlock (a step's key claim, held around this, is never waited for here).
+    let mut names: Vec<String> = missing.iter().map(claim).collect();
+    names.sort();
+    names.dedup();
+    let _claims: Vec<_> = names.iter().map(|n| store.claim_key(n)).collect();
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
@@ -75,11 +80,11 @@ pub(super) fn fetch_and_extract(
     }
 }
 
-/// A layer [`fetch_and_unpack`] finished, with its claim (held until it is recorded).
-enum Done<'s> {
-    /// Another build had recorded it.
+/// A layer [`fetch_and_unpack`] finished.
+enum Done {
+    /// Another batch had recorded it.
     Present,
-    Unpacked(Unpacked, KeyClaim<'s>),
+    Unpacked(Unpacked),
 }
 
 /// Record `ready` (the layers `layers` as unpacked, bottom first) after one `syncfs` of the
@@ -91,11 +96,11 @@ fn record_all(
     ready: Vec<Done>,
     reporter: &dyn Reporter,
 ) -> Result<(), BuildError> {
-    if ready.iter().any(|d| matches!(d, Done::Unpacked(..))) {
+    if ready.iter().any(|d| matches!(d, Done::Unpacked(_))) {
         store.sync_filesystem()?;
     }
     for (layer, done) in layers.iter().zip(ready) {
-        if let Done::Unpacked(unpacked, _claim) = done {
+        if let Done::Unpacked(unpacked) = done {
             let name = source_name(layer);
             record(
                 store,
@@ -110,7 +115,7 @@ fn record_all(
     Ok(())
 }
 
-/// The claim a layer's fetch, extraction and record hold ([`fetch_and_extract`]).
+/// The claim held for a layer's fetch, extraction and record ([`fetch_and_extract`]).
 fn claim(layer: &RemoteLayer) -> String {
     format!("materialize {}", layer.chain_id)
 }
@@ -123,17 +128,16 @@ pub(super) fn source_name(layer: &RemoteLayer) -> String {
     }
 }
 
-/// Claim `layer`, bring its blob into the store unless it or the layer is there, and
-/// unpack it into a scratch dir.
-fn fetch_and_unpack<'s>(
-    store: &'s Store,
+/// Bring `layer`'s blob into the store unless it or the layer is there, and unpack it
+/// into a scratch dir.
+fn fetch_and_unpack(
+    store: &Store,
     registry: &crate::registry::Client,
     layer: &RemoteLayer,
     stop: &AtomicBool,
     reporter: &dyn Reporter,
     id: StepId,
-) -> Result<Done<'s>, BuildError> {
-    let claim = store.claim_key(&claim(layer));
+) -> Result<Done, BuildError> {
     if store.layer(&layer.chain_id).is_some() {
         return Ok(Done::Present);
     }
@@ -146,7 +150,7 @@ fn fetch_and_unpack<'s>(
     }
     reporter.status(id, &format!("extracting {}", layer.blob.digest));
     let unpacked = unpack(store, &layer.blob, &layer.diff_id, stop)?;
-    Ok(Done::Unpacked(unpacked, claim))
+    Ok(Done::Unpacked(unpacked))
 }
 
 /// Bring `layer`'s blob into the store. A cache blob that fails its digest is refused for
@@ -289,6 +293,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use crate::exec::Silent;
     use crate::image::media;
     use crate::layer::compress::{Compression, Compressor};
     use crate::registry::{Client, RegistryOptions};
@@ -384,7 +389,37 @@ mod tests {
         }
         assert_eq!(leftovers(&store), Vec::<std::path::PathBuf>::new());
         // Present layers are not done again.
-        fetch_and_extract(&store, &client, &layers, &super::super::Silent, 1).unwrap();
+        fetch_and_extract(&store, &client, &layers, &Silent, 1).unwrap();
+    }
+
+    /// Two stages that need the same layers at once: both batches finish (their claims
+    /// cannot deadlock), the layers are there once.
+    #[test]
+    fn two_batches_of_the_same_layers_at_once_both_finish() {
+        for _ in 0..10 {
+            let t = tempfile::tempdir().unwrap();
+            let store = Store::open(&t.path().join("store")).unwrap();
+            let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+            let layers = cached_layers(&t.path().join("cache"), &names);
+            let client = Client::new(RegistryOptions::default()).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::scope(|scope| {
+                for _ in 0..2 {
+                    let tx = tx.clone();
+                    let (store, client, layers) = (&store, &client, &layers);
+                    scope.spawn(move || {
+                        let done = fetch_and_extract(store, client, layers, &Silent, 1);
+                        tx.send(done.is_ok()).unwrap();
+                    });
+                }
+                for _ in 0..2 {
+                    let ok = rx.recv_timeout(std::time::Duration::from_secs(60));
+                    assert_eq!(ok, Ok(true), "a batch failed or hung");
+                }
+            });
+            assert!(store.present_layer(&layers[7].chain_id).is_some());
+            assert_eq!(leftovers(&store), Vec::<std::path::PathBuf>::new());
+        }
     }
 
     #[test]
@@ -400,8 +435,7 @@ mod tests {
         bytes[last] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
         let client = Client::new(RegistryOptions::default()).unwrap();
-        let err =
-            fetch_and_extract(&store, &client, &layers, &super::super::Silent, 1).unwrap_err();
+        let err = fetch_and_extract(&store, &client, &layers, &Silent, 1).unwrap_err();
         assert!(super::super::remote_cache::refused(&err), "{err}");
         assert!(store.blob_refused(&bad.blob.digest));
         for layer in &layers[1..] {
