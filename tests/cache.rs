@@ -401,6 +401,74 @@ fn a_tampered_cache_blob_is_refused_and_the_step_rebuilt() {
     assert!(progress.contains("building again without it"), "{progress}");
 }
 
+/// Issue 18: a registry serving a cache layer blob with other bytes than its digest (here:
+/// tampered with in its storage) is treated as a local cache's: the blob is refused with
+/// one warning naming it and the cache, and the build goes on with the step it answered
+/// built again. (A base image's tampered blob stays an error: tests/registry.rs.)
+#[test]
+#[ignore = "needs root and a registry"]
+fn a_tampered_registry_cache_blob_is_refused_and_the_step_rebuilt() {
+    needs_root_and_registry();
+    support::registry::needs_docker_registry();
+    // A registry of the test's own: its blobs are tampered with; the base comes from the
+    // run's registry, untouched.
+    let reg = support::registry::Registry::start(None);
+    let reference = format!("127.0.0.1:{}/cache/app:cache", reg.port);
+    let dockerfile = format!(
+        "FROM {BASE}\n\
+         RUN echo ran-one | tr a-z A-Z && echo one > /one\n\
+         COPY extra.txt /\n"
+    );
+    let a = Runner::new(FILES);
+    std::fs::write(a.ctx().join("Dockerfile"), &dockerfile).unwrap();
+    let to = format!("type=registry,ref={reference},mode=max");
+    let (_, progress) = a.build(&["--cache-to", &to]);
+    assert!(progress.contains("RAN-ONE"), "{progress}");
+    // Every layer blob (gzip) the registry holds: the RUN's and the COPY's. Same length,
+    // other bytes: only the digest can tell.
+    let blobs = reg.dir.path().join("data/docker/registry/v2/blobs/sha256");
+    let mut tampered = Vec::new();
+    for prefix in std::fs::read_dir(&blobs).unwrap() {
+        for blob in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
+            let blob = blob.unwrap().path();
+            let data = blob.join("data");
+            let mut bytes = std::fs::read(&data).unwrap();
+            if bytes.starts_with(&[0x1f, 0x8b]) {
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0xff;
+                std::fs::write(&data, bytes).unwrap();
+                let hex = blob.file_name().unwrap().to_string_lossy().into_owned();
+                tampered.push(format!("sha256:{hex}"));
+            }
+        }
+    }
+    assert_eq!(tampered.len(), 2, "{tampered:?}");
+
+    // The COPY misses: the RUN's layer is fetched for its files, refused, and the RUN runs.
+    let b = Runner::new(&extra_changed());
+    std::fs::write(b.ctx().join("Dockerfile"), &dockerfile).unwrap();
+    let tar = b.dir.path().join("image.tar");
+    let from = format!("type=registry,ref={reference}");
+    let out = format!("type=tar,dest={}", tar.display());
+    let (_, progress) = b.build(&["--cache-from", &from, "-o", &out]);
+    let warned = warnings(&progress);
+    assert_eq!(warned.len(), 1, "{progress}");
+    assert!(warned[0].contains("refused"), "{progress}");
+    assert!(
+        warned[0].contains("building again without it"),
+        "{progress}"
+    );
+    assert!(warned[0].contains("127.0.0.1"), "{progress}");
+    assert!(
+        tampered.iter().any(|d| warned[0].contains(d.as_str())),
+        "{progress}"
+    );
+    assert!(progress.contains("RAN-ONE"), "{progress}");
+    let file = |name: &str| run_ok(Command::new("tar").arg("-xOf").arg(&tar).arg(name));
+    assert_eq!(file("one"), "one\n");
+    assert_eq!(file("extra.txt"), "changed\n");
+}
+
 /// A TCP proxy to the run's registry that counts what goes through it: the bytes its
 /// clients send and receive, whatever the protocol does, and the blobs they GET.
 struct CountingProxy {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::spec::{CacheExport, CacheImport, ExportTarget};
 use crate::image::{canonical_json, media, Descriptor, Digest, Index, Reference};
 use crate::output::OutputError;
-use crate::registry::{Client, RegistryError};
+use crate::registry::{Cause, Client, RegistryError};
 use crate::store::{BlobSource, CacheRecord, Store, StoreError};
 
 /// The artifact type of a cache manifest and the media type of its config.
@@ -230,32 +230,51 @@ impl Source {
     /// Where the cache's layer blobs are, as the store records a layer not fetched yet.
     pub fn blob_source(&self) -> BlobSource {
         match &self.origin {
-            Origin::Registry(r) => BlobSource::Registry(r.name()),
+            Origin::Registry(r) => BlobSource::RegistryCache(r.name()),
             Origin::Local(dir) => BlobSource::Local(dir.clone()),
         }
     }
 }
 
 /// Copy the layer blob `desc` from `source` into the store, refusing bytes of another
-/// digest (they are never stored under `desc`'s digest, so nothing uses them).
+/// digest (they are never stored under `desc`'s digest, so nothing uses them): a cache's
+/// are a [`CacheError::DigestMismatch`] (refused, the step built again), a base image's a
+/// registry error.
 pub fn fetch_blob(
     registry: &Client,
     store: &Store,
     source: &BlobSource,
     desc: &Descriptor,
 ) -> Result<(), CacheError> {
+    let mismatch = |actual| CacheError::DigestMismatch {
+        source_name: match source {
+            BlobSource::Registry(name) | BlobSource::RegistryCache(name) => {
+                format!("cache `{name}`")
+            }
+            BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
+        },
+        expected: desc.digest.clone(),
+        actual,
+    };
     let (digest, _, ()) = match source {
-        BlobSource::Registry(name) => {
+        BlobSource::Registry(name) | BlobSource::RegistryCache(name) => {
             let r: Reference = name.parse().map_err(|e| CacheError::Invalid {
                 source_name: format!("cache `{name}`"),
                 detail: format!("{e}"),
             })?;
+            let cache = matches!(source, BlobSource::RegistryCache(_));
             store
                 .write_blob(|w| registry.fetch_blob(&r, desc, w))
                 .map_err(|e| match e {
                     // The registry's own error (it names the reference), not "producing blob".
                     StoreError::Producer(p) => match p.downcast::<RegistryError>() {
-                        Ok(e) => CacheError::Registry(*e),
+                        Ok(e) => match e.cause() {
+                            // The client checks every blob as it arrives.
+                            Some(Cause::DigestMismatch { actual, .. }) if cache => {
+                                mismatch(actual.clone())
+                            }
+                            _ => CacheError::Registry(*e),
+                        },
                         Err(p) => StoreError::Producer(p).into(),
                     },
                     e => e.into(),
@@ -268,14 +287,7 @@ pub fn fetch_blob(
         }
     };
     if digest != desc.digest {
-        return Err(CacheError::DigestMismatch {
-            source_name: match source {
-                BlobSource::Registry(name) => format!("cache `{name}`"),
-                BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
-            },
-            expected: desc.digest.clone(),
-            actual: digest,
-        });
+        return Err(mismatch(digest));
     }
     Ok(())
 }

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::image::{Descriptor, Digest, Platform, Reference};
-use crate::layer::{self, compress};
+use crate::layer;
 use crate::plan::{BaseResolver, ResolvedBase};
 use crate::registry::{Client, ResolvedImage};
-use crate::store::{chain_id, BlobSource, ImageRecord, Store, Stored};
+use crate::store::{chain_id, BlobSource, ImageRecord, RemoteLayer, Store, Stored};
 
 use super::{BuildError, BuildRequest, NamedContext, Reporter, StepId};
 
@@ -225,7 +225,8 @@ pub fn keep(
     keep_image(store, image)
 }
 
-/// Fetch and extract every layer of `image` the store has not extracted.
+/// Fetch and extract every layer of `image` the store has not extracted, as a lazy base's
+/// are when needed (exec/extract.rs: several at once, recorded bottom first).
 fn fetch_missing(
     store: &Store,
     registry: &Client,
@@ -234,20 +235,18 @@ fn fetch_missing(
     id: StepId,
 ) -> Result<(), BuildError> {
     let diff_ids = &image.config.rootfs.diff_ids;
-    let missing = missing_layers(store, &image.manifest.layers, diff_ids);
-    // Blobs download a few at a time; layers are then extracted in order.
-    let to_fetch: Vec<&Descriptor> = missing
-        .iter()
-        .map(|(desc, _, _)| *desc)
-        .filter(|desc| !store.has_blob(&desc.digest))
+    let source = BlobSource::Registry(image.reference.to_string());
+    let missing: Vec<RemoteLayer> = missing_layers(store, &image.manifest.layers, diff_ids)
+        .into_iter()
+        .map(|(desc, diff_id, parent)| RemoteLayer {
+            chain_id: chain_id(parent.as_ref(), diff_id),
+            diff_id: diff_id.clone(),
+            parent,
+            blob: desc.clone(),
+            source: source.clone(),
+        })
         .collect();
-    fetch_blobs(store, registry, image, &to_fetch, reporter, id)?;
-    for (desc, diff_id, parent) in &missing {
-        reporter.status(id, &format!("extracting {}", desc.digest));
-        let image_name = format!("`{}`", image.reference);
-        extract_layer(store, desc, diff_id, parent.as_ref(), &image_name, reporter)?;
-    }
-    Ok(())
+    super::extract::fetch_and_extract(store, registry, &missing, reporter, id)
 }
 
 /// Record the layers of `image` the store lacks as remote layers ([`Layers::Lazy`]);
@@ -318,7 +317,7 @@ fn keep_image(store: &Store, image: &ResolvedImage) -> Result<ImageRecord, Build
 }
 
 /// The layers of an image the store has not extracted yet, bottom first, each with its
-/// parent's chain id (for [`extract_layer`]).
+/// parent's chain id.
 pub fn missing_layers<'a>(
     store: &Store,
     layers: &'a [Descriptor],
@@ -334,96 +333,6 @@ pub fn missing_layers<'a>(
         parent = Some(chain);
     }
     missing
-}
-
-/// How many blobs download at once.
-const PARALLEL_DOWNLOADS: usize = 3;
-
-/// Download `blobs` into the store, [`PARALLEL_DOWNLOADS`] at a time; the first error wins.
-fn fetch_blobs(
-    store: &Store,
-    registry: &Client,
-    image: &ResolvedImage,
-    blobs: &[&Descriptor],
-    reporter: &dyn Reporter,
-    id: StepId,
-) -> Result<(), BuildError> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failed: Mutex<Option<BuildError>> = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..PARALLEL_DOWNLOADS.min(blobs.len()) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if i >= blobs.len() || failed.lock().unwrap().is_some() {
-                    return;
-                }
-                let desc = blobs[i];
-                reporter.status(
-                    id,
-                    &format!(
-                        "pulling {} ({})",
-                        desc.digest,
-                        crate::output::human_size(desc.size)
-                    ),
-                );
-                let result = store
-                    .write_blob(|w| registry.fetch_blob(&image.reference, desc, w))
-                    .map_err(BuildError::from)
-                    .and_then(|(digest, _, ())| {
-                        if digest == desc.digest {
-                            Ok(())
-                        } else {
-                            Err(BuildError::Invalid(format!(
-                                "pulling `{}`: blob {} arrived with digest {digest}",
-                                image.reference, desc.digest
-                            )))
-                        }
-                    });
-                if let Err(e) = result {
-                    failed.lock().unwrap().get_or_insert(e);
-                    return;
-                }
-            });
-        }
-    });
-    match failed.into_inner().unwrap() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// Extract a stored layer blob into `layers/<chain>/diff`, checking its diff_id on the way.
-/// Device nodes rootless rbuild cannot create are left out with a warning naming `image`.
-pub fn extract_layer(
-    store: &Store,
-    desc: &Descriptor,
-    diff_id: &Digest,
-    parent: Option<&Digest>,
-    image: &str,
-    reporter: &dyn Reporter,
-) -> Result<(), BuildError> {
-    let tmp = store.tmp_dir()?;
-    let dir = tmp.path().join("diff");
-    std::fs::create_dir(&dir).map_err(BuildError::io("creating", &dir))?;
-    let path = store.blob_path(&desc.digest);
-    let file = std::fs::File::open(&path).map_err(BuildError::io("opening", &path))?;
-    let plain = compress::decompressor(file).map_err(BuildError::io("reading", &path))?;
-    let mut verifying = layer::VerifyingReader::new(plain, diff_id.clone());
-    let stats = layer::apply(&mut verifying, &dir)?;
-    let tar_size = verifying.finish()?;
-    let record = store.commit_layer(dir, parent, diff_id.clone(), desc.clone())?;
-    // For `rbuild history`; the layer is whole without it.
-    let _ = store.record_tar_size(&record.chain_id, tar_size);
-    if let Some(first) = &stats.first_skipped_device {
-        reporter.warn(&format!(
-            "{image} layer {}: left out {} device node(s) (first: /{}): rootless rbuild \
-             cannot create devices, so RUN steps do not see them; the image keeps them",
-            desc.digest,
-            stats.skipped_devices,
-            first.strip_prefix(".").unwrap_or(first).display()
-        ));
-    }
-    Ok(())
 }
 
 /// `rbuild pull REF`: resolve and fetch into the store.

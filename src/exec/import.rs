@@ -12,7 +12,8 @@ use crate::layer::{compress, Compression};
 use crate::plan::{self, BaseResolver, BuildOptions, ResolvedBase};
 use crate::store::{ImageRecord, Store};
 
-use super::base::{extract_layer, missing_layers};
+use super::base::missing_layers;
+use super::extract::extract_layer;
 use super::{BuildError, Reporter};
 
 struct NoBases;

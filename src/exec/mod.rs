@@ -5,6 +5,7 @@ mod base;
 mod error;
 mod executor;
 mod explain;
+mod extract;
 #[cfg(test)]
 mod fake;
 mod fetch;

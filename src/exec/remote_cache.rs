@@ -3,7 +3,6 @@
 //! out through [`export`] once the image is committed. The format is crate::cache's.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cache::{
     self, CacheError, CacheExport, CacheImport, CacheMode, ExportTarget, ExportedRecord, Source,
@@ -13,7 +12,7 @@ use crate::layer::Compression;
 use crate::registry::Client;
 use crate::store::{chain_id, BlobSource, CacheRecord, RemoteLayer, Store, StoreError};
 
-use super::base::extract_layer;
+use super::extract::fetch_and_extract;
 use super::stage::StageState;
 use super::{BlobHome, BuildError, Reporter, StepId};
 
@@ -165,10 +164,11 @@ pub fn refused(e: &BuildError) -> bool {
 
 /// Make the layers `chains` (a stage's or an image's, bottom first) present in the store:
 /// those known only as remote layers (a cache's, a base image's: store/remote.rs) are
-/// fetched, checked against their digests and extracted, bottom first, with `id`'s
-/// progress. A cache blob that fails its digest is refused and forgotten (the next build
-/// rebuilds the step that made it), and is the error; a registry's blob that fails it is a
-/// registry error (it is never stored). Present layers cost a stat each.
+/// fetched, checked against their digests and extracted, several at once, and recorded
+/// bottom first (exec/extract.rs), with `id`'s progress. A cache blob that fails its digest
+/// is refused and forgotten (the build starts again and rebuilds the step that made it),
+/// and is the error; a base image's blob that fails it is a registry error (nothing can
+/// build it again). Present layers cost a stat each.
 pub fn materialize(
     store: &Store,
     registry: &Client,
@@ -176,119 +176,25 @@ pub fn materialize(
     reporter: &dyn Reporter,
     id: StepId,
 ) -> Result<(), BuildError> {
-    for chain in chains.iter().filter(|c| store.present_layer(c).is_none()) {
-        let missing = store
+    // Top first: the chain below a stack's top lists every layer under it, so a stack's
+    // missing layers are one batch (a lower chain not in it is a stack of its own).
+    let mut missing: Vec<RemoteLayer> = Vec::new();
+    for chain in chains.iter().rev() {
+        if store.present_layer(chain).is_some() || missing.iter().any(|l| l.chain_id == *chain) {
+            continue;
+        }
+        let below = store
             .missing_below(chain)
             .ok_or_else(|| StoreError::LayerMissing {
                 chain: chain.clone(),
             })?;
-        fetch_and_extract(store, registry, missing, reporter, id)?;
-    }
-    Ok(())
-}
-
-/// Fetch and extract `missing`, bottom first. The blobs download in a thread of their own
-/// while the layers below them are extracted, so the network and the disk work at once.
-/// Each layer's fetch and its extraction hold the layer's claim: stages of one build that
-/// need the same layer at once (two stages on one base) fetch and extract it once. Claims
-/// are leaves here (nothing else is claimed while one is held), so they cannot deadlock
-/// with a step's key claim.
-fn fetch_and_extract(
-    store: &Store,
-    registry: &Client,
-    missing: Vec<RemoteLayer>,
-    reporter: &dyn Reporter,
-    id: StepId,
-) -> Result<(), BuildError> {
-    let stop = AtomicBool::new(false);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::scope(|scope| {
-        let (missing, stop) = (&missing, &stop);
-        scope.spawn(move || {
-            for layer in missing {
-                if stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let fetched = fetch_blob(store, registry, layer, reporter, id);
-                let failed = fetched.is_err();
-                if tx.send(fetched).is_err() || failed {
-                    return;
-                }
-            }
-        });
-        let extracted = missing.iter().try_for_each(|layer| {
-            match rx.recv() {
-                Ok(fetched) => fetched?,
-                // The fetcher sends one result per layer until one fails.
-                Err(_) => return Err(BuildError::Invalid("the blob fetcher stopped".into())),
-            }
-            let _claim = store.claim_key(&claim(layer));
-            if store.layer(&layer.chain_id).is_some() {
-                return Ok(());
-            }
-            reporter.status(id, &format!("extracting {}", layer.blob.digest));
-            let parent = layer.parent.as_ref();
-            extract_layer(
-                store,
-                &layer.blob,
-                &layer.diff_id,
-                parent,
-                &source_name(layer),
-                reporter,
-            )
-        });
-        stop.store(true, Ordering::SeqCst);
-        extracted
-    })
-}
-
-/// The claim a layer's fetch and extraction hold ([`fetch_and_extract`]).
-fn claim(layer: &RemoteLayer) -> String {
-    format!("materialize {}", layer.chain_id)
-}
-
-/// How messages name where `layer`'s blob comes from.
-fn source_name(layer: &RemoteLayer) -> String {
-    match &layer.source {
-        BlobSource::Registry(r) => format!("`{r}`"),
-        BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
-    }
-}
-
-/// Bring `layer`'s blob into the store unless it or the layer is there. A cache blob that
-/// fails its digest is refused for good ([`Store::refuse_remote_layer`]) and is the error.
-fn fetch_blob(
-    store: &Store,
-    registry: &Client,
-    layer: &RemoteLayer,
-    reporter: &dyn Reporter,
-    id: StepId,
-) -> Result<(), BuildError> {
-    let _claim = store.claim_key(&claim(layer));
-    if store.layer(&layer.chain_id).is_some() || store.has_blob(&layer.blob.digest) {
-        return Ok(());
-    }
-    reporter.status(
-        id,
-        &format!(
-            "fetching {} ({}) from {}",
-            layer.blob.digest,
-            crate::output::human_size(layer.blob.size),
-            source_name(layer)
-        ),
-    );
-    cache::fetch_blob(registry, store, &layer.source, &layer.blob).map_err(|e| match e {
-        CacheError::DigestMismatch { .. } => {
-            match store.refuse_remote_layer(&layer.chain_id, &layer.blob.digest) {
-                Ok(()) => e.into(),
-                Err(refusing) => refusing.into(),
+        for layer in below {
+            if !missing.iter().any(|l| l.chain_id == layer.chain_id) {
+                missing.push(layer);
             }
         }
-        // A registry's failure (a digest mismatch too: its client checks every blob) names
-        // the reference; nothing was stored.
-        CacheError::Registry(e) => BuildError::Registry(e),
-        e => e.into(),
-    })
+    }
+    fetch_and_extract(store, registry, &missing, reporter, id)
 }
 
 /// The blob of the layer `chain` as a registry on `registry` (host) can get it without
@@ -307,10 +213,7 @@ pub fn remote_blob(
         return None;
     }
     let layer = store.remote_layer(chain)?;
-    let BlobSource::Registry(home) = &layer.source else {
-        return None;
-    };
-    let home: Reference = home.parse().ok()?;
+    let home: Reference = layer.source.registry()?.parse().ok()?;
     let codec = Compression::from_media_type(&layer.blob.media_type);
     let here = registry.is_none_or(|r| r == home.registry);
     (here && codec == Some(compression)).then_some((layer.blob, home))

@@ -23,7 +23,8 @@ pub struct KeyClaim<'a> {
 impl Store {
     /// Claim `key` for this thread, waiting while another thread of this process holds it.
     /// Hold it from the cache lookup to the cache record's write: whoever waited then finds
-    /// the record. A thread holds one claim at a time (a step), so claims cannot deadlock.
+    /// the record. A step holds one key claim at a time; the layers it fetches are claimed
+    /// after it, all in one order (exec/extract.rs), so claims cannot deadlock.
     pub fn claim_key(&self, key: &str) -> KeyClaim<'_> {
         let claims = &self.claims;
         let mut held = claims.held.lock().unwrap_or_else(|e| e.into_inner());

@@ -127,8 +127,7 @@ impl Store {
         super::layers::write_synced(&meta_path, &crate::image::canonical_json(&meta))?;
         // Every directory and link of the tree, at once (one syncfs per snapshot, made
         // every STRIDE steps at most).
-        let fd = fs::File::open(stage.path()).map_err(StoreError::io("opening", stage.path()))?;
-        rustix::fs::syncfs(&fd).map_err(|e| StoreError::io("syncing", stage.path())(e.into()))?;
+        self.sync_filesystem()?;
         let parent = self.root.join("flat");
         fs::create_dir_all(&parent).map_err(StoreError::io("creating", &parent))?;
         let dest = self.flat_dir(top);

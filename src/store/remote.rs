@@ -27,11 +27,25 @@ use crate::image::{Descriptor, Digest};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlobSource {
-    /// A registry repository: `host/repo` (a cache's), or a base image's reference as
-    /// the build named it (its tag or digest only name it in messages).
+    /// A base image's registry repository: its reference as the build named it (its tag
+    /// or digest only name it in messages). A blob that fails its digest is an error:
+    /// nothing can build it again.
     Registry(String),
+    /// A registry cache's repository (`host/repo`, `--cache-from type=registry`). A blob
+    /// that fails its digest is refused and the step that made it built again.
+    RegistryCache(String),
     /// An OCI layout directory (`--cache-from type=local`).
     Local(PathBuf),
+}
+
+impl BlobSource {
+    /// The registry repository (or reference) holding the blob, if a registry does.
+    pub fn registry(&self) -> Option<&str> {
+        match self {
+            BlobSource::Registry(r) | BlobSource::RegistryCache(r) => Some(r),
+            BlobSource::Local(_) => None,
+        }
+    }
 }
 
 /// remote/<chain>.json.

@@ -10,6 +10,7 @@
 
 pub mod attacks;
 pub mod container;
+pub mod registry;
 pub mod user;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,447 @@
+//! Fetching and extracting the layers the store lacks: a lazy base's or a cache's remote
+//! layers when something needs their files, a pulled image's at once. One path for all.
+//!
+//! A layer's extraction into a scratch dir of its own does not depend on its parent's files
+//! (whiteouts are kept as overlay whiteouts); only its record does. So a small pool of
+//! threads fetches and unpacks the layers at once, and then, after one `syncfs` that makes
+//! their files durable, the layers are recorded strictly bottom first: the store never
+//! holds a layer whose parent is missing, and a kill at any moment leaves only scratch
+//! dirs, which the next session sweeps.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::cache::{self, CacheError};
+use crate::image::{Descriptor, Digest};
+use crate::layer::{self, compress};
+use crate::store::{BlobSource, RemoteLayer, Store};
+
+use super::{BuildError, Reporter, StepId};
+
+/// At most this many layers are fetched and extracted at once (fewer on fewer cores).
+const MAX_WORKERS: usize = 4;
+
+/// Fetch and extract `missing` (bottom first: the parent of each is present or listed
+/// before it), then record them bottom first. The batch holds its layers' claims from
+/// before the first fetch to after the last record: stages of one build that need the
+/// same layer at once (two stages on one base) do the work once, the second finding it
+/// recorded. The first layer to fail stops the others (an
+/// extraction at its next read); its error is the result, the layers below every failure
+/// that were extracted are recorded anyway (the build that starts again needs them), the
+/// rest go with their scratch dirs. A cache blob that fails its digest is refused and
+/// forgotten ([`Store::refuse_remote_layer`]); a base image's is a registry error.
+pub(super) fn fetch_and_extract(
+    store: &Store,
+    registry: &crate::registry::Client,
+    missing: &[RemoteLayer],
+    reporter: &dyn Reporter,
+    id: StepId,
+) -> Result<(), BuildError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = missing.len().min(cores).min(MAX_WORKERS);
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let failed: Mutex<Option<BuildError>> = Mutex::new(None);
+    let done: Mutex<Vec<Option<Done>>> = Mutex::new(missing.iter().map(|_| None).collect());
+    // Taken in one global order (by name), whatever the batch's order, and nothing that
+    // holds one waits for anything but claims after it: two batches that share layers
+    // cannot deadlock (a step's key claim, held around this, is never waited for here).
+    let mut names: Vec<String> = missing.iter().map(claim).collect();
+    names.sort();
+    names.dedup();
+    let _claims: Vec<_> = names.iter().map(|n| store.claim_key(n)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= missing.len() || stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                match fetch_and_unpack(store, registry, &missing[i], &stop, reporter, id) {
+                    Ok(d) => done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(d),
+                    Err(e) => {
+                        failed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        stop.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    let ready: Vec<Done> = done.into_iter().map_while(|d| d).collect();
+    let recorded = record_all(store, &missing[..ready.len()], ready, reporter);
+    match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => recorded,
+    }
+}
+
+/// A layer [`fetch_and_unpack`] finished.
+enum Done {
+    /// Another batch had recorded it.
+    Present,
+    Unpacked(Unpacked),
+}
+
+/// Record `ready` (the layers `layers` as unpacked, bottom first) after one `syncfs` of the
+/// store's filesystem: a record never outlives its files on power loss, at the cost of one
+/// flush for the batch (and a COPY's unmount later has that much less to write).
+fn record_all(
+    store: &Store,
+    layers: &[RemoteLayer],
+    ready: Vec<Done>,
+    reporter: &dyn Reporter,
+) -> Result<(), BuildError> {
+    if ready.iter().any(|d| matches!(d, Done::Unpacked(_))) {
+        store.sync_filesystem()?;
+    }
+    for (layer, done) in layers.iter().zip(ready) {
+        if let Done::Unpacked(unpacked) = done {
+            let name = source_name(layer);
+            record(
+                store,
+                unpacked,
+                &layer.blob,
+                layer.parent.as_ref(),
+                &name,
+                reporter,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The claim held for a layer's fetch, extraction and record ([`fetch_and_extract`]).
+fn claim(layer: &RemoteLayer) -> String {
+    format!("materialize {}", layer.chain_id)
+}
+
+/// How messages name where `layer`'s blob comes from.
+pub(super) fn source_name(layer: &RemoteLayer) -> String {
+    match &layer.source {
+        BlobSource::Registry(r) | BlobSource::RegistryCache(r) => format!("`{r}`"),
+        BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
+    }
+}
+
+/// Bring `layer`'s blob into the store unless it or the layer is there, and unpack it
+/// into a scratch dir.
+fn fetch_and_unpack(
+    store: &Store,
+    registry: &crate::registry::Client,
+    layer: &RemoteLayer,
+    stop: &AtomicBool,
+    reporter: &dyn Reporter,
+    id: StepId,
+) -> Result<Done, BuildError> {
+    if store.layer(&layer.chain_id).is_some() {
+        return Ok(Done::Present);
+    }
+    if !store.has_blob(&layer.blob.digest) {
+        fetch_blob(store, registry, layer, reporter, id)?;
+    }
+    if stop.load(Ordering::SeqCst) {
+        let path = store.blob_path(&layer.blob.digest);
+        return Err(BuildError::io("extracting", &path)(stopped()));
+    }
+    reporter.status(id, &format!("extracting {}", layer.blob.digest));
+    let unpacked = unpack(store, &layer.blob, &layer.diff_id, stop)?;
+    Ok(Done::Unpacked(unpacked))
+}
+
+/// Bring `layer`'s blob into the store. A cache blob that fails its digest is refused for
+/// good ([`Store::refuse_remote_layer`]) and is the error.
+fn fetch_blob(
+    store: &Store,
+    registry: &crate::registry::Client,
+    layer: &RemoteLayer,
+    reporter: &dyn Reporter,
+    id: StepId,
+) -> Result<(), BuildError> {
+    reporter.status(
+        id,
+        &format!(
+            "fetching {} ({}) from {}",
+            layer.blob.digest,
+            crate::output::human_size(layer.blob.size),
+            source_name(layer)
+        ),
+    );
+    cache::fetch_blob(registry, store, &layer.source, &layer.blob).map_err(|e| match e {
+        CacheError::DigestMismatch { .. } => {
+            match store.refuse_remote_layer(&layer.chain_id, &layer.blob.digest) {
+                Ok(()) => e.into(),
+                Err(refusing) => refusing.into(),
+            }
+        }
+        // A base image's blob that fails its digest is a registry error like any other
+        // (nothing can build it again); nothing was stored.
+        CacheError::Registry(e) => BuildError::Registry(e),
+        e => e.into(),
+    })
+}
+
+/// A layer unpacked into a scratch dir, not recorded yet.
+pub(super) struct Unpacked {
+    /// Holds `diff`; removed when dropped (a layer not recorded leaves nothing).
+    _scratch: tempfile::TempDir,
+    diff: std::path::PathBuf,
+    diff_id: Digest,
+    tar_size: u64,
+    stats: layer::ApplyStats,
+}
+
+/// Unpack the stored layer blob `desc` into a scratch dir of the store, checking its
+/// diff_id on the way; `stop` set ends it at its next read.
+pub(super) fn unpack(
+    store: &Store,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    stop: &AtomicBool,
+) -> Result<Unpacked, BuildError> {
+    let scratch = store.tmp_dir()?;
+    let diff = scratch.path().join("diff");
+    std::fs::create_dir(&diff).map_err(BuildError::io("creating", &diff))?;
+    let path = store.blob_path(&desc.digest);
+    let file = std::fs::File::open(&path).map_err(BuildError::io("opening", &path))?;
+    let plain = compress::decompressor(Stoppable { inner: file, stop })
+        .map_err(BuildError::io("reading", &path))?;
+    let mut verifying = layer::VerifyingReader::new(plain, diff_id.clone());
+    let stats = layer::apply(&mut verifying, &diff)?;
+    let tar_size = verifying.finish()?;
+    Ok(Unpacked {
+        _scratch: scratch,
+        diff,
+        diff_id: diff_id.clone(),
+        tar_size,
+        stats,
+    })
+}
+
+/// Record `unpacked` (the layer of the blob `desc`) on `parent`, which is present. Device
+/// nodes rootless rbuild cannot create were left out: a warning naming `image` says so.
+pub(super) fn record(
+    store: &Store,
+    unpacked: Unpacked,
+    desc: &Descriptor,
+    parent: Option<&Digest>,
+    image: &str,
+    reporter: &dyn Reporter,
+) -> Result<(), BuildError> {
+    let Unpacked {
+        _scratch,
+        diff,
+        diff_id,
+        tar_size,
+        stats,
+    } = unpacked;
+    let record = store.commit_layer(diff, parent, diff_id, desc.clone())?;
+    // For `rbuild history`; the layer is whole without it.
+    let _ = store.record_tar_size(&record.chain_id, tar_size);
+    if let Some(first) = &stats.first_skipped_device {
+        reporter.warn(&format!(
+            "{image} layer {}: left out {} device node(s) (first: /{}): rootless rbuild \
+             cannot create devices, so RUN steps do not see them; the image keeps them",
+            desc.digest,
+            stats.skipped_devices,
+            first.strip_prefix(".").unwrap_or(first).display()
+        ));
+    }
+    Ok(())
+}
+
+/// Extract a stored layer blob into the store as the layer `diff_id` on `parent`, at once
+/// (an OCI layout's import): [`unpack`] then [`record`].
+pub fn extract_layer(
+    store: &Store,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    parent: Option<&Digest>,
+    image: &str,
+    reporter: &dyn Reporter,
+) -> Result<(), BuildError> {
+    let unpacked = unpack(store, desc, diff_id, &AtomicBool::new(false))?;
+    record(store, unpacked, desc, parent, image, reporter)
+}
+
+/// The error a reader gives once another layer failed.
+fn stopped() -> std::io::Error {
+    std::io::Error::other("stopped: another layer failed")
+}
+
+/// A reader that fails once `stop` is set.
+struct Stoppable<'a, R> {
+    inner: R,
+    stop: &'a AtomicBool,
+}
+
+impl<R: std::io::Read> std::io::Read for Stoppable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(stopped());
+        }
+        self.inner.read(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::exec::Silent;
+    use crate::image::media;
+    use crate::layer::compress::{Compression, Compressor};
+    use crate::registry::{Client, RegistryOptions};
+    use crate::store::chain_id;
+
+    /// Layers of one file each as an OCI layout's blobs in `dir` (`--cache-from
+    /// type=local`), stacked: their remote records, bottom first.
+    fn cached_layers(dir: &std::path::Path, names: &[&str]) -> Vec<RemoteLayer> {
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let mut parent: Option<Digest> = None;
+        let mut out = Vec::new();
+        for name in names {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_ustar();
+            h.set_path(name).unwrap();
+            h.set_size(name.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            b.append(&h, name.as_bytes()).unwrap();
+            let tar = b.into_inner().unwrap();
+            let diff_id = Digest::of(&tar);
+            let mut gz = Compressor::new(Vec::new(), Compression::Gzip, None).unwrap();
+            gz.write_all(&tar).unwrap();
+            let gz = gz.finish().unwrap();
+            let digest = Digest::of(&gz);
+            std::fs::write(blobs.join(digest.hex()), &gz).unwrap();
+            let chain = chain_id(parent.as_ref(), &diff_id);
+            out.push(RemoteLayer {
+                chain_id: chain.clone(),
+                diff_id,
+                parent: parent.replace(chain),
+                blob: Descriptor::new(media::OCI_LAYER_GZIP, digest, gz.len() as u64),
+                source: BlobSource::Local(dir.to_path_buf()),
+            });
+        }
+        out
+    }
+
+    /// What the store's scratch holds besides its lock.
+    fn leftovers(store: &Store) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(store.session_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.ends_with(".lock"))
+            .collect()
+    }
+
+    /// Whether any of `layers` was recorded when each extraction began.
+    struct Watch<'a> {
+        store: &'a Store,
+        layers: &'a [RemoteLayer],
+        seen: Mutex<Vec<bool>>,
+    }
+
+    impl Reporter for Watch<'_> {
+        fn started(&self, _: StepId, _: &str) {}
+        fn cached(&self, _: StepId) {}
+        fn output(&self, _: StepId, _: &[u8]) {}
+        fn status(&self, _: StepId, text: &str) {
+            if text.starts_with("extracting") {
+                let any = (self.layers.iter()).any(|l| self.store.layer(&l.chain_id).is_some());
+                self.seen.lock().unwrap().push(any);
+            }
+        }
+        fn done(&self, _: StepId, _: std::time::Duration) {}
+        fn failed(&self, _: StepId, _: std::time::Duration, _: &str) {}
+        fn warn(&self, _: &str) {}
+    }
+
+    /// The layers a step needs are one batch: all extracted, then synced, then recorded
+    /// bottom first, each on its parent.
+    #[test]
+    fn layers_extracted_at_once_are_recorded_on_their_parents() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let names = ["a", "b", "c", "d", "e", "f"];
+        let layers = cached_layers(&t.path().join("cache"), &names);
+        let client = Client::new(RegistryOptions::default()).unwrap();
+        let watch = Watch {
+            store: &store,
+            layers: &layers,
+            seen: Mutex::new(Vec::new()),
+        };
+        fetch_and_extract(&store, &client, &layers, &watch, 1).unwrap();
+        assert_eq!(*watch.seen.lock().unwrap(), vec![false; names.len()]);
+        for (layer, name) in layers.iter().zip(names) {
+            let record = store.layer(&layer.chain_id).unwrap();
+            assert_eq!(record.parent, layer.parent);
+            let file = store.present_layer(&layer.chain_id).unwrap().join(name);
+            assert_eq!(std::fs::read(file).unwrap(), name.as_bytes());
+        }
+        assert_eq!(leftovers(&store), Vec::<std::path::PathBuf>::new());
+        // Present layers are not done again.
+        fetch_and_extract(&store, &client, &layers, &Silent, 1).unwrap();
+    }
+
+    /// Two stages that need the same layers at once: both batches finish (their claims
+    /// cannot deadlock), the layers are there once.
+    #[test]
+    fn two_batches_of_the_same_layers_at_once_both_finish() {
+        for _ in 0..10 {
+            let t = tempfile::tempdir().unwrap();
+            let store = Store::open(&t.path().join("store")).unwrap();
+            let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+            let layers = cached_layers(&t.path().join("cache"), &names);
+            let client = Client::new(RegistryOptions::default()).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::scope(|scope| {
+                for _ in 0..2 {
+                    let tx = tx.clone();
+                    let (store, client, layers) = (&store, &client, &layers);
+                    scope.spawn(move || {
+                        let done = fetch_and_extract(store, client, layers, &Silent, 1);
+                        tx.send(done.is_ok()).unwrap();
+                    });
+                }
+                for _ in 0..2 {
+                    let ok = rx.recv_timeout(std::time::Duration::from_secs(60));
+                    assert_eq!(ok, Ok(true), "a batch failed or hung");
+                }
+            });
+            assert!(store.present_layer(&layers[7].chain_id).is_some());
+            assert_eq!(leftovers(&store), Vec::<std::path::PathBuf>::new());
+        }
+    }
+
+    #[test]
+    fn a_refused_blob_is_the_error_and_nothing_above_it_is_recorded() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let cache = t.path().join("cache");
+        let layers = cached_layers(&cache, &["a", "b", "c", "d"]);
+        let bad = &layers[1];
+        let path = cache.join("blobs/sha256").join(bad.blob.digest.hex());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        let client = Client::new(RegistryOptions::default()).unwrap();
+        let err = fetch_and_extract(&store, &client, &layers, &Silent, 1).unwrap_err();
+        assert!(super::super::remote_cache::refused(&err), "{err}");
+        assert!(store.blob_refused(&bad.blob.digest));
+        for layer in &layers[1..] {
+            assert!(store.layer(&layer.chain_id).is_none());
+        }
+        // Whatever was recorded stands on its parent; the rest left nothing behind.
+        assert_eq!(leftovers(&store), Vec::<std::path::PathBuf>::new());
+    }
+}
