@@ -534,3 +534,59 @@ impl Table {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> StatKey {
+        StatKey {
+            dev: 1,
+            ino: i,
+            size: i % 7,
+            mtime_ns: 1_000,
+            ctime_ns: 1_000,
+        }
+    }
+
+    fn sha(i: u64) -> [u8; 32] {
+        let mut s = [0u8; 32];
+        s[..8].copy_from_slice(&i.to_le_bytes());
+        s
+    }
+
+    /// Every key of a table filled to its load is found with its own sha, by probes that
+    /// its first read answers and by those that go on past it (both occur at this size), and
+    /// a key not in it is not.
+    #[test]
+    fn a_full_table_finds_every_key_near_home_and_far_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("statcache");
+        let n = 50_000;
+        let mut cache = StatCache::load(&path);
+        for i in 0..n {
+            cache.remember(key(i), sha(i));
+        }
+        cache.save(&path).unwrap();
+
+        let mut cache = StatCache::load(&path);
+        let table = cache.old.as_ref().unwrap();
+        assert!(
+            table.used * 10 > table.slots * (LOAD - 1),
+            "not near its load"
+        );
+        let mut farthest = 0;
+        for i in 0..n {
+            let (slot, _) = table.find(&key(i)).unwrap().unwrap();
+            farthest = farthest.max((slot + table.slots - table.home(&key(i))) % table.slots);
+        }
+        assert!(
+            farthest >= WINDOW as u64,
+            "no probe went past its first read (farthest {farthest})"
+        );
+        for i in 0..n {
+            assert_eq!(cache.lookup(&key(i)), Some(sha(i)), "key {i}");
+        }
+        assert_eq!(cache.lookup(&key(n + 1)), None);
+    }
+}
