@@ -41,13 +41,29 @@ impl Reference {
         format!("{}/{}", self.registry, self.repository)
     }
 
-    /// Whether the registry is on this machine (plain HTTP allowed).
+    /// Whether the registry is on this machine (plain HTTP allowed): `localhost` or a
+    /// loopback address written as one (`127.0.0.1`, `[::1]`, `[::ffff:127.0.0.1]`), as
+    /// containerd's resolver decides. A host name is never resolved for this: a name such
+    /// as `127.example.com` is a remote host and keeps HTTPS.
     pub fn is_loopback(&self) -> bool {
         let host = match self.registry.rsplit_once(':') {
             Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
             _ => &self.registry,
         };
-        host == "localhost" || host.starts_with("127.") || host == "[::1]"
+        if host == "localhost" {
+            return true;
+        }
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        match bare.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => {
+                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => false,
+        }
     }
 
     /// The short form docker shows: `busybox:latest`, `localhost:5000/x:1`.
@@ -196,6 +212,32 @@ mod tests {
             .parse::<Reference>()
             .unwrap()
             .is_loopback());
+    }
+
+    #[test]
+    fn loopback_is_decided_by_address_not_by_prefix() {
+        let loopback = |s: &str| s.parse::<Reference>().unwrap().is_loopback();
+        for local in [
+            "localhost/x",
+            "localhost:5000/x",
+            "127.0.0.1:5000/x",
+            "127.1.2.3/x",
+            "[::1]:5000/x",
+            "[::ffff:127.0.0.1]:5000/x",
+        ] {
+            assert!(loopback(local), "{local}");
+        }
+        // Remote hosts keep HTTPS, whatever their name starts with.
+        for remote in [
+            "127.example.com/x",
+            "127.0.0.1.example.com:5000/x",
+            "localhost.example.com/x",
+            "10.0.0.1:5000/x",
+            "[::ffff:10.0.0.1]:5000/x",
+            "registry.example.com/x",
+        ] {
+            assert!(!loopback(remote), "{remote}");
+        }
     }
 
     #[test]
