@@ -247,19 +247,14 @@ pub fn fetch_blob(
     desc: &Descriptor,
 ) -> Result<(), CacheError> {
     let mismatch = |actual| CacheError::DigestMismatch {
-        source_name: match source {
-            BlobSource::Registry(name) | BlobSource::RegistryCache(name) => {
-                format!("cache `{name}`")
-            }
-            BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
-        },
+        source_name: source.to_string(),
         expected: desc.digest.clone(),
         actual,
     };
     let (digest, _, ()) = match source {
         BlobSource::Registry(name) | BlobSource::RegistryCache(name) => {
             let r: Reference = name.parse().map_err(|e| CacheError::Invalid {
-                source_name: format!("cache `{name}`"),
+                source_name: source.to_string(),
                 detail: format!("{e}"),
             })?;
             let cache = matches!(source, BlobSource::RegistryCache(_));

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use crate::cache::{self, CacheError};
 use crate::image::{Descriptor, Digest};
 use crate::layer::{self, compress};
-use crate::store::{BlobSource, RemoteLayer, Store};
+use crate::store::{RemoteLayer, Store};
 
 use super::{BuildError, Reporter, StepId};
 
@@ -101,7 +101,7 @@ fn record_all(
     }
     for (layer, done) in layers.iter().zip(ready) {
         if let Done::Unpacked(unpacked) = done {
-            let name = source_name(layer);
+            let name = layer.source.to_string();
             record(
                 store,
                 unpacked,
@@ -118,14 +118,6 @@ fn record_all(
 /// The claim held for a layer's fetch, extraction and record ([`fetch_and_extract`]).
 fn claim(layer: &RemoteLayer) -> String {
     format!("materialize {}", layer.chain_id)
-}
-
-/// How messages name where `layer`'s blob comes from.
-pub(super) fn source_name(layer: &RemoteLayer) -> String {
-    match &layer.source {
-        BlobSource::Registry(r) | BlobSource::RegistryCache(r) => format!("`{r}`"),
-        BlobSource::Local(dir) => format!("cache `{}`", dir.display()),
-    }
 }
 
 /// Bring `layer`'s blob into the store unless it or the layer is there, and unpack it
@@ -168,7 +160,7 @@ fn fetch_blob(
             "fetching {} ({}) from {}",
             layer.blob.digest,
             crate::output::human_size(layer.blob.size),
-            source_name(layer)
+            layer.source
         ),
     );
     cache::fetch_blob(registry, store, &layer.source, &layer.blob).map_err(|e| match e {
@@ -297,7 +289,7 @@ mod tests {
     use crate::image::media;
     use crate::layer::compress::{Compression, Compressor};
     use crate::registry::{Client, RegistryOptions};
-    use crate::store::chain_id;
+    use crate::store::{chain_id, BlobSource};
 
     /// Layers of one file each as an OCI layout's blobs in `dir` (`--cache-from
     /// type=local`), stacked: their remote records, bottom first.

@@ -38,6 +38,18 @@ pub enum BlobSource {
     Local(PathBuf),
 }
 
+/// How messages name where a blob comes from: `` `host/repo:tag` `` for a base image,
+/// `` cache `host/repo` `` or `` cache `/dir` `` for a cache.
+impl std::fmt::Display for BlobSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlobSource::Registry(r) => write!(f, "`{r}`"),
+            BlobSource::RegistryCache(r) => write!(f, "cache `{r}`"),
+            BlobSource::Local(dir) => write!(f, "cache `{}`", dir.display()),
+        }
+    }
+}
+
 impl BlobSource {
     /// The registry repository (or reference) holding the blob, if a registry does.
     pub fn registry(&self) -> Option<&str> {
