@@ -123,6 +123,31 @@ def preflight(kinds):
             sys.exit(f"dockerd does not answer (`docker info`: {why}); {start}")
 
 
+def check_room(kinds, stores, scale, aged_scale):
+    """Fail before any work when the disk cannot hold the run: the aged store (~11 GB at
+    --aged-scale 1) and its contexts (~3.5 GB), plus every builder's stores, images and
+    archives of the scenarios (a few GB at --scale 1). A run that filled the disk in
+    session 19 stopped half way with every builder failing for lack of space."""
+    gib = 1 << 30
+    need = 10 * gib * scale * len(kinds) / 8 + 2 * gib
+    if "aged" in stores:
+        need += 16 * gib * aged_scale
+    # The bench's work dir, and the peers' storage (/var/lib/docker, buildah's), usually
+    # the same filesystem: count the need once per filesystem.
+    seen = set()
+    for path in (tempfile.gettempdir(), "/var/lib"):
+        st = os.statvfs(path)
+        if st.f_fsid in seen:
+            continue
+        seen.add(st.f_fsid)
+        free = st.f_bavail * st.f_frsize
+        if free < need:
+            sys.exit(f"{path}: {free / gib:.1f} GiB free, and this run needs about "
+                     f"{need / gib:.0f} GiB ({', '.join(kinds)} on {', '.join(stores)} stores); "
+                     "free space (old target dirs, stores, /tmp/rbuild-bench-*) or run fewer "
+                     "scenarios (--only, --stores fresh)")
+
+
 def write_context(kind, scale, dest):
     os.makedirs(dest, exist_ok=True)
     df = os.path.join(dest, "Dockerfile")
@@ -611,6 +636,8 @@ def main():
     shutil.which("/usr/bin/time") or sh("apt-get install -y -qq time >/dev/null")
     stores = args.stores.split(",")
     preflight(["steps", "context"] if args.only == "scale" else args.only.split(","))
+    if args.only != "scale":  # scale.py checks room before each point itself
+        check_room(args.only.split(","), stores, args.scale, args.aged_scale)
     print(f"machine: {machine()}; rbuild: {shutil.which('rbuild')}", flush=True)
     print(f"load average at start: {load()}", flush=True)
     if args.only == "scale":
