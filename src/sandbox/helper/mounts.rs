@@ -10,7 +10,7 @@ use nix::mount::MsFlags;
 use rustix::fs::OFlags;
 
 use super::super::root::{Created, Kind, Root};
-use super::super::{Failure, FsSource, Mount, Overlay, Stub};
+use super::super::{Failure, FsSource, Mount, Overlay, Parent, Stub};
 
 use super::{ctx, Res};
 
@@ -221,10 +221,14 @@ pub(super) fn remount(target: &Path, add: MsFlags) -> Res<()> {
     )
 }
 
-/// Creates mountpoints in the merged root and remembers what it created.
+/// Creates mountpoints in the merged root and remembers what it created, and what the
+/// image's directories above them were before a stub copied them up.
 pub(super) struct Points<'a> {
     pub(super) root: &'a Root,
     pub(super) stubs: Vec<Stub>,
+    /// Directories the sandbox made that belong to the layer (the working directory's).
+    pub(super) made: Vec<String>,
+    pub(super) parents: Vec<Parent>,
 }
 
 impl Points<'_> {
@@ -237,6 +241,14 @@ impl Points<'_> {
                 .ensure(target, kind, mode, Created::default(), &mut created),
             || format!("creating mountpoint {target}"),
         )?;
+        if let Some(first) = created.first() {
+            // Everything above the first path made was there: the image's, now copied up.
+            let mut rel = first.as_str();
+            while let Some((dir, _)) = rel.rsplit_once('/') {
+                self.note_parent(dir);
+                rel = dir;
+            }
+        }
         let n = created.len();
         for (i, path) in created.into_iter().enumerate() {
             let last = i + 1 == n;
@@ -247,6 +259,30 @@ impl Points<'_> {
             });
         }
         Ok((fd_path(&fd), fd))
+    }
+
+    /// Records `dir`'s type, mode and owner unless the sandbox made it. A directory under
+    /// a mount is left out (the lookup does not cross mounts): its stubs are not in the upper.
+    fn note_parent(&mut self, dir: &str) {
+        let known = self.parents.iter().any(|p| p.path == dir)
+            || self.made.iter().any(|m| m == dir)
+            || self.stubs.iter().any(|s| s.path == dir);
+        if known {
+            return;
+        }
+        let stat = self
+            .root
+            .open_beneath(dir, OFlags::PATH)
+            .ok()
+            .and_then(|fd| rustix::fs::fstat(&fd).ok());
+        if let Some(st) = stat {
+            self.parents.push(Parent {
+                path: dir.to_string(),
+                mode: st.st_mode,
+                uid: st.st_uid,
+                gid: st.st_gid,
+            });
+        }
     }
 
     /// Reopens a mounted target so that the path reaches the new mount, not what is under it.
