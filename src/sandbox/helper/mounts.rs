@@ -69,11 +69,93 @@ pub(super) fn symlink(target: &Path, link: &Path) -> Res<()> {
     })
 }
 
-/// Mounts an overlay at `target`. The lower, upper and work paths are reached through
-/// one-character symlinks in `names` (a fresh dir on the scratch tmpfs) and passed
-/// relative to it, so any number of layers fits in the one-page option string.
+/// Mounts an overlay at `target`. Each lower goes to the kernel as its own `lowerdir+`
+/// (the mount API of Linux 6.8 and later), so any number of layers fits. Older kernels
+/// get the lower, upper and work paths through one-character symlinks in `names` (a fresh
+/// dir on the scratch tmpfs), passed relative to it in the one-page option string: one
+/// symlink per lower and step, which grew with the depth of the stack (issue 23).
 /// Without `upper_work` the overlay is read-only (it then needs two lowers or more).
 pub(super) fn mount_overlay(
+    names: &Path,
+    lowers: &[PathBuf],
+    upper_work: Option<(&Path, &Path)>,
+    target: &Path,
+) -> Res<()> {
+    let by_layer = match lowers {
+        [] => None,
+        _ => mount_overlay_by_layer(lowers, upper_work, target),
+    };
+    by_layer
+        .unwrap_or_else(|| mount_overlay_named(names, lowers, upper_work, target))
+        .map_err(|f| match f {
+            Failure::Setup(m) => Failure::Setup(format!("{m} ({})", describe_layers(lowers))),
+            other => other,
+        })
+}
+
+/// [`mount_overlay`] through the mount API, one lower at a time. `None`: the kernel does
+/// not know `lowerdir+` (before 6.8) or the mount API at all.
+fn mount_overlay_by_layer(
+    lowers: &[PathBuf],
+    upper_work: Option<(&Path, &Path)>,
+    target: &Path,
+) -> Option<Res<()>> {
+    use rustix::mount::{
+        fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+        FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags,
+    };
+    let fail = |what: String, e: rustix::io::Errno| {
+        Failure::Setup(format!(
+            "mounting overlay on {}: {what}: {e}",
+            target.display()
+        ))
+    };
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).ok()?;
+    for (i, l) in lowers.iter().enumerate() {
+        match fsconfig_set_string(&fs, "lowerdir+", l) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::INVAL) if i == 0 => return None,
+            Err(e) => return Some(Err(fail(format!("lower {}", l.display()), e))),
+        }
+    }
+    let mut set = Vec::new();
+    if let Some((upper, work)) = upper_work {
+        set.push(("upperdir", Some(upper)));
+        set.push(("workdir", Some(work)));
+    }
+    let fixed = overlay_fixed_options(super::super::userns::in_user_namespace());
+    set.extend(fixed.iter().map(|(k, v)| (*k, v.map(Path::new))));
+    for (key, value) in set {
+        let r = match value {
+            Some(v) => fsconfig_set_string(&fs, key, v),
+            None => fsconfig_set_flag(&fs, key),
+        };
+        if let Err(e) = r {
+            return Some(Err(fail(format!("option {key}"), e)));
+        }
+    }
+    let mounted = fsconfig_create(&fs)
+        .and_then(|()| {
+            fsmount(
+                &fs,
+                FsMountFlags::FSMOUNT_CLOEXEC,
+                MountAttrFlags::MOUNT_ATTR_NODEV,
+            )
+        })
+        .and_then(|mnt| {
+            move_mount(
+                &mnt,
+                "",
+                rustix::fs::CWD,
+                target,
+                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        });
+    Some(mounted.map_err(|e| fail("creating the mount".into(), e)))
+}
+
+/// [`mount_overlay`] for kernels without `lowerdir+`: the paths through symlinks in `names`.
+fn mount_overlay_named(
     names: &Path,
     lowers: &[PathBuf],
     upper_work: Option<(&Path, &Path)>,
@@ -112,10 +194,7 @@ pub(super) fn mount_overlay(
     ctx(std::env::set_current_dir("/"), || {
         "leaving the layer names dir".into()
     })?;
-    r.map_err(|f| match f {
-        Failure::Setup(m) => Failure::Setup(format!("{m} ({})", describe_layers(lowers))),
-        other => other,
-    })
+    r
 }
 
 /// The overlay mount options for the lower names (in `names`), with `u` and `w` as upper
@@ -133,13 +212,26 @@ fn overlay_options_for(lower_names: &[String], upper: bool, rootless: bool) -> S
     if upper {
         opts.push_str(",upperdir=u,workdir=w");
     }
-    opts.push_str(",index=off,metacopy=off");
+    for (key, value) in overlay_fixed_options(rootless) {
+        opts.push(',');
+        opts.push_str(key);
+        if let Some(v) = value {
+            opts.push('=');
+            opts.push_str(v);
+        }
+    }
+    opts
+}
+
+/// The overlay options besides the layers, as (key, value); a flag has no value.
+fn overlay_fixed_options(rootless: bool) -> Vec<(&'static str, Option<&'static str>)> {
+    let mut opts = vec![("index", Some("off")), ("metacopy", Some("off"))];
     // Rootless (design.md "Rootless"): overlay keeps its marks in user.overlay.* xattrs, and
     // refuses to follow redirects there (`off` still follows them).
     if rootless {
-        opts.push_str(",redirect_dir=nofollow,userxattr");
+        opts.extend([("redirect_dir", Some("nofollow")), ("userxattr", None)]);
     } else {
-        opts.push_str(",redirect_dir=off");
+        opts.push(("redirect_dir", Some("off")));
     }
     opts
 }
