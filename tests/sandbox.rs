@@ -707,6 +707,49 @@ fn stub_in_an_existing_dir_keeps_real_changes() {
 
 #[test]
 #[ignore = "needs root"]
+fn stub_parents_go_only_when_the_image_had_them_unchanged() {
+    let _serial = serial();
+    let fx = fixture();
+    // /etc is in the bottom layer only, as in a stack of RUN layers.
+    let top = fx.tmp.path().join("top");
+    std::fs::create_dir(&top).unwrap();
+    std::fs::write(top.join("f"), "").unwrap();
+    let stack = || fx.overlay(vec![top.clone(), fx.lower.clone()]);
+    let mut spec = fx.spec("true");
+    spec.rootfs = stack();
+    ok(&spec);
+    assert_eq!(listing(&spec.rootfs.upper), Vec::<String>::new());
+    let lower_mode = std::fs::metadata(fx.lower.join("etc")).unwrap().mode() & 0o7777;
+    for (script, mode, owner) in [
+        ("chmod 700 /etc", 0o700, (0, 0)),
+        ("chown 5:6 /etc", lower_mode, (5, 6)),
+    ] {
+        let mut spec = fx.spec(script);
+        spec.rootfs = stack();
+        ok(&spec);
+        assert_eq!(listing(&spec.rootfs.upper), ["etc"], "{script}");
+        let etc = std::fs::metadata(spec.rootfs.upper.join("etc")).unwrap();
+        assert_eq!(
+            (etc.mode() & 0o7777, (etc.uid(), etc.gid())),
+            (mode, owner),
+            "{script}"
+        );
+    }
+    // The working directory the sandbox made belongs to the layer, even when it only held
+    // a mount's stub.
+    let mut spec = fx.spec("true");
+    spec.cwd = "/app/sub".into();
+    spec.mounts = vec![Mount::Tmpfs {
+        target: "x".into(),
+        size: None,
+    }];
+    ok(&spec);
+    assert_eq!(listing(&spec.rootfs.upper), ["app", "app/sub"]);
+    assert_no_mounts_left();
+}
+
+#[test]
+#[ignore = "needs root"]
 fn many_lowers_fit_the_mount_options() {
     let _serial = serial();
     let fx = fixture();

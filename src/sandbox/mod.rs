@@ -352,7 +352,11 @@ enum Job<J> {
 /// Helper -> parent: `O` and `E` are the filesystem job's answer and error.
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply<O, E> {
-    Run { exit: Exit, stubs: Vec<Stub> },
+    Run {
+        exit: Exit,
+        stubs: Vec<Stub>,
+        parents: Vec<Parent>,
+    },
     Fs(Result<O, E>),
     Failed(Failure),
 }
@@ -381,6 +385,20 @@ struct Stub {
     path: String,
     dir: bool,
     mode: u32,
+}
+
+/// A directory of the image above a stub: making the stub copied it up into the upper.
+/// Its type and mode bits and owner as the image had them, seen by the helper through the
+/// merged root before the step ran, so that the stub's removal can tell a copy that only
+/// held stubs from one the step changed without looking through every lower.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Parent {
+    /// Relative to the root.
+    path: String,
+    /// st_mode, type bits included.
+    mode: u32,
+    uid: u32,
+    gid: u32,
 }
 
 static HELPER_EXE: OnceLock<PathBuf> = OnceLock::new();
@@ -459,8 +477,12 @@ pub fn run(
         netns,
     };
     match call_helper::<(), (), ()>(helper, &job, output)? {
-        Reply::Run { exit, stubs } => {
-            remove_stubs(&spec.rootfs, &stubs)?;
+        Reply::Run {
+            exit,
+            stubs,
+            parents,
+        } => {
+            remove_stubs(&spec.rootfs, &stubs, &parents)?;
             Ok(exit)
         }
         Reply::Failed(f) => Err(f.into()),
@@ -619,19 +641,21 @@ fn talk<J: Serialize, O: DeserializeOwned, E: DeserializeOwned>(
 /// Removes the mountpoints the sandbox created from the upper, so the layer holds only the
 /// command's changes: a stub goes when it is still what the sandbox made (an empty dir or
 /// empty file with its mode); then directories that only got copied up to hold a stub go
-/// when they are empty, not opaque and unchanged in mode and owner.
+/// when they are empty, not opaque and unchanged in mode and owner from what the image had
+/// (`parents`, which the helper saw before the step: no lookup through the lowers, whose
+/// number grows with the Dockerfile).
 ///
 /// The step has had the upper to itself: any path in it may now be a symlink to anywhere
 /// (`mv /n /n2 && ln -s /host/dir /n` under a stub at /n/x; BuildKit's CVE-2024-23652).
 /// So every lookup here goes beneath the upper without following a link ([`UpperEntry`]),
 /// and a path that no longer resolves that way is left alone.
-fn remove_stubs(rootfs: &Overlay, stubs: &[Stub]) -> Result<(), SandboxError> {
+fn remove_stubs(rootfs: &Overlay, stubs: &[Stub], parents: &[Parent]) -> Result<(), SandboxError> {
     let upper = root::Root::open(&rootfs.upper).map_err(|source| SandboxError::Io {
         what: "opening the upper dir",
         path: rootfs.upper.clone(),
         source,
     })?;
-    let mut parents: Vec<String> = Vec::new();
+    let mut above: Vec<String> = Vec::new();
     // Deepest first, so a stub dir is empty once its stub children are gone.
     let mut sorted: Vec<&Stub> = stubs.iter().collect();
     sorted.sort_by_key(|s| std::cmp::Reverse(s.path.matches('/').count()));
@@ -649,34 +673,26 @@ fn remove_stubs(rootfs: &Overlay, stubs: &[Stub]) -> Result<(), SandboxError> {
         }
         let mut rel = stub.path.as_str();
         while let Some((parent, _)) = rel.rsplit_once('/') {
-            if !parents.iter().any(|q| q == parent) && !stubs.iter().any(|s| s.path == parent) {
-                parents.push(parent.to_string());
+            if !above.iter().any(|q| q == parent) && !stubs.iter().any(|s| s.path == parent) {
+                above.push(parent.to_string());
             }
             rel = parent;
         }
     }
-    parents.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
-    let lowers: Vec<root::Root> = rootfs
-        .lowers
-        .iter()
-        .filter_map(|l| root::Root::open(l).ok())
-        .collect();
-    for parent in parents {
+    above.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    for parent in above {
         let Some(entry) = UpperEntry::open(&upper, &parent) else {
             continue;
         };
         if entry.dir_state() != Some(DirState::EmptyPlain) {
             continue;
         }
-        let lower = lowers.iter().find_map(|l| {
-            let fd = l.open_beneath(&parent, OFlags::PATH).ok()?;
-            rustix::fs::fstat(&fd).ok()
-        });
-        let unchanged = lower.is_some_and(|l| {
-            rustix::fs::FileType::from_raw_mode(l.st_mode).is_dir()
-                && l.st_mode == entry.stat.st_mode
-                && l.st_uid == entry.stat.st_uid
-                && l.st_gid == entry.stat.st_gid
+        let unchanged = parents.iter().any(|p| {
+            p.path == parent
+                && rustix::fs::FileType::from_raw_mode(p.mode).is_dir()
+                && p.mode == entry.stat.st_mode
+                && p.uid == entry.stat.st_uid
+                && p.gid == entry.stat.st_gid
         });
         if unchanged {
             entry.remove(rootfs)?;
@@ -832,7 +848,14 @@ mod tests {
             stub("run/secrets", true, 0o755),
             stub("written", false, 0o644),
         ];
-        remove_stubs(&rootfs, &stubs).unwrap();
+        let etc = std::fs::metadata(rootfs.lowers[0].join("etc")).unwrap();
+        let parents = [Parent {
+            path: "etc".into(),
+            mode: etc.mode(),
+            uid: etc.uid(),
+            gid: etc.gid(),
+        }];
+        remove_stubs(&rootfs, &stubs, &parents).unwrap();
         let mut left: Vec<String> = std::fs::read_dir(&upper)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

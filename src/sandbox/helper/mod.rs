@@ -29,7 +29,8 @@ use network::{hosts_file, loopback_up, resolv_conf};
 use process::spawn_and_wait;
 
 use super::{
-    Exit, Failure, FsJob, FsSource, Job, Network, Overlay, Reply, RunSpec, SecurityMode, Stub,
+    Exit, Failure, FsJob, FsSource, Job, Network, Overlay, Parent, Reply, RunSpec, SecurityMode,
+    Stub,
 };
 
 pub(super) type Res<T> = Result<T, Failure>;
@@ -118,8 +119,11 @@ fn serve<J: FsJob>(joined: Res<()>, cgroup: Option<&Path>) -> Res<Reply<J::Outpu
             scratch,
             netns,
             ..
-        } => run_step(&spec, &scratch, netns.as_deref())
-            .map(|(exit, stubs)| Reply::Run { exit, stubs }),
+        } => run_step(&spec, &scratch, netns.as_deref()).map(|(exit, stubs, parents)| Reply::Run {
+            exit,
+            stubs,
+            parents,
+        }),
         Job::Fs {
             rootfs,
             sources,
@@ -162,7 +166,11 @@ fn fs_step<J: FsJob>(
     Ok(Reply::Fs(job.run(&root, &paths)))
 }
 
-fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<(Exit, Vec<Stub>)> {
+fn run_step(
+    spec: &RunSpec,
+    scratch: &Path,
+    netns: Option<&Path>,
+) -> Res<(Exit, Vec<Stub>, Vec<Parent>)> {
     if let Some(ns) = netns {
         let fd = ctx(std::fs::File::open(ns), || {
             format!("opening the build's network namespace {}", ns.display())
@@ -198,6 +206,7 @@ fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<(Exit, 
     })?;
 
     // The working directory belongs to the layer (BuildKit creates it, owned by the user).
+    let mut made = Vec::new();
     ctx(
         root.ensure(
             &spec.cwd,
@@ -207,7 +216,7 @@ fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<(Exit, 
                 owner: Some((exec_user.uid, exec_user.gid)),
                 ..Created::default()
             },
-            &mut Vec::new(),
+            &mut made,
         ),
         || format!("creating working directory {}", spec.cwd),
     )?;
@@ -215,6 +224,8 @@ fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<(Exit, 
     let mut points = Points {
         root: &root,
         stubs: Vec::new(),
+        made,
+        parents: Vec::new(),
     };
     let insecure = spec.security == SecurityMode::Insecure;
     points.make("proc", Kind::Dir, 0o755)?;
@@ -277,10 +288,11 @@ fn run_step(spec: &RunSpec, scratch: &Path, netns: Option<&Path>) -> Res<(Exit, 
         points.bind(&copy, target, Kind::File, 0o644, MsFlags::MS_RDONLY)?;
     }
     let stubs = std::mem::take(&mut points.stubs);
+    let parents = std::mem::take(&mut points.parents);
     drop(root);
 
     let exit = spawn_and_wait(spec, &root_path, &exec_user)?;
-    Ok((exit, stubs))
+    Ok((exit, stubs, parents))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use nix::mount::MsFlags;
 use rustix::fs::OFlags;
 
 use super::super::root::{Created, Kind, Root};
-use super::super::{Failure, FsSource, Mount, Overlay, Stub};
+use super::super::{Failure, FsSource, Mount, Overlay, Parent, Stub};
 
 use super::{ctx, Res};
 
@@ -69,11 +69,93 @@ pub(super) fn symlink(target: &Path, link: &Path) -> Res<()> {
     })
 }
 
-/// Mounts an overlay at `target`. The lower, upper and work paths are reached through
-/// one-character symlinks in `names` (a fresh dir on the scratch tmpfs) and passed
-/// relative to it, so any number of layers fits in the one-page option string.
+/// Mounts an overlay at `target`. Each lower goes to the kernel as its own `lowerdir+`
+/// (the mount API of Linux 6.8 and later), so any number of layers fits. Older kernels
+/// get the lower, upper and work paths through one-character symlinks in `names` (a fresh
+/// dir on the scratch tmpfs), passed relative to it in the one-page option string: one
+/// symlink per lower and step, which grew with the depth of the stack (issue 23).
 /// Without `upper_work` the overlay is read-only (it then needs two lowers or more).
 pub(super) fn mount_overlay(
+    names: &Path,
+    lowers: &[PathBuf],
+    upper_work: Option<(&Path, &Path)>,
+    target: &Path,
+) -> Res<()> {
+    let by_layer = match lowers {
+        [] => None,
+        _ => mount_overlay_by_layer(lowers, upper_work, target),
+    };
+    by_layer
+        .unwrap_or_else(|| mount_overlay_named(names, lowers, upper_work, target))
+        .map_err(|f| match f {
+            Failure::Setup(m) => Failure::Setup(format!("{m} ({})", describe_layers(lowers))),
+            other => other,
+        })
+}
+
+/// [`mount_overlay`] through the mount API, one lower at a time. `None`: the kernel does
+/// not know `lowerdir+` (before 6.8) or the mount API at all.
+fn mount_overlay_by_layer(
+    lowers: &[PathBuf],
+    upper_work: Option<(&Path, &Path)>,
+    target: &Path,
+) -> Option<Res<()>> {
+    use rustix::mount::{
+        fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+        FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags,
+    };
+    let fail = |what: String, e: rustix::io::Errno| {
+        Failure::Setup(format!(
+            "mounting overlay on {}: {what}: {e}",
+            target.display()
+        ))
+    };
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).ok()?;
+    for (i, l) in lowers.iter().enumerate() {
+        match fsconfig_set_string(&fs, "lowerdir+", l) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::INVAL) if i == 0 => return None,
+            Err(e) => return Some(Err(fail(format!("lower {}", l.display()), e))),
+        }
+    }
+    let mut set = Vec::new();
+    if let Some((upper, work)) = upper_work {
+        set.push(("upperdir", Some(upper)));
+        set.push(("workdir", Some(work)));
+    }
+    let fixed = overlay_fixed_options(super::super::userns::in_user_namespace());
+    set.extend(fixed.iter().map(|(k, v)| (*k, v.map(Path::new))));
+    for (key, value) in set {
+        let r = match value {
+            Some(v) => fsconfig_set_string(&fs, key, v),
+            None => fsconfig_set_flag(&fs, key),
+        };
+        if let Err(e) = r {
+            return Some(Err(fail(format!("option {key}"), e)));
+        }
+    }
+    let mounted = fsconfig_create(&fs)
+        .and_then(|()| {
+            fsmount(
+                &fs,
+                FsMountFlags::FSMOUNT_CLOEXEC,
+                MountAttrFlags::MOUNT_ATTR_NODEV,
+            )
+        })
+        .and_then(|mnt| {
+            move_mount(
+                &mnt,
+                "",
+                rustix::fs::CWD,
+                target,
+                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        });
+    Some(mounted.map_err(|e| fail("creating the mount".into(), e)))
+}
+
+/// [`mount_overlay`] for kernels without `lowerdir+`: the paths through symlinks in `names`.
+fn mount_overlay_named(
     names: &Path,
     lowers: &[PathBuf],
     upper_work: Option<(&Path, &Path)>,
@@ -112,10 +194,7 @@ pub(super) fn mount_overlay(
     ctx(std::env::set_current_dir("/"), || {
         "leaving the layer names dir".into()
     })?;
-    r.map_err(|f| match f {
-        Failure::Setup(m) => Failure::Setup(format!("{m} ({})", describe_layers(lowers))),
-        other => other,
-    })
+    r
 }
 
 /// The overlay mount options for the lower names (in `names`), with `u` and `w` as upper
@@ -133,13 +212,26 @@ fn overlay_options_for(lower_names: &[String], upper: bool, rootless: bool) -> S
     if upper {
         opts.push_str(",upperdir=u,workdir=w");
     }
-    opts.push_str(",index=off,metacopy=off");
+    for (key, value) in overlay_fixed_options(rootless) {
+        opts.push(',');
+        opts.push_str(key);
+        if let Some(v) = value {
+            opts.push('=');
+            opts.push_str(v);
+        }
+    }
+    opts
+}
+
+/// The overlay options besides the layers, as (key, value); a flag has no value.
+fn overlay_fixed_options(rootless: bool) -> Vec<(&'static str, Option<&'static str>)> {
+    let mut opts = vec![("index", Some("off")), ("metacopy", Some("off"))];
     // Rootless (design.md "Rootless"): overlay keeps its marks in user.overlay.* xattrs, and
     // refuses to follow redirects there (`off` still follows them).
     if rootless {
-        opts.push_str(",redirect_dir=nofollow,userxattr");
+        opts.extend([("redirect_dir", Some("nofollow")), ("userxattr", None)]);
     } else {
-        opts.push_str(",redirect_dir=off");
+        opts.push(("redirect_dir", Some("off")));
     }
     opts
 }
@@ -221,10 +313,14 @@ pub(super) fn remount(target: &Path, add: MsFlags) -> Res<()> {
     )
 }
 
-/// Creates mountpoints in the merged root and remembers what it created.
+/// Creates mountpoints in the merged root and remembers what it created, and what the
+/// image's directories above them were before a stub copied them up.
 pub(super) struct Points<'a> {
     pub(super) root: &'a Root,
     pub(super) stubs: Vec<Stub>,
+    /// Directories the sandbox made that belong to the layer (the working directory's).
+    pub(super) made: Vec<String>,
+    pub(super) parents: Vec<Parent>,
 }
 
 impl Points<'_> {
@@ -237,6 +333,14 @@ impl Points<'_> {
                 .ensure(target, kind, mode, Created::default(), &mut created),
             || format!("creating mountpoint {target}"),
         )?;
+        if let Some(first) = created.first() {
+            // Everything above the first path made was there: the image's, now copied up.
+            let mut rel = first.as_str();
+            while let Some((dir, _)) = rel.rsplit_once('/') {
+                self.note_parent(dir);
+                rel = dir;
+            }
+        }
         let n = created.len();
         for (i, path) in created.into_iter().enumerate() {
             let last = i + 1 == n;
@@ -247,6 +351,30 @@ impl Points<'_> {
             });
         }
         Ok((fd_path(&fd), fd))
+    }
+
+    /// Records `dir`'s type, mode and owner unless the sandbox made it. A directory under
+    /// a mount is left out (the lookup does not cross mounts): its stubs are not in the upper.
+    fn note_parent(&mut self, dir: &str) {
+        let known = self.parents.iter().any(|p| p.path == dir)
+            || self.made.iter().any(|m| m == dir)
+            || self.stubs.iter().any(|s| s.path == dir);
+        if known {
+            return;
+        }
+        let stat = self
+            .root
+            .open_beneath(dir, OFlags::PATH)
+            .ok()
+            .and_then(|fd| rustix::fs::fstat(&fd).ok());
+        if let Some(st) = stat {
+            self.parents.push(Parent {
+                path: dir.to_string(),
+                mode: st.st_mode,
+                uid: st.st_uid,
+                gid: st.st_gid,
+            });
+        }
     }
 
     /// Reopens a mounted target so that the path reaches the new mount, not what is under it.
