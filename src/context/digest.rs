@@ -13,14 +13,13 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::fs::Metadata;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use super::meta::Meta;
 use super::statcache::{StatCache, StatKey};
 use super::{walk, ContextError, IgnoreMatcher};
 use crate::image::Digest;
@@ -33,7 +32,7 @@ const SCHEMA: &[u8] = b"rbuild-content-digest-v2\n";
 /// on two threads.
 const BATCH: usize = 2048;
 
-fn stat_key(m: &Metadata) -> Option<StatKey> {
+fn stat_key(m: &Meta) -> Option<StatKey> {
     let ns = |s: i64, n: i64| s.checked_mul(1_000_000_000)?.checked_add(n);
     Some(StatKey {
         dev: m.dev(),
@@ -73,7 +72,7 @@ struct Record {
     sha: [u8; 32],
 }
 
-fn kind_byte(m: &Metadata) -> u8 {
+fn kind_byte(m: &Meta) -> u8 {
     let t = m.file_type();
     if t.is_dir() {
         b'd'
@@ -294,7 +293,7 @@ fn hash_files(batch: &mut [Record], cache: &mut StatCache) -> Result<(), Context
             rec.sha = sha;
             // Only remember the hash if the file did not change while it was read.
             if let Some((path, Some(key))) = &rec.file {
-                if let Ok(m) = std::fs::symlink_metadata(path) {
+                if let Ok(m) = Meta::path(path, false) {
                     if stat_key(&m).as_ref() == Some(key) {
                         cache.remember(*key, sha);
                     }

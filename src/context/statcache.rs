@@ -42,14 +42,22 @@ pub(crate) const KEEP_GENERATIONS: u32 = 8;
 /// ctime_ns (8 bytes each, LE), sha256 (32), generation (u32 LE), check (u64 LE). All zero
 /// is an empty slot; a record whose check does not match is dead (a removed entry, or a
 /// torn write): probing goes past it, lookups never return it.
-const MAGIC: &[u8; 8] = b"rbsc\0\0\0\x03";
+/// 4: home slots grouped by inode (see [`Table::home`]).
+const MAGIC: &[u8; 8] = b"rbsc\0\0\0\x04";
 pub(crate) const HEADER: usize = 40;
 const GENERATION_AT: u64 = 32;
 pub(crate) const RECORD: usize = 84;
 /// Tables are kept at most this full (tenths), so probes stay short.
 const LOAD: u64 = 7;
-/// Slots read per probe.
-const WINDOW: usize = 16;
+/// Slots read at once by a lookup. The window is kept for the next lookup, which a walk
+/// usually answers from it: files made one after the other (a checkout's, an unpacked
+/// tarball's) have consecutive inodes, and those get neighbouring home slots.
+const WINDOW: usize = 64;
+/// Slots read at once by an insert (its table changes under it: nothing is kept).
+const INSERT_WINDOW: usize = 16;
+/// Inodes per group of neighbouring home slots: 2^GROUP_BITS. Larger groups serve more
+/// lookups per read but make longer probes (the table clusters by groups).
+const GROUP_BITS: u32 = 3;
 
 /// Memoized file sha256s; see the module docs.
 #[derive(Debug)]
@@ -59,6 +67,8 @@ pub struct StatCache {
     old: Option<Table>,
     /// One bit per slot of `old`: found this build.
     found: Vec<u64>,
+    /// The slots of `old` read last.
+    old_window: Window,
     /// Entries added this build; made on the first one.
     added: Option<Table>,
     /// Where temp files go: beside the cache file.
@@ -82,6 +92,7 @@ impl StatCache {
         StatCache {
             old: None,
             found: Vec::new(),
+            old_window: Window::new(WINDOW),
             added: None,
             dir: None,
             generation: 1,
@@ -231,13 +242,18 @@ impl StatCache {
 
     pub(crate) fn lookup(&mut self, key: &StatKey) -> Option<[u8; 32]> {
         if let Some(old) = &self.old {
-            if let Ok(Some((slot, rec))) = old.find(key) {
+            if let Ok(Some((slot, rec))) = old.find(key, &mut self.old_window) {
                 self.found[(slot / 64) as usize] |= 1 << (slot % 64);
                 return Some(rec.sha);
             }
         }
         let added = self.added.as_ref()?;
-        added.find(key).ok().flatten().map(|(_, rec)| rec.sha)
+        let mut window = Window::new(INSERT_WINDOW);
+        added
+            .find(key, &mut window)
+            .ok()
+            .flatten()
+            .map(|(_, rec)| rec.sha)
     }
 
     pub(crate) fn remember(&mut self, key: StatKey, sha: [u8; 32]) {
@@ -367,6 +383,42 @@ fn mix(seed: u64, words: impl Iterator<Item = u64>) -> u64 {
     h ^ (h >> 32)
 }
 
+/// Slots of a [`Table`] as last read: up to `size` from `first`.
+#[derive(Debug)]
+struct Window {
+    size: u64,
+    first: u64,
+    bytes: Vec<u8>,
+}
+
+impl Window {
+    fn new(size: usize) -> Window {
+        Window {
+            size: size as u64,
+            first: 0,
+            bytes: Vec::new(),
+        }
+    }
+
+    /// The raw bytes of `slot` of `table`, read with the slots after it unless this
+    /// window holds it already.
+    fn slot(&mut self, table: &Table, slot: u64) -> std::io::Result<&[u8]> {
+        let held = (self.bytes.len() / RECORD) as u64;
+        if slot < self.first || slot >= self.first + held {
+            let n = self.size.min(table.slots - slot) as usize;
+            self.bytes.resize(n * RECORD, 0);
+            self.first = slot;
+            let at = HEADER as u64 + slot * RECORD as u64;
+            if let Err(e) = table.file.read_exact_at(&mut self.bytes, at) {
+                self.bytes.clear();
+                return Err(e);
+            }
+        }
+        let at = (slot - self.first) as usize * RECORD;
+        Ok(&self.bytes[at..at + RECORD])
+    }
+}
+
 /// A hash table of [`Record`]s in a file.
 #[derive(Debug)]
 struct Table {
@@ -423,50 +475,41 @@ impl Table {
         self.file.write_all_at(&h, 0)
     }
 
+    /// Where `key`'s probe starts: its group of 2^[`GROUP_BITS`] inodes is placed by a
+    /// hash of (dev, inode / group), the inode by its place in the group, so neighbouring
+    /// inodes have neighbouring homes and one read serves a run of lookups. The other
+    /// versions of a file (size, times) share its home.
     fn home(&self, key: &StatKey) -> u64 {
-        let words = [
-            key.dev,
-            key.ino,
-            key.size,
-            key.mtime_ns as u64,
-            key.ctime_ns as u64,
-        ];
-        let h = mix(0x5eed, words.into_iter());
-        ((h as u128 * self.slots as u128) >> 64) as u64
+        let h = mix(0x5eed, [key.dev, key.ino >> GROUP_BITS].into_iter());
+        let group = ((h as u128 * self.slots as u128) >> 64) as u64;
+        (group + (key.ino & ((1 << GROUP_BITS) - 1))) % self.slots
     }
 
     /// Walk the probe sequence of `key`: `f` gets each slot and what it holds until it
     /// returns a result or an empty slot ends the sequence (then `f` gets that one too).
+    /// The slots are read through `window`, which must not hold slots changed since.
     fn probe<T>(
         &self,
         key: &StatKey,
+        window: &mut Window,
         mut f: impl FnMut(u64, &Slot) -> Option<T>,
     ) -> std::io::Result<Option<T>> {
         let mut slot = self.home(key);
-        let mut seen = 0u64;
-        let mut buf = [0u8; RECORD * WINDOW];
-        while seen < self.slots {
-            let n = (WINDOW as u64).min(self.slots - slot) as usize;
-            let bytes = &mut buf[..n * RECORD];
-            self.file
-                .read_exact_at(bytes, HEADER as u64 + slot * RECORD as u64)?;
-            for raw in bytes.chunks_exact(RECORD) {
-                let s = Record::decode(raw);
-                if let Some(t) = f(slot, &s) {
-                    return Ok(Some(t));
-                }
-                if matches!(s, Slot::Empty) {
-                    return Ok(None);
-                }
-                slot = (slot + 1) % self.slots;
-                seen += 1;
+        for _ in 0..self.slots {
+            let s = Record::decode(window.slot(self, slot)?);
+            if let Some(t) = f(slot, &s) {
+                return Ok(Some(t));
             }
+            if matches!(s, Slot::Empty) {
+                return Ok(None);
+            }
+            slot = (slot + 1) % self.slots;
         }
         Ok(None)
     }
 
-    fn find(&self, key: &StatKey) -> std::io::Result<Option<(u64, Record)>> {
-        self.probe(key, |slot, s| match s {
+    fn find(&self, key: &StatKey, window: &mut Window) -> std::io::Result<Option<(u64, Record)>> {
+        self.probe(key, window, |slot, s| match s {
             Slot::Live(r) if r.key == *key => Some((slot, *r)),
             _ => None,
         })
@@ -481,7 +524,8 @@ impl Table {
             Empty,
         }
         let mut dead = None;
-        let target = self.probe(&rec.key, |slot, s| match s {
+        let mut window = Window::new(INSERT_WINDOW);
+        let target = self.probe(&rec.key, &mut window, |slot, s| match s {
             Slot::Live(r) if r.key == rec.key => Some((slot, Place::Replace)),
             Slot::Dead if dead.is_none() => {
                 dead = Some(slot);
@@ -577,16 +621,31 @@ mod tests {
         );
         let mut farthest = 0;
         for i in 0..n {
-            let (slot, _) = table.find(&key(i)).unwrap().unwrap();
+            let (slot, _) = table.find(&key(i), &mut Window::new(16)).unwrap().unwrap();
             farthest = farthest.max((slot + table.slots - table.home(&key(i))) % table.slots);
         }
         assert!(
-            farthest >= WINDOW as u64,
+            farthest >= 16,
             "no probe went past its first read (farthest {farthest})"
         );
         for i in 0..n {
             assert_eq!(cache.lookup(&key(i)), Some(sha(i)), "key {i}");
         }
         assert_eq!(cache.lookup(&key(n + 1)), None);
+    }
+
+    /// Consecutive inodes get consecutive homes, so a walk's lookups read neighbouring
+    /// slots, which one kept window answers.
+    #[test]
+    fn neighbouring_inodes_have_neighbouring_homes() {
+        let file = tempfile::tempfile().unwrap();
+        let table = Table::create(file, 100_000).unwrap();
+        let group = 1u64 << GROUP_BITS;
+        for g in [0, 1, 977, 123_456_789] {
+            let first = table.home(&key(g * group));
+            for j in 1..group {
+                assert_eq!(table.home(&key(g * group + j)), (first + j) % table.slots);
+            }
+        }
     }
 }

@@ -4,10 +4,15 @@
 //! the copier both use this, so the cache key covers exactly what the copy reads.
 
 use std::ffi::OsStr;
-use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use rustix::fd::{BorrowedFd, OwnedFd};
+use rustix::fs::{openat, Dir as Listing, FileType, Mode, OFlags, CWD};
+use rustix::io::Errno;
+
+use super::meta::Meta;
 use super::{glob, host_path, open_root, ContextError, IgnoreMatcher};
 use crate::layer::order::SortedNames;
 use crate::sandbox::root::{clean, Root};
@@ -21,7 +26,7 @@ pub(crate) struct Match {
     /// Where it lives after resolving symlinks inside the root (relative to the root).
     pub real: String,
     pub host: PathBuf,
-    pub meta: Metadata,
+    pub meta: Meta,
 }
 
 /// One entry below (or at) a match.
@@ -30,20 +35,15 @@ pub(crate) struct Entry {
     /// Path relative to the match (`""` for the match itself).
     pub rel: PathBuf,
     pub host: PathBuf,
-    pub meta: Metadata,
+    pub meta: Meta,
 }
 
 fn lossy(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn stat(path: &Path, follow: bool) -> Result<Option<Metadata>, ContextError> {
-    let r = if follow {
-        std::fs::metadata(path)
-    } else {
-        std::fs::symlink_metadata(path)
-    };
-    gone_is_none(path, r)
+fn stat(path: &Path, follow: bool) -> Result<Option<Meta>, ContextError> {
+    gone_is_none(path, Meta::path(path, follow))
 }
 
 /// `r` for `path`, with "it is not there" (removed while walking, or a parent that is not a
@@ -232,10 +232,45 @@ struct Dir {
     ctx: String,
 }
 
-/// A listed directory: its kept children's names, in the order to visit them.
+/// A listed directory: its kept children's names, in the order to visit them, and the
+/// directory itself kept open (while the budget lasts) to stat and open them relative to.
 struct Frame {
     dir: Dir,
+    held: Option<Held>,
     names: SortedNames,
+}
+
+/// The most directories all walks keep open at once. Several walks are open together (the
+/// digest merges one per match, and `COPY * /` can match thousands), and the limit on
+/// open files is shared with everything else; a directory past the budget is stat'ed and
+/// listed by its full path instead (slower, as safe: see [`open_dir`]).
+const HELD_LIMIT: usize = 256;
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// A directory kept open for the walk below it, counted against [`HELD_LIMIT`].
+struct Held(Listing);
+
+impl Held {
+    fn take(listing: Listing) -> Option<Held> {
+        if HELD.fetch_add(1, Ordering::Relaxed) < HELD_LIMIT {
+            Some(Held(listing))
+        } else {
+            HELD.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.0
+            .fd()
+            .unwrap_or_else(|_| unreachable!("a Dir always has its fd"))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Tags of the names: emit an entry, or (an ignored directory that exceptions may re-include
@@ -243,39 +278,75 @@ struct Frame {
 const EMIT: u8 = 0;
 const EMIT_IF_KEPT: u8 = 1;
 
-/// `std::fs::read_dir` of a directory that may vanish while it is walked: `None` then.
-fn list(dir: &Path) -> Result<Option<std::fs::ReadDir>, ContextError> {
-    gone_is_none(dir, std::fs::read_dir(dir))
+/// Opens the directory `name` of `parent` (or, without one, `host` from the working
+/// directory) to list, never through a symlink in its place: the context is hostile, and
+/// a directory swapped for a symlink while it is walked is not followed out of it. `None`
+/// if it is gone or is no longer a directory.
+fn open_dir(
+    parent: Option<BorrowedFd<'_>>,
+    name: &OsStr,
+    host: &Path,
+) -> Result<Option<Listing>, ContextError> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd: Result<OwnedFd, Errno> = match parent {
+        Some(fd) => openat(fd, name, flags, Mode::empty()),
+        None => openat(CWD, host, flags, Mode::empty()),
+    };
+    match fd.and_then(Listing::new) {
+        Ok(listing) => Ok(Some(listing)),
+        Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => Ok(None),
+        Err(e) => Err(ContextError::io(host, e.into())),
+    }
+}
+
+/// `name` in the directory `held`, or `host` by its full path without one; `None` if it
+/// is gone.
+fn stat_in(held: Option<&Held>, name: &OsStr, host: &Path) -> Result<Option<Meta>, ContextError> {
+    match held {
+        Some(h) => gone_is_none(host, Meta::at(h.fd(), Path::new(name), false)),
+        None => stat(host, false),
+    }
 }
 
 /// A child of a listed directory, with the paths the matchers see.
-struct Child {
-    name: std::ffi::OsString,
+struct Child<'n> {
+    name: &'n OsStr,
     is_dir: bool,
     ctx: String,
     rel: String,
 }
 
 impl Walk<'_> {
-    /// The children of `dir` that the matchers do not exclude, in no particular order.
+    /// The children of `dir` (listed by `listing`) that the matchers do not exclude, in no
+    /// particular order.
     fn children(
         &self,
         dir: &Dir,
-        mut each: impl FnMut(Child) -> Result<bool, ContextError>,
+        listing: &mut Listing,
+        mut each: impl FnMut(Child, &Listing) -> Result<bool, ContextError>,
     ) -> Result<(), ContextError> {
-        let Some(rd) = list(&dir.host)? else {
-            return Ok(());
-        };
-        for e in rd {
-            let e = e.map_err(|e| ContextError::io(&dir.host, e))?;
+        while let Some(e) = listing.next() {
+            let e = e.map_err(|e| ContextError::io(&dir.host, e.into()))?;
+            let name = OsStr::from_bytes(e.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
             // d_type from the listing; lstat where the filesystem has none.
-            let Ok(ft) = e.file_type() else {
-                continue; // removed while walking
+            let ft = match e.file_type() {
+                FileType::Unknown => {
+                    let at = listing
+                        .fd()
+                        .map_err(|e| ContextError::io(&dir.host, e.into()));
+                    match Meta::at(at?, Path::new(name), false) {
+                        Ok(m) => m.file_type(),
+                        Err(_) => continue, // removed while walking
+                    }
+                }
+                ft => ft,
             };
-            let name = e.file_name();
             let is_dir = ft.is_dir();
-            let ctx = join(&dir.ctx, &lossy(Path::new(&name)));
-            let rel = lossy(&dir.rel.join(&name));
+            let ctx = join(&dir.ctx, &lossy(Path::new(name)));
+            let rel = lossy(&dir.rel.join(name));
             if self.ignore.is_excluded(&ctx, is_dir) || self.excludes.is_excluded(&rel, is_dir) {
                 continue;
             }
@@ -285,7 +356,7 @@ impl Walk<'_> {
                 ctx,
                 rel,
             };
-            if !each(child)? {
+            if !each(child, listing)? {
                 break;
             }
         }
@@ -296,28 +367,44 @@ impl Walk<'_> {
         c.is_dir && (self.ignore.matches(&c.ctx) || self.excludes.matches(&c.rel))
     }
 
-    fn push(&mut self, dir: Dir) -> Result<(), ContextError> {
+    /// List `dir`, opened as `listing`, onto the stack (`None`: it is gone).
+    fn push(&mut self, dir: Dir, listing: Option<Listing>) -> Result<(), ContextError> {
+        let Some(mut listing) = listing else {
+            return Ok(());
+        };
         let mut names = SortedNames::default();
-        self.children(&dir, |c| {
+        self.children(&dir, &mut listing, |c, _| {
             let tag = if self.held(&c) { EMIT_IF_KEPT } else { EMIT };
             names.add(c.name.as_bytes(), c.is_dir, tag);
             Ok(true)
         })?;
         names.sort();
-        self.stack.push(Frame { dir, names });
+        self.stack.push(Frame {
+            dir,
+            held: Held::take(listing),
+            names,
+        });
         Ok(())
     }
 
-    /// Whether walking `dir` would emit anything.
-    fn keeps_anything(&self, dir: &Dir) -> Result<bool, ContextError> {
+    /// Whether walking `dir`, opened as `listing`, would emit anything.
+    fn keeps_anything(&self, dir: &Dir, listing: Option<Listing>) -> Result<bool, ContextError> {
+        let Some(mut listing) = listing else {
+            return Ok(false);
+        };
         let mut kept = false;
-        self.children(dir, |c| {
-            kept = !self.held(&c)
-                || self.keeps_anything(&Dir {
-                    host: dir.host.join(&c.name),
-                    rel: dir.rel.join(&c.name),
+        self.children(dir, &mut listing, |c, at| {
+            kept = !self.held(&c) || {
+                let host = dir.host.join(c.name);
+                let at = at.fd().map_err(|e| ContextError::io(&host, e.into()))?;
+                let inner = open_dir(Some(at), c.name, &host)?;
+                let inner_dir = Dir {
+                    host,
+                    rel: dir.rel.join(c.name),
                     ctx: c.ctx,
-                })?;
+                };
+                self.keeps_anything(&inner_dir, inner)?
+            };
             Ok(!kept)
         })?;
         Ok(kept)
@@ -328,7 +415,8 @@ impl Walk<'_> {
             return Ok(Some(top));
         }
         if let Some(dir) = self.open.take() {
-            self.push(dir)?;
+            let listing = open_dir(None, OsStr::new(""), &dir.host)?;
+            self.push(dir, listing)?;
         }
         loop {
             let Some(frame) = self.stack.last_mut() else {
@@ -344,19 +432,24 @@ impl Walk<'_> {
                 rel: frame.dir.rel.join(name),
                 ctx: join(&frame.dir.ctx, &lossy(Path::new(name))),
             };
+            let held = frame.held.as_ref();
             if visit.contents {
-                self.push(dir)?;
+                let listing = open_dir(held.map(Held::fd), name, &dir.host)?;
+                self.push(dir, listing)?;
                 continue;
             }
-            let Some(meta) = stat(&dir.host, false)? else {
+            let Some(meta) = stat_in(held, name, &dir.host)? else {
                 continue; // removed while walking
             };
-            if visit.tag == EMIT_IF_KEPT && !self.keeps_anything(&dir)? {
-                // Nothing inside is kept either: do not walk it again.
-                if let Some(frame) = self.stack.last_mut() {
-                    frame.names.skip_contents(&visit);
+            if visit.tag == EMIT_IF_KEPT {
+                let listing = open_dir(held.map(Held::fd), name, &dir.host)?;
+                if !self.keeps_anything(&dir, listing)? {
+                    // Nothing inside is kept either: do not walk it again.
+                    if let Some(frame) = self.stack.last_mut() {
+                        frame.names.skip_contents(&visit);
+                    }
+                    continue;
                 }
-                continue;
             }
             return Ok(Some(Entry {
                 rel: dir.rel,
@@ -573,5 +666,38 @@ mod tests {
                 "kept/x/deep/k"
             ]
         );
+    }
+
+    /// A directory swapped for a symlink after it was listed as one is not followed: its
+    /// contents are opened relative to the parent, with O_NOFOLLOW (the context is
+    /// hostile; before, the walk listed the symlink's target by path).
+    #[test]
+    fn directory_swapped_for_symlink_is_not_descended() {
+        let outside = tree_of(&[], &["secret"]);
+        let t = tree_of(&["a", "z"], &["a/f", "z/g"]);
+        let none = IgnoreMatcher::default();
+        let m = resolve(t.path(), ".", true, &none).unwrap();
+        let mut w = walk(&m[0], &none, &none);
+        let first: Vec<String> = w.by_ref().take(2).map(|e| lossy(&e.unwrap().rel)).collect();
+        assert_eq!(first, ["", "a"]);
+        std::fs::rename(t.path().join("a"), t.path().join("a.old")).unwrap();
+        symlink(outside.path(), t.path().join("a")).unwrap();
+        assert_eq!(rels(w), ["z", "z/g"]);
+    }
+
+    /// Past the budget of directories kept open, the walk stats and lists by full path,
+    /// with the same result.
+    #[test]
+    fn walk_past_the_open_directory_budget() {
+        let deep = (0..HELD_LIMIT + 5)
+            .map(|i| format!("{}", i % 10))
+            .collect::<Vec<_>>()
+            .join("/");
+        let t = tree_of(&[&deep], &[&format!("{deep}/f")]);
+        let none = IgnoreMatcher::default();
+        let m = resolve(t.path(), ".", true, &none).unwrap();
+        let got = rels(walk(&m[0], &none, &none));
+        assert_eq!(got.len(), HELD_LIMIT + 5 + 2);
+        assert_eq!(got.last().unwrap(), &format!("{deep}/f"));
     }
 }

@@ -26,16 +26,17 @@
 //!   into the destination directory, refusing entries that would leave it.
 
 use std::collections::HashMap;
-use std::fs::{self, File, Metadata};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, OFlags, Timespec, Timestamps, CWD};
 use serde::{Deserialize, Serialize};
 
 use crate::context::digest::base_name;
+use crate::context::meta::Meta;
 use crate::context::{host_path, open_root, resolve, walk, ContextError, IgnoreMatcher};
 use crate::dockerfile::chmod::Chmod;
 use crate::sandbox::root::{clean, Created, Kind, Root};
@@ -228,7 +229,7 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
                         continue;
                     }
                 }
-                let meta = fs::metadata(file).map_err(|e| io_err(file, e))?;
+                let meta = Meta::path(file, true).map_err(|e| io_err(file, e))?;
                 c.ensure_dest()?;
                 let target = c.prepare_target(false, name, &dest_rel)?;
                 let dst = c.host(&target);
@@ -286,7 +287,7 @@ struct Copier<'a> {
     inodes: HashMap<(u64, u64), PathBuf>,
     /// Directories whose metadata is applied after their contents (so mtimes stick):
     /// (source, destination, source metadata, times only).
-    dirs_to_finish: Vec<(PathBuf, PathBuf, Metadata, bool)>,
+    dirs_to_finish: Vec<(PathBuf, PathBuf, Meta, bool)>,
     stats: CopyStats,
 }
 
@@ -386,7 +387,7 @@ impl Copier<'_> {
     fn copy_one(
         &mut self,
         src: &Path,
-        meta: &Metadata,
+        meta: &Meta,
         dst_host: &Path,
         existing_dir: ExistingDir,
         file_mode: Option<u32>,
@@ -513,7 +514,7 @@ impl Copier<'_> {
         &mut self,
         src: &Path,
         dst: &Path,
-        meta: &Metadata,
+        meta: &Meta,
         file_mode: Option<u32>,
         file: Option<&File>,
     ) -> Result<(), CopyError> {
@@ -610,7 +611,7 @@ impl Copier<'_> {
                 let src_dir = join(&anchor, &comps[..=k].join("/"));
                 let real = resolve(&src, &src_dir, true)?;
                 let src_host = host_path(src_root, &real);
-                let meta = fs::metadata(&src_host).map_err(|e| io_err(&src_host, e))?;
+                let meta = Meta::path(&src_host, true).map_err(|e| io_err(&src_host, e))?;
                 let dst_host = self.host(&cur);
                 self.copy_one(&src_host, &meta, &dst_host, ExistingDir::Keep, None)?;
             }
@@ -777,7 +778,7 @@ mod tests {
     use super::*;
     use pretty_assertions::assert_eq;
     use std::io::Write;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt};
 
     /// A listing like buildah's conformance FSHeader: type path mode uid:gid size link.
     fn listing(root: &Path, under: &str) -> Vec<String> {
