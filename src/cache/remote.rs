@@ -258,8 +258,14 @@ pub fn fetch_blob(
                 detail: format!("{e}"),
             })?;
             let cache = matches!(source, BlobSource::RegistryCache(_));
+            // The client hashes what arrives and fails unless it is `desc`: hashing the
+            // bytes again on their way to the store would only cost CPU.
             store
-                .write_blob(|w| registry.fetch_blob(&r, desc, w))
+                .write_blob_prehashed(|w| {
+                    registry
+                        .fetch_blob(&r, desc, w)
+                        .map(|()| ((), desc.digest.clone()))
+                })
                 .map_err(|e| match e {
                     // The registry's own error (it names the reference), not "producing blob".
                     StoreError::Producer(p) => match p.downcast::<RegistryError>() {
