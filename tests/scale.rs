@@ -45,8 +45,7 @@ fn build_peak_kb(store: &Path, context: &Path) -> u64 {
 #[ignore = "needs root"]
 fn copying_a_context_takes_memory_flat_in_its_files() {
     needs_root();
-    // tmpfs: on this ext4, creating files right after many deletions is 10x slower.
-    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let dir = many_files_tempdir(80_000);
     let peaks = |n: usize| -> (u64, u64) {
         let context = dir.path().join(format!("ctx{n}"));
         many_files_context(&context, n);

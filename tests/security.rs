@@ -19,7 +19,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
 use support::attacks::{assert_every_change_refused, cc, EVIL_SO};
-use support::{rbuild, rbuild_bin, run, InRegistry, REGISTRY};
+use support::{many_files_tempdir, rbuild, rbuild_bin, run, InRegistry, REGISTRY};
 
 const BASE: InRegistry = InRegistry("busybox");
 const DEBIAN: InRegistry = InRegistry("debian:bookworm");
@@ -904,8 +904,7 @@ fn many_entries_tar(n: usize, path: &Path) {
 #[ignore = "needs root and a registry"]
 fn applying_a_layer_takes_memory_flat_in_its_entries() {
     let _serial = ready();
-    // tmpfs: on this ext4, creating files right after many deletions is 10x slower.
-    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let dir = many_files_tempdir(250_000);
     let peak_kb = |n: usize| -> u64 {
         let tar = dir.path().join(format!("{n}.tar"));
         many_entries_tar(n, &tar);

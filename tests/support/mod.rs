@@ -192,6 +192,21 @@ pub fn tempdir() -> tempfile::TempDir {
     dir
 }
 
+/// A temporary directory for a test that makes `inodes` files: on /dev/shm when it has room
+/// for them (on this machine's ext4, creating files right after many deletions is 10x
+/// slower), else where [`tempfile::tempdir`] puts it. Another user of /dev/shm (a bench's
+/// million-file tree) must not make the test fail for lack of inodes.
+pub fn many_files_tempdir(inodes: u64) -> tempfile::TempDir {
+    let room = rustix::fs::statvfs("/dev/shm")
+        .is_ok_and(|st| st.f_favail >= inodes * 2 && st.f_bavail * st.f_frsize >= 4 << 30);
+    if room {
+        tempfile::tempdir_in("/dev/shm").unwrap()
+    } else {
+        eprintln!("/dev/shm has no room for {inodes} files: using the default temp dir");
+        tempfile::tempdir().unwrap()
+    }
+}
+
 /// How each step of a plain progress log ended, with its label (`[stage i/n] TEXT`, empty
 /// for a step without one): `CACHED`, `CACHED (remote)` or `DONE`, in the log's order.
 pub fn step_ends(progress: &str) -> Vec<(String, String)> {
