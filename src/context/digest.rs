@@ -32,6 +32,9 @@ const SCHEMA: &[u8] = b"rbuild-content-digest-v2\n";
 /// on two threads.
 const BATCH: usize = 2048;
 
+/// Batches the walk may run ahead of the hashing (memory: that many batches' records).
+const AHEAD: usize = 2;
+
 fn stat_key(m: &Meta) -> Option<StatKey> {
     let ns = |s: i64, n: i64| s.checked_mul(1_000_000_000)?.checked_add(n);
     Some(StatKey {
@@ -127,18 +130,76 @@ pub fn content_digest(
         }
     }
     let mut merged = Merge::new(walks)?;
-    let mut h = Sha256::new();
-    h.update(SCHEMA);
-    let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
-    loop {
-        let next = merged.next()?;
-        let done = next.is_none();
-        batch.extend(next);
-        if batch.len() < BATCH && !done {
-            continue;
+    let mut records = Records::new(stat_cache, listed);
+    let mut first = Vec::with_capacity(BATCH);
+    if merged.fill(&mut first)? {
+        records.add(&mut first)?;
+        return Ok(records.digest());
+    }
+    // More than one batch: the walk (getdents, statx, readlink) runs on a second thread,
+    // at most AHEAD batches ahead, while this one looks the files up in the stat cache,
+    // hashes the misses and the records (issue 23: the cached rebuild of a large context
+    // on two cores). The batches come in order, so the digest and the first error are
+    // those of the walk on one thread.
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD);
+        // Hashed batches go back to the walker, which frees their records and refills
+        // them: memory allocated on one thread is freed on it (cheaper in malloc).
+        let (back, returned) = std::sync::mpsc::sync_channel::<Vec<Record>>(AHEAD + 1);
+        let walker = s.spawn(move || loop {
+            let mut batch = returned.try_recv().unwrap_or_default();
+            batch.clear();
+            batch.reserve(BATCH);
+            let r = merged.fill(&mut batch);
+            let last = !matches!(r, Ok(false));
+            // A receiver gone means the hashing failed: stop walking.
+            if tx.send(r.map(|_| batch)).is_err() || last {
+                return;
+            }
+        });
+        records.add(&mut first)?;
+        drop(first);
+        while let Ok(next) = rx.recv() {
+            let mut batch = next?;
+            let last = batch.len() < BATCH;
+            records.add(&mut batch)?;
+            if last {
+                return Ok(records.digest());
+            }
+            // The walker may have stopped on an error meanwhile: the batch is freed here.
+            let _ = back.try_send(batch);
         }
-        hash_files(&mut batch, stat_cache)?;
-        for r in batch.drain(..) {
+        // The walker stopped without its last batch: it panicked.
+        match walker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the walker sends its last batch before it returns"),
+        }
+    })
+}
+
+/// The digest's hash, fed batches of records in path order.
+struct Records<'c, 'l> {
+    h: Sha256,
+    stat_cache: &'c mut StatCache,
+    listed: &'l mut dyn FnMut(ListedFile),
+}
+
+impl<'c, 'l> Records<'c, 'l> {
+    fn new(stat_cache: &'c mut StatCache, listed: &'l mut dyn FnMut(ListedFile)) -> Self {
+        let mut h = Sha256::new();
+        h.update(SCHEMA);
+        Records {
+            h,
+            stat_cache,
+            listed,
+        }
+    }
+
+    /// Hash `batch`'s files and then its records.
+    fn add(&mut self, batch: &mut [Record]) -> Result<(), ContextError> {
+        hash_files(batch, self.stat_cache)?;
+        let h = &mut self.h;
+        for r in batch.iter() {
             h.update((r.path.len() as u64).to_le_bytes());
             h.update(&r.path);
             h.update([r.kind]);
@@ -148,7 +209,7 @@ pub fn content_digest(
             h.update((r.link.len() as u64).to_le_bytes());
             h.update(&r.link);
             if r.kind != b'd' {
-                listed(ListedFile {
+                (self.listed)(ListedFile {
                     path: String::from_utf8_lossy(&r.path).into_owned(),
                     mode: r.mode,
                     // A symlink changes with its target.
@@ -160,9 +221,11 @@ pub fn content_digest(
                 });
             }
         }
-        if done {
-            return Ok(Digest::from_raw(&h.finalize()));
-        }
+        Ok(())
+    }
+
+    fn digest(self) -> Digest {
+        Digest::from_raw(&self.h.finalize())
     }
 }
 
@@ -204,6 +267,17 @@ impl<'a> Merge<'a> {
             self.entries[i] = Some(e);
         }
         Ok(())
+    }
+
+    /// Fill `batch` up to [`BATCH`] records; `true` if the walks are done.
+    fn fill(&mut self, batch: &mut Vec<Record>) -> Result<bool, ContextError> {
+        while batch.len() < BATCH {
+            match self.next()? {
+                Some(r) => batch.push(r),
+                None => return Ok(true),
+            }
+        }
+        Ok(false)
     }
 
     fn next(&mut self) -> Result<Option<Record>, ContextError> {
@@ -527,6 +601,47 @@ mod tests {
         }
         std::fs::write(&file, vec![0u8; bytes.len()]).unwrap();
         assert!(StatCache::load(&file).is_empty());
+    }
+
+    /// A context of several batches is walked on a second thread and hashed on this one
+    /// (issue 23), with the digest of the walk on one thread: pinned here, and the same
+    /// as the sequential code gave (a store built by it found the step cached). Two
+    /// matches interleave (`a` and `a.b` with `a/...`), and the hit path agrees.
+    #[test]
+    fn digest_of_many_batches_is_unchanged() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for i in 0..2 * BATCH + 3 {
+            let d = r.join(format!("a/d{}", i / 700));
+            std::fs::create_dir_all(&d).unwrap();
+            let f = d.join(format!("f{i}"));
+            std::fs::write(&f, i.to_string()).unwrap();
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        std::fs::write(r.join("a.b"), "ab").unwrap();
+        for (p, mode) in [("a", 0o755), ("a.b", 0o644)] {
+            std::fs::set_permissions(r.join(p), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        for d in 0..=(2 * BATCH + 2) / 700 {
+            let d = r.join(format!("a/d{d}"));
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut c = cache();
+        let mut files = 0;
+        let s = vec!["a*".to_string()];
+        let d0 = content_digest(r, &s, &none(), &none(), true, &mut c, &mut |_| files += 1);
+        assert_eq!(
+            d0.unwrap().to_string(),
+            "sha256:318547ed9d55d8c26e42df0fcde4ad96fcc59bd5b4f46352a5e3d04f56b2a25f"
+        );
+        assert_eq!(files, 2 * BATCH + 4);
+        assert_eq!(c.files_hashed() as usize, files);
+        assert_eq!(digest(r, &["a*"], &mut c), digest(r, &["a*"], &mut c));
+        assert_eq!(
+            c.files_hashed() as usize,
+            files,
+            "the rebuild hit the cache"
+        );
     }
 
     #[test]
