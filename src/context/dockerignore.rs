@@ -160,7 +160,7 @@ impl IgnoreMatcher {
     /// source exists but is ignored.
     pub fn excluded_by(&self, rel_path: &str) -> Option<&str> {
         let file = rel_path.trim_matches('/');
-        if file.is_empty() || file == "." {
+        if self.patterns.is_empty() || file.is_empty() || file == "." {
             // "Don't let them exclude everything" (patternmatcher).
             return None;
         }

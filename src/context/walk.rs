@@ -175,6 +175,15 @@ fn not_ignored(named: &str, real: &str, ignore: &IgnoreMatcher) -> Result<(), Co
     }
 }
 
+/// `dir/name` in one allocation of its final size (`Path::join` copies `dir` and then grows
+/// the copy): the walk makes two of these for every file of the context.
+fn child_path(dir: &Path, name: &OsStr) -> PathBuf {
+    let mut p = PathBuf::with_capacity(dir.as_os_str().len() + 1 + name.len());
+    p.push(dir);
+    p.push(name);
+    p
+}
+
 fn join(a: &str, b: &str) -> String {
     if a.is_empty() {
         b.to_string()
@@ -200,6 +209,7 @@ pub(crate) fn walk<'a>(
     Walk {
         ignore,
         excludes,
+        filters: !(ignore.is_empty() && excludes.is_empty()),
         top: Some(Entry {
             rel: PathBuf::new(),
             host: m.host.clone(),
@@ -218,6 +228,8 @@ pub(crate) fn walk<'a>(
 pub(crate) struct Walk<'a> {
     ignore: &'a IgnoreMatcher,
     excludes: &'a IgnoreMatcher,
+    /// Whether either matcher has patterns (else no path is made for them).
+    filters: bool,
     /// The match itself, until it is yielded.
     top: Option<Entry>,
     /// The match's directory, listed on the first call after the match was yielded.
@@ -345,11 +357,19 @@ impl Walk<'_> {
                 ft => ft,
             };
             let is_dir = ft.is_dir();
-            let ctx = join(&dir.ctx, &lossy(Path::new(name)));
-            let rel = lossy(&dir.rel.join(name));
-            if self.ignore.is_excluded(&ctx, is_dir) || self.excludes.is_excluded(&rel, is_dir) {
-                continue;
-            }
+            // Without patterns no matcher reads the paths (and [`Walk::held`] is false): a
+            // context without a .dockerignore lists its files without making them.
+            let (ctx, rel) = if self.filters {
+                let ctx = join(&dir.ctx, &lossy(Path::new(name)));
+                let rel = lossy(&child_path(&dir.rel, name));
+                if self.ignore.is_excluded(&ctx, is_dir) || self.excludes.is_excluded(&rel, is_dir)
+                {
+                    continue;
+                }
+                (ctx, rel)
+            } else {
+                (String::new(), String::new())
+            };
             let child = Child {
                 name,
                 is_dir,
@@ -395,12 +415,12 @@ impl Walk<'_> {
         let mut kept = false;
         self.children(dir, &mut listing, |c, at| {
             kept = !self.held(&c) || {
-                let host = dir.host.join(c.name);
+                let host = child_path(&dir.host, c.name);
                 let at = at.fd().map_err(|e| ContextError::io(&host, e.into()))?;
                 let inner = open_dir(Some(at), c.name, &host)?;
                 let inner_dir = Dir {
                     host,
-                    rel: dir.rel.join(c.name),
+                    rel: child_path(&dir.rel, c.name),
                     ctx: c.ctx,
                 };
                 self.keeps_anything(&inner_dir, inner)?
@@ -427,10 +447,16 @@ impl Walk<'_> {
                 continue;
             };
             let name = OsStr::from_bytes(frame.names.name(&visit));
+            // A file's path as the matchers see it (`ctx`) is not needed again.
+            let lists = visit.contents || visit.tag == EMIT_IF_KEPT;
             let dir = Dir {
-                host: frame.dir.host.join(name),
-                rel: frame.dir.rel.join(name),
-                ctx: join(&frame.dir.ctx, &lossy(Path::new(name))),
+                host: child_path(&frame.dir.host, name),
+                rel: child_path(&frame.dir.rel, name),
+                ctx: if lists {
+                    join(&frame.dir.ctx, &lossy(Path::new(name)))
+                } else {
+                    String::new()
+                },
             };
             let held = frame.held.as_ref();
             if visit.contents {
