@@ -713,6 +713,18 @@ mod tests {
 
     /// Past the budget of directories kept open, the walk stats and lists by full path,
     /// with the same result.
+    /// The walk's own join gives what `Path::join` gives for a listed name, whatever the
+    /// directory looks like.
+    #[test]
+    fn child_path_is_path_join() {
+        for dir in ["", "a", "a/b", "/abs/dir", "trailing/", "/"] {
+            for name in ["f", "é.txt", "with space", ".hidden"] {
+                let (dir, name) = (Path::new(dir), OsStr::new(name));
+                assert_eq!(child_path(dir, name), dir.join(name), "{dir:?} + {name:?}");
+            }
+        }
+    }
+
     #[test]
     fn walk_past_the_open_directory_budget() {
         let deep = (0..HELD_LIMIT + 5)
