@@ -22,7 +22,6 @@ mod spare;
 pub mod user;
 pub mod userns;
 pub mod wire;
-mod writeback;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -508,7 +507,7 @@ pub fn fs_job<J: FsJob>(
         parent: std::process::id(),
     };
     let helper = spare::take(helper_exe()?, spare::Want::Any)?;
-    let _writeback = writeback::Writeback::start(&rootfs.upper);
+    let _writeback = crate::store::Writeback::start(&rootfs.upper);
     match call_helper::<J, J::Output, J::Error>(helper, &job, &mut |_| {})? {
         Reply::Fs(result) => Ok(result),
         Reply::Failed(f) => Err(f.into()),

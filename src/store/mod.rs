@@ -38,6 +38,7 @@ mod mounts;
 mod remote;
 mod trash;
 mod usage;
+mod writeback;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -56,6 +57,7 @@ pub use lock::{FileLock, LockMode};
 pub use lru::PruneOptions;
 pub use remote::{BlobSource, RemoteLayer, REFUSAL_KEPT};
 pub use usage::{Usage, RECLAIMABLE};
+pub use writeback::Writeback;
 
 /// Errors from the store; each names the path or object it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -315,6 +317,13 @@ impl Store {
     pub fn sync_filesystem(&self) -> Result<()> {
         let fd = fs::File::open(&self.session).map_err(StoreError::io("opening", &self.session))?;
         rustix::fs::syncfs(&fd).map_err(|e| StoreError::io("syncing", &self.session)(e.into()))
+    }
+
+    /// Push what is written to the store's filesystem to disk while the returned guard
+    /// lives (see [`Writeback`]), so that the [`Store::sync_filesystem`] before a record
+    /// finds little left to write: for work that writes only what it keeps.
+    pub fn writeback(&self) -> Writeback {
+        Writeback::start(&self.session)
     }
 
     /// Remember that `path` was renamed into its directory (see `pending_dirs`).

@@ -1,23 +1,25 @@
-//! Early writeback of a step's upperdir, while the step runs.
+//! Early writeback of what a step or an extraction writes, while it writes.
 //!
-//! When the helper exits, its mount namespace goes and the overlay is unmounted; unmounting
-//! an overlay (not mounted `volatile`) syncs its upper filesystem, so the helper's exit
-//! waits until everything the step wrote is on disk. That sync is what makes a built
-//! layer's diff durable before the store records it (design.md "Store": every record is
-//! fsynced before it is renamed into place), and it stays. But it started only at the end:
-//! a COPY of 313 MB in 10,000 files spent about 1 s of its step waiting for the disk after
-//! the copy itself was done (docs/performance.md, session 18).
+//! When a file-op step's helper exits, its mount namespace goes and the overlay is
+//! unmounted; unmounting an overlay (not mounted `volatile`) syncs its upper filesystem, so
+//! the helper's exit waits until everything the step wrote is on disk. Pulled layers are
+//! made durable the same way, by one `syncfs` before they are recorded
+//! (`exec::extract`). That sync is what makes a layer's files durable before the store
+//! records it (design.md "Store": every record is fsynced before it is renamed into
+//! place), and it stays. But it started only at the end: a COPY of 313 MB in 10,000 files
+//! spent about 1 s of its step waiting for the disk after the copy itself was done
+//! (docs/performance.md, session 18), and the `ci` job's lowers 0.5-1.2 s after their
+//! extraction (session 21).
 //!
-//! While a helper runs, a thread of the parent calls `syncfs` on the upper's filesystem
-//! again and again, so the disk writes what the step has written so far while the step
-//! goes on writing, and the sync at unmount finds little left. A step that ends before
-//! [`FIRST_SYNC`] never syncs here.
+//! While a guard lives, a thread calls `syncfs` on the filesystem of a directory again and
+//! again, so the disk writes what was written so far while the writing goes on, and the
+//! last sync finds little left. Work that ends before [`FIRST_SYNC`] never syncs here.
 //!
-//! Only file operations (COPY, ADD) get it: everything they write is the layer. A RUN step
-//! does not: a compiler's or apt's temporary files, written and deleted within the step,
-//! would all be forced to disk, and a long step would flush the disk's cache every
-//! [`PAUSE`] (expensive on the network block devices of CI machines). Its upper is synced
-//! by the unmount alone, as before.
+//! Only work that writes what it keeps gets it: file operations (COPY, ADD) and layer
+//! extraction. A RUN step does not: a compiler's or apt's temporary files, written and
+//! deleted within the step, would all be forced to disk, and a long step would flush the
+//! disk's cache every [`PAUSE`] (expensive on the network block devices of CI machines).
+//! Its upper is synced by the unmount alone, as before.
 
 use std::fs::File;
 use std::path::Path;
@@ -31,16 +33,16 @@ const FIRST_SYNC: Duration = Duration::from_millis(100);
 const PAUSE: Duration = Duration::from_millis(50);
 
 /// Pushes `dir`'s filesystem to disk while it lives; dropping it stops the thread and waits
-/// for a sync in progress (the helper's unmount would wait for it anyway).
-pub(super) struct Writeback {
+/// for a sync in progress (the sync that follows would wait for it anyway).
+pub struct Writeback {
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Writeback {
-    /// Start syncing the filesystem of `dir` (the overlay's upper). Nothing happens if it
-    /// cannot be opened: the sync at unmount still makes the data durable.
-    pub(super) fn start(dir: &Path) -> Writeback {
+    /// Start syncing the filesystem of `dir` (an overlay's upper, the store's session dir).
+    /// Nothing happens if it cannot be opened: the last sync still makes the data durable.
+    pub fn start(dir: &Path) -> Writeback {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread = File::open(dir).ok().map(|fd| {
             let stop = Arc::clone(&stop);
