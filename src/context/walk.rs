@@ -711,8 +711,6 @@ mod tests {
         assert_eq!(rels(w), ["z", "z/g"]);
     }
 
-    /// Past the budget of directories kept open, the walk stats and lists by full path,
-    /// with the same result.
     /// The walk's own join gives what `Path::join` gives for a listed name, whatever the
     /// directory looks like.
     #[test]
@@ -725,6 +723,8 @@ mod tests {
         }
     }
 
+    /// Past the budget of directories kept open, the walk stats and lists by full path,
+    /// with the same result.
     #[test]
     fn walk_past_the_open_directory_budget() {
         let deep = (0..HELD_LIMIT + 5)

@@ -5,9 +5,8 @@
 //! (whiteouts are kept as overlay whiteouts); only its record does. So a small pool of
 //! threads fetches and unpacks the layers at once, and then, after one `syncfs` that makes
 //! their files durable (pushed to disk all along by [`Store::writeback`]), the layers are
-//! recorded strictly bottom first: the store never
-//! holds a layer whose parent is missing, and a kill at any moment leaves only scratch
-//! dirs, which the next session sweeps.
+//! recorded strictly bottom first: the store never holds a layer whose parent is missing,
+//! and a kill at any moment leaves only scratch dirs, which the next session sweeps.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
