@@ -239,12 +239,15 @@ impl Source {
 /// Copy the layer blob `desc` from `source` into the store, refusing bytes of another
 /// digest (they are never stored under `desc`'s digest, so nothing uses them): a cache's
 /// are a [`CacheError::DigestMismatch`] (refused, the step built again), a base image's a
-/// registry error.
+/// registry error. `also` is handed every byte as it arrives, once and in order (the
+/// layer's extraction, which runs while the blob downloads); what it made of them is only
+/// good once this returns `Ok`. Its write errors stop the fetch.
 pub fn fetch_blob(
     registry: &Client,
     store: &Store,
     source: &BlobSource,
     desc: &Descriptor,
+    also: &mut dyn Write,
 ) -> Result<(), CacheError> {
     let mismatch = |actual| CacheError::DigestMismatch {
         source_name: source.to_string(),
@@ -263,7 +266,7 @@ pub fn fetch_blob(
             store
                 .write_blob_prehashed(|w| {
                     registry
-                        .fetch_blob(&r, desc, w)
+                        .fetch_blob(&r, desc, &mut Tee(w, also))
                         .map(|()| ((), desc.digest.clone()))
                 })
                 .map_err(|e| match e {
@@ -284,13 +287,29 @@ pub fn fetch_blob(
         BlobSource::Local(dir) => {
             let path = blob_path(dir, &desc.digest);
             let mut file = std::fs::File::open(&path).map_err(io_err("opening", &path))?;
-            store.write_blob(|w| std::io::copy(&mut file, w).map(drop))?
+            store.write_blob(|w| std::io::copy(&mut file, &mut Tee(w, also)).map(drop))?
         }
     };
     if digest != desc.digest {
         return Err(mismatch(digest));
     }
     Ok(())
+}
+
+/// Writes to both: the store's blob file first.
+struct Tee<'a>(&'a mut dyn Write, &'a mut dyn Write);
+
+impl Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.1.write_all(&buf[..n])?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()?;
+        self.1.flush()
+    }
 }
 
 fn blob_path(dir: &Path, d: &Digest) -> PathBuf {

@@ -3,7 +3,8 @@
 //!
 //! A layer's extraction into a scratch dir of its own does not depend on its parent's files
 //! (whiteouts are kept as overlay whiteouts); only its record does. So a small pool of
-//! threads fetches and unpacks the layers at once, and then, after one `syncfs` that makes
+//! threads fetches and unpacks the layers at once (each as its blob downloads: the bytes go
+//! to the store and to the extraction together), and then, after one `syncfs` that makes
 //! their files durable (pushed to disk all along by [`Store::writeback`]), the layers are
 //! recorded strictly bottom first: the store never holds a layer whose parent is missing,
 //! and a kill at any moment leaves only scratch dirs, which the next session sweeps.
@@ -138,7 +139,7 @@ fn fetch_and_unpack(
         return Ok(Done::Present);
     }
     if !store.has_blob(&layer.blob.digest) {
-        fetch_blob(store, registry, layer, reporter, id)?;
+        return fetch_unpacking(store, registry, layer, stop, reporter, id).map(Done::Unpacked);
     }
     if stop.load(Ordering::SeqCst) {
         let path = store.blob_path(&layer.blob.digest);
@@ -149,15 +150,20 @@ fn fetch_and_unpack(
     Ok(Done::Unpacked(unpacked))
 }
 
-/// Bring `layer`'s blob into the store. A cache blob that fails its digest is refused for
-/// good ([`Store::refuse_remote_layer`]) and is the error.
-fn fetch_blob(
+/// Bring `layer`'s blob into the store and unpack it while it downloads: this thread
+/// fetches (the digest check, the store's copy), another inflates and writes the files
+/// from the bytes as they arrive. The unpacked layer is only good once the whole blob
+/// passed its digest, so it is returned only then, and the fetch's error comes first: a
+/// cache blob whose bytes were changed is refused (the step is built again) even when the
+/// bad bytes failed the extraction before the download ended.
+fn fetch_unpacking(
     store: &Store,
     registry: &crate::registry::Client,
     layer: &RemoteLayer,
+    stop: &AtomicBool,
     reporter: &dyn Reporter,
     id: StepId,
-) -> Result<(), BuildError> {
+) -> Result<Unpacked, BuildError> {
     reporter.status(
         id,
         &format!(
@@ -167,7 +173,114 @@ fn fetch_blob(
             layer.source
         ),
     );
-    cache::fetch_blob(registry, store, &layer.source, &layer.blob).map_err(|e| match e {
+    let (tx, rx) = std::sync::mpsc::sync_channel(FEED_CHUNKS);
+    std::thread::scope(|scope| {
+        let unpacking = scope.spawn(|| {
+            reporter.status(id, &format!("extracting {}", layer.blob.digest));
+            let path = store.blob_path(&layer.blob.digest);
+            let feed = Feed {
+                rx,
+                chunk: Vec::new(),
+                at: 0,
+                left: layer.blob.size,
+            };
+            unpack_from(store, feed, &path, &layer.diff_id, stop)
+        });
+        let mut feeding = Feeding {
+            tx: Some(tx),
+            chunk: Vec::with_capacity(FEED_CHUNK),
+            left: layer.blob.size,
+            stop,
+        };
+        let fetched = fetch_blob(store, registry, layer, &mut feeding);
+        // Ends the feed: an unpacking still waiting for bytes fails.
+        drop(feeding);
+        let unpacked = unpacking
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        fetched.and(unpacked)
+    })
+}
+
+/// How many bytes go to the unpacking at once, and how many such chunks may wait for it.
+const FEED_CHUNK: usize = 256 * 1024;
+const FEED_CHUNKS: usize = 8;
+
+/// The fetch's side of the feed: passes on the blob's `left` bytes, in chunks. Once the
+/// unpacking has ended (done, or failed) the fetch goes on alone: the blob's digest decides
+/// which error is reported. The batch's `stop` ends it.
+struct Feeding<'a> {
+    /// None once the unpacking is gone.
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    chunk: Vec<u8>,
+    left: u64,
+    stop: &'a AtomicBool,
+}
+
+impl std::io::Write for Feeding<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(stopped());
+        }
+        // Bytes past the descriptor's size fail the fetch's size check; the unpacking
+        // never sees them.
+        let take = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        self.chunk.extend_from_slice(&buf[..take]);
+        self.left -= take as u64;
+        if self.chunk.len() >= FEED_CHUNK || (self.left == 0 && !self.chunk.is_empty()) {
+            let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(FEED_CHUNK));
+            if self.tx.as_ref().is_some_and(|tx| tx.send(chunk).is_err()) {
+                self.tx = None;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The unpacking's side of the feed: the blob's `left` bytes, then the end. Fails when the
+/// fetch ends before (it failed; its error is the one reported).
+struct Feed {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+    left: u64,
+}
+
+impl std::io::Read for Feed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.chunk.len() {
+            if self.left == 0 {
+                return Ok(0);
+            }
+            self.chunk = self
+                .rx
+                .recv()
+                .map_err(|_| std::io::Error::other("the layer's download stopped"))?;
+            self.at = 0;
+            self.left = self.left.saturating_sub(self.chunk.len() as u64);
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Bring `layer`'s blob into the store, handing its bytes to `also` too. A cache blob that
+/// fails its digest is refused for good ([`Store::refuse_remote_layer`]) and is the error.
+fn fetch_blob(
+    store: &Store,
+    registry: &crate::registry::Client,
+    layer: &RemoteLayer,
+    also: &mut dyn std::io::Write,
+) -> Result<(), BuildError> {
+    cache::fetch_blob(registry, store, &layer.source, &layer.blob, also).map_err(|e| match e {
         CacheError::DigestMismatch { .. } => {
             match store.refuse_remote_layer(&layer.chain_id, &layer.blob.digest) {
                 Ok(()) => e.into(),
@@ -199,13 +312,24 @@ pub(super) fn unpack(
     diff_id: &Digest,
     stop: &AtomicBool,
 ) -> Result<Unpacked, BuildError> {
+    let path = store.blob_path(&desc.digest);
+    let file = std::fs::File::open(&path).map_err(BuildError::io("opening", &path))?;
+    unpack_from(store, file, &path, diff_id, stop)
+}
+
+/// [`unpack`] from `blob`, the bytes of the blob at `path` (named in errors).
+fn unpack_from(
+    store: &Store,
+    blob: impl std::io::Read,
+    path: &std::path::Path,
+    diff_id: &Digest,
+    stop: &AtomicBool,
+) -> Result<Unpacked, BuildError> {
     let scratch = store.tmp_dir()?;
     let diff = scratch.path().join("diff");
     std::fs::create_dir(&diff).map_err(BuildError::io("creating", &diff))?;
-    let path = store.blob_path(&desc.digest);
-    let file = std::fs::File::open(&path).map_err(BuildError::io("opening", &path))?;
-    let plain = compress::decompressor(Stoppable { inner: file, stop })
-        .map_err(BuildError::io("reading", &path))?;
+    let plain = compress::decompressor(Stoppable { inner: blob, stop })
+        .map_err(BuildError::io("reading", path))?;
     let mut verifying = layer::VerifyingReader::new(plain, diff_id.clone());
     let stats = layer::apply(&mut verifying, &diff)?;
     let tar_size = verifying.finish()?;
@@ -330,6 +454,32 @@ mod tests {
         out
     }
 
+    /// One uncompressed layer blob in `dir`'s OCI layout holding `tar`: its remote record.
+    fn plain_layer(dir: &std::path::Path, tar: &[u8]) -> RemoteLayer {
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let digest = Digest::of(tar);
+        std::fs::write(blobs.join(digest.hex()), tar).unwrap();
+        RemoteLayer {
+            chain_id: chain_id(None, &digest),
+            diff_id: digest.clone(),
+            parent: None,
+            blob: Descriptor::new(media::OCI_LAYER, digest, tar.len() as u64),
+            source: BlobSource::Local(dir.to_path_buf()),
+        }
+    }
+
+    /// A tar of one file `name` of `size` zero bytes.
+    fn tar_of(name: &str, size: usize) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, &vec![0u8; size][..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
     /// What the store's scratch holds besides its lock.
     fn leftovers(store: &Store) -> Vec<std::path::PathBuf> {
         std::fs::read_dir(store.session_dir())
@@ -416,6 +566,75 @@ mod tests {
             assert!(store.present_layer(&layers[7].chain_id).is_some());
             assert_eq!(leftovers(&store), Vec::<std::path::PathBuf>::new());
         }
+    }
+
+    /// A cache blob changed at its start fails the extraction at once, megabytes before its
+    /// download ends: the download still decides, so the blob is refused (the step is built
+    /// again) rather than the build failing on a broken archive.
+    #[test]
+    fn a_blob_bad_from_its_first_bytes_is_refused_not_an_extraction_error() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let cache = t.path().join("cache");
+        let layer = plain_layer(&cache, &tar_of("big", 32 << 20));
+        let path = cache.join("blobs/sha256").join(layer.blob.digest.hex());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0x20; // the first header's name: its checksum fails
+        std::fs::write(&path, bytes).unwrap();
+        let client = Client::new(RegistryOptions::default()).unwrap();
+        let err = fetch_and_extract(&store, &client, std::slice::from_ref(&layer), &Silent, 1)
+            .unwrap_err();
+        assert!(super::super::remote_cache::refused(&err), "{err}");
+        assert!(store.blob_refused(&layer.blob.digest));
+        assert!(store.layer(&layer.chain_id).is_none());
+        assert!(!store.has_blob(&layer.blob.digest));
+        assert_eq!(leftovers(&store), Vec::<std::path::PathBuf>::new());
+    }
+
+    /// A blob that is what the cache says but whose archive is hostile: the extraction's
+    /// error, nothing recorded, nothing written outside the scratch dir.
+    #[test]
+    fn a_hostile_archive_with_a_good_digest_is_the_extraction_error() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let mut tar = tar_of("big", 4 << 20);
+        // A second entry that climbs out: apply refuses `..`.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"../../escaped");
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        tar.truncate(tar.len() - 1024); // the end-of-archive blocks
+        tar.extend(b.into_inner().unwrap());
+        let layer = plain_layer(&t.path().join("cache"), &tar);
+        let client = Client::new(RegistryOptions::default()).unwrap();
+        let err = fetch_and_extract(&store, &client, std::slice::from_ref(&layer), &Silent, 1)
+            .unwrap_err();
+        assert!(!super::super::remote_cache::refused(&err), "{err}");
+        assert!(err.to_string().contains("escaped"), "{err}");
+        assert!(store.layer(&layer.chain_id).is_none());
+        assert!(!store.blob_refused(&layer.blob.digest));
+        assert!(!t.path().join("escaped").exists());
+        assert!(!t.path().join("store/escaped").exists());
+        assert_eq!(leftovers(&store), Vec::<std::path::PathBuf>::new());
+    }
+
+    /// A streamed layer larger than the feed holds lands whole: its files, its size.
+    #[test]
+    fn a_layer_larger_than_the_feed_lands_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let size = FEED_CHUNK * (FEED_CHUNKS + 3) + 12345;
+        let layer = plain_layer(&t.path().join("cache"), &tar_of("big", size));
+        let client = Client::new(RegistryOptions::default()).unwrap();
+        fetch_and_extract(&store, &client, std::slice::from_ref(&layer), &Silent, 1).unwrap();
+        let file = store.present_layer(&layer.chain_id).unwrap().join("big");
+        assert_eq!(std::fs::metadata(file).unwrap().len(), size as u64);
+        assert!(store.has_blob(&layer.blob.digest));
+        assert_eq!(leftovers(&store), Vec::<std::path::PathBuf>::new());
     }
 
     #[test]
