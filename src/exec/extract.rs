@@ -19,7 +19,8 @@ use crate::store::{RemoteLayer, Store};
 
 use super::{BuildError, Reporter, StepId};
 
-/// At most this many layers are fetched and extracted at once (fewer on fewer cores).
+/// At most this many layers are fetched and extracted at once, whatever the cores: a
+/// download waits on the network as much as it works (docker pulls 3 at once).
 const MAX_WORKERS: usize = 4;
 
 /// Fetch and extract `missing` (bottom first: the parent of each is present or listed
@@ -38,8 +39,7 @@ pub(super) fn fetch_and_extract(
     reporter: &dyn Reporter,
     id: StepId,
 ) -> Result<(), BuildError> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = missing.len().min(cores).min(MAX_WORKERS);
+    let workers = missing.len().min(MAX_WORKERS);
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let failed: Mutex<Option<BuildError>> = Mutex::new(None);
