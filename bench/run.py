@@ -24,6 +24,9 @@ pays for another's dirty pages or a cold context (a CI checkout leaves it in pag
 
 The `ci` scenario (issue 18) is a CI pipeline on runners that start empty, sharing their
 build cache through a registry: see run_ci. It starts a loopback docker-registry of its own.
+`--registry-rate 1gbit` limits the loopback device (tc tbf) while the scenario runs, as a
+runner's link to its registry is, for every builder alike (docker's, buildah's and rbuild's
+pulls and pushes all go through it); the limit is removed afterwards.
 
 Docker 20.10's builders cannot export OCI archives, so the `oci` scenario compares rbuild
 with buildah only; nor build several platforms (buildx is not installed), so `multiarch`
@@ -576,7 +579,9 @@ def run_ci(args, work):
         return time.monotonic() - start
 
     times = {"changed": {}, "cached": {}}
+    link = None
     try:
+        link = limit_loopback(args.registry_rate)
         for name in names:
             job(name)  # the pipeline's first run: fills the cache
         for n in range(args.rounds):
@@ -588,6 +593,8 @@ def run_ci(args, work):
                     if t is not None:
                         times[row].setdefault(name, []).append(t)
     finally:
+        if link:
+            subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
         reg.stop()
         for name, run_dir in runs:
             if name == "buildah":
@@ -599,8 +606,22 @@ def run_ci(args, work):
         med = {n: statistics.median(v) for n, v in by_name.items()}
         print(f"ci-{row}: " + ", ".join(f"{n} {t:.2f}s" for n, t in med.items())
               + f" (load {load()})", flush=True)
-        rows.append((f"ci-{row}", "empty", med, None))
+        rows.append((f"ci-{row}", f"empty, {link} link" if link else "empty", med, None))
     return rows
+
+
+def limit_loopback(rate):
+    """Limit the loopback device to `rate` (tc's units: `1gbit`) for the `ci` scenario;
+    returns the rate, or None without one. A limit already there is refused: the bench
+    would remove it afterwards."""
+    if not rate:
+        return None
+    shown = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True,
+                           text=True, check=True).stdout
+    if " root " in f" {shown} " and "noqueue" not in shown:
+        sys.exit(f"lo already has a root qdisc ({shown.strip()}): remove it first")
+    sh(f"tc qdisc add dev lo root tbf rate {rate} burst 1mb latency 100ms")
+    return rate
 
 
 def machine():
@@ -625,6 +646,8 @@ def main():
     ap.add_argument("--stores", default="fresh,aged", help="fresh, aged or both (see age_store)")
     ap.add_argument("--aged-scale", type=float, default=1.0, help="scales age_store's files")
     ap.add_argument("--no-rootless", action="store_true", help="leave out the rootless column")
+    ap.add_argument("--registry-rate", default=None,
+                    help="with ci: limit loopback to this rate (tc units, e.g. 1gbit) while it runs")
     ap.add_argument("--series", default="steps,context,apply",
                     help="with --only scale: which of bench/scale.py's series (to resume a run)")
     ap.add_argument("--peer-timeout", type=int, default=900,
