@@ -111,7 +111,19 @@ pub(super) fn commit_upper(
         source_date_epoch: upper.source_date_epoch,
         skip: Vec::new(),
     };
-    let (diff_id, size) = layer::snapshot_digest(&upper.dir, &opts)?;
+    // The sandbox mounts a step's overlay `volatile`, so its files may not be on disk yet:
+    // they get there while the snapshot reads them back from the page cache, and before
+    // the record names them (design.md "Store").
+    let (digest, synced) = std::thread::scope(|s| {
+        let sync = s.spawn(|| store.sync_filesystem());
+        let digest = layer::snapshot_digest(&upper.dir, &opts);
+        let synced = sync
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (digest, synced)
+    });
+    let (diff_id, size) = digest?;
+    synced?;
     let tar = DiffTar {
         size,
         source_date_epoch: opts.source_date_epoch,

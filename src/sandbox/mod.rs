@@ -507,7 +507,6 @@ pub fn fs_job<J: FsJob>(
         parent: std::process::id(),
     };
     let helper = spare::take(helper_exe()?, spare::Want::Any)?;
-    let _writeback = crate::store::Writeback::start(&rootfs.upper);
     match call_helper::<J, J::Output, J::Error>(helper, &job, &mut |_| {})? {
         Reply::Fs(result) => Ok(result),
         Reply::Failed(f) => Err(f.into()),

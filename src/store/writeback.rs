@@ -1,25 +1,20 @@
-//! Early writeback of what a step or an extraction writes, while it writes.
+//! Early writeback of what an extraction writes, while it writes.
 //!
-//! When a file-op step's helper exits, its mount namespace goes and the overlay is
-//! unmounted; unmounting an overlay (not mounted `volatile`) syncs its upper filesystem, so
-//! the helper's exit waits until everything the step wrote is on disk. Pulled layers are
-//! made durable the same way, by one `syncfs` before they are recorded
-//! (`exec::extract`). That sync is what makes a layer's files durable before the store
-//! records it (design.md "Store": every record is fsynced before it is renamed into
-//! place), and it stays. But it started only at the end: a COPY of 313 MB in 10,000 files
-//! spent about 1 s of its step waiting for the disk after the copy itself was done
-//! (docs/performance.md, session 18), and the `ci` job's lowers 0.5-1.2 s after their
-//! extraction (session 21).
+//! Pulled layers are made durable by one `syncfs` before they are recorded
+//! (`exec::extract`): design.md "Store", every record is fsynced before it is renamed into
+//! place. But that sync started only at the end: the `ci` job's lowers spent 0.5-1.2 s
+//! waiting for the disk after their extraction (docs/performance.md, session 21).
 //!
 //! While a guard lives, a thread calls `syncfs` on the filesystem of a directory again and
 //! again, so the disk writes what was written so far while the writing goes on, and the
 //! last sync finds little left. Work that ends before [`FIRST_SYNC`] never syncs here.
 //!
-//! Only work that writes what it keeps gets it: file operations (COPY, ADD) and layer
-//! extraction. A RUN step does not: a compiler's or apt's temporary files, written and
-//! deleted within the step, would all be forced to disk, and a long step would flush the
-//! disk's cache every [`PAUSE`] (expensive on the network block devices of CI machines).
-//! Its upper is synced by the unmount alone, as before.
+//! Steps do not use it. Their overlay is mounted `volatile`, and the executor syncs the
+//! upper's filesystem while it hashes the snapshot (`exec::executor::commit_upper`). The
+//! snapshot's hash is CPU work, so the disk writes in the meantime. A COPY step used this
+//! guard until session 23: its syncs slowed the copy itself, and the unmount then waited
+//! for the rest. A RUN step never used it: a compiler's or apt's temporary files, written
+//! and deleted within the step, would all be forced to disk.
 
 use std::fs::File;
 use std::path::Path;
@@ -40,7 +35,7 @@ pub struct Writeback {
 }
 
 impl Writeback {
-    /// Start syncing the filesystem of `dir` (an overlay's upper, the store's session dir).
+    /// Start syncing the filesystem of `dir` (the store's session dir).
     /// Nothing happens if it cannot be opened: the last sync still makes the data durable.
     pub fn start(dir: &Path) -> Writeback {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));

@@ -122,6 +122,11 @@ fn mount_overlay_by_layer(
     if let Some((upper, work)) = upper_work {
         set.push(("upperdir", Some(upper)));
         set.push(("workdir", Some(work)));
+        // No sync of the upper filesystem when the helper's namespace unmounts the overlay:
+        // the executor syncs it while it hashes the snapshot (exec/executor.rs), before
+        // the layer is recorded. Every kernel with `lowerdir+` (6.8) knows `volatile`
+        // (5.10); the option-string path below keeps the unmount's sync.
+        set.push(("volatile", None));
     }
     let fixed = overlay_fixed_options(super::super::userns::in_user_namespace());
     set.extend(fixed.iter().map(|(k, v)| (*k, v.map(Path::new))));
@@ -184,13 +189,28 @@ fn mount_overlay_named(
     // nodev: a device node the step makes (mknod of the host disk's numbers) reaches the
     // layer, as in docker build, but cannot be opened. Docker's device cgroup does the
     // same job; a mount flag needs no cgroup.
-    let r = mount_at(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::MS_NODEV,
-        Some(&opts),
-    );
+    let mount = |opts: &str| {
+        mount_at(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(opts),
+        )
+    };
+    // `volatile` as in [`mount_overlay_by_layer`], where the kernel knows it (5.10).
+    let volatile = format!("{opts},volatile");
+    let r = match upper_work {
+        Some(_) => nix::mount::mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(volatile.as_str()),
+        )
+        .or_else(|_| mount(&opts)),
+        None => mount(&opts),
+    };
     ctx(std::env::set_current_dir("/"), || {
         "leaving the layer names dir".into()
     })?;
@@ -254,6 +274,17 @@ fn describe_layers(lowers: &[PathBuf]) -> String {
 pub(super) fn mount_rootfs(rootfs: &Overlay, scratch: &Path) -> Res<PathBuf> {
     let root = scratch.join("root");
     mkdir(&root)?;
+    // A `volatile` mount leaves this mark in its work dir, and the kernel refuses to mount
+    // over a marked one: the mark says the upper may have lost writes in a crash. A step
+    // that mounts its upper again (a COPY with a git source between its other sources)
+    // does so within one build, its writes all in the page cache, so the mark goes.
+    let mark = rootfs.work.join("work/incompat/volatile");
+    match std::fs::remove_dir_all(&mark) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Failure::Setup(format!("removing {}: {e}", mark.display())))
+        }
+        _ => {}
+    }
     mount_overlay(
         &scratch.join("l"),
         &rootfs.lowers,
