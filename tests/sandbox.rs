@@ -222,7 +222,9 @@ fn a_steps_overlay_is_volatile_and_mounts_again_over_the_same_upper() {
     let _serial = serial();
     let fx = fixture();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut version = release.split(['.', '-']).map(|n| n.parse::<u32>().unwrap_or(0));
+    let mut version = release
+        .split(['.', '-'])
+        .map(|n| n.parse::<u32>().unwrap_or(0));
     let (major, minor) = (version.next().unwrap(), version.next().unwrap());
     let spec = fx.spec("grep ' / / ' /proc/self/mountinfo; echo one > /f");
     let root_mount = ok(&spec);
@@ -232,7 +234,11 @@ fn a_steps_overlay_is_volatile_and_mounts_again_over_the_same_upper() {
         "kernel {release}: {root_mount}"
     );
     let again = RunSpec {
-        argv: vec!["/bin/sh".into(), "-c".into(), "cat /f; echo two >> /f".into()],
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "cat /f; echo two >> /f".into(),
+        ],
         ..spec.clone()
     };
     assert_eq!(ok(&again), "one\n");

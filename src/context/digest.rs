@@ -126,7 +126,10 @@ pub fn content_digest(
             if excludes.matches(base_name(&m.named)) {
                 continue;
             }
-            walks.push((m.named.clone(), walk::walk(&m, ignore, excludes)));
+            walks.push((
+                m.named.clone(),
+                walk::walk(&m, ignore, excludes).with_stat_ahead(),
+            ));
         }
     }
     let mut merged = Merge::new(walks)?;

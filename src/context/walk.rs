@@ -6,7 +6,9 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use rustix::fd::{BorrowedFd, OwnedFd};
 use rustix::fs::{openat, Dir as Listing, FileType, Mode, OFlags, CWD};
@@ -221,6 +223,7 @@ pub(crate) fn walk<'a>(
             ctx: m.real.clone(),
         }),
         stack: Vec::new(),
+        stat_ahead: false,
     }
 }
 
@@ -235,6 +238,17 @@ pub(crate) struct Walk<'a> {
     /// The match's directory, listed on the first call after the match was yielded.
     open: Option<Dir>,
     stack: Vec<Frame>,
+    /// Whether large directories are stat'ed by two threads ([`Ahead`]).
+    stat_ahead: bool,
+}
+
+impl Walk<'_> {
+    /// Stat the files of large directories on a second thread too ([`Ahead`]): for the
+    /// content digest, not for the sandbox's copy (its helper process stays one thread).
+    pub(crate) fn with_stat_ahead(mut self) -> Self {
+        self.stat_ahead = true;
+        self
+    }
 }
 
 /// A directory to list: where it is, relative to the match and to the context.
@@ -250,6 +264,143 @@ struct Frame {
     dir: Dir,
     held: Option<Held>,
     names: SortedNames,
+    /// A large directory's stats, shared with the stat-ahead thread, and the index of the
+    /// next name to stat (see [`Ahead`]).
+    ahead: Option<(Arc<Ahead>, usize)>,
+}
+
+/// Directories with fewer names to stat are stat'ed by the walk alone: handing one to the
+/// other thread costs more than it saves.
+const AHEAD_MIN: usize = 64;
+
+/// The names of a large directory the walk will stat, in walk order, for the stat-ahead
+/// thread to stat from the last one backwards while the walk stats from the first one
+/// forwards. Each name is stat'ed once, by whichever side claims it first; the walk waits
+/// only for a name the other side has claimed and not finished. A cached rebuild of a
+/// large context is one statx a file, and on one thread that was the build's critical
+/// path (docs/performance.md, issue 23). The walk uses the results as it would its own:
+/// same call, same directory (a duplicate of its fd), same order of errors.
+struct Ahead {
+    dir: OwnedFd,
+    names: Vec<u8>,
+    spans: Vec<(u32, u32)>,
+    claimed: Vec<AtomicBool>,
+    done: Vec<OnceLock<std::io::Result<Meta>>>,
+    /// The walk waits on `wake` for a name the other side claimed; `waiting` says so.
+    waiting: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Ahead {
+    /// The stats of `frame`'s names (none if too few), queued for the stat-ahead thread.
+    fn start(held: &Held, names: &SortedNames) -> Option<Arc<Ahead>> {
+        let stats = || names.upcoming().filter(|v| !v.contents);
+        if stats().count() < AHEAD_MIN {
+            return None;
+        }
+        let queue = AHEAD_QUEUE.get_or_init(spawn_stat_ahead).as_ref()?;
+        let dir = rustix::io::fcntl_dupfd_cloexec(held.fd(), 0).ok()?;
+        let mut buf = Vec::new();
+        let mut spans = Vec::new();
+        for v in stats() {
+            let name = names.name(v);
+            spans.push((buf.len() as u32, name.len() as u32));
+            buf.extend_from_slice(name);
+        }
+        let ahead = Arc::new(Ahead {
+            dir,
+            claimed: spans.iter().map(|_| AtomicBool::new(false)).collect(),
+            done: spans.iter().map(|_| OnceLock::new()).collect(),
+            names: buf,
+            spans,
+            waiting: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Arc::clone(&ahead))
+            .ok()?;
+        Some(ahead)
+    }
+
+    fn name(&self, i: usize) -> &Path {
+        let (start, len) = self.spans[i];
+        Path::new(OsStr::from_bytes(
+            &self.names[start as usize..(start + len) as usize],
+        ))
+    }
+
+    fn stat(&self, i: usize) -> std::io::Result<Meta> {
+        Meta::at(&self.dir, self.name(i), false)
+    }
+
+    /// The walk's stat of name `i`: its own, or the other side's.
+    fn take(&self, i: usize) -> std::io::Result<Meta> {
+        if !self.claimed[i].swap(true, Ordering::AcqRel) {
+            return self.stat(i);
+        }
+        let done = match self.done[i].get() {
+            Some(done) => done,
+            // The other side claimed it and is in its statx (or was switched out there):
+            // sleep until it says it is done.
+            None => {
+                self.waiting.store(true, Ordering::SeqCst);
+                let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if let Some(done) = self.done[i].get() {
+                        break done;
+                    }
+                    guard = self
+                        .wake
+                        .wait_timeout(guard, std::time::Duration::from_millis(1))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        };
+        match done {
+            Ok(meta) => Ok(meta.clone()),
+            Err(e) => Err(match e.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(e.kind(), e.to_string()),
+            }),
+        }
+    }
+
+    /// The stat-ahead side: from the last name back to the first the walk has claimed.
+    /// A walk that is gone (an error, or the digest done) leaves it the only owner.
+    fn run_backwards(self: Arc<Ahead>) {
+        for i in (0..self.spans.len()).rev() {
+            if Arc::strong_count(&self) == 1 || self.claimed[i].swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let _ = self.done[i].set(self.stat(i));
+            if self.waiting.swap(false, Ordering::SeqCst) {
+                let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.wake.notify_all();
+            }
+        }
+    }
+}
+
+/// The stat-ahead thread's queue: one thread for the process, started by the first large
+/// directory; `None` if it could not be started (the walks then stat on their own).
+static AHEAD_QUEUE: OnceLock<Option<Mutex<Sender<Arc<Ahead>>>>> = OnceLock::new();
+
+fn spawn_stat_ahead() -> Option<Mutex<Sender<Arc<Ahead>>>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Arc<Ahead>>();
+    std::thread::Builder::new()
+        .name("stat-ahead".into())
+        .spawn(move || {
+            for ahead in rx {
+                ahead.run_backwards();
+            }
+        })
+        .ok()?;
+    Some(Mutex::new(tx))
 }
 
 /// The most directories all walks keep open at once. Several walks are open together (the
@@ -399,10 +550,16 @@ impl Walk<'_> {
             Ok(true)
         })?;
         names.sort();
+        let held = Held::take(listing);
+        let ahead = match (&held, self.stat_ahead) {
+            (Some(h), true) => Ahead::start(h, &names).map(|a| (a, 0)),
+            _ => None,
+        };
         self.stack.push(Frame {
             dir,
-            held: Held::take(listing),
+            held,
             names,
+            ahead,
         });
         Ok(())
     }
@@ -464,7 +621,15 @@ impl Walk<'_> {
                 self.push(dir, listing)?;
                 continue;
             }
-            let Some(meta) = stat_in(held, name, &dir.host)? else {
+            let stat = match frame.ahead.as_mut() {
+                Some((ahead, next)) => {
+                    debug_assert_eq!(ahead.name(*next), Path::new(name));
+                    *next += 1;
+                    gone_is_none(&dir.host, ahead.take(*next - 1))
+                }
+                None => stat_in(held, name, &dir.host),
+            };
+            let Some(meta) = stat? else {
                 continue; // removed while walking
             };
             if visit.tag == EMIT_IF_KEPT {
@@ -648,6 +813,40 @@ mod tests {
     /// The walk is in the byte order of whole paths, which the content digest hashes its
     /// records in (issue 23: it streams them instead of sorting them all): a directory's
     /// contents sort after names that extend its own with a byte below `/`.
+    /// The stat-ahead thread changes who stats a large directory's names, not what the
+    /// walk yields: the same entries, metadata and order as a walk on one thread, with an
+    /// ignored directory re-included by an exception.
+    #[test]
+    fn stat_ahead_yields_what_one_thread_does() {
+        let t = tempfile::tempdir().unwrap();
+        for d in ["big", "big/sub", "big/ign", "small"] {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        for i in 0..(4 * AHEAD_MIN) {
+            std::fs::write(t.path().join(format!("big/f{i:04}")), vec![b'x'; i]).unwrap();
+            std::fs::write(t.path().join(format!("big/sub/s{i}")), "s").unwrap();
+        }
+        std::fs::write(t.path().join("big/ign/back"), "b").unwrap();
+        std::fs::write(t.path().join("small/one"), "1").unwrap();
+        symlink("f0001", t.path().join("big/link")).unwrap();
+        let none = IgnoreMatcher::default();
+        let ignore = ig(&["big/ign", "!big/ign/back"]);
+        let m = resolve(t.path(), ".", true, &none).unwrap();
+        let listing = |w: Walk| -> Vec<(String, u64, u64, u32)> {
+            w.map(|e| {
+                let e = e.unwrap();
+                let m = &e.meta;
+                (lossy(&e.rel), m.ino(), m.size(), m.mode())
+            })
+            .collect()
+        };
+        let one = listing(walk(&m[0], &ignore, &none));
+        let two = listing(walk(&m[0], &ignore, &none).with_stat_ahead());
+        assert_eq!(one.len(), 2 * 4 * AHEAD_MIN + 8);
+        assert!(one.iter().any(|(p, ..)| p == "big/ign/back"));
+        assert_eq!(one, two);
+    }
+
     #[test]
     fn walk_is_in_whole_path_order() {
         let t = tree_of(

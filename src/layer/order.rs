@@ -59,6 +59,11 @@ impl SortedNames {
         self.todo.pop()
     }
 
+    /// The visits still to come, in order, without taking them.
+    pub fn upcoming(&self) -> impl Iterator<Item = &Visit> {
+        self.todo.iter().rev()
+    }
+
     pub fn name(&self, v: &Visit) -> &[u8] {
         &self.names[v.start as usize..(v.start + v.len) as usize]
     }
