@@ -293,7 +293,7 @@ struct Ahead {
 }
 
 impl Ahead {
-    /// The stats of `frame`'s names (none if too few), queued for the stat-ahead thread.
+    /// The stats of `names` (none if too few), queued for the stat-ahead thread.
     fn start(held: &Held, names: &SortedNames) -> Option<Arc<Ahead>> {
         let stats = || names.upcoming().filter(|v| !v.contents);
         if stats().count() < AHEAD_MIN {

@@ -125,7 +125,7 @@ fn mount_overlay_by_layer(
         // No sync of the upper filesystem when the helper's namespace unmounts the overlay:
         // the executor syncs it while it hashes the snapshot (exec/executor.rs), before
         // the layer is recorded. Every kernel with `lowerdir+` (6.8) knows `volatile`
-        // (5.10); the option-string path below keeps the unmount's sync.
+        // (5.10).
         set.push(("volatile", None));
     }
     let fixed = overlay_fixed_options(super::super::userns::in_user_namespace());
@@ -198,7 +198,9 @@ fn mount_overlay_named(
             Some(opts),
         )
     };
-    // `volatile` as in [`mount_overlay_by_layer`], where the kernel knows it (5.10).
+    // `volatile` as in [`mount_overlay_by_layer`]. A kernel older than 5.10 refuses the
+    // option: the overlay is mounted without it and its unmount syncs, as before, so
+    // the executor's sync finds little left to write.
     let volatile = format!("{opts},volatile");
     let r = match upper_work {
         Some(_) => nix::mount::mount(
