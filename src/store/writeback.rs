@@ -37,7 +37,7 @@ pub struct Writeback {
 impl Writeback {
     /// Start syncing the filesystem of `dir` (the store's session dir).
     /// Nothing happens if it cannot be opened: the last sync still makes the data durable.
-    pub fn start(dir: &Path) -> Writeback {
+    pub(super) fn start(dir: &Path) -> Writeback {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread = File::open(dir).ok().map(|fd| {
             let stop = Arc::clone(&stop);

@@ -201,16 +201,8 @@ fn mount_overlay_named(
     // `volatile` as in [`mount_overlay_by_layer`]. A kernel older than 5.10 refuses the
     // option: the overlay is mounted without it and its unmount syncs, as before, so
     // the executor's sync finds little left to write.
-    let volatile = format!("{opts},volatile");
     let r = match upper_work {
-        Some(_) => nix::mount::mount(
-            Some("overlay"),
-            target,
-            Some("overlay"),
-            MsFlags::MS_NODEV,
-            Some(volatile.as_str()),
-        )
-        .or_else(|_| mount(&opts)),
+        Some(_) => mount(&format!("{opts},volatile")).or_else(|_| mount(&opts)),
         None => mount(&opts),
     };
     ctx(std::env::set_current_dir("/"), || {
