@@ -138,8 +138,10 @@ pub enum LayerBytes {
         diff_id: Digest,
         tar: DiffTar,
         /// Hash the tar again and check it against the diff_id: for every layer but those
-        /// this process built (the store's `fresh` set).
+        /// this process built (the store's `fresh` set and its rebuilt copy).
         verify: bool,
+        /// The rebuilt copy `dir` is, held until the bytes are read (trash.rs).
+        kept: Option<std::sync::Arc<super::trash::Rebuilt>>,
     },
 }
 
@@ -156,6 +158,7 @@ impl LayerBytes {
                 diff_id,
                 tar,
                 verify,
+                kept: _,
             } => {
                 let opts = SnapshotOptions {
                     source_date_epoch: tar.source_date_epoch,
@@ -310,7 +313,7 @@ impl Store {
     ) -> Result<LayerRecord> {
         let chain = chain_id(parent, &diff_id);
         if let Some(existing) = self.try_layer(&chain)? {
-            self.discard_dir(diff_dir, existing.size);
+            self.keep_rebuilt(&chain, diff_dir, tar, existing.size);
             return Ok(existing);
         }
         self.publish_layer(
@@ -479,16 +482,23 @@ impl Store {
             }
         }
         if let (Compression::Uncompressed, Some(tar)) = (compression, layer.tar.clone()) {
+            // A copy this process made again and hashed, if it has one; else the stored one.
+            let rebuilt = self.rebuilt(chain);
+            let (dir, tar, verify) = match &rebuilt {
+                Some(r) => (r.dir.clone(), r.tar.clone(), false),
+                None => (layer.diff.clone(), tar, !self.is_fresh(chain)),
+            };
             let desc = Descriptor::new(
                 compression.oci_media_type(),
                 layer.diff_id.clone(),
                 tar.size,
             );
             let bytes = LayerBytes::Diff {
-                dir: layer.diff.clone(),
+                dir,
                 diff_id: layer.diff_id.clone(),
                 tar,
-                verify: !self.is_fresh(chain),
+                verify,
+                kept: rebuilt,
             };
             return Ok((desc, bytes));
         }

@@ -162,6 +162,8 @@ pub struct Store {
     trash_taken: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Layers this process built and committed ([`Store::commit_built_layer`]).
     fresh: std::sync::Mutex<std::collections::HashSet<Digest>>,
+    /// The last layer this process built that the store had already (trash.rs).
+    rebuilt: std::sync::Mutex<Option<std::sync::Arc<trash::Rebuilt>>>,
     /// Layers whose meta.json this process has read already ([`Store::present_layer`]):
     /// a step reads the record of a new layer only, not of every layer below it again.
     lowers_seen: std::sync::Mutex<std::collections::HashSet<Digest>>,
@@ -231,6 +233,7 @@ impl Store {
             discarding: Default::default(),
             trash_taken: Default::default(),
             fresh: Default::default(),
+            rebuilt: Default::default(),
             lowers_seen: Default::default(),
             listings_made: Default::default(),
             used: Default::default(),
@@ -396,6 +399,13 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Best effort, like the sweep below: records whose rename is lost are rebuilt.
         let _ = self.sync_pending();
+        // Into the trash before the session goes: removing it here would delay the exit.
+        drop(
+            self.rebuilt
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         self.join_trash_threads();
         // Best effort: whatever is left is swept by the next `open`.
         let _ = fs::remove_dir_all(&self.session);

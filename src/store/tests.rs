@@ -786,6 +786,65 @@ fn the_process_that_built_a_layer_copies_it_without_hashing_again() {
     );
 }
 
+#[test]
+fn a_layer_built_again_is_copied_from_the_new_copy_which_then_goes_to_the_trash() {
+    let t = tempfile::tempdir().unwrap();
+    let files: &[(&str, &[u8])] = &[("a", b"alpha"), ("b", &[7u8; 300_000])];
+    let l = built_layer(&Store::open(t.path()).unwrap(), files);
+    let trash = t.path().join("tmp/.trash");
+    assert_eq!(count_entries(&trash), 0);
+    // Another process, whose outputs would hash the stored copy to check it; that copy is
+    // damaged (same size, other bytes).
+    let s = Store::open(t.path()).unwrap();
+    std::fs::write(l.diff.join("a"), b"omega").unwrap();
+    // It builds the same layer again (a `--no-cache` rebuild): the store keeps its record.
+    let again = built_layer(&s, files);
+    assert_eq!((&again.chain_id, &again.diff), (&l.chain_id, &l.diff));
+    // Its outputs copy the copy it just made and hashed, not the stored one.
+    let (desc, bytes) = read_layer(&s, &l.chain_id, Compression::Uncompressed).unwrap();
+    assert_eq!(
+        (Digest::of(&bytes), bytes.len() as u64),
+        (l.diff_id.clone(), desc.size)
+    );
+    // An output holds it while the build makes another layer again: it stays until read.
+    let (_, held) = s
+        .layer_bytes(&l.chain_id, Compression::Uncompressed, None)
+        .unwrap();
+    let other: &[(&str, &[u8])] = &[("c", b"gamma")];
+    built_layer(&s, other);
+    built_layer(&s, other);
+    let mut reader = held.open().unwrap();
+    let mut out = Vec::new();
+    reader.copy_to(&mut out, u64::MAX).unwrap();
+    reader.finish().unwrap();
+    assert_eq!(Digest::of(&out), l.diff_id);
+    assert_eq!(count_entries(&trash), 0, "held by the output");
+    drop(held);
+    assert_eq!(count_entries(&trash), 1, "the first copy, once read");
+    // The stored copy is what other layers' questions see: damaged, and caught.
+    assert!(matches!(
+        read_layer(
+            &Store::open(t.path()).unwrap(),
+            &l.chain_id,
+            Compression::Uncompressed
+        ),
+        Err(StoreError::Layer(
+            crate::layer::LayerError::DiffChanged { .. }
+        ))
+    ));
+    // Closing the store puts the last copy in the trash too, sized like any discarded tree.
+    drop(s);
+    let names: Vec<String> = std::fs::read_dir(&trash)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for name in &names {
+        let bytes = name.split('-').nth(1).and_then(|b| b.parse::<u64>().ok());
+        assert!(bytes.is_some_and(|b| b > 0), "sized: {name}");
+    }
+}
+
 /// Regression (issue 15): cache mounts and the stat cache lived at paths exec built itself,
 /// and prune never removed them. Plain prune keeps them (BuildKit keeps cache mounts
 /// unless told to remove everything); `--all` removes both.

@@ -17,9 +17,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{FileLock, Result, Store, StoreError};
+use super::{DiffTar, FileLock, Result, Store, StoreError};
+use crate::image::Digest;
 
 pub(super) const TRASH: &str = ".trash";
 
@@ -37,20 +39,59 @@ impl Store {
     /// Move `dir` (scratch of this process holding `bytes` of file content) into the trash;
     /// the oldest trash goes if that takes it over its limit.
     pub(crate) fn discard_dir(&self, dir: PathBuf, bytes: u64) {
+        match fs::rename(&dir, self.trash_entry(bytes)) {
+            Ok(()) => self.collect_trash(),
+            // Cannot happen within one filesystem; remove it then rather than keep it.
+            Err(_) => self.remove_in_background(vec![dir]),
+        }
+    }
+
+    /// A new name in the trash for a tree of this process holding `bytes` of file content.
+    fn trash_entry(&self, bytes: u64) -> PathBuf {
         let session = self
             .session
             .file_name()
             .unwrap_or_default()
             .to_string_lossy();
-        let dest = self.trash_dir().join(entry_name(
+        self.trash_dir().join(entry_name(
             Some(bytes),
             &format!("{session}-{}", next_seq()),
-        ));
-        match fs::rename(&dir, &dest) {
-            Ok(()) => self.collect_trash(),
-            // Cannot happen within one filesystem; remove it then rather than keep it.
-            Err(_) => self.remove_in_background(vec![dir]),
+        ))
+    }
+
+    /// Keep `dir`, the diff dir of layer `chain` made again (its tar `tar`, hashed moments
+    /// ago), for the outputs of this build instead of discarding it at once: they copy it
+    /// without hashing the stored one again ([`Rebuilt`]). It goes to the trash when the
+    /// next one is kept or the store closes, once no output holds it.
+    pub(super) fn keep_rebuilt(&self, chain: &Digest, dir: PathBuf, tar: DiffTar, bytes: u64) {
+        let kept = self.session.join(format!("rebuilt-{}", next_seq()));
+        if fs::rename(&dir, &kept).is_err() {
+            return self.discard_dir(dir, bytes);
         }
+        let rebuilt = Arc::new(Rebuilt {
+            chain: chain.clone(),
+            dir: kept,
+            tar,
+            trash: self.trash_entry(bytes),
+        });
+        let previous = self
+            .rebuilt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(rebuilt);
+        drop(previous);
+        // Room for it in the trash now, as discarding it would have made.
+        self.collect_trash_within(trash_limit(&self.root).saturating_sub(bytes));
+    }
+
+    /// The rebuilt copy of layer `chain` this process keeps, if any.
+    pub(super) fn rebuilt(&self, chain: &Digest) -> Option<Arc<Rebuilt>> {
+        self.rebuilt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|r| r.chain == *chain)
+            .cloned()
     }
 
     /// Start removing what the trash holds beyond its limit ([`trash_limit`]) and every
@@ -115,6 +156,27 @@ impl Store {
         for handle in handles {
             let _ = handle.join();
         }
+    }
+}
+
+/// A layer's diff dir that a build made again: a `--no-cache` rebuild makes a layer the
+/// store has. Its content is the stored layer's (same diff_id), hashed moments ago, in this
+/// process's session where nobody else writes; so an output copies it without hashing, where
+/// the stored copy would be hashed again to check it (0.15-0.2 s for the `context` bench's
+/// 313 MB, docs/performance.md). Dropped, once the store and every output are done with it,
+/// it moves to the trash as the discarded tree it would have been.
+pub struct Rebuilt {
+    chain: Digest,
+    pub(super) dir: PathBuf,
+    pub(super) tar: DiffTar,
+    trash: PathBuf,
+}
+
+impl Drop for Rebuilt {
+    fn drop(&mut self) {
+        // If this fails the tree stays in the session, which is removed when the store closes
+        // or swept by the next `open`.
+        let _ = fs::rename(&self.dir, &self.trash);
     }
 }
 
