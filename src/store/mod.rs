@@ -406,7 +406,7 @@ impl Drop for Store {
                 .unwrap_or_else(|e| e.into_inner())
                 .take(),
         );
-        self.join_trash_threads();
+        self.close_trash();
         // Best effort: whatever is left is swept by the next `open`.
         let _ = fs::remove_dir_all(&self.session);
     }
