@@ -103,13 +103,7 @@ impl Store {
 
     fn collect_trash_within(&self, limit: u64) {
         let dir = self.trash_dir();
-        let Ok(entries) = fs::read_dir(&dir) else {
-            return;
-        };
-        let names: Vec<String> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
+        let names = self.trash_names();
         let mut taken = self.trash_taken.lock().unwrap_or_else(|e| e.into_inner());
         let doomed: Vec<PathBuf> = over_limit(&names, limit)
             .into_iter()
@@ -153,17 +147,21 @@ impl Store {
     /// When the store closes: wait for the removals under way only if the trash needs them
     /// ([`must_wait`]); else the process's exit ends them and the next `open` takes them up.
     pub(super) fn close_trash(&self) {
-        let names: Vec<String> = fs::read_dir(self.trash_dir())
+        if must_wait(&self.trash_names(), trash_limit(&self.root)) {
+            self.join_trash_threads();
+        }
+    }
+
+    /// The trash's entries (none if it cannot be read).
+    fn trash_names(&self) -> Vec<String> {
+        fs::read_dir(self.trash_dir())
             .map(|entries| {
                 entries
                     .flatten()
                     .filter_map(|e| e.file_name().into_string().ok())
                     .collect()
             })
-            .unwrap_or_default();
-        if must_wait(&names, trash_limit(&self.root)) {
-            self.join_trash_threads();
-        }
+            .unwrap_or_default()
     }
 
     /// Wait for the removals started so far.
