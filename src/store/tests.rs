@@ -840,7 +840,7 @@ fn a_layer_built_again_is_copied_from_the_new_copy_which_then_goes_to_the_trash(
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     for name in &names {
-        let bytes = name.split('-').nth(1).and_then(|b| b.parse::<u64>().ok());
+        let bytes = super::trash::entry_bytes(name);
         assert!(bytes.is_some_and(|b| b > 0), "sized: {name}");
     }
 }

@@ -211,7 +211,7 @@ fn entry_name(bytes: Option<u64>, tag: &str) -> String {
 
 /// The file bytes a trash entry holds, from its name; `None` for entries of unknown size
 /// (a dead process's scratch) and names not ours.
-fn entry_bytes(name: &str) -> Option<u64> {
+pub(super) fn entry_bytes(name: &str) -> Option<u64> {
     let mut parts = name.splitn(3, '-');
     let (ms, bytes, _tag) = (parts.next()?, parts.next()?, parts.next()?);
     if ms.len() != 13 || !ms.bytes().all(|b| b.is_ascii_digit()) {
