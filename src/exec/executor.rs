@@ -54,6 +54,9 @@ pub struct Upper<'a> {
     pub parent: Option<&'a Digest>,
     /// Clamps the snapshot's mtimes.
     pub source_date_epoch: Option<crate::image::SourceDateEpoch>,
+    /// The layer (chain id) this step made last time, when it is a file operation run
+    /// again: it most likely makes that layer again.
+    pub expect: Option<Digest>,
 }
 
 /// The real one: the sandbox helper runs steps and file jobs; layers go to the store.
@@ -113,21 +116,29 @@ pub(super) fn commit_upper(
     };
     // The sandbox mounts a step's overlay `volatile`, so its files may not be on disk yet:
     // they get there while the snapshot reads them back from the page cache, and before
-    // the record names them (design.md "Store").
-    let (digest, synced) = std::thread::scope(|s| {
-        let sync = s.spawn(|| store.sync_filesystem());
-        let digest = layer::snapshot_digest(&upper.dir, &opts);
-        let synced = sync
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (digest, synced)
-    });
-    let (diff_id, size) = digest?;
-    synced?;
+    // the record names them (design.md "Store"). A copy of a layer the store has already
+    // never becomes a record, so a step expected to make one again hashes first and leaves
+    // the sync to `commit_built_layer`, which makes it only if the layer is new after all.
+    let expected = (upper.expect.as_ref()).is_some_and(|chain| store.layer(chain).is_some());
+    let (diff_id, size) = if expected {
+        layer::snapshot_digest(&upper.dir, &opts)?
+    } else {
+        let (digest, synced) = std::thread::scope(|s| {
+            let sync = s.spawn(|| store.sync_filesystem());
+            let digest = layer::snapshot_digest(&upper.dir, &opts);
+            let synced = sync
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (digest, synced)
+        });
+        let digest = digest?;
+        synced?;
+        digest
+    };
     let tar = DiffTar {
         size,
         source_date_epoch: opts.source_date_epoch,
     };
-    let record = store.commit_built_layer(upper.dir, upper.parent, diff_id, tar)?;
+    let record = store.commit_built_layer(upper.dir, upper.parent, diff_id, tar, !expected)?;
     Ok((record.chain_id, record.diff_id))
 }

@@ -36,6 +36,9 @@ pub struct Recording {
     pub run_writes_nothing: AtomicBool,
     /// The exit code every RUN gets.
     pub exit_code: AtomicI32,
+    /// Added to what every COPY writes: a copy that comes out different under the same
+    /// key, as when a source changes while the build runs.
+    pub copy_extra: Mutex<String>,
 }
 
 impl Recording {
@@ -85,7 +88,12 @@ impl Executor for Recording {
         job: &CopyJob,
         _scratch: &Path,
     ) -> Result<(), BuildError> {
-        write(&rootfs.upper, &job.dest, &format!("{:?}", job.sources));
+        let extra = self.copy_extra.lock().unwrap().clone();
+        write(
+            &rootfs.upper,
+            &job.dest,
+            &format!("{:?}{extra}", job.sources),
+        );
         self.record(Call::Copy {
             dest: job.dest.clone(),
             add: job.add,

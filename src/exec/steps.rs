@@ -423,6 +423,17 @@ impl<'a> Ctx<'a> {
         filtered && matches!(step.op, Op::Run(_) | Op::Copy(_))
     }
 
+    /// The layer `key` made last time, if the store has its record but `step` runs whatever
+    /// the cache holds. Only a file operation's is asked for: its copy makes that layer
+    /// again (so its snapshot needs no sync, executor.rs), where a RUN's often differs.
+    fn made_before(&self, stage: &Stage, step: &Step, key: &str) -> Option<Digest> {
+        if !self.ignores_cache(stage, step) {
+            return None;
+        }
+        let rec = self.store.get_cache(key)?;
+        rec.chain.filter(|_| rec.new_layer)
+    }
+
     /// One filesystem step; Ok(true) when it came from the cache.
     fn step(
         &mut self,
@@ -450,6 +461,10 @@ impl<'a> Ctx<'a> {
             }
         }
         let inputs = self.explain_miss(stage, step, Some(id), &state.key, &key, Some(&prepared));
+        let expect = match &step.op {
+            Op::Copy(_) | Op::Workdir { .. } => self.made_before(stage, step, &key),
+            _ => None,
+        };
         if let Op::Copy(copy) = &step.op {
             // BuildKit links only without --chmod (convert_copy.go); with it, a plain copy.
             if copy.link && copy.chmod.is_none() {
@@ -498,6 +513,7 @@ impl<'a> Ctx<'a> {
                 dir: upper,
                 parent: state.top(),
                 source_date_epoch: self.req.source_date_epoch,
+                expect,
             };
             let (chain, diff_id) = self.executor.commit(self.store, upper)?;
             state.chains.push(chain);
@@ -560,6 +576,7 @@ impl<'a> Ctx<'a> {
                     dir: upper,
                     parent: None,
                     source_date_epoch: self.req.source_date_epoch,
+                    expect: self.made_before(stage, step, &link_key),
                 };
                 let (chain, diff_id) = self.executor.commit(self.store, upper)?;
                 let record = CacheRecord {

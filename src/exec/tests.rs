@@ -133,6 +133,50 @@ fn run_is_cached_and_no_cache_runs_it_again() {
     assert_eq!((runs(&calls).len(), calls.last()), (1, Some(&Call::Commit)));
 }
 
+/// A COPY run again (`--no-cache`) makes the layer the store has already. That copy never
+/// becomes a record, so its snapshot syncs nothing (executor.rs): a first build syncs
+/// before the layer's record, the rebuild does not.
+#[test]
+fn a_copy_run_again_that_makes_its_layer_again_syncs_nothing() {
+    let f = Fixture::new(&[("a", "1")]);
+    let df = "FROM scratch\nCOPY a /a\nWORKDIR /w\n";
+    let syncs = f.store.syncs();
+    let first = f.build(&f.request(df)).unwrap();
+    assert_eq!(f.store.syncs() - syncs, 2, "one sync per new layer");
+
+    let syncs = f.store.syncs();
+    let no_cache = BuildRequest {
+        no_cache: true,
+        ..f.request(df)
+    };
+    let again = f.build(&no_cache).unwrap();
+    assert_eq!((again.cached, again.executed), (0, 2));
+    assert_eq!(f.store.syncs() - syncs, 0);
+    assert_eq!(again.image.manifest.digest, first.image.manifest.digest);
+}
+
+/// The same, when the copy comes out different under the same key: its new layer is
+/// synced before its record, as a first build's is.
+#[test]
+fn a_copy_run_again_that_comes_out_different_is_synced_before_its_record() {
+    let f = Fixture::new(&[("a", "1")]);
+    let df = "FROM scratch\nCOPY a /a\n";
+    let first = f.build(&f.request(df)).unwrap();
+
+    *f.exec.copy_extra.lock().unwrap() = " changed".to_string();
+    let syncs = f.store.syncs();
+    let no_cache = BuildRequest {
+        no_cache: true,
+        ..f.request(df)
+    };
+    let again = f.build(&no_cache).unwrap();
+    assert_eq!(f.store.syncs() - syncs, 1);
+    let diff_ids = &again.image.config.rootfs.diff_ids;
+    assert_ne!(diff_ids, &first.image.config.rootfs.diff_ids);
+    let chain = crate::store::chain_id(None, &diff_ids[0]);
+    assert!(f.store.layer(&chain).is_some(), "the new layer is recorded");
+}
+
 /// BuildKit's rule, which `docker history` shows: RUN always makes a layer, an empty one
 /// when it changed nothing.
 #[test]

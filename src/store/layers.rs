@@ -304,17 +304,25 @@ impl Store {
 
     /// Record a layer rbuild built from `diff_dir` (its snapshot made `tar`, hashing to
     /// `diff_id`); no blob is stored ([`DiffTar`]). Like [`Store::commit_layer`] otherwise.
+    ///
+    /// `synced` says whether the store's filesystem was synced since `diff_dir` was
+    /// written. If not, a new layer is synced here before its record; a copy of a layer the
+    /// store has never becomes a record (trash.rs), so it needs no sync.
     pub fn commit_built_layer(
         &self,
         diff_dir: PathBuf,
         parent: Option<&Digest>,
         diff_id: Digest,
         tar: DiffTar,
+        synced: bool,
     ) -> Result<LayerRecord> {
         let chain = chain_id(parent, &diff_id);
         if let Some(existing) = self.try_layer(&chain)? {
             self.keep_rebuilt(&chain, diff_dir, tar, existing.size);
             return Ok(existing);
+        }
+        if !synced {
+            self.sync_filesystem()?;
         }
         self.publish_layer(
             diff_dir,

@@ -169,6 +169,8 @@ pub struct Store {
     lowers_seen: std::sync::Mutex<std::collections::HashSet<Digest>>,
     /// Listings this process began writing ([`Store::listings_made`]).
     listings_made: std::sync::atomic::AtomicUsize,
+    /// `syncfs` calls this process made ([`Store::syncs`]).
+    syncs: std::sync::atomic::AtomicUsize,
     /// Cache records this process used, saved by [`Store::save_use`] (lru.rs).
     used: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Cache keys a thread is building now ([`Store::claim_key`]).
@@ -236,6 +238,7 @@ impl Store {
             rebuilt: Default::default(),
             lowers_seen: Default::default(),
             listings_made: Default::default(),
+            syncs: Default::default(),
             used: Default::default(),
             claims: Default::default(),
             _session_lock: session_lock,
@@ -318,8 +321,15 @@ impl Store {
     /// whole tree durable (an extracted layer's, a snapshot's) before a record names it,
     /// far cheaper than a fsync per file.
     pub fn sync_filesystem(&self) -> Result<()> {
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fd = fs::File::open(&self.session).map_err(StoreError::io("opening", &self.session))?;
         rustix::fs::syncfs(&fd).map_err(|e| StoreError::io("syncing", &self.session)(e.into()))
+    }
+
+    /// How many times this process has synced the store's filesystem (for tests).
+    pub fn syncs(&self) -> usize {
+        self.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Push what is written to the store's filesystem to disk while the returned guard

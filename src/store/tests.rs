@@ -682,7 +682,7 @@ fn built_layer(s: &Store, files: &[(&str, &[u8])]) -> LayerRecord {
         size,
         source_date_epoch: None,
     };
-    s.commit_built_layer(dir, None, diff_id, tar).unwrap()
+    s.commit_built_layer(dir, None, diff_id, tar, true).unwrap()
 }
 
 fn read_layer(s: &Store, chain: &Digest, c: Compression) -> Result<(Descriptor, Vec<u8>)> {
@@ -891,7 +891,7 @@ fn deep_stacks_mount_a_snapshot_that_is_reused_and_pruned() {
             source_date_epoch: None,
         };
         let l = s
-            .commit_built_layer(dir, chains.last(), diff_id, tar)
+            .commit_built_layer(dir, chains.last(), diff_id, tar, true)
             .unwrap();
         chains.push(l.chain_id);
     }
