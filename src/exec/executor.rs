@@ -119,7 +119,7 @@ pub(super) fn commit_upper(
     // the record names them (design.md "Store"). A copy of a layer the store has already
     // never becomes a record, so a step expected to make one again hashes first and leaves
     // the sync to `commit_built_layer`, which makes it only if the layer is new after all.
-    let expected = (upper.expect.as_ref()).is_some_and(|chain| store.layer(chain).is_some());
+    let expected = upper.expect.as_ref().and_then(|c| store.layer(c)).is_some();
     let (diff_id, size) = if expected {
         layer::snapshot_digest(&upper.dir, &opts)?
     } else {
