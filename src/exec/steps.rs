@@ -461,10 +461,6 @@ impl<'a> Ctx<'a> {
             }
         }
         let inputs = self.explain_miss(stage, step, Some(id), &state.key, &key, Some(&prepared));
-        let expect = match &step.op {
-            Op::Copy(_) | Op::Workdir { .. } => self.made_before(stage, step, &key),
-            _ => None,
-        };
         if let Op::Copy(copy) = &step.op {
             // BuildKit links only without --chmod (convert_copy.go); with it, a plain copy.
             if copy.link && copy.chmod.is_none() {
@@ -509,6 +505,10 @@ impl<'a> Ctx<'a> {
             .is_some();
         let mut history = history;
         if always_layer || changed {
+            let expect = match &step.op {
+                Op::Copy(_) | Op::Workdir { .. } => self.made_before(stage, step, &key),
+                _ => None,
+            };
             let upper = Upper {
                 dir: upper,
                 parent: state.top(),
