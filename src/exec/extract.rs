@@ -32,6 +32,12 @@ const MAX_WORKERS: usize = 4;
 /// that were extracted are recorded anyway (the build that starts again needs them), the
 /// rest go with their scratch dirs. A cache blob that fails its digest is refused and
 /// forgotten ([`Store::refuse_remote_layer`]); a base image's is a registry error.
+///
+/// A refused cache blob stops nothing: the other layers of the batch are still fetched and
+/// checked, so every tampered blob the batch holds is refused by this one call, and the
+/// build that starts again (or the next build, after an output's refusal) runs every step
+/// they answered. Stopping at the first one left the next tampered blob to fail the next
+/// build, one build per blob, depending on which fetches had finished first.
 pub(super) fn fetch_and_extract(
     store: &Store,
     registry: &crate::registry::Client,
@@ -64,12 +70,15 @@ pub(super) fn fetch_and_extract(
                 match fetch_and_unpack(store, registry, &missing[i], &stop, reporter, id) {
                     Ok(d) => done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(d),
                     Err(e) => {
+                        let refusal = super::remote_cache::refused(&e);
                         failed
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .get_or_insert(e);
-                        stop.store(true, Ordering::SeqCst);
-                        return;
+                        if !refusal {
+                            stop.store(true, Ordering::SeqCst);
+                            return;
+                        }
                     }
                 }
             });
