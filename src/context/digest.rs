@@ -64,15 +64,28 @@ pub(crate) fn hash_file(path: &Path) -> Result<[u8; 32], ContextError> {
 }
 
 struct Record {
-    path: Vec<u8>,
+    /// The match it is in (its path is the match's name, then `rel`).
+    walk: usize,
+    /// Where it is; its path below the match starts at `rel_at`.
+    host: PathBuf,
+    rel_at: usize,
     kind: u8,
     mode: u32,
     size: u64,
     link: Vec<u8>,
-    /// A regular file: where it is and its stat key (`None`: times out of range, never
-    /// memoized).
-    file: Option<(PathBuf, Option<StatKey>)>,
+    /// A regular file's stat key (`None`: times out of range, never memoized).
+    key: Option<StatKey>,
     sha: [u8; 32],
+}
+
+impl Record {
+    fn rel(&self) -> &[u8] {
+        &self.host.as_os_str().as_bytes()[self.rel_at..]
+    }
+
+    fn is_file(&self) -> bool {
+        self.kind == b'f'
+    }
 }
 
 fn kind_byte(m: &Meta) -> u8 {
@@ -96,13 +109,37 @@ fn kind_byte(m: &Meta) -> u8 {
 
 /// One entry of what a content digest covered, for naming the files that changed between
 /// two builds (issue 19, docs/explain.md).
+/// Its path is borrowed from the digest's record, in two parts: a cached rebuild that only
+/// counts the entries makes no string per file (issue 23).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListedFile {
-    /// As the digest saw it: the source as named, then the path below it.
-    pub path: String,
+pub struct ListedFile<'a> {
+    named: &'a str,
+    rel: &'a [u8],
     pub mode: u32,
     /// The file's content sha256, a symlink's target's; zero for anything else.
     pub sha: [u8; 32],
+}
+
+impl ListedFile<'_> {
+    /// As the digest saw it: the source as named, then the path below it.
+    pub fn path(&self) -> String {
+        let mut path = Vec::with_capacity(self.named.len() + 1 + self.rel.len());
+        for part in record_path(self.named, self.rel) {
+            path.extend_from_slice(part);
+        }
+        String::from_utf8_lossy(&path).into_owned()
+    }
+}
+
+/// A record's path in its parts: the source as named, `/` if both it and the path below it
+/// are there, the path below it.
+fn record_path<'a>(named: &'a str, rel: &'a [u8]) -> [&'a [u8]; 3] {
+    let sep: &[u8] = if named.is_empty() || rel.is_empty() {
+        b""
+    } else {
+        b"/"
+    };
+    [named.as_bytes(), sep, rel]
 }
 
 /// The content digest of what `COPY <sources>` reads from `root`; see the module docs.
@@ -118,7 +155,7 @@ pub fn content_digest(
     excludes: &IgnoreMatcher,
     follow_top_symlink: bool,
     stat_cache: &mut StatCache,
-    listed: &mut dyn FnMut(ListedFile),
+    listed: &mut dyn FnMut(ListedFile<'_>),
 ) -> Result<Digest, ContextError> {
     let mut walks = Vec::new();
     for source in sources {
@@ -132,8 +169,9 @@ pub fn content_digest(
             ));
         }
     }
+    let names = walks.iter().map(|(named, _)| named.clone()).collect();
     let mut merged = Merge::new(walks)?;
-    let mut records = Records::new(stat_cache, listed);
+    let mut records = Records::new(stat_cache, listed, names);
     let mut first = Vec::with_capacity(BATCH);
     if merged.fill(&mut first)? {
         records.add(&mut first)?;
@@ -184,17 +222,24 @@ pub fn content_digest(
 struct Records<'c, 'l> {
     h: Sha256,
     stat_cache: &'c mut StatCache,
-    listed: &'l mut dyn FnMut(ListedFile),
+    listed: &'l mut dyn FnMut(ListedFile<'_>),
+    /// The matches' names, by walk.
+    names: Vec<String>,
 }
 
 impl<'c, 'l> Records<'c, 'l> {
-    fn new(stat_cache: &'c mut StatCache, listed: &'l mut dyn FnMut(ListedFile)) -> Self {
+    fn new(
+        stat_cache: &'c mut StatCache,
+        listed: &'l mut dyn FnMut(ListedFile<'_>),
+        names: Vec<String>,
+    ) -> Self {
         let mut h = Sha256::new();
         h.update(SCHEMA);
         Records {
             h,
             stat_cache,
             listed,
+            names,
         }
     }
 
@@ -203,8 +248,13 @@ impl<'c, 'l> Records<'c, 'l> {
         hash_files(batch, self.stat_cache)?;
         let h = &mut self.h;
         for r in batch.iter() {
-            h.update((r.path.len() as u64).to_le_bytes());
-            h.update(&r.path);
+            let named = self.names[r.walk].as_str();
+            let path = record_path(named, r.rel());
+            let len: usize = path.iter().map(|p| p.len()).sum();
+            h.update((len as u64).to_le_bytes());
+            for part in path {
+                h.update(part);
+            }
             h.update([r.kind]);
             h.update(r.mode.to_le_bytes());
             h.update(r.size.to_le_bytes());
@@ -213,7 +263,8 @@ impl<'c, 'l> Records<'c, 'l> {
             h.update(&r.link);
             if r.kind != b'd' {
                 (self.listed)(ListedFile {
-                    path: String::from_utf8_lossy(&r.path).into_owned(),
+                    named,
+                    rel: r.rel(),
                     mode: r.mode,
                     // A symlink changes with its target.
                     sha: if r.kind == b'l' {
@@ -234,7 +285,8 @@ impl<'c, 'l> Records<'c, 'l> {
 
 /// The walks of all matches merged into one stream of records sorted by (path, type), as
 /// the digest has always sorted them; ties keep the sources' order. Each walk is in path
-/// order already; matches can interleave (`src/a`, `src/a.txt`, `src/a/b`).
+/// order already; matches can interleave (`src/a`, `src/a.txt`, `src/a/b`). One walk (the
+/// usual `COPY src dst`) is taken as it comes, without a path made per entry to order it.
 struct Merge<'a> {
     walks: Vec<(String, walk::Walk<'a>)>,
     /// The next entry of each walk, by (path, type, walk).
@@ -250,8 +302,10 @@ impl<'a> Merge<'a> {
             heads: BinaryHeap::with_capacity(n),
             entries: (0..n).map(|_| None).collect(),
         };
-        for i in 0..n {
-            m.advance(i)?;
+        if n > 1 {
+            for i in 0..n {
+                m.advance(i)?;
+            }
         }
         Ok(m)
     }
@@ -259,12 +313,9 @@ impl<'a> Merge<'a> {
     fn advance(&mut self, i: usize) -> Result<(), ContextError> {
         let (named, walk) = &mut self.walks[i];
         if let Some(e) = walk.next().transpose()? {
-            let mut path = named.as_bytes().to_vec();
-            if !e.rel.as_os_str().is_empty() {
-                if !path.is_empty() {
-                    path.push(b'/');
-                }
-                path.extend_from_slice(e.rel.as_os_str().as_bytes());
+            let mut path = Vec::new();
+            for part in record_path(named, e.rel().as_os_str().as_bytes()) {
+                path.extend_from_slice(part);
             }
             self.heads.push(Reverse((path, kind_byte(&e.meta), i)));
             self.entries[i] = Some(e);
@@ -284,11 +335,20 @@ impl<'a> Merge<'a> {
     }
 
     fn next(&mut self) -> Result<Option<Record>, ContextError> {
-        let Some(Reverse((path, kind, i))) = self.heads.pop() else {
-            return Ok(None);
+        let (i, e) = if let [(_, walk)] = self.walks.as_mut_slice() {
+            match walk.next().transpose()? {
+                Some(e) => (0, e),
+                None => return Ok(None),
+            }
+        } else {
+            let Some(Reverse((_, _, i))) = self.heads.pop() else {
+                return Ok(None);
+            };
+            let e = self.entries[i].take().expect("a head has its entry");
+            self.advance(i)?;
+            (i, e)
         };
-        let e = self.entries[i].take().expect("a head has its entry");
-        self.advance(i)?;
+        let kind = kind_byte(&e.meta);
         let link = if kind == b'l' {
             let t = std::fs::read_link(&e.host).map_err(|err| ContextError::io(&e.host, err))?;
             t.as_os_str().as_bytes().to_vec()
@@ -301,14 +361,20 @@ impl<'a> Merge<'a> {
             _ => 0,
         };
         let mode = e.meta.mode();
-        let file = (kind == b'f').then(|| (e.host, stat_key(&e.meta)));
+        let key = if kind == b'f' {
+            stat_key(&e.meta)
+        } else {
+            None
+        };
         Ok(Some(Record {
-            path,
+            walk: i,
+            rel_at: e.rel_at(),
+            host: e.host,
             kind,
             mode,
             size,
             link,
-            file,
+            key,
             sha: [0u8; 32],
         }))
     }
@@ -323,8 +389,8 @@ pub(crate) fn base_name(named: &str) -> &str {
 fn hash_files(batch: &mut [Record], cache: &mut StatCache) -> Result<(), ContextError> {
     let mut misses: Vec<usize> = Vec::new();
     for (i, r) in batch.iter_mut().enumerate() {
-        if let Some((_, key)) = &r.file {
-            match key.as_ref().and_then(|k| cache.lookup(k)) {
+        if r.is_file() {
+            match r.key.as_ref().and_then(|k| cache.lookup(k)) {
                 Some(sha) => r.sha = sha,
                 None => misses.push(i),
             }
@@ -333,16 +399,7 @@ fn hash_files(batch: &mut [Record], cache: &mut StatCache) -> Result<(), Context
     if misses.is_empty() {
         return Ok(());
     }
-    let files: Vec<&Path> = misses
-        .iter()
-        .map(|&i| {
-            batch[i]
-                .file
-                .as_ref()
-                .map(|(p, _)| p.as_path())
-                .unwrap_or(Path::new(""))
-        })
-        .collect();
+    let files: Vec<&Path> = misses.iter().map(|&i| batch[i].host.as_path()).collect();
     let shared: &StatCache = cache;
     type Hashed = Result<Vec<(usize, [u8; 32])>, ContextError>;
     let results: Vec<Hashed> = std::thread::scope(|s| {
@@ -369,8 +426,8 @@ fn hash_files(batch: &mut [Record], cache: &mut StatCache) -> Result<(), Context
             let rec = &mut batch[misses[k]];
             rec.sha = sha;
             // Only remember the hash if the file did not change while it was read.
-            if let Some((path, Some(key))) = &rec.file {
-                if let Ok(m) = Meta::path(path, false) {
+            if let Some(key) = &rec.key {
+                if let Ok(m) = Meta::path(&rec.host, false) {
                     if stat_key(&m).as_ref() == Some(key) {
                         cache.remember(*key, sha);
                     }
@@ -384,7 +441,7 @@ fn hash_files(batch: &mut [Record], cache: &mut StatCache) -> Result<(), Context
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::statcache::{HEADER, KEEP_GENERATIONS, RECORD};
+    use crate::context::statcache::{DROP_AFTER, HEADER, KEEP_GENERATIONS, RECORD, REFRESH_AFTER};
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::time::{Duration, SystemTime};
 
@@ -516,8 +573,9 @@ mod tests {
         );
     }
 
-    /// An aged store: entries of files no build has looked at for KEEP_GENERATIONS builds
-    /// (a CI runner's old checkouts) are dropped; the ones in use stay, whatever their age.
+    /// An aged store: entries of files no build has looked at for DROP_AFTER builds (a CI
+    /// runner's old checkouts) are dropped, those of the last KEEP_GENERATIONS builds are
+    /// kept; the ones in use stay, whatever their age.
     #[test]
     fn stat_cache_keeps_only_what_recent_builds_used() {
         let t = ctx();
@@ -527,22 +585,55 @@ mod tests {
         let d0 = digest(r, &["src"], &mut c);
         c.save(&file).unwrap();
         // Another file, digested by every later build; src never again.
-        for build in 0..KEEP_GENERATIONS {
+        for build in 0..DROP_AFTER {
             let mut c = StatCache::load(&file);
             c.set_racy_window(Duration::ZERO);
-            assert_eq!(c.len(), if build == 0 { 2 } else { 3 }, "build {build}");
+            assert_eq!(
+                c.len(),
+                if build == 0 { 2 } else { 3 },
+                "build {build}: src's entries live at least {KEEP_GENERATIONS} builds"
+            );
             digest(r, &["other"], &mut c);
             c.save(&file).unwrap();
         }
         let mut c = StatCache::load(&file);
         c.set_racy_window(Duration::ZERO);
-        assert_eq!(
-            c.len(),
-            1,
-            "src's entries outlived {KEEP_GENERATIONS} builds"
-        );
+        assert_eq!(c.len(), 1, "src's entries outlived {DROP_AFTER} builds");
         assert_eq!(digest(r, &["src"], &mut c), d0);
         assert_eq!(c.files_hashed(), 2);
+    }
+
+    /// A cached rebuild that adds nothing leaves the table file as it is (its header counts
+    /// the build) until the entries it finds are REFRESH_AFTER builds old: then one save
+    /// writes their generation again (issue 23: a million-file context's table is 120 MB).
+    #[test]
+    fn stat_cache_rewritten_only_when_found_entries_are_due() {
+        use std::os::unix::fs::MetadataExt;
+        let t = ctx();
+        let r = t.path();
+        let file = r.join("statcache");
+        let inode = || std::fs::metadata(&file).unwrap().ino();
+        let mut c = cache();
+        let d0 = digest(r, &["src"], &mut c);
+        c.save(&file).unwrap();
+        let mut table = inode();
+        for round in 0..2 {
+            for build in 1..=REFRESH_AFTER {
+                let mut c = StatCache::load(&file);
+                c.set_racy_window(Duration::ZERO);
+                assert_eq!(digest(r, &["src"], &mut c), d0);
+                assert_eq!(c.files_hashed(), 0, "round {round} build {build}");
+                c.save(&file).unwrap();
+                let rewritten = inode() != table;
+                assert_eq!(
+                    rewritten,
+                    build == REFRESH_AFTER,
+                    "round {round} build {build}"
+                );
+                table = inode();
+            }
+        }
+        assert_eq!(StatCache::load(&file).len(), 2);
     }
 
     /// A build that looks nothing up (no COPY) still saves a cache, and counts as a build
@@ -558,7 +649,7 @@ mod tests {
         c.set_racy_window(Duration::ZERO);
         let d0 = digest(r, &["src"], &mut c);
         c.save(&file).unwrap();
-        for _ in 0..KEEP_GENERATIONS {
+        for _ in 0..DROP_AFTER {
             StatCache::load(&file).save(&file).unwrap();
         }
         // Aged out: the next build that saves drops them.
@@ -638,6 +729,20 @@ mod tests {
             "sha256:318547ed9d55d8c26e42df0fcde4ad96fcc59bd5b4f46352a5e3d04f56b2a25f"
         );
         assert_eq!(files, 2 * BATCH + 4);
+        // One match (taken as its walk yields it, without the merge's ordering).
+        let one = content_digest(
+            r,
+            &["a".into()],
+            &none(),
+            &none(),
+            true,
+            &mut c,
+            &mut |_| {},
+        );
+        assert_eq!(
+            one.unwrap().to_string(),
+            "sha256:6d1fdeaac472c074cba3e159bd099b0fb4c9604ef0f4a5b8a81af93a3d943fb4"
+        );
         assert_eq!(c.files_hashed() as usize, files);
         assert_eq!(digest(r, &["a*"], &mut c), digest(r, &["a*"], &mut c));
         assert_eq!(

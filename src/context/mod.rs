@@ -132,7 +132,7 @@ pub fn source_files(
             if !entry.meta.is_file() {
                 continue;
             }
-            let rel = entry.rel.to_string_lossy();
+            let rel = entry.rel().to_string_lossy();
             let path = match (m.named.as_str(), rel.as_ref()) {
                 (named, "") => named.to_string(),
                 ("", rel) => rel.to_string(),

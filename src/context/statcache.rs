@@ -9,12 +9,15 @@
 //! Saving writes a new table (the old one copied record by record with its used entries'
 //! generations bumped, the added ones inserted) and renames it into place, so a build
 //! reading the old file is never disturbed and concurrent builds cost each other only
-//! work: the last to save wins.
+//! work: the last to save wins. A build that added nothing and found only entries
+//! refreshed in the last [`REFRESH_AFTER`] builds writes the header's generation alone:
+//! a cached rebuild of a million files does not copy its 120 MB table every time.
 //!
 //! Every record carries a checksum: a torn or damaged record is a miss, never a wrong hit.
 //! No count cap: the table is as large as the contexts the store serves, less what no
-//! build used for [`KEEP_GENERATIONS`] builds.
+//! build used for [`KEEP_GENERATIONS`] builds (at most [`DROP_AFTER`]).
 
+use std::cell::Cell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -33,12 +36,23 @@ pub(crate) struct StatKey {
     pub ctime_ns: i64,
 }
 
-/// Builds an unused entry survives (a dev machine switching between a few projects keeps
-/// them all; a CI runner's old checkouts go).
+/// Builds an unused entry survives at least (a dev machine switching between a few
+/// projects keeps them all; a CI runner's old checkouts go).
 pub(crate) const KEEP_GENERATIONS: u32 = 8;
 
-/// File layout: HEADER bytes (MAGIC, slots u64, live u64, used u64, generation u32, 4
-/// zero bytes), then `slots` records of RECORD bytes. A record: dev, ino, size, mtime_ns,
+/// A found entry's generation is written again only once it is this many builds old: until
+/// then, a build that found it and added nothing leaves the table as it is.
+pub(crate) const REFRESH_AFTER: u32 = 8;
+
+/// Builds after its generation an entry is dropped by the next save, which rewrites the
+/// table for it ([`Table::oldest`] says when one is due). An entry last found
+/// [`REFRESH_AFTER`] - 1 builds after its generation was written still has
+/// [`KEEP_GENERATIONS`] builds to live.
+pub(crate) const DROP_AFTER: u32 = KEEP_GENERATIONS + REFRESH_AFTER;
+
+/// File layout: HEADER bytes (MAGIC, slots u64, live u64, used u64, generation u32, the
+/// oldest entry's generation u32: zero in files of older versions, which then count as due
+/// for a rewrite), then `slots` records of RECORD bytes. A record: dev, ino, size, mtime_ns,
 /// ctime_ns (8 bytes each, LE), sha256 (32), generation (u32 LE), check (u64 LE). All zero
 /// is an empty slot; a record whose check does not match is dead (a removed entry, or a
 /// torn write): probing goes past it, lookups never return it.
@@ -67,6 +81,8 @@ pub struct StatCache {
     old: Option<Table>,
     /// One bit per slot of `old`: found this build.
     found: Vec<u64>,
+    /// Whether this build found an entry due for a refresh ([`REFRESH_AFTER`]).
+    stale_found: bool,
     /// The slots of `old` read last.
     old_window: Window,
     /// Entries added this build; made on the first one.
@@ -92,6 +108,7 @@ impl StatCache {
         StatCache {
             old: None,
             found: Vec::new(),
+            stale_found: false,
             old_window: Window::new(WINDOW),
             added: None,
             dir: None,
@@ -115,11 +132,13 @@ impl StatCache {
     }
 
     /// Write the cache to `path` atomically (temp file in the same dir, then rename),
-    /// without the entries unused for [`KEEP_GENERATIONS`] builds. A build that found and
-    /// added nothing only counts itself in the file's header (every entry aged a build).
+    /// without the entries unused for [`DROP_AFTER`] builds. A build that added nothing,
+    /// found nothing due for a refresh and has nothing to drop only counts itself in the
+    /// file's header (every entry aged a build).
     pub fn save(&self, path: &Path) -> Result<(), ContextError> {
-        let found_any = self.found.iter().any(|w| *w != 0);
-        if !found_any && self.added.as_ref().is_none_or(|t| t.live == 0) && self.old.is_some() {
+        let none_added = self.added.as_ref().is_none_or(|t| t.live == 0);
+        let none_due = |old: &Table| self.generation.wrapping_sub(old.oldest) < DROP_AFTER;
+        if !self.stale_found && none_added && self.old.as_ref().is_some_and(none_due) {
             // One aligned 4-byte write: a reader sees the old generation or the new one.
             let file = std::fs::OpenOptions::new().write(true).open(path);
             return file
@@ -130,10 +149,12 @@ impl StatCache {
         let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ContextError::io(dir, e))?;
         let err = |e| ContextError::io(tmp.path(), e);
         let added = self.added.as_ref().map_or(0, |t| t.live);
+        // The age of the oldest entry kept (the added ones are this build's).
+        let age = Cell::new(0);
         let mut table = match &self.old {
             // Room for the added entries: copy the old table slot for slot.
             Some(old) if (old.used + added) * 10 <= old.slots * LOAD => {
-                self.copy_old(old, tmp.as_file()).map_err(err)?
+                self.copy_old(old, tmp.as_file(), &age).map_err(err)?
             }
             _ => {
                 let old_live = self.old.as_ref().map_or(0, |t| t.live);
@@ -141,7 +162,7 @@ impl StatCache {
                     Table::create(tmp.as_file().try_clone().map_err(err)?, old_live + added)
                         .map_err(err)?;
                 if let Some(old) = &self.old {
-                    old.each(|slot, rec| match self.kept(slot, rec) {
+                    old.each(|slot, rec| match self.kept(slot, rec, &age) {
                         Some(r) => table.insert(&r).map(|_| ()),
                         None => Ok(()),
                     })
@@ -154,28 +175,33 @@ impl StatCache {
             new.each(|_, rec| table.insert(rec).map(|_| ()))
                 .map_err(err)?;
         }
-        table.write_header(self.generation).map_err(err)?;
+        let oldest = self.generation.wrapping_sub(age.get());
+        table.write_header(self.generation, oldest).map_err(err)?;
         tmp.persist(path)
             .map_err(|e| ContextError::io(path, e.error))?;
         Ok(())
     }
 
     /// An old entry as the next table keeps it: its generation bumped if this build found
-    /// it, `None` once no build used it for [`KEEP_GENERATIONS`] builds.
-    fn kept(&self, slot: u64, rec: &Record) -> Option<Record> {
+    /// it, `None` once it is [`DROP_AFTER`] builds old. `age` keeps the oldest kept.
+    fn kept(&self, slot: u64, rec: &Record, age: &Cell<u32>) -> Option<Record> {
         let found = self.found[(slot / 64) as usize] & (1 << (slot % 64)) != 0;
         let generation = if found {
             self.generation
         } else {
             rec.generation
         };
-        (self.generation.wrapping_sub(generation) < KEEP_GENERATIONS)
-            .then_some(Record { generation, ..*rec })
+        let its_age = self.generation.wrapping_sub(generation);
+        if its_age >= DROP_AFTER {
+            return None;
+        }
+        age.set(age.get().max(its_age));
+        Some(Record { generation, ..*rec })
     }
 
     /// `old` copied slot for slot into `file` (same hashing, same places), dropped entries
     /// left dead so the probes past them still work.
-    fn copy_old(&self, old: &Table, file: &File) -> std::io::Result<Table> {
+    fn copy_old(&self, old: &Table, file: &File, age: &Cell<u32>) -> std::io::Result<Table> {
         let (mut live, mut used) = (0, 0);
         let mut out = Vec::with_capacity(1 << 16);
         let mut at = HEADER as u64;
@@ -183,7 +209,7 @@ impl StatCache {
             let copy = match Record::decode(raw) {
                 Slot::Empty => [0u8; RECORD],
                 Slot::Dead => Record::DEAD,
-                Slot::Live(rec) => match self.kept(slot, &rec) {
+                Slot::Live(rec) => match self.kept(slot, &rec, age) {
                     Some(r) => {
                         live += 1;
                         r.encode()
@@ -206,6 +232,7 @@ impl StatCache {
             slots: old.slots,
             live,
             used,
+            oldest: 0,
         })
     }
 
@@ -244,6 +271,7 @@ impl StatCache {
         if let Some(old) = &self.old {
             if let Ok(Some((slot, rec))) = old.find(key, &mut self.old_window) {
                 self.found[(slot / 64) as usize] |= 1 << (slot % 64);
+                self.stale_found |= self.generation.wrapping_sub(rec.generation) >= REFRESH_AFTER;
                 return Some(rec.sha);
             }
         }
@@ -428,6 +456,8 @@ struct Table {
     live: u64,
     /// Live and dead records: what probes walk past.
     used: u64,
+    /// The generation of its oldest entry, as its header says (0 for a table being made).
+    oldest: u32,
 }
 
 impl Table {
@@ -440,6 +470,7 @@ impl Table {
             slots,
             live: 0,
             used: 0,
+            oldest: 0,
         })
     }
 
@@ -461,17 +492,19 @@ impl Table {
             slots,
             live,
             used,
+            oldest: u32::from_le_bytes(h[36..40].try_into().unwrap()),
         };
         Some((table, generation))
     }
 
-    fn write_header(&mut self, generation: u32) -> std::io::Result<()> {
+    fn write_header(&mut self, generation: u32, oldest: u32) -> std::io::Result<()> {
         let mut h = [0u8; HEADER];
         h[..8].copy_from_slice(MAGIC);
         h[8..16].copy_from_slice(&self.slots.to_le_bytes());
         h[16..24].copy_from_slice(&self.live.to_le_bytes());
         h[24..32].copy_from_slice(&self.used.to_le_bytes());
         h[32..36].copy_from_slice(&generation.to_le_bytes());
+        h[36..40].copy_from_slice(&oldest.to_le_bytes());
         self.file.write_all_at(&h, 0)
     }
 

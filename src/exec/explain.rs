@@ -286,7 +286,7 @@ impl ListingWriter {
             return;
         };
         let entry = Entry {
-            path: f.path,
+            path: f.path(),
             mode: f.mode,
             // The prefix's bytes only, through the hex crate: formatting all 32 bytes one
             // String each was ~15% of a 100k-file cached rebuild (perf, issue 23).

@@ -366,11 +366,11 @@ impl Copier<'_> {
         let target_host = self.host(target);
         for e in entries {
             let e = e?;
-            let is_top = e.rel.as_os_str().is_empty();
+            let is_top = e.rel().as_os_str().is_empty();
             let dst = if is_top {
                 target_host.clone()
             } else {
-                target_host.join(&e.rel)
+                target_host.join(e.rel())
             };
             let existing = if is_top {
                 ExistingDir::KeepRestoreTimes
