@@ -80,7 +80,7 @@ struct Record {
 
 impl Record {
     fn rel(&self) -> &[u8] {
-        &self.host.as_os_str().as_bytes()[self.rel_at..]
+        walk::rel_of(&self.host, self.rel_at).as_os_str().as_bytes()
     }
 
     fn is_file(&self) -> bool {
@@ -123,11 +123,7 @@ pub struct ListedFile<'a> {
 impl ListedFile<'_> {
     /// As the digest saw it: the source as named, then the path below it.
     pub fn path(&self) -> String {
-        let mut path = Vec::with_capacity(self.named.len() + 1 + self.rel.len());
-        for part in record_path(self.named, self.rel) {
-            path.extend_from_slice(part);
-        }
-        String::from_utf8_lossy(&path).into_owned()
+        String::from_utf8_lossy(&joined_path(self.named, self.rel)).into_owned()
     }
 }
 
@@ -140,6 +136,11 @@ fn record_path<'a>(named: &'a str, rel: &'a [u8]) -> [&'a [u8]; 3] {
         b"/"
     };
     [named.as_bytes(), sep, rel]
+}
+
+/// [`record_path`]'s parts in one buffer.
+fn joined_path(named: &str, rel: &[u8]) -> Vec<u8> {
+    record_path(named, rel).concat()
 }
 
 /// The content digest of what `COPY <sources>` reads from `root`; see the module docs.
@@ -313,10 +314,7 @@ impl<'a> Merge<'a> {
     fn advance(&mut self, i: usize) -> Result<(), ContextError> {
         let (named, walk) = &mut self.walks[i];
         if let Some(e) = walk.next().transpose()? {
-            let mut path = Vec::new();
-            for part in record_path(named, e.rel().as_os_str().as_bytes()) {
-                path.extend_from_slice(part);
-            }
+            let path = joined_path(named, e.rel().as_os_str().as_bytes());
             self.heads.push(Reverse((path, kind_byte(&e.meta), i)));
             self.entries[i] = Some(e);
         }

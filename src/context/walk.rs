@@ -54,7 +54,8 @@ impl Entry {
     }
 }
 
-fn rel_of(host: &Path, rel_at: usize) -> &Path {
+/// The end of `host` from `rel_at`: a path below a match, kept in its host path.
+pub(crate) fn rel_of(host: &Path, rel_at: usize) -> &Path {
     Path::new(OsStr::from_bytes(&host.as_os_str().as_bytes()[rel_at..]))
 }
 
