@@ -190,7 +190,7 @@ pub fn content_digest(
         let (back, returned) = std::sync::mpsc::sync_channel::<Vec<Record>>(AHEAD + 1);
         let walker = s.spawn(move || loop {
             let mut batch = returned.try_recv().unwrap_or_default();
-            batch.clear();
+            merged.recycle(&mut batch);
             batch.reserve(BATCH);
             let r = merged.fill(&mut batch);
             let last = !matches!(r, Ok(false));
@@ -319,6 +319,13 @@ impl<'a> Merge<'a> {
             self.entries[i] = Some(e);
         }
         Ok(())
+    }
+
+    /// Empty `batch`, its records' paths handed back to the walks to be made again.
+    fn recycle(&mut self, batch: &mut Vec<Record>) {
+        for r in batch.drain(..) {
+            self.walks[r.walk].1.recycle(r.host);
+        }
     }
 
     /// Fill `batch` up to [`BATCH`] records; `true` if the walks are done.

@@ -60,9 +60,9 @@ pub(crate) fn rel_of(host: &Path, rel_at: usize) -> &Path {
 }
 
 /// `name`'s host path in the directory at `host`, whose relative path starts at `rel_at`,
-/// and where the child's relative path starts.
-fn child_of(host: &Path, rel_at: usize, name: &OsStr) -> (PathBuf, usize) {
-    let child = child_path(host, name);
+/// and where the child's relative path starts; made in `buf`'s allocation when it has one.
+fn child_of(host: &Path, rel_at: usize, name: &OsStr, buf: Option<PathBuf>) -> (PathBuf, usize) {
+    let child = child_path_in(host, name, buf.unwrap_or_default());
     let rel_at = if rel_at >= host.as_os_str().len() {
         child.as_os_str().len() - name.len()
     } else {
@@ -211,10 +211,17 @@ fn not_ignored(named: &str, real: &str, ignore: &IgnoreMatcher) -> Result<(), Co
 /// `dir/name` in one allocation of its final size (`Path::join` copies `dir` and then grows
 /// the copy): the walk makes two of these for every file of the context.
 fn child_path(dir: &Path, name: &OsStr) -> PathBuf {
-    let mut p = PathBuf::with_capacity(dir.as_os_str().len() + 1 + name.len());
-    p.push(dir);
-    p.push(name);
-    p
+    child_path_in(dir, name, PathBuf::new())
+}
+
+/// [`child_path`] made in `buf` (its contents dropped, its allocation kept and grown if
+/// short).
+fn child_path_in(dir: &Path, name: &OsStr, mut buf: PathBuf) -> PathBuf {
+    buf.as_mut_os_string().clear();
+    buf.reserve(dir.as_os_str().len() + 1 + name.len());
+    buf.push(dir);
+    buf.push(name);
+    buf
 }
 
 fn join(a: &str, b: &str) -> String {
@@ -255,6 +262,7 @@ pub(crate) fn walk<'a>(
         }),
         stack: Vec::new(),
         stat_ahead: false,
+        spare: Vec::new(),
     }
 }
 
@@ -271,6 +279,8 @@ pub(crate) struct Walk<'a> {
     stack: Vec<Frame>,
     /// Whether large directories are stat'ed by two threads ([`Ahead`]).
     stat_ahead: bool,
+    /// Paths of yielded entries handed back ([`Walk::recycle`]), to make the next ones in.
+    spare: Vec<PathBuf>,
 }
 
 impl Walk<'_> {
@@ -280,7 +290,19 @@ impl Walk<'_> {
         self.stat_ahead = true;
         self
     }
+
+    /// Take back the path of an entry this walk (or another) yielded: the next entries'
+    /// paths are made in such allocations, not new ones (a malloc and a free a file were
+    /// ~9 % of a million-file walk's thread: issue 23). At most [`SPARE_MAX`] are kept.
+    pub(crate) fn recycle(&mut self, host: PathBuf) {
+        if self.spare.len() < SPARE_MAX {
+            self.spare.push(host);
+        }
+    }
 }
+
+/// The most paths a walk keeps for reuse: the records of a few of the digest's batches.
+const SPARE_MAX: usize = 8192;
 
 /// A directory to list: where it is, relative to the match (the end of `host`, from
 /// `rel_at`) and to the context.
@@ -295,8 +317,8 @@ impl Dir {
         rel_of(&self.host, self.rel_at)
     }
 
-    fn child(&self, name: &OsStr, ctx: String) -> Dir {
-        let (host, rel_at) = child_of(&self.host, self.rel_at, name);
+    fn child(&self, name: &OsStr, ctx: String, buf: Option<PathBuf>) -> Dir {
+        let (host, rel_at) = child_of(&self.host, self.rel_at, name, buf);
         Dir { host, rel_at, ctx }
     }
 }
@@ -322,7 +344,7 @@ const AHEAD_MIN: usize = 64;
 /// only for a name the other side has claimed and not finished. A cached rebuild of a
 /// large context is one statx a file, and on one thread that was the build's critical
 /// path (docs/performance.md, issue 23). The walk uses the results as it would its own:
-/// same call, same directory (a duplicate of its fd), same order of errors.
+/// same call, same directory (opened again by "." from its fd), same order of errors.
 struct Ahead {
     dir: OwnedFd,
     names: Vec<u8>,
@@ -343,7 +365,11 @@ impl Ahead {
             return None;
         }
         let queue = AHEAD_QUEUE.get_or_init(spawn_stat_ahead).as_ref()?;
-        let dir = rustix::io::fcntl_dupfd_cloexec(held.fd(), 0).ok()?;
+        // The directory opened again, not its fd duplicated: each `statx` takes a reference
+        // on its dirfd's open file, and two threads taking them on one file contend for
+        // its count.
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let dir = openat(held.fd(), ".", flags, Mode::empty()).ok()?;
         let mut buf = Vec::new();
         let mut spans = Vec::new();
         for v in stats() {
@@ -421,7 +447,10 @@ impl Ahead {
                 return;
             }
             let _ = self.done[i].set(self.stat(i));
-            if self.waiting.swap(false, Ordering::SeqCst) {
+            // Read before it is swapped: a write every name would take the flag's cache
+            // line from the walk's core, which reads the fields beside it every name. A
+            // wake missed by the plain read is the walk's 1 ms timeout, at most.
+            if self.waiting.load(Ordering::SeqCst) && self.waiting.swap(false, Ordering::SeqCst) {
                 let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
                 self.wake.notify_all();
             }
@@ -615,7 +644,7 @@ impl Walk<'_> {
         let mut kept = false;
         self.children(dir, &mut listing, |c, at| {
             kept = !self.held(&c) || {
-                let inner_dir = dir.child(c.name, c.ctx);
+                let inner_dir = dir.child(c.name, c.ctx, None);
                 let host = &inner_dir.host;
                 let at = at.fd().map_err(|e| ContextError::io(host, e.into()))?;
                 let inner = open_dir(Some(at), c.name, host)?;
@@ -650,7 +679,9 @@ impl Walk<'_> {
             } else {
                 String::new()
             };
-            let dir = frame.dir.child(name, ctx);
+            // A file's path is made in the allocation of one the caller is done with.
+            let buf = if lists { None } else { self.spare.pop() };
+            let dir = frame.dir.child(name, ctx, buf);
             let held = frame.held.as_ref();
             if visit.contents {
                 let listing = open_dir(held.map(Held::fd), name, &dir.host)?;
@@ -958,6 +989,11 @@ mod tests {
             for name in ["f", "é.txt", "with space", ".hidden"] {
                 let (dir, name) = (Path::new(dir), OsStr::new(name));
                 assert_eq!(child_path(dir, name), dir.join(name), "{dir:?} + {name:?}");
+                // In a buffer that held a longer path, and in one that held a shorter one.
+                for held in ["/a/much/longer/path/than/any/of/these", "x"] {
+                    let buf = PathBuf::from(held);
+                    assert_eq!(child_path_in(dir, name, buf), dir.join(name), "{held}");
+                }
             }
         }
     }
@@ -976,5 +1012,32 @@ mod tests {
         let got = rels(walk(&m[0], &none, &none));
         assert_eq!(got.len(), HELD_LIMIT + 5 + 2);
         assert_eq!(got.last().unwrap(), &format!("{deep}/f"));
+    }
+
+    /// Paths handed back are made into the next entries' paths: a walk that gets every
+    /// entry's path back (and longer and shorter ones beside them) yields what a walk that
+    /// gets none does, with the same stats.
+    #[test]
+    fn recycled_paths_make_the_same_entries() {
+        let t = tree();
+        let none = IgnoreMatcher::default();
+        let m = resolve(t.path(), ".", true, &none).unwrap();
+        let entries = |w: Walk, recycle: bool| {
+            let mut w = w;
+            let mut out = Vec::new();
+            while let Some(e) = w.next() {
+                let e = e.unwrap();
+                out.push((lossy(e.rel()), e.host.clone(), e.meta.ino(), e.meta.mode()));
+                if recycle {
+                    w.recycle(PathBuf::from("/a/path/longer/than/any/in/the/tree/at/all"));
+                    w.recycle(e.host);
+                    w.recycle(PathBuf::from("s"));
+                }
+            }
+            out
+        };
+        let plain = entries(walk(&m[0], &none, &none), false);
+        assert!(plain.len() > 10, "{plain:?}");
+        assert_eq!(entries(walk(&m[0], &none, &none), true), plain);
     }
 }
