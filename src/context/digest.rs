@@ -46,13 +46,16 @@ fn stat_key(m: &Meta) -> Option<StatKey> {
     })
 }
 
-/// The sha256 of a file's bytes.
-pub(crate) fn hash_file(path: &Path) -> Result<[u8; 32], ContextError> {
+/// What [`hash_file`] reads at once.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// The sha256 of a file's bytes, read through `buf` (one per thread, not one per file: a
+/// zeroed 256 KiB buffer a file was 13 % of a first build of 100,000 empty files).
+fn hash_file(path: &Path, buf: &mut [u8]) -> Result<[u8; 32], ContextError> {
     let mut f = std::fs::File::open(path).map_err(|e| ContextError::io(path, e))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = f.read(&mut buf).map_err(|e| ContextError::io(path, e))?;
+        let n = f.read(buf).map_err(|e| ContextError::io(path, e))?;
         if n == 0 {
             break;
         }
@@ -413,8 +416,9 @@ fn hash_files(batch: &mut [Record], cache: &mut StatCache) -> Result<(), Context
                 let files = &files;
                 s.spawn(move || {
                     let mut out = Vec::new();
+                    let mut buf = vec![0u8; READ_BUFFER];
                     for k in (t..files.len()).step_by(2) {
-                        out.push((k, hash_file(files[k])?));
+                        out.push((k, hash_file(files[k], &mut buf)?));
                         shared.count_hashed();
                     }
                     Ok(out)
