@@ -530,19 +530,30 @@ fn write_item(
         return w.write_entry(&entry, None);
     }
 
-    let (xattrs, opaque) = read_xattrs(&path, opaque_xattr().as_bytes())?;
-    entry.xattrs = xattrs;
-
     if !ft.is_dir() && meta.nlink() > 1 {
         let key = (meta.dev(), meta.ino());
         if let Some(first) = links.get(&key) {
             entry.kind = tar::EntryType::Link;
             entry.link = Some(first.clone());
-            entry.xattrs.clear();
             return w.write_entry(&entry, None);
         }
         links.insert(key, item.tar_path.clone());
     }
+
+    if ft.is_file() {
+        entry.size = meta.len();
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| LayerError::io("opening", &path, e))?;
+        // Through the open file: its whole path is not walked a third time.
+        entry.xattrs = read_xattrs(&path, Some(&file), opaque_xattr().as_bytes())?.0;
+        return w.write_entry(&entry, Some((file, &path)));
+    }
+
+    let (xattrs, opaque) = read_xattrs(&path, None, opaque_xattr().as_bytes())?;
+    entry.xattrs = xattrs;
 
     if ft.is_dir() {
         entry.kind = tar::EntryType::Directory;
@@ -561,14 +572,6 @@ fn write_item(
             w.write_entry(&marker, None)?;
         }
         Ok(())
-    } else if ft.is_file() {
-        entry.size = meta.len();
-        let file = File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| LayerError::io("opening", &path, e))?;
-        w.write_entry(&entry, Some((file, &path)))
     } else if ft.is_symlink() {
         let target = fs::read_link(&path).map_err(|e| LayerError::io("reading link", &path, e))?;
         entry.kind = tar::EntryType::Symlink;

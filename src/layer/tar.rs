@@ -244,13 +244,22 @@ impl<W: Write> Writer<W> {
 }
 
 /// The xattrs of `path` an image keeps ([`keep_xattr`]), and whether the directory is marked
-/// opaque with `opaque_xattr` set to `y` (overlay's marker in the mode it runs in).
-pub(crate) fn read_xattrs(path: &Path, opaque_xattr: &[u8]) -> Result<(Xattrs, bool), LayerError> {
+/// opaque with `opaque_xattr` set to `y` (overlay's marker in the mode it runs in). `file`
+/// is `path` opened, if it is: read through it, the path is not walked again.
+pub(crate) fn read_xattrs(
+    path: &Path,
+    file: Option<&std::fs::File>,
+    opaque_xattr: &[u8],
+) -> Result<(Xattrs, bool), LayerError> {
     let err = |e: rustix::io::Errno| LayerError::io("reading xattrs of", path, e.into());
     let mut kept = BTreeMap::new();
     let mut opaque = false;
     let names = loop {
-        let len = match rustix::fs::llistxattr_query(path) {
+        let len = match file {
+            Some(f) => rustix::fs::flistxattr_query(f),
+            None => rustix::fs::llistxattr_query(path),
+        };
+        let len = match len {
             Ok(len) => len,
             // Filesystems without xattr support have no xattrs to keep.
             Err(rustix::io::Errno::NOTSUP) => return Ok((kept, false)),
@@ -260,7 +269,11 @@ pub(crate) fn read_xattrs(path: &Path, opaque_xattr: &[u8]) -> Result<(Xattrs, b
             return Ok((kept, false));
         }
         let mut buf = vec![0u8; len];
-        match rustix::fs::llistxattr(path, &mut buf[..]) {
+        let listed = match file {
+            Some(f) => rustix::fs::flistxattr(f, &mut buf[..]),
+            None => rustix::fs::llistxattr(path, &mut buf[..]),
+        };
+        match listed {
             Ok(n) => {
                 buf.truncate(n);
                 break buf;
@@ -275,7 +288,7 @@ pub(crate) fn read_xattrs(path: &Path, opaque_xattr: &[u8]) -> Result<(Xattrs, b
         if !is_opaque && !keep_xattr(name) {
             continue;
         }
-        let value = match get_xattr(path, name) {
+        let value = match get_xattr(path, file, name) {
             Ok(v) => v,
             // Removed since the listing: nothing to keep.
             Err(rustix::io::Errno::NODATA) => continue,
@@ -290,12 +303,23 @@ pub(crate) fn read_xattrs(path: &Path, opaque_xattr: &[u8]) -> Result<(Xattrs, b
     Ok((kept, opaque))
 }
 
-fn get_xattr(path: &Path, name: &[u8]) -> Result<Vec<u8>, rustix::io::Errno> {
+fn get_xattr(
+    path: &Path,
+    file: Option<&std::fs::File>,
+    name: &[u8],
+) -> Result<Vec<u8>, rustix::io::Errno> {
     let name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name);
     loop {
-        let len = rustix::fs::lgetxattr_query(path, name)?;
+        let len = match file {
+            Some(f) => rustix::fs::fgetxattr_query(f, name),
+            None => rustix::fs::lgetxattr_query(path, name),
+        }?;
         let mut buf = vec![0u8; len];
-        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
+        let got = match file {
+            Some(f) => rustix::fs::fgetxattr(f, name, &mut buf[..]),
+            None => rustix::fs::lgetxattr(path, name, &mut buf[..]),
+        };
+        match got {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);

@@ -92,7 +92,7 @@ fn remove_subtree(tree: &mut BTreeMap<PathBuf, PathBuf>, path: &Path, itself: bo
 /// ([`crate::layer::tar::keep_xattr`]).
 fn image_xattrs(path: &Path) -> Result<Xattrs, OutputError> {
     // The opaque marker was applied when the tree was merged; it is never copied.
-    Ok(read_xattrs(path, b"trusted.overlay.opaque")?.0)
+    Ok(read_xattrs(path, None, b"trusted.overlay.opaque")?.0)
 }
 
 /// Copy the merged tree into `dir` (an empty directory), keeping ownership (when running as
