@@ -20,10 +20,17 @@ neither the run does not start. Each point prints its figures and the time (UTC)
 ends; a failing point (or ^C) stops the run, prints the rows so far and which `--series`
 resumes it. A BuildKit build past `peer_timeout` seconds is stopped and its cell reads
 "timeout after N s" (the cached rebuild after a first build that timed out is not run).
+
+Every timed build of either builder starts after a `sync`: the build before it (BuildKit's
+first build of a million files copies them into /var/lib/docker) would otherwise still be
+writing back while the next one is timed. A cached rebuild takes a second or two at most
+points, so each builder's is the median of CACHED_RUNS runs, one builder's run after the
+other's; a first build is timed once.
 """
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -44,6 +51,8 @@ DOCKER_ROOT = "/var/lib/docker"
 
 
 SERIES = ("steps", "context", "apply")
+# Runs of each builder's cached rebuild of a context point: its median is reported.
+CACHED_RUNS = 3
 # Seconds a BuildKit build may take before it is stopped and reported as a timeout (its
 # 1,000,000-file context is the one that can run that long); rbuild gets the same bound
 # three times over, so a hang ends the run with a message rather than silently.
@@ -65,8 +74,10 @@ def say(text):
 
 
 def timed(cmd, env=None, timeout=3 * PEER_TIMEOUT):
-    """Wall seconds and peak RSS (MB) of cmd, through /usr/bin/time; Timeout past
-    `timeout` seconds (the command's process group is killed)."""
+    """Wall seconds and peak RSS (MB) of cmd, through /usr/bin/time, after a `sync` (what
+    ran before it is written back first, untimed); Timeout past `timeout` seconds (the
+    command's process group is killed)."""
+    os.sync()
     with tempfile.NamedTemporaryFile("r") as t:
         start = time.monotonic()
         p = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", t.name] + cmd,
@@ -220,13 +231,26 @@ def context_point(work, n, peers, peer_timeout):
     tag = f"rbuild-scale/ctx:{n}"
     peer_out = False
     for cond in ("first", "cached"):
-        wall, rss = rbuild_build(ctx, store, tag)
+        runs = CACHED_RUNS if cond == "cached" else 1
+        walls, rsss, peer_walls = [], [], []
+        for _ in range(runs):
+            wall, rss = rbuild_build(ctx, store, tag)
+            walls.append(wall)
+            rsss.append(rss)
+            if peers and not peer_out:
+                peer = peer_per_unit(
+                    lambda: docker_build(ctx, tag, cond == "cached", timeout=peer_timeout),
+                    1e6 / n)
+                # A first build that timed out leaves nothing to rebuild from the cache.
+                peer_out = isinstance(peer, str)
+                peer_walls.append(peer)
+        wall, rss = statistics.median(walls), max(rsss)
+        timeouts = [p for p in peer_walls if isinstance(p, str)]
         peer = None
-        if peers and not peer_out:
-            peer = peer_per_unit(
-                lambda: docker_build(ctx, tag, cond == "cached", timeout=peer_timeout), 1e6 / n)
-            # A first build that timed out leaves nothing to rebuild from the cache.
-            peer_out = isinstance(peer, str)
+        if timeouts:
+            peer = timeouts[0]
+        elif peer_walls:
+            peer = statistics.median(peer_walls)
         elif peer_out:
             peer = "n/a (its first build timed out)"
         row = (f"context ({cond})", n, "us/file", wall * 1e6 / n, rss, peer)
