@@ -39,6 +39,7 @@ use crate::context::digest::base_name;
 use crate::context::meta::Meta;
 use crate::context::{host_path, open_root, resolve, walk, ContextError, IgnoreMatcher};
 use crate::dockerfile::chmod::Chmod;
+use crate::layer::tar::read_xattrs;
 use crate::sandbox::root::{clean, Created, Kind, Root};
 use crate::sandbox::user::UserError;
 
@@ -127,6 +128,8 @@ pub enum CopyError {
     },
     #[error("cannot replace directory {0} with a non-directory")]
     ReplaceDirectory(String),
+    #[error(transparent)]
+    Layer(#[from] crate::layer::LayerError),
     #[error("extracting {archive}: {source}")]
     Archive {
         archive: PathBuf,
@@ -673,57 +676,24 @@ fn copy_data(from: &mut File, to: &mut File) -> io::Result<u64> {
     }
 }
 
-/// Copy the xattrs a layer keeps ([`crate::layer::keep_xattr`], design.md "Layers"). A
-/// filesystem without xattr support is not an error. `files`, the source and the
-/// destination open (a regular file just copied), are used instead of the paths: a
-/// context's file listed by path walked its whole path again, 4 % of a first build of
-/// 100,000 empty files (issue 23).
+/// Copy the xattrs a layer keeps ([`crate::layer::keep_xattr`], design.md "Layers"), read
+/// by the layers' one reader ([`read_xattrs`]). A filesystem without xattr support is not
+/// an error. `files`, the source and the destination open (a regular file just copied),
+/// are used instead of the paths: a context's file listed by path walked its whole path
+/// again, 4 % of a first build of 100,000 empty files (issue 23).
 fn copy_xattrs(src: &Path, dst: &Path, files: Option<(&File, &File)>) -> Result<(), CopyError> {
-    use rustix::fs::{
-        fgetxattr, fgetxattr_query, flistxattr, flistxattr_query, fsetxattr, lgetxattr,
-        lgetxattr_query, llistxattr, llistxattr_query, lsetxattr, XattrFlags,
-    };
-    let unsupported =
-        |e: &rustix::io::Errno| *e == rustix::io::Errno::NOTSUP || *e == rustix::io::Errno::PERM;
-    let size = match files {
-        Some((from, _)) => flistxattr_query(from),
-        None => llistxattr_query(src),
-    };
-    let size = match size {
-        Ok(0) => return Ok(()),
-        Ok(n) => n,
-        Err(e) if unsupported(&e) => return Ok(()),
-        Err(e) => return Err(io_err(src, e.into())),
-    };
-    let mut names = vec![0u8; size];
-    let n = match files {
-        Some((from, _)) => flistxattr(from, &mut names[..]),
-        None => llistxattr(src, &mut names[..]),
-    }
-    .map_err(|e| io_err(src, e.into()))?;
-    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if !crate::layer::keep_xattr(name) {
-            continue;
-        }
+    // A source is not an overlay directory: no opaque marker to look for.
+    let (kept, _) = read_xattrs(src, files.map(|(from, _)| from), b"")?;
+    for (name, value) in &kept {
         let name = std::ffi::OsStr::from_bytes(name);
-        let len = match files {
-            Some((from, _)) => fgetxattr_query(from, name),
-            None => lgetxattr_query(src, name),
-        }
-        .map_err(|e| io_err(src, e.into()))?;
-        let mut value = vec![0u8; len];
-        let len = match files {
-            Some((from, _)) => fgetxattr(from, name, &mut value[..]),
-            None => lgetxattr(src, name, &mut value[..]),
-        }
-        .map_err(|e| io_err(src, e.into()))?;
+        let flags = rustix::fs::XattrFlags::empty();
         let set = match files {
-            Some((_, to)) => fsetxattr(to, name, &value[..len], XattrFlags::empty()),
-            None => lsetxattr(dst, name, &value[..len], XattrFlags::empty()),
+            Some((_, to)) => rustix::fs::fsetxattr(to, name, value, flags),
+            None => rustix::fs::lsetxattr(dst, name, value, flags),
         };
         match set {
             Ok(()) => {}
-            Err(e) if unsupported(&e) => {}
+            Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::PERM) => {}
             Err(e) => return Err(io_err(dst, e.into())),
         }
     }
