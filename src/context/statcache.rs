@@ -557,22 +557,22 @@ impl Table {
         (group + (key.ino & ((1 << GROUP_BITS) - 1))) % self.slots
     }
 
-    /// Walk the probe sequence of `key`: `f` gets each slot and what it holds until it
+    /// Walk the probe sequence of `key`: `f` gets each slot and its raw bytes until it
     /// returns a result or an empty slot ends the sequence (then `f` gets that one too).
     /// The slots are read through `window`, which must not hold slots changed since.
     fn probe<T>(
         &self,
         key: &StatKey,
         window: &mut Window,
-        mut f: impl FnMut(u64, &Slot) -> Option<T>,
+        mut f: impl FnMut(u64, &[u8]) -> Option<T>,
     ) -> std::io::Result<Option<T>> {
         let mut slot = self.home(key);
         for _ in 0..self.slots {
-            let s = Record::decode(window.slot(self, slot)?);
-            if let Some(t) = f(slot, &s) {
+            let raw = window.slot(self, slot)?;
+            if let Some(t) = f(slot, raw) {
                 return Ok(Some(t));
             }
-            if matches!(s, Slot::Empty) {
+            if Record::is_empty(raw) {
                 return Ok(None);
             }
             slot = (slot + 1) % self.slots;
@@ -620,18 +620,7 @@ impl Table {
                 }
             }
         }
-        let mut slot = self.home(key);
-        for _ in 0..self.slots {
-            let raw = window.slot(self, slot)?;
-            if let Some(r) = live(raw) {
-                return Ok(Some((slot, r)));
-            }
-            if Record::is_empty(raw) {
-                return Ok(None);
-            }
-            slot = (slot + 1) % self.slots;
-        }
-        Ok(None)
+        self.probe(key, window, |slot, raw| live(raw).map(|r| (slot, r)))
     }
 
     /// Insert or replace; the table must have room (callers grow it first).
@@ -644,14 +633,16 @@ impl Table {
         }
         let mut dead = None;
         let mut window = Window::new(INSERT_WINDOW);
-        let target = self.probe(&rec.key, &mut window, |slot, s| match s {
-            Slot::Live(r) if r.key == rec.key => Some((slot, Place::Replace)),
-            Slot::Dead if dead.is_none() => {
-                dead = Some(slot);
-                None
+        let target = self.probe(&rec.key, &mut window, |slot, raw| {
+            match Record::decode(raw) {
+                Slot::Live(r) if r.key == rec.key => Some((slot, Place::Replace)),
+                Slot::Dead if dead.is_none() => {
+                    dead = Some(slot);
+                    None
+                }
+                Slot::Empty => Some(dead.map_or((slot, Place::Empty), |d| (d, Place::Dead))),
+                _ => None,
             }
-            Slot::Empty => Some(dead.map_or((slot, Place::Empty), |d| (d, Place::Dead))),
-            _ => None,
         })?;
         let Some((slot, into)) = target.or(dead.map(|d| (d, Place::Dead))) else {
             return Err(std::io::Error::other("stat cache table is full"));
