@@ -709,19 +709,26 @@ mod tests {
         s
     }
 
-    /// Every key of a table filled to its load is found with its own sha, by probes that
-    /// its first read answers and by those that go on past it (both occur at this size), and
-    /// a key not in it is not.
-    #[test]
-    fn a_full_table_finds_every_key_near_home_and_far_from_it() {
+    /// A stat cache file holding keys `0..n`, each with its own sha, and the temp dir that
+    /// holds it.
+    fn saved(n: u64) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("statcache");
-        let n = 50_000;
         let mut cache = StatCache::load(&path);
         for i in 0..n {
             cache.remember(key(i), sha(i));
         }
         cache.save(&path).unwrap();
+        (dir, path)
+    }
+
+    /// Every key of a table filled to its load is found with its own sha, by probes that
+    /// its first read answers and by those that go on past it (both occur at this size), and
+    /// a key not in it is not.
+    #[test]
+    fn a_full_table_finds_every_key_near_home_and_far_from_it() {
+        let n = 50_000;
+        let (_dir, path) = saved(n);
 
         let mut cache = StatCache::load(&path);
         let table = cache.old.as_ref().unwrap();
@@ -754,14 +761,8 @@ mod tests {
     /// from home gives; most lookups in order are answered after the last hit.
     #[test]
     fn the_slots_after_the_last_hit_answer_only_for_their_own_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("statcache");
         let n = 5_000;
-        let mut cache = StatCache::load(&path);
-        for i in 0..n {
-            cache.remember(key(i), sha(i));
-        }
-        cache.save(&path).unwrap();
+        let (_dir, path) = saved(n);
 
         // Damage key 101's record: its key bytes stay, its sha no longer checks out.
         let probe = StatCache::load(&path);
