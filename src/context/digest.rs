@@ -430,16 +430,21 @@ fn hash_files(batch: &mut [Record], cache: &mut StatCache) -> Result<(), Context
             .map(|h| h.join().unwrap_or_else(|_| Ok(Vec::new())))
             .collect()
     });
+    // Remembered in the walk's order, which the stat cache keeps (a rebuild finds the
+    // records one after the other).
+    let mut hashed = Vec::with_capacity(misses.len());
     for r in results {
-        for (k, sha) in r? {
-            let rec = &mut batch[misses[k]];
-            rec.sha = sha;
-            // Only remember the hash if the file did not change while it was read.
-            if let Some(key) = &rec.key {
-                if let Ok(m) = Meta::path(&rec.host, false) {
-                    if stat_key(&m).as_ref() == Some(key) {
-                        cache.remember(*key, sha);
-                    }
+        hashed.extend(r?);
+    }
+    hashed.sort_unstable_by_key(|(k, _)| *k);
+    for (k, sha) in hashed {
+        let rec = &mut batch[misses[k]];
+        rec.sha = sha;
+        // Only remember the hash if the file did not change while it was read.
+        if let Some(key) = &rec.key {
+            if let Ok(m) = Meta::path(&rec.host, false) {
+                if stat_key(&m).as_ref() == Some(key) {
+                    cache.remember(*key, sha);
                 }
             }
         }
@@ -733,8 +738,9 @@ mod tests {
         let mut files = 0;
         let s = vec!["a*".to_string()];
         let d0 = content_digest(r, &s, &none(), &none(), true, &mut c, &mut |_| files += 1);
+        let d0 = d0.unwrap();
         assert_eq!(
-            d0.unwrap().to_string(),
+            d0.to_string(),
             "sha256:318547ed9d55d8c26e42df0fcde4ad96fcc59bd5b4f46352a5e3d04f56b2a25f"
         );
         assert_eq!(files, 2 * BATCH + 4);
@@ -750,6 +756,14 @@ mod tests {
             files,
             "the rebuild hit the cache"
         );
+        // The files were remembered in the walk's order (hashed on two threads), so a
+        // rebuild from the saved cache finds each one where the one before left off.
+        let file = r.join("statcache");
+        c.save(&file).unwrap();
+        let mut loaded = StatCache::load(&file);
+        assert_eq!(digest(r, &["a*"], &mut loaded), d0);
+        assert_eq!(loaded.files_hashed(), 0);
+        assert_eq!(loaded.found_in_order() as usize, files);
     }
 
     #[test]

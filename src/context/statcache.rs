@@ -3,22 +3,27 @@
 //! ctime, so an unchanged key means unchanged bytes.
 //!
 //! It lives on disk, not in memory, so a context of a million files costs no more memory
-//! than one of ten (issue 23): an open-addressing hash table of fixed-size records in a
-//! file, read with `pread`. Entries found this build are marked in a bitset (one bit per
-//! slot); entries added go to a second table of the same kind in an unnamed temp file.
-//! Saving writes a new table (the old one copied record by record with its used entries'
-//! generations bumped, the added ones inserted) and renames it into place, so a build
-//! reading the old file is never disturbed and concurrent builds cost each other only
-//! work: the last to save wins. A build that added nothing and found only entries
-//! refreshed in the last [`REFRESH_AFTER`] builds writes the header's generation alone:
-//! a cached rebuild of a million files does not copy its 120 MB table every time.
+//! than one of ten (issue 23). The file holds fixed-size records in the order the builds
+//! met them, then an open-addressing index of their keys. A build walks its context in
+//! the order it walked it last time, so a lookup first tries the record after the last one
+//! found, read ahead from the file in long runs: a cached rebuild reads the records as one
+//! stream (issue 23: reading them slot by slot at random was a sixth of its CPU). Any other
+//! lookup goes through the index. Entries found this build are marked in a bitset (one bit
+//! per record); entries added go to a second log and index in unnamed temp files. Saving
+//! writes a new file (the old records kept in their order with their generations bumped,
+//! then the added ones, then a new index) and renames it into place, so a build reading
+//! the old file is never disturbed and concurrent builds cost each other only work: the
+//! last to save wins. A build that added nothing and found only entries refreshed in the
+//! last [`REFRESH_AFTER`] builds writes the header's generation alone: a cached rebuild of
+//! a million files does not copy its 100 MB file every time.
 //!
 //! Every record carries a checksum: a torn or damaged record is a miss, never a wrong hit.
-//! No count cap: the table is as large as the contexts the store serves, less what no
-//! build used for [`KEEP_GENERATIONS`] builds (at most [`DROP_AFTER`]).
+//! No count cap: the file is as large as the contexts the store serves, less what no build
+//! used for [`KEEP_GENERATIONS`] builds (at most [`DROP_AFTER`]).
 
 use std::cell::Cell;
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +54,35 @@ impl StatKey {
         b[32..40].copy_from_slice(&self.ctime_ns.to_le_bytes());
         b
     }
+
+    /// The key a record's bytes start with (checked or not).
+    fn of(raw: &[u8]) -> StatKey {
+        // Fixed offsets inside a record: the conversions cannot fail.
+        let u64_at = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().unwrap());
+        StatKey {
+            dev: u64_at(0),
+            ino: u64_at(8),
+            size: u64_at(16),
+            mtime_ns: u64_at(24) as i64,
+            ctime_ns: u64_at(32) as i64,
+        }
+    }
+
+    /// Where the key's probe starts in an index of `slots`, and the tag its entries carry.
+    fn home_and_tag(&self, slots: u64) -> (u64, u64) {
+        let h = mix(
+            0x5eed,
+            [
+                self.dev,
+                self.ino,
+                self.size,
+                self.mtime_ns as u64,
+                self.ctime_ns as u64,
+            ]
+            .into_iter(),
+        );
+        (((h as u128 * slots as u128) >> 64) as u64, h & TAG_MASK)
+    }
 }
 
 /// Builds an unused entry survives at least (a dev machine switching between a few
@@ -56,56 +90,60 @@ impl StatKey {
 pub(crate) const KEEP_GENERATIONS: u32 = 8;
 
 /// A found entry's generation is written again only once it is this many builds old: until
-/// then, a build that found it and added nothing leaves the table as it is.
+/// then, a build that found it and added nothing leaves the file as it is.
 pub(crate) const REFRESH_AFTER: u32 = 8;
 
 /// Builds after its generation an entry is dropped by the next save, which rewrites the
-/// table for it ([`Table::oldest`] says when one is due). An entry last found
+/// file for it ([`Log::oldest`] says when one is due). An entry last found
 /// [`REFRESH_AFTER`] - 1 builds after its generation was written still has
 /// [`KEEP_GENERATIONS`] builds to live.
 pub(crate) const DROP_AFTER: u32 = KEEP_GENERATIONS + REFRESH_AFTER;
 
-/// File layout: HEADER bytes (MAGIC, slots u64, live u64, used u64, generation u32, the
-/// oldest entry's generation u32: zero in files of older versions, which then count as due
-/// for a rewrite), then `slots` records of RECORD bytes. A record: dev, ino, size, mtime_ns,
-/// ctime_ns (8 bytes each, LE), sha256 (32), generation (u32 LE), check (u64 LE). All zero
-/// is an empty slot; a record whose check does not match is dead (a removed entry, or a
-/// torn write): probing goes past it, lookups never return it.
-/// 4: home slots grouped by inode (see [`Table::home`]).
-const MAGIC: &[u8; 8] = b"rbsc\0\0\0\x04";
+/// File layout: HEADER bytes (MAGIC, records u64, index slots u64, zero u64, generation
+/// u32, the oldest entry's generation u32), then `records` records of RECORD bytes, then
+/// `index slots` index entries of 8 bytes (u64 LE). A record: dev, ino, size, mtime_ns,
+/// ctime_ns (8 bytes each, LE), sha256 (32), generation (u32 LE), check (u64 LE); one whose
+/// check does not match (damaged, torn) is never returned. An index entry: 0 for an empty
+/// slot, else the record's number plus one in the low [`POS_BITS`] bits and the key's tag
+/// above; linear probing from the key's home.
+/// 5: records in the order builds met them, and an index (4: a hash table of records).
+const MAGIC: &[u8; 8] = b"rbsc\0\0\0\x05";
 pub(crate) const HEADER: usize = 40;
 const GENERATION_AT: u64 = 32;
 pub(crate) const RECORD: usize = 84;
-/// Tables are kept at most this full (tenths), so probes stay short.
-const LOAD: u64 = 7;
-/// Slots read at once by a lookup. The window is kept for the next lookup, which a walk
-/// usually answers from it: files made one after the other (a checkout's, an unpacked
-/// tarball's) have consecutive inodes, and those get neighbouring home slots.
-const WINDOW: usize = 64;
-/// Slots read at once by an insert (its table changes under it: nothing is kept).
-const INSERT_WINDOW: usize = 16;
-/// Slots after the last record found that a lookup of the next inode of its group tries
-/// before it probes from the home ([`Table::find`]).
-const NEXT_IN_GROUP: usize = 16;
-/// Inodes per group of neighbouring home slots: 2^GROUP_BITS. Larger groups serve more
-/// lookups per read but make longer probes (the table clusters by groups).
-const GROUP_BITS: u32 = 3;
+/// Bits of an index entry that number its record.
+const POS_BITS: u32 = 40;
+const TAG_MASK: u64 = (1 << (64 - POS_BITS)) - 1;
+/// Index slots per entry at least: probes stay short.
+const SLOTS_PER_ENTRY: u64 = 2;
+/// Slots an index probe reads at once.
+const PROBE_READ: usize = 8;
+/// Records the stream reads at once after a lookup outside it, and at most as a run of
+/// lookups goes on in order (each read doubles).
+const STREAM_FIRST: usize = 16;
+const STREAM_MAX: usize = 1024;
+/// Index slots built in memory at a time (2 MB): an index of any size is written in
+/// passes over the records, so memory stays flat in their number.
+const BUILD_SLOTS: u64 = 1 << 18;
+/// Bytes of added records kept in memory before they are written.
+const PENDING_BYTES: usize = 1 << 16;
 
 /// Memoized file sha256s; see the module docs.
 #[derive(Debug)]
 pub struct StatCache {
-    /// The table loaded from the store, read only; `None` if there was none (or it was
-    /// not a table this version reads).
-    old: Option<Table>,
-    /// One bit per slot of `old`: found this build.
+    /// The file loaded from the store, read only; `None` if there was none (or it was
+    /// not one this version reads).
+    old: Option<Log>,
+    /// One bit per record of `old`: found this build.
     found: Vec<u64>,
     /// Whether this build found an entry due for a refresh ([`REFRESH_AFTER`]).
     stale_found: bool,
-    /// The slots of `old` read last, and the last entry found in it.
-    old_window: Window,
-    old_hit: Option<Hit>,
+    /// `old`'s records as last read, and the one after the last found: the next lookup's
+    /// first guess.
+    stream: Stream,
+    next: u64,
     /// Entries added this build; made on the first one.
-    added: Option<Table>,
+    added: Option<Added>,
     /// Where temp files go: beside the cache file.
     dir: Option<PathBuf>,
     /// The generation of this build: one more than the last saved one.
@@ -128,8 +166,8 @@ impl StatCache {
             old: None,
             found: Vec::new(),
             stale_found: false,
-            old_window: Window::new(WINDOW),
-            old_hit: None,
+            stream: Stream::default(),
+            next: 0,
             added: None,
             dir: None,
             generation: 1,
@@ -143,10 +181,10 @@ impl StatCache {
     pub fn load(path: &Path) -> StatCache {
         let mut cache = StatCache::new();
         cache.dir = path.parent().map(Path::to_path_buf);
-        if let Some((table, generation)) = File::open(path).ok().and_then(Table::open) {
+        if let Some((log, generation)) = File::open(path).ok().and_then(Log::open) {
             cache.generation = generation.wrapping_add(1).max(1);
-            cache.found = vec![0; table.slots.div_ceil(64) as usize];
-            cache.old = Some(table);
+            cache.found = vec![0; log.records.div_ceil(64) as usize];
+            cache.old = Some(log);
         }
         cache
     }
@@ -156,8 +194,8 @@ impl StatCache {
     /// found nothing due for a refresh and has nothing to drop only counts itself in the
     /// file's header (every entry aged a build).
     pub fn save(&self, path: &Path) -> Result<(), ContextError> {
-        let none_added = self.added.as_ref().is_none_or(|t| t.live == 0);
-        let none_due = |old: &Table| self.generation.wrapping_sub(old.oldest) < DROP_AFTER;
+        let none_added = self.added.as_ref().is_none_or(|a| a.records.count == 0);
+        let none_due = |old: &Log| self.generation.wrapping_sub(old.oldest) < DROP_AFTER;
         if !self.stale_found && none_added && self.old.as_ref().is_some_and(none_due) {
             // One aligned 4-byte write: a reader sees the old generation or the new one.
             let file = std::fs::OpenOptions::new().write(true).open(path);
@@ -168,44 +206,53 @@ impl StatCache {
         let dir = path.parent().unwrap_or(Path::new("."));
         let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ContextError::io(dir, e))?;
         let err = |e| ContextError::io(tmp.path(), e);
-        let added = self.added.as_ref().map_or(0, |t| t.live);
         // The age of the oldest entry kept (the added ones are this build's).
         let age = Cell::new(0);
-        let mut table = match &self.old {
-            // Room for the added entries: copy the old table slot for slot.
-            Some(old) if (old.used + added) * 10 <= old.slots * LOAD => {
-                self.copy_old(old, tmp.as_file(), &age).map_err(err)?
-            }
-            _ => {
-                let old_live = self.old.as_ref().map_or(0, |t| t.live);
-                let mut table =
-                    Table::create(tmp.as_file().try_clone().map_err(err)?, old_live + added)
-                        .map_err(err)?;
-                if let Some(old) = &self.old {
-                    old.each(|slot, rec| match self.kept(slot, rec, &age) {
-                        Some(r) => table.insert(&r).map(|_| ()),
-                        None => Ok(()),
-                    })
-                    .map_err(err)?;
-                }
-                table
-            }
-        };
-        if let Some(new) = &self.added {
-            new.each(|_, rec| table.insert(rec).map(|_| ()))
-                .map_err(err)?;
-        }
+        let file = tmp.as_file();
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+        let records = self.write_records(&mut out, &age).map_err(err)?;
+        drop(out);
+        let mut log = Log::write(file.try_clone().map_err(err)?, records).map_err(err)?;
         let oldest = self.generation.wrapping_sub(age.get());
-        table.write_header(self.generation, oldest).map_err(err)?;
+        log.write_header(self.generation, oldest).map_err(err)?;
         tmp.persist(path)
             .map_err(|e| ContextError::io(path, e.error))?;
         Ok(())
     }
 
-    /// An old entry as the next table keeps it: its generation bumped if this build found
+    /// Room for the header, then the old records kept, in their order, then the added ones
+    /// in theirs: a walk as the last one finds them one after the other. How many.
+    fn write_records(&self, out: &mut impl Write, age: &Cell<u32>) -> std::io::Result<u64> {
+        let mut records = 0;
+        out.write_all(&[0u8; HEADER])?;
+        if let Some(old) = &self.old {
+            each_record(
+                &old.file,
+                HEADER as u64,
+                old.records,
+                |pos, raw| match Record::decode(raw).and_then(|rec| self.kept(pos, &rec, age)) {
+                    Some(r) => {
+                        records += 1;
+                        out.write_all(&r.encode())
+                    }
+                    None => Ok(()),
+                },
+            )?;
+        }
+        if let Some(added) = &self.added {
+            added.records.each(|raw| {
+                records += 1;
+                out.write_all(raw)
+            })?;
+        }
+        out.flush()?;
+        Ok(records)
+    }
+
+    /// An old entry as the next file keeps it: its generation bumped if this build found
     /// it, `None` once it is [`DROP_AFTER`] builds old. `age` keeps the oldest kept.
-    fn kept(&self, slot: u64, rec: &Record, age: &Cell<u32>) -> Option<Record> {
-        let found = self.found[(slot / 64) as usize] & (1 << (slot % 64)) != 0;
+    fn kept(&self, pos: u64, rec: &Record, age: &Cell<u32>) -> Option<Record> {
+        let found = self.found[(pos / 64) as usize] & (1 << (pos % 64)) != 0;
         let generation = if found {
             self.generation
         } else {
@@ -219,43 +266,6 @@ impl StatCache {
         Some(Record { generation, ..*rec })
     }
 
-    /// `old` copied slot for slot into `file` (same hashing, same places), dropped entries
-    /// left dead so the probes past them still work.
-    fn copy_old(&self, old: &Table, file: &File, age: &Cell<u32>) -> std::io::Result<Table> {
-        let (mut live, mut used) = (0, 0);
-        let mut out = Vec::with_capacity(1 << 16);
-        let mut at = HEADER as u64;
-        old.raw_slots(|slot, raw| {
-            let copy = match Record::decode(raw) {
-                Slot::Empty => [0u8; RECORD],
-                Slot::Dead => Record::DEAD,
-                Slot::Live(rec) => match self.kept(slot, &rec, age) {
-                    Some(r) => {
-                        live += 1;
-                        r.encode()
-                    }
-                    None => Record::DEAD,
-                },
-            };
-            used += u64::from(copy != [0u8; RECORD]);
-            out.extend_from_slice(&copy);
-            if out.len() >= 1 << 16 {
-                file.write_all_at(&out, at)?;
-                at += out.len() as u64;
-                out.clear();
-            }
-            Ok(())
-        })?;
-        file.write_all_at(&out, at)?;
-        Ok(Table {
-            file: file.try_clone()?,
-            slots: old.slots,
-            live,
-            used,
-            oldest: 0,
-        })
-    }
-
     /// How many files were read and hashed (cache misses) since this cache was made.
     pub fn files_hashed(&self) -> u64 {
         self.hashed.load(Ordering::Relaxed)
@@ -265,17 +275,17 @@ impl StatCache {
         self.hashed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// How many entries it holds: the loaded ones that check out (reads the table: for
+    /// How many entries it holds: the loaded ones that check out (reads the file: for
     /// tests and tools) and the added ones.
     pub fn len(&self) -> usize {
         let mut n = 0;
         if let Some(old) = &self.old {
-            let _ = old.each(|_, _| {
-                n += 1;
+            let _ = each_record(&old.file, HEADER as u64, old.records, |_, raw| {
+                n += usize::from(Record::decode(raw).is_some());
                 Ok(())
             });
         }
-        n + self.added.as_ref().map_or(0, |t| t.live as usize)
+        n + self.added.as_ref().map_or(0, |a| a.records.count as usize)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -287,27 +297,22 @@ impl StatCache {
         self.racy_window = d;
     }
 
+    /// Lookups the record after the last one found answered, without the index.
+    #[cfg(test)]
+    pub(crate) fn found_in_order(&self) -> u64 {
+        self.stream.guessed
+    }
+
     pub(crate) fn lookup(&mut self, key: &StatKey) -> Option<[u8; 32]> {
         if let Some(old) = &self.old {
-            let after = self.old_hit.as_ref();
-            if let Ok(Some((slot, rec))) = old.find(key, &mut self.old_window, after) {
-                self.old_hit = Some(Hit {
-                    slot,
-                    dev: key.dev,
-                    ino: key.ino,
-                });
-                self.found[(slot / 64) as usize] |= 1 << (slot % 64);
+            if let Ok(Some((pos, rec))) = old.find(key, self.next, &mut self.stream) {
+                self.next = pos + 1;
+                self.found[(pos / 64) as usize] |= 1 << (pos % 64);
                 self.stale_found |= self.generation.wrapping_sub(rec.generation) >= REFRESH_AFTER;
                 return Some(rec.sha);
             }
         }
-        let added = self.added.as_ref()?;
-        let mut window = Window::new(INSERT_WINDOW);
-        added
-            .find(key, &mut window, None)
-            .ok()
-            .flatten()
-            .map(|(_, rec)| rec.sha)
+        self.added.as_ref()?.find(key).ok().flatten()
     }
 
     pub(crate) fn remember(&mut self, key: StatKey, sha: [u8; 32]) {
@@ -330,35 +335,11 @@ impl StatCache {
 
     fn add(&mut self, rec: &Record) -> std::io::Result<()> {
         let added = match &mut self.added {
-            Some(t) => t,
-            None => {
-                let file = match &self.dir {
-                    Some(dir) => tempfile::tempfile_in(dir)?,
-                    None => tempfile::tempfile()?,
-                };
-                self.added.insert(Table::create(file, 1024)?)
-            }
+            Some(a) => a,
+            None => self.added.insert(Added::new(self.dir.clone())?),
         };
-        if (added.used + 1) * 10 > added.slots * LOAD {
-            let file = match &self.dir {
-                Some(dir) => tempfile::tempfile_in(dir)?,
-                None => tempfile::tempfile()?,
-            };
-            let mut bigger = Table::create(file, added.live * 2)?;
-            added.each(|_, r| bigger.insert(r).map(|_| ()))?;
-            *added = bigger;
-        }
-        added.insert(rec)?;
-        Ok(())
+        added.add(rec)
     }
-}
-
-/// Where a lookup found a file's entry.
-#[derive(Debug)]
-struct Hit {
-    slot: u64,
-    dev: u64,
-    ino: u64,
 }
 
 /// One entry.
@@ -369,19 +350,7 @@ struct Record {
     generation: u32,
 }
 
-enum Slot {
-    Empty,
-    Dead,
-    Live(Record),
-}
-
 impl Record {
-    const DEAD: [u8; RECORD] = {
-        let mut r = [0u8; RECORD];
-        r[RECORD - 8] = 1;
-        r
-    };
-
     fn encode(&self) -> [u8; RECORD] {
         let mut r = [0u8; RECORD];
         r[..KEY_BYTES].copy_from_slice(&self.key.bytes());
@@ -392,37 +361,33 @@ impl Record {
         r
     }
 
-    fn is_empty(r: &[u8]) -> bool {
-        r.iter().all(|b| *b == 0)
-    }
-
-    fn decode(r: &[u8]) -> Slot {
-        if Record::is_empty(r) {
-            return Slot::Empty;
-        }
-        // Fixed offsets inside a record of exactly RECORD bytes: the conversions cannot fail.
-        let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().unwrap());
-        if u64_at(76) != check(&r[..76]) {
-            return Slot::Dead;
+    /// The record in `r` (RECORD bytes), if it checks out.
+    fn decode(r: &[u8]) -> Option<Record> {
+        if u64::from_le_bytes(r[76..84].try_into().unwrap()) != check(&r[..76]) {
+            return None;
         }
         let mut sha = [0u8; 32];
         sha.copy_from_slice(&r[40..72]);
-        Slot::Live(Record {
-            key: StatKey {
-                dev: u64_at(0),
-                ino: u64_at(8),
-                size: u64_at(16),
-                mtime_ns: u64_at(24) as i64,
-                ctime_ns: u64_at(32) as i64,
-            },
+        Some(Record {
+            key: StatKey::of(r),
             sha,
             generation: u32::from_le_bytes(r[72..76].try_into().unwrap()),
         })
     }
+
+    /// The record in `raw` if it is `key`'s (its bytes `want`) and checks out.
+    fn of_key(raw: &[u8], key: &StatKey, want: &[u8; KEY_BYTES]) -> Option<Record> {
+        // The inode first: one word tells most other records apart.
+        let ino = u64::from_le_bytes(raw[8..16].try_into().unwrap());
+        if ino != key.ino || raw[..KEY_BYTES] != want[..] {
+            return None;
+        }
+        Record::decode(raw)
+    }
 }
 
 /// A 64-bit checksum of a record's fields: catches torn and damaged records. Bit 1 is
-/// always set, so neither an empty slot (0) nor [`Record::DEAD`] (1) ever checks out.
+/// always set, so all zeros never checks out.
 fn check(bytes: &[u8]) -> u64 {
     mix(
         0x7262_7363_7633,
@@ -444,251 +409,453 @@ fn mix(seed: u64, words: impl Iterator<Item = u64>) -> u64 {
     h ^ (h >> 32)
 }
 
-/// Slots of a [`Table`] as last read: up to `size` from `first`.
-#[derive(Debug)]
-struct Window {
-    size: u64,
-    first: u64,
-    bytes: Vec<u8>,
-}
-
-impl Window {
-    fn new(size: usize) -> Window {
-        Window {
-            size: size as u64,
-            first: 0,
-            bytes: Vec::new(),
+/// Every record of the `count` in `file` from byte `at` on, in order, read in long runs.
+fn each_record(
+    file: &File,
+    at: u64,
+    count: u64,
+    mut f: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; STREAM_MAX * RECORD];
+    let mut pos = 0;
+    while pos < count {
+        let n = (STREAM_MAX as u64).min(count - pos);
+        let bytes = &mut buf[..n as usize * RECORD];
+        file.read_exact_at(bytes, at + pos * RECORD as u64)?;
+        for raw in bytes.chunks_exact(RECORD) {
+            f(pos, raw)?;
+            pos += 1;
         }
     }
+    Ok(())
+}
 
-    /// The raw bytes of `slot` if this window holds it.
-    fn held(&self, slot: u64) -> Option<&[u8]> {
-        let i = slot.checked_sub(self.first)? as usize;
-        self.bytes.get(i * RECORD..(i + 1) * RECORD)
+/// Records of a [`Log`] as last read: from `first`, as many as `bytes` holds. A read
+/// right after the last one reads twice as many (up to [`STREAM_MAX`]); any other reads
+/// [`STREAM_FIRST`], so lookups in another order than the file's read little.
+#[derive(Debug, Default)]
+struct Stream {
+    first: u64,
+    bytes: Vec<u8>,
+    /// Reads made, and lookups the record after the last found answered (for tests).
+    reads: u64,
+    guessed: u64,
+}
+
+impl Stream {
+    fn held(&self) -> u64 {
+        (self.bytes.len() / RECORD) as u64
     }
 
-    /// The raw bytes of `slot` of `table`, read with the slots after it unless this
-    /// window holds it already.
-    fn slot(&mut self, table: &Table, slot: u64) -> std::io::Result<&[u8]> {
-        let held = (self.bytes.len() / RECORD) as u64;
-        if slot < self.first || slot >= self.first + held {
-            let n = self.size.min(table.slots - slot) as usize;
+    /// The raw bytes of record `pos` of the `count` in `file`.
+    fn record(&mut self, file: &File, count: u64, pos: u64) -> std::io::Result<&[u8]> {
+        if pos < self.first || pos >= self.first + self.held() {
+            let n = if pos == self.first + self.held() && self.held() > 0 {
+                (self.held() as usize * 2).min(STREAM_MAX)
+            } else {
+                STREAM_FIRST
+            };
+            let n = (n as u64).min(count - pos) as usize;
             self.bytes.resize(n * RECORD, 0);
-            self.first = slot;
-            let at = HEADER as u64 + slot * RECORD as u64;
-            if let Err(e) = table.file.read_exact_at(&mut self.bytes, at) {
+            self.first = pos;
+            self.reads += 1;
+            let at = HEADER as u64 + pos * RECORD as u64;
+            if let Err(e) = file.read_exact_at(&mut self.bytes, at) {
                 self.bytes.clear();
                 return Err(e);
             }
         }
-        let at = (slot - self.first) as usize * RECORD;
+        let at = (pos - self.first) as usize * RECORD;
         Ok(&self.bytes[at..at + RECORD])
     }
 }
 
-/// A hash table of [`Record`]s in a file.
+/// A saved cache: its records and their index, in one file.
 #[derive(Debug)]
-struct Table {
+struct Log {
     file: File,
-    slots: u64,
-    /// Live records.
-    live: u64,
-    /// Live and dead records: what probes walk past.
-    used: u64,
-    /// The generation of its oldest entry, as its header says (0 for a table being made).
+    records: u64,
+    index: Index,
+    /// The generation of its oldest entry, as its header says.
     oldest: u32,
 }
 
-impl Table {
-    /// An empty table with room for `entries`.
-    fn create(file: File, entries: u64) -> std::io::Result<Table> {
-        let slots = (entries * 10 / LOAD + 1).max(1024);
-        file.set_len(HEADER as u64 + slots * RECORD as u64)?;
-        Ok(Table {
-            file,
-            slots,
-            live: 0,
-            used: 0,
-            oldest: 0,
-        })
-    }
-
-    fn open(file: File) -> Option<(Table, u32)> {
+impl Log {
+    fn open(file: File) -> Option<(Log, u32)> {
         let mut h = [0u8; HEADER];
         file.read_exact_at(&mut h, 0).ok()?;
         let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap());
-        let (slots, live, used) = (u64_at(8), u64_at(16), u64_at(24));
+        let (records, slots) = (u64_at(8), u64_at(16));
         let len = file.metadata().ok()?.len();
-        let expected = slots
+        let index_at = records
             .checked_mul(RECORD as u64)?
             .checked_add(HEADER as u64)?;
-        if &h[..8] != MAGIC || slots == 0 || len != expected || used > slots {
+        let expected = slots.checked_mul(8)?.checked_add(index_at)?;
+        if &h[..8] != MAGIC || slots <= records || len != expected || records >> POS_BITS != 0 {
             return None;
         }
         let generation = u32::from_le_bytes(h[32..36].try_into().unwrap());
-        let table = Table {
+        let log = Log {
+            index: Index {
+                file: file.try_clone().ok()?,
+                at: index_at,
+                slots,
+                used: records,
+            },
             file,
-            slots,
-            live,
-            used,
+            records,
             oldest: u32::from_le_bytes(h[36..40].try_into().unwrap()),
         };
-        Some((table, generation))
+        Some((log, generation))
+    }
+
+    /// The file of `records` records written from [`HEADER`] on, with their index written
+    /// after them.
+    fn write(file: File, records: u64) -> std::io::Result<Log> {
+        if records >> POS_BITS != 0 {
+            return Err(std::io::Error::other("too many stat cache records"));
+        }
+        let slots = index_slots(records);
+        let at = HEADER as u64 + records * RECORD as u64;
+        file.set_len(at + slots * 8)?;
+        let index = Index::build(file.try_clone()?, at, slots, BUILD_SLOTS, |f| {
+            each_record(&file, HEADER as u64, records, |pos, raw| {
+                f(pos, &StatKey::of(raw));
+                Ok(())
+            })
+        })?;
+        Ok(Log {
+            file,
+            records,
+            index,
+            oldest: 0,
+        })
     }
 
     fn write_header(&mut self, generation: u32, oldest: u32) -> std::io::Result<()> {
         let mut h = [0u8; HEADER];
         h[..8].copy_from_slice(MAGIC);
-        h[8..16].copy_from_slice(&self.slots.to_le_bytes());
-        h[16..24].copy_from_slice(&self.live.to_le_bytes());
-        h[24..32].copy_from_slice(&self.used.to_le_bytes());
+        h[8..16].copy_from_slice(&self.records.to_le_bytes());
+        h[16..24].copy_from_slice(&self.index.slots.to_le_bytes());
         h[32..36].copy_from_slice(&generation.to_le_bytes());
         h[36..40].copy_from_slice(&oldest.to_le_bytes());
         self.file.write_all_at(&h, 0)
     }
 
-    /// Where `key`'s probe starts: its group of 2^[`GROUP_BITS`] inodes is placed by a
-    /// hash of (dev, inode / group), the inode by its place in the group, so neighbouring
-    /// inodes have neighbouring homes and one read serves a run of lookups. The other
-    /// versions of a file (size, times) share its home.
-    fn home(&self, key: &StatKey) -> u64 {
-        let h = mix(0x5eed, [key.dev, key.ino >> GROUP_BITS].into_iter());
-        let group = ((h as u128 * self.slots as u128) >> 64) as u64;
-        (group + (key.ino & ((1 << GROUP_BITS) - 1))) % self.slots
-    }
-
-    /// Walk the probe sequence of `key`: `f` gets each slot and its raw bytes until it
-    /// returns a result or an empty slot ends the sequence (then `f` gets that one too).
-    /// The slots are read through `window`, which must not hold slots changed since.
-    fn probe<T>(
-        &self,
-        key: &StatKey,
-        window: &mut Window,
-        mut f: impl FnMut(u64, &[u8]) -> Option<T>,
-    ) -> std::io::Result<Option<T>> {
-        let mut slot = self.home(key);
-        for _ in 0..self.slots {
-            let raw = window.slot(self, slot)?;
-            if let Some(t) = f(slot, raw) {
-                return Ok(Some(t));
-            }
-            if Record::is_empty(raw) {
-                return Ok(None);
-            }
-            slot = (slot + 1) % self.slots;
-        }
-        Ok(None)
-    }
-
-    /// `key`'s live record and its slot. A walk looks up files made one after the other,
-    /// whose records were mostly inserted one after the other: when `after` (the record
-    /// found before) is of the key's group of inodes, the slots after it that the window
-    /// holds are tried first (up to [`NEXT_IN_GROUP`], to an empty one). A probe from the
-    /// home passes the records of other groups (groups of neighbouring homes cluster: ~19
-    /// slots a probe in a cached rebuild of a million files), so a slot is first told apart
-    /// by its inode, one word, and decoded (its check computed) only when it holds the
-    /// key's bytes. Keys are unique in a table, so a live record with the key is the one
-    /// the probe would find.
+    /// `key`'s record and its number. Record `next` (the one after the last found) is
+    /// tried first, through `stream`: a walk in the order of the last save finds every file
+    /// there. Otherwise the index names the candidates.
     fn find(
         &self,
         key: &StatKey,
-        window: &mut Window,
-        after: Option<&Hit>,
+        next: u64,
+        stream: &mut Stream,
     ) -> std::io::Result<Option<(u64, Record)>> {
         let want = key.bytes();
-        let live = |raw: &[u8]| {
-            let ino = u64::from_le_bytes(raw[8..16].try_into().expect("8 bytes"));
-            if ino != key.ino || raw[..KEY_BYTES] != want {
-                return None;
-            }
-            match Record::decode(raw) {
-                Slot::Live(r) => Some(r),
-                _ => None,
-            }
-        };
-        let group = |dev: u64, ino: u64| (dev, ino >> GROUP_BITS);
-        if let Some(hit) = after.filter(|h| group(h.dev, h.ino) == group(key.dev, key.ino)) {
-            let mut slot = hit.slot;
-            for _ in 0..NEXT_IN_GROUP {
-                slot = (slot + 1) % self.slots;
-                let Some(raw) = window.held(slot) else { break };
-                if let Some(r) = live(raw) {
-                    return Ok(Some((slot, r)));
-                }
-                if Record::is_empty(raw) {
-                    break;
-                }
+        if next < self.records {
+            let raw = stream.record(&self.file, self.records, next)?;
+            if let Some(r) = Record::of_key(raw, key, &want) {
+                stream.guessed += 1;
+                return Ok(Some((next, r)));
             }
         }
-        self.probe(key, window, |slot, raw| live(raw).map(|r| (slot, r)))
-    }
-
-    /// Insert or replace; the table must have room (callers grow it first).
-    fn insert(&mut self, rec: &Record) -> std::io::Result<()> {
-        #[derive(Clone, Copy)]
-        enum Place {
-            Replace,
-            Dead,
-            Empty,
-        }
-        let mut dead = None;
-        let mut window = Window::new(INSERT_WINDOW);
-        let target = self.probe(&rec.key, &mut window, |slot, raw| {
-            match Record::decode(raw) {
-                Slot::Live(r) if r.key == rec.key => Some((slot, Place::Replace)),
-                Slot::Dead if dead.is_none() => {
-                    dead = Some(slot);
-                    None
-                }
-                Slot::Empty => Some(dead.map_or((slot, Place::Empty), |d| (d, Place::Dead))),
-                _ => None,
+        self.index.find(key, |pos| {
+            if pos >= self.records {
+                return Ok(None);
             }
-        })?;
-        let Some((slot, into)) = target.or(dead.map(|d| (d, Place::Dead))) else {
-            return Err(std::io::Error::other("stat cache table is full"));
-        };
-        match into {
-            Place::Replace => {}
-            Place::Dead => self.live += 1,
-            Place::Empty => {
-                self.live += 1;
-                self.used += 1;
-            }
-        }
-        self.file
-            .write_all_at(&rec.encode(), HEADER as u64 + slot * RECORD as u64)
-    }
-
-    /// Every slot's raw bytes, in slot order, read a chunk at a time.
-    fn raw_slots(
-        &self,
-        mut f: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        const CHUNK: u64 = 1024;
-        let mut buf = vec![0u8; CHUNK as usize * RECORD];
-        let mut slot = 0;
-        while slot < self.slots {
-            let n = CHUNK.min(self.slots - slot);
-            let bytes = &mut buf[..n as usize * RECORD];
-            self.file
-                .read_exact_at(bytes, HEADER as u64 + slot * RECORD as u64)?;
-            for raw in bytes.chunks_exact(RECORD) {
-                f(slot, raw)?;
-                slot += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// Every live record, in slot order.
-    fn each(&self, mut f: impl FnMut(u64, &Record) -> std::io::Result<()>) -> std::io::Result<()> {
-        self.raw_slots(|slot, raw| match Record::decode(raw) {
-            Slot::Live(rec) => f(slot, &rec),
-            _ => Ok(()),
+            let raw = stream.record(&self.file, self.records, pos)?;
+            Ok(Record::of_key(raw, key, &want).map(|r| (pos, r)))
         })
     }
 }
 
+/// Index slots for `entries`.
+fn index_slots(entries: u64) -> u64 {
+    (entries * SLOTS_PER_ENTRY).max(64)
+}
+
+/// An open-addressing index of record numbers by key, `slots` entries of 8 bytes from
+/// byte `at` of its file.
+#[derive(Debug)]
+struct Index {
+    file: File,
+    at: u64,
+    slots: u64,
+    used: u64,
+}
+
+impl Index {
+    /// An index of `slots` empty slots: all of `file`.
+    fn empty(file: File, slots: u64) -> std::io::Result<Index> {
+        file.set_len(slots * 8)?;
+        Ok(Index {
+            file,
+            at: 0,
+            slots,
+            used: 0,
+        })
+    }
+
+    /// Walk the probe of `key`: `f` gets each entry of the key's tag until it returns a
+    /// result; `Ok(None)` at the first empty slot. `f` also gets the slot.
+    fn probe<T>(
+        &self,
+        key: &StatKey,
+        mut f: impl FnMut(u64, u64) -> std::io::Result<Option<T>>,
+    ) -> std::io::Result<Result<T, u64>> {
+        let (home, tag) = key.home_and_tag(self.slots);
+        let mut buf = [0u8; PROBE_READ * 8];
+        let mut slot = home;
+        let mut left = self.slots;
+        while left > 0 {
+            let n = (PROBE_READ as u64).min(self.slots - slot).min(left) as usize;
+            self.file
+                .read_exact_at(&mut buf[..n * 8], self.at + slot * 8)?;
+            for e in buf[..n * 8].chunks_exact(8) {
+                let entry = u64::from_le_bytes(e.try_into().unwrap());
+                if entry == 0 {
+                    return Ok(Err(slot));
+                }
+                if entry >> POS_BITS == tag {
+                    if let Some(t) = f(slot, (entry & ((1 << POS_BITS) - 1)) - 1)? {
+                        return Ok(Ok(t));
+                    }
+                }
+                slot = (slot + 1) % self.slots;
+            }
+            left -= n as u64;
+        }
+        Err(std::io::Error::other("stat cache index is full"))
+    }
+
+    /// What `is` makes of the first candidate record (by number) it accepts.
+    fn find<T>(
+        &self,
+        key: &StatKey,
+        mut is: impl FnMut(u64) -> std::io::Result<Option<T>>,
+    ) -> std::io::Result<Option<T>> {
+        Ok(self.probe(key, |_, pos| is(pos))?.ok())
+    }
+
+    /// Add record `pos` of `key` unless `is` accepts a candidate (the key is there
+    /// already): `false` then. The index must have room.
+    fn insert(
+        &mut self,
+        key: &StatKey,
+        pos: u64,
+        mut is: impl FnMut(u64) -> std::io::Result<bool>,
+    ) -> std::io::Result<bool> {
+        let found = self.probe(key, |_, p| Ok(is(p)?.then_some(())))?;
+        let Err(empty) = found else {
+            return Ok(false);
+        };
+        let (_, tag) = key.home_and_tag(self.slots);
+        self.file.write_all_at(
+            &((tag << POS_BITS) | (pos + 1)).to_le_bytes(),
+            self.at + empty * 8,
+        )?;
+        self.used += 1;
+        Ok(true)
+    }
+
+    /// An index of `slots` (zeros in `file` from `at` on) of the records `each` gives (number
+    /// and key), made `chunk` slots at a time in memory: each pass over the records takes
+    /// those whose home is in its chunk. A probe that runs past the chunk goes on in the
+    /// next one, and one that runs past the last slot from the first on, in the file.
+    fn build(
+        file: File,
+        at: u64,
+        slots: u64,
+        chunk: u64,
+        mut each: impl FnMut(&mut dyn FnMut(u64, &StatKey)) -> std::io::Result<()>,
+    ) -> std::io::Result<Index> {
+        let mut index = Index {
+            file,
+            at,
+            slots,
+            used: 0,
+        };
+        let mut buf = vec![0u64; chunk.min(slots) as usize];
+        let mut bytes = Vec::with_capacity(PENDING_BYTES);
+        let mut carried: Vec<u64> = Vec::new();
+        let mut used = 0;
+        let mut lo = 0;
+        while lo < slots {
+            let hi = (lo + chunk).min(slots);
+            let width = (hi - lo) as usize;
+            buf[..width].fill(0);
+            let mut spilled = Vec::new();
+            let mut place = |from: u64, entry: u64| match buf[(from - lo) as usize..width]
+                .iter_mut()
+                .find(|e| **e == 0)
+            {
+                Some(e) => *e = entry,
+                None => spilled.push(entry),
+            };
+            for entry in carried.drain(..) {
+                place(lo, entry);
+            }
+            each(&mut |pos, key| {
+                let (home, tag) = key.home_and_tag(slots);
+                if (lo..hi).contains(&home) {
+                    used += 1;
+                    place(home, (tag << POS_BITS) | (pos + 1));
+                }
+            })?;
+            for (i, part) in buf[..width].chunks(PENDING_BYTES / 8).enumerate() {
+                bytes.clear();
+                bytes.extend(part.iter().flat_map(|e| e.to_le_bytes()));
+                let slot = lo + (i * PENDING_BYTES / 8) as u64;
+                index.file.write_all_at(&bytes, at + slot * 8)?;
+            }
+            carried = spilled;
+            lo = hi;
+        }
+        // Past the last slot: from the first on, as a probe wraps.
+        for entry in carried {
+            index.put_from(0, entry)?;
+        }
+        index.used = used;
+        Ok(index)
+    }
+
+    /// Write `entry` into the first empty slot from `slot` on.
+    fn put_from(&mut self, mut slot: u64, entry: u64) -> std::io::Result<()> {
+        for _ in 0..self.slots {
+            let mut e = [0u8; 8];
+            self.file.read_exact_at(&mut e, self.at + slot * 8)?;
+            if u64::from_le_bytes(e) == 0 {
+                return self
+                    .file
+                    .write_all_at(&entry.to_le_bytes(), self.at + slot * 8);
+            }
+            slot = (slot + 1) % self.slots;
+        }
+        Err(std::io::Error::other("stat cache index is full"))
+    }
+}
+
+/// The entries a build adds: records appended to a temp file in the order they come
+/// (the walk's), indexed in another.
+#[derive(Debug)]
+struct Added {
+    records: Appended,
+    index: Index,
+    /// Where its temp files go.
+    dir: Option<PathBuf>,
+}
+
+impl Added {
+    fn new(dir: Option<PathBuf>) -> std::io::Result<Added> {
+        Ok(Added {
+            records: Appended {
+                file: temp_file(&dir)?,
+                count: 0,
+                pending: Vec::new(),
+                written: 0,
+            },
+            index: Index::empty(temp_file(&dir)?, index_slots(0))?,
+            dir,
+        })
+    }
+
+    fn find(&self, key: &StatKey) -> std::io::Result<Option<[u8; 32]>> {
+        let want = key.bytes();
+        let mut buf = [0u8; RECORD];
+        self.index.find(key, |pos| {
+            let raw = self.records.record(pos, &mut buf)?;
+            Ok(Record::of_key(raw, key, &want).map(|r| r.sha))
+        })
+    }
+
+    /// Append `rec` unless its key is there already.
+    fn add(&mut self, rec: &Record) -> std::io::Result<()> {
+        if (self.index.used + 1) * SLOTS_PER_ENTRY > self.index.slots {
+            self.grow()?;
+        }
+        let want = rec.key.bytes();
+        let mut buf = [0u8; RECORD];
+        let records = &self.records;
+        let new = self.index.insert(&rec.key, records.count, |pos| {
+            let raw = records.record(pos, &mut buf)?;
+            Ok(Record::of_key(raw, &rec.key, &want).is_some())
+        })?;
+        if new {
+            self.records.push(rec)?;
+        }
+        Ok(())
+    }
+
+    /// The index made again with twice the slots, in a new temp file.
+    fn grow(&mut self) -> std::io::Result<()> {
+        self.records.flush()?;
+        let records = &self.records;
+        let file = temp_file(&self.dir)?;
+        let slots = index_slots(records.count * 2);
+        file.set_len(slots * 8)?;
+        self.index = Index::build(file, 0, slots, BUILD_SLOTS, |f| {
+            each_record(&records.file, 0, records.written, |pos, raw| {
+                f(pos, &StatKey::of(raw));
+                Ok(())
+            })
+        })?;
+        Ok(())
+    }
+}
+
+/// An unnamed temp file in `dir` (or the system's temp dir).
+fn temp_file(dir: &Option<PathBuf>) -> std::io::Result<File> {
+    match dir {
+        Some(dir) => tempfile::tempfile_in(dir),
+        None => tempfile::tempfile(),
+    }
+}
+
+/// Records appended to a file from its start, the last ones held in memory until there
+/// are [`PENDING_BYTES`] of them.
+#[derive(Debug)]
+struct Appended {
+    file: File,
+    count: u64,
+    /// Records `written..count`, not yet in the file.
+    pending: Vec<u8>,
+    written: u64,
+}
+
+impl Appended {
+    /// The raw bytes of record `pos` (read into `buf` if it was written).
+    fn record<'a>(&'a self, pos: u64, buf: &'a mut [u8; RECORD]) -> std::io::Result<&'a [u8]> {
+        if pos >= self.written {
+            let at = (pos - self.written) as usize * RECORD;
+            return Ok(&self.pending[at..at + RECORD]);
+        }
+        self.file.read_exact_at(buf, pos * RECORD as u64)?;
+        Ok(&buf[..])
+    }
+
+    fn push(&mut self, rec: &Record) -> std::io::Result<()> {
+        self.pending.extend_from_slice(&rec.encode());
+        self.count += 1;
+        if self.pending.len() >= PENDING_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file
+            .write_all_at(&self.pending, self.written * RECORD as u64)?;
+        self.written = self.count;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Every record, raw, in the order pushed.
+    fn each(&self, mut f: impl FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+        each_record(&self.file, 0, self.written, |_, raw| f(raw))?;
+        self.pending.chunks_exact(RECORD).try_for_each(f)
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,100 +876,181 @@ mod tests {
         s
     }
 
-    /// A stat cache file holding keys `0..n`, each with its own sha, and the temp dir that
-    /// holds it.
-    fn saved(n: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+    fn cache_at(path: &Path) -> StatCache {
+        let mut cache = StatCache::load(path);
+        cache.set_racy_window(Duration::ZERO);
+        cache
+    }
+
+    /// A stat cache file holding `keys`, each with its own sha, remembered in that order,
+    /// and the temp dir that holds it.
+    fn saved(keys: impl Iterator<Item = u64>) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("statcache");
-        let mut cache = StatCache::load(&path);
-        for i in 0..n {
+        let mut cache = cache_at(&path);
+        for i in keys {
             cache.remember(key(i), sha(i));
         }
         cache.save(&path).unwrap();
         (dir, path)
     }
 
-    /// Every key of a table filled to its load is found with its own sha, by probes that
-    /// its first read answers and by those that go on past it (both occur at this size), and
-    /// a key not in it is not.
-    #[test]
-    fn a_full_table_finds_every_key_near_home_and_far_from_it() {
-        let n = 50_000;
-        let (_dir, path) = saved(n);
+    /// The inodes of the records of the file at `path`, in file order.
+    fn file_order(path: &Path) -> Vec<u64> {
+        let cache = StatCache::load(path);
+        let old = cache.old.as_ref().unwrap();
+        let mut inos = Vec::new();
+        each_record(&old.file, HEADER as u64, old.records, |_, raw| {
+            inos.push(StatKey::of(raw).ino);
+            Ok(())
+        })
+        .unwrap();
+        inos
+    }
 
-        let mut cache = StatCache::load(&path);
-        let table = cache.old.as_ref().unwrap();
-        assert!(
-            table.used * 10 > table.slots * (LOAD - 1),
-            "not near its load"
-        );
-        let mut farthest = 0;
-        for i in 0..n {
-            let (slot, _) = table
-                .find(&key(i), &mut Window::new(16), None)
-                .unwrap()
-                .unwrap();
-            farthest = farthest.max((slot + table.slots - table.home(&key(i))) % table.slots);
-        }
-        assert!(
-            farthest >= 16,
-            "no probe went past its first read (farthest {farthest})"
-        );
+    /// A rebuild that looks the files up in the order they were remembered reads the file
+    /// as a stream, in reads that grow to STREAM_MAX records, and never needs the index;
+    /// lookups in any other order find every key through the index, and a key not there
+    /// is not found.
+    #[test]
+    fn lookups_in_the_saved_order_read_the_records_as_a_stream() {
+        let n = 50_000;
+        let (_dir, path) = saved(0..n);
+
+        let mut cache = cache_at(&path);
         for i in 0..n {
             assert_eq!(cache.lookup(&key(i)), Some(sha(i)), "key {i}");
         }
+        assert_eq!(cache.found_in_order(), n);
+        let reads = cache.stream.reads;
+        assert!(
+            reads <= n / STREAM_MAX as u64 + 8,
+            "{reads} reads for {n} records in order"
+        );
+
+        let mut cache = cache_at(&path);
+        let shuffled = (0..n)
+            .rev()
+            .chain((0..n).step_by(7))
+            .chain((1..n).step_by(2));
+        for i in shuffled {
+            assert_eq!(cache.lookup(&key(i)), Some(sha(i)), "key {i}");
+        }
         assert_eq!(cache.lookup(&key(n + 1)), None);
+        let other_time = StatKey {
+            mtime_ns: 2_000,
+            ..key(5)
+        };
+        assert_eq!(cache.lookup(&other_time), None);
     }
 
-    /// A lookup of the next inode of the last one found's group first tries the slots
-    /// after it: a record there answers only if it is the key's and checks out. Keys looked
-    /// up in order, every other one (the slots after the last hit then hold other keys
-    /// first), and one whose record was damaged right after a hit all give what a probe
-    /// from home gives; most lookups in order are answered after the last hit.
+    /// Records are saved in the order the build met them: the old ones it kept in the old
+    /// order, then the ones it added in the order they were remembered.
     #[test]
-    fn the_slots_after_the_last_hit_answer_only_for_their_own_key() {
-        let n = 5_000;
-        let (_dir, path) = saved(n);
+    fn saves_keep_the_order_builds_meet_the_files_in() {
+        let order: Vec<u64> = (0..3_000).map(|i| (i * 7_919) % 3_000).collect();
+        let (_dir, path) = saved(order.iter().copied());
+        assert_eq!(file_order(&path), order);
 
-        // Damage key 101's record: its key bytes stay, its sha no longer checks out.
-        let probe = StatCache::load(&path);
-        let table = probe.old.as_ref().unwrap();
-        let (slot, _) = table
-            .find(&key(101), &mut Window::new(WINDOW), None)
-            .unwrap()
-            .unwrap();
-        let at = HEADER as u64 + slot * RECORD as u64 + 50;
+        // The next build finds every other old entry, in another order, and adds new ones.
+        let mut cache = cache_at(&path);
+        for i in (0..3_000).rev().step_by(2) {
+            assert_eq!(cache.lookup(&key(i)), Some(sha(i)));
+        }
+        let added: Vec<u64> = (0..500).map(|i| 10_000 + (i * 31) % 500).collect();
+        for &i in &added {
+            assert_eq!(cache.lookup(&key(i)), None);
+            cache.remember(key(i), sha(i));
+        }
+        cache.save(&path).unwrap();
+        let expected: Vec<u64> = order.iter().copied().chain(added).collect();
+        assert_eq!(file_order(&path), expected);
+        let mut cache = cache_at(&path);
+        for &i in &expected {
+            assert_eq!(cache.lookup(&key(i)), Some(sha(i)), "key {i}");
+        }
+    }
+
+    /// A damaged record is a miss, through the stream and through the index, and the
+    /// lookups after it go on finding their own.
+    #[test]
+    fn a_damaged_record_is_a_miss_and_the_next_ones_still_hit() {
+        let n = 5_000;
+        let (_dir, path) = saved(0..n);
+        // Damage record 101's sha: its key bytes stay, its check no longer matches.
+        let at = HEADER as u64 + 101 * RECORD as u64 + 50;
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&[0xff], at).unwrap();
 
-        let mut cache = StatCache::load(&path);
-        let mut after_last = 0;
-        for i in (0..n).chain((0..n).step_by(2)).chain([100, 101, 102]) {
-            let before = cache.old_hit.as_ref().map(|h| h.slot);
-            let found = cache.lookup(&key(i));
+        let mut cache = cache_at(&path);
+        for i in (0..n).chain((0..n).rev()).chain([100, 101, 102]) {
             let expected = (i != 101).then(|| sha(i));
-            assert_eq!(found, expected, "key {i}");
-            let now = cache.old_hit.as_ref().map(|h| h.slot);
-            if found.is_some() && before.zip(now).is_some_and(|(b, s)| s > b && s - b < 16) {
-                after_last += 1;
-            }
+            assert_eq!(cache.lookup(&key(i)), expected, "key {i}");
         }
-        assert!(after_last > n / 2, "{after_last} keys were after the last");
-        assert_eq!(cache.lookup(&key(n + 1)), None);
     }
 
-    /// Consecutive inodes get consecutive homes, so a walk's lookups read neighbouring
-    /// slots, which one kept window answers.
+    /// An index built a few slots at a time holds what one built in one pass holds: probes
+    /// that run past a pass's slots go on in the next, and those past the last slot from
+    /// the first. Keys are picked to home at the ends of passes and at the last slot.
     #[test]
-    fn neighbouring_inodes_have_neighbouring_homes() {
-        let file = tempfile::tempfile().unwrap();
-        let table = Table::create(file, 100_000).unwrap();
-        let group = 1u64 << GROUP_BITS;
-        for g in [0, 1, 977, 123_456_789] {
-            let first = table.home(&key(g * group));
-            for j in 1..group {
-                assert_eq!(table.home(&key(g * group + j)), (first + j) % table.slots);
-            }
+    fn an_index_built_in_passes_finds_every_record() {
+        let slots = 64;
+        let chunk = 10;
+        let homes = |i: u64| key(i).home_and_tag(slots).0;
+        let mut keys: Vec<u64> = Vec::new();
+        for want in [slots - 1, 9, 19, 29] {
+            keys.extend((0..).filter(|i| homes(*i) == want).take(4));
         }
+        let others: Vec<u64> = (0..1_000).filter(|i| !keys.contains(i)).take(16).collect();
+        keys.extend(others);
+        assert!(keys.len() * SLOTS_PER_ENTRY as usize <= slots as usize);
+
+        for chunk in [chunk, slots] {
+            let index = Index::build(tempfile::tempfile().unwrap(), 0, slots, chunk, |f| {
+                for (pos, i) in keys.iter().enumerate() {
+                    f(pos as u64, &key(*i));
+                }
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(index.used, keys.len() as u64);
+            for (pos, i) in keys.iter().enumerate() {
+                let found = index.find(&key(*i), |p| Ok((p == pos as u64).then_some(p)));
+                assert_eq!(
+                    found.unwrap(),
+                    Some(pos as u64),
+                    "key {i}, passes of {chunk}"
+                );
+            }
+            // A probe stops at an empty slot: a key not there takes none of the candidates.
+            let mut candidates = 0;
+            let none = index.find(&key(5_000), |_| {
+                candidates += 1;
+                Ok(None::<()>)
+            });
+            assert_eq!(none.unwrap(), None);
+            assert!(candidates < keys.len(), "{candidates} candidates");
+        }
+    }
+
+    /// What a build adds is found in the same build, before and after it is written to
+    /// its temp file and its index grows; a key remembered twice is kept once.
+    #[test]
+    fn added_entries_are_found_in_the_build_that_added_them() {
+        let mut cache = StatCache::new();
+        cache.set_racy_window(Duration::ZERO);
+        let n = 20_000;
+        for i in 0..n {
+            cache.remember(key(i), sha(i));
+            assert_eq!(cache.lookup(&key(i)), Some(sha(i)), "key {i} just added");
+        }
+        cache.remember(key(7), sha(7));
+        assert_eq!(cache.len(), n as usize);
+        for i in (0..n).rev() {
+            assert_eq!(cache.lookup(&key(i)), Some(sha(i)), "key {i}");
+        }
+        assert_eq!(cache.lookup(&key(n)), None);
+        let added = cache.added.as_ref().unwrap();
+        assert!(added.records.written > 0 && added.index.slots > index_slots(0));
     }
 }
