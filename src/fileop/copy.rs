@@ -396,6 +396,9 @@ impl Copier<'_> {
         file_mode: Option<u32>,
     ) -> Result<(), CopyError> {
         let ft = meta.file_type();
+        if ft.is_file() {
+            return self.copy_file(src, meta, dst_host, file_mode);
+        }
         let existing = fs::symlink_metadata(dst_host).ok();
         if ft.is_dir() {
             match existing {
@@ -429,36 +432,10 @@ impl Copier<'_> {
             }
             return Ok(());
         }
-        if let Some(m) = existing {
-            if m.is_dir() {
-                return Err(CopyError::ReplaceDirectory(self.display(dst_host)));
-            }
-            fs::remove_file(dst_host).map_err(|e| io_err(dst_host, e))?;
+        if existing.is_some() {
+            self.remove_existing(dst_host)?;
         }
-        if ft.is_file() {
-            if meta.nlink() > 1 {
-                if let Some(first) = self.inodes.get(&(meta.dev(), meta.ino())) {
-                    fs::hard_link(first, dst_host).map_err(|e| io_err(dst_host, e))?;
-                    self.stats.hardlinks += 1;
-                    return Ok(());
-                }
-                self.inodes
-                    .insert((meta.dev(), meta.ino()), dst_host.to_path_buf());
-            }
-            let mut from = File::open(src).map_err(|e| io_err(src, e))?;
-            let mut to = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .mode(0o600)
-                .open(dst_host)
-                .map_err(|e| io_err(dst_host, e))?;
-            let n = copy_data(&mut from, &mut to).map_err(|e| io_err(dst_host, e))?;
-            self.stats.files += 1;
-            self.stats.bytes += n;
-            // The metadata through the open file: no more path walks through the overlay.
-            return self.apply_meta(src, dst_host, meta, file_mode, Some((&from, &to)));
-        } else if ft.is_symlink() {
+        if ft.is_symlink() {
             let target = fs::read_link(src).map_err(|e| io_err(src, e))?;
             std::os::unix::fs::symlink(&target, dst_host).map_err(|e| io_err(dst_host, e))?;
             self.stats.symlinks += 1;
@@ -479,6 +456,72 @@ impl Copier<'_> {
             self.stats.specials += 1;
         }
         self.apply_meta(src, dst_host, meta, file_mode, None)
+    }
+
+    /// Copy the regular file `src` to `dst_host` (as [`Copier::copy_one`]). It is created
+    /// (or linked) first, and what was at `dst_host` is looked at only when that finds
+    /// something there: a copy into a new directory makes one path walk through the overlay
+    /// a file fewer (issue 23).
+    fn copy_file(
+        &mut self,
+        src: &Path,
+        meta: &Meta,
+        dst_host: &Path,
+        file_mode: Option<u32>,
+    ) -> Result<(), CopyError> {
+        if meta.nlink() > 1 {
+            if let Some(first) = self.inodes.get(&(meta.dev(), meta.ino())).cloned() {
+                if let Err(e) = fs::hard_link(&first, dst_host) {
+                    self.make_room(e, dst_host)?;
+                    fs::hard_link(&first, dst_host).map_err(|e| io_err(dst_host, e))?;
+                }
+                self.stats.hardlinks += 1;
+                return Ok(());
+            }
+            self.inodes
+                .insert((meta.dev(), meta.ino()), dst_host.to_path_buf());
+        }
+        let mut from = File::open(src).map_err(|e| io_err(src, e))?;
+        let create = || {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(dst_host)
+        };
+        let mut to = match create() {
+            Ok(to) => to,
+            Err(e) => {
+                self.make_room(e, dst_host)?;
+                create().map_err(|e| io_err(dst_host, e))?
+            }
+        };
+        let n = copy_data(&mut from, &mut to).map_err(|e| io_err(dst_host, e))?;
+        self.stats.files += 1;
+        self.stats.bytes += n;
+        // The metadata through the open file: no more path walks through the overlay.
+        self.apply_meta(src, dst_host, meta, file_mode, Some((&from, &to)))
+    }
+
+    /// After `made` failed to create an entry at `dst_host`: room made if something was
+    /// there ([`Copier::remove_existing`]), the error otherwise.
+    fn make_room(&self, made: std::io::Error, dst_host: &Path) -> Result<(), CopyError> {
+        if made.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(io_err(dst_host, made));
+        }
+        self.remove_existing(dst_host)
+    }
+
+    /// Make room at `dst_host` for an entry that is not a directory: what is there goes,
+    /// unless it is a directory (an error, as fsutil's).
+    fn remove_existing(&self, dst_host: &Path) -> Result<(), CopyError> {
+        match fs::symlink_metadata(dst_host) {
+            Ok(m) if m.is_dir() => Err(CopyError::ReplaceDirectory(self.display(dst_host))),
+            Ok(_) => fs::remove_file(dst_host).map_err(|e| io_err(dst_host, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(dst_host, e)),
+        }
     }
 
     /// The error for a source directory meeting the image's symlink at `host`.
@@ -906,6 +949,42 @@ mod tests {
         );
         assert_eq!(listing(&e.dst, "/exists")[0], "d /exists 700 0:0 0");
         assert_eq!(listing(&e.dst, "/exists").len(), 5);
+    }
+
+    /// A file copied where the image has an entry replaces a file, a symlink (never
+    /// written through) or a hard link, and refuses a directory; the second path of a
+    /// hard-linked source does the same. A copy into a new directory creates each file
+    /// without looking first, so this is the path taken on `EEXIST`.
+    #[test]
+    #[ignore = "needs root"]
+    fn files_replace_what_is_there_but_directories() {
+        crate::layer::testutil::needs_root();
+        let e = env();
+        fs::hard_link(e.src.join("dir/a.txt"), e.src.join("dir/hard")).unwrap();
+        fs::create_dir_all(e.dst.join("d")).unwrap();
+        write(&e.dst.join("d/a.txt"), "old", 0o600);
+        write(&e.dst.join("elsewhere"), "keep", 0o644);
+        symlink("/elsewhere", e.dst.join("d/hard")).unwrap();
+        fs::hard_link(e.dst.join("elsewhere"), e.dst.join("d/out")).unwrap();
+        let stats = run(&e, &job(&["dir"], "/d/")).unwrap();
+        assert_eq!((stats.files, stats.hardlinks), (2, 1));
+        assert_eq!(fs::read_to_string(e.dst.join("d/a.txt")).unwrap(), "aaa");
+        let (a, hard) = (e.dst.join("d/a.txt"), e.dst.join("d/hard"));
+        let ino = |p: &Path| fs::symlink_metadata(p).unwrap().ino();
+        assert_eq!(ino(&a), ino(&hard));
+        assert!(fs::symlink_metadata(e.dst.join("d/out"))
+            .unwrap()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(e.dst.join("elsewhere")).unwrap(), "keep");
+        assert_eq!(fs::metadata(e.dst.join("elsewhere")).unwrap().nlink(), 1);
+
+        fs::create_dir_all(e.dst.join("t/top.txt/inner")).unwrap();
+        let err = run(&e, &job(&["top.txt"], "/t/")).unwrap_err();
+        assert!(
+            matches!(err, CopyError::ReplaceDirectory(ref p) if p == "/t/top.txt"),
+            "{err}"
+        );
+        assert!(e.dst.join("t/top.txt/inner").is_dir());
     }
 
     /// The xattrs a layer keeps are copied, from a regular file (through the open files)
