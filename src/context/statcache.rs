@@ -312,7 +312,7 @@ impl StatCache {
                 return Some(rec.sha);
             }
         }
-        self.added.as_ref()?.find(key).ok().flatten()
+        self.added.as_mut()?.find(key).ok().flatten()
     }
 
     pub(crate) fn remember(&mut self, key: StatKey, sha: [u8; 32]) {
@@ -447,8 +447,8 @@ impl Stream {
         (self.bytes.len() / RECORD) as u64
     }
 
-    /// The raw bytes of record `pos` of the `count` in `file`.
-    fn record(&mut self, file: &File, count: u64, pos: u64) -> std::io::Result<&[u8]> {
+    /// The raw bytes of record `pos` of the `count` in `file` from byte `base` on.
+    fn record(&mut self, file: &File, base: u64, count: u64, pos: u64) -> std::io::Result<&[u8]> {
         if pos < self.first || pos >= self.first + self.held() {
             let n = if pos == self.first + self.held() && self.held() > 0 {
                 (self.held() as usize * 2).min(STREAM_MAX)
@@ -459,7 +459,7 @@ impl Stream {
             self.bytes.resize(n * RECORD, 0);
             self.first = pos;
             self.reads += 1;
-            let at = HEADER as u64 + pos * RECORD as u64;
+            let at = base + pos * RECORD as u64;
             if let Err(e) = file.read_exact_at(&mut self.bytes, at) {
                 self.bytes.clear();
                 return Err(e);
@@ -542,31 +542,51 @@ impl Log {
         self.file.write_all_at(&h, 0)
     }
 
-    /// `key`'s record and its number. Record `next` (the one after the last found) is
-    /// tried first, through `stream`: a walk in the order of the last save finds every file
-    /// there. Otherwise the index names the candidates.
+    /// `key`'s record and its number ([`find_record`]), read through `stream`.
     fn find(
         &self,
         key: &StatKey,
         next: u64,
         stream: &mut Stream,
     ) -> std::io::Result<Option<(u64, Record)>> {
-        let want = key.bytes();
-        if next < self.records {
-            let raw = stream.record(&self.file, self.records, next)?;
-            if let Some(r) = Record::of_key(raw, key, &want) {
-                stream.guessed += 1;
-                return Ok(Some((next, r)));
-            }
+        let found = find_record(key, next, self.records, &self.index, |pos| {
+            raw_copy(stream.record(&self.file, HEADER as u64, self.records, pos)?)
+        })?;
+        if found.as_ref().is_some_and(|(pos, _)| *pos == next) {
+            stream.guessed += 1;
         }
-        self.index.find(key, |pos| {
-            if pos >= self.records {
-                return Ok(None);
-            }
-            let raw = stream.record(&self.file, self.records, pos)?;
-            Ok(Record::of_key(raw, key, &want).map(|r| (pos, r)))
-        })
+        Ok(found)
     }
+}
+
+/// `key`'s record and its number among `count` records that `raw` reads. Record `next` (the
+/// one after the last found) is tried first: a walk in the order the records were written
+/// finds every file there. Otherwise the index names the candidates.
+fn find_record(
+    key: &StatKey,
+    next: u64,
+    count: u64,
+    index: &Index,
+    mut raw: impl FnMut(u64) -> std::io::Result<[u8; RECORD]>,
+) -> std::io::Result<Option<(u64, Record)>> {
+    let want = key.bytes();
+    if next < count {
+        if let Some(r) = Record::of_key(&raw(next)?, key, &want) {
+            return Ok(Some((next, r)));
+        }
+    }
+    index.find(key, |pos| {
+        if pos >= count {
+            return Ok(None);
+        }
+        Ok(Record::of_key(&raw(pos)?, key, &want).map(|r| (pos, r)))
+    })
+}
+
+/// A record's bytes, out of the buffer they were read into.
+fn raw_copy(raw: &[u8]) -> std::io::Result<[u8; RECORD]> {
+    raw.try_into()
+        .map_err(|_| std::io::Error::other("short stat cache record"))
 }
 
 /// Index slots for `entries`.
@@ -741,6 +761,9 @@ impl Index {
 struct Added {
     records: Appended,
     index: Index,
+    /// The written records as last read, and the one after the last found.
+    stream: Stream,
+    next: u64,
     /// Where its temp files go.
     dir: Option<PathBuf>,
 }
@@ -755,17 +778,30 @@ impl Added {
                 written: 0,
             },
             index: Index::empty(temp_file(&dir)?, index_slots(0))?,
+            stream: Stream::default(),
+            next: 0,
             dir,
         })
     }
 
-    fn find(&self, key: &StatKey) -> std::io::Result<Option<[u8; 32]>> {
-        let want = key.bytes();
-        let mut buf = [0u8; RECORD];
-        self.index.find(key, |pos| {
-            let raw = self.records.record(pos, &mut buf)?;
-            Ok(Record::of_key(raw, key, &want).map(|r| r.sha))
-        })
+    /// `key`'s sha ([`find_record`]): a second walk of the same files in one build (the
+    /// listing `rbuild explain` keeps) finds them one after the other.
+    fn find(&mut self, key: &StatKey) -> std::io::Result<Option<[u8; 32]>> {
+        let (records, stream) = (&self.records, &mut self.stream);
+        let found = find_record(key, self.next, records.count, &self.index, |pos| {
+            if pos >= records.written {
+                let mut buf = [0u8; RECORD];
+                return raw_copy(records.record(pos, &mut buf)?);
+            }
+            raw_copy(stream.record(&records.file, 0, records.written, pos)?)
+        })?;
+        Ok(found.map(|(pos, rec)| {
+            if pos == self.next {
+                self.stream.guessed += 1;
+            }
+            self.next = pos + 1;
+            rec.sha
+        }))
     }
 
     /// Append `rec` unless its key is there already.
@@ -1052,5 +1088,15 @@ mod tests {
         assert_eq!(cache.lookup(&key(n)), None);
         let added = cache.added.as_ref().unwrap();
         assert!(added.records.written > 0 && added.index.slots > index_slots(0));
+        // A second walk in the same order finds each one where the last left off, the
+        // written ones and those still in memory.
+        let (guessed, reads) = (added.stream.guessed, added.stream.reads);
+        for i in 0..n {
+            assert_eq!(cache.lookup(&key(i)), Some(sha(i)), "key {i} again");
+        }
+        let added = cache.added.as_ref().unwrap();
+        assert_eq!(added.stream.guessed - guessed, n - 1);
+        let reads = added.stream.reads - reads;
+        assert!(reads <= n / STREAM_MAX as u64 + 8, "{reads} reads");
     }
 }
