@@ -549,8 +549,10 @@ impl Log {
         next: u64,
         stream: &mut Stream,
     ) -> std::io::Result<Option<(u64, Record)>> {
+        let want = key.bytes();
         let found = find_record(key, next, self.records, &self.index, |pos| {
-            raw_copy(stream.record(&self.file, HEADER as u64, self.records, pos)?)
+            let raw = stream.record(&self.file, HEADER as u64, self.records, pos)?;
+            Ok(Record::of_key(raw, key, &want))
         })?;
         if found.as_ref().is_some_and(|(pos, _)| *pos == next) {
             stream.guessed += 1;
@@ -559,19 +561,19 @@ impl Log {
     }
 }
 
-/// `key`'s record and its number among `count` records that `raw` reads. Record `next` (the
-/// one after the last found) is tried first: a walk in the order the records were written
-/// finds every file there. Otherwise the index names the candidates.
+/// `key`'s record and its number among `count` records: `of_key` reads one and gives it if
+/// it is `key`'s ([`Record::of_key`]). Record `next` (the one after the last found) is tried
+/// first: a walk in the order the records were written finds every file there. Otherwise
+/// the index names the candidates.
 fn find_record(
     key: &StatKey,
     next: u64,
     count: u64,
     index: &Index,
-    mut raw: impl FnMut(u64) -> std::io::Result<[u8; RECORD]>,
+    mut of_key: impl FnMut(u64) -> std::io::Result<Option<Record>>,
 ) -> std::io::Result<Option<(u64, Record)>> {
-    let want = key.bytes();
     if next < count {
-        if let Some(r) = Record::of_key(&raw(next)?, key, &want) {
+        if let Some(r) = of_key(next)? {
             return Ok(Some((next, r)));
         }
     }
@@ -579,14 +581,8 @@ fn find_record(
         if pos >= count {
             return Ok(None);
         }
-        Ok(Record::of_key(&raw(pos)?, key, &want).map(|r| (pos, r)))
+        Ok(of_key(pos)?.map(|r| (pos, r)))
     })
-}
-
-/// A record's bytes, out of the buffer they were read into.
-fn raw_copy(raw: &[u8]) -> std::io::Result<[u8; RECORD]> {
-    raw.try_into()
-        .map_err(|_| std::io::Error::other("short stat cache record"))
 }
 
 /// Index slots for `entries`.
@@ -788,12 +784,15 @@ impl Added {
     /// listing `rbuild explain` keeps) finds them one after the other.
     fn find(&mut self, key: &StatKey) -> std::io::Result<Option<[u8; 32]>> {
         let (records, stream) = (&self.records, &mut self.stream);
+        let want = key.bytes();
         let found = find_record(key, self.next, records.count, &self.index, |pos| {
-            if pos >= records.written {
-                let mut buf = [0u8; RECORD];
-                return raw_copy(records.record(pos, &mut buf)?);
-            }
-            raw_copy(stream.record(&records.file, 0, records.written, pos)?)
+            let mut buf = [0u8; RECORD];
+            let raw = if pos >= records.written {
+                records.record(pos, &mut buf)?
+            } else {
+                stream.record(&records.file, 0, records.written, pos)?
+            };
+            Ok(Record::of_key(raw, key, &want))
         })?;
         Ok(found.map(|(pos, rec)| {
             if pos == self.next {
