@@ -138,6 +138,17 @@ pub enum CopyError {
     },
 }
 
+/// A new file at `path` for writing, private until its metadata is set; never through a
+/// symlink, never over an entry.
+fn create_new(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
+}
+
 fn io_err(path: &Path, e: io::Error) -> CopyError {
     CopyError::Context(ContextError::io(path, e))
 }
@@ -443,13 +454,7 @@ impl Copier<'_> {
             // BuildKit sends a socket as an empty regular file with its permission bits
             // (fsutil's mkstat clears the socket bit; the sender cannot open it, so no data
             // follows); apply_meta below gives it those bits.
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .mode(0o600)
-                .open(dst_host)
-                .map_err(|e| io_err(dst_host, e))?;
+            create_new(dst_host).map_err(|e| io_err(dst_host, e))?;
             self.stats.files += 1;
         } else {
             mknod(dst_host, meta.mode(), meta.rdev())?;
@@ -482,19 +487,11 @@ impl Copier<'_> {
                 .insert((meta.dev(), meta.ino()), dst_host.to_path_buf());
         }
         let mut from = File::open(src).map_err(|e| io_err(src, e))?;
-        let create = || {
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .mode(0o600)
-                .open(dst_host)
-        };
-        let mut to = match create() {
+        let mut to = match create_new(dst_host) {
             Ok(to) => to,
             Err(e) => {
                 self.make_room(e, dst_host)?;
-                create().map_err(|e| io_err(dst_host, e))?
+                create_new(dst_host).map_err(|e| io_err(dst_host, e))?
             }
         };
         let n = copy_data(&mut from, &mut to).map_err(|e| io_err(dst_host, e))?;
