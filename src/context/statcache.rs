@@ -612,12 +612,12 @@ impl Index {
         })
     }
 
-    /// Walk the probe of `key`: `f` gets each entry of the key's tag until it returns a
-    /// result; `Ok(None)` at the first empty slot. `f` also gets the slot.
+    /// Walk the probe of `key`: `f` gets the record number of each entry of the key's tag
+    /// until it returns a result; `Err` with the first empty slot if none does.
     fn probe<T>(
         &self,
         key: &StatKey,
-        mut f: impl FnMut(u64, u64) -> std::io::Result<Option<T>>,
+        mut f: impl FnMut(u64) -> std::io::Result<Option<T>>,
     ) -> std::io::Result<Result<T, u64>> {
         let (home, tag) = key.home_and_tag(self.slots);
         let mut buf = [0u8; PROBE_READ * 8];
@@ -632,8 +632,10 @@ impl Index {
                 if entry == 0 {
                     return Ok(Err(slot));
                 }
-                if entry >> POS_BITS == tag {
-                    if let Some(t) = f(slot, (entry & ((1 << POS_BITS) - 1)) - 1)? {
+                // A damaged entry may name no record (0): it is no candidate.
+                let pos = (entry & ((1 << POS_BITS) - 1)).checked_sub(1);
+                if let Some(pos) = pos.filter(|_| entry >> POS_BITS == tag) {
+                    if let Some(t) = f(pos)? {
                         return Ok(Ok(t));
                     }
                 }
@@ -648,9 +650,9 @@ impl Index {
     fn find<T>(
         &self,
         key: &StatKey,
-        mut is: impl FnMut(u64) -> std::io::Result<Option<T>>,
+        is: impl FnMut(u64) -> std::io::Result<Option<T>>,
     ) -> std::io::Result<Option<T>> {
-        Ok(self.probe(key, |_, pos| is(pos))?.ok())
+        Ok(self.probe(key, is)?.ok())
     }
 
     /// Add record `pos` of `key` unless `is` accepts a candidate (the key is there
@@ -661,7 +663,7 @@ impl Index {
         pos: u64,
         mut is: impl FnMut(u64) -> std::io::Result<bool>,
     ) -> std::io::Result<bool> {
-        let found = self.probe(key, |_, p| Ok(is(p)?.then_some(())))?;
+        let found = self.probe(key, |p| Ok(is(p)?.then_some(())))?;
         let Err(empty) = found else {
             return Ok(false);
         };
@@ -1021,6 +1023,21 @@ mod tests {
         for i in (0..n).chain((0..n).rev()).chain([100, 101, 102]) {
             let expected = (i != 101).then(|| sha(i));
             assert_eq!(cache.lookup(&key(i)), expected, "key {i}");
+        }
+
+        // An index whose entries name no record, or records past the end, with the tag of
+        // the key looked up: misses, not a panic, while the records in order still hit.
+        let log = StatCache::load(&path).old.unwrap();
+        let (_, tag) = key(7).home_and_tag(log.index.slots);
+        let garbage = [tag << POS_BITS, (tag << POS_BITS) | ((1 << POS_BITS) - 1)];
+        let entries: Vec<u8> = (0..log.index.slots)
+            .flat_map(|i| garbage[i as usize % 2].to_le_bytes())
+            .collect();
+        file.write_all_at(&entries, log.index.at).unwrap();
+        let mut cache = cache_at(&path);
+        assert_eq!(cache.lookup(&key(7)), None);
+        for i in 0..5 {
+            assert_eq!(cache.lookup(&key(i)), Some(sha(i)), "key {i} in order");
         }
     }
 
