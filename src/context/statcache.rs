@@ -138,10 +138,8 @@ pub struct StatCache {
     found: Vec<u64>,
     /// Whether this build found an entry due for a refresh ([`REFRESH_AFTER`]).
     stale_found: bool,
-    /// `old`'s records as last read, and the one after the last found: the next lookup's
-    /// first guess.
+    /// `old`'s records as last read, and the one after the last found.
     stream: Stream,
-    next: u64,
     /// Entries added this build; made on the first one.
     added: Option<Added>,
     /// Where temp files go: beside the cache file.
@@ -167,7 +165,6 @@ impl StatCache {
             found: Vec::new(),
             stale_found: false,
             stream: Stream::default(),
-            next: 0,
             added: None,
             dir: None,
             generation: 1,
@@ -194,7 +191,7 @@ impl StatCache {
     /// found nothing due for a refresh and has nothing to drop only counts itself in the
     /// file's header (every entry aged a build).
     pub fn save(&self, path: &Path) -> Result<(), ContextError> {
-        let none_added = self.added.as_ref().is_none_or(|a| a.records.count == 0);
+        let none_added = self.added.as_ref().is_none_or(|a| a.records.count() == 0);
         let none_due = |old: &Log| self.generation.wrapping_sub(old.oldest) < DROP_AFTER;
         if !self.stale_found && none_added && self.old.as_ref().is_some_and(none_due) {
             // One aligned 4-byte write: a reader sees the old generation or the new one.
@@ -285,7 +282,10 @@ impl StatCache {
                 Ok(())
             });
         }
-        n + self.added.as_ref().map_or(0, |a| a.records.count as usize)
+        n + self
+            .added
+            .as_ref()
+            .map_or(0, |a| a.records.count() as usize)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -305,8 +305,8 @@ impl StatCache {
 
     pub(crate) fn lookup(&mut self, key: &StatKey) -> Option<[u8; 32]> {
         if let Some(old) = &self.old {
-            if let Ok(Some((pos, rec))) = old.find(key, self.next, &mut self.stream) {
-                self.next = pos + 1;
+            let found = self.stream.find(key, &old.records(), &old.index);
+            if let Ok(Some((pos, rec))) = found {
                 self.found[(pos / 64) as usize] |= 1 << (pos % 64);
                 self.stale_found |= self.generation.wrapping_sub(rec.generation) >= REFRESH_AFTER;
                 return Some(rec.sha);
@@ -430,13 +430,30 @@ fn each_record(
     Ok(())
 }
 
-/// Records of a [`Log`] as last read: from `first`, as many as `bytes` holds. A read
-/// right after the last one reads twice as many (up to [`STREAM_MAX`]); any other reads
-/// [`STREAM_FIRST`], so lookups in another order than the file's read little.
+/// Records a [`Stream`] reads: those before `written` in `file` from byte `base` on, the
+/// rest in `pending`.
+struct Records<'a> {
+    file: &'a File,
+    base: u64,
+    written: u64,
+    pending: &'a [u8],
+}
+
+impl Records<'_> {
+    fn count(&self) -> u64 {
+        self.written + (self.pending.len() / RECORD) as u64
+    }
+}
+
+/// Records as last read: from `first`, as many as `bytes` holds. A read right after the
+/// last one reads twice as many (up to [`STREAM_MAX`]); any other reads [`STREAM_FIRST`],
+/// so lookups in another order than the records' read little. `next` is the record after
+/// the last one found: the next lookup's first guess.
 #[derive(Debug, Default)]
 struct Stream {
     first: u64,
     bytes: Vec<u8>,
+    next: u64,
     /// Reads made, and lookups the record after the last found answered (for tests).
     reads: u64,
     guessed: u64,
@@ -447,26 +464,61 @@ impl Stream {
         (self.bytes.len() / RECORD) as u64
     }
 
-    /// The raw bytes of record `pos` of the `count` in `file` from byte `base` on.
-    fn record(&mut self, file: &File, base: u64, count: u64, pos: u64) -> std::io::Result<&[u8]> {
+    /// The raw bytes of record `pos` of `records`.
+    fn record<'s>(&'s mut self, records: &Records<'s>, pos: u64) -> std::io::Result<&'s [u8]> {
+        if pos >= records.written {
+            let at = (pos - records.written) as usize * RECORD;
+            return Ok(&records.pending[at..at + RECORD]);
+        }
         if pos < self.first || pos >= self.first + self.held() {
             let n = if pos == self.first + self.held() && self.held() > 0 {
                 (self.held() as usize * 2).min(STREAM_MAX)
             } else {
                 STREAM_FIRST
             };
-            let n = (n as u64).min(count - pos) as usize;
+            let n = (n as u64).min(records.written - pos) as usize;
             self.bytes.resize(n * RECORD, 0);
             self.first = pos;
             self.reads += 1;
-            let at = base + pos * RECORD as u64;
-            if let Err(e) = file.read_exact_at(&mut self.bytes, at) {
+            let at = records.base + pos * RECORD as u64;
+            if let Err(e) = records.file.read_exact_at(&mut self.bytes, at) {
                 self.bytes.clear();
                 return Err(e);
             }
         }
         let at = (pos - self.first) as usize * RECORD;
         Ok(&self.bytes[at..at + RECORD])
+    }
+
+    /// `key`'s record and its number among `records`, which `index` indexes. The record
+    /// after the last found is tried first: a walk in the order the records were written
+    /// finds every file there. Otherwise the index names the candidates.
+    fn find(
+        &mut self,
+        key: &StatKey,
+        records: &Records,
+        index: &Index,
+    ) -> std::io::Result<Option<(u64, Record)>> {
+        let want = key.bytes();
+        let count = records.count();
+        let of_key = |stream: &mut Stream, pos: u64| -> std::io::Result<Option<Record>> {
+            if pos >= count {
+                return Ok(None);
+            }
+            Ok(Record::of_key(stream.record(records, pos)?, key, &want))
+        };
+        let next = self.next;
+        let found = match of_key(self, next)? {
+            Some(r) => {
+                self.guessed += 1;
+                Some((next, r))
+            }
+            None => index.find(key, |pos| Ok(of_key(self, pos)?.map(|r| (pos, r))))?,
+        };
+        if let Some((pos, _)) = &found {
+            self.next = pos + 1;
+        }
+        Ok(found)
     }
 }
 
@@ -542,47 +594,15 @@ impl Log {
         self.file.write_all_at(&h, 0)
     }
 
-    /// `key`'s record and its number ([`find_record`]), read through `stream`.
-    fn find(
-        &self,
-        key: &StatKey,
-        next: u64,
-        stream: &mut Stream,
-    ) -> std::io::Result<Option<(u64, Record)>> {
-        let want = key.bytes();
-        let found = find_record(key, next, self.records, &self.index, |pos| {
-            let raw = stream.record(&self.file, HEADER as u64, self.records, pos)?;
-            Ok(Record::of_key(raw, key, &want))
-        })?;
-        if found.as_ref().is_some_and(|(pos, _)| *pos == next) {
-            stream.guessed += 1;
-        }
-        Ok(found)
-    }
-}
-
-/// `key`'s record and its number among `count` records: `of_key` reads one and gives it if
-/// it is `key`'s ([`Record::of_key`]). Record `next` (the one after the last found) is tried
-/// first: a walk in the order the records were written finds every file there. Otherwise
-/// the index names the candidates.
-fn find_record(
-    key: &StatKey,
-    next: u64,
-    count: u64,
-    index: &Index,
-    mut of_key: impl FnMut(u64) -> std::io::Result<Option<Record>>,
-) -> std::io::Result<Option<(u64, Record)>> {
-    if next < count {
-        if let Some(r) = of_key(next)? {
-            return Ok(Some((next, r)));
+    /// Its records, as a [`Stream`] reads them.
+    fn records(&self) -> Records<'_> {
+        Records {
+            file: &self.file,
+            base: HEADER as u64,
+            written: self.records,
+            pending: &[],
         }
     }
-    index.find(key, |pos| {
-        if pos >= count {
-            return Ok(None);
-        }
-        Ok(of_key(pos)?.map(|r| (pos, r)))
-    })
 }
 
 /// Index slots for `entries`.
@@ -759,9 +779,8 @@ impl Index {
 struct Added {
     records: Appended,
     index: Index,
-    /// The written records as last read, and the one after the last found.
+    /// Its records as last read, and the one after the last found.
     stream: Stream,
-    next: u64,
     /// Where its temp files go.
     dir: Option<PathBuf>,
 }
@@ -771,38 +790,22 @@ impl Added {
         Ok(Added {
             records: Appended {
                 file: temp_file(&dir)?,
-                count: 0,
                 pending: Vec::new(),
                 written: 0,
             },
             index: Index::empty(temp_file(&dir)?, index_slots(0))?,
             stream: Stream::default(),
-            next: 0,
             dir,
         })
     }
 
-    /// `key`'s sha ([`find_record`]): a second walk of the same files in one build (the
+    /// `key`'s sha ([`Stream::find`]): a second walk of the same files in one build (the
     /// listing `rbuild explain` keeps) finds them one after the other.
     fn find(&mut self, key: &StatKey) -> std::io::Result<Option<[u8; 32]>> {
-        let (records, stream) = (&self.records, &mut self.stream);
-        let want = key.bytes();
-        let found = find_record(key, self.next, records.count, &self.index, |pos| {
-            let mut buf = [0u8; RECORD];
-            let raw = if pos >= records.written {
-                records.record(pos, &mut buf)?
-            } else {
-                stream.record(&records.file, 0, records.written, pos)?
-            };
-            Ok(Record::of_key(raw, key, &want))
-        })?;
-        Ok(found.map(|(pos, rec)| {
-            if pos == self.next {
-                self.stream.guessed += 1;
-            }
-            self.next = pos + 1;
-            rec.sha
-        }))
+        let found = self
+            .stream
+            .find(key, &self.records.records(), &self.index)?;
+        Ok(found.map(|(_, rec)| rec.sha))
     }
 
     /// Append `rec` unless its key is there already.
@@ -811,10 +814,11 @@ impl Added {
             self.grow()?;
         }
         let want = rec.key.bytes();
-        let mut buf = [0u8; RECORD];
-        let records = &self.records;
-        let new = self.index.insert(&rec.key, records.count, |pos| {
-            let raw = records.record(pos, &mut buf)?;
+        // A candidate's record is read on its own (tags rarely match), not through the
+        // lookups' stream.
+        let (records, mut stream) = (self.records.records(), Stream::default());
+        let new = self.index.insert(&rec.key, records.count(), |pos| {
+            let raw = stream.record(&records, pos)?;
             Ok(Record::of_key(raw, &rec.key, &want).is_some())
         })?;
         if new {
@@ -828,7 +832,7 @@ impl Added {
         self.records.flush()?;
         let records = &self.records;
         let file = temp_file(&self.dir)?;
-        let slots = index_slots(records.count * 2);
+        let slots = index_slots(records.count() * 2);
         file.set_len(slots * 8)?;
         self.index = Index::build(file, 0, slots, BUILD_SLOTS, |f| {
             each_record(&records.file, 0, records.written, |pos, raw| {
@@ -853,26 +857,28 @@ fn temp_file(dir: &Option<PathBuf>) -> std::io::Result<File> {
 #[derive(Debug)]
 struct Appended {
     file: File,
-    count: u64,
-    /// Records `written..count`, not yet in the file.
-    pending: Vec<u8>,
+    /// Records written to the file, and those after them, not yet written.
     written: u64,
+    pending: Vec<u8>,
 }
 
 impl Appended {
-    /// The raw bytes of record `pos` (read into `buf` if it was written).
-    fn record<'a>(&'a self, pos: u64, buf: &'a mut [u8; RECORD]) -> std::io::Result<&'a [u8]> {
-        if pos >= self.written {
-            let at = (pos - self.written) as usize * RECORD;
-            return Ok(&self.pending[at..at + RECORD]);
+    fn count(&self) -> u64 {
+        self.records().count()
+    }
+
+    /// Its records, as a [`Stream`] reads them.
+    fn records(&self) -> Records<'_> {
+        Records {
+            file: &self.file,
+            base: 0,
+            written: self.written,
+            pending: &self.pending,
         }
-        self.file.read_exact_at(buf, pos * RECORD as u64)?;
-        Ok(&buf[..])
     }
 
     fn push(&mut self, rec: &Record) -> std::io::Result<()> {
         self.pending.extend_from_slice(&rec.encode());
-        self.count += 1;
         if self.pending.len() >= PENDING_BYTES {
             self.flush()?;
         }
@@ -882,7 +888,7 @@ impl Appended {
     fn flush(&mut self) -> std::io::Result<()> {
         self.file
             .write_all_at(&self.pending, self.written * RECORD as u64)?;
-        self.written = self.count;
+        self.written = self.count();
         self.pending.clear();
         Ok(())
     }
@@ -893,6 +899,7 @@ impl Appended {
         self.pending.chunks_exact(RECORD).try_for_each(f)
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
