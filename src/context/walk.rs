@@ -344,7 +344,8 @@ const AHEAD_MIN: usize = 64;
 /// only for a name the other side has claimed and not finished. A cached rebuild of a
 /// large context is one statx a file, and on one thread that was the build's critical
 /// path (docs/performance.md, issue 23). The walk uses the results as it would its own:
-/// same call, same directory (opened again by "." from its fd), same order of errors.
+/// same call, same directory (its own fd of it, opened again by "." from the walk's), same
+/// order of errors.
 struct Ahead {
     dir: OwnedFd,
     names: Vec<u8>,
@@ -365,9 +366,9 @@ impl Ahead {
             return None;
         }
         let queue = AHEAD_QUEUE.get_or_init(spawn_stat_ahead).as_ref()?;
-        // The directory opened again, not its fd duplicated: each `statx` takes a reference
-        // on its dirfd's open file, and two threads taking them on one file contend for
-        // its count.
+        // The other thread's fd of the directory: opened again, not duplicated. Each `statx`
+        // takes a reference on its dirfd's open file, and two threads taking them on one
+        // file contend for its count, so each side stats relative to its own.
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let dir = openat(held.fd(), ".", flags, Mode::empty()).ok()?;
         let mut buf = Vec::new();
@@ -402,14 +403,11 @@ impl Ahead {
         ))
     }
 
-    fn stat(&self, i: usize) -> std::io::Result<Meta> {
-        Meta::at(&self.dir, self.name(i), false)
-    }
-
-    /// The walk's stat of name `i`: its own, or the other side's.
-    fn take(&self, i: usize) -> std::io::Result<Meta> {
+    /// The walk's stat of name `i`: its own, relative to `own` (the walk's fd of the same
+    /// directory, not [`Ahead::dir`]: see [`Ahead::start`]), or the other side's.
+    fn take(&self, i: usize, own: BorrowedFd<'_>) -> std::io::Result<Meta> {
         if !self.claimed[i].swap(true, Ordering::AcqRel) {
-            return self.stat(i);
+            return Meta::at(own, self.name(i), false);
         }
         let done = match self.done[i].get() {
             Some(done) => done,
@@ -446,7 +444,7 @@ impl Ahead {
             if Arc::strong_count(&self) == 1 || self.claimed[i].swap(true, Ordering::AcqRel) {
                 return;
             }
-            let _ = self.done[i].set(self.stat(i));
+            let _ = self.done[i].set(Meta::at(&self.dir, self.name(i), false));
             // Read before it is swapped: a write every name would take the flag's cache
             // line from the walk's core, which reads the fields beside it every name. A
             // wake missed by the plain read is the walk's 1 ms timeout, at most.
@@ -688,13 +686,14 @@ impl Walk<'_> {
                 self.push(dir, listing)?;
                 continue;
             }
-            let stat = match frame.ahead.as_mut() {
-                Some((ahead, next)) => {
+            // A frame has an `ahead` only with a directory held open (`Ahead::start`).
+            let stat = match (frame.ahead.as_mut(), held) {
+                (Some((ahead, next)), Some(own)) => {
                     debug_assert_eq!(ahead.name(*next), Path::new(name));
                     *next += 1;
-                    gone_is_none(&dir.host, ahead.take(*next - 1))
+                    gone_is_none(&dir.host, ahead.take(*next - 1, own.fd()))
                 }
-                None => stat_in(held, name, &dir.host),
+                _ => stat_in(held, name, &dir.host),
             };
             let Some(meta) = stat? else {
                 continue; // removed while walking
