@@ -50,8 +50,9 @@ fn stat_key(m: &Meta) -> Option<StatKey> {
 const READ_BUFFER: usize = 256 * 1024;
 
 /// The sha256 of a file's bytes, read through `buf` (one per thread, not one per file: a
-/// zeroed 256 KiB buffer a file was 13 % of a first build of 100,000 empty files).
-fn hash_file(path: &Path, buf: &mut [u8]) -> Result<[u8; 32], ContextError> {
+/// zeroed 256 KiB buffer a file was 13 % of a first build of 100,000 empty files), and
+/// the stat key of what was read, taken once it was read (`None` if that stat failed).
+fn hash_file(path: &Path, buf: &mut [u8]) -> Result<([u8; 32], Option<StatKey>), ContextError> {
     let mut f = std::fs::File::open(path).map_err(|e| ContextError::io(path, e))?;
     let mut h = Sha256::new();
     loop {
@@ -63,7 +64,10 @@ fn hash_file(path: &Path, buf: &mut [u8]) -> Result<[u8; 32], ContextError> {
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(&h.finalize());
-    Ok(out)
+    // By the open file, not its path again: a path walk a file less (issue 23), on the
+    // hashing threads rather than the digest's.
+    let after = Meta::of(&f).ok().as_ref().and_then(stat_key);
+    Ok((out, after))
 }
 
 struct Record {
@@ -409,7 +413,7 @@ fn hash_files(batch: &mut [Record], cache: &mut StatCache) -> Result<(), Context
     }
     let files: Vec<&Path> = misses.iter().map(|&i| batch[i].host.as_path()).collect();
     let shared: &StatCache = cache;
-    type Hashed = Result<Vec<(usize, [u8; 32])>, ContextError>;
+    type Hashed = Result<Vec<(usize, ([u8; 32], Option<StatKey>))>, ContextError>;
     let results: Vec<Hashed> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..2)
             .map(|t| {
@@ -437,15 +441,13 @@ fn hash_files(batch: &mut [Record], cache: &mut StatCache) -> Result<(), Context
         hashed.extend(r?);
     }
     hashed.sort_unstable_by_key(|(k, _)| *k);
-    for (k, sha) in hashed {
+    for (k, (sha, after)) in hashed {
         let rec = &mut batch[misses[k]];
         rec.sha = sha;
-        // Only remember the hash if the file did not change while it was read.
+        // Only remember the hash if the file read is the one the walk saw, unchanged.
         if let Some(key) = &rec.key {
-            if let Ok(m) = Meta::path(&rec.host, false) {
-                if stat_key(&m).as_ref() == Some(key) {
-                    cache.remember(*key, sha);
-                }
+            if after.as_ref() == Some(key) {
+                cache.remember(*key, sha);
             }
         }
     }
@@ -764,6 +766,48 @@ mod tests {
         assert_eq!(digest(r, &["a*"], &mut loaded), d0);
         assert_eq!(loaded.files_hashed(), 0);
         assert_eq!(loaded.found_in_order() as usize, files);
+    }
+
+    /// A file's hash is remembered under the walk's stat key only if what was read is that
+    /// file, unchanged: not a file rewritten after the walk's stat, nor one renamed over it.
+    #[test]
+    fn hashes_are_remembered_only_for_the_file_the_walk_saw() {
+        let t = tempfile::tempdir().unwrap();
+        let record = |name: &str| {
+            let host = t.path().join(name);
+            let meta = Meta::path(&host, false).unwrap();
+            Record {
+                walk: 0,
+                rel_at: host.as_os_str().len() - name.len(),
+                host,
+                kind: b'f',
+                mode: meta.mode(),
+                size: meta.size(),
+                link: Vec::new(),
+                key: stat_key(&meta),
+                sha: [0; 32],
+            }
+        };
+        let sha = |bytes: &[u8]| -> [u8; 32] { Sha256::digest(bytes).into() };
+        for name in ["same", "rewritten", "replaced", "other"] {
+            std::fs::write(t.path().join(name), name).unwrap();
+        }
+        let mut batch = [record("same"), record("rewritten"), record("replaced")];
+        std::fs::write(t.path().join("rewritten"), "rewritten, longer").unwrap();
+        std::fs::rename(t.path().join("other"), t.path().join("replaced")).unwrap();
+        let mut c = cache();
+        hash_files(&mut batch, &mut c).unwrap();
+        // The digest is of what was read; only the unchanged file is remembered.
+        let read: Vec<[u8; 32]> = batch.iter().map(|r| r.sha).collect();
+        assert_eq!(
+            read,
+            [sha(b"same"), sha(b"rewritten, longer"), sha(b"other")]
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.lookup(batch[0].key.as_ref().unwrap()), Some(sha(b"same")));
+        for r in &batch[1..] {
+            assert_eq!(c.lookup(r.key.as_ref().unwrap()), None);
+        }
     }
 
     #[test]

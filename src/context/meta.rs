@@ -39,6 +39,16 @@ impl Meta {
         Ok(Meta::from_statx(&statx(dir, name, flags, WANTED)?))
     }
 
+    /// The file open as `fd`.
+    pub(crate) fn of(fd: impl AsFd) -> std::io::Result<Meta> {
+        Ok(Meta::from_statx(&statx(
+            fd,
+            "",
+            AtFlags::EMPTY_PATH,
+            WANTED,
+        )?))
+    }
+
     /// `path` (relative to the working directory, or absolute).
     pub(crate) fn path(path: &Path, follow: bool) -> std::io::Result<Meta> {
         Meta::at(CWD, path, follow)
