@@ -281,14 +281,15 @@ def run_lines(ctx):
         return [l[len("RUN "):].strip() for l in f if l.startswith("RUN ")]
 
 
-def floor_script(ctx, root):
-    """The scenario's RUN commands one after the other in a chroot of the base's filesystem
-    at `root`, with /dev, /proc and the host's resolv.conf, as a container has them."""
+def floor_script(ctx, root, lines=None, before=""):
+    """The scenario's RUN commands (or `lines`) one after the other in a chroot of the base's
+    filesystem at `root`, with /dev, /proc and the host's resolv.conf, as a container has
+    them; `before` is a shell command run first (on the host)."""
     steps = " && ".join(
         f"env -i PATH={PATH} HOME=/root chroot {root} /bin/sh -c {shlex.quote(cmd)} >/dev/null"
-        for cmd in run_lines(ctx))
+        for cmd in (run_lines(ctx) if lines is None else lines))
     script = (f"mount --rbind /dev {root}/dev && mount -t proc proc {root}/proc && "
-              f"mount --bind /etc/resolv.conf {root}/etc/resolv.conf && {steps}")
+              f"mount --bind /etc/resolv.conf {root}/etc/resolv.conf && {before}{steps}")
     return ["unshare", "-m", "--propagation", "private", "sh", "-ec", script]
 
 
@@ -547,13 +548,36 @@ def ci_commands(name, ctx, reg, run_dir):
     raise ValueError(name)
 
 
+def ci_floor(reg, root, ctx):
+    """The "run alone" of the `ci` changed job: what its cache misses run, with no builder
+    around them: `cp -a` of the sources and the last RUN, in a chroot of the app image's
+    filesystem as it is before the COPY (from BuildKit's image, untimed; unpacked afresh
+    for each run). Fetching and unpacking the layers the RUN needs is left out, so no
+    builder on an empty runner can do the job in less."""
+    tar = os.path.join(root, "alone-root.tar")
+    if not os.path.exists(tar):
+        cid = sh([DOCKER, "create", f"{reg}/ci/app:buildkit", "true"], capture_output=True,
+                 text=True).stdout.strip()
+        try:
+            sh([DOCKER, "export", "-o", tar + ".part", cid])
+            os.rename(tar + ".part", tar)
+        finally:
+            subprocess.run([DOCKER, "rm", cid], capture_output=True)
+    rootfs = tempfile.mkdtemp(prefix="alone-root-", dir=root)
+    sh(["tar", "-xf", tar, "-C", rootfs])
+    sh(["rm", "-rf", f"{rootfs}/app/src", f"{rootfs}/app/built"])
+    copy = f"cp -a {shlex.quote(os.path.join(ctx, 'src'))} {rootfs}/app/src && "
+    return floor_script(ctx, rootfs, lines=run_lines(ctx)[-1:], before=copy)
+
+
 def run_ci(args, work):
     """Issue 18's `ci` scenario: every CI job runs on an empty runner (rbuild and buildah
     with a new store, docker with its build cache and images removed), takes the build
     cache from a loopback registry the bench starts, exports it there again and pushes the
     image. Seeded once (untimed); then per round, for each builder: one source file
     changed ("changed"), and the same job again with nothing changed ("cached", the
-    ~300 MB image pushed from a fully cached build). Returns table rows."""
+    ~300 MB image pushed from a fully cached build). The changed job also gets its "run
+    alone" ([`ci_floor`]). Returns table rows."""
     root = os.path.join(work, "ci")
     ctx = os.path.join(root, "ctx")
     write_ci_context(args.scale, ctx)
@@ -563,9 +587,17 @@ def run_ci(args, work):
     env = dict(os.environ, DOCKER_BUILDKIT="1")
 
     def job(name):
-        run_dir = tempfile.mkdtemp(prefix=f"{name}-", dir=root)
-        runs.append((name, run_dir))
-        prepare, timed = ci_commands(name, ctx, reg.addr, run_dir)
+        if name == "alone":
+            try:
+                prepare, timed = [], [ci_floor(reg.addr, root, ctx)]
+            except subprocess.CalledProcessError as e:
+                print(f"  run alone: preparing the root failed: {e}", file=sys.stderr, flush=True)
+                FAILURES.append("ci run alone (preparing the root)")
+                return None
+        else:
+            run_dir = tempfile.mkdtemp(prefix=f"{name}-", dir=root)
+            runs.append((name, run_dir))
+            prepare, timed = ci_commands(name, ctx, reg.addr, run_dir)
         for cmd in prepare:
             # Removing what an earlier job left (docker rmi, builder prune) may find nothing.
             subprocess.run(cmd, env=env, capture_output=True)
@@ -588,7 +620,7 @@ def run_ci(args, work):
             with open(os.path.join(ctx, "src", "pkg0", "m0.py"), "a") as f:
                 f.write(f"# change {n}\n")
             for row in ("changed", "cached"):
-                for name in names:
+                for name in names + (("alone",) if row == "changed" else ()):
                     t = job(name)
                     if t is not None:
                         times[row].setdefault(name, []).append(t)
