@@ -303,14 +303,14 @@ def copy_floor_script(kind, ctx, out):
     return ["sh", "-ec", f"cp -a {data} {dest}/data && tar -cf {out}/alone.tar -C {dest} data"]
 
 
-def floor_rootfs(kind, out):
-    """A fresh copy of the base image's filesystem for one "run alone" (untimed). Earlier
-    copies are left for the scenario's cleanup: deleting them here would slow the timed run
-    (on this ext4, files created soon after many deletions are slower to allocate)."""
+def floor_rootfs(image, out):
+    """A fresh copy of `image`'s filesystem (docker's, exported once into `out`) for one "run
+    alone" (untimed). Earlier copies are left for the scenario's cleanup: deleting them here
+    would slow the timed run (on this ext4, files created soon after many deletions are
+    slower to allocate)."""
     tar = os.path.join(out, "alone-root.tar")
     if not os.path.exists(tar):
-        base = DEBIAN if kind == "pyapp" else BUSYBOX
-        cid = sh([DOCKER, "create", base, "true"], capture_output=True, text=True).stdout.strip()
+        cid = sh([DOCKER, "create", image, "true"], capture_output=True, text=True).stdout.strip()
         try:
             sh([DOCKER, "export", "-o", tar + ".part", cid])
             os.rename(tar + ".part", tar)
@@ -338,7 +338,8 @@ def run_builder(name, cmds, out, created, kind, ctx):
         cmds = [copy_floor_script(kind, ctx, out)]
     elif name == "alone":
         try:
-            cmds = [floor_script(ctx, floor_rootfs(kind, out))]
+            base = DEBIAN if kind == "pyapp" else BUSYBOX
+            cmds = [floor_script(ctx, floor_rootfs(base, out))]
         except subprocess.CalledProcessError as e:
             print(f"  run alone: preparing the root failed: {e}", file=sys.stderr, flush=True)
             FAILURES.append(f"{kind} run alone (preparing the root)")
@@ -554,17 +555,7 @@ def ci_floor(reg, root, ctx):
     filesystem as it is before the COPY (from BuildKit's image, untimed; unpacked afresh
     for each run). Fetching and unpacking the layers the RUN needs is left out, so no
     builder on an empty runner can do the job in less."""
-    tar = os.path.join(root, "alone-root.tar")
-    if not os.path.exists(tar):
-        cid = sh([DOCKER, "create", f"{reg}/ci/app:buildkit", "true"], capture_output=True,
-                 text=True).stdout.strip()
-        try:
-            sh([DOCKER, "export", "-o", tar + ".part", cid])
-            os.rename(tar + ".part", tar)
-        finally:
-            subprocess.run([DOCKER, "rm", cid], capture_output=True)
-    rootfs = tempfile.mkdtemp(prefix="alone-root-", dir=root)
-    sh(["tar", "-xf", tar, "-C", rootfs])
+    rootfs = floor_rootfs(f"{reg}/ci/app:buildkit", root)
     sh(["rm", "-rf", f"{rootfs}/app/src", f"{rootfs}/app/built"])
     copy = f"cp -a {shlex.quote(os.path.join(ctx, 'src'))} {rootfs}/app/src && "
     return floor_script(ctx, rootfs, lines=run_lines(ctx)[-1:], before=copy)
