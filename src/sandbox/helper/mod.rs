@@ -22,8 +22,8 @@ mod network;
 mod process;
 
 use mounts::{
-    bind, mkdir, mount_at, mount_dev, mount_one, mount_overlay, mount_rootfs, mount_target_mut,
-    private_scratch, remount, write_file, Points,
+    bind, mkdir, mount_at, mount_dev, mount_file_root, mount_one, mount_overlay, mount_rootfs,
+    mount_target_mut, private_scratch, remount, write_file, Points,
 };
 use network::{hosts_file, loopback_up, resolv_conf};
 use process::spawn_and_wait;
@@ -144,7 +144,7 @@ fn fs_step<J: FsJob>(
         "unsharing the mount namespace".into()
     })?;
     private_scratch(scratch)?;
-    let root = mount_rootfs(rootfs, scratch)?;
+    let root = mount_file_root(rootfs, scratch)?;
     let mut paths = Vec::new();
     for (i, src) in sources.iter().enumerate() {
         let dir = scratch.join(format!("s{i}"));

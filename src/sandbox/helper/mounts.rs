@@ -265,6 +265,24 @@ fn describe_layers(lowers: &[PathBuf]) -> String {
     }
 }
 
+/// A file job's root (COPY, ADD, WORKDIR: rbuild's own code writes it, no step's process).
+/// On an empty stack (`FROM scratch`, `COPY --link`) the upper alone is the root: an
+/// overlay over an empty lower only adds its own cost to every entry made (a third of a
+/// 100,000-file copy, issue 23), so the upper is bind-mounted instead, as containerd's
+/// overlay snapshotter mounts a snapshot without parents. A RUN always gets the overlay,
+/// which keeps the step's process from writing overlay's own xattrs in the upper.
+pub(super) fn mount_file_root(rootfs: &Overlay, scratch: &Path) -> Res<PathBuf> {
+    if !rootfs.lowers.is_empty() {
+        return mount_rootfs(rootfs, scratch);
+    }
+    let root = scratch.join("root");
+    mkdir(&root)?;
+    bind(&rootfs.upper, &root, false)?;
+    // As the overlay is mounted: no device node made here can be opened through it.
+    remount(&root, MsFlags::MS_NODEV | MsFlags::MS_NOSUID)?;
+    Ok(root)
+}
+
 pub(super) fn mount_rootfs(rootfs: &Overlay, scratch: &Path) -> Res<PathBuf> {
     let root = scratch.join("root");
     mkdir(&root)?;
