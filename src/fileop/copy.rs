@@ -31,6 +31,8 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use rustix::fs::{AtFlags, OFlags, Timespec, Timestamps, CWD};
 use serde::{Deserialize, Serialize};
@@ -189,7 +191,12 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
     let mut c = Copier {
         dest_root,
         root,
-        owner,
+        w: Writer {
+            dest_root,
+            owner,
+            chmod: chmod.clone(),
+            preserve_owner: job.preserve_owner,
+        },
         // fsutil's MkdirAll gets an octal --chmod as its mode (BuildKit v0.21, fsutil
         // 183e7fb), through Go's os.FileMode, which keeps only the permission bits.
         parent_mode: chmod
@@ -197,8 +204,6 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
             .and_then(Chmod::octal)
             .map_or(0o755, |m| m & 0o777),
         ensure,
-        chmod,
-        preserve_owner: job.preserve_owner,
         inodes: HashMap::new(),
         dirs_to_finish: Vec::new(),
         stats: CopyStats::default(),
@@ -288,15 +293,14 @@ struct Copier<'a> {
     dest_root: &'a Path,
     /// `dest_root`, for resolving paths beneath it.
     root: Root,
-    owner: Option<(u32, u32)>,
+    /// What every copied entry gets besides its content; the threads copying files share it.
+    w: Writer<'a>,
     /// Mode of the directories made on the way to the destination: 0755, or an octal
     /// --chmod's permission bits.
     parent_mode: u32,
     /// The destination directory to make before copying a source (root-relative, not yet
     /// resolved); see [`Copier::ensure_dest`].
     ensure: String,
-    chmod: Option<Chmod>,
-    preserve_owner: bool,
     /// (dev, ino) of multiply-linked source files -> where the first copy went.
     inodes: HashMap<(u64, u64), PathBuf>,
     /// Directories whose metadata is applied after their contents (so mtimes stick):
@@ -323,7 +327,7 @@ impl Copier<'_> {
         let mut created = Vec::new();
         let new = Created {
             parent_mode: mode,
-            owner: Some(self.owner.unwrap_or((0, 0))),
+            owner: Some(self.w.owner.unwrap_or((0, 0))),
         };
         match self.root.ensure(rel, Kind::Dir, mode, new, &mut created) {
             Ok(_) => {}
@@ -376,16 +380,50 @@ impl Copier<'_> {
     /// directory keeps its own owner and mode (fsutil overwrites only below it).
     /// Copy a walk's entries as they come: nothing of an entry is kept once it is copied
     /// but a directory's metadata (applied last) and a multiply-linked file's first copy.
+    ///
+    /// This thread walks and makes everything but the regular files, each directory before
+    /// what goes in it; threads of their own copy the files with one link ([`Files`]).
+    /// Making files is mostly the kernel's work (issue 23), and a file's creation holds
+    /// only its directory's lock. Every path of a walk is a different one, and all of them
+    /// are written before the directories' metadata ([`Copier::finish_dirs`]) and before
+    /// the next source, which may overwrite them.
     fn copy_entries(&mut self, entries: walk::Walk, target: &str) -> Result<(), CopyError> {
         let target_host = self.host(target);
+        let w = self.w.clone();
+        let files = Files::new(&w);
+        let (walked, (copied, failed)) = std::thread::scope(|scope| {
+            let mut started = files.start(scope);
+            let walked = self.walk_entries(entries, &target_host, &mut started);
+            (walked, started.finish())
+        });
+        self.stats.files += copied.files;
+        self.stats.bytes += copied.bytes;
+        // The walk's own error came first; a file's is the first a copying thread met.
+        walked.and(failed.map_or(Ok(()), Err))
+    }
+
+    fn walk_entries(
+        &mut self,
+        entries: walk::Walk,
+        target_host: &Path,
+        files: &mut Started,
+    ) -> Result<(), CopyError> {
         for e in entries {
+            if files.failed() {
+                return Ok(());
+            }
             let e = e?;
             let is_top = e.rel().as_os_str().is_empty();
             let dst = if is_top {
-                target_host.clone()
+                target_host.to_path_buf()
             } else {
                 target_host.join(e.rel())
             };
+            // A multiply-linked file's first copy must be made before its links.
+            if e.meta.is_file() && e.meta.nlink() <= 1 {
+                files.send(e.host, e.meta, dst);
+                continue;
+            }
             let existing = if is_top {
                 ExistingDir::KeepRestoreTimes
             } else {
@@ -444,7 +482,7 @@ impl Copier<'_> {
             return Ok(());
         }
         if existing.is_some() {
-            self.remove_existing(dst_host)?;
+            self.w.remove_existing(dst_host)?;
         }
         if ft.is_symlink() {
             let target = fs::read_link(src).map_err(|e| io_err(src, e))?;
@@ -460,13 +498,11 @@ impl Copier<'_> {
             mknod(dst_host, meta.mode(), meta.rdev())?;
             self.stats.specials += 1;
         }
-        self.apply_meta(src, dst_host, meta, file_mode, None)
+        self.w.apply_meta(src, dst_host, meta, file_mode, None)
     }
 
-    /// Copy the regular file `src` to `dst_host` (as [`Copier::copy_one`]). It is created
-    /// (or linked) first, and what was at `dst_host` is looked at only when that finds
-    /// something there: a copy into a new directory makes one path walk through the overlay
-    /// a file fewer (issue 23).
+    /// Copy the regular file `src` to `dst_host` (as [`Copier::copy_one`]): a link to its
+    /// first copy when it has several links, else [`Writer::write_file`].
     fn copy_file(
         &mut self,
         src: &Path,
@@ -477,7 +513,7 @@ impl Copier<'_> {
         if meta.nlink() > 1 {
             if let Some(first) = self.inodes.get(&(meta.dev(), meta.ino())).cloned() {
                 if let Err(e) = fs::hard_link(&first, dst_host) {
-                    self.make_room(e, dst_host)?;
+                    self.w.make_room(e, dst_host)?;
                     fs::hard_link(&first, dst_host).map_err(|e| io_err(dst_host, e))?;
                 }
                 self.stats.hardlinks += 1;
@@ -486,39 +522,10 @@ impl Copier<'_> {
             self.inodes
                 .insert((meta.dev(), meta.ino()), dst_host.to_path_buf());
         }
-        let mut from = File::open(src).map_err(|e| io_err(src, e))?;
-        let mut to = match create_new(dst_host) {
-            Ok(to) => to,
-            Err(e) => {
-                self.make_room(e, dst_host)?;
-                create_new(dst_host).map_err(|e| io_err(dst_host, e))?
-            }
-        };
-        let n = copy_data(&mut from, &mut to).map_err(|e| io_err(dst_host, e))?;
+        let n = self.w.write_file(src, meta, dst_host, file_mode)?;
         self.stats.files += 1;
         self.stats.bytes += n;
-        // The metadata through the open file: no more path walks through the overlay.
-        self.apply_meta(src, dst_host, meta, file_mode, Some((&from, &to)))
-    }
-
-    /// After `made` failed to create an entry at `dst_host`: room made if something was
-    /// there ([`Copier::remove_existing`]), the error otherwise.
-    fn make_room(&self, made: std::io::Error, dst_host: &Path) -> Result<(), CopyError> {
-        if made.kind() != std::io::ErrorKind::AlreadyExists {
-            return Err(io_err(dst_host, made));
-        }
-        self.remove_existing(dst_host)
-    }
-
-    /// Make room at `dst_host` for an entry that is not a directory: what is there goes,
-    /// unless it is a directory (an error, as fsutil's).
-    fn remove_existing(&self, dst_host: &Path) -> Result<(), CopyError> {
-        match fs::symlink_metadata(dst_host) {
-            Ok(m) if m.is_dir() => Err(CopyError::ReplaceDirectory(self.display(dst_host))),
-            Ok(_) => fs::remove_file(dst_host).map_err(|e| io_err(dst_host, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(dst_host, e)),
-        }
+        Ok(())
     }
 
     /// The error for a source directory meeting the image's symlink at `host`.
@@ -543,58 +550,7 @@ impl Copier<'_> {
     }
 
     fn display(&self, host: &Path) -> String {
-        match host.strip_prefix(self.dest_root) {
-            Ok(p) => format!("/{}", p.display()),
-            Err(_) => host.display().to_string(),
-        }
-    }
-
-    /// Owner, mode, xattrs and times of `dst` from the source entry (fsutil's
-    /// copyFileInfo). `file_mode` overrides the source mode (executor-prepared files).
-    /// `files` are `src` and `dst` opened, for a regular file just written: everything is
-    /// then read and set through them instead of by path.
-    fn apply_meta(
-        &mut self,
-        src: &Path,
-        dst: &Path,
-        meta: &Meta,
-        file_mode: Option<u32>,
-        files: Option<(&File, &File)>,
-    ) -> Result<(), CopyError> {
-        let file = files.map(|(_, to)| to);
-        let (uid, gid) = match self.owner {
-            Some(o) => o,
-            None if self.preserve_owner => (meta.uid(), meta.gid()),
-            None => (0, 0),
-        };
-        match file {
-            Some(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid)),
-            None => std::os::unix::fs::lchown(dst, Some(uid), Some(gid)),
-        }
-        .map_err(|e| io_err(dst, e))?;
-        let is_link = meta.file_type().is_symlink();
-        if !is_link {
-            let mut mode = file_mode.unwrap_or(meta.mode()) & 0o7777;
-            if let Some(spec) = &self.chmod {
-                mode = spec.apply(mode, meta.is_dir());
-            }
-            let perms = fs::Permissions::from_mode(mode);
-            match file {
-                Some(f) => f.set_permissions(perms),
-                None => fs::set_permissions(dst, perms),
-            }
-            .map_err(|e| io_err(dst, e))?;
-        }
-        copy_xattrs(src, dst, files)?;
-        let times = Timestamps {
-            last_access: timespec(meta.atime(), meta.atime_nsec()),
-            last_modification: timespec(meta.mtime(), meta.mtime_nsec()),
-        };
-        match file {
-            Some(f) => rustix::fs::futimens(f, &times),
-            None => rustix::fs::utimensat(CWD, dst, &times, AtFlags::SYMLINK_NOFOLLOW),
-        }
-        .map_err(|e| io_err(dst, e.into()))
+        self.w.display(host)
     }
 
     fn finish_dirs(&mut self) -> Result<(), CopyError> {
@@ -611,7 +567,7 @@ impl Copier<'_> {
                     meta.mtime_nsec(),
                 )?;
             } else {
-                self.apply_meta(src, dst, meta, None, None)?;
+                self.w.apply_meta(src, dst, meta, None, None)?;
             }
         }
         Ok(())
@@ -670,6 +626,274 @@ impl Copier<'_> {
             self.copy_entries(walk::walk(&m, ignore, excludes), &target)?;
         }
         Ok(())
+    }
+}
+
+/// What a copied entry gets besides its content (owner, mode, xattrs, times), and the
+/// writing of a regular file: all a thread copying files needs ([`Files`]).
+#[derive(Clone)]
+struct Writer<'a> {
+    dest_root: &'a Path,
+    owner: Option<(u32, u32)>,
+    chmod: Option<Chmod>,
+    preserve_owner: bool,
+}
+
+impl Writer<'_> {
+    /// Write the regular file `src` at `dst_host` with its metadata; what was at
+    /// `dst_host` is looked at only when the creation finds something there: a copy into
+    /// a new directory makes one path walk through the overlay a file fewer (issue 23).
+    /// The bytes copied.
+    fn write_file(
+        &self,
+        src: &Path,
+        meta: &Meta,
+        dst_host: &Path,
+        file_mode: Option<u32>,
+    ) -> Result<u64, CopyError> {
+        let mut from = File::open(src).map_err(|e| io_err(src, e))?;
+        let mut to = match create_new(dst_host) {
+            Ok(to) => to,
+            Err(e) => {
+                self.make_room(e, dst_host)?;
+                create_new(dst_host).map_err(|e| io_err(dst_host, e))?
+            }
+        };
+        let n = copy_data(&mut from, &mut to).map_err(|e| io_err(dst_host, e))?;
+        // The metadata through the open file: no more path walks through the overlay.
+        self.apply_meta(src, dst_host, meta, file_mode, Some((&from, &to)))?;
+        Ok(n)
+    }
+
+    /// After `made` failed to create an entry at `dst_host`: room made if something was
+    /// there ([`Copier::remove_existing`]), the error otherwise.
+    fn make_room(&self, made: std::io::Error, dst_host: &Path) -> Result<(), CopyError> {
+        if made.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(io_err(dst_host, made));
+        }
+        self.remove_existing(dst_host)
+    }
+
+    /// Make room at `dst_host` for an entry that is not a directory: what is there goes,
+    /// unless it is a directory (an error, as fsutil's).
+    fn remove_existing(&self, dst_host: &Path) -> Result<(), CopyError> {
+        match fs::symlink_metadata(dst_host) {
+            Ok(m) if m.is_dir() => Err(CopyError::ReplaceDirectory(self.display(dst_host))),
+            Ok(_) => fs::remove_file(dst_host).map_err(|e| io_err(dst_host, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(dst_host, e)),
+        }
+    }
+
+    fn display(&self, host: &Path) -> String {
+        match host.strip_prefix(self.dest_root) {
+            Ok(p) => format!("/{}", p.display()),
+            Err(_) => host.display().to_string(),
+        }
+    }
+
+    /// Owner, mode, xattrs and times of `dst` from the source entry (fsutil's
+    /// copyFileInfo). `file_mode` overrides the source mode (executor-prepared files).
+    /// `files` are `src` and `dst` opened, for a regular file just written: everything is
+    /// then read and set through them instead of by path.
+    fn apply_meta(
+        &self,
+        src: &Path,
+        dst: &Path,
+        meta: &Meta,
+        file_mode: Option<u32>,
+        files: Option<(&File, &File)>,
+    ) -> Result<(), CopyError> {
+        let file = files.map(|(_, to)| to);
+        let (uid, gid) = match self.owner {
+            Some(o) => o,
+            None if self.preserve_owner => (meta.uid(), meta.gid()),
+            None => (0, 0),
+        };
+        match file {
+            Some(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid)),
+            None => std::os::unix::fs::lchown(dst, Some(uid), Some(gid)),
+        }
+        .map_err(|e| io_err(dst, e))?;
+        let is_link = meta.file_type().is_symlink();
+        if !is_link {
+            let mut mode = file_mode.unwrap_or(meta.mode()) & 0o7777;
+            if let Some(spec) = &self.chmod {
+                mode = spec.apply(mode, meta.is_dir());
+            }
+            let perms = fs::Permissions::from_mode(mode);
+            match file {
+                Some(f) => f.set_permissions(perms),
+                None => fs::set_permissions(dst, perms),
+            }
+            .map_err(|e| io_err(dst, e))?;
+        }
+        copy_xattrs(src, dst, files)?;
+        let times = Timestamps {
+            last_access: timespec(meta.atime(), meta.atime_nsec()),
+            last_modification: timespec(meta.mtime(), meta.mtime_nsec()),
+        };
+        match file {
+            Some(f) => rustix::fs::futimens(f, &times),
+            None => rustix::fs::utimensat(CWD, dst, &times, AtFlags::SYMLINK_NOFOLLOW),
+        }
+        .map_err(|e| io_err(dst, e.into()))
+    }
+}
+
+/// At most this many threads copy a walk's files.
+const FILE_THREADS: usize = 4;
+/// Files walked but not yet copied, at most, a thread: memory stays flat in the number of
+/// files.
+const FILE_QUEUE: usize = 512;
+
+/// A regular file for a copying thread: its source, what the walk saw, where it goes.
+struct FileCopy {
+    src: PathBuf,
+    meta: Meta,
+    dst: PathBuf,
+}
+
+/// What the copying threads made.
+#[derive(Default)]
+struct Copied {
+    files: u64,
+    bytes: u64,
+}
+
+impl Copied {
+    fn add(&mut self, other: Copied) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+    }
+}
+
+/// What the threads copying a walk's regular files share.
+struct Files<'w, 'a> {
+    w: &'w Writer<'a>,
+    /// A file failed: the rest are not copied and the walk stops.
+    failed: AtomicBool,
+}
+
+impl<'w, 'a> Files<'w, 'a> {
+    fn new(w: &'w Writer<'a>) -> Files<'w, 'a> {
+        Files {
+            w,
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// The walk's side, within `scope`: threads start with the first file sent. As many as
+    /// the CPUs the step may use (at most [`FILE_THREADS`]); with one, the walk copies.
+    fn start<'scope>(
+        &'w self,
+        scope: &'scope std::thread::Scope<'scope, 'w>,
+    ) -> Started<'scope, 'w, 'a> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Started {
+            files: self,
+            scope,
+            queues: Vec::new(),
+            threads: Vec::new(),
+            max: threads.min(FILE_THREADS),
+            next: 0,
+            dir: PathBuf::new(),
+            inline: Copied::default(),
+            inline_error: None,
+        }
+    }
+
+    fn copy(&self, f: &FileCopy) -> Result<u64, CopyError> {
+        self.w.write_file(&f.src, &f.meta, &f.dst, None)
+    }
+
+    /// One copying thread: its queue's files until it closes; after a failure anywhere
+    /// only drains it, so that the walk never waits on a full queue.
+    fn work(&self, queue: Receiver<FileCopy>) -> (Copied, Option<CopyError>) {
+        let mut copied = Copied::default();
+        let mut error = None;
+        for f in queue {
+            if self.failed.load(Ordering::Relaxed) {
+                continue;
+            }
+            match self.copy(&f) {
+                Ok(n) => copied.add(Copied { files: 1, bytes: n }),
+                Err(e) => {
+                    self.failed.store(true, Ordering::Relaxed);
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        (copied, error)
+    }
+}
+
+/// The walk's end of [`Files`]: a queue a thread. A directory's files go to one thread,
+/// the next directory's to the next: a creation holds its directory's lock, so threads
+/// making files in one directory would mostly wait for each other.
+struct Started<'scope, 'w, 'a> {
+    files: &'w Files<'w, 'a>,
+    scope: &'scope std::thread::Scope<'scope, 'w>,
+    queues: Vec<SyncSender<FileCopy>>,
+    threads: Vec<std::thread::ScopedJoinHandle<'scope, (Copied, Option<CopyError>)>>,
+    max: usize,
+    /// The queue of the directory of the last file sent, and that directory.
+    next: usize,
+    dir: PathBuf,
+    /// Files copied by the walk itself (one CPU).
+    inline: Copied,
+    inline_error: Option<CopyError>,
+}
+
+impl Started<'_, '_, '_> {
+    fn failed(&self) -> bool {
+        self.files.failed.load(Ordering::Relaxed)
+    }
+
+    fn send(&mut self, src: PathBuf, meta: Meta, dst: PathBuf) {
+        let f = FileCopy { src, meta, dst };
+        if self.max <= 1 {
+            match self.files.copy(&f) {
+                Ok(n) => self.inline.add(Copied { files: 1, bytes: n }),
+                Err(e) => {
+                    self.files.failed.store(true, Ordering::Relaxed);
+                    self.inline_error = Some(e);
+                }
+            }
+            return;
+        }
+        if self.queues.is_empty() {
+            let files = self.files;
+            for _ in 0..self.max {
+                let (tx, rx) = std::sync::mpsc::sync_channel(FILE_QUEUE);
+                self.queues.push(tx);
+                self.threads.push(self.scope.spawn(move || files.work(rx)));
+            }
+        }
+        let dir = f.dst.parent().unwrap_or(Path::new(""));
+        if dir != self.dir {
+            self.next = (self.next + 1) % self.queues.len();
+            self.dir = dir.to_path_buf();
+        }
+        // Each thread holds its queue until the queue closes: a send cannot fail.
+        let _ = self.queues[self.next].send(f);
+    }
+
+    /// Close the queues and wait for the threads: all they copied, and the first error.
+    fn finish(mut self) -> (Copied, Option<CopyError>) {
+        self.queues.clear();
+        let mut copied = std::mem::take(&mut self.inline);
+        let mut first = self.inline_error.take();
+        for t in self.threads {
+            let (c, e) = t
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            copied.add(c);
+            if first.is_none() {
+                first = e;
+            }
+        }
+        (copied, first)
     }
 }
 
@@ -797,7 +1021,7 @@ impl Copier<'_> {
         archive: &Path,
         dir: &str,
     ) -> Result<(), CopyError> {
-        let stats = crate::layer::apply::extract(reader, &self.host(dir), self.owner).map_err(
+        let stats = crate::layer::apply::extract(reader, &self.host(dir), self.w.owner).map_err(
             |source| CopyError::Archive {
                 archive: archive.to_path_buf(),
                 source,
@@ -1448,6 +1672,75 @@ mod tests {
         j.chmod = Some(Chmod::parse("0600").unwrap());
         run(&e, &j).unwrap();
         assert_eq!(listing(&e.dst, "/one"), ["f /one 600 0:0 0"]);
+    }
+
+    /// The files of a walk are copied by threads, each directory's by one ([`Files`]):
+    /// every file arrives with its content and metadata, links across directories stay
+    /// links, files there are replaced, and a file no thread can write fails the copy
+    /// with its own error.
+    #[test]
+    #[ignore = "needs root"]
+    fn files_copied_by_threads_arrive_whole_or_fail_the_copy() {
+        crate::layer::testutil::needs_root();
+        let e = env();
+        let tree = e.src.join("tree");
+        let mut want = Vec::new();
+        for d in 0..24 {
+            for f in 0..40 {
+                let rel = format!("d{d:02}/f{f:02}");
+                let mode = [0o644, 0o600, 0o755, 0o4755][(d + f) % 4];
+                write(&tree.join(&rel), &rel.repeat(f % 3), mode);
+                // Again: the chown cleared the set-user-ID bit.
+                fs::set_permissions(tree.join(&rel), fs::Permissions::from_mode(mode)).unwrap();
+                let mtime = rustix::fs::Timestamps {
+                    last_access: timespec(1_000_000 + f as i64, 0),
+                    last_modification: timespec(2_000_000 + (d * 100 + f) as i64, 7),
+                };
+                rustix::fs::utimensat(CWD, tree.join(&rel), &mtime, AtFlags::empty()).unwrap();
+                let size = (rel.len() * (f % 3)) as u64;
+                want.push((rel, mode, size, 2_000_000 + (d * 100 + f) as i64));
+            }
+        }
+        fs::hard_link(tree.join("d03/f01"), tree.join("d20/linked")).unwrap();
+        // Below the destination already: a file to replace.
+        write(&e.dst.join("out/d05/f05"), "old content", 0o600);
+        let stats = run(&e, &job(&["tree"], "/out")).unwrap();
+        assert_eq!((stats.files, stats.hardlinks), (24 * 40, 1));
+        for (rel, mode, size, mtime) in &want {
+            let m = fs::symlink_metadata(e.dst.join("out").join(rel)).unwrap();
+            let got = (
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+            );
+            assert_eq!(got, (*mode, 0, 0, *size, *mtime, 7), "{rel}");
+            let content = fs::read_to_string(e.dst.join("out").join(rel)).unwrap();
+            assert_eq!(
+                content,
+                fs::read_to_string(tree.join(rel)).unwrap(),
+                "{rel}"
+            );
+        }
+        let first = fs::metadata(e.dst.join("out/d03/f01")).unwrap();
+        let link = fs::metadata(e.dst.join("out/d20/linked")).unwrap();
+        assert_eq!((first.ino(), first.nlink()), (link.ino(), 2));
+
+        // A directory where a file goes: the thread's error is the copy's.
+        let e = env();
+        for d in 0..24 {
+            for f in 0..40 {
+                write(&e.src.join(format!("tree/d{d:02}/f{f:02}")), "x", 0o644);
+            }
+        }
+        fs::create_dir_all(e.dst.join("out/d17/f09")).unwrap();
+        let err = run(&e, &job(&["tree"], "/out")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot replace directory /out/d17/f09 with a non-directory"
+        );
     }
 
     #[test]
