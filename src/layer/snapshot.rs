@@ -10,12 +10,16 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufRead, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread::JoinHandle;
 
+use rustix::fs::{Mode, OFlags};
+
+use crate::context::meta::Meta;
 use crate::image::{Digest, Sha256Writer, SourceDateEpoch};
 use crate::layer::compress::{Compression, Compressor};
 use crate::layer::order::SortedNames;
@@ -47,13 +51,24 @@ pub struct LayerDigests {
 }
 
 /// One path of the upperdir, as it will appear in the tar.
-struct Item {
+struct Item<'d> {
     /// The tar name without a trailing slash; the sort key.
     tar_path: Vec<u8>,
     /// The path relative to the upperdir.
     rel: PathBuf,
+    /// The directory the walk holds open where the entry is, for looking it up by its name
+    /// alone: its whole path walked again for every entry was a fifth of a snapshot of
+    /// 100,000 files (issue 23).
+    dir: BorrowedFd<'d>,
     /// An overlay whiteout (char device 0/0): written as an empty `.wh.NAME` file.
     whiteout: bool,
+}
+
+impl Item<'_> {
+    /// The entry's name in [`Item::dir`].
+    fn name(&self) -> &Path {
+        Path::new(self.rel.file_name().unwrap_or_default())
+    }
 }
 
 /// Write the layer tar of `upper` to `out`. Returns the diff_id (sha256 of the tar), its
@@ -419,7 +434,7 @@ impl ChunkOut<'_> {
 fn walk(
     upper: &Path,
     opts: &SnapshotOptions,
-    each: &mut dyn FnMut(Item) -> Result<(), LayerError>,
+    each: &mut dyn FnMut(Item<'_>) -> Result<(), LayerError>,
 ) -> Result<(), LayerError> {
     // Accept container paths (`/proc`) as well as relative ones (`proc`).
     let skip: Vec<&Path> = opts
@@ -427,8 +442,18 @@ fn walk(
         .iter()
         .map(|p| p.strip_prefix("/").unwrap_or(p))
         .collect();
-    let mut stack = vec![(PathBuf::new(), list(upper, Path::new(""), &skip)?)];
-    while let Some((dir_rel, names)) = stack.last_mut() {
+    let open_dir = |at: BorrowedFd, name: &Path, rel: &Path| {
+        rustix::fs::openat(
+            at,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| LayerError::io("opening", upper.join(rel), e.into()))
+    };
+    let top = open_dir(rustix::fs::CWD, upper, Path::new(""))?;
+    let mut stack = vec![(PathBuf::new(), list(upper, Path::new(""), &skip)?, top)];
+    while let Some((dir_rel, names, dir)) = stack.last_mut() {
         let Some(visit) = names.next() else {
             stack.pop();
             continue;
@@ -442,8 +467,9 @@ fn walk(
         };
         let rel = dir_rel.join(OsStr::from_bytes(name));
         if visit.contents {
+            let sub = open_dir(dir.as_fd(), Path::new(OsStr::from_bytes(name)), &rel)?;
             let names = list(upper, &rel, &skip)?;
-            stack.push((rel, names));
+            stack.push((rel, names, sub));
             continue;
         }
         let mut tar_path = dir_rel.as_os_str().as_bytes().to_vec();
@@ -454,6 +480,7 @@ fn walk(
         each(Item {
             tar_path,
             rel,
+            dir: dir.as_fd(),
             whiteout,
         })?;
     }
@@ -503,12 +530,13 @@ fn list(upper: &Path, dir_rel: &Path, skip: &[&Path]) -> Result<SortedNames, Lay
 
 fn write_item(
     upper: &Path,
-    item: &Item,
+    item: &Item<'_>,
     w: &mut TarWriter<'_>,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
 ) -> Result<(), LayerError> {
     let path = upper.join(&item.rel);
-    let meta = fs::symlink_metadata(&path).map_err(|e| LayerError::io("inspecting", &path, e))?;
+    let meta = Meta::at(item.dir, item.name(), false)
+        .map_err(|e| LayerError::io("inspecting", &path, e))?;
     let ft = meta.file_type();
     let mut entry = Entry {
         name: item.tar_path.clone(),
@@ -541,12 +569,15 @@ fn write_item(
     }
 
     if ft.is_file() {
-        entry.size = meta.len();
-        let file = File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| LayerError::io("opening", &path, e))?;
+        entry.size = meta.size();
+        let file = rustix::fs::openat(
+            item.dir,
+            item.name(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map(File::from)
+        .map_err(|e| LayerError::io("opening", &path, e.into()))?;
         // Through the open file: its whole path is not walked a third time.
         entry.xattrs = read_xattrs(&path, Some(&file), opaque_xattr().as_bytes())?.0;
         return w.write_entry(&entry, Some((file, &path)));
