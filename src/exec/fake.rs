@@ -53,11 +53,24 @@ impl Recording {
 }
 
 fn write(upper: &std::path::Path, name: &str, content: &str) {
-    std::fs::write(
-        upper.join(name.trim_matches('/').replace('/', "_")),
-        content,
-    )
-    .unwrap();
+    let path = upper.join(name.trim_matches('/').replace('/', "_"));
+    std::fs::write(&path, content).unwrap();
+    fixed_mtime(&path);
+}
+
+/// What the fake makes gets one mtime, as a real copy keeps its sources': the same step run
+/// again makes the same layer, in whichever second it runs (a test that compared the layers
+/// of two builds failed when they straddled a second).
+fn fixed_mtime(path: &std::path::Path) {
+    let t = rustix::fs::Timespec {
+        tv_sec: 1_000_000_000,
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::empty()).unwrap();
 }
 
 impl Executor for Recording {
@@ -110,7 +123,8 @@ impl Executor for Recording {
     ) -> Result<(), BuildError> {
         if !self.workdir_exists.load(Ordering::SeqCst) {
             let dir = rootfs.upper.join(path.trim_start_matches('/'));
-            std::fs::create_dir_all(dir).unwrap();
+            std::fs::create_dir_all(&dir).unwrap();
+            fixed_mtime(&dir);
         }
         self.record(Call::Workdir {
             path: path.to_string(),
