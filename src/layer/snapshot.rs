@@ -58,18 +58,25 @@ struct Item<'d> {
     rel: PathBuf,
     /// The directory the walk holds open where the entry is, for looking it up by its name
     /// alone: its whole path walked again for every entry was a fifth of a snapshot of
-    /// 100,000 files (issue 23).
-    dir: BorrowedFd<'d>,
+    /// 100,000 files (issue 23). `None` below [`HELD_DEPTH`] levels: the full path then.
+    dir: Option<BorrowedFd<'d>>,
     /// An overlay whiteout (char device 0/0): written as an empty `.wh.NAME` file.
     whiteout: bool,
 }
 
 impl Item<'_> {
-    /// The entry's name in [`Item::dir`].
-    fn name(&self) -> &Path {
-        Path::new(self.rel.file_name().unwrap_or_default())
+    /// Where to look the entry up: its name in [`Item::dir`], or `path`, its full path.
+    fn at<'p>(&'p self, path: &'p Path) -> (BorrowedFd<'p>, &'p Path) {
+        match self.dir {
+            Some(dir) => (dir, Path::new(self.rel.file_name().unwrap_or_default())),
+            None => (rustix::fs::CWD, path),
+        }
     }
 }
+
+/// The walk holds at most this many directories open, the top ones: a tree a step made
+/// deeper than the process may open files would otherwise fail its snapshot.
+const HELD_DEPTH: usize = 128;
 
 /// Write the layer tar of `upper` to `out`. Returns the diff_id (sha256 of the tar), its
 /// size, and `out` back.
@@ -452,8 +459,13 @@ fn walk(
         .map_err(|e| LayerError::io("opening", upper.join(rel), e.into()))
     };
     let top = open_dir(rustix::fs::CWD, upper, Path::new(""))?;
-    let mut stack = vec![(PathBuf::new(), list(upper, Path::new(""), &skip)?, top)];
-    while let Some((dir_rel, names, dir)) = stack.last_mut() {
+    let mut stack = vec![(
+        PathBuf::new(),
+        list(upper, Path::new(""), &skip)?,
+        Some(top),
+    )];
+    while let Some(depth) = stack.len().checked_sub(1) {
+        let (dir_rel, names, dir) = &mut stack[depth];
         let Some(visit) = names.next() else {
             stack.pop();
             continue;
@@ -467,7 +479,14 @@ fn walk(
         };
         let rel = dir_rel.join(OsStr::from_bytes(name));
         if visit.contents {
-            let sub = open_dir(dir.as_fd(), Path::new(OsStr::from_bytes(name)), &rel)?;
+            let sub = match dir {
+                Some(dir) if depth + 1 < HELD_DEPTH => Some(open_dir(
+                    dir.as_fd(),
+                    Path::new(OsStr::from_bytes(name)),
+                    &rel,
+                )?),
+                _ => None,
+            };
             let names = list(upper, &rel, &skip)?;
             stack.push((rel, names, sub));
             continue;
@@ -480,7 +499,7 @@ fn walk(
         each(Item {
             tar_path,
             rel,
-            dir: dir.as_fd(),
+            dir: dir.as_ref().map(|d| d.as_fd()),
             whiteout,
         })?;
     }
@@ -535,8 +554,8 @@ fn write_item(
     links: &mut HashMap<(u64, u64), Vec<u8>>,
 ) -> Result<(), LayerError> {
     let path = upper.join(&item.rel);
-    let meta = Meta::at(item.dir, item.name(), false)
-        .map_err(|e| LayerError::io("inspecting", &path, e))?;
+    let (at, name) = item.at(&path);
+    let meta = Meta::at(at, name, false).map_err(|e| LayerError::io("inspecting", &path, e))?;
     let ft = meta.file_type();
     let mut entry = Entry {
         name: item.tar_path.clone(),
@@ -571,8 +590,8 @@ fn write_item(
     if ft.is_file() {
         entry.size = meta.size();
         let file = rustix::fs::openat(
-            item.dir,
-            item.name(),
+            at,
+            name,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
@@ -867,6 +886,56 @@ Regular ünïcødé-名前 size=7 mode=644 0:0 mtime=1000000 sha=2fcf76a4c3c7 xa
         )
         .unwrap_err();
         assert!(matches!(err, LayerError::Io { .. }), "{err}");
+    }
+
+    /// A tree deeper than [`HELD_DEPTH`]: the walk keeps only the top directories open
+    /// (a step's deep tree must not run the process out of files), and the entries below
+    /// are read by their full paths, all of them into the tar.
+    #[test]
+    fn deep_trees_hold_few_directories_open_and_are_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let depth = HELD_DEPTH + 72;
+        let mut dir = t.path().to_path_buf();
+        for i in 0..depth {
+            dir.push("d");
+            fs::create_dir(&dir).unwrap();
+            fs::write(dir.join("f"), i.to_string()).unwrap();
+        }
+        // Directories of this tree open in this process, at the deepest file.
+        let open_here = || {
+            fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .filter(|p| p.starts_with(t.path()) && p.is_dir())
+                .count()
+        };
+        let mut most = 0;
+        let mut files = 0;
+        walk(t.path(), &SnapshotOptions::default(), &mut |item| {
+            most = most.max(open_here());
+            if item.rel.ends_with("f") {
+                files += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(files, depth);
+        assert!(most <= HELD_DEPTH, "{most} directories open");
+        let (_, tar) = tar_of(t.path(), &SnapshotOptions::default());
+        let mut ar = tar::Archive::new(&tar[..]);
+        let mut seen = 0;
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().into_owned();
+            if path.ends_with("f") {
+                let mut content = String::new();
+                e.read_to_string(&mut content).unwrap();
+                let level = path.components().count() - 2;
+                assert_eq!(content, level.to_string(), "{}", path.display());
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, depth);
     }
 
     #[test]
