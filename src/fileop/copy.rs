@@ -189,7 +189,6 @@ pub fn copy(job: &CopyJob, src_root: &Path, dest_root: &Path) -> Result<CopyStat
         parent_of(&dest_rel).to_string()
     };
     let mut c = Copier {
-        dest_root,
         root,
         w: Writer {
             dest_root,
@@ -290,8 +289,7 @@ enum ExistingDir {
 }
 
 struct Copier<'a> {
-    dest_root: &'a Path,
-    /// `dest_root`, for resolving paths beneath it.
+    /// The destination root ([`Writer::dest_root`]), for resolving paths beneath it.
     root: Root,
     /// What every copied entry gets besides its content; the threads copying files share it.
     w: Writer<'a>,
@@ -311,7 +309,7 @@ struct Copier<'a> {
 
 impl Copier<'_> {
     fn host(&self, rel: &str) -> PathBuf {
-        host_path(self.dest_root, rel)
+        host_path(self.w.dest_root, rel)
     }
 
     /// fsutil's ensureDstPath, made before each source is copied (BuildKit copies nothing,
@@ -803,8 +801,18 @@ impl<'w, 'a> Files<'w, 'a> {
         }
     }
 
-    fn copy(&self, f: &FileCopy) -> Result<u64, CopyError> {
-        self.w.write_file(&f.src, &f.meta, &f.dst, None)
+    /// Copy `f` into `copied`; its error, the first, into `error`, and the rest are not copied.
+    fn copy(&self, f: &FileCopy, copied: &mut Copied, error: &mut Option<CopyError>) {
+        if self.failed.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.w.write_file(&f.src, &f.meta, &f.dst, None) {
+            Ok(n) => copied.add(Copied { files: 1, bytes: n }),
+            Err(e) => {
+                self.failed.store(true, Ordering::Relaxed);
+                error.get_or_insert(e);
+            }
+        }
     }
 
     /// One copying thread: its queue's files until it closes; after a failure anywhere
@@ -813,16 +821,7 @@ impl<'w, 'a> Files<'w, 'a> {
         let mut copied = Copied::default();
         let mut error = None;
         for f in queue {
-            if self.failed.load(Ordering::Relaxed) {
-                continue;
-            }
-            match self.copy(&f) {
-                Ok(n) => copied.add(Copied { files: 1, bytes: n }),
-                Err(e) => {
-                    self.failed.store(true, Ordering::Relaxed);
-                    error.get_or_insert(e);
-                }
-            }
+            self.copy(&f, &mut copied, &mut error);
         }
         (copied, error)
     }
@@ -853,13 +852,8 @@ impl Started<'_, '_, '_> {
     fn send(&mut self, src: PathBuf, meta: Meta, dst: PathBuf) {
         let f = FileCopy { src, meta, dst };
         if self.max <= 1 {
-            match self.files.copy(&f) {
-                Ok(n) => self.inline.add(Copied { files: 1, bytes: n }),
-                Err(e) => {
-                    self.files.failed.store(true, Ordering::Relaxed);
-                    self.inline_error = Some(e);
-                }
-            }
+            self.files
+                .copy(&f, &mut self.inline, &mut self.inline_error);
             return;
         }
         if self.queues.is_empty() {
