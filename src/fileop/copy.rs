@@ -664,7 +664,7 @@ impl Writer<'_> {
     }
 
     /// After `made` failed to create an entry at `dst_host`: room made if something was
-    /// there ([`Copier::remove_existing`]), the error otherwise.
+    /// there ([`Writer::remove_existing`]), the error otherwise.
     fn make_room(&self, made: std::io::Error, dst_host: &Path) -> Result<(), CopyError> {
         if made.kind() != std::io::ErrorKind::AlreadyExists {
             return Err(io_err(dst_host, made));
