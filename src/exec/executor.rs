@@ -120,7 +120,7 @@ pub(super) fn commit_upper(
     // never becomes a record, so a step expected to make one again hashes first and leaves
     // the sync to `commit_built_layer`, which makes it only if the layer is new after all.
     let expected = upper.expect.as_ref().and_then(|c| store.layer(c)).is_some();
-    let (diff_id, size) = if expected {
+    let snap = if expected {
         layer::snapshot_digest(&upper.dir, &opts)?
     } else {
         let (digest, synced) = std::thread::scope(|s| {
@@ -136,9 +136,16 @@ pub(super) fn commit_upper(
         digest
     };
     let tar = DiffTar {
-        size,
+        size: snap.size,
         source_date_epoch: opts.source_date_epoch,
     };
-    let record = store.commit_built_layer(upper.dir, upper.parent, diff_id, tar, !expected)?;
+    let record = store.commit_built_layer(
+        upper.dir,
+        upper.parent,
+        snap.diff_id,
+        tar,
+        snap.content,
+        !expected,
+    )?;
     Ok((record.chain_id, record.diff_id))
 }

@@ -20,7 +20,7 @@ pub use apply::{apply, ApplyStats, VerifyingReader};
 pub use compress::{Compression, Compressor};
 pub use flatten::{flatten, FlattenStats};
 pub use snapshot::{
-    snapshot, snapshot_blob, snapshot_digest, LayerDigests, SnapshotOptions, TarStream,
+    snapshot, snapshot_blob, snapshot_digest, LayerDigests, SnapshotOptions, TarDigest, TarStream,
 };
 pub use stats::{image_cost, ImageCost, LayerFiles, LayerStats};
 

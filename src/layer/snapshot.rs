@@ -1,9 +1,9 @@
 //! Snapshot: an overlay upperdir -> an OCI tar layer, streamed.
 //!
-//! The walk first collects every relative path (memory grows with the number of entries,
-//! never with file sizes), sorts them byte-wise, then writes one entry at a time. Headers are
-//! encoded by [`crate::layer::tar`] (ustar + PAX), so the bytes depend only on the tree: same input,
-//! same digest.
+//! The walk lists one directory at a time, sorted byte-wise (memory grows with the widest
+//! directory, never with the tree or file sizes), and looks each entry up on its own
+//! thread while another encodes the tar. Headers are encoded by [`crate::layer::tar`]
+//! (ustar + PAX), so the bytes depend only on the tree: same input, same digest.
 //! See design.md "Layers" and the OCI image spec, "Representing Changes".
 
 use std::collections::HashMap;
@@ -89,15 +89,28 @@ pub fn snapshot<W: Write>(
     let size = write_tar(upper, opts, &mut |chunk| {
         hasher.write_all(&chunk)?;
         out.write_all(&chunk)
-    })?;
+    })?
+    .size;
     out.flush().map_err(LayerError::Write)?;
     let (diff_id, _, _) = hasher.finish();
     Ok((diff_id, size, out))
 }
 
-/// The diff_id and size of the layer tar of `upper`, without keeping the tar: reading the
+/// What [`snapshot_digest`] measured of an upperdir.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TarDigest {
+    /// sha256 of the layer tar: its diff_id.
+    pub diff_id: Digest,
+    /// Bytes of the tar.
+    pub size: u64,
+    /// Bytes of the tree's regular files, a file with several links once: the layer's size
+    /// in the store, counted by the walk that made the tar instead of by another walk.
+    pub content: u64,
+}
+
+/// The diff_id and sizes of the layer tar of `upper`, without keeping the tar: reading the
 /// files and hashing run on two threads.
-pub fn snapshot_digest(upper: &Path, opts: &SnapshotOptions) -> Result<(Digest, u64), LayerError> {
+pub fn snapshot_digest(upper: &Path, opts: &SnapshotOptions) -> Result<TarDigest, LayerError> {
     std::thread::scope(|scope| {
         let (tx, rx) = sync_channel::<Vec<u8>>(4);
         let producer = scope.spawn(move || {
@@ -110,13 +123,17 @@ pub fn snapshot_digest(upper: &Path, opts: &SnapshotOptions) -> Result<(Digest, 
             // A sink cannot fail.
             let _ = hasher.write_all(&chunk);
         }
-        let size = match producer.join() {
+        let written = match producer.join() {
             Ok(result) => result?,
             Err(panic) => std::panic::resume_unwind(panic),
         };
         let (diff_id, hashed, _) = hasher.finish();
-        debug_assert_eq!(hashed, size);
-        Ok((diff_id, size))
+        debug_assert_eq!(hashed, written.size);
+        Ok(TarDigest {
+            diff_id,
+            size: written.size,
+            content: written.content,
+        })
     })
 }
 
@@ -124,32 +141,85 @@ fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "layer consumer stopped")
 }
 
+/// The sizes [`write_tar`] wrote: the tar's, and its regular files' contents ([`TarDigest`]).
+struct Written {
+    size: u64,
+    content: u64,
+}
+
 /// Walk, sort and encode the tar of `upper`, handing it to `emit` in chunks of [`CHUNK`]
-/// bytes (the last one shorter). File data is read straight into the chunks. Returns the
-/// tar's size.
+/// bytes (the last one shorter). File data is read straight into the chunks.
+///
+/// Two threads: the walk's looks every entry up (`statx`, `open`, xattrs: most of a
+/// snapshot of many small files, issue 23) and hands over [`BATCH`] entries at a time,
+/// while this one encodes the headers and reads the files' bytes. The entries come in
+/// order, so the tar and the first error are those of one thread doing both.
 fn write_tar(
     upper: &Path,
     opts: &SnapshotOptions,
     emit: &mut dyn FnMut(Vec<u8>) -> io::Result<()>,
-) -> Result<u64, LayerError> {
+) -> Result<Written, LayerError> {
     let mut w = TarWriter {
         out: ChunkOut {
             buf: Vec::with_capacity(CHUNK),
             total: 0,
             emit,
         },
-        epoch: opts.source_date_epoch,
         header: Vec::new(),
     };
-    // (dev, ino) -> tar name of the first path written for a multiply-linked inode.
-    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    walk(upper, opts, &mut |item| {
-        write_item(upper, &item, &mut w, &mut links)
-    })?;
-    w.put(&END_OF_ARCHIVE)?;
-    w.out.send().map_err(LayerError::Write)?;
-    Ok(w.out.total)
+    std::thread::scope(|s| {
+        let (tx, rx) = sync_channel::<Result<Vec<Prepared>, LayerError>>(BATCHES_AHEAD);
+        let walker = s.spawn(move || {
+            let mut looks = Inspector {
+                upper,
+                epoch: opts.source_date_epoch,
+                links: HashMap::new(),
+                content: 0,
+                batch: Vec::with_capacity(BATCH),
+            };
+            let walked = walk(upper, opts, &mut |item| {
+                looks.inspect(&item)?;
+                if looks.batch.len() >= BATCH {
+                    let full = std::mem::replace(&mut looks.batch, Vec::with_capacity(BATCH));
+                    // The encoding stopped (its error is the tar's): stop walking.
+                    tx.send(Ok(full)).map_err(|_| LayerError::Write(closed()))?;
+                }
+                Ok(())
+            });
+            // What was looked up before an error is written before it, as by one thread.
+            let _ = tx.send(Ok(std::mem::take(&mut looks.batch)));
+            if let Err(e) = walked {
+                let _ = tx.send(Err(e));
+            }
+            looks.content
+        });
+        for batch in rx.iter() {
+            for Prepared { entry, data } in batch? {
+                match data {
+                    Some((file, path)) => w.write_entry(&entry, Some((file, &path)))?,
+                    None => w.write_entry(&entry, None)?,
+                }
+            }
+        }
+        let content = match walker.join() {
+            Ok(content) => content,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        w.put(&END_OF_ARCHIVE)?;
+        w.out.send().map_err(LayerError::Write)?;
+        Ok(Written {
+            size: w.out.total,
+            content,
+        })
+    })
 }
+
+/// Entries the walk's thread hands over at once. Each regular file among them is open
+/// until written, so this bounds the files a snapshot holds open: BATCH times
+/// ([`BATCHES_AHEAD`] + 2).
+const BATCH: usize = 32;
+/// Batches the walk's thread may be ahead of the encoding.
+const BATCHES_AHEAD: usize = 2;
 
 /// Snapshot `upper` into a compressed blob written to `out`, computing the diff_id and the
 /// blob digest in the same pass. The tar is produced on a second thread so that walking and
@@ -168,7 +238,8 @@ pub fn snapshot_blob<W: Write>(
             let tar_size = write_tar(upper, opts, &mut |chunk| {
                 hasher.write_all(&chunk)?;
                 tx.send(chunk).map_err(|_| closed())
-            })?;
+            })?
+            .size;
             let (diff_id, _, _) = hasher.finish();
             Ok::<_, LayerError>((diff_id, tar_size))
         });
@@ -261,7 +332,7 @@ impl TarStream {
                 }
                 drop(raw_rx);
                 let size = match reader.join() {
-                    Ok(result) => result?,
+                    Ok(result) => result?.size,
                     Err(panic) => std::panic::resume_unwind(panic),
                 };
                 let (diff_id, _, _) = hasher.finish();
@@ -271,7 +342,8 @@ impl TarStream {
             std::thread::spawn(move || {
                 let size = write_tar(&walk, &opts, &mut |chunk| {
                     tx.send(chunk).map_err(|_| closed())
-                })?;
+                })?
+                .size;
                 Ok((None, size))
             })
         };
@@ -547,112 +619,26 @@ fn list(upper: &Path, dir_rel: &Path, skip: &[&Path]) -> Result<SortedNames, Lay
     Ok(names)
 }
 
-fn write_item(
-    upper: &Path,
-    item: &Item<'_>,
-    w: &mut TarWriter<'_>,
-    links: &mut HashMap<(u64, u64), Vec<u8>>,
-) -> Result<(), LayerError> {
-    let path = upper.join(&item.rel);
-    let (at, name) = item.at(&path);
-    let meta = Meta::at(at, name, false).map_err(|e| LayerError::io("inspecting", &path, e))?;
-    let ft = meta.file_type();
-    let mut entry = Entry {
-        name: item.tar_path.clone(),
-        kind: tar::EntryType::Regular,
-        mode: meta.mode() & 0o7777,
-        uid: u64::from(meta.uid()),
-        gid: u64::from(meta.gid()),
-        mtime: w.mtime(meta.mtime()),
-        size: 0,
-        link: None,
-        device: None,
-        xattrs: Xattrs::new(),
-    };
-
-    if item.whiteout {
-        // Docker's overlay2 differ writes whiteouts as mode 0600 empty files with the
-        // whiteout's owner and mtime.
-        entry.mode = 0o600;
-        return w.write_entry(&entry, None);
-    }
-
-    if !ft.is_dir() && meta.nlink() > 1 {
-        let key = (meta.dev(), meta.ino());
-        if let Some(first) = links.get(&key) {
-            entry.kind = tar::EntryType::Link;
-            entry.link = Some(first.clone());
-            return w.write_entry(&entry, None);
-        }
-        links.insert(key, item.tar_path.clone());
-    }
-
-    if ft.is_file() {
-        entry.size = meta.size();
-        let file = rustix::fs::openat(
-            at,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map(File::from)
-        .map_err(|e| LayerError::io("opening", &path, e.into()))?;
-        // Through the open file: its whole path is not walked a third time.
-        entry.xattrs = read_xattrs(&path, Some(&file), opaque_xattr().as_bytes())?.0;
-        return w.write_entry(&entry, Some((file, &path)));
-    }
-
-    let (xattrs, opaque) = read_xattrs(&path, None, opaque_xattr().as_bytes())?;
-    entry.xattrs = xattrs;
-
-    if ft.is_dir() {
-        entry.kind = tar::EntryType::Directory;
-        entry.name.push(b'/');
-        w.write_entry(&entry, None)?;
-        if opaque {
-            let mut marker = Entry {
-                name: item.tar_path.clone(),
-                kind: tar::EntryType::Regular,
-                mode: entry.mode & 0o777,
-                xattrs: Xattrs::new(),
-                ..entry
-            };
-            marker.name.push(b'/');
-            marker.name.extend_from_slice(OPAQUE_MARKER);
-            w.write_entry(&marker, None)?;
-        }
-        Ok(())
-    } else if ft.is_symlink() {
-        let target = fs::read_link(&path).map_err(|e| LayerError::io("reading link", &path, e))?;
-        entry.kind = tar::EntryType::Symlink;
-        entry.link = Some(target.as_os_str().as_bytes().to_vec());
-        w.write_entry(&entry, None)
-    } else if ft.is_char_device() || ft.is_block_device() {
-        entry.kind = if ft.is_char_device() {
-            tar::EntryType::Char
-        } else {
-            tar::EntryType::Block
-        };
-        let rdev = meta.rdev();
-        entry.device = Some((rustix::fs::major(rdev), rustix::fs::minor(rdev)));
-        w.write_entry(&entry, None)
-    } else if ft.is_fifo() {
-        entry.kind = tar::EntryType::Fifo;
-        w.write_entry(&entry, None)
-    } else {
-        // Only sockets are left, and walk() already dropped them.
-        Ok(())
-    }
+/// A tar entry as the walk's thread looked it up: its header, and for a regular file the
+/// open file (and its path, for errors) whose bytes follow it.
+struct Prepared {
+    entry: Entry,
+    data: Option<(File, PathBuf)>,
 }
 
-struct TarWriter<'a> {
-    out: ChunkOut<'a>,
+/// The walk's side of [`write_tar`]: what each entry becomes in the tar.
+struct Inspector<'u> {
+    upper: &'u Path,
     epoch: Option<SourceDateEpoch>,
-    /// Reused for each entry's header blocks.
-    header: Vec<u8>,
+    /// (dev, ino) -> tar name of the first path written for a multiply-linked inode.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    /// Bytes of the regular files written with their data so far.
+    content: u64,
+    /// Entries not handed over yet, in order.
+    batch: Vec<Prepared>,
 }
 
-impl TarWriter<'_> {
+impl Inspector<'_> {
     /// An mtime as the layer keeps it: clamped to SOURCE_DATE_EPOCH, and never before 1970
     /// (ustar cannot express it, nor can most image tooling).
     fn mtime(&self, mtime: i64) -> u64 {
@@ -663,6 +649,122 @@ impl TarWriter<'_> {
         }
     }
 
+    fn push(&mut self, entry: Entry) {
+        self.batch.push(Prepared { entry, data: None });
+    }
+
+    /// Add `item`'s entries (a directory made opaque has two) to the batch.
+    fn inspect(&mut self, item: &Item<'_>) -> Result<(), LayerError> {
+        let path = self.upper.join(&item.rel);
+        let (at, name) = item.at(&path);
+        let meta = Meta::at(at, name, false).map_err(|e| LayerError::io("inspecting", &path, e))?;
+        let ft = meta.file_type();
+        let mut entry = Entry {
+            name: item.tar_path.clone(),
+            kind: tar::EntryType::Regular,
+            mode: meta.mode() & 0o7777,
+            uid: u64::from(meta.uid()),
+            gid: u64::from(meta.gid()),
+            mtime: self.mtime(meta.mtime()),
+            size: 0,
+            link: None,
+            device: None,
+            xattrs: Xattrs::new(),
+        };
+
+        if item.whiteout {
+            // Docker's overlay2 differ writes whiteouts as mode 0600 empty files with the
+            // whiteout's owner and mtime.
+            entry.mode = 0o600;
+            self.push(entry);
+            return Ok(());
+        }
+
+        if !ft.is_dir() && meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            if let Some(first) = self.links.get(&key) {
+                entry.kind = tar::EntryType::Link;
+                entry.link = Some(first.clone());
+                self.push(entry);
+                return Ok(());
+            }
+            self.links.insert(key, item.tar_path.clone());
+        }
+
+        if ft.is_file() {
+            entry.size = meta.size();
+            self.content += entry.size;
+            let file = rustix::fs::openat(
+                at,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map(File::from)
+            .map_err(|e| LayerError::io("opening", &path, e.into()))?;
+            // Through the open file: its whole path is not walked a third time.
+            entry.xattrs = read_xattrs(&path, Some(&file), opaque_xattr().as_bytes())?.0;
+            self.batch.push(Prepared {
+                entry,
+                data: Some((file, path)),
+            });
+            return Ok(());
+        }
+
+        let (xattrs, opaque) = read_xattrs(&path, None, opaque_xattr().as_bytes())?;
+        entry.xattrs = xattrs;
+
+        if ft.is_dir() {
+            entry.kind = tar::EntryType::Directory;
+            entry.name.push(b'/');
+            let marker = opaque.then(|| {
+                let mut name = item.tar_path.clone();
+                name.push(b'/');
+                name.extend_from_slice(OPAQUE_MARKER);
+                Entry {
+                    name,
+                    kind: tar::EntryType::Regular,
+                    mode: entry.mode & 0o777,
+                    xattrs: Xattrs::new(),
+                    ..entry.clone()
+                }
+            });
+            self.push(entry);
+            if let Some(marker) = marker {
+                self.push(marker);
+            }
+        } else if ft.is_symlink() {
+            let target =
+                fs::read_link(&path).map_err(|e| LayerError::io("reading link", &path, e))?;
+            entry.kind = tar::EntryType::Symlink;
+            entry.link = Some(target.as_os_str().as_bytes().to_vec());
+            self.push(entry);
+        } else if ft.is_char_device() || ft.is_block_device() {
+            entry.kind = if ft.is_char_device() {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            };
+            let rdev = meta.rdev();
+            entry.device = Some((rustix::fs::major(rdev), rustix::fs::minor(rdev)));
+            self.push(entry);
+        } else if ft.is_fifo() {
+            entry.kind = tar::EntryType::Fifo;
+            self.push(entry);
+        }
+        // Only sockets are left, and walk() already dropped them.
+        Ok(())
+    }
+}
+
+/// The encoding side of [`write_tar`].
+struct TarWriter<'a> {
+    out: ChunkOut<'a>,
+    /// Reused for each entry's header blocks.
+    header: Vec<u8>,
+}
+
+impl TarWriter<'_> {
     /// Encode `entry` (PAX header first when needed) and copy `data` for regular files.
     fn write_entry(
         &mut self,

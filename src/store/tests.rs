@@ -677,12 +677,13 @@ fn built_layer(s: &Store, files: &[(&str, &[u8])]) -> LayerRecord {
         std::fs::write(dir.join(name), content).unwrap();
     }
     let opts = crate::layer::SnapshotOptions::default();
-    let (diff_id, size) = crate::layer::snapshot_digest(&dir, &opts).unwrap();
+    let snap = crate::layer::snapshot_digest(&dir, &opts).unwrap();
     let tar = DiffTar {
-        size,
+        size: snap.size,
         source_date_epoch: None,
     };
-    s.commit_built_layer(dir, None, diff_id, tar, true).unwrap()
+    s.commit_built_layer(dir, None, snap.diff_id, tar, snap.content, true)
+        .unwrap()
 }
 
 fn read_layer(s: &Store, chain: &Digest, c: Compression) -> Result<(Descriptor, Vec<u8>)> {
@@ -694,6 +695,35 @@ fn read_layer(s: &Store, chain: &Digest, c: Compression) -> Result<(Descriptor, 
         .map_err(StoreError::io("copying", "layer"))?;
     reader.finish()?;
     Ok((desc, out))
+}
+
+/// The size a built layer records is counted by its snapshot's walk: it must be what a
+/// walk of its diff dir counts (regular files' bytes, a file with several links once).
+#[test]
+#[ignore = "needs root"]
+fn a_built_layer_records_the_size_a_walk_of_its_diff_counts() {
+    crate::layer::testutil::needs_root();
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path()).unwrap();
+    let dir = s.tmp_dir().unwrap().keep();
+    crate::layer::testutil::rich_tree(&dir);
+    std::fs::write(dir.join("big"), vec![3u8; 200_000]).unwrap();
+    std::fs::write(dir.join("opaque/empty"), b"").unwrap();
+    std::fs::hard_link(dir.join("big"), dir.join("opaque/big-again")).unwrap();
+    let want = content_size(&dir).unwrap();
+    assert!(want > 200_000, "{want}");
+
+    let snap = crate::layer::snapshot_digest(&dir, &Default::default()).unwrap();
+    assert_eq!(snap.content, want);
+    let tar = DiffTar {
+        size: snap.size,
+        source_date_epoch: None,
+    };
+    let l = s
+        .commit_built_layer(dir, None, snap.diff_id, tar, snap.content, true)
+        .unwrap();
+    assert_eq!(l.size, want);
+    assert_eq!(s.layer(&l.chain_id).unwrap().size, want);
 }
 
 #[test]
@@ -885,13 +915,13 @@ fn deep_stacks_mount_a_snapshot_that_is_reused_and_pruned() {
         let dir = s.tmp_dir().unwrap().keep();
         std::fs::write(dir.join(format!("f{i}")), i.to_string()).unwrap();
         let opts = crate::layer::SnapshotOptions::default();
-        let (diff_id, size) = crate::layer::snapshot_digest(&dir, &opts).unwrap();
+        let snap = crate::layer::snapshot_digest(&dir, &opts).unwrap();
         let tar = DiffTar {
-            size,
+            size: snap.size,
             source_date_epoch: None,
         };
         let l = s
-            .commit_built_layer(dir, chains.last(), diff_id, tar, true)
+            .commit_built_layer(dir, chains.last(), snap.diff_id, tar, snap.content, true)
             .unwrap();
         chains.push(l.chain_id);
     }
