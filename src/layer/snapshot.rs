@@ -194,9 +194,14 @@ fn write_tar(
             looks.content
         });
         for batch in rx.iter() {
-            for Prepared { entry, data } in batch? {
+            for Prepared { mut entry, data } in batch? {
                 match data {
-                    Some((file, path)) => w.write_entry(&entry, Some((file, &path)))?,
+                    Some((file, path)) => {
+                        // Here, through the open file: the walk's thread has the most to do.
+                        entry.xattrs =
+                            read_xattrs(&path, Some(&file), opaque_xattr().as_bytes())?.0;
+                        w.write_entry(&entry, Some((file, &path)))?
+                    }
                     None => w.write_entry(&entry, None)?,
                 }
             }
@@ -620,7 +625,7 @@ fn list(upper: &Path, dir_rel: &Path, skip: &[&Path]) -> Result<SortedNames, Lay
 }
 
 /// A tar entry as the walk's thread looked it up: its header, and for a regular file the
-/// open file (and its path, for errors) whose bytes follow it.
+/// open file (and its path, for errors) whose xattrs and bytes the encoding reads.
 struct Prepared {
     entry: Entry,
     data: Option<(File, PathBuf)>,
@@ -702,8 +707,7 @@ impl Inspector<'_> {
             )
             .map(File::from)
             .map_err(|e| LayerError::io("opening", &path, e.into()))?;
-            // Through the open file: its whole path is not walked a third time.
-            entry.xattrs = read_xattrs(&path, Some(&file), opaque_xattr().as_bytes())?.0;
+            // Its xattrs are read by the encoding thread, through the open file.
             self.batch.push(Prepared {
                 entry,
                 data: Some((file, path)),
