@@ -32,7 +32,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
 use rustix::fs::{AtFlags, OFlags, Timespec, Timestamps, CWD};
 use serde::{Deserialize, Serialize};
@@ -829,7 +829,10 @@ impl<'w, 'a> Files<'w, 'a> {
 
 /// The walk's end of [`Files`]: a queue a thread. A directory's files go to one thread,
 /// the next directory's to the next: a creation holds its directory's lock, so threads
-/// making files in one directory would mostly wait for each other.
+/// making files in one directory would mostly wait for each other. But a directory of
+/// more files than a queue holds goes on to a thread with room when its thread's queue is
+/// full: waiting on that queue left the other threads idle with their queues empty, a
+/// fifth of the copy's time in directories of 1,000 files (issue 23).
 struct Started<'scope, 'w, 'a> {
     files: &'w Files<'w, 'a>,
     scope: &'scope std::thread::Scope<'scope, 'w>,
@@ -869,7 +872,28 @@ impl Started<'_, '_, '_> {
             self.next = (self.next + 1) % self.queues.len();
             self.dir = dir.to_path_buf();
         }
-        // Each thread holds its queue until the queue closes: a send cannot fail.
+        // Each thread holds its queue until the queue closes: a send cannot fail but by
+        // finding the queue full.
+        let f = match self.queues[self.next].try_send(f) {
+            Ok(()) => return,
+            Err(TrySendError::Full(f)) => f,
+            Err(TrySendError::Disconnected(_)) => return,
+        };
+        // Its thread is a queue behind the walk (a directory larger than a queue): another
+        // with room takes the rest of the directory rather than wait idle meanwhile.
+        let n = self.queues.len();
+        let mut f = f;
+        for k in 1..n {
+            let q = (self.next + k) % n;
+            match self.queues[q].try_send(f) {
+                Ok(()) => {
+                    self.next = q;
+                    return;
+                }
+                Err(TrySendError::Full(back)) => f = back,
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
         let _ = self.queues[self.next].send(f);
     }
 
@@ -1695,11 +1719,24 @@ mod tests {
                 want.push((rel, mode, size, 2_000_000 + (d * 100 + f) as i64));
             }
         }
+        // A directory of more files than a thread's queue holds: its files go on to another
+        // thread when the first one's queue is full.
+        let big = 3 * FILE_QUEUE;
+        for f in 0..big {
+            let rel = format!("big/{f:04}");
+            write(&tree.join(&rel), &rel, 0o644);
+            let mtime = rustix::fs::Timestamps {
+                last_access: timespec(1_000_000, 0),
+                last_modification: timespec(3_000_000 + f as i64, 7),
+            };
+            rustix::fs::utimensat(CWD, tree.join(&rel), &mtime, AtFlags::empty()).unwrap();
+            want.push((rel, 0o644, 8, 3_000_000 + f as i64));
+        }
         fs::hard_link(tree.join("d03/f01"), tree.join("d20/linked")).unwrap();
         // Below the destination already: a file to replace.
         write(&e.dst.join("out/d05/f05"), "old content", 0o600);
         let stats = run(&e, &job(&["tree"], "/out")).unwrap();
-        assert_eq!((stats.files, stats.hardlinks), (24 * 40, 1));
+        assert_eq!((stats.files, stats.hardlinks), (24 * 40 + big as u64, 1));
         for (rel, mode, size, mtime) in &want {
             let m = fs::symlink_metadata(e.dst.join("out").join(rel)).unwrap();
             let got = (
