@@ -10,11 +10,12 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufRead, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rustix::fs::{Mode, OFlags};
@@ -59,7 +60,7 @@ struct Item<'d> {
     /// The directory the walk holds open where the entry is, for looking it up by its name
     /// alone: its whole path walked again for every entry was a fifth of a snapshot of
     /// 100,000 files (issue 23). `None` below [`HELD_DEPTH`] levels: the full path then.
-    dir: Option<BorrowedFd<'d>>,
+    dir: Option<&'d Arc<OwnedFd>>,
     /// An overlay whiteout (char device 0/0): written as an empty `.wh.NAME` file.
     whiteout: bool,
 }
@@ -68,7 +69,10 @@ impl Item<'_> {
     /// Where to look the entry up: its name in [`Item::dir`], or `path`, its full path.
     fn at<'p>(&'p self, path: &'p Path) -> (BorrowedFd<'p>, &'p Path) {
         match self.dir {
-            Some(dir) => (dir, Path::new(self.rel.file_name().unwrap_or_default())),
+            Some(dir) => (
+                dir.as_fd(),
+                Path::new(self.rel.file_name().unwrap_or_default()),
+            ),
             None => (rustix::fs::CWD, path),
         }
     }
@@ -196,11 +200,11 @@ fn write_tar(
         for batch in rx.iter() {
             for Prepared { mut entry, data } in batch? {
                 match data {
-                    Some((file, path)) => {
-                        // Here, through the open file: the walk's thread has the most to do.
-                        entry.xattrs =
-                            read_xattrs(&path, Some(&file), opaque_xattr().as_bytes())?.0;
-                        w.write_entry(&entry, Some((file, &path)))?
+                    Some(data) => {
+                        let file = data.open()?;
+                        let opaque = opaque_xattr().as_bytes();
+                        entry.xattrs = read_xattrs(&data.path, Some(&file), opaque)?.0;
+                        w.write_entry(&entry, Some((file, &data.path)))?
                     }
                     None => w.write_entry(&entry, None)?,
                 }
@@ -219,9 +223,9 @@ fn write_tar(
     })
 }
 
-/// Entries the walk's thread hands over at once. Each regular file among them is open
-/// until written, so this bounds the files a snapshot holds open: BATCH times
-/// ([`BATCHES_AHEAD`] + 2).
+/// Entries the walk's thread hands over at once. A regular file's keeps its directory open
+/// until written, so this bounds the directories a snapshot holds open beyond the walk's:
+/// BATCH times ([`BATCHES_AHEAD`] + 2).
 const BATCH: usize = 32;
 /// Batches the walk's thread may be ahead of the encoding.
 const BATCHES_AHEAD: usize = 2;
@@ -539,7 +543,7 @@ fn walk(
     let mut stack = vec![(
         PathBuf::new(),
         list(upper, Path::new(""), &skip)?,
-        Some(top),
+        Some(Arc::new(top)),
     )];
     while let Some(depth) = stack.len().checked_sub(1) {
         let (dir_rel, names, dir) = &mut stack[depth];
@@ -557,11 +561,11 @@ fn walk(
         let rel = dir_rel.join(OsStr::from_bytes(name));
         if visit.contents {
             let sub = match dir {
-                Some(dir) if depth + 1 < HELD_DEPTH => Some(open_dir(
+                Some(dir) if depth + 1 < HELD_DEPTH => Some(Arc::new(open_dir(
                     dir.as_fd(),
                     Path::new(OsStr::from_bytes(name)),
                     &rel,
-                )?),
+                )?)),
                 _ => None,
             };
             let names = list(upper, &rel, &skip)?;
@@ -576,7 +580,7 @@ fn walk(
         each(Item {
             tar_path,
             rel,
-            dir: dir.as_ref().map(|d| d.as_fd()),
+            dir: dir.as_ref(),
             whiteout,
         })?;
     }
@@ -624,11 +628,38 @@ fn list(upper: &Path, dir_rel: &Path, skip: &[&Path]) -> Result<SortedNames, Lay
     Ok(names)
 }
 
-/// A tar entry as the walk's thread looked it up: its header, and for a regular file the
-/// open file (and its path, for errors) whose xattrs and bytes the encoding reads.
+/// A tar entry as the walk's thread looked it up: its header, and for a regular file where
+/// the encoding opens it to read its xattrs and bytes.
 struct Prepared {
     entry: Entry,
-    data: Option<(File, PathBuf)>,
+    data: Option<Data>,
+}
+
+/// A regular file to open: by name in its directory, which the walk held open, or by
+/// `path` (also what errors name).
+struct Data {
+    dir: Option<Arc<OwnedFd>>,
+    path: PathBuf,
+}
+
+impl Data {
+    fn open(&self) -> Result<File, LayerError> {
+        let (at, name) = match &self.dir {
+            Some(dir) => (
+                dir.as_fd(),
+                Path::new(self.path.file_name().unwrap_or_default()),
+            ),
+            None => (rustix::fs::CWD, self.path.as_path()),
+        };
+        rustix::fs::openat(
+            at,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map(File::from)
+        .map_err(|e| LayerError::io("opening", &self.path, e.into()))
+    }
 }
 
 /// The walk's side of [`write_tar`]: what each entry becomes in the tar.
@@ -699,18 +730,14 @@ impl Inspector<'_> {
         if ft.is_file() {
             entry.size = meta.size();
             self.content += entry.size;
-            let file = rustix::fs::openat(
-                at,
-                name,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map(File::from)
-            .map_err(|e| LayerError::io("opening", &path, e.into()))?;
-            // Its xattrs are read by the encoding thread, through the open file.
+            // Opened by the encoding thread, which reads its xattrs through the open file:
+            // the walk's thread has the most to do.
             self.batch.push(Prepared {
                 entry,
-                data: Some((file, path)),
+                data: Some(Data {
+                    dir: item.dir.cloned(),
+                    path,
+                }),
             });
             return Ok(());
         }
