@@ -268,8 +268,8 @@ impl StatCache {
         self.hashed.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn count_hashed(&self) {
-        self.hashed.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn count_hashed(&self, files: u64) {
+        self.hashed.fetch_add(files, Ordering::Relaxed);
     }
 
     /// How many entries it holds: the loaded ones that check out (reads the file: for
