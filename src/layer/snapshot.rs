@@ -154,10 +154,11 @@ struct Written {
 /// Walk, sort and encode the tar of `upper`, handing it to `emit` in chunks of [`CHUNK`]
 /// bytes (the last one shorter). File data is read straight into the chunks.
 ///
-/// Two threads: the walk's looks every entry up (`statx`, `open`, xattrs: most of a
-/// snapshot of many small files, issue 23) and hands over [`BATCH`] entries at a time,
-/// while this one encodes the headers and reads the files' bytes. The entries come in
-/// order, so the tar and the first error are those of one thread doing both.
+/// Two threads (issue 23: a snapshot of many small files is their system calls): the
+/// walk's stats every entry and hands over [`BATCH`] at a time, each regular file with the
+/// directory the walk holds open, while this one opens those files there, reads their
+/// xattrs and bytes, and encodes the headers. The entries come in order, so the tar and
+/// the first error are those of one thread doing both.
 fn write_tar(
     upper: &Path,
     opts: &SnapshotOptions,
