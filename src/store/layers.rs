@@ -331,9 +331,9 @@ impl Store {
     }
 
     /// Record a layer rbuild built from `diff_dir`: its snapshot made `tar`, hashing to
-    /// `diff_id`, and counted `size` bytes of content (the walk the snapshot took counts
-    /// them: another walk of the layer was ~6 % of a first build of 100,000 files, issue 23). No blob is
-    /// stored ([`DiffTar`]). Like [`Store::commit_layer`] otherwise.
+    /// `diff_id`, and counted `size` bytes of content (the snapshot's walk counts them:
+    /// another walk of the layer was ~6 % of a first build of 100,000 files, issue 23).
+    /// No blob is stored ([`DiffTar`]). Like [`Store::commit_layer`] otherwise.
     ///
     /// `synced` says whether the store's filesystem was synced since `diff_dir` was
     /// written. If not, a new layer is synced here before its record; a copy of a layer the
