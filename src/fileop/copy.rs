@@ -1734,13 +1734,10 @@ mod tests {
                 write(&tree.join(&rel), &rel.repeat(f % 3), mode);
                 // Again: the chown cleared the set-user-ID bit.
                 fs::set_permissions(tree.join(&rel), fs::Permissions::from_mode(mode)).unwrap();
-                let mtime = rustix::fs::Timestamps {
-                    last_access: timespec(1_000_000 + f as i64, 0),
-                    last_modification: timespec(2_000_000 + (d * 100 + f) as i64, 7),
-                };
-                rustix::fs::utimensat(CWD, tree.join(&rel), &mtime, AtFlags::empty()).unwrap();
+                let mtime = 2_000_000 + (d * 100 + f) as i64;
+                set_times(&tree.join(&rel), 1_000_000 + f as i64, 0, mtime, 7).unwrap();
                 let size = (rel.len() * (f % 3)) as u64;
-                want.push((rel, mode, size, 2_000_000 + (d * 100 + f) as i64));
+                want.push((rel, mode, size, mtime));
             }
         }
         // A directory of more files than a thread's queue holds: its files go on to another
@@ -1749,11 +1746,7 @@ mod tests {
         for f in 0..big {
             let rel = format!("big/{f:04}");
             write(&tree.join(&rel), &rel, 0o644);
-            let mtime = rustix::fs::Timestamps {
-                last_access: timespec(1_000_000, 0),
-                last_modification: timespec(3_000_000 + f as i64, 7),
-            };
-            rustix::fs::utimensat(CWD, tree.join(&rel), &mtime, AtFlags::empty()).unwrap();
+            set_times(&tree.join(&rel), 1_000_000, 0, 3_000_000 + f as i64, 7).unwrap();
             want.push((rel, 0o644, 8, 3_000_000 + f as i64));
         }
         fs::hard_link(tree.join("d03/f01"), tree.join("d20/linked")).unwrap();
