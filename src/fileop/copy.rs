@@ -140,14 +140,15 @@ pub enum CopyError {
     },
 }
 
-/// A new file at `path` for writing, private until its metadata is set; never through a
+/// A new file at `path` for writing, with at most the permission bits `mode` (never the
+/// set-id and sticky bits, which only a mode set after the owner keeps); never through a
 /// symlink, never over an entry.
-fn create_new(path: &Path) -> io::Result<File> {
+fn create_new(path: &Path, mode: u32) -> io::Result<File> {
     fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
+        .mode(mode & 0o777)
         .open(path)
 }
 
@@ -490,7 +491,7 @@ impl Copier<'_> {
             // BuildKit sends a socket as an empty regular file with its permission bits
             // (fsutil's mkstat clears the socket bit; the sender cannot open it, so no data
             // follows); apply_meta below gives it those bits.
-            create_new(dst_host).map_err(|e| io_err(dst_host, e))?;
+            create_new(dst_host, 0o600).map_err(|e| io_err(dst_host, e))?;
             self.stats.files += 1;
         } else {
             mknod(dst_host, meta.mode(), meta.rdev())?;
@@ -650,11 +651,14 @@ impl Writer<'_> {
         file_mode: Option<u32>,
     ) -> Result<u64, CopyError> {
         let mut from = File::open(src).map_err(|e| io_err(src, e))?;
-        let mut to = match create_new(dst_host) {
+        // Created with the owner's and the mode's last values where it can (the owner is
+        // ours, no set-id bits): two calls a file fewer for [`Writer::apply_meta`].
+        let mode = self.mode(meta, file_mode);
+        let mut to = match create_new(dst_host, mode) {
             Ok(to) => to,
             Err(e) => {
                 self.make_room(e, dst_host)?;
-                create_new(dst_host).map_err(|e| io_err(dst_host, e))?
+                create_new(dst_host, mode).map_err(|e| io_err(dst_host, e))?
             }
         };
         let n = copy_data(&mut from, &mut to).map_err(|e| io_err(dst_host, e))?;
@@ -690,6 +694,25 @@ impl Writer<'_> {
         }
     }
 
+    /// The owner a copied entry gets.
+    fn owner(&self, meta: &Meta) -> (u32, u32) {
+        match self.owner {
+            Some(o) => o,
+            None if self.preserve_owner => (meta.uid(), meta.gid()),
+            None => (0, 0),
+        }
+    }
+
+    /// The mode bits (`0o7777`) a copied entry other than a symlink gets: `file_mode`
+    /// or the source's, through `--chmod`.
+    fn mode(&self, meta: &Meta, file_mode: Option<u32>) -> u32 {
+        let mode = file_mode.unwrap_or(meta.mode()) & 0o7777;
+        match &self.chmod {
+            Some(spec) => spec.apply(mode, meta.is_dir()),
+            None => mode,
+        }
+    }
+
     /// Owner, mode, xattrs and times of `dst` from the source entry (fsutil's
     /// copyFileInfo). `file_mode` overrides the source mode (executor-prepared files).
     /// `files` are `src` and `dst` opened, for a regular file just written: everything is
@@ -703,22 +726,29 @@ impl Writer<'_> {
         files: Option<(&File, &File)>,
     ) -> Result<(), CopyError> {
         let file = files.map(|(_, to)| to);
-        let (uid, gid) = match self.owner {
-            Some(o) => o,
-            None if self.preserve_owner => (meta.uid(), meta.gid()),
-            None => (0, 0),
-        };
-        match file {
-            Some(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid)),
-            None => std::os::unix::fs::lchown(dst, Some(uid), Some(gid)),
-        }
-        .map_err(|e| io_err(dst, e))?;
+        let (uid, gid) = self.owner(meta);
         let is_link = meta.file_type().is_symlink();
-        if !is_link {
-            let mut mode = file_mode.unwrap_or(meta.mode()) & 0o7777;
-            if let Some(spec) = &self.chmod {
-                mode = spec.apply(mode, meta.is_dir());
+        let mode = self.mode(meta, file_mode);
+        // A file just made has our owner and the bits its creation asked for less the
+        // umask (or a default ACL's): its fstat says which calls it still needs, a fifth
+        // of a copying thread's time where it needs none (issue 23). A new owner can
+        // clear set-id bits: the mode is set after it.
+        let (chown, chmod) = match file {
+            Some(f) => {
+                let st = rustix::fs::fstat(f).map_err(|e| io_err(dst, e.into()))?;
+                let chown = (st.st_uid, st.st_gid) != (uid, gid);
+                (chown, chown || st.st_mode & 0o7777 != mode)
             }
+            None => (true, !is_link),
+        };
+        if chown {
+            match file {
+                Some(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid)),
+                None => std::os::unix::fs::lchown(dst, Some(uid), Some(gid)),
+            }
+            .map_err(|e| io_err(dst, e))?;
+        }
+        if chmod {
             let perms = fs::Permissions::from_mode(mode);
             match file {
                 Some(f) => f.set_permissions(perms),
