@@ -134,6 +134,11 @@ impl ListedFile<'_> {
     pub fn path(&self) -> String {
         String::from_utf8_lossy(&joined_path(self.named, self.rel)).into_owned()
     }
+
+    /// [`ListedFile::path`]'s bytes, in parts to be joined.
+    pub fn path_parts(&self) -> [&[u8]; 3] {
+        record_path(self.named, self.rel)
+    }
 }
 
 /// A record's path in its parts: the source as named, `/` if both it and the path below it

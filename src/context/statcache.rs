@@ -799,8 +799,8 @@ impl Added {
         })
     }
 
-    /// `key`'s sha ([`Stream::find`]): a second walk of the same files in one build (the
-    /// listing `rbuild explain` keeps) finds them one after the other.
+    /// `key`'s sha ([`Stream::find`]): a second walk of the same files in one build (another
+    /// COPY of them) finds them one after the other.
     fn find(&mut self, key: &StatKey) -> std::io::Result<Option<[u8; 32]>> {
         let found = self
             .stream

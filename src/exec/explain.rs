@@ -10,8 +10,7 @@ use serde::Serialize;
 
 use super::progress::{Reporter, StepId};
 use super::request::BuildRequest;
-use crate::context::{self, IgnoreMatcher, ListedFile, StatCache};
-use crate::image::Digest;
+use crate::context::ListedFile;
 use crate::plan::explain::{self as why, Entry, Parent, Reason};
 use crate::plan::{self, Stage, Step};
 use crate::store::{StepInputs, Store, MAX_LISTING};
@@ -257,10 +256,10 @@ pub fn inputs(parent: &str, stage: &Stage, step: &Step, content: Option<String>)
     }
 }
 
-/// A content digest's file listing, written to a temp file in the store as the digest
-/// makes it, in the format records keep ([`Store::put_listing`]'s): a million-file context
-/// holds no listing in memory (issue 23). None is kept over [`MAX_LISTING`] files.
-pub struct ListingWriter {
+/// A content digest's file listing, written to a temp file in the store, in the format
+/// records keep ([`Store::put_listing`]'s): a million-file context holds no listing in
+/// memory (issue 23). None is kept over [`MAX_LISTING`] files.
+struct ListingWriter {
     out: Option<std::io::BufWriter<tempfile::NamedTempFile>>,
     count: usize,
 }
@@ -268,7 +267,7 @@ pub struct ListingWriter {
 impl ListingWriter {
     /// A writer into a new temp file; one that cannot be made writes nothing (a listing is
     /// a hint).
-    pub fn new(store: &Store) -> ListingWriter {
+    fn new(store: &Store) -> ListingWriter {
         let out = store.listing_tmp().ok().and_then(|f| {
             let mut out = std::io::BufWriter::new(f);
             out.write_all(b"[").ok()?;
@@ -277,7 +276,8 @@ impl ListingWriter {
         ListingWriter { out, count: 0 }
     }
 
-    pub fn push(&mut self, f: ListedFile) {
+    /// A file's path, mode and the first bytes of its sha256 ([`LISTED_DIGEST`] digits).
+    fn push(&mut self, path: &[u8], mode: u32, sha: &[u8]) {
         self.count += 1;
         if self.count > MAX_LISTING {
             self.out = None;
@@ -286,11 +286,11 @@ impl ListingWriter {
             return;
         };
         let entry = Entry {
-            path: f.path(),
-            mode: f.mode,
+            path: String::from_utf8_lossy(path).into_owned(),
+            mode,
             // The prefix's bytes only, through the hex crate: formatting all 32 bytes one
             // String each was ~15% of a 100k-file cached rebuild (perf, issue 23).
-            digest: hex::encode(&f.sha[..LISTED_DIGEST / 2]),
+            digest: hex::encode(sha),
         };
         let sep: &[u8] = if self.count > 1 { b"," } else { b"" };
         let written = out
@@ -302,51 +302,129 @@ impl ListingWriter {
     }
 
     /// The listing's file, complete; `None` if it was too long or could not be written.
-    pub fn finish(self) -> Option<tempfile::NamedTempFile> {
+    fn finish(self) -> Option<tempfile::NamedTempFile> {
         let mut out = self.out?;
         out.write_all(b"]").ok()?;
         out.into_inner().ok()
     }
 }
 
-/// What a content digest walked, to walk it again for its listing. The walk that makes the
-/// key lists nothing, as the digest is known only at its end: a cache hit then writes no
-/// listing (on a 100,000-file context that was ~6 MB written and deleted per rebuild, issue
-/// 23). A miss that needs one walks again, the files' digests now in the stat cache.
+/// What a content digest listed, spooled as the walk that makes the key goes, to be
+/// written as a listing if the step misses ([`ListingSource::write`]). The digest, and so
+/// the hit, is known only at the walk's end: the spool is compact and mostly in memory,
+/// as a cached rebuild drops it (a listing written as JSON during the walk was ~6 MB per
+/// rebuild of a 100,000-file context), and a miss writes it without walking the sources
+/// again (a second walk was ~8 % of a first build of 100,000 files, issue 23). Each entry:
+/// the path's length (u32 LE), the path, the mode (u32 LE), the sha256's first bytes.
 pub struct ListingSource {
-    pub root: PathBuf,
-    pub paths: Vec<String>,
-    pub ignore: IgnoreMatcher,
-    pub excludes: IgnoreMatcher,
-    /// What the first walk gave.
-    pub digest: Digest,
-    /// How many entries it listed.
-    pub files: usize,
+    /// The entries not spilled yet.
+    held: Vec<u8>,
+    /// Where [`SPOOL_HELD`] bytes of them went at a time; `None` until needed.
+    spilled: Option<std::fs::File>,
+    /// The entries, spilled or held.
+    files: usize,
+    /// Over [`MAX_LISTING`] files, or a spill failed: no listing.
+    dropped: bool,
+    /// The store's scratch directory, for the temp file.
+    dir: PathBuf,
 }
 
+/// Bytes of a [`ListingSource`] held in memory before they go to its temp file.
+const SPOOL_HELD: usize = 1 << 18;
+
 impl ListingSource {
-    /// The listing, written to a temp file in `store`; `None` over [`MAX_LISTING`] files or
-    /// when the sources changed since the key's walk (that listing would not be the key's).
-    pub fn write(
-        &self,
-        store: &Store,
-        stat_cache: &mut StatCache,
-    ) -> Option<tempfile::NamedTempFile> {
-        if self.files > MAX_LISTING {
+    /// An empty spool whose spill goes to a temp file in `store`.
+    pub fn new(store: &Store) -> ListingSource {
+        ListingSource {
+            held: Vec::new(),
+            spilled: None,
+            files: 0,
+            dropped: false,
+            dir: store.session_dir().to_path_buf(),
+        }
+    }
+
+    /// Spool what the digest listed of a file.
+    pub fn push(&mut self, f: &ListedFile<'_>) {
+        self.files += 1;
+        if self.dropped || self.files > MAX_LISTING {
+            self.drop_all();
+            return;
+        }
+        let parts = f.path_parts();
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.held.extend_from_slice(&(len as u32).to_le_bytes());
+        for part in parts {
+            self.held.extend_from_slice(part);
+        }
+        self.held.extend_from_slice(&f.mode.to_le_bytes());
+        self.held.extend_from_slice(&f.sha[..LISTED_DIGEST / 2]);
+        if self.held.len() >= SPOOL_HELD && self.spill().is_err() {
+            self.drop_all();
+        }
+    }
+
+    fn drop_all(&mut self) {
+        self.dropped = true;
+        self.held = Vec::new();
+        self.spilled = None;
+    }
+
+    /// The held entries appended to the temp file.
+    fn spill(&mut self) -> std::io::Result<()> {
+        let file = match &mut self.spilled {
+            Some(f) => f,
+            None => self.spilled.insert(tempfile::tempfile_in(&self.dir)?),
+        };
+        file.write_all(&self.held)?;
+        self.held.clear();
+        Ok(())
+    }
+
+    /// The listing, written to a temp file in `store`; `None` over [`MAX_LISTING`] files
+    /// or when the spool could not be kept.
+    pub fn write(&self, store: &Store) -> Option<tempfile::NamedTempFile> {
+        if self.dropped {
             return None;
         }
         let mut files = ListingWriter::new(store);
-        let again = context::content_digest(
-            &self.root,
-            &self.paths,
-            &self.ignore,
-            &self.excludes,
-            true,
-            stat_cache,
-            &mut |f| files.push(f),
-        )
-        .ok()?;
-        (again == self.digest).then(|| files.finish())?
+        let mut each = |bytes: &[u8]| -> Option<usize> {
+            let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+            let path = bytes.get(4..4 + len)?;
+            let mode = bytes.get(4 + len..8 + len)?;
+            let sha = bytes.get(8 + len..8 + len + LISTED_DIGEST / 2)?;
+            files.push(path, u32::from_le_bytes(mode.try_into().ok()?), sha);
+            Some(8 + len + LISTED_DIGEST / 2)
+        };
+        if let Some(file) = &self.spilled {
+            use std::os::unix::fs::FileExt;
+            // A read ends where an entry does only by chance: the tail of one read starts
+            // the next.
+            let mut buf = Vec::with_capacity(SPOOL_HELD);
+            let mut chunk = vec![0u8; 1 << 16];
+            let mut pos = 0;
+            loop {
+                let n = file.read_at(&mut chunk, pos).ok()?;
+                if n == 0 {
+                    break;
+                }
+                pos += n as u64;
+                buf.extend_from_slice(&chunk[..n]);
+                let mut at = 0;
+                while let Some(used) = each(&buf[at..]) {
+                    at += used;
+                }
+                buf.drain(..at);
+            }
+            if !buf.is_empty() {
+                return None;
+            }
+        }
+        let mut at = 0;
+        while at < self.held.len() {
+            at += each(&self.held[at..])?;
+        }
+        files.finish()
     }
 }
 
@@ -386,5 +464,75 @@ fn side<'a>(i: &'a StepInputs, listing: Option<&'a [Entry]>) -> why::Inputs<'a> 
         text: &i.text,
         base: i.base.as_deref(),
         listing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::{content_digest, IgnoreMatcher, StatCache};
+    use sha2::{Digest as _, Sha256};
+
+    /// The listing a spool writes is the digest walk's, entry for entry, whether its
+    /// entries stayed in memory or went to its temp file and back in reads that end
+    /// inside entries; over [`MAX_LISTING`] files it writes none.
+    #[test]
+    fn a_spooled_listing_is_what_the_walk_listed() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let ctx = t.path().join("ctx");
+        std::fs::create_dir_all(ctx.join("src")).unwrap();
+        // Long names: more than SPOOL_HELD bytes of entries, so some are spilled.
+        let n = 2 * SPOOL_HELD / 200 + 7;
+        let mut want = Vec::new();
+        for i in 0..n {
+            let name = format!("{i:06}{}", "x".repeat(190 + i % 7));
+            let content = format!("file {i}");
+            let path = ctx.join("src").join(&name);
+            std::fs::write(&path, &content).unwrap();
+            let mode = if i % 3 == 0 { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .unwrap();
+            want.push(Entry {
+                path: format!("src/{name}"),
+                mode: 0o100000 | mode,
+                digest: hex::encode(&Sha256::digest(content.as_bytes())[..LISTED_DIGEST / 2]),
+            });
+        }
+        let mut spool = ListingSource::new(&store);
+        let none = IgnoreMatcher::default();
+        let mut cache = StatCache::new();
+        content_digest(
+            &ctx,
+            &["src".into()],
+            &none,
+            &none,
+            true,
+            &mut cache,
+            &mut |f| spool.push(&f),
+        )
+        .unwrap();
+        assert!(spool.spilled.is_some() && !spool.held.is_empty());
+        let written = spool.write(&store).expect("a listing");
+        let got = read_listing(written.path()).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!((&g.path, g.mode, &g.digest), (&w.path, w.mode, &w.digest));
+        }
+
+        // One file over the limit: no listing.
+        let mut over = ListingSource::new(&store);
+        over.files = MAX_LISTING;
+        content_digest(
+            &ctx,
+            &["src/000000*".into()],
+            &none,
+            &none,
+            true,
+            &mut cache,
+            &mut |f| over.push(&f),
+        )
+        .unwrap();
+        assert!(over.write(&store).is_none());
     }
 }

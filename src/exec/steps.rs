@@ -683,13 +683,14 @@ impl<'a> Ctx<'a> {
         use super::explain;
         let content = prepared.and_then(|p| p.content.as_ref());
         let inputs = explain::inputs(parent, stage, step, content.map(Digest::to_string));
-        // The sources' listing: kept already for this content, else walked again (a miss).
+        // The sources' listing: kept already for this content, else written from what the
+        // key's walk spooled.
         let source = prepared.and_then(|p| p.listing.as_ref());
         let kept = (inputs.content.as_deref())
             .filter(|_| source.is_some())
             .and_then(|c| self.store.listing_path(c));
         let written = match (&kept, source) {
-            (None, Some(s)) => s.write(self.store, &mut self.stat_cache()),
+            (None, Some(s)) => s.write(self.store),
             _ => None,
         };
         let listing = kept.as_deref().or(written.as_ref().map(|f| f.path()));
@@ -1145,7 +1146,9 @@ impl<'a> Ctx<'a> {
         let mut digest_of =
             |ctx: &mut Self, root: &Path, ignore: &IgnoreMatcher| -> Result<String, BuildError> {
                 let excludes = IgnoreMatcher::new(excludes)?;
-                let mut files = 0;
+                let mut spool = listing
+                    .is_some()
+                    .then(|| super::explain::ListingSource::new(ctx.store));
                 let d = context::content_digest(
                     root,
                     paths,
@@ -1153,20 +1156,16 @@ impl<'a> Ctx<'a> {
                     &excludes,
                     true,
                     &mut ctx.stat_cache(),
-                    &mut |_| files += 1,
+                    &mut |f| {
+                        if let Some(s) = &mut spool {
+                            s.push(&f);
+                        }
+                    },
                 )?;
-                let text = d.to_string();
                 if let Some(listing) = listing.as_deref_mut() {
-                    *listing = Some(super::explain::ListingSource {
-                        root: root.to_path_buf(),
-                        paths: paths.to_vec(),
-                        ignore: ignore.clone(),
-                        excludes,
-                        digest: d,
-                        files,
-                    });
+                    *listing = spool;
                 }
-                Ok(text)
+                Ok(d.to_string())
             };
         match from {
             CopyFrom::Context => {

@@ -732,9 +732,10 @@ fn cache_records_grow_linearly_in_the_steps() {
     );
 }
 
-/// A cache hit writes no listing of its sources (issue 23): the key's walk lists nothing
-/// and only a miss walks again to keep one. A miss on a content seen before reuses the kept
-/// listing. (Before, every COPY from the context wrote one to a temp file, hit or not.)
+/// A cache hit writes no listing of its sources (issue 23): the key's walk only spools
+/// them, and only a miss writes the spool out as a listing to keep. A miss on a content
+/// seen before reuses the kept listing. (Before, every COPY from the context wrote one to a
+/// temp file, hit or not.)
 #[test]
 fn a_cache_hit_writes_no_listing_of_its_sources() {
     let f = Fixture::new(&[("a.txt", "a"), ("b.txt", "b")]);

@@ -289,6 +289,11 @@ impl Store {
         }
     }
 
+    /// This process's scratch directory in the store (removed with the store's drop).
+    pub fn session_dir(&self) -> &Path {
+        &self.session
+    }
+
     /// A scratch directory on the store's filesystem (so its contents can be renamed into
     /// the store); removed when dropped.
     pub fn tmp_dir(&self) -> Result<tempfile::TempDir> {
@@ -397,11 +402,6 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io("reading", path)(e)),
         }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn session_dir(&self) -> &Path {
-        &self.session
     }
 }
 
