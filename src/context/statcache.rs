@@ -127,6 +127,9 @@ const STREAM_MAX: usize = 1024;
 const BUILD_SLOTS: u64 = 1 << 18;
 /// Bytes of added records kept in memory before they are written.
 const PENDING_BYTES: usize = 1 << 16;
+/// Slots of the index of a build's added entries kept in memory (2 MB, 128k entries at
+/// most); a larger one is in a temp file.
+const MEMORY_SLOTS: u64 = BUILD_SLOTS;
 
 /// Memoized file sha256s; see the module docs.
 #[derive(Debug)]
@@ -549,8 +552,10 @@ impl Log {
         let generation = u32::from_le_bytes(h[32..36].try_into().unwrap());
         let log = Log {
             index: Index {
-                file: file.try_clone().ok()?,
-                at: index_at,
+                entries: Slots::File {
+                    file: file.try_clone().ok()?,
+                    at: index_at,
+                },
                 slots,
                 used: records,
             },
@@ -610,26 +615,61 @@ fn index_slots(entries: u64) -> u64 {
     (entries * SLOTS_PER_ENTRY).max(64)
 }
 
-/// An open-addressing index of record numbers by key, `slots` entries of 8 bytes from
-/// byte `at` of its file.
+/// Where an [`Index`]'s entries are.
+#[derive(Debug)]
+enum Slots {
+    /// 8 bytes each (u64 LE) from byte `at` of `file`.
+    File { file: File, at: u64 },
+    /// In memory: the added entries' index while it is small ([`MEMORY_SLOTS`]). In a temp
+    /// file it cost a `pread` a lookup and a `pread` and a `pwrite` an added entry, a
+    /// sixth of a first build's hashing thread (issue 23).
+    Memory(Vec<u64>),
+}
+
+impl Slots {
+    /// The entries from `slot` on, as many as `out` holds.
+    fn read(&self, slot: u64, out: &mut [u64]) -> std::io::Result<()> {
+        match self {
+            Slots::File { file, at } => {
+                let mut buf = [0u8; PROBE_READ * 8];
+                let bytes = &mut buf[..out.len() * 8];
+                file.read_exact_at(bytes, at + slot * 8)?;
+                for (e, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                    *e = u64::from_le_bytes(b.try_into().unwrap());
+                }
+            }
+            Slots::Memory(v) => out.copy_from_slice(&v[slot as usize..slot as usize + out.len()]),
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, slot: u64, entry: u64) -> std::io::Result<()> {
+        match self {
+            Slots::File { file, at } => file.write_all_at(&entry.to_le_bytes(), *at + slot * 8),
+            Slots::Memory(v) => {
+                v[slot as usize] = entry;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An open-addressing index of record numbers by key, `slots` entries.
 #[derive(Debug)]
 struct Index {
-    file: File,
-    at: u64,
+    entries: Slots,
     slots: u64,
     used: u64,
 }
 
 impl Index {
-    /// An index of `slots` empty slots: all of `file`.
-    fn empty(file: File, slots: u64) -> std::io::Result<Index> {
-        file.set_len(slots * 8)?;
-        Ok(Index {
-            file,
-            at: 0,
+    /// An index of `slots` empty slots in memory.
+    fn in_memory(slots: u64) -> Index {
+        Index {
+            entries: Slots::Memory(vec![0; slots as usize]),
             slots,
             used: 0,
-        })
+        }
     }
 
     /// Walk the probe of `key`: `f` gets the record number of each entry of the key's tag
@@ -640,15 +680,13 @@ impl Index {
         mut f: impl FnMut(u64) -> std::io::Result<Option<T>>,
     ) -> std::io::Result<Result<T, u64>> {
         let (home, tag) = key.home_and_tag(self.slots);
-        let mut buf = [0u8; PROBE_READ * 8];
+        let mut buf = [0u64; PROBE_READ];
         let mut slot = home;
         let mut left = self.slots;
         while left > 0 {
             let n = (PROBE_READ as u64).min(self.slots - slot).min(left) as usize;
-            self.file
-                .read_exact_at(&mut buf[..n * 8], self.at + slot * 8)?;
-            for e in buf[..n * 8].chunks_exact(8) {
-                let entry = u64::from_le_bytes(e.try_into().unwrap());
+            self.entries.read(slot, &mut buf[..n])?;
+            for &entry in &buf[..n] {
                 if entry == 0 {
                     return Ok(Err(slot));
                 }
@@ -688,10 +726,7 @@ impl Index {
             return Ok(false);
         };
         let (_, tag) = key.home_and_tag(self.slots);
-        self.file.write_all_at(
-            &((tag << POS_BITS) | (pos + 1)).to_le_bytes(),
-            self.at + empty * 8,
-        )?;
+        self.entries.write(empty, (tag << POS_BITS) | (pos + 1))?;
         self.used += 1;
         Ok(true)
     }
@@ -708,8 +743,10 @@ impl Index {
         mut each: impl FnMut(&mut dyn FnMut(u64, &StatKey)) -> std::io::Result<()>,
     ) -> std::io::Result<Index> {
         let mut index = Index {
-            file,
-            at,
+            entries: Slots::File {
+                file: file.try_clone()?,
+                at,
+            },
             slots,
             used: 0,
         };
@@ -744,7 +781,7 @@ impl Index {
                 bytes.clear();
                 bytes.extend(part.iter().flat_map(|e| e.to_le_bytes()));
                 let slot = lo + (i * PENDING_BYTES / 8) as u64;
-                index.file.write_all_at(&bytes, at + slot * 8)?;
+                file.write_all_at(&bytes, at + slot * 8)?;
             }
             carried = spilled;
             lo = hi;
@@ -760,12 +797,10 @@ impl Index {
     /// Write `entry` into the first empty slot from `slot` on.
     fn put_from(&mut self, mut slot: u64, entry: u64) -> std::io::Result<()> {
         for _ in 0..self.slots {
-            let mut e = [0u8; 8];
-            self.file.read_exact_at(&mut e, self.at + slot * 8)?;
-            if u64::from_le_bytes(e) == 0 {
-                return self
-                    .file
-                    .write_all_at(&entry.to_le_bytes(), self.at + slot * 8);
+            let mut e = [0u64];
+            self.entries.read(slot, &mut e)?;
+            if e[0] == 0 {
+                return self.entries.write(slot, entry);
             }
             slot = (slot + 1) % self.slots;
         }
@@ -793,7 +828,7 @@ impl Added {
                 pending: Vec::new(),
                 written: 0,
             },
-            index: Index::empty(temp_file(&dir)?, index_slots(0))?,
+            index: Index::in_memory(index_slots(0)),
             stream: Stream::default(),
             dir,
         })
@@ -827,12 +862,23 @@ impl Added {
         Ok(())
     }
 
-    /// The index made again with twice the slots, in a new temp file.
+    /// The index made again with twice the slots: in memory up to [`MEMORY_SLOTS`], else
+    /// in a new temp file.
     fn grow(&mut self) -> std::io::Result<()> {
         self.records.flush()?;
         let records = &self.records;
-        let file = temp_file(&self.dir)?;
         let slots = index_slots(records.count() * 2);
+        if slots <= MEMORY_SLOTS {
+            let mut index = Index::in_memory(slots);
+            each_record(&records.file, 0, records.written, |pos, raw| {
+                let (home, tag) = StatKey::of(raw).home_and_tag(slots);
+                index.used += 1;
+                index.put_from(home, (tag << POS_BITS) | (pos + 1))
+            })?;
+            self.index = index;
+            return Ok(());
+        }
+        let file = temp_file(&self.dir)?;
         file.set_len(slots * 8)?;
         self.index = Index::build(file, 0, slots, BUILD_SLOTS, |f| {
             each_record(&records.file, 0, records.written, |pos, raw| {
@@ -1040,7 +1086,10 @@ mod tests {
         let entries: Vec<u8> = (0..log.index.slots)
             .flat_map(|i| garbage[i as usize % 2].to_le_bytes())
             .collect();
-        file.write_all_at(&entries, log.index.at).unwrap();
+        let Slots::File { at, .. } = log.index.entries else {
+            panic!("a saved index is in its file")
+        };
+        file.write_all_at(&entries, at).unwrap();
         let mut cache = cache_at(&path);
         assert_eq!(cache.lookup(&key(7)), None);
         for i in 0..5 {
@@ -1093,16 +1142,26 @@ mod tests {
     }
 
     /// What a build adds is found in the same build, before and after it is written to
-    /// its temp file and its index grows; a key remembered twice is kept once.
+    /// its temp file and its index grows, in memory and then in a temp file; a key
+    /// remembered twice is kept once.
     #[test]
     fn added_entries_are_found_in_the_build_that_added_them() {
         let mut cache = StatCache::new();
         cache.set_racy_window(Duration::ZERO);
-        let n = 20_000;
+        let n = MEMORY_SLOTS / SLOTS_PER_ENTRY + 10_000;
+        let in_memory =
+            |c: &StatCache| matches!(c.added.as_ref().unwrap().index.entries, Slots::Memory(_));
         for i in 0..n {
             cache.remember(key(i), sha(i));
             assert_eq!(cache.lookup(&key(i)), Some(sha(i)), "key {i} just added");
+            if i == 20_000 {
+                assert!(in_memory(&cache));
+                for j in (0..i).rev() {
+                    assert_eq!(cache.lookup(&key(j)), Some(sha(j)), "key {j} in memory");
+                }
+            }
         }
+        assert!(!in_memory(&cache), "{n} entries' index in memory");
         cache.remember(key(7), sha(7));
         assert_eq!(cache.len(), n as usize);
         for i in (0..n).rev() {
