@@ -27,8 +27,7 @@ writing back while the next one is timed. Then it waits until the CPUs are idle 
 windows under 15 % busy, 10 s at most): dockerd goes on working for ~0.1 s after `docker
 build` returns, which was timed as part of the next build. A cached rebuild takes a second or two at most
 points, so each builder's is the median of CACHED_RUNS runs, one builder's run after the
-other's; a first build is the median of FIRST_RUNS runs the same way (rbuild's each on a
-new store) below 1,000,000 files, and timed once at 1,000,000.
+other's; a first build is timed once.
 """
 import os
 import shutil
@@ -56,11 +55,6 @@ DOCKER_ROOT = "/var/lib/docker"
 SERIES = ("steps", "context", "apply")
 # Runs of each builder's cached rebuild of a context point: its median is reported.
 CACHED_RUNS = 3
-# Runs of each builder's first build of a context point under 1,000,000 files, rbuild's
-# each on a new store: the median is reported. rbuild's first build of 10,000 files takes
-# ~0.15 s, and a single run of it read 15.4 and 28.3 us a file in two runs of the bench
-# the same hour. The 1,000,000-file point runs once (BuildKit's takes over two minutes).
-FIRST_RUNS = 3
 # Seconds a BuildKit build may take before it is stopped and reported as a timeout (its
 # 1,000,000-file context is the one that can run that long); rbuild gets the same bound
 # three times over, so a hang ends the run with a message rather than silently.
@@ -265,14 +259,9 @@ def context_point(work, n, peers, peer_timeout):
     tag = f"rbuild-scale/ctx:{n}"
     peer_out = False
     for cond in ("first", "cached"):
-        if cond == "cached":
-            runs = CACHED_RUNS
-        else:
-            runs = FIRST_RUNS if n < 1_000_000 else 1
+        runs = CACHED_RUNS if cond == "cached" else 1
         walls, rsss, peer_walls = [], [], []
-        for i in range(runs):
-            if cond == "first" and i > 0:
-                shutil.rmtree(store)
+        for _ in range(runs):
             wall, rss = rbuild_build(ctx, store, tag)
             walls.append(wall)
             rsss.append(rss)
