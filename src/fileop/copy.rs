@@ -737,7 +737,7 @@ impl Writer<'_> {
         let is_link = meta.file_type().is_symlink();
         let mode = self.mode(meta, file_mode);
         // A file just made has our owner and the bits its creation asked for less the
-        // umask (or a default ACL's): its fstat says which calls it still needs, a fifth
+        // umask (or a default ACL's): its fstat says which calls it still needs, a tenth
         // of a copying thread's time where it needs none (issue 23). A new owner can
         // clear set-id bits: the mode is set after it.
         let (chown, chmod) = match file {
