@@ -499,19 +499,17 @@ mod tests {
                 digest: hex::encode(&Sha256::digest(content.as_bytes())[..LISTED_DIGEST / 2]),
             });
         }
-        let mut spool = ListingSource::new(&store);
         let none = IgnoreMatcher::default();
         let mut cache = StatCache::new();
-        content_digest(
-            &ctx,
-            &["src".into()],
-            &none,
-            &none,
-            true,
-            &mut cache,
-            &mut |f| spool.push(&f),
-        )
-        .unwrap();
+        let mut spooled = |source: &str, spool: &mut ListingSource| {
+            let sources = [source.to_string()];
+            content_digest(&ctx, &sources, &none, &none, true, &mut cache, &mut |f| {
+                spool.push(&f)
+            })
+            .unwrap();
+        };
+        let mut spool = ListingSource::new(&store);
+        spooled("src", &mut spool);
         assert!(spool.spilled.is_some() && !spool.held.is_empty());
         let written = spool.write(&store).expect("a listing");
         let got = read_listing(written.path()).unwrap();
@@ -523,16 +521,7 @@ mod tests {
         // One file over the limit: no listing.
         let mut over = ListingSource::new(&store);
         over.files = MAX_LISTING;
-        content_digest(
-            &ctx,
-            &["src/000000*".into()],
-            &none,
-            &none,
-            true,
-            &mut cache,
-            &mut |f| over.push(&f),
-        )
-        .unwrap();
+        spooled("src/000000*", &mut over);
         assert!(over.write(&store).is_none());
     }
 }
