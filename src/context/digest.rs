@@ -130,12 +130,8 @@ pub struct ListedFile<'a> {
 }
 
 impl ListedFile<'_> {
-    /// As the digest saw it: the source as named, then the path below it.
-    pub fn path(&self) -> String {
-        String::from_utf8_lossy(&joined_path(self.named, self.rel)).into_owned()
-    }
-
-    /// [`ListedFile::path`]'s bytes, in parts to be joined.
+    /// Its path as the digest saw it, in parts to be joined: the source as named, then the
+    /// path below it.
     pub fn path_parts(&self) -> [&[u8]; 3] {
         record_path(self.named, self.rel)
     }

@@ -621,8 +621,8 @@ enum Slots {
     /// 8 bytes each (u64 LE) from byte `at` of `file`.
     File { file: File, at: u64 },
     /// In memory: the added entries' index while it is small ([`MEMORY_SLOTS`]). In a temp
-    /// file it cost a `pread` a lookup and a `pread` and a `pwrite` an added entry, a
-    /// sixth of a first build's hashing thread (issue 23).
+    /// file it cost a `pread` a lookup and a `pread` and a `pwrite` an added entry, half
+    /// the digest thread's samples in a first build of 100,000 files (issue 23).
     Memory(Vec<u64>),
 }
 
