@@ -258,7 +258,8 @@ pub fn inputs(parent: &str, stage: &Stage, step: &Step, content: Option<String>)
 
 /// A content digest's file listing, written to a temp file in the store, in the format
 /// records keep ([`Store::put_listing`]'s): a million-file context holds no listing in
-/// memory (issue 23). None is kept over [`MAX_LISTING`] files.
+/// memory (issue 23). Its one caller, [`ListingSource::write`], never has more than
+/// [`MAX_LISTING`] files to write.
 struct ListingWriter {
     out: Option<std::io::BufWriter<tempfile::NamedTempFile>>,
     count: usize,
@@ -279,9 +280,6 @@ impl ListingWriter {
     /// A file's path, mode and the first bytes of its sha256 ([`LISTED_DIGEST`] digits).
     fn push(&mut self, path: &[u8], mode: u32, sha: &[u8]) {
         self.count += 1;
-        if self.count > MAX_LISTING {
-            self.out = None;
-        }
         let Some(out) = &mut self.out else {
             return;
         };
@@ -321,7 +319,7 @@ pub struct ListingSource {
     held: Vec<u8>,
     /// Where [`SPOOL_HELD`] bytes of them went at a time; `None` until needed.
     spilled: Option<std::fs::File>,
-    /// The entries, spilled or held.
+    /// The entries pushed, until the spool is dropped.
     files: usize,
     /// Over [`MAX_LISTING`] files, or a spill failed: no listing.
     dropped: bool,
@@ -346,8 +344,11 @@ impl ListingSource {
 
     /// Spool what the digest listed of a file.
     pub fn push(&mut self, f: &ListedFile<'_>) {
+        if self.dropped {
+            return;
+        }
         self.files += 1;
-        if self.dropped || self.files > MAX_LISTING {
+        if self.files > MAX_LISTING {
             self.drop_all();
             return;
         }
