@@ -715,6 +715,60 @@ fn rebuild_hits_the_cache_for_every_step_and_no_cache_runs_them_again() {
     assert!(!stat_cache.exists());
 }
 
+/// Issue 23: a rebuild reads the names of directories unchanged since an earlier build
+/// from the store (`statcache.dirs`), not from the directory. A name added to, removed
+/// from or renamed in such a directory must still reach the COPY, as a fresh build's
+/// would. The context's directory is old enough for its listing to be remembered (older
+/// than the racy window), as a developer's checkout is.
+#[test]
+#[ignore = "needs root"]
+fn names_changed_in_a_remembered_directory_reach_the_copy() {
+    needs_root();
+    let store = tempdir();
+    let mut files: Vec<(String, &[u8])> =
+        (0..12).map(|i| (format!("d/f{i:02}"), &b"x"[..])).collect();
+    files.push(("d/sub/inner".into(), b"i"));
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+    let ctx = context("FROM scratch\nCOPY d /d\n", &files);
+    // Past the racy window (2 s), so the listing of `d` is remembered.
+    std::thread::sleep(Duration::from_millis(2200));
+    let names = |dir: &TempDir| {
+        let mut n: Vec<String> = std::fs::read_dir(rootfs(dir).join("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    let (first, _) = build_rootfs(store.path(), ctx.path(), &[]);
+    // `d`'s names are remembered (`sub`, with one name, is listed each time).
+    let dirs = std::fs::read(store.path().join("statcache.dirs")).unwrap();
+    assert!(dirs.windows(3).any(|w| w == b"f11"));
+    let (again, out) = build_rootfs(store.path(), ctx.path(), &[]);
+    assert_eq!(cached_count(&stderr(&out)), 1, "{}", stderr(&out));
+    assert_eq!(names(&again), names(&first));
+
+    let d = ctx.path().join("d");
+    let changes: [(&str, &dyn Fn()); 3] = [
+        ("added", &|| std::fs::write(d.join("new"), "n").unwrap()),
+        ("removed", &|| std::fs::remove_file(d.join("f03")).unwrap()),
+        ("renamed", &|| {
+            std::fs::rename(d.join("f04"), d.join("g04")).unwrap()
+        }),
+    ];
+    for (what, change) in changes {
+        change();
+        let (built, out) = build_rootfs(store.path(), ctx.path(), &[]);
+        assert_eq!(cached_count(&stderr(&out)), 0, "{what}: {}", stderr(&out));
+        let mut want: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        want.sort();
+        assert_eq!(names(&built), want, "a name {what} in d");
+    }
+}
+
 /// `rbuild du` (issue 18): each kind counted as the store's own directories hold it, the
 /// cache mount by the bytes a step wrote into it, the image by its layers' file data.
 #[test]

@@ -37,17 +37,6 @@ const BATCH: usize = 2048;
 /// Batches the walk may run ahead of the hashing (memory: that many batches' records).
 const AHEAD: usize = 2;
 
-fn stat_key(m: &Meta) -> Option<StatKey> {
-    let ns = |s: i64, n: i64| s.checked_mul(1_000_000_000)?.checked_add(n);
-    Some(StatKey {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime_ns: ns(m.mtime(), m.mtime_nsec())?,
-        ctime_ns: ns(m.ctime(), m.ctime_nsec())?,
-    })
-}
-
 /// What [`hash_file`] reads at once.
 const READ_BUFFER: usize = 256 * 1024;
 
@@ -68,7 +57,7 @@ fn hash_file(path: &Path, buf: &mut [u8]) -> Result<([u8; 32], Option<StatKey>),
     out.copy_from_slice(&h.finalize());
     // By the open file, not its path again: a path walk a file less (issue 23), on the
     // hashing threads rather than the digest's.
-    let after = Meta::of(&f).ok().as_ref().and_then(stat_key);
+    let after = Meta::of(&f).ok().as_ref().and_then(StatKey::of_meta);
     Ok((out, after))
 }
 
@@ -176,7 +165,9 @@ pub fn content_digest(
             }
             walks.push((
                 m.named.clone(),
-                walk::walk(&m, ignore, excludes).with_stat_ahead(),
+                walk::walk(&m, ignore, excludes)
+                    .with_stat_ahead()
+                    .with_listings(stat_cache.listings()),
             ));
         }
     }
@@ -464,7 +455,7 @@ impl<'a> Merge<'a> {
         };
         let mode = e.meta.mode();
         let key = if kind == b'f' {
-            stat_key(&e.meta)
+            StatKey::of_meta(&e.meta)
         } else {
             None
         };
@@ -844,7 +835,7 @@ mod tests {
                 mode: meta.mode(),
                 size: meta.size(),
                 link: Vec::new(),
-                key: stat_key(&meta),
+                key: StatKey::of_meta(&meta),
                 sha: [0; 32],
             }
         };
@@ -904,5 +895,76 @@ mod tests {
         // A corrupt cache file is an empty cache.
         std::fs::write(&file, "{not a cache").unwrap();
         assert!(StatCache::load(&file).is_empty());
+    }
+    /// A rebuild takes the names of directories whose stat key did not change from the
+    /// listing cache (issue 23); one whose names changed in any way (added, removed,
+    /// renamed, the directory swapped for another) is listed again, so the digest is
+    /// always a fresh walk's.
+    #[test]
+    fn unchanged_directories_are_not_listed_again() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for (dir, files) in [("src/many", 12), ("src/many/deep", 9), ("src/few", 2)] {
+            std::fs::create_dir_all(r.join(dir)).unwrap();
+            for i in 0..files {
+                std::fs::write(r.join(format!("{dir}/f{i:02}")), format!("{i}")).unwrap();
+            }
+        }
+        // A change after a listing is remembered must get another ctime than the one it
+        // was remembered with: a timestamp tick is at most 10 ms.
+        let tick = || std::thread::sleep(Duration::from_millis(20));
+        let fresh = |r: &Path| digest(r, &["src"], &mut cache());
+        let file = r.join("statcache");
+        let rebuild = |expect_hits: u64| {
+            tick();
+            let mut c = StatCache::load(&file);
+            c.set_racy_window(Duration::ZERO);
+            let d = digest(r, &["src"], &mut c);
+            let hits = crate::context::statcache::lock(&c.listings()).hits();
+            assert_eq!(hits, expect_hits);
+            c.save(&file).unwrap();
+            d
+        };
+        let d0 = rebuild(0);
+        // Both directories of 8 names or more come from the cache; `few` is listed.
+        assert_eq!(rebuild(2), d0);
+        assert_eq!(d0, fresh(r));
+
+        let changes: [(&str, &dyn Fn()); 4] = [
+            ("a file added", &|| {
+                std::fs::write(r.join("src/many/new"), "n").unwrap()
+            }),
+            ("a file removed", &|| {
+                std::fs::remove_file(r.join("src/many/f03")).unwrap()
+            }),
+            ("a file renamed", &|| {
+                std::fs::rename(r.join("src/many/f04"), r.join("src/many/g04")).unwrap()
+            }),
+            ("a directory swapped for another", &|| {
+                let deep = r.join("src/many/deep");
+                std::fs::rename(&deep, r.join("old-deep")).unwrap();
+                std::fs::create_dir(&deep).unwrap();
+                for i in 0..9 {
+                    std::fs::write(deep.join(format!("g{i:02}")), format!("{i}")).unwrap();
+                }
+            }),
+        ];
+        let mut before = d0;
+        for (what, change) in changes {
+            change();
+            // The changed directory is listed again (`deep` too once it is new).
+            let swapped = what.contains("swapped");
+            let d = rebuild(if swapped { 0 } else { 1 });
+            assert_eq!(d, fresh(r), "{what}");
+            assert_ne!(d, before, "{what}");
+            assert_eq!(rebuild(2), d, "{what}: remembered again");
+            before = d;
+        }
+
+        // Directories changed within the racy window (all of these, by now) are not
+        // remembered.
+        let mut racy = StatCache::new();
+        digest(r, &["src"], &mut racy);
+        assert_eq!(crate::context::statcache::lock(&racy.listings()).added(), 0);
     }
 }

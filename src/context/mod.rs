@@ -9,6 +9,7 @@
 pub mod digest;
 pub mod dockerignore;
 mod glob;
+pub(crate) mod listings;
 pub(crate) mod meta;
 pub mod statcache;
 pub(crate) mod walk;

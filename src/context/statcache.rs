@@ -27,8 +27,11 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use super::listings::Listings;
+use super::meta::Meta;
 use super::ContextError;
 
 /// What identifies a file's bytes: if none of these changed, neither did the content.
@@ -42,10 +45,10 @@ pub(crate) struct StatKey {
 }
 
 /// The bytes a record starts with: its key.
-const KEY_BYTES: usize = 40;
+pub(super) const KEY_BYTES: usize = 40;
 
 impl StatKey {
-    fn bytes(&self) -> [u8; KEY_BYTES] {
+    pub(super) fn bytes(&self) -> [u8; KEY_BYTES] {
         let mut b = [0u8; KEY_BYTES];
         b[0..8].copy_from_slice(&self.dev.to_le_bytes());
         b[8..16].copy_from_slice(&self.ino.to_le_bytes());
@@ -55,8 +58,20 @@ impl StatKey {
         b
     }
 
+    /// The key of what `m` describes; `None` for times out of range.
+    pub(crate) fn of_meta(m: &Meta) -> Option<StatKey> {
+        let ns = |s: i64, n: i64| s.checked_mul(1_000_000_000)?.checked_add(n);
+        Some(StatKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec())?,
+            ctime_ns: ns(m.ctime(), m.ctime_nsec())?,
+        })
+    }
+
     /// The key a record's bytes start with (checked or not).
-    fn of(raw: &[u8]) -> StatKey {
+    pub(super) fn of(raw: &[u8]) -> StatKey {
         // Fixed offsets inside a record: the conversions cannot fail.
         let u64_at = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().unwrap());
         StatKey {
@@ -153,6 +168,9 @@ pub struct StatCache {
     /// Files changed this recently are hashed but not remembered: a write in the same
     /// timestamp tick after hashing would leave the key unchanged (git's "racy clean").
     racy_window: Duration,
+    /// The directory listings, loaded and saved with the hashes; shared with the walk,
+    /// which runs on a thread of its own.
+    listings: Arc<Mutex<Listings>>,
 }
 
 impl Default for StatCache {
@@ -173,6 +191,7 @@ impl StatCache {
             generation: 1,
             hashed: AtomicU64::new(0),
             racy_window: Duration::from_secs(2),
+            listings: Arc::default(),
         }
     }
 
@@ -181,6 +200,7 @@ impl StatCache {
     pub fn load(path: &Path) -> StatCache {
         let mut cache = StatCache::new();
         cache.dir = path.parent().map(Path::to_path_buf);
+        cache.listings = Arc::new(Mutex::new(Listings::load(&listings_path(path))));
         if let Some((log, generation)) = File::open(path).ok().and_then(Log::open) {
             cache.generation = generation.wrapping_add(1).max(1);
             cache.found = vec![0; log.records.div_ceil(64) as usize];
@@ -194,6 +214,19 @@ impl StatCache {
     /// found nothing due for a refresh and has nothing to drop only counts itself in the
     /// file's header (every entry aged a build).
     pub fn save(&self, path: &Path) -> Result<(), ContextError> {
+        self.save_hashes(path)?;
+        let listings = listings_path(path);
+        lock(&self.listings)
+            .save(&listings)
+            .map_err(|e| ContextError::io(&listings, e))
+    }
+
+    /// The walk's share: the directory listings.
+    pub(crate) fn listings(&self) -> Arc<Mutex<Listings>> {
+        Arc::clone(&self.listings)
+    }
+
+    fn save_hashes(&self, path: &Path) -> Result<(), ContextError> {
         let none_added = self.added.as_ref().is_none_or(|a| a.records.count() == 0);
         let none_due = |old: &Log| self.generation.wrapping_sub(old.oldest) < DROP_AFTER;
         if !self.stale_found && none_added && self.old.as_ref().is_some_and(none_due) {
@@ -298,6 +331,7 @@ impl StatCache {
     #[cfg(test)]
     pub(crate) fn set_racy_window(&mut self, d: Duration) {
         self.racy_window = d;
+        lock(&self.listings).set_racy_window(d);
     }
 
     /// Lookups the record after the last one found answered, without the index.
@@ -319,12 +353,8 @@ impl StatCache {
     }
 
     pub(crate) fn remember(&mut self, key: StatKey, sha: [u8; 32]) {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
         let newest = key.mtime_ns.max(key.ctime_ns) as i128;
-        if now - newest < self.racy_window.as_nanos() as i128 {
+        if now_ns() - newest < self.racy_window.as_nanos() as i128 {
             return;
         }
         let rec = Record {
@@ -343,6 +373,27 @@ impl StatCache {
         };
         added.add(rec)
     }
+}
+
+/// Where the listings of the stat cache at `path` are kept: beside it.
+fn listings_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".dirs");
+    PathBuf::from(name)
+}
+
+/// The listings, whatever a thread that panicked holding them left (they only save work,
+/// and each record is whole once added).
+pub(crate) fn lock(listings: &Mutex<Listings>) -> std::sync::MutexGuard<'_, Listings> {
+    listings.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The time now in nanoseconds since the epoch, as stat keys count it.
+pub(super) fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
 }
 
 /// One entry.
@@ -391,7 +442,7 @@ impl Record {
 
 /// A 64-bit checksum of a record's fields: catches torn and damaged records. Bit 1 is
 /// always set, so all zeros never checks out.
-fn check(bytes: &[u8]) -> u64 {
+pub(super) fn check(bytes: &[u8]) -> u64 {
     mix(
         0x7262_7363_7633,
         bytes.chunks(8).map(|c| {
@@ -402,7 +453,7 @@ fn check(bytes: &[u8]) -> u64 {
     ) | 2
 }
 
-fn mix(seed: u64, words: impl Iterator<Item = u64>) -> u64 {
+pub(super) fn mix(seed: u64, words: impl Iterator<Item = u64>) -> u64 {
     let mut h = seed;
     for w in words {
         h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -891,7 +942,7 @@ impl Added {
 }
 
 /// An unnamed temp file in `dir` (or the system's temp dir).
-fn temp_file(dir: &Option<PathBuf>) -> std::io::Result<File> {
+pub(super) fn temp_file(dir: &Option<PathBuf>) -> std::io::Result<File> {
     match dir {
         Some(dir) => tempfile::tempfile_in(dir),
         None => tempfile::tempfile(),

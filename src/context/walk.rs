@@ -14,7 +14,9 @@ use rustix::fd::{BorrowedFd, OwnedFd};
 use rustix::fs::{openat, Dir as Listing, FileType, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
+use super::listings::{self, Listings};
 use super::meta::Meta;
+use super::statcache::{lock, StatKey};
 use super::{glob, host_path, open_root, ContextError, IgnoreMatcher};
 use crate::layer::order::SortedNames;
 use crate::sandbox::root::{clean, Root};
@@ -262,6 +264,7 @@ pub(crate) fn walk<'a>(
         }),
         stack: Vec::new(),
         stat_ahead: false,
+        listings: None,
         spare: Vec::new(),
     }
 }
@@ -279,6 +282,8 @@ pub(crate) struct Walk<'a> {
     stack: Vec<Frame>,
     /// Whether large directories are stat'ed by two threads ([`Ahead`]).
     stat_ahead: bool,
+    /// Listings of unchanged directories, read instead of the directories.
+    listings: Option<Arc<Mutex<Listings>>>,
     /// Paths of yielded entries handed back ([`Walk::recycle`]), to make the next ones in.
     spare: Vec<PathBuf>,
 }
@@ -288,6 +293,14 @@ impl Walk<'_> {
     /// content digest, not for the sandbox's copy (its helper process stays one thread).
     pub(crate) fn with_stat_ahead(mut self) -> Self {
         self.stat_ahead = true;
+        self
+    }
+
+    /// Read the names of directories that did not change since an earlier build from
+    /// `listings`, and remember the others' there: for the content digest, whose stat
+    /// cache keeps them, not for the sandbox's copy.
+    pub(crate) fn with_listings(mut self, listings: Arc<Mutex<Listings>>) -> Self {
+        self.listings = Some(listings);
         self
     }
 
@@ -551,11 +564,13 @@ struct Child<'n> {
 
 impl Walk<'_> {
     /// The children of `dir` (listed by `listing`) that the matchers do not exclude, in no
-    /// particular order.
+    /// particular order; with `seen`, every name listed is added to it
+    /// ([`listings::push_name`]).
     fn children(
         &self,
         dir: &Dir,
         listing: &mut Listing,
+        mut seen: Option<&mut Vec<u8>>,
         mut each: impl FnMut(Child, &Listing) -> Result<bool, ContextError>,
     ) -> Result<(), ContextError> {
         while let Some(e) = listing.next() {
@@ -578,30 +593,39 @@ impl Walk<'_> {
                 ft => ft,
             };
             let is_dir = ft.is_dir();
-            // Without patterns no matcher reads the paths (and [`Walk::held`] is false): a
-            // context without a .dockerignore lists its files without making them.
-            let (ctx, rel) = if self.filters {
-                let ctx = join(&dir.ctx, &lossy(Path::new(name)));
-                let rel = lossy(&child_path(dir.rel(), name));
-                if self.ignore.is_excluded(&ctx, is_dir) || self.excludes.is_excluded(&rel, is_dir)
-                {
-                    continue;
-                }
-                (ctx, rel)
-            } else {
-                (String::new(), String::new())
-            };
-            let child = Child {
-                name,
-                is_dir,
-                ctx,
-                rel,
+            if let Some(seen) = seen.as_deref_mut() {
+                listings::push_name(seen, name.as_bytes(), is_dir);
+            }
+            let Some(child) = self.child(dir, name, is_dir) else {
+                continue;
             };
             if !each(child, listing)? {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// `name` in `dir` as a child, unless the matchers exclude it.
+    fn child<'n>(&self, dir: &Dir, name: &'n OsStr, is_dir: bool) -> Option<Child<'n>> {
+        // Without patterns no matcher reads the paths (and [`Walk::held`] is false): a
+        // context without a .dockerignore lists its files without making them.
+        let (ctx, rel) = if self.filters {
+            let ctx = join(&dir.ctx, &lossy(Path::new(name)));
+            let rel = lossy(&child_path(dir.rel(), name));
+            if self.ignore.is_excluded(&ctx, is_dir) || self.excludes.is_excluded(&rel, is_dir) {
+                return None;
+            }
+            (ctx, rel)
+        } else {
+            (String::new(), String::new())
+        };
+        Some(Child {
+            name,
+            is_dir,
+            ctx,
+            rel,
+        })
     }
 
     fn held(&self, c: &Child) -> bool {
@@ -614,11 +638,39 @@ impl Walk<'_> {
             return Ok(());
         };
         let mut names = SortedNames::default();
-        self.children(&dir, &mut listing, |c, _| {
+        let mut add = |c: Child| {
             let tag = if self.held(&c) { EMIT_IF_KEPT } else { EMIT };
             names.add(c.name.as_bytes(), c.is_dir, tag);
-            Ok(true)
-        })?;
+        };
+        // The directory's key, taken before it is listed: a change after it shows in the
+        // key of the next build.
+        let key = self.listings.as_ref().and_then(|_| {
+            let meta = Meta::of(listing.fd().ok()?).ok()?;
+            StatKey::of_meta(&meta)
+        });
+        let cached = match (&self.listings, &key) {
+            (Some(listings), Some(key)) => lock(listings).lookup(key),
+            _ => None,
+        };
+        match cached.as_deref().and_then(listings::names) {
+            Some(cached) => {
+                for (name, is_dir) in cached {
+                    if let Some(c) = self.child(&dir, OsStr::from_bytes(name), is_dir) {
+                        add(c);
+                    }
+                }
+            }
+            None => {
+                let mut seen = key.map(|_| Vec::new());
+                self.children(&dir, &mut listing, seen.as_mut(), |c, _| {
+                    add(c);
+                    Ok(true)
+                })?;
+                if let (Some(listings), Some(key), Some(seen)) = (&self.listings, &key, seen) {
+                    lock(listings).remember(key, &seen);
+                }
+            }
+        }
         names.sort();
         let held = Held::take(listing);
         let ahead = match (&held, self.stat_ahead) {
@@ -640,7 +692,7 @@ impl Walk<'_> {
             return Ok(false);
         };
         let mut kept = false;
-        self.children(dir, &mut listing, |c, at| {
+        self.children(dir, &mut listing, None, |c, at| {
             kept = !self.held(&c) || {
                 let inner_dir = dir.child(c.name, c.ctx, None);
                 let host = &inner_dir.host;

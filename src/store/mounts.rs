@@ -1,6 +1,7 @@
 //! What builds keep in the store besides step records: RUN --mount=type=cache directories
 //! (`mounts/cache/<name>`, each with `<name>.lock` beside it) and the context stat cache
-//! (`statcache`). The store owns these paths, so `prune --all` can remove them.
+//! (`statcache`, and the files it keeps beside it, `statcache.<what>`). The store owns these
+//! paths, so `prune --all` can remove them.
 
 use std::fs;
 use std::io;
@@ -55,14 +56,23 @@ impl Store {
             bytes += content_size(&mounts)?;
             fs::remove_dir_all(&mounts).map_err(StoreError::io("removing", &mounts))?;
         }
-        let stat = self.stat_cache_path();
-        match fs::metadata(&stat) {
-            Ok(md) => {
-                bytes += md.len();
-                fs::remove_file(&stat).map_err(StoreError::io("removing", &stat))?;
+        let entries = fs::read_dir(&self.root).map_err(StoreError::io("reading", &self.root))?;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io("reading", &self.root))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name != STAT_CACHE && !name.starts_with(&format!("{STAT_CACHE}.")) {
+                continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io("reading", &stat)(e)),
+            let stat = entry.path();
+            match fs::symlink_metadata(&stat) {
+                Ok(md) => {
+                    bytes += md.len();
+                    fs::remove_file(&stat).map_err(StoreError::io("removing", &stat))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("reading", &stat)(e)),
+            }
         }
         Ok(bytes)
     }

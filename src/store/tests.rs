@@ -889,15 +889,18 @@ fn prune_all_removes_cache_mounts_and_the_stat_cache() {
     assert!(s.try_lock_cache_mount("m").unwrap().is_none(), "held");
     drop(lock);
     std::fs::write(s.stat_cache_path(), b"{}").unwrap();
+    // The directory listings it keeps beside it.
+    let listings = t.path().join("statcache.dirs");
+    std::fs::write(&listings, b"dirs").unwrap();
 
     s.prune(&PruneOptions::default()).unwrap();
     assert!(mount.join("f").exists());
-    assert!(s.stat_cache_path().exists());
+    assert!(s.stat_cache_path().exists() && listings.exists());
 
     let stats = s.prune(&all()).unwrap();
     assert!(!mount.exists());
-    assert!(!s.stat_cache_path().exists());
-    assert!(stats.bytes >= 8, "{stats:?}");
+    assert!(!s.stat_cache_path().exists() && !listings.exists());
+    assert!(stats.bytes >= 12, "{stats:?}");
     // A later build creates them again.
     assert!(s.try_lock_cache_mount("m").unwrap().is_some());
 }
