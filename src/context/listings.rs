@@ -5,6 +5,9 @@
 //! renaming a name changes its directory's mtime and ctime; nothing sets a ctime back, and
 //! a directory changed within [`StatCache`]'s racy window of its listing is not remembered,
 //! so an unchanged key means unchanged names (git's untracked cache relies on the same).
+//! Only on the local filesystems known to keep that promise ([`TRUSTED`]): a network or
+//! FUSE filesystem may cache a directory's attributes or take them from elsewhere, and
+//! its directories are listed each time.
 //!
 //! It lives in the store beside the stat cache, loaded and saved with it, and follows its
 //! layout on a smaller scale: records in the order the builds met them (a rebuild reads
@@ -25,9 +28,23 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustix::fd::BorrowedFd;
+
 use super::statcache::{
     check, mix, now_ns, temp_file, StatKey, DROP_AFTER, KEY_BYTES, REFRESH_AFTER,
 };
+
+/// The filesystems (`statfs` types) whose directories are remembered: ext2-4, tmpfs, xfs,
+/// btrfs, overlayfs, zfs, f2fs.
+const TRUSTED: &[u32] = &[
+    0xEF53,
+    0x0102_1994,
+    0x5846_5342,
+    0x9123_683E,
+    0x794C_7630,
+    0x2FC1_2FC1,
+    0xF2F5_2010,
+];
 
 /// Directories with fewer names are listed each time: a lookup costs about what listing
 /// them does.
@@ -62,6 +79,8 @@ pub(crate) struct Listings {
     racy_window: Duration,
     /// Lookups answered.
     hits: u64,
+    /// Whether each filesystem met (by device) is [`TRUSTED`].
+    filesystems: HashMap<u64, bool>,
 }
 
 impl Default for Listings {
@@ -75,6 +94,7 @@ impl Default for Listings {
             generation: 1,
             racy_window: Duration::from_secs(2),
             hits: 0,
+            filesystems: HashMap::new(),
         }
     }
 }
@@ -100,6 +120,14 @@ impl Listings {
     #[cfg(test)]
     pub(crate) fn set_racy_window(&mut self, d: Duration) {
         self.racy_window = d;
+    }
+
+    /// Whether directories of the filesystem `dev`, of which `dir` is one, may be
+    /// remembered and read from here ([`TRUSTED`]); asked once a filesystem.
+    pub(crate) fn usable(&mut self, dev: u64, dir: BorrowedFd<'_>) -> bool {
+        *self.filesystems.entry(dev).or_insert_with(|| {
+            rustix::fs::fstatfs(dir).is_ok_and(|fs| TRUSTED.contains(&(fs.f_type as u32)))
+        })
     }
 
     /// The listing remembered for a directory whose stat key is `key`.
@@ -530,6 +558,25 @@ mod tests {
         let mut c = load(&file);
         assert!(c.lookup(&key(1)).is_some());
         assert_eq!(c.lookup(&key(2)), None);
+    }
+
+    /// Local filesystems that change a directory's times with its names are used; procfs
+    /// (standing in for the network and FUSE ones, which tests cannot mount) is not.
+    #[test]
+    fn only_trusted_filesystems_are_used() {
+        let mut c = Listings::default();
+        let usable = |c: &mut Listings, path: &str| {
+            let dir = std::fs::File::open(path).unwrap();
+            let dev = std::os::unix::fs::MetadataExt::dev(&dir.metadata().unwrap());
+            c.usable(dev, std::os::fd::AsFd::as_fd(&dir))
+        };
+        assert!(usable(&mut c, "/dev/shm"), "tmpfs");
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(
+            usable(&mut c, tmp.path().to_str().unwrap()),
+            "the temp dir's"
+        );
+        assert!(!usable(&mut c, "/proc"));
     }
 
     #[test]

@@ -644,8 +644,10 @@ impl Walk<'_> {
         };
         // The directory's key, taken before it is listed: a change after it shows in the
         // key of the next build.
-        let key = self.listings.as_ref().and_then(|_| {
-            let meta = Meta::of(listing.fd().ok()?).ok()?;
+        let key = self.listings.as_ref().and_then(|listings| {
+            let fd = listing.fd().ok()?;
+            let meta = Meta::of(fd).ok()?;
+            lock(listings).usable(meta.dev(), fd).then_some(())?;
             StatKey::of_meta(&meta)
         });
         let cached = match (&self.listings, &key) {
