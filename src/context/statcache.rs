@@ -20,6 +20,10 @@
 //! Every record carries a checksum: a torn or damaged record is a miss, never a wrong hit.
 //! No count cap: the file is as large as the contexts the store serves, less what no build
 //! used for [`KEEP_GENERATIONS`] builds (at most [`DROP_AFTER`]).
+//!
+//! Beside it (`<path>.dirs`), loaded and saved with it, the names of the context's
+//! directories by the same key ([`Listings`]), which the walk reads instead of listing a
+//! directory that did not change.
 
 use std::cell::Cell;
 use std::fs::File;
@@ -672,8 +676,9 @@ fn index_slots(entries: u64) -> u64 {
 enum Slots {
     /// 8 bytes each (u64 LE) from byte `at` of `file`; with `occupied`, a bit a slot in
     /// memory says which are not empty, for an index this build writes: a probe from an
-    /// empty slot (most lookups and inserts at the load it keeps) reads nothing. In a first
-    /// build of 1,000,000 files these reads were ~15 % of the digest thread's samples.
+    /// empty slot (most lookups and inserts at the load it keeps) reads nothing. A first
+    /// build of 1,000,000 files made 1.77M `pread`s of its added index without it, 665k
+    /// with it (issue 23).
     File {
         file: File,
         at: u64,
