@@ -967,4 +967,60 @@ mod tests {
         digest(r, &["src"], &mut racy);
         assert_eq!(crate::context::statcache::lock(&racy.listings()).added(), 0);
     }
+
+    /// Random changes to a tree of remembered directories, each a timestamp tick after the
+    /// build before: every rebuild's digest is a fresh walk's, and most directories come
+    /// from the listing cache.
+    #[test]
+    fn random_changes_never_get_a_stale_listing() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let dirs = ["src", "src/a", "src/a/b", "src/c"];
+        for d in dirs {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+            for i in 0..10 {
+                std::fs::write(r.join(format!("{d}/f{i}")), format!("{i}")).unwrap();
+            }
+        }
+        let file = r.join("statcache");
+        let tick = || std::thread::sleep(Duration::from_millis(20));
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut pick = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let mut hits = 0;
+        for round in 0..24 {
+            tick();
+            let mut c = StatCache::load(&file);
+            c.set_racy_window(Duration::ZERO);
+            let d = digest(r, &["src"], &mut c);
+            assert_eq!(d, digest(r, &["src"], &mut cache()), "round {round}");
+            hits += crate::context::statcache::lock(&c.listings()).hits();
+            c.save(&file).unwrap();
+            tick();
+            let dir = r.join(dirs[pick(dirs.len())]);
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            match (pick(4), files.len()) {
+                (0, _) | (1 | 2, 0) => std::fs::write(dir.join(format!("n{round}")), "n").unwrap(),
+                (1, n) => std::fs::remove_file(&files[pick(n)]).unwrap(),
+                (2, n) => std::fs::rename(&files[pick(n)], dir.join(format!("r{round}"))).unwrap(),
+                _ => {
+                    let new = dir.join(format!("d{round}"));
+                    std::fs::create_dir(&new).unwrap();
+                    for i in 0..9 {
+                        std::fs::write(new.join(format!("g{i}")), "g").unwrap();
+                    }
+                }
+            }
+        }
+        assert!(hits > 24, "{hits} listings from the cache in 24 rebuilds");
+    }
 }
