@@ -968,6 +968,31 @@ mod tests {
         assert_eq!(crate::context::statcache::lock(&racy.listings()).added(), 0);
     }
 
+    /// A directory whose names come to more than `MAX_LISTING` bytes is listed each time,
+    /// not remembered: memory stays flat in a directory's size.
+    #[test]
+    fn a_huge_directory_is_not_remembered() {
+        use crate::context::listings::MAX_LISTING;
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for (dir, names, len) in [
+            ("src/big", MAX_LISTING / 200 + 10, 200),
+            ("src/small", 10, 3),
+        ] {
+            std::fs::create_dir_all(r.join(dir)).unwrap();
+            for i in 0..names {
+                std::fs::write(r.join(dir).join(format!("{i:0len$}")), "").unwrap();
+            }
+        }
+        let mut c = cache();
+        assert_eq!(
+            digest(r, &["src"], &mut c),
+            digest(r, &["src"], &mut cache())
+        );
+        // `small` is kept; `big` is not (nor `src`, of two names).
+        assert_eq!(crate::context::statcache::lock(&c.listings()).added(), 1);
+    }
+
     /// Random changes to a tree of remembered directories, each a timestamp tick after the
     /// build before: every rebuild's digest is a fresh walk's, and most directories come
     /// from the listing cache.

@@ -565,7 +565,8 @@ struct Child<'n> {
 impl Walk<'_> {
     /// The children of `dir` (listed by `listing`) that the matchers do not exclude, in no
     /// particular order; with `seen`, every name listed is added to it
-    /// ([`listings::push_name`]).
+    /// ([`listings::push_name`]) unless they come to more than [`listings::MAX_LISTING`]
+    /// bytes, when it is left empty.
     fn children(
         &self,
         dir: &Dir,
@@ -593,8 +594,15 @@ impl Walk<'_> {
                 ft => ft,
             };
             let is_dir = ft.is_dir();
-            if let Some(seen) = seen.as_deref_mut() {
+            let full = seen.as_deref_mut().is_some_and(|seen| {
                 listings::push_name(seen, name.as_bytes(), is_dir);
+                seen.len() > listings::MAX_LISTING
+            });
+            if full {
+                // Too large to remember: its memory goes now, and the names are not kept.
+                if let Some(seen) = seen.take() {
+                    *seen = Vec::new();
+                }
             }
             let Some(child) = self.child(dir, name, is_dir) else {
                 continue;
