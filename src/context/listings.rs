@@ -17,7 +17,8 @@
 //! [`DROP_AFTER`] builds). A lookup outside the stream goes through an index of the
 //! records read so far, reading on through the file as far as it has to. Only directories
 //! of [`MIN_NAMES`] names or more are kept, so that index (and the keys of the listings a
-//! build adds) cost a few bytes a file at most. Added listings are held in memory up to
+//! build adds) cost a few bytes a file at most, and only listings up to [`MAX_LISTING`]
+//! bytes, so no directory's listing is held whole in memory past that. Added listings are held in memory up to
 //! [`ADDED_MEMORY`] bytes, then in an unnamed temp file.
 //!
 //! [`StatCache`]: super::StatCache
