@@ -32,9 +32,8 @@ use std::time::Duration;
 
 use rustix::fd::BorrowedFd;
 
-use super::statcache::{
-    check, mix, now_ns, temp_file, StatKey, DROP_AFTER, KEY_BYTES, REFRESH_AFTER,
-};
+use super::spool::Spool;
+use super::statcache::{check, mix, now_ns, StatKey, DROP_AFTER, KEY_BYTES, REFRESH_AFTER};
 
 /// The filesystems (`statfs` types) whose directories are remembered: ext2-4, tmpfs, xfs,
 /// btrfs, overlayfs, zfs, f2fs.
@@ -79,8 +78,6 @@ pub(crate) struct Listings {
     /// Whether this build found a record due for a refresh ([`REFRESH_AFTER`]).
     stale_found: bool,
     added: Added,
-    /// Where temp files go: beside the cache file.
-    dir: Option<PathBuf>,
     generation: u32,
     racy_window: Duration,
     /// Lookups answered.
@@ -95,8 +92,7 @@ impl Default for Listings {
             old: None,
             found: Vec::new(),
             stale_found: false,
-            added: Added::default(),
-            dir: None,
+            added: Added::new(None),
             generation: 1,
             racy_window: Duration::from_secs(2),
             hits: 0,
@@ -112,8 +108,9 @@ impl Listings {
     /// Open the file [`Listings::save`] wrote at `path`; a missing or unreadable one gives
     /// an empty cache.
     pub(crate) fn load(path: &Path) -> Listings {
+        // Its temp file goes beside the cache file.
         let mut cache = Listings {
-            dir: path.parent().map(Path::to_path_buf),
+            added: Added::new(path.parent().map(Path::to_path_buf)),
             ..Listings::default()
         };
         if let Some(old) = File::open(path).ok().and_then(Old::open) {
@@ -178,7 +175,7 @@ impl Listings {
         }
         let rec = encode(key, self.generation, listing);
         // It only saves work: a cache that cannot grow is a cache that misses.
-        let _ = self.added.push(&rec, &self.dir);
+        let _ = self.added.push(&rec);
     }
 
     /// Write the cache to `path` atomically, without the records unused for
@@ -218,7 +215,7 @@ impl Listings {
                 at = next;
             }
         }
-        self.added.each(|raw| out.write_all(raw))?;
+        self.added.records.each(|raw| out.write_all(raw))?;
         out.flush()?;
         drop(out);
         let mut header = [0u8; HEADER];
@@ -429,10 +426,9 @@ fn hash(key: &StatKey) -> u64 {
 }
 
 /// Records added this build, encoded, in the order they were made.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Added {
-    held: Vec<u8>,
-    spilled: Option<(File, u64)>,
+    records: Spool,
     count: u64,
     /// Hashes of their keys: a directory listed twice in a build (two COPYs of it) is
     /// added once.
@@ -440,34 +436,19 @@ struct Added {
 }
 
 impl Added {
-    fn push(&mut self, rec: &[u8], dir: &Option<PathBuf>) -> std::io::Result<()> {
-        if self.held.len() + rec.len() > ADDED_MEMORY {
-            let (file, len) = match &mut self.spilled {
-                Some(s) => s,
-                None => self.spilled.insert((temp_file(dir)?, 0)),
-            };
-            file.write_all_at(&self.held, *len)?;
-            *len += self.held.len() as u64;
-            self.held.clear();
+    /// Nothing added; a temp file, when needed, in `dir`.
+    fn new(dir: Option<PathBuf>) -> Added {
+        Added {
+            records: Spool::new(dir, ADDED_MEMORY),
+            count: 0,
+            keys: HashSet::new(),
         }
-        self.held.extend_from_slice(rec);
-        self.count += 1;
-        Ok(())
     }
 
-    /// The added records' bytes, in order, in runs.
-    fn each(&self, mut f: impl FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
-        if let Some((file, len)) = &self.spilled {
-            let mut buf = vec![0u8; READ];
-            let mut at = 0;
-            while at < *len {
-                let n = (*len - at).min(READ as u64) as usize;
-                file.read_exact_at(&mut buf[..n], at)?;
-                f(&buf[..n])?;
-                at += n as u64;
-            }
-        }
-        f(&self.held)
+    fn push(&mut self, rec: &[u8]) -> std::io::Result<()> {
+        self.records.push(rec)?;
+        self.count += 1;
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ pub mod dockerignore;
 mod glob;
 pub(crate) mod listings;
 pub(crate) mod meta;
+pub(crate) mod spool;
 pub mod statcache;
 pub(crate) mod walk;
 

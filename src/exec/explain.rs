@@ -4,12 +4,13 @@
 //! and the next build need.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
 use super::progress::{Reporter, StepId};
 use super::request::BuildRequest;
+use crate::context::spool::Spool;
 use crate::context::ListedFile;
 use crate::plan::explain::{self as why, Entry, Parent, Reason};
 use crate::plan::{self, Stage, Step};
@@ -315,16 +316,11 @@ impl ListingWriter {
 /// again (a second walk was ~8 % of a first build of 100,000 files, issue 23). Each entry:
 /// the path's length (u32 LE), the path, the mode (u32 LE), the sha256's first bytes.
 pub struct ListingSource {
-    /// The entries not spilled yet.
-    held: Vec<u8>,
-    /// Where [`SPOOL_HELD`] bytes of them went at a time; `None` until needed.
-    spilled: Option<std::fs::File>,
-    /// The entries pushed, until the spool is dropped.
+    /// The entries; `None` once over [`MAX_LISTING`] files, or if a spill failed: no
+    /// listing.
+    spool: Option<Spool>,
+    /// The entries pushed.
     files: usize,
-    /// Over [`MAX_LISTING`] files, or a spill failed: no listing.
-    dropped: bool,
-    /// The store's scratch directory, for the temp file.
-    dir: PathBuf,
 }
 
 /// Bytes of a [`ListingSource`] held in memory before they go to its temp file.
@@ -333,63 +329,43 @@ const SPOOL_HELD: usize = 1 << 18;
 impl ListingSource {
     /// An empty spool whose spill goes to a temp file in `store`.
     pub fn new(store: &Store) -> ListingSource {
+        let dir = store.session_dir().to_path_buf();
         ListingSource {
-            held: Vec::new(),
-            spilled: None,
+            spool: Some(Spool::new(Some(dir), SPOOL_HELD)),
             files: 0,
-            dropped: false,
-            dir: store.session_dir().to_path_buf(),
         }
     }
 
     /// Spool what the digest listed of a file.
     pub fn push(&mut self, f: &ListedFile<'_>) {
-        if self.dropped {
+        let Some(spool) = &mut self.spool else {
             return;
-        }
+        };
         self.files += 1;
         if self.files > MAX_LISTING {
-            self.drop_all();
+            self.spool = None;
             return;
         }
         let parts = f.path_parts();
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        self.held.extend_from_slice(&(len as u32).to_le_bytes());
-        for part in parts {
-            self.held.extend_from_slice(part);
+        let pushed = spool.push(&(len as u32).to_le_bytes()).and_then(|()| {
+            parts.iter().try_for_each(|part| spool.push(part))?;
+            spool.push(&f.mode.to_le_bytes())?;
+            spool.push(&f.sha[..LISTED_DIGEST / 2])
+        });
+        if pushed.is_err() {
+            self.spool = None;
         }
-        self.held.extend_from_slice(&f.mode.to_le_bytes());
-        self.held.extend_from_slice(&f.sha[..LISTED_DIGEST / 2]);
-        if self.held.len() >= SPOOL_HELD && self.spill().is_err() {
-            self.drop_all();
-        }
-    }
-
-    fn drop_all(&mut self) {
-        self.dropped = true;
-        self.held = Vec::new();
-        self.spilled = None;
-    }
-
-    /// The held entries appended to the temp file.
-    fn spill(&mut self) -> std::io::Result<()> {
-        let file = match &mut self.spilled {
-            Some(f) => f,
-            None => self.spilled.insert(tempfile::tempfile_in(&self.dir)?),
-        };
-        file.write_all(&self.held)?;
-        self.held.clear();
-        Ok(())
     }
 
     /// The listing, written to a temp file in `store`; `None` over [`MAX_LISTING`] files
     /// or when the spool could not be kept.
     pub fn write(&self, store: &Store) -> Option<tempfile::NamedTempFile> {
-        if self.dropped {
-            return None;
-        }
+        let spool = self.spool.as_ref()?;
         let mut files = ListingWriter::new(store);
-        let mut each = |bytes: &[u8]| -> Option<usize> {
+        // The entry at the start of `bytes` written, and its length; `None` if it is not
+        // all there.
+        let mut entry = |bytes: &[u8]| -> Option<usize> {
             let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
             let path = bytes.get(4..4 + len)?;
             let mode = bytes.get(4 + len..8 + len)?;
@@ -397,35 +373,20 @@ impl ListingSource {
             files.push(path, u32::from_le_bytes(mode.try_into().ok()?), sha);
             Some(8 + len + LISTED_DIGEST / 2)
         };
-        if let Some(file) = &self.spilled {
-            use std::os::unix::fs::FileExt;
-            // A read ends where an entry does only by chance: the tail of one read starts
-            // the next.
-            let mut buf = Vec::with_capacity(SPOOL_HELD);
-            let mut chunk = vec![0u8; 1 << 16];
-            let mut pos = 0;
-            loop {
-                let n = file.read_at(&mut chunk, pos).ok()?;
-                if n == 0 {
-                    break;
-                }
-                pos += n as u64;
-                buf.extend_from_slice(&chunk[..n]);
+        // A run ends where an entry does only by chance: the tail of one starts the next.
+        let mut buf = Vec::new();
+        spool
+            .each(|run| {
+                buf.extend_from_slice(run);
                 let mut at = 0;
-                while let Some(used) = each(&buf[at..]) {
+                while let Some(used) = entry(&buf[at..]) {
                     at += used;
                 }
                 buf.drain(..at);
-            }
-            if !buf.is_empty() {
-                return None;
-            }
-        }
-        let mut at = 0;
-        while at < self.held.len() {
-            at += each(&self.held[at..])?;
-        }
-        files.finish()
+                Ok(())
+            })
+            .ok()?;
+        buf.is_empty().then(|| files.finish())?
     }
 }
 
@@ -511,7 +472,8 @@ mod tests {
         };
         let mut spool = ListingSource::new(&store);
         spooled("src", &mut spool);
-        assert!(spool.spilled.is_some() && !spool.held.is_empty());
+        let (spilled, held) = spool.spool.as_ref().unwrap().state();
+        assert!(spilled && held > 0);
         let written = spool.write(&store).expect("a listing");
         let got = read_listing(written.path()).unwrap();
         assert_eq!(got.len(), want.len());
