@@ -6,9 +6,9 @@
 //! renaming a name changes its directory's mtime and ctime; nothing sets a ctime back, and
 //! a directory changed within [`StatCache`]'s racy window of its listing is not remembered,
 //! so an unchanged key means unchanged names (git's untracked cache relies on the same).
-//! Only on the local filesystems known to keep that promise ([`TRUSTED`]): a network or
-//! FUSE filesystem may cache a directory's attributes or take them from elsewhere, and
-//! its directories are listed each time.
+//! Only on the local filesystems known to keep that promise ([`LocalFilesystems`]): a
+//! network or FUSE filesystem may cache a directory's attributes or take them from
+//! elsewhere, and its directories are listed each time.
 //!
 //! It lives in the store beside the stat cache, loaded and saved with it, and follows its
 //! layout on a smaller scale: records in the order the builds met them (a rebuild reads
@@ -32,20 +32,9 @@ use std::time::Duration;
 
 use rustix::fd::BorrowedFd;
 
+use super::fstype::LocalFilesystems;
 use super::spool::Spool;
 use super::statcache::{check, mix, now_ns, StatKey, DROP_AFTER, KEY_BYTES, REFRESH_AFTER};
-
-/// The filesystems (`statfs` types) whose directories are remembered: ext2-4, tmpfs, xfs,
-/// btrfs, overlayfs, zfs, f2fs.
-const TRUSTED: &[u32] = &[
-    0xEF53,
-    0x0102_1994,
-    0x5846_5342,
-    0x9123_683E,
-    0x794C_7630,
-    0x2FC1_2FC1,
-    0xF2F5_2010,
-];
 
 /// Listings larger than this (about 100,000 names) are not kept: a directory that large is
 /// listed each time, and memory stays flat in its size.
@@ -82,8 +71,7 @@ pub(crate) struct Listings {
     racy_window: Duration,
     /// Lookups answered.
     hits: u64,
-    /// Whether each filesystem met (by device) is [`TRUSTED`].
-    filesystems: HashMap<u64, bool>,
+    filesystems: LocalFilesystems,
 }
 
 impl Default for Listings {
@@ -96,7 +84,7 @@ impl Default for Listings {
             generation: 1,
             racy_window: Duration::from_secs(2),
             hits: 0,
-            filesystems: HashMap::new(),
+            filesystems: LocalFilesystems::default(),
         }
     }
 }
@@ -126,11 +114,9 @@ impl Listings {
     }
 
     /// Whether directories of the filesystem `dev`, of which `dir` is one, may be
-    /// remembered and read from here ([`TRUSTED`]); asked once a filesystem.
+    /// remembered and read from here (a local filesystem's); asked once a filesystem.
     pub(crate) fn usable(&mut self, dev: u64, dir: BorrowedFd<'_>) -> bool {
-        *self.filesystems.entry(dev).or_insert_with(|| {
-            rustix::fs::fstatfs(dir).is_ok_and(|fs| TRUSTED.contains(&(fs.f_type as u32)))
-        })
+        self.filesystems.has(dev, dir)
     }
 
     /// The listing remembered for a directory whose stat key is `key`.
