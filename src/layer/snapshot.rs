@@ -201,6 +201,14 @@ fn write_tar(
         for batch in rx.iter() {
             for Prepared { mut entry, data } in batch? {
                 match data {
+                    // No bytes to read, and the step's processes are gone: its xattrs are
+                    // read by path, without a file opened and closed (issue 23: a fifth of
+                    // the snapshot of 100,000 empty files).
+                    Some(data) if entry.size == 0 => {
+                        let opaque = opaque_xattr().as_bytes();
+                        entry.xattrs = read_xattrs(&data.path, None, opaque)?.0;
+                        w.write_entry(&entry, None)?
+                    }
                     Some(data) => {
                         let file = data.open()?;
                         let opaque = opaque_xattr().as_bytes();
@@ -857,6 +865,9 @@ mod tests {
         std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap();
         set_xattr(&root.join("bin/su"), "trusted.overlay.origin", b"x");
         set_xattr(&root.join("bin/su"), "trusted.other", b"x");
+        // An empty file's xattrs are read without opening it.
+        set_xattr(&root.join("home/big-ids"), "user.comment", b"empty");
+        set_xattr(&root.join("home/big-ids"), "trusted.overlay.origin", b"x");
         fs::create_dir(root.join("proc")).unwrap();
         write_file(&root.join("resolv.conf"), b"", 0o644);
         let opts = SnapshotOptions {
@@ -885,7 +896,7 @@ Regular hard-a size=12 mode=644 0:0 mtime=1000000 sha=f147d7ad38d0 xattrs[]
 Link hard-b -> hard-a size=0 mode=644 0:0 mtime=1000000 xattrs[]
 Directory home/ size=0 mode=755 0:0 mtime=1000000 xattrs[]
 Regular home/.wh.deleted size=0 mode=600 0:0 mtime=1000000 xattrs[]
-Regular home/big-ids size=0 mode=600 3000000:2100000 mtime=1000000 xattrs[]
+Regular home/big-ids size=0 mode=600 3000000:2100000 mtime=1000000 xattrs[user.comment=\"empty\"]
 Symlink home/su-link -> ../bin/su size=0 mode=777 0:0 mtime=1000000 xattrs[]
 Directory home/user/ size=0 mode=755 1000:1000 mtime=1000000 xattrs[]
 Regular home/user/notes size=6 mode=640 1000:100 mtime=1000000 sha=5891b5b522d5 xattrs[user.comment=\"kept\"]
