@@ -8,7 +8,7 @@
 
 pub mod digest;
 pub mod dockerignore;
-mod fstype;
+pub(crate) mod fstype;
 mod glob;
 pub(crate) mod listings;
 pub(crate) mod meta;
