@@ -22,6 +22,7 @@ use std::thread::ScopedJoinHandle;
 use sha2::{Digest as _, Sha256};
 
 use super::fstype::LocalFilesystems;
+use super::lastdir::LastDir;
 use super::meta::Meta;
 use super::statcache::{StatCache, StatKey};
 use super::{walk, ContextError, IgnoreMatcher};
@@ -50,8 +51,13 @@ const READ_BUFFER: usize = 256 * 1024;
 /// The sha256 of a file's bytes, read through `buf` (one per thread, not one per file: a
 /// zeroed 256 KiB buffer a file was 13 % of a first build of 100,000 empty files), and
 /// the stat key of what was read, taken once it was read (`None` if that stat failed).
-fn hash_file(path: &Path, buf: &mut [u8]) -> Result<([u8; 32], Option<StatKey>), ContextError> {
-    let mut f = std::fs::File::open(path).map_err(|e| ContextError::io(path, e))?;
+/// Opened in `dir`, the thread's directory of the file before, where it is the same.
+fn hash_file(
+    path: &Path,
+    dir: &mut LastDir,
+    buf: &mut [u8],
+) -> Result<([u8; 32], Option<StatKey>), ContextError> {
+    let mut f = dir.open(path).map_err(|e| ContextError::io(path, e))?;
     let mut h = Sha256::new();
     loop {
         let n = f.read(buf).map_err(|e| ContextError::io(path, e))?;
@@ -506,8 +512,9 @@ fn read_files(batch: &[Record], misses: &[usize]) -> Result<Vec<FileRead>, Conte
     let half = misses.len().div_ceil(2);
     let read = |part: &[usize]| {
         let mut buf = vec![0u8; READ_BUFFER];
+        let mut dir = LastDir::default();
         part.iter()
-            .map(|&i| hash_file(&batch[i].host, &mut buf))
+            .map(|&i| hash_file(&batch[i].host, &mut dir, &mut buf))
             .collect::<Result<Vec<_>, _>>()
     };
     let (first, second) = misses.split_at(half);
@@ -587,7 +594,9 @@ mod tests {
             if !path.ends_with("link") {
                 assert_eq!(
                     *sha,
-                    hash_file(&r.join(path), &mut buf).unwrap().0,
+                    hash_file(&r.join(path), &mut LastDir::default(), &mut buf)
+                        .unwrap()
+                        .0,
                     "{path}"
                 );
             }

@@ -10,6 +10,7 @@ pub mod digest;
 pub mod dockerignore;
 pub(crate) mod fstype;
 mod glob;
+pub(crate) mod lastdir;
 pub(crate) mod listings;
 pub(crate) mod meta;
 pub(crate) mod spool;

@@ -28,7 +28,6 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -40,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::digest::base_name;
 use crate::context::fstype::LocalFilesystems;
+use crate::context::lastdir::LastDir;
 use crate::context::meta::Meta;
 use crate::context::{host_path, open_root, resolve, walk, ContextError, IgnoreMatcher};
 use crate::dockerfile::chmod::Chmod;
@@ -813,55 +813,30 @@ struct FileCopy {
     dst: PathBuf,
 }
 
-/// The source and destination directories of the last file a thread copied, open: the
-/// next file of the same directories is opened there by name. Each thread holds its own
-/// (a directory fd shared by threads has its reference count bounce between the CPUs at
-/// every open). Walking each file's whole path, twice, was ~12 % of a copying thread's
-/// time in a first build of 100,000 files (`link_path_walk`, issue 23). A directory is
-/// opened by its path as the file's path would walk it, symlinks and all, so what a file
-/// opens is what its path names.
+/// The source and destination directories of the last file a thread copied, open
+/// ([`LastDir`]): the next file of the same directories is opened there by name.
 #[derive(Default)]
 struct Dirs {
-    src: Option<(PathBuf, OwnedFd)>,
-    dst: Option<(PathBuf, OwnedFd)>,
+    src: LastDir,
+    dst: LastDir,
     local: LocalFilesystems,
 }
 
 impl Dirs {
-    /// The open directory of `path` in `slot` (opened there if another one is), and
-    /// `path`'s last component.
-    fn at<'d, 'p>(
-        slot: &'d mut Option<(PathBuf, OwnedFd)>,
-        path: &'p Path,
-    ) -> io::Result<(BorrowedFd<'d>, &'p std::ffi::OsStr)> {
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        };
-        if slot.as_ref().is_none_or(|(p, _)| p != dir) {
-            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-            let fd = rustix::fs::openat(CWD, dir, flags, Mode::empty())?;
-            *slot = Some((dir.to_path_buf(), fd));
-        }
-        let (_, fd) = slot.as_ref().expect("opened above");
-        Ok((fd.as_fd(), name))
-    }
-
     /// Whether `src`, on the filesystem `dev`, is on a local one ([`LocalFilesystems`]).
     fn src_is_local(&mut self, src: &Path, dev: u64) -> io::Result<bool> {
-        let (dir, _) = Dirs::at(&mut self.src, src)?;
+        let (dir, _) = self.src.at(src)?;
         Ok(self.local.has(dev, dir))
     }
 
     /// `src` opened to read, as `File::open` would.
     fn open_src(&mut self, src: &Path) -> io::Result<File> {
-        let (dir, name) = Dirs::at(&mut self.src, src)?;
-        let flags = OFlags::RDONLY | OFlags::CLOEXEC;
-        Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?.into())
+        self.src.open(src)
     }
 
     /// [`create_new`] of `dst`.
     fn create_dst(&mut self, dst: &Path, mode: u32) -> io::Result<File> {
-        let (dir, name) = Dirs::at(&mut self.dst, dst)?;
+        let (dir, name) = self.dst.at(dst)?;
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(mode & 0o777);
