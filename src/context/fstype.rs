@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use rustix::fd::BorrowedFd;
+use rustix::fs::StatFs;
 
 /// The `statfs` types taken at their word: ext2-4, tmpfs, xfs, btrfs, overlayfs, zfs, f2fs.
 const LOCAL: &[u32] = &[
@@ -27,16 +28,19 @@ pub(crate) struct LocalFilesystems(HashMap<u64, bool>);
 impl LocalFilesystems {
     /// Whether the filesystem `dev`, which `dir` is on, is a local one.
     pub(crate) fn has(&mut self, dev: u64, dir: BorrowedFd<'_>) -> bool {
-        *self.0.entry(dev).or_insert_with(|| {
-            rustix::fs::fstatfs(dir).is_ok_and(|fs| LOCAL.contains(&(fs.f_type as u32)))
-        })
+        self.ask(dev, || rustix::fs::fstatfs(dir))
     }
 
     /// [`LocalFilesystems::has`] for the filesystem `dev` that `path` is on.
     pub(crate) fn has_path(&mut self, dev: u64, path: &Path) -> bool {
-        *self.0.entry(dev).or_insert_with(|| {
-            rustix::fs::statfs(path).is_ok_and(|fs| LOCAL.contains(&(fs.f_type as u32)))
-        })
+        self.ask(dev, || rustix::fs::statfs(path))
+    }
+
+    fn ask(&mut self, dev: u64, statfs: impl FnOnce() -> rustix::io::Result<StatFs>) -> bool {
+        *self
+            .0
+            .entry(dev)
+            .or_insert_with(|| statfs().is_ok_and(|fs| LOCAL.contains(&(fs.f_type as u32))))
     }
 }
 
